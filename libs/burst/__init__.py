@@ -1,0 +1,1 @@
+"""Burst: serverless compute for Python on machines you own."""

@@ -1,0 +1,167 @@
+"""Schemas the SDK and the container shim share with the services.
+
+Kept inside the light ``burst`` package (msgspec only) because user code and the shim
+import it; ``burst_core.schemas`` re-uses the common parts. Same rules as every wire
+schema: tagged Structs, new fields with defaults, unknown fields skipped.
+
+Two protocols live here:
+
+* the SDK's HTTP encoding (msgpack bodies, ``application/vnd.burst+msgpack``);
+* the agent <-> shim frames over a per-container unix socket: a 4-byte big-endian length,
+  then one msgpack-encoded tagged frame.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Literal
+
+import msgspec
+
+MSGPACK = "application/vnd.burst+msgpack"
+
+
+class Resources(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What one container requests. Defaults are Modal's: 0.125 cores, 128 MiB."""
+
+    cpu: float = 0.125
+    memory_mb: int = 128
+    gpu_type: str | None = None
+    gpu_count: int = 0
+
+
+class FunctionSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One function of an app, as the SDK declared it."""
+
+    name: str
+    module: str
+    qualname: str
+    resources: Resources = msgspec.field(default_factory=Resources)
+    # Ordered fallbacks tried at scale-up after ``resources``.
+    gpu_fallbacks: list[Resources] = msgspec.field(default_factory=list)
+    timeout: float = 300.0
+    scaledown_window: float = 60.0
+    min_containers: int = 0
+    max_containers: int | None = None
+    buffer_containers: int = 0
+    max_inputs: int = 1  # concurrent inputs per container
+    nonpreemptible: bool = False
+    is_generator: bool = False
+
+
+# ---- HTTP bodies (SDK <-> gateway) ---------------------------------------------------
+class DeployRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    app: str
+    bundle_hash: str
+    functions: list[FunctionSpec]
+    ephemeral: bool = False
+
+
+class DeployResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
+    app: str
+    workspace: str
+    deployment_id: str
+    functions: list[str]
+
+
+class CallRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    payload: bytes  # cloudpickle of (args, kwargs)
+
+
+CallStatus = Literal["pending", "success", "failure", "timeout", "terminated", "internal"]
+
+
+class CallResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
+    call_id: str
+    status: CallStatus
+    payload: bytes = b""
+    error_type: str = ""
+    error_message: str = ""
+    traceback: str = ""
+    log_lines: int = 0
+
+
+# ---- agent <-> shim frames -----------------------------------------------------------
+class _Frame(msgspec.Struct, tag=True, kw_only=True, omit_defaults=True):
+    v: int = 1
+
+
+class RunInput(_Frame, kw_only=True):
+    input_id: str
+    call_id: str
+    attempt: int = 1
+    attempt_token: str = ""
+    payload: bytes
+
+
+class CancelInput(_Frame, kw_only=True):
+    input_id: str
+
+
+class Shutdown(_Frame, kw_only=True):
+    """Run ``@exit`` and leave; the agent kills the process after its grace period."""
+
+    reason: str = "stop"
+
+
+class Ready(_Frame, kw_only=True):
+    pid: int
+
+
+class StartupFailed(_Frame, kw_only=True):
+    error_type: str
+    error_message: str
+    traceback: str = ""
+
+
+class InputDone(_Frame, kw_only=True):
+    input_id: str
+    status: Literal["success", "failure", "timeout", "terminated"]
+    payload: bytes = b""
+    error_type: str = ""
+    error_message: str = ""
+    traceback: str = ""
+    log_lines: int = 0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
+class StreamItem(_Frame, kw_only=True):
+    """One item yielded by a generator function (streamed output)."""
+
+    input_id: str
+    index: int
+    payload: bytes
+
+
+class Log(_Frame, kw_only=True):
+    stream: Literal["stdout", "stderr"] = "stdout"
+    line: str
+    call_id: str = ""
+
+
+ToShim = RunInput | CancelInput | Shutdown
+FromShim = Ready | StartupFailed | InputDone | StreamItem | Log
+
+_enc = msgspec.msgpack.Encoder()
+to_shim_decoder = msgspec.msgpack.Decoder(ToShim)
+from_shim_decoder = msgspec.msgpack.Decoder(FromShim)
+_LEN = struct.Struct(">I")
+MAX_FRAME = 64 << 20
+
+
+def frame(msg: msgspec.Struct) -> bytes:
+    body = _enc.encode(msg)
+    return _LEN.pack(len(body)) + body
+
+
+def frame_length(header: bytes) -> int:
+    (n,) = _LEN.unpack(header)
+    if n > MAX_FRAME:
+        raise ValueError(f"frame of {n} bytes exceeds the {MAX_FRAME} byte limit")
+    return int(n)
+
+
+encode = _enc.encode
+call_response_decoder = msgspec.msgpack.Decoder(CallResponse)
+deploy_response_decoder = msgspec.msgpack.Decoder(DeployResponse)

@@ -1,0 +1,159 @@
+"""Every subject, stream, consumer, KV bucket, object store and Redis key name.
+
+Nothing else in Burst spells a name out: build it here. Names that embed user
+identifiers (workspace, app, function) only accept identifiers validated by
+:func:`check_ident`, so they can never contain NATS wildcards or separators.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+_IDENT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+IDENT_RULE = "1-63 characters: lowercase letters, digits, '-' and '_', starting with a letter or digit"
+
+
+def check_ident(kind: str, value: str) -> str:
+    """Return ``value`` if it is a valid identifier, else raise ValueError naming it."""
+    if not isinstance(value, str) or not _IDENT.match(value):
+        raise ValueError(f"invalid {kind} name {value!r}: use {IDENT_RULE}")
+    return value
+
+
+def function_key(workspace: str, app: str, function: str) -> str:
+    """Dotted key identifying one function of one app of one workspace."""
+    return f"{workspace}.{app}.{function}"
+
+
+def split_function_key(key: str) -> tuple[str, str, str]:
+    ws, app, fn = key.split(".")
+    return ws, app, fn
+
+
+def _short_hash(value: str) -> str:
+    return hashlib.sha1(value.encode()).hexdigest()[:16]
+
+
+# ---- streams -------------------------------------------------------------------------
+STREAM_INPUTS = "BURST_INPUTS"  # work-queue retention: one message per pending input
+STREAM_OUTPUTS = "BURST_OUTPUTS"  # kept for the result-retention period
+STREAM_CONTROL = "BURST_CONTROL"  # signals, orders, lifecycle events
+STREAM_METERING = "BURST_METERING"  # usage records, long retention (the ledger replays it)
+STREAM_LOGS = "BURST_LOGS"  # container stdout/stderr
+
+SUBJECTS_INPUTS = "burst.inputs.>"
+SUBJECTS_OUTPUTS = "burst.outputs.>"
+SUBJECTS_CONTROL = "burst.control.>"
+SUBJECTS_METERING = "burst.metering.>"
+SUBJECTS_LOGS = "burst.logs.>"
+
+
+def input_subject(fn_key: str) -> str:
+    return f"burst.inputs.{fn_key}"
+
+
+def output_subject(call_id: str, attempt: int) -> str:
+    return f"burst.outputs.{call_id}.{attempt}"
+
+
+def output_subject_any(call_id: str) -> str:
+    return f"burst.outputs.{call_id}.*"
+
+
+def input_accepted_subject(fn_key: str) -> str:
+    return f"burst.control.input_accepted.{fn_key}"
+
+
+SUBJECTS_INPUT_ACCEPTED = "burst.control.input_accepted.>"
+
+
+def function_deployed_subject(fn_key: str) -> str:
+    return f"burst.control.function_deployed.{fn_key}"
+
+
+def app_removed_subject(workspace: str, app: str) -> str:
+    return f"burst.control.app_removed.{workspace}.{app}"
+
+
+SUBJECTS_APP_EVENTS = ["burst.control.function_deployed.>", "burst.control.app_removed.>"]
+
+
+def agent_orders_subject(agent_id: str) -> str:
+    """Placements and stop orders addressed to one agent."""
+    return f"burst.control.agent.{agent_id}.orders"
+
+
+def container_event_subject(event: str, agent_id: str) -> str:
+    """Lifecycle events: ``event`` is started, ready or stopped."""
+    return f"burst.control.container.{event}.{agent_id}"
+
+
+SUBJECTS_CONTAINER_EVENTS = "burst.control.container.>"
+
+
+def metering_subject(workspace: str, agent_id: str) -> str:
+    return f"burst.metering.{workspace}.{agent_id}"
+
+
+def log_subject(fn_key: str) -> str:
+    return f"burst.logs.{fn_key}"
+
+
+def app_logs_filter(workspace: str, app: str) -> str:
+    return f"burst.logs.{workspace}.{app}.*"
+
+
+# ---- durable consumers ---------------------------------------------------------------
+def function_consumer(fn_key: str) -> str:
+    """The durable pull consumer of one function's inputs, shared by all its containers."""
+    return f"fn_{_short_hash(fn_key)}"
+
+
+def agent_consumer(agent_id: str) -> str:
+    return f"agent_{agent_id}"
+
+
+CONSUMER_SCHEDULER_SIGNALS = "scheduler_signals"
+CONSUMER_SCHEDULER_EVENTS = "scheduler_events"
+CONSUMER_BILLING_EVENTS = "billing_events"
+
+# ---- KV buckets and object store -----------------------------------------------------
+KV_DEPLOYMENTS = "burst_deployments"  # key: <workspace>.<app> -> DeploymentRecord
+KV_AGENTS = "burst_agents"  # key: <agent_id> -> AgentRecord (claims by compare-and-set)
+KV_HEARTBEATS = "burst_heartbeats"  # key: <agent_id> -> AgentHeartbeat
+KV_CALLS = "burst_calls"  # key: <call_id> -> CallRecord (TTL: result retention)
+KV_TOKENS = "burst_tokens"  # key: sha256(token) -> TokenRecord
+KV_SERVICES = "burst_services"  # key: <service>.<instance> -> ServiceHeartbeat
+KV_LEDGER = "burst_ledger"  # key: "state" -> LedgerSnapshot
+KV_LEASES = "burst_leases"  # key: <lease name> -> holder id (TTL)
+OBJ_BUNDLES = "burst_bundles"  # name: sha256 of the bundle
+
+
+def deployment_key(workspace: str, app: str) -> str:
+    return f"{workspace}.{app}"
+
+
+def service_key(service: str, instance: str) -> str:
+    return f"{service}.{instance}"
+
+
+LEDGER_STATE_KEY = "state"
+LEASE_BILLING = "billing"
+LEASE_SCHEDULER = "scheduler"
+
+# ---- Redis keys ----------------------------------------------------------------------
+REDIS_PREFIX = "burst:"
+
+
+def redis_pool_key(fn_key: str) -> str:
+    """Hash: container id -> ContainerView (msgpack) for one function's warm pool."""
+    return f"{REDIS_PREFIX}pool:{fn_key}"
+
+
+REDIS_POOLED_FUNCTIONS = f"{REDIS_PREFIX}pools"  # set of function keys with a pool entry
+
+
+def redis_pending_key(fn_key: str) -> str:
+    """Containers placed for a function but not yet reported started (counter hash)."""
+    return f"{REDIS_PREFIX}placing:{fn_key}"

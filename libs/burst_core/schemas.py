@@ -1,0 +1,314 @@
+"""Wire schemas: every message and stored record that crosses a process boundary.
+
+Rules (see jcrist/msgspec's schema-evolution guide):
+- logic-free ``msgspec.Struct``s, tagged by class name, each with a schema version ``v``;
+- new fields always get defaults, a field's type never changes, unknown fields are skipped,
+  so an older service can read what a newer one wrote and the other way round;
+- payloads (arguments, results) are opaque bytes: services never unpickle user data.
+
+Encoding is msgpack everywhere; :func:`encode` and the typed decoders below are built once.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+# Resources and FunctionSpec are shared with the SDK, which must stay light.
+from burst._protocol import FunctionSpec, Resources
+
+__all__ = ["FunctionSpec", "Resources"]
+
+
+class _Wire(msgspec.Struct, tag=True, kw_only=True, omit_defaults=True):
+    v: int = 1
+
+
+# ---- shared parts --------------------------------------------------------------------
+class GpuInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    index: int
+    type: str
+    memory_mb: int = 0
+    uuid: str = ""
+
+
+# ---- stored records (KV) -------------------------------------------------------------
+class DeploymentRecord(_Wire, kw_only=True):
+    workspace: str
+    app: str
+    deployment_id: str
+    bundle_hash: str
+    functions: list[FunctionSpec]
+    created_at: float
+    ephemeral: bool = False
+
+
+class AgentRecord(_Wire, kw_only=True):
+    """An agent's resources and what is claimed on it.
+
+    Claims are made by compare-and-set on this entry (KV revision), never by a prior
+    read alone: two schedulers racing for the same GPU cannot both win.
+    """
+
+    agent_id: str
+    hostname: str = ""
+    cpu: float
+    memory_mb: int
+    gpus: list[GpuInfo] = msgspec.field(default_factory=list)
+    gpus_declared: bool = False
+    spot: bool = False
+    runtime: str = "process"
+    allocations: dict[str, Allocation] = msgspec.field(default_factory=dict)
+    started_at: float = 0.0
+    draining: bool = False
+
+
+class Allocation(msgspec.Struct, kw_only=True, omit_defaults=True):
+    fn_key: str
+    resources: Resources
+    gpu_indices: list[int] = msgspec.field(default_factory=list)
+    placed_at: float = 0.0
+
+
+class CallRecord(_Wire, kw_only=True):
+    """One call; the current attempt is decided by compare-and-set on this entry."""
+
+    call_id: str
+    workspace: str
+    app: str
+    function: str
+    input_id: str
+    attempt: int = 1
+    attempt_token: str
+    created_at: float
+    deployment_id: str = ""
+
+
+class TokenRecord(_Wire, kw_only=True):
+    workspace: str
+    name: str = ""
+    admin: bool = False
+    created_at: float = 0.0
+
+
+class ServiceHeartbeat(_Wire, kw_only=True):
+    service: str
+    instance: str
+    at: float
+    started_at: float
+    info: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class LedgerLine(msgspec.Struct, kw_only=True, omit_defaults=True):
+    workspace: str
+    app: str
+    function: str
+    seconds: float = 0.0
+    cost: float = 0.0
+    records: int = 0
+
+
+class LedgerSnapshot(_Wire, kw_only=True):
+    """Billing's fold of the metering stream, up to and including ``seq``."""
+
+    seq: int = 0
+    lines: dict[str, LedgerLine] = msgspec.field(default_factory=dict)
+    # container id -> interval numbers already counted (dedupe of redeliveries)
+    seen: dict[str, list[int]] = msgspec.field(default_factory=dict)
+    updated_at: float = 0.0
+
+
+# ---- data plane ----------------------------------------------------------------------
+class Input(_Wire, kw_only=True):
+    workspace: str
+    app: str
+    function: str
+    call_id: str
+    input_id: str
+    attempt: int = 1
+    attempt_token: str
+    payload: bytes  # cloudpickle of (args, kwargs); opaque to services
+    accepted_at: float
+    deployment_id: str = ""
+
+
+OutputStatus = Literal["success", "failure", "timeout", "terminated", "internal"]
+
+
+class Output(_Wire, kw_only=True):
+    call_id: str
+    input_id: str
+    attempt: int = 1
+    attempt_token: str
+    status: OutputStatus
+    # success: cloudpickle of the result; failure: cloudpickle of the exception (or b"")
+    payload: bytes = b""
+    error_type: str = ""
+    error_message: str = ""
+    traceback: str = ""
+    container_id: str = ""
+    log_lines: int = 0  # lines the call printed, so a log follower can wait for them
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
+class LogLine(_Wire, kw_only=True):
+    workspace: str
+    app: str
+    function: str
+    container_id: str
+    call_id: str = ""
+    stream: Literal["stdout", "stderr"] = "stdout"
+    line: str
+    at: float
+
+
+# ---- control plane -------------------------------------------------------------------
+class InputAccepted(_Wire, kw_only=True):
+    """Payload-free signal: a function has new work."""
+
+    fn_key: str
+    call_id: str
+    at: float
+
+
+class FunctionDeployed(_Wire, kw_only=True):
+    workspace: str
+    app: str
+    deployment_id: str
+    function: FunctionSpec
+
+
+class AppRemoved(_Wire, kw_only=True):
+    workspace: str
+    app: str
+    deployment_id: str
+
+
+class Placement(_Wire, kw_only=True):
+    """Order to an agent: start one container for a function."""
+
+    container_id: str
+    agent_id: str
+    workspace: str
+    app: str
+    deployment_id: str
+    bundle_hash: str
+    function: FunctionSpec
+    resources: Resources
+    gpu_indices: list[int] = msgspec.field(default_factory=list)
+    spot: bool = False
+    placed_at: float
+
+
+class StopContainer(_Wire, kw_only=True):
+    """Order to an agent: stop a container.
+
+    With ``if_idle_since`` set, the agent stops it only if it has been idle without a
+    break since that time (so a scale-down decision made on a stale view never kills a
+    container that picked up work in the meantime).
+    """
+
+    container_id: str
+    agent_id: str
+    reason: str = "scaledown"
+    if_idle_since: float | None = None
+
+
+AgentOrder = Placement | StopContainer
+
+
+class ContainerStarted(_Wire, kw_only=True):
+    container_id: str
+    agent_id: str
+    workspace: str
+    app: str
+    function: str
+    resources: Resources
+    gpu_indices: list[int] = msgspec.field(default_factory=list)
+    spot: bool = False
+    at: float
+
+
+class ContainerReady(_Wire, kw_only=True):
+    container_id: str
+    agent_id: str
+    fn_key: str
+    at: float
+
+
+class ContainerStopped(_Wire, kw_only=True):
+    container_id: str
+    agent_id: str
+    workspace: str
+    app: str
+    function: str
+    reason: str  # scaledown | crashed | agent_shutdown | oom | failed_to_start | ...
+    exit_code: int | None = None
+    at: float
+    detail: str = ""
+
+
+ContainerEvent = ContainerStarted | ContainerReady | ContainerStopped
+
+
+class ContainerView(msgspec.Struct, kw_only=True, omit_defaults=True):
+    container_id: str
+    fn_key: str
+    state: Literal["starting", "idle", "busy", "stopping"]
+    idle_since: float | None = None
+    in_flight: int = 0
+    max_inputs: int = 1
+
+
+class AgentHeartbeat(_Wire, kw_only=True):
+    agent_id: str
+    at: float
+    seq: int = 0
+    containers: list[ContainerView] = msgspec.field(default_factory=list)
+
+
+class MeteringRecord(_Wire, kw_only=True):
+    """Usage of one container over one interval; (container_id, interval) is its identity."""
+
+    container_id: str
+    interval: int
+    start: float
+    end: float
+    workspace: str
+    app: str
+    function: str
+    agent_id: str
+    resources: Resources
+    spot: bool = False
+    final: bool = False
+
+
+# ---- codecs --------------------------------------------------------------------------
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(obj: msgspec.Struct) -> bytes:
+    return _encoder.encode(obj)
+
+
+def decoder(tp: object) -> msgspec.msgpack.Decoder:  # type: ignore[type-arg]
+    return msgspec.msgpack.Decoder(tp)
+
+
+DeploymentRecordDecoder = decoder(DeploymentRecord)
+AgentRecordDecoder = decoder(AgentRecord)
+CallRecordDecoder = decoder(CallRecord)
+TokenRecordDecoder = decoder(TokenRecord)
+ServiceHeartbeatDecoder = decoder(ServiceHeartbeat)
+LedgerSnapshotDecoder = decoder(LedgerSnapshot)
+InputDecoder = decoder(Input)
+OutputDecoder = decoder(Output)
+LogLineDecoder = decoder(LogLine)
+InputAcceptedDecoder = decoder(InputAccepted)
+AppEventDecoder = decoder(FunctionDeployed | AppRemoved)
+AgentOrderDecoder = decoder(AgentOrder)
+ContainerEventDecoder = decoder(ContainerEvent)
+AgentHeartbeatDecoder = decoder(AgentHeartbeat)
+MeteringRecordDecoder = decoder(MeteringRecord)

@@ -1,0 +1,62 @@
+"""What every service process shares: connecting, liveness records, signal handling.
+
+A service's ``__main__`` reads settings, configures logging and calls :func:`run_service`
+with its ``run(settings, stop)`` coroutine; ``stop`` is set on SIGTERM/SIGINT and the
+service shuts down gracefully within its own grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from burst_core import logs, names
+from burst_core.schemas import ServiceHeartbeat, encode
+
+log = logs.get("burst.service")
+
+
+async def heartbeat_loop(
+    js: JetStreamContext,
+    service: str,
+    instance: str,
+    interval: float,
+    info: Callable[[], dict[str, str]] | None = None,
+) -> None:
+    """Write this replica's liveness record to KV every ``interval`` seconds."""
+    kv = await js.key_value(names.KV_SERVICES)
+    started = time.time()
+    key = names.service_key(service, instance)
+    try:
+        while True:
+            hb = ServiceHeartbeat(
+                service=service, instance=instance, at=time.time(), started_at=started,
+                info=info() if info else {},
+            )
+            try:
+                await kv.put(key, encode(hb))
+            except Exception as e:  # NATS blip: the next beat will make up for it
+                log.warning("service_heartbeat_failed", error=repr(e))
+            await asyncio.sleep(interval)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(kv.delete(key))
+
+
+def run_service(main: Callable[[asyncio.Event], Awaitable[Any]]) -> None:
+    """Run ``main(stop)`` on a fresh loop; SIGTERM/SIGINT set ``stop``."""
+
+    async def _runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(_runner())

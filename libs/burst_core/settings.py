@@ -1,0 +1,86 @@
+"""Settings from environment variables.
+
+Each service defines one dataclass of its settings (in its own ``settings.py``) deriving
+from :class:`CommonSettings`; :func:`load` fills it from ``BURST_<FIELD>`` variables.
+Every timer is a setting, so tests of failure paths can run in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+T = TypeVar("T")
+
+
+def default_home() -> str:
+    return os.environ.get("BURST_HOME") or str(Path.home() / ".burst")
+
+
+@dataclasses.dataclass
+class CommonSettings:
+    #: NATS server URL (JetStream enabled).
+    nats_url: str = "nats://127.0.0.1:4222"
+    #: Redis URL (warm pools, counters; derived state only).
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Burst's own state directory (tokens, NATS store, logs); never visible to user code.
+    home: str = dataclasses.field(default_factory=default_home)
+    #: Instance id of this replica; unique per process.
+    instance: str = dataclasses.field(
+        default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    )
+    #: Log level name.
+    log_level: str = "info"
+    #: Seconds between this service's liveness records in KV.
+    service_heartbeat_interval: float = 2.0
+    #: How long outputs, call records and idempotency keys are kept (7 days, as Modal).
+    result_retention: float = 7 * 24 * 3600.0
+
+
+def _convert(raw: str, tp: Any, name: str) -> Any:
+    try:
+        if tp is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if tp in (int, float, str):
+            return tp(raw)
+        if tp in (int | None, float | None, str | None):
+            if raw.strip().lower() in ("", "none"):
+                return None
+            inner = [a for a in tp.__args__ if a is not type(None)][0]
+            return inner(raw)
+    except ValueError:
+        raise ValueError(f"setting BURST_{name.upper()}={raw!r} is not a valid {tp}") from None
+    raise TypeError(f"unsupported setting type {tp} for {name}")
+
+
+def load(cls: type[T], env: dict[str, str] | None = None, **overrides: Any) -> T:
+    """Build settings ``cls`` from ``BURST_*`` environment variables, then ``overrides``."""
+    env = dict(os.environ) if env is None else env
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        key = f"BURST_{f.name.upper()}"
+        if key in env:
+            values[f.name] = _convert(env[key], hints[f.name], f.name)
+    values.update(overrides)
+    return cls(**values)
+
+
+def to_env(settings: Any) -> dict[str, str]:
+    """The environment that reproduces ``settings`` in a child process."""
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if value is None:
+            continue
+        out[f"BURST_{f.name.upper()}"] = str(value)
+    return out

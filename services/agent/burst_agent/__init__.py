@@ -1,0 +1,1 @@
+"""Burst agent service."""

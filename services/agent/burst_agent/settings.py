@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import dataclasses
+
+from burst_core.settings import CommonSettings
+
+
+@dataclasses.dataclass
+class AgentSettings(CommonSettings):
+    #: Stable id of this agent (defaults to the instance id).
+    agent_id: str = ""
+    #: CPU cores and memory (MiB) offered to containers; 0 means "what the machine has".
+    cpu: float = 0.0
+    memory_mb: int = 0
+    #: Declared GPU inventory for machines without NVML, e.g. "H100:8" or "A100-80GB:2,T4:1".
+    #: Empty means: discover with NVML (none when NVML is absent).
+    gpus: str = ""
+    #: Whether this agent's capacity is spot (preemptible).
+    spot: bool = False
+    #: Container runtime: "process" (a subprocess per container).
+    runtime: str = "process"
+    #: Seconds between heartbeats (carry container states to the scheduler).
+    heartbeat_interval: float = 1.0
+    #: Seconds between metering records of each running container.
+    metering_interval: float = 5.0
+    #: Seconds a container gets to run @exit after SIGTERM before SIGKILL.
+    stop_grace: float = 5.0
+    #: AckWait of inputs; running inputs send in-progress acks every third of it.
+    ack_wait: float = 30.0
+    #: Seconds a container may take from start to ready (import + @enter).
+    startup_timeout: float = 120.0
+    #: Python interpreter used for containers (the process runtime); default: the agent's.
+    python: str = ""

@@ -1,0 +1,1 @@
+"""Burst billing service."""

@@ -1,0 +1,1 @@
+"""Burst gateway service: HTTP API, auth, calls, logs."""

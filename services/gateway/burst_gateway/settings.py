@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import dataclasses
+
+from burst_core.settings import CommonSettings
+
+
+@dataclasses.dataclass
+class GatewaySettings(CommonSettings):
+    #: Address and port the HTTP API listens on.
+    host: str = "127.0.0.1"
+    port: int = 8780
+    #: sha256 of the admin token `burst up` created; stored on start if missing.
+    bootstrap_token_hash: str = ""
+    #: Workspace of the bootstrap admin token.
+    bootstrap_workspace: str = "default"
+    #: Longest a synchronous call request is held before answering "pending".
+    max_sync_wait: float = 60.0
+    #: Largest request body accepted, in bytes.
+    max_body_bytes: int = 64 << 20
+    #: Seconds a token lookup stays cached.
+    token_cache_ttl: float = 5.0

@@ -1,0 +1,1 @@
+"""Burst scheduler service."""
