@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from burst_core import bus, names
+
+pytestmark = pytest.mark.integration
+
+
+async def test_topology_is_idempotent(js) -> None:  # type: ignore[no-untyped-def]
+    await bus.ensure_topology(js)
+    info = await js.stream_info(names.STREAM_INPUTS)
+    assert str(getattr(info.config.retention, "value", info.config.retention)) == "workqueue"
+
+
+async def test_consumer_acks_naks_and_terms_by_outcome(js) -> None:  # type: ignore[no-untyped-def]
+    seen: dict[bytes, int] = {}
+    done = asyncio.Event()
+
+    async def handler(msg) -> None:  # type: ignore[no-untyped-def]
+        seen[msg.data] = seen.get(msg.data, 0) + 1
+        if msg.data == b"retry" and seen[msg.data] < 3:
+            raise bus.Retry(0.05)
+        if msg.data == b"bad":
+            raise bus.Reject("malformed")
+        if seen.get(b"retry") == 3 and b"ok" in seen:
+            done.set()
+
+    c = bus.Consumer(js, names.STREAM_CONTROL, "t1", handler,
+                     filter_subjects=["burst.control.test.>"], ack_wait=2)
+    await c.start()
+    for body in (b"ok", b"retry", b"bad"):
+        await bus.publish(js, "burst.control.test.x", body, msg_id=body.decode())
+    await asyncio.wait_for(done.wait(), 10)
+    await asyncio.sleep(0.3)
+    await c.stop()
+    assert seen == {b"ok": 1, b"retry": 3, b"bad": 1}
+    info = await js.consumer_info(names.STREAM_CONTROL, "t1")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_publish_dedupes_by_msg_id(js) -> None:  # type: ignore[no-untyped-def]
+    a = await bus.publish(js, "burst.control.test.d", b"1", msg_id="same")
+    b = await bus.publish(js, "burst.control.test.d", b"1", msg_id="same")
+    assert not a.duplicate and b.duplicate
+
+
+async def test_kv_cas_serialises_racing_writers(js) -> None:  # type: ignore[no-untyped-def]
+    kv = await js.key_value(names.KV_AGENTS)
+
+    def incr(cur: bytes | None) -> bytes:
+        return str(int(cur or b"0") + 1).encode()
+
+    await asyncio.gather(*(bus.kv_cas(kv, "counter", incr) for _ in range(20)))
+    value, _ = await bus.kv_get(kv, "counter")
+    assert value == b"20"

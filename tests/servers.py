@@ -1,0 +1,98 @@
+"""Start real nats-server and redis-server processes for tests, on free ports.
+
+Without the binaries the fixtures skip, except when ``CI`` is set: then they fail, so a
+missing install step can never turn into a silently skipped test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _missing(what: str) -> None:
+    msg = f"{what} not found: run `make install`"
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def nats_binary() -> str | None:
+    venv_bin = Path(sys.executable).parent / "nats-server"
+    if venv_bin.exists():
+        return str(venv_bin)
+    return shutil.which("nats-server")
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, port: int) -> None:
+        self.proc = proc
+        self.url = url
+        self.port = port
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_nats(store: Path) -> Server:
+    binary = nats_binary()
+    if not binary:
+        _missing("nats-server")
+    port, mon = free_port(), free_port()
+    store.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [binary, "-a", "127.0.0.1", "-p", str(port), "-m", str(mon), "-js", "-sd", str(store)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{mon}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return Server(proc, f"nats://127.0.0.1:{port}", port)
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("nats-server did not become healthy within 15 s")
+
+
+def start_redis() -> Server:
+    binary = shutil.which("redis-server")
+    if not binary:
+        _missing("redis-server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return Server(proc, f"redis://127.0.0.1:{port}/0", port)
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not become healthy within 15 s")
