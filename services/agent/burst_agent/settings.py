@@ -27,6 +27,8 @@ class AgentSettings(CommonSettings):
     stop_grace: float = 5.0
     #: AckWait of inputs; running inputs send in-progress acks every third of it.
     ack_wait: float = 30.0
+    #: Longest wait of one pull for inputs; a stopping container leaves within about this.
+    fetch_timeout: float = 0.5
     #: Seconds a container may take from start to ready (import + @enter).
     startup_timeout: float = 120.0
     #: Python interpreter used for containers (the process runtime); default: the agent's.

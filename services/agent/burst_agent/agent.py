@@ -1,0 +1,181 @@
+"""The agent: one machine's resources and the containers on it.
+
+It registers its resources in its own KV record (where the scheduler claims them by
+compare-and-set), heartbeats the state of its containers, starts a container for each
+placement whose claim is on its record, stops containers on order, and releases each
+container's claim when the container is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+from nats.aio.msg import Msg
+
+from burst_core import bus, logs, names
+from burst_core.schemas import (
+    AgentHeartbeat,
+    AgentOrderDecoder,
+    AgentRecord,
+    AgentRecordDecoder,
+    Placement,
+    StopContainer,
+    encode,
+)
+from burst_core.service import heartbeat_loop
+
+from burst_agent import gpus
+from burst_agent.bundles import BundleCache
+from burst_agent.container import Container
+from burst_agent.runtime import Runtime, make_runtime
+from burst_agent.settings import AgentSettings
+
+log = logs.get("burst.agent")
+
+
+def _total_memory_mb() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20))
+    except (ValueError, OSError):
+        return 4096
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, runtime: Runtime | None = None) -> None:
+        self.settings = settings
+        self.agent_id = settings.agent_id or settings.instance
+        names.check_ident("agent", self.agent_id)
+        self.runtime = runtime or make_runtime(settings.runtime, settings.python)
+        self.containers: dict[str, Container] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._hb_seq = 0
+        self.started_at = time.time()
+        # Unix socket paths are limited to 108 bytes: keep them short, under /tmp.
+        self.socket_dir = tempfile.mkdtemp(prefix="burst-")
+
+    async def start(self) -> None:
+        s = self.settings
+        self.inventory = gpus.discover(s.gpus)
+        log.info("gpu_inventory", status=self.inventory.status,
+                 gpus=[g.type for g in self.inventory.gpus])
+        self.nc = await bus.connect(s.nats_url, f"agent-{self.agent_id}")
+        self.js = self.nc.jetstream()
+        await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
+        self.agents_kv = await self.js.key_value(names.KV_AGENTS)
+        self.heartbeats_kv = await self.js.key_value(names.KV_HEARTBEATS)
+        home = Path(s.home) / "agent" / self.agent_id
+        self.bundles = BundleCache(await self.js.object_store(names.OBJ_BUNDLES), home / "bundles")
+        await self._register()
+        self.orders = bus.Consumer(
+            self.js, names.STREAM_CONTROL, names.agent_consumer(self.agent_id), self._on_order,
+            filter_subjects=[names.agent_orders_subject(self.agent_id)], ack_wait=10.0,
+            deliver_new=True, concurrency=16,
+        )
+        await self.orders.start()
+        self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
+        self._tasks.append(asyncio.create_task(heartbeat_loop(
+            self.js, "agent", self.agent_id, s.service_heartbeat_interval,
+            lambda: {"containers": str(len(self.containers)), "gpus": self.inventory.status})))
+        log.info("agent_started", agent_id=self.agent_id, cpu=self.record.cpu,
+                 memory_mb=self.record.memory_mb, spot=s.spot, runtime=self.runtime.name)
+
+    async def _register(self) -> None:
+        s = self.settings
+        self.record = AgentRecord(
+            agent_id=self.agent_id, hostname=socket.gethostname(),
+            cpu=s.cpu or float(os.cpu_count() or 1), memory_mb=s.memory_mb or _total_memory_mb(),
+            gpus=self.inventory.gpus, gpus_declared=self.inventory.declared, spot=s.spot,
+            runtime=self.runtime.name, allocations={}, started_at=self.started_at,
+        )
+        # A restarted agent has no containers: whatever was claimed on it before is void.
+        await self.agents_kv.put(self.agent_id, encode(self.record))
+        await self._beat()
+
+    async def stop(self) -> None:
+        """Stop every container (handing their inputs back), then leave the cluster."""
+        await self.orders.stop()
+        stops = [c.stop("agent_shutdown") for c in list(self.containers.values())]
+        await asyncio.gather(*stops, return_exceptions=True)
+        waits = [c.done.wait() for c in list(self.containers.values())]
+        if waits:
+            await asyncio.wait_for(asyncio.gather(*waits), self.settings.stop_grace + 5)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.heartbeats_kv.delete(self.agent_id)
+            await self.agents_kv.delete(self.agent_id)
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    # ---- orders --------------------------------------------------------------------
+    async def _on_order(self, msg: Msg) -> None:
+        try:
+            order = AgentOrderDecoder.decode(msg.data)
+        except Exception as e:
+            raise bus.Reject(f"undecodable order: {e!r}") from None
+        if isinstance(order, Placement):
+            await self.place(order)
+        elif isinstance(order, StopContainer):
+            c = self.containers.get(order.container_id)
+            if c is not None:
+                await c.stop(order.reason, order.if_idle_since)
+
+    async def place(self, p: Placement) -> None:
+        if p.container_id in self.containers:
+            return  # redelivered order
+        raw, _ = await bus.kv_get(self.agents_kv, self.agent_id)
+        rec = AgentRecordDecoder.decode(raw) if raw else None
+        if rec is None or p.container_id not in rec.allocations:
+            # The claim is the decision: no claim on our record, no container.
+            log.warning("placement_without_claim", container_id=p.container_id)
+            return
+        c = Container(agent=self, placement=p)
+        self.containers[c.id] = c
+        task = asyncio.create_task(self._run_container(c))
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    async def _run_container(self, c: Container) -> None:
+        try:
+            await c.run()
+        finally:
+            self.containers.pop(c.id, None)
+            await self._beat()
+
+    async def release(self, container_id: str) -> None:
+        """Remove a gone container's claim from this agent's record (compare-and-set)."""
+
+        def drop(cur: bytes | None) -> bytes | None:
+            if cur is None:
+                return None
+            rec = AgentRecordDecoder.decode(cur)
+            if container_id not in rec.allocations:
+                return None
+            del rec.allocations[container_id]
+            return encode(rec)
+
+        await bus.kv_cas(self.agents_kv, self.agent_id, drop)
+
+    # ---- heartbeats ----------------------------------------------------------------
+    async def _beat(self) -> None:
+        self._hb_seq += 1
+        hb = AgentHeartbeat(agent_id=self.agent_id, at=time.time(), seq=self._hb_seq,
+                            containers=[c.view() for c in self.containers.values()])
+        try:
+            await self.heartbeats_kv.put(self.agent_id, encode(hb))
+        except Exception as e:
+            log.warning("heartbeat_failed", error=repr(e))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            await self._beat()

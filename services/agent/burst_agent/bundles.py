@@ -1,0 +1,46 @@
+"""Source bundles fetched from the object store and unpacked once per agent."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+from nats.js.object_store import ObjectStore
+
+
+class BundleCache:
+    def __init__(self, store: ObjectStore, root: Path) -> None:
+        self.store = store
+        self.root = root
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, bundle_hash: str) -> Path:
+        """The directory holding the unpacked bundle; fetched on first use."""
+        dest = self.root / bundle_hash
+        if dest.is_dir():
+            return dest
+        lock = self._locks.setdefault(bundle_hash, asyncio.Lock())
+        async with lock:
+            if dest.is_dir():
+                return dest
+            res = await self.store.get(bundle_hash)
+            data = res.data or b""
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != bundle_hash:
+                raise RuntimeError(f"bundle {bundle_hash} is corrupt (hashes to {actual})")
+            await asyncio.to_thread(_unpack, data, dest)
+        return dest
+
+
+def _unpack(data: bytes, dest: Path) -> None:
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+        tar.extractall(tmp, filter="data")
+    os.replace(tmp, dest)

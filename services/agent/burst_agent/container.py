@@ -1,0 +1,451 @@
+"""One container on this agent: its process, its socket, its inputs, its metering.
+
+Life of a container: placement -> bundle unpacked -> socket bound -> process started
+(``container.started``) -> shim imported the user's module (``container.ready``) ->
+inputs pulled from the function's durable consumer, as many as it has free slots,
+relayed to the shim and answered -> stopped (``container.stopped``, final metering
+record, allocation released on the agent's record).
+
+Invariants:
+- an input is acked only after its output is stored (or found already stored);
+- a stopping container hands its in-flight inputs back at once (nak), except when the
+  stop is a kill for a timeout, whose input gets a ``timeout`` output;
+- the output subject carries the attempt number and is published with an expected last
+  subject sequence of 0, so only the first output of an attempt is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from burst import _protocol as proto
+from burst_core import bus, logs, names
+from burst_core.schemas import (
+    ContainerReady,
+    ContainerStarted,
+    ContainerStopped,
+    ContainerView,
+    Input,
+    InputDecoder,
+    LogLine,
+    MeteringRecord,
+    Output,
+    Placement,
+    encode,
+)
+
+from burst_agent.runtime import SIGKILL, SIGTERM, ContainerHandle, ContainerSpec
+
+if TYPE_CHECKING:
+    from burst_agent.agent import Agent
+
+log = logs.get("burst.agent.container")
+
+WRONG_LAST_SEQUENCE = 10071
+
+
+@dataclass
+class InFlight:
+    msg: Msg
+    inp: Input
+    started: float
+    keepalive: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+    timed_out: bool = False
+
+
+@dataclass
+class Container:
+    agent: Agent
+    placement: Placement
+    state: str = "starting"
+    idle_since: float | None = None
+    started_at: float = 0.0
+    in_flight: dict[str, InFlight] = field(default_factory=dict)
+    handle: ContainerHandle | None = None
+    stop_reason: str = ""
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        p = self.placement
+        self.id = p.container_id
+        self.fn = p.function
+        self.fn_key = names.function_key(p.workspace, p.app, p.function.name)
+        self.max_inputs = max(1, p.function.max_inputs)
+        self.log = log.bind(container_id=self.id, fn_key=self.fn_key)
+        self._ready: asyncio.Future[proto.Ready | proto.StartupFailed] = (
+            asyncio.get_running_loop().create_future())
+        self._writer: asyncio.StreamWriter | None = None
+        self._slots = asyncio.Semaphore(self.max_inputs)
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.socket_path = Path(self.agent.socket_dir) / f"{self.id}.sock"
+        self.done = asyncio.Event()
+
+    # ---- views ---------------------------------------------------------------------
+    def view(self) -> ContainerView:
+        return ContainerView(container_id=self.id, fn_key=self.fn_key, state=self.state,  # type: ignore[arg-type]
+                             idle_since=self.idle_since, in_flight=len(self.in_flight),
+                             max_inputs=self.max_inputs)
+
+    # ---- lifecycle -----------------------------------------------------------------
+    async def run(self) -> None:
+        """The whole life of the container; returns once it is stopped and accounted."""
+        exit_code: int | None = None
+        server: asyncio.AbstractServer | None = None
+        try:
+            bundle_dir = await self.agent.bundles.get(self.placement.bundle_hash)
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+            server = await asyncio.start_unix_server(self._on_connect, path=str(self.socket_path))
+            spec = ContainerSpec(
+                container_id=self.id, bundle_dir=bundle_dir, socket_path=self.socket_path,
+                module=self.fn.module, qualname=self.fn.qualname,
+                cpu=self.placement.resources.cpu, memory_mb=self.placement.resources.memory_mb,
+                gpu_indices=list(self.placement.gpu_indices),
+            )
+            self.handle = await self.agent.runtime.start(spec)
+            self.started_at = time.time()
+            self._interval, self._interval_start = 0, self.started_at
+            await self._event("started", ContainerStarted(
+                container_id=self.id, agent_id=self.agent.agent_id, workspace=self.placement.workspace,
+                app=self.placement.app, function=self.fn.name, resources=self.placement.resources,
+                gpu_indices=self.placement.gpu_indices, spot=self.placement.spot,
+                at=self.started_at))
+            self._spawn(self._metering_loop())
+            self._spawn(self._pump(self.handle.stdout, "stdout"))
+            self._spawn(self._pump(self.handle.stderr, "stderr"))
+            exit_task = asyncio.create_task(self.handle.wait())
+            ready = await self._await_ready(exit_task)
+            if isinstance(ready, proto.Ready):
+                self.state, self.idle_since = "idle", time.time()
+                await self._event("ready", ContainerReady(
+                    container_id=self.id, agent_id=self.agent.agent_id, fn_key=self.fn_key,
+                    at=time.time()))
+                self.log.info("container_ready", pid=ready.pid,
+                              startup_s=round(time.time() - self.started_at, 3))
+                self._spawn(self._input_loop())
+            exit_code = await exit_task
+        except Exception as e:
+            self.log.exception("container_failed", error=repr(e))
+            self.stop_reason = self.stop_reason or "failed_to_start"
+            self.detail = self.detail or repr(e)
+            if self.handle is not None:
+                self.handle.signal(SIGKILL)
+                with contextlib.suppress(Exception):
+                    exit_code = await self.handle.wait()
+        finally:
+            self.state = "stopping"
+            self._stopping.set()
+            await self._finish_in_flight(exit_code)
+            for t in self._tasks:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if server is not None:
+                server.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+            await self._account_stop(exit_code)
+            self.done.set()
+
+    async def _await_ready(self, exit_task: asyncio.Task[int]) -> proto.Ready | proto.StartupFailed | None:
+        done, _ = await asyncio.wait({self._ready, exit_task}, timeout=self.agent.settings.startup_timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if self._ready in done:
+            ready = self._ready.result()
+            if isinstance(ready, proto.StartupFailed):
+                self.stop_reason = "failed_to_start"
+                self.detail = f"{ready.error_type}: {ready.error_message}\n{ready.traceback}"
+                self.log.warning("container_startup_failed", error=ready.error_type,
+                                 message=ready.error_message)
+                await self._log_line("stderr", self.detail.rstrip(), "")
+            return ready
+        if exit_task in done:
+            self.stop_reason = "failed_to_start"
+            self.detail = f"container exited with code {exit_task.result()} before it was ready"
+            return None
+        self.stop_reason = "failed_to_start"
+        self.detail = f"not ready within {self.agent.settings.startup_timeout:g} s"
+        assert self.handle is not None
+        self.handle.signal(SIGKILL)
+        return None
+
+    async def stop(self, reason: str, if_idle_since: float | None = None) -> bool:
+        """Stop the container; with ``if_idle_since``, only if idle ever since then."""
+        if self.state == "stopping" or self._stopping.is_set():
+            return True
+        if if_idle_since is not None and (
+            self.state != "idle" or self.idle_since is None or self.idle_since > if_idle_since + 1e-6
+        ):
+            self.log.info("stop_skipped_not_idle", state=self.state)
+            return False
+        self.log.info("container_stopping", reason=reason)
+        self.stop_reason = reason
+        self.state = "stopping"
+        self._stopping.set()
+        # Hand in-flight inputs back at once: another container picks them up.
+        for inf in list(self.in_flight.values()):
+            self._release(inf)
+            await _quiet(inf.msg.nak())
+        self.in_flight.clear()
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.write(proto.frame(proto.Shutdown(reason=reason)))
+        self._spawn(self._escalate())
+        return True
+
+    async def _escalate(self) -> None:
+        grace = self.agent.settings.stop_grace
+        await asyncio.sleep(grace)
+        if self.handle is not None:
+            self.handle.signal(SIGTERM)
+        await asyncio.sleep(min(grace, 2.0))
+        if self.handle is not None:
+            self.handle.signal(SIGKILL)
+
+    # ---- the shim connection -------------------------------------------------------
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._writer is not None:  # only the container's own shim may talk to us
+            writer.close()
+            return
+        self._writer = writer
+        try:
+            while True:
+                header = await reader.readexactly(4)
+                body = await reader.readexactly(proto.frame_length(header))
+                frame = proto.from_shim_decoder.decode(body)
+                await self._on_frame(frame)
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            pass
+        except Exception as e:
+            self.log.warning("shim_protocol_error", error=repr(e))
+            if self.handle is not None:
+                self.handle.signal(SIGKILL)
+
+    async def _on_frame(self, frame: proto.FromShim) -> None:
+        if isinstance(frame, proto.Log):
+            await self._log_line(frame.stream, frame.line, frame.call_id)
+        elif isinstance(frame, proto.InputDone):
+            await self._on_done(frame)
+        elif isinstance(frame, proto.Ready | proto.StartupFailed):
+            if not self._ready.done():
+                self._ready.set_result(frame)
+
+    # ---- inputs --------------------------------------------------------------------
+    async def _input_loop(self) -> None:
+        consumer = names.function_consumer(self.fn_key)
+        psub = None
+        while not self._stopping.is_set():
+            await self._slots.acquire()
+            self._slots.release()
+            if self._stopping.is_set():
+                break
+            try:
+                if psub is None:
+                    psub = await self._bind(consumer)
+                free = self.max_inputs - len(self.in_flight)
+                msgs = await psub.fetch(max(1, free), timeout=self.agent.settings.fetch_timeout)
+            except nats.errors.TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # consumer deleted underneath us, connection blip
+                self.log.info("input_fetch_retry", error=repr(e))
+                psub = None
+                await asyncio.sleep(0.2)
+                continue
+            for msg in msgs:
+                await self._dispatch(msg)
+
+    async def _bind(self, consumer: str) -> object:
+        cfg = ConsumerConfig(
+            durable_name=consumer, ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.agent.settings.ack_wait, deliver_policy=DeliverPolicy.ALL,
+            filter_subject=names.input_subject(self.fn_key), max_ack_pending=-1,
+        )
+        await bus.ensure_consumer(self.agent.js, names.STREAM_INPUTS, cfg)
+        return await self.agent.js.pull_subscribe_bind(consumer, names.STREAM_INPUTS)
+
+    async def _dispatch(self, msg: Msg) -> None:
+        if self._stopping.is_set():
+            await _quiet(msg.nak())
+            return
+        try:
+            inp = InputDecoder.decode(msg.data)
+        except msgspec.DecodeError as e:
+            self.log.warning("input_undecodable", error=repr(e))
+            await _quiet(msg.term())
+            return
+        if msg.metadata.num_delivered > 1 and await self._already_answered(inp):
+            await _quiet(msg.ack())
+            return
+        await self._slots.acquire()
+        now = time.time()
+        inf = InFlight(msg=msg, inp=inp, started=now)
+        inf.keepalive = asyncio.create_task(self._keepalive(msg))
+        inf.timer = asyncio.get_running_loop().call_later(self.fn.timeout, self._on_timeout, inp.input_id)
+        self.in_flight[inp.input_id] = inf
+        self.state, self.idle_since = "busy", None
+        assert self._writer is not None
+        self._writer.write(proto.frame(proto.RunInput(
+            input_id=inp.input_id, call_id=inp.call_id, attempt=inp.attempt,
+            attempt_token=inp.attempt_token, payload=inp.payload)))
+
+    async def _already_answered(self, inp: Input) -> bool:
+        try:
+            await self.agent.js.get_last_msg(names.STREAM_OUTPUTS,
+                                             names.output_subject(inp.call_id, inp.attempt))
+            return True
+        except nats.js.errors.NotFoundError:
+            return False
+
+    async def _keepalive(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self.agent.settings.ack_wait / 3)
+            await _quiet(msg.in_progress())
+
+    def _on_timeout(self, input_id: str) -> None:
+        inf = self.in_flight.get(input_id)
+        if inf is None or self.handle is None:
+            return
+        inf.timed_out = True
+        self.stop_reason = "timeout"
+        self.log.warning("input_timed_out", call_id=inf.inp.call_id, timeout=self.fn.timeout)
+        self.handle.signal(SIGKILL)
+
+    def _release(self, inf: InFlight) -> None:
+        if inf.keepalive:
+            inf.keepalive.cancel()
+        if inf.timer:
+            inf.timer.cancel()
+        self._slots.release()
+
+    async def _on_done(self, done: proto.InputDone) -> None:
+        inf = self.in_flight.pop(done.input_id, None)
+        if inf is None:
+            return  # handed back already (stopping); the next attempt answers it
+        self._release(inf)
+        out = Output(
+            call_id=inf.inp.call_id, input_id=inf.inp.input_id, attempt=inf.inp.attempt,
+            attempt_token=inf.inp.attempt_token, status=done.status, payload=done.payload,
+            error_type=done.error_type, error_message=done.error_message,
+            traceback=done.traceback, container_id=self.id, log_lines=done.log_lines,
+            started_at=done.started_at, finished_at=done.finished_at,
+        )
+        if not self.in_flight and self.state == "busy":
+            self.state, self.idle_since = "idle", time.time()
+        await self._store_output(out, inf.msg)
+
+    async def _store_output(self, out: Output, msg: Msg) -> None:
+        headers = {"Nats-Expected-Last-Subject-Sequence": "0"}
+        try:
+            await bus.publish(self.agent.js, names.output_subject(out.call_id, out.attempt),
+                              encode(out), msg_id=f"{out.input_id}:{out.attempt}", headers=headers)
+        except nats.js.errors.APIError as e:
+            if e.err_code != WRONG_LAST_SEQUENCE:
+                self.log.error("output_store_failed", call_id=out.call_id, error=repr(e))
+                await _quiet(msg.nak(delay=1.0))
+                return
+            self.log.info("duplicate_output_dropped", call_id=out.call_id, attempt=out.attempt)
+        except Exception as e:
+            self.log.error("output_store_failed", call_id=out.call_id, error=repr(e))
+            await _quiet(msg.nak(delay=1.0))
+            return
+        await _quiet(msg.ack())
+
+    async def _finish_in_flight(self, exit_code: int | None) -> None:
+        """The process is gone while inputs were running: answer or hand them back."""
+        for inf in list(self.in_flight.values()):
+            self._release(inf)
+            if inf.timed_out:
+                out = self._failure(inf, "timeout", "FunctionTimeoutError",
+                                    f"function {self.fn.name!r} timed out after {self.fn.timeout:g} s")
+            else:
+                out = self._failure(inf, "failure", "burst.exception.ExecutionError",
+                                    f"container {self.id} exited with code {exit_code} "
+                                    "while running the call")
+            await self._store_output(out, inf.msg)
+        self.in_flight.clear()
+
+    def _failure(self, inf: InFlight, status: str, etype: str, message: str) -> Output:
+        return Output(call_id=inf.inp.call_id, input_id=inf.inp.input_id, attempt=inf.inp.attempt,
+                      attempt_token=inf.inp.attempt_token, status=status,  # type: ignore[arg-type]
+                      error_type=etype, error_message=message, container_id=self.id,
+                      started_at=inf.started, finished_at=time.time())
+
+    # ---- logs, events, metering ----------------------------------------------------
+    async def _pump(self, stream: asyncio.StreamReader | None, name: str) -> None:
+        """Output the process writes outside the shim's capture (C code, the interpreter)."""
+        if stream is None:
+            return
+        while True:
+            line = await stream.readline()
+            if not line:
+                return
+            await self._log_line(name, line.decode(errors="replace").rstrip("\n"), "")
+
+    async def _log_line(self, stream: str, line: str, call_id: str) -> None:
+        p = self.placement
+        msg = LogLine(workspace=p.workspace, app=p.app, function=self.fn.name, container_id=self.id,
+                      call_id=call_id, stream=stream, line=line, at=time.time())  # type: ignore[arg-type]
+        with contextlib.suppress(Exception):
+            await self.agent.nc.publish(names.log_subject(self.fn_key), encode(msg))
+
+    async def _event(self, kind: str, event: msgspec.Struct) -> None:
+        await bus.publish(self.agent.js, names.container_event_subject(kind, self.agent.agent_id),
+                          encode(event), msg_id=f"{self.id}:{kind}")
+
+    async def _metering_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.agent.settings.metering_interval)
+            await self._meter(final=False)
+
+    async def _meter(self, final: bool) -> None:
+        p = self.placement
+        now = time.time()
+        rec = MeteringRecord(
+            container_id=self.id, interval=self._interval, start=self._interval_start, end=now,
+            workspace=p.workspace, app=p.app, function=self.fn.name, agent_id=self.agent.agent_id,
+            resources=p.resources, spot=p.spot, final=final,
+        )
+        try:
+            await bus.publish(self.agent.js, names.metering_subject(p.workspace, self.agent.agent_id),
+                              encode(rec), msg_id=f"{self.id}:{self._interval}")
+        except Exception as e:  # kept for the next record: the span is not lost
+            self.log.warning("metering_publish_failed", error=repr(e))
+            return
+        self._interval += 1
+        self._interval_start = now
+
+    async def _account_stop(self, exit_code: int | None) -> None:
+        p = self.placement
+        reason = self.stop_reason or ("crashed" if exit_code not in (0, None) else "exited")
+        if self.started_at:
+            await _quiet(self._meter(final=True))
+        self.log.info("container_stopped", reason=reason, exit_code=exit_code)
+        await _quiet(self._event("stopped", ContainerStopped(
+            container_id=self.id, agent_id=self.agent.agent_id, workspace=p.workspace, app=p.app,
+            function=self.fn.name, reason=reason, exit_code=exit_code, at=time.time(),
+            detail=self.detail[-2000:])))
+        await _quiet(self.agent.release(self.id))
+
+    def _spawn(self, coro: object) -> None:
+        self._tasks.append(asyncio.create_task(coro))  # type: ignore[arg-type]
+
+
+async def _quiet(aw: object) -> None:
+    try:
+        await aw  # type: ignore[misc]
+    except Exception as e:
+        log.warning("ignored_error", error=repr(e))

@@ -1,0 +1,199 @@
+"""Source bundles, app deployments and app logs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import nats.js.errors
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import StreamingResponse
+
+from burst._protocol import MSGPACK, DeployRequest, DeployResponse
+from burst.exception import InvalidError, NotFoundError, PayloadTooLargeError
+from burst_core import bus, names
+from burst_core.schemas import (
+    AppRemoved,
+    DeploymentRecord,
+    FunctionDeployed,
+    LogLineDecoder,
+    encode,
+)
+
+from burst_gateway.auth import Principal, principal
+
+router = APIRouter()
+_deploy_decoder = msgspec.msgpack.Decoder(DeployRequest)
+_HASH_LEN = 64
+
+
+def _check_hash(h: str) -> str:
+    if len(h) != _HASH_LEN or any(c not in "0123456789abcdef" for c in h):
+        raise InvalidError(f"invalid bundle hash {h!r}: expected 64 lowercase hex digits (sha256)")
+    return h
+
+
+async def _bundle_exists(gw: Any, h: str) -> bool:
+    try:
+        await gw.bundles.get_info(h)
+        return True
+    except nats.js.errors.NotFoundError:
+        return False
+
+
+@router.head("/v1/bundles/{bundle_hash}", tags=["apps"])
+async def bundle_head(bundle_hash: str, request: Request,
+                      _: Principal = Depends(principal)) -> Response:
+    """200 when the source bundle is stored, 404 otherwise."""
+    _check_hash(bundle_hash)
+    ok = await _bundle_exists(request.app.state.gw, bundle_hash)
+    return Response(status_code=200 if ok else 404)
+
+
+@router.put("/v1/bundles/{bundle_hash}", tags=["apps"], status_code=201)
+async def bundle_put(bundle_hash: str, request: Request,
+                     _: Principal = Depends(principal)) -> dict[str, Any]:
+    """Store an app's source bundle (a tar archive) under its sha256."""
+    gw = request.app.state.gw
+    _check_hash(bundle_hash)
+    body = await request.body()
+    if len(body) > gw.settings.max_body_bytes:
+        raise PayloadTooLargeError(
+            f"bundle of {len(body)} bytes exceeds the {gw.settings.max_body_bytes} byte limit")
+    actual = hashlib.sha256(body).hexdigest()
+    if actual != bundle_hash:
+        raise InvalidError(f"bundle hash mismatch: URL says {bundle_hash}, body hashes to {actual}")
+    if not await _bundle_exists(gw, bundle_hash):
+        await gw.bundles.put(bundle_hash, body)
+    return {"hash": bundle_hash, "size": len(body)}
+
+
+def _validate(req: DeployRequest) -> None:
+    try:
+        names.check_ident("app", req.app)
+        seen = set()
+        for fn in req.functions:
+            names.check_ident("function", fn.name)
+            if fn.name in seen:
+                raise ValueError(f"function {fn.name!r} is defined twice")
+            seen.add(fn.name)
+            if not (1.0 <= fn.timeout <= 86400.0):
+                raise ValueError(f"function {fn.name!r}: timeout={fn.timeout} is outside 1..86400 s")
+            if not (1.0 <= fn.scaledown_window <= 86400.0):
+                raise ValueError(f"function {fn.name!r}: scaledown_window={fn.scaledown_window} "
+                                 "is outside 1..86400 s")
+    except ValueError as e:
+        raise InvalidError(str(e)) from None
+    if not req.functions:
+        raise InvalidError(f"app {req.app!r} defines no functions")
+
+
+@router.post("/v1/apps", tags=["apps"], status_code=201,
+             openapi_extra={"requestBody": {"content": {MSGPACK: {}}, "required": True}})
+async def deploy(request: Request, p: Principal = Depends(principal)) -> Response:
+    """Deploy (or redeploy) an app from a stored bundle; body: msgpack ``DeployRequest``."""
+    gw = request.app.state.gw
+    try:
+        req = _deploy_decoder.decode(await request.body())
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise InvalidError(f"malformed deploy request: {e}") from None
+    _validate(req)
+    _check_hash(req.bundle_hash)
+    if not await _bundle_exists(gw, req.bundle_hash):
+        raise InvalidError(f"bundle {req.bundle_hash} is not stored: upload it first "
+                           "(PUT /v1/bundles/{hash})")
+    dep = DeploymentRecord(
+        workspace=p.workspace, app=req.app, deployment_id="dp-" + uuid.uuid4().hex[:12],
+        bundle_hash=req.bundle_hash, functions=req.functions, created_at=time.time(),
+        ephemeral=req.ephemeral,
+    )
+    await gw.deployments_kv.put(names.deployment_key(p.workspace, req.app), encode(dep))
+    gw.remember(dep)
+    for fn in dep.functions:
+        fn_key = names.function_key(p.workspace, req.app, fn.name)
+        await bus.publish(
+            gw.js, names.function_deployed_subject(fn_key),
+            encode(FunctionDeployed(workspace=p.workspace, app=req.app,
+                                    deployment_id=dep.deployment_id, function=fn)),
+            msg_id=f"{dep.deployment_id}:{fn.name}",
+        )
+    resp = DeployResponse(app=req.app, workspace=p.workspace, deployment_id=dep.deployment_id,
+                          functions=[f.name for f in dep.functions])
+    return Response(msgspec.msgpack.encode(resp), status_code=201, media_type=MSGPACK)
+
+
+@router.get("/v1/apps", tags=["apps"])
+async def list_apps(request: Request, p: Principal = Depends(principal)) -> dict[str, Any]:
+    """The workspace's deployed apps."""
+    deps = request.app.state.gw.deployments_of(p.workspace)
+    return {"apps": [{"app": d.app, "deployment_id": d.deployment_id, "created_at": d.created_at,
+                      "ephemeral": d.ephemeral, "functions": [f.name for f in d.functions]}
+                     for d in deps]}
+
+
+@router.delete("/v1/apps/{app}", tags=["apps"])
+async def remove_app(app: str, request: Request, p: Principal = Depends(principal)) -> dict[str, Any]:
+    """Remove an app: no new calls; its containers are stopped by the scheduler."""
+    gw = request.app.state.gw
+    dep = await gw.deployment(p.workspace, app)
+    if dep is None:
+        raise NotFoundError(f"app {app!r} is not deployed in workspace {p.workspace!r}")
+    await gw.deployments_kv.delete(names.deployment_key(p.workspace, app))
+    gw.forget(p.workspace, app)
+    await bus.publish(gw.js, names.app_removed_subject(p.workspace, app),
+                      encode(AppRemoved(workspace=p.workspace, app=app,
+                                        deployment_id=dep.deployment_id)),
+                      msg_id=f"{dep.deployment_id}:removed")
+    return {"app": app, "removed": True}
+
+
+@router.get("/v1/apps/{app}/logs", tags=["apps"])
+async def app_logs(app: str, request: Request, p: Principal = Depends(principal)) -> StreamingResponse:
+    """Follow an app's container logs as NDJSON.
+
+    The first line is ``{"type": "subscribed"}``: every line logged after it arrives.
+    A ``{"type": "keepalive"}`` line is sent every 5 s of silence.
+    """
+    gw = request.app.state.gw
+    try:
+        names.check_ident("app", app)
+    except ValueError as e:
+        raise InvalidError(str(e)) from None
+    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=10_000)
+
+    async def on_msg(msg: Any) -> None:
+        try:
+            queue.put_nowait(msg.data)
+        except asyncio.QueueFull:
+            pass  # a slow reader loses lines, never slows the cluster down
+
+    sub = await gw.nc.subscribe(names.app_logs_filter(p.workspace, app), cb=on_msg)
+
+    async def lines() -> AsyncIterator[bytes]:
+        try:
+            yield b'{"type": "subscribed"}\n'
+            while True:
+                try:
+                    data = await asyncio.wait_for(queue.get(), 5.0)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    yield b'{"type": "keepalive"}\n'
+                    continue
+                try:
+                    ln = LogLineDecoder.decode(data)
+                except Exception:
+                    continue
+                yield (json.dumps({"type": "log", "function": ln.function, "call_id": ln.call_id,
+                                   "container_id": ln.container_id, "stream": ln.stream,
+                                   "line": ln.line, "at": ln.at}) + "\n").encode()
+        finally:
+            await sub.unsubscribe()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")

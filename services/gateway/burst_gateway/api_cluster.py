@@ -1,0 +1,92 @@
+"""Health, cluster status and tokens."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+
+from burst.exception import InvalidError
+from burst_core import bus, names
+from burst_core.schemas import (
+    AgentHeartbeatDecoder,
+    AgentRecordDecoder,
+    ServiceHeartbeatDecoder,
+)
+
+from burst_gateway.auth import Principal, admin, principal
+
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["cluster"])
+async def healthz(request: Request) -> dict[str, Any]:
+    """Liveness of this gateway and its NATS connection (no auth)."""
+    gw = request.app.state.gw
+    return {"ok": gw.nc.is_connected, "nats": gw.nc.is_connected}
+
+
+async def _kv_values(js: Any, bucket: str) -> dict[str, bytes]:
+    kv = await js.key_value(bucket)
+    try:
+        keys = await kv.keys()
+    except Exception:  # NoKeysError: empty bucket
+        return {}
+    out: dict[str, bytes] = {}
+    for key in keys:
+        raw, _ = await bus.kv_get(kv, key)
+        if raw is not None:
+            out[key] = raw
+    return out
+
+
+@router.get("/v1/status", tags=["cluster"])
+async def status(request: Request, p: Principal = Depends(principal)) -> dict[str, Any]:
+    """Services with their last liveness record, and agents with their resources."""
+    gw = request.app.state.gw
+    now = time.time()
+    services = []
+    for raw in (await _kv_values(gw.js, names.KV_SERVICES)).values():
+        hb = ServiceHeartbeatDecoder.decode(raw)
+        services.append({"service": hb.service, "instance": hb.instance,
+                         "age": round(now - hb.at, 3), "uptime": round(now - hb.started_at, 1),
+                         **({"info": hb.info} if hb.info else {})})
+    beats = {k: AgentHeartbeatDecoder.decode(v)
+             for k, v in (await _kv_values(gw.js, names.KV_HEARTBEATS)).items()}
+    agents = []
+    for key, raw in (await _kv_values(gw.js, names.KV_AGENTS)).items():
+        rec = AgentRecordDecoder.decode(raw)
+        hb = beats.get(key)
+        agents.append({
+            "agent_id": rec.agent_id, "hostname": rec.hostname,
+            "age": round(now - hb.at, 3) if hb else None,
+            "cpu": rec.cpu, "memory_mb": rec.memory_mb,
+            "gpus": [msgspec.to_builtins(g) for g in rec.gpus],
+            "gpus_declared": rec.gpus_declared, "spot": rec.spot, "runtime": rec.runtime,
+            "containers": len(hb.containers) if hb else 0,
+            "allocations": len(rec.allocations),
+        })
+    services.sort(key=lambda s: (s["service"], s["instance"]))
+    agents.sort(key=lambda a: a["agent_id"])
+    return {"workspace": p.workspace, "services": services, "agents": agents}
+
+
+class TokenCreate(BaseModel):
+    workspace: str = Field(description="Workspace the new token belongs to.")
+    name: str = Field(default="", description="A label for the token.")
+    admin: bool = False
+
+
+@router.post("/v1/tokens", tags=["cluster"], status_code=201)
+async def create_token(body: TokenCreate, request: Request,
+                       _: Principal = Depends(admin)) -> dict[str, Any]:
+    """Create a token for a workspace (admin only). The token is shown once."""
+    try:
+        names.check_ident("workspace", body.workspace)
+    except ValueError as e:
+        raise InvalidError(str(e)) from None
+    token = await request.app.state.gw.tokens.create(body.workspace, body.name, body.admin)
+    return {"token": token, "workspace": body.workspace, "name": body.name}

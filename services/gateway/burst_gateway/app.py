@@ -1,0 +1,36 @@
+"""The gateway's FastAPI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from burst_gateway import api_apps, api_calls, api_cluster, errors
+from burst_gateway.settings import GatewaySettings
+from burst_gateway.state import Gateway
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gw = Gateway(settings)
+        await gw.start()
+        app.state.gw = gw
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    app = FastAPI(
+        title="Burst",
+        version="0.1.0",
+        description="Self-hosted serverless compute for Python: deploy apps, call functions.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(api_cluster.router)
+    app.include_router(api_apps.router)
+    app.include_router(api_calls.router)
+    return app

@@ -1,0 +1,88 @@
+"""Bearer tokens. A token maps to a workspace; only its sha256 is stored (KV ``burst_tokens``)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from burst.exception import AuthError, PermissionDeniedError
+from burst_core import bus, names
+from burst_core.schemas import TokenRecord, TokenRecordDecoder, encode
+
+TOKEN_PREFIX = "bst_"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class Principal:
+    workspace: str
+    admin: bool
+    token_name: str = ""
+
+
+class TokenStore:
+    def __init__(self, kv: object, cache_ttl: float) -> None:
+        self.kv = kv
+        self.cache_ttl = cache_ttl
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+
+    async def create(self, workspace: str, name: str = "", admin: bool = False,
+                     token: str | None = None) -> str:
+        token = token or new_token()
+        rec = TokenRecord(workspace=workspace, name=name, admin=admin, created_at=time.time())
+        await self.kv.put(hash_token(token), encode(rec))  # type: ignore[attr-defined]
+        return token
+
+    async def ensure_hash(self, token_hash: str, workspace: str) -> None:
+        """Store the bootstrap admin token's record (given only its hash) if missing."""
+        cur, _ = await bus.kv_get(self.kv, token_hash)  # type: ignore[arg-type]
+        if cur is None:
+            rec = TokenRecord(workspace=workspace, name="admin", admin=True, created_at=time.time())
+            await self.kv.put(token_hash, encode(rec))  # type: ignore[attr-defined]
+
+    async def lookup(self, token: str) -> Principal | None:
+        h = hash_token(token)
+        now = time.monotonic()
+        hit = self._cache.get(h)
+        if hit and hit[0] > now:
+            return hit[1]
+        raw, _ = await bus.kv_get(self.kv, h)  # type: ignore[arg-type]
+        principal = None
+        if raw is not None:
+            rec = TokenRecordDecoder.decode(raw)
+            principal = Principal(workspace=rec.workspace, admin=rec.admin, token_name=rec.name)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[h] = (now + self.cache_ttl, principal)
+        return principal
+
+
+async def principal(request: Request) -> Principal:
+    """FastAPI dependency: the caller's workspace from ``Authorization: Bearer <token>``."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("missing token: send 'Authorization: Bearer <token>' "
+                        "(run `burst up`, or set BURST_TOKEN)")
+    p = await request.app.state.gw.tokens.lookup(token.strip())
+    if p is None:
+        raise AuthError("invalid token: it is not known to this cluster")
+    return p  # type: ignore[no-any-return]
+
+
+async def admin(request: Request) -> Principal:
+    p = await principal(request)
+    if not p.admin:
+        raise PermissionDeniedError("this needs an admin token")
+    return p

@@ -1,0 +1,50 @@
+"""Turning errors into ``{"error": {"type", "message"}}`` answers with one status table."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from burst.exception import ERROR_TYPES, Error
+from burst_core import logs
+
+log = logs.get("burst.gateway")
+
+_STATUS_TO_TYPE = {
+    400: "InvalidInput", 401: "Unauthenticated", 403: "PermissionDenied", 404: "NotFound",
+    405: "InvalidInput", 409: "Conflict", 413: "PayloadTooLarge", 415: "InvalidInput",
+    422: "InvalidInput", 429: "ResourceExhausted", 503: "Unavailable",
+}
+
+
+def error_response(type_: str, message: str) -> JSONResponse:
+    status = ERROR_TYPES.get(type_, (500, Error))[0]
+    return JSONResponse({"error": {"type": type_, "message": message}}, status_code=status)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(Error)
+    async def _burst_error(_: Request, exc: Error) -> JSONResponse:
+        return error_response(exc.type, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return error_response("InvalidInput", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = _STATUS_TO_TYPE.get(exc.status_code, "Internal")
+        return JSONResponse(
+            {"error": {"type": type_, "message": str(exc.detail)}}, status_code=exc.status_code
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled_error", path=request.url.path, error=repr(exc))
+        return error_response("Internal", "internal error; see the gateway log")

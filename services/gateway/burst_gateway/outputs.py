@@ -1,0 +1,89 @@
+"""Delivering outputs to the requests waiting for them.
+
+Every gateway replica follows the outputs stream from "now" with an ordered consumer
+(only stored outputs arrive: a publish JetStream refused as a duplicate never does) and
+resolves the futures of the calls it waits on. An output counts only if its attempt token
+is the call's current one; a stale attempt's output is refused and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from burst_core import logs, names
+from burst_core.schemas import Output, OutputDecoder
+
+log = logs.get("burst.gateway.outputs")
+
+
+class OutputRouter:
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+        self._waiters: dict[str, list[tuple[str, asyncio.Future[Output]]]] = defaultdict(list)
+        self._sub: object | None = None
+
+    async def start(self) -> None:
+        self._sub = await self.js.subscribe(
+            names.SUBJECTS_OUTPUTS,
+            cb=self._on_msg,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
+            stream=names.STREAM_OUTPUTS,
+        )
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()  # type: ignore[attr-defined]
+        for waiters in self._waiters.values():
+            for _, fut in waiters:
+                fut.cancel()
+        self._waiters.clear()
+
+    def register(self, call_id: str, attempt_token: str) -> asyncio.Future[Output]:
+        """Register interest *before* the input is published, so no output can be missed."""
+        fut: asyncio.Future[Output] = asyncio.get_running_loop().create_future()
+        self._waiters[call_id].append((attempt_token, fut))
+        return fut
+
+    def unregister(self, call_id: str, fut: asyncio.Future[Output]) -> None:
+        waiters = self._waiters.get(call_id)
+        if not waiters:
+            return
+        waiters[:] = [(t, f) for (t, f) in waiters if f is not fut]
+        if not waiters:
+            self._waiters.pop(call_id, None)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        try:
+            out = OutputDecoder.decode(msg.data)
+        except Exception as e:
+            log.warning("output_undecodable", subject=msg.subject, error=repr(e))
+            return
+        waiters = self._waiters.get(out.call_id)
+        if not waiters:
+            return
+        for token, fut in list(waiters):
+            if fut.done():
+                continue
+            if token != out.attempt_token:
+                log.warning("stale_output_refused", call_id=out.call_id, attempt=out.attempt)
+                continue
+            fut.set_result(out)
+
+    async def fetch(self, call_id: str, attempt: int) -> Output | None:
+        """The stored output of one attempt, if there is one."""
+        try:
+            raw = await self.js.get_last_msg(
+                names.STREAM_OUTPUTS, names.output_subject(call_id, attempt)
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        return OutputDecoder.decode(raw.data)

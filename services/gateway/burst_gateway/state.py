@@ -1,0 +1,102 @@
+"""The gateway's connections and caches, shared by its routes (``app.state.gw``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from burst_core import bus, logs, names
+from burst_core.schemas import DeploymentRecord, DeploymentRecordDecoder
+from burst_core.service import heartbeat_loop
+
+from burst_gateway.auth import TokenStore
+from burst_gateway.outputs import OutputRouter
+from burst_gateway.settings import GatewaySettings
+
+log = logs.get("burst.gateway")
+
+
+class Gateway:
+    nc: NATS
+    js: JetStreamContext
+    deployments_kv: KeyValue
+    calls_kv: KeyValue
+    bundles: ObjectStore
+    tokens: TokenStore
+    outputs: OutputRouter
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self._deployments: dict[str, DeploymentRecord] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started_at = time.time()
+
+    async def start(self) -> None:
+        s = self.settings
+        self.nc = await bus.connect(s.nats_url, f"gateway-{s.instance}")
+        self.js = self.nc.jetstream()
+        await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
+        self.deployments_kv = await self.js.key_value(names.KV_DEPLOYMENTS)
+        self.calls_kv = await self.js.key_value(names.KV_CALLS)
+        self.bundles = await self.js.object_store(names.OBJ_BUNDLES)
+        self.tokens = TokenStore(await self.js.key_value(names.KV_TOKENS), s.token_cache_ttl)
+        if s.bootstrap_token_hash:
+            await self.tokens.ensure_hash(s.bootstrap_token_hash, s.bootstrap_workspace)
+        self.outputs = OutputRouter(self.js)
+        await self.outputs.start()
+        watcher = await self.deployments_kv.watchall()
+        self._tasks.append(asyncio.create_task(self._watch_deployments(watcher)))
+        self._tasks.append(asyncio.create_task(
+            heartbeat_loop(self.js, "gateway", s.instance, s.service_heartbeat_interval)
+        ))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self.outputs.stop()
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+
+    async def _watch_deployments(self, watcher: object) -> None:
+        async for entry in watcher:  # type: ignore[attr-defined]
+            if entry is None:  # end of the initial values
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self._deployments.pop(entry.key, None)
+                continue
+            try:
+                self._deployments[entry.key] = DeploymentRecordDecoder.decode(entry.value)
+            except Exception as e:
+                log.warning("deployment_undecodable", key=entry.key, error=repr(e))
+
+    async def deployment(self, workspace: str, app: str) -> DeploymentRecord | None:
+        key = names.deployment_key(workspace, app)
+        dep = self._deployments.get(key)
+        if dep is not None:
+            return dep
+        # Not in the cache yet (deployed a moment ago through another replica): ask KV.
+        raw, _ = await bus.kv_get(self.deployments_kv, key)
+        if raw is None:
+            return None
+        dep = DeploymentRecordDecoder.decode(raw)
+        self._deployments[key] = dep
+        return dep
+
+    def remember(self, dep: DeploymentRecord) -> None:
+        self._deployments[names.deployment_key(dep.workspace, dep.app)] = dep
+
+    def forget(self, workspace: str, app: str) -> None:
+        self._deployments.pop(names.deployment_key(workspace, app), None)
+
+    def deployments_of(self, workspace: str) -> list[DeploymentRecord]:
+        return sorted((d for d in self._deployments.values() if d.workspace == workspace),
+                      key=lambda d: d.app)
