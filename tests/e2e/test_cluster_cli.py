@@ -1,0 +1,292 @@
+"""``burst up`` / ``status`` / ``down`` as a user runs them: real processes, a temporary home."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from burst.cli.cluster import DEFAULT_PORTS, HOST, http_get, is_alive, pick_ports, proc_info
+
+from tests.servers import nats_binary
+
+UP_TIMEOUT = 90  # seconds `burst up` may take to report healthy in these tests
+
+
+def burst_command() -> list[str]:
+    script = Path(sys.executable).parent / "burst"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "burst.cli.main"]
+
+
+def burst(
+    env: dict[str, str], *args: str, timeout: float = UP_TIMEOUT + 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*burst_command(), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def require_servers() -> None:
+    missing = [
+        n
+        for n, found in (
+            ("nats-server", nats_binary()),
+            ("redis-server", shutil.which("redis-server")),
+        )
+        if not found
+    ]
+    if missing:
+        message = f"{', '.join(missing)} not found: run `make install`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def user_env(root: Path) -> dict[str, str]:
+    """A user's environment with its own HOME and BURST_HOME, and no Burst profile variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BURST_")}
+    (root / "home").mkdir(parents=True, exist_ok=True)
+    env.update(HOME=str(root / "home"), BURST_HOME=str(root / "burst-home"))
+    return env
+
+
+def home_of(env: dict[str, str]) -> Path:
+    return Path(env["BURST_HOME"])
+
+
+def cluster_json(env: dict[str, str]) -> dict[str, Any]:
+    return json.loads((home_of(env) / "cluster.json").read_text())  # type: ignore[no-any-return]
+
+
+def processes_of(home: Path) -> list[int]:
+    """Pids of live processes whose command line or environment names ``home``."""
+    needle = str(home).encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        info = proc_info(int(entry))
+        if info is not None and not info.zombie and (needle in cmdline or needle in environ):
+            found.append(int(entry))
+    return found
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], *phrases: str) -> None:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("Error: "), result.stderr
+    for phrase in phrases:
+        assert phrase in result.stderr, result.stderr
+
+
+def assert_up(result: subprocess.CompletedProcess[str], env: dict[str, str]) -> None:
+    if result.returncode != 0:
+        logs = home_of(env) / "logs"
+        tails = {p.name: p.read_text()[-2000:] for p in logs.glob("*.log")} if logs.exists() else {}
+        pytest.fail(f"burst up failed:\n{result.stderr}\n{result.stdout}\nlogs: {tails}")
+
+
+def stop_if_running(env: dict[str, str]) -> None:
+    if (home_of(env) / "cluster.json").exists():
+        burst(env, "down")
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[dict[str, str], subprocess.CompletedProcess[str]]]:
+    """One cluster shared by the read-only tests of this module."""
+    require_servers()
+    env = user_env(tmp_path_factory.mktemp("cluster"))
+    result = burst(env, "up", "--timeout", str(UP_TIMEOUT))
+    try:
+        assert_up(result, env)
+        yield env, result
+    finally:
+        stop_if_running(env)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    require_servers()
+    env = user_env(tmp_path)
+    yield env
+    stop_if_running(env)
+
+
+@pytest.mark.e2e
+def test_up_starts_a_healthy_cluster(
+    cluster: tuple[dict[str, str], subprocess.CompletedProcess[str]],
+) -> None:
+    env, result = cluster
+    home = home_of(env)
+    state = cluster_json(env)
+    assert "Burst cluster is up" in result.stdout
+    assert str(home / "logs") in result.stdout
+    assert [p["name"] for p in state["parts"]] == [
+        "nats",
+        "redis",
+        "scheduler",
+        "billing",
+        "gateway",
+        "agent",
+    ]
+    for part in state["parts"]:
+        assert is_alive(part["pid"], part["started"]), part
+        assert part["pgid"] == part["pid"]  # each in its own process group
+        assert Path(part["log"]).parent == home / "logs"
+
+    profile = json.loads((home / "profile.json").read_text())
+    assert stat.S_IMODE((home / "profile.json").stat().st_mode) == 0o600
+    assert profile["url"] == state["url"] and profile["workspace"] == "default"
+    assert profile["token"].startswith("bst_") and len(profile["token"]) > 40
+    gateway_log = (home / "logs" / "gateway.log").read_text()
+    assert profile["token"] not in gateway_log  # only its hash reaches the gateway
+    code, body = http_get(f"{state['url']}/healthz")
+    assert code == 200 and json.loads(body)["ok"] is True
+
+
+@pytest.mark.e2e
+def test_status_shows_healthy_parts(
+    cluster: tuple[dict[str, str], subprocess.CompletedProcess[str]],
+) -> None:
+    env, _ = cluster
+    result = burst(env, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["problems"] == []
+    assert all(p["running"] for p in report["parts"])
+    services = {s["service"] for s in report["status"]["services"]}
+    assert {"scheduler", "billing"} <= services
+    assert [a["agent_id"] for a in report["status"]["agents"]] == ["local"]
+
+    table = burst(env, "status")
+    assert table.returncode == 0, table.stderr
+    for word in ("nats", "redis", "gateway", "scheduler", "billing", "agent", "running", "local"):
+        assert word in table.stdout
+
+
+@pytest.mark.e2e
+def test_second_up_fails_cleanly_and_starts_nothing(
+    cluster: tuple[dict[str, str], subprocess.CompletedProcess[str]],
+) -> None:
+    env, _ = cluster
+    home = home_of(env)
+    before_state = (home / "cluster.json").read_text()
+    before_profile = (home / "profile.json").read_text()
+    before_procs = set(processes_of(home))
+
+    result = burst(env, "up", "--timeout", "10")
+    assert_clean_error(result, "already running", "burst down")
+    assert (home / "cluster.json").read_text() == before_state
+    assert (home / "profile.json").read_text() == before_profile
+    assert set(processes_of(home)) == before_procs
+    assert burst(env, "status").returncode == 0
+
+
+@pytest.mark.e2e
+def test_down_stops_every_process_it_started(env: dict[str, str]) -> None:
+    assert_up(burst(env, "up", "--timeout", str(UP_TIMEOUT)), env)
+    home = home_of(env)
+    parts = cluster_json(env)["parts"]
+    assert processes_of(home)
+
+    result = burst(env, "down")
+    assert result.returncode == 0, result.stderr
+    assert "stopped" in result.stdout
+    still_alive = [p["name"] for p in parts if is_alive(p["pid"], p["started"])]
+    assert still_alive == []
+    assert processes_of(home) == []
+    assert not (home / "cluster.json").exists()
+
+    again = burst(env, "down")
+    assert_clean_error(again, "no Burst cluster is running", str(home))
+    status = burst(env, "status")
+    assert_clean_error(status, "no Burst cluster is running", "burst up")
+
+
+@pytest.mark.e2e
+def test_down_with_nothing_running_fails_clearly(env: dict[str, str]) -> None:
+    result = burst(env, "down")
+    assert_clean_error(result, "no Burst cluster is running", str(home_of(env)), "nothing to stop")
+
+
+@pytest.mark.e2e
+def test_up_avoids_taken_ports_and_replaces_stale_state(env: dict[str, str]) -> None:
+    home = home_of(env)
+    home.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = {
+        "home": str(home),
+        "url": "http://127.0.0.1:1",
+        "started_at": 0.0,
+        "parts": [
+            {
+                "name": "gateway",
+                "pid": dead.pid,
+                "pgid": dead.pid,
+                "started": 0,
+                "log": str(home / "logs" / "gateway.log"),
+                "ports": {},
+            }
+        ],
+    }
+    (home / "cluster.json").write_text(json.dumps(stale))
+
+    blockers = []
+    for role in ("gateway", "nats"):
+        s = socket.socket()
+        try:
+            s.bind((HOST, DEFAULT_PORTS[role]))
+            s.listen()
+        except OSError:
+            pass  # already taken by someone else: just as good for this test
+        blockers.append(s)
+    try:
+        result = burst(env, "up", "--timeout", str(UP_TIMEOUT))
+        assert_up(result, env)
+    finally:
+        for s in blockers:
+            s.close()
+    assert "stale" in result.stderr
+    parts = {p["name"]: p for p in cluster_json(env)["parts"]}
+    gateway_port = parts["gateway"]["ports"]["http"]
+    assert gateway_port != DEFAULT_PORTS["gateway"]
+    assert parts["nats"]["ports"]["client"] != DEFAULT_PORTS["nats"]
+    profile = json.loads((home / "profile.json").read_text())
+    assert profile["url"] == f"http://{HOST}:{gateway_port}"
+    assert burst(env, "status").returncode == 0
+    assert burst(env, "down").returncode == 0
+
+
+def test_pick_ports_replaces_a_taken_port() -> None:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        ports = pick_ports({"a": taken, "b": taken})
+    assert ports["a"] != taken and ports["b"] != taken and ports["a"] != ports["b"]
+
+
+def test_is_alive_tells_a_recycled_pid_apart() -> None:
+    me = proc_info(os.getpid())
+    assert me is not None
+    assert is_alive(os.getpid(), me.started)
+    assert not is_alive(os.getpid(), me.started + 1)  # same pid, another process
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert not is_alive(dead.pid, 0)
