@@ -1,1 +1,12 @@
-"""Burst: serverless compute for Python on machines you own."""
+"""Burst: serverless compute for Python on machines you own.
+
+``import burst`` stays light: it loads the SDK only (msgspec and cloudpickle); the CLI and
+the services import their heavier dependencies themselves.
+"""
+
+from burst import exception
+from burst.app import App
+from burst.functions import Function
+
+__version__ = "0.1.0"
+__all__ = ["App", "Function", "exception", "__version__"]

@@ -13,12 +13,30 @@ Two protocols live here:
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Literal
 
 import msgspec
 
 MSGPACK = "application/vnd.burst+msgpack"
+
+
+_IDENT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+IDENT_RULE = (
+    "1-63 characters: lowercase letters, digits, '-' and '_', starting with a letter or digit"
+)
+
+
+def check_ident(kind: str, value: str) -> str:
+    """Return ``value`` if it is a valid app/function/workspace name, else raise ValueError."""
+    if not isinstance(value, str) or not _IDENT.match(value):
+        raise ValueError(f"invalid {kind} name {value!r}: use {IDENT_RULE}")
+    return value
+
+
+#: Known GPU types, canonical spellings; names are matched case-insensitively.
+GPU_TYPES = ("T4", "L4", "A10G", "L40S", "A100-40GB", "A100-80GB", "H100", "H200", "B200")
 
 
 class Resources(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -281,7 +281,7 @@ class Consumer:
         while not self._stopping.is_set():
             try:
                 msgs = await self._psub.fetch(self.batch, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
                 continue
             except asyncio.CancelledError:
                 raise

@@ -8,17 +8,10 @@ identifiers (workspace, app, function) only accept identifiers validated by
 from __future__ import annotations
 
 import hashlib
-import re
 
-_IDENT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-IDENT_RULE = "1-63 characters: lowercase letters, digits, '-' and '_', starting with a letter or digit"
+from burst._protocol import IDENT_RULE, check_ident
 
-
-def check_ident(kind: str, value: str) -> str:
-    """Return ``value`` if it is a valid identifier, else raise ValueError naming it."""
-    if not isinstance(value, str) or not _IDENT.match(value):
-        raise ValueError(f"invalid {kind} name {value!r}: use {IDENT_RULE}")
-    return value
+__all__ = ["IDENT_RULE", "check_ident"]
 
 
 def function_key(workspace: str, app: str, function: str) -> str:
@@ -51,6 +44,17 @@ SUBJECTS_LOGS = "burst.logs.>"
 
 def input_subject(fn_key: str) -> str:
     return f"burst.inputs.{fn_key}"
+
+
+_INPUT_PREFIX = "burst.inputs."
+
+
+def fn_key_of_input_subject(subject: str) -> str | None:
+    """The function key an input subject names, or None for another subject."""
+    if not subject.startswith(_INPUT_PREFIX):
+        return None
+    key = subject[len(_INPUT_PREFIX):]
+    return key if key.count(".") == 2 else None
 
 
 def output_subject(call_id: str, attempt: int) -> str:

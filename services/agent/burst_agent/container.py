@@ -256,7 +256,7 @@ class Container:
                     psub = await self._bind(consumer)
                 free = self.max_inputs - len(self.in_flight)
                 msgs = await psub.fetch(max(1, free), timeout=self.agent.settings.fetch_timeout)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
                 continue
             except asyncio.CancelledError:
                 raise

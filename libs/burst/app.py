@@ -1,0 +1,196 @@
+"""``App``: a named group of functions, deployed and stopped together."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from burst import _bundle, _resources
+from burst import _protocol as proto
+from burst.exception import InvalidError
+from burst.functions import Function, is_generator
+
+if TYPE_CHECKING:
+    from burst._logs import LogFollower
+    from burst.client import Client
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class App:
+    """A named group of functions.
+
+    Example::
+
+        import burst
+
+        app = burst.App("hello")
+
+        @app.function()
+        def f(x: int) -> int:
+            return x + 1
+
+        @app.local_entrypoint()
+        def main() -> None:
+            print(f.remote(1))
+
+    Run it with ``burst run hello.py``, deploy it with ``burst deploy hello.py``, or call
+    functions inside ``with app.run(): ...`` from a script.
+    """
+
+    def __init__(self, name: str | None = None, **_unsupported: Any) -> None:
+        if _unsupported:
+            raise InvalidError(f"burst.App got unsupported options {sorted(_unsupported)}")
+        if name is not None:
+            try:
+                proto.check_ident("app", name)
+            except ValueError as e:
+                raise InvalidError(str(e)) from None
+        self.name = name
+        self.registered_functions: dict[str, Function[..., Any]] = {}
+        self.local_entrypoints: dict[str, Callable[..., Any]] = {}
+        self._client: Client | None = None
+        self._deployed_name: str | None = None
+        self._follower: LogFollower | None = None
+
+    def __repr__(self) -> str:
+        return f"<burst.App {self.name!r}>"
+
+    # ---- definition ----------------------------------------------------------------
+    def function(
+        self,
+        _warn_parentheses_missing: Any = None,
+        *,
+        cpu: float = 0.125,
+        memory: int = 128,
+        gpu: str | list[str] | None = None,
+        timeout: float = 300,
+        scaledown_window: float = 60,
+        min_containers: int = 0,
+        max_containers: int | None = None,
+        buffer_containers: int = 0,
+        nonpreemptible: bool = False,
+        name: str | None = None,
+    ) -> Callable[[F], Function[..., Any]]:
+        """Register a function to run in containers.
+
+        ``cpu`` (cores) and ``memory`` (MiB) are requests; ``gpu`` is ``"H100"``,
+        ``"H100:2"`` or an ordered list of fallbacks; ``timeout`` is per attempt (1 s to
+        24 h, default 300 s); ``scaledown_window`` is how long an idle container is kept
+        (1 s to 24 h, default 60 s).
+        """
+        if _warn_parentheses_missing is not None:
+            raise InvalidError("use @app.function() with parentheses")
+        res, fallbacks = _resources.resources(cpu, memory, gpu)
+        t = _resources.timer("timeout", timeout)
+        window = _resources.timer("scaledown_window", scaledown_window)
+        mn = _resources.count("min_containers", min_containers)
+        mx = _resources.count("max_containers", max_containers, lo=1, allow_none=True)
+        buf = _resources.count("buffer_containers", buffer_containers)
+        if mx is not None and mn is not None and mn > mx:
+            raise InvalidError(f"min_containers={mn} is above max_containers={mx}")
+
+        def decorator(f: F) -> Function[..., Any]:
+            if isinstance(f, Function):
+                raise InvalidError(f"{f.name} is already a burst function")
+            if not callable(f) or not hasattr(f, "__qualname__"):
+                raise InvalidError(f"@app.function() needs a function, got {f!r}")
+            if "<locals>" in f.__qualname__:
+                raise InvalidError(f"{f.__qualname__}: functions must be defined at module level")
+            fn_name = name or f.__name__
+            try:
+                proto.check_ident("function", fn_name.lower())
+            except ValueError as e:
+                raise InvalidError(str(e)) from None
+            module = sys.modules.get(f.__module__)
+            spec = proto.FunctionSpec(
+                name=fn_name.lower(), module=_bundle.module_name_for(module) if module else f.__module__,
+                qualname=f.__qualname__, resources=res, gpu_fallbacks=fallbacks, timeout=t,
+                scaledown_window=window, min_containers=mn or 0, max_containers=mx,
+                buffer_containers=buf or 0, nonpreemptible=nonpreemptible,
+                is_generator=is_generator(f),
+            )
+            if spec.name in self.registered_functions:
+                raise InvalidError(f"app {self.name!r} already has a function {spec.name!r}")
+            fn = Function(f, self, spec)
+            self.registered_functions[spec.name] = fn
+            return fn
+
+        return decorator
+
+    def local_entrypoint(self, name: str | None = None) -> Callable[[F], F]:
+        """Mark the function ``burst run`` calls in the local process."""
+
+        def decorator(f: F) -> F:
+            self.local_entrypoints[name or f.__name__] = f
+            return f
+
+        return decorator
+
+    # ---- running -------------------------------------------------------------------
+    def _running(self) -> tuple[Client, str]:
+        if self._client is None or self._deployed_name is None:
+            raise InvalidError(
+                f"app {self.name!r} is not running: call .remote() inside `burst run`, inside "
+                "`with app.run():`, or deploy the app and use burst.Function.from_name()")
+        return self._client, self._deployed_name
+
+    def _source_root(self) -> Path:
+        for fn in self.registered_functions.values():
+            mod = sys.modules.get(fn.raw_f.__module__)
+            f = getattr(mod, "__file__", None)
+            if f:
+                return Path(f).resolve().parent
+        raise InvalidError(f"app {self.name!r}: cannot find the source file of its functions")
+
+    def deploy(self, name: str | None = None, *, client: Client | None = None,
+               ephemeral: bool = False) -> proto.DeployResponse:
+        """Upload the app's source bundle and deploy it; returns the deployment."""
+        from burst.client import Client
+
+        app_name = name or self.name
+        if app_name is None:
+            raise InvalidError("the app has no name: use burst.App('name') or pass name=")
+        if not self.registered_functions:
+            raise InvalidError(f"app {app_name!r} has no functions to deploy")
+        client = client or Client.from_profile()
+        bundle = _bundle.build(self._source_root())
+        if not client.has_bundle(bundle.hash):
+            client.put_bundle(bundle.hash, bundle.data)
+        resp = client.deploy(proto.DeployRequest(
+            app=app_name, bundle_hash=bundle.hash,
+            functions=[f.spec for f in self.registered_functions.values()], ephemeral=ephemeral))
+        self._client, self._deployed_name = client, app_name
+        return resp
+
+    @contextlib.contextmanager
+    def run(self, *, client: Client | None = None, show_output: bool = True) -> Iterator[App]:
+        """Deploy an ephemeral copy of the app for the duration of the block.
+
+        Remote output is printed, tagged with the function's name, while the block runs.
+        The ephemeral app gets a unique name, so it never replaces a deployed app.
+        """
+        from burst._logs import LogFollower
+        from burst.client import Client
+
+        client = client or Client.from_profile()
+        base = (self.name or "app")[:48]
+        eph_name = f"{base}-run-{uuid.uuid4().hex[:6]}"
+        self.deploy(eph_name, client=client, ephemeral=True)
+        if show_output:
+            self._follower = LogFollower(client, eph_name)
+            self._follower.start()
+            self._follower.subscribed.wait(10)
+        try:
+            yield self
+        finally:
+            if self._follower is not None:
+                self._follower.stop()
+                self._follower = None
+            with contextlib.suppress(Exception):
+                client.remove_app(eph_name)
+            self._client, self._deployed_name = None, None

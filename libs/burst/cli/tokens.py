@@ -1,0 +1,27 @@
+"""``burst token``: API tokens (one workspace each)."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from burst.client import Client
+
+token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
+console = Console(highlight=False)
+
+
+@token_app.command("create")
+def create(
+    workspace: str = typer.Option(..., "--workspace", "-w", help="Workspace of the new token."),
+    name: str = typer.Option("", "--name", help="A label for the token."),
+    admin: bool = typer.Option(False, "--admin", help="Give the token admin rights."),
+) -> None:
+    """Create a token for WORKSPACE (needs an admin token). The token is printed once."""
+    out = Client.from_profile().post_json("/v1/tokens",
+                                          {"workspace": workspace, "name": name, "admin": admin})
+    console.print(out["token"])
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(token_app, name="token")

@@ -1,0 +1,133 @@
+"""A small HTTP client for the gateway (standard library only: ``import burst`` stays light).
+
+One keep-alive connection per thread; an error answer becomes the matching
+:mod:`burst.exception` class; an unreachable cluster becomes ``UnavailableError``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+import urllib.parse
+from typing import Any
+
+import msgspec
+
+from burst import _protocol as proto
+from burst.exception import Error, InternalError, UnavailableError, from_api
+
+
+class Client:
+    def __init__(self, url: str, token: str, timeout: float = 90.0) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"invalid cluster URL {url!r}: expected http(s)://host:port")
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self._scheme = parsed.scheme
+        self._host = parsed.hostname
+        self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        self._local = threading.local()
+
+    @classmethod
+    def from_profile(cls) -> Client:
+        from burst.config import load_profile
+
+        p = load_profile()
+        return cls(p.url, p.token)
+
+    # ---- transport -----------------------------------------------------------------
+    def _conn(self, timeout: float | None = None) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            kind = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+            conn = kind(self._host, self._port, timeout=timeout or self.timeout)
+            self._local.conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                content_type: str | None = None, params: dict[str, Any] | None = None,
+                expect: tuple[int, ...] = (200, 201, 202, 204)) -> tuple[int, bytes]:
+        if params:
+            path += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        for attempt in range(2):
+            conn = self._conn()
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                break
+            except (ConnectionRefusedError, OSError, http.client.HTTPException) as e:
+                self._drop()
+                # A kept-alive connection the server closed: retry once on a fresh one.
+                if attempt == 0 and isinstance(e, http.client.RemoteDisconnected | BrokenPipeError
+                                               | ConnectionResetError):
+                    continue
+                raise UnavailableError(
+                    f"cannot reach the Burst cluster at {self.url} ({e.__class__.__name__}: {e}); "
+                    "is it running? (`burst up`, `burst status`)") from None
+        if resp.status in expect:
+            return resp.status, data
+        raise _error_from(resp.status, data)
+
+    # ---- API -----------------------------------------------------------------------
+    def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        return json.loads(self.request("GET", path, params=params)[1])
+
+    def post_json(self, path: str, obj: Any) -> Any:
+        return json.loads(self.request("POST", path, json.dumps(obj).encode(), "application/json")[1])
+
+    def has_bundle(self, h: str) -> bool:
+        status, _ = self.request("HEAD", f"/v1/bundles/{h}", expect=(200, 404))
+        return status == 200
+
+    def put_bundle(self, h: str, data: bytes) -> None:
+        self.request("PUT", f"/v1/bundles/{h}", data, "application/octet-stream")
+
+    def deploy(self, req: proto.DeployRequest) -> proto.DeployResponse:
+        _, data = self.request("POST", "/v1/apps", proto.encode(req), proto.MSGPACK)
+        return proto.deploy_response_decoder.decode(data)
+
+    def remove_app(self, app: str) -> None:
+        self.request("DELETE", f"/v1/apps/{app}")
+
+    def call(self, app: str, fn: str, payload: bytes, wait: float = 60.0) -> proto.CallResponse:
+        body = proto.encode(proto.CallRequest(payload=payload))
+        _, data = self.request("POST", f"/v1/apps/{app}/functions/{fn}/calls", body,
+                               proto.MSGPACK, params={"wait": wait})
+        return proto.call_response_decoder.decode(data)
+
+    def get_call(self, call_id: str, wait: float = 60.0) -> proto.CallResponse:
+        _, data = self.request("GET", f"/v1/calls/{call_id}", params={"wait": wait})
+        return proto.call_response_decoder.decode(data)
+
+    def wait_call(self, resp: proto.CallResponse, timeout: float | None = None) -> proto.CallResponse:
+        """Poll until the call is finished (or ``timeout`` seconds pass)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while resp.status == "pending":
+            left = 60.0 if deadline is None else max(0.0, min(60.0, deadline - time.monotonic()))
+            if deadline is not None and left <= 0:
+                break
+            resp = self.get_call(resp.call_id, wait=left)
+        return resp
+
+
+def _error_from(status: int, data: bytes) -> Error:
+    try:
+        err = json.loads(data)["error"]
+        return from_api(str(err["type"]), str(err["message"]))
+    except (ValueError, KeyError, TypeError, msgspec.DecodeError):
+        text = data[:300].decode(errors="replace")
+        return InternalError(f"unexpected answer from the gateway (HTTP {status}): {text}")

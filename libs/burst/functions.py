@@ -1,0 +1,123 @@
+"""``Function``: a decorated function, callable locally or remotely."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from burst import _protocol as proto
+from burst._serialization import deserialize, rebuild_exception, serialize
+from burst.exception import (
+    ExecutionError,
+    FunctionTimeoutError,
+    InternalError,
+    InvalidError,
+)
+
+if TYPE_CHECKING:
+    from burst.app import App
+    from burst.client import Client
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Function(Generic[P, R]):
+    """A function registered on an :class:`~burst.App`.
+
+    Example::
+
+        app = burst.App("demo")
+
+        @app.function(cpu=1.0, memory=512)
+        def square(x: int) -> int:
+            return x * x
+
+        square.local(3)    # 9, in this process
+        square.remote(3)   # 9, in a container (inside `burst run` or `with app.run():`)
+    """
+
+    def __init__(self, raw_f: Callable[P, R], app: App | None, spec: proto.FunctionSpec) -> None:
+        self.raw_f = raw_f
+        self.app = app
+        self.spec = spec
+        self._client: Client | None = None
+        self._app_name: str | None = None
+        self.__doc__ = raw_f.__doc__
+        self.__name__ = raw_f.__name__  # type: ignore[attr-defined]
+        self.__qualname__ = raw_f.__qualname__
+        self.__module__ = raw_f.__module__
+        self.__wrapped__ = raw_f
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __repr__(self) -> str:
+        return f"<burst.Function {self.spec.name}>"
+
+    @classmethod
+    def from_name(cls, app_name: str, name: str, *, client: Client | None = None) -> Function[..., Any]:
+        """A handle on a function of a deployed app (no network call until it is used)."""
+        try:
+            proto.check_ident("app", app_name)
+            proto.check_ident("function", name)
+        except ValueError as e:
+            raise InvalidError(str(e)) from None
+        fn: Function[..., Any] = Function(_not_local, None, proto.FunctionSpec(
+            name=name, module="", qualname=name))
+        fn._app_name = app_name
+        fn._client = client
+        return fn
+
+    # ---- calling -------------------------------------------------------------------
+    def local(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function in this process."""
+        return self.raw_f(*args, **kwargs)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.local(*args, **kwargs)
+
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function in a container and return its result (or raise its error)."""
+        client, app_name = self._target()
+        resp = client.call(app_name, self.spec.name, serialize((args, kwargs)))
+        resp = client.wait_call(resp)
+        follower = self.app._follower if self.app is not None else None
+        if follower is not None:
+            follower.wait_for(resp.call_id, resp.log_lines)
+        return self._result(resp)  # type: ignore[no-any-return]
+
+    def _target(self) -> tuple[Client, str]:
+        if self._app_name is not None:
+            if self._client is None:
+                from burst.client import Client
+
+                self._client = Client.from_profile()
+            return self._client, self._app_name
+        assert self.app is not None
+        return self.app._running()
+
+    @staticmethod
+    def _result(resp: proto.CallResponse) -> Any:
+        if resp.status == "success":
+            return deserialize(resp.payload)
+        if resp.status == "timeout":
+            exc: BaseException = FunctionTimeoutError(resp.error_message)
+            raise exc
+        if resp.status == "failure" and resp.error_type == "burst.exception.ExecutionError":
+            raise ExecutionError(resp.error_message)
+        if resp.status == "failure":
+            raise rebuild_exception(resp.payload, resp.error_type, resp.error_message,
+                                    resp.traceback)
+        raise InternalError(f"call {resp.call_id} ended with status {resp.status!r}: "
+                            f"{resp.error_message}")
+
+
+def _not_local(*_: Any, **__: Any) -> Any:
+    raise InvalidError("a function looked up by name can only be called with .remote()")
+
+
+def is_generator(f: Callable[..., Any]) -> bool:
+    return inspect.isgeneratorfunction(f) or inspect.isasyncgenfunction(f)

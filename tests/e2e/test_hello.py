@@ -1,0 +1,281 @@
+"""The walking skeleton end to end: `burst up`, `burst run examples/hello.py`, and the
+call path's promises (errors, output, scale to zero, light imports, hashed tokens)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import REPO, Cluster
+
+pytestmark = pytest.mark.e2e
+
+
+def write_app(tmp_path: Path, body: str, name: str = "app_under_test.py") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_hello_example(cluster: Cluster) -> None:
+    proc = cluster.burst("run", "examples/hello.py", check=True)
+    out = proc.stdout
+    assert "local: 9" in out
+    assert "remote: 16" in out
+    assert "loop of remote calls: [0, 1, 4, 9, 16]" in out
+    # Remote prints come back tagged with the function's name, before the result line.
+    lines = out.splitlines()
+    tagged = [ln for ln in lines if ln.startswith("[square] squaring 4 in process ")]
+    assert tagged, out
+    assert lines.index(tagged[0]) < lines.index("remote: 16")
+    # The entrypoint's own output passes through untagged, as whole lines.
+    assert "local: 9" in lines
+
+
+def test_remote_exception_keeps_class_message_and_traceback(cluster: Cluster, tmp_path: Path) -> None:
+    app = write_app(tmp_path, """
+        import burst
+
+        app = burst.App("errors")
+
+        class Oops(ValueError):
+            pass
+
+        @app.function()
+        def fail(x):
+            raise Oops(f"bad value {x}")
+
+        @app.local_entrypoint()
+        def main():
+            try:
+                fail.remote(7)
+            except Oops as e:
+                print("caught", type(e).__name__, str(e))
+                print("remote traceback attached:", any("in fail" in n for n in e.__notes__))
+    """)
+    proc = cluster.burst("run", str(app), check=True)
+    assert "caught Oops bad value 7" in proc.stdout
+    assert "remote traceback attached: True" in proc.stdout
+
+
+def test_unpicklable_exception_becomes_remote_error(cluster: Cluster, tmp_path: Path) -> None:
+    app = write_app(tmp_path, """
+        import burst
+
+        app = burst.App("errors2")
+
+        class Weird(Exception):
+            def __init__(self, a, b):  # cannot be rebuilt from its args
+                super().__init__(f"{a}/{b}")
+
+        @app.function()
+        def fail():
+            raise Weird(1, 2)
+
+        @app.local_entrypoint()
+        def main():
+            try:
+                fail.remote()
+            except burst.exception.RemoteError as e:
+                print("remote error:", e)
+    """)
+    proc = cluster.burst("run", str(app), check=True)
+    assert "remote error: app_under_test.Weird: 1/2" in proc.stdout
+
+
+def test_entrypoint_failure_exits_nonzero(cluster: Cluster, tmp_path: Path) -> None:
+    app = write_app(tmp_path, """
+        import burst
+
+        app = burst.App("failing")
+
+        @app.function()
+        def f():
+            return 1
+
+        @app.local_entrypoint()
+        def main():
+            raise RuntimeError("entrypoint broke")
+    """)
+    proc = cluster.burst("run", str(app))
+    assert proc.returncode != 0
+    assert "entrypoint broke" in proc.stderr
+
+
+def test_file_without_app_is_a_clear_error(cluster: Cluster, tmp_path: Path) -> None:
+    app = write_app(tmp_path, "x = 1\n")
+    proc = cluster.burst("run", str(app))
+    assert proc.returncode != 0
+    assert "defines no burst.App" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for every purpose but the process table.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_scale_to_zero_and_back(cluster: Cluster, tmp_path: Path) -> None:
+    app = write_app(tmp_path, """
+        import os, time, json
+        import burst
+
+        app = burst.App("scaling")
+
+        @app.function(scaledown_window=1)
+        def pid():
+            return os.getpid()
+
+        @app.local_entrypoint()
+        def main():
+            first = pid.remote()
+            again = pid.remote()
+            last_call = time.time()
+            print(json.dumps({"first": first, "again": again, "last_call": last_call}))
+    """)
+    proc = cluster.burst("run", str(app), check=True)
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["first"] == info["again"]  # warm: the same container served both calls
+    # The container's process is gone within 3 s of the last call (window 1 s).
+    deadline = info["last_call"] + 3.0
+    while _pid_alive(info["first"]) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _pid_alive(info["first"]), "container still running 3 s after the last call"
+    # ... and the next call runs in a new process.
+    proc2 = cluster.burst("run", str(app), check=True)
+    info2 = json.loads(proc2.stdout.strip().splitlines()[-1])
+    assert info2["first"] != info["first"]
+
+
+HEAVY = ("typer", "rich", "fastapi", "uvicorn", "nats", "starlette", "pydantic", "redis",
+         "structlog", "httpx")
+
+
+def test_import_burst_and_the_shim_stay_light(cluster: Cluster, tmp_path: Path) -> None:
+    app = write_app(tmp_path, f"""
+        import sys, json
+        import burst
+
+        app = burst.App("light")
+        HEAVY = {HEAVY!r}
+
+        def heavy_loaded():
+            return sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
+
+        @app.function()
+        def inside():
+            return heavy_loaded()
+
+        @app.local_entrypoint()
+        def main():
+            print(json.dumps({{"container": inside.remote()}}))
+    """)
+    proc = cluster.burst("run", str(app), check=True)
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["container"] == []
+    # In a plain interpreter, `import burst` loads none of them either.
+    import subprocess
+    import sys
+
+    code = f"import sys, burst; print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _http(cluster: Cluster, method: str, path: str, token: str | None = None,
+          body: bytes | None = None, ctype: str | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(cluster.profile["url"] + path, data=body, method=method)
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    if ctype:
+        req.add_header("Content-Type", ctype)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def test_bad_requests_get_clear_json_errors(cluster: Cluster) -> None:
+    token = cluster.profile["token"]
+    status, body = _http(cluster, "GET", "/v1/status")
+    assert status == 401 and body["error"]["type"] == "Unauthenticated"
+    assert "missing token" in body["error"]["message"]
+    status, body = _http(cluster, "GET", "/v1/status", token="bst_wrong")
+    assert status == 401 and "invalid token" in body["error"]["message"]
+    status, body = _http(cluster, "POST", "/v1/apps/nope/functions/f/calls", token=token,
+                         body=b"\x81", ctype="application/vnd.burst+msgpack")
+    assert status == 404 and "app 'nope' is not deployed" in body["error"]["message"]
+    status, body = _http(cluster, "POST", "/v1/apps", token=token, body=b"\xc1garbage",
+                         ctype="application/vnd.burst+msgpack")
+    assert status == 400 and body["error"]["type"] == "InvalidInput"
+    status, body = _http(cluster, "POST", "/v1/tokens", token=token, body=b"{not json",
+                         ctype="application/json")
+    assert status == 400 and body["error"]["type"] == "InvalidInput"
+    status, body = _http(cluster, "POST", "/v1/tokens", token=token,
+                         body=json.dumps({"workspace": "Bad Name"}).encode(),
+                         ctype="application/json")
+    assert status == 400 and "'Bad Name'" in body["error"]["message"]
+    # The service survived all of it.
+    status, body = _http(cluster, "GET", "/healthz")
+    assert status == 200 and body["ok"] is True
+
+
+def test_tokens_are_stored_hashed(cluster: Cluster) -> None:
+    proc = cluster.burst("token", "create", "--workspace", "team-b", check=True)
+    new_token = proc.stdout.strip()
+    assert new_token.startswith("bst_")
+    admin_token = cluster.profile["token"]
+    nats_url = cluster.env.get("BURST_NATS_URL") or _nats_url(cluster)
+
+    async def raw_entries() -> dict[str, bytes]:
+        import nats
+
+        nc = await nats.connect(nats_url)
+        kv = await nc.jetstream().key_value("burst_tokens")
+        out = {k: (await kv.get(k)).value for k in await kv.keys()}
+        await nc.close()
+        return out
+
+    entries = asyncio.run(raw_entries())
+    for token in (new_token, admin_token):
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        assert digest in entries
+        for key, value in entries.items():
+            assert token not in key and token.encode() not in value
+    assert b"team-b" in entries[hashlib.sha256(new_token.encode()).hexdigest()]
+    # The new token works, for its own workspace.
+    status, body = _http(cluster, "GET", "/v1/status", token=new_token)
+    assert status == 200 and body["workspace"] == "team-b"
+
+
+def _nats_url(cluster: Cluster) -> str:
+    state = json.loads((cluster.home / "cluster.json").read_text())
+    ports = state.get("ports") or {}
+    if "nats" in ports:
+        return f"nats://127.0.0.1:{ports['nats']}"
+    for part in state.get("parts", []):
+        if part.get("name") == "nats":
+            return f"nats://127.0.0.1:{part['ports']['client']}"
+    raise AssertionError(f"no nats port in cluster.json: {state}")
+
+
+def test_examples_directory_is_what_the_readme_runs() -> None:
+    assert (REPO / "examples" / "hello.py").exists()

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import pytest
+
+import burst
+from burst import _bundle
+from burst._serialization import rebuild_exception, serialize_exception
+from burst.exception import InvalidError, RemoteError
+
+app = burst.App("unit")
+
+
+@app.function()
+def f1(x: int) -> int:
+    return x + 1
+
+
+@app.function(gpu=["h100:2", "a100-80gb"])
+def g() -> None: ...
+
+
+@app.function()
+def h() -> int:
+    return 1
+
+
+def test_defaults_are_modals() -> None:
+    assert f1.spec.resources.cpu == 0.125 and f1.spec.resources.memory_mb == 128
+    assert f1.spec.timeout == 300 and f1.spec.scaledown_window == 60
+    assert f1.local(1) == 2 and f1(2) == 3
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"timeout": 0}, "timeout=0 is out of range: allowed 1 to 86400"),
+    ({"timeout": 90000}, "timeout=90000 is out of range"),
+    ({"scaledown_window": 0.5}, "scaledown_window=0.5 is out of range: allowed 1 to 86400"),
+    ({"cpu": -1}, "cpu=-1 is out of range"),
+    ({"memory": "lots"}, "memory='lots' is not a number"),
+    ({"gpu": "V100"}, "unknown GPU type 'V100'"),
+    ({"gpu": "H100:9"}, "count 9 is out of range: allowed 1 to 8"),
+    ({"gpu": "A10G:5"}, "allowed 1 to 4"),
+    ({"min_containers": 3, "max_containers": 2}, "min_containers=3 is above max_containers=2"),
+])
+def test_bad_options_name_the_value_and_the_range(kwargs: dict, message: str) -> None:
+    with pytest.raises(InvalidError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        app.function(**kwargs)
+
+
+def test_gpu_names_are_case_insensitive_with_fallbacks() -> None:
+    r = g.spec.resources
+    assert (r.gpu_type, r.gpu_count) == ("H100", 2)
+    assert [(x.gpu_type, x.gpu_count) for x in g.spec.gpu_fallbacks] == [("A100-80GB", 1)]
+
+
+def test_nested_functions_are_refused() -> None:
+    with pytest.raises(InvalidError, match="must be defined at module level"):
+        @app.function()
+        def inner() -> None: ...
+
+
+def test_bad_app_name() -> None:
+    with pytest.raises(InvalidError, match="invalid app name 'My App'"):
+        burst.App("My App")
+
+
+def test_remote_outside_a_running_app_is_a_clear_error() -> None:
+    with pytest.raises(InvalidError, match="is not running"):
+        h.remote()
+
+
+class Custom(Exception):
+    pass
+
+
+def test_exception_roundtrip_keeps_class_and_traceback() -> None:
+    try:
+        raise Custom("boom")
+    except Custom as e:
+        payload, name, msg, trace = serialize_exception(e)
+    exc = rebuild_exception(payload, name, msg, trace)
+    assert type(exc) is Custom and str(exc) == "boom"
+    assert any("raise Custom" in n for n in exc.__notes__)
+
+
+def test_unrebuildable_exception_becomes_remote_error() -> None:
+    exc = rebuild_exception(b"not a pickle", "mod.Gone", "it broke", "Traceback ...")
+    assert isinstance(exc, RemoteError) and str(exc) == "mod.Gone: it broke"
+
+
+def test_bundle_is_deterministic_and_local_only(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "helper.py").write_text("X = 1\n")
+    (tmp_path / "main_mod.py").write_text("import json\nfrom pkg import helper\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    importlib.import_module("main_mod")
+    b1 = _bundle.build(tmp_path)
+    b2 = _bundle.build(tmp_path)
+    assert b1.hash == b2.hash and b1.data == b2.data
+    assert b1.files == ["main_mod.py", "pkg/__init__.py", "pkg/helper.py"]
