@@ -279,3 +279,40 @@ def _nats_url(cluster: Cluster) -> str:
 
 def test_examples_directory_is_what_the_readme_runs() -> None:
     assert (REPO / "examples" / "hello.py").exists()
+
+
+def test_billing_report_counts_container_seconds(cluster: Cluster, tmp_path: Path) -> None:
+    app = write_app(tmp_path, """
+        import time
+        import burst
+
+        app = burst.App("metered")
+
+        @app.function(scaledown_window=1)
+        def work():
+            time.sleep(1.5)
+            return "done"
+
+        @app.local_entrypoint()
+        def main():
+            print(work.remote())
+    """)
+    cluster.burst("run", str(app), check=True)
+    # The container lives at least through the 1.5 s call (it stops when the ephemeral app
+    # is removed at the end of `burst run`); billing folds its records shortly after.
+    deadline = time.time() + 20
+    rows: list[dict] = []
+    while time.time() < deadline:
+        proc = cluster.burst("billing", "report", "--by", "function", "--format", "json",
+                             check=True)
+        data = json.loads(proc.stdout)
+        rows = [r for r in data["rows"] if r["function"] == "work"]
+        if rows and rows[0]["seconds"] >= 1.5:
+            break
+        time.sleep(0.5)
+    assert rows, "no ledger line for the metered function"
+    assert 1.5 <= rows[0]["seconds"] <= 10, rows
+    assert rows[0]["cost"] > 0
+    assert rows[0]["app"].startswith("metered-run-")
+    table = cluster.burst("billing", "report", check=True).stdout
+    assert "metered-run-" in table and "total" in table

@@ -34,6 +34,9 @@ def _register_commands() -> None:
     from burst.cli import tokens
 
     tokens.register(app)  # token create
+    from burst.cli import billing
+
+    billing.register(app)  # billing report
     # Further command modules register here, one line each, e.g.:
     # from burst.cli import run as run_cmd; run_cmd.register(app)
 

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from burst_gateway import api_apps, api_calls, api_cluster, errors
+from burst_gateway import api_apps, api_billing, api_calls, api_cluster, errors
 from burst_gateway.settings import GatewaySettings
 from burst_gateway.state import Gateway
 
@@ -33,4 +33,5 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_cluster.router)
     app.include_router(api_apps.router)
     app.include_router(api_calls.router)
+    app.include_router(api_billing.router)
     return app
