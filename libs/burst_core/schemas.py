@@ -114,9 +114,25 @@ class LedgerSnapshot(_Wire, kw_only=True):
 
     seq: int = 0
     lines: dict[str, LedgerLine] = msgspec.field(default_factory=dict)
-    # container id -> interval numbers already counted (dedupe of redeliveries)
+    # container id -> interval numbers already counted (dedupe of redeliveries) above
+    # that container's ``seen_through`` mark; older snapshots may still list all of them
     seen: dict[str, list[int]] = msgspec.field(default_factory=dict)
     updated_at: float = 0.0
+    # container id -> w: every interval 0..w of that container is counted
+    seen_through: dict[str, int] = msgspec.field(default_factory=dict)
+    # container id -> interval of its final record, while some earlier one is missing
+    final_interval: dict[str, int] = msgspec.field(default_factory=dict)
+    # container id -> n: the final record was n and every interval 0..n is counted;
+    # nothing more of that container is ever counted (see burst_core.ledger)
+    closed: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class LeaseRecord(_Wire, kw_only=True):
+    """Who holds a singleton role (KV ``burst_leases``), until when (epoch seconds)."""
+
+    holder: str
+    expires_at: float
+    acquired_at: float = 0.0
 
 
 # ---- data plane ----------------------------------------------------------------------
@@ -303,6 +319,7 @@ CallRecordDecoder = decoder(CallRecord)
 TokenRecordDecoder = decoder(TokenRecord)
 ServiceHeartbeatDecoder = decoder(ServiceHeartbeat)
 LedgerSnapshotDecoder = decoder(LedgerSnapshot)
+LeaseRecordDecoder = decoder(LeaseRecord)
 InputDecoder = decoder(Input)
 OutputDecoder = decoder(Output)
 LogLineDecoder = decoder(LogLine)

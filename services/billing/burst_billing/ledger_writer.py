@@ -1,0 +1,125 @@
+"""Fold the metering stream into the ledger snapshot, and save it.
+
+The snapshot holds its own stream position (``seq``): on start the writer loads it and
+reads ``BURST_METERING`` from ``seq + 1`` with an ordered consumer (ephemeral, no acks,
+in stream order, recreated by the client at the right sequence after a gap), so nothing
+is acked, nothing is skipped and nothing is folded twice.
+
+Saves are fenced by compare-and-set on the snapshot entry's revision: a writer that was
+superseded (its lease ran out while it was cut off, and a successor saved since) fails
+its next save with :class:`Superseded` and stops, instead of overwriting a newer ledger.
+Whichever writer saves, every saved snapshot is the exact fold of the stream up to its
+``seq``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from burst_core import bus, ledger, logs, names
+from burst_core.schemas import LedgerSnapshot, MeteringRecordDecoder, encode
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.kv import KeyValue
+
+log = logs.get("burst.billing.ledger")
+
+# A KV value is capped at the server's max payload (1 MiB by default): warn well before.
+_SNAPSHOT_WARN_BYTES = 768 * 1024
+
+
+class Superseded(Exception):
+    """Another writer saved the ledger since this one loaded it: stop folding."""
+
+
+class LedgerWriter:
+    """One writer's run: load the snapshot, fold new records, save periodically."""
+
+    def __init__(
+        self, js: JetStreamContext, rates: ledger.Rates, snapshot_interval: float
+    ) -> None:
+        self.js = js
+        self.rates = rates
+        self.snapshot_interval = snapshot_interval
+        self.snapshot = LedgerSnapshot()
+        self._kv: KeyValue | None = None
+        self._rev = 0
+        self._saved_seq = -1
+
+    @property
+    def seq(self) -> int:
+        return self.snapshot.seq
+
+    async def run(self, until: asyncio.Event) -> None:
+        """Fold until ``until`` is set, then save. Raises :class:`Superseded`."""
+        self._kv = await self.js.key_value(names.KV_LEDGER)
+        data, self._rev = await bus.kv_get(self._kv, names.LEDGER_STATE_KEY)
+        self.snapshot = ledger.decode_snapshot(data)
+        self._saved_seq = self.snapshot.seq
+        log.info("ledger_loaded", seq=self.snapshot.seq, lines=len(self.snapshot.lines))
+        sub = await self.js.subscribe(
+            names.SUBJECTS_METERING,
+            stream=names.STREAM_METERING,
+            ordered_consumer=True,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=self.snapshot.seq + 1,
+            ),
+        )
+        loop = asyncio.get_running_loop()
+        next_save = loop.time() + self.snapshot_interval
+        try:
+            while not until.is_set():
+                try:
+                    msg = await sub.next_msg(timeout=0.2)
+                except nats.errors.TimeoutError:
+                    pass
+                else:
+                    self.fold(msg)
+                if loop.time() >= next_save:
+                    await self.save()
+                    next_save = loop.time() + self.snapshot_interval
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception as e:  # the ephemeral consumer goes away on its own
+                log.warning("unsubscribe_failed", error=repr(e))
+        await self.save()
+
+    def fold(self, msg: Msg) -> None:
+        """Fold one stream message (a record, or something to step over)."""
+        seq = msg.metadata.sequence.stream
+        snap = self.snapshot
+        if snap.seq and seq > snap.seq + 1:
+            # Only expiry (max_age) or an operator's purge removes metering messages.
+            log.warning("metering_gap", after=snap.seq, next=seq)
+        try:
+            record = MeteringRecordDecoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            log.error("metering_record_malformed", seq=seq, subject=msg.subject, error=str(e))
+            ledger.skip(snap, seq)
+            return
+        ledger.apply(snap, seq, record, self.rates)
+
+    async def save(self) -> None:
+        """Save the snapshot if it moved since the last save (compare-and-set)."""
+        if self._kv is None or self.snapshot.seq == self._saved_seq:
+            return
+        self.snapshot.updated_at = time.time()
+        data = encode(self.snapshot)
+        if len(data) > _SNAPSHOT_WARN_BYTES:
+            log.warning("ledger_snapshot_large", bytes=len(data))
+        try:
+            if self._rev:
+                self._rev = await self._kv.update(names.LEDGER_STATE_KEY, data, last=self._rev)
+            else:
+                self._rev = await self._kv.create(names.LEDGER_STATE_KEY, data)
+        except nats.js.errors.KeyWrongLastSequenceError as e:
+            raise Superseded(f"ledger saved by another writer since revision {self._rev}") from e
+        self._saved_seq = self.snapshot.seq
+        log.debug("ledger_saved", seq=self.snapshot.seq, bytes=len(data))
