@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -9,12 +10,25 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from burst.cli.cluster import DEFAULT_PORTS, HOST, http_get, is_alive, pick_ports, proc_info
+from burst.cli.cluster import (
+    DEFAULT_PORTS,
+    HOST,
+    Launcher,
+    Progress,
+    http_get,
+    is_alive,
+    pick_ports,
+    proc_info,
+    wait_healthy,
+)
+from burst.exception import UnavailableError
+from rich.console import Console
 
 from tests.servers import nats_binary
 
@@ -85,9 +99,11 @@ def processes_of(home: Path) -> list[int]:
 
 
 def assert_clean_error(result: subprocess.CompletedProcess[str], *phrases: str) -> None:
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.startswith("Error: "), result.stderr
+    """Exit status 1 and a one-line ``Error: ...`` (notes such as a log tail may follow)."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    before, sep, _ = result.stderr.partition("Error: ")
+    assert sep and "Traceback" not in before, result.stderr  # no traceback of the CLI itself
+    assert any(line.startswith("Error: ") for line in result.stderr.splitlines()), result.stderr
     for phrase in phrases:
         assert phrase in result.stderr, result.stderr
 
@@ -271,6 +287,53 @@ def test_up_avoids_taken_ports_and_replaces_stale_state(env: dict[str, str]) -> 
     assert profile["url"] == f"http://{HOST}:{gateway_port}"
     assert burst(env, "status").returncode == 0
     assert burst(env, "down").returncode == 0
+
+
+@pytest.mark.e2e
+def test_up_that_fails_names_the_part_and_stops_everything(env: dict[str, str]) -> None:
+    # An invalid setting makes every service exit at start; the first one seen is blamed.
+    result = burst({**env, "BURST_HEARTBEAT_INTERVAL": "soon"}, "up", "--timeout", "60")
+    assert_clean_error(result, "exited with status 1 while starting", "last lines of")
+    assert "BURST_HEARTBEAT_INTERVAL='soon'" in result.stderr  # the tail of its log
+    assert not (home_of(env) / "cluster.json").exists()
+    assert processes_of(home_of(env)) == []
+    assert not (home_of(env) / "profile.json").exists()
+
+
+def test_wait_healthy_names_the_late_part_with_its_log(tmp_path: Path) -> None:
+    launcher = Launcher(tmp_path)
+    part = launcher.start("scheduler", ["sh", "-c", "echo scheduler booting; exec sleep 60"], {})
+    time.sleep(0.2)
+    try:
+        with pytest.raises(UnavailableError) as e:
+            wait_healthy(
+                launcher,
+                [("services", lambda: "scheduler: no liveness record yet")],
+                time.monotonic() + 0.3,
+                Progress(Console(file=io.StringIO())),
+                0.3,
+            )
+    finally:
+        launcher.stop_all()
+    assert "not healthy within 0.3 s: scheduler: no liveness record yet" in str(e.value)
+    assert "scheduler booting" in "".join(e.value.__notes__)
+    assert not is_alive(part.pid, part.started)
+
+
+def test_wait_healthy_fails_fast_when_a_part_exits(tmp_path: Path) -> None:
+    launcher = Launcher(tmp_path)
+    launcher.start("gateway", ["sh", "-c", "echo port in use; exit 3"], {})
+    started = time.monotonic()
+    with pytest.raises(UnavailableError, match="gateway exited with status 3") as e:
+        wait_healthy(
+            launcher,
+            [("gateway", lambda: "gateway: not yet")],
+            time.monotonic() + 30,
+            Progress(Console(file=io.StringIO())),
+            30,
+        )
+    assert time.monotonic() - started < 5
+    assert "port in use" in "".join(e.value.__notes__)
 
 
 def test_pick_ports_replaces_a_taken_port() -> None:
