@@ -107,7 +107,10 @@ class Function(Generic[P, R]):
             exc: BaseException = FunctionTimeoutError(resp.error_message)
             raise exc
         if resp.status == "failure" and resp.error_type == "burst.exception.ExecutionError":
-            raise ExecutionError(resp.error_message)
+            err = ExecutionError(resp.error_message)
+            if resp.traceback:
+                err.add_note(f"\nRemote traceback:\n{resp.traceback.rstrip()}")
+            raise err
         if resp.status == "failure":
             raise rebuild_exception(resp.payload, resp.error_type, resp.error_message,
                                     resp.traceback)

@@ -316,3 +316,76 @@ def test_billing_report_counts_container_seconds(cluster: Cluster, tmp_path: Pat
     assert rows[0]["app"].startswith("metered-run-")
     table = cluster.burst("billing", "report", check=True).stdout
     assert "metered-run-" in table and "total" in table
+
+
+def test_failure_paths_reach_the_caller(cluster: Cluster, tmp_path: Path) -> None:
+    """A container that dies mid-call, a call past its timeout, and code that cannot even
+    start in the container: each caller gets one clear error, nobody hangs."""
+    app = write_app(tmp_path, """
+        import os, time, json
+        import burst
+
+        app = burst.App("failures")
+
+        @app.function()
+        def crash():
+            os._exit(3)
+
+        @app.function(timeout=1)
+        def slow():
+            time.sleep(30)
+
+        @app.function()
+        def fine():
+            return "still fine"
+
+        @app.local_entrypoint()
+        def main():
+            out = {}
+            try:
+                crash.remote()
+            except burst.exception.ExecutionError as e:
+                out["crash"] = str(e)
+            t0 = time.time()
+            try:
+                slow.remote()
+            except burst.exception.FunctionTimeoutError as e:
+                out["timeout"] = str(e)
+                out["timeout_is_TimeoutError"] = isinstance(e, TimeoutError)
+            out["timeout_after"] = time.time() - t0
+            out["fine"] = fine.remote()
+            print(json.dumps(out))
+    """)
+    proc = cluster.burst("run", str(app), check=True, timeout=60)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "exited with code 3" in out["crash"]
+    assert "timed out after 1 s" in out["timeout"] and out["timeout_is_TimeoutError"]
+    assert out["timeout_after"] < 10
+    assert out["fine"] == "still fine"
+
+
+def test_code_that_cannot_start_in_the_container_fails_the_call(cluster: Cluster,
+                                                                 tmp_path: Path) -> None:
+    app = write_app(tmp_path, """
+        import os
+        import burst
+
+        if os.environ.get("BURST_CONTAINER_ID"):
+            raise RuntimeError("broken only inside the container")
+
+        app = burst.App("nostart")
+
+        @app.function()
+        def f():
+            return 1
+
+        @app.local_entrypoint()
+        def main():
+            try:
+                f.remote()
+            except burst.exception.ExecutionError as e:
+                print("failed to start:", e)
+    """)
+    proc = cluster.burst("run", str(app), check=True, timeout=60)
+    assert "failed to start: container failed to start" in proc.stdout
+    assert "broken only inside the container" in proc.stdout

@@ -136,6 +136,11 @@ class Container:
                 self.log.info("container_ready", pid=ready.pid,
                               startup_s=round(time.time() - self.started_at, 3))
                 self._spawn(self._input_loop())
+            else:
+                # The user's code cannot start (import error, @enter raised): answer the
+                # waiting inputs with that error instead of leaving callers hanging while
+                # replacement containers fail the same way.
+                await self._fail_waiting_inputs()
             exit_code = await exit_task
         except Exception as e:
             self.log.exception("container_failed", error=repr(e))
@@ -180,6 +185,28 @@ class Container:
         assert self.handle is not None
         self.handle.signal(SIGKILL)
         return None
+
+    async def _fail_waiting_inputs(self) -> None:
+        try:
+            psub = await self._bind(names.function_consumer(self.fn_key))
+            msgs = await psub.fetch(self.agent.settings.startup_failure_batch, timeout=0.2)  # type: ignore[attr-defined]
+        except (nats.errors.TimeoutError, TimeoutError):
+            return
+        except Exception as e:
+            self.log.warning("startup_failure_fetch_failed", error=repr(e))
+            return
+        message = f"container failed to start: {self.detail.splitlines()[0] if self.detail else ''}"
+        for msg in msgs:
+            try:
+                inp = InputDecoder.decode(msg.data)
+            except msgspec.DecodeError:
+                await _quiet(msg.term())
+                continue
+            out = Output(call_id=inp.call_id, input_id=inp.input_id, attempt=inp.attempt,
+                         attempt_token=inp.attempt_token, status="failure",
+                         error_type="burst.exception.ExecutionError", error_message=message,
+                         traceback=self.detail, container_id=self.id, finished_at=time.time())
+            await self._store_output(out, msg)
 
     async def stop(self, reason: str, if_idle_since: float | None = None) -> bool:
         """Stop the container; with ``if_idle_since``, only if idle ever since then."""

@@ -31,5 +31,7 @@ class AgentSettings(CommonSettings):
     fetch_timeout: float = 0.5
     #: Seconds a container may take from start to ready (import + @enter).
     startup_timeout: float = 120.0
+    #: Inputs answered with the error when a container fails to start (import error, ...).
+    startup_failure_batch: int = 100
     #: Python interpreter used for containers (the process runtime); default: the agent's.
     python: str = ""
