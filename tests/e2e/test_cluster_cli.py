@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
+
 from burst.cli.cluster import (
     DEFAULT_PORTS,
     HOST,
@@ -28,8 +30,6 @@ from burst.cli.cluster import (
     wait_healthy,
 )
 from burst.exception import UnavailableError
-from rich.console import Console
-
 from tests.servers import nats_binary
 
 UP_TIMEOUT = 90  # seconds `burst up` may take to report healthy in these tests
@@ -121,7 +121,7 @@ def stop_if_running(env: dict[str, str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(
+def up_cluster(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[dict[str, str], subprocess.CompletedProcess[str]]]:
     """One cluster shared by the read-only tests of this module."""
@@ -145,9 +145,9 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 @pytest.mark.e2e
 def test_up_starts_a_healthy_cluster(
-    cluster: tuple[dict[str, str], subprocess.CompletedProcess[str]],
+    up_cluster: tuple[dict[str, str], subprocess.CompletedProcess[str]],
 ) -> None:
-    env, result = cluster
+    env, result = up_cluster
     home = home_of(env)
     state = cluster_json(env)
     assert "Burst cluster is up" in result.stdout
@@ -177,9 +177,9 @@ def test_up_starts_a_healthy_cluster(
 
 @pytest.mark.e2e
 def test_status_shows_healthy_parts(
-    cluster: tuple[dict[str, str], subprocess.CompletedProcess[str]],
+    up_cluster: tuple[dict[str, str], subprocess.CompletedProcess[str]],
 ) -> None:
-    env, _ = cluster
+    env, _ = up_cluster
     result = burst(env, "status", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -197,9 +197,9 @@ def test_status_shows_healthy_parts(
 
 @pytest.mark.e2e
 def test_second_up_fails_cleanly_and_starts_nothing(
-    cluster: tuple[dict[str, str], subprocess.CompletedProcess[str]],
+    up_cluster: tuple[dict[str, str], subprocess.CompletedProcess[str]],
 ) -> None:
-    env, _ = cluster
+    env, _ = up_cluster
     home = home_of(env)
     before_state = (home / "cluster.json").read_text()
     before_profile = (home / "profile.json").read_text()
