@@ -6,7 +6,7 @@ the services import their heavier dependencies themselves.
 
 from burst import exception
 from burst.app import App
-from burst.functions import Function
+from burst.functions import Function, FunctionCall
 
 __version__ = "0.1.0"
-__all__ = ["App", "Function", "exception", "__version__"]
+__all__ = ["App", "Function", "FunctionCall", "exception", "__version__"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -89,6 +90,19 @@ class Function(Generic[P, R]):
             follower.wait_for(resp.call_id, resp.log_lines)
         return self._result(resp)  # type: ignore[no-any-return]
 
+    def spawn(self, *args: P.args, **kwargs: P.kwargs) -> FunctionCall[R]:
+        """Start the function in a container and return at once with a handle on the call.
+
+        Example::
+
+            call = square.spawn(4)
+            ...
+            call.get(timeout=10)  # 16, or TimeoutError if not finished in 10 s
+        """
+        client, app_name = self._target()
+        resp = client.call(app_name, self.spec.name, serialize((args, kwargs)), wait=0)
+        return FunctionCall(resp.call_id, client, resp)
+
     def _target(self) -> tuple[Client, str]:
         if self._app_name is not None:
             if self._client is None:
@@ -124,3 +138,47 @@ def _not_local(*_: Any, **__: Any) -> Any:
 
 def is_generator(f: Callable[..., Any]) -> bool:
     return inspect.isgeneratorfunction(f) or inspect.isasyncgenfunction(f)
+
+
+class FunctionCall(Generic[R]):
+    """A handle on one call; fetch its result by id for as long as results are kept."""
+
+    def __init__(self, call_id: str, client: Client | None = None,
+                 last: proto.CallResponse | None = None) -> None:
+        self.object_id = call_id
+        self._client = client
+        self._last = last
+
+    def __repr__(self) -> str:
+        return f"<burst.FunctionCall {self.object_id}>"
+
+    @classmethod
+    def from_id(cls, call_id: str, *, client: Client | None = None) -> FunctionCall[Any]:
+        """A handle on a call made elsewhere (another process, another machine)."""
+        return cls(call_id, client)
+
+    def _c(self) -> Client:
+        if self._client is None:
+            from burst.client import Client
+
+            self._client = Client.from_profile()
+        return self._client
+
+    def get(self, timeout: float | None = None) -> R:
+        """The call's result (or its error); waits up to ``timeout`` seconds (None: forever).
+
+        Raises ``TimeoutError`` when the result is not ready in time; the call goes on.
+        """
+        client = self._c()
+        resp = self._last
+        if resp is None or resp.status == "pending":
+            first_wait = 60.0 if timeout is None else min(timeout, 60.0)
+            start = time.monotonic()
+            resp = client.get_call(self.object_id, wait=first_wait)
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+            if resp.status == "pending" and (left is None or left > 0):
+                resp = client.wait_call(resp, left)
+        if resp.status == "pending":
+            raise TimeoutError(f"call {self.object_id} did not finish within {timeout:g} s")
+        self._last = resp
+        return Function._result(resp)  # type: ignore[no-any-return]

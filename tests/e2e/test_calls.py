@@ -1,0 +1,63 @@
+"""Calls beyond `.remote()`: spawn, FunctionCall.get with timeouts, from_id elsewhere."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Cluster
+from tests.e2e.test_hello import write_app
+
+pytestmark = pytest.mark.e2e
+
+
+def test_spawn_get_timeout_and_from_id_in_another_process(cluster: Cluster, tmp_path: Path) -> None:
+    app = write_app(tmp_path, """
+        import json, time
+        import burst
+
+        app = burst.App("spawning")
+
+        @app.function()
+        def slow(x):
+            time.sleep(1.0)
+            return x * 2
+
+        @app.local_entrypoint()
+        def main():
+            call = slow.spawn(21)
+            out = {"call_id": call.object_id}
+            try:
+                call.get(timeout=0.1)
+            except TimeoutError:
+                out["early_get"] = "TimeoutError"
+            out["result"] = call.get(timeout=30)
+            out["again"] = burst.FunctionCall.from_id(call.object_id).get()
+            print(json.dumps(out))
+    """)
+    proc = cluster.burst("run", str(app), check=True)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["early_get"] == "TimeoutError"
+    assert out["result"] == 42 and out["again"] == 42
+    assert out["call_id"].startswith("fc-")
+    # Another process, after the ephemeral app is gone: the result is still there.
+    code = ("import burst, sys; print(burst.FunctionCall.from_id(sys.argv[1]).get(timeout=10))")
+    other = subprocess.run([sys.executable, "-c", code, out["call_id"]], env=cluster.env,
+                           capture_output=True, text=True, timeout=60)
+    assert other.returncode == 0, other.stderr
+    assert other.stdout.strip() == "42"
+
+
+def test_unknown_call_id_is_not_found(cluster: Cluster) -> None:
+    code = ("import burst\n"
+            "try:\n"
+            "    burst.FunctionCall.from_id('fc-' + '0' * 32).get(timeout=1)\n"
+            "except burst.exception.NotFoundError as e:\n"
+            "    print('not found:', e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=cluster.env, capture_output=True,
+                          text=True, timeout=60)
+    assert "not found: call 'fc-000" in proc.stdout, proc.stderr
