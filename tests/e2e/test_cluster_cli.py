@@ -246,43 +246,40 @@ def test_up_avoids_taken_ports_and_replaces_stale_state(env: dict[str, str]) -> 
     home.mkdir(parents=True)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = {
-        "home": str(home),
-        "url": "http://127.0.0.1:1",
-        "started_at": 0.0,
-        "parts": [
-            {
-                "name": "gateway",
-                "pid": dead.pid,
-                "pgid": dead.pid,
-                "started": 0,
-                "log": str(home / "logs" / "gateway.log"),
-                "ports": {},
-            }
-        ],
-    }
-    (home / "cluster.json").write_text(json.dumps(stale))
+    stale_part = {
+        "name": "gateway", "pid": dead.pid, "pgid": dead.pid, "started": 0,
+        "log": str(home / "logs" / "gateway.log"), "ports": {},
+    }  # fmt: skip
+    stale = {"home": str(home), "url": "http://127.0.0.1:1", "started_at": 0.0}
+    (home / "cluster.json").write_text(json.dumps({**stale, "parts": [stale_part]}))
 
-    blockers = []
-    for role in ("gateway", "nats"):
-        s = socket.socket()
-        try:
-            s.bind((HOST, DEFAULT_PORTS[role]))
-            s.listen()
-        except OSError:
-            pass  # already taken by someone else: just as good for this test
-        blockers.append(s)
+    # The gateway's preferred port is one this test holds, so no other program can free it
+    # meanwhile; the NATS default is held too when it is free (else someone else has it).
+    gateway_blocker = socket.socket()
+    gateway_blocker.bind((HOST, 0))
+    gateway_blocker.listen()
+    taken = gateway_blocker.getsockname()[1]
+    nats_blocker = socket.socket()
     try:
-        result = burst(env, "up", "--timeout", str(UP_TIMEOUT))
+        nats_blocker.bind((HOST, DEFAULT_PORTS["nats"]))
+        nats_blocker.listen()
+        holds_nats_default = True
+    except OSError:
+        holds_nats_default = False
+    try:
+        result = burst(env, "up", "--port", str(taken), "--timeout", str(UP_TIMEOUT))
         assert_up(result, env)
     finally:
-        for s in blockers:
-            s.close()
+        gateway_blocker.close()
+        nats_blocker.close()
     assert "stale" in result.stderr
+    assert f"port {taken} (gateway) is taken" in result.stderr
     parts = {p["name"]: p for p in cluster_json(env)["parts"]}
     gateway_port = parts["gateway"]["ports"]["http"]
-    assert gateway_port != DEFAULT_PORTS["gateway"]
-    assert parts["nats"]["ports"]["client"] != DEFAULT_PORTS["nats"]
+    assert gateway_port != taken
+    if holds_nats_default:
+        assert parts["nats"]["ports"]["client"] != DEFAULT_PORTS["nats"]
+        assert f"port {DEFAULT_PORTS['nats']} (nats) is taken" in result.stderr
     profile = json.loads((home / "profile.json").read_text())
     assert profile["url"] == f"http://{HOST}:{gateway_port}"
     assert burst(env, "status").returncode == 0

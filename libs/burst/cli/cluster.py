@@ -59,8 +59,9 @@ STOP_STAGES: tuple[tuple[str, ...], ...] = (
     ("gateway", "scheduler", "billing"),
     ("nats", "redis"),
 )
-#: Seconds each stage gets between SIGTERM and SIGKILL.
-STOP_GRACE = {"agent": 10.0, "gateway": 6.0, "scheduler": 6.0, "billing": 6.0}
+#: Seconds each stage gets between SIGTERM and SIGKILL. The agent's own shutdown may take
+#: its containers' stop grace (5 s by default) plus a margin, so it gets more.
+STOP_GRACE = {"agent": 15.0, "gateway": 6.0, "scheduler": 6.0, "billing": 6.0}
 DEFAULT_STOP_GRACE = 4.0
 #: Seconds ``burst down`` waits, after SIGKILL, for every process to be gone.
 STOP_VERIFY_TIMEOUT = 30.0
@@ -639,10 +640,9 @@ def _start_services(
 
 
 def start_cluster(
-    home: Path, gpus: str, spot: bool, timeout: float, progress: Progress
+    home: Path, ports: dict[str, int], gpus: str, spot: bool, timeout: float, progress: Progress
 ) -> tuple[ClusterState, Profile]:
     """Start every part, wait until the cluster is healthy; on any failure stop them all."""
-    ports = pick_ports(DEFAULT_PORTS)
     token = "bst_" + secrets.token_urlsafe(32)
     url = f"http://{HOST}:{ports['gateway']}"
     launcher = Launcher(home)
@@ -703,6 +703,14 @@ def up(
         bool, typer.Option("--spot", help="Offer the local agent's capacity as spot.")
     ] = False,
     home: HomeOption = None,
+    port: Annotated[
+        int,
+        typer.Option(
+            help="Gateway port to try first; when it is taken, a free port is used instead.",
+            min=1,
+            max=65535,
+        ),
+    ] = DEFAULT_PORTS["gateway"],
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the cluster to become healthy.", min=1)
     ] = 120.0,
@@ -727,8 +735,13 @@ def up(
             )
             stop_parts(state.parts)  # leftovers of its parts' process groups, if any
             state_path(home).unlink(missing_ok=True)
+        preferred = {**DEFAULT_PORTS, "gateway": port}
+        ports = pick_ports(preferred)
+        for role, chosen in ports.items():
+            if chosen != preferred[role]:
+                err.print(f"port {preferred[role]} ({role}) is taken: using {chosen}", markup=False)
         with Progress(err) as progress:
-            state, profile = start_cluster(home, gpus, spot, timeout, progress)
+            state, profile = start_cluster(home, ports, gpus, spot, timeout, progress)
     out = Console(highlight=False)
     out.print(f"[green]Burst cluster is up[/] (home {home})")
     out.print(f"  gateway  {profile.url}", markup=False)
