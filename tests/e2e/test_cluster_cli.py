@@ -22,9 +22,12 @@ from burst.cli.cluster import (
     DEFAULT_PORTS,
     HOST,
     Launcher,
+    Part,
     Progress,
+    all_procs,
     http_get,
     is_alive,
+    members,
     pick_ports,
     proc_info,
     wait_healthy,
@@ -331,6 +334,17 @@ def test_wait_healthy_fails_fast_when_a_part_exits(tmp_path: Path) -> None:
         )
     assert time.monotonic() - started < 5
     assert "port in use" in "".join(e.value.__notes__)
+
+
+def test_members_never_claim_a_reused_process_id() -> None:
+    me = proc_info(os.getpid())
+    assert me is not None
+    procs = all_procs()
+    mine = Part(name="x", pid=me.pid, pgid=me.pgid, started=me.started, log="")
+    assert me.pid in {p.pid for p in members(mine, procs)}
+    # A part recorded with this pid but an earlier start time died; the id is someone else's.
+    recycled = Part(name="x", pid=me.pid, pgid=me.pid, started=me.started - 1, log="")
+    assert members(recycled, procs) == []
 
 
 def test_pick_ports_replaces_a_taken_port() -> None:

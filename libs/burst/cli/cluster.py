@@ -202,8 +202,13 @@ def members(part: Part, procs: list[ProcInfo]) -> list[ProcInfo]:
     Only processes that started no earlier than the part count, so a recycled id never
     makes an unrelated program look like part of the cluster.
     """
-    if part.started == 0 and not is_alive(part.pid, 0):
-        return []  # start time unknown and leader gone: its id may have been reused since
+    if not is_alive(part.pid, part.started):
+        if part.started == 0:
+            return []  # start time unknown and leader gone: its id may have been reused since
+        if any(p.pid == part.pid and not p.zombie for p in procs):
+            # The leader's id belongs to another process now; Linux reuses a process id only
+            # when no group of that id is left, so the group is that process's, not ours.
+            return []
     live = [p for p in procs if not p.zombie and p.started >= part.started]
     found = {p.pid: p for p in live if p.pgid == part.pgid or p.pid == part.pid}
     children: dict[int, list[ProcInfo]] = {}
