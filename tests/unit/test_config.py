@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from burst.config import Profile, load_profile, profile_path, read_profile, write_profile
 from burst.exception import AuthError
 
