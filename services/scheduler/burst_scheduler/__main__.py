@@ -1,7 +1,6 @@
 from burst_core import logs
 from burst_core.service import run_service
 from burst_core.settings import load
-
 from burst_scheduler.service import run
 from burst_scheduler.settings import SchedulerSettings
 

@@ -1,22 +1,202 @@
-"""Scheduler service (placeholder until placement and scaledown land)."""
+"""The scheduler replica: its cluster view, warm pools and decision loops, wired together.
+
+Two kinds of work run here:
+
+- *following* (every replica, always): the KV watches that build :class:`ClusterState`,
+  and the warm pools mirrored into Redis;
+- *deciding* (:meth:`Scheduler.start_decisions` / :meth:`Scheduler.stop_decisions`): the
+  ``input.accepted`` consumer, the scale-down tick and the reconcile loop. They start and
+  stop as one group so that a leader lease can wrap them: a replica that wins the lease
+  starts deciding, one that loses it stops. For now a single replica decides from start.
+
+Even two replicas deciding at once stay safe where it matters: resources are claimed by
+compare-and-set on agent records, so no GPU is ever given twice; the cost of two deciders
+is at worst an extra container that scales down again.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from burst_core import bus
+import msgspec
+import redis.asyncio as aioredis
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from burst_core import bus, logs, names
+from burst_core.schemas import InputAcceptedDecoder
 from burst_core.service import heartbeat_loop
-
+from burst_scheduler.autoscale import Autoscaler
+from burst_scheduler.claim import Claimer
+from burst_scheduler.pools import WarmPools
+from burst_scheduler.reconcile import Reconciler
 from burst_scheduler.settings import SchedulerSettings
+from burst_scheduler.state import ClusterState, StateWatcher
+
+log = logs.get("burst.scheduler")
+
+
+class Scheduler:
+    """One scheduler replica; ``async with Scheduler(...)`` starts and stops it."""
+
+    def __init__(self, settings: SchedulerSettings, js: JetStreamContext, redis: Any) -> None:
+        self.settings = settings
+        self.js = js
+        self.redis = redis
+        self.state = ClusterState(settings.heartbeat_timeout)
+        self.watcher = StateWatcher(js, self.state, settings.retry_delay)
+        self.pools = WarmPools(redis, self.state, settings.retry_delay)
+        self._signals: bus.Consumer | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._started = False
+
+    async def start(self) -> None:
+        s = self.settings
+        agents_kv = await self.js.key_value(names.KV_AGENTS)
+        self.claimer = Claimer(agents_kv, self.state, s.overcommit, s.claim_attempts)
+        self.autoscaler = Autoscaler(self.js, self.state, self.claimer, s)
+        self.reconciler = Reconciler(self.js, self.state, self.autoscaler, self.pools)
+        self.state.listeners.append(self.pools.on_state_change)
+        await self.watcher.start()
+        self.pools.start()
+        self._started = True
+        await self.start_decisions()
+        log.info("scheduler_started", agents=len(self.state.agents),
+                 functions=len(self.state.functions))
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        await self.stop_decisions()
+        await self.pools.stop()
+        await self.watcher.stop()
+
+    async def __aenter__(self) -> Scheduler:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ---- the decision loops (what a leader lease will wrap) --------------------------
+    @property
+    def deciding(self) -> bool:
+        return self._signals is not None
+
+    async def start_decisions(self) -> None:
+        if self.deciding:
+            return
+        s = self.settings
+        self.state.listeners.append(self.reconciler.on_state_change)
+        self._signals = bus.Consumer(
+            self.js, names.STREAM_CONTROL, names.CONSUMER_SCHEDULER_SIGNALS, self._on_signal,
+            filter_subjects=[names.SUBJECTS_INPUT_ACCEPTED], ack_wait=s.signal_ack_wait,
+            # A new durable skips old signals: the reconcile loop finds their inputs.
+            deliver_new=True, concurrency=s.signal_concurrency, name="input_accepted",
+        )
+        await self._signals.start()
+        self._loops = [
+            asyncio.create_task(self._every(s.scaledown_tick, self.autoscaler.scaledown_once,
+                                            "scaledown"), name="scaledown"),
+            asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+        ]
+
+    async def stop_decisions(self) -> None:
+        if not self.deciding:
+            return
+        with contextlib.suppress(ValueError):
+            self.state.listeners.remove(self.reconciler.on_state_change)
+        for t in self._loops:
+            t.cancel()
+        for t in self._loops:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._loops = []
+        assert self._signals is not None
+        await self._signals.stop()
+        self._signals = None
+        await self.reconciler.stop()
+
+    async def _on_signal(self, msg: Msg) -> None:
+        try:
+            signal = InputAcceptedDecoder.decode(msg.data)
+        except msgspec.DecodeError as e:
+            raise bus.Reject(f"undecodable input.accepted: {e}") from e
+        await self.autoscaler.scale_for_work(signal.fn_key, "input_accepted")
+
+    async def _every(self, interval: float, step: Callable[[], Awaitable[Any]],
+                     name: str) -> None:
+        while True:
+            _raise_if_cancelling()
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep deciding: one failed pass is repaired by the next
+                _raise_if_cancelling()
+                log.exception("loop_step_failed", loop=name)
+            await asyncio.sleep(interval)
+
+    async def _reconcile_loop(self) -> None:
+        wake = self.reconciler.wake
+        while True:
+            _raise_if_cancelling()
+            wake.clear()
+            try:
+                await self.reconciler.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                _raise_if_cancelling()
+                log.exception("loop_step_failed", loop="reconcile")
+            # asyncio.wait, not wait_for: on 3.11 a cancel landing as wait_for times out is
+            # swallowed, and this loop would never stop.
+            waiter = asyncio.ensure_future(wake.wait())
+            try:
+                await asyncio.wait([waiter], timeout=self.settings.reconcile_interval)
+            finally:
+                waiter.cancel()
+
+    def info(self) -> dict[str, str]:
+        autoscaler = getattr(self, "autoscaler", None)
+        return {
+            "deciding": str(self.deciding).lower(),
+            "agents": str(len(self.state.agents)),
+            "functions": str(len(self.state.functions)),
+            "placed": str(autoscaler.placed if autoscaler else 0),
+            "stop_orders": str(autoscaler.stop_orders if autoscaler else 0),
+        }
+
+
+def _raise_if_cancelling() -> None:
+    """Re-raise a cancellation a library turned into another error (or swallowed)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def run(settings: SchedulerSettings, stop: asyncio.Event) -> None:
     nc = await bus.connect(settings.nats_url, f"scheduler-{settings.instance}")
     js = nc.jetstream()
     await bus.ensure_topology(js, bus.Topology(result_retention=settings.result_retention))
-    hb = asyncio.create_task(
-        heartbeat_loop(js, "scheduler", settings.instance, settings.service_heartbeat_interval)
-    )
-    await stop.wait()
-    hb.cancel()
-    await nc.drain()
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    scheduler = Scheduler(settings, js, redis)
+    await scheduler.start()
+    hb = asyncio.create_task(heartbeat_loop(
+        js, "scheduler", settings.instance, settings.service_heartbeat_interval,
+        info=scheduler.info,
+    ))
+    try:
+        await stop.wait()
+    finally:
+        hb.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await hb
+        await scheduler.stop()
+        with contextlib.suppress(Exception):
+            await redis.aclose()
+        await nc.drain()

@@ -15,3 +15,14 @@ class SchedulerSettings(CommonSettings):
     heartbeat_timeout: float = 10.0
     #: CPU and memory overcommit factor applied to agents' capacity.
     overcommit: float = 1.0
+    #: A stop order the agent has neither acted on nor refused (the container is still
+    #: idle since the same moment) is sent again after this many seconds.
+    stop_order_retry: float = 10.0
+    #: Agents tried per placement before giving up (each lost compare-and-set re-picks).
+    claim_attempts: int = 8
+    #: ``input.accepted`` signals decided at once (decisions on one function never overlap).
+    signal_concurrency: int = 16
+    #: Seconds before an unacknowledged signal is redelivered.
+    signal_ack_wait: float = 10.0
+    #: Seconds to wait before restarting a failed KV watch or Redis write.
+    retry_delay: float = 0.5

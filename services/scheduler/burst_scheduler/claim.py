@@ -1,0 +1,137 @@
+"""Claiming resources on an agent by compare-and-set on its KV record.
+
+The claim is the decision. :func:`placement.choose_first` proposes an agent from the
+scheduler's (possibly stale) view; the compare-and-set then re-checks the fit against the
+agent record it replaces and writes the allocation, GPU indices included, computed from
+that exact revision. If another scheduler (or the agent itself) wrote in between, the
+write fails and is retried on the fresh record; if the resources are gone, the view is
+refreshed with what the KV holds and another agent is picked.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nats.js.kv import KeyValue
+
+from burst_core import bus, logs
+from burst_core.schemas import AgentRecord, AgentRecordDecoder, Resources, encode
+from burst_scheduler import placement
+from burst_scheduler.state import ClusterState
+
+log = logs.get("burst.scheduler.claim")
+
+
+def new_container_id() -> str:
+    return "ct-" + uuid.uuid4().hex[:12]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Resources won on one agent for one new container."""
+
+    container_id: str
+    agent_id: str
+    resources: Resources
+    gpu_indices: tuple[int, ...]
+    spot: bool
+    placed_at: float
+    revision: int
+
+
+class Claimer:
+    """Claims and releases allocations on agent records."""
+
+    def __init__(
+        self, kv: KeyValue, state: ClusterState, overcommit: float, attempts: int = 8
+    ) -> None:
+        self.kv = kv
+        self.state = state
+        self.overcommit = overcommit
+        self.attempts = attempts
+
+    async def claim(
+        self, fn_key: str, requests: Sequence[Resources], *, allow_spot: bool = True
+    ) -> Claim | None:
+        """Claim resources for one container of ``fn_key``, or None when nothing fits.
+
+        ``requests`` are tried in order (the function's resources, then its fallbacks).
+        """
+        exclude: set[str] = set()
+        for _ in range(self.attempts):
+            now = time.time()
+            choice = placement.choose_first(
+                requests, self.state.live_agents(now), self.overcommit,
+                allow_spot=allow_spot, exclude=frozenset(exclude),
+            )
+            if choice is None:
+                return None
+            won = await self._claim_on(choice, fn_key, now, allow_spot)
+            if won is not None:
+                return won
+            # Lost the race (or our view was stale): the view of that agent is fresh now,
+            # so the next pick sees what is really left there.
+            if choice.agent_id not in self.state.agents:
+                exclude.add(choice.agent_id)
+        log.warning("claim_gave_up", fn_key=fn_key, attempts=self.attempts)
+        return None
+
+    async def _claim_on(
+        self, choice: placement.Choice, fn_key: str, now: float, allow_spot: bool
+    ) -> Claim | None:
+        container_id = new_container_id()
+        current: list[AgentRecord] = []
+        written: list[tuple[AgentRecord, tuple[int, ...]]] = []
+
+        def mutate(raw: bytes | None) -> bytes | None:
+            current.clear()
+            written.clear()
+            if raw is None:
+                return None  # the agent is gone
+            record = AgentRecordDecoder.decode(raw)
+            current.append(record)
+            if record.draining or (record.spot and not allow_spot):
+                return None
+            indices = placement.fit(record, choice.resources, self.overcommit)
+            if indices is None:
+                return None
+            new = placement.with_allocation(
+                record, container_id, fn_key, choice.resources, indices, now
+            )
+            written.append((new, indices))
+            return encode(new)
+
+        try:
+            value, revision = await bus.kv_cas(self.kv, choice.agent_id, mutate)
+        except RuntimeError as e:  # contended beyond reason: let the caller re-pick
+            log.warning("claim_contended", fn_key=fn_key, agent_id=choice.agent_id,
+                        error=str(e))
+            return None
+        if value is None:
+            self.state.apply_agent(choice.agent_id, current[0] if current else None, revision)
+            log.info("claim_lost", fn_key=fn_key, agent_id=choice.agent_id)
+            return None
+        record, indices = written[0]
+        self.state.apply_agent(choice.agent_id, record, revision)
+        return Claim(
+            container_id=container_id, agent_id=choice.agent_id, resources=choice.resources,
+            gpu_indices=indices, spot=record.spot, placed_at=now, revision=revision,
+        )
+
+    async def release(self, agent_id: str, container_id: str) -> None:
+        """Remove an allocation this scheduler made but could not hand to the agent."""
+
+        def mutate(raw: bytes | None) -> bytes | None:
+            if raw is None:
+                return None
+            record = AgentRecordDecoder.decode(raw)
+            if container_id not in record.allocations:
+                return None
+            return encode(placement.without_allocation(record, container_id))
+
+        value, revision = await bus.kv_cas(self.kv, agent_id, mutate)
+        if value is not None:
+            self.state.apply_agent(agent_id, AgentRecordDecoder.decode(value), revision)

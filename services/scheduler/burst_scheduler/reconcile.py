@@ -1,0 +1,144 @@
+"""Repairing drift between what should run and what does, every ``reconcile_interval``.
+
+Scale-up reacts to signals (``autoscale.py``); this loop catches what signals cannot:
+
+- inputs waiting for a function that has no active container (a signal published while
+  the scheduler was down, or no capacity at the time): place one; and a backlog behind
+  saturated containers: add one (queue depth is read here, never on the signal path);
+- ``min_containers`` of every deployed function (also run right after a deployment
+  changes);
+- durable input consumers of functions with no container left: deleted (also done as
+  soon as a function's last allocation disappears, see :meth:`Reconciler.on_state_change`);
+- warm-pool entries no live agent reports: removed.
+
+Not handled yet: an allocation whose container its agent never reports (placement lost,
+start failed without an event) keeps its resources until the agent removes it; and the
+allocations of a lost agent stay in its record (they no longer count, since its heartbeat
+is stale, but are not released).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from burst_core import logs, names
+from burst_scheduler.autoscale import Autoscaler
+from burst_scheduler.pools import WarmPools
+from burst_scheduler.state import ClusterState
+
+log = logs.get("burst.scheduler.reconcile")
+
+_CONSUMER_PAGE = 256  # JetStream lists consumers 256 at a time
+
+
+@dataclass
+class ReconcileReport:
+    placed: dict[str, int] = field(default_factory=dict)
+    consumers_deleted: list[str] = field(default_factory=list)
+    pool_entries_removed: int = 0
+
+
+class Reconciler:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        state: ClusterState,
+        autoscaler: Autoscaler,
+        pools: WarmPools,
+    ) -> None:
+        self.js = js
+        self.state = state
+        self.autoscaler = autoscaler
+        self.pools = pools
+        self.wake = asyncio.Event()
+        self._with_containers: set[str] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
+
+    # ---- reacting to the watches -----------------------------------------------------
+    def on_state_change(self, bucket: str, key: str) -> None:
+        """ClusterState listener: a deployment changed, or a function lost its last claim."""
+        if bucket == names.KV_DEPLOYMENTS:
+            self.wake.set()
+        elif bucket == names.KV_AGENTS:
+            now_with = set(self.state.containers(time.time()))
+            for fn_key in self._with_containers - now_with:
+                task = asyncio.create_task(self.autoscaler.reap_consumer(fn_key))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            self._with_containers = now_with
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ---- one pass --------------------------------------------------------------------
+    async def run_once(self) -> ReconcileReport:
+        report = ReconcileReport()
+        for fn_key, waiting in (await self.backlog()).items():
+            if waiting > 0 and self.state.function(fn_key) is not None:
+                n = await self._repair_backlog(fn_key)
+                if n:
+                    report.placed[fn_key] = report.placed.get(fn_key, 0) + n
+        for fn_key in sorted(self.state.functions):
+            n = await self.autoscaler.ensure_minimum(fn_key)
+            if n:
+                report.placed[fn_key] = report.placed.get(fn_key, 0) + n
+        report.consumers_deleted = await self.sweep_consumers()
+        report.pool_entries_removed = await self.pools.prune(time.time())
+        if report.placed or report.consumers_deleted:
+            log.info("reconciled", placed=report.placed,
+                     consumers_deleted=report.consumers_deleted)
+        return report
+
+    async def backlog(self) -> dict[str, int]:
+        """Messages in the inputs stream per function key (waiting or in flight)."""
+        info = await self.js.stream_info(names.STREAM_INPUTS,
+                                         subjects_filter=names.SUBJECTS_INPUTS)
+        out: dict[str, int] = {}
+        for subject, count in (info.state.subjects or {}).items():
+            fn_key = names.fn_key_of_input_subject(subject)
+            if fn_key is not None:
+                out[fn_key] = int(count)
+        return out
+
+    async def _repair_backlog(self, fn_key: str) -> int:
+        now = time.time()
+        containers = self.state.containers_of(fn_key, now)
+        active = [c for c in containers if not self.autoscaler.stopping(c, now)]
+        if active:
+            if not all(self.autoscaler.saturated(c) for c in active):
+                return 0
+            # The stream count includes inputs being run; only undelivered ones are a backlog.
+            try:
+                info = await self.js.consumer_info(names.STREAM_INPUTS,
+                                                   names.function_consumer(fn_key))
+            except nats.js.errors.NotFoundError:
+                return 0
+            if not info.num_pending:
+                return 0
+        return await self.autoscaler.scale_for_work(fn_key, "backlog")
+
+    async def sweep_consumers(self) -> list[str]:
+        """Delete the input consumers of functions that have no container."""
+        deleted: list[str] = []
+        offset = 0
+        while True:
+            page = await self.js.consumers_info(names.STREAM_INPUTS, offset=offset)
+            for info in page:
+                subjects = info.config.filter_subjects or [info.config.filter_subject or ""]
+                fn_key = names.fn_key_of_input_subject(subjects[0])
+                if fn_key is None or info.name != names.function_consumer(fn_key):
+                    continue  # not a function's input consumer
+                if self.state.containers_of(fn_key, time.time()):
+                    continue
+                if await self.autoscaler.reap_consumer(fn_key):
+                    deleted.append(fn_key)
+            if len(page) < _CONSUMER_PAGE:
+                return deleted
+            offset += len(page)
