@@ -58,6 +58,7 @@ def start_nats(store: Path) -> Server:
     binary = nats_binary()
     if not binary:
         _missing("nats-server")
+    assert binary is not None
     port, mon = free_port(), free_port()
     store.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
@@ -80,6 +81,7 @@ def start_redis() -> Server:
     binary = shutil.which("redis-server")
     if not binary:
         _missing("redis-server")
+    assert binary is not None
     port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],

@@ -112,8 +112,10 @@ class Agent:
         with contextlib.suppress(Exception):
             await self.heartbeats_kv.delete(self.agent_id)
             await self.agents_kv.delete(self.agent_id)
-        with contextlib.suppress(Exception):
-            await self.nc.drain()
+        try:
+            await asyncio.wait_for(self.nc.drain(), 2.0)
+        except Exception:  # nothing un-acked is left to lose: just close
+            await self.nc.close()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     # ---- orders --------------------------------------------------------------------

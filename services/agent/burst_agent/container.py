@@ -21,7 +21,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import nats.errors
@@ -90,6 +90,7 @@ class Container:
         self._slots = asyncio.Semaphore(self.max_inputs)
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._psub: object | None = None
         self.socket_path = Path(self.agent.socket_dir) / f"{self.id}.sock"
         self.done = asyncio.Event()
 
@@ -187,14 +188,19 @@ class Container:
         return None
 
     async def _fail_waiting_inputs(self) -> None:
+        psub: Any = None
         try:
             psub = await self._bind(names.function_consumer(self.fn_key))
-            msgs = await psub.fetch(self.agent.settings.startup_failure_batch, timeout=0.2)  # type: ignore[attr-defined]
+            msgs = await psub.fetch(self.agent.settings.startup_failure_batch, timeout=0.2)
         except (nats.errors.TimeoutError, TimeoutError):
             return
         except Exception as e:
             self.log.warning("startup_failure_fetch_failed", error=repr(e))
             return
+        finally:
+            if psub is not None:
+                with contextlib.suppress(Exception):
+                    await psub.unsubscribe()
         message = f"container failed to start: {self.detail.splitlines()[0] if self.detail else ''}"
         for msg in msgs:
             try:
@@ -272,6 +278,14 @@ class Container:
     # ---- inputs --------------------------------------------------------------------
     async def _input_loop(self) -> None:
         consumer = names.function_consumer(self.fn_key)
+        try:
+            await self._pull(consumer)
+        finally:
+            if self._psub is not None:
+                with contextlib.suppress(Exception):
+                    await self._psub.unsubscribe()  # type: ignore[attr-defined]
+
+    async def _pull(self, consumer: str) -> None:
         psub = None
         while not self._stopping.is_set():
             await self._slots.acquire()
@@ -280,7 +294,7 @@ class Container:
                 break
             try:
                 if psub is None:
-                    psub = await self._bind(consumer)
+                    psub = self._psub = await self._bind(consumer)
                 free = self.max_inputs - len(self.in_flight)
                 msgs = await psub.fetch(max(1, free), timeout=self.agent.settings.fetch_timeout)
             except (nats.errors.TimeoutError, TimeoutError):
