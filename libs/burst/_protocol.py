@@ -99,6 +99,34 @@ class CallResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     log_lines: int = 0
 
 
+class CallBatchRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Many calls of one function at once (a page of a map's inputs)."""
+
+    payloads: list[bytes]
+
+
+class CallRef(msgspec.Struct, kw_only=True, omit_defaults=True):
+    call_id: str
+    attempt_token: str = ""
+
+
+class CallBatchResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
+    calls: list[CallRef]
+
+
+class CallWaitRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Wait for any of these calls; answers with those finished (none if ``wait`` passes)."""
+
+    calls: list[CallRef]
+    wait: float = 0.0
+    #: Once one call is finished, wait up to this long for more (fewer round trips).
+    linger: float = 0.0
+
+
+class CallWaitResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
+    results: list[CallResponse]
+
+
 # ---- agent <-> shim frames -----------------------------------------------------------
 class _Frame(msgspec.Struct, tag=True, kw_only=True, omit_defaults=True):
     v: int = 1
@@ -182,4 +210,6 @@ def frame_length(header: bytes) -> int:
 
 encode = _enc.encode
 call_response_decoder = msgspec.msgpack.Decoder(CallResponse)
+call_batch_response_decoder = msgspec.msgpack.Decoder(CallBatchResponse)
+call_wait_response_decoder = msgspec.msgpack.Decoder(CallWaitResponse)
 deploy_response_decoder = msgspec.msgpack.Decoder(DeployResponse)

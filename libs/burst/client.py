@@ -109,6 +109,18 @@ class Client:
                                proto.MSGPACK, params={"wait": wait})
         return proto.call_response_decoder.decode(data)
 
+    def call_batch(self, app: str, fn: str, payloads: list[bytes]) -> list[proto.CallRef]:
+        body = proto.encode(proto.CallBatchRequest(payloads=payloads))
+        _, data = self.request("POST", f"/v1/apps/{app}/functions/{fn}/calls/batch", body,
+                               proto.MSGPACK)
+        return proto.call_batch_response_decoder.decode(data).calls
+
+    def wait_calls(self, refs: list[proto.CallRef], wait: float,
+                   linger: float = 0.0) -> list[proto.CallResponse]:
+        body = proto.encode(proto.CallWaitRequest(calls=refs, wait=wait, linger=linger))
+        _, data = self.request("POST", "/v1/calls/wait", body, proto.MSGPACK)
+        return proto.call_wait_response_decoder.decode(data).results
+
     def get_call(self, call_id: str, wait: float = 60.0) -> proto.CallResponse:
         _, data = self.request("GET", f"/v1/calls/{call_id}", params={"wait": wait})
         return proto.call_response_decoder.decode(data)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from burst import _protocol as proto
@@ -19,6 +20,12 @@ from burst.exception import (
 if TYPE_CHECKING:
     from burst.app import App
     from burst.client import Client
+
+#: Most inputs of one map in flight at once, and inputs sent per request.
+MAP_MAX_OUTSTANDING = 1000
+MAP_PAGE = 250
+#: After one result arrives, how long a poll waits for more (fewer round trips).
+MAP_LINGER = 0.02
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -102,6 +109,76 @@ class Function(Generic[P, R]):
         client, app_name = self._target()
         resp = client.call(app_name, self.spec.name, serialize((args, kwargs)), wait=0)
         return FunctionCall(resp.call_id, client, resp)
+
+    def map(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] | None = None,
+            order_outputs: bool = True, return_exceptions: bool = False) -> Iterator[Any]:
+        """Call the function once per element (zipped across iterables), in parallel.
+
+        Results stream back as calls finish: in input order with ``order_outputs`` (the
+        default), else as they complete. At most ``MAP_MAX_OUTSTANDING`` inputs are in
+        flight, so a map over a million inputs never holds them all. A failed call
+        raises its error, or is yielded as the exception with ``return_exceptions``.
+
+        Example::
+
+            for square in f.map(range(10)):
+                print(square)
+        """
+        return self._map(zip(*input_iterators, strict=False), kwargs or {}, order_outputs,
+                         return_exceptions)
+
+    def starmap(self, input_iterator: Iterable[Sequence[Any]], kwargs: dict[str, Any] | None = None,
+                order_outputs: bool = True, return_exceptions: bool = False) -> Iterator[Any]:
+        """Like :meth:`map`, with each element unpacked as the call's arguments."""
+        return self._map(iter(input_iterator), kwargs or {}, order_outputs, return_exceptions)
+
+    def for_each(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] | None = None,
+                 ignore_exceptions: bool = False) -> None:
+        """Like :meth:`map`, discarding the results (errors raise unless ignored)."""
+        for _ in self._map(zip(*input_iterators, strict=False), kwargs or {}, False,
+                           ignore_exceptions):
+            pass
+
+    def _map(self, arg_tuples: Iterator[Sequence[Any]], kwargs: dict[str, Any],
+             order_outputs: bool, return_exceptions: bool) -> Iterator[Any]:
+        client, app_name = self._target()
+        outstanding: dict[str, tuple[int, proto.CallRef]] = {}
+        ready: dict[int, Any] = {}
+        submitted = next_out = 0
+        exhausted = False
+        while True:
+            while not exhausted and len(outstanding) < MAP_MAX_OUTSTANDING:
+                room = min(MAP_PAGE, MAP_MAX_OUTSTANDING - len(outstanding))
+                page = list(itertools.islice(arg_tuples, room))
+                if len(page) < room:
+                    exhausted = True
+                if not page:
+                    break
+                refs = client.call_batch(app_name, self.spec.name,
+                                         [serialize((tuple(args), kwargs)) for args in page])
+                for ref in refs:
+                    outstanding[ref.call_id] = (submitted, ref)
+                    submitted += 1
+            if not outstanding:
+                return
+            refs = [ref for _, ref in outstanding.values()]
+            for resp in client.wait_calls(refs, wait=30.0, linger=MAP_LINGER):
+                entry = outstanding.pop(resp.call_id, None)
+                if entry is None:
+                    continue
+                try:
+                    value = self._result(resp)
+                except Exception as exc:
+                    if not return_exceptions:
+                        raise
+                    value = exc
+                if not order_outputs:
+                    yield value
+                    continue
+                ready[entry[0]] = value
+                while next_out in ready:
+                    yield ready.pop(next_out)
+                    next_out += 1
 
     def _target(self) -> tuple[Client, str]:
         if self._app_name is not None:

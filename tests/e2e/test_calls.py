@@ -61,3 +61,52 @@ def test_unknown_call_id_is_not_found(cluster: Cluster) -> None:
     proc = subprocess.run([sys.executable, "-c", code], env=cluster.env, capture_output=True,
                           text=True, timeout=60)
     assert "not found: call 'fc-000" in proc.stdout, proc.stderr
+
+
+def test_map_of_ten_thousand_returns_every_result_in_order(cluster: Cluster,
+                                                           tmp_path: Path) -> None:
+    app = write_app(tmp_path, """
+        import json
+        import burst
+
+        app = burst.App("mapping")
+
+        @app.function(max_containers=4)
+        def sq(x):
+            return x * x
+
+        @app.function()
+        def odd_fails(x):
+            if x % 2:
+                raise ValueError(f"odd {x}")
+            return x
+
+        @app.function()
+        def add(a, b, scale=1):
+            return (a + b) * scale
+
+        @app.local_entrypoint()
+        def main():
+            out = list(sq.map(range(10_000)))
+            mixed = list(odd_fails.map(range(6), return_exceptions=True))
+            try:
+                list(odd_fails.map(range(6)))
+                raised = None
+            except ValueError as e:
+                raised = str(e)
+            print(json.dumps({
+                "ok": out == [x * x for x in range(10_000)], "n": len(out),
+                "mixed": [repr(m) for m in mixed], "raised": raised,
+                "unordered": sorted(sq.map(range(50), order_outputs=False)) == [x * x for x in range(50)],
+                "starmap": list(add.starmap([(1, 2), (3, 4)], kwargs={"scale": 10})),
+                "zipped": list(add.map([1, 2], [10, 20])),
+            }))
+    """)
+    proc = cluster.burst("run", str(app), check=True, timeout=300)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["ok"] and out["n"] == 10_000
+    assert out["mixed"] == ["0", "ValueError('odd 1')", "2", "ValueError('odd 3')", "4",
+                            "ValueError('odd 5')"]
+    assert out["raised"] in ("odd 1", "odd 3", "odd 5")
+    assert out["unordered"] is True
+    assert out["starmap"] == [30, 70] and out["zipped"] == [11, 22]

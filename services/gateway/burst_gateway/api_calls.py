@@ -1,4 +1,4 @@
-"""Calling functions: create a call, wait for its output, fetch it later by id."""
+"""Calling functions: create calls (one or a page of a map), wait for outputs, fetch by id."""
 
 from __future__ import annotations
 
@@ -11,19 +11,45 @@ import msgspec
 import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from burst._protocol import MSGPACK, CallRequest, CallResponse
+from burst._protocol import (
+    MSGPACK,
+    CallBatchRequest,
+    CallBatchResponse,
+    CallRef,
+    CallRequest,
+    CallResponse,
+    CallWaitRequest,
+    CallWaitResponse,
+)
 from burst.exception import InvalidError, NotFoundError, PayloadTooLargeError
 from burst_core import bus, logs, names
-from burst_core.schemas import CallRecord, CallRecordDecoder, Input, InputAccepted, Output, encode
+from burst_core.schemas import (
+    CallRecord,
+    CallRecordDecoder,
+    DeploymentRecord,
+    Input,
+    InputAccepted,
+    Output,
+    encode,
+)
 
 from burst_gateway.auth import Principal, principal
 
 router = APIRouter()
 log = logs.get("burst.gateway.calls")
 _call_decoder = msgspec.msgpack.Decoder(CallRequest)
+_batch_decoder = msgspec.msgpack.Decoder(CallBatchRequest)
+_wait_decoder = msgspec.msgpack.Decoder(CallWaitRequest)
+_MSGPACK_BODY = {"requestBody": {"content": {MSGPACK: {}}, "required": True}}
+#: Most calls one batch request may create, and most calls one wait request may name.
+MAX_BATCH = 1000
+#: A waited-on call older than this (s) is also looked up in the stream, at most this many
+#: per wait request, in case its output left this gateway's in-memory window.
+STREAM_CHECK_AGE = 30.0
+STREAM_CHECKS_PER_WAIT = 100
 
 
-def _response(resp: CallResponse, status: int = 200) -> Response:
+def _response(resp: msgspec.Struct, status: int = 200) -> Response:
     return Response(msgspec.msgpack.encode(resp), status_code=status, media_type=MSGPACK)
 
 
@@ -34,7 +60,135 @@ def _from_output(out: Output) -> CallResponse:
     )
 
 
-async def _wait(gw: Any, call_id: str, fut: asyncio.Future[Output], wait: float) -> CallResponse:
+async def _body(request: Request, decoder: msgspec.msgpack.Decoder[Any], what: str) -> Any:
+    gw = request.app.state.gw
+    ctype = request.headers.get("content-type", "").split(";")[0].strip()
+    if ctype != MSGPACK:
+        raise InvalidError(f"unsupported content type {ctype or 'none'!r}: send {MSGPACK}")
+    body = await request.body()
+    if len(body) > gw.settings.max_body_bytes:
+        raise PayloadTooLargeError(
+            f"request of {len(body)} bytes exceeds the {gw.settings.max_body_bytes} byte limit")
+    try:
+        return decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise InvalidError(f"malformed {what}: {e}") from None
+
+
+async def _function(gw: Any, p: Principal, app: str, fn: str) -> DeploymentRecord:
+    dep: DeploymentRecord | None = await gw.deployment(p.workspace, app)
+    if dep is None:
+        raise NotFoundError(f"app {app!r} is not deployed in workspace {p.workspace!r}")
+    if not any(f.name == fn for f in dep.functions):
+        known = ", ".join(f.name for f in dep.functions)
+        raise NotFoundError(f"app {app!r} has no function {fn!r} (it has: {known})")
+    return dep
+
+
+async def submit(gw: Any, p: Principal, dep: DeploymentRecord, fn: str,
+                 payloads: list[bytes], register: bool) -> list[tuple[CallRef, Any]]:
+    """Create one call per payload: its record (KV), then its input (JetStream).
+
+    With ``register`` the output futures exist before any input is published, so no
+    output can be missed. All KV writes, then all publishes, go out concurrently.
+    """
+    fn_key = names.function_key(p.workspace, dep.app, fn)
+    now = time.time()
+    calls = []
+    for payload in payloads:
+        call_id, input_id, token = new_call_id(now), "in-" + uuid.uuid4().hex, uuid.uuid4().hex
+        rec = CallRecord(call_id=call_id, workspace=p.workspace, app=dep.app, function=fn,
+                         input_id=input_id, attempt=1, attempt_token=token, created_at=now,
+                         deployment_id=dep.deployment_id)
+        inp = Input(workspace=p.workspace, app=dep.app, function=fn, call_id=call_id,
+                    input_id=input_id, attempt=1, attempt_token=token, payload=payload,
+                    accepted_at=now, deployment_id=dep.deployment_id)
+        calls.append((rec, inp))
+    await asyncio.gather(*(gw.calls_kv.create(rec.call_id, encode(rec)) for rec, _ in calls))
+    futs = [gw.outputs.register(rec.call_id, rec.attempt_token) if register else None
+            for rec, _ in calls]
+    subject = names.input_subject(fn_key)
+    await asyncio.gather(*(bus.publish(gw.js, subject, encode(inp), msg_id=inp.input_id)
+                           for _, inp in calls))
+    # A payload-free hint for the scheduler; losing it costs a reconcile tick, nothing more.
+    await gw.nc.publish(names.input_accepted_subject(fn_key),
+                        encode(InputAccepted(fn_key=fn_key, call_id=calls[-1][0].call_id, at=now)))
+    return [(CallRef(call_id=rec.call_id, attempt_token=rec.attempt_token), fut)
+            for (rec, _), fut in zip(calls, futs, strict=True)]
+
+
+def new_call_id(now: float) -> str:
+    """``fc-`` + 12 hex digits of milliseconds since the epoch + 20 random hex digits."""
+    return f"fc-{int(now * 1000):012x}{uuid.uuid4().hex[:20]}"
+
+
+def call_created_at(call_id: str) -> float:
+    try:
+        return int(call_id[3:15], 16) / 1000
+    except ValueError:
+        return 0.0
+
+
+async def _record(gw: Any, call_id: str, workspace: str) -> CallRecord | None:
+    """The call's record, if it exists and belongs to ``workspace``."""
+    if not _valid_call_id(call_id):
+        return None
+    raw, _ = await bus.kv_get(gw.calls_kv, call_id)
+    rec = CallRecordDecoder.decode(raw) if raw is not None else None
+    return rec if rec is not None and rec.workspace == workspace else None
+
+
+async def wait_many(gw: Any, workspace: str, refs: list[CallRef], wait: float,
+                    linger: float = 0.0) -> list[CallResponse]:
+    """The finished calls among ``refs``: at once if any is, else the first to finish.
+
+    A ref's attempt token is the caller's proof it made the call; when it no longer
+    matches (a retry moved the call on) the call's record, in the caller's workspace, says
+    which attempt is current, and outputs of any other attempt are refused.
+    """
+    done: list[CallResponse] = []
+    pending: list[CallRef] = []
+    for ref in refs:
+        out = gw.outputs.recent(ref.call_id)
+        if out is not None and out.attempt_token != ref.attempt_token:
+            rec = await _record(gw, ref.call_id, workspace)
+            if rec is None:
+                continue
+            ref.attempt_token = rec.attempt_token
+        if out is not None and out.attempt_token == ref.attempt_token:
+            done.append(_from_output(out))
+        else:
+            pending.append(ref)
+    if done or not pending or wait <= 0:
+        return done
+    futs = {gw.outputs.register(r.call_id, r.attempt_token): r for r in pending}
+    try:
+        # Outputs this gateway cannot have seen (the call is older than the gateway), did
+        # not keep (too big), or may have dropped from memory since (old calls, checked
+        # a bounded number per request): look them up in the stream.
+        now, deep = time.time(), 0
+        for r in pending:
+            created = call_created_at(r.call_id)
+            old = now - created > STREAM_CHECK_AGE and deep < STREAM_CHECKS_PER_WAIT
+            deep += old
+            if created < gw.started_at + 1.0 or old or gw.outputs.seen_big(r.call_id):
+                rec = await _record(gw, r.call_id, workspace)
+                out = await gw.outputs.fetch(r.call_id, rec.attempt) if rec else None
+                if out is not None and rec is not None and out.attempt_token == rec.attempt_token:
+                    done.append(_from_output(out))
+        if done:
+            return done
+        finished, rest = await asyncio.wait(futs, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        if finished and rest and linger > 0:
+            more, _ = await asyncio.wait(rest, timeout=linger)
+            finished |= more
+        return [_from_output(f.result()) for f in finished if not f.cancelled()]
+    finally:
+        for f, r in futs.items():
+            gw.outputs.unregister(r.call_id, f)
+
+
+async def _wait_one(gw: Any, call_id: str, fut: asyncio.Future[Output], wait: float) -> CallResponse:
     try:
         out = await asyncio.wait_for(asyncio.shield(fut), timeout=wait) if wait > 0 else None
     except TimeoutError:
@@ -46,8 +200,7 @@ async def _wait(gw: Any, call_id: str, fut: asyncio.Future[Output], wait: float)
     return _from_output(out)
 
 
-@router.post("/v1/apps/{app}/functions/{fn}/calls", tags=["calls"],
-             openapi_extra={"requestBody": {"content": {MSGPACK: {}}, "required": True}})
+@router.post("/v1/apps/{app}/functions/{fn}/calls", tags=["calls"], openapi_extra=_MSGPACK_BODY)
 async def create_call(
     app: str, fn: str, request: Request,
     wait: float = Query(0.0, ge=0.0, description="Seconds to wait for the result."),
@@ -56,47 +209,44 @@ async def create_call(
     """Call a function. With ``wait`` the answer carries the result if it is ready in
     time (200); otherwise it is ``202`` with the call id to poll ``GET /v1/calls/{id}``."""
     gw = request.app.state.gw
-    dep = await gw.deployment(p.workspace, app)
-    if dep is None:
-        raise NotFoundError(f"app {app!r} is not deployed in workspace {p.workspace!r}")
-    if not any(f.name == fn for f in dep.functions):
-        known = ", ".join(f.name for f in dep.functions)
-        raise NotFoundError(f"app {app!r} has no function {fn!r} (it has: {known})")
-    ctype = request.headers.get("content-type", "").split(";")[0].strip()
-    if ctype != MSGPACK:
-        raise InvalidError(f"unsupported content type {ctype or 'none'!r}: send {MSGPACK}")
-    body = await request.body()
-    if len(body) > gw.settings.max_body_bytes:
-        raise PayloadTooLargeError(
-            f"request of {len(body)} bytes exceeds the {gw.settings.max_body_bytes} byte limit")
+    dep = await _function(gw, p, app, fn)
+    req = await _body(request, _call_decoder, "call request")
+    [(ref, fut)] = await submit(gw, p, dep, fn, [req.payload], register=True)
+    structlog.contextvars.bind_contextvars(call_id=ref.call_id)
     try:
-        req = _call_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise InvalidError(f"malformed call request: {e}") from None
-
-    fn_key = names.function_key(p.workspace, app, fn)
-    call_id = "fc-" + uuid.uuid4().hex
-    input_id = "in-" + uuid.uuid4().hex
-    token = uuid.uuid4().hex
-    now = time.time()
-    structlog.contextvars.bind_contextvars(call_id=call_id)
-    try:
-        record = CallRecord(call_id=call_id, workspace=p.workspace, app=app, function=fn,
-                            input_id=input_id, attempt=1, attempt_token=token, created_at=now,
-                            deployment_id=dep.deployment_id)
-        await gw.calls_kv.create(call_id, encode(record))
-        fut = gw.outputs.register(call_id, token)
-        inp = Input(workspace=p.workspace, app=app, function=fn, call_id=call_id,
-                    input_id=input_id, attempt=1, attempt_token=token, payload=req.payload,
-                    accepted_at=now, deployment_id=dep.deployment_id)
-        await bus.publish(gw.js, names.input_subject(fn_key), encode(inp), msg_id=input_id)
-        # A payload-free hint for the scheduler; losing it costs a reconcile tick, nothing more.
-        await gw.nc.publish(names.input_accepted_subject(fn_key),
-                            encode(InputAccepted(fn_key=fn_key, call_id=call_id, at=now)))
-        resp = await _wait(gw, call_id, fut, min(wait, gw.settings.max_sync_wait))
+        resp = await _wait_one(gw, ref.call_id, fut, min(wait, gw.settings.max_sync_wait))
     finally:
         structlog.contextvars.unbind_contextvars("call_id")
     return _response(resp, 200 if resp.status != "pending" else 202)
+
+
+@router.post("/v1/apps/{app}/functions/{fn}/calls/batch", tags=["calls"],
+             openapi_extra=_MSGPACK_BODY, status_code=202)
+async def create_calls(app: str, fn: str, request: Request,
+                       p: Principal = Depends(principal)) -> Response:
+    """Create up to 1,000 calls of one function at once (a page of a map's inputs);
+    answers with their ids in the order of the payloads."""
+    gw = request.app.state.gw
+    dep = await _function(gw, p, app, fn)
+    req = await _body(request, _batch_decoder, "batch request")
+    if not 1 <= len(req.payloads) <= MAX_BATCH:
+        raise InvalidError(f"a batch holds 1 to {MAX_BATCH} calls, got {len(req.payloads)}")
+    refs = await submit(gw, p, dep, fn, req.payloads, register=False)
+    return _response(CallBatchResponse(calls=[r for r, _ in refs]), 202)
+
+
+@router.post("/v1/calls/wait", tags=["calls"], openapi_extra=_MSGPACK_BODY)
+async def wait_calls(request: Request, p: Principal = Depends(principal)) -> Response:
+    """Wait up to ``wait`` seconds for any of up to 1,000 calls; answers with every one
+    of them that is finished (possibly none)."""
+    gw = request.app.state.gw
+    req = await _body(request, _wait_decoder, "wait request")
+    if len(req.calls) > MAX_BATCH:
+        raise InvalidError(f"a wait names at most {MAX_BATCH} calls, got {len(req.calls)}")
+    results = await wait_many(gw, p.workspace, req.calls,
+                              min(max(req.wait, 0.0), gw.settings.max_sync_wait),
+                              min(max(req.linger, 0.0), 1.0))
+    return _response(CallWaitResponse(results=results))
 
 
 @router.get("/v1/calls/{call_id}", tags=["calls"])
@@ -107,9 +257,8 @@ async def get_call(
 ) -> Response:
     """A call's status and, once finished, its result (long-poll with ``wait``)."""
     gw = request.app.state.gw
-    raw, _ = await bus.kv_get(gw.calls_kv, call_id) if _valid_call_id(call_id) else (None, 0)
-    rec = CallRecordDecoder.decode(raw) if raw is not None else None
-    if rec is None or rec.workspace != p.workspace:
+    rec = await _record(gw, call_id, p.workspace)
+    if rec is None:
         raise NotFoundError(f"call {call_id!r} not found (results are kept "
                             f"{gw.settings.result_retention / 86400:g} days)")
     fut = gw.outputs.register(call_id, rec.attempt_token)
@@ -117,9 +266,10 @@ async def get_call(
     if out is not None and out.attempt_token == rec.attempt_token:
         gw.outputs.unregister(call_id, fut)
         return _response(_from_output(out))
-    resp = await _wait(gw, call_id, fut, min(wait, gw.settings.max_sync_wait))
+    resp = await _wait_one(gw, call_id, fut, min(wait, gw.settings.max_sync_wait))
     return _response(resp, 200 if resp.status != "pending" else 202)
 
 
 def _valid_call_id(call_id: str) -> bool:
-    return call_id.startswith("fc-") and len(call_id) == 35 and call_id[3:].isalnum()
+    return (call_id.startswith("fc-") and len(call_id) == 35
+            and all(c in "0123456789abcdef" for c in call_id[3:]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -23,11 +23,19 @@ from burst_core.schemas import Output, OutputDecoder
 log = logs.get("burst.gateway.outputs")
 
 
+#: Outputs kept in memory for waiters that register after the output arrived (a map's
+#: results polled in pages); bigger ones are fetched from the stream instead.
+RECENT_MAX = 50_000
+RECENT_MAX_PAYLOAD = 256 << 10
+
+
 class OutputRouter:
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
         self._waiters: dict[str, list[tuple[str, asyncio.Future[Output]]]] = defaultdict(list)
         self._sub: object | None = None
+        self._recent: OrderedDict[str, Output] = OrderedDict()
+        self._big: OrderedDict[str, None] = OrderedDict()
 
     async def start(self) -> None:
         self._sub = await self.js.subscribe(
@@ -67,6 +75,11 @@ class OutputRouter:
         except Exception as e:
             log.warning("output_undecodable", subject=msg.subject, error=repr(e))
             return
+        keep, size = (self._recent, out) if len(out.payload) <= RECENT_MAX_PAYLOAD else (
+            self._big, None)
+        keep[out.call_id] = size  # type: ignore[index]
+        if len(keep) > RECENT_MAX:
+            keep.popitem(last=False)
         waiters = self._waiters.get(out.call_id)
         if not waiters:
             return
@@ -77,6 +90,14 @@ class OutputRouter:
                 log.warning("stale_output_refused", call_id=out.call_id, attempt=out.attempt)
                 continue
             fut.set_result(out)
+
+    def recent(self, call_id: str) -> Output | None:
+        """An output this gateway saw arrive (any attempt; the caller checks the token)."""
+        return self._recent.get(call_id)
+
+    def seen_big(self, call_id: str) -> bool:
+        """Whether an output too big to keep in memory arrived for this call."""
+        return call_id in self._big
 
     async def fetch(self, call_id: str, attempt: int) -> Output | None:
         """The stored output of one attempt, if there is one."""
