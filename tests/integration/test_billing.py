@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+
 from burst_billing.ledger_writer import LedgerWriter, Superseded
 from burst_billing.service import run
 from burst_billing.settings import BillingSettings

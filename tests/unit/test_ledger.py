@@ -4,6 +4,7 @@ import random
 from decimal import Decimal
 
 import pytest
+
 from burst_core import ledger
 from burst_core.schemas import (
     LedgerSnapshot,

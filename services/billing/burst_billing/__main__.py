@@ -1,9 +1,8 @@
+from burst_billing.service import run
+from burst_billing.settings import BillingSettings
 from burst_core import logs
 from burst_core.service import run_service
 from burst_core.settings import load
-
-from burst_billing.service import run
-from burst_billing.settings import BillingSettings
 
 
 def main() -> None:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+from nats.js.kv import KeyValue
+
 from burst_core import bus, logs
 from burst_core.schemas import LeaseRecord, LeaseRecordDecoder, encode
-from nats.js.kv import KeyValue
 
 log = logs.get("burst.billing.lease")
 

@@ -20,12 +20,13 @@ import time
 import msgspec
 import nats.errors
 import nats.js.errors
-from burst_core import bus, ledger, logs, names
-from burst_core.schemas import LedgerSnapshot, MeteringRecordDecoder, encode
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
+
+from burst_core import bus, ledger, logs, names
+from burst_core.schemas import LedgerSnapshot, MeteringRecordDecoder, encode
 
 log = logs.get("burst.billing.ledger")
 

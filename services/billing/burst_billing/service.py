@@ -8,14 +8,12 @@ then the loop competes again. The others wait, ready to take over within one lea
 from __future__ import annotations
 
 import asyncio
-import contextlib
-
-from burst_core import bus, ledger, logs, names
-from burst_core.service import heartbeat_loop
 
 from burst_billing.lease import Lease
 from burst_billing.ledger_writer import LedgerWriter, Superseded
 from burst_billing.settings import BillingSettings
+from burst_core import bus, ledger, logs, names
+from burst_core.service import heartbeat_loop
 
 log = logs.get("burst.billing")
 
@@ -48,8 +46,9 @@ async def run(settings: BillingSettings, stop: asyncio.Event) -> None:
             await _lead(writer, lease, stop, renew_every)
     finally:
         hb.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await hb
+        # Bounded: a task cancelled in the middle of a nats-py publish was seen to take
+        # up to ~15 s to unwind; the liveness record expires with the service anyway.
+        await asyncio.wait({hb}, timeout=1.0)
         await lease.release()
         await nc.drain()
 
