@@ -40,13 +40,14 @@ async def heartbeat_loop(
                 info=info() if info else {},
             )
             try:
-                await kv.put(key, encode(hb))
+                await asyncio.wait_for(kv.put(key, encode(hb)), max(interval, 1.0))
             except Exception as e:  # NATS blip: the next beat will make up for it
                 log.warning("service_heartbeat_failed", error=repr(e))
             await asyncio.sleep(interval)
     finally:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(kv.delete(key))
+        # Best effort, bounded: a shutdown must never wait on a slow or gone server.
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(kv.delete(key), 1.0)
 
 
 def run_service(main: Callable[[asyncio.Event], Awaitable[Any]]) -> None:
