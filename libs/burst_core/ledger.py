@@ -61,6 +61,9 @@ DEFAULT_GPU_SECOND: dict[str, float] = {
     "B200": 0.00178,
 }
 DEFAULT_SPOT_FACTOR = 0.5
+# The seed prices CPU only (its CPU rate covers the memory that comes with it): memory is
+# free unless the operator's price table sets ``memory_gib_second``.
+DEFAULT_MEMORY_GIB_SECOND = 0.0
 # Names users write for the same hardware.
 _GPU_ALIASES = {"A100": "A100-40GB", "H100-80GB": "H100", "A10": "A10G"}
 
@@ -69,7 +72,7 @@ ReportBy = Literal["app", "function"]
 
 @dataclasses.dataclass
 class Rates:
-    """Prices per second of one resource unit (a configurable table comes later).
+    """Prices per second of one resource unit; see ``burst_billing.prices`` for the table.
 
     A GPU type missing from ``gpu_second`` is billed at the highest rate in the table:
     unknown hardware is never free, so a budget still trips.
@@ -81,12 +84,16 @@ class Rates:
     gpu_second: dict[str, float] = dataclasses.field(
         default_factory=lambda: dict(DEFAULT_GPU_SECOND)
     )
+    #: USD per GiB-second of memory held (1 GiB = 1024 MiB).
+    memory_gib_second: float = DEFAULT_MEMORY_GIB_SECOND
     #: Multiplier on the GPU part of a spot container's cost (the seed: about half).
     spot_factor: float = DEFAULT_SPOT_FACTOR
 
     def __post_init__(self) -> None:
         if not self.cpu_core_second >= 0:
             raise ValueError(f"cpu_core_second={self.cpu_core_second!r}: must be >= 0")
+        if not self.memory_gib_second >= 0:
+            raise ValueError(f"memory_gib_second={self.memory_gib_second!r}: must be >= 0")
         if not 0 <= self.spot_factor <= 1:
             raise ValueError(f"spot_factor={self.spot_factor!r}: must be between 0 and 1")
         if not self.gpu_second:
@@ -109,17 +116,25 @@ def record_seconds(record: MeteringRecord) -> float:
     return max(0.0, record.end - record.start)
 
 
-def record_cost(record: MeteringRecord, rates: Rates) -> float:
-    """USD for one record: CPU core-seconds plus GPU-seconds (spot discount on the GPU)."""
+def cost_parts(record: MeteringRecord, rates: Rates) -> tuple[float, float, float]:
+    """USD for one record as (cpu, memory, gpu); the spot discount applies to the GPU part
+    (the seed: "Spot GPU: ~50% of above rates")."""
     seconds = record_seconds(record)
     res = record.resources
-    cost = seconds * res.cpu * rates.cpu_core_second
+    cpu = seconds * res.cpu * rates.cpu_core_second
+    mem = seconds * (res.memory_mb / 1024) * rates.memory_gib_second
+    gpu = 0.0
     if res.gpu_count > 0:
         gpu = seconds * res.gpu_count * rates.gpu_rate(res.gpu_type)
         if record.spot:
             gpu *= rates.spot_factor
-        cost += gpu
-    return cost
+    return cpu, mem, gpu
+
+
+def record_cost(record: MeteringRecord, rates: Rates) -> float:
+    """USD for one record: CPU core-seconds, memory GiB-seconds and GPU-seconds."""
+    cpu, mem, gpu = cost_parts(record, rates)
+    return cpu + mem + gpu
 
 
 # ---- dedupe ----------------------------------------------------------------------------

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 
+from burst_billing import prices
 from burst_billing.lease import Lease
 from burst_billing.ledger_writer import LedgerWriter, Superseded
 from burst_billing.settings import BillingSettings
-from burst_core import bus, ledger, logs, names
+from burst_core import bus, logs, names
 from burst_core.service import heartbeat_loop
 
 log = logs.get("burst.billing")
@@ -20,6 +21,7 @@ log = logs.get("burst.billing")
 
 async def run(settings: BillingSettings, stop: asyncio.Event) -> None:
     """Run billing until ``stop`` is set; the ledger is saved before it returns."""
+    rates = prices.load(settings.prices)  # a bad table stops billing before it connects
     nc = await bus.connect(settings.nats_url, f"billing-{settings.instance}")
     js = nc.jetstream()
     await bus.ensure_topology(js, bus.Topology(result_retention=settings.result_retention))
@@ -27,7 +29,6 @@ async def run(settings: BillingSettings, stop: asyncio.Event) -> None:
         await js.key_value(names.KV_LEASES), names.LEASE_BILLING, settings.instance,
         settings.lease_ttl,
     )
-    rates = ledger.Rates(cpu_core_second=settings.cpu_core_second)
     writer: LedgerWriter | None = None
 
     def info() -> dict[str, str]:

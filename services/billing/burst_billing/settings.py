@@ -7,8 +7,9 @@ from burst_core.settings import CommonSettings
 
 @dataclasses.dataclass
 class BillingSettings(CommonSettings):
-    #: Built-in default rate per CPU core-second until the price table lands (seed's rate).
-    cpu_core_second: float = 0.000013
+    #: Path of the TOML price table (``BURST_PRICES``); empty: the seed's rates. See
+    #: :mod:`burst_billing.prices`.
+    prices: str = ""
     #: Seconds between ledger snapshots saved to KV.
     snapshot_interval: float = 1.0
     #: Seconds the billing lease lasts without renewal; renewed every third of it. Another
