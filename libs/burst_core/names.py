@@ -96,6 +96,14 @@ def container_event_subject(event: str, agent_id: str) -> str:
 SUBJECTS_CONTAINER_EVENTS = "burst.control.container.>"
 
 
+def agent_lost_subject(agent_id: str) -> str:
+    """``AgentLost``: the scheduler marked an agent lost (billing closes its containers)."""
+    return f"burst.control.agent_lost.{agent_id}"
+
+
+SUBJECTS_AGENT_LOST = "burst.control.agent_lost.>"
+
+
 def metering_subject(workspace: str, agent_id: str) -> str:
     return f"burst.metering.{workspace}.{agent_id}"
 

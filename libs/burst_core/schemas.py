@@ -62,6 +62,11 @@ class AgentRecord(_Wire, kw_only=True):
     allocations: dict[str, Allocation] = msgspec.field(default_factory=dict)
     started_at: float = 0.0
     draining: bool = False
+    # Set by the scheduler that found this agent's heartbeat older than its timeout (its
+    # allocations are released at the same time); the agent clears it when it rejoins.
+    lost_at: float = 0.0
+    # Why the agent drains, when it does ("preempted", ...).
+    drain_reason: str = ""
 
 
 class Allocation(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -232,7 +237,35 @@ class StopContainer(_Wire, kw_only=True):
     if_idle_since: float | None = None
 
 
-AgentOrder = Placement | StopContainer
+class PreemptAgent(_Wire, kw_only=True):
+    """Order to an agent: its capacity is being reclaimed (a spot reclaim notice).
+
+    The agent marks itself draining (no placement lands there any more), stops every
+    container with reason ``preempted`` (in-flight inputs handed back at once, ``@exit``
+    within the stop grace) and the scheduler places replacements elsewhere.
+    """
+
+    agent_id: str
+    reason: str = "preempted"
+    at: float = 0.0
+
+
+AgentOrder = Placement | StopContainer | PreemptAgent
+
+
+class AgentLost(_Wire, kw_only=True):
+    """An agent missed its heartbeat window and was marked lost by the scheduler.
+
+    Its allocations were released; ``container_ids`` are the containers it had (claimed
+    or reported). Billing closes them at ``last_heartbeat_at``; the span from there to
+    ``lost_at`` is the lost span.
+    """
+
+    agent_id: str
+    started_at: float = 0.0  # the agent's incarnation (its record's started_at)
+    last_heartbeat_at: float
+    lost_at: float
+    container_ids: list[str] = msgspec.field(default_factory=list)
 
 
 class ContainerStarted(_Wire, kw_only=True):
@@ -328,4 +361,5 @@ AppEventDecoder = decoder(FunctionDeployed | AppRemoved)
 AgentOrderDecoder = decoder(AgentOrder)
 ContainerEventDecoder = decoder(ContainerEvent)
 AgentHeartbeatDecoder = decoder(AgentHeartbeat)
+AgentLostDecoder = decoder(AgentLost)
 MeteringRecordDecoder = decoder(MeteringRecord)

@@ -181,3 +181,19 @@ class Agent:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
             await self._beat()
+            await self._rejoin_if_lost()
+
+    async def _rejoin_if_lost(self) -> None:
+        """A scheduler marked us lost (we were cut off): our claims are void and our
+        containers' inputs run elsewhere, so stop them all and register afresh."""
+        try:
+            raw, _ = await bus.kv_get(self.agents_kv, self.agent_id)
+        except Exception:  # NATS blip: the next beat looks again
+            return
+        if raw is None or not AgentRecordDecoder.decode(raw).lost_at:
+            return
+        log.warning("agent_marked_lost_rejoining", containers=len(self.containers))
+        await asyncio.gather(*(c.stop("agent_lost") for c in list(self.containers.values())),
+                             return_exceptions=True)
+        self.started_at = time.time()
+        await self._register()

@@ -93,7 +93,7 @@ class Claimer:
                 return None  # the agent is gone
             record = AgentRecordDecoder.decode(raw)
             current.append(record)
-            if record.draining or (record.spot and not allow_spot):
+            if not placement.accepts_work(record) or (record.spot and not allow_spot):
                 return None
             indices = placement.fit(record, choice.resources, self.overcommit)
             if indices is None:

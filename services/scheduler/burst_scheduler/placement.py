@@ -9,7 +9,8 @@ Rules:
 - An agent fits a request when its free CPU and memory (capacity times the overcommit
   factor, minus every allocation on it) cover the request, and it has ``gpu_count`` free
   GPUs of the requested type (all of one type). GPUs are never overcommitted.
-- Only agents with a fresh heartbeat and not draining are candidates (:func:`live_agents`).
+- Only agents with a fresh heartbeat, not draining and not marked lost are candidates
+  (:func:`live_agents`, :func:`accepts_work`).
 - Among the agents that fit, the fullest wins, so lightly used machines drain and can be
   released. CPU-only work goes to machines without GPUs first, and GPU work to the machine
   that leaves the fewest GPUs of that type free (best fit keeps whole machines for
@@ -123,7 +124,8 @@ def choose(
     need_gpus = gpu_count(request) > 0
     best: tuple[tuple[object, ...], Choice] | None = None
     for agent in agents:
-        if agent.draining or agent.agent_id in exclude or (agent.spot and not allow_spot):
+        if (not accepts_work(agent) or agent.agent_id in exclude
+                or (agent.spot and not allow_spot)):
             continue
         indices = fit(agent, request, overcommit)
         if indices is None:
@@ -179,6 +181,11 @@ def _replace_allocations(agent: AgentRecord, allocations: dict[str, Allocation])
     return msgspec.structs.replace(agent, allocations=allocations)
 
 
+def accepts_work(agent: AgentRecord) -> bool:
+    """Whether new containers may be placed on ``agent`` (not draining, not lost)."""
+    return not agent.draining and not agent.lost_at
+
+
 def is_fresh(heartbeat: AgentHeartbeat | None, now: float, timeout: float) -> bool:
     """An agent is alive while its last heartbeat is younger than ``timeout``.
 
@@ -194,5 +201,6 @@ def live_agents(
     now: float,
     timeout: float,
 ) -> list[AgentRecord]:
-    """Agents with a record and a fresh heartbeat, in a stable order."""
-    return [agents[a] for a in sorted(agents) if is_fresh(heartbeats.get(a), now, timeout)]
+    """Agents with a record, a fresh heartbeat and not marked lost, in a stable order."""
+    return [agents[a] for a in sorted(agents)
+            if not agents[a].lost_at and is_fresh(heartbeats.get(a), now, timeout)]

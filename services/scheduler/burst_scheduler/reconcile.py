@@ -11,10 +11,10 @@ Scale-up reacts to signals (``autoscale.py``); this loop catches what signals ca
   soon as a function's last allocation disappears, see :meth:`Reconciler.on_state_change`);
 - warm-pool entries no live agent reports: removed.
 
-Not handled yet: an allocation whose container its agent never reports (placement lost,
-start failed without an event) keeps its resources until the agent removes it; and the
-allocations of a lost agent stay in its record (they no longer count, since its heartbeat
-is stale, but are not released).
+Lost agents' allocations are released by ``failover.py``, which wakes this loop so their
+functions get replacements at once. Not handled yet: an allocation whose container its
+agent never reports (placement lost, start failed without an event) keeps its resources
+until the agent removes it.
 """
 
 from __future__ import annotations

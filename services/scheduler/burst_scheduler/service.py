@@ -31,6 +31,7 @@ from burst_core.schemas import InputAcceptedDecoder
 from burst_core.service import heartbeat_loop
 from burst_scheduler.autoscale import Autoscaler
 from burst_scheduler.claim import Claimer
+from burst_scheduler.failover import LostAgents
 from burst_scheduler.pools import WarmPools
 from burst_scheduler.reconcile import Reconciler
 from burst_scheduler.settings import SchedulerSettings
@@ -59,6 +60,8 @@ class Scheduler:
         self.claimer = Claimer(agents_kv, self.state, s.overcommit, s.claim_attempts)
         self.autoscaler = Autoscaler(self.js, self.state, self.claimer, s)
         self.reconciler = Reconciler(self.js, self.state, self.autoscaler, self.pools)
+        self.lost_agents = LostAgents(self.js, agents_kv, await self.js.key_value(
+            names.KV_HEARTBEATS), self.state, self.reconciler.wake.set)
         self.state.listeners.append(self.pools.on_state_change)
         await self.watcher.start()
         self.pools.start()
@@ -92,6 +95,7 @@ class Scheduler:
             return
         s = self.settings
         self.state.listeners.append(self.reconciler.on_state_change)
+        self.state.listeners.append(self.lost_agents.on_state_change)
         self._signals = bus.Consumer(
             self.js, names.STREAM_CONTROL, names.CONSUMER_SCHEDULER_SIGNALS, self._on_signal,
             filter_subjects=[names.SUBJECTS_INPUT_ACCEPTED], ack_wait=s.signal_ack_wait,
@@ -103,13 +107,16 @@ class Scheduler:
             asyncio.create_task(self._every(s.scaledown_tick, self.autoscaler.scaledown_once,
                                             "scaledown"), name="scaledown"),
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+            asyncio.create_task(self._every(s.lost_check_interval, self.lost_agents.check_once,
+                                            "lost_agents"), name="lost_agents"),
         ]
 
     async def stop_decisions(self) -> None:
         if not self.deciding:
             return
-        with contextlib.suppress(ValueError):
-            self.state.listeners.remove(self.reconciler.on_state_change)
+        for listener in (self.reconciler.on_state_change, self.lost_agents.on_state_change):
+            with contextlib.suppress(ValueError):
+                self.state.listeners.remove(listener)
         for t in self._loops:
             t.cancel()
         for t in self._loops:
@@ -169,6 +176,7 @@ class Scheduler:
             "functions": str(len(self.state.functions)),
             "placed": str(autoscaler.placed if autoscaler else 0),
             "stop_orders": str(autoscaler.stop_orders if autoscaler else 0),
+            "agents_lost": str(self.lost_agents.marked if autoscaler else 0),
         }
 
 

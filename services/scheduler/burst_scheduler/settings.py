@@ -11,8 +11,11 @@ class SchedulerSettings(CommonSettings):
     reconcile_interval: float = 2.0
     #: Seconds between scale-down checks of idle containers.
     scaledown_tick: float = 0.2
-    #: An agent whose last heartbeat is older than this is considered lost.
+    #: An agent whose last heartbeat is older than this is marked lost: its allocations
+    #: are released and its containers replaced elsewhere.
     heartbeat_timeout: float = 10.0
+    #: Seconds between checks for agents past their heartbeat window.
+    lost_check_interval: float = 0.5
     #: CPU and memory overcommit factor applied to agents' capacity.
     overcommit: float = 1.0
     #: A stop order the agent has neither acted on nor refused (the container is still

@@ -121,7 +121,8 @@ class ClusterState:
         return self.functions.get(fn_key)
 
     def is_live(self, agent_id: str, now: float) -> bool:
-        return agent_id in self.agents and placement.is_fresh(
+        agent = self.agents.get(agent_id)
+        return agent is not None and not agent.lost_at and placement.is_fresh(
             self.heartbeats.get(agent_id), now, self.heartbeat_timeout
         )
 

@@ -1,0 +1,155 @@
+"""Lost agents: found by their heartbeat, released by compare-and-set, announced.
+
+An agent whose last heartbeat is older than ``heartbeat_timeout`` is presumed gone (the
+machine died, or it is cut off). The deciding scheduler then, for each such agent:
+
+1. re-reads its heartbeat from KV (a lagging watch of ours must not condemn a live
+   agent), and gives an agent it has never heard from the timeout counted from when it
+   first saw its record;
+2. marks it lost by compare-and-set on its record: ``lost_at`` set, every allocation
+   released (so its resources are not counted, and its functions have fewer containers).
+   The write is conditional on the same incarnation (``started_at``) and on no one having
+   marked it first, so of two racing schedulers exactly one wins;
+3. publishes :class:`AgentLost` (``names.agent_lost_subject``) with the containers it had,
+   so billing closes them at the last heartbeat;
+4. wakes the reconcile loop, which places replacements for functions that now have work
+   and too few containers. The lost containers' un-acked inputs come back by JetStream
+   redelivery (their AckWait runs out, or at once when the function's consumer is deleted
+   for having no container left): the same attempt runs again, an internal retry that
+   never counts against the user's retries.
+
+A lost agent that comes back (a partition healed) finds ``lost_at`` on its record, stops
+what it still runs and registers afresh (see the agent).
+
+Draining agents (preempted) are handled by the same reconcile wake: their containers are
+reported stopping and stop counting as active, so the backlog gets new containers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from burst_core import bus, logs, names
+from burst_core.schemas import (
+    AgentHeartbeatDecoder,
+    AgentLost,
+    AgentRecord,
+    AgentRecordDecoder,
+    encode,
+)
+from burst_scheduler.state import ClusterState
+
+log = logs.get("burst.scheduler.failover")
+
+
+class LostAgents:
+    """Marks agents lost and releases their allocations; see the module docstring."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        agents_kv: KeyValue,
+        heartbeats_kv: KeyValue,
+        state: ClusterState,
+        wake: Callable[[], None],
+    ) -> None:
+        self.js = js
+        self.agents_kv = agents_kv
+        self.heartbeats_kv = heartbeats_kv
+        self.state = state
+        self.wake = wake
+        self._first_seen: dict[str, float] = {}
+        self._draining: set[str] = set()
+        self.marked = 0
+
+    # ---- ClusterState listener -------------------------------------------------------
+    def on_state_change(self, bucket: str, key: str) -> None:
+        """An agent started draining: its containers need replacing soon, reconcile now."""
+        if bucket != names.KV_AGENTS:
+            return
+        rec = self.state.agents.get(key)
+        if rec is not None and rec.draining:
+            if key not in self._draining:
+                self._draining.add(key)
+                self.wake()
+        else:
+            self._draining.discard(key)
+
+    # ---- one pass --------------------------------------------------------------------
+    def last_heard(self, agent: AgentRecord, now: float) -> float:
+        """When this agent was last known alive: its heartbeat, else first sight of it."""
+        hb = self.state.heartbeats.get(agent.agent_id)
+        first = self._first_seen.setdefault(agent.agent_id, now)
+        if hb is not None:
+            return hb.at
+        return max(agent.started_at, first)
+
+    def suspects(self, now: float) -> list[AgentRecord]:
+        timeout = self.state.heartbeat_timeout
+        for gone in [a for a in self._first_seen if a not in self.state.agents]:
+            del self._first_seen[gone]
+        return [
+            rec for rec in self.state.agents.values()
+            if not rec.lost_at and now - self.last_heard(rec, now) > timeout
+        ]
+
+    async def check_once(self, now: float | None = None) -> list[str]:
+        """Mark every agent past its heartbeat window lost. Returns the agents marked."""
+        now = time.time() if now is None else now
+        marked: list[str] = []
+        for rec in self.suspects(now):
+            if await self.mark_lost(rec, now):
+                marked.append(rec.agent_id)
+        if marked:
+            self.wake()
+        return marked
+
+    async def mark_lost(self, seen: AgentRecord, now: float) -> bool:
+        agent_id = seen.agent_id
+        # Confirm from KV itself: our watch may lag behind a live agent's beats.
+        raw_hb, _ = await bus.kv_get(self.heartbeats_kv, agent_id)
+        hb = AgentHeartbeatDecoder.decode(raw_hb) if raw_hb else None
+        last = hb.at if hb is not None else self.last_heard(seen, now)
+        if now - last <= self.state.heartbeat_timeout:
+            return False
+        released: list[AgentRecord] = []
+
+        def mark(raw: bytes | None) -> bytes | None:
+            released.clear()
+            if raw is None:
+                return None
+            rec = AgentRecordDecoder.decode(raw)
+            if rec.lost_at or rec.started_at != seen.started_at:
+                return None  # marked already, or a new incarnation registered meanwhile
+            released.append(rec)
+            return encode(msgspec.structs.replace(rec, lost_at=now, allocations={}))
+
+        value, revision = await bus.kv_cas(self.agents_kv, agent_id, mark)
+        if value is None:
+            return False
+        before = released[0]
+        self.state.apply_agent(agent_id, AgentRecordDecoder.decode(value), revision)
+        containers = sorted(set(before.allocations)
+                            | {c.container_id for c in (hb.containers if hb else [])})
+        self.marked += 1
+        log.warning("agent_lost", agent_id=agent_id, last_heartbeat_at=last,
+                    silent_for=round(now - last, 3), containers=containers)
+        event = AgentLost(agent_id=agent_id, started_at=before.started_at,
+                          last_heartbeat_at=last, lost_at=now, container_ids=containers)
+        # Only the compare-and-set winner gets here; the msg id makes retries safe.
+        for attempt in range(3):
+            try:
+                await bus.publish(self.js, names.agent_lost_subject(agent_id), encode(event),
+                                  msg_id=f"lost-{agent_id}-{before.started_at!r}")
+                break
+            except Exception as e:
+                log.warning("agent_lost_publish_failed", agent_id=agent_id, error=repr(e),
+                            attempt=attempt + 1)
+                await asyncio.sleep(0.5)
+        return True

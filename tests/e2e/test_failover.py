@@ -1,0 +1,247 @@
+"""Agents that vanish or are preempted while running a call: the call completes exactly once
+on another agent.
+
+The module runs its own `burst up` with test-sized failure timers, plus extra agent
+processes (declared GPUs, so only they can run the test's functions). Each function
+appends ``start <container>`` and ``done <container>`` to a file this test owns, so every
+execution is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import BURST, FAST_TIMERS, REPO, Cluster
+from tests.e2e.test_hello import write_app
+
+pytestmark = pytest.mark.e2e
+
+FAILURE_TIMERS = {
+    "BURST_HEARTBEAT_TIMEOUT": "2",
+    "BURST_LOST_CHECK_INTERVAL": "0.25",
+    "BURST_ACK_WAIT": "2",
+}
+
+
+@pytest.fixture(scope="module")
+def fcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    home = tmp_path_factory.mktemp("burst-home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BURST_")}
+    env.update({**FAST_TIMERS, **FAILURE_TIMERS}, BURST_HOME=str(home), HOME=str(home))
+    c = Cluster(home, env)
+    up = c.burst("up", timeout=180)
+    if up.returncode != 0:
+        c.burst("down")
+        raise AssertionError(f"burst up failed:\n{up.stdout}\n{up.stderr}")
+    yield c
+    down = c.burst("down", timeout=60)
+    assert down.returncode == 0, down.stderr
+
+
+def ports(c: Cluster) -> dict[str, int]:
+    state = json.loads((c.home / "cluster.json").read_text())
+    return {p["name"]: p["ports"].get("client", 0) for p in state["parts"]}
+
+
+class Agents:
+    """Extra agent processes of the cluster, as a second machine would run them."""
+
+    def __init__(self, c: Cluster, logs: Path) -> None:
+        self.c = c
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, agent_id: str, gpus: str) -> None:
+        p = ports(self.c)
+        env = {**self.c.env, "BURST_AGENT_ID": agent_id, "BURST_GPUS": gpus,
+               "BURST_CPU": "2", "BURST_MEMORY_MB": "4096",
+               "BURST_NATS_URL": f"nats://127.0.0.1:{p['nats']}",
+               "BURST_REDIS_URL": f"redis://127.0.0.1:{p['redis']}/0",
+               "PYTHONUNBUFFERED": "1"}
+        with open(self.logs / f"{agent_id}.log", "wb") as out:
+            self.procs[agent_id] = subprocess.Popen(
+                [sys.executable, "-m", "burst_agent"], env=env, stdout=out,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.logs,
+                start_new_session=True,
+            )
+
+    def kill(self, agent_id: str) -> None:
+        """SIGKILL: the machine is gone, nothing is released or reported."""
+        self.procs[agent_id].send_signal(signal.SIGKILL)
+        self.procs[agent_id].wait(10)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def log(self, agent_id: str) -> str:
+        return (self.logs / f"{agent_id}.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def agents(fcluster: Cluster, tmp_path: Path) -> Iterator[Agents]:
+    a = Agents(fcluster, tmp_path)
+    yield a
+    a.stop_all()
+
+
+def api(c: Cluster, path: str, method: str = "GET") -> Any:
+    profile = c.profile
+    req = urllib.request.Request(profile["url"] + path, method=method,
+                                 headers={"Authorization": f"Bearer {profile['token']}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def agent_rows(c: Cluster) -> dict[str, dict[str, Any]]:
+    return {a["agent_id"]: a for a in api(c, "/v1/status").get("agents") or []}
+
+
+def eventually(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(step)
+
+
+def wait_agents_live(c: Cluster, *ids: str) -> None:
+    def live() -> bool:
+        rows = agent_rows(c)
+        return all(i in rows and rows[i].get("age") is not None and rows[i]["age"] < 1.5
+                   for i in ids)
+
+    eventually(live, 60, f"agents {ids} registered and heartbeating")
+
+
+SLOW_APP = """
+    import os, time
+    import burst
+
+    app = burst.App("{app}")
+
+    @app.function(gpu="{gpu}", timeout=120)
+    def slow(path, x):
+        cid = os.environ.get("BURST_CONTAINER_ID", "?")
+        with open(path, "a") as f:
+            f.write(f"start {{cid}}\\n")
+        time.sleep(5)
+        with open(path, "a") as f:
+            f.write(f"done {{cid}}\\n")
+        return x * 2
+
+    @app.local_entrypoint()
+    def main():
+        print("result:", slow.remote(os.environ["RUNS_FILE"], 21))
+"""
+
+
+def start_call(
+    c: Cluster, tmp_path: Path, app: str, gpu: str
+) -> tuple[subprocess.Popen[str], Path]:
+    runs = tmp_path / "runs.txt"
+    path = write_app(tmp_path, SLOW_APP.format(app=app, gpu=gpu), name=f"{app}.py")
+    proc = subprocess.Popen([BURST, "run", str(path)], env={**c.env, "RUNS_FILE": str(runs)},
+                            cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return proc, runs
+
+
+def lines(path: Path) -> list[tuple[str, str]]:
+    if not path.exists():
+        return []
+    return [tuple(ln.split()) for ln in path.read_text().splitlines() if ln.strip()]  # type: ignore[misc]
+
+
+def running_on(c: Cluster, candidates: tuple[str, ...]) -> str:
+    rows = agent_rows(c)
+    busy = [a for a in candidates if rows.get(a, {}).get("containers")]
+    assert len(busy) == 1, rows
+    return busy[0]
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 120) -> str:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"burst run did not finish:\n{out}\n{err}") from None
+    assert proc.returncode == 0, f"{out}\n{err}"
+    return out
+
+
+async def _agent_lost_events(nats_port: int) -> list[Any]:
+    import nats
+
+    from burst_core import names
+    from burst_core.schemas import AgentLostDecoder
+
+    nc = await nats.connect(f"nats://127.0.0.1:{nats_port}")
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(names.SUBJECTS_AGENT_LOST, stream="BURST_CONTROL",
+                                 ordered_consumer=True)
+        events = []
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1.0)
+            except Exception:
+                break
+            events.append(AgentLostDecoder.decode(msg.data))
+        return events
+    finally:
+        await nc.close()
+
+
+def test_call_on_a_killed_agent_completes_once_elsewhere(
+    fcluster: Cluster, agents: Agents, tmp_path: Path
+) -> None:
+    agents.start("gpu-a", "H100:1")
+    agents.start("gpu-b", "H100:1")
+    wait_agents_live(fcluster, "gpu-a", "gpu-b")
+    proc, runs = start_call(fcluster, tmp_path, "lost", "H100")
+
+    eventually(lambda: lines(runs), 90, "the call started")
+    victim = running_on(fcluster, ("gpu-a", "gpu-b"))
+    first_container = lines(runs)[0][1]
+    killed_at = time.time()
+    agents.kill(victim)
+
+    out = finish(proc)
+    assert "result: 42" in out
+    runs_seen = lines(runs)
+    starts = [cid for kind, cid in runs_seen if kind == "start"]
+    dones = [cid for kind, cid in runs_seen if kind == "done"]
+    assert len(dones) == 1, runs_seen  # completed exactly once ...
+    assert dones[0] != first_container  # ... by another container ...
+    assert starts == [first_container, dones[0]], runs_seen  # ... after one restart
+
+    # The scheduler marked the victim lost and told billing which containers it had.
+    events = asyncio.run(_agent_lost_events(ports(fcluster)["nats"]))
+    lost = [e for e in events if e.agent_id == victim]
+    assert len(lost) == 1, events
+    assert first_container in lost[0].container_ids
+    assert lost[0].last_heartbeat_at <= killed_at + 0.5
+    assert lost[0].lost_at - lost[0].last_heartbeat_at >= 2.0
