@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import time
 from typing import Any, Literal
 
 import msgspec
@@ -38,10 +39,13 @@ from nats.js import JetStreamContext
 
 from burst_core import bus, names
 from burst_core.schemas import (
+    AgentLost,
+    ContainerMark,
     LedgerLine,
     LedgerSnapshot,
     LedgerSnapshotDecoder,
     MeteringRecord,
+    decoder,
     encode,
 )
 
@@ -67,7 +71,18 @@ DEFAULT_MEMORY_GIB_SECOND = 0.0
 # Names users write for the same hardware.
 _GPU_ALIASES = {"A100": "A100-40GB", "H100-80GB": "H100", "A10": "A10G"}
 
-ReportBy = Literal["app", "function"]
+ReportBy = Literal["app", "function", "resource", "day"]
+REPORT_BY = ("app", "function", "resource", "day")
+
+#: How long after a container's last record (stream time) its dedupe marks are kept; a
+#: record that ended longer ago than this before the stream time it arrives at is refused
+#: as late (and counted in ``late_records``), since its container's marks may be gone. An
+#: agent never holds a record back that long: a failed publish merges into its next record.
+DEDUPE_HORIZON = 24 * 3600.0
+
+#: What the metering stream carries: usage records, and agents lost (billing republishes
+#: the scheduler's ``AgentLost`` there, so a replay closes the same containers the same way).
+MeteringMessageDecoder = decoder(MeteringRecord | AgentLost)
 
 
 @dataclasses.dataclass
@@ -188,28 +203,178 @@ def _compact(snapshot: LedgerSnapshot, cid: str) -> None:
 
 
 # ---- folding ---------------------------------------------------------------------------
-def apply(snapshot: LedgerSnapshot, seq: int, record: MeteringRecord, rates: Rates) -> bool:
-    """Fold the record stored at stream sequence ``seq`` into ``snapshot``.
+_DAY_NAMES: dict[int, str] = {}
+
+
+def stream_time(stored: Any) -> float:
+    """The fold's clock reading for a message stored at datetime ``stored``: whole seconds,
+    so the same message gives the same reading however its time was read back."""
+    return float(int(stored.timestamp()))
+
+
+def day_of(t: float) -> str:
+    """The UTC day (``YYYY-MM-DD``) of epoch time ``t``."""
+    n = int(t // 86400)
+    name = _DAY_NAMES.get(n)
+    if name is None:
+        name = time.strftime("%Y-%m-%d", time.gmtime(n * 86400))
+        if len(_DAY_NAMES) < 100_000:
+            _DAY_NAMES[n] = name
+    return name
+
+
+def gpu_name(gpu_type: str | None) -> str:
+    """The canonical spelling of a GPU type (upper case, aliases resolved)."""
+    key = (gpu_type or "").strip().upper()
+    return _GPU_ALIASES.get(key, key)
+
+
+def _line(lines: dict[str, LedgerLine], key: str, r: MeteringRecord, day: str = "") -> LedgerLine:
+    line = lines.get(key)
+    if line is None:
+        line = lines[key] = LedgerLine(workspace=r.workspace, app=r.app, function=r.function,
+                                       day=day)
+    return line
+
+
+def _add(line: LedgerLine, r: MeteringRecord, seconds: float,
+         parts: tuple[float, float, float], records: int = 1) -> None:
+    cpu, mem, gpu = parts
+    res = r.resources
+    line.seconds += seconds
+    line.cost += cpu + mem + gpu
+    line.records += records
+    line.cpu_core_seconds += seconds * res.cpu
+    line.cpu_cost += cpu
+    line.memory_gib_seconds += seconds * (res.memory_mb / 1024)
+    line.memory_cost += mem
+    if res.gpu_count > 0:
+        g = gpu_name(res.gpu_type)
+        line.gpu_seconds[g] = line.gpu_seconds.get(g, 0.0) + seconds * res.gpu_count
+        line.gpu_cost[g] = line.gpu_cost.get(g, 0.0) + gpu
+
+
+def _book(snapshot: LedgerSnapshot, r: MeteringRecord, rates: Rates,
+          records: int = 1) -> tuple[LedgerLine, LedgerLine]:
+    """Add ``r`` to its function's total line and its day line; returns both."""
+    key = names.function_key(r.workspace, r.app, r.function)
+    seconds = record_seconds(r)
+    parts = cost_parts(r, rates)
+    day = day_of(r.start)
+    total = _line(snapshot.lines, key, r)
+    daily = _line(snapshot.days, f"{day}.{key}", r, day)
+    _add(total, r, seconds, parts, records)
+    _add(daily, r, seconds, parts, records)
+    return total, daily
+
+
+def _tick(snapshot: LedgerSnapshot, at: float, horizon: float) -> None:
+    """Advance the fold's clock to stream time ``at``; prune marks a horizon old.
+
+    Pruning depends on stream times only, so a replay prunes at the same points.
+    """
+    if at <= snapshot.clock:
+        return
+    snapshot.clock = at
+    if at - snapshot.pruned_at < horizon / 10:
+        return
+    snapshot.pruned_at = at
+    cutoff = at - horizon
+    for cid in snapshot.closed:
+        if cid not in snapshot.closed_at:  # written before closed_at existed
+            snapshot.closed_at[cid] = at
+    for cid in [c for c, t in snapshot.closed_at.items() if t < cutoff]:
+        del snapshot.closed_at[cid]
+        snapshot.closed.pop(cid, None)
+    for cid in [c for c, m in snapshot.open.items() if m.seen_at < cutoff]:
+        # No record for a horizon and never closed: its redeliveries would be late anyway.
+        del snapshot.open[cid]
+        snapshot.seen.pop(cid, None)
+        snapshot.seen_through.pop(cid, None)
+        snapshot.final_interval.pop(cid, None)
+    for key in [k for k, t in snapshot.lost_agents.items() if t < cutoff]:
+        del snapshot.lost_agents[key]
+
+
+def apply(snapshot: LedgerSnapshot, seq: int, record: MeteringRecord, rates: Rates,
+          at: float = 0.0, horizon: float = DEDUPE_HORIZON) -> bool:
+    """Fold the record stored at stream sequence ``seq`` (stream time ``at``) into ``snapshot``.
 
     Returns True when the record was counted, False when it was already counted (or is
-    not countable). A ``seq`` at or below ``snapshot.seq`` was folded before: ignored.
+    not countable, or late). A ``seq`` at or below ``snapshot.seq`` was folded before:
+    ignored. Without ``at`` (0) the fold has no clock: nothing is pruned or late.
     """
     if seq <= snapshot.seq:
         return False
     snapshot.seq = seq
-    if record.interval < 0 or is_counted(snapshot, record.container_id, record.interval):
+    _tick(snapshot, at, horizon)
+    cid = record.container_id
+    if record.interval < 0 or is_counted(snapshot, cid, record.interval):
         return False
-    key = names.function_key(record.workspace, record.app, record.function)
-    line = snapshot.lines.get(key)
-    if line is None:
-        line = snapshot.lines[key] = LedgerLine(
-            workspace=record.workspace, app=record.app, function=record.function
-        )
-    line.seconds += record_seconds(record)
-    line.cost += record_cost(record, rates)
-    line.records += 1
+    if snapshot.clock and record.end < snapshot.clock - horizon:
+        snapshot.late_records += 1
+        snapshot.late_seconds += record_seconds(record)
+        return False
+    _book(snapshot, record, rates)
     _mark_counted(snapshot, record)
+    if cid in snapshot.closed:
+        snapshot.open.pop(cid, None)
+        snapshot.closed_at[cid] = snapshot.clock
+    else:
+        mark = snapshot.open.get(cid)
+        if mark is None:
+            snapshot.open[cid] = ContainerMark(
+                workspace=record.workspace, app=record.app, function=record.function,
+                agent_id=record.agent_id, resources=record.resources, spot=record.spot,
+                end=record.end, seen_at=snapshot.clock)
+        else:
+            mark.end = max(mark.end, record.end)
+            mark.seen_at = snapshot.clock
     return True
+
+
+def apply_lost(snapshot: LedgerSnapshot, seq: int, lost: AgentLost, rates: Rates,
+               at: float = 0.0, horizon: float = DEDUPE_HORIZON) -> int:
+    """Close the open containers of a lost agent at its last heartbeat. Returns how many.
+
+    Each is billed from its last record's end up to ``last_heartbeat_at`` (it held its
+    resources until then, as far as anyone knows); the span from there to ``lost_at`` is
+    recorded per function as unaccounted, not billed. Records of a closed container that
+    arrive later (the agent was only cut off) are not counted.
+    """
+    if seq <= snapshot.seq:
+        return 0
+    snapshot.seq = seq
+    _tick(snapshot, at, horizon)
+    key = f"{lost.agent_id}:{lost.last_heartbeat_at!r}"
+    if key in snapshot.lost_agents:
+        return 0
+    snapshot.lost_agents[key] = snapshot.clock
+    cids = set(lost.container_ids)
+    cids.update(c for c, m in snapshot.open.items()
+                if m.agent_id == lost.agent_id and m.end <= lost.lost_at)
+    closed = 0
+    for cid in sorted(cids):
+        m = snapshot.open.pop(cid, None)
+        if m is None:  # never metered, or closed by its final record
+            continue
+        hb = max(m.end, lost.last_heartbeat_at)
+        span = MeteringRecord(
+            container_id=cid, interval=-1, start=m.end, end=hb, workspace=m.workspace,
+            app=m.app, function=m.function, agent_id=m.agent_id, resources=m.resources,
+            spot=m.spot)
+        unaccounted = max(0.0, lost.lost_at - hb)
+        for line in _book(snapshot, span, rates, records=0):
+            line.lost_billed_seconds += hb - m.end
+            line.lost_unaccounted_seconds += unaccounted
+            line.lost_containers += 1
+        snapshot.closed[cid] = snapshot.seen_through.get(cid, -1)
+        snapshot.closed_at[cid] = snapshot.clock
+        snapshot.seen.pop(cid, None)
+        snapshot.seen_through.pop(cid, None)
+        snapshot.final_interval.pop(cid, None)
+        closed += 1
+    return closed
 
 
 def skip(snapshot: LedgerSnapshot, seq: int) -> None:
@@ -223,40 +388,106 @@ def fingerprint(snapshot: LedgerSnapshot) -> bytes:
 
 
 # ---- reading ---------------------------------------------------------------------------
-def report(snapshot: LedgerSnapshot, workspace: str, by: ReportBy = "app") -> list[dict[str, Any]]:
-    """Usage of one workspace, one row per app (or per function), sorted by name.
+def _source(snapshot: LedgerSnapshot, workspace: str, since: str | None,
+            daily: bool) -> list[LedgerLine]:
+    """The lines of one workspace in a fixed order: per day (from ``since``) or totals."""
+    if since or daily:
+        lines = snapshot.days
+        keys = sorted(k for k in lines if since is None or k[:10] >= since)
+    else:
+        lines = snapshot.lines
+        keys = sorted(lines)
+    return [lines[k] for k in keys if lines[k].workspace == workspace]
 
-    Rows: ``app`` (and ``function`` when ``by="function"``), ``seconds``, ``cost`` (USD,
-    unrounded) and ``records``. Other workspaces' lines are never included.
+
+def check_since(since: str | None) -> str | None:
+    """``since`` if it is a ``YYYY-MM-DD`` date (or None), else ValueError naming it."""
+    if since is None or since == "":
+        return None
+    try:
+        parsed = time.strptime(since, "%Y-%m-%d")
+    except ValueError:
+        raise ValueError(f"since={since!r}: use a date as YYYY-MM-DD") from None
+    return time.strftime("%Y-%m-%d", parsed)
+
+
+def report(snapshot: LedgerSnapshot, workspace: str, by: ReportBy = "app",
+           since: str | None = None) -> list[dict[str, Any]]:
+    """Usage of one workspace, one row per app, function, resource or UTC day, sorted.
+
+    Rows by app/function/day: ``app`` (``function``; ``day``), ``seconds`` (container
+    seconds), ``cost`` (USD, unrounded) and ``records``. Rows by resource: ``resource``
+    (``cpu``, ``memory``, ``gpu:<TYPE>``), ``quantity`` and ``unit`` (core-seconds,
+    GiB-seconds, GPU-seconds) and ``cost``. ``since`` (``YYYY-MM-DD``, UTC) keeps the
+    records that started on or after that day. Other workspaces' lines are never included.
     """
-    if by not in ("app", "function"):
-        raise ValueError(f"report by={by!r}: use 'app' or 'function'")
+    if by not in REPORT_BY:
+        raise ValueError(f"report by={by!r}: use one of {', '.join(REPORT_BY)}")
+    since = check_since(since)
     rows: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    def row(group: tuple[str, ...], init: dict[str, Any]) -> dict[str, Any]:
+        r = rows.get(group)
+        if r is None:
+            r = rows[group] = init
+        return r
+
     # Sorted keys: the same ledger always sums in the same order, to the same floats.
-    for key in sorted(snapshot.lines):
-        line = snapshot.lines[key]
-        if line.workspace != workspace:
+    for line in _source(snapshot, workspace, since, daily=by == "day"):
+        if by == "resource":
+            parts = [("cpu", "core-seconds", line.cpu_core_seconds, line.cpu_cost),
+                     ("memory", "GiB-seconds", line.memory_gib_seconds, line.memory_cost)]
+            parts += [(f"gpu:{g}", "GPU-seconds", q, line.gpu_cost.get(g, 0.0))
+                      for g, q in sorted(line.gpu_seconds.items())]
+            for name, unit, qty, cost in parts:
+                r = row((name,), {"resource": name, "unit": unit, "quantity": 0.0, "cost": 0.0})
+                r["quantity"] += qty
+                r["cost"] += cost
             continue
-        group = (line.app,) if by == "app" else (line.app, line.function)
-        row = rows.get(group)
-        if row is None:
-            row = rows[group] = {"app": line.app}
-            if by == "function":
-                row["function"] = line.function
-            row.update(seconds=0.0, cost=0.0, records=0)
-        row["seconds"] += line.seconds
-        row["cost"] += line.cost
-        row["records"] += line.records
+        if by == "app":
+            group: tuple[str, ...] = (line.app,)
+            init: dict[str, Any] = {"app": line.app}
+        elif by == "function":
+            group, init = (line.app, line.function), {"app": line.app, "function": line.function}
+        else:
+            group, init = (line.day,), {"day": line.day}
+        r = row(group, {**init, "seconds": 0.0, "cost": 0.0, "records": 0})
+        r["seconds"] += line.seconds
+        r["cost"] += line.cost
+        r["records"] += line.records
     return [rows[g] for g in sorted(rows)]
 
 
-def workspace_total(snapshot: LedgerSnapshot, workspace: str) -> dict[str, Any]:
-    """One workspace's totals: ``seconds``, ``cost`` (USD, unrounded), ``records``."""
-    total: dict[str, Any] = {"seconds": 0.0, "cost": 0.0, "records": 0}
-    for row in report(snapshot, workspace, by="function"):
-        total["seconds"] += row["seconds"]
-        total["cost"] += row["cost"]
-        total["records"] += row["records"]
+def workspace_total(snapshot: LedgerSnapshot, workspace: str,
+                    since: str | None = None) -> dict[str, Any]:
+    """One workspace's totals: ``seconds``, ``cost`` (USD, unrounded), ``records``, and the
+    spans of lost agents (``lost_billed_seconds``, ``lost_unaccounted_seconds``)."""
+    total: dict[str, Any] = {"seconds": 0.0, "cost": 0.0, "records": 0,
+                             "lost_billed_seconds": 0.0, "lost_unaccounted_seconds": 0.0}
+    for line in _source(snapshot, workspace, check_since(since), daily=False):
+        total["seconds"] += line.seconds
+        total["cost"] += line.cost
+        total["records"] += line.records
+        total["lost_billed_seconds"] += line.lost_billed_seconds
+        total["lost_unaccounted_seconds"] += line.lost_unaccounted_seconds
+    return total
+
+
+def spend(snapshot: LedgerSnapshot, workspace: str, app: str | None, function: str | None,
+          first_day: str, last_day: str) -> float:
+    """USD spent by a scope (the workspace, one app, one function) over UTC days
+    ``first_day..last_day`` (inclusive, ``YYYY-MM-DD``)."""
+    total = 0.0
+    for key in sorted(snapshot.days):
+        day = key[:10]
+        if day < first_day or day > last_day:
+            continue
+        line = snapshot.days[key]
+        if line.workspace != workspace or (app is not None and line.app != app):
+            continue
+        if function is not None and line.function != function:
+            continue
+        total += line.cost
     return total
 
 

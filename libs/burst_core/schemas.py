@@ -119,6 +119,33 @@ class LedgerSnapshot(_Wire, kw_only=True):
 
     seq: int = 0
     lines: dict[str, LedgerLine] = msgspec.field(default_factory=dict)
+    # UTC day (YYYY-MM-DD) of the records' starts, on the per-day lines; "" on the totals
+    day: str = ""
+    # the cost split by resource: cost == cpu_cost + memory_cost + sum(gpu_cost.values())
+    cpu_core_seconds: float = 0.0
+    cpu_cost: float = 0.0
+    memory_gib_seconds: float = 0.0
+    memory_cost: float = 0.0
+    gpu_seconds: dict[str, float] = msgspec.field(default_factory=dict)  # by GPU type
+    gpu_cost: dict[str, float] = msgspec.field(default_factory=dict)
+    # containers of a lost agent: seconds billed up to the last heartbeat without a record,
+    # and seconds from the last heartbeat to the loss (not billed, recorded)
+    lost_billed_seconds: float = 0.0
+    lost_unaccounted_seconds: float = 0.0
+    lost_containers: int = 0
+
+
+class ContainerMark(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What the ledger keeps of an open container: enough to close it if its agent is lost."""
+
+    workspace: str
+    app: str
+    function: str
+    agent_id: str
+    resources: Resources
+    spot: bool = False
+    end: float = 0.0  # latest end of its counted records (agent clock)
+    seen_at: float = 0.0  # stream time of its latest record
     # container id -> interval numbers already counted (dedupe of redeliveries) above
     # that container's ``seen_through`` mark; older snapshots may still list all of them
     seen: dict[str, list[int]] = msgspec.field(default_factory=dict)
@@ -137,6 +164,21 @@ class LeaseRecord(_Wire, kw_only=True):
 
     holder: str
     expires_at: float
+    # "<YYYY-MM-DD>.<workspace>.<app>.<function>" -> that day's line
+    days: dict[str, LedgerLine] = msgspec.field(default_factory=dict)
+    # stream time (epoch s) of the latest folded message: the fold's only clock
+    clock: float = 0.0
+    # container id -> stream time it was closed (pruned a dedupe horizon later)
+    closed_at: dict[str, float] = msgspec.field(default_factory=dict)
+    # open containers (records counted, no final yet)
+    open: dict[str, ContainerMark] = msgspec.field(default_factory=dict)
+    # stream time of the last pruning pass
+    pruned_at: float = 0.0
+    # records refused because they ended more than a dedupe horizon before the stream time
+    late_records: int = 0
+    late_seconds: float = 0.0
+    # agents lost: "<agent_id>:<last_heartbeat_at>" already folded
+    lost_agents: dict[str, float] = msgspec.field(default_factory=dict)
     acquired_at: float = 0.0
 
 

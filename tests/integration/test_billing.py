@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,7 +26,8 @@ from burst_core.schemas import (
 
 pytestmark = pytest.mark.integration
 
-T0 = 1_760_000_000.0
+# Recent: a record that ended a dedupe horizon before it reached the stream is refused.
+T0 = time.time() - 3600.0
 Seqd = list[tuple[int, MeteringRecord]]
 
 
@@ -46,6 +48,11 @@ def container_records(container: str, n: int, **kw: Any) -> list[MeteringRecord]
     return [rec(container, i, final=(i == n - 1), **kw) for i in range(n)]
 
 
+# Stream time of each published sequence (the ledger's clock), as stored: filled by
+# publish(), read by reference(). Every test starts a fresh server, so seqs restart at 1.
+STORED_AT: dict[int, float] = {}
+
+
 async def publish(js: Any, records: Iterable[MeteringRecord], again: str = "") -> Seqd:
     """Publish as an agent does; ``again`` marks a republish beyond the dedupe window.
 
@@ -57,6 +64,8 @@ async def publish(js: Any, records: Iterable[MeteringRecord], again: str = "") -
         ack = await bus.publish(js, names.metering_subject(r.workspace, r.agent_id), encode(r),
                                 msg_id=f"{r.container_id}:{r.interval}{again}")
         assert not ack.duplicate
+        stored = await js.get_msg(names.STREAM_METERING, ack.seq)
+        STORED_AT[ack.seq] = ledger.stream_time(stored.time)
         out.append((ack.seq, r))
     return out
 
@@ -65,7 +74,7 @@ def reference(published: Seqd) -> LedgerSnapshot:
     """The uninterrupted fold of the same stream, in memory."""
     snap = LedgerSnapshot()
     for seq, r in sorted(published, key=lambda p: p[0]):
-        ledger.apply(snap, seq, r, ledger.Rates())
+        ledger.apply(snap, seq, r, ledger.Rates(), STORED_AT[seq])
     return snap
 
 

@@ -244,3 +244,103 @@ def test_report_by_function_and_by_app_agree() -> None:
 def test_report_rejects_unknown_grouping() -> None:
     with pytest.raises(ValueError, match="by='agent'"):
         ledger.report(LedgerSnapshot(), "acme", by="agent")  # type: ignore[arg-type]
+
+
+# ---- days, resources, horizon, lost agents ----------------------------------------------
+DAY = 86400.0
+
+
+def fold_at(records: list[tuple[float, MeteringRecord]], rates: ledger.Rates | None = None,
+            horizon: float = ledger.DEDUPE_HORIZON) -> LedgerSnapshot:
+    snap = LedgerSnapshot()
+    for at, r in records:
+        ledger.apply(snap, snap.seq + 1, r, rates or ledger.Rates(), at, horizon)
+    return snap
+
+
+def test_report_by_day_resource_and_since_sum_to_the_totals() -> None:
+    rates = ledger.Rates(memory_gib_second=0.000002)
+    t1 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+    recs = [(t1 + 10, rec("c1", 0, 10, start=t1, cpu=2)),
+            (t1 + DAY + 10, rec("c2", 0, 10, start=t1 + DAY, gpu="H100", gpus=2, fn="gen")),
+            (t1 + DAY + 20, rec("c2", 1, 10, start=t1 + DAY + 10, gpu="H100", gpus=2, fn="gen",
+                                spot=True)),
+            (t1 + DAY + 30, rec("c9", 0, 10, start=t1 + DAY, ws="rival", gpu="B200", gpus=1))]
+    snap = fold_at(recs, rates)
+    total = ledger.workspace_total(snap, "acme")
+    by_day = ledger.report(snap, "acme", by="day")
+    assert [r["day"] for r in by_day] == ["2026-01-01", "2026-01-02"]
+    assert sum(r["cost"] for r in by_day) == pytest.approx(total["cost"], abs=1e-12)
+    by_res = {r["resource"]: r for r in ledger.report(snap, "acme", by="resource")}
+    assert set(by_res) == {"cpu", "memory", "gpu:H100"}  # never the rival's B200
+    assert by_res["gpu:H100"]["quantity"] == pytest.approx(40.0)
+    assert by_res["gpu:H100"]["cost"] == pytest.approx(20 * 0.0012 + 20 * 0.0012 * 0.5)
+    assert by_res["cpu"]["quantity"] == pytest.approx(20 + 2 * 10 * 0.125 * 8)
+    assert by_res["memory"]["quantity"] == pytest.approx(30 * 0.125)
+    assert sum(r["cost"] for r in by_res.values()) == pytest.approx(total["cost"], abs=1e-12)
+    since = ledger.report(snap, "acme", by="function", since="2026-01-02")
+    assert [(r["function"], r["records"]) for r in since] == [("gen", 2)]
+    assert ledger.workspace_total(snap, "acme", since="2026-01-02")["records"] == 2
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        ledger.report(snap, "acme", since="yesterday")
+
+
+def test_marks_are_pruned_a_horizon_later_and_late_records_refused() -> None:
+    h = 1000.0
+    recs = [(T0 + 5, rec("c1", 0, start=T0)), (T0 + 10, rec("c1", 1, start=T0 + 5, final=True)),
+            (T0 + 10, rec("c2", 0, start=T0))]  # c2 never sends a final
+    snap = fold_at(recs, horizon=h)
+    assert snap.closed == {"c1": 1} and set(snap.open) == {"c2"}
+    for i in range(30):  # an hour of another container's records
+        at = T0 + 100 + i * 100
+        ledger.apply(snap, snap.seq + 1, rec("c3", i, start=at - 5), ledger.Rates(), at, h)
+    assert "c1" not in snap.closed and "c1" not in snap.closed_at
+    assert "c2" not in snap.open and "c2" not in snap.seen_through
+    before = snap.lines["acme.shop.resize"].records
+    # c1's record again, long after: refused as late, and recorded as such.
+    assert not ledger.apply(snap, snap.seq + 1, rec("c1", 0, start=T0), ledger.Rates(),
+                            T0 + 3200, h)
+    assert snap.late_records == 1 and snap.lines["acme.shop.resize"].records == before
+
+
+def test_replay_with_stream_times_is_identical_and_bounded() -> None:
+    rng = random.Random(3)
+    recs = []
+    at = T0
+    for c in range(400):
+        for i in range(5):
+            at += rng.uniform(1, 60)
+            recs.append((at, rec(f"c{c}", i, start=at - 5, final=i == 4)))
+    recs += [(at + 1 + k, r) for k, (_, r) in enumerate(recs[::7])]  # redeliveries
+    a = fold_at(recs, horizon=3600)
+    b = fold_at(recs, horizon=3600)
+    assert ledger.fingerprint(a) == ledger.fingerprint(b)
+    assert a.lines["acme.shop.resize"].records == 2000
+    assert len(a.closed) < 400  # only the last horizon's containers keep a marker
+    assert len(encode(a)) < 64 * 1024
+
+
+def test_lost_agent_closes_its_containers_at_the_last_heartbeat() -> None:
+    from burst_core.schemas import AgentLost
+
+    snap = fold_at([(T0 + 5, rec("c1", 0, start=T0, cpu=1)),
+                    (T0 + 10, rec("c1", 1, start=T0 + 5, cpu=1)),
+                    (T0 + 10, rec("c2", 0, start=T0 + 5, fn="other", final=True))])
+    lost = AgentLost(agent_id="a1", last_heartbeat_at=T0 + 13, lost_at=T0 + 20,
+                     container_ids=["c1", "c2", "never-metered"])
+    assert ledger.apply_lost(snap, snap.seq + 1, lost, ledger.Rates(), T0 + 21) == 1
+    line = snap.lines["acme.shop.resize"]
+    assert line.seconds == pytest.approx(13.0) and line.records == 2
+    assert line.lost_billed_seconds == pytest.approx(3.0)
+    assert line.lost_unaccounted_seconds == pytest.approx(7.0) and line.lost_containers == 1
+    assert "c1" in snap.closed and not snap.open
+    # The same event again, and a late record of the closed container: nothing changes.
+    before = ledger.fingerprint(snap)
+    assert ledger.apply_lost(snap, snap.seq + 1, lost, ledger.Rates(), T0 + 22) == 0
+    assert not ledger.apply(snap, snap.seq + 1, rec("c1", 2, start=T0 + 10), ledger.Rates(),
+                            T0 + 23)
+    snap.seq -= 2
+    snap.clock = T0 + 21
+    assert ledger.fingerprint(snap) == before
+    total = ledger.workspace_total(snap, "acme")
+    assert total["lost_unaccounted_seconds"] == pytest.approx(7.0)

@@ -26,11 +26,14 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
 from burst_core import bus, ledger, logs, names
-from burst_core.schemas import LedgerSnapshot, MeteringRecordDecoder, encode
+from burst_core.schemas import AgentLost, LedgerSnapshot, encode
 
 log = logs.get("burst.billing.ledger")
 
 # A KV value is capped at the server's max payload (1 MiB by default): warn well before.
+# What could grow without bound is bounded: a container's dedupe marks are pruned a dedupe
+# horizon after its last record (``ledger.DEDUPE_HORIZON``); what remains grows with the
+# number of functions and days (one line per function per UTC day of use).
 _SNAPSHOT_WARN_BYTES = 768 * 1024
 
 
@@ -42,11 +45,13 @@ class LedgerWriter:
     """One writer's run: load the snapshot, fold new records, save periodically."""
 
     def __init__(
-        self, js: JetStreamContext, rates: ledger.Rates, snapshot_interval: float
+        self, js: JetStreamContext, rates: ledger.Rates, snapshot_interval: float,
+        horizon: float = ledger.DEDUPE_HORIZON,
     ) -> None:
         self.js = js
         self.rates = rates
         self.snapshot_interval = snapshot_interval
+        self.horizon = horizon
         self.snapshot = LedgerSnapshot()
         self._kv: KeyValue | None = None
         self._rev = 0
@@ -100,12 +105,17 @@ class LedgerWriter:
             # Only expiry (max_age) or an operator's purge removes metering messages.
             log.warning("metering_gap", after=snap.seq, next=seq)
         try:
-            record = MeteringRecordDecoder.decode(msg.data)
+            message = ledger.MeteringMessageDecoder.decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             log.error("metering_record_malformed", seq=seq, subject=msg.subject, error=str(e))
             ledger.skip(snap, seq)
             return
-        ledger.apply(snap, seq, record, self.rates)
+        at = ledger.stream_time(msg.metadata.timestamp)
+        if isinstance(message, AgentLost):
+            n = ledger.apply_lost(snap, seq, message, self.rates, at, self.horizon)
+            log.info("agent_lost_folded", agent_id=message.agent_id, containers_closed=n)
+            return
+        ledger.apply(snap, seq, message, self.rates, at, self.horizon)
 
     async def save(self) -> None:
         """Save the snapshot if it moved since the last save (compare-and-set)."""
