@@ -46,6 +46,19 @@ class Resources(msgspec.Struct, kw_only=True, omit_defaults=True):
     memory_mb: int = 128
     gpu_type: str | None = None
     gpu_count: int = 0
+    #: Hard memory limit (MiB) past which the container is killed; 0: the request.
+    memory_limit_mb: int = 0
+
+
+class RetryPolicy(msgspec.Struct, kw_only=True, omit_defaults=True):
+    max_retries: int = 0
+    backoff_coefficient: float = 2.0
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+
+    def delay(self, retry: int) -> float:
+        """Seconds before retry number ``retry`` (1-based)."""
+        return float(min(self.max_delay, self.initial_delay * self.backoff_coefficient ** (retry - 1)))
 
 
 class FunctionSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -65,6 +78,7 @@ class FunctionSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
     max_inputs: int = 1  # concurrent inputs per container
     nonpreemptible: bool = False
     is_generator: bool = False
+    retries: RetryPolicy | None = None
 
 
 # ---- HTTP bodies (SDK <-> gateway) ---------------------------------------------------

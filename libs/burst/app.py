@@ -13,6 +13,7 @@ from burst import _bundle, _resources
 from burst import _protocol as proto
 from burst.exception import InvalidError
 from burst.functions import Function, is_generator
+from burst.retries import Retries
 
 if TYPE_CHECKING:
     from burst._logs import LogFollower
@@ -74,13 +75,15 @@ class App:
         max_containers: int | None = None,
         buffer_containers: int = 0,
         nonpreemptible: bool = False,
+        retries: int | Retries | None = None,
         name: str | None = None,
     ) -> Callable[[F], Function[..., Any]]:
         """Register a function to run in containers.
 
         ``cpu`` (cores) and ``memory`` (MiB) are requests; ``gpu`` is ``"H100"``,
         ``"H100:2"`` or an ordered list of fallbacks; ``timeout`` is per attempt (1 s to
-        24 h, default 300 s); ``scaledown_window`` is how long an idle container is kept
+        24 h, default 300 s; each retry gets a fresh one); ``retries`` is an int or a
+        :class:`burst.Retries`; ``scaledown_window`` is how long an idle container is kept
         (1 s to 24 h, default 60 s).
         """
         if _warn_parentheses_missing is not None:
@@ -91,6 +94,7 @@ class App:
         mn = _resources.count("min_containers", min_containers)
         mx = _resources.count("max_containers", max_containers, lo=1, allow_none=True)
         buf = _resources.count("buffer_containers", buffer_containers)
+        retry = Retries.coerce(retries)
         if mx is not None and mn is not None and mn > mx:
             raise InvalidError(f"min_containers={mn} is above max_containers={mx}")
 
@@ -113,6 +117,7 @@ class App:
                 scaledown_window=window, min_containers=mn or 0, max_containers=mx,
                 buffer_containers=buf or 0, nonpreemptible=nonpreemptible,
                 is_generator=is_generator(f),
+                retries=retry.policy() if retry is not None else None,
             )
             if spec.name in self.registered_functions:
                 raise InvalidError(f"app {self.name!r} already has a function {spec.name!r}")

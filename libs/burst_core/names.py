@@ -72,6 +72,14 @@ def input_accepted_subject(fn_key: str) -> str:
 SUBJECTS_INPUT_ACCEPTED = "burst.control.input_accepted.>"
 
 
+def attempt_changed_subject(call_id: str) -> str:
+    """``AttemptChanged``: a call's current attempt moved on (gateways update waiters)."""
+    return f"burst.control.attempt_changed.{call_id}"
+
+
+SUBJECTS_ATTEMPT_CHANGED = "burst.control.attempt_changed.>"
+
+
 def function_deployed_subject(fn_key: str) -> str:
     return f"burst.control.function_deployed.{fn_key}"
 
@@ -108,12 +116,26 @@ def metering_subject(workspace: str, agent_id: str) -> str:
     return f"burst.metering.{workspace}.{agent_id}"
 
 
+def metering_lost_subject(agent_id: str) -> str:
+    """``AgentLost`` as billing republishes it into the metering stream (``_`` cannot
+    start a workspace name, so this never collides with a workspace's records)."""
+    return f"burst.metering._lost.{agent_id}"
+
+
 def log_subject(fn_key: str) -> str:
     return f"burst.logs.{fn_key}"
 
 
 def app_logs_filter(workspace: str, app: str) -> str:
     return f"burst.logs.{workspace}.{app}.*"
+
+
+STREAM_WEBHOOKS = "BURST_WEBHOOKS"  # webhook deliveries pending (acked once delivered)
+SUBJECTS_WEBHOOKS = "burst.webhooks.>"
+
+
+def webhook_delivery_subject(workspace: str, endpoint_id: str) -> str:
+    return f"burst.webhooks.{workspace}.{endpoint_id}"
 
 
 # ---- durable consumers ---------------------------------------------------------------
@@ -129,6 +151,7 @@ def agent_consumer(agent_id: str) -> str:
 CONSUMER_SCHEDULER_SIGNALS = "scheduler_signals"
 CONSUMER_SCHEDULER_EVENTS = "scheduler_events"
 CONSUMER_BILLING_EVENTS = "billing_events"
+CONSUMER_WEBHOOK_DELIVERY = "webhook_delivery"
 
 # ---- KV buckets and object store -----------------------------------------------------
 KV_DEPLOYMENTS = "burst_deployments"  # key: <workspace>.<app> -> DeploymentRecord
@@ -140,6 +163,23 @@ KV_SERVICES = "burst_services"  # key: <service>.<instance> -> ServiceHeartbeat
 KV_LEDGER = "burst_ledger"  # key: "state" -> LedgerSnapshot
 KV_LEASES = "burst_leases"  # key: <lease name> -> holder id (TTL)
 OBJ_BUNDLES = "burst_bundles"  # name: sha256 of the bundle
+KV_BUDGETS = "burst_budgets"  # key: budget_key() -> Budget (set by users, via the gateway)
+KV_BUDGET_STATE = "burst_budget_state"  # key: budget_key() -> BudgetState (billing writes)
+KV_WEBHOOKS = "burst_webhooks"  # key: <workspace>.<endpoint id> -> WebhookEndpoint
+KV_WEBHOOK_LOG = "burst_webhook_log"  # key: <workspace>.<delivery id> -> WebhookLogEntry
+
+
+def budget_key(workspace: str, app: str | None = None, function: str | None = None) -> str:
+    """``<ws>`` (the workspace scope), ``<ws>.<app>`` or ``<ws>.<app>.<function>``."""
+    return ".".join(p for p in (workspace, app, function) if p)
+
+
+def webhook_key(workspace: str, endpoint_id: str) -> str:
+    return f"{workspace}.{endpoint_id}"
+
+
+def webhook_log_key(workspace: str, delivery_id: str) -> str:
+    return f"{workspace}.{delivery_id}"
 
 
 def deployment_key(workspace: str, app: str) -> str:

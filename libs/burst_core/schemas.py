@@ -16,9 +16,9 @@ from typing import Literal
 import msgspec
 
 # Resources and FunctionSpec are shared with the SDK, which must stay light.
-from burst._protocol import FunctionSpec, Resources
+from burst._protocol import FunctionSpec, Resources, RetryPolicy
 
-__all__ = ["FunctionSpec", "Resources"]
+__all__ = ["FunctionSpec", "Resources", "RetryPolicy"]
 
 
 class _Wire(msgspec.Struct, tag=True, kw_only=True, omit_defaults=True):
@@ -88,6 +88,13 @@ class CallRecord(_Wire, kw_only=True):
     attempt_token: str
     created_at: float
     deployment_id: str = ""
+    # Failed attempts counted against the function's retries, and platform faults
+    # (lost agent, preemption) retried apart from them.
+    user_failures: int = 0
+    internal_retries: int = 0
+    # Set with the attempt bump of a scheduled user retry: the next delivery of the input
+    # runs that attempt instead of counting as an internal retry.
+    retry_pending: bool = False
 
 
 class TokenRecord(_Wire, kw_only=True):
@@ -112,13 +119,6 @@ class LedgerLine(msgspec.Struct, kw_only=True, omit_defaults=True):
     seconds: float = 0.0
     cost: float = 0.0
     records: int = 0
-
-
-class LedgerSnapshot(_Wire, kw_only=True):
-    """Billing's fold of the metering stream, up to and including ``seq``."""
-
-    seq: int = 0
-    lines: dict[str, LedgerLine] = msgspec.field(default_factory=dict)
     # UTC day (YYYY-MM-DD) of the records' starts, on the per-day lines; "" on the totals
     day: str = ""
     # the cost split by resource: cost == cpu_cost + memory_cost + sum(gpu_cost.values())
@@ -146,6 +146,13 @@ class ContainerMark(msgspec.Struct, kw_only=True, omit_defaults=True):
     spot: bool = False
     end: float = 0.0  # latest end of its counted records (agent clock)
     seen_at: float = 0.0  # stream time of its latest record
+
+
+class LedgerSnapshot(_Wire, kw_only=True):
+    """Billing's fold of the metering stream, up to and including ``seq``."""
+
+    seq: int = 0
+    lines: dict[str, LedgerLine] = msgspec.field(default_factory=dict)
     # container id -> interval numbers already counted (dedupe of redeliveries) above
     # that container's ``seen_through`` mark; older snapshots may still list all of them
     seen: dict[str, list[int]] = msgspec.field(default_factory=dict)
@@ -157,13 +164,6 @@ class ContainerMark(msgspec.Struct, kw_only=True, omit_defaults=True):
     # container id -> n: the final record was n and every interval 0..n is counted;
     # nothing more of that container is ever counted (see burst_core.ledger)
     closed: dict[str, int] = msgspec.field(default_factory=dict)
-
-
-class LeaseRecord(_Wire, kw_only=True):
-    """Who holds a singleton role (KV ``burst_leases``), until when (epoch seconds)."""
-
-    holder: str
-    expires_at: float
     # "<YYYY-MM-DD>.<workspace>.<app>.<function>" -> that day's line
     days: dict[str, LedgerLine] = msgspec.field(default_factory=dict)
     # stream time (epoch s) of the latest folded message: the fold's only clock
@@ -179,7 +179,78 @@ class LeaseRecord(_Wire, kw_only=True):
     late_seconds: float = 0.0
     # agents lost: "<agent_id>:<last_heartbeat_at>" already folded
     lost_agents: dict[str, float] = msgspec.field(default_factory=dict)
+
+
+class LeaseRecord(_Wire, kw_only=True):
+    """Who holds a singleton role (KV ``burst_leases``), until when (epoch seconds)."""
+
+    holder: str
+    expires_at: float
     acquired_at: float = 0.0
+
+
+class Budget(_Wire, kw_only=True):
+    """A spending limit on a scope (see :mod:`burst_core.budgets`), set by a user."""
+
+    workspace: str
+    scope: str  # "workspace", "<app>" or "<app>.<function>"
+    limit: float  # USD per period
+    hard: bool = False  # refuse calls and stop containers once spent
+    alert_at: list[int] = msgspec.field(default_factory=list)  # percent thresholds
+    period: str = "month"  # "month", "<N>d" or "YYYY-MM-DD..YYYY-MM-DD"
+    created_at: float = 0.0
+
+
+class BudgetState(_Wire, kw_only=True):
+    """Billing's view of one budget in its current period (KV ``burst_budget_state``)."""
+
+    workspace: str
+    scope: str
+    period: str  # the period's id: "YYYY-MM" or "YYYY-MM-DD..YYYY-MM-DD"
+    limit: float
+    hard: bool = False
+    spend: float = 0.0
+    fired: list[int] = msgspec.field(default_factory=list)  # thresholds alerted this period
+    exceeded: bool = False  # a hard cap is spent: calls refused, containers stopped
+    exceeded_at: float = 0.0
+    spend_at_exceeded: float = 0.0
+    overshoot: float = 0.0  # spend beyond the limit (what ran while containers stopped)
+    updated_at: float = 0.0
+
+
+class WebhookEndpoint(_Wire, kw_only=True):
+    endpoint_id: str
+    workspace: str
+    url: str
+    events: list[str]
+    secret: str  # "whsec_" + base64 of the signing key
+    created_at: float = 0.0
+    description: str = ""
+
+
+class WebhookDelivery(_Wire, kw_only=True):
+    """One event for one endpoint, pending in ``BURST_WEBHOOKS`` until delivered."""
+
+    delivery_id: str  # the webhook-id header: the same on every retry
+    endpoint_id: str
+    workspace: str
+    event_type: str
+    body: bytes  # the JSON body, signed as sent
+    created_at: float
+
+
+class WebhookLogEntry(_Wire, kw_only=True):
+    delivery_id: str
+    endpoint_id: str
+    workspace: str
+    event_type: str
+    url: str = ""
+    status: Literal["pending", "retrying", "delivered", "failed", "refused"] = "pending"
+    attempts: int = 0
+    last_status_code: int = 0
+    last_error: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
 
 
 # ---- data plane ----------------------------------------------------------------------
@@ -228,6 +299,15 @@ class LogLine(_Wire, kw_only=True):
 
 
 # ---- control plane -------------------------------------------------------------------
+class AttemptChanged(_Wire, kw_only=True):
+    """A call moved on to a new attempt (a retry): outputs of older attempts are refused."""
+
+    call_id: str
+    attempt: int
+    attempt_token: str
+    reason: str = ""  # "retry" | "internal"
+
+
 class InputAccepted(_Wire, kw_only=True):
     """Payload-free signal: a function has new work."""
 
@@ -399,9 +479,15 @@ InputDecoder = decoder(Input)
 OutputDecoder = decoder(Output)
 LogLineDecoder = decoder(LogLine)
 InputAcceptedDecoder = decoder(InputAccepted)
+AttemptChangedDecoder = decoder(AttemptChanged)
 AppEventDecoder = decoder(FunctionDeployed | AppRemoved)
 AgentOrderDecoder = decoder(AgentOrder)
 ContainerEventDecoder = decoder(ContainerEvent)
 AgentHeartbeatDecoder = decoder(AgentHeartbeat)
 AgentLostDecoder = decoder(AgentLost)
 MeteringRecordDecoder = decoder(MeteringRecord)
+BudgetDecoder = decoder(Budget)
+BudgetStateDecoder = decoder(BudgetState)
+WebhookEndpointDecoder = decoder(WebhookEndpoint)
+WebhookDeliveryDecoder = decoder(WebhookDelivery)
+WebhookLogEntryDecoder = decoder(WebhookLogEntry)

@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from burst_core import logs, names
-from burst_core.schemas import Output, OutputDecoder
+from burst_core.schemas import AttemptChangedDecoder, Output, OutputDecoder
 
 log = logs.get("burst.gateway.outputs")
 
@@ -45,6 +45,20 @@ class OutputRouter:
             config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
             stream=names.STREAM_OUTPUTS,
         )
+
+    async def follow_attempts(self, nc: object) -> None:
+        """Follow attempt changes, so waiters expect the current attempt's output only."""
+        self._attempt_sub = await nc.subscribe(  # type: ignore[attr-defined]
+            names.SUBJECTS_ATTEMPT_CHANGED, cb=self._on_attempt)
+
+    async def _on_attempt(self, msg: Msg) -> None:
+        try:
+            ch = AttemptChangedDecoder.decode(msg.data)
+        except Exception:
+            return
+        waiters = self._waiters.get(ch.call_id)
+        if waiters:
+            waiters[:] = [(ch.attempt_token, f) for (_, f) in waiters]
 
     async def stop(self) -> None:
         if self._sub is not None:

@@ -50,6 +50,7 @@ class Gateway:
             await self.tokens.ensure_hash(s.bootstrap_token_hash, s.bootstrap_workspace)
         self.outputs = OutputRouter(self.js)
         await self.outputs.start()
+        await self.outputs.follow_attempts(self.nc)
         watcher = await self.deployments_kv.watchall()
         self._tasks.append(asyncio.create_task(self._watch_deployments(watcher)))
         self._tasks.append(asyncio.create_task(

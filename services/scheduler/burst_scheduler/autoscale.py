@@ -2,9 +2,10 @@
 
 Counting. A function's containers are the allocations claimed for it on live agents: from
 the claim (being placed) until the agent removes it (stopped). A container is *stopping*
-when its agent reports it so, or when this scheduler has ordered it to stop and the agent
-still reports it idle since the same moment; stopping containers count against
-``max_containers`` (they still exist) but not towards ``min_containers`` or capacity.
+when its agent reports it so, when its agent is draining (preempted), or when this
+scheduler has ordered it to stop and the agent still reports it idle since the same
+moment; stopping containers count against ``max_containers`` (they still exist) but not
+towards ``min_containers`` or capacity.
 
 Scale-up (:meth:`Autoscaler.scale_for_work`, on every ``input.accepted`` signal and on a
 backlog seen by the reconcile loop):
@@ -74,6 +75,9 @@ class Autoscaler:
 
     # ---- counting --------------------------------------------------------------------
     def stopping(self, c: Container, now: float) -> bool:
+        agent = self.state.agents.get(c.agent_id)
+        if agent is not None and agent.draining:
+            return True  # preempted or draining: it will not take work again
         if c.view is None:
             return False
         if c.view.state == "stopping":
@@ -276,6 +280,13 @@ class Autoscaler:
             if self.state.containers_of(fn_key, time.time()):
                 return False
             try:
+                # Never while inputs are delivered but not acked (a retry waiting out its
+                # backoff is one): a new consumer would redeliver them as first deliveries,
+                # without their backoff and without the attempt they are at.
+                info = await self.js.consumer_info(names.STREAM_INPUTS,
+                                                   names.function_consumer(fn_key))
+                if info.num_ack_pending or info.num_redelivered:
+                    return False
                 await self.js.delete_consumer(names.STREAM_INPUTS,
                                               names.function_consumer(fn_key))
             except nats.js.errors.NotFoundError:
