@@ -111,6 +111,7 @@ class CallResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     error_message: str = ""
     traceback: str = ""
     log_lines: int = 0
+    payload_format: str = "pickle"
 
 
 class CallBatchRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -152,6 +153,8 @@ class RunInput(_Frame, kw_only=True):
     attempt: int = 1
     attempt_token: str = ""
     payload: bytes
+    #: "pickle" (cloudpickle from the SDK) or "json" (``{"args", "kwargs"}`` over HTTP).
+    payload_format: str = "pickle"
 
 
 class CancelInput(_Frame, kw_only=True):

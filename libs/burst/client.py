@@ -59,7 +59,7 @@ class Client:
                 expect: tuple[int, ...] = (200, 201, 202, 204)) -> tuple[int, bytes]:
         if params:
             path += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-        headers = {"Authorization": f"Bearer {self.token}"}
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": proto.MSGPACK}
         if content_type:
             headers["Content-Type"] = content_type
         for attempt in range(2):

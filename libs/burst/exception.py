@@ -78,6 +78,12 @@ class ExecutionError(Error):
     type = "ExecutionError"
 
 
+class InputCancellation(Error):
+    """The call was cancelled before it finished."""
+
+    type = "Cancelled"
+
+
 class FunctionTimeoutError(TimeoutError, Error):
     """The call's last attempt ran past the function's timeout."""
 
@@ -99,6 +105,7 @@ ERROR_TYPES: dict[str, tuple[int, type[Error]]] = {
     "RemoteError": (500, RemoteError),
     "ExecutionError": (500, ExecutionError),
     "FunctionTimeout": (504, FunctionTimeoutError),
+    "Cancelled": (409, InputCancellation),
 }
 
 

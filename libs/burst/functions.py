@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -12,6 +13,7 @@ from burst import _protocol as proto
 from burst._serialization import deserialize, rebuild_exception, serialize
 from burst.exception import (
     ExecutionError,
+    InputCancellation,
     FunctionTimeoutError,
     InternalError,
     InvalidError,
@@ -194,6 +196,8 @@ class Function(Generic[P, R]):
     def _result(resp: proto.CallResponse) -> Any:
         if resp.status == "success":
             return deserialize(resp.payload)
+        if resp.status == "terminated":
+            raise InputCancellation(resp.error_message or f"call {resp.call_id} was cancelled")
         if resp.status == "timeout":
             exc: BaseException = FunctionTimeoutError(resp.error_message)
             raise exc
@@ -240,6 +244,14 @@ class FunctionCall(Generic[R]):
 
             self._client = Client.from_profile()
         return self._client
+
+    def cancel(self) -> bool:
+        """Cancel the call: it never starts if it has not, and is stopped if it runs.
+
+        Returns False when the call had already finished (its result stands).
+        """
+        _, data = self._c().request("DELETE", f"/v1/calls/{self.object_id}")
+        return bool(json.loads(data).get("cancelled"))
 
     def get(self, timeout: float | None = None) -> R:
         """The call's result (or its error); waits up to ``timeout`` seconds (None: forever).

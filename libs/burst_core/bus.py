@@ -147,6 +147,7 @@ async def ensure_topology(js: JetStreamContext, topo: Topology | None = None) ->
         names.KV_AGENTS: 0,
         names.KV_HEARTBEATS: 0,
         names.KV_CALLS: t.result_retention,
+        names.KV_IDEMPOTENCY: t.result_retention,
         names.KV_TOKENS: 0,
         names.KV_SERVICES: 0,
         names.KV_LEDGER: 0,

@@ -80,6 +80,14 @@ def attempt_changed_subject(call_id: str) -> str:
 SUBJECTS_ATTEMPT_CHANGED = "burst.control.attempt_changed.>"
 
 
+def call_cancelled_subject(fn_key: str) -> str:
+    """``CallCancelled``: agents stop the call if it runs, and never start it."""
+    return f"burst.control.call_cancelled.{fn_key}"
+
+
+SUBJECTS_CALL_CANCELLED = "burst.control.call_cancelled.>"
+
+
 def function_deployed_subject(fn_key: str) -> str:
     return f"burst.control.function_deployed.{fn_key}"
 
@@ -162,6 +170,7 @@ KV_TOKENS = "burst_tokens"  # key: sha256(token) -> TokenRecord
 KV_SERVICES = "burst_services"  # key: <service>.<instance> -> ServiceHeartbeat
 KV_LEDGER = "burst_ledger"  # key: "state" -> LedgerSnapshot
 KV_LEASES = "burst_leases"  # key: <lease name> -> holder id (TTL)
+KV_IDEMPOTENCY = "burst_idempotency"  # key: sha256(ws, app, fn, Idempotency-Key) -> call id
 OBJ_BUNDLES = "burst_bundles"  # name: sha256 of the bundle
 KV_BUDGETS = "burst_budgets"  # key: budget_key() -> Budget (set by users, via the gateway)
 KV_BUDGET_STATE = "burst_budget_state"  # key: budget_key() -> BudgetState (billing writes)

@@ -265,6 +265,9 @@ class Input(_Wire, kw_only=True):
     payload: bytes  # cloudpickle of (args, kwargs); opaque to services
     accepted_at: float
     deployment_id: str = ""
+    # "pickle" (the SDK) or "json" (HTTP callers: {"args": [...], "kwargs": {...}}); the
+    # output's payload has the same format.
+    payload_format: str = "pickle"
 
 
 OutputStatus = Literal["success", "failure", "timeout", "terminated", "internal"]
@@ -285,6 +288,7 @@ class Output(_Wire, kw_only=True):
     log_lines: int = 0  # lines the call printed, so a log follower can wait for them
     started_at: float = 0.0
     finished_at: float = 0.0
+    payload_format: str = "pickle"
 
 
 class LogLine(_Wire, kw_only=True):
@@ -306,6 +310,14 @@ class AttemptChanged(_Wire, kw_only=True):
     attempt: int
     attempt_token: str
     reason: str = ""  # "retry" | "internal"
+
+
+class CallCancelled(_Wire, kw_only=True):
+    """A call was cancelled; its ``terminated`` output is already stored."""
+
+    call_id: str
+    fn_key: str
+    at: float
 
 
 class InputAccepted(_Wire, kw_only=True):
@@ -480,6 +492,7 @@ OutputDecoder = decoder(Output)
 LogLineDecoder = decoder(LogLine)
 InputAcceptedDecoder = decoder(InputAccepted)
 AttemptChangedDecoder = decoder(AttemptChanged)
+CallCancelledDecoder = decoder(CallCancelled)
 AppEventDecoder = decoder(FunctionDeployed | AppRemoved)
 AgentOrderDecoder = decoder(AgentOrder)
 ContainerEventDecoder = decoder(ContainerEvent)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import os
 import signal
 import socket
@@ -92,16 +93,38 @@ def _resolve(module_name: str, qualname: str) -> Any:
     return getattr(obj, "raw_f", obj)
 
 
+def decode_args(payload: bytes, as_json: bool) -> tuple[list[Any], dict[str, Any]]:
+    """Arguments: cloudpickle from Python callers, ``{"args", "kwargs"}`` JSON from others."""
+    if not as_json:
+        args, kwargs = deserialize(payload)
+        return args, kwargs
+    body = json.loads(payload)
+    return list(body.get("args", [])), dict(body.get("kwargs", {}))
+
+
+def encode_result(result: Any, as_json: bool) -> bytes:
+    if not as_json:
+        return serialize(result)
+    try:
+        return json.dumps(result).encode()
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"the result ({type(result).__name__}) cannot be sent as JSON to "
+                        f"this JSON caller: {e}") from None
+
+
 def run_input(fn: Any, msg: proto.RunInput, state: ShimState) -> proto.InputDone:
     state.call_id, state.log_lines = msg.call_id, 0
     started = time.time()
+    as_json = msg.payload_format == "json"
     try:
-        args, kwargs = deserialize(msg.payload)
+        args, kwargs = decode_args(msg.payload, as_json)
         result = fn(*args, **kwargs)
-        done = proto.InputDone(input_id=msg.input_id, status="success", payload=serialize(result))
+        done = proto.InputDone(input_id=msg.input_id, status="success",
+                               payload=encode_result(result, as_json))
     except Exception as exc:  # the user's error travels back to the caller
         payload, name, message, trace = serialize_exception(exc)
-        done = proto.InputDone(input_id=msg.input_id, status="failure", payload=payload,
+        done = proto.InputDone(input_id=msg.input_id, status="failure",
+                               payload=b"" if as_json else payload,
                                error_type=name, error_message=message, traceback=trace)
     finally:
         sys.stdout.flush()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 import uuid
 from typing import Any
 
 import msgspec
+import nats.js.errors
 import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
 
 from burst._protocol import (
     MSGPACK,
@@ -24,6 +28,7 @@ from burst._protocol import (
 from burst.exception import InvalidError, NotFoundError, PayloadTooLargeError
 from burst_core import bus, logs, names
 from burst_core.schemas import (
+    CallCancelled,
     CallRecord,
     CallRecordDecoder,
     DeploymentRecord,
@@ -33,6 +38,7 @@ from burst_core.schemas import (
     encode,
 )
 
+from burst_gateway import budgets
 from burst_gateway.auth import Principal, principal
 
 router = APIRouter()
@@ -43,6 +49,7 @@ _wait_decoder = msgspec.msgpack.Decoder(CallWaitRequest)
 _MSGPACK_BODY = {"requestBody": {"content": {MSGPACK: {}}, "required": True}}
 #: Most calls one batch request may create, and most calls one wait request may name.
 MAX_BATCH = 1000
+WRONG_LAST_SEQUENCE = 10071
 #: A waited-on call older than this (s) is also looked up in the stream, at most this many
 #: per wait request, in case its output left this gateway's in-memory window.
 STREAM_CHECK_AGE = 30.0
@@ -57,6 +64,7 @@ def _from_output(out: Output) -> CallResponse:
     return CallResponse(
         call_id=out.call_id, status=out.status, payload=out.payload, error_type=out.error_type,
         error_message=out.error_message, traceback=out.traceback, log_lines=out.log_lines,
+        payload_format=out.payload_format,
     )
 
 
@@ -86,23 +94,29 @@ async def _function(gw: Any, p: Principal, app: str, fn: str) -> DeploymentRecor
 
 
 async def submit(gw: Any, p: Principal, dep: DeploymentRecord, fn: str,
-                 payloads: list[bytes], register: bool) -> list[tuple[CallRef, Any]]:
+                 payloads: list[bytes], register: bool, payload_format: str = "pickle",
+                 call_id: str | None = None) -> list[tuple[CallRef, Any]]:
     """Create one call per payload: its record (KV), then its input (JetStream).
 
     With ``register`` the output futures exist before any input is published, so no
     output can be missed. All KV writes, then all publishes, go out concurrently.
     """
+    await budgets.check(gw, p.workspace, dep.app, fn)  # 402 while a hard budget is spent
     fn_key = names.function_key(p.workspace, dep.app, fn)
     now = time.time()
     calls = []
     for payload in payloads:
-        call_id, input_id, token = new_call_id(now), "in-" + uuid.uuid4().hex, uuid.uuid4().hex
-        rec = CallRecord(call_id=call_id, workspace=p.workspace, app=dep.app, function=fn,
+        cid = call_id or new_call_id(now)
+        # The input id follows from the call id: resubmitting a call (an idempotent retry
+        # after a crash) republishes the same input, which JetStream then drops.
+        input_id, token = "in-" + cid[3:], uuid.uuid4().hex
+        rec = CallRecord(call_id=cid, workspace=p.workspace, app=dep.app, function=fn,
                          input_id=input_id, attempt=1, attempt_token=token, created_at=now,
                          deployment_id=dep.deployment_id)
-        inp = Input(workspace=p.workspace, app=dep.app, function=fn, call_id=call_id,
+        inp = Input(workspace=p.workspace, app=dep.app, function=fn, call_id=cid,
                     input_id=input_id, attempt=1, attempt_token=token, payload=payload,
-                    accepted_at=now, deployment_id=dep.deployment_id)
+                    accepted_at=now, deployment_id=dep.deployment_id,
+                    payload_format=payload_format)
         calls.append((rec, inp))
     await asyncio.gather(*(gw.calls_kv.create(rec.call_id, encode(rec)) for rec, _ in calls))
     futs = [gw.outputs.register(rec.call_id, rec.attempt_token) if register else None
@@ -200,24 +214,130 @@ async def _wait_one(gw: Any, call_id: str, fut: asyncio.Future[Output], wait: fl
     return _from_output(out)
 
 
-@router.post("/v1/apps/{app}/functions/{fn}/calls", tags=["calls"], openapi_extra=_MSGPACK_BODY)
+_JSON_OR_MSGPACK = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "properties": {
+        "args": {"type": "array"}, "kwargs": {"type": "object"}}}},
+    MSGPACK: {}}}}
+
+
+def _wants_json(request: Request) -> bool:
+    return MSGPACK not in request.headers.get("accept", "")
+
+
+def _json_call(resp: CallResponse) -> dict[str, Any]:
+    out: dict[str, Any] = {"call_id": resp.call_id, "status": resp.status}
+    if resp.status == "success":
+        if resp.payload_format == "json":
+            out["result"] = json.loads(resp.payload or b"null")
+        else:
+            out["result"] = None
+            out["result_encoding"] = "cloudpickle (called from the Python SDK)"
+    elif resp.status != "pending":
+        etype = resp.error_type.removeprefix("builtins.")
+        out["error"] = {"type": etype, "message": resp.error_message,
+                        "traceback": resp.traceback}
+    return out
+
+
+def _answer(request: Request, resp: CallResponse, replayed: bool = False) -> Response:
+    status = 200 if resp.status != "pending" else 202
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    if _wants_json(request):
+        return JSONResponse(_json_call(resp), status_code=status,
+                            headers=headers)
+    return Response(msgspec.msgpack.encode(resp), status_code=status, media_type=MSGPACK,
+                    headers=headers)
+
+
+async def _call_payload(request: Request) -> tuple[bytes, str]:
+    """The call's arguments and their format, from a msgpack (SDK) or JSON body."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip()
+    if ctype == MSGPACK:
+        req = await _body(request, _call_decoder, "call request")
+        return req.payload, "pickle"
+    if ctype != "application/json":
+        raise InvalidError(f"unsupported content type {ctype or 'none'!r}: send "
+                           f"application/json ({{\"args\": [...], \"kwargs\": {{...}}}}) or {MSGPACK}")
+    body = await request.body()
+    if len(body) > request.app.state.gw.settings.max_body_bytes:
+        raise PayloadTooLargeError(f"request of {len(body)} bytes exceeds the "
+                                   f"{request.app.state.gw.settings.max_body_bytes} byte limit")
+    try:
+        doc = json.loads(body or b"{}")
+    except ValueError as e:
+        raise InvalidError(f"malformed JSON body: {e}") from None
+    if not isinstance(doc, dict) or set(doc) - {"args", "kwargs"}:
+        raise InvalidError('the body must be a JSON object {"args": [...], "kwargs": {...}}')
+    args, kwargs = doc.get("args", []), doc.get("kwargs", {})
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise InvalidError(f'"args" must be a list and "kwargs" an object, got '
+                           f"{type(args).__name__} and {type(kwargs).__name__}")
+    return json.dumps({"args": args, "kwargs": kwargs}).encode(), "json"
+
+
+async def _idempotent_call(gw: Any, p: Principal, app: str, fn: str, key: str) -> tuple[str, bool]:
+    """(call id, whether it already existed) for an ``Idempotency-Key``."""
+    if not 1 <= len(key) <= 255:
+        raise InvalidError(f"Idempotency-Key of {len(key)} characters: use 1 to 255")
+    digest = hashlib.sha256(f"{p.workspace}\0{app}\0{fn}\0{key}".encode()).hexdigest()
+    call_id = new_call_id(time.time())
+    try:
+        await gw.idempotency_kv.create(digest, call_id.encode())
+        return call_id, False
+    except nats.js.errors.KeyWrongLastSequenceError:
+        raw, _ = await bus.kv_get(gw.idempotency_kv, digest)
+        return (raw or call_id.encode()).decode(), True
+
+
+@router.post("/v1/apps/{app}/functions/{fn}/calls", tags=["calls"], openapi_extra=_JSON_OR_MSGPACK)
 async def create_call(
     app: str, fn: str, request: Request,
     wait: float = Query(0.0, ge=0.0, description="Seconds to wait for the result."),
     p: Principal = Depends(principal),
 ) -> Response:
-    """Call a function. With ``wait`` the answer carries the result if it is ready in
-    time (200); otherwise it is ``202`` with the call id to poll ``GET /v1/calls/{id}``."""
+    """Call a function with ``{"args": [...], "kwargs": {...}}`` (JSON) or the SDK's
+    msgpack encoding. With ``wait`` the answer carries the result if it is ready in time
+    (200); otherwise it is ``202`` with the call id to poll ``GET /v1/calls/{id}``.
+
+    An ``Idempotency-Key`` header makes resubmissions safe: the same key (per function)
+    returns the same call, and the function runs once, for as long as results are kept.
+    """
     gw = request.app.state.gw
     dep = await _function(gw, p, app, fn)
-    req = await _body(request, _call_decoder, "call request")
-    [(ref, fut)] = await submit(gw, p, dep, fn, [req.payload], register=True)
+    payload, fmt = await _call_payload(request)
+    wait = min(wait, gw.settings.max_sync_wait)
+    key = request.headers.get("idempotency-key")
+    call_id = None
+    if key is not None:
+        call_id, existed = await _idempotent_call(gw, p, app, fn, key)
+        rec = await _record(gw, call_id, p.workspace) if existed else None
+        if rec is not None:
+            return _answer(request, await _result_of(gw, rec, wait), True)
+    try:
+        [(ref, fut)] = await submit(gw, p, dep, fn, [payload], register=True,
+                                    payload_format=fmt, call_id=call_id)
+    except nats.js.errors.KeyWrongLastSequenceError:
+        # A racing resubmission with the same key created the call first.
+        rec = await _record(gw, call_id or "", p.workspace)
+        if rec is None:
+            raise
+        return _answer(request, await _result_of(gw, rec, wait), True)
     structlog.contextvars.bind_contextvars(call_id=ref.call_id)
     try:
-        resp = await _wait_one(gw, ref.call_id, fut, min(wait, gw.settings.max_sync_wait))
+        resp = await _wait_one(gw, ref.call_id, fut, wait)
     finally:
         structlog.contextvars.unbind_contextvars("call_id")
-    return _response(resp, 200 if resp.status != "pending" else 202)
+    return _answer(request, resp)
+
+
+async def _result_of(gw: Any, rec: CallRecord, wait: float) -> CallResponse:
+    """The call's current attempt's output, waiting up to ``wait`` seconds for it."""
+    fut = gw.outputs.register(rec.call_id, rec.attempt_token)
+    out = await gw.outputs.fetch(rec.call_id, rec.attempt)
+    if out is not None and out.attempt_token == rec.attempt_token:
+        gw.outputs.unregister(rec.call_id, fut)
+        return _from_output(out)
+    return await _wait_one(gw, rec.call_id, fut, wait)
 
 
 @router.post("/v1/apps/{app}/functions/{fn}/calls/batch", tags=["calls"],
@@ -261,13 +381,38 @@ async def get_call(
     if rec is None:
         raise NotFoundError(f"call {call_id!r} not found (results are kept "
                             f"{gw.settings.result_retention / 86400:g} days)")
-    fut = gw.outputs.register(call_id, rec.attempt_token)
-    out = await gw.outputs.fetch(call_id, rec.attempt)
-    if out is not None and out.attempt_token == rec.attempt_token:
-        gw.outputs.unregister(call_id, fut)
-        return _response(_from_output(out))
-    resp = await _wait_one(gw, call_id, fut, min(wait, gw.settings.max_sync_wait))
-    return _response(resp, 200 if resp.status != "pending" else 202)
+    return _answer(request, await _result_of(gw, rec, min(wait, gw.settings.max_sync_wait)))
+
+
+@router.delete("/v1/calls/{call_id}", tags=["calls"])
+async def cancel_call(call_id: str, request: Request,
+                      p: Principal = Depends(principal)) -> dict[str, Any]:
+    """Cancel a call: it never starts if it has not, and is stopped if it runs.
+
+    Answers ``{"cancelled": true}``, or ``false`` with the status when it had finished.
+    """
+    gw = request.app.state.gw
+    rec = await _record(gw, call_id, p.workspace)
+    if rec is None:
+        raise NotFoundError(f"call {call_id!r} not found")
+    out = Output(call_id=rec.call_id, input_id=rec.input_id, attempt=rec.attempt,
+                 attempt_token=rec.attempt_token, status="terminated",
+                 error_type="burst.exception.InputCancellation",
+                 error_message=f"call {rec.call_id} was cancelled", finished_at=time.time())
+    try:
+        await bus.publish(gw.js, names.output_subject(rec.call_id, rec.attempt), encode(out),
+                          msg_id=f"{rec.input_id}:{rec.attempt}",
+                          headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+    except nats.js.errors.APIError as e:
+        if e.err_code != WRONG_LAST_SEQUENCE:
+            raise
+        done = await gw.outputs.fetch(rec.call_id, rec.attempt)
+        return {"call_id": call_id, "cancelled": False,
+                "status": done.status if done else "finished"}
+    fn_key = names.function_key(rec.workspace, rec.app, rec.function)
+    await gw.nc.publish(names.call_cancelled_subject(fn_key),
+                        encode(CallCancelled(call_id=call_id, fn_key=fn_key, at=time.time())))
+    return {"call_id": call_id, "cancelled": True}
 
 
 def _valid_call_id(call_id: str) -> bool:

@@ -44,6 +44,7 @@ class Gateway:
         await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
         self.deployments_kv = await self.js.key_value(names.KV_DEPLOYMENTS)
         self.calls_kv = await self.js.key_value(names.KV_CALLS)
+        self.idempotency_kv = await self.js.key_value(names.KV_IDEMPOTENCY)
         self.bundles = await self.js.object_store(names.OBJ_BUNDLES)
         self.tokens = TokenStore(await self.js.key_value(names.KV_TOKENS), s.token_cache_ttl)
         if s.bootstrap_token_hash:
