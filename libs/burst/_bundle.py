@@ -96,13 +96,3 @@ def build(root: Path, extra_files: list[Path] = ()) -> Bundle:  # type: ignore[a
             names.append(arcname)
     raw = buf.getvalue()
     return Bundle(data=raw, hash=hashlib.sha256(raw).hexdigest(), files=names)
-
-
-def module_name_for(module: ModuleType) -> str:
-    """The name the container imports the app's module by (``__main__`` -> file stem)."""
-    name = module.__name__
-    if name == "__main__":
-        f = getattr(module, "__file__", None)
-        if f:
-            return os.path.splitext(os.path.basename(f))[0]
-    return name

@@ -76,6 +76,7 @@ class FunctionSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
     max_containers: int | None = None
     buffer_containers: int = 0
     max_inputs: int = 1  # concurrent inputs per container
+    target_inputs: int = 0  # what the autoscaler aims at per container (0: max_inputs)
     nonpreemptible: bool = False
     is_generator: bool = False
     retries: RetryPolicy | None = None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from burst import _bundle, _resources
+from burst import _resources
 from burst import _protocol as proto
 from burst.exception import InvalidError
 from burst.functions import Function, is_generator
@@ -20,6 +21,14 @@ if TYPE_CHECKING:
     from burst.client import Client
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _module_name(module: Any) -> str:
+    """The name a container imports the app's module by (``__main__`` -> file stem)."""
+    name = str(module.__name__)
+    if name == "__main__" and getattr(module, "__file__", None):
+        return os.path.splitext(os.path.basename(module.__file__))[0]
+    return name
 
 
 class App:
@@ -110,14 +119,16 @@ class App:
                 proto.check_ident("function", fn_name.lower())
             except ValueError as e:
                 raise InvalidError(str(e)) from None
+            max_inputs, target_inputs = getattr(f, "__burst_concurrency__", (1, 1))
             module = sys.modules.get(f.__module__)
             spec = proto.FunctionSpec(
-                name=fn_name.lower(), module=_bundle.module_name_for(module) if module else f.__module__,
+                name=fn_name.lower(), module=_module_name(module) if module else f.__module__,
                 qualname=f.__qualname__, resources=res, gpu_fallbacks=fallbacks, timeout=t,
                 scaledown_window=window, min_containers=mn or 0, max_containers=mx,
                 buffer_containers=buf or 0, nonpreemptible=nonpreemptible,
                 is_generator=is_generator(f),
                 retries=retry.policy() if retry is not None else None,
+                max_inputs=max_inputs, target_inputs=target_inputs,
             )
             if spec.name in self.registered_functions:
                 raise InvalidError(f"app {self.name!r} already has a function {spec.name!r}")
@@ -162,6 +173,8 @@ class App:
             raise InvalidError("the app has no name: use burst.App('name') or pass name=")
         if not self.registered_functions:
             raise InvalidError(f"app {app_name!r} has no functions to deploy")
+        from burst import _bundle
+
         client = client or Client.from_profile()
         bundle = _bundle.build(self._source_root())
         if not client.has_bundle(bundle.hash):

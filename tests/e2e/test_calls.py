@@ -110,3 +110,43 @@ def test_map_of_ten_thousand_returns_every_result_in_order(cluster: Cluster,
     assert out["raised"] in ("odd 1", "odd 3", "odd 5")
     assert out["unordered"] is True
     assert out["starmap"] == [30, 70] and out["zipped"] == [11, 22]
+
+
+def test_concurrent_inputs_share_one_container(cluster: Cluster, tmp_path: Path) -> None:
+    app = write_app(tmp_path, """
+        import asyncio, json, os, time
+        import burst
+
+        app = burst.App("concurrency")
+
+        @app.function(max_containers=1)
+        @burst.concurrent(max_inputs=8)
+        def sleepy(i):
+            time.sleep(1.0)
+            print(f"sync input {i} done")
+            return os.getpid()
+
+        @app.function(max_containers=1)
+        @burst.concurrent(max_inputs=8)
+        async def async_sleepy(i):
+            await asyncio.sleep(1.0)
+            return os.getpid()
+
+        @app.local_entrypoint()
+        def main():
+            sleepy.remote(-1)  # start the container first: measure the concurrency alone
+            async_sleepy.remote(-1)
+            out = {}
+            for name, fn in (("sync", sleepy), ("async", async_sleepy)):
+                t0 = time.time()
+                pids = list(fn.map(range(8)))
+                out[name] = {"seconds": time.time() - t0, "pids": sorted(set(pids))}
+            print(json.dumps(out))
+    """)
+    proc = cluster.burst("run", str(app), check=True, timeout=120)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name in ("sync", "async"):
+        assert len(out[name]["pids"]) == 1, out  # one container ran all eight
+        assert out[name]["seconds"] < 2.0, out  # eight 1 s sleeps at once, not one by one
+    # Each input's print is tagged with the function's name, one whole line each.
+    assert sum("[sleepy] sync input" in ln for ln in proc.stdout.splitlines()) == 9

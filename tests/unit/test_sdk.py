@@ -119,3 +119,19 @@ def test_retry_delays_grow_and_cap() -> None:
     assert burst.Retries.coerce(2).policy().delay(2) == 1.0  # retries=N: one second apart
     with pytest.raises(InvalidError, match="retries='3' is invalid"):
         burst.Retries.coerce("3")  # type: ignore[arg-type]
+
+
+def test_concurrent_is_validated() -> None:
+    with pytest.raises(InvalidError, match="max_inputs=0 is out of range: allowed 1 to 1000"):
+        burst.concurrent(max_inputs=0)
+    with pytest.raises(InvalidError, match="target_inputs=9 is out of range"):
+        burst.concurrent(max_inputs=8, target_inputs=9)
+
+
+@app.function()
+@burst.concurrent(max_inputs=4, target_inputs=2)
+def conc() -> None: ...
+
+
+def test_concurrent_reaches_the_spec() -> None:
+    assert (conc.spec.max_inputs, conc.spec.target_inputs) == (4, 2)
