@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import json
@@ -10,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from burst import _protocol as proto
+from burst._aio import aio_method
 from burst._serialization import deserialize, rebuild_exception, serialize
 from burst.exception import (
     ExecutionError,
@@ -89,6 +91,7 @@ class Function(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.local(*args, **kwargs)
 
+    @aio_method
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function in a container and return its result (or raise its error)."""
         client, app_name = self._target()
@@ -99,6 +102,7 @@ class Function(Generic[P, R]):
             follower.wait_for(resp.call_id, resp.log_lines)
         return self._result(resp)  # type: ignore[no-any-return]
 
+    @aio_method
     def spawn(self, *args: P.args, **kwargs: P.kwargs) -> FunctionCall[R]:
         """Start the function in a container and return at once with a handle on the call.
 
@@ -112,6 +116,7 @@ class Function(Generic[P, R]):
         resp = client.call(app_name, self.spec.name, serialize((args, kwargs)), wait=0)
         return FunctionCall(resp.call_id, client, resp)
 
+    @functools.partial(aio_method, iterates=True)
     def map(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] | None = None,
             order_outputs: bool = True, return_exceptions: bool = False) -> Iterator[Any]:
         """Call the function once per element (zipped across iterables), in parallel.
@@ -129,11 +134,13 @@ class Function(Generic[P, R]):
         return self._map(zip(*input_iterators, strict=False), kwargs or {}, order_outputs,
                          return_exceptions)
 
+    @functools.partial(aio_method, iterates=True)
     def starmap(self, input_iterator: Iterable[Sequence[Any]], kwargs: dict[str, Any] | None = None,
                 order_outputs: bool = True, return_exceptions: bool = False) -> Iterator[Any]:
         """Like :meth:`map`, with each element unpacked as the call's arguments."""
         return self._map(iter(input_iterator), kwargs or {}, order_outputs, return_exceptions)
 
+    @aio_method
     def for_each(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] | None = None,
                  ignore_exceptions: bool = False) -> None:
         """Like :meth:`map`, discarding the results (errors raise unless ignored)."""
@@ -245,6 +252,7 @@ class FunctionCall(Generic[R]):
             self._client = Client.from_profile()
         return self._client
 
+    @aio_method
     def cancel(self) -> bool:
         """Cancel the call: it never starts if it has not, and is stopped if it runs.
 
@@ -253,6 +261,7 @@ class FunctionCall(Generic[R]):
         _, data = self._c().request("DELETE", f"/v1/calls/{self.object_id}")
         return bool(json.loads(data).get("cancelled"))
 
+    @aio_method
     def get(self, timeout: float | None = None) -> R:
         """The call's result (or its error); waits up to ``timeout`` seconds (None: forever).
 

@@ -150,3 +150,32 @@ def test_concurrent_inputs_share_one_container(cluster: Cluster, tmp_path: Path)
         assert out[name]["seconds"] < 2.0, out  # eight 1 s sleeps at once, not one by one
     # Each input's print is tagged with the function's name, one whole line each.
     assert sum("[sleepy] sync input" in ln for ln in proc.stdout.splitlines()) == 9
+
+
+def test_aio_variants(cluster: Cluster, tmp_path: Path) -> None:
+    app = write_app(tmp_path, """
+        import asyncio, json
+        import burst
+
+        app = burst.App("aio")
+
+        @app.function()
+        def double(x):
+            return 2 * x
+
+        async def amain():
+            out = {"remote": await double.remote.aio(21)}
+            out["map"] = [r async for r in double.map.aio(range(5))]
+            call = await double.spawn.aio(5)
+            out["spawn_get"] = await call.get.aio(timeout=30)
+            # Several calls in flight at once from one event loop.
+            out["gather"] = await asyncio.gather(*(double.remote.aio(i) for i in range(4)))
+            return out
+
+        @app.local_entrypoint()
+        def main():
+            print(json.dumps(asyncio.run(amain())))
+    """)
+    proc = cluster.burst("run", str(app), check=True, timeout=120)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"remote": 42, "map": [0, 2, 4, 6, 8], "spawn_get": 10, "gather": [0, 2, 4, 6]}
