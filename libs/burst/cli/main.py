@@ -37,6 +37,10 @@ def _register_commands() -> None:
     from burst.cli import billing
 
     billing.register(app)  # billing report
+    from burst.cli import budget, webhook
+
+    budget.register(app)  # budget set, list, clear
+    webhook.register(app)  # webhook add, list, remove, test, deliveries
     # Further command modules register here, one line each, e.g.:
     # from burst.cli import run as run_cmd; run_cmd.register(app)
 

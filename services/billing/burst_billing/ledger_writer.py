@@ -56,6 +56,8 @@ class LedgerWriter:
         self._kv: KeyValue | None = None
         self._rev = 0
         self._saved_seq = -1
+        #: Set once the saved snapshot is loaded: before that ``snapshot`` is empty.
+        self.loaded = False
 
     @property
     def seq(self) -> int:
@@ -67,6 +69,7 @@ class LedgerWriter:
         data, self._rev = await bus.kv_get(self._kv, names.LEDGER_STATE_KEY)
         self.snapshot = ledger.decode_snapshot(data)
         self._saved_seq = self.snapshot.seq
+        self.loaded = True
         log.info("ledger_loaded", seq=self.snapshot.seq, lines=len(self.snapshot.lines))
         sub = await self.js.subscribe(
             names.SUBJECTS_METERING,

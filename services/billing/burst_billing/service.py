@@ -1,8 +1,10 @@
 """Billing service: one replica at a time folds the metering stream into the ledger.
 
-Every replica runs the liveness heartbeat and competes for the ``billing`` lease; the
-holder runs a :class:`LedgerWriter` until it stops, loses the lease or is superseded,
-then the loop competes again. The others wait, ready to take over within one lease TTL.
+Every replica runs the liveness heartbeat, the webhook sender and the relay of lost
+agents (shared durable consumers), and competes for the ``billing`` lease; the holder
+runs a :class:`LedgerWriter` and evaluates budgets on its ledger until it stops, loses the
+lease or is superseded, then the loop competes again. The others wait, ready to take over
+within one lease TTL.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import asyncio
 
 from burst_billing import prices
+from burst_billing.agents_lost import AgentLostRelay
+from burst_billing.budgets import BudgetEvaluator
 from burst_billing.lease import Lease
 from burst_billing.ledger_writer import LedgerWriter, Superseded
 from burst_billing.settings import BillingSettings
-from burst_core import bus, logs, names
+from burst_billing.webhooks import WebhookSender
+from burst_core import budgets, bus, logs, names
 from burst_core.service import heartbeat_loop
 
 log = logs.get("burst.billing")
@@ -25,6 +30,7 @@ async def run(settings: BillingSettings, stop: asyncio.Event) -> None:
     nc = await bus.connect(settings.nats_url, f"billing-{settings.instance}")
     js = nc.jetstream()
     await bus.ensure_topology(js, bus.Topology(result_retention=settings.result_retention))
+    await budgets.ensure(js)
     lease = Lease(
         await js.key_value(names.KV_LEASES), names.LEASE_BILLING, settings.instance,
         settings.lease_ttl,
@@ -37,15 +43,36 @@ async def run(settings: BillingSettings, stop: asyncio.Event) -> None:
     hb = asyncio.create_task(
         heartbeat_loop(js, "billing", settings.instance, settings.service_heartbeat_interval, info)
     )
+    evaluator = BudgetEvaluator(js)
+    sender = WebhookSender(
+        js, allow=settings.webhook_allow_networks, retry_base=settings.webhook_retry_base,
+        retry_max=settings.webhook_retry_max, max_attempts=settings.webhook_max_attempts,
+        timeout=settings.webhook_timeout)
+    relay = AgentLostRelay(js)
     renew_every = settings.lease_ttl / 3
     try:
+        await evaluator.start()
+        await sender.start()
+        await relay.start()
         while not stop.is_set():
             if not await lease.acquire():
                 await _wait(stop, renew_every)
                 continue
-            writer = LedgerWriter(js, rates, settings.snapshot_interval)
-            await _lead(writer, lease, stop, renew_every)
+            writer = LedgerWriter(js, rates, settings.snapshot_interval,
+                                  settings.dedupe_horizon)
+            evaluating = asyncio.create_task(
+                _evaluate_budgets(writer, evaluator, settings.budget_interval))
+            try:
+                await _lead(writer, lease, stop, renew_every)
+            finally:
+                evaluating.cancel()
+                await asyncio.wait({evaluating}, timeout=5.0)
     finally:
+        for part in (relay, sender, evaluator):
+            try:
+                await asyncio.wait_for(part.stop(), 5.0)
+            except Exception as e:  # best effort: the process is going away
+                log.warning("stop_failed", part=type(part).__name__, error=repr(e))
         hb.cancel()
         # Bounded: a task cancelled in the middle of a nats-py publish was seen to take
         # up to ~15 s to unwind; the liveness record expires with the service anyway.
@@ -76,6 +103,18 @@ async def _lead(
         except Exception as e:  # NATS trouble: back off, then compete for the lease again
             log.exception("ledger_writer_failed", error=repr(e))
             await _wait(stop, 1.0)
+
+
+async def _evaluate_budgets(writer: LedgerWriter, evaluator: BudgetEvaluator,
+                            interval: float) -> None:
+    """While leading: evaluate budgets on the writer's ledger every ``interval`` seconds."""
+    while True:
+        await asyncio.sleep(interval)
+        if writer.loaded:
+            try:
+                await evaluator.evaluate(writer.snapshot)
+            except Exception as e:  # NATS trouble: the next pass repeats it
+                log.warning("budget_pass_failed", error=repr(e))
 
 
 async def _wait(

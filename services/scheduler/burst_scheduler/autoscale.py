@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import nats.js.errors
@@ -72,6 +73,9 @@ class Autoscaler:
         self._no_capacity_logged: dict[str, float] = {}
         self.placed = 0
         self.stop_orders = 0
+        #: Whether a function may get no new containers (a spent hard budget, set by
+        #: :mod:`burst_scheduler.budget_stop`).
+        self.blocked: Callable[[str], bool] = lambda fn_key: False
 
     # ---- counting --------------------------------------------------------------------
     def stopping(self, c: Container, now: float) -> bool:
@@ -145,6 +149,8 @@ class Autoscaler:
         return placed
 
     async def _place(self, ref: FunctionRef, reason: str) -> bool:
+        if self.blocked(ref.fn_key):
+            return False
         spec = ref.spec
         flog = log.bind(fn_key=ref.fn_key, reason=reason)
         claim = await self.claimer.claim(

@@ -30,6 +30,7 @@ from burst_core import bus, logs, names
 from burst_core.schemas import InputAcceptedDecoder
 from burst_core.service import heartbeat_loop
 from burst_scheduler.autoscale import Autoscaler
+from burst_scheduler.budget_stop import BudgetStop
 from burst_scheduler.claim import Claimer
 from burst_scheduler.failover import LostAgents
 from burst_scheduler.pools import WarmPools
@@ -64,6 +65,7 @@ class Scheduler:
             names.KV_HEARTBEATS), self.state, self.reconciler.wake.set)
         self.state.listeners.append(self.pools.on_state_change)
         await self.watcher.start()
+        self.budget_stop = await BudgetStop.attach(self)  # hard budgets: stop, place nothing
         self.pools.start()
         self._started = True
         await self.start_decisions()
@@ -77,6 +79,7 @@ class Scheduler:
         await self.stop_decisions()
         await self.pools.stop()
         await self.watcher.stop()
+        await self.budget_stop.stop()
 
     async def __aenter__(self) -> Scheduler:
         await self.start()

@@ -1,0 +1,115 @@
+"""Webhook endpoints (KV) and their delivery log; billing delivers (see burst_billing)."""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from burst.exception import InvalidError, NotFoundError
+from burst.webhooks import new_secret
+from burst_core import alerts, budgets, bus, names
+from burst_core.schemas import (
+    WebhookEndpoint,
+    WebhookEndpointDecoder,
+    WebhookLogEntryDecoder,
+    encode,
+)
+
+from burst_gateway.auth import Principal, principal
+
+router = APIRouter()
+SUBSCRIBABLE = [e for e in alerts.EVENT_TYPES if e != "webhook.test"]
+
+
+class EndpointIn(BaseModel):
+    url: str = Field(..., description="http(s) URL that receives signed POSTs.")
+    events: list[str] = Field(..., min_length=1, description=f"Any of {SUBSCRIBABLE}.")
+    description: str = ""
+
+
+def _public(ep: WebhookEndpoint) -> dict[str, Any]:
+    return {"id": ep.endpoint_id, "url": ep.url, "events": ep.events,
+            "description": ep.description, "created_at": ep.created_at}
+
+
+async def _endpoint(js: Any, p: Principal, endpoint_id: str) -> WebhookEndpoint:
+    kv = await js.key_value(names.KV_WEBHOOKS)
+    raw = None
+    if endpoint_id.startswith("ep_") and endpoint_id[3:].isalnum():
+        raw, _ = await bus.kv_get(kv, names.webhook_key(p.workspace, endpoint_id))
+    if raw is None:
+        raise NotFoundError(f"no webhook {endpoint_id!r} in workspace {p.workspace!r}")
+    return WebhookEndpointDecoder.decode(raw)
+
+
+@router.post("/v1/webhooks", tags=["webhooks"])
+async def add_webhook(request: Request, body: EndpointIn,
+                      p: Principal = Depends(principal)) -> dict[str, Any]:
+    """Add an endpoint; the answer holds its signing secret, shown only this once."""
+    js = request.app.state.gw.js
+    await budgets.ensure(js)
+    u = urllib.parse.urlsplit(body.url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise InvalidError(f"webhook url {body.url!r}: use an http:// or https:// URL")
+    bad = [e for e in body.events if e not in SUBSCRIBABLE]
+    if bad:
+        raise InvalidError(f"unknown event {bad[0]!r}: use any of {', '.join(SUBSCRIBABLE)}")
+    ep = WebhookEndpoint(endpoint_id="ep_" + uuid.uuid4().hex[:16], workspace=p.workspace,
+                         url=body.url, events=sorted(set(body.events)), secret=new_secret(),
+                         created_at=time.time(), description=body.description)
+    kv = await js.key_value(names.KV_WEBHOOKS)
+    await kv.put(names.webhook_key(p.workspace, ep.endpoint_id), encode(ep))
+    return {**_public(ep), "secret": ep.secret}
+
+
+@router.get("/v1/webhooks", tags=["webhooks"])
+async def list_webhooks(request: Request, p: Principal = Depends(principal)) -> dict[str, Any]:
+    js = request.app.state.gw.js
+    await budgets.ensure(js)
+    return {"workspace": p.workspace,
+            "webhooks": [_public(e) for e in await alerts.endpoints(js, p.workspace)]}
+
+
+@router.delete("/v1/webhooks/{endpoint_id}", tags=["webhooks"])
+async def remove_webhook(request: Request, endpoint_id: str,
+                         p: Principal = Depends(principal)) -> dict[str, Any]:
+    js = request.app.state.gw.js
+    ep = await _endpoint(js, p, endpoint_id)
+    await (await js.key_value(names.KV_WEBHOOKS)).delete(
+        names.webhook_key(p.workspace, ep.endpoint_id))
+    return {"id": ep.endpoint_id, "removed": True}
+
+
+@router.post("/v1/webhooks/{endpoint_id}/test", tags=["webhooks"])
+async def test_webhook(request: Request, endpoint_id: str,
+                       p: Principal = Depends(principal)) -> dict[str, Any]:
+    """Queue a ``webhook.test`` event for this endpoint (delivered like any other)."""
+    js = request.app.state.gw.js
+    ep = await _endpoint(js, p, endpoint_id)
+    did = await alerts.deliver_to(js, ep, "webhook.test", "test-" + uuid.uuid4().hex,
+                                  {"message": "a test delivery from Burst"})
+    return {"id": ep.endpoint_id, "delivery_id": did}
+
+
+@router.get("/v1/webhooks/deliveries", tags=["webhooks"])
+async def deliveries(request: Request, endpoint: str | None = Query(None),
+                     limit: int = Query(50, ge=1, le=1000),
+                     p: Principal = Depends(principal)) -> dict[str, Any]:
+    """The delivery log, newest first (kept for a week)."""
+    js = request.app.state.gw.js
+    await budgets.ensure(js)
+    kv = await js.key_value(names.KV_WEBHOOK_LOG)
+    rows = [WebhookLogEntryDecoder.decode(v)
+            for v in (await alerts.kv_values(kv, p.workspace)).values()]
+    rows = [r for r in rows if endpoint is None or r.endpoint_id == endpoint]
+    rows.sort(key=lambda r: (r.created_at, r.delivery_id), reverse=True)
+    return {"workspace": p.workspace, "deliveries": [
+        {"id": r.delivery_id, "endpoint": r.endpoint_id, "event": r.event_type, "url": r.url,
+         "status": r.status, "attempts": r.attempts, "last_status_code": r.last_status_code,
+         "last_error": r.last_error, "created_at": r.created_at, "updated_at": r.updated_at}
+        for r in rows[:limit]]}

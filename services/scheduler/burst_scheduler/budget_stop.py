@@ -1,0 +1,118 @@
+"""Hard budgets: stop the containers of a spent scope, and place none there.
+
+Billing marks a budget state ``exceeded`` in KV (``burst_budget_state``) when a hard cap
+is spent; this module watches those states. Every ``interval`` it orders each container
+of an exceeded scope to stop (busy or not: a hard cap stops the spending), re-sending the
+order while the container is still reported, and :meth:`blocked` tells the autoscaler not
+to place new ones. The state is durable in KV, so a scheduler restart or a Redis flush
+changes nothing: the watch loads it again before the first decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import msgspec
+
+from burst_core import budgets, bus, logs, names
+from burst_core.schemas import BudgetStateDecoder, StopContainer, encode
+from burst_scheduler.state import ClusterState
+
+log = logs.get("burst.scheduler.budget_stop")
+
+
+class BudgetStop:
+    def __init__(self, js: Any, state: ClusterState, interval: float = 0.5) -> None:
+        self.js = js
+        self.state = state
+        self.interval = interval
+        self.exceeded: set[str] = set()  # budget keys: <ws>, <ws>.<app>, <ws>.<app>.<fn>
+        self.stops_ordered = 0
+        self._sent: dict[str, tuple[float, int]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loaded = asyncio.Event()
+
+    @classmethod
+    async def attach(cls, scheduler: Any) -> BudgetStop:
+        """Start one for ``scheduler`` and make its autoscaler ask it before placing."""
+        self = cls(scheduler.js, scheduler.state)
+        await self.start()
+        scheduler.autoscaler.blocked = self.blocked
+        return self
+
+    def blocked(self, fn_key: str) -> bool:
+        """Whether a spent hard budget covers this function."""
+        if not self.exceeded:
+            return False
+        ws, app, fn = names.split_function_key(fn_key)
+        return bool({names.budget_key(ws), names.budget_key(ws, app),
+                     names.budget_key(ws, app, fn)} & self.exceeded)
+
+    async def start(self) -> None:
+        await budgets.ensure(self.js)
+        kv = await self.js.key_value(names.KV_BUDGET_STATE)
+        watcher = await kv.watchall()
+        self._tasks.append(asyncio.create_task(self._watch(watcher), name="budget-watch"))
+        await asyncio.wait_for(self._loaded.wait(), 10.0)
+        self._tasks.append(asyncio.create_task(self._loop(), name="budget-stop"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks = []
+
+    async def _watch(self, watcher: Any) -> None:
+        async for entry in watcher:
+            if entry is None:
+                self._loaded.set()
+                continue
+            exceeded = False
+            if entry.operation not in ("DEL", "PURGE") and entry.value:
+                with contextlib.suppress(msgspec.DecodeError):
+                    exceeded = BudgetStateDecoder.decode(entry.value).exceeded
+            if exceeded and entry.key not in self.exceeded:
+                log.warning("budget_scope_stopping", key=entry.key)
+            if exceeded:
+                self.exceeded.add(entry.key)
+            else:
+                self.exceeded.discard(entry.key)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.stop_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the next pass repeats what failed
+                log.warning("budget_stop_failed", error=repr(e))
+            await asyncio.sleep(self.interval)
+
+    async def stop_once(self, now: float | None = None) -> int:
+        """Order every container of an exceeded scope to stop; returns orders sent."""
+        if not self.exceeded:
+            return 0
+        now = time.time() if now is None else now
+        sent = 0
+        for fn_key, containers in self.state.containers(now).items():
+            if not self.blocked(fn_key):
+                continue
+            for c in containers:
+                last, n = self._sent.get(c.container_id, (0.0, 0))
+                if now - last < 5.0:  # one order per container every few seconds
+                    continue
+                order = StopContainer(container_id=c.container_id, agent_id=c.agent_id,
+                                      reason="budget_exceeded")
+                await bus.publish(self.js, names.agent_orders_subject(c.agent_id),
+                                  encode(order), msg_id=f"budget-stop-{c.container_id}-{n}")
+                self._sent[c.container_id] = (now, n + 1)
+                self.stops_ordered += 1
+                sent += 1
+                log.info("container_stop_ordered", reason="budget_exceeded", fn_key=fn_key,
+                         container_id=c.container_id, agent_id=c.agent_id)
+        return sent
