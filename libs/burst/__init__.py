@@ -6,10 +6,11 @@ the services import their heavier dependencies themselves.
 
 from burst import exception
 from burst.app import App
+from burst.cls import Cls, enter, exit, method, parameter
 from burst.concurrency import concurrent
 from burst.functions import Function, FunctionCall
 from burst.retries import Retries
 
 __version__ = "0.1.0"
-__all__ = ["App", "Function", "FunctionCall", "Retries", "concurrent", "exception",
-           "__version__"]
+__all__ = ["App", "Cls", "Function", "FunctionCall", "Retries", "concurrent", "enter",
+           "exception", "exit", "method", "parameter", "__version__"]

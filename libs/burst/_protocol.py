@@ -80,6 +80,7 @@ class FunctionSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
     nonpreemptible: bool = False
     is_generator: bool = False
     retries: RetryPolicy | None = None
+    is_class: bool = False  # an @app.cls: payloads name the method and parameters
 
 
 # ---- HTTP bodies (SDK <-> gateway) ---------------------------------------------------

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from burst import _resources
 from burst import _protocol as proto
 from burst.exception import InvalidError
+from burst.cls import Cls
 from burst.functions import Function, is_generator
 from burst.retries import Retries
 
@@ -135,6 +136,24 @@ class App:
             fn = Function(f, self, spec)
             self.registered_functions[spec.name] = fn
             return fn
+
+        return decorator
+
+    def cls(self, _warn_parentheses_missing: Any = None, **options: Any) -> Callable[[type], Cls]:
+        """Register a class: one instance per container, ``@burst.enter`` once at start,
+        ``@burst.exit`` at stop, ``@burst.method`` callable remotely. Takes the same
+        options as :meth:`function`."""
+        if _warn_parentheses_missing is not None:
+            raise InvalidError("use @app.cls() with parentheses")
+        register = self.function(**options)
+
+        def decorator(user_cls: type) -> Cls:
+            if not isinstance(user_cls, type):
+                raise InvalidError(f"@app.cls() needs a class, got {user_cls!r}")
+            fn = register(user_cls)  # the class's spec: its name, module, resources
+            cls = Cls(user_cls, fn)
+            fn.spec.is_class = True
+            return cls
 
         return decorator
 

@@ -56,6 +56,10 @@ class Function(Generic[P, R]):
         self.spec = spec
         self._client: Client | None = None
         self._app_name: str | None = None
+        # Set on the handle of one method of one parametrized instance (see burst.cls).
+        self._method: str | None = None
+        self._params: dict[str, Any] = {}
+        self._obj: Any = None
         self.__doc__ = raw_f.__doc__
         self.__name__ = raw_f.__name__  # type: ignore[attr-defined]
         self.__qualname__ = raw_f.__qualname__
@@ -83,9 +87,23 @@ class Function(Generic[P, R]):
         fn._client = client
         return fn
 
+    def bind_method(self, method: str, params: dict[str, Any], obj: Any) -> Function[..., Any]:
+        """A handle calling ``method`` of the class instance with ``params``."""
+        fn: Function[..., Any] = Function(self.raw_f, self.app, self.spec)
+        fn._client, fn._app_name = self._client, self._app_name
+        fn._method, fn._params, fn._obj = method, params, obj
+        return fn
+
+    def _payload(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        if self._method is None:
+            return serialize((args, kwargs))
+        return serialize((args, kwargs, self._method, self._params))
+
     # ---- calling -------------------------------------------------------------------
     def local(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function in this process."""
+        if self._method is not None:
+            return getattr(self._obj._local_instance(), self._method)(*args, **kwargs)  # type: ignore[no-any-return]
         return self.raw_f(*args, **kwargs)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -95,7 +113,7 @@ class Function(Generic[P, R]):
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function in a container and return its result (or raise its error)."""
         client, app_name = self._target()
-        resp = client.call(app_name, self.spec.name, serialize((args, kwargs)))
+        resp = client.call(app_name, self.spec.name, self._payload(args, kwargs))
         resp = client.wait_call(resp)
         follower = self.app._follower if self.app is not None else None
         if follower is not None:
@@ -113,7 +131,7 @@ class Function(Generic[P, R]):
             call.get(timeout=10)  # 16, or TimeoutError if not finished in 10 s
         """
         client, app_name = self._target()
-        resp = client.call(app_name, self.spec.name, serialize((args, kwargs)), wait=0)
+        resp = client.call(app_name, self.spec.name, self._payload(args, kwargs), wait=0)
         return FunctionCall(resp.call_id, client, resp)
 
     @functools.partial(aio_method, iterates=True)
@@ -164,7 +182,7 @@ class Function(Generic[P, R]):
                 if not page:
                     break
                 refs = client.call_batch(app_name, self.spec.name,
-                                         [serialize((tuple(args), kwargs)) for args in page])
+                                         [self._payload(tuple(args), kwargs) for args in page])
                 for ref in refs:
                     outstanding[ref.call_id] = (submitted, ref)
                     submitted += 1

@@ -179,3 +179,57 @@ def test_aio_variants(cluster: Cluster, tmp_path: Path) -> None:
     proc = cluster.burst("run", str(app), check=True, timeout=120)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out == {"remote": 42, "map": [0, 2, 4, 6, 8], "spawn_get": 10, "gather": [0, 2, 4, 6]}
+
+
+def test_cls_enter_method_parameters_exit(cluster: Cluster, tmp_path: Path) -> None:
+    app = write_app(tmp_path, """
+        import json, os, time
+        import burst
+
+        app = burst.App("classes")
+
+        @app.cls(scaledown_window=1)
+        class Model:
+            factor: int = burst.parameter(default=2)
+
+            @burst.enter()
+            def load(self):
+                self.loaded = getattr(self, "loaded", 0) + 1
+                self.pid = os.getpid()
+                print(f"enter ran for factor {self.factor}")
+
+            @burst.method()
+            def mul(self, x):
+                return {"value": x * self.factor, "pid": self.pid, "loaded": self.loaded}
+
+            @burst.exit()
+            def close(self):
+                print(f"exit ran for factor {self.factor}")
+
+        @app.local_entrypoint()
+        def main():
+            r1 = Model().mul.remote(3)
+            r2 = Model().mul.remote(4)
+            r3 = Model(factor=10).mul.remote(1)
+            mapped = list(Model(factor=3).mul.map([1, 2]))
+            local = Model().mul.local(5)["value"]
+            errors = []
+            for bad in (lambda: Model(size=1), lambda: Model().nope):
+                try:
+                    bad()
+                except (burst.exception.InvalidError, AttributeError) as e:
+                    errors.append(str(e))
+            time.sleep(4)  # idle past the scaledown window: the container stops, @exit runs
+            print(json.dumps({"r1": r1, "r2": r2, "r3": r3, "mapped": [m["value"] for m in mapped],
+                              "local": local, "errors": errors}))
+    """)
+    proc = cluster.burst("run", str(app), check=True, timeout=120)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["r1"]["value"] == 6 and out["r2"]["value"] == 8 and out["r3"]["value"] == 10
+    assert out["r1"]["pid"] == out["r2"]["pid"] == out["r3"]["pid"]  # one container
+    assert out["r1"]["loaded"] == out["r2"]["loaded"] == 1  # @enter once per instance
+    assert out["mapped"] == [3, 6] and out["local"] == 10
+    assert "no parameter 'size'" in out["errors"][0] and "'nope'" in out["errors"][1]
+    lines = proc.stdout.splitlines()
+    assert sum(ln == "[model] enter ran for factor 2" for ln in lines) == 1, proc.stdout
+    assert "[model] exit ran for factor 2" in lines and "[model] exit ran for factor 10" in lines

@@ -120,13 +120,74 @@ def _resolve_object(module_name: str, qualname: str) -> Any:
     return obj
 
 
-def decode_args(payload: bytes, as_json: bool) -> tuple[list[Any], dict[str, Any]]:
-    """Arguments: cloudpickle from Python callers, ``{"args", "kwargs"}`` JSON from others."""
+def decode_args(payload: bytes, as_json: bool) -> tuple[list[Any], dict[str, Any], str, dict[str, Any]]:
+    """(args, kwargs, method, params) of a call: cloudpickle from Python callers,
+    ``{"args", "kwargs"[, "method", "params"]}`` JSON from others. ``method`` is "" for a
+    plain function."""
     if not as_json:
-        args, kwargs = deserialize(payload)
-        return args, kwargs
+        parts = deserialize(payload)
+        if len(parts) == 4:
+            return list(parts[0]), dict(parts[1]), str(parts[2]), dict(parts[3])
+        return list(parts[0]), dict(parts[1]), "", {}
     body = json.loads(payload)
-    return list(body.get("args", [])), dict(body.get("kwargs", {}))
+    return (list(body.get("args", [])), dict(body.get("kwargs", {})),
+            str(body.get("method") or ""), dict(body.get("params") or {}))
+
+
+class Target:
+    """What inputs call: the user's function, or methods of instances of the user's class
+    (one instance per parameter set; the one without parameters is made at start)."""
+
+    def __init__(self, obj: Any) -> None:
+        spec = getattr(obj, "spec", None)
+        self.user_cls: type | None = obj.user_cls if getattr(spec, "is_class", False) else None
+        self.fn = None if self.user_cls is not None else getattr(obj, "raw_f", obj)
+        self.instances: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        if self.user_cls is not None:
+            from burst import cls as cls_mod
+
+            required = [k for k, v in cls_mod.parameters_of(self.user_cls).items()
+                        if v is cls_mod._MISSING]
+            if not required:
+                self.instance({})  # @enter runs before the container reports ready
+
+    def instance(self, params: dict[str, Any]) -> Any:
+        from burst import cls as cls_mod
+
+        key = repr(sorted(params.items()))
+        with self._lock:
+            inst = self.instances.get(key)
+            if inst is None:
+                assert self.user_cls is not None
+                inst = self.instances[key] = cls_mod.make_instance(self.user_cls, params)
+        return inst
+
+    def callable_for(self, method: str, params: dict[str, Any]) -> Any:
+        if self.user_cls is None:
+            if method:
+                raise TypeError(f"{self.fn!r} is a function, not a class: it has no method "
+                                f"{method!r}")
+            return self.fn
+        if not method:
+            raise TypeError(f"{self.user_cls.__name__} is a class: call one of its methods, "
+                            f"e.g. {self.user_cls.__name__}().method.remote(...)")
+        target = getattr(self.instance(params), method, None)
+        if target is None or not getattr(target, "__burst_method__", False):
+            raise AttributeError(f"{self.user_cls.__name__} has no @burst.method() {method!r}")
+        return target
+
+    def close(self) -> None:
+        """Run ``@exit`` of every instance (container shutdown)."""
+        from burst import cls as cls_mod
+
+        for inst in list(self.instances.values()):
+            try:
+                cls_mod.run_exit(inst)
+            except Exception:
+                import traceback
+
+                traceback.print_exc()
 
 
 def encode_result(result: Any, as_json: bool) -> bytes:
@@ -158,39 +219,51 @@ def _done(msg: proto.RunInput, started: float, result: Any = None,
 
 class Runner:
     """Runs inputs: one at a time on the main thread, or ``max_inputs`` at once on threads
-    (sync functions) or as tasks of one event loop (async functions)."""
+    (sync callables) or as tasks of one event loop (async callables)."""
 
-    def __init__(self, fn: Any, chan: Channel, state: ShimState, max_inputs: int) -> None:
-        self.fn = fn
+    def __init__(self, target: Target, chan: Channel, state: ShimState, max_inputs: int) -> None:
+        self.target = target
         self.chan = chan
         self.state = state
-        self.is_async = inspect.iscoroutinefunction(fn)
+        self.max_inputs = max_inputs
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tasks: dict[str, concurrent.futures.Future[None]] = {}
-        if self.is_async:
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self.loop is None:
             import asyncio
 
             self.loop = asyncio.new_event_loop()
             threading.Thread(target=self.loop.run_forever, name="burst-inputs",
                              daemon=True).start()
-        elif max_inputs > 1:
-            import concurrent.futures
-
-            self.pool = concurrent.futures.ThreadPoolExecutor(max_inputs,
-                                                              thread_name_prefix="burst-input")
+        return self.loop
 
     def submit(self, msg: proto.RunInput) -> None:
-        if self.loop is not None:
+        started = time.time()
+        try:
+            args, kwargs, method, params = decode_args(msg.payload, msg.payload_format == "json")
+            current_call.set(msg.call_id)  # @enter of a new instance prints for this call
+            fn = self.target.callable_for(method, params)
+        except Exception as exc:
+            self._finish(msg, _done(msg, started, exc=exc))
+            return
+        if inspect.iscoroutinefunction(fn):
             import asyncio
 
-            fut = asyncio.run_coroutine_threadsafe(self._run_async(msg), self.loop)
+            fut = asyncio.run_coroutine_threadsafe(self._run_async(msg, fn, args, kwargs),
+                                                   self._event_loop())
             self.tasks[msg.input_id] = fut
             fut.add_done_callback(lambda _: self.tasks.pop(msg.input_id, None))
-        elif self.pool is not None:
-            self.pool.submit(self._run_sync, msg)
+        elif self.max_inputs > 1:
+            if self.pool is None:
+                import concurrent.futures
+
+                self.pool = concurrent.futures.ThreadPoolExecutor(
+                    self.max_inputs, thread_name_prefix="burst-input")
+            self.pool.submit(self._run_sync, msg, fn, args, kwargs)
         else:
-            self._run_sync(msg)
+            self._run_sync(msg, fn, args, kwargs)
 
     def cancel(self, input_id: str) -> None:
         fut = self.tasks.get(input_id)
@@ -203,24 +276,24 @@ class Runner:
         done.log_lines = self.state.take(msg.call_id)
         self.chan.send(done)
 
-    def _run_sync(self, msg: proto.RunInput) -> None:
+    def _run_sync(self, msg: proto.RunInput, fn: Any, args: list[Any],
+                  kwargs: dict[str, Any]) -> None:
         current_call.set(msg.call_id)
         started = time.time()
         try:
-            args, kwargs = decode_args(msg.payload, msg.payload_format == "json")
-            done = _done(msg, started, self.fn(*args, **kwargs))
+            done = _done(msg, started, fn(*args, **kwargs))
         except Exception as exc:  # the user's error travels back to the caller
             done = _done(msg, started, exc=exc)
         self._finish(msg, done)
 
-    async def _run_async(self, msg: proto.RunInput) -> None:
+    async def _run_async(self, msg: proto.RunInput, fn: Any, args: list[Any],
+                         kwargs: dict[str, Any]) -> None:
         import asyncio
 
         current_call.set(msg.call_id)
         started = time.time()
         try:
-            args, kwargs = decode_args(msg.payload, msg.payload_format == "json")
-            done = _done(msg, started, await self.fn(*args, **kwargs))
+            done = _done(msg, started, await fn(*args, **kwargs))
         except asyncio.CancelledError as exc:
             done = _done(msg, started, exc=exc)
         except Exception as exc:
@@ -246,20 +319,24 @@ def main() -> None:
     sys.path.insert(0, os.getcwd())
     try:
         obj = _resolve_object(module_name, qualname)
-        fn = getattr(obj, "raw_f", obj)
+        target = Target(obj)
     except BaseException as exc:
         _, name, message, trace = serialize_exception(exc)  # type: ignore[arg-type]
         chan.send(proto.StartupFailed(error_type=name, error_message=message, traceback=trace))
         sys.exit(1)
-    runner = Runner(fn, chan, state, _max_inputs(obj))
+    runner = Runner(target, chan, state, _max_inputs(obj))
     chan.send(proto.Ready(pid=os.getpid()))
-    while True:
-        msg = chan.recv()
-        if msg is None or isinstance(msg, proto.Shutdown):
-            break
-        if isinstance(msg, proto.RunInput):
-            runner.submit(msg)
-        elif isinstance(msg, proto.CancelInput):
-            runner.cancel(msg.input_id)
+    try:
+        while True:
+            msg = chan.recv()
+            if msg is None or isinstance(msg, proto.Shutdown):
+                break
+            if isinstance(msg, proto.RunInput):
+                runner.submit(msg)
+            elif isinstance(msg, proto.CancelInput):
+                runner.cancel(msg.input_id)
+    finally:
+        # Scale-down, preemption (SIGTERM) or shutdown: @exit runs within the grace period.
+        target.close()
     sys.stdout.flush()
     sys.stderr.flush()

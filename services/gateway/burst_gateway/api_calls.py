@@ -266,13 +266,21 @@ async def _call_payload(request: Request) -> tuple[bytes, str]:
         doc = json.loads(body or b"{}")
     except ValueError as e:
         raise InvalidError(f"malformed JSON body: {e}") from None
-    if not isinstance(doc, dict) or set(doc) - {"args", "kwargs"}:
-        raise InvalidError('the body must be a JSON object {"args": [...], "kwargs": {...}}')
+    allowed = {"args", "kwargs", "method", "params"}
+    if not isinstance(doc, dict) or set(doc) - allowed:
+        extra = sorted(set(doc) - allowed) if isinstance(doc, dict) else []
+        raise InvalidError('the body must be a JSON object {"args": [...], "kwargs": {...}} '
+                           '(plus "method" and "params" for a class)'
+                           + (f"; unknown keys: {', '.join(extra)}" if extra else ""))
     args, kwargs = doc.get("args", []), doc.get("kwargs", {})
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise InvalidError(f'"args" must be a list and "kwargs" an object, got '
                            f"{type(args).__name__} and {type(kwargs).__name__}")
-    return json.dumps({"args": args, "kwargs": kwargs}).encode(), "json"
+    method, params = doc.get("method", ""), doc.get("params", {})
+    if not isinstance(method, str) or not isinstance(params, dict):
+        raise InvalidError('"method" must be a string and "params" an object')
+    return json.dumps({"args": args, "kwargs": kwargs, "method": method,
+                       "params": params}).encode(), "json"
 
 
 async def _idempotent_call(gw: Any, p: Principal, app: str, fn: str, key: str) -> tuple[str, bool]:
