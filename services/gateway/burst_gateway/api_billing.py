@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from burst.exception import InvalidError
 from burst_core import ledger
-
 from burst_gateway.auth import Principal, principal
 
 router = APIRouter()

@@ -11,7 +11,6 @@ from pydantic import BaseModel, Field
 from burst.exception import InvalidError, NotFoundError
 from burst_core import alerts, budgets, bus, names
 from burst_core.schemas import Budget, BudgetDecoder, BudgetStateDecoder, encode
-
 from burst_gateway.auth import Principal, principal
 
 router = APIRouter()

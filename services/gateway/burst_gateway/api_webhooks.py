@@ -19,7 +19,6 @@ from burst_core.schemas import (
     WebhookLogEntryDecoder,
     encode,
 )
-
 from burst_gateway.auth import Principal, principal
 
 router = APIRouter()
