@@ -69,7 +69,10 @@ class Agents:
                "BURST_CPU": "2", "BURST_MEMORY_MB": "4096",
                "BURST_NATS_URL": f"nats://127.0.0.1:{p['nats']}",
                "BURST_REDIS_URL": f"redis://127.0.0.1:{p['redis']}/0",
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1",
+               # The functions append to a file this test owns, which a sandboxed
+               # container cannot write: what is tested here is placement, not isolation.
+               "BURST_SANDBOX": "off"}
         with open(self.logs / f"{agent_id}.log", "wb") as out:
             self.procs[agent_id] = subprocess.Popen(
                 [sys.executable, "-m", "burst_agent"], env=env, stdout=out,
@@ -245,3 +248,45 @@ def test_call_on_a_killed_agent_completes_once_elsewhere(
     assert first_container in lost[0].container_ids
     assert lost[0].last_heartbeat_at <= killed_at + 0.5
     assert lost[0].lost_at - lost[0].last_heartbeat_at >= 2.0
+
+
+def test_call_on_a_preempted_agent_completes_once_elsewhere(
+    fcluster: Cluster, agents: Agents, tmp_path: Path
+) -> None:
+    agents.start("spot-a", "A100-80GB:1")
+    agents.start("spot-b", "A100-80GB:1")
+    wait_agents_live(fcluster, "spot-a", "spot-b")
+    proc, runs = start_call(fcluster, tmp_path, "preempted", "A100-80GB")
+
+    eventually(lambda: lines(runs), 90, "the call started")
+    victim = running_on(fcluster, ("spot-a", "spot-b"))
+    survivor = "spot-b" if victim == "spot-a" else "spot-a"
+    first_container = lines(runs)[0][1]
+    fcluster.burst("agent", "preempt", victim, check=True)
+
+    out = finish(proc)
+    assert "result: 42" in out
+    runs_seen = lines(runs)
+    dones = [cid for kind, cid in runs_seen if kind == "done"]
+    assert len(dones) == 1, runs_seen
+    assert [cid for kind, cid in runs_seen if kind == "start"] == [first_container, dones[0]]
+    # The victim drains (nothing is placed there again); the replacement ran on the other.
+    listed = json.loads(fcluster.burst("agent", "list", "--json", check=True).stdout)
+    by_id = {a["agent_id"]: a for a in listed["agents"]}
+    assert by_id[victim]["state"] == "preempted"
+    assert by_id[victim]["containers"] == [] and by_id[victim]["allocations"] == 0
+    assert by_id[survivor]["state"] == "ready"
+    assert dones[0] in agents.log(survivor) and dones[0] not in agents.log(victim)
+    gpus = by_id[survivor]["gpus"]
+    assert [(g["index"], g["type"]) for g in gpus] == [(0, "A100-80GB")]
+    assert by_id[survivor]["gpus_declared"] is True
+    assert "preempted" in agents.log(victim)
+
+
+def test_agent_list_and_preempt_of_an_unknown_agent(fcluster: Cluster) -> None:
+    table = subprocess.run([BURST, "agent", "list"], env={**fcluster.env, "COLUMNS": "200"},
+                           capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "local" in table and "on-demand" in table
+    missing = fcluster.burst("agent", "preempt", "no-such-agent")
+    assert missing.returncode == 1
+    assert "agent 'no-such-agent' is not registered" in missing.stderr

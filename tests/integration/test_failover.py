@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from burst_core import bus, names
-from burst_core.schemas import AgentLostDecoder, Resources
+from burst_core.schemas import AgentLostDecoder, AgentRecordDecoder, Resources, encode
 from tests.integration.test_scheduler import (  # noqa: F401  (fixtures)
     MakeAgent,
     MakeScheduler,
@@ -96,3 +96,29 @@ async def test_agent_with_a_fresh_heartbeat_in_kv_is_not_lost(
     await asyncio.sleep(1.5)  # and the loop, too, leaves it alone
     assert (await agent.current()).lost_at == 0.0
     assert await lost_events(js) == []
+
+
+async def test_containers_of_a_draining_agent_are_replaced_elsewhere(
+    js: Any, agents: MakeAgent, scheduler: MakeScheduler  # noqa: F811
+) -> None:
+    gpu = [(0, "H100")]
+    spot = await agents("a-spot", gpus=gpu, on_place="busy")
+    s = await scheduler(reconcile_interval=30.0)  # only the drain's wake-up can place
+    await deploy(js, fn("f", resources=Resources(gpu_type="H100")))
+    await until_known(s, key("f"))
+    await bus.publish(js, names.input_subject(key("f")), b"input", msg_id="in-1")
+    await signal(js, key("f"))
+    await eventually(lambda: spot.placements)
+    other = await agents("b-other", gpus=gpu, on_place="busy")
+    await asyncio.sleep(0.5)
+    assert other.placements == []
+
+    # The reclaim notice: the agent marks itself draining (its containers still run).
+    def drain(raw: bytes | None) -> bytes | None:
+        rec = AgentRecordDecoder.decode(raw)
+        return encode(msgspec.structs.replace(rec, draining=True, drain_reason="preempted"))
+
+    await bus.kv_cas(spot.kv, "a-spot", drain)
+    await eventually(lambda: other.placements, timeout=5.0)
+    await asyncio.sleep(1.0)
+    assert len(spot.placements) == 1 and len(other.placements) == 1

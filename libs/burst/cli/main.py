@@ -41,6 +41,9 @@ def _register_commands() -> None:
 
     budget.register(app)  # budget set, list, clear
     webhook.register(app)  # webhook add, list, remove, test, deliveries
+    from burst.cli import agents
+
+    agents.register(app)  # agent list, agent preempt
     # Further command modules register here, one line each, e.g.:
     # from burst.cli import run as run_cmd; run_cmd.register(app)
 

@@ -26,6 +26,7 @@ from burst_core.schemas import (
     AgentRecord,
     AgentRecordDecoder,
     Placement,
+    PreemptAgent,
     StopContainer,
     encode,
 )
@@ -56,6 +57,7 @@ class Agent:
         self.containers: dict[str, Container] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._hb_seq = 0
+        self.preempted = False  # a reclaim notice came: no new containers here
         self.started_at = time.time()
         # Unix socket paths are limited to 108 bytes: keep them short, under /tmp.
         self.socket_dir = tempfile.mkdtemp(prefix="burst-")
@@ -125,11 +127,40 @@ class Agent:
         except Exception as e:
             raise bus.Reject(f"undecodable order: {e!r}") from None
         if isinstance(order, Placement):
+            if self.preempted:  # claimed just before the reclaim notice: refuse it
+                await self.release(order.container_id)
+                return
             await self.place(order)
         elif isinstance(order, StopContainer):
             c = self.containers.get(order.container_id)
             if c is not None:
                 await c.stop(order.reason, order.if_idle_since)
+        elif isinstance(order, PreemptAgent):
+            await self.preempt(order.reason)
+
+    async def preempt(self, reason: str = "preempted") -> None:
+        """This machine's capacity is being reclaimed: drain it and stop every container.
+
+        Draining is written to our record first, so no scheduler places here any more and
+        our containers count as stopping; each stop hands its in-flight inputs back at once
+        (another container picks them up) and gives ``@exit`` the stop grace.
+        """
+        self.preempted = True
+
+        def drain(cur: bytes | None) -> bytes | None:
+            if cur is None:
+                return None
+            rec = AgentRecordDecoder.decode(cur)
+            if rec.draining:
+                return None
+            rec.draining, rec.drain_reason = True, reason
+            return encode(rec)
+
+        await bus.kv_cas(self.agents_kv, self.agent_id, drain)
+        log.warning("agent_preempted", reason=reason, containers=len(self.containers))
+        await asyncio.gather(*(c.stop(reason) for c in list(self.containers.values())),
+                             return_exceptions=True)
+        await self._beat()
 
     async def place(self, p: Placement) -> None:
         if p.container_id in self.containers:

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from burst_gateway import api_apps, api_billing, api_calls, api_cluster, errors
+from burst_gateway import api_agents, api_apps, api_billing, api_calls, api_cluster, errors
 from burst_gateway import api_budgets, api_webhooks
 from burst_gateway.settings import GatewaySettings
 from burst_gateway.state import Gateway
@@ -35,6 +35,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_apps.router)
     app.include_router(api_calls.router)
     app.include_router(api_billing.router)
+    app.include_router(api_agents.router)
     app.include_router(api_budgets.router)
     app.include_router(api_webhooks.router)
     return app

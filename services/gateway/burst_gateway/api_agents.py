@@ -1,0 +1,105 @@
+"""Agents: what each machine offers and runs, and spot preemption (a reclaim notice)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+from fastapi import APIRouter, Depends, Request
+
+from burst.exception import InvalidError, NotFoundError
+from burst_core import bus, names
+from burst_core.schemas import (
+    AgentHeartbeat,
+    AgentHeartbeatDecoder,
+    AgentRecord,
+    AgentRecordDecoder,
+    PreemptAgent,
+    encode,
+)
+from burst_gateway.auth import Principal, admin, principal
+
+router = APIRouter()
+
+
+async def _entries(js: Any, bucket: str) -> dict[str, bytes]:
+    kv = await js.key_value(bucket)
+    try:
+        keys = await kv.keys()
+    except Exception:  # NoKeysError: empty bucket
+        return {}
+    out: dict[str, bytes] = {}
+    for key in keys:
+        raw, _ = await bus.kv_get(kv, key)
+        if raw is not None:
+            out[key] = raw
+    return out
+
+
+def agent_view(rec: AgentRecord, hb: AgentHeartbeat | None, now: float) -> dict[str, Any]:
+    """One agent as the API shows it: capacity, what is claimed, what it reports running."""
+    taken = {i for a in rec.allocations.values() for i in a.gpu_indices}
+    if rec.lost_at:
+        state = "lost"
+    elif rec.draining:
+        state = rec.drain_reason or "draining"
+    else:
+        state = "ready"
+    return {
+        "agent_id": rec.agent_id,
+        "hostname": rec.hostname,
+        "state": state,
+        "spot": rec.spot,
+        "capacity": "spot" if rec.spot else "on-demand",
+        "runtime": rec.runtime,
+        "cpu": rec.cpu,
+        "memory_mb": rec.memory_mb,
+        "cpu_claimed": round(sum(a.resources.cpu for a in rec.allocations.values()), 3),
+        "memory_mb_claimed": sum(a.resources.memory_mb for a in rec.allocations.values()),
+        "gpus": [{**msgspec.to_builtins(g), "free": g.index not in taken} for g in rec.gpus],
+        "gpus_declared": rec.gpus_declared,
+        "heartbeat_age": round(now - hb.at, 3) if hb else None,
+        "lost_at": rec.lost_at or None,
+        "started_at": rec.started_at,
+        "containers": [
+            {"container_id": c.container_id, "function": c.fn_key, "state": c.state,
+             "in_flight": c.in_flight}
+            for c in (hb.containers if hb else [])
+        ],
+        "allocations": len(rec.allocations),
+    }
+
+
+@router.get("/v1/agents", tags=["agents"])
+async def list_agents(request: Request, _: Principal = Depends(principal)) -> dict[str, Any]:
+    """Every agent: resources, GPUs (real or declared), containers, spot or on-demand."""
+    js = request.app.state.gw.js
+    now = time.time()
+    beats = {k: AgentHeartbeatDecoder.decode(v)
+             for k, v in (await _entries(js, names.KV_HEARTBEATS)).items()}
+    agents = [agent_view(AgentRecordDecoder.decode(raw), beats.get(key), now)
+              for key, raw in (await _entries(js, names.KV_AGENTS)).items()]
+    agents.sort(key=lambda a: a["agent_id"])
+    return {"agents": agents}
+
+
+@router.post("/v1/agents/{agent_id}/preempt", tags=["agents"], status_code=202)
+async def preempt_agent(agent_id: str, request: Request,
+                        _: Principal = Depends(admin)) -> dict[str, Any]:
+    """Stand-in for a cloud's spot reclaim notice (admin only): the agent drains, its
+    containers stop (in-flight inputs handed back at once) and are replaced elsewhere."""
+    try:
+        names.check_ident("agent", agent_id)
+    except ValueError as e:
+        raise InvalidError(str(e)) from None
+    js = request.app.state.gw.js
+    kv = await js.key_value(names.KV_AGENTS)
+    raw, _rev = await bus.kv_get(kv, agent_id)
+    if raw is None:
+        raise NotFoundError(f"agent {agent_id!r} is not registered")
+    now = time.time()
+    await bus.publish(js, names.agent_orders_subject(agent_id),
+                      encode(PreemptAgent(agent_id=agent_id, at=now)),
+                      msg_id=f"preempt-{agent_id}-{now!r}")
+    return {"agent_id": agent_id, "preempted": True, "at": now}
