@@ -144,6 +144,15 @@ class CallWaitResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     results: list[CallResponse]
 
 
+class CallItemsResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A page of a generator call's items; ``cursor`` asks for the next page."""
+
+    items: list[bytes] = msgspec.field(default_factory=list)
+    cursor: int = 0
+    #: Set once every item is listed: the call's final answer (its error, if it failed).
+    final: CallResponse | None = None
+
+
 # ---- agent <-> shim frames -----------------------------------------------------------
 class _Frame(msgspec.Struct, tag=True, kw_only=True, omit_defaults=True):
     v: int = 1
@@ -231,4 +240,5 @@ encode = _enc.encode
 call_response_decoder = msgspec.msgpack.Decoder(CallResponse)
 call_batch_response_decoder = msgspec.msgpack.Decoder(CallBatchResponse)
 call_wait_response_decoder = msgspec.msgpack.Decoder(CallWaitResponse)
+call_items_response_decoder = msgspec.msgpack.Decoder(CallItemsResponse)
 deploy_response_decoder = msgspec.msgpack.Decoder(DeployResponse)

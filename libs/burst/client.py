@@ -121,6 +121,11 @@ class Client:
         _, data = self.request("POST", "/v1/calls/wait", body, proto.MSGPACK)
         return proto.call_wait_response_decoder.decode(data).results
 
+    def call_items(self, call_id: str, cursor: int, wait: float) -> proto.CallItemsResponse:
+        _, data = self.request("GET", f"/v1/calls/{call_id}/items",
+                               params={"cursor": cursor, "wait": wait})
+        return proto.call_items_response_decoder.decode(data)
+
     def get_call(self, call_id: str, wait: float = 60.0) -> proto.CallResponse:
         _, data = self.request("GET", f"/v1/calls/{call_id}", params={"wait": wait})
         return proto.call_response_decoder.decode(data)

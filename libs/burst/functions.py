@@ -112,6 +112,8 @@ class Function(Generic[P, R]):
     @aio_method
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function in a container and return its result (or raise its error)."""
+        if self.spec.is_generator:
+            raise InvalidError(f"{self.spec.name} is a generator function: use .remote_gen()")
         client, app_name = self._target()
         resp = client.call(app_name, self.spec.name, self._payload(args, kwargs))
         resp = client.wait_call(resp)
@@ -119,6 +121,34 @@ class Function(Generic[P, R]):
         if follower is not None:
             follower.wait_for(resp.call_id, resp.log_lines)
         return self._result(resp)  # type: ignore[no-any-return]
+
+    @functools.partial(aio_method, iterates=True)
+    def remote_gen(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """Run a generator function in a container, yielding its items as they come.
+
+        Example::
+
+            for token in generate.remote_gen("prompt"):
+                print(token, end="")
+        """
+        if not self.spec.is_generator:
+            raise InvalidError(f"{self.spec.name} is not a generator function: use .remote()")
+        client, app_name = self._target()
+        call_id = client.call(app_name, self.spec.name, self._payload(args, kwargs), wait=0).call_id
+        yield from self._items(client, call_id)
+
+    @staticmethod
+    def _items(client: Client, call_id: str) -> Iterator[Any]:
+        cursor = 0
+        while True:
+            page = client.call_items(call_id, cursor, wait=30.0)
+            cursor = page.cursor
+            for item in page.items:
+                yield deserialize(item)
+            if page.final is not None:
+                if page.final.status != "success":
+                    Function._result(page.final)
+                return
 
     @aio_method
     def spawn(self, *args: P.args, **kwargs: P.kwargs) -> FunctionCall[R]:
@@ -195,6 +225,8 @@ class Function(Generic[P, R]):
                     continue
                 try:
                     value = self._result(resp)
+                    if self.spec.is_generator:  # each input's items, as a list
+                        value = list(self._items(client, resp.call_id))
                 except Exception as exc:
                     if not return_exceptions:
                         raise

@@ -108,7 +108,7 @@ async def ensure_topology(js: JetStreamContext, topo: Topology | None = None) ->
         ),
         StreamConfig(
             name=names.STREAM_OUTPUTS,
-            subjects=[names.SUBJECTS_OUTPUTS],
+            subjects=[names.SUBJECTS_OUTPUTS, names.SUBJECTS_ITEMS],
             storage=StorageType.FILE,
             num_replicas=r,
             max_age=t.result_retention,

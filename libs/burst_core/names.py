@@ -61,6 +61,14 @@ def output_subject(call_id: str, attempt: int) -> str:
     return f"burst.outputs.{call_id}.{attempt}"
 
 
+def items_subject(call_id: str, attempt: int) -> str:
+    """Items a generator function yields, in order (stream BURST_OUTPUTS)."""
+    return f"burst.items.{call_id}.{attempt}"
+
+
+SUBJECTS_ITEMS = "burst.items.>"
+
+
 def output_subject_any(call_id: str) -> str:
     return f"burst.outputs.{call_id}.*"
 

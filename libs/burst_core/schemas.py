@@ -291,6 +291,17 @@ class Output(_Wire, kw_only=True):
     payload_format: str = "pickle"
 
 
+class OutputItem(_Wire, kw_only=True):
+    """One item a generator function yielded; the call's Output follows the last one."""
+
+    call_id: str
+    attempt: int = 1
+    attempt_token: str
+    index: int
+    payload: bytes
+    payload_format: str = "pickle"
+
+
 class LogLine(_Wire, kw_only=True):
     workspace: str
     app: str
@@ -490,6 +501,7 @@ LeaseRecordDecoder = decoder(LeaseRecord)
 InputDecoder = decoder(Input)
 OutputDecoder = decoder(Output)
 LogLineDecoder = decoder(LogLine)
+OutputItemDecoder = decoder(OutputItem)
 InputAcceptedDecoder = decoder(InputAccepted)
 AttemptChangedDecoder = decoder(AttemptChanged)
 CallCancelledDecoder = decoder(CallCancelled)

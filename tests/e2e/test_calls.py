@@ -233,3 +233,62 @@ def test_cls_enter_method_parameters_exit(cluster: Cluster, tmp_path: Path) -> N
     lines = proc.stdout.splitlines()
     assert sum(ln == "[model] enter ran for factor 2" for ln in lines) == 1, proc.stdout
     assert "[model] exit ran for factor 2" in lines and "[model] exit ran for factor 10" in lines
+
+
+def test_generators_stream_items_as_they_come(cluster: Cluster, tmp_path: Path) -> None:
+    app = write_app(tmp_path, """
+        import json, time
+        import burst
+
+        app = burst.App("generators")
+
+        @app.function()
+        def count(n, pause):
+            for i in range(n):
+                yield {"i": i, "at": time.time()}
+                time.sleep(pause)
+
+        @app.function()
+        def breaks():
+            yield 1
+            yield 2
+            raise RuntimeError("broke after two")
+
+        @app.function()
+        async def agen(n):
+            for i in range(n):
+                yield i * 10
+
+        @app.local_entrypoint()
+        def main():
+            t0 = time.time()
+            first_at = None
+            got = []
+            for item in count.remote_gen(4, 0.5):
+                first_at = first_at or time.time() - t0
+                got.append(item["i"])
+            total = time.time() - t0
+            partial = []
+            try:
+                for item in breaks.remote_gen():
+                    partial.append(item)
+            except RuntimeError as e:
+                err = str(e)
+            try:
+                count.remote(1, 0)
+                misuse = None
+            except burst.exception.InvalidError as e:
+                misuse = str(e)
+            print(json.dumps({"got": got, "first_at": first_at, "total": total,
+                              "partial": partial, "err": err, "misuse": misuse,
+                              "agen": list(agen.remote_gen(3)),
+                              "mapped": list(agen.map([1, 2]))}))
+    """)
+    proc = cluster.burst("run", str(app), check=True, timeout=120)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["got"] == [0, 1, 2, 3]
+    # The first item arrived while the generator was still running (2 s in all).
+    assert out["total"] >= 2.0 and out["first_at"] < out["total"] - 1.0, out
+    assert out["partial"] == [1, 2] and out["err"] == "broke after two"
+    assert "use .remote_gen()" in out["misuse"]
+    assert out["agen"] == [0, 10, 20] and out["mapped"] == [[0], [0, 10]]

@@ -248,7 +248,7 @@ class Runner:
         except Exception as exc:
             self._finish(msg, _done(msg, started, exc=exc))
             return
-        if inspect.iscoroutinefunction(fn):
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             import asyncio
 
             fut = asyncio.run_coroutine_threadsafe(self._run_async(msg, fn, args, kwargs),
@@ -276,12 +276,24 @@ class Runner:
         done.log_lines = self.state.take(msg.call_id)
         self.chan.send(done)
 
+    def _stream(self, msg: proto.RunInput, items: Any) -> int:
+        """Send each item a generator yields; returns how many."""
+        as_json = msg.payload_format == "json"
+        n = 0
+        for n, item in enumerate(items, 1):
+            self.chan.send(proto.StreamItem(input_id=msg.input_id, index=n - 1,
+                                            payload=encode_result(item, as_json)))
+        return n
+
     def _run_sync(self, msg: proto.RunInput, fn: Any, args: list[Any],
                   kwargs: dict[str, Any]) -> None:
         current_call.set(msg.call_id)
         started = time.time()
         try:
-            done = _done(msg, started, fn(*args, **kwargs))
+            result = fn(*args, **kwargs)
+            if inspect.isgenerator(result):
+                result = self._stream(msg, result)
+            done = _done(msg, started, result)
         except Exception as exc:  # the user's error travels back to the caller
             done = _done(msg, started, exc=exc)
         self._finish(msg, done)
@@ -293,7 +305,15 @@ class Runner:
         current_call.set(msg.call_id)
         started = time.time()
         try:
-            done = _done(msg, started, await fn(*args, **kwargs))
+            if inspect.isasyncgenfunction(fn):
+                n, as_json = 0, msg.payload_format == "json"
+                async for item in fn(*args, **kwargs):
+                    self.chan.send(proto.StreamItem(input_id=msg.input_id, index=n,
+                                                    payload=encode_result(item, as_json)))
+                    n += 1
+                done = _done(msg, started, n)
+            else:
+                done = _done(msg, started, await fn(*args, **kwargs))
         except asyncio.CancelledError as exc:
             done = _done(msg, started, exc=exc)
         except Exception as exc:

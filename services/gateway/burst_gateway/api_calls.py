@@ -19,6 +19,7 @@ from burst._protocol import (
     MSGPACK,
     CallBatchRequest,
     CallBatchResponse,
+    CallItemsResponse,
     CallRef,
     CallRequest,
     CallResponse,
@@ -35,6 +36,8 @@ from burst_core.schemas import (
     Input,
     InputAccepted,
     Output,
+    OutputItem,
+    OutputItemDecoder,
     encode,
 )
 
@@ -390,6 +393,60 @@ async def get_call(
         raise NotFoundError(f"call {call_id!r} not found (results are kept "
                             f"{gw.settings.result_retention / 86400:g} days)")
     return _answer(request, await _result_of(gw, rec, min(wait, gw.settings.max_sync_wait)))
+
+
+async def _read_items(gw: Any, rec: CallRecord, cursor: int,
+                      limit: int = 1000) -> tuple[list[OutputItem], int]:
+    """Items of the call's current attempt stored after stream sequence ``cursor``."""
+    subject = names.items_subject(rec.call_id, rec.attempt)
+    items: list[OutputItem] = []
+    while len(items) < limit:
+        try:
+            raw = await gw.js.get_msg(names.STREAM_OUTPUTS, seq=cursor + 1, subject=subject,
+                                      next=True)
+        except nats.js.errors.NotFoundError:
+            break
+        cursor = raw.seq
+        item = OutputItemDecoder.decode(raw.data)
+        if item.attempt_token == rec.attempt_token:
+            items.append(item)
+    return items, cursor
+
+
+@router.get("/v1/calls/{call_id}/items", tags=["calls"])
+async def call_items(
+    call_id: str, request: Request,
+    cursor: int = Query(0, ge=0, description="The cursor the previous page returned."),
+    wait: float = Query(0.0, ge=0.0, description="Seconds to wait for new items."),
+    p: Principal = Depends(principal),
+) -> Response:
+    """Items a generator call yielded so far (a page after ``cursor``), and its final
+    answer once every item has been listed."""
+    gw = request.app.state.gw
+    rec = await _record(gw, call_id, p.workspace)
+    if rec is None:
+        raise NotFoundError(f"call {call_id!r} not found")
+    deadline = time.monotonic() + min(wait, gw.settings.max_sync_wait)
+    final: CallResponse | None = None
+    while True:
+        out = await gw.outputs.fetch(call_id, rec.attempt)
+        # The output is stored after the last item: read items after seeing it, so a page
+        # with the final answer never leaves an item out.
+        items, cursor = await _read_items(gw, rec, cursor)
+        if out is not None and out.attempt_token == rec.attempt_token and not items:
+            final = _from_output(out)
+        if items or final is not None or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.05)
+        rec = await _record(gw, call_id, p.workspace) or rec  # a retry moves the attempt on
+    if _wants_json(request):
+        body: dict[str, Any] = {"items": [json.loads(i.payload) if i.payload_format == "json"
+                                          else None for i in items], "cursor": cursor}
+        if final is not None:
+            body["final"] = _json_call(final)
+        return JSONResponse(body)
+    return _response(CallItemsResponse(items=[i.payload for i in items], cursor=cursor,
+                                       final=final))
 
 
 @router.delete("/v1/calls/{call_id}", tags=["calls"])
