@@ -119,17 +119,25 @@ def test_file_without_app_is_a_clear_error(cluster: Cluster, tmp_path: Path) -> 
     assert "Traceback" not in proc.stderr
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is gone for every purpose but the process table.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+def _host_pids(container_id: str) -> list[int]:
+    """Live host processes of a container (found by the id in their environment), so the
+    check works whatever pid namespace the container sees from inside."""
+    needle = f"BURST_CONTAINER_ID={container_id}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/stat") as f:
+                if f.read().split(") ")[-1].split()[0] == "Z":
+                    continue  # a zombie is gone for every purpose but the process table
+        except OSError:
+            continue
+        pids.append(int(entry))
+    return pids
 
 
 def test_scale_to_zero_and_back(cluster: Cluster, tmp_path: Path) -> None:
@@ -140,28 +148,61 @@ def test_scale_to_zero_and_back(cluster: Cluster, tmp_path: Path) -> None:
         app = burst.App("scaling")
 
         @app.function(scaledown_window=1)
-        def pid():
-            return os.getpid()
+        def container():
+            return os.environ["BURST_CONTAINER_ID"]
 
         @app.local_entrypoint()
         def main():
-            first = pid.remote()
-            again = pid.remote()
+            first = container.remote()
+            again = container.remote()
             last_call = time.time()
             print(json.dumps({"first": first, "again": again, "last_call": last_call}))
     """)
     proc = cluster.burst("run", str(app), check=True)
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["first"] == info["again"]  # warm: the same container served both calls
-    # The container's process is gone within 3 s of the last call (window 1 s).
+    # The container's processes are gone within 3 s of the last call (window 1 s).
     deadline = info["last_call"] + 3.0
-    while _pid_alive(info["first"]) and time.time() < deadline:
+    while _host_pids(info["first"]) and time.time() < deadline:
         time.sleep(0.05)
-    assert not _pid_alive(info["first"]), "container still running 3 s after the last call"
-    # ... and the next call runs in a new process.
+    assert not _host_pids(info["first"]), "container still running 3 s after the last call"
+    # ... and the next call runs in a new container.
     proc2 = cluster.burst("run", str(app), check=True)
     info2 = json.loads(proc2.stdout.strip().splitlines()[-1])
     assert info2["first"] != info["first"]
+
+
+def test_container_processes_are_visible_on_the_host(cluster: Cluster, tmp_path: Path) -> None:
+    """The check above can fail: while a container lives, its processes are found."""
+    app = write_app(tmp_path, """
+        import os, time
+        import burst
+
+        app = burst.App("visible")
+
+        @app.function(scaledown_window=30)
+        def container():
+            return os.environ["BURST_CONTAINER_ID"]
+
+        @app.local_entrypoint()
+        def main():
+            cid = container.remote()
+            print(cid, flush=True)
+            time.sleep(3)
+    """, "visible_app.py")
+    import subprocess
+    import sys as _sys
+
+    env = cluster.env
+    p = subprocess.Popen([str(Path(_sys.executable).parent / "burst"), "run", str(app)],
+                         env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        cid = p.stdout.readline().strip()
+        assert cid.startswith("ct-")
+        assert _host_pids(cid), "a live container's processes were not found on the host"
+    finally:
+        p.wait(60)
 
 
 HEAVY = ("typer", "rich", "fastapi", "uvicorn", "nats", "starlette", "pydantic", "redis",
