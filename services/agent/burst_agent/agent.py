@@ -36,6 +36,7 @@ from burst_agent import gpus
 from burst_agent.bundles import BundleCache
 from burst_agent.container import Container
 from burst_agent.runtime import Runtime, make_runtime
+from burst_agent.sandbox import Sandbox
 from burst_agent.settings import AgentSettings
 
 log = logs.get("burst.agent")
@@ -53,7 +54,7 @@ class Agent:
         self.settings = settings
         self.agent_id = settings.agent_id or settings.instance
         names.check_ident("agent", self.agent_id)
-        self.runtime = runtime or make_runtime(settings.runtime, settings.python)
+        self.runtime = runtime or self._make_runtime()
         self.containers: dict[str, Container] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._hb_seq = 0
@@ -61,6 +62,14 @@ class Agent:
         self.started_at = time.time()
         # Unix socket paths are limited to 108 bytes: keep them short, under /tmp.
         self.socket_dir = tempfile.mkdtemp(prefix="burst-")
+
+    def _make_runtime(self) -> Runtime:
+        s = self.settings
+        box = None
+        if s.runtime == "process":
+            box = Sandbox.detect(s.sandbox, self.agent_id, s.home, s.sandbox_uid)
+        state = Path(s.home) / "agent" / self.agent_id / "containers"
+        return make_runtime(s.runtime, s.python, box, state)
 
     async def start(self) -> None:
         s = self.settings

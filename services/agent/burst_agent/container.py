@@ -114,6 +114,7 @@ class Container:
                 container_id=self.id, bundle_dir=bundle_dir, socket_path=self.socket_path,
                 module=self.fn.module, qualname=self.fn.qualname,
                 cpu=self.placement.resources.cpu, memory_mb=self.placement.resources.memory_mb,
+                memory_limit_mb=self.placement.resources.memory_limit_mb,
                 gpu_indices=list(self.placement.gpu_indices),
             )
             self.handle = await self.agent.runtime.start(spec)
@@ -412,12 +413,23 @@ class Container:
             if inf.timed_out:
                 out = self._failure(inf, "timeout", "FunctionTimeoutError",
                                     f"function {self.fn.name!r} timed out after {self.fn.timeout:g} s")
+            elif why := self._killed_because():
+                out = self._failure(inf, "failure", "burst.exception.ExecutionError",
+                                    f"container killed: {why}")
             else:
                 out = self._failure(inf, "failure", "burst.exception.ExecutionError",
                                     f"container {self.id} exited with code {exit_code} "
                                     "while running the call")
             await self._store_output(out, inf.msg)
         self.in_flight.clear()
+
+    def _killed_because(self) -> str:
+        """Why the runtime killed the process ("out of memory (limit 512 MiB)"), or ""."""
+        why = self.handle.exit_reason() if self.handle is not None else ""
+        if why.startswith("out of memory"):
+            self.stop_reason = self.stop_reason or "oom"
+            self.detail = self.detail or f"container killed: {why}"
+        return why
 
     def _failure(self, inf: InFlight, status: str, etype: str, message: str) -> Output:
         return Output(call_id=inf.inp.call_id, input_id=inf.inp.input_id, attempt=inf.inp.attempt,

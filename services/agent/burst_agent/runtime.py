@@ -2,7 +2,8 @@
 
 Every runtime starts Burst's shim (``python -m burst._shim``) with the bundle as working
 directory and the agent's socket path in its environment; the shim protocol is the same
-whatever the runtime.
+whatever the runtime. The process runtime runs the shim inside the agent's sandbox
+(``sandbox.py``: bubblewrap, cgroup limits, a non-root uid) when one is available.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from burst_agent import sandbox as sb
 
 
 @dataclass
@@ -28,6 +32,8 @@ class ContainerSpec:
     cpu: float = 0.125
     memory_mb: int = 128
     gpu_indices: list[int] = field(default_factory=list)
+    #: Hard memory limit (MiB); 0 means the request, ``memory_mb``.
+    memory_limit_mb: int = 0
 
 
 class ContainerHandle(Protocol):
@@ -37,6 +43,10 @@ class ContainerHandle(Protocol):
 
     async def wait(self) -> int: ...
     def signal(self, sig: int) -> None: ...
+    def exit_reason(self) -> str:
+        """After ``wait``: why the runtime killed the process ("out of memory (limit 512
+        MiB)"), or "" when it exited (or crashed) by itself."""
+        ...
 
 
 class Runtime(Protocol):
@@ -46,68 +56,139 @@ class Runtime(Protocol):
 
 
 class ProcessHandle:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, cgroup: sb.Cgroup | None = None,
+                 private_dir: Path | None = None) -> None:
         self.proc = proc
         self.pid: int | None = proc.pid
         self.stdout = proc.stdout
         self.stderr = proc.stderr
+        self.cgroup = cgroup
+        self.private_dir = private_dir
+        self._reason = ""
+        self._cleaned = False
 
     async def wait(self) -> int:
-        return await self.proc.wait()
+        code = await self.proc.wait()
+        if not self._cleaned:
+            self._cleaned = True
+            await asyncio.to_thread(self._cleanup, code)
+        return code
+
+    def _cleanup(self, code: int) -> None:
+        if self.cgroup is not None:
+            # The OOM killer's SIGKILL hits the shim inside the sandbox; bwrap then exits
+            # with a code of its own, so look at the cgroup rather than at the code alone.
+            if self.cgroup.oom_killed() or (code in (-9, 137) and self.cgroup.at_limit()):
+                self._reason = f"out of memory (limit {self.cgroup.memory_limit_mb} MiB)"
+            self.cgroup.remove()
+        if self.private_dir is not None:
+            shutil.rmtree(self.private_dir, ignore_errors=True)
+
+    def exit_reason(self) -> str:
+        return self._reason
 
     def signal(self, sig: int) -> None:
+        if sig != signal.SIGKILL and self.private_dir is not None:
+            # Sandboxed: a SIGTERM to bwrap would end the pid namespace at once (its init
+            # dies, the kernel kills the rest), so the shim never ran @exit. Signal the
+            # processes under bwrap instead, and let bwrap exit when they are gone.
+            for pid in _descendants(self.proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            return
         with contextlib.suppress(ProcessLookupError):
             # The container is its own process group: signal everything it started.
             os.killpg(self.proc.pid, sig)
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (from /proc's children lists), deepest last."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = [int(k) for k in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+        out += kids
+        todo += kids
+    return out
+
+
 class ProcessRuntime:
-    """A plain subprocess per container (the sandboxed variant comes with bubblewrap)."""
+    """A subprocess per container, inside the sandbox when the agent has one."""
 
     name = "process"
 
-    def __init__(self, python: str = "") -> None:
+    def __init__(self, python: str = "", sandbox: sb.Sandbox | None = None,
+                 state_dir: Path | None = None) -> None:
         self.python = python or sys.executable
+        self.sandbox = sandbox
+        self.state_dir = state_dir
 
-    async def start(self, spec: ContainerSpec) -> ProcessHandle:
-        env = {
+    def _env(self, spec: ContainerSpec, home: str, bundle: str, sock: str) -> dict[str, str]:
+        return {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(spec.bundle_dir),
+            "HOME": home,
+            "TMPDIR": home if self.sandboxed else os.environ.get("TMPDIR", "/tmp"),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
-            "BURST_SHIM_SOCKET": str(spec.socket_path),
+            "BURST_SHIM_SOCKET": sock,
             "BURST_SHIM_MODULE": spec.module,
             "BURST_SHIM_QUALNAME": spec.qualname,
             "BURST_CONTAINER_ID": spec.container_id,
             "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in spec.gpu_indices),
             **spec.env,
         }
-        proc = await asyncio.create_subprocess_exec(
-            self.python, "-m", "burst._shim",
-            cwd=str(spec.bundle_dir), env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=_die_with_agent,
-        )
-        return ProcessHandle(proc)
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.sandbox is not None and self.sandbox.enabled
+
+    async def start(self, spec: ContainerSpec) -> ProcessHandle:
+        if not self.sandboxed:
+            env = self._env(spec, str(spec.bundle_dir), str(spec.bundle_dir), str(spec.socket_path))
+            proc = await asyncio.create_subprocess_exec(
+                self.python, "-m", "burst._shim",
+                cwd=str(spec.bundle_dir), env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=sb.die_with_parent,
+            )
+            return ProcessHandle(proc)
+        assert self.sandbox is not None
+        box = self.sandbox
+        state = self.state_dir or spec.socket_path.parent
+        private = state / spec.container_id
+        cgroup = box.prepare(spec.container_id, private, spec.cpu,
+                             spec.memory_limit_mb or spec.memory_mb)
+        box.socket_ready(spec.socket_path)
+        try:
+            env = self._env(spec, sb.PRIVATE, sb.BUNDLE, sb.SOCKET)
+            argv = box.command([self.python, "-m", "burst._shim"], bundle_dir=spec.bundle_dir,
+                               socket_path=spec.socket_path, private_dir=private,
+                               gpu_indices=spec.gpu_indices)
+            proc = await asyncio.create_subprocess_exec(
+                *argv, env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                start_new_session=True, preexec_fn=box.preexec(cgroup),
+            )
+        except BaseException:
+            if cgroup is not None:
+                cgroup.remove()
+            shutil.rmtree(private, ignore_errors=True)
+            raise
+        return ProcessHandle(proc, cgroup, private)
 
 
-def _die_with_agent() -> None:
-    """In the child: get SIGKILL if the agent dies, so no container outlives its agent."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # not Linux: the shim still exits when the agent's socket closes
-        pass
-
-
-def make_runtime(name: str, python: str = "") -> Runtime:
+def make_runtime(name: str, python: str = "", sandbox: sb.Sandbox | None = None,
+                 state_dir: Path | None = None) -> Runtime:
     if name == "process":
-        return ProcessRuntime(python)
+        return ProcessRuntime(python, sandbox, state_dir)
     raise ValueError(f"unknown runtime {name!r}: use 'process'")
 
 

@@ -35,3 +35,8 @@ class AgentSettings(CommonSettings):
     startup_failure_batch: int = 100
     #: Python interpreter used for containers (the process runtime); default: the agent's.
     python: str = ""
+    #: Sandbox of the process runtime: "auto" (bubblewrap where it works, else a warning
+    #: and plain processes), "on" (refuse to start without it) or "off".
+    sandbox: str = "auto"
+    #: Host uid (and gid) sandboxed containers run as; never root.
+    sandbox_uid: int = 65534

@@ -1,0 +1,330 @@
+"""The process runtime's sandbox: bubblewrap namespaces, cgroup v1 limits, a non-root uid.
+
+What user code sees inside (the same for a fresh interpreter and for a zygote fork):
+
+- the host's filesystem read-only (``--ro-bind / /``), so the agent's interpreter and its
+  site-packages stay importable, with Burst's own state covered by empty tmpfs mounts:
+  ``$BURST_HOME`` (tokens, the NATS store, keys), ``/root`` and ``/run`` (where sockets
+  such as a Docker engine's live);
+- ``/tmp``: the container's private writable dir, also its ``HOME``;
+- ``/run/burst/bundle``: the app's source bundle, read-only, the working directory;
+- ``/run/burst/shim.sock``: the agent's socket for this container, its only way out;
+- no network (``--unshare-all``: a fresh network namespace with only a down loopback),
+  its own pid, ipc and uts namespaces, and a host uid that is not root (``sandbox_uid``);
+- cgroup v1 ``memory`` and ``cpu`` limits, created per container under the agent's own
+  cgroup, joined before the sandbox is exec'd so nothing runs unaccounted.
+
+As root, the agent runs bwrap privileged without a user namespace and bwrap runs
+``setpriv`` to become ``sandbox_uid`` (all capabilities and the bounding set dropped,
+no-new-privs) before the interpreter starts: the container's processes then hold a real,
+non-root host uid, so host files keep their meaning (root's ``0600`` files stay unreadable)
+while bwrap itself can still bind paths that uid cannot reach (a bundle under a ``0700``
+``$BURST_HOME``, an interpreter under ``/root``). Not as root, bwrap runs unprivileged in a
+user namespace and the container keeps the agent's (non-root) uid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from burst_core import logs
+
+log = logs.get("burst.agent.sandbox")
+
+#: Paths inside the sandbox.
+BUNDLE = "/run/burst/bundle"
+SOCKET = "/run/burst/shim.sock"
+PRIVATE = "/tmp"
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CFS_PERIOD_US = 100_000
+MIN_MEMORY_MB = 16
+
+
+class SandboxUnavailable(RuntimeError):
+    pass
+
+
+# ---- cgroups ---------------------------------------------------------------------------
+def _own_cgroup(controller: str) -> str:
+    """This process's cgroup path for a v1 controller ("/" when not found)."""
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, ctrls, path = line.split(":", 2)
+            if controller in ctrls.split(","):
+                return path
+    except OSError:
+        pass
+    return "/"
+
+
+@dataclass
+class Cgroup:
+    """One container's cgroups (v1 ``memory`` and ``cpu``), nested under the agent's own."""
+
+    dirs: dict[str, Path]
+    memory_limit_mb: int
+
+    @classmethod
+    def parent_dirs(cls, agent_id: str) -> dict[str, Path] | None:
+        """The agent's cgroup parents; None when cgroup v1 is not writable here."""
+        out: dict[str, Path] = {}
+        for ctrl in ("memory", "cpu"):
+            base = CGROUP_ROOT / ctrl
+            if not (base / "cgroup.procs").exists():
+                return None
+            own = base / _own_cgroup(ctrl).lstrip("/")
+            if not os.access(own, os.W_OK):
+                return None
+            # Created with the first container, removed with the last: nothing is left
+            # behind by an agent that stops.
+            out[ctrl] = own / f"burst-{agent_id}"
+        return out
+
+    @classmethod
+    def create(cls, parents: dict[str, Path], container_id: str, cpu: float,
+               memory_limit_mb: int) -> Cgroup:
+        dirs = {ctrl: p / container_id for ctrl, p in parents.items()}
+        for d in dirs.values():
+            for attempt in range(3):  # the parent may be going with another container
+                try:
+                    d.mkdir(parents=True, exist_ok=True)
+                    break
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
+        mem = max(MIN_MEMORY_MB, memory_limit_mb)
+        (dirs["memory"] / "memory.limit_in_bytes").write_text(str(mem << 20))
+        # No swap beyond the limit where the kernel accounts it (memsw), so the limit holds.
+        with contextlib.suppress(OSError):
+            (dirs["memory"] / "memory.memsw.limit_in_bytes").write_text(str(mem << 20))
+        (dirs["cpu"] / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+        # The kernel's floor for a quota is 1 ms per period: cpu=0.01 is exactly that.
+        quota = max(1000, int(cpu * CFS_PERIOD_US))
+        (dirs["cpu"] / "cpu.cfs_quota_us").write_text(str(quota))
+        return cls(dirs, mem)
+
+    def procs_files(self) -> list[str]:
+        return [str(d / "cgroup.procs") for d in self.dirs.values()]
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer acted in this cgroup (or it hit its limit)."""
+        try:
+            text = (self.dirs["memory"] / "memory.oom_control").read_text()
+        except OSError:
+            return False
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and int(value) > 0:
+                return True
+        return False
+
+    def at_limit(self) -> bool:
+        try:
+            return int((self.dirs["memory"] / "memory.failcnt").read_text()) > 0
+        except (OSError, ValueError):
+            return False
+
+    def remove(self) -> None:
+        for d in self.dirs.values():
+            # Tasks leave asynchronously after the last process exits: retry briefly.
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        for pid in (d / "cgroup.procs").read_text().split():
+                            os.kill(int(pid), signal.SIGKILL)
+                    time.sleep(0.01)
+            # The agent's parent cgroup goes with its last container (busy otherwise).
+            with contextlib.suppress(OSError):
+                d.parent.rmdir()
+
+
+# ---- availability ----------------------------------------------------------------------
+@dataclass
+class Sandbox:
+    """The agent's sandbox policy; ``mode`` is ``auto``, ``on`` or ``off``."""
+
+    mode: str
+    agent_id: str
+    home: str
+    uid: int = 65534
+    gid: int = 65534
+    bwrap: str | None = None
+    setpriv: str | None = None
+    cgroup_parents: dict[str, Path] | None = None
+    hidden: list[str] = field(default_factory=list)
+    reexpose: list[str] = field(default_factory=list)
+
+    @classmethod
+    def detect(cls, mode: str, agent_id: str, home: str, uid: int = 65534) -> Sandbox:
+        if mode not in ("auto", "on", "off"):
+            raise ValueError(f"BURST_SANDBOX={mode!r} is not valid: use auto, on or off")
+        sb = cls(mode=mode, agent_id=agent_id, home=home, uid=uid, gid=uid)
+        if mode == "off":
+            log.warning("sandbox_off", detail="BURST_SANDBOX=off: containers run as plain "
+                        "processes that can read Burst's state and reach the network")
+            return sb
+        why = sb._probe()
+        if why:
+            if mode == "on":
+                raise SandboxUnavailable(f"BURST_SANDBOX=on but {why}")
+            log.warning("sandbox_unavailable", detail=f"{why}: containers run WITHOUT a "
+                        "sandbox and can read Burst's state ($BURST_HOME) and reach the "
+                        "network; install bubblewrap (apt-get install bubblewrap)")
+            sb.bwrap = None
+            return sb
+        sb.cgroup_parents = Cgroup.parent_dirs(agent_id)
+        if sb.cgroup_parents is None:
+            log.warning("cgroups_unavailable", detail="cgroup v1 memory/cpu not writable: "
+                        "containers run without CPU and memory limits")
+        sb._plan_hidden()
+        log.info("sandbox_ready", bwrap=sb.bwrap, uid=sb.uid,
+                 cgroups=bool(sb.cgroup_parents), hidden=sb.hidden)
+        return sb
+
+    @property
+    def enabled(self) -> bool:
+        return self.bwrap is not None
+
+    def _probe(self) -> str:
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
+            return "bubblewrap (bwrap) is not installed"
+        if os.geteuid() != 0:
+            # Not root: bwrap runs as this user; the uid inside is ours (non-root anyway).
+            self.uid, self.gid = os.getuid(), os.getgid()
+        self.bwrap = bwrap
+        if os.geteuid() == 0:
+            self.setpriv = shutil.which("setpriv")
+            if self.setpriv is None:
+                self.bwrap = None
+                return "setpriv (util-linux) is not installed: cannot drop to a non-root uid"
+        try:
+            proc = subprocess.run(
+                self._bwrap_head() + ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
+                                      "--", *self._drop(), "/bin/true"],
+                capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError) as e:
+            return f"bwrap cannot run ({e!r})"
+        if proc.returncode != 0:
+            self.bwrap = None
+            return f"bwrap cannot create a sandbox here: {proc.stderr.strip()[:300]}"
+        return ""
+
+    def _bwrap_head(self) -> list[str]:
+        assert self.bwrap is not None
+        if os.geteuid() == 0:
+            # Every namespace but the user one: the uid drop happens inside (setpriv).
+            return [self.bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net",
+                    "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent"]
+        return [self.bwrap, "--unshare-all", "--die-with-parent"]
+
+    def _drop(self) -> list[str]:
+        """The command prefix that becomes the sandbox uid (as root), else nothing."""
+        if os.geteuid() != 0:
+            return []
+        assert self.setpriv is not None
+        return [self.setpriv, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
+                "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+
+    def _plan_hidden(self) -> None:
+        hidden = [os.path.realpath(self.home), "/root", "/run"]
+        self.hidden = [h for h in dict.fromkeys(hidden) if os.path.isdir(h)]
+        # What the interpreter needs must stay readable even when it lives under a hidden
+        # path (a venv in /root, say): re-expose it read-only on top of the tmpfs.
+        needed = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)),
+                  *(p for p in sys.path if p and os.path.isdir(p))}
+        for p in sorted(os.path.realpath(n) for n in needed):
+            for h in self.hidden:
+                if p.startswith(h + os.sep) and not self.home.startswith(p):
+                    self.reexpose.append(p)
+        self.reexpose = [p for p in dict.fromkeys(self.reexpose)
+                         if not any(p.startswith(q + os.sep) for q in self.reexpose if q != p)]
+
+    # ---- one container -------------------------------------------------------------
+    def prepare(self, container_id: str, private_dir: Path, cpu: float,
+                memory_limit_mb: int) -> Cgroup | None:
+        """Create the container's private dir (owned by the sandbox uid) and cgroups."""
+        private_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(private_dir, 0o700)
+        if os.geteuid() == 0:
+            os.chown(private_dir, self.uid, self.gid)
+        if self.cgroup_parents is None:
+            return None
+        try:
+            return Cgroup.create(self.cgroup_parents, container_id, cpu, memory_limit_mb)
+        except OSError as e:
+            log.warning("cgroup_create_failed", container_id=container_id, error=repr(e))
+            return None
+
+    def command(self, argv: list[str], *, bundle_dir: Path, socket_path: Path,
+                private_dir: Path, gpu_indices: list[int]) -> list[str]:
+        """The bwrap command line running ``argv`` in a fresh sandbox."""
+        # No --new-session: the agent signals the whole process group (stdin is /dev/null).
+        args = [*self._bwrap_head(), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                "--tmpfs", "/dev/shm"]
+        for dev in _gpu_devices(gpu_indices):
+            args += ["--dev-bind", dev, dev]
+        for h in self.hidden:
+            args += ["--tmpfs", h]
+        for p in self.reexpose:
+            args += ["--ro-bind", p, p]
+        args += ["--perms", "0755", "--dir", os.path.dirname(BUNDLE),
+                 "--bind", str(private_dir), PRIVATE,
+                 "--ro-bind", str(bundle_dir), BUNDLE,
+                 "--bind", str(socket_path), SOCKET,
+                 "--chdir", BUNDLE, "--", *self._drop(), *argv]
+        return args
+
+    def preexec(self, cgroup: Cgroup | None) -> Callable[[], None]:
+        procs = cgroup.procs_files() if cgroup else []
+
+        def child() -> None:
+            # Join the container's cgroups before exec, so nothing runs unaccounted.
+            pid = str(os.getpid())
+            for f in procs:
+                with open(f, "w") as fh:
+                    fh.write(pid)
+            die_with_parent()
+
+        return child
+
+    def socket_ready(self, socket_path: Path) -> None:
+        """Let the sandbox uid connect to the agent's socket for this container."""
+        if os.geteuid() == 0:
+            os.chown(socket_path, self.uid, self.gid)
+        os.chmod(socket_path, 0o600)
+
+
+def _gpu_devices(indices: list[int]) -> list[str]:
+    """The NVIDIA device nodes a container with these GPUs needs (those that exist)."""
+    if not indices:
+        return []
+    names = ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset",
+             *(f"/dev/nvidia{i}" for i in indices)]
+    return [n for n in names if os.path.exists(n)]
+
+
+def die_with_parent() -> None:
+    """In a child: get SIGKILL if the agent dies, so no container outlives its agent."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:  # not Linux: the shim still exits when the agent's socket closes
+        pass
