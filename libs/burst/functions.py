@@ -199,9 +199,20 @@ class Function(Generic[P, R]):
     def _map(self, arg_tuples: Iterator[Sequence[Any]], kwargs: dict[str, Any],
              order_outputs: bool, return_exceptions: bool) -> Iterator[Any]:
         client, app_name = self._target()
+        progress = _Progress(f"map {self.spec.name}") if _Progress.enabled() else None
+        try:
+            yield from self._map_loop(client, app_name, arg_tuples, kwargs, order_outputs,
+                                      return_exceptions, progress)
+        finally:
+            if progress is not None:
+                progress.close()
+
+    def _map_loop(self, client: Client, app_name: str, arg_tuples: Iterator[Sequence[Any]],
+                  kwargs: dict[str, Any], order_outputs: bool, return_exceptions: bool,
+                  progress: _Progress | None) -> Iterator[Any]:
         outstanding: dict[str, tuple[int, proto.CallRef]] = {}
         ready: dict[int, Any] = {}
-        submitted = next_out = 0
+        submitted = next_out = finished = 0
         exhausted = False
         while True:
             while not exhausted and len(outstanding) < MAP_MAX_OUTSTANDING:
@@ -223,6 +234,9 @@ class Function(Generic[P, R]):
                 entry = outstanding.pop(resp.call_id, None)
                 if entry is None:
                     continue
+                finished += 1
+                if progress is not None:
+                    progress.update(finished, submitted, exhausted)
                 try:
                     value = self._result(resp)
                     if self.spec.is_generator:  # each input's items, as a list
@@ -330,3 +344,39 @@ class FunctionCall(Generic[R]):
             raise TimeoutError(f"call {self.object_id} did not finish within {timeout:g} s")
         self._last = resp
         return Function._result(resp)  # type: ignore[no-any-return]
+
+
+class _Progress:
+    """A one-line progress display on stderr for maps run from the CLI on a terminal
+    (no rich here: ``import burst`` stays light)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = time.monotonic()
+        self.shown = 0.0
+
+    @staticmethod
+    def enabled() -> bool:
+        import os
+        import sys
+
+        return os.environ.get("BURST_CLI") == "1" and sys.stderr.isatty()
+
+    def update(self, done: int, submitted: int, exhausted: bool) -> None:
+        now = time.monotonic()
+        if now - self.shown < 0.1:
+            return
+        self.shown = now
+        import sys
+
+        total = f"/{submitted}" if exhausted else f" of {submitted}+"
+        rate = done / max(now - self.started, 1e-6)
+        sys.__stderr__.write(f"\r{self.label}: {done}{total} done ({rate:,.0f}/s)  ")
+        sys.__stderr__.flush()
+
+    def close(self) -> None:
+        import sys
+
+        if self.shown:
+            sys.__stderr__.write("\n")
+            sys.__stderr__.flush()
