@@ -177,11 +177,14 @@ def lines(path: Path) -> list[tuple[str, str]]:
     return [tuple(ln.split()) for ln in path.read_text().splitlines() if ln.strip()]  # type: ignore[misc]
 
 
-def running_on(c: Cluster, candidates: tuple[str, ...]) -> str:
-    rows = agent_rows(c)
-    busy = [a for a in candidates if rows.get(a, {}).get("containers")]
-    assert len(busy) == 1, rows
-    return busy[0]
+def running_on(agents: Agents, container_id: str, candidates: tuple[str, ...]) -> str:
+    """The agent that runs ``container_id`` (from its log: every agent logs its containers)."""
+    def which() -> list[str]:
+        return [a for a in candidates if container_id in agents.log(a)]
+
+    found: list[str] = eventually(which, 10, f"an agent logged {container_id}")
+    assert len(found) == 1, found
+    return found[0]
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 120) -> str:
@@ -227,8 +230,8 @@ def test_call_on_a_killed_agent_completes_once_elsewhere(
     proc, runs = start_call(fcluster, tmp_path, "lost", "H100")
 
     eventually(lambda: lines(runs), 90, "the call started")
-    victim = running_on(fcluster, ("gpu-a", "gpu-b"))
     first_container = lines(runs)[0][1]
+    victim = running_on(agents, first_container, ("gpu-a", "gpu-b"))
     killed_at = time.time()
     agents.kill(victim)
 
@@ -259,9 +262,9 @@ def test_call_on_a_preempted_agent_completes_once_elsewhere(
     proc, runs = start_call(fcluster, tmp_path, "preempted", "A100-80GB")
 
     eventually(lambda: lines(runs), 90, "the call started")
-    victim = running_on(fcluster, ("spot-a", "spot-b"))
-    survivor = "spot-b" if victim == "spot-a" else "spot-a"
     first_container = lines(runs)[0][1]
+    victim = running_on(agents, first_container, ("spot-a", "spot-b"))
+    survivor = "spot-b" if victim == "spot-a" else "spot-a"
     fcluster.burst("agent", "preempt", victim, check=True)
 
     out = finish(proc)

@@ -6,8 +6,8 @@ Two kinds of work run here:
   and the warm pools mirrored into Redis;
 - *deciding* (:meth:`Scheduler.start_decisions` / :meth:`Scheduler.stop_decisions`): the
   ``input.accepted`` consumer, the scale-down tick and the reconcile loop. They start and
-  stop as one group so that a leader lease can wrap them: a replica that wins the lease
-  starts deciding, one that loses it stops. For now a single replica decides from start.
+  stop as one group, wrapped by the ``scheduler`` lease (``leader.py``): a replica that
+  wins the lease starts deciding, one that loses it stops.
 
 Even two replicas deciding at once stay safe where it matters: resources are claimed by
 compare-and-set on agent records, so no GPU is ever given twice; the cost of two deciders
@@ -27,12 +27,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from burst_core import bus, logs, names
+from burst_core.lease import Lease
 from burst_core.schemas import InputAcceptedDecoder
 from burst_core.service import heartbeat_loop
 from burst_scheduler.autoscale import Autoscaler
 from burst_scheduler.budget_stop import BudgetStop
 from burst_scheduler.claim import Claimer
 from burst_scheduler.failover import LostAgents
+from burst_scheduler.leader import Leadership
 from burst_scheduler.pools import WarmPools
 from burst_scheduler.reconcile import Reconciler
 from burst_scheduler.settings import SchedulerSettings
@@ -55,7 +57,9 @@ class Scheduler:
         self._loops: list[asyncio.Task[None]] = []
         self._started = False
 
-    async def start(self) -> None:
+    async def start(self, decide: bool = True) -> None:
+        """Follow the cluster; with ``decide``, run the decision loops at once too (else
+        a :class:`~burst_scheduler.leader.Leadership` starts them when its lease is won)."""
         s = self.settings
         agents_kv = await self.js.key_value(names.KV_AGENTS)
         self.claimer = Claimer(agents_kv, self.state, s.overcommit, s.claim_attempts)
@@ -68,7 +72,8 @@ class Scheduler:
         self.budget_stop = await BudgetStop.attach(self)  # hard budgets: stop, place nothing
         self.pools.start()
         self._started = True
-        await self.start_decisions()
+        if decide:
+            await self.start_decisions()
         log.info("scheduler_started", agents=len(self.state.agents),
                  functions=len(self.state.functions))
 
@@ -88,7 +93,7 @@ class Scheduler:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    # ---- the decision loops (what a leader lease will wrap) --------------------------
+    # ---- the decision loops (run by the lease holder only) --------------------------
     @property
     def deciding(self) -> bool:
         return self._signals is not None
@@ -196,14 +201,19 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event) -> None:
     await bus.ensure_topology(js, bus.Topology(result_retention=settings.result_retention))
     redis = aioredis.Redis.from_url(settings.redis_url)
     scheduler = Scheduler(settings, js, redis)
-    await scheduler.start()
+    await scheduler.start(decide=False)
+    lease = Lease(await js.key_value(names.KV_LEASES), names.LEASE_SCHEDULER,
+                  settings.instance, settings.lease_ttl)
+    leadership = asyncio.create_task(Leadership(lease, scheduler).run(stop), name="leader")
     hb = asyncio.create_task(heartbeat_loop(
         js, "scheduler", settings.instance, settings.service_heartbeat_interval,
-        info=scheduler.info,
+        info=lambda: {**scheduler.info(), "leader": str(lease.held).lower()},
     ))
     try:
         await stop.wait()
     finally:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await leadership  # steps down and releases the lease, so a successor need not wait
         hb.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await hb

@@ -27,5 +27,8 @@ class SchedulerSettings(CommonSettings):
     signal_concurrency: int = 16
     #: Seconds before an unacknowledged signal is redelivered.
     signal_ack_wait: float = 10.0
+    #: Seconds the leader lease lasts without renewal (renewed every third of it): a
+    #: killed leader is replaced within about this plus a third.
+    lease_ttl: float = 3.0
     #: Seconds to wait before restarting a failed KV watch or Redis write.
     retry_delay: float = 0.5
