@@ -19,9 +19,17 @@ from pathlib import Path
 
 from nats.aio.msg import Msg
 
+from burst_agent import gpus
+from burst_agent.attempts import Attempts
+from burst_agent.bundles import BundleCache
+from burst_agent.container import Container
+from burst_agent.runtime import Runtime, make_runtime
+from burst_agent.sandbox import Sandbox
+from burst_agent.settings import AgentSettings
 from burst_core import bus, logs, names
 from burst_core.schemas import (
     AgentHeartbeat,
+    CallCancelledDecoder,
     AgentOrderDecoder,
     AgentRecord,
     AgentRecordDecoder,
@@ -32,14 +40,11 @@ from burst_core.schemas import (
 )
 from burst_core.service import heartbeat_loop
 
-from burst_agent import gpus
-from burst_agent.bundles import BundleCache
-from burst_agent.container import Container
-from burst_agent.runtime import Runtime, make_runtime
-from burst_agent.sandbox import Sandbox
-from burst_agent.settings import AgentSettings
-
 log = logs.get("burst.agent")
+
+#: Cancelled call ids remembered (an input redelivered later is skipped), pruned past TTL.
+CANCELLED_KEEP = 10_000
+CANCELLED_TTL = 3600.0
 
 
 def _total_memory_mb() -> int:
@@ -69,7 +74,7 @@ class Agent:
         if s.runtime == "process":
             box = Sandbox.detect(s.sandbox, self.agent_id, s.home, s.sandbox_uid)
         state = Path(s.home) / "agent" / self.agent_id / "containers"
-        return make_runtime(s.runtime, s.python, box, state)
+        return make_runtime(s.runtime, s.python, box, state, zygote=s.zygote)
 
     async def start(self) -> None:
         s = self.settings
@@ -82,8 +87,13 @@ class Agent:
         self.agents_kv = await self.js.key_value(names.KV_AGENTS)
         self.heartbeats_kv = await self.js.key_value(names.KV_HEARTBEATS)
         home = Path(s.home) / "agent" / self.agent_id
+        self.attempts = Attempts(self)
         self.bundles = BundleCache(await self.js.object_store(names.OBJ_BUNDLES), home / "bundles")
         await self._register()
+        # Cancelled calls (recent ones): never started here, stopped if running here.
+        self.cancelled: dict[str, float] = {}
+        self._cancel_sub = await self.nc.subscribe(names.SUBJECTS_CALL_CANCELLED,
+                                                   cb=self._on_cancel)
         self.orders = bus.Consumer(
             self.js, names.STREAM_CONTROL, names.agent_consumer(self.agent_id), self._on_order,
             filter_subjects=[names.agent_orders_subject(self.agent_id)], ack_wait=10.0,
@@ -170,6 +180,19 @@ class Agent:
         await asyncio.gather(*(c.stop(reason) for c in list(self.containers.values())),
                              return_exceptions=True)
         await self._beat()
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            ev = CallCancelledDecoder.decode(msg.data)
+        except Exception:
+            return
+        now = time.time()
+        self.cancelled[ev.call_id] = now
+        if len(self.cancelled) > CANCELLED_KEEP:
+            horizon = now - CANCELLED_TTL
+            self.cancelled = {k: t for k, t in self.cancelled.items() if t > horizon}
+        for c in list(self.containers.values()):
+            await c.cancel(ev.call_id)
 
     async def place(self, p: Placement) -> None:
         if p.container_id in self.containers:

@@ -41,10 +41,12 @@ from burst_core.schemas import (
     LogLine,
     MeteringRecord,
     Output,
+    OutputItem,
     Placement,
     encode,
 )
 
+from burst_agent.attempts import GiveUp
 from burst_agent.runtime import SIGKILL, SIGTERM, ContainerHandle, ContainerSpec
 
 if TYPE_CHECKING:
@@ -272,6 +274,8 @@ class Container:
             await self._log_line(frame.stream, frame.line, frame.call_id)
         elif isinstance(frame, proto.InputDone):
             await self._on_done(frame)
+        elif isinstance(frame, proto.StreamItem):
+            await self._on_item(frame)
         elif isinstance(frame, proto.Ready | proto.StartupFailed):
             if not self._ready.done():
                 self._ready.set_result(frame)
@@ -329,9 +333,23 @@ class Container:
             self.log.warning("input_undecodable", error=repr(e))
             await _quiet(msg.term())
             return
-        if msg.metadata.num_delivered > 1 and await self._already_answered(inp):
+        if inp.call_id in self.agent.cancelled:  # its terminated output is stored
             await _quiet(msg.ack())
             return
+        if msg.metadata.num_delivered > 1:
+            try:
+                resumed = await self.agent.attempts.resume(inp)
+            except GiveUp as e:
+                out = Output(call_id=inp.call_id, input_id=inp.input_id, attempt=inp.attempt,
+                             attempt_token=inp.attempt_token, status="internal",
+                             error_type="burst.exception.InternalError", error_message=str(e),
+                             container_id=self.id, finished_at=time.time())
+                await self._store_output(out, msg)
+                return
+            if resumed is None:  # already answered
+                await _quiet(msg.ack())
+                return
+            inp = resumed
         await self._slots.acquire()
         now = time.time()
         inf = InFlight(msg=msg, inp=inp, started=now)
@@ -342,15 +360,8 @@ class Container:
         assert self._writer is not None
         self._writer.write(proto.frame(proto.RunInput(
             input_id=inp.input_id, call_id=inp.call_id, attempt=inp.attempt,
-            attempt_token=inp.attempt_token, payload=inp.payload)))
-
-    async def _already_answered(self, inp: Input) -> bool:
-        try:
-            await self.agent.js.get_last_msg(names.STREAM_OUTPUTS,
-                                             names.output_subject(inp.call_id, inp.attempt))
-            return True
-        except nats.js.errors.NotFoundError:
-            return False
+            attempt_token=inp.attempt_token, payload=inp.payload,
+            payload_format=inp.payload_format)))
 
     async def _keepalive(self, msg: Msg) -> None:
         while True:
@@ -373,6 +384,21 @@ class Container:
             inf.timer.cancel()
         self._slots.release()
 
+    async def _on_item(self, item: proto.StreamItem) -> None:
+        """One item of a generator: stored in order, before the call's output."""
+        inf = self.in_flight.get(item.input_id)
+        if inf is None:
+            return
+        inp = inf.inp
+        msg = OutputItem(call_id=inp.call_id, attempt=inp.attempt,
+                         attempt_token=inp.attempt_token, index=item.index, payload=item.payload,
+                         payload_format=inp.payload_format)
+        try:
+            await bus.publish(self.agent.js, names.items_subject(inp.call_id, inp.attempt),
+                              encode(msg), msg_id=f"{inp.input_id}:{inp.attempt}:{item.index}")
+        except Exception as e:  # the caller misses an item; the output reports the count
+            self.log.error("item_store_failed", call_id=inp.call_id, error=repr(e))
+
     async def _on_done(self, done: proto.InputDone) -> None:
         inf = self.in_flight.pop(done.input_id, None)
         if inf is None:
@@ -384,9 +410,36 @@ class Container:
             error_type=done.error_type, error_message=done.error_message,
             traceback=done.traceback, container_id=self.id, log_lines=done.log_lines,
             started_at=done.started_at, finished_at=done.finished_at,
+            payload_format=inf.inp.payload_format,
         )
         if not self.in_flight and self.state == "busy":
             self.state, self.idle_since = "idle", time.time()
+        await self._complete(out, inf)
+
+    async def cancel(self, call_id: str) -> None:
+        """Stop a cancelled call if it runs here (its terminated output is already stored).
+
+        Running Python code cannot be interrupted safely, so the container is killed; the
+        scheduler replaces it if there is more work.
+        """
+        for inf in self.in_flight.values():
+            if inf.inp.call_id == call_id and self.handle is not None:
+                self.log.info("call_cancelled_killing_container", call_id=call_id)
+                self.stop_reason = "cancelled"
+                self.handle.signal(SIGKILL)
+                return
+
+    async def _complete(self, out: Output, inf: InFlight) -> None:
+        """Store an attempt's output as the call's result, unless it failed with user
+        retries left: then the input comes back after the retry's backoff."""
+        if inf.inp.call_id in self.agent.cancelled:
+            await _quiet(inf.msg.ack())  # the cancellation is the call's result
+            return
+        if out.status in ("failure", "timeout") and self.fn.retries is not None:
+            delay = await self.agent.attempts.schedule_retry(inf.inp, self.fn.retries)
+            if delay is not None:
+                await _quiet(inf.msg.nak(delay=delay))
+                return
         await self._store_output(out, inf.msg)
 
     async def _store_output(self, out: Output, msg: Msg) -> None:
@@ -420,7 +473,7 @@ class Container:
                 out = self._failure(inf, "failure", "burst.exception.ExecutionError",
                                     f"container {self.id} exited with code {exit_code} "
                                     "while running the call")
-            await self._store_output(out, inf.msg)
+            await self._complete(out, inf)
         self.in_flight.clear()
 
     def _killed_because(self) -> str:
