@@ -52,6 +52,7 @@ class Claimer:
         self.state = state
         self.overcommit = overcommit
         self.attempts = attempts
+        self._busy: dict[str, int] = {}  # agent id -> claims in flight from this process
 
     async def claim(
         self, fn_key: str, requests: Sequence[Resources], *, allow_spot: bool = True
@@ -63,13 +64,30 @@ class Claimer:
         exclude: set[str] = set()
         for _ in range(self.attempts):
             now = time.time()
-            choice = placement.choose_first(
-                requests, self.state.live_agents(now), self.overcommit,
-                allow_spot=allow_spot, exclude=frozenset(exclude),
-            )
+            live = self.state.live_agents(now)
+            # Agents this process is claiming on right now are tried last: concurrent
+            # decisions spread over the next-best agents instead of all racing for one
+            # record (and losing compare-and-sets to each other).
+            choice = None
+            if self._busy:
+                choice = placement.choose_first(
+                    requests, live, self.overcommit, allow_spot=allow_spot,
+                    exclude=frozenset(exclude | self._busy.keys()),
+                )
+            if choice is None:
+                choice = placement.choose_first(
+                    requests, live, self.overcommit,
+                    allow_spot=allow_spot, exclude=frozenset(exclude),
+                )
             if choice is None:
                 return None
-            won = await self._claim_on(choice, fn_key, now, allow_spot)
+            self._busy[choice.agent_id] = self._busy.get(choice.agent_id, 0) + 1
+            try:
+                won = await self._claim_on(choice, fn_key, now, allow_spot)
+            finally:
+                left = self._busy.pop(choice.agent_id) - 1
+                if left:
+                    self._busy[choice.agent_id] = left
             if won is not None:
                 return won
             # Lost the race (or our view was stale): the view of that agent is fresh now,

@@ -84,7 +84,10 @@ def fit(agent: AgentRecord, request: Resources, overcommit: float = 1.0) -> tupl
     Among GPU types that match, the one with the fewest free GPUs is used (best fit); the
     lowest free indices of that type are taken.
     """
-    free = free_capacity(agent, overcommit)
+    return _fit(free_capacity(agent, overcommit), request)
+
+
+def _fit(free: Free, request: Resources) -> tuple[int, ...] | None:
     if request.cpu > free.cpu + _EPS or request.memory_mb > free.memory_mb + _EPS:
         return None
     need = gpu_count(request)
@@ -104,7 +107,10 @@ def fit(agent: AgentRecord, request: Resources, overcommit: float = 1.0) -> tupl
 
 def fullness(agent: AgentRecord, overcommit: float = 1.0) -> float:
     """Fraction of the dominant resource (CPU or memory) already allocated, 0..1+."""
-    free = free_capacity(agent, overcommit)
+    return _fullness(agent, free_capacity(agent, overcommit), overcommit)
+
+
+def _fullness(agent: AgentRecord, free: Free, overcommit: float) -> float:
     cpu_cap = agent.cpu * overcommit
     mem_cap = agent.memory_mb * overcommit
     cpu_used = (cpu_cap - free.cpu) / cpu_cap if cpu_cap > 0 else 1.0
@@ -127,16 +133,17 @@ def choose(
         if (not accepts_work(agent) or agent.agent_id in exclude
                 or (agent.spot and not allow_spot)):
             continue
-        indices = fit(agent, request, overcommit)
+        free = free_capacity(agent, overcommit)
+        indices = _fit(free, request)
         if indices is None:
             continue
+        full = _fullness(agent, free, overcommit)
         if need_gpus:
-            free_gpus = free_capacity(agent, overcommit).gpus
-            kind = free_gpus[indices[0]]
-            left = sum(1 for k in free_gpus.values() if k == kind) - len(indices)
-            key: tuple[object, ...] = (left, -fullness(agent, overcommit), agent.agent_id)
+            kind = free.gpus[indices[0]]
+            left = sum(1 for k in free.gpus.values() if k == kind) - len(indices)
+            key: tuple[object, ...] = (left, -full, agent.agent_id)
         else:
-            key = (len(agent.gpus) > 0, -fullness(agent, overcommit), agent.agent_id)
+            key = (len(agent.gpus) > 0, -full, agent.agent_id)
         choice = Choice(agent.agent_id, request, indices, agent.spot)
         if best is None or key < best[0]:
             best = (key, choice)

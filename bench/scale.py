@@ -1,0 +1,147 @@
+"""Benchmark: placement decisions per second over 1,000 simulated agents of 8 GPUs each.
+
+    .venv/bin/python bench/scale.py [--agents 1000] [--gpus 8] [--placements 4000]
+                                    [--concurrency 32]
+
+Two numbers, printed as one JSON object:
+- ``decision``: the scheduler's choice alone (:func:`placement.choose_first` on the
+  scheduler's live view, ``ClusterState``), one placement after the other, each applied
+  to the view so the cluster fills up as it would;
+- ``with_claim``: the real :class:`Claimer` (choice + compare-and-set of the allocation on
+  the agent's KV record) against a real nats-server this script starts on free ports,
+  with ``--concurrency`` placements in flight (as the scheduler decides many functions
+  at once); every claim is checked afterwards: no GPU given twice.
+
+Requests are one H100 each (the hardest case for best-fit: 8,000 GPUs to choose from).
+Target: >= 2,000 placements/s including the claim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from burst_core import bus, names  # noqa: E402
+from burst_core.schemas import (  # noqa: E402
+    AgentHeartbeat,
+    AgentRecord,
+    AgentRecordDecoder,
+    GpuInfo,
+    Resources,
+    encode,
+)
+from burst_scheduler import placement  # noqa: E402
+from burst_scheduler.claim import Claimer  # noqa: E402
+from burst_scheduler.state import ClusterState  # noqa: E402
+
+REQUEST = Resources(cpu=1.0, memory_mb=1024, gpu_type="H100", gpu_count=1)
+
+
+def make_state(n_agents: int, n_gpus: int) -> ClusterState:
+    state = ClusterState(heartbeat_timeout=3600.0)
+    now = time.time()
+    for i in range(n_agents):
+        aid = f"agent-{i:05d}"
+        rec = AgentRecord(agent_id=aid, cpu=64.0, memory_mb=512 * 1024,
+                          gpus=[GpuInfo(index=g, type="H100") for g in range(n_gpus)],
+                          gpus_declared=True)
+        state.apply_agent(aid, rec, 0)
+        state.apply_heartbeat(aid, AgentHeartbeat(agent_id=aid, at=now))
+    return state
+
+
+def bench_decision(n_agents: int, n_gpus: int, placements: int) -> dict[str, float]:
+    state = make_state(n_agents, n_gpus)
+    start = time.perf_counter()
+    for i in range(placements):
+        now = time.time()
+        choice = placement.choose_first([REQUEST], state.live_agents(now))
+        assert choice is not None
+        rec = state.agents[choice.agent_id]
+        new = placement.with_allocation(rec, f"ct-{i}", "ws.app.f", choice.resources,
+                                        choice.gpu_indices, now)
+        state.apply_agent(choice.agent_id, new, 0)
+    took = time.perf_counter() - start
+    return {"placements": placements, "seconds": round(took, 3),
+            "per_second": round(placements / took, 1)}
+
+
+async def bench_claim(nats_url: str, n_agents: int, n_gpus: int, placements: int,
+                      concurrency: int) -> dict[str, float]:
+    nc = await bus.connect(nats_url, "bench-scale")
+    js = nc.jetstream()
+    await bus.ensure_topology(js)
+    kv = await js.key_value(names.KV_AGENTS)
+    state = make_state(n_agents, n_gpus)
+    for aid, rec in list(state.agents.items()):
+        rev = await kv.put(aid, encode(rec))
+        state.apply_agent(aid, rec, rev)
+    claimer = Claimer(kv, state, overcommit=1.0, attempts=8)
+    queue = list(range(placements))
+    won: list[object] = []
+    failed = 0
+
+    async def worker() -> None:
+        nonlocal failed
+        while queue:
+            queue.pop()
+            claim = await claimer.claim("ws.app.f", [REQUEST])
+            if claim is None:
+                failed += 1
+            else:
+                won.append(claim)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    took = time.perf_counter() - start
+    # Every claim is on the records, and no GPU was given twice.
+    given: set[tuple[str, int]] = set()
+    for aid in state.agents:
+        raw, _ = await bus.kv_get(kv, aid)
+        assert raw is not None
+        for alloc in AgentRecordDecoder.decode(raw).allocations.values():
+            for g in alloc.gpu_indices:
+                assert (aid, g) not in given, f"GPU {g} of {aid} given twice"
+                given.add((aid, g))
+    assert len(given) == len(won), (len(given), len(won))
+    await nc.close()
+    return {"placements": len(won), "failed": failed, "concurrency": concurrency,
+            "seconds": round(took, 3), "per_second": round(len(won) / took, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--agents", type=int, default=1000)
+    ap.add_argument("--gpus", type=int, default=8)
+    ap.add_argument("--placements", type=int, default=4000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    args = ap.parse_args()
+    from tests.servers import start_nats
+
+    result: dict[str, object] = {
+        "agents": args.agents, "gpus_per_agent": args.gpus, "request": "1×H100",
+        "cpu_count": os.cpu_count(),
+    }
+    result["decision"] = bench_decision(args.agents, args.gpus, args.placements)
+    with tempfile.TemporaryDirectory(prefix="burst-bench-") as tmp:
+        srv = start_nats(Path(tmp) / "nats")
+        try:
+            result["with_claim"] = asyncio.run(bench_claim(
+                srv.url, args.agents, args.gpus, args.placements, args.concurrency))
+        finally:
+            srv.stop()
+    result["target_with_claim_per_second"] = 2000
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
