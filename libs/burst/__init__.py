@@ -9,8 +9,9 @@ from burst.app import App
 from burst.cls import Cls, enter, exit, method, parameter
 from burst.concurrency import concurrent
 from burst.functions import Function, FunctionCall
+from burst.objects import Dict, Queue
 from burst.retries import Retries
 
 __version__ = "0.1.0"
-__all__ = ["App", "Cls", "Function", "FunctionCall", "Retries", "concurrent", "enter",
-           "exception", "exit", "method", "parameter", "__version__"]
+__all__ = ["App", "Cls", "Dict", "Function", "FunctionCall", "Retries", "concurrent", "enter",
+           "exception", "exit", "method", "parameter", "Queue", "__version__"]

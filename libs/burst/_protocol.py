@@ -153,6 +153,47 @@ class CallItemsResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     final: CallResponse | None = None
 
 
+# ---- Dict and Queue (over HTTP, or through the agent from inside a container) ------
+DictOp = Literal["get", "put", "pop", "contains", "len", "keys", "clear", "ensure"]
+QueueOp = Literal["put", "get", "len", "clear", "ensure"]
+
+
+class DictRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    name: str
+    op: DictOp
+    key: bytes = b""  # cloudpickle of the key
+    value: bytes = b""  # cloudpickle of the value
+    create_if_missing: bool = True
+
+
+class DictResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
+    found: bool = False
+    value: bytes = b""
+    count: int = 0
+    keys: list[bytes] = msgspec.field(default_factory=list)
+
+
+class QueueRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    name: str
+    op: QueueOp
+    values: list[bytes] = msgspec.field(default_factory=list)
+    n: int = 1
+    #: Seconds ``get`` waits for an item; None waits up to the server's longest wait.
+    timeout: float | None = 0.0
+    create_if_missing: bool = True
+
+
+class QueueResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
+    values: list[bytes] = msgspec.field(default_factory=list)
+    count: int = 0
+
+
+dict_response_decoder = msgspec.msgpack.Decoder(DictResponse)
+queue_response_decoder = msgspec.msgpack.Decoder(QueueResponse)
+dict_request_decoder = msgspec.msgpack.Decoder(DictRequest)
+queue_request_decoder = msgspec.msgpack.Decoder(QueueRequest)
+
+
 # ---- agent <-> shim frames -----------------------------------------------------------
 class _Frame(msgspec.Struct, tag=True, kw_only=True, omit_defaults=True):
     v: int = 1
@@ -214,8 +255,24 @@ class Log(_Frame, kw_only=True):
     call_id: str = ""
 
 
-ToShim = RunInput | CancelInput | Shutdown
-FromShim = Ready | StartupFailed | InputDone | StreamItem | Log
+class PlatformRequest(_Frame, kw_only=True):
+    """A platform call from user code (a Dict or Queue operation), performed by the agent
+    in the container's workspace: containers have no route and no token to the cluster."""
+
+    req_id: int
+    kind: Literal["dict", "queue"]
+    body: bytes  # a msgpack DictRequest or QueueRequest
+
+
+class PlatformResponse(_Frame, kw_only=True):
+    req_id: int
+    body: bytes = b""  # a msgpack DictResponse or QueueResponse
+    error_type: str = ""  # an API error type (burst.exception.ERROR_TYPES) when it failed
+    error_message: str = ""
+
+
+ToShim = RunInput | CancelInput | Shutdown | PlatformResponse
+FromShim = Ready | StartupFailed | InputDone | StreamItem | Log | PlatformRequest
 
 _enc = msgspec.msgpack.Encoder()
 to_shim_decoder = msgspec.msgpack.Decoder(ToShim)

@@ -62,6 +62,7 @@ class Topology:
     control_retention: float = 1 * DAY
     metering_retention: float = 400 * DAY
     log_retention: float = 7 * DAY
+    queue_retention: float = 1 * DAY  # as Modal: a queue's items live 24 h
     log_max_bytes: int = 1 << 30
     dedupe_window: float = 120.0
     extra_kv: dict[str, float] = field(default_factory=dict)
@@ -132,6 +133,14 @@ async def ensure_topology(js: JetStreamContext, topo: Topology | None = None) ->
             duplicate_window=t.dedupe_window,
         ),
         StreamConfig(
+            name=names.STREAM_QUEUES,
+            subjects=[names.SUBJECTS_QUEUES],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=r,
+            max_age=t.queue_retention,
+        ),
+        StreamConfig(
             name=names.STREAM_LOGS,
             subjects=[names.SUBJECTS_LOGS],
             storage=StorageType.FILE,
@@ -148,6 +157,7 @@ async def ensure_topology(js: JetStreamContext, topo: Topology | None = None) ->
         names.KV_HEARTBEATS: 0,
         names.KV_CALLS: t.result_retention,
         names.KV_IDEMPOTENCY: t.result_retention,
+        names.KV_DICTS: 0,
         names.KV_TOKENS: 0,
         names.KV_SERVICES: 0,
         names.KV_LEDGER: 0,

@@ -154,6 +154,30 @@ def webhook_delivery_subject(workspace: str, endpoint_id: str) -> str:
     return f"burst.webhooks.{workspace}.{endpoint_id}"
 
 
+STREAM_QUEUES = "BURST_QUEUES"  # work-queue retention: one subject per burst.Queue
+SUBJECTS_QUEUES = "burst.queue.>"
+
+
+def queue_subject(workspace: str, queue: str) -> str:
+    return f"burst.queue.{workspace}.{queue}"
+
+
+def queue_consumer(workspace: str, queue: str) -> str:
+    return f"q_{_short_hash(workspace + '.' + queue)}"
+
+
+def dict_meta_key(workspace: str, name: str) -> str:
+    return f"meta.{workspace}.{name}"
+
+
+def dict_entry_key(workspace: str, name: str, key_digest: str) -> str:
+    return f"d.{workspace}.{name}.{key_digest}"
+
+
+def dict_entries_filter(workspace: str, name: str) -> str:
+    return f"d.{workspace}.{name}.>"
+
+
 # ---- durable consumers ---------------------------------------------------------------
 def function_consumer(fn_key: str) -> str:
     """The durable pull consumer of one function's inputs, shared by all its containers."""
@@ -178,6 +202,7 @@ KV_TOKENS = "burst_tokens"  # key: sha256(token) -> TokenRecord
 KV_SERVICES = "burst_services"  # key: <service>.<instance> -> ServiceHeartbeat
 KV_LEDGER = "burst_ledger"  # key: "state" -> LedgerSnapshot
 KV_LEASES = "burst_leases"  # key: <lease name> -> holder id (TTL)
+KV_DICTS = "burst_dicts"  # keys: meta.<ws>.<dict>, d.<ws>.<dict>.<sha256 of the key>
 KV_IDEMPOTENCY = "burst_idempotency"  # key: sha256(ws, app, fn, Idempotency-Key) -> call id
 OBJ_BUNDLES = "burst_bundles"  # name: sha256 of the bundle
 KV_BUDGETS = "burst_budgets"  # key: budget_key() -> Budget (set by users, via the gateway)

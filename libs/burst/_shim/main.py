@@ -16,6 +16,7 @@ import importlib
 import inspect
 import io
 import json
+import queue
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from burst import _context
 from burst import _protocol as proto
 
 if TYPE_CHECKING:  # imported lazily below: only concurrent or async functions need them
@@ -40,6 +42,32 @@ class Channel:
         self.sock.connect(path)
         self.rfile = self.sock.makefile("rb")
         self._lock = threading.Lock()
+        self._next_id = 0
+        self._pending: dict[int, list[Any]] = {}
+
+    def request(self, kind: str, body: bytes, timeout: float | None = None) -> bytes:
+        """A platform call through the agent (see ``burst._context``); blocks this thread."""
+        from burst.exception import UnavailableError, from_api
+
+        with self._lock:
+            self._next_id += 1
+            req_id = self._next_id
+            slot: list[Any] = [threading.Event(), None]
+            self._pending[req_id] = slot
+        self.send(proto.PlatformRequest(req_id=req_id, kind=kind, body=body))  # type: ignore[arg-type]
+        if not slot[0].wait(timeout if timeout is not None else 120.0):
+            self._pending.pop(req_id, None)
+            raise UnavailableError(f"the agent did not answer a {kind} request in time")
+        resp: proto.PlatformResponse = slot[1]
+        if resp.error_type:
+            raise from_api(resp.error_type, resp.error_message)
+        return resp.body
+
+    def resolve(self, resp: proto.PlatformResponse) -> None:
+        slot = self._pending.pop(resp.req_id, None)
+        if slot is not None:
+            slot[1] = resp
+            slot[0].set()
 
     def send(self, msg: Any) -> None:
         data = proto.frame(msg)
@@ -331,6 +359,24 @@ def main() -> None:
     module_name = os.environ["BURST_SHIM_MODULE"]
     qualname = os.environ["BURST_SHIM_QUALNAME"]
     chan = Channel(path)
+    _context.platform = chan
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def read() -> None:
+        # Its own thread: answers to platform calls must arrive while user code waits
+        # for them on the thread that runs inputs.
+        while True:
+            frame = chan.recv()
+            if isinstance(frame, proto.PlatformResponse):
+                chan.resolve(frame)
+                continue
+            inbox.put(frame)
+            if frame is None:
+                return
+
+    # Started before the user's module is imported: its import and @enter may make
+    # platform calls too.
+    threading.Thread(target=read, name="burst-shim-reader", daemon=True).start()
     state = ShimState()
     sys.stdout = LogWriter(chan, "stdout", state)
     sys.stderr = LogWriter(chan, "stderr", state)
@@ -348,7 +394,7 @@ def main() -> None:
     chan.send(proto.Ready(pid=os.getpid()))
     try:
         while True:
-            msg = chan.recv()
+            msg = inbox.get()
             if msg is None or isinstance(msg, proto.Shutdown):
                 break
             if isinstance(msg, proto.RunInput):

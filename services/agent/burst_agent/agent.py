@@ -27,6 +27,7 @@ from burst_agent.runtime import Runtime, make_runtime
 from burst_agent.sandbox import Sandbox
 from burst_agent.settings import AgentSettings
 from burst_core import bus, logs, names
+from burst_core.objects import Objects
 from burst_core.schemas import (
     AgentHeartbeat,
     CallCancelledDecoder,
@@ -88,6 +89,7 @@ class Agent:
         self.heartbeats_kv = await self.js.key_value(names.KV_HEARTBEATS)
         home = Path(s.home) / "agent" / self.agent_id
         self.attempts = Attempts(self)
+        self.objects = Objects(self.js)
         self.bundles = BundleCache(await self.js.object_store(names.OBJ_BUNDLES), home / "bundles")
         await self._register()
         # Cancelled calls (recent ones): never started here, stopped if running here.

@@ -30,6 +30,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from burst import _protocol as proto
+from burst.exception import Error as BurstError
 from burst_core import bus, logs, names
 from burst_core.schemas import (
     ContainerReady,
@@ -276,6 +277,9 @@ class Container:
             await self._on_done(frame)
         elif isinstance(frame, proto.StreamItem):
             await self._on_item(frame)
+        elif isinstance(frame, proto.PlatformRequest):
+            # May wait (a Queue.get): never hold up the frames behind it.
+            self._spawn(self._on_platform(frame))
         elif isinstance(frame, proto.Ready | proto.StartupFailed):
             if not self._ready.done():
                 self._ready.set_result(frame)
@@ -383,6 +387,27 @@ class Container:
         if inf.timer:
             inf.timer.cancel()
         self._slots.release()
+
+    async def _on_platform(self, req: proto.PlatformRequest) -> None:
+        """A Dict or Queue operation from user code, in this container's workspace."""
+        ws = self.placement.workspace
+        try:
+            if req.kind == "dict":
+                body = proto.dict_request_decoder.decode(req.body)
+                resp: msgspec.Struct = await self.agent.objects.dict_op(ws, body)
+            else:
+                resp = await self.agent.objects.queue_op(ws, proto.queue_request_decoder.decode(req.body))
+            answer = proto.PlatformResponse(req_id=req.req_id, body=msgspec.msgpack.encode(resp))
+        except BurstError as e:
+            answer = proto.PlatformResponse(req_id=req.req_id, error_type=e.type,
+                                            error_message=str(e))
+        except Exception as e:
+            self.log.warning("platform_request_failed", kind=req.kind, error=repr(e))
+            answer = proto.PlatformResponse(req_id=req.req_id, error_type="Internal",
+                                            error_message=f"{req.kind} operation failed: {e}")
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.write(proto.frame(answer))
 
     async def _on_item(self, item: proto.StreamItem) -> None:
         """One item of a generator: stored in order, before the call's output."""

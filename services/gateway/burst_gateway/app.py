@@ -7,7 +7,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from burst_gateway import api_agents, api_apps, api_billing, api_calls, api_cluster, errors
+from burst_gateway import (
+    api_agents,
+    api_apps,
+    api_billing,
+    api_calls,
+    api_cluster,
+    api_objects,
+    errors,
+)
 from burst_gateway import api_budgets, api_webhooks
 from burst_gateway.settings import GatewaySettings
 from burst_gateway.state import Gateway
@@ -36,6 +44,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_calls.router)
     app.include_router(api_billing.router)
     app.include_router(api_agents.router)
+    app.include_router(api_objects.router)
     app.include_router(api_budgets.router)
     app.include_router(api_webhooks.router)
     return app

@@ -1,0 +1,158 @@
+"""burst.Dict and burst.Queue, stored in JetStream; shared by the gateway (HTTP callers)
+and the agent (user code in containers, which has no route to the cluster).
+
+- A Dict is a slice of one KV bucket: entry ``d.<ws>.<name>.<sha256(key)>`` holds the
+  pickled key and value (so ``keys()`` can return the keys), ``meta.<ws>.<name>`` marks
+  that the dict exists.
+- A Queue is one subject of a work-queue stream with its own durable pull consumer;
+  ``get`` acks what it returns, so each item is handed out once.
+Keys and values are opaque bytes (cloudpickle made by the SDK): services never unpickle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from burst._protocol import DictRequest, DictResponse, QueueRequest, QueueResponse
+from burst.exception import InvalidError, NotFoundError
+from burst_core import bus, names
+
+
+class _Entry(msgspec.Struct):
+    key: bytes
+    value: bytes
+
+
+_entry_decoder = msgspec.msgpack.Decoder(_Entry)
+MAX_QUEUE_WAIT = 60.0
+MAX_GET_MANY = 1000
+
+
+def _name(kind: str, name: str) -> str:
+    try:
+        return names.check_ident(kind, name)
+    except ValueError as e:
+        raise InvalidError(str(e)) from None
+
+
+async def _keys(kv, subject_filter: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """Live keys matching a subject filter (nats-py's ``keys()`` scans the whole bucket)."""
+    watcher = await kv.watch(subject_filter, ignore_deletes=True, meta_only=True)
+    keys = []
+    try:
+        async for entry in watcher:
+            if entry is None:  # the end of the current values
+                break
+            if entry.operation not in ("DEL", "PURGE"):
+                keys.append(entry.key)
+    finally:
+        await watcher.stop()
+    return keys
+
+
+class Objects:
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+        self._kv = None
+        self._queues_ready: set[str] = set()
+
+    async def _dicts(self):  # type: ignore[no-untyped-def]
+        if self._kv is None:
+            self._kv = await self.js.key_value(names.KV_DICTS)
+        return self._kv
+
+    # ---- Dict --------------------------------------------------------------------------
+    async def dict_op(self, workspace: str, req: DictRequest) -> DictResponse:
+        name = _name("dict", req.name)
+        kv = await self._dicts()
+        meta = names.dict_meta_key(workspace, name)
+        exists, _ = await bus.kv_get(kv, meta)
+        if exists is None:
+            if not req.create_if_missing:
+                raise NotFoundError(f"dict {name!r} does not exist in workspace {workspace!r} "
+                                    "(create it with create_if_missing=True)")
+            await kv.put(meta, str(time.time()).encode())
+        if req.op == "ensure":
+            return DictResponse(found=True)
+        if req.op in ("len", "keys", "clear"):
+            return await self._scan(kv, workspace, name, req.op)
+        key = names.dict_entry_key(workspace, name, hashlib.sha256(req.key).hexdigest())
+        if req.op == "put":
+            await kv.put(key, msgspec.msgpack.encode(_Entry(req.key, req.value)))
+            return DictResponse(found=True)
+        raw, rev = await bus.kv_get(kv, key)
+        if raw is None:
+            return DictResponse(found=False)
+        entry = _entry_decoder.decode(raw)
+        if req.op == "pop":
+            try:
+                await kv.delete(key, last=rev)
+            except nats.js.errors.KeyWrongLastSequenceError:  # popped or changed meanwhile
+                return await self.dict_op(workspace, req)
+        if req.op == "contains":
+            return DictResponse(found=True)
+        return DictResponse(found=True, value=entry.value)
+
+    async def _scan(self, kv, workspace: str, name: str, op: str) -> DictResponse:  # type: ignore[no-untyped-def]
+        keys = await _keys(kv, names.dict_entries_filter(workspace, name))
+        if op == "len":
+            return DictResponse(count=len(keys))
+        if op == "clear":
+            await asyncio.gather(*(kv.delete(k) for k in keys))
+            return DictResponse(count=len(keys))
+        out = []
+        for k in keys:
+            raw, _ = await bus.kv_get(kv, k)
+            if raw is not None:
+                out.append(_entry_decoder.decode(raw).key)
+        return DictResponse(count=len(out), keys=out)
+
+    # ---- Queue -------------------------------------------------------------------------
+    async def _consumer(self, workspace: str, name: str) -> str:
+        durable = names.queue_consumer(workspace, name)
+        if durable not in self._queues_ready:
+            await bus.ensure_consumer(self.js, names.STREAM_QUEUES, ConsumerConfig(
+                durable_name=durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0,
+                deliver_policy=DeliverPolicy.ALL,
+                filter_subject=names.queue_subject(workspace, name)))
+            self._queues_ready.add(durable)
+        return durable
+
+    async def queue_op(self, workspace: str, req: QueueRequest) -> QueueResponse:
+        name = _name("queue", req.name)
+        subject = names.queue_subject(workspace, name)
+        if req.op == "ensure":
+            await self._consumer(workspace, name)
+            return QueueResponse()
+        if req.op == "put":
+            for value in req.values:
+                await bus.publish(self.js, subject, value)
+            return QueueResponse(count=len(req.values))
+        if req.op == "len":
+            info = await self.js.stream_info(names.STREAM_QUEUES, subjects_filter=subject)
+            return QueueResponse(count=int((info.state.subjects or {}).get(subject, 0)))
+        if req.op == "clear":
+            await self.js.purge_stream(names.STREAM_QUEUES, subject=subject)
+            return QueueResponse()
+        if not 1 <= req.n <= MAX_GET_MANY:
+            raise InvalidError(f"n={req.n} is out of range: allowed 1 to {MAX_GET_MANY}")
+        durable = await self._consumer(workspace, name)
+        psub = await self.js.pull_subscribe_bind(durable, names.STREAM_QUEUES)
+        wait = MAX_QUEUE_WAIT if req.timeout is None else min(max(req.timeout, 0.0), MAX_QUEUE_WAIT)
+        try:
+            msgs = await psub.fetch(req.n, timeout=max(wait, 0.05))
+        except (nats.errors.TimeoutError, TimeoutError):
+            msgs = []
+        finally:
+            await psub.unsubscribe()
+        for m in msgs:
+            await m.ack_sync()
+        return QueueResponse(values=[m.data for m in msgs], count=len(msgs))
