@@ -7,11 +7,11 @@ the services import their heavier dependencies themselves.
 from burst import exception
 from burst.app import App
 from burst.cls import Cls, enter, exit, method, parameter
-from burst.concurrency import concurrent
+from burst.concurrency import batched, concurrent
 from burst.functions import Function, FunctionCall
 from burst.objects import Dict, Queue
 from burst.retries import Retries
 
 __version__ = "0.1.0"
-__all__ = ["App", "Cls", "Dict", "Function", "FunctionCall", "Retries", "concurrent", "enter",
+__all__ = ["App", "Cls", "Dict", "Function", "FunctionCall", "Retries", "batched", "concurrent", "enter",
            "exception", "exit", "method", "parameter", "Queue", "__version__"]

@@ -40,3 +40,38 @@ def concurrent(*, max_inputs: int, target_inputs: int | None = None) -> Callable
         return f
 
     return decorator
+
+
+MAX_BATCH_SIZE = 1000
+MAX_WAIT_MS = 10 * 60 * 1000
+
+
+def batched(*, max_batch_size: int, wait_ms: int) -> Callable[[F], F]:
+    """Dynamic batching: the function takes lists and returns a list of the same length;
+    callers still call it with single items. A container gathers up to ``max_batch_size``
+    inputs, waiting at most ``wait_ms`` after the first, and calls the function once.
+
+    Example::
+
+        @app.function()
+        @burst.batched(max_batch_size=32, wait_ms=50)
+        def embed(texts: list[str]) -> list[list[float]]: ...
+
+        embed.remote("hello")  # one vector
+    """
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or not (
+            1 <= max_batch_size <= MAX_BATCH_SIZE):
+        raise InvalidError(f"max_batch_size={max_batch_size!r} is out of range: allowed 1 to "
+                           f"{MAX_BATCH_SIZE}")
+    if isinstance(wait_ms, bool) or not isinstance(wait_ms, int) or not 0 <= wait_ms <= MAX_WAIT_MS:
+        raise InvalidError(f"wait_ms={wait_ms!r} is out of range: allowed 0 to {MAX_WAIT_MS}")
+
+    def decorator(f: F) -> F:
+        if hasattr(f, "spec"):
+            raise InvalidError("put @burst.batched below @app.function(), next to the def")
+        f.__burst_batched__ = (max_batch_size, wait_ms)  # type: ignore[attr-defined]
+        # The container takes as many inputs at once as a batch holds.
+        f.__burst_concurrency__ = (max_batch_size, max_batch_size)  # type: ignore[attr-defined]
+        return f
+
+    return decorator

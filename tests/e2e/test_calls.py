@@ -292,3 +292,40 @@ def test_generators_stream_items_as_they_come(cluster: Cluster, tmp_path: Path) 
     assert out["partial"] == [1, 2] and out["err"] == "broke after two"
     assert "use .remote_gen()" in out["misuse"]
     assert out["agen"] == [0, 10, 20] and out["mapped"] == [[0], [0, 10]]
+
+
+def test_batched_gathers_inputs_into_one_call(cluster: Cluster, tmp_path: Path) -> None:
+    app = write_app(tmp_path, """
+        import json
+        import burst
+
+        app = burst.App("batching")
+
+        @app.function(max_containers=1)
+        @burst.batched(max_batch_size=8, wait_ms=300)
+        def double(xs):
+            return [{"value": 2 * x, "batch": len(xs)} for x in xs]
+
+        @app.function()
+        @burst.batched(max_batch_size=4, wait_ms=10)
+        def wrong(xs):
+            return []
+
+        @app.local_entrypoint()
+        def main():
+            single = double.remote(5)
+            many = list(double.map(range(20)))
+            try:
+                wrong.remote(1)
+                err = None
+            except ValueError as e:
+                err = str(e)
+            print(json.dumps({"single": single, "values": [m["value"] for m in many],
+                              "batches": [m["batch"] for m in many], "err": err}))
+    """)
+    proc = cluster.burst("run", str(app), check=True, timeout=120)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["single"] == {"value": 10, "batch": 1}
+    assert out["values"] == [2 * x for x in range(20)]
+    assert max(out["batches"]) > 1 and max(out["batches"]) <= 8  # gathered, never above 8
+    assert out["err"] == "a batched function returned 0 results for 1 inputs"

@@ -135,3 +135,10 @@ def conc() -> None: ...
 
 def test_concurrent_reaches_the_spec() -> None:
     assert (conc.spec.max_inputs, conc.spec.target_inputs) == (4, 2)
+
+
+def test_batched_is_validated() -> None:
+    with pytest.raises(InvalidError, match="max_batch_size=0 is out of range: allowed 1 to 1000"):
+        burst.batched(max_batch_size=0, wait_ms=10)
+    with pytest.raises(InvalidError, match="wait_ms=-1 is out of range"):
+        burst.batched(max_batch_size=2, wait_ms=-1)

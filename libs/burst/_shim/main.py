@@ -245,6 +245,64 @@ def _done(msg: proto.RunInput, started: float, result: Any = None,
                            finished_at=time.time())
 
 
+class Batcher:
+    """Gathers inputs of a ``@burst.batched`` function into one call: up to the batch
+    size, or what came within ``wait_ms`` of the first; each caller gets its own item."""
+
+    def __init__(self, runner: Runner, fn: Any, max_size: int, wait_ms: int) -> None:
+        self.runner = runner
+        self.fn = fn
+        self.max_size = max_size
+        self.wait = wait_ms / 1000
+        self.pending: queue.SimpleQueue[tuple[proto.RunInput, list[Any], dict[str, Any]]] = (
+            queue.SimpleQueue())
+        threading.Thread(target=self._loop, name="burst-batcher", daemon=True).start()
+
+    def submit(self, msg: proto.RunInput, args: list[Any], kwargs: dict[str, Any]) -> None:
+        self.pending.put((msg, args, kwargs))
+
+    def _loop(self) -> None:
+        while True:
+            batch = [self.pending.get()]
+            deadline = time.monotonic() + self.wait
+            while len(batch) < self.max_size:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(self.pending.get(timeout=left))
+                except queue.Empty:
+                    break
+            self._run(batch)
+
+    def _run(self, batch: list[tuple[proto.RunInput, list[Any], dict[str, Any]]]) -> None:
+        started = time.time()
+        try:
+            arity = {(len(a), tuple(sorted(k))) for _, a, k in batch}
+            if len(arity) != 1:
+                raise TypeError("inputs of one batch must pass the same arguments")
+            n_args, kw_names = arity.pop()
+            args = [[a[i] for _, a, _ in batch] for i in range(n_args)]
+            kwargs = {name: [k[name] for _, _, k in batch] for name in kw_names}
+            if inspect.iscoroutinefunction(self.fn):
+                import asyncio
+
+                results = asyncio.run_coroutine_threadsafe(
+                    self.fn(*args, **kwargs), self.runner._event_loop()).result()
+            else:
+                results = self.fn(*args, **kwargs)
+            results = list(results)
+            if len(results) != len(batch):
+                raise ValueError(f"a batched function returned {len(results)} results for "
+                                 f"{len(batch)} inputs")
+        except Exception as exc:
+            for msg, _, _ in batch:
+                self.runner._finish(msg, _done(msg, started, exc=exc))
+            return
+        for (msg, _, _), result in zip(batch, results, strict=True):
+            self.runner._finish(msg, _done(msg, started, result))
+
+
 class Runner:
     """Runs inputs: one at a time on the main thread, or ``max_inputs`` at once on threads
     (sync callables) or as tasks of one event loop (async callables)."""
@@ -257,6 +315,7 @@ class Runner:
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tasks: dict[str, concurrent.futures.Future[None]] = {}
+        self.batchers: dict[Any, Batcher] = {}
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         if self.loop is None:
@@ -276,7 +335,14 @@ class Runner:
         except Exception as exc:
             self._finish(msg, _done(msg, started, exc=exc))
             return
-        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        batching = getattr(fn, "__burst_batched__", None)
+        if batching is not None:
+            # One batcher per function, or per method of one instance.
+            key = (getattr(fn, "__func__", fn), id(getattr(fn, "__self__", None)))
+            if key not in self.batchers:
+                self.batchers[key] = Batcher(self, fn, *batching)
+            self.batchers[key].submit(msg, args, kwargs)
+        elif inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             import asyncio
 
             fut = asyncio.run_coroutine_threadsafe(self._run_async(msg, fn, args, kwargs),
