@@ -23,8 +23,9 @@ from tests.e2e.conftest import FAST_TIMERS, Cluster
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def sandboxed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+@pytest.fixture(scope="module", params=["fresh", "zygote"])
+def sandboxed(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """Containers as fresh interpreters in bwrap, then as forks of the zygote."""
     if shutil.which("bwrap") is None:
         if os.environ.get("CI"):
             pytest.fail("bubblewrap (bwrap) is not installed, and CI is set")
@@ -33,7 +34,8 @@ def sandboxed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     # $BURST_HOME itself must do the hiding.
     home = Path(tempfile.mkdtemp(prefix="burst-home-sandbox-", dir="/var/tmp"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("BURST_")}
-    env.update(FAST_TIMERS, BURST_HOME=str(home), HOME=str(home), BURST_SANDBOX="on")
+    env.update(FAST_TIMERS, BURST_HOME=str(home), HOME=str(home), BURST_SANDBOX="on",
+               BURST_ZYGOTE="1" if request.param == "zygote" else "0")
     c = Cluster(home, env)
     up = c.burst("up", "--gpus", "H100:2", timeout=180)
     if up.returncode != 0:
@@ -76,6 +78,8 @@ def probe(burst_home, port):
         out["shadow"] = "read"
     except OSError as e:
         out["shadow"] = type(e).__name__
+    with open("/proc/self/status") as f:
+        out["caps"] = [ln.split()[1] for ln in f if ln.startswith(("CapEff", "CapPrm", "CapBnd"))]
     with open("/tmp/scratch", "w") as f:
         f.write("ok")
     out["tmp_write"] = open("/tmp/scratch").read()
@@ -151,6 +155,7 @@ def test_user_code_is_confined(sandboxed: Cluster, tmp_path: Path) -> None:
     # A real non-root uid: root's files stay closed.
     assert out["uid"] != 0 and out["euid"] != 0, out
     assert out["shadow"] == "PermissionError", out
+    assert out["caps"] == ["0000000000000000"] * 3, out
     # A private writable /tmp (also HOME); the bundle is read-only.
     assert out["home"] == "/tmp" and out["tmp_write"] == "ok", out
     assert out["bundle_write"] in ("OSError", "PermissionError"), out

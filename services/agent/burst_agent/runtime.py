@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Protocol
 
 from burst_agent import sandbox as sb
+from burst_agent import zygote as zyg
+from burst_core import logs
+
+log = logs.get("burst.agent.runtime")
 
 
 @dataclass
@@ -66,6 +70,8 @@ class ProcessHandle:
         self.private_dir = private_dir
         self._reason = ""
         self._cleaned = False
+        #: A zygote-forked container's host pid (not a descendant of ``proc``).
+        self.child_pid: int | None = None
 
     async def wait(self) -> int:
         code = await self.proc.wait()
@@ -88,7 +94,12 @@ class ProcessHandle:
         return self._reason
 
     def signal(self, sig: int) -> None:
-        if sig != signal.SIGKILL and self.private_dir is not None:
+        if self.child_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.child_pid, sig)
+            if sig != signal.SIGKILL:
+                return
+        elif sig != signal.SIGKILL and self.private_dir is not None:
             # Sandboxed: a SIGTERM to bwrap would end the pid namespace at once (its init
             # dies, the kernel kills the rest), so the shim never ran @exit. Signal the
             # processes under bwrap instead, and let bwrap exit when they are gone.
@@ -122,10 +133,13 @@ class ProcessRuntime:
     name = "process"
 
     def __init__(self, python: str = "", sandbox: sb.Sandbox | None = None,
-                 state_dir: Path | None = None) -> None:
+                 state_dir: Path | None = None, zygote: bool = False) -> None:
         self.python = python or sys.executable
         self.sandbox = sandbox
         self.state_dir = state_dir
+        # The zygote forks into a sandbox bwrap built (setns): that takes root.
+        self.zygote = (zyg.Zygote(self.python) if zygote and self.sandboxed
+                       and os.geteuid() == 0 else None)
 
     def _env(self, spec: ContainerSpec, home: str, bundle: str, sock: str) -> dict[str, str]:
         return {
@@ -166,6 +180,16 @@ class ProcessRuntime:
         cgroup = box.prepare(spec.container_id, private, spec.cpu,
                              spec.memory_limit_mb or spec.memory_mb)
         box.socket_ready(spec.socket_path)
+        if self.zygote is not None:
+            try:
+                return await self._fork(spec, box, cgroup, private)
+            except zyg.ZygoteError as e:  # a fresh interpreter still starts the container
+                log.warning("zygote_failed", container_id=spec.container_id, error=str(e))
+            except BaseException:
+                if cgroup is not None:
+                    cgroup.remove()
+                shutil.rmtree(private, ignore_errors=True)
+                raise
         try:
             env = self._env(spec, sb.PRIVATE, sb.BUNDLE, sb.SOCKET)
             argv = box.command([self.python, "-m", "burst._shim"], bundle_dir=spec.bundle_dir,
@@ -185,10 +209,64 @@ class ProcessRuntime:
         return ProcessHandle(proc, cgroup, private)
 
 
+    async def _fork(self, spec: ContainerSpec, box: sb.Sandbox, cgroup: sb.Cgroup | None,
+                    private: Path) -> ProcessHandle:
+        """The sandbox around a holder, then the zygote forks the container into it."""
+        assert self.zygote is not None
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        exit_r, exit_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        info_r, info_w = os.pipe()
+        mine = [out_w, err_w, exit_w, exit_r, ready_w, info_w]
+        readers = [out_r, err_r, ready_r, info_r]
+        proc = None
+        try:
+            argv = box.command(zyg.HOLDER, bundle_dir=spec.bundle_dir,
+                               socket_path=spec.socket_path, private_dir=private,
+                               gpu_indices=spec.gpu_indices, extra=["--info-fd", str(info_w)])
+            proc = await asyncio.create_subprocess_exec(
+                # The id marks the holder as the container's, on the host (ps e, /proc).
+                *argv, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                            "BURST_CONTAINER_ID": spec.container_id},
+                stdin=exit_r, stdout=ready_w, stderr=err_w, pass_fds=[info_w],
+                start_new_session=True, preexec_fn=box.preexec(cgroup))
+            for fd in (exit_r, ready_w, info_w):
+                os.close(fd)
+                mine.remove(fd)
+            readers.remove(info_r)
+            readers.remove(ready_r)
+            info_text = await zyg.read_until(info_r, zyg.is_json)
+            up = await zyg.read_until(ready_r, lambda b: b.endswith(b"\n"))
+            if not up:
+                raise zyg.ZygoteError("the sandbox did not come up (bwrap failed)")
+            pid = await self.zygote.fork(
+                target_pid=zyg.info_pid(info_text), cwd=sb.BUNDLE,
+                env=self._env(spec, sb.PRIVATE, sb.BUNDLE, sb.SOCKET), uid=box.uid,
+                gid=box.gid, cgroup_procs=cgroup.procs_files() if cgroup else [],
+                out_fd=out_w, err_fd=err_w, exit_fd=exit_w)
+        except BaseException:
+            if proc is not None and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+            for fd in readers:
+                os.close(fd)
+            raise
+        finally:
+            for fd in mine:
+                os.close(fd)
+        handle = ProcessHandle(proc, cgroup, private)
+        handle.pid, handle.child_pid = pid, pid
+        handle.stdout = await zyg.pipe_reader(out_r)
+        handle.stderr = await zyg.pipe_reader(err_r)
+        return handle
+
+
 def make_runtime(name: str, python: str = "", sandbox: sb.Sandbox | None = None,
-                 state_dir: Path | None = None) -> Runtime:
+                 state_dir: Path | None = None, zygote: bool = False) -> Runtime:
     if name == "process":
-        return ProcessRuntime(python, sandbox, state_dir)
+        return ProcessRuntime(python, sandbox, state_dir, zygote)
     raise ValueError(f"unknown runtime {name!r}: use 'process'")
 
 

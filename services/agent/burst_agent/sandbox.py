@@ -272,7 +272,8 @@ class Sandbox:
             return None
 
     def command(self, argv: list[str], *, bundle_dir: Path, socket_path: Path,
-                private_dir: Path, gpu_indices: list[int]) -> list[str]:
+                private_dir: Path, gpu_indices: list[int], extra: list[str] | None = None,
+                ) -> list[str]:
         """The bwrap command line running ``argv`` in a fresh sandbox."""
         # No --new-session: the agent signals the whole process group (stdin is /dev/null).
         args = [*self._bwrap_head(), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
@@ -282,12 +283,18 @@ class Sandbox:
         for h in self.hidden:
             args += ["--tmpfs", h]
         for p in self.reexpose:
+            # bwrap would create the dirs leading to it 0700 (root's): the uid could not
+            # traverse them.
+            h = next(h for h in self.hidden if p.startswith(h + os.sep))
+            parts = Path(p).relative_to(h).parts[:-1]
+            for i in range(len(parts)):
+                args += ["--perms", "0755", "--dir", os.path.join(h, *parts[: i + 1])]
             args += ["--ro-bind", p, p]
         args += ["--perms", "0755", "--dir", os.path.dirname(BUNDLE),
                  "--bind", str(private_dir), PRIVATE,
                  "--ro-bind", str(bundle_dir), BUNDLE,
                  "--bind", str(socket_path), SOCKET,
-                 "--chdir", BUNDLE, "--", *self._drop(), *argv]
+                 "--chdir", BUNDLE, *(extra or []), "--", *self._drop(), *argv]
         return args
 
     def preexec(self, cgroup: Cgroup | None) -> Callable[[], None]:

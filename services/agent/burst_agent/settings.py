@@ -40,3 +40,6 @@ class AgentSettings(CommonSettings):
     sandbox: str = "auto"
     #: Host uid (and gid) sandboxed containers run as; never root.
     sandbox_uid: int = 65534
+    #: Start sandboxed containers as forks of a warm interpreter (the zygote) rather than
+    #: fresh interpreters (needs root and the sandbox; otherwise fresh interpreters).
+    zygote: bool = True

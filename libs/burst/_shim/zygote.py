@@ -1,0 +1,209 @@
+"""The zygote: a warm interpreter that forks containers instead of starting fresh ones.
+
+``python -m burst._shim.zygote`` (started by the agent, as root, with a ``SOCK_SEQPACKET``
+socket to the agent on the fd ``BURST_ZYGOTE_FD`` names) imports what every container
+needs (the shim, msgspec, cloudpickle, burst) once, says ``ready``, then serves one
+request per message: a JSON body and four descriptors (the container's stdout and
+stderr pipes, the write end of its sandbox holder's stdin, a reply socket).
+
+Each request is a sandbox that already exists: the agent started bubblewrap around a tiny
+holder process (``sh``) with the container's mounts, namespaces and cgroups. For each
+request the zygote forks a *keeper* that joins the container's cgroups and pid namespace
+and forks the container process, which enters the sandbox's mount, network, ipc and uts
+namespaces, drops every capability and becomes the sandbox uid, and runs the shim's
+``main``. The keeper reports the container's host pid on the reply socket, waits for it,
+and writes its exit code to the holder, which exits with it (so bubblewrap, the agent's
+child, exits with the container's code). If the keeper dies the holder reads EOF and exits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+
+# What a container needs, imported once here rather than once per container.
+import cloudpickle  # noqa: F401
+import msgspec  # noqa: F401
+
+import burst  # noqa: F401
+from burst._shim import main as shim_main
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWNET = 0x40000000
+CLONE_NEWPID = 0x20000000
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_MM = 35
+PR_SET_MM_ENV_START = 10
+PR_SET_MM_ENV_END = 11
+
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _setns(pid: int, name: str, kind: int) -> None:
+    fd = os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.setns(fd, kind), f"setns({name})")
+    finally:
+        os.close(fd)
+
+
+def _prctl(option: int, arg: int, arg2: int = 0) -> int:
+    return int(_libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(arg2), 0, 0))
+
+
+def _container(req: dict, out_fd: int, err_fd: int) -> None:  # type: ignore[type-arg]
+    """In the container process (in the sandbox's pid namespace already): enter the rest."""
+    target = req["target_pid"]
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    for name, kind in (("net", CLONE_NEWNET), ("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS),
+                       ("cgroup", CLONE_NEWCGROUP)):
+        if os.readlink(f"/proc/{target}/ns/{name}") != os.readlink(f"/proc/self/ns/{name}"):
+            _setns(target, name, kind)
+    # The mount namespace last; setns leaves our root at the namespace's first mount, not
+    # where bwrap pivoted to, so take the sandbox's root from its init and chroot there.
+    root = os.open(f"/proc/{target}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    _setns(target, "mnt", CLONE_NEWNS)
+    os.fchdir(root)
+    os.chroot(".")
+    os.close(root)
+    os.chdir(req["cwd"])
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out_fd, 1)
+    os.dup2(err_fd, 2)
+    os.closerange(3, 65536)
+    _set_proc_environ(req["env"])
+    for cap in range(64):  # the bounding set first: dropping it needs CAP_SETPCAP
+        _prctl(PR_CAPBSET_DROP, cap)
+    uid, gid = req["uid"], req["gid"]
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)  # from root to a non-root uid: every capability goes
+    _check(_prctl(PR_SET_NO_NEW_PRIVS, 1), "no_new_privs")
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a uid change cleared it
+    os.environ.clear()
+    os.environ.update(req["env"])
+    sys.argv = [shim_main.__file__]
+    code = 0
+    try:
+        shim_main.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+    os._exit(code)
+
+
+_environ_block: ctypes.Array[ctypes.c_char] | None = None
+
+
+def _set_proc_environ(env: dict[str, str]) -> None:
+    """Point /proc/<pid>/environ at the container's environment, as if it had been exec'd
+    with it (tools and tests find a container's processes by BURST_CONTAINER_ID)."""
+    global _environ_block
+    data = b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items())
+    _environ_block = ctypes.create_string_buffer(data, len(data))
+    start = ctypes.addressof(_environ_block)
+    end = start + len(data)
+    # The kernel wants start < end after each step: order the two updates accordingly.
+    steps = [(PR_SET_MM_ENV_START, start), (PR_SET_MM_ENV_END, end)]
+    if _prctl(PR_SET_MM, PR_SET_MM_ENV_END, end) == 0:
+        steps = [(PR_SET_MM_ENV_START, start)]
+    for option, value in steps:
+        _prctl(PR_SET_MM, option, value)
+
+
+def _keeper(req: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
+    """In the keeper (forked per request): fork the container, report it, wait for it."""
+    out_fd, err_fd, exit_fd, reply_fd = fds
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    reply = socket.socket(fileno=reply_fd)
+    try:
+        pid = str(os.getpid())
+        for procs in req["cgroup_procs"]:
+            with open(procs, "w") as f:
+                f.write(pid)
+        _setns(req["target_pid"], "pid", CLONE_NEWPID)
+        child = os.fork()
+    except BaseException as e:
+        reply.send(json.dumps({"error": repr(e)}).encode())
+        os._exit(1)
+    if child == 0:
+        try:
+            reply.close()
+            os.close(exit_fd)
+            _container(req, out_fd, err_fd)
+        except BaseException as e:
+            os.write(err_fd, f"burst zygote: cannot enter the sandbox: {e!r}\n".encode())
+        os._exit(126)
+    os.close(out_fd)
+    os.close(err_fd)
+    reply.send(json.dumps({"pid": child}).encode())
+    reply.close()
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    try:
+        os.write(exit_fd, f"{code if code >= 0 else 128 - code}\n".encode())
+    except OSError:
+        pass  # the holder is gone already (the container was killed)
+    os._exit(0)
+
+
+def serve(sock: socket.socket) -> None:
+    # Keepers are reaped by the kernel: the zygote never waits for them.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    sock.send(b"ready")
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 1 << 20, 8)
+        except InterruptedError:
+            continue
+        if not msg:
+            return  # the agent is gone
+        if len(fds) != 4:
+            for fd in fds:
+                os.close(fd)
+            continue
+        req = json.loads(msg)
+        if os.fork() == 0:
+            sock.close()
+            try:
+                _keeper(req, fds)
+            finally:
+                os._exit(1)
+        for fd in fds:
+            os.close(fd)
+
+
+def main() -> None:
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    serve(socket.socket(fileno=int(os.environ.pop("BURST_ZYGOTE_FD"))))
+
+
+if __name__ == "__main__":
+    main()

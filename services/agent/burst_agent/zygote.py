@@ -1,0 +1,159 @@
+"""Agent side of the zygote (``burst._shim.zygote``): containers as forks of a warm interpreter.
+
+One zygote per image environment (today: per interpreter path). Starting a container:
+
+1. bubblewrap starts around a holder (``sh``) with exactly the sandbox a fresh container
+   gets (``Sandbox.command``: mounts, namespaces, the cgroups joined before exec); the
+   holder says it is up on its stdout and then waits on its stdin for an exit code;
+2. the agent asks the zygote to fork into that sandbox (``--info-fd`` gives the sandbox's
+   host pid), passing the container's stdout/stderr pipes and the holder's stdin;
+3. the zygote's keeper replies with the container's host pid, and, when it exits, hands its
+   exit code to the holder, so bubblewrap (the agent's child) exits with it.
+
+Killing bubblewrap's process group ends the sandbox's pid namespace and with it the
+container; SIGTERM goes to the container process itself, so ``@exit`` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Callable
+
+from burst_agent import sandbox as sb
+from burst_core import logs
+
+log = logs.get("burst.agent.zygote")
+
+HOLDER = ["/bin/sh", "-c", 'echo; read code || exit 111; exit "$code"']
+
+
+class ZygoteError(RuntimeError):
+    pass
+
+
+class Zygote:
+    """One warm interpreter, started lazily, restarted when it died."""
+
+    def __init__(self, python: str, ready_timeout: float = 60.0) -> None:
+        #: Seconds the zygote may take to import and say ready (a fresh interpreter's job).
+        self.python = python
+        self.ready_timeout = ready_timeout
+        self.proc: asyncio.subprocess.Process | None = None
+        self.sock: socket.socket | None = None
+        self._lock = asyncio.Lock()
+
+    async def ensure(self) -> socket.socket:
+        async with self._lock:
+            if self.proc is not None and self.proc.returncode is None and self.sock is not None:
+                return self.sock
+            await self._start()
+            assert self.sock is not None
+            return self.sock
+
+    async def _start(self) -> None:
+        self.close()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
+               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
+               "BURST_ZYGOTE_FD": str(theirs.fileno())}
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                self.python, "-m", "burst._shim.zygote", env=env, cwd="/",
+                stdin=asyncio.subprocess.DEVNULL, pass_fds=[theirs.fileno()],
+                preexec_fn=sb.die_with_parent,
+                start_new_session=True)
+        finally:
+            theirs.close()
+        mine.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            hello = await asyncio.wait_for(loop.sock_recv(mine, 16), self.ready_timeout)
+        except (TimeoutError, OSError) as e:
+            mine.close()
+            raise ZygoteError(f"zygote did not start: {e!r}") from None
+        if hello != b"ready":
+            mine.close()
+            raise ZygoteError(f"zygote did not start (said {hello!r})")
+        self.sock = mine
+        log.info("zygote_ready", python=self.python, pid=self.proc.pid)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        self.proc = None
+
+    async def fork(self, *, target_pid: int, cwd: str, env: dict[str, str], uid: int, gid: int,
+                   cgroup_procs: list[str], out_fd: int, err_fd: int, exit_fd: int,
+                   timeout: float = 10.0) -> int:
+        """Fork a container into the sandbox of ``target_pid``; its host pid."""
+        sock = await self.ensure()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        body = json.dumps({"target_pid": target_pid, "cwd": cwd, "env": env, "uid": uid,
+                           "gid": gid, "cgroup_procs": cgroup_procs}).encode()
+        try:
+            socket.send_fds(sock, [body], [out_fd, err_fd, exit_fd, theirs.fileno()])
+        except OSError as e:
+            mine.close()
+            self.close()
+            raise ZygoteError(f"zygote is gone: {e!r}") from None
+        finally:
+            theirs.close()
+        mine.setblocking(False)
+        try:
+            raw = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(mine, 4096), timeout)
+        finally:
+            mine.close()
+        if not raw:
+            raise ZygoteError("zygote keeper exited without forking the container")
+        reply = json.loads(raw)
+        if "error" in reply:
+            raise ZygoteError(f"zygote could not fork the container: {reply['error']}")
+        return int(reply["pid"])
+
+
+async def read_until(fd: int, done: Callable[[bytes], bool], timeout: float = 30.0) -> bytes:
+    """Read a pipe until ``done(data)`` or EOF; closes the read end."""
+    reader = await pipe_reader(fd)
+    data = b""
+    transport = reader._transport  # type: ignore[attr-defined]
+    try:
+        async with asyncio.timeout(timeout):
+            while not done(data):
+                chunk = await reader.read(4096)
+                if not chunk:
+                    break
+                data += chunk
+    finally:
+        transport.close()
+    return data
+
+
+def is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+        return True
+    except ValueError:
+        return False
+
+
+async def pipe_reader(fd: int) -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                 os.fdopen(fd, "rb", buffering=0))
+    return reader
+
+
+def info_pid(info: bytes) -> int:
+    try:
+        return int(json.loads(info)["child-pid"])
+    except (ValueError, KeyError) as e:
+        raise ZygoteError(f"bwrap gave no sandbox pid ({info[:200]!r})") from e
