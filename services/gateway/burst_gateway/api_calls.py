@@ -99,10 +99,10 @@ async def _function(gw: Any, p: Principal, app: str, fn: str) -> DeploymentRecor
 async def submit(gw: Any, p: Principal, dep: DeploymentRecord, fn: str,
                  payloads: list[bytes], register: bool, payload_format: str = "pickle",
                  call_id: str | None = None) -> list[tuple[CallRef, Any]]:
-    """Create one call per payload: its record (KV), then its input (JetStream).
+    """Create one call per payload: its record (KV) and its input (JetStream).
 
     With ``register`` the output futures exist before any input is published, so no
-    output can be missed. All KV writes, then all publishes, go out concurrently.
+    output can be missed. All KV writes and publishes go out concurrently.
     """
     await budgets.check(gw, p.workspace, dep.app, fn)  # 402 while a hard budget is spent
     fn_key = names.function_key(p.workspace, dep.app, fn)
@@ -121,11 +121,13 @@ async def submit(gw: Any, p: Principal, dep: DeploymentRecord, fn: str,
                     accepted_at=now, deployment_id=dep.deployment_id,
                     payload_format=payload_format)
         calls.append((rec, inp))
-    await asyncio.gather(*(gw.calls_kv.create(rec.call_id, encode(rec)) for rec, _ in calls))
     futs = [gw.outputs.register(rec.call_id, rec.attempt_token) if register else None
             for rec, _ in calls]
     subject = names.input_subject(fn_key)
-    await asyncio.gather(*(bus.publish(gw.js, subject, encode(inp), msg_id=inp.input_id)
+    # Records and inputs go out together (one round trip, not two): a first attempt never
+    # reads its record; only retries, cancellation and late lookups do, well after this.
+    await asyncio.gather(*(gw.calls_kv.create(rec.call_id, encode(rec)) for rec, _ in calls),
+                         *(bus.publish(gw.js, subject, encode(inp), msg_id=inp.input_id)
                            for _, inp in calls))
     # A payload-free hint for the scheduler; losing it costs a reconcile tick, nothing more.
     await gw.nc.publish(names.input_accepted_subject(fn_key),
