@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/scale.py [--agents 1000] [--gpus 8] [--placements 4000]
                                     [--concurrency 32]
+                                    [--scan-placements 300]
 
-Two numbers, printed as one JSON object:
-- ``decision``: the scheduler's choice alone (:func:`placement.choose_first` on the
-  scheduler's live view, ``ClusterState``), one placement after the other, each applied
-  to the view so the cluster fills up as it would;
+Numbers printed as one JSON object:
+- ``decision``: the scheduler's choice alone (the capacity index of its live view,
+  ``ClusterState.capacity``), one placement after the other, each applied to the view so
+  the cluster fills up as it would; ``decision_linear_scan``: the same with the reference
+  scan over every agent (:func:`placement.choose_first`), for comparison;
 - ``with_claim``: the real :class:`Claimer` (choice + compare-and-set of the allocation on
   the agent's KV record) against a real nats-server this script starts on free ports,
   with ``--concurrency`` placements in flight (as the scheduler decides many functions
@@ -59,12 +61,19 @@ def make_state(n_agents: int, n_gpus: int) -> ClusterState:
     return state
 
 
-def bench_decision(n_agents: int, n_gpus: int, placements: int) -> dict[str, float]:
+def bench_decision(n_agents: int, n_gpus: int, placements: int,
+                   scan: bool = False) -> dict[str, float]:
+    """Decisions alone, each applied to the view. ``scan``: the reference linear scan
+    (:func:`placement.choose_first` over every live agent) instead of the capacity index."""
     state = make_state(n_agents, n_gpus)
     start = time.perf_counter()
     for i in range(placements):
         now = time.time()
-        choice = placement.choose_first([REQUEST], state.live_agents(now))
+        if scan:
+            choice = placement.choose_first([REQUEST], state.live_agents(now))
+        else:
+            choice = state.capacity.choose_first(
+                [REQUEST], lambda a: state.has_fresh_heartbeat(a, now))  # noqa: B023
         assert choice is not None
         rec = state.agents[choice.agent_id]
         new = placement.with_allocation(rec, f"ct-{i}", "ws.app.f", choice.resources,
@@ -124,6 +133,8 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--placements", type=int, default=4000)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--scan-placements", type=int, default=300,
+                    help="placements for the reference linear scan (0: skip it)")
     args = ap.parse_args()
     from tests.servers import start_nats
 
@@ -132,6 +143,9 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
     }
     result["decision"] = bench_decision(args.agents, args.gpus, args.placements)
+    if args.scan_placements:
+        result["decision_linear_scan"] = bench_decision(
+            args.agents, args.gpus, args.scan_placements, scan=True)
     with tempfile.TemporaryDirectory(prefix="burst-bench-") as tmp:
         srv = start_nats(Path(tmp) / "nats")
         try:

@@ -1,8 +1,9 @@
 """Claiming resources on an agent by compare-and-set on its KV record.
 
-The claim is the decision. :func:`placement.choose_first` proposes an agent from the
-scheduler's (possibly stale) view; the compare-and-set then re-checks the fit against the
-agent record it replaces and writes the allocation, GPU indices included, computed from
+The claim is the decision. The capacity index (``capacity.py``, the same choice as
+:func:`placement.choose_first`) proposes an agent from the scheduler's (possibly stale)
+view; the compare-and-set then re-checks the fit against the agent record it replaces and
+writes the allocation, GPU indices included, computed from
 that exact revision. If another scheduler (or the agent itself) wrote in between, the
 write fails and is retried on the fresh record; if the resources are gone, the view is
 refreshed with what the KV holds and another agent is picked.
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import nats.js.errors
 from nats.js.kv import KeyValue
 
 from burst_core import bus, logs
@@ -64,21 +66,22 @@ class Claimer:
         exclude: set[str] = set()
         for _ in range(self.attempts):
             now = time.time()
-            live = self.state.live_agents(now)
+
+            def live(agent_id: str, now: float = now) -> bool:
+                return self.state.has_fresh_heartbeat(agent_id, now)
+
             # Agents this process is claiming on right now are tried last: concurrent
             # decisions spread over the next-best agents instead of all racing for one
             # record (and losing compare-and-sets to each other).
+            index = self.state.capacity
             choice = None
             if self._busy:
-                choice = placement.choose_first(
-                    requests, live, self.overcommit, allow_spot=allow_spot,
-                    exclude=frozenset(exclude | self._busy.keys()),
-                )
+                choice = index.choose_first(requests, live, self.overcommit,
+                                            allow_spot=allow_spot,
+                                            exclude=exclude | self._busy.keys())
             if choice is None:
-                choice = placement.choose_first(
-                    requests, live, self.overcommit,
-                    allow_spot=allow_spot, exclude=frozenset(exclude),
-                )
+                choice = index.choose_first(requests, live, self.overcommit,
+                                            allow_spot=allow_spot, exclude=exclude)
             if choice is None:
                 return None
             self._busy[choice.agent_id] = self._busy.get(choice.agent_id, 0) + 1
@@ -105,11 +108,15 @@ class Claimer:
         written: list[tuple[AgentRecord, tuple[int, ...]]] = []
 
         def mutate(raw: bytes | None) -> bytes | None:
+            if raw is None:
+                current.clear()
+                written.clear()
+                return None  # the agent is gone
+            return build(AgentRecordDecoder.decode(raw))
+
+        def build(record: AgentRecord) -> bytes | None:
             current.clear()
             written.clear()
-            if raw is None:
-                return None  # the agent is gone
-            record = AgentRecordDecoder.decode(raw)
             current.append(record)
             if not placement.accepts_work(record) or (record.spot and not allow_spot):
                 return None
@@ -122,6 +129,21 @@ class Claimer:
             written.append((new, indices))
             return encode(new)
 
+        # Optimistic first write: our view holds the record at a known revision, so the
+        # allocation can be computed from it and written conditional on that revision, in
+        # one round trip. If anyone wrote since, the write is refused and the usual
+        # read-modify-write loop runs on the fresh record.
+        cached = self.state.agents.get(choice.agent_id)
+        cached_rev = self.state.revision(choice.agent_id)
+        if cached is not None and cached_rev:
+            new_value = build(cached)
+            if new_value is not None:
+                try:
+                    revision = await self.kv.update(choice.agent_id, new_value, last=cached_rev)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    pass
+                else:
+                    return self._won(choice, container_id, written[0], revision, now)
         try:
             value, revision = await bus.kv_cas(self.kv, choice.agent_id, mutate)
         except RuntimeError as e:  # contended beyond reason: let the caller re-pick
@@ -132,7 +154,11 @@ class Claimer:
             self.state.apply_agent(choice.agent_id, current[0] if current else None, revision)
             log.info("claim_lost", fn_key=fn_key, agent_id=choice.agent_id)
             return None
-        record, indices = written[0]
+        return self._won(choice, container_id, written[0], revision, now)
+
+    def _won(self, choice: placement.Choice, container_id: str,
+             written: tuple[AgentRecord, tuple[int, ...]], revision: int, now: float) -> Claim:
+        record, indices = written
         self.state.apply_agent(choice.agent_id, record, revision)
         return Claim(
             container_id=container_id, agent_id=choice.agent_id, resources=choice.resources,

@@ -33,6 +33,7 @@ from burst_core.schemas import (
     FunctionSpec,
 )
 from burst_scheduler import placement
+from burst_scheduler.capacity import CapacityIndex
 
 log = logs.get("burst.scheduler.state")
 
@@ -70,6 +71,8 @@ class ClusterState:
         self.heartbeats: dict[str, AgentHeartbeat] = {}
         self._revisions: dict[str, int] = {}
         self._views: dict[str, dict[str, ContainerView]] = {}
+        #: Free capacity of the agents that accept work, kept in step with ``agents``.
+        self.capacity = CapacityIndex()
         self.listeners: list[Listener] = []
 
     # ---- applying changes ------------------------------------------------------------
@@ -94,6 +97,7 @@ class ClusterState:
             self.agents.pop(agent_id, None)
         else:
             self.agents[agent_id] = record
+        self.capacity.update(agent_id, record)
         self._notify(names.KV_AGENTS, agent_id)
         return True
 
@@ -125,6 +129,9 @@ class ClusterState:
         return agent is not None and not agent.lost_at and placement.is_fresh(
             self.heartbeats.get(agent_id), now, self.heartbeat_timeout
         )
+
+    def has_fresh_heartbeat(self, agent_id: str, now: float) -> bool:
+        return placement.is_fresh(self.heartbeats.get(agent_id), now, self.heartbeat_timeout)
 
     def live_agents(self, now: float) -> list[AgentRecord]:
         return placement.live_agents(self.agents, self.heartbeats, now, self.heartbeat_timeout)
