@@ -223,6 +223,11 @@ class Ready(_Frame, kw_only=True):
     pid: int
 
 
+class Alive(_Frame, kw_only=True):
+    """Sent every few seconds by a thread of the shim: a frozen or wedged container stops
+    sending it, and the agent hands its inputs to another container."""
+
+
 class StartupFailed(_Frame, kw_only=True):
     error_type: str
     error_message: str
@@ -272,7 +277,7 @@ class PlatformResponse(_Frame, kw_only=True):
 
 
 ToShim = RunInput | CancelInput | Shutdown | PlatformResponse
-FromShim = Ready | StartupFailed | InputDone | StreamItem | Log | PlatformRequest
+FromShim = Ready | StartupFailed | InputDone | StreamItem | Log | PlatformRequest | Alive
 
 _enc = msgspec.msgpack.Encoder()
 to_shim_decoder = msgspec.msgpack.Decoder(ToShim)

@@ -120,23 +120,37 @@ def test_file_without_app_is_a_clear_error(cluster: Cluster, tmp_path: Path) -> 
 
 
 def _host_pids(container_id: str) -> list[int]:
-    """Live host processes of a container (found by the id in their environment), so the
-    check works whatever pid namespace the container sees from inside."""
+    """Live host processes of a container, whatever pid namespace it sees from inside:
+    the members of its cgroup (the sandbox makes one per container), and processes with
+    its id in their environment (an unsandboxed container)."""
+    import glob
+
+    candidates: set[int] = set()
+    for procs in glob.glob(f"/sys/fs/cgroup/memory/**/{container_id}/cgroup.procs",
+                           recursive=True):
+        try:
+            candidates.update(int(p) for p in Path(procs).read_text().split())
+        except OSError:
+            continue
     needle = f"BURST_CONTAINER_ID={container_id}".encode()
-    pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle not in f.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{entry}/stat") as f:
+                if needle in f.read().split(b"\0"):
+                    candidates.add(int(entry))
+        except OSError:
+            continue
+    pids = []
+    for pid in sorted(candidates):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
                 if f.read().split(") ")[-1].split()[0] == "Z":
                     continue  # a zombie is gone for every purpose but the process table
         except OSError:
             continue
-        pids.append(int(entry))
+        pids.append(pid)
     return pids
 
 

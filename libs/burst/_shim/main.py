@@ -443,6 +443,14 @@ def main() -> None:
     # Started before the user's module is imported: its import and @enter may make
     # platform calls too.
     threading.Thread(target=read, name="burst-shim-reader", daemon=True).start()
+    interval = float(os.environ.get("BURST_SHIM_HEARTBEAT_INTERVAL", "1.0"))
+
+    def alive() -> None:
+        while True:
+            time.sleep(interval)
+            chan.send(proto.Alive())
+
+    threading.Thread(target=alive, name="burst-shim-alive", daemon=True).start()
     state = ShimState()
     sys.stdout = LogWriter(chan, "stdout", state)
     sys.stderr = LogWriter(chan, "stderr", state)

@@ -95,6 +95,9 @@ class Container:
         self._tasks: list[asyncio.Task[None]] = []
         self._psub: object | None = None
         self.socket_path = Path(self.agent.socket_dir) / f"{self.id}.sock"
+        self.last_alive = time.monotonic()
+        self.unresponsive = False
+        self.handed_back: set[str] = set()
         self.done = asyncio.Event()
 
     # ---- views ---------------------------------------------------------------------
@@ -119,6 +122,8 @@ class Container:
                 cpu=self.placement.resources.cpu, memory_mb=self.placement.resources.memory_mb,
                 memory_limit_mb=self.placement.resources.memory_limit_mb,
                 gpu_indices=list(self.placement.gpu_indices),
+                env={"BURST_SHIM_HEARTBEAT_INTERVAL":
+                     str(self.agent.settings.container_heartbeat_interval)},
             )
             self.handle = await self.agent.runtime.start(spec)
             self.started_at = time.time()
@@ -141,6 +146,7 @@ class Container:
                 self.log.info("container_ready", pid=ready.pid,
                               startup_s=round(time.time() - self.started_at, 3))
                 self._spawn(self._input_loop())
+                self._spawn(self._watch_alive())
             else:
                 # The user's code cannot start (import error, @enter raised): answer the
                 # waiting inputs with that error instead of leaving callers hanging while
@@ -236,11 +242,16 @@ class Container:
             self._release(inf)
             await _quiet(inf.msg.nak())
         self.in_flight.clear()
+        self._shutdown(reason)
+        return True
+
+    def _shutdown(self, reason: str) -> None:
+        """Ask the shim to leave (``@exit`` runs); SIGTERM, then SIGKILL, if it does not."""
+        self.stop_reason = self.stop_reason or reason
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 self._writer.write(proto.frame(proto.Shutdown(reason=reason)))
         self._spawn(self._escalate())
-        return True
 
     async def _escalate(self) -> None:
         grace = self.agent.settings.stop_grace
@@ -273,6 +284,11 @@ class Container:
     async def _on_frame(self, frame: proto.FromShim) -> None:
         if isinstance(frame, proto.Log):
             await self._log_line(frame.stream, frame.line, frame.call_id)
+        elif isinstance(frame, proto.Alive):
+            self.last_alive = time.monotonic()
+            if self.unresponsive and not self.stop_reason:  # thawed: its inputs run
+                self.log.warning("unresponsive_container_resumed")  # elsewhere, so it goes
+                self._shutdown("unresponsive")
         elif isinstance(frame, proto.InputDone):
             await self._on_done(frame)
         elif isinstance(frame, proto.StreamItem):
@@ -388,6 +404,32 @@ class Container:
             inf.timer.cancel()
         self._slots.release()
 
+    async def _watch_alive(self) -> None:
+        """Hand the inputs of a frozen or wedged container to another container.
+
+        The container is not killed: if it thaws, the outputs it then sends are refused
+        (their inputs were handed back, and their attempts are no longer current)."""
+        s = self.agent.settings
+        while not self._stopping.is_set():
+            await asyncio.sleep(s.container_heartbeat_interval)
+            if time.monotonic() - self.last_alive < s.container_heartbeat_timeout:
+                continue
+            if not self.unresponsive and not self._stopping.is_set():
+                self.unresponsive = True
+                self.log.warning("container_unresponsive", in_flight=len(self.in_flight),
+                                 silent_s=round(time.monotonic() - self.last_alive, 1))
+                self.state = "stopping"  # counts as going away: no new inputs, replaced
+                self._stopping.set()
+                for inf in list(self.in_flight.values()):
+                    self._release(inf)
+                    self.handed_back.add(inf.inp.input_id)
+                    await _quiet(inf.msg.nak())
+                self.in_flight.clear()
+        # Frozen for good: do not keep its process and its claim forever.
+        await asyncio.sleep(s.unresponsive_kill_after)
+        if self.unresponsive and not self.stop_reason:
+            self._shutdown("unresponsive")
+
     async def _on_platform(self, req: proto.PlatformRequest) -> None:
         """A Dict or Queue operation from user code, in this container's workspace."""
         ws = self.placement.workspace
@@ -427,7 +469,10 @@ class Container:
     async def _on_done(self, done: proto.InputDone) -> None:
         inf = self.in_flight.pop(done.input_id, None)
         if inf is None:
-            return  # handed back already (stopping); the next attempt answers it
+            # Handed back already (stopping, unresponsive): another attempt answers it.
+            if done.input_id in self.handed_back:
+                self.log.warning("late_output_refused", input_id=done.input_id)
+            return
         self._release(inf)
         out = Output(
             call_id=inf.inp.call_id, input_id=inf.inp.input_id, attempt=inf.inp.attempt,

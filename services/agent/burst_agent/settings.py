@@ -29,6 +29,12 @@ class AgentSettings(CommonSettings):
     ack_wait: float = 30.0
     #: Longest wait of one pull for inputs; a stopping container leaves within about this.
     fetch_timeout: float = 0.5
+    #: Seconds between the shim's liveness frames, and how long without one makes a
+    #: container unresponsive (frozen, wedged): its inputs then go to another container.
+    container_heartbeat_interval: float = 1.0
+    container_heartbeat_timeout: float = 15.0
+    #: Seconds after which an unresponsive container that never came back is killed.
+    unresponsive_kill_after: float = 60.0
     #: Seconds a container may take from start to ready (import + @enter).
     startup_timeout: float = 120.0
     #: Inputs answered with the error when a container fails to start (import error, ...).
