@@ -61,6 +61,15 @@ class RetryPolicy(msgspec.Struct, kw_only=True, omit_defaults=True):
         return float(min(self.max_delay, self.initial_delay * self.backoff_coefficient ** (retry - 1)))
 
 
+class Schedule(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """When a deployed function runs by itself: a cron expression in a timezone, or a
+    fixed period in seconds (see :class:`burst.Cron`, :class:`burst.Period`)."""
+
+    cron: str = ""
+    timezone: str = "UTC"
+    period: float = 0.0
+
+
 class FunctionSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One function of an app, as the SDK declared it."""
 
@@ -81,6 +90,7 @@ class FunctionSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
     is_generator: bool = False
     retries: RetryPolicy | None = None
     is_class: bool = False  # an @app.cls: payloads name the method and parameters
+    schedule: Schedule | None = None  # fired by the scheduler, on deployed apps only
 
 
 # ---- HTTP bodies (SDK <-> gateway) ---------------------------------------------------
@@ -98,8 +108,17 @@ class DeployResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     functions: list[str]
 
 
+#: Arguments and results up to this size travel inline (NATS messages stay small);
+#: bigger ones go through the object store, up to MAX_PAYLOAD.
+INLINE_PAYLOAD_LIMIT = 512 << 10
+MAX_PAYLOAD = 256 << 20
+
+
 class CallRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     payload: bytes  # cloudpickle of (args, kwargs)
+    #: sha256 of a blob uploaded with PUT /v1/blobs/{sha256}, for payloads above the
+    #: inline limit (then ``payload`` is empty).
+    payload_ref: str = ""
 
 
 CallStatus = Literal["pending", "success", "failure", "timeout", "terminated", "internal"]
@@ -114,12 +133,15 @@ class CallResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     traceback: str = ""
     log_lines: int = 0
     payload_format: str = "pickle"
+    payload_ref: str = ""  # the result is the blob with this sha256 (GET /v1/blobs/{ref})
 
 
 class CallBatchRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Many calls of one function at once (a page of a map's inputs)."""
 
     payloads: list[bytes]
+    #: Per payload, a blob's sha256 when that payload is above the inline limit ("" else).
+    payload_refs: list[str] = msgspec.field(default_factory=list)
 
 
 class CallRef(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -283,7 +305,7 @@ _enc = msgspec.msgpack.Encoder()
 to_shim_decoder = msgspec.msgpack.Decoder(ToShim)
 from_shim_decoder = msgspec.msgpack.Decoder(FromShim)
 _LEN = struct.Struct(">I")
-MAX_FRAME = 64 << 20
+MAX_FRAME = MAX_PAYLOAD + (1 << 20)
 
 
 def frame(msg: msgspec.Struct) -> bytes:

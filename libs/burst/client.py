@@ -103,8 +103,25 @@ class Client:
     def remove_app(self, app: str) -> None:
         self.request("DELETE", f"/v1/apps/{app}")
 
-    def call(self, app: str, fn: str, payload: bytes, wait: float = 60.0) -> proto.CallResponse:
-        body = proto.encode(proto.CallRequest(payload=payload))
+    def put_blob(self, data: bytes) -> str:
+        """Upload a payload above the inline limit; returns its reference (sha256)."""
+        import hashlib
+
+        if len(data) > proto.MAX_PAYLOAD:
+            from burst.exception import PayloadTooLargeError
+
+            raise PayloadTooLargeError(f"payload of {len(data)} bytes exceeds the "
+                                       f"{proto.MAX_PAYLOAD >> 20} MiB limit")
+        ref = hashlib.sha256(data).hexdigest()
+        self.request("PUT", f"/v1/blobs/{ref}", data, "application/octet-stream")
+        return ref
+
+    def get_blob(self, ref: str) -> bytes:
+        return self.request("GET", f"/v1/blobs/{ref}")[1]
+
+    def call(self, app: str, fn: str, payload: bytes, payload_ref: str = "",
+             wait: float = 60.0) -> proto.CallResponse:
+        body = proto.encode(proto.CallRequest(payload=payload, payload_ref=payload_ref))
         _, data = self.request("POST", f"/v1/apps/{app}/functions/{fn}/calls", body,
                                proto.MSGPACK, params={"wait": wait})
         return proto.call_response_decoder.decode(data)

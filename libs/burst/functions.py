@@ -99,6 +99,14 @@ class Function(Generic[P, R]):
             return serialize((args, kwargs))
         return serialize((args, kwargs, self._method, self._params))
 
+    def _payload_or_ref(self, client: Client, args: tuple[Any, ...],
+                        kwargs: dict[str, Any]) -> tuple[bytes, str]:
+        """(inline payload, "") or (b"", blob reference) for a payload above the limit."""
+        payload = self._payload(args, kwargs)
+        if len(payload) <= proto.INLINE_PAYLOAD_LIMIT:
+            return payload, ""
+        return b"", client.put_blob(payload)
+
     # ---- calling -------------------------------------------------------------------
     def local(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function in this process."""
@@ -115,12 +123,12 @@ class Function(Generic[P, R]):
         if self.spec.is_generator:
             raise InvalidError(f"{self.spec.name} is a generator function: use .remote_gen()")
         client, app_name = self._target()
-        resp = client.call(app_name, self.spec.name, self._payload(args, kwargs))
+        resp = client.call(app_name, self.spec.name, *self._payload_or_ref(client, args, kwargs))
         resp = client.wait_call(resp)
         follower = self.app._follower if self.app is not None else None
         if follower is not None:
             follower.wait_for(resp.call_id, resp.log_lines)
-        return self._result(resp)  # type: ignore[no-any-return]
+        return self._result(resp, client)  # type: ignore[no-any-return]
 
     @functools.partial(aio_method, iterates=True)
     def remote_gen(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -134,7 +142,8 @@ class Function(Generic[P, R]):
         if not self.spec.is_generator:
             raise InvalidError(f"{self.spec.name} is not a generator function: use .remote()")
         client, app_name = self._target()
-        call_id = client.call(app_name, self.spec.name, self._payload(args, kwargs), wait=0).call_id
+        call_id = client.call(app_name, self.spec.name, *self._payload_or_ref(client, args, kwargs),
+                              wait=0).call_id
         yield from self._items(client, call_id)
 
     @staticmethod
@@ -161,7 +170,8 @@ class Function(Generic[P, R]):
             call.get(timeout=10)  # 16, or TimeoutError if not finished in 10 s
         """
         client, app_name = self._target()
-        resp = client.call(app_name, self.spec.name, self._payload(args, kwargs), wait=0)
+        resp = client.call(app_name, self.spec.name, *self._payload_or_ref(client, args, kwargs),
+                           wait=0)
         return FunctionCall(resp.call_id, client, resp)
 
     @functools.partial(aio_method, iterates=True)
@@ -238,7 +248,7 @@ class Function(Generic[P, R]):
                 if progress is not None:
                     progress.update(finished, submitted, exhausted)
                 try:
-                    value = self._result(resp)
+                    value = self._result(resp, client)
                     if self.spec.is_generator:  # each input's items, as a list
                         value = list(self._items(client, resp.call_id))
                 except Exception as exc:
@@ -264,7 +274,13 @@ class Function(Generic[P, R]):
         return self.app._running()
 
     @staticmethod
-    def _result(resp: proto.CallResponse) -> Any:
+    def _result(resp: proto.CallResponse, client: Client | None = None) -> Any:
+        if resp.payload_ref:
+            if client is None:
+                from burst.client import Client
+
+                client = Client.from_profile()
+            resp.payload = client.get_blob(resp.payload_ref)
         if resp.status == "success":
             return deserialize(resp.payload)
         if resp.status == "terminated":
@@ -343,7 +359,7 @@ class FunctionCall(Generic[R]):
         if resp.status == "pending":
             raise TimeoutError(f"call {self.object_id} did not finish within {timeout:g} s")
         self._last = resp
-        return Function._result(resp)  # type: ignore[no-any-return]
+        return Function._result(resp, client)  # type: ignore[no-any-return]
 
 
 class _Progress:

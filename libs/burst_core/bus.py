@@ -28,6 +28,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -166,11 +167,14 @@ async def ensure_topology(js: JetStreamContext, topo: Topology | None = None) ->
     }
     for bucket, ttl in kvs.items():
         await ensure_kv(js, bucket, ttl=ttl, replicas=r)
-    try:
-        await js.object_store(names.OBJ_BUNDLES)
-    except nats.js.errors.BucketNotFoundError:
-        with contextlib.suppress(nats.js.errors.BadRequestError):
-            await js.create_object_store(names.OBJ_BUNDLES)
+    for store, ttl in ((names.OBJ_BUNDLES, 0.0), (names.OBJ_BLOBS, t.result_retention)):
+        try:
+            await js.object_store(store)
+        except nats.js.errors.BucketNotFoundError:
+            with contextlib.suppress(nats.js.errors.BadRequestError):
+                # (nats-py overwrites config.bucket with its bucket argument: pass both)
+                await js.create_object_store(
+                    store, config=ObjectStoreConfig(bucket=store, ttl=ttl or None, replicas=r))
 
 
 async def ensure_kv(js: JetStreamContext, bucket: str, ttl: float = 0, replicas: int = 1) -> KeyValue:

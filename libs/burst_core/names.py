@@ -205,10 +205,14 @@ KV_LEASES = "burst_leases"  # key: <lease name> -> holder id (TTL)
 KV_DICTS = "burst_dicts"  # keys: meta.<ws>.<dict>, d.<ws>.<dict>.<sha256 of the key>
 KV_IDEMPOTENCY = "burst_idempotency"  # key: sha256(ws, app, fn, Idempotency-Key) -> call id
 OBJ_BUNDLES = "burst_bundles"  # name: sha256 of the bundle
+OBJ_BLOBS = "burst_blobs"  # name: sha256; arguments and results above the inline limit
 KV_BUDGETS = "burst_budgets"  # key: budget_key() -> Budget (set by users, via the gateway)
 KV_BUDGET_STATE = "burst_budget_state"  # key: budget_key() -> BudgetState (billing writes)
 KV_WEBHOOKS = "burst_webhooks"  # key: <workspace>.<endpoint id> -> WebhookEndpoint
 KV_WEBHOOK_LOG = "burst_webhook_log"  # key: <workspace>.<delivery id> -> WebhookLogEntry
+KV_ALERT_STATE = "burst_alert_state"  # key: alert_state_key() -> AlertState (billing)
+KV_SCHEDULES = "burst_schedules"  # key: <fn_key> -> ScheduleState (scheduler, gateway: CAS)
+KV_WAITING = "burst_waiting"  # key: <fn_key> -> FunctionWaiting (scheduler writes)
 
 
 def budget_key(workspace: str, app: str | None = None, function: str | None = None) -> str:
@@ -224,6 +228,11 @@ def webhook_log_key(workspace: str, delivery_id: str) -> str:
     return f"{workspace}.{delivery_id}"
 
 
+def alert_state_key(kind: str, subject: str) -> str:
+    """``runaway.<container id>`` or ``error_rate.<ws>.<app>.<fn>``: what an alert fired on."""
+    return f"{kind}.{subject}"
+
+
 def deployment_key(workspace: str, app: str) -> str:
     return f"{workspace}.{app}"
 
@@ -233,6 +242,14 @@ def service_key(service: str, instance: str) -> str:
 
 
 LEDGER_STATE_KEY = "state"
+#: Parts of a split ledger snapshot (see ``burst_core.ledger``): ``part.<n>.<name>``.
+LEDGER_PART_PREFIX = "part"
+
+
+def ledger_part_key(generation: int, part: str) -> str:
+    return f"{LEDGER_PART_PREFIX}.{generation}.{part}"
+
+
 LEASE_BILLING = "billing"
 LEASE_SCHEDULER = "scheduler"
 

@@ -97,6 +97,37 @@ class CallRecord(_Wire, kw_only=True):
     retry_pending: bool = False
 
 
+class ScheduleState(_Wire, kw_only=True):
+    """Where one function's schedule stands (KV ``burst_schedules``, key: fn_key).
+
+    Tick times are integer milliseconds since the epoch, so a tick's identity
+    (``<fn_key>:<tick>``) is exact. Written by compare-and-set: the deciding scheduler
+    advances ``last_tick_ms`` after firing a tick; the gateway sets ``paused``,
+    ``resumed_at`` and ``backfill`` for users.
+    """
+
+    fn_key: str
+    last_tick_ms: int = 0  # the latest tick fired or given up; later ones are due
+    paused: bool = False
+    paused_at: float = 0.0
+    resumed_at: float = 0.0  # a resume the scheduler has yet to apply (0: none)
+    missed: list[list[int]] = msgspec.field(default_factory=list)  # [first, last] tick ranges
+    backfill: bool = False  # fire every missed tick (once each), then clear ``missed``
+    fired: int = 0
+    last_fired_at: float = 0.0
+    last_call_id: str = ""
+
+
+class FunctionWaiting(_Wire, kw_only=True):
+    """Why a function with work has fewer containers than it needs (KV ``burst_waiting``,
+    key: fn_key); deleted once it gets one."""
+
+    fn_key: str
+    reason: str  # "waiting for 2×H100: none free"
+    since: float
+    updated_at: float = 0.0
+
+
 class TokenRecord(_Wire, kw_only=True):
     workspace: str
     name: str = ""
@@ -218,6 +249,17 @@ class BudgetState(_Wire, kw_only=True):
     updated_at: float = 0.0
 
 
+class AlertState(_Wire, kw_only=True):
+    """What an alert fired on, so it fires once: a runaway container (kept while it
+    lives) or a function whose error rate crossed its threshold (``active`` until it
+    drops below)."""
+
+    key: str
+    active: bool = True
+    at: float = 0.0
+    detail: str = ""
+
+
 class WebhookEndpoint(_Wire, kw_only=True):
     endpoint_id: str
     workspace: str
@@ -268,6 +310,8 @@ class Input(_Wire, kw_only=True):
     # "pickle" (the SDK) or "json" (HTTP callers: {"args": [...], "kwargs": {...}}); the
     # output's payload has the same format.
     payload_format: str = "pickle"
+    # sha256 of the payload in the blob object store when it is above the inline limit.
+    payload_ref: str = ""
 
 
 OutputStatus = Literal["success", "failure", "timeout", "terminated", "internal"]
@@ -289,6 +333,7 @@ class Output(_Wire, kw_only=True):
     started_at: float = 0.0
     finished_at: float = 0.0
     payload_format: str = "pickle"
+    payload_ref: str = ""  # a result above the inline limit, in the blob object store
 
 
 class OutputItem(_Wire, kw_only=True):
@@ -454,6 +499,8 @@ class ContainerView(msgspec.Struct, kw_only=True, omit_defaults=True):
     idle_since: float | None = None
     in_flight: int = 0
     max_inputs: int = 1
+    #: Start (agent clock) of the oldest input in flight; billing's runaway check uses it.
+    busy_since: float | None = None
 
 
 class AgentHeartbeat(_Wire, kw_only=True):
@@ -516,3 +563,6 @@ BudgetStateDecoder = decoder(BudgetState)
 WebhookEndpointDecoder = decoder(WebhookEndpoint)
 WebhookDeliveryDecoder = decoder(WebhookDelivery)
 WebhookLogEntryDecoder = decoder(WebhookLogEntry)
+AlertStateDecoder = decoder(AlertState)
+ScheduleStateDecoder = decoder(ScheduleState)
+FunctionWaitingDecoder = decoder(FunctionWaiting)

@@ -25,6 +25,8 @@ FAST_TIMERS = {
     "BURST_SNAPSHOT_INTERVAL": "0.5",
     "BURST_CONTAINER_HEARTBEAT_INTERVAL": "0.5",
     "BURST_CONTAINER_HEARTBEAT_TIMEOUT": "3",
+    # Small enough that a test can cross it cheaply.
+    "BURST_MAX_BODY_BYTES": str(8 << 20),
 }
 
 

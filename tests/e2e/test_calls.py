@@ -329,3 +329,62 @@ def test_batched_gathers_inputs_into_one_call(cluster: Cluster, tmp_path: Path) 
     assert out["values"] == [2 * x for x in range(20)]
     assert max(out["batches"]) > 1 and max(out["batches"]) <= 8  # gathered, never above 8
     assert out["err"] == "a batched function returned 0 results for 1 inputs"
+
+
+def test_large_arguments_and_results_travel_through_the_object_store(cluster: Cluster,
+                                                                    tmp_path: Path) -> None:
+    app = write_app(tmp_path, """
+        import hashlib, json
+        import burst
+
+        app = burst.App("bigdata")
+
+        @app.function(memory=512)
+        def grow(blob, factor):
+            return blob * factor
+
+        @app.local_entrypoint()
+        def main():
+            blob = bytes(range(256)) * 8192  # 2 MiB argument
+            out = grow.remote(blob, 3)  # 6 MiB result
+            print(json.dumps({"ok": out == blob * 3, "size": len(out),
+                              "sha": hashlib.sha256(out).hexdigest()[:12]}))
+    """)
+    proc = cluster.burst("run", str(app), check=True, timeout=120)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["ok"] is True and out["size"] == 6 << 20
+
+
+def test_large_json_bodies_and_the_body_limit(cluster: Cluster, tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    app = write_app(tmp_path, """
+        import burst
+
+        app = burst.App("bigjson")
+
+        @app.function(memory=256)
+        def size(text):
+            return {"chars": len(text), "echo": text[:5]}
+    """, "bigjson_app.py")
+    cluster.burst("deploy", str(app), check=True)
+
+    def post(body: bytes) -> tuple[int, dict]:
+        req = urllib.request.Request(
+            cluster.profile["url"] + "/v1/apps/bigjson/functions/size/calls?wait=60",
+            data=body, method="POST")
+        req.add_header("Authorization", f"Bearer {cluster.profile['token']}")
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=90) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    text = "x" * (1 << 20)  # 1 MiB: above the 512 KiB inline limit, below the body limit
+    status, body = post(json.dumps({"args": [text]}).encode())
+    assert status == 200 and body["result"] == {"chars": 1 << 20, "echo": "xxxxx"}, body
+    status, body = post(json.dumps({"args": ["y" * (9 << 20)]}).encode())
+    assert status == 413 and body["error"]["type"] == "PayloadTooLarge"
+    assert str(8 << 20) in body["error"]["message"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import shutil
 import socket
@@ -26,6 +27,7 @@ from burst_agent.container import Container
 from burst_agent.runtime import Runtime, make_runtime
 from burst_agent.sandbox import Sandbox
 from burst_agent.settings import AgentSettings
+from burst._protocol import MAX_PAYLOAD
 from burst_core import bus, logs, names
 from burst_core.objects import Objects
 from burst_core.schemas import (
@@ -73,7 +75,8 @@ class Agent:
         s = self.settings
         box = None
         if s.runtime == "process":
-            box = Sandbox.detect(s.sandbox, self.agent_id, s.home, s.sandbox_uid)
+            box = Sandbox.detect(s.sandbox, self.agent_id, s.home, s.sandbox_uid,
+                                 cpu_headroom=s.cpu_headroom)
         state = Path(s.home) / "agent" / self.agent_id / "containers"
         return make_runtime(s.runtime, s.python, box, state, zygote=s.zygote)
 
@@ -217,6 +220,25 @@ class Agent:
         finally:
             self.containers.pop(c.id, None)
             await self._beat()
+
+    async def blob_get(self, ref: str) -> bytes:
+        """A call's argument or result above the inline limit (object store, by sha256)."""
+        if getattr(self, "_blobs", None) is None:
+            self._blobs = await self.js.object_store(names.OBJ_BLOBS)
+        res = await self._blobs.get(ref)
+        data = res.data or b""
+        if hashlib.sha256(data).hexdigest() != ref:
+            raise RuntimeError(f"blob {ref} is corrupt")
+        return data
+
+    async def blob_put(self, data: bytes) -> str:
+        if len(data) > MAX_PAYLOAD:
+            raise ValueError(f"{len(data)} bytes exceed the {MAX_PAYLOAD >> 20} MiB payload limit")
+        if getattr(self, "_blobs", None) is None:
+            self._blobs = await self.js.object_store(names.OBJ_BLOBS)
+        ref = hashlib.sha256(data).hexdigest()
+        await self._blobs.put(ref, data)
+        return ref
 
     async def release(self, container_id: str) -> None:
         """Remove a gone container's claim from this agent's record (compare-and-set)."""

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from burst._protocol import (
+    INLINE_PAYLOAD_LIMIT,
     MSGPACK,
     CallBatchRequest,
     CallBatchResponse,
@@ -42,6 +43,7 @@ from burst_core.schemas import (
 )
 
 from burst_gateway import budgets
+from burst_gateway.api_blobs import blob_exists, check_ref, store_blob
 from burst_gateway.auth import Principal, principal
 
 router = APIRouter()
@@ -67,7 +69,7 @@ def _from_output(out: Output) -> CallResponse:
     return CallResponse(
         call_id=out.call_id, status=out.status, payload=out.payload, error_type=out.error_type,
         error_message=out.error_message, traceback=out.traceback, log_lines=out.log_lines,
-        payload_format=out.payload_format,
+        payload_format=out.payload_format, payload_ref=out.payload_ref,
     )
 
 
@@ -98,7 +100,8 @@ async def _function(gw: Any, p: Principal, app: str, fn: str) -> DeploymentRecor
 
 async def submit(gw: Any, p: Principal, dep: DeploymentRecord, fn: str,
                  payloads: list[bytes], register: bool, payload_format: str = "pickle",
-                 call_id: str | None = None) -> list[tuple[CallRef, Any]]:
+                 call_id: str | None = None,
+                 refs: list[str] | None = None) -> list[tuple[CallRef, Any]]:
     """Create one call per payload: its record (KV) and its input (JetStream).
 
     With ``register`` the output futures exist before any input is published, so no
@@ -108,7 +111,18 @@ async def submit(gw: Any, p: Principal, dep: DeploymentRecord, fn: str,
     fn_key = names.function_key(p.workspace, dep.app, fn)
     now = time.time()
     calls = []
-    for payload in payloads:
+    refs = refs or [""] * len(payloads)
+    if len(refs) != len(payloads):
+        raise InvalidError(f"{len(refs)} payload references for {len(payloads)} payloads")
+    for ref in set(refs) - {""}:
+        check_ref(ref)
+        if not await blob_exists(gw, ref):
+            raise InvalidError(f"blob {ref} is not stored: upload it first (PUT /v1/blobs/{{ref}})")
+    for i, payload in enumerate(payloads):
+        if len(payload) > INLINE_PAYLOAD_LIMIT:  # too big for a NATS message: a blob
+            refs[i] = await store_blob(gw, payload)
+            payloads[i] = b""
+    for payload, ref in zip(payloads, refs, strict=True):
         cid = call_id or new_call_id(now)
         # The input id follows from the call id: resubmitting a call (an idempotent retry
         # after a crash) republishes the same input, which JetStream then drops.
@@ -119,7 +133,7 @@ async def submit(gw: Any, p: Principal, dep: DeploymentRecord, fn: str,
         inp = Input(workspace=p.workspace, app=dep.app, function=fn, call_id=cid,
                     input_id=input_id, attempt=1, attempt_token=token, payload=payload,
                     accepted_at=now, deployment_id=dep.deployment_id,
-                    payload_format=payload_format)
+                    payload_format=payload_format, payload_ref=ref)
         calls.append((rec, inp))
     futs = [gw.outputs.register(rec.call_id, rec.attempt_token) if register else None
             for rec, _ in calls]
@@ -254,12 +268,13 @@ def _answer(request: Request, resp: CallResponse, replayed: bool = False) -> Res
                     headers=headers)
 
 
-async def _call_payload(request: Request) -> tuple[bytes, str]:
-    """The call's arguments and their format, from a msgpack (SDK) or JSON body."""
+async def _call_payload(request: Request) -> tuple[bytes, str, str]:
+    """The call's arguments, their format and blob reference, from a msgpack (SDK) or
+    JSON body."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip()
     if ctype == MSGPACK:
         req = await _body(request, _call_decoder, "call request")
-        return req.payload, "pickle"
+        return req.payload, "pickle", req.payload_ref
     if ctype != "application/json":
         raise InvalidError(f"unsupported content type {ctype or 'none'!r}: send "
                            f"application/json ({{\"args\": [...], \"kwargs\": {{...}}}}) or {MSGPACK}")
@@ -285,7 +300,7 @@ async def _call_payload(request: Request) -> tuple[bytes, str]:
     if not isinstance(method, str) or not isinstance(params, dict):
         raise InvalidError('"method" must be a string and "params" an object')
     return json.dumps({"args": args, "kwargs": kwargs, "method": method,
-                       "params": params}).encode(), "json"
+                       "params": params}).encode(), "json", ""
 
 
 async def _idempotent_call(gw: Any, p: Principal, app: str, fn: str, key: str) -> tuple[str, bool]:
@@ -317,7 +332,7 @@ async def create_call(
     """
     gw = request.app.state.gw
     dep = await _function(gw, p, app, fn)
-    payload, fmt = await _call_payload(request)
+    payload, fmt, ref = await _call_payload(request)
     wait = min(wait, gw.settings.max_sync_wait)
     key = request.headers.get("idempotency-key")
     call_id = None
@@ -327,17 +342,17 @@ async def create_call(
         if rec is not None:
             return _answer(request, await _result_of(gw, rec, wait), True)
     try:
-        [(ref, fut)] = await submit(gw, p, dep, fn, [payload], register=True,
-                                    payload_format=fmt, call_id=call_id)
+        [(call, fut)] = await submit(gw, p, dep, fn, [payload], register=True,
+                                     payload_format=fmt, call_id=call_id, refs=[ref])
     except nats.js.errors.KeyWrongLastSequenceError:
         # A racing resubmission with the same key created the call first.
         rec = await _record(gw, call_id or "", p.workspace)
         if rec is None:
             raise
         return _answer(request, await _result_of(gw, rec, wait), True)
-    structlog.contextvars.bind_contextvars(call_id=ref.call_id)
+    structlog.contextvars.bind_contextvars(call_id=call.call_id)
     try:
-        resp = await _wait_one(gw, ref.call_id, fut, wait)
+        resp = await _wait_one(gw, call.call_id, fut, wait)
     finally:
         structlog.contextvars.unbind_contextvars("call_id")
     return _answer(request, resp)
@@ -364,7 +379,8 @@ async def create_calls(app: str, fn: str, request: Request,
     req = await _body(request, _batch_decoder, "batch request")
     if not 1 <= len(req.payloads) <= MAX_BATCH:
         raise InvalidError(f"a batch holds 1 to {MAX_BATCH} calls, got {len(req.payloads)}")
-    refs = await submit(gw, p, dep, fn, req.payloads, register=False)
+    refs = await submit(gw, p, dep, fn, req.payloads, register=False,
+                        refs=req.payload_refs or None)
     return _response(CallBatchResponse(calls=[r for r, _ in refs]), 202)
 
 

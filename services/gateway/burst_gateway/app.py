@@ -11,6 +11,7 @@ from burst_gateway import (
     api_agents,
     api_apps,
     api_billing,
+    api_blobs,
     api_calls,
     api_cluster,
     api_objects,
@@ -45,6 +46,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_billing.router)
     app.include_router(api_agents.router)
     app.include_router(api_objects.router)
+    app.include_router(api_blobs.router)
     app.include_router(api_budgets.router)
     app.include_router(api_webhooks.router)
     return app
