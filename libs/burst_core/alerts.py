@@ -33,9 +33,12 @@ from burst_core.schemas import (
 
 log = logs.get("burst.alerts")
 
+EVENT_ERROR_RATE = "function.error_rate_exceeded"
+EVENT_RUNAWAY = "container.runaway_detected"
+
 #: Every event type an endpoint may subscribe to.
-EVENT_TYPES = ("budget.threshold_crossed", "budget.exceeded", "function.error_rate_exceeded",
-               "container.runaway_detected", "webhook.test")
+EVENT_TYPES = ("budget.threshold_crossed", "budget.exceeded", EVENT_ERROR_RATE,
+               EVENT_RUNAWAY, "webhook.test")
 
 
 async def kv_values(kv: KeyValue, prefix: str) -> dict[str, bytes]:
@@ -58,6 +61,11 @@ async def endpoints(js: JetStreamContext, workspace: str) -> list[WebhookEndpoin
     return sorted((WebhookEndpointDecoder.decode(v)
                    for v in (await kv_values(kv, workspace)).values()),
                   key=lambda e: e.endpoint_id)
+
+
+def event_id(*parts: str) -> str:
+    """A deterministic event id: the same occurrence always gets the same id."""
+    return "evt_" + hashlib.sha256("/".join(parts).encode()).hexdigest()[:24]
 
 
 def delivery_id(event_id: str, endpoint_id: str) -> str:

@@ -106,10 +106,14 @@ def check_thresholds(alert_at: list[int]) -> list[int]:
 
 async def ensure(js: JetStreamContext, replicas: int = 1,
                  log_retention: float = 7 * bus.DAY) -> None:
-    """Create the budget and webhook buckets and the pending-deliveries stream. Idempotent."""
+    """Create the budget, webhook and alert buckets and the pending-deliveries stream.
+    Idempotent."""
     for bucket in (names.KV_BUDGETS, names.KV_BUDGET_STATE, names.KV_WEBHOOKS):
         await bus.ensure_kv(js, bucket, replicas=replicas)
     await bus.ensure_kv(js, names.KV_WEBHOOK_LOG, ttl=log_retention, replicas=replicas)
+    # Fired-alert marks: a runaway's mark outlives its container; an error-rate state is
+    # rewritten at each crossing. Expiry only bounds what containers long gone leave behind.
+    await bus.ensure_kv(js, names.KV_ALERT_STATE, ttl=30 * bus.DAY, replicas=replicas)
     cfg = StreamConfig(
         name=names.STREAM_WEBHOOKS, subjects=[names.SUBJECTS_WEBHOOKS],
         retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,

@@ -104,7 +104,9 @@ class Container:
     def view(self) -> ContainerView:
         return ContainerView(container_id=self.id, fn_key=self.fn_key, state=self.state,  # type: ignore[arg-type]
                              idle_since=self.idle_since, in_flight=len(self.in_flight),
-                             max_inputs=self.max_inputs)
+                             max_inputs=self.max_inputs,
+                             busy_since=min((i.started for i in self.in_flight.values()),
+                                            default=None))
 
     # ---- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:
@@ -377,10 +379,21 @@ class Container:
         inf.timer = asyncio.get_running_loop().call_later(self.fn.timeout, self._on_timeout, inp.input_id)
         self.in_flight[inp.input_id] = inf
         self.state, self.idle_since = "busy", None
+        payload = inp.payload
+        if inp.payload_ref:  # an argument above the inline limit, from the blob store
+            try:
+                payload = await self.agent.blob_get(inp.payload_ref)
+            except Exception as e:
+                self.in_flight.pop(inp.input_id, None)
+                self._release(inf)
+                await self._store_output(self._failure(
+                    inf, "failure", "burst.exception.ExecutionError",
+                    f"the call's arguments ({inp.payload_ref}) cannot be read: {e}"), msg)
+                return
         assert self._writer is not None
         self._writer.write(proto.frame(proto.RunInput(
             input_id=inp.input_id, call_id=inp.call_id, attempt=inp.attempt,
-            attempt_token=inp.attempt_token, payload=inp.payload,
+            attempt_token=inp.attempt_token, payload=payload,
             payload_format=inp.payload_format)))
 
     async def _keepalive(self, msg: Msg) -> None:
@@ -484,6 +497,13 @@ class Container:
         )
         if not self.in_flight and self.state == "busy":
             self.state, self.idle_since = "idle", time.time()
+        if len(out.payload) > proto.INLINE_PAYLOAD_LIMIT:  # too big for a NATS message
+            try:
+                out.payload_ref = await self.agent.blob_put(out.payload)
+                out.payload = b""
+            except Exception as e:
+                out = self._failure(inf, "failure", "burst.exception.ExecutionError",
+                                    f"the result ({len(out.payload)} bytes) cannot be stored: {e}")
         await self._complete(out, inf)
 
     async def cancel(self, call_id: str) -> None:

@@ -10,12 +10,17 @@ within one lease TTL.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+
+from nats.js import JetStreamContext
 
 from burst_billing import prices
 from burst_billing.agents_lost import AgentLostRelay
 from burst_billing.budgets import BudgetEvaluator
+from burst_billing.error_rate import ErrorRateMonitor
 from burst_billing.lease import Lease
 from burst_billing.ledger_writer import LedgerWriter, Superseded
+from burst_billing.runaway import RunawayDetector
 from burst_billing.settings import BillingSettings
 from burst_billing.webhooks import WebhookSender
 from burst_core import budgets, bus, logs, names
@@ -62,23 +67,51 @@ async def run(settings: BillingSettings, stop: asyncio.Event) -> None:
                                   settings.dedupe_horizon)
             evaluating = asyncio.create_task(
                 _evaluate_budgets(writer, evaluator, settings.budget_interval))
+            monitors = await _start_monitors(js, settings)
             try:
                 await _lead(writer, lease, stop, renew_every)
             finally:
                 evaluating.cancel()
                 await asyncio.wait({evaluating}, timeout=5.0)
+                for m in monitors:
+                    await _quiet_stop(m)
     finally:
         for part in (relay, sender, evaluator):
-            try:
-                await asyncio.wait_for(part.stop(), 5.0)
-            except Exception as e:  # best effort: the process is going away
-                log.warning("stop_failed", part=type(part).__name__, error=repr(e))
+            await _quiet_stop(part)
         hb.cancel()
         # Bounded: a task cancelled in the middle of a nats-py publish was seen to take
         # up to ~15 s to unwind; the liveness record expires with the service anyway.
         await asyncio.wait({hb}, timeout=1.0)
         await lease.release()
         await nc.drain()
+
+
+async def _start_monitors(
+    js: JetStreamContext, settings: BillingSettings
+) -> list[RunawayDetector | ErrorRateMonitor]:
+    """While leading: the runaway detector and the error-rate monitor (alerts only; a
+    failure to start them is logged and retried at the next lead, never stops the fold)."""
+    started: list[RunawayDetector | ErrorRateMonitor] = []
+    for m in (RunawayDetector(js, settings.runaway_factor),
+              ErrorRateMonitor(js, window=settings.error_rate_window,
+                               threshold=settings.error_rate_threshold,
+                               min_calls=settings.error_rate_min_calls,
+                               interval=settings.error_rate_interval)):
+        try:
+            await m.start()
+        except Exception as e:
+            log.exception("monitor_start_failed", part=type(m).__name__, error=repr(e))
+            await _quiet_stop(m)
+            continue
+        started.append(m)
+    return started
+
+
+async def _quiet_stop(part: Any) -> None:
+    try:
+        await asyncio.wait_for(part.stop(), 5.0)
+    except Exception as e:  # best effort: the process is going away
+        log.warning("stop_failed", part=type(part).__name__, error=repr(e))
 
 
 async def _lead(

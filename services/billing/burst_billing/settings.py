@@ -34,3 +34,17 @@ class BillingSettings(CommonSettings):
     webhook_max_attempts: int = 20
     #: Seconds one delivery attempt may take (connect, send, status line).
     webhook_timeout: float = 10.0
+    #: A container is a runaway (``container.runaway_detected``) when an input has run, or
+    #: the container has been stopping, for longer than this multiple of the function's
+    #: timeout (by its agent's heartbeat clock).
+    runaway_factor: float = 2.0
+    #: Seconds of calls (stream time) over which a function's share of failed calls is
+    #: measured for ``function.error_rate_exceeded``.
+    error_rate_window: float = 300.0
+    #: The share of failed calls (0..1] at or above which the event fires, once per crossing.
+    error_rate_threshold: float = 0.5
+    #: Fewest calls in the window for the share to count (one failure of one call is not a
+    #: rate).
+    error_rate_min_calls: int = 10
+    #: Seconds between re-checks of every function's window as calls age out of it.
+    error_rate_interval: float = 5.0

@@ -1,0 +1,180 @@
+"""Alerts on a real cluster: a function that always raises fires one
+``function.error_rate_exceeded``; a call that times out normally fires no
+``container.runaway_detected``. A receiver in the test verifies every signature."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from burst import webhooks as signing
+from tests.e2e.conftest import FAST_TIMERS, Cluster
+from tests.e2e.test_budgets import request
+from tests.e2e.test_hello import _nats_url, write_app
+
+pytestmark = pytest.mark.e2e
+
+ALERTS = {
+    "BURST_WEBHOOK_ALLOW_NETWORKS": "loopback",
+    "BURST_WEBHOOK_RETRY_BASE": "0.2",
+    "BURST_ERROR_RATE_WINDOW": "600",
+    "BURST_ERROR_RATE_THRESHOLD": "0.5",
+    "BURST_ERROR_RATE_MIN_CALLS": "5",
+    "BURST_ERROR_RATE_INTERVAL": "0.2",
+    "BURST_RUNAWAY_FACTOR": "2",
+}
+
+APP = """
+    import time
+
+    import burst
+
+    app = burst.App("alerting")
+
+    @app.function(scaledown_window=600)
+    def boom(x):
+        raise ValueError(f"always fails: {x}")
+
+    @app.function(timeout=2, scaledown_window=600)
+    def hang(x):
+        time.sleep(60)
+"""
+
+
+class Receiver:
+    """Signed webhook POSTs on 127.0.0.1, verified with ``burst.webhooks.verify``."""
+
+    def __init__(self) -> None:
+        self.secret = ""
+        self.events: list[dict[str, Any]] = []
+        self.rejected = 0
+        rx = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                try:
+                    event = signing.verify(body, dict(self.headers.items()), rx.secret)
+                except signing.WebhookVerificationError:
+                    rx.rejected += 1
+                    self.send_response(400)
+                else:
+                    rx.events.append(event)
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def of(self, event_type: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == event_type]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The shared cluster's settings, plus loopback webhooks and test-sized alert windows."""
+    home = tmp_path_factory.mktemp("burst-home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BURST_")}
+    env.update({**FAST_TIMERS, **ALERTS}, BURST_HOME=str(home), HOME=str(home))
+    c = Cluster(home, env)
+    up = c.burst("up", timeout=180)
+    if up.returncode != 0:
+        c.burst("down")
+        raise AssertionError(f"burst up failed:\n{up.stdout}\n{up.stderr}")
+    yield c
+    down = c.burst("down", timeout=60)
+    assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture(scope="module")
+def receiver(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Receiver]:
+    rx = Receiver()
+    out = cluster.burst("webhook", "add", rx.url, "--events",
+                        "function.error_rate_exceeded,container.runaway_detected",
+                        check=True).stdout
+    rx.secret = next(w for w in out.split() if w.startswith("whsec_"))
+    app = write_app(tmp_path_factory.mktemp("alerting"), APP, "alerting_app.py")
+    cluster.burst("deploy", str(app), check=True)
+    yield rx
+    rx.server.shutdown()
+
+
+def busy_since_of(cluster: Cluster, fn_key: str) -> float | None:
+    """The oldest running input's start, as the agent's heartbeat reports it."""
+    import asyncio
+
+    async def go() -> float | None:
+        import nats
+
+        from burst_core.schemas import AgentHeartbeatDecoder
+
+        nc = await nats.connect(_nats_url(cluster))
+        try:
+            kv = await nc.jetstream().key_value("burst_heartbeats")
+            for k in await kv.keys():
+                hb = AgentHeartbeatDecoder.decode((await kv.get(k)).value)
+                for c in hb.containers:
+                    if c.fn_key == fn_key and c.busy_since is not None:
+                        return c.busy_since
+            return None
+        finally:
+            await nc.close()
+    return asyncio.run(go())
+
+
+def test_always_failing_function_fires_one_error_rate_event(
+    cluster: Cluster, receiver: Receiver
+) -> None:
+    admin = cluster.profile["token"]
+    for i in range(8):
+        status, body = request(cluster, admin, "POST",
+                               "/v1/apps/alerting/functions/boom/calls?wait=60", {"args": [i]})
+        assert "always fails" in json.dumps(body), (status, body)
+    deadline = time.time() + 20
+    while not receiver.of("function.error_rate_exceeded"):
+        assert time.time() < deadline, f"no error-rate event; got {receiver.events}"
+        time.sleep(0.2)
+    time.sleep(2.0)  # ten re-checks of the window: still crossed, nothing fires again
+    (event,) = receiver.of("function.error_rate_exceeded")
+    data = event["data"]
+    assert (data["app"], data["function"], data["workspace"]) == ("alerting", "boom", "default")
+    assert data["failed"] == data["calls"] >= 5 and data["error_rate"] == 1.0
+    assert receiver.rejected == 0
+
+
+def test_a_normal_timeout_is_not_a_runaway(cluster: Cluster, receiver: Receiver) -> None:
+    admin = cluster.profile["token"]
+    result: dict[str, Any] = {}
+
+    def call() -> None:
+        result["answer"] = request(cluster, admin, "POST",
+                                   "/v1/apps/alerting/functions/hang/calls?wait=60", {"args": [1]})
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    seen = None
+    deadline = time.time() + 60
+    while seen is None and caller.is_alive():
+        assert time.time() < deadline, "the call never ran"
+        seen = busy_since_of(cluster, "default.alerting.hang")
+        time.sleep(0.1)
+    caller.join(60)
+    status, body = result["answer"]
+    assert "timed out" in json.dumps(body), (status, body)
+    # The agent reported the running input (what the detector measures), and then killed
+    # it at its 2 s timeout: past twice that and more, no runaway was detected.
+    assert seen is not None, "the agent never reported the input as running"
+    time.sleep(3 * 2.0)
+    assert receiver.of("container.runaway_detected") == []
+    assert receiver.rejected == 0
