@@ -159,6 +159,7 @@ async def ensure_topology(js: JetStreamContext, topo: Topology | None = None) ->
         names.KV_CALLS: t.result_retention,
         names.KV_IDEMPOTENCY: t.result_retention,
         names.KV_DICTS: 0,
+        names.KV_MAPS: t.result_retention,
         names.KV_TOKENS: 0,
         names.KV_SERVICES: 0,
         names.KV_LEDGER: 0,

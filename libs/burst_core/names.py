@@ -202,6 +202,7 @@ KV_TOKENS = "burst_tokens"  # key: sha256(token) -> TokenRecord
 KV_SERVICES = "burst_services"  # key: <service>.<instance> -> ServiceHeartbeat
 KV_LEDGER = "burst_ledger"  # key: "state" -> LedgerSnapshot
 KV_LEASES = "burst_leases"  # key: <lease name> -> holder id (TTL)
+KV_MAPS = "burst_maps"  # key: <map id> -> MapRecord (the call ids of a map, in order)
 KV_DICTS = "burst_dicts"  # keys: meta.<ws>.<dict>, d.<ws>.<dict>.<sha256 of the key>
 KV_IDEMPOTENCY = "burst_idempotency"  # key: sha256(ws, app, fn, Idempotency-Key) -> call id
 OBJ_BUNDLES = "burst_bundles"  # name: sha256 of the bundle

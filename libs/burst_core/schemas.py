@@ -128,6 +128,18 @@ class FunctionWaiting(_Wire, kw_only=True):
     updated_at: float = 0.0
 
 
+class MapRecord(_Wire, kw_only=True):
+    """A map made over HTTP: its calls, in input order (results are read by offset)."""
+
+    map_id: str
+    workspace: str
+    app: str
+    function: str
+    calls: list[str]
+    tokens: list[str]
+    created_at: float
+
+
 class TokenRecord(_Wire, kw_only=True):
     workspace: str
     name: str = ""
@@ -542,6 +554,7 @@ DeploymentRecordDecoder = decoder(DeploymentRecord)
 AgentRecordDecoder = decoder(AgentRecord)
 CallRecordDecoder = decoder(CallRecord)
 TokenRecordDecoder = decoder(TokenRecord)
+MapRecordDecoder = decoder(MapRecord)
 ServiceHeartbeatDecoder = decoder(ServiceHeartbeat)
 LedgerSnapshotDecoder = decoder(LedgerSnapshot)
 LeaseRecordDecoder = decoder(LeaseRecord)

@@ -165,3 +165,27 @@ def test_openapi_documents_the_call_api(deployed: Cluster) -> None:
     assert "post" in paths["/v1/apps/{app}/functions/{fn}/calls"]
     assert "delete" in paths["/v1/calls/{call_id}"]
     assert "/v1/calls/wait" in paths and "/v1/apps/{app}/functions/{fn}/calls/batch" in paths
+
+
+def test_http_map_with_paged_ordered_results(deployed: Cluster) -> None:
+    inputs = [{"args": [i], "kwargs": {"b": 1000}} for i in range(50)]
+    status, body, _ = request(deployed, "POST", "/v1/apps/httpapi/functions/add/maps",
+                              {"inputs": inputs})
+    assert status == 202 and body["count"] == 50
+    map_id = body["map_id"]
+    results, offset = [], 0
+    deadline = time.time() + 60
+    while offset < 50 and time.time() < deadline:
+        status, page, _ = request(deployed, "GET",
+                                  f"/v1/maps/{map_id}/results?offset={offset}&limit=20&wait=10")
+        assert status == 200
+        assert len(page["results"]) <= 20 and page["next_offset"] == offset + len(page["results"])
+        results += page["results"]
+        offset = page["next_offset"]
+    assert [r["result"]["sum"] for r in results] == [i + 1000 for i in range(50)]
+    assert page["finished"] is True
+    status, body, _ = request(deployed, "POST", "/v1/apps/httpapi/functions/add/maps",
+                              {"inputs": []})
+    assert status == 400 and "a map holds 1 to 10000 inputs, got 0" in body["error"]["message"]
+    status, body, _ = request(deployed, "GET", "/v1/maps/mp-unknown/results")
+    assert status == 404

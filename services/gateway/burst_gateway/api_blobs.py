@@ -25,13 +25,13 @@ def check_ref(ref: str) -> str:
 
 async def blob_exists(gw: Any, ref: str) -> bool:
     try:
-        await (await _store(gw)).get_info(ref)
+        await (await blob_store(gw)).get_info(ref)
         return True
     except nats.js.errors.NotFoundError:
         return False
 
 
-async def _store(gw: Any) -> Any:
+async def blob_store(gw: Any) -> Any:
     if getattr(gw, "blobs", None) is None:
         gw.blobs = await gw.js.object_store(names.OBJ_BLOBS)
     return gw.blobs
@@ -44,7 +44,7 @@ async def store_blob(gw: Any, data: bytes) -> str:
                                    f"byte ({MAX_PAYLOAD >> 20} MiB) limit")
     ref = hashlib.sha256(data).hexdigest()
     if not await blob_exists(gw, ref):
-        await (await _store(gw)).put(ref, data)
+        await (await blob_store(gw)).put(ref, data)
     return ref
 
 
@@ -65,7 +65,7 @@ async def put_blob(ref: str, request: Request, _: Principal = Depends(principal)
     if actual != ref:
         raise InvalidError(f"blob hash mismatch: URL says {ref}, body hashes to {actual}")
     if not await blob_exists(gw, ref):
-        await (await _store(gw)).put(ref, body)
+        await (await blob_store(gw)).put(ref, body)
     return {"ref": ref, "size": len(body)}
 
 
@@ -74,7 +74,7 @@ async def get_blob(ref: str, request: Request, _: Principal = Depends(principal)
     """A stored payload (a large argument or result), by its sha256."""
     check_ref(ref)
     try:
-        res = await (await _store(request.app.state.gw)).get(ref)
+        res = await (await blob_store(request.app.state.gw)).get(ref)
     except nats.js.errors.NotFoundError:
         raise NotFoundError(f"blob {ref} not found (blobs are kept as long as results)") from None
     return Response(res.data or b"", media_type="application/octet-stream")

@@ -43,7 +43,7 @@ from burst_core.schemas import (
 )
 
 from burst_gateway import budgets
-from burst_gateway.api_blobs import blob_exists, check_ref, store_blob
+from burst_gateway.api_blobs import blob_exists, blob_store, check_ref, store_blob
 from burst_gateway.auth import Principal, principal
 
 router = APIRouter()
@@ -258,6 +258,14 @@ def _json_call(resp: CallResponse) -> dict[str, Any]:
     return out
 
 
+async def inline_result(gw: Any, resp: CallResponse) -> CallResponse:
+    """A JSON caller's result inline, also when it was stored as a blob."""
+    if resp.payload_ref and resp.payload_format == "json":
+        res = await (await blob_store(gw)).get(resp.payload_ref)
+        resp.payload, resp.payload_ref = res.data or b"", ""
+    return resp
+
+
 def _answer(request: Request, resp: CallResponse, replayed: bool = False) -> Response:
     status = 200 if resp.status != "pending" else 202
     headers = {"Idempotent-Replayed": "true"} if replayed else None
@@ -340,7 +348,8 @@ async def create_call(
         call_id, existed = await _idempotent_call(gw, p, app, fn, key)
         rec = await _record(gw, call_id, p.workspace) if existed else None
         if rec is not None:
-            return _answer(request, await _result_of(gw, rec, wait), True)
+            return _answer(request, await inline_result(gw, await _result_of(gw, rec, wait)),
+                           True)
     try:
         [(call, fut)] = await submit(gw, p, dep, fn, [payload], register=True,
                                      payload_format=fmt, call_id=call_id, refs=[ref])
@@ -349,13 +358,13 @@ async def create_call(
         rec = await _record(gw, call_id or "", p.workspace)
         if rec is None:
             raise
-        return _answer(request, await _result_of(gw, rec, wait), True)
+        return _answer(request, await inline_result(gw, await _result_of(gw, rec, wait)), True)
     structlog.contextvars.bind_contextvars(call_id=call.call_id)
     try:
         resp = await _wait_one(gw, call.call_id, fut, wait)
     finally:
         structlog.contextvars.unbind_contextvars("call_id")
-    return _answer(request, resp)
+    return _answer(request, await inline_result(gw, resp))
 
 
 async def _result_of(gw: Any, rec: CallRecord, wait: float) -> CallResponse:
@@ -410,7 +419,8 @@ async def get_call(
     if rec is None:
         raise NotFoundError(f"call {call_id!r} not found (results are kept "
                             f"{gw.settings.result_retention / 86400:g} days)")
-    return _answer(request, await _result_of(gw, rec, min(wait, gw.settings.max_sync_wait)))
+    resp = await _result_of(gw, rec, min(wait, gw.settings.max_sync_wait))
+    return _answer(request, await inline_result(gw, resp))
 
 
 async def _read_items(gw: Any, rec: CallRecord, cursor: int,

@@ -14,10 +14,11 @@ from burst_gateway import (
     api_blobs,
     api_calls,
     api_cluster,
+    api_maps,
     api_objects,
     errors,
 )
-from burst_gateway import api_budgets, api_webhooks
+from burst_gateway import api_budgets, api_schedules, api_webhooks
 from burst_gateway.settings import GatewaySettings
 from burst_gateway.state import Gateway
 
@@ -47,6 +48,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_agents.router)
     app.include_router(api_objects.router)
     app.include_router(api_blobs.router)
+    app.include_router(api_maps.router)
     app.include_router(api_budgets.router)
+    app.include_router(api_schedules.router)
     app.include_router(api_webhooks.router)
     return app

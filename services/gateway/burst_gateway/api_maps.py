@@ -1,0 +1,105 @@
+"""Maps for callers that are not Python: submit many inputs as one map, read its results
+in input order, a page at a time."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from burst._protocol import CallRef
+from burst.exception import InvalidError, NotFoundError
+from burst_core import bus, names
+from burst_core.schemas import MapRecord, MapRecordDecoder, encode
+
+from burst_gateway.api_calls import (
+    MAX_BATCH,
+    _function,
+    _json_call,
+    inline_result,
+    submit,
+    wait_many,
+)
+from burst_gateway.auth import Principal, principal
+
+router = APIRouter()
+#: Most inputs one map may hold (its record is one KV value).
+MAX_MAP_INPUTS = 10_000
+
+
+class MapInput(BaseModel):
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class MapCreate(BaseModel):
+    inputs: list[MapInput] = Field(description="One entry per call, in order.")
+
+
+async def _kv(gw: Any) -> Any:
+    if getattr(gw, "maps_kv", None) is None:
+        gw.maps_kv = await gw.js.key_value(names.KV_MAPS)
+    return gw.maps_kv
+
+
+@router.post("/v1/apps/{app}/functions/{fn}/maps", tags=["calls"], status_code=202)
+async def create_map(app: str, fn: str, body: MapCreate, request: Request,
+                     p: Principal = Depends(principal)) -> dict[str, Any]:
+    """Start one call per input (up to 10,000); read the results with
+    ``GET /v1/maps/{map_id}/results``, in input order."""
+    gw = request.app.state.gw
+    if not 1 <= len(body.inputs) <= MAX_MAP_INPUTS:
+        raise InvalidError(f"a map holds 1 to {MAX_MAP_INPUTS} inputs, got {len(body.inputs)}")
+    dep = await _function(gw, p, app, fn)
+    refs: list[CallRef] = []
+    for start in range(0, len(body.inputs), MAX_BATCH):
+        payloads = [json.dumps({"args": i.args, "kwargs": i.kwargs}).encode()
+                    for i in body.inputs[start:start + MAX_BATCH]]
+        refs += [r for r, _ in await submit(gw, p, dep, fn, payloads, register=False,
+                                             payload_format="json")]
+    map_id = "mp-" + uuid.uuid4().hex
+    rec = MapRecord(map_id=map_id, workspace=p.workspace, app=app, function=fn,
+                    calls=[r.call_id for r in refs], tokens=[r.attempt_token for r in refs],
+                    created_at=time.time())
+    await (await _kv(gw)).put(map_id, encode(rec))
+    return {"map_id": map_id, "count": len(refs)}
+
+
+@router.get("/v1/maps/{map_id}/results", tags=["calls"])
+async def map_results(
+    map_id: str, request: Request,
+    offset: int = Query(0, ge=0, description="Index of the first result of the page."),
+    limit: int = Query(100, ge=1, le=1000, description="Most results in the page."),
+    wait: float = Query(0.0, ge=0.0, description="Seconds to wait for the page's first result."),
+    p: Principal = Depends(principal),
+) -> dict[str, Any]:
+    """Results in input order from ``offset``: the finished ones up to the first that is
+    still running (so pages never skip one). ``next_offset`` is where to continue."""
+    gw = request.app.state.gw
+    raw, _ = await bus.kv_get(await _kv(gw), map_id) if map_id.startswith("mp-") else (None, 0)
+    rec = MapRecordDecoder.decode(raw) if raw is not None else None
+    if rec is None or rec.workspace != p.workspace:
+        raise NotFoundError(f"map {map_id!r} not found")
+    page = [CallRef(call_id=c, attempt_token=t)
+            for c, t in zip(rec.calls[offset:offset + limit], rec.tokens[offset:offset + limit],
+                            strict=True)]
+    done: dict[str, Any] = {r.call_id: r for r in await wait_many(gw, p.workspace, page, 0.0)}
+    deadline = time.monotonic() + min(wait, gw.settings.max_sync_wait)
+    # Wait while the page's first result is missing (a page never skips a running call).
+    while page and page[0].call_id not in done and time.monotonic() < deadline:
+        pending = [r for r in page if r.call_id not in done]
+        for resp in await wait_many(gw, p.workspace, pending, deadline - time.monotonic(),
+                                    linger=0.05):
+            done[resp.call_id] = resp
+    results = []
+    for r in page:
+        if r.call_id not in done:
+            break
+        results.append(_json_call(await inline_result(gw, done[r.call_id])))
+    return {"map_id": map_id, "count": len(rec.calls), "offset": offset, "results": results,
+            "next_offset": offset + len(results),
+            "finished": offset + len(results) >= len(rec.calls)}
