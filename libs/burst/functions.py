@@ -15,8 +15,8 @@ from burst._aio import aio_method
 from burst._serialization import deserialize, rebuild_exception, serialize
 from burst.exception import (
     ExecutionError,
-    InputCancellation,
     FunctionTimeoutError,
+    InputCancellation,
     InternalError,
     InvalidError,
 )

@@ -1,9 +1,8 @@
+from burst_agent.service import run
+from burst_agent.settings import AgentSettings
 from burst_core import logs
 from burst_core.service import run_service
 from burst_core.settings import load
-
-from burst_agent.service import run
-from burst_agent.settings import AgentSettings
 
 
 def main() -> None:

@@ -2,7 +2,6 @@ import uvicorn
 
 from burst_core import logs
 from burst_core.settings import load
-
 from burst_gateway.app import create_app
 from burst_gateway.settings import GatewaySettings
 

@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 
 from burst._protocol import MSGPACK, DeployRequest, DeployResponse
 from burst.exception import InvalidError, NotFoundError, PayloadTooLargeError
-from burst_core import bus, names
+from burst_core import bus, names, schedules
 from burst_core.schemas import (
     AppRemoved,
     DeploymentRecord,
@@ -25,7 +25,6 @@ from burst_core.schemas import (
     LogLineDecoder,
     encode,
 )
-
 from burst_gateway.auth import Principal, principal
 
 router = APIRouter()
@@ -88,6 +87,8 @@ def _validate(req: DeployRequest) -> None:
             if not (1.0 <= fn.scaledown_window <= 86400.0):
                 raise ValueError(f"function {fn.name!r}: scaledown_window={fn.scaledown_window} "
                                  "is outside 1..86400 s")
+            if fn.schedule is not None:
+                schedules.check(fn.name, fn.schedule)
     except ValueError as e:
         raise InvalidError(str(e)) from None
     if not req.functions:

@@ -11,7 +11,6 @@ from fastapi import APIRouter, Depends, Request, Response
 from burst._protocol import MAX_PAYLOAD
 from burst.exception import InvalidError, NotFoundError, PayloadTooLargeError
 from burst_core import names
-
 from burst_gateway.auth import Principal, principal
 
 router = APIRouter()

@@ -41,7 +41,6 @@ from burst_core.schemas import (
     OutputItemDecoder,
     encode,
 )
-
 from burst_gateway import budgets
 from burst_gateway.api_blobs import blob_exists, blob_store, check_ref, store_blob
 from burst_gateway.auth import Principal, principal

@@ -16,7 +16,6 @@ from burst_core.schemas import (
     AgentRecordDecoder,
     ServiceHeartbeatDecoder,
 )
-
 from burst_gateway.auth import Principal, admin, principal
 
 router = APIRouter()

@@ -15,7 +15,6 @@ from burst._protocol import CallRef
 from burst.exception import InvalidError, NotFoundError
 from burst_core import bus, names
 from burst_core.schemas import MapRecord, MapRecordDecoder, encode
-
 from burst_gateway.api_calls import (
     MAX_BATCH,
     _function,

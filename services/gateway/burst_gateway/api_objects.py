@@ -8,7 +8,6 @@ from fastapi import APIRouter, Depends, Request, Response
 from burst._protocol import MSGPACK, dict_request_decoder, queue_request_decoder
 from burst.exception import InvalidError
 from burst_core.objects import Objects
-
 from burst_gateway.auth import Principal, principal
 
 router = APIRouter()

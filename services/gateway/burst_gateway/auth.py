@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from burst.exception import AuthError, PermissionDeniedError
-from burst_core import bus, names
+from burst_core import bus
 from burst_core.schemas import TokenRecord, TokenRecordDecoder, encode
 
 TOKEN_PREFIX = "bst_"

@@ -14,7 +14,6 @@ from nats.js.object_store import ObjectStore
 from burst_core import bus, logs, names
 from burst_core.schemas import DeploymentRecord, DeploymentRecordDecoder
 from burst_core.service import heartbeat_loop
-
 from burst_gateway.auth import TokenStore
 from burst_gateway.outputs import OutputRouter
 from burst_gateway.settings import GatewaySettings
