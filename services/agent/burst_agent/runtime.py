@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -38,6 +39,8 @@ class ContainerSpec:
     gpu_indices: list[int] = field(default_factory=list)
     #: Hard memory limit (MiB); 0 means the request, ``memory_mb``.
     memory_limit_mb: int = 0
+    #: CPU limit (cores); 0 means the request plus the agent's ``cpu_headroom``.
+    cpu_limit: float = 0.0
 
 
 class ContainerHandle(Protocol):
@@ -178,7 +181,7 @@ class ProcessRuntime:
         state = self.state_dir or spec.socket_path.parent
         private = state / spec.container_id
         cgroup = box.prepare(spec.container_id, private, spec.cpu,
-                             spec.memory_limit_mb or spec.memory_mb)
+                             spec.memory_limit_mb or spec.memory_mb, spec.cpu_limit)
         box.socket_ready(spec.socket_path)
         if self.zygote is not None:
             try:
@@ -221,6 +224,7 @@ class ProcessRuntime:
         mine = [out_w, err_w, exit_w, exit_r, ready_w, info_w]
         readers = [out_r, err_r, ready_r, info_r]
         proc = None
+        t0 = time.perf_counter()
         try:
             argv = box.command(zyg.HOLDER, bundle_dir=spec.bundle_dir,
                                socket_path=spec.socket_path, private_dir=private,
@@ -229,8 +233,11 @@ class ProcessRuntime:
                 # The id marks the holder as the container's, on the host (ps e, /proc).
                 *argv, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                             "BURST_CONTAINER_ID": spec.container_id},
+                # No preexec_fn (it forces a full fork of the agent; without it the
+                # child is spawned with vfork): the holder and bwrap need no cgroup, the
+                # keeper puts itself and the container into it before the container runs.
                 stdin=exit_r, stdout=ready_w, stderr=err_w, pass_fds=[info_w],
-                start_new_session=True, preexec_fn=box.preexec(cgroup))
+                start_new_session=True)
             for fd in (exit_r, ready_w, info_w):
                 os.close(fd)
                 mine.remove(fd)
@@ -240,6 +247,7 @@ class ProcessRuntime:
             up = await zyg.read_until(ready_r, lambda b: b.endswith(b"\n"))
             if not up:
                 raise zyg.ZygoteError("the sandbox did not come up (bwrap failed)")
+            t_up = time.perf_counter()
             pid = await self.zygote.fork(
                 target_pid=zyg.info_pid(info_text), cwd=sb.BUNDLE,
                 env=self._env(spec, sb.PRIVATE, sb.BUNDLE, sb.SOCKET), uid=box.uid,
@@ -256,6 +264,9 @@ class ProcessRuntime:
         finally:
             for fd in mine:
                 os.close(fd)
+        log.info("container_forked", container_id=spec.container_id,
+                 sandbox_ms=round((t_up - t0) * 1000, 1),
+                 fork_ms=round((time.perf_counter() - t_up) * 1000, 1))
         handle = ProcessHandle(proc, cgroup, private)
         handle.pid, handle.child_pid = pid, pid
         handle.stdout = await zyg.pipe_reader(out_r)

@@ -92,7 +92,7 @@ class Cgroup:
 
     @classmethod
     def create(cls, parents: dict[str, Path], container_id: str, cpu: float,
-               memory_limit_mb: int) -> Cgroup:
+               cpu_limit: float, memory_limit_mb: int) -> Cgroup:
         dirs = {ctrl: p / container_id for ctrl, p in parents.items()}
         for d in dirs.values():
             for attempt in range(3):  # the parent may be going with another container
@@ -107,9 +107,11 @@ class Cgroup:
         # No swap beyond the limit where the kernel accounts it (memsw), so the limit holds.
         with contextlib.suppress(OSError):
             (dirs["memory"] / "memory.memsw.limit_in_bytes").write_text(str(mem << 20))
+        # The request is a weight (1024 = one core), honoured when cores are contended; the
+        # limit is a CFS quota (the kernel's floor is 1 ms per period, i.e. 0.01 cores).
+        (dirs["cpu"] / "cpu.shares").write_text(str(max(2, int(cpu * 1024))))
         (dirs["cpu"] / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
-        # The kernel's floor for a quota is 1 ms per period: cpu=0.01 is exactly that.
-        quota = max(1000, int(cpu * CFS_PERIOD_US))
+        quota = max(1000, int(max(cpu, cpu_limit) * CFS_PERIOD_US))
         (dirs["cpu"] / "cpu.cfs_quota_us").write_text(str(quota))
         return cls(dirs, mem)
 
@@ -168,12 +170,16 @@ class Sandbox:
     cgroup_parents: dict[str, Path] | None = None
     hidden: list[str] = field(default_factory=list)
     reexpose: list[str] = field(default_factory=list)
+    #: Cores above the request a container may use (see AgentSettings.cpu_headroom).
+    cpu_headroom: float = 1.0
 
     @classmethod
-    def detect(cls, mode: str, agent_id: str, home: str, uid: int = 65534) -> Sandbox:
+    def detect(cls, mode: str, agent_id: str, home: str, uid: int = 65534,
+               cpu_headroom: float = 1.0) -> Sandbox:
         if mode not in ("auto", "on", "off"):
             raise ValueError(f"BURST_SANDBOX={mode!r} is not valid: use auto, on or off")
-        sb = cls(mode=mode, agent_id=agent_id, home=home, uid=uid, gid=uid)
+        sb = cls(mode=mode, agent_id=agent_id, home=home, uid=uid, gid=uid,
+                 cpu_headroom=cpu_headroom)
         if mode == "off":
             log.warning("sandbox_off", detail="BURST_SANDBOX=off: containers run as plain "
                         "processes that can read Burst's state and reach the network")
@@ -257,8 +263,9 @@ class Sandbox:
 
     # ---- one container -------------------------------------------------------------
     def prepare(self, container_id: str, private_dir: Path, cpu: float,
-                memory_limit_mb: int) -> Cgroup | None:
-        """Create the container's private dir (owned by the sandbox uid) and cgroups."""
+                memory_limit_mb: int, cpu_limit: float = 0.0) -> Cgroup | None:
+        """Create the container's private dir (owned by the sandbox uid) and cgroups; the
+        CPU limit is ``cpu_limit`` if set, else the request plus the agent's headroom."""
         private_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(private_dir, 0o700)
         if os.geteuid() == 0:
@@ -266,7 +273,8 @@ class Sandbox:
         if self.cgroup_parents is None:
             return None
         try:
-            return Cgroup.create(self.cgroup_parents, container_id, cpu, memory_limit_mb)
+            return Cgroup.create(self.cgroup_parents, container_id, cpu,
+                                 cpu_limit or cpu + self.cpu_headroom, memory_limit_mb)
         except OSError as e:
             log.warning("cgroup_create_failed", container_id=container_id, error=repr(e))
             return None

@@ -46,6 +46,10 @@ class AgentSettings(CommonSettings):
     sandbox: str = "auto"
     #: Host uid (and gid) sandboxed containers run as; never root.
     sandbox_uid: int = 65534
+    #: Cores a sandboxed container may use above its ``cpu`` request while the machine has
+    #: them to spare: its CFS quota is request + headroom (unless the function sets a
+    #: limit), and the request itself is what ``cpu.shares`` guarantees under contention.
+    cpu_headroom: float = 1.0
     #: Start sandboxed containers as forks of a warm interpreter (the zygote) rather than
     #: fresh interpreters (needs root and the sandbox; otherwise fresh interpreters).
     zygote: bool = True

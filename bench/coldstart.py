@@ -1,0 +1,224 @@
+"""Benchmark: cold starts of the process runtime, beside a fresh interpreter, in one run.
+
+    .venv/bin/python bench/coldstart.py [--samples 20] [--containers 100] [--hold 30]
+
+Starts its own clusters with `burst up` (temporary BURST_HOME each) and measures:
+- cold start p50/p99 of the process runtime (sandboxed; containers forked from the zygote,
+  the default), and the same with ``BURST_ZYGOTE=0`` (a fresh interpreter in the sandbox per
+  container): zero containers of the function verified, then `.remote()` until its result;
+- the floor: ``python3 -c 'import sys;sys.stdout.write(sys.stdin.readline())'`` spawned per
+  sample and answering one line over a pipe;
+- 0 -> N live containers (N=100): a function with ``cpu=0.01`` and ``max_containers=N``
+  gets N concurrent spawns; each call records when it started running in its container
+  (a container is live once it runs its first input) and then holds its container for
+  ``--hold`` seconds, so every further input needs another container. Reported: when the
+  1st, 10th, 50th and Nth distinct containers went live, counted from the first spawn.
+Prints one JSON object. Compare ratios, not absolute times: these machines are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+APP = '''
+import os, time
+
+import burst
+
+app = burst.App("coldstart")
+
+
+def cold(x=None):
+    return x
+
+
+# One function per sample: each call is the first of a function with zero containers
+# (no wait for a scale-down, and no chance of a warm hit from a lagging status).
+COLD = [app.function(scaledown_window=1, name=f"cold{i}")(cold) for i in range({samples})]
+
+
+@app.function(cpu=0.01, max_containers={containers}, scaledown_window=2, timeout=600)
+def live(hold):
+    started = time.time()
+    time.sleep(hold)
+    return os.environ["BURST_CONTAINER_ID"], started
+'''
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+def summary(values_s: list[float]) -> dict[str, float]:
+    ms = [v * 1000 for v in values_s]
+    return {"p50_ms": round(statistics.median(ms), 1), "p99_ms": round(pct(ms, 99), 1),
+            "min_ms": round(min(ms), 1), "samples": len(ms)}
+
+
+def fresh_interpreter(samples: int) -> dict[str, Any]:
+    """Spawn ``python3 -c ...`` per sample; time until its answer comes back over a pipe."""
+    # The real interpreter, not a version manager's shell shim in front of it.
+    python3 = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    times = []
+    for i in range(samples + 2):
+        t0 = time.perf_counter()
+        p = subprocess.Popen([python3, "-c", "import sys;sys.stdout.write(sys.stdin.readline())"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write(b"ping\n")
+        p.stdin.flush()
+        line = p.stdout.readline()
+        dt = time.perf_counter() - t0
+        p.wait(10)
+        assert line == b"ping\n", line
+        if i >= 2:  # the first two warm the page cache
+            times.append(dt)
+    return {**summary(times), "interpreter": os.path.realpath(python3)}
+
+
+class ClusterRun:
+    def __init__(self, extra_env: dict[str, str]) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="burst-bench-"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BURST_")}
+        env.update(BURST_HOME=str(self.home), BURST_SCALEDOWN_TICK="0.1",
+                   BURST_HEARTBEAT_INTERVAL="0.2", BURST_LOG_LEVEL="warning")
+        env.update(extra_env)
+        self.env = env
+
+    def __enter__(self) -> ClusterRun:
+        self._saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(self.env)
+        up = subprocess.run([str(BIN / "burst"), "up"], env=self.env, capture_output=True,
+                            text=True)
+        if up.returncode != 0:
+            self.__exit__()
+            sys.exit(f"burst up failed:\n{up.stdout}\n{up.stderr}")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        subprocess.run([str(BIN / "burst"), "down"], env=self.env, capture_output=True,
+                       text=True)
+        os.environ.clear()
+        os.environ.update(self._saved)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def load_app(workdir: Path, containers: int, samples: int, tag: str) -> Any:
+    import importlib
+
+    name = f"coldstart_app_{tag}"
+    text = APP.replace("{containers}", str(containers)).replace("{samples}", str(samples + 1))
+    (workdir / f"{name}.py").write_text(textwrap.dedent(text))
+    sys.path.insert(0, str(workdir))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(workdir))
+
+
+def containers_of(client: Any) -> int:
+    """Containers and claims on every agent (the cluster runs this benchmark's app only)."""
+    status = client.get_json("/v1/status")
+    return sum(a["containers"] + a.get("allocations", 0) for a in status["agents"])
+
+
+def cold_starts(mod: Any, samples: int) -> dict[str, Any]:
+    from burst.client import Client
+
+    client = Client.from_profile()
+    cold = []
+    for fn in mod.COLD[: samples + 1]:
+        deadline = time.monotonic() + 30
+        # Zero containers, verified: the previous samples' containers have scaled down
+        # too, so the machine is as quiet as it was for the first sample.
+        while containers_of(client) > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if containers_of(client) > 0:
+            raise RuntimeError(f"the function did not scale to zero within 30 s: "
+                               f"{client.get_json('/v1/status')['agents']}")
+        t0 = time.perf_counter()
+        fn.remote()
+        cold.append(time.perf_counter() - t0)
+    # The first sample also starts the zygote (once per agent): reported apart.
+    return {**summary(cold[1:]), "first_ms": round(cold[0] * 1000, 1)}
+
+
+def zero_to_n(mod: Any, n: int, hold: float) -> dict[str, Any]:
+    from burst.client import Client
+
+    client = Client.from_profile()
+    deadline = time.monotonic() + 30
+    while containers_of(client) > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t0 = time.time()
+    calls = [mod.live.spawn(hold) for _ in range(n)]
+    spawned = time.time() - t0
+    first_live: dict[str, float] = {}
+    for c in calls:
+        cid, started = c.get(timeout=hold + 600)
+        first_live[cid] = min(first_live.get(cid, started), started)
+    live = sorted(t - t0 for t in first_live.values())
+
+    def at(k: int) -> float | None:
+        return round(live[k - 1], 3) if len(live) >= k else None
+
+    return {"containers_requested": n, "distinct_containers": len(live),
+            "hold_s": hold, "spawn_s": round(spawned, 3), "first_live_s": at(1),
+            "live_10_s": at(10), "live_50_s": at(50), f"live_{n}_s": at(n),
+            "note": "calls beyond the live containers waited for a container to free up"
+            if len(live) < n else ""}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=20)
+    ap.add_argument("--containers", type=int, default=100)
+    ap.add_argument("--hold", type=float, default=30.0,
+                    help="seconds each call of the 0->N test keeps its container busy")
+    ap.add_argument("--skip-fresh", action="store_true",
+                    help="skip the BURST_ZYGOTE=0 cluster")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="burst-bench-app-"))
+    result: dict[str, Any] = {"benchmark": "coldstart", "runtime": "process"}
+    result["fresh_interpreter"] = fresh_interpreter(args.samples)
+    with ClusterRun({}):
+        mod = load_app(work, args.containers, args.samples, "zygote")
+        with mod.app.run(show_output=False):
+            result["process_cold_start"] = cold_starts(mod, args.samples)
+            result[f"zero_to_{args.containers}_live"] = zero_to_n(mod, args.containers,
+                                                                   args.hold)
+    if not args.skip_fresh:
+        with ClusterRun({"BURST_ZYGOTE": "0"}):
+            mod = load_app(work, args.containers, args.samples, "fresh")
+            with mod.app.run(show_output=False):
+                result["process_cold_start_no_zygote"] = cold_starts(mod, args.samples)
+    floor = result["fresh_interpreter"]["p50_ms"]
+    result["ratios"] = {
+        "process_p50_over_fresh_interpreter_p50":
+            round(result["process_cold_start"]["p50_ms"] / floor, 2),
+    }
+    if "process_cold_start_no_zygote" in result:
+        result["ratios"]["no_zygote_p50_over_fresh_interpreter_p50"] = round(
+            result["process_cold_start_no_zygote"]["p50_ms"] / floor, 2)
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
