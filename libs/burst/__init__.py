@@ -11,7 +11,8 @@ from burst.concurrency import batched, concurrent
 from burst.functions import Function, FunctionCall
 from burst.objects import Dict, Queue
 from burst.retries import Retries
+from burst.schedules import Cron, Period
 
 __version__ = "0.1.0"
-__all__ = ["App", "Cls", "Dict", "Function", "FunctionCall", "Retries", "batched", "concurrent", "enter",
-           "exception", "exit", "method", "parameter", "Queue", "__version__"]
+__all__ = ["App", "Cls", "Cron", "Dict", "Function", "FunctionCall", "Retries", "batched", "concurrent", "enter",
+           "exception", "exit", "method", "parameter", "Period", "Queue", "__version__"]

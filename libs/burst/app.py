@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from burst import _resources
 from burst import _protocol as proto
+from burst import schedules
 from burst.exception import InvalidError
 from burst.cls import Cls
 from burst.functions import Function, is_generator
 from burst.retries import Retries
+from burst.schedules import Cron, Period
 
 if TYPE_CHECKING:
     from burst._logs import LogFollower
@@ -87,6 +89,7 @@ class App:
         nonpreemptible: bool = False,
         retries: int | Retries | None = None,
         name: str | None = None,
+        schedule: Cron | Period | None = None,
     ) -> Callable[[F], Function[..., Any]]:
         """Register a function to run in containers.
 
@@ -94,7 +97,8 @@ class App:
         ``"H100:2"`` or an ordered list of fallbacks; ``timeout`` is per attempt (1 s to
         24 h, default 300 s; each retry gets a fresh one); ``retries`` is an int or a
         :class:`burst.Retries`; ``scaledown_window`` is how long an idle container is kept
-        (1 s to 24 h, default 60 s).
+        (1 s to 24 h, default 60 s); ``schedule`` (:class:`burst.Cron` or
+        :class:`burst.Period`) runs the function by itself once the app is deployed.
         """
         if _warn_parentheses_missing is not None:
             raise InvalidError("use @app.function() with parentheses")
@@ -105,6 +109,7 @@ class App:
         mx = _resources.count("max_containers", max_containers, lo=1, allow_none=True)
         buf = _resources.count("buffer_containers", buffer_containers)
         retry = Retries.coerce(retries)
+        sched = schedules.spec_of(schedule)
         if mx is not None and mn is not None and mn > mx:
             raise InvalidError(f"min_containers={mn} is above max_containers={mx}")
 
@@ -129,7 +134,7 @@ class App:
                 buffer_containers=buf or 0, nonpreemptible=nonpreemptible,
                 is_generator=is_generator(f),
                 retries=retry.policy() if retry is not None else None,
-                max_inputs=max_inputs, target_inputs=target_inputs,
+                max_inputs=max_inputs, target_inputs=target_inputs, schedule=sched,
             )
             if spec.name in self.registered_functions:
                 raise InvalidError(f"app {self.name!r} already has a function {spec.name!r}")
@@ -145,6 +150,9 @@ class App:
         options as :meth:`function`."""
         if _warn_parentheses_missing is not None:
             raise InvalidError("use @app.cls() with parentheses")
+        if options.get("schedule") is not None:
+            raise InvalidError("schedule= is for @app.function(): a class has no single "
+                               "function to call on a tick")
         register = self.function(**options)
 
         def decorator(user_cls: type) -> Cls:

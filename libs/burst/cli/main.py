@@ -44,6 +44,9 @@ def _register_commands() -> None:
     from burst.cli import agents
 
     agents.register(app)  # agent list, agent preempt
+    from burst.cli import schedules
+
+    schedules.register(app)  # schedule list, pause, resume
     # Further command modules register here, one line each, e.g.:
     # from burst.cli import run as run_cmd; run_cmd.register(app)
 

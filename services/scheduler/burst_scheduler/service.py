@@ -5,9 +5,10 @@ Two kinds of work run here:
 - *following* (every replica, always): the KV watches that build :class:`ClusterState`,
   and the warm pools mirrored into Redis;
 - *deciding* (:meth:`Scheduler.start_decisions` / :meth:`Scheduler.stop_decisions`): the
-  ``input.accepted`` consumer, the scale-down tick and the reconcile loop. They start and
-  stop as one group, wrapped by the ``scheduler`` lease (``leader.py``): a replica that
-  wins the lease starts deciding, one that loses it stops.
+  ``input.accepted`` consumer, the scale-down tick, the reconcile loop and the schedule
+  ticker (``schedules.py``). They start and stop as one group, wrapped by the
+  ``scheduler`` lease (``leader.py``): a replica that wins the lease starts deciding, one
+  that loses it stops.
 
 Even two replicas deciding at once stay safe where it matters: resources are claimed by
 compare-and-set on agent records, so no GPU is ever given twice; the cost of two deciders
@@ -37,6 +38,7 @@ from burst_scheduler.failover import LostAgents
 from burst_scheduler.leader import Leadership
 from burst_scheduler.pools import WarmPools
 from burst_scheduler.reconcile import Reconciler
+from burst_scheduler.schedules import Ticker
 from burst_scheduler.settings import SchedulerSettings
 from burst_scheduler.state import ClusterState, StateWatcher
 
@@ -67,6 +69,9 @@ class Scheduler:
         self.reconciler = Reconciler(self.js, self.state, self.autoscaler, self.pools)
         self.lost_agents = LostAgents(self.js, agents_kv, await self.js.key_value(
             names.KV_HEARTBEATS), self.state, self.reconciler.wake.set)
+        # The nats-py JetStream context keeps its connection; signals go out on it.
+        self.ticker = Ticker(self.js, self.js._nc, self.state, s,
+                             lambda fn_key: self.autoscaler.blocked(fn_key))
         self.state.listeners.append(self.pools.on_state_change)
         await self.watcher.start()
         self.budget_stop = await BudgetStop.attach(self)  # hard budgets: stop, place nothing
@@ -117,6 +122,8 @@ class Scheduler:
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
             asyncio.create_task(self._every(s.lost_check_interval, self.lost_agents.check_once,
                                             "lost_agents"), name="lost_agents"),
+            asyncio.create_task(self._every(s.schedule_interval, self.ticker.run_once,
+                                            "schedules"), name="schedules"),
         ]
 
     async def stop_decisions(self) -> None:
@@ -185,6 +192,7 @@ class Scheduler:
             "placed": str(autoscaler.placed if autoscaler else 0),
             "stop_orders": str(autoscaler.stop_orders if autoscaler else 0),
             "agents_lost": str(self.lost_agents.marked if autoscaler else 0),
+            "ticks_fired": str(self.ticker.fired if autoscaler else 0),
         }
 
 

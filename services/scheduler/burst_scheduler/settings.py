@@ -32,3 +32,13 @@ class SchedulerSettings(CommonSettings):
     lease_ttl: float = 3.0
     #: Seconds to wait before restarting a failed KV watch or Redis write.
     retry_delay: float = 0.5
+    #: Seconds between checks for due schedule ticks (a tick fires at most this late).
+    schedule_interval: float = 0.5
+    #: A tick that came due at most this many seconds ago still fires (late); older ones
+    #: were missed while the cluster was down and fire only on a backfill.
+    schedule_catchup: float = 60.0
+    #: Most missed ticks one backfill fires per function.
+    schedule_backfill_max: int = 1000
+    #: A tick's call record younger than this is republished when found (its creator may
+    #: have died before publishing); keep it below the inputs stream's dedupe window.
+    schedule_dedupe_window: float = 60.0
