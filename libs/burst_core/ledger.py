@@ -37,7 +37,7 @@ from typing import Any, Literal
 import msgspec
 from nats.js import JetStreamContext
 
-from burst_core import bus, names
+from burst_core import ledger_store, names
 from burst_core.schemas import (
     AgentLost,
     ContainerMark,
@@ -46,7 +46,6 @@ from burst_core.schemas import (
     LedgerSnapshotDecoder,
     MeteringRecord,
     decoder,
-    encode,
 )
 
 # The seed's per-second rates (USD). T4/L4 sit below the A10G, L40S between A10G and
@@ -382,9 +381,13 @@ def skip(snapshot: LedgerSnapshot, seq: int) -> None:
     snapshot.seq = max(snapshot.seq, seq)
 
 
+_sorted_encoder = msgspec.msgpack.Encoder(order="sorted")
+
+
 def fingerprint(snapshot: LedgerSnapshot) -> bytes:
-    """Everything the fold determines, not when it was saved: equal iff the same ledger."""
-    return encode(msgspec.structs.replace(snapshot, updated_at=0.0))
+    """Everything the fold determines, not when it was saved: equal iff the same ledger
+    (maps compared as maps: a ledger read back from its pieces lists its days by month)."""
+    return _sorted_encoder.encode(msgspec.structs.replace(snapshot, updated_at=0.0))
 
 
 # ---- reading ---------------------------------------------------------------------------
@@ -500,7 +503,7 @@ def decode_snapshot(data: bytes | None) -> LedgerSnapshot:
 
 
 async def load_snapshot(js: JetStreamContext) -> LedgerSnapshot:
-    """The latest ledger billing saved, or an empty one before billing's first save."""
-    kv = await js.key_value(names.KV_LEDGER)
-    data, _ = await bus.kv_get(kv, names.LEDGER_STATE_KEY)
-    return decode_snapshot(data)
+    """The latest ledger billing saved (its header and pieces, see
+    :mod:`burst_core.ledger_store`), or an empty one before billing's first save."""
+    snap, _, _ = await ledger_store.read(await js.key_value(names.KV_LEDGER))
+    return snap

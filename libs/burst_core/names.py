@@ -200,7 +200,7 @@ KV_HEARTBEATS = "burst_heartbeats"  # key: <agent_id> -> AgentHeartbeat
 KV_CALLS = "burst_calls"  # key: <call_id> -> CallRecord (TTL: result retention)
 KV_TOKENS = "burst_tokens"  # key: sha256(token) -> TokenRecord
 KV_SERVICES = "burst_services"  # key: <service>.<instance> -> ServiceHeartbeat
-KV_LEDGER = "burst_ledger"  # key: "state" -> LedgerSnapshot
+KV_LEDGER = "burst_ledger"  # "state" -> LedgerHeader; ledger_part_key() -> a piece
 KV_LEASES = "burst_leases"  # key: <lease name> -> holder id (TTL)
 KV_MAPS = "burst_maps"  # key: <map id> -> MapRecord (the call ids of a map, in order)
 KV_DICTS = "burst_dicts"  # keys: meta.<ws>.<dict>, d.<ws>.<dict>.<sha256 of the key>
@@ -243,12 +243,11 @@ def service_key(service: str, instance: str) -> str:
 
 
 LEDGER_STATE_KEY = "state"
-#: Parts of a split ledger snapshot (see ``burst_core.ledger``): ``part.<n>.<name>``.
-LEDGER_PART_PREFIX = "part"
 
 
-def ledger_part_key(generation: int, part: str) -> str:
-    return f"{LEDGER_PART_PREFIX}.{generation}.{part}"
+def ledger_part_key(writer: str, n: int) -> str:
+    """A piece of the saved ledger (``burst_core.ledger_store``), slot ``n`` of one writer."""
+    return f"part.{writer}.{n}"
 
 
 LEASE_BILLING = "billing"

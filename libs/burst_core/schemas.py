@@ -224,6 +224,21 @@ class LedgerSnapshot(_Wire, kw_only=True):
     lost_agents: dict[str, float] = msgspec.field(default_factory=dict)
 
 
+class LedgerPart(msgspec.Struct, array_like=True):
+    key: str  # names.ledger_part_key()
+    digest: str  # sha256 of the piece, hex: a reader that finds other bytes retries
+
+
+class LedgerHeader(_Wire, kw_only=True):
+    """The saved ledger (KV ``burst_ledger``, key ``state``): its stream position and the
+    pieces that hold it, by group (the snapshot without its day lines, then one group per
+    month of day lines), each group's pieces in order. See ``burst_core.ledger_store``."""
+
+    seq: int = 0
+    updated_at: float = 0.0
+    groups: list[list[LedgerPart]] = msgspec.field(default_factory=list)
+
+
 class LeaseRecord(_Wire, kw_only=True):
     """Who holds a singleton role (KV ``burst_leases``), until when (epoch seconds)."""
 
@@ -557,6 +572,7 @@ TokenRecordDecoder = decoder(TokenRecord)
 MapRecordDecoder = decoder(MapRecord)
 ServiceHeartbeatDecoder = decoder(ServiceHeartbeat)
 LedgerSnapshotDecoder = decoder(LedgerSnapshot)
+LedgerStateDecoder = decoder(LedgerSnapshot | LedgerHeader)  # what "state" holds
 LeaseRecordDecoder = decoder(LeaseRecord)
 InputDecoder = decoder(Input)
 OutputDecoder = decoder(Output)

@@ -242,3 +242,33 @@ async def test_superseded_writer_stops_without_overwriting(js: Any) -> None:
     with pytest.raises(Superseded):
         await asyncio.wait_for(task, 5)
     assert (await ledger.load_snapshot(js)).updated_at == 1.0
+
+
+async def test_a_ledger_over_a_kv_value_replays_identically(js: Any, nats_url: str) -> None:
+    # 50 functions x 100 days: one day line each, ~1.4 MiB of ledger (a KV value: 1 MiB).
+    t0 = time.time() - 100 * 86400
+    records = [MeteringRecord(container_id=f"c{f}-{d}", interval=0, start=t0 + d * 86400,
+                              end=t0 + d * 86400 + 5.0, workspace="acme", app="shop",
+                              function=f"fn{f}", agent_id="agent1", final=True,
+                              resources=Resources(cpu=0.5, gpu_type="A10G", gpu_count=1))
+               for d in range(100) for f in range(50)]
+    acks = []
+    for i in range(0, len(records), 500):
+        acks += await asyncio.gather(*(
+            bus.publish(js, names.metering_subject("acme", "agent1"), encode(r),
+                        msg_id=f"{r.container_id}:0") for r in records[i:i + 500]))
+    last = max(a.seq for a in acks)
+    slow = {"dedupe_horizon": 400 * 86400.0}  # records of past months are not late
+    async with billing(nats_url, **slow):
+        first = await wait_seq(js, last, timeout=60)
+    assert len(encode(first)) > 1 << 20 and len(first.days) == 5000
+    cost = sum(ledger.record_cost(r, ledger.Rates()) for r in records)
+    by_day = ledger.report(first, "acme", by="day")
+    assert len(by_day) == 100 and round(sum(r["cost"] for r in by_day), 2) == round(cost, 2)
+    assert sum(r["records"] for r in ledger.report(first, "acme", by="function")) == 5000
+    kv = await js.key_value(names.KV_LEDGER)
+    await kv.delete(names.LEDGER_STATE_KEY)
+    assert (await ledger.load_snapshot(js)).seq == 0
+    async with billing(nats_url, **slow):
+        replayed = await wait_seq(js, last, timeout=60)
+    assert ledger.fingerprint(replayed) == ledger.fingerprint(first)

@@ -5,11 +5,12 @@ reads ``BURST_METERING`` from ``seq + 1`` with an ordered consumer (ephemeral, n
 in stream order, recreated by the client at the right sequence after a gap), so nothing
 is acked, nothing is skipped and nothing is folded twice.
 
-Saves are fenced by compare-and-set on the snapshot entry's revision: a writer that was
-superseded (its lease ran out while it was cut off, and a successor saved since) fails
-its next save with :class:`Superseded` and stops, instead of overwriting a newer ledger.
-Whichever writer saves, every saved snapshot is the exact fold of the stream up to its
-``seq``.
+Saves go through :class:`burst_core.ledger_store.LedgerStore` (a header naming pieces, so
+the ledger may outgrow one KV value) and are fenced by compare-and-set on the header's
+revision: a writer that was superseded (its lease ran out while it was cut off, and a
+successor saved since) fails its next save with :class:`Superseded` and stops, instead of
+overwriting a newer ledger. Whichever writer saves, every saved snapshot is the exact fold
+of the stream up to its ``seq``.
 """
 
 from __future__ import annotations
@@ -19,26 +20,17 @@ import time
 
 import msgspec
 import nats.errors
-import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.kv import KeyValue
 
-from burst_core import bus, ledger, logs, names
-from burst_core.schemas import AgentLost, LedgerSnapshot, encode
+from burst_core import ledger, logs, names
+from burst_core.ledger_store import LedgerStore, Superseded
+from burst_core.schemas import AgentLost, LedgerSnapshot
 
 log = logs.get("burst.billing.ledger")
 
-# A KV value is capped at the server's max payload (1 MiB by default): warn well before.
-# What could grow without bound is bounded: a container's dedupe marks are pruned a dedupe
-# horizon after its last record (``ledger.DEDUPE_HORIZON``); what remains grows with the
-# number of functions and days (one line per function per UTC day of use).
-_SNAPSHOT_WARN_BYTES = 768 * 1024
-
-
-class Superseded(Exception):
-    """Another writer saved the ledger since this one loaded it: stop folding."""
+__all__ = ["LedgerWriter", "Superseded"]
 
 
 class LedgerWriter:
@@ -53,21 +45,20 @@ class LedgerWriter:
         self.snapshot_interval = snapshot_interval
         self.horizon = horizon
         self.snapshot = LedgerSnapshot()
-        self._kv: KeyValue | None = None
-        self._rev = 0
+        self._store: LedgerStore | None = None
         self._saved_seq = -1
         #: Set once the saved snapshot is loaded: before that ``snapshot`` is empty.
         self.loaded = False
 
     @property
     def seq(self) -> int:
-        return self.snapshot.seq
+        seq: int = self.snapshot.seq
+        return seq
 
     async def run(self, until: asyncio.Event) -> None:
         """Fold until ``until`` is set, then save. Raises :class:`Superseded`."""
-        self._kv = await self.js.key_value(names.KV_LEDGER)
-        data, self._rev = await bus.kv_get(self._kv, names.LEDGER_STATE_KEY)
-        self.snapshot = ledger.decode_snapshot(data)
+        self._store = LedgerStore(await self.js.key_value(names.KV_LEDGER))
+        self.snapshot = await self._store.load()
         self._saved_seq = self.snapshot.seq
         self.loaded = True
         log.info("ledger_loaded", seq=self.snapshot.seq, lines=len(self.snapshot.lines))
@@ -122,18 +113,10 @@ class LedgerWriter:
 
     async def save(self) -> None:
         """Save the snapshot if it moved since the last save (compare-and-set)."""
-        if self._kv is None or self.snapshot.seq == self._saved_seq:
+        if self._store is None or self.snapshot.seq == self._saved_seq:
             return
         self.snapshot.updated_at = time.time()
-        data = encode(self.snapshot)
-        if len(data) > _SNAPSHOT_WARN_BYTES:
-            log.warning("ledger_snapshot_large", bytes=len(data))
-        try:
-            if self._rev:
-                self._rev = await self._kv.update(names.LEDGER_STATE_KEY, data, last=self._rev)
-            else:
-                self._rev = await self._kv.create(names.LEDGER_STATE_KEY, data)
-        except nats.js.errors.KeyWrongLastSequenceError as e:
-            raise Superseded(f"ledger saved by another writer since revision {self._rev}") from e
+        size = await self._store.save(self.snapshot)  # raises Superseded
         self._saved_seq = self.snapshot.seq
-        log.debug("ledger_saved", seq=self.snapshot.seq, bytes=len(data))
+        log.debug("ledger_saved", seq=self.snapshot.seq, bytes=size,
+                  pieces_written=self._store.last_written)
