@@ -38,7 +38,7 @@ def call_created_at(call_id: str) -> float:
 
 def build(workspace: str, app: str, function: str, deployment_id: str, payload: bytes,
           payload_format: str, now: float, call_id: str | None = None,
-          ) -> tuple[CallRecord, Input]:
+          payload_ref: str = "") -> tuple[CallRecord, Input]:
     """A call's first-attempt record and input (nothing is written)."""
     cid = call_id or new_call_id(now)
     # The input id follows from the call id: resubmitting a call (an idempotent retry
@@ -49,7 +49,8 @@ def build(workspace: str, app: str, function: str, deployment_id: str, payload: 
                      deployment_id=deployment_id)
     inp = Input(workspace=workspace, app=app, function=function, call_id=cid,
                 input_id=input_id, attempt=1, attempt_token=token, payload=payload,
-                accepted_at=now, deployment_id=deployment_id, payload_format=payload_format)
+                accepted_at=now, deployment_id=deployment_id, payload_format=payload_format,
+                payload_ref=payload_ref)
     return rec, inp
 
 

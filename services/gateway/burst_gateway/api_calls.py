@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import json
 import time
-import uuid
 from typing import Any
 
 import msgspec
@@ -29,13 +28,13 @@ from burst._protocol import (
 )
 from burst.exception import InvalidError, NotFoundError, PayloadTooLargeError
 from burst_core import bus, logs, names
+from burst_core import calls as call_store
+from burst_core.calls import call_created_at, new_call_id
 from burst_core.schemas import (
     CallCancelled,
     CallRecord,
     CallRecordDecoder,
     DeploymentRecord,
-    Input,
-    InputAccepted,
     Output,
     OutputItem,
     OutputItemDecoder,
@@ -109,7 +108,6 @@ async def submit(gw: Any, p: Principal, dep: DeploymentRecord, fn: str,
     await budgets.check(gw, p.workspace, dep.app, fn)  # 402 while a hard budget is spent
     fn_key = names.function_key(p.workspace, dep.app, fn)
     now = time.time()
-    calls = []
     refs = refs or [""] * len(payloads)
     if len(refs) != len(payloads):
         raise InvalidError(f"{len(refs)} payload references for {len(payloads)} payloads")
@@ -121,44 +119,14 @@ async def submit(gw: Any, p: Principal, dep: DeploymentRecord, fn: str,
         if len(payload) > INLINE_PAYLOAD_LIMIT:  # too big for a NATS message: a blob
             refs[i] = await store_blob(gw, payload)
             payloads[i] = b""
-    for payload, ref in zip(payloads, refs, strict=True):
-        cid = call_id or new_call_id(now)
-        # The input id follows from the call id: resubmitting a call (an idempotent retry
-        # after a crash) republishes the same input, which JetStream then drops.
-        input_id, token = "in-" + cid[3:], uuid.uuid4().hex
-        rec = CallRecord(call_id=cid, workspace=p.workspace, app=dep.app, function=fn,
-                         input_id=input_id, attempt=1, attempt_token=token, created_at=now,
-                         deployment_id=dep.deployment_id)
-        inp = Input(workspace=p.workspace, app=dep.app, function=fn, call_id=cid,
-                    input_id=input_id, attempt=1, attempt_token=token, payload=payload,
-                    accepted_at=now, deployment_id=dep.deployment_id,
-                    payload_format=payload_format, payload_ref=ref)
-        calls.append((rec, inp))
+    calls = [call_store.build(p.workspace, dep.app, fn, dep.deployment_id, payload,
+                              payload_format, now, call_id=call_id, payload_ref=ref)
+             for payload, ref in zip(payloads, refs, strict=True)]
     futs = [gw.outputs.register(rec.call_id, rec.attempt_token) if register else None
             for rec, _ in calls]
-    subject = names.input_subject(fn_key)
-    # Records and inputs go out together (one round trip, not two): a first attempt never
-    # reads its record; only retries, cancellation and late lookups do, well after this.
-    await asyncio.gather(*(gw.calls_kv.create(rec.call_id, encode(rec)) for rec, _ in calls),
-                         *(bus.publish(gw.js, subject, encode(inp), msg_id=inp.input_id)
-                           for _, inp in calls))
-    # A payload-free hint for the scheduler; losing it costs a reconcile tick, nothing more.
-    await gw.nc.publish(names.input_accepted_subject(fn_key),
-                        encode(InputAccepted(fn_key=fn_key, call_id=calls[-1][0].call_id, at=now)))
+    await call_store.create_many(gw.js, gw.nc, gw.calls_kv, fn_key, calls)
     return [(CallRef(call_id=rec.call_id, attempt_token=rec.attempt_token), fut)
             for (rec, _), fut in zip(calls, futs, strict=True)]
-
-
-def new_call_id(now: float) -> str:
-    """``fc-`` + 12 hex digits of milliseconds since the epoch + 20 random hex digits."""
-    return f"fc-{int(now * 1000):012x}{uuid.uuid4().hex[:20]}"
-
-
-def call_created_at(call_id: str) -> float:
-    try:
-        return int(call_id[3:15], 16) / 1000
-    except ValueError:
-        return 0.0
 
 
 async def _record(gw: Any, call_id: str, workspace: str) -> CallRecord | None:
