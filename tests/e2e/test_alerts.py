@@ -178,3 +178,32 @@ def test_a_normal_timeout_is_not_a_runaway(cluster: Cluster, receiver: Receiver)
     time.sleep(3 * 2.0)
     assert receiver.of("container.runaway_detected") == []
     assert receiver.rejected == 0
+
+
+def test_webhook_secrets_are_sealed_at_rest(cluster: Cluster, receiver: Receiver) -> None:
+    """The endpoint's secret signs deliveries (the tests above verified them with it), yet
+    neither its KV entry nor any file of the NATS store holds it."""
+    import asyncio
+
+    async def entries() -> list[bytes]:
+        import nats
+
+        nc = await nats.connect(_nats_url(cluster))
+        try:
+            kv = await nc.jetstream().key_value("burst_webhooks")
+            return [(await kv.get(k)).value for k in await kv.keys()]
+        finally:
+            await nc.close()
+
+    values = asyncio.run(entries())
+    assert len(values) == 1 and b"sealed:v1:" in values[0]
+    secret = receiver.secret.encode()
+    key_b64 = secret.removeprefix(b"whsec_")
+    assert secret not in values[0] and key_b64 not in values[0]
+    store = [p.read_bytes() for p in (cluster.home / "nats").rglob("*") if p.is_file()]
+    # The search can find what the entry holds in clear (its URL), but not the secret.
+    assert any(receiver.url.encode() in data for data in store)
+    assert not any(key_b64 in data for data in store), "the webhook secret is in the store"
+    key = cluster.home / "secrets.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert receiver.of("function.error_rate_exceeded"), "no delivery was signed with it"

@@ -52,7 +52,7 @@ async def run(settings: BillingSettings, stop: asyncio.Event) -> None:
     sender = WebhookSender(
         js, allow=settings.webhook_allow_networks, retry_base=settings.webhook_retry_base,
         retry_max=settings.webhook_retry_max, max_attempts=settings.webhook_max_attempts,
-        timeout=settings.webhook_timeout)
+        timeout=settings.webhook_timeout, home=settings.home)
     relay = AgentLostRelay(js)
     renew_every = settings.lease_ttl / 3
     try:

@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from burst import webhooks as signing
-from burst_core import bus, logs, names
+from burst_core import bus, logs, names, sealing
 from burst_core.schemas import (
     WebhookDeliveryDecoder,
     WebhookEndpointDecoder,
@@ -139,8 +139,10 @@ class WebhookSender:
 
     def __init__(self, js: JetStreamContext, *, allow: str, retry_base: float,
                  retry_max: float, max_attempts: int, timeout: float,
-                 concurrency: int = 8) -> None:
+                 home: str = "", concurrency: int = 8) -> None:
         self.js = js
+        #: $BURST_HOME, whose key opens the endpoints' sealed secrets (see burst_core.sealing).
+        self.home = home
         self.allow = parse_allow(allow)
         self.retry_base = retry_base
         self.retry_max = retry_max
@@ -199,6 +201,14 @@ class WebhookSender:
             return
         ep = WebhookEndpointDecoder.decode(ep_raw)
         try:
+            secret = (sealing.for_home(self.home).open(ep.secret)
+                      if ep.secret.startswith(sealing.PREFIX) else ep.secret)
+        except sealing.SealingError as e:  # another cluster's key: retrying cannot help
+            dlog.error("webhook_secret_unreadable", error=str(e))
+            await self._record(entry, status="failed", url=ep.url, attempts=attempt,
+                               last_error=str(e))
+            return
+        try:
             addr, port, host = await resolve(ep.url, self.allow)
         except TargetRefused as e:
             dlog.warning("webhook_target_refused", url=ep.url, reason=str(e))
@@ -211,7 +221,7 @@ class WebhookSender:
         code, error = 0, ""
         try:
             code = await post(ep.url, addr, port, host,
-                              signing.headers(ep.secret, d.delivery_id, d.body), d.body,
+                              signing.headers(secret, d.delivery_id, d.body), d.body,
                               self.timeout)
         except Exception as e:
             error = f"{e.__class__.__name__}: {e}" if str(e) else e.__class__.__name__

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from burst.exception import InvalidError, NotFoundError
 from burst.webhooks import new_secret
-from burst_core import alerts, budgets, bus, names
+from burst_core import alerts, budgets, bus, names, sealing
 from burst_core.schemas import (
     WebhookEndpoint,
     WebhookEndpointDecoder,
@@ -58,12 +58,15 @@ async def add_webhook(request: Request, body: EndpointIn,
     bad = [e for e in body.events if e not in SUBSCRIBABLE]
     if bad:
         raise InvalidError(f"unknown event {bad[0]!r}: use any of {', '.join(SUBSCRIBABLE)}")
+    secret = new_secret()
+    # Stored sealed with the key in $BURST_HOME: the NATS store never holds the secret.
+    sealed = sealing.for_home(request.app.state.gw.settings.home).seal(secret)
     ep = WebhookEndpoint(endpoint_id="ep_" + uuid.uuid4().hex[:16], workspace=p.workspace,
-                         url=body.url, events=sorted(set(body.events)), secret=new_secret(),
+                         url=body.url, events=sorted(set(body.events)), secret=sealed,
                          created_at=time.time(), description=body.description)
     kv = await js.key_value(names.KV_WEBHOOKS)
     await kv.put(names.webhook_key(p.workspace, ep.endpoint_id), encode(ep))
-    return {**_public(ep), "secret": ep.secret}
+    return {**_public(ep), "secret": secret}
 
 
 @router.get("/v1/webhooks", tags=["webhooks"])
