@@ -14,8 +14,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Written after a successful pip install; reinstall when pyproject.toml is newer.
 STAMP := $(VENV)/.burst-installed
-# command -> Debian package that provides it
-SYSTEM_DEPS := redis-server:redis-server bwrap:bubblewrap
+# command -> Debian package that provides it (dockerd and debootstrap: the Docker runtime
+# and its locally built base image, deploy/base-image.sh)
+SYSTEM_DEPS := redis-server:redis-server bwrap:bubblewrap dockerd:docker.io debootstrap:debootstrap
 
 .PHONY: help install system-deps python-deps test lint up down
 
