@@ -7,7 +7,9 @@ A container is a runaway when, by its agent's own clock (the heartbeat's ``at``)
   so an input that runs far past it means the kill did not take; or
 - it has been ``stopping`` for longer than ``factor`` x the timeout: it is still alive
   after its stop and kill (the agent lists a container until its process is gone, and
-  keeps metering it meanwhile).
+  keeps metering it meanwhile). A view carries no stop time: the stop is dated by the
+  first heartbeat that shows it, so a new leader may report such a runaway later, never
+  earlier.
 
 The lease holder runs the :class:`RunawayDetector` on the heartbeats bucket (the latest
 heartbeat of every agent) and the deployments bucket (each function's timeout). The alert
@@ -67,12 +69,15 @@ class RunawayCheck:
         self.factor = factor
         self.timeouts: dict[str, float] = {}
         self.stopping_since: dict[str, float] = {}
+        #: Containers that left their agent's heartbeat at the last check (stopped).
+        self.gone: set[str] = set()
         self._by_agent: dict[str, set[str]] = {}
 
     def check(self, hb: AgentHeartbeat) -> list[Runaway]:
         out = []
         listed = {c.container_id for c in hb.containers}
-        for gone in self._by_agent.get(hb.agent_id, set()) - listed:
+        self.gone = self._by_agent.get(hb.agent_id, set()) - listed
+        for gone in self.gone:
             self.stopping_since.pop(gone, None)
         self._by_agent[hb.agent_id] = listed
         for c in hb.containers:
@@ -151,7 +156,9 @@ class RunawayDetector:
             except msgspec.DecodeError as e:
                 log.warning("heartbeat_undecodable", key=entry.key, error=repr(e))
                 continue
-            for r in self.check.check(hb):
+            runaways = self.check.check(hb)
+            self.fired -= self.check.gone  # its mark in KV stays, should it ever come back
+            for r in runaways:
                 try:
                     await self.fire(r)
                 except Exception as e:  # NATS trouble: the next heartbeat repeats it
