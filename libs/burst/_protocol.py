@@ -70,6 +70,31 @@ class Schedule(msgspec.Struct, kw_only=True, omit_defaults=True):
     period: float = 0.0
 
 
+class ImageStep(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One step of a :class:`burst.Image`, in order. ``kind`` names the builder method
+    (``pip_install``, ``apt_install``, ``run_commands``, ``env``, ``workdir``,
+    ``add_local_file``, ``add_local_dir``, ``add_local_python_source``)."""
+
+    kind: str
+    args: list[str] = msgspec.field(default_factory=list)
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    #: Destination path in the image (``workdir``, ``add_local_*``).
+    path: str = ""
+    #: Files of ``add_local_*`` steps: relative path -> content (carried in the deployment).
+    files: dict[str, bytes] = msgspec.field(default_factory=dict)
+
+
+class ImageSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A container image as the SDK declared it; ``content_hash`` names it on every agent."""
+
+    #: ``debian_slim`` (the machine-built base) or ``registry`` (``from_registry(tag)``).
+    base: str = "debian_slim"
+    python_version: str = "3.11"
+    registry_tag: str = ""
+    steps: list[ImageStep] = msgspec.field(default_factory=list)
+    content_hash: str = ""
+
+
 class FunctionSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One function of an app, as the SDK declared it."""
 
@@ -91,6 +116,7 @@ class FunctionSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
     retries: RetryPolicy | None = None
     is_class: bool = False  # an @app.cls: payloads name the method and parameters
     schedule: Schedule | None = None  # fired by the scheduler, on deployed apps only
+    image: ImageSpec | None = None  # None: the runtime's default image
 
 
 # ---- HTTP bodies (SDK <-> gateway) ---------------------------------------------------

@@ -16,6 +16,7 @@ from burst import schedules
 from burst.exception import InvalidError
 from burst.cls import Cls
 from burst.functions import Function, is_generator
+from burst.image import Image
 from burst.retries import Retries
 from burst.schedules import Cron, Period
 
@@ -55,7 +56,8 @@ class App:
     functions inside ``with app.run(): ...`` from a script.
     """
 
-    def __init__(self, name: str | None = None, **_unsupported: Any) -> None:
+    def __init__(self, name: str | None = None, *, image: Image | None = None,
+                 **_unsupported: Any) -> None:
         if _unsupported:
             raise InvalidError(f"burst.App got unsupported options {sorted(_unsupported)}")
         if name is not None:
@@ -63,7 +65,11 @@ class App:
                 proto.check_ident("app", name)
             except ValueError as e:
                 raise InvalidError(str(e)) from None
+        if image is not None and not isinstance(image, Image):
+            raise InvalidError(f"burst.App: image= takes a burst.Image, got {image!r}")
         self.name = name
+        #: The image of functions that do not name their own.
+        self.image = image
         self.registered_functions: dict[str, Function[..., Any]] = {}
         self.local_entrypoints: dict[str, Callable[..., Any]] = {}
         self._client: Client | None = None
@@ -90,6 +96,7 @@ class App:
         retries: int | Retries | None = None,
         name: str | None = None,
         schedule: Cron | Period | None = None,
+        image: Image | None = None,
     ) -> Callable[[F], Function[..., Any]]:
         """Register a function to run in containers.
 
@@ -98,7 +105,8 @@ class App:
         24 h, default 300 s; each retry gets a fresh one); ``retries`` is an int or a
         :class:`burst.Retries`; ``scaledown_window`` is how long an idle container is kept
         (1 s to 24 h, default 60 s); ``schedule`` (:class:`burst.Cron` or
-        :class:`burst.Period`) runs the function by itself once the app is deployed.
+        :class:`burst.Period`) runs the function by itself once the app is deployed;
+        ``image`` (:class:`burst.Image`) is the container image, by default the app's.
         """
         if _warn_parentheses_missing is not None:
             raise InvalidError("use @app.function() with parentheses")
@@ -110,6 +118,9 @@ class App:
         buf = _resources.count("buffer_containers", buffer_containers)
         retry = Retries.coerce(retries)
         sched = schedules.spec_of(schedule)
+        if image is not None and not isinstance(image, Image):
+            raise InvalidError(f"image= takes a burst.Image, got {image!r}")
+        img = image or self.image
         if mx is not None and mn is not None and mn > mx:
             raise InvalidError(f"min_containers={mn} is above max_containers={mx}")
 
@@ -135,6 +146,7 @@ class App:
                 is_generator=is_generator(f),
                 retries=retry.policy() if retry is not None else None,
                 max_inputs=max_inputs, target_inputs=target_inputs, schedule=sched,
+                image=img.spec if img is not None else None,
             )
             if spec.name in self.registered_functions:
                 raise InvalidError(f"app {self.name!r} already has a function {spec.name!r}")

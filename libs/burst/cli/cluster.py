@@ -617,7 +617,8 @@ def _start_servers(launcher: Launcher, ports: dict[str, int]) -> None:
 
 
 def _start_services(
-    launcher: Launcher, ports: dict[str, int], token: str, gpus: str, spot: bool
+    launcher: Launcher, ports: dict[str, int], token: str, gpus: str, spot: bool,
+    runtime: str = "process",
 ) -> None:
     env = service_env(launcher.home, ports)
     extra: dict[str, dict[str, str]] = {
@@ -632,6 +633,7 @@ def _start_services(
             "BURST_AGENT_ID": AGENT_ID,
             "BURST_GPUS": gpus,
             "BURST_SPOT": "1" if spot else "0",
+            "BURST_RUNTIME": runtime,
         },
     }
     for name in SERVICES:
@@ -644,10 +646,41 @@ def _start_services(
         )
 
 
+def ensure_docker(progress: Progress) -> None:
+    """Check the Docker engine answers and has Burst's base image; build it if missing
+    (deploy/base-image.sh, about a minute), since no registry may be reachable."""
+    import docker
+    import docker.errors
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as e:
+        raise UnavailableError(f"--runtime docker: no Docker engine answers ({e}); start "
+                               "dockerd or set DOCKER_HOST") from None
+    try:
+        client.images.get("burst-base:py311")
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    script = Path(__file__).resolve().parents[3] / "deploy" / "base-image.sh"
+    if not script.is_file():
+        raise UnavailableError("--runtime docker: the base image burst-base:py311 is missing "
+                               "and deploy/base-image.sh is not here to build it")
+    progress.step("building the base image burst-base:py311 (about a minute)")
+    done = subprocess.run([str(script)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise UnavailableError("building the base image failed:\n"
+                               + (done.stdout + done.stderr)[-3000:])
+
+
 def start_cluster(
-    home: Path, ports: dict[str, int], gpus: str, spot: bool, timeout: float, progress: Progress
+    home: Path, ports: dict[str, int], gpus: str, spot: bool, timeout: float, progress: Progress,
+    runtime: str = "process",
 ) -> tuple[ClusterState, Profile]:
     """Start every part, wait until the cluster is healthy; on any failure stop them all."""
+    if runtime == "docker":
+        ensure_docker(progress)
     token = "bst_" + secrets.token_urlsafe(32)
     url = f"http://{HOST}:{ports['gateway']}"
     launcher = Launcher(home)
@@ -665,7 +698,7 @@ def start_cluster(
             timeout,
         )
         progress.step("starting the services")
-        _start_services(launcher, ports, token, gpus, spot)
+        _start_services(launcher, ports, token, gpus, spot, runtime)
         write_state(home, state)
         wait_healthy(
             launcher,
@@ -719,12 +752,21 @@ def up(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the cluster to become healthy.", min=1)
     ] = 120.0,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="Container runtime of the local agent: process (sandboxed subprocesses) or "
+            "docker (the Docker engine; builds the base image on first use).",
+        ),
+    ] = "process",
 ) -> None:
     """Start a local cluster in the background: NATS, Redis, gateway, scheduler, billing, agent.
 
     Writes the admin profile to $BURST_HOME/profile.json, so `burst run` works right after.
     """
     gpus = check_gpus(gpus)
+    if runtime not in ("process", "docker"):
+        raise InvalidError(f"invalid --runtime {runtime!r}: use process or docker")
     home = resolve_home(home)
     err = Console(stderr=True)
     with home_lock(home):
@@ -746,7 +788,7 @@ def up(
             if chosen != preferred[role]:
                 err.print(f"port {preferred[role]} ({role}) is taken: using {chosen}", markup=False)
         with Progress(err) as progress:
-            state, profile = start_cluster(home, ports, gpus, spot, timeout, progress)
+            state, profile = start_cluster(home, ports, gpus, spot, timeout, progress, runtime)
     out = Console(highlight=False)
     out.print(f"[green]Burst cluster is up[/] (home {home})")
     out.print(f"  gateway  {profile.url}", markup=False)

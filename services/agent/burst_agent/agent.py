@@ -77,6 +77,11 @@ class Agent:
         if s.runtime == "process":
             box = Sandbox.detect(s.sandbox, self.agent_id, s.home, s.sandbox_uid,
                                  cpu_headroom=s.cpu_headroom)
+        if s.runtime == "docker":
+            from burst_agent.docker_runtime import DockerRuntime  # the Docker SDK: only here
+
+            return DockerRuntime(Path(s.home) / "agent" / self.agent_id / "images",
+                                 uid=s.sandbox_uid, gpu_devices=not s.gpus)
         state = Path(s.home) / "agent" / self.agent_id / "containers"
         return make_runtime(s.runtime, s.python, box, state, zygote=s.zygote)
 

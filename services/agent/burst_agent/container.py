@@ -47,8 +47,9 @@ from burst_core.schemas import (
     encode,
 )
 
+from burst_agent import images
 from burst_agent.attempts import GiveUp
-from burst_agent.runtime import SIGKILL, SIGTERM, ContainerHandle, ContainerSpec
+from burst_agent.runtime import SIGKILL, SIGTERM, ContainerHandle
 
 if TYPE_CHECKING:
     from burst_agent.agent import Agent
@@ -118,14 +119,19 @@ class Container:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
             server = await asyncio.start_unix_server(self._on_connect, path=str(self.socket_path))
-            spec = ContainerSpec(
+            if self.agent.runtime.name == "process":
+                images.check_process_runtime(self.fn.image)
+            spec = images.ImageContainerSpec(
                 container_id=self.id, bundle_dir=bundle_dir, socket_path=self.socket_path,
                 module=self.fn.module, qualname=self.fn.qualname,
                 cpu=self.placement.resources.cpu, memory_mb=self.placement.resources.memory_mb,
                 memory_limit_mb=self.placement.resources.memory_limit_mb,
                 gpu_indices=list(self.placement.gpu_indices),
-                env={"BURST_SHIM_HEARTBEAT_INTERVAL":
+                env={**(images.process_env(self.fn.image)
+                        if self.agent.runtime.name == "process" else {}),
+                     "BURST_SHIM_HEARTBEAT_INTERVAL":
                      str(self.agent.settings.container_heartbeat_interval)},
+                image=self.fn.image, build_log=self._build_line,
             )
             self.handle = await self.agent.runtime.start(spec)
             self.started_at = time.time()
@@ -155,6 +161,13 @@ class Container:
                 # replacement containers fail the same way.
                 await self._fail_waiting_inputs()
             exit_code = await exit_task
+        except images.ImageError as e:
+            # The image cannot be built or run here: the waiting callers get the reason
+            # (the failing step and its output) instead of waiting for a container.
+            self.log.warning("container_image_failed", error=str(e).splitlines()[0])
+            self.stop_reason, self.detail = "failed_to_start", str(e)
+            await self._log_line("stderr", self.detail.rstrip(), "")
+            await self._fail_waiting_inputs()
         except Exception as e:
             self.log.exception("container_failed", error=repr(e))
             self.stop_reason = self.stop_reason or "failed_to_start"
@@ -198,6 +211,10 @@ class Container:
         assert self.handle is not None
         self.handle.signal(SIGKILL)
         return None
+
+    def _build_line(self, line: str) -> None:
+        """An image build's output line, to the app's logs (``burst run`` shows them)."""
+        self._spawn(self._log_line("stdout", f"[image build] {line}", ""))
 
     async def _fail_waiting_inputs(self) -> None:
         psub: Any = None

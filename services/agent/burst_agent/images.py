@@ -1,0 +1,150 @@
+"""Function images on the agent: what a runtime is asked to run, and what it can honour.
+
+Light on purpose (no Docker SDK): the container lifecycle imports it whatever the runtime.
+The Docker runtime turns an :class:`ImageSpec` into a Dockerfile here (``dockerfile``), so
+the translation is testable without an engine.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from burst import _protocol as proto
+from burst.image import PYTHON_SOURCE_DIR, describe
+from burst_agent.runtime import ContainerSpec
+
+#: The machine-built base image of ``Image.debian_slim(python_version)`` (deploy/base-image.sh).
+BASE_IMAGES = {"3.11": "burst-base:py311"}
+#: Where the bundle (the app's source) and the agent's socket appear in a Docker container.
+BUNDLE_DIR = "/burst/bundle"
+SOCKET_PATH = "/run/burst/shim.sock"
+#: Steps the process runtime cannot honour: they need a container image.
+DOCKER_ONLY = ("apt_install", "run_commands")
+
+
+class ImageError(Exception):
+    """An image cannot be built or run here. The first line says which step and why (it
+    reaches the caller as "container failed to start: ..."); later lines carry the output."""
+
+
+@dataclass
+class ImageContainerSpec(ContainerSpec):
+    """A container spec with the function's image (None: the runtime's default)."""
+
+    image: proto.ImageSpec | None = None
+    #: Receives build output lines as they come (the agent forwards them to the app's logs).
+    build_log: Callable[[str], None] | None = None
+
+
+def check_process_runtime(image: proto.ImageSpec | None) -> None:
+    """Refuse, naming the step, what the process runtime cannot build.
+
+    The process runtime would run such an image as a cached virtual environment; until it
+    does, every step but ``env`` is refused here, never silently dropped.
+    """
+    if image is None:
+        return
+    if image.base == "registry":
+        raise ImageError(f"Image.from_registry({image.registry_tag!r}) needs the Docker runtime: "
+                         "this agent runs the process runtime (start it with "
+                         "`burst up --runtime docker`)")
+    for step in image.steps:
+        if step.kind == "env":
+            continue
+        why = ("needs a container image" if step.kind in DOCKER_ONLY
+               else "is not supported by the process runtime yet")
+        raise ImageError(f"Image step {describe(step)} {why}: use the Docker runtime "
+                         "(`burst up --runtime docker`)")
+
+
+def process_env(image: proto.ImageSpec | None) -> dict[str, str]:
+    """The environment an image's ``env`` steps give a process-runtime container."""
+    env: dict[str, str] = {}
+    for step in image.steps if image is not None else []:
+        if step.kind == "env":
+            env.update(step.env)
+    return env
+
+
+@dataclass
+class Dockerfile:
+    text: str
+    #: Instruction number (1-based, as the builder's "Step N/M" counts) -> what it does,
+    #: in the user's words, so a failed build names the step.
+    labels: dict[int, str]
+    #: Build-context files: context path -> content.
+    files: dict[str, bytes]
+    workdir: str
+    env: dict[str, str]
+
+
+def base_tag(image: proto.ImageSpec | None) -> str:
+    if image is not None and image.base == "registry":
+        return image.registry_tag
+    version = image.python_version if image is not None else "3.11"
+    if version not in BASE_IMAGES:
+        raise ImageError(f"Image.debian_slim(python_version={version!r}): no base image for it "
+                         f"on this machine (available: {', '.join(BASE_IMAGES)})")
+    return BASE_IMAGES[version]
+
+
+def dockerfile(image: proto.ImageSpec | None, wheels: list[str]) -> Dockerfile:
+    """The Dockerfile of an image: the base, Burst's shim (from ``wheels``, in the build
+    context under ``wheels/``) in a layer of its own right after it, so every image on
+    one base shares it, then the user's steps in order."""
+    lines = [f"FROM {base_tag(image)}", "USER root"]
+    labels = {1: f"the base image {base_tag(image)}", 2: "USER root"}
+    files: dict[str, bytes] = {}
+    env: dict[str, str] = {}
+    workdir = ""
+
+    def add(line: str, label: str) -> None:
+        lines.append(line)
+        labels[len(lines)] = label
+
+    shim = "Burst's shim layer (pip install of the burst wheel)"
+    add("ENV PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1 "
+        "PIP_ROOT_USER_ACTION=ignore "
+        f"PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PYTHONPATH={PYTHON_SOURCE_DIR}", shim)
+    add("COPY wheels/ /opt/burst/wheels/", shim)
+    names = " ".join(shlex.quote(w) for w in wheels)
+    add(f"RUN cd /opt/burst/wheels && python3 -m pip install -q --no-cache-dir --no-index "
+        f"--find-links . {names} && rm -rf /opt/burst/wheels", shim)
+    for i, step in enumerate(image.steps if image is not None else []):
+        what = describe(step)
+        if step.kind == "pip_install":
+            pkgs = " ".join(shlex.quote(p) for p in step.args)
+            add(f"RUN python3 -m pip install --no-cache-dir {pkgs}", what)
+        elif step.kind == "apt_install":
+            pkgs = " ".join(shlex.quote(p) for p in step.args)
+            add("RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+                f"--no-install-recommends {pkgs} && rm -rf /var/lib/apt/lists/*", what)
+        elif step.kind == "run_commands":
+            for cmd in step.args:
+                add(f"RUN {json.dumps(['/bin/sh', '-c', cmd])}", f"{what}: {cmd!r}")
+        elif step.kind == "env":
+            if step.env:
+                add("ENV " + " ".join(f"{k}={json.dumps(v)}" for k, v in step.env.items()), what)
+            env.update(step.env)
+        elif step.kind == "workdir":
+            add(f"WORKDIR {json.dumps(step.path)}", what)
+            workdir = step.path
+        elif step.kind in ("add_local_file", "add_local_dir", "add_local_python_source"):
+            ctx = f"files/{i}"
+            for rel, data in step.files.items():
+                if PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
+                    raise ImageError(f"Image step {what}: invalid file name {rel!r}")
+                files[f"{ctx}/{rel}"] = data
+            if step.kind == "add_local_file" and len(step.files) == 1:
+                src = f"{ctx}/{next(iter(step.files))}"
+                add(f"COPY {json.dumps([src, step.path])}", what)
+            else:
+                add(f"COPY {json.dumps([ctx + '/', step.path.rstrip('/') + '/'])}", what)
+        else:
+            raise ImageError(f"Image step {what}: unknown step kind (is this agent older than "
+                             "the SDK?)")
+    return Dockerfile("\n".join(lines) + "\n", labels, files, workdir, env)

@@ -1,0 +1,284 @@
+"""The runtime contract, end to end, against both runtimes: `burst up --runtime process` and
+`burst up --runtime docker` run the same functions with the same promises (results, errors
+with class and traceback, out-of-memory reported, no network, a non-root uid, images).
+
+The Docker cluster needs a Docker engine (``DOCKER_HOST`` or the default socket); it builds
+the base image (deploy/base-image.sh) if missing. Without an engine the Docker tests skip,
+except under ``CI``, where they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.e2e.conftest import FAST_TIMERS, Cluster
+
+pytestmark = pytest.mark.e2e
+
+
+def docker_missing() -> str:
+    """Why no Docker engine can be used here, or ""."""
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception as e:  # no SDK, no engine, no permission
+        return f"no Docker engine answers ({e})"
+    return ""
+
+
+@pytest.fixture(scope="module", params=["process", "docker"])
+def runtime_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    runtime = request.param
+    if runtime == "docker" and (why := docker_missing()):
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}, and CI is set")
+        pytest.skip(why)
+    home = Path(tempfile.mkdtemp(prefix=f"burst-home-{runtime}-", dir="/var/tmp"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BURST_")}
+    env.update(FAST_TIMERS, BURST_HOME=str(home), HOME=str(home))
+    c = Cluster(home, env)
+    c.runtime = runtime  # type: ignore[attr-defined]
+    up = c.burst("up", "--runtime", runtime, "--gpus", "H100:2", timeout=300)
+    if up.returncode != 0:
+        c.burst("down")
+        raise AssertionError(f"burst up failed:\n{up.stdout}\n{up.stderr}")
+    yield c
+    down = c.burst("down", timeout=60)
+    assert down.returncode == 0, down.stderr
+    shutil.rmtree(home, ignore_errors=True)
+
+
+APP = '''
+import json, os, socket
+
+import burst
+
+app = burst.App("contract")
+
+with_env = burst.Image.debian_slim().env({"GREETING": "hello from the image"})
+with_six = burst.Image.debian_slim().pip_install("six==1.16.0")
+with_cmds = burst.Image.debian_slim().run_commands("echo built > /opt/marker")
+failing = burst.Image.debian_slim().run_commands("echo about to fail", "exit 3")
+
+
+@app.function(scaledown_window=5)
+def square(x):
+    print(f"squaring {x}")
+    return x * x
+
+
+class Oops(ValueError):
+    pass
+
+
+@app.function(scaledown_window=5)
+def fail(x):
+    raise Oops(f"bad value {x}")
+
+
+@app.function(scaledown_window=5)
+def probe(port):
+    out = {"uid": os.getuid(), "home": os.environ.get("HOME")}
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=3).close()
+        out["tcp"] = "connected"
+    except OSError as e:
+        out["tcp"] = type(e).__name__
+    with open("/proc/self/status") as f:
+        out["caps"] = [ln.split()[1] for ln in f if ln.startswith(("CapEff", "CapPrm", "CapBnd"))]
+    with open("/proc/self/status") as f:
+        out["no_new_privs"] = [ln.split()[1] for ln in f if ln.startswith("NoNewPrivs")]
+    try:
+        open("written_into_bundle", "w").close()
+        out["bundle_write"] = "written"
+    except OSError as e:
+        out["bundle_write"] = type(e).__name__
+    return out
+
+
+@app.function(memory=64, scaledown_window=2)
+def hog():
+    chunks = []
+    for _ in range(64):
+        chunks.append(bytearray(16 << 20))
+    return len(chunks)
+
+
+@app.function(gpu="H100:2", scaledown_window=2)
+def gpus():
+    return [os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("NVIDIA_VISIBLE_DEVICES")]
+
+
+@app.function(image=with_env, scaledown_window=2)
+def greeting():
+    return os.environ.get("GREETING")
+
+
+@app.function(image=with_six, scaledown_window=2)
+def six_version():
+    import six
+    return six.__version__
+
+
+@app.function(image=with_cmds, scaledown_window=2)
+def marker():
+    return open("/opt/marker").read().strip()
+
+
+@app.function(image=failing, scaledown_window=2)
+def broken():
+    return "ran"
+
+
+PORT = @PORT@
+
+
+def report(what):
+    try:
+        value = what()
+    except Exception as e:
+        value = {"error": type(e).__name__, "message": str(e),
+                 "traceback": "".join(getattr(e, "__notes__", []))}
+    print("RESULT", json.dumps(value))
+
+
+@app.local_entrypoint()
+def square_main():
+    report(lambda: square.remote(7))
+
+
+@app.local_entrypoint()
+def fail_main():
+    report(lambda: fail.remote(3))
+
+
+@app.local_entrypoint()
+def probe_main():
+    report(lambda: probe.remote(PORT))
+
+
+@app.local_entrypoint()
+def hog_main():
+    report(hog.remote)
+
+
+@app.local_entrypoint()
+def gpus_main():
+    report(gpus.remote)
+
+
+@app.local_entrypoint()
+def greeting_main():
+    report(greeting.remote)
+
+
+@app.local_entrypoint()
+def six_main():
+    report(six_version.remote)
+
+
+@app.local_entrypoint()
+def marker_main():
+    report(marker.remote)
+
+
+@app.local_entrypoint()
+def broken_main():
+    report(broken.remote)
+'''
+
+
+def run(c: Cluster, tmp_path: Path, entry: str, timeout: float = 120) -> object:
+    app = tmp_path / "contract_app.py"
+    port = urlparse(c.profile["url"]).port
+    app.write_text(textwrap.dedent(APP).replace("@PORT@", repr(port)))
+    proc = c.burst("run", f"{app}::{entry}", check=True, timeout=timeout)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line is not None, proc.stdout + proc.stderr
+    return json.loads(line[len("RESULT "):])
+
+
+def runtime(c: Cluster) -> str:
+    return str(c.runtime)  # type: ignore[attr-defined]
+
+
+def test_result_and_output(runtime_cluster: Cluster, tmp_path: Path) -> None:
+    assert run(runtime_cluster, tmp_path, "square_main") == 49
+
+
+def test_exception_keeps_class_and_traceback(runtime_cluster: Cluster, tmp_path: Path) -> None:
+    out = run(runtime_cluster, tmp_path, "fail_main")
+    assert isinstance(out, dict)
+    assert out["error"] == "Oops" and out["message"] == "bad value 3", out
+    assert "in fail" in out["traceback"], out
+
+
+def test_confined(runtime_cluster: Cluster, tmp_path: Path) -> None:
+    out = run(runtime_cluster, tmp_path, "probe_main")
+    assert isinstance(out, dict), out
+    assert out["tcp"] != "connected", out  # no network, not even the gateway on loopback
+    assert out["uid"] != 0, out
+    assert out["caps"] == ["0000000000000000"] * 3, out
+    assert out["bundle_write"] in ("OSError", "PermissionError"), out
+    if runtime(runtime_cluster) == "docker":
+        assert out["no_new_privs"] == ["1"], out
+
+
+def test_out_of_memory_is_reported(runtime_cluster: Cluster, tmp_path: Path) -> None:
+    out = run(runtime_cluster, tmp_path, "hog_main")
+    assert isinstance(out, dict), out
+    assert "container killed: out of memory (limit 64 MiB)" in out["message"], out
+
+
+def test_assigned_gpus_named(runtime_cluster: Cluster, tmp_path: Path) -> None:
+    # A declared inventory (no real GPUs): the assigned indices are named all the same.
+    out = run(runtime_cluster, tmp_path, "gpus_main")
+    assert isinstance(out, list) and out[0] == "0,1", out
+    if runtime(runtime_cluster) == "docker":
+        assert out[1] == "0,1", out
+
+
+def test_image_env(runtime_cluster: Cluster, tmp_path: Path) -> None:
+    assert run(runtime_cluster, tmp_path, "greeting_main") == "hello from the image"
+
+
+def test_pip_install(runtime_cluster: Cluster, tmp_path: Path) -> None:
+    out = run(runtime_cluster, tmp_path, "six_main", timeout=300)
+    if runtime(runtime_cluster) == "docker":
+        assert out == "1.16.0", out
+    else:  # no cached virtual environments yet on the process runtime: refused, by name
+        assert isinstance(out, dict), out
+        assert "pip_install('six==1.16.0')" in out["message"], out
+        assert "Docker runtime" in out["message"], out
+
+
+def test_container_only_steps(runtime_cluster: Cluster, tmp_path: Path) -> None:
+    out = run(runtime_cluster, tmp_path, "marker_main", timeout=300)
+    if runtime(runtime_cluster) == "docker":
+        assert out == "built", out
+    else:
+        assert isinstance(out, dict), out
+        assert "run_commands('echo built > /opt/marker')" in out["message"], out
+        assert "needs a container image" in out["message"], out
+        assert "Docker runtime" in out["message"], out
+
+
+def test_failed_build_names_the_step(runtime_cluster: Cluster, tmp_path: Path) -> None:
+    out = run(runtime_cluster, tmp_path, "broken_main", timeout=300)
+    assert isinstance(out, dict), out
+    if runtime(runtime_cluster) == "docker":
+        assert "image build failed at run_commands(" in out["message"], out
+        assert "'exit 3'" in out["message"], out
+        assert "about to fail" in out["traceback"] or "exit 3" in out["message"], out
+    else:
+        assert "run_commands(" in out["message"], out
