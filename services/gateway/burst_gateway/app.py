@@ -12,13 +12,15 @@ from burst_gateway import (
     api_apps,
     api_billing,
     api_blobs,
+    api_budgets,
     api_calls,
     api_cluster,
     api_maps,
     api_objects,
+    api_schedules,
+    api_webhooks,
     errors,
 )
-from burst_gateway import api_budgets, api_schedules, api_webhooks
 from burst_gateway.settings import GatewaySettings
 from burst_gateway.state import Gateway
 
