@@ -47,6 +47,9 @@ def _register_commands() -> None:
     from burst.cli import schedules
 
     schedules.register(app)  # schedule list, pause, resume
+    from burst.cli import apps
+
+    apps.register(app)  # app list, status, stop
     # Further command modules register here, one line each, e.g.:
     # from burst.cli import run as run_cmd; run_cmd.register(app)
 

@@ -19,12 +19,15 @@ from burst._protocol import MSGPACK, DeployRequest, DeployResponse
 from burst.exception import InvalidError, NotFoundError, PayloadTooLargeError
 from burst_core import bus, names, schedules
 from burst_core.schemas import (
+    AgentHeartbeatDecoder,
     AppRemoved,
     DeploymentRecord,
     FunctionDeployed,
+    FunctionWaitingDecoder,
     LogLineDecoder,
     encode,
 )
+from burst_gateway.api_cluster import _kv_values
 from burst_gateway.auth import Principal, principal
 
 router = APIRouter()
@@ -136,6 +139,39 @@ async def list_apps(request: Request, p: Principal = Depends(principal)) -> dict
     return {"apps": [{"app": d.app, "deployment_id": d.deployment_id, "created_at": d.created_at,
                       "ephemeral": d.ephemeral, "functions": [f.name for f in d.functions]}
                      for d in deps]}
+
+
+@router.get("/v1/apps/{app}/status", tags=["apps"])
+async def app_status(app: str, request: Request,
+                     p: Principal = Depends(principal)) -> dict[str, Any]:
+    """Per function: containers by state, inputs waiting in the queue, and why the
+    function waits for a container when nothing fits."""
+    gw = request.app.state.gw
+    dep = await gw.deployment(p.workspace, app)
+    if dep is None:
+        raise NotFoundError(f"app {app!r} is not deployed in workspace {p.workspace!r}")
+    beats = await _kv_values(gw.js, names.KV_HEARTBEATS)
+    containers: dict[str, dict[str, int]] = {}
+    for raw in beats.values():
+        for view in AgentHeartbeatDecoder.decode(raw).containers:
+            states = containers.setdefault(view.fn_key, {})
+            states[view.state] = states.get(view.state, 0) + 1
+    info = await gw.js.stream_info(names.STREAM_INPUTS,
+                                   subjects_filter=names.input_subject(
+                                       names.function_key(p.workspace, app, "*")))
+    queued = info.state.subjects or {}
+    waiting_kv = await gw.js.key_value(names.KV_WAITING)
+    functions = []
+    for fn in dep.functions:
+        key = names.function_key(p.workspace, app, fn.name)
+        raw, _ = await bus.kv_get(waiting_kv, key)
+        waiting = FunctionWaitingDecoder.decode(raw) if raw is not None else None
+        functions.append({
+            "function": fn.name, "containers": containers.get(key, {}),
+            "queued": int(queued.get(names.input_subject(key), 0)),
+            "waiting": {"reason": waiting.reason, "since": waiting.since} if waiting else None,
+        })
+    return {"app": app, "deployment_id": dep.deployment_id, "functions": functions}
 
 
 @router.delete("/v1/apps/{app}", tags=["apps"])

@@ -39,7 +39,14 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from burst_core import bus, logs, names
-from burst_core.schemas import DeploymentRecordDecoder, Placement, StopContainer, encode
+from burst_core.schemas import (
+    DeploymentRecordDecoder,
+    FunctionSpec,
+    FunctionWaiting,
+    Placement,
+    StopContainer,
+    encode,
+)
 from burst_scheduler.claim import Claimer
 from burst_scheduler.settings import SchedulerSettings
 from burst_scheduler.state import ClusterState, Container, FunctionRef
@@ -71,6 +78,7 @@ class Autoscaler:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._stops: dict[str, _StopOrder] = {}
         self._no_capacity_logged: dict[str, float] = {}
+        self._waiting: dict[str, float] = {}  # fn_key -> waiting since
         self.placed = 0
         self.stop_orders = 0
         #: Whether a function may get no new containers (a spent hard budget, set by
@@ -165,7 +173,9 @@ class Autoscaler:
                              memory_mb=spec.resources.memory_mb,
                              gpu_type=spec.resources.gpu_type,
                              gpu_count=spec.resources.gpu_count)
+                await self._mark_waiting(ref.fn_key, waiting_reason(spec))
             return False
+        await self._clear_waiting(ref.fn_key)
         flog = flog.bind(container_id=claim.container_id, agent_id=claim.agent_id)
         order = Placement(
             container_id=claim.container_id,
@@ -194,6 +204,24 @@ class Autoscaler:
         flog.info("container_placed", gpu_indices=list(claim.gpu_indices),
                   revision=claim.revision)
         return True
+
+    async def _mark_waiting(self, fn_key: str, reason: str) -> None:
+        """Say why the function waits (KV ``burst_waiting``), for `burst app status`."""
+        now = time.time()
+        since = self._waiting.setdefault(fn_key, now)
+        try:
+            kv = await self.js.key_value(names.KV_WAITING)
+            await kv.put(fn_key, encode(FunctionWaiting(fn_key=fn_key, reason=reason,
+                                                        since=since, updated_at=now)))
+        except Exception as e:  # visibility only: never in the way of placement
+            log.warning("waiting_reason_not_saved", fn_key=fn_key, error=repr(e))
+
+    async def _clear_waiting(self, fn_key: str) -> None:
+        if self._waiting.pop(fn_key, None) is None:
+            return
+        self._no_capacity_logged.pop(fn_key, None)
+        with contextlib.suppress(Exception):
+            await (await self.js.key_value(names.KV_WAITING)).delete(fn_key)
 
     async def _load_function(self, fn_key: str) -> FunctionRef | None:
         # The signal can outrun our watch of the deployment it names: read it directly.
@@ -299,3 +327,14 @@ class Autoscaler:
                 return False
             log.info("input_consumer_deleted", fn_key=fn_key)
             return True
+
+
+def waiting_reason(spec: FunctionSpec) -> str:
+    """"waiting for 2×H100: none free", or for CPU and memory when no GPU is asked."""
+    wants = []
+    for r in [spec.resources, *spec.gpu_fallbacks]:
+        if r.gpu_type:
+            wants.append(f"{r.gpu_count}×{r.gpu_type}")
+        else:
+            wants.append(f"{r.cpu:g} CPU and {r.memory_mb} MiB")
+    return f"waiting for {' or '.join(wants)}: none free"

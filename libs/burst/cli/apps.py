@@ -1,0 +1,58 @@
+"""``burst app``: deployed apps, their functions' state, and stopping them."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from burst.client import Client
+
+app_cmd = typer.Typer(help="Deployed apps.", no_args_is_help=True)
+console = Console(highlight=False)
+
+
+@app_cmd.command("list")
+def list_apps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """The workspace's apps and their functions."""
+    data = Client.from_profile().get_json("/v1/apps")
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    table = Table("app", "functions", "deployment", "deployed", title="Apps", title_justify="left")
+    for a in data["apps"]:
+        age = time.time() - a["created_at"]
+        table.add_row(a["app"] + (" (ephemeral)" if a["ephemeral"] else ""),
+                      ", ".join(a["functions"]), a["deployment_id"], f"{age:.0f} s ago")
+    console.print(table)
+
+
+@app_cmd.command("status")
+def status(name: str = typer.Argument(..., help="The app."),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Per function: containers by state, queued inputs, and why it waits, if it does."""
+    data = Client.from_profile().get_json(f"/v1/apps/{name}/status")
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    table = Table("function", "containers", "queued", "waiting", title=f"App {name}",
+                  title_justify="left")
+    for f in data["functions"]:
+        states = ", ".join(f"{n} {s}" for s, n in sorted(f["containers"].items())) or "none"
+        waiting = f["waiting"]["reason"] if f["waiting"] else ""
+        table.add_row(f["function"], states, str(f["queued"]), waiting)
+    console.print(table)
+
+
+@app_cmd.command("stop")
+def stop(name: str = typer.Argument(..., help="The app.")) -> None:
+    """Stop an app: no new calls, its containers and schedules stop."""
+    Client.from_profile().remove_app(name)
+    console.print(f"[green]Stopped[/green] app [bold]{name}[/bold]")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(app_cmd, name="app")
