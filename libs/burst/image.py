@@ -58,6 +58,12 @@ def _strings(kind: str, values: Iterable[object]) -> list[str]:
     return out
 
 
+def _in_container() -> bool:
+    """Inside a container the app's module is imported again, images included, but the
+    image is already built: local files need not (and may not) exist there."""
+    return bool(os.environ.get("BURST_SHIM_SOCKET"))
+
+
 def describe(step: proto.ImageStep) -> str:
     """A step as the user wrote it, for error messages: ``pip_install('six==1.16.0')``."""
     if step.kind == "env":
@@ -129,18 +135,22 @@ class Image:
     def add_local_file(self, local_path: str | os.PathLike[str], remote_path: str) -> Image:
         """Copy one file from this machine to ``remote_path`` (absolute) in the image."""
         src = Path(local_path)
+        dest = _absolute("add_local_file", remote_path)
+        if _in_container():
+            return self._step(proto.ImageStep(kind="add_local_file", args=[str(src)], path=dest))
         if not src.is_file():
             raise InvalidError(f"Image.add_local_file: {str(src)!r} is not a file")
-        dest = _absolute("add_local_file", remote_path)
         return self._step(proto.ImageStep(kind="add_local_file", args=[str(src)], path=dest,
                                           files={src.name: src.read_bytes()}))
 
     def add_local_dir(self, local_path: str | os.PathLike[str], remote_path: str) -> Image:
         """Copy a directory tree from this machine to ``remote_path`` (absolute)."""
         src = Path(local_path)
+        dest = _absolute("add_local_dir", remote_path)
+        if _in_container():
+            return self._step(proto.ImageStep(kind="add_local_dir", args=[str(src)], path=dest))
         if not src.is_dir():
             raise InvalidError(f"Image.add_local_dir: {str(src)!r} is not a directory")
-        dest = _absolute("add_local_dir", remote_path)
         return self._step(proto.ImageStep(kind="add_local_dir", args=[str(src)], path=dest,
                                           files=_tree(src)))
 
@@ -151,6 +161,9 @@ class Image:
             if "." in name:
                 raise InvalidError(f"Image.add_local_python_source: {name!r}: give top-level "
                                    "module or package names")
+            if _in_container():
+                img = img._step(proto.ImageStep(kind="add_local_python_source", args=[name]))
+                continue
             found = importlib.util.find_spec(name)
             if found is None or not found.origin or found.origin in ("built-in", "frozen"):
                 raise InvalidError(f"Image.add_local_python_source: no local source for "

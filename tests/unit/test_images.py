@@ -80,12 +80,13 @@ def test_import_burst_stays_light() -> None:
 
 def test_process_runtime_refuses_container_steps_by_name() -> None:
     images.check_process_runtime(None)
-    images.check_process_runtime(burst.Image.debian_slim().env({"A": "1"}).spec)
+    images.check_process_runtime(burst.Image.debian_slim().env({"A": "1"}).pip_install("six")
+                                 .add_local_python_source("burst_core").spec)
     for img, words in [
         (burst.Image.debian_slim().apt_install("curl"), "apt_install('curl') needs a container"),
         (burst.Image.debian_slim().run_commands("make"), "run_commands('make') needs a container"),
         (burst.Image.from_registry("ubuntu:24.04"), "Image.from_registry('ubuntu:24.04')"),
-        (burst.Image.debian_slim().pip_install("six"), "pip_install('six')"),
+        (burst.Image.debian_slim().add_local_file(__file__, "/x.py"), "add_local_file("),
     ]:
         with pytest.raises(images.ImageError, match="Docker runtime") as e:
             images.check_process_runtime(img.spec)
@@ -159,3 +160,11 @@ def test_docker_gpus_by_device_request(tmp_path: Path) -> None:
     opts = declared.run_options(spec(tmp_path, [2, 3]), {}, "")
     assert "device_requests" not in opts
     assert opts["environment"]["CUDA_VISIBLE_DEVICES"] == "2,3"
+
+
+def test_local_steps_need_no_files_inside_a_container(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The shim imports the app's module again in the container: its image must not fail.
+    monkeypatch.setenv("BURST_SHIM_SOCKET", "/run/burst/shim.sock")
+    img = (burst.Image.debian_slim().add_local_python_source("not_here_xyz")
+           .add_local_file("/not/here", "/x").add_local_dir("/not/here", "/y"))
+    assert [s.files for s in img.spec.steps] == [{}, {}, {}]

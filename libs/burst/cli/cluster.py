@@ -757,6 +757,7 @@ def up(
         typer.Option(
             help="Container runtime of the local agent: process (sandboxed subprocesses) or "
             "docker (the Docker engine; builds the base image on first use).",
+            envvar="BURST_RUNTIME",
         ),
     ] = "process",
 ) -> None:

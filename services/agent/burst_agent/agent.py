@@ -24,9 +24,10 @@ from burst_agent import gpus
 from burst_agent.attempts import Attempts
 from burst_agent.bundles import BundleCache
 from burst_agent.container import Container
-from burst_agent.runtime import Runtime, make_runtime
+from burst_agent.runtime import ProcessRuntime, Runtime, make_runtime
 from burst_agent.sandbox import Sandbox
 from burst_agent.settings import AgentSettings
+from burst_agent.venvs import VenvRuntime
 from burst._protocol import MAX_PAYLOAD
 from burst_core import bus, logs, names
 from burst_core.objects import Objects
@@ -83,7 +84,12 @@ class Agent:
             return DockerRuntime(Path(s.home) / "agent" / self.agent_id / "images",
                                  uid=s.sandbox_uid, gpu_devices=not s.gpus)
         state = Path(s.home) / "agent" / self.agent_id / "containers"
-        return make_runtime(s.runtime, s.python, box, state, zygote=s.zygote)
+        runtime = make_runtime(s.runtime, s.python, box, state, zygote=s.zygote)
+        if isinstance(runtime, ProcessRuntime):
+            # Images with pip_install steps: a cached virtual environment each.
+            return VenvRuntime(runtime, lambda python: ProcessRuntime(
+                python, box, state, zygote=s.zygote))
+        return runtime
 
     async def start(self) -> None:
         s = self.settings

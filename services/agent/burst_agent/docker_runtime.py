@@ -329,6 +329,8 @@ class DockerRuntime:
             mem_limit=f"{memory}m",
             memswap_limit=f"{memory}m",
             pids_limit=PIDS_LIMIT,
+            # tini as pid 1: signals reach the shim, orphans of user code are reaped.
+            init=True,
             tmpfs={"/tmp": "rw,nosuid,nodev,size=256m"},
         )
         if spec.gpu_indices and self.gpu_devices:

@@ -43,8 +43,9 @@ class ImageContainerSpec(ContainerSpec):
 def check_process_runtime(image: proto.ImageSpec | None) -> None:
     """Refuse, naming the step, what the process runtime cannot build.
 
-    The process runtime would run such an image as a cached virtual environment; until it
-    does, every step but ``env`` is refused here, never silently dropped.
+    The process runtime makes ``pip_install`` and ``add_local_python_source`` a cached
+    virtual environment (``venvs.py``) and ``env`` the container's environment; every other
+    step is refused here, never silently dropped.
     """
     if image is None:
         return
@@ -53,7 +54,7 @@ def check_process_runtime(image: proto.ImageSpec | None) -> None:
                          "this agent runs the process runtime (start it with "
                          "`burst up --runtime docker`)")
     for step in image.steps:
-        if step.kind == "env":
+        if step.kind in ("env", "pip_install", "add_local_python_source"):
             continue
         why = ("needs a container image" if step.kind in DOCKER_ONLY
                else "is not supported by the process runtime yet")

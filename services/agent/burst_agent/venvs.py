@@ -1,0 +1,143 @@
+"""Images on the process runtime: a cached virtual environment per image.
+
+Without Docker, an image's ``pip_install`` and ``add_local_python_source`` steps build a
+virtual environment, once per content hash and kept across agent restarts; its ``env`` steps
+become the container's environment (``images.process_env``). Steps that need a container
+image are refused before this (``images.check_process_runtime``).
+
+The environment sees its own packages first, then the agent's (a ``.pth`` added after the
+installs, so pip never touches the agent's packages): Burst's shim comes from the agent. Each
+environment gets a process runtime of its own, so a zygote per environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Callable
+from pathlib import Path
+
+from burst import _protocol as proto
+from burst.image import PYTHON_SOURCE_DIR, describe
+from burst_agent.images import ImageContainerSpec, ImageError
+from burst_agent.runtime import ContainerHandle, ContainerSpec, ProcessRuntime
+from burst_core import logs
+
+log = logs.get("burst.agent.venvs")
+
+#: Steps a virtual environment is built from.
+VENV_STEPS = ("pip_install", "add_local_python_source")
+
+
+def default_cache_dir() -> Path:
+    """Outside ``$BURST_HOME``, ``/root`` and ``/tmp``, which the sandbox covers, and
+    readable by the sandbox's uid."""
+    if os.geteuid() == 0:
+        return Path("/var/cache/burst/venvs")
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "burst" / "venvs"
+
+
+def needs_venv(image: proto.ImageSpec | None) -> bool:
+    return image is not None and any(s.kind in VENV_STEPS for s in image.steps)
+
+
+class VenvRuntime:
+    """The process runtime, with a virtual environment per image that needs one."""
+
+    name = "process"
+
+    def __init__(self, base: ProcessRuntime, make: Callable[[str], ProcessRuntime],
+                 cache_dir: Path | None = None) -> None:
+        self.base = base
+        self.make = make
+        self.cache_dir = cache_dir or default_cache_dir()
+        self._runtimes: dict[str, ProcessRuntime] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def start(self, spec: ContainerSpec) -> ContainerHandle:
+        image = spec.image if isinstance(spec, ImageContainerSpec) else None
+        if image is None or not needs_venv(image):
+            return await self.base.start(spec)
+        emit = spec.build_log if isinstance(spec, ImageContainerSpec) else None
+        python = await self.venv(image, emit)
+        if python not in self._runtimes:
+            self._runtimes[python] = self.make(python)
+        return await self._runtimes[python].start(spec)
+
+    async def venv(self, image: proto.ImageSpec, emit: Callable[[str], None] | None) -> str:
+        """The interpreter of the image's environment, built first if missing."""
+        # The agent's interpreter is part of the key: its packages are the fallback.
+        key = f"{image.content_hash}-{hashlib.sha256(sys.prefix.encode()).hexdigest()[:8]}"
+        root = self.cache_dir / key
+        python = str(root / "bin" / "python")
+        if (root / ".burst-ready").exists():
+            return python
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if not (root / ".burst-ready").exists():
+                loop = asyncio.get_running_loop()
+
+                def say(line: str) -> None:
+                    log.info("venv_build", key=key, line=line)
+                    if emit is not None:
+                        loop.call_soon_threadsafe(emit, line)
+
+                await asyncio.to_thread(build_venv, image, root, say)
+        return python
+
+
+def build_venv(image: proto.ImageSpec, root: Path, say: Callable[[str], None]) -> None:
+    """Build the environment in a scratch dir beside ``root``, then move it into place."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(root.parent, 0o755)
+    tmp = root.with_name(root.name + f".building-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _run([sys.executable, "-m", "venv", "--without-pip", str(tmp)], say,
+             "creating the virtual environment")
+        site = Path(subprocess.check_output(
+            [str(tmp / "bin" / "python"), "-c", "import sysconfig;print(sysconfig.get_paths()"
+             "['purelib'])"], text=True).strip())
+        for step in image.steps:
+            what = describe(step)
+            if step.kind == "pip_install":
+                _run([sys.executable, "-m", "pip", "--python",
+                                 str(tmp / "bin" / "python"), "install", "--no-input",
+                                 "--disable-pip-version-check", *step.args], say, what)
+            elif step.kind == "add_local_python_source":
+                # A package: its directory; a module: its file, into site-packages.
+                dest = site if step.path == PYTHON_SOURCE_DIR else site / Path(step.path).name
+                for rel, data in step.files.items():
+                    p = dest / rel
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    p.write_bytes(data)
+                say(f"{what}: {len(step.files)} files")
+        # The agent's packages (Burst's shim among them) after the environment's own.
+        agent_site = sysconfig.get_paths()["purelib"]
+        (site / "zz-burst-agent.pth").write_text(
+            f"import site; site.addsitedir({agent_site!r})\n")
+        (tmp / ".burst-ready").write_text("ok\n")
+        for dirpath, dirnames, _ in os.walk(tmp):
+            for n in dirnames:
+                os.chmod(os.path.join(dirpath, n), 0o755)
+        shutil.rmtree(root, ignore_errors=True)
+        os.rename(tmp, root)
+        say(f"virtual environment ready: {root}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(argv: list[str], say: Callable[[str], None], what: str) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    out = (proc.stdout + proc.stderr).splitlines()
+    for line in out:
+        if line.strip():
+            say(line)
+    if proc.returncode != 0:
+        last = next((ln for ln in reversed(out) if ln.strip()), f"exit code {proc.returncode}")
+        raise ImageError(f"image build failed at {what}: {last}\n" + "\n".join(out[-30:]))
