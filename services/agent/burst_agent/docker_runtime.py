@@ -182,10 +182,28 @@ class DockerRuntime:
         #: the assigned indices are only named in the environment.
         self.gpu_devices = gpu_devices
         self.client = client or docker.from_env(max_pool_size=512)
+        #: Marks this agent's containers (its state dir is unique on the machine, the agent
+        #: id need not be): a restarted agent removes what its predecessor left running.
+        self.owner = str(state_dir)
+        if client is None:
+            self._remove_leftovers()
         self._built: dict[str, str] = {}  # image content hash -> tag
         self._locks: dict[str, asyncio.Lock] = {}
         self._wheels: tuple[list[str], str] | None = None
         self._wheels_lock = asyncio.Lock()
+
+    def _remove_leftovers(self) -> None:
+        try:
+            left = self.client.containers.list(
+                all=True, filters={"label": f"burst.owner={self.owner}"})
+        except docker.errors.APIError as e:
+            log.warning("docker_list_failed", error=str(e))
+            return
+        for c in left:
+            with contextlib.suppress(docker.errors.APIError):
+                c.remove(force=True)
+        if left:
+            log.info("leftover_containers_removed", count=len(left))
 
     # ---- images --------------------------------------------------------------------
     async def _shim_wheels(self) -> tuple[list[str], str]:
@@ -314,7 +332,7 @@ class DockerRuntime:
         opts: dict[str, Any] = dict(
             command=["python3", "-m", "burst._shim"],
             name=f"burst-{spec.container_id}",
-            labels={"burst.container_id": spec.container_id},
+            labels={"burst.container_id": spec.container_id, "burst.owner": self.owner},
             user=f"{self.uid}:{self.uid}",
             working_dir=workdir or images.BUNDLE_DIR,
             environment=self._env(spec, image_env),
