@@ -90,6 +90,43 @@ def build_wheels(dest: Path) -> list[str]:
     return sorted(p.name for p in dest.glob("*.whl"))
 
 
+def source_hash() -> str:
+    """A hash of the checkout's sources the wheel is built from (and of the shim's
+    dependencies' versions): the key of the machine-wide wheel cache."""
+    import cloudpickle
+    import msgspec
+
+    root = checkout_root()
+    h = hashlib.sha256(f"{msgspec.__version__} {cloudpickle.__version__}".encode())
+    files = [root / "pyproject.toml"]
+    for d in ("libs", "services"):
+        files += [p for p in (root / d).rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+                  and not any(part.endswith(".egg-info") for part in p.parts)]
+    for p in sorted(files):
+        h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:24]
+
+
+def cached_wheels() -> Path:
+    """The shim's wheels for the checkout as it is now, built once per machine."""
+    base = (Path("/var/cache/burst/wheels") if os.geteuid() == 0 else
+            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "burst" / "wheels")
+    dest = base / source_hash()
+    if (dest / ".ready").exists():
+        return dest
+    tmp = dest.with_name(f"{dest.name}.building-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        build_wheels(tmp)
+        (tmp / ".ready").write_text("ok\n")
+        with contextlib.suppress(OSError):  # another agent finished first: keep its copy
+            os.rename(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
 def wheels_hash(dest: Path) -> str:
     """A hash of the wheels' contents (not of the zip files, which carry timestamps)."""
     h = hashlib.sha256()
@@ -190,6 +227,7 @@ class DockerRuntime:
         self._built: dict[str, str] = {}  # image content hash -> tag
         self._locks: dict[str, asyncio.Lock] = {}
         self._wheels: tuple[list[str], str] | None = None
+        self._wheel_dir = Path()
         self._wheels_lock = asyncio.Lock()
 
     def _remove_leftovers(self) -> None:
@@ -209,11 +247,10 @@ class DockerRuntime:
     async def _shim_wheels(self) -> tuple[list[str], str]:
         async with self._wheels_lock:
             if self._wheels is None:
-                dest = self.state_dir / "wheels"
-                shutil.rmtree(dest, ignore_errors=True)
-                names = await asyncio.to_thread(build_wheels, dest)
-                self._wheels = names, await asyncio.to_thread(wheels_hash, dest)
-                log.info("shim_wheels_built", wheels=names)
+                self._wheel_dir = await asyncio.to_thread(cached_wheels)
+                names = sorted(p.name for p in self._wheel_dir.glob("*.whl"))
+                self._wheels = names, await asyncio.to_thread(wheels_hash, self._wheel_dir)
+                log.info("shim_wheels", wheels=names, dir=str(self._wheel_dir))
             return self._wheels
 
     async def image_tag(self, image: Any, emit: Callable[[str], None] | None = None) -> str:
@@ -251,7 +288,7 @@ class DockerRuntime:
         shutil.rmtree(ctx, ignore_errors=True)
         (ctx / "wheels").mkdir(parents=True)
         for w in wheels:
-            shutil.copy2(self.state_dir / "wheels" / w, ctx / "wheels" / w)
+            shutil.copy2(self._wheel_dir / w, ctx / "wheels" / w)
         for rel, data in df.files.items():
             p = ctx / rel
             p.parent.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,7 @@ class Dockerfile:
 
 def base_tag(image: proto.ImageSpec | None) -> str:
     if image is not None and image.base == "registry":
-        return image.registry_tag
+        return str(image.registry_tag)
     version = image.python_version if image is not None else "3.11"
     if version not in BASE_IMAGES:
         raise ImageError(f"Image.debian_slim(python_version={version!r}): no base image for it "
@@ -94,9 +94,9 @@ def base_tag(image: proto.ImageSpec | None) -> str:
 
 
 def dockerfile(image: proto.ImageSpec | None, wheels: list[str]) -> Dockerfile:
-    """The Dockerfile of an image: the base, Burst's shim (from ``wheels``, in the build
-    context under ``wheels/``) in a layer of its own right after it, so every image on
-    one base shares it, then the user's steps in order."""
+    """The Dockerfile of an image: the base, the user's steps in order, then Burst's shim
+    (from ``wheels``, in the build context under ``wheels/``) in a layer of its own, last:
+    a new Burst leaves the user's layers cached (pip installs are not run again)."""
     lines = [f"FROM {base_tag(image)}", "USER root"]
     labels = {1: f"the base image {base_tag(image)}", 2: "USER root"}
     files: dict[str, bytes] = {}
@@ -107,14 +107,10 @@ def dockerfile(image: proto.ImageSpec | None, wheels: list[str]) -> Dockerfile:
         lines.append(line)
         labels[len(lines)] = label
 
-    shim = "Burst's shim layer (pip install of the burst wheel)"
     add("ENV PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1 "
         "PIP_ROOT_USER_ACTION=ignore "
-        f"PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PYTHONPATH={PYTHON_SOURCE_DIR}", shim)
-    add("COPY wheels/ /opt/burst/wheels/", shim)
-    names = " ".join(shlex.quote(w) for w in wheels)
-    add(f"RUN cd /opt/burst/wheels && python3 -m pip install -q --no-cache-dir --no-index "
-        f"--find-links . {names} && rm -rf /opt/burst/wheels", shim)
+        f"PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PYTHONPATH={PYTHON_SOURCE_DIR}",
+        "the image's defaults (ENV)")
     for i, step in enumerate(image.steps if image is not None else []):
         what = describe(step)
         if step.kind == "pip_install":
@@ -148,4 +144,9 @@ def dockerfile(image: proto.ImageSpec | None, wheels: list[str]) -> Dockerfile:
         else:
             raise ImageError(f"Image step {what}: unknown step kind (is this agent older than "
                              "the SDK?)")
+    shim = "Burst's shim layer (pip install of the burst wheel)"
+    add("COPY wheels/ /opt/burst/wheels/", shim)
+    names = " ".join(shlex.quote(w) for w in wheels)
+    add(f"RUN cd /opt/burst/wheels && python3 -m pip install -q --no-cache-dir --no-index "
+        f"--find-links . {names} && rm -rf /opt/burst/wheels", shim)
     return Dockerfile("\n".join(lines) + "\n", labels, files, workdir, env)
