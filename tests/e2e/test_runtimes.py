@@ -141,6 +141,21 @@ def broken():
     return "ran"
 
 
+@app.cls(scaledown_window=1)
+class Model:
+    @burst.enter()
+    def load(self):
+        print("enter ran")
+
+    @burst.method()
+    def ping(self):
+        return "pong"
+
+    @burst.exit()
+    def close(self):
+        print("exit ran")
+
+
 PORT = @PORT@
 
 
@@ -166,6 +181,13 @@ def fail_main():
 @app.local_entrypoint()
 def probe_main():
     report(lambda: probe.remote(PORT))
+
+
+@app.local_entrypoint()
+def lifecycle_main():
+    import time
+    report(Model().ping.remote)
+    time.sleep(4)  # idle past the scaledown window: SIGTERM, and @exit runs
 
 
 @app.local_entrypoint()
@@ -199,11 +221,16 @@ def broken_main():
 '''
 
 
-def run(c: Cluster, tmp_path: Path, entry: str, timeout: float = 120) -> object:
+def write(c: Cluster, tmp_path: Path) -> Path:
     app = tmp_path / "contract_app.py"
     (tmp_path / "helper.py").write_text("ANSWER = 42\n")
     port = urlparse(c.profile["url"]).port
     app.write_text(textwrap.dedent(APP).replace("@PORT@", repr(port)))
+    return app
+
+
+def run(c: Cluster, tmp_path: Path, entry: str, timeout: float = 120) -> object:
+    app = write(c, tmp_path)
     proc = c.burst("run", f"{app}::{entry}", check=True, timeout=timeout)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line is not None, proc.stdout + proc.stderr
@@ -234,6 +261,13 @@ def test_confined(runtime_cluster: Cluster, tmp_path: Path) -> None:
     assert out["bundle_write"] in ("OSError", "PermissionError"), out
     if runtime(runtime_cluster) == "docker":
         assert out["no_new_privs"] == ["1"], out
+
+
+def test_enter_and_exit_on_sigterm(runtime_cluster: Cluster, tmp_path: Path) -> None:
+    app = write(runtime_cluster, tmp_path)
+    proc = runtime_cluster.burst("run", f"{app}::lifecycle_main", check=True)
+    lines = proc.stdout.splitlines()
+    assert "[model] enter ran" in lines and "[model] exit ran" in lines, proc.stdout
 
 
 def test_out_of_memory_is_reported(runtime_cluster: Cluster, tmp_path: Path) -> None:
