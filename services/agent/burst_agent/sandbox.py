@@ -251,11 +251,17 @@ class Sandbox:
         hidden = [os.path.realpath(self.home), "/root", "/run"]
         self.hidden = [h for h in dict.fromkeys(hidden) if os.path.isdir(h)]
         # What the interpreter needs must stay readable even when it lives under a hidden
-        # path (a venv in /root, say): re-expose it read-only on top of the tmpfs.
+        # path (a venv in /root, say) or under the container's private /tmp (a checkout in
+        # /tmp): re-expose it read-only on top. Burst itself may be installed editable, so
+        # its source directory counts too (it is not on sys.path).
+        import burst
+
         needed = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)),
+                  os.path.dirname(os.path.dirname(os.path.realpath(burst.__file__))),
                   *(p for p in sys.path if p and os.path.isdir(p))}
+        covered = [*self.hidden, PRIVATE]
         for p in sorted(os.path.realpath(n) for n in needed):
-            for h in self.hidden:
+            for h in covered:
                 if p.startswith(h + os.sep) and not self.home.startswith(p):
                     self.reexpose.append(p)
         self.reexpose = [p for p in dict.fromkeys(self.reexpose)
@@ -290,16 +296,17 @@ class Sandbox:
             args += ["--dev-bind", dev, dev]
         for h in self.hidden:
             args += ["--tmpfs", h]
+        # The private /tmp first, so what is re-exposed below it lands on top of it.
+        args += ["--bind", str(private_dir), PRIVATE]
         for p in self.reexpose:
             # bwrap would create the dirs leading to it 0700 (root's): the uid could not
             # traverse them.
-            h = next(h for h in self.hidden if p.startswith(h + os.sep))
+            h = next(h for h in [*self.hidden, PRIVATE] if p.startswith(h + os.sep))
             parts = Path(p).relative_to(h).parts[:-1]
             for i in range(len(parts)):
                 args += ["--perms", "0755", "--dir", os.path.join(h, *parts[: i + 1])]
             args += ["--ro-bind", p, p]
         args += ["--perms", "0755", "--dir", os.path.dirname(BUNDLE),
-                 "--bind", str(private_dir), PRIVATE,
                  "--ro-bind", str(bundle_dir), BUNDLE,
                  "--bind", str(socket_path), SOCKET,
                  "--chdir", BUNDLE, *(extra or []), "--", *self._drop(), *argv]
