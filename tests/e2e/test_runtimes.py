@@ -69,6 +69,8 @@ with_env = burst.Image.debian_slim().env({"GREETING": "hello from the image"})
 with_six = burst.Image.debian_slim().pip_install("six==1.16.0").add_local_python_source("helper")
 with_cmds = burst.Image.debian_slim().run_commands("echo built > /opt/marker")
 failing = burst.Image.debian_slim().run_commands("echo about to fail", "exit 3")
+absent = burst.Image.from_registry("not-on-this-engine:1.0")
+no_such_pkg = burst.Image.debian_slim().pip_install("burst-no-such-package-xyz==0.0.1")
 
 
 @app.function(scaledown_window=5)
@@ -156,6 +158,16 @@ class Model:
         print("exit ran")
 
 
+@app.function(image=absent, scaledown_window=2)
+def registry():
+    return "ran"
+
+
+@app.function(image=no_such_pkg, scaledown_window=2)
+def missing_pkg():
+    return "ran"
+
+
 PORT = @PORT@
 
 
@@ -218,6 +230,16 @@ def marker_main():
 @app.local_entrypoint()
 def broken_main():
     report(broken.remote)
+
+
+@app.local_entrypoint()
+def registry_main():
+    report(registry.remote)
+
+
+@app.local_entrypoint()
+def missing_pkg_main():
+    report(missing_pkg.remote)
 '''
 
 
@@ -314,3 +336,20 @@ def test_failed_build_names_the_step(runtime_cluster: Cluster, tmp_path: Path) -
         assert "about to fail" in out["traceback"] or "exit 3" in out["message"], out
     else:
         assert "run_commands(" in out["message"], out
+
+
+def test_registry_image_must_be_present(runtime_cluster: Cluster, tmp_path: Path) -> None:
+    out = run(runtime_cluster, tmp_path, "registry_main")
+    assert isinstance(out, dict), out
+    assert "Image.from_registry('not-on-this-engine:1.0')" in out["message"], out
+    if runtime(runtime_cluster) == "docker":
+        assert "not on this agent's Docker engine" in out["message"], out
+    else:
+        assert "needs the Docker runtime" in out["message"], out
+
+
+def test_failed_pip_install_names_the_step(runtime_cluster: Cluster, tmp_path: Path) -> None:
+    out = run(runtime_cluster, tmp_path, "missing_pkg_main", timeout=300)
+    assert isinstance(out, dict), out
+    assert "image build failed at pip_install('burst-no-such-package-xyz==0.0.1')" \
+        in out["message"], out
