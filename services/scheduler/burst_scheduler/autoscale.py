@@ -118,6 +118,11 @@ class Autoscaler:
             want = 1
         else:
             want = 0
+        # Under load, keep ``buffer_containers`` ready beyond what is busy (Modal's knob):
+        # the next burst of work finds warm containers. The work that triggered this
+        # decision takes one free container.
+        free_after = sum(1 for c in active if not self.saturated(c)) + want - 1
+        want += max(0, spec.buffer_containers - max(free_after, 0))
         if spec.max_containers is not None:
             want = min(want, spec.max_containers - len(containers))
         return max(want, 0)
