@@ -110,9 +110,7 @@ def source_hash() -> str:
 
 def cached_wheels() -> Path:
     """The shim's wheels for the checkout as it is now, built once per machine."""
-    base = (Path("/var/cache/burst/wheels") if os.geteuid() == 0 else
-            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "burst" / "wheels")
-    dest = base / source_hash()
+    dest = images.cache_dir("wheels") / source_hash()
     if (dest / ".ready").exists():
         return dest
     tmp = dest.with_name(f"{dest.name}.building-{os.getpid()}")

@@ -8,10 +8,11 @@ the translation is testable without an engine.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from burst import _protocol as proto
 from burst.image import PYTHON_SOURCE_DIR, describe
@@ -24,6 +25,18 @@ BUNDLE_DIR = "/burst/bundle"
 SOCKET_PATH = "/run/burst/shim.sock"
 #: Steps the process runtime cannot honour: they need a container image.
 DOCKER_ONLY = ("apt_install", "run_commands")
+
+
+def cache_dir(kind: str) -> Path:
+    """The machine-wide cache of built things (``wheels``, ``venvs``): under
+    ``$XDG_CACHE_HOME/burst`` when set (CI keeps it in the checkout), else
+    ``/var/cache/burst`` as root or ``~/.cache/burst``. Never under ``$BURST_HOME``,
+    ``/root`` or ``/tmp``, which the process runtime's sandbox covers."""
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "burst" / kind
+    if os.geteuid() == 0:
+        return Path("/var/cache/burst") / kind
+    return Path.home() / ".cache" / "burst" / kind
 
 
 class ImageError(Exception):

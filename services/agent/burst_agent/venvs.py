@@ -24,6 +24,7 @@ from pathlib import Path
 
 from burst import _protocol as proto
 from burst.image import PYTHON_SOURCE_DIR, describe
+from burst_agent import images
 from burst_agent.images import ImageContainerSpec, ImageError
 from burst_agent.runtime import ContainerHandle, ContainerSpec, ProcessRuntime
 from burst_core import logs
@@ -32,14 +33,6 @@ log = logs.get("burst.agent.venvs")
 
 #: Steps a virtual environment is built from.
 VENV_STEPS = ("pip_install", "add_local_python_source")
-
-
-def default_cache_dir() -> Path:
-    """Outside ``$BURST_HOME``, ``/root`` and ``/tmp``, which the sandbox covers, and
-    readable by the sandbox's uid."""
-    if os.geteuid() == 0:
-        return Path("/var/cache/burst/venvs")
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "burst" / "venvs"
 
 
 def needs_venv(image: proto.ImageSpec | None) -> bool:
@@ -55,7 +48,7 @@ class VenvRuntime:
                  cache_dir: Path | None = None) -> None:
         self.base = base
         self.make = make
-        self.cache_dir = cache_dir or default_cache_dir()
+        self.cache_dir = cache_dir or images.cache_dir("venvs")
         self._runtimes: dict[str, ProcessRuntime] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
