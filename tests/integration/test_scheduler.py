@@ -525,3 +525,47 @@ async def test_pools_follow_heartbeats_and_are_rebuilt_after_a_flush(
     await agent.stop()
     await eventually(lambda: pools_are(set(), set()), timeout=4.0)
     assert await redis.smembers(names.REDIS_POOLED_FUNCTIONS) == set()
+
+
+# ---- room for on-demand work --------------------------------------------------------
+async def test_on_demand_work_preempts_preemptible_containers_to_fit(
+    js: Any, agents: MakeAgent, scheduler: MakeScheduler
+) -> None:
+    gpus = [(0, "H100"), (1, "H100")]
+    ondemand = await agents("ondemand", gpus=gpus, on_place="busy")
+    s = await scheduler()
+    batch = fn("batch", resources=Resources(gpu_type="H100", gpu_count=2))
+    serve = fn("serve", resources=Resources(gpu_type="H100", gpu_count=2), nonpreemptible=True)
+    await deploy(js, batch, serve)
+    await until_known(s, key("batch"), key("serve"))
+    await signal(js, key("batch"))
+    await eventually(lambda: len(ondemand.placements) == 1)
+    busy_cid = ondemand.placements[0].container_id
+    # Both GPUs are held by preemptible work: the on-demand function's input waits (in
+    # the stream, as a real one would) and it makes room.
+    await bus.publish(js, names.input_subject(key("serve")), b"input", msg_id="in-serve")
+    await signal(js, key("serve"))
+    await eventually(lambda: any(o.reason == "preempted" for _, o in ondemand.stops))
+    stops = [o for _, o in ondemand.stops if o.reason == "preempted"]
+    assert [o.container_id for o in stops] == [busy_cid]
+    await ondemand.remove(busy_cid)  # the agent stops it and releases its claim
+    await eventually(lambda: any(p.function.name == "serve" for p in ondemand.placements),
+                     timeout=10)
+    placed = next(p for p in ondemand.placements if p.function.name == "serve")
+    assert sorted(placed.gpu_indices) == [0, 1]
+
+
+async def test_preemptible_work_is_never_preempted_for_its_own_kind(
+    js: Any, agents: MakeAgent, scheduler: MakeScheduler
+) -> None:
+    ondemand = await agents("ondemand", gpus=[(0, "H100")], on_place="busy")
+    s = await scheduler()
+    one = fn("one", resources=Resources(gpu_type="H100", gpu_count=1))
+    two = fn("two", resources=Resources(gpu_type="H100", gpu_count=1))
+    await deploy(js, one, two)
+    await until_known(s, key("one"), key("two"))
+    await signal(js, key("one"))
+    await eventually(lambda: len(ondemand.placements) == 1)
+    await signal(js, key("two"))  # waits: it is preemptible itself
+    await asyncio.sleep(1.5)
+    assert not ondemand.stops

@@ -47,6 +47,7 @@ from burst_core.schemas import (
     StopContainer,
     encode,
 )
+from burst_scheduler import make_room
 from burst_scheduler.claim import Claimer
 from burst_scheduler.settings import SchedulerSettings
 from burst_scheduler.state import ClusterState, Container, FunctionRef
@@ -79,6 +80,7 @@ class Autoscaler:
         self._stops: dict[str, _StopOrder] = {}
         self._no_capacity_logged: dict[str, float] = {}
         self._waiting: dict[str, float] = {}  # fn_key -> waiting since
+        self._room_made: dict[str, float] = {}  # fn_key -> when spot work was preempted
         self.placed = 0
         self.stop_orders = 0
         #: Whether a function may get no new containers (a spent hard budget, set by
@@ -179,6 +181,8 @@ class Autoscaler:
                              gpu_type=spec.resources.gpu_type,
                              gpu_count=spec.resources.gpu_count)
                 await self._mark_waiting(ref.fn_key, waiting_reason(spec))
+            if spec.nonpreemptible:
+                await self._make_room(ref)  # throttled by its own clock
             return False
         await self._clear_waiting(ref.fn_key)
         flog = flog.bind(container_id=claim.container_id, agent_id=claim.agent_id)
@@ -209,6 +213,25 @@ class Autoscaler:
         flog.info("container_placed", gpu_indices=list(claim.gpu_indices),
                   revision=claim.revision)
         return True
+
+    async def _make_room(self, ref: FunctionRef) -> int:
+        """On-demand work does not fit: preempt preemptible containers on an on-demand
+        agent (see ``make_room``). Returns the stop orders sent."""
+        now = time.time()
+        if now - self._room_made.get(ref.fn_key, -1e9) < self.settings.stop_order_retry:
+            return 0  # the last stops are still taking effect
+        eviction = make_room.plan(self.state, ref.spec, self.settings.overcommit, now)
+        if eviction is None:
+            return 0
+        self._room_made[ref.fn_key] = now
+        for cid in eviction.container_ids:
+            order = StopContainer(container_id=cid, agent_id=eviction.agent_id,
+                                  reason="preempted")
+            await bus.publish(self.js, names.agent_orders_subject(eviction.agent_id),
+                              encode(order), msg_id=f"room-{cid}")
+        log.warning("preempted_for_on_demand", fn_key=ref.fn_key, agent_id=eviction.agent_id,
+                    containers=eviction.container_ids)
+        return len(eviction.container_ids)
 
     async def _mark_waiting(self, fn_key: str, reason: str) -> None:
         """Say why the function waits (KV ``burst_waiting``), for `burst app status`."""
