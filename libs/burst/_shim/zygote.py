@@ -141,7 +141,10 @@ def _keeper(req: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
     """In the keeper (forked per request): fork the container, report it, wait for it."""
     out_fd, err_fd, exit_fd, reply_fd = fds
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    # No parent-death signal here: a zygote that dies (and is restarted) must not take the
+    # running containers with it. The keeper still ends with its container, and the
+    # container with the agent (its sandbox's holder dies with the agent, and with it the
+    # pid namespace).
     reply = socket.socket(fileno=reply_fd)
     try:
         pid = str(os.getpid())

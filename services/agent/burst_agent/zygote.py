@@ -45,6 +45,7 @@ class Zygote:
         self.proc: asyncio.subprocess.Process | None = None
         self.sock: socket.socket | None = None
         self._lock = asyncio.Lock()
+        self._send_lock = asyncio.Lock()
 
     async def ensure(self) -> socket.socket:
         async with self._lock:
@@ -99,7 +100,8 @@ class Zygote:
         body = json.dumps({"target_pid": target_pid, "cwd": cwd, "env": env, "uid": uid,
                            "gid": gid, "cgroup_procs": cgroup_procs}).encode()
         try:
-            socket.send_fds(sock, [body], [out_fd, err_fd, exit_fd, theirs.fileno()])
+            async with self._send_lock:  # one waiter per fd: add_writer keeps only one
+                await _send_fds(sock, body, [out_fd, err_fd, exit_fd, theirs.fileno()])
         except OSError as e:
             mine.close()
             self.close()
@@ -117,6 +119,28 @@ class Zygote:
         if "error" in reply:
             raise ZygoteError(f"zygote could not fork the container: {reply['error']}")
         return int(reply["pid"])
+
+
+async def _send_fds(sock: socket.socket, body: bytes, fds: list[int]) -> None:
+    """``send_fds`` on a non-blocking socket, waiting while the zygote's queue is full
+    (a burst of container starts queues faster than one zygote forks)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            socket.send_fds(sock, [body], fds)
+            return
+        except BlockingIOError:
+            writable: asyncio.Future[None] = loop.create_future()
+
+            def wake(f: asyncio.Future[None] = writable) -> None:
+                if not f.done():
+                    f.set_result(None)
+
+            loop.add_writer(sock.fileno(), wake)
+            try:
+                await writable
+            finally:
+                loop.remove_writer(sock.fileno())
 
 
 async def read_until(fd: int, done: Callable[[bytes], bool], timeout: float = 30.0) -> bytes:

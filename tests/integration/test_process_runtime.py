@@ -1,0 +1,168 @@
+"""The process runtime on its own (no cluster): real bwrap, real cgroups, real forks.
+
+Each test plays the agent's side of the shim socket: it accepts the container's
+connection and reads frames. Run for containers as fresh interpreters and as zygote forks.
+Without bubblewrap (or not as root, which the cgroups and the uid drop need) these tests
+skip, except under ``CI``, where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import struct
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from burst import _protocol as proto
+from burst_agent.runtime import ContainerSpec, ProcessHandle, ProcessRuntime
+from burst_agent.sandbox import Sandbox
+
+pytestmark = pytest.mark.integration
+
+APP = """
+def f(mib=0):
+    return len([bytearray(1 << 20) for _ in range(mib)])  # zero-filled: really touched
+
+"""
+
+
+def _require_sandbox() -> None:
+    why = ""
+    if shutil.which("bwrap") is None:
+        why = "bubblewrap (bwrap) is not installed"
+    elif os.geteuid() != 0:
+        why = "the sandbox's uid drop and cgroups need root"
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}, and CI is set")
+        pytest.skip(why)
+
+
+class Shim:
+    """The agent's end of one container's socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.frames: asyncio.Queue[object] = asyncio.Queue()
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_unix_server(self._on, path=str(self.path))
+
+    async def _on(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self.writer = w
+        try:
+            while True:
+                header = await r.readexactly(4)
+                body = await r.readexactly(struct.unpack(">I", header)[0])
+                await self.frames.put(proto.from_shim_decoder.decode(body))
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            await self.frames.put(None)
+
+    async def next_of(self, kind: type, timeout: float = 30.0) -> object:
+        async with asyncio.timeout(timeout):
+            while True:
+                f = await self.frames.get()
+                if f is None or isinstance(f, kind):
+                    return f
+
+
+@pytest.fixture(params=["fresh", "zygote"])
+async def runtime(request: pytest.FixtureRequest) -> AsyncIterator[ProcessRuntime]:
+    _require_sandbox()
+    home = Path(tempfile.mkdtemp(prefix="burst-rt-home-", dir="/var/tmp"))
+    box = Sandbox.detect("on", f"rt-{request.param}-{os.getpid()}", str(home))
+    rt = ProcessRuntime(sandbox=box, state_dir=home / "containers",
+                        zygote=request.param == "zygote")
+    rt.test_home = home  # type: ignore[attr-defined]
+    yield rt
+    if rt.zygote is not None:
+        rt.zygote.close()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+async def start(rt: ProcessRuntime, name: str, sockets: Path,
+                memory_mb: int = 128) -> tuple[ProcessHandle, Shim]:
+    home: Path = rt.test_home  # type: ignore[attr-defined]
+    bundle = home / "bundle"
+    if not bundle.exists():
+        bundle.mkdir()
+        (bundle / "rt_app.py").write_text(APP)
+    shim = Shim(sockets / f"{name}.sock")
+    await shim.start()
+    spec = ContainerSpec(container_id=name, bundle_dir=bundle, socket_path=shim.path,
+                         module="rt_app", qualname="f", cpu=0.25, memory_mb=memory_mb)
+    handle = await rt.start(spec)
+    assert isinstance(handle, ProcessHandle)
+    return handle, shim
+
+
+@pytest.fixture
+def sockets() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="burst-"))  # short: unix socket paths are limited
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+async def test_sigterm_reaches_the_user_process(runtime: ProcessRuntime, sockets: Path) -> None:
+    handle, shim = await start(runtime, "term", sockets)
+    ready = await shim.next_of(proto.Ready)
+    assert isinstance(ready, proto.Ready)
+    handle.signal(signal.SIGTERM)
+    code = await asyncio.wait_for(handle.wait(), 30)
+    # The shim's SIGTERM handler ran (a clean exit), rather than the sandbox being torn
+    # down around it (which would read as a kill).
+    assert code == 0, code
+    assert handle.exit_reason() == ""
+
+
+async def test_sigkill_ends_the_whole_sandbox(runtime: ProcessRuntime, sockets: Path) -> None:
+    handle, shim = await start(runtime, "kill", sockets)
+    ready = await shim.next_of(proto.Ready)
+    assert isinstance(ready, proto.Ready)
+    handle.signal(signal.SIGKILL)
+    code = await asyncio.wait_for(handle.wait(), 30)
+    assert code != 0
+    assert await shim.next_of(proto.Ready, timeout=10) is None  # the socket closed
+    # Nothing of it is left: its cgroup (gone only once empty) and private dir went too.
+    assert handle.cgroup is not None
+    assert not any(d.exists() for d in handle.cgroup.dirs.values())
+    assert handle.private_dir is not None and not handle.private_dir.exists()
+
+
+async def test_many_containers_start_at_once(runtime: ProcessRuntime, sockets: Path) -> None:
+    n = 12
+    started = await asyncio.gather(*(start(runtime, f"many{i}", sockets) for i in range(n)))
+    try:
+        readies = await asyncio.gather(*(s.next_of(proto.Ready, 60) for _, s in started))
+        assert all(isinstance(r, proto.Ready) for r in readies), readies
+    finally:
+        for h, _ in started:
+            h.signal(signal.SIGKILL)
+        await asyncio.gather(*(h.wait() for h, _ in started))
+
+
+async def test_out_of_memory_names_the_limit(runtime: ProcessRuntime, sockets: Path) -> None:
+    from burst._serialization import deserialize, serialize
+
+    handle, shim = await start(runtime, "oom", sockets, memory_mb=64)
+    assert isinstance(await shim.next_of(proto.Ready), proto.Ready)
+    assert shim.writer is not None
+    # Within the limit: answered.
+    shim.writer.write(proto.frame(proto.RunInput(
+        input_id="in-1", call_id="call-1", payload=serialize(((8,), {})))))
+    done = await shim.next_of(proto.InputDone)
+    assert isinstance(done, proto.InputDone) and deserialize(done.payload) == 8, done
+    assert handle.exit_reason() == ""
+    # Past it: killed, and the runtime says why.
+    shim.writer.write(proto.frame(proto.RunInput(
+        input_id="in-2", call_id="call-2", payload=serialize(((256,), {})))))
+    code = await asyncio.wait_for(handle.wait(), 60)
+    assert code != 0
+    assert handle.exit_reason() == "out of memory (limit 64 MiB)"
