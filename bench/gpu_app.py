@@ -1,0 +1,38 @@
+"""The function bench/gpu_check.sh runs on a real GPU: what the container sees."""
+
+import json
+import os
+
+import burst
+
+app = burst.App("gpu-check")
+
+
+@app.function(gpu="H200", timeout=300)
+def inside() -> dict:
+    out = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    try:
+        import torch
+    except ImportError as e:  # a machine without PyTorch (a dry run on a CPU machine)
+        out["torch"] = f"unavailable: {e}"
+        return out
+    out["cuda_available"] = torch.cuda.is_available()
+    if torch.cuda.is_available():
+        out["device_name"] = torch.cuda.get_device_name(0)
+        x = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+        out["matmul_ok"] = bool(torch.isfinite((x @ x).float().sum()).item())
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        out["nvml_in_container"] = [
+            pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
+            for i in range(pynvml.nvmlDeviceGetCount())]
+    except Exception as e:  # the container may not see NVML; torch is what matters
+        out["nvml_in_container"] = f"unavailable: {e}"
+    return out
+
+
+@app.local_entrypoint()
+def main() -> None:
+    print(json.dumps(inside.remote(), indent=2))
