@@ -339,8 +339,11 @@ class Container:
             try:
                 if psub is None:
                     psub = self._psub = await self._bind(consumer)
-                free = self.max_inputs - len(self.in_flight)
-                msgs = await psub.fetch(max(1, free), timeout=self.agent.settings.fetch_timeout)
+                # One at a time: nats-py's fetch of n, once its long-poll is pending,
+                # returns only when n arrived or it expires, so a lone input would wait
+                # out fetch_timeout; fetch(1) returns as soon as one is there, and a
+                # backlog still drains at once (each fetch is answered immediately).
+                msgs = await psub.fetch(1, timeout=self.agent.settings.fetch_timeout)
             except (nats.errors.TimeoutError, TimeoutError):
                 continue
             except asyncio.CancelledError:
