@@ -58,3 +58,9 @@ def test_buffer_containers_stay_ready_under_load() -> None:
 def test_max_containers_caps_everything() -> None:
     assert wanted(ref(buffer_containers=5, max_containers=2), []) == 2
     assert wanted(ref(max_containers=1), [container(1, "busy", 1)]) == 0
+
+
+def test_target_inputs_scale_out_before_max_inputs() -> None:
+    half_full = [container(1, "busy", 2, 4)]
+    assert wanted(ref(max_inputs=4, target_inputs=2), half_full) == 1
+    assert wanted(ref(max_inputs=4), half_full) == 0  # no target: scale at max_inputs

@@ -105,9 +105,13 @@ class Autoscaler:
         )
 
     @staticmethod
-    def saturated(c: Container) -> bool:
+    def saturated(c: Container, target: int = 0) -> bool:
+        """Whether a container is at its target of inputs (``@burst.concurrent``'s
+        ``target_inputs``; its ``max_inputs`` when there is none)."""
         v = c.view
-        return v is not None and v.state == "busy" and v.in_flight >= max(1, v.max_inputs)
+        if v is None or v.state != "busy":
+            return False
+        return v.in_flight >= max(1, min(target or v.max_inputs, v.max_inputs))
 
     def wanted(self, ref: FunctionRef, containers: list[Container], now: float) -> int:
         """How many containers to add for ``ref`` given new work."""
@@ -116,14 +120,14 @@ class Autoscaler:
         floor = max(1, spec.min_containers)
         if len(active) < floor:
             want = floor - len(active)
-        elif all(self.saturated(c) for c in active):
+        elif all(self.saturated(c, spec.target_inputs) for c in active):
             want = 1
         else:
             want = 0
         # Under load, keep ``buffer_containers`` ready beyond what is busy (Modal's knob):
         # the next burst of work finds warm containers. The work that triggered this
         # decision takes one free container.
-        free_after = sum(1 for c in active if not self.saturated(c)) + want - 1
+        free_after = sum(1 for c in active if not self.saturated(c, spec.target_inputs)) + want - 1
         want += max(0, spec.buffer_containers - max(free_after, 0))
         if spec.max_containers is not None:
             want = min(want, spec.max_containers - len(containers))

@@ -112,7 +112,9 @@ class Reconciler:
         containers = self.state.containers_of(fn_key, now)
         active = [c for c in containers if not self.autoscaler.stopping(c, now)]
         if active:
-            if not all(self.autoscaler.saturated(c) for c in active):
+            ref = self.state.function(fn_key)
+            target = ref.spec.target_inputs if ref is not None else 0
+            if not all(self.autoscaler.saturated(c, target) for c in active):
                 return 0
             # The stream count includes inputs being run; only undelivered ones are a backlog.
             try:
