@@ -297,7 +297,12 @@ class Consumer:
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                msgs = await self._psub.fetch(self.batch, timeout=1.0)
+                # One at a time: nats-py's fetch of a batch, once a long-poll request is
+                # pending, returns only when the batch is full or the request expires, so
+                # a lone message (a placement order, a signal) waited up to a second.
+                # fetch(1) returns as soon as the message is there; when many are waiting
+                # each fetch returns at once, so a backlog still drains fast.
+                msgs = await self._psub.fetch(1, timeout=1.0)
             except (nats.errors.TimeoutError, TimeoutError):
                 continue
             except asyncio.CancelledError:

@@ -143,6 +143,19 @@ class ProcessRuntime:
         # The zygote forks into a sandbox bwrap built (setns): that takes root.
         self.zygote = (zyg.Zygote(self.python) if zygote and self.sandboxed
                        and os.geteuid() == 0 else None)
+        self._warming: asyncio.Task[None] | None = None
+        if self.zygote is not None:
+            # Made by a running agent: warm the zygote now, so that the first container
+            # is a fork too (its import is a fresh interpreter's cost, paid once).
+            with contextlib.suppress(RuntimeError):  # no running loop: warmed on first use
+                self._warming = asyncio.get_running_loop().create_task(self._warm())
+
+    async def _warm(self) -> None:
+        assert self.zygote is not None
+        try:
+            await self.zygote.ensure()
+        except Exception as e:  # the first start tries again, and falls back if need be
+            log.warning("zygote_warmup_failed", error=repr(e))
 
     def _env(self, spec: ContainerSpec, home: str, bundle: str, sock: str) -> dict[str, str]:
         return {
