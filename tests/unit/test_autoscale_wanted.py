@@ -64,3 +64,34 @@ def test_target_inputs_scale_out_before_max_inputs() -> None:
     half_full = [container(1, "busy", 2, 4)]
     assert wanted(ref(max_inputs=4, target_inputs=2), half_full) == 1
     assert wanted(ref(max_inputs=4), half_full) == 0  # no target: scale at max_inputs
+
+
+def test_failed_starts_back_off_and_a_ready_container_resets() -> None:
+    from burst_core.schemas import ContainerReady, ContainerStopped
+
+    scaler = SimpleNamespace(_start_failures={}, _failed_deployment={},
+                             state=SimpleNamespace(function=lambda key: None),
+                             settings=SimpleNamespace(start_backoff_initial=1.0,
+                                                      start_backoff_max=8.0))
+
+    def fail(at: float) -> None:
+        ev = ContainerStopped(container_id="ct", agent_id="ag", workspace="w", app="a",
+                              function="f", reason="failed_to_start", at=at)
+        Autoscaler.on_container_event(scaler, ev)  # type: ignore[arg-type]
+
+    left = lambda now: Autoscaler.backoff_left(scaler, "w.a.f", now)  # type: ignore[arg-type]  # noqa: E731
+    assert left(0.0) == 0.0
+    fail(100.0)
+    assert left(100.5) == 0.5  # 1 s after the first failure
+    fail(101.0)
+    assert left(102.0) == 1.0  # 2 s after the second
+    for t in (103.0, 104.0, 105.0, 106.0):
+        fail(t)
+    assert left(106.0) == 8.0  # capped
+    ok = ContainerReady(container_id="ct2", agent_id="ag", fn_key="w.a.f", at=107.0)
+    Autoscaler.on_container_event(scaler, ok)  # type: ignore[arg-type]
+    assert left(107.0) == 0.0
+    crashed = ContainerStopped(container_id="ct3", agent_id="ag", workspace="w", app="a",
+                               function="f", reason="crashed", at=108.0)
+    Autoscaler.on_container_event(scaler, crashed)  # type: ignore[arg-type]
+    assert left(108.0) == 0.0  # a crash after a good start is not a failed start

@@ -40,6 +40,8 @@ from nats.js import JetStreamContext
 
 from burst_core import bus, logs, names
 from burst_core.schemas import (
+    ContainerReady,
+    ContainerStopped,
     DeploymentRecordDecoder,
     FunctionSpec,
     FunctionWaiting,
@@ -81,6 +83,8 @@ class Autoscaler:
         self._no_capacity_logged: dict[str, float] = {}
         self._waiting: dict[str, float] = {}  # fn_key -> waiting since
         self._room_made: dict[str, float] = {}  # fn_key -> when spot work was preempted
+        self._start_failures: dict[str, tuple[int, float]] = {}  # fn_key -> (count, last)
+        self._failed_deployment: dict[str, str] = {}  # fn_key -> deployment that failed
         self.placed = 0
         self.stop_orders = 0
         #: Whether a function may get no new containers (a spent hard budget, set by
@@ -167,8 +171,40 @@ class Autoscaler:
             placed += 1
         return placed
 
+    # ---- crash-loop backoff ----------------------------------------------------------
+    def on_container_event(self, event: ContainerReady | ContainerStopped) -> None:
+        """Count failed starts per function; a container that got ready resets the count."""
+        if isinstance(event, ContainerReady):
+            self._start_failures.pop(event.fn_key, None)
+        elif event.reason == "failed_to_start":
+            key = names.function_key(event.workspace, event.app, event.function)
+            count, _ = self._start_failures.get(key, (0, 0.0))
+            self._start_failures[key] = (count + 1, event.at or time.time())
+            ref = self.state.function(key)
+            # A redeploy (new code) starts with a clean slate.
+            self._failed_deployment[key] = ref.deployment.deployment_id if ref else ""
+
+    def backoff_left(self, fn_key: str, now: float) -> float:
+        """Seconds before another container of ``fn_key`` may be placed (0: now)."""
+        count, last = self._start_failures.get(fn_key, (0, 0.0))
+        if count == 0:
+            return 0.0
+        s = self.settings
+        delay = min(s.start_backoff_max, s.start_backoff_initial * 2 ** (count - 1))
+        return max(0.0, last + delay - now)
+
     async def _place(self, ref: FunctionRef, reason: str) -> bool:
         if self.blocked(ref.fn_key):
+            return False
+        if self._failed_deployment.get(ref.fn_key, ref.deployment.deployment_id) != (
+                ref.deployment.deployment_id):
+            self._start_failures.pop(ref.fn_key, None)
+            self._failed_deployment.pop(ref.fn_key, None)
+        wait = self.backoff_left(ref.fn_key, time.time())
+        if wait > 0:
+            count = self._start_failures[ref.fn_key][0]
+            await self._mark_waiting(ref.fn_key, f"{count} containers failed to start in a row: "
+                                                 f"next try in {wait:.0f} s")
             return False
         spec = ref.spec
         flog = log.bind(fn_key=ref.fn_key, reason=reason)

@@ -29,7 +29,12 @@ from nats.js import JetStreamContext
 
 from burst_core import bus, logs, names
 from burst_core.lease import Lease
-from burst_core.schemas import InputAcceptedDecoder
+from burst_core.schemas import (
+    ContainerEventDecoder,
+    ContainerReady,
+    ContainerStopped,
+    InputAcceptedDecoder,
+)
 from burst_core.service import heartbeat_loop
 from burst_scheduler.autoscale import Autoscaler
 from burst_scheduler.budget_stop import BudgetStop
@@ -76,15 +81,29 @@ class Scheduler:
         await self.watcher.start()
         self.budget_stop = await BudgetStop.attach(self)  # hard budgets: stop, place nothing
         self.pools.start()
+        # Lifecycle events feed the crash-loop backoff (every replica follows them, so a new
+        # leader knows which functions are failing to start).
+        self._lifecycle = await self.js._nc.subscribe(names.SUBJECTS_CONTAINER_EVENTS,
+                                                      cb=self._on_container_event)
         self._started = True
         if decide:
             await self.start_decisions()
         log.info("scheduler_started", agents=len(self.state.agents),
                  functions=len(self.state.functions))
 
+    async def _on_container_event(self, msg: Any) -> None:
+        try:
+            event = ContainerEventDecoder.decode(msg.data)
+        except Exception:
+            return
+        if isinstance(event, ContainerReady | ContainerStopped):
+            self.autoscaler.on_container_event(event)
+
     async def stop(self) -> None:
         if not self._started:
             return
+        with contextlib.suppress(Exception):
+            await self._lifecycle.unsubscribe()
         self._started = False
         await self.stop_decisions()
         await self.pools.stop()

@@ -18,6 +18,11 @@ class SchedulerSettings(CommonSettings):
     lost_check_interval: float = 0.5
     #: CPU and memory overcommit factor applied to agents' capacity.
     overcommit: float = 1.0
+    #: Containers of a function that keep failing to start (a platform fault: a bundle that
+    #: cannot be fetched, a runtime error) are placed again after a growing delay: from
+    #: this many seconds, doubling per failure, up to the max.
+    start_backoff_initial: float = 1.0
+    start_backoff_max: float = 60.0
     #: A stop order the agent has neither acted on nor refused (the container is still
     #: idle since the same moment) is sent again after this many seconds.
     stop_order_retry: float = 10.0
