@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -229,19 +230,22 @@ class ProcessRuntime:
                     private: Path) -> ProcessHandle:
         """The sandbox around a holder, then the zygote forks the container into it."""
         assert self.zygote is not None
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        exit_r, exit_w = os.pipe()
-        ready_r, ready_w = os.pipe()
-        info_r, info_w = os.pipe()
-        mine = [out_w, err_w, exit_w, exit_r, ready_w, info_w]
-        readers = [out_r, err_r, ready_r, info_r]
+        # What the agent reads are socketpairs, not pipes: a socket handed to the loop is
+        # owned by its transport under asyncio and uvloop alike (a pipe's file object is
+        # not, under uvloop, and closing it twice closes some other fd).
+        out_r, out_w = socket.socketpair()
+        err_r, err_w = socket.socketpair()
+        ready_r, ready_w = socket.socketpair()
+        info_r, info_w = socket.socketpair()
+        exit_r, exit_w = os.pipe()  # the holder's stdin: never read by the agent
+        socks = [out_r, out_w, err_r, err_w, ready_r, ready_w, info_r, info_w]
         proc = None
         t0 = time.perf_counter()
         try:
             argv = box.command(zyg.HOLDER, bundle_dir=spec.bundle_dir,
                                socket_path=spec.socket_path, private_dir=private,
-                               gpu_indices=spec.gpu_indices, extra=["--info-fd", str(info_w)])
+                               gpu_indices=spec.gpu_indices,
+                               extra=["--info-fd", str(info_w.fileno())])
             proc = await asyncio.create_subprocess_exec(
                 # The id marks the holder as the container's, on the host (ps e, /proc).
                 *argv, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -249,13 +253,12 @@ class ProcessRuntime:
                 # No preexec_fn (it forces a full fork of the agent; without it the
                 # child is spawned with vfork): the holder and bwrap need no cgroup, the
                 # keeper puts itself and the container into it before the container runs.
-                stdin=exit_r, stdout=ready_w, stderr=err_w, pass_fds=[info_w],
-                start_new_session=True)
-            for fd in (exit_r, ready_w, info_w):
-                os.close(fd)
-                mine.remove(fd)
-            readers.remove(info_r)
-            readers.remove(ready_r)
+                stdin=exit_r, stdout=ready_w.fileno(), stderr=err_w.fileno(),
+                pass_fds=[info_w.fileno()], start_new_session=True)
+            os.close(exit_r)
+            exit_r = -1
+            ready_w.close()
+            info_w.close()
             info_text = await zyg.read_until(info_r, zyg.is_json)
             up = await zyg.read_until(ready_r, lambda b: b.endswith(b"\n"))
             if not up:
@@ -265,25 +268,28 @@ class ProcessRuntime:
                 target_pid=zyg.info_pid(info_text), cwd=sb.BUNDLE,
                 env=self._env(spec, sb.PRIVATE, sb.BUNDLE, sb.SOCKET), uid=box.uid,
                 gid=box.gid, cgroup_procs=cgroup.procs_files() if cgroup else [],
-                out_fd=out_w, err_fd=err_w, exit_fd=exit_w)
+                out_fd=out_w.fileno(), err_fd=err_w.fileno(), exit_fd=exit_w)
+            handle = ProcessHandle(proc, cgroup, private)
+            handle.pid, handle.child_pid = pid, pid
+            handle.stdout = await zyg.socket_reader(out_r)
+            handle.stderr = await zyg.socket_reader(err_r)
         except BaseException:
             if proc is not None and proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
-            for fd in readers:
-                os.close(fd)
+            for sock in socks:
+                sock.close()  # no-op for those a transport took over (detached)
             raise
         finally:
-            for fd in mine:
-                os.close(fd)
+            out_w.close()  # the container has its own copies now
+            err_w.close()
+            for fd in (exit_r, exit_w):
+                if fd >= 0:
+                    os.close(fd)
         log.info("container_forked", container_id=spec.container_id,
                  sandbox_ms=round((t_up - t0) * 1000, 1),
                  fork_ms=round((time.perf_counter() - t_up) * 1000, 1))
-        handle = ProcessHandle(proc, cgroup, private)
-        handle.pid, handle.child_pid = pid, pid
-        handle.stdout = await zyg.pipe_reader(out_r)
-        handle.stderr = await zyg.pipe_reader(err_r)
         return handle
 
 

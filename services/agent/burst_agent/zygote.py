@@ -143,11 +143,27 @@ async def _send_fds(sock: socket.socket, body: bytes, fds: list[int]) -> None:
                 loop.remove_writer(sock.fileno())
 
 
-async def read_until(fd: int, done: Callable[[bytes], bool], timeout: float = 30.0) -> bytes:
-    """Read a pipe until ``done(data)`` or EOF; closes the read end."""
-    reader = await pipe_reader(fd)
+class _ReadProtocol(asyncio.StreamReaderProtocol):
+    """A stream that is only read: at EOF its transport closes (and with it the socket)."""
+
+    def eof_received(self) -> bool:
+        super().eof_received()
+        return False
+
+
+async def _reader(sock: socket.socket, limit: int = 1 << 16,
+                  ) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit)
+    transport, _ = await loop.create_unix_connection(lambda: _ReadProtocol(reader), sock=sock)
+    return reader, transport
+
+
+async def read_until(sock: socket.socket, done: Callable[[bytes], bool],
+                     timeout: float = 30.0) -> bytes:
+    """Read from a socket until ``done(data)`` or EOF; closes it."""
+    reader, transport = await _reader(sock)
     data = b""
-    transport = reader._transport  # type: ignore[attr-defined]
     try:
         async with asyncio.timeout(timeout):
             while not done(data):
@@ -168,11 +184,9 @@ def is_json(data: bytes) -> bool:
         return False
 
 
-async def pipe_reader(fd: int) -> asyncio.StreamReader:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                 os.fdopen(fd, "rb", buffering=0))
+async def socket_reader(sock: socket.socket) -> asyncio.StreamReader:
+    """A StreamReader over ``sock``; its transport owns the socket and closes it at EOF."""
+    reader, _ = await _reader(sock, limit=1 << 20)
     return reader
 
 
