@@ -217,7 +217,7 @@ async def runtime_zero_to_n(n: int, zygote: bool) -> dict[str, Any]:
     bundle = home / "bundle"
     bundle.mkdir()
     (bundle / "rt_app.py").write_text("def f():\n    return 1\n")
-    box = Sandbox.detect("on", "bench", str(home))
+    box = Sandbox.detect("on", f"bench-{os.getpid()}", str(home))
     rt = ProcessRuntime(sandbox=box, state_dir=home / "containers", zygote=zygote)
     handles: list[Any] = []
 

@@ -37,14 +37,16 @@ def sandboxed(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     env.update(FAST_TIMERS, BURST_HOME=str(home), HOME=str(home), BURST_SANDBOX="on",
                BURST_ZYGOTE="1" if request.param == "zygote" else "0")
     c = Cluster(home, env)
-    up = c.burst("up", "--gpus", "H100:2", timeout=180)
-    if up.returncode != 0:
-        c.burst("down")
-        raise AssertionError(f"burst up failed:\n{up.stdout}\n{up.stderr}")
-    yield c
-    down = c.burst("down", timeout=60)
-    assert down.returncode == 0, down.stderr
-    shutil.rmtree(home, ignore_errors=True)
+    try:
+        up = c.burst("up", "--gpus", "H100:2", timeout=180)
+        if up.returncode != 0:
+            c.burst("down")
+            raise AssertionError(f"burst up failed:\n{up.stdout}\n{up.stderr}")
+        yield c
+        down = c.burst("down", timeout=60)
+        assert down.returncode == 0, down.stderr
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 APP = '''
