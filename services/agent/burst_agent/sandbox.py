@@ -256,9 +256,15 @@ class Sandbox:
         # its source directory counts too (it is not on sys.path).
         import burst
 
+        from burst_agent.images import cache_dir
+
+        # Images' virtual environments (the process runtime's pip_install) live in the
+        # machine's cache, which CI keeps inside its checkout (possibly under /tmp).
+        venvs = cache_dir("venvs")
+        venvs.mkdir(parents=True, exist_ok=True)
         needed = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)),
                   os.path.dirname(os.path.dirname(os.path.realpath(burst.__file__))),
-                  *(p for p in sys.path if p and os.path.isdir(p))}
+                  str(venvs), *(p for p in sys.path if p and os.path.isdir(p))}
         covered = [*self.hidden, PRIVATE]
         for p in sorted(os.path.realpath(n) for n in needed):
             for h in covered:
