@@ -569,3 +569,23 @@ async def test_preemptible_work_is_never_preempted_for_its_own_kind(
     await signal(js, key("two"))  # waits: it is preemptible itself
     await asyncio.sleep(1.5)
     assert not ondemand.stops
+
+
+async def test_a_backlog_gets_its_containers_at_once(
+    js: Any, agents: MakeAgent, scheduler: MakeScheduler
+) -> None:
+    # Containers that never report ready (still starting): the backlog sizes the scale-out.
+    agent = await agents("agent-1", cpu=64, memory_mb=1 << 20, on_place=None)
+    s = await scheduler(reconcile_interval=0.3)
+    await deploy(js, fn("wide"), fn("capped", max_containers=4))
+    await until_known(s, key("wide"), key("capped"))
+    for i in range(10):
+        await bus.publish(js, names.input_subject(key("wide")), b"in", msg_id=f"w-{i}")
+        await bus.publish(js, names.input_subject(key("capped")), b"in", msg_id=f"c-{i}")
+
+    def placed(name: str) -> int:
+        return sum(1 for p in agent.placements if p.function.name == name)
+
+    await eventually(lambda: placed("wide") == 10 and placed("capped") == 4, timeout=10)
+    await asyncio.sleep(1.0)  # and no more than that
+    assert placed("wide") == 10 and placed("capped") == 4

@@ -149,6 +149,16 @@ class Autoscaler:
             want = self.wanted(ref, self.state.containers_of(fn_key, now), now)
             return await self._place_n(ref, want, reason)
 
+    async def place_more(self, fn_key: str, n: int, reason: str) -> int:
+        """Place ``n`` more containers for ``fn_key`` (the caller sized ``n``)."""
+        if n <= 0:
+            return 0
+        async with self._locks[fn_key]:
+            ref = self.state.function(fn_key)
+            if ref is None:
+                return 0
+            return await self._place_n(ref, n, reason)
+
     async def ensure_minimum(self, fn_key: str) -> int:
         """Keep ``min_containers`` active for a deployed function (no work needed)."""
         async with self._locks[fn_key]:

@@ -82,7 +82,7 @@ class Reconciler:
         report = ReconcileReport()
         for fn_key, waiting in (await self.backlog()).items():
             if waiting > 0 and self.state.function(fn_key) is not None:
-                n = await self._repair_backlog(fn_key)
+                n = await self._repair_backlog(fn_key, waiting)
                 if n:
                     report.placed[fn_key] = report.placed.get(fn_key, 0) + n
         for fn_key in sorted(self.state.functions):
@@ -107,24 +107,41 @@ class Reconciler:
                 out[fn_key] = int(count)
         return out
 
-    async def _repair_backlog(self, fn_key: str) -> int:
+    async def _repair_backlog(self, fn_key: str, in_stream: int) -> int:
+        """Enough containers for the inputs waiting: undelivered inputs beyond what the
+        active containers (starting ones included) can take get containers of their own,
+        placed at once rather than one per pass."""
         now = time.time()
         containers = self.state.containers_of(fn_key, now)
         active = [c for c in containers if not self.autoscaler.stopping(c, now)]
-        if active:
-            ref = self.state.function(fn_key)
-            target = ref.spec.target_inputs if ref is not None else 0
-            if not all(self.autoscaler.saturated(c, target) for c in active):
-                return 0
-            # The stream count includes inputs being run; only undelivered ones are a backlog.
-            try:
-                info = await self.js.consumer_info(names.STREAM_INPUTS,
-                                                   names.function_consumer(fn_key))
-            except nats.js.errors.NotFoundError:
-                return 0
-            if not info.num_pending:
-                return 0
-        return await self.autoscaler.scale_for_work(fn_key, "backlog")
+        ref = self.state.function(fn_key)
+        if not active or ref is None:
+            return await self.autoscaler.scale_for_work(fn_key, "backlog")
+        # The stream count includes inputs being run; only undelivered ones are a backlog.
+        # Before a container made the function's consumer, nothing was delivered yet.
+        try:
+            info = await self.js.consumer_info(names.STREAM_INPUTS,
+                                               names.function_consumer(fn_key))
+            backlog = int(info.num_pending or 0)
+        except nats.js.errors.NotFoundError:
+            backlog = in_stream
+        if not backlog:
+            return 0
+        spec = ref.spec
+        target = max(1, min(spec.target_inputs or spec.max_inputs, spec.max_inputs))
+        room = 0
+        for c in active:
+            v = c.view
+            if v is None or v.state == "starting":
+                room += target  # placed or starting: it takes inputs once ready
+            else:
+                room += max(0, target - v.in_flight)
+        if backlog <= room:
+            return 0
+        extra = -(-(backlog - room) // target)
+        if spec.max_containers is not None:
+            extra = min(extra, spec.max_containers - len(containers))
+        return await self.autoscaler.place_more(fn_key, extra, "backlog")
 
     async def sweep_consumers(self) -> list[str]:
         """Delete the input consumers of functions that have no container."""
