@@ -381,6 +381,21 @@ async def kv_get(kv: KeyValue, key: str) -> tuple[bytes | None, int]:
     return e.value, e.revision or 0
 
 
+async def kv_items(js: JetStreamContext, bucket: str) -> dict[str, bytes]:
+    """Every live key of a (small) bucket with its value."""
+    kv = await js.key_value(bucket)
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return {}
+    out: dict[str, bytes] = {}
+    for key in keys:
+        raw, _ = await kv_get(kv, key)
+        if raw is not None:
+            out[key] = raw
+    return out
+
+
 async def kv_cas(
     kv: KeyValue,
     key: str,

@@ -23,20 +23,6 @@ from burst_gateway.auth import Principal, admin, principal
 router = APIRouter()
 
 
-async def _entries(js: Any, bucket: str) -> dict[str, bytes]:
-    kv = await js.key_value(bucket)
-    try:
-        keys = await kv.keys()
-    except Exception:  # NoKeysError: empty bucket
-        return {}
-    out: dict[str, bytes] = {}
-    for key in keys:
-        raw, _ = await bus.kv_get(kv, key)
-        if raw is not None:
-            out[key] = raw
-    return out
-
-
 def agent_view(rec: AgentRecord, hb: AgentHeartbeat | None, now: float) -> dict[str, Any]:
     """One agent as the API shows it: capacity, what is claimed, what it reports running."""
     taken = {i for a in rec.allocations.values() for i in a.gpu_indices}
@@ -77,9 +63,9 @@ async def list_agents(request: Request, _: Principal = Depends(principal)) -> di
     js = request.app.state.gw.js
     now = time.time()
     beats = {k: AgentHeartbeatDecoder.decode(v)
-             for k, v in (await _entries(js, names.KV_HEARTBEATS)).items()}
+             for k, v in (await bus.kv_items(js, names.KV_HEARTBEATS)).items()}
     agents = [agent_view(AgentRecordDecoder.decode(raw), beats.get(key), now)
-              for key, raw in (await _entries(js, names.KV_AGENTS)).items()]
+              for key, raw in (await bus.kv_items(js, names.KV_AGENTS)).items()]
     agents.sort(key=lambda a: a["agent_id"])
     return {"agents": agents}
 

@@ -27,7 +27,6 @@ from burst_core.schemas import (
     LogLineDecoder,
     encode,
 )
-from burst_gateway.api_cluster import _kv_values
 from burst_gateway.auth import Principal, principal
 
 router = APIRouter()
@@ -150,7 +149,7 @@ async def app_status(app: str, request: Request,
     dep = await gw.deployment(p.workspace, app)
     if dep is None:
         raise NotFoundError(f"app {app!r} is not deployed in workspace {p.workspace!r}")
-    beats = await _kv_values(gw.js, names.KV_HEARTBEATS)
+    beats = await bus.kv_items(gw.js, names.KV_HEARTBEATS)
     containers: dict[str, dict[str, int]] = {}
     for raw in beats.values():
         for view in AgentHeartbeatDecoder.decode(raw).containers:

@@ -28,35 +28,21 @@ async def healthz(request: Request) -> dict[str, Any]:
     return {"ok": gw.nc.is_connected, "nats": gw.nc.is_connected}
 
 
-async def _kv_values(js: Any, bucket: str) -> dict[str, bytes]:
-    kv = await js.key_value(bucket)
-    try:
-        keys = await kv.keys()
-    except Exception:  # NoKeysError: empty bucket
-        return {}
-    out: dict[str, bytes] = {}
-    for key in keys:
-        raw, _ = await bus.kv_get(kv, key)
-        if raw is not None:
-            out[key] = raw
-    return out
-
-
 @router.get("/v1/status", tags=["cluster"])
 async def status(request: Request, p: Principal = Depends(principal)) -> dict[str, Any]:
     """Services with their last liveness record, and agents with their resources."""
     gw = request.app.state.gw
     now = time.time()
     services = []
-    for raw in (await _kv_values(gw.js, names.KV_SERVICES)).values():
+    for raw in (await bus.kv_items(gw.js, names.KV_SERVICES)).values():
         hb = ServiceHeartbeatDecoder.decode(raw)
         services.append({"service": hb.service, "instance": hb.instance,
                          "age": round(now - hb.at, 3), "uptime": round(now - hb.started_at, 1),
                          **({"info": hb.info} if hb.info else {})})
     beats = {k: AgentHeartbeatDecoder.decode(v)
-             for k, v in (await _kv_values(gw.js, names.KV_HEARTBEATS)).items()}
+             for k, v in (await bus.kv_items(gw.js, names.KV_HEARTBEATS)).items()}
     agents = []
-    for key, raw in (await _kv_values(gw.js, names.KV_AGENTS)).items():
+    for key, raw in (await bus.kv_items(gw.js, names.KV_AGENTS)).items():
         rec = AgentRecordDecoder.decode(raw)
         hb = beats.get(key)
         agents.append({
