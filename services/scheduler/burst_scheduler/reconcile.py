@@ -124,7 +124,9 @@ class Reconciler:
                                                names.function_consumer(fn_key))
             backlog = int(info.num_pending or 0)
         except nats.js.errors.NotFoundError:
-            backlog = in_stream
+            # The stream count holds what containers already run, as their views say.
+            running = sum(c.view.in_flight for c in active if c.view is not None)
+            backlog = max(0, in_stream - running)
         if not backlog:
             return 0
         spec = ref.spec
