@@ -292,7 +292,9 @@ class WebhookEndpoint(_Wire, kw_only=True):
     workspace: str
     url: str
     events: list[str]
-    secret: str  # "whsec_" + base64 of the signing key
+    # "whsec_" + base64 of the signing key, sealed at rest (burst_core.sealing: Fernet with
+    # the key in $BURST_HOME/secrets.key); a plain value stored before sealing still reads.
+    secret: str
     created_at: float = 0.0
     description: str = ""
 
