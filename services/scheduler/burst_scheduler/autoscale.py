@@ -84,6 +84,8 @@ class Autoscaler:
         self._waiting: dict[str, float] = {}  # fn_key -> waiting since
         self._room_made: dict[str, float] = {}  # fn_key -> when spot work was preempted
         self._start_failures: dict[str, tuple[int, float]] = {}  # fn_key -> (count, last)
+        #: Called when new work may outgrow starting containers (wakes the reconcile pass).
+        self.on_backlog: Callable[[], None] | None = None
         self._failed_deployment: dict[str, str] = {}  # fn_key -> deployment that failed
         self.placed = 0
         self.stop_orders = 0
@@ -146,7 +148,13 @@ class Autoscaler:
                 log.info("work_for_unknown_function", fn_key=fn_key, reason=reason)
                 return 0
             now = time.time()
-            want = self.wanted(ref, self.state.containers_of(fn_key, now), now)
+            containers = self.state.containers_of(fn_key, now)
+            want = self.wanted(ref, containers, now)
+            if want == 0 and self.on_backlog is not None and any(
+                    c.view is None or c.view.state == "starting" for c in containers):
+                # Work keeps coming while containers are still starting: let the reconcile
+                # pass size the scale-out by the backlog now, not at its next tick.
+                self.on_backlog()
             return await self._place_n(ref, want, reason)
 
     async def place_more(self, fn_key: str, n: int, reason: str) -> int:

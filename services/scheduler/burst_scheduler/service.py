@@ -72,6 +72,7 @@ class Scheduler:
         self.claimer = Claimer(agents_kv, self.state, s.overcommit, s.claim_attempts)
         self.autoscaler = Autoscaler(self.js, self.state, self.claimer, s)
         self.reconciler = Reconciler(self.js, self.state, self.autoscaler, self.pools)
+        self.autoscaler.on_backlog = self.reconciler.wake.set
         self.lost_agents = LostAgents(self.js, agents_kv, await self.js.key_value(
             names.KV_HEARTBEATS), self.state, self.reconciler.wake.set)
         # The nats-py JetStream context keeps its connection; signals go out on it.
