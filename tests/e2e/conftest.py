@@ -6,9 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,11 +55,14 @@ class Cluster:
         return p.read_text() if p.exists() else ""
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def running_cluster(tmp_path_factory: pytest.TempPathFactory,
+                    **extra_env: str) -> Iterator[Cluster]:
+    """`burst up` with FAST_TIMERS (plus ``extra_env``) in a fresh home; `burst down` after.
+
+    Modules that need other settings make their own module-scoped fixture from this."""
     home = tmp_path_factory.mktemp("burst-home")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BURST_")}
-    env.update(FAST_TIMERS, BURST_HOME=str(home), HOME=str(home))
+    env.update({**FAST_TIMERS, **extra_env}, BURST_HOME=str(home), HOME=str(home))
     c = Cluster(home, env)
     up = c.burst("up", timeout=180)
     if up.returncode != 0:
@@ -66,3 +71,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     yield c
     down = c.burst("down", timeout=60)
     assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    yield from running_cluster(tmp_path_factory)
+
+
+def eventually(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> Any:
+    """Poll ``cond`` until it returns something truthy (returned), or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(step)

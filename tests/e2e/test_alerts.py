@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 from burst import webhooks as signing
-from tests.e2e.conftest import FAST_TIMERS, Cluster
+from tests.e2e.conftest import Cluster, running_cluster
 from tests.e2e.test_budgets import request
 from tests.e2e.test_hello import _nats_url, write_app
 
@@ -84,17 +83,7 @@ class Receiver:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The shared cluster's settings, plus loopback webhooks and test-sized alert windows."""
-    home = tmp_path_factory.mktemp("burst-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BURST_")}
-    env.update({**FAST_TIMERS, **ALERTS}, BURST_HOME=str(home), HOME=str(home))
-    c = Cluster(home, env)
-    up = c.burst("up", timeout=180)
-    if up.returncode != 0:
-        c.burst("down")
-        raise AssertionError(f"burst up failed:\n{up.stdout}\n{up.stderr}")
-    yield c
-    down = c.burst("down", timeout=60)
-    assert down.returncode == 0, down.stderr
+    yield from running_cluster(tmp_path_factory, **ALERTS)
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import BURST, FAST_TIMERS, REPO, Cluster
+from tests.e2e.conftest import BURST, REPO, Cluster, eventually, running_cluster
 from tests.e2e.test_hello import write_app
 
 pytestmark = pytest.mark.e2e
@@ -37,17 +36,7 @@ FAILURE_TIMERS = {
 
 @pytest.fixture(scope="module")
 def fcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    home = tmp_path_factory.mktemp("burst-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BURST_")}
-    env.update({**FAST_TIMERS, **FAILURE_TIMERS}, BURST_HOME=str(home), HOME=str(home))
-    c = Cluster(home, env)
-    up = c.burst("up", timeout=180)
-    if up.returncode != 0:
-        c.burst("down")
-        raise AssertionError(f"burst up failed:\n{up.stdout}\n{up.stderr}")
-    yield c
-    down = c.burst("down", timeout=60)
-    assert down.returncode == 0, down.stderr
+    yield from running_cluster(tmp_path_factory, **FAILURE_TIMERS)
 
 
 def ports(c: Cluster) -> dict[str, int]:
@@ -119,15 +108,6 @@ def agent_rows(c: Cluster) -> dict[str, dict[str, Any]]:
     return {a["agent_id"]: a for a in api(c, "/v1/status").get("agents") or []}
 
 
-def eventually(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(step)
 
 
 def wait_agents_live(c: Cluster, *ids: str) -> None:

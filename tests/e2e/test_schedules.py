@@ -11,13 +11,12 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Cluster
+from tests.e2e.conftest import Cluster, eventually
 from tests.e2e.test_hello import write_app
 
 pytestmark = pytest.mark.e2e
@@ -35,15 +34,6 @@ APP = """
 """
 
 
-def eventually(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(step)
 
 
 def executions(c: Cluster, name: str) -> int:
