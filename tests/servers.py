@@ -54,47 +54,59 @@ class Server:
                 self.proc.wait(5)
 
 
-def start_nats(store: Path) -> Server:
+def start_nats(store: Path, attempts: int = 3) -> Server:
     binary = nats_binary()
     if not binary:
         _missing("nats-server")
     assert binary is not None
-    port, mon = free_port(), free_port()
     store.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [binary, "-a", "127.0.0.1", "-p", str(port), "-m", str(mon), "-js", "-sd", str(store)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{mon}/healthz", timeout=1) as r:
-                if r.status == 200:
-                    return Server(proc, f"nats://127.0.0.1:{port}", port)
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
+    for _ in range(attempts):
+        # free_port() can race with another process taking the port before nats binds it:
+        # a server that exits at once is retried on new ports.
+        port, mon = free_port(), free_port()
+        proc = subprocess.Popen(
+            [binary, "-a", "127.0.0.1", "-p", str(port), "-m", str(mon), "-js", "-sd",
+             str(store)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{mon}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return Server(proc, f"nats://127.0.0.1:{port}", port)
+            except OSError:
+                time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+            break  # it ran but never became healthy: not a port race
     raise RuntimeError("nats-server did not become healthy within 15 s")
 
 
-def start_redis() -> Server:
+def start_redis(attempts: int = 3) -> Server:
     binary = shutil.which("redis-server")
     if not binary:
         _missing("redis-server")
     assert binary is not None
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return Server(proc, f"redis://127.0.0.1:{port}/0", port)
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
+    for _ in range(attempts):
+        port = free_port()  # retried on a new port if another process took this one
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return Server(proc, f"redis://127.0.0.1:{port}/0", port)
+            except OSError:
+                time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+            break
     raise RuntimeError("redis-server did not become healthy within 15 s")
