@@ -6,14 +6,18 @@ needs (the shim, msgspec, cloudpickle, burst) once, says ``ready``, then serves 
 request per message: a JSON body and four descriptors (the container's stdout and
 stderr pipes, the write end of its sandbox holder's stdin, a reply socket).
 
-Each request is a sandbox that already exists: the agent started bubblewrap around a tiny
-holder process (``sh``) with the container's mounts, namespaces and cgroups. For each
-request the zygote forks a *keeper* that joins the container's cgroups and pid namespace
-and forks the container process, which enters the sandbox's mount, network, ipc and uts
-namespaces, drops every capability and becomes the sandbox uid, and runs the shim's
-``main``. The keeper reports the container's host pid on the reply socket, waits for it,
-and writes its exit code to the holder, which exits with it (so bubblewrap, the agent's
-child, exits with the container's code). If the keeper dies the holder reads EOF and exits.
+Each request is one container. For each the zygote forks a *keeper* that joins the
+container's cgroups at once; the agent sends the request before it starts the container's
+sandbox (bubblewrap around a tiny holder process, ``sh``, with the container's mounts and
+namespaces), so the two overlap. Once the sandbox is up the agent names its host pid on
+the reply socket (a request that carries ``target_pid`` names it at once); the keeper then
+joins the sandbox's pid namespace and forks the container process, which enters the
+sandbox's mount, network, ipc and uts namespaces, drops every capability and becomes the
+sandbox uid, and runs the shim's ``main``. The keeper reports the container's host pid on
+the reply socket, waits for it, and writes its exit code to the holder, which exits with
+it (so bubblewrap, the agent's child, exits with the container's code). If the keeper dies
+the holder reads EOF and exits; a keeper whose reply socket closes before it was given a
+sandbox exits without forking anything.
 """
 
 from __future__ import annotations
@@ -147,10 +151,17 @@ def _keeper(req: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
     # pid namespace).
     reply = socket.socket(fileno=reply_fd)
     try:
-        pid = str(os.getpid())
-        for procs in req["cgroup_procs"]:
-            with open(procs, "w") as f:
-                f.write(pid)
+        # The keeper has one thread (a fork): writing 0 to ``tasks`` moves all of it,
+        # without the global lock that moving a whole process through cgroup.procs takes.
+        for tasks in req["cgroup_tasks"]:
+            with open(tasks, "w") as f:
+                f.write("0")
+        if req.get("target_pid") is None:
+            # Joined while the agent brought the sandbox up; now it names the sandbox.
+            msg = reply.recv(4096)
+            if not msg:  # the sandbox did not come up: nothing to fork
+                os._exit(0)
+            req["target_pid"] = int(json.loads(msg)["target_pid"])
         _setns(req["target_pid"], "pid", CLONE_NEWPID)
         child = os.fork()
     except BaseException as e:

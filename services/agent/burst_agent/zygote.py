@@ -2,13 +2,16 @@
 
 One zygote per image environment (today: per interpreter path). Starting a container:
 
-1. bubblewrap starts around a holder (``sh``) with exactly the sandbox a fresh container
-   gets (``Sandbox.command``: mounts, namespaces, the cgroups joined before exec); the
-   holder says it is up on its stdout and then waits on its stdin for an exit code;
-2. the agent asks the zygote to fork into that sandbox (``--info-fd`` gives the sandbox's
-   host pid), passing the container's stdout/stderr pipes and the holder's stdin;
-3. the zygote's keeper replies with the container's host pid, and, when it exits, hands its
-   exit code to the holder, so bubblewrap (the agent's child) exits with it.
+1. the agent asks the zygote for a keeper (:meth:`Zygote.prefork`), passing the
+   container's stdout/stderr and the holder's stdin; the keeper joins the container's
+   cgroups at once, while
+2. bubblewrap starts around a holder (``sh``) with exactly the sandbox a fresh container
+   gets (``Sandbox.command``: mounts, namespaces); the holder says it is up on its stdout
+   and then waits on its stdin for an exit code;
+3. the agent names the sandbox to the keeper (:meth:`Keeper.fork`: ``--info-fd`` gives
+   the sandbox's host pid), which forks the container into it and replies with the
+   container's host pid, and, when it exits, hands its exit code to the holder, so
+   bubblewrap (the agent's child) exits with it.
 
 Killing bubblewrap's process group ends the sandbox's pid namespace and with it the
 container; SIGTERM goes to the container process itself, so ``@exit`` runs.
@@ -91,14 +94,14 @@ class Zygote:
                 self.proc.kill()
         self.proc = None
 
-    async def fork(self, *, target_pid: int, cwd: str, env: dict[str, str], uid: int, gid: int,
-                   cgroup_procs: list[str], out_fd: int, err_fd: int, exit_fd: int,
-                   timeout: float = 10.0) -> int:
-        """Fork a container into the sandbox of ``target_pid``; its host pid."""
+    async def prefork(self, *, cwd: str, env: dict[str, str], uid: int, gid: int,
+                      cgroup_tasks: list[str], out_fd: int, err_fd: int,
+                      exit_fd: int) -> Keeper:
+        """A keeper for one container, joining its cgroups while the sandbox comes up."""
         sock = await self.ensure()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        body = json.dumps({"target_pid": target_pid, "cwd": cwd, "env": env, "uid": uid,
-                           "gid": gid, "cgroup_procs": cgroup_procs}).encode()
+        body = json.dumps({"cwd": cwd, "env": env, "uid": uid, "gid": gid,
+                           "cgroup_tasks": cgroup_tasks}).encode()
         try:
             async with self._send_lock:  # one waiter per fd: add_writer keeps only one
                 await _send_fds(sock, body, [out_fd, err_fd, exit_fd, theirs.fileno()])
@@ -109,16 +112,32 @@ class Zygote:
         finally:
             theirs.close()
         mine.setblocking(False)
-        try:
-            raw = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(mine, 4096), timeout)
-        finally:
-            mine.close()
+        return Keeper(mine)
+
+
+class Keeper:
+    """The zygote's keeper of one container, before the container exists: closing it
+    (the sandbox did not come up) makes the keeper exit without forking anything."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    async def fork(self, target_pid: int, timeout: float = 10.0) -> int:
+        """Fork the container into the sandbox of ``target_pid``; its host pid."""
+        loop = asyncio.get_running_loop()
+        # A keeper that failed (cgroups) replied and exited: its answer is still queued.
+        with contextlib.suppress(OSError):
+            await loop.sock_sendall(self.sock, json.dumps({"target_pid": target_pid}).encode())
+        raw = await asyncio.wait_for(loop.sock_recv(self.sock, 4096), timeout)
         if not raw:
             raise ZygoteError("zygote keeper exited without forking the container")
         reply = json.loads(raw)
         if "error" in reply:
             raise ZygoteError(f"zygote could not fork the container: {reply['error']}")
         return int(reply["pid"])
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 async def _send_fds(sock: socket.socket, body: bytes, fds: list[int]) -> None:
