@@ -161,6 +161,12 @@ def test_user_code_is_confined(sandboxed: Cluster, tmp_path: Path) -> None:
     # A private writable /tmp (also HOME); the bundle is read-only.
     assert out["home"] == "/tmp" and out["tmp_write"] == "ok", out
     assert out["bundle_write"] in ("OSError", "PermissionError"), out
+    # With the zygote, the first container took the spare sandbox the agent made ahead: the
+    # confinement above holds there too.
+    log = (sandboxed.home / "logs" / "agent.log").read_text().splitlines()
+    forked = [json.loads(ln) for ln in log if '"container_forked"' in ln]
+    if forked:
+        assert forked[0].get("spare") is True, forked
 
 
 def test_cuda_visible_devices_from_placement(sandboxed: Cluster, tmp_path: Path) -> None:
