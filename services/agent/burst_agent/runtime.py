@@ -15,12 +15,14 @@ in, its cgroups made), so bwrap's setup is not on its start; another spare is ma
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -83,6 +85,8 @@ class ProcessHandle:
         self._cleaned = False
         #: A zygote-forked container's host pid (not a descendant of ``proc``).
         self.child_pid: int | None = None
+        #: Removed with the private dir (a spare sandbox's socket dir).
+        self.also_remove: Path | None = None
 
     async def wait(self) -> int:
         code = await self.proc.wait()
@@ -98,8 +102,9 @@ class ProcessHandle:
             if self.cgroup.oom_killed() or (code in (-9, 137) and self.cgroup.at_limit()):
                 self._reason = f"out of memory (limit {self.cgroup.memory_limit_mb} MiB)"
             self.cgroup.remove()
-        if self.private_dir is not None:
-            shutil.rmtree(self.private_dir, ignore_errors=True)
+        for path in (self.private_dir, self.also_remove):
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
 
     def exit_reason(self) -> str:
         return self._reason
@@ -159,6 +164,8 @@ class ProcessRuntime:
         self._spares = spares and self.zygote is not None and state_dir is not None
         self.spare_bundle_files = SPARE_BUNDLE_FILES
         self._cleanups: set[asyncio.Task[None]] = set()
+        if self._spares:  # an agent that stops leaves no spare behind
+            atexit.register(self.close)
         if self.zygote is not None:
             # Made by a running agent: warm the zygote now, so that the first container
             # is a fork too (its import is a fresh interpreter's cost, paid once).
@@ -332,7 +339,7 @@ class ProcessRuntime:
             await keeper.go()
             t_go = time.perf_counter()
             handle = ProcessHandle(holder.proc, cgroup, holder.remove)
-            handle.pid, handle.child_pid = pid, pid
+            handle.pid, handle.child_pid, handle.also_remove = pid, pid, holder.sock_dir
             handle.stdout = await zyg.socket_reader(holder.out_r)
             handle.stderr = await zyg.socket_reader(holder.err_r)
         except BaseException:
@@ -361,13 +368,24 @@ class ProcessRuntime:
             if (spare.up.cancelled() or spare.up.exception() is not None
                     or not spare.up.result()):
                 raise OSError("the spare sandbox did not come up")
+            assert spare.sock_dir is not None
             _link_tree(spec.bundle_dir, root / "bundle", self.spare_bundle_files)
-            os.link(spec.socket_path, root / "sock" / "shim.sock")
+            os.link(spec.socket_path, spare.sock_dir / "shim.sock")
+        except _TooBig:
+            # Emptied (the directory itself stays: the sandbox binds it) for the next one.
+            for entry in (root / "bundle").iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+            self._spare = spare
+            return None
         except OSError as e:
-            if not isinstance(e, _TooBig):
-                log.warning("spare_sandbox_unusable", error=repr(e))
+            # Hard links need one filesystem (bundles and state; sockets and the temp
+            # dir): where they cannot be made, no spares, rather than one wasted per start.
+            log.warning("spare_sandbox_unusable", error=repr(e))
+            self._spares = False
             self._discard(spare)
-            self._refill()
             return None
         spare.t0 = time.perf_counter()
         self._refill()
@@ -393,22 +411,27 @@ class ProcessRuntime:
 
     async def _make_spare(self) -> None:
         assert self.sandbox is not None and self.state_dir is not None
-        state = self.state_dir
-        root = state / f"spare-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        name = f"spare-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # Private dir and bundle beside the containers' (bundles are linked in from the
+        # same filesystem); the socket dir beside the agent's sockets (in the temp dir).
+        root = self.state_dir / name
+        sock_dir = Path(tempfile.gettempdir()) / f"burst-{name}"
         try:
-            await asyncio.to_thread(_remove_stale_spares, state)
+            await asyncio.to_thread(_remove_stale_spares, self.state_dir)
             self.sandbox.private_dir(root / "private")
-            for d in ("bundle", "sock"):
-                (root / d).mkdir(mode=0o755)
-                os.chmod(root / d, 0o755)
+            for d in (root / "bundle", sock_dir):
+                d.mkdir(mode=0o755)
+                os.chmod(d, 0o755)
             holder = await self._holder(self.sandbox, bundle_dir=root / "bundle",
-                                        socket_dir=root / "sock", private=root / "private",
+                                        socket_dir=sock_dir, private=root / "private",
                                         gpu_indices=[])
-            holder.remove, holder.spare = root, True  # the handle removes all of it
+            # The container's handle removes all of it.
+            holder.remove, holder.sock_dir, holder.spare = root, sock_dir, True
         except Exception as e:
             log.warning("spare_sandbox_failed", error=repr(e))
             self._spares = False  # containers make their own sandboxes, as without spares
             shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(sock_dir, ignore_errors=True)
             return
         try:
             up = await asyncio.wait_for(asyncio.shield(holder.up), 30.0)
@@ -425,7 +448,9 @@ class ProcessRuntime:
         async def go() -> None:
             await holder.kill()
             holder.release()
-            await asyncio.to_thread(shutil.rmtree, holder.remove, True)
+            for path in (holder.remove, holder.sock_dir):
+                if path is not None:
+                    await asyncio.to_thread(shutil.rmtree, path, True)
 
         task = asyncio.get_running_loop().create_task(go())
         self._cleanups.add(task)
@@ -435,7 +460,8 @@ class ProcessRuntime:
         """Give back the spare sandbox and stop the zygote (running containers stay)."""
         self._spares = False
         if self._spare_task is not None:
-            self._spare_task.cancel()
+            with contextlib.suppress(RuntimeError):  # its loop is closed (at exit)
+                self._spare_task.cancel()
         spare, self._spare = self._spare, None
         if spare is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -443,9 +469,12 @@ class ProcessRuntime:
             spare.release()
             for sock in (spare.out_r, spare.err_r):
                 sock.close()
-            shutil.rmtree(spare.remove, ignore_errors=True)
+            for path in (spare.remove, spare.sock_dir):
+                if path is not None:
+                    shutil.rmtree(path, ignore_errors=True)
         if self.zygote is not None:
-            self.zygote.close()
+            with contextlib.suppress(Exception):  # at exit its transport may be gone
+                self.zygote.close()
 
 
 #: Bundles of more files than this make their own sandbox (linking them in costs more).
@@ -474,6 +503,8 @@ class _Holder:
     #: When bwrap started; for a spare, when a container took it.
     t0: float
     spare: bool = False
+    #: A spare's socket dir (bound read-only at ``sandbox.SOCKET_DIR``).
+    sock_dir: Path | None = None
 
     async def kill(self) -> None:
         if self.proc.returncode is None:
@@ -520,16 +551,17 @@ def _link_tree(src: Path, dst: Path, max_files: int) -> None:
 
 def _remove_stale_spares(state: Path) -> None:
     """Spare sandboxes' dirs left by agents that are gone (their holders died with them)."""
-    with contextlib.suppress(OSError):
-        for entry in state.iterdir():
-            if not entry.name.startswith("spare-"):
-                continue
-            try:
-                os.kill(int(entry.name.split("-")[1]), 0)
-            except ProcessLookupError:
-                shutil.rmtree(entry, ignore_errors=True)
-            except (ValueError, IndexError, PermissionError):
-                continue
+    for parent, prefix in ((state, "spare-"), (Path(tempfile.gettempdir()), "burst-spare-")):
+        with contextlib.suppress(OSError):
+            for entry in parent.iterdir():
+                if not entry.name.startswith(prefix):
+                    continue
+                try:
+                    os.kill(int(entry.name[len(prefix):].split("-")[0]), 0)
+                except ProcessLookupError:
+                    shutil.rmtree(entry, ignore_errors=True)
+                except (ValueError, PermissionError):
+                    continue
 
 
 def make_runtime(name: str, python: str = "", sandbox: sb.Sandbox | None = None,
