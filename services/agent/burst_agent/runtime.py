@@ -317,38 +317,44 @@ class ProcessRuntime:
             up=asyncio.ensure_future(zyg.read_until(ready_r, lambda b: b.endswith(b"\n"))),
             remove=private, t0=time.perf_counter())
 
+    async def _fork_into(self, holder: _Holder) -> None:
+        """A keeper for ``holder``'s sandbox, which forks the container into its pid
+        namespace as soon as bwrap names it; the container waits for :meth:`_enter`."""
+        assert self.zygote is not None
+        holder.keeper = await self.zygote.prefork(
+            out_fd=holder.out_w.fileno(), err_fd=holder.err_w.fileno(), exit_fd=holder.exit_w)
+        holder.release()  # the keeper has its own copies
+        holder.pid = await holder.keeper.fork(zyg.info_pid(await holder.info))
+
     async def _enter(self, holder: _Holder, spec: ContainerSpec, box: sb.Sandbox,
                      cgroup: sb.Cgroup | None, socket_inside: str) -> ProcessHandle:
-        """The zygote forks the container into ``holder``'s sandbox. While bwrap sets a
-        fresh sandbox up, the keeper joins the cgroups, then forks the container into the
-        sandbox's pid namespace as soon as it exists; the container enters the rest once
-        the holder is up."""
-        assert self.zygote is not None
-        keeper: zyg.Keeper | None = None
+        """The container, forked by the zygote into ``holder``'s sandbox (while bwrap sets
+        it up, or already), enters it once it is up: it joins its cgroups, then the rest of
+        the sandbox, and runs the shim."""
         t_up = t_go = time.perf_counter()
         try:
-            keeper = await self.zygote.prefork(
-                cwd=sb.BUNDLE, env=self._env(spec, sb.PRIVATE, sb.BUNDLE, socket_inside),
-                uid=box.uid, gid=box.gid, cgroup_tasks=cgroup.tasks_files() if cgroup else [],
-                out_fd=holder.out_w.fileno(), err_fd=holder.err_w.fileno(),
-                exit_fd=holder.exit_w)
-            pid = await keeper.fork(zyg.info_pid(await holder.info))
+            if holder.keeper is None:
+                await self._fork_into(holder)
+            assert holder.keeper is not None
             if not await holder.up:
                 raise zyg.ZygoteError("the sandbox did not come up (bwrap failed)")
             t_up = time.perf_counter()
-            await keeper.go()
+            await holder.keeper.go(
+                cwd=sb.BUNDLE, env=self._env(spec, sb.PRIVATE, sb.BUNDLE, socket_inside),
+                uid=box.uid, gid=box.gid, cgroup_tasks=cgroup.tasks_files() if cgroup else [])
             t_go = time.perf_counter()
             handle = ProcessHandle(holder.proc, cgroup, holder.remove)
-            handle.pid, handle.child_pid, handle.also_remove = pid, pid, holder.sock_dir
+            handle.pid = handle.child_pid = holder.pid
+            handle.also_remove = holder.sock_dir
             handle.stdout = await zyg.socket_reader(holder.out_r)
             handle.stderr = await zyg.socket_reader(holder.err_r)
         except BaseException:
             await holder.kill()
             raise
         finally:
-            if keeper is not None:
-                keeper.close()  # without go: it kills what it forked and exits
             holder.release()  # the container has its own copies now
+            if holder.keeper is not None:
+                holder.keeper.close()  # (without go it kills what it forked and exits)
         log.info("container_forked", container_id=spec.container_id, spare=holder.spare,
                  sandbox_ms=round((t_up - holder.t0) * 1000, 1),
                  fork_ms=round((t_go - t_up) * 1000, 1))
@@ -359,15 +365,12 @@ class ProcessRuntime:
         """The spare, made ready for ``spec`` (its bundle and socket linked in), if it
         fits: no GPUs, a bundle of at most ``spare_bundle_files`` files."""
         spare = self._spare
-        if (spare is None or spec.gpu_indices or not spare.up.done()
+        if (spare is None or spec.gpu_indices or spare.keeper is None
                 or spare.proc.returncode is not None):
             return None
         self._spare = None
         root = spare.remove
         try:
-            if (spare.up.cancelled() or spare.up.exception() is not None
-                    or not spare.up.result()):
-                raise OSError("the spare sandbox did not come up")
             assert spare.sock_dir is not None
             _link_tree(spec.bundle_dir, root / "bundle", self.spare_bundle_files)
             os.link(spec.socket_path, spare.sock_dir / "shim.sock")
@@ -395,7 +398,7 @@ class ProcessRuntime:
         """Whether a spare sandbox is ready (waiting up to ``timeout`` for one)."""
         deadline = time.monotonic() + timeout
         self._refill()
-        while self._spare is None or not self._spare.up.done():
+        while self._spare is None:
             if not self._spares or time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.01)
@@ -416,6 +419,7 @@ class ProcessRuntime:
         # same filesystem); the socket dir beside the agent's sockets (in the temp dir).
         root = self.state_dir / name
         sock_dir = Path(tempfile.gettempdir()) / f"burst-{name}"
+        holder: _Holder | None = None
         try:
             await asyncio.to_thread(_remove_stale_spares, self.state_dir)
             self.sandbox.private_dir(root / "private")
@@ -427,21 +431,27 @@ class ProcessRuntime:
                                         gpu_indices=[])
             # The container's handle removes all of it.
             holder.remove, holder.sock_dir, holder.spare = root, sock_dir, True
-        except Exception as e:
-            log.warning("spare_sandbox_failed", error=repr(e))
-            self._spares = False  # containers make their own sandboxes, as without spares
+            await self._fork_into(holder)
+            if not await asyncio.wait_for(asyncio.shield(holder.up), 30.0):
+                raise zyg.ZygoteError("the sandbox did not come up")
+        except BaseException as e:
+            if not isinstance(e, asyncio.CancelledError):  # (cancelled: the runtime closes)
+                log.warning("spare_sandbox_failed", error=repr(e))
+                # Containers make their own sandboxes, as without spares.
+                self._spares = False
+            if holder is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(holder.proc.pid, signal.SIGKILL)
+                if holder.keeper is not None:
+                    holder.keeper.close()
+                holder.release()
+                for sock in (holder.out_r, holder.err_r):
+                    sock.close()
             shutil.rmtree(root, ignore_errors=True)
             shutil.rmtree(sock_dir, ignore_errors=True)
-            return
-        try:
-            up = await asyncio.wait_for(asyncio.shield(holder.up), 30.0)
-        except Exception:
-            up = b""
-        if not up:
-            log.warning("spare_sandbox_failed", error="the sandbox did not come up")
-            self._spares = False
-            self._discard(holder)
-            return
+            if isinstance(e, Exception):
+                return
+            raise
         self._spare = holder
 
     def _discard(self, holder: _Holder) -> None:
@@ -464,8 +474,15 @@ class ProcessRuntime:
                 self._spare_task.cancel()
         spare, self._spare = self._spare, None
         if spare is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(spare.proc.pid, signal.SIGKILL)
+            if spare.keeper is not None:
+                spare.keeper.close()
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass  # at exit: its holder dies with the agent (--die-with-parent)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(spare.proc.pid, signal.SIGKILL)
             spare.release()
             for sock in (spare.out_r, spare.err_r):
                 sock.close()
@@ -505,8 +522,13 @@ class _Holder:
     spare: bool = False
     #: A spare's socket dir (bound read-only at ``sandbox.SOCKET_DIR``).
     sock_dir: Path | None = None
+    #: The zygote's keeper, and the host pid of the container it forked (which waits).
+    keeper: zyg.Keeper | None = None
+    pid: int | None = None
 
     async def kill(self) -> None:
+        if self.keeper is not None:
+            self.keeper.close()
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
