@@ -86,7 +86,7 @@ async def runtime(request: pytest.FixtureRequest) -> AsyncIterator[ProcessRuntim
         assert await rt.spare_ready(30)
     rt.test_home = home  # type: ignore[attr-defined]
     yield rt
-    rt.close()
+    await rt.aclose()
     shutil.rmtree(home, ignore_errors=True)
 
 
@@ -199,5 +199,5 @@ async def test_spare_sandbox_is_taken_then_replaced(sockets: Path) -> None:
             await asyncio.wait_for(h.wait(), 30)
         assert not spare_dir.exists()
     finally:
-        rt.close()
+        await rt.aclose()
         shutil.rmtree(home, ignore_errors=True)

@@ -466,6 +466,13 @@ class ProcessRuntime:
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
 
+    async def aclose(self) -> None:
+        """:meth:`close`, then wait for the spare sandbox's bwrap to be gone."""
+        spare = self._spare
+        self.close()
+        if spare is not None:
+            await spare.proc.wait()
+
     def close(self) -> None:
         """Give back the spare sandbox and stop the zygote (running containers stay)."""
         self._spares = False
