@@ -20,6 +20,7 @@ from pathlib import Path
 
 from nats.aio.msg import Msg
 
+from burst._protocol import MAX_PAYLOAD
 from burst_agent import gpus
 from burst_agent.attempts import Attempts
 from burst_agent.bundles import BundleCache
@@ -28,15 +29,14 @@ from burst_agent.runtime import ProcessRuntime, Runtime, make_runtime
 from burst_agent.sandbox import Sandbox
 from burst_agent.settings import AgentSettings
 from burst_agent.venvs import VenvRuntime
-from burst._protocol import MAX_PAYLOAD
 from burst_core import bus, logs, names
 from burst_core.objects import Objects
 from burst_core.schemas import (
     AgentHeartbeat,
-    CallCancelledDecoder,
     AgentOrderDecoder,
     AgentRecord,
     AgentRecordDecoder,
+    CallCancelledDecoder,
     Placement,
     PreemptAgent,
     StopContainer,
@@ -84,11 +84,13 @@ class Agent:
             return DockerRuntime(Path(s.home) / "agent" / self.agent_id / "images",
                                  uid=s.sandbox_uid, gpu_devices=not s.gpus)
         state = Path(s.home) / "agent" / self.agent_id / "containers"
-        runtime = make_runtime(s.runtime, s.python, box, state, zygote=s.zygote)
+        runtime = make_runtime(s.runtime, s.python, box, state, zygote=s.zygote,
+                               spares=s.spare_sandbox, spare_delay=s.spare_delay)
         if isinstance(runtime, ProcessRuntime):
             # Images with pip_install steps: a cached virtual environment each.
             return VenvRuntime(runtime, lambda python: ProcessRuntime(
-                python, box, state, zygote=s.zygote))
+                python, box, state, zygote=s.zygote, spares=s.spare_sandbox,
+                spare_delay=s.spare_delay))
         return runtime
 
     async def start(self) -> None:

@@ -150,7 +150,7 @@ class ProcessRuntime:
 
     def __init__(self, python: str = "", sandbox: sb.Sandbox | None = None,
                  state_dir: Path | None = None, zygote: bool = False,
-                 spares: bool = True) -> None:
+                 spares: bool = True, spare_delay: float = 0.0) -> None:
         self.python = python or sys.executable
         self.sandbox = sandbox
         self.state_dir = state_dir
@@ -163,6 +163,8 @@ class ProcessRuntime:
         self._spare_task: asyncio.Task[None] | None = None
         self._spares = spares and self.zygote is not None and state_dir is not None
         self.spare_bundle_files = SPARE_BUNDLE_FILES
+        #: Seconds between taking the spare and making the next (see AgentSettings).
+        self.spare_delay = spare_delay
         self._cleanups: set[asyncio.Task[None]] = set()
         if self._spares:  # an agent that stops leaves no spare behind
             atexit.register(self.close)
@@ -239,7 +241,7 @@ class ProcessRuntime:
                              spec.memory_limit_mb or spec.memory_mb, spec.cpu_limit)
         if self.zygote is not None:
             try:
-                self._refill()
+                self._refill(self.spare_delay)
                 holder = await self._holder(box, bundle_dir=spec.bundle_dir,
                                             socket_path=spec.socket_path, private=private,
                                             gpu_indices=spec.gpu_indices,
@@ -391,7 +393,7 @@ class ProcessRuntime:
             self._discard(spare)
             return None
         spare.t0 = time.perf_counter()
-        self._refill()
+        self._refill(self.spare_delay)
         return spare
 
     async def spare_ready(self, timeout: float) -> bool:
@@ -404,16 +406,19 @@ class ProcessRuntime:
             await asyncio.sleep(0.01)
         return True
 
-    def _refill(self) -> None:
-        """Make the next spare, in the background, unless one is there or on its way."""
+    def _refill(self, delay: float = 0.0) -> None:
+        """Make the next spare, in the background (after ``delay`` seconds: not while a
+        container is starting), unless one is there or on its way."""
         if not self._spares or self._spare is not None or (
                 self._spare_task is not None and not self._spare_task.done()):
             return
         with contextlib.suppress(RuntimeError):  # no running loop
-            self._spare_task = asyncio.get_running_loop().create_task(self._make_spare())
+            self._spare_task = asyncio.get_running_loop().create_task(self._make_spare(delay))
 
-    async def _make_spare(self) -> None:
+    async def _make_spare(self, delay: float = 0.0) -> None:
         assert self.sandbox is not None and self.state_dir is not None
+        if delay > 0:
+            await asyncio.sleep(delay)
         name = f"spare-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         # Private dir and bundle beside the containers' (bundles are linked in from the
         # same filesystem); the socket dir beside the agent's sockets (in the temp dir).
@@ -594,9 +599,10 @@ def _remove_stale_spares(state: Path) -> None:
 
 
 def make_runtime(name: str, python: str = "", sandbox: sb.Sandbox | None = None,
-                 state_dir: Path | None = None, zygote: bool = False) -> Runtime:
+                 state_dir: Path | None = None, zygote: bool = False, spares: bool = True,
+                 spare_delay: float = 0.0) -> Runtime:
     if name == "process":
-        return ProcessRuntime(python, sandbox, state_dir, zygote)
+        return ProcessRuntime(python, sandbox, state_dir, zygote, spares, spare_delay)
     raise ValueError(f"unknown runtime {name!r}: use 'process'")
 
 
