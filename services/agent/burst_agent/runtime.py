@@ -447,6 +447,8 @@ class ProcessRuntime:
             if holder is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(holder.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(Exception):
+                    await holder.proc.wait()
                 if holder.keeper is not None:
                     holder.keeper.close()
                 holder.release()
@@ -473,8 +475,10 @@ class ProcessRuntime:
 
     async def aclose(self) -> None:
         """:meth:`close`, then wait for the spare sandbox's bwrap to be gone."""
-        spare = self._spare
+        spare, making = self._spare, self._spare_task
         self.close()
+        if making is not None:
+            await asyncio.gather(making, return_exceptions=True)
         if spare is not None:
             await spare.proc.wait()
 
