@@ -460,6 +460,7 @@ class ProcessRuntime:
                 return
             raise
         self._spare = holder
+        log.info("spare_sandbox_ready", ms=round((time.perf_counter() - holder.t0) * 1000, 1))
 
     def _discard(self, holder: _Holder) -> None:
         async def go() -> None:
