@@ -234,7 +234,9 @@ class ProcessRuntime:
                 if not entered:  # no handle cleans up after it
                     if cgroup is not None:
                         cgroup.remove()
-                    shutil.rmtree(spare.remove, ignore_errors=True)
+                    for path in (spare.remove, spare.sock_dir):
+                        if path is not None:
+                            shutil.rmtree(path, ignore_errors=True)
         state = self.state_dir or spec.socket_path.parent
         private = state / spec.container_id
         cgroup = box.prepare(spec.container_id, private, spec.cpu,
@@ -301,7 +303,7 @@ class ProcessRuntime:
                                else {"BURST_SPARE_SANDBOX": "1"})},
                 # No preexec_fn (it forces a full fork of the agent; without it the
                 # child is spawned with vfork): the holder and bwrap need no cgroup, the
-                # keeper puts itself and the container into it before the container runs.
+                # container joins its own before anything of it runs.
                 stdin=exit_r, stdout=ready_w.fileno(), stderr=err_w.fileno(),
                 pass_fds=[info_w.fileno()], start_new_session=True)
         except BaseException:
@@ -367,8 +369,12 @@ class ProcessRuntime:
         """The spare, made ready for ``spec`` (its bundle and socket linked in), if it
         fits: no GPUs, a bundle of at most ``spare_bundle_files`` files."""
         spare = self._spare
-        if (spare is None or spec.gpu_indices or spare.keeper is None
-                or spare.proc.returncode is not None):
+        if spare is not None and spare.proc.returncode is not None:  # it died: another
+            self._spare = None
+            self._discard(spare)
+            self._refill()
+            return None
+        if spare is None or spec.gpu_indices:
             return None
         self._spare = None
         root = spare.remove
