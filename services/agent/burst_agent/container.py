@@ -96,7 +96,7 @@ class Container:
         self._tasks: list[asyncio.Task[None]] = []
         self._psub: object | None = None
         #: The function's consumer, made and bound while the container starts.
-        self._binding: asyncio.Task[object] | None = None
+        self._binding: asyncio.Task[Any] | None = None
         self.socket_path = Path(self.agent.socket_dir) / f"{self.id}.sock"
         self.last_alive = time.monotonic()
         self.unresponsive = False
@@ -203,8 +203,8 @@ class Container:
 
     async def _await_ready(self, exit_task: asyncio.Task[int],
                            ) -> proto.Ready | proto.StartupFailed | None:
-        done, _ = await asyncio.wait({self._ready, exit_task},
-                                     timeout=self.agent.settings.startup_timeout,
+        waiters: set[asyncio.Future[Any]] = {self._ready, exit_task}
+        done, _ = await asyncio.wait(waiters, timeout=self.agent.settings.startup_timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
         if self._ready in done:
             ready = self._ready.result()
@@ -380,9 +380,9 @@ class Container:
         await asyncio.wait([early])
         if not early.cancelled() and early.exception() is None:
             with contextlib.suppress(Exception):
-                await early.result().unsubscribe()  # type: ignore[attr-defined]
+                await early.result().unsubscribe()
 
-    async def _bind(self, consumer: str) -> object:
+    async def _bind(self, consumer: str) -> Any:
         cfg = ConsumerConfig(
             durable_name=consumer, ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.agent.settings.ack_wait, deliver_policy=DeliverPolicy.ALL,
