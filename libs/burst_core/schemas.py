@@ -116,6 +116,12 @@ class ScheduleState(_Wire, kw_only=True):
     fired: int = 0
     last_fired_at: float = 0.0
     last_call_id: str = ""
+    # Ticks that came due while a hard budget covering the function was spent: given up
+    # (``last_tick_ms`` passes them), never fired, counted here.
+    skipped: int = 0
+    last_skipped_at: float = 0.0
+    last_skipped_tick_ms: int = 0
+    last_skipped_reason: str = ""
 
 
 class FunctionWaiting(_Wire, kw_only=True):

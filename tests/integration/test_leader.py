@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from burst_core import bus, names
 from burst_core.lease import Lease
-from burst_core.schemas import LeaseRecordDecoder
 from tests.integration.test_scheduler import (  # noqa: F401  (fixtures)
     MakeAgent,
     agents,
@@ -28,53 +22,17 @@ from tests.integration.test_scheduler import (  # noqa: F401  (fixtures)
 from tests.integration.test_scheduler import (
     signal as accepted,
 )
+from tests.scheduler_procs import SchedulerProcs, lease_holder
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def schedulers(
-    nats_url: str, redis_url: str, tmp_path: Path
-) -> AsyncIterator[Callable[[str], subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(instance: str) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BURST_")}
-        env.update(BURST_NATS_URL=nats_url, BURST_REDIS_URL=redis_url, BURST_INSTANCE=instance,
-                   BURST_HOME=str(tmp_path), BURST_HEARTBEAT_TIMEOUT="30",
-                   BURST_RECONCILE_INTERVAL="0.5", BURST_SERVICE_HEARTBEAT_INTERVAL="0.5")
-        with open(tmp_path / f"{instance}.log", "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "burst_scheduler"], env=env,
-                                    stdout=out, stderr=subprocess.STDOUT)
-        procs.append(proc)
-        return proc
-
-    yield start
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
-
-
-async def holder(js: Any) -> str | None:
-    raw, _ = await bus.kv_get(await js.key_value(names.KV_LEASES), names.LEASE_SCHEDULER)
-    if raw is None:
-        return None
-    rec = LeaseRecordDecoder.decode(raw)
-    return rec.holder if rec.expires_at > time.time() else None
-
-
 async def test_killed_leader_is_replaced_within_5s_without_double_placement(
-    js: Any, agents: MakeAgent, schedulers: Callable[[str], subprocess.Popen[bytes]]  # noqa: F811
+    js: Any, agents: MakeAgent, scheduler_procs: SchedulerProcs  # noqa: F811
 ) -> None:
     agent = await agents("agent-1", cpu=64.0, memory_mb=65536, on_place="idle")
-    procs = {"s-one": schedulers("s-one"), "s-two": schedulers("s-two")}
-    leader = await eventually(lambda: holder(js), timeout=30.0)
+    procs = {"s-one": scheduler_procs.start("s-one"), "s-two": scheduler_procs.start("s-two")}
+    leader = await eventually(lambda: lease_holder(js), timeout=30.0)
     follower = "s-two" if leader == "s-one" else "s-one"
 
     # Both replicas follow the cluster; only the leader decides: a burst of signals for
@@ -93,7 +51,7 @@ async def test_killed_leader_is_replaced_within_5s_without_double_placement(
     await bus.publish(js, names.input_subject(key("g")), b"input", msg_id="in-g")
     await eventually(lambda: len(agent.placements) == 2, timeout=15.0)
     took = time.monotonic() - killed
-    assert await holder(js) == follower
+    assert await lease_holder(js) == follower
     assert took < 5.0, f"takeover took {took:.2f} s"
     print(f"takeover took {took:.2f} s")
 

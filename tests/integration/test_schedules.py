@@ -9,13 +9,8 @@ No agent runs here: inputs stay in the inputs stream, where they are counted too
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -24,8 +19,14 @@ import pytest
 
 from burst._protocol import Schedule
 from burst_core import bus, calls, names
-from burst_core.schemas import CallRecordDecoder, ScheduleStateDecoder, encode
-from tests.integration.test_leader import holder
+from burst_core.schemas import (
+    BudgetState,
+    CallRecordDecoder,
+    ScheduleState,
+    ScheduleStateDecoder,
+    encode,
+)
+from burst_gateway.api_schedules import _view
 from tests.integration.test_scheduler import (  # noqa: F401  (fixtures)
     MakeScheduler,
     deploy,
@@ -35,6 +36,7 @@ from tests.integration.test_scheduler import (  # noqa: F401  (fixtures)
     redis,
     scheduler,
 )
+from tests.scheduler_procs import SchedulerProcs, lease_holder
 
 pytestmark = pytest.mark.integration
 
@@ -109,6 +111,64 @@ async def test_ephemeral_apps_and_removed_apps_fire_nothing(
     await eventually(lambda: _missing(state_kv, key("tick", "gone")))
 
 
+async def test_ticks_due_while_the_hard_budget_is_spent_are_skipped_and_recorded(
+    js: Any, scheduler: MakeScheduler  # noqa: F811
+) -> None:
+    s = await scheduler(schedule_interval=0.1)
+    dep = await deploy(js, fn("tick", schedule=EVERY_SECOND))
+    fk = key("tick")
+    await eventually(lambda: _count(js, fk, 2), timeout=10.0)
+
+    # Billing marks the app's hard budget spent: its ticks are skipped, never fired.
+    budget_kv = await js.key_value(names.KV_BUDGET_STATE)
+    spent = BudgetState(workspace="ws", scope="app", period="2099-01", limit=1.0, hard=True,
+                        spend=1.5, exceeded=True, exceeded_at=time.time())
+    await budget_kv.put(names.budget_key("ws", "app"), encode(spent))
+    await eventually(lambda: s.budget_stop.blocked(fk))
+    await eventually(lambda: _skipped(js, fk, 1), timeout=10.0)
+    calls_then = len(await fired_ticks(js, fk))
+    await eventually(lambda: _skipped(js, fk, 3), timeout=10.0)
+    assert len(await fired_ticks(js, fk)) == calls_then, "a tick fired while the budget was spent"
+    st = await _state(js, fk)
+    assert st.last_skipped_reason == "hard budget spent"
+    assert st.last_skipped_at > spent.exceeded_at
+    assert st.last_skipped_tick_ms > max(await fired_ticks(js, fk))
+    assert st.last_tick_ms >= st.last_skipped_tick_ms  # given up, not due any more
+    # The API (and `burst schedule list`) shows them; a skipped tick is not a fired one.
+    view = _view(dep, dep.functions[0], st)
+    assert view["skipped"] == st.skipped
+    assert view["last_skipped_reason"] == "hard budget spent"
+    assert view["last_skipped_tick_at"] == st.last_skipped_tick_ms / 1000
+    assert view["fired"] == st.fired
+
+    # The budget reopens: ticks fire again. Every tick fired once or was skipped once.
+    await budget_kv.put(names.budget_key("ws", "app"),
+                        encode(msgspec.structs.replace(spent, exceeded=False)))
+    await eventually(lambda: _fired_after(js, fk, st.last_skipped_tick_ms / 1000 + 1.5),
+                     timeout=10.0)
+    end = await _state(js, fk)
+    ticks = [t for t in await fired_ticks(js, fk) if t <= end.last_tick_ms]
+    before = [t for t in ticks if t < end.last_skipped_tick_ms]
+    after = [t for t in ticks if t > end.last_skipped_tick_ms]
+    assert before + after == ticks
+    assert_consecutive(before, 1000)
+    assert_consecutive(after, 1000)
+    assert after[0] - before[-1] == (end.skipped + 1) * 1000, (before, after, end)
+    assert end.last_skipped_tick_ms == after[0] - 1000
+    assert end.fired == len(ticks)
+    assert _view(dep, dep.functions[0], None)["skipped"] == 0
+
+
+async def _state(js: Any, fn_key: str) -> ScheduleState:
+    raw, _ = await bus.kv_get(await js.key_value(names.KV_SCHEDULES), fn_key)
+    assert raw is not None
+    return ScheduleStateDecoder.decode(raw)
+
+
+async def _skipped(js: Any, fn_key: str, n: int) -> bool:
+    return (await _state(js, fn_key)).skipped >= n
+
+
 async def _count(js: Any, fn_key: str, n: int) -> bool:
     return len(await fired_ticks(js, fn_key)) >= n
 
@@ -118,41 +178,12 @@ async def _missing(kv: Any, k: str) -> bool:
     return raw is None
 
 
-@pytest.fixture
-async def scheduler_procs(
-    nats_url: str, redis_url: str, tmp_path: Path
-) -> AsyncIterator[Callable[[str], subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(instance: str) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BURST_")}
-        env.update(BURST_NATS_URL=nats_url, BURST_REDIS_URL=redis_url, BURST_INSTANCE=instance,
-                   BURST_HOME=str(tmp_path), BURST_HEARTBEAT_TIMEOUT="30",
-                   BURST_RECONCILE_INTERVAL="0.5", BURST_SERVICE_HEARTBEAT_INTERVAL="0.5",
-                   BURST_SCHEDULE_INTERVAL="0.1", BURST_LEASE_TTL="2")
-        with open(tmp_path / f"{instance}.log", "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "burst_scheduler"], env=env,
-                                    stdout=out, stderr=subprocess.STDOUT)
-        procs.append(proc)
-        return proc
-
-    yield start
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
-
-
 async def test_no_tick_doubled_or_lost_when_the_leader_is_killed(
-    js: Any, scheduler_procs: Callable[[str], subprocess.Popen[bytes]], tmp_path: Path
+    js: Any, scheduler_procs: SchedulerProcs
 ) -> None:
-    procs = {"s-one": scheduler_procs("s-one"), "s-two": scheduler_procs("s-two")}
-    leader = await eventually(lambda: holder(js), timeout=30.0)
+    fast = {"BURST_SCHEDULE_INTERVAL": "0.1", "BURST_LEASE_TTL": "2"}
+    procs = {name: scheduler_procs.start(name, **fast) for name in ("s-one", "s-two")}
+    leader = await eventually(lambda: lease_holder(js), timeout=30.0)
     await deploy(js, fn("tick", schedule=EVERY_SECOND))
     fk = key("tick")
     await eventually(lambda: _count(js, fk, 3), timeout=20.0)
@@ -168,12 +199,12 @@ async def test_no_tick_doubled_or_lost_when_the_leader_is_killed(
     ticks = await fired_ticks(js, fk)
     assert_consecutive(ticks, 1000)
     assert await inputs_of(js, fk) == len(ticks)
-    log = (tmp_path / f"{follower}.log").read_text()
+    log = scheduler_procs.log(follower)
     assert "schedule_tick_fired" in log, log[-3000:]
 
 
 async def _held_by(js: Any, instance: str) -> bool:
-    return await holder(js) == instance
+    return await lease_holder(js) == instance
 
 
 async def _fired_after(js: Any, fn_key: str, t: float) -> bool:

@@ -6,14 +6,22 @@ needs (the shim, msgspec, cloudpickle, burst) once, says ``ready``, then serves 
 request per message: a JSON body and four descriptors (the container's stdout and
 stderr pipes, the write end of its sandbox holder's stdin, a reply socket).
 
-Each request is a sandbox that already exists: the agent started bubblewrap around a tiny
-holder process (``sh``) with the container's mounts, namespaces and cgroups. For each
-request the zygote forks a *keeper* that joins the container's cgroups and pid namespace
-and forks the container process, which enters the sandbox's mount, network, ipc and uts
-namespaces, drops every capability and becomes the sandbox uid, and runs the shim's
-``main``. The keeper reports the container's host pid on the reply socket, waits for it,
+Each request is one container, and a conversation on its reply socket while the agent
+brings the container's sandbox up (bubblewrap around a tiny holder process, ``sh``, with
+the container's mounts and namespaces):
+
+1. the zygote forks a *keeper*, which joins the container's cgroups at once;
+2. once bwrap has created the sandbox's namespaces the agent names its host pid
+   (``{"target_pid": N}``); the keeper joins the sandbox's pid namespace, forks the
+   container process (which waits) and replies with its host pid (``{"pid": N}``);
+3. once the sandbox's mounts are in place (the holder said so) the agent says ``go``: the
+   container enters the sandbox's mount, network, ipc and uts namespaces, drops every
+   capability, becomes the sandbox uid and runs the shim's ``main``.
+
+So the cgroup join and the fork overlap bwrap's setup. The keeper waits for the container
 and writes its exit code to the holder, which exits with it (so bubblewrap, the agent's
-child, exits with the container's code). If the keeper dies the holder reads EOF and exits.
+child, exits with the container's code). If the keeper dies the holder reads EOF and
+exits; a keeper whose reply socket closes before ``go`` kills what it forked and exits.
 """
 
 from __future__ import annotations
@@ -66,10 +74,14 @@ def _prctl(option: int, arg: int, arg2: int = 0) -> int:
     return int(_libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(arg2), 0, 0))
 
 
-def _container(req: dict, out_fd: int, err_fd: int) -> None:  # type: ignore[type-arg]
-    """In the container process (in the sandbox's pid namespace already): enter the rest."""
+def _container(req: dict, out_fd: int, err_fd: int, go_fd: int) -> None:  # type: ignore[type-arg]
+    """In the container process (in the sandbox's pid namespace already): once the sandbox
+    is up (``go_fd`` readable), enter the rest."""
     target = req["target_pid"]
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.read(go_fd, 1) != b"g":  # the sandbox did not come up
+        os._exit(1)
+    os.close(go_fd)
     for name, kind in (("net", CLONE_NEWNET), ("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS),
                        ("cgroup", CLONE_NEWCGROUP)):
         if os.readlink(f"/proc/{target}/ns/{name}") != os.readlink(f"/proc/self/ns/{name}"):
@@ -147,11 +159,17 @@ def _keeper(req: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
     # pid namespace).
     reply = socket.socket(fileno=reply_fd)
     try:
-        pid = str(os.getpid())
-        for procs in req["cgroup_procs"]:
-            with open(procs, "w") as f:
-                f.write(pid)
+        # The keeper has one thread (a fork): writing 0 to ``tasks`` moves all of it,
+        # without the global lock that moving a whole process through cgroup.procs takes.
+        for tasks in req["cgroup_tasks"]:
+            with open(tasks, "w") as f:
+                f.write("0")
+        msg = reply.recv(4096)  # the sandbox's namespaces exist
+        if not msg:  # the sandbox did not come up: nothing to fork
+            os._exit(0)
+        req["target_pid"] = int(json.loads(msg)["target_pid"])
         _setns(req["target_pid"], "pid", CLONE_NEWPID)
+        go_r, go_w = os.pipe()
         child = os.fork()
     except BaseException as e:
         reply.send(json.dumps({"error": repr(e)}).encode())
@@ -160,14 +178,25 @@ def _keeper(req: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
         try:
             reply.close()
             os.close(exit_fd)
-            _container(req, out_fd, err_fd)
+            os.close(go_w)
+            _container(req, out_fd, err_fd, go_r)
         except BaseException as e:
             os.write(err_fd, f"burst zygote: cannot enter the sandbox: {e!r}\n".encode())
         os._exit(126)
+    os.close(go_r)
     os.close(out_fd)
     os.close(err_fd)
-    reply.send(json.dumps({"pid": child}).encode())
+    try:
+        reply.send(json.dumps({"pid": child}).encode())
+        go = reply.recv(16)  # the sandbox's mounts are in place
+    except OSError:
+        go = b""
     reply.close()
+    if go == b"go":
+        os.write(go_w, b"g")
+    else:  # the agent gave up on this sandbox
+        os.kill(child, signal.SIGKILL)
+    os.close(go_w)
     _, status = os.waitpid(child, 0)
     code = os.waitstatus_to_exitcode(status)
     try:

@@ -26,7 +26,8 @@ def _when(t: float | None) -> str:
 
 def _row(s: dict[str, Any]) -> list[str]:
     return [s["app"], s["function"], s["schedule"], "paused" if s["paused"] else "active",
-            _when(s.get("next_tick_at")), str(s.get("fired", 0)), str(s.get("missed", 0))]
+            _when(s.get("next_tick_at")), str(s.get("fired", 0)), str(s.get("missed", 0)),
+            str(s.get("skipped", 0))]
 
 
 @schedule_app.command("list")
@@ -34,16 +35,23 @@ def list_schedules(
     app: str | None = typer.Argument(None, help="Only this app's schedules."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Every schedule of the workspace's deployed apps: next tick, ticks fired and missed."""
+    """Every schedule of the workspace's deployed apps: next tick, ticks fired, missed and
+    skipped (a hard budget was spent)."""
     data = Client.from_profile().get_json("/v1/schedules", {"app": app})
     if as_json:
         print(json.dumps(data, indent=2))
         return
     table = Table("app", "function", "schedule", "state", "next tick", "fired", "missed",
-                  title="Schedules", title_justify="left")
+                  "skipped", title="Schedules", title_justify="left")
     for s in data["schedules"]:
         table.add_row(*_row(s))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for s in data["schedules"]:
+        if s.get("skipped"):
+            console.print(f"{s['app']}.{s['function']}: {s['skipped']} tick(s) skipped, "
+                          f"the last at {_when(s.get('last_skipped_tick_at'))}: "
+                          f"{s.get('last_skipped_reason') or 'unknown reason'}")
 
 
 @schedule_app.command("pause")

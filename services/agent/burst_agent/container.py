@@ -4,7 +4,8 @@ Life of a container: placement -> bundle unpacked -> socket bound -> process sta
 (``container.started``) -> shim imported the user's module (``container.ready``) ->
 inputs pulled from the function's durable consumer, as many as it has free slots,
 relayed to the shim and answered -> stopped (``container.stopped``, final metering
-record, allocation released on the agent's record).
+record, allocation released on the agent's record). The consumer is created (if need be)
+and bound while the process starts, so the first input is pulled as soon as it is ready.
 
 Invariants:
 - an input is acked only after its output is stored (or found already stored);
@@ -31,6 +32,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from burst import _protocol as proto
 from burst.exception import Error as BurstError
+from burst_agent import images
+from burst_agent.attempts import GiveUp
+from burst_agent.runtime import SIGKILL, SIGTERM, ContainerHandle
 from burst_core import bus, logs, names
 from burst_core.schemas import (
     ContainerReady,
@@ -46,10 +50,6 @@ from burst_core.schemas import (
     Placement,
     encode,
 )
-
-from burst_agent import images
-from burst_agent.attempts import GiveUp
-from burst_agent.runtime import SIGKILL, SIGTERM, ContainerHandle
 
 if TYPE_CHECKING:
     from burst_agent.agent import Agent
@@ -96,6 +96,8 @@ class Container:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._psub: object | None = None
+        #: The function's consumer, made and bound while the container starts.
+        self._binding: asyncio.Task[object] | None = None
         self.socket_path = Path(self.agent.socket_dir) / f"{self.id}.sock"
         self.last_alive = time.monotonic()
         self.unresponsive = False
@@ -134,29 +136,37 @@ class Container:
                      str(self.agent.settings.container_heartbeat_interval)},
                 image=self.fn.image, build_log=self._build_line,
             )
+            # Overlapped with the start: the function's consumer (created on demand) is
+            # bound, and the started event goes out, while the shim imports the module.
+            self._binding = asyncio.create_task(
+                self._bind(names.function_consumer(self.fn_key)))
             self.handle = await self.agent.runtime.start(spec)
             self.started_at = time.time()
             self._interval, self._interval_start = 0, self.started_at
-            await self._event("started", ContainerStarted(
-                container_id=self.id, agent_id=self.agent.agent_id, workspace=self.placement.workspace,
-                app=self.placement.app, function=self.fn.name, resources=self.placement.resources,
+            started = asyncio.create_task(self._event("started", ContainerStarted(
+                container_id=self.id, agent_id=self.agent.agent_id,
+                workspace=self.placement.workspace, app=self.placement.app,
+                function=self.fn.name, resources=self.placement.resources,
                 gpu_indices=self.placement.gpu_indices, spot=self.placement.spot,
-                at=self.started_at))
+                at=self.started_at)))
             self._spawn(self._metering_loop())
             self._spawn(self._pump(self.handle.stdout, "stdout"))
             self._spawn(self._pump(self.handle.stderr, "stderr"))
             exit_task = asyncio.create_task(self.handle.wait())
-            ready = await self._await_ready(exit_task)
+            try:
+                ready = await self._await_ready(exit_task)
+            finally:
+                await started  # stored before ready (or the container fails, as before)
             if isinstance(ready, proto.Ready):
                 self.state, self.idle_since = "idle", time.time()
+                self._spawn(self._input_loop())  # first: the event need not hold the input
+                self._spawn(self._watch_alive())
+                self._spawn(self._keepalive_loop())
                 await self._event("ready", ContainerReady(
                     container_id=self.id, agent_id=self.agent.agent_id, fn_key=self.fn_key,
                     at=time.time()))
                 self.log.info("container_ready", pid=ready.pid,
                               startup_s=round(time.time() - self.started_at, 3))
-                self._spawn(self._input_loop())
-                self._spawn(self._watch_alive())
-                self._spawn(self._keepalive_loop())
             else:
                 # The user's code cannot start (import error, @enter raised): answer the
                 # waiting inputs with that error instead of leaving callers hanging while
@@ -185,6 +195,7 @@ class Container:
             for t in self._tasks:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._drop_binding()
             if server is not None:
                 server.close()
             with contextlib.suppress(FileNotFoundError):
@@ -192,8 +203,10 @@ class Container:
             await self._account_stop(exit_code)
             self.done.set()
 
-    async def _await_ready(self, exit_task: asyncio.Task[int]) -> proto.Ready | proto.StartupFailed | None:
-        done, _ = await asyncio.wait({self._ready, exit_task}, timeout=self.agent.settings.startup_timeout,
+    async def _await_ready(self, exit_task: asyncio.Task[int],
+                           ) -> proto.Ready | proto.StartupFailed | None:
+        done, _ = await asyncio.wait({self._ready, exit_task},
+                                     timeout=self.agent.settings.startup_timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
         if self._ready in done:
             ready = self._ready.result()
@@ -250,7 +263,8 @@ class Container:
         if self.state == "stopping" or self._stopping.is_set():
             return True
         if if_idle_since is not None and (
-            self.state != "idle" or self.idle_since is None or self.idle_since > if_idle_since + 1e-6
+            self.state != "idle" or self.idle_since is None
+            or self.idle_since > if_idle_since + 1e-6
         ):
             self.log.info("stop_skipped_not_idle", state=self.state)
             return False
@@ -340,7 +354,8 @@ class Container:
                 break
             try:
                 if psub is None:
-                    psub = self._psub = await self._bind(consumer)
+                    early, self._binding = self._binding, None
+                    psub = self._psub = await (early or self._bind(consumer))
                 # One at a time: nats-py's fetch of n, once its long-poll is pending,
                 # returns only when n arrived or it expires, so a lone input would wait
                 # out fetch_timeout; fetch(1) returns as soon as one is there, and a
@@ -357,6 +372,17 @@ class Container:
                 continue
             for msg in msgs:
                 await self._dispatch(msg)
+
+    async def _drop_binding(self) -> None:
+        """The early binding, if the input loop never took it (the start failed)."""
+        early, self._binding = self._binding, None
+        if early is None:
+            return
+        early.cancel()
+        await asyncio.wait([early])
+        if not early.cancelled() and early.exception() is None:
+            with contextlib.suppress(Exception):
+                await early.result().unsubscribe()  # type: ignore[attr-defined]
 
     async def _bind(self, consumer: str) -> object:
         cfg = ConsumerConfig(
@@ -483,7 +509,8 @@ class Container:
                 body = proto.dict_request_decoder.decode(req.body)
                 resp: msgspec.Struct = await self.agent.objects.dict_op(ws, body)
             else:
-                resp = await self.agent.objects.queue_op(ws, proto.queue_request_decoder.decode(req.body))
+                resp = await self.agent.objects.queue_op(
+                    ws, proto.queue_request_decoder.decode(req.body))
             answer = proto.PlatformResponse(req_id=req.req_id, body=msgspec.msgpack.encode(resp))
         except BurstError as e:
             answer = proto.PlatformResponse(req_id=req.req_id, error_type=e.type,
@@ -587,7 +614,8 @@ class Container:
             self._release(inf)
             if inf.timed_out:
                 out = self._failure(inf, "timeout", "FunctionTimeoutError",
-                                    f"function {self.fn.name!r} timed out after {self.fn.timeout:g} s")
+                                    f"function {self.fn.name!r} timed out after "
+                                    f"{self.fn.timeout:g} s")
             elif why := self._killed_because():
                 out = self._failure(inf, "failure", "burst.exception.ExecutionError",
                                     f"container killed: {why}")
@@ -648,7 +676,8 @@ class Container:
             resources=p.resources, spot=p.spot, final=final,
         )
         try:
-            await bus.publish(self.agent.js, names.metering_subject(p.workspace, self.agent.agent_id),
+            await bus.publish(self.agent.js,
+                              names.metering_subject(p.workspace, self.agent.agent_id),
                               encode(rec), msg_id=f"{self.id}:{self._interval}")
         except Exception as e:  # kept for the next record: the span is not lost
             self.log.warning("metering_publish_failed", error=repr(e))

@@ -240,6 +240,7 @@ class ProcessRuntime:
         exit_r, exit_w = os.pipe()  # the holder's stdin: never read by the agent
         socks = [out_r, out_w, err_r, err_w, ready_r, ready_w, info_r, info_w]
         proc = None
+        keeper: zyg.Keeper | None = None
         t0 = time.perf_counter()
         try:
             argv = box.command(zyg.HOLDER, bundle_dir=spec.bundle_dir,
@@ -259,16 +260,19 @@ class ProcessRuntime:
             exit_r = -1
             ready_w.close()
             info_w.close()
+            # While bwrap sets the sandbox up: the keeper joins the cgroups, then forks the
+            # container into the sandbox's pid namespace as soon as it exists.
+            keeper = await self.zygote.prefork(
+                cwd=sb.BUNDLE, env=self._env(spec, sb.PRIVATE, sb.BUNDLE, sb.SOCKET),
+                uid=box.uid, gid=box.gid, cgroup_tasks=cgroup.tasks_files() if cgroup else [],
+                out_fd=out_w.fileno(), err_fd=err_w.fileno(), exit_fd=exit_w)
             info_text = await zyg.read_until(info_r, zyg.is_json)
+            pid = await keeper.fork(zyg.info_pid(info_text))
             up = await zyg.read_until(ready_r, lambda b: b.endswith(b"\n"))
             if not up:
                 raise zyg.ZygoteError("the sandbox did not come up (bwrap failed)")
             t_up = time.perf_counter()
-            pid = await self.zygote.fork(
-                target_pid=zyg.info_pid(info_text), cwd=sb.BUNDLE,
-                env=self._env(spec, sb.PRIVATE, sb.BUNDLE, sb.SOCKET), uid=box.uid,
-                gid=box.gid, cgroup_procs=cgroup.procs_files() if cgroup else [],
-                out_fd=out_w.fileno(), err_fd=err_w.fileno(), exit_fd=exit_w)
+            await keeper.go()
             handle = ProcessHandle(proc, cgroup, private)
             handle.pid, handle.child_pid = pid, pid
             handle.stdout = await zyg.socket_reader(out_r)
@@ -282,6 +286,8 @@ class ProcessRuntime:
                 sock.close()  # no-op for those a transport took over (detached)
             raise
         finally:
+            if keeper is not None:
+                keeper.close()  # without go: it kills what it forked and exits
             out_w.close()  # the container has its own copies now
             err_w.close()
             for fd in (exit_r, exit_w):

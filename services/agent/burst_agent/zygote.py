@@ -1,14 +1,20 @@
 """Agent side of the zygote (``burst._shim.zygote``): containers as forks of a warm interpreter.
 
-One zygote per image environment (today: per interpreter path). Starting a container:
+One zygote per image environment (today: per interpreter path). Starting a container
+(each step overlaps bubblewrap's own setup):
 
 1. bubblewrap starts around a holder (``sh``) with exactly the sandbox a fresh container
-   gets (``Sandbox.command``: mounts, namespaces, the cgroups joined before exec); the
-   holder says it is up on its stdout and then waits on its stdin for an exit code;
-2. the agent asks the zygote to fork into that sandbox (``--info-fd`` gives the sandbox's
-   host pid), passing the container's stdout/stderr pipes and the holder's stdin;
-3. the zygote's keeper replies with the container's host pid, and, when it exits, hands its
-   exit code to the holder, so bubblewrap (the agent's child) exits with it.
+   gets (``Sandbox.command``: mounts, namespaces); the holder says it is up on its stdout
+   once the mounts are in place, then waits on its stdin for an exit code;
+2. the agent asks the zygote for a keeper (:meth:`Zygote.prefork`), passing the
+   container's stdout/stderr and the holder's stdin; the keeper joins the container's
+   cgroups at once;
+3. as soon as bwrap names the sandbox's host pid (``--info-fd``) the agent passes it on
+   (:meth:`Keeper.fork`): the keeper forks the container into the sandbox's pid
+   namespace, where it waits, and replies with its host pid;
+4. once the holder is up the agent says go (:meth:`Keeper.go`): the container enters the
+   rest of the sandbox and runs the shim. When it exits the keeper hands its exit code to
+   the holder, so bubblewrap (the agent's child) exits with it.
 
 Killing bubblewrap's process group ends the sandbox's pid namespace and with it the
 container; SIGTERM goes to the container process itself, so ``@exit`` runs.
@@ -91,14 +97,14 @@ class Zygote:
                 self.proc.kill()
         self.proc = None
 
-    async def fork(self, *, target_pid: int, cwd: str, env: dict[str, str], uid: int, gid: int,
-                   cgroup_procs: list[str], out_fd: int, err_fd: int, exit_fd: int,
-                   timeout: float = 10.0) -> int:
-        """Fork a container into the sandbox of ``target_pid``; its host pid."""
+    async def prefork(self, *, cwd: str, env: dict[str, str], uid: int, gid: int,
+                      cgroup_tasks: list[str], out_fd: int, err_fd: int,
+                      exit_fd: int) -> Keeper:
+        """A keeper for one container, joining its cgroups while the sandbox comes up."""
         sock = await self.ensure()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        body = json.dumps({"target_pid": target_pid, "cwd": cwd, "env": env, "uid": uid,
-                           "gid": gid, "cgroup_procs": cgroup_procs}).encode()
+        body = json.dumps({"cwd": cwd, "env": env, "uid": uid, "gid": gid,
+                           "cgroup_tasks": cgroup_tasks}).encode()
         try:
             async with self._send_lock:  # one waiter per fd: add_writer keeps only one
                 await _send_fds(sock, body, [out_fd, err_fd, exit_fd, theirs.fileno()])
@@ -109,16 +115,40 @@ class Zygote:
         finally:
             theirs.close()
         mine.setblocking(False)
-        try:
-            raw = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(mine, 4096), timeout)
-        finally:
-            mine.close()
+        return Keeper(mine)
+
+
+class Keeper:
+    """The zygote's keeper of one container. Closing it before :meth:`go` (the sandbox did
+    not come up) makes the keeper kill what it forked, if anything, and exit."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    async def fork(self, target_pid: int, timeout: float = 10.0) -> int:
+        """Fork the container into the pid namespace of ``target_pid``; its host pid. It
+        waits for :meth:`go` to enter the rest of the sandbox."""
+        loop = asyncio.get_running_loop()
+        # A keeper that failed (cgroups) replied and exited: its answer is still queued.
+        with contextlib.suppress(OSError):
+            await loop.sock_sendall(self.sock, json.dumps({"target_pid": target_pid}).encode())
+        raw = await asyncio.wait_for(loop.sock_recv(self.sock, 4096), timeout)
         if not raw:
             raise ZygoteError("zygote keeper exited without forking the container")
         reply = json.loads(raw)
         if "error" in reply:
             raise ZygoteError(f"zygote could not fork the container: {reply['error']}")
         return int(reply["pid"])
+
+    async def go(self) -> None:
+        """The sandbox is up: the container enters it and runs."""
+        try:
+            await asyncio.get_running_loop().sock_sendall(self.sock, b"go")
+        except OSError as e:
+            raise ZygoteError(f"zygote keeper is gone: {e!r}") from None
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 async def _send_fds(sock: socket.socket, body: bytes, fds: list[int]) -> None:

@@ -73,6 +73,11 @@ def _view(dep: DeploymentRecord, spec: FunctionSpec, st: ScheduleState | None) -
         "last_call_id": (st.last_call_id or None) if st else None,
         "missed": _missed_count(spec, st) if st else 0,
         "backfill_pending": bool(st and st.backfill),
+        # Ticks not fired because a hard budget covering the function was spent.
+        "skipped": st.skipped if st else 0,
+        "last_skipped_at": (st.last_skipped_at or None) if st else None,
+        "last_skipped_tick_at": (st.last_skipped_tick_ms / 1000 or None) if st else None,
+        "last_skipped_reason": (st.last_skipped_reason or None) if st else None,
     }
 
 

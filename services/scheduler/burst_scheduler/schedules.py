@@ -17,6 +17,12 @@ Missed ticks. Ticks that came due at most ``schedule_catchup`` seconds ago are f
 due while the schedule was paused are recorded as ``missed`` ranges, not fired; a resume
 with backfill fires each of them once (at most ``schedule_backfill_max``), oldest first.
 
+Spent budgets. A tick that comes due while a hard budget covering the function is spent
+is skipped: given up like a fired one (``last_tick_ms`` passes it) but never fired, and
+counted in the state (``skipped``, with the last one's time, tick and reason), so
+``burst schedule list`` shows it. A backfill waits instead: while the budget is spent it
+fires nothing and stays pending, its missed ticks kept.
+
 Only deployed apps' schedules fire: an ephemeral app (``burst run``) has none. A removed
 app's (or function's) schedule state is deleted, so a later deploy starts afresh.
 """
@@ -46,6 +52,8 @@ log = logs.get("burst.scheduler.schedules")
 NO_ARGS = pickle.dumps(((), {}), protocol=pickle.HIGHEST_PROTOCOL)
 #: Most missed ranges kept per schedule (the oldest are dropped).
 MAX_MISSED_RANGES = 32
+#: Why a tick was skipped (recorded in :class:`ScheduleState`).
+SKIPPED_BUDGET = "hard budget spent"
 
 
 def scheduled(ref: FunctionRef) -> bool:
@@ -142,9 +150,13 @@ class Ticker:
             if st is None or st.paused:
                 return 0
         for t in list(ticks.ticks(sched, st.last_tick_ms, now_ms)):
-            await self._fire(ref, t, now_s)
-            st = await self._update(kv, fn_key, functools.partial(_fired, tick_ms=t, now=now_s))
-            fired += 1
+            if await self._fire(ref, t, now_s):
+                st = await self._update(kv, fn_key, functools.partial(_fired, tick_ms=t,
+                                                                      now=now_s))
+                fired += 1
+            else:
+                st = await self._update(kv, fn_key, functools.partial(
+                    _skipped, tick_ms=t, now=now_s, reason=SKIPPED_BUDGET))
             if st is None or st.paused:
                 return fired
         if st is not None and st.backfill:
@@ -155,12 +167,15 @@ class Ticker:
                         now_s: float) -> int:
         sched = ref.spec.schedule
         assert sched is not None
+        if self.blocked(ref.fn_key):
+            return 0  # a spent budget: the backfill waits, its missed ticks kept
         fired = 0
         budget = self.settings.schedule_backfill_max
         for first, last in list(st.missed):
             t = first
             while t <= last and fired < budget:
-                await self._fire(ref, t, now_s)
+                if not await self._fire(ref, t, now_s):
+                    return fired  # a spent budget: the rest waits, still missed and pending
                 fired += 1
                 nxt = ticks.next_tick(sched, t)
                 # Progress is recorded per tick: a successor resumes after the last one.
@@ -173,11 +188,12 @@ class Ticker:
         log.info("schedule_backfilled", fn_key=ref.fn_key, ticks=fired)
         return fired
 
-    async def _fire(self, ref: FunctionRef, tick_ms: int, now: float) -> None:
+    async def _fire(self, ref: FunctionRef, tick_ms: int, now: float) -> bool:
+        """Make tick ``tick_ms``'s call (once); False when skipped for a spent budget."""
         if self.blocked(ref.fn_key):
             log.warning("schedule_tick_skipped", fn_key=ref.fn_key, tick=tick_ms,
-                        reason="hard budget spent")
-            return
+                        reason=SKIPPED_BUDGET)
+            return False
         _, calls_kv = await self._buckets()
         dep = ref.deployment
         rec, inp = calls.build(dep.workspace, dep.app, ref.spec.name, dep.deployment_id,
@@ -187,6 +203,7 @@ class Ticker:
         self.fired += made
         log.info("schedule_tick_fired", fn_key=ref.fn_key, tick=tick_ms, call_id=rec.call_id,
                  late_by=round(now - tick_ms / 1000, 3), again=not made)
+        return True
 
     async def _update(self, kv: KeyValue, fn_key: str,
                       change: Callable[[ScheduleState], ScheduleState]) -> ScheduleState | None:
@@ -212,6 +229,12 @@ def _call_id(fn_key: str, tick_ms: int) -> str:
 def _fired(s: ScheduleState, tick_ms: int, now: float) -> ScheduleState:
     return _replace(s, last_tick_ms=max(s.last_tick_ms, tick_ms), fired=s.fired + 1,
                     last_fired_at=now, last_call_id=_call_id(s.fn_key, tick_ms))
+
+
+def _skipped(s: ScheduleState, tick_ms: int, now: float, reason: str) -> ScheduleState:
+    return _replace(s, last_tick_ms=max(s.last_tick_ms, tick_ms), skipped=s.skipped + 1,
+                    last_skipped_at=now, last_skipped_tick_ms=tick_ms,
+                    last_skipped_reason=reason)
 
 
 def _backfilled(s: ScheduleState, tick_ms: int, next_ms: int, now: float) -> ScheduleState:
