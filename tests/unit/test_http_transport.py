@@ -129,3 +129,34 @@ def test_malformed_status_line(make_server: object) -> None:
     c = Connection("127.0.0.1", srv.port, timeout=5)
     with pytest.raises(http.client.BadStatusLine, match="SPDY/9 banana"):
         c.request("GET", "/", None, {})
+
+
+def test_client_retries_once_on_a_connection_closed_while_idle(make_server: object) -> None:
+    from burst.client import Client
+
+    srv = make_server([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",  # type: ignore[operator]
+                       b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n{\"a\":1}"], close_after=1)
+    c = Client(f"http://127.0.0.1:{srv.port}", "tok")
+    assert c.get_json("/v1/x") == {}
+    assert c.get_json("/v1/y") == {"a": 1}  # the server had closed the first connection
+    assert srv.connections == 2
+    assert b"Authorization: Bearer tok\r\n" in srv.requests[1]
+
+
+def test_client_error_answers_and_unreachable_cluster() -> None:
+    from burst.client import Client
+    from burst.exception import NotFoundError, UnavailableError
+
+    body = b'{"error": {"type": "NotFound", "message": "app \'x\' is not deployed"}}'
+    srv = Server([b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)])
+    try:
+        with pytest.raises(NotFoundError, match="app 'x' is not deployed"):
+            Client(f"http://127.0.0.1:{srv.port}", "tok").get_json("/v1/apps/x")
+    finally:
+        srv.close()
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    with pytest.raises(UnavailableError, match=f"cannot reach the Burst cluster at http://127.0.0.1:{port}"):
+        Client(f"http://127.0.0.1:{port}", "tok").get_json("/v1/status")
