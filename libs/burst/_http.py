@@ -14,6 +14,7 @@ malformed answer :class:`http.client.HTTPException`, and socket trouble :class:`
 from __future__ import annotations
 
 import http.client
+import io
 import socket
 
 #: Longest status or header line accepted, and most header lines (as http.client).
@@ -25,7 +26,7 @@ class Connection:
     def __init__(self, host: str, port: int, timeout: float, tls: bool = False) -> None:
         self.host, self.port, self.timeout, self.tls = host, port, timeout, tls
         self._sock: socket.socket | None = None
-        self._rfile: object | None = None
+        self._rfile: io.BufferedReader | None = None
         default_port = 443 if tls else 80
         self._host_header = host if port == default_port else f"{host}:{port}"
 
@@ -37,12 +38,13 @@ class Connection:
 
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
         self._sock = sock
-        self._rfile = sock.makefile("rb")
+        self._rfile = sock.makefile("rb")  # type: ignore[assignment]
 
     def close(self) -> None:
         if self._sock is not None:
             try:
-                self._rfile.close()  # type: ignore[attr-defined]
+                if self._rfile is not None:
+                    self._rfile.close()
                 self._sock.close()
             finally:
                 self._sock = self._rfile = None
@@ -69,7 +71,8 @@ class Connection:
             elif length is not None:
                 payload = self._read_exactly(length)
             else:  # no length: the body runs until the server closes
-                payload = self._rfile.read()  # type: ignore[attr-defined]
+                assert self._rfile is not None
+                payload = self._rfile.read()
                 close = True
         except BaseException:
             self.close()  # the stream's position is unknown: never reuse it
@@ -79,7 +82,8 @@ class Connection:
         return status, payload
 
     def _line(self) -> bytes:
-        line: bytes = self._rfile.readline(_MAX_LINE + 1)  # type: ignore[attr-defined]
+        assert self._rfile is not None
+        line: bytes = self._rfile.readline(_MAX_LINE + 1)
         if len(line) > _MAX_LINE:
             raise http.client.LineTooLong("header line")
         return line
@@ -115,7 +119,8 @@ class Connection:
         raise http.client.HTTPException(f"more than {_MAX_HEADERS} headers")
 
     def _read_exactly(self, n: int) -> bytes:
-        data: bytes = self._rfile.read(n)  # type: ignore[attr-defined]
+        assert self._rfile is not None
+        data: bytes = self._rfile.read(n)
         if len(data) < n:
             raise http.client.IncompleteRead(data, n - len(data))
         return data

@@ -249,7 +249,7 @@ async def _acks(js: JetStreamContext) -> _Acks:
         acks = _Acks(js)
         acks.started = asyncio.ensure_future(acks.start())
         js._burst_acks = acks  # type: ignore[attr-defined]
-    if acks._sub is None:
+    if acks._sub is None and acks.started is not None:
         await asyncio.shield(acks.started)
     return acks
 

@@ -50,6 +50,7 @@ async def heartbeat_loop(
             await asyncio.wait_for(kv.delete(key), 1.0)
 
 
+_uvloop: Any
 try:  # libuv's event loop where installed (the server extra): far less CPU per message
     import uvloop as _uvloop
 except ImportError:  # pragma: no cover - plain asyncio works the same, slower
