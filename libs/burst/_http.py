@@ -38,7 +38,7 @@ class Connection:
 
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
         self._sock = sock
-        self._rfile = sock.makefile("rb")  # type: ignore[assignment]
+        self._rfile = sock.makefile("rb")
 
     def close(self) -> None:
         if self._sock is not None:
