@@ -10,11 +10,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from burst import _resources
 from burst import _protocol as proto
-from burst import schedules
-from burst.exception import InvalidError
+from burst import _resources, schedules
 from burst.cls import Cls
+from burst.exception import InvalidError
 from burst.functions import Function, is_generator
 from burst.image import Image
 from burst.retries import Retries

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from nats.aio.msg import Msg
 
+from burst._protocol import MAX_PAYLOAD
 from burst_agent import gpus
 from burst_agent.attempts import Attempts
 from burst_agent.bundles import BundleCache
@@ -28,15 +29,14 @@ from burst_agent.runtime import ProcessRuntime, Runtime, make_runtime
 from burst_agent.sandbox import Sandbox
 from burst_agent.settings import AgentSettings
 from burst_agent.venvs import VenvRuntime
-from burst._protocol import MAX_PAYLOAD
 from burst_core import bus, logs, names
 from burst_core.objects import Objects
 from burst_core.schemas import (
     AgentHeartbeat,
-    CallCancelledDecoder,
     AgentOrderDecoder,
     AgentRecord,
     AgentRecordDecoder,
+    CallCancelledDecoder,
     Placement,
     PreemptAgent,
     StopContainer,
