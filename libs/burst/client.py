@@ -87,7 +87,8 @@ class Client:
         return json.loads(self.request("GET", path, params=params)[1])
 
     def post_json(self, path: str, obj: Any) -> Any:
-        return json.loads(self.request("POST", path, json.dumps(obj).encode(), "application/json")[1])
+        body = json.dumps(obj).encode()
+        return json.loads(self.request("POST", path, body, "application/json")[1])
 
     def has_bundle(self, h: str) -> bool:
         status, _ = self.request("HEAD", f"/v1/bundles/{h}", expect=(200, 404))
@@ -147,7 +148,8 @@ class Client:
         _, data = self.request("GET", f"/v1/calls/{call_id}", params={"wait": wait})
         return proto.call_response_decoder.decode(data)
 
-    def wait_call(self, resp: proto.CallResponse, timeout: float | None = None) -> proto.CallResponse:
+    def wait_call(self, resp: proto.CallResponse,
+                  timeout: float | None = None) -> proto.CallResponse:
         """Poll until the call is finished (or ``timeout`` seconds pass)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while resp.status == "pending":

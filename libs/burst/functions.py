@@ -74,7 +74,8 @@ class Function(Generic[P, R]):
         return f"<burst.Function {self.spec.name}>"
 
     @classmethod
-    def from_name(cls, app_name: str, name: str, *, client: Client | None = None) -> Function[..., Any]:
+    def from_name(cls, app_name: str, name: str, *,
+                  client: Client | None = None) -> Function[..., Any]:
         """A handle on a function of a deployed app (no network call until it is used)."""
         try:
             proto.check_ident("app", app_name)

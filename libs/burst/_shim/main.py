@@ -219,7 +219,8 @@ def _resolve_object(module_name: str, qualname: str) -> Any:
     return obj
 
 
-def decode_args(payload: bytes, as_json: bool) -> tuple[list[Any], dict[str, Any], str, dict[str, Any]]:
+def decode_args(payload: bytes,
+                as_json: bool) -> tuple[list[Any], dict[str, Any], str, dict[str, Any]]:
     """(args, kwargs, method, params) of a call: cloudpickle from Python callers,
     ``{"args", "kwargs"[, "method", "params"]}`` JSON from others. ``method`` is "" for a
     plain function."""

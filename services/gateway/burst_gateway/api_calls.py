@@ -200,7 +200,8 @@ async def wait_many(gw: Any, workspace: str, refs: list[CallRef], wait: float,
         gw.outputs.unregister_group(group)
 
 
-async def _wait_one(gw: Any, call_id: str, fut: asyncio.Future[Output], wait: float) -> CallResponse:
+async def _wait_one(gw: Any, call_id: str, fut: asyncio.Future[Output],
+                    wait: float) -> CallResponse:
     try:
         out = await asyncio.wait_for(asyncio.shield(fut), timeout=wait) if wait > 0 else None
     except TimeoutError:
@@ -264,7 +265,8 @@ async def _call_payload(request: Request) -> tuple[bytes, str, str]:
         return req.payload, "pickle", req.payload_ref
     if ctype != "application/json":
         raise InvalidError(f"unsupported content type {ctype or 'none'!r}: send "
-                           f"application/json ({{\"args\": [...], \"kwargs\": {{...}}}}) or {MSGPACK}")
+                           f"application/json ({{\"args\": [...], \"kwargs\": {{...}}}}) "
+                           f"or {MSGPACK}")
     body = await request.body()
     if len(body) > request.app.state.gw.settings.max_body_bytes:
         raise PayloadTooLargeError(f"request of {len(body)} bytes exceeds the "
