@@ -164,8 +164,9 @@ async def app_status(app: str, request: Request,
     functions = []
     for fn in dep.functions:
         key = names.function_key(p.workspace, app, fn.name)
-        raw, _ = await bus.kv_get(waiting_kv, key)
-        waiting = FunctionWaitingDecoder.decode(raw) if raw is not None else None
+        waiting_raw, _ = await bus.kv_get(waiting_kv, key)
+        waiting = (FunctionWaitingDecoder.decode(waiting_raw) if waiting_raw is not None
+                   else None)
         functions.append({
             "function": fn.name, "containers": containers.get(key, {}),
             "queued": int(queued.get(names.input_subject(key), 0)),

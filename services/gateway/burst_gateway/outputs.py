@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict, defaultdict
+from typing import TypeVar
 
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -27,6 +28,15 @@ log = logs.get("burst.gateway.outputs")
 #: results polled in pages); bigger ones are fetched from the stream instead.
 RECENT_MAX = 50_000
 RECENT_MAX_PAYLOAD = 256 << 10
+
+_V = TypeVar("_V")
+
+
+def _remember(keep: OrderedDict[str, _V], call_id: str, value: _V) -> None:
+    """Keep ``value`` under ``call_id``, forgetting the oldest entry past ``RECENT_MAX``."""
+    keep[call_id] = value
+    if len(keep) > RECENT_MAX:
+        keep.popitem(last=False)
 
 
 class Group:
@@ -129,11 +139,10 @@ class OutputRouter:
         except Exception as e:
             log.warning("output_undecodable", subject=msg.subject, error=repr(e))
             return
-        keep, size = (self._recent, out) if len(out.payload) <= RECENT_MAX_PAYLOAD else (
-            self._big, None)
-        keep[out.call_id] = size  # type: ignore[index]
-        if len(keep) > RECENT_MAX:
-            keep.popitem(last=False)
+        if len(out.payload) <= RECENT_MAX_PAYLOAD:
+            _remember(self._recent, out.call_id, out)
+        else:
+            _remember(self._big, out.call_id, None)
         for g in self._groups.get(out.call_id, ()):
             if g.tokens.get(out.call_id) == out.attempt_token:
                 g.outputs[out.call_id] = out
@@ -164,5 +173,7 @@ class OutputRouter:
                 names.STREAM_OUTPUTS, names.output_subject(call_id, attempt)
             )
         except nats.js.errors.NotFoundError:
+            return None
+        if raw.data is None:  # an empty message: no output
             return None
         return OutputDecoder.decode(raw.data)

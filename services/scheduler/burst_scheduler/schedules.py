@@ -122,6 +122,8 @@ class Ticker:
             except nats.js.errors.KeyWrongLastSequenceError:
                 pass
             return 0
+        # None once a compare-and-set finds the state gone (the schedule was removed).
+        st: ScheduleState | None
         st = ScheduleStateDecoder.decode(raw)
         if st.paused:
             return 0
