@@ -52,7 +52,7 @@ async def kv_values(kv: KeyValue, prefix: str) -> dict[str, bytes]:
             if entry.value and entry.operation not in ("DEL", "PURGE"):
                 out[entry.key] = entry.value
     finally:
-        await watcher.stop()
+        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
     return out
 
 
