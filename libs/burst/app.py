@@ -29,8 +29,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _module_name(module: Any) -> str:
     """The name a container imports the app's module by (``__main__`` -> file stem)."""
     name = str(module.__name__)
-    if name == "__main__" and getattr(module, "__file__", None):
-        return os.path.splitext(os.path.basename(module.__file__))[0]
+    file = getattr(module, "__file__", None)
+    if name == "__main__" and file:
+        return os.path.splitext(os.path.basename(str(file)))[0]
     return name
 
 

@@ -516,7 +516,7 @@ def main() -> None:
         obj = _resolve_object(module_name, qualname)
         target = Target(obj)
     except BaseException as exc:
-        _, name, message, trace = serialize_exception(exc)  # type: ignore[arg-type]
+        _, name, message, trace = serialize_exception(exc)
         chan.send(proto.StartupFailed(error_type=name, error_message=message, traceback=trace))
         sys.exit(1)
     runner = Runner(target, chan, state, _max_inputs(obj))
