@@ -251,8 +251,7 @@ async def runtime_zero_to_n(n: int, zygote: bool) -> dict[str, Any]:
         for h in handles:
             h.signal(9)
         await asyncio.gather(*(h.wait() for h in handles), return_exceptions=True)
-        if rt.zygote is not None:
-            rt.zygote.close()
+        await rt.aclose()  # the spare sandbox and the zygote
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(socks, ignore_errors=True)
     return {"containers": n, "first_ready_s": round(live[0], 3),

@@ -181,7 +181,8 @@ async def ensure_topology(js: JetStreamContext, topo: Topology | None = None) ->
                     store, config=ObjectStoreConfig(bucket=store, ttl=ttl or None, replicas=r))
 
 
-async def ensure_kv(js: JetStreamContext, bucket: str, ttl: float = 0, replicas: int = 1) -> KeyValue:
+async def ensure_kv(js: JetStreamContext, bucket: str, ttl: float = 0,
+                    replicas: int = 1) -> KeyValue:
     try:
         return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
@@ -483,14 +484,19 @@ async def kv_get(kv: KeyValue, key: str) -> tuple[bytes | None, int]:
 
 
 async def kv_items(js: JetStreamContext, bucket: str) -> dict[str, bytes]:
-    """Every live key of a (small) bucket with its value."""
+    """Every live key of a (small) bucket with its value.
+
+    The keys come from the bucket's stream (the subjects it holds), not from
+    ``KeyValue.keys()``: that watcher may decide it is done before it counted the messages
+    already on their way, and then lists no keys at all (a status showing no agents while
+    one is busy).
+    """
     kv = await js.key_value(bucket)
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return {}
+    prefix = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+    keys = [subject[len(prefix):] for subject in (info.state.subjects or {})]
     out: dict[str, bytes] = {}
-    for key in keys:
+    for key in sorted(keys):
         raw, _ = await kv_get(kv, key)
         if raw is not None:
             out[key] = raw

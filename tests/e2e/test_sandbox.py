@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.e2e.conftest import FAST_TIMERS, Cluster
+from tests.e2e.conftest import FAST_TIMERS, Cluster, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -145,7 +145,13 @@ def run(c: Cluster, tmp_path: Path, entry: str) -> object:
     return json.loads(line[len("RESULT "):])
 
 
-def test_user_code_is_confined(sandboxed: Cluster, tmp_path: Path) -> None:
+def test_user_code_is_confined(sandboxed: Cluster, tmp_path: Path,
+                               request: pytest.FixtureRequest) -> None:
+    agent_log = sandboxed.home / "logs" / "agent.log"
+    zygote = request.node.callspec.params["sandboxed"] == "zygote"
+    if zygote:  # the probe's container takes the spare sandbox the agent made ahead
+        eventually(lambda: "spare_sandbox_ready" in agent_log.read_text(), 60,
+                   "the agent's spare sandbox")
     out = run(sandboxed, tmp_path, "probe_main")
     assert isinstance(out, dict), out
     # Burst's state is covered: the token file does not exist in there, the dir is empty.
@@ -161,6 +167,12 @@ def test_user_code_is_confined(sandboxed: Cluster, tmp_path: Path) -> None:
     # A private writable /tmp (also HOME); the bundle is read-only.
     assert out["home"] == "/tmp" and out["tmp_write"] == "ok", out
     assert out["bundle_write"] in ("OSError", "PermissionError"), out
+    # With the zygote that container took the spare sandbox: the confinement above holds
+    # there too.
+    if zygote:
+        log = agent_log.read_text().splitlines()
+        forked = [json.loads(ln) for ln in log if '"container_forked"' in ln]
+        assert forked and forked[0].get("spare") is True, forked
 
 
 def test_cuda_visible_devices_from_placement(sandboxed: Cluster, tmp_path: Path) -> None:

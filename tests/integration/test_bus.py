@@ -99,3 +99,29 @@ async def test_publish_many_in_order_and_first_publishes_share_one_subscription(
         assert not fresh._burst_acks.futs  # nothing left waiting
     finally:
         await nc.close()
+
+
+async def test_kv_items_lists_every_live_key_while_one_is_written(js) -> None:  # type: ignore[no-untyped-def]
+    kv = await bus.ensure_kv(js, "test_kv_items")
+    assert await bus.kv_items(js, "test_kv_items") == {}
+    await kv.put("a", b"1")
+    await kv.put("b", b"2")
+    await kv.put("c", b"3")
+    await kv.delete("c")
+    assert await bus.kv_items(js, "test_kv_items") == {"a": b"1", "b": b"2"}
+    # A key rewritten all the while (an agent's record) is never missing from the listing.
+    stop = asyncio.Event()
+
+    async def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            await kv.put("a", str(i).encode())
+
+    writer = asyncio.create_task(churn())
+    try:
+        for _ in range(100):
+            assert set(await bus.kv_items(js, "test_kv_items")) == {"a", "b"}
+    finally:
+        stop.set()
+        await writer

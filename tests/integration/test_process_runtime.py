@@ -73,17 +73,20 @@ class Shim:
                     return f
 
 
-@pytest.fixture(params=["fresh", "zygote"])
+@pytest.fixture(params=["fresh", "zygote", "spare"])
 async def runtime(request: pytest.FixtureRequest) -> AsyncIterator[ProcessRuntime]:
+    """A fresh interpreter per container; a zygote fork into a sandbox made for it; a
+    zygote fork into the spare sandbox made ahead (the first container takes it)."""
     _require_sandbox()
     home = Path(tempfile.mkdtemp(prefix="burst-rt-home-", dir="/var/tmp"))
     box = Sandbox.detect("on", f"rt-{request.param}-{os.getpid()}", str(home))
     rt = ProcessRuntime(sandbox=box, state_dir=home / "containers",
-                        zygote=request.param == "zygote")
+                        zygote=request.param != "fresh", spares=request.param == "spare")
+    if request.param == "spare":
+        assert await rt.spare_ready(30)
     rt.test_home = home  # type: ignore[attr-defined]
     yield rt
-    if rt.zygote is not None:
-        rt.zygote.close()
+    await rt.aclose()
     shutil.rmtree(home, ignore_errors=True)
 
 
@@ -166,3 +169,35 @@ async def test_out_of_memory_names_the_limit(runtime: ProcessRuntime, sockets: P
     code = await asyncio.wait_for(handle.wait(), 60)
     assert code != 0
     assert handle.exit_reason() == "out of memory (limit 64 MiB)"
+
+
+async def test_spare_sandbox_is_taken_then_replaced(sockets: Path) -> None:
+    """The first container takes the spare (its bundle and socket linked in, its own
+    cgroups); another spare is made behind it; a bundle too big for linking, or a
+    container with GPUs, makes its own sandbox and leaves the spare."""
+    _require_sandbox()
+    home = Path(tempfile.mkdtemp(prefix="burst-rt-home-", dir="/var/tmp"))
+    box = Sandbox.detect("on", f"rt-spare-{os.getpid()}", str(home))
+    rt = ProcessRuntime(sandbox=box, state_dir=home / "containers", zygote=True)
+    rt.test_home = home  # type: ignore[attr-defined]
+    try:
+        assert await rt.spare_ready(30)
+        handle, shim = await start(rt, "took", sockets)
+        assert isinstance(await shim.next_of(proto.Ready), proto.Ready)
+        spare_dir = handle.private_dir
+        assert spare_dir is not None and spare_dir.name.startswith("spare-")
+        assert handle.cgroup is not None
+        assert all(d.name == "took" for d in handle.cgroup.dirs.values())
+        assert await rt.spare_ready(30)  # the next one
+        rt.spare_bundle_files = 0
+        own, own_shim = await start(rt, "own", sockets)
+        assert isinstance(await own_shim.next_of(proto.Ready), proto.Ready)
+        assert own.private_dir is not None and own.private_dir.name == "own"
+        assert await rt.spare_ready(0)  # left for the next container
+        for h in (handle, own):
+            h.signal(signal.SIGKILL)
+            await asyncio.wait_for(h.wait(), 30)
+        assert not spare_dir.exists()
+    finally:
+        await rt.aclose()
+        shutil.rmtree(home, ignore_errors=True)

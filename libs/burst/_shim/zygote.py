@@ -3,25 +3,30 @@
 ``python -m burst._shim.zygote`` (started by the agent, as root, with a ``SOCK_SEQPACKET``
 socket to the agent on the fd ``BURST_ZYGOTE_FD`` names) imports what every container
 needs (the shim, msgspec, cloudpickle, burst) once, says ``ready``, then serves one
-request per message: a JSON body and four descriptors (the container's stdout and
-stderr pipes, the write end of its sandbox holder's stdin, a reply socket).
+request per message: four descriptors (the container's stdout and stderr, the write end of
+its sandbox holder's stdin, a reply socket) with a JSON body.
 
 Each request is one container, and a conversation on its reply socket while the agent
 brings the container's sandbox up (bubblewrap around a tiny holder process, ``sh``, with
 the container's mounts and namespaces):
 
-1. the zygote forks a *keeper*, which joins the container's cgroups at once;
+1. the zygote forks a *keeper*;
 2. once bwrap has created the sandbox's namespaces the agent names its host pid
    (``{"target_pid": N}``); the keeper joins the sandbox's pid namespace, forks the
-   container process (which waits) and replies with its host pid (``{"pid": N}``);
-3. once the sandbox's mounts are in place (the holder said so) the agent says ``go``: the
-   container enters the sandbox's mount, network, ipc and uts namespaces, drops every
-   capability, becomes the sandbox uid and runs the shim's ``main``.
+   container process and replies with its host pid (``{"pid": N}``); the container enters
+   the sandbox's network, ipc and uts namespaces and waits;
+3. once the sandbox's mounts are in place (the holder said so) and the container is
+   known, the agent sends it (``{"go": {...}}``: environment, working directory, uid,
+   gid, cgroups); the keeper passes it on and the container joins its cgroups, enters the
+   sandbox's cgroup and mount namespaces, drops every capability, becomes the sandbox uid
+   and runs the shim's ``main``.
 
-So the cgroup join and the fork overlap bwrap's setup. The keeper waits for the container
-and writes its exit code to the holder, which exits with it (so bubblewrap, the agent's
-child, exits with the container's code). If the keeper dies the holder reads EOF and
-exits; a keeper whose reply socket closes before ``go`` kills what it forked and exits.
+So the fork overlaps bwrap's setup; for a sandbox made ahead (a spare, see the agent's
+``runtime.py``) steps 1-2 happen before its container exists, and only step 3 is on the
+container's start. The keeper waits for the container and writes its exit code to the
+holder, which exits with it (so bubblewrap, the agent's child, exits with the container's
+code). If the keeper dies the holder reads EOF and exits; a keeper whose reply socket
+closes before ``go`` kills what it forked and exits.
 """
 
 from __future__ import annotations
@@ -74,18 +79,28 @@ def _prctl(option: int, arg: int, arg2: int = 0) -> int:
     return int(_libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(arg2), 0, 0))
 
 
-def _container(req: dict, out_fd: int, err_fd: int, go_fd: int) -> None:  # type: ignore[type-arg]
-    """In the container process (in the sandbox's pid namespace already): once the sandbox
-    is up (``go_fd`` readable), enter the rest."""
-    target = req["target_pid"]
+def _container(target: int, out_fd: int, err_fd: int, go_fd: int) -> None:
+    """In the container process (in the sandbox's pid namespace already): enter its
+    network, ipc and uts namespaces, then, once told who it is (``go_fd``), the rest."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.read(go_fd, 1) != b"g":  # the sandbox did not come up
-        os._exit(1)
-    os.close(go_fd)
-    for name, kind in (("net", CLONE_NEWNET), ("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS),
-                       ("cgroup", CLONE_NEWCGROUP)):
+    for name, kind in (("net", CLONE_NEWNET), ("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS)):
         if os.readlink(f"/proc/{target}/ns/{name}") != os.readlink(f"/proc/self/ns/{name}"):
             _setns(target, name, kind)
+    data = b""
+    while chunk := os.read(go_fd, 1 << 16):
+        data += chunk
+    if not data:  # the sandbox did not come up, or nobody took it
+        os._exit(1)
+    os.close(go_fd)
+    req = json.loads(data)
+    # Into the container's cgroups before anything of it runs. One thread (a fork): writing
+    # 0 to ``tasks`` moves all of it, without the global lock that moving a whole process
+    # through cgroup.procs takes (an RCU grace period).
+    for tasks in req["cgroup_tasks"]:
+        with open(tasks, "w") as f:
+            f.write("0")
+    if os.readlink(f"/proc/{target}/ns/cgroup") != os.readlink("/proc/self/ns/cgroup"):
+        _setns(target, "cgroup", CLONE_NEWCGROUP)
     # The mount namespace last; setns leaves our root at the namespace's first mount, not
     # where bwrap pivoted to, so take the sandbox's root from its init and chroot there.
     root = os.open(f"/proc/{target}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -149,7 +164,7 @@ def _set_proc_environ(env: dict[str, str]) -> None:
         _prctl(PR_SET_MM, option, value)
 
 
-def _keeper(req: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
+def _keeper(fds: list[int]) -> None:
     """In the keeper (forked per request): fork the container, report it, wait for it."""
     out_fd, err_fd, exit_fd, reply_fd = fds
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -159,16 +174,11 @@ def _keeper(req: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
     # pid namespace).
     reply = socket.socket(fileno=reply_fd)
     try:
-        # The keeper has one thread (a fork): writing 0 to ``tasks`` moves all of it,
-        # without the global lock that moving a whole process through cgroup.procs takes.
-        for tasks in req["cgroup_tasks"]:
-            with open(tasks, "w") as f:
-                f.write("0")
         msg = reply.recv(4096)  # the sandbox's namespaces exist
         if not msg:  # the sandbox did not come up: nothing to fork
             os._exit(0)
-        req["target_pid"] = int(json.loads(msg)["target_pid"])
-        _setns(req["target_pid"], "pid", CLONE_NEWPID)
+        target = int(json.loads(msg)["target_pid"])
+        _setns(target, "pid", CLONE_NEWPID)
         go_r, go_w = os.pipe()
         child = os.fork()
     except BaseException as e:
@@ -179,7 +189,7 @@ def _keeper(req: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
             reply.close()
             os.close(exit_fd)
             os.close(go_w)
-            _container(req, out_fd, err_fd, go_r)
+            _container(target, out_fd, err_fd, go_r)
         except BaseException as e:
             os.write(err_fd, f"burst zygote: cannot enter the sandbox: {e!r}\n".encode())
         os._exit(126)
@@ -188,12 +198,14 @@ def _keeper(req: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
     os.close(err_fd)
     try:
         reply.send(json.dumps({"pid": child}).encode())
-        go = reply.recv(16)  # the sandbox's mounts are in place
-    except OSError:
-        go = b""
+        go = json.loads(reply.recv(1 << 20) or b"{}").get("go")  # who the container is
+    except (OSError, ValueError):
+        go = None
     reply.close()
-    if go == b"go":
-        os.write(go_w, b"g")
+    if go is not None:
+        data = json.dumps(go).encode()
+        while data:  # the container reads as we write
+            data = data[os.write(go_w, data):]
     else:  # the agent gave up on this sandbox
         os.kill(child, signal.SIGKILL)
     os.close(go_w)
@@ -221,11 +233,10 @@ def serve(sock: socket.socket) -> None:
             for fd in fds:
                 os.close(fd)
             continue
-        req = json.loads(msg)
         if os.fork() == 0:
             sock.close()
             try:
-                _keeper(req, fds)
+                _keeper(fds)
             finally:
                 os._exit(1)
         for fd in fds:

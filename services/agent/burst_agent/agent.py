@@ -84,11 +84,13 @@ class Agent:
             return DockerRuntime(Path(s.home) / "agent" / self.agent_id / "images",
                                  uid=s.sandbox_uid, gpu_devices=not s.gpus)
         state = Path(s.home) / "agent" / self.agent_id / "containers"
-        runtime = make_runtime(s.runtime, s.python, box, state, zygote=s.zygote)
+        runtime = make_runtime(s.runtime, s.python, box, state, zygote=s.zygote,
+                               spares=s.spare_sandbox, spare_delay=s.spare_delay)
         if isinstance(runtime, ProcessRuntime):
             # Images with pip_install steps: a cached virtual environment each.
             return VenvRuntime(runtime, lambda python: ProcessRuntime(
-                python, box, state, zygote=s.zygote))
+                python, box, state, zygote=s.zygote, spares=s.spare_sandbox,
+                spare_delay=s.spare_delay))
         return runtime
 
     async def start(self) -> None:

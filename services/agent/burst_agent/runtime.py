@@ -4,18 +4,27 @@ Every runtime starts Burst's shim (``python -m burst._shim``) with the bundle as
 directory and the agent's socket path in its environment; the shim protocol is the same
 whatever the runtime. The process runtime runs the shim inside the agent's sandbox
 (``sandbox.py``: bubblewrap, cgroup limits, a non-root uid) when one is available.
+
+With the zygote (``zygote.py``) a container is a fork of a warm interpreter, entering a
+sandbox bwrap made around a holder. The runtime keeps one such sandbox made ahead of time,
+a *spare* (no GPUs, its own private dir, an empty bundle dir and socket dir): the next
+container without GPUs whose bundle is small takes it (its bundle and socket are linked
+in, its cgroups made), so bwrap's setup is not on its start; another spare is made behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -76,6 +85,8 @@ class ProcessHandle:
         self._cleaned = False
         #: A zygote-forked container's host pid (not a descendant of ``proc``).
         self.child_pid: int | None = None
+        #: Removed with the private dir (a spare sandbox's socket dir).
+        self.also_remove: Path | None = None
 
     async def wait(self) -> int:
         code = await self.proc.wait()
@@ -91,8 +102,9 @@ class ProcessHandle:
             if self.cgroup.oom_killed() or (code in (-9, 137) and self.cgroup.at_limit()):
                 self._reason = f"out of memory (limit {self.cgroup.memory_limit_mb} MiB)"
             self.cgroup.remove()
-        if self.private_dir is not None:
-            shutil.rmtree(self.private_dir, ignore_errors=True)
+        for path in (self.private_dir, self.also_remove):
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
 
     def exit_reason(self) -> str:
         return self._reason
@@ -137,7 +149,8 @@ class ProcessRuntime:
     name = "process"
 
     def __init__(self, python: str = "", sandbox: sb.Sandbox | None = None,
-                 state_dir: Path | None = None, zygote: bool = False) -> None:
+                 state_dir: Path | None = None, zygote: bool = False,
+                 spares: bool = True, spare_delay: float = 0.0) -> None:
         self.python = python or sys.executable
         self.sandbox = sandbox
         self.state_dir = state_dir
@@ -145,6 +158,16 @@ class ProcessRuntime:
         self.zygote = (zyg.Zygote(self.python) if zygote and self.sandboxed
                        and os.geteuid() == 0 else None)
         self._warming: asyncio.Task[None] | None = None
+        #: The sandbox made ahead for the next container (see the module docstring).
+        self._spare: _Holder | None = None
+        self._spare_task: asyncio.Task[None] | None = None
+        self._spares = spares and self.zygote is not None and state_dir is not None
+        self.spare_bundle_files = SPARE_BUNDLE_FILES
+        #: Seconds between taking the spare and making the next (see AgentSettings).
+        self.spare_delay = spare_delay
+        self._cleanups: set[asyncio.Task[None]] = set()
+        if self._spares:  # an agent that stops leaves no spare behind
+            atexit.register(self.close)
         if self.zygote is not None:
             # Made by a running agent: warm the zygote now, so that the first container
             # is a fork too (its import is a fresh interpreter's cost, paid once).
@@ -157,6 +180,7 @@ class ProcessRuntime:
             await self.zygote.ensure()
         except Exception as e:  # the first start tries again, and falls back if need be
             log.warning("zygote_warmup_failed", error=repr(e))
+        self._refill()
 
     def _env(self, spec: ContainerSpec, home: str, bundle: str, sock: str) -> dict[str, str]:
         return {
@@ -192,14 +216,39 @@ class ProcessRuntime:
             return ProcessHandle(proc)
         assert self.sandbox is not None
         box = self.sandbox
+        box.socket_ready(spec.socket_path)
+        spare = self._take_spare(spec) if self.zygote is not None else None
+        if spare is not None:
+            cgroup = box.prepare(spec.container_id, None, spec.cpu,
+                                 spec.memory_limit_mb or spec.memory_mb, spec.cpu_limit)
+            entered = False
+            try:
+                handle = await self._enter(spare, spec, box, cgroup,
+                                           sb.SOCKET_DIR + "/shim.sock")
+                entered = True
+                return handle
+            except zyg.ZygoteError as e:  # a sandbox of its own still starts it
+                log.warning("spare_sandbox_failed", container_id=spec.container_id,
+                            error=str(e))
+            finally:
+                if not entered:  # no handle cleans up after it
+                    if cgroup is not None:
+                        cgroup.remove()
+                    for path in (spare.remove, spare.sock_dir):
+                        if path is not None:
+                            shutil.rmtree(path, ignore_errors=True)
         state = self.state_dir or spec.socket_path.parent
         private = state / spec.container_id
         cgroup = box.prepare(spec.container_id, private, spec.cpu,
                              spec.memory_limit_mb or spec.memory_mb, spec.cpu_limit)
-        box.socket_ready(spec.socket_path)
         if self.zygote is not None:
             try:
-                return await self._fork(spec, box, cgroup, private)
+                self._refill(self.spare_delay)
+                holder = await self._holder(box, bundle_dir=spec.bundle_dir,
+                                            socket_path=spec.socket_path, private=private,
+                                            gpu_indices=spec.gpu_indices,
+                                            container_id=spec.container_id)
+                return await self._enter(holder, spec, box, cgroup, sb.SOCKET)
             except zyg.ZygoteError as e:  # a fresh interpreter still starts the container
                 log.warning("zygote_failed", container_id=spec.container_id, error=str(e))
             except BaseException:
@@ -226,10 +275,13 @@ class ProcessRuntime:
         return ProcessHandle(proc, cgroup, private)
 
 
-    async def _fork(self, spec: ContainerSpec, box: sb.Sandbox, cgroup: sb.Cgroup | None,
-                    private: Path) -> ProcessHandle:
-        """The sandbox around a holder, then the zygote forks the container into it."""
-        assert self.zygote is not None
+    async def _holder(self, box: sb.Sandbox, *, bundle_dir: Path, private: Path,
+                      gpu_indices: list[int], container_id: str = "",
+                      socket_path: Path | None = None, socket_dir: Path | None = None,
+                      ) -> _Holder:
+        """bwrap around a holder: the sandbox the zygote forks a container into. Returns
+        once bwrap runs; its ``info`` (the sandbox's host pid) and ``up`` (the holder's
+        line, once the mounts are in place) come later."""
         # What the agent reads are socketpairs, not pipes: a socket handed to the loop is
         # owned by its transport under asyncio and uvloop alike (a pipe's file object is
         # not, under uvloop, and closing it twice closes some other fd).
@@ -238,71 +290,330 @@ class ProcessRuntime:
         ready_r, ready_w = socket.socketpair()
         info_r, info_w = socket.socketpair()
         exit_r, exit_w = os.pipe()  # the holder's stdin: never read by the agent
-        socks = [out_r, out_w, err_r, err_w, ready_r, ready_w, info_r, info_w]
-        proc = None
-        keeper: zyg.Keeper | None = None
-        t0 = time.perf_counter()
         try:
-            argv = box.command(zyg.HOLDER, bundle_dir=spec.bundle_dir,
-                               socket_path=spec.socket_path, private_dir=private,
-                               gpu_indices=spec.gpu_indices,
+            argv = box.command(zyg.HOLDER, bundle_dir=bundle_dir, socket_path=socket_path,
+                               socket_dir=socket_dir, private_dir=private,
+                               gpu_indices=gpu_indices,
                                extra=["--info-fd", str(info_w.fileno())])
             proc = await asyncio.create_subprocess_exec(
-                # The id marks the holder as the container's, on the host (ps e, /proc).
+                # The id marks the holder as the container's, on the host (ps e, /proc);
+                # a spare's holder is marked as one.
                 *argv, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                            "BURST_CONTAINER_ID": spec.container_id},
+                            **({"BURST_CONTAINER_ID": container_id} if container_id
+                               else {"BURST_SPARE_SANDBOX": "1"})},
                 # No preexec_fn (it forces a full fork of the agent; without it the
                 # child is spawned with vfork): the holder and bwrap need no cgroup, the
-                # keeper puts itself and the container into it before the container runs.
+                # container joins its own before anything of it runs.
                 stdin=exit_r, stdout=ready_w.fileno(), stderr=err_w.fileno(),
                 pass_fds=[info_w.fileno()], start_new_session=True)
-            os.close(exit_r)
-            exit_r = -1
-            ready_w.close()
-            info_w.close()
-            # While bwrap sets the sandbox up: the keeper joins the cgroups, then forks the
-            # container into the sandbox's pid namespace as soon as it exists.
-            keeper = await self.zygote.prefork(
-                cwd=sb.BUNDLE, env=self._env(spec, sb.PRIVATE, sb.BUNDLE, sb.SOCKET),
-                uid=box.uid, gid=box.gid, cgroup_tasks=cgroup.tasks_files() if cgroup else [],
-                out_fd=out_w.fileno(), err_fd=err_w.fileno(), exit_fd=exit_w)
-            info_text = await zyg.read_until(info_r, zyg.is_json)
-            pid = await keeper.fork(zyg.info_pid(info_text))
-            up = await zyg.read_until(ready_r, lambda b: b.endswith(b"\n"))
-            if not up:
-                raise zyg.ZygoteError("the sandbox did not come up (bwrap failed)")
-            t_up = time.perf_counter()
-            await keeper.go()
-            handle = ProcessHandle(proc, cgroup, private)
-            handle.pid, handle.child_pid = pid, pid
-            handle.stdout = await zyg.socket_reader(out_r)
-            handle.stderr = await zyg.socket_reader(err_r)
         except BaseException:
-            if proc is not None and proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-            for sock in socks:
-                sock.close()  # no-op for those a transport took over (detached)
+            for sock in (out_r, out_w, err_r, err_w, ready_r, info_r):
+                sock.close()
+            os.close(exit_w)
             raise
         finally:
-            if keeper is not None:
-                keeper.close()  # without go: it kills what it forked and exits
-            out_w.close()  # the container has its own copies now
-            err_w.close()
-            for fd in (exit_r, exit_w):
-                if fd >= 0:
-                    os.close(fd)
-        log.info("container_forked", container_id=spec.container_id,
-                 sandbox_ms=round((t_up - t0) * 1000, 1),
-                 fork_ms=round((time.perf_counter() - t_up) * 1000, 1))
+            os.close(exit_r)
+            ready_w.close()
+            info_w.close()
+        return _Holder(
+            proc=proc, out_r=out_r, out_w=out_w, err_r=err_r, err_w=err_w, exit_w=exit_w,
+            info=asyncio.ensure_future(zyg.read_until(info_r, zyg.is_json)),
+            up=asyncio.ensure_future(zyg.read_until(ready_r, lambda b: b.endswith(b"\n"))),
+            remove=private, t0=time.perf_counter())
+
+    async def _fork_into(self, holder: _Holder) -> None:
+        """A keeper for ``holder``'s sandbox, which forks the container into its pid
+        namespace as soon as bwrap names it; the container waits for :meth:`_enter`."""
+        assert self.zygote is not None
+        holder.keeper = await self.zygote.prefork(
+            out_fd=holder.out_w.fileno(), err_fd=holder.err_w.fileno(), exit_fd=holder.exit_w)
+        holder.release()  # the keeper has its own copies
+        holder.pid = await holder.keeper.fork(zyg.info_pid(await holder.info))
+
+    async def _enter(self, holder: _Holder, spec: ContainerSpec, box: sb.Sandbox,
+                     cgroup: sb.Cgroup | None, socket_inside: str) -> ProcessHandle:
+        """The container, forked by the zygote into ``holder``'s sandbox (while bwrap sets
+        it up, or already), enters it once it is up: it joins its cgroups, then the rest of
+        the sandbox, and runs the shim."""
+        t_up = t_go = time.perf_counter()
+        try:
+            if holder.keeper is None:
+                await self._fork_into(holder)
+            assert holder.keeper is not None
+            if not await holder.up:
+                raise zyg.ZygoteError("the sandbox did not come up (bwrap failed)")
+            t_up = time.perf_counter()
+            await holder.keeper.go(
+                cwd=sb.BUNDLE, env=self._env(spec, sb.PRIVATE, sb.BUNDLE, socket_inside),
+                uid=box.uid, gid=box.gid, cgroup_tasks=cgroup.tasks_files() if cgroup else [])
+            t_go = time.perf_counter()
+            handle = ProcessHandle(holder.proc, cgroup, holder.remove)
+            handle.pid = handle.child_pid = holder.pid
+            handle.also_remove = holder.sock_dir
+            handle.stdout = await zyg.socket_reader(holder.out_r)
+            handle.stderr = await zyg.socket_reader(holder.err_r)
+        except BaseException:
+            await holder.kill()
+            raise
+        finally:
+            holder.release()  # the container has its own copies now
+            if holder.keeper is not None:
+                holder.keeper.close()  # (without go it kills what it forked and exits)
+        log.info("container_forked", container_id=spec.container_id, spare=holder.spare,
+                 sandbox_ms=round((t_up - holder.t0) * 1000, 1),
+                 fork_ms=round((t_go - t_up) * 1000, 1))
         return handle
+
+    # ---- the spare sandbox ---------------------------------------------------------
+    def _take_spare(self, spec: ContainerSpec) -> _Holder | None:
+        """The spare, made ready for ``spec`` (its bundle and socket linked in), if it
+        fits: no GPUs, a bundle of at most ``spare_bundle_files`` files."""
+        spare = self._spare
+        if spare is not None and spare.proc.returncode is not None:  # it died: another
+            self._spare = None
+            self._discard(spare)
+            self._refill()
+            return None
+        if spare is None or spec.gpu_indices:
+            return None
+        self._spare = None
+        root = spare.remove
+        try:
+            assert spare.sock_dir is not None
+            _link_tree(spec.bundle_dir, root / "bundle", self.spare_bundle_files)
+            os.link(spec.socket_path, spare.sock_dir / "shim.sock")
+        except _TooBig:
+            # Emptied (the directory itself stays: the sandbox binds it) for the next one.
+            for entry in (root / "bundle").iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+            self._spare = spare
+            return None
+        except OSError as e:
+            # Hard links need one filesystem (bundles and state; sockets and the temp
+            # dir): where they cannot be made, no spares, rather than one wasted per start.
+            log.warning("spare_sandbox_unusable", error=repr(e))
+            self._spares = False
+            self._discard(spare)
+            return None
+        spare.t0 = time.perf_counter()
+        self._refill(self.spare_delay)
+        return spare
+
+    async def spare_ready(self, timeout: float) -> bool:
+        """Whether a spare sandbox is ready (waiting up to ``timeout`` for one)."""
+        deadline = time.monotonic() + timeout
+        self._refill()
+        while self._spare is None:
+            if not self._spares or time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def _refill(self, delay: float = 0.0) -> None:
+        """Make the next spare, in the background (after ``delay`` seconds: not while a
+        container is starting), unless one is there or on its way."""
+        if not self._spares or self._spare is not None or (
+                self._spare_task is not None and not self._spare_task.done()):
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop
+            self._spare_task = asyncio.get_running_loop().create_task(self._make_spare(delay))
+
+    async def _make_spare(self, delay: float = 0.0) -> None:
+        assert self.sandbox is not None and self.state_dir is not None
+        if delay > 0:
+            await asyncio.sleep(delay)
+        name = f"spare-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # Private dir and bundle beside the containers' (bundles are linked in from the
+        # same filesystem); the socket dir beside the agent's sockets (in the temp dir).
+        root = self.state_dir / name
+        sock_dir = Path(tempfile.gettempdir()) / f"burst-{name}"
+        holder: _Holder | None = None
+        try:
+            await asyncio.to_thread(_remove_stale_spares, self.state_dir)
+            self.sandbox.private_dir(root / "private")
+            for d in (root / "bundle", sock_dir):
+                d.mkdir(mode=0o755)
+                os.chmod(d, 0o755)
+            holder = await self._holder(self.sandbox, bundle_dir=root / "bundle",
+                                        socket_dir=sock_dir, private=root / "private",
+                                        gpu_indices=[])
+            # The container's handle removes all of it.
+            holder.remove, holder.sock_dir, holder.spare = root, sock_dir, True
+            await self._fork_into(holder)
+            if not await asyncio.wait_for(asyncio.shield(holder.up), 30.0):
+                raise zyg.ZygoteError("the sandbox did not come up")
+        except BaseException as e:
+            if not isinstance(e, asyncio.CancelledError):  # (cancelled: the runtime closes)
+                log.warning("spare_sandbox_failed", error=repr(e))
+                # Containers make their own sandboxes, as without spares.
+                self._spares = False
+            if holder is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(holder.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(Exception):
+                    await holder.proc.wait()
+                if holder.keeper is not None:
+                    holder.keeper.close()
+                holder.release()
+                for sock in (holder.out_r, holder.err_r):
+                    sock.close()
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(sock_dir, ignore_errors=True)
+            if isinstance(e, Exception):
+                return
+            raise
+        self._spare = holder
+        log.info("spare_sandbox_ready", ms=round((time.perf_counter() - holder.t0) * 1000, 1))
+
+    def _discard(self, holder: _Holder) -> None:
+        async def go() -> None:
+            await holder.kill()
+            holder.release()
+            for path in (holder.remove, holder.sock_dir):
+                if path is not None:
+                    await asyncio.to_thread(shutil.rmtree, path, True)
+
+        task = asyncio.get_running_loop().create_task(go())
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def aclose(self) -> None:
+        """:meth:`close`, then wait for the spare sandbox's bwrap to be gone."""
+        spare, making = self._spare, self._spare_task
+        self.close()
+        if making is not None:
+            await asyncio.gather(making, return_exceptions=True)
+        if spare is not None:
+            await spare.proc.wait()
+
+    def close(self) -> None:
+        """Give back the spare sandbox and stop the zygote (running containers stay)."""
+        self._spares = False
+        if self._spare_task is not None:
+            with contextlib.suppress(RuntimeError):  # its loop is closed (at exit)
+                self._spare_task.cancel()
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            if spare.keeper is not None:
+                spare.keeper.close()
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass  # at exit: its holder dies with the agent (--die-with-parent)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(spare.proc.pid, signal.SIGKILL)
+            spare.release()
+            for sock in (spare.out_r, spare.err_r):
+                sock.close()
+            for path in (spare.remove, spare.sock_dir):
+                if path is not None:
+                    shutil.rmtree(path, ignore_errors=True)
+        if self.zygote is not None:
+            with contextlib.suppress(Exception):  # at exit its transport may be gone
+                self.zygote.close()
+
+
+#: Bundles of more files than this make their own sandbox (linking them in costs more).
+SPARE_BUNDLE_FILES = 500
+
+
+class _TooBig(OSError):
+    pass
+
+
+@dataclass
+class _Holder:
+    """bwrap around a holder (``zygote.HOLDER``): a sandbox waiting for its container."""
+
+    proc: asyncio.subprocess.Process
+    out_r: socket.socket
+    out_w: socket.socket
+    err_r: socket.socket
+    err_w: socket.socket
+    exit_w: int
+    info: asyncio.Future[bytes]
+    up: asyncio.Future[bytes]
+    #: What the container's handle removes when it is gone (its private dir; a spare's
+    #: whole dir).
+    remove: Path
+    #: When bwrap started; for a spare, when a container took it.
+    t0: float
+    spare: bool = False
+    #: A spare's socket dir (bound read-only at ``sandbox.SOCKET_DIR``).
+    sock_dir: Path | None = None
+    #: The zygote's keeper, and the host pid of the container it forked (which waits).
+    keeper: zyg.Keeper | None = None
+    pid: int | None = None
+
+    async def kill(self) -> None:
+        if self.keeper is not None:
+            self.keeper.close()
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+        for f in (self.info, self.up):
+            f.cancel()
+        for sock in (self.out_r, self.err_r):
+            sock.close()  # no-op for those a transport took over (detached)
+
+    def release(self) -> None:
+        """Close the agent's copies of what the container (or the keeper) holds."""
+        self.out_w.close()
+        self.err_w.close()
+        if self.exit_w >= 0:
+            os.close(self.exit_w)
+            self.exit_w = -1
+
+
+def _link_tree(src: Path, dst: Path, max_files: int) -> None:
+    """Hard-link the bundle ``src`` into ``dst`` (a spare's bundle dir, bound read-only in
+    its sandbox): directories made, files linked, symlinks copied."""
+    count = 0
+    for top, dirs, files in os.walk(src):
+        rel = os.path.relpath(top, src)
+        here = dst if rel == "." else dst / rel
+        for d in dirs:
+            path = os.path.join(top, d)
+            if os.path.islink(path):  # os.walk does not descend into it: copy the link
+                os.symlink(os.readlink(path), here / d)
+            else:
+                (here / d).mkdir(mode=0o755)
+        for f in files:
+            count += 1
+            if count > max_files:
+                raise _TooBig(f"more than {max_files} files")
+            path = os.path.join(top, f)
+            if os.path.islink(path):
+                os.symlink(os.readlink(path), here / f)
+            else:
+                os.link(path, here / f)
+
+
+def _remove_stale_spares(state: Path) -> None:
+    """Spare sandboxes' dirs left by agents that are gone (their holders died with them)."""
+    for parent, prefix in ((state, "spare-"), (Path(tempfile.gettempdir()), "burst-spare-")):
+        with contextlib.suppress(OSError):
+            for entry in parent.iterdir():
+                if not entry.name.startswith(prefix):
+                    continue
+                try:
+                    os.kill(int(entry.name[len(prefix):].split("-")[0]), 0)
+                except ProcessLookupError:
+                    shutil.rmtree(entry, ignore_errors=True)
+                except (ValueError, PermissionError):
+                    continue
 
 
 def make_runtime(name: str, python: str = "", sandbox: sb.Sandbox | None = None,
-                 state_dir: Path | None = None, zygote: bool = False) -> Runtime:
+                 state_dir: Path | None = None, zygote: bool = False, spares: bool = True,
+                 spare_delay: float = 0.0) -> Runtime:
     if name == "process":
-        return ProcessRuntime(python, sandbox, state_dir, zygote)
+        return ProcessRuntime(python, sandbox, state_dir, zygote, spares, spare_delay)
     raise ValueError(f"unknown runtime {name!r}: use 'process'")
 
 

@@ -8,7 +8,9 @@ What user code sees inside (the same for a fresh interpreter and for a zygote fo
   such as a Docker engine's live);
 - ``/tmp``: the container's private writable dir, also its ``HOME``;
 - ``/run/burst/bundle``: the app's source bundle, read-only, the working directory;
-- ``/run/burst/shim.sock``: the agent's socket for this container, its only way out;
+- ``/run/burst/shim.sock``: the agent's socket for this container, its only way out (in a
+  sandbox made ahead of its container, a spare, a link to it in the read-only
+  ``/run/burst/agent``);
 - no network (``--unshare-all``: a fresh network namespace with only a down loopback),
   its own pid, ipc and uts namespaces, and a host uid that is not root (``sandbox_uid``);
 - cgroup v1 ``memory`` and ``cpu`` limits, created per container under the agent's own
@@ -43,6 +45,9 @@ log = logs.get("burst.agent.sandbox")
 #: Paths inside the sandbox.
 BUNDLE = "/run/burst/bundle"
 SOCKET = "/run/burst/shim.sock"
+#: A spare sandbox's (made before its container was known): a read-only directory where
+#: the agent links the container's socket once the container takes the sandbox.
+SOCKET_DIR = "/run/burst/agent"
 PRIVATE = "/tmp"
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -282,14 +287,13 @@ class Sandbox:
                          if not any(p.startswith(q + os.sep) for q in self.reexpose if q != p)]
 
     # ---- one container -------------------------------------------------------------
-    def prepare(self, container_id: str, private_dir: Path, cpu: float,
+    def prepare(self, container_id: str, private_dir: Path | None, cpu: float,
                 memory_limit_mb: int, cpu_limit: float = 0.0) -> Cgroup | None:
-        """Create the container's private dir (owned by the sandbox uid) and cgroups; the
-        CPU limit is ``cpu_limit`` if set, else the request plus the agent's headroom."""
-        private_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(private_dir, 0o700)
-        if os.geteuid() == 0:
-            os.chown(private_dir, self.uid, self.gid)
+        """Create the container's private dir (owned by the sandbox uid; none for a spare
+        sandbox, which has its own) and cgroups; the CPU limit is ``cpu_limit`` if set,
+        else the request plus the agent's headroom."""
+        if private_dir is not None:
+            self.private_dir(private_dir)
         if self.cgroup_parents is None:
             return None
         try:
@@ -299,10 +303,19 @@ class Sandbox:
             log.warning("cgroup_create_failed", container_id=container_id, error=repr(e))
             return None
 
-    def command(self, argv: list[str], *, bundle_dir: Path, socket_path: Path,
+    def private_dir(self, path: Path) -> None:
+        """A container's private dir (its ``/tmp``), owned by the sandbox uid."""
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+        if os.geteuid() == 0:
+            os.chown(path, self.uid, self.gid)
+
+    def command(self, argv: list[str], *, bundle_dir: Path, socket_path: Path | None,
                 private_dir: Path, gpu_indices: list[int], extra: list[str] | None = None,
-                ) -> list[str]:
-        """The bwrap command line running ``argv`` in a fresh sandbox."""
+                socket_dir: Path | None = None) -> list[str]:
+        """The bwrap command line running ``argv`` in a fresh sandbox. With ``socket_dir``
+        (a spare sandbox) that directory is bound read-only at ``SOCKET_DIR`` instead of
+        ``socket_path`` at ``SOCKET``."""
         # No --new-session: the agent signals the whole process group (stdin is /dev/null).
         args = [*self._bwrap_head(), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                 "--tmpfs", "/dev/shm"]
@@ -321,9 +334,12 @@ class Sandbox:
                 args += ["--perms", "0755", "--dir", os.path.join(h, *parts[: i + 1])]
             args += ["--ro-bind", p, p]
         args += ["--perms", "0755", "--dir", os.path.dirname(BUNDLE),
-                 "--ro-bind", str(bundle_dir), BUNDLE,
-                 "--bind", str(socket_path), SOCKET,
-                 "--chdir", BUNDLE, *(extra or []), "--", *self._drop(), *argv]
+                 "--ro-bind", str(bundle_dir), BUNDLE]
+        if socket_dir is not None:
+            args += ["--ro-bind", str(socket_dir), SOCKET_DIR]
+        else:
+            args += ["--bind", str(socket_path), SOCKET]
+        args += ["--chdir", BUNDLE, *(extra or []), "--", *self._drop(), *argv]
         return args
 
     def preexec(self, cgroup: Cgroup | None) -> Callable[[], None]:

@@ -53,3 +53,8 @@ class AgentSettings(CommonSettings):
     #: Start sandboxed containers as forks of a warm interpreter (the zygote) rather than
     #: fresh interpreters (needs root and the sandbox; otherwise fresh interpreters).
     zygote: bool = True
+    #: With the zygote, keep one sandbox made ahead for the next container (a spare), so
+    #: bwrap's setup is not on its start; the next spare is made this many seconds after
+    #: one is taken (not while the container that took it is still starting).
+    spare_sandbox: bool = True
+    spare_delay: float = 0.05

@@ -7,14 +7,16 @@ One zygote per image environment (today: per interpreter path). Starting a conta
    gets (``Sandbox.command``: mounts, namespaces); the holder says it is up on its stdout
    once the mounts are in place, then waits on its stdin for an exit code;
 2. the agent asks the zygote for a keeper (:meth:`Zygote.prefork`), passing the
-   container's stdout/stderr and the holder's stdin; the keeper joins the container's
-   cgroups at once;
+   container's stdout/stderr and the holder's stdin;
 3. as soon as bwrap names the sandbox's host pid (``--info-fd``) the agent passes it on
    (:meth:`Keeper.fork`): the keeper forks the container into the sandbox's pid
    namespace, where it waits, and replies with its host pid;
-4. once the holder is up the agent says go (:meth:`Keeper.go`): the container enters the
-   rest of the sandbox and runs the shim. When it exits the keeper hands its exit code to
-   the holder, so bubblewrap (the agent's child) exits with it.
+4. once the holder is up the agent tells the container who it is (:meth:`Keeper.go`:
+   environment, uid, cgroups): it joins its cgroups, enters the rest of the sandbox and
+   runs the shim. When it exits the keeper hands its exit code to the holder, so
+   bubblewrap (the agent's child) exits with it.
+
+A spare sandbox (``runtime.py``) goes through steps 1-3 before its container exists.
 
 Killing bubblewrap's process group ends the sandbox's pid namespace and with it the
 container; SIGTERM goes to the container process itself, so ``@exit`` runs.
@@ -97,14 +99,11 @@ class Zygote:
                 self.proc.kill()
         self.proc = None
 
-    async def prefork(self, *, cwd: str, env: dict[str, str], uid: int, gid: int,
-                      cgroup_tasks: list[str], out_fd: int, err_fd: int,
-                      exit_fd: int) -> Keeper:
-        """A keeper for one container, joining its cgroups while the sandbox comes up."""
+    async def prefork(self, *, out_fd: int, err_fd: int, exit_fd: int) -> Keeper:
+        """A keeper for one container (its stdout, stderr and holder's stdin)."""
         sock = await self.ensure()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        body = json.dumps({"cwd": cwd, "env": env, "uid": uid, "gid": gid,
-                           "cgroup_tasks": cgroup_tasks}).encode()
+        body = b"{}"
         try:
             async with self._send_lock:  # one waiter per fd: add_writer keeps only one
                 await _send_fds(sock, body, [out_fd, err_fd, exit_fd, theirs.fileno()])
@@ -140,10 +139,14 @@ class Keeper:
             raise ZygoteError(f"zygote could not fork the container: {reply['error']}")
         return int(reply["pid"])
 
-    async def go(self) -> None:
-        """The sandbox is up: the container enters it and runs."""
+    async def go(self, *, cwd: str, env: dict[str, str], uid: int, gid: int,
+                 cgroup_tasks: list[str]) -> None:
+        """The sandbox is up: the container joins ``cgroup_tasks``, enters the sandbox and
+        runs the shim with ``env`` in ``cwd`` as ``uid``."""
+        body = json.dumps({"go": {"cwd": cwd, "env": env, "uid": uid, "gid": gid,
+                                  "cgroup_tasks": cgroup_tasks}}).encode()
         try:
-            await asyncio.get_running_loop().sock_sendall(self.sock, b"go")
+            await asyncio.get_running_loop().sock_sendall(self.sock, body)
         except OSError as e:
             raise ZygoteError(f"zygote keeper is gone: {e!r}") from None
 
