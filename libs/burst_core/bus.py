@@ -483,20 +483,31 @@ async def kv_get(kv: KeyValue, key: str) -> tuple[bytes | None, int]:
     return e.value, e.revision or 0
 
 
-async def kv_items(js: JetStreamContext, bucket: str) -> dict[str, bytes]:
-    """Every live key of a (small) bucket with its value.
+async def kv_keys(kv: KeyValue, prefix: str = "") -> list[str]:
+    """The bucket's keys (under ``prefix`` + '.', when given) as its stream lists their
+    subjects, sorted; a deleted key is listed too (its tombstone is its last message).
 
-    The keys come from the bucket's stream (the subjects it holds), not from
-    ``KeyValue.keys()``: that watcher may decide it is done before it counted the messages
-    already on their way, and then lists no keys at all (a status showing no agents while
-    one is busy).
+    Not ``KeyValue.keys()`` or a watcher: those may decide they are done before they
+    counted the messages already on their way, and then list some keys or none at all (a
+    status showing no agents while one is busy, a ledger piece never cleaned up).
     """
+    pre = kv._pre
+    info = await kv._js.stream_info(kv._stream,
+                                    subjects_filter=f"{pre}{prefix}.>" if prefix else f"{pre}>")
+    return sorted(subject[len(pre):] for subject in (info.state.subjects or {}))
+
+
+async def kv_items(js: JetStreamContext, bucket: str, prefix: str = "") -> dict[str, bytes]:
+    """Every live key of a (small) bucket, under ``prefix`` + '.' when given, with its
+    value (see :func:`kv_keys`)."""
     kv = await js.key_value(bucket)
-    prefix = f"$KV.{bucket}."
-    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
-    keys = [subject[len(prefix):] for subject in (info.state.subjects or {})]
+    return await kv_values(kv, prefix)
+
+
+async def kv_values(kv: KeyValue, prefix: str = "") -> dict[str, bytes]:
+    """Key -> value of every live key of ``kv`` (under ``prefix`` + '.', when given)."""
     out: dict[str, bytes] = {}
-    for key in sorted(keys):
+    for key in await kv_keys(kv, prefix):
         raw, _ = await kv_get(kv, key)
         if raw is not None:
             out[key] = raw

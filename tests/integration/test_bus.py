@@ -125,3 +125,14 @@ async def test_kv_items_lists_every_live_key_while_one_is_written(js) -> None:  
     finally:
         stop.set()
         await writer
+
+
+async def test_kv_keys_lists_the_stream_subjects_and_kv_values_the_live_ones(js) -> None:  # type: ignore[no-untyped-def]
+    kv = await bus.ensure_kv(js, f"test_keys_{time.time_ns()}")
+    for key in ("a.1", "a.2", "b.1"):
+        await kv.put(key, key.encode())
+    await kv.delete("a.2")
+    assert await bus.kv_keys(kv, "a") == ["a.1", "a.2"]  # the deleted key's tombstone too
+    assert await bus.kv_keys(kv) == ["a.1", "a.2", "b.1"]
+    assert await bus.kv_values(kv, "a") == {"a.1": b"a.1"}
+    assert await bus.kv_values(kv) == {"a.1": b"a.1", "b.1": b"b.1"}
