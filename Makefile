@@ -67,7 +67,7 @@ test:
 	$(BIN)/pytest -q
 
 lint:
-	$(BIN)/ruff check libs services tests
+	$(BIN)/ruff check .
 	$(BIN)/mypy libs services
 
 up:

@@ -4,8 +4,9 @@ Run as ``python bench/_floor.py responder NATS_URL`` (the echo responder) or
 ``python bench/_floor.py server NATS_URL PORT`` (one uvicorn worker).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: FastAPI must see the route's real
+# ``Request`` annotation (imported inside server()), or it takes ``request`` for a query
+# parameter and answers every call with 422 without making the NATS request.
 import asyncio
 import sys
 

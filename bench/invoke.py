@@ -6,7 +6,8 @@ Starts its own cluster with `burst up` (temporary BURST_HOME), then measures:
 - warm `.remote()` p50/p99 of a no-op function after a warm-up;
 - cold start p50/p99: zero containers verified, then `.remote()` until its result;
 - the floor: one uvicorn worker with one FastAPI route making one nats-py request to an
-  echo responder, called with the same keep-alive HTTP client, same number of samples;
+  echo responder, called with the SDK's keep-alive HTTP transport (burst._http), the
+  same number of samples;
 and prints one JSON object with the ratios. Compare ratios, not absolute times: these
 machines are shared and noisy.
 """
@@ -14,7 +15,6 @@ machines are shared and noisy.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import socket
@@ -112,26 +112,27 @@ def measure_floor(nats_url: str, samples: int) -> dict[str, float]:
                             nats_url, str(port)], env=env)
     try:
         assert resp.stdout is not None and resp.stdout.readline().strip() == "ready"
+        # The SDK's own HTTP transport, as every Burst call in these benchmarks uses.
+        from burst._http import Connection
+
         deadline = time.monotonic() + 20
-        conn = None
+        conn = Connection("127.0.0.1", port, timeout=10)
         while time.monotonic() < deadline:
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                conn.request("POST", "/echo", body=b"x")
-                conn.getresponse().read()
+                conn.request("POST", "/echo", b"x", {})
                 break
             except OSError:
+                conn.close()
                 time.sleep(0.1)
-        assert conn is not None
+        headers = {"Authorization": "Bearer x", "Content-Type": "application/octet-stream"}
         for _ in range(max(20, samples // 10)):
-            conn.request("POST", "/echo", body=b"x")
-            conn.getresponse().read()
+            conn.request("POST", "/echo", b"x", headers)
         times = []
         for _ in range(samples):
             t0 = time.perf_counter()
-            conn.request("POST", "/echo", body=b"x", headers={"Authorization": "Bearer x"})
-            conn.getresponse().read()
+            status, _ = conn.request("POST", "/echo", b"x", headers)
             times.append(time.perf_counter() - t0)
+            assert status == 200, (status, _)
         return summary(times)
     finally:
         for p in (srv, resp):

@@ -157,7 +157,8 @@ def main() -> None:
         "map_throughput_burst_over_ray": round(b["map"]["per_second"] / r["map"]["per_second"], 2),  # type: ignore[index]
         "warm_p50_over_floor_p50": round(b["warm_remote"]["p50_ms"] / f["p50_ms"], 2),  # type: ignore[index]
         "warm_p50_over_ray_p50": round(b["warm_remote"]["p50_ms"] / r["round_trip"]["p50_ms"], 2),  # type: ignore[index]
-        "warm_p50_over_celery_p50": round(b["warm_remote"]["p50_ms"] / c["round_trip"]["p50_ms"], 2),  # type: ignore[index]
+        "warm_p50_over_celery_p50": round(
+            b["warm_remote"]["p50_ms"] / c["round_trip"]["p50_ms"], 2),  # type: ignore[index]
     }
     result["targets"] = {"map_throughput_burst_over_ray": ">= 2", "warm_p50_over_floor_p50": "<= 2",
                          "warm_p50_over_ray_p50": "< 1"}

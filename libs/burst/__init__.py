@@ -15,5 +15,6 @@ from burst.retries import Retries
 from burst.schedules import Cron, Period
 
 __version__ = "0.1.0"
-__all__ = ["App", "Cls", "Cron", "Dict", "Function", "FunctionCall", "Image", "Retries", "batched", "concurrent", "enter",
-           "exception", "exit", "method", "parameter", "Period", "Queue", "__version__"]
+__all__ = ["App", "Cls", "Cron", "Dict", "Function", "FunctionCall", "Image", "Retries", "batched",
+           "concurrent", "enter", "exception", "exit", "method", "parameter", "Period", "Queue",
+           "__version__"]

@@ -42,7 +42,8 @@ class LogFollower(threading.Thread):
     def run(self) -> None:
         c = self.client
         try:
-            kind = http.client.HTTPSConnection if c._scheme == "https" else http.client.HTTPConnection
+            kind = (http.client.HTTPSConnection if c._scheme == "https"
+                    else http.client.HTTPConnection)
             self._conn = kind(c._host, c._port, timeout=30)
             self._conn.request("GET", f"/v1/apps/{self.app}/logs",
                                headers={"Authorization": f"Bearer {c.token}"})

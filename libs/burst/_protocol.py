@@ -58,7 +58,8 @@ class RetryPolicy(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     def delay(self, retry: int) -> float:
         """Seconds before retry number ``retry`` (1-based)."""
-        return float(min(self.max_delay, self.initial_delay * self.backoff_coefficient ** (retry - 1)))
+        return float(min(self.max_delay,
+                         self.initial_delay * self.backoff_coefficient ** (retry - 1)))
 
 
 class Schedule(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -67,7 +67,8 @@ def timer(name: str, value: Any, lo: float = 1.0, hi: float = 86400.0) -> float:
     return _number(name, value, lo, hi)
 
 
-def count(name: str, value: Any, lo: int = 0, hi: int = 1_000_000, allow_none: bool = False) -> int | None:
+def count(name: str, value: Any, lo: int = 0, hi: int = 1_000_000,
+          allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int):

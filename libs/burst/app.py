@@ -10,11 +10,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from burst import _resources
 from burst import _protocol as proto
-from burst import schedules
-from burst.exception import InvalidError
+from burst import _resources, schedules
 from burst.cls import Cls
+from burst.exception import InvalidError
 from burst.functions import Function, is_generator
 from burst.image import Image
 from burst.retries import Retries
@@ -30,8 +29,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _module_name(module: Any) -> str:
     """The name a container imports the app's module by (``__main__`` -> file stem)."""
     name = str(module.__name__)
-    if name == "__main__" and getattr(module, "__file__", None):
-        return os.path.splitext(os.path.basename(module.__file__))[0]
+    file = getattr(module, "__file__", None)
+    if name == "__main__" and file:
+        return os.path.splitext(os.path.basename(str(file)))[0]
     return name
 
 

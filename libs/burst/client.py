@@ -1,7 +1,8 @@
 """A small HTTP client for the gateway (standard library only: ``import burst`` stays light).
 
-One keep-alive connection per thread; an error answer becomes the matching
-:mod:`burst.exception` class; an unreachable cluster becomes ``UnavailableError``.
+One keep-alive connection per thread (:mod:`burst._http`: one write per request); an error
+answer becomes the matching :mod:`burst.exception` class; an unreachable cluster becomes
+``UnavailableError``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from burst import _http
 from burst import _protocol as proto
 from burst.exception import Error, InternalError, UnavailableError, from_api
 
@@ -40,11 +42,11 @@ class Client:
         return cls(p.url, p.token)
 
     # ---- transport -----------------------------------------------------------------
-    def _conn(self, timeout: float | None = None) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+    def _conn(self) -> _http.Connection:
+        conn: _http.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            kind = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-            conn = kind(self._host, self._port, timeout=timeout or self.timeout)
+            conn = _http.Connection(self._host, self._port, self.timeout,
+                                    tls=self._scheme == "https")
             self._local.conn = conn
         return conn
 
@@ -65,9 +67,7 @@ class Client:
         for attempt in range(2):
             conn = self._conn()
             try:
-                conn.request(method, path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
+                status, data = conn.request(method, path, body, headers)
                 break
             except (ConnectionRefusedError, OSError, http.client.HTTPException) as e:
                 self._drop()
@@ -78,16 +78,17 @@ class Client:
                 raise UnavailableError(
                     f"cannot reach the Burst cluster at {self.url} ({e.__class__.__name__}: {e}); "
                     "is it running? (`burst up`, `burst status`)") from None
-        if resp.status in expect:
-            return resp.status, data
-        raise _error_from(resp.status, data)
+        if status in expect:
+            return status, data
+        raise _error_from(status, data)
 
     # ---- API -----------------------------------------------------------------------
     def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
         return json.loads(self.request("GET", path, params=params)[1])
 
     def post_json(self, path: str, obj: Any) -> Any:
-        return json.loads(self.request("POST", path, json.dumps(obj).encode(), "application/json")[1])
+        body = json.dumps(obj).encode()
+        return json.loads(self.request("POST", path, body, "application/json")[1])
 
     def has_bundle(self, h: str) -> bool:
         status, _ = self.request("HEAD", f"/v1/bundles/{h}", expect=(200, 404))
@@ -147,7 +148,8 @@ class Client:
         _, data = self.request("GET", f"/v1/calls/{call_id}", params={"wait": wait})
         return proto.call_response_decoder.decode(data)
 
-    def wait_call(self, resp: proto.CallResponse, timeout: float | None = None) -> proto.CallResponse:
+    def wait_call(self, resp: proto.CallResponse,
+                  timeout: float | None = None) -> proto.CallResponse:
         """Poll until the call is finished (or ``timeout`` seconds pass)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while resp.status == "pending":

@@ -87,7 +87,7 @@ def hooks(user_cls: type, mark: str) -> list[str]:
     return [name for name, v in vars(user_cls).items() if callable(v) and getattr(v, mark, False)]
 
 
-def make_instance(user_cls: type, params: dict[str, Any]) -> Any:
+def make_instance(user_cls: type[T], params: dict[str, Any]) -> T:
     """An instance with its parameters set and its ``@enter`` methods run."""
     declared = parameters_of(user_cls)
     unknown = sorted(set(params) - set(declared))

@@ -61,7 +61,7 @@ class Function(Generic[P, R]):
         self._params: dict[str, Any] = {}
         self._obj: Any = None
         self.__doc__ = raw_f.__doc__
-        self.__name__ = raw_f.__name__  # type: ignore[attr-defined]
+        self.__name__ = raw_f.__name__
         self.__qualname__ = raw_f.__qualname__
         self.__module__ = raw_f.__module__
         self.__wrapped__ = raw_f
@@ -74,7 +74,8 @@ class Function(Generic[P, R]):
         return f"<burst.Function {self.spec.name}>"
 
     @classmethod
-    def from_name(cls, app_name: str, name: str, *, client: Client | None = None) -> Function[..., Any]:
+    def from_name(cls, app_name: str, name: str, *,
+                  client: Client | None = None) -> Function[..., Any]:
         """A handle on a function of a deployed app (no network call until it is used)."""
         try:
             proto.check_ident("app", app_name)
@@ -383,16 +384,20 @@ class _Progress:
         if now - self.shown < 0.1:
             return
         self.shown = now
-        import sys
-
         total = f"/{submitted}" if exhausted else f" of {submitted}+"
         rate = done / max(now - self.started, 1e-6)
-        sys.__stderr__.write(f"\r{self.label}: {done}{total} done ({rate:,.0f}/s)  ")
-        sys.__stderr__.flush()
+        self._write(f"\r{self.label}: {done}{total} done ({rate:,.0f}/s)  ")
 
     def close(self) -> None:
+        if self.shown:
+            self._write("\n")
+
+    @staticmethod
+    def _write(text: str) -> None:
+        """Write to the process's own stderr (``sys.stderr`` may be a tagging stream)."""
         import sys
 
-        if self.shown:
-            sys.__stderr__.write("\n")
-            sys.__stderr__.flush()
+        err = sys.__stderr__
+        if err is not None:  # None only when Python started without a stderr
+            err.write(text)
+            err.flush()

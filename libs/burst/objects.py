@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import queue as _queue
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -28,6 +28,9 @@ from burst import _context
 from burst import _protocol as proto
 from burst._serialization import deserialize, serialize
 from burst.exception import InvalidError
+
+if TYPE_CHECKING:
+    from burst.client import Client
 
 _MISSING = object()
 
@@ -41,10 +44,10 @@ def _call(kind: str, req: msgspec.Struct, timeout: float | None = None) -> bytes
     return data
 
 
-_clients: list[Any] = []
+_clients: list[Client] = []
 
 
-def _client() -> Any:
+def _client() -> Client:
     if not _clients:
         from burst.client import Client
 

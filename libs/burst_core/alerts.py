@@ -42,18 +42,8 @@ EVENT_TYPES = ("budget.threshold_crossed", "budget.exceeded", EVENT_ERROR_RATE,
 
 
 async def kv_values(kv: KeyValue, prefix: str) -> dict[str, bytes]:
-    """Key -> value of every live key under ``prefix`` + '.' (filtered by the server)."""
-    watcher = await kv.watch(f"{prefix}.>", ignore_deletes=True)
-    out: dict[str, bytes] = {}
-    try:
-        async for entry in watcher:
-            if entry is None:  # the end of the current values
-                break
-            if entry.value and entry.operation not in ("DEL", "PURGE"):
-                out[entry.key] = entry.value
-    finally:
-        await watcher.stop()
-    return out
+    """Key -> value of every live key under ``prefix`` + '.' (see :func:`bus.kv_keys`)."""
+    return await bus.kv_values(kv, prefix)
 
 
 async def endpoints(js: JetStreamContext, workspace: str) -> list[WebhookEndpoint]:

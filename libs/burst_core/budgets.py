@@ -82,9 +82,9 @@ def window(period: str, created_at: float, now: float) -> tuple[str, str, str]:
     """``(period id, first day, last day)`` of the period that contains ``now``."""
     if period == "month":
         tm = time.gmtime(now)
-        last = calendar.monthrange(tm.tm_year, tm.tm_mon)[1]
+        days = calendar.monthrange(tm.tm_year, tm.tm_mon)[1]
         ym = f"{tm.tm_year:04d}-{tm.tm_mon:02d}"
-        return ym, f"{ym}-01", f"{ym}-{last:02d}"
+        return ym, f"{ym}-01", f"{ym}-{days:02d}"
     m = _N_DAYS.match(period)
     if m:
         n = int(m.group(1))

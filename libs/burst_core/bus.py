@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from nats.js.api import (
     DeliverPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
+    PubAck,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -193,6 +195,85 @@ async def ensure_kv(js: JetStreamContext, bucket: str, ttl: float = 0,
         return await js.key_value(bucket)  # created by a racing service
 
 
+class _Acks:
+    """One subscription for the publish acks of a connection: a publish is one message
+    with a reply subject ``<inbox>.<n>`` and a future, not a request with a timed wait.
+    (nats-py's own ``publish_async`` loses error answers: its handler raises them.)"""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.nc: NATS = js._nc
+        self.prefix = self.nc.new_inbox() + "."
+        self.futs: dict[str, asyncio.Future[Any]] = {}
+        self._n = 0
+        self._sub: Any = None
+        self.started: asyncio.Future[None] | None = None
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(self.prefix + "*", cb=self._on_ack)
+
+    async def send(self, subject: str, payload: bytes,
+                   headers: dict[str, str] | None) -> tuple[str, asyncio.Future[Any]]:
+        self._n += 1
+        token = str(self._n)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.futs[token] = fut
+        await self.nc.publish(subject, payload, reply=self.prefix + token, headers=headers)
+        return token, fut
+
+    async def _on_ack(self, msg: Msg) -> None:
+        fut = self.futs.pop(msg.subject[len(self.prefix):], None)
+        if fut is None or fut.done():
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            fut.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            resp = json.loads(msg.data)
+            if "error" in resp:
+                try:  # raises the error's own class (BadRequestError, ...)
+                    err: Exception = nats.js.errors.APIError.from_error(resp["error"])
+                except nats.js.errors.APIError as e:
+                    err = e
+                fut.set_exception(err)
+            else:
+                fut.set_result(PubAck.from_response(resp))
+        except Exception as e:  # an answer that is not a JetStream ack
+            fut.set_exception(nats.js.errors.APIError(description=f"bad publish ack: {e!r}"))
+
+
+async def _acks(js: JetStreamContext) -> _Acks:
+    acks: _Acks | None = getattr(js, "_burst_acks", None)
+    if acks is not None and acks.started is not None and acks.started.done() \
+            and acks.started.exception() is not None:
+        acks = None  # its subscription failed (a connection blip): set it up again
+    if acks is None:  # the first publishes may race: they share one subscription
+        acks = _Acks(js)
+        acks.started = asyncio.ensure_future(acks.start())
+        js._burst_acks = acks  # type: ignore[attr-defined]
+    if acks._sub is None and acks.started is not None:
+        await asyncio.shield(acks.started)
+    return acks
+
+
+async def _publish_once(js: JetStreamContext, subject: str, payload: bytes,
+                        headers: dict[str, str] | None, timeout: float) -> Any:
+    """Publish and wait for the ack, or ``nats.errors.TimeoutError`` after ``timeout``
+    (a plain timer, no task)."""
+    acks = await _acks(js)
+    token, fut = await acks.send(subject, payload, headers or None)
+
+    def expire() -> None:
+        if not fut.done():
+            fut.set_exception(nats.errors.TimeoutError())
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        return await fut
+    finally:
+        timer.cancel()
+        acks.futs.pop(token, None)
+
+
 async def publish(
     js: JetStreamContext,
     subject: str,
@@ -203,8 +284,9 @@ async def publish(
 ) -> Any:
     """Publish to JetStream and wait for the stored ack.
 
-    Retries for ``retry_for`` seconds while no stream answers (a leader election takes
-    about 4 s in an R3 cluster); the msg id makes the retries safe.
+    Acks come back on one shared subscription per connection (not a request with its own
+    reply inbox each). Retries for ``retry_for`` seconds while no stream answers (a leader
+    election takes about 4 s in an R3 cluster); the msg id makes the retries safe.
     """
     hdrs = dict(headers or {})
     if msg_id:
@@ -214,13 +296,32 @@ async def publish(
     delay = 0.05
     while True:
         try:
-            return await js.publish(subject, payload, headers=hdrs or None, timeout=2.0)
+            return await _publish_once(js, subject, payload, hdrs, 2.0)
         except (nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError,
                 nats.js.errors.ServiceUnavailableError):
             if loop.time() + delay > deadline:
                 raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+
+async def publish_many(js: JetStreamContext, msgs: list[tuple[str, bytes, dict[str, str]]],
+                       timeout: float = 2.0) -> list[Any]:
+    """Publish many messages at once and wait for all their acks, with one timer for the
+    lot. Returns, in order, each message's PubAck or the exception it got (no retries:
+    the caller decides, by msg id, what is safe to send again)."""
+    acks = await _acks(js)
+    sent = [await acks.send(subject, payload, hdrs or None) for subject, payload, hdrs in msgs]
+    futs = [f for _, f in sent]
+    try:
+        if futs:
+            await asyncio.wait(futs, timeout=timeout)
+    finally:
+        for token, f in sent:
+            acks.futs.pop(token, None)
+            if not f.done():
+                f.set_exception(nats.errors.TimeoutError())
+    return [f.exception() or f.result() for f in futs]
 
 
 Handler = Callable[[Msg], Awaitable[None]]
@@ -382,20 +483,31 @@ async def kv_get(kv: KeyValue, key: str) -> tuple[bytes | None, int]:
     return e.value, e.revision or 0
 
 
-async def kv_items(js: JetStreamContext, bucket: str) -> dict[str, bytes]:
-    """Every live key of a (small) bucket with its value.
+async def kv_keys(kv: KeyValue, prefix: str = "") -> list[str]:
+    """The bucket's keys (under ``prefix`` + '.', when given) as its stream lists their
+    subjects, sorted; a deleted key is listed too (its tombstone is its last message).
 
-    The keys come from the bucket's stream (the subjects it holds), not from
-    ``KeyValue.keys()``: that watcher may decide it is done before it counted the messages
-    already on their way, and then lists no keys at all (a status showing no agents while
-    one is busy).
+    Not ``KeyValue.keys()`` or a watcher: those may decide they are done before they
+    counted the messages already on their way, and then list some keys or none at all (a
+    status showing no agents while one is busy, a ledger piece never cleaned up).
     """
+    pre = kv._pre
+    info = await kv._js.stream_info(kv._stream,
+                                    subjects_filter=f"{pre}{prefix}.>" if prefix else f"{pre}>")
+    return sorted(subject[len(pre):] for subject in (info.state.subjects or {}))
+
+
+async def kv_items(js: JetStreamContext, bucket: str, prefix: str = "") -> dict[str, bytes]:
+    """Every live key of a (small) bucket, under ``prefix`` + '.' when given, with its
+    value (see :func:`kv_keys`)."""
     kv = await js.key_value(bucket)
-    prefix = f"$KV.{bucket}."
-    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
-    keys = [subject[len(prefix):] for subject in (info.state.subjects or {})]
+    return await kv_values(kv, prefix)
+
+
+async def kv_values(kv: KeyValue, prefix: str = "") -> dict[str, bytes]:
+    """Key -> value of every live key of ``kv`` (under ``prefix`` + '.', when given)."""
     out: dict[str, bytes] = {}
-    for key in sorted(keys):
+    for key in await kv_keys(kv, prefix):
         raw, _ = await kv_get(kv, key)
         if raw is not None:
             out[key] = raw

@@ -9,7 +9,6 @@ the same tick twice names the same call (:func:`create_once`).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 import uuid
@@ -94,11 +93,26 @@ async def create_once(js: JetStreamContext, nc: NATS, calls_kv: KeyValue,
 
 async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue, fn_key: str,
                       calls: list[tuple[CallRecord, Input]]) -> None:
-    """Create calls of one function: all records and inputs go out concurrently, then one
-    signal. A first attempt never reads its record; only retries, cancellation and late
-    lookups do, well after this."""
+    """Create calls of one function: one signal, all records and inputs go out at once
+    (their acks awaited together). A first attempt never reads its record; only
+    retries, cancellation and late lookups do, well after this.
+
+    A record that could not be created as new goes through ``KeyValue.create`` again (it
+    raises ``KeyWrongLastSequenceError`` for a call that exists); an input without an ack
+    is republished under its msg id (JetStream drops it if it was stored)."""
     subject = names.input_subject(fn_key)
-    await asyncio.gather(*(calls_kv.create(rec.call_id, encode(rec)) for rec, _ in calls),
-                         *(bus.publish(js, subject, encode(inp), msg_id=inp.input_id)
-                           for _, inp in calls))
+    create_only = {"Nats-Expected-Last-Subject-Sequence": "0"}
+    msgs = [(f"{calls_kv._pre}{rec.call_id}", encode(rec), create_only) for rec, _ in calls]
+    msgs += [(subject, encode(inp), {"Nats-Msg-Id": inp.input_id}) for _, inp in calls]
+    # The signal goes out in the same write as the records and inputs (it carries no
+    # data: a scheduler acting on it before they are stored finds them stored by the time
+    # a container pulls).
     await signal(nc, fn_key, calls[-1][0].call_id, calls[-1][1].accepted_at)
+    results = await bus.publish_many(js, msgs)
+    n = len(calls)
+    for (rec, _), res in zip(calls, results[:n], strict=True):
+        if isinstance(res, BaseException):
+            await calls_kv.create(rec.call_id, encode(rec))
+    for (_, inp), res in zip(calls, results[n:], strict=True):
+        if isinstance(res, BaseException):
+            await bus.publish(js, subject, encode(inp), msg_id=inp.input_id)

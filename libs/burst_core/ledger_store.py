@@ -171,14 +171,12 @@ class LedgerStore:
         mine = f"part.{self.writer}."
         # Also what predecessors wrote and never named (a save that lost the race, a crash
         # before its header): listing the keys is cheap, they are a few per MiB of ledger.
-        try:
-            keys = await self.kv.keys()
-        except nats.js.errors.NoKeysError:
-            keys = []
-        stale = {k for k in keys if k.startswith("part.") and not k.startswith(mine)
-                 and k not in self._named}
+        keys = await bus.kv_keys(self.kv, "part")
+        stale = {k for k in keys if not k.startswith(mine) and k not in self._named}
         for key in sorted(stale):  # a predecessor's piece, no longer named
             try:
+                if (await bus.kv_get(self.kv, key))[0] is None:
+                    continue  # deleted already (its tombstone keeps it listed)
                 await self.kv.delete(key)
             except Exception as e:  # left behind: harmless, a reader never names it
                 log.warning("ledger_piece_delete_failed", key=key, error=repr(e))

@@ -26,7 +26,8 @@ def configure(service: str, level: str = "info", instance: str = "") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    structlog.contextvars.bind_contextvars(service=service, **({"instance": instance} if instance else {}))
+    structlog.contextvars.bind_contextvars(
+        service=service, **({"instance": instance} if instance else {}))
 
 
 def get(name: str | None = None, **bound: Any) -> Any:

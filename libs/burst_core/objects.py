@@ -20,6 +20,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.kv import KeyValue
 
 from burst._protocol import DictRequest, DictResponse, QueueRequest, QueueResponse
 from burst.exception import InvalidError, NotFoundError
@@ -43,10 +44,10 @@ def _name(kind: str, name: str) -> str:
         raise InvalidError(str(e)) from None
 
 
-async def _keys(kv, subject_filter: str) -> list[str]:  # type: ignore[no-untyped-def]
+async def _keys(kv: KeyValue, subject_filter: str) -> list[str]:
     """Live keys matching a subject filter (nats-py's ``keys()`` scans the whole bucket)."""
     watcher = await kv.watch(subject_filter, ignore_deletes=True, meta_only=True)
-    keys = []
+    keys: list[str] = []
     try:
         async for entry in watcher:
             if entry is None:  # the end of the current values
@@ -54,17 +55,17 @@ async def _keys(kv, subject_filter: str) -> list[str]:  # type: ignore[no-untype
             if entry.operation not in ("DEL", "PURGE"):
                 keys.append(entry.key)
     finally:
-        await watcher.stop()
+        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
     return keys
 
 
 class Objects:
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
-        self._kv = None
+        self._kv: KeyValue | None = None
         self._queues_ready: set[str] = set()
 
-    async def _dicts(self):  # type: ignore[no-untyped-def]
+    async def _dicts(self) -> KeyValue:
         if self._kv is None:
             self._kv = await self.js.key_value(names.KV_DICTS)
         return self._kv

@@ -11,14 +11,19 @@ Encoding is msgpack everywhere; :func:`encode` and the typed decoders below are 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import msgspec
 
 # Resources and FunctionSpec are shared with the SDK, which must stay light.
 from burst._protocol import FunctionSpec, Resources, RetryPolicy
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeForm
+
 __all__ = ["FunctionSpec", "Resources", "RetryPolicy"]
+
+_T = TypeVar("_T")
 
 
 class _Wire(msgspec.Struct, tag=True, kw_only=True, omit_defaults=True):
@@ -569,7 +574,8 @@ def encode(obj: msgspec.Struct) -> bytes:
     return _encoder.encode(obj)
 
 
-def decoder(tp: object) -> msgspec.msgpack.Decoder:  # type: ignore[type-arg]
+def decoder(tp: TypeForm[_T]) -> msgspec.msgpack.Decoder[_T]:
+    """A msgpack decoder of ``tp`` (a Struct or a union of them), typed as what it decodes."""
     return msgspec.msgpack.Decoder(tp)
 
 

@@ -97,7 +97,8 @@ def test_map_of_ten_thousand_returns_every_result_in_order(cluster: Cluster,
             print(json.dumps({
                 "ok": out == [x * x for x in range(10_000)], "n": len(out),
                 "mixed": [repr(m) for m in mixed], "raised": raised,
-                "unordered": sorted(sq.map(range(50), order_outputs=False)) == [x * x for x in range(50)],
+                "unordered": (sorted(sq.map(range(50), order_outputs=False))
+                              == [x * x for x in range(50)]),
                 "starmap": list(add.starmap([(1, 2), (3, 4)], kwargs={"scale": 10})),
                 "zipped": list(add.map([1, 2], [10, 20])),
             }))

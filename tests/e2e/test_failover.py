@@ -273,3 +273,37 @@ def test_agent_list_and_preempt_of_an_unknown_agent(fcluster: Cluster) -> None:
     missing = fcluster.burst("agent", "preempt", "no-such-agent")
     assert missing.returncode == 1
     assert "agent 'no-such-agent' is not registered" in missing.stderr
+
+
+PATIENT_APP = """
+    import os, time, uuid
+    import burst
+
+    app = burst.App("patient")
+    runs = burst.Dict.from_name("patient-runs", create_if_missing=True)
+
+    @app.function(min_containers=2, timeout=60)
+    def slow(x):
+        runs[f"start:{uuid.uuid4().hex}"] = os.environ["BURST_CONTAINER_ID"]
+        time.sleep(5)
+        runs[f"done:{uuid.uuid4().hex}"] = os.environ["BURST_CONTAINER_ID"]
+        return x * 2
+
+    @app.local_entrypoint()
+    def main():
+        runs.clear()
+        print("result:", slow.remote(21))
+        print("runs:", sorted(k.split(":")[0] for k in runs.keys()))
+"""
+
+
+def test_a_call_running_past_ack_wait_is_not_redelivered(
+        fcluster: Cluster, tmp_path: Path) -> None:
+    # AckWait is 2 s here and the call runs 5 s while a second container idles: only the
+    # agent's in-progress acks keep JetStream from handing the input to that one too.
+    path = write_app(tmp_path, PATIENT_APP, name="patient.py")
+    proc = subprocess.Popen([BURST, "run", str(path)], env=fcluster.env, cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = finish(proc)
+    assert "result: 42" in out
+    assert "runs: ['done', 'start']" in out, out

@@ -51,7 +51,8 @@ def test_frozen_container_is_replaced_and_its_late_output_refused(cluster: Clust
     first = py(cluster, "import burst, time\n"
                         "d = burst.Dict.from_name('frozen-seen', create_if_missing=True)\n"
                         "deadline = time.time() + 60\n"
-                        f"while d.get({tag!r}) is None and time.time() < deadline: time.sleep(0.1)\n"
+                        f"while d.get({tag!r}) is None and time.time() < deadline: "
+                        "time.sleep(0.1)\n"
                         f"print(d.get({tag!r}))")
     assert first.startswith("ct-"), first
     pids = _host_pids(first)

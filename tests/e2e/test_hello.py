@@ -41,7 +41,8 @@ def test_hello_example(cluster: Cluster) -> None:
     assert "local: 9" in lines
 
 
-def test_remote_exception_keeps_class_message_and_traceback(cluster: Cluster, tmp_path: Path) -> None:
+def test_remote_exception_keeps_class_message_and_traceback(cluster: Cluster,
+                                                            tmp_path: Path) -> None:
     app = write_app(tmp_path, """
         import burst
 
@@ -249,7 +250,8 @@ def test_import_burst_and_the_shim_stay_light(cluster: Cluster, tmp_path: Path) 
     import subprocess
     import sys
 
-    code = f"import sys, burst; print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
+    code = ("import sys, burst; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -45,7 +45,8 @@ APP = """
 
 def request(cluster: Cluster, method: str, path: str, body: object = None,
             headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:
-    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    data = (None if body is None
+            else body if isinstance(body, bytes) else json.dumps(body).encode())
     req = urllib.request.Request(cluster.profile["url"] + path, data=data, method=method)
     req.add_header("Authorization", f"Bearer {cluster.profile['token']}")
     req.add_header("Content-Type", "application/json")

@@ -168,6 +168,7 @@ def test_idempotent_resubmit_executes_once_and_cancel_stops_writes(
     cancelled_at = time.time()
     time.sleep(3)
     last = subprocess.run([sys.executable, "-c",
-                           "import burst; print(burst.Dict.from_name('observed-state')['last_write'])"],
+                           "import burst; "
+                           "print(burst.Dict.from_name('observed-state')['last_write'])"],
                           env=cluster.env, text=True, capture_output=True, timeout=60)
     assert float(last.stdout.strip()) < cancelled_at + 2.0, "still writing 2 s after the cancel"

@@ -22,7 +22,8 @@ def test_retries_backoff_and_fresh_timeouts(cluster: Cluster, tmp_path: Path) ->
         attempts = {"flaky": 0, "broken": 0}
 
         @app.function(max_containers=1,
-                      retries=burst.Retries(max_retries=3, initial_delay=0.3, backoff_coefficient=2))
+                      retries=burst.Retries(max_retries=3, initial_delay=0.3,
+                                            backoff_coefficient=2))
         def flaky():
             attempts["flaky"] += 1
             if attempts["flaky"] < 3:

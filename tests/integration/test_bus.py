@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -58,6 +59,48 @@ async def test_kv_cas_serialises_racing_writers(js) -> None:  # type: ignore[no-
     assert value == b"20"
 
 
+async def test_publish_answers_errors_and_timeouts_by_class(js) -> None:  # type: ignore[no-untyped-def]
+    import nats.errors
+    import nats.js.errors
+
+    create_only = {"Nats-Expected-Last-Subject-Sequence": "0"}
+    subject = f"burst.control.test.once{time.time_ns()}"
+    first = await bus.publish(js, subject, b"1", headers=create_only)
+    assert first.seq > 0
+    with pytest.raises(nats.js.errors.APIError) as e:  # answered at once, not timed out
+        await asyncio.wait_for(bus.publish(js, subject, b"2", headers=create_only), 1.5)
+    assert e.value.err_code == 10071
+    with pytest.raises(nats.js.errors.NoStreamResponseError):  # no stream has the subject
+        await bus.publish(js, "nostream.anywhere", b"x", retry_for=0.2)
+
+
+async def test_publish_many_in_order_and_first_publishes_share_one_subscription(
+        js, nats_url) -> None:  # type: ignore[no-untyped-def]
+    import nats as nats_client
+    import nats.js.errors
+
+    nc = await nats_client.connect(nats_url)
+    try:
+        fresh = nc.jetstream()
+        # Racing first publishes on a fresh context: one ack subscription, all answered.
+        acks = await asyncio.gather(*(bus.publish(fresh, "burst.control.test.race", b"r",
+                                                  msg_id=f"race-{time.time_ns()}-{i}")
+                                      for i in range(20)))
+        assert len({a.seq for a in acks}) == 20
+        assert sum(1 for s in nc._subs.values() if s.subject.endswith(".*")) == 1
+        subject = f"burst.control.test.many{time.time_ns()}"
+        results = await bus.publish_many(fresh, [
+            (subject, b"a", {"Nats-Expected-Last-Subject-Sequence": "0"}),
+            (subject, b"b", {"Nats-Expected-Last-Subject-Sequence": "0"}),  # refused
+            ("burst.control.test.other", b"c", {}),
+        ])
+        assert results[0].seq > 0 and results[2].seq > results[0].seq
+        assert isinstance(results[1], nats.js.errors.APIError) and results[1].err_code == 10071
+        assert not fresh._burst_acks.futs  # nothing left waiting
+    finally:
+        await nc.close()
+
+
 async def test_kv_items_lists_every_live_key_while_one_is_written(js) -> None:  # type: ignore[no-untyped-def]
     kv = await bus.ensure_kv(js, "test_kv_items")
     assert await bus.kv_items(js, "test_kv_items") == {}
@@ -82,3 +125,14 @@ async def test_kv_items_lists_every_live_key_while_one_is_written(js) -> None:  
     finally:
         stop.set()
         await writer
+
+
+async def test_kv_keys_lists_the_stream_subjects_and_kv_values_the_live_ones(js) -> None:  # type: ignore[no-untyped-def]
+    kv = await bus.ensure_kv(js, f"test_keys_{time.time_ns()}")
+    for key in ("a.1", "a.2", "b.1"):
+        await kv.put(key, key.encode())
+    await kv.delete("a.2")
+    assert await bus.kv_keys(kv, "a") == ["a.1", "a.2"]  # the deleted key's tombstone too
+    assert await bus.kv_keys(kv) == ["a.1", "a.2", "b.1"]
+    assert await bus.kv_values(kv, "a") == {"a.1": b"a.1"}
+    assert await bus.kv_values(kv) == {"a.1": b"a.1", "b.1": b"b.1"}

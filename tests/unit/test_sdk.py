@@ -104,7 +104,8 @@ def test_bundle_is_deterministic_and_local_only(tmp_path, monkeypatch) -> None: 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"max_retries": -1}, "max_retries=-1 is invalid"),
-    ({"max_retries": 1, "backoff_coefficient": 0.5}, "backoff_coefficient=0.5 is out of range: allowed 1 to 10"),
+    ({"max_retries": 1, "backoff_coefficient": 0.5},
+     "backoff_coefficient=0.5 is out of range: allowed 1 to 10"),
     ({"max_retries": 1, "initial_delay": 61}, "initial_delay=61 is out of range: allowed 0 to 60"),
     ({"max_retries": 1, "max_delay": 0.5}, "max_delay=0.5 is out of range: allowed 1 to 60"),
 ])
@@ -114,7 +115,8 @@ def test_retries_are_validated_with_the_allowed_range(kwargs: dict, message: str
 
 
 def test_retry_delays_grow_and_cap() -> None:
-    policy = burst.Retries(max_retries=5, backoff_coefficient=3, initial_delay=2, max_delay=20).policy()
+    policy = burst.Retries(max_retries=5, backoff_coefficient=3, initial_delay=2,
+                           max_delay=20).policy()
     assert [policy.delay(n) for n in range(1, 5)] == [2, 6, 18, 20]
     assert burst.Retries.coerce(2).policy().delay(2) == 1.0  # retries=N: one second apart
     with pytest.raises(InvalidError, match="retries='3' is invalid"):

@@ -11,13 +11,15 @@ cloudpickle and burst's light modules; never typer, rich, fastapi or nats.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import importlib
 import inspect
 import io
 import json
-import queue
 import os
+import queue
+import select
 import signal
 import socket
 import sys
@@ -35,13 +37,25 @@ from burst._serialization import deserialize, serialize, serialize_exception
 
 
 class Channel:
-    """Frames over the agent's socket; writes are serialised by a lock."""
+    """Frames over the agent's socket; writes are serialised by a lock.
+
+    There is no reader thread: whichever thread needs a frame reads the socket itself,
+    one at a time (leader/follower). The main loop reads when it waits for its next
+    input, a thread waiting for a platform call's answer reads while the main loop runs
+    user code; a frame for someone else is handed over (a response to its waiter, any
+    other frame to the main loop). So an input reaches the code that runs it without a
+    thread switch, and platform answers still arrive while user code waits for them.
+    """
 
     def __init__(self, path: str) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(path)
-        self.rfile = self.sock.makefile("rb")
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # writes
+        self._cv = threading.Condition()  # everything below
+        self._reading = False
+        self._closed = False
+        self._buf = bytearray()
+        self._frames: collections.deque[Any] = collections.deque()  # for the main loop
         self._next_id = 0
         self._pending: dict[int, list[Any]] = {}
 
@@ -49,37 +63,94 @@ class Channel:
         """A platform call through the agent (see ``burst._context``); blocks this thread."""
         from burst.exception import UnavailableError, from_api
 
-        with self._lock:
+        slot: list[Any] = [None]
+        with self._cv:
             self._next_id += 1
             req_id = self._next_id
-            slot: list[Any] = [threading.Event(), None]
             self._pending[req_id] = slot
         self.send(proto.PlatformRequest(req_id=req_id, kind=kind, body=body))  # type: ignore[arg-type]
-        if not slot[0].wait(timeout if timeout is not None else 120.0):
-            self._pending.pop(req_id, None)
+        if not self._pump(lambda: slot[0] is not None,
+                          timeout if timeout is not None else 120.0):
+            with self._cv:
+                self._pending.pop(req_id, None)
+            if self._closed:
+                raise UnavailableError(f"the agent closed the connection during a {kind} request")
             raise UnavailableError(f"the agent did not answer a {kind} request in time")
-        resp: proto.PlatformResponse = slot[1]
+        resp: proto.PlatformResponse = slot[0]
         if resp.error_type:
             raise from_api(resp.error_type, resp.error_message)
         return resp.body
-
-    def resolve(self, resp: proto.PlatformResponse) -> None:
-        slot = self._pending.pop(resp.req_id, None)
-        if slot is not None:
-            slot[1] = resp
-            slot[0].set()
 
     def send(self, msg: Any) -> None:
         data = proto.frame(msg)
         with self._lock:
             self.sock.sendall(data)
 
-    def recv(self) -> Any:
-        header = self.rfile.read(4)
-        if len(header) < 4:
-            return None
-        body = self.rfile.read(proto.frame_length(header))
-        return proto.to_shim_decoder.decode(body)
+    def next_frame(self) -> Any:
+        """The main loop's next frame; ``None`` once the agent closed the connection."""
+        self._pump(lambda: bool(self._frames), None)
+        with self._cv:
+            return self._frames.popleft() if self._frames else None
+
+    def _pump(self, ready: Any, timeout: float | None) -> bool:
+        """Read frames (or wait for the thread reading them) until ``ready()``; False on
+        timeout or a closed connection."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while not ready():
+                if self._closed:
+                    return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                if self._reading:  # another thread reads: it hands over what is ours
+                    self._cv.wait(left)
+                    continue
+                self._reading = True
+                self._cv.release()
+                try:
+                    frame = self._read(left)
+                finally:
+                    self._cv.acquire()
+                    self._reading = False
+                    self._cv.notify_all()
+                if frame is _NOTHING:
+                    continue
+                if frame is None:
+                    self._closed = True
+                elif isinstance(frame, proto.PlatformResponse):
+                    slot = self._pending.pop(frame.req_id, None)
+                    if slot is not None:
+                        slot[0] = frame
+                else:
+                    self._frames.append(frame)
+            return True
+
+    def _read(self, timeout: float | None) -> Any:
+        """One whole frame, ``None`` at end of stream, ``_NOTHING`` when none came within
+        ``timeout``. Bytes are consumed only once a whole frame is there."""
+        while True:
+            if len(self._buf) >= 4:
+                n = proto.frame_length(bytes(self._buf[:4]))
+                if len(self._buf) >= 4 + n:
+                    body = bytes(self._buf[4:4 + n])
+                    del self._buf[:4 + n]
+                    return proto.to_shim_decoder.decode(body)
+            if timeout is not None:
+                ready, _, _ = select.select([self.sock], [], [], max(timeout, 0.0))
+                if not ready:
+                    return _NOTHING
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            self._buf += chunk
+
+
+#: ``Channel._read``'s "nothing arrived in time".
+_NOTHING = object()
 
 
 #: The call the current thread or task works for; what it prints is tagged with it.
@@ -148,7 +219,8 @@ def _resolve_object(module_name: str, qualname: str) -> Any:
     return obj
 
 
-def decode_args(payload: bytes, as_json: bool) -> tuple[list[Any], dict[str, Any], str, dict[str, Any]]:
+def decode_args(payload: bytes,
+                as_json: bool) -> tuple[list[Any], dict[str, Any], str, dict[str, Any]]:
     """(args, kwargs, method, params) of a call: cloudpickle from Python callers,
     ``{"args", "kwargs"[, "method", "params"]}`` JSON from others. ``method`` is "" for a
     plain function."""
@@ -426,23 +498,6 @@ def main() -> None:
     qualname = os.environ["BURST_SHIM_QUALNAME"]
     chan = Channel(path)
     _context.platform = chan
-    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-
-    def read() -> None:
-        # Its own thread: answers to platform calls must arrive while user code waits
-        # for them on the thread that runs inputs.
-        while True:
-            frame = chan.recv()
-            if isinstance(frame, proto.PlatformResponse):
-                chan.resolve(frame)
-                continue
-            inbox.put(frame)
-            if frame is None:
-                return
-
-    # Started before the user's module is imported: its import and @enter may make
-    # platform calls too.
-    threading.Thread(target=read, name="burst-shim-reader", daemon=True).start()
     interval = float(os.environ.get("BURST_SHIM_HEARTBEAT_INTERVAL", "1.0"))
 
     def alive() -> None:
@@ -461,14 +516,14 @@ def main() -> None:
         obj = _resolve_object(module_name, qualname)
         target = Target(obj)
     except BaseException as exc:
-        _, name, message, trace = serialize_exception(exc)  # type: ignore[arg-type]
+        _, name, message, trace = serialize_exception(exc)
         chan.send(proto.StartupFailed(error_type=name, error_message=message, traceback=trace))
         sys.exit(1)
     runner = Runner(target, chan, state, _max_inputs(obj))
     chan.send(proto.Ready(pid=os.getpid()))
     try:
         while True:
-            msg = inbox.get()
+            msg = chan.next_frame()
             if msg is None or isinstance(msg, proto.Shutdown):
                 break
             if isinstance(msg, proto.RunInput):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import typer
@@ -17,14 +17,14 @@ from burst.client import Client
 billing_app = typer.Typer(help="Usage and cost.", no_args_is_help=True)
 
 
-class By(str, Enum):
+class By(StrEnum):
     app = "app"
     function = "function"
     resource = "resource"
     day = "day"
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     json = "json"
     csv = "csv"

@@ -92,8 +92,8 @@ def run(
     app, name = load_app(ref)
     entry = _entrypoint(app, name)
     os.environ["BURST_CLI"] = "1"  # progress bars for long maps, when stderr is a terminal
-    sys.stdout = LineSafeStream(sys.stdout)  # type: ignore[assignment]
-    sys.stderr = LineSafeStream(sys.stderr)  # type: ignore[assignment]
+    sys.stdout = LineSafeStream(sys.stdout)
+    sys.stderr = LineSafeStream(sys.stderr)
     failed = False
     with app.run(show_output=not quiet):
         try:

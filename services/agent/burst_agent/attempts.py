@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import nats.js.errors
+from nats.js.kv import KeyValue
 
 from burst_core import bus, logs, names
 from burst_core.schemas import (
@@ -45,9 +46,10 @@ class GiveUp(Exception):
 class Attempts:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
+        self._calls_kv: KeyValue | None = None
 
-    async def _kv(self):  # type: ignore[no-untyped-def]
-        if not hasattr(self, "_calls_kv"):
+    async def _kv(self) -> KeyValue:
+        if self._calls_kv is None:
             self._calls_kv = await self.agent.js.key_value(names.KV_CALLS)
         return self._calls_kv
 

@@ -64,7 +64,8 @@ class InFlight:
     msg: Msg
     inp: Input
     started: float
-    keepalive: asyncio.Task[None] | None = None
+    #: When the input's last in-progress ack went out (monotonic); see _keepalive_loop.
+    progress_at: float = field(default_factory=time.monotonic)
     timer: asyncio.TimerHandle | None = None
     timed_out: bool = False
 
@@ -160,6 +161,7 @@ class Container:
                 self.state, self.idle_since = "idle", time.time()
                 self._spawn(self._input_loop())  # first: the event need not hold the input
                 self._spawn(self._watch_alive())
+                self._spawn(self._keepalive_loop())
                 await self._event("ready", ContainerReady(
                     container_id=self.id, agent_id=self.agent.agent_id, fn_key=self.fn_key,
                     at=time.time()))
@@ -419,34 +421,45 @@ class Container:
                 return
             inp = resumed
         await self._slots.acquire()
-        now = time.time()
-        inf = InFlight(msg=msg, inp=inp, started=now)
-        inf.keepalive = asyncio.create_task(self._keepalive(msg))
-        inf.timer = asyncio.get_running_loop().call_later(self.fn.timeout, self._on_timeout,
-                                                          inp.input_id)
-        self.in_flight[inp.input_id] = inf
-        self.state, self.idle_since = "busy", None
+        inf = InFlight(msg=msg, inp=inp, started=time.time())
         payload = inp.payload
         if inp.payload_ref:  # an argument above the inline limit, from the blob store
             try:
                 payload = await self.agent.blob_get(inp.payload_ref)
             except Exception as e:
-                self.in_flight.pop(inp.input_id, None)
-                self._release(inf)
+                self._slots.release()
                 await self._store_output(self._failure(
                     inf, "failure", "burst.exception.ExecutionError",
                     f"the call's arguments ({inp.payload_ref}) cannot be read: {e}"), msg)
                 return
+            if self._stopping.is_set():  # stopped meanwhile: another container runs it
+                self._slots.release()
+                await _quiet(msg.nak())
+                return
         assert self._writer is not None
+        # The input goes out first (the hot path), the bookkeeping after: nothing can
+        # answer it before this coroutine yields.
         self._writer.write(proto.frame(proto.RunInput(
             input_id=inp.input_id, call_id=inp.call_id, attempt=inp.attempt,
             attempt_token=inp.attempt_token, payload=payload,
             payload_format=inp.payload_format)))
+        inf.timer = asyncio.get_running_loop().call_later(self.fn.timeout, self._on_timeout,
+                                                          inp.input_id)
+        self.in_flight[inp.input_id] = inf
+        self.state, self.idle_since = "busy", None
 
-    async def _keepalive(self, msg: Msg) -> None:
+    async def _keepalive_loop(self) -> None:
+        """In-progress acks for inputs running longer than a third of AckWait, so a slow
+        input is not redelivered while a dead agent's are (one loop per container, not a
+        task per input)."""
+        every = self.agent.settings.ack_wait / 3
         while True:
-            await asyncio.sleep(self.agent.settings.ack_wait / 3)
-            await _quiet(msg.in_progress())
+            await asyncio.sleep(every / 2)
+            now = time.monotonic()
+            for inf in list(self.in_flight.values()):
+                if now - inf.progress_at >= every:
+                    inf.progress_at = now
+                    await _quiet(inf.msg.in_progress())
 
     def _on_timeout(self, input_id: str) -> None:
         inf = self.in_flight.get(input_id)
@@ -458,8 +471,6 @@ class Container:
         self.handle.signal(SIGKILL)
 
     def _release(self, inf: InFlight) -> None:
-        if inf.keepalive:
-            inf.keepalive.cancel()
         if inf.timer:
             inf.timer.cancel()
         self._slots.release()

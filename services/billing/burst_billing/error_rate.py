@@ -26,7 +26,6 @@ import datetime
 import time
 
 import msgspec
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -96,6 +95,8 @@ class ErrorRateMonitor:
         self._fn_of_container: dict[str, str] = {}
         self._calls_seen: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self._sub: object | None = None
+        self._lock = asyncio.Lock()
         self._state: KeyValue | None = None
         self._calls: KeyValue | None = None
 
@@ -106,43 +107,42 @@ class ErrorRateMonitor:
             with contextlib.suppress(msgspec.DecodeError):
                 self.crossed[key[len(KIND) + 1:]] = AlertStateDecoder.decode(raw).active
         start = datetime.datetime.fromtimestamp(time.time() - self.window, datetime.UTC)
-        sub = await self.js.subscribe(
+        # A callback subscription: each output costs a callback, not a timed wait (the
+        # periodic pass has its own task; one lock keeps the two from interleaving).
+        self._sub = await self.js.subscribe(
             names.SUBJECTS_OUTPUTS, stream=names.STREAM_OUTPUTS, ordered_consumer=True,
+            cb=self._on_msg,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
                                   opt_start_time=start))
-        self._task = asyncio.create_task(self._run(sub), name="billing-error-rate")
+        self._task = asyncio.create_task(self._passes(), name="billing-error-rate")
 
     async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()  # type: ignore[attr-defined]
+            self._sub = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
 
-    async def _run(self, sub: object) -> None:
-        loop = asyncio.get_running_loop()
-        next_pass = loop.time() + self.interval
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=min(0.2, self.interval))  # type: ignore[attr-defined]
-                except nats.errors.TimeoutError:
-                    pass
-                else:
+    async def _on_msg(self, msg: Msg) -> None:
+        async with self._lock:
+            try:
+                await self.on_output(msg)
+            except Exception as e:  # one bad output must not stop the monitor
+                log.warning("error_rate_output_failed", error=repr(e))
+
+    async def _passes(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            async with self._lock:
+                for fn_key in list(self.windows):
                     try:
-                        await self.on_output(msg)
-                    except Exception as e:  # one bad output must not stop the monitor
-                        log.warning("error_rate_output_failed", error=repr(e))
-                if loop.time() >= next_pass:
-                    next_pass = loop.time() + self.interval
-                    for fn_key in list(self.windows):
-                        try:
-                            await self._evaluate(fn_key, time.time())
-                        except Exception as e:  # NATS trouble: the next pass repeats it
-                            log.warning("error_rate_pass_failed", fn_key=fn_key, error=repr(e))
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()  # type: ignore[attr-defined]
+                        await self._evaluate(fn_key, time.time())
+                    except Exception as e:  # NATS trouble: the next pass repeats it
+                        log.warning("error_rate_pass_failed", fn_key=fn_key, error=repr(e))
 
     async def on_output(self, msg: Msg) -> None:
         try:

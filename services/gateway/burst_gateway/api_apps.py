@@ -85,7 +85,8 @@ def _validate(req: DeployRequest) -> None:
                 raise ValueError(f"function {fn.name!r} is defined twice")
             seen.add(fn.name)
             if not (1.0 <= fn.timeout <= 86400.0):
-                raise ValueError(f"function {fn.name!r}: timeout={fn.timeout} is outside 1..86400 s")
+                raise ValueError(
+                    f"function {fn.name!r}: timeout={fn.timeout} is outside 1..86400 s")
             if not (1.0 <= fn.scaledown_window <= 86400.0):
                 raise ValueError(f"function {fn.name!r}: scaledown_window={fn.scaledown_window} "
                                  "is outside 1..86400 s")
@@ -163,8 +164,9 @@ async def app_status(app: str, request: Request,
     functions = []
     for fn in dep.functions:
         key = names.function_key(p.workspace, app, fn.name)
-        raw, _ = await bus.kv_get(waiting_kv, key)
-        waiting = FunctionWaitingDecoder.decode(raw) if raw is not None else None
+        waiting_raw, _ = await bus.kv_get(waiting_kv, key)
+        waiting = (FunctionWaitingDecoder.decode(waiting_raw) if waiting_raw is not None
+                   else None)
         functions.append({
             "function": fn.name, "containers": containers.get(key, {}),
             "queued": int(queued.get(names.input_subject(key), 0)),
@@ -174,7 +176,8 @@ async def app_status(app: str, request: Request,
 
 
 @router.delete("/v1/apps/{app}", tags=["apps"])
-async def remove_app(app: str, request: Request, p: Principal = Depends(principal)) -> dict[str, Any]:
+async def remove_app(app: str, request: Request,
+                     p: Principal = Depends(principal)) -> dict[str, Any]:
     """Remove an app: no new calls; its containers are stopped by the scheduler."""
     gw = request.app.state.gw
     dep = await gw.deployment(p.workspace, app)
@@ -190,7 +193,8 @@ async def remove_app(app: str, request: Request, p: Principal = Depends(principa
 
 
 @router.get("/v1/apps/{app}/logs", tags=["apps"])
-async def app_logs(app: str, request: Request, p: Principal = Depends(principal)) -> StreamingResponse:
+async def app_logs(app: str, request: Request,
+                   p: Principal = Depends(principal)) -> StreamingResponse:
     """Follow an app's container logs as NDJSON.
 
     The first line is ``{"type": "subscribed"}``: every line logged after it arrives.

@@ -161,7 +161,7 @@ async def wait_many(gw: Any, workspace: str, refs: list[CallRef], wait: float,
             pending.append(ref)
     if done or not pending or wait <= 0:
         return done
-    futs = {gw.outputs.register(r.call_id, r.attempt_token): r for r in pending}
+    group = gw.outputs.register_group({r.call_id: r.attempt_token for r in pending})
     try:
         # Outputs this gateway cannot have seen (the call is older than the gateway), did
         # not keep (too big), or may have dropped from memory since (old calls, checked
@@ -178,17 +178,30 @@ async def wait_many(gw: Any, workspace: str, refs: list[CallRef], wait: float,
                     done.append(_from_output(out))
         if done:
             return done
-        finished, rest = await asyncio.wait(futs, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-        if finished and rest and linger > 0:
-            more, _ = await asyncio.wait(rest, timeout=linger)
-            finished |= more
-        return [_from_output(f.result()) for f in finished if not f.cancelled()]
+        # Until the first output, then up to ``linger`` more for others (or all of them).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        lingering = False
+        while len(group.outputs) < len(pending):
+            if group.outputs and not lingering:
+                if linger <= 0:
+                    break
+                lingering, deadline = True, min(deadline, loop.time() + linger)
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            group.event.clear()
+            try:
+                await asyncio.wait_for(group.event.wait(), left)
+            except TimeoutError:
+                break
+        return [_from_output(o) for o in group.outputs.values()]
     finally:
-        for f, r in futs.items():
-            gw.outputs.unregister(r.call_id, f)
+        gw.outputs.unregister_group(group)
 
 
-async def _wait_one(gw: Any, call_id: str, fut: asyncio.Future[Output], wait: float) -> CallResponse:
+async def _wait_one(gw: Any, call_id: str, fut: asyncio.Future[Output],
+                    wait: float) -> CallResponse:
     try:
         out = await asyncio.wait_for(asyncio.shield(fut), timeout=wait) if wait > 0 else None
     except TimeoutError:
@@ -252,7 +265,8 @@ async def _call_payload(request: Request) -> tuple[bytes, str, str]:
         return req.payload, "pickle", req.payload_ref
     if ctype != "application/json":
         raise InvalidError(f"unsupported content type {ctype or 'none'!r}: send "
-                           f"application/json ({{\"args\": [...], \"kwargs\": {{...}}}}) or {MSGPACK}")
+                           f"application/json ({{\"args\": [...], \"kwargs\": {{...}}}}) "
+                           f"or {MSGPACK}")
     body = await request.body()
     if len(body) > request.app.state.gw.settings.max_body_bytes:
         raise PayloadTooLargeError(f"request of {len(body)} bytes exceeds the "

@@ -33,7 +33,7 @@ async def status(request: Request, p: Principal = Depends(principal)) -> dict[st
     """Services with their last liveness record, and agents with their resources."""
     gw = request.app.state.gw
     now = time.time()
-    services = []
+    services: list[dict[str, Any]] = []
     for raw in (await bus.kv_items(gw.js, names.KV_SERVICES)).values():
         hb = ServiceHeartbeatDecoder.decode(raw)
         services.append({"service": hb.service, "instance": hb.instance,
@@ -41,17 +41,17 @@ async def status(request: Request, p: Principal = Depends(principal)) -> dict[st
                          **({"info": hb.info} if hb.info else {})})
     beats = {k: AgentHeartbeatDecoder.decode(v)
              for k, v in (await bus.kv_items(gw.js, names.KV_HEARTBEATS)).items()}
-    agents = []
+    agents: list[dict[str, Any]] = []
     for key, raw in (await bus.kv_items(gw.js, names.KV_AGENTS)).items():
         rec = AgentRecordDecoder.decode(raw)
-        hb = beats.get(key)
+        beat = beats.get(key)
         agents.append({
             "agent_id": rec.agent_id, "hostname": rec.hostname,
-            "age": round(now - hb.at, 3) if hb else None,
+            "age": round(now - beat.at, 3) if beat else None,
             "cpu": rec.cpu, "memory_mb": rec.memory_mb,
             "gpus": [msgspec.to_builtins(g) for g in rec.gpus],
             "gpus_declared": rec.gpus_declared, "spot": rec.spot, "runtime": rec.runtime,
-            "containers": len(hb.containers) if hb else 0,
+            "containers": len(beat.containers) if beat else 0,
             "allocations": len(rec.allocations),
         })
     services.sort(key=lambda s: (s["service"], s["instance"]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict, defaultdict
+from typing import TypeVar
 
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -28,11 +29,33 @@ log = logs.get("burst.gateway.outputs")
 RECENT_MAX = 50_000
 RECENT_MAX_PAYLOAD = 256 << 10
 
+_V = TypeVar("_V")
+
+
+def _remember(keep: OrderedDict[str, _V], call_id: str, value: _V) -> None:
+    """Keep ``value`` under ``call_id``, forgetting the oldest entry past ``RECENT_MAX``."""
+    keep[call_id] = value
+    if len(keep) > RECENT_MAX:
+        keep.popitem(last=False)
+
+
+class Group:
+    """A wait for any of many calls (a map's outstanding inputs): one event for all of
+    them, instead of a future (and a done callback) per call."""
+
+    __slots__ = ("tokens", "outputs", "event")
+
+    def __init__(self, tokens: dict[str, str]) -> None:
+        self.tokens = tokens  # call id -> the attempt token whose output counts
+        self.outputs: dict[str, Output] = {}
+        self.event = asyncio.Event()
+
 
 class OutputRouter:
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
         self._waiters: dict[str, list[tuple[str, asyncio.Future[Output]]]] = defaultdict(list)
+        self._groups: dict[str, list[Group]] = {}
         self._sub: object | None = None
         self._recent: OrderedDict[str, Output] = OrderedDict()
         self._big: OrderedDict[str, None] = OrderedDict()
@@ -59,6 +82,8 @@ class OutputRouter:
         waiters = self._waiters.get(ch.call_id)
         if waiters:
             waiters[:] = [(ch.attempt_token, f) for (_, f) in waiters]
+        for g in self._groups.get(ch.call_id, ()):
+            g.tokens[ch.call_id] = ch.attempt_token
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -75,6 +100,31 @@ class OutputRouter:
         self._waiters[call_id].append((attempt_token, fut))
         return fut
 
+    def register_group(self, tokens: dict[str, str]) -> Group:
+        """Like :meth:`register`, for many calls at once; ``unregister_group`` after."""
+        g = Group(tokens)
+        groups = self._groups
+        for call_id in tokens:
+            lst = groups.get(call_id)
+            if lst is None:
+                groups[call_id] = [g]
+            else:
+                lst.append(g)
+        return g
+
+    def unregister_group(self, g: Group) -> None:
+        groups = self._groups
+        for call_id in g.tokens:
+            lst = groups.get(call_id)
+            if lst is None:
+                continue
+            if len(lst) == 1 and lst[0] is g:
+                del groups[call_id]
+            else:
+                lst[:] = [x for x in lst if x is not g]
+                if not lst:
+                    del groups[call_id]
+
     def unregister(self, call_id: str, fut: asyncio.Future[Output]) -> None:
         waiters = self._waiters.get(call_id)
         if not waiters:
@@ -89,11 +139,14 @@ class OutputRouter:
         except Exception as e:
             log.warning("output_undecodable", subject=msg.subject, error=repr(e))
             return
-        keep, size = (self._recent, out) if len(out.payload) <= RECENT_MAX_PAYLOAD else (
-            self._big, None)
-        keep[out.call_id] = size  # type: ignore[index]
-        if len(keep) > RECENT_MAX:
-            keep.popitem(last=False)
+        if len(out.payload) <= RECENT_MAX_PAYLOAD:
+            _remember(self._recent, out.call_id, out)
+        else:
+            _remember(self._big, out.call_id, None)
+        for g in self._groups.get(out.call_id, ()):
+            if g.tokens.get(out.call_id) == out.attempt_token:
+                g.outputs[out.call_id] = out
+                g.event.set()
         waiters = self._waiters.get(out.call_id)
         if not waiters:
             return
@@ -120,5 +173,7 @@ class OutputRouter:
                 names.STREAM_OUTPUTS, names.output_subject(call_id, attempt)
             )
         except nats.js.errors.NotFoundError:
+            return None
+        if raw.data is None:  # an empty message: no output
             return None
         return OutputDecoder.decode(raw.data)

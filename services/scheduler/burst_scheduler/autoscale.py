@@ -208,7 +208,8 @@ class Autoscaler:
         if count == 0:
             return 0.0
         s = self.settings
-        delay = min(s.start_backoff_max, s.start_backoff_initial * 2 ** (count - 1))
+        factor: int = 2 ** (count - 1)  # count >= 1: an int (typeshed says Any)
+        delay = min(s.start_backoff_max, s.start_backoff_initial * factor)
         return max(0.0, last + delay - now)
 
     async def _place(self, ref: FunctionRef, reason: str) -> bool:

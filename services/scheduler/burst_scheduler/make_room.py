@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 
 from burst_core.schemas import AgentRecord, FunctionSpec, Resources
-
 from burst_scheduler.state import ClusterState
 
 

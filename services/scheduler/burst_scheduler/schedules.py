@@ -73,6 +73,7 @@ class Ticker:
         self.fired = 0
         self._kv: KeyValue | None = None
         self._calls_kv: KeyValue | None = None
+        self._tombstones: set[str] = set()  # schedule states known deleted
 
     async def _buckets(self) -> tuple[KeyValue, KeyValue]:
         if self._kv is None or self._calls_kv is None:
@@ -97,14 +98,18 @@ class Ticker:
     async def _sweep(self, kv: KeyValue, wanted: dict[str, FunctionRef]) -> None:
         # Our view holds every deployment (the watch replays them before deciding starts):
         # state of a schedule not in it belongs to a removed app or function.
-        try:
-            keys = await kv.keys()
-        except nats.js.errors.NoKeysError:
-            return
-        for key in keys:
-            if key not in wanted:
+        # A deleted key stays listed (its tombstone): looked up once, then skipped until
+        # its function is deployed again.
+        for key in await bus.kv_keys(kv):
+            if key in wanted:
+                self._tombstones.discard(key)
+                continue
+            if key in self._tombstones:
+                continue
+            if (await bus.kv_get(kv, key))[0] is not None:
                 await kv.delete(key)
                 log.info("schedule_removed", fn_key=key)
+            self._tombstones.add(key)
 
     async def _step(self, kv: KeyValue, ref: FunctionRef, now: float | None) -> int:
         sched = ref.spec.schedule
@@ -122,6 +127,8 @@ class Ticker:
             except nats.js.errors.KeyWrongLastSequenceError:
                 pass
             return 0
+        # None once a compare-and-set finds the state gone (the schedule was removed).
+        st: ScheduleState | None
         st = ScheduleStateDecoder.decode(raw)
         if st.paused:
             return 0
