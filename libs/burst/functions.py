@@ -28,8 +28,10 @@ if TYPE_CHECKING:
 #: Most inputs of one map in flight at once, and inputs sent per request.
 MAP_MAX_OUTSTANDING = 1000
 MAP_PAGE = 250
-#: After one result arrives, how long a poll waits for more (fewer round trips).
-MAP_LINGER = 0.02
+#: After one result arrives, how long a poll waits for more (fewer round trips; a poll
+#: whose calls all finished returns at once). 50 ms measured ~10% more throughput on a
+#: no-op map than 20 ms, in alternating runs on one cluster.
+MAP_LINGER = 0.05
 
 P = ParamSpec("P")
 R = TypeVar("R")
