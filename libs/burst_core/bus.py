@@ -474,6 +474,11 @@ async def ensure_consumer(js: JetStreamContext, stream: str, cfg: ConsumerConfig
             raise
 
 
+def kv_deleted(entry: Any) -> bool:
+    """Whether a watched KV entry says its key is gone (deleted, purged, or empty)."""
+    return entry.operation in ("DEL", "PURGE") or not entry.value
+
+
 async def kv_get(kv: KeyValue, key: str) -> tuple[bytes | None, int]:
     """Value and revision of ``key``, or ``(None, 0)`` when absent or deleted."""
     try:

@@ -74,7 +74,7 @@ class BudgetEvaluator:
             if entry is None:
                 self._loaded.set()
                 continue
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
+            if bus.kv_deleted(entry):
                 self.budgets.pop(entry.key, None)
                 self._states.pop(entry.key, None)
                 continue

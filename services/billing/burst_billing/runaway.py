@@ -40,6 +40,7 @@ from burst_core.schemas import (
     DeploymentRecordDecoder,
     encode,
 )
+from burst_core.service import cancel_and_wait
 
 log = logs.get("burst.billing.runaway")
 
@@ -122,11 +123,7 @@ class RunawayDetector:
         self._tasks.append(asyncio.create_task(self._heartbeats(hw)))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._tasks)
         for w in self._watchers:
             with contextlib.suppress(Exception):
                 await w.stop()
@@ -137,7 +134,7 @@ class RunawayDetector:
             if entry is None:
                 loaded.set()
                 continue
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
+            if bus.kv_deleted(entry):
                 continue  # its containers stop; the timeout stays known meanwhile
             try:
                 d = DeploymentRecordDecoder.decode(entry.value)
@@ -149,7 +146,7 @@ class RunawayDetector:
 
     async def _heartbeats(self, watcher: Any) -> None:
         async for entry in watcher:
-            if entry is None or entry.operation in ("DEL", "PURGE") or not entry.value:
+            if entry is None or bus.kv_deleted(entry):
                 continue
             try:
                 hb = AgentHeartbeatDecoder.decode(entry.value)

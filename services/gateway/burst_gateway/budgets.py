@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from burst.exception import BudgetExceededError
-from burst_core import budgets, logs, names
+from burst_core import budgets, bus, logs, names
 from burst_core.schemas import BudgetState, BudgetStateDecoder
 
 log = logs.get("burst.gateway.budgets")
@@ -43,7 +43,7 @@ class BudgetGuard:
                 self._loaded.set()
                 continue
             st = None
-            if entry.operation not in ("DEL", "PURGE") and entry.value:
+            if not bus.kv_deleted(entry):
                 try:
                     st = BudgetStateDecoder.decode(entry.value)
                 except msgspec.DecodeError as e:

@@ -13,7 +13,7 @@ from nats.js.object_store import ObjectStore
 
 from burst_core import bus, logs, names
 from burst_core.schemas import DeploymentRecord, DeploymentRecordDecoder
-from burst_core.service import heartbeat_loop
+from burst_core.service import cancel_and_wait, heartbeat_loop
 from burst_gateway.auth import TokenStore
 from burst_gateway.outputs import OutputRouter
 from burst_gateway.settings import GatewaySettings
@@ -58,11 +58,7 @@ class Gateway:
         ))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._tasks)
         await self.outputs.stop()
         with contextlib.suppress(Exception):
             await self.nc.drain()
@@ -71,7 +67,7 @@ class Gateway:
         async for entry in watcher:  # type: ignore[attr-defined]
             if entry is None:  # end of the initial values
                 continue
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
+            if bus.kv_deleted(entry):
                 self._deployments.pop(entry.key, None)
                 continue
             try:

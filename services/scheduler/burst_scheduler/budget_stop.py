@@ -19,6 +19,7 @@ import msgspec
 
 from burst_core import budgets, bus, logs, names
 from burst_core.schemas import BudgetStateDecoder, StopContainer, encode
+from burst_core.service import cancel_and_wait
 from burst_scheduler.state import ClusterState
 
 log = logs.get("burst.scheduler.budget_stop")
@@ -60,11 +61,7 @@ class BudgetStop:
         self._tasks.append(asyncio.create_task(self._loop(), name="budget-stop"))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     async def _watch(self, watcher: Any) -> None:
@@ -73,7 +70,7 @@ class BudgetStop:
                 self._loaded.set()
                 continue
             exceeded = False
-            if entry.operation not in ("DEL", "PURGE") and entry.value:
+            if not bus.kv_deleted(entry):
                 with contextlib.suppress(msgspec.DecodeError):
                     exceeded = BudgetStateDecoder.decode(entry.value).exceeded
             if exceeded and entry.key not in self.exceeded:

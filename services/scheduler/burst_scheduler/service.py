@@ -35,7 +35,7 @@ from burst_core.schemas import (
     ContainerStopped,
     InputAcceptedDecoder,
 )
-from burst_core.service import heartbeat_loop
+from burst_core.service import cancel_and_wait, heartbeat_loop
 from burst_scheduler.autoscale import Autoscaler
 from burst_scheduler.budget_stop import BudgetStop
 from burst_scheduler.claim import Claimer
@@ -152,11 +152,7 @@ class Scheduler:
         for listener in (self.reconciler.on_state_change, self.lost_agents.on_state_change):
             with contextlib.suppress(ValueError):
                 self.state.listeners.remove(listener)
-        for t in self._loops:
-            t.cancel()
-        for t in self._loops:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._loops)
         self._loops = []
         assert self._signals is not None
         await self._signals.stop()

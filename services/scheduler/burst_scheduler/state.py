@@ -20,7 +20,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from burst_core import logs, names
+from burst_core import bus, logs, names
 from burst_core.schemas import (
     AgentHeartbeat,
     AgentHeartbeatDecoder,
@@ -32,6 +32,7 @@ from burst_core.schemas import (
     DeploymentRecordDecoder,
     FunctionSpec,
 )
+from burst_core.service import cancel_and_wait
 from burst_scheduler import placement
 from burst_scheduler.capacity import CapacityIndex
 
@@ -197,11 +198,7 @@ class StateWatcher:
         for watcher in list(self._watchers.values()):
             with contextlib.suppress(Exception):
                 await watcher.stop()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
 
     async def _watch(self, bucket: str, apply: Callable[[Any], None]) -> None:
@@ -235,38 +232,28 @@ class StateWatcher:
                 await asyncio.sleep(self.retry_delay)
 
     @staticmethod
-    def _deleted(entry: Any) -> bool:
-        return entry.operation in ("DEL", "PURGE") or not entry.value
+    def _decoded(entry: Any, decoder: Any, what: str) -> tuple[bool, Any]:
+        """``(usable, record)`` of a watched entry: ``(True, None)`` for a deleted key,
+        ``(False, None)`` for one that cannot be decoded (logged, skipped)."""
+        if bus.kv_deleted(entry):
+            return True, None
+        try:
+            return True, decoder.decode(entry.value)
+        except Exception as e:
+            log.warning(f"{what}_undecodable", key=entry.key, error=repr(e))
+            return False, None
 
     def _apply_deployment(self, entry: Any) -> None:
-        if self._deleted(entry):
-            self.state.apply_deployment(entry.key, None)
-            return
-        try:
-            record = DeploymentRecordDecoder.decode(entry.value)
-        except Exception as e:
-            log.warning("deployment_undecodable", key=entry.key, error=repr(e))
-            return
-        self.state.apply_deployment(entry.key, record)
+        ok, record = self._decoded(entry, DeploymentRecordDecoder, "deployment")
+        if ok:
+            self.state.apply_deployment(entry.key, record)
 
     def _apply_agent(self, entry: Any) -> None:
-        if self._deleted(entry):
-            self.state.apply_agent(entry.key, None, entry.revision or 0)
-            return
-        try:
-            record = AgentRecordDecoder.decode(entry.value)
-        except Exception as e:
-            log.warning("agent_record_undecodable", agent_id=entry.key, error=repr(e))
-            return
-        self.state.apply_agent(entry.key, record, entry.revision or 0)
+        ok, record = self._decoded(entry, AgentRecordDecoder, "agent_record")
+        if ok:
+            self.state.apply_agent(entry.key, record, entry.revision or 0)
 
     def _apply_heartbeat(self, entry: Any) -> None:
-        if self._deleted(entry):
-            self.state.apply_heartbeat(entry.key, None)
-            return
-        try:
-            hb = AgentHeartbeatDecoder.decode(entry.value)
-        except Exception as e:
-            log.warning("heartbeat_undecodable", agent_id=entry.key, error=repr(e))
-            return
-        self.state.apply_heartbeat(entry.key, hb)
+        ok, hb = self._decoded(entry, AgentHeartbeatDecoder, "heartbeat")
+        if ok:
+            self.state.apply_heartbeat(entry.key, hb)
