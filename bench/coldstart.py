@@ -34,6 +34,11 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cluster import LocalCluster  # noqa: E402
+
+#: Fast scale-down and heartbeats, so "zero containers" is reached and seen quickly.
+TIMERS = {"BURST_SCALEDOWN_TICK": "0.1", "BURST_HEARTBEAT_INTERVAL": "0.2"}
 
 APP = '''
 import os, time
@@ -104,34 +109,6 @@ def path_python3(samples: int) -> dict[str, Any]:
             times.append(time.perf_counter() - t0)
         assert out == b"ping\n", out
     return {**summary(times), "python3": python3}
-
-
-class ClusterRun:
-    def __init__(self, extra_env: dict[str, str]) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="burst-bench-"))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BURST_")}
-        env.update(BURST_HOME=str(self.home), BURST_SCALEDOWN_TICK="0.1",
-                   BURST_HEARTBEAT_INTERVAL="0.2", BURST_LOG_LEVEL="warning")
-        env.update(extra_env)
-        self.env = env
-
-    def __enter__(self) -> ClusterRun:
-        self._saved = dict(os.environ)
-        os.environ.clear()
-        os.environ.update(self.env)
-        up = subprocess.run([str(BIN / "burst"), "up"], env=self.env, capture_output=True,
-                            text=True)
-        if up.returncode != 0:
-            self.__exit__()
-            sys.exit(f"burst up failed:\n{up.stdout}\n{up.stderr}")
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        subprocess.run([str(BIN / "burst"), "down"], env=self.env, capture_output=True,
-                       text=True)
-        os.environ.clear()
-        os.environ.update(self._saved)
-        shutil.rmtree(self.home, ignore_errors=True)
 
 
 def load_app(workdir: Path, containers: int, samples: int, tag: str) -> Any:
@@ -276,14 +253,14 @@ def main() -> None:
 
         result[f"runtime_zero_to_{args.containers}_ready"] = asyncio.run(
             runtime_zero_to_n(args.containers, zygote=True))
-    with ClusterRun({}):
+    with LocalCluster("burst-bench-", **TIMERS):
         mod = load_app(work, args.containers, args.samples, "zygote")
         with mod.app.run(show_output=False):
             result["process_cold_start"] = cold_starts(mod, args.samples)
             result[f"zero_to_{args.containers}_live"] = zero_to_n(mod, args.containers,
                                                                    args.hold)
     if not args.skip_fresh:
-        with ClusterRun({"BURST_ZYGOTE": "0"}):
+        with LocalCluster("burst-bench-", BURST_ZYGOTE="0", **TIMERS):
             mod = load_app(work, args.containers, args.samples, "fresh")
             with mod.app.run(show_output=False):
                 result["process_cold_start_no_zygote"] = cold_starts(mod, args.samples)

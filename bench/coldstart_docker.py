@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cluster import LocalCluster  # noqa: E402
 
 APP = '''
 import burst
@@ -97,19 +97,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=20)
     args = ap.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="burst-bench-docker-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BURST_")}
-    env.update(BURST_HOME=str(home), BURST_SCALEDOWN_TICK="0.1", BURST_HEARTBEAT_INTERVAL="0.2",
-               BURST_LOG_LEVEL="warning")
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
     result: dict[str, Any] = {"benchmark": "coldstart", "runtime": "docker"}
-    try:
-        up = subprocess.run([str(BIN / "burst"), "up", "--runtime", "docker"], env=env,
-                            capture_output=True, text=True, timeout=300)
-        if up.returncode != 0:
-            sys.exit(f"burst up failed:\n{up.stdout}\n{up.stderr}")
+    with LocalCluster("burst-bench-docker-", "--runtime", "docker", timeout=300,
+                      BURST_SCALEDOWN_TICK="0.1", BURST_HEARTBEAT_INTERVAL="0.2"):
         work = Path(tempfile.mkdtemp(prefix="burst-bench-app-"))
         (work / "coldstart_docker_app.py").write_text(
             textwrap.dedent(APP.replace("{samples}", str(args.samples + 1))))
@@ -120,14 +110,6 @@ def main() -> None:
         result["bare_docker_run"] = bare_docker_run(args.samples)
         result["docker_p50_minus_bare_ms"] = round(
             result["docker_runtime"]["p50_ms"] - result["bare_docker_run"]["p50_ms"], 1)
-    finally:
-        subprocess.run([str(BIN / "burst"), "down"], env=env, capture_output=True, text=True)
-        os.environ.clear()
-        os.environ.update(saved)
-        if os.environ.get("BENCH_KEEP") is None:
-            shutil.rmtree(home, ignore_errors=True)
-        else:
-            print("kept", home, file=sys.stderr)
     print(json.dumps(result))
 
 

@@ -21,13 +21,14 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cluster import LocalCluster  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -145,21 +146,13 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--cold-samples", type=int, default=8)
     args = ap.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="burst-bench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BURST_")}
-    env.update(BURST_HOME=str(home), BURST_SCALEDOWN_TICK="0.1", BURST_HEARTBEAT_INTERVAL="0.2",
-               BURST_LOG_LEVEL="warning")
-    os.environ.clear()
-    os.environ.update(env)
-    up = subprocess.run([str(BIN / "burst"), "up"], env=env, capture_output=True, text=True)
-    if up.returncode != 0:
-        sys.exit(f"burst up failed:\n{up.stdout}\n{up.stderr}")
-    try:
-        state = json.loads((home / "cluster.json").read_text())
+    with LocalCluster("burst-bench-", BURST_SCALEDOWN_TICK="0.1",
+                      BURST_HEARTBEAT_INTERVAL="0.2") as cluster:
+        state = json.loads((cluster.home / "cluster.json").read_text())
         nats = next(p for p in state["parts"] if p["name"] == "nats")
         nats_url = f"nats://127.0.0.1:{nats['ports']['client']}"
         result: dict[str, object] = {"benchmark": "invoke"}
-        result.update(measure_burst(args.samples, args.cold_samples, home))
+        result.update(measure_burst(args.samples, args.cold_samples, cluster.home))
         result["floor"] = measure_floor(nats_url, args.samples)
         warm, floor, cold = result["warm_remote"], result["floor"], result["cold_start"]
         result["ratios"] = {
@@ -168,9 +161,6 @@ def main() -> None:
             "cold_p50_over_warm_p50": round(cold["p50_ms"] / warm["p50_ms"], 2),  # type: ignore[index]
         }
         print(json.dumps(result, indent=2))
-    finally:
-        subprocess.run([str(BIN / "burst"), "down"], env=env, capture_output=True, text=True)
-
 
 if __name__ == "__main__":
     main()

@@ -18,12 +18,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cluster import LocalCluster  # noqa: E402
 from invoke import BIN, measure_floor, summary  # noqa: E402
 
 APP = '''
@@ -132,25 +132,15 @@ def main() -> None:
     ap.add_argument("--inputs", type=int, default=10_000)
     ap.add_argument("--samples", type=int, default=300)
     args = ap.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="burst-mapbench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BURST_")}
-    env.update(BURST_HOME=str(home), BURST_LOG_LEVEL="warning")
-    os.environ.clear()
-    os.environ.update(env)
-    up = subprocess.run([str(BIN / "burst"), "up"], env=env, capture_output=True, text=True)
-    if up.returncode != 0:
-        sys.exit(f"burst up failed:\n{up.stdout}\n{up.stderr}")
     result: dict[str, object] = {"benchmark": "map", "cpus": os.cpu_count()}
-    try:
-        state = json.loads((home / "cluster.json").read_text())
+    with LocalCluster("burst-mapbench-") as cluster:
+        state = json.loads((cluster.home / "cluster.json").read_text())
         ports = {p["name"]: p["ports"] for p in state["parts"]}
         nats_url = f"nats://127.0.0.1:{ports['nats']['client']}"
         redis_url = f"redis://127.0.0.1:{ports['redis']['client']}/5"
-        result["burst"] = measure_burst(args.inputs, args.samples, home)
+        result["burst"] = measure_burst(args.inputs, args.samples, cluster.home)
         result["floor"] = measure_floor(nats_url, args.samples)
-        result["celery"] = measure_celery(redis_url, args.samples, home)
-    finally:
-        subprocess.run([str(BIN / "burst"), "down"], env=env, capture_output=True, text=True)
+        result["celery"] = measure_celery(redis_url, args.samples, cluster.home)
     result["ray"] = measure_ray(args.inputs, args.samples)
     b, r, c, f = result["burst"], result["ray"], result["celery"], result["floor"]
     result["ratios"] = {
