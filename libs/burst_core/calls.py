@@ -9,6 +9,8 @@ the same tick twice names the same call (:func:`create_once`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import time
 import uuid
@@ -59,6 +61,60 @@ async def signal(nc: NATS, fn_key: str, call_id: str, now: float) -> None:
                      encode(InputAccepted(fn_key=fn_key, call_id=call_id, at=now)))
 
 
+class Signals:
+    """``input.accepted`` signals of one process, at most one per function per ``interval``.
+
+    A signal is stored in the control stream and handled by the scheduler (a pull, a
+    decision, an ack): per call, that cost more CPU than the rest of a warm call's path in
+    the scheduler and nats-server together. A signal only says "this function has work";
+    the scheduler counts containers and backlog itself. So the first call of a function
+    signals at once, calls within ``interval`` after it share one trailing signal sent when
+    the interval ends (naming the latest of them), and the next call after that signals at
+    once again. ``interval`` 0 sends one per call.
+    """
+
+    def __init__(self, nc: NATS, interval: float) -> None:
+        self.nc = nc
+        self.interval = interval
+        self.sent = 0
+        self._last: dict[str, float] = {}  # fn_key -> loop time of its last signal
+        self._trailing: dict[str, tuple[str, float, asyncio.TimerHandle]] = {}
+
+    async def accepted(self, fn_key: str, call_id: str, now: float) -> None:
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        last = self._last.get(fn_key)
+        if self.interval <= 0 or last is None or t - last >= self.interval:
+            if fn_key in self._trailing:  # its timer is late: this signal covers it
+                self._trailing.pop(fn_key)[2].cancel()
+            self._last[fn_key] = t
+            self.sent += 1
+            await signal(self.nc, fn_key, call_id, now)
+            return
+        pending = self._trailing.get(fn_key)
+        timer = pending[2] if pending else loop.call_at(last + self.interval, self._fire, fn_key)
+        self._trailing[fn_key] = (call_id, now, timer)
+
+    def _fire(self, fn_key: str) -> None:
+        pending = self._trailing.pop(fn_key, None)
+        if pending is None:
+            return
+        self._last[fn_key] = asyncio.get_running_loop().time()
+        self.sent += 1
+        asyncio.ensure_future(self._send(fn_key, pending[0], pending[1]))
+
+    async def _send(self, fn_key: str, call_id: str, now: float) -> None:
+        with contextlib.suppress(Exception):  # a lost hint costs a reconcile tick
+            await signal(self.nc, fn_key, call_id, now)
+
+    async def flush(self) -> None:
+        """Send the trailing signals now (before the connection closes)."""
+        for fn_key, (call_id, now, timer) in list(self._trailing.items()):
+            timer.cancel()
+            del self._trailing[fn_key]
+            await self._send(fn_key, call_id, now)
+
+
 async def create_once(js: JetStreamContext, nc: NATS, calls_kv: KeyValue,
                       rec: CallRecord, inp: Input, dedupe_window: float) -> bool:
     """Create a call whose id is deterministic; True if this made it, False if it existed.
@@ -92,9 +148,11 @@ async def create_once(js: JetStreamContext, nc: NATS, calls_kv: KeyValue,
 
 
 async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue, fn_key: str,
-                      calls: list[tuple[CallRecord, Input]]) -> None:
-    """Create calls of one function: one signal, all records and inputs go out at once
-    (their acks awaited together). A first attempt never reads its record; only
+                      calls: list[tuple[CallRecord, Input]],
+                      signals: Signals | None = None) -> None:
+    """Create calls of one function: one signal (through ``signals``, which may hold it
+    back for a trailing one), all records and inputs go out at once (their acks awaited
+    together). A first attempt never reads its record; only
     retries, cancellation and late lookups do, well after this.
 
     A record that could not be created as new goes through ``KeyValue.create`` again (it
@@ -107,7 +165,11 @@ async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue, fn_key
     # The signal goes out in the same write as the records and inputs (it carries no
     # data: a scheduler acting on it before they are stored finds them stored by the time
     # a container pulls).
-    await signal(nc, fn_key, calls[-1][0].call_id, calls[-1][1].accepted_at)
+    last_rec, last_inp = calls[-1]
+    if signals is None:
+        await signal(nc, fn_key, last_rec.call_id, last_inp.accepted_at)
+    else:
+        await signals.accepted(fn_key, last_rec.call_id, last_inp.accepted_at)
     results = await bus.publish_many(js, msgs)
     n = len(calls)
     for (rec, _), res in zip(calls, results[:n], strict=True):

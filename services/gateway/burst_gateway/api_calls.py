@@ -124,7 +124,7 @@ async def submit(gw: Any, p: Principal, dep: DeploymentRecord, fn: str,
              for payload, ref in zip(payloads, refs, strict=True)]
     futs = [gw.outputs.register(rec.call_id, rec.attempt_token) if register else None
             for rec, _ in calls]
-    await call_store.create_many(gw.js, gw.nc, gw.calls_kv, fn_key, calls)
+    await call_store.create_many(gw.js, gw.nc, gw.calls_kv, fn_key, calls, gw.signals)
     return [(CallRef(call_id=rec.call_id, attempt_token=rec.attempt_token), fut)
             for (rec, _), fut in zip(calls, futs, strict=True)]
 

@@ -20,3 +20,7 @@ class GatewaySettings(CommonSettings):
     max_body_bytes: int = 64 << 20
     #: Seconds a token lookup stays cached.
     token_cache_ttl: float = 5.0
+    #: At most one ``input.accepted`` signal per function per this many seconds from this
+    #: gateway: calls in between share a trailing one (``burst_core.calls.Signals``);
+    #: 0 sends one per call.
+    signal_interval: float = 0.05

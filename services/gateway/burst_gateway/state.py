@@ -12,6 +12,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from burst_core import bus, logs, names
+from burst_core.calls import Signals
 from burst_core.schemas import DeploymentRecord, DeploymentRecordDecoder
 from burst_core.service import cancel_and_wait, heartbeat_loop
 from burst_gateway.auth import TokenStore
@@ -29,6 +30,7 @@ class Gateway:
     bundles: ObjectStore
     tokens: TokenStore
     outputs: OutputRouter
+    signals: Signals
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
@@ -43,6 +45,7 @@ class Gateway:
         await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
         self.deployments_kv = await self.js.key_value(names.KV_DEPLOYMENTS)
         self.calls_kv = await self.js.key_value(names.KV_CALLS)
+        self.signals = Signals(self.nc, s.signal_interval)
         self.idempotency_kv = await self.js.key_value(names.KV_IDEMPOTENCY)
         self.bundles = await self.js.object_store(names.OBJ_BUNDLES)
         self.tokens = TokenStore(await self.js.key_value(names.KV_TOKENS), s.token_cache_ttl)
@@ -60,6 +63,7 @@ class Gateway:
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
         await self.outputs.stop()
+        await self.signals.flush()
         with contextlib.suppress(Exception):
             await self.nc.drain()
 
