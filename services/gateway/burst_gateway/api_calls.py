@@ -322,15 +322,25 @@ async def create_call(
     gw = request.app.state.gw
     dep = await _function(gw, p, app, fn)
     payload, fmt, ref = await _call_payload(request)
+    resp, replayed = await call_once(gw, p, dep, fn, payload, fmt, ref, wait,
+                                     request.headers.get("idempotency-key"))
+    return _answer(request, resp, replayed)
+
+
+async def call_once(gw: Any, p: Principal, dep: DeploymentRecord, fn: str, payload: bytes,
+                    fmt: str, ref: str, wait: float,
+                    key: str | None = None) -> tuple[CallResponse, bool]:
+    """One call (or, with an idempotency ``key`` used before, the call it made): its answer
+    within ``wait`` seconds, and whether it was replayed. Shared by :func:`create_call` and
+    the SDK's fast path (:mod:`burst_gateway.fastcalls`)."""
+    app = dep.app
     wait = min(wait, gw.settings.max_sync_wait)
-    key = request.headers.get("idempotency-key")
     call_id = None
     if key is not None:
         call_id, existed = await _idempotent_call(gw, p, app, fn, key)
         rec = await _record(gw, call_id, p.workspace) if existed else None
         if rec is not None:
-            return _answer(request, await inline_result(gw, await _result_of(gw, rec, wait)),
-                           True)
+            return await inline_result(gw, await _result_of(gw, rec, wait)), True
     try:
         [(call, fut)] = await submit(gw, p, dep, fn, [payload], register=True,
                                      payload_format=fmt, call_id=call_id, refs=[ref])
@@ -339,13 +349,13 @@ async def create_call(
         rec = await _record(gw, call_id or "", p.workspace)
         if rec is None:
             raise
-        return _answer(request, await inline_result(gw, await _result_of(gw, rec, wait)), True)
+        return await inline_result(gw, await _result_of(gw, rec, wait)), True
     structlog.contextvars.bind_contextvars(call_id=call.call_id)
     try:
         resp = await _wait_one(gw, call.call_id, fut, wait)
     finally:
         structlog.contextvars.unbind_contextvars("call_id")
-    return _answer(request, await inline_result(gw, resp))
+    return await inline_result(gw, resp), False
 
 
 async def _result_of(gw: Any, rec: CallRecord, wait: float) -> CallResponse:

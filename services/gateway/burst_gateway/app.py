@@ -21,6 +21,7 @@ from burst_gateway import (
     api_webhooks,
     errors,
 )
+from burst_gateway.fastcalls import FastCalls
 from burst_gateway.settings import GatewaySettings
 from burst_gateway.state import Gateway
 
@@ -43,6 +44,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(FastCalls)
     app.include_router(api_cluster.router)
     app.include_router(api_apps.router)
     app.include_router(api_calls.router)

@@ -70,15 +70,20 @@ class TokenStore:
 
 async def principal(request: Request) -> Principal:
     """FastAPI dependency: the caller's workspace from ``Authorization: Bearer <token>``."""
-    header = request.headers.get("authorization", "")
+    return await principal_of(request.app.state.gw.tokens,
+                              request.headers.get("authorization", ""))
+
+
+async def principal_of(tokens: TokenStore, header: str) -> Principal:
+    """The caller's workspace from an ``Authorization`` header's value."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("missing token: send 'Authorization: Bearer <token>' "
                         "(run `burst up`, or set BURST_TOKEN)")
-    p = await request.app.state.gw.tokens.lookup(token.strip())
+    p = await tokens.lookup(token.strip())
     if p is None:
         raise AuthError("invalid token: it is not known to this cluster")
-    return p  # type: ignore[no-any-return]
+    return p
 
 
 async def admin(request: Request) -> Principal:
