@@ -39,10 +39,24 @@ def nats_binary() -> str | None:
 
 
 class Server:
-    def __init__(self, proc: subprocess.Popen[bytes], url: str, port: int) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, port: int,
+                 args: list[str] | None = None, health: str = "") -> None:
         self.proc = proc
         self.url = url
         self.port = port
+        self._args = args or []
+        self._health = health
+
+    def restart(self) -> None:
+        """Stop, then start again on the same port and storage (nats-server only):
+        clients reconnect; what lived only in the server's memory is gone."""
+        assert self._args, "only a server started with its arguments can restart"
+        self.stop()
+        self.proc = subprocess.Popen(self._args, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        if not _healthy(self.proc, self._health):
+            self.stop()
+            raise RuntimeError("nats-server did not come back within 15 s")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -64,24 +78,30 @@ def start_nats(store: Path, attempts: int = 3) -> Server:
         # free_port() can race with another process taking the port before nats binds it:
         # a server that exits at once is retried on new ports.
         port, mon = free_port(), free_port()
-        proc = subprocess.Popen(
-            [binary, "-a", "127.0.0.1", "-p", str(port), "-m", str(mon), "-js", "-sd",
-             str(store)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{mon}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return Server(proc, f"nats://127.0.0.1:{port}", port)
-            except OSError:
-                time.sleep(0.05)
+        args = [binary, "-a", "127.0.0.1", "-p", str(port), "-m", str(mon), "-js", "-sd",
+                str(store)]
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        health = f"http://127.0.0.1:{mon}/healthz"
+        if _healthy(proc, health):
+            return Server(proc, f"nats://127.0.0.1:{port}", port, args, health)
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
             break  # it ran but never became healthy: not a port race
     raise RuntimeError("nats-server did not become healthy within 15 s")
+
+
+def _healthy(proc: subprocess.Popen[bytes], url: str) -> bool:
+    """Whether nats-server answers ``url`` (its /healthz) within 15 s, while it runs."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.05)
+    return False
 
 
 def start_redis(attempts: int = 3) -> Server:

@@ -188,6 +188,12 @@ def agent_consumer(agent_id: str) -> str:
     return f"agent_{agent_id}"
 
 
+def error_rate_consumer(token: str) -> str:
+    """Billing's ephemeral pull consumer of outputs for one error-rate monitor (``token``
+    tells leaders apart): deleted when the monitor stops, or by the server once idle."""
+    return f"billing_error_rate_{token}"
+
+
 CONSUMER_SCHEDULER_SIGNALS = "scheduler_signals"
 CONSUMER_SCHEDULER_EVENTS = "scheduler_events"
 CONSUMER_BILLING_EVENTS = "billing_events"

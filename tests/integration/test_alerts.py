@@ -5,12 +5,14 @@ verifies every delivery's signature."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 import pytest
 
 from burst import webhooks as signing
+from burst_billing.error_rate import BATCH, ErrorRateMonitor
 from burst_core import alerts, bus, names
 from burst_core.schemas import (
     AgentHeartbeat,
@@ -20,10 +22,12 @@ from burst_core.schemas import (
     DeploymentRecord,
     FunctionSpec,
     Output,
+    WebhookDeliveryDecoder,
     encode,
 )
 from tests.integration.test_billing import billing
 from tests.integration.test_budgets import FAST, add_endpoint, receiving, until
+from tests.servers import Server
 
 pytestmark = pytest.mark.integration
 
@@ -135,7 +139,7 @@ async def crossed(js: Any, fn: str) -> bool | None:
 async def test_error_rate_fires_once_per_crossing(js: Any, nats_url: str) -> None:
     secret = signing.new_secret()
     rates = {"error_rate_window": 600.0, "error_rate_threshold": 0.5,
-             "error_rate_min_calls": 4, "error_rate_interval": 0.2}
+             "error_rate_min_calls": 4, "error_rate_interval": 0.2, "error_rate_poll": 0.05}
     async with receiving(secret) as rx:
         await add_endpoint(js, "acme", rx.url, secret, events=(alerts.EVENT_ERROR_RATE,))
         async with billing(nats_url, **FAST, **rates):
@@ -174,3 +178,124 @@ async def test_error_rate_fires_once_per_crossing(js: Any, nats_url: str) -> Non
     assert (first["data"]["failed"], first["data"]["calls"]) == (4, 4)
     assert (second["data"]["failed"], second["data"]["calls"]) == (9, 18)
     assert await crossed(js, "steady") is None
+
+
+def counted(m: ErrorRateMonitor, fn: str) -> tuple[int, int]:
+    """(failed, calls) in ``fn``'s window as ``m`` counts them."""
+    w = m.windows.get(f"acme.shop.{fn}")
+    return (w.failed, len(w.calls)) if w else (0, 0)
+
+
+async def monitor_consumers(js: Any) -> list[str]:
+    return [c.name for c in await js.consumers_info(names.STREAM_OUTPUTS)
+            if c.name.startswith(names.error_rate_consumer(""))]
+
+
+async def alert_deliveries(js: Any) -> list[dict[str, Any]]:
+    """The error-rate events queued for acme (no sender runs: they stay in the stream)."""
+    state = (await js.stream_info(names.STREAM_WEBHOOKS)).state
+    bodies = []
+    for seq in range(state.first_seq, state.last_seq + 1) if state.messages else ():
+        raw = await js.get_msg(names.STREAM_WEBHOOKS, seq)
+        bodies.append(json.loads(WebhookDeliveryDecoder.decode(raw.data).body))
+    return bodies
+
+
+async def test_error_rate_reads_batches_counting_each_call_once(js: Any) -> None:
+    await add_endpoint(js, "acme", "http://127.0.0.1:9/", "s", events=(alerts.EVENT_ERROR_RATE,))
+
+    def monitor() -> ErrorRateMonitor:
+        return ErrorRateMonitor(js, window=600.0, threshold=0.5, min_calls=10, interval=0.3,
+                                poll=0.1)
+
+    # Already in the stream at start: more than two batches for the first read.
+    backlog = 2 * BATCH + 37
+    for i in range(backlog):
+        await call(js, f"s{i}", "steady", "failure" if i % 4 == 0 else "success",
+                   container=f"c{i % 3}")
+    want_steady = ((backlog + 3) // 4, backlog)
+    m = monitor()
+    await m.start()
+    try:
+        await until(lambda: counted(m, "steady") == want_steady, what="the backlog")
+        # Outputs that arrive over several polls: each call counts once, a second output of
+        # a call (another attempt) not at all.
+        for wave in range(4):
+            for i in range(3 * wave, 3 * wave + 3):
+                await call(js, f"f{i}", "flaky", "failure" if i != 1 else "success",
+                           container="c9")
+            await bus.publish(js, names.output_subject(f"s{wave}", 2), encode(Output(
+                call_id=f"s{wave}", input_id=f"in-s{wave}", attempt=2, attempt_token="t2",
+                status="failure", container_id="c0")))
+            await asyncio.sleep(0.25)
+        await until(lambda: counted(m, "flaky") == (11, 12), what="the waves")
+        await asyncio.sleep(0.3)  # more rounds, nothing new
+        assert counted(m, "steady") == want_steady and counted(m, "flaky") == (11, 12)
+        # Crossed at its 10th call (9 of 10 failed): one event.
+        (event,) = await alert_deliveries(js)
+        assert event["type"] == "function.error_rate_exceeded"
+        assert (event["data"]["failed"], event["data"]["calls"]) == (9, 10)
+        assert await crossed(js, "flaky") is True and await crossed(js, "steady") is None
+        assert len(await monitor_consumers(js)) == 1
+    finally:
+        await m.stop()
+    assert await monitor_consumers(js) == []  # stop deletes its consumer
+
+    # A new monitor (a new leader) rebuilds the window from the stream: the same counts,
+    # and the crossing it finds is the one already fired.
+    m = monitor()
+    await m.start()
+    try:
+        await until(lambda: counted(m, "flaky") == (11, 12), what="the rebuild")
+        await until(lambda: counted(m, "steady") == want_steady, what="the rebuild")
+        # Its consumer vanishes (an operator, an idle timeout): a new one goes on right
+        # after the last output read, so nothing is counted twice or missed.
+        (lost,) = await monitor_consumers(js)
+        await js.delete_consumer(names.STREAM_OUTPUTS, lost)
+        for i in range(12, 15):
+            await call(js, f"f{i}", "flaky", "success", container="c9")
+        await until(lambda: counted(m, "flaky") == (11, 15), what="the outputs after")
+        await asyncio.sleep(0.3)
+        assert counted(m, "steady") == want_steady and counted(m, "flaky") == (11, 15)
+        (now,) = await monitor_consumers(js)
+        assert now != lost
+    finally:
+        await m.stop()
+    # The replay met the crossing again: the same event id, so nothing new was queued.
+    assert await alert_deliveries(js) == [event]
+    assert await crossed(js, "flaky") is True
+
+
+async def test_error_rate_reading_survives_a_nats_restart(js: Any,
+                                                          nats_server: Server) -> None:
+    await add_endpoint(js, "acme", "http://127.0.0.1:9/", "s", events=(alerts.EVENT_ERROR_RATE,))
+    m = ErrorRateMonitor(js, window=600.0, threshold=0.5, min_calls=10, interval=0.3,
+                         poll=0.05)
+    await m.start()
+    try:
+        for i in range(6):
+            await call(js, f"f{i}", "flaky", "failure" if i % 2 else "success")
+        await until(lambda: counted(m, "flaky") == (3, 6), what="the first outputs")
+        (before,) = await monitor_consumers(js)
+        # The consumer lives in the server's memory only: the restart loses it.
+        await asyncio.to_thread(nats_server.restart)
+
+        async def published() -> bool:
+            try:
+                await call(js, "f6", "flaky", "failure")
+            except Exception:
+                return False
+            return True
+        await until(published, what="nats back")
+        for i in range(7, 12):
+            await call(js, f"f{i}", "flaky", "failure")
+        await until(lambda: counted(m, "flaky") == (9, 12), what="the outputs after")
+        await asyncio.sleep(0.3)
+        assert counted(m, "flaky") == (9, 12)
+        (after,) = await monitor_consumers(js)
+        assert after != before
+        (event,) = await alert_deliveries(js)
+        assert (event["data"]["failed"], event["data"]["calls"]) == (7, 10)
+    finally:
+        await m.stop()
+    assert await monitor_consumers(js) == []

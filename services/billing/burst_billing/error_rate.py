@@ -1,20 +1,26 @@
 """Error rates: ``function.error_rate_exceeded`` from the calls' outputs.
 
-The lease holder reads ``BURST_OUTPUTS`` (outputs only, not generator items) with an
-ordered consumer that starts one window back in stream time, so a new leader rebuilds the
-window from the stream itself and nothing needs acking. Each call counts once (its first
-output seen); ``failure``, ``timeout`` and ``internal`` count as failed, ``success`` as
-not, and cancelled calls (``terminated``) not at all. An output names its container, not
-its function: the container's function is learnt from the call's record once and cached.
+The lease holder reads ``BURST_OUTPUTS`` (outputs only, not generator items) in batches:
+every ``poll`` seconds it takes all the outputs that arrived since the last read, a batch
+at a time, from a pull consumer of its own (ephemeral, nothing acked) that starts one
+window back in stream time, so a new leader rebuilds the window from the stream itself. A
+crossing is therefore seen within about ``poll`` of the output that caused it. The reader
+remembers the stream sequence of the last output it took: a consumer that is lost (a
+nats-server restart, an idle timeout) or that skips deliveries is replaced by one that
+starts right after it, so no output counts twice and none is missed. Each call counts once
+(its first output seen); ``failure``, ``timeout`` and ``internal`` count as failed,
+``success`` as not, and cancelled calls (``terminated``) not at all. An output names its
+container, not its function: the container's function is learnt from the call's record
+once and cached.
 
 Per function, the share of failed calls over the last ``window`` seconds (stream time) is
-checked after every output and every ``interval``: when at least ``min_calls`` calls are in
-the window and the share is at or above ``threshold``, the function has *crossed*. The
-event fires once per crossing; the crossing ends when the share drops below the threshold
-(or too few calls remain), and only a new crossing fires again. Whether a function is
-crossed lives in ``burst_alert_state``, written after the event is queued (whose id comes
-from the function and the stream sequence of its window's latest output), so a restart or
-a new leader neither fires a crossing twice nor loses one.
+checked after every output read and every ``interval``: when at least ``min_calls`` calls
+are in the window and the share is at or above ``threshold``, the function has *crossed*.
+The event fires once per crossing; the crossing ends when the share drops below the
+threshold (or too few calls remain), and only a new crossing fires again. Whether a
+function is crossed lives in ``burst_alert_state``, written after the event is queued
+(whose id comes from the function and the stream sequence of its window's latest output),
+so a restart or a new leader neither fires a crossing twice nor loses one.
 """
 
 from __future__ import annotations
@@ -23,12 +29,15 @@ import asyncio
 import collections
 import contextlib
 import datetime
+import secrets
 import time
 
 import msgspec
+import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
 from burst_core import alerts, bus, ledger, logs, names
@@ -40,6 +49,7 @@ from burst_core.schemas import (
     OutputDecoder,
     encode,
 )
+from burst_core.service import cancel_and_wait
 
 log = logs.get("burst.billing.error_rate")
 
@@ -47,6 +57,13 @@ KIND = "error_rate"
 FAILED = frozenset({"failure", "timeout", "internal"})
 COUNTED = FAILED | {"success"}
 _CACHE_MAX = 100_000
+#: Outputs per fetch. One carries up to 512 KiB of inline result, so this bounds a batch
+#: (typically a few KiB) at 128 MiB.
+BATCH = 256
+#: Longest a fetch waits when no output is there (the loop sleeps ``poll`` after it).
+_FETCH_WAIT = 0.05
+#: Seconds without a fetch after which the server deletes a monitor's consumer.
+_IDLE_EXPIRY = 60.0
 
 
 class Window:
@@ -78,25 +95,34 @@ class ErrorRateMonitor:
     """See the module docstring."""
 
     def __init__(self, js: JetStreamContext, *, window: float, threshold: float,
-                 min_calls: int, interval: float) -> None:
+                 min_calls: int, interval: float, poll: float = 0.25) -> None:
         if not window > 0:
             raise ValueError(f"error_rate_window={window!r}: must be > 0 seconds")
         if not 0 < threshold <= 1:
             raise ValueError(f"error_rate_threshold={threshold!r}: must be a share in (0, 1]")
         if min_calls < 1:
             raise ValueError(f"error_rate_min_calls={min_calls!r}: must be at least 1")
+        if not poll > 0:
+            raise ValueError(f"error_rate_poll={poll!r}: must be > 0 seconds")
         self.js = js
         self.window = window
         self.threshold = threshold
         self.min_calls = min_calls
         self.interval = interval
+        self.poll = poll
         self.windows: dict[str, Window] = {}
         self.crossed: dict[str, bool] = {}
         self._fn_of_container: dict[str, str] = {}
         self._calls_seen: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
-        self._sub: object | None = None
-        self._lock = asyncio.Lock()
+        self._psub: JetStreamContext.PullSubscription | None = None
+        self._consumer = ""
+        #: Stream sequence of the last output taken (0: none yet); a replacement consumer
+        #: starts right after it.
+        self._seq = 0
+        #: Delivery sequence of the last message from the current consumer: nothing is
+        #: acked, so nothing is redelivered, and a jump means deliveries were lost.
+        self._delivered = 0
         self._state: KeyValue | None = None
         self._calls: KeyValue | None = None
 
@@ -106,43 +132,120 @@ class ErrorRateMonitor:
         for key, raw in (await alerts.kv_values(self._state, KIND)).items():
             with contextlib.suppress(msgspec.DecodeError):
                 self.crossed[key[len(KIND) + 1:]] = AlertStateDecoder.decode(raw).active
-        start = datetime.datetime.fromtimestamp(time.time() - self.window, datetime.UTC)
-        # A callback subscription: each output costs a callback, not a timed wait (the
-        # periodic pass has its own task; one lock keeps the two from interleaving).
-        self._sub = await self.js.subscribe(
-            names.SUBJECTS_OUTPUTS, stream=names.STREAM_OUTPUTS, ordered_consumer=True,
-            cb=self._on_msg,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
-                                  opt_start_time=start))
-        self._task = asyncio.create_task(self._passes(), name="billing-error-rate")
+        await self._subscribe()
+        self._task = asyncio.create_task(self._run(), name="billing-error-rate")
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()  # type: ignore[attr-defined]
-            self._sub = None
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
+        await self._unsubscribe()
 
-    async def _on_msg(self, msg: Msg) -> None:
-        async with self._lock:
-            try:
-                await self.on_output(msg)
-            except Exception as e:  # one bad output must not stop the monitor
-                log.warning("error_rate_output_failed", error=repr(e))
+    async def _subscribe(self) -> None:
+        """A new consumer: right after the last output taken, or one window back."""
+        if self._seq:
+            where = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                   opt_start_seq=self._seq + 1)
+        else:
+            start = datetime.datetime.fromtimestamp(time.time() - self.window, datetime.UTC)
+            where = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
+                                   opt_start_time=start)
+        name = names.error_rate_consumer(secrets.token_hex(6))
+        # In memory and R1: losing it (a nats-server restart) only costs a new one, and
+        # the server keeps no state on disk for every output read. Idle (no fetch) for
+        # _IDLE_EXPIRY, as when this process died, the server deletes it.
+        where.name = name
+        where.filter_subject = names.SUBJECTS_OUTPUTS
+        where.ack_policy = AckPolicy.NONE
+        where.mem_storage = True
+        where.num_replicas = 1
+        where.inactive_threshold = max(_IDLE_EXPIRY, 4 * self.poll)
+        await self.js.add_consumer(names.STREAM_OUTPUTS, where)
+        self._consumer = name
+        self._psub = await self.js.pull_subscribe_bind(name, names.STREAM_OUTPUTS)
+        self._delivered = 0
 
-    async def _passes(self) -> None:
+    async def _unsubscribe(self) -> None:
+        psub, self._psub = self._psub, None
+        if psub is None:
+            return
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()
+        try:
+            await asyncio.wait_for(
+                self.js.delete_consumer(names.STREAM_OUTPUTS, self._consumer), 2.0)
+        except nats.js.errors.NotFoundError:
+            pass
+        except Exception as e:  # NATS trouble: the server deletes it once idle
+            log.info("error_rate_consumer_left", consumer=self._consumer, error=repr(e))
+
+    async def _run(self) -> None:
+        """Read every ``poll`` and pass over every window every ``interval``, in one task
+        (so the two never interleave)."""
+        loop = asyncio.get_running_loop()
+        next_read, next_pass = loop.time(), loop.time() + self.interval
         while True:
-            await asyncio.sleep(self.interval)
-            async with self._lock:
-                for fn_key in list(self.windows):
-                    try:
-                        await self._evaluate(fn_key, time.time())
-                    except Exception as e:  # NATS trouble: the next pass repeats it
-                        log.warning("error_rate_pass_failed", fn_key=fn_key, error=repr(e))
+            await asyncio.sleep(max(0.0, min(next_read, next_pass) - loop.time()))
+            if loop.time() >= next_read:
+                await self._read()
+                next_read = loop.time() + self.poll
+            if loop.time() >= next_pass:
+                await self._pass()
+                next_pass = loop.time() + self.interval
+
+    async def _read(self) -> None:
+        """Take every output there is, a batch at a time. Never raises: on NATS trouble,
+        or a lost delivery, the consumer is dropped and the next round starts a new one
+        right after the last output taken."""
+        try:
+            if self._psub is None:
+                await self._subscribe()
+            assert self._psub is not None
+            while True:
+                # With outputs there, fetch returns at once with up to BATCH of them; only
+                # with none does it wait, _FETCH_WAIT at most, and then times out.
+                try:
+                    msgs = await self._psub.fetch(BATCH, timeout=_FETCH_WAIT)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    return
+                for msg in msgs:
+                    if not await self._take(msg):
+                        await self._unsubscribe()
+                        return
+                if len(msgs) < BATCH:
+                    return
+        except Exception as e:
+            log.warning("error_rate_read_failed", consumer=self._consumer, after=self._seq,
+                        error=repr(e))
+            await self._unsubscribe()
+
+    async def _take(self, msg: Msg) -> bool:
+        """Count one delivered output; False when the consumer must be replaced (a delivery
+        was lost, or NATS trouble while counting this one, which is then read again)."""
+        seq = msg.metadata.sequence
+        if seq.consumer != self._delivered + 1:
+            log.warning("error_rate_deliveries_lost", consumer=self._consumer,
+                        expected=self._delivered + 1, got=seq.consumer, after=self._seq)
+            return False
+        self._delivered = seq.consumer
+        if seq.stream <= self._seq:
+            return True  # taken before
+        try:
+            await self.on_output(msg)
+        except (nats.errors.Error, TimeoutError) as e:
+            log.warning("error_rate_output_failed", seq=seq.stream, error=repr(e))
+            return False
+        except Exception as e:  # one bad output must not stop the monitor: skipped
+            log.warning("error_rate_output_skipped", seq=seq.stream, error=repr(e))
+        self._seq = seq.stream
+        return True
+
+    async def _pass(self) -> None:
+        for fn_key in list(self.windows):
+            try:
+                await self._evaluate(fn_key, time.time())
+            except Exception as e:  # NATS trouble: the next pass repeats it
+                log.warning("error_rate_pass_failed", fn_key=fn_key, error=repr(e))
 
     async def on_output(self, msg: Msg) -> None:
         try:

@@ -96,7 +96,8 @@ async def _start_monitors(
               ErrorRateMonitor(js, window=settings.error_rate_window,
                                threshold=settings.error_rate_threshold,
                                min_calls=settings.error_rate_min_calls,
-                               interval=settings.error_rate_interval)):
+                               interval=settings.error_rate_interval,
+                               poll=settings.error_rate_poll)):
         try:
             await m.start()
         except Exception as e:
