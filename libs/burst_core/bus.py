@@ -71,7 +71,10 @@ class Topology:
     extra_kv: dict[str, float] = field(default_factory=dict)
 
 
-async def connect(url: str, name: str) -> NATS:
+async def connect(url: str, name: str,
+                  reconnected: Callable[[], Awaitable[None]] | None = None) -> NATS:
+    """A connection that reconnects for ever; ``reconnected`` runs after each reconnect
+    (subscriptions are already renewed then)."""
     async def _err(e: Exception) -> None:
         log.warning("nats_error", error=str(e))
 
@@ -82,6 +85,7 @@ async def connect(url: str, name: str) -> NATS:
         reconnect_time_wait=0.5,
         error_cb=_err,
         connect_timeout=5,
+        reconnected_cb=reconnected,
     )
 
 

@@ -113,6 +113,64 @@ def test_map_of_ten_thousand_returns_every_result_in_order(cluster: Cluster,
     assert out["starmap"] == [30, 70] and out["zipped"] == [11, 22]
 
 
+def test_sequential_calls_stay_on_the_most_recently_used_container(cluster: Cluster,
+                                                                    tmp_path: Path) -> None:
+    """With two idle containers, one call after another runs in the container that ran
+    the previous call (caches warm), not in turn in each."""
+    app = write_app(tmp_path, """
+        import json, os, time
+        import burst
+
+        app = burst.App("lifo")
+
+        @app.function(max_containers=2, scaledown_window=120)
+        def where(delay):
+            time.sleep(delay)
+            return os.environ["BURST_CONTAINER_ID"]
+
+        @app.local_entrypoint()
+        def main():
+            warm = sorted(set(where.map([2.0, 2.0])))  # two containers, both idle after
+            seq = [where.remote(0) for _ in range(30)]
+            print(json.dumps({"warm": warm, "seq": seq}))
+    """)
+    proc = cluster.burst("run", str(app), check=True, timeout=120)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(out["warm"]) == 2, out
+    assert len(set(out["seq"])) == 1 and out["seq"][0] in out["warm"], out
+
+
+def test_map_over_several_containers_runs_each_input_once(cluster: Cluster,
+                                                           tmp_path: Path) -> None:
+    app = write_app(tmp_path, """
+        import json, os
+        import burst
+
+        app = burst.App("once")
+        runs = 0
+
+        @app.function(max_containers=4)
+        def tagged(x):
+            global runs
+            runs += 1
+            return [x, os.environ["BURST_CONTAINER_ID"], runs]
+
+        @app.local_entrypoint()
+        def main():
+            print(json.dumps(list(tagged.map(range(2000)))))
+    """)
+    proc = cluster.burst("run", str(app), check=True, timeout=300)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [r[0] for r in out] == list(range(2000))  # every result, once, in order
+    # Each container's run counter has no gap: no input ran without its result being
+    # the one returned (an input run twice leaves a gap).
+    by_container: dict[str, list[int]] = {}
+    for _, cid, n in out:
+        by_container.setdefault(cid, []).append(n)
+    for cid, ns in by_container.items():
+        assert sorted(ns) == list(range(1, len(ns) + 1)), cid
+
+
 def test_concurrent_inputs_share_one_container(cluster: Cluster, tmp_path: Path) -> None:
     app = write_app(tmp_path, """
         import asyncio, json, os, time

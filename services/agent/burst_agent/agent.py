@@ -16,6 +16,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from nats.aio.msg import Msg
@@ -25,6 +26,7 @@ from burst_agent import gpus
 from burst_agent.attempts import Attempts
 from burst_agent.bundles import BundleCache
 from burst_agent.container import Container
+from burst_agent.inputs import InputPuller
 from burst_agent.runtime import ProcessRuntime, Runtime, make_runtime
 from burst_agent.sandbox import Sandbox
 from burst_agent.settings import AgentSettings
@@ -65,6 +67,8 @@ class Agent:
         names.check_ident("agent", self.agent_id)
         self.runtime = runtime or self._make_runtime()
         self.containers: dict[str, Container] = {}
+        #: Each function's pull of inputs for its ready containers here, by function key.
+        self.pullers: dict[str, InputPuller] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._hb_seq = 0
         self.preempted = False  # a reclaim notice came: no new containers here
@@ -98,7 +102,8 @@ class Agent:
         self.inventory = gpus.discover(s.gpus)
         log.info("gpu_inventory", status=self.inventory.status,
                  gpus=[g.type for g in self.inventory.gpus])
-        self.nc = await bus.connect(s.nats_url, f"agent-{self.agent_id}")
+        self.nc = await bus.connect(s.nats_url, f"agent-{self.agent_id}",
+                                    reconnected=self._on_reconnected)
         self.js = self.nc.jetstream()
         await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
         self.agents_kv = await self.js.key_value(names.KV_AGENTS)
@@ -226,6 +231,32 @@ class Agent:
         task = asyncio.create_task(self._run_container(c))
         self._tasks.append(task)
         task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    def inputs(self, fn_key: str, ensure_consumer: Callable[[], Awaitable[object]],
+               ) -> InputPuller:
+        """The function's pull of inputs here, started for its first ready container."""
+        p = self.pullers.get(fn_key)
+        if p is None or p.closed:
+            p = InputPuller(self.nc, names.STREAM_INPUTS, names.function_consumer(fn_key),
+                            self.settings, ensure_consumer)
+            self.pullers[fn_key] = p
+            self._tasks.append(p.task)
+
+            def gone(t: asyncio.Task[None], p: InputPuller = p) -> None:
+                if t in self._tasks:
+                    self._tasks.remove(t)
+                if self.pullers.get(fn_key) is p:
+                    del self.pullers[fn_key]
+                if not t.cancelled() and t.exception() is not None:
+                    log.error("input_pull_failed", fn_key=fn_key, error=repr(t.exception()))
+
+            p.task.add_done_callback(gone)
+        return p
+
+    async def _on_reconnected(self) -> None:
+        """Pull requests made before may be gone with the old connection: ask anew."""
+        for p in self.pullers.values():
+            p.reset()
 
     async def _run_container(self, c: Container) -> None:
         try:

@@ -2,12 +2,19 @@
 
 Life of a container: placement -> bundle unpacked -> socket bound -> process started
 (``container.started``) -> shim imported the user's module (``container.ready``) ->
-inputs pulled from the function's durable consumer, as many as it has free slots,
-relayed to the shim and answered -> stopped (``container.stopped``, final metering
-record, allocation released on the agent's record). The consumer is created (if need be)
-and bound while the process starts, so the first input is pulled as soon as it is ready.
+its free slots join the function's pull on this agent (inputs.py: one continuous pull
+for all the function's containers here, each input to the most recently freed slot),
+inputs relayed to the shim and answered -> stopped (``container.stopped``, final
+metering record, allocation released on the agent's record). The consumer is created
+(if need be) while the process starts, so the first input is pulled as soon as it is
+ready.
 
 Invariants:
+- ``_slots`` counts the free slots: ``_dispatch`` takes one for each input the pull
+  hands it; every way out gives it back (done, timed out, handed back, never run) and,
+  while the container is joined, back to the pull, whose stack then holds one entry per
+  free slot; the container leaves the pull whenever ``_stopping`` is set (stop,
+  unresponsive, the end of ``run``), its free slots with it;
 - an input is acked only after its output is stored (or found already stored);
 - a stopping container hands its in-flight inputs back at once (nak), except when the
   stop is a kill for a timeout, whose input gets a ``timeout`` output;
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +42,7 @@ from burst import _protocol as proto
 from burst.exception import Error as BurstError
 from burst_agent import images
 from burst_agent.attempts import GiveUp
+from burst_agent.inputs import InputPuller
 from burst_agent.runtime import SIGKILL, SIGTERM, ContainerHandle
 from burst_core import bus, logs, names
 from burst_core.schemas import (
@@ -92,12 +101,14 @@ class Container:
         self._ready: asyncio.Future[proto.Ready | proto.StartupFailed] = (
             asyncio.get_running_loop().create_future())
         self._writer: asyncio.StreamWriter | None = None
-        self._slots = asyncio.Semaphore(self.max_inputs)
+        #: Free input slots (see the invariants above).
+        self._slots = self.max_inputs
         self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._psub: object | None = None
-        #: The function's consumer, made and bound while the container starts.
-        self._binding: asyncio.Task[Any] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: The function's pull on this agent, from ready until stopping.
+        self._puller: InputPuller | None = None
+        #: The function's consumer, made while the container starts.
+        self._binding: asyncio.Task[None] | None = None
         self.socket_path = Path(self.agent.socket_dir) / f"{self.id}.sock"
         self.last_alive = time.monotonic()
         self.unresponsive = False
@@ -136,10 +147,9 @@ class Container:
                      str(self.agent.settings.container_heartbeat_interval)},
                 image=self.fn.image, build_log=self._build_line,
             )
-            # Overlapped with the start: the function's consumer (created on demand) is
-            # bound, and the started event goes out, while the shim imports the module.
-            self._binding = asyncio.create_task(
-                self._bind(names.function_consumer(self.fn_key)))
+            # Overlapped with the start: the function's consumer is made (if need be),
+            # and the started event goes out, while the shim imports the module.
+            self._binding = asyncio.create_task(self._bind())
             self.handle = await self.agent.runtime.start(spec)
             self.started_at = time.time()
             self._interval, self._interval_start = 0, self.started_at
@@ -159,7 +169,7 @@ class Container:
                 await started  # stored before ready (or the container fails, as before)
             if isinstance(ready, proto.Ready):
                 self.state, self.idle_since = "idle", time.time()
-                self._spawn(self._input_loop())  # first: the event need not hold the input
+                self._spawn(self._join_inputs())  # first: the event need not hold the input
                 self._spawn(self._watch_alive())
                 self._spawn(self._keepalive_loop())
                 await self._event("ready", ContainerReady(
@@ -190,11 +200,12 @@ class Container:
                     exit_code = await self.handle.wait()
         finally:
             self.state = "stopping"
-            self._stopping.set()
+            self._set_stopping()
             await self._finish_in_flight(exit_code)
-            for t in self._tasks:
+            tasks = list(self._tasks)
+            for t in tasks:
                 t.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self._drop_binding()
             if server is not None:
                 server.close()
@@ -234,7 +245,9 @@ class Container:
     async def _fail_waiting_inputs(self) -> None:
         psub: Any = None
         try:
-            psub = await self._bind(names.function_consumer(self.fn_key))
+            await self._bind()
+            psub = await self.agent.js.pull_subscribe_bind(
+                names.function_consumer(self.fn_key), names.STREAM_INPUTS)
             msgs = await psub.fetch(self.agent.settings.startup_failure_batch, timeout=0.2)
         except (nats.errors.TimeoutError, TimeoutError):
             return
@@ -271,7 +284,7 @@ class Container:
         self.log.info("container_stopping", reason=reason)
         self.stop_reason = reason
         self.state = "stopping"
-        self._stopping.set()
+        self._set_stopping()
         # Hand in-flight inputs back at once: another container picks them up.
         for inf in list(self.in_flight.values()):
             self._release(inf)
@@ -336,117 +349,139 @@ class Container:
                 self._ready.set_result(frame)
 
     # ---- inputs --------------------------------------------------------------------
-    async def _input_loop(self) -> None:
-        consumer = names.function_consumer(self.fn_key)
-        try:
-            await self._pull(consumer)
-        finally:
-            if self._psub is not None:
-                with contextlib.suppress(Exception):
-                    await self._psub.unsubscribe()  # type: ignore[attr-defined]
-
-    async def _pull(self, consumer: str) -> None:
-        psub = None
+    async def _join_inputs(self) -> None:
+        """Once the function's consumer exists (made while the process started, so
+        normally at once), offer this container's slots to the function's pull here."""
         while not self._stopping.is_set():
-            await self._slots.acquire()
-            self._slots.release()
-            if self._stopping.is_set():
-                break
+            early, self._binding = self._binding, None
             try:
-                if psub is None:
-                    early, self._binding = self._binding, None
-                    psub = self._psub = await (early or self._bind(consumer))
-                # One at a time: nats-py's fetch of n, once its long-poll is pending,
-                # returns only when n arrived or it expires, so a lone input would wait
-                # out fetch_timeout; fetch(1) returns as soon as one is there, and a
-                # backlog still drains at once (each fetch is answered immediately).
-                msgs = await psub.fetch(1, timeout=self.agent.settings.fetch_timeout)
-            except (nats.errors.TimeoutError, TimeoutError):
-                continue
+                await (early or self._bind())
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # consumer deleted underneath us, connection blip
-                self.log.info("input_fetch_retry", error=repr(e))
-                psub = None
-                await asyncio.sleep(0.2)
+            except Exception as e:  # NATS blip: try again
+                self.log.info("input_bind_retry", error=repr(e))
+                await asyncio.sleep(self.agent.settings.pull_retry)
                 continue
-            for msg in msgs:
-                await self._dispatch(msg)
+            if not self._stopping.is_set():
+                self._puller = self.agent.inputs(self.fn_key, self._bind)
+                self._puller.join(self, self._slots)
+            return
+
+    def _set_stopping(self) -> None:
+        """No new inputs: the container leaves the function's pull (its free slots with it)."""
+        self._stopping.set()
+        puller, self._puller = self._puller, None
+        if puller is not None:
+            puller.leave(self)
 
     async def _drop_binding(self) -> None:
-        """The early binding, if the input loop never took it (the start failed)."""
+        """The early binding, if the container never joined its inputs (the start failed)."""
         early, self._binding = self._binding, None
         if early is None:
             return
         early.cancel()
         await asyncio.wait([early])
-        if not early.cancelled() and early.exception() is None:
-            with contextlib.suppress(Exception):
-                await early.result().unsubscribe()
 
-    async def _bind(self, consumer: str) -> Any:
+    async def _bind(self) -> None:
+        """Create the function's consumer if need be (idempotent)."""
         cfg = ConsumerConfig(
-            durable_name=consumer, ack_policy=AckPolicy.EXPLICIT,
+            durable_name=names.function_consumer(self.fn_key), ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.agent.settings.ack_wait, deliver_policy=DeliverPolicy.ALL,
             filter_subject=names.input_subject(self.fn_key), max_ack_pending=-1,
         )
         await bus.ensure_consumer(self.agent.js, names.STREAM_INPUTS, cfg)
-        return await self.agent.js.pull_subscribe_bind(consumer, names.STREAM_INPUTS)
 
     async def _dispatch(self, msg: Msg) -> None:
+        """Run an input in one of this container's free slots, which the function's pull
+        picked for it (and counted as taken). Every way out that does not run the input
+        gives the slot back."""
+        self._slots -= 1
         if self._stopping.is_set():
+            self._free_slot()
             await _quiet(msg.nak())
             return
         try:
             inp = InputDecoder.decode(msg.data)
         except msgspec.DecodeError as e:
+            self._free_slot()
             self.log.warning("input_undecodable", error=repr(e))
             await _quiet(msg.term())
             return
         if inp.call_id in self.agent.cancelled:  # its terminated output is stored
+            self._free_slot()
             await _quiet(msg.ack())
             return
-        if msg.metadata.num_delivered > 1:
-            try:
-                resumed = await self.agent.attempts.resume(inp)
-            except GiveUp as e:
-                out = Output(call_id=inp.call_id, input_id=inp.input_id, attempt=inp.attempt,
-                             attempt_token=inp.attempt_token, status="internal",
-                             error_type="burst.exception.InternalError", error_message=str(e),
-                             container_id=self.id, finished_at=time.time())
-                await self._store_output(out, msg)
-                return
-            if resumed is None:  # already answered
-                await _quiet(msg.ack())
-                return
-            inp = resumed
-        await self._slots.acquire()
-        inf = InFlight(msg=msg, inp=inp, started=time.time())
-        payload = inp.payload
-        if inp.payload_ref:  # an argument above the inline limit, from the blob store
-            try:
-                payload = await self.agent.blob_get(inp.payload_ref)
-            except Exception as e:
-                self._slots.release()
-                await self._store_output(self._failure(
-                    inf, "failure", "burst.exception.ExecutionError",
-                    f"the call's arguments ({inp.payload_ref}) cannot be read: {e}"), msg)
-                return
+        if msg.metadata.num_delivered > 1 or inp.payload_ref:
+            # Reads before it can run: in a task, not holding up the inputs behind it.
+            self._spawn(self._dispatch_slow(msg, inp))
+            return
+        self._run_input(msg, inp, inp.payload)
+
+    async def _dispatch_slow(self, msg: Msg, inp: Input) -> None:
+        """A redelivered input (which attempt runs now?) or one whose argument is in the
+        blob store."""
+        ran = False
+        try:
+            if msg.metadata.num_delivered > 1:
+                try:
+                    resumed = await self.agent.attempts.resume(inp)
+                except GiveUp as e:
+                    out = Output(call_id=inp.call_id, input_id=inp.input_id,
+                                 attempt=inp.attempt, attempt_token=inp.attempt_token,
+                                 status="internal", error_type="burst.exception.InternalError",
+                                 error_message=str(e), container_id=self.id,
+                                 finished_at=time.time())
+                    await self._store_output(out, msg)
+                    return
+                except Exception as e:  # the call's record cannot be read: again soon
+                    self.log.warning("input_resume_failed", call_id=inp.call_id, error=repr(e))
+                    await _quiet(msg.nak(delay=1.0))
+                    return
+                if resumed is None:  # already answered
+                    await _quiet(msg.ack())
+                    return
+                inp = resumed
+            payload = inp.payload
+            if inp.payload_ref:  # an argument above the inline limit, from the blob store
+                try:
+                    payload = await self.agent.blob_get(inp.payload_ref)
+                except Exception as e:
+                    inf = InFlight(msg=msg, inp=inp, started=time.time())
+                    await self._store_output(self._failure(
+                        inf, "failure", "burst.exception.ExecutionError",
+                        f"the call's arguments ({inp.payload_ref}) cannot be read: {e}"), msg)
+                    return
             if self._stopping.is_set():  # stopped meanwhile: another container runs it
-                self._slots.release()
                 await _quiet(msg.nak())
                 return
+            self._run_input(msg, inp, payload)
+            ran = True
+        except asyncio.CancelledError:  # the container is gone: another one runs it
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+        finally:
+            if not ran:
+                self._free_slot()
+
+    def _run_input(self, msg: Msg, inp: Input, payload: bytes) -> None:
         assert self._writer is not None
         # The input goes out first (the hot path), the bookkeeping after: nothing can
-        # answer it before this coroutine yields.
+        # answer it before the caller yields.
         self._writer.write(proto.frame(proto.RunInput(
             input_id=inp.input_id, call_id=inp.call_id, attempt=inp.attempt,
             attempt_token=inp.attempt_token, payload=payload,
             payload_format=inp.payload_format)))
+        inf = InFlight(msg=msg, inp=inp, started=time.time())
         inf.timer = asyncio.get_running_loop().call_later(self.fn.timeout, self._on_timeout,
                                                           inp.input_id)
         self.in_flight[inp.input_id] = inf
         self.state, self.idle_since = "busy", None
+
+    def _free_slot(self) -> None:
+        self._slots += 1
+        if self._puller is not None:  # joined and not stopping
+            self._puller.freed(self)
 
     async def _keepalive_loop(self) -> None:
         """In-progress acks for inputs running longer than a third of AckWait, so a slow
@@ -473,7 +508,7 @@ class Container:
     def _release(self, inf: InFlight) -> None:
         if inf.timer:
             inf.timer.cancel()
-        self._slots.release()
+        self._free_slot()
 
     async def _watch_alive(self) -> None:
         """Hand the inputs of a frozen or wedged container to another container.
@@ -490,7 +525,7 @@ class Container:
                 self.log.warning("container_unresponsive", in_flight=len(self.in_flight),
                                  silent_s=round(time.monotonic() - self.last_alive, 1))
                 self.state = "stopping"  # counts as going away: no new inputs, replaced
-                self._stopping.set()
+                self._set_stopping()
                 for inf in list(self.in_flight.values()):
                     self._release(inf)
                     self.handed_back.add(inf.inp.input_id)
@@ -697,8 +732,10 @@ class Container:
             detail=self.detail[-2000:])))
         await _quiet(self.agent.release(self.id))
 
-    def _spawn(self, coro: object) -> None:
-        self._tasks.append(asyncio.create_task(coro))  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 async def _quiet(aw: object) -> None:

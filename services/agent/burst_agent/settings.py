@@ -27,8 +27,15 @@ class AgentSettings(CommonSettings):
     stop_grace: float = 5.0
     #: AckWait of inputs; running inputs send in-progress acks every third of it.
     ack_wait: float = 30.0
-    #: Longest wait of one pull for inputs; a stopping container leaves within about this.
+    #: Seconds a pull request for inputs lingers at the server before it expires and is
+    #: renewed; one never answered is presumed lost after twice this.
     fetch_timeout: float = 0.5
+    #: Seconds an input delivered while no container of its function here has a free
+    #: slot (one stopped while its slots were requested) waits for one before it is
+    #: handed back (its redelivery then counts as an internal retry).
+    input_hold: float = 0.25
+    #: Seconds before pulling again after a pull failed (consumer deleted, NATS down).
+    pull_retry: float = 0.2
     #: Seconds between the shim's liveness frames, and how long without one makes a
     #: container unresponsive (frozen, wedged): its inputs then go to another container.
     container_heartbeat_interval: float = 1.0
