@@ -1,0 +1,54 @@
+"""The gateway's transport wrapper: a response's writes in one loop turn leave as one."""
+
+from __future__ import annotations
+
+import asyncio
+
+from burst_gateway.http import GATHER_MAX, OneWrite
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+
+async def test_writes_in_one_turn_leave_as_one_and_close_flushes_first() -> None:
+    t = _Transport()
+    w = OneWrite(t)  # type: ignore[arg-type]
+    w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    w.write(b"ok")
+    assert t.writes == []
+    await asyncio.sleep(0)
+    assert t.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
+    w.write(b"head")
+    w.write(b"body")
+    w.close()  # a connection closed right after its response still sends it, once
+    assert t.writes[1:] == [b"headbody"] and t.closed
+    await asyncio.sleep(0)
+    assert len(t.writes) == 2
+    assert w.get_extra_info("peername") == "info:peername"  # the rest passes through
+
+
+async def test_a_large_write_is_not_gathered() -> None:
+    t = _Transport()
+    w = OneWrite(t)  # type: ignore[arg-type]
+    big = b"x" * (GATHER_MAX + 1)
+    w.write(b"head")
+    w.write(big)  # what was gathered goes first, then the large write as it is
+    assert t.writes == [b"head", big]
+    await asyncio.sleep(0)
+    assert t.writes == [b"head", big]
