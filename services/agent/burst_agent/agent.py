@@ -70,6 +70,9 @@ class Agent:
         #: Each function's pull of inputs for its ready containers here, by function key.
         self.pullers: dict[str, InputPuller] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        #: Answered inputs whose acks go out together (see ``ack_later``).
+        self._acks: list[Msg] = []
+        self._acks_timer: asyncio.TimerHandle | None = None
         self._hb_seq = 0
         self.preempted = False  # a reclaim notice came: no new containers here
         self.started_at = time.time()
@@ -153,6 +156,7 @@ class Agent:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.flush_acks()
         with contextlib.suppress(Exception):
             await self.heartbeats_kv.delete(self.agent_id)
             await self.agents_kv.delete(self.agent_id)
@@ -161,6 +165,30 @@ class Agent:
         except Exception:  # nothing un-acked is left to lose: just close
             await self.nc.close()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    # ---- acks ----------------------------------------------------------------------
+    def ack_later(self, msg: Msg) -> None:
+        """Ack an input whose output is stored, within ``ack_delay``, with the others
+        answered meanwhile."""
+        self._acks.append(msg)
+        if self._acks_timer is None:
+            self._acks_timer = asyncio.get_running_loop().call_later(
+                self.settings.ack_delay, self._ack_soon)
+
+    def _ack_soon(self) -> None:
+        self._acks_timer = None
+        task = asyncio.ensure_future(self.flush_acks())
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    async def flush_acks(self) -> None:
+        if self._acks_timer is not None:
+            self._acks_timer.cancel()
+            self._acks_timer = None
+        acks, self._acks = self._acks, []
+        for msg in acks:
+            with contextlib.suppress(Exception):  # unacked: redelivered, found answered
+                await msg.ack()
 
     # ---- orders --------------------------------------------------------------------
     async def _on_order(self, msg: Msg) -> None:

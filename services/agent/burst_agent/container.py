@@ -641,7 +641,7 @@ class Container:
             self.log.error("output_store_failed", call_id=out.call_id, error=repr(e))
             await _quiet(msg.nak(delay=1.0))
             return
-        await _quiet(msg.ack())
+        self.agent.ack_later(msg)
 
     async def _finish_in_flight(self, exit_code: int | None) -> None:
         """The process is gone while inputs were running: answer or hand them back."""

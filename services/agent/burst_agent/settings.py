@@ -36,6 +36,11 @@ class AgentSettings(CommonSettings):
     input_hold: float = 0.25
     #: Seconds before pulling again after a pull failed (consumer deleted, NATS down).
     pull_retry: float = 0.2
+    #: Seconds an answered input's ack waits, gathered with others (one write; and while
+    #: calls keep coming the inputs stream's last block never empties, which otherwise
+    #: costs nats-server a new block file per call). Its output is stored before: an ack
+    #: lost with the agent only means a redelivery that finds the output and acks.
+    ack_delay: float = 0.02
     #: Seconds between the shim's liveness frames, and how long without one makes a
     #: container unresponsive (frozen, wedged): its inputs then go to another container.
     container_heartbeat_interval: float = 1.0
