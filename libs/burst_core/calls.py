@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import time
 import uuid
+from collections.abc import Callable
 
 import nats.js.errors
 from nats.aio.client import Client as NATS
@@ -70,13 +71,19 @@ class Signals:
     the scheduler counts containers and backlog itself. So the first call of a function
     signals at once, calls within ``interval`` after it share one trailing signal sent when
     the interval ends (naming the latest of them), and the next call after that signals at
-    once again. ``interval`` 0 sends one per call.
+    once again. ``interval`` 0 sends one per call. With ``answered`` (whether a call's
+    output has arrived), a trailing signal whose call is answered by then is not sent: the
+    function's containers keep up, and a scheduler told of work already done may place a
+    container nobody needs.
     """
 
-    def __init__(self, nc: NATS, interval: float) -> None:
+    def __init__(self, nc: NATS, interval: float,
+                 answered: Callable[[str], bool] | None = None) -> None:
         self.nc = nc
         self.interval = interval
+        self.answered = answered
         self.sent = 0
+        self.skipped = 0
         self._last: dict[str, float] = {}  # fn_key -> loop time of its last signal
         self._trailing: dict[str, tuple[str, float, asyncio.TimerHandle]] = {}
 
@@ -100,6 +107,9 @@ class Signals:
         if pending is None:
             return
         self._last[fn_key] = asyncio.get_running_loop().time()
+        if self.answered is not None and self.answered(pending[0]):
+            self.skipped += 1
+            return
         self.sent += 1
         asyncio.ensure_future(self._send(fn_key, pending[0], pending[1]))
 

@@ -67,3 +67,23 @@ async def test_interval_zero_signals_every_call_and_flush_sends_the_trailing_one
     await asyncio.sleep(0.05)
     assert got == ["e0", "e1", "e2", "e3", "e4", "h0", "h2"]
     await sub.unsubscribe()
+
+
+async def test_a_trailing_signal_for_an_answered_call_is_not_sent(js) -> None:  # type: ignore[no-untyped-def]
+    nc = js._nc
+    fn = "ws.app.k"
+    got, sub = await _collect(js, names.input_accepted_subject(fn))
+    answered = {"k2"}
+    signals = calls.Signals(nc, interval=0.2, answered=answered.__contains__)
+    await signals.accepted(fn, "k1", 1.0)  # at once, answered or not
+    await signals.accepted(fn, "k2", 2.0)  # held back; answered before the interval ends
+    await asyncio.sleep(0.3)
+    await nc.flush()
+    await asyncio.sleep(0.05)
+    assert got == ["k1"] and signals.skipped == 1
+    await signals.accepted(fn, "k3", 3.0)  # held back (the skipped one counts as sent)
+    await asyncio.sleep(0.3)  # not answered: its trailing signal goes
+    await nc.flush()
+    await asyncio.sleep(0.05)
+    assert got == ["k1", "k3"] and signals.sent == 2
+    await sub.unsubscribe()

@@ -45,13 +45,14 @@ class Gateway:
         await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
         self.deployments_kv = await self.js.key_value(names.KV_DEPLOYMENTS)
         self.calls_kv = await self.js.key_value(names.KV_CALLS)
-        self.signals = Signals(self.nc, s.signal_interval)
         self.idempotency_kv = await self.js.key_value(names.KV_IDEMPOTENCY)
         self.bundles = await self.js.object_store(names.OBJ_BUNDLES)
         self.tokens = TokenStore(await self.js.key_value(names.KV_TOKENS), s.token_cache_ttl)
         if s.bootstrap_token_hash:
             await self.tokens.ensure_hash(s.bootstrap_token_hash, s.bootstrap_workspace)
         self.outputs = OutputRouter(self.js)
+        self.signals = Signals(self.nc, s.signal_interval,
+                               answered=lambda call_id: self.outputs.recent(call_id) is not None)
         await self.outputs.start()
         await self.outputs.follow_attempts(self.nc)
         watcher = await self.deployments_kv.watchall()
