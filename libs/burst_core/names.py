@@ -189,8 +189,9 @@ def agent_consumer(agent_id: str) -> str:
 
 
 def error_rate_consumer(token: str) -> str:
-    """Billing's ephemeral pull consumer of outputs for one error-rate monitor (``token``
-    tells leaders apart): deleted when the monitor stops, or by the server once idle."""
+    """Billing's ephemeral pull consumer of metering records for one error-rate monitor
+    (``token`` tells leaders apart): deleted when the monitor stops, or by the server once
+    idle."""
     return f"billing_error_rate_{token}"
 
 

@@ -564,6 +564,13 @@ class MeteringRecord(_Wire, kw_only=True):
     resources: Resources
     spot: bool = False
     final: bool = False
+    #: Calls of this container whose output the agent stored during the interval, by
+    #: outcome: ``success`` in ``succeeded``; ``failure``, ``timeout`` and ``internal`` in
+    #: ``failed``. Cancelled calls are not counted, nor attempts the user's retries repeat
+    #: (only a call's stored output is). Billing's error-rate alert reads them; the ledger
+    #: ignores them. Riding on the record, they are counted once with it.
+    succeeded: int = 0
+    failed: int = 0
 
 
 # ---- codecs --------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Alerts on a real cluster: a function that always raises fires one
-``function.error_rate_exceeded``; a call that times out normally fires no
-``container.runaway_detected``. A receiver in the test verifies every signature."""
+``function.error_rate_exceeded`` (from the counts in the agents' metering records, which
+are checked too); a call that times out normally fires no ``container.runaway_detected``.
+A receiver in the test verifies every signature."""
 
 from __future__ import annotations
 
@@ -45,6 +46,19 @@ APP = """
     @app.function(timeout=2, scaledown_window=600)
     def hang(x):
         time.sleep(60)
+
+    tries = {}
+
+    # One container, so `tries` sees every attempt of a call.
+    @app.function(max_containers=1, scaledown_window=600,
+                  retries=burst.Retries(max_retries=2, initial_delay=0.1))
+    def counted(x):
+        tries[x] = tries.get(x, 0) + 1
+        if x % 3 == 0:
+            raise ValueError(f"fails on every attempt: {x}")
+        if x % 3 == 1 and tries[x] == 1:
+            raise ValueError(f"fails on its first attempt only: {x}")
+        return x
 """
 
 
@@ -126,6 +140,8 @@ def busy_since_of(cluster: Cluster, fn_key: str) -> float | None:
 def test_always_failing_function_fires_one_error_rate_event(
     cluster: Cluster, receiver: Receiver
 ) -> None:
+    # The counts come with the agents' metering records, every BURST_METERING_INTERVAL
+    # (1 s in FAST_TIMERS): the event follows within about that plus the poll.
     admin = cluster.profile["token"]
     for i in range(8):
         status, body = request(cluster, admin, "POST",
@@ -141,6 +157,62 @@ def test_always_failing_function_fires_one_error_rate_event(
     assert (data["app"], data["function"], data["workspace"]) == ("alerting", "boom", "default")
     assert data["failed"] == data["calls"] >= 5 and data["error_rate"] == 1.0
     assert receiver.rejected == 0
+
+
+def metered_calls(cluster: Cluster, app: str, function: str,
+                  ) -> tuple[int, int, list[tuple[str, int]]]:
+    """(succeeded, failed, identities) over every metering record of ``function``."""
+    import asyncio
+
+    async def go() -> tuple[int, int, list[tuple[str, int]]]:
+        import nats
+
+        from burst_core import ledger, names
+        from burst_core.schemas import MeteringRecord
+
+        nc = await nats.connect(_nats_url(cluster))
+        try:
+            js = nc.jetstream()
+            state = (await js.stream_info(names.STREAM_METERING)).state
+            ok = failed = 0
+            identities = []
+            for seq in range(state.first_seq, state.last_seq + 1) if state.messages else ():
+                rec = ledger.MeteringMessageDecoder.decode(
+                    (await js.get_msg(names.STREAM_METERING, seq)).data)
+                if (isinstance(rec, MeteringRecord) and rec.app == app
+                        and rec.function == function):
+                    ok, failed = ok + rec.succeeded, failed + rec.failed
+                    identities.append((rec.container_id, rec.interval))
+            return ok, failed, identities
+        finally:
+            await nc.close()
+    return asyncio.run(go())
+
+
+def test_metering_records_count_each_stored_call_once(
+    cluster: Cluster, receiver: Receiver
+) -> None:
+    """Calls 0..8 of `counted`: x % 3 == 0 fail on all three attempts, x % 3 == 1 fail
+    once and then succeed, the rest succeed: 6 succeeded and 3 failed, each call counted
+    once (its stored output), whatever its attempts."""
+    admin = cluster.profile["token"]
+    for i in range(9):
+        status, body = request(cluster, admin, "POST",
+                               "/v1/apps/alerting/functions/counted/calls?wait=60",
+                               {"args": [i]})
+        assert status == 200 and (i % 3 == 0) == ("fails on every attempt" in json.dumps(body)), (
+            i, status, body)
+    deadline = time.time() + 20
+    while metered_calls(cluster, "alerting", "counted")[:2] != (6, 3):
+        assert time.time() < deadline, metered_calls(cluster, "alerting", "counted")
+        time.sleep(0.3)
+    time.sleep(2.5)  # more metering intervals: nothing counted twice
+    ok, failed, identities = metered_calls(cluster, "alerting", "counted")
+    assert (ok, failed) == (6, 3)
+    assert len(identities) == len(set(identities)) > 1
+    # 3 of 9 failed is below the threshold: no event for it.
+    assert not [e for e in receiver.of("function.error_rate_exceeded")
+                if e["data"]["function"] == "counted"]
 
 
 def test_a_normal_timeout_is_not_a_runaway(cluster: Cluster, receiver: Receiver) -> None:

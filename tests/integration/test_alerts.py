@@ -1,5 +1,5 @@
 """Runaway containers and error rates against a real nats-server: billing runs in-process;
-the test publishes what agents publish (heartbeats, outputs) and a receiver on loopback
+the test publishes what agents publish (heartbeats, metering records) and a receiver on loopback
 verifies every delivery's signature."""
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from burst_billing.error_rate import BATCH, ErrorRateMonitor
 from burst_core import alerts, bus, names
 from burst_core.schemas import (
     AgentHeartbeat,
+    AgentLost,
     AlertStateDecoder,
-    CallRecord,
     ContainerView,
     DeploymentRecord,
     FunctionSpec,
-    Output,
+    MeteringRecord,
+    Resources,
     WebhookDeliveryDecoder,
     encode,
 )
@@ -120,14 +121,16 @@ async def test_runaway_fires_once_per_container_past_the_multiple(js: Any,
     assert rx.rejected == 0 and len(set(rx.ids)) == 6
 
 
-async def call(js: Any, call_id: str, fn: str, status: str, container: str = "c1") -> None:
-    rec = CallRecord(call_id=call_id, workspace="acme", app="shop", function=fn,
-                     input_id=f"in-{call_id}", attempt_token="tok", created_at=time.time())
-    await (await js.key_value(names.KV_CALLS)).put(call_id, encode(rec))
-    out = Output(call_id=call_id, input_id=f"in-{call_id}", attempt_token="tok",
-                 status=status, container_id=container)  # type: ignore[arg-type]
-    await bus.publish(js, names.output_subject(call_id, 1), encode(out),
-                      msg_id=f"in-{call_id}:1")
+async def meter(js: Any, fn: str, container: str, interval: int, succeeded: int = 0,
+                failed: int = 0, again: str = "") -> None:
+    """Publish what an agent publishes for ``container``'s ``interval``: a metering record
+    with the calls it answered; ``again`` republishes it beyond the dedupe window."""
+    now = time.time()
+    rec = MeteringRecord(container_id=container, interval=interval, start=now - 1.0, end=now,
+                         workspace="acme", app="shop", function=fn, agent_id="a1",
+                         resources=Resources(), succeeded=succeeded, failed=failed)
+    await bus.publish(js, names.metering_subject("acme", "a1"), encode(rec),
+                      msg_id=f"{container}:{interval}{again}")
 
 
 async def crossed(js: Any, fn: str) -> bool | None:
@@ -143,32 +146,27 @@ async def test_error_rate_fires_once_per_crossing(js: Any, nats_url: str) -> Non
     async with receiving(secret) as rx:
         await add_endpoint(js, "acme", rx.url, secret, events=(alerts.EVENT_ERROR_RATE,))
         async with billing(nats_url, **FAST, **rates):
-            for i in range(3):  # 3 of 3 failed, but fewer calls than min_calls
-                await call(js, f"f{i}", "flaky", "failure")
-            # Another function stays below: 2 failed of 5 (a cancelled call never counts).
-            for i, st in enumerate(["success", "success", "failure", "success", "timeout",
-                                    "terminated", "terminated"]):
-                await call(js, f"g{i}", "steady", st, container="c2")
-            await call(js, "f3", "flaky", "timeout")  # 4 of 4: crossed
+            await meter(js, "flaky", "c1", 0, failed=3)  # 3 of 3, fewer than min_calls
+            # Another function stays below: 2 failed of 5 (an idle interval adds nothing).
+            await meter(js, "steady", "c2", 0, succeeded=3, failed=2)
+            await meter(js, "steady", "c2", 1)
+            await meter(js, "flaky", "c3", 0, failed=1)  # 4 of 4: crossed
             await until(lambda: len(rx.events) == 1, what="the first crossing")
-            for i in range(4, 8):  # more failures, and a redelivered output: same crossing
-                await call(js, f"f{i}", "flaky", "internal")
-            await bus.publish(js, names.output_subject("f1", 2), encode(Output(
-                call_id="f1", input_id="in-f1", attempt=2, attempt_token="t2",
-                status="failure", container_id="c1")))
-            for i in range(8, 17):  # 8 failed of 17: below the threshold, the crossing ends
-                await call(js, f"f{i}", "flaky", "success")
+            # More failures, and the same record stored again: the same crossing.
+            await meter(js, "flaky", "c1", 1, failed=4)
+            await meter(js, "flaky", "c1", 1, failed=4, again=":late")
+            await meter(js, "flaky", "c1", 2, succeeded=9)  # 8 of 17: the crossing ends
 
             async def ended() -> bool:
                 return await crossed(js, "flaky") is False
             await until(ended, what="the crossing to end")
             assert len(rx.events) == 1
-            for i in range(17, 19):  # 9 of 18 at f17: crossed again
-                await call(js, f"f{i}", "flaky", "failure")
+            await meter(js, "flaky", "c1", 3, failed=1)  # 9 of 18: crossed again
+            await meter(js, "flaky", "c3", 1, failed=1)
             await until(lambda: len(rx.events) == 2, what="the second crossing")
         # A restart rebuilds the window from the stream: still crossed, nothing fires.
         async with billing(nats_url, **FAST, **rates):
-            await call(js, "f19", "flaky", "failure")
+            await meter(js, "flaky", "c1", 4, failed=1)
             await asyncio.sleep(1.0)
             assert await crossed(js, "flaky") is True
     assert len(rx.events) == 2 and rx.rejected == 0
@@ -183,11 +181,11 @@ async def test_error_rate_fires_once_per_crossing(js: Any, nats_url: str) -> Non
 def counted(m: ErrorRateMonitor, fn: str) -> tuple[int, int]:
     """(failed, calls) in ``fn``'s window as ``m`` counts them."""
     w = m.windows.get(f"acme.shop.{fn}")
-    return (w.failed, len(w.calls)) if w else (0, 0)
+    return (w.failed, w.calls) if w else (0, 0)
 
 
 async def monitor_consumers(js: Any) -> list[str]:
-    return [c.name for c in await js.consumers_info(names.STREAM_OUTPUTS)
+    return [c.name for c in await js.consumers_info(names.STREAM_METERING)
             if c.name.startswith(names.error_rate_consumer(""))]
 
 
@@ -201,32 +199,35 @@ async def alert_deliveries(js: Any) -> list[dict[str, Any]]:
     return bodies
 
 
-async def test_error_rate_reads_batches_counting_each_call_once(js: Any) -> None:
+async def test_error_rate_reads_batches_counting_each_record_once(js: Any) -> None:
     await add_endpoint(js, "acme", "http://127.0.0.1:9/", "s", events=(alerts.EVENT_ERROR_RATE,))
 
     def monitor() -> ErrorRateMonitor:
         return ErrorRateMonitor(js, window=600.0, threshold=0.5, min_calls=10, interval=0.3,
                                 poll=0.1)
 
-    # Already in the stream at start: more than two batches for the first read.
+    # Already in the stream at start: more than two batches for the first read, with idle
+    # intervals and a lost agent's notice among them (skipped).
     backlog = 2 * BATCH + 37
     for i in range(backlog):
-        await call(js, f"s{i}", "steady", "failure" if i % 4 == 0 else "success",
-                   container=f"c{i % 3}")
+        await meter(js, "steady", f"c{i % 3}", i // 3, failed=1 if i % 4 == 0 else 0,
+                    succeeded=0 if i % 4 == 0 else 1)
+        if i % 50 == 0:
+            await meter(js, "steady", "idle", i)
+    await bus.publish(js, names.metering_lost_subject("a1"), encode(AgentLost(
+        agent_id="a1", last_heartbeat_at=time.time(), lost_at=time.time())))
     want_steady = ((backlog + 3) // 4, backlog)
     m = monitor()
     await m.start()
     try:
         await until(lambda: counted(m, "steady") == want_steady, what="the backlog")
-        # Outputs that arrive over several polls: each call counts once, a second output of
-        # a call (another attempt) not at all.
+        # Records that arrive over several polls: each counts once, a record stored again
+        # (republished after the dedupe window) not at all.
         for wave in range(4):
             for i in range(3 * wave, 3 * wave + 3):
-                await call(js, f"f{i}", "flaky", "failure" if i != 1 else "success",
-                           container="c9")
-            await bus.publish(js, names.output_subject(f"s{wave}", 2), encode(Output(
-                call_id=f"s{wave}", input_id=f"in-s{wave}", attempt=2, attempt_token="t2",
-                status="failure", container_id="c0")))
+                await meter(js, "flaky", "c9", i, failed=1 if i != 1 else 0,
+                            succeeded=1 if i == 1 else 0)
+            await meter(js, "steady", f"c{wave % 3}", wave // 3, failed=1, again=":late")
             await asyncio.sleep(0.25)
         await until(lambda: counted(m, "flaky") == (11, 12), what="the waves")
         await asyncio.sleep(0.3)  # more rounds, nothing new
@@ -249,12 +250,11 @@ async def test_error_rate_reads_batches_counting_each_call_once(js: Any) -> None
         await until(lambda: counted(m, "flaky") == (11, 12), what="the rebuild")
         await until(lambda: counted(m, "steady") == want_steady, what="the rebuild")
         # Its consumer vanishes (an operator, an idle timeout): a new one goes on right
-        # after the last output read, so nothing is counted twice or missed.
+        # after the last record read, so nothing is counted twice or missed.
         (lost,) = await monitor_consumers(js)
-        await js.delete_consumer(names.STREAM_OUTPUTS, lost)
-        for i in range(12, 15):
-            await call(js, f"f{i}", "flaky", "success", container="c9")
-        await until(lambda: counted(m, "flaky") == (11, 15), what="the outputs after")
+        await js.delete_consumer(names.STREAM_METERING, lost)
+        await meter(js, "flaky", "c9", 12, succeeded=3)
+        await until(lambda: counted(m, "flaky") == (11, 15), what="the records after")
         await asyncio.sleep(0.3)
         assert counted(m, "steady") == want_steady and counted(m, "flaky") == (11, 15)
         (now,) = await monitor_consumers(js)
@@ -274,22 +274,22 @@ async def test_error_rate_reading_survives_a_nats_restart(js: Any,
     await m.start()
     try:
         for i in range(6):
-            await call(js, f"f{i}", "flaky", "failure" if i % 2 else "success")
-        await until(lambda: counted(m, "flaky") == (3, 6), what="the first outputs")
+            await meter(js, "flaky", "c1", i, failed=i % 2, succeeded=1 - i % 2)
+        await until(lambda: counted(m, "flaky") == (3, 6), what="the first records")
         (before,) = await monitor_consumers(js)
         # The consumer lives in the server's memory only: the restart loses it.
         await asyncio.to_thread(nats_server.restart)
 
         async def published() -> bool:
             try:
-                await call(js, "f6", "flaky", "failure")
+                await meter(js, "flaky", "c1", 6, failed=1)
             except Exception:
                 return False
             return True
         await until(published, what="nats back")
         for i in range(7, 12):
-            await call(js, f"f{i}", "flaky", "failure")
-        await until(lambda: counted(m, "flaky") == (9, 12), what="the outputs after")
+            await meter(js, "flaky", "c1", i, failed=1)
+        await until(lambda: counted(m, "flaky") == (9, 12), what="the records after")
         await asyncio.sleep(0.3)
         assert counted(m, "flaky") == (9, 12)
         (after,) = await monitor_consumers(js)

@@ -66,6 +66,9 @@ if TYPE_CHECKING:
 log = logs.get("burst.agent.container")
 
 WRONG_LAST_SEQUENCE = 10071
+#: Outcomes a metering record counts as failed calls (``terminated``, a cancellation, is
+#: not a failure of the function).
+_FAILED = frozenset({"failure", "timeout", "internal"})
 
 
 @dataclass
@@ -114,6 +117,12 @@ class Container:
         self.unresponsive = False
         self.handed_back: set[str] = set()
         self.done = asyncio.Event()
+        #: Calls whose output this container stored since the last metering record that
+        #: went out, by outcome; they ride on that record (see _meter).
+        self._succeeded = 0
+        self._failed = 0
+        #: The metering interval under way and when it began (see _meter).
+        self._interval, self._interval_start = 0, 0.0
 
     # ---- views ---------------------------------------------------------------------
     def view(self) -> ContainerView:
@@ -641,6 +650,11 @@ class Container:
             self.log.error("output_store_failed", call_id=out.call_id, error=repr(e))
             await _quiet(msg.nak(delay=1.0))
             return
+        else:  # stored by this container: the call's one result (a duplicate is not)
+            if out.status == "success":
+                self._succeeded += 1
+            elif out.status in _FAILED:
+                self._failed += 1
         self.agent.ack_later(msg)
 
     async def _finish_in_flight(self, exit_code: int | None) -> None:
@@ -706,24 +720,32 @@ class Container:
         p = self.placement
         now = time.time()
         rec = MeteringRecord(
-            container_id=self.id, interval=self._interval, start=self._interval_start, end=now,
+            container_id=self.id, interval=self._interval,
+            start=self._interval_start or now, end=now,
             workspace=p.workspace, app=p.app, function=self.fn.name, agent_id=self.agent.agent_id,
             resources=p.resources, spot=p.spot, final=final,
+            succeeded=self._succeeded, failed=self._failed,
         )
         try:
             await bus.publish(self.agent.js,
                               names.metering_subject(p.workspace, self.agent.agent_id),
                               encode(rec), msg_id=f"{self.id}:{self._interval}")
-        except Exception as e:  # kept for the next record: the span is not lost
+        except Exception as e:  # kept for the next record: the span and counts are not lost
             self.log.warning("metering_publish_failed", error=repr(e))
             return
         self._interval += 1
         self._interval_start = now
+        # Less what the record carried, not zeroed: outputs stored while it was being
+        # published belong to the next one.
+        self._succeeded -= rec.succeeded
+        self._failed -= rec.failed
 
     async def _account_stop(self, exit_code: int | None) -> None:
         p = self.placement
         reason = self.stop_reason or ("crashed" if exit_code not in (0, None) else "exited")
-        if self.started_at:
+        if self.started_at or self._succeeded or self._failed:
+            # Never started (its image failed) but answered calls: a record of no span
+            # carries their count.
             await _quiet(self._meter(final=True))
         self.log.info("container_stopped", reason=reason, exit_code=exit_code)
         await _quiet(self._event("stopped", ContainerStopped(

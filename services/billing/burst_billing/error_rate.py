@@ -1,26 +1,34 @@
-"""Error rates: ``function.error_rate_exceeded`` from the calls' outputs.
+"""Error rates: ``function.error_rate_exceeded`` from the agents' metering records.
 
-The lease holder reads ``BURST_OUTPUTS`` (outputs only, not generator items) in batches:
-every ``poll`` seconds it takes all the outputs that arrived since the last read, a batch
-at a time, from a pull consumer of its own (ephemeral, nothing acked) that starts one
-window back in stream time, so a new leader rebuilds the window from the stream itself. A
-crossing is therefore seen within about ``poll`` of the output that caused it. The reader
-remembers the stream sequence of the last output it took: a consumer that is lost (a
-nats-server restart, an idle timeout) or that skips deliveries is replaced by one that
-starts right after it, so no output counts twice and none is missed. Each call counts once
-(its first output seen); ``failure``, ``timeout`` and ``internal`` count as failed,
-``success`` as not, and cancelled calls (``terminated``) not at all. An output names its
-container, not its function: the container's function is learnt from the call's record
-once and cached.
+Every metering record an agent publishes for a container (``BURST_METERING``, one per
+container per ``metering_interval``, and a final one) carries how many calls the
+container answered during its interval, by outcome: ``succeeded`` and ``failed``
+(``failure``, ``timeout``, ``internal``; cancelled calls not at all, and a call the
+user's retries run again once, by the output stored for it). A record is identified by
+``(container_id, interval)`` and names its function, so each call counts once and no
+lookup is needed. Reading these instead of every output keeps the monitor's cost per
+container and interval, not per call; an alert therefore follows within about one
+metering interval plus ``poll`` of the calls that caused it.
 
-Per function, the share of failed calls over the last ``window`` seconds (stream time) is
-checked after every output read and every ``interval``: when at least ``min_calls`` calls
-are in the window and the share is at or above ``threshold``, the function has *crossed*.
-The event fires once per crossing; the crossing ends when the share drops below the
-threshold (or too few calls remain), and only a new crossing fires again. Whether a
-function is crossed lives in ``burst_alert_state``, written after the event is queued
-(whose id comes from the function and the stream sequence of its window's latest output),
-so a restart or a new leader neither fires a crossing twice nor loses one.
+The lease holder reads ``BURST_METERING`` in batches: every ``poll`` seconds it takes all
+the records that arrived since the last read, a batch at a time, from a pull consumer of
+its own (ephemeral, nothing acked) that starts one window back in stream time, so a new
+leader rebuilds the window from the stream itself. The reader remembers the stream
+sequence of the last record it took: a consumer that is lost (a nats-server restart, an
+idle timeout) or that skips deliveries is replaced by one that starts right after it, so
+no record counts twice and none is missed. Records without calls are skipped at once; a
+record stored twice (republished after the stream's dedupe window) counts once, as in
+the ledger.
+
+Per function, the share of failed calls over the last ``window`` seconds (the records'
+stream time) is checked after every record read and every ``interval``: when at least
+``min_calls`` calls are in the window and the share is at or above ``threshold``, the
+function has *crossed*. The event fires once per crossing; the crossing ends when the
+share drops below the threshold (or too few calls remain), and only a new crossing fires
+again. Whether a function is crossed lives in ``burst_alert_state``, written after the
+event is queued (whose id comes from the function and the stream sequence of its
+window's latest record), so a restart or a new leader neither fires a crossing twice nor
+loses one.
 """
 
 from __future__ import annotations
@@ -40,55 +48,48 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
-from burst_core import alerts, bus, ledger, logs, names
-from burst_core.schemas import (
-    AlertState,
-    AlertStateDecoder,
-    CallRecord,
-    CallRecordDecoder,
-    OutputDecoder,
-    encode,
-)
+from burst_core import alerts, ledger, logs, names
+from burst_core.schemas import AlertState, AlertStateDecoder, MeteringRecord, encode
 from burst_core.service import cancel_and_wait
 
 log = logs.get("burst.billing.error_rate")
 
 KIND = "error_rate"
-FAILED = frozenset({"failure", "timeout", "internal"})
-COUNTED = FAILED | {"success"}
-_CACHE_MAX = 100_000
-#: Outputs per fetch. One carries up to 512 KiB of inline result, so this bounds a batch
-#: (typically a few KiB) at 128 MiB.
+#: Records per fetch (a few hundred bytes each).
 BATCH = 256
-#: Longest a fetch waits when no output is there (the loop sleeps ``poll`` after it).
+#: Longest a fetch waits when no record is there (the loop sleeps ``poll`` after it).
 _FETCH_WAIT = 0.05
 #: Seconds without a fetch after which the server deletes a monitor's consumer.
 _IDLE_EXPIRY = 60.0
 
 
 class Window:
-    """One function's calls over the window: (stream time, failed), oldest first."""
+    """One function's counts over the window: (stream time, calls, failed) per record,
+    oldest first, and their sums."""
 
     def __init__(self) -> None:
-        self.calls: collections.deque[tuple[float, bool]] = collections.deque()
+        self.records: collections.deque[tuple[float, int, int]] = collections.deque()
+        self.calls = 0
         self.failed = 0
-        #: Stream sequence of the latest output counted: names a crossing (with the
+        #: Stream sequence of the latest record counted: names a crossing (with the
         #: function), the same on a replay.
         self.last_seq = 0
 
-    def add(self, at: float, failed: bool, seq: int) -> None:
-        self.calls.append((at, failed))
+    def add(self, at: float, succeeded: int, failed: int, seq: int) -> None:
+        self.records.append((at, succeeded + failed, failed))
+        self.calls += succeeded + failed
         self.failed += failed
         self.last_seq = seq
 
     def trim(self, before: float) -> None:
-        while self.calls and self.calls[0][0] < before:
-            _, failed = self.calls.popleft()
+        while self.records and self.records[0][0] < before:
+            _, calls, failed = self.records.popleft()
+            self.calls -= calls
             self.failed -= failed
 
     @property
     def rate(self) -> float:
-        return self.failed / len(self.calls) if self.calls else 0.0
+        return self.failed / self.calls if self.calls else 0.0
 
 
 class ErrorRateMonitor:
@@ -112,23 +113,22 @@ class ErrorRateMonitor:
         self.poll = poll
         self.windows: dict[str, Window] = {}
         self.crossed: dict[str, bool] = {}
-        self._fn_of_container: dict[str, str] = {}
-        self._calls_seen: dict[str, float] = {}
+        #: Identities ("container_id:interval") of the records counted in the window, with
+        #: their stream time, oldest first: a record stored twice counts once.
+        self._seen: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._psub: JetStreamContext.PullSubscription | None = None
         self._consumer = ""
-        #: Stream sequence of the last output taken (0: none yet); a replacement consumer
+        #: Stream sequence of the last record taken (0: none yet); a replacement consumer
         #: starts right after it.
         self._seq = 0
         #: Delivery sequence of the last message from the current consumer: nothing is
         #: acked, so nothing is redelivered, and a jump means deliveries were lost.
         self._delivered = 0
         self._state: KeyValue | None = None
-        self._calls: KeyValue | None = None
 
     async def start(self) -> None:
         self._state = await self.js.key_value(names.KV_ALERT_STATE)
-        self._calls = await self.js.key_value(names.KV_CALLS)
         for key, raw in (await alerts.kv_values(self._state, KIND)).items():
             with contextlib.suppress(msgspec.DecodeError):
                 self.crossed[key[len(KIND) + 1:]] = AlertStateDecoder.decode(raw).active
@@ -142,7 +142,7 @@ class ErrorRateMonitor:
         await self._unsubscribe()
 
     async def _subscribe(self) -> None:
-        """A new consumer: right after the last output taken, or one window back."""
+        """A new consumer: right after the last record taken, or one window back."""
         if self._seq:
             where = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                    opt_start_seq=self._seq + 1)
@@ -152,17 +152,17 @@ class ErrorRateMonitor:
                                    opt_start_time=start)
         name = names.error_rate_consumer(secrets.token_hex(6))
         # In memory and R1: losing it (a nats-server restart) only costs a new one, and
-        # the server keeps no state on disk for every output read. Idle (no fetch) for
+        # the server keeps no state on disk for the records read. Idle (no fetch) for
         # _IDLE_EXPIRY, as when this process died, the server deletes it.
         where.name = name
-        where.filter_subject = names.SUBJECTS_OUTPUTS
+        where.filter_subject = names.SUBJECTS_METERING
         where.ack_policy = AckPolicy.NONE
         where.mem_storage = True
         where.num_replicas = 1
         where.inactive_threshold = max(_IDLE_EXPIRY, 4 * self.poll)
-        await self.js.add_consumer(names.STREAM_OUTPUTS, where)
+        await self.js.add_consumer(names.STREAM_METERING, where)
         self._consumer = name
-        self._psub = await self.js.pull_subscribe_bind(name, names.STREAM_OUTPUTS)
+        self._psub = await self.js.pull_subscribe_bind(name, names.STREAM_METERING)
         self._delivered = 0
 
     async def _unsubscribe(self) -> None:
@@ -173,7 +173,7 @@ class ErrorRateMonitor:
             await psub.unsubscribe()
         try:
             await asyncio.wait_for(
-                self.js.delete_consumer(names.STREAM_OUTPUTS, self._consumer), 2.0)
+                self.js.delete_consumer(names.STREAM_METERING, self._consumer), 2.0)
         except nats.js.errors.NotFoundError:
             pass
         except Exception as e:  # NATS trouble: the server deletes it once idle
@@ -194,15 +194,15 @@ class ErrorRateMonitor:
                 next_pass = loop.time() + self.interval
 
     async def _read(self) -> None:
-        """Take every output there is, a batch at a time. Never raises: on NATS trouble,
+        """Take every record there is, a batch at a time. Never raises: on NATS trouble,
         or a lost delivery, the consumer is dropped and the next round starts a new one
-        right after the last output taken."""
+        right after the last record taken."""
         try:
             if self._psub is None:
                 await self._subscribe()
             assert self._psub is not None
             while True:
-                # With outputs there, fetch returns at once with up to BATCH of them; only
+                # With records there, fetch returns at once with up to BATCH of them; only
                 # with none does it wait, _FETCH_WAIT at most, and then times out.
                 try:
                     msgs = await self._psub.fetch(BATCH, timeout=_FETCH_WAIT)
@@ -220,7 +220,7 @@ class ErrorRateMonitor:
             await self._unsubscribe()
 
     async def _take(self, msg: Msg) -> bool:
-        """Count one delivered output; False when the consumer must be replaced (a delivery
+        """Count one delivered record; False when the consumer must be replaced (a delivery
         was lost, or NATS trouble while counting this one, which is then read again)."""
         seq = msg.metadata.sequence
         if seq.consumer != self._delivered + 1:
@@ -231,12 +231,12 @@ class ErrorRateMonitor:
         if seq.stream <= self._seq:
             return True  # taken before
         try:
-            await self.on_output(msg)
+            await self.on_record(msg)
         except (nats.errors.Error, TimeoutError) as e:
-            log.warning("error_rate_output_failed", seq=seq.stream, error=repr(e))
+            log.warning("error_rate_record_failed", seq=seq.stream, error=repr(e))
             return False
-        except Exception as e:  # one bad output must not stop the monitor: skipped
-            log.warning("error_rate_output_skipped", seq=seq.stream, error=repr(e))
+        except Exception as e:  # one bad record must not stop the monitor: skipped
+            log.warning("error_rate_record_skipped", seq=seq.stream, error=repr(e))
         self._seq = seq.stream
         return True
 
@@ -247,56 +247,41 @@ class ErrorRateMonitor:
             except Exception as e:  # NATS trouble: the next pass repeats it
                 log.warning("error_rate_pass_failed", fn_key=fn_key, error=repr(e))
 
-    async def on_output(self, msg: Msg) -> None:
+    async def on_record(self, msg: Msg) -> None:
         try:
-            out = OutputDecoder.decode(msg.data)
+            rec = ledger.MeteringMessageDecoder.decode(msg.data)
         except msgspec.DecodeError:
             return
+        if not isinstance(rec, MeteringRecord) or rec.succeeded + rec.failed <= 0:
+            return  # an idle interval (most records), or a lost agent
         at = ledger.stream_time(msg.metadata.timestamp)
-        if out.status not in COUNTED or out.call_id in self._calls_seen:
+        identity = f"{rec.container_id}:{rec.interval}"
+        if identity in self._seen:
             return
-        fn_key = await self._function_of(out.call_id, out.container_id)
-        if fn_key is None:
-            return
-        self._calls_seen[out.call_id] = at
-        self.windows.setdefault(fn_key, Window()).add(at, out.status in FAILED,
-                                                      msg.metadata.sequence.stream)
+        self._seen[identity] = at
+        fn_key = names.function_key(rec.workspace, rec.app, rec.function)
+        self.windows.setdefault(fn_key, Window()).add(
+            at, max(0, rec.succeeded), max(0, rec.failed), msg.metadata.sequence.stream)
         await self._evaluate(fn_key, at)
-
-    async def _function_of(self, call_id: str, container_id: str) -> str | None:
-        cached: str | None = self._fn_of_container.get(container_id) if container_id else None
-        if cached is not None:
-            return cached
-        assert self._calls is not None
-        raw, _ = await bus.kv_get(self._calls, call_id)
-        if raw is None:
-            return None  # expired with its result, or not a call of a function
-        rec: CallRecord = CallRecordDecoder.decode(raw)
-        fn_key: str = names.function_key(rec.workspace, rec.app, rec.function)
-        if container_id:
-            if len(self._fn_of_container) >= _CACHE_MAX:
-                self._fn_of_container.clear()
-            self._fn_of_container[container_id] = fn_key
-        return fn_key
 
     async def _evaluate(self, fn_key: str, now: float) -> None:
         w = self.windows[fn_key]
         w.trim(now - self.window)
-        if not w.calls:
+        if not w.records:
             del self.windows[fn_key]
-        self._forget_calls(now - self.window)
-        over = len(w.calls) >= self.min_calls and w.rate >= self.threshold
+        self._forget_records(now - self.window)
+        over = w.calls >= self.min_calls and w.rate >= self.threshold
         if over == self.crossed.get(fn_key, False):
             return
         ws, app, fn = names.split_function_key(fn_key)
         if over:
             data = {"workspace": ws, "app": app, "function": fn, "error_rate": round(w.rate, 4),
-                    "failed": w.failed, "calls": len(w.calls), "window_seconds": self.window,
+                    "failed": w.failed, "calls": w.calls, "window_seconds": self.window,
                     "threshold": self.threshold}
             log.warning("error_rate_exceeded", **data)
             await alerts.emit(self.js, ws, alerts.EVENT_ERROR_RATE,
                               alerts.event_id(KIND, fn_key, str(w.last_seq)), data)
-        await self._save(fn_key, over, now, f"{w.failed}/{len(w.calls)}")
+        await self._save(fn_key, over, now, f"{w.failed}/{w.calls}")
 
     async def _save(self, fn_key: str, over: bool, now: float, detail: str) -> None:
         assert self._state is not None
@@ -305,10 +290,10 @@ class ErrorRateMonitor:
                                                      detail=detail)))
         self.crossed[fn_key] = over
 
-    def _forget_calls(self, before: float) -> None:
-        """Drop call ids that left the window (dicts keep insertion order: oldest first)."""
-        while self._calls_seen:
-            call_id, at = next(iter(self._calls_seen.items()))
+    def _forget_records(self, before: float) -> None:
+        """Drop identities that left the window (dicts keep insertion order: oldest first)."""
+        while self._seen:
+            identity, at = next(iter(self._seen.items()))
             if at >= before:
                 return
-            del self._calls_seen[call_id]
+            del self._seen[identity]

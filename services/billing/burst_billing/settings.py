@@ -48,6 +48,7 @@ class BillingSettings(CommonSettings):
     error_rate_min_calls: int = 10
     #: Seconds between re-checks of every function's window as calls age out of it.
     error_rate_interval: float = 5.0
-    #: Seconds between reads of the outputs that arrived since the last (in batches, not
-    #: one wake-up per call): a crossing is seen within about this long of its output.
+    #: Seconds between reads of the metering records that arrived since the last (in
+    #: batches): the agents count calls per container and metering interval, so a crossing
+    #: is seen within about one metering interval plus this long of its calls.
     error_rate_poll: float = 0.25
