@@ -1,7 +1,7 @@
 """Benchmark: Burst's map throughput and warm latency beside Ray, Celery and the floor.
 
     .venv/bin/pip install "ray[default]" celery     # benchmark-only dependencies
-    .venv/bin/python bench/map.py [--inputs 10000] [--samples 300]
+    .venv/bin/python bench/map.py [--inputs 10000] [--samples 300] [--rounds 3]
 
 All measured in one run on this machine, printed as one JSON object:
 - 10,000 no-op inputs through Burst's ``.map`` (throughput, inputs/s);
@@ -9,6 +9,12 @@ All measured in one run on this machine, printed as one JSON object:
 - warm ``.remote()`` p50 beside the floor (one FastAPI route + one NATS request, as in
   bench/invoke.py), Ray's no-op task round trip and Celery's (Redis broker) no-op round trip;
 - the ratios. Compare ratios, not absolute times: these machines are shared and noisy.
+
+Everything runs side by side and is measured in turns, so a slow minute on a shared machine
+falls on all of them alike: each of ``--rounds`` rounds runs Burst's map and Ray's (who goes
+first alternates), then blocks of warm calls of each system in turn. Throughput is the
+inputs of all rounds over their time; the p50s are over all samples; the per-round map
+ratios are listed too.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cluster import LocalCluster  # noqa: E402
-from invoke import BIN, measure_floor, summary  # noqa: E402
+from invoke import BIN, REPO, free_port, summary  # noqa: E402
 
 APP = '''
 import burst
@@ -50,101 +56,163 @@ def noop(x=None):
 '''
 
 
-def measure_burst(inputs: int, samples: int, home: Path) -> dict[str, object]:
-    (home / "mapbench_app.py").write_text(textwrap.dedent(APP))
-    sys.path.insert(0, str(home))
-    import mapbench_app  # type: ignore[import-not-found]
+class Floor:
+    """The floor's two processes (bench/_floor.py) and a keep-alive connection to them."""
 
-    out: dict[str, object] = {}
-    with mapbench_app.app.run(show_output=False):
-        list(mapbench_app.noop.map(range(500)))  # warm-up: containers started
-        t0 = time.perf_counter()
-        results = list(mapbench_app.noop.map(range(inputs)))
-        elapsed = time.perf_counter() - t0
-        assert results == list(range(inputs))
-        out["map"] = {"inputs": inputs, "seconds": round(elapsed, 3),
-                      "per_second": round(inputs / elapsed, 1)}
-        for _ in range(20):
-            mapbench_app.noop.remote()
-        warm = []
-        for i in range(samples):
-            t = time.perf_counter()
-            mapbench_app.noop.remote(i)
-            warm.append(time.perf_counter() - t)
-        out["warm_remote"] = summary(warm)
-    return out
+    def __init__(self, nats_url: str) -> None:
+        self.nats_url = nats_url
+
+    def __enter__(self) -> Floor:
+        port = free_port()
+        script = str(REPO / "bench" / "_floor.py")
+        self.resp = subprocess.Popen([sys.executable, script, "responder", self.nats_url],
+                                     stdout=subprocess.PIPE, text=True)
+        self.srv = subprocess.Popen([sys.executable, script, "server", self.nats_url, str(port)])
+        assert self.resp.stdout is not None and self.resp.stdout.readline().strip() == "ready"
+        from burst._http import Connection
+
+        self.conn = Connection("127.0.0.1", port, timeout=10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                self.conn.request("POST", "/echo", b"x", {})
+                break
+            except OSError:
+                self.conn.close()
+                time.sleep(0.1)
+        self.headers = {"Authorization": "Bearer x", "Content-Type": "application/octet-stream"}
+        return self
+
+    def call(self, _: int) -> None:
+        try:
+            status, body = self.conn.request("POST", "/echo", b"x", self.headers)
+        except OSError:  # uvicorn closed the idle keep-alive connection: once more
+            self.conn.close()
+            status, body = self.conn.request("POST", "/echo", b"x", self.headers)
+        assert status == 200, (status, body)
+
+    def __exit__(self, *_: object) -> None:
+        for p in (self.srv, self.resp):
+            p.terminate()
+            p.wait(10)
 
 
-def measure_ray(inputs: int, samples: int) -> dict[str, object]:
-    import ray
+class CeleryWorker:
+    def __init__(self, redis_url: str, workdir: Path) -> None:
+        self.redis_url, self.workdir = redis_url, workdir
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
-             log_to_driver=False)
-    try:
+    def __enter__(self) -> CeleryWorker:
+        (self.workdir / "celery_bench.py").write_text(
+            textwrap.dedent(CELERY_APP.format(url=self.redis_url)))
+        env = dict(os.environ, PYTHONPATH=str(self.workdir))
+        self.worker = subprocess.Popen(
+            [str(BIN / "celery"), "-A", "celery_bench", "worker", "--concurrency=2",
+             "--loglevel=WARNING", "--without-gossip", "--without-mingle",
+             "--without-heartbeat"],
+            cwd=self.workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sys.path.insert(0, str(self.workdir))
+        import celery_bench  # type: ignore[import-not-found]
+
+        self.app = celery_bench
+        celery_bench.noop.delay().get(timeout=60)  # the worker is up
+        return self
+
+    def call(self, i: int) -> None:
+        self.app.noop.delay(i).get(timeout=10)
+
+    def __exit__(self, *_: object) -> None:
+        self.worker.terminate()
+        self.worker.wait(30)
+
+
+class Ray:
+    def __enter__(self) -> Ray:
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+                 log_to_driver=False)
+
         @ray.remote
         def noop(x=None):  # type: ignore[no-untyped-def]
             return x
 
-        ray.get([noop.remote(i) for i in range(500)])  # warm-up: workers started
-        t0 = time.perf_counter()
-        results = ray.get([noop.remote(i) for i in range(inputs)])
-        elapsed = time.perf_counter() - t0
-        assert results == list(range(inputs))
-        rt = []
-        for i in range(samples):
-            t = time.perf_counter()
-            ray.get(noop.remote(i))
-            rt.append(time.perf_counter() - t)
-        return {"map": {"inputs": inputs, "seconds": round(elapsed, 3),
-                        "per_second": round(inputs / elapsed, 1)},
-                "round_trip": summary(rt)}
-    finally:
-        ray.shutdown()
+        self.ray, self.noop = ray, noop
+        return self
 
+    def map(self, inputs: int) -> list[object]:
+        return self.ray.get([self.noop.remote(i) for i in range(inputs)])  # type: ignore[no-any-return]
 
-def measure_celery(redis_url: str, samples: int, workdir: Path) -> dict[str, object]:
-    (workdir / "celery_bench.py").write_text(textwrap.dedent(CELERY_APP.format(url=redis_url)))
-    env = dict(os.environ, PYTHONPATH=str(workdir))
-    worker = subprocess.Popen(
-        [str(BIN / "celery"), "-A", "celery_bench", "worker", "--concurrency=2",
-         "--loglevel=WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sys.path.insert(0, str(workdir))
-    try:
-        import celery_bench  # type: ignore[import-not-found]
+    def call(self, i: int) -> None:
+        self.ray.get(self.noop.remote(i))
 
-        celery_bench.noop.delay().get(timeout=60)  # the worker is up
-        for _ in range(20):
-            celery_bench.noop.delay().get(timeout=10)
-        rt = []
-        for i in range(samples):
-            t = time.perf_counter()
-            celery_bench.noop.delay(i).get(timeout=10)
-            rt.append(time.perf_counter() - t)
-        return {"round_trip": summary(rt)}
-    finally:
-        worker.terminate()
-        worker.wait(30)
+    def __exit__(self, *_: object) -> None:
+        self.ray.shutdown()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--inputs", type=int, default=10_000)
     ap.add_argument("--samples", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    result: dict[str, object] = {"benchmark": "map", "cpus": os.cpu_count()}
+    if args.rounds < 1 or args.inputs < 1 or args.samples < args.rounds:
+        ap.error("--rounds and --inputs must be at least 1, --samples at least --rounds")
+    result: dict[str, object] = {"benchmark": "map", "cpus": os.cpu_count(),
+                                 "rounds": args.rounds}
     with LocalCluster("burst-mapbench-") as cluster:
         state = json.loads((cluster.home / "cluster.json").read_text())
         ports = {p["name"]: p["ports"] for p in state["parts"]}
         nats_url = f"nats://127.0.0.1:{ports['nats']['client']}"
         redis_url = f"redis://127.0.0.1:{ports['redis']['client']}/5"
-        result["burst"] = measure_burst(args.inputs, args.samples, cluster.home)
-        result["floor"] = measure_floor(nats_url, args.samples)
-        result["celery"] = measure_celery(redis_url, args.samples, cluster.home)
-    result["ray"] = measure_ray(args.inputs, args.samples)
+        (cluster.home / "mapbench_app.py").write_text(textwrap.dedent(APP))
+        sys.path.insert(0, str(cluster.home))
+        import mapbench_app  # type: ignore[import-not-found]
+
+        noop = mapbench_app.noop
+        with (mapbench_app.app.run(show_output=False), Floor(nats_url) as floor,
+              CeleryWorker(redis_url, cluster.home) as celery, Ray() as ray):
+            # Warm-ups: Burst's containers and Ray's workers started, every path used.
+            assert list(noop.map(range(500))) == list(range(500))
+            assert ray.map(500) == list(range(500))
+            callers = {"burst": noop.remote, "floor": floor.call, "ray": ray.call,
+                       "celery": celery.call}
+            for call in callers.values():
+                for i in range(20):
+                    call(i)
+            maps: dict[str, list[float]] = {"burst": [], "ray": []}
+            times: dict[str, list[float]] = {k: [] for k in callers}
+            runs = {"burst": lambda: list(noop.map(range(args.inputs))),
+                    "ray": lambda: ray.map(args.inputs)}
+            per_round = args.samples // args.rounds
+            for r in range(args.rounds):
+                for name in (("burst", "ray") if r % 2 == 0 else ("ray", "burst")):
+                    t0 = time.perf_counter()
+                    results = runs[name]()
+                    maps[name].append(time.perf_counter() - t0)
+                    assert results == list(range(args.inputs)), name
+                block = max(1, per_round // 5)
+                for b in range(0, per_round, block):
+                    for name, call in callers.items():
+                        call(-1)  # untimed: a connection idle meanwhile is renewed here
+                        for i in range(b, min(per_round, b + block)):
+                            t = time.perf_counter()
+                            call(i)
+                            times[name].append(time.perf_counter() - t)
+
+    def throughput(secs: list[float]) -> dict[str, object]:
+        return {"inputs": args.inputs * len(secs), "seconds": round(sum(secs), 3),
+                "per_second": round(args.inputs * len(secs) / sum(secs), 1),
+                "per_round_per_second": [round(args.inputs / s, 1) for s in secs]}
+
+    result["burst"] = {"map": throughput(maps["burst"]), "warm_remote": summary(times["burst"])}
+    result["ray"] = {"map": throughput(maps["ray"]), "round_trip": summary(times["ray"])}
+    result["floor"] = summary(times["floor"])
+    result["celery"] = {"round_trip": summary(times["celery"])}
     b, r, c, f = result["burst"], result["ray"], result["celery"], result["floor"]
     result["ratios"] = {
         "map_throughput_burst_over_ray": round(b["map"]["per_second"] / r["map"]["per_second"], 2),  # type: ignore[index]
+        "map_throughput_burst_over_ray_per_round": [
+            round(rs / bs, 2) for bs, rs in zip(maps["burst"], maps["ray"], strict=True)],
         "warm_p50_over_floor_p50": round(b["warm_remote"]["p50_ms"] / f["p50_ms"], 2),  # type: ignore[index]
         "warm_p50_over_ray_p50": round(b["warm_remote"]["p50_ms"] / r["round_trip"]["p50_ms"], 2),  # type: ignore[index]
         "warm_p50_over_celery_p50": round(
