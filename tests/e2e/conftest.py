@@ -64,7 +64,10 @@ def running_cluster(tmp_path_factory: pytest.TempPathFactory,
     env = {k: v for k, v in os.environ.items() if not k.startswith("BURST_")}
     env.update({**FAST_TIMERS, **extra_env}, BURST_HOME=str(home), HOME=str(home))
     c = Cluster(home, env)
-    up = c.burst("up", timeout=180)
+    # Within the test's own timeout (pytest-timeout, 120 s), so that a cluster that does
+    # not get healthy is stopped by `burst up` itself (naming the part that failed)
+    # instead of being left running when pytest-timeout ends the test.
+    up = c.burst("up", "--timeout", "90", timeout=110)
     if up.returncode != 0:
         c.burst("down")
         raise AssertionError(f"burst up failed:\n{up.stdout}\n{up.stderr}")
