@@ -47,10 +47,14 @@ class Server:
         self._args = args or []
         self._health = health
 
-    def restart(self) -> None:
-        """Stop, then start again on the same port and storage (nats-server only):
-        clients reconnect; what lived only in the server's memory is gone."""
+    def restart(self, kill: bool = False) -> None:
+        """Stop (with ``kill``, SIGKILL: no goodbye to its clients), then start again on the
+        same port and storage (nats-server only): clients reconnect; what lived only in
+        the server's memory is gone."""
         assert self._args, "only a server started with its arguments can restart"
+        if kill:
+            self.proc.kill()
+            self.proc.wait(5)
         self.stop()
         self.proc = subprocess.Popen(self._args, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)

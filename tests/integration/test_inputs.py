@@ -7,11 +7,8 @@ test says so; the consumer, the pull requests and the redeliveries are JetStream
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +18,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from burst_agent.inputs import InputPuller
 from burst_agent.settings import AgentSettings
 from burst_core import bus, names
-from tests.servers import Server, nats_binary
+from tests.servers import Server
 
 pytestmark = pytest.mark.integration
 
@@ -273,8 +270,7 @@ async def test_a_reset_asks_again_and_over_credit_is_harmless(nc: Any) -> None:
     await asyncio.wait_for(puller.task, 5)
 
 
-async def test_after_a_server_restart_the_pull_asks_again(nats_server: Server, tmp_path: Path,
-                                                         ) -> None:
+async def test_after_a_server_restart_the_pull_asks_again(nats_server: Server) -> None:
     """The restarted server knows none of the old requests, and a killed one said nothing
     of them: the reconnect (not their expiry, an hour away here) makes the pull ask again."""
     pullers: list[InputPuller] = []
@@ -294,7 +290,7 @@ async def test_after_a_server_restart_the_pull_asks_again(nats_server: Server, t
         a = Box("ct-a")
         a.join(puller)
         await eventually(lambda: puller.credits == 1)
-        restart(nats_server, tmp_path / "nats")
+        await asyncio.to_thread(nats_server.restart, kill=True)
         await eventually(lambda: nc.is_connected and nc.stats["reconnects"] >= 1, timeout=15)
         await send(nc, b"after-restart")
         await eventually(lambda: a.running, timeout=5, what="the input after the restart")
@@ -305,22 +301,3 @@ async def test_after_a_server_restart_the_pull_asks_again(nats_server: Server, t
     finally:
         await nc.close()
 
-
-def restart(srv: Server, store: Path) -> None:
-    """The same server (port, store) killed (no goodbye to the pull requests) and started
-    again."""
-    srv.proc.kill()
-    srv.proc.wait(5)
-    binary = nats_binary()
-    assert binary is not None
-    srv.proc = subprocess.Popen([binary, "-a", "127.0.0.1", "-p", str(srv.port), "-js", "-sd",
-                                 str(store)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", srv.port), timeout=1).close()
-            return
-        except OSError:
-            assert time.monotonic() < deadline, "nats-server did not come back"
-            time.sleep(0.05)
