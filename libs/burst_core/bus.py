@@ -437,34 +437,36 @@ class Consumer:
         try:
             await self.handler(msg)
         except Retry as r:
-            await _quiet(msg.nak(delay=r.delay))
+            await quiet(msg.nak(delay=r.delay))
         except Reject as r:
             log.warning("message_rejected", consumer=self.name, subject=msg.subject, reason=str(r))
-            await _quiet(msg.term())
+            await quiet(msg.term())
         except asyncio.CancelledError:
-            await _quiet(msg.nak())
+            await quiet(msg.nak())
             raise
         except Exception as e:
             n = msg.metadata.num_delivered if msg.metadata else 1
             log.exception("handler_failed", consumer=self.name, subject=msg.subject,
                           delivered=n, error=repr(e))
-            await _quiet(msg.nak(delay=min(0.2 * 2 ** min(n, 6), 10.0)))
+            await quiet(msg.nak(delay=min(0.2 * 2 ** min(n, 6), 10.0)))
         else:
-            await _quiet(msg.ack())
+            await quiet(msg.ack())
         finally:
             keepalive.cancel()
 
     async def _keepalive(self, msg: Msg) -> None:
         while True:
             await asyncio.sleep(self.ack_wait / 3)
-            await _quiet(msg.in_progress())
+            await quiet(msg.in_progress())
 
 
-async def _quiet(aw: Awaitable[Any]) -> None:
+async def quiet(aw: Awaitable[Any]) -> None:
+    """Await an ack, nak or other best-effort step; a failure is logged, not raised (an
+    unacked message is redelivered)."""
     try:
         await aw
-    except Exception as e:  # the message will be redelivered; nothing else to do
-        log.warning("ack_failed", error=repr(e))
+    except Exception as e:
+        log.warning("ignored_error", error=repr(e))
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, cfg: ConsumerConfig) -> None:

@@ -272,7 +272,7 @@ class Container:
             try:
                 inp = InputDecoder.decode(msg.data)
             except msgspec.DecodeError:
-                await _quiet(msg.term())
+                await bus.quiet(msg.term())
                 continue
             out = Output(call_id=inp.call_id, input_id=inp.input_id, attempt=inp.attempt,
                          attempt_token=inp.attempt_token, status="failure",
@@ -297,7 +297,7 @@ class Container:
         # Hand in-flight inputs back at once: another container picks them up.
         for inf in list(self.in_flight.values()):
             self._release(inf)
-            await _quiet(inf.msg.nak())
+            await bus.quiet(inf.msg.nak())
         self.in_flight.clear()
         self._shutdown(reason)
         return True
@@ -407,18 +407,18 @@ class Container:
         self._slots -= 1
         if self._stopping.is_set():
             self._free_slot()
-            await _quiet(msg.nak())
+            await bus.quiet(msg.nak())
             return
         try:
             inp = InputDecoder.decode(msg.data)
         except msgspec.DecodeError as e:
             self._free_slot()
             self.log.warning("input_undecodable", error=repr(e))
-            await _quiet(msg.term())
+            await bus.quiet(msg.term())
             return
         if inp.call_id in self.agent.cancelled:  # its terminated output is stored
             self._free_slot()
-            await _quiet(msg.ack())
+            await bus.quiet(msg.ack())
             return
         if msg.metadata.num_delivered > 1 or inp.payload_ref:
             # Reads before it can run: in a task, not holding up the inputs behind it.
@@ -444,10 +444,10 @@ class Container:
                     return
                 except Exception as e:  # the call's record cannot be read: again soon
                     self.log.warning("input_resume_failed", call_id=inp.call_id, error=repr(e))
-                    await _quiet(msg.nak(delay=1.0))
+                    await bus.quiet(msg.nak(delay=1.0))
                     return
                 if resumed is None:  # already answered
-                    await _quiet(msg.ack())
+                    await bus.quiet(msg.ack())
                     return
                 inp = resumed
             payload = inp.payload
@@ -461,7 +461,7 @@ class Container:
                         f"the call's arguments ({inp.payload_ref}) cannot be read: {e}"), msg)
                     return
             if self._stopping.is_set():  # stopped meanwhile: another container runs it
-                await _quiet(msg.nak())
+                await bus.quiet(msg.nak())
                 return
             self._run_input(msg, inp, payload)
             ran = True
@@ -503,7 +503,7 @@ class Container:
             for inf in list(self.in_flight.values()):
                 if now - inf.progress_at >= every:
                     inf.progress_at = now
-                    await _quiet(inf.msg.in_progress())
+                    await bus.quiet(inf.msg.in_progress())
 
     def _on_timeout(self, input_id: str) -> None:
         inf = self.in_flight.get(input_id)
@@ -538,7 +538,7 @@ class Container:
                 for inf in list(self.in_flight.values()):
                     self._release(inf)
                     self.handed_back.add(inf.inp.input_id)
-                    await _quiet(inf.msg.nak())
+                    await bus.quiet(inf.msg.nak())
                 self.in_flight.clear()
         # Frozen for good: do not keep its process and its claim forever.
         await asyncio.sleep(s.unresponsive_kill_after)
@@ -626,12 +626,12 @@ class Container:
         """Store an attempt's output as the call's result, unless it failed with user
         retries left: then the input comes back after the retry's backoff."""
         if inf.inp.call_id in self.agent.cancelled:
-            await _quiet(inf.msg.ack())  # the cancellation is the call's result
+            await bus.quiet(inf.msg.ack())  # the cancellation is the call's result
             return
         if out.status in ("failure", "timeout") and self.fn.retries is not None:
             delay = await self.agent.attempts.schedule_retry(inf.inp, self.fn.retries)
             if delay is not None:
-                await _quiet(inf.msg.nak(delay=delay))
+                await bus.quiet(inf.msg.nak(delay=delay))
                 return
         await self._store_output(out, inf.msg)
 
@@ -643,12 +643,12 @@ class Container:
         except nats.js.errors.APIError as e:
             if e.err_code != WRONG_LAST_SEQUENCE:
                 self.log.error("output_store_failed", call_id=out.call_id, error=repr(e))
-                await _quiet(msg.nak(delay=1.0))
+                await bus.quiet(msg.nak(delay=1.0))
                 return
             self.log.info("duplicate_output_dropped", call_id=out.call_id, attempt=out.attempt)
         except Exception as e:
             self.log.error("output_store_failed", call_id=out.call_id, error=repr(e))
-            await _quiet(msg.nak(delay=1.0))
+            await bus.quiet(msg.nak(delay=1.0))
             return
         else:  # stored by this container: the call's one result (a duplicate is not)
             if out.status == "success":
@@ -746,22 +746,15 @@ class Container:
         if self.started_at or self._succeeded or self._failed:
             # Never started (its image failed) but answered calls: a record of no span
             # carries their count.
-            await _quiet(self._meter(final=True))
+            await bus.quiet(self._meter(final=True))
         self.log.info("container_stopped", reason=reason, exit_code=exit_code)
-        await _quiet(self._event("stopped", ContainerStopped(
+        await bus.quiet(self._event("stopped", ContainerStopped(
             container_id=self.id, agent_id=self.agent.agent_id, workspace=p.workspace, app=p.app,
             function=self.fn.name, reason=reason, exit_code=exit_code, at=time.time(),
             detail=self.detail[-2000:])))
-        await _quiet(self.agent.release(self.id))
+        await bus.quiet(self.agent.release(self.id))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-async def _quiet(aw: object) -> None:
-    try:
-        await aw  # type: ignore[misc]
-    except Exception as e:
-        log.warning("ignored_error", error=repr(e))

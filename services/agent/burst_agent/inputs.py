@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from burst_core import logs
+from burst_core import bus, logs
 
 if TYPE_CHECKING:
     from burst_agent.container import Container
@@ -157,7 +157,7 @@ class InputPuller:
         if c is not None:
             await self._dispatch(c, msg)
         elif self._closing:
-            await _quiet(msg.nak())
+            await bus.quiet(msg.nak())
         else:
             self._held.append((msg, self._loop.time() + self._hold))
             self._wake.set()
@@ -174,7 +174,7 @@ class InputPuller:
             await c._dispatch(msg)
         except Exception as e:  # not lost until AckWait: handed back
             self.log.error("input_dispatch_failed", container_id=c.id, error=repr(e))
-            await _quiet(msg.nak())
+            await bus.quiet(msg.nak())
 
     def _on_status(self, msg: Msg) -> None:
         hdr = msg.headers or {}
@@ -235,13 +235,13 @@ class InputPuller:
                 with contextlib.suppress(Exception):
                     await sub.drain()  # type: ignore[no-untyped-call]  # nats-py: unannotated
             while self._held:
-                await _quiet(self._held.popleft()[0].nak())
+                await bus.quiet(self._held.popleft()[0].nak())
 
     async def _expire(self, now: float) -> None:
         while self._held and self._held[0][1] <= now:
             msg, _ = self._held.popleft()
             self.log.info("input_handed_back_no_free_slot")
-            await _quiet(msg.nak())
+            await bus.quiet(msg.nak())
         lost = [k for k, r in self._requests.items() if r.lost_after <= now]
         if lost:
             for k in lost:
@@ -288,10 +288,3 @@ class InputPuller:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-async def _quiet(aw: Awaitable[object]) -> None:
-    try:
-        await aw
-    except Exception as e:
-        log.warning("ignored_error", error=repr(e))
