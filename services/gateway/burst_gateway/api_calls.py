@@ -76,7 +76,11 @@ async def _body(request: Request, decoder: msgspec.msgpack.Decoder[Any], what: s
     ctype = request.headers.get("content-type", "").split(";")[0].strip()
     if ctype != MSGPACK:
         raise InvalidError(f"unsupported content type {ctype or 'none'!r}: send {MSGPACK}")
-    body = await request.body()
+    return decode_body(gw, await request.body(), decoder, what)
+
+
+def decode_body(gw: Any, body: bytes, decoder: msgspec.msgpack.Decoder[Any], what: str) -> Any:
+    """A msgpack request body within the size limit, decoded (or the error naming why not)."""
     if len(body) > gw.settings.max_body_bytes:
         raise PayloadTooLargeError(
             f"request of {len(body)} bytes exceeds the {gw.settings.max_body_bytes} byte limit")

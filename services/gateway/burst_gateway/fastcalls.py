@@ -18,10 +18,10 @@ from typing import Any
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from burst._protocol import MSGPACK, CallRequest
-from burst.exception import Error, InvalidError, PayloadTooLargeError
+from burst._protocol import MSGPACK
+from burst.exception import Error, InvalidError
 from burst_core import logs
-from burst_gateway.api_calls import _function, call_once
+from burst_gateway.api_calls import _call_decoder, _function, call_once, decode_body
 from burst_gateway.auth import principal_of
 from burst_gateway.errors import error_response
 
@@ -30,7 +30,6 @@ log = logs.get("burst.gateway")
 _PATH = re.compile(r"/v1/apps/([^/]+)/functions/([^/]+)/calls")
 _QUERY = re.compile(rb"(?:wait=([0-9]{1,9}(?:\.[0-9]{0,9})?))?")
 _MSGPACK = MSGPACK.encode()
-_decoder = msgspec.msgpack.Decoder(CallRequest)
 #: Requests this path answered (tests tell it from the route by this).
 served = 0
 
@@ -71,7 +70,6 @@ class FastCalls:
         gw: Any = scope["app"].state.gw
         p = await principal_of(gw.tokens, headers.get(b"authorization", b"").decode("latin-1"))
         dep = await _function(gw, p, app, fn)
-        limit = gw.settings.max_body_bytes
         chunks, more = [], True
         while more:
             message = await receive()
@@ -79,13 +77,6 @@ class FastCalls:
                 raise InvalidError("the request body was not received")
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
-        body = b"".join(chunks)
-        if len(body) > limit:
-            raise PayloadTooLargeError(
-                f"request of {len(body)} bytes exceeds the {limit} byte limit")
-        try:
-            req = _decoder.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            raise InvalidError(f"malformed call request: {e}") from None
+        req = decode_body(gw, b"".join(chunks), _call_decoder, "call request")
         resp, _ = await call_once(gw, p, dep, fn, req.payload, "pickle", req.payload_ref, wait)
         return (200 if resp.status != "pending" else 202), msgspec.msgpack.encode(resp)
