@@ -16,7 +16,7 @@ from burst._protocol import MSGPACK, CallRequest, CallResponse, FunctionSpec
 from burst_core import names
 from burst_core.schemas import DeploymentRecord, encode
 from burst_gateway import fastcalls
-from burst_gateway.app import create_app
+from burst_gateway.app import asgi_app
 from burst_gateway.settings import GatewaySettings
 
 pytestmark = pytest.mark.integration
@@ -30,8 +30,8 @@ async def client(nats_url: str, redis_url: str, tmp_path) -> AsyncIterator[httpx
     settings = GatewaySettings(
         nats_url=nats_url, redis_url=redis_url, home=str(tmp_path), max_body_bytes=4096,
         bootstrap_token_hash=hashlib.sha256(TOKEN.encode()).hexdigest())
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    app = asgi_app(settings)  # as the gateway serves it: the fast path in front
+    async with app.app.router.lifespan_context(app.app):
         gw = app.state.gw
         dep = DeploymentRecord(workspace="default", app="fast", deployment_id="d1",
                                bundle_hash="0" * 64, created_at=time.time(),

@@ -1,6 +1,8 @@
 """Which attempt of a call runs now, decided by compare-and-set on the call's KV record.
 
 - A first delivery runs attempt 1, as the input says: no read on the hot path.
+- A missing record (not stored yet, or expired with the result retention) is written
+  from the input, as the gateway writes it (:func:`burst_core.calls.first_record`).
 - A redelivery is either a scheduled user retry (the record was bumped with
   ``retry_pending`` when the failure was handled) or a platform fault (lost agent,
   preemption, a stopped container handing its input back): then the attempt is bumped
@@ -21,7 +23,7 @@ import msgspec
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from burst_core import bus, logs, names
+from burst_core import bus, calls, logs, names
 from burst_core.schemas import (
     AttemptChanged,
     CallRecord,
@@ -68,9 +70,9 @@ class Attempts:
         """
         kv = await self._kv()
         for _ in range(20):
-            raw, rev = await bus.kv_get(kv, inp.call_id)
-            if raw is None:  # the record expired with the result retention: run as sent
-                return inp
+            raw, rev = await self._record(kv, inp)
+            if raw is None:
+                continue
             rec = CallRecordDecoder.decode(raw)
             if await self._answered(rec.call_id, rec.attempt):
                 return None
@@ -104,9 +106,9 @@ class Attempts:
             return None
         kv = await self._kv()
         for _ in range(20):
-            raw, rev = await bus.kv_get(kv, inp.call_id)
+            raw, rev = await self._record(kv, inp)
             if raw is None:
-                return None
+                continue
             rec = CallRecordDecoder.decode(raw)
             if rec.attempt != inp.attempt or rec.user_failures >= policy.max_retries:
                 return None
@@ -122,6 +124,19 @@ class Attempts:
             log.info("retry_scheduled", call_id=new.call_id, attempt=new.attempt, delay=delay)
             return delay
         return None
+
+    async def _record(self, kv: KeyValue, inp: Input) -> tuple[bytes | None, int]:
+        """The call's record and its revision. A missing one is written from the input
+        (``None`` then: read it again): the gateway stores a call's record just after its
+        input, so an attempt can fail before it lands; and a record past the result
+        retention is gone while its input may still be redelivered."""
+        raw, rev = await bus.kv_get(kv, inp.call_id)
+        if raw is None:
+            try:
+                await kv.create(inp.call_id, encode(calls.first_record(inp)))
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass  # the gateway's landed meanwhile
+        return raw, rev
 
     async def _announce(self, rec: CallRecord, reason: str) -> None:
         msg = AttemptChanged(call_id=rec.call_id, attempt=rec.attempt,

@@ -44,7 +44,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    app.add_middleware(FastCalls)
     app.include_router(api_cluster.router)
     app.include_router(api_apps.router)
     app.include_router(api_calls.router)
@@ -57,3 +56,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_schedules.router)
     app.include_router(api_webhooks.router)
     return app
+
+
+def asgi_app(settings: GatewaySettings) -> FastCalls:
+    """What the gateway serves: the SDK's call request on the fast path, in front of
+    FastAPI's own middleware (error handling, telemetry, body limit), and everything else
+    through :func:`create_app`'s application."""
+    return FastCalls(create_app(settings))

@@ -5,7 +5,8 @@
 matching over every route, dependency solving, the response classes) cost about a quarter
 of the gateway's CPU per warm call. This ASGI middleware answers that one form directly:
 the same token check, body limit, decoding, call (:func:`burst_gateway.api_calls.call_once`)
-and errors (:func:`burst_gateway.errors.error_response`) as the route. Every other request,
+and errors (:func:`burst_gateway.errors.error_response`) as the route, and it sits in front
+of FastAPI's own middleware (:func:`burst_gateway.app.asgi_app`). Every other request,
 including that route in its JSON form, with an ``Idempotency-Key`` or with a query string
 other than ``wait=<seconds>``, goes on to FastAPI, which also documents the route.
 """
@@ -35,8 +36,12 @@ served = 0
 
 
 class FastCalls:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    """The fast path in front of the gateway's FastAPI application ``app`` (whose
+    ``state.gw`` it calls with)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app: ASGIApp = app
+        self.state = app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -67,7 +72,7 @@ class FastCalls:
 
     async def _call(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes],
                     app: str, fn: str, wait: float) -> tuple[int, bytes]:
-        gw: Any = scope["app"].state.gw
+        gw: Any = self.state.gw
         p = await principal_of(gw.tokens, headers.get(b"authorization", b"").decode("latin-1"))
         dep = await _function(gw, p, app, fn)
         chunks, more = [], True
