@@ -199,6 +199,57 @@ async def ensure_kv(js: JetStreamContext, bucket: str, ttl: float = 0,
         return await js.key_value(bucket)  # created by a racing service
 
 
+class _Direct:
+    """Stands in for a nats-py subscription's pending queue: each message goes to a plain
+    function as the client reads it, instead of into a queue that the subscription's own
+    task empties (one task wake-up per message, on the warm path of every call).
+
+    The handler runs inside the client's read loop: it must not block, and it hands
+    anything that awaits to a task. What it raises is logged and dropped, as nats-py
+    does for a callback's errors."""
+
+    __slots__ = ("sub", "handler")
+
+    def __init__(self, sub: Any, handler: Callable[[Msg], None]) -> None:
+        self.sub, self.handler = sub, handler
+
+    def put_nowait(self, msg: Msg) -> None:
+        self.sub._pending_size -= len(msg.data)  # counted as queued by the caller
+        try:
+            self.handler(msg)
+        except Exception as e:
+            log.error("subscription_handler_failed", subject=msg.subject, error=repr(e))
+
+    # What nats-py asks of the queue elsewhere (drain, unsubscribe, pending counts).
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+    def task_done(self) -> None:
+        return None
+
+    async def join(self) -> None:
+        return None
+
+
+def direct(sub: Any, handler: Callable[[Msg], None]) -> Any:
+    """Deliver ``sub``'s messages (a subscription made without a callback) straight to
+    ``handler``; see :class:`_Direct`. Returns ``sub``."""
+    if not isinstance(getattr(sub, "_pending_queue", None), asyncio.Queue):
+        raise RuntimeError("this nats-py's subscriptions have no pending queue to replace; "
+                           "pin nats-py to a version burst_core.bus.direct knows")
+    sub._pending_queue = _Direct(sub, handler)
+    return sub
+
+
+async def subscribe_direct(nc: NATS, subject: str, handler: Callable[[Msg], None],
+                           queue: str = "") -> Any:
+    """A core subscription whose messages go straight to ``handler`` (see :func:`direct`)."""
+    return direct(await nc.subscribe(subject, queue=queue), handler)
+
+
 class _Acks:
     """One subscription for the publish acks of a connection: a publish is one message
     with a reply subject ``<inbox>.<n>`` and a future, not a request with a timed wait.
@@ -213,7 +264,7 @@ class _Acks:
         self.started: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
-        self._sub = await self.nc.subscribe(self.prefix + "*", cb=self._on_ack)
+        self._sub = await subscribe_direct(self.nc, self.prefix + "*", self._on_ack)
 
     async def send(self, subject: str, payload: bytes,
                    headers: dict[str, str] | None) -> tuple[str, asyncio.Future[Any]]:
@@ -224,7 +275,7 @@ class _Acks:
         await self.nc.publish(subject, payload, reply=self.prefix + token, headers=headers)
         return token, fut
 
-    async def _on_ack(self, msg: Msg) -> None:
+    def _on_ack(self, msg: Msg) -> None:
         fut = self.futs.pop(msg.subject[len(self.prefix):], None)
         if fut is None or fut.done():
             return

@@ -136,3 +136,40 @@ async def test_kv_keys_lists_the_stream_subjects_and_kv_values_the_live_ones(js)
     assert await bus.kv_keys(kv) == ["a.1", "a.2", "b.1"]
     assert await bus.kv_values(kv, "a") == {"a.1": b"a.1"}
     assert await bus.kv_values(kv) == {"a.1": b"a.1", "b.1": b"b.1"}
+
+
+async def test_direct_subscription_hands_every_message_to_its_handler_in_the_read(
+        js) -> None:  # type: ignore[no-untyped-def]
+    nc = js._nc
+    got: list[bytes] = []
+    tasks_before = len(asyncio.all_tasks())
+
+    def handler(msg) -> None:  # type: ignore[no-untyped-def]
+        if msg.data == b"boom":
+            raise ValueError("a handler's error is logged, not fatal")
+        got.append(msg.data)
+
+    # A 1 KiB pending limit: 200 messages of 100 bytes would overflow a queue that was
+    # never emptied (nats-py would drop them as a slow consumer).
+    sub = bus.direct(await nc.subscribe("direct.test", pending_bytes_limit=1024), handler)
+    assert len(asyncio.all_tasks()) == tasks_before  # no task of its own
+    await nc.publish("direct.test", b"boom")
+    for i in range(200):
+        await nc.publish("direct.test", b"%03d" % i + b"x" * 97)
+    await nc.flush()
+    for _ in range(100):
+        if len(got) == 200:
+            break
+        await asyncio.sleep(0.01)
+    assert got == [b"%03d" % i + b"x" * 97 for i in range(200)]
+    assert sub.pending_bytes == 0 and sub.pending_msgs == 0
+    await nc.publish("direct.test", b"last")
+    await sub.drain()  # what was sent before the drain still arrives
+    assert got[-1] == b"last"
+    await nc.publish("direct.test", b"after")
+    await nc.flush()
+    await asyncio.sleep(0.05)
+    assert got[-1] == b"last"
+
+    with pytest.raises(RuntimeError, match="pending queue"):
+        bus.direct(object(), handler)

@@ -38,7 +38,7 @@ class Box:
         self.ran: list[bytes] = []  # every input it started, redeliveries included
         self.deliveries: list[int] = []  # JetStream's delivery count of each
 
-    async def _dispatch(self, msg: Msg) -> None:
+    def _dispatch(self, msg: Msg) -> None:
         assert self._slots > 0, f"{self.id} was handed an input without a free slot"
         self._slots -= 1
         self.running.append(msg)

@@ -400,25 +400,26 @@ class Container:
         )
         await bus.ensure_consumer(self.agent.js, names.STREAM_INPUTS, cfg)
 
-    async def _dispatch(self, msg: Msg) -> None:
+    def _dispatch(self, msg: Msg) -> None:
         """Run an input in one of this container's free slots, which the function's pull
         picked for it (and counted as taken). Every way out that does not run the input
-        gives the slot back."""
+        gives the slot back. Called as the input is read (it must not wait): what waits
+        runs in a task."""
         self._slots -= 1
         if self._stopping.is_set():
             self._free_slot()
-            await bus.quiet(msg.nak())
+            self._spawn(bus.quiet(msg.nak()))
             return
         try:
             inp = InputDecoder.decode(msg.data)
         except msgspec.DecodeError as e:
             self._free_slot()
             self.log.warning("input_undecodable", error=repr(e))
-            await bus.quiet(msg.term())
+            self._spawn(bus.quiet(msg.term()))
             return
         if inp.call_id in self.agent.cancelled:  # its terminated output is stored
             self._free_slot()
-            await bus.quiet(msg.ack())
+            self._spawn(bus.quiet(msg.ack()))
             return
         if msg.metadata.num_delivered > 1 or inp.payload_ref:
             # Reads before it can run: in a task, not holding up the inputs behind it.

@@ -122,7 +122,7 @@ class InputPuller:
         goes on top of the stack."""
         if self._held:
             msg, _ = self._held.popleft()
-            self._spawn(self._dispatch(c, msg))
+            self._dispatch(c, msg)
             return
         self._free.append(c)
         if self._want() > 0:
@@ -144,7 +144,9 @@ class InputPuller:
         return len(self._free)
 
     # ---- deliveries ----------------------------------------------------------------
-    async def _on_msg(self, msg: Msg) -> None:
+    def _on_msg(self, msg: Msg) -> None:
+        """An input or a status, as the client reads it (see ``bus.direct``): nothing
+        here waits; a hand-back goes out from a task."""
         if not msg.reply:  # a status: the answer to one of our requests
             self._on_status(msg)
             return
@@ -155,9 +157,9 @@ class InputPuller:
                 self._requests.clear()  # all served: none is open at the server
         c = self._pop()
         if c is not None:
-            await self._dispatch(c, msg)
+            self._dispatch(c, msg)
         elif self._closing:
-            await bus.quiet(msg.nak())
+            self._spawn(bus.quiet(msg.nak()))
         else:
             self._held.append((msg, self._loop.time() + self._hold))
             self._wake.set()
@@ -169,12 +171,12 @@ class InputPuller:
                 return c
         return None
 
-    async def _dispatch(self, c: Container, msg: Msg) -> None:
+    def _dispatch(self, c: Container, msg: Msg) -> None:
         try:
-            await c._dispatch(msg)
+            c._dispatch(msg)
         except Exception as e:  # not lost until AckWait: handed back
             self.log.error("input_dispatch_failed", container_id=c.id, error=repr(e))
-            await bus.quiet(msg.nak())
+            self._spawn(bus.quiet(msg.nak()))
 
     def _on_status(self, msg: Msg) -> None:
         hdr = msg.headers or {}
@@ -215,7 +217,7 @@ class InputPuller:
     async def _run(self) -> None:
         sub = None
         try:
-            sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+            sub = await bus.subscribe_direct(self.nc, f"{self._inbox}.*", self._on_msg)
             while not self._closing:
                 self._wake.clear()
                 now = self._loop.time()
@@ -233,7 +235,7 @@ class InputPuller:
             if sub is not None:
                 # Unsubscribed once all that is on its way arrived (it is handed back).
                 with contextlib.suppress(Exception):
-                    await sub.drain()  # type: ignore[no-untyped-call]  # nats-py: unannotated
+                    await sub.drain()
             while self._held:
                 await bus.quiet(self._held.popleft()[0].nak())
 

@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from burst_core import logs, names
+from burst_core import bus, logs, names
 from burst_core.schemas import AttemptChangedDecoder, Output, OutputDecoder
 
 log = logs.get("burst.gateway.outputs")
@@ -63,18 +63,19 @@ class OutputRouter:
     async def start(self) -> None:
         self._sub = await self.js.subscribe(
             names.SUBJECTS_OUTPUTS,
-            cb=self._on_msg,
             ordered_consumer=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
             stream=names.STREAM_OUTPUTS,
         )
+        # Each output straight to its waiter, not through a queue and a task.
+        bus.direct(self._sub._sub, self._on_msg)
 
     async def follow_attempts(self, nc: object) -> None:
         """Follow attempt changes, so waiters expect the current attempt's output only."""
-        self._attempt_sub = await nc.subscribe(  # type: ignore[attr-defined]
-            names.SUBJECTS_ATTEMPT_CHANGED, cb=self._on_attempt)
+        self._attempt_sub = await bus.subscribe_direct(
+            nc, names.SUBJECTS_ATTEMPT_CHANGED, self._on_attempt)  # type: ignore[arg-type]
 
-    async def _on_attempt(self, msg: Msg) -> None:
+    def _on_attempt(self, msg: Msg) -> None:
         try:
             ch = AttemptChangedDecoder.decode(msg.data)
         except Exception:
@@ -133,7 +134,7 @@ class OutputRouter:
         if not waiters:
             self._waiters.pop(call_id, None)
 
-    async def _on_msg(self, msg: Msg) -> None:
+    def _on_msg(self, msg: Msg) -> None:
         try:
             out = OutputDecoder.decode(msg.data)
         except Exception as e:
