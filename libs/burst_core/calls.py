@@ -180,7 +180,7 @@ async def create_once(js: JetStreamContext, nc: NATS, calls_kv: KeyValue,
 
 async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue, fn_key: str,
                       calls: list[tuple[CallRecord, Input]],
-                      signals: Signals | None = None) -> None:
+                      signals: Signals | None = None, records: bool = True) -> None:
     """Create calls of one function: one signal (through ``signals``, which may hold it
     back for a trailing one), all inputs and records go out at once (their acks awaited
     together).
@@ -192,12 +192,18 @@ async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue, fn_key
     left, within a millisecond), it writes the same record from the input
     (:func:`first_record`), and this create finds it as its own.
 
+    With ``records`` False only the inputs go out: the gateway's synchronous calls
+    create their record only when the caller is answered without the result (see
+    ``burst_gateway.api_calls.call_once``).
+
     An input without an ack is republished under its msg id (JetStream drops it if it
     was stored); a record without one is created again (:func:`create_record`)."""
     subject = names.input_subject(fn_key)
     create_only = {"Nats-Expected-Last-Subject-Sequence": "0"}
     msgs = [(subject, encode(inp), {"Nats-Msg-Id": inp.input_id}) for _, inp in calls]
-    msgs += [(f"{calls_kv._pre}{rec.call_id}", encode(rec), create_only) for rec, _ in calls]
+    if records:
+        msgs += [(f"{calls_kv._pre}{rec.call_id}", encode(rec), create_only)
+                 for rec, _ in calls]
     # The signal goes out in the same write as the records and inputs (it carries no
     # data: a scheduler acting on it before they are stored finds them stored by the time
     # a container pulls).
@@ -211,6 +217,6 @@ async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue, fn_key
     for (_, inp), res in zip(calls, results[:n], strict=True):
         if isinstance(res, BaseException):
             await bus.publish(js, subject, encode(inp), msg_id=inp.input_id)
-    for (rec, _), res in zip(calls, results[n:], strict=True):
+    for (rec, _), res in zip(calls if records else [], results[n:], strict=True):
         if isinstance(res, BaseException):
             await create_record(calls_kv, rec)

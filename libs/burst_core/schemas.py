@@ -374,6 +374,10 @@ class Output(_Wire, kw_only=True):
     finished_at: float = 0.0
     payload_format: str = "pickle"
     payload_ref: str = ""  # a result above the inline limit, in the blob object store
+    # The caller's workspace. A call answered within its synchronous wait has no record
+    # (KV ``burst_calls``; see ``burst_core.calls.create_many``): its output alone says
+    # whose it is when it is looked up later.
+    workspace: str = ""
 
 
 class OutputItem(_Wire, kw_only=True):

@@ -78,6 +78,48 @@ def test_json_call_sync_and_async(deployed: Cluster) -> None:
     assert status == 200 and body["result"] == "slept"
 
 
+def _stored_record(cluster: Cluster, call_id: str) -> dict | None:
+    from tests.e2e.test_retries import _call_record
+
+    try:
+        return _call_record(cluster, call_id)
+    except Exception as e:  # nats-py: KeyNotFoundError
+        if type(e).__name__ != "KeyNotFoundError":
+            raise
+        return None
+
+
+def test_a_call_answered_in_its_wait_is_found_by_id_without_a_record(
+        deployed: Cluster) -> None:
+    status, body, _ = request(deployed, "POST", "/v1/apps/httpapi/functions/add/calls?wait=30",
+                              {"args": [1], "kwargs": {"b": 2}})
+    assert status == 200 and body["result"] == {"sum": 3}
+    call_id = body["call_id"]
+    # Its input and output are stored; its record never was (nobody asked for it yet).
+    assert _stored_record(deployed, call_id) is None
+    status, got, _ = request(deployed, "GET", f"/v1/calls/{call_id}")
+    assert status == 200 and got == body
+    status, items, _ = request(deployed, "GET", f"/v1/calls/{call_id}/items")
+    assert status == 200 and items["items"] == [] and items["final"]["result"] == {"sum": 3}
+    # Another workspace does not see it, by the output's workspace.
+    other = deployed.burst("token", "create", "--workspace", "lazy-b", check=True).stdout.strip()
+    status, err, _ = request(deployed, "GET", f"/v1/calls/{call_id}",
+                             headers={"Authorization": f"Bearer {other}"})
+    assert status == 404 and err["error"]["type"] == "NotFound"
+    status, err, _ = request(deployed, "DELETE", f"/v1/calls/{call_id}",
+                             headers={"Authorization": f"Bearer {other}"})
+    assert status == 404
+    # A call whose wait ends first has its record before the caller hears of it.
+    status, body, _ = request(deployed, "POST", "/v1/apps/httpapi/functions/slow/calls?wait=0.2",
+                              {"args": [1.5]})
+    assert status == 202 and body["status"] == "pending"
+    record = _stored_record(deployed, body["call_id"])
+    assert record is not None and record["call_id"] == body["call_id"]
+    assert record["workspace"] == "default" and record.get("attempt", 1) == 1
+    status, got, _ = request(deployed, "GET", f"/v1/calls/{body['call_id']}?wait=30")
+    assert status == 200 and got["result"] == "slept"
+
+
 def test_json_errors(deployed: Cluster) -> None:
     status, body, _ = request(deployed, "POST", "/v1/apps/httpapi/functions/fails/calls?wait=30",
                               {"args": ["x"]})

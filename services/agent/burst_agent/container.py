@@ -277,7 +277,8 @@ class Container:
             out = Output(call_id=inp.call_id, input_id=inp.input_id, attempt=inp.attempt,
                          attempt_token=inp.attempt_token, status="failure",
                          error_type="burst.exception.ExecutionError", error_message=message,
-                         traceback=self.detail, container_id=self.id, finished_at=time.time())
+                         traceback=self.detail, container_id=self.id, finished_at=time.time(),
+                         workspace=inp.workspace)
             await self._store_output(out, msg)
 
     async def stop(self, reason: str, if_idle_since: float | None = None) -> bool:
@@ -440,7 +441,7 @@ class Container:
                                  attempt=inp.attempt, attempt_token=inp.attempt_token,
                                  status="internal", error_type="burst.exception.InternalError",
                                  error_message=str(e), container_id=self.id,
-                                 finished_at=time.time())
+                                 finished_at=time.time(), workspace=inp.workspace)
                     await self._store_output(out, msg)
                     return
                 except Exception as e:  # the call's record cannot be read: again soon
@@ -597,7 +598,7 @@ class Container:
             error_type=done.error_type, error_message=done.error_message,
             traceback=done.traceback, container_id=self.id, log_lines=done.log_lines,
             started_at=done.started_at, finished_at=done.finished_at,
-            payload_format=inf.inp.payload_format,
+            payload_format=inf.inp.payload_format, workspace=inf.inp.workspace,
         )
         if not self.in_flight and self.state == "busy":
             self.state, self.idle_since = "idle", time.time()
@@ -688,7 +689,8 @@ class Container:
         return Output(call_id=inf.inp.call_id, input_id=inf.inp.input_id, attempt=inf.inp.attempt,
                       attempt_token=inf.inp.attempt_token, status=status,  # type: ignore[arg-type]
                       error_type=etype, error_message=message, container_id=self.id,
-                      started_at=inf.started, finished_at=time.time())
+                      started_at=inf.started, finished_at=time.time(),
+                      workspace=inf.inp.workspace)
 
     # ---- logs, events, metering ----------------------------------------------------
     async def _pump(self, stream: asyncio.StreamReader | None, name: str) -> None:

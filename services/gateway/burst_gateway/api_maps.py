@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from burst._protocol import CallRef
 from burst.exception import InvalidError, NotFoundError
 from burst_core import bus, names
-from burst_core.schemas import MapRecord, MapRecordDecoder, encode
+from burst_core.schemas import CallRecord, MapRecord, MapRecordDecoder, encode
 from burst_gateway.api_calls import (
     MAX_BATCH,
     _function,
@@ -54,12 +54,12 @@ async def create_map(app: str, fn: str, body: MapCreate, request: Request,
     if not 1 <= len(body.inputs) <= MAX_MAP_INPUTS:
         raise InvalidError(f"a map holds 1 to {MAX_MAP_INPUTS} inputs, got {len(body.inputs)}")
     dep = await _function(gw, p, app, fn)
-    refs: list[CallRef] = []
+    refs: list[CallRecord] = []
     for start in range(0, len(body.inputs), MAX_BATCH):
         payloads = [json.dumps({"args": i.args, "kwargs": i.kwargs}).encode()
                     for i in body.inputs[start:start + MAX_BATCH]]
-        refs += [r for r, _ in await submit(gw, p, dep, fn, payloads, register=False,
-                                             payload_format="json")]
+        refs += [rec for rec, _ in await submit(gw, p, dep, fn, payloads, register=False,
+                                                 payload_format="json")]
     map_id = "mp-" + uuid.uuid4().hex
     rec = MapRecord(map_id=map_id, workspace=p.workspace, app=app, function=fn,
                     calls=[r.call_id for r in refs], tokens=[r.attempt_token for r in refs],
