@@ -52,3 +52,28 @@ async def test_a_large_write_is_not_gathered() -> None:
     assert t.writes == [b"head", big]
     await asyncio.sleep(0)
     assert t.writes == [b"head", big]
+
+
+async def test_a_complete_response_leaves_without_waiting_for_the_next_loop_turn() -> None:
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from burst_gateway.http import GatewayHttp
+
+    async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        return None
+
+    config = Config(app=app, http=GatewayHttp)
+    config.load()
+    proto = GatewayHttp(config=config, server_state=ServerState(), app_state={})
+    t = _Transport()
+    t.get_extra_info = lambda name, default=None: None  # type: ignore[method-assign,assignment]
+    proto.connection_made(t)  # type: ignore[arg-type]
+    proto.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    proto.transport.write(b"ok")
+    assert t.writes == []  # gathered...
+    proto.on_response_complete()  # ...and sent as the response completes, in one write
+    assert t.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
+    await asyncio.sleep(0)
+    assert len(t.writes) == 1
+    proto.timeout_keep_alive_task.cancel()  # type: ignore[union-attr]

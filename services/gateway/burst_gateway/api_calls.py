@@ -220,13 +220,23 @@ async def wait_many(gw: Any, workspace: str, refs: list[CallRef], wait: float,
         gw.outputs.unregister_group(group)
 
 
+def _give_up(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 async def _wait_one(gw: Any, call_id: str, fut: asyncio.Future[Output],
                     wait: float) -> CallResponse:
+    # The registered future itself, with a timer that answers None: its result wakes
+    # this task at once (``wait_for(shield(...))`` passes it on through two more
+    # callbacks, each a turn of the event loop on every call's way back).
+    out: Output | None = None
+    timer = asyncio.get_running_loop().call_later(wait, _give_up, fut) if wait > 0 else None
     try:
-        out = await asyncio.wait_for(asyncio.shield(fut), timeout=wait) if wait > 0 else None
-    except TimeoutError:
-        out = None
+        out = await fut if wait > 0 else None
     finally:
+        if timer is not None:
+            timer.cancel()
         gw.outputs.unregister(call_id, fut)
     if out is None:
         return CallResponse(call_id=call_id, status="pending")

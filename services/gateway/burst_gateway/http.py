@@ -3,7 +3,8 @@
 uvicorn writes a response's status line and headers, then its body, as two writes: two
 TCP segments, and often two wake-ups for the caller, per call. :class:`OneWrite` gathers
 the writes made in one turn of the event loop into one (small ones only: a large body is
-not copied), and the gateway runs uvicorn with :class:`GatewayHttp`.
+not copied), and the gateway runs uvicorn with :class:`GatewayHttp`, which also sends
+what is gathered as soon as a response is complete.
 """
 
 from __future__ import annotations
@@ -56,3 +57,8 @@ class OneWrite:
 class GatewayHttp(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(OneWrite(transport))  # type: ignore[arg-type]
+
+    def on_response_complete(self) -> None:
+        # The whole response is written: out now, not a loop turn later.
+        self.transport.flush()  # type: ignore[attr-defined]
+        super().on_response_complete()
