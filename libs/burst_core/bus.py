@@ -250,6 +250,18 @@ async def subscribe_direct(nc: NATS, subject: str, handler: Callable[[Msg], None
     return direct(await nc.subscribe(subject, queue=queue), handler)
 
 
+def send_now(nc: NATS) -> None:
+    """Write what the client has buffered now: nats-py leaves it to its flusher task, a
+    turn of the event loop later, on the way of every call's input and output. (The
+    flusher, woken all the same, then finds nothing left to write.) While the client is
+    not connected nothing is written here: what is buffered waits for the reconnect."""
+    transport = nc._transport
+    if nc._pending_data_size > 0 and transport is not None and nc.is_connected:
+        transport.writelines(nc._pending)
+        nc._pending = []
+        nc._pending_data_size = 0
+
+
 class _Acks:
     """One subscription for the publish acks of a connection: a publish is one message
     with a reply subject ``<inbox>.<n>`` and a future, not a request with a timed wait.
@@ -316,6 +328,7 @@ async def _publish_once(js: JetStreamContext, subject: str, payload: bytes,
     (a plain timer, no task)."""
     acks = await _acks(js)
     token, fut = await acks.send(subject, payload, headers or None)
+    send_now(acks.nc)
 
     def expire() -> None:
         if not fut.done():
@@ -367,6 +380,7 @@ async def publish_many(js: JetStreamContext, msgs: list[tuple[str, bytes, dict[s
     the caller decides, by msg id, what is safe to send again)."""
     acks = await _acks(js)
     sent = [await acks.send(subject, payload, hdrs or None) for subject, payload, hdrs in msgs]
+    send_now(acks.nc)
     futs = [f for _, f in sent]
     try:
         if futs:

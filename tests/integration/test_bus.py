@@ -173,3 +173,25 @@ async def test_direct_subscription_hands_every_message_to_its_handler_in_the_rea
 
     with pytest.raises(RuntimeError, match="pending queue"):
         bus.direct(object(), handler)
+
+
+async def test_send_now_writes_the_buffered_publishes_before_the_loop_turns(
+        js) -> None:  # type: ignore[no-untyped-def]
+    nc = js._nc
+    other = await bus.connect(nc.connected_url.geturl(), "test-other")
+    got: list[bytes] = []
+    bus.direct(await other.subscribe("now.test"), lambda m: got.append(m.data))
+    await other.flush()
+    await nc.publish("now.test", b"a")
+    await nc.publish("now.test", b"b")
+    assert nc._pending_data_size > 0  # nats-py left them to its flusher task
+    bus.send_now(nc)
+    assert nc._pending_data_size == 0 and nc._pending == []
+    for _ in range(100):
+        if len(got) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert got == [b"a", b"b"]  # once each: the flusher found nothing left to write
+    await asyncio.sleep(0.05)
+    assert got == [b"a", b"b"]
+    await other.close()
