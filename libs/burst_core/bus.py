@@ -250,16 +250,30 @@ async def subscribe_direct(nc: NATS, subject: str, handler: Callable[[Msg], None
     return direct(await nc.subscribe(subject, queue=queue), handler)
 
 
+#: Clients that wrote with :func:`send_now` in the current turn of the event loop.
+_sent_this_turn: set[int] = set()
+
+
 def send_now(nc: NATS) -> None:
     """Write what the client has buffered now: nats-py leaves it to its flusher task, a
     turn of the event loop later, on the way of every call's input and output. (The
-    flusher, woken all the same, then finds nothing left to write.) While the client is
-    not connected nothing is written here: what is buffered waits for the reconnect."""
+    flusher, woken all the same, then finds nothing left to write.)
+
+    Once per client and loop turn: what more is published in the same turn (a map's
+    outputs, many per turn) is gathered by the flusher into one write, as before, not
+    written one syscall each. While the client is not connected nothing is written
+    here: what is buffered waits for the reconnect."""
     transport = nc._transport
-    if nc._pending_data_size > 0 and transport is not None and nc.is_connected:
-        transport.writelines(nc._pending)
-        nc._pending = []
-        nc._pending_data_size = 0
+    if nc._pending_data_size <= 0 or transport is None or not nc.is_connected:
+        return
+    key = id(nc)
+    if key in _sent_this_turn:
+        return
+    _sent_this_turn.add(key)
+    asyncio.get_running_loop().call_soon(_sent_this_turn.discard, key)
+    transport.writelines(nc._pending)
+    nc._pending = []
+    nc._pending_data_size = 0
 
 
 class _Acks:

@@ -195,3 +195,20 @@ async def test_send_now_writes_the_buffered_publishes_before_the_loop_turns(
     await asyncio.sleep(0.05)
     assert got == [b"a", b"b"]
     await other.close()
+
+
+async def test_send_now_writes_once_per_loop_turn_and_leaves_the_rest_to_the_flusher(
+        js) -> None:  # type: ignore[no-untyped-def]
+    nc = js._nc
+    await nc.flush()
+    await nc.publish("now.turn", b"1")
+    bus.send_now(nc)
+    assert nc._pending_data_size == 0
+    await nc.publish("now.turn", b"2")  # the same turn: gathered for the flusher
+    bus.send_now(nc)
+    assert nc._pending_data_size > 0
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    await nc.publish("now.turn", b"3")  # a later turn: written at once again
+    bus.send_now(nc)
+    assert nc._pending_data_size == 0
