@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import nats
 import nats.errors
 import nats.js.errors
@@ -276,6 +276,20 @@ def send_now(nc: NATS) -> None:
     nc._pending_data_size = 0
 
 
+class _AckWire(msgspec.Struct):
+    """A JetStream publish ack as it comes (msgspec reads it several times faster than
+    ``json`` and nats-py's dataclass)."""
+
+    stream: str = ""
+    seq: int = 0
+    domain: str | None = None
+    duplicate: bool | None = None
+    error: dict[str, Any] | None = None
+
+
+_ack_decoder = msgspec.json.Decoder(_AckWire)
+
+
 class _Acks:
     """One subscription for the publish acks of a connection: a publish is one message
     with a reply subject ``<inbox>.<n>`` and a future, not a request with a timed wait.
@@ -309,15 +323,16 @@ class _Acks:
             fut.set_exception(nats.js.errors.NoStreamResponseError())
             return
         try:
-            resp = json.loads(msg.data)
-            if "error" in resp:
+            resp = _ack_decoder.decode(msg.data)
+            if resp.error is not None:
                 try:  # raises the error's own class (BadRequestError, ...)
-                    err: Exception = nats.js.errors.APIError.from_error(resp["error"])
+                    err: Exception = nats.js.errors.APIError.from_error(resp.error)
                 except nats.js.errors.APIError as e:
                     err = e
                 fut.set_exception(err)
             else:
-                fut.set_result(PubAck.from_response(resp))
+                fut.set_result(PubAck(stream=resp.stream, seq=resp.seq, domain=resp.domain,
+                                      duplicate=resp.duplicate))
         except Exception as e:  # an answer that is not a JetStream ack
             fut.set_exception(nats.js.errors.APIError(description=f"bad publish ack: {e!r}"))
 
@@ -537,6 +552,14 @@ class Consumer:
         while True:
             await asyncio.sleep(self.ack_wait / 3)
             await quiet(msg.in_progress())
+
+
+def deliveries(msg: Msg) -> int:
+    """How many times JetStream delivered ``msg`` (1 the first time), read from its reply
+    subject alone: ``msg.metadata`` builds a datetime and two dataclasses per message,
+    on every input's way in."""
+    tokens = Msg.Metadata._get_metadata_fields(msg.reply)
+    return int(tokens[4] if len(tokens) == 9 else tokens[Msg.Ack.NumDelivered])
 
 
 async def quiet(aw: Awaitable[Any]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -42,10 +43,11 @@ def build(workspace: str, app: str, function: str, deployment_id: str, payload: 
           payload_format: str, now: float, call_id: str | None = None,
           payload_ref: str = "") -> tuple[CallRecord, Input]:
     """A call's first-attempt record and input (nothing is written)."""
-    cid = call_id or new_call_id(now)
+    rand = os.urandom(26).hex()  # one read for the call id's tail and the token
+    cid = call_id or f"fc-{int(now * 1000):012x}{rand[:20]}"
     # The input id follows from the call id: resubmitting a call (an idempotent retry
     # after a crash) republishes the same input, which JetStream then drops.
-    input_id, token = "in-" + cid[3:], uuid.uuid4().hex
+    input_id, token = "in-" + cid[3:], rand[20:]
     inp = Input(workspace=workspace, app=app, function=function, call_id=cid,
                 input_id=input_id, attempt=1, attempt_token=token, payload=payload,
                 accepted_at=now, deployment_id=deployment_id, payload_format=payload_format,

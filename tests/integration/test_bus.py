@@ -212,3 +212,21 @@ async def test_send_now_writes_once_per_loop_turn_and_leaves_the_rest_to_the_flu
     await nc.publish("now.turn", b"3")  # a later turn: written at once again
     bus.send_now(nc)
     assert nc._pending_data_size == 0
+
+
+async def test_deliveries_counts_as_the_message_metadata_does(js) -> None:  # type: ignore[no-untyped-def]
+    from nats.aio.msg import Msg
+    from nats.js.api import ConsumerConfig
+
+    await js.add_stream(name="DELIV", subjects=["deliv.>"])
+    await js.publish("deliv.a", b"x")
+    sub = await js.pull_subscribe("deliv.a", "d", stream="DELIV",
+                                  config=ConsumerConfig(ack_wait=30))
+    [first] = await sub.fetch(1, timeout=5)
+    assert bus.deliveries(first) == first.metadata.num_delivered == 1
+    await first.nak()
+    [again] = await sub.fetch(1, timeout=5)
+    assert bus.deliveries(again) == again.metadata.num_delivered == 2
+    # The reply subject with a domain and an account hash (the newer form).
+    v2 = Msg(js._nc, reply="$JS.ACK.hub.ACCHASH.S.c.3.10.5.1700000000000000000.0.tok")
+    assert bus.deliveries(v2) == v2.metadata.num_delivered == 3

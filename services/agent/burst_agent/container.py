@@ -422,7 +422,7 @@ class Container:
             self._free_slot()
             self._spawn(bus.quiet(msg.ack()))
             return
-        if msg.metadata.num_delivered > 1 or inp.payload_ref:
+        if bus.deliveries(msg) > 1 or inp.payload_ref:
             # Reads before it can run: in a task, not holding up the inputs behind it.
             self._spawn(self._dispatch_slow(msg, inp))
             return
@@ -433,7 +433,7 @@ class Container:
         blob store."""
         ran = False
         try:
-            if msg.metadata.num_delivered > 1:
+            if bus.deliveries(msg) > 1:
                 try:
                     resumed = await self.agent.attempts.resume(inp)
                 except GiveUp as e:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -267,7 +266,7 @@ class InputPuller:
         reply = f"{self._inbox}.{self._seq}"
         self._requests[reply] = _Request(n, now + 2 * self._expires)
         self._credits += n
-        body = json.dumps({"batch": n, "expires": int(self._expires * 1e9)}).encode()
+        body = b'{"batch":%d,"expires":%d}' % (n, int(self._expires * 1e9))
         try:
             await self.nc.publish(self._next_subject, body, reply=reply)
         except Exception as e:  # closed or reconnecting with a full buffer

@@ -54,6 +54,8 @@ class BudgetGuard:
                 self.exceeded.pop(entry.key, None)
 
     def check(self, workspace: str, app: str, function: str) -> None:
+        if not self.exceeded:  # the usual case: no hard budget is spent
+            return
         for key in (names.budget_key(workspace), names.budget_key(workspace, app),
                     names.budget_key(workspace, app, function)):
             st = self.exceeded.get(key)
