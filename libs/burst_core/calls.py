@@ -26,10 +26,12 @@ from burst_core import bus, names
 from burst_core.schemas import CallRecord, CallRecordDecoder, Input, InputAccepted, encode
 
 
-def new_call_id(now: float, key: str | None = None) -> str:
-    """A new call id; with ``key`` the 20 trailing digits are a hash of it (deterministic)."""
-    tail = hashlib.sha256(key.encode()).hexdigest()[:20] if key else uuid.uuid4().hex[:20]
-    return f"fc-{int(now * 1000):012x}{tail}"
+def new_call_id(now: float, key: str | None = None, tail: str | None = None) -> str:
+    """A new call id; with ``key`` the 20 trailing digits are a hash of it (deterministic),
+    with ``tail`` they are those given (20 random hex digits), else random."""
+    if key:
+        tail = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return f"fc-{int(now * 1000):012x}{tail or uuid.uuid4().hex[:20]}"
 
 
 def call_created_at(call_id: str) -> float:
@@ -44,7 +46,7 @@ def build(workspace: str, app: str, function: str, deployment_id: str, payload: 
           payload_ref: str = "") -> tuple[CallRecord, Input]:
     """A call's first-attempt record and input (nothing is written)."""
     rand = os.urandom(26).hex()  # one read for the call id's tail and the token
-    cid = call_id or f"fc-{int(now * 1000):012x}{rand[:20]}"
+    cid = call_id or new_call_id(now, tail=rand[:20])
     # The input id follows from the call id: resubmitting a call (an idempotent retry
     # after a crash) republishes the same input, which JetStream then drops.
     input_id, token = "in-" + cid[3:], rand[20:]
