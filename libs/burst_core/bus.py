@@ -71,22 +71,92 @@ class Topology:
     extra_kv: dict[str, float] = field(default_factory=dict)
 
 
+#: Seconds a reconnected client waits at most for JetStream to answer before it renews
+#: its ordered consumers anyway.
+JETSTREAM_READY_TIMEOUT = 30.0
+
+#: The renewals of ordered consumers under way (kept referenced until done).
+_resumes: set[asyncio.Task[None]] = set()
+
+
 async def connect(url: str, name: str,
                   reconnected: Callable[[], Awaitable[None]] | None = None) -> NATS:
     """A connection that reconnects for ever; ``reconnected`` runs after each reconnect
-    (subscriptions are already renewed then)."""
+    (subscriptions are already renewed then).
+
+    After a reconnect, every ordered consumer of the connection (KV watches, the
+    gateway's outputs) is renewed at once (see :func:`resume_ordered`): a restarted
+    nats-server forgot them, and nats-py notices only after two missed idle heartbeats,
+    10 s in which a watch sees nothing and a waiting call gets no output."""
+    conn: list[NATS] = []
+
     async def _err(e: Exception) -> None:
         log.warning("nats_error", error=str(e))
 
-    return await nats.connect(
+    async def _reconnected() -> None:
+        if conn:  # not inline: this callback holds up nats-py's reconnect
+            task = asyncio.ensure_future(_resume_when_ready(conn[0]))
+            _resumes.add(task)
+            task.add_done_callback(_resumes.discard)
+        if reconnected is not None:
+            await reconnected()
+
+    nc = await nats.connect(
         servers=[url],
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         error_cb=_err,
         connect_timeout=5,
-        reconnected_cb=reconnected,
+        reconnected_cb=_reconnected,
     )
+    conn.append(nc)
+    return nc
+
+
+async def _resume_when_ready(nc: NATS) -> None:
+    """Once JetStream answers again (a restarted server may still be loading its
+    streams), renew the connection's ordered consumers."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + JETSTREAM_READY_TIMEOUT
+    js = nc.jetstream()
+    while nc.is_connected and loop.time() < deadline:
+        try:
+            await asyncio.wait_for(js.account_info(), 1.0)
+            break
+        except Exception:
+            await asyncio.sleep(0.1)
+    if not nc.is_connected:
+        return  # disconnected again: the next reconnect renews them
+    try:
+        n = await resume_ordered(nc)
+    except Exception as e:  # nats-py's own idle-heartbeat check still renews them
+        log.warning("ordered_consumers_not_renewed", error=repr(e))
+        return
+    if n:
+        log.info("ordered_consumers_renewed", count=n)
+
+
+async def resume_ordered(nc: NATS) -> int:
+    """Renew every ordered consumer of ``nc`` from the stream sequence after the last
+    message it delivered (what nats-py does itself after missed heartbeats, without the
+    wait). One that delivered nothing yet keeps its start policy (a follow "from now"
+    must not replay the stream). Returns how many were renewed."""
+    n = 0
+    for sub in list(nc._subs.values()):
+        jsi = getattr(sub, "_jsi", None)
+        if jsi is None or not getattr(jsi, "_ordered", False) or jsi._ccreq is None:
+            continue
+        cfg = jsi._ccreq
+        policy, start_seq = cfg.deliver_policy, cfg.opt_start_seq
+        fresh = jsi._sseq == 0
+        # Resubscribes on a new inbox and schedules the consumer's creation (a task that
+        # has not run yet when this returns: the config can still be corrected).
+        await jsi.reset_ordered_consumer(jsi._sseq + 1)
+        if fresh and policy != DeliverPolicy.BY_START_SEQUENCE:
+            cfg.deliver_policy, cfg.opt_start_seq = policy, start_seq
+        n += 1
+    return n
 
 
 async def _ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> None:

@@ -24,6 +24,7 @@ from burst_gateway import (
 from burst_gateway.fastcalls import FastCalls
 from burst_gateway.settings import GatewaySettings
 from burst_gateway.state import Gateway
+from burst_gateway.unavailable import NatsGuard
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -43,7 +44,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         description="Self-hosted serverless compute for Python: deploy apps, call functions.",
         lifespan=lifespan,
     )
-    errors.install(app)
+    errors.install(app, settings.unavailable_retry_after)
     app.include_router(api_cluster.router)
     app.include_router(api_apps.router)
     app.include_router(api_calls.router)
@@ -58,8 +59,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     return app
 
 
-def asgi_app(settings: GatewaySettings) -> FastCalls:
-    """What the gateway serves: the SDK's call request on the fast path, in front of
-    FastAPI's own middleware (error handling, telemetry, body limit), and everything else
-    through :func:`create_app`'s application."""
-    return FastCalls(create_app(settings))
+def asgi_app(settings: GatewaySettings) -> NatsGuard:
+    """What the gateway serves: 503 while NATS is out of reach; else the SDK's call
+    request on the fast path, in front of FastAPI's own middleware (error handling,
+    telemetry, body limit), and everything else through :func:`create_app`'s
+    application."""
+    app = create_app(settings)
+    return NatsGuard(FastCalls(app), app.state, settings.unavailable_retry_after)

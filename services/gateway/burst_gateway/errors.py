@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from burst.exception import ERROR_TYPES, Error
 from burst_core import logs
+from burst_gateway import unavailable
 
 log = logs.get("burst.gateway")
 
@@ -24,7 +25,21 @@ def error_response(type_: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"type": type_, "message": message}}, status_code=status)
 
 
-def install(app: FastAPI) -> None:
+def unavailable_response(retry_after: float) -> JSONResponse:
+    """503 ``Unavailable`` with ``Retry-After``: NATS is out of reach (see unavailable.py)."""
+    return JSONResponse({"error": {"type": "Unavailable", "message": unavailable.MESSAGE}},
+                        status_code=503,
+                        headers={"Retry-After": unavailable.retry_after_value(retry_after)})
+
+
+def install(app: FastAPI, retry_after: float = 1.0) -> None:
+    async def _nats_down(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("nats_unreachable", error=repr(exc))
+        return unavailable_response(retry_after)
+
+    for cls in unavailable.NATS_DOWN:
+        app.add_exception_handler(cls, _nats_down)
+
     @app.exception_handler(Error)
     async def _burst_error(_: Request, exc: Error) -> JSONResponse:
         return error_response(exc.type, str(exc))

@@ -24,7 +24,8 @@ from burst.exception import Error, InvalidError
 from burst_core import logs
 from burst_gateway.api_calls import _call_decoder, _function, call_once, decode_body
 from burst_gateway.auth import principal_of
-from burst_gateway.errors import error_response
+from burst_gateway.errors import error_response, unavailable_response
+from burst_gateway.unavailable import NATS_DOWN
 
 log = logs.get("burst.gateway")
 
@@ -61,6 +62,10 @@ class FastCalls:
                                             path.group(2), float(query.group(1) or 0))
         except Error as e:
             return await error_response(e.type, str(e))(scope, receive, send)
+        except NATS_DOWN as e:
+            log.warning("nats_unreachable", error=repr(e))
+            return await unavailable_response(
+                self.state.gw.settings.unavailable_retry_after)(scope, receive, send)
         except Exception as e:
             log.exception("unhandled_error", path=scope["path"], error=repr(e))
             return await error_response("Internal", "internal error; see the gateway log")(

@@ -14,6 +14,8 @@ class GatewaySettings(CommonSettings):
     bootstrap_token_hash: str = ""
     #: Workspace of the bootstrap admin token.
     bootstrap_workspace: str = "default"
+    #: ``Retry-After`` (seconds) of the 503 answered while NATS is out of reach.
+    unavailable_retry_after: float = 1.0
     #: Longest a synchronous call request is held before answering "pending".
     max_sync_wait: float = 60.0
     #: Largest request body accepted, in bytes.

@@ -391,6 +391,15 @@ class Autoscaler:
         return True
 
     # ---- input consumers -------------------------------------------------------------
+    def claimed(self, fn_key: str) -> bool:
+        """Whether an agent not marked lost still holds a claim for ``fn_key``, whatever
+        our view of its heartbeat: a view gone stale (our watch lagging after a NATS
+        restart) must not take a live container's consumer away. A really lost agent's
+        claims are released when it is marked lost (``failover.py``)."""
+        return any(alloc.fn_key == fn_key
+                   for agent in self.state.agents.values() if not agent.lost_at
+                   for alloc in agent.allocations.values())
+
     async def reap_consumer(self, fn_key: str) -> bool:
         """Delete a function's durable input consumer once it has no container left.
 
@@ -398,7 +407,7 @@ class Autoscaler:
         consumer only after receiving a placement, so the deletion never races a new one.
         """
         async with self._locks[fn_key]:
-            if self.state.containers_of(fn_key, time.time()):
+            if self.state.containers_of(fn_key, time.time()) or self.claimed(fn_key):
                 return False
             try:
                 # Never while inputs are delivered but not acked (a retry waiting out its
