@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from burst_core import bus, names
+from tests.servers import Server
 
 pytestmark = pytest.mark.integration
 
@@ -230,3 +233,56 @@ async def test_deliveries_counts_as_the_message_metadata_does(js) -> None:  # ty
     # The reply subject with a domain and an account hash (the newer form).
     v2 = Msg(js._nc, reply="$JS.ACK.hub.ACCHASH.S.c.3.10.5.1700000000000000000.0.tok")
     assert bus.deliveries(v2) == v2.metadata.num_delivered == 3
+
+
+async def test_ordered_consumers_follow_again_right_after_a_server_restart(
+        nats_server: Server) -> None:
+    """A restarted server forgot every ordered consumer (KV watches, the gateway's
+    outputs): they are renewed on the reconnect, not after nats-py's two missed idle
+    heartbeats (10 s), and one that delivered nothing yet does not replay the stream."""
+    nc = await bus.connect(nats_server.url, "test-ordered")
+    try:
+        js = nc.jetstream()
+        await bus.ensure_topology(js)
+        for i in range(3):  # before the follow "from now": never delivered to it
+            await bus.publish(js, names.output_subject(f"old-{i}", 1), b"old")
+        fresh: list[bytes] = []
+        sub = await js.subscribe(names.SUBJECTS_OUTPUTS, stream=names.STREAM_OUTPUTS,
+                                 ordered_consumer=True,
+                                 config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW))
+        bus.direct(sub._sub, lambda m: fresh.append(m.data))
+        kv = await js.key_value(names.KV_HEARTBEATS)
+        await kv.put("a", b"1")
+        watched: list[tuple[str, bytes]] = []
+        watcher = await kv.watchall()
+
+        async def follow() -> None:
+            async for e in watcher:
+                if e is not None:
+                    watched.append((e.key, e.value))
+
+        task = asyncio.create_task(follow())
+        await _until(lambda: watched == [("a", b"1")], 5, "the watch's initial value")
+        await asyncio.to_thread(nats_server.restart, kill=True)
+        t0 = time.monotonic()
+        await _until(lambda: nc.is_connected, 15, "reconnected")
+        # Written while the renewal may still be under way: none of it may be missed.
+        await kv.put("a", b"2")
+        await bus.publish(js, names.output_subject("new", 1), b"new")
+        # Wide margin, still far below the 10 s nats-py would take by itself.
+        await _until(lambda: ("a", b"2") in watched and b"new" in fresh, 4,
+                     "the watch and the follow after the restart")
+        assert time.monotonic() - t0 < 4
+        assert fresh == [b"new"]  # nothing replayed from before the follow began
+        assert watched == [("a", b"1"), ("a", b"2")]
+        task.cancel()
+        await watcher.stop()
+    finally:
+        await nc.close()
+
+
+async def _until(cond: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.01)

@@ -65,4 +65,4 @@ def asgi_app(settings: GatewaySettings) -> NatsGuard:
     telemetry, body limit), and everything else through :func:`create_app`'s
     application."""
     app = create_app(settings)
-    return NatsGuard(FastCalls(app), app.state, settings.unavailable_retry_after)
+    return NatsGuard(app, FastCalls(app), settings.unavailable_retry_after)

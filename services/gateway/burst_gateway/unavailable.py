@@ -60,11 +60,13 @@ async def answer(send: Send, retry_after: float, message: str = MESSAGE) -> None
 
 class NatsGuard:
     """ASGI: 503 + ``Retry-After`` for every request (but :data:`EXEMPT`) while the
-    gateway (``state.gw``, once started) is not connected to NATS."""
+    gateway (``app.state.gw``, once started) is not connected to NATS; other requests go
+    on to ``inner`` (the fast path in front of the FastAPI application ``app``)."""
 
-    def __init__(self, app: ASGIApp, state: Any, retry_after: float) -> None:
-        self.app = app
-        self.state = state
+    def __init__(self, app: Any, inner: ASGIApp, retry_after: float) -> None:
+        self.app = app  # the FastAPI application: its lifespan and state
+        self.state = app.state
+        self.inner = inner
         self.retry_after = retry_after
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -73,4 +75,4 @@ class NatsGuard:
             nc = getattr(gw, "nc", None)
             if nc is not None and not nc.is_connected:
                 return await answer(send, self.retry_after)
-        await self.app(scope, receive, send)
+        await self.inner(scope, receive, send)
