@@ -11,10 +11,10 @@ JSON object:
   the same port and store (as a supervisor would); measured: seconds from NATS answering
   its health check again until a ``.remote()`` returns (``recovery_s``, per round), and
   what the gateway answered while NATS was down (status and ``Retry-After``).
-- ``agent-loss``: a second agent runs ``--calls`` calls of ``--duration`` seconds, one
-  container each; it is SIGKILLed once all have started; measured: seconds from the kill
-  until every call is answered, against the heartbeat timeout, and how many containers
-  ran the re-runs.
+- ``agent-loss``: an agent runs ``--calls`` calls of ``--duration`` seconds, one
+  container each; another agent joins; the first is SIGKILLed while all run; measured:
+  seconds from the kill until the re-runs start and until every call is answered,
+  against the heartbeat timeout, and how many containers ran the re-runs.
 - ``poison``: a map of ``--inputs`` inputs whose container dies (``os._exit(1)``) on every
   attempt, with retries; measured: the map's wall time against one input's retry
   sequence (the sum of its backoff delays).
@@ -158,17 +158,136 @@ def nats_restart(rounds: int, workdir: Path) -> dict[str, Any]:
             "recovery_max_s": max(recoveries), "while_down": down_answers}
 
 
+LOSS_APP = '''
+import os, time
+import burst
+
+app = burst.App("lossbench")
+
+
+@app.function(gpu="T4", timeout=120, scaledown_window=600)
+def slow(path, i, duration):
+    cid = os.environ.get("BURST_CONTAINER_ID", "?")
+    with open(path, "a") as f:
+        f.write(f"start {cid} {i} {time.time()}\\n")
+    time.sleep(duration)
+    with open(path, "a") as f:
+        f.write(f"done {cid} {i} {time.time()}\\n")
+    return i
+'''
+
+
+def _lines(path: Path) -> list[list[str]]:
+    if not path.exists():
+        return []
+    return [ln.split() for ln in path.read_text().splitlines() if ln.count(" ") == 3]
+
+
+def _until(cond: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := cond()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+    return value
+
+
+def _start_agent(cluster: LocalCluster, agent_id: str, gpus: str, logs: Path
+                 ) -> subprocess.Popen[bytes]:
+    """Another agent process on this machine (as a second machine would run one), with a
+    declared GPU inventory so that only the agents started here run the function."""
+    ports = {p["name"]: p["ports"].get("client", 0) for p in _state(cluster.home)["parts"]}
+    env = {**cluster.env, "BURST_AGENT_ID": agent_id, "BURST_GPUS": gpus,
+           "BURST_CPU": "16", "BURST_MEMORY_MB": "16384",
+           "BURST_NATS_URL": f"nats://127.0.0.1:{ports['nats']}",
+           "BURST_REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
+           # The function appends to a file of this benchmark's, which a sandboxed
+           # container cannot write.
+           "BURST_SANDBOX": "off"}
+    with open(logs / f"{agent_id}.log", "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "burst_agent"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=logs, start_new_session=True)
+
+
+def _agent_live(agent_id: str) -> bool:
+    from burst.client import Client
+
+    rows = Client.from_profile().get_json("/v1/status").get("agents") or []
+    return any(a["agent_id"] == agent_id and a.get("age") is not None and a["age"] < 2
+               for a in rows)
+
+
+def agent_loss(calls: int, duration: float, workdir: Path) -> dict[str, Any]:
+    sys.path.insert(0, str(workdir))
+    (workdir / "lossbench_app.py").write_text(textwrap.dedent(LOSS_APP))
+    import lossbench_app  # type: ignore[import-not-found]
+
+    runs = workdir / "runs.txt"
+    procs: list[subprocess.Popen[bytes]] = []
+    timeout = 10.0  # the scheduler's heartbeat timeout (its default), set explicitly
+    with LocalCluster("burst-bench-", BURST_HEARTBEAT_TIMEOUT=str(timeout),
+                      BURST_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "warning")) as cluster:
+        try:
+            victim = _start_agent(cluster, "victim", f"T4:{calls}", cluster.home / "logs")
+            procs.append(victim)
+            _until(lambda: _agent_live("victim"), 60, "the victim agent registered")
+            with lossbench_app.app.run(show_output=False):
+                handles = [lossbench_app.slow.spawn(str(runs), i, duration)
+                           for i in range(calls)]
+                _until(lambda: len({ln[2] for ln in _lines(runs) if ln[0] == "start"})
+                       >= calls, 120, "every call started")
+                before = {ln[1] for ln in _lines(runs) if ln[0] == "start"}
+                time.sleep(2.5)  # running for a while: listed in the agent's heartbeats
+                procs.append(_start_agent(cluster, "survivor", f"T4:{calls}",
+                                          cluster.home / "logs"))
+                _until(lambda: _agent_live("survivor"), 60, "the survivor agent registered")
+                victim.send_signal(signal.SIGKILL)
+                killed = time.time()
+                victim.wait(10)
+                results = [h.get(timeout=180) for h in handles]
+                assert sorted(results) == list(range(calls)), results
+                answered = time.time() - killed
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+            for p in procs:
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    assert not [ln for ln in _lines(runs) if ln[0] == "done" and float(ln[3]) < killed], \
+        "calls ended before the kill: make --duration longer"
+    reruns = [ln for ln in _lines(runs) if ln[0] == "start" and float(ln[3]) > killed]
+    rerun_containers = {ln[1] for ln in reruns}
+    first_rerun = min(float(ln[3]) for ln in reruns) - killed
+    last_rerun = max(float(ln[3]) for ln in reruns) - killed
+    return {"benchmark": "faults.agent_loss", "calls": calls, "duration_s": duration,
+            "heartbeat_timeout_s": timeout,
+            "containers_before": len(before), "rerun_containers": len(rerun_containers),
+            "reruns": len(reruns),
+            "first_rerun_after_kill_s": round(first_rerun, 3),
+            "last_rerun_after_kill_s": round(last_rerun, 3),
+            "all_answered_after_kill_s": round(answered, 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="mode", required=True)
     nr = sub.add_parser("nats-restart")
     nr.add_argument("--rounds", type=int, default=3)
+    al = sub.add_parser("agent-loss")
+    al.add_argument("--calls", type=int, default=16)
+    al.add_argument("--duration", type=float, default=20.0)
     args = ap.parse_args()
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.mode == "nats-restart":
             result = nats_restart(args.rounds, Path(tmp))
+        elif args.mode == "agent-loss":
+            result = agent_loss(args.calls, args.duration, Path(tmp))
         print(json.dumps(result, indent=2))
 
 

@@ -184,6 +184,11 @@ def function_consumer(fn_key: str) -> str:
     return f"fn_{_short_hash(fn_key)}"
 
 
+def input_ack_prefix(fn_key: str) -> str:
+    """How the JetStream ack subject of each of a function's inputs begins."""
+    return f"$JS.ACK.{STREAM_INPUTS}.{function_consumer(fn_key)}."
+
+
 def agent_consumer(agent_id: str) -> str:
     return f"agent_{agent_id}"
 

@@ -545,6 +545,9 @@ class ContainerView(msgspec.Struct, kw_only=True, omit_defaults=True):
     max_inputs: int = 1
     #: Start (agent clock) of the oldest input in flight; billing's runaway check uses it.
     busy_since: float | None = None
+    #: The JetStream ack subjects of the inputs in flight: a scheduler that marks the
+    #: agent lost naks them, so they run again at once rather than after AckWait.
+    acks: list[str] = msgspec.field(default_factory=list)
 
 
 class AgentHeartbeat(_Wire, kw_only=True):

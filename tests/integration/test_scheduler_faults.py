@@ -3,6 +3,7 @@ harness is test_scheduler.py's)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from burst_core import bus, names
-from burst_core.schemas import AgentHeartbeat
+from burst_core.schemas import AgentHeartbeat, ContainerView
 from tests.integration.test_scheduler import (  # noqa: F401 - fixtures used by name
     MakeAgent,
     MakeScheduler,
@@ -66,3 +67,53 @@ async def test_a_stale_view_never_deletes_a_live_functions_input_consumer(
         return False
 
     await eventually(deleted, timeout=5)
+
+
+async def test_a_lost_agents_inputs_run_again_at_once_at_their_parallelism(
+    js: Any, agents: MakeAgent, scheduler: MakeScheduler,  # noqa: F811
+) -> None:
+    """An agent dies with 4 inputs running in 4 containers: marked lost after its
+    heartbeat timeout, the scheduler naks them (their ack subjects ride on its heartbeats)
+    and places 4 containers elsewhere. AckWait is a minute: only the hand-back can make
+    them come back in time."""
+    fn_key = key("work")
+    consumer = names.function_consumer(fn_key)
+    victim = await agents("victim", on_place="busy")
+    s = await scheduler(heartbeat_timeout=1.0, lost_check_interval=0.1,
+                        reconcile_interval=3600)
+    await deploy(js, fn("work"))
+    await until_known(s, fn_key)
+    for i in range(4):
+        await signal(js, fn_key)  # each busy container saturates: one more each time
+        await eventually(lambda n=i + 1: len(victim.placements) == n)
+        await eventually(lambda n=i + 1: len([  # the scheduler saw them all busy
+            c for c in s.state.containers_of(fn_key, time.time())
+            if c.view is not None and c.view.state == "busy"]) == n)
+        await bus.publish(js, names.input_subject(fn_key), b"in-%d" % i, msg_id=f"in-{i}")
+    # Made by the agent once it has a container (the scheduler reaps one without).
+    await bus.ensure_consumer(js, names.STREAM_INPUTS, ConsumerConfig(
+        durable_name=consumer, ack_policy=AckPolicy.EXPLICIT, ack_wait=60,
+        filter_subject=names.input_subject(fn_key)))
+    pull = await js.pull_subscribe_bind(consumer, names.STREAM_INPUTS)
+    running = await pull.fetch(4, timeout=5)
+    assert len(running) == 4
+    for p, msg in zip(victim.placements, running, strict=True):  # one input per container
+        victim.views[p.container_id] = ContainerView(
+            container_id=p.container_id, fn_key=fn_key, state="busy", in_flight=1,
+            acks=[msg.reply])
+    await victim.beat()
+    survivor = await agents("survivor", on_place=None)  # its containers are starting
+    await victim.stop()  # killed: no more heartbeats
+    killed = time.monotonic()
+    again = []
+    while len(again) < 4:
+        assert time.monotonic() - killed < 1.0 + 4.0, f"handed back: {again}"
+        with contextlib.suppress(TimeoutError):
+            again += await pull.fetch(4 - len(again), timeout=0.5)
+    assert sorted(m.data for m in again) == [b"in-%d" % i for i in range(4)]
+    assert all(m.metadata.num_delivered == 2 for m in again)
+    # As many containers as ran them, at once, not one and then one per saturation.
+    await eventually(lambda: len(survivor.placements) == 4, timeout=3)
+    assert s.lost_agents.handed_back == 4
+    for m in again:
+        await m.ack()

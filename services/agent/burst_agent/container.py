@@ -130,7 +130,8 @@ class Container:
                              idle_since=self.idle_since, in_flight=len(self.in_flight),
                              max_inputs=self.max_inputs,
                              busy_since=min((i.started for i in self.in_flight.values()),
-                                            default=None))
+                                            default=None),
+                             acks=[i.msg.reply for i in self.in_flight.values() if i.msg.reply])
 
     # ---- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:

@@ -12,11 +12,16 @@ machine died, or it is cut off). The deciding scheduler then, for each such agen
    marked it first, so of two racing schedulers exactly one wins;
 3. publishes :class:`AgentLost` (``names.agent_lost_subject``) with the containers it had,
    so billing closes them at the last heartbeat;
-4. wakes the reconcile loop, which places replacements for functions that now have work
-   and too few containers. The lost containers' un-acked inputs come back by JetStream
-   redelivery (their AckWait runs out, or at once when the function's consumer is deleted
-   for having no container left): the same attempt runs again, an internal retry that
-   never counts against the user's retries.
+4. hands the inputs its containers were running back at once: their ack subjects ride
+   on its heartbeats (``ContainerView.acks``), and a nak on one, from any connection,
+   makes JetStream redeliver that input now rather than after AckWait. The next delivery
+   runs a new attempt (a new token: a late output of the lost one is refused), an
+   internal retry that never counts against the user's retries. Inputs it took after its
+   last heartbeat come back when their AckWait runs out;
+5. places as many containers as the handed-back inputs need beyond the room the
+   function's other containers have (``replace``), at the parallelism they had: a
+   redelivered input is not in the consumer's pending count that the reconcile loop
+   sizes backlogs by; then wakes the reconcile loop for the rest.
 
 A lost agent that comes back (a partition healed) finds ``lost_at`` on its record, stops
 what it still runs and registers afresh (see the agent).
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats.js import JetStreamContext
@@ -37,6 +42,7 @@ from nats.js.kv import KeyValue
 
 from burst_core import bus, logs, names
 from burst_core.schemas import (
+    AgentHeartbeat,
     AgentHeartbeatDecoder,
     AgentLost,
     AgentRecord,
@@ -58,12 +64,16 @@ class LostAgents:
         heartbeats_kv: KeyValue,
         state: ClusterState,
         wake: Callable[[], None],
+        replace: Callable[[str, int, str], Awaitable[int]] | None = None,
     ) -> None:
         self.js = js
         self.agents_kv = agents_kv
         self.heartbeats_kv = heartbeats_kv
         self.state = state
         self.wake = wake
+        #: ``replace(fn_key, inputs, reason)``: place containers for inputs handed back.
+        self.replace = replace
+        self.handed_back = 0
         self._first_seen: dict[str, float] = {}
         self._draining: set[str] = set()
         self.marked = 0
@@ -152,4 +162,35 @@ class LostAgents:
                 log.warning("agent_lost_publish_failed", agent_id=agent_id, error=repr(e),
                             attempt=attempt + 1)
                 await asyncio.sleep(0.5)
+        if hb is not None:
+            await self._hand_back(agent_id, hb)
         return True
+
+    async def _hand_back(self, agent_id: str, hb: AgentHeartbeat) -> None:
+        """Nak the inputs the lost agent's containers were running (their ack subjects,
+        as its last heartbeat listed them), then place containers for them."""
+        nc = self.js._nc
+        by_fn: dict[str, int] = {}
+        for view in hb.containers:
+            prefix = names.input_ack_prefix(view.fn_key)
+            for subject in view.acks:
+                if not subject.startswith(prefix):  # only that function's input acks
+                    continue
+                try:
+                    await nc.publish(subject, b"-NAK")
+                except Exception as e:  # not handed back: its AckWait still runs out
+                    log.warning("input_hand_back_failed", agent_id=agent_id, error=repr(e))
+                    continue
+                by_fn[view.fn_key] = by_fn.get(view.fn_key, 0) + 1
+        if not by_fn:
+            return
+        await bus.quiet(nc.flush())
+        self.handed_back += sum(by_fn.values())
+        log.warning("lost_inputs_handed_back", agent_id=agent_id, inputs=by_fn)
+        if self.replace is None:
+            return
+        for fn_key, n in sorted(by_fn.items()):
+            try:
+                await self.replace(fn_key, n, "agent_lost")
+            except Exception:  # the reconcile pass places them instead
+                log.exception("lost_inputs_not_replaced", fn_key=fn_key)

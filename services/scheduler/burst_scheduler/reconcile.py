@@ -11,10 +11,10 @@ Scale-up reacts to signals (``autoscale.py``); this loop catches what signals ca
   soon as a function's last allocation disappears, see :meth:`Reconciler.on_state_change`);
 - warm-pool entries no live agent reports: removed.
 
-Lost agents' allocations are released by ``failover.py``, which wakes this loop so their
-functions get replacements at once. Not handled yet: an allocation whose container its
-agent never reports (placement lost, start failed without an event) keeps its resources
-until the agent removes it.
+Lost agents' allocations are released by ``failover.py``, which places containers for
+the inputs it hands back (:meth:`Reconciler.place_for`) and wakes this loop. Not handled
+yet: an allocation whose container its agent never reports (placement lost, start failed
+without an event) keeps its resources until the agent removes it.
 """
 
 from __future__ import annotations
@@ -127,8 +127,17 @@ class Reconciler:
             # The stream count holds what containers already run, as their views say.
             running = sum(c.view.in_flight for c in active if c.view is not None)
             backlog = max(0, in_stream - running)
-        if not backlog:
+        return await self.place_for(fn_key, backlog, "backlog")
+
+    async def place_for(self, fn_key: str, waiting: int, reason: str) -> int:
+        """Containers for ``waiting`` inputs beyond what the function's active containers
+        (starting ones included) can take, all placed at once. Returns those placed."""
+        ref = self.state.function(fn_key)
+        if not waiting or ref is None:
             return 0
+        now = time.time()
+        containers = self.state.containers_of(fn_key, now)
+        active = [c for c in containers if not self.autoscaler.stopping(c, now)]
         spec = ref.spec
         target = max(1, min(spec.target_inputs or spec.max_inputs, spec.max_inputs))
         room = 0
@@ -138,12 +147,12 @@ class Reconciler:
                 room += target  # placed or starting: it takes inputs once ready
             else:
                 room += max(0, target - v.in_flight)
-        if backlog <= room:
+        if waiting <= room:
             return 0
-        extra = -(-(backlog - room) // target)
+        extra = -(-(waiting - room) // target)
         if spec.max_containers is not None:
             extra = min(extra, spec.max_containers - len(containers))
-        return await self.autoscaler.place_more(fn_key, extra, "backlog")
+        return await self.autoscaler.place_more(fn_key, extra, reason)
 
     async def sweep_consumers(self) -> list[str]:
         """Delete the input consumers of functions that have no container."""

@@ -74,7 +74,8 @@ class Scheduler:
         self.reconciler = Reconciler(self.js, self.state, self.autoscaler, self.pools)
         self.autoscaler.on_backlog = self.reconciler.wake.set
         self.lost_agents = LostAgents(self.js, agents_kv, await self.js.key_value(
-            names.KV_HEARTBEATS), self.state, self.reconciler.wake.set)
+            names.KV_HEARTBEATS), self.state, self.reconciler.wake.set,
+            replace=self.reconciler.place_for)
         # The nats-py JetStream context keeps its connection; signals go out on it.
         self.ticker = Ticker(self.js, self.js._nc, self.state, s,
                              lambda fn_key: self.autoscaler.blocked(fn_key))
