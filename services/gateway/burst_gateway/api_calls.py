@@ -203,6 +203,9 @@ async def wait_many(gw: Any, workspace: str, refs: list[CallRef], wait: float,
         deadline = loop.time() + wait
         lingering = False
         while len(group.outputs) < len(pending):
+            if group.unsure:
+                await _settle_unsure(gw, group, workspace)
+                continue
             if group.outputs and not lingering:
                 if linger <= 0:
                     break
@@ -218,6 +221,18 @@ async def wait_many(gw: Any, workspace: str, refs: list[CallRef], wait: float,
         return [_from_output(o) for o in group.outputs.values()]
     finally:
         gw.outputs.unregister_group(group)
+
+
+async def _settle_unsure(gw: Any, group: Any, workspace: str) -> None:
+    """Outputs of an attempt the waiter did not name: one counts if the call's record
+    says its attempt is the current one (a retry moved the call on before the wait
+    began, so the waiter named an older attempt); the others are stale."""
+    unsure, group.unsure = group.unsure, {}
+    for call_id, out in unsure.items():
+        rec = await _record(gw, call_id, workspace)
+        if rec is not None and rec.attempt_token == out.attempt_token:
+            group.tokens[call_id] = out.attempt_token
+            group.outputs[call_id] = out
 
 
 def _give_up(fut: asyncio.Future[Any]) -> None:

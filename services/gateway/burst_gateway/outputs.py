@@ -43,11 +43,14 @@ class Group:
     """A wait for any of many calls (a map's outstanding inputs): one event for all of
     them, instead of a future (and a done callback) per call."""
 
-    __slots__ = ("tokens", "outputs", "event")
+    __slots__ = ("tokens", "outputs", "unsure", "event")
 
     def __init__(self, tokens: dict[str, str]) -> None:
         self.tokens = tokens  # call id -> the attempt token whose output counts
         self.outputs: dict[str, Output] = {}
+        #: Outputs of another attempt than the waiter named: a retry may have moved the
+        #: call on before the wait began (the waiter checks the call's record).
+        self.unsure: dict[str, Output] = {}
         self.event = asyncio.Event()
 
 
@@ -147,7 +150,9 @@ class OutputRouter:
         for g in self._groups.get(out.call_id, ()):
             if g.tokens.get(out.call_id) == out.attempt_token:
                 g.outputs[out.call_id] = out
-                g.event.set()
+            else:
+                g.unsure[out.call_id] = out
+            g.event.set()
         waiters = self._waiters.get(out.call_id)
         if not waiters:
             return
