@@ -16,8 +16,8 @@ JSON object:
   seconds from the kill until the re-runs start and until every call is answered,
   against the heartbeat timeout, and how many containers ran the re-runs.
 - ``poison``: a map of ``--inputs`` inputs whose container dies (``os._exit(1)``) on every
-  attempt, with retries; measured: the map's wall time against one input's retry
-  sequence (the sum of its backoff delays).
+  attempt, with ``--retries`` retries from ``--delay`` s (doubling); measured: the map's
+  wall time against one input's retry sequence (the sum of its backoff delays).
 """
 
 from __future__ import annotations
@@ -272,6 +272,40 @@ def agent_loss(calls: int, duration: float, workdir: Path) -> dict[str, Any]:
             "all_answered_after_kill_s": round(answered, 3)}
 
 
+POISON_APP = '''
+import os
+import burst
+
+app = burst.App("poisonbench")
+
+
+@app.function(retries=burst.Retries(max_retries={retries}, initial_delay={delay},
+                                    backoff_coefficient=2.0))
+def poison(x):
+    os._exit(1)  # the container dies on every attempt
+'''
+
+
+def poison(inputs: int, retries: int, delay: float, workdir: Path) -> dict[str, Any]:
+    sys.path.insert(0, str(workdir))
+    (workdir / "poisonbench_app.py").write_text(
+        textwrap.dedent(POISON_APP).format(retries=retries, delay=delay))
+    import poisonbench_app  # type: ignore[import-not-found]
+
+    sequence = sum(min(60.0, delay * 2.0 ** k) for k in range(retries))
+    with LocalCluster("burst-bench-",
+                      BURST_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "warning")):
+        with poisonbench_app.app.run(show_output=False):
+            t0 = time.monotonic()
+            results = list(poisonbench_app.poison.map(range(inputs), return_exceptions=True))
+            took = time.monotonic() - t0
+    assert len(results) == inputs and all(isinstance(r, Exception) for r in results), results
+    return {"benchmark": "faults.poison", "inputs": inputs, "retries": retries,
+            "retry_delays_s": round(sequence, 3), "map_s": round(took, 3),
+            "over_one_retry_sequence_s": round(took - sequence, 3),
+            "error": str(results[0])[:200]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -280,6 +314,10 @@ def main() -> None:
     al = sub.add_parser("agent-loss")
     al.add_argument("--calls", type=int, default=16)
     al.add_argument("--duration", type=float, default=20.0)
+    po = sub.add_parser("poison")
+    po.add_argument("--inputs", type=int, default=20)
+    po.add_argument("--retries", type=int, default=2)
+    po.add_argument("--delay", type=float, default=1.0)
     args = ap.parse_args()
     import tempfile
 
@@ -288,6 +326,8 @@ def main() -> None:
             result = nats_restart(args.rounds, Path(tmp))
         elif args.mode == "agent-loss":
             result = agent_loss(args.calls, args.duration, Path(tmp))
+        else:
+            result = poison(args.inputs, args.retries, args.delay, Path(tmp))
         print(json.dumps(result, indent=2))
 
 

@@ -3,6 +3,7 @@ harness is test_scheduler.py's)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import Any
@@ -12,8 +13,10 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from burst_core import bus, names
-from burst_core.schemas import AgentHeartbeat, ContainerView
+from burst_core.schemas import AgentHeartbeat, ContainerStopped, ContainerView, encode
 from tests.integration.test_scheduler import (  # noqa: F401 - fixtures used by name
+    APP,
+    WS,
     MakeAgent,
     MakeScheduler,
     agents,
@@ -117,3 +120,39 @@ async def test_a_lost_agents_inputs_run_again_at_once_at_their_parallelism(
     assert s.lost_agents.handed_back == 4
     for m in again:
         await m.ack()
+
+
+async def test_inputs_whose_containers_all_crashed_get_containers_at_once(
+    js: Any, agents: MakeAgent, scheduler: MakeScheduler,  # noqa: F811
+) -> None:
+    """Poison inputs: each killed its container, and each waits out its retry's backoff
+    (delivered before, so not in the consumer's pending count). The crash wakes the
+    reconcile pass (its interval is an hour here), which places a container for each,
+    not one per pass."""
+    agent = await agents("agent-1", cpu=64, memory_mb=1 << 20)
+    s = await scheduler(reconcile_interval=3600)
+    await deploy(js, fn("poison"))
+    fn_key = key("poison")
+    await until_known(s, fn_key)
+    await asyncio.sleep(0.3)  # the passes the start and the deployment woke are done
+    consumer = names.function_consumer(fn_key)
+    await bus.ensure_consumer(js, names.STREAM_INPUTS, ConsumerConfig(
+        durable_name=consumer, ack_policy=AckPolicy.EXPLICIT, ack_wait=60,
+        filter_subject=names.input_subject(fn_key)))
+    for i in range(6):
+        await bus.publish(js, names.input_subject(fn_key), b"in-%d" % i, msg_id=f"p-{i}")
+    pull = await js.pull_subscribe_bind(consumer, names.STREAM_INPUTS)
+    for msg in await pull.fetch(6, timeout=5):
+        await msg.nak(delay=30)  # a user retry's backoff
+    info = await js.consumer_info(names.STREAM_INPUTS, consumer)
+    assert info.num_pending == 0 and info.num_ack_pending == 6
+    assert not agent.placements
+    await bus.publish(js, names.container_event_subject("stopped", "agent-1"), encode(
+        ContainerStopped(container_id="ct-gone", agent_id="agent-1", workspace=WS, app=APP,
+                         function="poison", reason="crashed", exit_code=1,
+                         at=time.time())))
+    await eventually(lambda: len(agent.placements) == 6, timeout=5)
+    await asyncio.sleep(0.5)
+    assert len(agent.placements) == 6  # and no more: the 6 have room for them
+    await s.reconciler.run_once()
+    assert len(agent.placements) == 6

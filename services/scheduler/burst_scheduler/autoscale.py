@@ -57,6 +57,10 @@ from burst_scheduler.state import ClusterState, Container, FunctionRef
 log = logs.get("burst.scheduler.autoscale")
 
 
+#: Stop reasons of the scheduler's own orders: nothing to replace.
+_ORDERED_STOPS = frozenset({"scaledown", "app_removed", "function_removed"})
+
+
 @dataclass
 class _StopOrder:
     idle_since: float
@@ -191,10 +195,15 @@ class Autoscaler:
 
     # ---- crash-loop backoff ----------------------------------------------------------
     def on_container_event(self, event: ContainerReady | ContainerStopped) -> None:
-        """Count failed starts per function; a container that got ready resets the count."""
+        """Count failed starts per function; a container that got ready resets the count.
+        A container gone by itself (crashed, out of memory, failed to start) may leave
+        inputs without one: the reconcile pass looks now, not at its next tick."""
         if isinstance(event, ContainerReady):
             self._start_failures.pop(event.fn_key, None)
-        elif event.reason == "failed_to_start":
+            return
+        if event.reason not in _ORDERED_STOPS and self.on_backlog is not None:
+            self.on_backlog()
+        if event.reason == "failed_to_start":
             key = names.function_key(event.workspace, event.app, event.function)
             count, _ = self._start_failures.get(key, (0, 0.0))
             self._start_failures[key] = (count + 1, event.at or time.time())

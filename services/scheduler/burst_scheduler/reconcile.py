@@ -108,26 +108,33 @@ class Reconciler:
         return out
 
     async def _repair_backlog(self, fn_key: str, in_stream: int) -> int:
-        """Enough containers for the inputs waiting: undelivered inputs beyond what the
-        active containers (starting ones included) can take get containers of their own,
-        placed at once rather than one per pass."""
+        """Enough containers for the inputs waiting: inputs beyond what the active
+        containers (starting ones included) can take get containers of their own, placed
+        at once rather than one per pass.
+
+        Waiting are the inputs no container runs: the stream holds every input not yet
+        answered, the containers' views say how many they run. The consumer's pending
+        count alone misses inputs delivered before and due again (a retry after its
+        backoff, an input handed back): counting only it, a function whose containers
+        all died (inputs that crash theirs) got one container per pass, its inputs run
+        one at a time. Inputs still waiting out a retry's backoff count too: their
+        containers are ready when it ends."""
         now = time.time()
         containers = self.state.containers_of(fn_key, now)
         active = [c for c in containers if not self.autoscaler.stopping(c, now)]
-        ref = self.state.function(fn_key)
-        if not active or ref is None:
+        if self.state.function(fn_key) is None:
             return await self.autoscaler.scale_for_work(fn_key, "backlog")
-        # The stream count includes inputs being run; only undelivered ones are a backlog.
-        # Before a container made the function's consumer, nothing was delivered yet.
+        running = sum(c.view.in_flight for c in containers if c.view is not None)
+        waiting = max(0, in_stream - running)
         try:
             info = await self.js.consumer_info(names.STREAM_INPUTS,
                                                names.function_consumer(fn_key))
-            backlog = int(info.num_pending or 0)
+            waiting = max(waiting, int(info.num_pending or 0))
         except nats.js.errors.NotFoundError:
-            # The stream count holds what containers already run, as their views say.
-            running = sum(c.view.in_flight for c in active if c.view is not None)
-            backlog = max(0, in_stream - running)
-        return await self.place_for(fn_key, backlog, "backlog")
+            pass  # before a container made the function's consumer, nothing was delivered
+        if not waiting and not active:
+            return await self.autoscaler.scale_for_work(fn_key, "backlog")
+        return await self.place_for(fn_key, waiting, "backlog")
 
     async def place_for(self, fn_key: str, waiting: int, reason: str) -> int:
         """Containers for ``waiting`` inputs beyond what the function's active containers
