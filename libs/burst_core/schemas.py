@@ -531,6 +531,9 @@ class ContainerStopped(_Wire, kw_only=True):
     exit_code: int | None = None
     at: float
     detail: str = ""
+    #: Inputs it was running when it stopped: a crash with inputs running is theirs (their
+    #: retries pace them), one without is the function's containers crash-looping.
+    inputs_running: int = 0
 
 
 ContainerEvent = ContainerStarted | ContainerReady | ContainerStopped

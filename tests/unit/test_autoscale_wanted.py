@@ -69,7 +69,9 @@ def test_target_inputs_scale_out_before_max_inputs() -> None:
 def test_failed_starts_back_off_and_a_ready_container_resets() -> None:
     from burst_core.schemas import ContainerReady, ContainerStopped
 
+    woken: list[bool] = []
     scaler = SimpleNamespace(_start_failures={}, _failed_deployment={},
+                             on_backlog=lambda: woken.append(True),
                              state=SimpleNamespace(function=lambda key: None),
                              settings=SimpleNamespace(start_backoff_initial=1.0,
                                                       start_backoff_max=8.0))
@@ -91,7 +93,36 @@ def test_failed_starts_back_off_and_a_ready_container_resets() -> None:
     ok = ContainerReady(container_id="ct2", agent_id="ag", fn_key="w.a.f", at=107.0)
     Autoscaler.on_container_event(scaler, ok)  # type: ignore[arg-type]
     assert left(107.0) == 0.0
+    assert len(woken) == 6  # each failed start woke the reconcile pass
     crashed = ContainerStopped(container_id="ct3", agent_id="ag", workspace="w", app="a",
-                               function="f", reason="crashed", at=108.0)
+                               function="f", reason="crashed", at=108.0, inputs_running=1)
     Autoscaler.on_container_event(scaler, crashed)  # type: ignore[arg-type]
-    assert left(108.0) == 0.0  # a crash after a good start is not a failed start
+    assert left(108.0) == 0.0  # a crash with an input running is the input's failure
+    assert len(woken) == 7  # its input may need another container: looked at now
+
+
+def test_containers_crashing_idle_back_off_as_failed_starts() -> None:
+    """A container that dies with no input running, again and again, is a crash loop:
+    placed again only after a growing delay (poison inputs, each crashing the container
+    running it, are paced by their own retries instead)."""
+    from burst_core.schemas import ContainerStopped
+
+    scaler = SimpleNamespace(_start_failures={}, _failed_deployment={}, on_backlog=None,
+                             state=SimpleNamespace(function=lambda key: None),
+                             settings=SimpleNamespace(start_backoff_initial=1.0,
+                                                      start_backoff_max=8.0))
+
+    def stopped(at: float, reason: str, inputs: int = 0) -> None:
+        ev = ContainerStopped(container_id="ct", agent_id="ag", workspace="w", app="a",
+                              function="f", reason=reason, at=at, inputs_running=inputs)
+        Autoscaler.on_container_event(scaler, ev)  # type: ignore[arg-type]
+
+    left = lambda now: Autoscaler.backoff_left(scaler, "w.a.f", now)  # type: ignore[arg-type]  # noqa: E731
+    for t in range(5):
+        stopped(100.0 + t, "crashed", inputs=1)
+    stopped(105.0, "scaledown")
+    assert left(105.0) == 0.0
+    stopped(110.0, "crashed")
+    assert left(110.0) == 1.0
+    stopped(111.0, "oom")
+    assert left(111.0) == 2.0

@@ -116,6 +116,8 @@ class Container:
         self.last_alive = time.monotonic()
         self.unresponsive = False
         self.handed_back: set[str] = set()
+        #: Inputs running when the container stopped (its stopped event says so).
+        self._inputs_at_stop = 0
         self.done = asyncio.Event()
         #: Calls whose output this container stored since the last metering record that
         #: went out, by outcome; they ride on that record (see _meter).
@@ -211,6 +213,7 @@ class Container:
         finally:
             self.state = "stopping"
             self._set_stopping()
+            self._inputs_at_stop = len(self.in_flight)
             await self._finish_in_flight(exit_code)
             tasks = list(self._tasks)
             for t in tasks:
@@ -755,7 +758,7 @@ class Container:
         await bus.quiet(self._event("stopped", ContainerStopped(
             container_id=self.id, agent_id=self.agent.agent_id, workspace=p.workspace, app=p.app,
             function=self.fn.name, reason=reason, exit_code=exit_code, at=time.time(),
-            detail=self.detail[-2000:])))
+            detail=self.detail[-2000:], inputs_running=self._inputs_at_stop)))
         await bus.quiet(self.agent.release(self.id))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

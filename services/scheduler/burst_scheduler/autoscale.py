@@ -57,6 +57,8 @@ from burst_scheduler.state import ClusterState, Container, FunctionRef
 log = logs.get("burst.scheduler.autoscale")
 
 
+#: Stop reasons of a container that died by itself.
+_CRASHES = frozenset({"crashed", "oom"})
 #: Stop reasons of the scheduler's own orders: nothing to replace.
 _ORDERED_STOPS = frozenset({"scaledown", "app_removed", "function_removed"})
 
@@ -203,7 +205,11 @@ class Autoscaler:
             return
         if event.reason not in _ORDERED_STOPS and self.on_backlog is not None:
             self.on_backlog()
-        if event.reason == "failed_to_start":
+        if event.reason == "failed_to_start" or (
+                event.reason in _CRASHES and not event.inputs_running):
+            # A container that crashed with inputs running failed with them: their
+            # retries pace them, in parallel. One that crashed with none is a crash loop
+            # (it dies whatever it is given): slowed like a failed start.
             key = names.function_key(event.workspace, event.app, event.function)
             count, _ = self._start_failures.get(key, (0, 0.0))
             self._start_failures[key] = (count + 1, event.at or time.time())
@@ -231,8 +237,9 @@ class Autoscaler:
         wait = self.backoff_left(ref.fn_key, time.time())
         if wait > 0:
             count = self._start_failures[ref.fn_key][0]
-            await self._mark_waiting(ref.fn_key, f"{count} containers failed to start in a row: "
-                                                 f"next try in {wait:.0f} s")
+            await self._mark_waiting(ref.fn_key, f"{count} containers failed to start (or "
+                                                 f"crashed idle) in a row: next try in "
+                                                 f"{wait:.0f} s")
             return False
         spec = ref.spec
         flog = log.bind(fn_key=ref.fn_key, reason=reason)
