@@ -50,6 +50,10 @@ class Part:
     started: int
     log: str
     ports: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: How many times the supervisor restarted it after it exited.
+    restarts: int = 0
+    #: How it last exited ("killed by SIGKILL", "exit status 1"), when it did.
+    last_exit: str = ""
 
 
 @dataclasses.dataclass
@@ -60,6 +64,9 @@ class ClusterState:
     url: str
     started_at: float
     parts: list[Part]
+    #: The process that restarts parts that exit (:mod:`burst._supervisor`); None when
+    #: supervision is off.
+    supervisor: Part | None = None
 
     def part(self, name: str) -> Part | None:
         return next((p for p in self.parts if p.name == name), None)
@@ -74,7 +81,10 @@ def read_state(home: Path) -> ClusterState | None:
     try:
         raw = json.loads(path.read_text())
         parts = [Part(**p) for p in raw.pop("parts")]
-        return ClusterState(parts=parts, **raw)
+        supervisor = raw.pop("supervisor", None)
+        return ClusterState(
+            parts=parts, supervisor=Part(**supervisor) if supervisor else None, **raw
+        )
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, KeyError) as e:
@@ -85,7 +95,8 @@ def read_state(home: Path) -> ClusterState | None:
 
 def write_state(home: Path, state: ClusterState) -> None:
     path = state_path(home)
-    tmp = path.with_name(f".{STATE_FILE}.tmp")
+    # Written by `burst up`, then by the supervisor alone; a name per writer all the same.
+    tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(dataclasses.asdict(state), indent=2) + "\n")
     os.replace(tmp, path)
 
@@ -181,7 +192,8 @@ def members(part: Part, procs: list[ProcInfo]) -> list[ProcInfo]:
     return list(found.values())
 
 
-def _signal_all(procs: list[ProcInfo], sig: signal.Signals) -> None:
+def signal_all(procs: list[ProcInfo], sig: signal.Signals) -> None:
+    """Send ``sig`` to the process groups of ``procs`` and to each of them still alive."""
     for pgid in {p.pgid for p in procs}:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
@@ -191,16 +203,18 @@ def _signal_all(procs: list[ProcInfo], sig: signal.Signals) -> None:
                 os.kill(p.pid, sig)
 
 
-def _alive(procs: list[ProcInfo]) -> list[ProcInfo]:
+def alive(procs: list[ProcInfo]) -> list[ProcInfo]:
+    """Those of ``procs`` still running (the same processes, not their recycled ids)."""
     return [p for p in procs if is_alive(p.pid, p.started)]
 
 
-def _wait_gone(procs: list[ProcInfo], timeout: float) -> list[ProcInfo]:
+def wait_gone(procs: list[ProcInfo], timeout: float) -> list[ProcInfo]:
+    """Wait up to ``timeout`` seconds for ``procs`` to exit; returns those still running."""
     deadline = time.monotonic() + timeout
-    left = _alive(procs)
+    left = alive(procs)
     while left and time.monotonic() < deadline:
         time.sleep(0.05)
-        left = _alive(left)
+        left = alive(left)
     return left
 
 
@@ -221,16 +235,16 @@ def stop_parts(parts: list[Part], progress: Callable[[str], None] = lambda _: No
         tracked.update(group)
         progress(f"stopping {', '.join(p.name for p in stage)}")
         everything = [proc for ms in group.values() for proc in ms]
-        _signal_all(everything, signal.SIGTERM)
+        signal_all(everything, signal.SIGTERM)
         grace = max(STOP_GRACE.get(p.name, DEFAULT_STOP_GRACE) for p in stage)
-        left = _wait_gone(everything, grace)
+        left = wait_gone(everything, grace)
         if left:
-            _signal_all(left, signal.SIGKILL)
+            signal_all(left, signal.SIGKILL)
     # Verify: nothing recorded, nor anything those processes started, is still running.
     procs = all_procs()
     for p in parts:
         tracked.setdefault(p.name, []).extend(members(p, procs))
-    remaining = _wait_gone([proc for ms in tracked.values() for proc in ms], STOP_VERIFY_TIMEOUT)
+    remaining = wait_gone([proc for ms in tracked.values() for proc in ms], STOP_VERIFY_TIMEOUT)
     if remaining:
         pids = ", ".join(str(p.pid) for p in remaining)
         raise InternalError(f"processes of the cluster survived SIGKILL: pids {pids}")

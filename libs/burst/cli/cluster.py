@@ -32,6 +32,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from burst import _supervisor
 from burst._parts import (
     STATE_FILE,
     ClusterState,
@@ -229,6 +230,8 @@ class Launcher:
         self.logs = home / "logs"
         self.parts: list[Part] = []
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        #: How each part was started, for the supervisor to start it again.
+        self.commands: dict[str, _supervisor.Command] = {}
 
     def start(self, name: str, argv: list[str], env: dict[str, str], **ports: int) -> Part:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -254,6 +257,7 @@ class Launcher:
         )
         self.parts.append(part)
         self.procs[name] = proc
+        self.commands[name] = _supervisor.Command(argv=list(argv), env=dict(env))
         return part
 
     def parts_by_name(self) -> dict[str, Part]:
@@ -474,9 +478,12 @@ def ensure_docker(progress: Progress) -> None:
 
 def start_cluster(
     home: Path, ports: dict[str, int], gpus: str, spot: bool, timeout: float, progress: Progress,
-    runtime: str = "process",
+    runtime: str = "process", supervise: _supervisor.SupervisorSettings | None = None,
 ) -> tuple[ClusterState, Profile]:
-    """Start every part, wait until the cluster is healthy; on any failure stop them all."""
+    """Start every part, wait until the cluster is healthy, then the supervisor that
+    restarts parts that exit (unless ``supervise`` turns it off); on any failure stop them
+    all."""
+    supervise = supervise or _supervisor.SupervisorSettings()
     if runtime == "docker":
         ensure_docker(progress)
     token = "bst_" + secrets.token_urlsafe(32)
@@ -508,8 +515,15 @@ def start_cluster(
             progress,
             timeout,
         )
+        if supervise.enabled:
+            progress.step("starting the supervisor")
+            # From here on the supervisor alone writes cluster.json.
+            state.supervisor = _supervisor.start(home, supervise, launcher.commands)
     except BaseException:
         progress.step("stopping what was started")
+        recorded = read_state(home) if state_path(home).exists() else None
+        if recorded is not None and recorded.supervisor is not None:
+            stop_parts(_supervisor.stop(home, recorded).parts)
         launcher.stop_all()
         state_path(home).unlink(missing_ok=True)
         raise
@@ -566,12 +580,13 @@ def up(
     gpus = check_gpus(gpus)
     if runtime not in ("process", "docker"):
         raise InvalidError(f"invalid --runtime {runtime!r}: use process or docker")
+    supervise = _supervisor.SupervisorSettings.from_env(os.environ)
     home = resolve_home(home)
     err = Console(stderr=True)
     with home_lock(home):
         state = read_state(home)
         if state is not None:
-            if running_parts(state):
+            if running_parts(state) or _supervisor.running(state):
                 raise ConflictError(
                     f"a Burst cluster from {home} is already running (gateway {state.url}): "
                     "stop it with `burst down`, or use --home for another one"
@@ -579,6 +594,7 @@ def up(
             err.print(
                 f"removing stale {state_path(home)} (its processes have exited)", markup=False
             )
+            state = _supervisor.stop(home, state)
             stop_parts(state.parts)  # leftovers of its parts' process groups, if any
             state_path(home).unlink(missing_ok=True)
         preferred = {**DEFAULT_PORTS, "gateway": port}
@@ -587,7 +603,9 @@ def up(
             if chosen != preferred[role]:
                 err.print(f"port {preferred[role]} ({role}) is taken: using {chosen}", markup=False)
         with Progress(err) as progress:
-            state, profile = start_cluster(home, ports, gpus, spot, timeout, progress, runtime)
+            state, profile = start_cluster(
+                home, ports, gpus, spot, timeout, progress, runtime, supervise
+            )
     out = Console(highlight=False)
     out.print(f"[green]Burst cluster is up[/] (home {home})")
     out.print(f"  gateway  {profile.url}", markup=False)
@@ -595,6 +613,8 @@ def up(
     out.print(
         f"  logs     {home / 'logs'}/<{','.join(p.name for p in state.parts)}>.log", markup=False
     )
+    if state.supervisor is None:
+        out.print("  parts that exit stay down (BURST_SUPERVISE=0)", markup=False)
     out.print("Run `burst status` to inspect it and `burst down` to stop it.", markup=False)
 
 
@@ -605,6 +625,8 @@ def down(home: HomeOption = None) -> None:
         state = read_state(home)
         if state is None:
             raise NotFoundError(f"no Burst cluster is running from {home}: nothing to stop")
+        # First the supervisor, so that nothing stopped below is started again.
+        state = _supervisor.stop(home, state)
         procs = all_procs()
         if not any(members(p, procs) for p in state.parts):
             state_path(home).unlink(missing_ok=True)
@@ -628,9 +650,18 @@ def status(
     if state is None:
         raise NotFoundError(f"no Burst cluster is running from {home}: start one with `burst up`")
     alive = {p.name for p in running_parts(state)}
+    supervising = _supervisor.running(state)
+    restarting = " (the supervisor restarts it)" if supervising else ""
     problems = [
-        f"{p.name}: process {p.pid} is not running" for p in state.parts if p.name not in alive
+        f"{p.name}: process {p.pid} is not running{restarting}"
+        for p in state.parts
+        if p.name not in alive
     ]
+    if state.supervisor is not None and not supervising:
+        problems.append(
+            f"supervisor: process {state.supervisor.pid} is not running, so parts that exit "
+            "stay down"
+        )
     info: dict[str, Any] | None = None
     try:
         info = fetch_status(state.url, read_profile(profile_path(home)).token)
@@ -639,12 +670,18 @@ def status(
         problems.append(str(e))
     if as_json:
         parts = [{**dataclasses.asdict(p), "running": p.name in alive} for p in state.parts]
+        supervisor = (
+            {**dataclasses.asdict(state.supervisor), "running": supervising}
+            if state.supervisor is not None
+            else None
+        )
         print(
             json.dumps(
                 {
                     "home": str(home),
                     "url": state.url,
                     "parts": parts,
+                    "supervisor": supervisor,
                     "status": info,
                     "problems": problems,
                 },
@@ -652,7 +689,7 @@ def status(
             )
         )
     else:
-        render_status(state, alive, info)
+        render_status(state, alive, info, supervising)
     if problems:
         raise UnavailableError("the cluster is not healthy: " + "; ".join(problems))
 
@@ -661,15 +698,29 @@ def _age(value: Any) -> str:
     return f"{value:.1f} s" if isinstance(value, int | float) else "?"
 
 
-def render_status(state: ClusterState, alive: set[str], info: dict[str, Any] | None) -> None:
+def render_status(
+    state: ClusterState, alive: set[str], info: dict[str, Any] | None, supervising: bool = False
+) -> None:
     out = Console(highlight=False)
     out.print(f"Burst cluster at {state.url} (home {state.home})", markup=False)
-    parts = Table("part", "pid", "state", "ports", "log", title="Processes", title_justify="left")
+    parts = Table(
+        "part", "pid", "state", "restarts", "ports", "log", title="Processes", title_justify="left"
+    )
     for p in state.parts:
-        running = "[green]running[/]" if p.name in alive else "[red]exited[/]"
+        if p.name in alive:
+            running = "[green]running[/]"
+        else:
+            running = "[yellow]restarting[/]" if supervising else "[red]exited[/]"
         ports = ", ".join(f"{k} {v}" for k, v in p.ports.items())
-        parts.add_row(p.name, str(p.pid), running, ports, p.log)
+        restarts = f"{p.restarts} ({p.last_exit})" if p.restarts else "0"
+        parts.add_row(p.name, str(p.pid), running, restarts, ports, p.log)
+    if state.supervisor is not None:
+        sup = state.supervisor
+        running = "[green]running[/]" if supervising else "[red]exited[/]"
+        parts.add_row(sup.name, str(sup.pid), running, "", "", sup.log)
     out.print(parts)
+    if state.supervisor is None:
+        out.print("Supervision is off (BURST_SUPERVISE=0): parts that exit stay down.")
     if info is None:
         return
     services = Table("service", "instance", "last seen", title="Services", title_justify="left")
