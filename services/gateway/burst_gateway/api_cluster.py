@@ -14,8 +14,8 @@ from burst_core import bus, names
 from burst_core.schemas import (
     AgentHeartbeatDecoder,
     AgentRecordDecoder,
-    ServiceHeartbeatDecoder,
 )
+from burst_core.service import live_services
 from burst_gateway.auth import Principal, admin, principal
 
 router = APIRouter()
@@ -34,8 +34,7 @@ async def status(request: Request, p: Principal = Depends(principal)) -> dict[st
     gw = request.app.state.gw
     now = time.time()
     services: list[dict[str, Any]] = []
-    for raw in (await bus.kv_items(gw.js, names.KV_SERVICES)).values():
-        hb = ServiceHeartbeatDecoder.decode(raw)
+    for hb in await live_services(gw.js, gw.settings.service_heartbeat_timeout):
         services.append({"service": hb.service, "instance": hb.instance,
                          "age": round(now - hb.at, 3), "uptime": round(now - hb.started_at, 1),
                          **({"info": hb.info} if hb.info else {})})
