@@ -136,7 +136,7 @@ def test_a_killed_agent_comes_back_and_serves_calls(supervised: Cluster, tmp_pat
 
     os.kill(agent["pid"], signal.SIGKILL)
     killed = time.monotonic()
-    again = eventually(lambda: (p := part(c, "agent"))["restarts"] == 1 and p, 30,
+    again = eventually(lambda: (p := part(c, "agent")).get("restarts") == 1 and p, 30,
                        "the supervisor restarted the agent")
     restarted = time.monotonic() - killed
     assert again["pid"] != agent["pid"] and is_alive(again["pid"], again["started"])
@@ -169,7 +169,7 @@ def test_a_killed_scheduler_comes_back_and_its_old_record_leaves(supervised: Clu
     scheduler = part(c, "scheduler")
     os.kill(scheduler["pid"], signal.SIGKILL)
     killed = time.monotonic()
-    eventually(lambda: part(c, "scheduler")["restarts"] == 1, 30,
+    eventually(lambda: part(c, "scheduler").get("restarts") == 1, 30,
                "the supervisor restarted the scheduler")
     # The restarted scheduler writes under a new instance id; the killed one's record goes
     # once it is older than the heartbeat timeout.
@@ -186,7 +186,7 @@ def test_a_killed_scheduler_comes_back_and_its_old_record_leaves(supervised: Clu
 def test_down_stops_every_part_including_restarted_ones(supervised: Cluster) -> None:
     c = supervised
     recorded = state(c)
-    assert recorded["supervisor"] is not None
+    assert recorded.get("supervisor") is not None
     procs = [m for p in [*recorded["parts"], recorded["supervisor"]] for m in descendants(p)]
     pids = {m.pid for m in procs}
     assert recorded["supervisor"]["pid"] in pids
@@ -201,8 +201,7 @@ def test_down_stops_every_part_including_restarted_ones(supervised: Cluster) -> 
 
 def test_without_supervision_a_killed_part_stays_down(unsupervised: Cluster) -> None:
     c = unsupervised
-    assert state(c)["supervisor"] is None
-    assert "Supervision is off" in c.burst("status", check=True).stdout
+    assert state(c).get("supervisor") is None
     [old] = service_instances(c, "scheduler")
     agent, scheduler = part(c, "agent"), part(c, "scheduler")
     os.kill(agent["pid"], signal.SIGKILL)
@@ -217,7 +216,7 @@ def test_without_supervision_a_killed_part_stays_down(unsupervised: Cluster) -> 
     time.sleep(max(0.0, killed + 2.0 - time.monotonic()))  # ten default restart backoffs
     for before in (agent, scheduler):
         now = part(c, before["name"])
-        assert now["pid"] == before["pid"] and now["restarts"] == 0
+        assert now["pid"] == before["pid"] and now.get("restarts", 0) == 0
         assert not is_alive(before["pid"], before["started"])
     code, report, err = status(c)
     assert code == 1
@@ -225,4 +224,5 @@ def test_without_supervision_a_killed_part_stays_down(unsupervised: Cluster) -> 
     assert running["agent"] is False and running["scheduler"] is False
     assert f"agent: process {agent['pid']} is not running" in err
     assert f"scheduler: process {scheduler['pid']} is not running" in err
-    assert "exited" in c.burst("status").stdout
+    table = c.burst("status").stdout
+    assert "exited" in table and "Supervision is off" in table

@@ -6,6 +6,8 @@ together with everything it started, an agent's containers included), with its o
 ``$BURST_HOME/logs/<name>.log``. What it started is recorded in ``$BURST_HOME/cluster.json``:
 ``burst down`` stops exactly that, and nothing else. Every recorded process also carries its
 start time, so a pid the kernel has since given to another program is never signalled.
+Once the cluster is healthy, ``burst up`` hands it to a supervisor (:mod:`burst._supervisor`)
+that restarts parts that exit and keeps ``cluster.json`` current.
 """
 
 from __future__ import annotations
@@ -606,12 +608,13 @@ def up(
             state, profile = start_cluster(
                 home, ports, gpus, spot, timeout, progress, runtime, supervise
             )
+    parts = [*state.parts, *([state.supervisor] if state.supervisor else [])]
     out = Console(highlight=False)
     out.print(f"[green]Burst cluster is up[/] (home {home})")
     out.print(f"  gateway  {profile.url}", markup=False)
     out.print(f"  profile  {profile_path(home)}", markup=False)
     out.print(
-        f"  logs     {home / 'logs'}/<{','.join(p.name for p in state.parts)}>.log", markup=False
+        f"  logs     {home / 'logs'}/<{','.join(p.name for p in parts)}>.log", markup=False
     )
     if state.supervisor is None:
         out.print("  parts that exit stay down (BURST_SUPERVISE=0)", markup=False)
