@@ -119,6 +119,16 @@ class Command:
     env: dict[str, str]
 
 
+def _running_for(started: int) -> float:
+    """Seconds since a process started (its start time in clock ticks after boot); 0 when
+    unknown."""
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, uptime - started / os.sysconf("SC_CLK_TCK")) if started else 0.0
+
+
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "exited"  # not our child (started by `burst up`): its status went to init
@@ -168,7 +178,7 @@ class Supervisor:
         )
         self.state = state
         now = time.monotonic()
-        self.since = {p.name: now for p in state.parts}
+        self.since = {p.name: now - _running_for(p.started) for p in state.parts}
         write_state(self.home, state)
         self.log(f"supervising {', '.join(p.name for p in state.parts)}: restarts after "
                  f"{self.settings.backoff:g} s, doubling up to {self.settings.backoff_max:g} s")
