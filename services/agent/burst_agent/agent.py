@@ -84,12 +84,14 @@ class Agent:
         box = None
         if s.runtime == "process":
             box = Sandbox.detect(s.sandbox, self.agent_id, s.home, s.sandbox_uid,
-                                 cpu_headroom=s.cpu_headroom)
+                                 cpu_headroom=s.cpu_headroom,
+                                 pids_limit=s.container_pids_limit)
         if s.runtime == "docker":
             from burst_agent.docker_runtime import DockerRuntime  # the Docker SDK: only here
 
             return DockerRuntime(Path(s.home) / "agent" / self.agent_id / "images",
-                                 uid=s.sandbox_uid, gpu_devices=not s.gpus)
+                                 uid=s.sandbox_uid, gpu_devices=not s.gpus,
+                                 pids_limit=s.container_pids_limit)
         state = Path(s.home) / "agent" / self.agent_id / "containers"
         runtime = make_runtime(s.runtime, s.python, box, state, zygote=s.zygote,
                                spares=s.spare_sandbox, spare_delay=s.spare_delay)
