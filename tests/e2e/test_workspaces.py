@@ -127,6 +127,19 @@ def test_another_workspace_cannot_read_or_probe_a_blob(
         client(cluster, tokens["team-b"]).get_call(refs_a["call_id"], wait=0)
 
 
+def test_another_workspace_cannot_wait_for_a_call_even_with_its_token(
+        cluster: Cluster, tokens: dict[str, str], deployed: Path) -> None:
+    """POST /v1/calls/wait answers a call to its own workspace only (the attempt token
+    is the caller's proof, but a token that reached another workspace does not count)."""
+    a, b = client(cluster, tokens["team-a"]), client(cluster, tokens["team-b"])
+    [ref] = a.call_batch("shared", "echo", [serialize((("team-a's answer",), {}))])
+    [mine] = a.wait_calls([ref], wait=60)
+    assert deserialize(mine.payload) == "team-a's answer"
+    assert b.wait_calls([ref], wait=1.0) == []
+    assert b.wait_calls([proto.CallRef(call_id=ref.call_id)], wait=1.0) == []
+    assert [r.call_id for r in a.wait_calls([ref], wait=1.0)] == [ref.call_id]
+
+
 def test_another_workspace_cannot_name_a_blob_as_its_argument(
         cluster: Cluster, tokens: dict[str, str], refs_a: dict[str, str]) -> None:
     """team-b's own function would hand team-a's bytes back."""

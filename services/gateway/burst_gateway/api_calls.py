@@ -165,12 +165,15 @@ async def wait_many(gw: Any, workspace: str, refs: list[CallRef], wait: float,
 
     A ref's attempt token is the caller's proof it made the call; when it no longer
     matches (a retry moved the call on) the call's record, in the caller's workspace, says
-    which attempt is current, and outputs of any other attempt are refused.
+    which attempt is current, and outputs of any other attempt are refused. Outputs of
+    another workspace's calls are never answered, whatever the token.
     """
     done: list[CallResponse] = []
     pending: list[CallRef] = []
     for ref in refs:
         out = gw.outputs.recent(ref.call_id)
+        if out is not None and out.workspace != workspace:
+            continue  # another workspace's call: not even a token shown to it counts
         if out is not None and out.attempt_token != ref.attempt_token:
             rec = await _record(gw, ref.call_id, workspace)
             if rec is None:
@@ -216,7 +219,7 @@ async def wait_many(gw: Any, workspace: str, refs: list[CallRef], wait: float,
                 await asyncio.wait_for(group.event.wait(), left)
             except TimeoutError:
                 break
-        return [_from_output(o) for o in group.outputs.values()]
+        return [_from_output(o) for o in group.outputs.values() if o.workspace == workspace]
     finally:
         gw.outputs.unregister_group(group)
 
