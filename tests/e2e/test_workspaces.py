@@ -140,6 +140,43 @@ def test_another_workspace_cannot_wait_for_a_call_even_with_its_token(
     assert [r.call_id for r in a.wait_calls([ref], wait=1.0)] == [ref.call_id]
 
 
+def test_maps_calls_dicts_and_queues_stay_in_their_workspace(
+        cluster: Cluster, tokens: dict[str, str], deployed: Path) -> None:
+    ta, tb = tokens["team-a"], tokens["team-b"]
+    status, body = http(cluster, "POST", "/v1/apps/shared/functions/echo/maps", ta,
+                        json.dumps({"inputs": [{"args": [i]} for i in range(3)]}).encode(),
+                        "application/json")
+    assert status == 202, body[:300]
+    map_id = json.loads(body)["map_id"]
+    status, body = http(cluster, "GET", f"/v1/maps/{map_id}/results?wait=60", ta)
+    assert status == 200 and json.loads(body)["results"][0]["result"] == 0
+    assert http(cluster, "GET", f"/v1/maps/{map_id}/results", tb)[0] == 404
+    # A call of team-a's: team-b can neither read its items nor cancel it.
+    [ref] = client(cluster, ta).call_batch("shared", "echo", [serialize(((1,), {}))])
+    assert http(cluster, "GET", f"/v1/calls/{ref.call_id}/items", tb)[0] == 404
+    assert http(cluster, "DELETE", f"/v1/calls/{ref.call_id}", tb)[0] == 404
+    # Dicts and Queues by name: the same name is another object in each workspace.
+    def dict_op(token: str, **req: object) -> tuple[int, bytes]:
+        body = proto.encode(proto.DictRequest(name="shared-state", **req))  # type: ignore[arg-type]
+        return http(cluster, "POST", "/v1/dicts", token, body, proto.MSGPACK)
+
+    key = serialize("k")
+    assert dict_op(ta, op="put", key=key, value=serialize("team-a's value"))[0] == 200
+    status, body = dict_op(tb, op="get", key=key, create_if_missing=False)
+    assert status == 404 and b"does not exist in workspace 'team-b'" in body
+    status, body = dict_op(tb, op="get", key=key)
+    assert status == 200 and proto.dict_response_decoder.decode(body).found is False
+    queue = proto.encode(proto.QueueRequest(name="shared-q", op="put",
+                                            values=[serialize("team-a's item")]))
+    assert http(cluster, "POST", "/v1/queues", ta, queue, proto.MSGPACK)[0] == 200
+    get = proto.encode(proto.QueueRequest(name="shared-q", op="get", n=1, timeout=0.5))
+    status, body = http(cluster, "POST", "/v1/queues", tb, get, proto.MSGPACK)
+    assert status == 200 and proto.queue_response_decoder.decode(body).values == []
+    status, body = http(cluster, "POST", "/v1/queues", ta, get, proto.MSGPACK)
+    assert [deserialize(v) for v in proto.queue_response_decoder.decode(body).values] == [
+        "team-a's item"]
+
+
 def test_another_workspace_cannot_name_a_blob_as_its_argument(
         cluster: Cluster, tokens: dict[str, str], refs_a: dict[str, str]) -> None:
     """team-b's own function would hand team-a's bytes back."""
