@@ -266,9 +266,10 @@ def test_cluster_wide_views_need_an_operator_token(cluster: Cluster, tokens: dic
                                                    deployed: Path, tmp_path: Path) -> None:
     operator = cluster.profile["token"]
     for method, path in (("GET", "/v1/status"), ("GET", "/v1/agents"),
-                         ("POST", "/v1/agents/nope/preempt")):
+                         ("POST", "/v1/agents/nope/preempt"), ("POST", "/v1/tokens")):
         status, body = http(cluster, method, path, tokens["team-b"],
-                            b"{}" if method == "POST" else None, "application/json")
+                            b'{"workspace": "team-a", "admin": true}' if method == "POST"
+                            else None, "application/json")
         assert status == 403, (path, status, body[:300])
         err = json.loads(body)["error"]
         assert err["type"] == "PermissionDenied"
