@@ -55,6 +55,7 @@ from burst.exception import (
     ConflictError,
     InvalidError,
     NotFoundError,
+    PermissionDeniedError,
     UnavailableError,
 )
 
@@ -139,11 +140,19 @@ def http_ok(url: str) -> bool:
 
 
 def fetch_status(url: str, token: str) -> dict[str, Any]:
-    """The gateway's ``/v1/status``; raises UnavailableError with the reason."""
+    """The gateway's ``/v1/status``; raises UnavailableError with the reason, or
+    PermissionDeniedError for a token without the operator scope."""
     try:
         code, body = http_get(f"{url}/v1/status", token)
     except OSError as e:
         raise UnavailableError(f"gateway {url} is unreachable: {e}") from None
+    if code == 403:  # a workspace token: the cluster-wide view is for operators
+        try:
+            reason = str(json.loads(body)["error"]["message"])
+        except (ValueError, KeyError, TypeError):
+            reason = body[:200].decode(errors="replace")
+        raise PermissionDeniedError(f"`burst status` shows every workspace's containers and "
+                                    f"the cluster's hosts: {reason}")
     if code != 200:
         raise UnavailableError(f"gateway {url}/v1/status answered HTTP {code}: {body[:200]!r}")
     try:
@@ -669,6 +678,8 @@ def status(
     try:
         info = fetch_status(state.url, read_profile(profile_path(home)).token)
         problems += [f"{k}: {v}" for k, v in unhealthy_services(info).items()]
+    except PermissionDeniedError:  # not a health problem: this token may not look
+        raise
     except Exception as e:  # report, and still show what we know
         problems.append(str(e))
     if as_json:

@@ -16,7 +16,7 @@ from burst_core.schemas import (
     AgentRecordDecoder,
 )
 from burst_core.service import live_services
-from burst_gateway.auth import Principal, admin, principal
+from burst_gateway.auth import Principal, admin
 
 router = APIRouter()
 
@@ -29,8 +29,9 @@ async def healthz(request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/status", tags=["cluster"])
-async def status(request: Request, p: Principal = Depends(principal)) -> dict[str, Any]:
-    """Services with their last liveness record, and agents with their resources."""
+async def status(request: Request, p: Principal = Depends(admin)) -> dict[str, Any]:
+    """Services with their last liveness record, and agents with their resources
+    (operator tokens only: it shows every workspace's containers and the hosts)."""
     gw = request.app.state.gw
     now = time.time()
     services: list[dict[str, Any]] = []
