@@ -56,8 +56,9 @@ def one_round(home: Path, part: str, square: object, limit: float) -> dict[str, 
             pass
 
     restarted = None
-    while not answered and time.monotonic() - killed < limit:
-        threading.Thread(target=call, args=(3,), daemon=True).start()
+    while (not answered or restarted is None) and time.monotonic() - killed < limit:
+        if not answered:
+            threading.Thread(target=call, args=(3,), daemon=True).start()
         time.sleep(0.05)
         if restarted is None and recorded(home, part)["pid"] != before["pid"]:
             restarted = time.monotonic() - killed
