@@ -192,6 +192,9 @@ def test_down_stops_every_part_including_restarted_ones(supervised: Cluster) -> 
     assert recorded["supervisor"]["pid"] in pids
     assert {part(c, "agent")["pid"], part(c, "scheduler")["pid"]} <= pids  # restarted ones
 
+    # A part that dies as `burst down` starts: its restart (if the supervisor gets to it)
+    # is stopped too.
+    os.kill(part(c, "billing")["pid"], signal.SIGKILL)
     down = c.burst("down", timeout=90)
     assert down.returncode == 0, down.stderr
     assert still_running(procs) == [], "left running after `burst down`"
