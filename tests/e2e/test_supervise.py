@@ -178,7 +178,9 @@ def test_a_killed_scheduler_comes_back_and_its_old_record_leaves(supervised: Clu
     gone_after = time.monotonic() - killed
     assert len(new) == 1, new
     print(f"killed scheduler's record left /v1/status after {gone_after:.2f} s")
-    assert gone_after >= SERVICE_HEARTBEAT_TIMEOUT - 1.0  # the timeout did it, nothing sooner
+    # The timeout did it, not something sooner (its last beat may have been a while before
+    # the kill on a loaded machine: a wide margin).
+    assert gone_after >= SERVICE_HEARTBEAT_TIMEOUT / 3
     eventually(lambda: status(c)[0] == 0, 30, "`burst status` is healthy again")
     assert square(c, 5) == 25  # the restarted scheduler places work
 
@@ -216,7 +218,7 @@ def test_without_supervision_a_killed_part_stays_down(unsupervised: Cluster) -> 
                SERVICE_HEARTBEAT_TIMEOUT + 10, f"the killed scheduler {old} leaves /v1/status")
     print(f"killed scheduler's record left /v1/status after {time.monotonic() - killed:.2f} s")
     assert service_instances(c, "scheduler") == set()
-    time.sleep(max(0.0, killed + 2.0 - time.monotonic()))  # ten default restart backoffs
+    time.sleep(max(0.0, killed + 2.0 - time.monotonic()))  # four default restart backoffs
     for before in (agent, scheduler):
         now = part(c, before["name"])
         assert now["pid"] == before["pid"] and now.get("restarts", 0) == 0
