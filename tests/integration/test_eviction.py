@@ -16,22 +16,21 @@ import pytest
 
 from burst_core import bus, names
 from burst_core.schemas import FunctionWaitingDecoder, Resources, StopContainer
-from tests.integration.test_scheduler import (  # noqa: F401 (fixtures)
+from tests.integration.test_scheduler import (
     APP,
     FakeAgent,
     MakeAgent,
     MakeScheduler,
-    agents,
     deploy,
     eventually,
     fn,
     key,
-    redis,
-    scheduler,
     signal,
     until_known,
 )
 
+# The fixtures of the scheduler tests (agents, scheduler, redis).
+pytest_plugins = ["tests.integration.test_scheduler"]
 pytestmark = pytest.mark.integration
 
 WINDOW = 600.0  # ten minutes: only an eviction frees anything within a test
