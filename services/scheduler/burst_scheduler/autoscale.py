@@ -181,10 +181,9 @@ class Autoscaler:
             now = time.time()
             containers = self.state.containers_of(fn_key, now)
             want = self.wanted(ref, containers, now)
-            # The work waits only if no active container can take it: then idle containers
-            # of other functions may yield (never for spare or buffer containers).
-            waits = all(self.saturated(c, ref.spec.target_inputs)
-                        for c in containers if not self.stopping(c, now))
+            # The work waits only if no active container has a free input slot: then idle
+            # containers of other functions may yield (never for spare or buffer ones).
+            waits = all(self.saturated(c) for c in containers if not self.stopping(c, now))
             if want == 0 and self.on_backlog is not None and any(
                     c.view is None or c.view.state == "starting" for c in containers):
                 # Work keeps coming while containers are still starting: let the reconcile
