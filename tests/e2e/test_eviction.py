@@ -97,9 +97,13 @@ def test_an_idle_gpu_container_yields_to_another_functions_call(
     assert out.strip().startswith("ct-") and out.strip() != first.stdout.strip()
     assert f"evicting 1 idle container of {APP}/holder to make room" in reasons, reasons
 
-    status = app_status(cluster)
+    def second_listed() -> dict[str, dict[str, Any]] | None:
+        st = app_status(cluster)
+        return st if sum(st["second"]["containers"].values()) == 1 else None
+
+    # The new container shows in the agent's next heartbeat.
+    status = eventually(second_listed, 10, "the second function's container in app status")
     assert status["holder"]["containers"] == {} and status["holder"]["waiting"] is None
-    assert sum(status["second"]["containers"].values()) == 1
     assert status["second"]["waiting"] is None
     table = cluster.burst("app", "status", APP, check=True).stdout
     assert "evicting" not in table and "none free" not in table
