@@ -83,3 +83,16 @@ def test_room_already_being_made_needs_no_more_stops() -> None:
     plan = plan_idle([a], [ONE_CPU], [cand("c2", "a", "w.x.f", 1.0)], {"w.x.f": 2},
                      freed={"a": {"c1"}})
     assert plan is not None and plan.containers == []
+
+
+def test_the_waiting_reason_names_what_is_evicted_but_not_other_workspaces() -> None:
+    from burst_scheduler.autoscale import Autoscaler
+
+    own = "w.app.b"
+    assert Autoscaler._count_names(["w.app.a"], own) == "1 idle container of app/a"
+    assert (Autoscaler._count_names(["w.app.a", "w.app.a", "w.x.c"], own)
+            == "2 idle containers of app/a and 1 of x/c")
+    assert Autoscaler._count_names(["other.secret.f"], own) == (
+        "1 idle container of another workspace")
+    assert Autoscaler._names(["w.app.a", "other.s.f", "other.t.g"], own) == (
+        "app/a and another workspace")

@@ -458,7 +458,8 @@ class Autoscaler:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _names(self, fn_keys: list[str], own: str) -> str:
+    @staticmethod
+    def _names(fn_keys: list[str], own: str) -> str:
         """``app/f and app/g``; functions of another workspace are not named."""
         ws = names.split_function_key(own)[0]
         shown: list[str] = []
@@ -469,11 +470,12 @@ class Autoscaler:
                 shown.append(name)
         return " and ".join(shown)
 
-    def _count_names(self, fn_keys: list[str], own: str) -> str:
+    @staticmethod
+    def _count_names(fn_keys: list[str], own: str) -> str:
         """``2 idle containers of app/f and 1 of app/g``."""
         counts: dict[str, int] = {}
         for k in fn_keys:
-            name = self._names([k], own)
+            name = Autoscaler._names([k], own)
             counts[name] = counts.get(name, 0) + 1
         parts = [f"{n} of {name}" for name, n in counts.items()]
         first = next(iter(counts.values()))
