@@ -283,12 +283,14 @@ class Container:
             await self._store_output(out, msg)
 
     async def stop(self, reason: str, if_idle_since: float | None = None) -> bool:
-        """Stop the container; with ``if_idle_since``, only if idle ever since then."""
+        """Stop the container; with ``if_idle_since``, only if idle ever since then and
+        holding no input (not even one handed to it and still being read)."""
         if self.state == "stopping" or self._stopping.is_set():
             return True
         if if_idle_since is not None and (
             self.state != "idle" or self.idle_since is None
             or self.idle_since > if_idle_since + 1e-6
+            or self._slots < self.max_inputs
         ):
             self.log.info("stop_skipped_not_idle", state=self.state)
             return False
