@@ -16,6 +16,9 @@ class GatewaySettings(CommonSettings):
     bootstrap_workspace: str = "default"
     #: ``Retry-After`` (seconds) of the 503 answered while NATS is out of reach.
     unavailable_retry_after: float = 1.0
+    #: Seconds after its last liveness record that a service replica leaves ``/v1/status``
+    #: (one killed without a goodbye; a restarted one writes under a new instance id).
+    service_heartbeat_timeout: float = 10.0
     #: Longest a synchronous call request is held before answering "pending".
     max_sync_wait: float = 60.0
     #: Largest request body accepted, in bytes.
