@@ -149,7 +149,7 @@ async def test_inputs_whose_containers_all_crashed_get_containers_at_once(
     assert not agent.placements
     await bus.publish(js, names.container_event_subject("stopped", "agent-1"), encode(
         ContainerStopped(container_id="ct-gone", agent_id="agent-1", workspace=WS, app=APP,
-                         function="poison", reason="crashed", exit_code=1,
+                         function="poison", reason="crashed", exit_code=1, inputs_running=1,
                          at=time.time())))
     await eventually(lambda: len(agent.placements) == 6, timeout=5)
     await asyncio.sleep(0.5)
