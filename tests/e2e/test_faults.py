@@ -1,0 +1,217 @@
+"""Recovery from faults on a live cluster, within bounds only the fixes can meet.
+
+- nats-server restarts: calls flow again within seconds of it answering (it used to take
+  ~15 s: ordered consumers renewed only after missed heartbeats, live functions' input
+  consumers deleted on a stale view); while it is down the gateway answers 503 with
+  ``Retry-After`` at once (it answered 500 after 5 s).
+- an agent is SIGKILLed while running calls: they run again within its heartbeat timeout
+  plus a margin, in as many containers as before (AckWait is a minute here: they used
+  to wait for it, then run one after the other).
+- a map of inputs that kill their container on every attempt ends within one input's
+  retry sequence plus 10 s (the reconcile interval is 5 s here: one container per pass,
+  as before, could not).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import BURST, REPO, Cluster, eventually, running_cluster
+from tests.e2e.test_failover import Agents, lines, wait_agents_live
+from tests.e2e.test_hello import write_app
+
+pytestmark = pytest.mark.e2e
+
+HEARTBEAT_TIMEOUT = 2.0
+FAULT_TIMERS = {
+    "BURST_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
+    "BURST_LOST_CHECK_INTERVAL": "0.25",
+    # Wide: a lost agent's inputs that waited for their AckWait would miss every bound.
+    "BURST_ACK_WAIT": "60",
+    # Slow: replacing crashed containers one per pass would miss the poison map's bound.
+    "BURST_RECONCILE_INTERVAL": "5",
+    # nats-server, killed, stays down this long before the supervisor starts it again.
+    "BURST_SUPERVISE_BACKOFF": "3",
+}
+
+
+@pytest.fixture(scope="module")
+def fcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    yield from running_cluster(tmp_path_factory, **FAULT_TIMERS)
+
+
+@pytest.fixture
+def agents(fcluster: Cluster, tmp_path: Path) -> Iterator[Agents]:
+    a = Agents(fcluster, tmp_path)
+    yield a
+    a.stop_all()
+
+
+def request(c: Cluster, method: str, path: str, body: object = None,
+            timeout: float = 30) -> tuple[int, dict[str, Any], Any]:
+    """Status, JSON body and headers (looked up case-insensitively)."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(c.profile["url"] + path, data=data, method=method)
+    req.add_header("Authorization", f"Bearer {c.profile['token']}")
+    req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"{}"), r.headers
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}"), e.headers
+
+
+def nats_part(c: Cluster) -> dict[str, Any]:
+    state = json.loads((c.home / "cluster.json").read_text())
+    return next(p for p in state["parts"] if p["name"] == "nats")  # type: ignore[no-any-return]
+
+
+def nats_healthy(c: Cluster) -> bool:
+    url = f"http://127.0.0.1:{nats_part(c)['ports']['monitor']}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+WARM_APP = """
+    import burst
+
+    app = burst.App("natsfault")
+
+    @app.function(scaledown_window=600)
+    def echo(x):
+        return x
+"""
+
+
+def test_calls_flow_again_right_after_a_nats_restart(fcluster: Cluster,
+                                                     tmp_path: Path) -> None:
+    fcluster.burst("deploy", str(write_app(tmp_path, WARM_APP, "natsfault.py")), check=True)
+    call = "/v1/apps/natsfault/functions/echo/calls?wait=10"
+    for i in range(3):
+        status, body, _ = request(fcluster, "POST", call, {"args": [i]})
+        assert status == 200 and body["result"] == i, body
+    os.kill(nats_part(fcluster)["pid"], signal.SIGKILL)  # the supervisor restarts it
+    eventually(lambda: not nats_healthy(fcluster), 10, "nats-server gone")
+    # Down: 503 with Retry-After at once, on every endpoint but the health check.
+    t0 = time.monotonic()
+    status, body, headers = request(fcluster, "POST", call, {"args": [9]})
+    assert status == 503, (status, body)
+    assert body["error"]["type"] == "Unavailable" and int(headers.get("Retry-After", "0")) >= 1
+    status, _, headers = request(fcluster, "GET", "/v1/status")
+    assert status == 503 and headers.get("Retry-After")
+    assert time.monotonic() - t0 < 2.0
+    eventually(lambda: nats_healthy(fcluster), 30, "nats-server back", step=0.02)
+    back = time.monotonic()
+    while True:
+        status, body, _ = request(fcluster, "POST", call, {"args": [7]}, timeout=60)
+        if status == 200:
+            break
+        assert status == 503 and time.monotonic() - back < 30, (status, body)
+        time.sleep(0.05)
+    assert body["result"] == 7
+    # Issue 13's target is 2 s; the margin is for a loaded machine (it took ~15 s).
+    assert time.monotonic() - back < 6.0, time.monotonic() - back
+    for i in range(5):  # and they keep flowing: no consumer deleted under them
+        t = time.monotonic()
+        status, body, _ = request(fcluster, "POST", call, {"args": [i]})
+        assert status == 200 and body["result"] == i and time.monotonic() - t < 3.0
+
+
+LOSS_APP = """
+    import os, time
+    import burst
+
+    app = burst.App("lossfault")
+
+    @app.function(gpu="T4", timeout=120)
+    def slow(path, i):
+        cid = os.environ.get("BURST_CONTAINER_ID", "?")
+        with open(path, "a") as f:
+            f.write(f"start {cid} {i} {time.time()}\\n")
+        time.sleep(8)
+        return i
+
+    @app.local_entrypoint()
+    def main():
+        calls = [slow.spawn(os.environ["RUNS_FILE"], i) for i in range(4)]
+        print("results:", sorted(c.get(timeout=120) for c in calls))
+"""
+
+
+def test_a_killed_agents_calls_run_again_within_its_heartbeat_timeout(
+        fcluster: Cluster, agents: Agents, tmp_path: Path) -> None:
+    agents.start("loss-victim", "T4:4")
+    wait_agents_live(fcluster, "loss-victim")
+    runs = tmp_path / "runs.txt"
+    path = write_app(tmp_path, LOSS_APP, "lossfault.py")
+    proc = subprocess.Popen([BURST, "run", str(path)], env={**fcluster.env,
+                                                            "RUNS_FILE": str(runs)},
+                            cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        eventually(lambda: len(lines(runs)) == 4, 90, "4 calls running on the victim")
+        agents.start("loss-survivor", "T4:4")
+        wait_agents_live(fcluster, "loss-survivor")
+        time.sleep(1.0)  # running for a while: listed in the victim's heartbeats
+        first = {ln[1] for ln in lines(runs)}
+        assert len(first) == 4
+        agents.kill("loss-victim")
+        killed = time.time()
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, f"{out}\n{err}"
+    assert "results: [0, 1, 2, 3]" in out
+    again = [ln for ln in lines(runs) if ln[1] not in first]
+    assert sorted(ln[2] for ln in again) == ["0", "1", "2", "3"], lines(runs)
+    # All four again, in four containers (as before the loss), soon after the heartbeat
+    # timeout: not after AckWait (60 s), not one after the other.
+    assert len({ln[1] for ln in again}) == 4, again
+    late = max(float(ln[3]) for ln in again) - killed
+    assert late < HEARTBEAT_TIMEOUT + 2.0 + 4.0, late  # + a margin for a loaded machine
+
+
+POISON_APP = """
+    import os, time
+    import burst
+
+    app = burst.App("poisonfault")
+
+    @app.function(retries=burst.Retries(max_retries=2, initial_delay=1.0,
+                                        backoff_coefficient=2.0))
+    def poison(x):
+        os._exit(1)  # the container dies on every attempt
+
+    @app.local_entrypoint()
+    def main():
+        t0 = time.monotonic()
+        results = list(poison.map(range(16), return_exceptions=True))
+        took = time.monotonic() - t0
+        print("failed:", sum(isinstance(r, Exception) for r in results))
+        print(f"took: {took:.3f}")
+"""
+
+
+def test_a_map_of_poison_inputs_ends_within_one_retry_sequence(
+        fcluster: Cluster, tmp_path: Path) -> None:
+    path = write_app(tmp_path, POISON_APP, "poisonfault.py")
+    out = fcluster.burst("run", str(path), check=True, timeout=150).stdout
+    assert "failed: 16" in out, out
+    took = float(out.split("took: ")[1].split()[0])
+    retry_sequence = 1.0 + 2.0  # the backoff delays of one input's two retries
+    assert took < retry_sequence + 10.0, out  # it took 118 s (one container per pass)
