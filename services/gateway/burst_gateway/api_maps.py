@@ -24,6 +24,7 @@ from burst_gateway.api_calls import (
     wait_many,
 )
 from burst_gateway.auth import Principal, principal
+from burst_gateway.errors import TOO_DEEP
 
 router = APIRouter()
 #: Most inputs one map may hold (its record is one KV value).
@@ -56,8 +57,11 @@ async def create_map(app: str, fn: str, body: MapCreate, request: Request,
     dep = await _function(gw, p, app, fn)
     refs: list[CallRecord] = []
     for start in range(0, len(body.inputs), MAX_BATCH):
-        payloads = [json.dumps({"args": i.args, "kwargs": i.kwargs}).encode()
-                    for i in body.inputs[start:start + MAX_BATCH]]
+        try:
+            payloads = [json.dumps({"args": i.args, "kwargs": i.kwargs}).encode()
+                        for i in body.inputs[start:start + MAX_BATCH]]
+        except RecursionError:  # read just within the limit, one level more to write
+            raise InvalidError(TOO_DEEP) from None
         refs += [rec for rec, _ in await submit(gw, p, dep, fn, payloads, register=False,
                                                  payload_format="json")]
     map_id = "mp-" + uuid.uuid4().hex
@@ -77,9 +81,11 @@ async def map_results(
     p: Principal = Depends(principal),
 ) -> dict[str, Any]:
     """Results in input order from ``offset``: the finished ones up to the first that is
-    still running (so pages never skip one). ``next_offset`` is where to continue."""
+    still running (so pages never skip one). ``next_offset`` is where to continue.
+    Non-finite numbers in results are the strings ``"NaN"``, ``"Infinity"`` and
+    ``"-Infinity"``."""
     gw = request.app.state.gw
-    raw, _ = await bus.kv_get(await _kv(gw), map_id) if map_id.startswith("mp-") else (None, 0)
+    raw, _ = await bus.kv_get(await _kv(gw), map_id) if _valid_map_id(map_id) else (None, 0)
     rec = MapRecordDecoder.decode(raw) if raw is not None else None
     if rec is None or rec.workspace != p.workspace:
         raise NotFoundError(f"map {map_id!r} not found")
@@ -102,3 +108,10 @@ async def map_results(
     return {"map_id": map_id, "count": len(rec.calls), "offset": offset, "results": results,
             "next_offset": offset + len(results),
             "finished": offset + len(results) >= len(rec.calls)}
+
+
+def _valid_map_id(map_id: str) -> bool:
+    """The form :func:`create_map` gives ids (anything else is no map's: it is never looked
+    up, so it cannot reach NATS as a key it refuses)."""
+    return (len(map_id) == 35 and map_id.startswith("mp-")
+            and all(c in "0123456789abcdef" for c in map_id[3:]))

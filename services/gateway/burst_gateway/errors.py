@@ -17,6 +17,9 @@ _STATUS_TO_TYPE = {
     405: "InvalidInput", 409: "Conflict", 413: "PayloadTooLarge", 415: "InvalidInput",
     422: "InvalidInput", 429: "ResourceExhausted", 503: "Unavailable",
 }
+#: Said when a JSON body is nested deeper than the parser goes (Python's recursion limit).
+TOO_DEEP = ("the JSON body is nested too deeply (arrays and objects within each other, "
+            "a few hundred levels at most)")
 
 
 def error_response(type_: str, message: str) -> JSONResponse:
@@ -40,8 +43,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = _STATUS_TO_TYPE.get(exc.status_code, "Internal")
+        message = str(exc.detail)
+        if isinstance(exc.__cause__, RecursionError):  # FastAPI reading a JSON body
+            message = TOO_DEEP
         return JSONResponse(
-            {"error": {"type": type_, "message": str(exc.detail)}}, status_code=exc.status_code
+            {"error": {"type": type_, "message": message}}, status_code=exc.status_code
         )
 
     @app.exception_handler(Exception)
