@@ -39,10 +39,17 @@ def strict_json(r: httpx.Response) -> Any:
     return json.loads(r.content, parse_constant=_no_constant)
 
 
-def _result_of(inp: Input) -> Any:
-    """The stand-in function: each argument as a float (so "nan" gives NaN)."""
-    args = json.loads(inp.payload)["args"]
-    return [float(a) for a in args]
+def _answer(inp: Input) -> tuple[list[bytes], bytes]:
+    """The stand-in function's items and result, encoded as the shim encodes them: each
+    argument as a float (so "nan" gives NaN); with the keyword ``depth`` one item and a
+    result nested that deep, written out directly (a container's stack is shallow, so its
+    JSON writer goes deeper than the gateway's reader can follow)."""
+    body = json.loads(inp.payload)
+    if "depth" in body["kwargs"]:
+        deep = _nested(body["kwargs"]["depth"])
+        return [deep], deep
+    result = [float(a) for a in body["args"]]
+    return [encode_result(x, True) for x in result], encode_result(result, True)
 
 
 @pytest.fixture
@@ -62,17 +69,16 @@ async def client(nats_url: str, redis_url: str, tmp_path) -> AsyncIterator[httpx
 
         async def run(msg: Any) -> None:
             inp = msgspec.msgpack.decode(msg.data, type=Input)
-            result = _result_of(inp)
+            items, result = _answer(inp)
             # A generator's items come first (the route lists them), then the output.
-            for i, item in enumerate(result):
+            for i, item in enumerate(items):
                 await bus.publish(js, names.items_subject(inp.call_id, inp.attempt), encode(
                     OutputItem(call_id=inp.call_id, attempt=inp.attempt,
-                               attempt_token=inp.attempt_token, index=i,
-                               payload=encode_result(item, True), payload_format="json")))
+                               attempt_token=inp.attempt_token, index=i, payload=item,
+                               payload_format="json")))
             out = Output(call_id=inp.call_id, input_id=inp.input_id, attempt=inp.attempt,
-                         attempt_token=inp.attempt_token, status="success",
-                         payload=encode_result(result, inp.payload_format == "json"),
-                         payload_format=inp.payload_format, workspace=inp.workspace,
+                         attempt_token=inp.attempt_token, status="success", payload=result,
+                         payload_format="json", workspace=inp.workspace,
                          finished_at=time.time())
             await bus.publish(js, names.output_subject(inp.call_id, inp.attempt), encode(out),
                               msg_id=f"{inp.input_id}:{inp.attempt}")
@@ -172,6 +178,38 @@ async def test_nesting_around_the_parsers_limit_never_gives_500(
             r = await client.post(path, content=body,
                                   headers={"Content-Type": "application/json"})
             assert r.status_code in (202, 400), (path, depth, r.status_code, r.text[:300])
+
+
+async def test_deeply_nested_results_never_give_500(client: httpx.AsyncClient) -> None:
+    """A result nested deeper than the API answers (a container's JSON writer goes deeper
+    than the gateway's stack allows) is answered as null with the reason, not a 500."""
+    for depth, answered in [(400, True), (500, True), (501, False), (960, False),
+                            (5000, False)]:
+        r = await client.post(CALLS + "?wait=30", json={"kwargs": {"depth": depth}})
+        assert r.status_code == 200, (depth, r.text[-300:])
+        body = strict_json(r)
+        call_id = body["call_id"]
+        if answered:
+            assert "result_error" not in body
+            assert json.dumps(body["result"]) == "[" * depth + "]" * depth
+        else:
+            assert body["result"] is None and "500 levels" in body["result_error"], body
+        r = await client.get(f"/v1/calls/{call_id}")
+        assert r.status_code == 200 and strict_json(r) == body
+        r = await client.get(f"/v1/calls/{call_id}/items?wait=30")
+        assert r.status_code == 200
+        items = strict_json(r)
+        assert ("item_errors" in items) == (not answered), items.keys()
+        r = await client.post("/v1/apps/inp/functions/f/maps",
+                              json={"inputs": [{"kwargs": {"depth": depth}}]})
+        map_id = r.json()["map_id"]
+        page: dict[str, Any] = {"results": []}
+        deadline = time.monotonic() + 60
+        while not page["results"] and time.monotonic() < deadline:
+            r = await client.get(f"/v1/maps/{map_id}/results?wait=5")
+            assert r.status_code == 200, (depth, r.text[-300:])
+            page = strict_json(r)
+        assert ("result_error" in page["results"][0]) == (not answered)
 
 
 BAD_NAMES = [">", "*", "a.b", "a b", "A", "-a", "a" * 64, "x\n", "é"]

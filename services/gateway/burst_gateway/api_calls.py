@@ -262,10 +262,42 @@ _JSON_OR_MSGPACK = {"requestBody": {"required": True, "content": {
 _NONFINITE = {"NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity"}
 
 
+#: Deepest nesting (arrays and objects within each other) of a JSON result or item the API
+#: answers with: Python's JSON reader and writer stop near 1,000 levels, less the stack
+#: below them. A deeper one is answered as null, with a ``result_error`` saying why.
+MAX_RESULT_DEPTH = 500
+RESULT_TOO_DEEP = (f"the result is nested more than {MAX_RESULT_DEPTH} levels deep (arrays "
+                   "and objects within each other), more than a JSON answer carries")
+
+
+class ResultTooDeep(Exception):
+    pass
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and dicts more than ``limit`` deep (no recursion)."""
+    todo: list[tuple[Any, int]] = [(value, 1)]
+    while todo:
+        v, depth = todo.pop()
+        if isinstance(v, (list, dict)):
+            if depth > limit:
+                return True
+            todo.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
 def json_value(payload: bytes) -> Any:
     """A JSON result or item as standard JSON can carry it (non-finite numbers as
-    strings, see ``_NONFINITE``)."""
-    return json.loads(payload, parse_constant=_NONFINITE.__getitem__)
+    strings, see ``_NONFINITE``); :class:`ResultTooDeep` past ``MAX_RESULT_DEPTH``."""
+    try:
+        value = json.loads(payload, parse_constant=_NONFINITE.__getitem__)
+    except RecursionError:
+        raise ResultTooDeep from None
+    # Only a payload with that many brackets can nest that deep: most are never walked.
+    if (payload.count(b"[") + payload.count(b"{") > MAX_RESULT_DEPTH
+            and _depth_over(value, MAX_RESULT_DEPTH)):
+        raise ResultTooDeep
+    return value
 
 
 def _wants_json(request: Request) -> bool:
@@ -276,7 +308,10 @@ def _json_call(resp: CallResponse) -> dict[str, Any]:
     out: dict[str, Any] = {"call_id": resp.call_id, "status": resp.status}
     if resp.status == "success":
         if resp.payload_format == "json":
-            out["result"] = json_value(resp.payload or b"null")
+            try:
+                out["result"] = json_value(resp.payload or b"null")
+            except ResultTooDeep:
+                out["result"], out["result_error"] = None, RESULT_TOO_DEEP
         else:
             out["result"] = None
             out["result_encoding"] = "cloudpickle (called from the Python SDK)"
@@ -553,8 +588,17 @@ async def call_items(
         await asyncio.sleep(0.05)
         rec = await _record(gw, call_id, p.workspace) or rec  # a retry moves the attempt on
     if _wants_json(request):
-        body: dict[str, Any] = {"items": [json_value(i.payload) if i.payload_format == "json"
-                                          else None for i in items], "cursor": cursor}
+        values: list[Any] = []
+        errors: dict[str, str] = {}
+        for n, i in enumerate(items):
+            try:
+                values.append(json_value(i.payload) if i.payload_format == "json" else None)
+            except ResultTooDeep:
+                values.append(None)
+                errors[str(n)] = RESULT_TOO_DEEP  # by the item's place in this page
+        body: dict[str, Any] = {"items": values, "cursor": cursor}
+        if errors:
+            body["item_errors"] = errors
         if final is not None:
             body["final"] = _json_call(final)
         return JSONResponse(body)

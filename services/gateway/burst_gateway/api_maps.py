@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from burst._protocol import CallRef
@@ -79,7 +80,7 @@ async def map_results(
     limit: int = Query(100, ge=1, le=1000, description="Most results in the page."),
     wait: float = Query(0.0, ge=0.0, description="Seconds to wait for the page's first result."),
     p: Principal = Depends(principal),
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Results in input order from ``offset``: the finished ones up to the first that is
     still running (so pages never skip one). ``next_offset`` is where to continue.
     Non-finite numbers in results are the strings ``"NaN"``, ``"Infinity"`` and
@@ -105,9 +106,10 @@ async def map_results(
         if r.call_id not in done:
             break
         results.append(_json_call(await inline_result(gw, done[r.call_id])))
-    return {"map_id": map_id, "count": len(rec.calls), "offset": offset, "results": results,
-            "next_offset": offset + len(results),
-            "finished": offset + len(results) >= len(rec.calls)}
+    # As JSON directly: FastAPI's serializer stops at a shallower depth than results may have.
+    return JSONResponse({"map_id": map_id, "count": len(rec.calls), "offset": offset,
+                         "results": results, "next_offset": offset + len(results),
+                         "finished": offset + len(results) >= len(rec.calls)})
 
 
 def _valid_map_id(map_id: str) -> bool:
