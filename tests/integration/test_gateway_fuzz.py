@@ -1,10 +1,11 @@
 """Schemathesis over the gateway's own OpenAPI document finds no 5xx (issue 12).
 
 A real gateway (``python -m burst_gateway``: uvicorn with the gateway's HTTP protocol) on
-a real NATS and Redis, with a valid token and one deployed app. Every operation of the
-document gets requests generated from its schema (valid ones, ones with the deployed
-app's names, and invalid ones), derandomised and a bounded number per operation, so the
-test is the same on every run and takes well under two minutes on a loaded machine.
+a real NATS and Redis, with a valid token, one deployed app, a call and a map. Every
+operation of the document gets requests generated from its schema (valid and invalid
+ones, each also with the names and ids that exist), derandomised and a bounded number per
+operation, so the test is the same on every run and takes well under two minutes on a
+loaded machine.
 
 Left out: adding a webhook endpoint and sending it a test event, so that no generated
 request can make anything send traffic off the machine (no billing runs here to deliver
@@ -132,15 +133,24 @@ def test_no_generated_request_gets_a_5xx(gateway: str, nats_url: str) -> None:
     failures: list[str] = []
     operations = 0
     session = requests.Session()
+    asyncio.run(_deploy(nats_url))
+    # A call and a map that exist (nothing runs them), for the routes that name one.
+    known = dict(DEPLOYED)
+    r = session.post(f"{gateway}/v1/apps/fuzz/functions/f/calls", json={"args": [1]},
+                     headers=auth)
+    known["call_id"] = r.json()["call_id"]
+    r = session.post(f"{gateway}/v1/apps/fuzz/functions/f/maps",
+                     json={"inputs": [{"args": [1]}]}, headers=auth)
+    known["map_id"] = r.json()["map_id"]
     for result in schema.get_all_operations():
         op = result.ok()
         if (op.method.upper(), op.path) in LEFT_OUT:
             continue
         operations += 1
-        path_names = {k: v for k, v in DEPLOYED.items() if "{" + k + "}" in op.path}
+        path_names = {k: v for k, v in known.items() if "{" + k + "}" in op.path}
         strategies = [op.as_strategy(GenerationMode.POSITIVE),
                       op.as_strategy(GenerationMode.NEGATIVE)]
-        if path_names:  # the deployed app's names, to reach past the name checks
+        if path_names:  # names and ids that exist, to reach past the checks of them
             strategies += [op.as_strategy(mode, path_parameters=path_names)
                            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]
         for strategy in strategies:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +17,14 @@ import httpx
 import msgspec
 import pytest
 
-from burst._protocol import MSGPACK, CallRequest, CallResponse, FunctionSpec
+from burst._protocol import (
+    MSGPACK,
+    CallRef,
+    CallRequest,
+    CallResponse,
+    CallWaitRequest,
+    FunctionSpec,
+)
 from burst._shim.main import encode_result
 from burst_core import bus, names
 from burst_core.schemas import DeploymentRecord, Input, Output, OutputItem, encode
@@ -301,3 +309,26 @@ async def test_concurrent_resubmissions_make_one_call(client: httpx.AsyncClient)
         client.post(CALLS + "?wait=30", json={"args": ["3"]}, headers=key) for _ in range(8)])
     assert {r.status_code for r in answers} == {200}, [r.text for r in answers]
     assert len({r.json()["call_id"] for r in answers}) == 1
+
+
+async def test_an_items_cursor_past_64_bits_is_a_400(client: httpx.AsyncClient) -> None:
+    """Found by the schemathesis test (tests/integration/test_gateway_fuzz.py): NATS
+    refused the stream sequence, a 500."""
+    call_id = (await client.post(CALLS, json={"args": ["1"]})).json()["call_id"]
+    r = await client.get(f"/v1/calls/{call_id}/items?cursor={2 ** 70}")
+    assert r.status_code == 400, r.text
+    assert "cursor" in strict_json(r)["error"]["message"]
+    r = await client.get(f"/v1/calls/{call_id}/items?cursor={2 ** 64 - 2}")
+    assert r.status_code == 200 and strict_json(r)["items"] == []
+
+
+async def test_a_wait_of_nan_seconds_is_a_400(client: httpx.AsyncClient) -> None:
+    """NaN passed every bound of the SDK's wait request, which then waited forever."""
+    for field in ("wait", "linger"):
+        req = CallWaitRequest(calls=[CallRef(call_id="fc-" + "0" * 32, attempt_token="x")],
+                              **{field: math.nan})
+        r = await asyncio.wait_for(client.post(
+            "/v1/calls/wait", content=msgspec.msgpack.encode(req),
+            headers={"Content-Type": MSGPACK, "Accept": MSGPACK}), 30)
+        assert r.status_code == 400, r.text
+        assert strict_json(r)["error"]["message"].startswith(f"{field}=nan")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import time
 from typing import Any
 
@@ -63,6 +64,8 @@ WRONG_LAST_SEQUENCE = 10071
 #: per wait request, in case its output left this gateway's in-memory window.
 STREAM_CHECK_AGE = 30.0
 STREAM_CHECKS_PER_WAIT = 100
+#: Highest items cursor (a stream sequence: NATS takes 64 bits, and reads from the next).
+MAX_CURSOR = (1 << 64) - 2
 
 
 def _response(resp: msgspec.Struct, status: int = 200) -> Response:
@@ -518,6 +521,9 @@ async def wait_calls(request: Request, p: Principal = Depends(principal)) -> Res
     req = await _body(request, _wait_decoder, "wait request")
     if len(req.calls) > MAX_BATCH:
         raise InvalidError(f"a wait names at most {MAX_BATCH} calls, got {len(req.calls)}")
+    for name, value in (("wait", req.wait), ("linger", req.linger)):
+        if math.isnan(value):  # (would pass every bound below, and wait forever)
+            raise InvalidError(f"{name}={value}: use a number of seconds")
     results = await wait_many(gw, p.workspace, req.calls,
                               min(max(req.wait, 0.0), gw.settings.max_sync_wait),
                               min(max(req.linger, 0.0), 1.0))
@@ -564,7 +570,8 @@ async def _read_items(gw: Any, rec: CallRecord, cursor: int,
 @router.get("/v1/calls/{call_id}/items", tags=["calls"])
 async def call_items(
     call_id: str, request: Request,
-    cursor: int = Query(0, ge=0, description="The cursor the previous page returned."),
+    cursor: int = Query(0, ge=0, le=MAX_CURSOR,
+                        description="The cursor the previous page returned."),
     wait: float = Query(0.0, ge=0.0, description="Seconds to wait for new items."),
     p: Principal = Depends(principal),
 ) -> Response:
