@@ -176,6 +176,26 @@ async def test_deeply_nested_json_is_a_400(client: httpx.AsyncClient, depth: int
         assert err["type"] == "InvalidInput" and "nested too deeply" in err["message"], err
 
 
+async def test_deeply_nested_msgpack_is_a_400(client: httpx.AsyncClient) -> None:
+    """The SDK's encoding: a field the gateway does not know is skipped, by recursion."""
+    sdk = {"Content-Type": MSGPACK, "Accept": MSGPACK}
+    deep = msgspec.msgpack.encode("zzz") + b"\x91" * 100_000 + b"\xc0"
+    for path, first_field in [
+        (CALLS, msgspec.msgpack.encode("payload") + msgspec.msgpack.encode(b"x")),  # fast path
+        (CALLS + "?wait=0&via=fastapi", msgspec.msgpack.encode("payload")
+         + msgspec.msgpack.encode(b"x")),
+        (CALLS + "/batch", msgspec.msgpack.encode("payloads") + msgspec.msgpack.encode([b"x"])),
+        ("/v1/calls/wait", msgspec.msgpack.encode("calls") + msgspec.msgpack.encode([])),
+        ("/v1/apps", msgspec.msgpack.encode("app") + msgspec.msgpack.encode("inp")),
+        ("/v1/dicts", msgspec.msgpack.encode("op") + msgspec.msgpack.encode("len")),
+        ("/v1/queues", msgspec.msgpack.encode("op") + msgspec.msgpack.encode("len")),
+    ]:
+        r = await client.post(path, content=b"\x82" + first_field + deep, headers=sdk)
+        assert r.status_code == 400, (path, r.status_code, r.text[:300])
+        err = strict_json(r)["error"]
+        assert err["type"] == "InvalidInput" and "nested too deeply" in err["message"], err
+
+
 async def test_nesting_around_the_parsers_limit_never_gives_500(
         client: httpx.AsyncClient) -> None:
     """Just within what the parser reads, writing the arguments on needs a level more."""

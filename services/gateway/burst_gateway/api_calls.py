@@ -97,6 +97,8 @@ def decode_body(gw: Any, body: bytes, decoder: msgspec.msgpack.Decoder[Any], wha
         return decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise InvalidError(f"malformed {what}: {e}") from None
+    except RecursionError:  # (an unknown field's value is skipped by recursion)
+        raise InvalidError(TOO_DEEP) from None
 
 
 async def _function(gw: Any, p: Principal, app: str, fn: str) -> DeploymentRecord:

@@ -17,8 +17,9 @@ _STATUS_TO_TYPE = {
     405: "InvalidInput", 409: "Conflict", 413: "PayloadTooLarge", 415: "InvalidInput",
     422: "InvalidInput", 429: "ResourceExhausted", 503: "Unavailable",
 }
-#: Said when a JSON body is nested deeper than the parser goes (Python's recursion limit).
-TOO_DEEP = ("the JSON body is nested too deeply (arrays and objects within each other, "
+#: Said when a body (JSON or msgpack) is nested deeper than its parser goes (Python's
+#: recursion limit).
+TOO_DEEP = ("the request body is nested too deeply (arrays and objects within each other, "
             "a few hundred levels at most)")
 
 
@@ -49,6 +50,13 @@ def install(app: FastAPI) -> None:
         return JSONResponse(
             {"error": {"type": type_, "message": message}}, status_code=exc.status_code
         )
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        # Nothing in the gateway recurses but the parsers of what a request sends: routes
+        # that read their body themselves say so, this answers for any that does not.
+        log.warning("request_too_deep", path=request.url.path, error=repr(exc))
+        return error_response("InvalidInput", TOO_DEEP)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
