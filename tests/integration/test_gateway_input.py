@@ -49,14 +49,18 @@ def strict_json(r: httpx.Response) -> Any:
 
 def _answer(inp: Input) -> tuple[list[bytes], bytes]:
     """The stand-in function's items and result, encoded as the shim encodes them: each
-    argument as a float (so "nan" gives NaN); with the keyword ``depth`` one item and a
+    argument as a float (so "nan" gives NaN); with the keyword ``text`` that text; with
+    the keyword ``depth`` one item and a
     result nested that deep, written out directly (a container's stack is shallow, so its
     JSON writer goes deeper than the gateway's reader can follow)."""
     body = json.loads(inp.payload)
     if "depth" in body["kwargs"]:
         deep = _nested(body["kwargs"]["depth"])
         return [deep], deep
-    result = [float(a) for a in body["args"]]
+    if "text" in body["kwargs"]:  # the text back, as given
+        result: list[Any] = [body["kwargs"]["text"]]
+    else:
+        result = [float(a) for a in body["args"]]
     return [encode_result(x, True) for x in result], encode_result(result, True)
 
 
@@ -238,6 +242,31 @@ async def test_deeply_nested_results_never_give_500(client: httpx.AsyncClient) -
             assert r.status_code == 200, (depth, r.text[-300:])
             page = strict_json(r)
         assert ("result_error" in page["results"][0]) == (not answered)
+
+
+async def test_text_that_is_not_unicode_never_gives_500(client: httpx.AsyncClient) -> None:
+    """A lone surrogate (undecodable bytes, as os.fsdecode makes them, or JSON's
+    "\\ud800") cannot be written as UTF-8: answers escape it, stores refuse it (400)."""
+    r = await client.post(CALLS + "?wait=30", content=b'{"kwargs": {"text": "a\\udc80b"}}',
+                          headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["result"] == ["a\udc80b"] and b"\\udc80" in r.content
+    r = await client.get(f"/v1/calls/{r.json()['call_id']}/items?wait=30")
+    assert r.status_code == 200 and r.json()["items"] == ["a\udc80b"]
+    json_ = {"Content-Type": "application/json"}
+    for method, path, body, says in [
+        ("POST", CALLS, b'{"args": [], "x\\ud800": 1}', "unknown keys"),
+        ("PUT", "/v1/budgets/default", b'{"limit": 1, "period": "\\ud800"}', "period"),
+        ("POST", "/v1/webhooks", b'{"url": "http://127.0.0.1:9/", "events": '
+         b'["budget.exceeded"], "description": "\\ud800"}', "description"),
+        ("POST", "/v1/webhooks", b'{"url": "http://127.0.0.1:9/\\ud800", "events": '
+         b'["budget.exceeded"]}', "url"),
+        ("POST", "/v1/webhooks", b'{"url": "http://127.0.0.1:9/", "events": ["\\ud800"]}',
+         "unknown event"),
+    ]:
+        r = await client.request(method, path, content=body, headers=json_)
+        assert r.status_code == 400, (path, r.status_code, r.text[:300])
+        assert says in r.json()["error"]["message"], r.text
 
 
 BAD_NAMES = [">", "*", "a.b", "a b", "A", "-a", "a" * 64, "x\n", "é"]

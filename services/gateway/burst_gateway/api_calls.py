@@ -13,7 +13,6 @@ import msgspec
 import nats.js.errors
 import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import JSONResponse
 
 from burst._protocol import (
     INLINE_PAYLOAD_LIMIT,
@@ -49,7 +48,7 @@ from burst_core.schemas import (
 from burst_gateway import budgets
 from burst_gateway.api_blobs import blob_exists, blob_store, check_ref, store_blob
 from burst_gateway.auth import Principal, principal
-from burst_gateway.errors import TOO_DEEP
+from burst_gateway.errors import JSON, TOO_DEEP
 
 router = APIRouter()
 log = logs.get("burst.gateway.calls")
@@ -339,7 +338,7 @@ def _answer(request: Request, resp: CallResponse, replayed: bool = False) -> Res
     status = 200 if resp.status != "pending" else 202
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     if _wants_json(request):
-        return JSONResponse(_json_call(resp), status_code=status,
+        return JSON(_json_call(resp), status_code=status,
                             headers=headers)
     return Response(msgspec.msgpack.encode(resp), status_code=status, media_type=MSGPACK,
                     headers=headers)
@@ -610,7 +609,7 @@ async def call_items(
             body["item_errors"] = errors
         if final is not None:
             body["final"] = _json_call(final)
-        return JSONResponse(body)
+        return JSON(body)
     return _response(CallItemsResponse(items=[i.payload for i in items], cursor=cursor,
                                        final=final))
 

@@ -9,7 +9,6 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from burst._protocol import CallRef
@@ -25,7 +24,7 @@ from burst_gateway.api_calls import (
     wait_many,
 )
 from burst_gateway.auth import Principal, principal
-from burst_gateway.errors import TOO_DEEP
+from burst_gateway.errors import JSON, TOO_DEEP
 
 router = APIRouter()
 #: Most inputs one map may hold (its record is one KV value).
@@ -80,7 +79,7 @@ async def map_results(
     limit: int = Query(100, ge=1, le=1000, description="Most results in the page."),
     wait: float = Query(0.0, ge=0.0, description="Seconds to wait for the page's first result."),
     p: Principal = Depends(principal),
-) -> JSONResponse:
+) -> JSON:
     """Results in input order from ``offset``: the finished ones up to the first that is
     still running (so pages never skip one). ``next_offset`` is where to continue.
     Non-finite numbers in results are the strings ``"NaN"``, ``"Infinity"`` and
@@ -107,7 +106,7 @@ async def map_results(
             break
         results.append(_json_call(await inline_result(gw, done[r.call_id])))
     # As JSON directly: FastAPI's serializer stops at a shallower depth than results may have.
-    return JSONResponse({"map_id": map_id, "count": len(rec.calls), "offset": offset,
+    return JSON({"map_id": map_id, "count": len(rec.calls), "offset": offset,
                          "results": results, "next_offset": offset + len(results),
                          "finished": offset + len(results) >= len(rec.calls)})
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -23,9 +26,21 @@ TOO_DEEP = ("the request body is nested too deeply (arrays and objects within ea
             "a few hundred levels at most)")
 
 
+class JSON(JSONResponse):
+    """A JSON answer that any Python string can travel in: a lone surrogate (undecodable
+    bytes, as ``os.fsdecode`` makes them; or ``"\\ud800"`` sent in a request) cannot be
+    written as UTF-8, so such an answer has its non-ASCII characters escaped instead."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+
+
 def error_response(type_: str, message: str) -> JSONResponse:
     status = ERROR_TYPES.get(type_, (500, Error))[0]
-    return JSONResponse({"error": {"type": type_, "message": message}}, status_code=status)
+    return JSON({"error": {"type": type_, "message": message}}, status_code=status)
 
 
 def install(app: FastAPI) -> None:
@@ -47,9 +62,7 @@ def install(app: FastAPI) -> None:
         message = str(exc.detail)
         if isinstance(exc.__cause__, RecursionError):  # FastAPI reading a JSON body
             message = TOO_DEEP
-        return JSONResponse(
-            {"error": {"type": type_, "message": message}}, status_code=exc.status_code
-        )
+        return JSON({"error": {"type": type_, "message": message}}, status_code=exc.status_code)
 
     @app.exception_handler(RecursionError)
     async def _too_deep(request: Request, exc: RecursionError) -> JSONResponse:

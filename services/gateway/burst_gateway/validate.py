@@ -39,3 +39,14 @@ def check_path_names(params: Mapping[str, str]) -> None:
 async def path_names(request: Request) -> None:
     """The application-wide dependency: every name in the request's path is valid."""
     check_path_names(request.path_params)
+
+
+def check_text(field: str, value: str) -> str:
+    """``value`` if it is text that can be stored and answered (UTF-8), else a 400: JSON's
+    ``"\\ud800"`` escape gives a lone surrogate, which no store or answer can encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidError(f"{field}: character {value[e.start]!r} at position {e.start} is "
+                           "a lone surrogate, not text: send valid Unicode") from None
+    return value
