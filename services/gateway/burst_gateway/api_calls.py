@@ -338,8 +338,7 @@ def _answer(request: Request, resp: CallResponse, replayed: bool = False) -> Res
     status = 200 if resp.status != "pending" else 202
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     if _wants_json(request):
-        return JSON(_json_call(resp), status_code=status,
-                            headers=headers)
+        return JSON(_json_call(resp), status_code=status, headers=headers)
     return Response(msgspec.msgpack.encode(resp), status_code=status, media_type=MSGPACK,
                     headers=headers)
 

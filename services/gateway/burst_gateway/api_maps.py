@@ -55,15 +55,16 @@ async def create_map(app: str, fn: str, body: MapCreate, request: Request,
     if not 1 <= len(body.inputs) <= MAX_MAP_INPUTS:
         raise InvalidError(f"a map holds 1 to {MAX_MAP_INPUTS} inputs, got {len(body.inputs)}")
     dep = await _function(gw, p, app, fn)
+    try:  # every input first: a bad one makes no call at all
+        payloads = [json.dumps({"args": i.args, "kwargs": i.kwargs}).encode()
+                    for i in body.inputs]
+    except RecursionError:  # read just within the limit, one level more to write
+        raise InvalidError(TOO_DEEP) from None
     refs: list[CallRecord] = []
-    for start in range(0, len(body.inputs), MAX_BATCH):
-        try:
-            payloads = [json.dumps({"args": i.args, "kwargs": i.kwargs}).encode()
-                        for i in body.inputs[start:start + MAX_BATCH]]
-        except RecursionError:  # read just within the limit, one level more to write
-            raise InvalidError(TOO_DEEP) from None
-        refs += [rec for rec, _ in await submit(gw, p, dep, fn, payloads, register=False,
-                                                 payload_format="json")]
+    for start in range(0, len(payloads), MAX_BATCH):
+        refs += [rec for rec, _ in await submit(gw, p, dep, fn,
+                                                 payloads[start:start + MAX_BATCH],
+                                                 register=False, payload_format="json")]
     map_id = "mp-" + uuid.uuid4().hex
     rec = MapRecord(map_id=map_id, workspace=p.workspace, app=app, function=fn,
                     calls=[r.call_id for r in refs], tokens=[r.attempt_token for r in refs],

@@ -5,7 +5,8 @@ App and function names become parts of NATS subjects and KV keys: a name such as
 ``a b`` would otherwise reach NATS and fail there. Every route gets this check (an
 application-wide dependency, :func:`burst_gateway.app.create_app`), and the SDK's fast
 path (:mod:`burst_gateway.fastcalls`) the same one, so both answer a bad name with the same
-400 naming it and what is allowed.
+400 naming it and what is allowed. :func:`check_text` refuses stored text that is not
+Unicode.
 """
 
 from __future__ import annotations
