@@ -18,6 +18,10 @@ import tempfile
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+#: The venv's `burst`, or the CLI module where Burst runs from a PYTHONPATH (a lent GPU
+#: machine, see bench/gpu_check.sh).
+BURST = ([str(BIN / "burst")] if (BIN / "burst").exists()
+         else [sys.executable, "-m", "burst.cli.main"])
 
 
 class LocalCluster:
@@ -34,7 +38,7 @@ class LocalCluster:
         self._saved = dict(os.environ)
         os.environ.clear()
         os.environ.update(self.env)
-        up = subprocess.run([str(BIN / "burst"), "up", *self.up_args], env=self.env,
+        up = subprocess.run([*BURST, "up", *self.up_args], env=self.env,
                             capture_output=True, text=True, timeout=self.timeout)
         if up.returncode != 0:
             self.__exit__()
@@ -42,7 +46,7 @@ class LocalCluster:
         return self
 
     def __exit__(self, *_: object) -> None:
-        subprocess.run([str(BIN / "burst"), "down"], env=self.env, capture_output=True,
+        subprocess.run([*BURST, "down"], env=self.env, capture_output=True,
                        text=True)
         os.environ.clear()
         os.environ.update(self._saved)

@@ -104,8 +104,10 @@ class App:
         ``"H100:2"`` or an ordered list of fallbacks; ``timeout`` is per attempt (1 s to
         24 h, default 300 s; each retry gets a fresh one); ``retries`` is an int or a
         :class:`burst.Retries`; ``scaledown_window`` is how long an idle container is kept
-        (1 s to 24 h, default 60 s); ``schedule`` (:class:`burst.Cron` or
-        :class:`burst.Period`) runs the function by itself once the app is deployed;
+        (1 s to 24 h, default 60 s; sooner stopped, least recently used first, when another
+        function's call waits for its room, but never below ``min_containers``);
+        ``schedule`` (:class:`burst.Cron` or :class:`burst.Period`) runs the function by
+        itself once the app is deployed;
         ``image`` (:class:`burst.Image`) is the container image, by default the app's.
         """
         if _warn_parentheses_missing is not None:

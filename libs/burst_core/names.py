@@ -213,8 +213,8 @@ KV_MAPS = "burst_maps"  # key: <map id> -> MapRecord (the call ids of a map, in 
 KV_DICTS = "burst_dicts"  # keys: meta.<ws>.<dict>, d.<ws>.<dict>.<sha256 of the key>
 # key: sha256(ws, app, fn, Idempotency-Key) -> "<call id> <sha256 of the request>"
 KV_IDEMPOTENCY = "burst_idempotency"
-OBJ_BUNDLES = "burst_bundles"  # name: sha256 of the bundle
-OBJ_BLOBS = "burst_blobs"  # name: sha256; arguments and results above the inline limit
+OBJ_BUNDLES = "burst_bundles"  # name: bundle_name() (<workspace>/<sha256 of the bundle>)
+OBJ_BLOBS = "burst_blobs"  # name: blob_name(); arguments and results above the inline limit
 KV_BUDGETS = "burst_budgets"  # key: budget_key() -> Budget (set by users, via the gateway)
 KV_BUDGET_STATE = "burst_budget_state"  # key: budget_key() -> BudgetState (billing writes)
 KV_WEBHOOKS = "burst_webhooks"  # key: <workspace>.<endpoint id> -> WebhookEndpoint
@@ -240,6 +240,19 @@ def webhook_log_key(workspace: str, delivery_id: str) -> str:
 def alert_state_key(kind: str, subject: str) -> str:
     """``runaway.<container id>`` or ``error_rate.<ws>.<app>.<fn>``: what an alert fired on."""
     return f"{kind}.{subject}"
+
+
+def blob_name(workspace: str, ref: str) -> str:
+    """A large argument or result in ``OBJ_BLOBS``: scoped to its workspace, so a blob
+    is found only with its workspace's scope (the same bytes in two workspaces are two
+    objects, each with its own retention)."""
+    return f"{workspace}/{ref}"
+
+
+def bundle_name(workspace: str, bundle_hash: str) -> str:
+    """An app's source bundle in ``OBJ_BUNDLES``, scoped to its workspace like blobs.
+    (Bundles stored before workspaces were scoped are named by the bare hash.)"""
+    return f"{workspace}/{bundle_hash}"
 
 
 def deployment_key(workspace: str, app: str) -> str:

@@ -16,8 +16,8 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from burst_core import logs, names
-from burst_core.schemas import ServiceHeartbeat, encode
+from burst_core import bus, logs, names
+from burst_core.schemas import ServiceHeartbeat, ServiceHeartbeatDecoder, encode
 
 log = logs.get("burst.service")
 
@@ -58,6 +58,31 @@ async def heartbeat_loop(
         # Best effort, bounded: a shutdown must never wait on a slow or gone server.
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(kv.delete(key), 1.0)
+
+
+async def live_services(js: JetStreamContext, timeout: float) -> list[ServiceHeartbeat]:
+    """The liveness records written in the last ``timeout`` seconds, by service and instance.
+
+    A replica that stops deletes its own record; one killed (SIGKILL, a lost machine) cannot,
+    and a restarted one writes under a new instance id: such a record is left out once it
+    is ``timeout`` old, and deleted, unless its replica has written again meanwhile (the
+    delete names the revision that was read).
+    """
+    kv = await js.key_value(names.KV_SERVICES)
+    now = time.time()
+    live: list[ServiceHeartbeat] = []
+    for key in await bus.kv_keys(kv):
+        raw, revision = await bus.kv_get(kv, key)
+        if raw is None:
+            continue
+        hb = ServiceHeartbeatDecoder.decode(raw)
+        if now - hb.at <= timeout:
+            live.append(hb)
+            continue
+        with contextlib.suppress(Exception):  # written again meanwhile, or a NATS blip
+            await kv.delete(key, last=revision)
+    live.sort(key=lambda hb: (hb.service, hb.instance))
+    return live
 
 
 _uvloop: Any

@@ -55,9 +55,10 @@ class Cluster:
         return p.read_text() if p.exists() else ""
 
 
-def running_cluster(tmp_path_factory: pytest.TempPathFactory,
+def running_cluster(tmp_path_factory: pytest.TempPathFactory, *up_args: str,
                     **extra_env: str) -> Iterator[Cluster]:
-    """`burst up` with FAST_TIMERS (plus ``extra_env``) in a fresh home; `burst down` after.
+    """`burst up` with FAST_TIMERS (plus ``extra_env``, and ``up_args`` such as
+    ``--gpus H100:1``) in a fresh home; `burst down` after.
 
     Modules that need other settings make their own module-scoped fixture from this."""
     home = tmp_path_factory.mktemp("burst-home")
@@ -67,7 +68,7 @@ def running_cluster(tmp_path_factory: pytest.TempPathFactory,
     # Within the test's own timeout (pytest-timeout, 120 s), so that a cluster that does
     # not get healthy is stopped by `burst up` itself (naming the part that failed)
     # instead of being left running when pytest-timeout ends the test.
-    up = c.burst("up", "--timeout", "90", timeout=110)
+    up = c.burst("up", "--timeout", "90", *up_args, timeout=110)
     if up.returncode != 0:
         c.burst("down")
         raise AssertionError(f"burst up failed:\n{up.stdout}\n{up.stderr}")

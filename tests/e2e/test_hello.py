@@ -318,9 +318,11 @@ def test_tokens_are_stored_hashed(cluster: Cluster) -> None:
         for key, value in entries.items():
             assert token not in key and token.encode() not in value
     assert b"team-b" in entries[hashlib.sha256(new_token.encode()).hexdigest()]
-    # The new token works, for its own workspace.
+    # The new token works, for its own workspace (and not for the cluster-wide status).
+    status, body = _http(cluster, "GET", "/v1/apps", token=new_token)
+    assert status == 200 and body == {"apps": []}
     status, body = _http(cluster, "GET", "/v1/status", token=new_token)
-    assert status == 200 and body["workspace"] == "team-b"
+    assert status == 403 and "workspace 'team-b'" in body["error"]["message"]
 
 
 def _nats_url(cluster: Cluster) -> str:

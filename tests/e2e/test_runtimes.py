@@ -1,6 +1,7 @@
 """The runtime contract, end to end, against both runtimes: `burst up --runtime process` and
 `burst up --runtime docker` run the same functions with the same promises (results, errors
-with class and traceback, out-of-memory reported, no network, a non-root uid, images).
+with class and traceback, out-of-memory reported, a pids limit, no network, a non-root uid,
+images).
 
 The Docker cluster needs a Docker engine (``DOCKER_HOST`` or the default socket); it builds
 the base image (deploy/base-image.sh) if missing. Without an engine the Docker tests skip,
@@ -24,6 +25,9 @@ from tests.e2e.conftest import FAST_TIMERS, Cluster
 
 pytestmark = pytest.mark.e2e
 
+#: The containers' pids limit in these clusters (small, so a fork bomb reaches it cheaply).
+PIDS_LIMIT = 64
+
 
 def docker_missing() -> str:
     """Why no Docker engine can be used here, or ""."""
@@ -45,7 +49,8 @@ def runtime_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
         pytest.skip(why)
     home = Path(tempfile.mkdtemp(prefix=f"burst-home-{runtime}-", dir="/var/tmp"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("BURST_")}
-    env.update(FAST_TIMERS, BURST_HOME=str(home), HOME=str(home))
+    env.update(FAST_TIMERS, BURST_HOME=str(home), HOME=str(home),
+               BURST_CONTAINER_PIDS_LIMIT=str(PIDS_LIMIT))
     c = Cluster(home, env)
     c.runtime = runtime  # type: ignore[attr-defined]
     up = c.burst("up", "--runtime", runtime, "--gpus", "H100:2", timeout=300)
@@ -116,6 +121,28 @@ def hog():
     return len(chunks)
 
 
+@app.function(timeout=10, scaledown_window=2)
+def bomb(cap, hold):
+    # A thread bomb with a hard cap: threads that wait, until cap of them, a failed start
+    # or 5 s; held for hold seconds (the platform kills it at 10 s), then let go.
+    import threading, time
+    go = threading.Event()
+    started, error = 0, ""
+    deadline = time.monotonic() + 5
+    while started < cap and time.monotonic() < deadline:
+        try:
+            threading.Thread(target=go.wait, daemon=True).start()
+        except RuntimeError as e:  # the clone failed (EAGAIN)
+            error = str(e)
+            break
+        started += 1
+    held = [time.time()]
+    time.sleep(hold)
+    held.append(time.time())
+    go.set()
+    return {"started": started, "error": error, "held": held}
+
+
 @app.function(gpu="H100:2", scaledown_window=2)
 def gpus():
     return [os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("NVIDIA_VISIBLE_DEVICES")]
@@ -169,6 +196,7 @@ def missing_pkg():
 
 
 PORT = @PORT@
+PIDS_LIMIT = @PIDS_LIMIT@
 
 
 def report(what):
@@ -200,6 +228,25 @@ def lifecycle_main():
     import time
     report(Model().ping.remote)
     time.sleep(4)  # idle past the scaledown window: SIGTERM, and @exit runs
+
+
+@app.local_entrypoint()
+def bomb_main():
+    import subprocess, time
+    square.remote(1)  # the other function's container is up first
+    call = bomb.spawn(2 * PIDS_LIMIT, 4.0)
+    pings, forks, out = [], [], None
+    deadline = time.time() + 60
+    while out is None and time.time() < deadline:
+        t0 = time.time()
+        pings.append([t0, time.time(), square.remote(3)])
+        t0 = time.time()
+        forks.append([t0, time.time(), subprocess.run(["true"]).returncode])
+        try:
+            out = call.get(timeout=0.2)
+        except TimeoutError:
+            pass
+    print("RESULT", json.dumps({"bomb": out, "pings": pings, "forks": forks}))
 
 
 @app.local_entrypoint()
@@ -247,7 +294,8 @@ def write(c: Cluster, tmp_path: Path) -> Path:
     app = tmp_path / "contract_app.py"
     (tmp_path / "helper.py").write_text("ANSWER = 42\n")
     port = urlparse(c.profile["url"]).port
-    app.write_text(textwrap.dedent(APP).replace("@PORT@", repr(port)))
+    app.write_text(textwrap.dedent(APP).replace("@PORT@", repr(port))
+                   .replace("@PIDS_LIMIT@", repr(PIDS_LIMIT)))
     return app
 
 
@@ -296,6 +344,25 @@ def test_out_of_memory_is_reported(runtime_cluster: Cluster, tmp_path: Path) -> 
     out = run(runtime_cluster, tmp_path, "hog_main")
     assert isinstance(out, dict), out
     assert "container killed: out of memory (limit 64 MiB)" in out["message"], out
+
+
+def test_fork_bomb_stops_at_the_pids_limit(runtime_cluster: Cluster, tmp_path: Path) -> None:
+    """A thread bomb in one container stops at the container's pids limit, while another
+    function's container keeps answering and the host can still fork. Bounded if the limit
+    is broken: the bomb stops at twice the limit by itself, and its timeout is 10 s."""
+    out = run(runtime_cluster, tmp_path, "bomb_main")
+    assert isinstance(out, dict), out
+    bomb = out["bomb"]
+    assert bomb is not None, out
+    # The shim's own threads (and tini, or bwrap) count too: a little less than the limit.
+    assert PIDS_LIMIT // 2 < bomb["started"] < PIDS_LIMIT, bomb
+    assert bomb["error"] == "can't start new thread", bomb
+    start, end = bomb["held"]
+    # While the bomb held its threads: the other container answered, the host forked.
+    assert all(p[2] == 9 for p in out["pings"]), out["pings"]
+    assert any(start <= p[0] and p[1] <= end for p in out["pings"]), (bomb, out["pings"])
+    assert all(f[2] == 0 for f in out["forks"]), out["forks"]
+    assert any(start <= f[0] and f[1] <= end for f in out["forks"]), (bomb, out["forks"])
 
 
 def test_assigned_gpus_named(runtime_cluster: Cluster, tmp_path: Path) -> None:

@@ -26,10 +26,41 @@ from burst_agent.sandbox import Sandbox
 pytestmark = pytest.mark.integration
 
 APP = """
+import os, threading, time
+
+
 def f(mib=0):
     return len([bytearray(1 << 20) for _ in range(mib)])  # zero-filled: really touched
 
+
+def bomb(cap, hold):
+    # A fork bomb with a hard cap: children that wait on a pipe, until ``cap`` of them,
+    # a failed fork or 8 s; says how many on stdout, holds them ``hold`` s, lets them go.
+    r, w = os.pipe()
+    kids, error = [], ""
+    deadline = time.monotonic() + 8
+    while len(kids) < cap and time.monotonic() < deadline:
+        try:
+            pid = os.fork()
+        except OSError as e:
+            error = f"{type(e).__name__}: {e}"
+            break
+        if pid == 0:
+            os.close(w)
+            os.read(r, 1)  # EOF once the parent closes its end
+            os._exit(0)
+        kids.append(pid)
+    print(f"holding {len(kids)}", flush=True)
+    time.sleep(hold)
+    os.close(w)
+    os.close(r)
+    for pid in kids:
+        os.waitpid(pid, 0)
+    return {"started": len(kids), "error": error}
+
 """
+#: The containers' pids limit in these tests (small, so a fork bomb reaches it cheaply).
+PIDS_LIMIT = 64
 
 
 def _require_sandbox() -> None:
@@ -79,7 +110,8 @@ async def runtime(request: pytest.FixtureRequest) -> AsyncIterator[ProcessRuntim
     zygote fork into the spare sandbox made ahead (the first container takes it)."""
     _require_sandbox()
     home = Path(tempfile.mkdtemp(prefix="burst-rt-home-", dir="/var/tmp"))
-    box = Sandbox.detect("on", f"rt-{request.param}-{os.getpid()}", str(home))
+    box = Sandbox.detect("on", f"rt-{request.param}-{os.getpid()}", str(home),
+                         pids_limit=PIDS_LIMIT)
     rt = ProcessRuntime(sandbox=box, state_dir=home / "containers",
                         zygote=request.param != "fresh", spares=request.param == "spare")
     if request.param == "spare":
@@ -90,8 +122,8 @@ async def runtime(request: pytest.FixtureRequest) -> AsyncIterator[ProcessRuntim
     shutil.rmtree(home, ignore_errors=True)
 
 
-async def start(rt: ProcessRuntime, name: str, sockets: Path,
-                memory_mb: int = 128) -> tuple[ProcessHandle, Shim]:
+async def start(rt: ProcessRuntime, name: str, sockets: Path, memory_mb: int = 128,
+                qualname: str = "f") -> tuple[ProcessHandle, Shim]:
     home: Path = rt.test_home  # type: ignore[attr-defined]
     bundle = home / "bundle"
     if not bundle.exists():
@@ -100,7 +132,7 @@ async def start(rt: ProcessRuntime, name: str, sockets: Path,
     shim = Shim(sockets / f"{name}.sock")
     await shim.start()
     spec = ContainerSpec(container_id=name, bundle_dir=bundle, socket_path=shim.path,
-                         module="rt_app", qualname="f", cpu=0.25, memory_mb=memory_mb)
+                         module="rt_app", qualname=qualname, cpu=0.25, memory_mb=memory_mb)
     handle = await rt.start(spec)
     assert isinstance(handle, ProcessHandle)
     return handle, shim
@@ -169,6 +201,55 @@ async def test_out_of_memory_names_the_limit(runtime: ProcessRuntime, sockets: P
     code = await asyncio.wait_for(handle.wait(), 60)
     assert code != 0
     assert handle.exit_reason() == "out of memory (limit 64 MiB)"
+
+
+async def test_fork_bomb_stops_at_the_pids_limit(runtime: ProcessRuntime,
+                                                 sockets: Path) -> None:
+    """A fork bomb in one container gets EAGAIN at the container's pids limit, while
+    another container keeps answering and the host can still fork. Bounded if the limit
+    is broken: the bomb stops at twice the limit by itself, and is killed after 10 s."""
+    from burst._serialization import deserialize, serialize
+
+    (bomb, bomb_shim), (other, other_shim) = await asyncio.gather(
+        start(runtime, "bomb", sockets, memory_mb=512, qualname="bomb"),
+        start(runtime, "other", sockets))
+    try:
+        for shim in (bomb_shim, other_shim):
+            assert isinstance(await shim.next_of(proto.Ready), proto.Ready)
+            assert shim.writer is not None
+        assert bomb_shim.writer is not None and other_shim.writer is not None
+        async with asyncio.timeout(10):  # the bomb's whole life
+            bomb_shim.writer.write(proto.frame(proto.RunInput(
+                input_id="bomb", call_id="bomb",
+                payload=serialize(((2 * PIDS_LIMIT, 4.0), {})))))
+            holding = await bomb_shim.next_of(proto.Log)
+            assert isinstance(holding, proto.Log) and holding.line.startswith("holding")
+            # While the bomb holds what it started: the other container answers...
+            other_shim.writer.write(proto.frame(proto.RunInput(
+                input_id="ping", call_id="ping", payload=serialize(((1,), {})))))
+            pong = await other_shim.next_of(proto.InputDone)
+            assert isinstance(pong, proto.InputDone) and deserialize(pong.payload) == 1, pong
+            # ... and the host forks.
+            host = await asyncio.create_subprocess_exec("true")
+            assert await host.wait() == 0
+            done = await bomb_shim.next_of(proto.InputDone)
+        assert isinstance(done, proto.InputDone) and done.status == "success", done
+        out = deserialize(done.payload)
+        # The shim and the sandbox's own processes count too: the bomb gets a little less
+        # than the limit, then EAGAIN.
+        assert PIDS_LIMIT // 2 < out["started"] < PIDS_LIMIT, out
+        assert "Resource temporarily unavailable" in out["error"], out
+        # A pids cgroup of its own did it.
+        assert bomb.cgroup is not None
+        assert (bomb.cgroup.dirs["pids"] / "pids.max").read_text().strip() == str(PIDS_LIMIT)
+        assert int((bomb.cgroup.dirs["pids"] / "pids.events").read_text().split()[1]) > 0
+    finally:
+        for h in (bomb, other):
+            h.signal(signal.SIGKILL)
+        await asyncio.gather(*(asyncio.wait_for(h.wait(), 30) for h in (bomb, other)))
+    # Its cgroups went with it.
+    assert bomb.cgroup is not None
+    assert not any(d.exists() for d in bomb.cgroup.dirs.values())
 
 
 async def test_spare_sandbox_is_taken_then_replaced(sockets: Path) -> None:

@@ -136,13 +136,30 @@ def test_docker_run_options_harden_and_limit(tmp_path: Path) -> None:
     assert opts["cap_drop"] == ["ALL"] and opts["security_opt"] == ["no-new-privileges"]
     assert opts["user"] == "65534:65534"
     assert opts["mem_limit"] == "256m" and opts["memswap_limit"] == "256m"
-    assert opts["pids_limit"] > 0 and opts["nano_cpus"] > 0
+    assert opts["pids_limit"] == 4096 and opts["nano_cpus"] > 0  # the setting's default
     assert "device_requests" not in opts  # no GPU, no device request
     env = opts["environment"]
     assert env["CUDA_VISIBLE_DEVICES"] == "" and env["NVIDIA_VISIBLE_DEVICES"] == "void"
     mounts = {m["Target"]: m for m in opts["mounts"]}
     assert mounts["/burst/bundle"]["ReadOnly"] is True
     assert mounts["/run/burst/shim.sock"]["Source"] == str(tmp_path / "s.sock")
+
+
+def test_pids_limit_is_the_setting_on_both_runtimes(tmp_path: Path) -> None:
+    pytest.importorskip("docker")
+    from burst_agent.docker_runtime import DockerRuntime
+    from burst_agent.sandbox import Sandbox
+
+    rt = DockerRuntime(tmp_path, client=FakeClient(), pids_limit=64)
+    assert rt.run_options(spec(tmp_path, []), {}, "")["pids_limit"] == 64
+    assert Sandbox.detect("off", "a1", str(tmp_path), pids_limit=64).pids_limit == 64
+    # A limit the shim could not live with (or none) is refused, naming the value.
+    for bad in (0, -1, 15):
+        with pytest.raises(ValueError, match=rf"BURST_CONTAINER_PIDS_LIMIT={bad} is not "
+                           "valid: use a whole number .* of at least 16"):
+            DockerRuntime(tmp_path, client=FakeClient(), pids_limit=bad)
+        with pytest.raises(ValueError, match=rf"BURST_CONTAINER_PIDS_LIMIT={bad} "):
+            Sandbox.detect("off", "a1", str(tmp_path), pids_limit=bad)
 
 
 def test_docker_gpus_by_device_request(tmp_path: Path) -> None:

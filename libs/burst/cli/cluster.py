@@ -6,27 +6,27 @@ together with everything it started, an agent's containers included), with its o
 ``$BURST_HOME/logs/<name>.log``. What it started is recorded in ``$BURST_HOME/cluster.json``:
 ``burst down`` stops exactly that, and nothing else. Every recorded process also carries its
 start time, so a pid the kernel has since given to another program is never signalled.
+Once the cluster is healthy, ``burst up`` hands it to a supervisor (:mod:`burst._supervisor`)
+that restarts parts that exit and keeps ``cluster.json`` current.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,37 +34,37 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from burst import _supervisor
+from burst._parts import (
+    STATE_FILE,
+    ClusterState,
+    Part,
+    all_procs,
+    home_lock,
+    is_alive,
+    members,
+    proc_info,
+    read_state,
+    state_path,
+    stop_parts,
+    write_state,
+)
 from burst.config import DEFAULT_WORKSPACE, Profile, burst_home, profile_path, read_profile
 from burst.config import write_profile as _write_profile
 from burst.exception import (
     ConflictError,
-    InternalError,
     InvalidError,
     NotFoundError,
+    PermissionDeniedError,
     UnavailableError,
 )
 
-STATE_FILE = "cluster.json"
-LOCK_FILE = "cluster.lock"
 HOST = "127.0.0.1"
 #: Ports tried first; a port already taken is replaced by a free one.
 DEFAULT_PORTS = {"gateway": 8780, "nats": 4780, "nats_monitor": 8781, "redis": 6780}
 #: The one agent of a local cluster.
 AGENT_ID = "local"
 SERVICES = ("scheduler", "billing", "gateway", "agent")
-#: Stop order: the agent first (it stops its containers and reports them stopped while
-#: billing still listens), then the other services, then the servers they talk through.
-STOP_STAGES: tuple[tuple[str, ...], ...] = (
-    ("agent",),
-    ("gateway", "scheduler", "billing"),
-    ("nats", "redis"),
-)
-#: Seconds each stage gets between SIGTERM and SIGKILL. The agent's own shutdown may take
-#: its containers' stop grace (5 s by default) plus a margin, so it gets more.
-STOP_GRACE = {"agent": 15.0, "gateway": 6.0, "scheduler": 6.0, "billing": 6.0}
-DEFAULT_STOP_GRACE = 4.0
-#: Seconds ``burst down`` waits, after SIGKILL, for every process to be gone.
-STOP_VERIFY_TIMEOUT = 30.0
 #: A liveness record older than this (seconds) does not count as healthy.
 FRESH_AGE = 10.0
 LOG_TAIL_LINES = 20
@@ -78,204 +78,6 @@ HomeOption = Annotated[
         show_default=False,
     ),
 ]
-
-
-# ---- state ---------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Part:
-    """One process ``burst up`` started."""
-
-    name: str
-    pid: int
-    pgid: int
-    #: Start time in clock ticks since boot (/proc/<pid>/stat); 0 where unknown.
-    started: int
-    log: str
-    ports: dict[str, int] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
-class ClusterState:
-    """The contents of ``cluster.json``."""
-
-    home: str
-    url: str
-    started_at: float
-    parts: list[Part]
-
-    def part(self, name: str) -> Part | None:
-        return next((p for p in self.parts if p.name == name), None)
-
-
-def state_path(home: Path) -> Path:
-    return home / STATE_FILE
-
-
-def read_state(home: Path) -> ClusterState | None:
-    path = state_path(home)
-    try:
-        raw = json.loads(path.read_text())
-        parts = [Part(**p) for p in raw.pop("parts")]
-        return ClusterState(parts=parts, **raw)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise InvalidError(
-            f"{path} is unreadable ({e}); if no cluster is running, delete it and retry"
-        ) from None
-
-
-def write_state(home: Path, state: ClusterState) -> None:
-    path = state_path(home)
-    tmp = path.with_name(f".{STATE_FILE}.tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(state), indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def home_lock(home: Path) -> Iterator[None]:
-    """Exclusive lock on ``home`` so two ``burst up``/``down`` never interleave."""
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with open(home / LOCK_FILE, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConflictError(
-                f"another `burst up` or `burst down` is running for {home}; wait for it to finish"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-# ---- processes -----------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class ProcInfo:
-    pid: int
-    ppid: int
-    pgid: int
-    started: int
-    zombie: bool
-
-
-def proc_info(pid: int) -> ProcInfo | None:
-    """What /proc says about ``pid``; None when it does not exist."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    rest = stat[stat.rindex(")") + 2 :].split()
-    return ProcInfo(
-        pid=pid, ppid=int(rest[1]), pgid=int(rest[2]), started=int(rest[19]), zombie=rest[0] == "Z"
-    )
-
-
-def all_procs() -> list[ProcInfo]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (info := proc_info(int(entry))) is not None:
-            out.append(info)
-    return out
-
-
-def is_alive(pid: int, started: int) -> bool:
-    """Whether the process ``pid`` that started at ``started`` still runs (zombies do not)."""
-    info = proc_info(pid)
-    if info is None:
-        if Path("/proc/self/stat").exists():
-            return False
-        try:  # no /proc: best effort
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return not info.zombie and (started == 0 or info.started == started)
-
-
-def members(part: Part, procs: list[ProcInfo]) -> list[ProcInfo]:
-    """Every live process of ``part``: its process group and every descendant of those.
-
-    Only processes that started no earlier than the part count, so a recycled id never
-    makes an unrelated program look like part of the cluster.
-    """
-    if not is_alive(part.pid, part.started):
-        if part.started == 0:
-            return []  # start time unknown and leader gone: its id may have been reused since
-        if any(p.pid == part.pid and not p.zombie for p in procs):
-            # The leader's id belongs to another process now; Linux reuses a process id only
-            # when no group of that id is left, so the group is that process's, not ours.
-            return []
-    live = [p for p in procs if not p.zombie and p.started >= part.started]
-    found = {p.pid: p for p in live if p.pgid == part.pgid or p.pid == part.pid}
-    children: dict[int, list[ProcInfo]] = {}
-    for p in live:
-        children.setdefault(p.ppid, []).append(p)
-    todo = list(found)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child.pid not in found:
-                found[child.pid] = child
-                todo.append(child.pid)
-    return list(found.values())
-
-
-def _signal_all(procs: list[ProcInfo], sig: signal.Signals) -> None:
-    for pgid in {p.pgid for p in procs}:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, sig)
-    for p in procs:  # descendants that left the group
-        if is_alive(p.pid, p.started):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(p.pid, sig)
-
-
-def _alive(procs: list[ProcInfo]) -> list[ProcInfo]:
-    return [p for p in procs if is_alive(p.pid, p.started)]
-
-
-def _wait_gone(procs: list[ProcInfo], timeout: float) -> list[ProcInfo]:
-    deadline = time.monotonic() + timeout
-    left = _alive(procs)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = _alive(left)
-    return left
-
-
-def stop_parts(parts: list[Part], progress: Callable[[str], None] = lambda _: None) -> None:
-    """Stop ``parts`` stage by stage: SIGTERM, a grace period, then SIGKILL.
-
-    Raises :class:`InternalError` naming what is left when something survives SIGKILL.
-    """
-    by_name = {p.name: p for p in parts}
-    stages = [[by_name[n] for n in stage if n in by_name] for stage in STOP_STAGES]
-    stages.append([p for p in parts if not any(p.name in s for s in STOP_STAGES)])
-    tracked: dict[str, list[ProcInfo]] = {}
-    for stage in stages:
-        if not stage:
-            continue
-        procs = all_procs()
-        group = {p.name: members(p, procs) for p in stage}
-        tracked.update(group)
-        progress(f"stopping {', '.join(p.name for p in stage)}")
-        everything = [proc for ms in group.values() for proc in ms]
-        _signal_all(everything, signal.SIGTERM)
-        grace = max(STOP_GRACE.get(p.name, DEFAULT_STOP_GRACE) for p in stage)
-        left = _wait_gone(everything, grace)
-        if left:
-            _signal_all(left, signal.SIGKILL)
-    # Verify: nothing recorded, nor anything those processes started, is still running.
-    procs = all_procs()
-    for p in parts:
-        tracked.setdefault(p.name, []).extend(members(p, procs))
-    remaining = _wait_gone([proc for ms in tracked.values() for proc in ms], STOP_VERIFY_TIMEOUT)
-    if remaining:
-        pids = ", ".join(str(p.pid) for p in remaining)
-        raise InternalError(f"processes of the cluster survived SIGKILL: pids {pids}")
 
 
 # ---- ports ---------------------------------------------------------------------------------
@@ -338,11 +140,19 @@ def http_ok(url: str) -> bool:
 
 
 def fetch_status(url: str, token: str) -> dict[str, Any]:
-    """The gateway's ``/v1/status``; raises UnavailableError with the reason."""
+    """The gateway's ``/v1/status``; raises UnavailableError with the reason, or
+    PermissionDeniedError for a token without the operator scope."""
     try:
         code, body = http_get(f"{url}/v1/status", token)
     except OSError as e:
         raise UnavailableError(f"gateway {url} is unreachable: {e}") from None
+    if code == 403:  # a workspace token: the cluster-wide view is for operators
+        try:
+            reason = str(json.loads(body)["error"]["message"])
+        except (ValueError, KeyError, TypeError):
+            reason = body[:200].decode(errors="replace")
+        raise PermissionDeniedError(f"`burst status` shows every workspace's containers and "
+                                    f"the cluster's hosts: {reason}")
     if code != 200:
         raise UnavailableError(f"gateway {url}/v1/status answered HTTP {code}: {body[:200]!r}")
     try:
@@ -431,6 +241,8 @@ class Launcher:
         self.logs = home / "logs"
         self.parts: list[Part] = []
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        #: How each part was started, for the supervisor to start it again.
+        self.commands: dict[str, _supervisor.Command] = {}
 
     def start(self, name: str, argv: list[str], env: dict[str, str], **ports: int) -> Part:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -456,6 +268,7 @@ class Launcher:
         )
         self.parts.append(part)
         self.procs[name] = proc
+        self.commands[name] = _supervisor.Command(argv=list(argv), env=dict(env))
         return part
 
     def parts_by_name(self) -> dict[str, Part]:
@@ -676,9 +489,12 @@ def ensure_docker(progress: Progress) -> None:
 
 def start_cluster(
     home: Path, ports: dict[str, int], gpus: str, spot: bool, timeout: float, progress: Progress,
-    runtime: str = "process",
+    runtime: str = "process", supervise: _supervisor.SupervisorSettings | None = None,
 ) -> tuple[ClusterState, Profile]:
-    """Start every part, wait until the cluster is healthy; on any failure stop them all."""
+    """Start every part, wait until the cluster is healthy, then the supervisor that
+    restarts parts that exit (unless ``supervise`` turns it off); on any failure stop them
+    all."""
+    supervise = supervise or _supervisor.SupervisorSettings()
     if runtime == "docker":
         ensure_docker(progress)
     token = "bst_" + secrets.token_urlsafe(32)
@@ -710,8 +526,15 @@ def start_cluster(
             progress,
             timeout,
         )
+        if supervise.enabled:
+            progress.step("starting the supervisor")
+            # From here on the supervisor alone writes cluster.json.
+            state.supervisor = _supervisor.start(home, supervise, launcher.commands)
     except BaseException:
         progress.step("stopping what was started")
+        recorded = read_state(home) if state_path(home).exists() else None
+        if recorded is not None and recorded.supervisor is not None:
+            stop_parts(_supervisor.stop(home, recorded).parts)
         launcher.stop_all()
         state_path(home).unlink(missing_ok=True)
         raise
@@ -768,12 +591,13 @@ def up(
     gpus = check_gpus(gpus)
     if runtime not in ("process", "docker"):
         raise InvalidError(f"invalid --runtime {runtime!r}: use process or docker")
+    supervise = _supervisor.SupervisorSettings.from_env(os.environ)
     home = resolve_home(home)
     err = Console(stderr=True)
     with home_lock(home):
         state = read_state(home)
         if state is not None:
-            if running_parts(state):
+            if running_parts(state) or _supervisor.running(state):
                 raise ConflictError(
                     f"a Burst cluster from {home} is already running (gateway {state.url}): "
                     "stop it with `burst down`, or use --home for another one"
@@ -781,6 +605,7 @@ def up(
             err.print(
                 f"removing stale {state_path(home)} (its processes have exited)", markup=False
             )
+            state = _supervisor.stop(home, state)
             stop_parts(state.parts)  # leftovers of its parts' process groups, if any
             state_path(home).unlink(missing_ok=True)
         preferred = {**DEFAULT_PORTS, "gateway": port}
@@ -789,14 +614,19 @@ def up(
             if chosen != preferred[role]:
                 err.print(f"port {preferred[role]} ({role}) is taken: using {chosen}", markup=False)
         with Progress(err) as progress:
-            state, profile = start_cluster(home, ports, gpus, spot, timeout, progress, runtime)
+            state, profile = start_cluster(
+                home, ports, gpus, spot, timeout, progress, runtime, supervise
+            )
+    parts = [*state.parts, *([state.supervisor] if state.supervisor else [])]
     out = Console(highlight=False)
     out.print(f"[green]Burst cluster is up[/] (home {home})")
     out.print(f"  gateway  {profile.url}", markup=False)
     out.print(f"  profile  {profile_path(home)}", markup=False)
     out.print(
-        f"  logs     {home / 'logs'}/<{','.join(p.name for p in state.parts)}>.log", markup=False
+        f"  logs     {home / 'logs'}/<{','.join(p.name for p in parts)}>.log", markup=False
     )
+    if state.supervisor is None:
+        out.print("  parts that exit stay down (BURST_SUPERVISE=0)", markup=False)
     out.print("Run `burst status` to inspect it and `burst down` to stop it.", markup=False)
 
 
@@ -807,6 +637,8 @@ def down(home: HomeOption = None) -> None:
         state = read_state(home)
         if state is None:
             raise NotFoundError(f"no Burst cluster is running from {home}: nothing to stop")
+        # First the supervisor, so that nothing stopped below is started again.
+        state = _supervisor.stop(home, state)
         procs = all_procs()
         if not any(members(p, procs) for p in state.parts):
             state_path(home).unlink(missing_ok=True)
@@ -830,23 +662,40 @@ def status(
     if state is None:
         raise NotFoundError(f"no Burst cluster is running from {home}: start one with `burst up`")
     alive = {p.name for p in running_parts(state)}
+    supervising = _supervisor.running(state)
+    restarting = " (the supervisor restarts it)" if supervising else ""
     problems = [
-        f"{p.name}: process {p.pid} is not running" for p in state.parts if p.name not in alive
+        f"{p.name}: process {p.pid} is not running{restarting}"
+        for p in state.parts
+        if p.name not in alive
     ]
+    if state.supervisor is not None and not supervising:
+        problems.append(
+            f"supervisor: process {state.supervisor.pid} is not running, so parts that exit "
+            "stay down"
+        )
     info: dict[str, Any] | None = None
     try:
         info = fetch_status(state.url, read_profile(profile_path(home)).token)
         problems += [f"{k}: {v}" for k, v in unhealthy_services(info).items()]
+    except PermissionDeniedError:  # not a health problem: this token may not look
+        raise
     except Exception as e:  # report, and still show what we know
         problems.append(str(e))
     if as_json:
         parts = [{**dataclasses.asdict(p), "running": p.name in alive} for p in state.parts]
+        supervisor = (
+            {**dataclasses.asdict(state.supervisor), "running": supervising}
+            if state.supervisor is not None
+            else None
+        )
         print(
             json.dumps(
                 {
                     "home": str(home),
                     "url": state.url,
                     "parts": parts,
+                    "supervisor": supervisor,
                     "status": info,
                     "problems": problems,
                 },
@@ -854,7 +703,7 @@ def status(
             )
         )
     else:
-        render_status(state, alive, info)
+        render_status(state, alive, info, supervising)
     if problems:
         raise UnavailableError("the cluster is not healthy: " + "; ".join(problems))
 
@@ -863,15 +712,29 @@ def _age(value: Any) -> str:
     return f"{value:.1f} s" if isinstance(value, int | float) else "?"
 
 
-def render_status(state: ClusterState, alive: set[str], info: dict[str, Any] | None) -> None:
+def render_status(
+    state: ClusterState, alive: set[str], info: dict[str, Any] | None, supervising: bool = False
+) -> None:
     out = Console(highlight=False)
     out.print(f"Burst cluster at {state.url} (home {state.home})", markup=False)
-    parts = Table("part", "pid", "state", "ports", "log", title="Processes", title_justify="left")
+    parts = Table(
+        "part", "pid", "state", "restarts", "ports", "log", title="Processes", title_justify="left"
+    )
     for p in state.parts:
-        running = "[green]running[/]" if p.name in alive else "[red]exited[/]"
+        if p.name in alive:
+            running = "[green]running[/]"
+        else:
+            running = "[yellow]restarting[/]" if supervising else "[red]exited[/]"
         ports = ", ".join(f"{k} {v}" for k, v in p.ports.items())
-        parts.add_row(p.name, str(p.pid), running, ports, p.log)
+        restarts = f"{p.restarts} ({p.last_exit})" if p.restarts else "0"
+        parts.add_row(p.name, str(p.pid), running, restarts, ports, p.log)
+    if state.supervisor is not None:
+        sup = state.supervisor
+        running = "[green]running[/]" if supervising else "[red]exited[/]"
+        parts.add_row(sup.name, str(sup.pid), running, "", "", sup.log)
     out.print(parts)
+    if state.supervisor is None:
+        out.print("Supervision is off (BURST_SUPERVISE=0): parts that exit stay down.")
     if info is None:
         return
     services = Table("service", "instance", "last seen", title="Services", title_justify="left")

@@ -15,9 +15,10 @@ console = Console(highlight=False)
 def create(
     workspace: str = typer.Option(..., "--workspace", "-w", help="Workspace of the new token."),
     name: str = typer.Option("", "--name", help="A label for the token."),
-    admin: bool = typer.Option(False, "--admin", help="Give the token admin rights."),
+    admin: bool = typer.Option(False, "--admin", help="Make an operator token (scope admin: "
+                               "cluster-wide views, tokens for any workspace)."),
 ) -> None:
-    """Create a token for WORKSPACE (needs an admin token). The token is printed once."""
+    """Create a token for WORKSPACE (needs an operator token). The token is printed once."""
     out = Client.from_profile().post_json("/v1/tokens",
                                           {"workspace": workspace, "name": name, "admin": admin})
     console.print(out["token"])

@@ -84,12 +84,14 @@ class Agent:
         box = None
         if s.runtime == "process":
             box = Sandbox.detect(s.sandbox, self.agent_id, s.home, s.sandbox_uid,
-                                 cpu_headroom=s.cpu_headroom)
+                                 cpu_headroom=s.cpu_headroom,
+                                 pids_limit=s.container_pids_limit)
         if s.runtime == "docker":
             from burst_agent.docker_runtime import DockerRuntime  # the Docker SDK: only here
 
             return DockerRuntime(Path(s.home) / "agent" / self.agent_id / "images",
-                                 uid=s.sandbox_uid, gpu_devices=not s.gpus)
+                                 uid=s.sandbox_uid, gpu_devices=not s.gpus,
+                                 pids_limit=s.container_pids_limit)
         state = Path(s.home) / "agent" / self.agent_id / "containers"
         runtime = make_runtime(s.runtime, s.python, box, state, zygote=s.zygote,
                                spares=s.spare_sandbox, spare_delay=s.spare_delay)
@@ -293,23 +295,25 @@ class Agent:
             self.containers.pop(c.id, None)
             await self._beat()
 
-    async def blob_get(self, ref: str) -> bytes:
-        """A call's argument or result above the inline limit (object store, by sha256)."""
+    async def blob_get(self, workspace: str, ref: str) -> bytes:
+        """A call's argument above the inline limit (object store, by sha256), from the
+        call's own workspace: blobs are scoped to the workspace that stored them."""
         if getattr(self, "_blobs", None) is None:
             self._blobs = await self.js.object_store(names.OBJ_BLOBS)
-        res = await self._blobs.get(ref)
+        res = await self._blobs.get(names.blob_name(workspace, ref))
         data = res.data or b""
         if hashlib.sha256(data).hexdigest() != ref:
             raise RuntimeError(f"blob {ref} is corrupt")
         return data
 
-    async def blob_put(self, data: bytes) -> str:
+    async def blob_put(self, workspace: str, data: bytes) -> str:
+        """Store a result above the inline limit as a blob of ``workspace``; its sha256."""
         if len(data) > MAX_PAYLOAD:
             raise ValueError(f"{len(data)} bytes exceed the {MAX_PAYLOAD >> 20} MiB payload limit")
         if getattr(self, "_blobs", None) is None:
             self._blobs = await self.js.object_store(names.OBJ_BLOBS)
         ref = hashlib.sha256(data).hexdigest()
-        await self._blobs.put(ref, data)
+        await self._blobs.put(names.blob_name(workspace, ref), data)
         return ref
 
     async def release(self, container_id: str) -> None:

@@ -10,7 +10,10 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import nats.js.errors
 from nats.js.object_store import ObjectStore
+
+from burst_core import names
 
 
 class BundleCache:
@@ -19,8 +22,11 @@ class BundleCache:
         self.root = root
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def get(self, bundle_hash: str) -> Path:
-        """The directory holding the unpacked bundle; fetched on first use."""
+    async def get(self, workspace: str, bundle_hash: str) -> Path:
+        """The directory holding the unpacked bundle; fetched on first use, from the
+        deploying ``workspace``'s copy (bundles are scoped to their workspace; the gateway
+        deploys only a bundle its workspace stored). Unpacked once per hash: the same bytes,
+        mounted read-only into every container."""
         dest = self.root / bundle_hash
         if dest.is_dir():
             return dest
@@ -28,7 +34,11 @@ class BundleCache:
         async with lock:
             if dest.is_dir():
                 return dest
-            res = await self.store.get(bundle_hash)
+            try:
+                res = await self.store.get(names.bundle_name(workspace, bundle_hash))
+            except nats.js.errors.NotFoundError:
+                # Deployed before bundles were scoped: stored under the bare hash.
+                res = await self.store.get(bundle_hash)
             data = res.data or b""
             actual = hashlib.sha256(data).hexdigest()
             if actual != bundle_hash:

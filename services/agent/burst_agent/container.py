@@ -138,7 +138,8 @@ class Container:
         exit_code: int | None = None
         server: asyncio.AbstractServer | None = None
         try:
-            bundle_dir = await self.agent.bundles.get(self.placement.bundle_hash)
+            bundle_dir = await self.agent.bundles.get(self.placement.workspace,
+                                                      self.placement.bundle_hash)
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
             server = await asyncio.start_unix_server(self._on_connect, path=str(self.socket_path))
@@ -282,12 +283,14 @@ class Container:
             await self._store_output(out, msg)
 
     async def stop(self, reason: str, if_idle_since: float | None = None) -> bool:
-        """Stop the container; with ``if_idle_since``, only if idle ever since then."""
+        """Stop the container; with ``if_idle_since``, only if idle ever since then and
+        holding no input (not even one handed to it and still being read)."""
         if self.state == "stopping" or self._stopping.is_set():
             return True
         if if_idle_since is not None and (
             self.state != "idle" or self.idle_since is None
             or self.idle_since > if_idle_since + 1e-6
+            or self._slots < self.max_inputs
         ):
             self.log.info("stop_skipped_not_idle", state=self.state)
             return False
@@ -455,7 +458,7 @@ class Container:
             payload = inp.payload
             if inp.payload_ref:  # an argument above the inline limit, from the blob store
                 try:
-                    payload = await self.agent.blob_get(inp.payload_ref)
+                    payload = await self.agent.blob_get(inp.workspace, inp.payload_ref)
                 except Exception as e:
                     inf = InFlight(msg=msg, inp=inp, started=time.time())
                     await self._store_output(self._failure(
@@ -604,7 +607,7 @@ class Container:
             self.state, self.idle_since = "idle", time.time()
         if len(out.payload) > proto.INLINE_PAYLOAD_LIMIT:  # too big for a NATS message
             try:
-                out.payload_ref = await self.agent.blob_put(out.payload)
+                out.payload_ref = await self.agent.blob_put(inf.inp.workspace, out.payload)
                 out.payload = b""
             except Exception as e:
                 out = self._failure(inf, "failure", "burst.exception.ExecutionError",

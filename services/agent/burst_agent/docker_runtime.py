@@ -9,8 +9,9 @@ wheels of its two dependencies, installed offline in a layer right above the bas
 
 Containers are hardened by default: a non-root uid, every capability dropped,
 no-new-privileges, no network at all (``network_mode="none"``: the agent's unix socket, bind
-mounted, is the only way out), the bundle read-only, CPU, memory and pids limits from the
-function's resources. GPUs go through device requests, only the assigned ones.
+mounted, is the only way out), the bundle read-only, CPU and memory limits from the
+function's resources, the agent's pids limit (``BURST_CONTAINER_PIDS_LIMIT``). GPUs go
+through device requests, only the assigned ones.
 """
 
 from __future__ import annotations
@@ -38,12 +39,11 @@ from burst.image import PYTHON_SOURCE_DIR
 from burst_agent import images
 from burst_agent.images import ImageContainerSpec, ImageError
 from burst_agent.runtime import ContainerSpec
+from burst_agent.sandbox import DEFAULT_PIDS_LIMIT, check_pids_limit
 from burst_core import logs
 
 log = logs.get("burst.agent.docker")
 
-#: Processes (threads included) one container may have: a fork bomb stays inside it.
-PIDS_LIMIT = 1024
 #: Lines of build output an ImageError carries.
 ERROR_TAIL = 30
 _STEP = re.compile(r"^Step (\d+)/(\d+) :")
@@ -209,10 +209,13 @@ class DockerRuntime:
     name = "docker"
 
     def __init__(self, state_dir: Path, uid: int = 65534, cpu_headroom: float = 1.0,
-                 gpu_devices: bool = True, client: Any = None) -> None:
+                 gpu_devices: bool = True, client: Any = None,
+                 pids_limit: int = DEFAULT_PIDS_LIMIT) -> None:
         self.state_dir = state_dir
         self.uid = uid
         self.cpu_headroom = cpu_headroom
+        #: Tasks one container may have at once (AgentSettings.container_pids_limit).
+        self.pids_limit = check_pids_limit(pids_limit)
         #: False on an agent with a declared (not real) GPU inventory: no device requests,
         #: the assigned indices are only named in the environment.
         self.gpu_devices = gpu_devices
@@ -381,7 +384,7 @@ class DockerRuntime:
             cpu_shares=max(2, int(spec.cpu * 1024)),
             mem_limit=f"{memory}m",
             memswap_limit=f"{memory}m",
-            pids_limit=PIDS_LIMIT,
+            pids_limit=self.pids_limit,
             # tini as pid 1: signals reach the shim, orphans of user code are reaped.
             init=True,
             tmpfs={"/tmp": "rw,nosuid,nodev,size=256m"},

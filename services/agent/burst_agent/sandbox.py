@@ -13,8 +13,11 @@ What user code sees inside (the same for a fresh interpreter and for a zygote fo
   ``/run/burst/agent``);
 - no network (``--unshare-all``: a fresh network namespace with only a down loopback),
   its own pid, ipc and uts namespaces, and a host uid that is not root (``sandbox_uid``);
-- cgroup v1 ``memory`` and ``cpu`` limits, created per container under the agent's own
-  cgroup, joined before the sandbox is exec'd so nothing runs unaccounted.
+- cgroup v1 ``memory``, ``cpu`` and ``pids`` limits, created per container under the
+  agent's own cgroup, joined before the sandbox is exec'd (or, for a zygote fork, before
+  the shim runs) so nothing runs unaccounted: every process and thread user code starts
+  inherits them, and a fork bomb stops at ``pids_limit`` tasks (fork and thread creation
+  then fail with ``EAGAIN``) without touching the host's or other containers' pids.
 
 As root, the agent runs bwrap privileged without a user namespace and bwrap runs
 ``setpriv`` to become ``sandbox_uid`` (all capabilities and the bounding set dropped,
@@ -53,6 +56,10 @@ PRIVATE = "/tmp"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CFS_PERIOD_US = 100_000
 MIN_MEMORY_MB = 16
+#: Tasks (processes and threads) a container may have at once, unless set otherwise
+#: (``BURST_CONTAINER_PIDS_LIMIT``); the floor leaves the shim room for its own threads.
+DEFAULT_PIDS_LIMIT = 4096
+MIN_PIDS_LIMIT = 16
 
 
 class SandboxUnavailable(RuntimeError):
@@ -72,23 +79,34 @@ def _own_cgroup(controller: str) -> str:
     return "/"
 
 
+def check_pids_limit(value: int) -> int:
+    """``value`` if it is a valid container pids limit, else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_PIDS_LIMIT:
+        raise ValueError(f"BURST_CONTAINER_PIDS_LIMIT={value!r} is not valid: use a whole "
+                         f"number of tasks (processes and threads) of at least {MIN_PIDS_LIMIT}")
+    return value
+
+
 @dataclass
 class Cgroup:
-    """One container's cgroups (v1 ``memory`` and ``cpu``), nested under the agent's own."""
+    """One container's cgroups (v1 ``memory``, ``cpu`` and, where the machine has the
+    controller, ``pids``), nested under the agent's own."""
 
     dirs: dict[str, Path]
     memory_limit_mb: int
+    pids_limit: int | None = None
 
     @classmethod
     def parent_dirs(cls, agent_id: str) -> dict[str, Path] | None:
-        """The agent's cgroup parents; None when cgroup v1 is not writable here."""
+        """The agent's cgroup parents; None when cgroup v1 memory and cpu are not writable
+        here. ``pids`` is among them when its controller is mounted and writable too."""
         out: dict[str, Path] = {}
-        for ctrl in ("memory", "cpu"):
+        for ctrl in ("memory", "cpu", "pids"):
             base = CGROUP_ROOT / ctrl
-            if not (base / "cgroup.procs").exists():
-                return None
             own = base / _own_cgroup(ctrl).lstrip("/")
-            if not os.access(own, os.W_OK):
+            if not (base / "cgroup.procs").exists() or not os.access(own, os.W_OK):
+                if ctrl == "pids":
+                    break  # optional: the caller says that pids go unlimited
                 return None
             # Created with the first container, removed with the last: nothing is left
             # behind by an agent that stops.
@@ -97,7 +115,8 @@ class Cgroup:
 
     @classmethod
     def create(cls, parents: dict[str, Path], container_id: str, cpu: float,
-               cpu_limit: float, memory_limit_mb: int) -> Cgroup:
+               cpu_limit: float, memory_limit_mb: int,
+               pids_limit: int = DEFAULT_PIDS_LIMIT) -> Cgroup:
         dirs = {ctrl: p / container_id for ctrl, p in parents.items()}
         for d in dirs.values():
             for attempt in range(3):  # the parent may be going with another container
@@ -107,6 +126,15 @@ class Cgroup:
                 except FileNotFoundError:
                     if attempt == 2:
                         raise
+        try:
+            return cls._limit(dirs, cpu, cpu_limit, memory_limit_mb, pids_limit)
+        except OSError:
+            cls(dirs, memory_limit_mb).remove()  # none left half made
+            raise
+
+    @classmethod
+    def _limit(cls, dirs: dict[str, Path], cpu: float, cpu_limit: float,
+               memory_limit_mb: int, pids_limit: int) -> Cgroup:
         mem = max(MIN_MEMORY_MB, memory_limit_mb)
         (dirs["memory"] / "memory.limit_in_bytes").write_text(str(mem << 20))
         # No swap beyond the limit where the kernel accounts it (memsw), so the limit holds.
@@ -118,7 +146,12 @@ class Cgroup:
         (dirs["cpu"] / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
         quota = max(1000, int(max(cpu, cpu_limit) * CFS_PERIOD_US))
         (dirs["cpu"] / "cpu.cfs_quota_us").write_text(str(quota))
-        return cls(dirs, mem)
+        if "pids" not in dirs:
+            return cls(dirs, mem)
+        # Counts every task in the cgroup (processes and threads); a fork or clone past it
+        # fails with EAGAIN inside the container only.
+        (dirs["pids"] / "pids.max").write_text(str(pids_limit))
+        return cls(dirs, mem, pids_limit)
 
     def tasks_files(self) -> list[str]:
         """The files a single-threaded process joins by writing ``0`` (itself) to.
@@ -186,17 +219,21 @@ class Sandbox:
     reexpose: list[str] = field(default_factory=list)
     #: Cores above the request a container may use (see AgentSettings.cpu_headroom).
     cpu_headroom: float = 1.0
+    #: Tasks a container may have at once (see AgentSettings.container_pids_limit).
+    pids_limit: int = DEFAULT_PIDS_LIMIT
 
     @classmethod
     def detect(cls, mode: str, agent_id: str, home: str, uid: int = 65534,
-               cpu_headroom: float = 1.0) -> Sandbox:
+               cpu_headroom: float = 1.0, pids_limit: int = DEFAULT_PIDS_LIMIT) -> Sandbox:
         if mode not in ("auto", "on", "off"):
             raise ValueError(f"BURST_SANDBOX={mode!r} is not valid: use auto, on or off")
         sb = cls(mode=mode, agent_id=agent_id, home=home, uid=uid, gid=uid,
-                 cpu_headroom=cpu_headroom)
+                 cpu_headroom=cpu_headroom, pids_limit=check_pids_limit(pids_limit))
         if mode == "off":
             log.warning("sandbox_off", detail="BURST_SANDBOX=off: containers run as plain "
-                        "processes that can read Burst's state and reach the network")
+                        "processes that can read Burst's state and reach the network, "
+                        "with no CPU, memory or pids limit (a fork bomb in one reaches the "
+                        "host's)")
             return sb
         why = sb._probe()
         if why:
@@ -204,16 +241,22 @@ class Sandbox:
                 raise SandboxUnavailable(f"BURST_SANDBOX=on but {why}")
             log.warning("sandbox_unavailable", detail=f"{why}: containers run WITHOUT a "
                         "sandbox and can read Burst's state ($BURST_HOME) and reach the "
-                        "network; install bubblewrap (apt-get install bubblewrap)")
+                        "network, with no CPU, memory or pids limit; install bubblewrap "
+                        "(apt-get install bubblewrap)")
             sb.bwrap = None
             return sb
         sb.cgroup_parents = Cgroup.parent_dirs(agent_id)
         if sb.cgroup_parents is None:
             log.warning("cgroups_unavailable", detail="cgroup v1 memory/cpu not writable: "
-                        "containers run without CPU and memory limits")
+                        "containers run without CPU, memory and pids limits")
+        elif "pids" not in sb.cgroup_parents:
+            log.warning("pids_cgroup_unavailable", detail="cgroup v1 pids controller not "
+                        "mounted or not writable: containers' processes and threads are "
+                        f"unlimited (BURST_CONTAINER_PIDS_LIMIT={sb.pids_limit} not applied)")
         sb._plan_hidden()
+        pids = sb.pids_limit if sb.cgroup_parents and "pids" in sb.cgroup_parents else None
         log.info("sandbox_ready", bwrap=sb.bwrap, uid=sb.uid,
-                 cgroups=bool(sb.cgroup_parents), hidden=sb.hidden)
+                 cgroups=bool(sb.cgroup_parents), pids_limit=pids, hidden=sb.hidden)
         return sb
 
     @property
@@ -291,14 +334,15 @@ class Sandbox:
                 memory_limit_mb: int, cpu_limit: float = 0.0) -> Cgroup | None:
         """Create the container's private dir (owned by the sandbox uid; none for a spare
         sandbox, which has its own) and cgroups; the CPU limit is ``cpu_limit`` if set,
-        else the request plus the agent's headroom."""
+        else the request plus the agent's headroom; the pids limit is the agent's."""
         if private_dir is not None:
             self.private_dir(private_dir)
         if self.cgroup_parents is None:
             return None
         try:
             return Cgroup.create(self.cgroup_parents, container_id, cpu,
-                                 cpu_limit or cpu + self.cpu_headroom, memory_limit_mb)
+                                 cpu_limit or cpu + self.cpu_headroom, memory_limit_mb,
+                                 self.pids_limit)
         except OSError as e:
             log.warning("cgroup_create_failed", container_id=container_id, error=repr(e))
             return None

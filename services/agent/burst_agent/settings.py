@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from burst_agent.sandbox import DEFAULT_PIDS_LIMIT
 from burst_core.settings import CommonSettings
 
 
@@ -62,6 +63,13 @@ class AgentSettings(CommonSettings):
     #: them to spare: its CFS quota is request + headroom (unless the function sets a
     #: limit), and the request itself is what ``cpu.shares`` guarantees under contention.
     cpu_headroom: float = 1.0
+    #: Tasks (processes plus threads) one container may have at once, on both runtimes:
+    #: a fork or thread start past it fails inside that container (``EAGAIN``), so a fork
+    #: bomb cannot exhaust the machine's pids. The process runtime puts each sandboxed
+    #: container in a cgroup v1 ``pids`` cgroup of its own (none without the sandbox: a
+    #: warning says so); the Docker runtime passes it as the container's ``pids_limit``.
+    #: At least 16 (the shim's own threads count).
+    container_pids_limit: int = DEFAULT_PIDS_LIMIT
     #: Start sandboxed containers as forks of a warm interpreter (the zygote) rather than
     #: fresh interpreters (needs root and the sandbox; otherwise fresh interpreters).
     zygote: bool = True

@@ -18,7 +18,7 @@ from burst_core.schemas import (
     PreemptAgent,
     encode,
 )
-from burst_gateway.auth import Principal, admin, principal
+from burst_gateway.auth import Principal, admin
 
 router = APIRouter()
 
@@ -58,8 +58,9 @@ def agent_view(rec: AgentRecord, hb: AgentHeartbeat | None, now: float) -> dict[
 
 
 @router.get("/v1/agents", tags=["agents"])
-async def list_agents(request: Request, _: Principal = Depends(principal)) -> dict[str, Any]:
-    """Every agent: resources, GPUs (real or declared), containers, spot or on-demand."""
+async def list_agents(request: Request, _: Principal = Depends(admin)) -> dict[str, Any]:
+    """Every agent: resources, GPUs (real or declared), containers, spot or on-demand
+    (operator tokens only: every workspace's containers and the hosts)."""
     js = request.app.state.gw.js
     now = time.time()
     beats = {k: AgentHeartbeatDecoder.decode(v)

@@ -40,9 +40,11 @@ def _check_hash(h: str) -> str:
     return h
 
 
-async def _bundle_exists(gw: Any, h: str) -> bool:
+async def _bundle_exists(gw: Any, workspace: str, h: str) -> bool:
+    """Whether ``workspace`` stored the bundle ``h`` (bundles are scoped to their
+    workspace: another workspace's copy of the same bytes does not count)."""
     try:
-        await gw.bundles.get_info(h)
+        await gw.bundles.get_info(names.bundle_name(workspace, h))
         return True
     except nats.js.errors.NotFoundError:
         return False
@@ -50,17 +52,18 @@ async def _bundle_exists(gw: Any, h: str) -> bool:
 
 @router.head("/v1/bundles/{bundle_hash}", tags=["apps"])
 async def bundle_head(bundle_hash: str, request: Request,
-                      _: Principal = Depends(principal)) -> Response:
-    """200 when the source bundle is stored, 404 otherwise."""
+                      p: Principal = Depends(principal)) -> Response:
+    """200 when the caller's workspace has stored the source bundle, 404 otherwise."""
     _check_hash(bundle_hash)
-    ok = await _bundle_exists(request.app.state.gw, bundle_hash)
+    ok = await _bundle_exists(request.app.state.gw, p.workspace, bundle_hash)
     return Response(status_code=200 if ok else 404)
 
 
 @router.put("/v1/bundles/{bundle_hash}", tags=["apps"], status_code=201)
 async def bundle_put(bundle_hash: str, request: Request,
-                     _: Principal = Depends(principal)) -> dict[str, Any]:
-    """Store an app's source bundle (a tar archive) under its sha256."""
+                     p: Principal = Depends(principal)) -> dict[str, Any]:
+    """Store an app's source bundle (a tar archive) under its sha256, in the caller's
+    workspace."""
     gw = request.app.state.gw
     _check_hash(bundle_hash)
     body = await request.body()
@@ -70,8 +73,8 @@ async def bundle_put(bundle_hash: str, request: Request,
     actual = hashlib.sha256(body).hexdigest()
     if actual != bundle_hash:
         raise InvalidError(f"bundle hash mismatch: URL says {bundle_hash}, body hashes to {actual}")
-    if not await _bundle_exists(gw, bundle_hash):
-        await gw.bundles.put(bundle_hash, body)
+    if not await _bundle_exists(gw, p.workspace, bundle_hash):
+        await gw.bundles.put(names.bundle_name(p.workspace, bundle_hash), body)
     return {"hash": bundle_hash, "size": len(body)}
 
 
@@ -109,9 +112,9 @@ async def deploy(request: Request, p: Principal = Depends(principal)) -> Respons
         raise InvalidError(f"malformed deploy request: {e}") from None
     _validate(req)
     _check_hash(req.bundle_hash)
-    if not await _bundle_exists(gw, req.bundle_hash):
-        raise InvalidError(f"bundle {req.bundle_hash} is not stored: upload it first "
-                           "(PUT /v1/bundles/{hash})")
+    if not await _bundle_exists(gw, p.workspace, req.bundle_hash):
+        raise InvalidError(f"bundle {req.bundle_hash} is not stored in workspace "
+                           f"{p.workspace!r}: upload it first (PUT /v1/bundles/{{hash}})")
     dep = DeploymentRecord(
         workspace=p.workspace, app=req.app, deployment_id="dp-" + uuid.uuid4().hex[:12],
         bundle_hash=req.bundle_hash, functions=req.functions, created_at=time.time(),

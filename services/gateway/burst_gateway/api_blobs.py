@@ -22,9 +22,11 @@ def check_ref(ref: str) -> str:
     return ref
 
 
-async def blob_exists(gw: Any, ref: str) -> bool:
+async def blob_exists(gw: Any, workspace: str, ref: str) -> bool:
+    """Whether ``workspace`` stored the blob ``ref`` (another workspace's copy does not
+    count: blobs are scoped to their workspace)."""
     try:
-        await (await blob_store(gw)).get_info(ref)
+        await (await blob_store(gw)).get_info(names.blob_name(workspace, ref))
         return True
     except nats.js.errors.NotFoundError:
         return False
@@ -36,20 +38,31 @@ async def blob_store(gw: Any) -> Any:
     return gw.blobs
 
 
-async def store_blob(gw: Any, data: bytes) -> str:
-    """Store ``data`` as a blob; returns its reference (sha256)."""
+async def read_blob(gw: Any, workspace: str, ref: str) -> bytes:
+    """The blob ``ref`` of ``workspace``; NotFoundError when that workspace has none (the
+    same answer whether or not another workspace stored the same bytes)."""
+    try:
+        res = await (await blob_store(gw)).get(names.blob_name(workspace, ref))
+    except nats.js.errors.NotFoundError:
+        raise NotFoundError(f"blob {ref} not found (blobs are kept as long as results)") from None
+    return res.data or b""
+
+
+async def store_blob(gw: Any, workspace: str, data: bytes) -> str:
+    """Store ``data`` as a blob of ``workspace``; returns its reference (sha256)."""
     if len(data) > MAX_PAYLOAD:
         raise PayloadTooLargeError(f"payload of {len(data)} bytes exceeds the {MAX_PAYLOAD} "
                                    f"byte ({MAX_PAYLOAD >> 20} MiB) limit")
     ref = hashlib.sha256(data).hexdigest()
-    if not await blob_exists(gw, ref):
-        await (await blob_store(gw)).put(ref, data)
+    if not await blob_exists(gw, workspace, ref):
+        await (await blob_store(gw)).put(names.blob_name(workspace, ref), data)
     return ref
 
 
 @router.put("/v1/blobs/{ref}", tags=["calls"], status_code=201)
-async def put_blob(ref: str, request: Request, _: Principal = Depends(principal)) -> dict[str, Any]:
-    """Store a payload above the inline limit under its sha256 (kept as long as results)."""
+async def put_blob(ref: str, request: Request, p: Principal = Depends(principal)) -> dict[str, Any]:
+    """Store a payload above the inline limit under its sha256, in the caller's workspace
+    (kept as long as results)."""
     gw = request.app.state.gw
     check_ref(ref)
     size = int(request.headers.get("content-length") or 0)
@@ -63,17 +76,22 @@ async def put_blob(ref: str, request: Request, _: Principal = Depends(principal)
     actual = hashlib.sha256(body).hexdigest()
     if actual != ref:
         raise InvalidError(f"blob hash mismatch: URL says {ref}, body hashes to {actual}")
-    if not await blob_exists(gw, ref):
-        await (await blob_store(gw)).put(ref, body)
+    await store_blob(gw, p.workspace, body)
     return {"ref": ref, "size": len(body)}
 
 
 @router.get("/v1/blobs/{ref}", tags=["calls"])
-async def get_blob(ref: str, request: Request, _: Principal = Depends(principal)) -> Response:
-    """A stored payload (a large argument or result), by its sha256."""
+async def get_blob(ref: str, request: Request, p: Principal = Depends(principal)) -> Response:
+    """A stored payload (a large argument or result) of the caller's workspace, by its
+    sha256; 404 when the workspace has none by that hash."""
     check_ref(ref)
-    try:
-        res = await (await blob_store(request.app.state.gw)).get(ref)
-    except nats.js.errors.NotFoundError:
-        raise NotFoundError(f"blob {ref} not found (blobs are kept as long as results)") from None
-    return Response(res.data or b"", media_type="application/octet-stream")
+    data = await read_blob(request.app.state.gw, p.workspace, ref)
+    return Response(data, media_type="application/octet-stream")
+
+
+@router.head("/v1/blobs/{ref}", tags=["calls"])
+async def head_blob(ref: str, request: Request, p: Principal = Depends(principal)) -> Response:
+    """200 when the caller's workspace has stored the blob, 404 otherwise."""
+    check_ref(ref)
+    ok = await blob_exists(request.app.state.gw, p.workspace, ref)
+    return Response(status_code=200 if ok else 404)

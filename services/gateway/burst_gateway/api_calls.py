@@ -46,7 +46,7 @@ from burst_core.schemas import (
     encode,
 )
 from burst_gateway import budgets
-from burst_gateway.api_blobs import blob_exists, blob_store, check_ref, store_blob
+from burst_gateway.api_blobs import blob_exists, check_ref, read_blob, store_blob
 from burst_gateway.auth import Principal, principal
 from burst_gateway.errors import JSON, TOO_DEEP
 
@@ -128,11 +128,12 @@ async def submit(gw: Any, p: Principal, dep: DeploymentRecord, fn: str,
         raise InvalidError(f"{len(refs)} payload references for {len(payloads)} payloads")
     for ref in set(refs) - {""}:
         check_ref(ref)
-        if not await blob_exists(gw, ref):
-            raise InvalidError(f"blob {ref} is not stored: upload it first (PUT /v1/blobs/{{ref}})")
+        if not await blob_exists(gw, p.workspace, ref):  # another workspace's does not count
+            raise InvalidError(f"blob {ref} is not stored in workspace {p.workspace!r}: "
+                               "upload it first (PUT /v1/blobs/{ref})")
     for i, payload in enumerate(payloads):
         if len(payload) > INLINE_PAYLOAD_LIMIT:  # too big for a NATS message: a blob
-            refs[i] = await store_blob(gw, payload)
+            refs[i] = await store_blob(gw, p.workspace, payload)
             payloads[i] = b""
     calls = [call_store.build(p.workspace, dep.app, fn, dep.deployment_id, payload,
                               payload_format, now, call_id=call_id, payload_ref=ref)
@@ -174,12 +175,15 @@ async def wait_many(gw: Any, workspace: str, refs: list[CallRef], wait: float,
 
     A ref's attempt token is the caller's proof it made the call; when it no longer
     matches (a retry moved the call on) the call's record, in the caller's workspace, says
-    which attempt is current, and outputs of any other attempt are refused.
+    which attempt is current, and outputs of any other attempt are refused. Outputs of
+    another workspace's calls are never answered, whatever the token.
     """
     done: list[CallResponse] = []
     pending: list[CallRef] = []
     for ref in refs:
         out = gw.outputs.recent(ref.call_id)
+        if out is not None and out.workspace != workspace:
+            continue  # another workspace's call: not even a token shown to it counts
         if out is not None and out.attempt_token != ref.attempt_token:
             rec = await _record(gw, ref.call_id, workspace)
             if rec is None:
@@ -225,7 +229,7 @@ async def wait_many(gw: Any, workspace: str, refs: list[CallRef], wait: float,
                 await asyncio.wait_for(group.event.wait(), left)
             except TimeoutError:
                 break
-        return [_from_output(o) for o in group.outputs.values()]
+        return [_from_output(o) for o in group.outputs.values() if o.workspace == workspace]
     finally:
         gw.outputs.unregister_group(group)
 
@@ -326,11 +330,11 @@ def _json_call(resp: CallResponse) -> dict[str, Any]:
     return out
 
 
-async def inline_result(gw: Any, resp: CallResponse) -> CallResponse:
-    """A JSON caller's result inline, also when it was stored as a blob."""
+async def inline_result(gw: Any, workspace: str, resp: CallResponse) -> CallResponse:
+    """A JSON caller's result inline, also when it was stored as a blob (of the call's
+    ``workspace``, the caller's own)."""
     if resp.payload_ref and resp.payload_format == "json":
-        res = await (await blob_store(gw)).get(resp.payload_ref)
-        resp.payload, resp.payload_ref = res.data or b"", ""
+        resp.payload, resp.payload_ref = await read_blob(gw, workspace, resp.payload_ref), ""
     return resp
 
 
@@ -457,7 +461,7 @@ async def call_once(gw: Any, p: Principal, dep: DeploymentRecord, fn: str, paylo
                                                   request_hash(fn, payload, fmt, ref))
         rec = await _record(gw, call_id, p.workspace) if existed else None
         if rec is not None:
-            return await inline_result(gw, await _result_of(gw, rec, wait)), True
+            return await inline_result(gw, p.workspace, await _result_of(gw, rec, wait)), True
     # A call waited on, without a key, gets its record only if the caller is answered
     # without the result (it then polls by id): a warm call stores its input and its
     # output, and no record nobody reads (8% of a warm call's latency, measured). Until
@@ -474,7 +478,7 @@ async def call_once(gw: Any, p: Principal, dep: DeploymentRecord, fn: str, paylo
         found = await _record(gw, call_id or "", p.workspace)
         if found is None:
             raise
-        return await inline_result(gw, await _result_of(gw, found, wait)), True
+        return await inline_result(gw, p.workspace, await _result_of(gw, found, wait)), True
     structlog.contextvars.bind_contextvars(call_id=rec.call_id)
     answered = False
     try:
@@ -484,7 +488,7 @@ async def call_once(gw: Any, p: Principal, dep: DeploymentRecord, fn: str, paylo
         structlog.contextvars.unbind_contextvars("call_id")
         if lazy and not answered:
             await call_store.create_record(gw.calls_kv, rec)
-    return await inline_result(gw, resp), False
+    return await inline_result(gw, p.workspace, resp), False
 
 
 async def _result_of(gw: Any, rec: CallRecord, wait: float) -> CallResponse:
@@ -546,7 +550,7 @@ async def get_call(
         raise NotFoundError(f"call {call_id!r} not found (results are kept "
                             f"{gw.settings.result_retention / 86400:g} days)")
     resp = await _result_of(gw, rec, min(wait, gw.settings.max_sync_wait))
-    return _answer(request, await inline_result(gw, resp))
+    return _answer(request, await inline_result(gw, p.workspace, resp))
 
 
 async def _read_items(gw: Any, rec: CallRecord, cursor: int,

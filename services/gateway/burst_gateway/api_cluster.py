@@ -14,9 +14,9 @@ from burst_core import bus, names
 from burst_core.schemas import (
     AgentHeartbeatDecoder,
     AgentRecordDecoder,
-    ServiceHeartbeatDecoder,
 )
-from burst_gateway.auth import Principal, admin, principal
+from burst_core.service import live_services
+from burst_gateway.auth import Principal, admin
 
 router = APIRouter()
 
@@ -29,13 +29,13 @@ async def healthz(request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/status", tags=["cluster"])
-async def status(request: Request, p: Principal = Depends(principal)) -> dict[str, Any]:
-    """Services with their last liveness record, and agents with their resources."""
+async def status(request: Request, p: Principal = Depends(admin)) -> dict[str, Any]:
+    """Services with their last liveness record, and agents with their resources
+    (operator tokens only: it shows every workspace's containers and the hosts)."""
     gw = request.app.state.gw
     now = time.time()
     services: list[dict[str, Any]] = []
-    for raw in (await bus.kv_items(gw.js, names.KV_SERVICES)).values():
-        hb = ServiceHeartbeatDecoder.decode(raw)
+    for hb in await live_services(gw.js, gw.settings.service_heartbeat_timeout):
         services.append({"service": hb.service, "instance": hb.instance,
                          "age": round(now - hb.at, 3), "uptime": round(now - hb.started_at, 1),
                          **({"info": hb.info} if hb.info else {})})

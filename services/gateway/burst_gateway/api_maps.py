@@ -105,11 +105,11 @@ async def map_results(
     for r in page:
         if r.call_id not in done:
             break
-        results.append(_json_call(await inline_result(gw, done[r.call_id])))
+        results.append(_json_call(await inline_result(gw, p.workspace, done[r.call_id])))
     # As JSON directly: FastAPI's serializer stops at a shallower depth than results may have.
     return JSON({"map_id": map_id, "count": len(rec.calls), "offset": offset,
-                         "results": results, "next_offset": offset + len(results),
-                         "finished": offset + len(results) >= len(rec.calls)})
+                 "results": results, "next_offset": offset + len(results),
+                 "finished": offset + len(results) >= len(rec.calls)})
 
 
 def _valid_map_id(map_id: str) -> bool:

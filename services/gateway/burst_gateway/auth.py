@@ -87,8 +87,19 @@ async def principal_of(tokens: TokenStore, header: str) -> Principal:
     return p
 
 
+#: The scope of operator tokens: the token ``burst up`` writes to profile.json, and
+#: tokens made with ``burst token create --admin``. They make tokens for any workspace
+#: and see cluster-wide views (every workspace's containers, the hosts).
+OPERATOR_SCOPE = "admin"
+
+
 async def admin(request: Request) -> Principal:
+    """FastAPI dependency: an operator token (scope ``admin``), else 403 naming the scope."""
     p = await principal(request)
     if not p.admin:
-        raise PermissionDeniedError("this needs an admin token")
+        raise PermissionDeniedError(
+            f"{request.method} {request.url.path} needs an operator token (scope "
+            f"{OPERATOR_SCOPE!r}: the token `burst up` writes to profile.json, or one made "
+            f"with `burst token create --admin`); this token is for workspace "
+            f"{p.workspace!r} only (its own apps: `burst app list`, `burst app status APP`)")
     return p

@@ -14,6 +14,9 @@ class GatewaySettings(CommonSettings):
     bootstrap_token_hash: str = ""
     #: Workspace of the bootstrap admin token.
     bootstrap_workspace: str = "default"
+    #: Seconds after its last liveness record that a service replica leaves ``/v1/status``
+    #: (one killed without a goodbye; a restarted one writes under a new instance id).
+    service_heartbeat_timeout: float = 10.0
     #: Longest a synchronous call request is held before answering "pending".
     max_sync_wait: float = 60.0
     #: Largest request body accepted, in bytes.

@@ -22,6 +22,17 @@ time the agent reported, longest idle first, never below ``min_containers``. The
 ignores the order if the container took work since, so a decision on a stale view never
 kills a busy container. Containers of a removed app stop as soon as they are idle.
 
+Idle containers yield (``make_room.plan_idle``): when a placement finds no room, the least
+recently used idle containers of other functions on one agent are ordered to stop (reason
+``evicted``, with ``if_idle_since``, never below a function's ``min_containers``), and the
+waiting function is placed as soon as the agent releases their claims (a listener on the
+agents' records, :meth:`Autoscaler.on_state_change`), not at the next reconcile pass. One
+room is made per function at a time. Its waiting reason names what is being evicted
+("evicting 2 idle containers of app/f to make room"), or, when only containers kept for
+``min_containers`` could make room, says so. A function with no queued input and its
+``min_containers`` running waits for nothing: a stale reason is removed by the reconcile
+pass (:meth:`Autoscaler.clear_if_satisfied`).
+
 Every decision about one function runs under that function's lock, so the 20 signals of a
 burst are decided one after the other on an up-to-date count.
 """
@@ -32,8 +43,9 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -49,7 +61,7 @@ from burst_core.schemas import (
     StopContainer,
     encode,
 )
-from burst_scheduler import make_room
+from burst_scheduler import make_room, placement
 from burst_scheduler.claim import Claimer
 from burst_scheduler.settings import SchedulerSettings
 from burst_scheduler.state import ClusterState, Container, FunctionRef
@@ -57,11 +69,23 @@ from burst_scheduler.state import ClusterState, Container, FunctionRef
 log = logs.get("burst.scheduler.autoscale")
 
 
+_REASON_REFRESH = 10.0
+
+
 @dataclass
 class _StopOrder:
     idle_since: float
     ordered_at: float
     count: int
+
+
+@dataclass
+class _Room:
+    """Idle containers being stopped so that one container of a waiting function fits."""
+
+    agent_id: str
+    stops: dict[str, float]  # container id -> the idle time its stop order named
+    ordered_at: float
 
 
 class Autoscaler:
@@ -82,6 +106,12 @@ class Autoscaler:
         self._stops: dict[str, _StopOrder] = {}
         self._no_capacity_logged: dict[str, float] = {}
         self._waiting: dict[str, float] = {}  # fn_key -> waiting since
+        #: fn_key -> the waiting reason last written, and when (rewritten when it changes,
+        #: or every ``_REASON_REFRESH`` seconds).
+        self._reasons: dict[str, tuple[str, float]] = {}
+        self._rooms: dict[str, _Room] = {}  # fn_key -> idle containers evicted for it
+        self._idle_seen: dict[str, set[str]] = {}  # agent id -> idle containers it reported
+        self._tasks: set[asyncio.Task[int]] = set()
         self._room_made: dict[str, float] = {}  # fn_key -> when spot work was preempted
         self._start_failures: dict[str, tuple[int, float]] = {}  # fn_key -> (count, last)
         #: Called when new work may outgrow starting containers (wakes the reconcile pass).
@@ -89,6 +119,7 @@ class Autoscaler:
         self._failed_deployment: dict[str, str] = {}  # fn_key -> deployment that failed
         self.placed = 0
         self.stop_orders = 0
+        self.evicted = 0
         #: Whether a function may get no new containers (a spent hard budget, set by
         #: :mod:`burst_scheduler.budget_stop`).
         self.blocked: Callable[[str], bool] = lambda fn_key: False
@@ -150,12 +181,15 @@ class Autoscaler:
             now = time.time()
             containers = self.state.containers_of(fn_key, now)
             want = self.wanted(ref, containers, now)
+            # The work waits only if no active container has a free input slot: then idle
+            # containers of other functions may yield (never for spare or buffer ones).
+            waits = all(self.saturated(c) for c in containers if not self.stopping(c, now))
             if want == 0 and self.on_backlog is not None and any(
                     c.view is None or c.view.state == "starting" for c in containers):
                 # Work keeps coming while containers are still starting: let the reconcile
                 # pass size the scale-out by the backlog now, not at its next tick.
                 self.on_backlog()
-            return await self._place_n(ref, want, reason)
+            return await self._place_n(ref, want, reason, evict=waits)
 
     async def place_more(self, fn_key: str, n: int, reason: str) -> int:
         """Place ``n`` more containers for ``fn_key`` (the caller sized ``n``)."""
@@ -165,7 +199,7 @@ class Autoscaler:
             ref = self.state.function(fn_key)
             if ref is None:
                 return 0
-            return await self._place_n(ref, n, reason)
+            return await self._place_n(ref, n, reason, evict=True)
 
     async def ensure_minimum(self, fn_key: str) -> int:
         """Keep ``min_containers`` active for a deployed function (no work needed)."""
@@ -179,12 +213,14 @@ class Autoscaler:
             want = ref.spec.min_containers - len(active)
             if ref.spec.max_containers is not None:
                 want = min(want, ref.spec.max_containers - len(containers))
-            return await self._place_n(ref, want, "min_containers")
+            return await self._place_n(ref, want, "min_containers", evict=False)
 
-    async def _place_n(self, ref: FunctionRef, n: int, reason: str) -> int:
+    async def _place_n(self, ref: FunctionRef, n: int, reason: str, *, evict: bool) -> int:
+        """Place up to ``n`` containers; with ``evict``, work waits for them, and idle
+        containers of other functions may be stopped to make room."""
         placed = 0
         for _ in range(max(n, 0)):
-            if not await self._place(ref, reason):
+            if not await self._place(ref, reason, evict):
                 break
             placed += 1
         return placed
@@ -212,7 +248,7 @@ class Autoscaler:
         delay = min(s.start_backoff_max, s.start_backoff_initial * factor)
         return max(0.0, last + delay - now)
 
-    async def _place(self, ref: FunctionRef, reason: str) -> bool:
+    async def _place(self, ref: FunctionRef, reason: str, evict: bool) -> bool:
         if self.blocked(ref.fn_key):
             return False
         if self._failed_deployment.get(ref.fn_key, ref.deployment.deployment_id) != (
@@ -232,6 +268,9 @@ class Autoscaler:
             allow_spot=not spec.nonpreemptible,
         )
         if claim is None:
+            kept = await self._evict_idle(ref) if evict else []
+            if kept is None:
+                return False  # idle containers are making room: placed once they are gone
             now = time.monotonic()
             if now - self._no_capacity_logged.get(ref.fn_key, -1e9) > 10.0:
                 self._no_capacity_logged[ref.fn_key] = now
@@ -239,7 +278,11 @@ class Autoscaler:
                              memory_mb=spec.resources.memory_mb,
                              gpu_type=spec.resources.gpu_type,
                              gpu_count=spec.resources.gpu_count)
-                await self._mark_waiting(ref.fn_key, waiting_reason(spec))
+            reason = waiting_reason(spec)
+            if kept:
+                reason += (f"; idle containers of {self._names(kept, ref.fn_key)} are kept "
+                           "for their min_containers")
+            await self._mark_waiting(ref.fn_key, reason)
             if spec.nonpreemptible:
                 await self._make_room(ref)  # throttled by its own clock
             return False
@@ -273,6 +316,193 @@ class Autoscaler:
                   revision=claim.revision)
         return True
 
+    # ---- idle containers yield -------------------------------------------------------
+    async def _evict_idle(self, ref: FunctionRef) -> list[str] | None:
+        """Nothing fits ``ref``: stop least recently used idle containers of other
+        functions so that one of its containers does (see ``make_room.plan_idle``).
+
+        Returns None while room is being made (stops ordered now or before), else the
+        functions whose idle containers could have made room but are kept for their
+        ``min_containers`` (empty: idle containers cannot make room).
+        """
+        fn_key, spec = ref.fn_key, ref.spec
+        now = time.time()
+        room = self._rooms.get(fn_key)
+        if room is not None and not self._room_pending(room, now):
+            del self._rooms[fn_key]
+            room = None
+        allow_spot = not spec.nonpreemptible
+        agents = [a for a in self.state.agents.values()
+                  if placement.accepts_work(a) and (allow_spot or not a.spot)
+                  and self.state.has_fresh_heartbeat(a.agent_id, now)]
+        if not agents:
+            return []
+        candidates, spare = self._idle_candidates(fn_key, now)
+        requests = [spec.resources, *spec.gpu_fallbacks]
+        freed = {room.agent_id: set(room.stops)} if room else {}
+        plan = make_room.plan_idle(agents, requests, candidates, spare,
+                                   self.settings.overcommit, freed=freed)
+        if plan is None:
+            # Would the containers kept for min_containers have made room?
+            unbounded = {k: len(candidates) for k in spare}
+            blocked = make_room.plan_idle(agents, requests, candidates, unbounded,
+                                          self.settings.overcommit, freed=freed)
+            if blocked is None:
+                return []
+            taken: dict[str, int] = {}
+            for cand in blocked.containers:
+                taken[cand.fn_key] = taken.get(cand.fn_key, 0) + 1
+            return sorted(k for k, n in taken.items() if n > spare.get(k, 0))
+        if not plan.containers:
+            if room is None:
+                # It fits already (a claim raced us, or our view just caught up): the
+                # next placement takes it.
+                return []
+            return None  # the stops ordered before make the room
+        if room is None or room.agent_id != plan.agent_id:
+            room = self._rooms[fn_key] = _Room(plan.agent_id, {}, now)
+        by_id = {c.container_id: c for cs in self.state.containers(now).values() for c in cs}
+        ordered: list[str] = []
+        for cand in plan.containers:
+            c = by_id.get(cand.container_id)
+            if c is not None and await self._order_stop(cand.fn_key, c, "evicted", now):
+                room.stops[cand.container_id] = cand.idle_since
+                ordered.append(cand.fn_key)
+        if not ordered:
+            return []
+        room.ordered_at = now
+        self.evicted += len(ordered)
+        log.warning("idle_containers_evicted", fn_key=fn_key, agent_id=plan.agent_id,
+                    containers=[c.container_id for c in plan.containers])
+        await self._mark_waiting(
+            fn_key, f"evicting {self._count_names(ordered, fn_key)} to make room")
+        return None
+
+    def _idle_candidates(self, fn_key: str, now: float,
+                         ) -> tuple[list[make_room.Candidate], dict[str, int]]:
+        """Idle containers of other functions that may be stopped, and how many of each
+        function may go (its active containers less its ``min_containers``)."""
+        being_evicted = {cid for r in self._rooms.values() for cid in r.stops}
+        candidates: list[make_room.Candidate] = []
+        spare: dict[str, int] = {}
+        for other, containers in self.state.containers(now).items():
+            if other == fn_key:
+                continue
+            active = [c for c in containers if not self.stopping(c, now)]
+            ref = self.state.function(other)
+            spare[other] = len(active) - (ref.spec.min_containers if ref else 0)
+            for c in active:
+                v = c.view
+                if (v is not None and v.state == "idle" and not v.in_flight
+                        and v.idle_since is not None
+                        and c.container_id not in being_evicted):
+                    candidates.append(make_room.Candidate(c.container_id, c.agent_id, other,
+                                                          v.idle_since))
+        return candidates, spare
+
+    def _room_pending(self, room: _Room, now: float) -> bool:
+        """Whether the stops ordered for a room may still take effect: not refused (the
+        container took work) and not past ``stop_order_retry`` (then ordered anew)."""
+        if now - room.ordered_at >= self.settings.stop_order_retry:
+            return False
+        agent = self.state.agents.get(room.agent_id)
+        if agent is None or not placement.accepts_work(agent):
+            return False
+        views = self.state.live_views(now)
+        for cid, idle_since in list(room.stops.items()):
+            if cid not in agent.allocations:
+                del room.stops[cid]  # stopped: its resources are free
+                continue
+            seen = views.get(cid)
+            if seen is not None and seen[1].state != "stopping" and (
+                    seen[1].state != "idle" or seen[1].idle_since != idle_since):
+                return False  # it took an input: the agent kept it
+        return bool(room.stops)
+
+    def on_state_change(self, bucket: str, key: str) -> None:
+        """ClusterState listener (deciding replica only): an agent released claims of
+        containers evicted for a waiting function -> place it now; an agent reports newly
+        idle containers while functions wait -> let the reconcile pass try them."""
+        if bucket == names.KV_AGENTS:
+            agent = self.state.agents.get(key)
+            for fn_key, room in list(self._rooms.items()):
+                if room.agent_id != key:
+                    continue
+                gone = [cid for cid in room.stops
+                        if agent is None or cid not in agent.allocations]
+                if gone:
+                    for cid in gone:
+                        del room.stops[cid]
+                    self._spawn(self.scale_for_work(fn_key, "room_made"))
+        elif bucket == names.KV_HEARTBEATS:
+            hb = self.state.heartbeats.get(key)
+            idle = {c.container_id for c in (hb.containers if hb else [])
+                    if c.state == "idle"}
+            new = idle - self._idle_seen.get(key, set())
+            if idle:
+                self._idle_seen[key] = idle
+            else:
+                self._idle_seen.pop(key, None)
+            if new and self._waiting and self.on_backlog is not None:
+                self.on_backlog()
+
+    def _spawn(self, coro: Coroutine[Any, Any, int]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        """End the placements started by :meth:`on_state_change`."""
+        tasks, self._tasks = list(self._tasks), set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @staticmethod
+    def _names(fn_keys: list[str], own: str) -> str:
+        """``app/f and app/g``; functions of another workspace are not named."""
+        ws = names.split_function_key(own)[0]
+        shown: list[str] = []
+        for k in fn_keys:
+            k_ws, app, fn = names.split_function_key(k)
+            name = f"{app}/{fn}" if k_ws == ws else "another workspace"
+            if name not in shown:
+                shown.append(name)
+        return " and ".join(shown)
+
+    @staticmethod
+    def _count_names(fn_keys: list[str], own: str) -> str:
+        """``2 idle containers of app/f and 1 of app/g``."""
+        counts: dict[str, int] = {}
+        for k in fn_keys:
+            name = Autoscaler._names([k], own)
+            counts[name] = counts.get(name, 0) + 1
+        parts = [f"{n} of {name}" for name, n in counts.items()]
+        first = next(iter(counts.values()))
+        parts[0] = parts[0].replace(" of ", " idle container of " if first == 1
+                                    else " idle containers of ", 1)
+        return " and ".join(parts)
+
+    def waiting_functions(self) -> list[str]:
+        return list(self._waiting)
+
+    async def clear_if_satisfied(self, fn_key: str) -> bool:
+        """A function with nothing queued waits for nothing once its ``min_containers``
+        are there: remove its waiting reason (a burst that outgrew the capacity, then
+        ended, must not show "waiting" on a function that is only warm)."""
+        async with self._locks[fn_key]:
+            if fn_key not in self._waiting:
+                return False
+            ref = self.state.function(fn_key)
+            now = time.time()
+            active = [c for c in self.state.containers_of(fn_key, now)
+                      if not self.stopping(c, now)]
+            if ref is not None and len(active) < ref.spec.min_containers:
+                return False
+            self._rooms.pop(fn_key, None)
+            await self._clear_waiting(fn_key)
+            return True
+
     async def _make_room(self, ref: FunctionRef) -> int:
         """On-demand work does not fit: preempt preemptible containers on an on-demand
         agent (see ``make_room``). Returns the stop orders sent."""
@@ -296,14 +526,21 @@ class Autoscaler:
         """Say why the function waits (KV ``burst_waiting``), for `burst app status`."""
         now = time.time()
         since = self._waiting.setdefault(fn_key, now)
+        last = self._reasons.get(fn_key)
+        if last is not None and last[0] == reason and now - last[1] < _REASON_REFRESH:
+            return
+        self._reasons[fn_key] = (reason, now)
         try:
             kv = await self.js.key_value(names.KV_WAITING)
             await kv.put(fn_key, encode(FunctionWaiting(fn_key=fn_key, reason=reason,
                                                         since=since, updated_at=now)))
         except Exception as e:  # visibility only: never in the way of placement
+            self._reasons.pop(fn_key, None)  # written again next time
             log.warning("waiting_reason_not_saved", fn_key=fn_key, error=repr(e))
 
     async def _clear_waiting(self, fn_key: str) -> None:
+        self._rooms.pop(fn_key, None)
+        self._reasons.pop(fn_key, None)
         if self._waiting.pop(fn_key, None) is None:
             return
         self._no_capacity_logged.pop(fn_key, None)

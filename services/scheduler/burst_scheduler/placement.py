@@ -84,10 +84,15 @@ def fit(agent: AgentRecord, request: Resources, overcommit: float = 1.0) -> tupl
     Among GPU types that match, the one with the fewest free GPUs is used (best fit); the
     lowest free indices of that type are taken.
     """
-    return _fit(free_capacity(agent, overcommit), request)
+    return fit_free(free_capacity(agent, overcommit), request)
 
 
-def _fit(free: Free, request: Resources) -> tuple[int, ...] | None:
+def gpus_fit(free: Free, request: Resources) -> bool:
+    """Whether ``free`` has the GPUs ``request`` needs (CPU and memory aside)."""
+    return fit_free(Free(float("inf"), float("inf"), free.gpus), request) is not None
+
+
+def fit_free(free: Free, request: Resources) -> tuple[int, ...] | None:
     if request.cpu > free.cpu + _EPS or request.memory_mb > free.memory_mb + _EPS:
         return None
     need = gpu_count(request)
@@ -134,7 +139,7 @@ def choose(
                 or (agent.spot and not allow_spot)):
             continue
         free = free_capacity(agent, overcommit)
-        indices = _fit(free, request)
+        indices = fit_free(free, request)
         if indices is None:
             continue
         full = _fullness(agent, free, overcommit)
@@ -176,15 +181,15 @@ def with_allocation(
     allocations[container_id] = Allocation(
         fn_key=fn_key, resources=request, gpu_indices=list(gpu_indices), placed_at=placed_at,
     )
-    return _replace_allocations(agent, allocations)
+    return replace_allocations(agent, allocations)
 
 
 def without_allocation(agent: AgentRecord, container_id: str) -> AgentRecord:
     allocations = {k: v for k, v in agent.allocations.items() if k != container_id}
-    return _replace_allocations(agent, allocations)
+    return replace_allocations(agent, allocations)
 
 
-def _replace_allocations(agent: AgentRecord, allocations: dict[str, Allocation]) -> AgentRecord:
+def replace_allocations(agent: AgentRecord, allocations: dict[str, Allocation]) -> AgentRecord:
     return msgspec.structs.replace(agent, allocations=allocations)
 
 

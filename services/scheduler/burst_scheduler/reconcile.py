@@ -9,7 +9,9 @@ Scale-up reacts to signals (``autoscale.py``); this loop catches what signals ca
   changes);
 - durable input consumers of functions with no container left: deleted (also done as
   soon as a function's last allocation disappears, see :meth:`Reconciler.on_state_change`);
-- warm-pool entries no live agent reports: removed.
+- warm-pool entries no live agent reports: removed;
+- waiting reasons of functions with nothing queued and their ``min_containers`` running:
+  removed (a function that is only warm waits for nothing).
 
 Lost agents' allocations are released by ``failover.py``, which wakes this loop so their
 functions get replacements at once. Not handled yet: an allocation whose container its
@@ -80,11 +82,15 @@ class Reconciler:
     # ---- one pass --------------------------------------------------------------------
     async def run_once(self) -> ReconcileReport:
         report = ReconcileReport()
-        for fn_key, waiting in (await self.backlog()).items():
+        backlog = await self.backlog()
+        for fn_key, waiting in backlog.items():
             if waiting > 0 and self.state.function(fn_key) is not None:
                 n = await self._repair_backlog(fn_key, waiting)
                 if n:
                     report.placed[fn_key] = report.placed.get(fn_key, 0) + n
+        for fn_key in self.autoscaler.waiting_functions():
+            if not backlog.get(fn_key):
+                await self.autoscaler.clear_if_satisfied(fn_key)
         for fn_key in sorted(self.state.functions):
             n = await self.autoscaler.ensure_minimum(fn_key)
             if n:

@@ -129,6 +129,7 @@ class Scheduler:
         s = self.settings
         self.state.listeners.append(self.reconciler.on_state_change)
         self.state.listeners.append(self.lost_agents.on_state_change)
+        self.state.listeners.append(self.autoscaler.on_state_change)
         self._signals = bus.Consumer(
             self.js, names.STREAM_CONTROL, names.CONSUMER_SCHEDULER_SIGNALS, self._on_signal,
             filter_subjects=[names.SUBJECTS_INPUT_ACCEPTED], ack_wait=s.signal_ack_wait,
@@ -149,7 +150,8 @@ class Scheduler:
     async def stop_decisions(self) -> None:
         if not self.deciding:
             return
-        for listener in (self.reconciler.on_state_change, self.lost_agents.on_state_change):
+        for listener in (self.reconciler.on_state_change, self.lost_agents.on_state_change,
+                         self.autoscaler.on_state_change):
             with contextlib.suppress(ValueError):
                 self.state.listeners.remove(listener)
         await cancel_and_wait(self._loops)
@@ -158,6 +160,7 @@ class Scheduler:
         await self._signals.stop()
         self._signals = None
         await self.reconciler.stop()
+        await self.autoscaler.stop()
 
     async def _on_signal(self, msg: Msg) -> None:
         try:
@@ -207,6 +210,7 @@ class Scheduler:
             "functions": str(len(self.state.functions)),
             "placed": str(autoscaler.placed if autoscaler else 0),
             "stop_orders": str(autoscaler.stop_orders if autoscaler else 0),
+            "evicted": str(autoscaler.evicted if autoscaler else 0),
             "agents_lost": str(self.lost_agents.marked if autoscaler else 0),
             "ticks_fired": str(self.ticker.fired if autoscaler else 0),
         }
