@@ -13,8 +13,13 @@ rm -rf .whl && mkdir -p .whl/bin
 PY=${PYTHON:-.venv/bin/python}
 # Not in the GPU machine's image (its package list: /work/.library/device/KINDS.md).
 pkgs=(msgspec nats-py redis fastapi starlette pydantic pydantic-core annotated-types
-      typing-inspection uvicorn structlog croniter pytz cryptography cffi pycparser)
+      typing-inspection uvicorn structlog croniter pytz cryptography cffi pycparser
+      opentelemetry-api httptools uvloop docker tzdata)
+# The versions this venv runs (and is tested with), not the index's newest: a newer
+# release may need packages the GPU machine lacks (fastapi 0.165 imports opentelemetry).
+pinned() { "$PY" -m pip show "$1" 2>/dev/null | awk '/^Version:/{print "=="$2}' || true; }
 for p in "${pkgs[@]}"; do
+  p="$p$(pinned "$p")"
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \

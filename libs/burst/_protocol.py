@@ -22,16 +22,30 @@ import msgspec
 MSGPACK = "application/vnd.burst+msgpack"
 
 
-_IDENT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+#: The one rule for app, function, workspace and object names (they become parts of NATS
+#: subjects and KV keys, so no '.', '*', '>', spaces or other characters those refuse).
+IDENT_MAX = 63
+_IDENT = re.compile(rf"[a-z0-9][a-z0-9_-]{{0,{IDENT_MAX - 1}}}")
 IDENT_RULE = (
-    "1-63 characters: lowercase letters, digits, '-' and '_', starting with a letter or digit"
+    f"1-{IDENT_MAX} characters: lowercase letters, digits, '-' and '_', starting with a "
+    "letter or digit"
 )
+#: Longest value an error message quotes whole; a longer one is cut and its length given.
+_QUOTE_MAX = 80
+
+
+def quote_value(value: object) -> str:
+    """``repr(value)``, cut short for a long string (a name of 100,000 characters is
+    named by its start and its length, not echoed whole)."""
+    if isinstance(value, str) and len(value) > _QUOTE_MAX:
+        return f"{value[:_QUOTE_MAX]!r}... ({len(value)} characters)"
+    return repr(value)
 
 
 def check_ident(kind: str, value: str) -> str:
     """Return ``value`` if it is a valid app/function/workspace name, else raise ValueError."""
-    if not isinstance(value, str) or not _IDENT.match(value):
-        raise ValueError(f"invalid {kind} name {value!r}: use {IDENT_RULE}")
+    if not isinstance(value, str) or not _IDENT.fullmatch(value):
+        raise ValueError(f"invalid {kind} name {quote_value(value)}: use {IDENT_RULE}")
     return value
 
 

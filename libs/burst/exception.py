@@ -55,6 +55,13 @@ class PayloadTooLargeError(InvalidError):
     type = "PayloadTooLarge"
 
 
+class IdempotencyKeyReusedError(InvalidError):
+    """An ``Idempotency-Key`` sent again with a different request than the one it was
+    first used for (another body); the message names the key."""
+
+    type = "IdempotencyKeyReused"
+
+
 class UnavailableError(Error):
     """The cluster (or a part of it) is not reachable right now."""
 
@@ -99,6 +106,7 @@ ERROR_TYPES: dict[str, tuple[int, type[Error]]] = {
     "NotFound": (404, NotFoundError),
     "Conflict": (409, ConflictError),
     "PayloadTooLarge": (413, PayloadTooLargeError),
+    "IdempotencyKeyReused": (422, IdempotencyKeyReusedError),
     "ResourceExhausted": (429, ResourceExhaustedError),
     "Internal": (500, InternalError),
     "Unavailable": (503, UnavailableError),

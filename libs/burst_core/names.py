@@ -216,7 +216,8 @@ KV_LEDGER = "burst_ledger"  # "state" -> LedgerHeader; ledger_part_key() -> a pi
 KV_LEASES = "burst_leases"  # key: <lease name> -> holder id (TTL)
 KV_MAPS = "burst_maps"  # key: <map id> -> MapRecord (the call ids of a map, in order)
 KV_DICTS = "burst_dicts"  # keys: meta.<ws>.<dict>, d.<ws>.<dict>.<sha256 of the key>
-KV_IDEMPOTENCY = "burst_idempotency"  # key: sha256(ws, app, fn, Idempotency-Key) -> call id
+# key: sha256(ws, app, fn, Idempotency-Key) -> "<call id> <sha256 of the request>"
+KV_IDEMPOTENCY = "burst_idempotency"
 OBJ_BUNDLES = "burst_bundles"  # name: bundle_name() (<workspace>/<sha256 of the bundle>)
 OBJ_BLOBS = "burst_blobs"  # name: blob_name(); arguments and results above the inline limit
 KV_BUDGETS = "burst_budgets"  # key: budget_key() -> Budget (set by users, via the gateway)

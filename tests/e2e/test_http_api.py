@@ -40,6 +40,10 @@ APP = """
     def slow(seconds):
         time.sleep(seconds)
         return "slept"
+
+    @app.function()
+    def as_float(*xs):
+        return [float(x) for x in xs]
 """
 
 
@@ -232,3 +236,15 @@ def test_http_map_with_paged_ordered_results(deployed: Cluster) -> None:
     assert status == 400 and "a map holds 1 to 10000 inputs, got 0" in body["error"]["message"]
     status, body, _ = request(deployed, "GET", "/v1/maps/mp-unknown/results")
     assert status == 404
+
+
+def test_non_finite_results_over_http(deployed: Cluster) -> None:
+    """NaN and infinities from a real container: standard JSON answers (strings), at once
+    and read back by id (before: 500 on every read)."""
+    path = "/v1/apps/httpapi/functions/as_float/calls"
+    status, body, _ = request(deployed, "POST", path + "?wait=30",
+                              {"args": ["nan", "inf", "-inf", "0.5"]})
+    assert status == 200, body
+    assert body["result"] == ["NaN", "Infinity", "-Infinity", 0.5]
+    status, again, _ = request(deployed, "GET", f"/v1/calls/{body['call_id']}?wait=30")
+    assert status == 200 and again == body

@@ -77,6 +77,10 @@ async def test_fast_path_answers_as_the_route(client: httpx.AsyncClient) -> None
         (path, b"\xc1 not msgpack", SDK, 400),
         (path, msgspec.msgpack.encode({"payload": 5}), SDK, 400),
         (path, _call(b"y" * 5000), SDK, 413),
+        # Names NATS cannot take, checked with the one rule on both paths (issue 12).
+        ("/v1/apps/%3E/functions/f/calls", _call(), SDK, 400),
+        ("/v1/apps/fast/functions/a.b/calls", _call(), SDK, 400),
+        ("/v1/apps/" + "a" * 5000 + "/functions/f/calls", _call(), SDK, 400),
     ]
     for p, body, headers, status in cases:
         fast, slow = await _both(client, p, body, headers)

@@ -77,3 +77,38 @@ async def test_a_complete_response_leaves_without_waiting_for_the_next_loop_turn
     await asyncio.sleep(0)
     assert len(t.writes) == 1
     proto.timeout_keep_alive_task.cancel()  # type: ignore[union-attr]
+
+
+async def test_a_request_the_parser_refuses_gets_the_apis_json_error() -> None:
+    """A URL too long for httptools (a 100,000-character name) is answered as every other
+    error, ``{"error": {"type", "message"}}``, not with uvicorn's plain text."""
+    import json
+
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from burst_gateway.http import GatewayHttp
+
+    async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        raise AssertionError("a refused request never reaches the application")
+
+    config = Config(app=app, http=GatewayHttp)
+    config.load()
+    for path, says in [(b"/v1/apps/" + b"a" * 100_000 + b"/status", b"100016 bytes long"),
+                       (b"/v1/apps/x/status", b"malformed HTTP request")]:
+        proto = GatewayHttp(config=config, server_state=ServerState(), app_state={})
+        t = _Transport()
+        t.get_extra_info = lambda name, default=None: None  # type: ignore[method-assign,assignment]
+        proto.connection_made(t)  # type: ignore[arg-type]
+        bad = b"" if says == b"100016 bytes long" else b"\x00bad"
+        proto.data_received(b"GET " + path + b" HTTP/1.1\r\nHost: gw\r\n" + bad + b"\r\n")
+        head, _, body = b"".join(t.writes).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and t.closed
+        assert b"content-type: application/json" in head
+        assert f"content-length: {len(body)}".encode() in head
+        err = json.loads(body)["error"]
+        assert err["type"] == "InvalidInput" and says.decode() in err["message"], err
+        if len(path) > 65535:  # httptools cannot parse it: names are at most 63 characters
+            assert "1-63 characters" in err["message"]
+        if proto.timeout_keep_alive_task is not None:
+            proto.timeout_keep_alive_task.cancel()

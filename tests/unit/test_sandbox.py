@@ -65,3 +65,20 @@ def test_no_pids_controller_leaves_cpu_and_memory(tmp_path: Path,
     assert "unlimited" in warning["detail"] and "=64" in warning["detail"], warning
     (ready,) = [e for e in logs if e["event"] == "sandbox_ready"]
     assert ready["pids_limit"] is None
+
+
+def test_containers_import_burst_as_the_agent_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent run from a source tree (PYTHONPATH, no install: the lent GPU machine) gives
+    its containers the same import path; without it their shim could not import burst
+    ("container exited with code 1 before it was ready"). A function's own env wins."""
+    from burst_agent.runtime import ContainerSpec, ProcessRuntime
+
+    spec = ContainerSpec("ct-1", tmp_path, tmp_path / "s.sock", "app", "f")
+    rt = ProcessRuntime(sandbox=None)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    assert "PYTHONPATH" not in rt._env(spec, "/h", "/b", "/s")
+    monkeypatch.setenv("PYTHONPATH", "/src/libs:/site")
+    assert rt._env(spec, "/h", "/b", "/s")["PYTHONPATH"] == "/src/libs:/site"
+    spec.env = {"PYTHONPATH": "/mine"}
+    assert rt._env(spec, "/h", "/b", "/s")["PYTHONPATH"] == "/mine"

@@ -69,9 +69,18 @@ def test_schemas_carry_the_fields_later_work_needs() -> None:
 
 def test_names_validate_identifiers() -> None:
     assert names.check_ident("app", "my-app_2") == "my-app_2"
-    for bad in ("", "Upper", "has.dot", "has space", "-lead", "a" * 64, "x>", "x*"):
+    for bad in ("", "Upper", "has.dot", "has space", "-lead", "a" * 64, "x>", "x*", "x\n",
+                "\nx", "é"):
         with pytest.raises(ValueError, match="invalid app name"):
             names.check_ident("app", bad)
+
+
+def test_a_long_bad_name_is_quoted_by_its_start_and_length() -> None:
+    with pytest.raises(ValueError) as e:
+        names.check_ident("function", "f" * 100_000)
+    msg = str(e.value)
+    assert msg.startswith("invalid function name 'ffff") and "(100000 characters)" in msg
+    assert names.IDENT_RULE in msg and len(msg) < 300
 
 
 def test_subjects_and_consumers() -> None:

@@ -195,6 +195,7 @@ class ProcessRuntime:
             "BURST_SHIM_QUALNAME": spec.qualname,
             "BURST_CONTAINER_ID": spec.container_id,
             "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in spec.gpu_indices),
+            **sb.interpreter_env(),
             **spec.env,
         }
 

@@ -62,6 +62,14 @@ DEFAULT_PIDS_LIMIT = 4096
 MIN_PIDS_LIMIT = 16
 
 
+def interpreter_env() -> dict[str, str]:
+    """The environment a container's interpreter (the agent's own) needs to import Burst
+    and its packages as the agent does: ``PYTHONPATH`` where the agent runs with one (Burst
+    from a source tree rather than installed, as on a machine with no package index)."""
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": path} if path else {}
+
+
 class SandboxUnavailable(RuntimeError):
     pass
 

@@ -68,7 +68,7 @@ class Zygote:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
-               "BURST_ZYGOTE_FD": str(theirs.fileno())}
+               "BURST_ZYGOTE_FD": str(theirs.fileno()), **sb.interpreter_env()}
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 self.python, "-m", "burst._shim.zygote", env=env, cwd="/",

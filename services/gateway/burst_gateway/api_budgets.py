@@ -17,7 +17,7 @@ router = APIRouter()
 
 
 class BudgetIn(BaseModel):
-    limit: float = Field(..., gt=0, description="USD per period.")
+    limit: float = Field(..., gt=0, allow_inf_nan=False, description="USD per period.")
     hard: bool = Field(False, description="Refuse calls and stop containers once spent.")
     alert_at: list[int] = Field(default_factory=list, description="Percent thresholds.")
     period: str = Field("month", description="'month', '<N>d' or 'YYYY-MM-DD..YYYY-MM-DD'.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import time
 from typing import Any
 
@@ -12,7 +13,6 @@ import msgspec
 import nats.js.errors
 import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import JSONResponse
 
 from burst._protocol import (
     INLINE_PAYLOAD_LIMIT,
@@ -26,7 +26,12 @@ from burst._protocol import (
     CallWaitRequest,
     CallWaitResponse,
 )
-from burst.exception import InvalidError, NotFoundError, PayloadTooLargeError
+from burst.exception import (
+    IdempotencyKeyReusedError,
+    InvalidError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
 from burst_core import bus, logs, names
 from burst_core import calls as call_store
 from burst_core.calls import call_created_at, new_call_id
@@ -43,6 +48,7 @@ from burst_core.schemas import (
 from burst_gateway import budgets
 from burst_gateway.api_blobs import blob_exists, check_ref, read_blob, store_blob
 from burst_gateway.auth import Principal, principal
+from burst_gateway.errors import JSON, TOO_DEEP
 
 router = APIRouter()
 log = logs.get("burst.gateway.calls")
@@ -57,6 +63,8 @@ WRONG_LAST_SEQUENCE = 10071
 #: per wait request, in case its output left this gateway's in-memory window.
 STREAM_CHECK_AGE = 30.0
 STREAM_CHECKS_PER_WAIT = 100
+#: Highest items cursor (a stream sequence: NATS takes 64 bits, and reads from the next).
+MAX_CURSOR = (1 << 64) - 2
 
 
 def _response(resp: msgspec.Struct, status: int = 200) -> Response:
@@ -88,6 +96,8 @@ def decode_body(gw: Any, body: bytes, decoder: msgspec.msgpack.Decoder[Any], wha
         return decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise InvalidError(f"malformed {what}: {e}") from None
+    except RecursionError:  # (an unknown field's value is skipped by recursion)
+        raise InvalidError(TOO_DEEP) from None
 
 
 async def _function(gw: Any, p: Principal, app: str, fn: str) -> DeploymentRecord:
@@ -268,6 +278,51 @@ _JSON_OR_MSGPACK = {"requestBody": {"required": True, "content": {
     MSGPACK: {}}}}
 
 
+#: Standard JSON has no NaN or infinities. A result (or item) that holds them, as Python's
+#: ``json`` writes them, is answered with each as the string "NaN", "Infinity" or
+#: "-Infinity" (the convention of protobuf's JSON mapping; see the README). The SDK's own
+#: msgpack answers carry the value unchanged.
+_NONFINITE = {"NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity"}
+
+
+#: Deepest nesting (arrays and objects within each other) of a JSON result or item the API
+#: answers with: Python's JSON reader and writer stop near 1,000 levels, less the stack
+#: below them. A deeper one is answered as null, with a ``result_error`` saying why.
+MAX_RESULT_DEPTH = 500
+RESULT_TOO_DEEP = (f"the result is nested more than {MAX_RESULT_DEPTH} levels deep (arrays "
+                   "and objects within each other), more than a JSON answer carries")
+
+
+class ResultTooDeep(Exception):
+    pass
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and dicts more than ``limit`` deep (no recursion)."""
+    todo: list[tuple[Any, int]] = [(value, 1)]
+    while todo:
+        v, depth = todo.pop()
+        if isinstance(v, (list, dict)):
+            if depth > limit:
+                return True
+            todo.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
+def json_value(payload: bytes) -> Any:
+    """A JSON result or item as standard JSON can carry it (non-finite numbers as
+    strings, see ``_NONFINITE``); :class:`ResultTooDeep` past ``MAX_RESULT_DEPTH``."""
+    try:
+        value = json.loads(payload, parse_constant=_NONFINITE.__getitem__)
+    except RecursionError:
+        raise ResultTooDeep from None
+    # Only a payload with that many brackets can nest that deep: most are never walked.
+    if (payload.count(b"[") + payload.count(b"{") > MAX_RESULT_DEPTH
+            and _depth_over(value, MAX_RESULT_DEPTH)):
+        raise ResultTooDeep
+    return value
+
+
 def _wants_json(request: Request) -> bool:
     return MSGPACK not in request.headers.get("accept", "")
 
@@ -276,7 +331,10 @@ def _json_call(resp: CallResponse) -> dict[str, Any]:
     out: dict[str, Any] = {"call_id": resp.call_id, "status": resp.status}
     if resp.status == "success":
         if resp.payload_format == "json":
-            out["result"] = json.loads(resp.payload or b"null")
+            try:
+                out["result"] = json_value(resp.payload or b"null")
+            except ResultTooDeep:
+                out["result"], out["result_error"] = None, RESULT_TOO_DEEP
         else:
             out["result"] = None
             out["result_encoding"] = "cloudpickle (called from the Python SDK)"
@@ -299,8 +357,7 @@ def _answer(request: Request, resp: CallResponse, replayed: bool = False) -> Res
     status = 200 if resp.status != "pending" else 202
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     if _wants_json(request):
-        return JSONResponse(_json_call(resp), status_code=status,
-                            headers=headers)
+        return JSON(_json_call(resp), status_code=status, headers=headers)
     return Response(msgspec.msgpack.encode(resp), status_code=status, media_type=MSGPACK,
                     headers=headers)
 
@@ -324,6 +381,8 @@ async def _call_payload(request: Request) -> tuple[bytes, str, str]:
         doc = json.loads(body or b"{}")
     except ValueError as e:
         raise InvalidError(f"malformed JSON body: {e}") from None
+    except RecursionError:
+        raise InvalidError(TOO_DEEP) from None
     allowed = {"args", "kwargs", "method", "params"}
     if not isinstance(doc, dict) or set(doc) - allowed:
         extra = sorted(set(doc) - allowed) if isinstance(doc, dict) else []
@@ -337,22 +396,44 @@ async def _call_payload(request: Request) -> tuple[bytes, str, str]:
     method, params = doc.get("method", ""), doc.get("params", {})
     if not isinstance(method, str) or not isinstance(params, dict):
         raise InvalidError('"method" must be a string and "params" an object')
-    return json.dumps({"args": args, "kwargs": kwargs, "method": method,
-                       "params": params}).encode(), "json", ""
+    try:
+        payload = json.dumps({"args": args, "kwargs": kwargs, "method": method,
+                              "params": params}).encode()
+    except RecursionError:  # read just within the limit, one level more to write
+        raise InvalidError(TOO_DEEP) from None
+    return payload, "json", ""
 
 
-async def _idempotent_call(gw: Any, p: Principal, app: str, fn: str, key: str) -> tuple[str, bool]:
-    """(call id, whether it already existed) for an ``Idempotency-Key``."""
+def request_hash(fn: str, payload: bytes, fmt: str, ref: str) -> str:
+    """What an ``Idempotency-Key`` is bound to: the function and the call's arguments (as
+    the gateway stores them, so a JSON body differing only in spacing is the same)."""
+    h = hashlib.sha256(f"{fn}\0{fmt}\0{ref}\0".encode())
+    h.update(payload)
+    return h.hexdigest()
+
+
+async def _idempotent_call(gw: Any, p: Principal, app: str, fn: str, key: str,
+                           req_hash: str) -> tuple[str, bool]:
+    """(call id, whether it already existed) for an ``Idempotency-Key``; a key used
+    before with another request (``req_hash``) is refused with a 422 naming it."""
     if not 1 <= len(key) <= 255:
         raise InvalidError(f"Idempotency-Key of {len(key)} characters: use 1 to 255")
     digest = hashlib.sha256(f"{p.workspace}\0{app}\0{fn}\0{key}".encode()).hexdigest()
     call_id = new_call_id(time.time())
     try:
-        await gw.idempotency_kv.create(digest, call_id.encode())
+        await gw.idempotency_kv.create(digest, f"{call_id} {req_hash}".encode())
         return call_id, False
     except nats.js.errors.KeyWrongLastSequenceError:
         raw, _ = await bus.kv_get(gw.idempotency_kv, digest)
-        return (raw or call_id.encode()).decode(), True
+        if raw is None:  # expired since
+            return call_id, True
+        found, _, found_hash = raw.decode().partition(" ")
+        if found_hash and found_hash != req_hash:  # (a mapping without one predates hashes)
+            raise IdempotencyKeyReusedError(
+                f"Idempotency-Key {key!r} was already used for a different request to "
+                f"{app}/{fn} (call {found}): a key stands for one request, so resend it "
+                "with the same body, or use a new key for a new request") from None
+        return found, True
 
 
 @router.post("/v1/apps/{app}/functions/{fn}/calls", tags=["calls"], openapi_extra=_JSON_OR_MSGPACK)
@@ -366,7 +447,12 @@ async def create_call(
     (200); otherwise it is ``202`` with the call id to poll ``GET /v1/calls/{id}``.
 
     An ``Idempotency-Key`` header makes resubmissions safe: the same key (per function)
-    returns the same call, and the function runs once, for as long as results are kept.
+    with the same body returns the same call, and the function runs once, for as long as
+    results are kept; the same key with a different body is refused (422,
+    ``IdempotencyKeyReused``).
+
+    JSON has no NaN or infinities: a result holding them has each as the string
+    ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` (the SDK's msgpack answer keeps the value).
     """
     gw = request.app.state.gw
     dep = await _function(gw, p, app, fn)
@@ -386,7 +472,8 @@ async def call_once(gw: Any, p: Principal, dep: DeploymentRecord, fn: str, paylo
     wait = min(wait, gw.settings.max_sync_wait)
     call_id = None
     if key is not None:
-        call_id, existed = await _idempotent_call(gw, p, app, fn, key)
+        call_id, existed = await _idempotent_call(gw, p, app, fn, key,
+                                                  request_hash(fn, payload, fmt, ref))
         rec = await _record(gw, call_id, p.workspace) if existed else None
         if rec is not None:
             return await inline_result(gw, p.workspace, await _result_of(gw, rec, wait)), True
@@ -453,6 +540,9 @@ async def wait_calls(request: Request, p: Principal = Depends(principal)) -> Res
     req = await _body(request, _wait_decoder, "wait request")
     if len(req.calls) > MAX_BATCH:
         raise InvalidError(f"a wait names at most {MAX_BATCH} calls, got {len(req.calls)}")
+    for name, value in (("wait", req.wait), ("linger", req.linger)):
+        if math.isnan(value):  # (would pass every bound below, and wait forever)
+            raise InvalidError(f"{name}={value}: use a number of seconds")
     results = await wait_many(gw, p.workspace, req.calls,
                               min(max(req.wait, 0.0), gw.settings.max_sync_wait),
                               min(max(req.linger, 0.0), 1.0))
@@ -465,7 +555,10 @@ async def get_call(
     wait: float = Query(0.0, ge=0.0, description="Seconds to wait for the result."),
     p: Principal = Depends(principal),
 ) -> Response:
-    """A call's status and, once finished, its result (long-poll with ``wait``)."""
+    """A call's status and, once finished, its result (long-poll with ``wait``).
+
+    Non-finite numbers in a JSON result are the strings ``"NaN"``, ``"Infinity"`` and
+    ``"-Infinity"`` (JSON has no such numbers)."""
     gw = request.app.state.gw
     rec = await _record(gw, call_id, p.workspace)
     if rec is None:
@@ -496,7 +589,8 @@ async def _read_items(gw: Any, rec: CallRecord, cursor: int,
 @router.get("/v1/calls/{call_id}/items", tags=["calls"])
 async def call_items(
     call_id: str, request: Request,
-    cursor: int = Query(0, ge=0, description="The cursor the previous page returned."),
+    cursor: int = Query(0, ge=0, le=MAX_CURSOR,
+                        description="The cursor the previous page returned."),
     wait: float = Query(0.0, ge=0.0, description="Seconds to wait for new items."),
     p: Principal = Depends(principal),
 ) -> Response:
@@ -520,11 +614,20 @@ async def call_items(
         await asyncio.sleep(0.05)
         rec = await _record(gw, call_id, p.workspace) or rec  # a retry moves the attempt on
     if _wants_json(request):
-        body: dict[str, Any] = {"items": [json.loads(i.payload) if i.payload_format == "json"
-                                          else None for i in items], "cursor": cursor}
+        values: list[Any] = []
+        errors: dict[str, str] = {}
+        for n, i in enumerate(items):
+            try:
+                values.append(json_value(i.payload) if i.payload_format == "json" else None)
+            except ResultTooDeep:
+                values.append(None)
+                errors[str(n)] = RESULT_TOO_DEEP  # by the item's place in this page
+        body: dict[str, Any] = {"items": values, "cursor": cursor}
+        if errors:
+            body["item_errors"] = errors
         if final is not None:
             body["final"] = _json_call(final)
-        return JSONResponse(body)
+        return JSON(body)
     return _response(CallItemsResponse(items=[i.payload for i in items], cursor=cursor,
                                        final=final))
 

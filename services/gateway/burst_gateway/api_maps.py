@@ -24,6 +24,7 @@ from burst_gateway.api_calls import (
     wait_many,
 )
 from burst_gateway.auth import Principal, principal
+from burst_gateway.errors import JSON, TOO_DEEP
 
 router = APIRouter()
 #: Most inputs one map may hold (its record is one KV value).
@@ -54,12 +55,16 @@ async def create_map(app: str, fn: str, body: MapCreate, request: Request,
     if not 1 <= len(body.inputs) <= MAX_MAP_INPUTS:
         raise InvalidError(f"a map holds 1 to {MAX_MAP_INPUTS} inputs, got {len(body.inputs)}")
     dep = await _function(gw, p, app, fn)
-    refs: list[CallRecord] = []
-    for start in range(0, len(body.inputs), MAX_BATCH):
+    try:  # every input first: a bad one makes no call at all
         payloads = [json.dumps({"args": i.args, "kwargs": i.kwargs}).encode()
-                    for i in body.inputs[start:start + MAX_BATCH]]
-        refs += [rec for rec, _ in await submit(gw, p, dep, fn, payloads, register=False,
-                                                 payload_format="json")]
+                    for i in body.inputs]
+    except RecursionError:  # read just within the limit, one level more to write
+        raise InvalidError(TOO_DEEP) from None
+    refs: list[CallRecord] = []
+    for start in range(0, len(payloads), MAX_BATCH):
+        refs += [rec for rec, _ in await submit(gw, p, dep, fn,
+                                                 payloads[start:start + MAX_BATCH],
+                                                 register=False, payload_format="json")]
     map_id = "mp-" + uuid.uuid4().hex
     rec = MapRecord(map_id=map_id, workspace=p.workspace, app=app, function=fn,
                     calls=[r.call_id for r in refs], tokens=[r.attempt_token for r in refs],
@@ -75,11 +80,13 @@ async def map_results(
     limit: int = Query(100, ge=1, le=1000, description="Most results in the page."),
     wait: float = Query(0.0, ge=0.0, description="Seconds to wait for the page's first result."),
     p: Principal = Depends(principal),
-) -> dict[str, Any]:
+) -> JSON:
     """Results in input order from ``offset``: the finished ones up to the first that is
-    still running (so pages never skip one). ``next_offset`` is where to continue."""
+    still running (so pages never skip one). ``next_offset`` is where to continue.
+    Non-finite numbers in results are the strings ``"NaN"``, ``"Infinity"`` and
+    ``"-Infinity"``."""
     gw = request.app.state.gw
-    raw, _ = await bus.kv_get(await _kv(gw), map_id) if map_id.startswith("mp-") else (None, 0)
+    raw, _ = await bus.kv_get(await _kv(gw), map_id) if _valid_map_id(map_id) else (None, 0)
     rec = MapRecordDecoder.decode(raw) if raw is not None else None
     if rec is None or rec.workspace != p.workspace:
         raise NotFoundError(f"map {map_id!r} not found")
@@ -99,6 +106,14 @@ async def map_results(
         if r.call_id not in done:
             break
         results.append(_json_call(await inline_result(gw, p.workspace, done[r.call_id])))
-    return {"map_id": map_id, "count": len(rec.calls), "offset": offset, "results": results,
-            "next_offset": offset + len(results),
-            "finished": offset + len(results) >= len(rec.calls)}
+    # As JSON directly: FastAPI's serializer stops at a shallower depth than results may have.
+    return JSON({"map_id": map_id, "count": len(rec.calls), "offset": offset,
+                 "results": results, "next_offset": offset + len(results),
+                 "finished": offset + len(results) >= len(rec.calls)})
+
+
+def _valid_map_id(map_id: str) -> bool:
+    """The form :func:`create_map` gives ids (anything else is no map's: it is never looked
+    up, so it cannot reach NATS as a key it refuses)."""
+    return (len(map_id) == 35 and map_id.startswith("mp-")
+            and all(c in "0123456789abcdef" for c in map_id[3:]))

@@ -9,6 +9,7 @@ from burst._protocol import MSGPACK, dict_request_decoder, queue_request_decoder
 from burst.exception import InvalidError
 from burst_core.objects import Objects
 from burst_gateway.auth import Principal, principal
+from burst_gateway.errors import TOO_DEEP
 
 router = APIRouter()
 _BODY = {"requestBody": {"content": {MSGPACK: {}}, "required": True}}
@@ -26,6 +27,8 @@ async def _decode(request: Request, decoder: msgspec.msgpack.Decoder) -> object:
         return decoder.decode(await request.body())
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise InvalidError(f"malformed request: {e}") from None
+    except RecursionError:
+        raise InvalidError(TOO_DEEP) from None
 
 
 @router.post("/v1/dicts", tags=["objects"], openapi_extra=_BODY)

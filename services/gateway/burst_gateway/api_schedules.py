@@ -19,6 +19,7 @@ from burst_core import bus, names
 from burst_core import schedules as ticks
 from burst_core.schemas import DeploymentRecord, ScheduleState, ScheduleStateDecoder, encode
 from burst_gateway.auth import Principal, principal
+from burst_gateway.validate import check_name
 
 router = APIRouter()
 
@@ -86,6 +87,8 @@ async def list_schedules(request: Request, app: str | None = Query(None),
                          p: Principal = Depends(principal)) -> dict[str, Any]:
     """The schedules of the workspace's deployed apps (or of one ``app``)."""
     gw = request.app.state.gw
+    if app is not None:
+        check_name("app", app)
     kv = await _kv(gw)
     out = []
     for dep in gw.deployments_of(p.workspace):

@@ -20,6 +20,7 @@ from burst_core.schemas import (
     encode,
 )
 from burst_gateway.auth import Principal, principal
+from burst_gateway.validate import check_text
 
 router = APIRouter()
 SUBSCRIBABLE = [e for e in alerts.EVENT_TYPES if e != "webhook.test"]
@@ -52,6 +53,8 @@ async def add_webhook(request: Request, body: EndpointIn,
     """Add an endpoint; the answer holds its signing secret, shown only this once."""
     js = request.app.state.gw.js
     await budgets.ensure(js)
+    check_text("url", body.url)
+    check_text("description", body.description)
     u = urllib.parse.urlsplit(body.url)
     if u.scheme not in ("http", "https") or not u.hostname:
         raise InvalidError(f"webhook url {body.url!r}: use an http:// or https:// URL")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from burst_core import names
 from burst_gateway import (
     api_agents,
     api_apps,
@@ -20,6 +21,7 @@ from burst_gateway import (
     api_schedules,
     api_webhooks,
     errors,
+    validate,
 )
 from burst_gateway.fastcalls import FastCalls
 from burst_gateway.settings import GatewaySettings
@@ -41,8 +43,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app = FastAPI(
         title="Burst",
         version="0.1.0",
-        description="Self-hosted serverless compute for Python: deploy apps, call functions.",
+        description=(
+            "Self-hosted serverless compute for Python: deploy apps, call functions.\n\n"
+            "Errors are `{\"error\": {\"type\": ..., \"message\": ...}}`. App and "
+            f"function names: {names.IDENT_RULE}. JSON has no NaN or infinities: in "
+            "results they are the strings \"NaN\", \"Infinity\" and \"-Infinity\"."),
         lifespan=lifespan,
+        dependencies=[Depends(validate.path_names)],
     )
     errors.install(app, settings.unavailable_retry_after)
     app.include_router(api_cluster.router)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -18,11 +21,27 @@ _STATUS_TO_TYPE = {
     405: "InvalidInput", 409: "Conflict", 413: "PayloadTooLarge", 415: "InvalidInput",
     422: "InvalidInput", 429: "ResourceExhausted", 503: "Unavailable",
 }
+#: Said when a body (JSON or msgpack) is nested deeper than its parser goes (Python's
+#: recursion limit).
+TOO_DEEP = ("the request body is nested too deeply (arrays and objects within each other, "
+            "a few hundred levels at most)")
+
+
+class JSON(JSONResponse):
+    """A JSON answer that any Python string can travel in: a lone surrogate (undecodable
+    bytes, as ``os.fsdecode`` makes them; or ``"\\ud800"`` sent in a request) cannot be
+    written as UTF-8, so such an answer has its non-ASCII characters escaped instead."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
 
 
 def error_response(type_: str, message: str) -> JSONResponse:
     status = ERROR_TYPES.get(type_, (500, Error))[0]
-    return JSONResponse({"error": {"type": type_, "message": message}}, status_code=status)
+    return JSON({"error": {"type": type_, "message": message}}, status_code=status)
 
 
 def unavailable_response(retry_after: float) -> JSONResponse:
@@ -55,9 +74,17 @@ def install(app: FastAPI, retry_after: float = 1.0) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = _STATUS_TO_TYPE.get(exc.status_code, "Internal")
-        return JSONResponse(
-            {"error": {"type": type_, "message": str(exc.detail)}}, status_code=exc.status_code
-        )
+        message = str(exc.detail)
+        if isinstance(exc.__cause__, RecursionError):  # FastAPI reading a JSON body
+            message = TOO_DEEP
+        return JSON({"error": {"type": type_, "message": message}}, status_code=exc.status_code)
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        # Nothing in the gateway recurses but the parsers of what a request sends: routes
+        # that read their body themselves say so, this answers for any that does not.
+        log.warning("request_too_deep", path=request.url.path, error=repr(exc))
+        return error_response("InvalidInput", TOO_DEEP)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -10,9 +10,12 @@ what is gathered as soon as a response is complete.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from burst._protocol import IDENT_RULE
 
 #: Writes are gathered while they add up to at most this many bytes.
 GATHER_MAX = 64 << 10
@@ -54,7 +57,35 @@ class OneWrite:
         return getattr(self._t, name)
 
 
+#: The longest request target (path and query) the HTTP parser takes apart
+#: (``httptools.parse_url`` keeps offsets in 16 bits).
+MAX_URL = 65535
+
+
+def bad_request_body(url_length: int) -> bytes:
+    """The API's JSON error for a request the HTTP parser refused."""
+    if url_length > MAX_URL:
+        message = (f"the request URL is {url_length} bytes long; at most {MAX_URL} are "
+                   f"accepted (app and function names: {IDENT_RULE})")
+    else:
+        message = "malformed HTTP request: it could not be parsed as HTTP/1.1"
+    return json.dumps({"error": {"type": "InvalidInput", "message": message}},
+                      separators=(",", ":")).encode()
+
+
 class GatewayHttp(HttpToolsProtocol):
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn answers a request its parser refuses (a URL too long to parse, say) in
+        # plain text; the gateway answers every error as ``{"error": {...}}``.
+        body = bad_request_body(len(getattr(self, "url", b"")))
+        self.transport.write(b"".join([
+            b"HTTP/1.1 400 Bad Request\r\n",
+            *(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers),
+            b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n", body]))
+        self.transport.close()
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(OneWrite(transport))  # type: ignore[arg-type]
 
