@@ -19,8 +19,9 @@ class SchedulerSettings(CommonSettings):
     #: CPU and memory overcommit factor applied to agents' capacity.
     overcommit: float = 1.0
     #: Containers of a function that keep failing to start (a platform fault: a bundle that
-    #: cannot be fetched, a runtime error) are placed again after a growing delay: from
-    #: this many seconds, doubling per failure, up to the max.
+    #: cannot be fetched, a runtime error) or dying with no input running are placed again
+    #: after a growing delay: from this many seconds, doubling per failure, up to the max.
+    #: (One that dies with inputs running fails them: their retries pace them.)
     start_backoff_initial: float = 1.0
     start_backoff_max: float = 60.0
     #: A stop order the agent has neither acted on nor refused (the container is still
