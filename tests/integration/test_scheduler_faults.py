@@ -156,3 +156,22 @@ async def test_inputs_whose_containers_all_crashed_get_containers_at_once(
     assert len(agent.placements) == 6  # and no more: the 6 have room for them
     await s.reconciler.run_once()
     assert len(agent.placements) == 6
+
+
+async def test_after_its_own_reconnect_the_scheduler_waits_a_heartbeat_timeout(
+    js: Any, agents: MakeAgent, scheduler: MakeScheduler,  # noqa: F811
+) -> None:
+    """While nats-server was down no agent could beat: right after the scheduler's
+    reconnect every agent's last heartbeat is old. It is lost only if it stays silent a
+    heartbeat timeout from then (else a NATS restart longer than the timeout would mark
+    every agent lost, and each would stop all its containers)."""
+    s = await scheduler(heartbeat_timeout=1.5, lost_check_interval=0.1)
+    s.lost_agents.reconnected()
+    agent = await agents("quiet", stale=True)  # its last beat long ago
+
+    async def lost() -> bool:
+        return bool((await agent.current()).lost_at)
+
+    await asyncio.sleep(1.0)
+    assert not await lost()
+    await eventually(lost, timeout=5)  # still silent: lost after all

@@ -5,7 +5,8 @@ machine died, or it is cut off). The deciding scheduler then, for each such agen
 
 1. re-reads its heartbeat from KV (a lagging watch of ours must not condemn a live
    agent), and gives an agent it has never heard from the timeout counted from when it
-   first saw its record;
+   first saw its record; after our own reconnect to NATS (nats-server restarted: no agent
+   could beat meanwhile) every agent gets the timeout counted from then;
 2. marks it lost by compare-and-set on its record: ``lost_at`` set, every allocation
    released (so its resources are not counted, and its functions have fewer containers).
    The write is conditional on the same incarnation (``started_at``) and on no one having
@@ -74,6 +75,8 @@ class LostAgents:
         #: ``replace(fn_key, inputs, reason)``: place containers for inputs handed back.
         self.replace = replace
         self.handed_back = 0
+        #: Our last reconnect to NATS: no agent counts as silent from before it.
+        self._silent_until = 0.0
         self._first_seen: dict[str, float] = {}
         self._draining: set[str] = set()
         self.marked = 0
@@ -92,13 +95,20 @@ class LostAgents:
             self._draining.discard(key)
 
     # ---- one pass --------------------------------------------------------------------
+    def reconnected(self, now: float | None = None) -> None:
+        """Our NATS connection is back (nats-server restarted): agents could not beat
+        while it was down either, so each gets a full heartbeat timeout from now before
+        it counts as lost."""
+        self._silent_until = time.time() if now is None else now
+
     def last_heard(self, agent: AgentRecord, now: float) -> float:
-        """When this agent was last known alive: its heartbeat, else first sight of it."""
+        """When this agent was last known alive: its heartbeat, else first sight of it
+        (never before our last reconnect)."""
         hb = self.state.heartbeats.get(agent.agent_id)
         first = self._first_seen.setdefault(agent.agent_id, now)
         if hb is not None:
-            return hb.at
-        return max(agent.started_at, first)
+            return max(hb.at, self._silent_until)
+        return max(agent.started_at, first, self._silent_until)
 
     def suspects(self, now: float) -> list[AgentRecord]:
         timeout = self.state.heartbeat_timeout
@@ -125,7 +135,7 @@ class LostAgents:
         # Confirm from KV itself: our watch may lag behind a live agent's beats.
         raw_hb, _ = await bus.kv_get(self.heartbeats_kv, agent_id)
         hb = AgentHeartbeatDecoder.decode(raw_hb) if raw_hb else None
-        last = hb.at if hb is not None else self.last_heard(seen, now)
+        last = max(hb.at, self._silent_until) if hb is not None else self.last_heard(seen, now)
         if now - last <= self.state.heartbeat_timeout:
             return False
         released: list[AgentRecord] = []

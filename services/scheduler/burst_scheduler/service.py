@@ -225,11 +225,20 @@ def _raise_if_cancelling() -> None:
 
 
 async def run(settings: SchedulerSettings, stop: asyncio.Event) -> None:
-    nc = await bus.connect(settings.nats_url, f"scheduler-{settings.instance}")
+    started: list[Scheduler] = []
+
+    async def reconnected() -> None:
+        for s in started:
+            if hasattr(s, "lost_agents"):
+                s.lost_agents.reconnected()
+
+    nc = await bus.connect(settings.nats_url, f"scheduler-{settings.instance}",
+                           reconnected=reconnected)
     js = nc.jetstream()
     await bus.ensure_topology(js, bus.Topology(result_retention=settings.result_retention))
     redis = aioredis.Redis.from_url(settings.redis_url)
     scheduler = Scheduler(settings, js, redis)
+    started.append(scheduler)
     await scheduler.start(decide=False)
     lease = Lease(await js.key_value(names.KV_LEASES), names.LEASE_SCHEDULER,
                   settings.instance, settings.lease_ttl)
