@@ -381,3 +381,23 @@ async def test_a_wait_of_nan_seconds_is_a_400(client: httpx.AsyncClient) -> None
             headers={"Content-Type": MSGPACK, "Accept": MSGPACK}), 30)
         assert r.status_code == 400, r.text
         assert strict_json(r)["error"]["message"].startswith(f"{field}=nan")
+
+
+@pytest.mark.parametrize(("field", "change", "named"), [
+    ("cpu", {"resources": {"cpu": math.nan}}, "cpu=nan"),
+    ("memory", {"resources": {"memory_mb": -1}}, "memory=-1"),
+    ("gpu", {"resources": {"gpu_type": "H101", "gpu_count": 1}}, "H101"),
+    ("max_inputs", {"max_inputs": 0}, "max_inputs=0"),
+    ("retries", {"retries": {"max_retries": 1, "initial_delay": math.inf}}, "initial_delay"),
+])
+async def test_a_deploy_outside_the_sdks_ranges_is_refused(
+        client: httpx.AsyncClient, field: str, change: dict[str, Any], named: str) -> None:
+    """A deploy request not made by the SDK (whose checks it skips) meets the same ranges:
+    a NaN CPU used to be stored and reach placement and billing."""
+    fn = {"name": "g", "module": "m", "qualname": "g", **change}
+    body = msgspec.msgpack.encode({"app": "lim", "bundle_hash": "0" * 64, "functions": [fn]})
+    r = await client.post("/v1/apps", content=body, headers={"Content-Type": MSGPACK})
+    assert r.status_code == 400, (field, r.text)
+    err = r.json()["error"]
+    assert err["type"] == "InvalidInput" and "'g'" in err["message"], err
+    assert named in err["message"], err

@@ -15,8 +15,10 @@ import nats.js.errors
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
-from burst._protocol import MSGPACK, DeployRequest, DeployResponse
+from burst import _resources
+from burst._protocol import MSGPACK, DeployRequest, DeployResponse, FunctionSpec
 from burst.exception import InvalidError, NotFoundError, PayloadTooLargeError
+from burst.retries import Retries
 from burst_core import bus, names, schedules
 from burst_core.schemas import (
     AgentHeartbeatDecoder,
@@ -78,6 +80,25 @@ async def bundle_put(bundle_hash: str, request: Request,
     return {"hash": bundle_hash, "size": len(body)}
 
 
+def _check_limits(fn: FunctionSpec) -> None:
+    """The SDK's ranges again, for a request that did not come through the SDK: a NaN or
+    negative resource would otherwise reach placement and billing."""
+    for r in (fn.resources, *fn.gpu_fallbacks):
+        _resources.resources(r.cpu, r.memory_mb, None)
+        if r.gpu_type is not None or r.gpu_count:
+            _resources.parse_gpu(f"{r.gpu_type}:{r.gpu_count}")
+        _resources.count("memory_limit_mb", r.memory_limit_mb, hi=4 << 20)
+    _resources.count("min_containers", fn.min_containers)
+    _resources.count("max_containers", fn.max_containers, lo=1, allow_none=True)
+    _resources.count("buffer_containers", fn.buffer_containers)
+    _resources.count("max_inputs", fn.max_inputs, lo=1)
+    _resources.count("target_inputs", fn.target_inputs)
+    if fn.retries is not None:
+        rp = fn.retries
+        Retries(max_retries=rp.max_retries, backoff_coefficient=rp.backoff_coefficient,
+                initial_delay=rp.initial_delay, max_delay=rp.max_delay)
+
+
 def _validate(req: DeployRequest) -> None:
     try:
         names.check_ident("app", req.app)
@@ -95,8 +116,11 @@ def _validate(req: DeployRequest) -> None:
                                  "is outside 1..86400 s")
             if fn.schedule is not None:
                 schedules.check(fn.name, fn.schedule)
+            _check_limits(fn)
     except ValueError as e:
         raise InvalidError(str(e)) from None
+    except InvalidError as e:  # the SDK's own checks, named for the function
+        raise InvalidError(f"function {fn.name!r}: {e}") from None
     if not req.functions:
         raise InvalidError(f"app {req.app!r} defines no functions")
 
