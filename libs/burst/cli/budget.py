@@ -14,6 +14,20 @@ budget_app = typer.Typer(help="Spending limits (soft alerts, hard caps).", no_ar
 console = Console(highlight=False)
 
 
+def usd(value: float) -> str:
+    """``$1.50``; a nonzero amount under a cent keeps its digits (``$0.005``, not ``$0.00``)."""
+    if value == 0 or abs(value) >= 0.01:
+        return f"${value:,.2f}"
+    return "$" + f"{value:.8f}".rstrip("0")
+
+
+def alerts_text(thresholds: list[int]) -> str:
+    """``alerts at 50,80%`` or ``no alerts``."""
+    if not thresholds:
+        return "no alerts"
+    return "alerts at " + ",".join(str(t) for t in thresholds) + "%"
+
+
 def _path(scope: str) -> str:
     return f"/v1/budgets/{scope}"
 
@@ -40,9 +54,8 @@ def set_budget(
     _, data = c.request("PUT", _path(scope), json.dumps(body).encode(), "application/json")
     out = json.loads(data)
     kind = "hard cap" if out["hard"] else "soft budget"
-    alerts = ",".join(str(t) for t in out["alert_at"]) or "none"
-    console.print(f"{kind} on {out['scope']}: ${out['limit']:.2f} per {out['period']} "
-                  f"(alerts at {alerts}%)")
+    console.print(f"{kind} on {out['scope']}: {usd(out['limit'])} per {out['period']} "
+                  f"({alerts_text(out['alert_at'])})")
 
 
 @budget_app.command("list")
@@ -60,9 +73,9 @@ def list_budgets(json_out: bool = typer.Option(False, "--json", help="Print JSON
         state = "EXCEEDED" if st.get("exceeded") else ("ok" if st else "not evaluated yet")
         if st.get("overshoot"):
             state += f" (overshoot ${st['overshoot']:.4f})"
-        table.add_row(b["scope"], f"${b['limit']:.2f}", "hard" if b["hard"] else "soft",
+        table.add_row(b["scope"], usd(b["limit"]), "hard" if b["hard"] else "soft",
                       st.get("period", b["period"]), f"${st.get('spend', 0.0):.4f}",
-                      ",".join(str(t) for t in b["alert_at"]) or "-", state)
+                      ",".join(str(t) for t in b["alert_at"]) or "no alerts", state)
     console.print(table)
 
 
