@@ -34,7 +34,8 @@ class LogFollower(threading.Thread):
         self.tag = tag
         self.subscribed = threading.Event()
         self._stop = threading.Event()
-        self._counts: dict[str, int] = defaultdict(int)
+        #: Lines printed per (call id, attempt): a retried call's attempts print apart.
+        self._counts: dict[tuple[str, int], int] = defaultdict(int)
         self._cond = threading.Condition()
         self._conn: http.client.HTTPConnection | None = None
         self.error: str = ""
@@ -75,22 +76,28 @@ class LogFollower(threading.Thread):
         print_line(stream, f"[{item.get('function')}] {text}" if self.tag else text)
         call_id = str(item.get("call_id") or "")
         if call_id:
+            attempt = item.get("attempt")
+            key = (call_id, attempt if isinstance(attempt, int) else 1)
             with self._cond:
-                self._counts[call_id] += 1
+                self._counts[key] += 1
                 self._cond.notify_all()
 
-    def wait_for(self, call_id: str, lines: int, timeout: float = 2.0) -> None:
-        """Wait until ``lines`` lines of ``call_id`` have been printed (bounded)."""
+    def wait_for(self, call_id: str, lines: int, attempt: int = 1,
+                 timeout: float = 2.0) -> None:
+        """Wait until ``lines`` lines of ``attempt`` of ``call_id`` have been printed
+        (bounded); lines of earlier attempts do not count towards them."""
         if lines <= 0 or not self.is_alive():
             return
+        key = (call_id, attempt)
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._counts.get(call_id, 0) < lines:
+            while self._counts.get(key, 0) < lines:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return
                 self._cond.wait(left)
-            self._counts.pop(call_id, None)
+            for k in [k for k in self._counts if k[0] == call_id and k[1] <= attempt]:
+                del self._counts[k]
 
     def stop(self) -> None:
         self._stop.set()

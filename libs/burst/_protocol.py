@@ -173,6 +173,8 @@ class CallResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     error_message: str = ""
     traceback: str = ""
     log_lines: int = 0
+    #: The attempt that answered (``log_lines`` are its lines; a retry's are its own).
+    attempt: int = 1
     payload_format: str = "pickle"
     payload_ref: str = ""  # the result is the blob with this sha256 (GET /v1/blobs/{ref})
 

@@ -130,7 +130,7 @@ class Function(Generic[P, R]):
         resp = client.wait_call(resp)
         follower = self.app._follower if self.app is not None else None
         if follower is not None:
-            follower.wait_for(resp.call_id, resp.log_lines)
+            follower.wait_for(resp.call_id, resp.log_lines, resp.attempt)
         return self._result(resp, client)  # type: ignore[no-any-return]
 
     @functools.partial(aio_method, iterates=True)

@@ -400,6 +400,9 @@ class LogLine(_Wire, kw_only=True):
     stream: Literal["stdout", "stderr"] = "stdout"
     line: str
     at: float
+    #: The attempt of ``call_id`` that printed it: a follower waiting for the lines of a
+    #: retried call's last attempt must not count those of the attempts before.
+    attempt: int = 1
 
 
 # ---- control plane -------------------------------------------------------------------

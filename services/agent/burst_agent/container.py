@@ -712,8 +712,11 @@ class Container:
 
     async def _log_line(self, stream: str, line: str, call_id: str) -> None:
         p = self.placement
+        attempt = next((inf.inp.attempt for inf in self.in_flight.values()
+                        if inf.inp.call_id == call_id), 1) if call_id else 1
         msg = LogLine(workspace=p.workspace, app=p.app, function=self.fn.name, container_id=self.id,
-                      call_id=call_id, stream=stream, line=line, at=time.time())  # type: ignore[arg-type]
+                      call_id=call_id, stream=stream, line=line, at=time.time(),  # type: ignore[arg-type]
+                      attempt=attempt)
         with contextlib.suppress(Exception):
             await self.agent.nc.publish(names.log_subject(self.fn_key), encode(msg))
 

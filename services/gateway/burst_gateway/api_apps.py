@@ -259,7 +259,8 @@ async def app_logs(app: str, request: Request,
                     continue
                 yield (json.dumps({"type": "log", "function": ln.function, "call_id": ln.call_id,
                                    "container_id": ln.container_id, "stream": ln.stream,
-                                   "line": ln.line, "at": ln.at}) + "\n").encode()
+                                   "line": ln.line, "at": ln.at, "attempt": ln.attempt})
+                       + "\n").encode()
         finally:
             await sub.unsubscribe()
 

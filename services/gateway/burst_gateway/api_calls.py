@@ -75,6 +75,7 @@ def _from_output(out: Output) -> CallResponse:
     return CallResponse(
         call_id=out.call_id, status=out.status, payload=out.payload, error_type=out.error_type,
         error_message=out.error_message, traceback=out.traceback, log_lines=out.log_lines,
+        attempt=out.attempt,
         payload_format=out.payload_format, payload_ref=out.payload_ref,
     )
 
