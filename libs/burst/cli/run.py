@@ -201,18 +201,22 @@ _RUN_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True,
 
 def run(
     ctx: typer.Context,
-    ref: str = typer.Argument(..., metavar="FILE[::NAME] [OPTIONS OF NAME]...",
+    ref: str = typer.Argument(..., metavar="FILE[::NAME]",
                               help="The app file, optionally with an entrypoint, function "
                               "(or Class.method) name, then that entrypoint's options."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print remote output."),
 ) -> None:
     """Run an app's local entrypoint against the cluster, on an ephemeral copy of the app.
 
-    The entrypoint's parameters are options after the file (`burst run app.py --n 3
-    --flag/--no-flag`; `burst run app.py --help` lists them). FILE::NAME picks one of several
-    entrypoints, or calls a function or Class.method remotely and prints its result. The
-    entrypoint runs in this process; its output passes through unchanged. What the app's
-    functions print remotely is shown tagged with the function's name.
+    The entrypoint's parameters are options after the file: `burst run app.py --n 3`.
+
+    `burst run app.py --help` lists them.
+
+    FILE::NAME picks one of several entrypoints, or calls a function or Class.method
+    remotely and prints its result.
+
+    The entrypoint runs in this process; its output passes through unchanged. What the
+    app's functions print remotely is shown tagged with the function's name.
     """
     from burst import _entrypoint
     from burst._logs import LineSafeStream
