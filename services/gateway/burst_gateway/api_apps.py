@@ -241,6 +241,7 @@ async def app_logs(app: str, request: Request,
             pass  # a slow reader loses lines, never slows the cluster down
 
     sub = await gw.nc.subscribe(names.app_logs_filter(p.workspace, app), cb=on_msg)
+    await gw.nc.flush()  # the server has the interest before "subscribed" is promised
 
     async def lines() -> AsyncIterator[bytes]:
         try:
