@@ -12,7 +12,6 @@ cloudpickle and burst's light modules; never typer, rich, fastapi or nats.
 from __future__ import annotations
 
 import collections
-import contextvars
 import importlib
 import inspect
 import io
@@ -154,7 +153,7 @@ _NOTHING = object()
 
 
 #: The call the current thread or task works for; what it prints is tagged with it.
-current_call: contextvars.ContextVar[str] = contextvars.ContextVar("burst_call", default="")
+current_call = _context.current_call
 
 
 class LogWriter(io.TextIOBase):
@@ -402,6 +401,7 @@ class Runner:
         started = time.time()
         try:
             args, kwargs, method, params = decode_args(msg.payload, msg.payload_format == "json")
+            _context.current_input.set(msg.input_id)
             current_call.set(msg.call_id)  # @enter of a new instance prints for this call
             fn = self.target.callable_for(method, params)
         except Exception as exc:
@@ -454,6 +454,7 @@ class Runner:
     def _run_sync(self, msg: proto.RunInput, fn: Any, args: list[Any],
                   kwargs: dict[str, Any]) -> None:
         current_call.set(msg.call_id)
+        _context.current_input.set(msg.input_id)
         started = time.time()
         try:
             result = fn(*args, **kwargs)
@@ -469,6 +470,7 @@ class Runner:
         import asyncio
 
         current_call.set(msg.call_id)
+        _context.current_input.set(msg.input_id)
         started = time.time()
         try:
             if inspect.isasyncgenfunction(fn):
