@@ -194,8 +194,15 @@ class App:
             if not isinstance(user_cls, type):
                 raise InvalidError(f"@app.cls() needs a class, got {user_cls!r}")
             fn = register(user_cls)  # the class's spec: its name, module, resources
-            cls = Cls(user_cls, fn)
+            cls = Cls(user_cls, fn, options)
             fn.spec.is_class = True
+            if not hasattr(user_cls, "__burst_concurrency__"):
+                # @burst.concurrent / @burst.batched on methods: the container takes the
+                # most inputs any of them takes.
+                marks = [getattr(getattr(user_cls, m), "__burst_concurrency__", (1, 1))
+                         for m in cls.methods]
+                fn.spec.max_inputs = max(mi for mi, _ in marks)
+                fn.spec.target_inputs = max(ti for _, ti in marks)
             return cls
 
         return decorator

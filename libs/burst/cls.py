@@ -113,9 +113,11 @@ def run_exit(obj: Any) -> None:
 class Cls:
     """What ``@app.cls`` returns: call it with parameters to get a handle on instances."""
 
-    def __init__(self, user_cls: type, function: Any) -> None:
+    def __init__(self, user_cls: type, function: Any,
+                 options: dict[str, Any] | None = None) -> None:
         self.user_cls = user_cls
         self._function = function  # a burst Function whose spec is the class's
+        self._options = dict(options or {})  # what @app.cls() was given
         self.methods = hooks(user_cls, _METHOD)
         if not self.methods:
             raise InvalidError(f"class {user_cls.__name__} has no @burst.method()")
@@ -141,6 +143,60 @@ class Cls:
 
     def __repr__(self) -> str:
         return f"<burst.Cls {self.user_cls.__name__}>"
+
+    def with_options(self, **options: Any) -> Cls:
+        """The class with other options (those of ``@app.cls()``: cpu, memory, gpu,
+        timeout, retries, scaledown_window, min/max/buffer_containers, ...).
+
+        The variant is a function of its own in the app, so make it where the app is
+        defined (at module level), before the app runs: ``burst run`` and ``deploy``
+        then deploy it with the rest.
+        """
+        if "schedule" in options or "name" in options:
+            bad = "schedule" if "schedule" in options else "name"
+            raise InvalidError(f"with_options() does not take {bad}=")
+        return self._variant({**self._options, **options}, None)
+
+    def with_concurrency(self, *, max_inputs: int, target_inputs: int | None = None) -> Cls:
+        """The class with ``@burst.concurrent(max_inputs=..., target_inputs=...)``."""
+        from burst.concurrency import concurrent
+
+        mark = concurrent(max_inputs=max_inputs, target_inputs=target_inputs)(lambda: None)
+        return self._variant(self._options, mark.__burst_concurrency__)  # type: ignore[attr-defined]
+
+    def with_batching(self, *, max_batch_size: int, wait_ms: int) -> Cls:
+        """Not built yet: batching is set per method with ``@burst.batched``."""
+        from burst.concurrency import batched
+
+        batched(max_batch_size=max_batch_size, wait_ms=wait_ms)  # validates the values
+        from burst import _unsupported
+
+        raise _unsupported.refuse("Cls.with_batching() (put @burst.batched on the method)")
+
+    def _variant(self, options: dict[str, Any], concurrency: tuple[int, int] | None) -> Cls:
+        import hashlib
+
+        app = self._function.app
+        if app is None:
+            raise InvalidError(f"{self.user_cls.__name__} was looked up by name: with_options() "
+                               "needs the class as defined with @app.cls()")
+        key = repr(sorted(options.items())) + repr(concurrency)
+        base = self.spec.name.split("--", 1)[0]
+        name = f"{base}--{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+        existing = app.registered_functions.get(name)
+        if existing is None:
+            if app._client is not None:
+                raise InvalidError(
+                    f"{self.user_cls.__name__}.with_options()/with_concurrency() with new "
+                    f"options was called while app {app.name!r} runs: call it at module level, "
+                    "where the app is defined, so the variant is deployed with the app")
+            fn = app.function(**{**options, "name": name})(self.user_cls)
+            fn.spec.is_class = True
+            fn.spec.max_inputs, fn.spec.target_inputs = concurrency or (
+                self.spec.max_inputs, self.spec.target_inputs)
+        else:
+            fn = existing
+        return Cls(self.user_cls, fn, options)
 
 
 class _Obj:
