@@ -107,10 +107,12 @@ class Dict(_Object):
 
     @classmethod
     @contextmanager
-    def ephemeral(cls) -> Iterator[Dict]:
-        """A new, empty Dict removed (with its contents) when the block ends."""
+    def ephemeral(cls, data: dict[Any, Any] | None = None) -> Iterator[Dict]:
+        """A new Dict (holding ``data``) removed with its contents when the block ends."""
         d = cls(_ephemeral_name("dict"), True)
         d._op("ensure")
+        if data:
+            d.update(data)
         try:
             yield d
         finally:
@@ -185,15 +187,15 @@ class Dict(_Object):
         pairs = zip(resp.keys, resp.values, strict=True)
         return [(deserialize(k), deserialize(v)) for k, v in pairs]
 
-    @aio_method
+    @functools.partial(aio_method, iterates=True)
     def keys(self) -> Iterator[Any]:
         return iter([deserialize(k) for k in self._op("keys").keys])
 
-    @aio_method
+    @functools.partial(aio_method, iterates=True)
     def values(self) -> Iterator[Any]:
         return iter([v for _, v in self._items()])
 
-    @aio_method
+    @functools.partial(aio_method, iterates=True)
     def items(self) -> Iterator[tuple[Any, Any]]:
         return iter(self._items())
 

@@ -42,7 +42,8 @@ def test_ephemeral_objects_passed_into_functions(cluster: Cluster, tmp_path: Pat
         async def use_aio(d, q):
             await d.put.aio("a", 1)
             await q.put.aio("z")
-            return [await d.get.aio("a"), await q.get.aio(timeout=5), await d.len.aio()]
+            keys = sorted([k async for k in d.keys.aio()])
+            return [await d.get.aio("a"), await q.get.aio(timeout=5), await d.len.aio(), keys]
 
         @app.local_entrypoint()
         def main():
@@ -77,10 +78,13 @@ def test_ephemeral_objects_passed_into_functions(cluster: Cluster, tmp_path: Pat
                 d.get("owner")
             except InvalidError as e:
                 out["after"] = str(e)
+            with burst.Dict.ephemeral(data={"k": 1}) as seeded:
+                out["seeded"] = seeded["k"]
             print(json.dumps(out))
     """)
     proc = cluster.burst("run", str(app), check=True, timeout=200)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["seeded"] == 1
     info = out["info"]
     assert info["local"] is False and info["first_put"] is True
     assert info["input"] and info["call"] and info["input"] != info["call"]
@@ -88,7 +92,7 @@ def test_ephemeral_objects_passed_into_functions(cluster: Cluster, tmp_path: Pat
     assert out["got_many"] == [2000, [0, 1, 2], 1999]
     assert out["rest"] == [500, 2000, 2499]
     assert out["empty"] is True and out["partition"] == "urgent"
-    assert out["aio"] == [1, "z", 2]
+    assert out["aio"] == [1, "z", 2, ["a", "owner"]]
     assert out["items"] == [["a", 1], ["owner", "container"]]
     assert out["keys"] == ["a", "owner"]
     assert out["gather"] == [0, 1, 4, 9]
