@@ -115,16 +115,33 @@ def test_class_variants_run_and_bad_gpu_is_named(cluster: Cluster, tmp_path: Pat
             def scale(self, x: int) -> int:
                 return x * self.size
 
+            @burst.method()
+            def together(self, x: int) -> int:
+                import threading, time
+                time.sleep(0.5)
+                return threading.active_count()
+
+            @burst.method()
+            def batch(self, xs: list[int]) -> list[int]:
+                return [len(xs)] * len(xs)
+
         Big = Model.with_options(memory=256, timeout=60, retries=1)
         Wide = Model.with_concurrency(max_inputs=4)
+        Batched = Model.with_batching(max_batch_size=4, wait_ms=2000)
 
         @app.local_entrypoint()
         def main():
-            print(json.dumps([Model(size=2).scale.remote(3), Big(size=5).scale.remote(3),
-                              Wide().scale.remote(7)]))
+            out = [Model(size=2).scale.remote(3), Big(size=5).scale.remote(3),
+                   Wide().scale.remote(7)]
+            out.append(max(Wide().together.map(range(4))))
+            out.append(sorted(Batched().batch.map(range(4))))
+            print(json.dumps(out))
     """)
     proc = cluster.burst("run", str(app), check=True, timeout=200)
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [6, 15, 7]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out[:3] == [6, 15, 7]
+    assert out[3] >= 4  # the with_concurrency variant ran its inputs on threads at once
+    assert out[4] == [4, 4, 4, 4]  # the with_batching variant took them as one list
 
     bad = write_app(tmp_path, """
         import burst
