@@ -118,6 +118,12 @@ class Cls:
         self.user_cls = user_cls
         self._function = function  # a burst Function whose spec is the class's
         self._options = dict(options or {})  # what @app.cls() was given
+        #: Variants made by with_options/with_concurrency/with_batching, by function name
+        #: (the container of a variant finds it here: its qualname is ``Model@name``).
+        self._variants: dict[str, Cls] = {}
+        #: (max_batch_size, wait_ms) for every method of a with_batching variant.
+        self._batching: tuple[int, int] | None = None
+        self._root: Cls | None = None  # the Cls a variant was made from
         self.methods = hooks(user_cls, _METHOD)
         if not self.methods:
             raise InvalidError(f"class {user_cls.__name__} has no @burst.method()")
@@ -165,22 +171,23 @@ class Cls:
         return self._variant(self._options, mark.__burst_concurrency__)  # type: ignore[attr-defined]
 
     def with_batching(self, *, max_batch_size: int, wait_ms: int) -> Cls:
-        """Not built yet: batching is set per method with ``@burst.batched``."""
+        """The class with ``@burst.batched(max_batch_size=..., wait_ms=...)`` on every
+        method: each takes a list and returns a list; callers pass single items."""
         from burst.concurrency import batched
 
-        batched(max_batch_size=max_batch_size, wait_ms=wait_ms)  # validates the values
-        from burst import _unsupported
+        batched(max_batch_size=max_batch_size, wait_ms=wait_ms)(lambda: None)  # checks them
+        return self._variant(self._options, (max_batch_size, max_batch_size),
+                             (max_batch_size, wait_ms))
 
-        raise _unsupported.refuse("Cls.with_batching() (put @burst.batched on the method)")
-
-    def _variant(self, options: dict[str, Any], concurrency: tuple[int, int] | None) -> Cls:
+    def _variant(self, options: dict[str, Any], concurrency: tuple[int, int] | None,
+                 batching: tuple[int, int] | None = None) -> Cls:
         import hashlib
 
         app = self._function.app
         if app is None:
             raise InvalidError(f"{self.user_cls.__name__} was looked up by name: with_options() "
                                "needs the class as defined with @app.cls()")
-        key = repr(sorted(options.items())) + repr(concurrency)
+        key = repr(sorted(options.items())) + repr(concurrency) + repr(batching)
         base = self.spec.name.split("--", 1)[0]
         name = f"{base}--{hashlib.sha256(key.encode()).hexdigest()[:8]}"
         existing = app.registered_functions.get(name)
@@ -192,11 +199,27 @@ class Cls:
                     "where the app is defined, so the variant is deployed with the app")
             fn = app.function(**{**options, "name": name})(self.user_cls)
             fn.spec.is_class = True
+            fn.spec.qualname = f"{self.user_cls.__qualname__}@{name}"
             fn.spec.max_inputs, fn.spec.target_inputs = concurrency or (
                 self.spec.max_inputs, self.spec.target_inputs)
         else:
             fn = existing
-        return Cls(self.user_cls, fn, options)
+        root = self._root or self
+        variant = root._variants.get(name)
+        if variant is None:
+            variant = root._variants[name] = Cls(self.user_cls, fn, options)
+            variant._root = root
+            variant._batching = batching
+        return variant
+
+    def variant(self, name: str) -> Cls:
+        """The variant deployed as function ``name`` (what a container of it runs)."""
+        try:
+            return self._variants[name]
+        except KeyError:
+            raise InvalidError(
+                f"{self.user_cls.__name__} has no variant {name!r} here: make with_options() "
+                "variants at module level, where the app is defined") from None
 
 
 class _Obj:

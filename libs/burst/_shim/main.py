@@ -212,10 +212,11 @@ class ShimState:
 def _resolve_object(module_name: str, qualname: str) -> Any:
     """The object ``qualname`` names in the user's module: a burst Function wrapping the
     user's callable (its ``raw_f`` is what runs), or a plain callable."""
+    qualname, _, variant = qualname.partition("@")  # ``Model@name``: a Cls variant
     obj: Any = importlib.import_module(module_name)
     for part in qualname.split("."):
         obj = getattr(obj, part)
-    return obj
+    return obj.variant(variant) if variant else obj
 
 
 def decode_args(payload: bytes,
@@ -241,6 +242,8 @@ class Target:
         spec = getattr(obj, "spec", None)
         self.user_cls: type | None = obj.user_cls if getattr(spec, "is_class", False) else None
         self.fn = None if self.user_cls is not None else getattr(obj, "raw_f", obj)
+        #: Cls.with_batching: every method batched alike.
+        self.batching: tuple[int, int] | None = getattr(obj, "_batching", None)
         self.instances: dict[str, Any] = {}
         self._lock = threading.Lock()
         if self.user_cls is not None:
@@ -407,7 +410,7 @@ class Runner:
         except Exception as exc:
             self._finish(msg, _done(msg, started, exc=exc))
             return
-        batching = getattr(fn, "__burst_batched__", None)
+        batching = getattr(fn, "__burst_batched__", None) or self.target.batching
         if batching is not None:
             # One batcher per function, or per method of one instance.
             key = (getattr(fn, "__func__", fn), id(getattr(fn, "__self__", None)))
