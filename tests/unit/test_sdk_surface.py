@@ -84,6 +84,11 @@ def test_with_options_is_a_variant_deployed_with_the_app() -> None:
     assert (conc.spec.max_inputs, conc.spec.target_inputs) == (10, 5)
     with pytest.raises(InvalidError, match="max_inputs=0"):
         Model.with_concurrency(max_inputs=0)
+    batched = Model.with_batching(max_batch_size=8, wait_ms=5)
+    assert batched._batching == (8, 5) and batched.spec.qualname == f"Model@{batched.spec.name}"
+    assert Model.variant(batched.spec.name) is batched
+    with pytest.raises(InvalidError, match="wait_ms=-1"):
+        Model.with_batching(max_batch_size=8, wait_ms=-1)
 
 
 def test_concurrent_needs_max_or_target_inputs() -> None:
