@@ -259,11 +259,14 @@ class Queue(_Object):
     @aio_method
     def get(self, block: bool = True, timeout: float | None = None, *,
             partition: str | None = None) -> Any:
-        """The next item; waits up to ``timeout`` seconds (None: until one comes) when
-        ``block``. Raises ``queue.Empty`` when none came."""
+        """The next item, as Modal's: with ``block`` waits up to ``timeout`` seconds (None:
+        until one comes) and raises ``queue.Empty`` when none came; without ``block``
+        returns None at once when the queue is empty."""
         items = self.get_many(1, block=block, timeout=timeout, partition=partition)
         if not items:
-            raise _queue.Empty(f"queue {self.name!r} is empty")
+            if not block:
+                return None
+            raise _queue.Empty(f"queue {self.name!r} had no item within {timeout:g} s")
         return items[0]
 
     @aio_method

@@ -57,10 +57,11 @@ def test_ephemeral_objects_passed_into_functions(cluster: Cluster, tmp_path: Pat
                 out["got_many"] = [len(got), got[:3], got[-1]]
                 rest = list(q.iterate())
                 out["rest"] = [len(rest), rest[0], rest[-1]]
+                out["empty"] = q.get(block=False) is None  # Modal: None, not queue.Empty
                 try:
-                    q.get(block=False)
+                    q.get(timeout=0.5)
                 except queue.Empty:
-                    out["empty"] = True
+                    out["timed_out"] = True
                 out["partition"] = q.get(partition="hi", timeout=5)
                 out["aio"] = asyncio.run(use_aio(d, q))
                 out["items"] = sorted(d.items())
@@ -91,7 +92,8 @@ def test_ephemeral_objects_passed_into_functions(cluster: Cluster, tmp_path: Pat
     assert out["second_put"] is False and out["owner"] == "container"
     assert out["got_many"] == [2000, [0, 1, 2], 1999]
     assert out["rest"] == [500, 2000, 2499]
-    assert out["empty"] is True and out["partition"] == "urgent"
+    assert out["empty"] is True and out["timed_out"] is True
+    assert out["partition"] == "urgent"
     assert out["aio"] == [1, "z", 2, ["a", "owner"]]
     assert out["items"] == [["a", 1], ["owner", "container"]]
     assert out["keys"] == ["a", "owner"]
