@@ -252,6 +252,8 @@ class QueueRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     create_if_missing: bool = True
     #: A sub-queue of its own (Modal's ``partition=``); "" is the default partition.
     partition: str = ""
+    #: ``len`` only: count the items of every partition.
+    total: bool = False
 
 
 class QueueResponse(msgspec.Struct, kw_only=True, omit_defaults=True):

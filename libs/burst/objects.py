@@ -235,14 +235,15 @@ class Queue(_Object):
                 q._ended = True
 
     def _op(self, op: str, values: list[Any] | None = None, n: int = 1,
-            timeout: float | None = 0.0, partition: str | None = None) -> proto.QueueResponse:
+            timeout: float | None = 0.0, partition: str | None = None,
+            total: bool = False) -> proto.QueueResponse:
         self._alive()
         if partition is not None and not isinstance(partition, str):
             raise InvalidError(f"partition={partition!r} is not allowed: use a string")
         req = proto.QueueRequest(name=self.name, op=op,  # type: ignore[arg-type]
                                  values=[serialize(v) for v in values or []], n=n,
                                  timeout=timeout, create_if_missing=self.create_if_missing,
-                                 partition=partition or "")
+                                 partition=partition or "", total=total)
         wait = None if timeout is None else timeout + 30.0
         return proto.queue_response_decoder.decode(_call("queue", req, wait))
 
@@ -303,8 +304,12 @@ class Queue(_Object):
             yield from got
 
     @aio_method
-    def len(self, *, partition: str | None = None) -> int:
-        return self._op("len", partition=partition).count
+    def len(self, *, partition: str | None = None, total: bool = False) -> int:
+        """Items waiting in ``partition`` (default: the default one), or with ``total``
+        in every partition."""
+        if total and partition is not None:
+            raise InvalidError("Queue.len() takes partition= or total=True, not both")
+        return self._op("len", partition=partition, total=total).count
 
     def __len__(self) -> int:
         return self._op("len").count

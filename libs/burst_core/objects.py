@@ -169,8 +169,15 @@ class Objects:
                 await bus.publish(self.js, subject, value)
             return QueueResponse(count=len(req.values))
         if req.op == "len":
-            info = await self.js.stream_info(names.STREAM_QUEUES, subjects_filter=subject)
-            return QueueResponse(count=int((info.state.subjects or {}).get(subject, 0)))
+            base = _subject(workspace, name, "")
+            filt = f"{base}.>" if req.total else subject
+            info = await self.js.stream_info(names.STREAM_QUEUES, subjects_filter=filt)
+            counts = info.state.subjects or {}
+            if not req.total:
+                return QueueResponse(count=int(counts.get(subject, 0)))
+            default = await self.js.stream_info(names.STREAM_QUEUES, subjects_filter=base)
+            n = int((default.state.subjects or {}).get(base, 0))
+            return QueueResponse(count=n + sum(int(v) for v in counts.values()))
         if req.op == "clear":
             await self.js.purge_stream(names.STREAM_QUEUES, subject=subject)
             return QueueResponse()

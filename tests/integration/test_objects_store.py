@@ -42,6 +42,7 @@ async def test_queue_partitions_are_independent_and_delete_empties_them(js: Any)
     assert (await objs.queue_op("ws", QueueRequest(name="q", op="len"))).count == 2
     assert (await objs.queue_op("ws", QueueRequest(name="q", op="len",
                                                    partition="p1"))).count == 1
+    assert (await objs.queue_op("ws", QueueRequest(name="q", op="len", total=True))).count == 3
     got = await objs.queue_op("ws", QueueRequest(name="q", op="get", n=10, partition="p1"))
     assert got.values == [b"x"]
     await objs.queue_op("ws", QueueRequest(name="q", op="put", values=[b"y"], partition="p2"))
