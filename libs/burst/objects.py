@@ -111,6 +111,9 @@ class Dict(_Object):
         """A new Dict (holding ``data``) removed with its contents when the block ends."""
         d = cls(_ephemeral_name("dict"), True)
         d._op("ensure")
+        # Made now: a copy passed to a function that outlives the block finds it gone
+        # (NotFoundError) instead of making it again.
+        d.create_if_missing = False
         if data:
             d.update(data)
         try:
