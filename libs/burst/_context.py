@@ -4,6 +4,7 @@ elsewhere it stays None and the SDK talks HTTP to the gateway."""
 
 from __future__ import annotations
 
+import contextvars
 from typing import Protocol
 
 
@@ -12,3 +13,7 @@ class Platform(Protocol):
 
 
 platform: Platform | None = None
+
+#: The call and input being run on this thread or task (set by the shim; "" elsewhere).
+current_call: contextvars.ContextVar[str] = contextvars.ContextVar("burst_call", default="")
+current_input: contextvars.ContextVar[str] = contextvars.ContextVar("burst_input", default="")

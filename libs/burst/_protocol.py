@@ -219,8 +219,9 @@ class CallItemsResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 # ---- Dict and Queue (over HTTP, or through the agent from inside a container) ------
-DictOp = Literal["get", "put", "pop", "contains", "len", "keys", "clear", "ensure"]
-QueueOp = Literal["put", "get", "len", "clear", "ensure"]
+DictOp = Literal["get", "put", "pop", "contains", "len", "keys", "items", "clear", "ensure",
+                 "delete"]
+QueueOp = Literal["put", "get", "len", "clear", "ensure", "delete"]
 
 
 class DictRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -229,6 +230,8 @@ class DictRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     key: bytes = b""  # cloudpickle of the key
     value: bytes = b""  # cloudpickle of the value
     create_if_missing: bool = True
+    #: ``put`` only: leave an existing value in place (``found`` says whether it was written).
+    skip_if_exists: bool = False
 
 
 class DictResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -236,6 +239,7 @@ class DictResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     value: bytes = b""
     count: int = 0
     keys: list[bytes] = msgspec.field(default_factory=list)
+    values: list[bytes] = msgspec.field(default_factory=list)  # ``items``: one per key
 
 
 class QueueRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -246,6 +250,10 @@ class QueueRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     #: Seconds ``get`` waits for an item; None waits up to the server's longest wait.
     timeout: float | None = 0.0
     create_if_missing: bool = True
+    #: A sub-queue of its own (Modal's ``partition=``); "" is the default partition.
+    partition: str = ""
+    #: ``len`` only: count the items of every partition.
+    total: bool = False
 
 
 class QueueResponse(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from burst import _protocol as proto
-from burst import _resources, schedules
+from burst import _resources, _unsupported, schedules
 from burst.cls import Cls
 from burst.exception import InvalidError
 from burst.functions import Function, is_generator
@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from burst.client import Client
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+_FUNCTION_ARGS = ("cpu", "memory", "gpu", "timeout", "scaledown_window", "min_containers",
+                  "max_containers", "buffer_containers", "nonpreemptible", "retries", "name",
+                  "schedule", "image")
 
 
 def _module_name(module: Any) -> str:
@@ -57,9 +62,19 @@ class App:
     """
 
     def __init__(self, name: str | None = None, *, image: Image | None = None,
-                 **_unsupported: Any) -> None:
-        if _unsupported:
-            raise InvalidError(f"burst.App got unsupported options {sorted(_unsupported)}")
+                 tags: dict[str, str] | None = None, include_source: bool | None = None,
+                 description: str | None = None, **others: Any) -> None:
+        _unsupported.check_options("burst.App()", others, _unsupported.APP_OPTIONS,
+                                   ["name", "image", "tags", "include_source", "description"])
+        if tags is not None and not (isinstance(tags, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in tags.items())):
+            raise InvalidError(f"burst.App: tags= takes a dict of str to str, got {tags!r}")
+        if include_source is False:
+            raise _unsupported.refuse("burst.App(include_source=False) (Burst always ships "
+                                      "the app's source)")
+        #: Labels of the app (Modal's ``tags``); kept on the client.
+        self.tags = dict(tags or {})
+        self.description = description
         if name is not None:
             try:
                 proto.check_ident("app", name)
@@ -97,6 +112,7 @@ class App:
         name: str | None = None,
         schedule: Cron | Period | None = None,
         image: Image | None = None,
+        **others: Any,
     ) -> Callable[[F], Function[..., Any]]:
         """Register a function to run in containers.
 
@@ -112,6 +128,11 @@ class App:
         """
         if _warn_parentheses_missing is not None:
             raise InvalidError("use @app.function() with parentheses")
+        if others.pop("include_source", None) is False:
+            raise _unsupported.refuse("include_source=False (Burst always ships the app's "
+                                      "source)")
+        _unsupported.check_options("@app.function()", others, _unsupported.FUNCTION_OPTIONS,
+                                   [*_FUNCTION_ARGS, "include_source"])
         res, fallbacks = _resources.resources(cpu, memory, gpu)
         t = _resources.timer("timeout", timeout)
         window = _resources.timer("scaledown_window", scaledown_window)
@@ -173,11 +194,22 @@ class App:
             if not isinstance(user_cls, type):
                 raise InvalidError(f"@app.cls() needs a class, got {user_cls!r}")
             fn = register(user_cls)  # the class's spec: its name, module, resources
-            cls = Cls(user_cls, fn)
+            cls = Cls(user_cls, fn, options)
             fn.spec.is_class = True
+            if not hasattr(user_cls, "__burst_concurrency__"):
+                # @burst.concurrent / @burst.batched on methods: the container takes the
+                # most inputs any of them takes.
+                marks = [getattr(getattr(user_cls, m), "__burst_concurrency__", (1, 1))
+                         for m in cls.methods]
+                fn.spec.max_inputs = max(mi for mi, _ in marks)
+                fn.spec.target_inputs = max(ti for _, ti in marks)
             return cls
 
         return decorator
+
+    def include(self, other: App, /) -> App:
+        """Modal's ``app.include(other)``: not built yet."""
+        raise _unsupported.refuse("app.include()")
 
     def local_entrypoint(self, name: str | None = None) -> Callable[[F], F]:
         """Mark the function ``burst run`` calls in the local process."""

@@ -113,9 +113,17 @@ def run_exit(obj: Any) -> None:
 class Cls:
     """What ``@app.cls`` returns: call it with parameters to get a handle on instances."""
 
-    def __init__(self, user_cls: type, function: Any) -> None:
+    def __init__(self, user_cls: type, function: Any,
+                 options: dict[str, Any] | None = None) -> None:
         self.user_cls = user_cls
         self._function = function  # a burst Function whose spec is the class's
+        self._options = dict(options or {})  # what @app.cls() was given
+        #: Variants made by with_options/with_concurrency/with_batching, by function name
+        #: (the container of a variant finds it here: its qualname is ``Model@name``).
+        self._variants: dict[str, Cls] = {}
+        #: (max_batch_size, wait_ms) for every method of a with_batching variant.
+        self._batching: tuple[int, int] | None = None
+        self._root: Cls | None = None  # the Cls a variant was made from
         self.methods = hooks(user_cls, _METHOD)
         if not self.methods:
             raise InvalidError(f"class {user_cls.__name__} has no @burst.method()")
@@ -141,6 +149,77 @@ class Cls:
 
     def __repr__(self) -> str:
         return f"<burst.Cls {self.user_cls.__name__}>"
+
+    def with_options(self, **options: Any) -> Cls:
+        """The class with other options (those of ``@app.cls()``: cpu, memory, gpu,
+        timeout, retries, scaledown_window, min/max/buffer_containers, ...).
+
+        The variant is a function of its own in the app, so make it where the app is
+        defined (at module level), before the app runs: ``burst run`` and ``deploy``
+        then deploy it with the rest.
+        """
+        if "schedule" in options or "name" in options:
+            bad = "schedule" if "schedule" in options else "name"
+            raise InvalidError(f"with_options() does not take {bad}=")
+        return self._variant({**self._options, **options}, None)
+
+    def with_concurrency(self, *, max_inputs: int, target_inputs: int | None = None) -> Cls:
+        """The class with ``@burst.concurrent(max_inputs=..., target_inputs=...)``."""
+        from burst.concurrency import concurrent
+
+        mark = concurrent(max_inputs=max_inputs, target_inputs=target_inputs)(lambda: None)
+        return self._variant(self._options, mark.__burst_concurrency__)  # type: ignore[attr-defined]
+
+    def with_batching(self, *, max_batch_size: int, wait_ms: int) -> Cls:
+        """The class with ``@burst.batched(max_batch_size=..., wait_ms=...)`` on every
+        method: each takes a list and returns a list; callers pass single items."""
+        from burst.concurrency import batched
+
+        batched(max_batch_size=max_batch_size, wait_ms=wait_ms)(lambda: None)  # checks them
+        return self._variant(self._options, (max_batch_size, max_batch_size),
+                             (max_batch_size, wait_ms))
+
+    def _variant(self, options: dict[str, Any], concurrency: tuple[int, int] | None,
+                 batching: tuple[int, int] | None = None) -> Cls:
+        import hashlib
+
+        app = self._function.app
+        if app is None:
+            raise InvalidError(f"{self.user_cls.__name__} was looked up by name: with_options() "
+                               "needs the class as defined with @app.cls()")
+        key = repr(sorted(options.items())) + repr(concurrency) + repr(batching)
+        base = self.spec.name.split("--", 1)[0]
+        name = f"{base}--{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+        existing = app.registered_functions.get(name)
+        if existing is None:
+            if app._client is not None:
+                raise InvalidError(
+                    f"{self.user_cls.__name__}.with_options()/with_concurrency() with new "
+                    f"options was called while app {app.name!r} runs: call it at module level, "
+                    "where the app is defined, so the variant is deployed with the app")
+            fn = app.function(**{**options, "name": name})(self.user_cls)
+            fn.spec.is_class = True
+            fn.spec.qualname = f"{self.user_cls.__qualname__}@{name}"
+            fn.spec.max_inputs, fn.spec.target_inputs = concurrency or (
+                self.spec.max_inputs, self.spec.target_inputs)
+        else:
+            fn = existing
+        root = self._root or self
+        variant = root._variants.get(name)
+        if variant is None:
+            variant = root._variants[name] = Cls(self.user_cls, fn, options)
+            variant._root = root
+            variant._batching = batching
+        return variant
+
+    def variant(self, name: str) -> Cls:
+        """The variant deployed as function ``name`` (what a container of it runs)."""
+        try:
+            return self._variants[name]
+        except KeyError:
+            raise InvalidError(
+                f"{self.user_cls.__name__} has no variant {name!r} here: make with_options() "
+                "variants at module level, where the app is defined") from None
 
 
 class _Obj:

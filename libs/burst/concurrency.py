@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -12,7 +13,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 MAX_INPUTS_LIMIT = 1000
 
 
-def concurrent(*, max_inputs: int, target_inputs: int | None = None) -> Callable[[F], F]:
+def _mark_method(f: Any) -> None:
+    """A decorated method of a class is callable remotely without ``@burst.method()``."""
+    qual = getattr(f, "__qualname__", "")
+    if inspect.isfunction(f) and "." in qual and not qual.endswith(">." + f.__name__):
+        f.__burst_method__ = True  # type: ignore[attr-defined]  # see burst.cls.method
+
+
+def concurrent(*, max_inputs: int | None = None,
+               target_inputs: int | None = None) -> Callable[[F], F]:
     """Let one container run up to ``max_inputs`` inputs at once: async functions as
     tasks of one event loop, sync functions on threads. The autoscaler aims at
     ``target_inputs`` per container (default: ``max_inputs``).
@@ -22,7 +31,14 @@ def concurrent(*, max_inputs: int, target_inputs: int | None = None) -> Callable
         @app.function()
         @burst.concurrent(max_inputs=8)
         async def fetch(url): ...
+
+    ``target_inputs`` alone lets a container take that many inputs at once.
     """
+    if max_inputs is None:
+        if target_inputs is None:
+            raise InvalidError("@burst.concurrent() needs max_inputs= (and optionally "
+                               "target_inputs=)")
+        max_inputs = target_inputs
     if isinstance(max_inputs, bool) or not isinstance(max_inputs, int) or not (
             1 <= max_inputs <= MAX_INPUTS_LIMIT):
         raise InvalidError(f"max_inputs={max_inputs!r} is out of range: allowed 1 to "
@@ -37,6 +53,7 @@ def concurrent(*, max_inputs: int, target_inputs: int | None = None) -> Callable
         if hasattr(f, "spec"):
             raise InvalidError("put @burst.concurrent below @app.function(), next to the def")
         f.__burst_concurrency__ = (max_inputs, target_inputs or max_inputs)  # type: ignore[attr-defined]
+        _mark_method(f)
         return f
 
     return decorator
@@ -72,6 +89,7 @@ def batched(*, max_batch_size: int, wait_ms: int) -> Callable[[F], F]:
         f.__burst_batched__ = (max_batch_size, wait_ms)  # type: ignore[attr-defined]
         # The container takes as many inputs at once as a batch holds.
         f.__burst_concurrency__ = (max_batch_size, max_batch_size)  # type: ignore[attr-defined]
+        _mark_method(f)
         return f
 
     return decorator

@@ -177,6 +177,14 @@ class Function(Generic[P, R]):
                            wait=0)
         return FunctionCall(resp.call_id, client, resp)
 
+    @aio_method
+    def spawn_map(self, *input_iterators: Iterable[Any],
+                  kwargs: dict[str, Any] | None = None) -> None:
+        """Start one call per input (as ``map`` takes them) without waiting for results;
+        the calls run on (for the outputs, see ``FunctionCall``s made with ``spawn``)."""
+        for args in zip(*input_iterators, strict=False):
+            self.spawn(*args, **(kwargs or {}))
+
     @functools.partial(aio_method, iterates=True)
     def map(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] | None = None,
             order_outputs: bool = True, return_exceptions: bool = False) -> Iterator[Any]:
@@ -335,6 +343,13 @@ class FunctionCall(Generic[R]):
             self._client = Client.from_profile()
         return self._client
 
+    @staticmethod
+    def gather(*calls: FunctionCall[Any]) -> list[Any]:
+        """The results of several calls, in order; the first error is raised.
+        ``await FunctionCall.gather.aio(...)`` waits for them concurrently."""
+        _check_calls(calls)
+        return [c.get() for c in calls]
+
     @aio_method
     def cancel(self) -> bool:
         """Cancel the call: it never starts if it has not, and is stopped if it runs.
@@ -363,6 +378,22 @@ class FunctionCall(Generic[R]):
             raise TimeoutError(f"call {self.object_id} did not finish within {timeout:g} s")
         self._last = resp
         return Function._result(resp, client)  # type: ignore[no-any-return]
+
+
+def _check_calls(calls: tuple[Any, ...]) -> None:
+    for c in calls:
+        if not isinstance(c, FunctionCall):
+            raise InvalidError(f"FunctionCall.gather takes FunctionCall handles, not {c!r}")
+
+
+async def _gather_aio(*calls: FunctionCall[Any]) -> list[Any]:
+    import asyncio
+
+    _check_calls(calls)
+    return list(await asyncio.gather(*(c.get.aio() for c in calls)))
+
+
+FunctionCall.gather.aio = _gather_aio  # type: ignore[attr-defined]
 
 
 class _Progress:

@@ -35,6 +35,16 @@ class _Entry(msgspec.Struct):
 _entry_decoder = msgspec.msgpack.Decoder(_Entry)
 MAX_QUEUE_WAIT = 60.0
 MAX_GET_MANY = 1000
+MAX_PARTITION_LEN = 64
+
+
+def _subject(workspace: str, queue: str, partition: str) -> str:
+    """The default partition is the queue's subject; another is a token below it (hashed,
+    so any string is a valid subject)."""
+    base = names.queue_subject(workspace, queue)
+    if not partition:
+        return base
+    return f"{base}.p{hashlib.sha256(partition.encode()).hexdigest()[:24]}"
 
 
 def _name(kind: str, name: str) -> str:
@@ -83,11 +93,22 @@ class Objects:
             await kv.put(meta, str(time.time()).encode())
         if req.op == "ensure":
             return DictResponse(found=True)
-        if req.op in ("len", "keys", "clear"):
+        if req.op == "delete":
+            out = await self._scan(kv, workspace, name, "clear")
+            await kv.delete(meta)
+            return out
+        if req.op in ("len", "keys", "items", "clear"):
             return await self._scan(kv, workspace, name, req.op)
         key = names.dict_entry_key(workspace, name, hashlib.sha256(req.key).hexdigest())
         if req.op == "put":
-            await kv.put(key, msgspec.msgpack.encode(_Entry(req.key, req.value)))
+            data = msgspec.msgpack.encode(_Entry(req.key, req.value))
+            if not req.skip_if_exists:
+                await kv.put(key, data)
+                return DictResponse(found=True)
+            try:
+                await kv.create(key, data)  # atomic: fails when a live value is there
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return DictResponse(found=False)
             return DictResponse(found=True)
         raw, rev = await bus.kv_get(kv, key)
         if raw is None:
@@ -109,43 +130,60 @@ class Objects:
         if op == "clear":
             await asyncio.gather(*(kv.delete(k) for k in keys))
             return DictResponse(count=len(keys))
-        out = []
+        out, values = [], []
         for k in keys:
             raw, _ = await bus.kv_get(kv, k)
             if raw is not None:
-                out.append(_entry_decoder.decode(raw).key)
-        return DictResponse(count=len(out), keys=out)
+                entry = _entry_decoder.decode(raw)
+                out.append(entry.key)
+                if op == "items":
+                    values.append(entry.value)
+        return DictResponse(count=len(out), keys=out, values=values)
 
     # ---- Queue -------------------------------------------------------------------------
-    async def _consumer(self, workspace: str, name: str) -> str:
-        durable = names.queue_consumer(workspace, name)
+    async def _consumer(self, workspace: str, name: str, partition: str = "") -> str:
+        durable = names.queue_consumer(workspace, name if not partition else f"{name}/{partition}")
         if durable not in self._queues_ready:
             await bus.ensure_consumer(self.js, names.STREAM_QUEUES, ConsumerConfig(
                 durable_name=durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0,
                 deliver_policy=DeliverPolicy.ALL,
-                filter_subject=names.queue_subject(workspace, name)))
+                filter_subject=_subject(workspace, name, partition)))
             self._queues_ready.add(durable)
         return durable
 
     async def queue_op(self, workspace: str, req: QueueRequest) -> QueueResponse:
         name = _name("queue", req.name)
-        subject = names.queue_subject(workspace, name)
+        if len(req.partition) > MAX_PARTITION_LEN:
+            raise InvalidError(f"partition key of {len(req.partition)} characters is too long: "
+                               f"allowed up to {MAX_PARTITION_LEN}")
+        subject = _subject(workspace, name, req.partition)
         if req.op == "ensure":
-            await self._consumer(workspace, name)
+            await self._consumer(workspace, name, req.partition)
+            return QueueResponse()
+        if req.op == "delete":  # every partition's items; consumers stay (they hold nothing)
+            await self.js.purge_stream(names.STREAM_QUEUES, subject=subject)
+            await self.js.purge_stream(names.STREAM_QUEUES, subject=subject + ".>")
             return QueueResponse()
         if req.op == "put":
             for value in req.values:
                 await bus.publish(self.js, subject, value)
             return QueueResponse(count=len(req.values))
         if req.op == "len":
-            info = await self.js.stream_info(names.STREAM_QUEUES, subjects_filter=subject)
-            return QueueResponse(count=int((info.state.subjects or {}).get(subject, 0)))
+            base = _subject(workspace, name, "")
+            filt = f"{base}.>" if req.total else subject
+            info = await self.js.stream_info(names.STREAM_QUEUES, subjects_filter=filt)
+            counts = info.state.subjects or {}
+            if not req.total:
+                return QueueResponse(count=int(counts.get(subject, 0)))
+            default = await self.js.stream_info(names.STREAM_QUEUES, subjects_filter=base)
+            n = int((default.state.subjects or {}).get(base, 0))
+            return QueueResponse(count=n + sum(int(v) for v in counts.values()))
         if req.op == "clear":
             await self.js.purge_stream(names.STREAM_QUEUES, subject=subject)
             return QueueResponse()
         if not 1 <= req.n <= MAX_GET_MANY:
             raise InvalidError(f"n={req.n} is out of range: allowed 1 to {MAX_GET_MANY}")
-        durable = await self._consumer(workspace, name)
+        durable = await self._consumer(workspace, name, req.partition)
         psub = await self.js.pull_subscribe_bind(durable, names.STREAM_QUEUES)
         wait = MAX_QUEUE_WAIT if req.timeout is None else min(max(req.timeout, 0.0), MAX_QUEUE_WAIT)
         try:

@@ -12,7 +12,6 @@ cloudpickle and burst's light modules; never typer, rich, fastapi or nats.
 from __future__ import annotations
 
 import collections
-import contextvars
 import importlib
 import inspect
 import io
@@ -154,7 +153,7 @@ _NOTHING = object()
 
 
 #: The call the current thread or task works for; what it prints is tagged with it.
-current_call: contextvars.ContextVar[str] = contextvars.ContextVar("burst_call", default="")
+current_call = _context.current_call
 
 
 class LogWriter(io.TextIOBase):
@@ -213,10 +212,11 @@ class ShimState:
 def _resolve_object(module_name: str, qualname: str) -> Any:
     """The object ``qualname`` names in the user's module: a burst Function wrapping the
     user's callable (its ``raw_f`` is what runs), or a plain callable."""
+    qualname, _, variant = qualname.partition("@")  # ``Model@name``: a Cls variant
     obj: Any = importlib.import_module(module_name)
     for part in qualname.split("."):
         obj = getattr(obj, part)
-    return obj
+    return obj.variant(variant) if variant else obj
 
 
 def decode_args(payload: bytes,
@@ -242,6 +242,8 @@ class Target:
         spec = getattr(obj, "spec", None)
         self.user_cls: type | None = obj.user_cls if getattr(spec, "is_class", False) else None
         self.fn = None if self.user_cls is not None else getattr(obj, "raw_f", obj)
+        #: Cls.with_batching: every method batched alike.
+        self.batching: tuple[int, int] | None = getattr(obj, "_batching", None)
         self.instances: dict[str, Any] = {}
         self._lock = threading.Lock()
         if self.user_cls is not None:
@@ -402,12 +404,13 @@ class Runner:
         started = time.time()
         try:
             args, kwargs, method, params = decode_args(msg.payload, msg.payload_format == "json")
+            _context.current_input.set(msg.input_id)
             current_call.set(msg.call_id)  # @enter of a new instance prints for this call
             fn = self.target.callable_for(method, params)
         except Exception as exc:
             self._finish(msg, _done(msg, started, exc=exc))
             return
-        batching = getattr(fn, "__burst_batched__", None)
+        batching = getattr(fn, "__burst_batched__", None) or self.target.batching
         if batching is not None:
             # One batcher per function, or per method of one instance.
             key = (getattr(fn, "__func__", fn), id(getattr(fn, "__self__", None)))
@@ -454,6 +457,7 @@ class Runner:
     def _run_sync(self, msg: proto.RunInput, fn: Any, args: list[Any],
                   kwargs: dict[str, Any]) -> None:
         current_call.set(msg.call_id)
+        _context.current_input.set(msg.input_id)
         started = time.time()
         try:
             result = fn(*args, **kwargs)
@@ -469,6 +473,7 @@ class Runner:
         import asyncio
 
         current_call.set(msg.call_id)
+        _context.current_input.set(msg.input_id)
         started = time.time()
         try:
             if inspect.isasyncgenfunction(fn):

@@ -1,0 +1,56 @@
+"""burst_core.objects against a real nats-server: the Dict and Queue operations the SDK
+asks for (skip_if_exists, items, delete, partitions, batches above one request)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from burst._protocol import DictRequest, QueueRequest
+from burst.exception import InvalidError, NotFoundError
+from burst_core.objects import MAX_GET_MANY, Objects
+
+
+async def test_dict_put_skip_if_exists_items_and_delete(js: Any) -> None:
+    objs = Objects(js)
+    put = await objs.dict_op("ws", DictRequest(name="d", op="put", key=b"k", value=b"1"))
+    assert put.found
+    skipped = await objs.dict_op("ws", DictRequest(name="d", op="put", key=b"k", value=b"2",
+                                                   skip_if_exists=True))
+    assert skipped.found is False  # the existing value stays
+    got = await objs.dict_op("ws", DictRequest(name="d", op="get", key=b"k"))
+    assert got.value == b"1"
+    # a popped key can be created again with skip_if_exists
+    await objs.dict_op("ws", DictRequest(name="d", op="pop", key=b"k"))
+    again = await objs.dict_op("ws", DictRequest(name="d", op="put", key=b"k", value=b"3",
+                                                 skip_if_exists=True))
+    assert again.found
+    await objs.dict_op("ws", DictRequest(name="d", op="put", key=b"j", value=b"4"))
+    items = await objs.dict_op("ws", DictRequest(name="d", op="items"))
+    assert sorted(zip(items.keys, items.values, strict=True)) == [(b"j", b"4"), (b"k", b"3")]
+
+    await objs.dict_op("ws", DictRequest(name="d", op="delete"))
+    with pytest.raises(NotFoundError):  # the dict itself is gone, not only its entries
+        await objs.dict_op("ws", DictRequest(name="d", op="len", create_if_missing=False))
+
+
+async def test_queue_partitions_are_independent_and_delete_empties_them(js: Any) -> None:
+    objs = Objects(js)
+    await objs.queue_op("ws", QueueRequest(name="q", op="put", values=[b"a", b"b"]))
+    await objs.queue_op("ws", QueueRequest(name="q", op="put", values=[b"x"], partition="p1"))
+    assert (await objs.queue_op("ws", QueueRequest(name="q", op="len"))).count == 2
+    assert (await objs.queue_op("ws", QueueRequest(name="q", op="len",
+                                                   partition="p1"))).count == 1
+    assert (await objs.queue_op("ws", QueueRequest(name="q", op="len", total=True))).count == 3
+    got = await objs.queue_op("ws", QueueRequest(name="q", op="get", n=10, partition="p1"))
+    assert got.values == [b"x"]
+    await objs.queue_op("ws", QueueRequest(name="q", op="put", values=[b"y"], partition="p2"))
+    await objs.queue_op("ws", QueueRequest(name="q", op="delete"))
+    for part in ("", "p2"):
+        assert (await objs.queue_op("ws", QueueRequest(name="q", op="len",
+                                                       partition=part))).count == 0
+    with pytest.raises(InvalidError, match="partition key of 65 characters"):
+        await objs.queue_op("ws", QueueRequest(name="q", op="len", partition="x" * 65))
+    with pytest.raises(InvalidError, match=f"allowed 1 to {MAX_GET_MANY}"):
+        await objs.queue_op("ws", QueueRequest(name="q", op="get", n=MAX_GET_MANY + 1))
