@@ -40,7 +40,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from burst import _protocol as proto
 from burst.exception import Error as BurstError
-from burst_agent import images
+from burst_agent import acks, images
+from burst_agent.acks import Ack, InProgress, Nak, Term
 from burst_agent.attempts import GiveUp
 from burst_agent.inputs import InputPuller
 from burst_agent.runtime import SIGKILL, SIGTERM, ContainerHandle
@@ -277,7 +278,7 @@ class Container:
             try:
                 inp = InputDecoder.decode(msg.data)
             except msgspec.DecodeError:
-                await bus.quiet(msg.term())
+                await acks.settle(msg, Term())
                 continue
             out = Output(call_id=inp.call_id, input_id=inp.input_id, attempt=inp.attempt,
                          attempt_token=inp.attempt_token, status="failure",
@@ -305,7 +306,7 @@ class Container:
         # Hand in-flight inputs back at once: another container picks them up.
         for inf in list(self.in_flight.values()):
             self._release(inf)
-            await bus.quiet(inf.msg.nak())
+            await acks.settle(inf.msg, Nak())
         self.in_flight.clear()
         self._shutdown(reason)
         return True
@@ -416,18 +417,18 @@ class Container:
         self._slots -= 1
         if self._stopping.is_set():
             self._free_slot()
-            self._spawn(bus.quiet(msg.nak()))
+            self._spawn(acks.settle(msg, Nak()))
             return
         try:
             inp = InputDecoder.decode(msg.data)
         except msgspec.DecodeError as e:
             self._free_slot()
             self.log.warning("input_undecodable", error=repr(e))
-            self._spawn(bus.quiet(msg.term()))
+            self._spawn(acks.settle(msg, Term()))
             return
         if inp.call_id in self.agent.cancelled:  # its terminated output is stored
             self._free_slot()
-            self._spawn(bus.quiet(msg.ack()))
+            self._spawn(acks.settle(msg, Ack()))
             return
         if bus.deliveries(msg) > 1 or inp.payload_ref:
             # Reads before it can run: in a task, not holding up the inputs behind it.
@@ -453,10 +454,10 @@ class Container:
                     return
                 except Exception as e:  # the call's record cannot be read: again soon
                     self.log.warning("input_resume_failed", call_id=inp.call_id, error=repr(e))
-                    await bus.quiet(msg.nak(delay=1.0))
+                    await acks.settle(msg, Nak(1.0))
                     return
                 if resumed is None:  # already answered
-                    await bus.quiet(msg.ack())
+                    await acks.settle(msg, Ack())
                     return
                 inp = resumed
             payload = inp.payload
@@ -470,13 +471,12 @@ class Container:
                         f"the call's arguments ({inp.payload_ref}) cannot be read: {e}"), msg)
                     return
             if self._stopping.is_set():  # stopped meanwhile: another container runs it
-                await bus.quiet(msg.nak())
+                await acks.settle(msg, Nak())
                 return
             self._run_input(msg, inp, payload)
             ran = True
         except asyncio.CancelledError:  # the container is gone: another one runs it
-            with contextlib.suppress(Exception):
-                await msg.nak()
+            await acks.settle(msg, Nak())
             raise
         finally:
             if not ran:
@@ -512,7 +512,7 @@ class Container:
             for inf in list(self.in_flight.values()):
                 if now - inf.progress_at >= every:
                     inf.progress_at = now
-                    await bus.quiet(inf.msg.in_progress())
+                    await acks.settle(inf.msg, InProgress())
 
     def _on_timeout(self, input_id: str) -> None:
         inf = self.in_flight.get(input_id)
@@ -547,7 +547,7 @@ class Container:
                 for inf in list(self.in_flight.values()):
                     self._release(inf)
                     self.handed_back.add(inf.inp.input_id)
-                    await bus.quiet(inf.msg.nak())
+                    await acks.settle(inf.msg, Nak())
                 self.in_flight.clear()
         # Frozen for good: do not keep its process and its claim forever.
         await asyncio.sleep(s.unresponsive_kill_after)
@@ -635,12 +635,12 @@ class Container:
         """Store an attempt's output as the call's result, unless it failed with user
         retries left: then the input comes back after the retry's backoff."""
         if inf.inp.call_id in self.agent.cancelled:
-            await bus.quiet(inf.msg.ack())  # the cancellation is the call's result
+            await acks.settle(inf.msg, Ack())  # the cancellation is the call's result
             return
         if out.status in ("failure", "timeout") and self.fn.retries is not None:
             delay = await self.agent.attempts.schedule_retry(inf.inp, self.fn.retries)
             if delay is not None:
-                await bus.quiet(inf.msg.nak(delay=delay))
+                await acks.settle(inf.msg, Nak(delay))
                 return
         await self._store_output(out, inf.msg)
 
@@ -652,12 +652,12 @@ class Container:
         except nats.js.errors.APIError as e:
             if e.err_code != WRONG_LAST_SEQUENCE:
                 self.log.error("output_store_failed", call_id=out.call_id, error=repr(e))
-                await bus.quiet(msg.nak(delay=1.0))
+                await acks.settle(msg, Nak(1.0))
                 return
             self.log.info("duplicate_output_dropped", call_id=out.call_id, attempt=out.attempt)
         except Exception as e:
             self.log.error("output_store_failed", call_id=out.call_id, error=repr(e))
-            await bus.quiet(msg.nak(delay=1.0))
+            await acks.settle(msg, Nak(1.0))
             return
         else:  # stored by this container: the call's one result (a duplicate is not)
             if out.status == "success":

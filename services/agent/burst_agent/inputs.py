@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from burst_agent import acks
+from burst_agent.acks import Nak
 from burst_core import bus, logs
 
 if TYPE_CHECKING:
@@ -158,7 +160,7 @@ class InputPuller:
         if c is not None:
             self._dispatch(c, msg)
         elif self._closing:
-            self._spawn(bus.quiet(msg.nak()))
+            self._spawn(acks.settle(msg, Nak()))
         else:
             self._held.append((msg, self._loop.time() + self._hold))
             self._wake.set()
@@ -175,7 +177,7 @@ class InputPuller:
             c._dispatch(msg)
         except Exception as e:  # not lost until AckWait: handed back
             self.log.error("input_dispatch_failed", container_id=c.id, error=repr(e))
-            self._spawn(bus.quiet(msg.nak()))
+            self._spawn(acks.settle(msg, Nak()))
 
     def _on_status(self, msg: Msg) -> None:
         hdr = msg.headers or {}
@@ -236,13 +238,13 @@ class InputPuller:
                 with contextlib.suppress(Exception):
                     await sub.drain()
             while self._held:
-                await bus.quiet(self._held.popleft()[0].nak())
+                await acks.settle(self._held.popleft()[0], Nak())
 
     async def _expire(self, now: float) -> None:
         while self._held and self._held[0][1] <= now:
             msg, _ = self._held.popleft()
             self.log.info("input_handed_back_no_free_slot")
-            await bus.quiet(msg.nak())
+            await acks.settle(msg, Nak())
         lost = [k for k, r in self._requests.items() if r.lost_after <= now]
         if lost:
             for k in lost:
