@@ -39,11 +39,11 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from burst import _protocol as proto
-from burst.exception import Error as BurstError
-from burst_agent import acks, images
+from burst_agent import acks, images, relay
 from burst_agent.acks import Ack, InProgress, Nak, Term
 from burst_agent.attempts import GiveUp
 from burst_agent.inputs import InputPuller
+from burst_agent.metering import Meter
 from burst_agent.runtime import SIGKILL, SIGTERM, ContainerHandle
 from burst_core import bus, logs, names
 from burst_core.schemas import (
@@ -54,7 +54,6 @@ from burst_core.schemas import (
     Input,
     InputDecoder,
     LogLine,
-    MeteringRecord,
     Output,
     OutputItem,
     Placement,
@@ -67,9 +66,6 @@ if TYPE_CHECKING:
 log = logs.get("burst.agent.container")
 
 WRONG_LAST_SEQUENCE = 10071
-#: Outcomes a metering record counts as failed calls (``terminated``, a cancellation, is
-#: not a failure of the function).
-_FAILED = frozenset({"failure", "timeout", "internal"})
 
 
 @dataclass
@@ -120,12 +116,7 @@ class Container:
         #: Inputs running when the container stopped (its stopped event says so).
         self._inputs_at_stop = 0
         self.done = asyncio.Event()
-        #: Calls whose output this container stored since the last metering record that
-        #: went out, by outcome; they ride on that record (see _meter).
-        self._succeeded = 0
-        self._failed = 0
-        #: The metering interval under way and when it began (see _meter).
-        self._interval, self._interval_start = 0, 0.0
+        self.meter = Meter(self.agent, p, self.log)
 
     # ---- views ---------------------------------------------------------------------
     def view(self) -> ContainerView:
@@ -166,7 +157,7 @@ class Container:
             self._binding = asyncio.create_task(self._bind())
             self.handle = await self.agent.runtime.start(spec)
             self.started_at = time.time()
-            self._interval, self._interval_start = 0, self.started_at
+            self.meter.begin(self.started_at)
             started = asyncio.create_task(self._event("started", ContainerStarted(
                 container_id=self.id, agent_id=self.agent.agent_id,
                 workspace=self.placement.workspace, app=self.placement.app,
@@ -556,22 +547,7 @@ class Container:
 
     async def _on_platform(self, req: proto.PlatformRequest) -> None:
         """A Dict or Queue operation from user code, in this container's workspace."""
-        ws = self.placement.workspace
-        try:
-            if req.kind == "dict":
-                body = proto.dict_request_decoder.decode(req.body)
-                resp: msgspec.Struct = await self.agent.objects.dict_op(ws, body)
-            else:
-                resp = await self.agent.objects.queue_op(
-                    ws, proto.queue_request_decoder.decode(req.body))
-            answer = proto.PlatformResponse(req_id=req.req_id, body=msgspec.msgpack.encode(resp))
-        except BurstError as e:
-            answer = proto.PlatformResponse(req_id=req.req_id, error_type=e.type,
-                                            error_message=str(e))
-        except Exception as e:
-            self.log.warning("platform_request_failed", kind=req.kind, error=repr(e))
-            answer = proto.PlatformResponse(req_id=req.req_id, error_type="Internal",
-                                            error_message=f"{req.kind} operation failed: {e}")
+        answer = await relay.answer(self.agent.objects, self.placement.workspace, req, self.log)
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 self._writer.write(proto.frame(answer))
@@ -660,10 +636,7 @@ class Container:
             await acks.settle(msg, Nak(1.0))
             return
         else:  # stored by this container: the call's one result (a duplicate is not)
-            if out.status == "success":
-                self._succeeded += 1
-            elif out.status in _FAILED:
-                self._failed += 1
+            self.meter.count(out.status)
         self.agent.ack_later(msg)
 
     async def _finish_in_flight(self, exit_code: int | None) -> None:
@@ -727,39 +700,15 @@ class Container:
     async def _metering_loop(self) -> None:
         while True:
             await asyncio.sleep(self.agent.settings.metering_interval)
-            await self._meter(final=False)
-
-    async def _meter(self, final: bool) -> None:
-        p = self.placement
-        now = time.time()
-        rec = MeteringRecord(
-            container_id=self.id, interval=self._interval,
-            start=self._interval_start or now, end=now,
-            workspace=p.workspace, app=p.app, function=self.fn.name, agent_id=self.agent.agent_id,
-            resources=p.resources, spot=p.spot, final=final,
-            succeeded=self._succeeded, failed=self._failed,
-        )
-        try:
-            await bus.publish(self.agent.js,
-                              names.metering_subject(p.workspace, self.agent.agent_id),
-                              encode(rec), msg_id=f"{self.id}:{self._interval}")
-        except Exception as e:  # kept for the next record: the span and counts are not lost
-            self.log.warning("metering_publish_failed", error=repr(e))
-            return
-        self._interval += 1
-        self._interval_start = now
-        # Less what the record carried, not zeroed: outputs stored while it was being
-        # published belong to the next one.
-        self._succeeded -= rec.succeeded
-        self._failed -= rec.failed
+            await self.meter.publish(final=False)
 
     async def _account_stop(self, exit_code: int | None) -> None:
         p = self.placement
         reason = self.stop_reason or ("crashed" if exit_code not in (0, None) else "exited")
-        if self.started_at or self._succeeded or self._failed:
+        if self.started_at or self.meter.has_counts:
             # Never started (its image failed) but answered calls: a record of no span
             # carries their count.
-            await bus.quiet(self._meter(final=True))
+            await bus.quiet(self.meter.publish(final=True))
         self.log.info("container_stopped", reason=reason, exit_code=exit_code)
         await bus.quiet(self._event("stopped", ContainerStopped(
             container_id=self.id, agent_id=self.agent.agent_id, workspace=p.workspace, app=p.app,
