@@ -30,7 +30,7 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -42,6 +42,7 @@ from burst import _protocol as proto
 from burst_agent import acks, images, relay
 from burst_agent.acks import Ack, InProgress, Nak, Term
 from burst_agent.attempts import GiveUp
+from burst_agent.host import AgentHost
 from burst_agent.inputs import InputPuller
 from burst_agent.metering import Meter
 from burst_agent.runtime import SIGKILL, SIGTERM, ContainerHandle
@@ -59,9 +60,6 @@ from burst_core.schemas import (
     Placement,
     encode,
 )
-
-if TYPE_CHECKING:
-    from burst_agent.agent import Agent
 
 log = logs.get("burst.agent.container")
 
@@ -81,7 +79,7 @@ class InFlight:
 
 @dataclass
 class Container:
-    agent: Agent
+    agent: AgentHost
     placement: Placement
     state: str = "starting"
     idle_since: float | None = None

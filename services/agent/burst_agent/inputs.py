@@ -37,7 +37,7 @@ import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -47,10 +47,19 @@ from burst_agent.acks import Nak
 from burst_core import bus, logs
 
 if TYPE_CHECKING:
-    from burst_agent.container import Container
     from burst_agent.settings import AgentSettings
 
 log = logs.get("burst.agent.inputs")
+
+
+class Container(Protocol):
+    """A container as the pull sees it: an id, and free slots it fills with
+    ``_dispatch`` (called with the slot already taken)."""
+
+    @property
+    def id(self) -> str: ...
+
+    def _dispatch(self, msg: Msg) -> None: ...
 
 #: Header of a 408 (or 409): how many messages of that request were not delivered.
 PENDING_MESSAGES = "Nats-Pending-Messages"
