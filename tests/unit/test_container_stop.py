@@ -24,7 +24,7 @@ def container() -> Container:
 
 async def test_an_input_being_read_keeps_an_idle_container() -> None:
     c = container()
-    c._slots -= 1  # the pull handed it an input; _dispatch_slow is still reading it
+    c.dispatch.slots -= 1  # the pull handed it an input; _take_slow is still reading it
     assert await c.stop("evicted", if_idle_since=100.0) is False
     assert c.state == "idle" and not c._stopping.is_set()
 

@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 
 from burst._protocol import MAX_PAYLOAD
 from burst_agent import gpus
+from burst_agent.acks import Ack, settle
 from burst_agent.attempts import Attempts
 from burst_agent.bundles import BundleCache
 from burst_agent.container import Container
@@ -187,10 +188,9 @@ class Agent:
         if self._acks_timer is not None:
             self._acks_timer.cancel()
             self._acks_timer = None
-        acks, self._acks = self._acks, []
-        for msg in acks:
-            with contextlib.suppress(Exception):  # unacked: redelivered, found answered
-                await msg.ack()
+        pending, self._acks = self._acks, []
+        for msg in pending:
+            await settle(msg, Ack())  # unacked: redelivered, found answered
 
     # ---- orders --------------------------------------------------------------------
     async def _on_order(self, msg: Msg) -> None:

@@ -17,10 +17,12 @@ Every bump is announced (``AttemptChanged``) so gateways refuse the old attempt'
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgspec
 import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from burst_core import bus, calls, logs, names
@@ -33,8 +35,12 @@ from burst_core.schemas import (
     encode,
 )
 
-if TYPE_CHECKING:
-    from burst_agent.agent import Agent
+
+class HasBus(Protocol):
+    """The NATS connection the call records are read and announced on."""
+
+    nc: NATS
+    js: JetStreamContext
 
 log = logs.get("burst.agent.attempts")
 
@@ -46,7 +52,7 @@ class GiveUp(Exception):
 
 
 class Attempts:
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: HasBus) -> None:
         self.agent = agent
         self._calls_kv: KeyValue | None = None
 

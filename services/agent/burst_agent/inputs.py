@@ -37,18 +37,29 @@ import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from burst_agent import acks
+from burst_agent.acks import Nak
 from burst_core import bus, logs
 
 if TYPE_CHECKING:
-    from burst_agent.container import Container
     from burst_agent.settings import AgentSettings
 
 log = logs.get("burst.agent.inputs")
+
+
+class Container(Protocol):
+    """A container as the pull sees it: an id, and free slots it fills with
+    ``_dispatch`` (called with the slot already taken)."""
+
+    @property
+    def id(self) -> str: ...
+
+    def _dispatch(self, msg: Msg) -> None: ...
 
 #: Header of a 408 (or 409): how many messages of that request were not delivered.
 PENDING_MESSAGES = "Nats-Pending-Messages"
@@ -158,7 +169,7 @@ class InputPuller:
         if c is not None:
             self._dispatch(c, msg)
         elif self._closing:
-            self._spawn(bus.quiet(msg.nak()))
+            self._spawn(acks.settle(msg, Nak()))
         else:
             self._held.append((msg, self._loop.time() + self._hold))
             self._wake.set()
@@ -175,7 +186,7 @@ class InputPuller:
             c._dispatch(msg)
         except Exception as e:  # not lost until AckWait: handed back
             self.log.error("input_dispatch_failed", container_id=c.id, error=repr(e))
-            self._spawn(bus.quiet(msg.nak()))
+            self._spawn(acks.settle(msg, Nak()))
 
     def _on_status(self, msg: Msg) -> None:
         hdr = msg.headers or {}
@@ -236,13 +247,13 @@ class InputPuller:
                 with contextlib.suppress(Exception):
                     await sub.drain()
             while self._held:
-                await bus.quiet(self._held.popleft()[0].nak())
+                await acks.settle(self._held.popleft()[0], Nak())
 
     async def _expire(self, now: float) -> None:
         while self._held and self._held[0][1] <= now:
             msg, _ = self._held.popleft()
             self.log.info("input_handed_back_no_free_slot")
-            await bus.quiet(msg.nak())
+            await acks.settle(msg, Nak())
         lost = [k for k, r in self._requests.items() if r.lost_after <= now]
         if lost:
             for k in lost:
