@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from burst.cli.cluster import read_state
+from burst._parts import read_state
 from burst_core.calls import call_created_at
 from tests.e2e.conftest import Cluster, eventually, running_cluster
 from tests.e2e.test_hello import write_app

@@ -11,9 +11,18 @@ from pathlib import Path
 import pytest
 
 from burst import _supervisor
-from burst._parts import ClusterState, Part, all_procs, is_alive, members, read_state, write_state
+from burst._cluster import Launcher
+from burst._parts import (
+    ClusterState,
+    Part,
+    all_procs,
+    is_alive,
+    members,
+    read_state,
+    stop_parts,
+    write_state,
+)
 from burst._supervisor import SupervisorSettings
-from burst.cli.cluster import Launcher, stop_parts
 from burst.exception import InvalidError, UnavailableError
 from tests.e2e.conftest import eventually
 
