@@ -24,7 +24,7 @@ from burst._parts import (
 )
 from burst._supervisor import SupervisorSettings
 from burst.exception import InvalidError, UnavailableError
-from tests.e2e.conftest import eventually
+from tests.waiting import eventually
 
 FAST = SupervisorSettings(backoff=0.2, backoff_max=5.0, interval=0.05)
 
