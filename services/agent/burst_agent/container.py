@@ -40,10 +40,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from burst import _protocol as proto
 from burst.exception import Error as BurstError
-from burst_agent import images
 from burst_agent.attempts import GiveUp
 from burst_agent.inputs import InputPuller
-from burst_agent.runtime import SIGKILL, SIGTERM, ContainerHandle
+from burst_agent.runtimes import images
+from burst_agent.runtimes.base import SIGKILL, SIGTERM, ContainerHandle
 from burst_core import bus, logs, names
 from burst_core.schemas import (
     ContainerReady,
