@@ -186,8 +186,9 @@ async def runtime_zero_to_n(n: int, zygote: bool) -> dict[str, Any]:
     import struct
 
     from burst import _protocol as proto
-    from burst_agent.runtime import ContainerSpec, ProcessRuntime
-    from burst_agent.sandbox import Sandbox
+    from burst_agent.runtimes.base import ContainerSpec
+    from burst_agent.runtimes.process import ProcessRuntime
+    from burst_agent.runtimes.sandbox import Sandbox
 
     home = Path(tempfile.mkdtemp(prefix="burst-bench-rt-", dir="/var/tmp"))
     socks = Path(tempfile.mkdtemp(prefix="burst-"))

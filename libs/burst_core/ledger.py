@@ -43,7 +43,6 @@ from burst_core.schemas import (
     ContainerMark,
     LedgerLine,
     LedgerSnapshot,
-    LedgerSnapshotDecoder,
     MeteringRecord,
     decoder,
 )
@@ -492,14 +491,6 @@ def spend(snapshot: LedgerSnapshot, workspace: str, app: str | None, function: s
             continue
         total += line.cost
     return total
-
-
-def decode_snapshot(data: bytes | None) -> LedgerSnapshot:
-    """The snapshot stored in KV, or an empty one when there is none yet."""
-    if not data:
-        return LedgerSnapshot()
-    snap: LedgerSnapshot = LedgerSnapshotDecoder.decode(data)
-    return snap
 
 
 async def load_snapshot(js: JetStreamContext) -> LedgerSnapshot:

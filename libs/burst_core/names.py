@@ -69,10 +69,6 @@ def items_subject(call_id: str, attempt: int) -> str:
 SUBJECTS_ITEMS = "burst.items.>"
 
 
-def output_subject_any(call_id: str) -> str:
-    return f"burst.outputs.{call_id}.*"
-
-
 def input_accepted_subject(fn_key: str) -> str:
     return f"burst.control.input_accepted.{fn_key}"
 
@@ -102,9 +98,6 @@ def function_deployed_subject(fn_key: str) -> str:
 
 def app_removed_subject(workspace: str, app: str) -> str:
     return f"burst.control.app_removed.{workspace}.{app}"
-
-
-SUBJECTS_APP_EVENTS = ["burst.control.function_deployed.>", "burst.control.app_removed.>"]
 
 
 def agent_orders_subject(agent_id: str) -> str:
@@ -201,7 +194,6 @@ def error_rate_consumer(token: str) -> str:
 
 
 CONSUMER_SCHEDULER_SIGNALS = "scheduler_signals"
-CONSUMER_SCHEDULER_EVENTS = "scheduler_events"
 CONSUMER_BILLING_EVENTS = "billing_events"
 CONSUMER_WEBHOOK_DELIVERY = "webhook_delivery"
 
@@ -289,8 +281,3 @@ def redis_pool_key(fn_key: str) -> str:
 
 
 REDIS_POOLED_FUNCTIONS = f"{REDIS_PREFIX}pools"  # set of function keys with a pool entry
-
-
-def redis_pending_key(fn_key: str) -> str:
-    """Containers placed for a function but not yet reported started (counter hash)."""
-    return f"{REDIS_PREFIX}placing:{fn_key}"

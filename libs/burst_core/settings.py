@@ -73,14 +73,3 @@ def load(cls: type[T], env: dict[str, str] | None = None, **overrides: Any) -> T
             values[f.name] = _convert(env[key], hints[f.name], f.name)
     values.update(overrides)
     return cls(**values)
-
-
-def to_env(settings: Any) -> dict[str, str]:
-    """The environment that reproduces ``settings`` in a child process."""
-    out: dict[str, str] = {}
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        if value is None:
-            continue
-        out[f"BURST_{f.name.upper()}"] = str(value)
-    return out

@@ -18,20 +18,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from burst.cli.cluster import (
-    DEFAULT_PORTS,
-    HOST,
-    Launcher,
-    Part,
-    Progress,
-    all_procs,
-    http_get,
-    is_alive,
-    members,
-    pick_ports,
-    proc_info,
-    wait_healthy,
-)
+from burst._cluster import DEFAULT_PORTS, HOST, Launcher, pick_ports, wait_healthy
+from burst._parts import Part, all_procs, is_alive, members, proc_info
+from burst.cli.cluster import Progress
+from burst.client import Client
 from burst.exception import UnavailableError
 from tests.servers import nats_binary
 
@@ -174,7 +164,7 @@ def test_up_starts_a_healthy_cluster(
     assert profile["token"].startswith("bst_") and len(profile["token"]) > 40
     gateway_log = (home / "logs" / "gateway.log").read_text()
     assert profile["token"] not in gateway_log  # only its hash reaches the gateway
-    code, body = http_get(f"{state['url']}/healthz")
+    code, body = Client(state["url"], "").request("GET", "/healthz")
     assert code == 200 and json.loads(body)["ok"] is True
 
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Cluster, eventually, running_cluster
+from tests.e2e.conftest import Cluster, running_cluster
 from tests.e2e.test_hello import write_app
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

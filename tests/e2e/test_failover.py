@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import BURST, REPO, Cluster, eventually, running_cluster
+from tests.e2e.conftest import BURST, REPO, Cluster, running_cluster
 from tests.e2e.test_hello import write_app
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

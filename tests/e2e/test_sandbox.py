@@ -18,7 +18,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.e2e.conftest import FAST_TIMERS, Cluster, eventually
+from tests.e2e.conftest import FAST_TIMERS, Cluster
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

@@ -25,11 +25,12 @@ from typing import Any
 
 import pytest
 
-from burst.cli.cluster import read_state
+from burst._parts import read_state
 from burst_core.calls import call_created_at
-from tests.e2e.conftest import Cluster, eventually, running_cluster
+from tests.e2e.conftest import Cluster, running_cluster
 from tests.e2e.test_hello import write_app
 from tests.scheduler_procs import SchedulerProcs, lease_holder_at, scheduler_env
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Cluster, eventually
+from tests.e2e.conftest import Cluster
 from tests.e2e.test_hello import write_app
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from burst.cli.cluster import Part, all_procs, is_alive, members
-from tests.e2e.conftest import Cluster, eventually, running_cluster
+from burst._parts import Part, all_procs, is_alive, members
+from tests.e2e.conftest import Cluster, running_cluster
 from tests.e2e.test_cluster_cli import processes_of
 from tests.e2e.test_hello import write_app
+from tests.waiting import eventually
 
 if TYPE_CHECKING:
     from burst._parts import ProcInfo

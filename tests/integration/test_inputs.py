@@ -7,8 +7,9 @@ test says so; the consumer, the pull requests and the redeliveries are JetStream
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from burst_agent.inputs import InputPuller
 from burst_agent.settings import AgentSettings
 from burst_core import bus, names
 from tests.servers import Server
+from tests.waiting import eventually_async
 
 pytestmark = pytest.mark.integration
 
@@ -63,13 +65,8 @@ class Box:
             self.puller.freed(self)  # type: ignore[arg-type]
 
 
-async def eventually(cond: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := cond()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.005)
-    return value
+#: Inputs move within milliseconds here: poll fast enough to see each step.
+eventually = functools.partial(eventually_async, step=0.005)
 
 
 @pytest.fixture

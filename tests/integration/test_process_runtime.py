@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from burst import _protocol as proto
-from burst_agent.runtime import ContainerSpec, ProcessHandle, ProcessRuntime
-from burst_agent.sandbox import Sandbox
+from burst_agent.runtimes.base import ContainerSpec
+from burst_agent.runtimes.process import ProcessHandle, ProcessRuntime
+from burst_agent.runtimes.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
 

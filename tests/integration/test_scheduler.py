@@ -36,23 +36,11 @@ from burst_core.schemas import (
 from burst_scheduler import placement
 from burst_scheduler.service import Scheduler
 from burst_scheduler.settings import SchedulerSettings
+from tests.waiting import eventually_async as eventually
 
 pytestmark = pytest.mark.integration
 
 WS, APP = "ws", "app"
-
-
-async def eventually(cond: Callable[[], Any], timeout: float = 5.0, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if isinstance(value, Awaitable):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(step)
 
 
 class FakeAgent:

@@ -13,8 +13,8 @@ import pytest
 import burst
 from burst import _protocol as proto
 from burst.exception import InvalidError
-from burst_agent import images
-from burst_agent.runtime import ContainerSpec
+from burst_agent.runtimes import images
+from burst_agent.runtimes.base import ContainerSpec
 
 
 def test_steps_in_order_and_hash_follows_content(tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def spec(tmp_path: Path, gpus: list[int]) -> ContainerSpec:
 
 def test_docker_run_options_harden_and_limit(tmp_path: Path) -> None:
     pytest.importorskip("docker")
-    from burst_agent.docker_runtime import DockerRuntime
+    from burst_agent.runtimes.docker import DockerRuntime
 
     rt = DockerRuntime(tmp_path, uid=65534, client=FakeClient())
     opts = rt.run_options(spec(tmp_path, []), {}, "")
@@ -147,8 +147,8 @@ def test_docker_run_options_harden_and_limit(tmp_path: Path) -> None:
 
 def test_pids_limit_is_the_setting_on_both_runtimes(tmp_path: Path) -> None:
     pytest.importorskip("docker")
-    from burst_agent.docker_runtime import DockerRuntime
-    from burst_agent.sandbox import Sandbox
+    from burst_agent.runtimes.docker import DockerRuntime
+    from burst_agent.runtimes.sandbox import Sandbox
 
     rt = DockerRuntime(tmp_path, client=FakeClient(), pids_limit=64)
     assert rt.run_options(spec(tmp_path, []), {}, "")["pids_limit"] == 64
@@ -164,7 +164,7 @@ def test_pids_limit_is_the_setting_on_both_runtimes(tmp_path: Path) -> None:
 
 def test_docker_gpus_by_device_request(tmp_path: Path) -> None:
     pytest.importorskip("docker")
-    from burst_agent.docker_runtime import DockerRuntime
+    from burst_agent.runtimes.docker import DockerRuntime
 
     real = DockerRuntime(tmp_path, client=FakeClient(), gpu_devices=True)
     opts = real.run_options(spec(tmp_path, [2, 3]), {}, "")

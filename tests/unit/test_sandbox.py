@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from burst_agent import sandbox
-from burst_agent.sandbox import Cgroup, Sandbox
+from burst_agent.runtimes import sandbox
+from burst_agent.runtimes.sandbox import Cgroup, Sandbox
 
 
 def test_without_the_sandbox_the_log_says_pids_are_unlimited(
@@ -72,7 +72,8 @@ def test_containers_import_burst_as_the_agent_does(
     """An agent run from a source tree (PYTHONPATH, no install: the lent GPU machine) gives
     its containers the same import path; without it their shim could not import burst
     ("container exited with code 1 before it was ready"). A function's own env wins."""
-    from burst_agent.runtime import ContainerSpec, ProcessRuntime
+    from burst_agent.runtimes.base import ContainerSpec
+    from burst_agent.runtimes.process import ProcessRuntime
 
     spec = ContainerSpec("ct-1", tmp_path, tmp_path / "s.sock", "app", "f")
     rt = ProcessRuntime(sandbox=None)

@@ -11,11 +11,20 @@ from pathlib import Path
 import pytest
 
 from burst import _supervisor
-from burst._parts import ClusterState, Part, all_procs, is_alive, members, read_state, write_state
+from burst._cluster import Launcher
+from burst._parts import (
+    ClusterState,
+    Part,
+    all_procs,
+    is_alive,
+    members,
+    read_state,
+    stop_parts,
+    write_state,
+)
 from burst._supervisor import SupervisorSettings
-from burst.cli.cluster import Launcher, stop_parts
 from burst.exception import InvalidError, UnavailableError
-from tests.e2e.conftest import eventually
+from tests.waiting import eventually
 
 FAST = SupervisorSettings(backoff=0.2, backoff_max=5.0, interval=0.05)
 

@@ -22,7 +22,7 @@ the container's mounts and namespaces):
    and runs the shim's ``main``.
 
 So the fork overlaps bwrap's setup; for a sandbox made ahead (a spare, see the agent's
-``runtime.py``) steps 1-2 happen before its container exists, and only step 3 is on the
+``runtimes/process.py``) steps 1-2 happen before its container exists, and only step 3 is on the
 container's start. The keeper waits for the container and writes its exit code to the
 holder, which exits with it (so bubblewrap, the agent's child, exits with the container's
 code). If the keeper dies the holder reads EOF and exits; a keeper whose reply socket

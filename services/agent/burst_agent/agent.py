@@ -28,10 +28,9 @@ from burst_agent.attempts import Attempts
 from burst_agent.bundles import BundleCache
 from burst_agent.container import Container
 from burst_agent.inputs import InputPuller
-from burst_agent.runtime import ProcessRuntime, Runtime, make_runtime
-from burst_agent.sandbox import Sandbox
+from burst_agent.runtimes.base import Runtime
+from burst_agent.runtimes.factory import make_runtime
 from burst_agent.settings import AgentSettings
-from burst_agent.venvs import VenvRuntime
 from burst_core import bus, logs, names
 from burst_core.objects import Objects
 from burst_core.schemas import (
@@ -66,7 +65,7 @@ class Agent:
         self.settings = settings
         self.agent_id = settings.agent_id or settings.instance
         names.check_ident("agent", self.agent_id)
-        self.runtime = runtime or self._make_runtime()
+        self.runtime = runtime or make_runtime(settings, self.agent_id)
         self.containers: dict[str, Container] = {}
         #: Each function's pull of inputs for its ready containers here, by function key.
         self.pullers: dict[str, InputPuller] = {}
@@ -79,29 +78,6 @@ class Agent:
         self.started_at = time.time()
         # Unix socket paths are limited to 108 bytes: keep them short, under /tmp.
         self.socket_dir = tempfile.mkdtemp(prefix="burst-")
-
-    def _make_runtime(self) -> Runtime:
-        s = self.settings
-        box = None
-        if s.runtime == "process":
-            box = Sandbox.detect(s.sandbox, self.agent_id, s.home, s.sandbox_uid,
-                                 cpu_headroom=s.cpu_headroom,
-                                 pids_limit=s.container_pids_limit)
-        if s.runtime == "docker":
-            from burst_agent.docker_runtime import DockerRuntime  # the Docker SDK: only here
-
-            return DockerRuntime(Path(s.home) / "agent" / self.agent_id / "images",
-                                 uid=s.sandbox_uid, gpu_devices=not s.gpus,
-                                 pids_limit=s.container_pids_limit)
-        state = Path(s.home) / "agent" / self.agent_id / "containers"
-        runtime = make_runtime(s.runtime, s.python, box, state, zygote=s.zygote,
-                               spares=s.spare_sandbox, spare_delay=s.spare_delay)
-        if isinstance(runtime, ProcessRuntime):
-            # Images with pip_install steps: a cached virtual environment each.
-            return VenvRuntime(runtime, lambda python: ProcessRuntime(
-                python, box, state, zygote=s.zygote, spares=s.spare_sandbox,
-                spare_delay=s.spare_delay))
-        return runtime
 
     async def start(self) -> None:
         s = self.settings

@@ -30,12 +30,13 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from burst import _protocol as proto
-from burst_agent import images, relay
+from burst_agent import relay
 from burst_agent.dispatch import InFlight, InputDispatch
 from burst_agent.host import AgentHost
 from burst_agent.inputs import InputPuller
 from burst_agent.metering import Meter
-from burst_agent.runtime import SIGKILL, SIGTERM, ContainerHandle
+from burst_agent.runtimes import images
+from burst_agent.runtimes.base import SIGKILL, SIGTERM, ContainerHandle
 from burst_core import bus, logs, names
 from burst_core.schemas import (
     ContainerReady,

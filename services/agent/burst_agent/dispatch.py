@@ -33,7 +33,7 @@ from burst_agent.attempts import GiveUp
 from burst_agent.host import AgentHost
 from burst_agent.inputs import InputPuller
 from burst_agent.metering import Meter
-from burst_agent.runtime import SIGKILL, ContainerHandle
+from burst_agent.runtimes.base import SIGKILL, ContainerHandle
 from burst_core import bus, names
 from burst_core.schemas import (
     FunctionSpec,

@@ -19,7 +19,7 @@ from burst_agent.settings import AgentSettings
 from burst_core.objects import Objects
 
 if TYPE_CHECKING:
-    from burst_agent.runtime import Runtime
+    from burst_agent.runtimes.base import Runtime
 
 
 class AgentHost(Protocol):

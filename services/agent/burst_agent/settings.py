@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from burst_agent.sandbox import DEFAULT_PIDS_LIMIT
+from burst_agent.runtimes.sandbox import DEFAULT_PIDS_LIMIT
 from burst_core.settings import CommonSettings
 
 

@@ -18,12 +18,12 @@ from burst_billing import prices
 from burst_billing.agents_lost import AgentLostRelay
 from burst_billing.budgets import BudgetEvaluator
 from burst_billing.error_rate import ErrorRateMonitor
-from burst_billing.lease import Lease
 from burst_billing.ledger_writer import LedgerWriter, Superseded
 from burst_billing.runaway import RunawayDetector
 from burst_billing.settings import BillingSettings
 from burst_billing.webhooks import WebhookSender
 from burst_core import budgets, bus, logs, names
+from burst_core.lease import Lease
 from burst_core.service import heartbeat_loop
 
 log = logs.get("burst.billing")

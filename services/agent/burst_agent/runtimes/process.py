@@ -1,8 +1,6 @@
-"""The container runtime interface, and the process runtime (a subprocess per container).
+"""The process runtime: a subprocess per container.
 
-Every runtime starts Burst's shim (``python -m burst._shim``) with the bundle as working
-directory and the agent's socket path in its environment; the shim protocol is the same
-whatever the runtime. The process runtime runs the shim inside the agent's sandbox
+It runs the shim inside the agent's sandbox
 (``sandbox.py``: bubblewrap, cgroup limits, a non-root uid) when one is available.
 
 With the zygote (``zygote.py``) a container is a fork of a warm interpreter, entering a
@@ -25,51 +23,15 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-from burst_agent import sandbox as sb
-from burst_agent import zygote as zyg
+from burst_agent.runtimes import sandbox as sb
+from burst_agent.runtimes import zygote as zyg
+from burst_agent.runtimes.base import ContainerSpec
 from burst_core import logs
 
 log = logs.get("burst.agent.runtime")
-
-
-@dataclass
-class ContainerSpec:
-    container_id: str
-    bundle_dir: Path
-    socket_path: Path
-    module: str
-    qualname: str
-    env: dict[str, str] = field(default_factory=dict)
-    cpu: float = 0.125
-    memory_mb: int = 128
-    gpu_indices: list[int] = field(default_factory=list)
-    #: Hard memory limit (MiB); 0 means the request, ``memory_mb``.
-    memory_limit_mb: int = 0
-    #: CPU limit (cores); 0 means the request plus the agent's ``cpu_headroom``.
-    cpu_limit: float = 0.0
-
-
-class ContainerHandle(Protocol):
-    pid: int | None
-    stdout: asyncio.StreamReader | None
-    stderr: asyncio.StreamReader | None
-
-    async def wait(self) -> int: ...
-    def signal(self, sig: int) -> None: ...
-    def exit_reason(self) -> str:
-        """After ``wait``: why the runtime killed the process ("out of memory (limit 512
-        MiB)"), or "" when it exited (or crashed) by itself."""
-        ...
-
-
-class Runtime(Protocol):
-    name: str
-
-    async def start(self, spec: ContainerSpec) -> ContainerHandle: ...
 
 
 class ProcessHandle:
@@ -608,15 +570,3 @@ def _remove_stale_spares(state: Path) -> None:
                     shutil.rmtree(entry, ignore_errors=True)
                 except (ValueError, PermissionError):
                     continue
-
-
-def make_runtime(name: str, python: str = "", sandbox: sb.Sandbox | None = None,
-                 state_dir: Path | None = None, zygote: bool = False, spares: bool = True,
-                 spare_delay: float = 0.0) -> Runtime:
-    if name == "process":
-        return ProcessRuntime(python, sandbox, state_dir, zygote, spares, spare_delay)
-    raise ValueError(f"unknown runtime {name!r}: use 'process'")
-
-
-SIGTERM = signal.SIGTERM
-SIGKILL = signal.SIGKILL

@@ -320,7 +320,7 @@ class Sandbox:
         # /tmp): re-expose it read-only on top. Burst itself may be installed editable, so
         # its source directory counts too (it is not on sys.path).
         import burst
-        from burst_agent.images import cache_dir
+        from burst_agent.runtimes.images import cache_dir
 
         # Images' virtual environments (the process runtime's pip_install) live in the
         # machine's cache, which CI keeps inside its checkout (possibly under /tmp).

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from burst import _protocol as proto
 from burst.image import PYTHON_SOURCE_DIR, describe
-from burst_agent.runtime import ContainerSpec
+from burst_agent.runtimes.base import ContainerSpec
 
 #: The machine-built base image of ``Image.debian_slim(python_version)`` (deploy/base-image.sh).
 BASE_IMAGES = {"3.11": "burst-base:py311"}

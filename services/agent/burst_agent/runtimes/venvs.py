@@ -24,9 +24,10 @@ from pathlib import Path
 
 from burst import _protocol as proto
 from burst.image import PYTHON_SOURCE_DIR, describe
-from burst_agent import images
-from burst_agent.images import ImageContainerSpec, ImageError
-from burst_agent.runtime import ContainerHandle, ContainerSpec, ProcessRuntime
+from burst_agent.runtimes import images
+from burst_agent.runtimes.base import ContainerHandle, ContainerSpec
+from burst_agent.runtimes.images import ImageContainerSpec, ImageError
+from burst_agent.runtimes.process import ProcessRuntime
 from burst_core import logs
 
 log = logs.get("burst.agent.venvs")

@@ -36,10 +36,10 @@ import docker.errors
 from docker.types import DeviceRequest, Mount
 
 from burst.image import PYTHON_SOURCE_DIR
-from burst_agent import images
-from burst_agent.images import ImageContainerSpec, ImageError
-from burst_agent.runtime import ContainerSpec
-from burst_agent.sandbox import DEFAULT_PIDS_LIMIT, check_pids_limit
+from burst_agent.runtimes import images
+from burst_agent.runtimes.base import ContainerSpec
+from burst_agent.runtimes.images import ImageContainerSpec, ImageError
+from burst_agent.runtimes.sandbox import DEFAULT_PIDS_LIMIT, check_pids_limit
 from burst_core import logs
 
 log = logs.get("burst.agent.docker")

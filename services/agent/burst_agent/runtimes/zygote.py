@@ -16,7 +16,7 @@ One zygote per image environment (today: per interpreter path). Starting a conta
    runs the shim. When it exits the keeper hands its exit code to the holder, so
    bubblewrap (the agent's child) exits with it.
 
-A spare sandbox (``runtime.py``) goes through steps 1-3 before its container exists.
+A spare sandbox (``process.py``) goes through steps 1-3 before its container exists.
 
 Killing bubblewrap's process group ends the sandbox's pid namespace and with it the
 container; SIGTERM goes to the container process itself, so ``@exit`` runs.
@@ -31,7 +31,7 @@ import os
 import socket
 from collections.abc import Callable
 
-from burst_agent import sandbox as sb
+from burst_agent.runtimes import sandbox as sb
 from burst_core import logs
 
 log = logs.get("burst.agent.zygote")

@@ -1,0 +1,40 @@
+"""The one factory of container runtimes: the agent's settings name one, this builds it.
+
+Every runtime is listed in :data:`RUNTIMES`; a new one is added here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from burst_agent.runtimes.base import Runtime
+from burst_agent.runtimes.process import ProcessRuntime
+from burst_agent.runtimes.sandbox import Sandbox
+from burst_agent.runtimes.venvs import VenvRuntime
+from burst_agent.settings import AgentSettings
+
+#: Every runtime an agent can run containers with (``BURST_RUNTIME``).
+RUNTIMES = ("process", "docker")
+
+
+def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
+    """The runtime ``settings.runtime`` names, for the agent ``agent_id``."""
+    s = settings
+    home = Path(s.home) / "agent" / agent_id
+    if s.runtime == "docker":
+        from burst_agent.runtimes.docker import DockerRuntime  # the Docker SDK: only here
+
+        return DockerRuntime(home / "images", uid=s.sandbox_uid, gpu_devices=not s.gpus,
+                             pids_limit=s.container_pids_limit)
+    if s.runtime != "process":
+        raise ValueError(f"unknown runtime {s.runtime!r}: use one of {', '.join(RUNTIMES)}")
+    box = Sandbox.detect(s.sandbox, agent_id, s.home, s.sandbox_uid,
+                         cpu_headroom=s.cpu_headroom, pids_limit=s.container_pids_limit)
+    state = home / "containers"
+
+    def process(python: str) -> ProcessRuntime:
+        return ProcessRuntime(python, box, state, zygote=s.zygote, spares=s.spare_sandbox,
+                              spare_delay=s.spare_delay)
+
+    # Images with pip_install steps: a cached virtual environment each.
+    return VenvRuntime(process(s.python), process)
