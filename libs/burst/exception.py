@@ -1,8 +1,10 @@
 """Burst's errors. Class names follow Modal's, so ``except modal.exception.X`` ports over.
 
 Every error the API can return has a *type* (the category a caller can act on) and one
-HTTP status; :data:`ERROR_TYPES` is the single table from type to status and class, used
-by the gateway to answer and by the SDK to raise.
+HTTP status. One table (``_TABLE``) holds both; :data:`ERROR_TYPES` (type to status and
+class, the SDK raises with it) and :data:`STATUS_TYPES` (status to type, the gateway
+answers with it) are derived from it. The type names are the wire contract: never rename
+one.
 """
 
 from __future__ import annotations
@@ -97,24 +99,58 @@ class FunctionTimeoutError(TimeoutError, Error):
     type = "FunctionTimeout"
 
 
+#: The one table of error types: each class (whose ``type`` is the name on the wire) with
+#: the HTTP status it is answered with, and other statuses that mean it when the web
+#: framework answers for the gateway (a wrong method, an unsupported body, a body FastAPI
+#: cannot validate). Where several types share a status, the first row is the one a bare
+#: status means. Everything below is derived from it.
+_TABLE: tuple[tuple[type[Error], int, tuple[int, ...]], ...] = (
+    (InvalidError, 400, (405, 415, 422)),
+    (AuthError, 401, ()),
+    (BudgetExceededError, 402, ()),
+    (PermissionDeniedError, 403, ()),
+    (NotFoundError, 404, ()),
+    (ConflictError, 409, ()),
+    (PayloadTooLargeError, 413, ()),
+    (IdempotencyKeyReusedError, 422, ()),
+    (ResourceExhaustedError, 429, ()),
+    (InternalError, 500, ()),
+    (UnavailableError, 503, ()),
+    (RemoteError, 500, ()),
+    (ExecutionError, 500, ()),
+    (FunctionTimeoutError, 504, ()),
+    (InputCancellation, 409, ()),
+)
+
 #: type -> (HTTP status, exception class)
-ERROR_TYPES: dict[str, tuple[int, type[Error]]] = {
-    "InvalidInput": (400, InvalidError),
-    "Unauthenticated": (401, AuthError),
-    "BudgetExceeded": (402, BudgetExceededError),
-    "PermissionDenied": (403, PermissionDeniedError),
-    "NotFound": (404, NotFoundError),
-    "Conflict": (409, ConflictError),
-    "PayloadTooLarge": (413, PayloadTooLargeError),
-    "IdempotencyKeyReused": (422, IdempotencyKeyReusedError),
-    "ResourceExhausted": (429, ResourceExhaustedError),
-    "Internal": (500, InternalError),
-    "Unavailable": (503, UnavailableError),
-    "RemoteError": (500, RemoteError),
-    "ExecutionError": (500, ExecutionError),
-    "FunctionTimeout": (504, FunctionTimeoutError),
-    "Cancelled": (409, InputCancellation),
-}
+ERROR_TYPES: dict[str, tuple[int, type[Error]]] = {cls.type: (status, cls)
+                                                   for cls, status, _ in _TABLE}
+
+
+def _status_types() -> dict[int, str]:
+    out: dict[int, str] = {}
+    for cls, status, _ in _TABLE:
+        out.setdefault(status, cls.type)
+    for cls, _, also in _TABLE:
+        out.update((s, cls.type) for s in also)
+    return out
+
+
+#: HTTP status -> the error type a bare status (one the web framework answered) means.
+STATUS_TYPES: dict[int, str] = _status_types()
+
+
+def status_of(type_: str) -> int:
+    """The HTTP status an error of ``type_`` is answered with (500 for a type not in the
+    table)."""
+    entry = ERROR_TYPES.get(type_)
+    return 500 if entry is None else entry[0]
+
+
+def type_of_status(status: int) -> str:
+    """The error type an HTTP error with ``status`` and no type of its own is answered as
+    (``Internal`` for a status not in the table)."""
+    return STATUS_TYPES.get(status, InternalError.type)
 
 
 def from_api(type_: str, message: str) -> Error:

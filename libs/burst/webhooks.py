@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from burst.exception import Error
+from burst.exception import Error, InvalidError
 
 SECRET_PREFIX = "whsec_"
 
@@ -39,7 +39,7 @@ SECRET_PREFIX = "whsec_"
 class WebhookVerificationError(Error):
     """The delivery is not authentic or too old: reject it."""
 
-    type = "InvalidInput"
+    type = InvalidError.type
 
 
 def new_secret() -> str:

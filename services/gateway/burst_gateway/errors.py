@@ -1,4 +1,5 @@
-"""Turning errors into ``{"error": {"type", "message"}}`` answers with one status table."""
+"""Turning errors into ``{"error": {"type", "message"}}`` answers with the status table of
+:mod:`burst.exception`."""
 
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from burst.exception import ERROR_TYPES, Error
+from burst.exception import (
+    Error,
+    InternalError,
+    InvalidError,
+    UnavailableError,
+    status_of,
+    type_of_status,
+)
 from burst_core import logs
 from burst_gateway import unavailable
 
 log = logs.get("burst.gateway")
 
-_STATUS_TO_TYPE = {
-    400: "InvalidInput", 401: "Unauthenticated", 403: "PermissionDenied", 404: "NotFound",
-    405: "InvalidInput", 409: "Conflict", 413: "PayloadTooLarge", 415: "InvalidInput",
-    422: "InvalidInput", 429: "ResourceExhausted", 503: "Unavailable",
-}
 #: Said when a body (JSON or msgpack) is nested deeper than its parser goes (Python's
 #: recursion limit).
 TOO_DEEP = ("the request body is nested too deeply (arrays and objects within each other, "
@@ -40,14 +43,14 @@ class JSON(JSONResponse):
 
 
 def error_response(type_: str, message: str) -> JSONResponse:
-    status = ERROR_TYPES.get(type_, (500, Error))[0]
-    return JSON({"error": {"type": type_, "message": message}}, status_code=status)
+    return JSON({"error": {"type": type_, "message": message}}, status_code=status_of(type_))
 
 
 def unavailable_response(retry_after: float) -> JSONResponse:
     """503 ``Unavailable`` with ``Retry-After``: NATS is out of reach (see unavailable.py)."""
-    return JSONResponse({"error": {"type": "Unavailable", "message": unavailable.MESSAGE}},
-                        status_code=503,
+    return JSONResponse({"error": {"type": UnavailableError.type,
+                                   "message": unavailable.MESSAGE}},
+                        status_code=status_of(UnavailableError.type),
                         headers={"Retry-After": unavailable.retry_after_value(retry_after)})
 
 
@@ -69,11 +72,11 @@ def install(app: FastAPI, retry_after: float = 1.0) -> None:
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-        return error_response("InvalidInput", "; ".join(parts) or "invalid request")
+        return error_response(InvalidError.type, "; ".join(parts) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        type_ = _STATUS_TO_TYPE.get(exc.status_code, "Internal")
+        type_ = type_of_status(exc.status_code)
         message = str(exc.detail)
         if isinstance(exc.__cause__, RecursionError):  # FastAPI reading a JSON body
             message = TOO_DEEP
@@ -84,9 +87,9 @@ def install(app: FastAPI, retry_after: float = 1.0) -> None:
         # Nothing in the gateway recurses but the parsers of what a request sends: routes
         # that read their body themselves say so, this answers for any that does not.
         log.warning("request_too_deep", path=request.url.path, error=repr(exc))
-        return error_response("InvalidInput", TOO_DEEP)
+        return error_response(InvalidError.type, TOO_DEEP)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error", path=request.url.path, error=repr(exc))
-        return error_response("Internal", "internal error; see the gateway log")
+        return error_response(InternalError.type, "internal error; see the gateway log")

@@ -20,7 +20,7 @@ import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from burst._protocol import MSGPACK
-from burst.exception import Error, InvalidError
+from burst.exception import Error, InternalError, InvalidError
 from burst_core import logs
 from burst_gateway.api_calls import _call_decoder, _function, call_once, decode_body
 from burst_gateway.auth import principal_of
@@ -69,7 +69,7 @@ class FastCalls:
                 self.state.gw.settings.unavailable_retry_after)(scope, receive, send)
         except Exception as e:
             log.exception("unhandled_error", path=scope["path"], error=repr(e))
-            return await error_response("Internal", "internal error; see the gateway log")(
+            return await error_response(InternalError.type, "internal error; see the gateway log")(
                 scope, receive, send)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", _MSGPACK),

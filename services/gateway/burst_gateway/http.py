@@ -16,6 +16,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from burst._protocol import IDENT_RULE
+from burst.exception import InvalidError
 
 #: Writes are gathered while they add up to at most this many bytes.
 GATHER_MAX = 64 << 10
@@ -69,7 +70,7 @@ def bad_request_body(url_length: int) -> bytes:
                    f"accepted (app and function names: {IDENT_RULE})")
     else:
         message = "malformed HTTP request: it could not be parsed as HTTP/1.1"
-    return json.dumps({"error": {"type": "InvalidInput", "message": message}},
+    return json.dumps({"error": {"type": InvalidError.type, "message": message}},
                       separators=(",", ":")).encode()
 
 

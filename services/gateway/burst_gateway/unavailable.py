@@ -17,6 +17,8 @@ import nats.errors
 import nats.js.errors
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from burst.exception import UnavailableError
+
 #: NATS errors that mean "not reachable right now": retry later, the request did nothing
 #: that a retry could double (calls are deduplicated by id).
 NATS_DOWN: tuple[type[Exception], ...] = (
@@ -37,7 +39,7 @@ EXEMPT = frozenset({"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect
 
 
 def body(message: str = MESSAGE) -> bytes:
-    return json.dumps({"error": {"type": "Unavailable", "message": message}}).encode()
+    return json.dumps({"error": {"type": UnavailableError.type, "message": message}}).encode()
 
 
 def retry_after_value(seconds: float) -> str:
