@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import msgspec
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
 from burst.exception import InvalidError, NotFoundError
 from burst_core import bus, names
@@ -19,6 +19,7 @@ from burst_core.schemas import (
     encode,
 )
 from burst_gateway.auth import Principal, admin
+from burst_gateway.state import GatewayDep
 
 router = APIRouter()
 
@@ -58,10 +59,10 @@ def agent_view(rec: AgentRecord, hb: AgentHeartbeat | None, now: float) -> dict[
 
 
 @router.get("/v1/agents", tags=["agents"])
-async def list_agents(request: Request, _: Principal = Depends(admin)) -> dict[str, Any]:
+async def list_agents(gw: GatewayDep, _: Principal = Depends(admin)) -> dict[str, Any]:
     """Every agent: resources, GPUs (real or declared), containers, spot or on-demand
     (operator tokens only: every workspace's containers and the hosts)."""
-    js = request.app.state.gw.js
+    js = gw.js
     now = time.time()
     beats = {k: AgentHeartbeatDecoder.decode(v)
              for k, v in (await bus.kv_items(js, names.KV_HEARTBEATS)).items()}
@@ -72,7 +73,7 @@ async def list_agents(request: Request, _: Principal = Depends(admin)) -> dict[s
 
 
 @router.post("/v1/agents/{agent_id}/preempt", tags=["agents"], status_code=202)
-async def preempt_agent(agent_id: str, request: Request,
+async def preempt_agent(agent_id: str, gw: GatewayDep,
                         _: Principal = Depends(admin)) -> dict[str, Any]:
     """Stand-in for a cloud's spot reclaim notice (admin only): the agent drains, its
     containers stop (in-flight inputs handed back at once) and are replaced elsewhere."""
@@ -80,7 +81,7 @@ async def preempt_agent(agent_id: str, request: Request,
         names.check_ident("agent", agent_id)
     except ValueError as e:
         raise InvalidError(str(e)) from None
-    js = request.app.state.gw.js
+    js = gw.js
     kv = await js.key_value(names.KV_AGENTS)
     raw, _rev = await bus.kv_get(kv, agent_id)
     if raw is None:

@@ -30,6 +30,7 @@ from burst_core.schemas import (
     encode,
 )
 from burst_gateway.auth import Principal, principal
+from burst_gateway.state import Gateway, GatewayDep
 
 router = APIRouter()
 _deploy_decoder = msgspec.msgpack.Decoder(DeployRequest)
@@ -42,7 +43,7 @@ def _check_hash(h: str) -> str:
     return h
 
 
-async def _bundle_exists(gw: Any, workspace: str, h: str) -> bool:
+async def _bundle_exists(gw: Gateway, workspace: str, h: str) -> bool:
     """Whether ``workspace`` stored the bundle ``h`` (bundles are scoped to their
     workspace: another workspace's copy of the same bytes does not count)."""
     try:
@@ -53,20 +54,19 @@ async def _bundle_exists(gw: Any, workspace: str, h: str) -> bool:
 
 
 @router.head("/v1/bundles/{bundle_hash}", tags=["apps"])
-async def bundle_head(bundle_hash: str, request: Request,
+async def bundle_head(bundle_hash: str, gw: GatewayDep,
                       p: Principal = Depends(principal)) -> Response:
     """200 when the caller's workspace has stored the source bundle, 404 otherwise."""
     _check_hash(bundle_hash)
-    ok = await _bundle_exists(request.app.state.gw, p.workspace, bundle_hash)
+    ok = await _bundle_exists(gw, p.workspace, bundle_hash)
     return Response(status_code=200 if ok else 404)
 
 
 @router.put("/v1/bundles/{bundle_hash}", tags=["apps"], status_code=201)
-async def bundle_put(bundle_hash: str, request: Request,
+async def bundle_put(bundle_hash: str, request: Request, gw: GatewayDep,
                      p: Principal = Depends(principal)) -> dict[str, Any]:
     """Store an app's source bundle (a tar archive) under its sha256, in the caller's
     workspace."""
-    gw = request.app.state.gw
     _check_hash(bundle_hash)
     body = await request.body()
     if len(body) > gw.settings.max_body_bytes:
@@ -127,9 +127,8 @@ def _validate(req: DeployRequest) -> None:
 
 @router.post("/v1/apps", tags=["apps"], status_code=201,
              openapi_extra={"requestBody": {"content": {MSGPACK: {}}, "required": True}})
-async def deploy(request: Request, p: Principal = Depends(principal)) -> Response:
+async def deploy(request: Request, gw: GatewayDep, p: Principal = Depends(principal)) -> Response:
     """Deploy (or redeploy) an app from a stored bundle; body: msgpack ``DeployRequest``."""
-    gw = request.app.state.gw
     try:
         req = _deploy_decoder.decode(await request.body())
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
@@ -160,20 +159,19 @@ async def deploy(request: Request, p: Principal = Depends(principal)) -> Respons
 
 
 @router.get("/v1/apps", tags=["apps"])
-async def list_apps(request: Request, p: Principal = Depends(principal)) -> dict[str, Any]:
+async def list_apps(gw: GatewayDep, p: Principal = Depends(principal)) -> dict[str, Any]:
     """The workspace's deployed apps."""
-    deps = request.app.state.gw.deployments_of(p.workspace)
+    deps = gw.deployments_of(p.workspace)
     return {"apps": [{"app": d.app, "deployment_id": d.deployment_id, "created_at": d.created_at,
                       "ephemeral": d.ephemeral, "functions": [f.name for f in d.functions]}
                      for d in deps]}
 
 
 @router.get("/v1/apps/{app}/status", tags=["apps"])
-async def app_status(app: str, request: Request,
+async def app_status(app: str, gw: GatewayDep,
                      p: Principal = Depends(principal)) -> dict[str, Any]:
     """Per function: containers by state, inputs waiting in the queue, and why the
     function waits for a container when nothing fits."""
-    gw = request.app.state.gw
     dep = await gw.deployment(p.workspace, app)
     if dep is None:
         raise NotFoundError(f"app {app!r} is not deployed in workspace {p.workspace!r}")
@@ -203,10 +201,9 @@ async def app_status(app: str, request: Request,
 
 
 @router.delete("/v1/apps/{app}", tags=["apps"])
-async def remove_app(app: str, request: Request,
+async def remove_app(app: str, gw: GatewayDep,
                      p: Principal = Depends(principal)) -> dict[str, Any]:
     """Remove an app: no new calls; its containers are stopped by the scheduler."""
-    gw = request.app.state.gw
     dep = await gw.deployment(p.workspace, app)
     if dep is None:
         raise NotFoundError(f"app {app!r} is not deployed in workspace {p.workspace!r}")
@@ -220,14 +217,13 @@ async def remove_app(app: str, request: Request,
 
 
 @router.get("/v1/apps/{app}/logs", tags=["apps"])
-async def app_logs(app: str, request: Request,
+async def app_logs(app: str, request: Request, gw: GatewayDep,
                    p: Principal = Depends(principal)) -> StreamingResponse:
     """Follow an app's container logs as NDJSON.
 
     The first line is ``{"type": "subscribed"}``: every line logged after it arrives.
     A ``{"type": "keepalive"}`` line is sent every 5 s of silence.
     """
-    gw = request.app.state.gw
     try:
         names.check_ident("app", app)
     except ValueError as e:

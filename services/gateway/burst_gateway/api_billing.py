@@ -5,18 +5,19 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 
 from burst.exception import InvalidError
 from burst_core import ledger
 from burst_gateway.auth import Principal, principal
+from burst_gateway.state import GatewayDep
 
 router = APIRouter()
 
 
 @router.get("/v1/billing/report", tags=["billing"])
 async def billing_report(
-    request: Request,
+    gw: GatewayDep,
     by: Literal["app", "function", "resource", "day"] = Query(
         "app", description="Group rows by app, function, resource or UTC day."),
     since: str | None = Query(None, description="Only usage from this UTC day (YYYY-MM-DD)."),
@@ -28,7 +29,7 @@ async def billing_report(
         since = ledger.check_since(since)
     except ValueError as e:
         raise InvalidError(str(e)) from None
-    snap = await ledger.load_snapshot(request.app.state.gw.js)
+    snap = await ledger.load_snapshot(gw.js)
     rows = ledger.report(snap, p.workspace, by=by, since=since)
     return {
         "workspace": p.workspace, "by": by, "since": since, "rows": rows,

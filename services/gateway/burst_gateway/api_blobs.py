@@ -7,11 +7,13 @@ from typing import Any
 
 import nats.js.errors
 from fastapi import APIRouter, Depends, Request, Response
+from nats.js.object_store import ObjectStore
 
 from burst._protocol import MAX_PAYLOAD
 from burst.exception import InvalidError, NotFoundError, PayloadTooLargeError
 from burst_core import names
 from burst_gateway.auth import Principal, principal
+from burst_gateway.state import Gateway, GatewayDep
 
 router = APIRouter()
 
@@ -22,7 +24,7 @@ def check_ref(ref: str) -> str:
     return ref
 
 
-async def blob_exists(gw: Any, workspace: str, ref: str) -> bool:
+async def blob_exists(gw: Gateway, workspace: str, ref: str) -> bool:
     """Whether ``workspace`` stored the blob ``ref`` (another workspace's copy does not
     count: blobs are scoped to their workspace)."""
     try:
@@ -32,13 +34,13 @@ async def blob_exists(gw: Any, workspace: str, ref: str) -> bool:
         return False
 
 
-async def blob_store(gw: Any) -> Any:
-    if getattr(gw, "blobs", None) is None:
+async def blob_store(gw: Gateway) -> ObjectStore:
+    if gw.blobs is None:
         gw.blobs = await gw.js.object_store(names.OBJ_BLOBS)
     return gw.blobs
 
 
-async def read_blob(gw: Any, workspace: str, ref: str) -> bytes:
+async def read_blob(gw: Gateway, workspace: str, ref: str) -> bytes:
     """The blob ``ref`` of ``workspace``; NotFoundError when that workspace has none (the
     same answer whether or not another workspace stored the same bytes)."""
     try:
@@ -48,7 +50,7 @@ async def read_blob(gw: Any, workspace: str, ref: str) -> bytes:
     return res.data or b""
 
 
-async def store_blob(gw: Any, workspace: str, data: bytes) -> str:
+async def store_blob(gw: Gateway, workspace: str, data: bytes) -> str:
     """Store ``data`` as a blob of ``workspace``; returns its reference (sha256)."""
     if len(data) > MAX_PAYLOAD:
         raise PayloadTooLargeError(f"payload of {len(data)} bytes exceeds the {MAX_PAYLOAD} "
@@ -60,10 +62,10 @@ async def store_blob(gw: Any, workspace: str, data: bytes) -> str:
 
 
 @router.put("/v1/blobs/{ref}", tags=["calls"], status_code=201)
-async def put_blob(ref: str, request: Request, p: Principal = Depends(principal)) -> dict[str, Any]:
+async def put_blob(ref: str, request: Request, gw: GatewayDep,
+                   p: Principal = Depends(principal)) -> dict[str, Any]:
     """Store a payload above the inline limit under its sha256, in the caller's workspace
     (kept as long as results)."""
-    gw = request.app.state.gw
     check_ref(ref)
     size = int(request.headers.get("content-length") or 0)
     if size > MAX_PAYLOAD:
@@ -81,17 +83,17 @@ async def put_blob(ref: str, request: Request, p: Principal = Depends(principal)
 
 
 @router.get("/v1/blobs/{ref}", tags=["calls"])
-async def get_blob(ref: str, request: Request, p: Principal = Depends(principal)) -> Response:
+async def get_blob(ref: str, gw: GatewayDep, p: Principal = Depends(principal)) -> Response:
     """A stored payload (a large argument or result) of the caller's workspace, by its
     sha256; 404 when the workspace has none by that hash."""
     check_ref(ref)
-    data = await read_blob(request.app.state.gw, p.workspace, ref)
+    data = await read_blob(gw, p.workspace, ref)
     return Response(data, media_type="application/octet-stream")
 
 
 @router.head("/v1/blobs/{ref}", tags=["calls"])
-async def head_blob(ref: str, request: Request, p: Principal = Depends(principal)) -> Response:
+async def head_blob(ref: str, gw: GatewayDep, p: Principal = Depends(principal)) -> Response:
     """200 when the caller's workspace has stored the blob, 404 otherwise."""
     check_ref(ref)
-    ok = await blob_exists(request.app.state.gw, p.workspace, ref)
+    ok = await blob_exists(gw, p.workspace, ref)
     return Response(status_code=200 if ok else 404)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from burst.exception import InvalidError, NotFoundError
 from burst_core import alerts, budgets, bus, names
 from burst_core.schemas import Budget, BudgetDecoder, BudgetStateDecoder, encode
 from burst_gateway.auth import Principal, principal
+from burst_gateway.state import GatewayDep
 
 router = APIRouter()
 
@@ -45,10 +46,10 @@ async def _view(js: Any, b: Budget) -> dict[str, Any]:
 
 
 @router.put("/v1/budgets/{scope}", tags=["billing"])
-async def set_budget(request: Request, scope: str, body: BudgetIn,
+async def set_budget(gw: GatewayDep, scope: str, body: BudgetIn,
                      p: Principal = Depends(principal)) -> dict[str, Any]:
     """Create or replace the budget of ``scope`` (``workspace``, ``<app>``, ``<app>.<fn>``)."""
-    js = request.app.state.gw.js
+    js = gw.js
     await budgets.ensure(js)
     key = _key(p, scope)
     try:
@@ -68,9 +69,9 @@ async def set_budget(request: Request, scope: str, body: BudgetIn,
 
 
 @router.get("/v1/budgets", tags=["billing"])
-async def list_budgets(request: Request, p: Principal = Depends(principal)) -> dict[str, Any]:
+async def list_budgets(gw: GatewayDep, p: Principal = Depends(principal)) -> dict[str, Any]:
     """The workspace's budgets with billing's latest view of each (spend, exceeded)."""
-    js = request.app.state.gw.js
+    js = gw.js
     await budgets.ensure(js)
     kv = await js.key_value(names.KV_BUDGETS)
     found = dict(await alerts.kv_values(kv, p.workspace))
@@ -82,10 +83,10 @@ async def list_budgets(request: Request, p: Principal = Depends(principal)) -> d
 
 
 @router.delete("/v1/budgets/{scope}", tags=["billing"])
-async def clear_budget(request: Request, scope: str,
+async def clear_budget(gw: GatewayDep, scope: str,
                        p: Principal = Depends(principal)) -> dict[str, Any]:
     """Remove a budget; a scope it had stopped reopens."""
-    js = request.app.state.gw.js
+    js = gw.js
     await budgets.ensure(js)
     key = _key(p, scope)
     kv = await js.key_value(names.KV_BUDGETS)

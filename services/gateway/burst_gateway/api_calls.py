@@ -49,6 +49,7 @@ from burst_gateway import budgets
 from burst_gateway.api_blobs import blob_exists, check_ref, read_blob, store_blob
 from burst_gateway.auth import Principal, principal
 from burst_gateway.errors import JSON, TOO_DEEP
+from burst_gateway.state import Gateway, GatewayDep
 
 router = APIRouter()
 log = logs.get("burst.gateway.calls")
@@ -80,15 +81,15 @@ def _from_output(out: Output) -> CallResponse:
     )
 
 
-async def _body(request: Request, decoder: msgspec.msgpack.Decoder[Any], what: str) -> Any:
-    gw = request.app.state.gw
+async def _body(request: Request, gw: Gateway, decoder: msgspec.msgpack.Decoder[Any],
+                what: str) -> Any:
     ctype = request.headers.get("content-type", "").split(";")[0].strip()
     if ctype != MSGPACK:
         raise InvalidError(f"unsupported content type {ctype or 'none'!r}: send {MSGPACK}")
     return decode_body(gw, await request.body(), decoder, what)
 
 
-def decode_body(gw: Any, body: bytes, decoder: msgspec.msgpack.Decoder[Any], what: str) -> Any:
+def decode_body(gw: Gateway, body: bytes, decoder: msgspec.msgpack.Decoder[Any], what: str) -> Any:
     """A msgpack request body within the size limit, decoded (or the error naming why not)."""
     if len(body) > gw.settings.max_body_bytes:
         raise PayloadTooLargeError(
@@ -101,7 +102,7 @@ def decode_body(gw: Any, body: bytes, decoder: msgspec.msgpack.Decoder[Any], wha
         raise InvalidError(TOO_DEEP) from None
 
 
-async def _function(gw: Any, p: Principal, app: str, fn: str) -> DeploymentRecord:
+async def _function(gw: Gateway, p: Principal, app: str, fn: str) -> DeploymentRecord:
     dep: DeploymentRecord | None = await gw.deployment(p.workspace, app)
     if dep is None:
         raise NotFoundError(f"app {app!r} is not deployed in workspace {p.workspace!r}")
@@ -111,7 +112,7 @@ async def _function(gw: Any, p: Principal, app: str, fn: str) -> DeploymentRecor
     return dep
 
 
-async def submit(gw: Any, p: Principal, dep: DeploymentRecord, fn: str,
+async def submit(gw: Gateway, p: Principal, dep: DeploymentRecord, fn: str,
                  payloads: list[bytes], register: bool, payload_format: str = "pickle",
                  call_id: str | None = None, refs: list[str] | None = None,
                  records: bool = True) -> list[tuple[CallRecord, Any]]:
@@ -150,7 +151,7 @@ def _ref(rec: CallRecord) -> CallRef:
     return CallRef(call_id=rec.call_id, attempt_token=rec.attempt_token)
 
 
-async def _record(gw: Any, call_id: str, workspace: str) -> CallRecord | None:
+async def _record(gw: Gateway, call_id: str, workspace: str) -> CallRecord | None:
     """The call's record, if the call exists and belongs to ``workspace``.
 
     A call answered within its synchronous wait has no record (see :func:`call_once`)
@@ -170,7 +171,7 @@ async def _record(gw: Any, call_id: str, workspace: str) -> CallRecord | None:
     return rec if rec.workspace == workspace else None
 
 
-async def wait_many(gw: Any, workspace: str, refs: list[CallRef], wait: float,
+async def wait_many(gw: Gateway, workspace: str, refs: list[CallRef], wait: float,
                     linger: float = 0.0) -> list[CallResponse]:
     """The finished calls among ``refs``: at once if any is, else the first to finish.
 
@@ -238,7 +239,7 @@ async def wait_many(gw: Any, workspace: str, refs: list[CallRef], wait: float,
         gw.outputs.unregister_group(group)
 
 
-async def _settle_unsure(gw: Any, group: Any, workspace: str) -> None:
+async def _settle_unsure(gw: Gateway, group: Any, workspace: str) -> None:
     """Outputs of an attempt the waiter did not name: one counts if the call's record
     says its attempt is the current one (a retry moved the call on before the wait
     began, so the waiter named an older attempt); the others are stale."""
@@ -255,7 +256,7 @@ def _give_up(fut: asyncio.Future[Any]) -> None:
         fut.set_result(None)
 
 
-async def _wait_one(gw: Any, call_id: str, fut: asyncio.Future[Output],
+async def _wait_one(gw: Gateway, call_id: str, fut: asyncio.Future[Output],
                     wait: float) -> CallResponse:
     # The registered future itself, with a timer that answers None: its result wakes
     # this task at once (``wait_for(shield(...))`` passes it on through two more
@@ -346,7 +347,7 @@ def _json_call(resp: CallResponse) -> dict[str, Any]:
     return out
 
 
-async def inline_result(gw: Any, workspace: str, resp: CallResponse) -> CallResponse:
+async def inline_result(gw: Gateway, workspace: str, resp: CallResponse) -> CallResponse:
     """A JSON caller's result inline, also when it was stored as a blob (of the call's
     ``workspace``, the caller's own)."""
     if resp.payload_ref and resp.payload_format == "json":
@@ -363,21 +364,21 @@ def _answer(request: Request, resp: CallResponse, replayed: bool = False) -> Res
                     headers=headers)
 
 
-async def _call_payload(request: Request) -> tuple[bytes, str, str]:
+async def _call_payload(request: Request, gw: Gateway) -> tuple[bytes, str, str]:
     """The call's arguments, their format and blob reference, from a msgpack (SDK) or
     JSON body."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip()
     if ctype == MSGPACK:
-        req = await _body(request, _call_decoder, "call request")
+        req = await _body(request, gw, _call_decoder, "call request")
         return req.payload, "pickle", req.payload_ref
     if ctype != "application/json":
         raise InvalidError(f"unsupported content type {ctype or 'none'!r}: send "
                            f"application/json ({{\"args\": [...], \"kwargs\": {{...}}}}) "
                            f"or {MSGPACK}")
     body = await request.body()
-    if len(body) > request.app.state.gw.settings.max_body_bytes:
+    if len(body) > gw.settings.max_body_bytes:
         raise PayloadTooLargeError(f"request of {len(body)} bytes exceeds the "
-                                   f"{request.app.state.gw.settings.max_body_bytes} byte limit")
+                                   f"{gw.settings.max_body_bytes} byte limit")
     try:
         doc = json.loads(body or b"{}")
     except ValueError as e:
@@ -413,7 +414,7 @@ def request_hash(fn: str, payload: bytes, fmt: str, ref: str) -> str:
     return h.hexdigest()
 
 
-async def _idempotent_call(gw: Any, p: Principal, app: str, fn: str, key: str,
+async def _idempotent_call(gw: Gateway, p: Principal, app: str, fn: str, key: str,
                            req_hash: str) -> tuple[str, bool]:
     """(call id, whether it already existed) for an ``Idempotency-Key``; a key used
     before with another request (``req_hash``) is refused with a 422 naming it."""
@@ -439,7 +440,7 @@ async def _idempotent_call(gw: Any, p: Principal, app: str, fn: str, key: str,
 
 @router.post("/v1/apps/{app}/functions/{fn}/calls", tags=["calls"], openapi_extra=_JSON_OR_MSGPACK)
 async def create_call(
-    app: str, fn: str, request: Request,
+    app: str, fn: str, request: Request, gw: GatewayDep,
     wait: float = Query(0.0, ge=0.0, description="Seconds to wait for the result."),
     p: Principal = Depends(principal),
 ) -> Response:
@@ -455,15 +456,14 @@ async def create_call(
     JSON has no NaN or infinities: a result holding them has each as the string
     ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` (the SDK's msgpack answer keeps the value).
     """
-    gw = request.app.state.gw
     dep = await _function(gw, p, app, fn)
-    payload, fmt, ref = await _call_payload(request)
+    payload, fmt, ref = await _call_payload(request, gw)
     resp, replayed = await call_once(gw, p, dep, fn, payload, fmt, ref, wait,
                                      request.headers.get("idempotency-key"))
     return _answer(request, resp, replayed)
 
 
-async def call_once(gw: Any, p: Principal, dep: DeploymentRecord, fn: str, payload: bytes,
+async def call_once(gw: Gateway, p: Principal, dep: DeploymentRecord, fn: str, payload: bytes,
                     fmt: str, ref: str, wait: float,
                     key: str | None = None) -> tuple[CallResponse, bool]:
     """One call (or, with an idempotency ``key`` used before, the call it made): its answer
@@ -507,7 +507,7 @@ async def call_once(gw: Any, p: Principal, dep: DeploymentRecord, fn: str, paylo
     return await inline_result(gw, p.workspace, resp), False
 
 
-async def _result_of(gw: Any, rec: CallRecord, wait: float) -> CallResponse:
+async def _result_of(gw: Gateway, rec: CallRecord, wait: float) -> CallResponse:
     """The call's current attempt's output, waiting up to ``wait`` seconds for it."""
     fut = gw.outputs.register(rec.call_id, rec.attempt_token)
     out = await gw.outputs.fetch(rec.call_id, rec.attempt)
@@ -519,13 +519,12 @@ async def _result_of(gw: Any, rec: CallRecord, wait: float) -> CallResponse:
 
 @router.post("/v1/apps/{app}/functions/{fn}/calls/batch", tags=["calls"],
              openapi_extra=_MSGPACK_BODY, status_code=202)
-async def create_calls(app: str, fn: str, request: Request,
+async def create_calls(app: str, fn: str, request: Request, gw: GatewayDep,
                        p: Principal = Depends(principal)) -> Response:
     """Create up to 1,000 calls of one function at once (a page of a map's inputs);
     answers with their ids in the order of the payloads."""
-    gw = request.app.state.gw
     dep = await _function(gw, p, app, fn)
-    req = await _body(request, _batch_decoder, "batch request")
+    req = await _body(request, gw, _batch_decoder, "batch request")
     if not 1 <= len(req.payloads) <= MAX_BATCH:
         raise InvalidError(f"a batch holds 1 to {MAX_BATCH} calls, got {len(req.payloads)}")
     made = await submit(gw, p, dep, fn, req.payloads, register=False,
@@ -534,11 +533,11 @@ async def create_calls(app: str, fn: str, request: Request,
 
 
 @router.post("/v1/calls/wait", tags=["calls"], openapi_extra=_MSGPACK_BODY)
-async def wait_calls(request: Request, p: Principal = Depends(principal)) -> Response:
+async def wait_calls(request: Request, gw: GatewayDep,
+                     p: Principal = Depends(principal)) -> Response:
     """Wait up to ``wait`` seconds for any of up to 1,000 calls; answers with every one
     of them that is finished (possibly none)."""
-    gw = request.app.state.gw
-    req = await _body(request, _wait_decoder, "wait request")
+    req = await _body(request, gw, _wait_decoder, "wait request")
     if len(req.calls) > MAX_BATCH:
         raise InvalidError(f"a wait names at most {MAX_BATCH} calls, got {len(req.calls)}")
     for name, value in (("wait", req.wait), ("linger", req.linger)):
@@ -552,7 +551,7 @@ async def wait_calls(request: Request, p: Principal = Depends(principal)) -> Res
 
 @router.get("/v1/calls/{call_id}", tags=["calls"])
 async def get_call(
-    call_id: str, request: Request,
+    call_id: str, request: Request, gw: GatewayDep,
     wait: float = Query(0.0, ge=0.0, description="Seconds to wait for the result."),
     p: Principal = Depends(principal),
 ) -> Response:
@@ -560,7 +559,6 @@ async def get_call(
 
     Non-finite numbers in a JSON result are the strings ``"NaN"``, ``"Infinity"`` and
     ``"-Infinity"`` (JSON has no such numbers)."""
-    gw = request.app.state.gw
     rec = await _record(gw, call_id, p.workspace)
     if rec is None:
         raise NotFoundError(f"call {call_id!r} not found (results are kept "
@@ -569,7 +567,7 @@ async def get_call(
     return _answer(request, await inline_result(gw, p.workspace, resp))
 
 
-async def _read_items(gw: Any, rec: CallRecord, cursor: int,
+async def _read_items(gw: Gateway, rec: CallRecord, cursor: int,
                       limit: int = 1000) -> tuple[list[OutputItem], int]:
     """Items of the call's current attempt stored after stream sequence ``cursor``."""
     subject = names.items_subject(rec.call_id, rec.attempt)
@@ -580,6 +578,7 @@ async def _read_items(gw: Any, rec: CallRecord, cursor: int,
                                       next=True)
         except nats.js.errors.NotFoundError:
             break
+        assert raw.seq is not None and raw.data is not None  # a message was found
         cursor = raw.seq
         item = OutputItemDecoder.decode(raw.data)
         if item.attempt_token == rec.attempt_token:
@@ -589,7 +588,7 @@ async def _read_items(gw: Any, rec: CallRecord, cursor: int,
 
 @router.get("/v1/calls/{call_id}/items", tags=["calls"])
 async def call_items(
-    call_id: str, request: Request,
+    call_id: str, request: Request, gw: GatewayDep,
     cursor: int = Query(0, ge=0, le=MAX_CURSOR,
                         description="The cursor the previous page returned."),
     wait: float = Query(0.0, ge=0.0, description="Seconds to wait for new items."),
@@ -597,7 +596,6 @@ async def call_items(
 ) -> Response:
     """Items a generator call yielded so far (a page after ``cursor``), and its final
     answer once every item has been listed."""
-    gw = request.app.state.gw
     rec = await _record(gw, call_id, p.workspace)
     if rec is None:
         raise NotFoundError(f"call {call_id!r} not found")
@@ -634,13 +632,12 @@ async def call_items(
 
 
 @router.delete("/v1/calls/{call_id}", tags=["calls"])
-async def cancel_call(call_id: str, request: Request,
+async def cancel_call(call_id: str, gw: GatewayDep,
                       p: Principal = Depends(principal)) -> dict[str, Any]:
     """Cancel a call: it never starts if it has not, and is stopped if it runs.
 
     Answers ``{"cancelled": true}``, or ``false`` with the status when it had finished.
     """
-    gw = request.app.state.gw
     rec = await _record(gw, call_id, p.workspace)
     if rec is None:
         raise NotFoundError(f"call {call_id!r} not found")

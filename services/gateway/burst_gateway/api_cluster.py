@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import msgspec
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from burst.exception import InvalidError
@@ -17,22 +17,21 @@ from burst_core.schemas import (
 )
 from burst_core.service import live_services
 from burst_gateway.auth import Principal, admin
+from burst_gateway.state import GatewayDep
 
 router = APIRouter()
 
 
 @router.get("/healthz", tags=["cluster"])
-async def healthz(request: Request) -> dict[str, Any]:
+async def healthz(gw: GatewayDep) -> dict[str, Any]:
     """Liveness of this gateway and its NATS connection (no auth)."""
-    gw = request.app.state.gw
     return {"ok": gw.nc.is_connected, "nats": gw.nc.is_connected}
 
 
 @router.get("/v1/status", tags=["cluster"])
-async def status(request: Request, p: Principal = Depends(admin)) -> dict[str, Any]:
+async def status(gw: GatewayDep, p: Principal = Depends(admin)) -> dict[str, Any]:
     """Services with their last liveness record, and agents with their resources
     (operator tokens only: it shows every workspace's containers and the hosts)."""
-    gw = request.app.state.gw
     now = time.time()
     services: list[dict[str, Any]] = []
     for hb in await live_services(gw.js, gw.settings.service_heartbeat_timeout):
@@ -66,12 +65,12 @@ class TokenCreate(BaseModel):
 
 
 @router.post("/v1/tokens", tags=["cluster"], status_code=201)
-async def create_token(body: TokenCreate, request: Request,
+async def create_token(body: TokenCreate, gw: GatewayDep,
                        _: Principal = Depends(admin)) -> dict[str, Any]:
     """Create a token for a workspace (admin only). The token is shown once."""
     try:
         names.check_ident("workspace", body.workspace)
     except ValueError as e:
         raise InvalidError(str(e)) from None
-    token = await request.app.state.gw.tokens.create(body.workspace, body.name, body.admin)
+    token = await gw.tokens.create(body.workspace, body.name, body.admin)
     return {"token": token, "workspace": body.workspace, "name": body.name}

@@ -8,7 +8,8 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
+from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
 
 from burst._protocol import CallRef
@@ -25,6 +26,7 @@ from burst_gateway.api_calls import (
 )
 from burst_gateway.auth import Principal, principal
 from burst_gateway.errors import JSON, TOO_DEEP
+from burst_gateway.state import Gateway, GatewayDep
 
 router = APIRouter()
 #: Most inputs one map may hold (its record is one KV value).
@@ -40,18 +42,17 @@ class MapCreate(BaseModel):
     inputs: list[MapInput] = Field(description="One entry per call, in order.")
 
 
-async def _kv(gw: Any) -> Any:
-    if getattr(gw, "maps_kv", None) is None:
+async def _kv(gw: Gateway) -> KeyValue:
+    if gw.maps_kv is None:
         gw.maps_kv = await gw.js.key_value(names.KV_MAPS)
     return gw.maps_kv
 
 
 @router.post("/v1/apps/{app}/functions/{fn}/maps", tags=["calls"], status_code=202)
-async def create_map(app: str, fn: str, body: MapCreate, request: Request,
+async def create_map(app: str, fn: str, body: MapCreate, gw: GatewayDep,
                      p: Principal = Depends(principal)) -> dict[str, Any]:
     """Start one call per input (up to 10,000); read the results with
     ``GET /v1/maps/{map_id}/results``, in input order."""
-    gw = request.app.state.gw
     if not 1 <= len(body.inputs) <= MAX_MAP_INPUTS:
         raise InvalidError(f"a map holds 1 to {MAX_MAP_INPUTS} inputs, got {len(body.inputs)}")
     dep = await _function(gw, p, app, fn)
@@ -75,7 +76,7 @@ async def create_map(app: str, fn: str, body: MapCreate, request: Request,
 
 @router.get("/v1/maps/{map_id}/results", tags=["calls"])
 async def map_results(
-    map_id: str, request: Request,
+    map_id: str, gw: GatewayDep,
     offset: int = Query(0, ge=0, description="Index of the first result of the page."),
     limit: int = Query(100, ge=1, le=1000, description="Most results in the page."),
     wait: float = Query(0.0, ge=0.0, description="Seconds to wait for the page's first result."),
@@ -85,7 +86,6 @@ async def map_results(
     still running (so pages never skip one). ``next_offset`` is where to continue.
     Non-finite numbers in results are the strings ``"NaN"``, ``"Infinity"`` and
     ``"-Infinity"``."""
-    gw = request.app.state.gw
     raw, _ = await bus.kv_get(await _kv(gw), map_id) if _valid_map_id(map_id) else (None, 0)
     rec = MapRecordDecoder.decode(raw) if raw is not None else None
     if rec is None or rec.workspace != p.workspace:

@@ -10,16 +10,16 @@ from burst.exception import InvalidError
 from burst_core.objects import Objects
 from burst_gateway.auth import Principal, principal
 from burst_gateway.errors import TOO_DEEP
+from burst_gateway.state import Gateway, GatewayDep
 
 router = APIRouter()
 _BODY = {"requestBody": {"content": {MSGPACK: {}}, "required": True}}
 
 
-def _objects(request: Request) -> Objects:
-    gw = request.app.state.gw
-    if getattr(gw, "objects", None) is None:
+def _objects(gw: Gateway) -> Objects:
+    if gw.objects is None:
         gw.objects = Objects(gw.js)
-    return gw.objects  # type: ignore[no-any-return]
+    return gw.objects
 
 
 async def _decode(request: Request, decoder: msgspec.msgpack.Decoder) -> object:  # type: ignore[type-arg]
@@ -32,16 +32,16 @@ async def _decode(request: Request, decoder: msgspec.msgpack.Decoder) -> object:
 
 
 @router.post("/v1/dicts", tags=["objects"], openapi_extra=_BODY)
-async def dict_op(request: Request, p: Principal = Depends(principal)) -> Response:
+async def dict_op(request: Request, gw: GatewayDep, p: Principal = Depends(principal)) -> Response:
     """One operation on a named Dict of the caller's workspace (msgpack ``DictRequest``)."""
     req = await _decode(request, dict_request_decoder)
-    resp = await _objects(request).dict_op(p.workspace, req)  # type: ignore[arg-type]
+    resp = await _objects(gw).dict_op(p.workspace, req)  # type: ignore[arg-type]
     return Response(msgspec.msgpack.encode(resp), media_type=MSGPACK)
 
 
 @router.post("/v1/queues", tags=["objects"], openapi_extra=_BODY)
-async def queue_op(request: Request, p: Principal = Depends(principal)) -> Response:
+async def queue_op(request: Request, gw: GatewayDep, p: Principal = Depends(principal)) -> Response:
     """One operation on a named Queue of the caller's workspace (msgpack ``QueueRequest``)."""
     req = await _decode(request, queue_request_decoder)
-    resp = await _objects(request).queue_op(p.workspace, req)  # type: ignore[arg-type]
+    resp = await _objects(gw).queue_op(p.workspace, req)  # type: ignore[arg-type]
     return Response(msgspec.msgpack.encode(resp), media_type=MSGPACK)

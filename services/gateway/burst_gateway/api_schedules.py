@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import msgspec
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from nats.js.kv import KeyValue
 
 from burst._protocol import FunctionSpec
@@ -19,19 +19,19 @@ from burst_core import bus, names
 from burst_core import schedules as ticks
 from burst_core.schemas import DeploymentRecord, ScheduleState, ScheduleStateDecoder, encode
 from burst_gateway.auth import Principal, principal
+from burst_gateway.state import Gateway, GatewayDep
 from burst_gateway.validate import check_name
 
 router = APIRouter()
 
 
-async def _kv(gw: Any) -> KeyValue:
-    kv: KeyValue | None = getattr(gw, "schedules_kv", None)
-    if kv is None:
-        kv = gw.schedules_kv = await bus.ensure_kv(gw.js, names.KV_SCHEDULES)
-    return kv
+async def _kv(gw: Gateway) -> KeyValue:
+    if gw.schedules_kv is None:
+        gw.schedules_kv = await bus.ensure_kv(gw.js, names.KV_SCHEDULES)
+    return gw.schedules_kv
 
 
-async def _scheduled(gw: Any, p: Principal, app: str, fn: str) -> tuple[DeploymentRecord,
+async def _scheduled(gw: Gateway, p: Principal, app: str, fn: str) -> tuple[DeploymentRecord,
                                                                          FunctionSpec]:
     dep: DeploymentRecord | None = await gw.deployment(p.workspace, app)
     if dep is None:
@@ -83,10 +83,9 @@ def _view(dep: DeploymentRecord, spec: FunctionSpec, st: ScheduleState | None) -
 
 
 @router.get("/v1/schedules", tags=["schedules"])
-async def list_schedules(request: Request, app: str | None = Query(None),
+async def list_schedules(gw: GatewayDep, app: str | None = Query(None),
                          p: Principal = Depends(principal)) -> dict[str, Any]:
     """The schedules of the workspace's deployed apps (or of one ``app``)."""
-    gw = request.app.state.gw
     if app is not None:
         check_name("app", app)
     kv = await _kv(gw)
@@ -119,10 +118,9 @@ async def _change(kv: KeyValue, key: str, dep: DeploymentRecord,
 
 
 @router.post("/v1/apps/{app}/functions/{fn}/schedule/pause", tags=["schedules"])
-async def pause(app: str, fn: str, request: Request,
+async def pause(app: str, fn: str, gw: GatewayDep,
                 p: Principal = Depends(principal)) -> dict[str, Any]:
     """Stop a schedule's ticks until it is resumed (ticks due meanwhile are missed)."""
-    gw = request.app.state.gw
     dep, spec = await _scheduled(gw, p, app, fn)
     now = time.time()
 
@@ -136,13 +134,12 @@ async def pause(app: str, fn: str, request: Request,
 
 
 @router.post("/v1/apps/{app}/functions/{fn}/schedule/resume", tags=["schedules"])
-async def resume(app: str, fn: str, request: Request,
+async def resume(app: str, fn: str, gw: GatewayDep,
                  backfill: bool = Query(False, description="Also fire, once each, the ticks "
                                         "missed while paused or while the cluster was down."),
                  p: Principal = Depends(principal)) -> dict[str, Any]:
     """Restart a paused schedule from the next tick; with ``backfill`` fire the missed
     ticks too."""
-    gw = request.app.state.gw
     dep, spec = await _scheduled(gw, p, app, fn)
     now = time.time()
 

@@ -7,7 +7,7 @@ import urllib.parse
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from burst.exception import InvalidError, NotFoundError
@@ -20,6 +20,7 @@ from burst_core.schemas import (
     encode,
 )
 from burst_gateway.auth import Principal, principal
+from burst_gateway.state import GatewayDep
 from burst_gateway.validate import check_text
 
 router = APIRouter()
@@ -48,10 +49,10 @@ async def _endpoint(js: Any, p: Principal, endpoint_id: str) -> WebhookEndpoint:
 
 
 @router.post("/v1/webhooks", tags=["webhooks"])
-async def add_webhook(request: Request, body: EndpointIn,
+async def add_webhook(gw: GatewayDep, body: EndpointIn,
                       p: Principal = Depends(principal)) -> dict[str, Any]:
     """Add an endpoint; the answer holds its signing secret, shown only this once."""
-    js = request.app.state.gw.js
+    js = gw.js
     await budgets.ensure(js)
     check_text("url", body.url)
     check_text("description", body.description)
@@ -63,7 +64,7 @@ async def add_webhook(request: Request, body: EndpointIn,
         raise InvalidError(f"unknown event {bad[0]!r}: use any of {', '.join(SUBSCRIBABLE)}")
     secret = new_secret()
     # Stored sealed with the key in $BURST_HOME: the NATS store never holds the secret.
-    sealed = sealing.for_home(request.app.state.gw.settings.home).seal(secret)
+    sealed = sealing.for_home(gw.settings.home).seal(secret)
     ep = WebhookEndpoint(endpoint_id="ep_" + uuid.uuid4().hex[:16], workspace=p.workspace,
                          url=body.url, events=sorted(set(body.events)), secret=sealed,
                          created_at=time.time(), description=body.description)
@@ -73,17 +74,17 @@ async def add_webhook(request: Request, body: EndpointIn,
 
 
 @router.get("/v1/webhooks", tags=["webhooks"])
-async def list_webhooks(request: Request, p: Principal = Depends(principal)) -> dict[str, Any]:
-    js = request.app.state.gw.js
+async def list_webhooks(gw: GatewayDep, p: Principal = Depends(principal)) -> dict[str, Any]:
+    js = gw.js
     await budgets.ensure(js)
     return {"workspace": p.workspace,
             "webhooks": [_public(e) for e in await alerts.endpoints(js, p.workspace)]}
 
 
 @router.delete("/v1/webhooks/{endpoint_id}", tags=["webhooks"])
-async def remove_webhook(request: Request, endpoint_id: str,
+async def remove_webhook(gw: GatewayDep, endpoint_id: str,
                          p: Principal = Depends(principal)) -> dict[str, Any]:
-    js = request.app.state.gw.js
+    js = gw.js
     ep = await _endpoint(js, p, endpoint_id)
     await (await js.key_value(names.KV_WEBHOOKS)).delete(
         names.webhook_key(p.workspace, ep.endpoint_id))
@@ -91,10 +92,10 @@ async def remove_webhook(request: Request, endpoint_id: str,
 
 
 @router.post("/v1/webhooks/{endpoint_id}/test", tags=["webhooks"])
-async def test_webhook(request: Request, endpoint_id: str,
+async def test_webhook(gw: GatewayDep, endpoint_id: str,
                        p: Principal = Depends(principal)) -> dict[str, Any]:
     """Queue a ``webhook.test`` event for this endpoint (delivered like any other)."""
-    js = request.app.state.gw.js
+    js = gw.js
     ep = await _endpoint(js, p, endpoint_id)
     did = await alerts.deliver_to(js, ep, "webhook.test", "test-" + uuid.uuid4().hex,
                                   {"message": "a test delivery from Burst"})
@@ -102,11 +103,11 @@ async def test_webhook(request: Request, endpoint_id: str,
 
 
 @router.get("/v1/webhooks/deliveries", tags=["webhooks"])
-async def deliveries(request: Request, endpoint: str | None = Query(None),
+async def deliveries(gw: GatewayDep, endpoint: str | None = Query(None),
                      limit: int = Query(50, ge=1, le=1000),
                      p: Principal = Depends(principal)) -> dict[str, Any]:
     """The delivery log, newest first (kept for a week)."""
-    js = request.app.state.gw.js
+    js = gw.js
     await budgets.ensure(js)
     kv = await js.key_value(names.KV_WEBHOOK_LOG)
     rows = [WebhookLogEntryDecoder.decode(v)

@@ -25,6 +25,7 @@ from burst_core import logs
 from burst_gateway.api_calls import _call_decoder, _function, call_once, decode_body
 from burst_gateway.auth import principal_of
 from burst_gateway.errors import error_response, unavailable_response
+from burst_gateway.state import Gateway
 from burst_gateway.unavailable import NATS_DOWN
 from burst_gateway.validate import check_name
 
@@ -78,7 +79,7 @@ class FastCalls:
 
     async def _call(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes],
                     app: str, fn: str, wait: float) -> tuple[int, bytes]:
-        gw: Any = self.state.gw
+        gw: Gateway = self.state.gw  # set by the application's lifespan (app.create_app)
         check_name("app", app)  # as every route checks its names (burst_gateway.validate)
         check_name("function", fn)
         p = await principal_of(gw.tokens, headers.get(b"authorization", b"").decode("latin-1"))

@@ -1,11 +1,14 @@
-"""The gateway's connections and caches, shared by its routes (``app.state.gw``)."""
+"""The gateway's connections and caches, shared by its routes (``app.state.gw``;
+routes take it as a parameter ``gw: GatewayDep``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from typing import Annotated
 
+from fastapi import Depends, Request
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
@@ -13,6 +16,7 @@ from nats.js.object_store import ObjectStore
 
 from burst_core import bus, logs, names
 from burst_core.calls import Signals
+from burst_core.objects import Objects
 from burst_core.schemas import DeploymentRecord, DeploymentRecordDecoder
 from burst_core.service import cancel_and_wait, heartbeat_loop
 from burst_gateway.auth import TokenStore
@@ -37,6 +41,11 @@ class Gateway:
         self._deployments: dict[str, DeploymentRecord] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = time.time()
+        # Opened on first use by the routes that need them.
+        self.blobs: ObjectStore | None = None
+        self.maps_kv: KeyValue | None = None
+        self.schedules_kv: KeyValue | None = None
+        self.objects: Objects | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -102,3 +111,15 @@ class Gateway:
     def deployments_of(self, workspace: str) -> list[DeploymentRecord]:
         return sorted((d for d in self._deployments.values() if d.workspace == workspace),
                       key=lambda d: d.app)
+
+
+async def gateway(request: Request) -> Gateway:
+    """FastAPI dependency: the application's :class:`Gateway` (the lifespan of
+    :func:`burst_gateway.app.create_app` sets ``app.state.gw``). ``async`` so that FastAPI
+    calls it in the event loop, not in its thread pool."""
+    gw: Gateway = request.app.state.gw
+    return gw
+
+
+#: A route's parameter ``gw: GatewayDep`` is the gateway.
+GatewayDep = Annotated[Gateway, Depends(gateway)]
