@@ -292,7 +292,7 @@ async def test_a_flush_after_subscribe_means_the_server_has_the_interest(
         nats_url: str) -> None:
     """nats-py wrote a PING ahead of the SUB still in its buffer, so a flush could return
     before the server knew of the subscription and a publish just after was lost (about 1
-    in 20 here); and a drain dropped what was published before it (see bus._order_pings)."""
+    in 20 here); and a drain dropped what was published before it (see bus._natspy.order_pings)."""
     pub = await bus.connect(nats_url, "test-pub")
     sub_nc = await bus.connect(nats_url, "test-sub")
     lost = []
