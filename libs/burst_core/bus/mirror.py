@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -44,20 +44,22 @@ class KVChange(Generic[T]):
     revision: int
 
 
-OnChange = Callable[[KVChange[T]], Awaitable[None] | None]
+OnChange = Callable[[KVChange[T]], object]  # what it returns is awaited if awaitable
 
 
 class KVMirror(Generic[T]):
     """Watches ``bucket`` and keeps ``items`` (key -> decoded value) current.
 
     ``keep`` (optional) says which decoded values the mirror holds (a value it rejects
-    counts as the key leaving). ``on_change`` (optional, plain or async) is told each
-    change; what it raises is logged, the mirror goes on."""
+    counts as the key leaving). ``items`` (optional) is the dict to keep current, when the
+    caller has one (a cache it also writes itself). ``on_change`` (optional, plain or
+    async) is told each change; what it raises is logged, the mirror goes on."""
 
     def __init__(self, js: JetStreamContext, bucket: str, decoder: Decoder[T], *,
                  on_change: OnChange[T] | None = None,
                  keep: Callable[[T], bool] | None = None,
-                 retry_delay: float = 1.0, what: str = "") -> None:
+                 retry_delay: float = 1.0, what: str = "",
+                 items: dict[str, T] | None = None) -> None:
         self.js = js
         self.bucket = bucket
         self.decoder = decoder
@@ -65,7 +67,7 @@ class KVMirror(Generic[T]):
         self.keep = keep
         self.retry_delay = retry_delay
         self.what = what or bucket
-        self.items: dict[str, T] = {}
+        self.items: dict[str, T] = {} if items is None else items
         self.loaded = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._watcher: Any = None
