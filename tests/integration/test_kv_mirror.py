@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import msgspec
 import pytest
 
 from burst_core import bus
 from tests.servers import Server
+from tests.waiting import eventually_async
 
 pytestmark = pytest.mark.integration
 
@@ -27,13 +26,6 @@ DEC = msgspec.msgpack.Decoder(Rec)
 
 def enc(n: int, hot: bool = False) -> bytes:
     return msgspec.msgpack.encode(Rec(n, hot))
-
-
-async def _until(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        await asyncio.sleep(0.01)
 
 
 def _ns(mirror: bus.KVMirror[Rec]) -> dict[str, int]:
@@ -56,10 +48,10 @@ async def test_mirror_follows_puts_updates_deletes_and_purges(js) -> None:  # ty
         await kv.put("a", enc(2))
         await kv.put("a", enc(3))
         await kv.put("b", enc(4))
-        await _until(lambda: _ns(m) == {"before": 1, "a": 3, "b": 4}, 10, "puts")
+        await eventually_async(lambda: _ns(m) == {"before": 1, "a": 3, "b": 4}, 10, "puts")
         await kv.delete("a")
         await kv.purge("before")
-        await _until(lambda: _ns(m) == {"b": 4}, 10, "delete and purge")
+        await eventually_async(lambda: _ns(m) == {"b": 4}, 10, "delete and purge")
         assert m.get("b") == Rec(4) and "a" not in m and len(m) == 1
         assert changes == [("before", 1, None), ("a", 2, None), ("a", 3, 2), ("b", 4, None),
                            ("a", None, 3), ("before", None, 1)]
@@ -73,11 +65,11 @@ async def test_a_bad_value_is_logged_and_skipped(js, capsys) -> None:  # type: i
     await m.start(timeout=10)
     try:
         await kv.put("k", enc(1))
-        await _until(lambda: _ns(m) == {"k": 1}, 10, "the first value")
+        await eventually_async(lambda: _ns(m) == {"k": 1}, 10, "the first value")
         await kv.put("k", b"\xc1not msgpack")
         await kv.put("j", b"\xc1")
         await kv.put("z", enc(9))  # after the bad ones: they were passed, not stuck on
-        await _until(lambda: "z" in m, 10, "the value after the bad ones")
+        await eventually_async(lambda: "z" in m, 10, "the value after the bad ones")
         assert _ns(m) == {"k": 1, "z": 9}  # k keeps what it had, j never came in
         out = capsys.readouterr()
         assert "rec_undecodable" in out.out + out.err and "mirror_test" in out.out + out.err
@@ -98,9 +90,9 @@ async def test_keep_and_a_failing_callback(js) -> None:  # type: ignore[no-untyp
     try:
         await kv.put("cold", enc(1))
         await kv.put("hot", enc(2, hot=True))
-        await _until(lambda: "hot" in m, 10, "the kept value")
+        await eventually_async(lambda: "hot" in m, 10, "the kept value")
         await kv.put("hot", enc(3))  # no longer kept: leaves the mirror
-        await _until(lambda: "hot" not in m, 10, "the value no longer kept")
+        await eventually_async(lambda: "hot" not in m, 10, "the value no longer kept")
         assert "cold" not in m and calls == ["hot", "hot"]
     finally:
         await m.stop()
@@ -115,7 +107,7 @@ async def test_mirror_follows_again_after_a_server_restart(nats_server: Server) 
         m = bus.KVMirror(js, BUCKET, DEC, retry_delay=0.2)
         await m.start(timeout=10)
         await asyncio.to_thread(nats_server.restart, kill=True)
-        await _until(lambda: nc.is_connected, 30, "reconnected")
+        await eventually_async(lambda: nc.is_connected, 30, "reconnected")
         for _ in range(50):  # JetStream may still be loading its streams
             try:
                 await kv.put("a", enc(2))
@@ -124,7 +116,7 @@ async def test_mirror_follows_again_after_a_server_restart(nats_server: Server) 
                 break
             except Exception:
                 await asyncio.sleep(0.2)
-        await _until(lambda: _ns(m) == {"b": 3}, 15, "changes after the restart")
+        await eventually_async(lambda: _ns(m) == {"b": 3}, 15, "changes after the restart")
         await m.stop()
     finally:
         await nc.close()
@@ -144,7 +136,7 @@ async def test_a_rewatch_drops_keys_deleted_while_away(js) -> None:  # type: ign
         await watcher.stop()  # the watch ends (as when it fails): the mirror starts over
         await kv.delete("goes")
         await kv.purge_deletes(olderthan=-1)  # no tombstone left for the replay to show
-        await _until(lambda: "goes" not in m, 10, "the key deleted while away")
+        await eventually_async(lambda: "goes" not in m, 10, "the key deleted while away")
         assert _ns(m) == {"stays": 1} and gone == ["goes"] and m._watcher is not watcher
     finally:
         await m.stop()
