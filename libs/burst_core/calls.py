@@ -206,7 +206,7 @@ async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue, fn_key
     create_only = {"Nats-Expected-Last-Subject-Sequence": "0"}
     msgs = [(subject, encode(inp), {"Nats-Msg-Id": inp.input_id}) for _, inp in calls]
     if records:
-        msgs += [(f"{calls_kv._pre}{rec.call_id}", encode(rec), create_only)
+        msgs += [(bus.kv_subject(calls_kv, rec.call_id), encode(rec), create_only)
                  for rec, _ in calls]
     # The signal goes out in the same write as the records and inputs (it carries no
     # data: a scheduler acting on it before they are stored finds them stored by the time

@@ -143,7 +143,7 @@ async def test_kv_keys_lists_the_stream_subjects_and_kv_values_the_live_ones(js)
 
 async def test_direct_subscription_hands_every_message_to_its_handler_in_the_read(
         js) -> None:  # type: ignore[no-untyped-def]
-    nc = js._nc
+    nc = bus.client_of(js)
     got: list[bytes] = []
     tasks_before = len(asyncio.all_tasks())
 
@@ -180,7 +180,7 @@ async def test_direct_subscription_hands_every_message_to_its_handler_in_the_rea
 
 async def test_send_now_writes_the_buffered_publishes_before_the_loop_turns(
         js) -> None:  # type: ignore[no-untyped-def]
-    nc = js._nc
+    nc = bus.client_of(js)
     other = await bus.connect(nc.connected_url.geturl(), "test-other")
     got: list[bytes] = []
     bus.direct(await other.subscribe("now.test"), lambda m: got.append(m.data))
@@ -202,7 +202,7 @@ async def test_send_now_writes_the_buffered_publishes_before_the_loop_turns(
 
 async def test_send_now_writes_once_per_loop_turn_and_leaves_the_rest_to_the_flusher(
         js) -> None:  # type: ignore[no-untyped-def]
-    nc = js._nc
+    nc = bus.client_of(js)
     await nc.flush()
     await nc.publish("now.turn", b"1")
     bus.send_now(nc)
@@ -231,7 +231,7 @@ async def test_deliveries_counts_as_the_message_metadata_does(js) -> None:  # ty
     [again] = await sub.fetch(1, timeout=5)
     assert bus.deliveries(again) == again.metadata.num_delivered == 2
     # The reply subject with a domain and an account hash (the newer form).
-    v2 = Msg(js._nc, reply="$JS.ACK.hub.ACCHASH.S.c.3.10.5.1700000000000000000.0.tok")
+    v2 = Msg(bus.client_of(js), reply="$JS.ACK.hub.ACCHASH.S.c.3.10.5.1700000000000000000.0.tok")
     assert bus.deliveries(v2) == v2.metadata.num_delivered == 3
 
 
@@ -292,7 +292,7 @@ async def test_a_flush_after_subscribe_means_the_server_has_the_interest(
         nats_url: str) -> None:
     """nats-py wrote a PING ahead of the SUB still in its buffer, so a flush could return
     before the server knew of the subscription and a publish just after was lost (about 1
-    in 20 here); and a drain dropped what was published before it (see bus._order_pings)."""
+    in 20 here); and a drain dropped what was published before it (see bus._natspy.order_pings)."""
     pub = await bus.connect(nats_url, "test-pub")
     sub_nc = await bus.connect(nats_url, "test-sub")
     lost = []

@@ -40,9 +40,9 @@ async def test_inputs_are_published_before_their_records(js) -> None:  # type: i
         elif msg.subject.startswith(f"$KV.{names.KV_CALLS}."):
             order.append("record")
 
-    sub = await js._nc.subscribe(">", cb=seen)
-    await calls.create_many(js, js._nc, kv, FN, built, signals=None)
-    await js._nc.flush()
+    sub = await bus.client_of(js).subscribe(">", cb=seen)
+    await calls.create_many(js, bus.client_of(js), kv, FN, built, signals=None)
+    await bus.client_of(js).flush()
     await sub.unsubscribe()
     assert order == ["input"] * 3 + ["record"] * 3
     for rec, inp in built:
@@ -52,7 +52,7 @@ async def test_inputs_are_published_before_their_records(js) -> None:  # type: i
 
 async def test_a_failure_before_the_record_lands_still_gets_its_retry(js) -> None:  # type: ignore[no-untyped-def]
     rec, inp = calls.build("ws", "app", "f", "d1", b"p", "pickle", time.time())
-    attempts = Attempts(SimpleNamespace(js=js, nc=js._nc))  # type: ignore[arg-type]
+    attempts = Attempts(SimpleNamespace(js=js, nc=bus.client_of(js)))  # type: ignore[arg-type]
     delay = await attempts.schedule_retry(inp, RetryPolicy(max_retries=2, initial_delay=0.5))
     assert delay == 0.5
     now = await _record(js, rec.call_id)
@@ -67,7 +67,7 @@ async def test_a_failure_before_the_record_lands_still_gets_its_retry(js) -> Non
 
 async def test_a_redelivery_without_a_record_is_an_internal_retry(js) -> None:  # type: ignore[no-untyped-def]
     rec, inp = calls.build("ws", "app", "f", "d1", b"p", "pickle", time.time())
-    attempts = Attempts(SimpleNamespace(js=js, nc=js._nc))  # type: ignore[arg-type]
+    attempts = Attempts(SimpleNamespace(js=js, nc=bus.client_of(js)))  # type: ignore[arg-type]
     resumed = await attempts.resume(inp)
     assert resumed is not None
     assert resumed.attempt == 2

@@ -29,7 +29,7 @@ async def _store(js, out: Output) -> None:  # type: ignore[no-untyped-def]
 async def test_group_wait_takes_current_attempts_only_and_cleans_up(js) -> None:  # type: ignore[no-untyped-def]
     router = OutputRouter(js)
     await router.start()
-    await router.follow_attempts(js._nc)
+    await router.follow_attempts(bus.client_of(js))
     try:
         a, b, c = (f"fc-{uuid.uuid4().hex}" for _ in range(3))
         g = router.register_group({a: "ta", b: "tb", c: "tc"})
@@ -38,9 +38,9 @@ async def test_group_wait_takes_current_attempts_only_and_cleans_up(js) -> None:
         await asyncio.wait_for(g.event.wait(), 5)
         assert list(g.outputs) == [b]
         # c moves on to attempt 2: its first attempt's output no longer counts.
-        await js._nc.publish(names.attempt_changed_subject(c), encode(
+        await bus.client_of(js).publish(names.attempt_changed_subject(c), encode(
             AttemptChanged(call_id=c, attempt=2, attempt_token="tc2", reason="retry")))
-        await js._nc.flush()
+        await bus.client_of(js).flush()
         for _ in range(50):
             if g.tokens[c] == "tc2":
                 break

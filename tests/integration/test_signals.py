@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from burst_core import calls, names
+from burst_core import bus, calls, names
 from burst_core.schemas import InputAcceptedDecoder
 
 pytestmark = pytest.mark.integration
@@ -18,12 +18,12 @@ async def _collect(js, subject: str) -> tuple[list[str], object]:  # type: ignor
     async def on(msg) -> None:  # type: ignore[no-untyped-def]
         got.append(InputAcceptedDecoder.decode(msg.data).call_id)
 
-    sub = await js._nc.subscribe(subject, cb=on)
+    sub = await bus.client_of(js).subscribe(subject, cb=on)
     return got, sub
 
 
 async def test_calls_within_the_interval_share_one_trailing_signal(js) -> None:  # type: ignore[no-untyped-def]
-    nc = js._nc
+    nc = bus.client_of(js)
     signals = calls.Signals(nc, interval=0.3)
     a, b = "ws.app.f", "ws.app.g"
     got_a, sub_a = await _collect(js, names.input_accepted_subject(a))
@@ -52,7 +52,7 @@ async def test_calls_within_the_interval_share_one_trailing_signal(js) -> None: 
 
 
 async def test_interval_zero_signals_every_call_and_flush_sends_the_trailing_one(js) -> None:  # type: ignore[no-untyped-def]
-    nc = js._nc
+    nc = bus.client_of(js)
     fn = "ws.app.h"
     got, sub = await _collect(js, names.input_accepted_subject(fn))
     every = calls.Signals(nc, interval=0)
@@ -70,7 +70,7 @@ async def test_interval_zero_signals_every_call_and_flush_sends_the_trailing_one
 
 
 async def test_a_trailing_signal_for_an_answered_call_is_not_sent(js) -> None:  # type: ignore[no-untyped-def]
-    nc = js._nc
+    nc = bus.client_of(js)
     fn = "ws.app.k"
     got, sub = await _collect(js, names.input_accepted_subject(fn))
     answered = {"k2"}

@@ -18,7 +18,6 @@ queues them again with the same ids, which the delivery path deduplicates.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import time
@@ -51,37 +50,23 @@ class BudgetEvaluator:
         self.js = js
         self.budgets: dict[str, Budget] = {}
         self._states: dict[str, tuple[BudgetState | None, int]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._loaded = asyncio.Event()
-        self._kv: KeyValue | None = None
+        self._mirror: bus.KVMirror[Budget] | None = None
         self._state_kv: KeyValue | None = None
 
     async def start(self) -> None:
-        self._kv = await self.js.key_value(names.KV_BUDGETS)
         self._state_kv = await self.js.key_value(names.KV_BUDGET_STATE)
-        watcher = await self._kv.watchall()
-        self._task = asyncio.create_task(self._watch(watcher), name="budgets-watch")
-        await asyncio.wait_for(self._loaded.wait(), 10.0)
+        self._mirror = bus.KVMirror(self.js, names.KV_BUDGETS, BudgetDecoder,
+                                    items=self.budgets, on_change=self._changed,
+                                    what="budget")
+        await self._mirror.start(timeout=10.0)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        if self._mirror is not None:
+            await self._mirror.stop()
 
-    async def _watch(self, watcher: object) -> None:
-        async for entry in watcher:  # type: ignore[attr-defined]
-            if entry is None:
-                self._loaded.set()
-                continue
-            if bus.kv_deleted(entry):
-                self.budgets.pop(entry.key, None)
-                self._states.pop(entry.key, None)
-                continue
-            try:
-                self.budgets[entry.key] = BudgetDecoder.decode(entry.value)
-            except msgspec.DecodeError as e:
-                log.warning("budget_undecodable", key=entry.key, error=repr(e))
+    def _changed(self, change: bus.KVChange[Budget]) -> None:
+        if change.value is None:  # cleared: its state goes with it
+            self._states.pop(change.key, None)
 
     async def evaluate(self, snap: LedgerSnapshot, now: float | None = None) -> int:
         """Evaluate every budget against ``snap``; returns the states written."""

@@ -21,13 +21,11 @@ leader from firing it again.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import time
 from typing import Any
 
-import msgspec
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
@@ -37,10 +35,10 @@ from burst_core.schemas import (
     AgentHeartbeat,
     AgentHeartbeatDecoder,
     AlertState,
+    DeploymentRecord,
     DeploymentRecordDecoder,
     encode,
 )
-from burst_core.service import cancel_and_wait
 
 log = logs.get("burst.billing.runaway")
 
@@ -105,62 +103,43 @@ class RunawayDetector:
         self.js = js
         self.check = RunawayCheck(factor)
         self.fired: set[str] = set()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._watchers: list[Any] = []
+        self._mirrors: list[bus.KVMirror[Any]] = []
         self._state: KeyValue | None = None
 
     async def start(self) -> None:
         self._state = await self.js.key_value(names.KV_ALERT_STATE)
-        deployments = await self.js.key_value(names.KV_DEPLOYMENTS)
-        heartbeats = await self.js.key_value(names.KV_HEARTBEATS)
-        loaded = asyncio.Event()
-        dw = await deployments.watchall()
-        self._watchers.append(dw)
-        self._tasks.append(asyncio.create_task(self._deployments(dw, loaded)))
-        await asyncio.wait_for(loaded.wait(), 10.0)  # timeouts known before any check
-        hw = await heartbeats.watchall()
-        self._watchers.append(hw)
-        self._tasks.append(asyncio.create_task(self._heartbeats(hw)))
+        deployments = bus.KVMirror(self.js, names.KV_DEPLOYMENTS, DeploymentRecordDecoder,
+                                   on_change=self._deployment, what="deployment")
+        self._mirrors.append(deployments)
+        await deployments.start(timeout=10.0)  # timeouts known before any check
+        heartbeats = bus.KVMirror(self.js, names.KV_HEARTBEATS, AgentHeartbeatDecoder,
+                                  on_change=self._heartbeat, what="heartbeat")
+        self._mirrors.append(heartbeats)
+        await heartbeats.start(timeout=10.0)
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._tasks)
-        for w in self._watchers:
-            with contextlib.suppress(Exception):
-                await w.stop()
-        self._tasks, self._watchers = [], []
+        for m in self._mirrors:
+            await m.stop()
+        self._mirrors = []
 
-    async def _deployments(self, watcher: Any, loaded: asyncio.Event) -> None:
-        async for entry in watcher:
-            if entry is None:
-                loaded.set()
-                continue
-            if bus.kv_deleted(entry):
-                continue  # its containers stop; the timeout stays known meanwhile
-            try:
-                d = DeploymentRecordDecoder.decode(entry.value)
-            except msgspec.DecodeError as e:
-                log.warning("deployment_undecodable", key=entry.key, error=repr(e))
-                continue
-            for fn in d.functions:
-                self.check.timeouts[names.function_key(d.workspace, d.app, fn.name)] = fn.timeout
+    def _deployment(self, change: bus.KVChange[DeploymentRecord]) -> None:
+        d = change.value
+        if d is None:
+            return  # its containers stop; the timeout stays known meanwhile
+        for fn in d.functions:
+            self.check.timeouts[names.function_key(d.workspace, d.app, fn.name)] = fn.timeout
 
-    async def _heartbeats(self, watcher: Any) -> None:
-        async for entry in watcher:
-            if entry is None or bus.kv_deleted(entry):
-                continue
+    async def _heartbeat(self, change: bus.KVChange[AgentHeartbeat]) -> None:
+        if change.value is None:
+            return
+        runaways = self.check.check(change.value)
+        self.fired -= self.check.gone  # its mark in KV stays, should it ever come back
+        for r in runaways:
             try:
-                hb = AgentHeartbeatDecoder.decode(entry.value)
-            except msgspec.DecodeError as e:
-                log.warning("heartbeat_undecodable", key=entry.key, error=repr(e))
-                continue
-            runaways = self.check.check(hb)
-            self.fired -= self.check.gone  # its mark in KV stays, should it ever come back
-            for r in runaways:
-                try:
-                    await self.fire(r)
-                except Exception as e:  # NATS trouble: the next heartbeat repeats it
-                    log.warning("runaway_fire_failed", container_id=r.container_id,
-                                error=repr(e))
+                await self.fire(r)
+            except Exception as e:  # NATS trouble: the next heartbeat repeats it
+                log.warning("runaway_fire_failed", container_id=r.container_id,
+                            error=repr(e))
 
     async def fire(self, r: Runaway) -> bool:
         """Queue the event for ``r`` unless its container fired before; True if queued."""

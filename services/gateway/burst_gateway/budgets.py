@@ -13,8 +13,6 @@ import asyncio
 import contextlib
 from typing import Any
 
-import msgspec
-
 from burst.exception import BudgetExceededError
 from burst_core import budgets, bus, logs, names
 from burst_core.schemas import BudgetState, BudgetStateDecoder
@@ -32,26 +30,12 @@ class BudgetGuard:
 
     async def start(self, js: Any) -> None:
         await budgets.ensure(js)
-        kv = await js.key_value(names.KV_BUDGET_STATE)
-        watcher = await kv.watchall()
-        self._task = asyncio.create_task(self._watch(watcher), name="budget-guard")
-        await asyncio.wait_for(self._loaded.wait(), 10.0)
-
-    async def _watch(self, watcher: Any) -> None:
-        async for entry in watcher:
-            if entry is None:
-                self._loaded.set()
-                continue
-            st = None
-            if not bus.kv_deleted(entry):
-                try:
-                    st = BudgetStateDecoder.decode(entry.value)
-                except msgspec.DecodeError as e:
-                    log.warning("budget_state_undecodable", key=entry.key, error=repr(e))
-            if st is not None and st.exceeded:
-                self.exceeded[entry.key] = st
-            else:
-                self.exceeded.pop(entry.key, None)
+        mirror = bus.KVMirror(js, names.KV_BUDGET_STATE, BudgetStateDecoder,
+                              keep=lambda st: st.exceeded, what="budget_state",
+                              items=self.exceeded)
+        await mirror.start(timeout=10.0)
+        self._task = mirror._task
+        self._loaded.set()
 
     def check(self, workspace: str, app: str, function: str) -> None:
         if not self.exceeded:  # the usual case: no hard budget is spent

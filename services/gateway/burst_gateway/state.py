@@ -38,7 +38,8 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self._deployments: dict[str, DeploymentRecord] = {}
+        self._deployments: dict[str, DeploymentRecord] = {}  # kept current by the mirror
+        self._deployments_mirror: bus.KVMirror[DeploymentRecord] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = time.time()
         # Opened on first use by the routes that need them.
@@ -64,30 +65,22 @@ class Gateway:
                                answered=lambda call_id: self.outputs.recent(call_id) is not None)
         await self.outputs.start()
         await self.outputs.follow_attempts(self.nc)
-        watcher = await self.deployments_kv.watchall()
-        self._tasks.append(asyncio.create_task(self._watch_deployments(watcher)))
+        self._deployments_mirror = bus.KVMirror(
+            self.js, names.KV_DEPLOYMENTS, DeploymentRecordDecoder, what="deployment",
+            items=self._deployments)
+        await self._deployments_mirror.start()
         self._tasks.append(asyncio.create_task(
             heartbeat_loop(self.js, "gateway", s.instance, s.service_heartbeat_interval)
         ))
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
+        if self._deployments_mirror is not None:
+            await self._deployments_mirror.stop()
         await self.outputs.stop()
         await self.signals.flush()
         with contextlib.suppress(Exception):
             await self.nc.drain()
-
-    async def _watch_deployments(self, watcher: object) -> None:
-        async for entry in watcher:  # type: ignore[attr-defined]
-            if entry is None:  # end of the initial values
-                continue
-            if bus.kv_deleted(entry):
-                self._deployments.pop(entry.key, None)
-                continue
-            try:
-                self._deployments[entry.key] = DeploymentRecordDecoder.decode(entry.value)
-            except Exception as e:
-                log.warning("deployment_undecodable", key=entry.key, error=repr(e))
 
     async def deployment(self, workspace: str, app: str) -> DeploymentRecord | None:
         key = names.deployment_key(workspace, app)

@@ -11,14 +11,11 @@ changes nothing: the watch loads it again before the first decision.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
-import msgspec
-
 from burst_core import budgets, bus, logs, names
-from burst_core.schemas import BudgetStateDecoder, StopContainer, encode
+from burst_core.schemas import BudgetState, BudgetStateDecoder, StopContainer, encode
 from burst_core.service import cancel_and_wait
 from burst_scheduler.state import ClusterState
 
@@ -30,11 +27,12 @@ class BudgetStop:
         self.js = js
         self.state = state
         self.interval = interval
-        self.exceeded: set[str] = set()  # budget keys: <ws>, <ws>.<app>, <ws>.<app>.<fn>
+        # budget key (<ws>, <ws>.<app>, <ws>.<app>.<fn>) -> its exceeded state
+        self.exceeded: dict[str, BudgetState] = {}
         self.stops_ordered = 0
         self._sent: dict[str, tuple[float, int]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._loaded = asyncio.Event()
+        self._mirror: bus.KVMirror[BudgetState] | None = None
 
     @classmethod
     async def attach(cls, scheduler: Any) -> BudgetStop:
@@ -50,35 +48,25 @@ class BudgetStop:
             return False
         ws, app, fn = names.split_function_key(fn_key)
         return bool({names.budget_key(ws), names.budget_key(ws, app),
-                     names.budget_key(ws, app, fn)} & self.exceeded)
+                     names.budget_key(ws, app, fn)} & self.exceeded.keys())
 
     async def start(self) -> None:
         await budgets.ensure(self.js)
-        kv = await self.js.key_value(names.KV_BUDGET_STATE)
-        watcher = await kv.watchall()
-        self._tasks.append(asyncio.create_task(self._watch(watcher), name="budget-watch"))
-        await asyncio.wait_for(self._loaded.wait(), 10.0)
+        self._mirror = bus.KVMirror(self.js, names.KV_BUDGET_STATE, BudgetStateDecoder,
+                                    keep=lambda st: st.exceeded, what="budget_state",
+                                    items=self.exceeded, on_change=self._changed)
+        await self._mirror.start(timeout=10.0)
         self._tasks.append(asyncio.create_task(self._loop(), name="budget-stop"))
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
         self._tasks = []
+        if self._mirror is not None:
+            await self._mirror.stop()
 
-    async def _watch(self, watcher: Any) -> None:
-        async for entry in watcher:
-            if entry is None:
-                self._loaded.set()
-                continue
-            exceeded = False
-            if not bus.kv_deleted(entry):
-                with contextlib.suppress(msgspec.DecodeError):
-                    exceeded = BudgetStateDecoder.decode(entry.value).exceeded
-            if exceeded and entry.key not in self.exceeded:
-                log.warning("budget_scope_stopping", key=entry.key)
-            if exceeded:
-                self.exceeded.add(entry.key)
-            else:
-                self.exceeded.discard(entry.key)
+    def _changed(self, change: bus.KVChange[BudgetState]) -> None:
+        if change.value is not None and change.previous is None:
+            log.warning("budget_scope_stopping", key=change.key)
 
     async def _loop(self) -> None:
         while True:

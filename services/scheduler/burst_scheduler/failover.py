@@ -179,7 +179,7 @@ class LostAgents:
     async def _hand_back(self, agent_id: str, hb: AgentHeartbeat) -> None:
         """Nak the inputs the lost agent's containers were running (their ack subjects,
         as its last heartbeat listed them), then place containers for them."""
-        nc = self.js._nc
+        nc = bus.client_of(self.js)
         by_fn: dict[str, int] = {}
         for view in hb.containers:
             prefix = names.input_ack_prefix(view.fn_key)

@@ -77,7 +77,7 @@ class Scheduler:
             names.KV_HEARTBEATS), self.state, self.reconciler.wake.set,
             replace=self.reconciler.place_for)
         # The nats-py JetStream context keeps its connection; signals go out on it.
-        self.ticker = Ticker(self.js, self.js._nc, self.state, s,
+        self.ticker = Ticker(self.js, bus.client_of(self.js), self.state, s,
                              lambda fn_key: self.autoscaler.blocked(fn_key))
         self.state.listeners.append(self.pools.on_state_change)
         await self.watcher.start()
@@ -85,7 +85,7 @@ class Scheduler:
         self.pools.start()
         # Lifecycle events feed the crash-loop backoff (every replica follows them, so a new
         # leader knows which functions are failing to start).
-        self._lifecycle = await self.js._nc.subscribe(names.SUBJECTS_CONTAINER_EVENTS,
+        self._lifecycle = await bus.client_of(self.js).subscribe(names.SUBJECTS_CONTAINER_EVENTS,
                                                       cb=self._on_container_event)
         self._started = True
         if decide:

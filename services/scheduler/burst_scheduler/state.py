@@ -13,7 +13,6 @@ entry forward (higher KV revision), so a late echo of an older revision is ignor
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,6 @@ from burst_core.schemas import (
     DeploymentRecordDecoder,
     FunctionSpec,
 )
-from burst_core.service import cancel_and_wait
 from burst_scheduler import placement
 from burst_scheduler.capacity import CapacityIndex
 
@@ -167,93 +165,30 @@ class ClusterState:
 
 
 class StateWatcher:
-    """Keeps a :class:`ClusterState` current from three KV watches."""
+    """Keeps a :class:`ClusterState` current from three KV mirrors."""
 
     def __init__(self, js: JetStreamContext, state: ClusterState, retry_delay: float) -> None:
         self.js = js
         self.state = state
         self.retry_delay = retry_delay
-        self._tasks: list[asyncio.Task[None]] = []
-        self._loaded: dict[str, asyncio.Event] = {}
-        self._watchers: dict[str, Any] = {}
-        self._closed = False
+        self._mirrors: list[bus.KVMirror[Any]] = []
 
     async def start(self, timeout: float = 10.0) -> None:
         """Start watching; returns once every bucket's current entries are applied."""
-        for bucket, apply in (
-            (names.KV_DEPLOYMENTS, self._apply_deployment),
-            (names.KV_AGENTS, self._apply_agent),
-            (names.KV_HEARTBEATS, self._apply_heartbeat),
-        ):
-            self._loaded[bucket] = asyncio.Event()
-            self._tasks.append(asyncio.create_task(self._watch(bucket, apply),
-                                                   name=f"watch:{bucket}"))
-        await asyncio.wait_for(
-            asyncio.gather(*(e.wait() for e in self._loaded.values())), timeout
-        )
+        st = self.state
+        self._mirrors = [
+            bus.KVMirror(self.js, names.KV_DEPLOYMENTS, DeploymentRecordDecoder,
+                         on_change=lambda c: st.apply_deployment(c.key, c.value),
+                         retry_delay=self.retry_delay, what="deployment"),
+            bus.KVMirror(self.js, names.KV_AGENTS, AgentRecordDecoder,
+                         on_change=lambda c: st.apply_agent(c.key, c.value, c.revision),
+                         retry_delay=self.retry_delay, what="agent_record"),
+            bus.KVMirror(self.js, names.KV_HEARTBEATS, AgentHeartbeatDecoder,
+                         on_change=lambda c: st.apply_heartbeat(c.key, c.value),
+                         retry_delay=self.retry_delay, what="heartbeat"),
+        ]
+        await asyncio.gather(*(m.start(timeout) for m in self._mirrors))
 
     async def stop(self) -> None:
-        # Stopping the watchers ends their iteration even if a cancel got lost in nats-py.
-        self._closed = True
-        for watcher in list(self._watchers.values()):
-            with contextlib.suppress(Exception):
-                await watcher.stop()
-        await cancel_and_wait(self._tasks)
-        self._tasks.clear()
-
-    async def _watch(self, bucket: str, apply: Callable[[Any], None]) -> None:
-        # An ordered-consumer watch replays the latest value of every key, then follows.
-        # If it ever fails (connection lost for good), start over: replay is idempotent.
-        while not self._closed:
-            watcher: Any = None
-            try:
-                kv = await self.js.key_value(bucket)
-                watcher = self._watchers[bucket] = await kv.watchall()
-                if self._closed:
-                    break
-                async for entry in watcher:
-                    if entry is None:  # end of the initial values
-                        self._loaded[bucket].set()
-                        continue
-                    apply(entry)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from e
-                log.warning("watch_failed", bucket=bucket, error=repr(e))
-            finally:
-                self._watchers.pop(bucket, None)
-                if watcher is not None:
-                    with contextlib.suppress(Exception):
-                        await watcher.stop()
-            if not self._closed:
-                await asyncio.sleep(self.retry_delay)
-
-    @staticmethod
-    def _decoded(entry: Any, decoder: Any, what: str) -> tuple[bool, Any]:
-        """``(usable, record)`` of a watched entry: ``(True, None)`` for a deleted key,
-        ``(False, None)`` for one that cannot be decoded (logged, skipped)."""
-        if bus.kv_deleted(entry):
-            return True, None
-        try:
-            return True, decoder.decode(entry.value)
-        except Exception as e:
-            log.warning(f"{what}_undecodable", key=entry.key, error=repr(e))
-            return False, None
-
-    def _apply_deployment(self, entry: Any) -> None:
-        ok, record = self._decoded(entry, DeploymentRecordDecoder, "deployment")
-        if ok:
-            self.state.apply_deployment(entry.key, record)
-
-    def _apply_agent(self, entry: Any) -> None:
-        ok, record = self._decoded(entry, AgentRecordDecoder, "agent_record")
-        if ok:
-            self.state.apply_agent(entry.key, record, entry.revision or 0)
-
-    def _apply_heartbeat(self, entry: Any) -> None:
-        ok, hb = self._decoded(entry, AgentHeartbeatDecoder, "heartbeat")
-        if ok:
-            self.state.apply_heartbeat(entry.key, hb)
+        for m in self._mirrors:
+            await m.stop()

@@ -1,0 +1,112 @@
+"""Connections that reconnect for ever, and writing and reading without waiting for
+nats-py's tasks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from burst_core import logs
+from burst_core.bus import _natspy
+
+log = logs.get("burst.bus")
+
+
+#: Seconds a reconnected client waits at most for JetStream to answer before it renews
+#: its ordered consumers anyway.
+JETSTREAM_READY_TIMEOUT = 30.0
+
+#: The renewals of ordered consumers under way (kept referenced until done).
+_resumes: set[asyncio.Task[None]] = set()
+
+
+async def connect(url: str, name: str,
+                  reconnected: Callable[[], Awaitable[None]] | None = None) -> NATS:
+    """A connection that reconnects for ever; ``reconnected`` runs after each reconnect
+    (subscriptions are already renewed then).
+
+    After a reconnect, every ordered consumer of the connection (KV watches, the
+    gateway's outputs) is renewed at once (see :func:`_natspy.resume_ordered`): a restarted
+    nats-server forgot them, and nats-py notices only after two missed idle heartbeats,
+    10 s in which a watch sees nothing and a waiting call gets no output."""
+    conn: list[NATS] = []
+
+    async def _err(e: Exception) -> None:
+        log.warning("nats_error", error=str(e))
+
+    async def _reconnected() -> None:
+        if conn:  # not inline: this callback holds up nats-py's reconnect
+            task = asyncio.ensure_future(_resume_when_ready(conn[0]))
+            _resumes.add(task)
+            task.add_done_callback(_resumes.discard)
+        if reconnected is not None:
+            await reconnected()
+
+    nc = await nats.connect(
+        servers=[url],
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        error_cb=_err,
+        connect_timeout=5,
+        reconnected_cb=_reconnected,
+    )
+    conn.append(nc)
+    _natspy.order_pings(nc)
+    return nc
+
+
+async def _resume_when_ready(nc: NATS) -> None:
+    """Once JetStream answers again (a restarted server may still be loading its
+    streams), renew the connection's ordered consumers."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + JETSTREAM_READY_TIMEOUT
+    js = nc.jetstream()
+    while nc.is_connected and loop.time() < deadline:
+        try:
+            await asyncio.wait_for(js.account_info(), 1.0)
+            break
+        except Exception:
+            await asyncio.sleep(0.1)
+    if not nc.is_connected:
+        return  # disconnected again: the next reconnect renews them
+    try:
+        n = await _natspy.resume_ordered(nc)
+    except Exception as e:  # nats-py's own idle-heartbeat check still renews them
+        log.warning("ordered_consumers_not_renewed", error=repr(e))
+        return
+    if n:
+        log.info("ordered_consumers_renewed", count=n)
+
+
+async def subscribe_direct(nc: NATS, subject: str, handler: Callable[[Msg], None],
+                           queue: str = "") -> Any:
+    """A core subscription whose messages go straight to ``handler`` 
+    (see :func:`burst_core.bus.direct`)."""
+    return _natspy.direct(await nc.subscribe(subject, queue=queue), handler)
+
+
+#: Clients that wrote with :func:`send_now` in the current turn of the event loop.
+_sent_this_turn: set[int] = set()
+
+
+def send_now(nc: NATS) -> None:
+    """Write what the client has buffered now: nats-py leaves it to its flusher task, a
+    turn of the event loop later, on the way of every call's input and output. (The
+    flusher, woken all the same, then finds nothing left to write.)
+
+    Once per client and loop turn: what more is published in the same turn (a map's
+    outputs, many per turn) is gathered by the flusher into one write, as before, not
+    written one syscall each. While the client is not connected nothing is written
+    here: what is buffered waits for the reconnect."""
+    key = id(nc)
+    if key in _sent_this_turn:
+        return
+    if _natspy.write_pending(nc):
+        _sent_this_turn.add(key)
+        asyncio.get_running_loop().call_soon(_sent_this_turn.discard, key)

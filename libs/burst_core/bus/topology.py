@@ -1,0 +1,160 @@
+"""Burst's streams, KV buckets, object stores and durable consumers, created
+idempotently."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import (
+    ConsumerConfig,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from burst_core import names
+from burst_core.bus import _natspy
+
+DAY = 24 * 3600.0
+
+
+@dataclass
+class Topology:
+    """Retention settings for the streams and buckets; defaults suit a single node."""
+
+    replicas: int = 1
+    result_retention: float = 7 * DAY
+    control_retention: float = 1 * DAY
+    metering_retention: float = 400 * DAY
+    log_retention: float = 7 * DAY
+    queue_retention: float = 1 * DAY  # as Modal: a queue's items live 24 h
+    log_max_bytes: int = 1 << 30
+    dedupe_window: float = 120.0
+    extra_kv: dict[str, float] = field(default_factory=dict)
+
+
+async def _ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> None:
+    try:
+        await js.add_stream(cfg)
+    except nats.js.errors.BadRequestError as e:
+        # Exists with another config (an upgrade changed a limit): converge on ours.
+        if e.err_code == 10058:
+            await js.update_stream(cfg)
+        else:
+            raise
+
+
+async def ensure_topology(js: JetStreamContext, topo: Topology | None = None) -> None:
+    """Create every stream, KV bucket and the object store Burst uses. Idempotent."""
+    t = topo or Topology()
+    r = t.replicas
+    streams = [
+        StreamConfig(
+            name=names.STREAM_INPUTS,
+            subjects=[names.SUBJECTS_INPUTS],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=r,
+            max_age=t.result_retention,
+            duplicate_window=t.dedupe_window,
+        ),
+        StreamConfig(
+            name=names.STREAM_OUTPUTS,
+            subjects=[names.SUBJECTS_OUTPUTS, names.SUBJECTS_ITEMS],
+            storage=StorageType.FILE,
+            num_replicas=r,
+            max_age=t.result_retention,
+            duplicate_window=t.dedupe_window,
+            allow_direct=True,
+        ),
+        StreamConfig(
+            name=names.STREAM_CONTROL,
+            subjects=[names.SUBJECTS_CONTROL],
+            storage=StorageType.FILE,
+            num_replicas=r,
+            max_age=t.control_retention,
+            duplicate_window=t.dedupe_window,
+        ),
+        StreamConfig(
+            name=names.STREAM_METERING,
+            subjects=[names.SUBJECTS_METERING],
+            storage=StorageType.FILE,
+            num_replicas=r,
+            max_age=t.metering_retention,
+            duplicate_window=t.dedupe_window,
+        ),
+        StreamConfig(
+            name=names.STREAM_QUEUES,
+            subjects=[names.SUBJECTS_QUEUES],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=r,
+            max_age=t.queue_retention,
+        ),
+        StreamConfig(
+            name=names.STREAM_LOGS,
+            subjects=[names.SUBJECTS_LOGS],
+            storage=StorageType.FILE,
+            num_replicas=r,
+            max_age=t.log_retention,
+            max_bytes=t.log_max_bytes,
+        ),
+    ]
+    for cfg in streams:
+        await _ensure_stream(js, cfg)
+    kvs: dict[str, float] = {
+        names.KV_DEPLOYMENTS: 0,
+        names.KV_AGENTS: 0,
+        names.KV_HEARTBEATS: 0,
+        names.KV_CALLS: t.result_retention,
+        names.KV_IDEMPOTENCY: t.result_retention,
+        names.KV_DICTS: 0,
+        names.KV_MAPS: t.result_retention,
+        names.KV_WAITING: 0,
+        names.KV_TOKENS: 0,
+        names.KV_SERVICES: 0,
+        names.KV_LEDGER: 0,
+        names.KV_LEASES: 0,
+        **t.extra_kv,
+    }
+    for bucket, ttl in kvs.items():
+        await ensure_kv(js, bucket, ttl=ttl, replicas=r)
+    for store, ttl in ((names.OBJ_BUNDLES, 0.0), (names.OBJ_BLOBS, t.result_retention)):
+        try:
+            await js.object_store(store)
+        except nats.js.errors.BucketNotFoundError:
+            with contextlib.suppress(nats.js.errors.BadRequestError):
+                # (nats-py overwrites config.bucket with its bucket argument: pass both)
+                await js.create_object_store(
+                    store, config=ObjectStoreConfig(bucket=store, ttl=ttl or None, replicas=r))
+
+
+async def ensure_kv(js: JetStreamContext, bucket: str, ttl: float = 0,
+                    replicas: int = 1) -> KeyValue:
+    try:
+        return await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        pass
+    try:
+        return await js.create_key_value(
+            KeyValueConfig(bucket=bucket, history=1, ttl=ttl or None, replicas=replicas)
+        )
+    except nats.js.errors.BadRequestError:
+        return await js.key_value(bucket)  # created by a racing service
+
+
+async def ensure_consumer(js: JetStreamContext, stream: str, cfg: ConsumerConfig) -> None:
+    try:
+        await js.add_consumer(stream, cfg)
+    except nats.js.errors.BadRequestError as e:
+        # Exists with other settings: update in place where JetStream allows it.
+        if e.err_code in (10148, 10013, 10105):
+            await _natspy.add_consumer_again(js, stream, cfg)  # pragma: no cover
+        else:
+            raise
