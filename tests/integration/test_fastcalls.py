@@ -3,21 +3,16 @@ answers exactly as the FastAPI route does, and only the SDK's form takes that pa
 
 from __future__ import annotations
 
-import hashlib
 import json
-import time
 from collections.abc import AsyncIterator
 
 import httpx
 import msgspec
 import pytest
 
-from burst._protocol import MSGPACK, CallRequest, CallResponse, FunctionSpec
-from burst_core import names
-from burst_core.schemas import DeploymentRecord, encode
+from burst._protocol import MSGPACK, CallRequest, CallResponse
 from burst_gateway import fastcalls
-from burst_gateway.app import asgi_app
-from burst_gateway.settings import GatewaySettings
+from tests import gateway_inprocess as inproc
 
 pytestmark = pytest.mark.integration
 
@@ -27,19 +22,9 @@ SDK = {"Authorization": f"Bearer {TOKEN}", "Content-Type": MSGPACK, "Accept": MS
 
 @pytest.fixture
 async def client(nats_url: str, redis_url: str, tmp_path) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
-    settings = GatewaySettings(
-        nats_url=nats_url, redis_url=redis_url, home=str(tmp_path), max_body_bytes=4096,
-        bootstrap_token_hash=hashlib.sha256(TOKEN.encode()).hexdigest())
-    app = asgi_app(settings)  # as the gateway serves it: the fast path in front
-    async with app.app.router.lifespan_context(app.app):
-        gw = app.state.gw
-        dep = DeploymentRecord(workspace="default", app="fast", deployment_id="d1",
-                               bundle_hash="0" * 64, created_at=time.time(),
-                               functions=[FunctionSpec(name="f", module="m", qualname="f")])
-        await gw.deployments_kv.put(names.deployment_key("default", "fast"), encode(dep))
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
-            yield c
+    config = inproc.settings(nats_url, redis_url, str(tmp_path), TOKEN, max_body_bytes=4096)
+    async with inproc.gateway(config, "fast") as (c, _):
+        yield c
 
 
 def _call(payload: bytes = b"x") -> bytes:

@@ -6,7 +6,6 @@ shim would (its own encoder, ``burst._shim.main.encode_result``)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import math
 import time
@@ -23,13 +22,11 @@ from burst._protocol import (
     CallRequest,
     CallResponse,
     CallWaitRequest,
-    FunctionSpec,
 )
 from burst._shim.main import encode_result
 from burst_core import bus, names
-from burst_core.schemas import DeploymentRecord, Input, Output, OutputItem, encode
-from burst_gateway.app import asgi_app
-from burst_gateway.settings import GatewaySettings
+from burst_core.schemas import Input, Output, OutputItem, encode
+from tests import gateway_inprocess as inproc
 
 pytestmark = pytest.mark.integration
 
@@ -66,16 +63,8 @@ def _answer(inp: Input) -> tuple[list[bytes], bytes]:
 
 @pytest.fixture
 async def client(nats_url: str, redis_url: str, tmp_path) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
-    settings = GatewaySettings(
-        nats_url=nats_url, redis_url=redis_url, home=str(tmp_path),
-        bootstrap_token_hash=hashlib.sha256(TOKEN.encode()).hexdigest())
-    app = asgi_app(settings)
-    async with app.app.router.lifespan_context(app.app):
-        gw = app.state.gw
-        dep = DeploymentRecord(workspace="default", app="inp", deployment_id="d1",
-                               bundle_hash="0" * 64, created_at=time.time(),
-                               functions=[FunctionSpec(name="f", module="m", qualname="f")])
-        await gw.deployments_kv.put(names.deployment_key("default", "inp"), encode(dep))
+    config = inproc.settings(nats_url, redis_url, str(tmp_path), TOKEN)
+    async with inproc.gateway(config, "inp", headers=AUTH) as (c, _):
         nc = await bus.connect(nats_url, "stand-in-agent")
         js = nc.jetstream()
 
@@ -101,9 +90,7 @@ async def client(nats_url: str, redis_url: str, tmp_path) -> AsyncIterator[httpx
         await js.subscribe(names.input_subject("default.inp.f"), cb=run,
                            stream=names.STREAM_INPUTS)
         try:
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                         base_url="http://gw", headers=AUTH) as c:
-                yield c
+            yield c
         finally:
             await nc.close()
 

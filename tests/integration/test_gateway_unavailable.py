@@ -5,7 +5,6 @@ usual once NATS is back."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,11 +14,8 @@ import httpx
 import msgspec
 import pytest
 
-from burst._protocol import MSGPACK, CallRequest, FunctionSpec
-from burst_core import names
-from burst_core.schemas import DeploymentRecord, encode
-from burst_gateway.app import asgi_app
-from burst_gateway.settings import GatewaySettings
+from burst._protocol import MSGPACK, CallRequest
+from tests import gateway_inprocess as inproc
 from tests.servers import Server
 
 pytestmark = pytest.mark.integration
@@ -32,21 +28,10 @@ SDK = {**AUTH, "Content-Type": MSGPACK, "Accept": MSGPACK}
 @pytest.fixture
 async def client(nats_server: Server, redis_url: str, tmp_path: Path
                  ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    settings = GatewaySettings(
-        nats_url=nats_server.url, redis_url=redis_url, home=str(tmp_path),
-        unavailable_retry_after=2.0,
-        bootstrap_token_hash=hashlib.sha256(TOKEN.encode()).hexdigest())
-    app = asgi_app(settings)
-    async with app.app.router.lifespan_context(app.app):
-        gw = app.state.gw
-        dep = DeploymentRecord(workspace="default", app="down", deployment_id="d1",
-                               bundle_hash="0" * 64, created_at=time.time(),
-                               functions=[FunctionSpec(name="f", module="m", qualname="f")])
-        await gw.deployments_kv.put(names.deployment_key("default", "down"), encode(dep))
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw",
-                                     timeout=30) as c:
-            yield c, gw
+    config = inproc.settings(nats_server.url, redis_url, str(tmp_path), TOKEN,
+                             unavailable_retry_after=2.0)
+    async with inproc.gateway(config, "down", timeout=30) as (c, gw):
+        yield c, gw
 
 
 async def _requests(c: httpx.AsyncClient) -> list[httpx.Response]:

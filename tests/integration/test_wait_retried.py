@@ -6,7 +6,6 @@ failing inputs ended 30 s late, at every retried call)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,12 +23,10 @@ from burst._protocol import (
     CallRef,
     CallWaitRequest,
     CallWaitResponse,
-    FunctionSpec,
 )
 from burst_core import bus, names
-from burst_core.schemas import CallRecordDecoder, DeploymentRecord, Output, encode
-from burst_gateway.app import asgi_app
-from burst_gateway.settings import GatewaySettings
+from burst_core.schemas import CallRecordDecoder, Output, encode
+from tests import gateway_inprocess as inproc
 
 pytestmark = pytest.mark.integration
 
@@ -40,20 +37,9 @@ SDK = {"Authorization": f"Bearer {TOKEN}", "Content-Type": MSGPACK, "Accept": MS
 @pytest.fixture
 async def client(nats_url: str, redis_url: str, tmp_path: Path
                  ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    settings = GatewaySettings(
-        nats_url=nats_url, redis_url=redis_url, home=str(tmp_path),
-        bootstrap_token_hash=hashlib.sha256(TOKEN.encode()).hexdigest())
-    app = asgi_app(settings)
-    async with app.app.router.lifespan_context(app.app):
-        gw = app.state.gw
-        dep = DeploymentRecord(workspace="default", app="retried", deployment_id="d1",
-                               bundle_hash="0" * 64, created_at=time.time(),
-                               functions=[FunctionSpec(name="f", module="m", qualname="f")])
-        await gw.deployments_kv.put(names.deployment_key("default", "retried"), encode(dep))
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw",
-                                     timeout=60) as c:
-            yield c, gw
+    config = inproc.settings(nats_url, redis_url, str(tmp_path), TOKEN)
+    async with inproc.gateway(config, "retried", timeout=60) as (c, gw):
+        yield c, gw
 
 
 async def _retry(gw: Any, call_id: str, attempt: int, stale: bool = False) -> Output:
