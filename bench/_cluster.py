@@ -10,12 +10,15 @@ with its output. With BENCH_KEEP set, the home folder (logs) is kept and named.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
+from types import ModuleType
 
 BIN = Path(sys.executable).parent
 #: The venv's `burst`, or the CLI module where Burst runs from a PYTHONPATH (a lent GPU
@@ -54,3 +57,14 @@ class LocalCluster:
             shutil.rmtree(self.home, ignore_errors=True)
         else:
             print("kept", self.home, file=sys.stderr)
+
+
+def load_app(workdir: Path, name: str, source: str) -> ModuleType:
+    """Write ``source`` (an app, dedented) as module ``name`` in ``workdir`` and import it,
+    as `burst run` would load a user's file."""
+    (workdir / f"{name}.py").write_text(textwrap.dedent(source))
+    sys.path.insert(0, str(workdir))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(workdir))

@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cluster  # noqa: E402
 from _cluster import LocalCluster  # noqa: E402
 
 #: Fast scale-down and heartbeats, so "zero containers" is reached and seen quickly.
@@ -112,16 +112,8 @@ def path_python3(samples: int) -> dict[str, Any]:
 
 
 def load_app(workdir: Path, containers: int, samples: int, tag: str) -> Any:
-    import importlib
-
-    name = f"coldstart_app_{tag}"
     text = APP.replace("{containers}", str(containers)).replace("{samples}", str(samples + 1))
-    (workdir / f"{name}.py").write_text(textwrap.dedent(text))
-    sys.path.insert(0, str(workdir))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(workdir))
+    return _cluster.load_app(workdir, f"coldstart_app_{tag}", text)
 
 
 def containers_of(client: Any) -> int:

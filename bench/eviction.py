@@ -24,17 +24,16 @@ start's p50). Compare on one machine: these machines are noisy.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import shutil
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cluster  # noqa: E402
 from _cluster import LocalCluster  # noqa: E402
 from coldstart import containers_of, summary  # noqa: E402
 
@@ -60,14 +59,8 @@ CHAIN = [app.function(scaledown_window=600, name=f"chain{i}", {resources})(work)
 
 
 def load_app(workdir: Path, n: int, resources: str) -> Any:
-    name = "eviction_bench_app"
     text = APP.replace("{n}", str(n)).replace("{resources}", resources)
-    (workdir / f"{name}.py").write_text(textwrap.dedent(text))
-    sys.path.insert(0, str(workdir))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(workdir))
+    return _cluster.load_app(workdir, "eviction_bench_app", text)
 
 
 def wait_empty(client: Any, timeout: float = 30.0) -> None:
