@@ -167,8 +167,9 @@ def dict_entry_key(workspace: str, name: str, key_digest: str) -> str:
     return f"d.{workspace}.{name}.{key_digest}"
 
 
-def dict_entries_filter(workspace: str, name: str) -> str:
-    return f"d.{workspace}.{name}.>"
+def dict_entries_prefix(workspace: str, name: str) -> str:
+    """The key prefix (before '.<hash>') of one dict's entries."""
+    return f"d.{workspace}.{name}"
 
 
 # ---- durable consumers ---------------------------------------------------------------

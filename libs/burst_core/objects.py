@@ -36,6 +36,8 @@ _entry_decoder = msgspec.msgpack.Decoder(_Entry)
 MAX_QUEUE_WAIT = 60.0
 MAX_GET_MANY = 1000
 MAX_PARTITION_LEN = 64
+#: Entries read at once when a dict is listed or counted.
+SCAN_BATCH = 256
 
 
 def _subject(workspace: str, queue: str, partition: str) -> str:
@@ -52,21 +54,6 @@ def _name(kind: str, name: str) -> str:
         return names.check_ident(kind, name)
     except ValueError as e:
         raise InvalidError(str(e)) from None
-
-
-async def _keys(kv: KeyValue, subject_filter: str) -> list[str]:
-    """Live keys matching a subject filter (nats-py's ``keys()`` scans the whole bucket)."""
-    watcher = await kv.watch(subject_filter, ignore_deletes=True, meta_only=True)
-    keys: list[str] = []
-    try:
-        async for entry in watcher:
-            if entry is None:  # the end of the current values
-                break
-            if entry.operation not in ("DEL", "PURGE"):
-                keys.append(entry.key)
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
-    return keys
 
 
 class Objects:
@@ -123,22 +110,23 @@ class Objects:
             return DictResponse(found=True)
         return DictResponse(found=True, value=entry.value)
 
-    async def _scan(self, kv, workspace: str, name: str, op: str) -> DictResponse:  # type: ignore[no-untyped-def]
-        keys = await _keys(kv, names.dict_entries_filter(workspace, name))
+    async def _scan(self, kv: KeyValue, workspace: str, name: str, op: str) -> DictResponse:
+        # The stream lists deleted keys too (a tombstone is a key's last message): only the
+        # ones with a value count.
+        keys = await bus.kv_keys(kv, names.dict_entries_prefix(workspace, name))
+        live: list[tuple[str, bytes]] = []
+        for i in range(0, len(keys), SCAN_BATCH):
+            chunk = keys[i:i + SCAN_BATCH]
+            got = await asyncio.gather(*(bus.kv_get(kv, k) for k in chunk))
+            live += [(k, raw) for k, (raw, _) in zip(chunk, got, strict=True) if raw is not None]
         if op == "len":
-            return DictResponse(count=len(keys))
+            return DictResponse(count=len(live))
         if op == "clear":
-            await asyncio.gather(*(kv.delete(k) for k in keys))
-            return DictResponse(count=len(keys))
-        out, values = [], []
-        for k in keys:
-            raw, _ = await bus.kv_get(kv, k)
-            if raw is not None:
-                entry = _entry_decoder.decode(raw)
-                out.append(entry.key)
-                if op == "items":
-                    values.append(entry.value)
-        return DictResponse(count=len(out), keys=out, values=values)
+            await asyncio.gather(*(kv.delete(k) for k, _ in live))
+            return DictResponse(count=len(live))
+        entries = [_entry_decoder.decode(raw) for _, raw in live]
+        return DictResponse(count=len(entries), keys=[e.key for e in entries],
+                            values=[e.value for e in entries] if op == "items" else [])
 
     # ---- Queue -------------------------------------------------------------------------
     async def _consumer(self, workspace: str, name: str, partition: str = "") -> str:

@@ -134,7 +134,9 @@ def test_class_variants_run_and_bad_gpu_is_named(cluster: Cluster, tmp_path: Pat
                 return [len(xs)] * len(xs)
 
         Big = Model.with_options(memory=256, timeout=60, retries=1)
-        Wide = Model.with_concurrency(max_inputs=4)
+        # One container, so all 4 inputs go to it (with more, a loaded machine's scheduler
+        # may start a second container for the inputs waiting on the first's start).
+        Wide = Model.with_options(max_containers=1).with_concurrency(max_inputs=4)
         Batched = Model.with_batching(max_batch_size=4, wait_ms=2000)
 
         @app.local_entrypoint()

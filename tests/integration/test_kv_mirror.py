@@ -140,3 +140,33 @@ async def test_a_rewatch_drops_keys_deleted_while_away(js) -> None:  # type: ign
         assert _ns(m) == {"stays": 1} and gone == ["goes"] and m._watcher is not watcher
     finally:
         await m.stop()
+
+
+async def test_loaded_means_every_key_is_there_while_others_write(js) -> None:  # type: ignore[no-untyped-def]
+    """Once ``start`` returns, every key stored before it is in the mirror, though other
+    writers keep adding keys meanwhile (nats-py's end-of-replay marker can come before
+    the replay did, which would call a partial mirror loaded)."""
+    kv = await bus.ensure_kv(js, "mirror_busy")
+    for i in range(0, 400, 50):
+        await asyncio.gather(*(kv.put(f"k{j}", enc(j)) for j in range(i, i + 50)))
+    stop = asyncio.Event()
+
+    async def writer(tag: str) -> None:
+        n = 0
+        while not stop.is_set():
+            await kv.put(f"{tag}{n}", enc(n))
+            n += 1
+
+    writers = [asyncio.create_task(writer(f"w{j}-")) for j in range(4)]
+    try:
+        for _ in range(10):
+            m = bus.KVMirror(js, "mirror_busy", DEC)
+            await m.start(timeout=10)
+            try:
+                missing = [f"k{j}" for j in range(400) if f"k{j}" not in m]
+                assert not missing, f"loaded without {len(missing)} keys, e.g. {missing[:3]}"
+            finally:
+                await m.stop()
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)

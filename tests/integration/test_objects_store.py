@@ -3,6 +3,7 @@ asks for (skip_if_exists, items, delete, partitions, batches above one request).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -54,3 +55,44 @@ async def test_queue_partitions_are_independent_and_delete_empties_them(js: Any)
         await objs.queue_op("ws", QueueRequest(name="q", op="len", partition="x" * 65))
     with pytest.raises(InvalidError, match=f"allowed 1 to {MAX_GET_MANY}"):
         await objs.queue_op("ws", QueueRequest(name="q", op="get", n=MAX_GET_MANY + 1))
+
+
+async def test_dict_listing_has_every_key_while_others_write(js: Any) -> None:
+    """keys/len/items list every key stored before they were asked, while other writers
+    add keys to the same dict; popped keys are not listed or counted (a watcher-based
+    listing could stop early and return some keys or none under concurrent writes)."""
+    objs = Objects(js)
+    before = [f"k{i}".encode() for i in range(300)]
+    for i in range(0, len(before), 50):
+        await asyncio.gather(*(objs.dict_op("ws", DictRequest(name="busy", op="put", key=k,
+                                                              value=b"v"))
+                               for k in before[i:i + 50]))
+    for k in before[:10]:
+        await objs.dict_op("ws", DictRequest(name="busy", op="pop", key=k))
+    stop = asyncio.Event()
+
+    async def writer(tag: str) -> None:
+        n = 0
+        while not stop.is_set():
+            await objs.dict_op("ws", DictRequest(name="busy", op="put",
+                                                 key=f"{tag}{n}".encode(), value=b"w"))
+            n += 1
+
+    writers = [asyncio.create_task(writer(f"w{j}-")) for j in range(4)]
+    try:
+        for _ in range(15):
+            keys = set((await objs.dict_op("ws", DictRequest(name="busy", op="keys"))).keys)
+            missing = set(before[10:]) - keys
+            assert not missing, f"{len(missing)} stored keys were not listed"
+            assert not keys & set(before[:10]), "a popped key was listed"
+            count = (await objs.dict_op("ws", DictRequest(name="busy", op="len"))).count
+            assert count >= 290
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+    final = await objs.dict_op("ws", DictRequest(name="busy", op="items"))
+    assert len(final.keys) == len(final.values) == (
+        await objs.dict_op("ws", DictRequest(name="busy", op="len"))).count
+    cleared = await objs.dict_op("ws", DictRequest(name="busy", op="clear"))
+    assert cleared.count == len(final.keys)
+    assert (await objs.dict_op("ws", DictRequest(name="busy", op="len"))).count == 0

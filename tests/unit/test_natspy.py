@@ -37,7 +37,9 @@ async def _instances() -> dict[str, Any]:
         "nats.aio.subscription:Subscription": sub,
         "nats.js.client:JetStreamContext._JSI": jsi,
         "nats.js.client:JetStreamContext": js,
+        "nats.js.manager:JetStreamManager": js._jsm,
         "nats.js.kv:KeyValue": kv,
+        "nats.js.kv:KeyValue.KeyWatcher": KeyValue.KeyWatcher(kv),
         "nats.aio.msg:Msg.Metadata": Msg.Metadata,
     }
 

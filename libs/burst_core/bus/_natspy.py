@@ -12,6 +12,7 @@ drops one fails by name (pyproject.toml pins the minor versions tested).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "nats.js.client:JetStreamContext._JSI": ("_ordered", "_ccreq", "_sseq",
                                              "reset_ordered_consumer"),
     "nats.js.client:JetStreamContext": ("_nc", "_jsm"),
+    "nats.js.manager:JetStreamManager": ("_api_request", "_prefix", "_timeout"),
     "nats.js.kv:KeyValue": ("_pre", "_js", "_stream", "_name"),
+    "nats.js.kv:KeyValue.KeyWatcher": ("_sub",),
     "nats.aio.msg:Msg.Metadata": ("_get_metadata_fields",),
 }
 
@@ -148,11 +151,31 @@ async def add_consumer_again(js: JetStreamContext, stream: str, cfg: ConsumerCon
 
 
 async def kv_subjects(kv: KeyValue, prefix: str = "") -> list[str]:
-    """The keys of ``kv`` (under ``prefix`` + '.') as its stream lists their subjects."""
-    pre = kv._pre
-    info = await kv._js.stream_info(kv._stream,
-                                    subjects_filter=f"{pre}{prefix}.>" if prefix else f"{pre}>")
-    return sorted(subject[len(pre):] for subject in (info.state.subjects or {}))
+    """The keys of ``kv`` (under ``prefix`` + '.') as its stream lists their subjects.
+
+    The server lists at most a page of subjects per stream-info reply (100,000 today), so
+    this asks again from each page's end until it has them all.
+    """
+    pre: str = kv._pre
+    jsm = kv._js._jsm
+    filt = f"{pre}{prefix}.>" if prefix else f"{pre}>"
+    subjects: list[str] = []
+    while True:
+        req = json.dumps({"subjects_filter": filt, "offset": len(subjects)}).encode()
+        resp = await jsm._api_request(f"{jsm._prefix}.STREAM.INFO.{kv._stream}", req,
+                                      timeout=jsm._timeout)
+        page = list((resp.get("state") or {}).get("subjects") or {})
+        subjects += page
+        if not page or len(subjects) >= int(resp.get("total") or 0):
+            break
+    return sorted(subject[len(pre):] for subject in subjects)
+
+
+async def watch_caught_up(watcher: Any, applied: int) -> bool:
+    """Whether a KV watcher's consumer has nothing pending and delivered no stream
+    sequence past ``applied`` (so every message it sent so far was handled)."""
+    info = await watcher._sub.consumer_info()
+    return bool(info.num_pending == 0 and (info.delivered.stream_seq or 0) <= applied)
 
 
 def kv_subject(kv: KeyValue, key: str) -> str:

@@ -19,6 +19,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from nats.js import JetStreamContext
 
 from burst_core import logs
+from burst_core.bus import _natspy
 from burst_core.bus.kv import kv_deleted
 
 log = logs.get("burst.bus")
@@ -106,27 +107,40 @@ class KVMirror(Generic[T]):
                 await task
 
     async def _run(self) -> None:
-        # An ordered-consumer watch replays the latest value of every key, then follows
-        # (bus.connect renews it at once after a server restart). If it fails, start
-        # over: the replay is idempotent.
+        # An ordered-consumer watch replays the latest value of every key, in stream order,
+        # then follows (bus.connect renews it at once after a server restart). If it fails,
+        # start over: the replay is idempotent.
+        #
+        # The replay ends at the stream's last sequence as it was before the watch began:
+        # nats-py's end-of-replay marker (None) can come early (when messages are on their
+        # way as it checks, or under concurrent writes), which would mark the mirror loaded
+        # with keys missing, and on a restart drop keys that are still there.
         while not self._closed:
             watcher: Any = None
             replayed: set[str] | None = set()
             try:
                 kv = await self.js.key_value(self.bucket)
+                boundary = (await kv.status()).stream_info.state.last_seq
                 watcher = self._watcher = await kv.watchall()
                 if self._closed:
                     break
+                if boundary == 0:  # an empty bucket: nothing to replay
+                    await self._replayed(set())
+                    replayed = None
+                last = 0  # the last revision applied
                 async for entry in watcher:
-                    if entry is None:  # end of the initial values
+                    if entry is not None:
                         if replayed is not None:
-                            await self._drop_unseen(replayed)
-                            replayed = None
-                        self.loaded.set()
-                        continue
-                    if replayed is not None:
-                        replayed.add(entry.key)
-                    await self._apply(entry)
+                            replayed.add(entry.key)
+                        await self._apply(entry)
+                        last = max(last, entry.revision or 0)
+                    # The replay is done at the boundary, or (when the boundary's message
+                    # left the stream) once the server has nothing more to send than what
+                    # was applied.
+                    if replayed is not None and await self._replay_done(
+                            watcher, entry, last, boundary):
+                        await self._replayed(replayed)
+                        replayed = None
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -142,6 +156,19 @@ class KVMirror(Generic[T]):
                         await watcher.stop()
             if not self._closed:
                 await asyncio.sleep(self.retry_delay)
+
+    @staticmethod
+    async def _replay_done(watcher: Any, entry: Any, last: int, boundary: int) -> bool:
+        if last >= boundary:
+            return True
+        # Asked at nats-py's marker (None) and at an entry with nothing pending after it.
+        return (entry is None or entry.delta == 0) and await _natspy.watch_caught_up(watcher,
+                                                                                    last)
+
+    async def _replayed(self, replayed: set[str]) -> None:
+        """The replay is complete: drop what it did not name, and say the mirror is loaded."""
+        await self._drop_unseen(replayed)
+        self.loaded.set()
 
     async def _apply(self, entry: Any) -> None:
         key, revision = entry.key, entry.revision or 0
