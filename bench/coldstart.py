@@ -177,7 +177,7 @@ async def runtime_zero_to_n(n: int, zygote: bool) -> dict[str, Any]:
     import asyncio
     import struct
 
-    from burst import _protocol as proto
+    from burst import wire
     from burst_agent.runtimes.base import ContainerSpec
     from burst_agent.runtimes.process import ProcessRuntime
     from burst_agent.runtimes.sandbox import Sandbox
@@ -199,7 +199,7 @@ async def runtime_zero_to_n(n: int, zygote: bool) -> dict[str, Any]:
             while not ready.done():
                 header = await r.readexactly(4)
                 body = await r.readexactly(struct.unpack(">I", header)[0])
-                if isinstance(proto.from_shim_decoder.decode(body), proto.Ready):
+                if isinstance(wire.from_shim_decoder.decode(body), wire.Ready):
                     ready.set_result(time.perf_counter())
             await r.read()  # keep the connection until the container goes
 

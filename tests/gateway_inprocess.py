@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from burst._protocol import FunctionSpec
+from burst.wire import FunctionSpec
 from burst_core import names
 from burst_core.schemas import DeploymentRecord, encode
 from burst_gateway.app import asgi_app

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from burst._protocol import GPU_TYPES, Resources
 from burst.exception import InvalidError
+from burst.wire import GPU_TYPES, Resources
 
 MAX_GPUS = {"A10G": 4}
 DEFAULT_MAX_GPUS = 8

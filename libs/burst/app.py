@@ -10,8 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from burst import _protocol as proto
-from burst import _resources, _unsupported, schedules
+from burst import _resources, _unsupported, schedules, wire
 from burst.cls import Cls
 from burst.exception import InvalidError
 from burst.functions import Function, is_generator
@@ -77,7 +76,7 @@ class App:
         self.description = description
         if name is not None:
             try:
-                proto.check_ident("app", name)
+                wire.check_ident("app", name)
             except ValueError as e:
                 raise InvalidError(str(e)) from None
         if image is not None and not isinstance(image, Image):
@@ -156,12 +155,12 @@ class App:
                 raise InvalidError(f"{f.__qualname__}: functions must be defined at module level")
             fn_name = name or f.__name__
             try:
-                proto.check_ident("function", fn_name.lower())
+                wire.check_ident("function", fn_name.lower())
             except ValueError as e:
                 raise InvalidError(str(e)) from None
             max_inputs, target_inputs = getattr(f, "__burst_concurrency__", (1, 1))
             module = sys.modules.get(f.__module__)
-            spec = proto.FunctionSpec(
+            spec = wire.FunctionSpec(
                 name=fn_name.lower(), module=_module_name(module) if module else f.__module__,
                 qualname=f.__qualname__, resources=res, gpu_fallbacks=fallbacks, timeout=t,
                 scaledown_window=window, min_containers=mn or 0, max_containers=mx,
@@ -237,7 +236,7 @@ class App:
         raise InvalidError(f"app {self.name!r}: cannot find the source file of its functions")
 
     def deploy(self, name: str | None = None, *, client: Client | None = None,
-               ephemeral: bool = False) -> proto.DeployResponse:
+               ephemeral: bool = False) -> wire.DeployResponse:
         """Upload the app's source bundle and deploy it; returns the deployment."""
         from burst.client import Client
 
@@ -252,7 +251,7 @@ class App:
         bundle = _bundle.build(self._source_root())
         if not client.has_bundle(bundle.hash):
             client.put_bundle(bundle.hash, bundle.data)
-        resp = client.deploy(proto.DeployRequest(
+        resp = client.deploy(wire.DeployRequest(
             app=app_name, bundle_hash=bundle.hash,
             functions=[f.spec for f in self.registered_functions.values()], ephemeral=ephemeral))
         self._client, self._deployed_name = client, app_name

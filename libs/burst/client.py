@@ -16,8 +16,7 @@ from typing import Any
 
 import msgspec
 
-from burst import _http
-from burst import _protocol as proto
+from burst import _http, wire
 from burst.exception import Error, InternalError, UnavailableError, from_api
 
 
@@ -61,7 +60,7 @@ class Client:
                 expect: tuple[int, ...] = (200, 201, 202, 204)) -> tuple[int, bytes]:
         if params:
             path += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-        headers = {"Authorization": f"Bearer {self.token}", "Accept": proto.MSGPACK}
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": wire.MSGPACK}
         if content_type:
             headers["Content-Type"] = content_type
         for attempt in range(2):
@@ -97,9 +96,9 @@ class Client:
     def put_bundle(self, h: str, data: bytes) -> None:
         self.request("PUT", f"/v1/bundles/{h}", data, "application/octet-stream")
 
-    def deploy(self, req: proto.DeployRequest) -> proto.DeployResponse:
-        _, data = self.request("POST", "/v1/apps", proto.encode(req), proto.MSGPACK)
-        return proto.deploy_response_decoder.decode(data)
+    def deploy(self, req: wire.DeployRequest) -> wire.DeployResponse:
+        _, data = self.request("POST", "/v1/apps", wire.encode(req), wire.MSGPACK)
+        return wire.deploy_response_decoder.decode(data)
 
     def remove_app(self, app: str) -> None:
         self.request("DELETE", f"/v1/apps/{app}")
@@ -108,11 +107,11 @@ class Client:
         """Upload a payload above the inline limit; returns its reference (sha256)."""
         import hashlib
 
-        if len(data) > proto.MAX_PAYLOAD:
+        if len(data) > wire.MAX_PAYLOAD:
             from burst.exception import PayloadTooLargeError
 
             raise PayloadTooLargeError(f"payload of {len(data)} bytes exceeds the "
-                                       f"{proto.MAX_PAYLOAD >> 20} MiB limit")
+                                       f"{wire.MAX_PAYLOAD >> 20} MiB limit")
         ref = hashlib.sha256(data).hexdigest()
         self.request("PUT", f"/v1/blobs/{ref}", data, "application/octet-stream")
         return ref
@@ -121,35 +120,35 @@ class Client:
         return self.request("GET", f"/v1/blobs/{ref}")[1]
 
     def call(self, app: str, fn: str, payload: bytes, payload_ref: str = "",
-             wait: float = 60.0) -> proto.CallResponse:
-        body = proto.encode(proto.CallRequest(payload=payload, payload_ref=payload_ref))
+             wait: float = 60.0) -> wire.CallResponse:
+        body = wire.encode(wire.CallRequest(payload=payload, payload_ref=payload_ref))
         _, data = self.request("POST", f"/v1/apps/{app}/functions/{fn}/calls", body,
-                               proto.MSGPACK, params={"wait": wait})
-        return proto.call_response_decoder.decode(data)
+                               wire.MSGPACK, params={"wait": wait})
+        return wire.call_response_decoder.decode(data)
 
-    def call_batch(self, app: str, fn: str, payloads: list[bytes]) -> list[proto.CallRef]:
-        body = proto.encode(proto.CallBatchRequest(payloads=payloads))
+    def call_batch(self, app: str, fn: str, payloads: list[bytes]) -> list[wire.CallRef]:
+        body = wire.encode(wire.CallBatchRequest(payloads=payloads))
         _, data = self.request("POST", f"/v1/apps/{app}/functions/{fn}/calls/batch", body,
-                               proto.MSGPACK)
-        return proto.call_batch_response_decoder.decode(data).calls
+                               wire.MSGPACK)
+        return wire.call_batch_response_decoder.decode(data).calls
 
-    def wait_calls(self, refs: list[proto.CallRef], wait: float,
-                   linger: float = 0.0) -> list[proto.CallResponse]:
-        body = proto.encode(proto.CallWaitRequest(calls=refs, wait=wait, linger=linger))
-        _, data = self.request("POST", "/v1/calls/wait", body, proto.MSGPACK)
-        return proto.call_wait_response_decoder.decode(data).results
+    def wait_calls(self, refs: list[wire.CallRef], wait: float,
+                   linger: float = 0.0) -> list[wire.CallResponse]:
+        body = wire.encode(wire.CallWaitRequest(calls=refs, wait=wait, linger=linger))
+        _, data = self.request("POST", "/v1/calls/wait", body, wire.MSGPACK)
+        return wire.call_wait_response_decoder.decode(data).results
 
-    def call_items(self, call_id: str, cursor: int, wait: float) -> proto.CallItemsResponse:
+    def call_items(self, call_id: str, cursor: int, wait: float) -> wire.CallItemsResponse:
         _, data = self.request("GET", f"/v1/calls/{call_id}/items",
                                params={"cursor": cursor, "wait": wait})
-        return proto.call_items_response_decoder.decode(data)
+        return wire.call_items_response_decoder.decode(data)
 
-    def get_call(self, call_id: str, wait: float = 60.0) -> proto.CallResponse:
+    def get_call(self, call_id: str, wait: float = 60.0) -> wire.CallResponse:
         _, data = self.request("GET", f"/v1/calls/{call_id}", params={"wait": wait})
-        return proto.call_response_decoder.decode(data)
+        return wire.call_response_decoder.decode(data)
 
-    def wait_call(self, resp: proto.CallResponse,
-                  timeout: float | None = None) -> proto.CallResponse:
+    def wait_call(self, resp: wire.CallResponse,
+                  timeout: float | None = None) -> wire.CallResponse:
         """Poll until the call is finished (or ``timeout`` seconds pass)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while resp.status == "pending":

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from burst import _protocol as proto
+from burst import wire
 from burst._aio import aio_method
 from burst._serialization import deserialize, rebuild_exception, serialize
 from burst.exception import (
@@ -52,7 +52,7 @@ class Function(Generic[P, R]):
         square.remote(3)   # 9, in a container (inside `burst run` or `with app.run():`)
     """
 
-    def __init__(self, raw_f: Callable[P, R], app: App | None, spec: proto.FunctionSpec) -> None:
+    def __init__(self, raw_f: Callable[P, R], app: App | None, spec: wire.FunctionSpec) -> None:
         self.raw_f = raw_f
         self.app = app
         self.spec = spec
@@ -80,11 +80,11 @@ class Function(Generic[P, R]):
                   client: Client | None = None) -> Function[..., Any]:
         """A handle on a function of a deployed app (no network call until it is used)."""
         try:
-            proto.check_ident("app", app_name)
-            proto.check_ident("function", name)
+            wire.check_ident("app", app_name)
+            wire.check_ident("function", name)
         except ValueError as e:
             raise InvalidError(str(e)) from None
-        fn: Function[..., Any] = Function(_not_local, None, proto.FunctionSpec(
+        fn: Function[..., Any] = Function(_not_local, None, wire.FunctionSpec(
             name=name, module="", qualname=name))
         fn._app_name = app_name
         fn._client = client
@@ -106,7 +106,7 @@ class Function(Generic[P, R]):
                         kwargs: dict[str, Any]) -> tuple[bytes, str]:
         """(inline payload, "") or (b"", blob reference) for a payload above the limit."""
         payload = self._payload(args, kwargs)
-        if len(payload) <= proto.INLINE_PAYLOAD_LIMIT:
+        if len(payload) <= wire.INLINE_PAYLOAD_LIMIT:
             return payload, ""
         return b"", client.put_blob(payload)
 
@@ -231,7 +231,7 @@ class Function(Generic[P, R]):
     def _map_loop(self, client: Client, app_name: str, arg_tuples: Iterator[Sequence[Any]],
                   kwargs: dict[str, Any], order_outputs: bool, return_exceptions: bool,
                   progress: _Progress | None) -> Iterator[Any]:
-        outstanding: dict[str, tuple[int, proto.CallRef]] = {}
+        outstanding: dict[str, tuple[int, wire.CallRef]] = {}
         ready: dict[int, Any] = {}
         submitted = next_out = finished = 0
         exhausted = False
@@ -285,7 +285,7 @@ class Function(Generic[P, R]):
         return self.app._running()
 
     @staticmethod
-    def _result(resp: proto.CallResponse, client: Client | None = None) -> Any:
+    def _result(resp: wire.CallResponse, client: Client | None = None) -> Any:
         if resp.payload_ref:
             if client is None:
                 from burst.client import Client
@@ -323,7 +323,7 @@ class FunctionCall(Generic[R]):
     """A handle on one call; fetch its result by id for as long as results are kept."""
 
     def __init__(self, call_id: str, client: Client | None = None,
-                 last: proto.CallResponse | None = None) -> None:
+                 last: wire.CallResponse | None = None) -> None:
         self.object_id = call_id
         self._client = client
         self._last = last

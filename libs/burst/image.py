@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 
 import msgspec
 
-from burst import _protocol as proto
+from burst import wire
 from burst.exception import InvalidError
 
 #: Python versions a ``debian_slim`` base exists for (built on the machine, no registry).
@@ -64,7 +64,7 @@ def _in_container() -> bool:
     return bool(os.environ.get("BURST_SHIM_SOCKET"))
 
 
-def describe(step: proto.ImageStep) -> str:
+def describe(step: wire.ImageStep) -> str:
     """A step as the user wrote it, for error messages: ``pip_install('six==1.16.0')``."""
     if step.kind == "env":
         return f"env({step.env!r})"
@@ -79,7 +79,7 @@ class Image:
     """A container image: a base plus build steps. Build one with :meth:`debian_slim` or
     :meth:`from_registry`, then chain steps."""
 
-    def __init__(self, spec: proto.ImageSpec) -> None:
+    def __init__(self, spec: wire.ImageSpec) -> None:
         self._spec = spec
 
     # ---- bases ---------------------------------------------------------------------
@@ -90,7 +90,7 @@ class Image:
         if version not in PYTHON_VERSIONS:
             raise InvalidError(f"Image.debian_slim: python_version={version!r} is not available; "
                                f"use one of {', '.join(PYTHON_VERSIONS)}")
-        return Image(proto.ImageSpec(base="debian_slim", python_version=version))._hashed()
+        return Image(wire.ImageSpec(base="debian_slim", python_version=version))._hashed()
 
     @staticmethod
     def from_registry(tag: str) -> Image:
@@ -98,23 +98,23 @@ class Image:
         on the agent's Docker engine; it needs ``python`` with ``pip`` on its ``PATH``."""
         if not isinstance(tag, str) or not tag.strip() or any(c.isspace() for c in tag):
             raise InvalidError(f"Image.from_registry: invalid image tag {tag!r}")
-        return Image(proto.ImageSpec(base="registry", registry_tag=tag.strip()))._hashed()
+        return Image(wire.ImageSpec(base="registry", registry_tag=tag.strip()))._hashed()
 
     # ---- steps ---------------------------------------------------------------------
     def pip_install(self, *packages: str | list[str]) -> Image:
         """``pip install`` these requirement specifiers (from the machine's package index)."""
         pkgs = _strings("pip_install", packages)
-        return self._step(proto.ImageStep(kind="pip_install", args=pkgs)) if pkgs else self
+        return self._step(wire.ImageStep(kind="pip_install", args=pkgs)) if pkgs else self
 
     def apt_install(self, *packages: str | list[str]) -> Image:
         """``apt-get install`` these Debian packages (Docker runtime only)."""
         pkgs = _strings("apt_install", packages)
-        return self._step(proto.ImageStep(kind="apt_install", args=pkgs)) if pkgs else self
+        return self._step(wire.ImageStep(kind="apt_install", args=pkgs)) if pkgs else self
 
     def run_commands(self, *commands: str | list[str]) -> Image:
         """Shell commands, each its own layer, as root (Docker runtime only)."""
         cmds = _strings("run_commands", commands)
-        return self._step(proto.ImageStep(kind="run_commands", args=cmds)) if cmds else self
+        return self._step(wire.ImageStep(kind="run_commands", args=cmds)) if cmds else self
 
     def env(self, vars: Mapping[str, str]) -> Image:
         """Environment variables for the build steps that follow and for the container."""
@@ -124,23 +124,23 @@ class Image:
             if not isinstance(k, str) or not k or "=" in k or not isinstance(v, str):
                 raise InvalidError(f"Image.env: invalid variable {k!r}={v!r} (names and "
                                    "values are strings, names without '=')")
-        return self._step(proto.ImageStep(kind="env", env=dict(vars)))
+        return self._step(wire.ImageStep(kind="env", env=dict(vars)))
 
     def workdir(self, path: str) -> Image:
         """The working directory of later steps and of the container (an absolute path)."""
         if not isinstance(path, str) or not path.startswith("/"):
             raise InvalidError(f"Image.workdir: expected an absolute path, got {path!r}")
-        return self._step(proto.ImageStep(kind="workdir", path=path))
+        return self._step(wire.ImageStep(kind="workdir", path=path))
 
     def add_local_file(self, local_path: str | os.PathLike[str], remote_path: str) -> Image:
         """Copy one file from this machine to ``remote_path`` (absolute) in the image."""
         src = Path(local_path)
         dest = _absolute("add_local_file", remote_path)
         if _in_container():
-            return self._step(proto.ImageStep(kind="add_local_file", args=[str(src)], path=dest))
+            return self._step(wire.ImageStep(kind="add_local_file", args=[str(src)], path=dest))
         if not src.is_file():
             raise InvalidError(f"Image.add_local_file: {str(src)!r} is not a file")
-        return self._step(proto.ImageStep(kind="add_local_file", args=[str(src)], path=dest,
+        return self._step(wire.ImageStep(kind="add_local_file", args=[str(src)], path=dest,
                                           files={src.name: src.read_bytes()}))
 
     def add_local_dir(self, local_path: str | os.PathLike[str], remote_path: str) -> Image:
@@ -148,10 +148,10 @@ class Image:
         src = Path(local_path)
         dest = _absolute("add_local_dir", remote_path)
         if _in_container():
-            return self._step(proto.ImageStep(kind="add_local_dir", args=[str(src)], path=dest))
+            return self._step(wire.ImageStep(kind="add_local_dir", args=[str(src)], path=dest))
         if not src.is_dir():
             raise InvalidError(f"Image.add_local_dir: {str(src)!r} is not a directory")
-        return self._step(proto.ImageStep(kind="add_local_dir", args=[str(src)], path=dest,
+        return self._step(wire.ImageStep(kind="add_local_dir", args=[str(src)], path=dest,
                                           files=_tree(src)))
 
     def add_local_python_source(self, *modules: str) -> Image:
@@ -162,7 +162,7 @@ class Image:
                 raise InvalidError(f"Image.add_local_python_source: {name!r}: give top-level "
                                    "module or package names")
             if _in_container():
-                img = img._step(proto.ImageStep(kind="add_local_python_source", args=[name]))
+                img = img._step(wire.ImageStep(kind="add_local_python_source", args=[name]))
                 continue
             found = importlib.util.find_spec(name)
             if found is None or not found.origin or found.origin in ("built-in", "frozen"):
@@ -175,20 +175,20 @@ class Image:
             else:
                 files = {origin.name: origin.read_bytes()}
                 dest = PYTHON_SOURCE_DIR
-            img = img._step(proto.ImageStep(kind="add_local_python_source", args=[name],
+            img = img._step(wire.ImageStep(kind="add_local_python_source", args=[name],
                                             path=dest, files=files))
         return img
 
     # ---- internals -----------------------------------------------------------------
     @property
-    def spec(self) -> proto.ImageSpec:
+    def spec(self) -> wire.ImageSpec:
         return self._spec
 
     @property
     def content_hash(self) -> str:
         return self._spec.content_hash
 
-    def _step(self, step: proto.ImageStep) -> Image:
+    def _step(self, step: wire.ImageStep) -> Image:
         spec = msgspec.structs.replace(self._spec, steps=[*self._spec.steps, step])
         size = sum(len(b) for s in spec.steps for b in s.files.values())
         if size > MAX_LOCAL_BYTES:

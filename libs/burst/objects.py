@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from burst import _context
-from burst import _protocol as proto
+from burst import _context, wire
 from burst._aio import aio_method
 from burst._serialization import deserialize, serialize
 from burst.exception import InvalidError
@@ -40,11 +39,11 @@ _MISSING = object()
 
 
 def _call(kind: str, req: msgspec.Struct, timeout: float | None = None) -> bytes:
-    body = proto.encode(req)
+    body = wire.encode(req)
     if _context.platform is not None:
         return _context.platform.request(kind, body, timeout)
     client = _client()
-    _, data = client.request("POST", f"/v1/{kind}s", body, proto.MSGPACK)
+    _, data = client.request("POST", f"/v1/{kind}s", body, wire.MSGPACK)
     return data
 
 
@@ -69,7 +68,7 @@ def _ephemeral_name(kind: str) -> str:
 
 def _check(kind: str, name: str) -> str:
     try:
-        return proto.check_ident(kind, name)
+        return wire.check_ident(kind, name)
     except ValueError as e:
         raise InvalidError(str(e)) from None
 
@@ -125,14 +124,14 @@ class Dict(_Object):
                 d._ended = True
 
     def _op(self, op: str, key: Any = _MISSING, value: Any = _MISSING,
-            skip_if_exists: bool = False) -> proto.DictResponse:
+            skip_if_exists: bool = False) -> wire.DictResponse:
         self._alive()
-        req = proto.DictRequest(name=self.name, op=op,  # type: ignore[arg-type]
+        req = wire.DictRequest(name=self.name, op=op,  # type: ignore[arg-type]
                                 key=b"" if key is _MISSING else serialize(key),
                                 value=b"" if value is _MISSING else serialize(value),
                                 create_if_missing=self.create_if_missing,
                                 skip_if_exists=skip_if_exists)
-        return proto.dict_response_decoder.decode(_call("dict", req))
+        return wire.dict_response_decoder.decode(_call("dict", req))
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._op("put", key, value)
@@ -239,16 +238,16 @@ class Queue(_Object):
 
     def _op(self, op: str, values: list[Any] | None = None, n: int = 1,
             timeout: float | None = 0.0, partition: str | None = None,
-            total: bool = False) -> proto.QueueResponse:
+            total: bool = False) -> wire.QueueResponse:
         self._alive()
         if partition is not None and not isinstance(partition, str):
             raise InvalidError(f"partition={partition!r} is not allowed: use a string")
-        req = proto.QueueRequest(name=self.name, op=op,  # type: ignore[arg-type]
+        req = wire.QueueRequest(name=self.name, op=op,  # type: ignore[arg-type]
                                  values=[serialize(v) for v in values or []], n=n,
                                  timeout=timeout, create_if_missing=self.create_if_missing,
                                  partition=partition or "", total=total)
         wait = None if timeout is None else timeout + 30.0
-        return proto.queue_response_decoder.decode(_call("queue", req, wait))
+        return wire.queue_response_decoder.decode(_call("queue", req, wait))
 
     @aio_method
     def put(self, value: Any, block: bool = True, timeout: float | None = None, *,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from burst._protocol import RetryPolicy
 from burst.exception import InvalidError
+from burst.wire import RetryPolicy
 
 
 class Retries:

@@ -25,8 +25,8 @@ from __future__ import annotations
 from typing import Any
 
 from burst import _context
-from burst._protocol import Schedule
 from burst.exception import InvalidError
+from burst.wire import Schedule
 
 #: Shortest and longest period between ticks.
 MIN_PERIOD = 1.0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from burst._protocol import IDENT_RULE, check_ident
+from burst.wire import IDENT_RULE, check_ident
 
 __all__ = ["IDENT_RULE", "check_ident"]
 

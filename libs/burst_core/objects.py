@@ -22,8 +22,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
-from burst._protocol import DictRequest, DictResponse, QueueRequest, QueueResponse
 from burst.exception import InvalidError, NotFoundError
+from burst.wire import DictRequest, DictResponse, QueueRequest, QueueResponse
 from burst_core import bus, names
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from functools import lru_cache
 
-from burst._protocol import Schedule
+from burst.wire import Schedule
 
 
 @lru_cache(maxsize=256)

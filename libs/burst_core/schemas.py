@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 import msgspec
 
 # Resources and FunctionSpec are shared with the SDK, which must stay light.
-from burst._protocol import FunctionSpec, Resources, RetryPolicy
+from burst.wire import FunctionSpec, Resources, RetryPolicy
 
 if TYPE_CHECKING:
     from typing_extensions import TypeForm

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from burst import _protocol as proto
+from burst import wire
 from burst._serialization import deserialize, serialize
 from burst.client import Client
 from burst.exception import InvalidError, NotFoundError
@@ -136,7 +136,7 @@ def test_another_workspace_cannot_wait_for_a_call_even_with_its_token(
     [mine] = a.wait_calls([ref], wait=60)
     assert deserialize(mine.payload) == "team-a's answer"
     assert b.wait_calls([ref], wait=1.0) == []
-    assert b.wait_calls([proto.CallRef(call_id=ref.call_id)], wait=1.0) == []
+    assert b.wait_calls([wire.CallRef(call_id=ref.call_id)], wait=1.0) == []
     assert [r.call_id for r in a.wait_calls([ref], wait=1.0)] == [ref.call_id]
 
 
@@ -157,23 +157,23 @@ def test_maps_calls_dicts_and_queues_stay_in_their_workspace(
     assert http(cluster, "DELETE", f"/v1/calls/{ref.call_id}", tb)[0] == 404
     # Dicts and Queues by name: the same name is another object in each workspace.
     def dict_op(token: str, **req: object) -> tuple[int, bytes]:
-        body = proto.encode(proto.DictRequest(name="shared-state", **req))  # type: ignore[arg-type]
-        return http(cluster, "POST", "/v1/dicts", token, body, proto.MSGPACK)
+        body = wire.encode(wire.DictRequest(name="shared-state", **req))  # type: ignore[arg-type]
+        return http(cluster, "POST", "/v1/dicts", token, body, wire.MSGPACK)
 
     key = serialize("k")
     assert dict_op(ta, op="put", key=key, value=serialize("team-a's value"))[0] == 200
     status, body = dict_op(tb, op="get", key=key, create_if_missing=False)
     assert status == 404 and b"does not exist in workspace 'team-b'" in body
     status, body = dict_op(tb, op="get", key=key)
-    assert status == 200 and proto.dict_response_decoder.decode(body).found is False
-    queue = proto.encode(proto.QueueRequest(name="shared-q", op="put",
+    assert status == 200 and wire.dict_response_decoder.decode(body).found is False
+    queue = wire.encode(wire.QueueRequest(name="shared-q", op="put",
                                             values=[serialize("team-a's item")]))
-    assert http(cluster, "POST", "/v1/queues", ta, queue, proto.MSGPACK)[0] == 200
-    get = proto.encode(proto.QueueRequest(name="shared-q", op="get", n=1, timeout=0.5))
-    status, body = http(cluster, "POST", "/v1/queues", tb, get, proto.MSGPACK)
-    assert status == 200 and proto.queue_response_decoder.decode(body).values == []
-    status, body = http(cluster, "POST", "/v1/queues", ta, get, proto.MSGPACK)
-    assert [deserialize(v) for v in proto.queue_response_decoder.decode(body).values] == [
+    assert http(cluster, "POST", "/v1/queues", ta, queue, wire.MSGPACK)[0] == 200
+    get = wire.encode(wire.QueueRequest(name="shared-q", op="get", n=1, timeout=0.5))
+    status, body = http(cluster, "POST", "/v1/queues", tb, get, wire.MSGPACK)
+    assert status == 200 and wire.queue_response_decoder.decode(body).values == []
+    status, body = http(cluster, "POST", "/v1/queues", ta, get, wire.MSGPACK)
+    assert [deserialize(v) for v in wire.queue_response_decoder.decode(body).values] == [
         "team-a's item"]
 
 
@@ -184,9 +184,9 @@ def test_another_workspace_cannot_name_a_blob_as_its_argument(
     with pytest.raises(InvalidError, match=f"blob {refs_a['arg']} is not stored in "
                                            f"workspace 'team-b'"):
         b.call("shared", "echo", b"", refs_a["arg"], wait=30)
-    batch = proto.encode(proto.CallBatchRequest(payloads=[b""], payload_refs=[refs_a["arg"]]))
+    batch = wire.encode(wire.CallBatchRequest(payloads=[b""], payload_refs=[refs_a["arg"]]))
     status, body = http(cluster, "POST", "/v1/apps/shared/functions/echo/calls/batch",
-                        tokens["team-b"], batch, proto.MSGPACK)
+                        tokens["team-b"], batch, wire.MSGPACK)
     assert status == 400 and b"not stored in workspace 'team-b'" in body, body[:300]
 
 
@@ -251,8 +251,8 @@ def test_bundles_are_scoped_to_their_workspace(cluster: Cluster, tokens: dict[st
     assert http(cluster, "HEAD", f"/v1/bundles/{h}", tb)[0] == 404
     assert http(cluster, "HEAD", f"/v1/bundles/{'1' * 64}", tb)[0] == 404
     # ... and cannot deploy team-a's source as its own app.
-    req = proto.DeployRequest(app="stolen", bundle_hash=h, functions=[
-        proto.FunctionSpec(name="f", module="secret_app", qualname="f")])
+    req = wire.DeployRequest(app="stolen", bundle_hash=h, functions=[
+        wire.FunctionSpec(name="f", module="secret_app", qualname="f")])
     with pytest.raises(InvalidError, match=f"bundle {h} is not stored in workspace 'team-b'"):
         client(cluster, tb).deploy(req)
     # Uploading the same bytes makes them team-b's too.

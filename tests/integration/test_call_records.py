@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import nats.js.errors
 import pytest
 
-from burst._protocol import RetryPolicy
+from burst.wire import RetryPolicy
 from burst_agent.attempts import Attempts
 from burst_core import bus, calls, names
 from burst_core.schemas import CallRecordDecoder, encode

@@ -10,7 +10,7 @@ import httpx
 import msgspec
 import pytest
 
-from burst._protocol import MSGPACK, CallRequest, CallResponse
+from burst.wire import MSGPACK, CallRequest, CallResponse
 from burst_gateway import fastcalls
 from tests import gateway_inprocess as inproc
 

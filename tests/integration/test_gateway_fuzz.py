@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from burst._protocol import MSGPACK, FunctionSpec
+from burst.wire import MSGPACK, FunctionSpec
 from burst_core import bus, names
 from burst_core.schemas import DeploymentRecord, encode
 from tests.servers import Server, free_port

@@ -16,14 +16,14 @@ import httpx
 import msgspec
 import pytest
 
-from burst._protocol import (
+from burst._shim.main import encode_result
+from burst.wire import (
     MSGPACK,
     CallRef,
     CallRequest,
     CallResponse,
     CallWaitRequest,
 )
-from burst._shim.main import encode_result
 from burst_core import bus, names
 from burst_core.schemas import Input, Output, OutputItem, encode
 from tests import gateway_inprocess as inproc

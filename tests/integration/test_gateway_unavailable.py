@@ -14,7 +14,7 @@ import httpx
 import msgspec
 import pytest
 
-from burst._protocol import MSGPACK, CallRequest
+from burst.wire import MSGPACK, CallRequest
 from tests import gateway_inprocess as inproc
 from tests.servers import Server
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from burst._protocol import DictRequest, QueueRequest
 from burst.exception import InvalidError, NotFoundError
+from burst.wire import DictRequest, QueueRequest
 from burst_core.objects import MAX_GET_MANY, Objects
 
 

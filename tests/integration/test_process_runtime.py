@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from burst import _protocol as proto
+from burst import wire
 from burst_agent.runtimes.base import ContainerSpec
 from burst_agent.runtimes.process import ProcessHandle, ProcessRuntime
 from burst_agent.runtimes.sandbox import Sandbox
@@ -93,7 +93,7 @@ class Shim:
             while True:
                 header = await r.readexactly(4)
                 body = await r.readexactly(struct.unpack(">I", header)[0])
-                await self.frames.put(proto.from_shim_decoder.decode(body))
+                await self.frames.put(wire.from_shim_decoder.decode(body))
         except (asyncio.IncompleteReadError, ConnectionResetError):
             await self.frames.put(None)
 
@@ -148,8 +148,8 @@ def sockets() -> Iterator[Path]:
 
 async def test_sigterm_reaches_the_user_process(runtime: ProcessRuntime, sockets: Path) -> None:
     handle, shim = await start(runtime, "term", sockets)
-    ready = await shim.next_of(proto.Ready)
-    assert isinstance(ready, proto.Ready)
+    ready = await shim.next_of(wire.Ready)
+    assert isinstance(ready, wire.Ready)
     handle.signal(signal.SIGTERM)
     code = await asyncio.wait_for(handle.wait(), 30)
     # The shim's SIGTERM handler ran (a clean exit), rather than the sandbox being torn
@@ -160,12 +160,12 @@ async def test_sigterm_reaches_the_user_process(runtime: ProcessRuntime, sockets
 
 async def test_sigkill_ends_the_whole_sandbox(runtime: ProcessRuntime, sockets: Path) -> None:
     handle, shim = await start(runtime, "kill", sockets)
-    ready = await shim.next_of(proto.Ready)
-    assert isinstance(ready, proto.Ready)
+    ready = await shim.next_of(wire.Ready)
+    assert isinstance(ready, wire.Ready)
     handle.signal(signal.SIGKILL)
     code = await asyncio.wait_for(handle.wait(), 30)
     assert code != 0
-    assert await shim.next_of(proto.Ready, timeout=10) is None  # the socket closed
+    assert await shim.next_of(wire.Ready, timeout=10) is None  # the socket closed
     # Nothing of it is left: its cgroup (gone only once empty) and private dir went too.
     assert handle.cgroup is not None
     assert not any(d.exists() for d in handle.cgroup.dirs.values())
@@ -176,8 +176,8 @@ async def test_many_containers_start_at_once(runtime: ProcessRuntime, sockets: P
     n = 12
     started = await asyncio.gather(*(start(runtime, f"many{i}", sockets) for i in range(n)))
     try:
-        readies = await asyncio.gather(*(s.next_of(proto.Ready, 60) for _, s in started))
-        assert all(isinstance(r, proto.Ready) for r in readies), readies
+        readies = await asyncio.gather(*(s.next_of(wire.Ready, 60) for _, s in started))
+        assert all(isinstance(r, wire.Ready) for r in readies), readies
     finally:
         for h, _ in started:
             h.signal(signal.SIGKILL)
@@ -188,16 +188,16 @@ async def test_out_of_memory_names_the_limit(runtime: ProcessRuntime, sockets: P
     from burst._serialization import deserialize, serialize
 
     handle, shim = await start(runtime, "oom", sockets, memory_mb=64)
-    assert isinstance(await shim.next_of(proto.Ready), proto.Ready)
+    assert isinstance(await shim.next_of(wire.Ready), wire.Ready)
     assert shim.writer is not None
     # Within the limit: answered.
-    shim.writer.write(proto.frame(proto.RunInput(
+    shim.writer.write(wire.frame(wire.RunInput(
         input_id="in-1", call_id="call-1", payload=serialize(((8,), {})))))
-    done = await shim.next_of(proto.InputDone)
-    assert isinstance(done, proto.InputDone) and deserialize(done.payload) == 8, done
+    done = await shim.next_of(wire.InputDone)
+    assert isinstance(done, wire.InputDone) and deserialize(done.payload) == 8, done
     assert handle.exit_reason() == ""
     # Past it: killed, and the runtime says why.
-    shim.writer.write(proto.frame(proto.RunInput(
+    shim.writer.write(wire.frame(wire.RunInput(
         input_id="in-2", call_id="call-2", payload=serialize(((256,), {})))))
     code = await asyncio.wait_for(handle.wait(), 60)
     assert code != 0
@@ -216,25 +216,25 @@ async def test_fork_bomb_stops_at_the_pids_limit(runtime: ProcessRuntime,
         start(runtime, "other", sockets))
     try:
         for shim in (bomb_shim, other_shim):
-            assert isinstance(await shim.next_of(proto.Ready), proto.Ready)
+            assert isinstance(await shim.next_of(wire.Ready), wire.Ready)
             assert shim.writer is not None
         assert bomb_shim.writer is not None and other_shim.writer is not None
         async with asyncio.timeout(10):  # the bomb's whole life
-            bomb_shim.writer.write(proto.frame(proto.RunInput(
+            bomb_shim.writer.write(wire.frame(wire.RunInput(
                 input_id="bomb", call_id="bomb",
                 payload=serialize(((2 * PIDS_LIMIT, 4.0), {})))))
-            holding = await bomb_shim.next_of(proto.Log)
-            assert isinstance(holding, proto.Log) and holding.line.startswith("holding")
+            holding = await bomb_shim.next_of(wire.Log)
+            assert isinstance(holding, wire.Log) and holding.line.startswith("holding")
             # While the bomb holds what it started: the other container answers...
-            other_shim.writer.write(proto.frame(proto.RunInput(
+            other_shim.writer.write(wire.frame(wire.RunInput(
                 input_id="ping", call_id="ping", payload=serialize(((1,), {})))))
-            pong = await other_shim.next_of(proto.InputDone)
-            assert isinstance(pong, proto.InputDone) and deserialize(pong.payload) == 1, pong
+            pong = await other_shim.next_of(wire.InputDone)
+            assert isinstance(pong, wire.InputDone) and deserialize(pong.payload) == 1, pong
             # ... and the host forks.
             host = await asyncio.create_subprocess_exec("true")
             assert await host.wait() == 0
-            done = await bomb_shim.next_of(proto.InputDone)
-        assert isinstance(done, proto.InputDone) and done.status == "success", done
+            done = await bomb_shim.next_of(wire.InputDone)
+        assert isinstance(done, wire.InputDone) and done.status == "success", done
         out = deserialize(done.payload)
         # The shim and the sandbox's own processes count too: the bomb gets a little less
         # than the limit, then EAGAIN.
@@ -265,7 +265,7 @@ async def test_spare_sandbox_is_taken_then_replaced(sockets: Path) -> None:
     try:
         assert await rt.spare_ready(30)
         handle, shim = await start(rt, "took", sockets)
-        assert isinstance(await shim.next_of(proto.Ready), proto.Ready)
+        assert isinstance(await shim.next_of(wire.Ready), wire.Ready)
         spare_dir = handle.private_dir
         assert spare_dir is not None and spare_dir.name.startswith("spare-")
         assert handle.cgroup is not None
@@ -273,7 +273,7 @@ async def test_spare_sandbox_is_taken_then_replaced(sockets: Path) -> None:
         assert await rt.spare_ready(30)  # the next one
         rt.spare_bundle_files = 0
         own, own_shim = await start(rt, "own", sockets)
-        assert isinstance(await own_shim.next_of(proto.Ready), proto.Ready)
+        assert isinstance(await own_shim.next_of(wire.Ready), wire.Ready)
         assert own.private_dir is not None and own.private_dir.name == "own"
         assert await rt.spare_ready(0)  # left for the next container
         for h in (handle, own):

@@ -17,7 +17,7 @@ import msgspec
 import nats.js.errors
 import pytest
 
-from burst._protocol import Schedule
+from burst.wire import Schedule
 from burst_core import bus, calls, names
 from burst_core.schemas import (
     BudgetState,

@@ -16,7 +16,7 @@ import httpx
 import msgspec
 import pytest
 
-from burst._protocol import (
+from burst.wire import (
     MSGPACK,
     CallBatchRequest,
     CallBatchResponse,

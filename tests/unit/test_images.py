@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 import burst
-from burst import _protocol as proto
+from burst import wire
 from burst.exception import InvalidError
 from burst_agent.runtimes import images
 from burst_agent.runtimes.base import ContainerSpec
@@ -42,12 +42,12 @@ def test_spec_travels_in_the_function_spec() -> None:
     app = burst.App("imgs", image=img)
     f = app.function(name="f")(_f)
     g = app.function(name="g", image=burst.Image.from_registry("python:3.11-slim"))(_g)
-    spec = msgspec.msgpack.decode(msgspec.msgpack.encode(f.spec), type=proto.FunctionSpec)
+    spec = msgspec.msgpack.decode(msgspec.msgpack.encode(f.spec), type=wire.FunctionSpec)
     assert spec.image is not None and spec.image.content_hash == img.content_hash
     assert g.spec.image is not None and g.spec.image.registry_tag == "python:3.11-slim"
     # An old payload without the field still decodes.
     old = msgspec.msgpack.encode({"name": "f", "module": "m", "qualname": "f"})
-    assert msgspec.msgpack.decode(old, type=proto.FunctionSpec).image is None
+    assert msgspec.msgpack.decode(old, type=wire.FunctionSpec).image is None
 
 
 @pytest.mark.parametrize("bad", [

@@ -6,8 +6,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 import burst
-from burst._protocol import Schedule
 from burst.exception import InvalidError
+from burst.wire import Schedule
 from burst_core import schedules as ticks
 
 BERLIN = ZoneInfo("Europe/Berlin")

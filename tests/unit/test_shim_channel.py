@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from burst import _protocol as proto
+from burst import wire
 from burst._shim.main import Channel
 from burst.exception import UnavailableError
 
@@ -36,14 +36,14 @@ class Agent:
     def send(self, msg: object) -> None:
         self._accepted.wait(5)
         assert self.conn is not None
-        self.conn.sendall(proto.frame(msg))  # type: ignore[arg-type]
+        self.conn.sendall(wire.frame(msg))  # type: ignore[arg-type]
 
     def recv(self) -> object:
         self._accepted.wait(5)
         assert self.conn is not None
         header = self.conn.recv(4, socket.MSG_WAITALL)
-        body = self.conn.recv(proto.frame_length(header), socket.MSG_WAITALL)
-        return proto.from_shim_decoder.decode(body)
+        body = self.conn.recv(wire.frame_length(header), socket.MSG_WAITALL)
+        return wire.from_shim_decoder.decode(body)
 
 
 @pytest.fixture
@@ -59,8 +59,8 @@ def pair() -> Iterator[tuple[Agent, Channel]]:
         agent.listener.close()
 
 
-def _run_input(i: int) -> proto.RunInput:
-    return proto.RunInput(input_id=f"in-{i}", call_id=f"ca-{i}", attempt=1, attempt_token="t",
+def _run_input(i: int) -> wire.RunInput:
+    return wire.RunInput(input_id=f"in-{i}", call_id=f"ca-{i}", attempt=1, attempt_token="t",
                           payload=b"", payload_format="pickle")
 
 
@@ -83,8 +83,8 @@ def test_answer_reaches_a_thread_while_the_main_loop_is_the_reader(
                          daemon=True)
     t.start()
     req = agent.recv()
-    assert isinstance(req, proto.PlatformRequest) and req.body == b"q"
-    agent.send(proto.PlatformResponse(req_id=req.req_id, body=b"a"))
+    assert isinstance(req, wire.PlatformRequest) and req.body == b"q"
+    agent.send(wire.PlatformResponse(req_id=req.req_id, body=b"a"))
     t.join(5)
     assert answer == [b"a"]
     assert main.is_alive() and got == []  # the response was not the main loop's
@@ -102,7 +102,7 @@ def test_a_waiting_thread_reads_and_queues_the_main_loops_frames(
     t.start()
     req = agent.recv()
     agent.send(_run_input(1))  # arrives first: for the main loop, which is not reading
-    agent.send(proto.PlatformResponse(req_id=req.req_id, body=b"y"))  # type: ignore[attr-defined]
+    agent.send(wire.PlatformResponse(req_id=req.req_id, body=b"y"))  # type: ignore[attr-defined]
     t.join(5)
     assert answer == [b"y"]
     assert chan.next_frame().input_id == "in-1"

@@ -26,8 +26,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from burst import _context
-from burst import _protocol as proto
+from burst import _context, wire
 
 if TYPE_CHECKING:  # imported lazily below: only concurrent or async functions need them
     import asyncio
@@ -67,7 +66,7 @@ class Channel:
             self._next_id += 1
             req_id = self._next_id
             self._pending[req_id] = slot
-        self.send(proto.PlatformRequest(req_id=req_id, kind=kind, body=body))  # type: ignore[arg-type]
+        self.send(wire.PlatformRequest(req_id=req_id, kind=kind, body=body))  # type: ignore[arg-type]
         if not self._pump(lambda: slot[0] is not None,
                           timeout if timeout is not None else 120.0):
             with self._cv:
@@ -75,13 +74,13 @@ class Channel:
             if self._closed:
                 raise UnavailableError(f"the agent closed the connection during a {kind} request")
             raise UnavailableError(f"the agent did not answer a {kind} request in time")
-        resp: proto.PlatformResponse = slot[0]
+        resp: wire.PlatformResponse = slot[0]
         if resp.error_type:
             raise from_api(resp.error_type, resp.error_message)
         return resp.body
 
     def send(self, msg: Any) -> None:
-        data = proto.frame(msg)
+        data = wire.frame(msg)
         with self._lock:
             self.sock.sendall(data)
 
@@ -117,7 +116,7 @@ class Channel:
                     continue
                 if frame is None:
                     self._closed = True
-                elif isinstance(frame, proto.PlatformResponse):
+                elif isinstance(frame, wire.PlatformResponse):
                     slot = self._pending.pop(frame.req_id, None)
                     if slot is not None:
                         slot[0] = frame
@@ -130,11 +129,11 @@ class Channel:
         ``timeout``. Bytes are consumed only once a whole frame is there."""
         while True:
             if len(self._buf) >= 4:
-                n = proto.frame_length(bytes(self._buf[:4]))
+                n = wire.frame_length(bytes(self._buf[:4]))
                 if len(self._buf) >= 4 + n:
                     body = bytes(self._buf[4:4 + n])
                     del self._buf[:4 + n]
-                    return proto.to_shim_decoder.decode(body)
+                    return wire.to_shim_decoder.decode(body)
             if timeout is not None:
                 ready, _, _ = select.select([self.sock], [], [], max(timeout, 0.0))
                 if not ready:
@@ -189,7 +188,7 @@ class LogWriter(io.TextIOBase):
 
     def _emit(self, line: str, call: str) -> None:
         self.state.count(call)
-        self.chan.send(proto.Log(stream=self.stream, line=line, call_id=call))  # type: ignore[arg-type]
+        self.chan.send(wire.Log(stream=self.stream, line=line, call_id=call))  # type: ignore[arg-type]
 
 
 class ShimState:
@@ -302,18 +301,18 @@ def encode_result(result: Any, as_json: bool) -> bytes:
                         f"this JSON caller: {e}") from None
 
 
-def _done(msg: proto.RunInput, started: float, result: Any = None,
-          exc: BaseException | None = None) -> proto.InputDone:
+def _done(msg: wire.RunInput, started: float, result: Any = None,
+          exc: BaseException | None = None) -> wire.InputDone:
     as_json = msg.payload_format == "json"
     if exc is None:
         try:
-            return proto.InputDone(input_id=msg.input_id, status="success",
+            return wire.InputDone(input_id=msg.input_id, status="success",
                                    payload=encode_result(result, as_json), started_at=started,
                                    finished_at=time.time())
         except Exception as e:  # the result cannot travel back
             exc = e
     payload, name, message, trace = serialize_exception(exc)
-    return proto.InputDone(input_id=msg.input_id, status="failure",
+    return wire.InputDone(input_id=msg.input_id, status="failure",
                            payload=b"" if as_json else payload, error_type=name,
                            error_message=message, traceback=trace, started_at=started,
                            finished_at=time.time())
@@ -328,11 +327,11 @@ class Batcher:
         self.fn = fn
         self.max_size = max_size
         self.wait = wait_ms / 1000
-        self.pending: queue.SimpleQueue[tuple[proto.RunInput, list[Any], dict[str, Any]]] = (
+        self.pending: queue.SimpleQueue[tuple[wire.RunInput, list[Any], dict[str, Any]]] = (
             queue.SimpleQueue())
         threading.Thread(target=self._loop, name="burst-batcher", daemon=True).start()
 
-    def submit(self, msg: proto.RunInput, args: list[Any], kwargs: dict[str, Any]) -> None:
+    def submit(self, msg: wire.RunInput, args: list[Any], kwargs: dict[str, Any]) -> None:
         self.pending.put((msg, args, kwargs))
 
     def _loop(self) -> None:
@@ -349,7 +348,7 @@ class Batcher:
                     break
             self._run(batch)
 
-    def _run(self, batch: list[tuple[proto.RunInput, list[Any], dict[str, Any]]]) -> None:
+    def _run(self, batch: list[tuple[wire.RunInput, list[Any], dict[str, Any]]]) -> None:
         started = time.time()
         try:
             arity = {(len(a), tuple(sorted(k))) for _, a, k in batch}
@@ -400,7 +399,7 @@ class Runner:
                              daemon=True).start()
         return self.loop
 
-    def submit(self, msg: proto.RunInput) -> None:
+    def submit(self, msg: wire.RunInput) -> None:
         started = time.time()
         try:
             args, kwargs, method, params = decode_args(msg.payload, msg.payload_format == "json")
@@ -439,22 +438,22 @@ class Runner:
         if fut is not None:
             fut.cancel()
 
-    def _finish(self, msg: proto.RunInput, done: proto.InputDone) -> None:
+    def _finish(self, msg: wire.RunInput, done: wire.InputDone) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         done.log_lines = self.state.take(msg.call_id)
         self.chan.send(done)
 
-    def _stream(self, msg: proto.RunInput, items: Any) -> int:
+    def _stream(self, msg: wire.RunInput, items: Any) -> int:
         """Send each item a generator yields; returns how many."""
         as_json = msg.payload_format == "json"
         n = 0
         for n, item in enumerate(items, 1):
-            self.chan.send(proto.StreamItem(input_id=msg.input_id, index=n - 1,
+            self.chan.send(wire.StreamItem(input_id=msg.input_id, index=n - 1,
                                             payload=encode_result(item, as_json)))
         return n
 
-    def _run_sync(self, msg: proto.RunInput, fn: Any, args: list[Any],
+    def _run_sync(self, msg: wire.RunInput, fn: Any, args: list[Any],
                   kwargs: dict[str, Any]) -> None:
         current_call.set(msg.call_id)
         _context.current_input.set(msg.input_id)
@@ -468,7 +467,7 @@ class Runner:
             done = _done(msg, started, exc=exc)
         self._finish(msg, done)
 
-    async def _run_async(self, msg: proto.RunInput, fn: Any, args: list[Any],
+    async def _run_async(self, msg: wire.RunInput, fn: Any, args: list[Any],
                          kwargs: dict[str, Any]) -> None:
         import asyncio
 
@@ -479,7 +478,7 @@ class Runner:
             if inspect.isasyncgenfunction(fn):
                 n, as_json = 0, msg.payload_format == "json"
                 async for item in fn(*args, **kwargs):
-                    self.chan.send(proto.StreamItem(input_id=msg.input_id, index=n,
+                    self.chan.send(wire.StreamItem(input_id=msg.input_id, index=n,
                                                     payload=encode_result(item, as_json)))
                     n += 1
                 done = _done(msg, started, n)
@@ -508,7 +507,7 @@ def main() -> None:
     def alive() -> None:
         while True:
             time.sleep(interval)
-            chan.send(proto.Alive())
+            chan.send(wire.Alive())
 
     threading.Thread(target=alive, name="burst-shim-alive", daemon=True).start()
     state = ShimState()
@@ -522,18 +521,18 @@ def main() -> None:
         target = Target(obj)
     except BaseException as exc:
         _, name, message, trace = serialize_exception(exc)
-        chan.send(proto.StartupFailed(error_type=name, error_message=message, traceback=trace))
+        chan.send(wire.StartupFailed(error_type=name, error_message=message, traceback=trace))
         sys.exit(1)
     runner = Runner(target, chan, state, _max_inputs(obj))
-    chan.send(proto.Ready(pid=os.getpid()))
+    chan.send(wire.Ready(pid=os.getpid()))
     try:
         while True:
             msg = chan.next_frame()
-            if msg is None or isinstance(msg, proto.Shutdown):
+            if msg is None or isinstance(msg, wire.Shutdown):
                 break
-            if isinstance(msg, proto.RunInput):
+            if isinstance(msg, wire.RunInput):
                 runner.submit(msg)
-            elif isinstance(msg, proto.CancelInput):
+            elif isinstance(msg, wire.CancelInput):
                 runner.cancel(msg.input_id)
     finally:
         # Scale-down, preemption (SIGTERM) or shutdown: @exit runs within the grace period.

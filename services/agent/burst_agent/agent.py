@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nats.aio.msg import Msg
 
-from burst._protocol import MAX_PAYLOAD
+from burst.wire import MAX_PAYLOAD
 from burst_agent import gpus
 from burst_agent.acks import Ack, settle
 from burst_agent.attempts import Attempts

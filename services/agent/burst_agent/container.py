@@ -29,7 +29,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from burst import _protocol as proto
+from burst import wire
 from burst_agent import relay
 from burst_agent.dispatch import InFlight, InputDispatch
 from burst_agent.host import AgentHost
@@ -68,7 +68,7 @@ class Container:
         self.fn_key = names.function_key(p.workspace, p.app, p.function.name)
         self.max_inputs = max(1, p.function.max_inputs)
         self.log = log.bind(container_id=self.id, fn_key=self.fn_key)
-        self._ready: asyncio.Future[proto.Ready | proto.StartupFailed] = (
+        self._ready: asyncio.Future[wire.Ready | wire.StartupFailed] = (
             asyncio.get_running_loop().create_future())
         self._writer: asyncio.StreamWriter | None = None
         self._stopping = asyncio.Event()
@@ -145,7 +145,7 @@ class Container:
                 ready = await self._await_ready(exit_task)
             finally:
                 await started  # stored before ready (or the container fails, as before)
-            if isinstance(ready, proto.Ready):
+            if isinstance(ready, wire.Ready):
                 self.state, self.idle_since = "idle", time.time()
                 self._spawn(self._join_inputs())  # first: the event need not hold the input
                 self._spawn(self._watch_alive())
@@ -194,13 +194,13 @@ class Container:
             self.done.set()
 
     async def _await_ready(self, exit_task: asyncio.Task[int],
-                           ) -> proto.Ready | proto.StartupFailed | None:
+                           ) -> wire.Ready | wire.StartupFailed | None:
         waiters: set[asyncio.Future[Any]] = {self._ready, exit_task}
         done, _ = await asyncio.wait(waiters, timeout=self.agent.settings.startup_timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
         if self._ready in done:
             ready = self._ready.result()
-            if isinstance(ready, proto.StartupFailed):
+            if isinstance(ready, wire.StartupFailed):
                 self.stop_reason = "failed_to_start"
                 self.detail = f"{ready.error_type}: {ready.error_message}\n{ready.traceback}"
                 self.log.warning("container_startup_failed", error=ready.error_type,
@@ -247,7 +247,7 @@ class Container:
         self.stop_reason = self.stop_reason or reason
         if self._writer is not None:
             with contextlib.suppress(Exception):
-                self._writer.write(proto.frame(proto.Shutdown(reason=reason)))
+                self._writer.write(wire.frame(wire.Shutdown(reason=reason)))
         self._spawn(self._escalate())
 
     async def _escalate(self) -> None:
@@ -268,8 +268,8 @@ class Container:
         try:
             while True:
                 header = await reader.readexactly(4)
-                body = await reader.readexactly(proto.frame_length(header))
-                frame = proto.from_shim_decoder.decode(body)
+                body = await reader.readexactly(wire.frame_length(header))
+                frame = wire.from_shim_decoder.decode(body)
                 await self._on_frame(frame)
         except (asyncio.IncompleteReadError, ConnectionResetError):
             pass
@@ -278,22 +278,22 @@ class Container:
             if self.handle is not None:
                 self.handle.signal(SIGKILL)
 
-    async def _on_frame(self, frame: proto.FromShim) -> None:
-        if isinstance(frame, proto.Log):
+    async def _on_frame(self, frame: wire.FromShim) -> None:
+        if isinstance(frame, wire.Log):
             await self._log_line(frame.stream, frame.line, frame.call_id)
-        elif isinstance(frame, proto.Alive):
+        elif isinstance(frame, wire.Alive):
             self.last_alive = time.monotonic()
             if self.unresponsive and not self.stop_reason:  # thawed: its inputs run
                 self.log.warning("unresponsive_container_resumed")  # elsewhere, so it goes
                 self._shutdown("unresponsive")
-        elif isinstance(frame, proto.InputDone):
+        elif isinstance(frame, wire.InputDone):
             await self.dispatch.on_done(frame)
-        elif isinstance(frame, proto.StreamItem):
+        elif isinstance(frame, wire.StreamItem):
             await self.dispatch.on_item(frame)
-        elif isinstance(frame, proto.PlatformRequest):
+        elif isinstance(frame, wire.PlatformRequest):
             # May wait (a Queue.get): never hold up the frames behind it.
             self._spawn(self._on_platform(frame))
-        elif isinstance(frame, proto.Ready | proto.StartupFailed):
+        elif isinstance(frame, wire.Ready | wire.StartupFailed):
             if not self._ready.done():
                 self._ready.set_result(frame)
 
@@ -370,12 +370,12 @@ class Container:
         if self.unresponsive and not self.stop_reason:
             self._shutdown("unresponsive")
 
-    async def _on_platform(self, req: proto.PlatformRequest) -> None:
+    async def _on_platform(self, req: wire.PlatformRequest) -> None:
         """A Dict or Queue operation from user code, in this container's workspace."""
         answer = await relay.answer(self.agent.objects, self.placement.workspace, req, self.log)
         if self._writer is not None:
             with contextlib.suppress(Exception):
-                self._writer.write(proto.frame(answer))
+                self._writer.write(wire.frame(answer))
 
     # ---- logs, events, metering ----------------------------------------------------
     async def _pump(self, stream: asyncio.StreamReader | None, name: str) -> None:

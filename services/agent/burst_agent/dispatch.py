@@ -26,7 +26,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 
-from burst import _protocol as proto
+from burst import wire
 from burst_agent import acks
 from burst_agent.acks import Ack, InProgress, Nak, Term
 from burst_agent.attempts import GiveUp
@@ -209,7 +209,7 @@ class InputDispatch:
         assert self.c._writer is not None
         # The input goes out first (the hot path), the bookkeeping after: nothing can
         # answer it before the caller yields.
-        self.c._writer.write(proto.frame(proto.RunInput(
+        self.c._writer.write(wire.frame(wire.RunInput(
             input_id=inp.input_id, call_id=inp.call_id, attempt=inp.attempt,
             attempt_token=inp.attempt_token, payload=payload,
             payload_format=inp.payload_format)))
@@ -251,7 +251,7 @@ class InputDispatch:
             inf.timer.cancel()
         self.free_slot()
 
-    async def on_item(self, item: proto.StreamItem) -> None:
+    async def on_item(self, item: wire.StreamItem) -> None:
         """One item of a generator: stored in order, before the call's output."""
         inf = self.in_flight.get(item.input_id)
         if inf is None:
@@ -266,7 +266,7 @@ class InputDispatch:
         except Exception as e:  # the caller misses an item; the output reports the count
             self.c.log.error("item_store_failed", call_id=inp.call_id, error=repr(e))
 
-    async def on_done(self, done: proto.InputDone) -> None:
+    async def on_done(self, done: wire.InputDone) -> None:
         inf = self.in_flight.pop(done.input_id, None)
         if inf is None:
             # Handed back already (stopping, unresponsive): another attempt answers it.
@@ -284,7 +284,7 @@ class InputDispatch:
         )
         if not self.in_flight and self.c.state == "busy":
             self.c.state, self.c.idle_since = "idle", time.time()
-        if len(out.payload) > proto.INLINE_PAYLOAD_LIMIT:  # too big for a NATS message
+        if len(out.payload) > wire.INLINE_PAYLOAD_LIMIT:  # too big for a NATS message
             try:
                 out.payload_ref = await self.c.agent.blob_put(inf.inp.workspace, out.payload)
                 out.payload = b""

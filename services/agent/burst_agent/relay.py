@@ -10,25 +10,25 @@ from typing import Any
 
 import msgspec
 
-from burst import _protocol as proto
+from burst import wire
 from burst.exception import Error as BurstError
 from burst_core.objects import Objects
 
 
-async def answer(objects: Objects, workspace: str, req: proto.PlatformRequest,
-                 log: Any) -> proto.PlatformResponse:
+async def answer(objects: Objects, workspace: str, req: wire.PlatformRequest,
+                 log: Any) -> wire.PlatformResponse:
     """The response to one platform request (errors are answers, never raised)."""
     try:
         if req.kind == "dict":
-            body = proto.dict_request_decoder.decode(req.body)
+            body = wire.dict_request_decoder.decode(req.body)
             resp: msgspec.Struct = await objects.dict_op(workspace, body)
         else:
-            resp = await objects.queue_op(workspace, proto.queue_request_decoder.decode(req.body))
-        return proto.PlatformResponse(req_id=req.req_id, body=msgspec.msgpack.encode(resp))
+            resp = await objects.queue_op(workspace, wire.queue_request_decoder.decode(req.body))
+        return wire.PlatformResponse(req_id=req.req_id, body=msgspec.msgpack.encode(resp))
     except BurstError as e:
-        return proto.PlatformResponse(req_id=req.req_id, error_type=e.type,
+        return wire.PlatformResponse(req_id=req.req_id, error_type=e.type,
                                       error_message=str(e))
     except Exception as e:
         log.warning("platform_request_failed", kind=req.kind, error=repr(e))
-        return proto.PlatformResponse(req_id=req.req_id, error_type="Internal",
+        return wire.PlatformResponse(req_id=req.req_id, error_type="Internal",
                                       error_message=f"{req.kind} operation failed: {e}")

@@ -16,9 +16,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from burst import _resources
-from burst._protocol import MSGPACK, DeployRequest, DeployResponse, FunctionSpec
 from burst.exception import InvalidError, NotFoundError, PayloadTooLargeError
 from burst.retries import Retries
+from burst.wire import MSGPACK, DeployRequest, DeployResponse, FunctionSpec
 from burst_core import bus, names, schedules
 from burst_core.schemas import (
     AgentHeartbeatDecoder,

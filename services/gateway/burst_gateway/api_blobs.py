@@ -9,8 +9,8 @@ import nats.js.errors
 from fastapi import APIRouter, Depends, Request, Response
 from nats.js.object_store import ObjectStore
 
-from burst._protocol import MAX_PAYLOAD
 from burst.exception import InvalidError, NotFoundError, PayloadTooLargeError
+from burst.wire import MAX_PAYLOAD
 from burst_core import names
 from burst_gateway.auth import Principal, principal
 from burst_gateway.state import Gateway, GatewayDep

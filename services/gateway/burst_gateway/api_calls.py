@@ -14,7 +14,13 @@ import nats.js.errors
 import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from burst._protocol import (
+from burst.exception import (
+    IdempotencyKeyReusedError,
+    InvalidError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+from burst.wire import (
     INLINE_PAYLOAD_LIMIT,
     MSGPACK,
     CallBatchRequest,
@@ -25,12 +31,6 @@ from burst._protocol import (
     CallResponse,
     CallWaitRequest,
     CallWaitResponse,
-)
-from burst.exception import (
-    IdempotencyKeyReusedError,
-    InvalidError,
-    NotFoundError,
-    PayloadTooLargeError,
 )
 from burst_core import bus, logs, names
 from burst_core import calls as call_store

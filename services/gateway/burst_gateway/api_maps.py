@@ -12,8 +12,8 @@ from fastapi import APIRouter, Depends, Query
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
 
-from burst._protocol import CallRef
 from burst.exception import InvalidError, NotFoundError
+from burst.wire import CallRef
 from burst_core import bus, names
 from burst_core.schemas import CallRecord, MapRecord, MapRecordDecoder, encode
 from burst_gateway.api_calls import (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 from fastapi import APIRouter, Depends, Request, Response
 
-from burst._protocol import MSGPACK, dict_request_decoder, queue_request_decoder
 from burst.exception import InvalidError
+from burst.wire import MSGPACK, dict_request_decoder, queue_request_decoder
 from burst_core.objects import Objects
 from burst_gateway.auth import Principal, principal
 from burst_gateway.errors import TOO_DEEP

@@ -13,8 +13,8 @@ import msgspec
 from fastapi import APIRouter, Depends, Query
 from nats.js.kv import KeyValue
 
-from burst._protocol import FunctionSpec
 from burst.exception import InvalidError, NotFoundError
+from burst.wire import FunctionSpec
 from burst_core import bus, names
 from burst_core import schedules as ticks
 from burst_core.schemas import DeploymentRecord, ScheduleState, ScheduleStateDecoder, encode

@@ -19,8 +19,8 @@ from typing import Any
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from burst._protocol import MSGPACK
 from burst.exception import Error, InternalError, InvalidError
+from burst.wire import MSGPACK
 from burst_core import logs
 from burst_gateway.api_calls import _call_decoder, _function, call_once, decode_body
 from burst_gateway.auth import principal_of

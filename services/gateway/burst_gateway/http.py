@@ -15,8 +15,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from burst._protocol import IDENT_RULE
 from burst.exception import InvalidError
+from burst.wire import IDENT_RULE
 
 #: Writes are gathered while they add up to at most this many bytes.
 GATHER_MAX = 64 << 10

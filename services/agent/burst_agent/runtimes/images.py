@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from burst import _protocol as proto
+from burst import wire
 from burst.image import PYTHON_SOURCE_DIR, describe
 from burst_agent.runtimes.base import ContainerSpec
 
@@ -48,12 +48,12 @@ class ImageError(Exception):
 class ImageContainerSpec(ContainerSpec):
     """A container spec with the function's image (None: the runtime's default)."""
 
-    image: proto.ImageSpec | None = None
+    image: wire.ImageSpec | None = None
     #: Receives build output lines as they come (the agent forwards them to the app's logs).
     build_log: Callable[[str], None] | None = None
 
 
-def check_process_runtime(image: proto.ImageSpec | None) -> None:
+def check_process_runtime(image: wire.ImageSpec | None) -> None:
     """Refuse, naming the step, what the process runtime cannot build.
 
     The process runtime makes ``pip_install`` and ``add_local_python_source`` a cached
@@ -75,7 +75,7 @@ def check_process_runtime(image: proto.ImageSpec | None) -> None:
                          "(`burst up --runtime docker`)")
 
 
-def process_env(image: proto.ImageSpec | None) -> dict[str, str]:
+def process_env(image: wire.ImageSpec | None) -> dict[str, str]:
     """The environment an image's ``env`` steps give a process-runtime container."""
     env: dict[str, str] = {}
     for step in image.steps if image is not None else []:
@@ -96,7 +96,7 @@ class Dockerfile:
     env: dict[str, str]
 
 
-def base_tag(image: proto.ImageSpec | None) -> str:
+def base_tag(image: wire.ImageSpec | None) -> str:
     if image is not None and image.base == "registry":
         return str(image.registry_tag)
     version = image.python_version if image is not None else "3.11"
@@ -106,7 +106,7 @@ def base_tag(image: proto.ImageSpec | None) -> str:
     return BASE_IMAGES[version]
 
 
-def dockerfile(image: proto.ImageSpec | None, wheels: list[str]) -> Dockerfile:
+def dockerfile(image: wire.ImageSpec | None, wheels: list[str]) -> Dockerfile:
     """The Dockerfile of an image: the base, the user's steps in order, then Burst's shim
     (from ``wheels``, in the build context under ``wheels/``) in a layer of its own, last:
     a new Burst leaves the user's layers cached (pip installs are not run again)."""

@@ -1,12 +1,15 @@
-"""Schemas the SDK and the container shim share with the services.
+"""The wire contract: every schema the SDK, the container shim and the services share.
 
-Kept inside the light ``burst`` package (msgspec only) because user code and the shim
-import it; ``burst_core.schemas`` re-uses the common parts. Same rules as every wire
-schema: tagged Structs, new fields with defaults, unknown fields skipped.
+Public and versioned: ``VERSION`` is this contract's version, and every message carries
+``v`` (the version it was written under, omitted when 1). Same rules as
+``burst_core.schemas``: tagged or plain ``msgspec`` Structs, new fields always with
+defaults, a field's type never changes, unknown fields skipped, so older and newer
+clients, shims and services read each other. It imports msgspec only (user code and the
+shim import it).
 
 Two protocols live here:
 
-* the SDK's HTTP encoding (msgpack bodies, ``application/vnd.burst+msgpack``);
+* the SDK's HTTP bodies (msgpack, ``application/vnd.burst+msgpack``);
 * the agent <-> shim frames over a per-container unix socket: a 4-byte big-endian length,
   then one msgpack-encoded tagged frame.
 """
@@ -20,6 +23,9 @@ from typing import Literal
 import msgspec
 
 MSGPACK = "application/vnd.burst+msgpack"
+#: The version of this contract (bumped when a message changes in a way older readers must
+#: know about; additions with defaults do not bump it).
+VERSION = 1
 
 
 #: The one rule for app, function, workspace and object names (they become parts of NATS
@@ -53,7 +59,13 @@ def check_ident(kind: str, value: str) -> str:
 GPU_TYPES = ("T4", "L4", "A10G", "L40S", "A100-40GB", "A100-80GB", "H100", "H200", "B200")
 
 
-class Resources(msgspec.Struct, kw_only=True, omit_defaults=True):
+class _Body(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """An HTTP body or record; ``v`` is the contract version it was written under."""
+
+    v: int = VERSION
+
+
+class Resources(_Body):
     """What one container requests. Defaults are Modal's: 0.125 cores, 128 MiB."""
 
     cpu: float = 0.125
@@ -64,7 +76,7 @@ class Resources(msgspec.Struct, kw_only=True, omit_defaults=True):
     memory_limit_mb: int = 0
 
 
-class RetryPolicy(msgspec.Struct, kw_only=True, omit_defaults=True):
+class RetryPolicy(_Body):
     max_retries: int = 0
     backoff_coefficient: float = 2.0
     initial_delay: float = 1.0
@@ -76,7 +88,7 @@ class RetryPolicy(msgspec.Struct, kw_only=True, omit_defaults=True):
                          self.initial_delay * self.backoff_coefficient ** (retry - 1)))
 
 
-class Schedule(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Schedule(_Body):
     """When a deployed function runs by itself: a cron expression in a timezone, or a
     fixed period in seconds (see :class:`burst.Cron`, :class:`burst.Period`)."""
 
@@ -85,7 +97,7 @@ class Schedule(msgspec.Struct, kw_only=True, omit_defaults=True):
     period: float = 0.0
 
 
-class ImageStep(msgspec.Struct, kw_only=True, omit_defaults=True):
+class ImageStep(_Body):
     """One step of a :class:`burst.Image`, in order. ``kind`` names the builder method
     (``pip_install``, ``apt_install``, ``run_commands``, ``env``, ``workdir``,
     ``add_local_file``, ``add_local_dir``, ``add_local_python_source``)."""
@@ -99,7 +111,7 @@ class ImageStep(msgspec.Struct, kw_only=True, omit_defaults=True):
     files: dict[str, bytes] = msgspec.field(default_factory=dict)
 
 
-class ImageSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
+class ImageSpec(_Body):
     """A container image as the SDK declared it; ``content_hash`` names it on every agent."""
 
     #: ``debian_slim`` (the machine-built base) or ``registry`` (``from_registry(tag)``).
@@ -110,7 +122,7 @@ class ImageSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
     content_hash: str = ""
 
 
-class FunctionSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
+class FunctionSpec(_Body):
     """One function of an app, as the SDK declared it."""
 
     name: str
@@ -135,14 +147,14 @@ class FunctionSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 # ---- HTTP bodies (SDK <-> gateway) ---------------------------------------------------
-class DeployRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+class DeployRequest(_Body):
     app: str
     bundle_hash: str
     functions: list[FunctionSpec]
     ephemeral: bool = False
 
 
-class DeployResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
+class DeployResponse(_Body):
     app: str
     workspace: str
     deployment_id: str
@@ -155,7 +167,7 @@ INLINE_PAYLOAD_LIMIT = 512 << 10
 MAX_PAYLOAD = 256 << 20
 
 
-class CallRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+class CallRequest(_Body):
     payload: bytes  # cloudpickle of (args, kwargs)
     #: sha256 of a blob uploaded with PUT /v1/blobs/{sha256}, for payloads above the
     #: inline limit (then ``payload`` is empty).
@@ -165,7 +177,7 @@ class CallRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
 CallStatus = Literal["pending", "success", "failure", "timeout", "terminated", "internal"]
 
 
-class CallResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
+class CallResponse(_Body):
     call_id: str
     status: CallStatus
     payload: bytes = b""
@@ -179,7 +191,7 @@ class CallResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     payload_ref: str = ""  # the result is the blob with this sha256 (GET /v1/blobs/{ref})
 
 
-class CallBatchRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+class CallBatchRequest(_Body):
     """Many calls of one function at once (a page of a map's inputs)."""
 
     payloads: list[bytes]
@@ -187,16 +199,16 @@ class CallBatchRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     payload_refs: list[str] = msgspec.field(default_factory=list)
 
 
-class CallRef(msgspec.Struct, kw_only=True, omit_defaults=True):
+class CallRef(_Body):
     call_id: str
     attempt_token: str = ""
 
 
-class CallBatchResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
+class CallBatchResponse(_Body):
     calls: list[CallRef]
 
 
-class CallWaitRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+class CallWaitRequest(_Body):
     """Wait for any of these calls; answers with those finished (none if ``wait`` passes)."""
 
     calls: list[CallRef]
@@ -205,11 +217,11 @@ class CallWaitRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     linger: float = 0.0
 
 
-class CallWaitResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
+class CallWaitResponse(_Body):
     results: list[CallResponse]
 
 
-class CallItemsResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
+class CallItemsResponse(_Body):
     """A page of a generator call's items; ``cursor`` asks for the next page."""
 
     items: list[bytes] = msgspec.field(default_factory=list)
@@ -224,7 +236,7 @@ DictOp = Literal["get", "put", "pop", "contains", "len", "keys", "items", "clear
 QueueOp = Literal["put", "get", "len", "clear", "ensure", "delete"]
 
 
-class DictRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+class DictRequest(_Body):
     name: str
     op: DictOp
     key: bytes = b""  # cloudpickle of the key
@@ -234,7 +246,7 @@ class DictRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     skip_if_exists: bool = False
 
 
-class DictResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
+class DictResponse(_Body):
     found: bool = False
     value: bytes = b""
     count: int = 0
@@ -242,7 +254,7 @@ class DictResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     values: list[bytes] = msgspec.field(default_factory=list)  # ``items``: one per key
 
 
-class QueueRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+class QueueRequest(_Body):
     name: str
     op: QueueOp
     values: list[bytes] = msgspec.field(default_factory=list)
@@ -256,7 +268,7 @@ class QueueRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     total: bool = False
 
 
-class QueueResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
+class QueueResponse(_Body):
     values: list[bytes] = msgspec.field(default_factory=list)
     count: int = 0
 
@@ -269,7 +281,7 @@ queue_request_decoder = msgspec.msgpack.Decoder(QueueRequest)
 
 # ---- agent <-> shim frames -----------------------------------------------------------
 class _Frame(msgspec.Struct, tag=True, kw_only=True, omit_defaults=True):
-    v: int = 1
+    v: int = VERSION
 
 
 class RunInput(_Frame, kw_only=True):
