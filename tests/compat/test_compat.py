@@ -33,7 +33,8 @@ PROGRAMS = Path(__file__).resolve().parent / "programs"
 NEEDS_CONTAINER_CALLS = pytest.mark.xfail(
     reason="needs calls from inside a container (wt-calls)", strict=True)
 NEEDS_EPHEMERAL_LIFECYCLE = pytest.mark.xfail(
-    reason="needs schedules and client heartbeats of ephemeral apps (wt-ephemeral)",
+    reason="needs ephemeral apps: schedules during runs, client heartbeats, "
+    "enable_output (wt-ephemeral)",
     strict=True)
 
 
@@ -110,6 +111,14 @@ PROGRAMS_AND_OUTPUT = {
     "gather_calls.py": ["ids 5", "gathered [0, 1, 8, 27, 64]", "from_id 8"],
     "exceptions.py": ["caught InventoryError out of widgets", "remote frame shown True"],
     "large_values.py": ["blob 3145728 True", "table 200000 (199999, 'row-199999')"],
+    "queue_partitions.py": ["total len 2503", "got many 2000 0 1999", "totals [1124750, 6]",
+                            "markers [('bulk', 2000), ('small', 1)]", "empty raised",
+                            "non-blocking None"],
+    "map_options.py": ["with errors [1, 2, 'ValueError', 4, 5, 'ValueError']",
+                       "unordered [1, 2, 4, 5]", "spawn_map stored [0, 10, 20, 30]",
+                       "not yet", "cancelled"],
+    "model_server.py": ["predict 8", "batched [1, 2, 3]"],
+    "image_env.py": ["bonjour monde"],
     "input_ids.py": ["input ids distinct True", "call ids 5", "remote is_local False",
                      "client None True"],
 }
@@ -161,6 +170,17 @@ def test_spawn_then_from_id_in_another_process(cluster: Cluster) -> None:
     nothing_left_running(cluster, "compat-jobs")
 
 
+@pytest.mark.xfail(reason="needs Cls.from_name (wt-calls)", strict=True)
+def test_deployed_class_from_another_process(cluster: Cluster) -> None:
+    cluster.burst("deploy", str(PROGRAMS / "model_server.py"), cwd=PROGRAMS, check=True)
+    try:
+        expect(python(cluster, "model_client.py"), "predict 12", "batched [1, 2, 3]",
+               "missing True")
+    finally:
+        cluster.burst("app", "stop", "compat-model-server", check=True)
+    nothing_left_running(cluster, "compat-model-server")
+
+
 @NEEDS_CONTAINER_CALLS
 def test_fan_out_from_a_container(cluster: Cluster) -> None:
     expect(burst_run(cluster, "fanout.py", "--n", "20"), "sum of squares 2470")
@@ -177,6 +197,13 @@ def test_schedule_fires_during_app_run(cluster: Cluster) -> None:
     # a 1 s Period: two ticks are due within a few seconds; the script waits up to 20 s
     expect(python(cluster, "schedule_run.py", "2", "20", timeout=60), "ticks True")
     nothing_left_running(cluster, "compat-schedule")
+
+
+@NEEDS_EPHEMERAL_LIFECYCLE
+def test_enable_output_shows_remote_prints_in_a_script(cluster: Cluster) -> None:
+    proc = python(cluster, "script_output.py")
+    expect(proc, "result 42")
+    assert "working on 41" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
 @NEEDS_EPHEMERAL_LIFECYCLE
