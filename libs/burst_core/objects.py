@@ -57,8 +57,9 @@ def _name(kind: str, name: str) -> str:
 
 
 class Objects:
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, pull_reply_timeout: float = 10.0) -> None:
         self.js = js
+        self.pull_reply_timeout = pull_reply_timeout
         self._kv: KeyValue | None = None
         self._queues_ready: set[str] = set()
 
@@ -172,14 +173,9 @@ class Objects:
         if not 1 <= req.n <= MAX_GET_MANY:
             raise InvalidError(f"n={req.n} is out of range: allowed 1 to {MAX_GET_MANY}")
         durable = await self._consumer(workspace, name, req.partition)
-        psub = await self.js.pull_subscribe_bind(durable, names.STREAM_QUEUES)
         wait = MAX_QUEUE_WAIT if req.timeout is None else min(max(req.timeout, 0.0), MAX_QUEUE_WAIT)
-        try:
-            msgs = await psub.fetch(req.n, timeout=max(wait, 0.05))
-        except (nats.errors.TimeoutError, TimeoutError):
-            msgs = []
-        finally:
-            await psub.unsubscribe()
+        msgs = await bus.pull(self.js, names.STREAM_QUEUES, durable, req.n, wait,
+                              self.pull_reply_timeout)
         for m in msgs:
             await m.ack_sync()
         return QueueResponse(values=[m.data for m in msgs], count=len(msgs))

@@ -96,3 +96,47 @@ async def test_dict_listing_has_every_key_while_others_write(js: Any) -> None:
     cleared = await objs.dict_op("ws", DictRequest(name="busy", op="clear"))
     assert cleared.count == len(final.keys)
     assert (await objs.dict_op("ws", DictRequest(name="busy", op="len"))).count == 0
+
+
+async def test_queue_get_strands_no_item_when_it_answers_before_all_arrived(js: Any) -> None:
+    """A get of many items that are there (timeout 0) returns them without leaving any
+    delivered but unacked: such an item was invisible to every other getter until the
+    consumer's ack wait ran out (a program's get_many(2000) lost 129 items that way)."""
+    from burst_core import names
+
+    objs = Objects(js)
+    items = [i.to_bytes(4, "big") * 4096 for i in range(1500)]  # 16 KiB each
+    for i in range(0, len(items), 250):
+        await objs.queue_op("ws", QueueRequest(name="many", op="put", values=items[i:i + 250]))
+    durable = names.queue_consumer("ws", "many")
+    got: list[bytes] = []
+    while True:
+        resp = await objs.queue_op("ws", QueueRequest(name="many", op="get", n=MAX_GET_MANY,
+                                                      timeout=0.0))
+        info = await js.consumer_info(names.STREAM_QUEUES, durable)  # type: ignore[attr-defined]
+        assert info.num_ack_pending == 0, (len(got), len(resp.values), info)
+        if not resp.values:
+            break
+        got += resp.values
+    assert got == items
+
+
+async def test_queue_get_waits_for_the_first_item_then_takes_what_is_there(js: Any) -> None:
+    objs = Objects(js)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    empty = await objs.queue_op("ws", QueueRequest(name="w", op="get", n=5, timeout=0.3))
+    assert empty.values == [] and loop.time() - start >= 0.25
+
+    async def put_later() -> None:
+        await asyncio.sleep(0.3)
+        await objs.queue_op("ws", QueueRequest(name="w", op="put", values=[b"1", b"2", b"3"]))
+
+    putter = asyncio.create_task(put_later())
+    got = await objs.queue_op("ws", QueueRequest(name="w", op="get", n=5, timeout=30.0))
+    await putter
+    # the first item ends the wait; the others that came with it are taken too (or
+    # are left for the next get, never stranded)
+    rest = await objs.queue_op("ws", QueueRequest(name="w", op="get", n=5, timeout=0.0))
+    assert got.values[:1] == [b"1"] and got.values + rest.values == [b"1", b"2", b"3"]
+    assert loop.time() - start < 20

@@ -7,7 +7,8 @@
 - :mod:`.publish`: :func:`publish` with a ``Nats-Msg-Id``, retried through a leader
   change; :func:`publish_many`.
 - :mod:`.consume`: :class:`Consumer`, a durable pull consumer whose ack/nak/term/
-  in-progress follows from the handler's outcome (:class:`Retry`, :class:`Reject`).
+  in-progress follows from the handler's outcome (:class:`Retry`, :class:`Reject`);
+  :func:`pull`, a batch from a pull consumer that strands no message.
 - :mod:`.kv`: KV reads and compare-and-set; :mod:`.mirror`: :class:`KVMirror`, a typed,
   current copy of a watched bucket.
 - :mod:`._natspy`: every use of nats-py's private attributes (nothing else touches them).
@@ -15,7 +16,7 @@
 
 from burst_core.bus._natspy import client_of, direct, kv_subject
 from burst_core.bus.connection import JETSTREAM_READY_TIMEOUT, connect, send_now, subscribe_direct
-from burst_core.bus.consume import Consumer, Handler, Reject, Retry, deliveries, quiet
+from burst_core.bus.consume import Consumer, Handler, Reject, Retry, deliveries, pull, quiet
 from burst_core.bus.kv import kv_cas, kv_deleted, kv_get, kv_items, kv_keys, kv_values
 from burst_core.bus.mirror import KVChange, KVMirror
 from burst_core.bus.publish import publish, publish_many
@@ -27,5 +28,5 @@ __all__ = [
     "client_of", "connect", "deliveries", "direct", "ensure_consumer", "ensure_kv",
     "ensure_topology", "kv_cas", "kv_deleted", "kv_get", "kv_items", "kv_keys", "kv_subject",
     "kv_values",
-    "publish", "publish_many", "quiet", "send_now", "subscribe_direct",
+    "publish", "publish_many", "pull", "quiet", "send_now", "subscribe_direct",
 ]
