@@ -20,6 +20,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,31 +67,28 @@ def expect(proc: subprocess.CompletedProcess[str], *wanted: str) -> None:
         assert w in lines, f"{w!r} not printed:\n{proc.stdout}\n{proc.stderr}"
 
 
-def _app_of(function: str) -> str:
-    # containers name their function "workspace.app.function"
-    parts = function.split(".")
-    return parts[1] if len(parts) >= 3 else function
-
-
-def _belongs(name: str, app: str) -> bool:
-    # a deployed app, or the ephemeral copy a `burst run` of it makes
-    return name == app or name.startswith(f"{app}-run-")
-
-
-def left_running(cluster: Cluster, app: str) -> list[str]:
-    """Deployments and containers of ``app`` (or of an ephemeral run of it) that exist."""
-    apps = json.loads(cluster.burst("app", "list", "--json", check=True).stdout)["apps"]
+def containers(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    """Every container the agents report, by id."""
     agents = json.loads(cluster.burst("agent", "list", "--json", check=True).stdout)["agents"]
-    found = [f"app {a['app']}" for a in apps if _belongs(a["app"], app)]
-    found += [f"container {c['container_id']} of {c['function']}"
-              for agent in agents for c in agent["containers"]
-              if _belongs(_app_of(c["function"]), app)]
-    return found
+    return {c["container_id"]: c for agent in agents for c in agent["containers"]}
 
 
-def nothing_left_running(cluster: Cluster, app: str, timeout: float = 30) -> None:
-    eventually(lambda: not left_running(cluster, app), timeout,
-               f"every deployment and container of {app} gone")
+def apps_of(cluster: Cluster, app: str) -> list[str]:
+    """Listed apps that are ``app``: deployed, or a run of it (an ephemeral copy)."""
+    listed = json.loads(cluster.burst("app", "list", "--json", check=True).stdout)["apps"]
+    return [a["app"] for a in listed
+            if app in (a["app"], a.get("name")) or a["app"].startswith(f"{app}-run-")]
+
+
+def nothing_left_running(cluster: Cluster, app: str, before: set[str],
+                         timeout: float = 30) -> None:
+    """Eventually no app ``app`` is listed and every container started since ``before``
+    (the container ids there were then) is gone. (The tests of a module run one at a
+    time, so new containers are the program's.)"""
+    def clear() -> bool:
+        return not apps_of(cluster, app) and not set(containers(cluster)) - before
+
+    eventually(clear, timeout, f"no app {app} listed and no container started for it left")
 
 
 # Programs that `burst run` runs as they are, and lines each must print.
@@ -149,8 +147,9 @@ def test_uncaught_exception_fails_the_run_with_the_remote_traceback(cluster: Clu
 
 
 def test_script_with_app_run(cluster: Cluster) -> None:
+    before = set(containers(cluster))
     expect(python(cluster, "script_run.py"), "shout HELLO!", "map ['A!', 'B!']")
-    nothing_left_running(cluster, "compat-script")
+    nothing_left_running(cluster, "compat-script", before)
 
 
 def test_two_apps_in_one_file_picked_with_double_colon(cluster: Cluster) -> None:
@@ -159,6 +158,7 @@ def test_two_apps_in_one_file_picked_with_double_colon(cluster: Cluster) -> None
 
 
 def test_spawn_then_from_id_in_another_process(cluster: Cluster) -> None:
+    before = set(containers(cluster))
     cluster.burst("deploy", str(PROGRAMS / "jobs.py"), cwd=PROGRAMS, check=True)
     try:
         submitted = python(cluster, "jobs_submit.py", "19", "23")
@@ -167,18 +167,19 @@ def test_spawn_then_from_id_in_another_process(cluster: Cluster) -> None:
         expect(python(cluster, "jobs_collect.py", call_id), "result 42")
     finally:
         cluster.burst("app", "stop", "compat-jobs", check=True)
-    nothing_left_running(cluster, "compat-jobs")
+    nothing_left_running(cluster, "compat-jobs", before)
 
 
 @pytest.mark.xfail(reason="needs Cls.from_name (wt-calls)", strict=True)
 def test_deployed_class_from_another_process(cluster: Cluster) -> None:
+    before = set(containers(cluster))
     cluster.burst("deploy", str(PROGRAMS / "model_server.py"), cwd=PROGRAMS, check=True)
     try:
         expect(python(cluster, "model_client.py"), "predict 12", "batched [1, 2, 3]",
                "missing True")
     finally:
         cluster.burst("app", "stop", "compat-model-server", check=True)
-    nothing_left_running(cluster, "compat-model-server")
+    nothing_left_running(cluster, "compat-model-server", before)
 
 
 @NEEDS_CONTAINER_CALLS
@@ -195,8 +196,9 @@ def test_pipeline_stages_call_each_other(cluster: Cluster) -> None:
 @NEEDS_EPHEMERAL_LIFECYCLE
 def test_schedule_fires_during_app_run(cluster: Cluster) -> None:
     # a 1 s Period: two ticks are due within a few seconds; the script waits up to 20 s
+    before = set(containers(cluster))
     expect(python(cluster, "schedule_run.py", "2", "20", timeout=60), "ticks True")
-    nothing_left_running(cluster, "compat-schedule")
+    nothing_left_running(cluster, "compat-schedule", before)
 
 
 @NEEDS_EPHEMERAL_LIFECYCLE
@@ -208,6 +210,7 @@ def test_enable_output_shows_remote_prints_in_a_script(cluster: Cluster) -> None
 
 @NEEDS_EPHEMERAL_LIFECYCLE
 def test_app_stops_when_its_client_dies(cluster: Cluster) -> None:
+    before = set(containers(cluster))
     proc = subprocess.Popen([sys.executable, str(PROGRAMS / "client_dies.py")],
                             env=cluster.env, cwd=PROGRAMS, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -216,13 +219,14 @@ def test_app_stops_when_its_client_dies(cluster: Cluster) -> None:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.startswith("spawned fc-"), line
-        eventually(lambda: left_running(cluster, "compat-client-dies"), 30,
-                   "the spawned call's container running")
+        eventually(lambda: any(c["in_flight"] for cid, c in containers(cluster).items()
+                               if cid not in before), 30,
+                   "the spawned call running in a new container")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     # 10 s of missed heartbeats, then the app and its running input stop
-    nothing_left_running(cluster, "compat-client-dies", timeout=40)
+    nothing_left_running(cluster, "compat-client-dies", before, timeout=40)
 
 
 # Bad input: a clear error naming the problem, exit code != 0, nothing left running.
@@ -244,10 +248,11 @@ BAD_INPUT = [
                               "unknown-gpu", "dict-after-ephemeral"])
 def test_bad_input_is_named_and_leaves_nothing_running(cluster: Cluster, args: list[str],
                                                        app: str, words: list[str]) -> None:
+    before = set(containers(cluster))
     proc = burst_run(cluster, *args)
     assert proc.returncode not in (0, None), proc.stdout + proc.stderr
     for w in words:
         assert w in proc.stderr, (w, proc.stderr)
-    nothing_left_running(cluster, app)
+    nothing_left_running(cluster, app, before)
     if app == "compat-frontend":
-        nothing_left_running(cluster, "compat-backend")
+        nothing_left_running(cluster, "compat-backend", before)
