@@ -140,6 +140,28 @@ class Objects:
             self._queues_ready.add(durable)
         return durable
 
+    async def _drop_consumers(self, workspace: str, name: str) -> None:
+        """Delete the consumers of queue ``name``: its default partition's and every other
+        partition's (found by their filter subjects, a page of the stream's consumers at a
+        time)."""
+        base = _subject(workspace, name, "")
+        doomed: list[str] = []
+        offset = 0
+        while True:
+            page = await self.js.consumers_info(names.STREAM_QUEUES, offset=offset)
+            if not page:
+                break
+            offset += len(page)
+            doomed += [c.name for c in page
+                       if c.config.filter_subject == base
+                       or (c.config.filter_subject or "").startswith(base + ".")]
+        for durable in doomed:
+            self._queues_ready.discard(durable)
+            try:
+                await self.js.delete_consumer(names.STREAM_QUEUES, durable)
+            except nats.js.errors.NotFoundError:  # deleted meanwhile by another caller
+                pass
+
     async def queue_op(self, workspace: str, req: QueueRequest) -> QueueResponse:
         name = _name("queue", req.name)
         if len(req.partition) > MAX_PARTITION_LEN:
@@ -149,7 +171,8 @@ class Objects:
         if req.op == "ensure":
             await self._consumer(workspace, name, req.partition)
             return QueueResponse()
-        if req.op == "delete":  # every partition's items; consumers stay (they hold nothing)
+        if req.op == "delete":  # every partition's items and consumers
+            await self._drop_consumers(workspace, name)
             await self.js.purge_stream(names.STREAM_QUEUES, subject=subject)
             await self.js.purge_stream(names.STREAM_QUEUES, subject=subject + ".>")
             return QueueResponse()
@@ -174,8 +197,16 @@ class Objects:
             raise InvalidError(f"n={req.n} is out of range: allowed 1 to {MAX_GET_MANY}")
         durable = await self._consumer(workspace, name, req.partition)
         wait = MAX_QUEUE_WAIT if req.timeout is None else min(max(req.timeout, 0.0), MAX_QUEUE_WAIT)
-        msgs = await bus.pull(self.js, names.STREAM_QUEUES, durable, req.n, wait,
-                              self.pull_reply_timeout)
+        try:
+            msgs = await bus.pull(self.js, names.STREAM_QUEUES, durable, req.n, wait,
+                                  self.pull_reply_timeout)
+        except bus.ConsumerMissing:
+            # The queue was deleted (by another gateway or agent) since this process made
+            # its consumer, and is used again: make it anew.
+            self._queues_ready.discard(durable)
+            durable = await self._consumer(workspace, name, req.partition)
+            msgs = await bus.pull(self.js, names.STREAM_QUEUES, durable, req.n, wait,
+                                  self.pull_reply_timeout)
         for m in msgs:
             await m.ack_sync()
         return QueueResponse(values=[m.data for m in msgs], count=len(msgs))

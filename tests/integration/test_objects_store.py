@@ -140,3 +140,33 @@ async def test_queue_get_waits_for_the_first_item_then_takes_what_is_there(js: A
     rest = await objs.queue_op("ws", QueueRequest(name="w", op="get", n=5, timeout=0.0))
     assert got.values[:1] == [b"1"] and got.values + rest.values == [b"1", b"2", b"3"]
     assert loop.time() - start < 20
+
+
+async def test_queue_delete_removes_every_partitions_consumer(js: Any) -> None:
+    """A deleted queue leaves no consumer behind (one per partition used); a process that
+    made the consumers before (a gateway, an agent) can use the name again after."""
+    from burst_core import names
+
+    gateway, agent = Objects(js), Objects(js)
+
+    async def consumers() -> set[str]:
+        infos = await js.consumers_info(names.STREAM_QUEUES)  # type: ignore[attr-defined]
+        return {c.name for c in infos}
+
+    await gateway.queue_op("ws", QueueRequest(name="other", op="ensure"))
+    kept = await consumers()
+    for part in ("", "p1", "p2"):
+        await agent.queue_op("ws", QueueRequest(name="gone", op="put", values=[b"v"],
+                                                partition=part))
+        got = await agent.queue_op("ws", QueueRequest(name="gone", op="get", n=1,
+                                                      timeout=5.0, partition=part))
+        assert got.values == [b"v"]
+    assert len(await consumers() - kept) == 3
+    await gateway.queue_op("ws", QueueRequest(name="gone", op="delete"))
+    assert await consumers() == kept
+    # the agent still remembers the consumers it made: it makes them anew
+    await gateway.queue_op("ws", QueueRequest(name="gone", op="put", values=[b"w"],
+                                              partition="p1"))
+    again = await agent.queue_op("ws", QueueRequest(name="gone", op="get", n=1, timeout=5.0,
+                                                    partition="p1"))
+    assert again.values == [b"w"]

@@ -16,15 +16,24 @@
 
 from burst_core.bus._natspy import client_of, direct, kv_subject
 from burst_core.bus.connection import JETSTREAM_READY_TIMEOUT, connect, send_now, subscribe_direct
-from burst_core.bus.consume import Consumer, Handler, Reject, Retry, deliveries, pull, quiet
+from burst_core.bus.consume import (
+    Consumer,
+    ConsumerMissing,
+    Handler,
+    Reject,
+    Retry,
+    deliveries,
+    pull,
+    quiet,
+)
 from burst_core.bus.kv import kv_cas, kv_deleted, kv_get, kv_items, kv_keys, kv_values
 from burst_core.bus.mirror import KVChange, KVMirror
 from burst_core.bus.publish import publish, publish_many
 from burst_core.bus.topology import DAY, Topology, ensure_consumer, ensure_kv, ensure_topology
 
 __all__ = [
-    "DAY", "JETSTREAM_READY_TIMEOUT", "Consumer", "Handler", "KVChange", "KVMirror", "Reject",
-    "Retry", "Topology",
+    "DAY", "JETSTREAM_READY_TIMEOUT", "Consumer", "ConsumerMissing", "Handler", "KVChange",
+    "KVMirror", "Reject", "Retry", "Topology",
     "client_of", "connect", "deliveries", "direct", "ensure_consumer", "ensure_kv",
     "ensure_topology", "kv_cas", "kv_deleted", "kv_get", "kv_items", "kv_keys", "kv_subject",
     "kv_values",

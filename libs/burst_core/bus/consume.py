@@ -184,6 +184,10 @@ async def quiet(aw: Awaitable[Any]) -> None:
         log.warning("ignored_error", error=repr(e))
 
 
+class ConsumerMissing(LookupError):
+    """A pull request found no consumer to answer it (deleted, or never made)."""
+
+
 async def _pull_once(nc: Any, subject: str, request: dict[str, Any], n: int,
                      limit: float) -> list[Msg]:
     """One pull request, read to its end: ``n`` messages, or the status that ends it
@@ -205,6 +209,8 @@ async def _pull_once(nc: Any, subject: str, request: dict[str, Any], n: int,
             status = (msg.headers or {}).get("Status")
             if status == "100":  # idle heartbeat
                 continue
+            if status == "503" and not out:  # no responders: no such consumer
+                raise ConsumerMissing(subject)
             if status:
                 break
             out.append(msg)
@@ -222,7 +228,8 @@ async def pull(js: JetStreamContext, stream: str, durable: str, n: int, wait: fl
     before it returns: ``fetch`` returns at its timeout while the rest of a batch may
     still be on its way, and those messages, delivered to a subscription that is gone,
     stay invisible to every other puller until the consumer's ack wait runs out.
-    ``reply_timeout`` bounds how long a request's end may take beyond ``wait``.
+    ``reply_timeout`` bounds how long a request's end may take beyond ``wait``. Raises
+    :class:`ConsumerMissing` when the consumer does not exist.
     """
     nc = _natspy.client_of(js)
     subject = f"{_natspy.api_prefix(js)}.CONSUMER.MSG.NEXT.{stream}.{durable}"
