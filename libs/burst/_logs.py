@@ -10,8 +10,15 @@ import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, TextIO
 
+from burst.config import seconds_setting
+
 if TYPE_CHECKING:
     from burst.client import Client
+
+#: How long ``.remote()`` waits, at most, for the lines its call printed to be shown
+#: before it returns (they come on the app's log stream, apart from the result).
+LOG_WAIT_SETTING = "BURST_LOG_WAIT"
+LOG_WAIT_DEFAULT = 2.0
 
 _print_lock = threading.Lock()
 
@@ -33,7 +40,7 @@ class LogFollower(threading.Thread):
         self.app = app
         self.tag = tag
         self.subscribed = threading.Event()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         #: Lines printed per (call id, attempt): a retried call's attempts print apart.
         self._counts: dict[tuple[str, int], int] = defaultdict(int)
         self._cond = threading.Condition()
@@ -53,13 +60,13 @@ class LogFollower(threading.Thread):
                 self.error = f"log stream refused (HTTP {resp.status})"
                 self.subscribed.set()
                 return
-            while not self._stop.is_set():
+            while not self._stopping.is_set():
                 raw = resp.readline()
                 if not raw:
                     return
                 self._on_line(json.loads(raw))
         except Exception as e:  # the stream ends with the app; errors only cost log lines
-            if not self._stop.is_set():
+            if not self._stopping.is_set():
                 self.error = f"log stream ended: {e}"
         finally:
             self.subscribed.set()
@@ -83,11 +90,14 @@ class LogFollower(threading.Thread):
                 self._cond.notify_all()
 
     def wait_for(self, call_id: str, lines: int, attempt: int = 1,
-                 timeout: float = 2.0) -> None:
-        """Wait until ``lines`` lines of ``attempt`` of ``call_id`` have been printed
-        (bounded); lines of earlier attempts do not count towards them."""
+                 timeout: float | None = None) -> None:
+        """Wait until ``lines`` lines of ``attempt`` of ``call_id`` have been printed, for
+        ``timeout`` seconds at most (default: ``BURST_LOG_WAIT``, 2 s); lines of earlier
+        attempts do not count towards them."""
         if lines <= 0 or not self.is_alive():
             return
+        if timeout is None:
+            timeout = seconds_setting(LOG_WAIT_SETTING, LOG_WAIT_DEFAULT)
         key = (call_id, attempt)
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -100,7 +110,7 @@ class LogFollower(threading.Thread):
                 del self._counts[k]
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         if self._conn is not None:
             try:
                 if self._conn.sock is not None:

@@ -25,7 +25,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from burst.exception import AuthError
+from burst.exception import AuthError, InvalidError
 
 PROFILE_FILE = "profile.json"
 DEFAULT_WORKSPACE = "default"
@@ -128,3 +128,19 @@ def _profile_from_env(env: Mapping[str, str]) -> Profile | None:
         )
     workspace = env.get("BURST_WORKSPACE") or DEFAULT_WORKSPACE
     return Profile(url=url.rstrip("/"), token=token, workspace=workspace)
+
+
+def seconds_setting(name: str, default: float, env: Mapping[str, str] | None = None) -> float:
+    """A client-side timer from the environment variable ``name`` (seconds, >= 0), or
+    ``default`` when it is unset or empty."""
+    env = os.environ if env is None else env
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise InvalidError(f"{name}={raw!r} is not allowed: use a number of seconds >= 0")
+    return value
