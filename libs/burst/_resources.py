@@ -9,6 +9,11 @@ from burst.wire import GPU_TYPES, Resources
 
 MAX_GPUS = {"A10G": 4}
 DEFAULT_MAX_GPUS = 8
+#: Modal's other names for the types Burst knows (any case): ``A100`` is Modal's 40 GB
+#: A100 (it may upgrade to 80 GB; Burst never does), ``A10`` its A10G, ``H100!`` an H100
+#: that is never upgraded and ``B200+`` a B200 or better (Burst places exactly the type).
+GPU_ALIASES = {"A100": "A100-40GB", "A10": "A10G", "H100!": "H100", "H100-80GB": "H100",
+               "B200+": "B200"}
 
 
 def _number(name: str, value: Any, lo: float, hi: float) -> float:
@@ -27,8 +32,11 @@ def parse_gpu(spec: str) -> tuple[str, int]:
     kind, _, count = spec.strip().partition(":")
     canonical = next((t for t in GPU_TYPES if t.lower() == kind.lower()), None)
     if canonical is None:
+        canonical = next((t for a, t in GPU_ALIASES.items() if a.lower() == kind.lower()), None)
+    if canonical is None:
         raise InvalidError(f"unknown GPU type {kind!r} in gpu={spec!r}: "
-                           f"use one of {', '.join(GPU_TYPES)}")
+                           f"use one of {', '.join(GPU_TYPES)} "
+                           f"(or Modal's {', '.join(GPU_ALIASES)})")
     try:
         n = int(count) if count else 1
     except ValueError:
