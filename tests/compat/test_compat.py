@@ -41,7 +41,8 @@ NEEDS_EPHEMERAL_LIFECYCLE = pytest.mark.xfail(
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    yield from running_cluster(tmp_path_factory)
+    # GPUs declared (no device needed on the process runtime) for the GPU programs
+    yield from running_cluster(tmp_path_factory, "--gpus", "A100-40GB:1,A10G:1")
 
 
 def burst_run(cluster: Cluster, ref: str, *args: str,
@@ -117,6 +118,7 @@ PROGRAMS_AND_OUTPUT = {
                        "not yet", "cancelled"],
     "model_server.py": ["predict 8", "batched [1, 2, 3]"],
     "image_env.py": ["bonjour monde"],
+    "gpu_model.py": ["embedded 5 True", "fallback ran True"],
     "input_ids.py": ["input ids distinct True", "call ids 5", "remote is_local False",
                      "client None True"],
 }
