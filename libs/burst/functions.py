@@ -92,7 +92,15 @@ class Function(Generic[P, R]):
 
     def bind_method(self, method: str, params: dict[str, Any], obj: Any) -> Function[..., Any]:
         """A handle calling ``method`` of the class instance with ``params``."""
-        fn: Function[..., Any] = Function(self.raw_f, self.app, self.spec)
+        spec = self.spec
+        raw_method = getattr(self.raw_f, method, None)
+        if raw_method is not None and is_generator(raw_method) != spec.is_generator:
+            # A generator method is called with .remote_gen (the class's spec says what
+            # the class is, not each method).
+            import msgspec
+
+            spec = msgspec.structs.replace(spec, is_generator=is_generator(raw_method))
+        fn: Function[..., Any] = Function(self.raw_f, self.app, spec)
         fn._client, fn._app_name = self._client, self._app_name
         fn._method, fn._params, fn._obj = method, params, obj
         return fn
