@@ -122,6 +122,7 @@ PROGRAMS_AND_OUTPUT = {
                     "spawned 42", "gather.aio [0, 2, 4]", "dict default True 1 False 2",
                     "dict keys ['c'] True", "put new False 3", "queue 3 1 1 [2, 3]",
                     "queue other ['x']"],
+    "multi_file.py": ["cleaned 'hello world'"],
     "gpu_model.py": ["embedded 5 True", "fallback ran True"],
     "input_ids.py": ["input ids distinct True", "call ids 5", "remote is_local False",
                      "client None True"],

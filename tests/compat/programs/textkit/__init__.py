@@ -1,0 +1,5 @@
+"""A local helper package that `multi_file.py` imports: shipped with the program."""
+
+from textkit.normalize import normalize
+
+__all__ = ["normalize"]

@@ -1,0 +1,5 @@
+import re
+
+
+def normalize(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
