@@ -38,18 +38,29 @@ _ENTER, _EXIT, _METHOD = "__burst_enter__", "__burst_exit__", "__burst_method__"
 _MISSING = object()
 
 
-def enter() -> Callable[[F], F]:
-    """Mark a method to run once when the container starts (load a model here)."""
+def _parentheses(name: str, positional: Any) -> None:
+    if positional is not None:
+        raise InvalidError(f"use @burst.{name}() with parentheses (it takes no positional "
+                           "arguments)")
+
+
+def enter(_warn_parentheses_missing: Any = None, *, snap: bool = False) -> Callable[[F], F]:
+    """Mark a method to run once when the container starts (load a model here).
+
+    ``snap=True`` hooks (Modal's, run before a memory snapshot) run before the others;
+    Burst takes no snapshots, so both kinds run at every container start."""
+    _parentheses("enter", _warn_parentheses_missing)
 
     def mark(f: F) -> F:
-        setattr(f, _ENTER, True)
+        setattr(f, _ENTER, "snap" if snap else True)
         return f
 
     return mark
 
 
-def exit() -> Callable[[F], F]:  # noqa: A001 - Modal's name
+def exit(_warn_parentheses_missing: Any = None) -> Callable[[F], F]:  # noqa: A001 - Modal's name
     """Mark a method to run when the container stops (scale-down, preemption, shutdown)."""
+    _parentheses("exit", _warn_parentheses_missing)
 
     def mark(f: F) -> F:
         setattr(f, _EXIT, True)
@@ -58,8 +69,11 @@ def exit() -> Callable[[F], F]:  # noqa: A001 - Modal's name
     return mark
 
 
-def method() -> Callable[[F], F]:
-    """Mark a method callable remotely: ``Model().predict.remote(x)``."""
+def method(_warn_parentheses_missing: Any = None, *,
+           is_generator: bool | None = None) -> Callable[[F], F]:
+    """Mark a method callable remotely: ``Model().predict.remote(x)``. A generator method
+    is called with ``.remote_gen`` (``is_generator`` is Modal's; Burst tells by itself)."""
+    _parentheses("method", _warn_parentheses_missing)
 
     def mark(f: F) -> F:
         setattr(f, _METHOD, True)
@@ -84,7 +98,10 @@ def parameters_of(user_cls: type) -> dict[str, Any]:
 
 
 def hooks(user_cls: type, mark: str) -> list[str]:
-    return [name for name, v in vars(user_cls).items() if callable(v) and getattr(v, mark, False)]
+    """The methods marked ``mark``, in definition order (``@enter(snap=True)`` ones first)."""
+    found = [(name, v) for name, v in vars(user_cls).items()
+             if callable(v) and getattr(v, mark, False)]
+    return [name for name, v in sorted(found, key=lambda nv: getattr(nv[1], mark) != "snap")]
 
 
 def make_instance(user_cls: type[T], params: dict[str, Any]) -> T:

@@ -9,6 +9,8 @@ one.
 
 from __future__ import annotations
 
+import builtins
+
 
 class Error(Exception):
     """Base class of every Burst error."""
@@ -157,3 +159,9 @@ def from_api(type_: str, message: str) -> Error:
     """The exception for an API error body ``{"error": {"type", "message"}}``."""
     cls = ERROR_TYPES.get(type_, (500, Error))[1]
     return cls(message)
+
+
+#: Modal's ``modal.exception.TimeoutError``: here Python's own, which a timed-out call
+#: (:class:`FunctionTimeoutError`) and a ``FunctionCall.get(timeout=)`` that ran out
+#: both raise, so ``except modal.exception.TimeoutError`` catches what it does in Modal.
+TimeoutError = builtins.TimeoutError  # noqa: A001 - Modal's name

@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 
 import msgspec
 
-from burst import wire
+from burst import _unsupported, wire
 from burst.exception import InvalidError
 
 #: Python versions a ``debian_slim`` base exists for (built on the machine, no registry).
@@ -43,6 +43,20 @@ PYTHON_SOURCE_DIR = "/opt/burst/python"
 MAX_LOCAL_BYTES = 512 << 10
 #: Steps the process runtime cannot honour (they need a container image).
 DOCKER_ONLY_STEPS = ("apt_install", "run_commands")
+#: Modal's ``Image`` methods Burst has not built: using one names it (not AttributeError).
+MODAL_ONLY = frozenset({
+    "from_dockerfile", "from_aws_ecr", "from_gcp_artifact_registry", "from_scratch",
+    "from_name", "from_id", "micromamba", "micromamba_install", "run_function", "uv_sync",
+    "poetry_install_from_file", "pip_install_from_requirements", "pip_install_from_pyproject",
+    "pip_install_private_repos", "dockerfile_commands", "entrypoint", "shell", "cmd",
+    "imports", "pipe", "build", "publish", "copy_local_file", "copy_local_dir",
+})
+#: Options of Modal's ``pip_install``/``uv_pip_install`` Burst has not built (their
+#: defaults are accepted: they ask for nothing).
+_PIP_OPTIONS = frozenset({
+    "requirements", "find_links", "index_url", "extra_index_url", "pre", "extra_options",
+    "force_build", "uv_version", "secrets", "gpu", "env",
+})
 _SKIP_DIRS = {"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 
 
@@ -75,9 +89,21 @@ def describe(step: wire.ImageStep) -> str:
     return f"{step.kind}({', '.join(repr(a) for a in step.args)})"
 
 
-class Image:
+class _ImageType(type):
+    def __getattr__(cls, name: str) -> object:
+        if name in MODAL_ONLY:
+            raise _unsupported.refuse(f"Image.{name}")
+        raise AttributeError(f"type object 'Image' has no attribute {name!r}")
+
+
+class Image(metaclass=_ImageType):
     """A container image: a base plus build steps. Build one with :meth:`debian_slim` or
     :meth:`from_registry`, then chain steps."""
+
+    def __getattr__(self, name: str) -> object:
+        if name in MODAL_ONLY:
+            raise _unsupported.refuse(f"Image.{name}")
+        raise AttributeError(f"'Image' object has no attribute {name!r}")
 
     def __init__(self, spec: wire.ImageSpec) -> None:
         self._spec = spec
@@ -101,10 +127,20 @@ class Image:
         return Image(wire.ImageSpec(base="registry", registry_tag=tag.strip()))._hashed()
 
     # ---- steps ---------------------------------------------------------------------
-    def pip_install(self, *packages: str | list[str]) -> Image:
-        """``pip install`` these requirement specifiers (from the machine's package index)."""
+    def pip_install(self, *packages: str | list[str], **options: object) -> Image:
+        """``pip install`` these requirement specifiers (from the machine's package index).
+        Modal's other options are refused by name unless left at their defaults."""
+        _unsupported.check_options("Image.pip_install()", options, _PIP_OPTIONS,
+                                   ["the packages"])
         pkgs = _strings("pip_install", packages)
         return self._step(wire.ImageStep(kind="pip_install", args=pkgs)) if pkgs else self
+
+    def uv_pip_install(self, *packages: str | list[str], **options: object) -> Image:
+        """Modal's ``uv`` flavour of :meth:`pip_install`: the same packages, installed the
+        same way (pip, from the machine's package index)."""
+        _unsupported.check_options("Image.uv_pip_install()", options, _PIP_OPTIONS,
+                                   ["the packages"])
+        return self.pip_install(*packages)
 
     def apt_install(self, *packages: str | list[str]) -> Image:
         """``apt-get install`` these Debian packages (Docker runtime only)."""
