@@ -124,7 +124,7 @@ PROGRAMS_AND_OUTPUT = {
                     "queue other ['x']"],
     "multi_file.py": ["cleaned 'hello world'"],
     "gpu_model.py": ["embedded 5 True", "fallback ran True"],
-    "input_ids.py": ["input ids distinct True", "call ids 5", "remote is_local False",
+    "input_ids.py": ["input ids distinct True", "call ids present True", "remote is_local False",
                      "client None True"],
 }
 

@@ -15,6 +15,8 @@ def main():
     rows = list(whoami.map(range(5)))
     ids = [r[1] for r in rows]
     print("input ids distinct", len(set(ids)) == 5 and all(ids))
-    print("call ids", len({r[2] for r in rows if r[2]}))
+    # (In Modal all inputs of one map share a function call id; in Burst each input is a
+    # call of its own. Only that there is one is checked here.)
+    print("call ids present", all(r[2] for r in rows))
     print("remote is_local", any(r[3] for r in rows))
     print("client", modal.current_input_id(), modal.is_local())
