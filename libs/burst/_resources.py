@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from burst import _unsupported
 from burst.exception import InvalidError
 from burst.wire import GPU_TYPES, Resources
 
@@ -49,6 +50,11 @@ def parse_gpu(spec: str) -> tuple[str, int]:
 
 def resources(cpu: Any, memory: Any, gpu: Any) -> tuple[Resources, list[Resources]]:
     """The request and the ordered GPU fallbacks of one function."""
+    for name, value in (("cpu", cpu), ("memory", memory)):
+        if isinstance(value, tuple):
+            raise _unsupported.refuse(
+                f"{name}={value!r} (Modal's (request, limit) form: Burst reserves and limits "
+                f"one value; use {name}=<number>)")
     cores = _number("cpu", cpu, 0.001, 512)
     mem = int(_number("memory", memory, 1, 4 << 20))
     specs: list[str | None]

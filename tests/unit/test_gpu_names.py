@@ -1,4 +1,4 @@
-"""GPU specs as Modal programs write them: Modal's names for the types Burst knows."""
+"""GPU specs and resource options as Modal programs write them."""
 
 from __future__ import annotations
 
@@ -32,3 +32,13 @@ def test_unknown_gpus_are_named(spec: str, words: list[str]) -> None:
         parse_gpu(spec)
     for w in words:
         assert w in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize(("cpu", "memory", "named"), [((0.25, 1.0), 512, "cpu=(0.25, 1.0)"),
+                                                      (1.0, (256, 512), "memory=(256, 512)")])
+def test_request_limit_tuples_are_named(cpu: object, memory: object, named: str) -> None:
+    from burst._unsupported import NotSupportedError
+
+    with pytest.raises(NotSupportedError, match=r"\(request, limit\)") as e:
+        resources(cpu, memory, None)
+    assert named in str(e.value)
