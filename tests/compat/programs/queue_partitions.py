@@ -11,7 +11,7 @@ app = modal.App("compat-queue-partitions")
 @app.function(cpu=0.25, timeout=120)
 async def consume(q: modal.Queue, seen: modal.Dict, partition: str) -> int:
     total = 0
-    async for item in q.iterate.aio(partition=partition, item_poll_timeout=5):
+    async for item in q.iterate.aio(partition=partition, item_poll_timeout=1):
         total += item
         # first writer wins: one marker per partition
         await seen.put.aio(partition, item, skip_if_exists=True)
