@@ -27,9 +27,17 @@ class Greeter:
         return f"slept {seconds}"
 
 
-# Variants of the class, with other resources and limits.
+@app.cls(cpu=0.25)
+class Scorer:
+    @modal.method()
+    def score(self, xs: list[int]) -> list[int]:
+        return [10 * x for x in xs]
+
+
+# Variants of the classes, with other resources, limits, concurrency and batching.
 QuickGreeter = Greeter.with_options(cpu=0.5, timeout=2)
 BusyGreeter = Greeter.with_concurrency(max_inputs=4)
+BatchScorer = Scorer.with_batching(max_batch_size=4, wait_ms=50)
 
 
 @app.local_entrypoint()
@@ -38,6 +46,8 @@ def main():
     print("params:", Greeter(greeting="hi", repeat=2).greet.remote("Bob"))
     print("variant:", QuickGreeter(greeting="hey").greet.remote("Cy"))
     print("busy:", list(BusyGreeter().greet.map(["a", "b", "c"])))
+    print("batched variant:", list(BatchScorer().score.map([1, 2, 3])),
+          BatchScorer().score.remote(5))
     print("base nap:", Greeter().nap.remote(0.1))
     try:
         QuickGreeter().nap.remote(30)
