@@ -233,8 +233,8 @@ def test_app_stops_when_its_client_dies(cluster: Cluster) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    # 10 s of missed heartbeats, then the app and its running input stop
-    nothing_left_running(cluster, "compat-client-dies", before, timeout=40)
+    # 10 s of missed heartbeats (the default), then the app and its running input stop
+    nothing_left_running(cluster, "compat-client-dies", before, timeout=30)
 
 
 # Bad input: a clear error naming the problem, exit code != 0, nothing left running.
