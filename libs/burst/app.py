@@ -10,13 +10,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
+
 from burst import _resources, _unsupported, schedules, wire
+from burst import secret as _secret
 from burst.cls import Cls
 from burst.exception import InvalidError
 from burst.functions import Function, is_generator
 from burst.image import Image
 from burst.retries import Retries
 from burst.schedules import Cron, Period
+from burst.secret import Secret
 
 if TYPE_CHECKING:
     from burst._logs import LogFollower
@@ -27,7 +31,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _FUNCTION_ARGS = ("cpu", "memory", "gpu", "timeout", "scaledown_window", "min_containers",
                   "max_containers", "buffer_containers", "nonpreemptible", "retries", "name",
-                  "schedule", "image")
+                  "schedule", "image", "secrets")
 
 
 def _module_name(module: Any) -> str:
@@ -37,6 +41,14 @@ def _module_name(module: Any) -> str:
     if name == "__main__" and file:
         return os.path.splitext(os.path.basename(str(file)))[0]
     return name
+
+
+def _with_secrets(fn: Function[..., Any]) -> wire.FunctionSpec:
+    """The function's spec as deployed: its secrets read now, on the deploying machine
+    (the spec the client keeps has none of their values)."""
+    if not fn.secrets:
+        return fn.spec
+    return msgspec.structs.replace(fn.spec, secrets=[s._spec() for s in fn.secrets])
 
 
 class App:
@@ -62,9 +74,11 @@ class App:
 
     def __init__(self, name: str | None = None, *, image: Image | None = None,
                  tags: dict[str, str] | None = None, include_source: bool | None = None,
-                 description: str | None = None, **others: Any) -> None:
+                 description: str | None = None, secrets: list[Secret] | None = None,
+                 **others: Any) -> None:
         _unsupported.check_options("burst.App()", others, _unsupported.APP_OPTIONS,
-                                   ["name", "image", "tags", "include_source", "description"])
+                                   ["name", "image", "tags", "include_source", "description",
+                                    "secrets"])
         if tags is not None and not (isinstance(tags, dict) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in tags.items())):
             raise InvalidError(f"burst.App: tags= takes a dict of str to str, got {tags!r}")
@@ -84,6 +98,8 @@ class App:
         self.name = name
         #: The image of functions that do not name their own.
         self.image = image
+        #: Secrets of every function, before the function's own.
+        self.secrets = _secret.coerce("burst.App()", secrets)
         self.registered_functions: dict[str, Function[..., Any]] = {}
         self.local_entrypoints: dict[str, Callable[..., Any]] = {}
         self._client: Client | None = None
@@ -111,6 +127,7 @@ class App:
         name: str | None = None,
         schedule: Cron | Period | None = None,
         image: Image | None = None,
+        secrets: list[Secret] | None = None,
         **others: Any,
     ) -> Callable[[F], Function[..., Any]]:
         """Register a function to run in containers.
@@ -123,7 +140,9 @@ class App:
         function's call waits for its room, but never below ``min_containers``);
         ``schedule`` (:class:`burst.Cron` or :class:`burst.Period`) runs the function by
         itself once the app is deployed;
-        ``image`` (:class:`burst.Image`) is the container image, by default the app's.
+        ``image`` (:class:`burst.Image`) is the container image, by default the app's;
+        ``secrets`` (:class:`burst.Secret`) become environment variables of its
+        containers, after the app's (a later one's key overrides an earlier one's).
         """
         if _warn_parentheses_missing is not None:
             raise InvalidError("use @app.function() with parentheses")
@@ -143,6 +162,7 @@ class App:
         if image is not None and not isinstance(image, Image):
             raise InvalidError(f"image= takes a burst.Image, got {image!r}")
         img = image or self.image
+        fn_secrets = [*self.secrets, *_secret.coerce("@app.function()", secrets)]
         if mx is not None and mn is not None and mn > mx:
             raise InvalidError(f"min_containers={mn} is above max_containers={mx}")
 
@@ -173,6 +193,7 @@ class App:
             if spec.name in self.registered_functions:
                 raise InvalidError(f"app {self.name!r} already has a function {spec.name!r}")
             fn = Function(f, self, spec)
+            fn.secrets = fn_secrets
             self.registered_functions[spec.name] = fn
             return fn
 
@@ -253,7 +274,8 @@ class App:
             client.put_bundle(bundle.hash, bundle.data)
         resp = client.deploy(wire.DeployRequest(
             app=app_name, bundle_hash=bundle.hash,
-            functions=[f.spec for f in self.registered_functions.values()], ephemeral=ephemeral))
+            functions=[_with_secrets(f) for f in self.registered_functions.values()],
+            ephemeral=ephemeral))
         self._client, self._deployed_name = client, app_name
         return resp
 

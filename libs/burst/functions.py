@@ -58,6 +58,8 @@ class Function(Generic[P, R]):
         self.spec = spec
         self._client: Client | None = None
         self._app_name: str | None = None
+        #: burst.Secret objects, read at deploy (see burst.app._with_secrets).
+        self.secrets: list[Any] = []
         # Set on the handle of one method of one parametrized instance (see burst.cls).
         self._method: str | None = None
         self._params: dict[str, Any] = {}

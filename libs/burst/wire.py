@@ -122,6 +122,18 @@ class ImageSpec(_Body):
     content_hash: str = ""
 
 
+class SecretSpec(_Body):
+    """A secret a function's containers get as environment variables: a stored one by
+    ``name`` (its keys checked against ``required_keys`` at deploy), or one made in code,
+    whose ``values`` the SDK sends once and the gateway replaces by ``sealed`` (an
+    envelope, see ``burst_core.secrets``) before anything is stored."""
+
+    name: str = ""
+    required_keys: list[str] = msgspec.field(default_factory=list)
+    values: dict[str, str] = msgspec.field(default_factory=dict)
+    sealed: str = ""
+
+
 class FunctionSpec(_Body):
     """One function of an app, as the SDK declared it."""
 
@@ -144,6 +156,8 @@ class FunctionSpec(_Body):
     is_class: bool = False  # an @app.cls: payloads name the method and parameters
     schedule: Schedule | None = None  # fired by the scheduler, on deployed apps only
     image: ImageSpec | None = None  # None: the runtime's default image
+    #: In order: a later secret's key overrides an earlier one's.
+    secrets: list[SecretSpec] = msgspec.field(default_factory=list)
 
 
 # ---- HTTP bodies (SDK <-> gateway) ---------------------------------------------------
