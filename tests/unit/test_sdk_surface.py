@@ -37,7 +37,7 @@ def test_names_not_built_yet_are_refused_by_name(name: str) -> None:
 def test_app_and_function_options_accepted_or_refused_by_name() -> None:
     app = burst.App("surface", tags={"team": "ml"}, include_source=True, secrets=[])
     assert app.tags == {"team": "ml"}
-    with pytest.raises(InvalidError, match=r"burst.App\(\): secrets= takes a list of burst.Secret, got \['token'\]"):
+    with pytest.raises(InvalidError, match=r"takes a list of burst.Secret, got \['token'\]"):
         burst.App("surface", secrets=["token"])
     with pytest.raises(InvalidError, match="unknown option colour=.*Burst takes"):
         burst.App("surface", colour="red")
