@@ -220,6 +220,16 @@ KV_WEBHOOK_LOG = "burst_webhook_log"  # key: <workspace>.<delivery id> -> Webhoo
 KV_ALERT_STATE = "burst_alert_state"  # key: alert_state_key() -> AlertState (billing)
 KV_SCHEDULES = "burst_schedules"  # key: <fn_key> -> ScheduleState (scheduler, gateway: CAS)
 KV_WAITING = "burst_waiting"  # key: <fn_key> -> FunctionWaiting (scheduler writes)
+KV_SECRETS = "burst_secrets"  # key: secret_key() -> SecretRecord (values sealed; gateway only)
+
+#: Core NATS (never a stream): an agent asks the gateways for a placed container's secret
+#: values; one gateway of the queue group answers.
+SUBJECT_SECRETS_FETCH = "burst.secrets.fetch"
+QUEUE_SECRETS_FETCH = "gateway_secrets"
+
+
+def secret_key(workspace: str, name: str) -> str:
+    return f"{workspace}.{name}"
 
 
 def budget_key(workspace: str, app: str | None = None, function: str | None = None) -> str:

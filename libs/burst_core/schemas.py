@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 import msgspec
 
 # Resources and FunctionSpec are shared with the SDK, which must stay light.
-from burst.wire import FunctionSpec, Resources, RetryPolicy
+from burst.wire import FunctionSpec, Resources, RetryPolicy, SecretSpec
 
 if TYPE_CHECKING:
     from typing_extensions import TypeForm
@@ -304,7 +304,7 @@ class WebhookEndpoint(_Wire, kw_only=True):
     url: str
     events: list[str]
     # "whsec_" + base64 of the signing key, sealed at rest (burst_core.sealing: Fernet with
-    # the key in $BURST_HOME/secrets.key); a plain value stored before sealing still reads.
+    # a key derived from the master key); a plain value stored before sealing still reads.
     secret: str
     created_at: float = 0.0
     description: str = ""
@@ -586,6 +586,39 @@ class MeteringRecord(_Wire, kw_only=True):
     failed: int = 0
 
 
+class SecretRecord(_Wire, kw_only=True):
+    """A stored secret (``burst secret create``): its key names in the clear, its values
+    only as an envelope (``burst_core.secrets``)."""
+
+    workspace: str
+    name: str
+    keys: list[str]
+    sealed: str
+    created_at: float
+    updated_at: float
+    version: int = 1
+
+
+class SecretsFetch(_Wire, kw_only=True):
+    """An agent's core-NATS request for the secret values of a container it was placed
+    (never stored). The answer is sealed to ``reply_key`` (X25519), so it is readable only
+    by the asking agent, not by whoever else listens on NATS."""
+
+    container_id: str
+    agent_id: str
+    workspace: str
+    app: str
+    function: str
+    secrets: list[SecretSpec]
+    reply_key: bytes
+
+
+class SecretsFetched(_Wire, kw_only=True):
+    error: str = ""  # why there are no values (an unknown secret, a key not in the ring)
+    server_key: bytes = b""
+    sealed: bytes = b""  # nonce + AES-GCM of the JSON values, under the X25519 shared key
+
+
 # ---- codecs --------------------------------------------------------------------------
 _encoder = msgspec.msgpack.Encoder()
 
@@ -629,3 +662,6 @@ WebhookLogEntryDecoder = decoder(WebhookLogEntry)
 AlertStateDecoder = decoder(AlertState)
 ScheduleStateDecoder = decoder(ScheduleState)
 FunctionWaitingDecoder = decoder(FunctionWaiting)
+SecretRecordDecoder = decoder(SecretRecord)
+SecretsFetchDecoder = decoder(SecretsFetch)
+SecretsFetchedDecoder = decoder(SecretsFetched)

@@ -34,6 +34,7 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -48,6 +49,7 @@ PURPOSE_SECRETS = b"burst/secrets/v1"
 PURPOSE_WEBHOOKS = b"burst/webhook-signing/v1"
 _PURPOSE_KEY_ID = b"burst/key-id/v1"
 _WRAP_AAD = b"burst data key"
+_PURPOSE_REPLY = b"burst/secrets-reply/v1"
 _NONCE = 12
 
 
@@ -235,3 +237,32 @@ def add_master_key(home: str | os.PathLike[str]) -> str:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return MasterKey.of(key).kid
+
+
+# ---- the answer to an agent: sealed to the key it sent -----------------------------------
+def reply_keypair() -> tuple[X25519PrivateKey, bytes]:
+    """A one-use key pair for one fetch: the private key, and the public key's bytes."""
+    priv = X25519PrivateKey.generate()
+    return priv, priv.public_key().public_bytes_raw()
+
+
+def _reply_key(priv: X25519PrivateKey, peer: bytes) -> bytes:
+    shared = priv.exchange(X25519PublicKey.from_public_bytes(peer))
+    return _derive(shared, _PURPOSE_REPLY)
+
+
+def seal_reply(peer: bytes, values: dict[str, str]) -> tuple[bytes, bytes]:
+    """(our public key, sealed values) readable only with the private key of ``peer``."""
+    priv, pub = reply_keypair()
+    n = os.urandom(_NONCE)
+    return pub, n + AESGCM(_reply_key(priv, peer)).encrypt(n, json.dumps(values).encode(), pub)
+
+
+def open_reply(priv: X25519PrivateKey, server_key: bytes, sealed: bytes) -> dict[str, str]:
+    try:
+        plain = AESGCM(_reply_key(priv, server_key)).decrypt(sealed[:_NONCE], sealed[_NONCE:],
+                                                             server_key)
+    except (InvalidTag, ValueError):
+        raise KeyRingError("the gateway's answer does not open: damaged in transit") from None
+    out: dict[str, str] = json.loads(plain)
+    return out

@@ -121,6 +121,7 @@ async def ensure_topology(js: JetStreamContext, topo: Topology | None = None) ->
         names.KV_SERVICES: 0,
         names.KV_LEDGER: 0,
         names.KV_LEASES: 0,
+        names.KV_SECRETS: 0,
         **t.extra_kv,
     }
     for bucket, ttl in kvs.items():

@@ -138,6 +138,9 @@ async def deploy(request: Request, gw: GatewayDep, p: Principal = Depends(princi
     if not await _bundle_exists(gw, p.workspace, req.bundle_hash):
         raise InvalidError(f"bundle {req.bundle_hash} is not stored in workspace "
                            f"{p.workspace!r}: upload it first (PUT /v1/bundles/{{hash}})")
+    if any(fn.secrets for fn in req.functions):  # stored ones checked, code-made ones sealed
+        assert gw.secrets is not None
+        await gw.secrets.prepare(p.workspace, req.functions)
     dep = DeploymentRecord(
         workspace=p.workspace, app=req.app, deployment_id="dp-" + uuid.uuid4().hex[:12],
         bundle_hash=req.bundle_hash, functions=req.functions, created_at=time.time(),

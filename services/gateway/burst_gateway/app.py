@@ -19,6 +19,7 @@ from burst_gateway import (
     api_maps,
     api_objects,
     api_schedules,
+    api_secrets,
     api_webhooks,
     errors,
     validate,
@@ -63,6 +64,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_budgets.router)
     app.include_router(api_schedules.router)
     app.include_router(api_webhooks.router)
+    app.include_router(api_secrets.router)
     return app
 
 
