@@ -116,13 +116,13 @@ def rotate_key(
     """Re-wrap every data key under a new master key, without downtime (operator token).
 
     Older keys stay in the ring after the new one: remove them once this has run."""
-    from burst.config import load_profile
+    from burst.config import burst_home, load_profile
     from burst_core import secrets as core_secrets
 
     if os.environ.get(core_secrets.ENV_VAR):
         new_key = False  # the services' ring is BURST_MASTER_KEYS: the operator sets it
     elif new_key:
-        home = Path(os.environ.get("BURST_HOME") or Path.home() / ".burst")
+        home = burst_home()
         load_profile()  # a clear error when there is no cluster to talk to
         kid = core_secrets.add_master_key(home)
         console.print(f"added master key {kid} to {home / 'secrets.key'}")
