@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import msgspec
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -192,7 +193,10 @@ class SecretStore:
         (``sealed:v1`` under the master key itself, or an older key) are sealed again;
         how many. Compare-and-set: a concurrent change wins."""
         box = sealing.Sealer(self.ring)
-        kv = await self.js.key_value(names.KV_WEBHOOKS)
+        try:
+            kv = await self.js.key_value(names.KV_WEBHOOKS)
+        except nats.js.errors.BucketNotFoundError:  # no webhook made yet
+            return 0
         n = 0
         for key in await bus.kv_keys(kv):
             raw, rev = await bus.kv_get(kv, key)
