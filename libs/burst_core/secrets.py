@@ -98,13 +98,18 @@ class _Envelope(msgspec.Struct, array_like=True):
 _env_decoder = msgspec.msgpack.Decoder(_Envelope)
 
 
-def _read_ring_text(home: str | os.PathLike[str] | None) -> tuple[list[str], str]:
+def _read_ring_text(home: str | os.PathLike[str] | None,
+                    create: bool = True) -> tuple[list[str], str]:
     """The master keys' texts, newest first, and where they came from."""
     env = os.environ.get(ENV_VAR, "")
     if env.strip():
         return [k.strip() for k in env.split(",") if k.strip()], ENV_VAR
     if home is None:
         raise KeyRingError(f"no master key: set {ENV_VAR} or BURST_HOME")
+    if not create and not sealing.key_path(home).exists():
+        raise KeyRingError(f"no master key: set {ENV_VAR} or put the cluster's key ring in "
+                           f"{sealing.key_path(home)} (a fresh key made here would not open "
+                           "what other machines sealed)")
     sealing.load_or_create_key(home)
     path = sealing.key_path(home)
     lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
@@ -128,8 +133,10 @@ class KeyRing:
         self._mtime = self._stamp()
 
     @classmethod
-    def load(cls, home: str | os.PathLike[str] | None) -> KeyRing:
-        texts, source = _read_ring_text(home)
+    def load(cls, home: str | os.PathLike[str] | None, create: bool = True) -> KeyRing:
+        """The ring of BURST_MASTER_KEYS, else of ``home``'s key file (made when missing,
+        unless ``create`` is False)."""
+        texts, source = _read_ring_text(home, create)
         return cls(texts, source, str(home) if home is not None else None)
 
     def _stamp(self) -> float:

@@ -132,3 +132,17 @@ async def test_webhook_secret_sealed_with_the_master_key_is_resealed_on_start(
     stored: Any = WebhookEndpointDecoder.decode(raw).secret
     assert stored.startswith(sealing.PREFIX_V2)
     assert sealing.Sealer.from_home(home).open(stored) == "whsec_legacy"
+
+
+async def test_gateway_for_other_machines_refuses_to_start_without_a_key(
+        nats_url: str, redis_url: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from burst_core.secrets import KeyRingError
+
+    monkeypatch.delenv("BURST_MASTER_KEYS", raising=False)
+    config = inproc.settings(nats_url, redis_url, str(tmp_path / "empty-home"), TOKEN,
+                             host="0.0.0.0")
+    with pytest.raises(KeyRingError, match="no master key: set BURST_MASTER_KEYS"):
+        async with inproc.gateway(config, "sec", headers=AUTH):
+            pass
+    assert not sealing.key_path(tmp_path / "empty-home").exists()

@@ -26,6 +26,8 @@ from burst_gateway.secret_store import SecretStore
 from burst_gateway.settings import GatewaySettings
 
 log = logs.get("burst.gateway")
+#: Hosts that only this machine reaches.
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class Gateway:
@@ -53,6 +55,9 @@ class Gateway:
 
     async def start(self) -> None:
         s = self.settings
+        # Listening for other machines, it never makes a key of its own: one made here
+        # would not open what the cluster's other gateways sealed.
+        ring = KeyRing.load(s.home, create=s.host in LOOPBACK)
         self.nc = await bus.connect(s.nats_url, f"gateway-{s.instance}")
         self.js = self.nc.jetstream()
         await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
@@ -75,7 +80,7 @@ class Gateway:
         # The gateway alone holds the master keys: it seals and opens user secrets, and
         # answers the agents' requests for a placed container's values.
         self.secrets = SecretStore(self.nc, self.js, await self.js.key_value(names.KV_SECRETS),
-                                   KeyRing.load(s.home))
+                                   ring)
         resealed = await self.secrets.reseal_webhook_secrets()
         if resealed:
             log.info("webhook_secrets_resealed", count=resealed)
