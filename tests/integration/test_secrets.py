@@ -108,6 +108,8 @@ async def test_api_never_answers_values(gateway: tuple[httpx.AsyncClient, Gatewa
     for resp in (r, r2, r3, bad, await c.get("/v1/secrets"), await c.get("/v1/secrets/api")):
         assert VALUE not in resp.text, resp.text
     assert (await c.get("/v1/secrets/nope")).status_code == 404
+    bad_name = await c.delete("/v1/secrets/bad.name")
+    assert bad_name.status_code == 400 and "invalid secret name 'bad.name'" in bad_name.text
 
 
 async def test_webhook_secret_sealed_with_the_master_key_is_resealed_on_start(

@@ -57,6 +57,7 @@ class SecretStore:
 
     # ---- stored secrets ------------------------------------------------------------
     async def get(self, workspace: str, name: str) -> tuple[SecretRecord, int]:
+        sdk_secret.check_name(name)  # a 400 naming it, before it reaches a KV key
         raw, rev = await bus.kv_get(self.kv, names.secret_key(workspace, name))
         if raw is None:
             raise NotFoundError(f"secret {name!r} not found in workspace {workspace!r}: "
