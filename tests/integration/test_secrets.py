@@ -148,3 +148,15 @@ async def test_gateway_for_other_machines_refuses_to_start_without_a_key(
         async with inproc.gateway(config, "sec", headers=AUTH):
             pass
     assert not sealing.key_path(tmp_path / "empty-home").exists()
+
+
+async def test_no_gateway_is_a_start_to_try_again(nats_url: str) -> None:
+    from burst_agent.secrets import SecretsNotAnswered
+
+    nc = await bus.connect(nats_url, "agent-without-gateway")
+    try:
+        with pytest.raises(SecretsNotAnswered, match="no gateway"):
+            await fetch_env(nc, "agent-1", placement("ct-1", [SecretSpec(name="x")]),
+                            timeout=2)
+    finally:
+        await nc.close()

@@ -18,7 +18,13 @@ from burst_core.secrets import KeyRingError, open_reply, reply_keypair
 
 
 class SecretsUnavailable(Exception):
-    """The container cannot start: its secrets could not be had (the reason, no values)."""
+    """The container cannot start: the gateway says why (an unknown secret, a key not in
+    the ring): the callers waiting for it are answered with the reason, no values."""
+
+
+class SecretsNotAnswered(Exception):
+    """No gateway answered (one restarting): a failed start like any other, tried again
+    after the function's start backoff; the waiting calls keep waiting."""
 
 
 async def fetch_env(nc: NATS, agent_id: str, placement: Placement,
@@ -34,9 +40,9 @@ async def fetch_env(nc: NATS, agent_id: str, placement: Placement,
     try:
         msg = await nc.request(names.SUBJECT_SECRETS_FETCH, encode(req), timeout=timeout)
     except nats.errors.NoRespondersError:
-        raise SecretsUnavailable("secrets: no gateway is running to answer for them") from None
+        raise SecretsNotAnswered("secrets: no gateway is running to answer for them") from None
     except nats.errors.TimeoutError:
-        raise SecretsUnavailable(f"secrets: no gateway answered within {timeout} s "
+        raise SecretsNotAnswered(f"secrets: no gateway answered within {timeout} s "
                                  "(BURST_SECRETS_FETCH_TIMEOUT)") from None
     answer = SecretsFetchedDecoder.decode(msg.data)
     if answer.error:
