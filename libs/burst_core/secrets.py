@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets as _random
@@ -139,13 +140,15 @@ class KeyRing:
         texts, source = _read_ring_text(home, create)
         return cls(texts, source, str(home) if home is not None else None)
 
-    def _stamp(self) -> float:
+    def _stamp(self) -> bytes:
+        """What the key file holds, digested (not its mtime: two writes within one tick of
+        the file system's clock would look the same)."""
         if self.source == ENV_VAR or self._home is None:
-            return 0.0
+            return b""
         try:
-            return sealing.key_path(self._home).stat().st_mtime
+            return hashlib.sha256(sealing.key_path(self._home).read_bytes()).digest()
         except OSError:
-            return 0.0
+            return b""
 
     def reload(self) -> bool:
         """Read the ring again (a key was added by ``burst secret rotate-key``); whether it
