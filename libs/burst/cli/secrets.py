@@ -119,11 +119,20 @@ def rotate_key(
     from burst.config import burst_home, load_profile
     from burst_core import secrets as core_secrets
 
-    if os.environ.get(core_secrets.ENV_VAR):
+    home = burst_home()
+    load_profile()  # a clear error when there is no cluster to talk to
+    if new_key and os.environ.get(core_secrets.ENV_VAR):
         new_key = False  # the services' ring is BURST_MASTER_KEYS: the operator sets it
-    elif new_key:
-        home = burst_home()
-        load_profile()  # a clear error when there is no cluster to talk to
+        console.print(f"{core_secrets.ENV_VAR} is set: re-wrapping under its newest key "
+                      "(put a new key first there and restart the gateway and billing "
+                      "before this)", style="dim")
+    elif new_key and (os.environ.get("BURST_URL") or not (home / "cluster.json").exists()):
+        where = ("BURST_URL names the cluster" if os.environ.get("BURST_URL")
+                 else f"no cluster started by `burst up` in {home}")
+        raise InvalidError(f"{where}: add the new key "
+                           "first to the key ring the gateway reads, then run "
+                           "`burst secret rotate-key --rewrap-only`")
+    if new_key:
         kid = core_secrets.add_master_key(home)
         console.print(f"added master key {kid} to {home / 'secrets.key'}")
     out = Client.from_profile().post_json("/v1/secrets/rotate-key", {})
