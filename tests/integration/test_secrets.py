@@ -126,10 +126,11 @@ async def test_webhook_secret_sealed_with_the_master_key_is_resealed_on_start(
     ep = WebhookEndpoint(endpoint_id="ep_1", workspace="default", url="http://x/",
                          events=["budget.exceeded"], secret=legacy)
     await kv.put(names.webhook_key("default", "ep_1"), encode(ep))
-    config = inproc.settings(nats_url, redis_url, str(home), TOKEN)
-    async with inproc.gateway(config, "sec", headers=AUTH):
-        raw, _ = await bus.kv_get(kv, names.webhook_key("default", "ep_1"))
     await nc.close()
+    config = inproc.settings(nats_url, redis_url, str(home), TOKEN)
+    async with inproc.gateway(config, "sec", headers=AUTH) as (_, gw):
+        raw, _ = await bus.kv_get(await gw.js.key_value(names.KV_WEBHOOKS),
+                                  names.webhook_key("default", "ep_1"))
     assert raw is not None
     stored: Any = WebhookEndpointDecoder.decode(raw).secret
     assert stored.startswith(sealing.PREFIX_V2)

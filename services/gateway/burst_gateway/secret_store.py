@@ -31,6 +31,7 @@ from burst.wire import FunctionSpec, SecretSpec
 from burst_core import bus, logs, names, sealing
 from burst_core.schemas import (
     AgentRecordDecoder,
+    DeploymentRecordDecoder,
     SecretRecord,
     SecretRecordDecoder,
     SecretsFetchDecoder,
@@ -91,11 +92,9 @@ class SecretStore:
                 await self.kv.create(key, encode(rec))
             else:
                 await self.kv.update(key, encode(rec), last=rev)
-        except Exception as e:  # a concurrent writer won: say so, without retrying blind
-            if "wrong last sequence" in str(e) or "key exists" in str(e).lower():
-                raise ConflictError(f"secret {name!r} was changed at the same time: "
-                                    "try again") from None
-            raise
+        except nats.js.errors.KeyWrongLastSequenceError:  # a concurrent writer won
+            raise ConflictError(f"secret {name!r} was changed at the same time: try again"
+                                ) from None
         return rec
 
     async def delete(self, workspace: str, name: str) -> None:
@@ -211,8 +210,8 @@ class SecretStore:
             except sealing.SealingError as e:
                 log.warning("webhook_secret_not_resealed", key=key, error=str(e))
                 continue
-            with contextlib.suppress(Exception):
-                await kv.update(key, encode(ep), last=rev)
+            with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                await kv.update(key, encode(ep), last=rev)  # (a concurrent change wins)
                 n += 1
         return n
 
@@ -235,9 +234,8 @@ class SecretStore:
                     await self.kv.update(key, encode(rec), last=rev)
                     stored += 1
                     break
-                except Exception:
+                except nats.js.errors.KeyWrongLastSequenceError:
                     continue
-        from burst_core.schemas import DeploymentRecordDecoder
 
         inline = 0
         for key in await bus.kv_keys(deployments):
@@ -252,7 +250,8 @@ class SecretStore:
                         s.sealed = self.ring.rewrap(s.sealed)
                         changed += 1
             if changed:
-                with contextlib.suppress(Exception):  # redeployed meanwhile: sealed anew
+                # redeployed meanwhile: that deployment was sealed under the newest key
+                with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
                     await deployments.update(key, encode(dep), last=rev)
                     inline += changed
         webhooks = await self.reseal_webhook_secrets()
