@@ -16,7 +16,6 @@ import hashlib
 import time
 
 import msgspec
-import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -172,14 +171,9 @@ class Objects:
         if not 1 <= req.n <= MAX_GET_MANY:
             raise InvalidError(f"n={req.n} is out of range: allowed 1 to {MAX_GET_MANY}")
         durable = await self._consumer(workspace, name, req.partition)
-        psub = await self.js.pull_subscribe_bind(durable, names.STREAM_QUEUES)
         wait = MAX_QUEUE_WAIT if req.timeout is None else min(max(req.timeout, 0.0), MAX_QUEUE_WAIT)
-        try:
-            msgs = await psub.fetch(req.n, timeout=max(wait, 0.05))
-        except (nats.errors.TimeoutError, TimeoutError):
-            msgs = []
-        finally:
-            await psub.unsubscribe()
-        for m in msgs:
-            await m.ack_sync()
+        msgs = await bus.pull(self.js, names.STREAM_QUEUES, durable, req.n, wait)
+        # Each item is handed out once: acknowledged (and confirmed) before it is returned.
+        for i in range(0, len(msgs), SCAN_BATCH):
+            await asyncio.gather(*(m.ack_sync() for m in msgs[i:i + SCAN_BATCH]))
         return QueueResponse(values=[m.data for m in msgs], count=len(msgs))
