@@ -29,6 +29,7 @@ from burst.wire import (
 from burst_core import apps, bus, names, schedules
 from burst_core.schemas import (
     AgentHeartbeatDecoder,
+    ClientHeartbeatDecoder,
     DeploymentRecord,
     FunctionDeployed,
     FunctionWaitingDecoder,
@@ -183,8 +184,19 @@ async def list_apps(gw: GatewayDep, p: Principal = Depends(principal)) -> dict[s
     return {"apps": [{"app": d.app, "name": d.name or d.app, "deployment_id": d.deployment_id,
                       "created_at": d.created_at, "ephemeral": d.ephemeral,
                       "detached": d.ephemeral and not d.client_id,
-                      "functions": [f.name for f in d.functions]}
+                      "functions": [f.name for f in d.functions], **await _client_of(gw, d)}
                      for d in deps]}
+
+
+async def _client_of(gw: Gateway, dep: DeploymentRecord) -> dict[str, Any]:
+    """The client keeping an ephemeral run alive, and its last heartbeat."""
+    if not dep.client_id:
+        return {}
+    kv = await gw.js.key_value(names.KV_CLIENTS)
+    raw, _ = await bus.kv_get(kv, names.client_key(dep.workspace, dep.client_id))
+    beat = ClientHeartbeatDecoder.decode(raw) if raw is not None else None
+    return {"client_id": dep.client_id, "heartbeat_at": beat.at if beat else None,
+            "heartbeats": beat.seq if beat else 0}
 
 
 async def _find(gw: Gateway, workspace: str, app: str) -> DeploymentRecord:

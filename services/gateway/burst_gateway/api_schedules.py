@@ -61,7 +61,8 @@ def _view(dep: DeploymentRecord, spec: FunctionSpec, st: ScheduleState | None) -
     after = st.last_tick_ms if st else int(dep.created_at * 1000)
     paused = bool(st and st.paused)
     return {
-        "app": dep.app, "function": spec.name, "schedule": ticks.describe(s),
+        "app": dep.app, "name": dep.name or dep.app, "ephemeral": dep.ephemeral,
+        "function": spec.name, "schedule": ticks.describe(s),
         "cron": s.cron or None, "timezone": s.timezone if s.cron else None,
         "period": s.period or None, "paused": paused,
         "next_tick_at": None if paused else ticks.next_tick(s, after) / 1000,

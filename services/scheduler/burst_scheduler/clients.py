@@ -6,12 +6,13 @@ Clients beat through any gateway into KV ``burst_clients`` (``<ws>.<client_id>``
 (a deployment record naming it, or an object recorded under it), compares its heartbeat
 value with the one it saw last: a changed value resets the client's missed time, an
 unchanged (or absent) one adds the time since the last pass. Time is counted only across
-passes in which this reaper itself wrote to the store (its probe key) and read it back: a
-NATS leader election, or a scheduler cut off from NATS, makes every client look silent,
-and that time never counts. A new leader starts every client at zero. A client silent for
-``timeout`` seconds of counted time is gone: its apps are stopped (queued and running
-calls cancelled, containers stopped: :func:`burst_core.apps.stop`), its objects deleted,
-its records removed.
+passes in which this reaper itself wrote to the store (its probe key) and read it back,
+and some gateway's liveness record was fresh (clients can beat only through a gateway):
+a NATS leader election, a scheduler cut off from NATS, or a restart of the only gateway
+makes every client look silent, and that time never counts. A new leader starts every
+client at zero. A client silent for ``timeout`` seconds of counted time is gone: its apps
+are stopped (queued and running calls cancelled, containers stopped:
+:func:`burst_core.apps.stop`), its objects deleted, its records removed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from nats.js.kv import KeyValue
 from burst.wire import DictRequest, QueueRequest
 from burst_core import apps, bus, logs, names
 from burst_core.objects import Objects
-from burst_core.schemas import ClientObjectDecoder
+from burst_core.schemas import ClientObjectDecoder, ServiceHeartbeatDecoder
 from burst_scheduler.state import ClusterState
 
 log = logs.get("burst.scheduler.clients")
@@ -39,11 +40,13 @@ class _Seen:
 
 class ClientReaper:
     def __init__(self, js: JetStreamContext, state: ClusterState, timeout: float,
-                 interval: float) -> None:
+                 interval: float, gateway_window: float) -> None:
         self.js = js
         self.state = state
         self.timeout = timeout
         self.interval = interval
+        #: A gateway whose liveness record is older than this is not taking heartbeats.
+        self.gateway_window = gateway_window
         self.reaped = 0
         self._seen: dict[str, _Seen] = {}  # "<ws>.<client_id>" -> what the last pass saw
         self._last_ok: float | None = None  # monotonic time of the last good pass
@@ -62,10 +65,16 @@ class ClientReaper:
                 self._kv = await bus.ensure_kv(self.js, names.KV_CLIENTS)
             await self._kv.put(names.CLIENTS_PROBE_KEY, str(time.time()).encode())
             items = await bus.kv_items(self.js, names.KV_CLIENTS)
+            services = await bus.kv_items(self.js, names.KV_SERVICES, prefix="gateway")
         except Exception as e:
             # The store is unreachable: this span is nobody's missed time.
             self._last_ok = None
             log.warning("client_reaper_store_unavailable", error=repr(e))
+            return 0
+        wall = time.time()
+        if not any(wall - ServiceHeartbeatDecoder.decode(raw).at <= self.gateway_window
+                   for raw in services.values()):
+            self._last_ok = None  # no gateway to beat through: nobody's missed time either
             return 0
         now = time.monotonic()
         # A pass delayed far beyond its interval (this process starved) counts only as

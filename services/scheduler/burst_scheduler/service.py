@@ -81,7 +81,7 @@ class Scheduler:
         self.ticker = Ticker(self.js, bus.client_of(self.js), self.state, s,
                              lambda fn_key: self.autoscaler.blocked(fn_key))
         self.reaper = ClientReaper(self.js, self.state, s.client_timeout,
-                                   s.client_reap_interval)
+                                   s.client_reap_interval, 2 * s.service_heartbeat_interval)
         self.state.listeners.append(self.pools.on_state_change)
         await self.watcher.start()
         self.budget_stop = await BudgetStop.attach(self)  # hard budgets: stop, place nothing
