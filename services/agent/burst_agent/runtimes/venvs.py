@@ -22,7 +22,7 @@ import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 
-from burst import _protocol as proto
+from burst import wire
 from burst.image import PYTHON_SOURCE_DIR, describe
 from burst_agent.runtimes import images
 from burst_agent.runtimes.base import ContainerHandle, ContainerSpec
@@ -36,7 +36,7 @@ log = logs.get("burst.agent.venvs")
 VENV_STEPS = ("pip_install", "add_local_python_source")
 
 
-def needs_venv(image: proto.ImageSpec | None) -> bool:
+def needs_venv(image: wire.ImageSpec | None) -> bool:
     return image is not None and any(s.kind in VENV_STEPS for s in image.steps)
 
 
@@ -63,7 +63,7 @@ class VenvRuntime:
             self._runtimes[python] = self.make(python)
         return await self._runtimes[python].start(spec)
 
-    async def venv(self, image: proto.ImageSpec, emit: Callable[[str], None] | None) -> str:
+    async def venv(self, image: wire.ImageSpec, emit: Callable[[str], None] | None) -> str:
         """The interpreter of the image's environment, built first if missing."""
         # The agent's interpreter is part of the key: its packages are the fallback.
         key = f"{image.content_hash}-{hashlib.sha256(sys.prefix.encode()).hexdigest()[:8]}"
@@ -85,7 +85,7 @@ class VenvRuntime:
         return python
 
 
-def build_venv(image: proto.ImageSpec, root: Path, say: Callable[[str], None]) -> None:
+def build_venv(image: wire.ImageSpec, root: Path, say: Callable[[str], None]) -> None:
     """Build the environment in a scratch dir beside ``root``, then move it into place."""
     root.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(root.parent, 0o755)
