@@ -50,6 +50,9 @@ class ClientReaper:
         self.reaped = 0
         self._seen: dict[str, _Seen] = {}  # "<ws>.<client_id>" -> what the last pass saw
         self._last_ok: float | None = None  # monotonic time of the last good pass
+        # Deployments stopped, until our view of the deployments drops them (its watch may
+        # lag a moment behind the deletion).
+        self._stopped: set[str] = set()
         self._kv: KeyValue | None = None
         self._objects = Objects(js)
 
@@ -104,8 +107,9 @@ class ClientReaper:
         """``<ws>.<client_id>`` -> the object keys it owns, for every client that owns an
         app or an object, or has a heartbeat record."""
         owned: dict[str, list[str]] = {}
+        self._stopped &= {d.deployment_id for d in self.state.deployments.values()}
         for dep in self.state.deployments.values():
-            if dep.client_id:
+            if dep.client_id and dep.deployment_id not in self._stopped:
                 owned.setdefault(names.client_key(dep.workspace, dep.client_id), [])
         for key in items:
             parts = key.split(".")
@@ -120,9 +124,11 @@ class ClientReaper:
         assert self._kv is not None
         stopped = 0
         for dep in [d for d in self.state.deployments.values()
-                    if d.workspace == ws and d.client_id == client_id]:
+                    if d.workspace == ws and d.client_id == client_id
+                    and d.deployment_id not in self._stopped]:
             await apps.stop(self.js, dep, reason=f"its client {client_id} stopped "
                             f"heartbeating {missed:.1f} s ago")
+            self._stopped.add(dep.deployment_id)
             stopped += 1
         for key in objects:
             raw, _ = await bus.kv_get(self._kv, key)
