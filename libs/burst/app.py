@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -257,8 +256,13 @@ class App:
         raise InvalidError(f"app {self.name!r}: cannot find the source file of its functions")
 
     def deploy(self, name: str | None = None, *, client: Client | None = None,
-               ephemeral: bool = False) -> wire.DeployResponse:
-        """Upload the app's source bundle and deploy it; returns the deployment."""
+               ephemeral: bool = False, client_id: str = "") -> wire.DeployResponse:
+        """Upload the app's source bundle and deploy it; returns the deployment.
+
+        With ``ephemeral`` it is a run of the app (what ``app.run()`` makes): it gets an id
+        of its own (``DeployResponse.app``), lives while ``client_id`` heartbeats (or, with
+        none, until ``burst app stop``), and ``Function.from_name`` never finds it.
+        """
         from burst.client import Client
 
         app_name = name or self.name
@@ -275,34 +279,59 @@ class App:
         resp = client.deploy(wire.DeployRequest(
             app=app_name, bundle_hash=bundle.hash,
             functions=[_with_secrets(f) for f in self.registered_functions.values()],
-            ephemeral=ephemeral))
-        self._client, self._deployed_name = client, app_name
+            ephemeral=ephemeral,
+            client_id=client_id))
+        # Calls go to the app's id: its name when deployed, the run's own id when ephemeral.
+        self._client, self._deployed_name = client, resp.app
         return resp
 
-    @contextlib.contextmanager
-    def run(self, *, client: Client | None = None, show_output: bool = True) -> Iterator[App]:
-        """Deploy an ephemeral copy of the app for the duration of the block.
+    @property
+    def app_id(self) -> str | None:
+        """The running app's id (``ap-...`` for a run), or None when it is not running."""
+        return self._deployed_name
 
-        Remote output is printed, tagged with the function's name, while the block runs.
-        The ephemeral app gets a unique name, so it never replaces a deployed app.
+    @contextlib.contextmanager
+    def run(self, *, client: Client | None = None, show_output: bool | None = None,
+            detach: bool = False) -> Iterator[App]:
+        """Run an ephemeral copy of the app for the duration of the block.
+
+        The run has an id of its own (``app.app_id``) and carries the app's name for
+        metering, budgets and ``burst app list``; several runs of an app may be live at
+        once, beside its deployment. It lives as long as this process heartbeats: if the
+        process dies or loses the cluster, the cluster stops it (its queued calls
+        cancelled, its containers stopped) once the heartbeats have been missing for the
+        cluster's client timeout (10 s by default). With ``detach`` it keeps running after
+        the block (and the process) ends, until ``burst app stop <app id>``. Its functions'
+        schedules fire while it runs.
+
+        Remote output (and image builds) are printed, tagged with the function's name,
+        inside ``burst.enable_output()`` (``burst run`` enables it unless ``-q``), or with
+        ``show_output=True``.
         """
+        from burst import _heartbeat
         from burst._logs import LogFollower
         from burst.client import Client
+        from burst.output import output_enabled
 
         client = client or Client.from_profile()
-        base = (self.name or "app")[:48]
-        eph_name = f"{base}-run-{uuid.uuid4().hex[:6]}"
-        self.deploy(eph_name, client=client, ephemeral=True)
-        if show_output:
-            self._follower = LogFollower(client, eph_name)
-            self._follower.start()
-            self._follower.subscribed.wait(10)
-        try:
-            yield self
-        finally:
-            if self._follower is not None:
-                self._follower.stop()
-                self._follower = None
-            with contextlib.suppress(Exception):
-                client.remove_app(eph_name)
-            self._client, self._deployed_name = None, None
+        if show_output is None:
+            show_output = output_enabled()
+        base = (self.name or "app")[:63]
+        with _heartbeat.held(client) as client_id:
+            resp = self.deploy(base, client=client, ephemeral=True,
+                               client_id="" if detach else client_id)
+            app_id = resp.app
+            if show_output:
+                self._follower = LogFollower(client, app_id)
+                self._follower.start()
+                self._follower.subscribed.wait(10)
+            try:
+                yield self
+            finally:
+                if self._follower is not None:
+                    self._follower.stop()
+                    self._follower = None
+                if not detach:
+                    with contextlib.suppress(Exception):
+                        client.remove_app(app_id)
+                self._client, self._deployed_name = None, None

@@ -228,6 +228,9 @@ def _add(line: LedgerLine, r: MeteringRecord, seconds: float,
     line.seconds += seconds
     line.cost += cpu + mem + gpu
     line.records += records
+    if r.app_id:  # a container of an ephemeral run (`burst run`) of this app
+        line.ephemeral_seconds += seconds
+        line.ephemeral_cost += cpu + mem + gpu
     line.cpu_core_seconds += seconds * res.cpu
     line.cpu_cost += cpu
     line.memory_gib_seconds += seconds * (res.memory_mb / 1024)
@@ -439,10 +442,13 @@ def report(snapshot: LedgerSnapshot, workspace: str, by: ReportBy = "app",
             group, init = (line.app, line.function), {"app": line.app, "function": line.function}
         else:
             group, init = (line.day,), {"day": line.day}
-        r = row(group, {**init, "seconds": 0.0, "cost": 0.0, "records": 0})
+        r = row(group, {**init, "seconds": 0.0, "cost": 0.0, "records": 0,
+                        "ephemeral_seconds": 0.0, "ephemeral_cost": 0.0})
         r["seconds"] += line.seconds
         r["cost"] += line.cost
         r["records"] += line.records
+        r["ephemeral_seconds"] += line.ephemeral_seconds
+        r["ephemeral_cost"] += line.ephemeral_cost
     return [rows[g] for g in sorted(rows)]
 
 

@@ -8,6 +8,7 @@
   change; :func:`publish_many`.
 - :mod:`.consume`: :class:`Consumer`, a durable pull consumer whose ack/nak/term/
   in-progress follows from the handler's outcome (:class:`Retry`, :class:`Reject`).
+- :mod:`.pull`: :func:`pull`, up to n messages of a durable consumer, none left in flight.
 - :mod:`.kv`: KV reads and compare-and-set; :mod:`.mirror`: :class:`KVMirror`, a typed,
   current copy of a watched bucket.
 - :mod:`._natspy`: every use of nats-py's private attributes (nothing else touches them).
@@ -19,6 +20,7 @@ from burst_core.bus.consume import Consumer, Handler, Reject, Retry, deliveries,
 from burst_core.bus.kv import kv_cas, kv_deleted, kv_get, kv_items, kv_keys, kv_values
 from burst_core.bus.mirror import KVChange, KVMirror
 from burst_core.bus.publish import publish, publish_many
+from burst_core.bus.pull import pull
 from burst_core.bus.topology import DAY, Topology, ensure_consumer, ensure_kv, ensure_topology
 
 __all__ = [
@@ -27,5 +29,5 @@ __all__ = [
     "client_of", "connect", "deliveries", "direct", "ensure_consumer", "ensure_kv",
     "ensure_topology", "kv_cas", "kv_deleted", "kv_get", "kv_items", "kv_keys", "kv_subject",
     "kv_values",
-    "publish", "publish_many", "quiet", "send_now", "subscribe_direct",
+    "publish", "publish_many", "pull", "quiet", "send_now", "subscribe_direct",
 ]

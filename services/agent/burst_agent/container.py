@@ -127,7 +127,12 @@ class Container:
                         if self.agent.runtime.name == "process" else {}),
                      **secret_env,
                      "BURST_SHIM_HEARTBEAT_INTERVAL":
-                     str(self.agent.settings.container_heartbeat_interval)},
+                     str(self.agent.settings.container_heartbeat_interval),
+                     # The app this container belongs to: its id is what its functions'
+                     # keys name (an ephemeral run's ap-..., a deployed app's name), so
+                     # calls to sibling functions go there; the name is for display.
+                     "BURST_APP_ID": self.placement.app,
+                     "BURST_APP_NAME": self.placement.app_name or self.placement.app},
                 image=self.fn.image, build_log=self._build_line,
             )
             # Overlapped with the start: the function's consumer is made (if need be),

@@ -15,6 +15,7 @@ from burst_gateway import (
     api_blobs,
     api_budgets,
     api_calls,
+    api_clients,
     api_cluster,
     api_maps,
     api_objects,
@@ -55,6 +56,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     errors.install(app, settings.unavailable_retry_after)
     app.include_router(api_cluster.router)
     app.include_router(api_apps.router)
+    app.include_router(api_clients.router)
     app.include_router(api_calls.router)
     app.include_router(api_billing.router)
     app.include_router(api_agents.router)

@@ -293,6 +293,7 @@ class Autoscaler:
             gpu_indices=list(claim.gpu_indices),
             spot=claim.spot,
             placed_at=claim.placed_at,
+            app_name=ref.deployment.name,
         )
         try:
             await bus.publish(self.js, names.agent_orders_subject(claim.agent_id),
