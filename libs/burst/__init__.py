@@ -16,13 +16,16 @@ from burst.exception import Error
 from burst.functions import Function, FunctionCall
 from burst.image import Image
 from burst.objects import Dict, Queue
+from burst.output import enable_output
 from burst.retries import Retries
 from burst.schedules import Cron, Period
+from burst.secret import Secret
 
 __version__ = "0.1.0"
 __all__ = ["App", "Cls", "Cron", "Dict", "Error", "Function", "FunctionCall", "Image", "Retries",
-           "batched", "concurrent", "current_function_call_id", "current_input_id", "enter",
-           "exception", "exit", "is_local", "method", "parameter", "Period", "Queue",
+           "batched", "concurrent", "current_function_call_id", "current_input_id",
+           "enable_output", "enter",
+           "exception", "exit", "is_local", "method", "parameter", "Period", "Queue", "Secret",
            "__version__"]
 
 

@@ -381,6 +381,11 @@ def _start_servers(launcher: Launcher, ports: dict[str, int]) -> None:
     )
 
 
+#: The services given BURST_MASTER_KEYS: the gateway (user secrets, webhook signing
+#: secrets) and billing (webhook signing secrets, to sign deliveries).
+KEY_HOLDERS = ("gateway", "billing")
+
+
 def _start_services(
     launcher: Launcher, ports: dict[str, int], token: str, gpus: str, spot: bool,
     runtime: str = "process",
@@ -403,10 +408,13 @@ def _start_services(
     }
     for name in SERVICES:
         ports_of = {"http": ports["gateway"]} if name == "gateway" else {}
+        part_env = {**env, **extra.get(name, {})}
+        if name not in KEY_HOLDERS:  # the master keys reach only who seals and opens
+            part_env.pop("BURST_MASTER_KEYS", None)
         launcher.start(
             name,
             [sys.executable, "-m", f"burst_{name}"],
-            {**env, **extra.get(name, {})},
+            part_env,
             **ports_of,
         )
 

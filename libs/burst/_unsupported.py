@@ -7,7 +7,7 @@ from burst.exception import InvalidError
 
 #: Top-level names of Modal's SDK not built yet.
 NAMES = frozenset({
-    "Sandbox", "Volume", "Secret", "NetworkFileSystem", "CloudBucketMount", "Proxy", "Tunnel",
+    "Sandbox", "Volume", "NetworkFileSystem", "CloudBucketMount", "Proxy", "Tunnel",
     "Mount", "SandboxSnapshot", "asgi_app", "wsgi_app", "web_endpoint", "fastapi_endpoint",
     "web_server", "forward", "interact",
 })
@@ -24,9 +24,9 @@ def refuse(what: str) -> NotSupportedError:
 #: Options of Modal's ``App(...)`` and ``@app.function(...)``/``@app.cls(...)`` that Burst
 #: has not built yet. Modal's default value (None, empty, False) is accepted: it asks for
 #: nothing.
-APP_OPTIONS = frozenset({"secrets", "volumes", "mounts"})
+APP_OPTIONS = frozenset({"volumes", "mounts"})
 FUNCTION_OPTIONS = frozenset({
-    "secrets", "volumes", "env", "network_file_systems", "cloud_bucket_mounts", "mounts",
+    "volumes", "env", "network_file_systems", "cloud_bucket_mounts", "mounts",
     "cloud", "region", "enable_memory_snapshot", "block_network", "proxy", "ephemeral_disk",
     "i6pn", "rdma", "restrict_modal_access", "single_use_containers", "max_inputs",
     "allow_concurrent_inputs", "concurrency_limit", "container_idle_timeout", "keep_warm",

@@ -5,18 +5,21 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
+
 from burst import _resources, _unsupported, schedules, wire
+from burst import secret as _secret
 from burst.cls import Cls
 from burst.exception import InvalidError
 from burst.functions import Function, is_generator
 from burst.image import Image
 from burst.retries import Retries
 from burst.schedules import Cron, Period
+from burst.secret import Secret
 
 if TYPE_CHECKING:
     from burst._logs import LogFollower
@@ -27,7 +30,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _FUNCTION_ARGS = ("cpu", "memory", "gpu", "timeout", "scaledown_window", "min_containers",
                   "max_containers", "buffer_containers", "nonpreemptible", "retries", "name",
-                  "schedule", "image")
+                  "schedule", "image", "secrets")
 
 
 def _module_name(module: Any) -> str:
@@ -37,6 +40,14 @@ def _module_name(module: Any) -> str:
     if name == "__main__" and file:
         return os.path.splitext(os.path.basename(str(file)))[0]
     return name
+
+
+def _with_secrets(fn: Function[..., Any]) -> wire.FunctionSpec:
+    """The function's spec as deployed: its secrets read now, on the deploying machine
+    (the spec the client keeps has none of their values)."""
+    if not fn.secrets:
+        return fn.spec
+    return msgspec.structs.replace(fn.spec, secrets=[s._spec() for s in fn.secrets])
 
 
 class App:
@@ -62,9 +73,11 @@ class App:
 
     def __init__(self, name: str | None = None, *, image: Image | None = None,
                  tags: dict[str, str] | None = None, include_source: bool | None = None,
-                 description: str | None = None, **others: Any) -> None:
+                 description: str | None = None, secrets: list[Secret] | None = None,
+                 **others: Any) -> None:
         _unsupported.check_options("burst.App()", others, _unsupported.APP_OPTIONS,
-                                   ["name", "image", "tags", "include_source", "description"])
+                                   ["name", "image", "tags", "include_source", "description",
+                                    "secrets"])
         if tags is not None and not (isinstance(tags, dict) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in tags.items())):
             raise InvalidError(f"burst.App: tags= takes a dict of str to str, got {tags!r}")
@@ -84,6 +97,8 @@ class App:
         self.name = name
         #: The image of functions that do not name their own.
         self.image = image
+        #: Secrets of every function, before the function's own.
+        self.secrets = _secret.coerce("burst.App()", secrets)
         self.registered_functions: dict[str, Function[..., Any]] = {}
         self.local_entrypoints: dict[str, Callable[..., Any]] = {}
         self._client: Client | None = None
@@ -111,6 +126,7 @@ class App:
         name: str | None = None,
         schedule: Cron | Period | None = None,
         image: Image | None = None,
+        secrets: list[Secret] | None = None,
         **others: Any,
     ) -> Callable[[F], Function[..., Any]]:
         """Register a function to run in containers.
@@ -123,7 +139,9 @@ class App:
         function's call waits for its room, but never below ``min_containers``);
         ``schedule`` (:class:`burst.Cron` or :class:`burst.Period`) runs the function by
         itself once the app is deployed;
-        ``image`` (:class:`burst.Image`) is the container image, by default the app's.
+        ``image`` (:class:`burst.Image`) is the container image, by default the app's;
+        ``secrets`` (:class:`burst.Secret`) become environment variables of its
+        containers, after the app's (a later one's key overrides an earlier one's).
         """
         if _warn_parentheses_missing is not None:
             raise InvalidError("use @app.function() with parentheses")
@@ -143,6 +161,7 @@ class App:
         if image is not None and not isinstance(image, Image):
             raise InvalidError(f"image= takes a burst.Image, got {image!r}")
         img = image or self.image
+        fn_secrets = [*self.secrets, *_secret.coerce("@app.function()", secrets)]
         if mx is not None and mn is not None and mn > mx:
             raise InvalidError(f"min_containers={mn} is above max_containers={mx}")
 
@@ -173,6 +192,7 @@ class App:
             if spec.name in self.registered_functions:
                 raise InvalidError(f"app {self.name!r} already has a function {spec.name!r}")
             fn = Function(f, self, spec)
+            fn.secrets = fn_secrets
             self.registered_functions[spec.name] = fn
             return fn
 
@@ -236,8 +256,13 @@ class App:
         raise InvalidError(f"app {self.name!r}: cannot find the source file of its functions")
 
     def deploy(self, name: str | None = None, *, client: Client | None = None,
-               ephemeral: bool = False) -> wire.DeployResponse:
-        """Upload the app's source bundle and deploy it; returns the deployment."""
+               ephemeral: bool = False, client_id: str = "") -> wire.DeployResponse:
+        """Upload the app's source bundle and deploy it; returns the deployment.
+
+        With ``ephemeral`` it is a run of the app (what ``app.run()`` makes): it gets an id
+        of its own (``DeployResponse.app``), lives while ``client_id`` heartbeats (or, with
+        none, until ``burst app stop``), and ``Function.from_name`` never finds it.
+        """
         from burst.client import Client
 
         app_name = name or self.name
@@ -253,34 +278,60 @@ class App:
             client.put_bundle(bundle.hash, bundle.data)
         resp = client.deploy(wire.DeployRequest(
             app=app_name, bundle_hash=bundle.hash,
-            functions=[f.spec for f in self.registered_functions.values()], ephemeral=ephemeral))
-        self._client, self._deployed_name = client, app_name
+            functions=[_with_secrets(f) for f in self.registered_functions.values()],
+            ephemeral=ephemeral,
+            client_id=client_id))
+        # Calls go to the app's id: its name when deployed, the run's own id when ephemeral.
+        self._client, self._deployed_name = client, resp.app
         return resp
 
-    @contextlib.contextmanager
-    def run(self, *, client: Client | None = None, show_output: bool = True) -> Iterator[App]:
-        """Deploy an ephemeral copy of the app for the duration of the block.
+    @property
+    def app_id(self) -> str | None:
+        """The running app's id (``ap-...`` for a run), or None when it is not running."""
+        return self._deployed_name
 
-        Remote output is printed, tagged with the function's name, while the block runs.
-        The ephemeral app gets a unique name, so it never replaces a deployed app.
+    @contextlib.contextmanager
+    def run(self, *, client: Client | None = None, show_output: bool | None = None,
+            detach: bool = False) -> Iterator[App]:
+        """Run an ephemeral copy of the app for the duration of the block.
+
+        The run has an id of its own (``app.app_id``) and carries the app's name for
+        metering, budgets and ``burst app list``; several runs of an app may be live at
+        once, beside its deployment. It lives as long as this process heartbeats: if the
+        process dies or loses the cluster, the cluster stops it (its queued calls
+        cancelled, its containers stopped) once the heartbeats have been missing for the
+        cluster's client timeout (10 s by default). With ``detach`` it keeps running after
+        the block (and the process) ends, until ``burst app stop <app id>``. Its functions'
+        schedules fire while it runs.
+
+        Remote output (and image builds) are printed, tagged with the function's name,
+        inside ``burst.enable_output()`` (``burst run`` enables it unless ``-q``), or with
+        ``show_output=True``.
         """
+        from burst import _heartbeat
         from burst._logs import LogFollower
         from burst.client import Client
+        from burst.output import output_enabled
 
         client = client or Client.from_profile()
-        base = (self.name or "app")[:48]
-        eph_name = f"{base}-run-{uuid.uuid4().hex[:6]}"
-        self.deploy(eph_name, client=client, ephemeral=True)
-        if show_output:
-            self._follower = LogFollower(client, eph_name)
-            self._follower.start()
-            self._follower.subscribed.wait(10)
-        try:
-            yield self
-        finally:
-            if self._follower is not None:
-                self._follower.stop()
-                self._follower = None
-            with contextlib.suppress(Exception):
-                client.remove_app(eph_name)
-            self._client, self._deployed_name = None, None
+        if show_output is None:
+            show_output = output_enabled()
+        base = (self.name or "app")[:63]
+        with _heartbeat.held(client) as client_id:
+            resp = self.deploy(base, client=client, ephemeral=True,
+                               client_id="" if detach else client_id)
+            app_id = resp.app
+            if show_output:
+                self._follower = LogFollower(client, app_id)
+                self._follower.start()
+                self._follower.subscribed.wait(10)
+            try:
+                yield self
+            finally:
+                if self._follower is not None:
+                    self._follower.stop()
+                    self._follower = None
+                if not detach:
+                    with contextlib.suppress(Exception):
+                        client.remove_app(app_id)
+                self._client, self._deployed_name = None, None

@@ -58,6 +58,8 @@ class Function(Generic[P, R]):
         self.spec = spec
         self._client: Client | None = None
         self._app_name: str | None = None
+        #: burst.Secret objects, read at deploy (see burst.app._with_secrets).
+        self.secrets: list[Any] = []
         # Set on the handle of one method of one parametrized instance (see burst.cls).
         self._method: str | None = None
         self._params: dict[str, Any] = {}
@@ -78,12 +80,18 @@ class Function(Generic[P, R]):
     @classmethod
     def from_name(cls, app_name: str, name: str, *,
                   client: Client | None = None) -> Function[..., Any]:
-        """A handle on a function of a deployed app (no network call until it is used)."""
+        """A handle on a function of a deployed app (no network call until it is used).
+
+        Only deployed apps are found: an ephemeral run (``burst run``, ``app.run()``) has an
+        id of its own, never its app's name, and its id is refused here."""
         try:
             wire.check_ident("app", app_name)
             wire.check_ident("function", name)
         except ValueError as e:
             raise InvalidError(str(e)) from None
+        if wire.is_app_id(app_name):
+            raise InvalidError(f"{app_name!r} is an ephemeral app's id: Function.from_name "
+                               "finds deployed apps only, by name (`burst deploy`)")
         fn: Function[..., Any] = Function(_not_local, None, wire.FunctionSpec(
             name=name, module="", qualname=name))
         fn._app_name = app_name

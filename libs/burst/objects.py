@@ -66,6 +66,20 @@ def _ephemeral_name(kind: str) -> str:
     return f"eph-{kind}-{secrets.token_hex(8)}"
 
 
+@contextmanager
+def _owned() -> Iterator[str]:
+    """In a client: hold the process's heartbeat for an ephemeral object's block and yield
+    the client id it is tied to (the cluster removes the object if this process dies).
+    Inside a container: "" (the object lives for its block only)."""
+    if _context.platform is not None:
+        yield ""
+        return
+    from burst import _heartbeat
+
+    with _heartbeat.held(_client()) as client_id:
+        yield client_id
+
+
 def _check(kind: str, name: str) -> str:
     try:
         return wire.check_ident(kind, name)
@@ -80,6 +94,7 @@ class _Object:
         self.name = _check(self.kind, name)
         self.create_if_missing = create_if_missing
         self._ended = False  # an ephemeral object whose block has ended
+        self._client_id = ""  # an ephemeral object's client (ties it to its heartbeat)
 
     def __repr__(self) -> str:
         return f"<burst.{self.kind.capitalize()} {self.name}>"
@@ -109,19 +124,21 @@ class Dict(_Object):
     def ephemeral(cls, data: dict[Any, Any] | None = None) -> Iterator[Dict]:
         """A new Dict (holding ``data``) removed with its contents when the block ends."""
         d = cls(_ephemeral_name("dict"), True)
-        d._op("ensure")
-        # Made now: a copy passed to a function that outlives the block finds it gone
-        # (NotFoundError) instead of making it again.
-        d.create_if_missing = False
-        if data:
-            d.update(data)
-        try:
-            yield d
-        finally:
+        with _owned() as client_id:
+            d._client_id = client_id
+            d._op("ensure")
+            # Made now: a copy passed to a function that outlives the block finds it gone
+            # (NotFoundError) instead of making it again.
+            d.create_if_missing = False
             try:
-                d._op("delete")
+                if data:
+                    d.update(data)
+                yield d
             finally:
-                d._ended = True
+                try:
+                    d._op("delete")
+                finally:
+                    d._ended = True
 
     def _op(self, op: str, key: Any = _MISSING, value: Any = _MISSING,
             skip_if_exists: bool = False) -> wire.DictResponse:
@@ -130,7 +147,8 @@ class Dict(_Object):
                                 key=b"" if key is _MISSING else serialize(key),
                                 value=b"" if value is _MISSING else serialize(value),
                                 create_if_missing=self.create_if_missing,
-                                skip_if_exists=skip_if_exists)
+                                skip_if_exists=skip_if_exists,
+                                client_id=self._client_id if op in ("ensure", "delete") else "")
         return wire.dict_response_decoder.decode(_call("dict", req))
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -228,13 +246,17 @@ class Queue(_Object):
     def ephemeral(cls) -> Iterator[Queue]:
         """A new, empty Queue removed (with its items) when the block ends."""
         q = cls(_ephemeral_name("queue"), True)
-        try:
-            yield q
-        finally:
+        with _owned() as client_id:
+            q._client_id = client_id
+            if client_id:
+                q._op("ensure")  # recorded as this client's, for the reaper
             try:
-                q._op("delete")
+                yield q
             finally:
-                q._ended = True
+                try:
+                    q._op("delete")
+                finally:
+                    q._ended = True
 
     def _op(self, op: str, values: list[Any] | None = None, n: int = 1,
             timeout: float | None = 0.0, partition: str | None = None,
@@ -245,7 +267,8 @@ class Queue(_Object):
         req = wire.QueueRequest(name=self.name, op=op,  # type: ignore[arg-type]
                                  values=[serialize(v) for v in values or []], n=n,
                                  timeout=timeout, create_if_missing=self.create_if_missing,
-                                 partition=partition or "", total=total)
+                                 partition=partition or "", total=total,
+                                 client_id=self._client_id if op in ("ensure", "delete") else "")
         wait = None if timeout is None else timeout + 30.0
         return wire.queue_response_decoder.decode(_call("queue", req, wait))
 

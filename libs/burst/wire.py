@@ -55,6 +55,28 @@ def check_ident(kind: str, value: str) -> str:
     return value
 
 
+#: An ephemeral app's id (``burst run``, ``with app.run():``): ``ap-`` and 16 hex digits.
+#: It names the run everywhere a deployed app's name would (function keys, calls, logs,
+#: containers); the run's app name is kept beside it. No deployed app may take this form.
+_APP_ID = re.compile(r"ap-[0-9a-f]{16}")
+#: A client's id (``cl-`` and 16 hex digits): its heartbeats keep its ephemeral apps and
+#: objects alive.
+_CLIENT_ID = re.compile(r"cl-[0-9a-f]{16}")
+
+
+def is_app_id(value: str) -> bool:
+    """Whether ``value`` is an ephemeral app's id rather than an app name."""
+    return bool(_APP_ID.fullmatch(value))
+
+
+def check_client_id(value: str) -> str:
+    """Return ``value`` if it is a client id, else raise ValueError."""
+    if not isinstance(value, str) or not _CLIENT_ID.fullmatch(value):
+        raise ValueError(f"invalid client id {quote_value(value)}: expected 'cl-' and 16 "
+                         "lowercase hex digits")
+    return value
+
+
 #: Known GPU types, canonical spellings; names are matched case-insensitively.
 GPU_TYPES = ("T4", "L4", "A10G", "L40S", "A100-40GB", "A100-80GB", "H100", "H200", "B200")
 
@@ -122,6 +144,18 @@ class ImageSpec(_Body):
     content_hash: str = ""
 
 
+class SecretSpec(_Body):
+    """A secret a function's containers get as environment variables: a stored one by
+    ``name`` (its keys checked against ``required_keys`` at deploy), or one made in code,
+    whose ``values`` the SDK sends once and the gateway replaces by ``sealed`` (an
+    envelope, see ``burst_core.secrets``) before anything is stored."""
+
+    name: str = ""
+    required_keys: list[str] = msgspec.field(default_factory=list)
+    values: dict[str, str] = msgspec.field(default_factory=dict)
+    sealed: str = ""
+
+
 class FunctionSpec(_Body):
     """One function of an app, as the SDK declared it."""
 
@@ -144,6 +178,8 @@ class FunctionSpec(_Body):
     is_class: bool = False  # an @app.cls: payloads name the method and parameters
     schedule: Schedule | None = None  # fired by the scheduler, on deployed apps only
     image: ImageSpec | None = None  # None: the runtime's default image
+    #: In order: a later secret's key overrides an earlier one's.
+    secrets: list[SecretSpec] = msgspec.field(default_factory=list)
 
 
 # ---- HTTP bodies (SDK <-> gateway) ---------------------------------------------------
@@ -151,14 +187,19 @@ class DeployRequest(_Body):
     app: str
     bundle_hash: str
     functions: list[FunctionSpec]
+    #: An ephemeral run of app ``app``: it gets an id of its own (``DeployResponse.app``)
+    #: and lives while ``client_id`` heartbeats ("" with ``ephemeral``: detached, until
+    #: ``burst app stop``).
     ephemeral: bool = False
+    client_id: str = ""
 
 
 class DeployResponse(_Body):
-    app: str
+    app: str  # the app's name; an ephemeral run's id
     workspace: str
     deployment_id: str
     functions: list[str]
+    name: str = ""  # an ephemeral run's app name
 
 
 #: Arguments and results up to this size travel inline (NATS messages stay small);
@@ -244,6 +285,8 @@ class DictRequest(_Body):
     create_if_missing: bool = True
     #: ``put`` only: leave an existing value in place (``found`` says whether it was written).
     skip_if_exists: bool = False
+    #: ``ensure`` and ``delete`` of an ephemeral Dict: the client whose heartbeats keep it.
+    client_id: str = ""
 
 
 class DictResponse(_Body):
@@ -266,6 +309,8 @@ class QueueRequest(_Body):
     partition: str = ""
     #: ``len`` only: count the items of every partition.
     total: bool = False
+    #: ``ensure`` and ``delete`` of an ephemeral Queue: the client whose heartbeats keep it.
+    client_id: str = ""
 
 
 class QueueResponse(_Body):

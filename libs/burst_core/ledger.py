@@ -1,30 +1,16 @@
 """The usage ledger: a fold of the metering stream, shared by billing and the gateway.
 
-Billing is the only writer: it folds every ``MeteringRecord`` of ``BURST_METERING`` in
-stream order with :func:`apply` and saves the :class:`LedgerSnapshot` to KV. The gateway
-reads that snapshot (:func:`load_snapshot`) and answers reports with :func:`report`.
+Billing alone writes it, folding every ``MeteringRecord`` of ``BURST_METERING`` in stream
+order (:func:`apply`) into a :class:`LedgerSnapshot` saved in KV; the gateway reads the
+snapshot (:func:`load_snapshot`) and answers reports (:func:`report`).
 
 Invariants:
-- a record is identified by ``(container_id, interval)`` and counted at most once, however
-  often it is delivered (redelivery, an agent republishing after a restart beyond
-  JetStream's dedupe window);
-- folding the same messages in the same order gives the same snapshot, bit for bit, so a
-  replay from sequence 1 into an empty snapshot rebuilds an identical ledger;
-- costs accumulate as floats, unrounded: rounding is for display only. A sum of n floats
-  is off by at most about n * 1e-16 of the total, far below a cent for any real ledger.
-
-Dedupe memory stays bounded: per container, the contiguous run of counted intervals
-0..w is kept as one mark (``seen_through``), with only out-of-order intervals above it
-listed in ``seen``; once a container's final record n has arrived and 0..n are all
-counted, the container is reduced to ``closed[container] = n``, and nothing of it is
-counted again (a stopped container produces no usage after its final record).
-
-Example::
-
-    snap = LedgerSnapshot()
-    apply(snap, seq=1, record=rec, rates=Rates())
-    report(snap, "acme", by="function")
-    # [{"app": "shop", "function": "resize", "seconds": 5.0, "cost": 8.1e-06, "records": 1}]
+- a record (``(container_id, interval)``) counts at most once however often it arrives;
+  the memory for that stays bounded (a contiguous run of intervals is one mark, a closed
+  container one number);
+- the same messages in the same order give the same snapshot, bit for bit, so a replay
+  from sequence 1 rebuilds an identical ledger;
+- costs accumulate as unrounded floats; rounding is for display only.
 """
 
 from __future__ import annotations
@@ -242,6 +228,9 @@ def _add(line: LedgerLine, r: MeteringRecord, seconds: float,
     line.seconds += seconds
     line.cost += cpu + mem + gpu
     line.records += records
+    if r.app_id:  # a container of an ephemeral run (`burst run`) of this app
+        line.ephemeral_seconds += seconds
+        line.ephemeral_cost += cpu + mem + gpu
     line.cpu_core_seconds += seconds * res.cpu
     line.cpu_cost += cpu
     line.memory_gib_seconds += seconds * (res.memory_mb / 1024)
@@ -453,10 +442,13 @@ def report(snapshot: LedgerSnapshot, workspace: str, by: ReportBy = "app",
             group, init = (line.app, line.function), {"app": line.app, "function": line.function}
         else:
             group, init = (line.day,), {"day": line.day}
-        r = row(group, {**init, "seconds": 0.0, "cost": 0.0, "records": 0})
+        r = row(group, {**init, "seconds": 0.0, "cost": 0.0, "records": 0,
+                        "ephemeral_seconds": 0.0, "ephemeral_cost": 0.0})
         r["seconds"] += line.seconds
         r["cost"] += line.cost
         r["records"] += line.records
+        r["ephemeral_seconds"] += line.ephemeral_seconds
+        r["ephemeral_cost"] += line.ephemeral_cost
     return [rows[g] for g in sorted(rows)]
 
 

@@ -1,29 +1,16 @@
 """The saved ledger in KV: a header and the pieces it names, so it may outgrow a KV value.
 
-A KV value is capped near 1 MiB, and a ledger's day lines grow with functions x days. The
-snapshot is saved as groups of bytes: the snapshot without its day lines, then one group
-per month (``YYYY-MM``) of day lines; each group is cut into pieces of at most
-``chunk_bytes``, each stored under its own key. The header (key ``state``) holds the stream
-position and, per group, the pieces in order with their sha256.
+The snapshot is saved as groups (the snapshot without day lines, then one per month of day
+lines), each cut into pieces of at most ``chunk_bytes`` under their own keys; the header
+(key ``state``) holds the stream position and each group's pieces with their sha256.
 
-Saving (one writer at a time, fenced by the header's revision):
-
-1. pieces whose bytes a piece of the current header already holds are reused (past months
-   rarely change, so a save writes the current month and the rest, not the whole ledger);
-2. the other pieces are written to slots of this writer (``part.<writer>.<n>``) that the
-   current header does not name, so nothing a reader may be reading through the current
-   header is overwritten;
-3. the header is written by compare-and-set: the new ledger becomes visible at once;
-4. a writer deletes another writer's pieces (a predecessor's) once its own header no longer
-   names them (or never did: a predecessor's save that lost the race, or a crash). A
-   superseded writer never writes a slot the header it loaded names, so it cannot damage
-   what its successor saved.
-
-Reading: the header, then its pieces; a piece that is missing or holds other bytes (its
-slot was reused after the header was read) makes the reader start again from the header.
-
-A ``state`` value that is a whole ``LedgerSnapshot`` (written before pieces existed) is
-still read; the next save replaces it with a header.
+Invariants: one writer at a time, fenced by compare-and-set on the header; a save reuses
+pieces the header already holds with the same bytes and writes the others only to slots of
+its own that the current header does not name, so nothing a reader reads through the
+current header is ever overwritten; a writer deletes other writers' pieces only once its
+own header no longer names them. A reader that finds a piece missing or changed starts
+again from the header. A ``state`` value that is a whole snapshot (the old format) is read
+and replaced at the next save.
 """
 
 from __future__ import annotations

@@ -220,6 +220,21 @@ KV_WEBHOOK_LOG = "burst_webhook_log"  # key: <workspace>.<delivery id> -> Webhoo
 KV_ALERT_STATE = "burst_alert_state"  # key: alert_state_key() -> AlertState (billing)
 KV_SCHEDULES = "burst_schedules"  # key: <fn_key> -> ScheduleState (scheduler, gateway: CAS)
 KV_WAITING = "burst_waiting"  # key: <fn_key> -> FunctionWaiting (scheduler writes)
+# keys: <ws>.<client_id> -> ClientHeartbeat; <ws>.<client_id>.<kind>.<name> -> ClientObject
+KV_CLIENTS = "burst_clients"
+#: The client reaper's own write each pass (it counts missed heartbeats only while the
+#: store takes its writes); ``_`` cannot start a workspace name.
+CLIENTS_PROBE_KEY = "_reaper"
+KV_SECRETS = "burst_secrets"  # key: secret_key() -> SecretRecord (values sealed; gateway only)
+
+#: Core NATS (never a stream): an agent asks the gateways for a placed container's secret
+#: values; one gateway of the queue group answers.
+SUBJECT_SECRETS_FETCH = "burst.secrets.fetch"
+QUEUE_SECRETS_FETCH = "gateway_secrets"
+
+
+def secret_key(workspace: str, name: str) -> str:
+    return f"{workspace}.{name}"
 
 
 def budget_key(workspace: str, app: str | None = None, function: str | None = None) -> str:
@@ -255,6 +270,16 @@ def bundle_name(workspace: str, bundle_hash: str) -> str:
 
 def deployment_key(workspace: str, app: str) -> str:
     return f"{workspace}.{app}"
+
+
+def client_key(workspace: str, client_id: str) -> str:
+    """A client's heartbeat in ``KV_CLIENTS``."""
+    return f"{workspace}.{client_id}"
+
+
+def client_object_key(workspace: str, client_id: str, kind: str, name: str) -> str:
+    """An ephemeral Dict or Queue a client owns, in ``KV_CLIENTS``."""
+    return f"{workspace}.{client_id}.{kind}.{name}"
 
 
 def service_key(service: str, instance: str) -> str:

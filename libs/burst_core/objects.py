@@ -7,6 +7,10 @@ and the agent (user code in containers, which has no route to the cluster).
 - A Queue is one subject of a work-queue stream with its own durable pull consumer;
   ``get`` acks what it returns, so each item is handed out once.
 Keys and values are opaque bytes (cloudpickle made by the SDK): services never unpickle.
+
+An ephemeral object (``Dict.ephemeral()``, ``Queue.ephemeral()``) made by a client names
+that client (``client_id``): it is recorded in KV ``burst_clients`` beside the client's
+heartbeat, and the scheduler's reaper deletes it if the client dies before its block ends.
 """
 
 from __future__ import annotations
@@ -14,17 +18,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from typing import Literal
 
 import msgspec
-import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
 from burst.exception import InvalidError, NotFoundError
-from burst.wire import DictRequest, DictResponse, QueueRequest, QueueResponse
+from burst.wire import DictRequest, DictResponse, QueueRequest, QueueResponse, check_client_id
 from burst_core import bus, names
+from burst_core.schemas import ClientObject, encode
 
 
 class _Entry(msgspec.Struct):
@@ -57,9 +62,8 @@ def _name(kind: str, name: str) -> str:
 
 
 class Objects:
-    def __init__(self, js: JetStreamContext, pull_reply_timeout: float = 10.0) -> None:
+    def __init__(self, js: JetStreamContext) -> None:
         self.js = js
-        self.pull_reply_timeout = pull_reply_timeout
         self._kv: KeyValue | None = None
         self._queues_ready: set[str] = set()
 
@@ -67,6 +71,24 @@ class Objects:
         if self._kv is None:
             self._kv = await self.js.key_value(names.KV_DICTS)
         return self._kv
+
+    async def _own(self, workspace: str, client_id: str, kind: Literal["dict", "queue"],
+                   name: str, op: str) -> None:
+        """Tie an ephemeral object to its client (``ensure``) or untie it (``delete``): the
+        scheduler's reaper removes a client's objects when its heartbeats stop."""
+        try:
+            names.check_ident("workspace", workspace)
+            check_client_id(client_id)
+        except ValueError as e:
+            raise InvalidError(str(e)) from None
+        kv = await self.js.key_value(names.KV_CLIENTS)
+        key = names.client_object_key(workspace, client_id, kind, name)
+        if op == "ensure":
+            await kv.put(key, encode(ClientObject(workspace=workspace, client_id=client_id,
+                                                  kind=kind, name=name,
+                                                  created_at=time.time())))
+        else:
+            await kv.delete(key)
 
     # ---- Dict --------------------------------------------------------------------------
     async def dict_op(self, workspace: str, req: DictRequest) -> DictResponse:
@@ -80,10 +102,14 @@ class Objects:
                                     "(create it with create_if_missing=True)")
             await kv.put(meta, str(time.time()).encode())
         if req.op == "ensure":
+            if req.client_id:
+                await self._own(workspace, req.client_id, "dict", name, "ensure")
             return DictResponse(found=True)
         if req.op == "delete":
             out = await self._scan(kv, workspace, name, "clear")
             await kv.delete(meta)
+            if req.client_id:
+                await self._own(workspace, req.client_id, "dict", name, "delete")
             return out
         if req.op in ("len", "keys", "items", "clear"):
             return await self._scan(kv, workspace, name, req.op)
@@ -170,11 +196,15 @@ class Objects:
         subject = _subject(workspace, name, req.partition)
         if req.op == "ensure":
             await self._consumer(workspace, name, req.partition)
+            if req.client_id:
+                await self._own(workspace, req.client_id, "queue", name, "ensure")
             return QueueResponse()
         if req.op == "delete":  # every partition's items and consumers
             await self._drop_consumers(workspace, name)
             await self.js.purge_stream(names.STREAM_QUEUES, subject=subject)
             await self.js.purge_stream(names.STREAM_QUEUES, subject=subject + ".>")
+            if req.client_id:
+                await self._own(workspace, req.client_id, "queue", name, "delete")
             return QueueResponse()
         if req.op == "put":
             for value in req.values:
@@ -198,15 +228,14 @@ class Objects:
         durable = await self._consumer(workspace, name, req.partition)
         wait = MAX_QUEUE_WAIT if req.timeout is None else min(max(req.timeout, 0.0), MAX_QUEUE_WAIT)
         try:
-            msgs = await bus.pull(self.js, names.STREAM_QUEUES, durable, req.n, wait,
-                                  self.pull_reply_timeout)
+            msgs = await bus.pull(self.js, names.STREAM_QUEUES, durable, req.n, wait)
         except bus.ConsumerMissing:
             # The queue was deleted (by another gateway or agent) since this process made
             # its consumer, and is used again: make it anew.
             self._queues_ready.discard(durable)
             durable = await self._consumer(workspace, name, req.partition)
-            msgs = await bus.pull(self.js, names.STREAM_QUEUES, durable, req.n, wait,
-                                  self.pull_reply_timeout)
-        for m in msgs:
-            await m.ack_sync()
+            msgs = await bus.pull(self.js, names.STREAM_QUEUES, durable, req.n, wait)
+        # Each item is handed out once: acknowledged (and confirmed) before it is returned.
+        for i in range(0, len(msgs), SCAN_BATCH):
+            await asyncio.gather(*(m.ack_sync() for m in msgs[i:i + SCAN_BATCH]))
         return QueueResponse(values=[m.data for m in msgs], count=len(msgs))

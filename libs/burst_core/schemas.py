@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 import msgspec
 
 # Resources and FunctionSpec are shared with the SDK, which must stay light.
-from burst.wire import FunctionSpec, Resources, RetryPolicy
+from burst.wire import FunctionSpec, Resources, RetryPolicy, SecretSpec
 
 if TYPE_CHECKING:
     from typing_extensions import TypeForm
@@ -47,6 +47,34 @@ class DeploymentRecord(_Wire, kw_only=True):
     functions: list[FunctionSpec]
     created_at: float
     ephemeral: bool = False
+    #: An ephemeral run's app name (``app`` is then its id, ``ap-...``): metering, budgets
+    #: and listings go by this name. "" for a deployed app (its name is ``app``).
+    name: str = ""
+    #: The client whose heartbeats keep an ephemeral run alive ("" : a deployed app, or a
+    #: detached run, which lives until ``burst app stop``).
+    client_id: str = ""
+
+
+class ClientHeartbeat(_Wire, kw_only=True):
+    """A client's last heartbeat (KV ``burst_clients``, key ``<ws>.<client_id>``), written
+    by whichever gateway it reached; the scheduler's reaper stops what the client owns when
+    the value stops changing for ``client_timeout`` seconds."""
+
+    workspace: str
+    client_id: str
+    at: float
+    seq: int = 0
+
+
+class ClientObject(_Wire, kw_only=True):
+    """An ephemeral Dict or Queue a client made (KV ``burst_clients``, key
+    ``<ws>.<client_id>.<kind>.<name>``): removed with the client's other things."""
+
+    workspace: str
+    client_id: str
+    kind: Literal["dict", "queue"]
+    name: str
+    created_at: float
 
 
 class AgentRecord(_Wire, kw_only=True):
@@ -187,6 +215,9 @@ class LedgerLine(msgspec.Struct, kw_only=True, omit_defaults=True):
     lost_billed_seconds: float = 0.0
     lost_unaccounted_seconds: float = 0.0
     lost_containers: int = 0
+    # the part of seconds and cost used by ephemeral runs (`burst run`) of the app
+    ephemeral_seconds: float = 0.0
+    ephemeral_cost: float = 0.0
 
 
 class ContainerMark(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -304,7 +335,7 @@ class WebhookEndpoint(_Wire, kw_only=True):
     url: str
     events: list[str]
     # "whsec_" + base64 of the signing key, sealed at rest (burst_core.sealing: Fernet with
-    # the key in $BURST_HOME/secrets.key); a plain value stored before sealing still reads.
+    # a key derived from the master key); a plain value stored before sealing still reads.
     secret: str
     created_at: float = 0.0
     description: str = ""
@@ -458,6 +489,8 @@ class Placement(_Wire, kw_only=True):
     gpu_indices: list[int] = msgspec.field(default_factory=list)
     spot: bool = False
     placed_at: float
+    #: An ephemeral run's app name (``app`` is its id): what its metering is billed under.
+    app_name: str = ""
 
 
 class StopContainer(_Wire, kw_only=True):
@@ -584,6 +617,42 @@ class MeteringRecord(_Wire, kw_only=True):
     #: ignores them. Riding on the record, they are counted once with it.
     succeeded: int = 0
     failed: int = 0
+    #: An ephemeral run's id when the container belongs to one (``app`` is then the run's
+    #: app name, so that usage and budgets go by the name).
+    app_id: str = ""
+
+
+class SecretRecord(_Wire, kw_only=True):
+    """A stored secret (``burst secret create``): its key names in the clear, its values
+    only as an envelope (``burst_core.secrets``)."""
+
+    workspace: str
+    name: str
+    keys: list[str]
+    sealed: str
+    created_at: float
+    updated_at: float
+    version: int = 1
+
+
+class SecretsFetch(_Wire, kw_only=True):
+    """An agent's core-NATS request for the secret values of a container it was placed
+    (never stored). The answer is sealed to ``reply_key`` (X25519), so it is readable only
+    by the asking agent, not by whoever else listens on NATS."""
+
+    container_id: str
+    agent_id: str
+    workspace: str
+    app: str
+    function: str
+    secrets: list[SecretSpec]
+    reply_key: bytes
+
+
+class SecretsFetched(_Wire, kw_only=True):
+    error: str = ""  # why there are no values (an unknown secret, a key not in the ring)
+    server_key: bytes = b""
+    sealed: bytes = b""  # nonce + AES-GCM of the JSON values, under the X25519 shared key
 
 
 # ---- codecs --------------------------------------------------------------------------
@@ -629,3 +698,8 @@ WebhookLogEntryDecoder = decoder(WebhookLogEntry)
 AlertStateDecoder = decoder(AlertState)
 ScheduleStateDecoder = decoder(ScheduleState)
 FunctionWaitingDecoder = decoder(FunctionWaiting)
+ClientHeartbeatDecoder = decoder(ClientHeartbeat)
+ClientObjectDecoder = decoder(ClientObject)
+SecretRecordDecoder = decoder(SecretRecord)
+SecretsFetchDecoder = decoder(SecretsFetch)
+SecretsFetchedDecoder = decoder(SecretsFetched)

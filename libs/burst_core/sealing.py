@@ -1,17 +1,18 @@
-"""Secrets at rest: values sealed with a key kept in ``$BURST_HOME``, never in NATS.
+"""Webhook signing secrets at rest: sealed with a key kept outside NATS, never in NATS.
 
 A webhook endpoint's signing secret is stored in KV sealed (Fernet: AES-128-CBC with an
-HMAC-SHA256, from ``cryptography``), so whoever can read the NATS store (a backup, the
-``nats`` CLI) learns nothing that lets them forge a delivery. The key lives in
-``$BURST_HOME/secrets.key`` (mode 0600, created by whichever service needs it first; the
-user's containers never see ``$BURST_HOME``). Every service that seals or opens (the
-gateway, billing) must see the same file: on several machines, copy it along with the
-cluster's other credentials.
+HMAC-SHA256, from ``cryptography``, under a key derived for this purpose from the
+cluster's master key: ``burst_core.secrets``), so whoever can read the NATS store (a
+backup, the ``nats`` CLI) learns nothing that lets them forge a delivery. The master keys
+come from ``BURST_MASTER_KEYS`` or ``$BURST_HOME/secrets.key`` (mode 0600, created by
+whichever service needs it first; the user's containers never see ``$BURST_HOME``).
+Every service that seals or opens (the gateway, billing) must see the same keys: on
+several machines, copy them along with the cluster's other credentials.
 
 Example::
 
     box = Sealer.from_home("/root/.burst")
-    stored = box.seal("whsec_...")   # "sealed:v1:gAAAAA..."
+    stored = box.seal("whsec_...")   # "sealed:v2:<key id>:gAAAAA..."
     box.open(stored)                 # "whsec_..."
 """
 
@@ -21,11 +22,19 @@ import os
 import stat
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.fernet import Fernet, InvalidToken
 
+if TYPE_CHECKING:
+    from burst_core.secrets import KeyRing
+
 KEY_FILE = "secrets.key"
-PREFIX = "sealed:v1:"
+#: Every sealed value starts so; ``v1``: Fernet under the master key itself (before keys
+#: were derived per purpose), ``v2:<key id>:``: under the webhook key derived from it.
+PREFIX = "sealed:"
+PREFIX_V1 = "sealed:v1:"
+PREFIX_V2 = "sealed:v2:"
 
 
 class SealingError(Exception):
@@ -62,27 +71,55 @@ def load_or_create_key(home: str | os.PathLike[str]) -> bytes:
 
 
 class Sealer:
-    """Seals and opens secrets with one key (see the module docstring)."""
+    """Seals and opens webhook signing secrets with the key derived for that purpose from
+    the newest master key of the ring (``burst_core.secrets``); opens what any key of the
+    ring sealed, and what the master key itself sealed before keys were derived
+    (``sealed:v1:``)."""
 
-    def __init__(self, key: bytes) -> None:
-        self._fernet = Fernet(key)
+    def __init__(self, ring: KeyRing) -> None:
+        self.ring = ring
 
     @classmethod
     def from_home(cls, home: str | os.PathLike[str]) -> Sealer:
-        return cls(load_or_create_key(home))
+        from burst_core.secrets import KeyRing
+
+        return cls(KeyRing.load(home))
 
     def seal(self, secret: str) -> str:
-        return PREFIX + self._fernet.encrypt(secret.encode()).decode()
+        k = self.ring.newest
+        return f"{PREFIX_V2}{k.kid}:" + Fernet(k.webhook_key).encrypt(secret.encode()).decode()
 
     def open(self, stored: str) -> str:
         """The secret; a value stored before sealing existed is returned as it is."""
-        if not stored.startswith(PREFIX):
+        from burst_core.secrets import KeyRingError
+
+        if stored.startswith(PREFIX_V2):
+            kid, _, token = stored[len(PREFIX_V2):].partition(":")
+            try:
+                return Fernet(self.ring.by_kid(kid).webhook_key).decrypt(token.encode()).decode()
+            except (InvalidToken, KeyRingError):
+                raise SealingError(f"cannot open a sealed secret: master key {kid} that sealed "
+                                   "it is not in this cluster's key ring, or it is "
+                                   "damaged") from None
+        if not stored.startswith(PREFIX_V1):
             return stored
-        try:
-            return self._fernet.decrypt(stored[len(PREFIX):].encode()).decode()
-        except InvalidToken:
-            raise SealingError("cannot open a sealed secret: it was sealed with another "
-                               f"key than {KEY_FILE} in this BURST_HOME") from None
+        for k in self.ring.keys:
+            if k.legacy_fernet is None:
+                continue
+            try:
+                return k.legacy_fernet.decrypt(stored[len(PREFIX_V1):].encode()).decode()
+            except InvalidToken:
+                continue
+        raise SealingError("cannot open a sealed secret: it was sealed with another "
+                           f"key than {KEY_FILE} in this BURST_HOME")
+
+    def needs_reseal(self, stored: str) -> bool:
+        """Whether ``stored`` is sealed otherwise than under the newest derived key."""
+        return stored.startswith(PREFIX) and not stored.startswith(
+            f"{PREFIX_V2}{self.ring.newest.kid}:")
+
+    def reseal(self, stored: str) -> str:
+        return self.seal(self.open(stored))
 
 
 _by_home: dict[str, Sealer] = {}

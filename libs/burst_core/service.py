@@ -28,6 +28,13 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
     for t in tasks:
         t.cancel()
     for t in tasks:
+        while not t.done():
+            # Python 3.11's asyncio.wait_for loses a cancel that arrives as its inner call
+            # finishes (a heartbeat's put, when a service stops just after it started):
+            # the task runs on, so it is cancelled again.
+            await asyncio.wait({t}, timeout=1.0)
+            if not t.done():
+                t.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await t
 

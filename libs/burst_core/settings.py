@@ -39,9 +39,6 @@ class CommonSettings:
     service_heartbeat_interval: float = 2.0
     #: How long outputs, call records and idempotency keys are kept (7 days, as Modal).
     result_retention: float = 7 * 24 * 3600.0
-    #: Seconds a Queue get waits for NATS to end its pull request, beyond the get's own
-    #: wait, before it gives up on a server that stopped answering.
-    queue_pull_reply_timeout: float = 10.0
 
 
 def _convert(raw: str, tp: Any, name: str) -> Any:

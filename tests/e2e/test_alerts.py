@@ -258,7 +258,7 @@ def test_webhook_secrets_are_sealed_at_rest(cluster: Cluster, receiver: Receiver
             await nc.close()
 
     values = asyncio.run(entries())
-    assert len(values) == 1 and b"sealed:v1:" in values[0]
+    assert len(values) == 1 and b"sealed:v2:" in values[0]
     secret = receiver.secret.encode()
     key_b64 = secret.removeprefix(b"whsec_")
     assert secret not in values[0] and key_b64 not in values[0]

@@ -372,9 +372,12 @@ def test_billing_report_counts_container_seconds(cluster: Cluster, tmp_path: Pat
     assert rows, "no ledger line for the metered function"
     assert 1.5 <= rows[0]["seconds"] <= 10, rows
     assert rows[0]["cost"] > 0
-    assert rows[0]["app"].startswith("metered-run-")
+    # A run is metered under its app's name, marked as ephemeral usage.
+    assert rows[0]["app"] == "metered"
+    assert rows[0]["ephemeral_seconds"] == rows[0]["seconds"]
+    assert rows[0]["ephemeral_cost"] == rows[0]["cost"]
     table = cluster.burst("billing", "report", check=True).stdout
-    assert "metered-run-" in table and "total" in table
+    assert "metered (ephemeral)" in table and "total" in table
 
 
 def test_failure_paths_reach_the_caller(cluster: Cluster, tmp_path: Path) -> None:

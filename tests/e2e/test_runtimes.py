@@ -153,6 +153,13 @@ def greeting():
     return os.environ.get("GREETING")
 
 
+@app.function(image=with_env, scaledown_window=2, secrets=[
+    burst.Secret.from_dict({"GREETING": "hello from a secret", "TOKEN": "first"}),
+    burst.Secret.from_dict({"TOKEN": "second"})])
+def secret_greeting():
+    return [os.environ.get("GREETING"), os.environ.get("TOKEN")]
+
+
 @app.function(image=with_six, scaledown_window=2)
 def six_version():
     import helper
@@ -262,6 +269,11 @@ def gpus_main():
 @app.local_entrypoint()
 def greeting_main():
     report(greeting.remote)
+
+
+@app.local_entrypoint()
+def secret_main():
+    report(secret_greeting.remote)
 
 
 @app.local_entrypoint()
@@ -375,6 +387,11 @@ def test_assigned_gpus_named(runtime_cluster: Cluster, tmp_path: Path) -> None:
 
 def test_image_env(runtime_cluster: Cluster, tmp_path: Path) -> None:
     assert run(runtime_cluster, tmp_path, "greeting_main") == "hello from the image"
+
+
+def test_secrets_in_the_environment(runtime_cluster: Cluster, tmp_path: Path) -> None:
+    # Secrets override the image's variables, and a later secret an earlier one's key.
+    assert run(runtime_cluster, tmp_path, "secret_main") == ["hello from a secret", "second"]
 
 
 def test_pip_install_and_local_source(runtime_cluster: Cluster, tmp_path: Path) -> None:

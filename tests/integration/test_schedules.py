@@ -90,7 +90,7 @@ async def test_period_fires_every_tick_once(
     assert raw is not None and ScheduleStateDecoder.decode(raw).last_tick_ms >= ticks[-1]
 
 
-async def test_ephemeral_apps_and_removed_apps_fire_nothing(
+async def test_ephemeral_apps_fire_and_removed_apps_fire_nothing(
     js: Any, scheduler: MakeScheduler  # noqa: F811
 ) -> None:
     s = await scheduler(schedule_interval=0.1)
@@ -105,7 +105,8 @@ async def test_ephemeral_apps_and_removed_apps_fire_nothing(
     before = len(await fired_ticks(js, key("tick", "gone")))
     await asyncio.sleep(2.5)
     assert len(await fired_ticks(js, key("tick", "gone"))) == before
-    assert await fired_ticks(js, key("tick", "eph")) == []
+    # An ephemeral run's schedules fire while it runs (as `modal run`).
+    assert await fired_ticks(js, key("tick", "eph")) != []
     # The removed app's schedule state is gone: a redeploy starts afresh.
     state_kv = await js.key_value(names.KV_SCHEDULES)
     await eventually(lambda: _missing(state_kv, key("tick", "gone")))

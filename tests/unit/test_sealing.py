@@ -38,7 +38,7 @@ def test_seal_and_open(tmp_path: Path) -> None:
     assert box.open(stored) == secret
     assert box.open(secret) == secret  # stored before sealing existed: as it is
     other = sealing.Sealer.from_home(tmp_path / "another-cluster")
-    with pytest.raises(sealing.SealingError, match="another key"):
+    with pytest.raises(sealing.SealingError, match="key ring"):
         other.open(stored)
     with pytest.raises(sealing.SealingError):
         box.open(stored[:-4] + "AAAA")

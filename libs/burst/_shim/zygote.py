@@ -1,32 +1,18 @@
 """The zygote: a warm interpreter that forks containers instead of starting fresh ones.
 
 ``python -m burst._shim.zygote`` (started by the agent, as root, with a ``SOCK_SEQPACKET``
-socket to the agent on the fd ``BURST_ZYGOTE_FD`` names) imports what every container
-needs (the shim, msgspec, cloudpickle, burst) once, says ``ready``, then serves one
-request per message: four descriptors (the container's stdout and stderr, the write end of
-its sandbox holder's stdin, a reply socket) with a JSON body.
+socket on the fd ``BURST_ZYGOTE_FD`` names) imports what every container needs once, says
+``ready``, then serves one container per request (stdout, stderr, the sandbox holder's
+stdin and a reply socket, with a JSON body), in three steps on the reply socket: it forks
+a *keeper*; given the sandbox's pid (``target_pid``) the keeper joins its pid namespace
+and forks the container (replying ``pid``); given ``go`` (environment, cwd, uid, gid,
+cgroups) the container joins its cgroups and namespaces, drops every capability, becomes
+the sandbox uid and runs the shim. So the fork overlaps bubblewrap's setup (for a spare
+sandbox only ``go`` is on the start path).
 
-Each request is one container, and a conversation on its reply socket while the agent
-brings the container's sandbox up (bubblewrap around a tiny holder process, ``sh``, with
-the container's mounts and namespaces):
-
-1. the zygote forks a *keeper*;
-2. once bwrap has created the sandbox's namespaces the agent names its host pid
-   (``{"target_pid": N}``); the keeper joins the sandbox's pid namespace, forks the
-   container process and replies with its host pid (``{"pid": N}``); the container enters
-   the sandbox's network, ipc and uts namespaces and waits;
-3. once the sandbox's mounts are in place (the holder said so) and the container is
-   known, the agent sends it (``{"go": {...}}``: environment, working directory, uid,
-   gid, cgroups); the keeper passes it on and the container joins its cgroups, enters the
-   sandbox's cgroup and mount namespaces, drops every capability, becomes the sandbox uid
-   and runs the shim's ``main``.
-
-So the fork overlaps bwrap's setup; for a sandbox made ahead (a spare, see the agent's
-``runtimes/process.py``) steps 1-2 happen before its container exists, and only step 3 is on the
-container's start. The keeper waits for the container and writes its exit code to the
-holder, which exits with it (so bubblewrap, the agent's child, exits with the container's
-code). If the keeper dies the holder reads EOF and exits; a keeper whose reply socket
-closes before ``go`` kills what it forked and exits.
+Invariants: the holder exits with the container's exit code (the keeper writes it), and
+with EOF if the keeper dies; a keeper whose reply socket closes before ``go`` kills what
+it forked.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``burst app``: deployed apps, their functions' state, and stopping them."""
+"""``burst app``: deployed apps and ephemeral runs, their functions' state, stopping them."""
 
 from __future__ import annotations
 
@@ -22,23 +22,30 @@ def list_apps(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
     if as_json:
         print(json.dumps(data, indent=2))
         return
-    table = Table("app", "functions", "deployment", "deployed", title="Apps", title_justify="left")
+    table = Table("app", "id", "functions", "deployment", "deployed", title="Apps",
+                  title_justify="left")
     for a in data["apps"]:
         age = time.time() - a["created_at"]
-        table.add_row(a["app"] + (" (ephemeral)" if a["ephemeral"] else ""),
+        kind = (" (ephemeral, detached)" if a.get("detached") else " (ephemeral)"
+                ) if a["ephemeral"] else ""
+        table.add_row(a.get("name", a["app"]) + kind, a["app"] if a["ephemeral"] else "",
                       ", ".join(a["functions"]), a["deployment_id"], f"{age:.0f} s ago")
     console.print(table)
 
 
 @app_cmd.command("status")
-def status(name: str = typer.Argument(..., help="The app."),
+def status(name: str = typer.Argument(..., help="The app's name (its deployment, else its "
+                                      "latest run) or a run's id."),
            as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Per function: containers by state, queued inputs, and why it waits, if it does."""
     data = Client.from_profile().get_json(f"/v1/apps/{name}/status")
     if as_json:
         print(json.dumps(data, indent=2))
         return
-    table = Table("function", "containers", "queued", "waiting", title=f"App {name}",
+    title = f"App {data.get('name', name)}"
+    if data.get("ephemeral"):
+        title += f" (ephemeral run {data['app']})"
+    table = Table("function", "containers", "queued", "waiting", title=title,
                   title_justify="left")
     for f in data["functions"]:
         states = ", ".join(f"{n} {s}" for s, n in sorted(f["containers"].items())) or "none"
@@ -48,8 +55,10 @@ def status(name: str = typer.Argument(..., help="The app."),
 
 
 @app_cmd.command("stop")
-def stop(name: str = typer.Argument(..., help="The app.")) -> None:
-    """Stop an app: no new calls, its containers and schedules stop."""
+def stop(name: str = typer.Argument(..., help="The app's name, or an ephemeral run's id.")
+         ) -> None:
+    """Stop an app: no new calls, its containers and schedules stop. Stopping a run (by its
+    id, as `burst app list` shows it) also cancels its queued and running calls."""
     Client.from_profile().remove_app(name)
     console.print(f"[green]Stopped[/green] app [bold]{name}[/bold]")
 

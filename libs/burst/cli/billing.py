@@ -71,7 +71,11 @@ def report(
     for c in cols:
         table.add_column(c, justify="right" if c in ("seconds", "cost", "quantity") else "left")
     for r in rows:
-        table.add_row(*[_cell(c, r[c], fmt) for c in cols])
+        cells = [_cell(c, r[c], fmt) for c in cols]
+        if cols[0] == "app" and r.get("ephemeral_seconds"):  # usage of `burst run`s of it
+            whole = r["ephemeral_seconds"] >= r["seconds"]
+            cells[0] += " (ephemeral)" if whole else " (incl. ephemeral runs)"
+        table.add_row(*cells)
     total = data["total"]
     table.add_section()
     table.add_row(*["total" if i == 0 else _cell(c, total[c], fmt) if c in total else ""

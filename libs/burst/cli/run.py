@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import inspect
 import os
@@ -21,6 +22,7 @@ from burst.app import App
 from burst.cls import Cls
 from burst.exception import Error, InvalidError, NotFoundError
 from burst.functions import Function
+from burst.output import enable_output
 
 console = Console(stderr=True, highlight=False)
 
@@ -205,6 +207,8 @@ def run(
                               help="The app file, optionally with an entrypoint, function "
                               "(or Class.method) name, then that entrypoint's options."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print remote output."),
+    detach: bool = typer.Option(False, "--detach", help="Leave the app running after this "
+                                "process exits (until `burst app stop APP_ID`)."),
 ) -> None:
     """Run an app's local entrypoint against the cluster, on an ephemeral copy of the app.
 
@@ -217,6 +221,9 @@ def run(
 
     The entrypoint runs in this process; its output passes through unchanged. What the
     app's functions print remotely is shown tagged with the function's name.
+
+    The run lives as long as this process: if it dies, the cluster stops the app (its
+    queued calls cancelled) after 10 s without heartbeats. --detach leaves it running.
     """
     from burst import _entrypoint
     from burst._logs import LineSafeStream
@@ -237,7 +244,11 @@ def run(
     sys.stdout = LineSafeStream(sys.stdout)
     sys.stderr = LineSafeStream(sys.stderr)
     failed = False
-    with app.run(show_output=not quiet):
+    output = contextlib.nullcontext() if quiet else enable_output()
+    with output, app.run(detach=detach):
+        if detach:
+            console.print(f"[yellow]Detached:[/yellow] app {app.name or 'app'} runs as "
+                          f"[bold]{app.app_id}[/bold] until `burst app stop {app.app_id}`")
         try:
             target.call(kwargs)
         except Error as e:

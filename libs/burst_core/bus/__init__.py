@@ -7,8 +7,9 @@
 - :mod:`.publish`: :func:`publish` with a ``Nats-Msg-Id``, retried through a leader
   change; :func:`publish_many`.
 - :mod:`.consume`: :class:`Consumer`, a durable pull consumer whose ack/nak/term/
-  in-progress follows from the handler's outcome (:class:`Retry`, :class:`Reject`);
-  :func:`pull`, a batch from a pull consumer that strands no message.
+  in-progress follows from the handler's outcome (:class:`Retry`, :class:`Reject`).
+- :mod:`.pull`: :func:`pull`, up to n messages of a durable consumer, none left in flight
+  (:class:`ConsumerMissing` when there is no such consumer).
 - :mod:`.kv`: KV reads and compare-and-set; :mod:`.mirror`: :class:`KVMirror`, a typed,
   current copy of a watched bucket.
 - :mod:`._natspy`: every use of nats-py's private attributes (nothing else touches them).
@@ -16,19 +17,11 @@
 
 from burst_core.bus._natspy import client_of, direct, kv_subject
 from burst_core.bus.connection import JETSTREAM_READY_TIMEOUT, connect, send_now, subscribe_direct
-from burst_core.bus.consume import (
-    Consumer,
-    ConsumerMissing,
-    Handler,
-    Reject,
-    Retry,
-    deliveries,
-    pull,
-    quiet,
-)
+from burst_core.bus.consume import Consumer, Handler, Reject, Retry, deliveries, quiet
 from burst_core.bus.kv import kv_cas, kv_deleted, kv_get, kv_items, kv_keys, kv_values
 from burst_core.bus.mirror import KVChange, KVMirror
 from burst_core.bus.publish import publish, publish_many
+from burst_core.bus.pull import ConsumerMissing, pull
 from burst_core.bus.topology import DAY, Topology, ensure_consumer, ensure_kv, ensure_topology
 
 __all__ = [

@@ -178,12 +178,6 @@ async def watch_caught_up(watcher: Any, applied: int) -> bool:
     return bool(info.num_pending == 0 and (info.delivered.stream_seq or 0) <= applied)
 
 
-def api_prefix(js: JetStreamContext) -> str:
-    """The JetStream API subject prefix this context talks to (``$JS.API`` by default)."""
-    prefix: str = js._jsm._prefix
-    return prefix
-
-
 def kv_subject(kv: KeyValue, key: str) -> str:
     """The stream subject a key of ``kv`` is stored under (to publish an entry directly)."""
     pre: str = kv._pre

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -182,63 +181,3 @@ async def quiet(aw: Awaitable[Any]) -> None:
         await aw
     except Exception as e:
         log.warning("ignored_error", error=repr(e))
-
-
-class ConsumerMissing(LookupError):
-    """A pull request found no consumer to answer it (deleted, or never made)."""
-
-
-async def _pull_once(nc: Any, subject: str, request: dict[str, Any], n: int,
-                     limit: float) -> list[Msg]:
-    """One pull request, read to its end: ``n`` messages, or the status that ends it
-    (404 no messages, 408 expired, 409 ...). Only after ``limit`` seconds without that end
-    (a server that stopped answering) does it give up."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    out: list[Msg] = []
-    try:
-        await nc.publish(subject, json.dumps(request).encode(), reply=inbox)
-        while len(out) < n:
-            try:
-                msg = await sub.next_msg(timeout=max(deadline - loop.time(), 0.001))
-            except (nats.errors.TimeoutError, TimeoutError):
-                log.warning("pull_unanswered", subject=subject, got=len(out), asked=n)
-                break
-            status = (msg.headers or {}).get("Status")
-            if status == "100":  # idle heartbeat
-                continue
-            if status == "503" and not out:  # no responders: no such consumer
-                raise ConsumerMissing(subject)
-            if status:
-                break
-            out.append(msg)
-    finally:
-        await quiet(sub.unsubscribe())
-    return out
-
-
-async def pull(js: JetStreamContext, stream: str, durable: str, n: int, wait: float,
-               reply_timeout: float) -> list[Msg]:
-    """Up to ``n`` messages of the durable pull consumer, unacked: what is there at once;
-    when nothing is, the first to come within ``wait`` seconds and what is there then.
-
-    Unlike nats-py's ``fetch``, it reads every message the server sends for its requests
-    before it returns: ``fetch`` returns at its timeout while the rest of a batch may
-    still be on its way, and those messages, delivered to a subscription that is gone,
-    stay invisible to every other puller until the consumer's ack wait runs out.
-    ``reply_timeout`` bounds how long a request's end may take beyond ``wait``. Raises
-    :class:`ConsumerMissing` when the consumer does not exist.
-    """
-    nc = _natspy.client_of(js)
-    subject = f"{_natspy.api_prefix(js)}.CONSUMER.MSG.NEXT.{stream}.{durable}"
-    out = await _pull_once(nc, subject, {"batch": n, "no_wait": True}, n, reply_timeout)
-    if out or wait <= 0:
-        return out
-    first = await _pull_once(nc, subject, {"batch": 1, "expires": int(wait * 1e9)}, 1,
-                             wait + reply_timeout)
-    if not first or n == 1:
-        return first
-    return first + await _pull_once(nc, subject, {"batch": n - 1, "no_wait": True}, n - 1,
-                                    reply_timeout)

@@ -117,10 +117,12 @@ async def ensure_topology(js: JetStreamContext, topo: Topology | None = None) ->
         names.KV_DICTS: 0,
         names.KV_MAPS: t.result_retention,
         names.KV_WAITING: 0,
+        names.KV_CLIENTS: 0,
         names.KV_TOKENS: 0,
         names.KV_SERVICES: 0,
         names.KV_LEDGER: 0,
         names.KV_LEASES: 0,
+        names.KV_SECRETS: 0,
         **t.extra_kv,
     }
     for bucket, ttl in kvs.items():

@@ -92,7 +92,7 @@ class Agent:
         self.heartbeats_kv = await self.js.key_value(names.KV_HEARTBEATS)
         home = Path(s.home) / "agent" / self.agent_id
         self.attempts = Attempts(self)
-        self.objects = Objects(self.js, s.queue_pull_reply_timeout)
+        self.objects = Objects(self.js)
         self.bundles = BundleCache(await self.js.object_store(names.OBJ_BUNDLES), home / "bundles")
         await self._register()
         # Cancelled calls (recent ones): never started here, stopped if running here.

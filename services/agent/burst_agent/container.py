@@ -31,6 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from burst import wire
 from burst_agent import relay
+from burst_agent import secrets as container_secrets
 from burst_agent.dispatch import InFlight, InputDispatch
 from burst_agent.host import AgentHost
 from burst_agent.inputs import InputPuller
@@ -113,6 +114,9 @@ class Container:
             server = await asyncio.start_unix_server(self._on_connect, path=str(self.socket_path))
             if self.agent.runtime.name == "process":
                 images.check_process_runtime(self.fn.image)
+            secret_env = await container_secrets.fetch_env(
+                self.agent.nc, self.agent.agent_id, self.placement,
+                self.agent.settings.secrets_fetch_timeout)
             spec = images.ImageContainerSpec(
                 container_id=self.id, bundle_dir=bundle_dir, socket_path=self.socket_path,
                 module=self.fn.module, qualname=self.fn.qualname,
@@ -121,8 +125,14 @@ class Container:
                 gpu_indices=list(self.placement.gpu_indices),
                 env={**(images.process_env(self.fn.image)
                         if self.agent.runtime.name == "process" else {}),
+                     **secret_env,
                      "BURST_SHIM_HEARTBEAT_INTERVAL":
-                     str(self.agent.settings.container_heartbeat_interval)},
+                     str(self.agent.settings.container_heartbeat_interval),
+                     # The app this container belongs to: its id is what its functions'
+                     # keys name (an ephemeral run's ap-..., a deployed app's name), so
+                     # calls to sibling functions go there; the name is for display.
+                     "BURST_APP_ID": self.placement.app,
+                     "BURST_APP_NAME": self.placement.app_name or self.placement.app},
                 image=self.fn.image, build_log=self._build_line,
             )
             # Overlapped with the start: the function's consumer is made (if need be),
@@ -161,9 +171,10 @@ class Container:
                 # replacement containers fail the same way.
                 await self.dispatch.fail_waiting()
             exit_code = await exit_task
-        except images.ImageError as e:
-            # The image cannot be built or run here: the waiting callers get the reason
-            # (the failing step and its output) instead of waiting for a container.
+        except (images.ImageError, container_secrets.SecretsUnavailable) as e:
+            # The image cannot be built or run here, or its secrets cannot be had: the
+            # waiting callers get the reason (the failing step and its output, the missing
+            # secret) instead of waiting for a container.
             self.log.warning("container_image_failed", error=str(e).splitlines()[0])
             self.stop_reason, self.detail = "failed_to_start", str(e)
             await self._log_line("stderr", self.detail.rstrip(), "")

@@ -15,7 +15,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -102,21 +101,15 @@ class InputDispatch:
         self.in_flight.clear()
 
     async def fail_waiting(self) -> None:
-        psub: Any = None
         try:
             await self.c._bind()
-            psub = await self.c.agent.js.pull_subscribe_bind(
-                names.function_consumer(self.c.fn_key), names.STREAM_INPUTS)
-            msgs = await psub.fetch(self.c.agent.settings.startup_failure_batch, timeout=0.2)
-        except (nats.errors.TimeoutError, TimeoutError):
-            return
+            # What waits now, read to the end (nothing left in flight for AckWait).
+            msgs = await bus.pull(self.c.agent.js, names.STREAM_INPUTS,
+                                  names.function_consumer(self.c.fn_key),
+                                  self.c.agent.settings.startup_failure_batch, 0.0)
         except Exception as e:
             self.c.log.warning("startup_failure_fetch_failed", error=repr(e))
             return
-        finally:
-            if psub is not None:
-                with contextlib.suppress(Exception):
-                    await psub.unsubscribe()
         first = self.c.detail.splitlines()[0] if self.c.detail else ""
         message = f"container failed to start: {first}"
         for msg in msgs:

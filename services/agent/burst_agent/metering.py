@@ -57,9 +57,10 @@ class Meter:
         rec = MeteringRecord(
             container_id=p.container_id, interval=self.interval,
             start=self.interval_start or now, end=now,
-            workspace=p.workspace, app=p.app, function=p.function.name,
+            # A run of app X is billed (and budgeted) as X; its id rides along.
+            workspace=p.workspace, app=p.app_name or p.app, function=p.function.name,
             agent_id=self.host.agent_id, resources=p.resources, spot=p.spot, final=final,
-            succeeded=self.succeeded, failed=self.failed,
+            succeeded=self.succeeded, failed=self.failed, app_id=p.app if p.app_name else "",
         )
         try:
             await bus.publish(self.host.js,

@@ -48,6 +48,8 @@ class AgentSettings(CommonSettings):
     container_heartbeat_timeout: float = 15.0
     #: Seconds after which an unresponsive container that never came back is killed.
     unresponsive_kill_after: float = 60.0
+    #: Seconds a gateway may take to answer for a starting container's secret values.
+    secrets_fetch_timeout: float = 10.0
     #: Seconds a container may take from start to ready (import + @enter).
     startup_timeout: float = 120.0
     #: Inputs answered with the error when a container fails to start (import error, ...).

@@ -1,34 +1,17 @@
 """Error rates: ``function.error_rate_exceeded`` from the agents' metering records.
 
-Every metering record an agent publishes for a container (``BURST_METERING``, one per
-container per ``metering_interval``, and a final one) carries how many calls the
-container answered during its interval, by outcome: ``succeeded`` and ``failed``
-(``failure``, ``timeout``, ``internal``; cancelled calls not at all, and a call the
-user's retries run again once, by the output stored for it). A record is identified by
-``(container_id, interval)`` and names its function, so each call counts once and no
-lookup is needed. Reading these instead of every output keeps the monitor's cost per
-container and interval, not per call; an alert therefore follows within about one
-metering interval plus ``poll`` of the calls that caused it.
+Each metering record counts the calls its container answered in its interval by outcome
+(cancelled calls not at all), so the monitor costs per container and interval, not per
+call. The lease holder reads ``BURST_METERING`` every ``poll`` with its own ephemeral
+consumer that starts one ``window`` back; per function, when at least ``min_calls`` calls
+are in the window and the failed share is at or above ``threshold``, the function has
+crossed and the event fires once per crossing.
 
-The lease holder reads ``BURST_METERING`` in batches: every ``poll`` seconds it takes all
-the records that arrived since the last read, a batch at a time, from a pull consumer of
-its own (ephemeral, nothing acked) that starts one window back in stream time, so a new
-leader rebuilds the window from the stream itself. The reader remembers the stream
-sequence of the last record it took: a consumer that is lost (a nats-server restart, an
-idle timeout) or that skips deliveries is replaced by one that starts right after it, so
-no record counts twice and none is missed. Records without calls are skipped at once; a
-record stored twice (republished after the stream's dedupe window) counts once, as in
-the ledger.
-
-Per function, the share of failed calls over the last ``window`` seconds (the records'
-stream time) is checked after every record read and every ``interval``: when at least
-``min_calls`` calls are in the window and the share is at or above ``threshold``, the
-function has *crossed*. The event fires once per crossing; the crossing ends when the
-share drops below the threshold (or too few calls remain), and only a new crossing fires
-again. Whether a function is crossed lives in ``burst_alert_state``, written after the
-event is queued (whose id comes from the function and the stream sequence of its
-window's latest record), so a restart or a new leader neither fires a crossing twice nor
-loses one.
+Invariants: a record (``(container_id, interval)``) counts once, even stored twice; a
+lost or skipping consumer is replaced from the sequence after the last record taken; the
+crossed state is kept in ``burst_alert_state`` after the event is queued (its id from the
+function and the window's latest sequence), so a restart or a new leader neither fires a
+crossing twice nor loses one.
 """
 
 from __future__ import annotations

@@ -18,11 +18,18 @@ from fastapi.responses import StreamingResponse
 from burst import _resources
 from burst.exception import InvalidError, NotFoundError, PayloadTooLargeError
 from burst.retries import Retries
-from burst.wire import MSGPACK, DeployRequest, DeployResponse, FunctionSpec
-from burst_core import bus, names, schedules
+from burst.wire import (
+    MSGPACK,
+    DeployRequest,
+    DeployResponse,
+    FunctionSpec,
+    check_client_id,
+    is_app_id,
+)
+from burst_core import apps, bus, names, schedules
 from burst_core.schemas import (
     AgentHeartbeatDecoder,
-    AppRemoved,
+    ClientHeartbeatDecoder,
     DeploymentRecord,
     FunctionDeployed,
     FunctionWaitingDecoder,
@@ -102,6 +109,13 @@ def _check_limits(fn: FunctionSpec) -> None:
 def _validate(req: DeployRequest) -> None:
     try:
         names.check_ident("app", req.app)
+        if is_app_id(req.app):
+            raise ValueError(f"app name {req.app!r} has the form of an ephemeral app's id "
+                             "('ap-' and 16 hex digits): choose another name")
+        if req.client_id:
+            if not req.ephemeral:
+                raise ValueError("client_id is for an ephemeral run (ephemeral=true) only")
+            check_client_id(req.client_id)
         seen = set()
         for fn in req.functions:
             names.check_ident("function", fn.name)
@@ -138,12 +152,19 @@ async def deploy(request: Request, gw: GatewayDep, p: Principal = Depends(princi
     if not await _bundle_exists(gw, p.workspace, req.bundle_hash):
         raise InvalidError(f"bundle {req.bundle_hash} is not stored in workspace "
                            f"{p.workspace!r}: upload it first (PUT /v1/bundles/{{hash}})")
+    if any(fn.secrets for fn in req.functions):  # stored ones checked, code-made ones sealed
+        assert gw.secrets is not None
+        await gw.secrets.prepare(p.workspace, req.functions)
+    # An ephemeral run gets an id of its own: several runs of an app (and its deployment)
+    # live side by side, and Function.from_name(<name>) finds only the deployed one.
+    app_id = "ap-" + uuid.uuid4().hex[:16] if req.ephemeral else req.app
     dep = DeploymentRecord(
-        workspace=p.workspace, app=req.app, deployment_id="dp-" + uuid.uuid4().hex[:12],
+        workspace=p.workspace, app=app_id, deployment_id="dp-" + uuid.uuid4().hex[:12],
         bundle_hash=req.bundle_hash, functions=req.functions, created_at=time.time(),
-        ephemeral=req.ephemeral,
+        ephemeral=req.ephemeral, name=req.app if req.ephemeral else "",
+        client_id=req.client_id,
     )
-    await gw.deployments_kv.put(names.deployment_key(p.workspace, req.app), encode(dep))
+    await gw.deployments_kv.put(names.deployment_key(p.workspace, app_id), encode(dep))
     gw.remember(dep)
     for fn in dep.functions:
         fn_key = names.function_key(p.workspace, req.app, fn.name)
@@ -153,28 +174,55 @@ async def deploy(request: Request, gw: GatewayDep, p: Principal = Depends(princi
                                     deployment_id=dep.deployment_id, function=fn)),
             msg_id=f"{dep.deployment_id}:{fn.name}",
         )
-    resp = DeployResponse(app=req.app, workspace=p.workspace, deployment_id=dep.deployment_id,
-                          functions=[f.name for f in dep.functions])
+    resp = DeployResponse(app=app_id, workspace=p.workspace, deployment_id=dep.deployment_id,
+                          functions=[f.name for f in dep.functions], name=dep.name)
     return Response(msgspec.msgpack.encode(resp), status_code=201, media_type=MSGPACK)
 
 
 @router.get("/v1/apps", tags=["apps"])
 async def list_apps(gw: GatewayDep, p: Principal = Depends(principal)) -> dict[str, Any]:
-    """The workspace's deployed apps."""
+    """The workspace's apps: deployed ones, and ephemeral runs (``app`` is a run's id,
+    ``name`` its app's name; ``detached`` when no client keeps it)."""
     deps = gw.deployments_of(p.workspace)
-    return {"apps": [{"app": d.app, "deployment_id": d.deployment_id, "created_at": d.created_at,
-                      "ephemeral": d.ephemeral, "functions": [f.name for f in d.functions]}
+    return {"apps": [{"app": d.app, "name": d.name or d.app, "deployment_id": d.deployment_id,
+                      "created_at": d.created_at, "ephemeral": d.ephemeral,
+                      "detached": d.ephemeral and not d.client_id,
+                      "functions": [f.name for f in d.functions], **await _client_of(gw, d)}
                      for d in deps]}
+
+
+async def _client_of(gw: Gateway, dep: DeploymentRecord) -> dict[str, Any]:
+    """The client keeping an ephemeral run alive, and its last heartbeat."""
+    if not dep.client_id:
+        return {}
+    kv = await gw.js.key_value(names.KV_CLIENTS)
+    raw, _ = await bus.kv_get(kv, names.client_key(dep.workspace, dep.client_id))
+    beat = ClientHeartbeatDecoder.decode(raw) if raw is not None else None
+    return {"client_id": dep.client_id, "heartbeat_at": beat.at if beat else None,
+            "heartbeats": beat.seq if beat else 0}
+
+
+async def _find(gw: Gateway, workspace: str, app: str) -> DeploymentRecord:
+    """The app named ``app`` (or the ephemeral run of that id); with no deployed app of
+    that name, its latest live run."""
+    dep = await gw.deployment(workspace, app)
+    if dep is None and not is_app_id(app):
+        runs = [d for d in gw.deployments_of(workspace) if d.name == app]
+        dep = max(runs, key=lambda d: d.created_at) if runs else None
+    if dep is None:
+        raise NotFoundError(f"app {app!r} is not deployed in workspace {workspace!r} and has "
+                            "no live run (see `burst app list`)")
+    return dep
 
 
 @router.get("/v1/apps/{app}/status", tags=["apps"])
 async def app_status(app: str, gw: GatewayDep,
                      p: Principal = Depends(principal)) -> dict[str, Any]:
     """Per function: containers by state, inputs waiting in the queue, and why the
-    function waits for a container when nothing fits."""
-    dep = await gw.deployment(p.workspace, app)
-    if dep is None:
-        raise NotFoundError(f"app {app!r} is not deployed in workspace {p.workspace!r}")
+    function waits for a container when nothing fits. ``app`` is a name (the deployed app,
+    else its latest run) or a run's id."""
+    dep = await _find(gw, p.workspace, app)
+    app = dep.app
     beats = await bus.kv_items(gw.js, names.KV_HEARTBEATS)
     containers: dict[str, dict[str, int]] = {}
     for raw in beats.values():
@@ -197,23 +245,22 @@ async def app_status(app: str, gw: GatewayDep,
             "queued": int(queued.get(names.input_subject(key), 0)),
             "waiting": {"reason": waiting.reason, "since": waiting.since} if waiting else None,
         })
-    return {"app": app, "deployment_id": dep.deployment_id, "functions": functions}
+    return {"app": app, "name": dep.name or dep.app, "ephemeral": dep.ephemeral,
+            "detached": dep.ephemeral and not dep.client_id,
+            "deployment_id": dep.deployment_id, "functions": functions}
 
 
 @router.delete("/v1/apps/{app}", tags=["apps"])
 async def remove_app(app: str, gw: GatewayDep,
                      p: Principal = Depends(principal)) -> dict[str, Any]:
-    """Remove an app: no new calls; its containers are stopped by the scheduler."""
+    """Remove an app: no new calls; its containers are stopped by the scheduler. An
+    ephemeral run (named by its id) also has its queued and running calls cancelled."""
     dep = await gw.deployment(p.workspace, app)
     if dep is None:
         raise NotFoundError(f"app {app!r} is not deployed in workspace {p.workspace!r}")
-    await gw.deployments_kv.delete(names.deployment_key(p.workspace, app))
     gw.forget(p.workspace, app)
-    await bus.publish(gw.js, names.app_removed_subject(p.workspace, app),
-                      encode(AppRemoved(workspace=p.workspace, app=app,
-                                        deployment_id=dep.deployment_id)),
-                      msg_id=f"{dep.deployment_id}:removed")
-    return {"app": app, "removed": True}
+    cancelled = await apps.stop(gw.js, dep, reason="app stopped")
+    return {"app": app, "removed": True, "cancelled": cancelled}
 
 
 @router.get("/v1/apps/{app}/logs", tags=["apps"])

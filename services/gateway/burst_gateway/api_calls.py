@@ -122,7 +122,8 @@ async def submit(gw: Gateway, p: Principal, dep: DeploymentRecord, fn: str,
     With ``register`` the output futures exist before any input is published, so no
     output can be missed. All KV writes and publishes go out concurrently.
     """
-    await budgets.check(gw, p.workspace, dep.app, fn)  # 402 while a hard budget is spent
+    # 402 while a hard budget is spent (a run of app X is covered by X's budgets)
+    await budgets.check(gw, p.workspace, dep.name or dep.app, fn)
     fn_key = names.function_key(p.workspace, dep.app, fn)
     now = time.time()
     refs = refs or [""] * len(payloads)

@@ -18,7 +18,7 @@ _BODY = {"requestBody": {"content": {MSGPACK: {}}, "required": True}}
 
 def _objects(gw: Gateway) -> Objects:
     if gw.objects is None:
-        gw.objects = Objects(gw.js, gw.settings.queue_pull_reply_timeout)
+        gw.objects = Objects(gw.js)
     return gw.objects
 
 

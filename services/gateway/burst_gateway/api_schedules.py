@@ -41,9 +41,6 @@ async def _scheduled(gw: Gateway, p: Principal, app: str, fn: str) -> tuple[Depl
         raise NotFoundError(f"app {app!r} has no function {fn!r}")
     if spec.schedule is None:
         raise InvalidError(f"function {fn!r} of app {app!r} has no schedule")
-    if dep.ephemeral:
-        raise InvalidError(f"app {app!r} is an ephemeral run: its schedules do not fire "
-                           "(deploy it with `burst deploy`)")
     return dep, spec
 
 
@@ -64,7 +61,8 @@ def _view(dep: DeploymentRecord, spec: FunctionSpec, st: ScheduleState | None) -
     after = st.last_tick_ms if st else int(dep.created_at * 1000)
     paused = bool(st and st.paused)
     return {
-        "app": dep.app, "function": spec.name, "schedule": ticks.describe(s),
+        "app": dep.app, "name": dep.name or dep.app, "ephemeral": dep.ephemeral,
+        "function": spec.name, "schedule": ticks.describe(s),
         "cron": s.cron or None, "timezone": s.timezone if s.cron else None,
         "period": s.period or None, "paused": paused,
         "next_tick_at": None if paused else ticks.next_tick(s, after) / 1000,
@@ -85,13 +83,14 @@ def _view(dep: DeploymentRecord, spec: FunctionSpec, st: ScheduleState | None) -
 @router.get("/v1/schedules", tags=["schedules"])
 async def list_schedules(gw: GatewayDep, app: str | None = Query(None),
                          p: Principal = Depends(principal)) -> dict[str, Any]:
-    """The schedules of the workspace's deployed apps (or of one ``app``)."""
+    """The schedules of the workspace's apps, ephemeral runs included (or of one ``app``,
+    by name or by a run's id)."""
     if app is not None:
         check_name("app", app)
     kv = await _kv(gw)
     out = []
     for dep in gw.deployments_of(p.workspace):
-        if dep.ephemeral or (app is not None and dep.app != app):
+        if app is not None and app not in (dep.app, dep.name):
             continue
         for spec in dep.functions:
             if spec.schedule is None:

@@ -15,10 +15,12 @@ from burst_gateway import (
     api_blobs,
     api_budgets,
     api_calls,
+    api_clients,
     api_cluster,
     api_maps,
     api_objects,
     api_schedules,
+    api_secrets,
     api_webhooks,
     errors,
     validate,
@@ -54,6 +56,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     errors.install(app, settings.unavailable_retry_after)
     app.include_router(api_cluster.router)
     app.include_router(api_apps.router)
+    app.include_router(api_clients.router)
     app.include_router(api_calls.router)
     app.include_router(api_billing.router)
     app.include_router(api_agents.router)
@@ -63,6 +66,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_budgets.router)
     app.include_router(api_schedules.router)
     app.include_router(api_webhooks.router)
+    app.include_router(api_secrets.router)
     return app
 
 

@@ -18,12 +18,16 @@ from burst_core import bus, logs, names
 from burst_core.calls import Signals
 from burst_core.objects import Objects
 from burst_core.schemas import DeploymentRecord, DeploymentRecordDecoder
+from burst_core.secrets import KeyRing
 from burst_core.service import cancel_and_wait, heartbeat_loop
 from burst_gateway.auth import TokenStore
 from burst_gateway.outputs import OutputRouter
+from burst_gateway.secret_store import SecretStore
 from burst_gateway.settings import GatewaySettings
 
 log = logs.get("burst.gateway")
+#: Hosts that only this machine reaches.
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class Gateway:
@@ -47,9 +51,13 @@ class Gateway:
         self.maps_kv: KeyValue | None = None
         self.schedules_kv: KeyValue | None = None
         self.objects: Objects | None = None
+        self.secrets: SecretStore | None = None
 
     async def start(self) -> None:
         s = self.settings
+        # Listening for other machines, it never makes a key of its own: one made here
+        # would not open what the cluster's other gateways sealed.
+        ring = KeyRing.load(s.home, create=s.host in LOOPBACK)
         self.nc = await bus.connect(s.nats_url, f"gateway-{s.instance}")
         self.js = self.nc.jetstream()
         await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
@@ -69,12 +77,22 @@ class Gateway:
             self.js, names.KV_DEPLOYMENTS, DeploymentRecordDecoder, what="deployment",
             items=self._deployments)
         await self._deployments_mirror.start()
+        # The gateway alone holds the master keys: it seals and opens user secrets, and
+        # answers the agents' requests for a placed container's values.
+        self.secrets = SecretStore(self.nc, self.js, await self.js.key_value(names.KV_SECRETS),
+                                   ring)
+        resealed = await self.secrets.reseal_webhook_secrets()
+        if resealed:
+            log.info("webhook_secrets_resealed", count=resealed)
+        await self.secrets.serve()
         self._tasks.append(asyncio.create_task(
             heartbeat_loop(self.js, "gateway", s.instance, s.service_heartbeat_interval)
         ))
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
+        if self.secrets is not None:
+            await self.secrets.stop()
         if self._deployments_mirror is not None:
             await self._deployments_mirror.stop()
         await self.outputs.stop()

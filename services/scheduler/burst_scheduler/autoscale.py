@@ -1,40 +1,19 @@
-"""How many containers each function gets: scale-up on signals, scale-down on idleness.
+"""How many containers each function gets: scale-up on work, scale-down on idleness.
 
-Counting. A function's containers are the allocations claimed for it on live agents: from
-the claim (being placed) until the agent removes it (stopped). A container is *stopping*
-when its agent reports it so, when its agent is draining (preempted), or when this
-scheduler has ordered it to stop and the agent still reports it idle since the same
-moment; stopping containers count against ``max_containers`` (they still exist) but not
-towards ``min_containers`` or capacity.
-
-Scale-up (:meth:`Autoscaler.scale_for_work`, on every ``input.accepted`` signal and on a
-backlog seen by the reconcile loop):
-
-- fewer active containers than ``max(1, min_containers)`` -> place the difference;
-- every active container reported busy with all its input slots full, none still being
-  placed -> place one more (a burst ramps up one container per signal while the
-  containers it already has are saturated);
-- never more than ``max_containers`` in all.
-
-Scale-down (:meth:`Autoscaler.scaledown_once`, every ``scaledown_tick``): a container idle
-for its function's ``scaledown_window`` is ordered to stop with ``if_idle_since`` = the idle
-time the agent reported, longest idle first, never below ``min_containers``. The agent
-ignores the order if the container took work since, so a decision on a stale view never
-kills a busy container. Containers of a removed app stop as soon as they are idle.
-
-Idle containers yield (``make_room.plan_idle``): when a placement finds no room, the least
-recently used idle containers of other functions on one agent are ordered to stop (reason
-``evicted``, with ``if_idle_since``, never below a function's ``min_containers``), and the
-waiting function is placed as soon as the agent releases their claims (a listener on the
-agents' records, :meth:`Autoscaler.on_state_change`), not at the next reconcile pass. One
-room is made per function at a time. Its waiting reason names what is being evicted
-("evicting 2 idle containers of app/f to make room"), or, when only containers kept for
-``min_containers`` could make room, says so. A function with no queued input and its
-``min_containers`` running waits for nothing: a stale reason is removed by the reconcile
-pass (:meth:`Autoscaler.clear_if_satisfied`).
-
-Every decision about one function runs under that function's lock, so the 20 signals of a
-burst are decided one after the other on an up-to-date count.
+Invariants:
+- a function's containers are its claims on live agents; stopping ones count against
+  ``max_containers`` but not towards ``min_containers`` or capacity;
+- scale-up (each ``input.accepted`` signal, each reconcile backlog) fills up to
+  ``max(1, min_containers)``, then adds one only while every active container is full and
+  none is being placed; never above ``max_containers``;
+- scale-down (every ``scaledown_tick``) orders containers idle past ``scaledown_window``
+  to stop with ``if_idle_since``, longest idle first, never below ``min_containers``; the
+  agent ignores an order if the container took work since, so a stale view never stops
+  a busy container;
+- when a placement finds no room, the least recently used idle containers of other
+  functions yield (``make_room.plan_idle``) and the waiting function is placed as soon as
+  their claims are released; its waiting reason names what is evicted;
+- every decision about one function runs under that function's lock.
 """
 
 from __future__ import annotations
@@ -314,6 +293,7 @@ class Autoscaler:
             gpu_indices=list(claim.gpu_indices),
             spot=claim.spot,
             placed_at=claim.placed_at,
+            app_name=ref.deployment.name,
         )
         try:
             await bus.publish(self.js, names.agent_orders_subject(claim.agent_id),

@@ -47,6 +47,9 @@ class BudgetStop:
         if not self.exceeded:
             return False
         ws, app, fn = names.split_function_key(fn_key)
+        ref = self.state.function(fn_key)
+        if ref is not None and ref.deployment.name:  # a run of app X: X's budgets cover it
+            app = ref.deployment.name
         return bool({names.budget_key(ws), names.budget_key(ws, app),
                      names.budget_key(ws, app, fn)} & self.exceeded.keys())
 

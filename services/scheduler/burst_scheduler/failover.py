@@ -1,34 +1,15 @@
 """Lost agents: found by their heartbeat, released by compare-and-set, announced.
 
-An agent whose last heartbeat is older than ``heartbeat_timeout`` is presumed gone (the
-machine died, or it is cut off). The deciding scheduler then, for each such agent:
-
-1. re-reads its heartbeat from KV (a lagging watch of ours must not condemn a live
-   agent), and gives an agent it has never heard from the timeout counted from when it
-   first saw its record; after our own reconnect to NATS (nats-server restarted: no agent
-   could beat meanwhile) every agent gets the timeout counted from then;
-2. marks it lost by compare-and-set on its record: ``lost_at`` set, every allocation
-   released (so its resources are not counted, and its functions have fewer containers).
-   The write is conditional on the same incarnation (``started_at``) and on no one having
-   marked it first, so of two racing schedulers exactly one wins;
-3. publishes :class:`AgentLost` (``names.agent_lost_subject``) with the containers it had,
-   so billing closes them at the last heartbeat;
-4. hands the inputs its containers were running back at once: their ack subjects ride
-   on its heartbeats (``ContainerView.acks``), and a nak on one, from any connection,
-   makes JetStream redeliver that input now rather than after AckWait. The next delivery
-   runs a new attempt (a new token: a late output of the lost one is refused), an
-   internal retry that never counts against the user's retries. Inputs it took after its
-   last heartbeat come back when their AckWait runs out;
-5. places as many containers as the handed-back inputs need beyond the room the
-   function's other containers have (``replace``), at the parallelism they had: a
-   redelivered input is not in the consumer's pending count that the reconcile loop
-   sizes backlogs by; then wakes the reconcile loop for the rest.
-
-A lost agent that comes back (a partition healed) finds ``lost_at`` on its record, stops
-what it still runs and registers afresh (see the agent).
-
-Draining agents (preempted) are handled by the same reconcile wake: their containers are
-reported stopping and stop counting as active, so the backlog gets new containers.
+An agent whose last heartbeat is older than ``heartbeat_timeout`` is re-read from KV (a
+lagging watch must not condemn a live agent; after our own reconnect every agent gets the
+timeout counted from then), then marked lost by compare-and-set on its record (same
+incarnation, nobody first: of two racing schedulers exactly one wins), which releases its
+allocations. :class:`AgentLost` tells billing to close its containers at the last
+heartbeat; the inputs its containers ran are handed back at once (a nak on the ack
+subjects its heartbeats carried; a new attempt, an internal retry), and replacement
+containers are placed for them. A lost agent that comes back finds ``lost_at``, stops what
+it runs and registers afresh. Draining (preempted) agents' containers stop counting as
+active, so the reconcile pass places new ones for their backlog.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ counted in the state (``skipped``, with the last one's time, tick and reason), s
 ``burst schedule list`` shows it. A backfill waits instead: while the budget is spent it
 fires nothing and stays pending, its missed ticks kept.
 
-Only deployed apps' schedules fire: an ephemeral app (``burst run``) has none. A removed
+An ephemeral app's schedules fire while it runs (``burst run``, ``with app.run():``), as in
+Modal; each run has its own state (its functions' keys name the run's id). A removed
 app's (or function's) schedule state is deleted, so a later deploy starts afresh.
 """
 
@@ -57,7 +58,7 @@ SKIPPED_BUDGET = "hard budget spent"
 
 
 def scheduled(ref: FunctionRef) -> bool:
-    return ref.spec.schedule is not None and not ref.deployment.ephemeral
+    return ref.spec.schedule is not None
 
 
 class Ticker:

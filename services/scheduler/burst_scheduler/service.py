@@ -5,10 +5,10 @@ Two kinds of work run here:
 - *following* (every replica, always): the KV watches that build :class:`ClusterState`,
   and the warm pools mirrored into Redis;
 - *deciding* (:meth:`Scheduler.start_decisions` / :meth:`Scheduler.stop_decisions`): the
-  ``input.accepted`` consumer, the scale-down tick, the reconcile loop and the schedule
-  ticker (``schedules.py``). They start and stop as one group, wrapped by the
-  ``scheduler`` lease (``leader.py``): a replica that wins the lease starts deciding, one
-  that loses it stops.
+  ``input.accepted`` consumer, the scale-down tick, the reconcile loop, the schedule
+  ticker (``schedules.py``) and the client reaper (``clients.py``). They start and stop
+  as one group, wrapped by the ``scheduler`` lease (``leader.py``): a replica that wins
+  the lease starts deciding, one that loses it stops.
 
 Even two replicas deciding at once stay safe where it matters: resources are claimed by
 compare-and-set on agent records, so no GPU is ever given twice; the cost of two deciders
@@ -39,6 +39,7 @@ from burst_core.service import cancel_and_wait, heartbeat_loop
 from burst_scheduler.autoscale import Autoscaler
 from burst_scheduler.budget_stop import BudgetStop
 from burst_scheduler.claim import Claimer
+from burst_scheduler.clients import ClientReaper
 from burst_scheduler.failover import LostAgents
 from burst_scheduler.leader import Leadership
 from burst_scheduler.pools import WarmPools
@@ -79,6 +80,8 @@ class Scheduler:
         # The nats-py JetStream context keeps its connection; signals go out on it.
         self.ticker = Ticker(self.js, bus.client_of(self.js), self.state, s,
                              lambda fn_key: self.autoscaler.blocked(fn_key))
+        self.reaper = ClientReaper(self.js, self.state, s.client_timeout,
+                                   s.client_reap_interval, 2 * s.service_heartbeat_interval)
         self.state.listeners.append(self.pools.on_state_change)
         await self.watcher.start()
         self.budget_stop = await BudgetStop.attach(self)  # hard budgets: stop, place nothing
@@ -138,6 +141,7 @@ class Scheduler:
             deliver_new=True, concurrency=s.signal_concurrency, name="input_accepted",
         )
         await self._signals.start()
+        self.reaper.reset()  # a new leader counts every client's silence from zero
         self._loops = [
             asyncio.create_task(self._every(s.scaledown_tick, self.autoscaler.scaledown_once,
                                             "scaledown"), name="scaledown"),
@@ -146,6 +150,8 @@ class Scheduler:
                                             "lost_agents"), name="lost_agents"),
             asyncio.create_task(self._every(s.schedule_interval, self.ticker.run_once,
                                             "schedules"), name="schedules"),
+            asyncio.create_task(self._every(s.client_reap_interval, self.reaper.run_once,
+                                            "clients"), name="clients"),
         ]
 
     async def stop_decisions(self) -> None:
@@ -214,6 +220,7 @@ class Scheduler:
             "evicted": str(autoscaler.evicted if autoscaler else 0),
             "agents_lost": str(self.lost_agents.marked if autoscaler else 0),
             "ticks_fired": str(self.ticker.fired if autoscaler else 0),
+            "clients_reaped": str(self.reaper.reaped if autoscaler else 0),
         }
 
 

@@ -48,3 +48,9 @@ class SchedulerSettings(CommonSettings):
     #: A tick's call record younger than this is republished when found (its creator may
     #: have died before publishing); keep it below the inputs stream's dedupe window.
     schedule_dedupe_window: float = 60.0
+    #: An ephemeral app (``burst run``, ``with app.run():``), and an ephemeral Dict or Queue,
+    #: is stopped once its client's heartbeats have been missing this many seconds (counted
+    #: only while the store took the scheduler's writes).
+    client_timeout: float = 10.0
+    #: Seconds between the client reaper's passes.
+    client_reap_interval: float = 0.5

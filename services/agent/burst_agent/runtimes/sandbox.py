@@ -1,31 +1,16 @@
 """The process runtime's sandbox: bubblewrap namespaces, cgroup v1 limits, a non-root uid.
 
-What user code sees inside (the same for a fresh interpreter and for a zygote fork):
+What user code sees (a fresh interpreter and a zygote fork alike): the host's filesystem
+read-only with Burst's state (``$BURST_HOME``, ``/root``, ``/run``) covered by empty tmpfs;
+a private writable ``/tmp`` (its ``HOME``); the app's bundle read-only at
+``/run/burst/bundle`` (its working directory); ``/run/burst/shim.sock``, the agent's socket,
+its only way out; no network; its own pid, ipc and uts namespaces.
 
-- the host's filesystem read-only (``--ro-bind / /``), so the agent's interpreter and its
-  site-packages stay importable, with Burst's own state covered by empty tmpfs mounts:
-  ``$BURST_HOME`` (tokens, the NATS store, keys), ``/root`` and ``/run`` (where sockets
-  such as a Docker engine's live);
-- ``/tmp``: the container's private writable dir, also its ``HOME``;
-- ``/run/burst/bundle``: the app's source bundle, read-only, the working directory;
-- ``/run/burst/shim.sock``: the agent's socket for this container, its only way out (in a
-  sandbox made ahead of its container, a spare, a link to it in the read-only
-  ``/run/burst/agent``);
-- no network (``--unshare-all``: a fresh network namespace with only a down loopback),
-  its own pid, ipc and uts namespaces, and a host uid that is not root (``sandbox_uid``);
-- cgroup v1 ``memory``, ``cpu`` and ``pids`` limits, created per container under the
-  agent's own cgroup, joined before the sandbox is exec'd (or, for a zygote fork, before
-  the shim runs) so nothing runs unaccounted: every process and thread user code starts
-  inherits them, and a fork bomb stops at ``pids_limit`` tasks (fork and thread creation
-  then fail with ``EAGAIN``) without touching the host's or other containers' pids.
-
-As root, the agent runs bwrap privileged without a user namespace and bwrap runs
-``setpriv`` to become ``sandbox_uid`` (all capabilities and the bounding set dropped,
-no-new-privs) before the interpreter starts: the container's processes then hold a real,
-non-root host uid, so host files keep their meaning (root's ``0600`` files stay unreadable)
-while bwrap itself can still bind paths that uid cannot reach (a bundle under a ``0700``
-``$BURST_HOME``, an interpreter under ``/root``). Not as root, bwrap runs unprivileged in a
-user namespace and the container keeps the agent's (non-root) uid.
+Invariants: cgroup ``memory``, ``cpu`` and ``pids`` limits are joined before any user code
+runs, so every process and thread is accounted and a fork bomb stops at ``pids_limit``;
+as root, the container runs as ``sandbox_uid`` (not root, no capabilities, no-new-privs),
+so root's files stay unreadable; not as root, bwrap runs unprivileged in a user namespace
+and the container keeps the agent's uid.
 """
 
 from __future__ import annotations

@@ -1,0 +1,97 @@
+"""Stopping an app, shared by the gateway (``burst app stop``) and the scheduler's client
+reaper (an ephemeral run whose client stopped heartbeating).
+
+Stopping removes the deployment record (no new calls; the scheduler stops the app's
+containers once idle) and announces ``AppRemoved``. An ephemeral run also loses its
+work: every input still in the inputs stream (queued, or running and not yet acked) is
+cancelled as ``DELETE /v1/calls/{id}`` would: a ``terminated`` output stored as the
+attempt's first (so its caller gets exactly one answer, a cancellation), a
+``CallCancelled`` signal (agents stop it if it runs), then the inputs are purged so no
+container starts for them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from burst_core import bus, logs, names
+from burst_core.calls import first_record
+from burst_core.schemas import (
+    AppRemoved,
+    CallCancelled,
+    CallRecordDecoder,
+    DeploymentRecord,
+    InputDecoder,
+    Output,
+    encode,
+)
+
+log = logs.get("burst.apps")
+
+#: JetStream's answer to a publish whose expected last subject sequence does not hold.
+WRONG_LAST_SEQUENCE = 10071
+
+
+async def stop(js: JetStreamContext, dep: DeploymentRecord, reason: str) -> int:
+    """Stop ``dep``; for an ephemeral run, cancel its inputs. Returns calls cancelled."""
+    kv = await js.key_value(names.KV_DEPLOYMENTS)
+    await kv.delete(names.deployment_key(dep.workspace, dep.app))
+    await bus.publish(js, names.app_removed_subject(dep.workspace, dep.app),
+                      encode(AppRemoved(workspace=dep.workspace, app=dep.app,
+                                        deployment_id=dep.deployment_id)),
+                      msg_id=f"{dep.deployment_id}:removed")
+    cancelled = 0
+    if dep.ephemeral:
+        for fn in dep.functions:
+            cancelled += await cancel_inputs(
+                js, names.function_key(dep.workspace, dep.app, fn.name), reason)
+    log.info("app_stopped", workspace=dep.workspace, app=dep.app, name=dep.name or dep.app,
+             reason=reason, cancelled=cancelled)
+    return cancelled
+
+
+async def cancel_inputs(js: JetStreamContext, fn_key: str, reason: str) -> int:
+    """Cancel every call whose input of ``fn_key`` is still in the inputs stream, then
+    purge those inputs. Returns how many calls were cancelled (answered ones are not)."""
+    subject = names.input_subject(fn_key)
+    calls_kv = await js.key_value(names.KV_CALLS)
+    nc = bus.client_of(js)
+    seq, n = 0, 0
+    while True:
+        try:
+            raw = await js.get_msg(names.STREAM_INPUTS, seq=seq + 1, subject=subject, next=True)
+        except nats.js.errors.NotFoundError:
+            break
+        assert raw.seq is not None and raw.data is not None
+        seq = raw.seq
+        try:
+            inp = InputDecoder.decode(raw.data)
+        except Exception:
+            continue
+        rec_raw, _ = await bus.kv_get(calls_kv, inp.call_id)
+        rec = CallRecordDecoder.decode(rec_raw) if rec_raw is not None else first_record(inp)
+        out = Output(call_id=rec.call_id, input_id=rec.input_id, attempt=rec.attempt,
+                     attempt_token=rec.attempt_token, status="terminated",
+                     error_type="burst.exception.InputCancellation",
+                     error_message=f"call {rec.call_id} was cancelled: {reason}",
+                     finished_at=time.time(), workspace=rec.workspace)
+        try:
+            await bus.publish(js, names.output_subject(rec.call_id, rec.attempt), encode(out),
+                              msg_id=f"{rec.input_id}:{rec.attempt}",
+                              headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+        except nats.js.errors.APIError as e:
+            if e.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            continue  # it had answered already
+        await nc.publish(names.call_cancelled_subject(fn_key),
+                         encode(CallCancelled(call_id=rec.call_id, fn_key=fn_key,
+                                              at=time.time())))
+        n += 1
+    if seq:
+        # Only what was seen: an input published after the scan (it cannot be, once the
+        # record is gone and every gateway knows, but a cache may lag) keeps its place.
+        await js.purge_stream(names.STREAM_INPUTS, subject=subject, seq=seq + 1)
+    return n
