@@ -33,10 +33,6 @@ PROGRAMS = Path(__file__).resolve().parent / "programs"
 
 NEEDS_CONTAINER_CALLS = pytest.mark.xfail(
     reason="needs calls from inside a container (wt-calls)", strict=True)
-NEEDS_EPHEMERAL_LIFECYCLE = pytest.mark.xfail(
-    reason="needs ephemeral apps: schedules during runs, client heartbeats, "
-    "enable_output (wt-ephemeral)",
-    strict=True)
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +197,6 @@ def test_pipeline_stages_call_each_other(cluster: Cluster) -> None:
            "tokens ['hello', 'world']", "failure empty input")
 
 
-@NEEDS_EPHEMERAL_LIFECYCLE
 def test_schedule_fires_during_app_run(cluster: Cluster) -> None:
     # a 1 s Period: two ticks are due within a few seconds; the script waits up to 20 s
     before = set(containers(cluster))
@@ -209,14 +204,12 @@ def test_schedule_fires_during_app_run(cluster: Cluster) -> None:
     nothing_left_running(cluster, "compat-schedule", before)
 
 
-@NEEDS_EPHEMERAL_LIFECYCLE
 def test_enable_output_shows_remote_prints_in_a_script(cluster: Cluster) -> None:
     proc = python(cluster, "script_output.py")
     expect(proc, "result 42")
     assert "working on 41" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
-@NEEDS_EPHEMERAL_LIFECYCLE
 def test_app_stops_when_its_client_dies(cluster: Cluster) -> None:
     before = set(containers(cluster))
     proc = subprocess.Popen([sys.executable, str(PROGRAMS / "client_dies.py")],
