@@ -1,6 +1,7 @@
 """Creating a call: its record (KV ``burst_calls``), its input (``INPUTS``) and the
-``input.accepted`` signal. Shared by the gateway (users' calls) and the scheduler
-(scheduled ticks), so a call is the same whoever makes it.
+``input.accepted`` signal. Shared by :class:`burst_core.calls.caller.Caller` (users'
+calls, from clients or from containers) and the scheduler (scheduled ticks), so a call is
+the same whoever makes it.
 
 A call id is ``fc-`` + 12 hex digits of milliseconds since the epoch + 20 hex digits:
 random for a user's call, derived from the tick's identity for a scheduled one, so firing
@@ -198,7 +199,7 @@ async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue, fn_key
 
     With ``records`` False only the inputs go out: the gateway's synchronous calls
     create their record only when the caller is answered without the result (see
-    ``burst_gateway.api_calls.call_once``).
+    ``burst_core.calls.caller.Caller.call_once``).
 
     An input without an ack is republished under its msg id (JetStream drops it if it
     was stored); a record without one is created again (:func:`create_record`)."""
