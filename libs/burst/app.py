@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from burst import _resources, _unsupported, schedules, wire
+from burst import _context, _resources, _unsupported, schedules, wire
 from burst.cls import Cls
 from burst.exception import InvalidError
 from burst.functions import Function, is_generator
@@ -221,6 +221,11 @@ class App:
 
     # ---- running -------------------------------------------------------------------
     def _running(self) -> tuple[Client, str]:
+        if self._client is None and _context.platform is not None and _context.app_name():
+            # Inside one of the app's containers: calls go through the agent.
+            from burst.client import ContainerClient
+
+            return ContainerClient(_context.platform), _context.app_name()
         if self._client is None or self._deployed_name is None:
             raise InvalidError(
                 f"app {self.name!r} is not running: call .remote() inside `burst run`, inside "

@@ -16,9 +16,11 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import nats.js.errors
@@ -59,6 +61,10 @@ WRONG_LAST_SEQUENCE = 10071
 STREAM_CHECK_AGE = 30.0
 STREAM_CHECKS_PER_WAIT = 100
 
+#: Most nodes a call graph lists, and most parents followed up to its root.
+MAX_GRAPH_NODES = 10_000
+MAX_GRAPH_DEPTH = 100
+
 Deployments = Callable[[str, str], Awaitable[DeploymentRecord | None]]
 
 
@@ -88,6 +94,20 @@ def request_hash(fn: str, payload: bytes, fmt: str, ref: str) -> str:
     h = hashlib.sha256(f"{fn}\0{fmt}\0{ref}\0".encode())
     h.update(payload)
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The call a container was running when it made a call: its id and the function
+    keys of it and its ancestors, root first (see ``Input.lineage``)."""
+
+    call_id: str
+    lineage: list[str]
+
+
+def children_key(parent_call_id: str, first_child: str) -> str:
+    """The calls KV key listing children of a parent (those made by one submit)."""
+    return f"{parent_call_id}.{first_child}"
 
 
 def _give_up(fut: asyncio.Future[Any]) -> None:
@@ -204,9 +224,13 @@ class Caller:
     async def submit(self, workspace: str, dep: DeploymentRecord, fn: str,
                      payloads: list[bytes], register: bool, payload_format: str = "pickle",
                      call_id: str | None = None, refs: list[str] | None = None,
-                     records: bool = True) -> list[tuple[CallRecord, Any]]:
+                     records: bool = True, parent: Parent | None = None,
+                     ) -> list[tuple[CallRecord, Any]]:
         """Create one call per payload: its input (JetStream) and, with ``records``, its
         record (KV); answers each call's record and output future.
+
+        With ``parent`` (a call made from inside a container) every call gets its record
+        and the parent's list of children (one KV entry per submit) names them.
 
         With ``register`` the output futures exist before any input is published, so no
         output can be missed. All KV writes and publishes go out concurrently.
@@ -226,13 +250,23 @@ class Caller:
             if len(payload) > INLINE_PAYLOAD_LIMIT:  # too big for a NATS message: a blob
                 refs[i] = await self.store_blob(workspace, payload)
                 payloads[i] = b""
+        pid, lineage = (parent.call_id, parent.lineage) if parent else ("", [])
         calls = [call_store.build(workspace, dep.app, fn, dep.deployment_id, payload,
-                                  payload_format, now, call_id=call_id, payload_ref=ref)
+                                  payload_format, now, call_id=call_id, payload_ref=ref,
+                                  parent_call_id=pid, lineage=lineage)
                  for payload, ref in zip(payloads, refs, strict=True)]
         futs = [self.outputs.register(rec.call_id, rec.attempt_token) if register else None
                 for rec, _ in calls]
-        await call_store.create_many(self.js, self.nc, self.calls_kv, fn_key, calls,
-                                     self.signals, records=records)
+        if parent is None:
+            await call_store.create_many(self.js, self.nc, self.calls_kv, fn_key, calls,
+                                         self.signals, records=records)
+        else:
+            # The children's entry first: a cancel of the parent that comes while they are
+            # being created still finds them.
+            await self.calls_kv.put(children_key(pid, calls[0][0].call_id),
+                                    " ".join(rec.call_id for rec, _ in calls).encode())
+            await call_store.create_many(self.js, self.nc, self.calls_kv, fn_key, calls,
+                                         self.signals, records=True)
         return [(rec, fut) for (rec, _), fut in zip(calls, futs, strict=True)]
 
     async def _idempotent_call(self, workspace: str, app: str, fn: str, key: str,
@@ -259,8 +293,8 @@ class Caller:
             return found, True
 
     async def call_once(self, workspace: str, dep: DeploymentRecord, fn: str, payload: bytes,
-                        fmt: str, ref: str, wait: float,
-                        key: str | None = None) -> tuple[CallResponse, bool]:
+                        fmt: str, ref: str, wait: float, key: str | None = None,
+                        parent: Parent | None = None) -> tuple[CallResponse, bool]:
         """One call (or, with an idempotency ``key`` used before, the call it made): its
         answer within ``wait`` seconds, and whether it was replayed."""
         app = dep.app
@@ -278,11 +312,11 @@ class Caller:
         # then the caller holds the only reference to the call; a retry writes the record
         # from the input (burst_agent.attempts), and :meth:`record` finds an answered call
         # by its output.
-        lazy = key is None and wait > 0
+        lazy = key is None and wait > 0 and parent is None
         try:
             [(rec, fut)] = await self.submit(workspace, dep, fn, [payload], register=True,
                                              payload_format=fmt, call_id=call_id, refs=[ref],
-                                             records=not lazy)
+                                             records=not lazy, parent=parent)
         except nats.js.errors.KeyWrongLastSequenceError:
             # A racing resubmission with the same key created the call first.
             found = await self.record(call_id or "", workspace)
@@ -476,4 +510,57 @@ class Caller:
         await self.nc.publish(names.call_cancelled_subject(fn_key),
                               encode(CallCancelled(call_id=call_id, fn_key=fn_key,
                                                    at=time.time())))
+        # Its children (calls it made from its container) are cancelled with it, theirs
+        # with them: nobody is left to wait for their results.
+        for child in await self.children(call_id):
+            with contextlib.suppress(NotFoundError):
+                await self.cancel(workspace, child)
         return {"call_id": call_id, "cancelled": True}
+
+    # ---- the call graph ------------------------------------------------------------
+    async def children(self, call_id: str) -> list[str]:
+        """The calls ``call_id`` made from inside its container, in the order made."""
+        stream = "KV_" + names.KV_CALLS
+        subject = bus.kv_subject(self.calls_kv, children_key(call_id, "*"))
+        out: list[str] = []
+        seq = 0
+        while True:
+            try:
+                raw = await self.js.get_msg(stream, seq=seq + 1, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                return out
+            assert raw.seq is not None
+            seq = raw.seq
+            out += (raw.data or b"").decode().split()
+
+    async def graph(self, workspace: str, call_id: str) -> dict[str, Any]:
+        """The tree of calls ``call_id`` belongs to, from its root call: each node a
+        dict with ``call_id``, ``input_id``, ``app``, ``function_name``, ``status``
+        (``pending`` until the call's output is stored) and ``children``. At most
+        ``MAX_GRAPH_NODES`` nodes are listed."""
+        rec = await self.record(call_id, workspace)
+        if rec is None:
+            raise NotFoundError(f"call {call_id!r} not found")
+        for _ in range(MAX_GRAPH_DEPTH):  # up to the root
+            up = await self.record(rec.parent_call_id, workspace) if rec.parent_call_id else None
+            if up is None:
+                break
+            rec = up
+        budget = [MAX_GRAPH_NODES]
+
+        async def node(r: CallRecord) -> dict[str, Any]:
+            budget[0] -= 1
+            out = await self.outputs.fetch(r.call_id, r.attempt)
+            status = out.status if out is not None and out.attempt_token == r.attempt_token \
+                else "pending"
+            kids: list[dict[str, Any]] = []
+            for child in await self.children(r.call_id):
+                if budget[0] <= 0:
+                    break
+                crec = await self.record(child, workspace)
+                if crec is not None:
+                    kids.append(await node(crec))
+            return {"call_id": r.call_id, "input_id": r.input_id, "app": r.app,
+                    "function_name": r.function, "status": status, "children": kids}
+
+        return await node(rec)

@@ -48,6 +48,11 @@ class AgentSettings(CommonSettings):
     container_heartbeat_timeout: float = 15.0
     #: Seconds after which an unresponsive container that never came back is killed.
     unresponsive_kill_after: float = 60.0
+    #: Calls from containers: the longest one request of the SDK waits for a result
+    #: before answering "pending" (the SDK then asks again), and the interval of their
+    #: ``input.accepted`` signals per function (as the gateway's settings).
+    call_max_wait: float = 60.0
+    call_signal_interval: float = 0.05
     #: Seconds a container may take from start to ready (import + @enter).
     startup_timeout: float = 120.0
     #: Inputs answered with the error when a container fails to start (import error, ...).

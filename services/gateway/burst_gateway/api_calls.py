@@ -312,10 +312,21 @@ async def call_items(
                                        final=final))
 
 
+@router.get("/v1/calls/{call_id}/graph", tags=["calls"])
+async def call_graph(call_id: str, gw: GatewayDep,
+                     p: Principal = Depends(principal)) -> JSON:
+    """The tree of calls this call belongs to (calls made from inside containers record
+    the call that made them), from its root: each node has ``call_id``, ``input_id``,
+    ``app``, ``function_name``, ``status`` (``pending``, ``success``, ``failure``,
+    ``timeout``, ``terminated``) and ``children``."""
+    return JSON(await gw.caller.graph(p.workspace, call_id))
+
+
 @router.delete("/v1/calls/{call_id}", tags=["calls"])
 async def cancel_call(call_id: str, gw: GatewayDep,
                       p: Principal = Depends(principal)) -> dict[str, Any]:
-    """Cancel a call: it never starts if it has not, and is stopped if it runs.
+    """Cancel a call: it never starts if it has not, and is stopped if it runs. The calls
+    it made from inside its container are cancelled with it (and theirs with them).
 
     Answers ``{"cancelled": true}``, or ``false`` with the status when it had finished.
     """
