@@ -168,8 +168,10 @@ class ContainerClient(Client):
     agent answers them as the gateway would, in the container's workspace, and makes the
     calls on behalf of the call this thread runs (their parent)."""
 
-    #: Seconds a relayed request may take beyond the wait it asks for.
+    #: Seconds a relayed request may take beyond the longest wait one asks for (a wait
+    #: named in a request's body, as ``wait_calls`` does, is at most ``MAX_WAIT``).
     MARGIN = 30.0
+    MAX_WAIT = 60.0
 
     def __init__(self, platform: _context.Platform) -> None:
         self.url, self.token, self.timeout = "container://agent", "", 90.0
@@ -185,7 +187,8 @@ class ContainerClient(Client):
             wait = float(query.get("wait", 0.0))
         except ValueError:
             wait = 0.0
-        data = self.platform.request("api", wire.encode(req), wait + self.MARGIN)
+        data = self.platform.request("api", wire.encode(req),
+                                     max(wait, self.MAX_WAIT) + self.MARGIN)
         resp = wire.api_response_decoder.decode(data)
         if resp.status in expect:
             return resp.status, resp.body
