@@ -153,6 +153,7 @@ def test_call_graph_and_cancelling_a_parent(cluster: Cluster, tmp_path: Path) ->
     app = write_app(tmp_path, """
         import json, time
         import burst
+        import burst.client
 
         app = burst.App("calls-tree")
 
@@ -194,6 +195,11 @@ def test_call_graph_and_cancelling_a_parent(cluster: Cluster, tmp_path: Path) ->
                 assert time.time() < deadline, summary(node)
                 time.sleep(0.3)
             before = summary(node)
+            # `burst app status` counts the children like any call: their containers.
+            status = burst.client.Client.from_profile().get_json(
+                f"/v1/apps/{app._deployed_name}/status")
+            slow_containers = sum(next(f for f in status["functions"]
+                                       if f["function"] == "slow")["containers"].values())
             # The graph is the same from any node of it: a child's graph starts at its root.
             child = next(c for c in kids if c.function_name == "slow")
             from_child = summary(graph(burst.FunctionCall.from_id(child.function_call_id)))
@@ -213,6 +219,7 @@ def test_call_graph_and_cancelling_a_parent(cluster: Cluster, tmp_path: Path) ->
                 child_result = "cancelled: " + str(e)
             print("RESULT " + json.dumps({"before": before, "from_child": from_child,
                                           "cancelled": cancelled, "after": after,
+                                          "slow_containers": slow_containers,
                                           "child": child_result}))
     """, "calls_tree.py")
     proc = cluster.burst("run", str(app), timeout=180)
@@ -223,6 +230,7 @@ def test_call_graph_and_cancelling_a_parent(cluster: Cluster, tmp_path: Path) ->
     assert [(c["fn"], c["status"]) for c in before["children"]] == [
         ("quick", "SUCCESS"), ("slow", "PENDING"), ("slow", "PENDING")]
     assert out["from_child"]["fn"] == "root" and len(out["from_child"]["children"]) == 3
+    assert out["slow_containers"] >= 2
     # Cancelling the parent cancels its children still running; finished ones stand.
     assert out["cancelled"] is True
     assert out["after"]["status"] == "TERMINATED"
