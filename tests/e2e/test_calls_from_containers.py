@@ -195,11 +195,12 @@ def test_call_graph_and_cancelling_a_parent(cluster: Cluster, tmp_path: Path) ->
                 assert time.time() < deadline, summary(node)
                 time.sleep(0.3)
             before = summary(node)
-            # `burst app status` counts the children like any call: their containers.
+            # `burst app status` counts the children like any call: each is queued or
+            # has a container.
             status = burst.client.Client.from_profile().get_json(
                 f"/v1/apps/{app._deployed_name}/status")
-            slow_containers = sum(next(f for f in status["functions"]
-                                       if f["function"] == "slow")["containers"].values())
+            slow = next(f for f in status["functions"] if f["function"] == "slow")
+            slow_containers = sum(slow["containers"].values()) + slow["queued"]
             # The graph is the same from any node of it: a child's graph starts at its root.
             child = next(c for c in kids if c.function_name == "slow")
             from_child = summary(graph(burst.FunctionCall.from_id(child.function_call_id)))
