@@ -9,8 +9,8 @@ import time
 import pytest
 
 from burst import wire
-from burst.exception import DeadlockError, NotFoundError
-from burst_agent.api_relay import check_deadlock
+from burst.exception import DeadlockError, InvalidError, NotFoundError
+from burst_agent.api_relay import answer, check_deadlock
 from burst_core import bus, names
 from burst_core.calls.caller import Caller, Parent
 from burst_core.schemas import DeploymentRecord, Output, encode
@@ -91,3 +91,22 @@ def test_a_waited_call_is_refused_when_its_ancestors_hold_every_slot() -> None:
     with pytest.raises(DeadlockError):
         check_deadlock(two, "leaf", Parent("fc-p", [fn_key, other, fn_key]))
     check_deadlock(_dep(), "leaf", Parent("fc-p", [fn_key] * 50))  # no max_containers
+
+
+async def test_the_relay_answers_the_sdks_requests_and_refuses_others(js) -> None:  # type: ignore[no-untyped-def]
+    c = await _caller(js)
+    try:
+        body = wire.encode(wire.CallBatchRequest(payloads=[b"a", b"b"]))
+        parent = Parent("fc-" + "0" * 32, [names.function_key(WS, "tree", "root")])
+        resp = await answer(c, WS, parent, wire.ApiRequest(
+            method="POST", path="/v1/apps/tree/functions/leaf/calls/batch", body=body))
+        assert resp.status == 202
+        refs = wire.call_batch_response_decoder.decode(resp.body).calls
+        assert await c.children(parent.call_id) == [r.call_id for r in refs]
+        with pytest.raises(InvalidError, match="GET /v1/apps is not available inside"):
+            await answer(c, WS, None, wire.ApiRequest(method="GET", path="/v1/apps"))
+        with pytest.raises(NotFoundError, match="'nope'"):
+            await answer(c, WS, None, wire.ApiRequest(
+                method="POST", path="/v1/apps/nope/functions/leaf/calls", body=body))
+    finally:
+        await c.stop()
