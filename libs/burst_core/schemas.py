@@ -355,8 +355,9 @@ class Input(_Wire, kw_only=True):
     # sha256 of the payload in the blob object store when it is above the inline limit.
     payload_ref: str = ""
     # A call made from inside a container: the call that container was running (the
-    # parent), and the function keys of the parent and its ancestors, root first (the
-    # agent refuses a waited-on call whose function's slots its ancestors all hold).
+    # parent), and the function keys of the parent and of its ancestors waiting for it,
+    # root first (the agent refuses a waited-on call whose function's slots they all
+    # hold; a spawned call's lineage starts afresh).
     parent_call_id: str = ""
     lineage: list[str] = msgspec.field(default_factory=list)
 

@@ -13,7 +13,7 @@ from burst.exception import DeadlockError, InvalidError, NotFoundError
 from burst_agent.api_relay import answer, check_deadlock
 from burst_core import bus, names
 from burst_core.calls.caller import Caller, Parent
-from burst_core.schemas import DeploymentRecord, Output, encode
+from burst_core.schemas import DeploymentRecord, InputDecoder, Output, encode
 
 pytestmark = pytest.mark.integration
 
@@ -108,5 +108,31 @@ async def test_the_relay_answers_the_sdks_requests_and_refuses_others(js) -> Non
         with pytest.raises(NotFoundError, match="'nope'"):
             await answer(c, WS, None, wire.ApiRequest(
                 method="POST", path="/v1/apps/nope/functions/leaf/calls", body=body))
+    finally:
+        await c.stop()
+
+
+async def test_a_spawned_call_starts_a_new_lineage_and_a_waited_one_is_checked(js) -> None:  # type: ignore[no-untyped-def]
+    c = await _caller(js)
+    capped = _dep(max_containers=1)
+
+    async def deployments(workspace: str, app: str) -> DeploymentRecord | None:
+        return capped
+
+    c.deployments = deployments
+    leaf = names.function_key(WS, "tree", "leaf")
+    parent = Parent("fc-" + "1" * 32, [leaf])  # a leaf call, waited on by nobody else
+    body = wire.encode(wire.CallRequest(payload=b"x"))
+    path = "/v1/apps/tree/functions/leaf/calls"
+    try:
+        with pytest.raises(DeadlockError):  # .remote(): its only slot is the parent's
+            await answer(c, WS, parent, wire.ApiRequest(method="POST", path=path, body=body,
+                                                        params={"wait": "5"}))
+        resp = await answer(c, WS, parent, wire.ApiRequest(method="POST", path=path,
+                                                           body=body, params={"wait": "0"}))
+        assert resp.status == 202  # .spawn(): the parent may finish and free the slot
+        raw = await js.get_last_msg(names.STREAM_INPUTS, names.input_subject(leaf))
+        inp = InputDecoder.decode(raw.data)
+        assert inp.parent_call_id == parent.call_id and inp.lineage == []
     finally:
         await c.stop()

@@ -99,7 +99,8 @@ def request_hash(fn: str, payload: bytes, fmt: str, ref: str) -> str:
 @dataclass(frozen=True)
 class Parent:
     """The call a container was running when it made a call: its id and the function
-    keys of it and its ancestors, root first (see ``Input.lineage``)."""
+    keys of it and of its ancestors that wait for it, root first (see ``Input.lineage``;
+    a spawned call starts a new lineage: nobody is known to wait for it)."""
 
     call_id: str
     lineage: list[str]

@@ -105,10 +105,15 @@ async def _call(r: Request) -> Answer:
     dep, fn = await _function(r)
     req = r.decode(_call_decoder, "call request")
     wait = r.number("wait", limit=r.caller.max_sync_wait)
+    parent = r.parent
     if wait > 0:  # .remote() waits; .spawn() and .remote_gen() come back at once
-        check_deadlock(dep, fn, r.parent)
+        check_deadlock(dep, fn, parent)
+    elif parent is not None:
+        # Nobody is known to wait for a spawned call: its lineage of waiting callers
+        # starts afresh (a spawner that finished holds no slot).
+        parent = Parent(parent.call_id, [])
     resp, _ = await r.caller.call_once(r.workspace, dep, fn, req.payload, "pickle",
-                                       req.payload_ref, wait, parent=r.parent)
+                                       req.payload_ref, wait, parent=parent)
     return _msgpack(resp, 200 if resp.status != "pending" else 202)
 
 
