@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,7 +37,13 @@ from burst.exception import (
     NotFoundError,
     PayloadTooLargeError,
 )
-from burst.wire import INLINE_PAYLOAD_LIMIT, MAX_PAYLOAD, CallRef, CallResponse
+from burst.wire import (
+    INLINE_PAYLOAD_LIMIT,
+    MAX_PAYLOAD,
+    CallRef,
+    CallResponse,
+    CallWaitRequest,
+)
 from burst_core import bus, logs, names
 from burst_core import calls as call_store
 from burst_core.calls import Signals, call_created_at, new_call_id
@@ -61,6 +68,10 @@ WRONG_LAST_SEQUENCE = 10071
 STREAM_CHECK_AGE = 30.0
 STREAM_CHECKS_PER_WAIT = 100
 
+#: Most calls one batch request may create, and most calls one wait request may name.
+MAX_BATCH = 1000
+#: Highest items cursor (a stream sequence: NATS takes 64 bits, and reads from the next).
+MAX_CURSOR = (1 << 64) - 2
 #: Most nodes a call graph lists, and most parents followed up to its root.
 MAX_GRAPH_NODES = 10_000
 MAX_GRAPH_DEPTH = 100
@@ -230,12 +241,15 @@ class Caller:
         """Create one call per payload: its input (JetStream) and, with ``records``, its
         record (KV); answers each call's record and output future.
 
-        With ``parent`` (a call made from inside a container) every call gets its record
+        A request names 1 to ``MAX_BATCH`` payloads. With ``parent`` (a call made from
+        inside a container) every call gets its record
         and the parent's list of children (one KV entry per submit) names them.
 
         With ``register`` the output futures exist before any input is published, so no
         output can be missed. All KV writes and publishes go out concurrently.
         """
+        if not 1 <= len(payloads) <= MAX_BATCH:
+            raise InvalidError(f"a batch holds 1 to {MAX_BATCH} calls, got {len(payloads)}")
         await self.guard.check(workspace, dep.app, fn)  # 402 while a hard budget is spent
         fn_key = names.function_key(workspace, dep.app, fn)
         now = time.time()
@@ -431,6 +445,19 @@ class Caller:
             return [from_output(o) for o in group.outputs.values() if o.workspace == workspace]
         finally:
             outputs.unregister_group(group)
+
+    async def wait_request(self, workspace: str, req: CallWaitRequest) -> list[CallResponse]:
+        """:meth:`wait_many` for a wait request (``POST /v1/calls/wait``), its bounds
+        checked: at most ``MAX_BATCH`` calls, ``wait`` up to ``max_sync_wait`` and
+        ``linger`` up to 1 s."""
+        if len(req.calls) > MAX_BATCH:
+            raise InvalidError(f"a wait names at most {MAX_BATCH} calls, got {len(req.calls)}")
+        for name, value in (("wait", req.wait), ("linger", req.linger)):
+            if math.isnan(value):  # (would pass every bound below, and wait forever)
+                raise InvalidError(f"{name}={value}: use a number of seconds")
+        return await self.wait_many(workspace, req.calls,
+                                    min(max(req.wait, 0.0), self.max_sync_wait),
+                                    min(max(req.linger, 0.0), 1.0))
 
     async def _settle_unsure(self, group: Group, workspace: str) -> None:
         """Outputs of an attempt the waiter did not name: one counts if the call's record

@@ -22,14 +22,8 @@ import msgspec
 from burst import wire
 from burst.exception import DeadlockError, InvalidError, NotFoundError
 from burst_core import names
-from burst_core.calls.caller import Caller, Parent, check_ref
+from burst_core.calls.caller import MAX_CURSOR, Caller, Parent, check_ref
 from burst_core.schemas import DeploymentRecord
-
-#: Most calls one batch request may create, and most one wait request may name (as the
-#: gateway's API).
-MAX_BATCH = 1000
-#: Highest items cursor (a stream sequence).
-MAX_CURSOR = (1 << 64) - 2
 
 _call_decoder = msgspec.msgpack.Decoder(wire.CallRequest)
 _batch_decoder = msgspec.msgpack.Decoder(wire.CallBatchRequest)
@@ -120,8 +114,6 @@ async def _call(r: Request) -> Answer:
 async def _batch(r: Request) -> Answer:
     dep, fn = await _function(r)
     req = r.decode(_batch_decoder, "batch request")
-    if not 1 <= len(req.payloads) <= MAX_BATCH:
-        raise InvalidError(f"a batch holds 1 to {MAX_BATCH} calls, got {len(req.payloads)}")
     check_deadlock(dep, fn, r.parent)  # a map waits for its inputs
     made = await r.caller.submit(r.workspace, dep, fn, req.payloads, register=False,
                                  refs=req.payload_refs or None, parent=r.parent)
@@ -132,14 +124,7 @@ async def _batch(r: Request) -> Answer:
 
 async def _wait(r: Request) -> Answer:
     req = r.decode(_wait_decoder, "wait request")
-    if len(req.calls) > MAX_BATCH:
-        raise InvalidError(f"a wait names at most {MAX_BATCH} calls, got {len(req.calls)}")
-    for name, value in (("wait", req.wait), ("linger", req.linger)):
-        if math.isnan(value):
-            raise InvalidError(f"{name}={value}: use a number of seconds")
-    results = await r.caller.wait_many(r.workspace, req.calls,
-                                       min(max(req.wait, 0.0), r.caller.max_sync_wait),
-                                       min(max(req.linger, 0.0), 1.0))
+    results = await r.caller.wait_request(r.workspace, req)
     return _msgpack(wire.CallWaitResponse(results=results))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import msgspec
@@ -26,6 +25,7 @@ from burst.wire import (
     CallWaitResponse,
 )
 from burst_core import logs
+from burst_core.calls.caller import MAX_CURSOR
 from burst_core.schemas import (
     CallRecord,
     DeploymentRecord,
@@ -40,10 +40,6 @@ _call_decoder = msgspec.msgpack.Decoder(CallRequest)
 _batch_decoder = msgspec.msgpack.Decoder(CallBatchRequest)
 _wait_decoder = msgspec.msgpack.Decoder(CallWaitRequest)
 _MSGPACK_BODY = {"requestBody": {"content": {MSGPACK: {}}, "required": True}}
-#: Most calls one batch request may create, and most calls one wait request may name.
-MAX_BATCH = 1000
-#: Highest items cursor (a stream sequence: NATS takes 64 bits, and reads from the next).
-MAX_CURSOR = (1 << 64) - 2
 
 
 def _response(resp: msgspec.Struct, status: int = 200) -> Response:
@@ -240,8 +236,6 @@ async def create_calls(app: str, fn: str, request: Request, gw: GatewayDep,
     answers with their ids in the order of the payloads."""
     dep = await _function(gw, p, app, fn)
     req = await _body(request, gw, _batch_decoder, "batch request")
-    if not 1 <= len(req.payloads) <= MAX_BATCH:
-        raise InvalidError(f"a batch holds 1 to {MAX_BATCH} calls, got {len(req.payloads)}")
     made = await gw.caller.submit(p.workspace, dep, fn, req.payloads, register=False,
                                   refs=req.payload_refs or None)
     return _response(CallBatchResponse(calls=[_ref(rec) for rec, _ in made]), 202)
@@ -253,14 +247,7 @@ async def wait_calls(request: Request, gw: GatewayDep,
     """Wait up to ``wait`` seconds for any of up to 1,000 calls; answers with every one
     of them that is finished (possibly none)."""
     req = await _body(request, gw, _wait_decoder, "wait request")
-    if len(req.calls) > MAX_BATCH:
-        raise InvalidError(f"a wait names at most {MAX_BATCH} calls, got {len(req.calls)}")
-    for name, value in (("wait", req.wait), ("linger", req.linger)):
-        if math.isnan(value):  # (would pass every bound below, and wait forever)
-            raise InvalidError(f"{name}={value}: use a number of seconds")
-    results = await gw.caller.wait_many(p.workspace, req.calls,
-                              min(max(req.wait, 0.0), gw.settings.max_sync_wait),
-                              min(max(req.linger, 0.0), 1.0))
+    results = await gw.caller.wait_request(p.workspace, req)
     return _response(CallWaitResponse(results=results))
 
 

@@ -15,8 +15,9 @@ from pydantic import BaseModel, Field
 from burst.exception import InvalidError, NotFoundError
 from burst.wire import CallRef
 from burst_core import bus, names
+from burst_core.calls.caller import MAX_BATCH
 from burst_core.schemas import CallRecord, MapRecord, MapRecordDecoder, encode
-from burst_gateway.api_calls import MAX_BATCH, _function, _json_call, inline_result
+from burst_gateway.api_calls import _function, _json_call, inline_result
 from burst_gateway.auth import Principal, principal
 from burst_gateway.errors import JSON, TOO_DEEP
 from burst_gateway.state import Gateway, GatewayDep
