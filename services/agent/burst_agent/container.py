@@ -397,6 +397,8 @@ class Container:
             if inf.inp.call_id not in self._recorded:
                 # The parent's record (a call waited on may have none yet): its
                 # children and the call graph are found through it.
+                if len(self._recorded) > 2 * self.max_inputs + 64:  # keep running ones only
+                    self._recorded &= {i.inp.call_id for i in self.in_flight.values()}
                 self._recorded.add(inf.inp.call_id)
                 if inf.inp.attempt == 1:
                     with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
