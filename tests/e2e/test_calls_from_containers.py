@@ -67,6 +67,11 @@ def test_every_form_from_a_container(cluster: Cluster, tmp_path: Path) -> None:
             for i in range(n):
                 yield i * 10
 
+        @app.function(timeout=300)
+        def nap():
+            import time
+            time.sleep(120)
+
         @app.function()
         def fail():
             raise ValueError("boom from the callee")
@@ -91,6 +96,12 @@ def test_every_form_from_a_container(cluster: Cluster, tmp_path: Path) -> None:
             record.for_each(["a", "b"])
             out["for_each"] = sorted(k for k in seen.keys())
             out["remote_gen"] = list(gen.remote_gen(3))
+            napping = nap.spawn()
+            out["cancel"] = burst.FunctionCall.from_id(napping.object_id).cancel()
+            try:
+                napping.get(timeout=30)
+            except burst.exception.InputCancellation:
+                out["cancelled_get"] = True
 
             async def aio():
                 r = await add1.remote.aio(10)
@@ -130,6 +141,7 @@ def test_every_form_from_a_container(cluster: Cluster, tmp_path: Path) -> None:
     assert out["starmap"] == [3, 7]
     assert out["for_each"] == ["a", "b"]
     assert out["remote_gen"] == [0, 10, 20]
+    assert out["cancel"] is True and out["cancelled_get"] is True
     assert out["aio"] == [11, [21, 31], 41, [0, 10]]
     assert out["lib_double"] == 42 and out["lib_count"] == [0, 1, 2]
     assert out["lib_cls"] == 15
