@@ -4,7 +4,9 @@
     .venv/bin/python bench/map.py [--inputs 10000] [--samples 300] [--rounds 3]
 
 All measured in one run on this machine, printed as one JSON object:
-- 10,000 no-op inputs through Burst's ``.map`` (throughput, inputs/s);
+- 10,000 no-op inputs through Burst's ``.map`` (throughput, inputs/s), from the client and
+  from inside a container (a function mapping them over another; its ratio to the
+  client's rate: target >= 0.8);
 - 10,000 no-op ``@ray.remote`` tasks submitted at once and gathered (Ray, 2 CPUs);
 - warm ``.remote()`` p50 beside the floor (one FastAPI route + one NATS request, as in
   bench/invoke.py), Ray's no-op task round trip and Celery's (Redis broker) no-op round trip;
@@ -41,6 +43,16 @@ app = burst.App("mapbench")
 @app.function(scaledown_window=600)
 def noop(x=None):
     return x
+
+
+@app.function(scaledown_window=600, timeout=600)
+def fan_out(n):
+    """The in-container map: n no-ops mapped from inside a container, timed there."""
+    import time
+
+    t0 = time.perf_counter()
+    ok = all(a == b for a, b in zip(noop.map(range(n)), range(n), strict=True))
+    return time.perf_counter() - t0, ok
 '''
 
 CELERY_APP = '''
@@ -174,12 +186,13 @@ def main() -> None:
             # Warm-ups: Burst's containers and Ray's workers started, every path used.
             assert list(noop.map(range(500))) == list(range(500))
             assert ray.map(500) == list(range(500))
+            assert mapbench_app.fan_out.remote(500)[1]
             callers = {"burst": noop.remote, "floor": floor.call, "ray": ray.call,
                        "celery": celery.call}
             for call in callers.values():
                 for i in range(20):
                     call(i)
-            maps: dict[str, list[float]] = {"burst": [], "ray": []}
+            maps: dict[str, list[float]] = {"burst": [], "ray": [], "in_container": []}
             times: dict[str, list[float]] = {k: [] for k in callers}
             runs = {"burst": lambda: list(noop.map(range(args.inputs))),
                     "ray": lambda: ray.map(args.inputs)}
@@ -190,6 +203,9 @@ def main() -> None:
                     results = runs[name]()
                     maps[name].append(time.perf_counter() - t0)
                     assert results == list(range(args.inputs)), name
+                seconds, ok = mapbench_app.fan_out.remote(args.inputs)
+                assert ok, "the in-container map's results"
+                maps["in_container"].append(seconds)
                 block = max(1, per_round // 5)
                 for b in range(0, per_round, block):
                     for name, call in callers.items():
@@ -204,7 +220,8 @@ def main() -> None:
                 "per_second": round(args.inputs * len(secs) / sum(secs), 1),
                 "per_round_per_second": [round(args.inputs / s, 1) for s in secs]}
 
-    result["burst"] = {"map": throughput(maps["burst"]), "warm_remote": summary(times["burst"])}
+    result["burst"] = {"map": throughput(maps["burst"]), "warm_remote": summary(times["burst"]),
+                       "map_in_container": throughput(maps["in_container"])}
     result["ray"] = {"map": throughput(maps["ray"]), "round_trip": summary(times["ray"])}
     result["floor"] = summary(times["floor"])
     result["celery"] = {"round_trip": summary(times["celery"])}
@@ -213,12 +230,17 @@ def main() -> None:
         "map_throughput_burst_over_ray": round(b["map"]["per_second"] / r["map"]["per_second"], 2),  # type: ignore[index]
         "map_throughput_burst_over_ray_per_round": [
             round(rs / bs, 2) for bs, rs in zip(maps["burst"], maps["ray"], strict=True)],
+        "map_in_container_over_client": round(
+            b["map_in_container"]["per_second"] / b["map"]["per_second"], 2),  # type: ignore[index]
+        "map_in_container_over_client_per_round": [
+            round(bs / cs, 2) for bs, cs in zip(maps["burst"], maps["in_container"], strict=True)],
         "warm_p50_over_floor_p50": round(b["warm_remote"]["p50_ms"] / f["p50_ms"], 2),  # type: ignore[index]
         "warm_p50_over_ray_p50": round(b["warm_remote"]["p50_ms"] / r["round_trip"]["p50_ms"], 2),  # type: ignore[index]
         "warm_p50_over_celery_p50": round(
             b["warm_remote"]["p50_ms"] / c["round_trip"]["p50_ms"], 2),  # type: ignore[index]
     }
     result["targets"] = {"map_throughput_burst_over_ray": ">= 2", "warm_p50_over_floor_p50": "<= 2",
+                         "map_in_container_over_client": ">= 0.8",
                          "warm_p50_over_ray_p50": "< 1"}
     print(json.dumps(result, indent=2))
 

@@ -6,6 +6,7 @@ they never block the caller's event loop. asyncio is imported only when ``.aio``
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -64,7 +65,10 @@ async def _iterate_in_thread(make: Callable[[], Iterator[Any]]) -> AsyncIterator
         except BaseException as e:  # re-raised in the consumer
             put(("error", e))
 
-    threading.Thread(target=produce, name="burst-aio-iter", daemon=True).start()
+    # In the caller's context: inside a container, the call it runs is the parent of
+    # the calls the iterator makes.
+    threading.Thread(target=contextvars.copy_context().run, args=(produce,),
+                     name="burst-aio-iter", daemon=True).start()
     try:
         while True:
             kind, value = await queue.get()

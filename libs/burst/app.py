@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from burst import _resources, _unsupported, schedules, wire
+from burst import _context, _resources, _unsupported, schedules, wire
 from burst import secret as _secret
 from burst.cls import Cls
 from burst.exception import InvalidError
@@ -241,6 +241,11 @@ class App:
 
     # ---- running -------------------------------------------------------------------
     def _running(self) -> tuple[Client, str]:
+        if self._client is None and _context.platform is not None and _context.app_name():
+            # Inside one of the app's containers: calls go through the agent.
+            from burst.client import ContainerClient
+
+            return ContainerClient(_context.platform), _context.app_name()
         if self._client is None or self._deployed_name is None:
             raise InvalidError(
                 f"app {self.name!r} is not running: call .remote() inside `burst run`, inside "

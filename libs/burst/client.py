@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from burst import _http, wire
+from burst import _context, _http, wire
 from burst.exception import Error, InternalError, UnavailableError, from_api
 
 
@@ -35,6 +35,9 @@ class Client:
 
     @classmethod
     def from_profile(cls) -> Client:
+        """The client of the current profile; inside a container, the agent's relay."""
+        if _context.platform is not None:
+            return ContainerClient(_context.platform)
         from burst.config import load_profile
 
         p = load_profile()
@@ -157,6 +160,39 @@ class Client:
                 break
             resp = self.get_call(resp.call_id, wait=left)
         return resp
+
+
+class ContainerClient(Client):
+    """The client inside a container: the same requests, sent as platform requests over
+    the container's socket (containers have no token and no route to the gateway). The
+    agent answers them as the gateway would, in the container's workspace, and makes the
+    calls on behalf of the call this thread runs (their parent)."""
+
+    #: Seconds a relayed request may take beyond the longest wait one asks for (a wait
+    #: named in a request's body, as ``wait_calls`` does, is at most ``MAX_WAIT``).
+    MARGIN = 30.0
+    MAX_WAIT = 60.0
+
+    def __init__(self, platform: _context.Platform) -> None:
+        self.url, self.token, self.timeout = "container://agent", "", 90.0
+        self.platform = platform
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                content_type: str | None = None, params: dict[str, Any] | None = None,
+                expect: tuple[int, ...] = (200, 201, 202, 204)) -> tuple[int, bytes]:
+        query = {k: str(v) for k, v in (params or {}).items() if v is not None}
+        req = wire.ApiRequest(method=method, path=path, params=query, body=body or b"",
+                              call_id=_context.current_call.get())
+        try:
+            wait = float(query.get("wait", 0.0))
+        except ValueError:
+            wait = 0.0
+        data = self.platform.request("api", wire.encode(req),
+                                     max(wait, self.MAX_WAIT) + self.MARGIN)
+        resp = wire.api_response_decoder.decode(data)
+        if resp.status in expect:
+            return resp.status, resp.body
+        raise _error_from(resp.status, resp.body)
 
 
 def _error_from(status: int, data: bytes) -> Error:

@@ -229,6 +229,14 @@ class Cls:
             variant._batching = batching
         return variant
 
+    @staticmethod
+    def from_name(app_name: str, name: str) -> _DeployedCls:
+        """A handle on class ``name`` of a deployed app (no network call until a method
+        is called): ``Cls.from_name("app", "Model")(size=2).predict.remote(x)``."""
+        from burst.functions import Function
+
+        return _DeployedCls(Function.from_name(app_name, name.lower()))  # as deployed
+
     def variant(self, name: str) -> Cls:
         """The variant deployed as function ``name`` (what a container of it runs)."""
         try:
@@ -256,3 +264,30 @@ class _Obj:
         if self._local is None:
             self._local = make_instance(self._cls.user_cls, self._params)
         return self._local
+
+
+class _DeployedCls:
+    """A class of a deployed app looked up by name: its methods are called remotely only."""
+
+    def __init__(self, function: Any) -> None:
+        self._function = function
+
+    def __repr__(self) -> str:
+        return f"<burst.Cls {self._function.spec.name} (by name)>"
+
+    def __call__(self, **params: Any) -> _DeployedObj:
+        return _DeployedObj(self._function, params)
+
+
+class _DeployedObj:
+    def __init__(self, function: Any, params: dict[str, Any]) -> None:
+        self._function = function
+        self._params = params
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._function.bind_method(name, self._params, self)
+
+    def _local_instance(self) -> Any:
+        raise InvalidError("a class looked up by name can only be called with .remote()")

@@ -45,6 +45,14 @@ class ConflictError(Error):
     type = "Conflict"
 
 
+class DeadlockError(Error):
+    """A call from inside a container that could never start: every input slot of its
+    function (``max_containers`` × inputs per container) is held by its own ancestors,
+    which wait for it."""
+
+    type = "Deadlock"
+
+
 class ResourceExhaustedError(Error):
     type = "ResourceExhausted"
     retryable = True
@@ -122,6 +130,7 @@ _TABLE: tuple[tuple[type[Error], int, tuple[int, ...]], ...] = (
     (ExecutionError, 500, ()),
     (FunctionTimeoutError, 504, ()),
     (InputCancellation, 409, ()),
+    (DeadlockError, 409, ()),
 )
 
 #: type -> (HTTP status, exception class)

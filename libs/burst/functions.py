@@ -23,6 +23,7 @@ from burst.exception import (
 
 if TYPE_CHECKING:
     from burst.app import App
+    from burst.call_graph import InputInfo
     from burst.client import Client
 
 #: Most inputs of one map in flight at once, and inputs sent per request.
@@ -158,7 +159,8 @@ class Function(Generic[P, R]):
             for token in generate.remote_gen("prompt"):
                 print(token, end="")
         """
-        if not self.spec.is_generator:
+        # (A function looked up by name is not known here: the call says what it is.)
+        if not self.spec.is_generator and self.raw_f is not _not_local:
             raise InvalidError(f"{self.spec.name} is not a generator function: use .remote()")
         client, app_name = self._target()
         call_id = client.call(app_name, self.spec.name, *self._payload_or_ref(client, args, kwargs),
@@ -374,6 +376,15 @@ class FunctionCall(Generic[R]):
         """
         _, data = self._c().request("DELETE", f"/v1/calls/{self.object_id}")
         return bool(json.loads(data).get("cancelled"))
+
+    @aio_method
+    def get_call_graph(self) -> list[InputInfo]:
+        """The tree of calls this call belongs to, from its root call: calls made from
+        inside a container are the children of the call that container ran."""
+        from burst import call_graph
+
+        _, data = self._c().request("GET", f"/v1/calls/{self.object_id}/graph")
+        return [call_graph.from_api(json.loads(data))]
 
     @aio_method
     def get(self, timeout: float | None = None) -> R:

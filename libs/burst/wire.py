@@ -324,6 +324,24 @@ dict_request_decoder = msgspec.msgpack.Decoder(DictRequest)
 queue_request_decoder = msgspec.msgpack.Decoder(QueueRequest)
 
 
+class ApiRequest(_Body):
+    """A request of the SDK's client to the cluster's API made from inside a container
+    (``kind="api"`` platform request): the agent answers it as the gateway would, in the
+    container's workspace. ``call_id`` is the call the requesting code runs (the parent
+    of any call it makes)."""
+
+    method: str
+    path: str
+    params: dict[str, str] = msgspec.field(default_factory=dict)
+    body: bytes = b""
+    call_id: str = ""
+
+
+class ApiResponse(_Body):
+    status: int
+    body: bytes = b""
+
+
 # ---- agent <-> shim frames -----------------------------------------------------------
 class _Frame(msgspec.Struct, tag=True, kw_only=True, omit_defaults=True):
     v: int = VERSION
@@ -391,17 +409,18 @@ class Log(_Frame, kw_only=True):
 
 
 class PlatformRequest(_Frame, kw_only=True):
-    """A platform call from user code (a Dict or Queue operation), performed by the agent
-    in the container's workspace: containers have no route and no token to the cluster."""
+    """A platform call from user code (a Dict or Queue operation, or a request of the
+    SDK's client: calls), performed by the agent in the container's workspace: containers
+    have no route and no token to the cluster."""
 
     req_id: int
-    kind: Literal["dict", "queue"]
-    body: bytes  # a msgpack DictRequest or QueueRequest
+    kind: Literal["dict", "queue", "api"]
+    body: bytes  # a msgpack DictRequest, QueueRequest or ApiRequest
 
 
 class PlatformResponse(_Frame, kw_only=True):
     req_id: int
-    body: bytes = b""  # a msgpack DictResponse or QueueResponse
+    body: bytes = b""  # a msgpack DictResponse, QueueResponse or ApiResponse
     error_type: str = ""  # an API error type (burst.exception.ERROR_TYPES) when it failed
     error_message: str = ""
 
@@ -434,3 +453,5 @@ call_batch_response_decoder = msgspec.msgpack.Decoder(CallBatchResponse)
 call_wait_response_decoder = msgspec.msgpack.Decoder(CallWaitResponse)
 call_items_response_decoder = msgspec.msgpack.Decoder(CallItemsResponse)
 deploy_response_decoder = msgspec.msgpack.Decoder(DeployResponse)
+api_request_decoder = msgspec.msgpack.Decoder(ApiRequest)
+api_response_decoder = msgspec.msgpack.Decoder(ApiResponse)

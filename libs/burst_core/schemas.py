@@ -128,6 +128,8 @@ class CallRecord(_Wire, kw_only=True):
     # Set with the attempt bump of a scheduled user retry: the next delivery of the input
     # runs that attempt instead of counting as an internal retry.
     retry_pending: bool = False
+    # The call that made this one from inside its container ("" for a client's call).
+    parent_call_id: str = ""
 
 
 class ScheduleState(_Wire, kw_only=True):
@@ -383,6 +385,12 @@ class Input(_Wire, kw_only=True):
     payload_format: str = "pickle"
     # sha256 of the payload in the blob object store when it is above the inline limit.
     payload_ref: str = ""
+    # A call made from inside a container: the call that container was running (the
+    # parent), and the function keys of the parent and of its ancestors waiting for it,
+    # root first (the agent refuses a waited-on call whose function's slots they all
+    # hold; a spawned call's lineage starts afresh).
+    parent_call_id: str = ""
+    lineage: list[str] = msgspec.field(default_factory=list)
 
 
 OutputStatus = Literal["success", "failure", "timeout", "terminated", "internal"]

@@ -6,9 +6,6 @@ with each program's source so containers import it too. The programs run as user
 them (``burst run FILE [OPTIONS]``, ``python script.py`` for ``with app.run():``,
 ``burst deploy`` and other processes) against one cluster from ``burst up`` shared by the
 module, and the tests assert what they print.
-
-Programs that need a feature still being built are marked ``xfail(strict=True)``, so that
-the suite flags them the moment the feature works.
 """
 
 from __future__ import annotations
@@ -30,10 +27,6 @@ from tests.waiting import eventually
 pytestmark = pytest.mark.e2e
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
-
-NEEDS_CONTAINER_CALLS = pytest.mark.xfail(
-    reason="needs calls from inside a container (wt-calls)", strict=True)
-
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
@@ -174,7 +167,6 @@ def test_spawn_then_from_id_in_another_process(cluster: Cluster) -> None:
     nothing_left_running(cluster, "compat-jobs", before)
 
 
-@pytest.mark.xfail(reason="needs Cls.from_name (wt-calls)", strict=True)
 def test_deployed_class_from_another_process(cluster: Cluster) -> None:
     before = set(containers(cluster))
     cluster.burst("deploy", str(PROGRAMS / "model_server.py"), cwd=PROGRAMS, check=True)
@@ -186,12 +178,10 @@ def test_deployed_class_from_another_process(cluster: Cluster) -> None:
     nothing_left_running(cluster, "compat-model-server", before)
 
 
-@NEEDS_CONTAINER_CALLS
 def test_fan_out_from_a_container(cluster: Cluster) -> None:
     expect(burst_run(cluster, "fanout.py", "--n", "20"), "sum of squares 2470")
 
 
-@NEEDS_CONTAINER_CALLS
 def test_pipeline_stages_call_each_other(cluster: Cluster) -> None:
     expect(burst_run(cluster, "pipeline.py"), "counts [2, 3, 1] [2, 3, 1]",
            "tokens ['hello', 'world']", "failure empty input")

@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from burst_core import bus, names
+from burst_core.calls.outputs import OutputRouter
 from burst_core.schemas import AttemptChanged, Output, encode
-from burst_gateway.outputs import OutputRouter
 
 pytestmark = pytest.mark.integration
 

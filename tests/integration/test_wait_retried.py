@@ -52,7 +52,7 @@ async def _retry(gw: Any, call_id: str, attempt: int, stale: bool = False) -> Ou
             rec = CallRecordDecoder.decode(raw)
             return encode(msgspec.structs.replace(rec, attempt=attempt, attempt_token=token))
 
-        await bus.kv_cas(gw.calls_kv, call_id, bump)
+        await bus.kv_cas(gw.caller.calls_kv, call_id, bump)
     return Output(call_id=call_id, input_id=f"in-{call_id}", attempt=attempt,
                   attempt_token=token, status="failure", error_type="ExecutionError",
                   error_message=f"attempt {attempt} failed", workspace="default")

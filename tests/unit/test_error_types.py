@@ -21,7 +21,7 @@ WIRE = {
     "PermissionDenied": 403, "NotFound": 404, "Conflict": 409, "PayloadTooLarge": 413,
     "IdempotencyKeyReused": 422, "ResourceExhausted": 429, "Internal": 500,
     "Unavailable": 503, "RemoteError": 500, "ExecutionError": 500, "FunctionTimeout": 504,
-    "Cancelled": 409,
+    "Cancelled": 409, "Deadlock": 409,
 }
 
 #: The web framework's statuses for a request it refused (wrong method, media type, body).

@@ -32,6 +32,7 @@ from burst_agent.runtimes.base import Runtime
 from burst_agent.runtimes.factory import make_runtime
 from burst_agent.settings import AgentSettings
 from burst_core import bus, logs, names
+from burst_core.calls.caller import Caller
 from burst_core.objects import Objects
 from burst_core.schemas import (
     AgentHeartbeat,
@@ -39,6 +40,8 @@ from burst_core.schemas import (
     AgentRecord,
     AgentRecordDecoder,
     CallCancelledDecoder,
+    DeploymentRecord,
+    DeploymentRecordDecoder,
     Placement,
     PreemptAgent,
     StopContainer,
@@ -78,6 +81,10 @@ class Agent:
         self.started_at = time.time()
         # Unix socket paths are limited to 108 bytes: keep them short, under /tmp.
         self.socket_dir = tempfile.mkdtemp(prefix="burst-")
+        #: Calls made from this agent's containers (started by the first, see ``caller``).
+        self._caller: Caller | None = None
+        self._deployments: bus.KVMirror[DeploymentRecord] | None = None
+        self._caller_lock = asyncio.Lock()
 
     async def start(self) -> None:
         s = self.settings
@@ -135,6 +142,11 @@ class Agent:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._caller is not None:
+            with contextlib.suppress(Exception):
+                await self._caller.stop()
+        if self._deployments is not None:
+            await self._deployments.stop()
         await self.flush_acks()
         with contextlib.suppress(Exception):
             await self.heartbeats_kv.delete(self.agent_id)
@@ -270,6 +282,34 @@ class Agent:
         finally:
             self.containers.pop(c.id, None)
             await self._beat()
+
+    async def caller(self) -> Caller:
+        """Calls from containers, made as the gateway makes them. Started by the first:
+        it follows every output of the cluster, which an agent whose containers make no
+        calls need not do."""
+        async with self._caller_lock:
+            if self._caller is None:
+                s = self.settings
+                deps: dict[str, DeploymentRecord] = {}
+                mirror = bus.KVMirror(self.js, names.KV_DEPLOYMENTS, DeploymentRecordDecoder,
+                                      what="deployment", items=deps)
+                await mirror.start()
+                self._deployments = mirror
+
+                async def deployment(workspace: str, app: str) -> DeploymentRecord | None:
+                    key = names.deployment_key(workspace, app)
+                    dep = deps.get(key)
+                    if dep is None:  # deployed a moment ago: not mirrored yet
+                        raw, _ = await bus.kv_get(await self.js.key_value(names.KV_DEPLOYMENTS),
+                                                  key)
+                        dep = DeploymentRecordDecoder.decode(raw) if raw is not None else None
+                    return dep
+
+                caller = Caller(self.nc, self.js, deployment, max_sync_wait=s.call_max_wait,
+                                signal_interval=s.call_signal_interval)
+                await caller.start()
+                self._caller = caller
+        return self._caller
 
     async def blob_get(self, workspace: str, ref: str) -> bytes:
         """A call's argument above the inline limit (object store, by sha256), from the

@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from burst import wire
-from burst_agent import relay
+from burst_agent import api_relay, relay
 from burst_agent import secrets as container_secrets
 from burst_agent.dispatch import InFlight, InputDispatch
 from burst_agent.host import AgentHost
@@ -38,7 +39,8 @@ from burst_agent.inputs import InputPuller
 from burst_agent.metering import Meter
 from burst_agent.runtimes import images
 from burst_agent.runtimes.base import SIGKILL, SIGTERM, ContainerHandle
-from burst_core import bus, logs, names
+from burst_core import bus, calls, logs, names
+from burst_core.calls.caller import Parent
 from burst_core.schemas import (
     ContainerReady,
     ContainerStarted,
@@ -87,6 +89,9 @@ class Container:
         self.meter = Meter(self.agent, p, self.log)
         #: The container's inputs, their attempts and outputs.
         self.dispatch = InputDispatch(self, self.max_inputs)
+        #: Calls run here whose record this container made sure of (their children's
+        #: parent).
+        self._recorded: set[str] = set()
 
     @property
     def in_flight(self) -> dict[str, InFlight]:
@@ -132,7 +137,9 @@ class Container:
                      # keys name (an ephemeral run's ap-..., a deployed app's name), so
                      # calls to sibling functions go there; the name is for display.
                      "BURST_APP_ID": self.placement.app,
-                     "BURST_APP_NAME": self.placement.app_name or self.placement.app},
+                     "BURST_APP_NAME": self.placement.app_name or self.placement.app,
+                     # The same id, under the name calls from the container read.
+                     "BURST_APP": self.placement.app},
                 image=self.fn.image, build_log=self._build_line,
             )
             # Overlapped with the start: the function's consumer is made (if need be),
@@ -382,11 +389,33 @@ class Container:
             self._shutdown("unresponsive")
 
     async def _on_platform(self, req: wire.PlatformRequest) -> None:
-        """A Dict or Queue operation from user code, in this container's workspace."""
-        answer = await relay.answer(self.agent.objects, self.placement.workspace, req, self.log)
+        """A Dict or Queue operation or a call from user code, in this container's
+        workspace."""
+        answer = await relay.answer(self.agent.objects, self.placement.workspace, req, self.log,
+                                    self._api)
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 self._writer.write(wire.frame(answer))
+
+    async def _api(self, api: wire.ApiRequest) -> wire.ApiResponse:
+        """A request of the SDK's client from user code (a call, a wait for one...),
+        made for the call ``api.call_id`` runs here (its parent), if it runs here."""
+        caller = await self.agent.caller()
+        parent = None
+        inf = next((i for i in self.in_flight.values() if i.inp.call_id == api.call_id),
+                   None) if api.call_id else None
+        if inf is not None:
+            parent = Parent(inf.inp.call_id, [*inf.inp.lineage, self.fn_key])
+            if inf.inp.call_id not in self._recorded:
+                # The parent's record (a call waited on may have none yet): its
+                # children and the call graph are found through it.
+                if len(self._recorded) > 2 * self.max_inputs + 64:  # keep running ones only
+                    self._recorded &= {i.inp.call_id for i in self.in_flight.values()}
+                self._recorded.add(inf.inp.call_id)
+                if inf.inp.attempt == 1:
+                    with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                        await calls.create_record(caller.calls_kv, calls.first_record(inf.inp))
+        return await api_relay.answer(caller, self.placement.workspace, parent, api)
 
     # ---- logs, events, metering ----------------------------------------------------
     async def _pump(self, stream: asyncio.StreamReader | None, name: str) -> None:

@@ -16,6 +16,7 @@ from burst_agent.attempts import Attempts
 from burst_agent.bundles import BundleCache
 from burst_agent.inputs import InputPuller
 from burst_agent.settings import AgentSettings
+from burst_core.calls.caller import Caller
 from burst_core.objects import Objects
 
 if TYPE_CHECKING:
@@ -45,3 +46,5 @@ class AgentHost(Protocol):
     async def blob_put(self, workspace: str, data: bytes) -> str: ...
 
     async def release(self, container_id: str) -> None: ...
+
+    async def caller(self) -> Caller: ...

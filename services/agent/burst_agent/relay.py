@@ -1,27 +1,37 @@
 """The platform relay: operations user code asks of the platform from inside a
-container (Dict and Queue today), answered in the container's workspace.
+container (Dict and Queue operations, and calls: api_relay.py), answered in the
+container's workspace.
 
 Invariant: every request gets exactly one response frame, an error one included.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
 from burst import wire
 from burst.exception import Error as BurstError
+from burst.exception import InvalidError
 from burst_core.objects import Objects
 
 
 async def answer(objects: Objects, workspace: str, req: wire.PlatformRequest,
-                 log: Any) -> wire.PlatformResponse:
-    """The response to one platform request (errors are answers, never raised)."""
+                 log: Any, calls: Callable[[wire.ApiRequest], Awaitable[wire.ApiResponse]]
+                 | None = None) -> wire.PlatformResponse:
+    """The response to one platform request (errors are answers, never raised);
+    ``calls`` answers the SDK's client requests (see api_relay.py)."""
     try:
-        if req.kind == "dict":
+        if req.kind == "api":
+            if calls is None:
+                raise InvalidError("calls are not available here")
+            api = wire.api_request_decoder.decode(req.body)
+            resp: msgspec.Struct = await calls(api)
+        elif req.kind == "dict":
             body = wire.dict_request_decoder.decode(req.body)
-            resp: msgspec.Struct = await objects.dict_op(workspace, body)
+            resp = await objects.dict_op(workspace, body)
         else:
             resp = await objects.queue_op(workspace, wire.queue_request_decoder.decode(req.body))
         return wire.PlatformResponse(req_id=req.req_id, body=msgspec.msgpack.encode(resp))

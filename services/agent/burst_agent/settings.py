@@ -50,6 +50,11 @@ class AgentSettings(CommonSettings):
     unresponsive_kill_after: float = 60.0
     #: Seconds a gateway may take to answer for a starting container's secret values.
     secrets_fetch_timeout: float = 10.0
+    #: Calls from containers: the longest one request of the SDK waits for a result
+    #: before answering "pending" (the SDK then asks again), and the interval of their
+    #: ``input.accepted`` signals per function (as the gateway's settings).
+    call_max_wait: float = 60.0
+    call_signal_interval: float = 0.05
     #: Seconds a container may take from start to ready (import + @enter).
     startup_timeout: float = 120.0
     #: Inputs answered with the error when a container fails to start (import error, ...).

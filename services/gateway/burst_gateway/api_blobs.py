@@ -5,60 +5,27 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import nats.js.errors
 from fastapi import APIRouter, Depends, Request, Response
-from nats.js.object_store import ObjectStore
 
-from burst.exception import InvalidError, NotFoundError, PayloadTooLargeError
+from burst.exception import InvalidError, PayloadTooLargeError
 from burst.wire import MAX_PAYLOAD
-from burst_core import names
+from burst_core.calls.caller import check_ref
 from burst_gateway.auth import Principal, principal
 from burst_gateway.state import Gateway, GatewayDep
 
 router = APIRouter()
 
 
-def check_ref(ref: str) -> str:
-    if len(ref) != 64 or any(c not in "0123456789abcdef" for c in ref):
-        raise InvalidError(f"invalid blob reference {ref!r}: expected a sha256 (64 hex digits)")
-    return ref
-
-
 async def blob_exists(gw: Gateway, workspace: str, ref: str) -> bool:
-    """Whether ``workspace`` stored the blob ``ref`` (another workspace's copy does not
-    count: blobs are scoped to their workspace)."""
-    try:
-        await (await blob_store(gw)).get_info(names.blob_name(workspace, ref))
-        return True
-    except nats.js.errors.NotFoundError:
-        return False
-
-
-async def blob_store(gw: Gateway) -> ObjectStore:
-    if gw.blobs is None:
-        gw.blobs = await gw.js.object_store(names.OBJ_BLOBS)
-    return gw.blobs
+    return await gw.caller.blob_exists(workspace, ref)
 
 
 async def read_blob(gw: Gateway, workspace: str, ref: str) -> bytes:
-    """The blob ``ref`` of ``workspace``; NotFoundError when that workspace has none (the
-    same answer whether or not another workspace stored the same bytes)."""
-    try:
-        res = await (await blob_store(gw)).get(names.blob_name(workspace, ref))
-    except nats.js.errors.NotFoundError:
-        raise NotFoundError(f"blob {ref} not found (blobs are kept as long as results)") from None
-    return res.data or b""
+    return await gw.caller.read_blob(workspace, ref)
 
 
 async def store_blob(gw: Gateway, workspace: str, data: bytes) -> str:
-    """Store ``data`` as a blob of ``workspace``; returns its reference (sha256)."""
-    if len(data) > MAX_PAYLOAD:
-        raise PayloadTooLargeError(f"payload of {len(data)} bytes exceeds the {MAX_PAYLOAD} "
-                                   f"byte ({MAX_PAYLOAD >> 20} MiB) limit")
-    ref = hashlib.sha256(data).hexdigest()
-    if not await blob_exists(gw, workspace, ref):
-        await (await blob_store(gw)).put(names.blob_name(workspace, ref), data)
-    return ref
+    return await gw.caller.store_blob(workspace, data)
 
 
 @router.put("/v1/blobs/{ref}", tags=["calls"], status_code=201)

@@ -15,15 +15,9 @@ from pydantic import BaseModel, Field
 from burst.exception import InvalidError, NotFoundError
 from burst.wire import CallRef
 from burst_core import bus, names
+from burst_core.calls.caller import MAX_BATCH
 from burst_core.schemas import CallRecord, MapRecord, MapRecordDecoder, encode
-from burst_gateway.api_calls import (
-    MAX_BATCH,
-    _function,
-    _json_call,
-    inline_result,
-    submit,
-    wait_many,
-)
+from burst_gateway.api_calls import _function, _json_call, inline_result
 from burst_gateway.auth import Principal, principal
 from burst_gateway.errors import JSON, TOO_DEEP
 from burst_gateway.state import Gateway, GatewayDep
@@ -63,9 +57,9 @@ async def create_map(app: str, fn: str, body: MapCreate, gw: GatewayDep,
         raise InvalidError(TOO_DEEP) from None
     refs: list[CallRecord] = []
     for start in range(0, len(payloads), MAX_BATCH):
-        refs += [rec for rec, _ in await submit(gw, p, dep, fn,
-                                                 payloads[start:start + MAX_BATCH],
-                                                 register=False, payload_format="json")]
+        refs += [rec for rec, _ in await gw.caller.submit(
+            p.workspace, dep, fn, payloads[start:start + MAX_BATCH], register=False,
+            payload_format="json")]
     map_id = "mp-" + uuid.uuid4().hex
     rec = MapRecord(map_id=map_id, workspace=p.workspace, app=app, function=fn,
                     calls=[r.call_id for r in refs], tokens=[r.attempt_token for r in refs],
@@ -93,13 +87,13 @@ async def map_results(
     page = [CallRef(call_id=c, attempt_token=t)
             for c, t in zip(rec.calls[offset:offset + limit], rec.tokens[offset:offset + limit],
                             strict=True)]
-    done: dict[str, Any] = {r.call_id: r for r in await wait_many(gw, p.workspace, page, 0.0)}
+    done: dict[str, Any] = {r.call_id: r for r in await gw.caller.wait_many(p.workspace, page, 0.0)}
     deadline = time.monotonic() + min(wait, gw.settings.max_sync_wait)
     # Wait while the page's first result is missing (a page never skips a running call).
     while page and page[0].call_id not in done and time.monotonic() < deadline:
         pending = [r for r in page if r.call_id not in done]
-        for resp in await wait_many(gw, p.workspace, pending, deadline - time.monotonic(),
-                                    linger=0.05):
+        for resp in await gw.caller.wait_many(p.workspace, pending,
+                                              deadline - time.monotonic(), linger=0.05):
             done[resp.call_id] = resp
     results = []
     for r in page:

@@ -4,7 +4,7 @@
 ``Idempotency-Key`` is what every ``f.remote()`` sends. Routing it through FastAPI (route
 matching over every route, dependency solving, the response classes) cost about a quarter
 of the gateway's CPU per warm call. This ASGI middleware answers that one form directly:
-the same token check, body limit, decoding, call (:func:`burst_gateway.api_calls.call_once`)
+the same token check, body limit, decoding, call (:meth:`burst_core.calls.caller.Caller.call_once`)
 and errors (:func:`burst_gateway.errors.error_response`) as the route, and it sits in front
 of FastAPI's own middleware (:func:`burst_gateway.app.asgi_app`). Every other request,
 including that route in its JSON form, with an ``Idempotency-Key`` or with a query string
@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from burst.exception import Error, InternalError, InvalidError
 from burst.wire import MSGPACK
 from burst_core import logs
-from burst_gateway.api_calls import _call_decoder, _function, call_once, decode_body
+from burst_gateway.api_calls import _call_decoder, decode_body
 from burst_gateway.auth import principal_of
 from burst_gateway.errors import error_response, unavailable_response
 from burst_gateway.state import Gateway
@@ -83,7 +83,7 @@ class FastCalls:
         check_name("app", app)  # as every route checks its names (burst_gateway.validate)
         check_name("function", fn)
         p = await principal_of(gw.tokens, headers.get(b"authorization", b"").decode("latin-1"))
-        dep = await _function(gw, p, app, fn)
+        dep = await gw.caller.function(p.workspace, app, fn)
         chunks, more = [], True
         while more:
             message = await receive()
@@ -92,5 +92,6 @@ class FastCalls:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         req = decode_body(gw, b"".join(chunks), _call_decoder, "call request")
-        resp, _ = await call_once(gw, p, dep, fn, req.payload, "pickle", req.payload_ref, wait)
+        resp, _ = await gw.caller.call_once(p.workspace, dep, fn, req.payload, "pickle",
+                                            req.payload_ref, wait)
         return (200 if resp.status != "pending" else 202), msgspec.msgpack.encode(resp)

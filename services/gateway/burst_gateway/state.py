@@ -15,13 +15,12 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from burst_core import bus, logs, names
-from burst_core.calls import Signals
+from burst_core.calls.caller import Caller
 from burst_core.objects import Objects
 from burst_core.schemas import DeploymentRecord, DeploymentRecordDecoder
 from burst_core.secrets import KeyRing
 from burst_core.service import cancel_and_wait, heartbeat_loop
 from burst_gateway.auth import TokenStore
-from burst_gateway.outputs import OutputRouter
 from burst_gateway.secret_store import SecretStore
 from burst_gateway.settings import GatewaySettings
 
@@ -34,11 +33,9 @@ class Gateway:
     nc: NATS
     js: JetStreamContext
     deployments_kv: KeyValue
-    calls_kv: KeyValue
     bundles: ObjectStore
     tokens: TokenStore
-    outputs: OutputRouter
-    signals: Signals
+    caller: Caller
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
@@ -47,7 +44,6 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = time.time()
         # Opened on first use by the routes that need them.
-        self.blobs: ObjectStore | None = None
         self.maps_kv: KeyValue | None = None
         self.schedules_kv: KeyValue | None = None
         self.objects: Objects | None = None
@@ -62,17 +58,13 @@ class Gateway:
         self.js = self.nc.jetstream()
         await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
         self.deployments_kv = await self.js.key_value(names.KV_DEPLOYMENTS)
-        self.calls_kv = await self.js.key_value(names.KV_CALLS)
-        self.idempotency_kv = await self.js.key_value(names.KV_IDEMPOTENCY)
         self.bundles = await self.js.object_store(names.OBJ_BUNDLES)
         self.tokens = TokenStore(await self.js.key_value(names.KV_TOKENS), s.token_cache_ttl)
         if s.bootstrap_token_hash:
             await self.tokens.ensure_hash(s.bootstrap_token_hash, s.bootstrap_workspace)
-        self.outputs = OutputRouter(self.js)
-        self.signals = Signals(self.nc, s.signal_interval,
-                               answered=lambda call_id: self.outputs.recent(call_id) is not None)
-        await self.outputs.start()
-        await self.outputs.follow_attempts(self.nc)
+        self.caller = Caller(self.nc, self.js, self.deployment,
+                             max_sync_wait=s.max_sync_wait, signal_interval=s.signal_interval)
+        await self.caller.start()
         self._deployments_mirror = bus.KVMirror(
             self.js, names.KV_DEPLOYMENTS, DeploymentRecordDecoder, what="deployment",
             items=self._deployments)
@@ -95,8 +87,7 @@ class Gateway:
             await self.secrets.stop()
         if self._deployments_mirror is not None:
             await self._deployments_mirror.stop()
-        await self.outputs.stop()
-        await self.signals.flush()
+        await self.caller.stop()
         with contextlib.suppress(Exception):
             await self.nc.drain()
 

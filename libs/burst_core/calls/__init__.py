@@ -1,6 +1,7 @@
 """Creating a call: its record (KV ``burst_calls``), its input (``INPUTS``) and the
-``input.accepted`` signal. Shared by the gateway (users' calls) and the scheduler
-(scheduled ticks), so a call is the same whoever makes it.
+``input.accepted`` signal. Shared by :class:`burst_core.calls.caller.Caller` (users'
+calls, from clients or from containers) and the scheduler (scheduled ticks), so a call is
+the same whoever makes it.
 
 A call id is ``fc-`` + 12 hex digits of milliseconds since the epoch + 20 hex digits:
 random for a user's call, derived from the tick's identity for a scheduled one, so firing
@@ -43,7 +44,8 @@ def call_created_at(call_id: str) -> float:
 
 def build(workspace: str, app: str, function: str, deployment_id: str, payload: bytes,
           payload_format: str, now: float, call_id: str | None = None,
-          payload_ref: str = "") -> tuple[CallRecord, Input]:
+          payload_ref: str = "", parent_call_id: str = "",
+          lineage: list[str] | None = None) -> tuple[CallRecord, Input]:
     """A call's first-attempt record and input (nothing is written)."""
     rand = os.urandom(26).hex()  # one read for the call id's tail and the token
     cid = call_id or new_call_id(now, tail=rand[:20])
@@ -53,7 +55,8 @@ def build(workspace: str, app: str, function: str, deployment_id: str, payload: 
     inp = Input(workspace=workspace, app=app, function=function, call_id=cid,
                 input_id=input_id, attempt=1, attempt_token=token, payload=payload,
                 accepted_at=now, deployment_id=deployment_id, payload_format=payload_format,
-                payload_ref=payload_ref)
+                payload_ref=payload_ref, parent_call_id=parent_call_id,
+                lineage=lineage or [])
     return first_record(inp), inp
 
 
@@ -64,7 +67,7 @@ def first_record(inp: Input) -> CallRecord:
     return CallRecord(call_id=inp.call_id, workspace=inp.workspace, app=inp.app,
                       function=inp.function, input_id=inp.input_id, attempt=1,
                       attempt_token=inp.attempt_token, created_at=inp.accepted_at,
-                      deployment_id=inp.deployment_id)
+                      deployment_id=inp.deployment_id, parent_call_id=inp.parent_call_id)
 
 
 async def create_record(calls_kv: KeyValue, rec: CallRecord) -> None:
@@ -198,7 +201,7 @@ async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue, fn_key
 
     With ``records`` False only the inputs go out: the gateway's synchronous calls
     create their record only when the caller is answered without the result (see
-    ``burst_gateway.api_calls.call_once``).
+    ``burst_core.calls.caller.Caller.call_once``).
 
     An input without an ack is republished under its msg id (JetStream drops it if it
     was stored); a record without one is created again (:func:`create_record`)."""

@@ -1,6 +1,7 @@
 """Delivering outputs to the requests waiting for them.
 
-Every gateway replica follows the outputs stream from "now" with an ordered consumer
+Every process that waits on calls (each gateway replica; an agent once a container calls)
+follows the outputs stream from "now" with an ordered consumer
 (only stored outputs arrive: a publish JetStream refused as a duplicate never does) and
 resolves the futures of the calls it waits on. An output counts only if its attempt token
 is the call's current one; a stale attempt's output is refused and logged.
@@ -21,7 +22,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from burst_core import bus, logs, names
 from burst_core.schemas import AttemptChangedDecoder, Output, OutputDecoder
 
-log = logs.get("burst.gateway.outputs")
+log = logs.get("burst.calls.outputs")
 
 
 #: Outputs kept in memory for waiters that register after the output arrived (a map's
@@ -165,7 +166,7 @@ class OutputRouter:
             fut.set_result(out)
 
     def recent(self, call_id: str) -> Output | None:
-        """An output this gateway saw arrive (any attempt; the caller checks the token)."""
+        """An output this process saw arrive (any attempt; the caller checks the token)."""
         return self._recent.get(call_id)
 
     def seen_big(self, call_id: str) -> bool:
