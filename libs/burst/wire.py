@@ -144,6 +144,7 @@ class FunctionSpec(_Body):
     is_class: bool = False  # an @app.cls: payloads name the method and parameters
     schedule: Schedule | None = None  # fired by the scheduler, on deployed apps only
     image: ImageSpec | None = None  # None: the runtime's default image
+    block_network: bool = False  # True: its containers get no network at all
 
 
 # ---- HTTP bodies (SDK <-> gateway) ---------------------------------------------------

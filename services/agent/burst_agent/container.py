@@ -124,6 +124,7 @@ class Container:
                      "BURST_SHIM_HEARTBEAT_INTERVAL":
                      str(self.agent.settings.container_heartbeat_interval)},
                 image=self.fn.image, build_log=self._build_line,
+                block_network=self.fn.block_network,
             )
             # Overlapped with the start: the function's consumer is made (if need be),
             # and the started event goes out, while the shim imports the module.

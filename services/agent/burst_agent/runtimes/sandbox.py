@@ -4,7 +4,9 @@ What user code sees (a fresh interpreter and a zygote fork alike): the host's fi
 read-only with Burst's state (``$BURST_HOME``, ``/root``, ``/run``) covered by empty tmpfs;
 a private writable ``/tmp`` (its ``HOME``); the app's bundle read-only at
 ``/run/burst/bundle`` (its working directory); ``/run/burst/shim.sock``, the agent's socket,
-its only way out; no network; its own pid, ipc and uts namespaces.
+its only way out; its own pid, ipc, uts and network namespaces (the network: NAT to the
+internet with deny rules, ``network.py``, or none at all with ``block_network=True`` or
+where the agent cannot give one).
 
 Invariants: cgroup ``memory``, ``cpu`` and ``pids`` limits are joined before any user code
 runs, so every process and thread is accounted and a fork bomb stops at ``pids_limit``;
@@ -26,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from burst_agent.runtimes.network import Network
 from burst_core import logs
 
 log = logs.get("burst.agent.sandbox")
@@ -214,6 +217,8 @@ class Sandbox:
     cpu_headroom: float = 1.0
     #: Tasks a container may have at once (see AgentSettings.container_pids_limit).
     pids_limit: int = DEFAULT_PIDS_LIMIT
+    #: Containers' network (``network.py``); None or disabled: they get none.
+    network: Network | None = None
 
     @classmethod
     def detect(cls, mode: str, agent_id: str, home: str, uid: int = 65534,
@@ -281,11 +286,20 @@ class Sandbox:
             return f"bwrap cannot create a sandbox here: {proc.stderr.strip()[:300]}"
         return ""
 
-    def _bwrap_head(self) -> list[str]:
+    def networked(self, block_network: bool) -> bool:
+        """Whether a container gets NAT (else no network at all)."""
+        return not block_network and self.network is not None and self.network.enabled
+
+    def _bwrap_head(self, networked: bool = False) -> list[str]:
         assert self.bwrap is not None
         if os.geteuid() == 0:
             # Every namespace but the user one: the uid drop happens inside (setpriv).
-            return [self.bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net",
+            # Networked, the namespace is made before bwrap (``Network.prefix``), so that
+            # the agent can set it up before the container runs.
+            assert self.network is not None or not networked
+            return [*(self.network.prefix() if self.network and networked else []),
+                    self.bwrap, "--unshare-ipc", "--unshare-pid",
+                    *([] if networked else ["--unshare-net"]),
                     "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent"]
         return [self.bwrap, "--unshare-all", "--die-with-parent"]
 
@@ -349,13 +363,14 @@ class Sandbox:
 
     def command(self, argv: list[str], *, bundle_dir: Path, socket_path: Path | None,
                 private_dir: Path, gpu_indices: list[int], extra: list[str] | None = None,
-                socket_dir: Path | None = None) -> list[str]:
+                socket_dir: Path | None = None, networked: bool = False) -> list[str]:
         """The bwrap command line running ``argv`` in a fresh sandbox. With ``socket_dir``
         (a spare sandbox) that directory is bound read-only at ``SOCKET_DIR`` instead of
-        ``socket_path`` at ``SOCKET``."""
+        ``socket_path`` at ``SOCKET``. ``networked``: in a network namespace of its own
+        that the caller sets up (``Network.attach``) before the container's code runs."""
         # No --new-session: the agent signals the whole process group (stdin is /dev/null).
-        args = [*self._bwrap_head(), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                "--tmpfs", "/dev/shm"]
+        args = [*self._bwrap_head(networked), "--ro-bind", "/", "/", "--dev", "/dev",
+                "--proc", "/proc", "--tmpfs", "/dev/shm"]
         for dev in _gpu_devices(gpu_indices):
             args += ["--dev-bind", dev, dev]
         for h in self.hidden:
@@ -370,6 +385,11 @@ class Sandbox:
             for i in range(len(parts)):
                 args += ["--perms", "0755", "--dir", os.path.join(h, *parts[: i + 1])]
             args += ["--ro-bind", p, p]
+        if networked:
+            assert self.network is not None
+            # (Its target where /etc/resolv.conf is a link, as with systemd-resolved.)
+            args += ["--ro-bind", str(self.network.resolv_conf),
+                     os.path.realpath("/etc/resolv.conf")]
         args += ["--perms", "0755", "--dir", os.path.dirname(BUNDLE),
                  "--ro-bind", str(bundle_dir), BUNDLE]
         if socket_dir is not None:
