@@ -255,8 +255,10 @@ class Network:
         os.set_inheritable(exit_w, False)
         try:
             slirp = await asyncio.create_subprocess_exec(
+                # Not --enable-sandbox: its pivot_root and unmount of the old root reach
+                # the host's shared mounts (``ip netns``'s, say) and unmount them there.
                 self.slirp, "--configure", f"--mtu={MTU}", "--disable-host-loopback",
-                "--enable-sandbox", "--enable-seccomp", f"--ready-fd={ready_w}",
+                "--enable-seccomp", f"--ready-fd={ready_w}",
                 f"--exit-fd={exit_r}", str(pid), TAP,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE, pass_fds=[ready_w, exit_r],
