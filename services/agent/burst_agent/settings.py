@@ -84,6 +84,11 @@ class AgentSettings(CommonSettings):
     #: is always denied (the host's loopback and own addresses, 169.254.0.0/16, the
     #: cluster's servers). ``allow_cidrs`` opens parts of ``deny_cidrs`` again (an
     #: internal service a workload needs).
+    #: Containers' network on the process runtime: "auto" (user-mode NAT with the deny
+    #: rules below where slirp4netns is installed and the agent is root, else none and one
+    #: warning), "on" (refuse to start without it) or "off" (no network at all, as with
+    #: ``block_network=True`` on every function).
+    container_network: str = "auto"
     deny_cidrs: str = DEFAULT_DENY_CIDRS
     allow_cidrs: str = ""
     #: Seconds the process runtime may take to set up a container's network namespace

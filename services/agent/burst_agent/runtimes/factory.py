@@ -32,7 +32,8 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
     box = Sandbox.detect(s.sandbox, agent_id, s.home, s.sandbox_uid,
                          cpu_headroom=s.cpu_headroom, pids_limit=s.container_pids_limit)
     state = home / "containers"
-    box.network = Network.detect(home, deny_cidrs=s.deny_cidrs, allow_cidrs=s.allow_cidrs,
+    box.network = Network.detect(home, mode=s.container_network, deny_cidrs=s.deny_cidrs,
+                                 allow_cidrs=s.allow_cidrs,
                                  servers=[s.nats_url, s.redis_url],
                                  setup_timeout=s.network_setup_timeout,
                                  sandboxed=box.enabled)

@@ -152,19 +152,31 @@ class Network:
     denied: list[IPNetwork] = field(default_factory=list)
 
     @classmethod
-    def detect(cls, state_dir: Path, *, deny_cidrs: str = DEFAULT_DENY_CIDRS,
-               allow_cidrs: str = "", servers: list[str] | None = None,
-               setup_timeout: float = 10.0, sandboxed: bool = True) -> Network:
-        """The policy for an agent whose state lives in ``state_dir``; bad settings raise a
-        ValueError naming them; a machine without the tools gets a disabled one (and one
-        warning)."""
+    def detect(cls, state_dir: Path, *, mode: str = "auto",
+               deny_cidrs: str = DEFAULT_DENY_CIDRS, allow_cidrs: str = "",
+               servers: list[str] | None = None, setup_timeout: float = 10.0,
+               sandboxed: bool = True) -> Network:
+        """The policy for an agent whose state lives in ``state_dir``. ``mode``: ``auto``
+        (NAT where this machine can give it, else none and one warning), ``on`` (refuse to
+        start without it) or ``off`` (containers get no network). Bad settings raise a
+        ValueError naming them."""
+        if mode not in ("auto", "on", "off"):
+            raise ValueError(f"BURST_CONTAINER_NETWORK={mode!r} is not valid: use auto, on "
+                             "or off")
         deny = parse_cidrs("BURST_DENY_CIDRS", deny_cidrs)
         allow = parse_cidrs("BURST_ALLOW_CIDRS", allow_cidrs)
         if not setup_timeout > 0:
             raise ValueError(f"BURST_NETWORK_SETUP_TIMEOUT={setup_timeout!r} is not valid: "
                              "use a number of seconds above 0")
         net = cls(setup_timeout=setup_timeout, deny=deny, allow=allow)
+        if mode == "off":
+            log.info("container_network_off", detail="BURST_CONTAINER_NETWORK=off: "
+                     "containers get no network")
+            return net
         if not sandboxed:
+            if mode == "on":
+                raise NetworkSetupError("BURST_CONTAINER_NETWORK=on but containers run "
+                                        "without the sandbox (see BURST_SANDBOX)")
             return net  # no sandbox: the sandbox's own warning says containers are open
         tools = {t: shutil.which(t) for t in ("slirp4netns", "nsenter", "unshare",
                                                "iptables-restore", "ip")}
@@ -174,6 +186,8 @@ class Network:
             why = f"{', '.join(missing)} not installed (apt-get install slirp4netns iptables)"
         elif os.geteuid() != 0:
             why = "the agent is not root (deny rules in a container's namespace need it)"
+        if why and mode == "on":
+            raise NetworkSetupError(f"BURST_CONTAINER_NETWORK=on but {why}")
         if why:
             log.warning("container_network_unavailable",
                         detail=f"{why}: containers get no network at all")
