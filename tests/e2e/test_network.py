@@ -210,7 +210,30 @@ def blocked(targets):
     return _probe(targets)
 
 
+@app.function(scaledown_window=5)
+def host_view(paths):
+    import os, ssl
+    out = {}
+    for p in paths:
+        try:
+            out[p] = sorted(os.listdir(p))[:5] if os.path.isdir(p) else open(p).read()[:200]
+        except OSError as e:
+            out[p] = type(e).__name__
+    with open("/proc/1/cmdline", "rb") as f:
+        out["pid1"] = f.read().decode(errors="replace")
+    out["ifaces"] = sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") \
+        else [ln.split(":")[0].strip() for ln in open("/proc/net/dev").read().splitlines()[2:]]
+    out["tls"] = ssl.create_default_context().cert_store_stats()["x509_ca"] > 0
+    return out
+
+
 TARGETS = @TARGETS@
+PATHS = @PATHS@
+
+
+@app.local_entrypoint()
+def view():
+    print("RESULT", json.dumps(host_view.remote(PATHS)))
 
 
 @app.local_entrypoint()
@@ -242,7 +265,9 @@ def test_internet_yes_cluster_and_private_ranges_never(cluster: NsCluster, tmp_p
     if request.node.callspec.params["cluster"] == "zygote":
         log = cluster.home / "logs" / "agent.log"
         eventually(lambda: "spare_sandbox_ready" in log.read_text(), 60,
-                   "the agent's spare sandbox")
+                   "the agent's spare sandbox: " + "\n".join(
+                       ln for ln in log.read_text().splitlines()
+                       if "spare" in ln or "zygote" in ln or "sandbox" in ln)[-3000:])
     targets: dict[str, tuple[str, int]] = {
         "internet": (INTERNET, HTTP_PORT), "metadata": (METADATA, HTTP_PORT),
         "private": (PRIVATE, HTTP_PORT)}
@@ -257,7 +282,7 @@ def test_internet_yes_cluster_and_private_ranges_never(cluster: NsCluster, tmp_p
         targets[f"{name}_host"] = ("192.0.2.1", port)
     app = tmp_path / "net_app.py"
     app.write_text(textwrap.dedent(APP).replace("@TARGETS@", repr(targets))
-                   .replace("@INTERNET@", INTERNET))
+                   .replace("@INTERNET@", INTERNET).replace("@PATHS@", "[]"))
     proc = cluster.burst("run", f"{app}::main", check=True, timeout=180)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line is not None, proc.stdout + proc.stderr
@@ -280,3 +305,37 @@ def test_internet_yes_cluster_and_private_ranges_never(cluster: NsCluster, tmp_p
             assert not result.startswith("reached"), (mode, name, result)
             assert "refused" in result.lower() or "unreachable" in result.lower(), \
                 (mode, name, result)
+
+
+def test_a_container_sees_no_host_path_beyond_what_python_needs(
+        cluster: NsCluster, tmp_path: Path) -> None:
+    marker = Path("/home") / f"burst-net-test-{uuid.uuid4().hex[:6]}"
+    marker.mkdir(parents=True)
+    try:
+        (marker / "secret").write_text("host file")
+        paths = ["/etc/passwd", "/home", str(marker / "secret"), str(REPO / "tests"),
+                 str(REPO / "pyproject.toml"), str(cluster.home), "/root", "/usr/bin"]
+        app = tmp_path / "view_app.py"
+        app.write_text(textwrap.dedent(APP).replace("@TARGETS@", "{}")
+                       .replace("@INTERNET@", INTERNET).replace("@PATHS@", repr(paths)))
+        proc = cluster.burst("run", f"{app}::view", check=True, timeout=180)
+    finally:
+        shutil.rmtree(marker, ignore_errors=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line is not None, proc.stdout + proc.stderr
+    out = json.loads(line[len("RESULT "):])
+    host_passwd = Path("/etc/passwd").read_text()[:200]
+    assert out["/etc/passwd"] != host_passwd and "nobody" in out["/etc/passwd"], out
+    assert out["/home"] == "FileNotFoundError", out
+    assert out[str(marker / "secret")] == "FileNotFoundError", out
+    # The checkout: only what the interpreter imports from it (its venv, libs/).
+    assert out[str(REPO / "tests")] == "FileNotFoundError", out
+    assert out[str(REPO / "pyproject.toml")] == "FileNotFoundError", out
+    assert out[str(cluster.home)] in ("FileNotFoundError", []), out
+    assert out["/root"] in ("FileNotFoundError", [], [".pyenv"]), out
+    assert isinstance(out["/usr/bin"], list) and out["/usr/bin"], out
+    # pid 1 (bwrap) shows no host path; the interfaces are the container's own.
+    assert str(cluster.home) not in out["pid1"] and "/run/burst" not in out["pid1"], out
+    assert "--args" in out["pid1"], out
+    assert set(out["ifaces"]) <= {"lo", "tap0"}, out
+    assert out["tls"] is True, out

@@ -221,12 +221,13 @@ class ProcessRuntime:
                 shutil.rmtree(private, ignore_errors=True)
                 raise
         networked = box.networked(spec.block_network)
-        gate_r = gate_w = -1
+        gate_r = gate_w = args_fd = -1
         try:
             env = self._env(spec, sb.PRIVATE, sb.BUNDLE, sb.SOCKET)
-            argv = box.command([self.python, "-m", "burst._shim"], bundle_dir=spec.bundle_dir,
-                               socket_path=spec.socket_path, private_dir=private,
-                               gpu_indices=spec.gpu_indices, networked=networked)
+            argv, args_fd = sb.hide_args(box.command(
+                [self.python, "-m", "burst._shim"], bundle_dir=spec.bundle_dir,
+                socket_path=spec.socket_path, private_dir=private,
+                gpu_indices=spec.gpu_indices, networked=networked))
             if networked:
                 # bwrap waits behind a gate (after ``unshare --net``) until the agent has
                 # set up the namespace.
@@ -238,7 +239,7 @@ class ProcessRuntime:
                 *argv, env=env,
                 stdin=gate_r if networked else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True, preexec_fn=box.preexec(cgroup),
+                start_new_session=True, preexec_fn=box.preexec(cgroup), pass_fds=[args_fd],
             )
             if networked:
                 os.close(gate_r)
@@ -258,7 +259,7 @@ class ProcessRuntime:
             shutil.rmtree(private, ignore_errors=True)
             raise
         finally:
-            for fd in (gate_r, gate_w):
+            for fd in (gate_r, gate_w, args_fd):
                 if fd >= 0:
                     os.close(fd)
         return ProcessHandle(proc, cgroup, private)
@@ -279,11 +280,12 @@ class ProcessRuntime:
         ready_r, ready_w = socket.socketpair()
         info_r, info_w = socket.socketpair()
         exit_r, exit_w = os.pipe()  # the holder's stdin: never read by the agent
+        args_fd = -1
         try:
-            argv = box.command(zyg.HOLDER, bundle_dir=bundle_dir, socket_path=socket_path,
-                               socket_dir=socket_dir, private_dir=private,
-                               gpu_indices=gpu_indices, networked=networked,
-                               extra=["--info-fd", str(info_w.fileno())])
+            argv, args_fd = sb.hide_args(box.command(
+                zyg.HOLDER, bundle_dir=bundle_dir, socket_path=socket_path,
+                socket_dir=socket_dir, private_dir=private, gpu_indices=gpu_indices,
+                networked=networked, extra=["--info-fd", str(info_w.fileno())]))
             proc = await asyncio.create_subprocess_exec(
                 # The id marks the holder as the container's, on the host (ps e, /proc);
                 # a spare's holder is marked as one.
@@ -294,7 +296,7 @@ class ProcessRuntime:
                 # child is spawned with vfork): the holder and bwrap need no cgroup, the
                 # container joins its own before anything of it runs.
                 stdin=exit_r, stdout=ready_w.fileno(), stderr=err_w.fileno(),
-                pass_fds=[info_w.fileno()], start_new_session=True)
+                pass_fds=[info_w.fileno(), args_fd], start_new_session=True)
         except BaseException:
             for sock in (out_r, out_w, err_r, err_w, ready_r, info_r):
                 sock.close()
@@ -304,6 +306,8 @@ class ProcessRuntime:
             os.close(exit_r)
             ready_w.close()
             info_w.close()
+            if args_fd >= 0:
+                os.close(args_fd)
         info = asyncio.ensure_future(zyg.read_until(info_r, zyg.is_json))
         net = None
         if networked:
