@@ -73,3 +73,37 @@ def test_block_network_is_accepted_and_carried() -> None:
     assert opened.spec.block_network is False
     with pytest.raises(InvalidError, match="block_network= takes True or False, got 'yes'"):
         app.function(block_network="yes")  # type: ignore[arg-type]
+
+
+def test_docker_containers_join_the_network_unless_blocked(tmp_path: Path) -> None:
+    pytest.importorskip("docker")
+    from burst_agent.runtimes.base import ContainerSpec
+    from burst_agent.runtimes.docker import DockerRuntime
+
+    rt = DockerRuntime(tmp_path, client=object(), network_mode=network.DOCKER_NETWORK)
+
+    def spec(blocked: bool) -> ContainerSpec:
+        return ContainerSpec(container_id="c1", bundle_dir=tmp_path,
+                             socket_path=tmp_path / "s.sock", module="m", qualname="f",
+                             block_network=blocked)
+
+    assert rt.run_options(spec(False), {}, "")["network_mode"] == network.DOCKER_NETWORK
+    assert rt.run_options(spec(True), {}, "")["network_mode"] == "none"
+    assert network.docker_network(object(), mode="off") == "none"
+    with pytest.raises(ValueError, match="BURST_CONTAINER_NETWORK='nat'"):
+        network.docker_network(object(), mode="nat")
+
+
+def test_docker_rules_reject_before_the_allow_list() -> None:
+    cmds = network.docker_rules([ipaddress.ip_network("169.254.0.0/16")],
+                                parse_cidrs("d", "10.0.0.0/8"), parse_cidrs("a", "10.5.0.0/16"))
+    egress = [" ".join(c) for c in cmds if c[1] == network.EGRESS_CHAIN]
+    assert "ESTABLISHED" in egress[0]
+
+    def first(fragment: str) -> int:
+        return next(i for i, c in enumerate(egress) if fragment in c)
+
+    assert first("169.254.0.0/16") < first("10.5.0.0/16 -j RETURN") < first("-d 10.0.0.0/8")
+    assert egress[-1] == f"-A {network.EGRESS_CHAIN} -j RETURN"
+    host = [" ".join(c) for c in cmds if c[1] == network.HOST_CHAIN]
+    assert host[-1].endswith("-j REJECT --reject-with icmp-port-unreachable")

@@ -24,9 +24,14 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
     home = Path(s.home) / "agent" / agent_id
     if s.runtime == "docker":
         from burst_agent.runtimes.docker import DockerRuntime  # the Docker SDK: only here
+        from burst_agent.runtimes.network import docker_network
 
-        return DockerRuntime(home / "images", uid=s.sandbox_uid, gpu_devices=not s.gpus,
-                             pids_limit=s.container_pids_limit)
+        rt = DockerRuntime(home / "images", uid=s.sandbox_uid, gpu_devices=not s.gpus,
+                           pids_limit=s.container_pids_limit)
+        rt.network_mode = docker_network(rt.client, mode=s.container_network,
+                                         deny_cidrs=s.deny_cidrs, allow_cidrs=s.allow_cidrs,
+                                         servers=[s.nats_url, s.redis_url])
+        return rt
     if s.runtime != "process":
         raise ValueError(f"unknown runtime {s.runtime!r}: use one of {', '.join(RUNTIMES)}")
     box = Sandbox.detect(s.sandbox, agent_id, s.home, s.sandbox_uid,

@@ -31,6 +31,7 @@ import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from burst_core import logs
@@ -323,3 +324,112 @@ class Network:
 
 
 _TASKS: set[asyncio.Task[None]] = set()
+
+
+# ---- the Docker runtime ------------------------------------------------------------------
+#: The engine network containers join (``block_network=True``: none at all), its bridge, and
+#: the host's iptables chains holding its deny rules.
+DOCKER_NETWORK = "burst-containers"
+DOCKER_BRIDGE = "burst0"
+EGRESS_CHAIN = "BURST-EGRESS"
+HOST_CHAIN = "BURST-HOST"
+
+
+def docker_rules(denied: list[IPNetwork], deny: list[IPNetwork],
+                 allow: list[IPNetwork]) -> list[list[str]]:
+    """``iptables`` commands (after the chains are made and flushed): what the bridge's
+    containers send through the host (``FORWARD``, via ``DOCKER-USER``) goes through
+    ``EGRESS_CHAIN``; what they send to the host itself (``INPUT``: any of its addresses,
+    the bridge's gateway included) is rejected but for ICMP (the gateway answers pings)."""
+    cmds = [["-A", EGRESS_CHAIN, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED",
+             "-j", "RETURN"]]
+
+    def reject(net: IPNetwork) -> list[list[str]]:
+        return [["-A", EGRESS_CHAIN, "-d", str(net), "-p", "tcp", "-j", "REJECT",
+                 "--reject-with", "tcp-reset"],
+                ["-A", EGRESS_CHAIN, "-d", str(net), "-j", "REJECT", "--reject-with",
+                 "icmp-port-unreachable"]]
+
+    for net in dict.fromkeys(n for n in denied if n.version == 4):
+        cmds += reject(net)
+    for net in dict.fromkeys(n for n in allow if n.version == 4):
+        cmds.append(["-A", EGRESS_CHAIN, "-d", str(net), "-j", "RETURN"])
+    for net in dict.fromkeys(n for n in deny if n.version == 4):
+        cmds += reject(net)
+    cmds.append(["-A", EGRESS_CHAIN, "-j", "RETURN"])
+    cmds += [["-A", HOST_CHAIN, "-p", "icmp", "-j", "ACCEPT"],
+             ["-A", HOST_CHAIN, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"],
+             ["-A", HOST_CHAIN, "-j", "REJECT", "--reject-with", "icmp-port-unreachable"]]
+    return cmds
+
+
+def docker_network(client: Any, *, mode: str = "auto", deny_cidrs: str = DEFAULT_DENY_CIDRS,
+                   allow_cidrs: str = "", servers: list[str] | None = None) -> str:
+    """The ``network_mode`` of the Docker runtime's containers: its own bridge network with
+    the deny rules loaded into the host's iptables (made if missing, rules reloaded), or
+    ``"none"`` (``mode`` off, or where the rules cannot be loaded: one warning)."""
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"BURST_CONTAINER_NETWORK={mode!r} is not valid: use auto, on or off")
+    deny = parse_cidrs("BURST_DENY_CIDRS", deny_cidrs)
+    allow = parse_cidrs("BURST_ALLOW_CIDRS", allow_cidrs)
+    if mode == "off":
+        return "none"
+    why = ""
+    host = os.environ.get("DOCKER_HOST", "")
+    if host and not host.startswith("unix://"):
+        why = f"the engine is not on this machine (DOCKER_HOST={host})"
+    elif shutil.which("iptables") is None:
+        why = "iptables is not installed"
+    elif os.geteuid() != 0:
+        why = "the agent is not root (it loads the deny rules into the host's iptables)"
+    if not why:
+        try:
+            _docker_setup(client, [*(ipaddress.ip_network(c) for c in ALWAYS_DENIED),
+                                   *host_addresses(), *server_addresses(servers or [])],
+                          deny, allow)
+            return DOCKER_NETWORK
+        except (OSError, subprocess.SubprocessError, RuntimeError) as e:
+            why = f"the deny rules could not be loaded ({e})"
+    if mode == "on":
+        raise NetworkSetupError(f"BURST_CONTAINER_NETWORK=on but {why}")
+    log.warning("container_network_unavailable", runtime="docker",
+                detail=f"{why}: containers get no network at all")
+    return "none"
+
+
+def _iptables(*args: str, check: bool = True) -> bool:
+    proc = subprocess.run(["iptables", "-w", "10", *args], capture_output=True, text=True,
+                          timeout=30)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"iptables {' '.join(args)}: {proc.stderr.strip()[:300]}")
+    return proc.returncode == 0
+
+
+def _docker_setup(client: Any, denied: list[IPNetwork], deny: list[IPNetwork],
+                  allow: list[IPNetwork]) -> None:
+    import docker.errors
+
+    try:
+        client.networks.get(DOCKER_NETWORK)
+    except docker.errors.NotFound:
+        with contextlib.suppress(docker.errors.APIError):  # another agent made it first
+            client.networks.create(
+                DOCKER_NETWORK, driver="bridge", labels={"burst": "containers"},
+                options={"com.docker.network.bridge.name": DOCKER_BRIDGE,
+                         # Containers do not reach each other either.
+                         "com.docker.network.bridge.enable_icc": "false"})
+        client.networks.get(DOCKER_NETWORK)
+    for chain in (EGRESS_CHAIN, HOST_CHAIN):
+        _iptables("-N", chain, check=False)
+        _iptables("-F", chain)
+    for cmd in docker_rules(denied, deny, allow):
+        _iptables(*cmd)
+    # DOCKER-USER comes first in FORWARD (the engine makes it); without it, FORWARD itself.
+    forward = "DOCKER-USER" if _iptables("-L", "DOCKER-USER", "-n", check=False) else "FORWARD"
+    for parent, chain in ((forward, EGRESS_CHAIN), ("INPUT", HOST_CHAIN)):
+        hook = ["-i", DOCKER_BRIDGE, "-j", chain]
+        if not _iptables("-C", parent, *hook, check=False):
+            _iptables("-I", parent, "1", *hook)
+    log.info("container_network_ready", runtime="docker", network=DOCKER_NETWORK,
+             deny=[str(n) for n in deny], allow=[str(n) for n in allow],
+             denied=[str(n) for n in denied])
