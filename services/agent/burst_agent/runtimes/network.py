@@ -222,7 +222,7 @@ class Network:
         return [self.unshare, "--net", "--"]
 
     async def attach(self, pid: int, proc: asyncio.subprocess.Process) -> None:
-        """Deny rules, then NAT, in the namespace of ``pid`` (a process of the sandbox
+        """Deny rules and NAT in the namespace of ``pid`` (a process of the sandbox
         ``proc`` runs); the NAT goes when ``proc`` exits. Raises NetworkSetupError (the
         caller kills the sandbox: no code may run in a namespace half set up)."""
         assert self.nsenter is not None and self.slirp is not None and self.dir is not None
@@ -231,17 +231,25 @@ class Network:
         v6 = (f" && ip6tables-restore {d / 'rules.v6'}" if os.path.exists("/proc/net/if_inet6")
               else "")
         script = f"ip link set lo up && iptables-restore {d / 'rules.v4'}{v6}"
+
+        nsenter = self.nsenter
+
+        async def load_rules() -> None:
+            rules = await asyncio.create_subprocess_exec(
+                nsenter, "-t", str(pid), "-n", "--", "/bin/sh", "-c", script,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE)
+            _, err = await rules.communicate()
+            if rules.returncode != 0:
+                raise NetworkSetupError(f"deny rules failed ({rules.returncode}): "
+                                        f"{err.decode(errors='replace').strip()[:300]}")
+
         try:
             async with asyncio.timeout(self.setup_timeout):
-                rules = await asyncio.create_subprocess_exec(
-                    self.nsenter, "-t", str(pid), "-n", "--", "/bin/sh", "-c", script,
-                    stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.PIPE)
-                _, err = await rules.communicate()
-                if rules.returncode != 0:
-                    raise NetworkSetupError(f"deny rules failed ({rules.returncode}): "
-                                            f"{err.decode(errors='replace').strip()[:300]}")
-                await self._nat(pid, proc)
+                # Both at once: nothing runs in the namespace until both are done (the
+                # caller holds the container back), so their order does not matter; a
+                # failure of either makes the caller kill the sandbox, and the NAT with it.
+                await asyncio.gather(load_rules(), self._nat(pid, proc))
         except TimeoutError:
             raise NetworkSetupError(f"network setup took over {self.setup_timeout} s "
                                     "(BURST_NETWORK_SETUP_TIMEOUT)") from None
