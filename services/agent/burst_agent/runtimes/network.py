@@ -1,8 +1,10 @@
-"""Containers' network on the process runtime: user-mode NAT with deny rules.
+"""Containers' network: user-mode NAT with deny rules (process runtime), and the Docker
+runtime's bridge network with the same rules (``docker_network``, at the end).
 
 Each sandboxed container (unless its function says ``block_network=True``) gets a network
 namespace of its own, made by ``unshare --net`` in front of bubblewrap. Before any code of
-the container runs, the agent
+the container runs (the zygote's fork waits for its ``go``; a fresh interpreter's bwrap
+waits behind a gate), the agent, both at once,
 
 1. loads deny rules into that namespace's ``OUTPUT`` chain (``iptables-restore`` through
    ``nsenter``): the container's own loopback and its NAT's gateway and DNS forwarder are
@@ -11,7 +13,8 @@ the container runs, the agent
    ranges (``BURST_DENY_CIDRS``, RFC 1918 by default, less ``BURST_ALLOW_CIDRS``) are
    rejected; IPv6 goes nowhere but loopback. The container's uid has no capabilities, so
    it cannot change them;
-2. attaches ``slirp4netns`` (host loopback disabled) to it: the container reaches the
+2. attaches ``slirp4netns`` (host loopback disabled; not its ``--enable-sandbox``, whose
+   unmounts reach the host's shared mounts) to it: the container reaches the
    internet through the agent's host as a plain user-space TCP/UDP client.
 
 ``slirp4netns`` exits when the sandbox does (its exit fd closes). Where it is not

@@ -1,12 +1,17 @@
 """The process runtime's sandbox: bubblewrap namespaces, cgroup v1 limits, a non-root uid.
 
-What user code sees (a fresh interpreter and a zygote fork alike): the host's filesystem
-read-only with Burst's state (``$BURST_HOME``, ``/root``, ``/run``) covered by empty tmpfs;
-a private writable ``/tmp`` (its ``HOME``); the app's bundle read-only at
-``/run/burst/bundle`` (its working directory); ``/run/burst/shim.sock``, the agent's socket,
-its only way out; its own pid, ipc, uts and network namespaces (the network: NAT to the
-internet with deny rules, ``network.py``, or none at all with ``block_network=True`` or
-where the agent cannot give one).
+What user code sees (a fresh interpreter and a zygote fork alike): an empty root with, read
+only, what the interpreter needs (``/usr`` and the ``/lib*``, ``/bin`` links, the files of
+``/etc`` that TLS, name resolution and the linker use, the interpreter's prefix and
+site-packages, Burst's source, images' venvs; with GPUs, their device nodes and ``/sys``),
+its own ``/etc/passwd``; nothing else of the host (not ``/home``, ``/root``, Burst's state
+or the rest of its checkout); bwrap's options reach it through a memfd (``--args``), so the
+sandbox's pid 1 shows no host path; a private writable ``/tmp`` (its ``HOME``); the app's
+bundle read-only at ``/run/burst/bundle`` (its working directory);
+``/run/burst/shim.sock``, the agent's socket, its only way to the cluster; its own pid,
+ipc, uts and network namespaces (the network: NAT to the internet with deny rules,
+``network.py``, or none at all with ``block_network=True`` or where the agent cannot give
+one).
 
 Invariants: cgroup ``memory``, ``cpu`` and ``pids`` limits are joined before any user code
 runs, so every process and thread is accounted and a fork bomb stops at ``pids_limit``;
