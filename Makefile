@@ -15,8 +15,10 @@ BIN := $(VENV)/bin
 # Written after a successful pip install; reinstall when pyproject.toml is newer.
 STAMP := $(VENV)/.burst-installed
 # command -> Debian package that provides it (dockerd and debootstrap: the Docker runtime
-# and its locally built base image, deploy/base-image.sh)
-SYSTEM_DEPS := redis-server:redis-server bwrap:bubblewrap dockerd:docker.io debootstrap:debootstrap
+# and its locally built base image, deploy/base-image.sh; slirp4netns and iptables: the
+# process runtime's container network, services/agent/burst_agent/runtimes/network.py)
+SYSTEM_DEPS := redis-server:redis-server bwrap:bubblewrap dockerd:docker.io \
+	debootstrap:debootstrap slirp4netns:slirp4netns iptables-restore:iptables
 
 .PHONY: help install system-deps python-deps test lint up down
 

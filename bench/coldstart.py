@@ -236,7 +236,11 @@ def main() -> None:
                     help="seconds the 0->N test keeps the containers it gets busy")
     ap.add_argument("--skip-fresh", action="store_true",
                     help="skip the BURST_ZYGOTE=0 cluster")
+    ap.add_argument("--container-network", choices=["auto", "off"], default="auto",
+                    help="BURST_CONTAINER_NETWORK of the clusters (off: no network, as "
+                    "before containers had one)")
     args = ap.parse_args()
+    TIMERS["BURST_CONTAINER_NETWORK"] = args.container_network
     work = Path(tempfile.mkdtemp(prefix="burst-bench-app-"))
     result: dict[str, Any] = {"benchmark": "coldstart", "runtime": "process"}
     result["fresh_interpreter"] = fresh_interpreter(args.samples)

@@ -27,7 +27,7 @@ def refuse(what: str) -> NotSupportedError:
 APP_OPTIONS = frozenset({"volumes", "mounts"})
 FUNCTION_OPTIONS = frozenset({
     "volumes", "env", "network_file_systems", "cloud_bucket_mounts", "mounts",
-    "cloud", "region", "enable_memory_snapshot", "block_network", "proxy", "ephemeral_disk",
+    "cloud", "region", "enable_memory_snapshot", "proxy", "ephemeral_disk",
     "i6pn", "rdma", "restrict_modal_access", "single_use_containers", "max_inputs",
     "allow_concurrent_inputs", "concurrency_limit", "container_idle_timeout", "keep_warm",
     "serialized", "startup_timeout", "experimental_options",

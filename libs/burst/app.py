@@ -30,7 +30,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _FUNCTION_ARGS = ("cpu", "memory", "gpu", "timeout", "scaledown_window", "min_containers",
                   "max_containers", "buffer_containers", "nonpreemptible", "retries", "name",
-                  "schedule", "image", "secrets")
+                  "schedule", "image", "secrets", "block_network")
 
 
 def _module_name(module: Any) -> str:
@@ -127,6 +127,7 @@ class App:
         schedule: Cron | Period | None = None,
         image: Image | None = None,
         secrets: list[Secret] | None = None,
+        block_network: bool = False,
         **others: Any,
     ) -> Callable[[F], Function[..., Any]]:
         """Register a function to run in containers.
@@ -141,7 +142,9 @@ class App:
         itself once the app is deployed;
         ``image`` (:class:`burst.Image`) is the container image, by default the app's;
         ``secrets`` (:class:`burst.Secret`) become environment variables of its
-        containers, after the app's (a later one's key overrides an earlier one's).
+        containers, after the app's (a later one's key overrides an earlier one's);
+        ``block_network=True`` gives its containers no network at all (by default they
+        reach the internet, never the cluster, the host or private ranges).
         """
         if _warn_parentheses_missing is not None:
             raise InvalidError("use @app.function() with parentheses")
@@ -158,6 +161,8 @@ class App:
         buf = _resources.count("buffer_containers", buffer_containers)
         retry = Retries.coerce(retries)
         sched = schedules.spec_of(schedule)
+        if not isinstance(block_network, bool):
+            raise InvalidError(f"block_network= takes True or False, got {block_network!r}")
         if image is not None and not isinstance(image, Image):
             raise InvalidError(f"image= takes a burst.Image, got {image!r}")
         img = image or self.image
@@ -187,7 +192,7 @@ class App:
                 is_generator=is_generator(f),
                 retries=retry.policy() if retry is not None else None,
                 max_inputs=max_inputs, target_inputs=target_inputs, schedule=sched,
-                image=img.spec if img is not None else None,
+                image=img.spec if img is not None else None, block_network=block_network,
             )
             if spec.name in self.registered_functions:
                 raise InvalidError(f"app {self.name!r} already has a function {spec.name!r}")

@@ -180,6 +180,7 @@ class FunctionSpec(_Body):
     image: ImageSpec | None = None  # None: the runtime's default image
     #: In order: a later secret's key overrides an earlier one's.
     secrets: list[SecretSpec] = msgspec.field(default_factory=list)
+    block_network: bool = False  # True: its containers get no network at all
 
 
 # ---- HTTP bodies (SDK <-> gateway) ---------------------------------------------------

@@ -141,6 +141,7 @@ class Container:
                      # The same id, under the name calls from the container read.
                      "BURST_APP": self.placement.app},
                 image=self.fn.image, build_log=self._build_line,
+                block_network=self.fn.block_network,
             )
             # Overlapped with the start: the function's consumer is made (if need be),
             # and the started event goes out, while the shim imports the module.

@@ -32,6 +32,8 @@ class ContainerSpec:
     memory_limit_mb: int = 0
     #: CPU limit (cores); 0 means the request plus the agent's ``cpu_headroom``.
     cpu_limit: float = 0.0
+    #: No network at all (``block_network=True``); else the runtime's NAT with deny rules.
+    block_network: bool = False
 
 
 class ContainerHandle(Protocol):

@@ -8,10 +8,11 @@ so the shim arrives as a wheel built from this checkout (``pip wheel --no-deps``
 wheels of its two dependencies, installed offline in a layer right above the base.
 
 Containers are hardened by default: a non-root uid, every capability dropped,
-no-new-privileges, no network at all (``network_mode="none"``: the agent's unix socket, bind
-mounted, is the only way out), the bundle read-only, CPU and memory limits from the
-function's resources, the agent's pids limit (``BURST_CONTAINER_PIDS_LIMIT``). GPUs go
-through device requests, only the assigned ones.
+no-new-privileges, the agent's own bridge network with deny rules (``network.py``: the
+internet, never the host, the cluster or private ranges; ``network_mode="none"`` with
+``block_network=True``), the agent's unix socket bind mounted, the bundle read-only, CPU
+and memory limits from the function's resources, the agent's pids limit
+(``BURST_CONTAINER_PIDS_LIMIT``). GPUs go through device requests, only the assigned ones.
 """
 
 from __future__ import annotations
@@ -210,8 +211,10 @@ class DockerRuntime:
 
     def __init__(self, state_dir: Path, uid: int = 65534, cpu_headroom: float = 1.0,
                  gpu_devices: bool = True, client: Any = None,
-                 pids_limit: int = DEFAULT_PIDS_LIMIT) -> None:
+                 pids_limit: int = DEFAULT_PIDS_LIMIT, network_mode: str = "none") -> None:
         self.state_dir = state_dir
+        #: Containers' network (``network.docker_network``); block_network=True: none.
+        self.network_mode = network_mode
         self.uid = uid
         self.cpu_headroom = cpu_headroom
         #: Tasks one container may have at once (AgentSettings.container_pids_limit).
@@ -374,7 +377,7 @@ class DockerRuntime:
             user=f"{self.uid}:{self.uid}",
             working_dir=workdir or images.BUNDLE_DIR,
             environment=self._env(spec, image_env),
-            network_mode="none",
+            network_mode="none" if spec.block_network else self.network_mode,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             mounts=[Mount(images.BUNDLE_DIR, str(spec.bundle_dir), type="bind", read_only=True),

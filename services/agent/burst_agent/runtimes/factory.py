@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from burst_agent.runtimes.base import Runtime
+from burst_agent.runtimes.network import Network
 from burst_agent.runtimes.process import ProcessRuntime
 from burst_agent.runtimes.sandbox import Sandbox
 from burst_agent.runtimes.venvs import VenvRuntime
@@ -23,14 +24,24 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
     home = Path(s.home) / "agent" / agent_id
     if s.runtime == "docker":
         from burst_agent.runtimes.docker import DockerRuntime  # the Docker SDK: only here
+        from burst_agent.runtimes.network import docker_network
 
-        return DockerRuntime(home / "images", uid=s.sandbox_uid, gpu_devices=not s.gpus,
-                             pids_limit=s.container_pids_limit)
+        rt = DockerRuntime(home / "images", uid=s.sandbox_uid, gpu_devices=not s.gpus,
+                           pids_limit=s.container_pids_limit)
+        rt.network_mode = docker_network(rt.client, mode=s.container_network,
+                                         deny_cidrs=s.deny_cidrs, allow_cidrs=s.allow_cidrs,
+                                         servers=[s.nats_url, s.redis_url])
+        return rt
     if s.runtime != "process":
         raise ValueError(f"unknown runtime {s.runtime!r}: use one of {', '.join(RUNTIMES)}")
     box = Sandbox.detect(s.sandbox, agent_id, s.home, s.sandbox_uid,
                          cpu_headroom=s.cpu_headroom, pids_limit=s.container_pids_limit)
     state = home / "containers"
+    box.network = Network.detect(home, mode=s.container_network, deny_cidrs=s.deny_cidrs,
+                                 allow_cidrs=s.allow_cidrs,
+                                 servers=[s.nats_url, s.redis_url],
+                                 setup_timeout=s.network_setup_timeout,
+                                 sandboxed=box.enabled)
 
     def process(python: str) -> ProcessRuntime:
         return ProcessRuntime(python, box, state, zygote=s.zygote, spares=s.spare_sandbox,

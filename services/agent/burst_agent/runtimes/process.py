@@ -210,7 +210,8 @@ class ProcessRuntime:
                 holder = await self._holder(box, bundle_dir=spec.bundle_dir,
                                             socket_path=spec.socket_path, private=private,
                                             gpu_indices=spec.gpu_indices,
-                                            container_id=spec.container_id)
+                                            container_id=spec.container_id,
+                                            networked=box.networked(spec.block_network))
                 return await self._enter(holder, spec, box, cgroup, sb.SOCKET)
             except zyg.ZygoteError as e:  # a fresh interpreter still starts the container
                 log.warning("zygote_failed", container_id=spec.container_id, error=str(e))
@@ -219,29 +220,55 @@ class ProcessRuntime:
                     cgroup.remove()
                 shutil.rmtree(private, ignore_errors=True)
                 raise
+        networked = box.networked(spec.block_network)
+        gate_r = gate_w = args_fd = -1
         try:
             env = self._env(spec, sb.PRIVATE, sb.BUNDLE, sb.SOCKET)
-            argv = box.command([self.python, "-m", "burst._shim"], bundle_dir=spec.bundle_dir,
-                               socket_path=spec.socket_path, private_dir=private,
-                               gpu_indices=spec.gpu_indices)
+            argv, args_fd = sb.hide_args(box.command(
+                [self.python, "-m", "burst._shim"], bundle_dir=spec.bundle_dir,
+                socket_path=spec.socket_path, private_dir=private,
+                gpu_indices=spec.gpu_indices, networked=networked))
+            if networked:
+                # bwrap waits behind a gate (after ``unshare --net``) until the agent has
+                # set up the namespace.
+                gate_r, gate_w = os.pipe()
+                cut = argv.index("--") + 1
+                argv[cut:cut] = ["/bin/sh", "-c",
+                                 'read -r _ || exit 111; exec "$@" </dev/null', "sh"]
             proc = await asyncio.create_subprocess_exec(
                 *argv, env=env,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=gate_r if networked else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True, preexec_fn=box.preexec(cgroup),
+                start_new_session=True, preexec_fn=box.preexec(cgroup), pass_fds=[args_fd],
             )
+            if networked:
+                os.close(gate_r)
+                gate_r = -1
+                try:
+                    assert box.network is not None
+                    await box.network.attach(proc.pid, proc)
+                    os.write(gate_w, b"go\n")
+                except BaseException:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    await proc.wait()
+                    raise
         except BaseException:
             if cgroup is not None:
                 cgroup.remove()
             shutil.rmtree(private, ignore_errors=True)
             raise
+        finally:
+            for fd in (gate_r, gate_w, args_fd):
+                if fd >= 0:
+                    os.close(fd)
         return ProcessHandle(proc, cgroup, private)
 
 
     async def _holder(self, box: sb.Sandbox, *, bundle_dir: Path, private: Path,
                       gpu_indices: list[int], container_id: str = "",
                       socket_path: Path | None = None, socket_dir: Path | None = None,
-                      ) -> _Holder:
+                      networked: bool = False) -> _Holder:
         """bwrap around a holder: the sandbox the zygote forks a container into. Returns
         once bwrap runs; its ``info`` (the sandbox's host pid) and ``up`` (the holder's
         line, once the mounts are in place) come later."""
@@ -253,11 +280,12 @@ class ProcessRuntime:
         ready_r, ready_w = socket.socketpair()
         info_r, info_w = socket.socketpair()
         exit_r, exit_w = os.pipe()  # the holder's stdin: never read by the agent
+        args_fd = -1
         try:
-            argv = box.command(zyg.HOLDER, bundle_dir=bundle_dir, socket_path=socket_path,
-                               socket_dir=socket_dir, private_dir=private,
-                               gpu_indices=gpu_indices,
-                               extra=["--info-fd", str(info_w.fileno())])
+            argv, args_fd = sb.hide_args(box.command(
+                zyg.HOLDER, bundle_dir=bundle_dir, socket_path=socket_path,
+                socket_dir=socket_dir, private_dir=private, gpu_indices=gpu_indices,
+                networked=networked, extra=["--info-fd", str(info_w.fileno())]))
             proc = await asyncio.create_subprocess_exec(
                 # The id marks the holder as the container's, on the host (ps e, /proc);
                 # a spare's holder is marked as one.
@@ -268,7 +296,7 @@ class ProcessRuntime:
                 # child is spawned with vfork): the holder and bwrap need no cgroup, the
                 # container joins its own before anything of it runs.
                 stdin=exit_r, stdout=ready_w.fileno(), stderr=err_w.fileno(),
-                pass_fds=[info_w.fileno()], start_new_session=True)
+                pass_fds=[info_w.fileno(), args_fd], start_new_session=True)
         except BaseException:
             for sock in (out_r, out_w, err_r, err_w, ready_r, info_r):
                 sock.close()
@@ -278,11 +306,24 @@ class ProcessRuntime:
             os.close(exit_r)
             ready_w.close()
             info_w.close()
+            if args_fd >= 0:
+                os.close(args_fd)
+        info = asyncio.ensure_future(zyg.read_until(info_r, zyg.is_json))
+        net = None
+        if networked:
+            assert box.network is not None
+            network = box.network
+
+            async def setup() -> None:
+                # The sandbox's pid, once bwrap names it, is in the namespace (unshare ran).
+                await network.attach(zyg.info_pid(await asyncio.shield(info)), proc)
+
+            net = asyncio.ensure_future(setup())
         return _Holder(
             proc=proc, out_r=out_r, out_w=out_w, err_r=err_r, err_w=err_w, exit_w=exit_w,
-            info=asyncio.ensure_future(zyg.read_until(info_r, zyg.is_json)),
+            info=info,
             up=asyncio.ensure_future(zyg.read_until(ready_r, lambda b: b.endswith(b"\n"))),
-            remove=private, t0=time.perf_counter())
+            remove=private, t0=time.perf_counter(), net=net)
 
     async def _fork_into(self, holder: _Holder) -> None:
         """A keeper for ``holder``'s sandbox, which forks the container into its pid
@@ -305,6 +346,8 @@ class ProcessRuntime:
             assert holder.keeper is not None
             if not await holder.up:
                 raise zyg.ZygoteError("the sandbox did not come up (bwrap failed)")
+            if holder.net is not None:  # deny rules and NAT in place before any user code
+                await holder.net
             t_up = time.perf_counter()
             await holder.keeper.go(
                 cwd=sb.BUNDLE, env=self._env(spec, sb.PRIVATE, sb.BUNDLE, socket_inside),
@@ -337,7 +380,10 @@ class ProcessRuntime:
             self._discard(spare)
             self._refill()
             return None
-        if spare is None or spec.gpu_indices:
+        # A spare is networked where the agent gives containers a network.
+        if spare is None or spec.gpu_indices or (
+                spec.block_network and self.sandbox is not None
+                and self.sandbox.networked(False)):
             return None
         self._spare = None
         root = spare.remove
@@ -402,12 +448,14 @@ class ProcessRuntime:
                 os.chmod(d, 0o755)
             holder = await self._holder(self.sandbox, bundle_dir=root / "bundle",
                                         socket_dir=sock_dir, private=root / "private",
-                                        gpu_indices=[])
+                                        gpu_indices=[], networked=self.sandbox.networked(False))
             # The container's handle removes all of it.
             holder.remove, holder.sock_dir, holder.spare = root, sock_dir, True
             await self._fork_into(holder)
             if not await asyncio.wait_for(asyncio.shield(holder.up), 30.0):
                 raise zyg.ZygoteError("the sandbox did not come up")
+            if holder.net is not None:
+                await holder.net
         except BaseException as e:
             if not isinstance(e, asyncio.CancelledError):  # (cancelled: the runtime closes)
                 log.warning("spare_sandbox_failed", error=repr(e))
@@ -511,6 +559,8 @@ class _Holder:
     #: The zygote's keeper, and the host pid of the container it forked (which waits).
     keeper: zyg.Keeper | None = None
     pid: int | None = None
+    #: The network setup of a networked sandbox (done before its container runs).
+    net: asyncio.Future[None] | None = None
 
     async def kill(self) -> None:
         if self.keeper is not None:
@@ -519,8 +569,9 @@ class _Holder:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             await self.proc.wait()
-        for f in (self.info, self.up):
-            f.cancel()
+        for f in (self.info, self.up, self.net):
+            if f is not None:
+                f.cancel()
         for sock in (self.out_r, self.err_r):
             sock.close()  # no-op for those a transport took over (detached)
 

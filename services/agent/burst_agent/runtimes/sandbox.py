@@ -1,10 +1,17 @@
 """The process runtime's sandbox: bubblewrap namespaces, cgroup v1 limits, a non-root uid.
 
-What user code sees (a fresh interpreter and a zygote fork alike): the host's filesystem
-read-only with Burst's state (``$BURST_HOME``, ``/root``, ``/run``) covered by empty tmpfs;
-a private writable ``/tmp`` (its ``HOME``); the app's bundle read-only at
-``/run/burst/bundle`` (its working directory); ``/run/burst/shim.sock``, the agent's socket,
-its only way out; no network; its own pid, ipc and uts namespaces.
+What user code sees (a fresh interpreter and a zygote fork alike): an empty root with, read
+only, what the interpreter needs (``/usr`` and the ``/lib*``, ``/bin`` links, the files of
+``/etc`` that TLS, name resolution and the linker use, the interpreter's prefix and
+site-packages, Burst's source, images' venvs; with GPUs, their device nodes and ``/sys``),
+its own ``/etc/passwd``; nothing else of the host (not ``/home``, ``/root``, Burst's state
+or the rest of its checkout); bwrap's options reach it through a memfd (``--args``), so the
+sandbox's pid 1 shows no host path; a private writable ``/tmp`` (its ``HOME``); the app's
+bundle read-only at ``/run/burst/bundle`` (its working directory);
+``/run/burst/shim.sock``, the agent's socket, its only way to the cluster; its own pid,
+ipc, uts and network namespaces (the network: NAT to the internet with deny rules,
+``network.py``, or none at all with ``block_network=True`` or where the agent cannot give
+one).
 
 Invariants: cgroup ``memory``, ``cpu`` and ``pids`` limits are joined before any user code
 runs, so every process and thread is accounted and a fork bomb stops at ``pids_limit``;
@@ -26,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from burst_agent.runtimes.network import Network
 from burst_core import logs
 
 log = logs.get("burst.agent.sandbox")
@@ -33,6 +41,16 @@ log = logs.get("burst.agent.sandbox")
 #: Paths inside the sandbox.
 BUNDLE = "/run/burst/bundle"
 SOCKET = "/run/burst/shim.sock"
+#: What of the host every container sees read-only (those that exist): the system's
+#: programs and libraries (merged-/usr links made again as links), the files of ``/etc``
+#: that TLS, name resolution, the dynamic linker and pip need, and the CPUs' topology.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+ETC_FILES = ("ssl", "ca-certificates", "ca-certificates.conf", "pki", "crypto-policies",
+             "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
+             "nsswitch.conf", "host.conf", "hosts", "gai.conf", "mime.types", "protocols",
+             "services", "alternatives", "os-release", "debian_version", "pip.conf",
+             "python3", "python3.11", "matplotlibrc")
+CPU_SYSFS = "/sys/devices/system/cpu"
 #: A spare sandbox's (made before its container was known): a read-only directory where
 #: the agent links the container's socket once the container takes the sandbox.
 SOCKET_DIR = "/run/burst/agent"
@@ -208,12 +226,20 @@ class Sandbox:
     bwrap: str | None = None
     setpriv: str | None = None
     cgroup_parents: dict[str, Path] | None = None
+    #: Host paths bound read-only into every container, and the system's top-level links
+    #: (``/bin -> usr/bin``) made again inside (see ``_plan_view``).
+    binds: list[str] = field(default_factory=list)
+    symlinks: list[tuple[str, str]] = field(default_factory=list)
+    #: Covered by an empty tmpfs (Burst's state, where a bound dir holds it).
     hidden: list[str] = field(default_factory=list)
-    reexpose: list[str] = field(default_factory=list)
+    #: The container's ``/etc/passwd`` and ``/etc/group``.
+    etc_dir: Path | None = None
     #: Cores above the request a container may use (see AgentSettings.cpu_headroom).
     cpu_headroom: float = 1.0
     #: Tasks a container may have at once (see AgentSettings.container_pids_limit).
     pids_limit: int = DEFAULT_PIDS_LIMIT
+    #: Containers' network (``network.py``); None or disabled: they get none.
+    network: Network | None = None
 
     @classmethod
     def detect(cls, mode: str, agent_id: str, home: str, uid: int = 65534,
@@ -246,10 +272,10 @@ class Sandbox:
             log.warning("pids_cgroup_unavailable", detail="cgroup v1 pids controller not "
                         "mounted or not writable: containers' processes and threads are "
                         f"unlimited (BURST_CONTAINER_PIDS_LIMIT={sb.pids_limit} not applied)")
-        sb._plan_hidden()
+        sb._plan_view()
         pids = sb.pids_limit if sb.cgroup_parents and "pids" in sb.cgroup_parents else None
         log.info("sandbox_ready", bwrap=sb.bwrap, uid=sb.uid,
-                 cgroups=bool(sb.cgroup_parents), pids_limit=pids, hidden=sb.hidden)
+                 cgroups=bool(sb.cgroup_parents), pids_limit=pids, visible=sb.binds)
         return sb
 
     @property
@@ -281,11 +307,20 @@ class Sandbox:
             return f"bwrap cannot create a sandbox here: {proc.stderr.strip()[:300]}"
         return ""
 
-    def _bwrap_head(self) -> list[str]:
+    def networked(self, block_network: bool) -> bool:
+        """Whether a container gets NAT (else no network at all)."""
+        return not block_network and self.network is not None and self.network.enabled
+
+    def _bwrap_head(self, networked: bool = False) -> list[str]:
         assert self.bwrap is not None
         if os.geteuid() == 0:
             # Every namespace but the user one: the uid drop happens inside (setpriv).
-            return [self.bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net",
+            # Networked, the namespace is made before bwrap (``Network.prefix``), so that
+            # the agent can set it up before the container runs.
+            assert self.network is not None or not networked
+            return [*(self.network.prefix() if self.network and networked else []),
+                    self.bwrap, "--unshare-ipc", "--unshare-pid",
+                    *([] if networked else ["--unshare-net"]),
                     "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent"]
         return [self.bwrap, "--unshare-all", "--die-with-parent"]
 
@@ -297,13 +332,11 @@ class Sandbox:
         return [self.setpriv, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
                 "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
 
-    def _plan_hidden(self) -> None:
-        hidden = [os.path.realpath(self.home), "/root", "/run"]
-        self.hidden = [h for h in dict.fromkeys(hidden) if os.path.isdir(h)]
-        # What the interpreter needs must stay readable even when it lives under a hidden
-        # path (a venv in /root, say) or under the container's private /tmp (a checkout in
-        # /tmp): re-expose it read-only on top. Burst itself may be installed editable, so
-        # its source directory counts too (it is not on sys.path).
+    def _plan_view(self) -> None:
+        """What of the host a container sees (read-only): the system's programs and
+        libraries, the few files of ``/etc`` they need, and what the interpreter needs
+        (its prefix, site-packages, Burst's source, images' venvs); nothing else (no
+        ``/home``, no ``/root``, no host ``/etc/passwd``, not the rest of the checkout)."""
         import burst
         from burst_agent.runtimes.images import cache_dir
 
@@ -314,13 +347,41 @@ class Sandbox:
         needed = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)),
                   os.path.dirname(os.path.dirname(os.path.realpath(burst.__file__))),
                   str(venvs), *(p for p in sys.path if p and os.path.isdir(p))}
-        covered = [*self.hidden, PRIVATE]
-        for p in sorted(os.path.realpath(n) for n in needed):
-            for h in covered:
-                if p.startswith(h + os.sep) and not self.home.startswith(p):
-                    self.reexpose.append(p)
-        self.reexpose = [p for p in dict.fromkeys(self.reexpose)
-                         if not any(p.startswith(q + os.sep) for q in self.reexpose if q != p)]
+        system = [d for d in SYSTEM_DIRS if os.path.lexists(d)]
+        self.symlinks = [(os.readlink(d), d) for d in system if os.path.islink(d)]
+        binds = [d for d in system if not os.path.islink(d)]
+        binds += [p for p in (os.path.join("/etc", f) for f in ETC_FILES)
+                  if os.path.exists(p)]
+        # Never Burst's state (the agent's working directory, on its sys.path, is there).
+        home = os.path.realpath(self.home)
+        binds += sorted(p for p in (os.path.realpath(n) for n in needed)
+                        if p != home and not p.startswith(home + os.sep))
+        if os.path.isdir(CPU_SYSFS):
+            binds.append(CPU_SYSFS)
+        # Nested ones go: their parent is bound already.
+        self.binds = [p for p in dict.fromkeys(binds)
+                      if not any(p.startswith(q + os.sep) for q in binds if q != p)]
+        # Burst's state stays covered even where a bound dir holds it.
+        self.hidden = [home] if any(home.startswith(b + os.sep) for b in self.binds) else []
+        # The container's own users: root and the sandbox uid, not the host's.
+        self.etc_dir = Path(self.home) / "agent" / self.agent_id / "sandbox-etc"
+        self.etc_dir.mkdir(parents=True, exist_ok=True)
+        name = "nobody" if self.uid == 65534 else "burst"
+        (self.etc_dir / "passwd").write_text(
+            "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+            f"{name}:x:{self.uid}:{self.gid}:{name}:/tmp:/usr/sbin/nologin\n")
+        (self.etc_dir / "group").write_text(f"root:x:0:\n{name}:x:{self.gid}:\n")
+        for f in ("passwd", "group"):
+            os.chmod(self.etc_dir / f, 0o644)
+
+    def _dirs_to(self, path: str) -> list[str]:
+        """``--dir`` arguments (mode 0755) for the directories leading to ``path`` (bwrap
+        would make them 0700, root's: the uid could not traverse them)."""
+        parts = Path(path).parts[1:-1]
+        out: list[str] = []
+        for i in range(len(parts)):
+            out += ["--perms", "0755", "--dir", os.path.join("/", *parts[: i + 1])]
+        return out
 
     # ---- one container -------------------------------------------------------------
     def prepare(self, container_id: str, private_dir: Path | None, cpu: float,
@@ -349,27 +410,35 @@ class Sandbox:
 
     def command(self, argv: list[str], *, bundle_dir: Path, socket_path: Path | None,
                 private_dir: Path, gpu_indices: list[int], extra: list[str] | None = None,
-                socket_dir: Path | None = None) -> list[str]:
+                socket_dir: Path | None = None, networked: bool = False) -> list[str]:
         """The bwrap command line running ``argv`` in a fresh sandbox. With ``socket_dir``
         (a spare sandbox) that directory is bound read-only at ``SOCKET_DIR`` instead of
-        ``socket_path`` at ``SOCKET``."""
+        ``socket_path`` at ``SOCKET``. ``networked``: in a network namespace of its own
+        that the caller sets up (``Network.attach``) before the container's code runs."""
         # No --new-session: the agent signals the whole process group (stdin is /dev/null).
-        args = [*self._bwrap_head(), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                "--tmpfs", "/dev/shm"]
-        for dev in _gpu_devices(gpu_indices):
-            args += ["--dev-bind", dev, dev]
+        # An empty root (bwrap's tmpfs) with only what ``_plan_view`` chose bound into it.
+        args = self._bwrap_head(networked)
+        for target, link in self.symlinks:
+            args += ["--symlink", target, link]
+        # The private /tmp first, so what is bound below it lands on top of it.
+        args += ["--bind", str(private_dir), PRIVATE]
+        for p in self.binds:
+            args += [*self._dirs_to(p), "--ro-bind", p, p]
         for h in self.hidden:
             args += ["--tmpfs", h]
-        # The private /tmp first, so what is re-exposed below it lands on top of it.
-        args += ["--bind", str(private_dir), PRIVATE]
-        for p in self.reexpose:
-            # bwrap would create the dirs leading to it 0700 (root's): the uid could not
-            # traverse them.
-            h = next(h for h in [*self.hidden, PRIVATE] if p.startswith(h + os.sep))
-            parts = Path(p).relative_to(h).parts[:-1]
-            for i in range(len(parts)):
-                args += ["--perms", "0755", "--dir", os.path.join(h, *parts[: i + 1])]
-            args += ["--ro-bind", p, p]
+        assert self.etc_dir is not None
+        args += ["--ro-bind", str(self.etc_dir / "passwd"), "/etc/passwd",
+                 "--ro-bind", str(self.etc_dir / "group"), "/etc/group"]
+        if networked:
+            assert self.network is not None
+            args += ["--ro-bind", str(self.network.resolv_conf), "/etc/resolv.conf"]
+        elif os.path.exists("/etc/resolv.conf"):
+            args += ["--ro-bind", os.path.realpath("/etc/resolv.conf"), "/etc/resolv.conf"]
+        args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/dev/shm"]
+        for dev in _gpu_devices(gpu_indices):
+            args += ["--dev-bind", dev, dev]
+        if gpu_indices and os.path.isdir("/sys"):
+            args += ["--ro-bind", "/sys", "/sys"]  # the driver's view of the devices
         args += ["--perms", "0755", "--dir", os.path.dirname(BUNDLE),
                  "--ro-bind", str(bundle_dir), BUNDLE]
         if socket_dir is not None:
@@ -397,6 +466,18 @@ class Sandbox:
         if os.geteuid() == 0:
             os.chown(socket_path, self.uid, self.gid)
         os.chmod(socket_path, 0o600)
+
+
+def hide_args(argv: list[str]) -> tuple[list[str], int]:
+    """``argv`` with bwrap's own arguments moved into a memfd it reads (``--args FD``), so
+    that the sandbox's pid 1 (bwrap) shows no host path in ``/proc/1/cmdline``. Returns the
+    short command line and the fd (the caller passes it on, then closes it)."""
+    i = next(i for i, a in enumerate(argv) if os.path.basename(a) == "bwrap")
+    end = argv.index("--", i)  # the command itself stays on the command line (bwrap's rule)
+    fd = os.memfd_create("bwrap-args", 0)  # (not inherited unless passed)
+    os.write(fd, b"".join(a.encode() + b"\0" for a in argv[i + 1:end]))
+    os.lseek(fd, 0, os.SEEK_SET)
+    return [*argv[: i + 1], "--args", str(fd), *argv[end:]], fd
 
 
 def _gpu_devices(indices: list[int]) -> list[str]:
