@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from burst import _resources, _unsupported, schedules, wire
+from burst import _resources, _unsupported, schedules, web, wire
 from burst.cls import Cls
 from burst.exception import InvalidError
 from burst.functions import Function, is_generator
@@ -172,6 +172,10 @@ class App:
             )
             if spec.name in self.registered_functions:
                 raise InvalidError(f"app {self.name!r} already has a function {spec.name!r}")
+            endpoint = web.endpoint_of(f, spec.name)
+            if endpoint is not None:
+                spec.web = [endpoint]
+                self._check_web(spec)
             fn = Function(f, self, spec)
             self.registered_functions[spec.name] = fn
             return fn
@@ -195,6 +199,9 @@ class App:
             fn = register(user_cls)  # the class's spec: its name, module, resources
             cls = Cls(user_cls, fn, options)
             fn.spec.is_class = True
+            fn.spec.web = [ep for m in cls.methods if (ep := web.endpoint_of(
+                getattr(user_cls, m), f"{fn.spec.name}-{m}", method=m)) is not None]
+            self._check_web(fn.spec)
             if not hasattr(user_cls, "__burst_concurrency__"):
                 # @burst.concurrent / @burst.batched on methods: the container takes the
                 # most inputs any of them takes.
@@ -205,6 +212,15 @@ class App:
             return cls
 
         return decorator
+
+    def _check_web(self, spec: wire.FunctionSpec) -> None:
+        """No two web endpoints of the app answer one URL (checked as they are declared)."""
+        try:
+            web.check_unique([ep for f in self.registered_functions.values() if f.spec is not spec
+                              for ep in f.spec.web] + spec.web, self.name)
+        except InvalidError:
+            self.registered_functions.pop(spec.name, None)
+            raise
 
     def include(self, other: App, /) -> App:
         """Modal's ``app.include(other)``: not built yet."""
@@ -255,6 +271,9 @@ class App:
             app=app_name, bundle_hash=bundle.hash,
             functions=[f.spec for f in self.registered_functions.values()], ephemeral=ephemeral))
         self._client, self._deployed_name = client, app_name
+        for fn in self.registered_functions.values():
+            fn._web_urls = {ep.name: resp.web_urls[ep.name] for ep in fn.spec.web
+                            if ep.name in resp.web_urls}
         return resp
 
     @contextlib.contextmanager

@@ -122,6 +122,38 @@ class ImageSpec(_Body):
     content_hash: str = ""
 
 
+#: A web endpoint's label (and the URL part a function's name becomes): URL-safe.
+LABEL_MAX = 63
+_LABEL = re.compile(rf"[a-z0-9](?:[a-z0-9-]{{0,{LABEL_MAX - 2}}}[a-z0-9])?")
+LABEL_RULE = (f"1-{LABEL_MAX} characters: lowercase letters, digits and '-', starting and "
+              "ending with a letter or digit")
+
+
+def check_label(value: object) -> str:
+    """Return ``value`` if it is a valid web endpoint label, else raise ValueError."""
+    if not isinstance(value, str) or not _LABEL.fullmatch(value):
+        raise ValueError(f"invalid web endpoint label {quote_value(value)}: use {LABEL_RULE}")
+    return value
+
+
+class WebEndpoint(_Body):
+    """A web endpoint of a function (or of one method of a class): how the shim serves it
+    and the URL part it answers under (``/{workspace}/{app}/{name}/...``)."""
+
+    #: ``fastapi`` (``fastapi_endpoint``: the function becomes one route), ``asgi``
+    #: (``asgi_app``: it returns an ASGI app) or ``wsgi`` (``wsgi_app``: a WSGI app).
+    kind: Literal["fastapi", "asgi", "wsgi"]
+    #: The URL part: the label, else the function's name (``Cls-method`` for a method).
+    name: str
+    #: The class method that serves it; "" for a function.
+    method: str = ""
+    #: ``fastapi`` only: the HTTP method of its one route, and whether /docs is served.
+    http_method: str = "GET"
+    docs: bool = False
+    label: str = ""
+    requires_proxy_auth: bool = False
+
+
 class FunctionSpec(_Body):
     """One function of an app, as the SDK declared it."""
 
@@ -144,6 +176,8 @@ class FunctionSpec(_Body):
     is_class: bool = False  # an @app.cls: payloads name the method and parameters
     schedule: Schedule | None = None  # fired by the scheduler, on deployed apps only
     image: ImageSpec | None = None  # None: the runtime's default image
+    #: Its web endpoints (one for a function; one per decorated method of a class).
+    web: list[WebEndpoint] = msgspec.field(default_factory=list)
 
 
 # ---- HTTP bodies (SDK <-> gateway) ---------------------------------------------------
@@ -159,6 +193,8 @@ class DeployResponse(_Body):
     workspace: str
     deployment_id: str
     functions: list[str]
+    #: The URL of each web endpoint, by its name (``WebEndpoint.name``).
+    web_urls: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 #: Arguments and results up to this size travel inline (NATS messages stay small);
@@ -361,8 +397,85 @@ class PlatformResponse(_Frame, kw_only=True):
     error_message: str = ""
 
 
-ToShim = RunInput | CancelInput | Shutdown | PlatformResponse
-FromShim = Ready | StartupFailed | InputDone | StreamItem | Log | PlatformRequest | Alive
+# ---- web requests (gateway -> agent over core NATS -> shim, and back) ------------------
+class WebRequest(_Frame, kw_only=True):
+    """The head of an HTTP request to a web endpoint (and its body's first chunk)."""
+
+    req_id: str
+    endpoint: str  # WebEndpoint.name
+    method: str
+    path: str  # below root_path, percent-decoded (ASGI's ``path``)
+    raw_path: bytes = b""
+    query_string: bytes = b""
+    root_path: str = ""  # /{workspace}/{app}/{endpoint}
+    headers: list[tuple[bytes, bytes]] = msgspec.field(default_factory=list)
+    scheme: str = "http"
+    http_version: str = "1.1"
+    client: tuple[str, int] | None = None
+    server: tuple[str, int] | None = None
+    body: bytes = b""
+    more_body: bool = False
+    #: Where the agent sends the response frames (the gateway's inbox for this request).
+    reply: str = ""
+
+
+class WebRequestBody(_Frame, kw_only=True):
+    """The next chunk of a request's body."""
+
+    req_id: str
+    body: bytes = b""
+    more_body: bool = False
+
+
+class WebCancel(_Frame, kw_only=True):
+    """The client went away (or sent too much): stop serving the request."""
+
+    req_id: str
+    reason: str = "disconnect"
+
+
+class WebAccepted(_Frame, kw_only=True):
+    """An agent took the request: its body chunks and cancel go to ``subject``."""
+
+    req_id: str
+    subject: str
+
+
+class WebResponseStart(_Frame, kw_only=True):
+    req_id: str
+    status: int
+    headers: list[tuple[bytes, bytes]] = msgspec.field(default_factory=list)
+
+
+class WebResponseBody(_Frame, kw_only=True):
+    req_id: str
+    body: bytes = b""
+    more_body: bool = False
+
+
+class WebEnd(_Frame, kw_only=True):
+    """The request is over: the app returned (``error`` "") or failed; the gateway answers
+    ``status`` if no response had started (502: the container or agent went away)."""
+
+    req_id: str
+    error: str = ""
+    status: int = 0
+
+
+class WebAlive(_Frame, kw_only=True):
+    """From the agent, every ``BURST_WEB_KEEPALIVE`` s while it holds the request."""
+
+    req_id: str
+
+
+ToShim = (RunInput | CancelInput | Shutdown | PlatformResponse | WebRequest | WebRequestBody
+          | WebCancel)
+FromShim = (Ready | StartupFailed | InputDone | StreamItem | Log | PlatformRequest | Alive
+            | WebResponseStart | WebResponseBody | WebEnd)
+#: Frames of a web request between the gateway and the agent (core NATS messages).
+WebMessage = (WebRequest | WebRequestBody | WebCancel | WebAccepted | WebResponseStart
+              | WebResponseBody | WebEnd | WebAlive)
+web_decoder = msgspec.msgpack.Decoder(WebMessage)
 
 _enc = msgspec.msgpack.Encoder()
 to_shim_decoder = msgspec.msgpack.Decoder(ToShim)

@@ -524,6 +524,18 @@ def main() -> None:
         chan.send(wire.StartupFailed(error_type=name, error_message=message, traceback=trace))
         sys.exit(1)
     runner = Runner(target, chan, state, _max_inputs(obj))
+    web_host = None
+    endpoints = getattr(getattr(obj, "spec", None), "web", None)
+    if endpoints:  # only web functions import a web framework (see _shim/web.py)
+        try:
+            from burst._shim import web
+
+            web_host = web.WebHost(endpoints, target, chan, runner._event_loop())
+        except BaseException as exc:
+            _, name, message, trace = serialize_exception(exc)
+            chan.send(wire.StartupFailed(error_type=name, error_message=message,
+                                         traceback=trace))
+            sys.exit(1)
     chan.send(wire.Ready(pid=os.getpid()))
     try:
         while True:
@@ -534,6 +546,9 @@ def main() -> None:
                 runner.submit(msg)
             elif isinstance(msg, wire.CancelInput):
                 runner.cancel(msg.input_id)
+            elif web_host is not None and isinstance(
+                    msg, wire.WebRequest | wire.WebRequestBody | wire.WebCancel):
+                web_host.on_frame(msg)
     finally:
         # Scale-down, preemption (SIGTERM) or shutdown: @exit runs within the grace period.
         target.close()

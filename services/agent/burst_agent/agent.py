@@ -31,6 +31,7 @@ from burst_agent.inputs import InputPuller
 from burst_agent.runtimes.base import Runtime
 from burst_agent.runtimes.factory import make_runtime
 from burst_agent.settings import AgentSettings
+from burst_agent.web import WebRelay
 from burst_core import bus, logs, names
 from burst_core.objects import Objects
 from burst_core.schemas import (
@@ -99,6 +100,8 @@ class Agent:
         self.cancelled: dict[str, float] = {}
         self._cancel_sub = await self.nc.subscribe(names.SUBJECTS_CALL_CANCELLED,
                                                    cb=self._on_cancel)
+        self.web = WebRelay(self)
+        await self.web.start()
         self.orders = bus.Consumer(
             self.js, names.STREAM_CONTROL, names.agent_consumer(self.agent_id), self._on_order,
             filter_subjects=[names.agent_orders_subject(self.agent_id)], ack_wait=10.0,
@@ -135,6 +138,7 @@ class Agent:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.web.stop()
         await self.flush_acks()
         with contextlib.suppress(Exception):
             await self.heartbeats_kv.delete(self.agent_id)

@@ -78,3 +78,6 @@ class AgentSettings(CommonSettings):
     #: one is taken (not while the container that took it is still starting).
     spare_sandbox: bool = True
     spare_delay: float = 0.05
+    #: Seconds between the keepalives the agent sends the gateway for each web request it
+    #: holds (the gateway answers 502 when they stop: the agent is lost).
+    web_keepalive: float = 1.0

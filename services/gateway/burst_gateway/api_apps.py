@@ -29,6 +29,7 @@ from burst_core.schemas import (
     LogLineDecoder,
     encode,
 )
+from burst_gateway import web
 from burst_gateway.auth import Principal, principal
 from burst_gateway.state import Gateway, GatewayDep
 
@@ -117,6 +118,7 @@ def _validate(req: DeployRequest) -> None:
             if fn.schedule is not None:
                 schedules.check(fn.name, fn.schedule)
             _check_limits(fn)
+        web.check_endpoints(req.app, req.functions)
     except ValueError as e:
         raise InvalidError(str(e)) from None
     except InvalidError as e:  # the SDK's own checks, named for the function
@@ -154,7 +156,9 @@ async def deploy(request: Request, gw: GatewayDep, p: Principal = Depends(princi
             msg_id=f"{dep.deployment_id}:{fn.name}",
         )
     resp = DeployResponse(app=req.app, workspace=p.workspace, deployment_id=dep.deployment_id,
-                          functions=[f.name for f in dep.functions])
+                          functions=[f.name for f in dep.functions],
+                          web_urls={ep.name: web.url_of(gw.settings, p.workspace, req.app, ep.name)
+                                    for f in dep.functions for ep in f.web})
     return Response(msgspec.msgpack.encode(resp), status_code=201, media_type=MSGPACK)
 
 
@@ -196,6 +200,8 @@ async def app_status(app: str, gw: GatewayDep,
             "function": fn.name, "containers": containers.get(key, {}),
             "queued": int(queued.get(names.input_subject(key), 0)),
             "waiting": {"reason": waiting.reason, "since": waiting.since} if waiting else None,
+            "web_urls": {ep.name: web.url_of(gw.settings, p.workspace, app, ep.name)
+                         for ep in fn.web},
         })
     return {"app": app, "deployment_id": dep.deployment_id, "functions": functions}
 

@@ -29,3 +29,20 @@ class GatewaySettings(CommonSettings):
     #: gateway: calls in between share a trailing one (``burst_core.calls.Signals``);
     #: 0 sends one per call.
     signal_interval: float = 0.05
+    #: Port of the web endpoints (``/{workspace}/{app}/{endpoint}/...``), never the API's;
+    #: 0: no web port.
+    web_port: int = 8782
+    #: The externally visible base URL of the web port (behind a proxy), e.g.
+    #: ``https://web.example.com``; "" means ``http://HOST:WEB_PORT``.
+    web_url: str = ""
+    #: Largest request body a web endpoint gets, in bytes (413 past it).
+    web_max_body_bytes: int = 64 << 20
+    #: Longest a request to an endpoint with no ready container is held while one starts.
+    web_startup_timeout: float = 120.0
+    #: Seconds without a frame (each agent sends keepalives) after which a request's agent
+    #: is taken as lost: 502.
+    web_agent_timeout: float = 10.0
+    #: Seconds an agent has to take a request it was handed (502 past it).
+    web_accept_timeout: float = 10.0
+    #: While no container of the endpoint is ready: seconds between tries to hand it over.
+    web_retry_interval: float = 0.05

@@ -1,0 +1,328 @@
+"""Web endpoints: the gateway's web port, proxying each request to one container.
+
+URL: ``http://HOST:WEB_PORT/{workspace}/{app}/{endpoint}/{path...}``; the app sees
+``/{workspace}/{app}/{endpoint}`` as its ASGI ``root_path`` (WSGI ``SCRIPT_NAME``), so its
+own ``/docs`` and redirects work. The web port is a site of its own: never the API's.
+
+The path of a request (DESIGN.md: "a web request goes to exactly one container"):
+
+1. The endpoint is found in the deployments the gateway mirrors; a spent hard budget
+   answers 402 and a body over ``web_max_body_bytes`` 413, before anything starts.
+2. An ``input.accepted`` signal tells the scheduler the function has work (it counts the
+   requests in flight, which agents report as inputs in flight, against
+   ``@burst.concurrent``'s limits).
+3. The head and the body's first chunk go as a core NATS request to the function's web
+   subject, where the agents holding ready containers of it listen in one queue group:
+   one of them answers ``WebAccepted``. "No responders" means no container is ready:
+   the request is held and offered again every ``web_retry_interval`` until one is, up
+   to ``web_startup_timeout`` (then 503). Nothing is stored in JetStream, so a request is
+   never replayed once an agent took it.
+4. The rest of the body streams to the agent's subject for the request; the response
+   head and body chunks stream back to this request's inbox and on to the client as
+   they come. A client that disconnects sends ``WebCancel`` (the app's task is
+   cancelled); an agent silent for ``web_agent_timeout`` (it sends keepalives) is lost:
+   502, or a cut response if it had started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+import nats.errors
+from starlette.types import Receive, Scope, Send
+
+from burst import wire
+from burst.exception import BudgetExceededError
+from burst_core import logs, names
+from burst_gateway import budgets
+from burst_gateway.settings import GatewaySettings
+
+log = logs.get("burst.gateway.web")
+
+#: Request body chunks are sent on in messages of at most this many bytes.
+CHUNK = 256 << 10
+
+
+def base_url(settings: GatewaySettings) -> str:
+    return settings.web_url.rstrip("/") or f"http://{settings.host}:{settings.web_port}"
+
+
+def url_of(settings: GatewaySettings, workspace: str, app: str, endpoint: str) -> str:
+    """The URL an endpoint answers under (``get_web_url()``, ``burst deploy``)."""
+    return f"{base_url(settings)}/{workspace}/{app}/{endpoint}"
+
+
+def check_endpoints(app: str, functions: list[wire.FunctionSpec]) -> None:
+    """Deploy-time checks: each endpoint's URL part is valid and answers one endpoint."""
+    seen: dict[str, str] = {}
+    for fn in functions:
+        for ep in fn.web:
+            if ep.label:
+                wire.check_label(ep.label)
+            else:
+                wire.check_ident("web endpoint", ep.name)
+            if ep.kind not in ("fastapi", "asgi", "wsgi"):
+                raise ValueError(f"function {fn.name!r}: web endpoint kind {ep.kind!r} is "
+                                 "not one of fastapi, asgi, wsgi")
+            if ep.name in seen:
+                raise ValueError(f"app {app!r}: web endpoints of {seen[ep.name]!r} and "
+                                 f"{fn.name!r} both answer under {ep.name!r} (give one of "
+                                 "them another label=)")
+            seen[ep.name] = fn.name
+
+
+class _Refused(Exception):
+    """An answer of the gateway itself (no container serves the request)."""
+
+    def __init__(self, status: int, type_: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.type, self.message = status, type_, message
+
+
+async def _answer(send: Send, status: int, type_: str, message: str) -> None:
+    body = json.dumps({"error": {"type": type_, "message": message}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class WebProxy:
+    """The ASGI app of the web port; ``api`` is the API's FastAPI application, whose
+    lifespan starts the :class:`~burst_gateway.state.Gateway` this one uses."""
+
+    def __init__(self, api: Any, settings: GatewaySettings) -> None:
+        self.api = api
+        self.settings = settings
+        self.served = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # the API server's lifespan starts the gateway
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":  # WebSockets: not yet
+            await send({"type": "websocket.close", "code": 1003})
+            return
+        try:
+            await self._serve(scope, receive, send)
+        except _Refused as e:
+            await _answer(send, e.status, e.type, e.message)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gw = getattr(self.api.state, "gw", None)
+        nc = getattr(gw, "nc", None)
+        if gw is None or nc is None or not nc.is_connected:
+            raise _Refused(503, "Unavailable", "the gateway is not connected to the cluster")
+        path: str = scope["path"]
+        parts = path.split("/", 4)
+        if len(parts) < 4 or not all(parts[1:4]):
+            raise _Refused(404, "NotFound", f"no web endpoint at {path!r}: URLs are "
+                           "/{workspace}/{app}/{endpoint}/...")
+        ws, app, name = parts[1], parts[2], parts[3]
+        rest = "/" + parts[4] if len(parts) > 4 else "/"
+        try:
+            for kind, value in (("workspace", ws), ("app", app)):
+                wire.check_ident(kind, value)
+        except ValueError as e:
+            raise _Refused(404, "NotFound", f"no web endpoint at {path!r}: {e}") from None
+        dep = await gw.deployment(ws, app)
+        found = None if dep is None else next(
+            ((fn, ep) for fn in dep.functions for ep in fn.web if ep.name == name), None)
+        if found is None:
+            raise _Refused(404, "NotFound", f"no web endpoint {name!r} in app {app!r} of "
+                           f"workspace {ws!r}")
+        fn, ep = found
+        try:
+            await budgets.check(gw, ws, app, fn.name)
+        except BudgetExceededError as e:
+            raise _Refused(402, e.type, str(e)) from None
+        limit = self.settings.web_max_body_bytes
+        for k, v in scope.get("headers", []):
+            if k == b"content-length" and v.isdigit() and int(v) > limit:
+                raise _Refused(413, "PayloadTooLarge", f"the request body ({int(v)} bytes) "
+                               f"is above the limit of {limit} bytes")
+        root_path = f"/{ws}/{app}/{name}"
+        raw_path: bytes = scope.get("raw_path") or path.encode()
+        await _Exchange(self.settings, gw, names.function_key(ws, app, fn.name), ep.name,
+                        root_path, rest, raw_path, scope, receive, send).run()
+        self.served += 1
+
+
+class _Exchange:
+    """One request, from the client to an agent and its response back."""
+
+    def __init__(self, settings: GatewaySettings, gw: Any, fn_key: str, endpoint: str,
+                 root_path: str, path: str, raw_path: bytes, scope: Scope, receive: Receive,
+                 send: Send) -> None:
+        self.s = settings
+        self.gw = gw
+        self.fn_key = fn_key
+        self.endpoint = endpoint
+        self.root_path = root_path
+        self.path = path
+        self.raw_path = raw_path
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.req_id = "wr-" + uuid.uuid4().hex
+        self.frames: asyncio.Queue[bytes] = asyncio.Queue()
+        self.disconnected = asyncio.Event()
+        self.too_large = False
+        self.started = False
+        self.complete = False
+
+    async def run(self) -> None:
+        nc = self.gw.nc
+        inbox = nc.new_inbox()
+
+        async def on_frame(msg: Any) -> None:
+            self.frames.put_nowait(msg.data)
+
+        sub = await nc.subscribe(inbox, cb=on_frame)
+        pump: asyncio.Task[None] | None = None
+        try:
+            first = await self.receive()
+            if first["type"] == "http.disconnect":
+                return
+            body = first.get("body", b"")
+            more = bool(first.get("more_body", False))
+            if len(body) > self.s.web_max_body_bytes:
+                raise _Refused(413, "PayloadTooLarge", "the request body is above the limit "
+                               f"of {self.s.web_max_body_bytes} bytes")
+            s = self.scope
+            head = wire.WebRequest(
+                req_id=self.req_id, endpoint=self.endpoint, method=s["method"], path=self.path,
+                raw_path=self.raw_path, query_string=s.get("query_string", b""),
+                root_path=self.root_path, headers=[(k, v) for k, v in s.get("headers", [])],
+                scheme=s.get("scheme", "http"), http_version=s.get("http_version", "1.1"),
+                client=tuple(s["client"]) if s.get("client") else None,
+                server=tuple(s["server"]) if s.get("server") and s["server"][1] else None,
+                body=body, more_body=more, reply=inbox)
+            accepted = await self._hand_over(head)
+            pump = asyncio.create_task(self._pump_body(accepted.subject, len(body), more))
+            await self._relay()
+        finally:
+            if pump is not None:
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
+            await sub.unsubscribe()
+
+    async def _hand_over(self, head: wire.WebRequest) -> wire.WebAccepted:
+        """Give the request to an agent holding a ready container, waiting while none
+        is ready (scale from zero) up to ``web_startup_timeout``."""
+        data = wire.encode(head)
+        subject = names.web_subject(self.fn_key)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.s.web_startup_timeout
+        while True:
+            await self.gw.signals.accepted(self.fn_key, self.req_id, time.time())
+            try:
+                msg = await self.gw.nc.request(subject, data, timeout=self.s.web_accept_timeout)
+            except nats.errors.NoRespondersError:
+                if loop.time() >= deadline:
+                    raise _Refused(503, "Unavailable", "no container of the endpoint became "
+                                   f"ready within {self.s.web_startup_timeout:g} s") from None
+                await asyncio.sleep(self.s.web_retry_interval)
+                continue
+            except (nats.errors.TimeoutError, TimeoutError):
+                # An agent may hold it: never offered again (it is never replayed).
+                raise _Refused(502, "BadGateway", "the agent did not take the request "
+                               f"within {self.s.web_accept_timeout:g} s") from None
+            frame = wire.web_decoder.decode(msg.data)
+            if not isinstance(frame, wire.WebAccepted):
+                raise _Refused(502, "BadGateway", "the agent answered the request with "
+                               f"{type(frame).__name__}")
+            return frame
+
+    async def _pump_body(self, subject: str, sent: int, more: bool) -> None:
+        """The rest of the request body to the agent, then wait for the client to go
+        away (ASGI's ``http.disconnect``): then the request is cancelled."""
+        nc = self.gw.nc
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                if not self.complete:
+                    self.disconnected.set()
+                    await nc.publish(subject, wire.encode(wire.WebCancel(req_id=self.req_id)))
+                return
+            if not more:
+                continue
+            body = message.get("body", b"")
+            more = bool(message.get("more_body", False))
+            sent += len(body)
+            if sent > self.s.web_max_body_bytes:
+                self.too_large = True
+                await nc.publish(subject, wire.encode(wire.WebCancel(req_id=self.req_id,
+                                                                       reason="too large")))
+                self.disconnected.set()
+                return
+            for i in range(0, max(len(body), 1), CHUNK):
+                piece = body[i:i + CHUNK]
+                await nc.publish(subject, wire.encode(wire.WebRequestBody(
+                    req_id=self.req_id, body=piece,
+                    more_body=more or i + CHUNK < len(body))))
+
+    async def _next_frame(self) -> Any:
+        """The next frame from the agent; None once the client went away."""
+        get = asyncio.ensure_future(self.frames.get())
+        gone = asyncio.ensure_future(self.disconnected.wait())
+        try:
+            done, _ = await asyncio.wait({get, gone}, timeout=self.s.web_agent_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not get.done():
+                get.cancel()
+        if get in done:
+            return wire.web_decoder.decode(get.result())
+        if gone in done:
+            return None
+        raise TimeoutError
+
+    async def _relay(self) -> None:
+        """Frames from the agent to the client, as they come."""
+        while True:
+            try:
+                frame = await self._next_frame()
+            except TimeoutError:
+                log.warning("web_agent_lost", fn_key=self.fn_key, req_id=self.req_id)
+                if not self.started:
+                    raise _Refused(502, "BadGateway", "the agent serving the request was lost "
+                                   f"(silent for {self.s.web_agent_timeout:g} s)") from None
+                raise RuntimeError("the agent serving the request was lost") from None
+            if frame is None:  # the client went away
+                if self.too_large and not self.started:
+                    raise _Refused(413, "PayloadTooLarge", "the request body is above the "
+                                   f"limit of {self.s.web_max_body_bytes} bytes")
+                return
+            if isinstance(frame, wire.WebResponseStart):
+                self.started = True
+                await self.send({"type": "http.response.start", "status": frame.status,
+                                 "headers": [(bytes(k), bytes(v)) for k, v in frame.headers]})
+            elif isinstance(frame, wire.WebResponseBody):
+                if not frame.more_body:
+                    self.complete = True
+                await self.send({"type": "http.response.body", "body": frame.body,
+                                 "more_body": frame.more_body})
+            elif isinstance(frame, wire.WebEnd):
+                if self.too_large and not self.started:
+                    raise _Refused(413, "PayloadTooLarge", "the request body is above the "
+                                   f"limit of {self.s.web_max_body_bytes} bytes")
+                if not self.started:
+                    status = frame.status or 502
+                    raise _Refused(status, "BadGateway" if status == 502 else "Internal",
+                                   frame.error or "the app sent no response")
+                if not self.complete:
+                    if frame.error:  # cut the response: the client sees it incomplete
+                        raise RuntimeError(f"the app failed while responding: {frame.error}")
+                    await self.send({"type": "http.response.body", "body": b""})
+                return
