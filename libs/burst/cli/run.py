@@ -265,7 +265,8 @@ def deploy(
                   f"({resp.deployment_id}) in workspace {resp.workspace}: "
                   f"functions {', '.join(resp.functions)}")
     for endpoint, url in resp.web_urls.items():
-        console.print(f"  web endpoint {endpoint}: {url}", markup=False, highlight=False)
+        console.print(f"  web endpoint {endpoint}: {url}", markup=False, highlight=False,
+                      soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -38,6 +38,7 @@ from starlette.types import Receive, Scope, Send
 from burst import wire
 from burst.exception import BudgetExceededError
 from burst_core import logs, names
+from burst_core.schemas import ContainerEventDecoder, ContainerStopped
 from burst_gateway import budgets
 from burst_gateway.settings import GatewaySettings
 
@@ -91,6 +92,46 @@ async def _answer(send: Send, status: int, type_: str, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class StartFailures:
+    """Containers that failed to start (their ``container.stopped`` events), told to the
+    requests held for their function: such a request is answered with the reason at once
+    instead of waiting out ``web_startup_timeout``."""
+
+    def __init__(self) -> None:
+        self.waiters: dict[str, set[asyncio.Future[str]]] = {}
+        self._sub: Any = None
+        self._lock = asyncio.Lock()
+
+    async def watch(self, nc: Any, fn_key: str) -> asyncio.Future[str]:
+        async with self._lock:
+            if self._sub is None:
+                self._sub = await nc.subscribe(names.container_event_subject("stopped", "*"),
+                                               cb=self._on_stopped)
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(fn_key, set()).add(fut)
+        return fut
+
+    def unwatch(self, fn_key: str, fut: asyncio.Future[str]) -> None:
+        waiters = self.waiters.get(fn_key)
+        if waiters is not None:
+            waiters.discard(fut)
+            if not waiters:
+                del self.waiters[fn_key]
+
+    async def _on_stopped(self, msg: Any) -> None:
+        try:
+            event = ContainerEventDecoder.decode(msg.data)
+        except Exception:
+            return
+        if not isinstance(event, ContainerStopped) or event.reason != "failed_to_start":
+            return
+        fn_key = names.function_key(event.workspace, event.app, event.function)
+        for fut in self.waiters.get(fn_key, ()):
+            if not fut.done():
+                fut.set_result(event.detail.strip().splitlines()[0] if event.detail.strip()
+                               else "failed to start")
+
+
 class WebProxy:
     """The ASGI app of the web port; ``api`` is the API's FastAPI application, whose
     lifespan starts the :class:`~burst_gateway.state.Gateway` this one uses."""
@@ -99,6 +140,7 @@ class WebProxy:
         self.api = api
         self.settings = settings
         self.served = 0
+        self.failures = StartFailures()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # the API server's lifespan starts the gateway
@@ -152,19 +194,21 @@ class WebProxy:
                                f"is above the limit of {limit} bytes")
         root_path = f"/{ws}/{app}/{name}"
         raw_path: bytes = scope.get("raw_path") or path.encode()
-        await _Exchange(self.settings, gw, names.function_key(ws, app, fn.name), ep.name,
-                        root_path, rest, raw_path, scope, receive, send).run()
+        await _Exchange(self.settings, gw, self.failures, names.function_key(ws, app, fn.name),
+                        ep.name, root_path, rest, raw_path, scope, receive, send).run()
         self.served += 1
 
 
 class _Exchange:
     """One request, from the client to an agent and its response back."""
 
-    def __init__(self, settings: GatewaySettings, gw: Any, fn_key: str, endpoint: str,
+    def __init__(self, settings: GatewaySettings, gw: Any, failures: StartFailures,
+                 fn_key: str, endpoint: str,
                  root_path: str, path: str, raw_path: bytes, scope: Scope, receive: Receive,
                  send: Send) -> None:
         self.s = settings
         self.gw = gw
+        self.failures = failures
         self.fn_key = fn_key
         self.endpoint = endpoint
         self.root_path = root_path
@@ -223,25 +267,40 @@ class _Exchange:
         subject = names.web_subject(self.fn_key)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.s.web_startup_timeout
-        while True:
-            await self.gw.signals.accepted(self.fn_key, self.req_id, time.time())
-            try:
-                msg = await self.gw.nc.request(subject, data, timeout=self.s.web_accept_timeout)
-            except nats.errors.NoRespondersError:
+        failed: asyncio.Future[str] | None = None
+        try:
+            while True:
+                await self.gw.signals.accepted(self.fn_key, self.req_id, time.time())
+                try:
+                    return await self._offer(subject, data)
+                except nats.errors.NoRespondersError:
+                    pass
                 if loop.time() >= deadline:
                     raise _Refused(503, "Unavailable", "no container of the endpoint became "
-                                   f"ready within {self.s.web_startup_timeout:g} s") from None
-                await asyncio.sleep(self.s.web_retry_interval)
-                continue
-            except (nats.errors.TimeoutError, TimeoutError):
-                # An agent may hold it: never offered again (it is never replayed).
-                raise _Refused(502, "BadGateway", "the agent did not take the request "
-                               f"within {self.s.web_accept_timeout:g} s") from None
-            frame = wire.web_decoder.decode(msg.data)
-            if not isinstance(frame, wire.WebAccepted):
-                raise _Refused(502, "BadGateway", "the agent answered the request with "
-                               f"{type(frame).__name__}")
-            return frame
+                                   f"ready within {self.s.web_startup_timeout:g} s")
+                if failed is None:  # held while a container starts
+                    failed = await self.failures.watch(self.gw.nc, self.fn_key)
+                await asyncio.wait({failed}, timeout=self.s.web_retry_interval)
+                if failed.done():
+                    raise _Refused(503, "Unavailable", "the endpoint's container failed to "
+                                   f"start: {failed.result()}")
+        finally:
+            if failed is not None:
+                self.failures.unwatch(self.fn_key, failed)
+
+    async def _offer(self, subject: str, data: bytes) -> wire.WebAccepted:
+        """One offer of the request to the agents; NoRespondersError when none listens."""
+        try:
+            msg = await self.gw.nc.request(subject, data, timeout=self.s.web_accept_timeout)
+        except (nats.errors.TimeoutError, TimeoutError):
+            # An agent may hold it: never offered again (it is never replayed).
+            raise _Refused(502, "BadGateway", "the agent did not take the request within "
+                           f"{self.s.web_accept_timeout:g} s") from None
+        frame = wire.web_decoder.decode(msg.data)
+        if not isinstance(frame, wire.WebAccepted):
+            raise _Refused(502, "BadGateway", "the agent answered the request with "
+                           f"{type(frame).__name__}")
+        return frame
 
     async def _pump_body(self, subject: str, sent: int, more: bool) -> None:
         """The rest of the request body to the agent, then wait for the client to go

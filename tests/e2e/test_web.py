@@ -1,0 +1,373 @@
+"""Web endpoints end to end (issue 16): fastapi_endpoint, asgi_app, wsgi_app on the
+gateway's web port, streaming both ways, scale from zero, @concurrent limits, a client
+disconnect cancelling the request, bad input. One cluster and one app for the module."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Cluster, running_cluster
+from tests.e2e.test_hello import write_app
+
+pytestmark = pytest.mark.e2e
+
+#: Small enough that a test crosses it cheaply.
+BODY_LIMIT = 64 << 10
+
+APP = '''
+import asyncio, os
+import burst
+
+app = burst.App("webapp")
+
+
+@app.function()
+@burst.fastapi_endpoint()
+def square(x: int) -> dict:
+    return {"square": x * x}
+
+
+@app.function()
+@burst.web_endpoint(method="POST", label="echo-post")
+def echo(item: dict) -> dict:
+    return {"got": item}
+
+
+@app.function()
+@burst.fastapi_endpoint()
+def cold(x: int = 1) -> dict:
+    return {"cold": x}
+
+
+_running = 0
+_peak = 0
+
+
+@app.function(max_containers=5)
+@burst.concurrent(max_inputs=10)
+@burst.fastapi_endpoint()
+async def busy(i: int) -> dict:
+    global _running, _peak
+    _running += 1
+    _peak = max(_peak, _running)
+    try:
+        await asyncio.sleep(0.2)
+    finally:
+        _running -= 1
+    return {"i": i, "peak": _peak, "container": os.environ["BURST_CONTAINER_ID"]}
+
+
+@app.cls()
+class Greeter:
+    @burst.enter()
+    def load(self):
+        self.greeting = "hello"
+
+    @burst.fastapi_endpoint(docs=True)
+    def greet(self, name: str) -> dict:
+        return {"text": f"{self.greeting} {name}"}
+
+
+@app.function()
+@burst.asgi_app(label="api")
+def api():
+    from fastapi import FastAPI, Request, Response
+    from fastapi.responses import StreamingResponse
+
+    web = FastAPI()
+
+    @web.get("/hello")
+    def hello(name: str = "world") -> dict:
+        return {"hello": name}
+
+    @web.get("/items/{item_id}")
+    def item(item_id: int) -> dict:
+        return {"item": item_id}
+
+    @web.post("/raw")
+    async def raw(request: Request) -> Response:
+        body = await request.body()
+        seen = request.headers.getlist("x-repeat")
+        resp = Response(content=body[::-1], media_type="application/octet-stream")
+        resp.headers.append("x-multi", "one")
+        resp.headers.append("x-multi", "two")
+        resp.headers["x-seen"] = ",".join(seen)
+        resp.headers["x-cookie"] = request.cookies.get("c", "")
+        resp.set_cookie("a", "1")
+        resp.set_cookie("b", "2")
+        return resp
+
+    @web.post("/size")
+    async def size(request: Request) -> dict:
+        n = 0
+        async for chunk in request.stream():
+            n += len(chunk)
+        return {"bytes": n}
+
+    @web.get("/stream")
+    async def stream():
+        q = burst.Queue.from_name("web-stream", create_if_missing=True)
+
+        async def gen():
+            yield "first\\n"
+            await q.get.aio(timeout=90)  # the test says when the last chunk may come
+            yield "last\\n"
+        return StreamingResponse(gen(), media_type="text/plain")
+
+    @web.get("/hang")
+    async def hang():
+        d = burst.Dict.from_name("web-cancel", create_if_missing=True)
+        await d.put.aio("started", True)
+        try:
+            await asyncio.sleep(600)
+        except asyncio.CancelledError:
+            await d.put.aio("cancelled", True)
+            raise
+        return {"done": True}
+
+    @web.get("/boom")
+    def boom():
+        raise ValueError("kaboom-secret")
+
+    return web
+
+
+@app.function()
+@burst.wsgi_app()
+def flaskapp():
+    from flask import Flask, request
+
+    f = Flask(__name__)
+
+    @f.route("/hi")
+    def hi():
+        return {"hi": request.args.get("who", "?"), "script_root": request.script_root}
+
+    return f
+'''
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    yield from running_cluster(tmp_path_factory, BURST_WEB_MAX_BODY_BYTES=str(BODY_LIMIT))
+
+
+@pytest.fixture(scope="module")
+def web(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The app deployed; returns the base URL of its endpoints."""
+    path = write_app(tmp_path_factory.mktemp("webapp"), APP, "web_app_under_test.py")
+    done = cluster.burst("deploy", str(path), check=True)
+    out = done.stdout + done.stderr
+    state = json.loads((cluster.home / "cluster.json").read_text())
+    port = next(p for p in state["parts"] if p["name"] == "gateway")["ports"]["web"]
+    base = f"http://127.0.0.1:{port}/default/webapp"
+    assert f"{base}/square" in out  # burst deploy prints each endpoint's URL
+    assert f"{base}/echo-post" in out and f"{base}/greeter-greet" in out
+    return base
+
+
+@pytest.fixture
+def sdk(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The SDK in this process talks to the module's cluster."""
+    from burst import objects
+
+    monkeypatch.setenv("BURST_URL", cluster.profile["url"])
+    monkeypatch.setenv("BURST_TOKEN", cluster.profile["token"])
+    objects._clients.clear()
+    yield
+    objects._clients.clear()
+
+
+def get(url: str, **kw: Any) -> httpx.Response:
+    return httpx.get(url, timeout=120, **kw)
+
+
+def containers_of(cluster: Cluster, fn: str) -> int:
+    status = json.loads(cluster.burst("app", "status", "webapp", "--json", check=True).stdout)
+    return sum(next(f for f in status["functions"] if f["function"] == fn)["containers"]
+               .values())
+
+
+def test_request_at_scale_zero_is_held_and_answered(cluster: Cluster, web: str) -> None:
+    assert containers_of(cluster, "cold") == 0
+    r = get(f"{web}/cold?x=5")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"cold": 5}
+    assert containers_of(cluster, "cold") == 1
+
+
+def test_fastapi_endpoint_typed_get_and_post(web: str) -> None:
+    r = get(f"{web}/square", params={"x": 7})
+    assert r.status_code == 200 and r.json() == {"square": 49}
+    bad = get(f"{web}/square", params={"x": "seven"})  # FastAPI's own validation error
+    assert bad.status_code == 422 and "x" in bad.text
+    r = httpx.post(f"{web}/echo-post", json={"a": [1, 2]}, timeout=120)
+    assert r.status_code == 200 and r.json() == {"got": {"a": [1, 2]}}
+    malformed = httpx.post(f"{web}/echo-post", content=b"{not json",
+                           headers={"content-type": "application/json"}, timeout=120)
+    assert malformed.status_code == 422
+    wrong = httpx.post(f"{web}/square", params={"x": 1}, timeout=120)
+    assert wrong.status_code == 405  # the app's answer to a wrong method
+
+
+def test_class_endpoint_runs_after_enter_and_serves_docs(web: str) -> None:
+    r = get(f"{web}/greeter-greet", params={"name": "ada"})
+    assert r.status_code == 200 and r.json() == {"text": "hello ada"}
+    docs = get(f"{web}/greeter-greet/docs")
+    assert docs.status_code == 200
+    assert "/default/webapp/greeter-greet/openapi.json" in docs.text
+    assert get(f"{web}/greeter-greet/openapi.json").status_code == 200
+
+
+def test_asgi_app_routes_docs_and_unchanged_headers_cookies_body(web: str) -> None:
+    assert get(f"{web}/api/hello", params={"name": "bob"}).json() == {"hello": "bob"}
+    assert get(f"{web}/api/items/3").json() == {"item": 3}
+    assert get(f"{web}/api/items/x").status_code == 422
+    assert get(f"{web}/api/nowhere").status_code == 404  # the app's own 404
+    docs = get(f"{web}/api/docs")
+    assert docs.status_code == 200 and "/default/webapp/api/openapi.json" in docs.text
+    assert get(f"{web}/api/openapi.json").json()["paths"].keys() >= {"/hello", "/raw"}
+    body = bytes(range(256)) * 10
+    r = httpx.post(f"{web}/api/raw", content=body, timeout=120,
+                   headers=[("x-repeat", "a"), ("x-repeat", "b"), ("cookie", "c=yum")])
+    assert r.status_code == 200
+    assert r.content == body[::-1]
+    assert r.headers.get_list("x-multi") == ["one", "two"]
+    assert r.headers["x-seen"] == "a,b"
+    assert r.headers["x-cookie"] == "yum"
+    assert sorted(c.split(";")[0] for c in r.headers.get_list("set-cookie")) == ["a=1", "b=2"]
+
+
+def test_wsgi_app_flask(web: str) -> None:
+    r = get(f"{web}/flaskapp/hi", params={"who": "me"})
+    assert r.status_code == 200
+    assert r.json() == {"hi": "me", "script_root": "/default/webapp/flaskapp"}
+
+
+def test_streamed_response_first_chunk_arrives_before_the_last_is_produced(
+        web: str, sdk: None) -> None:
+    import burst
+
+    q = burst.Queue.from_name("web-stream", create_if_missing=True)
+    with httpx.stream("GET", f"{web}/api/stream", timeout=120) as r:
+        assert r.status_code == 200
+        chunks = r.iter_text()
+        first = next(chunks)
+        assert first == "first\n"  # before the app was let to produce the last chunk
+        q.put("go")
+        assert "".join(chunks) == "last\n"
+
+
+def test_client_disconnect_cancels_the_request_in_the_container(web: str, sdk: None) -> None:
+    import burst
+
+    d = burst.Dict.from_name("web-cancel", create_if_missing=True)
+    host, port = web.split("//")[1].split("/")[0].split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(f"GET /default/webapp/api/hang HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    deadline = time.monotonic() + 90
+    while not d.get("started") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert d.get("started")
+    sock.close()
+    while not d.get("cancelled") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert d.get("cancelled") is True
+
+
+def test_fifty_concurrent_requests_against_max_inputs_ten(web: str) -> None:
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(lambda i: get(f"{web}/busy", params={"i": i}), range(50)))
+    assert [a.status_code for a in answers] == [200] * 50
+    results = [a.json() for a in answers]
+    assert sorted(r["i"] for r in results) == list(range(50))
+    # No container ever ran more requests at once than @concurrent allows.
+    assert max(r["peak"] for r in results) <= 10
+
+
+def test_request_body_over_the_limit_is_refused_with_413(web: str) -> None:
+    big = b"x" * (BODY_LIMIT + 1)
+    r = httpx.post(f"{web}/api/size", content=big, timeout=120)
+    assert r.status_code == 413 and r.json()["error"]["type"] == "PayloadTooLarge"
+
+    def chunked() -> Iterator[bytes]:  # no content-length: counted as it streams in
+        for _ in range(4):
+            yield b"y" * (BODY_LIMIT // 2)
+
+    r = httpx.post(f"{web}/api/size", content=chunked(), timeout=120)
+    assert r.status_code == 413
+    small = httpx.post(f"{web}/api/size", content=chunked_small(), timeout=120)
+    assert small.status_code == 200 and small.json() == {"bytes": 3 * 1000}
+
+
+def chunked_small() -> Iterator[bytes]:
+    for _ in range(3):
+        yield b"z" * 1000
+
+
+def test_app_exception_is_the_apps_500_with_the_traceback_in_logs_only(
+        cluster: Cluster, web: str) -> None:
+    headers = {"authorization": f"Bearer {cluster.profile['token']}"}
+    with httpx.stream("GET", f"{cluster.profile['url']}/v1/apps/webapp/logs", headers=headers,
+                      timeout=60) as logs:
+        lines = logs.iter_lines()
+        assert json.loads(next(lines))["type"] == "subscribed"
+        r = get(f"{web}/api/boom")
+        assert r.status_code == 500
+        assert "kaboom-secret" not in r.text and "Traceback" not in r.text
+        seen = []
+        for line in lines:
+            entry = json.loads(line)
+            if entry["type"] == "log":
+                seen.append(entry["line"])
+                if "kaboom-secret" in entry["line"]:
+                    break
+    assert any("Traceback" in ln for ln in seen), seen
+
+
+def test_unknown_urls_are_404(web: str) -> None:
+    root = web.rsplit("/", 2)[0]
+    for url in (f"{web}/nothere", f"{root}/default/no-such-app/x", f"{root}/", f"{root}/a"):
+        r = get(url)
+        assert r.status_code == 404, url
+        assert r.json()["error"]["type"] == "NotFound"
+
+
+def test_get_web_url_answers(cluster: Cluster, web: str) -> None:
+    code = ("import burst\n"
+            "print(burst.Function.from_name('webapp', 'square').get_web_url())\n"
+            "print(burst.Function.from_name('webapp', 'echo').get_web_url())\n")
+    out = subprocess.run([sys.executable, "-c", code], env=cluster.env, text=True,
+                         capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    square_url, echo_url = out.stdout.split()
+    assert square_url == f"{web}/square" and echo_url == f"{web}/echo-post"
+    assert get(square_url, params={"x": 3}).json() == {"square": 9}
+
+
+def test_non_asgi_return_is_a_clear_error(cluster: Cluster, web: str, tmp_path: Path) -> None:
+    path = write_app(tmp_path, '''
+        import burst
+
+        app = burst.App("webbad")
+
+        @app.function()
+        @burst.asgi_app()
+        def notasgi():
+            return 42
+    ''', "web_bad_app.py")
+    cluster.burst("deploy", str(path), check=True)
+    r = get(web.replace("/webapp", "/webbad/notasgi"))
+    assert r.status_code == 503
+    assert "not an ASGI app" in r.json()["error"]["message"]

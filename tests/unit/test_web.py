@@ -1,0 +1,66 @@
+"""Web endpoint declarations: labels, uniqueness, the spec a deployment carries."""
+
+from __future__ import annotations
+
+import pytest
+
+import burst
+from burst import wire
+from burst.exception import InvalidError
+
+app = burst.App("labels")
+
+
+@app.function()
+@burst.asgi_app(label="same")
+def one() -> None: ...
+
+
+def two() -> None: ...
+
+
+@app.cls()
+class Model:
+    @burst.fastapi_endpoint(method="post", docs=True)
+    def predict(self, x: int) -> int:
+        return x
+
+
+def test_a_label_that_is_not_url_safe_is_refused() -> None:
+    for bad in ("Not_OK", "-x", "a.b", "x" * 64, ""):
+        with pytest.raises(InvalidError, match="invalid web endpoint label"):
+            burst.fastapi_endpoint(label=bad)
+
+
+def test_two_endpoints_with_one_label_are_refused() -> None:
+    burst.wsgi_app(label="same")(two)
+    with pytest.raises(InvalidError, match="two web endpoints answer under 'same'"):
+        app.function()(two)
+    assert "two" not in app.registered_functions
+
+
+def test_specs_carry_the_endpoints() -> None:
+    assert one.spec.web == [wire.WebEndpoint(kind="asgi", name="same", label="same")]
+    assert Model.spec.web == [wire.WebEndpoint(kind="fastapi", name="model-predict",
+                                               method="predict", http_method="POST",
+                                               docs=True)]
+
+
+def test_bad_method_and_missing_parentheses() -> None:
+    with pytest.raises(InvalidError, match="method='FETCH' is not an HTTP method"):
+        burst.fastapi_endpoint(method="FETCH")
+    with pytest.raises(InvalidError, match="parentheses"):
+        burst.asgi_app(one)
+
+
+def test_the_gateway_refuses_one_url_for_two_endpoints_at_deploy() -> None:
+    from burst_gateway import web
+
+    fns = [wire.FunctionSpec(name=n, module="m", qualname=n,
+                             web=[wire.WebEndpoint(kind="asgi", name="x", label="x")])
+           for n in ("a", "b")]
+    with pytest.raises(ValueError, match="both answer under 'x'"):
+        web.check_endpoints("app", fns)
+    fns[1].web[0] = wire.WebEndpoint(kind="asgi", name="Bad_Label", label="Bad_Label")
+    with pytest.raises(ValueError, match="invalid web endpoint label"):
+        web.check_endpoints("app", fns)
