@@ -68,6 +68,14 @@ async def busy(i: int) -> dict:
     return {"i": i, "peak": _peak, "container": os.environ["BURST_CONTAINER_ID"]}
 
 
+@app.function(scaledown_window=1)
+@burst.fastapi_endpoint()
+async def held() -> dict:
+    q = burst.Queue.from_name("web-release", create_if_missing=True)
+    await q.get.aio(timeout=120)  # until the test releases it
+    return {"released": True}
+
+
 @app.cls()
 class Greeter:
     @burst.enter()
@@ -160,7 +168,8 @@ def flaskapp():
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    yield from running_cluster(tmp_path_factory, BURST_WEB_MAX_BODY_BYTES=str(BODY_LIMIT))
+    yield from running_cluster(tmp_path_factory, BURST_WEB_MAX_BODY_BYTES=str(BODY_LIMIT),
+                               BURST_WEB_KEEPALIVE="0.5", BURST_WEB_AGENT_TIMEOUT="5")
 
 
 @pytest.fixture(scope="module")
@@ -193,18 +202,23 @@ def get(url: str, **kw: Any) -> httpx.Response:
     return httpx.get(url, timeout=120, **kw)
 
 
-def containers_of(cluster: Cluster, fn: str) -> int:
-    status = json.loads(cluster.burst("app", "status", "webapp", "--json", check=True).stdout)
-    return sum(next(f for f in status["functions"] if f["function"] == fn)["containers"]
-               .values())
+def containers_of(cluster: Cluster, fn: str, app: str = "webapp") -> dict[str, int]:
+    """The function's containers by state."""
+    status = json.loads(cluster.burst("app", "status", app, "--json", check=True).stdout)
+    return dict(next(f for f in status["functions"] if f["function"] == fn)["containers"])
+
+
+def part_pid(cluster: Cluster, name: str) -> int:
+    state = json.loads((cluster.home / "cluster.json").read_text())
+    return int(next(p for p in state["parts"] if p["name"] == name)["pid"])
 
 
 def test_request_at_scale_zero_is_held_and_answered(cluster: Cluster, web: str) -> None:
-    assert containers_of(cluster, "cold") == 0
+    assert containers_of(cluster, "cold") == {}
     r = get(f"{web}/cold?x=5")
     assert r.status_code == 200, r.text
     assert r.json() == {"cold": 5}
-    assert containers_of(cluster, "cold") == 1
+    assert sum(containers_of(cluster, "cold").values()) == 1
 
 
 def test_fastapi_endpoint_typed_get_and_post(web: str) -> None:
@@ -371,3 +385,74 @@ def test_non_asgi_return_is_a_clear_error(cluster: Cluster, web: str, tmp_path: 
     r = get(web.replace("/webapp", "/webbad/notasgi"))
     assert r.status_code == 503
     assert "not an ASGI app" in r.json()["error"]["message"]
+
+
+def test_scale_down_waits_for_a_request_in_flight(cluster: Cluster, web: str,
+                                                  sdk: None) -> None:
+    import burst
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(get, f"{web}/held")
+        deadline = time.monotonic() + 90
+        while containers_of(cluster, "held").get("busy") != 1:
+            assert time.monotonic() < deadline, containers_of(cluster, "held")
+            time.sleep(0.3)
+        # Well past its scaledown_window (1 s) and several scale-down ticks: a container
+        # serving a request is busy, never stopped as idle.
+        time.sleep(4)
+        assert containers_of(cluster, "held") == {"busy": 1}
+        assert not pending.done()
+        burst.Queue.from_name("web-release", create_if_missing=True).put("go")
+        r = pending.result(timeout=60)
+    assert r.status_code == 200 and r.json() == {"released": True}
+
+
+def test_spent_hard_budget_answers_402_before_a_container_starts(
+        cluster: Cluster, web: str, tmp_path: Path) -> None:
+    path = write_app(tmp_path, '''
+        import burst
+
+        app = burst.App("webcapped")
+
+        @app.function(scaledown_window=600, cpu=1.0)
+        @burst.fastapi_endpoint()
+        def hi() -> str:
+            return "hi"
+    ''', "web_capped_app.py")
+    cluster.burst("deploy", str(path), check=True)
+    url = web.replace("/webapp", "/webcapped/hi")
+    assert get(url).json() == "hi"  # a container runs, and costs
+    cluster.burst("budget", "set", "webcapped", "--limit", "0.000001", "--hard", check=True)
+    deadline = time.monotonic() + 60
+    while (r := get(url)).status_code != 402:
+        assert time.monotonic() < deadline, f"never refused: {r.status_code} {r.text}"
+        time.sleep(0.3)
+    assert r.json()["error"]["type"] == "BudgetExceeded"
+    while containers_of(cluster, "hi", "webcapped"):  # stopped by the hard cap
+        assert time.monotonic() < deadline, containers_of(cluster, "hi", "webcapped")
+        time.sleep(0.3)
+    r = get(url)
+    assert r.status_code == 402
+    assert containers_of(cluster, "hi", "webcapped") == {}  # refused before any start
+    cluster.burst("budget", "clear", "webcapped", check=True)
+
+
+def test_a_lost_agent_answers_502(cluster: Cluster, web: str, sdk: None) -> None:
+    """Last in the module: it kills the agent (the supervisor starts it again)."""
+    import os
+    import signal
+
+    import burst
+
+    d = burst.Dict.from_name("web-cancel", create_if_missing=True)
+    d.pop("started", None)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(get, f"{web}/api/hang")
+        deadline = time.monotonic() + 90
+        while not d.get("started"):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        os.kill(part_pid(cluster, "agent"), signal.SIGKILL)
+        r = pending.result(timeout=90)
+    assert r.status_code == 502
+    assert r.json()["error"]["type"] == "BadGateway"
