@@ -45,6 +45,10 @@ def status(name: str = typer.Argument(..., help="The app."),
         waiting = f["waiting"]["reason"] if f["waiting"] else ""
         table.add_row(f["function"], states, str(f["queued"]), waiting)
     console.print(table)
+    for f in data["functions"]:
+        for endpoint, url in (f.get("web_urls") or {}).items():
+            console.print(f"web endpoint {endpoint} ({f['function']}): {url}", markup=False,
+                          highlight=False, soft_wrap=True)
 
 
 @app_cmd.command("stop")
