@@ -18,13 +18,14 @@ from burst.image import Image
 from burst.objects import Dict, Queue
 from burst.retries import Retries
 from burst.schedules import Cron, Period
-from burst.web import asgi_app, fastapi_endpoint, web_endpoint, wsgi_app
+from burst.web import asgi_app, fastapi_endpoint, web_endpoint, web_server, wsgi_app
 
 __version__ = "0.1.0"
 __all__ = ["App", "Cls", "Cron", "Dict", "Error", "Function", "FunctionCall", "Image", "Retries",
            "batched", "concurrent", "current_function_call_id", "current_input_id", "enter",
            "exception", "exit", "is_local", "method", "parameter", "Period", "Queue",
-           "asgi_app", "fastapi_endpoint", "web_endpoint", "wsgi_app", "__version__"]
+           "asgi_app", "fastapi_endpoint", "web_endpoint", "web_server", "wsgi_app",
+           "__version__"]
 
 
 def is_local() -> bool:

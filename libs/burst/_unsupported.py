@@ -8,7 +8,7 @@ from burst.exception import InvalidError
 #: Top-level names of Modal's SDK not built yet.
 NAMES = frozenset({
     "Sandbox", "Volume", "Secret", "NetworkFileSystem", "CloudBucketMount", "Proxy", "Tunnel",
-    "Mount", "SandboxSnapshot", "web_server", "forward", "interact",
+    "Mount", "SandboxSnapshot", "forward", "interact",
 })
 
 

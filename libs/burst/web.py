@@ -1,5 +1,5 @@
-"""Web endpoints, with Modal's names: ``fastapi_endpoint`` (``web_endpoint``), ``asgi_app``
-and ``wsgi_app``.
+"""Web endpoints, with Modal's names: ``fastapi_endpoint`` (``web_endpoint``), ``asgi_app``,
+``wsgi_app`` and ``web_server``.
 
 Each decorator goes below ``@app.function()`` (or on a method of an ``@app.cls()``) and
 marks the function; the app's deployment then carries a :class:`burst.wire.WebEndpoint`
@@ -59,7 +59,7 @@ def _mark(kind: str, label: str | None, requires_proxy_auth: bool, **extra: Any,
         from burst import _unsupported
 
         raise _unsupported.refuse("requires_proxy_auth=True")
-    endpoint = wire.WebEndpoint(kind=kind, name="", label=_label(label), **extra)  # type: ignore[arg-type]
+    endpoint = wire.WebEndpoint(kind=kind, name="", label=_label(label), **extra)
 
     def decorator(f: F) -> F:
         if hasattr(f, "spec"):
@@ -76,7 +76,8 @@ def _mark(kind: str, label: str | None, requires_proxy_auth: bool, **extra: Any,
     return decorator
 
 
-_DECORATOR = {"fastapi": "fastapi_endpoint", "asgi": "asgi_app", "wsgi": "wsgi_app"}
+_DECORATOR = {"fastapi": "fastapi_endpoint", "asgi": "asgi_app", "wsgi": "wsgi_app",
+              "web_server": "web_server"}
 
 
 def fastapi_endpoint(_warn_parentheses_missing: Any = None, *, method: str = "GET",
@@ -137,6 +138,37 @@ def wsgi_app(_warn_parentheses_missing: Any = None, *, label: str | None = None,
     return _mark("wsgi", label, requires_proxy_auth)
 
 
+def web_server(port: int, *, startup_timeout: float = 5.0, label: str | None = None,
+               custom_domains: Any = None, requires_proxy_auth: bool = False,
+               ) -> Callable[[F], F]:
+    """Serve a server the function starts (a subprocess, a thread) listening on ``port``
+    inside the container: the function is called once per container, then the container
+    is ready once something accepts connections on ``127.0.0.1:port`` (within
+    ``startup_timeout`` seconds). Requests reach it at the path below the endpoint's URL,
+    with the URL's prefix in ``X-Forwarded-Prefix``.
+
+    Example::
+
+        @app.function()
+        @burst.web_server(8000)
+        def files():
+            import subprocess
+            subprocess.Popen(["python", "-m", "http.server", "8000"])
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InvalidError(f"web_server: port={port!r} is out of range: allowed 1 to 65535")
+    if isinstance(startup_timeout, bool) or not isinstance(startup_timeout, int | float) or (
+            not 0 < startup_timeout <= 3600):
+        raise InvalidError(f"web_server: startup_timeout={startup_timeout!r} is out of range: "
+                           "allowed above 0 up to 3600 s")
+    if custom_domains:
+        from burst import _unsupported
+
+        raise _unsupported.refuse("custom_domains=")
+    return _mark("web_server", label, requires_proxy_auth, port=port,
+                 startup_timeout=float(startup_timeout))
+
+
 def endpoint_of(f: Any, name: str, method: str = "") -> wire.WebEndpoint | None:
     """The endpoint ``f`` was marked with, named for the URL (its label, else ``name``),
     or None for a plain function."""
@@ -146,7 +178,8 @@ def endpoint_of(f: Any, name: str, method: str = "") -> wire.WebEndpoint | None:
     url_name = mark.label or name.lower()
     return wire.WebEndpoint(kind=mark.kind, name=url_name, method=method,
                             http_method=mark.http_method, docs=mark.docs, label=mark.label,
-                            requires_proxy_auth=mark.requires_proxy_auth)
+                            requires_proxy_auth=mark.requires_proxy_auth, port=mark.port,
+                            startup_timeout=mark.startup_timeout)
 
 
 def check_unique(endpoints: list[wire.WebEndpoint], app: str | None) -> None:

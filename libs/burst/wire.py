@@ -141,8 +141,10 @@ class WebEndpoint(_Body):
     and the URL part it answers under (``/{workspace}/{app}/{name}/...``)."""
 
     #: ``fastapi`` (``fastapi_endpoint``: the function becomes one route), ``asgi``
-    #: (``asgi_app``: it returns an ASGI app) or ``wsgi`` (``wsgi_app``: a WSGI app).
-    kind: Literal["fastapi", "asgi", "wsgi"]
+    #: (``asgi_app``: it returns an ASGI app), ``wsgi`` (``wsgi_app``: a WSGI app) or
+    #: ``web_server`` (it starts a server listening on ``port`` in the container). A
+    #: string, not a Literal, so that a later kind does not break older readers.
+    kind: str
     #: The URL part: the label, else the function's name (``Cls-method`` for a method).
     name: str
     #: The class method that serves it; "" for a function.
@@ -152,6 +154,13 @@ class WebEndpoint(_Body):
     docs: bool = False
     label: str = ""
     requires_proxy_auth: bool = False
+    #: ``web_server`` only: the port it listens on, and how long it may take to listen.
+    port: int = 0
+    startup_timeout: float = 0.0
+
+
+#: The kinds of web endpoint this version serves.
+WEB_KINDS = ("fastapi", "asgi", "wsgi", "web_server")
 
 
 class FunctionSpec(_Body):

@@ -152,6 +152,40 @@ def api():
 
 
 @app.function()
+@burst.web_server(8765, startup_timeout=30)
+def files():
+    import http.server, threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            if self.path.startswith("/chunked"):  # a body in chunks, no length
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for part in (b"one-", b"two-", b"three"):
+                    self.wfile.write(b"%x\\r\\n%s\\r\\n" % (len(part), part))
+                self.wfile.write(b"0\\r\\n\\r\\n")
+                return
+            body = (f"{self.path} prefix={self.headers['x-forwarded-prefix']}").encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(201)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.upper())
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 8765), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+
+@app.function()
 @burst.wsgi_app()
 def flaskapp():
     from flask import Flask, request
@@ -267,6 +301,15 @@ def test_wsgi_app_flask(web: str) -> None:
     r = get(f"{web}/flaskapp/hi", params={"who": "me"})
     assert r.status_code == 200
     assert r.json() == {"hi": "me", "script_root": "/default/webapp/flaskapp"}
+
+
+def test_web_server_on_a_port_in_the_container(web: str) -> None:
+    r = get(f"{web}/files/some/path", params={"q": "1"})
+    assert r.status_code == 200
+    assert r.text == "/some/path?q=1 prefix=/default/webapp/files"
+    assert get(f"{web}/files/chunked").text == "one-two-three"
+    r = httpx.post(f"{web}/files/up", content=b"shout", timeout=120)
+    assert r.status_code == 201 and r.content == b"SHOUT"
 
 
 def test_streamed_response_first_chunk_arrives_before_the_last_is_produced(

@@ -64,3 +64,30 @@ def test_the_gateway_refuses_one_url_for_two_endpoints_at_deploy() -> None:
     fns[1].web[0] = wire.WebEndpoint(kind="asgi", name="Bad_Label", label="Bad_Label")
     with pytest.raises(ValueError, match="invalid web endpoint label"):
         web.check_endpoints("app", fns)
+
+
+def test_web_server_checks_its_port_and_startup_timeout() -> None:
+    with pytest.raises(InvalidError, match="port=0 is out of range"):
+        burst.web_server(0)
+    with pytest.raises(InvalidError, match="startup_timeout=-1 is out of range"):
+        burst.web_server(8000, startup_timeout=-1)
+
+    def serve() -> None: ...
+
+    burst.web_server(8000, startup_timeout=3)(serve)
+    from burst import web
+
+    ep = web.endpoint_of(serve, "serve")
+    assert ep is not None and (ep.kind, ep.port, ep.startup_timeout) == ("web_server", 8000, 3.0)
+
+
+def test_nothing_listening_is_a_startup_error_naming_the_port() -> None:
+    import socket
+
+    from burst._shim import web_server
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(TimeoutError, match=f"nothing listens on port {port} within 0.2 s"):
+        web_server.wait_listening(port, 0.2)

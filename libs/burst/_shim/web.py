@@ -1,5 +1,6 @@
-"""Web endpoints inside the container: the ASGI app of each endpoint, fed by the agent's
-``WebRequest`` frames, answering with ``WebResponseStart``/``WebResponseBody``/``WebEnd``.
+"""Web endpoints inside the container: the ASGI app of each endpoint (``web_server``: see
+web_server.py), fed by the agent's ``WebRequest`` frames, answering with
+``WebResponseStart``/``WebResponseBody``/``WebEnd``.
 
 Imported by the shim only for a function with web endpoints, so the web framework (FastAPI,
 a2wsgi) is imported only there. Requests run as tasks of the runner's event loop (its own
@@ -53,6 +54,12 @@ def build_app(ep: wire.WebEndpoint, fn: Any) -> Any:
                       openapi_url="/openapi.json" if ep.docs else None)
         app.add_api_route("/", fn, methods=[ep.http_method])
         return app
+    if ep.kind == "web_server":
+        from burst._shim import web_server
+
+        fn()  # starts the server (a subprocess, a thread)
+        web_server.wait_listening(ep.port, ep.startup_timeout or 5.0)
+        return web_server.PortProxy(ep.port)
     obj = fn()
     if inspect.isawaitable(obj):
         raise TypeError(f"{what} is async: make it a plain def that returns the app")

@@ -66,9 +66,12 @@ def check_endpoints(app: str, functions: list[wire.FunctionSpec]) -> None:
                 wire.check_label(ep.label)
             else:
                 wire.check_ident("web endpoint", ep.name)
-            if ep.kind not in ("fastapi", "asgi", "wsgi"):
+            if ep.kind not in wire.WEB_KINDS:
                 raise ValueError(f"function {fn.name!r}: web endpoint kind {ep.kind!r} is "
-                                 "not one of fastapi, asgi, wsgi")
+                                 f"not one of {', '.join(wire.WEB_KINDS)}")
+            if ep.kind == "web_server" and not 1 <= ep.port <= 65535:
+                raise ValueError(f"function {fn.name!r}: web_server port {ep.port} is "
+                                 "outside 1..65535")
             if ep.name in seen:
                 raise ValueError(f"app {app!r}: web endpoints of {seen[ep.name]!r} and "
                                  f"{fn.name!r} both answer under {ep.name!r} (give one of "
