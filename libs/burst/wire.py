@@ -426,6 +426,8 @@ class WebRequest(_Frame, kw_only=True):
     more_body: bool = False
     #: Where the agent sends the response frames (the gateway's inbox for this request).
     reply: str = ""
+    #: A WebSocket handshake (ASGI ``websocket`` scope) rather than an HTTP request.
+    websocket: bool = False
 
 
 class WebRequestBody(_Frame, kw_only=True):
@@ -471,6 +473,30 @@ class WebEnd(_Frame, kw_only=True):
     status: int = 0
 
 
+class WebSocketAccept(_Frame, kw_only=True):
+    """The app accepted a WebSocket (from the shim)."""
+
+    req_id: str
+    subprotocol: str | None = None
+    headers: list[tuple[bytes, bytes]] = msgspec.field(default_factory=list)
+
+
+class WebSocketMessage(_Frame, kw_only=True):
+    """One WebSocket message, either way: ``text`` or ``data``."""
+
+    req_id: str
+    text: str | None = None
+    data: bytes | None = None
+
+
+class WebSocketClose(_Frame, kw_only=True):
+    """A WebSocket closed, either way (from the app: it closes; from the client: it left)."""
+
+    req_id: str
+    code: int = 1000
+    reason: str = ""
+
+
 class WebAlive(_Frame, kw_only=True):
     """From the agent, every ``BURST_WEB_KEEPALIVE`` s while it holds the request."""
 
@@ -478,12 +504,19 @@ class WebAlive(_Frame, kw_only=True):
 
 
 ToShim = (RunInput | CancelInput | Shutdown | PlatformResponse | WebRequest | WebRequestBody
-          | WebCancel)
+          | WebCancel | WebSocketMessage | WebSocketClose)
 FromShim = (Ready | StartupFailed | InputDone | StreamItem | Log | PlatformRequest | Alive
-            | WebResponseStart | WebResponseBody | WebEnd)
+            | WebResponseStart | WebResponseBody | WebEnd | WebSocketAccept | WebSocketMessage
+            | WebSocketClose)
 #: Frames of a web request between the gateway and the agent (core NATS messages).
 WebMessage = (WebRequest | WebRequestBody | WebCancel | WebAccepted | WebResponseStart
-              | WebResponseBody | WebEnd | WebAlive)
+              | WebResponseBody | WebEnd | WebAlive | WebSocketAccept | WebSocketMessage
+              | WebSocketClose)
+#: Web frames to the shim (the shim's web host takes them).
+WEB_TO_SHIM = (WebRequest, WebRequestBody, WebCancel, WebSocketMessage, WebSocketClose)
+#: Web frames from the shim that the agent relays to the gateway as they are.
+WEB_FROM_SHIM = (WebResponseStart, WebResponseBody, WebEnd, WebSocketAccept, WebSocketMessage,
+                 WebSocketClose)
 web_decoder = msgspec.msgpack.Decoder(WebMessage)
 
 _enc = msgspec.msgpack.Encoder()

@@ -90,7 +90,7 @@ class Greeter:
 @app.function()
 @burst.asgi_app(label="api")
 def api():
-    from fastapi import FastAPI, Request, Response
+    from fastapi import FastAPI, Request, Response, WebSocket
     from fastapi.responses import StreamingResponse
 
     web = FastAPI()
@@ -143,6 +143,19 @@ def api():
             await d.put.aio("cancelled", True)
             raise
         return {"done": True}
+
+    @web.websocket("/ws")
+    async def ws(websocket: WebSocket):
+        await websocket.accept()
+        while True:
+            message = await websocket.receive()
+            if message.get("text") == "bye":
+                await websocket.close(code=4000, reason="see you")
+                return
+            if message.get("text") is not None:
+                await websocket.send_text("echo " + message["text"])
+            else:
+                await websocket.send_bytes(message["bytes"][::-1])
 
     @web.get("/boom")
     def boom():
@@ -301,6 +314,22 @@ def test_wsgi_app_flask(web: str) -> None:
     r = get(f"{web}/flaskapp/hi", params={"who": "me"})
     assert r.status_code == 200
     assert r.json() == {"hi": "me", "script_root": "/default/webapp/flaskapp"}
+
+
+def test_websocket_echo_through_asgi_app(web: str) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    with connect(web.replace("http://", "ws://") + "/api/ws", open_timeout=120) as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=60) == "echo hi"
+        ws.send(b"\x00\x01\x02")
+        assert ws.recv(timeout=60) == b"\x02\x01\x00"
+        ws.send("bye")
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=60)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4000, "see you")
 
 
 def test_web_server_on_a_port_in_the_container(web: str) -> None:

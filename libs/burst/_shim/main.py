@@ -546,8 +546,7 @@ def main() -> None:
                 runner.submit(msg)
             elif isinstance(msg, wire.CancelInput):
                 runner.cancel(msg.input_id)
-            elif web_host is not None and isinstance(
-                    msg, wire.WebRequest | wire.WebRequestBody | wire.WebCancel):
+            elif web_host is not None and isinstance(msg, wire.WEB_TO_SHIM):
                 web_host.on_frame(msg)
     finally:
         # Scale-down, preemption (SIGTERM) or shutdown: @exit runs within the grace period.

@@ -116,9 +116,16 @@ class WebHost:
         if isinstance(msg, wire.WebRequestBody):
             req.queue.put_nowait({"type": "http.request", "body": msg.body,
                                   "more_body": msg.more_body})
+        elif isinstance(msg, wire.WebSocketMessage):
+            req.queue.put_nowait({"type": "websocket.receive", "text": msg.text,
+                                  "bytes": msg.data})
+        elif isinstance(msg, wire.WebSocketClose):
+            req.queue.put_nowait({"type": "websocket.disconnect", "code": msg.code,
+                                  "reason": msg.reason})
         elif isinstance(msg, wire.WebCancel):
             req.cancelled = True
-            req.queue.put_nowait({"type": "http.disconnect"})
+            req.queue.put_nowait({"type": "websocket.disconnect", "code": 1006}
+                                 if req.head.websocket else {"type": "http.disconnect"})
             if req.task is not None:
                 req.task.cancel()
 
@@ -144,8 +151,15 @@ class WebHost:
 
     def _scope(self, head: wire.WebRequest) -> Scope:
         path = head.root_path + (head.path or "/")
+        extra: Scope = {}
+        if head.websocket:
+            protocols = [p.strip() for k, v in head.headers
+                         if bytes(k).lower() == b"sec-websocket-protocol"
+                         for p in bytes(v).decode("latin-1").split(",")]
+            extra = {"subprotocols": protocols}
         return {
-            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+            **extra, "type": "websocket" if head.websocket else "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
             "http_version": head.http_version, "method": head.method, "scheme": head.scheme,
             "path": path, "raw_path": head.raw_path or path.encode(),
             "query_string": head.query_string, "root_path": head.root_path,
@@ -163,6 +177,8 @@ class WebHost:
         async def receive() -> dict[str, Any]:
             if not req.first_taken:
                 req.first_taken = True
+                if head.websocket:
+                    return {"type": "websocket.connect"}
                 return {"type": "http.request", "body": head.body,
                         "more_body": head.more_body}
             return await req.queue.get()
@@ -171,7 +187,21 @@ class WebHost:
             if req.cancelled:
                 raise OSError("the client disconnected")
             kind = message["type"]
-            if kind == "http.response.start":
+            if kind == "websocket.accept":
+                req.started = True
+                self.chan.send(wire.WebSocketAccept(
+                    req_id=head.req_id, subprotocol=message.get("subprotocol"),
+                    headers=[(bytes(k), bytes(v)) for k, v in message.get("headers", [])]))
+            elif kind == "websocket.send":
+                self.chan.send(wire.WebSocketMessage(req_id=head.req_id,
+                                                      text=message.get("text"),
+                                                      data=message.get("bytes")))
+            elif kind == "websocket.close":
+                req.started = True
+                self.chan.send(wire.WebSocketClose(req_id=head.req_id,
+                                                    code=int(message.get("code", 1000)),
+                                                    reason=str(message.get("reason") or "")))
+            elif kind == "http.response.start":
                 req.started = True
                 self.chan.send(wire.WebResponseStart(
                     req_id=head.req_id, status=int(message["status"]),
@@ -197,7 +227,7 @@ class WebHost:
                 print(f"Exception in web endpoint {head.endpoint!r} "
                       f"({head.method} {head.root_path}{head.path}):", file=sys.stderr)
                 traceback.print_exc()
-                if not req.started:  # what an ASGI server answers for an app that failed
+                if not req.started and not head.websocket:  # as an ASGI server answers
                     req.started = True
                     self.chan.send(wire.WebResponseStart(
                         req_id=head.req_id, status=500,

@@ -297,7 +297,7 @@ class Container:
             await self.dispatch.on_done(frame)
         elif isinstance(frame, wire.StreamItem):
             await self.dispatch.on_item(frame)
-        elif isinstance(frame, wire.WebResponseStart | wire.WebResponseBody | wire.WebEnd):
+        elif isinstance(frame, wire.WEB_FROM_SHIM):
             self.agent.web.on_frame(self, frame)
         elif isinstance(frame, wire.PlatformRequest):
             # May wait (a Queue.get): never hold up the frames behind it.

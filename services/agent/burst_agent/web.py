@@ -47,8 +47,9 @@ class _Request:
     fn_key: str
     reply: str
     container: Container | None = None
-    #: Body chunks and a cancel that came while it waited for a slot.
-    pending: list[wire.WebRequestBody] = field(default_factory=list)
+    #: Body chunks (or WebSocket messages) that came while it waited for a slot.
+    pending: list[wire.WebRequestBody | wire.WebSocketMessage | wire.WebSocketClose] = field(
+        default_factory=list)
     status: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -144,7 +145,8 @@ class WebRelay:
             frame = wire.web_decoder.decode(msg.data)
         except msgspec.DecodeError:
             return
-        if not isinstance(frame, wire.WebRequestBody | wire.WebCancel):
+        if not isinstance(frame, wire.WebRequestBody | wire.WebCancel | wire.WebSocketMessage
+                          | wire.WebSocketClose):
             return
         req = self.requests.get(frame.req_id)
         if req is None:
@@ -189,8 +191,8 @@ class WebRelay:
                 c._writer.write(wire.frame(frame))
 
     # ---- from the shim ---------------------------------------------------------------
-    def on_frame(self, c: Container, frame: wire.WebResponseStart | wire.WebResponseBody
-                 | wire.WebEnd) -> None:
+    def on_frame(self, c: Container, frame: Any) -> None:
+        """A web frame from the shim (one of ``wire.WEB_FROM_SHIM``), on to the gateway."""
         req = self.requests.get(frame.req_id)
         if req is None or req.container is not c:
             return
@@ -199,6 +201,8 @@ class WebRelay:
             return
         if isinstance(frame, wire.WebResponseStart):
             req.status = frame.status
+        elif isinstance(frame, wire.WebSocketAccept):
+            req.status = 101
         self._publish(req.reply, frame)
 
     def _end(self, req: _Request, end: wire.WebEnd) -> None:

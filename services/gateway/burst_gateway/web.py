@@ -154,13 +154,16 @@ class WebProxy:
                 else:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
-        if scope["type"] != "http":  # WebSockets: not yet
-            await send({"type": "websocket.close", "code": 1003})
+        if scope["type"] not in ("http", "websocket"):
             return
         try:
             await self._serve(scope, receive, send)
         except _Refused as e:
-            await _answer(send, e.status, e.type, e.message)
+            if scope["type"] == "websocket":  # before the accept: the handshake gets 403
+                await send({"type": "websocket.close", "code": 1008,
+                            "reason": e.message[:120]})
+            else:
+                await _answer(send, e.status, e.type, e.message)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = getattr(self.api.state, "gw", None)
@@ -191,7 +194,7 @@ class WebProxy:
         except BudgetExceededError as e:
             raise _Refused(402, e.type, str(e)) from None
         limit = self.settings.web_max_body_bytes
-        for k, v in scope.get("headers", []):
+        for k, v in scope.get("headers", []) if scope["type"] == "http" else ():
             if k == b"content-length" and v.isdigit() and int(v) > limit:
                 raise _Refused(413, "PayloadTooLarge", f"the request body ({int(v)} bytes) "
                                f"is above the limit of {limit} bytes")
@@ -227,6 +230,19 @@ class _Exchange:
         self.started = False
         self.complete = False
 
+    def _head(self, inbox: str, body: bytes = b"", more: bool = False) -> wire.WebRequest:
+        s = self.scope
+        websocket = s["type"] == "websocket"
+        return wire.WebRequest(
+            req_id=self.req_id, endpoint=self.endpoint, method=s.get("method", "GET"),
+            path=self.path, raw_path=self.raw_path, query_string=s.get("query_string", b""),
+            root_path=self.root_path, headers=[(k, v) for k, v in s.get("headers", [])],
+            scheme=s.get("scheme", "ws" if websocket else "http"),
+            http_version=s.get("http_version", "1.1"),
+            client=tuple(s["client"]) if s.get("client") else None,
+            server=tuple(s["server"]) if s.get("server") and s["server"][1] else None,
+            body=body, more_body=more, reply=inbox, websocket=websocket)
+
     async def run(self) -> None:
         nc = self.gw.nc
         inbox = nc.new_inbox()
@@ -245,16 +261,12 @@ class _Exchange:
             if len(body) > self.s.web_max_body_bytes:
                 raise _Refused(413, "PayloadTooLarge", "the request body is above the limit "
                                f"of {self.s.web_max_body_bytes} bytes")
-            s = self.scope
-            head = wire.WebRequest(
-                req_id=self.req_id, endpoint=self.endpoint, method=s["method"], path=self.path,
-                raw_path=self.raw_path, query_string=s.get("query_string", b""),
-                root_path=self.root_path, headers=[(k, v) for k, v in s.get("headers", [])],
-                scheme=s.get("scheme", "http"), http_version=s.get("http_version", "1.1"),
-                client=tuple(s["client"]) if s.get("client") else None,
-                server=tuple(s["server"]) if s.get("server") and s["server"][1] else None,
-                body=body, more_body=more, reply=inbox)
-            accepted = await self._hand_over(head)
+            if first["type"] == "websocket.connect":
+                accepted = await self._hand_over(self._head(inbox))
+                pump = asyncio.create_task(self._pump_websocket(accepted.subject))
+                await self._relay_websocket()
+                return
+            accepted = await self._hand_over(self._head(inbox, body, more))
             pump = asyncio.create_task(self._pump_body(accepted.subject, len(body), more))
             await self._relay()
         finally:
@@ -387,4 +399,50 @@ class _Exchange:
                     if frame.error:  # cut the response: the client sees it incomplete
                         raise RuntimeError(f"the app failed while responding: {frame.error}")
                     await self.send({"type": "http.response.body", "body": b""})
+                return
+
+    # ---- WebSockets ------------------------------------------------------------------
+    async def _pump_websocket(self, subject: str) -> None:
+        """The client's messages to the app; its leaving closes the app's side."""
+        nc = self.gw.nc
+        while True:
+            message = await self.receive()
+            if message["type"] == "websocket.receive":
+                await nc.publish(subject, wire.encode(wire.WebSocketMessage(
+                    req_id=self.req_id, text=message.get("text"), data=message.get("bytes"))))
+            elif message["type"] == "websocket.disconnect":
+                self.disconnected.set()
+                await nc.publish(subject, wire.encode(wire.WebSocketClose(
+                    req_id=self.req_id, code=int(message.get("code", 1005)),
+                    reason=str(message.get("reason") or ""))))
+                return
+
+    async def _relay_websocket(self) -> None:
+        """The app's side of a WebSocket to the client."""
+        while True:
+            try:
+                frame = await self._next_frame()
+            except TimeoutError:
+                log.warning("web_agent_lost", fn_key=self.fn_key, req_id=self.req_id)
+                await self.send({"type": "websocket.close", "code": 1011,
+                                 "reason": "the agent serving it was lost"})
+                return
+            if frame is None:
+                return
+            if isinstance(frame, wire.WebSocketAccept):
+                self.started = True
+                await self.send({"type": "websocket.accept", "subprotocol": frame.subprotocol,
+                                 "headers": [(bytes(k), bytes(v)) for k, v in frame.headers]})
+            elif isinstance(frame, wire.WebSocketMessage):
+                await self.send({"type": "websocket.send", "text": frame.text,
+                                 "bytes": frame.data})
+            elif isinstance(frame, wire.WebSocketClose):
+                self.complete = True
+                await self.send({"type": "websocket.close", "code": frame.code,
+                                 "reason": frame.reason})
+            elif isinstance(frame, wire.WebEnd):
+                if not self.complete:  # refused before accepting (403), or failed after
+                    await self.send({"type": "websocket.close",
+                                     "code": 1011 if self.started else 1008,
+                                     "reason": frame.error[:120]})
                 return
