@@ -450,6 +450,9 @@ class WebAccepted(_Frame, kw_only=True):
 
     req_id: str
     subject: str
+    #: No container had a free slot: it waits at the agent (the gateway tells the
+    #: scheduler the function needs more containers).
+    queued: bool = False
 
 
 class WebResponseStart(_Frame, kw_only=True):
@@ -518,6 +521,15 @@ WEB_TO_SHIM = (WebRequest, WebRequestBody, WebCancel, WebSocketMessage, WebSocke
 WEB_FROM_SHIM = (WebResponseStart, WebResponseBody, WebEnd, WebSocketAccept, WebSocketMessage,
                  WebSocketClose)
 web_decoder = msgspec.msgpack.Decoder(WebMessage)
+_web_batch_decoder = msgspec.msgpack.Decoder(list[WebMessage])
+
+
+def decode_web(data: bytes) -> list[WebMessage]:
+    """The frames of one message between the gateway and an agent: one frame (a msgpack
+    map), or several sent together (a msgpack array of them)."""
+    if data and (0x90 <= data[0] <= 0x9F or data[0] in (0xDC, 0xDD)):
+        return _web_batch_decoder.decode(data)
+    return [web_decoder.decode(data)]
 
 _enc = msgspec.msgpack.Encoder()
 to_shim_decoder = msgspec.msgpack.Decoder(ToShim)

@@ -84,6 +84,12 @@ class Channel:
         with self._lock:
             self.sock.sendall(data)
 
+    def send_many(self, msgs: list[Any]) -> None:
+        """Several frames in one write (a small web response's start, body and end)."""
+        data = b"".join(wire.frame(m) for m in msgs)
+        with self._lock:
+            self.sock.sendall(data)
+
     def next_frame(self) -> Any:
         """The main loop's next frame; ``None`` once the agent closed the connection."""
         self._pump(lambda: bool(self._frames), None)

@@ -82,6 +82,9 @@ class _Request:
     first_taken: bool = False
     started: bool = False
     cancelled: bool = False
+    #: Frames held back to go out together: a response's start until its first body
+    #: chunk, a complete response's last chunk until the end.
+    held: list[Any] = field(default_factory=list)
 
 
 class WebHost:
@@ -168,6 +171,11 @@ class WebHost:
             "server": list(head.server) if head.server else None, "state": {},
         }
 
+    def _flush(self, req: _Request) -> None:
+        if req.held and req.head.req_id in self.requests:
+            self.chan.send_many(req.held)
+            req.held.clear()
+
     async def _serve(self, req: _Request) -> None:
         head = req.head
         _context.current_call.set(head.req_id)  # what the app prints is tagged with it
@@ -203,17 +211,23 @@ class WebHost:
                                                     reason=str(message.get("reason") or "")))
             elif kind == "http.response.start":
                 req.started = True
-                self.chan.send(wire.WebResponseStart(
+                req.held.append(wire.WebResponseStart(
                     req_id=head.req_id, status=int(message["status"]),
                     headers=[(bytes(k), bytes(v)) for k, v in message.get("headers", [])]))
+                # Out with the body when it follows at once, else on the next loop turn:
+                # a response that streams gets its head before its first chunk is made.
+                self.loop.call_soon(self._flush, req)
             elif kind == "http.response.body":
                 body = bytes(message.get("body", b""))
                 more = bool(message.get("more_body", False))
                 for i in range(0, max(len(body), 1), CHUNK):
                     last = i + CHUNK >= len(body)
-                    self.chan.send(wire.WebResponseBody(req_id=head.req_id,
+                    req.held.append(wire.WebResponseBody(req_id=head.req_id,
                                                          body=body[i:i + CHUNK],
                                                          more_body=more or not last))
+                    if more or not last:  # streamed: out as produced
+                        self.chan.send_many(req.held)
+                        req.held.clear()
 
         try:
             if app is None:
@@ -238,5 +252,5 @@ class WebHost:
             self.requests.pop(head.req_id, None)
             sys.stdout.flush()
             sys.stderr.flush()
-            self.chan.send(wire.WebEnd(req_id=head.req_id, error=error,
-                                       status=0 if req.started else 500))
+            self.chan.send_many([*req.held, wire.WebEnd(req_id=head.req_id, error=error,
+                                                        status=0 if req.started else 500)])

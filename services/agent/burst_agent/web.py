@@ -64,8 +64,9 @@ class WebRelay:
         self._req_sub: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
         #: Frames to the gateway, sent in order by one task (a response's frames must
-        #: not overtake each other).
-        self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        #: not overtake each other); frames for one request that are waiting together go
+        #: as one message (a list), as a small response's start, body and end do.
+        self._outbox: asyncio.Queue[tuple[str, msgspec.Struct]] = asyncio.Queue()
         self._subscribing: dict[str, asyncio.Lock] = {}
 
     async def start(self) -> None:
@@ -133,11 +134,11 @@ class WebRelay:
         fn_key = msg.subject.removeprefix(names.web_subject(""))
         req = _Request(head=head, fn_key=fn_key, reply=head.reply)
         self.requests[head.req_id] = req
-        await msg.respond(wire.encode(wire.WebAccepted(
-            req_id=head.req_id,
-            subject=names.web_request_subject(self.agent.agent_id, head.req_id))))
         self.waiting.setdefault(fn_key, deque()).append(req)
-        self._dispatch(fn_key)
+        self._dispatch(fn_key)  # the request frame reaches the shim before the answer
+        await msg.respond(wire.encode(wire.WebAccepted(
+            req_id=head.req_id, queued=req.container is None,
+            subject=names.web_request_subject(self.agent.agent_id, head.req_id))))
 
     async def _on_request_msg(self, msg: Msg) -> None:
         """A body chunk or a cancel of a request taken here."""
@@ -226,17 +227,28 @@ class WebRelay:
         self._dispatch(req.fn_key)
 
     def _publish(self, subject: str, frame: msgspec.Struct) -> None:
-        self._outbox.put_nowait((subject, wire.encode(frame)))
+        self._outbox.put_nowait((subject, frame))
 
     async def _send_loop(self) -> None:
         while True:
-            subject, data = await self._outbox.get()
-            try:
-                await self.agent.nc.publish(subject, data)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("web_frame_publish_failed", error=repr(e))
+            batch = [await self._outbox.get()]
+            while not self._outbox.empty():
+                batch.append(self._outbox.get_nowait())
+            i = 0
+            while i < len(batch):
+                subject, frame = batch[i]
+                j = i + 1
+                while j < len(batch) and batch[j][0] == subject:
+                    j += 1
+                data = (wire.encode(frame) if j == i + 1
+                        else wire.encode([f for _, f in batch[i:j]]))
+                i = j
+                try:
+                    await self.agent.nc.publish(subject, data)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    log.warning("web_frame_publish_failed", error=repr(e))
 
     async def _keepalive_loop(self) -> None:
         while True:

@@ -8,16 +8,17 @@ The path of a request (DESIGN.md: "a web request goes to exactly one container")
 
 1. The endpoint is found in the deployments the gateway mirrors; a spent hard budget
    answers 402 and a body over ``web_max_body_bytes`` 413, before anything starts.
-2. An ``input.accepted`` signal tells the scheduler the function has work (it counts the
-   requests in flight, which agents report as inputs in flight, against
-   ``@burst.concurrent``'s limits).
-3. The head and the body's first chunk go as a core NATS request to the function's web
+2. The head and the body's first chunk go as a core NATS request to the function's web
    subject, where the agents holding ready containers of it listen in one queue group:
    one of them answers ``WebAccepted``. "No responders" means no container is ready:
-   the request is held and offered again every ``web_retry_interval`` until one is, up
-   to ``web_startup_timeout`` (then 503). Nothing is stored in JetStream, so a request is
-   never replayed once an agent took it.
-4. The rest of the body streams to the agent's subject for the request; the response
+   an ``input.accepted`` signal tells the scheduler (as a call does) and the request is
+   held and offered again every ``web_retry_interval`` until one is, up to
+   ``web_startup_timeout`` (then 503). Nothing is stored in JetStream, so a request is
+   never replayed once an agent took it. An agent that took it with no free slot (it
+   waits there, in order) says so, and the gateway signals too: the scheduler counts
+   requests in flight, which agents report as inputs in flight, against
+   ``@burst.concurrent``'s limits, and adds a container when all are full.
+3. The rest of the body streams to the agent's subject for the request; the response
    head and body chunks stream back to this request's inbox and on to the client as
    they come. A client that disconnects sends ``WebCancel`` (the app's task is
    cancelled); an agent silent for ``web_agent_timeout`` (it sends keepalives) is lost:
@@ -135,6 +136,48 @@ class StartFailures:
                                else "failed to start")
 
 
+class Inboxes:
+    """One subscription for the response frames of every request of this gateway
+    (``<prefix>.<n>`` per request), rather than one subscription each: a request costs
+    no SUB/UNSUB and no subscription task. A message holds one frame, or a list of
+    frames the agent sent together."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, asyncio.Queue[Any]] = {}
+        self._prefix = ""
+        self._sub: Any = None
+        self._n = 0
+        self._lock = asyncio.Lock()
+
+    async def open(self, nc: Any) -> tuple[str, asyncio.Queue[Any]]:
+        if self._sub is None:
+            async with self._lock:
+                if self._sub is None:
+                    prefix = nc.new_inbox()
+                    self._sub = await nc.subscribe(prefix + ".*", cb=self._on_msg)
+                    self._prefix = prefix
+        self._n += 1
+        token = str(self._n)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.routes[token] = queue
+        return f"{self._prefix}.{token}", queue
+
+    def close(self, subject: str) -> None:
+        self.routes.pop(subject.rsplit(".", 1)[1], None)
+
+    async def _on_msg(self, msg: Any) -> None:
+        queue = self.routes.get(msg.subject.rsplit(".", 1)[1])
+        if queue is None:
+            return
+        try:
+            frames = wire.decode_web(msg.data)
+        except Exception as e:
+            log.warning("web_frame_undecodable", error=repr(e))
+            return
+        for frame in frames:
+            queue.put_nowait(frame)
+
+
 class WebProxy:
     """The ASGI app of the web port; ``api`` is the API's FastAPI application, whose
     lifespan starts the :class:`~burst_gateway.state.Gateway` this one uses."""
@@ -144,6 +187,7 @@ class WebProxy:
         self.settings = settings
         self.served = 0
         self.failures = StartFailures()
+        self.inboxes = Inboxes()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # the API server's lifespan starts the gateway
@@ -200,7 +244,7 @@ class WebProxy:
                                f"is above the limit of {limit} bytes")
         root_path = f"/{ws}/{app}/{name}"
         raw_path: bytes = scope.get("raw_path") or path.encode()
-        await _Exchange(self.settings, gw, self.failures, names.function_key(ws, app, fn.name),
+        await _Exchange(self.settings, gw, self, names.function_key(ws, app, fn.name),
                         ep.name, root_path, rest, raw_path, scope, receive, send).run()
         self.served += 1
 
@@ -208,13 +252,14 @@ class WebProxy:
 class _Exchange:
     """One request, from the client to an agent and its response back."""
 
-    def __init__(self, settings: GatewaySettings, gw: Any, failures: StartFailures,
+    def __init__(self, settings: GatewaySettings, gw: Any, proxy: WebProxy,
                  fn_key: str, endpoint: str,
                  root_path: str, path: str, raw_path: bytes, scope: Scope, receive: Receive,
                  send: Send) -> None:
         self.s = settings
         self.gw = gw
-        self.failures = failures
+        self.failures = proxy.failures
+        self.inboxes = proxy.inboxes
         self.fn_key = fn_key
         self.endpoint = endpoint
         self.root_path = root_path
@@ -224,8 +269,9 @@ class _Exchange:
         self.receive = receive
         self.send = send
         self.req_id = "wr-" + uuid.uuid4().hex
-        self.frames: asyncio.Queue[bytes] = asyncio.Queue()
-        self.disconnected = asyncio.Event()
+        #: Frames from the agent; None once the client went away.
+        self.frames: asyncio.Queue[Any] = asyncio.Queue()
+        self.disconnected = False
         self.too_large = False
         self.started = False
         self.complete = False
@@ -244,13 +290,7 @@ class _Exchange:
             body=body, more_body=more, reply=inbox, websocket=websocket)
 
     async def run(self) -> None:
-        nc = self.gw.nc
-        inbox = nc.new_inbox()
-
-        async def on_frame(msg: Any) -> None:
-            self.frames.put_nowait(msg.data)
-
-        sub = await nc.subscribe(inbox, cb=on_frame)
+        inbox, self.frames = await self.inboxes.open(self.gw.nc)
         pump: asyncio.Task[None] | None = None
         try:
             first = await self.receive()
@@ -273,7 +313,7 @@ class _Exchange:
             if pump is not None:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
-            await sub.unsubscribe()
+            self.inboxes.close(inbox)
 
     async def _hand_over(self, head: wire.WebRequest) -> wire.WebAccepted:
         """Give the request to an agent holding a ready container, waiting while none
@@ -285,11 +325,15 @@ class _Exchange:
         failed: asyncio.Future[str] | None = None
         try:
             while True:
-                await self.gw.signals.accepted(self.fn_key, self.req_id, time.time())
                 try:
-                    return await self._offer(subject, data)
+                    accepted = await self._offer(subject, data)
                 except nats.errors.NoRespondersError:
-                    pass
+                    # No container is ready: the scheduler places one (as for a call).
+                    await self.gw.signals.accepted(self.fn_key, self.req_id, time.time())
+                else:
+                    if accepted.queued:  # every container is full: the scheduler adds one
+                        await self.gw.signals.accepted(self.fn_key, self.req_id, time.time())
+                    return accepted
                 if loop.time() >= deadline:
                     raise _Refused(503, "Unavailable", "no container of the endpoint became "
                                    f"ready within {self.s.web_startup_timeout:g} s")
@@ -325,7 +369,7 @@ class _Exchange:
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 if not self.complete:
-                    self.disconnected.set()
+                    self._gone()
                     await nc.publish(subject, wire.encode(wire.WebCancel(req_id=self.req_id)))
                 return
             if not more:
@@ -337,7 +381,7 @@ class _Exchange:
                 self.too_large = True
                 await nc.publish(subject, wire.encode(wire.WebCancel(req_id=self.req_id,
                                                                        reason="too large")))
-                self.disconnected.set()
+                self._gone()
                 return
             for i in range(0, max(len(body), 1), CHUNK):
                 piece = body[i:i + CHUNK]
@@ -345,22 +389,19 @@ class _Exchange:
                     req_id=self.req_id, body=piece,
                     more_body=more or i + CHUNK < len(body))))
 
+    def _gone(self) -> None:
+        """The client went away: the relay stops at its next frame."""
+        self.disconnected = True
+        self.frames.put_nowait(None)
+
     async def _next_frame(self) -> Any:
         """The next frame from the agent; None once the client went away."""
-        get = asyncio.ensure_future(self.frames.get())
-        gone = asyncio.ensure_future(self.disconnected.wait())
+        if not self.frames.empty():
+            return self.frames.get_nowait()
         try:
-            done, _ = await asyncio.wait({get, gone}, timeout=self.s.web_agent_timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not get.done():
-                get.cancel()
-        if get in done:
-            return wire.web_decoder.decode(get.result())
-        if gone in done:
-            return None
-        raise TimeoutError
+            return await asyncio.wait_for(self.frames.get(), self.s.web_agent_timeout)
+        except TimeoutError:
+            raise TimeoutError from None
 
     async def _relay(self) -> None:
         """Frames from the agent to the client, as they come."""
@@ -411,7 +452,7 @@ class _Exchange:
                 await nc.publish(subject, wire.encode(wire.WebSocketMessage(
                     req_id=self.req_id, text=message.get("text"), data=message.get("bytes"))))
             elif message["type"] == "websocket.disconnect":
-                self.disconnected.set()
+                self._gone()
                 await nc.publish(subject, wire.encode(wire.WebSocketClose(
                     req_id=self.req_id, code=int(message.get("code", 1005)),
                     reason=str(message.get("reason") or ""))))
