@@ -24,6 +24,8 @@ pytestmark = pytest.mark.e2e
 
 #: Small enough that a test crosses it cheaply.
 BODY_LIMIT = 64 << 10
+#: The wildcard domain of the host forms (requests name it in their Host header).
+DOMAIN = "web.test"
 
 APP = '''
 import asyncio, os
@@ -216,7 +218,8 @@ def flaskapp():
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     yield from running_cluster(tmp_path_factory, BURST_WEB_MAX_BODY_BYTES=str(BODY_LIMIT),
-                               BURST_WEB_KEEPALIVE="0.5", BURST_WEB_AGENT_TIMEOUT="5")
+                               BURST_WEB_KEEPALIVE="0.5", BURST_WEB_AGENT_TIMEOUT="5",
+                               BURST_WEB_DOMAIN=DOMAIN)
 
 
 @pytest.fixture(scope="module")
@@ -227,10 +230,11 @@ def web(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> str:
     out = done.stdout + done.stderr
     state = json.loads((cluster.home / "cluster.json").read_text())
     port = next(p for p in state["parts"] if p["name"] == "gateway")["ports"]["web"]
-    base = f"http://127.0.0.1:{port}/default/webapp"
-    assert f"{base}/square" in out  # burst deploy prints each endpoint's URL
-    assert f"{base}/echo-post" in out and f"{base}/greeter-greet" in out
-    return base
+    # burst deploy prints each endpoint's URL: Modal's host forms, with the domain set.
+    assert f"http://default--webapp-square.{DOMAIN}:{port}" in out
+    assert f"http://default--echo-post.{DOMAIN}:{port}" in out
+    assert f"http://default--webapp-greeter-greet.{DOMAIN}:{port}" in out
+    return f"http://127.0.0.1:{port}/default/webapp"  # the path form always works
 
 
 @pytest.fixture
@@ -438,8 +442,20 @@ def test_get_web_url_answers(cluster: Cluster, web: str) -> None:
                          capture_output=True, timeout=60)
     assert out.returncode == 0, out.stderr
     square_url, echo_url = out.stdout.split()
-    assert square_url == f"{web}/square" and echo_url == f"{web}/echo-post"
-    assert get(square_url, params={"x": 3}).json() == {"square": 9}
+    port = web.split(":")[2].split("/")[0]
+    assert square_url == f"http://default--webapp-square.{DOMAIN}:{port}"
+    assert echo_url == f"http://default--echo-post.{DOMAIN}:{port}"
+    # The host form, by its Host header (no DNS for the test domain here).
+    host = square_url.split("//")[1]
+    r = get(f"http://127.0.0.1:{port}/", params={"x": 3}, headers={"host": host})
+    assert r.json() == {"square": 9}
+    r = get(f"http://127.0.0.1:{port}/hello", params={"name": "h"},
+            headers={"host": f"default--api.{DOMAIN}"})  # a label: {workspace}--{label}
+    assert r.json() == {"hello": "h"}
+    docs = get(f"http://127.0.0.1:{port}/docs", headers={"host": f"default--api.{DOMAIN}"})
+    assert '"/openapi.json"' in docs.text or "'/openapi.json'" in docs.text  # no prefix
+    nothing = get(f"http://127.0.0.1:{port}/", headers={"host": f"default--nope.{DOMAIN}"})
+    assert nothing.status_code == 404
 
 
 def test_non_asgi_return_is_a_clear_error(cluster: Cluster, web: str, tmp_path: Path) -> None:

@@ -91,3 +91,42 @@ def test_nothing_listening_is_a_startup_error_naming_the_port() -> None:
         port = s.getsockname()[1]
     with pytest.raises(TimeoutError, match=f"nothing listens on port {port} within 0.2 s"):
         web_server.wait_listening(port, 0.2)
+
+
+def test_host_forms_labels_and_truncation() -> None:
+    from burst_gateway import web
+    from burst_gateway.settings import GatewaySettings
+
+    fn_ep = wire.WebEndpoint(kind="fastapi", name="my_fn")
+    labeled = wire.WebEndpoint(kind="asgi", name="api", label="api")
+    assert web.host_label("ws", "app", fn_ep) == "ws--app-my-fn"
+    assert web.host_label("ws", "app", labeled) == "ws--api"
+    long = web.host_label("ws", "a" * 60, fn_ep)
+    assert len(long) == 63 and long.startswith("ws--" + "a" * 52) and long[-7] == "-"
+    assert long != web.host_label("ws", "a" * 61, fn_ep)  # the hash tells them apart
+    s = GatewaySettings(web_port=9000, web_domain="web.example.com")
+    assert web.url_of(s, "ws", "app", "api", labeled) == "http://ws--api.web.example.com:9000"
+    s.web_url = "https://edge.example.com"
+    assert web.url_of(s, "ws", "app", "api", labeled) == "https://ws--api.web.example.com"
+    assert web.url_of(GatewaySettings(web_port=9000), "ws", "app", "api", labeled) == (
+        "http://127.0.0.1:9000/ws/app/api")
+
+
+def test_resolve_host_and_host_conflicts() -> None:
+    from burst.exception import ConflictError
+    from burst_core.schemas import DeploymentRecord
+    from burst_gateway import web
+    from burst_gateway.settings import GatewaySettings
+
+    ep = wire.WebEndpoint(kind="asgi", name="api", label="api")
+    fn = wire.FunctionSpec(name="f", module="m", qualname="f", web=[ep])
+    dep = DeploymentRecord(workspace="ws", app="one", deployment_id="d", bundle_hash="h",
+                           functions=[fn], created_at=0.0)
+    assert web.resolve_host("WS--api.Web.Test.", "web.test", [dep]) == (dep, fn, ep)
+    assert web.resolve_host("ws--other.web.test", "web.test", [dep]) is None
+    assert web.resolve_host("ws--api.elsewhere", "web.test", [dep]) is None
+    s = GatewaySettings(web_domain="web.test")
+    with pytest.raises(ConflictError, match="host ws--api.web.test is taken by app 'one'"):
+        web.check_hosts(s, "ws", "two", [fn], [dep])
+    web.check_hosts(s, "ws", "one", [fn], [dep])  # its own redeploy
+    web.check_hosts(GatewaySettings(), "ws", "two", [fn], [dep])  # path form only

@@ -137,6 +137,8 @@ async def deploy(request: Request, gw: GatewayDep, p: Principal = Depends(princi
         raise InvalidError(f"malformed deploy request: {e}") from None
     _validate(req)
     _check_hash(req.bundle_hash)
+    web.check_hosts(gw.settings, p.workspace, req.app, req.functions,
+                    gw.deployments_of(p.workspace))
     if not await _bundle_exists(gw, p.workspace, req.bundle_hash):
         raise InvalidError(f"bundle {req.bundle_hash} is not stored in workspace "
                            f"{p.workspace!r}: upload it first (PUT /v1/bundles/{{hash}})")
@@ -157,7 +159,8 @@ async def deploy(request: Request, gw: GatewayDep, p: Principal = Depends(princi
         )
     resp = DeployResponse(app=req.app, workspace=p.workspace, deployment_id=dep.deployment_id,
                           functions=[f.name for f in dep.functions],
-                          web_urls={ep.name: web.url_of(gw.settings, p.workspace, req.app, ep.name)
+                          web_urls={ep.name: web.url_of(gw.settings, p.workspace, req.app,
+                                                        ep.name, ep)
                                     for f in dep.functions for ep in f.web})
     return Response(msgspec.msgpack.encode(resp), status_code=201, media_type=MSGPACK)
 
@@ -200,7 +203,7 @@ async def app_status(app: str, gw: GatewayDep,
             "function": fn.name, "containers": containers.get(key, {}),
             "queued": int(queued.get(names.input_subject(key), 0)),
             "waiting": {"reason": waiting.reason, "since": waiting.since} if waiting else None,
-            "web_urls": {ep.name: web.url_of(gw.settings, p.workspace, app, ep.name)
+            "web_urls": {ep.name: web.url_of(gw.settings, p.workspace, app, ep.name, ep)
                          for ep in fn.web},
         })
     return {"app": app, "deployment_id": dep.deployment_id, "functions": functions}

@@ -46,3 +46,8 @@ class GatewaySettings(CommonSettings):
     web_accept_timeout: float = 10.0
     #: While no container of the endpoint is ready: seconds between tries to hand it over.
     web_retry_interval: float = 0.05
+    #: A wildcard domain whose names all reach the web port (``*.web.example.com``):
+    #: endpoints then also answer, and their URLs are, Modal's host forms
+    #: ``{workspace}--{app}-{endpoint}.{domain}`` and ``{workspace}--{label}.{domain}``.
+    #: "" : the path form only.
+    web_domain: str = ""

@@ -28,6 +28,7 @@ The path of a request (DESIGN.md: "a web request goes to exactly one container")
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 import uuid
@@ -37,9 +38,9 @@ import nats.errors
 from starlette.types import Receive, Scope, Send
 
 from burst import wire
-from burst.exception import BudgetExceededError
+from burst.exception import BudgetExceededError, ConflictError
 from burst_core import logs, names
-from burst_core.schemas import ContainerEventDecoder, ContainerStopped
+from burst_core.schemas import ContainerEventDecoder, ContainerStopped, DeploymentRecord
 from burst_gateway import budgets
 from burst_gateway.settings import GatewaySettings
 
@@ -53,9 +54,66 @@ def base_url(settings: GatewaySettings) -> str:
     return settings.web_url.rstrip("/") or f"http://{settings.host}:{settings.web_port}"
 
 
-def url_of(settings: GatewaySettings, workspace: str, app: str, endpoint: str) -> str:
-    """The URL an endpoint answers under (``get_web_url()``, ``burst deploy``)."""
+#: Longest DNS label; a longer host label is cut and ends with a hash (as Modal's).
+DNS_LABEL_MAX = 63
+
+
+def host_label(workspace: str, app: str, ep: wire.WebEndpoint) -> str:
+    """The first DNS label of an endpoint's host form: ``{workspace}--{label}``, or
+    ``{workspace}--{app}-{endpoint}`` without a label (``_`` becomes ``-``), cut to 56
+    characters and a 6-character hash of the whole past 63."""
+    name = ep.label or f"{app}-{ep.name}"
+    label = f"{workspace}--{name}".replace("_", "-").lower()
+    if len(label) <= DNS_LABEL_MAX:
+        return label
+    digest = hashlib.sha256(label.encode()).hexdigest()[:6]
+    return f"{label[:DNS_LABEL_MAX - 7]}-{digest}"
+
+
+def url_of(settings: GatewaySettings, workspace: str, app: str, endpoint: str,
+           ep: wire.WebEndpoint | None = None) -> str:
+    """The URL an endpoint answers under (``get_web_url()``, ``burst deploy``): the host
+    form when a wildcard domain is configured, else the path form."""
+    if settings.web_domain and ep is not None:
+        scheme, _, netloc = base_url(settings).partition("://")
+        port = netloc.rsplit(":", 1)[1] if ":" in netloc else ""
+        host = f"{host_label(workspace, app, ep)}.{settings.web_domain}"
+        return f"{scheme}://{host}{':' + port if port else ''}"
     return f"{base_url(settings)}/{workspace}/{app}/{endpoint}"
+
+
+def check_hosts(settings: GatewaySettings, workspace: str, app: str,
+                functions: list[wire.FunctionSpec], deployments: list[DeploymentRecord]) -> None:
+    """With a wildcard domain, an endpoint's host must not be another app's (labels are
+    per workspace there): ConflictError naming both."""
+    if not settings.web_domain:
+        return
+    taken = {host_label(d.workspace, d.app, ep): d.app for d in deployments if d.app != app
+             for f in d.functions for ep in f.web}
+    for fn in functions:
+        for ep in fn.web:
+            host = host_label(workspace, app, ep)
+            if host in taken:
+                raise ConflictError(
+                    f"web endpoint {ep.name!r} of app {app!r}: its host "
+                    f"{host}.{settings.web_domain} is taken by app {taken[host]!r} of "
+                    f"workspace {workspace!r} (choose another label=)")
+
+
+def resolve_host(host: str, domain: str, deployments: list[DeploymentRecord],
+                 ) -> tuple[DeploymentRecord, wire.FunctionSpec, wire.WebEndpoint] | None:
+    """The endpoint a host-form name (``Host`` header, port stripped) answers for, among
+    the deployments of its workspace; None when the host is not one of the domain."""
+    host = host.lower().rstrip(".")
+    if not host.endswith("." + domain.lower()):
+        return None
+    first = host[:-len(domain) - 1]
+    for dep in deployments:
+        for fn in dep.functions:
+            for ep in fn.web:
+                if host_label(dep.workspace, dep.app, ep) == first:
+                    return dep, fn, ep
+    return None
 
 
 def check_endpoints(app: str, functions: list[wire.FunctionSpec]) -> None:
@@ -215,6 +273,20 @@ class WebProxy:
         if gw is None or nc is None or not nc.is_connected:
             raise _Refused(503, "Unavailable", "the gateway is not connected to the cluster")
         path: str = scope["path"]
+        domain = self.settings.web_domain
+        if domain:  # Modal's host forms, when the wildcard domain is configured
+            host = next((v.decode("latin-1") for k, v in scope.get("headers", [])
+                         if k == b"host"), "").rsplit(":", 1)[0]
+            ws = host.partition("--")[0]
+            hit = resolve_host(host, domain, gw.deployments_of(ws)) if ws else None
+            if hit is not None:
+                dep, fn, ep = hit
+                await self._forward(gw, scope, receive, send, dep.workspace, dep.app, fn, ep,
+                                    root_path="", rest=path,
+                                    raw_path=scope.get("raw_path") or path.encode())
+                return
+            if host.endswith("." + domain):
+                raise _Refused(404, "NotFound", f"no web endpoint answers at {host!r}")
         parts = path.split("/", 4)
         if len(parts) < 4 or not all(parts[1:4]):
             raise _Refused(404, "NotFound", f"no web endpoint at {path!r}: URLs are "
@@ -233,6 +305,13 @@ class WebProxy:
             raise _Refused(404, "NotFound", f"no web endpoint {name!r} in app {app!r} of "
                            f"workspace {ws!r}")
         fn, ep = found
+        await self._forward(gw, scope, receive, send, ws, app, fn, ep,
+                            root_path=f"/{ws}/{app}/{name}", rest=rest,
+                            raw_path=scope.get("raw_path") or path.encode())
+
+    async def _forward(self, gw: Any, scope: Scope, receive: Receive, send: Send, ws: str,
+                       app: str, fn: wire.FunctionSpec, ep: wire.WebEndpoint, root_path: str,
+                       rest: str, raw_path: bytes) -> None:
         try:
             await budgets.check(gw, ws, app, fn.name)
         except BudgetExceededError as e:
@@ -242,8 +321,6 @@ class WebProxy:
             if k == b"content-length" and v.isdigit() and int(v) > limit:
                 raise _Refused(413, "PayloadTooLarge", f"the request body ({int(v)} bytes) "
                                f"is above the limit of {limit} bytes")
-        root_path = f"/{ws}/{app}/{name}"
-        raw_path: bytes = scope.get("raw_path") or path.encode()
         await _Exchange(self.settings, gw, self, names.function_key(ws, app, fn.name),
                         ep.name, root_path, rest, raw_path, scope, receive, send).run()
         self.served += 1
