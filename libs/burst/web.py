@@ -55,11 +55,8 @@ def _label(label: str | None) -> str:
 
 def _mark(kind: str, label: str | None, requires_proxy_auth: bool, **extra: Any,
           ) -> Callable[[F], F]:
-    if requires_proxy_auth:
-        from burst import _unsupported
-
-        raise _unsupported.refuse("requires_proxy_auth=True")
-    endpoint = wire.WebEndpoint(kind=kind, name="", label=_label(label), **extra)
+    endpoint = wire.WebEndpoint(kind=kind, name="", label=_label(label),
+                                requires_proxy_auth=bool(requires_proxy_auth), **extra)
 
     def decorator(f: F) -> F:
         if hasattr(f, "spec"):

@@ -154,6 +154,11 @@ def web_requests_filter(agent_id: str) -> str:
     return f"burst.web.req.{agent_id}.*"
 
 
+def proxy_auth_key(key_id: str) -> str:
+    """KV ``burst_tokens`` key of a proxy-auth token (never an API token's sha256 key)."""
+    return "proxy." + hashlib.sha256(key_id.encode()).hexdigest()
+
+
 def app_logs_filter(workspace: str, app: str) -> str:
     return f"burst.logs.{workspace}.{app}.*"
 

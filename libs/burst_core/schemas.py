@@ -156,6 +156,10 @@ class TokenRecord(_Wire, kw_only=True):
     name: str = ""
     admin: bool = False
     created_at: float = 0.0
+    #: "" for an API token (keyed by its sha256); "proxy_auth" for a web endpoint
+    #: proxy-auth token (keyed by ``names.proxy_auth_key``; its secret's sha256 here).
+    kind: str = ""
+    secret_hash: str = ""
 
 
 class ServiceHeartbeat(_Wire, kw_only=True):

@@ -78,6 +78,20 @@ async def held() -> dict:
     return {"released": True}
 
 
+@app.function()
+@burst.asgi_app(label="private", requires_proxy_auth=True)
+def private():
+    from fastapi import FastAPI, Request
+
+    web = FastAPI()
+
+    @web.get("/")
+    def seen(request: Request) -> list:
+        return sorted(request.headers.keys())
+
+    return web
+
+
 @app.cls()
 class Greeter:
     @burst.enter()
@@ -456,6 +470,32 @@ def test_get_web_url_answers(cluster: Cluster, web: str) -> None:
     assert '"/openapi.json"' in docs.text or "'/openapi.json'" in docs.text  # no prefix
     nothing = get(f"http://127.0.0.1:{port}/", headers={"host": f"default--nope.{DOMAIN}"})
     assert nothing.status_code == 404
+
+
+def test_proxy_auth_refuses_without_a_token_and_starts_nothing(cluster: Cluster,
+                                                                web: str) -> None:
+    url = f"{web}/private"
+    assert get(url).status_code == 401
+    assert get(url, headers={"burst-key": "wk-nope", "burst-secret": "ws-nope"}).status_code == 401
+    other = cluster.burst("token", "create", "--proxy-auth", "--workspace", "elsewhere",
+                          check=True).stdout.split()
+    r = get(url, headers={"burst-key": other[1], "burst-secret": other[3]})
+    assert r.status_code == 401 and r.json()["error"]["type"] == "Unauthenticated"
+    assert containers_of(cluster, "private") == {}  # refused requests started nothing
+    out = cluster.burst("token", "create", "--proxy-auth", "--workspace", "default",
+                        check=True).stdout.split()
+    assert out[0] == "Burst-Key:" and out[2] == "Burst-Secret:"
+    key, secret = out[1], out[3]
+    assert get(url, headers={"burst-key": key, "burst-secret": secret + "x"}).status_code == 401
+    r = get(url, headers={"burst-key": key, "burst-secret": secret, "x-other": "1"})
+    assert r.status_code == 200
+    assert "x-other" in r.json() and "burst-secret" not in r.json()  # not passed to the app
+    r = get(url, headers={"modal-key": key, "modal-secret": secret})  # Modal's header names
+    assert r.status_code == 200
+    # A proxy-auth token is no API token.
+    api = httpx.get(f"{cluster.profile['url']}/v1/apps", timeout=30,
+                    headers={"authorization": f"Bearer {key}"})
+    assert api.status_code == 401
 
 
 def test_non_asgi_return_is_a_clear_error(cluster: Cluster, web: str, tmp_path: Path) -> None:

@@ -312,6 +312,8 @@ class WebProxy:
     async def _forward(self, gw: Any, scope: Scope, receive: Receive, send: Send, ws: str,
                        app: str, fn: wire.FunctionSpec, ep: wire.WebEndpoint, root_path: str,
                        rest: str, raw_path: bytes) -> None:
+        if ep.requires_proxy_auth:  # before anything starts: a refused request starts nothing
+            scope = await self._proxy_auth(gw, scope, ws)
         try:
             await budgets.check(gw, ws, app, fn.name)
         except BudgetExceededError as e:
@@ -324,6 +326,30 @@ class WebProxy:
         await _Exchange(self.settings, gw, self, names.function_key(ws, app, fn.name),
                         ep.name, root_path, rest, raw_path, scope, receive, send).run()
         self.served += 1
+
+
+    async def _proxy_auth(self, gw: Any, scope: Scope, ws: str) -> Scope:
+        """Check a proxy-auth token of the endpoint's workspace (``Burst-Key`` and
+        ``Burst-Secret``, or Modal's ``Modal-Key``/``Modal-Secret``); 401 otherwise. The
+        app gets the request without them."""
+        headers = scope.get("headers", [])
+        got = {k: v.decode("latin-1") for k, v in headers if k in _PROXY_AUTH_HEADERS}
+        key = got.get(b"burst-key") or got.get(b"modal-key", "")
+        secret = got.get(b"burst-secret") or got.get(b"modal-secret", "")
+        if not key or not secret:
+            raise _Refused(401, "Unauthenticated", "this endpoint requires proxy auth: send "
+                           "the Burst-Key and Burst-Secret headers of a token made with "
+                           "`burst token create --proxy-auth`")
+        owner = await gw.tokens.proxy_auth(key, secret)
+        if owner != ws:
+            raise _Refused(401, "Unauthenticated", "invalid proxy-auth token for this "
+                           "endpoint (unknown, wrong secret, or of another workspace)")
+        return {**scope, "headers": [(k, v) for k, v in headers
+                                     if k not in _PROXY_AUTH_HEADERS]}
+
+
+#: The headers of a proxy-auth token (never passed on to the app).
+_PROXY_AUTH_HEADERS = frozenset({b"burst-key", b"burst-secret", b"modal-key", b"modal-secret"})
 
 
 class _Exchange:
