@@ -26,6 +26,8 @@ pytestmark = pytest.mark.e2e
 BODY_LIMIT = 64 << 10
 #: The wildcard domain of the host forms (requests name it in their Host header).
 DOMAIN = "web.test"
+#: Seconds before a request with no response yet gets Modal's 303 (150 in production).
+REQUEST_TIMEOUT = 8
 
 APP = '''
 import asyncio, os
@@ -68,6 +70,14 @@ async def busy(i: int) -> dict:
     finally:
         _running -= 1
     return {"i": i, "peak": _peak, "container": os.environ["BURST_CONTAINER_ID"]}
+
+
+@app.function()
+@burst.fastapi_endpoint()
+async def slow(tag: str) -> dict:
+    q = burst.Queue.from_name("web-slow", create_if_missing=True)
+    await q.get.aio(timeout=120)  # until the test releases it
+    return {"tag": tag}
 
 
 @app.function(scaledown_window=1)
@@ -233,7 +243,8 @@ def flaskapp():
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     yield from running_cluster(tmp_path_factory, BURST_WEB_MAX_BODY_BYTES=str(BODY_LIMIT),
                                BURST_WEB_KEEPALIVE="0.5", BURST_WEB_AGENT_TIMEOUT="5",
-                               BURST_WEB_DOMAIN=DOMAIN)
+                               BURST_WEB_DOMAIN=DOMAIN,
+                               BURST_WEB_REQUEST_TIMEOUT=str(REQUEST_TIMEOUT))
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +275,8 @@ def sdk(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def get(url: str, **kw: Any) -> httpx.Response:
-    return httpx.get(url, timeout=120, **kw)
+    """GET, following a 303 (a request slower than REQUEST_TIMEOUT on a loaded machine)."""
+    return httpx.get(url, timeout=120, follow_redirects=True, **kw)
 
 
 def containers_of(cluster: Cluster, fn: str, app: str = "webapp") -> dict[str, int]:
@@ -496,6 +508,27 @@ def test_proxy_auth_refuses_without_a_token_and_starts_nothing(cluster: Cluster,
     api = httpx.get(f"{cluster.profile['url']}/v1/apps", timeout=30,
                     headers={"authorization": f"Bearer {key}"})
     assert api.status_code == 401
+
+
+def test_a_request_past_the_limit_gets_a_303_that_waits_for_its_result(
+        web: str, sdk: None) -> None:
+    import burst
+
+    t = time.monotonic()
+    r = httpx.get(f"{web}/slow", params={"tag": "a"}, timeout=120)  # not following
+    assert r.status_code == 303, r.text
+    assert time.monotonic() - t >= REQUEST_TIMEOUT - 0.5
+    location = r.headers["location"]
+    assert location.startswith("/__burst/requests/")
+    root = web.rsplit("/", 2)[0]
+    # The client that got the 303 has gone away: that cancels nothing. Following the
+    # location waits; it answers once the app does.
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(get, root + location)
+        burst.Queue.from_name("web-slow", create_if_missing=True).put("go")
+        answer = pending.result(timeout=120)
+    assert answer.status_code == 200 and answer.json() == {"tag": "a"}
+    assert get(root + location).status_code == 404  # fetched once
 
 
 def test_non_asgi_return_is_a_clear_error(cluster: Cluster, web: str, tmp_path: Path) -> None:

@@ -51,3 +51,6 @@ class GatewaySettings(CommonSettings):
     #: ``{workspace}--{app}-{endpoint}.{domain}`` and ``{workspace}--{label}.{domain}``.
     #: "" : the path form only.
     web_domain: str = ""
+    #: Seconds a request may run before its response starts; past it the client gets
+    #: Modal's 303 to a location that waits for the result (see web_redirect.py).
+    web_request_timeout: float = 150.0

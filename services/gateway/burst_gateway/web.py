@@ -41,7 +41,7 @@ from burst import wire
 from burst.exception import BudgetExceededError, ConflictError
 from burst_core import logs, names
 from burst_core.schemas import ContainerEventDecoder, ContainerStopped, DeploymentRecord
-from burst_gateway import budgets
+from burst_gateway import budgets, web_redirect
 from burst_gateway.settings import GatewaySettings
 
 log = logs.get("burst.gateway.web")
@@ -246,6 +246,7 @@ class WebProxy:
         self.served = 0
         self.failures = StartFailures()
         self.inboxes = Inboxes()
+        self.detached = web_redirect.Detachments(settings.web_request_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # the API server's lifespan starts the gateway
@@ -259,7 +260,12 @@ class WebProxy:
         if scope["type"] not in ("http", "websocket"):
             return
         try:
+            if scope["type"] == "http" and scope["path"].startswith(web_redirect.PREFIX):
+                await self.detached.answer(scope["path"], send)
+                return
             await self._serve(scope, receive, send)
+        except web_redirect.Redirected as e:
+            await web_redirect.redirect(send, e.location)
         except _Refused as e:
             if scope["type"] == "websocket":  # before the accept: the handshake gets 403
                 await send({"type": "websocket.close", "code": 1008,
@@ -363,6 +369,10 @@ class _Exchange:
         self.gw = gw
         self.failures = proxy.failures
         self.inboxes = proxy.inboxes
+        self.detachments = proxy.detached
+        #: Past this (loop time) with no response started: 303 (web_redirect.py).
+        self.redirect_at = asyncio.get_running_loop().time() + settings.web_request_timeout
+        self.detached = False
         self.fn_key = fn_key
         self.endpoint = endpoint
         self.root_path = root_path
@@ -394,6 +404,7 @@ class _Exchange:
 
     async def run(self) -> None:
         inbox, self.frames = await self.inboxes.open(self.gw.nc)
+        self.inbox = inbox
         pump: asyncio.Task[None] | None = None
         try:
             first = await self.receive()
@@ -416,7 +427,8 @@ class _Exchange:
             if pump is not None:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
-            self.inboxes.close(inbox)
+            if not self.detached:  # else the detached request closes it when complete
+                self.inboxes.close(inbox)
 
     async def _hand_over(self, head: wire.WebRequest) -> wire.WebAccepted:
         """Give the request to an agent holding a ready container, waiting while none
@@ -497,21 +509,68 @@ class _Exchange:
         self.disconnected = True
         self.frames.put_nowait(None)
 
-    async def _next_frame(self) -> Any:
+    async def _next_frame(self, timeout: float | None = None) -> Any:
         """The next frame from the agent; None once the client went away."""
         if not self.frames.empty():
             return self.frames.get_nowait()
         try:
-            return await asyncio.wait_for(self.frames.get(), self.s.web_agent_timeout)
+            return await asyncio.wait_for(self.frames.get(),
+                                          timeout or self.s.web_agent_timeout)
         except TimeoutError:
             raise TimeoutError from None
 
+    def _detach(self) -> None:
+        """No response within ``web_request_timeout``: the request runs on, its response
+        kept for the 303's location (web_redirect.py)."""
+        d, location = self.detachments.add(self.req_id)
+        self.detached = True
+        self.detachments.keep(asyncio.create_task(self._collect(d)))
+        log.info("web_request_redirected", fn_key=self.fn_key, req_id=self.req_id)
+        raise web_redirect.Redirected(location)
+
+    async def _collect(self, d: web_redirect.Detached) -> None:
+        limit = self.s.web_max_body_bytes
+        try:
+            while True:
+                try:
+                    frame = await self._next_frame()
+                except TimeoutError:
+                    d.error = (502, "BadGateway", "the agent serving the request was lost "
+                               f"(silent for {self.s.web_agent_timeout:g} s)")
+                    return
+                if isinstance(frame, wire.WebResponseStart):
+                    d.status, d.headers = frame.status, [(bytes(k), bytes(v))
+                                                         for k, v in frame.headers]
+                elif isinstance(frame, wire.WebResponseBody):
+                    d.body += frame.body
+                    if len(d.body) > limit:
+                        d.error = (502, "BadGateway", "the response is too large to keep for "
+                                   f"a redirected request (above {limit} bytes)")
+                        return
+                elif isinstance(frame, wire.WebEnd):
+                    if not d.status:
+                        status = frame.status or 502
+                        d.error = (status, "BadGateway" if status == 502 else "Internal",
+                                   frame.error or "the app sent no response")
+                    return
+        finally:
+            self.inboxes.close(self.inbox)
+            d.done.set()
+            self.detachments.finished(self.req_id)
+
     async def _relay(self) -> None:
         """Frames from the agent to the client, as they come."""
+        loop = asyncio.get_running_loop()
         while True:
+            wait = None if self.started else max(
+                0.001, min(self.s.web_agent_timeout, self.redirect_at - loop.time()))
             try:
-                frame = await self._next_frame()
+                frame = await self._next_frame(wait)
             except TimeoutError:
+                if not self.started and loop.time() >= self.redirect_at - 0.001:
+                    self._detach()  # raises Redirected: the client gets the 303
+                if wait is not None and wait < self.s.web_agent_timeout:
+                    continue  # the redirect's time came closer than the agent's timeout
                 log.warning("web_agent_lost", fn_key=self.fn_key, req_id=self.req_id)
                 if not self.started:
                     raise _Refused(502, "BadGateway", "the agent serving the request was lost "
