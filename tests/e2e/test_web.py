@@ -142,6 +142,10 @@ def api():
         resp.set_cookie("b", "2")
         return resp
 
+    @web.get("/big")
+    def big(n: int) -> Response:
+        return Response(content=bytes(range(256)) * (n // 256), media_type="application/x-bin")
+
     @web.post("/size")
     async def size(request: Request) -> dict:
         n = 0
@@ -338,6 +342,12 @@ def test_asgi_app_routes_docs_and_unchanged_headers_cookies_body(web: str) -> No
     assert r.headers["x-seen"] == "a,b"
     assert r.headers["x-cookie"] == "yum"
     assert sorted(c.split(";")[0] for c in r.headers.get_list("set-cookie")) == ["a=1", "b=2"]
+
+
+def test_a_large_response_arrives_whole(web: str) -> None:
+    n = 3 << 20  # above NATS's 1 MiB message limit: it travels in many frames
+    r = get(f"{web}/api/big", params={"n": n})
+    assert r.status_code == 200 and r.content == bytes(range(256)) * (n // 256)
 
 
 def test_wsgi_app_flask(web: str) -> None:

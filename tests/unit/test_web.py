@@ -130,3 +130,11 @@ def test_resolve_host_and_host_conflicts() -> None:
         web.check_hosts(s, "ws", "two", [fn], [dep])
     web.check_hosts(s, "ws", "one", [fn], [dep])  # its own redeploy
     web.check_hosts(GatewaySettings(), "ws", "two", [fn], [dep])  # path form only
+
+
+def test_frames_sent_together_decode_as_they_were_sent() -> None:
+    from burst_agent.web import _message
+
+    frames = [wire.WebResponseBody(req_id="r", body=b"x" * i, more_body=True) for i in range(20)]
+    for n in (1, 3, 15, 16, 20):
+        assert wire.decode_web(_message([wire.encode(f) for f in frames[:n]])) == frames[:n]

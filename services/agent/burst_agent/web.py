@@ -40,6 +40,20 @@ if TYPE_CHECKING:
 
 log = logs.get("burst.agent.web")
 
+#: Frames of one request waiting together go as one message up to about this size (a
+#: NATS message is at most 1 MiB by default; a frame's body at most 256 KiB).
+BATCH_BYTES = 512 << 10
+
+
+def _message(parts: list[bytes]) -> bytes:
+    """One encoded frame as it is, several as a msgpack array of them (``wire.decode_web``
+    reads both)."""
+    if len(parts) == 1:
+        return parts[0]
+    n = len(parts)
+    header = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+    return header + b"".join(parts)
+
 
 @dataclass
 class _Request:
@@ -236,15 +250,17 @@ class WebRelay:
                 batch.append(self._outbox.get_nowait())
             i = 0
             while i < len(batch):
-                subject, frame = batch[i]
-                j = i + 1
-                while j < len(batch) and batch[j][0] == subject:
-                    j += 1
-                data = (wire.encode(frame) if j == i + 1
-                        else wire.encode([f for _, f in batch[i:j]]))
-                i = j
+                subject = batch[i][0]
+                parts = [wire.encode(batch[i][1])]
+                size = len(parts[0])
+                i += 1
+                while (i < len(batch) and batch[i][0] == subject and len(parts) < 0xFFFF
+                       and size < BATCH_BYTES):
+                    parts.append(wire.encode(batch[i][1]))
+                    size += len(parts[-1])
+                    i += 1
                 try:
-                    await self.agent.nc.publish(subject, data)
+                    await self.agent.nc.publish(subject, _message(parts))
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
