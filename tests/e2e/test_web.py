@@ -239,6 +239,15 @@ def flaskapp():
     def hi():
         return {"hi": request.args.get("who", "?"), "script_root": request.script_root}
 
+    @f.route("/echo", methods=["POST"])
+    def echo():
+        data, one = request.get_data(), request.headers.get("x-one", "")
+
+        def gen():  # a streamed WSGI body
+            yield data[::-1]
+            yield b"|" + one.encode()
+        return f.response_class(gen(), status=202, headers={"x-wsgi": "yes"})
+
     return f
 '''
 
@@ -354,6 +363,9 @@ def test_wsgi_app_flask(web: str) -> None:
     r = get(f"{web}/flaskapp/hi", params={"who": "me"})
     assert r.status_code == 200
     assert r.json() == {"hi": "me", "script_root": "/default/webapp/flaskapp"}
+    r = httpx.post(f"{web}/flaskapp/echo", content=b"abc", headers={"x-one": "1"}, timeout=120)
+    assert (r.status_code, r.content, r.headers.get("x-wsgi")) == (202, b"cba|1", "yes")
+    assert get(f"{web}/flaskapp/nowhere").status_code == 404  # Flask's own
 
 
 def test_websocket_echo_through_asgi_app(web: str) -> None:

@@ -138,3 +138,20 @@ def test_frames_sent_together_decode_as_they_were_sent() -> None:
     frames = [wire.WebResponseBody(req_id="r", body=b"x" * i, more_body=True) for i in range(20)]
     for n in (1, 3, 15, 16, 20):
         assert wire.decode_web(_message([wire.encode(f) for f in frames[:n]])) == frames[:n]
+
+
+def test_wsgi_environ_from_an_asgi_scope() -> None:
+    from burst._shim.wsgi import environ_of
+
+    env = environ_of({
+        "type": "http", "method": "POST", "path": "/ws/app/fn/a/é", "root_path": "/ws/app/fn",
+        "query_string": b"x=1", "scheme": "http", "http_version": "1.1",
+        "server": ("h", 80), "client": ("1.2.3.4", 5),
+        "headers": [(b"content-type", b"text/plain"), (b"x-r", b"a"), (b"x-r", b"b")],
+    }, b"body")
+    assert env["SCRIPT_NAME"] == "/ws/app/fn"
+    assert env["PATH_INFO"] == "/a/é".encode().decode("latin-1")
+    assert (env["QUERY_STRING"], env["CONTENT_TYPE"], env["CONTENT_LENGTH"]) == (
+        "x=1", "text/plain", "4")
+    assert env["HTTP_X_R"] == "a,b" and env["REMOTE_ADDR"] == "1.2.3.4"
+    assert env["wsgi.input"].read() == b"body"

@@ -2,8 +2,8 @@
 web_server.py), fed by the agent's ``WebRequest`` frames, answering with
 ``WebResponseStart``/``WebResponseBody``/``WebEnd``.
 
-Imported by the shim only for a function with web endpoints, so the web framework (FastAPI,
-a2wsgi) is imported only there. Requests run as tasks of the runner's event loop (its own
+Imported by the shim only for a function with web endpoints, so a web framework (FastAPI)
+is imported only there. Requests run as tasks of the runner's event loop (its own
 thread); frames from the main loop reach them with ``call_soon_threadsafe``.
 
 Invariants:
@@ -66,9 +66,9 @@ def build_app(ep: wire.WebEndpoint, fn: Any) -> Any:
     if ep.kind == "wsgi":
         if not callable(obj):
             raise TypeError(f"{what} returned {type(obj).__name__}, not a WSGI app")
-        from a2wsgi import WSGIMiddleware
+        from burst._shim.wsgi import WsgiApp
 
-        return WSGIMiddleware(obj)
+        return WsgiApp(obj)
     if not _is_asgi(obj):
         raise _not_asgi(what, obj)
     return obj
