@@ -1,6 +1,6 @@
 """Benchmark: a warm web endpoint, beside the same app served directly and behind Ray Serve.
 
-    .venv/bin/python bench/web.py [--samples 300] [--seconds 5] [--clients 32]
+    .venv/bin/python bench/web.py [--samples 300] [--seconds 6] [--clients 32] [--rounds 3]
 
 One FastAPI app answering ``GET /ping`` with a small JSON body, served three ways on this
 machine, in turns:
@@ -9,10 +9,12 @@ machine, in turns:
 - the floor: the same app under one uvicorn worker;
 - Ray Serve (``ray[serve]``, a benchmark-only dependency: ``pip install ".[bench]"``),
   one replica; reported as skipped when Ray is not installed.
-For each: p50/p99 latency of sequential requests (one keep-alive connection), and
-requests per second with ``--clients`` concurrent clients (one keep-alive connection
-each) for ``--seconds``. Prints one JSON object with the ratios to the floor and to Ray
-Serve. Compare ratios, not absolute times: these machines are shared and noisy.
+All three run at once and are measured in turns (``--rounds``, rotating the order), so
+the load of a shared machine falls on each alike. For each: p50/p99 latency of
+sequential requests (one keep-alive connection), and requests per second with
+``--clients`` concurrent clients (one keep-alive connection each) for ``--seconds`` in
+all. Prints one JSON object with the ratios to the floor and to Ray Serve. Compare
+ratios, not absolute times: these machines are shared and noisy.
 """
 
 from __future__ import annotations
@@ -99,20 +101,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def sequential(url: str, samples: int) -> dict[str, float]:
+def sequential(client: httpx.Client, url: str, samples: int) -> list[float]:
     times = []
-    with httpx.Client(timeout=60) as client:
-        for _ in range(20):  # warm-up: the connection, the app's first requests
-            client.get(url).raise_for_status()
-        for _ in range(samples):
-            t = time.perf_counter()
-            client.get(url).raise_for_status()
-            times.append((time.perf_counter() - t) * 1000)
-    return {"p50_ms": round(statistics.median(times), 3), "p99_ms": round(pct(times, 99), 3),
-            "samples": samples}
+    for _ in range(samples):
+        t = time.perf_counter()
+        client.get(url).raise_for_status()
+        times.append((time.perf_counter() - t) * 1000)
+    return times
 
 
-async def _throughput(url: str, clients: int, seconds: float) -> dict[str, float]:
+async def _throughput(url: str, clients: int, seconds: float) -> tuple[int, float, int]:
+    """(answered, seconds, errors) of ``clients`` concurrent keep-alive clients."""
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     done = 0
     errors = 0
@@ -132,12 +131,35 @@ async def _throughput(url: str, clients: int, seconds: float) -> dict[str, float
         t = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         elapsed = time.perf_counter() - t
-    return {"rps": round(done / elapsed, 1), "errors": errors, "clients": clients}
+    return done, elapsed, errors
 
 
-def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
-    return {"sequential": sequential(url, args.samples),
-            "concurrent": asyncio.run(_throughput(url, args.clients, args.seconds))}
+def measure_in_turns(urls: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    """Every system measured in each of ``args.rounds`` rounds, in a rotating order, so
+    that the machine's load (shared, noisy) falls on all of them alike."""
+    lat: dict[str, list[float]] = {k: [] for k in urls}
+    tput: dict[str, list[float]] = {k: [0, 0.0, 0] for k in urls}
+    clients = {k: httpx.Client(timeout=60) for k in urls}
+    try:
+        for k, url in urls.items():  # warm-up: connections, the apps' first requests
+            sequential(clients[k], url, 20)
+        order = list(urls)
+        for r in range(args.rounds):
+            for k in order[r % len(order):] + order[:r % len(order)]:
+                lat[k] += sequential(clients[k], urls[k], max(1, args.samples // args.rounds))
+                done, elapsed, errors = asyncio.run(_throughput(
+                    urls[k], args.clients, args.seconds / args.rounds))
+                tput[k][0] += done
+                tput[k][1] += elapsed
+                tput[k][2] += errors
+    finally:
+        for c in clients.values():
+            c.close()
+    return {k: {"sequential": {"p50_ms": round(statistics.median(lat[k]), 3),
+                               "p99_ms": round(pct(lat[k], 99), 3), "samples": len(lat[k])},
+                "concurrent": {"rps": round(tput[k][0] / tput[k][1], 1),
+                               "errors": int(tput[k][2]), "clients": args.clients}}
+            for k in urls}
 
 
 def wait_http(url: str, proc: subprocess.Popen[Any], timeout: float = 120) -> None:
@@ -154,45 +176,44 @@ def wait_http(url: str, proc: subprocess.Popen[Any], timeout: float = 120) -> No
     sys.exit(f"{url}: not answering after {timeout} s")
 
 
-def floor(src: Path, args: argparse.Namespace) -> dict[str, Any]:
+def start_floor(src: Path) -> tuple[str, subprocess.Popen[Any]]:
     port = free_port()
     proc = subprocess.Popen([str(BIN / "uvicorn"), "ping_app:web", "--port", str(port),
                              "--log-level", "warning", "--no-access-log"], cwd=src)
-    try:
-        url = f"http://127.0.0.1:{port}/ping"
-        wait_http(url, proc)
-        return measure(url, args)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    url = f"http://127.0.0.1:{port}/ping"
+    wait_http(url, proc)
+    return url, proc
 
 
-def ray_serve(src: Path, args: argparse.Namespace) -> dict[str, Any]:
+def start_ray_serve(src: Path) -> tuple[str, subprocess.Popen[Any]] | None:
     try:
         import ray.serve  # noqa: F401
     except ImportError:
-        return {"skipped": "ray[serve] is not installed (pip install '.[bench]')"}
+        return None
     port = free_port()
     (src / "ray_app.py").write_text(textwrap.dedent(RAY_APP))
-    env = {**os.environ, "RAY_SERVE_HTTP_PORT": str(port), "RAY_USAGE_STATS_ENABLED": "0",
-           "PYTHONPATH": str(src)}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(src)}
     code = (f"import ray; from ray import serve; ray.init(num_cpus={os.cpu_count()}, "
-            "include_dashboard=False); "
+            "include_dashboard=False, log_to_driver=False); "
             f"serve.start(http_options={{'host': '127.0.0.1', 'port': {port}}}); "
             "exec(open('ray_app.py').read())")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=src, env=env,
-                            stdout=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/ping"
+    wait_http(url, proc, timeout=300)
+    return url, proc
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    proc.terminate()
     try:
-        url = f"http://127.0.0.1:{port}/ping"
-        wait_http(url, proc, timeout=300)
-        return measure(url, args)
-    finally:
-        proc.terminate()
         proc.wait(30)
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
-def burst_endpoint(src: Path, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+def deploy_burst(src: Path) -> tuple[str, float]:
+    """The endpoint's URL, and the first request's time (from zero containers)."""
     (src / "webbench.py").write_text(textwrap.dedent(BURST_APP))
     deploy = subprocess.run([str(BIN / "burst"), "deploy", "webbench.py"], cwd=src,
                             capture_output=True, text=True, timeout=120)
@@ -204,10 +225,7 @@ def burst_endpoint(src: Path, args: argparse.Namespace) -> tuple[dict[str, Any],
     first = httpx.get(url, timeout=120)  # from zero: held while a container starts
     if first.status_code != 200:
         sys.exit(f"{url}: {first.status_code} {first.text}")
-    cold_ms = (time.perf_counter() - t) * 1000
-    result = measure(url, args)
-    result["first_request_from_zero_ms"] = round(cold_ms, 1)
-    return result, url
+    return url, (time.perf_counter() - t) * 1000
 
 
 def ratio(a: float, b: float) -> float:
@@ -217,17 +235,33 @@ def ratio(a: float, b: float) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--samples", type=int, default=300)
-    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     src = Path(tempfile.mkdtemp(prefix="burst-webbench-"))
     (src / "ping_app.py").write_text(textwrap.dedent(PING_APP))
     out: dict[str, Any] = {"benchmark": "web", "cpus": os.cpu_count()}
-    with LocalCluster("burst-webbench-") as cluster:
-        out["burst"], _ = burst_endpoint(src, args)
-        del cluster
-    out["floor_uvicorn"] = floor(src, args)
-    out["ray_serve"] = ray_serve(src, args)
+    procs: list[subprocess.Popen[Any]] = []
+    try:
+        with LocalCluster("burst-webbench-"):
+            burst_url, cold_ms = deploy_burst(src)
+            floor_url, floor_proc = start_floor(src)
+            procs.append(floor_proc)
+            urls = {"burst": burst_url, "floor_uvicorn": floor_url}
+            ray = start_ray_serve(src)
+            if ray is not None:
+                urls["ray_serve"] = ray[0]
+                procs.append(ray[1])
+            out.update(measure_in_turns(urls, args))
+            out["burst"]["first_request_from_zero_ms"] = round(cold_ms, 1)
+    finally:
+        for proc in procs:
+            stop(proc)
+        if len(procs) > 1:
+            subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True)
+    if "ray_serve" not in out:
+        out["ray_serve"] = {"skipped": "ray[serve] is not installed (pip install '.[bench]')"}
     b, f, r = out["burst"], out["floor_uvicorn"], out["ray_serve"]
     out["ratios"] = {
         "p50_vs_floor": ratio(b["sequential"]["p50_ms"], f["sequential"]["p50_ms"]),
