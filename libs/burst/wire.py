@@ -446,7 +446,8 @@ class WebCancel(_Frame, kw_only=True):
 
 
 class WebAccepted(_Frame, kw_only=True):
-    """An agent took the request: its body chunks and cancel go to ``subject``."""
+    """An agent took the request: its body chunks and cancel go to ``subject`` ("": it
+    did not take it after all, its containers being gone; the gateway offers it again)."""
 
     req_id: str
     subject: str

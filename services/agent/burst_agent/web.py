@@ -102,13 +102,19 @@ class WebRelay:
     # ---- containers ------------------------------------------------------------------
     async def join(self, c: Container) -> None:
         """A ready container of a web function takes requests."""
+        if c._stopping.is_set():  # stopped before it joined: it takes nothing
+            return
         members = self.members.setdefault(c.fn_key, [])
         if c not in members:
             members.append(c)
         async with self._subscribing.setdefault(c.fn_key, asyncio.Lock()):
             if c.fn_key not in self.subs and self.members.get(c.fn_key):
-                self.subs[c.fn_key] = await self.agent.nc.subscribe(
+                sub = await self.agent.nc.subscribe(
                     names.web_subject(c.fn_key), queue=names.WEB_QUEUE, cb=self._on_request)
+                if self.members.get(c.fn_key):
+                    self.subs[c.fn_key] = sub
+                else:  # its last container left while subscribing
+                    await self._unsubscribe(sub)
         self._dispatch(c.fn_key)
 
     def leave(self, c: Container) -> None:
@@ -146,6 +152,11 @@ class WebRelay:
         if not isinstance(head, wire.WebRequest) or not head.reply:
             return
         fn_key = msg.subject.removeprefix(names.web_subject(""))
+        if not any(not c._stopping.is_set() for c in self.members.get(fn_key, [])):
+            # Its last container left as the request came: not taken (the gateway offers
+            # it again, as when no agent listens).
+            await msg.respond(wire.encode(wire.WebAccepted(req_id=head.req_id, subject="")))
+            return
         req = _Request(head=head, fn_key=fn_key, reply=head.reply)
         self.requests[head.req_id] = req
         self.waiting.setdefault(fn_key, deque()).append(req)

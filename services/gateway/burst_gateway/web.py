@@ -474,6 +474,8 @@ class _Exchange:
         if not isinstance(frame, wire.WebAccepted):
             raise _Refused(502, "BadGateway", "the agent answered the request with "
                            f"{type(frame).__name__}")
+        if not frame.subject:  # not taken: its containers were just gone
+            raise nats.errors.NoRespondersError
         return frame
 
     async def _pump_body(self, subject: str, sent: int, more: bool) -> None:
