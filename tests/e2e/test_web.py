@@ -620,6 +620,72 @@ def test_spent_hard_budget_answers_402_before_a_container_starts(
     cluster.burst("budget", "clear", "webcapped", check=True)
 
 
+SERVED = '''
+import asyncio
+import burst
+
+app = burst.App("served")
+
+
+@app.function()
+@burst.fastapi_endpoint()
+async def version(wait: bool = False) -> str:
+    if wait:  # in flight across the redeploy: it finishes on the old code
+        q = burst.Queue.from_name("web-serve", create_if_missing=True)
+        await q.get.aio(timeout=120)
+    return "VERSION"
+'''
+
+
+def test_burst_serve_picks_up_an_edit_and_removes_the_app_on_ctrl_c(
+        cluster: Cluster, web: str, tmp_path: Path, sdk: None) -> None:
+    import signal
+
+    import burst
+
+    src = tmp_path / "served_app.py"
+    src.write_text(SERVED.replace("VERSION", "v1"))
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "burst"), "serve", str(src)],
+                            env=cluster.env, stderr=subprocess.PIPE, text=True)
+    try:
+        url = ""
+        deadline = time.monotonic() + 120
+        assert proc.stderr is not None
+        while not url and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if "web endpoint version:" in line:
+                url = line.split(": ", 1)[1].strip()
+        host = url.split("//")[1]
+        root = web.rsplit("/", 2)[0]
+        path_form = f"{root}/default/served-dev/version"
+
+        def ask(**params: Any) -> httpx.Response:
+            return get(path_form, params=params)
+
+        assert ask().json() == "v1"
+        assert host.startswith("default--served-dev-version.")
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(ask, wait=True)
+            time.sleep(1)  # (it reaches the v1 container; if not, it still answers v1/v2)
+            src.write_text(SERVED.replace("VERSION", "v2"))
+            saved = time.monotonic()
+            while (answer := ask().json()) != "v2":
+                assert answer == "v1"
+                assert time.monotonic() - saved < 60, "the edit never reached the endpoint"
+                time.sleep(0.2)
+            print(f"new code answered {time.monotonic() - saved:.2f} s after the save")
+            burst.Queue.from_name("web-serve", create_if_missing=True).put("go")
+            assert in_flight.result(timeout=60).json() == "v1"  # finished on the old code
+        src.write_text("this is not python(\n")
+        time.sleep(2)
+        assert ask().json() == "v2"  # the last good version keeps serving
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+    apps = json.loads(cluster.burst("app", "list", "--json", check=True).stdout)
+    assert "served-dev" not in [a["app"] for a in apps["apps"]]
+
+
 def test_a_lost_agent_answers_502(cluster: Cluster, web: str, sdk: None) -> None:
     """Last in the module: it kills the agent (the supervisor starts it again)."""
     import os

@@ -50,6 +50,9 @@ def _register_commands() -> None:
     from burst.cli import apps
 
     apps.register(app)  # app list, status, stop
+    from burst.cli import serve
+
+    serve.register(app)  # serve
     # Further command modules register here, one line each, e.g.:
     # from burst.cli import run as run_cmd; run_cmd.register(app)
 

@@ -33,12 +33,15 @@ from nats.aio.subscription import Subscription
 
 from burst import wire
 from burst_core import logs, names
+from burst_core.schemas import FunctionDeployed, decoder
 
 if TYPE_CHECKING:
     from burst_agent.agent import Agent
     from burst_agent.container import Container
 
 log = logs.get("burst.agent.web")
+
+FunctionDeployedDecoder = decoder(FunctionDeployed)
 
 #: Frames of one request waiting together go as one message up to about this size (a
 #: NATS message is at most 1 MiB by default; a frame's body at most 256 KiB).
@@ -76,6 +79,11 @@ class WebRelay:
         self.waiting: dict[str, deque[_Request]] = {}
         self.requests: dict[str, _Request] = {}
         self._req_sub: Subscription | None = None
+        self._deployed_sub: Subscription | None = None
+        #: Containers of a web function's older deployment (id -> when, monotonic): they
+        #: take no request that came after, and stop once what they run and the requests
+        #: that came before are done (see ``_on_deployed``).
+        self.retired: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         #: Frames to the gateway, sent in order by one task (a response's frames must
         #: not overtake each other); frames for one request that are waiting together go
@@ -86,6 +94,8 @@ class WebRelay:
     async def start(self) -> None:
         self._req_sub = await self.agent.nc.subscribe(
             names.web_requests_filter(self.agent.agent_id), cb=self._on_request_msg)
+        self._deployed_sub = await self.agent.nc.subscribe(
+            names.function_deployed_subject("*.*.*"), cb=self._on_deployed)
         self._tasks = [asyncio.create_task(self._keepalive_loop()),
                        asyncio.create_task(self._send_loop())]
 
@@ -93,7 +103,7 @@ class WebRelay:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for sub in [self._req_sub, *self.subs.values()]:
+        for sub in [self._req_sub, self._deployed_sub, *self.subs.values()]:
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
@@ -142,6 +152,44 @@ class WebRelay:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
 
+    async def _on_deployed(self, msg: Msg) -> None:
+        """A web function was redeployed: its containers of older deployments here take no
+        new requests (the next ones start the new code: no container of it is ready, so
+        they are held while one starts) and stop once what they run is done."""
+        try:
+            event = FunctionDeployedDecoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        fn_key = names.function_key(event.workspace, event.app, event.function.name)
+        for c in list(self.agent.containers.values()):
+            if (c.fn_key != fn_key or not c.fn.web or c._stopping.is_set()
+                    or c.placement.deployment_id == event.deployment_id):
+                continue
+            log.info("web_container_retired", container_id=c.id, fn_key=fn_key,
+                     deployment_id=event.deployment_id)
+            self.retired[c.id] = time.monotonic()
+            self._stop_if_done(c)
+        if not self._live(fn_key):  # the next request is offered again: to the new code
+            sub = self.subs.pop(fn_key, None)
+            if sub is not None:
+                await self._unsubscribe(sub)
+
+    def _live(self, fn_key: str) -> list[Container]:
+        """The containers of ``fn_key`` that take new requests."""
+        return [c for c in self.members.get(fn_key, [])
+                if not c._stopping.is_set() and c.id not in self.retired]
+
+    def _may_run(self, c: Container, req: _Request) -> bool:
+        """A retired container runs only requests that came before it was retired."""
+        retired = self.retired.get(c.id)
+        return retired is None or req.started < retired
+
+    def _stop_if_done(self, c: Container) -> None:
+        if (c.id in self.retired and not c.web_in_flight and not c.in_flight
+                and not any(self._may_run(c, r) for r in self.waiting.get(c.fn_key, ()))):
+            del self.retired[c.id]
+            asyncio.get_running_loop().create_task(c.stop("redeployed"))
+
     # ---- from the gateway ------------------------------------------------------------
     async def _on_request(self, msg: Msg) -> None:
         try:
@@ -152,7 +200,7 @@ class WebRelay:
         if not isinstance(head, wire.WebRequest) or not head.reply:
             return
         fn_key = msg.subject.removeprefix(names.web_subject(""))
-        if not any(not c._stopping.is_set() for c in self.members.get(fn_key, [])):
+        if not self._live(fn_key):
             # Its last container left as the request came: not taken (the gateway offers
             # it again, as when no agent listens).
             await msg.respond(wire.encode(wire.WebAccepted(req_id=head.req_id, subject="")))
@@ -196,13 +244,14 @@ class WebRelay:
         """Start waiting requests of ``fn_key`` in containers with a free slot."""
         waiting = self.waiting.get(fn_key)
         while waiting:
+            req = waiting[0]
             free = [c for c in self.members.get(fn_key, [])
                     if not c._stopping.is_set() and c._writer is not None
-                    and self._load(c) < c.max_inputs]
+                    and self._load(c) < c.max_inputs and self._may_run(c, req)]
             if not free:
                 return
             c = min(free, key=self._load)
-            req = waiting.popleft()
+            waiting.popleft()
             req.container = c
             c.web_in_flight += 1
             c.state, c.idle_since = "busy", None
@@ -244,6 +293,7 @@ class WebRelay:
                           else "success")
             if not c.web_in_flight and not c.in_flight and c.state == "busy":
                 c.state, c.idle_since = "idle", time.time()
+            self._stop_if_done(c)
         log.info("web_request", fn_key=req.fn_key, req_id=req.head.req_id,
                  method=req.head.method, path=req.head.root_path + req.head.path,
                  status=status, error=end.error or None,
