@@ -565,6 +565,9 @@ class AgentHeartbeat(_Wire, kw_only=True):
     at: float
     seq: int = 0
     containers: list[ContainerView] = msgspec.field(default_factory=list)
+    #: Web requests the agent holds per function key, running or waiting for a free slot
+    #: (the scheduler's backlog counts them as it counts queued inputs).
+    web_requests: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class MeteringRecord(_Wire, kw_only=True):

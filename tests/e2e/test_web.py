@@ -65,8 +65,8 @@ async def busy(i: int) -> dict:
     global _running, _peak
     _running += 1
     _peak = max(_peak, _running)
-    try:
-        await asyncio.sleep(0.2)
+    try:  # held until the test lets them all go
+        await burst.Queue.from_name("web-crowd", create_if_missing=True).get.aio(timeout=120)
     finally:
         _running -= 1
     return {"i": i, "peak": _peak, "container": os.environ["BURST_CONTAINER_ID"]}
@@ -424,12 +424,24 @@ def test_client_disconnect_cancels_the_request_in_the_container(web: str, sdk: N
     assert d.get("cancelled") is True
 
 
-def test_fifty_concurrent_requests_against_max_inputs_ten(web: str) -> None:
+def test_fifty_concurrent_requests_scale_out_against_max_inputs_ten(
+        cluster: Cluster, web: str, sdk: None) -> None:
+    import burst
+
     with ThreadPoolExecutor(50) as pool:
-        answers = list(pool.map(lambda i: get(f"{web}/busy", params={"i": i}), range(50)))
+        pending = [pool.submit(get, f"{web}/busy", params={"i": i}) for i in range(50)]
+        # All 50 held in the app: it takes 5 containers of 10 (max_containers=5); the
+        # scheduler sees the requests waiting at the agent as it sees queued inputs.
+        deadline = time.monotonic() + 120
+        while containers_of(cluster, "busy").get("busy", 0) < 5:
+            assert time.monotonic() < deadline, containers_of(cluster, "busy")
+            time.sleep(0.3)
+        burst.Queue.from_name("web-crowd", create_if_missing=True).put_many(["go"] * 50)
+        answers = [p.result(timeout=120) for p in pending]
     assert [a.status_code for a in answers] == [200] * 50
     results = [a.json() for a in answers]
     assert sorted(r["i"] for r in results) == list(range(50))
+    assert len({r["container"] for r in results}) == 5
     # No container ever ran more requests at once than @concurrent allows.
     assert max(r["peak"] for r in results) <= 10
 

@@ -76,6 +76,8 @@ class Agent:
         self._acks_timer: asyncio.TimerHandle | None = None
         self._hb_seq = 0
         self.preempted = False  # a reclaim notice came: no new containers here
+        #: Web requests taken from the gateway (started with the agent).
+        self.web = WebRelay(self)
         self.started_at = time.time()
         # Unix socket paths are limited to 108 bytes: keep them short, under /tmp.
         self.socket_dir = tempfile.mkdtemp(prefix="burst-")
@@ -100,7 +102,6 @@ class Agent:
         self.cancelled: dict[str, float] = {}
         self._cancel_sub = await self.nc.subscribe(names.SUBJECTS_CALL_CANCELLED,
                                                    cb=self._on_cancel)
-        self.web = WebRelay(self)
         await self.web.start()
         self.orders = bus.Consumer(
             self.js, names.STREAM_CONTROL, names.agent_consumer(self.agent_id), self._on_order,
@@ -314,7 +315,8 @@ class Agent:
     async def _beat(self) -> None:
         self._hb_seq += 1
         hb = AgentHeartbeat(agent_id=self.agent_id, at=time.time(), seq=self._hb_seq,
-                            containers=[c.view() for c in self.containers.values()])
+                            containers=[c.view() for c in self.containers.values()],
+                            web_requests=self.web.counts())
         try:
             await self.heartbeats_kv.put(self.agent_id, encode(hb))
         except Exception as e:

@@ -109,6 +109,13 @@ class WebRelay:
                     await sub.unsubscribe()
         self.subs.clear()
 
+    def counts(self) -> dict[str, int]:
+        """Requests held per function key, running or waiting (the heartbeat's)."""
+        out: dict[str, int] = {}
+        for req in self.requests.values():
+            out[req.fn_key] = out.get(req.fn_key, 0) + 1
+        return out
+
     # ---- containers ------------------------------------------------------------------
     async def join(self, c: Container) -> None:
         """A ready container of a web function takes requests."""
