@@ -436,6 +436,12 @@ def test_fifty_concurrent_requests_scale_out_against_max_inputs_ten(
         while containers_of(cluster, "busy").get("busy", 0) < 5:
             assert time.monotonic() < deadline, containers_of(cluster, "busy")
             time.sleep(0.3)
+        status = json.loads(cluster.burst("app", "status", "webapp", "--json",
+                                          check=True).stdout)
+        held = next(f for f in status["functions"] if f["function"] == "busy")
+        assert held["web_requests"] == 50  # visible in `burst app status`
+        table = cluster.burst("app", "status", "webapp", check=True).stdout
+        assert "web requests" in table
         burst.Queue.from_name("web-crowd", create_if_missing=True).put_many(["go"] * 50)
         answers = [p.result(timeout=120) for p in pending]
     assert [a.status_code for a in answers] == [200] * 50

@@ -184,10 +184,14 @@ async def app_status(app: str, gw: GatewayDep,
         raise NotFoundError(f"app {app!r} is not deployed in workspace {p.workspace!r}")
     beats = await bus.kv_items(gw.js, names.KV_HEARTBEATS)
     containers: dict[str, dict[str, int]] = {}
+    requests: dict[str, int] = {}  # web requests held by agents (running or waiting)
     for raw in beats.values():
-        for view in AgentHeartbeatDecoder.decode(raw).containers:
+        hb = AgentHeartbeatDecoder.decode(raw)
+        for view in hb.containers:
             states = containers.setdefault(view.fn_key, {})
             states[view.state] = states.get(view.state, 0) + 1
+        for fn_key, n in hb.web_requests.items():
+            requests[fn_key] = requests.get(fn_key, 0) + n
     info = await gw.js.stream_info(names.STREAM_INPUTS,
                                    subjects_filter=names.input_subject(
                                        names.function_key(p.workspace, app, "*")))
@@ -205,6 +209,7 @@ async def app_status(app: str, gw: GatewayDep,
             "waiting": {"reason": waiting.reason, "since": waiting.since} if waiting else None,
             "web_urls": {ep.name: web.url_of(gw.settings, p.workspace, app, ep.name, ep)
                          for ep in fn.web},
+            "web_requests": requests.get(key, 0),
         })
     return {"app": app, "deployment_id": dep.deployment_id, "functions": functions}
 
