@@ -420,8 +420,11 @@ class _Exchange:
                 pump = asyncio.create_task(self._pump_websocket(accepted.subject))
                 await self._relay_websocket()
                 return
-            accepted = await self._hand_over(self._head(inbox, body, more))
-            pump = asyncio.create_task(self._pump_body(accepted.subject, len(body), more))
+            # The head carries at most CHUNK of the body (a NATS message stays small);
+            # the rest of a large first chunk follows as body messages.
+            head_body, rest = body[:CHUNK], body[CHUNK:]
+            accepted = await self._hand_over(self._head(inbox, head_body, more or bool(rest)))
+            pump = asyncio.create_task(self._pump_body(accepted.subject, len(body), more, rest))
             await self._relay()
         finally:
             if pump is not None:
@@ -478,10 +481,15 @@ class _Exchange:
             raise nats.errors.NoRespondersError
         return frame
 
-    async def _pump_body(self, subject: str, sent: int, more: bool) -> None:
+    async def _pump_body(self, subject: str, sent: int, more: bool, rest: bytes = b"",
+                         ) -> None:
         """The rest of the request body to the agent, then wait for the client to go
         away (ASGI's ``http.disconnect``): then the request is cancelled."""
         nc = self.gw.nc
+        for i in range(0, len(rest), CHUNK):  # the first chunk's part the head did not carry
+            await nc.publish(subject, wire.encode(wire.WebRequestBody(
+                req_id=self.req_id, body=rest[i:i + CHUNK],
+                more_body=more or i + CHUNK < len(rest))))
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
