@@ -51,7 +51,8 @@ from burst.exception import (
 
 HOST = "127.0.0.1"
 #: Ports tried first; a port already taken is replaced by a free one.
-DEFAULT_PORTS = {"gateway": 8780, "nats": 4780, "nats_monitor": 8781, "redis": 6780}
+DEFAULT_PORTS = {"gateway": 8780, "nats": 4780, "nats_monitor": 8781, "redis": 6780,
+                 "web": 8782}
 #: The one agent of a local cluster.
 AGENT_ID = "local"
 SERVICES = ("scheduler", "billing", "gateway", "agent")
@@ -395,6 +396,8 @@ def _start_services(
         "gateway": {
             "BURST_HOST": HOST,
             "BURST_PORT": str(ports["gateway"]),
+            # The web endpoints' own port (never the API's site).
+            "BURST_WEB_PORT": str(ports["web"]),
             # Only the hash: the token itself is in the 0600 profile and nowhere else.
             "BURST_BOOTSTRAP_TOKEN_HASH": hashlib.sha256(token.encode()).hexdigest(),
             "BURST_BOOTSTRAP_WORKSPACE": DEFAULT_WORKSPACE,
@@ -407,7 +410,7 @@ def _start_services(
         },
     }
     for name in SERVICES:
-        ports_of = {"http": ports["gateway"]} if name == "gateway" else {}
+        ports_of = {"http": ports["gateway"], "web": ports["web"]} if name == "gateway" else {}
         part_env = {**env, **extra.get(name, {})}
         if name not in KEY_HOLDERS:  # the master keys reach only who seals and opens
             part_env.pop("BURST_MASTER_KEYS", None)

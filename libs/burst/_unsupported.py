@@ -8,8 +8,7 @@ from burst.exception import InvalidError
 #: Top-level names of Modal's SDK not built yet.
 NAMES = frozenset({
     "Sandbox", "Volume", "NetworkFileSystem", "CloudBucketMount", "Proxy", "Tunnel",
-    "Mount", "SandboxSnapshot", "asgi_app", "wsgi_app", "web_endpoint", "fastapi_endpoint",
-    "web_server", "forward", "interact",
+    "Mount", "SandboxSnapshot", "forward", "interact",
 })
 
 

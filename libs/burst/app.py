@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from burst import _context, _resources, _unsupported, schedules, wire
+from burst import _context, _resources, _unsupported, schedules, web, wire
 from burst import secret as _secret
 from burst.cls import Cls
 from burst.exception import InvalidError
@@ -196,6 +196,10 @@ class App:
             )
             if spec.name in self.registered_functions:
                 raise InvalidError(f"app {self.name!r} already has a function {spec.name!r}")
+            endpoint = web.endpoint_of(f, spec.name)
+            if endpoint is not None:
+                spec.web = [endpoint]
+                self._check_web(spec)
             fn = Function(f, self, spec)
             fn.secrets = fn_secrets
             self.registered_functions[spec.name] = fn
@@ -220,6 +224,9 @@ class App:
             fn = register(user_cls)  # the class's spec: its name, module, resources
             cls = Cls(user_cls, fn, options)
             fn.spec.is_class = True
+            fn.spec.web = [ep for m in cls.methods if (ep := web.endpoint_of(
+                getattr(user_cls, m), f"{fn.spec.name}-{m}", method=m)) is not None]
+            self._check_web(fn.spec)
             if not hasattr(user_cls, "__burst_concurrency__"):
                 # @burst.concurrent / @burst.batched on methods: the container takes the
                 # most inputs any of them takes.
@@ -230,6 +237,15 @@ class App:
             return cls
 
         return decorator
+
+    def _check_web(self, spec: wire.FunctionSpec) -> None:
+        """No two web endpoints of the app answer one URL (checked as they are declared)."""
+        try:
+            web.check_unique([ep for f in self.registered_functions.values() if f.spec is not spec
+                              for ep in f.spec.web] + spec.web, self.name)
+        except InvalidError:
+            self.registered_functions.pop(spec.name, None)
+            raise
 
     def include(self, other: App, /) -> App:
         """Modal's ``app.include(other)``: not built yet."""
@@ -293,6 +309,9 @@ class App:
             client_id=client_id))
         # Calls go to the app's id: its name when deployed, the run's own id when ephemeral.
         self._client, self._deployed_name = client, resp.app
+        for fn in self.registered_functions.values():
+            fn._web_urls = {ep.name: resp.web_urls[ep.name] for ep in fn.spec.web
+                            if ep.name in resp.web_urls}
         return resp
 
     @property

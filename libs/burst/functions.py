@@ -65,6 +65,8 @@ class Function(Generic[P, R]):
         self._method: str | None = None
         self._params: dict[str, Any] = {}
         self._obj: Any = None
+        #: The URL of each web endpoint, by name, as the deployment answered.
+        self._web_urls: dict[str, str] = {}
         self.__doc__ = raw_f.__doc__
         self.__name__ = raw_f.__name__
         self.__qualname__ = raw_f.__qualname__
@@ -99,6 +101,31 @@ class Function(Generic[P, R]):
         fn._client = client
         return fn
 
+    def get_web_url(self) -> str | None:
+        """The URL of this function's web endpoint (``@burst.fastapi_endpoint``,
+        ``asgi_app``, ``wsgi_app``), or None if it has none. Built by the gateway from its
+        externally visible base (``BURST_WEB_URL``), as ``burst deploy`` prints it."""
+        local = self.app is not None or bool(self.spec.module)
+        name = next((ep.name for ep in self.spec.web if ep.method == (self._method or "")),
+                    None)
+        if local and name is None:
+            return None
+        if name is not None and name in self._web_urls:
+            return self._web_urls[name]
+        client, app_name = self._target()
+        status = client.get_json(f"/v1/apps/{app_name}/status")
+        for fn in status.get("functions", []):
+            if fn.get("function") != self.spec.name:
+                continue
+            urls: dict[str, str] = fn.get("web_urls") or {}
+            if name is None and urls:  # a handle from from_name: its function's endpoint
+                name = (f"{self.spec.name}-{self._method}" if self._method
+                        else next(iter(urls)))
+            if name in urls:
+                self._web_urls[name] = str(urls[name])
+                return self._web_urls[name]
+        return None
+
     def bind_method(self, method: str, params: dict[str, Any], obj: Any) -> Function[..., Any]:
         """A handle calling ``method`` of the class instance with ``params``."""
         spec = self.spec
@@ -112,6 +139,7 @@ class Function(Generic[P, R]):
         fn: Function[..., Any] = Function(self.raw_f, self.app, spec)
         fn._client, fn._app_name = self._client, self._app_name
         fn._method, fn._params, fn._obj = method, params, obj
+        fn._web_urls = self._web_urls
         return fn
 
     def _payload(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:

@@ -156,6 +156,47 @@ class SecretSpec(_Body):
     sealed: str = ""
 
 
+#: A web endpoint's label (and the URL part a function's name becomes): URL-safe.
+LABEL_MAX = 63
+_LABEL = re.compile(rf"[a-z0-9](?:[a-z0-9-]{{0,{LABEL_MAX - 2}}}[a-z0-9])?")
+LABEL_RULE = (f"1-{LABEL_MAX} characters: lowercase letters, digits and '-', starting and "
+              "ending with a letter or digit")
+
+
+def check_label(value: object) -> str:
+    """Return ``value`` if it is a valid web endpoint label, else raise ValueError."""
+    if not isinstance(value, str) or not _LABEL.fullmatch(value):
+        raise ValueError(f"invalid web endpoint label {quote_value(value)}: use {LABEL_RULE}")
+    return value
+
+
+class WebEndpoint(_Body):
+    """A web endpoint of a function (or of one method of a class): how the shim serves it
+    and the URL part it answers under (``/{workspace}/{app}/{name}/...``)."""
+
+    #: ``fastapi`` (``fastapi_endpoint``: the function becomes one route), ``asgi``
+    #: (``asgi_app``: it returns an ASGI app), ``wsgi`` (``wsgi_app``: a WSGI app) or
+    #: ``web_server`` (it starts a server listening on ``port`` in the container). A
+    #: string, not a Literal, so that a later kind does not break older readers.
+    kind: str
+    #: The URL part: the label, else the function's name (``Cls-method`` for a method).
+    name: str
+    #: The class method that serves it; "" for a function.
+    method: str = ""
+    #: ``fastapi`` only: the HTTP method of its one route, and whether /docs is served.
+    http_method: str = "GET"
+    docs: bool = False
+    label: str = ""
+    requires_proxy_auth: bool = False
+    #: ``web_server`` only: the port it listens on, and how long it may take to listen.
+    port: int = 0
+    startup_timeout: float = 0.0
+
+
+#: The kinds of web endpoint this version serves.
+WEB_KINDS = ("fastapi", "asgi", "wsgi", "web_server")
+
+
 class FunctionSpec(_Body):
     """One function of an app, as the SDK declared it."""
 
@@ -181,6 +222,8 @@ class FunctionSpec(_Body):
     #: In order: a later secret's key overrides an earlier one's.
     secrets: list[SecretSpec] = msgspec.field(default_factory=list)
     block_network: bool = False  # True: its containers get no network at all
+    #: Its web endpoints (one for a function; one per decorated method of a class).
+    web: list[WebEndpoint] = msgspec.field(default_factory=list)
 
 
 # ---- HTTP bodies (SDK <-> gateway) ---------------------------------------------------
@@ -201,6 +244,8 @@ class DeployResponse(_Body):
     deployment_id: str
     functions: list[str]
     name: str = ""  # an ephemeral run's app name
+    #: The URL of each web endpoint, by its name (``WebEndpoint.name``).
+    web_urls: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 #: Arguments and results up to this size travel inline (NATS messages stay small);
@@ -426,8 +471,131 @@ class PlatformResponse(_Frame, kw_only=True):
     error_message: str = ""
 
 
-ToShim = RunInput | CancelInput | Shutdown | PlatformResponse
-FromShim = Ready | StartupFailed | InputDone | StreamItem | Log | PlatformRequest | Alive
+# ---- web requests (gateway -> agent over core NATS -> shim, and back) ------------------
+class WebRequest(_Frame, kw_only=True):
+    """The head of an HTTP request to a web endpoint (and its body's first chunk)."""
+
+    req_id: str
+    endpoint: str  # WebEndpoint.name
+    method: str
+    path: str  # below root_path, percent-decoded (ASGI's ``path``)
+    raw_path: bytes = b""
+    query_string: bytes = b""
+    root_path: str = ""  # /{workspace}/{app}/{endpoint}
+    headers: list[tuple[bytes, bytes]] = msgspec.field(default_factory=list)
+    scheme: str = "http"
+    http_version: str = "1.1"
+    client: tuple[str, int] | None = None
+    server: tuple[str, int] | None = None
+    body: bytes = b""
+    more_body: bool = False
+    #: Where the agent sends the response frames (the gateway's inbox for this request).
+    reply: str = ""
+    #: A WebSocket handshake (ASGI ``websocket`` scope) rather than an HTTP request.
+    websocket: bool = False
+
+
+class WebRequestBody(_Frame, kw_only=True):
+    """The next chunk of a request's body."""
+
+    req_id: str
+    body: bytes = b""
+    more_body: bool = False
+
+
+class WebCancel(_Frame, kw_only=True):
+    """The client went away (or sent too much): stop serving the request."""
+
+    req_id: str
+    reason: str = "disconnect"
+
+
+class WebAccepted(_Frame, kw_only=True):
+    """An agent took the request: its body chunks and cancel go to ``subject`` ("": it
+    did not take it after all, its containers being gone; the gateway offers it again)."""
+
+    req_id: str
+    subject: str
+    #: No container had a free slot: it waits at the agent (the gateway tells the
+    #: scheduler the function needs more containers).
+    queued: bool = False
+
+
+class WebResponseStart(_Frame, kw_only=True):
+    req_id: str
+    status: int
+    headers: list[tuple[bytes, bytes]] = msgspec.field(default_factory=list)
+
+
+class WebResponseBody(_Frame, kw_only=True):
+    req_id: str
+    body: bytes = b""
+    more_body: bool = False
+
+
+class WebEnd(_Frame, kw_only=True):
+    """The request is over: the app returned (``error`` "") or failed; the gateway answers
+    ``status`` if no response had started (502: the container or agent went away)."""
+
+    req_id: str
+    error: str = ""
+    status: int = 0
+
+
+class WebSocketAccept(_Frame, kw_only=True):
+    """The app accepted a WebSocket (from the shim)."""
+
+    req_id: str
+    subprotocol: str | None = None
+    headers: list[tuple[bytes, bytes]] = msgspec.field(default_factory=list)
+
+
+class WebSocketMessage(_Frame, kw_only=True):
+    """One WebSocket message, either way: ``text`` or ``data``."""
+
+    req_id: str
+    text: str | None = None
+    data: bytes | None = None
+
+
+class WebSocketClose(_Frame, kw_only=True):
+    """A WebSocket closed, either way (from the app: it closes; from the client: it left)."""
+
+    req_id: str
+    code: int = 1000
+    reason: str = ""
+
+
+class WebAlive(_Frame, kw_only=True):
+    """From the agent, every ``BURST_WEB_KEEPALIVE`` s while it holds the request."""
+
+    req_id: str
+
+
+ToShim = (RunInput | CancelInput | Shutdown | PlatformResponse | WebRequest | WebRequestBody
+          | WebCancel | WebSocketMessage | WebSocketClose)
+FromShim = (Ready | StartupFailed | InputDone | StreamItem | Log | PlatformRequest | Alive
+            | WebResponseStart | WebResponseBody | WebEnd | WebSocketAccept | WebSocketMessage
+            | WebSocketClose)
+#: Frames of a web request between the gateway and the agent (core NATS messages).
+WebMessage = (WebRequest | WebRequestBody | WebCancel | WebAccepted | WebResponseStart
+              | WebResponseBody | WebEnd | WebAlive | WebSocketAccept | WebSocketMessage
+              | WebSocketClose)
+#: Web frames to the shim (the shim's web host takes them).
+WEB_TO_SHIM = (WebRequest, WebRequestBody, WebCancel, WebSocketMessage, WebSocketClose)
+#: Web frames from the shim that the agent relays to the gateway as they are.
+WEB_FROM_SHIM = (WebResponseStart, WebResponseBody, WebEnd, WebSocketAccept, WebSocketMessage,
+                 WebSocketClose)
+web_decoder = msgspec.msgpack.Decoder(WebMessage)
+_web_batch_decoder = msgspec.msgpack.Decoder(list[WebMessage])
+
+
+def decode_web(data: bytes) -> list[WebMessage]:
+    """The frames of one message between the gateway and an agent: one frame (a msgpack
+    map), or several sent together (a msgpack array of them)."""
+    if data and (0x90 <= data[0] <= 0x9F or data[0] in (0xDC, 0xDD)):
+        return _web_batch_decoder.decode(data)
+    return [web_decoder.decode(data)]
 
 _enc = msgspec.msgpack.Encoder()
 to_shim_decoder = msgspec.msgpack.Decoder(ToShim)

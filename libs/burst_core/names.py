@@ -135,6 +135,30 @@ def log_subject(fn_key: str) -> str:
     return f"burst.logs.{fn_key}"
 
 
+# Web requests travel over core NATS (never stored: a request is never replayed).
+def web_subject(fn_key: str) -> str:
+    """Where the gateway sends a web request of a function; the agents holding ready
+    containers of it subscribe in the queue group ``WEB_QUEUE`` (one of them takes it)."""
+    return f"burst.web.fn.{fn_key}"
+
+
+WEB_QUEUE = "agents"
+
+
+def web_request_subject(agent_id: str, req_id: str) -> str:
+    """Where the gateway sends a request's body chunks and its cancel, once an agent took it."""
+    return f"burst.web.req.{agent_id}.{req_id}"
+
+
+def web_requests_filter(agent_id: str) -> str:
+    return f"burst.web.req.{agent_id}.*"
+
+
+def proxy_auth_key(key_id: str) -> str:
+    """KV ``burst_tokens`` key of a proxy-auth token (never an API token's sha256 key)."""
+    return "proxy." + hashlib.sha256(key_id.encode()).hexdigest()
+
+
 def app_logs_filter(workspace: str, app: str) -> str:
     return f"burst.logs.{workspace}.{app}.*"
 

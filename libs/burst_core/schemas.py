@@ -186,6 +186,10 @@ class TokenRecord(_Wire, kw_only=True):
     name: str = ""
     admin: bool = False
     created_at: float = 0.0
+    #: "" for an API token (keyed by its sha256); "proxy_auth" for a web endpoint
+    #: proxy-auth token (keyed by ``names.proxy_auth_key``; its secret's sha256 here).
+    kind: str = ""
+    secret_hash: str = ""
 
 
 class ServiceHeartbeat(_Wire, kw_only=True):
@@ -602,6 +606,9 @@ class AgentHeartbeat(_Wire, kw_only=True):
     at: float
     seq: int = 0
     containers: list[ContainerView] = msgspec.field(default_factory=list)
+    #: Web requests the agent holds per function key, running or waiting for a free slot
+    #: (the scheduler's backlog counts them as it counts queued inputs).
+    web_requests: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class MeteringRecord(_Wire, kw_only=True):

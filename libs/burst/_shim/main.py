@@ -84,6 +84,12 @@ class Channel:
         with self._lock:
             self.sock.sendall(data)
 
+    def send_many(self, msgs: list[Any]) -> None:
+        """Several frames in one write (a small web response's start, body and end)."""
+        data = b"".join(wire.frame(m) for m in msgs)
+        with self._lock:
+            self.sock.sendall(data)
+
     def next_frame(self) -> Any:
         """The main loop's next frame; ``None`` once the agent closed the connection."""
         self._pump(lambda: bool(self._frames), None)
@@ -524,6 +530,18 @@ def main() -> None:
         chan.send(wire.StartupFailed(error_type=name, error_message=message, traceback=trace))
         sys.exit(1)
     runner = Runner(target, chan, state, _max_inputs(obj))
+    web_host = None
+    endpoints = getattr(getattr(obj, "spec", None), "web", None)
+    if endpoints:  # only web functions import a web framework (see _shim/web.py)
+        try:
+            from burst._shim import web
+
+            web_host = web.WebHost(endpoints, target, chan, runner._event_loop())
+        except BaseException as exc:
+            _, name, message, trace = serialize_exception(exc)
+            chan.send(wire.StartupFailed(error_type=name, error_message=message,
+                                         traceback=trace))
+            sys.exit(1)
     chan.send(wire.Ready(pid=os.getpid()))
     try:
         while True:
@@ -534,6 +552,8 @@ def main() -> None:
                 runner.submit(msg)
             elif isinstance(msg, wire.CancelInput):
                 runner.cancel(msg.input_id)
+            elif web_host is not None and isinstance(msg, wire.WEB_TO_SHIM):
+                web_host.on_frame(msg)
     finally:
         # Scale-down, preemption (SIGTERM) or shutdown: @exit runs within the grace period.
         target.close()

@@ -45,13 +45,19 @@ def status(name: str = typer.Argument(..., help="The app's name (its deployment,
     title = f"App {data.get('name', name)}"
     if data.get("ephemeral"):
         title += f" (ephemeral run {data['app']})"
-    table = Table("function", "containers", "queued", "waiting", title=title,
-                  title_justify="left")
+    web = any(f.get("web_urls") for f in data["functions"])
+    table = Table("function", "containers", "queued", *(["web requests"] if web else []),
+                  "waiting", title=title, title_justify="left")
     for f in data["functions"]:
         states = ", ".join(f"{n} {s}" for s, n in sorted(f["containers"].items())) or "none"
         waiting = f["waiting"]["reason"] if f["waiting"] else ""
-        table.add_row(f["function"], states, str(f["queued"]), waiting)
+        requests = [str(f.get("web_requests", 0)) if f.get("web_urls") else ""] if web else []
+        table.add_row(f["function"], states, str(f["queued"]), *requests, waiting)
     console.print(table)
+    for f in data["functions"]:
+        for endpoint, url in (f.get("web_urls") or {}).items():
+            console.print(f"web endpoint {endpoint} ({f['function']}): {url}", markup=False,
+                          highlight=False, soft_wrap=True)
 
 
 @app_cmd.command("stop")

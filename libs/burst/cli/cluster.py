@@ -165,6 +165,11 @@ def up(
     out = Console(highlight=False)
     out.print(f"[green]Burst cluster is up[/] (home {home})")
     out.print(f"  gateway  {profile.url}", markup=False)
+    gateway = next((p for p in state.parts if p.name == "gateway"), None)
+    if gateway is not None and gateway.ports.get("web"):
+        host = profile.url.split("://", 1)[-1].rsplit(":", 1)[0]
+        out.print(f"  web      http://{host}:{gateway.ports['web']}  (web endpoints)",
+                  markup=False)
     out.print(f"  profile  {profile_path(home)}", markup=False)
     out.print(
         f"  logs     {home / 'logs'}/<{','.join(p.name for p in parts)}>.log", markup=False

@@ -50,9 +50,10 @@ def _register_commands() -> None:
     from burst.cli import apps
 
     apps.register(app)  # app list, status, stop
-    from burst.cli import secrets
+    from burst.cli import secrets, serve
 
     secrets.register(app)  # secret create, list, delete, rotate-key
+    serve.register(app)  # serve
     # Further command modules register here, one line each, e.g.:
     # from burst.cli import run as run_cmd; run_cmd.register(app)
 

@@ -275,6 +275,9 @@ def deploy(
     console.print(f"[green]Deployed[/green] app [bold]{resp.app}[/bold] "
                   f"({resp.deployment_id}) in workspace {resp.workspace}: "
                   f"functions {', '.join(resp.functions)}")
+    for endpoint, url in resp.web_urls.items():
+        console.print(f"  web endpoint {endpoint}: {url}", markup=False, highlight=False,
+                      soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

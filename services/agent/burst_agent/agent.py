@@ -31,6 +31,7 @@ from burst_agent.inputs import InputPuller
 from burst_agent.runtimes.base import Runtime
 from burst_agent.runtimes.factory import make_runtime
 from burst_agent.settings import AgentSettings
+from burst_agent.web import WebRelay
 from burst_core import bus, logs, names
 from burst_core.calls.caller import Caller
 from burst_core.objects import Objects
@@ -78,6 +79,8 @@ class Agent:
         self._acks_timer: asyncio.TimerHandle | None = None
         self._hb_seq = 0
         self.preempted = False  # a reclaim notice came: no new containers here
+        #: Web requests taken from the gateway (started with the agent).
+        self.web = WebRelay(self)
         self.started_at = time.time()
         # Unix socket paths are limited to 108 bytes: keep them short, under /tmp.
         self.socket_dir = tempfile.mkdtemp(prefix="burst-")
@@ -106,6 +109,7 @@ class Agent:
         self.cancelled: dict[str, float] = {}
         self._cancel_sub = await self.nc.subscribe(names.SUBJECTS_CALL_CANCELLED,
                                                    cb=self._on_cancel)
+        await self.web.start()
         self.orders = bus.Consumer(
             self.js, names.STREAM_CONTROL, names.agent_consumer(self.agent_id), self._on_order,
             filter_subjects=[names.agent_orders_subject(self.agent_id)], ack_wait=10.0,
@@ -142,6 +146,7 @@ class Agent:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.web.stop()
         if self._caller is not None:
             with contextlib.suppress(Exception):
                 await self._caller.stop()
@@ -350,7 +355,8 @@ class Agent:
     async def _beat(self) -> None:
         self._hb_seq += 1
         hb = AgentHeartbeat(agent_id=self.agent_id, at=time.time(), seq=self._hb_seq,
-                            containers=[c.view() for c in self.containers.values()])
+                            containers=[c.view() for c in self.containers.values()],
+                            web_requests=self.web.counts())
         try:
             await self.heartbeats_kv.put(self.agent_id, encode(hb))
         except Exception as e:

@@ -83,6 +83,8 @@ class Container:
         self.socket_path = Path(self.agent.socket_dir) / f"{self.id}.sock"
         self.last_alive = time.monotonic()
         self.unresponsive = False
+        #: Web requests running in it (burst_agent.web); they count as inputs in flight.
+        self.web_in_flight = 0
         #: Inputs running when the container stopped (its stopped event says so).
         self._inputs_at_stop = 0
         self.done = asyncio.Event()
@@ -100,7 +102,8 @@ class Container:
     # ---- views ---------------------------------------------------------------------
     def view(self) -> ContainerView:
         return ContainerView(container_id=self.id, fn_key=self.fn_key, state=self.state,  # type: ignore[arg-type]
-                             idle_since=self.idle_since, in_flight=len(self.in_flight),
+                             idle_since=self.idle_since,
+                             in_flight=len(self.in_flight) + self.web_in_flight,
                              max_inputs=self.max_inputs,
                              busy_since=min((i.started for i in self.in_flight.values()),
                                             default=None),
@@ -166,6 +169,8 @@ class Container:
             if isinstance(ready, wire.Ready):
                 self.state, self.idle_since = "idle", time.time()
                 self._spawn(self._join_inputs())  # first: the event need not hold the input
+                if self.fn.web:
+                    self._spawn(self.agent.web.join(self))
                 self._spawn(self._watch_alive())
                 self._spawn(self.dispatch.keepalive_loop())
                 await self._event("ready", ContainerReady(
@@ -198,8 +203,10 @@ class Container:
         finally:
             self.state = "stopping"
             self._set_stopping()
-            self._inputs_at_stop = len(self.in_flight)
+            self._inputs_at_stop = len(self.in_flight) + self.web_in_flight
             await self.dispatch.finish(exit_code)
+            if self.fn.web:
+                self.agent.web.gone(self)
             tasks = list(self._tasks)
             for t in tasks:
                 t.cancel()
@@ -248,7 +255,7 @@ class Container:
         if if_idle_since is not None and (
             self.state != "idle" or self.idle_since is None
             or self.idle_since > if_idle_since + 1e-6
-            or self.dispatch.slots < self.max_inputs
+            or self.dispatch.slots < self.max_inputs or self.web_in_flight
         ):
             self.log.info("stop_skipped_not_idle", state=self.state)
             return False
@@ -309,6 +316,8 @@ class Container:
             await self.dispatch.on_done(frame)
         elif isinstance(frame, wire.StreamItem):
             await self.dispatch.on_item(frame)
+        elif isinstance(frame, wire.WEB_FROM_SHIM):
+            self.agent.web.on_frame(self, frame)
         elif isinstance(frame, wire.PlatformRequest):
             # May wait (a Queue.get): never hold up the frames behind it.
             self._spawn(self._on_platform(frame))
@@ -338,6 +347,8 @@ class Container:
     def _set_stopping(self) -> None:
         """No new inputs: the container leaves the function's pull (its free slots with it)."""
         self._stopping.set()
+        if self.fn.web:
+            self.agent.web.leave(self)
         puller, self._puller = self._puller, None
         if puller is not None:
             puller.leave(self)

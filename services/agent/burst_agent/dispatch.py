@@ -74,6 +74,7 @@ class Owner(Protocol):
     _stopping: asyncio.Event
     _writer: asyncio.StreamWriter | None
     _puller: InputPuller | None
+    web_in_flight: int
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
 
@@ -275,7 +276,7 @@ class InputDispatch:
             started_at=done.started_at, finished_at=done.finished_at,
             payload_format=inf.inp.payload_format, workspace=inf.inp.workspace,
         )
-        if not self.in_flight and self.c.state == "busy":
+        if not self.in_flight and not self.c.web_in_flight and self.c.state == "busy":
             self.c.state, self.c.idle_since = "idle", time.time()
         if len(out.payload) > wire.INLINE_PAYLOAD_LIMIT:  # too big for a NATS message
             try:

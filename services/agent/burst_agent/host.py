@@ -21,6 +21,7 @@ from burst_core.objects import Objects
 
 if TYPE_CHECKING:
     from burst_agent.runtimes.base import Runtime
+    from burst_agent.web import WebRelay
 
 
 class AgentHost(Protocol):
@@ -35,6 +36,8 @@ class AgentHost(Protocol):
     socket_dir: str
     #: Recently cancelled calls (call id → when).
     cancelled: dict[str, float]
+    #: Web requests taken from the gateway (burst_agent.web).
+    web: WebRelay
 
     def ack_later(self, msg: Msg) -> None: ...
 

@@ -86,18 +86,21 @@ class AgentSettings(CommonSettings):
     #: one is taken (not while the container that took it is still starting).
     spare_sandbox: bool = True
     spare_delay: float = 0.05
-    #: Containers' network (both runtimes): they reach the internet, but never these
-    #: networks (comma-separated CIDRs or addresses; RFC 1918 by default), on top of what
-    #: is always denied (the host's loopback and own addresses, 169.254.0.0/16, the
-    #: cluster's servers). ``allow_cidrs`` opens parts of ``deny_cidrs`` again (an
-    #: internal service a workload needs).
     #: Containers' network on the process runtime: "auto" (user-mode NAT with the deny
     #: rules below where slirp4netns is installed and the agent is root, else none and one
     #: warning), "on" (refuse to start without it) or "off" (no network at all, as with
     #: ``block_network=True`` on every function).
     container_network: str = "auto"
+    #: Containers' network (both runtimes): they reach the internet, but never these
+    #: networks (comma-separated CIDRs or addresses; RFC 1918 by default), on top of what
+    #: is always denied (the host's loopback and own addresses, 169.254.0.0/16, the
+    #: cluster's servers). ``allow_cidrs`` opens parts of ``deny_cidrs`` again (an
+    #: internal service a workload needs).
     deny_cidrs: str = DEFAULT_DENY_CIDRS
     allow_cidrs: str = ""
     #: Seconds the process runtime may take to set up a container's network namespace
     #: (deny rules, then slirp4netns) before the start fails.
     network_setup_timeout: float = 10.0
+    #: Seconds between the keepalives the agent sends the gateway for each web request it
+    #: holds (the gateway answers 502 when they stop: the agent is lost).
+    web_keepalive: float = 1.0

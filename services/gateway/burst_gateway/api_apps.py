@@ -36,6 +36,7 @@ from burst_core.schemas import (
     LogLineDecoder,
     encode,
 )
+from burst_gateway import web
 from burst_gateway.auth import Principal, principal
 from burst_gateway.state import Gateway, GatewayDep
 
@@ -131,6 +132,7 @@ def _validate(req: DeployRequest) -> None:
             if fn.schedule is not None:
                 schedules.check(fn.name, fn.schedule)
             _check_limits(fn)
+        web.check_endpoints(req.app, req.functions)
     except ValueError as e:
         raise InvalidError(str(e)) from None
     except InvalidError as e:  # the SDK's own checks, named for the function
@@ -149,6 +151,8 @@ async def deploy(request: Request, gw: GatewayDep, p: Principal = Depends(princi
         raise InvalidError(f"malformed deploy request: {e}") from None
     _validate(req)
     _check_hash(req.bundle_hash)
+    web.check_hosts(gw.settings, p.workspace, req.app, req.functions,
+                    gw.deployments_of(p.workspace))
     if not await _bundle_exists(gw, p.workspace, req.bundle_hash):
         raise InvalidError(f"bundle {req.bundle_hash} is not stored in workspace "
                            f"{p.workspace!r}: upload it first (PUT /v1/bundles/{{hash}})")
@@ -175,7 +179,10 @@ async def deploy(request: Request, gw: GatewayDep, p: Principal = Depends(princi
             msg_id=f"{dep.deployment_id}:{fn.name}",
         )
     resp = DeployResponse(app=app_id, workspace=p.workspace, deployment_id=dep.deployment_id,
-                          functions=[f.name for f in dep.functions], name=dep.name)
+                          functions=[f.name for f in dep.functions], name=dep.name,
+                          web_urls={ep.name: web.url_of(gw.settings, p.workspace, app_id,
+                                                        ep.name, ep)
+                                    for f in dep.functions for ep in f.web})
     return Response(msgspec.msgpack.encode(resp), status_code=201, media_type=MSGPACK)
 
 
@@ -225,10 +232,14 @@ async def app_status(app: str, gw: GatewayDep,
     app = dep.app
     beats = await bus.kv_items(gw.js, names.KV_HEARTBEATS)
     containers: dict[str, dict[str, int]] = {}
+    requests: dict[str, int] = {}  # web requests held by agents (running or waiting)
     for raw in beats.values():
-        for view in AgentHeartbeatDecoder.decode(raw).containers:
+        hb = AgentHeartbeatDecoder.decode(raw)
+        for view in hb.containers:
             states = containers.setdefault(view.fn_key, {})
             states[view.state] = states.get(view.state, 0) + 1
+        for fn_key, n in hb.web_requests.items():
+            requests[fn_key] = requests.get(fn_key, 0) + n
     info = await gw.js.stream_info(names.STREAM_INPUTS,
                                    subjects_filter=names.input_subject(
                                        names.function_key(p.workspace, app, "*")))
@@ -244,6 +255,9 @@ async def app_status(app: str, gw: GatewayDep,
             "function": fn.name, "containers": containers.get(key, {}),
             "queued": int(queued.get(names.input_subject(key), 0)),
             "waiting": {"reason": waiting.reason, "since": waiting.since} if waiting else None,
+            "web_urls": {ep.name: web.url_of(gw.settings, p.workspace, app, ep.name, ep)
+                         for ep in fn.web},
+            "web_requests": requests.get(key, 0),
         })
     return {"app": app, "name": dep.name or dep.app, "ephemeral": dep.ephemeral,
             "detached": dep.ephemeral and not dep.client_id,

@@ -62,6 +62,9 @@ class TokenCreate(BaseModel):
     workspace: str = Field(description="Workspace the new token belongs to.")
     name: str = Field(default="", description="A label for the token.")
     admin: bool = False
+    proxy_auth: bool = Field(default=False, description=(
+        "A proxy-auth token for web endpoints with requires_proxy_auth=True (a key id and "
+        "a secret, sent as the Burst-Key and Burst-Secret headers), not an API token."))
 
 
 @router.post("/v1/tokens", tags=["cluster"], status_code=201)
@@ -72,5 +75,11 @@ async def create_token(body: TokenCreate, gw: GatewayDep,
         names.check_ident("workspace", body.workspace)
     except ValueError as e:
         raise InvalidError(str(e)) from None
+    if body.proxy_auth:
+        if body.admin:
+            raise InvalidError("a proxy-auth token cannot be an operator token (admin)")
+        key_id, secret = await gw.tokens.create_proxy_auth(body.workspace, body.name)
+        return {"token_id": key_id, "token_secret": secret, "workspace": body.workspace,
+                "name": body.name}
     token = await gw.tokens.create(body.workspace, body.name, body.admin)
     return {"token": token, "workspace": body.workspace, "name": body.name}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import time
 from dataclasses import dataclass
@@ -10,10 +11,13 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from burst.exception import AuthError, PermissionDeniedError
-from burst_core import bus
+from burst_core import bus, names
 from burst_core.schemas import TokenRecord, TokenRecordDecoder, encode
 
 TOKEN_PREFIX = "bst_"
+#: Proxy-auth tokens (web endpoints): a key id and a secret, as Modal's ``wk-``/``ws-``.
+PROXY_KEY_PREFIX = "wk-"
+PROXY_SECRET_PREFIX = "ws-"
 
 
 def hash_token(token: str) -> str:
@@ -36,6 +40,7 @@ class TokenStore:
         self.kv = kv
         self.cache_ttl = cache_ttl
         self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._proxy_cache: dict[str, tuple[float, TokenRecord | None]] = {}
 
     async def create(self, workspace: str, name: str = "", admin: bool = False,
                      token: str | None = None) -> str:
@@ -43,6 +48,34 @@ class TokenStore:
         rec = TokenRecord(workspace=workspace, name=name, admin=admin, created_at=time.time())
         await self.kv.put(hash_token(token), encode(rec))  # type: ignore[attr-defined]
         return token
+
+    async def create_proxy_auth(self, workspace: str, name: str = "") -> tuple[str, str]:
+        """A proxy-auth token for web endpoints with ``requires_proxy_auth=True``: its key
+        id and secret (sent as the ``Burst-Key``/``Burst-Secret`` headers)."""
+        key_id = PROXY_KEY_PREFIX + secrets.token_urlsafe(16)
+        secret = PROXY_SECRET_PREFIX + secrets.token_urlsafe(32)
+        rec = TokenRecord(workspace=workspace, name=name, created_at=time.time(),
+                          kind="proxy_auth", secret_hash=hash_token(secret))
+        await self.kv.put(names.proxy_auth_key(key_id), encode(rec))  # type: ignore[attr-defined]
+        return key_id, secret
+
+    async def proxy_auth(self, key_id: str, secret: str) -> str | None:
+        """The workspace of a valid proxy-auth key and secret, else None."""
+        if not key_id or not secret:
+            return None
+        now = time.monotonic()
+        hit = self._proxy_cache.get(key_id)
+        if hit is None or hit[0] <= now:
+            raw, _ = await bus.kv_get(self.kv, names.proxy_auth_key(key_id))  # type: ignore[arg-type]
+            rec = TokenRecordDecoder.decode(raw) if raw is not None else None
+            if len(self._proxy_cache) > 10_000:
+                self._proxy_cache.clear()
+            hit = self._proxy_cache[key_id] = (now + self.cache_ttl, rec)
+        rec = hit[1]
+        if rec is None or rec.kind != "proxy_auth" or not hmac.compare_digest(
+                rec.secret_hash, hash_token(secret)):
+            return None
+        return rec.workspace
 
     async def ensure_hash(self, token_hash: str, workspace: str) -> None:
         """Store the bootstrap admin token's record (given only its hash) if missing."""
@@ -62,7 +95,9 @@ class TokenStore:
         principal = None
         if raw is not None:
             rec = TokenRecordDecoder.decode(raw)
-            principal = Principal(workspace=rec.workspace, admin=rec.admin, token_name=rec.name)
+            if not rec.kind:  # an API token (a proxy-auth token is never one)
+                principal = Principal(workspace=rec.workspace, admin=rec.admin,
+                                      token_name=rec.name)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[token] = (now + self.cache_ttl, principal)

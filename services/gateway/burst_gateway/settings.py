@@ -29,3 +29,28 @@ class GatewaySettings(CommonSettings):
     #: gateway: calls in between share a trailing one (``burst_core.calls.Signals``);
     #: 0 sends one per call.
     signal_interval: float = 0.05
+    #: Port of the web endpoints (``/{workspace}/{app}/{endpoint}/...``), never the API's;
+    #: 0: no web port.
+    web_port: int = 8782
+    #: The externally visible base URL of the web port (behind a proxy), e.g.
+    #: ``https://web.example.com``; "" means ``http://HOST:WEB_PORT``.
+    web_url: str = ""
+    #: Largest request body a web endpoint gets, in bytes (413 past it).
+    web_max_body_bytes: int = 64 << 20
+    #: Longest a request to an endpoint with no ready container is held while one starts.
+    web_startup_timeout: float = 120.0
+    #: Seconds without a frame (each agent sends keepalives) after which a request's agent
+    #: is taken as lost: 502.
+    web_agent_timeout: float = 10.0
+    #: Seconds an agent has to take a request it was handed (502 past it).
+    web_accept_timeout: float = 10.0
+    #: While no container of the endpoint is ready: seconds between tries to hand it over.
+    web_retry_interval: float = 0.05
+    #: A wildcard domain whose names all reach the web port (``*.web.example.com``):
+    #: endpoints then also answer, and their URLs are, Modal's host forms
+    #: ``{workspace}--{app}-{endpoint}.{domain}`` and ``{workspace}--{label}.{domain}``.
+    #: "" : the path form only.
+    web_domain: str = ""
+    #: Seconds a request may run before its response starts; past it the client gets
+    #: Modal's 303 to a location that waits for the result (see web_redirect.py).
+    web_request_timeout: float = 150.0

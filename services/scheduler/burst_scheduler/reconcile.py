@@ -103,7 +103,8 @@ class Reconciler:
         return report
 
     async def backlog(self) -> dict[str, int]:
-        """Messages in the inputs stream per function key (waiting or in flight)."""
+        """Messages in the inputs stream per function key (waiting or in flight), plus
+        the web requests live agents hold (running or waiting for a slot)."""
         info = await self.js.stream_info(names.STREAM_INPUTS,
                                          subjects_filter=names.SUBJECTS_INPUTS)
         out: dict[str, int] = {}
@@ -111,6 +112,11 @@ class Reconciler:
             fn_key = names.fn_key_of_input_subject(subject)
             if fn_key is not None:
                 out[fn_key] = int(count)
+        now = time.time()
+        for agent_id, hb in list(self.state.heartbeats.items()):
+            if hb.web_requests and self.state.has_fresh_heartbeat(agent_id, now):
+                for fn_key, n in hb.web_requests.items():
+                    out[fn_key] = out.get(fn_key, 0) + n
         return out
 
     async def _repair_backlog(self, fn_key: str, in_stream: int) -> int:

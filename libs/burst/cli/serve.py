@@ -1,0 +1,130 @@
+"""``burst serve app.py``: the app's web endpoints served while their source is edited.
+
+The app is deployed as ``{app}-dev`` (its URLs end in ``-dev`` in the path form:
+``/{workspace}/{app}-dev/...``) and its URLs printed; the Python files under the app
+file's folder are watched (every ``BURST_SERVE_POLL`` seconds, 0.2) and on a change the
+app is deployed again, in a fresh interpreter, so the local modules it imports are read
+anew. The agents then give new requests to containers of the new version (held while one
+starts) and stop the old containers once their requests are done. A save that does not
+import (a syntax error) is shown, and the last good version keeps serving. Ctrl-C removes
+the app.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True, highlight=False)
+
+#: Folders never watched (virtual environments, caches, VCS data).
+_SKIP = {".git", ".venv", "venv", "__pycache__", "node_modules", ".mypy_cache"}
+#: Most files watched (a folder with more is watched in part).
+_MAX_FILES = 5000
+
+
+def _sources(root: Path) -> dict[Path, float]:
+    """Modification times of the Python files under ``root``."""
+    out: dict[Path, float] = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in _SKIP and not d.startswith(".")]
+        for f in files:
+            if f.endswith(".py"):
+                p = Path(folder) / f
+                try:
+                    out[p] = p.stat().st_mtime_ns
+                except OSError:
+                    continue
+                if len(out) >= _MAX_FILES:
+                    return out
+    return out
+
+
+def dev_name(name: str) -> str:
+    return f"{name[:59]}-dev"
+
+
+def _deploy_once(ref: str) -> None:
+    """In a fresh interpreter: import the app, deploy it as ``{app}-dev``, print JSON."""
+    from burst.cli.run import load_app
+
+    app, _ = load_app(ref)
+    assert app.name is not None
+    resp = app.deploy(dev_name(app.name))
+    print(json.dumps({"app": resp.app, "web_urls": resp.web_urls}))
+
+
+def _deploy(file: Path) -> dict[str, object] | None:
+    """Deploy the file's app; None (its error shown) when it does not import or deploy."""
+    proc = subprocess.run([sys.executable, "-m", "burst.cli.serve", str(file)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        console.print(f"[red]not deployed[/red]: the last good version keeps serving\n"
+                      f"{proc.stderr.strip()}", markup=True)
+        return None
+    result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def serve(file: str = typer.Argument(..., metavar="FILE", help="The app file.")) -> None:
+    """Serve an app's web endpoints as ``{app}-dev``, redeploying on each save; Ctrl-C
+    removes it."""
+    from burst.client import Client
+    from burst.exception import InvalidError
+
+    path = Path(file).expanduser().resolve()
+    if not path.is_file() or path.suffix != ".py":
+        raise InvalidError(f"{file} is not a Python file (.py)")
+    poll = float(os.environ.get("BURST_SERVE_POLL", "0.2"))
+    if not 0.01 <= poll <= 60:
+        raise InvalidError(f"BURST_SERVE_POLL={poll} is out of range: allowed 0.01 to 60 s")
+    root = path.parent
+    seen = _sources(root)
+    first = _deploy(path)
+    if first is None:
+        raise typer.Exit(1)
+    app = str(first["app"])
+    _show(first)
+    try:
+        while True:
+            time.sleep(poll)
+            now = _sources(root)
+            if now == seen:
+                continue
+            seen = now
+            console.print("change detected: redeploying", markup=False)
+            again = _deploy(path)
+            if again is not None:
+                _show(again)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        try:
+            Client.from_profile().remove_app(app)
+            console.print(f"removed app {app}", markup=False)
+        except Exception as e:  # noqa: BLE001 - tell, and exit anyway
+            console.print(f"could not remove app {app}: {e}", markup=False)
+
+
+def _show(result: dict[str, object]) -> None:
+    urls = result.get("web_urls") or {}
+    assert isinstance(urls, dict)
+    console.print(f"serving app {result['app']}" + ("" if urls else " (no web endpoints)"),
+                  markup=False)
+    for endpoint, url in urls.items():
+        console.print(f"  web endpoint {endpoint}: {url}", markup=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+if __name__ == "__main__":
+    _deploy_once(sys.argv[1])

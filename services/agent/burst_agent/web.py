@@ -1,0 +1,341 @@
+"""Web requests on this agent: taken from the gateway over core NATS, run in a container
+of the function, their response frames streamed back to the gateway.
+
+While this agent has ready containers of a web function it subscribes to the function's
+web subject in the queue group ``names.WEB_QUEUE``: NATS hands each request to one such
+agent, and the gateway gets "no responders" when there is none (it then holds the
+request while a container starts). A request taken here is answered ``WebAccepted`` at
+once, naming the subject its body chunks and cancel come on; it then runs in the
+container with the fewest requests and inputs, or waits here (in order) for a free slot
+(``@burst.concurrent``'s ``max_inputs``). It is never handed to another container: a
+container that goes away with it answers it 502.
+
+Invariants:
+- a container's ``web_in_flight`` counts the requests running in it; its heartbeat view
+  counts them as inputs in flight (the autoscaler sees them), and it is busy (never
+  stopped as idle) while one runs;
+- every request taken ends with one ``WebEnd`` sent to the gateway;
+- every ``web_keepalive`` seconds each request held sends ``WebAlive``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from burst import wire
+from burst_core import logs, names
+from burst_core.schemas import FunctionDeployed, decoder
+
+if TYPE_CHECKING:
+    from burst_agent.agent import Agent
+    from burst_agent.container import Container
+
+log = logs.get("burst.agent.web")
+
+FunctionDeployedDecoder = decoder(FunctionDeployed)
+
+#: Frames of one request waiting together go as one message up to about this size (a
+#: NATS message is at most 1 MiB by default; a frame's body at most 256 KiB).
+BATCH_BYTES = 512 << 10
+
+
+def _message(parts: list[bytes]) -> bytes:
+    """One encoded frame as it is, several as a msgpack array of them (``wire.decode_web``
+    reads both)."""
+    if len(parts) == 1:
+        return parts[0]
+    n = len(parts)
+    header = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+    return header + b"".join(parts)
+
+
+@dataclass
+class _Request:
+    head: wire.WebRequest
+    fn_key: str
+    reply: str
+    container: Container | None = None
+    #: Body chunks (or WebSocket messages) that came while it waited for a slot.
+    pending: list[wire.WebRequestBody | wire.WebSocketMessage | wire.WebSocketClose] = field(
+        default_factory=list)
+    status: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class WebRelay:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.members: dict[str, list[Container]] = {}
+        self.subs: dict[str, Subscription] = {}
+        self.waiting: dict[str, deque[_Request]] = {}
+        self.requests: dict[str, _Request] = {}
+        self._req_sub: Subscription | None = None
+        self._deployed_sub: Subscription | None = None
+        #: Containers of a web function's older deployment (id -> when, monotonic): they
+        #: take no request that came after, and stop once what they run and the requests
+        #: that came before are done (see ``_on_deployed``).
+        self.retired: dict[str, float] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        #: Frames to the gateway, sent in order by one task (a response's frames must
+        #: not overtake each other); frames for one request that are waiting together go
+        #: as one message (a list), as a small response's start, body and end do.
+        self._outbox: asyncio.Queue[tuple[str, msgspec.Struct]] = asyncio.Queue()
+        self._subscribing: dict[str, asyncio.Lock] = {}
+
+    async def start(self) -> None:
+        self._req_sub = await self.agent.nc.subscribe(
+            names.web_requests_filter(self.agent.agent_id), cb=self._on_request_msg)
+        self._deployed_sub = await self.agent.nc.subscribe(
+            names.function_deployed_subject("*.*.*"), cb=self._on_deployed)
+        self._tasks = [asyncio.create_task(self._keepalive_loop()),
+                       asyncio.create_task(self._send_loop())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sub in [self._req_sub, self._deployed_sub, *self.subs.values()]:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        self.subs.clear()
+
+    def counts(self) -> dict[str, int]:
+        """Requests held per function key, running or waiting (the heartbeat's)."""
+        out: dict[str, int] = {}
+        for req in self.requests.values():
+            out[req.fn_key] = out.get(req.fn_key, 0) + 1
+        return out
+
+    # ---- containers ------------------------------------------------------------------
+    async def join(self, c: Container) -> None:
+        """A ready container of a web function takes requests."""
+        if c._stopping.is_set():  # stopped before it joined: it takes nothing
+            return
+        members = self.members.setdefault(c.fn_key, [])
+        if c not in members:
+            members.append(c)
+        async with self._subscribing.setdefault(c.fn_key, asyncio.Lock()):
+            if c.fn_key not in self.subs and self.members.get(c.fn_key):
+                sub = await self.agent.nc.subscribe(
+                    names.web_subject(c.fn_key), queue=names.WEB_QUEUE, cb=self._on_request)
+                if self.members.get(c.fn_key):
+                    self.subs[c.fn_key] = sub
+                else:  # its last container left while subscribing
+                    await self._unsubscribe(sub)
+        self._dispatch(c.fn_key)
+
+    def leave(self, c: Container) -> None:
+        """A stopping container takes no new requests (those it runs finish or fail)."""
+        members = self.members.get(c.fn_key, [])
+        if c in members:
+            members.remove(c)
+        if not members:
+            self.members.pop(c.fn_key, None)
+            sub = self.subs.pop(c.fn_key, None)
+            if sub is not None:
+                asyncio.get_running_loop().create_task(self._unsubscribe(sub))
+            for req in self.waiting.pop(c.fn_key, deque()):
+                self._end(req, wire.WebEnd(req_id=req.head.req_id, status=502,
+                                           error="no container of the function is left"))
+
+    def gone(self, c: Container) -> None:
+        """The container's process is gone: its requests end with 502."""
+        self.leave(c)
+        why = f"container {c.id} stopped ({c.stop_reason or 'exited'})"
+        for req in [r for r in self.requests.values() if r.container is c]:
+            self._end(req, wire.WebEnd(req_id=req.head.req_id, status=502, error=why))
+
+    async def _unsubscribe(self, sub: Subscription) -> None:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+    async def _on_deployed(self, msg: Msg) -> None:
+        """A web function was redeployed: its containers of older deployments here take no
+        new requests (the next ones start the new code: no container of it is ready, so
+        they are held while one starts) and stop once what they run is done."""
+        try:
+            event = FunctionDeployedDecoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        fn_key = names.function_key(event.workspace, event.app, event.function.name)
+        for c in list(self.agent.containers.values()):
+            if (c.fn_key != fn_key or not c.fn.web or c._stopping.is_set()
+                    or c.placement.deployment_id == event.deployment_id):
+                continue
+            log.info("web_container_retired", container_id=c.id, fn_key=fn_key,
+                     deployment_id=event.deployment_id)
+            self.retired[c.id] = time.monotonic()
+            self._stop_if_done(c)
+        if not self._live(fn_key):  # the next request is offered again: to the new code
+            sub = self.subs.pop(fn_key, None)
+            if sub is not None:
+                await self._unsubscribe(sub)
+
+    def _live(self, fn_key: str) -> list[Container]:
+        """The containers of ``fn_key`` that take new requests."""
+        return [c for c in self.members.get(fn_key, [])
+                if not c._stopping.is_set() and c.id not in self.retired]
+
+    def _may_run(self, c: Container, req: _Request) -> bool:
+        """A retired container runs only requests that came before it was retired."""
+        retired = self.retired.get(c.id)
+        return retired is None or req.started < retired
+
+    def _stop_if_done(self, c: Container) -> None:
+        if (c.id in self.retired and not c.web_in_flight and not c.in_flight
+                and not any(self._may_run(c, r) for r in self.waiting.get(c.fn_key, ()))):
+            del self.retired[c.id]
+            asyncio.get_running_loop().create_task(c.stop("redeployed"))
+
+    # ---- from the gateway ------------------------------------------------------------
+    async def _on_request(self, msg: Msg) -> None:
+        try:
+            head = wire.web_decoder.decode(msg.data)
+        except msgspec.DecodeError as e:
+            log.warning("web_request_undecodable", error=repr(e))
+            return
+        if not isinstance(head, wire.WebRequest) or not head.reply:
+            return
+        fn_key = msg.subject.removeprefix(names.web_subject(""))
+        if not self._live(fn_key):
+            # Its last container left as the request came: not taken (the gateway offers
+            # it again, as when no agent listens).
+            await msg.respond(wire.encode(wire.WebAccepted(req_id=head.req_id, subject="")))
+            return
+        req = _Request(head=head, fn_key=fn_key, reply=head.reply)
+        self.requests[head.req_id] = req
+        self.waiting.setdefault(fn_key, deque()).append(req)
+        self._dispatch(fn_key)  # the request frame reaches the shim before the answer
+        await msg.respond(wire.encode(wire.WebAccepted(
+            req_id=head.req_id, queued=req.container is None,
+            subject=names.web_request_subject(self.agent.agent_id, head.req_id))))
+
+    async def _on_request_msg(self, msg: Msg) -> None:
+        """A body chunk or a cancel of a request taken here."""
+        try:
+            frame = wire.web_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        if not isinstance(frame, wire.WebRequestBody | wire.WebCancel | wire.WebSocketMessage
+                          | wire.WebSocketClose):
+            return
+        req = self.requests.get(frame.req_id)
+        if req is None:
+            return
+        if req.container is not None:
+            self._to_shim(req.container, frame)
+        elif isinstance(frame, wire.WebCancel):  # never started: nothing runs it
+            waiting = self.waiting.get(req.fn_key)
+            if waiting is not None and req in waiting:
+                waiting.remove(req)
+            self._end(req, wire.WebEnd(req_id=frame.req_id, error="cancelled", status=499))
+        else:
+            req.pending.append(frame)
+
+    # ---- running ---------------------------------------------------------------------
+    @staticmethod
+    def _load(c: Container) -> int:
+        return c.web_in_flight + len(c.in_flight)
+
+    def _dispatch(self, fn_key: str) -> None:
+        """Start waiting requests of ``fn_key`` in containers with a free slot."""
+        waiting = self.waiting.get(fn_key)
+        while waiting:
+            req = waiting[0]
+            free = [c for c in self.members.get(fn_key, [])
+                    if not c._stopping.is_set() and c._writer is not None
+                    and self._load(c) < c.max_inputs and self._may_run(c, req)]
+            if not free:
+                return
+            c = min(free, key=self._load)
+            waiting.popleft()
+            req.container = c
+            c.web_in_flight += 1
+            c.state, c.idle_since = "busy", None
+            self._to_shim(c, req.head)
+            for chunk in req.pending:
+                self._to_shim(c, chunk)
+            req.pending.clear()
+
+    def _to_shim(self, c: Container, frame: Any) -> None:
+        if c._writer is not None:
+            with contextlib.suppress(Exception):
+                c._writer.write(wire.frame(frame))
+
+    # ---- from the shim ---------------------------------------------------------------
+    def on_frame(self, c: Container, frame: Any) -> None:
+        """A web frame from the shim (one of ``wire.WEB_FROM_SHIM``), on to the gateway."""
+        req = self.requests.get(frame.req_id)
+        if req is None or req.container is not c:
+            return
+        if isinstance(frame, wire.WebEnd):
+            self._end(req, frame)
+            return
+        if isinstance(frame, wire.WebResponseStart):
+            req.status = frame.status
+        elif isinstance(frame, wire.WebSocketAccept):
+            req.status = 101
+        self._publish(req.reply, frame)
+
+    def _end(self, req: _Request, end: wire.WebEnd) -> None:
+        """The request is over: tell the gateway, free its slot, start the next one."""
+        if self.requests.pop(req.head.req_id, None) is None:
+            return
+        self._publish(req.reply, end)
+        status = req.status or end.status
+        c = req.container
+        if c is not None:
+            c.web_in_flight -= 1
+            c.meter.count("failure" if status >= 500 or (end.error and not req.status)
+                          else "success")
+            if not c.web_in_flight and not c.in_flight and c.state == "busy":
+                c.state, c.idle_since = "idle", time.time()
+            self._stop_if_done(c)
+        log.info("web_request", fn_key=req.fn_key, req_id=req.head.req_id,
+                 method=req.head.method, path=req.head.root_path + req.head.path,
+                 status=status, error=end.error or None,
+                 duration_s=round(time.monotonic() - req.started, 4),
+                 container_id=c.id if c is not None else None)
+        self._dispatch(req.fn_key)
+
+    def _publish(self, subject: str, frame: msgspec.Struct) -> None:
+        self._outbox.put_nowait((subject, frame))
+
+    async def _send_loop(self) -> None:
+        while True:
+            batch = [await self._outbox.get()]
+            while not self._outbox.empty():
+                batch.append(self._outbox.get_nowait())
+            i = 0
+            while i < len(batch):
+                subject = batch[i][0]
+                parts = [wire.encode(batch[i][1])]
+                size = len(parts[0])
+                i += 1
+                while (i < len(batch) and batch[i][0] == subject and len(parts) < 0xFFFF
+                       and size < BATCH_BYTES):
+                    parts.append(wire.encode(batch[i][1]))
+                    size += len(parts[-1])
+                    i += 1
+                try:
+                    await self.agent.nc.publish(subject, _message(parts))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    log.warning("web_frame_publish_failed", error=repr(e))
+
+    async def _keepalive_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.agent.settings.web_keepalive)
+            for req in list(self.requests.values()):
+                self._publish(req.reply, wire.WebAlive(req_id=req.head.req_id))
