@@ -41,7 +41,7 @@ from burst import wire
 from burst.exception import BudgetExceededError, ConflictError
 from burst_core import logs, names
 from burst_core.schemas import ContainerEventDecoder, ContainerStopped, DeploymentRecord
-from burst_gateway import budgets, web_redirect
+from burst_gateway import web_redirect
 from burst_gateway.settings import GatewaySettings
 
 log = logs.get("burst.gateway.web")
@@ -321,7 +321,9 @@ class WebProxy:
         if ep.requires_proxy_auth:  # before anything starts: a refused request starts nothing
             scope = await self._proxy_auth(gw, scope, ws)
         try:
-            await budgets.check(gw, ws, app, fn.name)
+            # A run of app X is covered by X's budgets (its deployment carries the name).
+            dep = await gw.deployment(ws, app)
+            await gw.caller.guard.check(ws, (dep.name or dep.app) if dep else app, fn.name)
         except BudgetExceededError as e:
             raise _Refused(402, e.type, str(e)) from None
         limit = self.settings.web_max_body_bytes
@@ -447,10 +449,10 @@ class _Exchange:
                     accepted = await self._offer(subject, data)
                 except nats.errors.NoRespondersError:
                     # No container is ready: the scheduler places one (as for a call).
-                    await self.gw.signals.accepted(self.fn_key, self.req_id, time.time())
+                    await self.gw.caller.signals.accepted(self.fn_key, self.req_id, time.time())
                 else:
                     if accepted.queued:  # every container is full: the scheduler adds one
-                        await self.gw.signals.accepted(self.fn_key, self.req_id, time.time())
+                        await self.gw.caller.signals.accepted(self.fn_key, self.req_id, time.time())
                     return accepted
                 if loop.time() >= deadline:
                     raise _Refused(503, "Unavailable", "no container of the endpoint became "
