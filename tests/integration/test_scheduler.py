@@ -288,7 +288,9 @@ async def test_agents_that_do_not_fit_are_never_chosen(
     others = [small, low_mem, no_gpu, wrong_gpu, lost]
     s = await scheduler()
     request = Resources(cpu=2.0, memory_mb=4096, gpu_type="A100", gpu_count=1)
-    await deploy(js, fn("f", resources=request), fn("g", resources=request))
+    # f keeps its container (min_containers): else g's wait would evict it once it is idle
+    # (idle containers yield to waiting work) and g would rightly take its GPU.
+    await deploy(js, fn("f", resources=request, min_containers=1), fn("g", resources=request))
     await until_known(s, key("f"), key("g"))
 
     await signal(js, key("f"))
