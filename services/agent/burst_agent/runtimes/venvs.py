@@ -22,7 +22,7 @@ import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 
-from burst import _protocol as proto
+from burst import wire as proto
 from burst.image import PYTHON_SOURCE_DIR, describe
 from burst_agent.runtimes import images
 from burst_agent.runtimes.base import ContainerHandle, ContainerSpec
