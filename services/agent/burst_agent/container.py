@@ -71,6 +71,8 @@ class Container:
         self._ready: asyncio.Future[wire.Ready | wire.StartupFailed] = (
             asyncio.get_running_loop().create_future())
         self._writer: asyncio.StreamWriter | None = None
+        #: Frames to the shim written at the end of this turn of the loop, in one write.
+        self._outgoing: list[bytes] = []
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         #: The function's pull on this agent, from ready until stopping.
@@ -147,6 +149,8 @@ class Container:
                 await started  # stored before ready (or the container fails, as before)
             if isinstance(ready, wire.Ready):
                 self.state, self.idle_since = "idle", time.time()
+                if ready.in_order and self.agent.settings.input_prefetch > 0:
+                    self.dispatch.allow_queue(self.agent.settings.input_prefetch)
                 self._spawn(self._join_inputs())  # first: the event need not hold the input
                 self._spawn(self._watch_alive())
                 self._spawn(self.dispatch.keepalive_loop())
@@ -229,7 +233,7 @@ class Container:
         if if_idle_since is not None and (
             self.state != "idle" or self.idle_since is None
             or self.idle_since > if_idle_since + 1e-6
-            or self.dispatch.slots < self.max_inputs
+            or self.dispatch.slots < self.dispatch.capacity
         ):
             self.log.info("stop_skipped_not_idle", state=self.state)
             return False
@@ -313,7 +317,8 @@ class Container:
                 continue
             if not self._stopping.is_set():
                 self._puller = self.agent.inputs(self.fn_key, self._bind)
-                self._puller.join(self, self.dispatch.slots)
+                run = min(self.dispatch.slots, self.max_inputs)
+                self._puller.join(self, run, self.dispatch.slots - run)
             return
 
     def _set_stopping(self) -> None:
@@ -339,6 +344,19 @@ class Container:
             filter_subject=names.input_subject(self.fn_key), max_ack_pending=-1,
         )
         await bus.ensure_consumer(self.agent.js, names.STREAM_INPUTS, cfg)
+
+    def send_frame(self, data: bytes) -> None:
+        """Send a frame to the shim with the others of this turn of the loop (the inputs
+        of one delivery to this container go in one write)."""
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._write_outgoing)
+        self._outgoing.append(data)
+
+    def _write_outgoing(self) -> None:
+        data, self._outgoing = b"".join(self._outgoing), []
+        if self._writer is not None:
+            with contextlib.suppress(Exception):  # gone: its inputs are answered at its end
+                self._writer.write(data)
 
     def _dispatch(self, msg: Msg) -> None:
         """An input the function's pull handed to a free slot (see dispatch.py)."""
