@@ -156,9 +156,9 @@ class InputPuller:
     def ran(self, seconds: float) -> None:
         """An input of the function ran ``seconds`` here (its container's clock)."""
         seconds = max(0.0, seconds)
-        avg = self.run_avg
+        was, avg = self.prefetching, self.run_avg
         self.run_avg = seconds if avg is None else avg + 0.2 * (seconds - avg)
-        if self.prefetching and self._want() > 0:
+        if not was and self.prefetching and self._want() > 0:  # queue slots to ask for
             self._wake.set()
 
     @property
