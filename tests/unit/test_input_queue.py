@@ -70,16 +70,17 @@ def take(c: Container, n: int) -> list[FakeMsg]:
     return msgs
 
 
-async def test_the_first_runs_the_others_wait_and_go_out_in_one_write() -> None:
+async def test_the_first_runs_at_once_the_others_wait_and_follow_in_one_write() -> None:
     c, writes, _ = container(queue=2)
     take(c, 3)
     inf = list(c.in_flight.values())
     assert [i.running for i in inf] == [True, False, False]
     assert inf[0].timer is not None and inf[1].timer is None and inf[2].timer is None
     assert c.dispatch.slots == 0 and c.dispatch.running == 1
+    assert len(writes) == 1  # the first input is on its way at once
     await asyncio.sleep(0)  # the end of the loop's turn
-    assert len(writes) == 1
-    frames, data = [], writes[0]
+    assert len(writes) == 2  # the others in one write
+    frames, data = [], b"".join(writes)
     while data:
         n = wire.frame_length(data[:4])
         frames.append(wire.to_shim_decoder.decode(data[4:4 + n]))

@@ -71,8 +71,9 @@ class Container:
         self._ready: asyncio.Future[wire.Ready | wire.StartupFailed] = (
             asyncio.get_running_loop().create_future())
         self._writer: asyncio.StreamWriter | None = None
-        #: Frames to the shim written at the end of this turn of the loop, in one write.
-        self._outgoing: list[bytes] = []
+        #: Frames to the shim after the first of this turn of the loop, written together
+        #: at its end (None: nothing was written this turn).
+        self._outgoing: list[bytes] | None = None
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         #: The function's pull on this agent, from ready until stopping.
@@ -346,14 +347,22 @@ class Container:
         await bus.ensure_consumer(self.agent.js, names.STREAM_INPUTS, cfg)
 
     def send_frame(self, data: bytes) -> None:
-        """Send a frame to the shim with the others of this turn of the loop (the inputs
-        of one delivery to this container go in one write)."""
-        if not self._outgoing:
-            asyncio.get_running_loop().call_soon(self._write_outgoing)
-        self._outgoing.append(data)
+        """Send a frame to the shim: the first of a turn of the loop at once (a lone
+        input waits for nothing), the others of that turn together at its end (inputs
+        delivered to this container at once go in one more write, not one each)."""
+        if self._outgoing is not None:
+            self._outgoing.append(data)
+            return
+        self._outgoing = []
+        asyncio.get_running_loop().call_soon(self._write_outgoing)
+        self._write(data)
 
     def _write_outgoing(self) -> None:
-        data, self._outgoing = b"".join(self._outgoing), []
+        data, self._outgoing = b"".join(self._outgoing or ()), None
+        if data:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
         if self._writer is not None:
             with contextlib.suppress(Exception):  # gone: its inputs are answered at its end
                 self._writer.write(data)
