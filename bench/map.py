@@ -164,14 +164,23 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--big-inputs", type=int, default=100_000,
                     help="inputs of the one large Burst map after the rounds (0: none)")
+    ap.add_argument("--setting", action="append", default=[], metavar="BURST_NAME=VALUE",
+                    help="a setting of the benchmark's cluster (repeatable), e.g. "
+                         "BURST_INPUT_PREFETCH=0 to compare without inputs waiting in line")
     args = ap.parse_args()
+    settings = dict(s.split("=", 1) for s in args.setting if "=" in s)
+    bad = [s for s in args.setting if "=" not in s or not s.startswith("BURST_")]
+    if bad:
+        ap.error(f"--setting {bad[0]!r}: use BURST_NAME=VALUE")
     if args.rounds < 1 or args.inputs < 1 or args.samples < args.rounds:
         ap.error("--rounds and --inputs must be at least 1, --samples at least --rounds")
     if args.big_inputs < 0:
         ap.error(f"--big-inputs {args.big_inputs}: use 0 (none) or more")
     result: dict[str, object] = {"benchmark": "map", "cpus": os.cpu_count(),
                                  "rounds": args.rounds}
-    with LocalCluster("burst-mapbench-") as cluster:
+    if settings:
+        result["settings"] = settings
+    with LocalCluster("burst-mapbench-", **settings) as cluster:
         state = json.loads((cluster.home / "cluster.json").read_text())
         ports = {p["name"]: p["ports"] for p in state["parts"]}
         nats_url = f"nats://127.0.0.1:{ports['nats']['client']}"
