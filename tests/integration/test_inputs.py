@@ -7,6 +7,7 @@ test says so; the consumer, the pull requests and the redeliveries are JetStream
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator
@@ -377,3 +378,19 @@ async def test_inputs_wait_in_containers_only_while_short_and_no_container_is_fr
     for b in boxes:
         b.leave()
     await asyncio.wait_for(puller.task, 5)
+
+
+async def test_a_crash_stops_the_queueing_until_inputs_are_short_for_a_while(nc: Any) -> None:
+    puller = make_puller(nc)
+    puller.ran(0.001)
+    assert puller.prefetching
+    puller.crashed()  # waiting inputs were handed back: ask for none for a while
+    assert not puller.prefetching
+    short = 0
+    while not puller.prefetching:
+        puller.ran(0.001)
+        short += 1
+    assert 8 <= short <= 16, short
+    puller.task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await puller.task

@@ -149,3 +149,15 @@ def test_the_shim_says_whether_it_runs_inputs_in_order(fn: Any, max_inputs: int,
                                                        in_order: bool) -> None:
     runner = Runner(Target(fn), None, None, max_inputs)  # type: ignore[arg-type]
     assert runner.in_order() is in_order
+
+
+async def test_a_container_dying_with_inputs_running_stops_the_queueing() -> None:
+    c, _, _ = container(queue=2)
+    completed(c)
+    crashes: list[bool] = []
+    c._pulled = SimpleNamespace(crashed=lambda: crashes.append(True))  # type: ignore[assignment]
+    await c.dispatch.finish(exit_code=0)  # nothing running: a plain stop
+    assert crashes == []
+    take(c, 2)
+    await c.dispatch.finish(exit_code=1)
+    assert crashes == [True]

@@ -78,6 +78,8 @@ class Container:
         self._tasks: set[asyncio.Task[None]] = set()
         #: The function's pull on this agent, from ready until stopping.
         self._puller: InputPuller | None = None
+        #: The pull it joined (kept once it left: a crash slows its queueing down).
+        self._pulled: InputPuller | None = None
         #: The function's consumer, made while the container starts.
         self._binding: asyncio.Task[None] | None = None
         self.socket_path = Path(self.agent.socket_dir) / f"{self.id}.sock"
@@ -317,7 +319,7 @@ class Container:
                 await asyncio.sleep(self.agent.settings.pull_retry)
                 continue
             if not self._stopping.is_set():
-                self._puller = self.agent.inputs(self.fn_key, self._bind)
+                self._puller = self._pulled = self.agent.inputs(self.fn_key, self._bind)
                 run = min(self.dispatch.slots, self.max_inputs)
                 self._puller.join(self, run, self.dispatch.slots - run)
             return

@@ -83,6 +83,7 @@ class Owner(Protocol):
     _stopping: asyncio.Event
     _writer: asyncio.StreamWriter | None
     _puller: InputPuller | None
+    _pulled: InputPuller | None
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
 
@@ -388,6 +389,8 @@ class InputDispatch:
 
     async def finish(self, exit_code: int | None) -> None:
         """The process is gone while inputs were running: answer or hand them back."""
+        if self.running and self.c._pulled is not None:
+            self.c._pulled.crashed()
         for inf in list(self.in_flight.values()):
             ran = inf.running
             self.release(inf)

@@ -161,6 +161,12 @@ class InputPuller:
         if not was and self.prefetching and self._want() > 0:  # queue slots to ask for
             self._wake.set()
 
+    def crashed(self) -> None:
+        """A container of the function died with inputs running (it crashed, ran out of
+        memory, timed out): inputs waiting in line behind one are handed back each time,
+        so none are asked for until a dozen or so short inputs bring the average down."""
+        self.run_avg = max(self.run_avg or 0.0, 10 * self._max_run)
+
     @property
     def prefetching(self) -> bool:
         """Whether queue slots are asked for: the function's inputs here are short."""
