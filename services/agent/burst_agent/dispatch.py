@@ -81,7 +81,7 @@ class Owner(Protocol):
     handle: ContainerHandle | None
     meter: Meter
     _stopping: asyncio.Event
-    _writer: asyncio.StreamWriter | None
+    _writer: asyncio.WriteTransport | None
     _puller: InputPuller | None
     _pulled: InputPuller | None
 

@@ -56,6 +56,9 @@ class AgentSettings(CommonSettings):
     container_heartbeat_timeout: float = 15.0
     #: Seconds after which an unresponsive container that never came back is killed.
     unresponsive_kill_after: float = 60.0
+    #: Seconds the agent waits, once a container's process is gone, to read the rest of
+    #: what it sent (outputs written just before it died are its inputs' answers).
+    shim_drain: float = 2.0
     #: Seconds a container may take from start to ready (import + @enter).
     startup_timeout: float = 120.0
     #: Inputs answered with the error when a container fails to start (import error, ...).
