@@ -415,6 +415,10 @@ class Shutdown(_Frame, kw_only=True):
 
 class Ready(_Frame, kw_only=True):
     pid: int
+    #: The shim runs inputs one at a time in the order they come (a plain function with
+    #: max_inputs 1, neither async nor batched): the agent may send it the next ones
+    #: before the one running is done (they wait in line).
+    in_order: bool = False
 
 
 class Alive(_Frame, kw_only=True):

@@ -216,3 +216,34 @@ def test_a_map_of_poison_inputs_ends_within_one_retry_sequence(
     took = float(out.split("took: ")[1].split()[0])
     retry_sequence = 1.0 + 2.0  # the backoff delays of one input's two retries
     assert took < retry_sequence + 10.0, out  # it took 118 s (one container per pass)
+
+
+MIXED_APP = """
+    import os
+    import burst
+
+    app = burst.App("mixedfault")
+
+    @app.function()
+    def f(x):
+        if x % 5 == 0 and x >= 200:
+            os._exit(1)  # these kill their container; the others answer at once
+        return x
+
+    @app.local_entrypoint()
+    def main():
+        results = list(f.map(range(400), return_exceptions=True))
+        wrong = [i for i, r in enumerate(results)
+                 if (i % 5 == 0 and i >= 200) != isinstance(r, Exception)
+                 or (not isinstance(r, Exception) and r != i)]
+        print("wrong:", wrong)
+"""
+
+
+def test_inputs_beside_ones_that_kill_their_container_get_their_own_results(
+        fcluster: Cluster, tmp_path: Path) -> None:
+    """Short inputs wait in line in the containers; one that dies takes only its own
+    input down: the answers sent before it died count, those in line run elsewhere."""
+    path = write_app(tmp_path, MIXED_APP, "mixedfault.py")
+    out = fcluster.burst("run", str(path), check=True, timeout=150).stdout
+    assert "wrong: []" in out, out

@@ -7,6 +7,7 @@ test says so; the consumer, the pull requests and the redeliveries are JetStream
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator
@@ -298,3 +299,98 @@ async def test_after_a_server_restart_the_pull_asks_again(nats_server: Server) -
     finally:
         await nc.close()
 
+
+
+class QBox(Box):
+    """A container that runs one input and keeps up to ``queue`` more waiting in line."""
+
+    def __init__(self, name: str, queue: int) -> None:
+        super().__init__(name, slots=1)
+        self.queue = queue
+        self.waiting: list[Msg] = []
+
+    def _dispatch(self, msg: Msg) -> None:
+        if self.running:
+            assert len(self.waiting) < self.queue, f"{self.id}: no room to wait"
+            self.waiting.append(msg)
+            self.ran.append(msg.data)
+            return
+        super()._dispatch(msg)
+
+    def join(self, puller: InputPuller) -> None:
+        self.puller = puller
+        puller.join(self, 1, self.queue)  # type: ignore[arg-type]
+
+    async def finish(self, msg: Msg | None = None) -> None:
+        done = self.running.pop(0)
+        await done.ack()
+        if self.waiting:  # the next in line runs: a queue slot is free
+            self.running.append(self.waiting.pop(0))
+            assert self.puller is not None
+            self.puller.freed(self, queued=True)  # type: ignore[arg-type]
+        else:
+            self._slots += 1
+            if self.puller is not None:
+                self.puller.freed(self)  # type: ignore[arg-type]
+
+
+async def test_inputs_wait_in_containers_only_while_short_and_no_container_is_free(
+        nc: Any) -> None:
+    puller = make_puller(nc)
+    boxes = [QBox(f"ct-{i}", queue=2) for i in range(3)]
+    for b in boxes:
+        b.join(puller)
+    await eventually(lambda: puller.credits == 3, what="the run slots requested")
+    assert not puller.prefetching  # how long inputs run here is not known yet
+    for i in range(9):
+        await send(nc, b"in-%d" % i)
+    # One each: the others stay in the stream (another agent may take them).
+    await eventually(lambda: all(len(b.running) == 1 for b in boxes))
+    await asyncio.sleep(0.1)
+    assert not any(b.waiting for b in boxes)
+    info = await nc.jetstream().consumer_info(names.STREAM_INPUTS, CONSUMER)
+    assert info.num_pending == 6
+    puller.ran(0.001)  # short inputs: the queue slots are asked for and filled
+    assert puller.prefetching
+    await eventually(lambda: all(len(b.waiting) == 2 for b in boxes), what="queues full")
+    while any(b.running for b in boxes):
+        for b in boxes:
+            if b.running:
+                await b.finish()
+    await settled(nc)
+    assert sorted(d for b in boxes for d in b.ran) == sorted(b"in-%d" % i for i in range(9))
+    # Idle again: a lone input goes to a free container, never in line behind another.
+    await eventually(lambda: puller.free_slots == 3)
+    await send(nc, b"a")
+    await send(nc, b"b")
+    await eventually(lambda: sum(len(b.running) for b in boxes) == 2)
+    assert not any(b.waiting for b in boxes)
+    for b in boxes:
+        while b.running:
+            await b.finish()
+    # Long inputs: no more queue slots are asked for.
+    for _ in range(30):
+        puller.ran(1.0)
+    assert not puller.prefetching
+    await eventually(lambda: puller.credits == 3, timeout=5,
+                     what="credits back to the run slots (old requests expired)")
+    await settled(nc)
+    for b in boxes:
+        b.leave()
+    await asyncio.wait_for(puller.task, 5)
+
+
+async def test_a_crash_stops_the_queueing_until_inputs_are_short_for_a_while(nc: Any) -> None:
+    puller = make_puller(nc)
+    puller.ran(0.001)
+    assert puller.prefetching
+    puller.crashed()  # waiting inputs were handed back: ask for none for a while
+    assert not puller.prefetching
+    short = 0
+    while not puller.prefetching:
+        puller.ran(0.001)
+        short += 1
+    assert 8 <= short <= 16, short
+    puller.task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await puller.task

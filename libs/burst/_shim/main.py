@@ -396,6 +396,15 @@ class Runner:
         self.tasks: dict[str, concurrent.futures.Future[None]] = {}
         self.batchers: dict[Any, Batcher] = {}
 
+    def in_order(self) -> bool:
+        """Whether inputs run one at a time, in the order they come: on the main thread,
+        each before the next frame is read (a plain function, not async, not batched,
+        with max_inputs 1). Then inputs sent ahead wait in line in the socket."""
+        fn = self.target.fn
+        return (self.max_inputs == 1 and fn is not None and self.target.batching is None
+                and getattr(fn, "__burst_batched__", None) is None
+                and not inspect.iscoroutinefunction(fn) and not inspect.isasyncgenfunction(fn))
+
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         if self.loop is None:
             import asyncio
@@ -542,7 +551,8 @@ def main() -> None:
             chan.send(wire.StartupFailed(error_type=name, error_message=message,
                                          traceback=trace))
             sys.exit(1)
-    chan.send(wire.Ready(pid=os.getpid()))
+    # Inputs wait in line only for a plain function (a web one serves requests too).
+    chan.send(wire.Ready(pid=os.getpid(), in_order=runner.in_order() and web_host is None))
     try:
         while True:
             msg = chan.next_frame()

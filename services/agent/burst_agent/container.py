@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -73,11 +75,21 @@ class Container:
         self.log = log.bind(container_id=self.id, fn_key=self.fn_key)
         self._ready: asyncio.Future[wire.Ready | wire.StartupFailed] = (
             asyncio.get_running_loop().create_future())
-        self._writer: asyncio.StreamWriter | None = None
+        #: Writes to the shim: a transport of its own on a duplicate of the connection's
+        #: socket, so a write to a shim that just died (EPIPE) closes only it, and what
+        #: the shim sent before it died is still read (see ``_on_connect``).
+        self._writer: asyncio.WriteTransport | None = None
+        #: Set once the shim's connection is read to its end.
+        self._read_all = asyncio.Event()
+        #: Frames to the shim after the first of this turn of the loop, written together
+        #: at its end (None: nothing was written this turn).
+        self._outgoing: list[bytes] | None = None
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         #: The function's pull on this agent, from ready until stopping.
         self._puller: InputPuller | None = None
+        #: The pull it joined (kept once it left: a crash slows its queueing down).
+        self._pulled: InputPuller | None = None
         #: The function's consumer, made while the container starts.
         self._binding: asyncio.Task[None] | None = None
         self.socket_path = Path(self.agent.socket_dir) / f"{self.id}.sock"
@@ -168,6 +180,8 @@ class Container:
                 await started  # stored before ready (or the container fails, as before)
             if isinstance(ready, wire.Ready):
                 self.state, self.idle_since = "idle", time.time()
+                if ready.in_order and self.agent.settings.input_prefetch > 0:
+                    self.dispatch.allow_queue(self.agent.settings.input_prefetch)
                 self._spawn(self._join_inputs())  # first: the event need not hold the input
                 if self.fn.web:
                     self._spawn(self.agent.web.join(self))
@@ -203,6 +217,7 @@ class Container:
         finally:
             self.state = "stopping"
             self._set_stopping()
+            await self._drain()
             self._inputs_at_stop = len(self.in_flight) + self.web_in_flight
             await self.dispatch.finish(exit_code)
             if self.fn.web:
@@ -255,7 +270,7 @@ class Container:
         if if_idle_since is not None and (
             self.state != "idle" or self.idle_since is None
             or self.idle_since > if_idle_since + 1e-6
-            or self.dispatch.slots < self.max_inputs or self.web_in_flight
+            or self.dispatch.slots < self.dispatch.capacity or self.web_in_flight
         ):
             self.log.info("stop_skipped_not_idle", state=self.state)
             return False
@@ -286,23 +301,64 @@ class Container:
             self.handle.signal(SIGKILL)
 
     # ---- the shim connection -------------------------------------------------------
+    async def _drain(self) -> None:
+        """Read what the gone process sent before it died (an input's answer, written just
+        before the next input in line crashed it), up to ``shim_drain`` seconds."""
+        if self._writer is None or self._read_all.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._read_all.wait(), self.agent.settings.shim_drain)
+
+    @staticmethod
+    async def _write_side(writer: asyncio.StreamWriter) -> asyncio.WriteTransport:
+        sock = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
+        transport, _ = await asyncio.get_running_loop().connect_accepted_socket(
+            asyncio.Protocol, sock)
+        transport.pause_reading()  # (the connection's own transport reads)
+        return transport
+
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._writer is not None:  # only the container's own shim may talk to us
             writer.close()
             return
-        self._writer = writer
         try:
-            while True:
-                header = await reader.readexactly(4)
-                body = await reader.readexactly(wire.frame_length(header))
-                frame = wire.from_shim_decoder.decode(body)
-                await self._on_frame(frame)
-        except (asyncio.IncompleteReadError, ConnectionResetError):
-            pass
+            self._writer = await self._write_side(writer)
+        except OSError as e:  # (no descriptor left): the shim finds its socket closed
+            self.log.warning("shim_connection_failed", error=repr(e))
+            writer.close()
+            self._read_all.set()
+            return
+        buf = bytearray()
+        try:
+            try:
+                while chunk := await reader.read(1 << 16):
+                    buf += chunk
+                    await self._frames(buf)
+            except ConnectionResetError:
+                # The shim died with inputs unread (Linux then resets the connection): the
+                # frames it sent before are still in the reader's buffer, the reset having
+                # overtaken them; an input's answer among them counts.
+                buf += bytes(getattr(reader, "_buffer", b""))
+                await self._frames(buf)
         except Exception as e:
             self.log.warning("shim_protocol_error", error=repr(e))
             if self.handle is not None:
                 self.handle.signal(SIGKILL)
+        finally:
+            self._read_all.set()
+            writer.close()
+            if self._writer is not None:
+                self._writer.close()
+
+    async def _frames(self, buf: bytearray) -> None:
+        """Handle the whole frames at the start of ``buf`` (removed from it), in order."""
+        while len(buf) >= 4:
+            n = wire.frame_length(bytes(buf[:4]))
+            if len(buf) < 4 + n:
+                return
+            frame = wire.from_shim_decoder.decode(bytes(buf[4:4 + n]))
+            del buf[:4 + n]
+            await self._on_frame(frame)
 
     async def _on_frame(self, frame: wire.FromShim) -> None:
         if isinstance(frame, wire.Log):
@@ -340,8 +396,9 @@ class Container:
                 await asyncio.sleep(self.agent.settings.pull_retry)
                 continue
             if not self._stopping.is_set():
-                self._puller = self.agent.inputs(self.fn_key, self._bind)
-                self._puller.join(self, self.dispatch.slots)
+                self._puller = self._pulled = self.agent.inputs(self.fn_key, self._bind)
+                run = min(self.dispatch.slots, self.max_inputs)
+                self._puller.join(self, run, self.dispatch.slots - run)
             return
 
     def _set_stopping(self) -> None:
@@ -369,6 +426,27 @@ class Container:
             filter_subject=names.input_subject(self.fn_key), max_ack_pending=-1,
         )
         await bus.ensure_consumer(self.agent.js, names.STREAM_INPUTS, cfg)
+
+    def send_frame(self, data: bytes) -> None:
+        """Send a frame to the shim: the first of a turn of the loop at once (a lone
+        input waits for nothing), the others of that turn together at its end (inputs
+        delivered to this container at once go in one more write, not one each)."""
+        if self._outgoing is not None:
+            self._outgoing.append(data)
+            return
+        self._outgoing = []
+        asyncio.get_running_loop().call_soon(self._write_outgoing)
+        self._write(data)
+
+    def _write_outgoing(self) -> None:
+        data, self._outgoing = b"".join(self._outgoing or ()), None
+        if data:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):  # gone: its inputs are answered at its end
+                self._writer.write(data)
 
     def _dispatch(self, msg: Msg) -> None:
         """An input the function's pull handed to a free slot (see dispatch.py)."""

@@ -9,7 +9,13 @@ Invariants:
 - inputs handed back (stopping, unresponsive) are nak'ed at once, and their late outputs
   refused;
 - the output subject carries the attempt number and is published with an expected last
-  subject sequence of 0, so only the first output of an attempt is stored.
+  subject sequence of 0, so only the first output of an attempt is stored;
+- a container whose shim runs inputs in order may hold ``queue`` inputs beyond its
+  ``max_inputs`` (see ``AgentSettings.input_prefetch``): the oldest ``max_inputs`` in
+  flight run, the others wait in line in the container. A waiting input's timeout starts
+  when the input before it is done; if the container dies, waiting inputs are handed back
+  (they never ran); a cancelled waiting input runs, its output is dropped (the call's
+  cancellation is its result).
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ class InFlight:
     progress_at: float = field(default_factory=time.monotonic)
     timer: asyncio.TimerHandle | None = None
     timed_out: bool = False
+    #: Running in the container, or waiting in line there behind the ones running.
+    running: bool = True
 
 
 class Owner(Protocol):
@@ -72,13 +80,16 @@ class Owner(Protocol):
     handle: ContainerHandle | None
     meter: Meter
     _stopping: asyncio.Event
-    _writer: asyncio.StreamWriter | None
+    _writer: asyncio.WriteTransport | None
     _puller: InputPuller | None
     web_in_flight: int
+    _pulled: InputPuller | None
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
 
     def _dispatch(self, msg: Msg) -> None: ...
+
+    def send_frame(self, data: bytes) -> None: ...
 
     async def _bind(self) -> None: ...
 
@@ -87,10 +98,20 @@ class InputDispatch:
     def __init__(self, owner: Owner, max_inputs: int) -> None:
         self.c = owner
         self.in_flight: dict[str, InFlight] = {}
+        self.max_inputs = max_inputs
+        #: Inputs the container may hold: ``max_inputs``, plus those that may wait in line.
+        self.capacity = max_inputs
         #: Free input slots (see the invariants above).
         self.slots = max_inputs
+        #: Inputs in flight that run (the others wait in line).
+        self.running = 0
         #: Inputs handed back to another container: their late outputs are refused.
         self.handed_back: set[str] = set()
+
+    def allow_queue(self, n: int) -> None:
+        """The shim runs inputs in order: ``n`` more may wait in line in the container."""
+        self.capacity += n
+        self.slots += n
 
     async def hand_back(self, refuse_late: bool) -> None:
         """Hand every in-flight input back at once: another container picks it up."""
@@ -203,20 +224,31 @@ class InputDispatch:
         assert self.c._writer is not None
         # The input goes out first (the hot path), the bookkeeping after: nothing can
         # answer it before the caller yields.
-        self.c._writer.write(wire.frame(wire.RunInput(
+        self.c.send_frame(wire.frame(wire.RunInput(
             input_id=inp.input_id, call_id=inp.call_id, attempt=inp.attempt,
             attempt_token=inp.attempt_token, payload=payload,
             payload_format=inp.payload_format)))
-        inf = InFlight(msg=msg, inp=inp, started=time.time())
-        inf.timer = asyncio.get_running_loop().call_later(self.c.fn.timeout, self._on_timeout,
-                                                          inp.input_id)
+        inf = InFlight(msg=msg, inp=inp, started=time.time(),
+                       running=self.running < self.max_inputs)
+        if inf.running:
+            self._start(inf)
         self.in_flight[inp.input_id] = inf
         self.c.state, self.c.idle_since = "busy", None
+
+    def _start(self, inf: InFlight) -> None:
+        """The input runs now: its timeout starts."""
+        inf.running = True
+        inf.started = time.time()
+        self.running += 1
+        inf.timer = asyncio.get_running_loop().call_later(self.c.fn.timeout, self._on_timeout,
+                                                          inf.inp.input_id)
 
     def free_slot(self) -> None:
         self.slots += 1
         if self.c._puller is not None:  # joined and not stopping
-            self.c._puller.freed(self.c)
+            # A queue slot when the inputs still here fill the run slots.
+            queued = self.capacity > self.max_inputs and len(self.in_flight) >= self.max_inputs
+            self.c._puller.freed(self.c, queued)
 
     async def keepalive_loop(self) -> None:
         """In-progress acks for inputs running longer than a third of AckWait, so a slow
@@ -243,6 +275,9 @@ class InputDispatch:
     def release(self, inf: InFlight) -> None:
         if inf.timer:
             inf.timer.cancel()
+        if inf.running:
+            inf.running = False
+            self.running -= 1
         self.free_slot()
 
     async def on_item(self, item: wire.StreamItem) -> None:
@@ -267,7 +302,17 @@ class InputDispatch:
             if done.input_id in self.handed_back:
                 self.c.log.warning("late_output_refused", input_id=done.input_id)
             return
+        if inf.running:
+            self.running -= 1
+            inf.running = False  # (released below: counted once)
+        for waiting in self.in_flight.values():  # the next in line runs now
+            if self.running >= self.max_inputs:
+                break
+            if not waiting.running:
+                self._start(waiting)
         self.release(inf)
+        if self.c._puller is not None:
+            self.c._puller.ran(done.finished_at - done.started_at)
         out = Output(
             call_id=inf.inp.call_id, input_id=inf.inp.input_id, attempt=inf.inp.attempt,
             attempt_token=inf.inp.attempt_token, status=done.status, payload=done.payload,
@@ -294,6 +339,10 @@ class InputDispatch:
         scheduler replaces it if there is more work.
         """
         for inf in self.in_flight.values():
+            if inf.inp.call_id == call_id and not inf.running:
+                # Waiting in line: it runs, and its output is dropped (see _complete).
+                self.c.log.info("call_cancelled_waiting_in_container", call_id=call_id)
+                return
             if inf.inp.call_id == call_id and self.c.handle is not None:
                 self.c.log.info("call_cancelled_killing_container", call_id=call_id)
                 self.c.stop_reason = "cancelled"
@@ -334,8 +383,14 @@ class InputDispatch:
 
     async def finish(self, exit_code: int | None) -> None:
         """The process is gone while inputs were running: answer or hand them back."""
+        if self.running and self.c._pulled is not None:
+            self.c._pulled.crashed()
         for inf in list(self.in_flight.values()):
+            ran = inf.running
             self.release(inf)
+            if not ran:  # waiting in line: it never ran, another container runs it
+                await acks.settle(inf.msg, Nak())
+                continue
             if inf.timed_out:
                 out = self._failure(inf, "timeout", "FunctionTimeoutError",
                                     f"function {self.c.fn.name!r} timed out after "

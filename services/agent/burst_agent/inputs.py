@@ -18,6 +18,13 @@ Credits:
   request; after one, the pull waits ``pull_retry``, and a deleted or missing consumer
   is made again first; a reconnect forgets every request and asks anew.
 
+Containers whose shim runs inputs in order (see ``AgentSettings.input_prefetch``) also
+offer queue slots: an input in one waits in the container behind the one running, so
+the container goes on to it without a round trip through here and NATS. Queue slots are
+asked for only while the function's inputs here are short (their average run time under
+``prefetch_max_run``), and filled only when no run slot is free: a lone input still goes
+to a free container.
+
 Invariants:
 - credits may exceed the free slots (a container stopped or froze while its slots were
   requested; a reconnect asked again while old requests lived), never the reverse while
@@ -91,8 +98,12 @@ class InputPuller:
         self._retry = settings.pull_retry
         self._inbox = nc.new_inbox()
         self._members: dict[str, Container] = {}
-        #: One entry per free slot, the most recently freed on top.
+        #: One entry per free slot, the most recently freed on top; queue slots apart.
         self._free: list[Container] = []
+        self._qfree: list[Container] = []
+        self._max_run = settings.prefetch_max_run
+        #: Average seconds an input of the function ran here (recent ones weigh most).
+        self.run_avg: float | None = None
         #: Inputs delivered while no slot was free, with the loop time they are handed back.
         self._held: deque[tuple[Msg, float]] = deque()
         #: Open pull requests by reply subject; ``_credits`` of their messages are due.
@@ -111,32 +122,55 @@ class InputPuller:
         self.task = asyncio.create_task(self._run())
 
     # ---- containers ----------------------------------------------------------------
-    def join(self, c: Container, free_slots: int) -> None:
-        """A ready container's ``free_slots`` are now this pull's to fill."""
+    def join(self, c: Container, free_slots: int, queue_slots: int = 0) -> None:
+        """A ready container's ``free_slots`` (and ``queue_slots``) are now this pull's to
+        fill."""
         self._members[c.id] = c
         self._closing = False
         for _ in range(free_slots):
             self.freed(c)
+        for _ in range(queue_slots):
+            self.freed(c, queued=True)
 
     def leave(self, c: Container) -> None:
         """A stopping container: its free slots are no longer offered."""
         if self._members.pop(c.id, None) is None:
             return
         self._free = [x for x in self._free if x is not c]
+        self._qfree = [x for x in self._qfree if x is not c]
         if not self._members:
             self._closing = True
         self._wake.set()
 
-    def freed(self, c: Container) -> None:
-        """One of ``c``'s slots is free: an input waiting for one takes it, else the slot
-        goes on top of the stack."""
+    def freed(self, c: Container, queued: bool = False) -> None:
+        """One of ``c``'s slots (a queue slot with ``queued``) is free: an input waiting
+        for one takes it, else the slot goes on top of its stack."""
         if self._held:
             msg, _ = self._held.popleft()
             self._dispatch(c, msg)
             return
-        self._free.append(c)
+        (self._qfree if queued else self._free).append(c)
         if self._want() > 0:
             self._wake.set()
+
+    def ran(self, seconds: float) -> None:
+        """An input of the function ran ``seconds`` here (its container's clock)."""
+        seconds = max(0.0, seconds)
+        was, avg = self.prefetching, self.run_avg
+        self.run_avg = seconds if avg is None else avg + 0.2 * (seconds - avg)
+        if not was and self.prefetching and self._want() > 0:  # queue slots to ask for
+            self._wake.set()
+
+    def crashed(self) -> None:
+        """A container of the function died with inputs running (it crashed, ran out of
+        memory, timed out): inputs waiting in line behind one are handed back each time,
+        so none are asked for until a dozen or so short inputs bring the average down."""
+        self.run_avg = max(self.run_avg or 0.0, 10 * self._max_run)
+
+    @property
+    def prefetching(self) -> bool:
+        """Whether queue slots are asked for: the function's inputs here are short."""
+        return self.run_avg is not None and self.run_avg < self._max_run
 
     def reset(self, rebind: bool = False) -> None:
         """Forget every request (a reconnect dropped them) and ask for all free slots."""
@@ -152,6 +186,10 @@ class InputPuller:
     @property
     def free_slots(self) -> int:
         return len(self._free)
+
+    @property
+    def free_queue_slots(self) -> int:
+        return len(self._qfree)
 
     # ---- deliveries ----------------------------------------------------------------
     def _on_msg(self, msg: Msg) -> None:
@@ -175,10 +213,12 @@ class InputPuller:
             self._wake.set()
 
     def _pop(self) -> Container | None:
-        while self._free:
-            c = self._free.pop()
-            if c.id in self._members:
-                return c
+        """A free run slot, else a queue slot (one asked for while inputs were short)."""
+        for stack in (self._free, self._qfree):
+            while stack:
+                c = stack.pop()
+                if c.id in self._members:
+                    return c
         return None
 
     def _dispatch(self, c: Container, msg: Msg) -> None:
@@ -216,7 +256,7 @@ class InputPuller:
     def _want(self) -> int:
         """Credits to ask for now: the shortfall against the free slots once it is half
         of them, or at once when none is left."""
-        free = len(self._free)
+        free = len(self._free) + (len(self._qfree) if self.prefetching else 0)
         short = free - self._credits
         if short <= 0 or self._closing:
             return 0

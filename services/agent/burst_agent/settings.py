@@ -36,6 +36,14 @@ class AgentSettings(CommonSettings):
     #: slot (one stopped while its slots were requested) waits for one before it is
     #: handed back (its redelivery then counts as an internal retry).
     input_hold: float = 0.25
+    #: Inputs a container may hold beyond its ``max_inputs``, waiting in line in the
+    #: container, so it starts its next input without a round trip through the agent and
+    #: NATS. Only for functions whose inputs run in order one at a time (a plain function
+    #: with ``max_inputs`` 1, not async, not batched: the shim says so) and, on this
+    #: agent, recently took under ``prefetch_max_run`` seconds each on average; an input
+    #: waits at most that many others. 0: none (an input only goes to a free slot).
+    input_prefetch: int = 4
+    prefetch_max_run: float = 0.02
     #: Seconds before pulling again after a pull failed (consumer deleted, NATS down).
     pull_retry: float = 0.2
     #: Seconds an answered input's ack waits, gathered with others (one write; and while
@@ -56,6 +64,9 @@ class AgentSettings(CommonSettings):
     #: ``input.accepted`` signals per function (as the gateway's settings).
     call_max_wait: float = 60.0
     call_signal_interval: float = 0.05
+    #: Seconds the agent waits, once a container's process is gone, to read the rest of
+    #: what it sent (outputs written just before it died are its inputs' answers).
+    shim_drain: float = 2.0
     #: Seconds a container may take from start to ready (import + @enter).
     startup_timeout: float = 120.0
     #: Inputs answered with the error when a container fails to start (import error, ...).
@@ -104,3 +115,10 @@ class AgentSettings(CommonSettings):
     #: Seconds between the keepalives the agent sends the gateway for each web request it
     #: holds (the gateway answers 502 when they stop: the agent is lost).
     web_keepalive: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.input_prefetch < 0:
+            raise ValueError(f"BURST_INPUT_PREFETCH={self.input_prefetch}: use 0 (none) or more")
+        if not self.prefetch_max_run >= 0:
+            raise ValueError(f"BURST_PREFETCH_MAX_RUN={self.prefetch_max_run}: use 0 (never) "
+                             "or more seconds")
