@@ -14,7 +14,7 @@ PY=${PYTHON:-.venv/bin/python}
 # Not in the GPU machine's image (its package list: /work/.library/device/KINDS.md).
 pkgs=(msgspec nats-py redis fastapi starlette pydantic pydantic-core annotated-types
       typing-inspection uvicorn structlog croniter pytz cryptography cffi pycparser
-      opentelemetry-api httptools uvloop docker tzdata)
+      opentelemetry-api httptools uvloop docker tzdata websockets)
 # The versions this venv runs (and is tested with), not the index's newest: a newer
 # release may need packages the GPU machine lacks (fastapi 0.165 imports opentelemetry).
 pinned() { "$PY" -m pip show "$1" 2>/dev/null | awk '/^Version:/{print "=="$2}' || true; }
