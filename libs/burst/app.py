@@ -282,7 +282,8 @@ class App:
         raise InvalidError(f"app {self.name!r}: cannot find the source file of its functions")
 
     def deploy(self, name: str | None = None, *, client: Client | None = None,
-               ephemeral: bool = False, client_id: str = "") -> wire.DeployResponse:
+               ephemeral: bool = False, client_id: str = "",
+               _serve: bool = False) -> wire.DeployResponse:
         """Upload the app's source bundle and deploy it; returns the deployment.
 
         With ``ephemeral`` it is a run of the app (what ``app.run()`` makes): it gets an id
@@ -305,8 +306,8 @@ class App:
         resp = client.deploy(wire.DeployRequest(
             app=app_name, bundle_hash=bundle.hash,
             functions=[_with_secrets(f) for f in self.registered_functions.values()],
-            ephemeral=ephemeral,
-            client_id=client_id))
+            ephemeral=ephemeral or _serve,
+            client_id=client_id, serve=_serve))
         # Calls go to the app's id: its name when deployed, the run's own id when ephemeral.
         self._client, self._deployed_name = client, resp.app
         for fn in self.registered_functions.values():

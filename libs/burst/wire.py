@@ -236,6 +236,14 @@ class DeployRequest(_Body):
     #: ``burst app stop``).
     ephemeral: bool = False
     client_id: str = ""
+    #: A ``burst serve`` run (with ``ephemeral``): its id is ``{app}-dev`` (``dev_name``),
+    #: so its URLs end in ``-dev`` and stay the same when a save deploys it again.
+    serve: bool = False
+
+
+def dev_name(app: str) -> str:
+    """The id of a ``burst serve`` run of ``app``: ``{app}-dev`` (the name cut to 59)."""
+    return f"{app[:59]}-dev"
 
 
 class DeployResponse(_Body):

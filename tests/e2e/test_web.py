@@ -28,6 +28,8 @@ BODY_LIMIT = 1 << 20
 DOMAIN = "web.test"
 #: Seconds before a request with no response yet gets Modal's 303 (150 in production).
 REQUEST_TIMEOUT = 8
+#: Seconds a client (``burst serve``) may miss heartbeats before its run is stopped.
+CLIENT_TIMEOUT = 5.0
 
 APP = '''
 import asyncio, os
@@ -257,7 +259,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     yield from running_cluster(tmp_path_factory, BURST_WEB_MAX_BODY_BYTES=str(BODY_LIMIT),
                                BURST_WEB_KEEPALIVE="0.5", BURST_WEB_AGENT_TIMEOUT="5",
                                BURST_WEB_DOMAIN=DOMAIN,
-                               BURST_WEB_REQUEST_TIMEOUT=str(REQUEST_TIMEOUT))
+                               BURST_WEB_REQUEST_TIMEOUT=str(REQUEST_TIMEOUT),
+                               BURST_CLIENT_TIMEOUT=str(CLIENT_TIMEOUT),
+                               BURST_CLIENT_HEARTBEAT_INTERVAL="0.5",
+                               BURST_CLIENT_REAP_INTERVAL="0.25")
 
 
 @pytest.fixture(scope="module")
@@ -659,7 +664,53 @@ async def version(wait: bool = False) -> str:
 '''
 
 
-def test_burst_serve_picks_up_an_edit_and_removes_the_app_on_ctrl_c(
+class Serve:
+    """A ``burst serve`` process whose stderr lines are read as they come."""
+
+    def __init__(self, cluster: Cluster, src: Path) -> None:
+        import queue
+        import threading
+
+        self.p = subprocess.Popen([str(Path(sys.executable).parent / "burst"), "serve",
+                                   str(src)], env=cluster.env, stderr=subprocess.PIPE,
+                                  text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.p.stderr is not None
+        for line in self.p.stderr:
+            self.lines.put(line.rstrip("\n"))
+
+    def expect(self, text: str, timeout: float = 120.0) -> str:
+        """The first line (from now on) containing ``text``."""
+        import queue
+
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no line with {text!r} within {timeout} s; seen: {self.seen}"
+            try:
+                line = self.lines.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                assert self.p.poll() is None or not self.lines.empty(), \
+                    f"burst serve exited ({self.p.returncode}); seen: {self.seen}"
+                continue
+            self.seen.append(line)
+            if text in line:
+                return line
+
+    def url(self, endpoint: str) -> str:
+        return self.expect(f"web endpoint {endpoint}:").split(": ", 1)[1].strip()
+
+
+def app_entry(cluster: Cluster, app: str) -> dict[str, Any] | None:
+    listed = json.loads(cluster.burst("app", "list", "--json", check=True).stdout)["apps"]
+    return next((a for a in listed if a["app"] == app), None)
+
+
+def test_burst_serve_runs_ephemerally_picks_up_edits_at_one_url_and_ctrl_c_removes_it(
         cluster: Cluster, web: str, tmp_path: Path, sdk: None) -> None:
     import signal
 
@@ -667,16 +718,9 @@ def test_burst_serve_picks_up_an_edit_and_removes_the_app_on_ctrl_c(
 
     src = tmp_path / "served_app.py"
     src.write_text(SERVED.replace("VERSION", "v1"))
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "burst"), "serve", str(src)],
-                            env=cluster.env, stderr=subprocess.PIPE, text=True)
+    serve = Serve(cluster, src)
     try:
-        url = ""
-        deadline = time.monotonic() + 120
-        assert proc.stderr is not None
-        while not url and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if "web endpoint version:" in line:
-                url = line.split(": ", 1)[1].strip()
+        url = serve.url("version")
         host = url.split("//")[1]
         root = web.rsplit("/", 2)[0]
         path_form = f"{root}/default/served-dev/version"
@@ -686,11 +730,17 @@ def test_burst_serve_picks_up_an_edit_and_removes_the_app_on_ctrl_c(
 
         assert ask().json() == "v1"
         assert host.startswith("default--served-dev-version.")
+        # An ephemeral run of app "served" (its budgets cover it) kept by serve's client.
+        entry = app_entry(cluster, "served-dev")
+        assert entry is not None
+        assert (entry["name"], entry["ephemeral"], entry["detached"]) == ("served", True, False)
+        assert entry["client_id"].startswith("cl-")
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(ask, wait=True)
             time.sleep(1)  # (it reaches the v1 container; if not, it still answers v1/v2)
             src.write_text(SERVED.replace("VERSION", "v2"))
             saved = time.monotonic()
+            assert serve.url("version") == url  # the same URL after the redeploy
             while (answer := ask().json()) != "v2":
                 assert answer == "v1"
                 assert time.monotonic() - saved < 60, "the edit never reached the endpoint"
@@ -699,13 +749,51 @@ def test_burst_serve_picks_up_an_edit_and_removes_the_app_on_ctrl_c(
             burst.Queue.from_name("web-serve", create_if_missing=True).put("go")
             assert in_flight.result(timeout=60).json() == "v1"  # finished on the old code
         src.write_text("this is not python(\n")
-        time.sleep(2)
+        serve.expect("not deployed")
+        serve.expect("SyntaxError")
         assert ask().json() == "v2"  # the last good version keeps serving
+        src.write_text(SERVED.replace("VERSION", "v3"))  # a fixed save is picked up
+        assert serve.url("version") == url
+        saved = time.monotonic()
+        while (answer := ask().json()) != "v3":
+            assert answer == "v2"
+            assert time.monotonic() - saved < 60, "the fixed save never reached the endpoint"
+            time.sleep(0.2)
+        assert app_entry(cluster, "served-dev") is not None  # redeployed in place: one run
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(60)
-    apps = json.loads(cluster.burst("app", "list", "--json", check=True).stdout)
-    assert "served-dev" not in [a["app"] for a in apps["apps"]]
+        serve.p.send_signal(signal.SIGINT)
+        serve.p.wait(60)
+    assert app_entry(cluster, "served-dev") is None
+
+
+def test_a_killed_burst_serve_leaves_nothing_running_after_the_heartbeat_deadline(
+        cluster: Cluster, web: str, tmp_path: Path) -> None:
+    from tests.e2e.test_budgets import containers_of as containers_under
+    from tests.waiting import eventually
+
+    src = tmp_path / "killed_app.py"
+    src.write_text(SERVED.replace('"served"', '"servedk"').replace("VERSION", "k1"))
+    serve = Serve(cluster, src)
+    try:
+        url = serve.url("version")
+        assert url.split("//")[1].startswith("default--servedk-dev-version.")
+        root = web.rsplit("/", 2)[0]
+        assert get(f"{root}/default/servedk-dev/version").json() == "k1"
+        assert containers_under(cluster, "default.servedk-dev.")  # a container serves it
+    finally:
+        serve.p.kill()  # SIGKILL: no Ctrl-C clean-up; only the heartbeats stop
+        killed = time.monotonic()
+        serve.p.wait(30)
+    eventually(lambda: app_entry(cluster, "servedk-dev") is None, CLIENT_TIMEOUT + 60,
+               "the killed serve's run removed")
+    took = time.monotonic() - killed
+    print(f"run removed {took:.2f} s after burst serve was killed "
+          f"(deadline {CLIENT_TIMEOUT} s)")
+    assert took >= CLIENT_TIMEOUT - 1.0  # not before the deadline (less a beat's interval)
+    eventually(lambda: not containers_under(cluster, "default.servedk-dev."), 60,
+               "the killed serve's containers stopped")
+    r = get(f"{root}/default/servedk-dev/version")
+    assert r.status_code == 404
 
 
 def test_a_lost_agent_answers_502(cluster: Cluster, web: str, sdk: None) -> None:

@@ -1,13 +1,17 @@
 """``burst serve app.py``: the app's web endpoints served while their source is edited.
 
-The app is deployed as ``{app}-dev`` (its URLs end in ``-dev`` in the path form:
-``/{workspace}/{app}-dev/...``) and its URLs printed; the Python files under the app
-file's folder are watched (every ``BURST_SERVE_POLL`` seconds, 0.2) and on a change the
-app is deployed again, in a fresh interpreter, so the local modules it imports are read
-anew. The agents then give new requests to containers of the new version (held while one
-starts) and stop the old containers once their requests are done. A save that does not
-import (a syntax error) is shown, and the last good version keeps serving. Ctrl-C removes
-the app.
+The app is deployed as an ephemeral run of the app (it carries the app's name, so the
+app's budgets cover it) whose id is ``{app}-dev``: its URLs end in ``-dev``
+(``/{workspace}/{app}-dev/...``) and stay the same across redeploys. It lives while this
+process heartbeats (``burst run``'s client heartbeat): a ``burst serve`` that is killed
+leaves nothing running once the cluster's client timeout has passed. The URLs are
+printed; the Python files under the app file's folder are watched (every
+``BURST_SERVE_POLL`` seconds, 0.2) and on a change the app is deployed again (into the
+same run), in a fresh interpreter, so the local modules it imports are read anew. A second
+``burst serve`` of the app takes the run over. The agents then give new requests to
+containers of the new version (held while one starts) and stop the old containers once
+their requests are done. A save that does not import (a syntax error) is shown, and the
+last good version keeps serving. Ctrl-C removes the run.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+
+from burst.exception import InvalidError
 
 console = Console(stderr=True, highlight=False)
 
@@ -47,23 +53,22 @@ def _sources(root: Path) -> dict[Path, float]:
     return out
 
 
-def dev_name(name: str) -> str:
-    return f"{name[:59]}-dev"
-
-
-def _deploy_once(ref: str) -> None:
-    """In a fresh interpreter: import the app, deploy it as ``{app}-dev``, print JSON."""
+def _deploy_once(ref: str, client_id: str) -> None:
+    """In a fresh interpreter: import the app, deploy it as the serve run ``{app}-dev``
+    kept alive by ``client_id``, print JSON."""
     from burst.cli.run import load_app
 
     app, _ = load_app(ref)
-    assert app.name is not None
-    resp = app.deploy(dev_name(app.name))
+    if app.name is None:
+        raise InvalidError(f"the app in {ref} has no name: `burst serve` needs "
+                           "burst.App('name')")
+    resp = app.deploy(app.name, client_id=client_id, _serve=True)
     print(json.dumps({"app": resp.app, "web_urls": resp.web_urls}))
 
 
-def _deploy(file: Path) -> dict[str, object] | None:
+def _deploy(file: Path, client_id: str) -> dict[str, object] | None:
     """Deploy the file's app; None (its error shown) when it does not import or deploy."""
-    proc = subprocess.run([sys.executable, "-m", "burst.cli.serve", str(file)],
+    proc = subprocess.run([sys.executable, "-m", "burst.cli.serve", str(file), client_id],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         console.print(f"[red]not deployed[/red]: the last good version keeps serving\n"
@@ -74,10 +79,10 @@ def _deploy(file: Path) -> dict[str, object] | None:
 
 
 def serve(file: str = typer.Argument(..., metavar="FILE", help="The app file.")) -> None:
-    """Serve an app's web endpoints as ``{app}-dev``, redeploying on each save; Ctrl-C
-    removes it."""
+    """Serve an app's web endpoints as the ephemeral run ``{app}-dev``, redeploying on
+    each save; Ctrl-C removes it."""
+    from burst import _heartbeat
     from burst.client import Client
-    from burst.exception import InvalidError
 
     path = Path(file).expanduser().resolve()
     if not path.is_file() or path.suffix != ".py":
@@ -87,30 +92,32 @@ def serve(file: str = typer.Argument(..., metavar="FILE", help="The app file."))
         raise InvalidError(f"BURST_SERVE_POLL={poll} is out of range: allowed 0.01 to 60 s")
     root = path.parent
     seen = _sources(root)
-    first = _deploy(path)
-    if first is None:
-        raise typer.Exit(1)
-    app = str(first["app"])
-    _show(first)
-    try:
-        while True:
-            time.sleep(poll)
-            now = _sources(root)
-            if now == seen:
-                continue
-            seen = now
-            console.print("change detected: redeploying", markup=False)
-            again = _deploy(path)
-            if again is not None:
-                _show(again)
-    except KeyboardInterrupt:
-        pass
-    finally:
+    client = Client.from_profile()
+    with _heartbeat.held(client) as client_id:
+        first = _deploy(path, client_id)
+        if first is None:
+            raise typer.Exit(1)
+        app = str(first["app"])
+        _show(first)
         try:
-            Client.from_profile().remove_app(app)
-            console.print(f"removed app {app}", markup=False)
-        except Exception as e:  # noqa: BLE001 - tell, and exit anyway
-            console.print(f"could not remove app {app}: {e}", markup=False)
+            while True:
+                time.sleep(poll)
+                now = _sources(root)
+                if now == seen:
+                    continue
+                seen = now
+                console.print("change detected: redeploying", markup=False)
+                again = _deploy(path, client_id)
+                if again is not None:
+                    _show(again)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            try:
+                client.remove_app(app)
+                console.print(f"removed app {app}", markup=False)
+            except Exception as e:  # noqa: BLE001 - tell, and exit anyway
+                console.print(f"could not remove app {app}: {e}", markup=False)
 
 
 def _show(result: dict[str, object]) -> None:
@@ -127,4 +134,4 @@ def register(app: typer.Typer) -> None:
 
 
 if __name__ == "__main__":
-    _deploy_once(sys.argv[1])
+    _deploy_once(sys.argv[1], sys.argv[2])

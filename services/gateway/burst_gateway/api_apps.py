@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from burst import _resources
-from burst.exception import InvalidError, NotFoundError, PayloadTooLargeError
+from burst.exception import ConflictError, InvalidError, NotFoundError, PayloadTooLargeError
 from burst.retries import Retries
 from burst.wire import (
     MSGPACK,
@@ -24,6 +24,7 @@ from burst.wire import (
     DeployResponse,
     FunctionSpec,
     check_client_id,
+    dev_name,
     is_app_id,
 )
 from burst_core import apps, bus, names, schedules
@@ -117,6 +118,8 @@ def _validate(req: DeployRequest) -> None:
             if not req.ephemeral:
                 raise ValueError("client_id is for an ephemeral run (ephemeral=true) only")
             check_client_id(req.client_id)
+        if req.serve and not req.ephemeral:
+            raise ValueError("serve is for an ephemeral run (ephemeral=true) only")
         seen = set()
         for fn in req.functions:
             names.check_ident("function", fn.name)
@@ -161,7 +164,16 @@ async def deploy(request: Request, gw: GatewayDep, p: Principal = Depends(princi
         await gw.secrets.prepare(p.workspace, req.functions)
     # An ephemeral run gets an id of its own: several runs of an app (and its deployment)
     # live side by side, and Function.from_name(<name>) finds only the deployed one.
-    app_id = "ap-" + uuid.uuid4().hex[:16] if req.ephemeral else req.app
+    # A `burst serve` run has the fixed id `{app}-dev`: each save redeploys it in place, so
+    # its URLs stay the same and the agents retire the old version's containers.
+    app_id = (dev_name(req.app) if req.serve else "ap-" + uuid.uuid4().hex[:16]
+              if req.ephemeral else req.app)
+    if req.serve:
+        prior = await gw.deployment(p.workspace, app_id)
+        if prior is not None and not (prior.ephemeral and prior.name == req.app):
+            raise ConflictError(f"app {app_id!r} is deployed in workspace {p.workspace!r}: "
+                                f"`burst serve` of app {req.app!r} serves under that id "
+                                f"(remove it, or rename app {req.app!r})")
     dep = DeploymentRecord(
         workspace=p.workspace, app=app_id, deployment_id="dp-" + uuid.uuid4().hex[:12],
         bundle_hash=req.bundle_hash, functions=req.functions, created_at=time.time(),
@@ -171,10 +183,10 @@ async def deploy(request: Request, gw: GatewayDep, p: Principal = Depends(princi
     await gw.deployments_kv.put(names.deployment_key(p.workspace, app_id), encode(dep))
     gw.remember(dep)
     for fn in dep.functions:
-        fn_key = names.function_key(p.workspace, req.app, fn.name)
+        fn_key = names.function_key(p.workspace, app_id, fn.name)
         await bus.publish(
             gw.js, names.function_deployed_subject(fn_key),
-            encode(FunctionDeployed(workspace=p.workspace, app=req.app,
+            encode(FunctionDeployed(workspace=p.workspace, app=app_id,
                                     deployment_id=dep.deployment_id, function=fn)),
             msg_id=f"{dep.deployment_id}:{fn.name}",
         )
