@@ -796,6 +796,24 @@ def test_a_killed_burst_serve_leaves_nothing_running_after_the_heartbeat_deadlin
     assert r.status_code == 404
 
 
+def test_burst_serve_refuses_to_replace_a_deployed_app_of_its_dev_id(
+        cluster: Cluster, web: str, tmp_path: Path) -> None:
+    deployed = write_app(tmp_path, SERVED.replace('"served"', '"clash-dev"')
+                         .replace("VERSION", "deployed"), "clash_deployed.py")
+    cluster.burst("deploy", str(deployed), check=True)
+    src = tmp_path / "clash_app.py"
+    src.write_text(SERVED.replace('"served"', '"clash"').replace("VERSION", "served"))
+    done = subprocess.run([str(Path(sys.executable).parent / "burst"), "serve", str(src)],
+                          env=cluster.env, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 1
+    assert "app 'clash-dev' is deployed in workspace 'default'" in done.stderr
+    root = web.rsplit("/", 2)[0]
+    assert get(f"{root}/default/clash-dev/version").json() == "deployed"  # untouched
+    entry = app_entry(cluster, "clash-dev")
+    assert entry is not None and not entry["ephemeral"]
+    cluster.burst("app", "stop", "clash-dev", check=True)
+
+
 def test_a_lost_agent_answers_502(cluster: Cluster, web: str, sdk: None) -> None:
     """Last in the module: it kills the agent (the supervisor starts it again)."""
     import os

@@ -26,7 +26,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from burst.exception import InvalidError
+from burst.exception import Error, InvalidError
 
 console = Console(stderr=True, highlight=False)
 
@@ -62,17 +62,23 @@ def _deploy_once(ref: str, client_id: str) -> None:
     if app.name is None:
         raise InvalidError(f"the app in {ref} has no name: `burst serve` needs "
                            "burst.App('name')")
-    resp = app.deploy(app.name, client_id=client_id, _serve=True)
+    try:
+        resp = app.deploy(app.name, client_id=client_id, _serve=True)
+    except Error as e:  # the cluster refused it: its message, not a traceback
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     print(json.dumps({"app": resp.app, "web_urls": resp.web_urls}))
 
 
-def _deploy(file: Path, client_id: str) -> dict[str, object] | None:
+def _deploy(file: Path, client_id: str, first: bool = False) -> dict[str, object] | None:
     """Deploy the file's app; None (its error shown) when it does not import or deploy."""
     proc = subprocess.run([sys.executable, "-m", "burst.cli.serve", str(file), client_id],
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        console.print(f"[red]not deployed[/red]: the last good version keeps serving\n"
-                      f"{proc.stderr.strip()}", markup=True)
+        console.print("[red]not deployed[/red]" if first else
+                      "[red]not deployed[/red]: the last good version keeps serving",
+                      markup=True)
+        console.print(proc.stderr.strip(), markup=False, soft_wrap=True)
         return None
     result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
@@ -94,7 +100,7 @@ def serve(file: str = typer.Argument(..., metavar="FILE", help="The app file."))
     seen = _sources(root)
     client = Client.from_profile()
     with _heartbeat.held(client) as client_id:
-        first = _deploy(path, client_id)
+        first = _deploy(path, client_id, first=True)
         if first is None:
             raise typer.Exit(1)
         app = str(first["app"])
