@@ -768,6 +768,8 @@ def test_burst_serve_runs_ephemerally_picks_up_edits_at_one_url_and_ctrl_c_remov
 
 def test_a_killed_burst_serve_leaves_nothing_running_after_the_heartbeat_deadline(
         cluster: Cluster, web: str, tmp_path: Path) -> None:
+    import signal
+
     from tests.e2e.test_budgets import containers_of as containers_under
     from tests.waiting import eventually
 
@@ -780,6 +782,12 @@ def test_a_killed_burst_serve_leaves_nothing_running_after_the_heartbeat_deadlin
         root = web.rsplit("/", 2)[0]
         assert get(f"{root}/default/servedk-dev/version").json() == "k1"
         assert containers_under(cluster, "default.servedk-dev.")  # a container serves it
+        # A second `burst serve` of the app is refused while this one heartbeats.
+        second = subprocess.run([str(Path(sys.executable).parent / "burst"), "serve",
+                                 str(src)], env=cluster.env, capture_output=True, text=True,
+                                timeout=90)
+        assert second.returncode == 1
+        assert "app 'servedk' is already served as 'servedk-dev'" in second.stderr
     finally:
         serve.p.kill()  # SIGKILL: no Ctrl-C clean-up; only the heartbeats stop
         killed = time.monotonic()
@@ -794,6 +802,14 @@ def test_a_killed_burst_serve_leaves_nothing_running_after_the_heartbeat_deadlin
                "the killed serve's containers stopped")
     r = get(f"{root}/default/servedk-dev/version")
     assert r.status_code == 404
+    again = Serve(cluster, src)  # the killed one's run reaped: serving the app works again
+    try:
+        assert again.url("version") == url
+        assert get(f"{root}/default/servedk-dev/version").json() == "k1"
+    finally:
+        again.p.send_signal(signal.SIGINT)
+        again.p.wait(60)
+    assert app_entry(cluster, "servedk-dev") is None
 
 
 def test_burst_serve_refuses_to_replace_a_deployed_app_of_its_dev_id(

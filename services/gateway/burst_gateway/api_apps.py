@@ -169,11 +169,7 @@ async def deploy(request: Request, gw: GatewayDep, p: Principal = Depends(princi
     app_id = (dev_name(req.app) if req.serve else "ap-" + uuid.uuid4().hex[:16]
               if req.ephemeral else req.app)
     if req.serve:
-        prior = await gw.deployment(p.workspace, app_id)
-        if prior is not None and not (prior.ephemeral and prior.name == req.app):
-            raise ConflictError(f"app {app_id!r} is deployed in workspace {p.workspace!r}: "
-                                f"`burst serve` of app {req.app!r} serves under that id "
-                                f"(remove it, or rename app {req.app!r})")
+        await _check_serve(gw, p.workspace, app_id, req)
     dep = DeploymentRecord(
         workspace=p.workspace, app=app_id, deployment_id="dp-" + uuid.uuid4().hex[:12],
         bundle_hash=req.bundle_hash, functions=req.functions, created_at=time.time(),
@@ -196,6 +192,24 @@ async def deploy(request: Request, gw: GatewayDep, p: Principal = Depends(princi
                                                         ep.name, ep)
                                     for f in dep.functions for ep in f.web})
     return Response(msgspec.msgpack.encode(resp), status_code=201, media_type=MSGPACK)
+
+
+async def _check_serve(gw: Gateway, workspace: str, app_id: str, req: DeployRequest) -> None:
+    """A `burst serve` run replaces neither a deployed app of its id nor the run of another
+    `burst serve` whose client still heartbeats (one killed is reaped after the client
+    timeout; its record goes with it)."""
+    prior = await gw.deployment(workspace, app_id)
+    if prior is None:
+        return
+    if not (prior.ephemeral and prior.name == req.app):
+        raise ConflictError(f"app {app_id!r} is deployed in workspace {workspace!r}: "
+                            f"`burst serve` of app {req.app!r} serves under that id "
+                            f"(remove it, or rename app {req.app!r})")
+    if prior.client_id and prior.client_id != req.client_id \
+            and (await _client_of(gw, prior)).get("heartbeat_at") is not None:
+        raise ConflictError(f"app {req.app!r} is already served as {app_id!r} by another "
+                            f"`burst serve` (client {prior.client_id}): stop that one first "
+                            f"(or `burst app stop {app_id}`)")
 
 
 @router.get("/v1/apps", tags=["apps"])
