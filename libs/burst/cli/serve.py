@@ -8,10 +8,10 @@ leaves nothing running once the cluster's client timeout has passed. The URLs ar
 printed; the Python files under the app file's folder are watched (every
 ``BURST_SERVE_POLL`` seconds, 0.2) and on a change the app is deployed again (into the
 same run), in a fresh interpreter, so the local modules it imports are read anew. A second
-``burst serve`` of the app is refused while the first one heartbeats. The agents then give new requests to
-containers of the new version (held while one starts) and stop the old containers once
-their requests are done. A save that does not import (a syntax error) is shown, and the
-last good version keeps serving. Ctrl-C removes the run.
+``burst serve`` of the app is refused while the first one heartbeats. The agents then
+give new requests to containers of the new version (held while one starts) and stop the
+old containers once their requests are done. A save that does not import (a syntax
+error) is shown, and the last good version keeps serving. Ctrl-C removes the run.
 """
 
 from __future__ import annotations
