@@ -830,6 +830,39 @@ def test_burst_serve_refuses_to_replace_a_deployed_app_of_its_dev_id(
     cluster.burst("app", "stop", "clash-dev", check=True)
 
 
+TWIN = '''
+import os
+import burst
+
+app = burst.App("twin")
+
+
+@app.function(scaledown_window=600)
+@burst.fastapi_endpoint()
+def where() -> str:
+    return os.environ["BURST_CONTAINER_ID"]
+
+
+@app.local_entrypoint()
+def main() -> None:
+    print("RUN", app.app_id)
+'''
+
+
+def test_a_run_of_an_app_leaves_its_deployments_web_containers_serving(
+        cluster: Cluster, web: str, tmp_path: Path) -> None:
+    """A run has an id of its own: its deploy retires no container of the deployed app."""
+    src = write_app(tmp_path, TWIN, "twin_app.py")
+    cluster.burst("deploy", str(src), check=True)
+    url = f"{web.rsplit('/', 2)[0]}/default/twin/where"
+    first = get(url).json()
+    run = cluster.burst("run", str(src), check=True)
+    assert "RUN ap-" in run.stdout
+    time.sleep(1)  # (an agent retiring the deployed app's container would have done so)
+    assert get(url).json() == first  # the same warm container answers
+    cluster.burst("app", "stop", "twin", check=True)
+
+
 def test_a_lost_agent_answers_502(cluster: Cluster, web: str, sdk: None) -> None:
     """Last in the module: it kills the agent (the supervisor starts it again)."""
     import os
