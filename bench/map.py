@@ -178,7 +178,7 @@ def main() -> None:
                     help="inputs of the one large Burst map after the rounds (0: none)")
     ap.add_argument("--setting", action="append", default=[], metavar="BURST_NAME=VALUE",
                     help="a setting of the benchmark's cluster (repeatable), e.g. "
-                         "BURST_INPUT_PREFETCH=0 to compare without inputs waiting in line")
+                         "BURST_INPUT_PREFETCH=4 to let inputs wait in line in containers")
     args = ap.parse_args()
     settings = dict(s.split("=", 1) for s in args.setting if "=" in s)
     bad = [s for s in args.setting if "=" not in s or not s.startswith("BURST_")]

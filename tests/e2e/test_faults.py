@@ -44,6 +44,8 @@ FAULT_TIMERS = {
     "BURST_RECONCILE_INTERVAL": "5",
     # nats-server, killed, stays down this long before the supervisor starts it again.
     "BURST_SUPERVISE_BACKOFF": "3",
+    # Inputs wait in line in containers (opt-in): the crash test covers that path.
+    "BURST_INPUT_PREFETCH": "4",
 }
 
 

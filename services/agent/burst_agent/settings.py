@@ -41,8 +41,10 @@ class AgentSettings(CommonSettings):
     #: NATS. Only for functions whose inputs run in order one at a time (a plain function
     #: with ``max_inputs`` 1, not async, not batched: the shim says so) and, on this
     #: agent, recently took under ``prefetch_max_run`` seconds each on average; an input
-    #: waits at most that many others. 0: none (an input only goes to a free slot).
-    input_prefetch: int = 4
+    #: waits at most that many others. 0 (the default): none, an input only goes to a free
+    #: slot. Opt-in: an input in line waits behind a long one that follows short ones,
+    #: where without it another container would start for it (as Modal does).
+    input_prefetch: int = 0
     prefetch_max_run: float = 0.02
     #: Seconds before pulling again after a pull failed (consumer deleted, NATS down).
     pull_retry: float = 0.2
