@@ -16,6 +16,8 @@ import socket
 import time
 from typing import Any
 
+from burst._shim.wsgi import read_body
+
 #: Headers of one hop, never relayed.
 _HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                   b"transfer-encoding", b"upgrade"})
@@ -45,14 +47,9 @@ class PortProxy:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        body = await read_body(receive)
+        if body is None:  # the client left before its request was whole
+            return
         root = scope.get("root_path", "").encode()
         raw: bytes = scope.get("raw_path") or scope["path"].encode()
         target = raw[len(root):] if root and raw.startswith(root) else raw
@@ -66,7 +63,7 @@ class PortProxy:
                   b"x-forwarded-prefix: " + root]
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 20)
         try:
-            writer.write(b"\r\n".join(lines) + b"\r\n\r\n" + bytes(body))
+            writer.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
             await writer.drain()
             await self._response(scope["method"], reader, send)
         finally:

@@ -44,6 +44,18 @@ def environ_of(scope: dict[str, Any], body: bytes) -> dict[str, Any]:
     return env
 
 
+async def read_body(receive: Any) -> bytes | None:
+    """An ASGI request's whole body, or None when the client disconnects first."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
 class WsgiApp:
     def __init__(self, app: Callable[..., Any]) -> None:
         self.app = app
@@ -51,14 +63,9 @@ class WsgiApp:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        body = await read_body(receive)
+        if body is None:  # the client left before its request was whole
+            return
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         state: dict[str, Any] = {}
@@ -77,7 +84,7 @@ class WsgiApp:
 
         def run() -> None:
             try:
-                result = self.app(environ_of(scope, bytes(body)), start_response)
+                result = self.app(environ_of(scope, body), start_response)
                 try:
                     for chunk in result:
                         if chunk:
