@@ -20,7 +20,7 @@ from burst_core.objects import Objects
 from burst_core.schemas import DeploymentRecord, DeploymentRecordDecoder
 from burst_core.secrets import KeyRing
 from burst_core.service import cancel_and_wait, heartbeat_loop
-from burst_gateway.auth import TokenStore
+from burst_gateway.auth import TokenStore, Workspaces
 from burst_gateway.secret_store import SecretStore
 from burst_gateway.settings import GatewaySettings
 
@@ -35,6 +35,8 @@ class Gateway:
     deployments_kv: KeyValue
     bundles: ObjectStore
     tokens: TokenStore
+    workspaces: Workspaces
+    app_versions: KeyValue
     caller: Caller
 
     def __init__(self, settings: GatewaySettings) -> None:
@@ -59,9 +61,19 @@ class Gateway:
         await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
         self.deployments_kv = await self.js.key_value(names.KV_DEPLOYMENTS)
         self.bundles = await self.js.object_store(names.OBJ_BUNDLES)
-        self.tokens = TokenStore(await self.js.key_value(names.KV_TOKENS), s.token_cache_ttl)
+        self.tokens = TokenStore(await self.js.key_value(names.KV_TOKENS), s.token_cache_ttl,
+                                 s.token_use_interval)
+        self.workspaces = Workspaces(await self.js.key_value(names.KV_WORKSPACES))
+        self.app_versions = await self.js.key_value(names.KV_APP_VERSIONS)
+        await self.workspaces.create(s.bootstrap_workspace, exist_ok=True)
         if s.bootstrap_token_hash:
-            await self.tokens.ensure_hash(s.bootstrap_token_hash, s.bootstrap_workspace)
+            revoked = await self.tokens.ensure_bootstrap(s.bootstrap_token_hash,
+                                                         s.bootstrap_workspace)
+            if revoked:
+                log.info("bootstrap_tokens_revoked", count=revoked)
+        # Workspaces from before they were recorded: those their tokens name.
+        for ws in {rec.workspace for rec in (await self.tokens.records()).values()}:
+            await self.workspaces.create(ws, exist_ok=True)
         self.caller = Caller(self.nc, self.js, self.deployment,
                              max_sync_wait=s.max_sync_wait, signal_interval=s.signal_interval)
         await self.caller.start()
