@@ -35,10 +35,10 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def _when(t: float | None, now: float) -> str:
+def _when(t: float | None) -> str:
     if not t:
         return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
 
 
 @token_app.command("create")
@@ -83,14 +83,15 @@ def list_tokens(
     if as_json:
         print(json.dumps(data, indent=2))
         return
-    now = time.time()
-    table = Table("id", "workspace", "scope", "name", "created", "last used", "expires",
-                  "status", title="Tokens", title_justify="left")
+    table = Table(title="Tokens", title_justify="left")
+    table.add_column("id", no_wrap=True)  # what `burst token revoke` takes: never cut
+    for column in ("workspace", "scope", "name", "created", "last used", "expires", "status"):
+        table.add_column(column)
     for t in data["tokens"]:
         table.add_row(t["token_id"], t["workspace"],
                       t["scope"] or t["kind"].replace("_", "-"), t["name"],
-                      _when(t["created_at"], now), _when(t["last_used_at"], now) or "never",
-                      _when(t["expires_at"], now) or "never", t["status"])
+                      _when(t["created_at"]), _when(t["last_used_at"]) or "never",
+                      _when(t["expires_at"]) or "never", t["status"])
     console.print(table)
 
 
@@ -111,10 +112,9 @@ def list_workspaces(as_json: bool = typer.Option(False, "--json", help="Print JS
     if as_json:
         print(json.dumps(data, indent=2))
         return
-    now = time.time()
     table = Table("workspace", "created", title="Workspaces", title_justify="left")
     for w in data["workspaces"]:
-        table.add_row(w["name"], _when(w["created_at"], now))
+        table.add_row(w["name"], _when(w["created_at"]))
     console.print(table)
 
 
