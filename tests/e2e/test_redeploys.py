@@ -143,10 +143,19 @@ def test_history_and_rollback(cluster: Cluster, tmp_path: Path) -> None:
     proc = cluster.burst("app", "rollback", "versioned", "9")
     assert proc.returncode == 1
     assert "app 'versioned' has no version 9: kept versions are 2, 3, 4" in proc.stderr
+    proc = cluster.burst("app", "rollback", "versioned", "1")
+    assert proc.returncode == 1 and "kept versions are 2, 3, 4" in proc.stderr
     proc = cluster.burst("app", "rollback", "versioned", "4")
     assert proc.returncode == 1 and "version 4 of app 'versioned' is the one running" in proc.stderr
     proc = cluster.burst("app", "history", "never-deployed")
     assert proc.returncode == 1 and "app 'never-deployed' has no deployed versions" in proc.stderr
+    # A stopped app: its versions stay, and one named by number deploys it again.
+    cluster.burst("app", "stop", "versioned", check=True)
+    proc = cluster.burst("app", "rollback", "versioned")
+    assert proc.returncode == 1
+    assert "app 'versioned' is not running: name the version to deploy again" in proc.stderr
+    cluster.burst("app", "rollback", "versioned", "3", check=True)
+    wait_for("version 3's code", lambda: result(c, spawn(c, "versioned", 0.0)) == "v1")
     for args in (("deploy", str(tmp_path / "versioned.py"), "--strategy", "sideways"),
                  ("app", "rollback", "versioned", "--strategy", "sideways")):
         proc = cluster.burst(*args)

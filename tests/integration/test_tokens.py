@@ -229,3 +229,25 @@ async def test_a_new_bootstrap_token_revokes_the_one_it_replaces(
         assert r.status_code == 401 and "revoked" in r.text
         listed = (await a.get("/v1/tokens", headers=bearer(OPERATOR + "-2"))).json()["tokens"]
         assert sorted(t["status"] for t in listed) == ["active", "revoked"]
+
+
+async def test_proxy_auth_tokens_are_listed_revoked_and_expire(
+        nats_url: str, redis_url: str, tmp_path: Any) -> None:
+    cfg = inproc.settings(nats_url, redis_url, str(tmp_path), OPERATOR, token_cache_ttl=0.2)
+    async with inproc.gateway(cfg, "tok") as (a, gw):
+        made = await make(a, proxy_auth=True, name="web")
+        short = await make(a, proxy_auth=True, expires_in=0.5)
+        key, secret = made["token_id"], made["token_secret"]
+        assert await gw.tokens.proxy_auth(key, secret) == "default"
+        assert await gw.tokens.proxy_auth(short["token_id"], short["token_secret"]) == "default"
+        listed = (await a.get("/v1/tokens", headers=bearer(OPERATOR))).json()["tokens"]
+        [row] = [t for t in listed if t["token_id"] == key]
+        assert row["kind"] == "proxy_auth" and row["scope"] == "" and row["name"] == "web"
+        assert secret not in str(listed)
+        # A proxy-auth token never works as an API token.
+        assert (await a.get("/v1/apps", headers=bearer(secret))).status_code == 401
+        r = await a.delete(f"/v1/tokens/{key}", headers=bearer(OPERATOR))
+        assert r.status_code == 200, r.text
+        assert await gw.tokens.proxy_auth(key, secret) is None
+        await asyncio.sleep(0.6)
+        assert await gw.tokens.proxy_auth(short["token_id"], short["token_secret"]) is None

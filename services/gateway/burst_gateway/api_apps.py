@@ -265,10 +265,13 @@ async def rollback(app: str, body: Rollback, gw: GatewayDep,
         raise NotFoundError(f"app {app!r} has no deployed versions in workspace "
                             f"{p.workspace!r} (see `burst app list`)")
     running = current.version if current is not None and not current.ephemeral else 0
+    if body.version is None and not running:
+        raise InvalidError(f"app {app!r} is not running: name the version to deploy again "
+                           f"(see `burst app history {app}`)")
     target = body.version if body.version is not None else running - 1
     if target not in kept:
         which = (f"version {body.version}" if body.version is not None
-                 else f"a version before the running one ({running})")
+                 else f"version before the running one ({running})")
         raise NotFoundError(f"app {app!r} has no {which}: kept versions are "
                             f"{', '.join(str(v) for v in sorted(kept))} (see `burst app "
                             f"history {app}`)")

@@ -106,6 +106,7 @@ class Principal:
 class _Cached:
     until: float  # monotonic
     rec: TokenRecord | None
+    principal: Principal | None
 
 
 class TokenStore:
@@ -236,18 +237,18 @@ class TokenStore:
                 rec = None
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            hit = self._cache[token] = _Cached(now + self.cache_ttl, rec)
+            p = None if rec is None else Principal(
+                workspace=rec.workspace, scope=scope_of(rec), token_id=token_id_of(key, rec),
+                token_name=rec.name)
+            hit = self._cache[token] = _Cached(now + self.cache_ttl, rec, p)
             if rec is not None and time.time() - rec.last_used_at >= self.use_interval:
                 self._spawn(self._used(key, rec, rev))
-        rec = hit.rec
-        if rec is None:
+        if hit.rec is None or hit.principal is None:
             return None, "unknown"
-        state = status_of(rec, time.time())
+        state = status_of(hit.rec, time.time())
         if state != "active":
             return None, state
-        return Principal(workspace=rec.workspace, scope=scope_of(rec),
-                         token_id=token_id_of(hash_token(token), rec) if not rec.token_id
-                         else rec.token_id, token_name=rec.name), "active"
+        return hit.principal, "active"
 
     async def _used(self, key: str, rec: TokenRecord, rev: int) -> None:
         """Record the token's use; a concurrent change (a revoke) wins over it."""

@@ -32,7 +32,8 @@ from burst_gateway.validate import check_name
 
 log = logs.get("burst.gateway")
 
-CALL_ROUTE = "/v1/apps/{app}/functions/{fn}/calls"
+#: The scope the route needs (scopes.py), checked here the same.
+_CALL_SCOPE = scopes.needed("POST", "/v1/apps/{app}/functions/{fn}/calls") or OPERATOR
 _PATH = re.compile(r"/v1/apps/([^/]+)/functions/([^/]+)/calls")
 _QUERY = re.compile(rb"(?:wait=([0-9]{1,9}(?:\.[0-9]{0,9})?))?")
 _MSGPACK = MSGPACK.encode()
@@ -85,9 +86,8 @@ class FastCalls:
         check_name("app", app)  # as every route checks its names (burst_gateway.validate)
         check_name("function", fn)
         p = await principal_of(gw.tokens, headers.get(b"authorization", b"").decode("latin-1"))
-        need = scopes.needed("POST", CALL_ROUTE) or OPERATOR
-        if not covers(p.scope, need):
-            raise PermissionDeniedError(denied("POST", scope["path"], need, p))
+        if not covers(p.scope, _CALL_SCOPE):
+            raise PermissionDeniedError(denied("POST", scope["path"], _CALL_SCOPE, p))
         dep = await gw.caller.function(p.workspace, app, fn)
         chunks, more = [], True
         while more:

@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from burst.exception import InvalidError
 from burst_core import bus, logs, names
 from burst_core.calls.caller import Caller
 from burst_core.objects import Objects
@@ -73,7 +74,8 @@ class Gateway:
                 log.info("bootstrap_tokens_revoked", count=revoked)
         # Workspaces from before they were recorded: those their tokens name.
         for ws in {rec.workspace for rec in (await self.tokens.records()).values()}:
-            await self.workspaces.create(ws, exist_ok=True)
+            with contextlib.suppress(InvalidError):  # (a name no rule allows: left alone)
+                await self.workspaces.create(ws, exist_ok=True)
         self.caller = Caller(self.nc, self.js, self.deployment,
                              max_sync_wait=s.max_sync_wait, signal_interval=s.signal_interval)
         await self.caller.start()
