@@ -178,6 +178,8 @@ async def test_bad_input_gets_clear_errors(nats_url: str, redis_url: str,
         assert r.status_code == 401
         assert r.json()["error"]["message"] == "invalid token: it is not known to this cluster"
         assert (await a.delete("/v1/tokens/tk-nope", headers=bearer(OPERATOR))).status_code == 404
+        r = await a.get("/v1/tokens?workspace=nowhere", headers=bearer(OPERATOR))
+        assert r.status_code == 404 and "workspace 'nowhere' does not exist" in r.text
         r = await a.post("/v1/workspaces", json={"name": "default"}, headers=bearer(OPERATOR))
         assert r.status_code == 409 and "workspace 'default' already exists" in r.text
 

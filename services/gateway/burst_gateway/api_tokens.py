@@ -86,6 +86,8 @@ async def list_tokens(gw: GatewayDep, p: Principal = Depends(principal),
             raise PermissionDeniedError(f"a token of workspace {p.workspace!r} lists that "
                                         f"workspace's tokens only (not {workspace!r})")
         workspace = p.workspace
+    elif workspace is not None:
+        await gw.workspaces.check(workspace)
     now = time.time()
     out = []
     for key, rec in (await gw.tokens.records()).items():
