@@ -863,6 +863,64 @@ def test_a_run_of_an_app_leaves_its_deployments_web_containers_serving(
     cluster.burst("app", "stop", "twin", check=True)
 
 
+SPREAD = '''
+import os
+import burst
+
+app = burst.App("webspread")
+
+
+@app.function(gpu="T4", max_containers=2, scaledown_window=60)
+@burst.concurrent(max_inputs=2)
+@burst.fastapi_endpoint()
+async def hold(i: int) -> dict:
+    cid = os.environ["BURST_CONTAINER_ID"]
+    await burst.Dict.from_name("web-spread", create_if_missing=True).put.aio(f"started-{i}", cid)
+    await burst.Queue.from_name("web-spread-go", create_if_missing=True).get.aio(timeout=120)
+    return {"i": i, "container": cid}
+'''
+
+
+def test_a_request_waiting_for_a_slot_moves_to_a_new_container_on_another_agent(
+        cluster: Cluster, web: str, tmp_path: Path, sdk: None) -> None:
+    """Two agents of one GPU each (only they can run the function, a container each):
+    the request that finds the first agent's container full waits there only until the
+    scheduler's second container, on the other agent, is ready; it runs there, not after
+    a slot frees on the first."""
+    import burst
+    from tests.e2e.test_failover import Agents, wait_agents_live
+    from tests.waiting import eventually
+
+    agents = Agents(cluster, tmp_path)
+    try:
+        agents.start("web-gpu-a", "T4:1")
+        agents.start("web-gpu-b", "T4:1")
+        wait_agents_live(cluster, "web-gpu-a", "web-gpu-b")
+        cluster.burst("deploy", str(write_app(tmp_path, SPREAD, "web_spread_app.py")),
+                      check=True)
+        url = f"{web.rsplit('/', 2)[0]}/default/webspread/hold"
+        started = burst.Dict.from_name("web-spread", create_if_missing=True)
+        with ThreadPoolExecutor(3) as pool:
+            pending = [pool.submit(get, url, params={"i": 0})]
+            eventually(lambda: started.get("started-0") is not None, 60, "request 0 started")
+            pending += [pool.submit(get, url, params={"i": i}) for i in (1, 2)]
+            # Two run in the first container; the third runs in the second container,
+            # while the first two still hold theirs.
+            eventually(lambda: all(started.get(f"started-{i}") for i in range(3)), 45,
+                       "all three requests running at once")
+            where = {started.get(f"started-{i}") for i in range(3)}
+            assert len(where) == 2, where
+            burst.Queue.from_name("web-spread-go", create_if_missing=True).put_many(["go"] * 3)
+            answers = [p.result(timeout=60) for p in pending]
+        assert [a.status_code for a in answers] == [200] * 3
+        assert sorted(a.json()["i"] for a in answers) == [0, 1, 2]
+        moved = agents.log("web-gpu-a") + agents.log("web-gpu-b")
+        assert "web_request_moved" in moved and "web_request_taken_over" in moved
+    finally:
+        cluster.burst("app", "stop", "webspread")
+        agents.stop_all()
+
+
 def test_a_lost_agent_answers_502(cluster: Cluster, web: str, sdk: None) -> None:
     """Last in the module: it kills the agent (the supervisor starts it again)."""
     import os

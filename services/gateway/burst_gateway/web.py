@@ -390,6 +390,9 @@ class _Exchange:
         self.too_large = False
         self.started = False
         self.complete = False
+        #: Where the body chunks and cancel go: the subject of the agent that took the
+        #: request (another agent's once it is moved there, ``WebMoved``).
+        self.subject = ""
 
     def _head(self, inbox: str, body: bytes = b"", more: bool = False) -> wire.WebRequest:
         s = self.scope
@@ -419,14 +422,16 @@ class _Exchange:
                                f"of {self.s.web_max_body_bytes} bytes")
             if first["type"] == "websocket.connect":
                 accepted = await self._hand_over(self._head(inbox))
-                pump = asyncio.create_task(self._pump_websocket(accepted.subject))
+                self.subject = accepted.subject
+                pump = asyncio.create_task(self._pump_websocket())
                 await self._relay_websocket()
                 return
             # The head carries at most CHUNK of the body (a NATS message stays small);
             # the rest of a large first chunk follows as body messages.
             head_body, rest = body[:CHUNK], body[CHUNK:]
             accepted = await self._hand_over(self._head(inbox, head_body, more or bool(rest)))
-            pump = asyncio.create_task(self._pump_body(accepted.subject, len(body), more, rest))
+            self.subject = accepted.subject
+            pump = asyncio.create_task(self._pump_body(len(body), more, rest))
             await self._relay()
         finally:
             if pump is not None:
@@ -483,13 +488,12 @@ class _Exchange:
             raise nats.errors.NoRespondersError
         return frame
 
-    async def _pump_body(self, subject: str, sent: int, more: bool, rest: bytes = b"",
-                         ) -> None:
+    async def _pump_body(self, sent: int, more: bool, rest: bytes = b"") -> None:
         """The rest of the request body to the agent, then wait for the client to go
         away (ASGI's ``http.disconnect``): then the request is cancelled."""
         nc = self.gw.nc
         for i in range(0, len(rest), CHUNK):  # the first chunk's part the head did not carry
-            await nc.publish(subject, wire.encode(wire.WebRequestBody(
+            await nc.publish(self.subject, wire.encode(wire.WebRequestBody(
                 req_id=self.req_id, body=rest[i:i + CHUNK],
                 more_body=more or i + CHUNK < len(rest))))
         while True:
@@ -497,7 +501,8 @@ class _Exchange:
             if message["type"] == "http.disconnect":
                 if not self.complete:
                     self._gone()
-                    await nc.publish(subject, wire.encode(wire.WebCancel(req_id=self.req_id)))
+                    await nc.publish(self.subject,
+                                     wire.encode(wire.WebCancel(req_id=self.req_id)))
                 return
             if not more:
                 continue
@@ -506,13 +511,13 @@ class _Exchange:
             sent += len(body)
             if sent > self.s.web_max_body_bytes:
                 self.too_large = True
-                await nc.publish(subject, wire.encode(wire.WebCancel(req_id=self.req_id,
-                                                                       reason="too large")))
+                await nc.publish(self.subject, wire.encode(
+                    wire.WebCancel(req_id=self.req_id, reason="too large")))
                 self._gone()
                 return
             for i in range(0, max(len(body), 1), CHUNK):
                 piece = body[i:i + CHUNK]
-                await nc.publish(subject, wire.encode(wire.WebRequestBody(
+                await nc.publish(self.subject, wire.encode(wire.WebRequestBody(
                     req_id=self.req_id, body=piece,
                     more_body=more or i + CHUNK < len(body))))
 
@@ -524,12 +529,16 @@ class _Exchange:
     async def _next_frame(self, timeout: float | None = None) -> Any:
         """The next frame from the agent; None once the client went away."""
         if not self.frames.empty():
-            return self.frames.get_nowait()
-        try:
-            return await asyncio.wait_for(self.frames.get(),
-                                          timeout or self.s.web_agent_timeout)
-        except TimeoutError:
-            raise TimeoutError from None
+            frame = self.frames.get_nowait()
+        else:
+            try:
+                frame = await asyncio.wait_for(self.frames.get(),
+                                               timeout or self.s.web_agent_timeout)
+            except TimeoutError:
+                raise TimeoutError from None
+        if isinstance(frame, wire.WebMoved):  # another agent's container runs it now
+            self.subject = frame.subject
+        return frame
 
     def _detach(self) -> None:
         """No response within ``web_request_timeout``: the request runs on, its response
@@ -617,17 +626,17 @@ class _Exchange:
                 return
 
     # ---- WebSockets ------------------------------------------------------------------
-    async def _pump_websocket(self, subject: str) -> None:
+    async def _pump_websocket(self) -> None:
         """The client's messages to the app; its leaving closes the app's side."""
         nc = self.gw.nc
         while True:
             message = await self.receive()
             if message["type"] == "websocket.receive":
-                await nc.publish(subject, wire.encode(wire.WebSocketMessage(
+                await nc.publish(self.subject, wire.encode(wire.WebSocketMessage(
                     req_id=self.req_id, text=message.get("text"), data=message.get("bytes"))))
             elif message["type"] == "websocket.disconnect":
                 self._gone()
-                await nc.publish(subject, wire.encode(wire.WebSocketClose(
+                await nc.publish(self.subject, wire.encode(wire.WebSocketClose(
                     req_id=self.req_id, code=int(message.get("code", 1005)),
                     reason=str(message.get("reason") or ""))))
                 return
