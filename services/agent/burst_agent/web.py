@@ -74,8 +74,8 @@ class _Request:
     reply: str
     container: Container | None = None
     #: Body chunks (or WebSocket messages) that came while it waited for a slot.
-    pending: list[wire.WebRequestBody | wire.WebSocketMessage | wire.WebSocketClose] = field(
-        default_factory=list)
+    pending: list[wire.WebRequestBody | wire.WebCancel | wire.WebSocketMessage
+                  | wire.WebSocketClose] = field(default_factory=list)
     status: int = 0
     started: float = field(default_factory=time.monotonic)
     #: Being offered to other agents: frames that come meanwhile wait in ``pending``.
