@@ -569,6 +569,8 @@ def test_a_request_past_the_limit_gets_a_303_that_waits_for_its_result(
     assert time.monotonic() - t >= REQUEST_TIMEOUT - 0.5
     location = r.headers["location"]
     assert location.startswith("/__burst/requests/")
+    # The location is the capability: the gateway's and the request's random ids.
+    assert len(location.split("/")) == 5
     root = web.rsplit("/", 2)[0]
     # The client that got the 303 has gone away: that cancels nothing. Following the
     # location waits; it answers once the app does.
@@ -578,6 +580,64 @@ def test_a_request_past_the_limit_gets_a_303_that_waits_for_its_result(
         answer = pending.result(timeout=120)
     assert answer.status_code == 200 and answer.json() == {"tag": "a"}
     assert get(root + location).status_code == 404  # fetched once
+
+
+@pytest.fixture
+def second_gateway(cluster: Cluster, tmp_path: Path) -> Iterator[str]:
+    """Another gateway of the cluster (as a second machine behind a load balancer would
+    run it); its web port's base URL."""
+    from tests.servers import free_port
+
+    state = json.loads((cluster.home / "cluster.json").read_text())
+    client = {p["name"]: p["ports"].get("client", 0) for p in state["parts"]}
+    port, web_port = free_port(), free_port()
+    env = {**cluster.env, "BURST_HOST": "127.0.0.1", "BURST_PORT": str(port),
+           "BURST_WEB_PORT": str(web_port), "PYTHONUNBUFFERED": "1",
+           "BURST_NATS_URL": f"nats://127.0.0.1:{client['nats']}",
+           "BURST_REDIS_URL": f"redis://127.0.0.1:{client['redis']}/0"}
+    with open(tmp_path / "gateway2.log", "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "burst_gateway"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "gateway2.log").read_text()[-3000:]
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{web_port}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_a_303_location_answers_at_any_gateway(web: str, second_gateway: str,
+                                               sdk: None) -> None:
+    """Behind several gateways the client's GET of the location may reach another one:
+    it fetches the result from the gateway holding it."""
+    import burst
+
+    r = httpx.get(f"{web}/slow", params={"tag": "b"}, timeout=120)  # at the first gateway
+    assert r.status_code == 303, r.text
+    location = r.headers["location"]
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(get, second_gateway + location)
+        time.sleep(1)  # (the second gateway is waiting on the first for it)
+        burst.Queue.from_name("web-slow", create_if_missing=True).put("go")
+        answer = pending.result(timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"tag": "b"}
+    assert answer.headers["content-type"] == "application/json"
+    gone = get(second_gateway + location)  # fetched once, wherever
+    assert gone.status_code == 404 and gone.json()["error"]["type"] == "NotFound"
+    # A location of a gateway that is not there (gone with its results) is 404, saying so.
+    lost = get(second_gateway + "/__burst/requests/0123456789abcdef/wr-0")
+    assert lost.status_code == 404 and "is gone" in lost.json()["error"]["message"]
 
 
 def test_non_asgi_return_is_a_clear_error(cluster: Cluster, web: str, tmp_path: Path) -> None:

@@ -246,7 +246,8 @@ class WebProxy:
         self.served = 0
         self.failures = StartFailures()
         self.inboxes = Inboxes()
-        self.detached = web_redirect.Detachments(settings.web_request_timeout)
+        self.detached = web_redirect.Detachments(settings.web_request_timeout,
+                                                 settings.web_agent_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # the API server's lifespan starts the gateway
@@ -261,7 +262,8 @@ class WebProxy:
             return
         try:
             if scope["type"] == "http" and scope["path"].startswith(web_redirect.PREFIX):
-                await self.detached.answer(scope["path"], send)
+                gw = getattr(self.api.state, "gw", None)
+                await self.detached.answer(scope["path"], send, getattr(gw, "nc", None))
                 return
             await self._serve(scope, receive, send)
         except web_redirect.Redirected as e:
@@ -540,9 +542,10 @@ class _Exchange:
             self.subject = frame.subject
         return frame
 
-    def _detach(self) -> None:
+    async def _detach(self) -> None:
         """No response within ``web_request_timeout``: the request runs on, its response
         kept for the 303's location (web_redirect.py)."""
+        await self.detachments.listen(self.gw.nc)
         d, location = self.detachments.add(self.req_id)
         self.detached = True
         self.detachments.keep(asyncio.create_task(self._collect(d)))
@@ -589,7 +592,7 @@ class _Exchange:
                 frame = await self._next_frame(wait)
             except TimeoutError:
                 if not self.started and loop.time() >= self.redirect_at - 0.001:
-                    self._detach()  # raises Redirected: the client gets the 303
+                    await self._detach()  # raises Redirected: the client gets the 303
                 if wait is not None and wait < self.s.web_agent_timeout:
                     continue  # the redirect's time came closer than the agent's timeout
                 log.warning("web_agent_lost", fn_key=self.fn_key, req_id=self.req_id)
