@@ -109,16 +109,16 @@ class Detachments:
         """The response is complete: kept ``wait`` seconds for its client to fetch it."""
         asyncio.get_running_loop().call_later(self.wait, self.items.pop, req_id, None)
 
-    async def _wait_for(self, req_id: str) -> Detached | None | bool:
-        """The complete result (taken: fetched once), None when there is none, False
-        when it is still running after ``wait``."""
+    async def _wait_for(self, req_id: str) -> Detached | str:
+        """The complete result (taken: fetched once), else "missing" when there is none
+        or "running" when it is still running after ``wait``."""
         d = self.items.get(req_id)
         if d is None:
-            return None
+            return "missing"
         try:
             await asyncio.wait_for(d.done.wait(), self.wait)
         except TimeoutError:
-            return False
+            return "running"
         self.items.pop(req_id, None)
         return d
 
@@ -132,10 +132,10 @@ class Detachments:
             await self._answer_remote(gateway, req_id, path, send, nc)
             return
         d = await self._wait_for(req_id)
-        if d is None:
+        if d == "missing":
             await _json(send, 404, "NotFound", f"no pending request {req_id!r} (its result "
                         "was fetched already, or kept past its time)")
-        elif d is False:
+        elif not isinstance(d, Detached):
             await redirect(send, path)
         elif d.error is not None:
             await _json(send, *d.error)
@@ -155,10 +155,8 @@ class Detachments:
         except msgspec.DecodeError:
             return
         d = await self._wait_for(ask.req_id)
-        if d is None:
-            told = _Told(state="missing")
-        elif d is False:
-            told = _Told(state="running")
+        if not isinstance(d, Detached):
+            told = _Told(state=d)
         elif d.error is not None:
             told = _Told(state="failed", error=d.error)
         else:
