@@ -5,6 +5,7 @@ disconnect cancelling the request, bad input. One cluster and one app for the mo
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -496,9 +497,13 @@ def test_app_exception_is_the_apps_500_with_the_traceback_in_logs_only(
             entry = json.loads(line)
             if entry["type"] == "log":
                 seen.append(entry["line"])
-                if "kaboom-secret" in entry["line"]:
+                if any("kaboom-secret" in ln for ln in seen) and any(
+                        ln.startswith("GET /default/webapp/api/boom") for ln in seen):
                     break
     assert any("Traceback" in ln for ln in seen), seen
+    # The request itself is in the app's logs with its status and duration.
+    request = next(ln for ln in seen if ln.startswith("GET /default/webapp/api/boom"))
+    assert re.fullmatch(r"GET /default/webapp/api/boom -> 500 \(\d+\.\d ms\)", request), request
 
 
 def test_unknown_urls_are_404(web: str) -> None:

@@ -104,6 +104,8 @@ class WebRelay:
         #: Requests another agent took from here: req_id -> (its subject, until when,
         #: monotonic); a cancel that still comes here goes on to it.
         self.moved: dict[str, tuple[str, float]] = {}
+        #: The request lines being written to the apps' logs.
+        self._log_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._req_sub = await self.agent.nc.subscribe(
@@ -330,11 +332,17 @@ class WebRelay:
             if not c.web_in_flight and not c.in_flight and c.state == "busy":
                 c.state, c.idle_since = "idle", time.time()
             self._stop_if_done(c)
+        took = time.monotonic() - req.started
+        path = req.head.root_path + req.head.path
         log.info("web_request", fn_key=req.fn_key, req_id=req.head.req_id,
-                 method=req.head.method, path=req.head.root_path + req.head.path,
-                 status=status, error=end.error or None,
-                 duration_s=round(time.monotonic() - req.started, 4),
-                 container_id=c.id if c is not None else None)
+                 method=req.head.method, path=path, status=status, error=end.error or None,
+                 duration_s=round(took, 4), container_id=c.id if c is not None else None)
+        if c is not None:  # the app's logs show each request it served, as Modal's do
+            method = "WEBSOCKET" if req.head.websocket else req.head.method
+            line = f"{method} {path} -> {status} ({took * 1000:.1f} ms)"
+            task = asyncio.get_running_loop().create_task(c._log_line("stderr", line, ""))
+            self._log_tasks.add(task)
+            task.add_done_callback(self._log_tasks.discard)
         self._dispatch(req.fn_key)
 
     def _publish(self, subject: str, frame: msgspec.Struct) -> None:
