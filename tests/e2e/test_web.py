@@ -91,6 +91,14 @@ async def held() -> dict:
     return {"released": True}
 
 
+@app.function(retries=3)
+@burst.fastapi_endpoint()
+async def flaky() -> dict:
+    d = burst.Dict.from_name("web-flaky", create_if_missing=True)
+    await d.put.aio("runs", await d.get.aio("runs", 0) + 1)
+    raise RuntimeError("flaky failed")
+
+
 @app.function()
 @burst.asgi_app(label="private", requires_proxy_auth=True)
 def private():
@@ -504,6 +512,15 @@ def test_app_exception_is_the_apps_500_with_the_traceback_in_logs_only(
     # The request itself is in the app's logs with its status and duration.
     request = next(ln for ln in seen if ln.startswith("GET /default/webapp/api/boom"))
     assert re.fullmatch(r"GET /default/webapp/api/boom -> 500 \(\d+\.\d ms\)", request), request
+
+
+def test_retries_never_apply_to_requests(web: str, sdk: None) -> None:
+    import burst
+
+    r = get(f"{web}/flaky")
+    assert r.status_code == 500 and "flaky failed" not in r.text
+    time.sleep(3)  # (a first retry, were there one, would have run: its delay is 1 s)
+    assert burst.Dict.from_name("web-flaky", create_if_missing=True).get("runs") == 1
 
 
 def test_unknown_urls_are_404(web: str) -> None:

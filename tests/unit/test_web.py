@@ -110,6 +110,10 @@ def test_host_forms_labels_and_truncation() -> None:
     assert web.url_of(s, "ws", "app", "api", labeled) == "https://ws--api.web.example.com"
     assert web.url_of(GatewaySettings(web_port=9000), "ws", "app", "api", labeled) == (
         "http://127.0.0.1:9000/ws/app/api")
+    # Behind a proxy (BURST_WEB_URL), the path form starts with the visible base.
+    proxied = GatewaySettings(web_port=9000, web_url="https://edge.example.com/burst/")
+    assert web.url_of(proxied, "ws", "app", "api", labeled) == (
+        "https://edge.example.com/burst/ws/app/api")
 
 
 def test_resolve_host_and_host_conflicts() -> None:
