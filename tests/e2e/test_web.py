@@ -31,6 +31,9 @@ DOMAIN = "web.test"
 REQUEST_TIMEOUT = 8
 #: Seconds a client (``burst serve``) may miss heartbeats before its run is stopped.
 CLIENT_TIMEOUT = 5.0
+#: Seconds a container may take to start (the agent's) and a request is held for one
+#: (the gateway's), short enough that a web_server's longer startup_timeout crosses them.
+STARTUP_TIMEOUT = 20
 
 APP = '''
 import asyncio, os
@@ -240,6 +243,25 @@ def files():
 
 
 @app.function()
+@burst.web_server(8766, startup_timeout=60)
+def slowstart():  # listens only after the cluster's own startup timeouts (a model loading)
+    import http.server, threading, time
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"up")
+
+    def later():
+        time.sleep(STARTUP_TIMEOUT + 3)
+        http.server.ThreadingHTTPServer(("127.0.0.1", 8766), Handler).serve_forever()
+
+    threading.Thread(target=later, daemon=True).start()
+
+
+@app.function()
 @burst.wsgi_app()
 def flaskapp():
     from flask import Flask, request
@@ -260,7 +282,7 @@ def flaskapp():
         return f.response_class(gen(), status=202, headers={"x-wsgi": "yes"})
 
     return f
-'''
+'''.replace("STARTUP_TIMEOUT", str(STARTUP_TIMEOUT))
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +293,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                                BURST_WEB_REQUEST_TIMEOUT=str(REQUEST_TIMEOUT),
                                BURST_CLIENT_TIMEOUT=str(CLIENT_TIMEOUT),
                                BURST_CLIENT_HEARTBEAT_INTERVAL="0.5",
-                               BURST_CLIENT_REAP_INTERVAL="0.25")
+                               BURST_CLIENT_REAP_INTERVAL="0.25",
+                               BURST_STARTUP_TIMEOUT=str(STARTUP_TIMEOUT),
+                               BURST_WEB_STARTUP_TIMEOUT=str(STARTUP_TIMEOUT))
 
 
 @pytest.fixture(scope="module")
@@ -405,6 +429,16 @@ def test_web_server_on_a_port_in_the_container(web: str) -> None:
     assert get(f"{web}/files/chunked").text == "one-two-three"
     r = httpx.post(f"{web}/files/up", content=b"shout", timeout=120)
     assert r.status_code == 201 and r.content == b"SHOUT"
+
+
+def test_a_web_server_gets_its_own_startup_timeout_on_top_of_the_clusters(web: str) -> None:
+    """A server listening only after the agent's startup timeout and the gateway's hold
+    (a model loading): its startup_timeout=60 counts, the request is held and answered."""
+    t = time.monotonic()
+    r = get(f"{web}/slowstart")
+    assert r.status_code == 200, r.text
+    assert r.text == "up"
+    assert time.monotonic() - t >= STARTUP_TIMEOUT  # it did wait past the cluster's own
 
 
 def test_streamed_response_first_chunk_arrives_before_the_last_is_produced(

@@ -13,11 +13,13 @@ The path of a request (DESIGN.md: "a web request goes to exactly one container")
    one of them answers ``WebAccepted``. "No responders" means no container is ready:
    an ``input.accepted`` signal tells the scheduler (as a call does) and the request is
    held and offered again every ``web_retry_interval`` until one is, up to
-   ``web_startup_timeout`` (then 503). Nothing is stored in JetStream, so a request is
-   never replayed once an agent took it. An agent that took it with no free slot (it
-   waits there, in order) says so, and the gateway signals too: the scheduler counts
-   requests in flight, which agents report as inputs in flight, against
-   ``@burst.concurrent``'s limits, and adds a container when all are full.
+   ``web_startup_timeout`` (plus a ``web_server``'s own ``startup_timeout``; then 503).
+   Nothing is stored in JetStream, so a request is never replayed once an agent took
+   it. An agent that took it with no free slot (it waits there, in order, until a slot
+   frees or another agent's container takes it over) says so, and the gateway signals
+   too: the scheduler counts requests in flight, which agents report as inputs in
+   flight, against ``@burst.concurrent``'s limits, and adds a container when all are
+   full. An agent that hands a waiting request on says where (``WebMoved``).
 3. The rest of the body streams to the agent's subject for the request; the response
    head and body chunks stream back to this request's inbox and on to the client as
    they come. A client that disconnects sends ``WebCancel`` (the app's task is
@@ -333,8 +335,12 @@ class WebProxy:
             if k == b"content-length" and v.isdigit() and int(v) > limit:
                 raise _Refused(413, "PayloadTooLarge", f"the request body ({int(v)} bytes) "
                                f"is above the limit of {limit} bytes")
+        # A web_server's own startup_timeout (waiting for its port) comes on top.
+        startup = self.settings.web_startup_timeout + (
+            ep.startup_timeout if ep.kind == "web_server" else 0.0)
         await _Exchange(self.settings, gw, self, names.function_key(ws, app, fn.name),
-                        ep.name, root_path, rest, raw_path, scope, receive, send).run()
+                        ep.name, root_path, rest, raw_path, scope, receive, send,
+                        startup).run()
         self.served += 1
 
 
@@ -368,8 +374,10 @@ class _Exchange:
     def __init__(self, settings: GatewaySettings, gw: Any, proxy: WebProxy,
                  fn_key: str, endpoint: str,
                  root_path: str, path: str, raw_path: bytes, scope: Scope, receive: Receive,
-                 send: Send) -> None:
+                 send: Send, startup_timeout: float) -> None:
         self.s = settings
+        #: How long the request is held while no container is ready.
+        self.startup_timeout = startup_timeout
         self.gw = gw
         self.failures = proxy.failures
         self.inboxes = proxy.inboxes
@@ -448,7 +456,7 @@ class _Exchange:
         data = wire.encode(head)
         subject = names.web_subject(self.fn_key)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.s.web_startup_timeout
+        deadline = loop.time() + self.startup_timeout
         failed: asyncio.Future[str] | None = None
         try:
             while True:
@@ -463,7 +471,7 @@ class _Exchange:
                     return accepted
                 if loop.time() >= deadline:
                     raise _Refused(503, "Unavailable", "no container of the endpoint became "
-                                   f"ready within {self.s.web_startup_timeout:g} s")
+                                   f"ready within {self.startup_timeout:g} s")
                 if failed is None:  # held while a container starts
                     failed = await self.failures.watch(self.gw.nc, self.fn_key)
                 await asyncio.wait({failed}, timeout=self.s.web_retry_interval)
