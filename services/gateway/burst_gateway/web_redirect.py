@@ -125,7 +125,8 @@ class Detachments:
     async def answer(self, path: str, send: Send, nc: Any) -> None:
         """A GET of a redirect location: the response once complete, else 303 again."""
         gateway, _, req_id = path[len(PREFIX):].partition("/")
-        if not gateway or not req_id or "/" in req_id or not req_id.isascii():
+        # (Both go into NATS subjects or lookups: letters, digits and '-' only.)
+        if not _token(gateway) or not _token(req_id):
             await _json(send, 404, "NotFound", f"no pending request at {path!r}")
             return
         if gateway != self.gateway:
@@ -217,6 +218,10 @@ class Detachments:
             await send({"type": "http.response.body", "body": bytes(body)})
         finally:
             await sub.unsubscribe()
+
+
+def _token(s: str) -> bool:
+    return 0 < len(s) <= 64 and s.isascii() and s.replace("-", "").isalnum()
 
 
 async def redirect(send: Send, location: str) -> None:
