@@ -136,6 +136,26 @@ def test_resolve_host_and_host_conflicts() -> None:
     web.check_hosts(GatewaySettings(), "ws", "two", [fn], [dep])  # path form only
 
 
+def test_two_endpoints_of_one_app_on_one_host_are_refused() -> None:
+    """greeter_greet and Greeter.greet (or a label spelled like an app's endpoint) differ
+    in the path form but share a host name: refused at deploy when host forms are on."""
+    from burst_gateway import web
+    from burst_gateway.settings import GatewaySettings
+
+    plain = wire.FunctionSpec(name="greeter_greet", module="m", qualname="greeter_greet",
+                              web=[wire.WebEndpoint(kind="fastapi", name="greeter_greet")])
+    method = wire.FunctionSpec(name="Greeter", module="m", qualname="Greeter",
+                               web=[wire.WebEndpoint(kind="fastapi", name="greeter-greet")])
+    labeled = wire.FunctionSpec(name="f", module="m", qualname="f", web=[wire.WebEndpoint(
+        kind="asgi", name="app-greeter-greet", label="app-greeter-greet")])
+    s = GatewaySettings(web_domain="web.test")
+    for pair in ([plain, method], [method, labeled]):
+        with pytest.raises(InvalidError, match=r"would both answer at "
+                           r"ws--app-greeter-greet\.web\.test"):
+            web.check_hosts(s, "ws", "app", pair, [])
+    web.check_hosts(GatewaySettings(), "ws", "app", [plain, method], [])  # path form only
+
+
 def test_frames_sent_together_decode_as_they_were_sent() -> None:
     from burst_agent.web import _message
 

@@ -40,7 +40,7 @@ import nats.errors
 from starlette.types import Receive, Scope, Send
 
 from burst import wire
-from burst.exception import BudgetExceededError, ConflictError
+from burst.exception import BudgetExceededError, ConflictError, InvalidError
 from burst_core import logs, names
 from burst_core.schemas import ContainerEventDecoder, ContainerStopped, DeploymentRecord
 from burst_gateway import web_redirect
@@ -92,9 +92,16 @@ def check_hosts(settings: GatewaySettings, workspace: str, app: str,
         return
     taken = {host_label(d.workspace, d.app, ep): d.app for d in deployments if d.app != app
              for f in d.functions for ep in f.web}
+    own: dict[str, str] = {}
     for fn in functions:
         for ep in fn.web:
             host = host_label(workspace, app, ep)
+            if host in own:  # say greeter_greet and Greeter.greet, or a label like them
+                raise InvalidError(
+                    f"app {app!r}: web endpoints {own[host]!r} and {ep.name!r} would both "
+                    f"answer at {host}.{settings.web_domain} (give one of them another "
+                    "label=)")
+            own[host] = ep.name
             if host in taken:
                 raise ConflictError(
                     f"web endpoint {ep.name!r} of app {app!r}: its host "
