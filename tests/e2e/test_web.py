@@ -127,6 +127,26 @@ class Greeter:
         return {"text": f"{self.greeting} {name}"}
 
 
+@app.cls()
+class Late:
+    @burst.enter()
+    def load(self):
+        import time
+        time.sleep(4)  # a slow start: requests are held meanwhile
+
+    @burst.asgi_app(label="late")
+    def web(self):
+        from fastapi import FastAPI
+
+        web = FastAPI()
+
+        @web.get("/{what}")
+        def what(what: str) -> str:
+            return what
+
+        return web
+
+
 @app.function()
 @burst.asgi_app(label="api")
 def api():
@@ -471,6 +491,28 @@ def test_client_disconnect_cancels_the_request_in_the_container(web: str, sdk: N
     while not d.get("cancelled") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert d.get("cancelled") is True
+
+
+def test_a_client_leaving_while_its_request_is_held_runs_nothing(cluster: Cluster,
+                                                                 web: str) -> None:
+    """A request held while the endpoint's container starts, whose client goes away, is
+    dropped: no container ever gets it."""
+    host, port = web.split("//")[1].split("/")[0].split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(f"GET /default/webapp/late/left HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    deadline = time.monotonic() + 60
+    while not containers_of(cluster, "late"):  # its container is starting: it is held
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    sock.close()
+    r = get(f"{web}/late/stayed")  # held as well, then answered
+    assert r.status_code == 200 and r.json() == "stayed"
+    from tests.waiting import eventually
+
+    eventually(lambda: '"/default/webapp/late/stayed"' in cluster.log("agent"), 30,
+               "the answered request in the agent's log")
+    time.sleep(2)  # (the left one, had it been handed on, was offered with it)
+    assert '"/default/webapp/late/left"' not in cluster.log("agent")
 
 
 def test_fifty_concurrent_requests_scale_out_against_max_inputs_ten(

@@ -147,6 +147,10 @@ def check_endpoints(app: str, functions: list[wire.FunctionSpec]) -> None:
             seen[ep.name] = fn.name
 
 
+class _ClientGone(Exception):
+    """The client went away while its request was held (no container took it yet)."""
+
+
 class _Refused(Exception):
     """An answer of the gateway itself (no container serves the request)."""
 
@@ -410,6 +414,9 @@ class _Exchange:
         #: Where the body chunks and cancel go: the subject of the agent that took the
         #: request (another agent's once it is moved there, ``WebMoved``).
         self.subject = ""
+        #: The client's next ASGI message once its whole body came: a disconnect while
+        #: the request is held (no container ready) ends it before any container runs it.
+        self.watch: asyncio.Future[Any] | None = None
 
     def _head(self, inbox: str, body: bytes = b"", more: bool = False) -> wire.WebRequest:
         s = self.scope
@@ -446,7 +453,14 @@ class _Exchange:
             # The head carries at most CHUNK of the body (a NATS message stays small);
             # the rest of a large first chunk follows as body messages.
             head_body, rest = body[:CHUNK], body[CHUNK:]
-            accepted = await self._hand_over(self._head(inbox, head_body, more or bool(rest)))
+            if not more:
+                self.watch = asyncio.ensure_future(self.receive())
+            try:
+                accepted = await self._hand_over(self._head(inbox, head_body,
+                                                            more or bool(rest)))
+            except _ClientGone:
+                log.info("web_request_abandoned", fn_key=self.fn_key, req_id=self.req_id)
+                return
             self.subject = accepted.subject
             pump = asyncio.create_task(self._pump_body(len(body), more, rest))
             await self._relay()
@@ -454,6 +468,8 @@ class _Exchange:
             if pump is not None:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
+            if self.watch is not None and not self.watch.done():
+                self.watch.cancel()
             if not self.detached:  # else the detached request closes it when complete
                 self.inboxes.close(inbox)
 
@@ -481,7 +497,13 @@ class _Exchange:
                                    f"ready within {self.startup_timeout:g} s")
                 if failed is None:  # held while a container starts
                     failed = await self.failures.watch(self.gw.nc, self.fn_key)
-                await asyncio.wait({failed}, timeout=self.s.web_retry_interval)
+                watch = self.watch
+                await asyncio.wait({failed} if watch is None else {failed, watch},
+                                   timeout=self.s.web_retry_interval)
+                if watch is not None and watch.done() and (
+                        watch.cancelled() or watch.exception() is not None
+                        or watch.result()["type"] == "http.disconnect"):
+                    raise _ClientGone
                 if failed.done():
                     raise _Refused(503, "Unavailable", "the endpoint's container failed to "
                                    f"start: {failed.result()}")
@@ -509,12 +531,16 @@ class _Exchange:
         """The rest of the request body to the agent, then wait for the client to go
         away (ASGI's ``http.disconnect``): then the request is cancelled."""
         nc = self.gw.nc
+        watch, self.watch = self.watch, None
         for i in range(0, len(rest), CHUNK):  # the first chunk's part the head did not carry
             await nc.publish(self.subject, wire.encode(wire.WebRequestBody(
                 req_id=self.req_id, body=rest[i:i + CHUNK],
                 more_body=more or i + CHUNK < len(rest))))
         while True:
-            message = await self.receive()
+            if watch is not None:  # read while the request was held
+                message, watch = await watch, None
+            else:
+                message = await self.receive()
             if message["type"] == "http.disconnect":
                 if not self.complete:
                     self._gone()
