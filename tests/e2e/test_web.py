@@ -482,18 +482,6 @@ def test_web_server_on_a_port_in_the_container(web: str) -> None:
     assert r.status_code == 201 and r.content == b"SHOUT"
 
 
-def test_a_web_server_gets_its_own_startup_timeout_on_top_of_the_clusters(web: str) -> None:
-    """A server listening only after the agent's startup timeout and the gateway's hold
-    (a model loading): its startup_timeout=60 counts, the request is held and answered.
-    (The request was made when the module's app was deployed.)"""
-    assert SLOW_START.done.wait(100), "the request to the slow web_server never ended"
-    r = SLOW_START.result
-    assert isinstance(r, httpx.Response), r
-    assert r.status_code == 200, r.text
-    assert r.text == "up"
-    assert SLOW_START.took >= STARTUP_TIMEOUT  # it did wait past the cluster's own
-
-
 def test_streamed_response_first_chunk_arrives_before_the_last_is_produced(
         web: str, sdk: None) -> None:
     import burst
@@ -1110,6 +1098,19 @@ def test_a_request_waiting_for_a_slot_moves_to_a_new_container_on_another_agent(
     finally:
         cluster.burst("app", "stop", "webspread")
         agents.stop_all()
+
+
+def test_a_web_server_gets_its_own_startup_timeout_on_top_of_the_clusters(web: str) -> None:
+    """A server listening only after the agent's startup timeout and the gateway's hold
+    (a model loading): its startup_timeout=60 counts, the request is held and answered.
+    (The request was made when the module's app was deployed: late in the module, its
+    wait is over.)"""
+    assert SLOW_START.done.wait(100), "the request to the slow web_server never ended"
+    r = SLOW_START.result
+    assert isinstance(r, httpx.Response), r
+    assert r.status_code == 200, r.text
+    assert r.text == "up"
+    assert SLOW_START.took >= STARTUP_TIMEOUT  # it did wait past the cluster's own
 
 
 def test_a_lost_agent_answers_502(cluster: Cluster, web: str, sdk: None) -> None:

@@ -225,7 +225,8 @@ class WebRelay:
             return
         fn_key = msg.subject.removeprefix(names.web_subject(""))
         if not self._live(fn_key) or head.req_id in self.requests or (
-                head.free_only and (self.waiting.get(fn_key) or not self._free(fn_key))):
+                head.free_only and (self.waiting.get(fn_key) or not any(
+                    c.id not in self.retired for c in self._free(fn_key)))):
             # Its last container left as the request came (the gateway offers it again,
             # as when no agent listens), or an agent offers a request waiting there and
             # no container here would run it at once: not taken.
