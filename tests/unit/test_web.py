@@ -46,6 +46,30 @@ def test_specs_carry_the_endpoints() -> None:
                                                docs=True)]
 
 
+def test_an_app_factory_that_is_async_or_takes_parameters_is_refused_when_decorated() -> None:
+    async def factory():  # returns a coroutine, not an app
+        return None
+
+    def needs(x):
+        return x
+
+    with pytest.raises(InvalidError, match="is async: make it a plain def"):
+        burst.asgi_app()(factory)
+    with pytest.raises(InvalidError, match="is async"):
+        burst.wsgi_app()(factory)
+    for deco in (burst.asgi_app(), burst.wsgi_app(), burst.web_server(8000)):
+        with pytest.raises(InvalidError, match=r"takes parameters \(x\)"):
+            deco(needs)
+
+    class Model:
+        def web(self, flag: bool = False):  # self and defaults are fine
+            return flag
+
+    burst.asgi_app()(Model.web)
+    with pytest.raises(InvalidError, match="is async: make it a plain def that starts"):
+        burst.web_server(8000)(factory)
+
+
 def test_bad_method_and_missing_parentheses() -> None:
     with pytest.raises(InvalidError, match="method='FETCH' is not an HTTP method"):
         burst.fastapi_endpoint(method="FETCH")
