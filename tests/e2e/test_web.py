@@ -643,6 +643,9 @@ def test_get_web_url_answers(cluster: Cluster, web: str) -> None:
     host = square_url.split("//")[1]
     r = get(f"http://127.0.0.1:{port}/", params={"x": 3}, headers={"host": host})
     assert r.json() == {"square": 9}
+    shouted = host.split(":")[0].upper() + "."  # DNS names: any case, the root's dot
+    r = get(f"http://127.0.0.1:{port}/", params={"x": 4}, headers={"host": shouted})
+    assert r.json() == {"square": 16}
     r = get(f"http://127.0.0.1:{port}/hello", params={"name": "h"},
             headers={"host": f"default--api.{DOMAIN}"})  # a label: {workspace}--{label}
     assert r.json() == {"hello": "h"}

@@ -296,8 +296,9 @@ class WebProxy:
         path: str = scope["path"]
         domain = self.settings.web_domain
         if domain:  # Modal's host forms, when the wildcard domain is configured
+            # (DNS names are case-insensitive, and may end with the root's dot.)
             host = next((v.decode("latin-1") for k, v in scope.get("headers", [])
-                         if k == b"host"), "").rsplit(":", 1)[0]
+                         if k == b"host"), "").rsplit(":", 1)[0].lower().rstrip(".")
             ws = host.partition("--")[0]
             hit = resolve_host(host, domain, gw.deployments_of(ws)) if ws else None
             if hit is not None:
@@ -306,7 +307,7 @@ class WebProxy:
                                     root_path="", rest=path,
                                     raw_path=scope.get("raw_path") or path.encode())
                 return
-            if host.endswith("." + domain):
+            if host.endswith("." + domain.lower()):
                 raise _Refused(404, "NotFound", f"no web endpoint answers at {host!r}")
         parts = path.split("/", 4)
         if len(parts) < 4 or not all(parts[1:4]):
