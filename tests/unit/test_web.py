@@ -203,3 +203,12 @@ def test_wsgi_environ_from_an_asgi_scope() -> None:
         "x=1", "text/plain", "4")
     assert env["HTTP_X_R"] == "a,b" and env["REMOTE_ADDR"] == "1.2.3.4"
     assert env["wsgi.input"].read() == b"body"
+
+
+def test_the_agents_web_timers_must_be_positive() -> None:
+    from burst_agent.settings import AgentSettings
+
+    for name in ("web_keepalive", "web_move_interval", "web_move_timeout"):
+        with pytest.raises(ValueError, match=f"BURST_{name.upper()}=0"):
+            AgentSettings(**{name: 0})
+    assert AgentSettings().web_move_interval > 0
