@@ -132,7 +132,7 @@ class Late:
     @burst.enter()
     def load(self):
         import time
-        time.sleep(4)  # a slow start: requests are held meanwhile
+        time.sleep(8)  # a slow start: requests are held meanwhile
 
     @burst.asgi_app(label="late")
     def web(self):
