@@ -100,11 +100,14 @@ class Sealer:
         if stored.startswith(PREFIX_V2):
             kid, _, token = stored[len(PREFIX_V2):].partition(":")
             try:
-                return Fernet(self.ring.by_kid(kid).webhook_key).decrypt(token.encode()).decode()
-            except (InvalidToken, KeyRingError):
-                raise SealingError(f"cannot open a sealed secret: master key {kid} that sealed "
-                                   "it is not in this cluster's key ring, or it is "
-                                   "damaged") from None
+                key = self.ring.by_kid(kid)
+            except KeyRingError as e:  # says which key is missing from where
+                raise SealingError(f"cannot open a sealed secret: {e}") from None
+            try:
+                return Fernet(key.webhook_key).decrypt(token.encode()).decode()
+            except InvalidToken:
+                raise SealingError(f"cannot open a sealed secret: it does not open under "
+                                   f"master key {kid}'s webhook key: it is damaged") from None
         if not stored.startswith(PREFIX_V1):
             return stored
         for k in self.ring.keys:
