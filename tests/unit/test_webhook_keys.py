@@ -78,6 +78,12 @@ def test_keyinit_makes_the_master_key_once(tmp_path: Path,
     ring = KeyRing.load(keys, create=False)
     assert WebhookKeys(hooks).newest.kid == ring.newest.kid
     assert master.strip() not in hooks.read_text()
+    assert keyinit.main([*argv, "--new-key"]) == 0  # a rotation: new first, the old after
+    assert "added" in capsys.readouterr().out
+    texts = sealing.key_path(keys).read_text().split()
+    assert len(texts) == 2 and texts[1] == master.strip()
+    assert [k.kid for k in WebhookKeys(hooks).keys] == [
+        k.kid for k in KeyRing.load(keys, create=False).keys]
     (tmp_path / "file").write_text("")
     assert keyinit.main(["--home", str(tmp_path / "file"), "--webhook-keys", str(hooks)]) == 2
     assert "is not a directory" in capsys.readouterr().err
