@@ -85,6 +85,7 @@ class ComposeCluster:
     compose: object  # testcontainers.compose.DockerCompose
     project: str
     env: dict[str, str]
+    state: Path
     home: Path
     port: int
     web_port: int
@@ -137,7 +138,8 @@ def cc() -> Iterator[ComposeCluster]:
         compose.stop()
         raise AssertionError(f"compose up failed:\n{e.stderr.decode()[-3000:]}\n"
                              f"{logs.stdout[-4000:]}") from None
-    c = ComposeCluster(compose, project, env, home, port, web_port, time.monotonic() - t0)
+    c = ComposeCluster(compose, project, env, state, home, port, web_port,
+                         time.monotonic() - t0)
     print(f"compose up --build --wait: {c.up_seconds:.1f} s")
     try:
         yield c
@@ -219,11 +221,21 @@ def test_master_key_only_in_the_gateway(cc: ComposeCluster) -> None:
 
 
 def test_down_volumes_forgets_it(cc: ComposeCluster) -> None:
+    owner = cc.state / "home" / "agent" / f"compose-{cc.project}" / "images"
+
+    def siblings() -> str:
+        out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=burst.owner={owner}"],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+    assert siblings(), "the deployed app's container is still up (its scaledown window)"
     cc.compose.stop()  # type: ignore[attr-defined]
     left = subprocess.run(["docker", "ps", "-aq", "--filter",
                            f"label=com.docker.compose.project={cc.project}"],
                           capture_output=True, text=True)
     assert left.stdout.strip() == ""
+    # The agent stopped its function containers (siblings, outside the project) too.
+    assert siblings() == ""
     vols = subprocess.run(["docker", "volume", "ls", "-q", "--filter",
                            f"label=com.docker.compose.project={cc.project}"],
                           capture_output=True, text=True)
