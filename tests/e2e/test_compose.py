@@ -167,6 +167,17 @@ def test_every_service_is_healthy(cc: ComposeCluster) -> None:
     assert init.State == "exited" and init.ExitCode == 0  # type: ignore[attr-defined]
 
 
+def test_profile_of_a_cluster_not_up_is_a_clear_error(cc: ComposeCluster) -> None:
+    other = cc.burst("profile", "compose", "-p", f"{cc.project}-not-up")
+    assert other.returncode == 1
+    assert 'service "gateway" is not running' in other.stderr, other.stderr
+    assert "up -d --wait --build" in other.stderr
+    missing = cc.burst("profile", "compose", "-f", "/nonexistent/compose.yaml")
+    assert missing.returncode == 1
+    assert "compose file /nonexistent/compose.yaml not found" in missing.stderr
+    assert not (cc.home / "profile.json").exists()
+
+
 def test_profile_then_hello_runs_unchanged(cc: ComposeCluster) -> None:
     out = cc.burst("profile", "compose", timeout=120)
     assert out.returncode == 0, out.stderr

@@ -61,7 +61,12 @@ def compose_profile(file: Path, project: str = "", workspace: str = DEFAULT_WORK
         raise NotFoundError("the docker CLI is not on PATH (`burst profile compose` runs "
                             "`docker compose port` and `docker compose exec`)")
     base = [docker, "compose", "-f", str(file)] + (["-p", project] if project else [])
-    where = _compose(base, "port", "gateway", str(GATEWAY_PORT))
+    try:
+        where = _compose(base, "port", "gateway", str(GATEWAY_PORT))
+    except UnavailableError as e:
+        raise UnavailableError(f"{e} (start the cluster with `docker compose -f {file}"
+                               f"{' -p ' + project if project else ''} up -d --wait "
+                               "--build`)") from None
     if not where or ":" not in where:
         raise UnavailableError(f"the compose cluster's gateway publishes no port {GATEWAY_PORT} "
                                f"(`docker compose port` said {where!r}): is it up? Run "
