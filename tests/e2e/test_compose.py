@@ -229,6 +229,13 @@ def test_master_key_only_in_the_gateway(cc: ComposeCluster) -> None:
     assert lines[1:] == ["0", "0"], billing  # no BURST_MASTER_KEYS, no secrets.key, read-only
     master = cc.exec("gateway", "cat", "/var/lib/burst/keys/secrets.key").split()[0]
     assert master not in billing and key != master
+    # A second `up` (compose started twice) disturbs nothing and keeps the key.
+    again = subprocess.run(["docker", "compose", "-f", str(COMPOSE_DIR / "compose.yaml"),
+                            "up", "-d", "--wait"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert cc.exec("gateway", "cat", "/var/lib/burst/keys/secrets.key").split()[0] == master
+    out, _ = cc.compose.get_logs("keyinit")  # type: ignore[attr-defined]
+    assert "kept in" in out and master not in out
 
 
 def test_down_volumes_forgets_it(cc: ComposeCluster) -> None:
