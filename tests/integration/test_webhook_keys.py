@@ -1,6 +1,7 @@
 """Billing holds only the derived webhook key: it signs deliveries whose endpoint secret
 the gateway sealed, with ``webhook.keys`` alone (no master key, none made), and a
-delivery that comes before the gateway wrote that file is retried, not lost."""
+delivery that comes before the gateway wrote that file is retried, not lost. The gateway
+writes that file when it starts and on a rotation."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ import pytest
 
 from burst_core import bus, names, sealing
 from burst_core.schemas import WebhookLogEntryDecoder
-from burst_core.secrets import KeyRing, new_master_key, write_webhook_keys
+from burst_core.secrets import (
+    KeyRing,
+    WebhookKeys,
+    add_master_key,
+    new_master_key,
+    write_webhook_keys,
+)
+from tests import gateway_inprocess as inproc
 from tests.integration.test_billing import billing
 from tests.integration.test_budgets import (
     FAST,
@@ -63,3 +71,30 @@ async def test_billing_signs_with_the_derived_key_alone(
     assert not (billing_home / sealing.KEY_FILE).exists()
     text = keys_file.read_text()
     assert old not in text and new not in text and len(text.splitlines()) == 2
+
+
+async def test_the_gateway_writes_the_derived_keys_at_start_and_on_rotation(
+        nats_url: str, redis_url: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BURST_MASTER_KEYS", raising=False)
+    home, keys_file = tmp_path / "gw", tmp_path / "shared" / "webhook.keys"
+    token = "bst_webhook-keys-integration"
+    config = inproc.settings(nats_url, redis_url, str(home), token,
+                             webhook_keys_file=str(keys_file),
+                             health_file=str(tmp_path / "healthy"))
+    async with inproc.gateway(config, "wk", headers={"Authorization": f"Bearer {token}"}
+                              ) as (c, _):
+        ring = KeyRing.load(home, create=False)
+        assert [k.kid for k in WebhookKeys(keys_file).keys] == [ring.newest.kid]
+        sealed = sealing.Sealer(ring).seal("whsec_" + "r" * 32)
+        add_master_key(home)  # `burst secret rotate-key` adds a key, then asks the gateway
+        r = await c.post("/v1/secrets/rotate-key", json={})
+        assert r.status_code == 200, r.text
+        rotated = KeyRing.load(home, create=False)
+        assert [k.kid for k in WebhookKeys(keys_file).keys] == [k.kid for k in rotated.keys]
+        after = sealing.Sealer(rotated).seal("whsec_" + "n" * 32)
+        billing_box = sealing.Sealer(WebhookKeys(keys_file))
+        assert billing_box.open(sealed) == "whsec_" + "r" * 32
+        assert billing_box.open(after) == "whsec_" + "n" * 32
+        # Its liveness loop touched the health file once a record reached NATS.
+        await until(lambda: (tmp_path / "healthy").exists(), what="the health file")
