@@ -91,6 +91,10 @@ class Owner(Protocol):
 
     def send_frame(self, data: bytes) -> None: ...
 
+    def observe(self, out: Output, accepted_at: float) -> None: ...
+
+    async def event(self, kind: str, text: str, call_id: str = "") -> None: ...
+
     async def _bind(self) -> None: ...
 
 
@@ -270,6 +274,8 @@ class InputDispatch:
         inf.timed_out = True
         self.c.stop_reason = "timeout"
         self.c.log.warning("input_timed_out", call_id=inf.inp.call_id, timeout=self.c.fn.timeout)
+        self.c._spawn(self.c.event("call.timeout", f"call {inf.inp.call_id} timed out after "
+                                   f"{self.c.fn.timeout:g} s", inf.inp.call_id))
         self.c.handle.signal(SIGKILL)
 
     def release(self, inf: InFlight) -> None:
@@ -360,9 +366,9 @@ class InputDispatch:
             if delay is not None:
                 await acks.settle(inf.msg, Nak(delay))
                 return
-        await self._store_output(out, inf.msg)
+        await self._store_output(out, inf.msg, inf.inp.accepted_at)
 
-    async def _store_output(self, out: Output, msg: Msg) -> None:
+    async def _store_output(self, out: Output, msg: Msg, accepted_at: float = 0.0) -> None:
         headers = {"Nats-Expected-Last-Subject-Sequence": "0"}
         try:
             await bus.publish(self.c.agent.js, names.output_subject(out.call_id, out.attempt),
@@ -379,6 +385,7 @@ class InputDispatch:
             return
         else:  # stored by this container: the call's one result (a duplicate is not)
             self.c.meter.count(out.status)
+            self.c.observe(out, accepted_at)
         self.c.agent.ack_later(msg)
 
     async def finish(self, exit_code: int | None) -> None:

@@ -17,12 +17,15 @@ from burst_gateway import (
     api_calls,
     api_clients,
     api_cluster,
+    api_containers,
+    api_logs,
     api_maps,
     api_objects,
     api_schedules,
     api_secrets,
     api_webhooks,
     errors,
+    metrics,
     validate,
 )
 from burst_gateway.fastcalls import FastCalls
@@ -67,6 +70,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_schedules.router)
     app.include_router(api_webhooks.router)
     app.include_router(api_secrets.router)
+    app.include_router(api_logs.router)
+    app.include_router(api_containers.router)
+    app.include_router(metrics.router)
     return app
 
 

@@ -138,3 +138,17 @@ async def admin(request: Request) -> Principal:
             f"with `burst token create --admin`); this token is for workspace "
             f"{p.workspace!r} only (its own apps: `burst app list`, `burst app status APP`)")
     return p
+
+
+def is_operator(p: Principal) -> bool:
+    """Whether ``p`` sees cluster-wide figures: agents, GPUs, every workspace's
+    containers. (One place to switch to a dedicated ``operator`` scope.)"""
+    return p.admin
+
+
+def require_exec(p: Principal, what: str) -> None:
+    """``container exec`` and ``burst shell`` read a container's secrets: they need a
+    token that may deploy (today every API token of the workspace, and operator
+    tokens; switch to the ``deploy``/``admin`` scopes here once tokens carry scopes)."""
+    if not p.workspace:
+        raise PermissionDeniedError(f"{what} needs a deploy or admin token")

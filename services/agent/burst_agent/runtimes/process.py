@@ -71,6 +71,45 @@ class ProcessHandle:
     def exit_reason(self) -> str:
         return self._reason
 
+    def inner_pid(self) -> int | None:
+        """A process inside the container (its namespaces, its root): the zygote's fork,
+        else the first process under bwrap that is not bwrap itself, else the shim."""
+        if self.child_pid is not None:
+            return self.child_pid
+        if self.private_dir is None:  # not sandboxed: the shim itself
+            return self.proc.pid
+        for pid in _descendants(self.proc.pid):
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() != "bwrap":
+                    return pid
+            except OSError:
+                continue
+        return None
+
+    def usage(self) -> tuple[float, float] | None:
+        """(CPU seconds used so far, memory in bytes now) of the container's processes."""
+        from burst_agent.figures import cpu_seconds
+
+        pids: list[int] = []
+        if self.cgroup is not None:
+            try:
+                pids = [int(x) for x in (self.cgroup.dirs["memory"] / "cgroup.procs")
+                        .read_text().split()]
+                mem = float((self.cgroup.dirs["memory"] / "memory.usage_in_bytes").read_text())
+                return cpu_seconds(pids), mem
+            except (OSError, ValueError, KeyError):
+                pass
+        root = self.child_pid or self.proc.pid
+        pids = [root, *_descendants(root)]
+        rss = 0.0
+        for pid in pids:
+            try:
+                rss += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf(
+                    "SC_PAGE_SIZE")
+            except (OSError, ValueError, IndexError):
+                continue
+        return cpu_seconds(pids), rss
+
     def signal(self, sig: int) -> None:
         if self.child_pid is not None:
             with contextlib.suppress(ProcessLookupError):

@@ -1,0 +1,201 @@
+"""``burst container exec``: a command run inside one of this agent's running containers.
+
+The gateway sends an ``ExecRequest`` over core NATS; the agent answers at once (running,
+or why not) and streams the command's output and then its exit code to the request's
+reply subject as ``ExecOutput`` frames, with a keepalive every ``BURST_WEB_KEEPALIVE``
+seconds of silence (the gateway takes the agent as lost when they stop).
+
+Process runtime: the command enters the container's namespaces (``nsenter``: mount, pid,
+network, IPC, UTS, its root and working directory), joins its cgroups and drops to its
+uid as the shim did, with the container's environment (secrets included: only deploy or
+admin tokens may exec). Docker runtime: the engine's exec API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import threading
+from typing import Any, Protocol
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from burst_core import logs, names
+from burst_core.schemas import (
+    ExecAccepted,
+    ExecOutput,
+    ExecRequest,
+    ExecRequestDecoder,
+    encode,
+)
+
+log = logs.get("burst.agent.exec")
+
+#: Bytes of output per frame at most.
+CHUNK = 32 << 10
+
+
+class ExecHost(Protocol):
+    agent_id: str
+    nc: NATS
+    containers: dict[str, Any]
+    runtime: Any
+    settings: Any
+
+
+class Execs:
+    def __init__(self, agent: ExecHost) -> None:
+        self.agent = agent
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        self._sub = await self.agent.nc.subscribe(
+            names.container_exec_subject(self.agent.agent_id), cb=self._on_request)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _on_request(self, msg: Msg) -> None:
+        try:
+            req = ExecRequestDecoder.decode(msg.data)
+        except Exception as e:
+            await msg.respond(encode(ExecAccepted(error_type="InvalidError",
+                                                  error=f"undecodable exec request: {e}")))
+            return
+        c = self.agent.containers.get(req.container_id)
+        if c is None or c.placement.workspace != req.workspace:
+            await msg.respond(encode(ExecAccepted(
+                error_type="NotFoundError",
+                error=f"container {req.container_id!r} is not running (it stopped)")))
+            return
+        if c.state not in ("idle", "busy") or c.handle is None:
+            await msg.respond(encode(ExecAccepted(
+                error_type="ConflictError",
+                error=f"container {req.container_id!r} is {c.state}: exec needs a running "
+                      "container")))
+            return
+        if not req.argv:
+            await msg.respond(encode(ExecAccepted(error_type="InvalidError",
+                                                  error="exec needs a command")))
+            return
+        await msg.respond(encode(ExecAccepted()))
+        task = asyncio.create_task(self._run(c, req))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, req: ExecRequest, kind: str, data: bytes = b"",
+                    exit_code: int | None = None) -> None:
+        with contextlib.suppress(Exception):
+            await self.agent.nc.publish(req.reply, encode(ExecOutput(
+                exec_id=req.exec_id, kind=kind, data=data, exit_code=exit_code)))
+
+    async def _run(self, c: Any, req: ExecRequest) -> None:
+        timeout = req.timeout or self.agent.settings.exec_timeout
+        keepalive = asyncio.create_task(self._keepalive(req))
+        code = 127
+        try:
+            if self.agent.runtime.name == "docker":
+                code = await asyncio.wait_for(self._docker(c, req), timeout)
+            else:
+                code = await self._process(c, req, timeout)
+        except TimeoutError:
+            await self._send(req, "stderr", f"burst: killed after {timeout:g} s "
+                             "(BURST_EXEC_TIMEOUT)\n".encode())
+            code = 124
+        except Exception as e:
+            log.warning("exec_failed", container_id=c.id, error=repr(e))
+            await self._send(req, "stderr", f"burst: exec failed: {e}\n".encode())
+            code = 126
+        finally:
+            keepalive.cancel()
+        await self._send(req, "exit", exit_code=code)
+        log.info("container_exec", container_id=c.id, argv0=req.argv[0], exit_code=code)
+
+    async def _keepalive(self, req: ExecRequest) -> None:
+        while True:
+            await asyncio.sleep(self.agent.settings.web_keepalive)
+            await self._send(req, "keepalive")
+
+    def _process_argv(self, c: Any, argv: list[str]) -> tuple[list[str], dict[str, str],
+                                                              str | None, Any]:
+        """The host command line, environment, working directory and pre-exec hook of
+        ``argv`` run inside container ``c`` (process runtime)."""
+        handle = c.handle
+        pid = handle.inner_pid()
+        if pid is None:
+            raise RuntimeError("the container's process is gone")
+        try:
+            raw = open(f"/proc/{pid}/environ", "rb").read()
+            env = dict(kv.decode(errors="replace").split("=", 1)
+                       for kv in raw.split(b"\0") if b"=" in kv)
+        except OSError:
+            env = {}
+        runtime = self.agent.runtime
+        if not runtime.sandboxed:
+            return argv, env, os.path.realpath(f"/proc/{pid}/cwd"), None
+        nsenter = shutil.which("nsenter")
+        if nsenter is None:
+            raise RuntimeError("nsenter (util-linux) is not installed on the agent's machine")
+        tasks = handle.cgroup.tasks_files() if handle.cgroup is not None else []
+
+        def join() -> None:
+            for f in tasks:
+                with open(f, "w") as fh:
+                    fh.write("0")
+
+        host = [nsenter, "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w", "--",
+                *runtime.sandbox._drop(), *argv]
+        return host, env, None, join
+
+    async def _process(self, c: Any, req: ExecRequest, timeout: float) -> int:
+        argv, env, cwd, preexec = self._process_argv(c, req.argv)
+        proc = await asyncio.create_subprocess_exec(
+            *argv, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=preexec, start_new_session=True)
+
+        async def pump(stream: asyncio.StreamReader | None, kind: str) -> None:
+            assert stream is not None
+            while chunk := await stream.read(CHUNK):
+                await self._send(req, kind, chunk)
+
+        try:
+            await asyncio.wait_for(asyncio.gather(pump(proc.stdout, "stdout"),
+                                                  pump(proc.stderr, "stderr"), proc.wait()),
+                                   timeout)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+            await proc.wait()
+            raise
+        return proc.returncode if proc.returncode is not None else 1
+
+    async def _docker(self, c: Any, req: ExecRequest) -> int:
+        container = c.handle.container
+        api = container.client.api
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[int] = loop.create_future()
+
+        def run() -> None:
+            try:
+                ex = api.exec_create(container.id, req.argv, stdout=True, stderr=True)
+                for out, err in api.exec_start(ex["Id"], stream=True, demux=True):
+                    for kind, data in (("stdout", out), ("stderr", err)):
+                        if data:
+                            asyncio.run_coroutine_threadsafe(self._send(req, kind, data), loop)
+                code = int(api.exec_inspect(ex["Id"]).get("ExitCode") or 0)
+                loop.call_soon_threadsafe(done.set_result, code)
+            except Exception as e:
+                loop.call_soon_threadsafe(done.set_exception, e)
+
+        threading.Thread(target=run, name=f"exec-{req.exec_id}", daemon=True).start()
+        return await done
