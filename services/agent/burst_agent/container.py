@@ -573,7 +573,7 @@ class Container:
         reason = self.stop_reason or ("crashed" if exit_code not in (0, None) else "exited")
         if reason == "oom":
             await bus.quiet(self.event("container.oom",
-                                       f"container {self.id} ran out of memory: {why or reason}"))
+                                       f"container {self.id} killed: {why or 'out of memory'}"))
         elif reason == "preempted":
             await bus.quiet(self.event("container.preempted", f"container {self.id} preempted"))
         code = f", exit code {exit_code}" if exit_code is not None else ""

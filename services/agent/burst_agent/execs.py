@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import threading
 from typing import Any, Protocol
 
@@ -103,7 +102,7 @@ class Execs:
         keepalive = asyncio.create_task(self._keepalive(req))
         code = 127
         try:
-            if self.agent.runtime.name == "docker":
+            if not hasattr(c.handle, "exec_command"):  # the Docker runtime's
                 code = await asyncio.wait_for(self._docker(c, req), timeout)
             else:
                 code = await self._process(c, req, timeout)
@@ -125,39 +124,8 @@ class Execs:
             await asyncio.sleep(self.agent.settings.web_keepalive)
             await self._send(req, "keepalive")
 
-    def _process_argv(self, c: Any, argv: list[str]) -> tuple[list[str], dict[str, str],
-                                                              str | None, Any]:
-        """The host command line, environment, working directory and pre-exec hook of
-        ``argv`` run inside container ``c`` (process runtime)."""
-        handle = c.handle
-        pid = handle.inner_pid()
-        if pid is None:
-            raise RuntimeError("the container's process is gone")
-        try:
-            raw = open(f"/proc/{pid}/environ", "rb").read()
-            env = dict(kv.decode(errors="replace").split("=", 1)
-                       for kv in raw.split(b"\0") if b"=" in kv)
-        except OSError:
-            env = {}
-        runtime = self.agent.runtime
-        if not runtime.sandboxed:
-            return argv, env, os.path.realpath(f"/proc/{pid}/cwd"), None
-        nsenter = shutil.which("nsenter")
-        if nsenter is None:
-            raise RuntimeError("nsenter (util-linux) is not installed on the agent's machine")
-        tasks = handle.cgroup.tasks_files() if handle.cgroup is not None else []
-
-        def join() -> None:
-            for f in tasks:
-                with open(f, "w") as fh:
-                    fh.write("0")
-
-        host = [nsenter, "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w", "--",
-                *runtime.sandbox._drop(), *argv]
-        return host, env, None, join
-
     async def _process(self, c: Any, req: ExecRequest, timeout: float) -> int:
-        argv, env, cwd, preexec = self._process_argv(c, req.argv)
+        argv, env, cwd, preexec = c.handle.exec_command(req.argv)
         proc = await asyncio.create_subprocess_exec(
             *argv, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

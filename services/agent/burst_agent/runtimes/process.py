@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,8 @@ class ProcessHandle:
         self.child_pid: int | None = None
         #: Removed with the private dir (a spare sandbox's socket dir).
         self.also_remove: Path | None = None
+        #: Sandboxed as root: the command prefix that drops to the sandbox's uid.
+        self.drop: list[str] = []
 
     async def wait(self) -> int:
         code = await self.proc.wait()
@@ -85,6 +88,38 @@ class ProcessHandle:
             except OSError:
                 continue
         return None
+
+    def exec_command(self, argv: list[str],
+                     ) -> tuple[list[str], dict[str, str], str | None, Callable[[], None] | None]:
+        """How to run ``argv`` inside this container (``burst container exec``): the host
+        command line, its environment (the container's), working directory and pre-exec
+        hook. Sandboxed, it enters the container's namespaces (``nsenter``: mount, UTS,
+        IPC, network, pid, its root and working directory), joins its cgroups and drops
+        to its uid as the shim did."""
+        pid = self.inner_pid()
+        if pid is None:
+            raise RuntimeError("the container's process is gone")
+        try:
+            raw = Path(f"/proc/{pid}/environ").read_bytes()
+            env = dict(kv.decode(errors="replace").split("=", 1)
+                       for kv in raw.split(b"\0") if b"=" in kv)
+        except OSError:
+            env = {}
+        if self.private_dir is None:
+            return argv, env, os.path.realpath(f"/proc/{pid}/cwd"), None
+        nsenter = shutil.which("nsenter")
+        if nsenter is None:
+            raise RuntimeError("nsenter (util-linux) is not installed on the agent's machine")
+        tasks = self.cgroup.tasks_files() if self.cgroup is not None else []
+
+        def join() -> None:
+            for f in tasks:
+                with open(f, "w") as fh:
+                    fh.write("0")
+
+        host = [nsenter, "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w", "--",
+                *self.drop, *argv]
+        return host, env, None, join
 
     def usage(self) -> tuple[float, float] | None:
         """(CPU seconds used so far, memory in bytes now) of the container's processes."""
@@ -301,7 +336,9 @@ class ProcessRuntime:
             for fd in (gate_r, gate_w, args_fd):
                 if fd >= 0:
                     os.close(fd)
-        return ProcessHandle(proc, cgroup, private)
+        handle = ProcessHandle(proc, cgroup, private)
+        handle.drop = box._drop()
+        return handle
 
 
     async def _holder(self, box: sb.Sandbox, *, bundle_dir: Path, private: Path,
@@ -393,6 +430,7 @@ class ProcessRuntime:
                 uid=box.uid, gid=box.gid, cgroup_tasks=cgroup.tasks_files() if cgroup else [])
             t_go = time.perf_counter()
             handle = ProcessHandle(holder.proc, cgroup, holder.remove)
+            handle.drop = box._drop()
             handle.pid = handle.child_pid = holder.pid
             handle.also_remove = holder.sock_dir
             handle.stdout = await zyg.socket_reader(holder.out_r)
