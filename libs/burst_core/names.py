@@ -167,6 +167,16 @@ def container_exec_subject(agent_id: str) -> str:
     return f"burst.exec.{agent_id}"
 
 
+def exec_stdin_subject(agent_id: str, exec_id: str) -> str:
+    """An interactive exec's stdin (``ExecInput``), from the gateway to the agent."""
+    return f"burst.exec.{agent_id}.{exec_id}.stdin"
+
+
+#: An input of this payload format is a ``burst shell`` session: the agent holds it in a
+#: container of the function (billed as any container) without running the function.
+SHELL_FORMAT = "shell"
+
+
 # Web requests travel over core NATS (never stored: a request is never replayed).
 def web_subject(fn_key: str) -> str:
     """Where the gateway sends a web request of a function; the agents holding ready

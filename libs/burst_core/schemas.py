@@ -684,6 +684,16 @@ class ExecRequest(_Wire, kw_only=True):
     argv: list[str]
     reply: str
     timeout: float = 0.0  # 0: the agent's BURST_EXEC_TIMEOUT
+    #: Its stdin comes as ``ExecInput`` frames (``names.exec_stdin_subject``); else empty.
+    interactive: bool = False
+
+
+class ExecInput(_Wire, kw_only=True):
+    """A chunk of an interactive exec's stdin (``eof``: no more)."""
+
+    exec_id: str
+    data: bytes = b""
+    eof: bool = False
 
 
 class ExecAccepted(_Wire, kw_only=True):
@@ -789,6 +799,7 @@ AgentMetricsDecoder = decoder(AgentMetrics)
 ExecRequestDecoder = decoder(ExecRequest)
 ExecAcceptedDecoder = decoder(ExecAccepted)
 ExecOutputDecoder = decoder(ExecOutput)
+ExecInputDecoder = decoder(ExecInput)
 OutputItemDecoder = decoder(OutputItem)
 InputAcceptedDecoder = decoder(InputAccepted)
 AttemptChangedDecoder = decoder(AttemptChanged)

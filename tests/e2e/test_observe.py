@@ -1,5 +1,5 @@
 """Issue 20's logs, containers and metrics on one cluster: `burst app logs` (search,
-follow, platform events, bounded reads), `burst container list/exec/stop`, `/metrics`
+follow, platform events, bounded reads), `burst container list/exec/stop`, `burst shell`, `/metrics`
 (parsed with prometheus-client), and what another workspace's token sees of them."""
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ def deployed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path
             chunks = []
             while True:
                 chunks.append(bytearray(16 << 20))
+
+        @app.function(secrets=[burst.Secret.from_dict({{"SHELL_SECRET": "s3cret"}})])
+        def with_secret() -> str:
+            return "unused"
 
         @app.function()
         def chatty(n: int) -> int:
@@ -282,3 +286,25 @@ def test_another_workspace_sees_none_of_it(cluster: Cluster, deployed: Path) -> 
     # The operator's view names the agent it runs on.
     listing = json.loads(http(cluster, "/v1/containers")[1])
     assert any(c["container_id"] == cid and c.get("agent_id") for c in listing["containers"])
+
+
+def test_burst_shell_runs_in_a_new_container_of_the_function(
+        cluster: Cluster, deployed: Path) -> None:
+    before = json.loads(cluster.burst("container", "list", "--json", check=True).stdout)
+    shell = subprocess.run([BURST, "shell", f"{APP}::with_secret"], env=cluster.env, text=True,
+                           input="echo secret=$SHELL_SECRET app=$BURST_APP_ID\nid -u\nexit 4\n",
+                           capture_output=True, timeout=90)
+    # The function's secrets and environment, as its uid, and the shell's exit code.
+    assert shell.returncode == 4, shell.stderr
+    assert shell.stdout.split() == ["secret=s3cret", f"app={APP}", "65534"]
+    cid = shell.stderr.split("shell in container ")[1].split()[0]
+    assert cid not in {c["container_id"] for c in before["containers"]}  # a new one
+    events = {e["event"] for e in logs(cluster, APP, "--container", cid)}
+    assert {"container.started", "shell.ready"} <= events
+    # It stops with the shell (and is billed as any container until then).
+    until("the shell's container to stop", lambda: any(
+        e["event"] == "container.stopped" for e in logs(cluster, APP, "--container", cid)))
+    bad = cluster.burst("shell", APP)
+    assert bad.returncode == 1 and "use APP::FUNCTION" in bad.stderr
+    missing = cluster.burst("shell", f"{APP}::nope")
+    assert missing.returncode == 1 and "has no function 'nope'" in missing.stderr

@@ -52,7 +52,7 @@ def _register_commands() -> None:
     apps.register(app)  # app list, status, stop
     from burst.cli import observe
 
-    observe.register(app)  # app logs; container list, logs, stop, exec
+    observe.register(app)  # app logs; container list, logs, stop, exec; shell
     from burst.cli import secrets, serve
 
     secrets.register(app)  # secret create, list, delete, rotate-key

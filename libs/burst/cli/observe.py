@@ -1,12 +1,15 @@
-"""``burst app logs`` and ``burst container``: an app's logs over the kept window (searched,
-filtered, followed), and the running containers (list, logs, stop, exec)."""
+"""``burst app logs``, ``burst container`` and ``burst shell``: an app's logs over the kept
+window (searched, filtered, followed), the running containers (list, logs, stop, exec),
+and a shell in a new container of a function."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import http.client
 import json
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -174,19 +177,65 @@ def exec_cmd(
 ) -> None:
     """Run a command inside a running container (its files, user, environment and
     network); its output streams here and its exit code is this command's."""
-    client = Client.from_profile()
-    body = json.dumps({"command": command, "timeout": timeout}).encode()
-    code = 255
+    raise typer.Exit(_exec(Client.from_profile(), container_id, command, timeout))
+
+
+def _exec(client: Client, container_id: str, command: list[str], timeout: float = 0.0,
+          stdin: bool = False) -> int:
+    """Run ``command`` in the container, its output here; with ``stdin``, this process's
+    stdin goes to it (read in a thread, sent as it comes). Its exit code."""
+    body = json.dumps({"command": command, "timeout": timeout, "stdin": stdin}).encode()
     for raw in _stream(client, "POST", f"/v1/containers/{container_id}/exec", body=body):
         frame = json.loads(raw)
         if "exit_code" in frame:
-            code = int(frame["exit_code"]) if frame["exit_code"] is not None else 255
-            break
+            return int(frame["exit_code"]) if frame["exit_code"] is not None else 255
+        if frame.get("stdin"):
+            threading.Thread(target=_send_stdin, args=(client, str(frame["exec_id"])),
+                             daemon=True).start()
+            continue
         out = sys.stderr if frame.get("stream") == "stderr" else sys.stdout
         out.write(frame.get("data", ""))
         out.flush()
+    return 255
+
+
+def _send_stdin(client: Client, exec_id: str) -> None:
+    """Forward this process's stdin, a line (or what is there) at a time, then its end."""
+    path = f"/v1/execs/{exec_id}/stdin"
+    try:
+        while chunk := sys.stdin.buffer.readline():
+            client.request("POST", path, chunk, "application/octet-stream")
+        client.request("POST", path, b"", "application/octet-stream", params={"eof": "true"})
+    except Exception as e:  # the session ended meanwhile
+        print(f"burst: stdin not sent: {e}", file=sys.stderr)
+
+
+def shell(
+    target: str = typer.Argument(..., metavar="APP::FUNCTION",
+                                 help="The function whose image, mounts and secrets the "
+                                 "shell's container has."),
+    cmd: str = typer.Option("sh", "--cmd", help="The program to run (its stdin is yours)."),
+) -> None:
+    """An interactive shell in a new container of the function (billed as any
+    container; it ends with the shell, or at the function's timeout). Lines you type go to
+    the shell's stdin (there is no terminal: no prompt, no line editing); Ctrl-D ends it."""
+    app, sep, function = target.partition("::")
+    if not sep or not app or not function:
+        raise InvalidError(f"invalid target {target!r}: use APP::FUNCTION (e.g. demo::square)")
+    client = Client.from_profile()
+    started = client.post_json(f"/v1/apps/{app}/functions/{function}/shell", {})
+    call_id, container_id = started["call_id"], started["container_id"]
+    print(f"burst: shell in container {container_id} of {app}::{function} (Ctrl-D ends it)",
+          file=sys.stderr, flush=True)
+    code = 255
+    try:
+        code = _exec(client, container_id, [cmd], stdin=True)
+    finally:
+        with contextlib.suppress(Exception):  # the session's container stops with it
+            client.request("DELETE", f"/v1/calls/{call_id}")
     raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(container_app, name="container")
+    app.command("shell")(shell)

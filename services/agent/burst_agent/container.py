@@ -74,6 +74,7 @@ class Container:
         self.placed_at = time.monotonic()
         #: Inputs this container answered (outputs stored).
         self.inputs_served = 0
+        self.exec_env: dict[str, str] = {}
         self.fn = p.function
         self.fn_key = names.function_key(p.workspace, p.app, p.function.name)
         self.max_inputs = max(1, p.function.max_inputs)
@@ -169,6 +170,8 @@ class Container:
                 image=self.fn.image, build_log=self._build_line,
                 block_network=self.fn.block_network,
             )
+            #: What ``burst container exec`` adds to a command's environment.
+            self.exec_env = spec.env
             # Overlapped with the start: the function's consumer is made (if need be),
             # and the started event goes out, while the shim imports the module.
             self._binding = asyncio.create_task(self._bind())

@@ -226,6 +226,9 @@ class InputDispatch:
 
     def _run(self, msg: Msg, inp: Input, payload: bytes) -> None:
         assert self.c._writer is not None
+        if inp.payload_format == names.SHELL_FORMAT:
+            self._hold_shell(msg, inp)
+            return
         # The input goes out first (the hot path), the bookkeeping after: nothing can
         # answer it before the caller yields.
         self.c.send_frame(wire.frame(wire.RunInput(
@@ -238,6 +241,17 @@ class InputDispatch:
             self._start(inf)
         self.in_flight[inp.input_id] = inf
         self.c.state, self.c.idle_since = "busy", None
+
+    def _hold_shell(self, msg: Msg, inp: Input) -> None:
+        """A ``burst shell`` session: the input holds a slot of this container (busy,
+        billed) until it is cancelled or times out; the function does not run. The
+        session's commands come through ``burst container exec``."""
+        inf = InFlight(msg=msg, inp=inp, started=time.time())
+        self._start(inf)
+        self.in_flight[inp.input_id] = inf
+        self.c.state, self.c.idle_since = "busy", None
+        self.c._spawn(self.c.event("shell.ready", f"container {self.c.id} holds shell "
+                                   f"session {inp.call_id}", inp.call_id))
 
     def _start(self, inf: InFlight) -> None:
         """The input runs now: its timeout starts."""

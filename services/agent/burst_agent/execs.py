@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from burst_core import logs, names
 from burst_core.schemas import (
     ExecAccepted,
+    ExecInputDecoder,
     ExecOutput,
     ExecRequest,
     ExecRequestDecoder,
@@ -125,9 +126,10 @@ class Execs:
             await self._send(req, "keepalive")
 
     async def _process(self, c: Any, req: ExecRequest, timeout: float) -> int:
-        argv, env, cwd, preexec = c.handle.exec_command(req.argv)
+        argv, env, cwd, preexec = c.handle.exec_command(req.argv, dict(c.exec_env))
         proc = await asyncio.create_subprocess_exec(
-            *argv, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+            *argv, env=env, cwd=cwd,
+            stdin=asyncio.subprocess.PIPE if req.interactive else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             preexec_fn=preexec, start_new_session=True)
 
@@ -136,6 +138,23 @@ class Execs:
             while chunk := await stream.read(CHUNK):
                 await self._send(req, kind, chunk)
 
+        stdin_sub = None
+        if req.interactive:
+            assert proc.stdin is not None
+            writer = proc.stdin
+
+            async def on_input(msg: Msg) -> None:
+                with contextlib.suppress(Exception):
+                    chunk = ExecInputDecoder.decode(msg.data)
+                    if chunk.data:
+                        writer.write(chunk.data)
+                        await writer.drain()
+                    if chunk.eof:
+                        writer.close()
+
+            stdin_sub = await self.agent.nc.subscribe(
+                names.exec_stdin_subject(self.agent.agent_id, req.exec_id), cb=on_input)
+            await self._send(req, "stdin_ready")
         try:
             await asyncio.wait_for(asyncio.gather(pump(proc.stdout, "stdout"),
                                                   pump(proc.stderr, "stderr"), proc.wait()),
@@ -145,9 +164,16 @@ class Execs:
                 os.killpg(proc.pid, 9)
             await proc.wait()
             raise
+        finally:
+            if stdin_sub is not None:
+                with contextlib.suppress(Exception):
+                    await stdin_sub.unsubscribe()
         return proc.returncode if proc.returncode is not None else 1
 
     async def _docker(self, c: Any, req: ExecRequest) -> int:
+        if req.interactive:
+            raise RuntimeError("an interactive exec (burst shell) needs the process runtime; "
+                               "on Docker run single commands with `burst container exec`")
         container = c.handle.container
         api = container.client.api
         loop = asyncio.get_running_loop()

@@ -22,13 +22,15 @@ from fastapi.responses import StreamingResponse
 from burst._since import HELP as SINCE_HELP
 from burst.exception import ConflictError, InvalidError, NotFoundError, UnavailableError
 from burst.wire import is_app_id
-from burst_core import bus, names
+from burst_core import bus, calls, names
 from burst_core.schemas import (
     AgentHeartbeatDecoder,
     ContainerView,
     ExecAcceptedDecoder,
+    ExecInput,
     ExecOutputDecoder,
     ExecRequest,
+    LogLineDecoder,
     StopContainer,
     encode,
 )
@@ -156,6 +158,8 @@ async def container_logs(
 class ExecBody(msgspec.Struct):
     command: list[str]
     timeout: float = 0.0
+    #: Its stdin comes through ``POST /v1/execs/{exec_id}/stdin`` (``burst shell``).
+    stdin: bool = False
 
 
 @router.post("/v1/containers/{container_id}/exec", tags=["containers"])
@@ -189,7 +193,7 @@ async def exec_in_container(
 
     sub = await gw.nc.subscribe(reply, cb=on_frame)
     req = ExecRequest(exec_id=exec_id, container_id=container_id, workspace=ws,
-                      argv=eb.command, reply=reply, timeout=eb.timeout)
+                      argv=eb.command, reply=reply, timeout=eb.timeout, interactive=eb.stdin)
     try:
         answer = await gw.nc.request(names.container_exec_subject(agent_id), encode(req),
                                      timeout=gw.settings.exec_accept_timeout)
@@ -205,6 +209,9 @@ async def exec_in_container(
             accepted.error_type, InvalidError)
         raise kind(accepted.error)
 
+    if eb.stdin:
+        gw.execs[exec_id] = (agent_id, p.workspace)
+
     async def stream() -> AsyncIterator[bytes]:
         try:
             while True:
@@ -219,11 +226,81 @@ async def exec_in_container(
                 if out.kind == "exit":
                     yield (json.dumps({"exit_code": out.exit_code}) + "\n").encode()
                     return
+                if out.kind == "stdin_ready":
+                    yield (json.dumps({"exec_id": exec_id, "stdin": True}) + "\n").encode()
                 if out.kind in ("stdout", "stderr"):
                     yield (json.dumps({"stream": out.kind, "data": out.data.decode(
                         errors="replace")}) + "\n").encode()
         finally:
+            gw.execs.pop(exec_id, None)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
     return StreamingResponse(stream(), media_type="application/x-ndjson")
+
+
+@router.post("/v1/execs/{exec_id}/stdin", tags=["containers"], status_code=202)
+async def exec_stdin(exec_id: str, request: Request, gw: GatewayDep,
+                     eof: bool = Query(False, description="No more input after this."),
+                     p: Principal = Depends(principal)) -> dict[str, Any]:
+    """A chunk of an interactive exec's stdin (the body, raw bytes), sent to the gateway
+    streaming its output."""
+    found = gw.execs.get(exec_id)
+    if found is None or found[1] != p.workspace:
+        raise NotFoundError(f"exec {exec_id!r} is not running through this gateway")
+    body = await request.body()
+    if len(body) > 1 << 20:
+        raise InvalidError(f"a stdin chunk of {len(body)} bytes is above 1 MiB")
+    await gw.nc.publish(names.exec_stdin_subject(found[0], exec_id),
+                        encode(ExecInput(exec_id=exec_id, data=body, eof=eof)))
+    return {"exec_id": exec_id, "bytes": len(body)}
+
+
+@router.post("/v1/apps/{app}/functions/{function}/shell", tags=["containers"],
+             status_code=201)
+async def start_shell(app: str, function: str, gw: GatewayDep,
+                      p: Principal = Depends(principal)) -> dict[str, Any]:
+    """A new container of the function (its image, mounts and secrets; billed as any
+    container) held for a shell session: answers its container id and the session's call
+    id once it is ready. Run commands in it with ``POST /v1/containers/{id}/exec``; end
+    the session by cancelling the call (``DELETE /v1/calls/{call_id}``), which stops the
+    container; it also ends at the function's timeout. Needs a deploy or admin token."""
+    require_exec(p, "burst shell")
+    dep = await gw.caller.function(p.workspace, app, function)
+    now = time.time()
+    call_id = calls.new_call_id(now)
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def on_line(msg: Any) -> None:
+        with contextlib.suppress(Exception):
+            ln = LogLineDecoder.decode(msg.data)
+            if ln.event == "shell.ready" and not ready.done():
+                ready.set_result(ln.container_id)
+            elif ln.event == "container.stopped" and not ready.done():
+                ready.set_exception(ConflictError(f"the shell's container stopped: {ln.line}"))
+
+    sub = await gw.nc.subscribe(names.logs_filter(p.workspace, dep.app, function, "*",
+                                                  call_id), cb=on_line)
+    try:
+        await gw.caller.submit(p.workspace, dep, function, [b""], register=False,
+                               payload_format=names.SHELL_FORMAT, call_id=call_id)
+        try:
+            container_id = await asyncio.wait_for(ready, gw.settings.web_startup_timeout)
+        except TimeoutError:
+            with contextlib.suppress(Exception):
+                await gw.caller.cancel(p.workspace, call_id)
+            raise UnavailableError(f"no container of {app}/{function} was ready within "
+                                   f"{gw.settings.web_startup_timeout:g} s (see `burst app "
+                                   f"status {app}`)") from None
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    # Ready before its agent's next heartbeat names it: exec finds containers there.
+    deadline = time.monotonic() + gw.settings.web_startup_timeout
+    while await find_container(gw, container_id, p.workspace) is None:
+        if time.monotonic() > deadline:
+            raise UnavailableError(f"container {container_id!r} was ready but its agent "
+                                   "never reported it")
+        await asyncio.sleep(0.05)
+    return {"call_id": call_id, "container_id": container_id, "app": dep.app,
+            "function": function}

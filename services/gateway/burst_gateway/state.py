@@ -51,6 +51,9 @@ class Gateway:
         self.secrets: SecretStore | None = None
         #: Every agent's latest figures, for /metrics.
         self.agent_figures = AgentFigures(settings.metrics_stale)
+        #: Interactive execs streaming through this gateway: exec id -> (agent id,
+        #: workspace), where their stdin goes (``POST /v1/execs/{id}/stdin``).
+        self.execs: dict[str, tuple[str, str]] = {}
 
     async def start(self) -> None:
         s = self.settings

@@ -89,11 +89,13 @@ class ProcessHandle:
                 continue
         return None
 
-    def exec_command(self, argv: list[str],
+    def exec_command(self, argv: list[str], env: dict[str, str],
                      ) -> tuple[list[str], dict[str, str], str | None, Callable[[], None] | None]:
         """How to run ``argv`` inside this container (``burst container exec``): the host
         command line, its environment (the container's), working directory and pre-exec
-        hook. Sandboxed, it enters the container's namespaces (``nsenter``: mount, UTS,
+        hook. ``env``: the container's own variables (its image's, its secrets), over what
+        its process started with (a zygote's fork set them after it started). Sandboxed,
+        it enters the container's namespaces (``nsenter``: mount, UTS,
         IPC, network, pid, its root and working directory), joins its cgroups and drops
         to its uid as the shim did."""
         pid = self.inner_pid()
@@ -101,12 +103,14 @@ class ProcessHandle:
             raise RuntimeError("the container's process is gone")
         try:
             raw = Path(f"/proc/{pid}/environ").read_bytes()
-            env = dict(kv.decode(errors="replace").split("=", 1)
-                       for kv in raw.split(b"\0") if b"=" in kv)
+            started = dict(kv.decode(errors="replace").split("=", 1)
+                           for kv in raw.split(b"\0") if b"=" in kv)
         except OSError:
-            env = {}
+            started = {}
+        env = {**started, **env}
         if self.private_dir is None:
             return argv, env, os.path.realpath(f"/proc/{pid}/cwd"), None
+        env.update(HOME=sb.PRIVATE, TMPDIR=sb.PRIVATE)
         nsenter = shutil.which("nsenter")
         if nsenter is None:
             raise RuntimeError("nsenter (util-linux) is not installed on the agent's machine")
