@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import threading
 from typing import Any, Protocol
 
@@ -171,25 +172,49 @@ class Execs:
         return proc.returncode if proc.returncode is not None else 1
 
     async def _docker(self, c: Any, req: ExecRequest) -> int:
-        if req.interactive:
-            raise RuntimeError("an interactive exec (burst shell) needs the process runtime; "
-                               "on Docker run single commands with `burst container exec`")
+        """Through the engine's exec API: its multiplexed stream read in a thread; an
+        interactive exec's stdin written to the same socket."""
+        from docker.utils.socket import frames_iter
+
         container = c.handle.container
         api = container.client.api
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[int] = loop.create_future()
+        ex = await asyncio.to_thread(api.exec_create, container.id, req.argv, stdout=True,
+                                     stderr=True, stdin=req.interactive)
+        sock = await asyncio.to_thread(api.exec_start, ex["Id"], socket=True)
+        raw = getattr(sock, "_sock", sock)  # the connection's own socket, for writing
+        done: asyncio.Future[None] = loop.create_future()
 
-        def run() -> None:
+        def read() -> None:
             try:
-                ex = api.exec_create(container.id, req.argv, stdout=True, stderr=True)
-                for out, err in api.exec_start(ex["Id"], stream=True, demux=True):
-                    for kind, data in (("stdout", out), ("stderr", err)):
-                        if data:
-                            asyncio.run_coroutine_threadsafe(self._send(req, kind, data), loop)
-                code = int(api.exec_inspect(ex["Id"]).get("ExitCode") or 0)
-                loop.call_soon_threadsafe(done.set_result, code)
+                for stream, data in frames_iter(sock, tty=False):
+                    kind = "stderr" if stream == 2 else "stdout"
+                    asyncio.run_coroutine_threadsafe(self._send(req, kind, data), loop)
+                loop.call_soon_threadsafe(done.set_result, None)
             except Exception as e:
                 loop.call_soon_threadsafe(done.set_exception, e)
 
-        threading.Thread(target=run, name=f"exec-{req.exec_id}", daemon=True).start()
-        return await done
+        threading.Thread(target=read, name=f"exec-{req.exec_id}", daemon=True).start()
+        stdin_sub = None
+        if req.interactive:
+            async def on_input(msg: Msg) -> None:
+                with contextlib.suppress(Exception):
+                    chunk = ExecInputDecoder.decode(msg.data)
+                    if chunk.data:
+                        await asyncio.to_thread(raw.sendall, chunk.data)
+                    if chunk.eof:
+                        raw.shutdown(socket.SHUT_WR)
+
+            stdin_sub = await self.agent.nc.subscribe(
+                names.exec_stdin_subject(self.agent.agent_id, req.exec_id), cb=on_input)
+            await self._send(req, "stdin_ready")
+        try:
+            await done
+        finally:
+            if stdin_sub is not None:
+                with contextlib.suppress(Exception):
+                    await stdin_sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                sock.close()
+        info = await asyncio.to_thread(api.exec_inspect, ex["Id"])
+        return int(info.get("ExitCode") or 0)
