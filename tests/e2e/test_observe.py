@@ -53,6 +53,10 @@ def deployed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path
             time.sleep(seconds)
             return marker
 
+        @app.function(timeout=1)
+        def overdue() -> None:
+            time.sleep(30)
+
         @app.function(memory=128)
         def hog() -> None:
             chunks = []
@@ -177,6 +181,21 @@ def test_an_out_of_memory_kill_is_an_event(cluster: Cluster, deployed: Path) -> 
     stopped = [e for e in logs(cluster, APP, "--function", "hog")
                if e["event"] == "container.stopped"]
     assert stopped and "stopped: oom" in stopped[0]["line"]
+
+
+def test_a_timeout_is_an_event_of_its_call(cluster: Cluster, deployed: Path) -> None:
+    out = subprocess.run([sys.executable, "-c", "import burst\n"
+                          f"c = burst.Function.from_name({APP!r}, 'overdue').spawn()\n"
+                          "print(c.object_id)\n"
+                          "c.get(timeout=60)\n"],
+                         env=cluster.env, text=True, capture_output=True, timeout=90)
+    assert out.returncode != 0 and "FunctionTimeoutError" in out.stderr, out.stderr[-500:]
+    call_id = out.stdout.split()[0]
+    events = until("the timeout event", lambda: [
+        e for e in logs(cluster, APP, "--call", call_id) if e["event"] == "call.timeout"])
+    assert events[0]["line"] == f"call {call_id} timed out after 1 s"
+    assert any(e["event"] == "container.stopped" and "stopped: timeout" in e["line"]
+               for e in logs(cluster, APP, "--function", "overdue"))
 
 
 def _container(cluster: Cluster, fn: str) -> str:
