@@ -401,14 +401,24 @@ class Agent:
             try:
                 handles = {cid: c.handle for cid, c in self.containers.items()}
                 await asyncio.to_thread(self.figures.sample, handles)  # reads /proc
-                pids = {p: cid for cid, c in self.containers.items()
-                        for p in ([c.handle.pid] if c.handle and c.handle.pid else [])}
+                pids = await asyncio.to_thread(self._container_pids)
                 snap = self.figures.snapshot([c.view() for c in self.containers.values()],
                                              pids)
                 await self.nc.publish(names.agent_metrics_subject(self.agent_id),
                                       encode(snap))
             except Exception as e:  # this interval's figures are lost, not the next ones
                 log.warning("metrics_publish_failed", error=repr(e))
+
+    def _container_pids(self) -> dict[int, str]:
+        """Host pid -> container id, for NVML's processes (only GPU containers' matter)."""
+        out: dict[int, str] = {}
+        for cid, c in list(self.containers.items()):
+            h = c.handle
+            if h is None or not c.placement.gpu_indices:
+                continue
+            pids = h.pids() if hasattr(h, "pids") else ([h.pid] if h.pid else [])
+            out.update((p, cid) for p in pids)
+        return out
 
     async def _rejoin_if_lost(self) -> None:
         """A scheduler marked us lost (we were cut off): our claims are void and our

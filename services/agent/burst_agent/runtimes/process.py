@@ -125,21 +125,28 @@ class ProcessHandle:
                 *self.drop, *argv]
         return host, env, None, join
 
+    def pids(self) -> list[int]:
+        """The container's processes (host pids): its memory cgroup's, else its tree."""
+        if self.cgroup is not None:
+            try:
+                return [int(x) for x in (self.cgroup.dirs["memory"] / "cgroup.procs")
+                        .read_text().split()]
+            except (OSError, ValueError, KeyError):
+                pass
+        root = self.child_pid or self.proc.pid
+        return [root, *_descendants(root)]
+
     def usage(self) -> tuple[float, float] | None:
         """(CPU seconds used so far, memory in bytes now) of the container's processes."""
         from burst_agent.figures import cpu_seconds
 
-        pids: list[int] = []
+        pids = self.pids()
         if self.cgroup is not None:
             try:
-                pids = [int(x) for x in (self.cgroup.dirs["memory"] / "cgroup.procs")
-                        .read_text().split()]
                 mem = float((self.cgroup.dirs["memory"] / "memory.usage_in_bytes").read_text())
                 return cpu_seconds(pids), mem
             except (OSError, ValueError, KeyError):
                 pass
-        root = self.child_pid or self.proc.pid
-        pids = [root, *_descendants(root)]
         rss = 0.0
         for pid in pids:
             try:
