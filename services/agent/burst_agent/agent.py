@@ -401,6 +401,7 @@ class Agent:
             try:
                 handles = {cid: c.handle for cid, c in self.containers.items()}
                 await asyncio.to_thread(self.figures.sample, handles)  # reads /proc
+                await asyncio.to_thread(self.figures.fold)  # off the loop
                 pids = await asyncio.to_thread(self._container_pids)
                 snap = self.figures.snapshot([c.view() for c in self.containers.values()],
                                              pids)

@@ -106,6 +106,10 @@ class Figures:
         self._last: dict[str, tuple[float, float]] = {}
         #: Per container: (cores, MiB) at the last look (its heartbeat view carries them).
         self.usage: dict[str, tuple[float, float]] = {}
+        #: Outputs not yet folded into the histograms: (function key, status, latency,
+        #: queue time); an append on the hot path, folded by :meth:`fold` off it.
+        self._pending: list[tuple[str, str, float, float]] = []
+        self._cold: list[tuple[str, float]] = []
 
     def _fn(self, fn_key: str) -> FunctionFigures:
         f = self.functions.get(fn_key)
@@ -116,24 +120,37 @@ class Figures:
         return f
 
     def output(self, fn_key: str, out: Output, accepted_at: float = 0.0) -> None:
-        """An output this agent stored (a duplicate is not counted)."""
+        """An output this agent stored (a duplicate is not counted): kept as it is, to be
+        folded in at the next :meth:`fold` (the call's path pays an append only)."""
         if not self.enabled:
             return
-        f = self._fn(fn_key)
-        f.calls[out.status] = f.calls.get(out.status, 0) + 1
-        if out.started_at and out.finished_at and f.latency is not None:
-            metrics.observe(f.latency, out.finished_at - out.started_at)
-        if out.started_at and accepted_at and f.queue is not None:
-            metrics.observe(f.queue, out.started_at - accepted_at)
+        started = out.started_at
+        self._pending.append((fn_key, out.status,
+                              out.finished_at - started if started and out.finished_at else -1.0,
+                              started - accepted_at if started and accepted_at else -1.0))
+
+    def fold(self) -> None:
+        """Count the outputs stored since the last fold (safe in a thread: the list is
+        swapped whole, and only this method touches the histograms' counts)."""
+        pending, self._pending = self._pending, []
+        cold, self._cold = self._cold, []
+        for fn_key, seconds in cold:
+            f = self._fn(fn_key)
+            f.cold_starts += 1
+            if f.cold_start is not None:
+                metrics.observe(f.cold_start, seconds)
+        for fn_key, status, latency, queue in pending:
+            f = self._fn(fn_key)
+            f.calls[status] = f.calls.get(status, 0) + 1
+            if latency >= 0 and f.latency is not None:
+                metrics.observe(f.latency, latency)
+            if queue >= 0 and f.queue is not None:
+                metrics.observe(f.queue, queue)
 
     def cold_start(self, fn_key: str, seconds: float) -> None:
         """A container became ready ``seconds`` after its placement arrived."""
-        if not self.enabled:
-            return
-        f = self._fn(fn_key)
-        f.cold_starts += 1
-        if f.cold_start is not None:
-            metrics.observe(f.cold_start, seconds)
+        if self.enabled:
+            self._cold.append((fn_key, seconds))
 
     def sample(self, handles: dict[str, Any]) -> None:
         """Each container's CPU (cores, since the last look) and memory (MiB) now, from
@@ -155,6 +172,7 @@ class Figures:
 
     def snapshot(self, views: list[ContainerView],
                  pids: dict[int, str] | None = None) -> AgentMetrics:
+        self.fold()
         busy, total = _host_cpu()
         b0, t0 = self._cpu
         self._cpu = (busy, total)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -19,6 +20,8 @@ class AgentFigures:
         self.stale = stale
         self.latest: dict[str, tuple[float, AgentMetrics]] = {}
         self._sub: Any = None
+        #: What /metrics reads from KV (spend, services), with when it was read.
+        self._cache: dict[str, tuple[float, Any]] = {}
 
     async def start(self, nc: Any) -> None:
         self._sub = await nc.subscribe(names.SUBJECTS_AGENT_METRICS, cb=self._on_msg)
@@ -34,6 +37,17 @@ class AgentFigures:
         except msgspec.DecodeError:
             return
         self.latest[m.agent_id] = (time.monotonic(), m)
+
+    async def cached(self, key: str, ttl: float, load: Callable[[], Awaitable[Any]]) -> Any:
+        """``load()``'s answer, read again only once ``ttl`` seconds old (scrapes in
+        between reuse it: the ledger and the services' records are KV reads)."""
+        hit = self._cache.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < ttl:
+            return hit[1]
+        value = await load()
+        self._cache[key] = (now, value)
+        return value
 
     def current(self) -> list[AgentMetrics]:
         horizon = time.monotonic() - self.stale

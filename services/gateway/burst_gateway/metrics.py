@@ -173,18 +173,26 @@ async def metrics_endpoint(gw: GatewayDep, p: Principal = Depends(principal)) ->
     """The cluster's figures in Prometheus' text format. An operator token sees every
     workspace, agent, GPU and service; a workspace token its own functions and apps."""
     operator = is_operator(p)
-    spend: dict[tuple[str, str], float] = {}
-    try:
-        snap = await ledger.load_snapshot(gw.js)
+    figures, ttl = gw.agent_figures, gw.settings.metrics_cache_ttl
+
+    async def spend_of() -> dict[tuple[str, str], float]:
+        spend: dict[tuple[str, str], float] = {}
+        try:
+            snap = await ledger.load_snapshot(gw.js)
+        except Exception as e:  # billing has not saved a ledger yet
+            log.debug("metrics_ledger_unread", error=repr(e))
+            return spend
         for line in snap.lines.values():
             key = (line.workspace, line.app)
             spend[key] = spend.get(key, 0.0) + line.cost
-    except Exception as e:  # billing has not saved a ledger yet
-        log.debug("metrics_ledger_unread", error=repr(e))
-    services: list[tuple[str, str, dict[str, str]]] = []
-    if operator:
-        for hb in await live_services(gw.js, gw.settings.service_heartbeat_timeout):
-            services.append((hb.service, hb.instance, hb.info))
+        return spend
+
+    async def services_of() -> list[tuple[str, str, dict[str, str]]]:
+        return [(hb.service, hb.instance, hb.info) for hb in
+                await live_services(gw.js, gw.settings.service_heartbeat_timeout)]
+
+    spend = await figures.cached("spend", ttl, spend_of)
+    services = await figures.cached("services", ttl, services_of) if operator else []
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(list(families(
         gw.agent_figures.current(), None if operator else p.workspace, spend, services))))

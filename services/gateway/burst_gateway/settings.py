@@ -57,6 +57,9 @@ class GatewaySettings(CommonSettings):
     #: Seconds an agent's last figures stay in ``/metrics`` without a newer one (an agent
     #: that stopped publishing: gone, or its metrics turned off).
     metrics_stale: float = 60.0
+    #: Seconds /metrics reuses what it read of the ledger (spend per app) and of the
+    #: services' liveness records, so frequent scrapes cost the gateway little.
+    metrics_cache_ttl: float = 10.0
     #: Most log lines one read of the logs may scan (``burst app logs``, ``--search``): a
     #: window that holds more is refused, naming the count (narrow ``--since`` or filter by
     #: function, call or container), so no request reads unbounded history.
