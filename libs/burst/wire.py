@@ -239,6 +239,20 @@ class DeployRequest(_Body):
     #: A ``burst serve`` run (with ``ephemeral``): its id is ``{app}-dev`` (``dev_name``),
     #: so its URLs end in ``-dev`` and stay the same when a save deploys it again.
     serve: bool = False
+    #: How the containers of the version it replaces leave (``DEPLOY_STRATEGIES``):
+    #: "rolling" (they finish what they run, take no new calls, then stop) or "recreate"
+    #: (stopped at once; what they ran runs again on the new version).
+    strategy: str = "rolling"
+
+
+DEPLOY_STRATEGIES = ("rolling", "recreate")
+
+
+def check_strategy(strategy: str) -> str:
+    if strategy not in DEPLOY_STRATEGIES:
+        raise ValueError(f"unknown deploy strategy {strategy!r}: expected "
+                         f"{' or '.join(DEPLOY_STRATEGIES)}")
+    return strategy
 
 
 def dev_name(app: str) -> str:
@@ -254,6 +268,8 @@ class DeployResponse(_Body):
     name: str = ""  # an ephemeral run's app name
     #: The URL of each web endpoint, by its name (``WebEndpoint.name``).
     web_urls: dict[str, str] = msgspec.field(default_factory=dict)
+    #: A deployed app's version (1 for its first deploy); 0 for an ephemeral run.
+    version: int = 0
 
 
 #: Arguments and results up to this size travel inline (NATS messages stay small);

@@ -291,6 +291,8 @@ KV_CLIENTS = "burst_clients"
 #: The client reaper's own write each pass (it counts missed heartbeats only while the
 #: store takes its writes); ``_`` cannot start a workspace name.
 CLIENTS_PROBE_KEY = "_reaper"
+KV_WORKSPACES = "burst_workspaces"  # key: <workspace> -> WorkspaceRecord
+KV_APP_VERSIONS = "burst_app_versions"  # key: app_version_key() -> AppVersion
 KV_SECRETS = "burst_secrets"  # key: secret_key() -> SecretRecord (values sealed; gateway only)
 
 #: Core NATS (never a stream): an agent asks the gateways for a placed container's secret
@@ -336,6 +338,15 @@ def bundle_name(workspace: str, bundle_hash: str) -> str:
 
 def deployment_key(workspace: str, app: str) -> str:
     return f"{workspace}.{app}"
+
+
+def app_version_key(workspace: str, app: str, version: int) -> str:
+    """A deployed app's version in ``KV_APP_VERSIONS`` (zero-padded: keys sort by version)."""
+    return f"{workspace}.{app}.{version:09d}"
+
+
+def app_versions_filter(workspace: str, app: str) -> str:
+    return f"{workspace}.{app}.*"
 
 
 def client_key(workspace: str, client_id: str) -> str:

@@ -53,6 +53,26 @@ class DeploymentRecord(_Wire, kw_only=True):
     #: The client whose heartbeats keep an ephemeral run alive ("" : a deployed app, or a
     #: detached run, which lives until ``burst app stop``).
     client_id: str = ""
+    #: How containers of the deployment it replaces leave: "rolling" (they finish what
+    #: they run, take nothing new, then stop) or "recreate" (stopped at once; what they
+    #: ran is handed back and runs on the new code).
+    strategy: str = "rolling"
+    #: A deployed app's version (1, 2, ...; see AppVersion); 0 for an ephemeral run.
+    version: int = 0
+    #: Id of the token that deployed it (``TokenRecord.token_id``).
+    deployed_by: str = ""
+    #: The version this one redeployed (``burst app rollback``); 0 for a fresh deploy.
+    rollback_of: int = 0
+
+
+class AppVersion(_Wire, kw_only=True):
+    """One deployed version of an app (KV ``burst_app_versions``, key
+    ``names.app_version_key``): what ``burst app history`` lists and ``burst app
+    rollback`` deploys again. The newest ``BURST_APP_HISTORY`` are kept, with their
+    bundles."""
+
+    version: int
+    deployment: DeploymentRecord
 
 
 class ClientHeartbeat(_Wire, kw_only=True):
@@ -184,12 +204,40 @@ class MapRecord(_Wire, kw_only=True):
 class TokenRecord(_Wire, kw_only=True):
     workspace: str
     name: str = ""
+    #: Records from before scopes: True is an operator token (scope "operator").
     admin: bool = False
     created_at: float = 0.0
     #: "" for an API token (keyed by its sha256); "proxy_auth" for a web endpoint
     #: proxy-auth token (keyed by ``names.proxy_auth_key``; its secret's sha256 here).
     kind: str = ""
     secret_hash: str = ""
+    #: operator, admin, deploy, invoke or read; "" on records from before scopes (then
+    #: ``admin`` says operator, else the workspace's admin).
+    scope: str = ""
+    #: Shown by ``burst token list`` and named by ``burst token revoke`` ("tk-..."; a
+    #: proxy-auth token's is its key id, "wk-..."). "" on records from before ids: the
+    #: gateway derives one from the key.
+    token_id: str = ""
+    #: Unix time past which the token no longer works; 0: never.
+    expires_at: float = 0.0
+    #: Unix time it was revoked; 0: not revoked.
+    revoked_at: float = 0.0
+    #: Unix time of its last use, written at most once per ``BURST_TOKEN_USE_INTERVAL``.
+    last_used_at: float = 0.0
+    #: Id of the token that created it ("" for the one ``burst up`` made).
+    created_by: str = ""
+    #: The operator token a ``burst up`` made (the gateway's bootstrap hash): a later
+    #: bootstrap with another hash revokes it, so one ``burst up`` token stays valid.
+    bootstrap: bool = False
+
+
+class WorkspaceRecord(_Wire, kw_only=True):
+    """A workspace (KV ``burst_workspaces``, key: its name): tokens are made only for
+    workspaces that exist."""
+
+    name: str
+    created_at: float
+    created_by: str = ""
 
 
 class ServiceHeartbeat(_Wire, kw_only=True):
@@ -484,6 +532,9 @@ class FunctionDeployed(_Wire, kw_only=True):
     app: str
     deployment_id: str
     function: FunctionSpec
+    #: How the containers of older deployments of the function leave (see
+    #: ``DeploymentRecord.strategy``).
+    strategy: str = "rolling"
 
 
 class AppRemoved(_Wire, kw_only=True):
@@ -787,6 +838,8 @@ DeploymentRecordDecoder = decoder(DeploymentRecord)
 AgentRecordDecoder = decoder(AgentRecord)
 CallRecordDecoder = decoder(CallRecord)
 TokenRecordDecoder = decoder(TokenRecord)
+WorkspaceRecordDecoder = decoder(WorkspaceRecord)
+AppVersionDecoder = decoder(AppVersion)
 MapRecordDecoder = decoder(MapRecord)
 ServiceHeartbeatDecoder = decoder(ServiceHeartbeat)
 LedgerSnapshotDecoder = decoder(LedgerSnapshot)

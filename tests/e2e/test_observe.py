@@ -281,6 +281,7 @@ def test_a_window_too_large_to_scan_is_refused(cluster: Cluster, deployed: Path)
 
 
 def test_another_workspace_sees_none_of_it(cluster: Cluster, deployed: Path) -> None:
+    cluster.burst("workspace", "create", "outsider", check=True)
     token = cluster.burst("token", "create", "--workspace", "outsider", check=True
                           ).stdout.strip()
     cid = _container(cluster, "hello")

@@ -538,6 +538,7 @@ def test_proxy_auth_refuses_without_a_token_and_starts_nothing(cluster: Cluster,
     url = f"{web}/private"
     assert get(url).status_code == 401
     assert get(url, headers={"burst-key": "wk-nope", "burst-secret": "ws-nope"}).status_code == 401
+    cluster.burst("workspace", "create", "elsewhere", check=True)
     other = cluster.burst("token", "create", "--proxy-auth", "--workspace", "elsewhere",
                           check=True).stdout.split()
     r = get(url, headers={"burst-key": other[1], "burst-secret": other[3]})

@@ -18,6 +18,7 @@ import click
 import typer
 from rich.console import Console
 
+from burst import wire
 from burst.app import App
 from burst.cls import Cls
 from burst.exception import Error, InvalidError, NotFoundError
@@ -268,12 +269,21 @@ def run(
 def deploy(
     ref: str = typer.Argument(..., metavar="FILE", help="The app file."),
     name: str = typer.Option(None, "--name", help="Deploy under this app name."),
+    strategy: str = typer.Option("rolling", "--strategy", help="How a running version's "
+                                 "containers leave: rolling (they finish their calls, then "
+                                 "stop) or recreate (stopped first; their calls run again)."),
 ) -> None:
-    """Deploy an app: its functions stay callable (Function.from_name, HTTP) until removed."""
+    """Deploy an app: its functions stay callable (Function.from_name, HTTP) until removed.
+    Deploying again makes a new version (`burst app history`, `burst app rollback`)."""
+    try:
+        wire.check_strategy(strategy)
+    except ValueError as e:
+        raise InvalidError(str(e)) from None
     app, _ = load_app(ref)
-    resp = app.deploy(name)
+    resp = app.deploy(name, strategy=strategy)
+    version = f"version {resp.version}, " if resp.version else ""
     console.print(f"[green]Deployed[/green] app [bold]{resp.app}[/bold] "
-                  f"({resp.deployment_id}) in workspace {resp.workspace}: "
+                  f"({version}{resp.deployment_id}) in workspace {resp.workspace}: "
                   f"functions {', '.join(resp.functions)}")
     for endpoint, url in resp.web_urls.items():
         console.print(f"  web endpoint {endpoint}: {url}", markup=False, highlight=False,

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from nats.aio.msg import Msg
 
 from burst.wire import MAX_PAYLOAD
@@ -46,14 +47,17 @@ from burst_core.schemas import (
     CallCancelledDecoder,
     DeploymentRecord,
     DeploymentRecordDecoder,
+    FunctionDeployed,
     Placement,
     PreemptAgent,
     StopContainer,
+    decoder,
     encode,
 )
 from burst_core.service import heartbeat_loop
 
 log = logs.get("burst.agent")
+FunctionDeployedDecoder = decoder(FunctionDeployed)
 
 #: Cancelled call ids remembered (an input redelivered later is skipped), pruned past TTL.
 CANCELLED_KEEP = 10_000
@@ -127,6 +131,10 @@ class Agent:
         await self._register()
         # Cancelled calls (recent ones): never started here, stopped if running here.
         self.cancelled: dict[str, float] = {}
+        #: The newest deployment of each function this agent heard of (redeploys).
+        self.deployed: dict[str, str] = {}
+        self._deployed_sub = await self.nc.subscribe(
+            names.function_deployed_subject("*.*.*"), cb=self._on_deployed)
         self._cancel_sub = await self.nc.subscribe(names.SUBJECTS_CALL_CANCELLED,
                                                    cb=self._on_cancel)
         await self.web.start()
@@ -265,6 +273,25 @@ class Agent:
         for c in list(self.containers.values()):
             await c.cancel(ev.call_id)
 
+    async def _on_deployed(self, msg: Msg) -> None:
+        """A function was (re)deployed: the containers of its older deployments here leave
+        as the deployment's strategy says. Rolling: they take no new inputs and stop once
+        theirs are done (web containers: see WebRelay); recreate: they stop at once, and
+        what they ran is handed back to run on the new code."""
+        try:
+            event = FunctionDeployedDecoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        fn_key = names.function_key(event.workspace, event.app, event.function.name)
+        self.deployed[fn_key] = event.deployment_id
+        for c in list(self.containers.values()):
+            if c.fn_key != fn_key or c.placement.deployment_id == event.deployment_id:
+                continue
+            if event.strategy == "recreate":
+                await c.stop("redeployed")
+            elif not c.fn.web:
+                c.retire()
+
     async def place(self, p: Placement) -> None:
         if p.container_id in self.containers:
             return  # redelivered order
@@ -275,6 +302,10 @@ class Agent:
             log.warning("placement_without_claim", container_id=p.container_id)
             return
         c = Container(agent=self, placement=p)
+        fn_key = names.function_key(p.workspace, p.app, p.function.name)
+        newest = self.deployed.get(fn_key)
+        if newest is not None and newest != p.deployment_id and not p.function.web:
+            c.retired = True  # placed for a deployment replaced since: never takes input
         self.containers[c.id] = c
         task = asyncio.create_task(self._run_container(c))
         self._tasks.append(task)

@@ -105,6 +105,9 @@ class Container:
         self.web_in_flight = 0
         #: Inputs running when the container stopped (its stopped event says so).
         self._inputs_at_stop = 0
+        #: A newer deployment of the function replaced this container's (rolling): it
+        #: takes no new inputs and stops once those it holds are done (see ``retire``).
+        self.retired = False
         self.done = asyncio.Event()
         self.meter = Meter(self.agent, p, self.log)
         #: The container's inputs, their attempts and outputs.
@@ -416,11 +419,36 @@ class Container:
                 self.log.info("input_bind_retry", error=repr(e))
                 await asyncio.sleep(self.agent.settings.pull_retry)
                 continue
-            if not self._stopping.is_set():
+            if self.retired:  # replaced before it was ready: it never takes an input
+                self._spawn_stop("redeployed")
+            elif not self._stopping.is_set():
                 self._puller = self._pulled = self.agent.inputs(self.fn_key, self._bind)
                 run = min(self.dispatch.slots, self.max_inputs)
                 self._puller.join(self, run, self.dispatch.slots - run)
             return
+
+    def retire(self) -> None:
+        """A newer deployment of the function replaced this one (a rolling redeploy): no
+        new inputs; the ones it holds finish here, then it stops. (Web containers: the
+        web relay retires them, request by request.)"""
+        if self.retired or self._stopping.is_set():
+            return
+        self.retired = True
+        self.log.info("container_retired", deployment_id=self.placement.deployment_id)
+        puller, self._puller = self._puller, None
+        if puller is not None:
+            puller.leave(self)
+        self.stop_if_retired()
+
+    def stop_if_retired(self) -> None:
+        """Stop a retired container that holds no input (not even one being read)."""
+        if (self.retired and not self.in_flight and not self.web_in_flight
+                and self.dispatch.slots >= self.dispatch.capacity
+                and self.state == "idle"):
+            self._spawn_stop("redeployed")
+
+    def _spawn_stop(self, reason: str) -> None:
+        asyncio.get_running_loop().create_task(self.stop(reason))
 
     def _set_stopping(self) -> None:
         """No new inputs: the container leaves the function's pull (its free slots with it)."""

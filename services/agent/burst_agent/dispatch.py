@@ -84,6 +84,7 @@ class Owner(Protocol):
     _puller: InputPuller | None
     web_in_flight: int
     _pulled: InputPuller | None
+    retired: bool
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
 
@@ -94,6 +95,8 @@ class Owner(Protocol):
     def observe(self, out: Output, accepted_at: float) -> None: ...
 
     async def event(self, kind: str, text: str, call_id: str = "") -> None: ...
+
+    def stop_if_retired(self) -> None: ...
 
     async def _bind(self) -> None: ...
 
@@ -351,6 +354,8 @@ class InputDispatch:
                 out = self._failure(inf, "failure", "burst.exception.ExecutionError",
                                     f"the result ({len(out.payload)} bytes) cannot be stored: {e}")
         await self._complete(out, inf)
+        if self.c.retired:
+            self.c.stop_if_retired()
 
     async def cancel(self, call_id: str) -> None:
         """Stop a cancelled call if it runs here (its terminated output is already stored).

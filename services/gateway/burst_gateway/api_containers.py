@@ -256,9 +256,9 @@ async def exec_stdin(exec_id: str, request: Request, gw: GatewayDep,
     return {"exec_id": exec_id, "bytes": len(body)}
 
 
-@router.post("/v1/apps/{app}/functions/{function}/shell", tags=["containers"],
+@router.post("/v1/apps/{app}/functions/{fn}/shell", tags=["containers"],
              status_code=201)
-async def start_shell(app: str, function: str, gw: GatewayDep,
+async def start_shell(app: str, fn: str, gw: GatewayDep,
                       p: Principal = Depends(principal)) -> dict[str, Any]:
     """A new container of the function (its image, mounts and secrets; billed as any
     container) held for a shell session: answers its container id and the session's call
@@ -266,6 +266,7 @@ async def start_shell(app: str, function: str, gw: GatewayDep,
     the session by cancelling the call (``DELETE /v1/calls/{call_id}``), which stops the
     container; it also ends at the function's timeout. Needs a deploy or admin token."""
     require_exec(p, "burst shell")
+    function = fn
     dep = await gw.caller.function(p.workspace, app, function)
     now = time.time()
     call_id = calls.new_call_id(now)

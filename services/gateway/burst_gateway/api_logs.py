@@ -278,12 +278,11 @@ async def read_logs(
     p: Principal = Depends(principal),
 ) -> Any:
     """A workspace's log lines and platform events over the kept window (their newest
-    ``limit``), filtered by app, function, call or container and searched; with
+    ``limit``): all its apps', or filtered by app, function, call or container, and
+    searched; with
     ``follow``, server-sent events: the window's lines, an ``event: live``, then new lines
     as they come. A window holding more than ``BURST_LOG_SCAN_MAX`` lines is refused
     (400) naming the count."""
-    if app is None and call is None and container is None:
-        raise InvalidError("name an app, a call or a container (app=, call= or container=)")
     if limit > gw.settings.log_lines_max:
         raise InvalidError(f"limit={limit} is above the {gw.settings.log_lines_max} lines one "
                            "read returns (BURST_LOG_LINES_MAX)")

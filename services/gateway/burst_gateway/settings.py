@@ -23,8 +23,14 @@ class GatewaySettings(CommonSettings):
     max_sync_wait: float = 60.0
     #: Largest request body accepted, in bytes.
     max_body_bytes: int = 64 << 20
-    #: Seconds a token lookup stays cached.
-    token_cache_ttl: float = 5.0
+    #: Seconds a token lookup stays cached: a revoked token stops working on every
+    #: gateway within this time (an expired one at once).
+    token_cache_ttl: float = 2.0
+    #: A token's "last used" time is written at most once per this many seconds.
+    token_use_interval: float = 60.0
+    #: Versions of each deployed app kept (``burst app history``), with their bundles, for
+    #: ``burst app rollback``; older ones are forgotten.
+    app_history: int = 10
     #: At most one ``input.accepted`` signal per function per this many seconds from this
     #: gateway: calls in between share a trailing one (``burst_core.calls.Signals``);
     #: 0 sends one per call.

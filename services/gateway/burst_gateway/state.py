@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from burst.exception import InvalidError
 from burst_core import bus, logs, names
 from burst_core.calls.caller import Caller
 from burst_core.objects import Objects
@@ -21,7 +22,7 @@ from burst_core.schemas import DeploymentRecord, DeploymentRecordDecoder
 from burst_core.secrets import KeyRing
 from burst_core.service import cancel_and_wait, heartbeat_loop
 from burst_gateway.agent_figures import AgentFigures
-from burst_gateway.auth import TokenStore
+from burst_gateway.auth import TokenStore, Workspaces
 from burst_gateway.secret_store import SecretStore
 from burst_gateway.settings import GatewaySettings
 
@@ -36,6 +37,8 @@ class Gateway:
     deployments_kv: KeyValue
     bundles: ObjectStore
     tokens: TokenStore
+    workspaces: Workspaces
+    app_versions: KeyValue
     caller: Caller
 
     def __init__(self, settings: GatewaySettings) -> None:
@@ -66,9 +69,20 @@ class Gateway:
         await self.agent_figures.start(self.nc)
         self.deployments_kv = await self.js.key_value(names.KV_DEPLOYMENTS)
         self.bundles = await self.js.object_store(names.OBJ_BUNDLES)
-        self.tokens = TokenStore(await self.js.key_value(names.KV_TOKENS), s.token_cache_ttl)
+        self.tokens = TokenStore(await self.js.key_value(names.KV_TOKENS), s.token_cache_ttl,
+                                 s.token_use_interval)
+        self.workspaces = Workspaces(await self.js.key_value(names.KV_WORKSPACES))
+        self.app_versions = await self.js.key_value(names.KV_APP_VERSIONS)
+        await self.workspaces.create(s.bootstrap_workspace, exist_ok=True)
         if s.bootstrap_token_hash:
-            await self.tokens.ensure_hash(s.bootstrap_token_hash, s.bootstrap_workspace)
+            revoked = await self.tokens.ensure_bootstrap(s.bootstrap_token_hash,
+                                                         s.bootstrap_workspace)
+            if revoked:
+                log.info("bootstrap_tokens_revoked", count=revoked)
+        # Workspaces from before they were recorded: those their tokens name.
+        for ws in {rec.workspace for rec in (await self.tokens.records()).values()}:
+            with contextlib.suppress(InvalidError):  # (a name no rule allows: left alone)
+                await self.workspaces.create(ws, exist_ok=True)
         self.caller = Caller(self.nc, self.js, self.deployment,
                              max_sync_wait=s.max_sync_wait, signal_interval=s.signal_interval)
         await self.caller.start()
