@@ -193,7 +193,8 @@ async def _unknown(gw: Gateway, q: LogQuery) -> str:
     ws = q.workspace
     if q.app != "*" and await gw.deployment(ws, q.app) is None:
         return (f"app {q.app!r} is not deployed in workspace {ws!r} and has no logs in the "
-                "window (see `burst app list`)")
+                "window (see `burst app list`; a finished `burst run` keeps its lines under "
+                "its run id, ap-...)")
     if q.call_id != "*" and await gw.caller.record(q.call_id, ws) is None:
         return f"call {q.call_id!r} not found in workspace {ws!r}"
     if q.container_id != "*":
