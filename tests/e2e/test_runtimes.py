@@ -437,3 +437,35 @@ def test_failed_pip_install_names_the_step(runtime_cluster: Cluster, tmp_path: P
     assert isinstance(out, dict), out
     assert "image build failed at pip_install('burst-no-such-package-xyz==0.0.1')" \
         in out["message"], out
+
+
+def test_shell_and_exec_run_inside_the_functions_container(
+        runtime_cluster: Cluster, tmp_path: Path) -> None:
+    """`burst shell` and `burst container exec` (issue 20) on each runtime: inside the
+    function's container, with its image's and secrets' variables, its uid; the exit code
+    comes back."""
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import BURST
+
+    c = runtime_cluster
+    c.burst("deploy", str(write(c, tmp_path)), check=True, timeout=120)
+    try:
+        shell = subprocess.run([BURST, "shell", "contract::secret_greeting"], env=c.env,
+                               input='echo "$GREETING/$TOKEN"; id -u; exit 3\n', text=True,
+                               capture_output=True, timeout=240)
+        assert shell.returncode == 3, shell.stderr
+        assert shell.stdout.splitlines() == ["hello from a secret/second", "65534"], shell
+        code = "import burst\nprint(burst.Function.from_name('contract', 'square').remote(3))"
+        call = subprocess.run([sys.executable, "-c", code], env=c.env, text=True,
+                              capture_output=True, timeout=120)
+        assert call.stdout.strip() == "9", call.stderr
+        listing = json.loads(c.burst("container", "list", "--app", "contract", "--json",
+                                     check=True).stdout)
+        cid = next(x["container_id"] for x in listing["containers"]
+                   if x["function"] == "square")
+        done = c.burst("container", "exec", cid, "--", "sh", "-c", "echo in $PWD; exit 5")
+        assert done.returncode == 5 and done.stdout.startswith("in /"), done.stderr
+    finally:
+        c.burst("app", "stop", "contract")

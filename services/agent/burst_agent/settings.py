@@ -124,10 +124,20 @@ class AgentSettings(CommonSettings):
     #: answer: the request ends 502, as it may have been taken); also how long cancels
     #: that still come here for a moved request are passed on.
     web_move_timeout: float = 10.0
+    #: Publish this agent's figures for the gateway's ``/metrics`` (and each container's
+    #: CPU and memory use, for ``burst container list``) every ``metrics_interval``
+    #: seconds; off: none are kept.
+    metrics: bool = True
+    metrics_interval: float = 5.0
+    #: Longest a ``burst container exec`` command may run before it is killed.
+    exec_timeout: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.input_prefetch < 0:
             raise ValueError(f"BURST_INPUT_PREFETCH={self.input_prefetch}: use 0 (none) or more")
+        if not self.metrics_interval > 0:
+            raise ValueError(f"BURST_METRICS_INTERVAL={self.metrics_interval}: use more "
+                             "than 0 seconds")
         if not self.prefetch_max_run >= 0:
             raise ValueError(f"BURST_PREFETCH_MAX_RUN={self.prefetch_max_run}: use 0 (never) "
                              "or more seconds")

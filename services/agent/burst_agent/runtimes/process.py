@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,8 @@ class ProcessHandle:
         self.child_pid: int | None = None
         #: Removed with the private dir (a spare sandbox's socket dir).
         self.also_remove: Path | None = None
+        #: Sandboxed as root: the command prefix that drops to the sandbox's uid.
+        self.drop: list[str] = []
 
     async def wait(self) -> int:
         code = await self.proc.wait()
@@ -70,6 +73,88 @@ class ProcessHandle:
 
     def exit_reason(self) -> str:
         return self._reason
+
+    def inner_pid(self) -> int | None:
+        """A process inside the container (its namespaces, its root): the zygote's fork,
+        else the first process under bwrap that is not bwrap itself, else the shim."""
+        if self.child_pid is not None:
+            return self.child_pid
+        if self.private_dir is None:  # not sandboxed: the shim itself
+            return self.proc.pid
+        for pid in _descendants(self.proc.pid):
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() != "bwrap":
+                    return pid
+            except OSError:
+                continue
+        return None
+
+    def exec_command(self, argv: list[str], env: dict[str, str],
+                     ) -> tuple[list[str], dict[str, str], str | None, Callable[[], None] | None]:
+        """How to run ``argv`` inside this container (``burst container exec``): the host
+        command line, its environment (the container's), working directory and pre-exec
+        hook. ``env``: the container's own variables (its image's, its secrets), over what
+        its process started with (a zygote's fork set them after it started). Sandboxed,
+        it enters the container's namespaces (``nsenter``: mount, UTS,
+        IPC, network, pid, its root and working directory), joins its cgroups and drops
+        to its uid as the shim did."""
+        pid = self.inner_pid()
+        if pid is None:
+            raise RuntimeError("the container's process is gone")
+        try:
+            raw = Path(f"/proc/{pid}/environ").read_bytes()
+            started = dict(kv.decode(errors="replace").split("=", 1)
+                           for kv in raw.split(b"\0") if b"=" in kv)
+        except OSError:
+            started = {}
+        env = {**started, **env}
+        if self.private_dir is None:
+            return argv, env, os.path.realpath(f"/proc/{pid}/cwd"), None
+        env.update(HOME=sb.PRIVATE, TMPDIR=sb.PRIVATE)
+        nsenter = shutil.which("nsenter")
+        if nsenter is None:
+            raise RuntimeError("nsenter (util-linux) is not installed on the agent's machine")
+        tasks = self.cgroup.tasks_files() if self.cgroup is not None else []
+
+        def join() -> None:
+            for f in tasks:
+                with open(f, "w") as fh:
+                    fh.write("0")
+
+        host = [nsenter, "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w", "--",
+                *self.drop, *argv]
+        return host, env, None, join
+
+    def pids(self) -> list[int]:
+        """The container's processes (host pids): its memory cgroup's, else its tree."""
+        if self.cgroup is not None:
+            try:
+                return [int(x) for x in (self.cgroup.dirs["memory"] / "cgroup.procs")
+                        .read_text().split()]
+            except (OSError, ValueError, KeyError):
+                pass
+        root = self.child_pid or self.proc.pid
+        return [root, *_descendants(root)]
+
+    def usage(self) -> tuple[float, float] | None:
+        """(CPU seconds used so far, memory in bytes now) of the container's processes."""
+        from burst_agent.figures import cpu_seconds
+
+        pids = self.pids()
+        if self.cgroup is not None:
+            try:
+                mem = float((self.cgroup.dirs["memory"] / "memory.usage_in_bytes").read_text())
+                return cpu_seconds(pids), mem
+            except (OSError, ValueError, KeyError):
+                pass
+        rss = 0.0
+        for pid in pids:
+            try:
+                rss += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf(
+                    "SC_PAGE_SIZE")
+            except (OSError, ValueError, IndexError):
+                continue
+        return cpu_seconds(pids), rss
 
     def signal(self, sig: int) -> None:
         if self.child_pid is not None:
@@ -262,7 +347,9 @@ class ProcessRuntime:
             for fd in (gate_r, gate_w, args_fd):
                 if fd >= 0:
                     os.close(fd)
-        return ProcessHandle(proc, cgroup, private)
+        handle = ProcessHandle(proc, cgroup, private)
+        handle.drop = box._drop()
+        return handle
 
 
     async def _holder(self, box: sb.Sandbox, *, bundle_dir: Path, private: Path,
@@ -354,6 +441,7 @@ class ProcessRuntime:
                 uid=box.uid, gid=box.gid, cgroup_tasks=cgroup.tasks_files() if cgroup else [])
             t_go = time.perf_counter()
             handle = ProcessHandle(holder.proc, cgroup, holder.remove)
+            handle.drop = box._drop()
             handle.pid = handle.child_pid = holder.pid
             handle.also_remove = holder.sock_dir
             handle.stdout = await zyg.socket_reader(holder.out_r)
