@@ -16,9 +16,11 @@ Example::
     @app.function(image=image)
     def f() -> str: ...
 
-On the Docker runtime every step is a Dockerfile instruction. On the process runtime
-``apt_install``, ``run_commands`` and ``from_registry`` cannot be honoured and are refused
-with an error naming the step. Light on purpose: ``import burst`` loads this module.
+On the Docker runtime every step is a Dockerfile instruction. On the process runtime the
+agent materialises the image as a root filesystem, one cached layer per step (only
+``pip_install``/``env``/``add_local_python_source`` on the default Python keep the agent's
+own interpreter, with a cached virtual environment). Light on purpose: ``import burst``
+loads this module.
 """
 
 from __future__ import annotations
@@ -34,15 +36,14 @@ import msgspec
 from burst import _unsupported, wire
 from burst.exception import InvalidError
 
-#: Python versions a ``debian_slim`` base exists for (built on the machine, no registry).
-PYTHON_VERSIONS = ("3.11",)
+#: Python versions a ``debian_slim`` base exists for (Debian bookworm's and trixie's, built
+#: on the machine from its Debian mirror; the agent says when its mirror lacks one).
+PYTHON_VERSIONS = ("3.11", "3.13")
 #: Where ``add_local_python_source`` puts modules in the image (on ``PYTHONPATH``).
 PYTHON_SOURCE_DIR = "/opt/burst/python"
 #: Files of ``add_local_*`` steps travel in the deployment, which NATS carries: keep them
 #: small (larger trees belong in a Volume).
 MAX_LOCAL_BYTES = 512 << 10
-#: Steps the process runtime cannot honour (they need a container image).
-DOCKER_ONLY_STEPS = ("apt_install", "run_commands")
 #: Modal's ``Image`` methods Burst has not built: using one names it (not AttributeError).
 MODAL_ONLY = frozenset({
     "from_dockerfile", "from_aws_ecr", "from_gcp_artifact_registry", "from_scratch",
@@ -111,7 +112,7 @@ class Image(metaclass=_ImageType):
     # ---- bases ---------------------------------------------------------------------
     @staticmethod
     def debian_slim(python_version: str | None = None) -> Image:
-        """Debian bookworm with Python (the base image built on each machine)."""
+        """Debian with Python: bookworm's 3.11 (the default) or trixie's 3.13."""
         version = python_version or "3.11"
         if version not in PYTHON_VERSIONS:
             raise InvalidError(f"Image.debian_slim: python_version={version!r} is not available; "
@@ -143,12 +144,12 @@ class Image(metaclass=_ImageType):
         return self.pip_install(*packages)
 
     def apt_install(self, *packages: str | list[str]) -> Image:
-        """``apt-get install`` these Debian packages (Docker runtime only)."""
+        """``apt-get install`` these Debian packages."""
         pkgs = _strings("apt_install", packages)
         return self._step(wire.ImageStep(kind="apt_install", args=pkgs)) if pkgs else self
 
     def run_commands(self, *commands: str | list[str]) -> Image:
-        """Shell commands, each its own layer, as root (Docker runtime only)."""
+        """Shell commands, each its own layer, as root."""
         cmds = _strings("run_commands", commands)
         return self._step(wire.ImageStep(kind="run_commands", args=cmds)) if cmds else self
 

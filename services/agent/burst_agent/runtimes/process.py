@@ -25,11 +25,15 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from burst_agent.runtimes import sandbox as sb
 from burst_agent.runtimes import zygote as zyg
 from burst_agent.runtimes.base import ContainerSpec
 from burst_core import logs
+
+if TYPE_CHECKING:
+    from burst_agent.runtimes import rootfs
 
 log = logs.get("burst.agent.runtime")
 
@@ -112,13 +116,17 @@ class ProcessRuntime:
 
     def __init__(self, python: str = "", sandbox: sb.Sandbox | None = None,
                  state_dir: Path | None = None, zygote: bool = False,
-                 spares: bool = True, spare_delay: float = 0.0) -> None:
-        self.python = python or sys.executable
+                 spares: bool = True, spare_delay: float = 0.0,
+                 view: rootfs.View | None = None) -> None:
+        #: An image's root filesystem (``rootfs.py``): containers run in it, with its
+        #: python and environment, instead of the agent's.
+        self.view = view
+        self.python = view.python if view is not None else (python or sys.executable)
         self.sandbox = sandbox
         self.state_dir = state_dir
         # The zygote forks into a sandbox bwrap built (setns): that takes root.
         self.zygote = (zyg.Zygote(self.python) if zygote and self.sandboxed
-                       and os.geteuid() == 0 else None)
+                       and os.geteuid() == 0 and view is None else None)
         self._warming: asyncio.Task[None] | None = None
         #: The sandbox made ahead for the next container (see the module docstring).
         self._spare: _Holder | None = None
@@ -145,11 +153,17 @@ class ProcessRuntime:
         self._refill()
 
     def _env(self, spec: ContainerSpec, home: str, bundle: str, sock: str) -> dict[str, str]:
+        if self.view is not None:
+            # The image's own environment; its modules after the bundle (as on Docker).
+            image_env = dict(self.view.env)
+            image_env["PYTHONPATH"] = f"{sb.BUNDLE}:{image_env.get('PYTHONPATH', '')}"
+        else:
+            image_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                         "LANG": os.environ.get("LANG", "C.UTF-8"), **sb.interpreter_env()}
         return {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            **image_env,
             "HOME": home,
             "TMPDIR": home if self.sandboxed else os.environ.get("TMPDIR", "/tmp"),
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
             "BURST_SHIM_SOCKET": sock,
@@ -157,9 +171,17 @@ class ProcessRuntime:
             "BURST_SHIM_QUALNAME": spec.qualname,
             "BURST_CONTAINER_ID": spec.container_id,
             "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in spec.gpu_indices),
-            **sb.interpreter_env(),
             **spec.env,
         }
+
+    def _view_args(self) -> dict[str, object]:
+        if self.view is None:
+            return {}
+        return {"rootfs": (self.view.root, self.view.shim), "cwd": self._cwd()}
+
+    def _cwd(self) -> str:
+        return (self.view.workdir if self.view is not None and self.view.workdir != "/"
+                else sb.BUNDLE)
 
     @property
     def sandboxed(self) -> bool:
@@ -227,7 +249,7 @@ class ProcessRuntime:
             argv, args_fd = sb.hide_args(box.command(
                 [self.python, "-m", "burst._shim"], bundle_dir=spec.bundle_dir,
                 socket_path=spec.socket_path, private_dir=private,
-                gpu_indices=spec.gpu_indices, networked=networked))
+                gpu_indices=spec.gpu_indices, networked=networked, **self._view_args()))
             if networked:
                 # bwrap waits behind a gate (after ``unshare --net``) until the agent has
                 # set up the namespace.
@@ -285,7 +307,8 @@ class ProcessRuntime:
             argv, args_fd = sb.hide_args(box.command(
                 zyg.HOLDER, bundle_dir=bundle_dir, socket_path=socket_path,
                 socket_dir=socket_dir, private_dir=private, gpu_indices=gpu_indices,
-                networked=networked, extra=["--info-fd", str(info_w.fileno())]))
+                networked=networked, extra=["--info-fd", str(info_w.fileno())],
+                **self._view_args()))
             proc = await asyncio.create_subprocess_exec(
                 # The id marks the holder as the container's, on the host (ps e, /proc);
                 # a spare's holder is marked as one.
@@ -350,7 +373,7 @@ class ProcessRuntime:
                 await holder.net
             t_up = time.perf_counter()
             await holder.keeper.go(
-                cwd=sb.BUNDLE, env=self._env(spec, sb.PRIVATE, sb.BUNDLE, socket_inside),
+                cwd=self._cwd(), env=self._env(spec, sb.PRIVATE, sb.BUNDLE, socket_inside),
                 uid=box.uid, gid=box.gid, cgroup_tasks=cgroup.tasks_files() if cgroup else [])
             t_go = time.perf_counter()
             handle = ProcessHandle(holder.proc, cgroup, holder.remove)
