@@ -549,14 +549,14 @@ class Store:
                                         ignore=shutil.ignore_patterns("__pycache__"))
                 else:
                     argv = [bwrap_or_fail(), "--ro-bind", str(view), "/", "--dev", "/dev",
-                            "--proc", "/proc", "--tmpfs", "/tmp", "--bind", str(tmp), "/out",
+                            "--proc", "/proc", "--tmpfs", "/tmp", "--bind", str(tmp), SHIM_DIR,
                             "--die-with-parent", "--setenv", "PIP_BREAK_SYSTEM_PACKAGES",
                             "1", "--setenv", "HOME", "/tmp"]
                     if os.path.exists("/etc/resolv.conf"):
                         argv += ["--ro-bind", os.path.realpath("/etc/resolv.conf"),
                                  "/etc/resolv.conf"]
                     _run(argv + ["--", python, "-m", "pip", "install", "-q", "--no-cache-dir",
-                                 "--disable-pip-version-check", "--target", "/out",
+                                 "--disable-pip-version-check", "--target", SHIM_DIR,
                                  f"msgspec=={msgspec.__version__}",
                                  f"cloudpickle=={cloudpickle.__version__}"],
                          say, f"Burst's shim for Python {version}", timeout=self.step_timeout)
