@@ -645,11 +645,13 @@ class Store:
             log.info("images_evicted", removed=removed, bytes_left=total)
         return removed
 
-    def prune(self, older_than_days: float = 0.0) -> list[str]:
-        """Remove bases and layers unused for ``older_than_days`` (none in use)."""
+    def prune(self, older_than_days: float = 0.0, unmount: bool = True) -> list[str]:
+        """Remove bases and layers unused for ``older_than_days`` that no mounted view uses
+        (``unmount``: first unmount the views this agent's containers do not use)."""
         if older_than_days < 0:
             raise ValueError(f"older than {older_than_days!r} days: use a number >= 0")
-        self.unmount_unused(set(self.in_use))
+        if unmount:
+            self.unmount_unused(set(self.in_use))
         used = self.used_paths()
         cutoff = time.time() - older_than_days * 86400
         removed: list[str] = []
