@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -21,13 +22,14 @@ image_app = typer.Typer(help="Image root filesystems of the process runtime on t
                         no_args_is_help=True)
 
 
-def _store():  # type: ignore[no-untyped-def]
+def _store() -> Any:
+    """The machine's image store (the agent's code: imported only here)."""
     try:
         from burst_agent.runtimes.images import cache_dir
         from burst_agent.runtimes.rootfs import Store
-    except ImportError:  # an SDK-only install: no agent, no images here
+    except ImportError as e:  # an SDK-only install: no agent, no images here
         raise typer.BadParameter("no Burst agent is installed on this machine "
-                                 "(burst image works on an agent machine's image store)")
+                                 "(burst image works on an agent machine's image store)") from e
     return Store(cache_dir("rootfs"))
 
 
@@ -55,11 +57,11 @@ def list_images(
                   title=f"Images in {store.root}", title_justify="left")
     total = 0
     for e in entries:
-        size = int(e["bytes"])  # type: ignore[call-overload]
+        size = int(e["bytes"])
         total += size
         table.add_row(str(e["name"]), str(e["kind"]), str(e["label"])[:60],
                       f"{size / 2**20:.1f} MiB",
-                      _age(now - float(e["last_used"])),  # type: ignore[arg-type]
+                      _age(now - float(e["last_used"])),
                       "yes" if e["in_use"] else "")
     Console().print(table)
     print(f"{len(entries)} entries, {total / 2**20:.1f} MiB")

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from burst_agent.runtimes.base import Runtime
-from burst_agent.runtimes.network import Network
 from burst_agent.runtimes.images import cache_dir
+from burst_agent.runtimes.network import Network
 from burst_agent.runtimes.process import ProcessRuntime
 from burst_agent.runtimes.rootfs import Store, View
 from burst_agent.runtimes.sandbox import Sandbox

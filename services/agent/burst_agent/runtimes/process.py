@@ -174,10 +174,8 @@ class ProcessRuntime:
             **spec.env,
         }
 
-    def _view_args(self) -> dict[str, object]:
-        if self.view is None:
-            return {}
-        return {"rootfs": (self.view.root, self.view.shim), "cwd": self._cwd()}
+    def _rootfs(self) -> tuple[Path, Path] | None:
+        return (self.view.root, self.view.shim) if self.view is not None else None
 
     def _cwd(self) -> str:
         return (self.view.workdir if self.view is not None and self.view.workdir != "/"
@@ -249,7 +247,8 @@ class ProcessRuntime:
             argv, args_fd = sb.hide_args(box.command(
                 [self.python, "-m", "burst._shim"], bundle_dir=spec.bundle_dir,
                 socket_path=spec.socket_path, private_dir=private,
-                gpu_indices=spec.gpu_indices, networked=networked, **self._view_args()))
+                gpu_indices=spec.gpu_indices, networked=networked, rootfs=self._rootfs(),
+                cwd=self._cwd()))
             if networked:
                 # bwrap waits behind a gate (after ``unshare --net``) until the agent has
                 # set up the namespace.
@@ -308,7 +307,7 @@ class ProcessRuntime:
                 zyg.HOLDER, bundle_dir=bundle_dir, socket_path=socket_path,
                 socket_dir=socket_dir, private_dir=private, gpu_indices=gpu_indices,
                 networked=networked, extra=["--info-fd", str(info_w.fileno())],
-                **self._view_args()))
+                rootfs=self._rootfs(), cwd=self._cwd()))
             proc = await asyncio.create_subprocess_exec(
                 # The id marks the holder as the container's, on the host (ps e, /proc);
                 # a spare's holder is marked as one.

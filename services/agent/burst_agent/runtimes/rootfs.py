@@ -38,14 +38,15 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 import urllib.request
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import msgspec
 
@@ -199,7 +200,7 @@ class Store:
             os.chmod(d, 0o755)
 
     @contextlib.contextmanager
-    def _lock(self, name: str) -> Iterable[None]:  # type: ignore[misc]
+    def _lock(self, name: str) -> Iterator[None]:
         """A machine-wide lock (agents on one machine share the store)."""
         with open(self.root / "locks" / f"{name}.lock", "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -300,7 +301,8 @@ class Store:
                 out.append(version)
         return out
 
-    def _docker(self, what: str) -> object | None:
+    def _docker(self, what: str) -> Any:
+        """The local Docker engine's client, or None where none answers."""
         try:
             import docker
 
@@ -311,12 +313,12 @@ class Store:
         except Exception:
             return None
 
-    def _docker_base(self, client: object, tag: str, what: str,
+    def _docker_base(self, client: Any, tag: str, what: str,
                      say: Callable[[str], None]) -> Path:
         import docker.errors
 
         try:
-            img = client.images.get(tag)  # type: ignore[attr-defined]
+            img = client.images.get(tag)
         except docker.errors.ImageNotFound:
             raise ImageError(f"{what}: {tag!r} is not on this agent's Docker engine and "
                              "there is no registry to pull it from") from None
@@ -333,7 +335,7 @@ class Store:
             tmp = self._scratch(base)
             try:
                 (tmp / "fs").mkdir()
-                box = client.containers.create(tag, command=["true"])  # type: ignore[attr-defined]
+                box = client.containers.create(tag, command=["true"])
                 try:
                     tar = subprocess.Popen(["tar", "-x", "-C", str(tmp / "fs"),
                                             "--numeric-owner"], stdin=subprocess.PIPE)
@@ -492,7 +494,7 @@ class Store:
                 (tmp / d).mkdir(parents=True, exist_ok=True)
             for f in MOUNT_FILES:
                 (tmp / f).touch()
-            for dirpath, dirnames, _ in os.walk(tmp):
+            for dirpath, _dirnames, _ in os.walk(tmp):
                 os.chmod(dirpath, 0o755)
             os.chmod(tmp / "tmp", 0o1777)
             (tmp / ".ready").touch()
@@ -542,10 +544,10 @@ class Store:
 
                 shutil.copytree(Path(burst.__file__).parent, tmp / "burst",
                                 ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-                mine = "%d.%d" % sys.version_info[:2]
+                mine = f"{sys.version_info[0]}.{sys.version_info[1]}"
                 if version == mine:  # the agent's own compiled packages fit
                     for mod in (msgspec, cloudpickle):
-                        shutil.copytree(Path(mod.__file__).parent, tmp / mod.__name__,
+                        shutil.copytree(Path(str(mod.__file__)).parent, tmp / mod.__name__,
                                         ignore=shutil.ignore_patterns("__pycache__"))
                 else:
                     argv = [bwrap_or_fail(), "--ro-bind", str(view), "/", "--dev", "/dev",
@@ -560,7 +562,7 @@ class Store:
                                  f"msgspec=={msgspec.__version__}",
                                  f"cloudpickle=={cloudpickle.__version__}"],
                          say, f"Burst's shim for Python {version}", timeout=self.step_timeout)
-                for dirpath, dirnames, filenames in os.walk(tmp):
+                for dirpath, _dirnames, filenames in os.walk(tmp):
                     os.chmod(dirpath, 0o755)
                     for f in filenames:
                         os.chmod(os.path.join(dirpath, f), 0o644)
@@ -677,8 +679,9 @@ def _shim_hash() -> str:
     """A hash of Burst's package and the shim's dependencies' versions (once per agent)."""
     global _SHIM_HASH
     if not _SHIM_HASH:
-        import burst
         import cloudpickle
+
+        import burst
 
         root = Path(burst.__file__).parent
         h = hashlib.sha256(f"{msgspec.__version__} {cloudpickle.__version__}".encode())
@@ -759,25 +762,23 @@ def _run(argv: list[str], say: Callable[[str], None], what: str, timeout: float)
     """Run one build step, its output line by line to ``say``; an ImageError naming the
     step with its last lines when it fails."""
     tail: deque[str] = deque(maxlen=ERROR_TAIL)
-    with tempfile.TemporaryFile() as _:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, text=True, errors="replace",
-                                start_new_session=True)
-        assert proc.stdout is not None
-        deadline = time.monotonic() + timeout
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, errors="replace",
+                            start_new_session=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    # The deadline is checked per line; a step silent past it is killed by the timer.
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
         for line in proc.stdout:
             line = line.rstrip()
             if line:
                 tail.append(line)
                 say(line)
-            if time.monotonic() > deadline:
-                proc.kill()
-                break
-        try:
-            code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
+        code = proc.wait()
+    finally:
+        timer.cancel()
     if code != 0:
         last = tail[-1] if tail else ""
         why = f"timed out after {timeout:g} s" if time.monotonic() > deadline else \
