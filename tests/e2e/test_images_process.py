@@ -59,7 +59,7 @@ def inspect_tools():
     return {"marker": open("/opt/marker").read().strip(), "curl": curl,
             "curl_version": version.split()[:2], "mode": os.environ.get("IMAGE_MODE"),
             "cwd": os.getcwd(), "python": sys.version_info[:2],
-            "uid": os.getuid(),
+            "uid": os.getuid(), "container_id": os.environ["BURST_CONTAINER_ID"],
             # What the host has and the image does not: Burst's checkout, the cluster's home.
             "host_files": [p for p in (@HOST_FILES@) if os.path.exists(p)]}
 
@@ -161,6 +161,11 @@ def test_apt_and_commands_in_the_function(cluster: Cluster, tmp_path: Path) -> N
     # The build was shown with each step's time.
     assert "[image build] => step 1/5: apt_install('curl')" in logs, logs
     assert "done in" in logs, logs
+    # The image's own zygote forked the container (no fallback to a fresh interpreter).
+    agent = cluster.log("agent")
+    assert '"zygote_failed"' not in agent and '"zygote_warmup_failed"' not in agent, agent
+    forked = [json.loads(ln) for ln in agent.splitlines() if '"container_forked"' in ln]
+    assert any(f.get("container_id") == out["container_id"] for f in forked), (out, forked)
 
 
 @pytest.mark.timeout(600)

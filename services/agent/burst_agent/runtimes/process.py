@@ -125,8 +125,8 @@ class ProcessRuntime:
         self.sandbox = sandbox
         self.state_dir = state_dir
         # The zygote forks into a sandbox bwrap built (setns): that takes root.
-        self.zygote = (zyg.Zygote(self.python) if zygote and self.sandboxed
-                       and os.geteuid() == 0 and view is None else None)
+        self.zygote = (self._make_zygote() if zygote and self.sandboxed
+                       and os.geteuid() == 0 else None)
         self._warming: asyncio.Task[None] | None = None
         #: The sandbox made ahead for the next container (see the module docstring).
         self._spare: _Holder | None = None
@@ -173,6 +173,23 @@ class ProcessRuntime:
             "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in spec.gpu_indices),
             **spec.env,
         }
+
+    def _make_zygote(self) -> zyg.Zygote:
+        if self.view is None:
+            return zyg.Zygote(self.python)
+        # An image's zygote: its own python, in a mount namespace whose root is the image
+        # (with the shim), the host's /proc, /sys and /dev (it enters the containers'
+        # namespaces and cgroups from there), as root with its capabilities.
+        from burst_agent.runtimes.rootfs import SHIM_DIR
+
+        assert self.sandbox is not None and self.sandbox.bwrap is not None
+        prefix = [self.sandbox.bwrap, "--ro-bind", str(self.view.root), "/",
+                  "--ro-bind", str(self.view.shim), SHIM_DIR, "--bind", "/proc", "/proc",
+                  "--bind", "/sys", "/sys", "--dev-bind", "/dev", "/dev",
+                  "--cap-add", "ALL", "--die-with-parent", "--"]
+        env = dict(self.view.env)
+        env["PYTHONPATH"] = f"{sb.BUNDLE}:{env.get('PYTHONPATH', '')}"
+        return zyg.Zygote(self.python, prefix=prefix, env=env)
 
     def _rootfs(self) -> tuple[Path, Path] | None:
         return (self.view.root, self.view.shim) if self.view is not None else None
