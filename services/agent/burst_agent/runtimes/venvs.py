@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,9 @@ class VenvRuntime:
         self.store = store
         self.make_view = make_view
         self._views: dict[str, ProcessRuntime] = {}
+        #: Views materialised by this agent, by image content hash.
+        self._ready: dict[str, rootfs.View] = {}
+        self._evicted = 0.0
 
     async def start(self, spec: ContainerSpec) -> ContainerHandle:
         image = spec.image if isinstance(spec, ImageContainerSpec) else None
@@ -89,7 +93,13 @@ class VenvRuntime:
                 loop.call_soon_threadsafe(emit, line)
 
         async with lock:
-            view = await asyncio.to_thread(store.materialise, image, say)
+            view = self._ready.get(image.content_hash)
+            if view is not None and os.path.ismount(view.root) and all(
+                    (p / "meta.json").exists() for p in view.uses):
+                store.touch(view.uses)  # built and mounted: no build, no probe
+            else:
+                view = await asyncio.to_thread(store.materialise, image, say)
+                self._ready[image.content_hash] = view
             rt = self._views.get(view.key)
             if rt is None or rt.view is None or rt.view.root != view.root:
                 rt = self._views[view.key] = make_view(view)
@@ -100,7 +110,9 @@ class VenvRuntime:
             self._release(view.key)
             raise
         # Past the disk budget: the least recently used images no container uses go.
-        asyncio.get_running_loop().run_in_executor(None, store.evict)
+        if time.monotonic() - self._evicted > 10.0:
+            self._evicted = time.monotonic()
+            asyncio.get_running_loop().run_in_executor(None, store.evict)
         return _Released(handle, lambda: self._release(view.key))
 
     def _release(self, key: str) -> None:
