@@ -160,6 +160,9 @@ class ImageSpec(_Body):
     add_python: str = ""
     steps: list[ImageStep] = msgspec.field(default_factory=list)
     content_hash: str = ""
+    #: Names the image the same in the client and in its containers, where local files
+    #: are not read (``Image.imports()`` tells its own image by it; ``BURST_IMAGE_ID``).
+    ident: str = ""
     #: Top-level modules imported in ``with image.imports():`` blocks (not hashed): what a
     #: container of this image may import ahead of time.
     imports: list[str] = msgspec.field(default_factory=list)
