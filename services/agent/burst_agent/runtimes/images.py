@@ -65,9 +65,9 @@ class ImageContainerSpec(ContainerSpec):
 def check_process_runtime(image: wire.ImageSpec | None) -> None:
     """Refuse, naming the step, what the process runtime cannot build.
 
-    The process runtime makes ``pip_install`` and ``add_local_python_source`` a cached
-    virtual environment (``venvs.py``) and ``env`` the container's environment; every other
-    step is refused here, never silently dropped.
+    The process runtime makes ``pip_install*``, ``uv_pip_install`` and
+    ``add_local_python_source`` a cached virtual environment (``venvs.py``) and ``env`` the
+    container's environment; every other step is refused here, never silently dropped.
     """
     if image is None:
         return
@@ -76,7 +76,7 @@ def check_process_runtime(image: wire.ImageSpec | None) -> None:
                          "this agent runs the process runtime (start it with "
                          "`burst up --runtime docker`)")
     for step in image.steps:
-        if step.kind in ("env", "pip_install", "add_local_python_source"):
+        if step.kind in ("env", "add_local_python_source", "uv_pip_install", *PIP_STEPS):
             continue
         why = ("needs a container image" if step.kind in DOCKER_ONLY
                else "is not supported by the process runtime yet")
@@ -196,13 +196,16 @@ def step_shell(step: wire.ImageStep) -> list[str] | None:
     network; None for steps that are not commands (``env``, ``workdir``, ``entrypoint``,
     ``add_local_*``). The one translation both the Docker runtime (a ``RUN`` each) and the
     process runtime's root filesystems (a chroot) run; :func:`step_files` first."""
+    # A pip step's own env= holds for its command only.
+    pre = "".join(f"export {shlex.quote(f'{k}={v}')}; " for k, v in step.env.items()) \
+        if step.kind != "env" else ""
     if step.kind in PIP_STEPS:
-        return [shlex.join(["python3", "-m", "pip", "install", "--no-cache-dir",
-                            *pip_options(step), *step.args])]
+        return [pre + shlex.join(["python3", "-m", "pip", "install", "--no-cache-dir",
+                                  *pip_options(step), *step.args])]
     if step.kind == "uv_pip_install":
         uv = f"{UV_DIR}/bin/uv"
-        return [f"{{ [ -x {uv} ] || python3 -m pip install -q --no-cache-dir --target {UV_DIR} "
-                f"uv; }} && eval \"$(python3 -c {shlex.quote(UV_SETTINGS)})\" && "
+        return [f"{pre}{{ [ -x {uv} ] || python3 -m pip install -q --no-cache-dir --target "
+                f"{UV_DIR} uv; }} && eval \"$(python3 -c {shlex.quote(UV_SETTINGS)})\" && "
                 + shlex.join([uv, "pip", "install", "--system", "--break-system-packages",
                               "--no-cache", *pip_options(step, uv=True), *step.args])]
     if step.kind == "apt_install":
