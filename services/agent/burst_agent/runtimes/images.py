@@ -121,6 +121,8 @@ for key, var, sep in (("extra-index-url", "UV_EXTRA_INDEX_URL", " "),
     found = [loc for loc in cfg.get(key, "").split() if here(loc)]
     if found:
         env[var] = sep.join(found)
+if "UV_EXTRA_INDEX_URL" in env:  # pip takes the best match of all indexes; uv, the first's
+    env["UV_INDEX_STRATEGY"] = "unsafe-best-match"
 cert = cfg.get("cert") or os.environ.get("SSL_CERT_FILE") or os.environ.get("REQUESTS_CA_BUNDLE")
 if cert and os.path.exists(cert):
     env["SSL_CERT_FILE"] = cert
