@@ -24,10 +24,9 @@ purpose: ``import burst`` loads this module.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
-import importlib.abc
-import importlib.machinery
 import importlib.util
 import os
 import shlex
@@ -150,18 +149,29 @@ def _ident(step: wire.ImageStep) -> bytes:
     return msgspec.msgpack.encode(plain)
 
 
-class _ImportRecorder(importlib.abc.MetaPathFinder):
-    """Notes the top-level modules imported in an ``imports()`` block; finds nothing."""
+class _ImportRecorder:
+    """Notes the top-level modules the ``import`` statements of an ``imports()`` block name
+    (already imported ones too), by wrapping ``__import__`` for the block."""
 
     def __init__(self) -> None:
         self.names: list[str] = []
+        self._real = builtins.__import__
 
-    def find_spec(self, fullname: str, path: Sequence[str] | None,
-                  target: object = None) -> importlib.machinery.ModuleSpec | None:
-        top = fullname.partition(".")[0]
-        if path is None and top not in self.names:
+    def __call__(self, name: str, globals: Mapping[str, object] | None = None,
+                 locals: Mapping[str, object] | None = None,
+                 fromlist: Sequence[str] | None = (), level: int = 0) -> Any:
+        top = name.partition(".")[0]
+        if level == 0 and top and top not in self.names:
             self.names.append(top)
-        return None
+        return self._real(name, globals, locals, fromlist, level)
+
+    def __enter__(self) -> _ImportRecorder:
+        builtins.__import__ = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if builtins.__import__ is self:
+            builtins.__import__ = self._real
 
 
 def describe(step: wire.ImageStep) -> str:
@@ -505,9 +515,9 @@ class Image(metaclass=_ImageType):
         other exception too, with a warning); inside one, it is raised. The modules the
         block imports are recorded on the image (``spec.imports``)."""
         recorder = _ImportRecorder()
-        sys.meta_path.insert(0, recorder)
         try:
-            yield
+            with recorder:
+                yield
         except Exception as exc:
             if self._is_inside():
                 raise
@@ -515,8 +525,6 @@ class Image(metaclass=_ImageType):
                 warnings.warn(f"Image.imports(): an exception other than ImportError in the "
                               f"block was ignored: {exc!r}", stacklevel=3)
         finally:
-            with contextlib.suppress(ValueError):
-                sys.meta_path.remove(recorder)
             names = [*self._spec.imports,
                      *(n for n in recorder.names if n not in self._spec.imports)]
             self._spec = msgspec.structs.replace(self._spec, imports=names)
@@ -636,7 +644,7 @@ def _read_requirements(where: str, path: Path, depth: int = 0) -> tuple[list[str
         if not line or line.startswith("#"):
             continue
         if not line.startswith("-"):
-            pkgs.append(line)
+            pkgs.append(" ".join(line.split()))
             continue
         flag, _, value = line.replace("=", " ", 1).partition(" ")
         value = value.strip()
