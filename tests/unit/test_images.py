@@ -104,7 +104,7 @@ def test_dockerfile_from_steps(tmp_path: Path) -> None:
     df = images.dockerfile(img.spec, ["burst-0.1.0-py3-none-any.whl"])
     lines = df.text.splitlines()
     assert lines[0] == "FROM burst-base:py311"
-    assert "RUN python3 -m pip install --no-cache-dir six==1.16.0" in lines
+    assert 'RUN ["/bin/sh", "-c", "python3 -m pip install --no-cache-dir six==1.16.0"]' in lines
     assert 'RUN ["/bin/sh", "-c", "echo b"]' in lines
     assert 'ENV A="one two"' in lines and 'WORKDIR "/work"' in lines
     assert df.files == {"files/5/x.txt": b"x"} and df.workdir == "/work"

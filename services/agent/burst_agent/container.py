@@ -152,7 +152,9 @@ class Container:
                      "BURST_APP_ID": self.placement.app,
                      "BURST_APP_NAME": self.placement.app_name or self.placement.app,
                      # The same id, under the name calls from the container read.
-                     "BURST_APP": self.placement.app},
+                     "BURST_APP": self.placement.app,
+                     # Which image this is (``Image.imports()`` raises only in its own).
+                     "BURST_IMAGE_ID": self.fn.image.ident if self.fn.image else ""},
                 image=self.fn.image, build_log=self._build_line,
                 block_network=self.fn.block_network,
             )

@@ -125,8 +125,9 @@ class ProcessRuntime:
         self.sandbox = sandbox
         self.state_dir = state_dir
         # The zygote forks into a sandbox bwrap built (setns): that takes root.
+        # (An image's entrypoint wraps a fresh interpreter: a fork cannot run under it.)
         self.zygote = (self._make_zygote() if zygote and self.sandboxed
-                       and os.geteuid() == 0 else None)
+                       and os.geteuid() == 0 and not (view and view.entrypoint) else None)
         self._warming: asyncio.Task[None] | None = None
         #: The sandbox made ahead for the next container (see the module docstring).
         self._spare: _Holder | None = None
@@ -261,8 +262,9 @@ class ProcessRuntime:
         gate_r = gate_w = args_fd = -1
         try:
             env = self._env(spec, sb.PRIVATE, sb.BUNDLE, sb.SOCKET)
+            entrypoint = self.view.entrypoint if self.view is not None else []
             argv, args_fd = sb.hide_args(box.command(
-                [self.python, "-m", "burst._shim"], bundle_dir=spec.bundle_dir,
+                [*entrypoint, self.python, "-m", "burst._shim"], bundle_dir=spec.bundle_dir,
                 socket_path=spec.socket_path, private_dir=private,
                 gpu_indices=spec.gpu_indices, networked=networked, rootfs=self._rootfs(),
                 cwd=self._cwd()))

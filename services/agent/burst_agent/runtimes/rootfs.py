@@ -52,6 +52,7 @@ import msgspec
 
 from burst import wire
 from burst.image import PYTHON_SOURCE_DIR, describe
+from burst_agent.runtimes import images
 from burst_agent.runtimes.images import ImageError
 from burst_core import logs
 
@@ -62,7 +63,7 @@ DEBIAN_PYTHON = {"3.11": "bookworm", "3.13": "trixie"}
 #: The base image CI builds (deploy/base-image.sh) for a version, reused where present.
 DOCKER_BASES = {"3.11": "burst-base:py311"}
 #: Steps the default fast path (the agent's interpreter and a venv) honours.
-FAST_STEPS = ("env", "pip_install", "add_local_python_source")
+FAST_STEPS = ("env", "add_local_python_source", "uv_pip_install", *images.PIP_STEPS)
 #: Where Burst's shim (burst, msgspec, cloudpickle) appears in a materialised image.
 SHIM_DIR = "/opt/burst/shim"
 #: What every build step and container gets before the image's own variables.
@@ -133,16 +134,20 @@ def mirror_has(suite: str, timeout: float = 10.0) -> bool:
 
 
 def _layer_units(image: wire.ImageSpec) -> list[tuple[str, wire.ImageStep, str]]:
-    """The image's steps as layers: (label, step, command) with one per command of
-    ``run_commands`` (as in a Dockerfile)."""
+    """The image's steps as layers: (label, step, command), one per shell command of a
+    command-like step (``images.step_shell``, as the Docker runtime's RUN lines), else one
+    per step with no command."""
     out: list[tuple[str, wire.ImageStep, str]] = []
     for step in image.steps:
         what = describe(step)
-        if step.kind == "run_commands":
-            for cmd in step.args:
-                out.append((f"{what}: {cmd!r}" if len(step.args) > 1 else what, step, cmd))
-        else:
+        commands = images.step_shell(step)
+        if commands is None:
             out.append((what, step, ""))
+            continue
+        for cmd in commands:
+            label = f"{what}: {cmd!r}" if step.kind == "run_commands" and len(commands) > 1 \
+                else what
+            out.append((label, step, cmd))
     return out
 
 
@@ -166,6 +171,8 @@ class View:
     #: The layers and base it uses (touched on every use; kept from eviction while used).
     uses: list[Path] = field(default_factory=list)
     key: str = ""
+    #: ``entrypoint([...])``: the command the shim runs under (as Docker's ENTRYPOINT).
+    entrypoint: list[str] = field(default_factory=list)
 
 
 class Store:
@@ -222,6 +229,7 @@ class Store:
         env = dict(DEFAULT_ENV)
         env.update(_image_config_env(base))
         workdir = "/"
+        entrypoint: list[str] = []
         chain: list[Path] = [base / "fs"]  # lowest first
         parent = base.name
         n = len(units)
@@ -243,6 +251,8 @@ class Store:
                         say(f"=> step {i}/{n}: done in {time.monotonic() - t_step:.1f} s")
             if step.kind == "workdir":
                 workdir = step.path
+            elif step.kind == "entrypoint":
+                entrypoint = list(step.args)
             if any((layer / "fs").iterdir()):
                 chain.append(layer / "fs")
             parent = key
@@ -257,7 +267,7 @@ class Store:
         self.touch(uses)
         say(f"=> image ready in {time.monotonic() - t0:.1f} s")
         return View(root=view_root, env=env, workdir=workdir, python=python, shim=shim,
-                    uses=uses, key=parent)
+                    uses=uses, key=parent, entrypoint=entrypoint)
 
     def touch(self, paths: Iterable[Path]) -> None:
         now = time.time()
@@ -427,22 +437,15 @@ class Store:
                     for rel, data in step.files.items():
                         _write(fs, f"{dest.rstrip('/')}/{rel}", data, label)
                 say(f"{label}: {len(step.files)} files")
-            elif step.kind == "env":
-                pass
-            elif step.kind in ("apt_install", "run_commands", "pip_install", "workdir"):
-                if step.kind == "apt_install":
-                    pkgs = " ".join(shlex.quote(p) for p in step.args)
-                    script = ("apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get "
-                              f"install -y -q --no-install-recommends {pkgs} && apt-get clean "
-                              "&& rm -rf /var/lib/apt/lists/*")
-                elif step.kind == "pip_install":
-                    script = ("python3 -m pip install --no-cache-dir "
-                              + " ".join(shlex.quote(p) for p in step.args))
-                elif step.kind == "workdir":
-                    script = f"mkdir -p {shlex.quote(step.path)}"
-                else:
-                    script = cmd
-                self._in_chroot(tmp, chain, script, env, workdir, label, say)
+            elif step.kind in ("env", "entrypoint"):
+                pass  # the image's configuration only (the shim is what a container runs)
+            elif step.kind == "workdir":
+                self._in_chroot(tmp, chain, f"mkdir -p {shlex.quote(step.path)}", env, "/",
+                                label, say)
+            elif cmd:
+                for dest, data in images.step_files(step).items():
+                    _write(fs, dest, data, label)
+                self._in_chroot(tmp, chain, cmd, env, workdir, label, say)
             else:
                 raise ImageError(f"image build failed at {label}: this agent's process "
                                  "runtime does not know this step (is it older than the SDK?)")

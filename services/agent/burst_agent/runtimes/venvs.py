@@ -1,9 +1,11 @@
 """Images on the process runtime: a cached virtual environment per image.
 
-Without Docker, an image's ``pip_install`` and ``add_local_python_source`` steps build a
+Without Docker, an image's ``pip_install*``, ``uv_pip_install`` (uv from the package index,
+given the machine's pip settings as its own) and ``add_local_python_source`` steps build a
 virtual environment, once per content hash and kept across agent restarts; its ``env`` steps
-become the container's environment (``images.process_env``). Steps that need a container
-image are refused before this (``images.check_process_runtime``).
+become the container's environment (``images.process_env``). Images with any other step
+(or another Python, or ``from_registry``) get a root filesystem instead (``rootfs.py``);
+:class:`VenvRuntime` sends each container to the right one.
 
 The environment sees its own packages first, then the agent's (a ``.pth`` added after the
 installs, so pip never touches the agent's packages): Burst's shim comes from the agent. Each
@@ -13,7 +15,9 @@ environment gets a process runtime of its own, so a zygote per environment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -35,7 +39,7 @@ from burst_core import logs
 log = logs.get("burst.agent.venvs")
 
 #: Steps a virtual environment is built from.
-VENV_STEPS = ("pip_install", "add_local_python_source")
+VENV_STEPS = ("add_local_python_source", "uv_pip_install", *images.PIP_STEPS)
 
 
 def needs_venv(image: wire.ImageSpec | None) -> bool:
@@ -157,12 +161,21 @@ def build_venv(image: wire.ImageSpec, root: Path, say: Callable[[str], None]) ->
         site = Path(subprocess.check_output(
             [str(tmp / "bin" / "python"), "-c", "import sysconfig;print(sysconfig.get_paths()"
              "['purelib'])"], text=True).strip())
-        for step in image.steps:
+        steps = [s for s in image.steps if s.kind in VENV_STEPS]
+        build_start = time.monotonic()
+        for i, step in enumerate(steps, 1):
             what = describe(step)
-            if step.kind == "pip_install":
-                _run([sys.executable, "-m", "pip", "--python",
-                                 str(tmp / "bin" / "python"), "install", "--no-input",
-                                 "--disable-pip-version-check", *step.args], say, what)
+            say(f"Step {i}/{len(steps)}: {what}")
+            started = time.monotonic()
+            if step.kind in images.PIP_STEPS:
+                _run([sys.executable, "-m", "pip", "--python", str(tmp / "bin" / "python"),
+                      "install", "--no-input", "--disable-pip-version-check",
+                      *images.pip_options(step), *step.args], say, what, step.env)
+            elif step.kind == "uv_pip_install":
+                uv, uv_env = uv_binary(say)
+                _run([uv, "pip", "install", "--python", str(tmp / "bin" / "python"),
+                      *images.pip_options(step, uv=True), *step.args], say, what,
+                     {**uv_env, **step.env})
             elif step.kind == "add_local_python_source":
                 # A package: its directory; a module: its file, into site-packages.
                 dest = site if step.path == PYTHON_SOURCE_DIR else site / Path(step.path).name
@@ -171,6 +184,7 @@ def build_venv(image: wire.ImageSpec, root: Path, say: Callable[[str], None]) ->
                     p.parent.mkdir(parents=True, exist_ok=True)
                     p.write_bytes(data)
                 say(f"{what}: {len(step.files)} files")
+            say(f"Step {i}/{len(steps)} took {time.monotonic() - started:.1f} s")
         # The agent's packages (Burst's shim among them) after the environment's own.
         agent_site = sysconfig.get_paths()["purelib"]
         (site / "zz-burst-agent.pth").write_text(
@@ -181,13 +195,36 @@ def build_venv(image: wire.ImageSpec, root: Path, say: Callable[[str], None]) ->
                 os.chmod(os.path.join(dirpath, n), 0o755)
         shutil.rmtree(root, ignore_errors=True)
         os.rename(tmp, root)
-        say(f"virtual environment ready: {root}")
+        say(f"virtual environment ready in {time.monotonic() - build_start:.1f} s: {root}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run(argv: list[str], say: Callable[[str], None], what: str) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+def uv_binary(say: Callable[[str], None]) -> tuple[str, dict[str, str]]:
+    """uv (installed from the package index once per machine, beside the environments)
+    and the machine's pip configuration as uv's settings (``images.UV_SETTINGS``)."""
+    root = images.cache_dir("uv")
+    uv = root / "bin" / "uv"
+    if not uv.exists():
+        tmp = root.with_name(f"uv.building-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _run([sys.executable, "-m", "pip", "install", "-q", "--no-input",
+                  "--disable-pip-version-check", "--target", str(tmp), "uv"], say,
+                 "installing uv (for uv_pip_install)")
+            with contextlib.suppress(OSError):  # another agent finished first: keep its copy
+                os.rename(tmp, root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    out = subprocess.run([sys.executable, "-c", images.UV_SETTINGS, "json"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    return str(uv), dict(json.loads(out))
+
+
+def _run(argv: list[str], say: Callable[[str], None], what: str,
+         env: dict[str, str] | None = None) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, **env} if env else None)
     out = (proc.stdout + proc.stderr).splitlines()
     for line in out:
         if line.strip():
