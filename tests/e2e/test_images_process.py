@@ -46,6 +46,7 @@ tools = (burst.Image.debian_slim()
          .workdir("/srv/data"))
 bad_cmd = burst.Image.debian_slim().run_commands("echo about to fail @TOKEN@", "exit 3")
 bad_apt = burst.Image.debian_slim().apt_install("burst-no-such-package-@TOKEN@")
+registry = burst.Image.from_registry("python:3.11-slim").run_commands("echo @TOKEN@ > /opt/reg")
 cached = (burst.Image.debian_slim()
           .run_commands("echo first @TOKEN@ > /opt/first")
           .run_commands("echo last @LAST@ > /opt/last"))
@@ -72,6 +73,11 @@ def broken_cmd():
 @app.function(image=bad_apt, scaledown_window=2)
 def broken_apt():
     return "ran"
+
+
+@app.function(image=registry, scaledown_window=2)
+def from_engine():
+    return open("/opt/reg").read().strip()
 
 
 @app.function(image=cached, scaledown_window=2)
@@ -108,6 +114,11 @@ def broken_apt_main():
 @app.local_entrypoint()
 def cached_main():
     report(last_layer.remote)
+
+
+@app.local_entrypoint()
+def registry_main():
+    report(from_engine.remote)
 
 
 @app.local_entrypoint()
@@ -203,6 +214,13 @@ def test_changed_last_step_rebuilds_only_it(cluster: Cluster, tmp_path: Path) ->
     assert "=> step 2/2: run_commands('echo last two > /opt/last')\n" in built, built
 
 
+@pytest.mark.timeout(600)
+def test_from_registry_exported_from_the_local_engine(cluster: Cluster, tmp_path: Path) -> None:
+    # CI's Docker engine has python:3.11-slim (deploy/base-image.sh tags it); no registry.
+    out, logs = run(cluster, tmp_path, "registry_main")
+    assert out == TOKEN, (out, logs)
+
+
 @pytest.mark.timeout(900)
 def test_each_python_version(cluster: Cluster, tmp_path: Path) -> None:
     versions = available_versions()
@@ -214,3 +232,52 @@ def test_each_python_version(cluster: Cluster, tmp_path: Path) -> None:
 def _builds(logs: str) -> str:
     return "".join(ln.split("[image build] ", 1)[1] + "\n" for ln in logs.splitlines()
                    if "[image build] " in ln)
+
+
+# ---- the image store itself (no cluster): concurrent builds, failed builds -------------
+def _build(args: tuple[str, str]) -> tuple[str, list[str]]:
+    """In a process of its own (an agent): materialise the image; its key and log."""
+    from burst import wire
+
+    command, store_dir = args
+    lines: list[str] = []
+    spec = wire.ImageSpec(steps=[wire.ImageStep(kind="run_commands", args=[command])])
+    view = rootfs.Store(Path(store_dir)).materialise(spec, lines.append)
+    return view.key, lines
+
+
+@pytest.mark.timeout(300)
+def test_two_agents_build_the_same_image_once() -> None:
+    import multiprocessing
+
+    from burst_agent.runtimes.images import cache_dir
+
+    store = cache_dir("rootfs")
+    command = f"sleep 2; echo {TOKEN} > /opt/together"
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        results = pool.map(_build, [(command, str(store))] * 2)
+    (key1, log1), (key2, log2) = results
+    assert key1 == key2, results
+    step = f"=> step 1/1: run_commands({command!r})"
+    # One built it; the other waited for it and took it from the cache.
+    built = [log for log in (log1, log2) if step in log]
+    waited = [log for log in (log1, log2) if f"{step} (cached, built by another agent)" in log]
+    assert len(built) == 1 and len(waited) == 1, results
+    assert (store / "mnt" / key1 / "opt" / "together").read_text().strip() == TOKEN
+    assert not [p for p in store.joinpath("layers").iterdir() if ".building-" in p.name]
+
+
+@pytest.mark.timeout(300)
+def test_a_failed_step_leaves_nothing_cached() -> None:
+    from burst_agent.runtimes.images import ImageError, cache_dir
+
+    store = cache_dir("rootfs")
+    command = f"echo {TOKEN} > /opt/half; echo failing {TOKEN}; exit 7"
+    with pytest.raises(ImageError) as e:
+        _build((command, str(store)))
+    assert str(e.value).startswith(f"image build failed at run_commands({command!r}): "
+                                   f"exit code 7: failing {TOKEN}"), e.value
+    names = [p.name for p in store.joinpath("layers").iterdir()]
+    assert not [n for n in names if ".building-" in n], names
+    labels = [e["label"] for e in rootfs.Store(store).entries()]
+    assert not [label for label in labels if "exit 7" in str(label)], labels

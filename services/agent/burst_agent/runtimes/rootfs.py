@@ -280,6 +280,11 @@ class Store:
         if image.base == "registry":
             tag = image.registry_tag
             what = f"Image.from_registry({tag!r})"
+            if image.add_python:
+                raise ImageError(f"Image.from_registry({tag!r}, add_python="
+                                 f"{image.add_python!r}): add_python is not built on the "
+                                 "process runtime yet; use an image with python3, or "
+                                 "apt_install('python3') on it")
             client = self._docker(what)
             if client is None:
                 raise ImageError(f"{what}: no Docker engine answers on this agent to supply "
