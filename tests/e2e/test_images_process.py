@@ -265,6 +265,8 @@ def test_two_agents_build_the_same_image_once() -> None:
     assert len(built) == 1 and len(waited) == 1, results
     assert (store / "mnt" / key1 / "opt" / "together").read_text().strip() == TOKEN
     assert not [p for p in store.joinpath("layers").iterdir() if ".building-" in p.name]
+    # Its mounted view keeps its layer from eviction and prune.
+    assert str(store / "layers" / key1) in rootfs.Store(store).used_paths()
 
 
 @pytest.mark.timeout(300)

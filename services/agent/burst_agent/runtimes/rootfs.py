@@ -464,8 +464,9 @@ class Store:
         work, mnt = tmp / "work", tmp / "mnt"
         work.mkdir()
         mnt.mkdir()
-        lowers = ":".join(str(p) for p in reversed(chain))
-        _mount_overlay(mnt, f"lowerdir={lowers},upperdir={tmp / 'fs'},workdir={work}", label)
+        lowers = ":".join(self._rel(p) for p in reversed(chain))
+        _mount_overlay(mnt, f"lowerdir={lowers},upperdir={tmp / 'fs'},workdir={work}", label,
+                       cwd=self.root)
         try:
             argv = self._chroot(mnt, writable=True, cwd=workdir, env=env)
             _run(argv + ["/bin/sh", "-c", script], say, label, timeout=self.step_timeout)
@@ -491,6 +492,9 @@ class Store:
             argv += ["--setenv", k, v]
         argv += ["--chdir", cwd or "/", "--"]
         return argv
+
+    def _rel(self, path: Path) -> str:
+        return os.path.relpath(path, self.root)
 
     # ---- the view ------------------------------------------------------------------
     def _mountpoints(self) -> Path:
@@ -524,8 +528,8 @@ class Store:
             mp = self._mountpoints()
             # Only the entries the image lacks come from the mount points layer, at the
             # bottom: the image's own /etc, /tmp... win.
-            lowers = ":".join(str(p) for p in [*reversed(chain), mp])
-            _mount_overlay(mnt, f"lowerdir={lowers}", "the image's filesystem")
+            lowers = ":".join(self._rel(p) for p in [*reversed(chain), mp])
+            _mount_overlay(mnt, f"lowerdir={lowers}", "the image's filesystem", cwd=self.root)
         return mnt
 
     def _shim(self, view: Path, python: str, say: Callable[[str], None]) -> Path:
@@ -600,15 +604,27 @@ class Store:
         return sorted(out, key=lambda e: float(e["last_used"]))  # type: ignore[arg-type]
 
     def used_paths(self) -> set[str]:
-        """Layers and bases that a mounted view uses (by this or another agent)."""
+        """Layers and bases that a mounted view uses: in the agent's mount namespace or in
+        any other (a running container's sandbox keeps its image mounted there, even once
+        the agent's own mount is gone)."""
         used: set[str] = set()
-        with contextlib.suppress(OSError):
-            mounts = Path("/proc/self/mountinfo").read_text()
-            for m in re.finditer(r"lowerdir=([^,\s]+)", mounts):
-                if str(self.root) not in m.group(1):
+        seen: set[str] = set()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                ns = os.readlink(proc / "ns" / "mnt")
+                if ns in seen:
                     continue
+                seen.add(ns)
+                mounts = (proc / "mountinfo").read_text()
+            except OSError:
+                continue
+            for m in re.finditer(r"lowerdir=([^,\s]+)", mounts):
                 for p in m.group(1).split(":"):
-                    used.add(str(Path(p).parent))
+                    path = Path(p) if p.startswith("/") else self.root / p
+                    if str(path).startswith(str(self.root)):
+                        used.add(str(path.parent) if path.name == "fs" else str(path))
         return used
 
     def remove(self, path: Path) -> None:
@@ -750,9 +766,11 @@ def _copy_host_config(fs: Path) -> None:
         shutil.copy2("/etc/pip.conf", fs / "etc/pip.conf")
 
 
-def _mount_overlay(mnt: Path, options: str, what: str) -> None:
+def _mount_overlay(mnt: Path, options: str, what: str, cwd: Path | None = None) -> None:
+    """Mount an overlay; with ``cwd``, its paths may be relative to it (the kernel reads at
+    most a page of options: relative layer paths allow images of many more steps)."""
     done = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(mnt)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=cwd)
     if done.returncode != 0:
         raise ImageError(f"{what}: cannot mount overlayfs ({done.stderr.strip()[:300]})")
 
