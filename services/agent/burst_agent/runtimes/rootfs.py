@@ -28,6 +28,7 @@ Needs root (overlayfs mounts, chroot); the error says so otherwise.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import hashlib
@@ -186,6 +187,8 @@ class Store:
         self.step_timeout = step_timeout
         #: Views (by key) in use by this agent's containers: never evicted.
         self.in_use: dict[str, int] = {}
+        #: Views this process mounted (unmounted at exit).
+        self._mounted: set[Path] = set()
 
     # ---- paths ---------------------------------------------------------------------
     @property
@@ -240,15 +243,15 @@ class Store:
                 env.update(step.env)
             t_step = time.monotonic()
             if (layer / "meta.json").exists():
-                say(f"=> step {i}/{n}: {label} (cached)")
+                say(f"Step {i}/{n}: {label} (cached)")
             else:
                 with self._lock(key):
                     if (layer / "meta.json").exists():
-                        say(f"=> step {i}/{n}: {label} (cached, built by another agent)")
+                        say(f"Step {i}/{n}: {label} (cached, built by another agent)")
                     else:
-                        say(f"=> step {i}/{n}: {label}")
+                        say(f"Step {i}/{n}: {label}")
                         self._build_layer(layer, chain, step, cmd, label, env, workdir, say)
-                        say(f"=> step {i}/{n}: done in {time.monotonic() - t_step:.1f} s")
+                        say(f"Step {i}/{n} took {time.monotonic() - t_step:.1f} s")
             if step.kind == "workdir":
                 workdir = step.path
             elif step.kind == "entrypoint":
@@ -265,7 +268,7 @@ class Store:
         env["PYTHONPATH"] = f"{env['PYTHONPATH']}:{SHIM_DIR}"
         uses = [base, *[p.parent for p in chain[1:]]]
         self.touch(uses)
-        say(f"=> image ready in {time.monotonic() - t0:.1f} s")
+        say(f"image ready in {time.monotonic() - t0:.1f} s")
         return View(root=view_root, env=env, workdir=workdir, python=python, shim=shim,
                     uses=uses, key=parent, entrypoint=entrypoint)
 
@@ -345,7 +348,7 @@ class Store:
         with self._lock(base.name):
             if (base / "meta.json").exists():
                 return base
-            say(f"=> exporting {tag} from the local Docker engine")
+            say(f"exporting {tag} from the local Docker engine")
             t0 = time.monotonic()
             tmp = self._scratch(base)
             try:
@@ -368,7 +371,7 @@ class Store:
                                          "workdir": config.get("WorkingDir") or ""})
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-            say(f"=> {tag} exported in {time.monotonic() - t0:.1f} s")
+            say(f"{tag} exported in {time.monotonic() - t0:.1f} s")
         return base
 
     def _debootstrap(self, suite: str, say: Callable[[str], None]) -> Path:
@@ -382,7 +385,7 @@ class Store:
             if (base / "meta.json").exists():
                 return base
             t0 = time.monotonic()
-            say(f"=> debootstrap {suite} from the machine's Debian mirror (once per machine)")
+            say(f"debootstrap {suite} from the machine's Debian mirror (once per machine)")
             tmp = self._scratch(base)
             fs = tmp / "fs"
             try:
@@ -406,7 +409,7 @@ class Store:
                                          "env": [], "workdir": ""})
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-            say(f"=> {suite} base made in {time.monotonic() - t0:.1f} s")
+            say(f"{suite} base made in {time.monotonic() - t0:.1f} s")
         return base
 
     # ---- layers --------------------------------------------------------------------
@@ -530,7 +533,20 @@ class Store:
             # bottom: the image's own /etc, /tmp... win.
             lowers = ":".join(self._rel(p) for p in [*reversed(chain), mp])
             _mount_overlay(mnt, f"lowerdir={lowers}", "the image's filesystem", cwd=self.root)
+            if not self._mounted:
+                atexit.register(self.unmount_mine)
+            self._mounted.add(mnt)
         return mnt
+
+    def unmount_mine(self) -> None:
+        """At exit: unmount the views this agent mounted (no mount outlives the agents;
+        running containers keep their own copy in their sandboxes, and another agent of
+        the machine mounts a view again when it next needs it)."""
+        for mnt in self._mounted:
+            subprocess.run(["umount", str(mnt)], capture_output=True)
+            with contextlib.suppress(OSError):
+                mnt.rmdir()
+        self._mounted.clear()
 
     def _shim(self, view: Path, python: str, say: Callable[[str], None]) -> Path:
         """Burst's shim (burst, msgspec, cloudpickle) for the image's python."""
@@ -549,7 +565,7 @@ class Store:
         with self._lock(dest.name):
             if (dest / ".ready").exists():
                 return dest
-            say(f"=> Burst's shim for Python {version}")
+            say(f"Burst's shim for Python {version}")
             tmp = self._scratch(dest)
             try:
                 import burst
