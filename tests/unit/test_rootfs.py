@@ -83,3 +83,34 @@ def test_unavailable_python_version_lists_the_available(tmp_path: Path) -> None:
         pytest.skip("materialising needs root")
     with pytest.raises(rootfs.ImageError, match=r"python_version='3.7'.*available here: 3\.11"):
         store.materialise(spec, lambda line: None)
+
+
+def test_only_the_most_recent_image_runtimes_stay_warm(tmp_path: Path) -> None:
+    from burst_agent.runtimes.venvs import VenvRuntime
+
+    class Warm:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    store = rootfs.Store(tmp_path / "rootfs")
+    rt = VenvRuntime(base=None, make=None, store=store, warm_images=2)  # type: ignore[arg-type]
+    a, b, c = Warm(), Warm(), Warm()
+    rt._views = {"a": a, "b": b, "c": c}  # type: ignore[dict-item]  # oldest first
+    store.in_use["a"] = 1  # a container runs in image a: its runtime stays
+    rt._cool(keep="c")
+    assert (a.closed, b.closed, c.closed) == (False, True, False)
+    assert list(rt._views) == ["a", "c"]
+
+
+@pytest.mark.parametrize("name, value", [("image_warm_runtimes", 0),
+                                         ("image_disk_budget_mb", -5),
+                                         ("image_step_timeout", 0.0)])
+def test_bad_image_settings_are_named(name: str, value: float) -> None:
+    from burst_agent.runtimes.factory import make_runtime
+    from burst_agent.settings import AgentSettings
+
+    settings = AgentSettings(runtime="process", **{name: value})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=f"BURST_{name.upper()}={value!r} is not valid"):
+        make_runtime(settings, "agent-x")

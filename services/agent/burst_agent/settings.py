@@ -105,6 +105,9 @@ class AgentSettings(CommonSettings):
     image_disk_budget_mb: int = 20_000
     #: Seconds one image build step (an apt install, a command, a debootstrap) may take.
     image_step_timeout: float = 1800.0
+    #: Images (root filesystems) whose zygote and spare sandbox stay warm on the process
+    #: runtime: the most recently used; others start them again when next needed.
+    image_warm_runtimes: int = 4
     #: Containers' network on the process runtime: "auto" (user-mode NAT with the deny
     #: rules below where slirp4netns is installed and the agent is root, else none and one
     #: warning), "on" (refuse to start without it) or "off" (no network at all, as with

@@ -36,6 +36,11 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
         return rt
     if s.runtime != "process":
         raise ValueError(f"unknown runtime {s.runtime!r}: use one of {', '.join(RUNTIMES)}")
+    for name, value in (("BURST_IMAGE_DISK_BUDGET_MB", s.image_disk_budget_mb),
+                        ("BURST_IMAGE_STEP_TIMEOUT", s.image_step_timeout),
+                        ("BURST_IMAGE_WARM_RUNTIMES", s.image_warm_runtimes)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError(f"{name}={value!r} is not valid: use a positive number")
     box = Sandbox.detect(s.sandbox, agent_id, s.home, s.sandbox_uid,
                          cpu_headroom=s.cpu_headroom, pids_limit=s.container_pids_limit)
     state = home / "containers"
@@ -53,12 +58,9 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
         return ProcessRuntime(view.python, box, state, zygote=s.zygote, spares=s.spare_sandbox,
                               spare_delay=s.spare_delay, view=view)
 
-    if s.image_disk_budget_mb < 1 or s.image_step_timeout <= 0:
-        raise ValueError(f"BURST_IMAGE_DISK_BUDGET_MB={s.image_disk_budget_mb!r} / "
-                         f"BURST_IMAGE_STEP_TIMEOUT={s.image_step_timeout!r}: use a positive "
-                         "number (MiB, seconds)")
     store = Store(cache_dir("rootfs"), disk_budget_mb=s.image_disk_budget_mb,
                   step_timeout=s.image_step_timeout)
     # Images with pip_install steps: a cached virtual environment each; images with steps
     # beyond those (apt_install, run_commands, another Python...): a root filesystem each.
-    return VenvRuntime(process(s.python), process, store=store, make_view=in_image)
+    return VenvRuntime(process(s.python), process, store=store, make_view=in_image,
+                       warm_images=s.image_warm_runtimes)

@@ -53,7 +53,8 @@ class VenvRuntime:
 
     def __init__(self, base: ProcessRuntime, make: Callable[[str], ProcessRuntime],
                  cache_dir: Path | None = None, store: rootfs.Store | None = None,
-                 make_view: Callable[[rootfs.View], ProcessRuntime] | None = None) -> None:
+                 make_view: Callable[[rootfs.View], ProcessRuntime] | None = None,
+                 warm_images: int = 4) -> None:
         self.base = base
         self.make = make
         self.cache_dir = cache_dir or images.cache_dir("venvs")
@@ -63,6 +64,9 @@ class VenvRuntime:
         self.store = store
         self.make_view = make_view
         self._views: dict[str, ProcessRuntime] = {}
+        #: Image runtimes kept warm (their zygote and spare sandbox): the most recently
+        #: used; an older one with no container running is closed (made again when needed).
+        self.warm_images = warm_images
         #: Views materialised by this agent, by image content hash.
         self._ready: dict[str, rootfs.View] = {}
         self._evicted = 0.0
@@ -104,9 +108,13 @@ class VenvRuntime:
             else:
                 view = await asyncio.to_thread(store.materialise, image, say)
                 self._ready[image.content_hash] = view
-            rt = self._views.get(view.key)
+            rt = self._views.pop(view.key, None)
             if rt is None or rt.view is None or rt.view.root != view.root:
-                rt = self._views[view.key] = make_view(view)
+                if rt is not None:
+                    rt.close()
+                rt = make_view(view)
+            self._views[view.key] = rt  # (last: the most recently used)
+            self._cool(keep=view.key)
         store.in_use[view.key] = store.in_use.get(view.key, 0) + 1
         try:
             handle = await rt.start(spec)
@@ -118,6 +126,17 @@ class VenvRuntime:
             self._evicted = time.monotonic()
             asyncio.get_running_loop().run_in_executor(None, store.evict)
         return _Released(handle, lambda: self._release(view.key))
+
+    def _cool(self, keep: str) -> None:
+        """Close the least recently used image runtimes past ``warm_images`` that run no
+        container (their zygote and spare sandbox go; running containers are not theirs
+        to stop anyway)."""
+        assert self.store is not None
+        for key in list(self._views):
+            if len(self._views) <= self.warm_images:
+                return
+            if key != keep and not self.store.in_use.get(key):
+                self._views.pop(key).close()
 
     def _release(self, key: str) -> None:
         assert self.store is not None
