@@ -29,7 +29,8 @@ TOKEN = uuid.uuid4().hex[:10]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    yield from running_cluster(tmp_path_factory, BURST_RUNTIME="process")
+    # A declared GPU (none real here): an image's container with GPUs gets the driver's dir.
+    yield from running_cluster(tmp_path_factory, "--gpus", "H100:1", BURST_RUNTIME="process")
 
 
 APP = '''
@@ -63,6 +64,12 @@ def inspect_tools():
             "uid": os.getuid(), "container_id": os.environ["BURST_CONTAINER_ID"],
             # What the host has and the image does not: Burst's checkout, the cluster's home.
             "host_files": [p for p in (@HOST_FILES@) if os.path.exists(p)]}
+
+
+@app.function(image=tools, gpu="H100", scaledown_window=2)
+def with_gpu():
+    return [os.environ.get("CUDA_VISIBLE_DEVICES"), os.path.isdir("/run/burst/nvidia"),
+            os.environ.get("LD_LIBRARY_PATH"), open("/opt/marker").read().strip()]
 
 
 @app.function(image=bad_cmd, scaledown_window=2)
@@ -99,6 +106,11 @@ def report(what):
 @app.local_entrypoint()
 def tools_main():
     report(inspect_tools.remote)
+
+
+@app.local_entrypoint()
+def gpu_main():
+    report(with_gpu.remote)
 
 
 @app.local_entrypoint()
@@ -178,6 +190,13 @@ def test_apt_and_commands_in_the_function(cluster: Cluster, tmp_path: Path) -> N
     assert '"zygote_failed"' not in agent and '"zygote_warmup_failed"' not in agent, agent
     forked = [json.loads(ln) for ln in agent.splitlines() if '"container_forked"' in ln]
     assert any(f.get("container_id") == out["container_id"] for f in forked), (out, forked)
+
+
+@pytest.mark.timeout(600)
+def test_gpu_container_in_an_image(cluster: Cluster, tmp_path: Path) -> None:
+    # The host's driver files (none on a machine without GPUs) are bound under this dir.
+    out, logs = run(cluster, tmp_path, "gpu_main")
+    assert out == ["0", True, "/run/burst/nvidia", TOKEN], (out, logs)
 
 
 @pytest.mark.timeout(600)

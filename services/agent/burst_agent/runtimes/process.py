@@ -158,6 +158,11 @@ class ProcessRuntime:
             # The image's own environment; its modules after the bundle (as on Docker).
             image_env = dict(self.view.env)
             image_env["PYTHONPATH"] = f"{sb.BUNDLE}:{image_env.get('PYTHONPATH', '')}"
+            if spec.gpu_indices:  # the host's GPU driver, bound in (``Sandbox.command``)
+                image_env["LD_LIBRARY_PATH"] = ":".join(
+                    p for p in (sb.GPU_DRIVER_DIR, image_env.get("LD_LIBRARY_PATH")) if p)
+                image_env["PATH"] = f"{image_env.get('PATH', '/usr/bin:/bin')}:" \
+                                    f"{sb.GPU_DRIVER_DIR}/bin"
         else:
             image_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                          "LANG": os.environ.get("LANG", "C.UTF-8"), **sb.interpreter_env()}
@@ -242,7 +247,9 @@ class ProcessRuntime:
         private = state / spec.container_id
         cgroup = box.prepare(spec.container_id, private, spec.cpu,
                              spec.memory_limit_mb or spec.memory_mb, spec.cpu_limit)
-        if self.zygote is not None:
+        # (An image's container with GPUs needs the driver's library path from its start,
+        # which a fork of the image's zygote did not have: a fresh interpreter.)
+        if self.zygote is not None and not (self.view is not None and spec.gpu_indices):
             try:
                 self._refill(self.spare_delay)
                 holder = await self._holder(box, bundle_dir=spec.bundle_dir,

@@ -81,7 +81,7 @@ DEFAULT_ENV = {
 ERROR_TAIL = 30
 #: Mount points the container's sandbox binds onto (a read-only view cannot get new ones).
 MOUNT_DIRS = ("opt/burst/shim", "opt/burst/python", "run/burst/bundle", "run/burst/agent",
-              "tmp", "proc", "dev", "sys", "etc")
+              "run/burst/nvidia", "tmp", "proc", "dev", "sys", "etc")
 MOUNT_FILES = ("run/burst/shim.sock", "etc/passwd", "etc/group", "etc/resolv.conf")
 
 
@@ -502,7 +502,8 @@ class Store:
     # ---- the view ------------------------------------------------------------------
     def _mountpoints(self) -> Path:
         """A layer with the mount points every container's sandbox binds onto."""
-        mp = self.root / "mountpoints"
+        mp = self.root / ("mountpoints-" + hashlib.sha256(
+            repr((MOUNT_DIRS, MOUNT_FILES)).encode()).hexdigest()[:8])
         if not (mp / ".ready").exists():
             tmp = self._scratch(mp)
             for d in MOUNT_DIRS:
