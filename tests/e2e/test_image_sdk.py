@@ -82,6 +82,8 @@ baked = burst.Image.debian_slim().run_function(bake, args=("/opt/baked.txt",),
 forced = (burst.Image.debian_slim().run_commands("echo first > /opt/first")
           .run_commands("cat /proc/sys/kernel/random/uuid > /opt/stamp", force_build=True))
 from_df = burst.Image.from_dockerfile("@DIR@/Dockerfile")
+no_python = (burst.Image.from_registry("burst-test-nopython:1", add_python="3.11")
+             .pip_install("six==1.16.0"))
 
 
 def report(fn):
@@ -135,6 +137,14 @@ def stamp():
 def dockerfile_facts():
     return [open("/etc/app/conf.txt").read().strip(), os.environ.get("GREETING"),
             open("marker").read().strip(), os.getcwd(), os.environ.get("FROM_ENTRYPOINT")]
+
+
+@app.function(image=no_python, scaledown_window=2)
+def added_python():
+    import sys, six
+    return ["{}.{}".format(*sys.version_info[:2]), six.__version__,
+            subprocess.run(["sh", "-c", "command -v python3"], capture_output=True,
+                           text=True).stdout.strip()]
 
 
 @app.local_entrypoint()
@@ -260,3 +270,19 @@ def test_from_dockerfile(rt_cluster: Cluster, app_dir: Path) -> None:
     out, _ = run(rt_cluster, app_dir, "dockerfile_facts")
     assert out == ["conf from the build context", "from the dockerfile", "built", "/srv",
                    "yes"], out
+
+
+@pytest.mark.timeout(300)
+def test_from_registry_add_python(rt_cluster: Cluster, app_dir: Path) -> None:
+    docker_only(rt_cluster)
+    import docker
+
+    # An image on the engine without any Python (the base image, Python removed).
+    ctx = app_dir / "nopython"
+    ctx.mkdir(exist_ok=True)
+    (ctx / "Dockerfile").write_text(
+        "FROM burst-base:py311\nRUN rm -rf /usr/bin/python3* /usr/lib/python3* "
+        "/usr/local/lib/python3* /usr/bin/pip* && ! command -v python3\n")
+    docker.from_env().images.build(path=str(ctx), tag="burst-test-nopython:1", rm=True)
+    out, _ = run(rt_cluster, app_dir, "added_python")
+    assert out == ["3.11", "1.16.0", "/usr/local/bin/python3"], out
