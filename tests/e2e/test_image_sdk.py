@@ -286,3 +286,45 @@ def test_from_registry_add_python(rt_cluster: Cluster, app_dir: Path) -> None:
     docker.from_env().images.build(path=str(ctx), tag="burst-test-nopython:1", rm=True)
     out, _ = run(rt_cluster, app_dir, "added_python")
     assert out == ["3.11", "1.16.0", "/usr/local/bin/python3"], out
+
+
+DEPLOY_APP = '''
+import burst
+
+app = burst.App("@NAME@")
+image = burst.Image.debian_slim().pip_install("attrs==23.2.0").env({"FRESH": "@FRESH@"})
+
+
+@app.function(image=image, scaledown_window=2)
+def f():
+    import attrs
+    return attrs.__version__
+'''
+
+
+@pytest.mark.timeout(300)
+def test_deploy_shows_the_build_and_fails_with_it(rt_cluster: Cluster, app_dir: Path) -> None:
+    fresh = os.urandom(4).hex()  # a new image: built now, not found in a cache
+    good = app_dir / "deploy_good.py"
+    good.write_text(textwrap.dedent(DEPLOY_APP).replace("@NAME@", "imgdeploy")
+                    .replace("@FRESH@", fresh))
+    proc = rt_cluster.burst("deploy", str(good), timeout=280)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    lines = [ln for ln in text.splitlines() if ln.startswith("[f] [image build] ")]
+    assert lines and " building on agent " in lines[0], text
+    assert any(": pip_install('attrs==23.2.0')" in ln for ln in lines), text
+    assert any(" took " in ln for ln in lines), text  # each step's time
+    assert " ready on agent " in lines[-1], text
+    assert "Deployed app imgdeploy" in text, text
+    call = rt_cluster.burst("run", str(good) + "::f", timeout=120)
+    assert "23.2.0" in call.stdout, call.stdout + call.stderr
+    bad = app_dir / "deploy_bad.py"
+    bad.write_text(textwrap.dedent(DEPLOY_APP).replace("@NAME@", "imgdeploybad")
+                   .replace("attrs==23.2.0", "burst-no-such-package-xyz==0.0.1")
+                   .replace("@FRESH@", fresh))
+    proc = rt_cluster.burst("deploy", str(bad), timeout=280)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text
+    assert "Image build failed" in text, text
+    assert "pip_install('burst-no-such-package-xyz==0.0.1')" in text, text

@@ -270,6 +270,10 @@ class DockerRuntime:
                 self._built[key] = await self._build(image, emit)
         return self._built[key]
 
+    async def prepare(self, image: Any, emit: Callable[[str], None] | None = None) -> str:
+        """Build a function's image ahead of its containers (at deployment)."""
+        return await self.image_tag(image, emit)
+
     async def _build(self, image: Any, emit: Callable[[str], None] | None) -> str:
         base = images.base_tag(image)
         try:

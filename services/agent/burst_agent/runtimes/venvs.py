@@ -67,6 +67,14 @@ class VenvRuntime:
             self._runtimes[python] = self.make(python)
         return await self._runtimes[python].start(spec)
 
+    async def prepare(self, image: wire.ImageSpec,
+                      emit: Callable[[str], None] | None = None) -> None:
+        """Build a function's image ahead of its containers (at deployment); what this
+        runtime cannot build is refused as a container start would."""
+        images.check_process_runtime(image)
+        if needs_venv(image):
+            await self.venv(image, emit)
+
     async def venv(self, image: wire.ImageSpec, emit: Callable[[str], None] | None) -> str:
         """The interpreter of the image's environment, built first if missing."""
         # The agent's interpreter is part of the key: its packages are the fallback.
