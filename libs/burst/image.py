@@ -535,7 +535,7 @@ class Image(metaclass=_ImageType):
         if not _in_container():
             return False
         running = os.environ.get("BURST_IMAGE_ID")
-        return running is None or running == self._spec.ident
+        return not running or running == self._spec.ident
 
     # ---- internals -----------------------------------------------------------------
     @property
