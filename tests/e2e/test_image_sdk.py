@@ -60,7 +60,8 @@ import burst
 
 app = burst.App("imgsdk")
 
-uv_img = burst.Image.debian_slim().uv_pip_install("six==1.16.0")
+# New at each test run (FRESH): built now, with its output, not taken from a cache.
+uv_img = burst.Image.debian_slim().env({"FRESH": "@FRESH@"}).uv_pip_install("six==1.16.0")
 req_img = burst.Image.debian_slim().pip_install_from_requirements("@DIR@/requirements.txt")
 only_there = burst.Image.debian_slim().pip_install("tomli_w==1.0.0")
 with only_there.imports():
@@ -189,7 +190,8 @@ def app_dir() -> Iterator[Path]:
     (d / "conf.txt").write_text("conf from the build context\n")
     (d / "Dockerfile").write_text(DOCKERFILE)
     (d / "imgsdk_app.py").write_text(textwrap.dedent(APP).replace("@DIR@", str(d))
-                                     .replace("@LINKS@", str(links)))
+                                     .replace("@LINKS@", str(links))
+                                     .replace("@FRESH@", os.urandom(4).hex()))
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
