@@ -16,10 +16,13 @@ Example::
     @app.function(image=image)
     def f() -> str: ...
 
-On the Docker runtime every step is a Dockerfile instruction (``images.step_shell`` on the
-agent says what each command-like step runs). Every step method takes ``force_build=True``
-(or set ``BURST_FORCE_BUILD=1``): that step and the ones after it are built again. Light on
-purpose: ``import burst`` loads this module.
+On the Docker runtime every step is a Dockerfile instruction; on the process runtime the
+agent materialises the image as a root filesystem, one cached layer per step (only
+``pip_install``/``env``/``add_local_python_source`` on the default Python keep the agent's
+own interpreter, with a cached virtual environment). ``images.step_shell`` on the agent
+says what each command-like step runs, on both. Every step method takes
+``force_build=True`` (or set ``BURST_FORCE_BUILD=1``): that step and the ones after it are
+built again. Light on purpose: ``import burst`` loads this module.
 """
 
 from __future__ import annotations
@@ -43,15 +46,14 @@ import msgspec
 from burst import _dockerfile, _unsupported, wire
 from burst.exception import InvalidError
 
-#: Python versions a ``debian_slim`` base exists for (built on the machine, no registry).
-PYTHON_VERSIONS = ("3.11",)
+#: Python versions a ``debian_slim`` base exists for (Debian bookworm's and trixie's, built
+#: on the machine from its Debian mirror; the agent says when its mirror lacks one).
+PYTHON_VERSIONS = ("3.11", "3.13")
 #: Where ``add_local_python_source`` puts modules in the image (on ``PYTHONPATH``).
 PYTHON_SOURCE_DIR = "/opt/burst/python"
 #: Files of ``add_local_*`` steps travel in the deployment, which NATS carries: keep them
 #: small (larger trees belong in a Volume).
 MAX_LOCAL_BYTES = 512 << 10
-#: Steps the process runtime cannot honour (they need a container image).
-DOCKER_ONLY_STEPS = ("apt_install", "run_commands")
 #: Modal's ``Image`` methods Burst has not built: using one names it (not AttributeError).
 MODAL_ONLY = frozenset({
     "from_aws_ecr", "from_gcp_artifact_registry", "from_scratch",
@@ -210,7 +212,7 @@ class Image(metaclass=_ImageType):
     # ---- bases ---------------------------------------------------------------------
     @staticmethod
     def debian_slim(python_version: str | None = None, force_build: bool = False) -> Image:
-        """Debian bookworm with Python (the base image built on each machine)."""
+        """Debian with Python: bookworm's 3.11 (the default) or trixie's 3.13."""
         version = python_version or "3.11"
         if version not in PYTHON_VERSIONS:
             raise InvalidError(f"Image.debian_slim: python_version={version!r} is not available; "

@@ -132,8 +132,6 @@ class Container:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
             server = await asyncio.start_unix_server(self._on_connect, path=str(self.socket_path))
-            if self.agent.runtime.name == "process":
-                images.check_process_runtime(self.fn.image)
             secret_env = await container_secrets.fetch_env(
                 self.agent.nc, self.agent.agent_id, self.placement,
                 self.agent.settings.secrets_fetch_timeout)

@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from burst_agent.runtimes.base import Runtime
+from burst_agent.runtimes.images import cache_dir
 from burst_agent.runtimes.network import Network
 from burst_agent.runtimes.process import ProcessRuntime
+from burst_agent.runtimes.rootfs import Store, View
 from burst_agent.runtimes.sandbox import Sandbox
 from burst_agent.runtimes.venvs import VenvRuntime
 from burst_agent.settings import AgentSettings
@@ -47,5 +49,16 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
         return ProcessRuntime(python, box, state, zygote=s.zygote, spares=s.spare_sandbox,
                               spare_delay=s.spare_delay)
 
-    # Images with pip_install steps: a cached virtual environment each.
-    return VenvRuntime(process(s.python), process)
+    def in_image(view: View) -> ProcessRuntime:
+        return ProcessRuntime(view.python, box, state, zygote=s.zygote, spares=s.spare_sandbox,
+                              spare_delay=s.spare_delay, view=view)
+
+    if s.image_disk_budget_mb < 1 or s.image_step_timeout <= 0:
+        raise ValueError(f"BURST_IMAGE_DISK_BUDGET_MB={s.image_disk_budget_mb!r} / "
+                         f"BURST_IMAGE_STEP_TIMEOUT={s.image_step_timeout!r}: use a positive "
+                         "number (MiB, seconds)")
+    store = Store(cache_dir("rootfs"), disk_budget_mb=s.image_disk_budget_mb,
+                  step_timeout=s.image_step_timeout)
+    # Images with pip_install steps: a cached virtual environment each; images with steps
+    # beyond those (apt_install, run_commands, another Python...): a root filesystem each.
+    return VenvRuntime(process(s.python), process, store=store, make_view=in_image)

@@ -26,8 +26,6 @@ BASE_IMAGES = {"3.11": "burst-base:py311"}
 #: Where the bundle (the app's source) and the agent's socket appear in a Docker container.
 BUNDLE_DIR = "/burst/bundle"
 SOCKET_PATH = "/run/burst/shim.sock"
-#: Steps the process runtime cannot honour: they need a container image.
-DOCKER_ONLY = ("apt_install", "run_commands")
 #: Steps that install Python packages with pip (``uv_pip_install`` uses uv).
 PIP_STEPS = ("pip_install", "pip_install_from_requirements", "pip_install_from_pyproject")
 #: Where files a build step needs (``step_files``) are put in the image.
@@ -60,28 +58,6 @@ class ImageContainerSpec(ContainerSpec):
     image: wire.ImageSpec | None = None
     #: Receives build output lines as they come (the agent forwards them to the app's logs).
     build_log: Callable[[str], None] | None = None
-
-
-def check_process_runtime(image: wire.ImageSpec | None) -> None:
-    """Refuse, naming the step, what the process runtime cannot build.
-
-    The process runtime makes ``pip_install*``, ``uv_pip_install`` and
-    ``add_local_python_source`` a cached virtual environment (``venvs.py``) and ``env`` the
-    container's environment; every other step is refused here, never silently dropped.
-    """
-    if image is None:
-        return
-    if image.base == "registry":
-        raise ImageError(f"Image.from_registry({image.registry_tag!r}) needs the Docker runtime: "
-                         "this agent runs the process runtime (start it with "
-                         "`burst up --runtime docker`)")
-    for step in image.steps:
-        if step.kind in ("env", "add_local_python_source", "uv_pip_install", *PIP_STEPS):
-            continue
-        why = ("needs a container image" if step.kind in DOCKER_ONLY
-               else "is not supported by the process runtime yet")
-        raise ImageError(f"Image step {describe(step)} {why}: use the Docker runtime "
-                         "(`burst up --runtime docker`)")
 
 
 def process_env(image: wire.ImageSpec | None) -> dict[str, str]:
@@ -242,7 +218,9 @@ def base_tag(image: wire.ImageSpec | None) -> str:
     version = image.python_version if image is not None else "3.11"
     if version not in BASE_IMAGES:
         raise ImageError(f"Image.debian_slim(python_version={version!r}): no base image for it "
-                         f"on this machine (available: {', '.join(BASE_IMAGES)})")
+                         f"on this machine's Docker engine (available: "
+                         f"{', '.join(BASE_IMAGES)}; the process runtime builds "
+                         "the others from the Debian mirror)")
     return BASE_IMAGES[version]
 
 

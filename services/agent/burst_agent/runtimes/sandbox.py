@@ -410,22 +410,33 @@ class Sandbox:
 
     def command(self, argv: list[str], *, bundle_dir: Path, socket_path: Path | None,
                 private_dir: Path, gpu_indices: list[int], extra: list[str] | None = None,
-                socket_dir: Path | None = None, networked: bool = False) -> list[str]:
+                socket_dir: Path | None = None, networked: bool = False,
+                rootfs: tuple[Path, Path] | None = None, cwd: str = BUNDLE) -> list[str]:
         """The bwrap command line running ``argv`` in a fresh sandbox. With ``socket_dir``
         (a spare sandbox) that directory is bound read-only at ``SOCKET_DIR`` instead of
         ``socket_path`` at ``SOCKET``. ``networked``: in a network namespace of its own
-        that the caller sets up (``Network.attach``) before the container's code runs."""
+        that the caller sets up (``Network.attach``) before the container's code runs.
+        ``rootfs``: (an image's read-only root, Burst's shim for it), see ``rootfs.py``:
+        the container sees that root instead of the host's system (and the shim at
+        ``rootfs.SHIM_DIR``)."""
         # No --new-session: the agent signals the whole process group (stdin is /dev/null).
-        # An empty root (bwrap's tmpfs) with only what ``_plan_view`` chose bound into it.
         args = self._bwrap_head(networked)
-        for target, link in self.symlinks:
-            args += ["--symlink", target, link]
-        # The private /tmp first, so what is bound below it lands on top of it.
-        args += ["--bind", str(private_dir), PRIVATE]
-        for p in self.binds:
-            args += [*self._dirs_to(p), "--ro-bind", p, p]
-        for h in self.hidden:
-            args += ["--tmpfs", h]
+        if rootfs is not None:
+            # The image's filesystem, read-only, with the shim; nothing of the host's.
+            from burst_agent.runtimes.rootfs import SHIM_DIR
+
+            args += ["--ro-bind", str(rootfs[0]), "/", "--bind", str(private_dir), PRIVATE,
+                     "--ro-bind", str(rootfs[1]), SHIM_DIR]
+        else:
+            # An empty root (bwrap's tmpfs) with only what ``_plan_view`` chose bound in.
+            for target, link in self.symlinks:
+                args += ["--symlink", target, link]
+            # The private /tmp first, so what is bound below it lands on top of it.
+            args += ["--bind", str(private_dir), PRIVATE]
+            for p in self.binds:
+                args += [*self._dirs_to(p), "--ro-bind", p, p]
+            for h in self.hidden:
+                args += ["--tmpfs", h]
         assert self.etc_dir is not None
         args += ["--ro-bind", str(self.etc_dir / "passwd"), "/etc/passwd",
                  "--ro-bind", str(self.etc_dir / "group"), "/etc/group"]
@@ -445,7 +456,7 @@ class Sandbox:
             args += ["--ro-bind", str(socket_dir), SOCKET_DIR]
         else:
             args += ["--bind", str(socket_path), SOCKET]
-        args += ["--chdir", BUNDLE, *(extra or []), "--", *self._drop(), *argv]
+        args += ["--chdir", cwd, *(extra or []), "--", *self._drop(), *argv]
         return args
 
     def preexec(self, cgroup: Cgroup | None) -> Callable[[], None]:

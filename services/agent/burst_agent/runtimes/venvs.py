@@ -3,8 +3,9 @@
 Without Docker, an image's ``pip_install*``, ``uv_pip_install`` (uv from the package index,
 given the machine's pip settings as its own) and ``add_local_python_source`` steps build a
 virtual environment, once per content hash and kept across agent restarts; its ``env`` steps
-become the container's environment (``images.process_env``). Steps that need a container
-image are refused before this (``images.check_process_runtime``).
+become the container's environment (``images.process_env``). Images with any other step
+(or another Python, or ``from_registry``) get a root filesystem instead (``rootfs.py``);
+:class:`VenvRuntime` sends each container to the right one.
 
 The environment sees its own packages first, then the agent's (a ``.pth`` added after the
 installs, so pip never touches the agent's packages): Burst's shim comes from the agent. Each
@@ -25,10 +26,11 @@ import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from burst import wire
 from burst.image import PYTHON_SOURCE_DIR, describe
-from burst_agent.runtimes import images
+from burst_agent.runtimes import images, rootfs
 from burst_agent.runtimes.base import ContainerHandle, ContainerSpec
 from burst_agent.runtimes.images import ImageContainerSpec, ImageError
 from burst_agent.runtimes.process import ProcessRuntime
@@ -50,18 +52,29 @@ class VenvRuntime:
     name = "process"
 
     def __init__(self, base: ProcessRuntime, make: Callable[[str], ProcessRuntime],
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, store: rootfs.Store | None = None,
+                 make_view: Callable[[rootfs.View], ProcessRuntime] | None = None) -> None:
         self.base = base
         self.make = make
         self.cache_dir = cache_dir or images.cache_dir("venvs")
         self._runtimes: dict[str, ProcessRuntime] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Images with their own root filesystem (``rootfs.py``): a runtime per view.
+        self.store = store
+        self.make_view = make_view
+        self._views: dict[str, ProcessRuntime] = {}
+        #: Views materialised by this agent, by image content hash.
+        self._ready: dict[str, rootfs.View] = {}
+        self._evicted = 0.0
 
     async def start(self, spec: ContainerSpec) -> ContainerHandle:
         image = spec.image if isinstance(spec, ImageContainerSpec) else None
+        emit = spec.build_log if isinstance(spec, ImageContainerSpec) else None
+        if rootfs.needs_rootfs(image):
+            assert image is not None
+            return await self._start_in_rootfs(spec, image, emit)
         if image is None or not needs_venv(image):
             return await self.base.start(spec)
-        emit = spec.build_log if isinstance(spec, ImageContainerSpec) else None
         python = await self.venv(image, emit)
         if python not in self._runtimes:
             self._runtimes[python] = self.make(python)
@@ -69,11 +82,67 @@ class VenvRuntime:
 
     async def prepare(self, image: wire.ImageSpec,
                       emit: Callable[[str], None] | None = None) -> None:
-        """Build a function's image ahead of its containers (at deployment); what this
-        runtime cannot build is refused as a container start would."""
-        images.check_process_runtime(image)
-        if needs_venv(image):
+        """Build a function's image ahead of its containers (at deployment)."""
+        if rootfs.needs_rootfs(image):
+            await self._view_of(image, emit)
+        elif needs_venv(image):
             await self.venv(image, emit)
+
+    async def _start_in_rootfs(self, spec: ContainerSpec, image: wire.ImageSpec,
+                               emit: Callable[[str], None] | None) -> ContainerHandle:
+        """Materialise the image (once; cached per step) and start the container in it."""
+        view, rt = await self._view_of(image, emit)
+        assert self.store is not None
+        store = self.store
+        store.in_use[view.key] = store.in_use.get(view.key, 0) + 1
+        try:
+            handle = await rt.start(spec)
+        except BaseException:
+            self._release(view.key)
+            raise
+        # Past the disk budget: the least recently used images no container uses go.
+        if time.monotonic() - self._evicted > 10.0:
+            self._evicted = time.monotonic()
+            asyncio.get_running_loop().run_in_executor(None, store.evict)
+        return _Released(handle, lambda: self._release(view.key))
+
+    async def _view_of(self, image: wire.ImageSpec, emit: Callable[[str], None] | None
+                       ) -> tuple[rootfs.View, ProcessRuntime]:
+        """The image's root filesystem (materialised once; cached per step) and the
+        process runtime that runs containers in it."""
+        if self.store is None or self.make_view is None or not self.base.sandboxed:
+            raise ImageError(f"{_image_words(image)} needs its own root filesystem, which the "
+                             "process runtime runs only inside its sandbox (install bubblewrap; "
+                             "BURST_SANDBOX must not be off)")
+        store, make_view = self.store, self.make_view
+        lock = self._locks.setdefault(f"rootfs-{image.content_hash}", asyncio.Lock())
+        loop = asyncio.get_running_loop()
+
+        def say(line: str) -> None:
+            log.info("image_build", image=image.content_hash, line=line)
+            if emit is not None:
+                loop.call_soon_threadsafe(emit, line)
+
+        async with lock:
+            view = self._ready.get(image.content_hash)
+            if view is not None and os.path.ismount(view.root) and all(
+                    (p / "meta.json").exists() for p in view.uses):
+                store.touch(view.uses)  # built and mounted: no build, no probe
+            else:
+                view = await asyncio.to_thread(store.materialise, image, say)
+                self._ready[image.content_hash] = view
+            rt = self._views.get(view.key)
+            if rt is None or rt.view is None or rt.view.root != view.root:
+                rt = self._views[view.key] = make_view(view)
+        return view, rt
+
+    def _release(self, key: str) -> None:
+        assert self.store is not None
+        left = self.store.in_use.get(key, 0) - 1
+        if left > 0:
+            self.store.in_use[key] = left
+        else:
+            self.store.in_use.pop(key, None)
 
     async def venv(self, image: wire.ImageSpec, emit: Callable[[str], None] | None) -> str:
         """The interpreter of the image's environment, built first if missing."""
@@ -180,3 +249,29 @@ def _run(argv: list[str], say: Callable[[str], None], what: str,
     if proc.returncode != 0:
         last = next((ln for ln in reversed(out) if ln.strip()), f"exit code {proc.returncode}")
         raise ImageError(f"image build failed at {what}: {last}\n" + "\n".join(out[-30:]))
+
+
+def _image_words(image: wire.ImageSpec) -> str:
+    steps = [describe(s) for s in image.steps if s.kind not in rootfs.FAST_STEPS]
+    base = (f"Image.from_registry({image.registry_tag!r})" if image.base == "registry"
+            else f"Image.debian_slim(python_version={image.python_version!r})")
+    return f"{base}{''.join('.' + s for s in steps)}"
+
+
+class _Released:
+    """A container handle that tells the store its image is free once the container ends."""
+
+    def __init__(self, handle: ContainerHandle, done: Callable[[], None]) -> None:
+        self._handle = handle
+        self._done: Callable[[], None] | None = done
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+    async def wait(self) -> int:
+        try:
+            return await self._handle.wait()
+        finally:
+            if self._done is not None:
+                done, self._done = self._done, None
+                done()
