@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import re
 import shlex
 import sys
 import tomllib
@@ -536,7 +537,7 @@ class Image(metaclass=_ImageType):
         if not _in_container():
             return False
         running = os.environ.get("BURST_IMAGE_ID")
-        return running is None or running == self._spec.ident
+        return not running or running == self._spec.ident
 
     # ---- internals -----------------------------------------------------------------
     @property
@@ -594,6 +595,17 @@ def _tree(root: Path) -> dict[str, bytes]:
             if p.is_file():
                 files[p.relative_to(root).as_posix()] = p.read_bytes()
     return files
+
+
+#: The lines framing one agent's build of a deployed image in the app's logs (the hash's
+#: first 12 characters): ``burst deploy`` waits for them.
+BUILD_STATUS = re.compile(r"^\[image build\] image ([0-9a-f]{12}) (building|ready|failed) "
+                          r"on agent ([^\s:]+)")
+
+
+def build_status(short: str, state: str, agent: str, rest: str = "") -> str:
+    """A frame line (without the ``[image build] `` prefix) of :data:`BUILD_STATUS`."""
+    return f"image {short} {state} on agent {agent}{rest}"
 
 
 #: ``FROM`` tags of a Dockerfile that are the machine's base image (``debian_slim``).

@@ -479,6 +479,9 @@ class FunctionDeployed(_Wire, kw_only=True):
     app: str
     deployment_id: str
     function: FunctionSpec
+    #: A run (``burst run``, ``burst serve``): its images are built as its containers
+    #: start, where its output is followed; a deployment's as it is deployed.
+    ephemeral: bool = False
 
 
 class AppRemoved(_Wire, kw_only=True):

@@ -61,7 +61,8 @@ import burst
 
 app = burst.App("imgsdk")
 
-uv_img = burst.Image.debian_slim().uv_pip_install("six==1.16.0")
+# New at each test run (FRESH): built now, with its output, not taken from a cache.
+uv_img = burst.Image.debian_slim().env({"FRESH": "@FRESH@"}).uv_pip_install("six==1.16.0")
 req_img = burst.Image.debian_slim().pip_install_from_requirements("@DIR@/requirements.txt")
 only_there = burst.Image.debian_slim().pip_install("tomli_w==1.0.0")
 with only_there.imports():
@@ -83,6 +84,8 @@ baked = burst.Image.debian_slim().run_function(bake, args=("/opt/baked.txt",),
 forced = (burst.Image.debian_slim().run_commands("echo first > /opt/first")
           .run_commands("cat /proc/sys/kernel/random/uuid > /opt/stamp", force_build=True))
 from_df = burst.Image.from_dockerfile("@DIR@/Dockerfile")
+no_python = (burst.Image.from_registry("burst-test-nopython:1", add_python="3.11")
+             .pip_install("six==1.16.0"))
 
 
 def report(fn):
@@ -138,6 +141,14 @@ def dockerfile_facts():
             open("marker").read().strip(), os.getcwd(), os.environ.get("FROM_ENTRYPOINT")]
 
 
+@app.function(image=no_python, scaledown_window=2)
+def added_python():
+    import sys, six
+    return ["{}.{}".format(*sys.version_info[:2]), six.__version__,
+            subprocess.run(["sh", "-c", "command -v python3"], capture_output=True,
+                           text=True).stdout.strip()]
+
+
 @app.local_entrypoint()
 def main(name: str):
     report(globals()[name])
@@ -180,7 +191,8 @@ def app_dir() -> Iterator[Path]:
     (d / "conf.txt").write_text("conf from the build context\n")
     (d / "Dockerfile").write_text(DOCKERFILE)
     (d / "imgsdk_app.py").write_text(textwrap.dedent(APP).replace("@DIR@", str(d))
-                                     .replace("@LINKS@", str(links)))
+                                     .replace("@LINKS@", str(links))
+                                     .replace("@FRESH@", os.urandom(4).hex()))
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
@@ -254,3 +266,60 @@ def test_from_dockerfile(rt_cluster: Cluster, app_dir: Path) -> None:
     out, _ = run(rt_cluster, app_dir, "dockerfile_facts")
     assert out == ["conf from the build context", "from the dockerfile", "built", "/srv",
                    "yes"], out
+
+
+@pytest.mark.timeout(300)
+def test_from_registry_add_python(rt_cluster: Cluster, app_dir: Path) -> None:
+    import docker
+
+    # An image on the engine without any Python (the base image, Python removed).
+    ctx = app_dir / "nopython"
+    ctx.mkdir(exist_ok=True)
+    (ctx / "Dockerfile").write_text(
+        "FROM burst-base:py311\nRUN rm -rf /usr/bin/python3* /usr/lib/python3* "
+        "/usr/local/lib/python3* /usr/bin/pip* && ! command -v python3\n")
+    docker.from_env().images.build(path=str(ctx), tag="burst-test-nopython:1", rm=True)
+    out, _ = run(rt_cluster, app_dir, "added_python")
+    assert out == ["3.11", "1.16.0", "/usr/local/bin/python3"], out
+
+
+DEPLOY_APP = '''
+import burst
+
+app = burst.App("@NAME@")
+image = burst.Image.debian_slim().pip_install("attrs==23.2.0").env({"FRESH": "@FRESH@"})
+
+
+@app.function(image=image, scaledown_window=2)
+def f():
+    import attrs
+    return attrs.__version__
+'''
+
+
+@pytest.mark.timeout(300)
+def test_deploy_shows_the_build_and_fails_with_it(rt_cluster: Cluster, app_dir: Path) -> None:
+    fresh = os.urandom(4).hex()  # a new image: built now, not found in a cache
+    good = app_dir / "deploy_good.py"
+    good.write_text(textwrap.dedent(DEPLOY_APP).replace("@NAME@", "imgdeploy")
+                    .replace("@FRESH@", fresh))
+    proc = rt_cluster.burst("deploy", str(good), timeout=280)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    lines = [ln for ln in text.splitlines() if ln.startswith("[f] [image build] ")]
+    assert lines and " building on agent " in lines[0], text
+    assert any(": pip_install('attrs==23.2.0')" in ln for ln in lines), text
+    assert any(" took " in ln for ln in lines), text  # each step's time
+    assert " ready on agent " in lines[-1], text
+    assert "Deployed app imgdeploy" in text, text
+    call = rt_cluster.burst("run", str(good) + "::f", timeout=120)
+    assert "23.2.0" in call.stdout, call.stdout + call.stderr
+    bad = app_dir / "deploy_bad.py"
+    bad.write_text(textwrap.dedent(DEPLOY_APP).replace("@NAME@", "imgdeploybad")
+                   .replace("attrs==23.2.0", "burst-no-such-package-xyz==0.0.1")
+                   .replace("@FRESH@", fresh))
+    proc = rt_cluster.burst("deploy", str(bad), timeout=280)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text
+    assert "Image build failed" in text, text
+    assert "pip_install('burst-no-such-package-xyz==0.0.1')" in text, text

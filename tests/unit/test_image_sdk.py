@@ -320,3 +320,16 @@ def test_image_id_reaches_the_container_spec() -> None:
     img = BASE.pip_install("six")
     spec = msgspec.msgpack.decode(msgspec.msgpack.encode(img.spec), type=wire.ImageSpec)
     assert spec.ident == img.spec.ident and len(spec.ident) == 32
+
+
+def test_add_python_copies_the_base_interpreter_in() -> None:
+    img = burst.Image.from_registry("bare:1", add_python="3.11").pip_install("six")
+    df = images.dockerfile(img.spec, ["w.whl"])
+    lines = df.text.splitlines()
+    assert lines[0] == "FROM burst-base:py311 AS burst-python"
+    assert "FROM bare:1" in lines and "COPY --from=burst-python / /opt/burst/python-root/" in lines
+    # The user's steps come after the Python is in place, and are labelled as theirs.
+    pip = next(i for i, ln in enumerate(lines, 1) if "pip install --no-cache-dir six" in ln)
+    assert pip > lines.index("FROM bare:1") and df.labels[pip] == "pip_install('six')"
+    assert "--argv0" in lines[1]
+    assert repr(img) == "Image.from_registry('bare:1', add_python='3.11').pip_install('six')"

@@ -28,6 +28,7 @@ from burst_agent.attempts import Attempts
 from burst_agent.bundles import BundleCache
 from burst_agent.container import Container
 from burst_agent.inputs import InputPuller
+from burst_agent.prebuild import Prebuilder
 from burst_agent.runtimes.base import Runtime
 from burst_agent.runtimes.factory import make_runtime
 from burst_agent.settings import AgentSettings
@@ -81,6 +82,8 @@ class Agent:
         self.preempted = False  # a reclaim notice came: no new containers here
         #: Web requests taken from the gateway (started with the agent).
         self.web = WebRelay(self)
+        #: Images built as their functions are deployed (started with the agent).
+        self.prebuild = Prebuilder(self)
         self.started_at = time.time()
         # Unix socket paths are limited to 108 bytes: keep them short, under /tmp.
         self.socket_dir = tempfile.mkdtemp(prefix="burst-")
@@ -110,6 +113,7 @@ class Agent:
         self._cancel_sub = await self.nc.subscribe(names.SUBJECTS_CALL_CANCELLED,
                                                    cb=self._on_cancel)
         await self.web.start()
+        await self.prebuild.start()
         self.orders = bus.Consumer(
             self.js, names.STREAM_CONTROL, names.agent_consumer(self.agent_id), self._on_order,
             filter_subjects=[names.agent_orders_subject(self.agent_id)], ack_wait=10.0,
@@ -147,6 +151,7 @@ class Agent:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.web.stop()
+        await self.prebuild.stop()
         if self._caller is not None:
             with contextlib.suppress(Exception):
                 await self._caller.stop()

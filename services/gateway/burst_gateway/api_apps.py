@@ -183,7 +183,8 @@ async def deploy(request: Request, gw: GatewayDep, p: Principal = Depends(princi
         await bus.publish(
             gw.js, names.function_deployed_subject(fn_key),
             encode(FunctionDeployed(workspace=p.workspace, app=app_id,
-                                    deployment_id=dep.deployment_id, function=fn)),
+                                    deployment_id=dep.deployment_id, function=fn,
+                                    ephemeral=dep.ephemeral)),
             msg_id=f"{dep.deployment_id}:{fn.name}",
         )
     resp = DeployResponse(app=app_id, workspace=p.workspace, deployment_id=dep.deployment_id,

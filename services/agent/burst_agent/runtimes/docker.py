@@ -270,6 +270,10 @@ class DockerRuntime:
                 self._built[key] = await self._build(image, emit)
         return self._built[key]
 
+    async def prepare(self, image: Any, emit: Callable[[str], None] | None = None) -> str:
+        """Build a function's image ahead of its containers (at deployment)."""
+        return await self.image_tag(image, emit)
+
     async def _build(self, image: Any, emit: Callable[[str], None] | None) -> str:
         base = images.base_tag(image)
         try:
@@ -281,6 +285,14 @@ class DockerRuntime:
                                  "build it there first)") from None
             raise ImageError(f"the base image {base} is missing on this agent's Docker engine: "
                              "build it with deploy/base-image.sh") from None
+        if image is not None and image.add_python:  # the Python comes from this one
+            py = images.BASE_IMAGES.get(image.add_python, "")
+            try:
+                base_id += (await asyncio.to_thread(self.client.images.get, py)).id
+            except docker.errors.ImageNotFound:
+                raise ImageError(f"add_python={image.add_python!r}: the base image {py} is "
+                                 "missing on this agent's Docker engine: build it with "
+                                 "deploy/base-image.sh") from None
         wheels, whash = await self._shim_wheels()
         df = images.dockerfile(image, wheels)
         digest = hashlib.sha256(f"{df.text}\0{whash}\0{base_id}".encode())

@@ -224,12 +224,48 @@ def base_tag(image: wire.ImageSpec | None) -> str:
     return BASE_IMAGES[version]
 
 
+#: Where ``from_registry(tag, add_python=...)`` puts the machine's base image (its Python
+#: runs with the base's own loader and libraries, whatever the image's are).
+ADDED_PYTHON = "/opt/burst/python-root"
+
+
+def add_python(image: wire.ImageSpec, add: Callable[[str, str], None]) -> None:
+    """The first instructions of a ``from_registry(tag, add_python=V)`` image: the base
+    image of Python V copied under :data:`ADDED_PYTHON`, its interpreter behind a script
+    that starts it with the base's loader and libraries (glibc's ``--argv0`` keeps
+    ``sys.executable`` on the script, so pip's subprocesses do the same), and ``python3``/
+    ``python`` in ``/usr/local/bin``. The image needs ``/bin/sh``."""
+    version = image.add_python
+    if version not in BASE_IMAGES:
+        raise ImageError(f"Image.from_registry({image.registry_tag!r}, add_python="
+                         f"{version!r}): no base image for it on this machine (available: "
+                         f"{', '.join(BASE_IMAGES)})")
+    what = f"add_python={version!r}"
+    root, lib = ADDED_PYTHON, "/usr/lib/x86_64-linux-gnu"
+    real = f"/usr/bin/python{version}"
+    script = (f"#!/bin/sh\nexec {root}{lib}/ld-linux-x86-64.so.2 --library-path {root}{lib} "
+              f"--argv0 \"$0\" {root}{real}.real \"$@\"\n")
+    add(f"FROM {BASE_IMAGES[version]} AS burst-python", f"{what}: the base image "
+        f"{BASE_IMAGES[version]}")
+    add("RUN " + json.dumps(["/bin/sh", "-c", (
+        f"mv {real} {real}.real && printf '%s' {shlex.quote(script)} > {real} && "
+        f"chmod 755 {real} && mkdir -p /burst-out/usr/local/bin && "
+        f"ln -s {root}{real} /burst-out/usr/local/bin/python3 && "
+        f"ln -s {root}{real} /burst-out/usr/local/bin/python")]), f"{what}: its interpreter")
+    add(f"FROM {image.registry_tag}", f"the base image {image.registry_tag}")
+    add(f"COPY --from=burst-python / {root}/", f"{what}: copy it into the image")
+    add("COPY --from=burst-python /burst-out/ /", f"{what}: python3 on the PATH")
+    certs = f"{root}/etc/ssl/certs/ca-certificates.crt"
+    add(f"ENV SSL_CERT_FILE={certs} PIP_CERT={certs} PATH=$PATH:{root}/usr/local/bin",
+        f"{what}: the machine's certificates, scripts of pip packages on the PATH")
+
+
 def dockerfile(image: wire.ImageSpec | None, wheels: list[str]) -> Dockerfile:
     """The Dockerfile of an image: the base, the user's steps in order, then Burst's shim
     (from ``wheels``, in the build context under ``wheels/``) in a layer of its own, last:
     a new Burst leaves the user's layers cached (pip installs are not run again)."""
-    lines = [f"FROM {base_tag(image)}", "USER root"]
-    labels = {1: f"the base image {base_tag(image)}", 2: "USER root"}
+    lines: list[str] = []
+    labels: dict[int, str] = {}
     files: dict[str, bytes] = {}
     env: dict[str, str] = {}
     workdir = ""
@@ -237,6 +273,12 @@ def dockerfile(image: wire.ImageSpec | None, wheels: list[str]) -> Dockerfile:
     def add(line: str, label: str) -> None:
         lines.append(line)
         labels[len(lines)] = label
+
+    if image is not None and image.add_python:
+        add_python(image, add)
+    else:
+        add(f"FROM {base_tag(image)}", f"the base image {base_tag(image)}")
+    add("USER root", "USER root")
 
     add("ENV PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1 "
         "PIP_ROOT_USER_ACTION=ignore "

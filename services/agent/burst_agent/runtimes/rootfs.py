@@ -235,6 +235,8 @@ class Store:
         entrypoint: list[str] = []
         chain: list[Path] = [base / "fs"]  # lowest first
         parent = base.name
+        if image.base == "registry" and image.add_python:
+            parent = self._add_python(image, base, chain, env, say)
         n = len(units)
         for i, (label, step, cmd) in enumerate(units, 1):
             key = _key(parent, step, cmd)
@@ -283,11 +285,10 @@ class Store:
         if image.base == "registry":
             tag = image.registry_tag
             what = f"Image.from_registry({tag!r})"
-            if image.add_python:
+            if image.add_python and image.add_python not in DEBIAN_PYTHON:
                 raise ImageError(f"Image.from_registry({tag!r}, add_python="
-                                 f"{image.add_python!r}): add_python is not built on the "
-                                 "process runtime yet; use an image with python3, or "
-                                 "apt_install('python3') on it")
+                                 f"{image.add_python!r}): not available; available here: "
+                                 f"{', '.join(self.available_versions())}")
             client = self._docker(what)
             if client is None:
                 raise ImageError(f"{what}: no Docker engine answers on this agent to supply "
@@ -411,6 +412,60 @@ class Store:
                 shutil.rmtree(tmp, ignore_errors=True)
             say(f"{suite} base made in {time.monotonic() - t0:.1f} s")
         return base
+
+    def _add_python(self, image: wire.ImageSpec, base: Path, chain: list[Path],
+                    env: dict[str, str], say: Callable[[str], None]) -> str:
+        """``from_registry(tag, add_python=V)``: a layer with the Debian base of Python V
+        under ``images.ADDED_PYTHON``, its interpreter started by the base's own loader and
+        libraries (as the Docker runtime's ``images.add_python``), ``python3``/``python``
+        in ``/usr/local/bin``. Returns the layer's key (``chain``, ``env`` updated)."""
+        version = image.add_python
+        what = f"add_python={version!r}"
+        py_base = self._base(wire.ImageSpec(python_version=version), say)
+        step = wire.ImageStep(kind="add_python", args=[version, py_base.name])
+        key = _key(base.name, step, "")
+        layer = self.layers / key
+        with self._lock(key):
+            if (layer / "meta.json").exists():
+                say(f"{what}: the Python base {py_base.name} (cached)")
+            else:
+                t0 = time.monotonic()
+                say(f"{what}: copying the Python base {py_base.name} into the image")
+                tmp = self._scratch(layer)
+                try:
+                    root = tmp / "fs" / images.ADDED_PYTHON.lstrip("/")
+                    root.parent.mkdir(parents=True)
+                    for d in (tmp / "fs", *root.parents):
+                        if str(d).startswith(str(tmp / "fs")):
+                            os.chmod(d, 0o755)
+                    done = subprocess.run(["cp", "-a", str(py_base / "fs"), str(root)],
+                                          capture_output=True, text=True)
+                    if done.returncode != 0:
+                        raise ImageError(f"image build failed at {what}: {done.stderr[-500:]}")
+                    lib = "/usr/lib/x86_64-linux-gnu"
+                    real = f"/usr/bin/python{version}"
+                    os.rename(root / real.lstrip("/"), root / f"{real.lstrip('/')}.real")
+                    script = root / real.lstrip("/")
+                    top = images.ADDED_PYTHON
+                    script.write_text(
+                        "#!/bin/sh\n"
+                        f"exec {top}{lib}/ld-linux-x86-64.so.2 --library-path "
+                        f'{top}{lib} --argv0 "$0" {top}{real}.real "$@"\n')
+                    os.chmod(script, 0o755)
+                    bin_dir = tmp / "fs" / "usr" / "local" / "bin"
+                    bin_dir.mkdir(parents=True)
+                    for name in ("python3", "python"):
+                        os.symlink(f"{top}{real}", bin_dir / name)
+                    self._finish(tmp, layer, {"label": what, "kind": "layer"})
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                say(f"{what}: done in {time.monotonic() - t0:.1f} s")
+        chain.append(layer / "fs")
+        certs = f"{images.ADDED_PYTHON}/etc/ssl/certs/ca-certificates.crt"
+        env.update(SSL_CERT_FILE=certs, PIP_CERT=certs,
+                   PATH=f"{env.get('PATH', DEFAULT_ENV['PATH'])}:"
+                        f"{images.ADDED_PYTHON}/usr/local/bin")
+        return key
 
     # ---- layers --------------------------------------------------------------------
     def _scratch(self, final: Path) -> Path:

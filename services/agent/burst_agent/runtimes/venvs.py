@@ -84,9 +84,36 @@ class VenvRuntime:
             self._runtimes[python] = self.make(python)
         return await self._runtimes[python].start(spec)
 
+    async def prepare(self, image: wire.ImageSpec,
+                      emit: Callable[[str], None] | None = None) -> None:
+        """Build a function's image ahead of its containers (at deployment)."""
+        if rootfs.needs_rootfs(image):
+            await self._view_of(image, emit)
+        elif needs_venv(image):
+            await self.venv(image, emit)
+
     async def _start_in_rootfs(self, spec: ContainerSpec, image: wire.ImageSpec,
                                emit: Callable[[str], None] | None) -> ContainerHandle:
         """Materialise the image (once; cached per step) and start the container in it."""
+        view, rt = await self._view_of(image, emit)
+        assert self.store is not None
+        store = self.store
+        store.in_use[view.key] = store.in_use.get(view.key, 0) + 1
+        try:
+            handle = await rt.start(spec)
+        except BaseException:
+            self._release(view.key)
+            raise
+        # Past the disk budget: the least recently used images no container uses go.
+        if time.monotonic() - self._evicted > 10.0:
+            self._evicted = time.monotonic()
+            asyncio.get_running_loop().run_in_executor(None, store.evict)
+        return _Released(handle, lambda: self._release(view.key))
+
+    async def _view_of(self, image: wire.ImageSpec, emit: Callable[[str], None] | None
+                       ) -> tuple[rootfs.View, ProcessRuntime]:
+        """The image's root filesystem (materialised once; cached per step) and the
+        process runtime that runs containers in it."""
         if self.store is None or self.make_view is None or not self.base.sandboxed:
             raise ImageError(f"{_image_words(image)} needs its own root filesystem, which the "
                              "process runtime runs only inside its sandbox (install bubblewrap; "
@@ -115,17 +142,7 @@ class VenvRuntime:
                 rt = make_view(view)
             self._views[view.key] = rt  # (last: the most recently used)
             self._cool(keep=view.key)
-        store.in_use[view.key] = store.in_use.get(view.key, 0) + 1
-        try:
-            handle = await rt.start(spec)
-        except BaseException:
-            self._release(view.key)
-            raise
-        # Past the disk budget: the least recently used images no container uses go.
-        if time.monotonic() - self._evicted > 10.0:
-            self._evicted = time.monotonic()
-            asyncio.get_running_loop().run_in_executor(None, store.evict)
-        return _Released(handle, lambda: self._release(view.key))
+        return view, rt
 
     def _cool(self, keep: str) -> None:
         """Close the least recently used image runtimes past ``warm_images`` that run no
