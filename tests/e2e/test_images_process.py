@@ -221,6 +221,27 @@ def test_unknown_apt_package_names_the_step(cluster: Cluster, tmp_path: Path) ->
 
 
 @pytest.mark.timeout(600)
+def test_deploy_of_a_failing_image_exits_nonzero(cluster: Cluster, tmp_path: Path) -> None:
+    app = tmp_path / "deploy_bad.py"
+    app.write_text(textwrap.dedent(f'''
+        import burst
+
+        app = burst.App("imgfs-bad")
+        image = burst.Image.debian_slim().apt_install("burst-no-such-package-d{TOKEN}")
+
+
+        @app.function(image=image)
+        def f():
+            return 1
+        '''))
+    proc = cluster.burst("deploy", str(app), timeout=300)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text
+    assert f"apt_install('burst-no-such-package-d{TOKEN}')" in text, text
+    assert "Unable to locate package" in text, text
+
+
+@pytest.mark.timeout(600)
 def test_changed_last_step_rebuilds_only_it(cluster: Cluster, tmp_path: Path) -> None:
     first, logs1 = run(cluster, tmp_path, "cached_main", last="one")
     assert first == "last one", (first, logs1)
