@@ -42,7 +42,8 @@ app = burst.App("images-process")
 
 tools = (burst.Image.debian_slim()
          .apt_install("curl")
-         .run_commands("echo @TOKEN@ > /opt/marker", "mkdir -p /srv/data")
+         .run_commands("echo @TOKEN@ > /opt/marker", "mkdir -p /srv/data",
+                       "grep CapEff /proc/self/status | cut -f2 > /opt/build-caps")
          .env({"IMAGE_MODE": "tools"})
          .workdir("/srv/data"))
 bad_cmd = burst.Image.debian_slim().run_commands("echo about to fail @TOKEN@", "exit 3")
@@ -59,6 +60,7 @@ def inspect_tools():
     curl = shutil.which("curl")
     version = subprocess.run([curl, "--version"], capture_output=True, text=True).stdout
     return {"marker": open("/opt/marker").read().strip(), "curl": curl,
+            "build_caps": open("/opt/build-caps").read().strip(),
             "curl_version": version.split()[:2], "mode": os.environ.get("IMAGE_MODE"),
             "cwd": os.getcwd(), "python": sys.version_info[:2],
             "uid": os.getuid(), "container_id": os.environ["BURST_CONTAINER_ID"],
@@ -183,8 +185,12 @@ def test_apt_and_commands_in_the_function(cluster: Cluster, tmp_path: Path) -> N
     assert out["host_files"] == [], out
     # The build was shown with each step's time.
     # (apt_install may come from the machine's cache; the step with this run's token not.)
-    assert "[image build] Step 1/5: apt_install('curl')" in logs, logs
-    assert "[image build] Step 2/5 took " in logs, logs
+    assert "[image build] Step 1/6: apt_install('curl')" in logs, logs
+    assert "[image build] Step 2/6 took " in logs, logs
+    # Build steps run as root, with Docker's default capabilities less mknod: no mounts
+    # (CAP_SYS_ADMIN, bit 21), no device nodes (CAP_MKNOD, bit 27).
+    caps = int(out["build_caps"], 16)
+    assert caps & 1 and not caps & (1 << 21) and not caps & (1 << 27), out["build_caps"]
     # The image's own zygote forked the container (no fallback to a fresh interpreter).
     agent = cluster.log("agent")
     assert '"zygote_failed"' not in agent and '"zygote_warmup_failed"' not in agent, agent

@@ -77,6 +77,12 @@ DEFAULT_ENV = {
     "PYTHONDONTWRITEBYTECODE": "1",
     "PYTHONUNBUFFERED": "1",
 }
+#: Capabilities of a build step's root (Docker's default set, less ``CAP_MKNOD``: no device
+#: cgroup guards the host's disks here): enough for apt, pip and most commands; no mounts,
+#: no raw devices, no module loading, no tracing.
+BUILD_CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+              "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW",
+              "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE", "CAP_SETFCAP")
 #: Lines of a failed step's output its error carries.
 ERROR_TAIL = 30
 #: Mount points the container's sandbox binds onto (a read-only view cannot get new ones).
@@ -543,7 +549,8 @@ class Store:
         argv = [bwrap, "--bind" if writable else "--ro-bind", str(root), "/",
                 "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp",
                 "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
-                "--cap-add", "ALL", "--clearenv"]
+                "--cap-drop", "ALL", *(a for c in BUILD_CAPS for a in ("--cap-add", c)),
+                "--clearenv"]
         if os.path.exists("/etc/resolv.conf") and (root / "etc").is_dir():
             argv += ["--ro-bind", os.path.realpath("/etc/resolv.conf"), "/etc/resolv.conf"]
         for k, v in {**DEFAULT_ENV, **(env or {}), "HOME": "/root"}.items():
