@@ -15,6 +15,7 @@ import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -43,7 +44,10 @@ app = burst.App("images-process")
 tools = (burst.Image.debian_slim()
          .apt_install("curl")
          .run_commands("echo @TOKEN@ > /opt/marker", "mkdir -p /srv/data",
-                       "grep CapEff /proc/self/status | cut -f2 > /opt/build-caps")
+                       "grep CapEff /proc/self/status | cut -f2 > /opt/build-caps",
+                       # The cluster's gateway, from a build step (never reachable).
+                       "python3 -c 'import socket; s = socket.socket(); s.settimeout(3); "
+                       "print(s.connect_ex((\\"127.0.0.1\\", @PORT@)))' > /opt/build-gateway")
          .env({"IMAGE_MODE": "tools"})
          .workdir("/srv/data"))
 bad_cmd = burst.Image.debian_slim().run_commands("echo about to fail @TOKEN@", "exit 3")
@@ -61,6 +65,7 @@ def inspect_tools():
     version = subprocess.run([curl, "--version"], capture_output=True, text=True).stdout
     return {"marker": open("/opt/marker").read().strip(), "curl": curl,
             "build_caps": open("/opt/build-caps").read().strip(),
+            "build_gateway": open("/opt/build-gateway").read().strip(),
             "curl_version": version.split()[:2], "mode": os.environ.get("IMAGE_MODE"),
             "cwd": os.getcwd(), "python": sys.version_info[:2],
             "uid": os.getuid(), "container_id": os.environ["BURST_CONTAINER_ID"],
@@ -167,6 +172,7 @@ def write(tmp_path: Path, host_files: list[str], last: str = "one") -> Path:
 def run(c: Cluster, tmp_path: Path, entry: str, last: str = "one",
         timeout: float = 600) -> tuple[object, str]:
     app = write(tmp_path, [str(Path(__file__).resolve()), str(c.home)], last)
+    app.write_text(app.read_text().replace("@PORT@", str(urlparse(c.profile["url"]).port)))
     proc = c.burst("run", f"{app}::{entry}", timeout=timeout)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line is not None, proc.stdout + proc.stderr
@@ -185,12 +191,14 @@ def test_apt_and_commands_in_the_function(cluster: Cluster, tmp_path: Path) -> N
     assert out["host_files"] == [], out
     # The build was shown with each step's time.
     # (apt_install may come from the machine's cache; the step with this run's token not.)
-    assert "[image build] Step 1/6: apt_install('curl')" in logs, logs
-    assert "[image build] Step 2/6 took " in logs, logs
+    assert "[image build] Step 1/7: apt_install('curl')" in logs, logs
+    assert "[image build] Step 2/7 took " in logs, logs
     # Build steps run as root, with Docker's default capabilities less mknod: no mounts
     # (CAP_SYS_ADMIN, bit 21), no device nodes (CAP_MKNOD, bit 27).
     caps = int(out["build_caps"], 16)
     assert caps & 1 and not caps & (1 << 21) and not caps & (1 << 27), out["build_caps"]
+    # Build steps get the containers' network: the internet (apt above), not the cluster.
+    assert out["build_gateway"] != "0", out
     # The image's own zygote forked the container (no fallback to a fresh interpreter).
     agent = cluster.log("agent")
     assert '"zygote_failed"' not in agent and '"zygote_warmup_failed"' not in agent, agent

@@ -59,7 +59,7 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
                               spare_delay=s.spare_delay, view=view)
 
     store = Store(cache_dir("rootfs"), disk_budget_mb=s.image_disk_budget_mb,
-                  step_timeout=s.image_step_timeout)
+                  step_timeout=s.image_step_timeout, network=box.network)
     # Images with pip_install steps: a cached virtual environment each; images with steps
     # beyond those (apt_install, run_commands, another Python...): a root filesystem each.
     return VenvRuntime(process(s.python), process, store=store, make_view=in_image,

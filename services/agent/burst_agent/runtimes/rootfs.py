@@ -28,6 +28,7 @@ Needs root (overlayfs mounts, chroot); the error says so otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import fcntl
@@ -37,6 +38,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -47,7 +49,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
@@ -56,6 +58,9 @@ from burst.image import PYTHON_SOURCE_DIR, describe
 from burst_agent.runtimes import images
 from burst_agent.runtimes.images import ImageError
 from burst_core import logs
+
+if TYPE_CHECKING:
+    from burst_agent.runtimes.network import Network
 
 log = logs.get("burst.agent.rootfs")
 
@@ -186,8 +191,15 @@ class Store:
     """The agent machine's image root filesystems (see the module docstring)."""
 
     def __init__(self, root: Path, disk_budget_mb: int = 20_000,
-                 docker_host: str | None = None, step_timeout: float = 1800.0) -> None:
+                 docker_host: str | None = None, step_timeout: float = 1800.0,
+                 network: Network | None = None) -> None:
         self.root = root
+        #: The containers' network (NAT with deny rules): build steps get it too, so user
+        #: commands never reach the host's loopback, the cluster or denied ranges. None or
+        #: disabled: steps share the agent's network (apt and pip need one).
+        self.network = network
+        #: The agent's event loop (``network.attach`` runs there; builds run in threads).
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.disk_budget_mb = disk_budget_mb
         self.docker_host = docker_host
         self.step_timeout = step_timeout
@@ -532,16 +544,34 @@ class Store:
         _mount_overlay(mnt, f"lowerdir={lowers},upperdir={tmp / 'fs'},workdir={work}", label,
                        cwd=self.root)
         try:
-            argv = self._chroot(mnt, writable=True, cwd=workdir, env=env)
-            _run(argv + ["/bin/sh", "-c", script], say, label, timeout=self.step_timeout)
+            net = self._attach if self._networked() else None
+            argv = self._chroot(mnt, writable=True, cwd=workdir, env=env, networked=bool(net))
+            if net is not None:
+                assert self.network is not None
+                # In a network namespace of its own, held behind a gate until its NAT and
+                # deny rules are in place (as a container).
+                argv = [*self.network.prefix(), *argv, "/bin/sh", "-c",
+                        'read -r _ || exit 111; exec "$@" </dev/null', "sh"]
+            _run(argv + ["/bin/sh", "-c", script], say, label, timeout=self.step_timeout,
+                 net=net)
         finally:
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
             shutil.rmtree(work, ignore_errors=True)
             with contextlib.suppress(OSError):
                 mnt.rmdir()
 
+    def _networked(self) -> bool:
+        return self.network is not None and self.network.enabled and self.loop is not None
+
+    def _attach(self, pid: int, proc: subprocess.Popen[str]) -> None:
+        """Set up the network of a build step's namespace (from the builder's thread)."""
+        assert self.network is not None and self.loop is not None
+        future = asyncio.run_coroutine_threadsafe(
+            self.network.attach(pid, cast(Any, _Waiter(proc))), self.loop)
+        future.result(timeout=self.network.setup_timeout + 5)
+
     def _chroot(self, root: Path, *, writable: bool, cwd: str = "/",
-                env: dict[str, str] | None = None) -> list[str]:
+                env: dict[str, str] | None = None, networked: bool = False) -> list[str]:
         bwrap = shutil.which("bwrap")
         if bwrap is None:
             raise ImageError("building an image on the process runtime needs bubblewrap "
@@ -551,7 +581,9 @@ class Store:
                 "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
                 "--cap-drop", "ALL", *(a for c in BUILD_CAPS for a in ("--cap-add", c)),
                 "--clearenv"]
-        if os.path.exists("/etc/resolv.conf") and (root / "etc").is_dir():
+        if networked and self.network is not None:
+            argv += ["--ro-bind", str(self.network.resolv_conf), "/etc/resolv.conf"]
+        elif os.path.exists("/etc/resolv.conf") and (root / "etc").is_dir():
             argv += ["--ro-bind", os.path.realpath("/etc/resolv.conf"), "/etc/resolv.conf"]
         for k, v in {**DEFAULT_ENV, **(env or {}), "HOME": "/root"}.items():
             argv += ["--setenv", k, v]
@@ -863,13 +895,45 @@ def _size(path: Path) -> int:
     return total
 
 
-def _run(argv: list[str], say: Callable[[str], None], what: str, timeout: float) -> None:
+class _Waiter:
+    """``Network.attach`` waits on the sandbox's process to stop its NAT: a thread's Popen."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+
+    async def wait(self) -> int:
+        return await asyncio.to_thread(self.proc.wait)
+
+
+def _run(argv: list[str], say: Callable[[str], None], what: str, timeout: float,
+         net: Callable[[int, subprocess.Popen[str]], None] | None = None) -> None:
     """Run one build step, its output line by line to ``say``; an ImageError naming the
-    step with its last lines when it fails."""
+    step with its last lines when it fails. With ``net``, the step waits on its stdin (a
+    gate in ``argv``) until ``net`` has set up its network namespace."""
     tail: deque[str] = deque(maxlen=ERROR_TAIL)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True, errors="replace",
-                            start_new_session=True)
+    gate_r, gate_w = os.pipe() if net is not None else (-1, -1)
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=gate_r if net is not None else subprocess.DEVNULL,
+                                text=True, errors="replace", start_new_session=True)
+    except BaseException:
+        for fd in (gate_r, gate_w):
+            if fd >= 0:
+                os.close(fd)
+        raise
+    if net is not None:
+        os.close(gate_r)
+        try:
+            net(proc.pid, proc)
+            os.write(gate_w, b"go\n")
+        except Exception as e:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise ImageError(f"image build failed at {what}: its network could not be set "
+                             f"up ({e})") from None
+        finally:
+            os.close(gate_w)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     # The deadline is checked per line; a step silent past it is killed by the timer.

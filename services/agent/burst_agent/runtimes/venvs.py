@@ -127,6 +127,7 @@ class VenvRuntime:
             if emit is not None:
                 loop.call_soon_threadsafe(emit, line)
 
+        store.loop = loop  # (build steps' network is set up on it)
         async with lock:
             view = self._ready.get(image.content_hash)
             if view is not None and os.path.ismount(view.root) and all(
