@@ -290,15 +290,15 @@ def _builds(logs: str) -> str:
 
 
 # ---- the image store itself (no cluster): concurrent builds, failed builds -------------
-def _build(args: tuple[str, str]) -> tuple[str, list[str]]:
-    """In a process of its own (an agent): materialise the image; its key and log."""
+def _build(args: tuple[str, str]) -> tuple[str, list[str], str]:
+    """In a process of its own (an agent): materialise the image; its key, log, root."""
     from burst import wire
 
     command, store_dir = args
     lines: list[str] = []
     spec = wire.ImageSpec(steps=[wire.ImageStep(kind="run_commands", args=[command])])
     view = rootfs.Store(Path(store_dir)).materialise(spec, lines.append)
-    return view.key, lines
+    return view.key, lines, str(view.root)
 
 
 @pytest.mark.timeout(300)
@@ -314,16 +314,19 @@ def test_two_agents_build_the_same_image_once() -> None:
         check_built_once(store, command, results)
 
 
-def check_built_once(store: Path, command: str, results: list[tuple[str, list[str]]]) -> None:
-    """(While the two builders still run: their view is mounted.)"""
-    (key1, log1), (key2, log2) = results
+def check_built_once(store: Path, command: str,
+                     results: list[tuple[str, list[str], str]]) -> None:
+    """(While the two builders still run: their views are mounted.)"""
+    (key1, log1, root1), (key2, log2, root2) = results
+    assert root1 != root2  # each agent mounts its own view of the same layers
     assert key1 == key2, results
     step = f"Step 1/1: run_commands({command!r})"
     # One built it; the other waited for it and took it from the cache.
     built = [log for log in (log1, log2) if step in log]
     waited = [log for log in (log1, log2) if f"{step} (cached, built by another agent)" in log]
     assert len(built) == 1 and len(waited) == 1, results
-    assert (store / "mnt" / key1 / "opt" / "together").read_text().strip() == TOKEN
+    for root in (root1, root2):
+        assert (Path(root) / "opt" / "together").read_text().strip() == TOKEN
     assert not [p for p in store.joinpath("layers").iterdir() if ".building-" in p.name]
     # Its mounted view keeps its layer from eviction and prune.
     assert str(store / "layers" / key1) in rootfs.Store(store).used_paths()

@@ -615,8 +615,10 @@ class Store:
         return mp
 
     def _mount(self, key: str, chain: list[Path]) -> Path:
-        """The image's read-only view: its layers and the mount points, once mounted."""
-        mnt = self.mounts / key
+        """The image's read-only view: its layers and the mount points, mounted once per
+        agent process (``<key>.<pid>``: an agent unmounts only its own views, never one
+        another agent of the machine is starting containers in)."""
+        mnt = self.mounts / f"{key}.{os.getpid()}"
         if os.path.ismount(mnt):
             return mnt
         with self._lock(f"mnt-{key}"):
@@ -746,16 +748,20 @@ class Store:
             shutil.rmtree(aside, ignore_errors=True)
 
     def unmount_unused(self, keep: set[str]) -> None:
-        """Unmount views no container of this agent uses (``keep``: keys in use)."""
+        """Unmount this agent's views no container of it uses (``keep``: keys in use), and
+        views left by agents that are gone."""
         if not self.mounts.is_dir():
             return
         for mnt in self.mounts.iterdir():
-            if mnt.name in keep:
-                continue
+            key, _, pid = mnt.name.partition(".")
+            if pid == str(os.getpid()):
+                if key in keep:
+                    continue
+            elif pid.isdigit() and _alive(int(pid)):
+                continue  # another agent's
             if os.path.ismount(mnt):
-                done = subprocess.run(["umount", str(mnt)], capture_output=True)
-                if done.returncode != 0:
-                    continue  # busy: another agent's container runs in it
+                subprocess.run(["umount", str(mnt)], capture_output=True)
+            self._mounted.discard(mnt)
             with contextlib.suppress(OSError):
                 mnt.rmdir()
 
@@ -797,6 +803,16 @@ class Store:
                 self.remove(Path(str(e["path"])))
                 removed.append(str(e["name"]))
         return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def bwrap_or_fail() -> str:
