@@ -9,19 +9,23 @@ run inside it (``Sandbox.command(rootfs=...)``: the view bound read-only at ``/`
   base image (``deploy/base-image.sh`` builds ``burst-base:py311`` in CI), else made once by
   ``debootstrap`` from the machine's Debian mirror. ``from_registry(tag)`` is exported from
   the local Docker engine (there is no registry to pull from).
-- **Layers**: every step (each command of ``run_commands``) is one layer, keyed by the hash
+- **Layers**: every command-like step (``images.step_shell``: one layer per command, as the
+  Docker runtime's RUN lines) and every file or config step is one layer, keyed by the hash
   of its parent's key and the step, holding what the step changed (an overlayfs upper
-  directory). A step runs as root in a chroot (bwrap) of the overlay of the layers below it;
-  a layer is built in a scratch directory and renamed into place when the step succeeded,
-  under a file lock: a failed step leaves nothing, and two agents building the same image
-  end with the same layers. A changed last step rebuilds only that step.
-- **View**: the image's layers mounted read-only (overlayfs) with a small layer of Burst's
-  mount points on top; the container's python imports Burst's shim from a directory made per
-  Python version and bound at ``SHIM_DIR`` (as the Docker runtime adds it as a layer).
+  directory). A step runs as root in a chroot (bwrap) of the overlay of the layers below it,
+  with Docker's default capabilities less ``CAP_MKNOD`` and the containers' network (NAT
+  with deny rules: never the cluster or the host's loopback); a layer is built in a scratch
+  directory and renamed into place when the step succeeded, under a file lock: a failed step
+  leaves nothing, and two agents building the same image end with the same layers. A
+  changed last step rebuilds only that step.
+- **View**: the image's layers mounted read-only (overlayfs, once per agent process) above
+  a small layer of Burst's mount points; the container's python imports Burst's shim from a
+  directory made per Python version and bound at ``SHIM_DIR`` (as the Docker runtime adds it
+  as a layer).
 - **Storage**: every use touches the layers it uses; past ``disk_budget_mb`` the least
-  recently used layers and bases no running container uses are removed (``evict``);
-  ``burst image list`` / ``burst image prune`` work on this directory (``list_images``,
-  ``prune``).
+  recently used layers and bases that no mounted view uses (in any mount namespace: a
+  running container's sandbox keeps its own) are removed (``evict``); ``burst image list``
+  and ``burst image prune`` work on this directory (``entries``, ``prune``).
 
 Needs root (overlayfs mounts, chroot); the error says so otherwise.
 """
