@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import fnmatch
 import hashlib
 import importlib.util
 import os
@@ -278,10 +279,10 @@ class Image(metaclass=_ImageType):
                 img = img.env(op.env)
             elif op.kind == "add_local_file":
                 assert op.local is not None
-                img = img.add_local_file(op.local, op.path)
+                img = img.add_local_file(op.local, op.path, copy=True)
             else:
                 assert op.local is not None
-                img = img.add_local_dir(op.local, op.path)
+                img = img.add_local_dir(op.local, op.path, copy=True)
         if force and img._spec.steps:
             first = msgspec.structs.replace(img._spec.steps[0], force_build=force)
             img._spec = msgspec.structs.replace(img._spec, steps=[first, *img._spec.steps[1:]])
@@ -461,27 +462,45 @@ class Image(metaclass=_ImageType):
         return self._step(wire.ImageStep(kind="workdir", path=path,
                                          force_build=_force(force_build, "Image.workdir()")))
 
-    def add_local_file(self, local_path: str | os.PathLike[str], remote_path: str) -> Image:
-        """Copy one file from this machine to ``remote_path`` (absolute) in the image."""
+    def add_local_file(self, local_path: str | os.PathLike[str], remote_path: str, *,
+                       copy: bool = False) -> Image:
+        """Add one file from this machine at ``remote_path`` (absolute) in the container.
+        As in Modal, ``copy=False`` (the default) adds it as the container starts, so no
+        build step may follow; ``copy=True`` makes it a build step of the image."""
         src = Path(local_path)
         dest = _absolute("add_local_file", remote_path)
         if _in_container():
-            return self._step(wire.ImageStep(kind="add_local_file", args=[str(src)], path=dest))
+            return self._step(wire.ImageStep(kind="add_local_file", args=[str(src)], path=dest,
+                                             mounted=not copy))
         if not src.is_file():
             raise InvalidError(f"Image.add_local_file: {str(src)!r} is not a file")
         return self._step(wire.ImageStep(kind="add_local_file", args=[str(src)], path=dest,
-                                          files={src.name: src.read_bytes()}))
+                                         files={src.name: src.read_bytes()},
+                                         mounted=not copy))
 
-    def add_local_dir(self, local_path: str | os.PathLike[str], remote_path: str) -> Image:
-        """Copy a directory tree from this machine to ``remote_path`` (absolute)."""
+    def add_local_dir(self, local_path: str | os.PathLike[str], remote_path: str, *,
+                      copy: bool = False,
+                      ignore: Sequence[str] | Callable[[Path], bool] = ()) -> Image:
+        """Add a directory tree from this machine at ``remote_path`` (absolute); ``copy`` as
+        for :meth:`add_local_file`. ``ignore``: glob patterns matched against each path
+        relative to ``local_path`` (``"*.csv"``, ``"data/**"``), or a function of that
+        relative path returning True for what to leave out."""
         src = Path(local_path)
         dest = _absolute("add_local_dir", remote_path)
         if _in_container():
-            return self._step(wire.ImageStep(kind="add_local_dir", args=[str(src)], path=dest))
+            return self._step(wire.ImageStep(kind="add_local_dir", args=[str(src)], path=dest,
+                                             mounted=not copy))
         if not src.is_dir():
             raise InvalidError(f"Image.add_local_dir: {str(src)!r} is not a directory")
+        if isinstance(ignore, str):
+            ignore = [ignore]
+        if not callable(ignore) and not all(isinstance(g, str) for g in ignore):
+            raise InvalidError(f"Image.add_local_dir: ignore={ignore!r}: give glob patterns "
+                               "(strings) or a function of a relative Path")
+        files = {rel: data for rel, data in _tree(src).items()
+                 if not _ignored(ignore, rel)}
         return self._step(wire.ImageStep(kind="add_local_dir", args=[str(src)], path=dest,
-                                          files=_tree(src)))
+                                         files=files, mounted=not copy))
 
     def add_local_python_source(self, *modules: str, **options: object) -> Image:
         """Make local Python modules or packages importable in the container, by name."""
@@ -549,6 +568,12 @@ class Image(metaclass=_ImageType):
         return self._spec.content_hash
 
     def _step(self, step: wire.ImageStep) -> Image:
+        if (any(s.mounted for s in self._spec.steps) and not step.mounted
+                and step.kind != "add_local_python_source"):
+            raise InvalidError(
+                f"Image.{step.kind}(): a build step after add_local_file/add_local_dir with "
+                "copy=False, whose files are added as the container starts: add local files "
+                "last, or pass copy=True to make them a build step")
         ident = hashlib.sha256(self._spec.ident.encode() + b"\0" + _ident(step)).hexdigest()
         spec = msgspec.structs.replace(self._spec, steps=[*self._spec.steps, step],
                                        ident=ident[:32], imports=[])
@@ -582,6 +607,13 @@ def _absolute(kind: str, path: str) -> str:
     if not isinstance(path, str) or not path.startswith("/"):
         raise InvalidError(f"Image.{kind}: remote_path must be absolute, got {path!r}")
     return str(PurePosixPath(path))
+
+
+def _ignored(ignore: Sequence[str] | Callable[[Path], bool], rel: str) -> bool:
+    if callable(ignore):
+        return bool(ignore(Path(rel)))
+    path = PurePosixPath(rel)
+    return any(path.match(g) or fnmatch.fnmatch(rel, g) for g in ignore)
 
 
 def _tree(root: Path) -> dict[str, bytes]:

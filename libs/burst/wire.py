@@ -147,6 +147,10 @@ class ImageStep(_Body):
     #: The local file a step was read from (requirements, pyproject, Dockerfile), for
     #: messages; ``run_function``: the function's qualified name.
     source: str = ""
+    #: ``add_local_file/dir(copy=False)`` (Modal's default): the files reach the container
+    #: at its start rather than being a build step, so no build step may follow (as in
+    #: Modal). Burst carries them in the deployment either way.
+    mounted: bool = False
 
 
 class ImageSpec(_Body):

@@ -300,7 +300,7 @@ def test_imports_raise_in_a_container_of_that_image(tmp_path: Path,
 
     def make() -> burst.Image:
         return (BASE.pip_install_from_requirements(req).add_local_python_source("burst_core")
-                .add_local_file(req, "/r.txt").run_commands("x", force_build=True))
+                .add_local_file(req, "/r.txt", copy=True).run_commands("x", force_build=True))
 
     here = make()
     monkeypatch.setenv("BURST_SHIM_SOCKET", "/run/burst/shim.sock")
@@ -333,3 +333,29 @@ def test_add_python_copies_the_base_interpreter_in() -> None:
     assert pip > lines.index("FROM bare:1") and df.labels[pip] == "pip_install('six')"
     assert "--argv0" in lines[1]
     assert repr(img) == "Image.from_registry('bare:1', add_python='3.11').pip_install('six')"
+
+
+def test_a_build_step_after_local_files_added_at_start_is_refused(tmp_path: Path) -> None:
+    conf = tmp_path / "conf.txt"
+    conf.write_text("x")
+    start = BASE.add_local_file(conf, "/etc/conf.txt")  # copy=False: Modal's default
+    with pytest.raises(InvalidError, match="copy=True"):
+        start.run_commands("cat /etc/conf.txt")
+    with pytest.raises(InvalidError, match="copy=True"):
+        start.pip_install("six")
+    # More local files, or Python source, may follow; a copied file is a build step.
+    start.add_local_dir(tmp_path, "/more").add_local_python_source("burst_core")
+    BASE.add_local_file(conf, "/etc/conf.txt", copy=True).run_commands("cat /etc/conf.txt")
+
+
+def test_add_local_dir_leaves_out_what_ignore_names(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "big.csv").write_text("1,2")
+    (tmp_path / "keep.py").write_text("x = 1")
+    (tmp_path / "notes.csv").write_text("a")
+    by_glob = BASE.add_local_dir(tmp_path, "/app", ignore=["*.csv"])
+    assert set(by_glob.spec.steps[-1].files) == {"keep.py"}
+    by_fn = BASE.add_local_dir(tmp_path, "/app", ignore=lambda p: p.parts[0] == "data")
+    assert set(by_fn.spec.steps[-1].files) == {"keep.py", "notes.csv"}
+    with pytest.raises(InvalidError, match="ignore="):
+        BASE.add_local_dir(tmp_path, "/app", ignore=[3])  # type: ignore[list-item]
