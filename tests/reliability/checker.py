@@ -12,7 +12,8 @@ Redis) and asserts:
    and nothing of the function is left in the inputs stream;
 3. charged usage equals the containers' lifetimes from the agent's own start and stop
    events (a lost agent's containers: up to its last heartbeat), each metering record is
-   counted once, and the ledger billing wrote holds exactly those seconds;
+   counted once, the ledger billing wrote holds exactly those seconds, and a full replay
+   of the metering stream from sequence 1 rebuilds that ledger bit for bit;
 4. every GPU slot (the agents' claims in KV) and every warm-pool entry (Redis) of the
    app is released once its containers stopped;
 5. no output from a stale attempt was accepted: the accepted output carries the call's
@@ -45,6 +46,7 @@ from burst_core.schemas import (
     ContainerEventDecoder,
     ContainerStarted,
     ContainerStopped,
+    LedgerSnapshot,
     MeteringRecord,
     Output,
     OutputDecoder,
@@ -265,6 +267,12 @@ async def _check(c: Cluster, app: str, functions: list[str], accepted: list[Acce
         if u.conflicting:
             problems.append(f"records with one identity and two spans: {u.conflicting}")
         snap = await ledger.load_snapshot(js)
+        replayed = await _replay(js, snap.seq)
+        if ledger.fingerprint(replayed) != ledger.fingerprint(snap):
+            diff = sorted(k for k in set(snap.lines) | set(replayed.lines)
+                          if snap.lines.get(k) != replayed.lines.get(k))
+            problems.append(f"the saved ledger (through seq {snap.seq}) differs from a full "
+                            f"replay of the metering stream; lines that differ: {diff}")
         booked = sum(snap.lines[k].seconds for k in fn_keys if k in snap.lines)
         if abs(booked - charged_total) > 1e-6 * max(1.0, charged_total):
             problems.append(f"the ledger holds {booked:.6f} s for {app}, its containers' "
@@ -298,6 +306,28 @@ async def _check(c: Cluster, app: str, functions: list[str], accepted: list[Acce
         raise Violations("invariants broken:\n- " + "\n- ".join(problems))
     return {"calls": len(accepted), "containers": len(lifetimes),
             "charged_s": round(charged_total, 3)}
+
+
+async def _replay(js: JetStreamContext, through: int) -> LedgerSnapshot:
+    """The ledger folded afresh from sequence 1 of the metering stream through
+    ``through``, as billing folds it (default prices)."""
+    snap = LedgerSnapshot()
+    rates = ledger.Rates()
+    for msg in await _all(js, names.STREAM_METERING, names.SUBJECTS_METERING):
+        seq = msg.metadata.sequence.stream
+        if seq > through:
+            break
+        try:
+            message = ledger.MeteringMessageDecoder.decode(msg.data)
+        except Exception:
+            ledger.skip(snap, seq)
+            continue
+        at = ledger.stream_time(msg.metadata.timestamp)
+        if isinstance(message, AgentLost):
+            ledger.apply_lost(snap, seq, message, rates, at)
+        else:
+            ledger.apply(snap, seq, message, rates, at)
+    return snap
 
 
 def _plain(v: Any) -> Any:
