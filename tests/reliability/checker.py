@@ -14,8 +14,9 @@ Redis) and asserts:
    events (a lost agent's containers: up to its last heartbeat), each metering record is
    counted once, the ledger billing wrote holds exactly those seconds, and a full replay
    of the metering stream from sequence 1 rebuilds that ledger bit for bit;
-4. every GPU slot (the agents' claims in KV) and every warm-pool entry (Redis) of the
-   app is released once its containers stopped;
+4. no GPU was held by two containers at once, and every GPU slot (the agents' claims
+   in KV) and every warm-pool entry (Redis) of the app is released once its containers
+   stopped;
 5. no output from a stale attempt was accepted: the accepted output carries the call's
    current attempt token (from its KV record), and the container that produced the
    caller's value is the one that stored it.
@@ -116,16 +117,28 @@ class Usage:
         default_factory=lambda: defaultdict(dict))
     lost: list[AgentLost] = dataclasses.field(default_factory=list)
     conflicting: list[str] = dataclasses.field(default_factory=list)
+    #: Every app's containers that held GPUs: (agent, GPU index) -> [(start, stop, id)].
+    gpus: dict[tuple[str, int], list[tuple[float, float, str]]] = dataclasses.field(
+        default_factory=lambda: defaultdict(list))
 
 
 async def _usage(js: JetStreamContext, app: str) -> Usage:
     u = Usage()
+    gpu_started: dict[str, ContainerStarted] = {}
+    gpu_stopped: dict[str, float] = {}
     for msg in await _all(js, names.STREAM_CONTROL, names.SUBJECTS_CONTAINER_EVENTS):
         ev = ContainerEventDecoder.decode(msg.data)
+        if isinstance(ev, ContainerStarted) and ev.gpu_indices:
+            gpu_started[ev.container_id] = ev
+        elif isinstance(ev, ContainerStopped):
+            gpu_stopped[ev.container_id] = ev.at
         if isinstance(ev, ContainerStarted) and ev.app == app:
             u.started[ev.container_id] = ev
         elif isinstance(ev, ContainerStopped) and ev.app == app:
             u.stopped[ev.container_id] = ev
+    for cid, ev in gpu_started.items():
+        for i in ev.gpu_indices:
+            u.gpus[(ev.agent_id, i)].append((ev.at, gpu_stopped.get(cid, float("inf")), cid))
     for msg in await _all(js, names.STREAM_METERING, names.SUBJECTS_METERING):
         rec = _metering.decode(msg.data)
         if isinstance(rec, AgentLost):
@@ -278,7 +291,18 @@ async def _check(c: Cluster, app: str, functions: list[str], accepted: list[Acce
             problems.append(f"the ledger holds {booked:.6f} s for {app}, its containers' "
                             f"records and lost spans {charged_total:.6f} s")
 
-        # 4: GPU slots and warm-pool entries released.
+        # 4: no GPU given to two containers at once (any app's, on the same agent);
+        # GPU slots and warm-pool entries released.
+        lost_agents = {x.agent_id for x in u.lost}
+        for (agent_id, index), spans in sorted(u.gpus.items()):
+            if agent_id in lost_agents:
+                continue  # its containers have no stop time: closed at its loss
+            spans.sort()
+            for n, (s2, _, c2) in enumerate(spans):
+                for _s1, e1, c1 in spans[:n]:
+                    if s2 < e1 and (c1 in u.started or c2 in u.started):
+                        problems.append(f"GPU {index} of {agent_id} given twice: {c1} "
+                                        f"(until {e1:.3f}) and {c2} (from {s2:.3f})")
         agents_kv = await js.key_value(names.KV_AGENTS)
         try:
             agent_ids = await agents_kv.keys()
