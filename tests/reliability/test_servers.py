@@ -124,6 +124,20 @@ def _killed_mid_load(c: Cluster, tmp_path: Path, name: str, victim: str) -> None
     workload.run_checked(c, name, plan, proc)
 
 
+def test_calls_at_the_scale_to_zero_boundary(fcluster: Cluster, tmp_path: Path) -> None:
+    """Calls that arrive as the function's only container is stopped for being idle its
+    whole scaledown window (1 s): spaced from well within the window to past it, each
+    finds a container (the old one, or a new one) and gets exactly one result; the
+    faultless twin is the module's faultless pass (calls back to back)."""
+    window = 1.0
+    workload.deploy(fcluster, tmp_path, "servers-edge", f"scaledown_window={window:g}")
+    gaps = [window * f for f in (0.6, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.4, 2.0)]
+    # How many containers it took depends on the machine's pace (6 of 10 calls found a
+    # new one here); what must hold does not: the checker's invariants.
+    workload.run_checked(fcluster, "servers-edge", workload.Plan(
+        spawn=0, map=0, remote=len(gaps), gaps=gaps))
+
+
 def test_nats_server_sigkilled_mid_load(fcluster: Cluster, tmp_path: Path) -> None:
     _killed_mid_load(fcluster, tmp_path, "servers-nats", "nats")
 

@@ -68,6 +68,8 @@ for i in range(plan["map"] and 1):
         errors.append(f"map: {type(e).__name__}: {e}")
 for i in range(plan["remote"]):
     x = 2000 + i
+    if plan["gaps"]:  # calls spaced across the scale-to-zero boundary
+        time.sleep(plan["gaps"][i % len(plan["gaps"])])
     try:
         keep("remote", x, f.remote(x, plan["sleep"], plan["mark"]))
     except Exception as e:
@@ -102,6 +104,8 @@ class Plan:
     mark: str = ""
     #: The error every spawned call must end with (its class name), e.g. a timeout.
     expect_error: str = ""
+    #: Seconds before each remote call, in turn (none: back to back).
+    gaps: list[float] = field(default_factory=list)
 
 
 @dataclass
