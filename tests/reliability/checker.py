@@ -117,6 +117,8 @@ class Usage:
         default_factory=lambda: defaultdict(dict))
     lost: list[AgentLost] = dataclasses.field(default_factory=list)
     conflicting: list[str] = dataclasses.field(default_factory=list)
+    #: The stream sequence of the app's last record (or agent lost) billing must fold.
+    last_seq: int = 0
     #: Every app's containers that held GPUs: (agent, GPU index) -> [(start, stop, id)].
     gpus: dict[tuple[str, int], list[tuple[float, float, str]]] = dataclasses.field(
         default_factory=lambda: defaultdict(list))
@@ -141,6 +143,8 @@ async def _usage(js: JetStreamContext, app: str) -> Usage:
             u.gpus[(ev.agent_id, i)].append((ev.at, gpu_stopped.get(cid, float("inf")), cid))
     for msg in await _all(js, names.STREAM_METERING, names.SUBJECTS_METERING):
         rec = _metering.decode(msg.data)
+        if isinstance(rec, AgentLost) or rec.app == app:
+            u.last_seq = msg.metadata.sequence.stream
         if isinstance(rec, AgentLost):
             u.lost.append(rec)
         elif rec.app == app:
@@ -167,14 +171,14 @@ async def _settled(js: JetStreamContext, app: str, timeout: float) -> Usage:
         u = await _usage(js, app)
         running = [c for c, ev in u.started.items() if c not in u.stopped
                    and _lost_at(u, c, ev.agent_id, ev.at) is None]
-        info = await js.stream_info(names.STREAM_METERING)
         snap = await ledger.load_snapshot(js)
-        if not running and snap.seq >= info.state.last_seq:
+        # Other apps' idle containers keep metering: wait for this app's records only.
+        if not running and snap.seq >= u.last_seq:
             return u
         if time.monotonic() > deadline:
             raise Violations(
                 f"not settled within {timeout} s: containers still running {running}, "
-                f"ledger folded through {snap.seq} of {info.state.last_seq}")
+                f"ledger folded through {snap.seq} of {u.last_seq}")
         await asyncio.sleep(0.25)
 
 
