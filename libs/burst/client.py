@@ -22,6 +22,10 @@ from burst.exception import Error, InternalError, UnavailableError, from_api
 
 
 class Client:
+    #: URLs a gateway answered in this process: a refused connection to one of them is
+    #: retried (a restart); elsewhere it fails at once (no cluster running at all).
+    reached_urls: set[str] = set()
+
     def __init__(self, url: str, token: str, timeout: float = 90.0,
                  unavailable_retry: float | None = None) -> None:
         parsed = urllib.parse.urlsplit(url)
@@ -90,13 +94,15 @@ class Client:
                 if closed and not fresh:
                     fresh = True
                     continue
-                if (isinstance(e, ConnectionRefusedError) or (idempotent and closed)) and \
-                        time.monotonic() < deadline:
+                refused = isinstance(e, ConnectionRefusedError) and self.reached
+                if (refused or (idempotent and closed)) and time.monotonic() < deadline:
                     time.sleep(RETRY_STEP)  # a gateway restarting: back within seconds
                     continue
                 raise UnavailableError(
                     f"cannot reach the Burst cluster at {self.url} ({e.__class__.__name__}: {e}); "
                     "is it running? (`burst up`, `burst status`)") from None
+            if not self.reached:
+                Client.reached_urls.add(self.url)
             if status == 503 and time.monotonic() < deadline and _unavailable(data):
                 time.sleep(RETRY_STEP)  # NATS restarting behind the gateway
                 continue
@@ -104,6 +110,18 @@ class Client:
         if status in expect:
             return status, data
         raise _error_from(status, data)
+
+    @property
+    def reached(self) -> bool:
+        """Whether a gateway at this URL answered this process before."""
+        return self.url in Client.reached_urls
+
+    @reached.setter
+    def reached(self, value: bool) -> None:
+        if value:
+            Client.reached_urls.add(self.url)
+        else:
+            Client.reached_urls.discard(self.url)
 
     # ---- API -----------------------------------------------------------------------
     def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:

@@ -171,8 +171,9 @@ def _free_port() -> int:
 
 
 def test_client_retries_a_gateway_that_is_restarting() -> None:
-    """Connection refused, then a gateway that answers 503 Unavailable (its NATS still
-    reconnecting), then the answer: the caller sees only the answer."""
+    """A gateway answers, goes away (connection refused), comes back answering 503
+    Unavailable (its NATS still reconnecting), then answers: the caller sees only the
+    answers."""
     import time
 
     from burst.client import Client
@@ -196,16 +197,29 @@ def test_client_retries_a_gateway_that_is_restarting() -> None:
         threading.Thread(target=srv._serve, daemon=True).start()
         started.append(srv)
 
-    threading.Thread(target=come_back, daemon=True).start()
     try:
-        t0 = time.monotonic()
         c = Client(f"http://127.0.0.1:{port}", "tok", unavailable_retry=10)
+        c.reached = True  # it answered this client before; now its port refuses
+        threading.Thread(target=come_back, daemon=True).start()
+        t0 = time.monotonic()
         assert c.post_json("/v1/apps/x/functions/f/calls", {}) == {"a": 1}
-        assert time.monotonic() - t0 >= 0.6
+        assert time.monotonic() - t0 >= 0.5
         assert len(started[0].requests) == 2  # the 503, then the answer
     finally:
         for srv in started:
             srv.close()
+
+
+def test_client_fails_at_once_where_no_cluster_ever_answered() -> None:
+    import time
+
+    from burst.client import Client
+    from burst.exception import UnavailableError
+
+    t0 = time.monotonic()
+    with pytest.raises(UnavailableError, match="is it running"):
+        Client(f"http://127.0.0.1:{_free_port()}", "tok", unavailable_retry=30).get_json("/")
+    assert time.monotonic() - t0 < 2
 
 
 def test_client_gives_up_after_its_retry_window(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,8 +231,10 @@ def test_client_gives_up_after_its_retry_window(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("BURST_UNAVAILABLE_RETRY", "0.5")
     port = _free_port()
     t0 = time.monotonic()
+    c = Client(f"http://127.0.0.1:{port}", "tok")
+    c.reached = True  # a gateway answered before: this is a restart that never ends
     with pytest.raises(UnavailableError, match="cannot reach the Burst cluster"):
-        Client(f"http://127.0.0.1:{port}", "tok").get_json("/v1/status")
+        c.get_json("/v1/status")
     assert 0.5 <= time.monotonic() - t0 < 5
     monkeypatch.setenv("BURST_UNAVAILABLE_RETRY", "soon")
     with pytest.raises(ValueError, match="BURST_UNAVAILABLE_RETRY='soon'"):
