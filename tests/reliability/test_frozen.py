@@ -44,6 +44,19 @@ def py(cluster: Cluster, code: str, timeout: float = 90) -> str:
     return proc.stdout.strip()
 
 
+def test_faultless_pass(cluster: Cluster, tmp_path: Path) -> None:
+    """The same app, one call, nothing frozen: what the fault test must still meet."""
+    app = write_app(tmp_path, APP.replace('"frozen"', '"frozen-ok"'), "frozen_ok_app.py")
+    cluster.burst("deploy", str(app), check=True)
+    out = py(cluster, "import burst\n"
+                      "call = burst.Function.from_name('frozen-ok', 'slow').spawn('ok')\n"
+                      "print(call.object_id, call.get(timeout=60))")
+    call_id, result = out.split()
+    assert result.startswith("ct-"), out
+    summary = check(cluster.home, "frozen-ok", ["slow"], [Accepted(call_id, result)])
+    assert summary["containers"] == 1, summary
+
+
 def test_frozen_container_is_replaced_and_its_late_output_refused(cluster: Cluster,
                                                                    tmp_path: Path) -> None:
     app = write_app(tmp_path, APP, "frozen_app.py")
