@@ -23,6 +23,7 @@ from burst_gateway import (
     api_secrets,
     api_tokens,
     api_webhooks,
+    dashboard,
     errors,
     scopes,
     validate,
@@ -73,6 +74,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_schedules.router)
     app.include_router(api_webhooks.router)
     app.include_router(api_secrets.router)
+    # The dashboard (HTML; its session cookie, not a bearer token: public to scopes.py).
+    app.include_router(dashboard.router)
     return app
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import time
 from typing import Annotated
 
@@ -51,6 +53,9 @@ class Gateway:
         self.schedules_kv: KeyValue | None = None
         self.objects: Objects | None = None
         self.secrets: SecretStore | None = None
+        #: Signs the dashboard's session cookies (derived from the master key in start(),
+        #: so that every gateway of the cluster accepts the same sessions).
+        self.dashboard_key = b""
 
     async def start(self) -> None:
         s = self.settings
@@ -60,6 +65,8 @@ class Gateway:
         # Billing opens webhook signing secrets with these derived keys alone.
         keys_file = webhook_keys_path(s.home, s.webhook_keys_file)
         write_webhook_keys(ring, keys_file)
+        self.dashboard_key = hmac.new(ring.newest.secrets_key, b"burst-dashboard-session",
+                                      hashlib.sha256).digest()
         self.nc = await bus.connect(s.nats_url, f"gateway-{s.instance}")
         self.js = self.nc.jetstream()
         await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
