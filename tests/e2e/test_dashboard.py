@@ -48,10 +48,9 @@ def _chromium() -> str:
     return path
 
 
-def call(cluster: Cluster, fn: str, *args: Any) -> dict[str, Any]:
-    req = urllib.request.Request(
-        cluster.profile["url"] + f"/v1/apps/dash/functions/{fn}/calls?wait=60",
-        data=json.dumps({"args": list(args)}).encode(), method="POST")
+def api(cluster: Cluster, method: str, path: str, body: Any) -> dict[str, Any]:
+    req = urllib.request.Request(cluster.profile["url"] + path,
+                                 data=json.dumps(body).encode(), method=method)
     req.add_header("Authorization", f"Bearer {cluster.profile['token']}")
     req.add_header("Content-Type", "application/json")
     try:
@@ -60,6 +59,11 @@ def call(cluster: Cluster, fn: str, *args: Any) -> dict[str, Any]:
     except urllib.error.HTTPError as e:
         out = json.loads(e.read())
     return out
+
+
+def call(cluster: Cluster, fn: str, *args: Any) -> dict[str, Any]:
+    return api(cluster, "POST", f"/v1/apps/dash/functions/{fn}/calls?wait=60",
+               {"args": list(args)})
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +77,11 @@ def deployed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Clus
     cluster.burst("deploy", str(app), check=True)
     assert call(cluster, "shout", "warm")["status"] == "success"
     assert call(cluster, "fail", 1)["status"] == "failure"
+    assert api(cluster, "PUT", "/v1/budgets/workspace", {"limit": 25})["limit"] == 25
+    # A webhook whose test delivery is logged (its URL answers nothing: it stays to retry).
+    hook = api(cluster, "POST", "/v1/webhooks",
+               {"url": "http://127.0.0.1:9/hook", "events": ["budget.exceeded"]})
+    assert api(cluster, "POST", f"/v1/webhooks/{hook['id']}/test", {})["delivery_id"]
     return cluster
 
 
@@ -167,10 +176,12 @@ def test_every_page_loads_with_the_clusters_data(deployed: Cluster, browser: Any
 
     page.goto("/dashboard/billing")
     assert page.locator("svg.chart").count() == 1
+    assert page.locator("svg.chart line.limit").count() == 1  # the workspace budget
+    assert "workspace" in page.inner_text("#budgets tr.budget")
     _shot(page, "billing")
 
     page.goto("/dashboard/webhooks")
-    assert page.locator("#deliveries").count() == 1
+    assert "webhook.test" in page.inner_text("#deliveries tr.delivery")
     _shot(page, "webhooks")
     page.context.close()
 

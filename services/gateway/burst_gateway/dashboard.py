@@ -22,6 +22,7 @@ from typing import Any
 import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 
 from burst.exception import AuthError
 from burst_core import bus
@@ -32,11 +33,6 @@ from burst_gateway.state import Gateway
 
 router = APIRouter(include_in_schema=False)
 COOKIE = "burst_session"
-#: Routes of this module: public to the API's scope check (the session decides here).
-ROUTES = ["GET /dashboard", "GET /dashboard/login", "POST /dashboard/login",
-          "POST /dashboard/logout", "GET /dashboard/calls", "GET /dashboard/calls/{call_id}",
-          "POST /dashboard/calls/{call_id}/cancel", "GET /dashboard/containers",
-          "GET /dashboard/agents", "GET /dashboard/billing", "GET /dashboard/webhooks"]
 #: The longest sign-in form body read.
 _MAX_FORM = 8 << 10
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
@@ -141,11 +137,9 @@ def _to_login(request: Request) -> Response:
     return RedirectResponse(f"/dashboard/login?next={nxt}", status_code=303)
 
 
-async def _render(request: Request, template: str, section: str,
-                  status: int = 200, **ctx: Any) -> Response:
-    s = await _session(request)
-    if s is None:
-        return _to_login(request)
+def _render(request: Request, s: tuple[Principal, str], template: str, section: str,
+            status: int = 200, **ctx: Any) -> Response:
+    """A page for the signed-in session ``s`` (its principal and cookie)."""
     p, value = s
     gw: Gateway = request.app.state.gw
     return _page(request, template, status=status, p=p, section=section,
@@ -224,7 +218,7 @@ async def overview(request: Request) -> Response:
     gw: Gateway = request.app.state.gw
     calls = await dashboard_data.recent_calls(gw, s[0])
     stats = await dashboard_data.function_stats(gw, s[0], calls)
-    return await _render(request, "overview.html", "overview", stats=stats,
+    return _render(request, s, "overview.html", "overview", stats=stats,
                          apps=gw.deployments_of(s[0].workspace),
                          window=gw.settings.dashboard_window)
 
@@ -236,7 +230,7 @@ async def calls_page(request: Request) -> Response:
         return _to_login(request)
     gw: Gateway = request.app.state.gw
     calls = await dashboard_data.recent_calls(gw, s[0])
-    return await _render(request, "calls.html", "calls", calls=calls[:500],
+    return _render(request, s, "calls.html", "calls", calls=calls[:500],
                          window=gw.settings.dashboard_window)
 
 
@@ -248,12 +242,12 @@ async def call_page(request: Request, call_id: str) -> Response:
     gw: Gateway = request.app.state.gw
     call = await dashboard_data.call_detail(gw, s[0], call_id)
     if call is None:
-        return await _render(request, "error.html", "calls", status=404,
+        return _render(request, s, "error.html", "calls", status=404,
                              message=f"call {call_id!r} not found in workspace "
                                      f"{s[0].workspace!r} (results are kept "
                                      f"{gw.settings.result_retention / 86400:g} days)")
     lines = await dashboard_data.call_logs(gw, s[0], call)
-    return await _render(request, "call.html", "calls", call=call, lines=lines,
+    return _render(request, s, "call.html", "calls", call=call, lines=lines,
                          can_cancel=auth.covers(s[0].scope, "invoke"))
 
 
@@ -266,7 +260,7 @@ async def cancel_call(request: Request, call_id: str) -> Response:
                              "match this session)")
     p = s[0]
     if not auth.covers(p.scope, "invoke"):
-        return await _render(request, "error.html", "calls", status=403,
+        return _render(request, s, "error.html", "calls", status=403,
                              message=auth.denied("POST", request.url.path, "invoke", p))
     gw: Gateway = request.app.state.gw
     await gw.caller.cancel(p.workspace, call_id)
@@ -279,7 +273,7 @@ async def containers_page(request: Request) -> Response:
     if s is None:
         return _to_login(request)
     gw: Gateway = request.app.state.gw
-    return await _render(request, "containers.html", "containers",
+    return _render(request, s, "containers.html", "containers",
                          containers=await dashboard_data.containers(gw, s[0]))
 
 
@@ -289,11 +283,11 @@ async def agents_page(request: Request) -> Response:
     if s is None:
         return _to_login(request)
     if not s[0].operator:
-        return await _render(request, "error.html", "agents", status=403,
+        return _render(request, s, "error.html", "agents", status=403,
                              message="agents and GPUs are for operator tokens (scope "
                                      f"'operator'); this token has scope {s[0].scope!r}")
     gw: Gateway = request.app.state.gw
-    return await _render(request, "agents.html", "agents",
+    return _render(request, s, "agents.html", "agents",
                          agents=await dashboard_data.agents(gw))
 
 
@@ -309,7 +303,7 @@ async def billing_page(request: Request) -> Response:
     days = [time.strftime("%Y-%m-%d", time.gmtime(today - (29 - i) * 86400)) for i in range(30)]
     series = [(d, float(costs.get(d, 0.0))) for d in days]
     limit = next((b["limit"] for b in data["budgets"] if b["scope"] == "workspace"), None)
-    return await _render(request, "billing.html", "billing", data=data, series=series,
+    return _render(request, s, "billing.html", "billing", data=data, series=series,
                          limit=limit)
 
 
@@ -319,5 +313,11 @@ async def webhooks_page(request: Request) -> Response:
     if s is None:
         return _to_login(request)
     gw: Gateway = request.app.state.gw
-    return await _render(request, "webhooks.html", "webhooks",
+    return _render(request, s, "webhooks.html", "webhooks",
                          deliveries=await dashboard_data.webhook_deliveries(gw, s[0]))
+
+
+#: Every route of this module, as scopes.py names them: public to the API's token check
+#: (the session cookie decides here, page by page).
+ROUTES = sorted(f"{method} {route.path}" for route in router.routes
+                if isinstance(route, APIRoute) for method in route.methods)
