@@ -59,6 +59,8 @@ def _ago(t: float | None) -> str:
 def _secs(v: float | None) -> str:
     if v is None:
         return "-"
+    if v < 0.001:
+        return f"{v * 1000:.2f} ms"
     return f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s"
 
 

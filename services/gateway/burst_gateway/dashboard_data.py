@@ -70,8 +70,10 @@ async def read_stream(js: JetStreamContext, stream: str, subject: str, decode: C
         cfg.opt_start_seq = max(state.first_seq, state.last_seq - limit + 1)
     sub = await js.pull_subscribe(subject, stream=stream, config=cfg)
     out: list[T] = []
+    consumer = ""
     try:
-        pending = (await sub.consumer_info()).num_pending
+        info_c = await sub.consumer_info()
+        consumer, pending = info_c.name, info_c.num_pending
         while pending and len(out) < limit:
             try:
                 msgs = await sub.fetch(min(256, limit - len(out)), timeout=_FETCH_WAIT)
@@ -89,7 +91,9 @@ async def read_stream(js: JetStreamContext, stream: str, subject: str, decode: C
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-            await js.delete_consumer(stream, (await sub.consumer_info()).name)
+        if consumer:  # (else it goes by itself after its inactive_threshold)
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(stream, consumer)
     return out
 
 
