@@ -322,4 +322,4 @@ async def webhooks_page(request: Request) -> Response:
 #: Every route of this module, as scopes.py names them: public to the API's token check
 #: (the session cookie decides here, page by page).
 ROUTES = sorted(f"{method} {route.path}" for route in router.routes
-                if isinstance(route, APIRoute) for method in route.methods)
+                if isinstance(route, APIRoute) for method in route.methods or ())
