@@ -35,6 +35,12 @@ APP = """
     @app.function(scaledown_window=600)
     def fail(x):
         raise ValueError(f"bad {x}")
+
+    @app.function(scaledown_window=600)
+    def slow(x):
+        import time
+        print("sleeping", x)
+        time.sleep(300)
 """
 
 ARTIFACTS = Path(os.environ.get("BURST_ARTIFACTS") or REPO / ".burst-ci" / "artifacts") \
@@ -157,7 +163,7 @@ def test_the_session_cookie_is_httponly_and_strict(deployed: Cluster, browser: A
 def test_every_page_loads_with_the_clusters_data(deployed: Cluster, browser: Any) -> None:
     page = _sign_in(browser, deployed, deployed.profile["token"])
     rows = page.locator("#functions tr.fn")
-    assert rows.count() == 2
+    assert rows.count() == 3
     shout = page.locator('tr.fn[data-function="shout"]')
     assert int(shout.locator("td.calls").inner_text()) >= 1
     assert page.locator('tr.fn[data-function="fail"] td.errors').inner_text().startswith("1")
@@ -210,6 +216,29 @@ def test_a_call_made_now_appears_with_its_logs(deployed: Cluster, browser: Any) 
     _shot(page, "call")
     page.goto("/dashboard/calls/ca-doesnotexist")
     assert "not found" in page.inner_text("#error")
+    page.context.close()
+
+
+def test_a_pending_call_is_cancelled_from_its_page(deployed: Cluster, browser: Any) -> None:
+    page = _sign_in(browser, deployed, deployed.profile["token"])
+    pending = api(deployed, "POST", "/v1/apps/dash/functions/slow/calls", {"args": [1]})
+    assert pending["status"] == "pending", pending
+    page.goto(f"/dashboard/calls/{pending['call_id']}")
+    assert page.inner_text("#status") == "pending"
+    # The form carries the session's CSRF token; the same form without it is refused.
+    csrf = page.locator('form[action$="/cancel"] input[name="csrf"]').get_attribute("value")
+    assert csrf
+    forged = page.context.request.post(f"/dashboard/calls/{pending['call_id']}/cancel",
+                                       form={"csrf": "0" * 32}, max_redirects=0)
+    assert forged.status == 403
+    page.click("#cancel")
+    page.wait_for_url(f"**/dashboard/calls/{pending['call_id']}")
+    deadline = time.monotonic() + 60
+    while page.inner_text("#status") == "pending" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        page.reload()
+    assert page.inner_text("#status") == "terminated"
+    _shot(page, "call-cancelled")
     page.context.close()
 
 
