@@ -33,6 +33,7 @@ from burst_core.schemas import (
     Output,
     WebhookLogEntryDecoder,
 )
+from burst_gateway import api_containers, api_logs
 from burst_gateway.api_agents import agent_view
 from burst_gateway.auth import Principal
 from burst_gateway.state import Gateway
@@ -40,7 +41,6 @@ from burst_gateway.state import Gateway
 T = TypeVar("T")
 _output = msgspec.msgpack.Decoder(Output)
 _record = msgspec.msgpack.Decoder(CallRecord)
-_log = msgspec.msgpack.Decoder(LogLine)
 _metering = msgspec.msgpack.Decoder(MeteringRecord)
 #: Seconds one fetch of a stream read waits for messages it was told are there.
 _FETCH_WAIT = 2.0
@@ -213,15 +213,19 @@ async def call_detail(gw: Gateway, p: Principal, call_id: str) -> Call | None:
 
 
 async def call_logs(gw: Gateway, p: Principal, call: Call) -> list[LogLine]:
-    """The lines ``call`` printed (from the logs stream, from its creation on)."""
-    if not call.app or not call.function:
-        return []
+    """The lines ``call`` printed and the platform events of it, as ``burst app logs
+    --call`` reads them (the logs stream filtered by the call's id, from its creation on;
+    at most ``dashboard_max_messages``, the newest)."""
     _, limit = _settings(gw)
-    subject = names.log_subject(names.function_key(p.workspace, call.app, call.function))
-    start = (call.started_at or call.created_at or time.time()) - 1.0
-    lines = await read_stream(gw.js, names.STREAM_LOGS, subject, _log.decode, limit,
-                              start_time=start)
-    return [ln for ln in lines if ln.call_id == call.call_id and ln.workspace == p.workspace]
+    since = (call.created_at or call.started_at or time.time()) - 1.0
+    q = api_logs.LogQuery(workspace=p.workspace, call_id=call.call_id, since=since)
+    window = api_logs.LogWindow(gw, q.subject, q.since)
+    try:
+        await window.open()
+        lines, _ = await api_logs.history(gw, q, window, limit)
+    finally:
+        await window.close()
+    return lines
 
 
 async def function_stats(gw: Gateway, p: Principal, calls: list[Call],
@@ -251,30 +255,38 @@ async def function_stats(gw: Gateway, p: Principal, calls: list[Call],
 
 
 async def containers(gw: Gateway, p: Principal) -> list[dict[str, Any]]:
-    """Running containers (the caller's workspace's; an operator sees every one)."""
+    """Running containers as ``GET /v1/containers`` shows them (the caller's workspace's;
+    an operator sees every one, with its agent)."""
     now = time.time()
+    names_of = {d.app: d.name or d.app for d in gw.deployments_of(p.workspace)}
     out = []
-    for agent_id, raw in (await bus.kv_items(gw.js, names.KV_HEARTBEATS)).items():
-        hb = AgentHeartbeatDecoder.decode(raw)
-        for c in hb.containers:
-            ws, app, fn = names.split_function_key(c.fn_key)
-            if ws != p.workspace and not p.operator:
-                continue
-            out.append({"container_id": c.container_id, "workspace": ws, "app": app,
-                        "function": fn, "agent": agent_id, "state": c.state,
-                        "in_flight": c.in_flight, "max_inputs": c.max_inputs,
-                        "idle_for": round(now - c.idle_since, 1) if c.idle_since else None})
+    for agent_id, v in await api_containers.running(gw):
+        ws = names.split_function_key(v.fn_key)[0]
+        if ws != p.workspace and not p.operator:
+            continue
+        out.append({**api_containers.view(agent_id, v, p.operator, now, names_of),
+                    "max_inputs": v.max_inputs})
     return sorted(out, key=lambda c: (c["workspace"], c["app"], c["function"],
                                       c["container_id"]))
 
 
 async def agents(gw: Gateway) -> list[dict[str, Any]]:
-    """Every agent as ``GET /v1/agents`` shows it (operators only: the caller checks)."""
+    """Every agent as ``GET /v1/agents`` shows it, with its latest figures (CPU and
+    memory in use, each GPU's utilisation and memory from NVML) under ``figures`` when
+    it publishes them (operators only: the caller checks)."""
     now = time.time()
     beats = {k: AgentHeartbeatDecoder.decode(v)
              for k, v in (await bus.kv_items(gw.js, names.KV_HEARTBEATS)).items()}
-    out = [agent_view(AgentRecordDecoder.decode(raw), beats.get(key), now)
-           for key, raw in (await bus.kv_items(gw.js, names.KV_AGENTS)).items()]
+    figures = {m.agent_id: m for m in gw.agent_figures.current()}
+    out = []
+    for key, raw in (await bus.kv_items(gw.js, names.KV_AGENTS)).items():
+        a = agent_view(AgentRecordDecoder.decode(raw), beats.get(key), now)
+        m = figures.get(a["agent_id"])
+        a["figures"] = None if m is None else {
+            "cpu_percent": m.cpu_percent, "memory_used_mb": m.memory_used_mb,
+            "memory_total_mb": m.memory_total_mb,
+            "gpus": {g.index: g for g in m.gpus}}
+        out.append(a)
     return sorted(out, key=lambda a: a["agent_id"])
 
 
