@@ -116,6 +116,16 @@ def _sign_in(browser: Any, cluster: Cluster, token: str) -> Any:
     return page
 
 
+def _until(page: Any, ok: Any, within: float = 30.0) -> None:
+    """Reload ``page`` until ``ok()`` (what an agent reports arrives with its next
+    heartbeat or figures: a moment later on a loaded machine)."""
+    deadline = time.monotonic() + within
+    while not ok() and time.monotonic() < deadline:
+        time.sleep(0.5)
+        page.reload()
+    assert ok()
+
+
 def _shot(page: Any, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
@@ -172,8 +182,7 @@ def test_every_page_loads_with_the_clusters_data(deployed: Cluster, browser: Any
     _shot(page, "overview")
 
     page.goto("/dashboard/containers")
-    assert page.locator("#containers tr.container").count() >= 1
-    assert "shout" in page.inner_text("#containers")
+    _until(page, lambda: "shout" in page.inner_text("#containers"))
     shout_row = page.locator("#containers tr.container", has_text="shout")
     assert int(shout_row.locator("td.num").first.inner_text()) >= 1  # inputs served
     _shot(page, "containers")
@@ -182,11 +191,7 @@ def test_every_page_loads_with_the_clusters_data(deployed: Cluster, browser: Any
     assert page.locator("#agents tr.agent").count() >= 1
     assert page.locator("#agents svg.meter").count() >= 2
     # The agent's own figures (published over NATS): its CPU in use.
-    deadline = time.monotonic() + 30
-    while "%" not in page.inner_text("#agents td.cpu-use") and time.monotonic() < deadline:
-        time.sleep(0.5)
-        page.reload()
-    assert "%" in page.inner_text("#agents td.cpu-use")
+    _until(page, lambda: "%" in page.inner_text("#agents td.cpu-use"))
     _shot(page, "agents")
 
     page.goto("/dashboard/billing")
@@ -217,11 +222,7 @@ def test_a_call_made_now_appears_with_its_logs(deployed: Cluster, browser: Any) 
     assert page.inner_text("#status") == "success"
     # Its printed line: stored by the agent before the output, so there at once, but
     # read back through the logs stream: a reload or two on a loaded machine.
-    deadline = time.monotonic() + 30
-    while f"shouting {word}" not in page.inner_text("#logs") and time.monotonic() < deadline:
-        time.sleep(0.5)
-        page.reload()
-    assert f"shouting {word}" in page.inner_text("#logs")
+    _until(page, lambda: f"shouting {word}" in page.inner_text("#logs"))
     _shot(page, "call")
     page.goto("/dashboard/calls/ca-doesnotexist")
     assert "not found" in page.inner_text("#error")
@@ -242,10 +243,7 @@ def test_a_pending_call_is_cancelled_from_its_page(deployed: Cluster, browser: A
     assert forged.status == 403
     page.click("#cancel")
     page.wait_for_url(f"**/dashboard/calls/{pending['call_id']}")
-    deadline = time.monotonic() + 60
-    while page.inner_text("#status") == "pending" and time.monotonic() < deadline:
-        time.sleep(0.5)
-        page.reload()
+    _until(page, lambda: page.inner_text("#status") != "pending", within=60)
     assert page.inner_text("#status") == "terminated"
     _shot(page, "call-cancelled")
     page.context.close()
