@@ -141,6 +141,9 @@ def test_a_wrong_token_is_refused(deployed: Cluster, browser: Any) -> None:
     assert resp.value.status == 401
     assert "invalid token" in page.inner_text("#login-error")
     assert not ctx.cookies()
+    empty = ctx.request.post("/dashboard/login", form={"token": ""}, max_redirects=0)
+    assert empty.status == 401 and "no token given" in empty.text()
+    assert not ctx.cookies()
     # A forged session cookie is no session either.
     ctx.add_cookies([{"name": "burst_session", "value": f"{int(time.time()) + 99}.{'0' * 64}.x",
                       "url": deployed.profile["url"] + "/dashboard"}])

@@ -176,6 +176,8 @@ async def login(request: Request) -> Response:
     nxt = _safe_next(form.get("next", "/dashboard"))
     token = form.get("token", "").strip()
     try:
+        if not token:
+            raise AuthError("no token given: paste an API token (bst_...)")
         await auth.principal_of(gw.tokens, f"Bearer {token}")
     except AuthError as e:
         return _page(request, "login.html", status=401, p=None, section="login",
