@@ -25,6 +25,7 @@ from burst_gateway import (
     api_secrets,
     api_tokens,
     api_webhooks,
+    dashboard,
     errors,
     metrics,
     scopes,
@@ -79,6 +80,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_logs.router)
     app.include_router(api_containers.router)
     app.include_router(metrics.router)
+    # The dashboard (HTML; its session cookie, not a bearer token: public to scopes.py).
+    app.include_router(dashboard.router)
     return app
 
 

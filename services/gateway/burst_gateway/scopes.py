@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 
 from burst.exception import PermissionDeniedError
 from burst_core import logs
-from burst_gateway import auth
+from burst_gateway import auth, dashboard
 
 log = logs.get("burst.gateway.scopes")
 
@@ -87,6 +87,9 @@ ROUTES: dict[str, str] = {
     "POST /v1/execs/{exec_id}/stdin": "deploy",
     "POST /v1/apps/{app}/functions/{fn}/shell": "deploy",
     "GET /metrics": "read",
+    # the dashboard: signed in by its session cookie (dashboard.py checks the token's
+    # scope behind it, page by page)
+    **{route: PUBLIC for route in dashboard.ROUTES},
 }
 
 
