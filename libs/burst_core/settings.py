@@ -39,6 +39,9 @@ class CommonSettings:
     service_heartbeat_interval: float = 2.0
     #: How long outputs, call records and idempotency keys are kept (7 days, as Modal).
     result_retention: float = 7 * 24 * 3600.0
+    #: Largest total of file sizes one volume may hold, in bytes (a commit past it fails,
+    #: naming the volume and the limit). Read by the gateway and the agents.
+    volume_max_bytes: int = 1 << 40
 
 
 def _convert(raw: str, tp: Any, name: str) -> Any:

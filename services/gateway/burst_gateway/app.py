@@ -21,6 +21,7 @@ from burst_gateway import (
     api_objects,
     api_schedules,
     api_secrets,
+    api_volumes,
     api_webhooks,
     errors,
     validate,
@@ -61,6 +62,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_billing.router)
     app.include_router(api_agents.router)
     app.include_router(api_objects.router)
+    app.include_router(api_volumes.router)
     app.include_router(api_blobs.router)
     app.include_router(api_maps.router)
     app.include_router(api_budgets.router)

@@ -20,6 +20,7 @@ from burst_core.objects import Objects
 from burst_core.schemas import DeploymentRecord, DeploymentRecordDecoder
 from burst_core.secrets import KeyRing
 from burst_core.service import cancel_and_wait, heartbeat_loop
+from burst_core.volumes import Volumes
 from burst_gateway.auth import TokenStore
 from burst_gateway.secret_store import SecretStore
 from burst_gateway.settings import GatewaySettings
@@ -48,6 +49,7 @@ class Gateway:
         self.schedules_kv: KeyValue | None = None
         self.objects: Objects | None = None
         self.secrets: SecretStore | None = None
+        self.volumes: Volumes | None = None
 
     async def start(self) -> None:
         s = self.settings

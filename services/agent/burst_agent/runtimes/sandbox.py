@@ -410,7 +410,8 @@ class Sandbox:
 
     def command(self, argv: list[str], *, bundle_dir: Path, socket_path: Path | None,
                 private_dir: Path, gpu_indices: list[int], extra: list[str] | None = None,
-                socket_dir: Path | None = None, networked: bool = False) -> list[str]:
+                socket_dir: Path | None = None, networked: bool = False,
+                mounts: list[tuple[Path, str, bool]] | None = None) -> list[str]:
         """The bwrap command line running ``argv`` in a fresh sandbox. With ``socket_dir``
         (a spare sandbox) that directory is bound read-only at ``SOCKET_DIR`` instead of
         ``socket_path`` at ``SOCKET``. ``networked``: in a network namespace of its own
@@ -445,6 +446,9 @@ class Sandbox:
             args += ["--ro-bind", str(socket_dir), SOCKET_DIR]
         else:
             args += ["--bind", str(socket_path), SOCKET]
+        for host, path, read_only in mounts or ():  # volumes, last: nothing hides them
+            args += [*self._dirs_to(path), "--ro-bind" if read_only else "--bind",
+                     str(host), path]
         args += ["--chdir", BUNDLE, *(extra or []), "--", *self._drop(), *argv]
         return args
 
