@@ -144,7 +144,7 @@ class Container:
             mounts: list[tuple[Path, str, bool]] = []
             volume_env: dict[str, str] = {}
             if self.fn.volumes:
-                if not getattr(self.agent.runtime, "sandboxed", True):
+                if not self._sandboxed():
                     raise VolumeUnavailable(
                         "volumes need a sandboxed container (bubblewrap) or the Docker "
                         "runtime; this agent runs plain processes")
@@ -513,11 +513,16 @@ class Container:
     def _volume_owner(self) -> int | None:
         """The uid a writable mount's files get: the sandbox's, when the agent is root
         and containers run as another user."""
-        uid = getattr(self.agent.runtime, "uid", None)
-        box = getattr(self.agent.runtime, "sandbox", None)
-        if box is not None and getattr(self.agent.runtime, "sandboxed", False):
-            uid = box.uid
-        return uid if os.geteuid() == 0 and isinstance(uid, int) else None
+        if os.geteuid() != 0 or not self._sandboxed():
+            return None
+        return self.agent.settings.sandbox_uid
+
+    def _sandboxed(self) -> bool:
+        """Whether containers here get a filesystem of their own (Docker, or the process
+        runtime's sandbox): what a volume mount needs."""
+        rt = self.agent.runtime
+        base = getattr(rt, "base", rt)  # (the process runtime behind its venv layer)
+        return rt.name == "docker" or bool(getattr(base, "sandboxed", False))
 
     async def _volume(self, req: wire.VolumeRequest) -> wire.VolumeResponse:
         """A volume operation from user code: its own mounts' commit and reload here, any

@@ -170,7 +170,10 @@ class ContainerVolumes:
         self.materialise_s = 0.0
 
     def env(self) -> dict[str, str]:
-        return {MOUNTS_ENV: json.dumps({m.spec.path: m.spec.name for m in self.mounts})}
+        """What the container is told: where each volume is mounted (for ``commit`` and
+        ``reload``), and how long materialising took (bench/volume.py reads it)."""
+        return {MOUNTS_ENV: json.dumps({m.spec.path: m.spec.name for m in self.mounts}),
+                "BURST_VOLUME_MATERIALISE_S": f"{self.materialise_s:.6f}"}
 
     def binds(self) -> list[tuple[Path, str, bool]]:
         return [(m.host_dir, m.spec.path, m.spec.read_only) for m in self.mounts]
