@@ -89,7 +89,7 @@ def _nats_url(home: Path) -> str:
         return f"nats://127.0.0.1:{ports['nats']}"
     for part in state.get("parts", []):
         if part.get("name") == "nats":
-            return f"nats://127.0.0.1:{part['port']}"
+            return f"nats://127.0.0.1:{part['ports']['client']}"
     raise SystemExit("no NATS port in cluster.json")
 
 
