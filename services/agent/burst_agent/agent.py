@@ -106,7 +106,9 @@ class Agent:
         self.attempts = Attempts(self)
         self.objects = Objects(self.js)
         self.volumes = Volumes(self.js, s.volume_max_bytes)
-        self.volume_cache = VolumeCache(home / "volcache", s.volume_cache_bytes)
+        self.volume_cache = VolumeCache(
+            home / "volcache", s.volume_cache_bytes,
+            s.sandbox_uid if os.geteuid() == 0 else None)
         self.bundles = BundleCache(await self.js.object_store(names.OBJ_BUNDLES), home / "bundles")
         await self._register()
         # Cancelled calls (recent ones): never started here, stopped if running here.

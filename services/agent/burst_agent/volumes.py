@@ -8,7 +8,10 @@ mounts materialised from it.
 - :class:`ContainerVolumes` materialises the committed version each mount names into a
   plain directory of the container's own, which the runtime binds at the mount path: a
   read-only mount is hard links into the cache (the bind is read-only, so nothing writes
-  through); a writable one is a copy, so the container never writes into the cache.
+  through); a writable one is an overlayfs whose lower layer is such hard links and whose
+  upper layer takes the container's writes (a file it changes is copied up first), so
+  the container never writes into the cache and nothing is copied before it starts.
+  Where overlayfs cannot be mounted (an agent not running as root), it is a copy.
   ``commit`` walks the directory and uploads only the files whose size or mtime changed
   since they were materialised (and whose content then differs); ``reload`` brings the
   directory to the newest version, leaving this container's uncommitted files alone.
@@ -45,9 +48,12 @@ class VolumeUnavailable(Exception):
 class VolumeCache:
     """File contents by sha256, bounded in bytes, least recently used evicted."""
 
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    def __init__(self, root: Path, max_bytes: int, owner: int | None = None) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        #: uid (and gid) the cached files belong to: the containers' user, so that a
+        #: writable mount's overlay lets it change them (by copying them up).
+        self.owner = owner
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)  # only the agent reaches it (containers get links or copies)
         self._lru: collections.OrderedDict[str, int] = collections.OrderedDict()
@@ -117,7 +123,9 @@ class VolumeCache:
             if whole.hexdigest() != f.sha256:
                 raise InvalidError(f"volume {rec.name!r}: a file's content does not match "
                                    "its hash")
-            os.chmod(tmp, 0o444)
+            os.chmod(tmp, 0o644)
+            if self.owner is not None:
+                os.chown(tmp, self.owner, self.owner)
             os.replace(tmp, self.path(f.sha256))
         except BaseException:
             for t in locals().get("window", ()):
@@ -143,6 +151,8 @@ class VolumeCache:
 class Mount:
     spec: VolumeMount
     host_dir: Path
+    #: A writable mount's overlay layers (None: a read-only mount, or a copy).
+    lower: Path | None = None
     #: The version materialised (or last committed or reloaded) and each file's stamp
     #: (size, mtime_ns) when it was written there: what ``commit`` compares against.
     files: dict[str, VolumeFile] = field(default_factory=dict)
@@ -190,19 +200,49 @@ class ContainerVolumes:
                 self._own(m.host_dir)
             try:
                 rec, _ = await self.vols.record(self.workspace, m.spec.name)
-                await self._write(m, rec, dict(rec.files))
+                if not m.spec.read_only and os.geteuid() == 0:
+                    await self._overlay(m, rec)
+                else:
+                    await self._write(m, rec, dict(rec.files))
             except BurstError as e:
                 raise VolumeUnavailable(f"volume {m.spec.name!r} at {m.spec.path}: {e}") from None
             m.files = dict(rec.files)
         self.materialise_s = time.monotonic() - t0
 
+    async def _overlay(self, m: Mount, rec: VolumeRecord) -> None:
+        """A writable mount as an overlayfs over hard links into the cache (a copy where
+        overlayfs cannot be mounted)."""
+        base = m.host_dir.with_name(m.host_dir.name + ".layers")
+        lower, upper, work = base / "lower", base / "upper", base / "work"
+        for d in (base, lower, upper, work):
+            d.mkdir()
+        self._own(lower)
+        self._own(upper)
+        m.lower = lower
+        await self._write(m, rec, dict(rec.files), into=lower, link=True)
+        opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
+        proc = await asyncio.create_subprocess_exec(
+            "mount", "-t", "overlay", "overlay", "-o", opts, str(m.host_dir),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            log.warning("volume_overlay_failed", error=err.decode(errors="replace").strip())
+            m.lower = None
+            await asyncio.to_thread(shutil.rmtree, base, True)
+            m.stamps.clear()
+            await self._write(m, rec, dict(rec.files))
+            return
+        # What commit compares against: the files as the merged view shows them.
+        for rel in rec.files:
+            m.stamps[rel] = _stamp(m.host_dir / rel)
+
     def _own(self, p: Path) -> None:
         if self.owner is not None:
             os.chown(p, self.owner, self.owner)
 
-    def _dirs(self, m: Mount, rel: str) -> Path:
+    def _dirs(self, m: Mount, rel: str, into: Path | None = None) -> Path:
         """The directories down to ``rel`` in the mount (made, owned like the mount)."""
-        target = m.host_dir / rel
+        target = (into or m.host_dir) / rel
         missing = []
         d = target.parent
         while not d.exists():
@@ -214,15 +254,17 @@ class ContainerVolumes:
                 self._own(d)
         return target
 
-    async def _write(self, m: Mount, rec: VolumeRecord, files: dict[str, VolumeFile]) -> None:
-        """Put ``files`` into the mount's directory from the cache: hard links for a
-        read-only mount, copies (each replacing its path at once) for a writable one."""
+    async def _write(self, m: Mount, rec: VolumeRecord, files: dict[str, VolumeFile],
+                     into: Path | None = None, link: bool = False) -> None:
+        """Put ``files`` into the mount's directory (or its overlay's lower layer,
+        ``into``) from the cache: hard links for a read-only mount or a lower layer,
+        copies (each replacing its path at once) for a writable directory."""
         for rel, f in sorted(files.items()):
             src = await self.cache.get(self.vols, rec, f)
-            dst = self._dirs(m, rel)
+            dst = self._dirs(m, rel, into)
             if dst.is_dir() and not dst.is_symlink():
                 await asyncio.to_thread(shutil.rmtree, dst)
-            if m.spec.read_only:
+            if m.spec.read_only or link:
                 with contextlib.suppress(FileNotFoundError):
                     dst.unlink()
                 os.link(src, dst)
@@ -358,4 +400,10 @@ class ContainerVolumes:
                                 log.warning("volume_commit_on_exit_failed",
                                             volume=m.spec.name, error=repr(e))
         finally:
+            for m in self.mounts:
+                if m.lower is not None:
+                    proc = await asyncio.create_subprocess_exec(
+                        "umount", "-l", str(m.host_dir), stdout=asyncio.subprocess.DEVNULL,
+                        stderr=asyncio.subprocess.DEVNULL)
+                    await proc.wait()
             await asyncio.to_thread(shutil.rmtree, self.root, True)
