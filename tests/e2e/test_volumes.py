@@ -60,6 +60,13 @@ def write(path, text, barrier=None):
     return os.environ["BURST_CONTAINER_ID"]
 
 
+@app.function(volumes={"/data": data}, scaledown_window=1)
+def write_no_commit(path, text):
+    os.makedirs("/data/exit", exist_ok=True)
+    with open(os.path.join("/data", path), "w") as f:
+        f.write(text)
+
+
 @app.function(volumes={"/data": data})
 def read(path):
     data.reload()
@@ -160,6 +167,20 @@ def test_commit_in_one_container_reload_in_another(client: Client, deployed: Pat
     assert b"".join(vol.read_file("notes/a.txt")) == b"again"
     msg = fn(client, "reload_with_open_file").remote("notes/a.txt")
     assert msg.startswith("there are open files preventing the operation"), msg
+
+
+def test_a_clean_exit_commits(client: Client, deployed: Path) -> None:
+    fn(client, "write_no_commit").remote("exit/z.txt", "bye")
+    vol = burst.Volume.from_name("vt-data")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the container stops after 1 s idle
+        try:
+            if b"".join(vol.read_file("exit/z.txt")) == b"bye":
+                return
+        except NotFoundError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the container's write was not committed when it exited")
 
 
 def test_concurrent_commits_of_different_files_both_land(client: Client,
