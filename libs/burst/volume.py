@@ -198,16 +198,19 @@ class Volume:
     @contextmanager
     def ephemeral(cls) -> Iterator[Volume]:
         """A new, empty volume deleted (with its files) when the block ends."""
+        from burst.objects import _owned
+
         vol = cls(f"eph-volume-{secrets.token_hex(8)}", True)
-        vol._op("create")
-        vol.create_if_missing = False
-        try:
-            yield vol
-        finally:
+        with _owned() as client_id:  # (a client's: deleted if the client dies first)
+            vol._op("create", client_id=client_id)
+            vol.create_if_missing = False
             try:
-                vol._op("delete")
+                yield vol
             finally:
-                vol._ended = True
+                try:
+                    vol._op("delete", client_id=client_id)
+                finally:
+                    vol._ended = True
 
     @staticmethod
     def create(name: str) -> None:

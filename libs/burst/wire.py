@@ -438,8 +438,10 @@ class VolumeRequest(_Body):
     data: bytes = b""
     #: ``commit``: path -> new file (None: remove the path and everything below it).
     changes: dict[str, VolumeFile | None] = msgspec.field(default_factory=dict)
-    #: ``commit`` of files uploaded over a previous version: fail if one is missing.
+    #: ``commit``: replace files that exist (else an error naming the first).
     allow_overwrite: bool = True
+    #: ``create`` and ``delete`` of an ephemeral volume: the client whose heartbeats keep it.
+    client_id: str = ""
 
 
 class VolumeResponse(_Body):

@@ -32,6 +32,7 @@ from burst import wire
 from burst.exception import ConflictError, InvalidError, NotFoundError, ResourceExhaustedError
 from burst.wire import VolumeFile, VolumeRequest, VolumeResponse
 from burst_core import bus, names
+from burst_core.schemas import ClientObject, encode
 
 #: Bytes per chunk: a request body, a relayed frame and a cache read each hold one.
 CHUNK = 4 << 20
@@ -325,6 +326,22 @@ class Volumes:
                 continue
             return new, rev
 
+    async def _own(self, workspace: str, client_id: str, name: str, owned: bool) -> None:
+        """Tie an ephemeral volume to its client (the scheduler's reaper deletes it when
+        the client's heartbeats stop), or untie it."""
+        try:
+            wire.check_client_id(client_id)
+        except ValueError as e:
+            raise InvalidError(str(e)) from None
+        kv = await self.js.key_value(names.KV_CLIENTS)
+        key = names.client_object_key(workspace, client_id, "volume", name)
+        if owned:
+            await kv.put(key, encode(ClientObject(workspace=workspace, client_id=client_id,
+                                                  kind="volume", name=name,
+                                                  created_at=time.time())))
+        else:
+            await kv.delete(key)
+
     # ---- one request ----------------------------------------------------------------
     async def op(self, workspace: str, req: VolumeRequest) -> VolumeResponse:
         """One operation from a client or a container, in ``workspace``."""
@@ -338,9 +355,13 @@ class Volumes:
                 raise ConflictError(f"volume {req.name!r} already exists")
         if req.op == "delete":
             await self.delete(workspace, req.name)
+            if req.client_id:
+                await self._own(workspace, req.client_id, req.name, False)
             return VolumeResponse()
         rec, rev = await self.record(workspace, req.name,
                                      create=req.create_if_missing or req.op == "create")
+        if req.op == "create" and req.client_id:
+            await self._own(workspace, req.client_id, req.name, True)
         if req.op in ("ensure", "create", "info"):
             return VolumeResponse(version=rev, info=self.info(rec, rev))
         if req.op == "listdir":
