@@ -54,6 +54,8 @@ SYSTEM_PATHS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64"
                 "/__burst")
 #: Where the agent tells a container which volume is mounted where (JSON path -> name).
 MOUNTS_ENV = "BURST_VOLUME_MOUNTS"
+#: Chunks uploaded at once by one ``batch_upload``.
+_PARALLEL = 4
 #: Longest a container's commit or reload (which move whole files) is waited for.
 _MOUNT_OP_TIMEOUT = 3600.0
 
@@ -323,22 +325,34 @@ class Volume:
 
     def _upload(self, fp: IO[bytes], progress: Any = None) -> wire.VolumeFile:
         """Store a file's chunks (one piece in memory at a time); its entry."""
+        from concurrent.futures import Future, ThreadPoolExecutor
+
         whole = hashlib.sha256()
-        chunks: list[str] = []
         size = 0
-        while True:
-            piece = fp.read(CHUNK)
-            if not piece:
-                break
-            whole.update(piece)
-            size += len(piece)
-            chunks.append(self._op("put_chunk", data=piece).items[0])
+        pending: list[Future[str]] = []
+
+        def put(piece: bytes) -> str:
+            sha = self._op("put_chunk", data=piece).items[0]
             if progress is not None:
                 progress(len(piece))
-        sha = whole.hexdigest()
-        if not chunks:  # empty: one empty chunk
-            chunks.append(self._op("put_chunk", data=b"").items[0])
-        return wire.VolumeFile(size=size, sha256=sha, chunks=chunks)
+            return sha
+
+        # A few chunks in flight at once (each request on a connection of its thread),
+        # at most twice as many read ahead: memory stays a few chunks whatever the size.
+        with ThreadPoolExecutor(_PARALLEL) as pool:
+            while True:
+                while sum(not f.done() for f in pending) >= 2 * _PARALLEL:
+                    next(f for f in pending if not f.done()).result()
+                piece = fp.read(CHUNK)
+                if not piece and pending:
+                    break
+                whole.update(piece)
+                size += len(piece)
+                pending.append(pool.submit(put, piece))
+                if not piece:  # empty: one empty chunk
+                    break
+            chunks = [f.result() for f in pending]
+        return wire.VolumeFile(size=size, sha256=whole.hexdigest(), chunks=chunks)
 
 
 class VolumeUpload:

@@ -533,6 +533,11 @@ class Container:
             if req.op == "mount_commit":
                 return wire.VolumeResponse(version=await self.volumes.commit(req.name))
             return wire.VolumeResponse(version=await self.volumes.reload(req.name))
+        mounts = [m for m in self.fn.volumes if m.name == req.name]
+        if (req.op in ("put_chunk", "commit", "remove", "copy") and mounts
+                and all(m.read_only for m in mounts)):
+            raise InvalidError(f"volume {req.name!r} is mounted read-only in this container: "
+                               "it cannot be changed from here")
         return await self.agent.volumes.op(self.placement.workspace, req)
 
     async def _api(self, api: wire.ApiRequest) -> wire.ApiResponse:
