@@ -290,7 +290,7 @@ class Volume:
         f = resp.file
 
         def pieces() -> Iterator[bytes]:
-            for sha in f.chunks:
+            for sha in f.chunks or [f.sha256]:
                 yield self._op("chunk", items=[sha]).data
 
         return f, pieces()

@@ -90,6 +90,11 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def chunks_of(f: VolumeFile) -> list[str]:
+    """A file's chunk hashes (a file of one chunk lists none in the tree: its own)."""
+    return f.chunks or [f.sha256]
+
+
 def entries(files: dict[str, VolumeFile], path: str, recursive: bool) -> list[wire.VolumeEntry]:
     """The files and directories under ``path`` (a file: itself), as ``listdir`` gives
     them; directories are implied by the files below them."""
@@ -290,13 +295,13 @@ class Volumes:
         for p, f in changes.items():
             path = check_path(p, allow_root=f is None)
             if f is not None:
-                if not f.chunks:
-                    f = msgspec.structs.replace(f, chunks=[f.sha256])
                 if f.size < 0 or len(f.sha256) != 64:
                     raise InvalidError(f"file {path!r}: malformed entry")
+                if f.chunks == [f.sha256]:  # one chunk: implied, so the tree holds more
+                    f = msgspec.structs.replace(f, chunks=[])
             norm[path] = f
         rec, rev = await self.record(workspace, name)
-        needed = sorted({c for f in norm.values() if f is not None for c in f.chunks})
+        needed = sorted({c for f in norm.values() if f is not None for c in chunks_of(f)})
         lost = await self.missing(rec, needed) if needed else []
         if lost:
             raise InvalidError(f"volume {name!r}: {len(lost)} chunk(s) of this commit were "
@@ -375,7 +380,8 @@ class Volumes:
             f = rec.files.get(path)
             if f is None:
                 raise NotFoundError(f"no file {path!r} in volume {req.name!r}")
-            return VolumeResponse(version=rev, file=f)
+            return VolumeResponse(version=rev, file=msgspec.structs.replace(
+                f, chunks=chunks_of(f)))
         if req.op == "chunk":
             if len(req.items) != 1:
                 raise InvalidError("op chunk takes one chunk hash")

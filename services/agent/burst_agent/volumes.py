@@ -35,7 +35,7 @@ from burst.exception import InvalidError
 from burst.volume import MOUNTS_ENV, check_mount_path
 from burst.wire import VolumeFile, VolumeMount
 from burst_core import logs
-from burst_core.volumes import CHUNK, PARALLEL, VolumeRecord, Volumes
+from burst_core.volumes import CHUNK, PARALLEL, VolumeRecord, Volumes, chunks_of
 
 log = logs.get("burst.agent.volumes")
 
@@ -108,7 +108,7 @@ class VolumeCache:
         try:
             with tmp.open("wb") as out:
                 window: collections.deque[asyncio.Task[bytes]] = collections.deque()
-                chunks = iter(f.chunks)
+                chunks = iter(chunks_of(f))
                 for sha in chunks:
                     window.append(asyncio.create_task(vols.get_chunk(rec, sha)))
                     if len(window) >= PARALLEL:
