@@ -42,6 +42,10 @@ class CommonSettings:
     #: Largest total of file sizes one volume may hold, in bytes (a commit past it fails,
     #: naming the volume and the limit). Read by the gateway and the agents.
     volume_max_bytes: int = 1 << 40
+    #: Seconds a volume's chunk that no file holds any more (its file was replaced or
+    #: removed) is kept before a later commit deletes it: what a reader of the older
+    #: version has to fetch it.
+    volume_chunk_grace: float = 600.0
 
 
 def _convert(raw: str, tp: Any, name: str) -> Any:

@@ -31,8 +31,10 @@ from nats.js.object_store import ObjectStore
 from burst import wire
 from burst.exception import ConflictError, InvalidError, NotFoundError, ResourceExhaustedError
 from burst.wire import VolumeFile, VolumeRequest, VolumeResponse
-from burst_core import bus, names
+from burst_core import bus, logs, names
 from burst_core.schemas import ClientObject, encode
+
+log = logs.get("burst.volumes")
 
 #: Bytes per chunk: a request body, a relayed frame and a cache read each hold one.
 CHUNK = 4 << 20
@@ -53,6 +55,10 @@ class VolumeRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     created_at: float
     updated_at: float
     files: dict[str, VolumeFile] = msgspec.field(default_factory=dict)
+    #: Chunks no file holds any more, by when they were let go: deleted by a commit made
+    #: ``chunk_grace`` seconds later (readers of an older version and uploads that found
+    #: them stored have that long), kept if a file holds them again meanwhile.
+    garbage: dict[str, float] = msgspec.field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -93,6 +99,21 @@ def sha256_hex(data: bytes) -> str:
 def chunks_of(f: VolumeFile) -> list[str]:
     """A file's chunk hashes (a file of one chunk lists none in the tree: its own)."""
     return f.chunks or [f.sha256]
+
+
+def collect(old: dict[str, VolumeFile], new: dict[str, VolumeFile],
+            garbage: dict[str, float], now: float, grace: float
+            ) -> tuple[dict[str, float], list[str]]:
+    """The garbage after a commit from ``old`` to ``new`` files, and the chunks to delete
+    now: let go more than ``grace`` seconds ago and held by no file."""
+    held = {c for f in new.values() for c in chunks_of(f)}
+    out = {c: t for c, t in garbage.items() if c not in held}
+    for c in {c for f in old.values() for c in chunks_of(f)} - held:
+        out.setdefault(c, now)
+    doomed = sorted(c for c, t in out.items() if now - t >= grace)
+    for c in doomed:
+        del out[c]
+    return out, doomed
 
 
 def entries(files: dict[str, VolumeFile], path: str, recursive: bool) -> list[wire.VolumeEntry]:
@@ -145,9 +166,11 @@ def apply(files: dict[str, VolumeFile], changes: dict[str, VolumeFile | None]
 class Volumes:
     """Volume operations in a workspace (the gateway's and the agent's)."""
 
-    def __init__(self, js: JetStreamContext, max_bytes: int) -> None:
+    def __init__(self, js: JetStreamContext, max_bytes: int, chunk_grace: float = 600.0
+                 ) -> None:
         self.js = js
         self.max_bytes = max_bytes
+        self.chunk_grace = chunk_grace
         self._kv: KeyValue | None = None
         self._stores: dict[str, ObjectStore] = {}
         #: Chunk reads from the object store (the agent's cache counts its misses by it).
@@ -318,7 +341,10 @@ class Volumes:
                 raise ResourceExhaustedError(
                     f"volume {name!r} would hold {size} bytes, above its limit of "
                     f"{self.max_bytes} bytes (BURST_VOLUME_MAX_BYTES)")
-            new = msgspec.structs.replace(rec, files=files, updated_at=time.time())
+            garbage, doomed = collect(rec.files, files, rec.garbage, time.time(),
+                                      self.chunk_grace)
+            new = msgspec.structs.replace(rec, files=files, garbage=garbage,
+                                          updated_at=time.time())
             data = msgspec.msgpack.encode(new)
             if len(data) > (900 << 10):
                 raise ResourceExhaustedError(
@@ -329,7 +355,20 @@ class Volumes:
             except nats.js.errors.KeyWrongLastSequenceError:
                 rec, rev = await self.record(workspace, name)  # another commit won: merge
                 continue
+            await self._delete_chunks(new, doomed)
             return new, rev
+
+    async def _delete_chunks(self, rec: VolumeRecord, doomed: list[str]) -> None:
+        if not doomed:
+            return
+        st = await self.store(rec)
+        for sha in doomed:
+            try:
+                await st.delete(sha)
+            except nats.js.errors.ObjectNotFoundError:
+                pass
+            except Exception as e:  # noqa: BLE001 - space only: the commit stands
+                log.warning("volume_chunk_delete_failed", volume=rec.name, error=repr(e))
 
     async def _own(self, workspace: str, client_id: str, name: str, owned: bool) -> None:
         """Tie an ephemeral volume to its client (the scheduler's reaper deletes it when

@@ -133,7 +133,8 @@ def write_read_only():
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    yield from running_cluster(tmp_path_factory, BURST_VOLUME_MAX_BYTES=str(LIMIT))
+    yield from running_cluster(tmp_path_factory, BURST_VOLUME_MAX_BYTES=str(LIMIT),
+                               BURST_VOLUME_CHUNK_GRACE="0")
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +227,12 @@ def test_file_operations_from_client_and_container(cluster: Cluster, client: Cli
     with pytest.raises(InvalidError, match="is a directory"):
         vol.remove_file("up")
     assert not any(e.path.startswith("copied") for e in vol.listdir("/", recursive=True))
+    # Replaced and removed files' chunks are deleted (no grace in this cluster): the
+    # store holds the chunks the tree names, and the refused upload's one.
+    live, named = asyncio.run(_chunks(cluster, "vt-data"))
+    refused = hashlib.sha256(b"other").hexdigest()
+    assert live == named | {refused}, (sorted(live - named), sorted(named - live))
+    assert len(named) >= 4
     # Path escapes and unknown volumes are named.
     with pytest.raises(InvalidError, match="escapes the volume"):
         list(vol.read_file("../etc/passwd"))
@@ -262,6 +269,21 @@ async def _volume_store(cluster: Cluster, name: str) -> tuple[str, int]:
         stream = f"OBJ_burst_vol_{rec['volume_id']}"
         info = await js.stream_info(stream)
         return stream, info.state.messages
+    finally:
+        await nc.close()
+
+
+async def _chunks(cluster: Cluster, name: str) -> tuple[set[str], set[str]]:
+    """The chunks the volume's store holds, and those its tree names."""
+    nc = await nats.connect(_nats_url(cluster))
+    try:
+        js = nc.jetstream()
+        raw = (await (await js.key_value("burst_volumes")).get(f"default.{name}")).value
+        rec = msgspec.msgpack.decode(raw)
+        named = {c for f in rec["files"].values() for c in (f.get("chunks") or [f["sha256"]])}
+        st = await js.object_store(f"burst_vol_{rec['volume_id']}")
+        live = {o.name for o in await st.list(ignore_deletes=True)}
+        return live, named
     finally:
         await nc.close()
 

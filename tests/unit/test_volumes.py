@@ -14,7 +14,7 @@ import burst
 from burst import wire
 from burst.exception import InvalidError
 from burst_agent.volumes import VolumeCache
-from burst_core.volumes import apply, check_path, entries
+from burst_core.volumes import apply, check_path, collect, entries
 
 
 def module_level_fn() -> None: ...
@@ -78,6 +78,23 @@ def test_commits_merge_per_file() -> None:
     assert sorted(apply(base, {"d": vf("now a file")})) == ["a.txt", "d"]
     assert sorted(apply(base, {"a.txt/inner": vf("i")})) == ["a.txt/inner", "d/b.txt",
                                                              "d/e/c.txt"]
+
+
+def test_chunks_no_file_holds_are_deleted_after_the_grace() -> None:
+    a, b, c = vf("a"), vf("b"), vf("c")
+    old = {"x": a, "y": b}
+    # x replaced by c: a is let go now, deleted by a commit past the grace.
+    garbage, doomed = collect(old, {"x": c, "y": b}, {}, now=100.0, grace=60.0)
+    assert garbage == {a.sha256: 100.0} and doomed == []
+    garbage2, doomed = collect({"x": c, "y": b}, {"x": c, "y": b, "z": vf("z")}, garbage,
+                               now=161.0, grace=60.0)
+    assert doomed == [a.sha256] and garbage2 == {}
+    # A chunk held again within the grace (the same bytes uploaded anew) is kept.
+    garbage3, doomed = collect({"x": c, "y": b}, {"x": c, "y": b, "w": a}, garbage,
+                               now=161.0, grace=60.0)
+    assert doomed == [] and garbage3 == {}
+    # With no grace, what a commit lets go is deleted by that commit.
+    assert collect(old, {"y": b}, {}, now=1.0, grace=0.0) == ({}, [a.sha256])
 
 
 def test_listings() -> None:

@@ -105,7 +105,7 @@ class Agent:
         home = Path(s.home) / "agent" / self.agent_id
         self.attempts = Attempts(self)
         self.objects = Objects(self.js)
-        self.volumes = Volumes(self.js, s.volume_max_bytes)
+        self.volumes = Volumes(self.js, s.volume_max_bytes, s.volume_chunk_grace)
         self.volume_cache = VolumeCache(
             home / "volcache", s.volume_cache_bytes,
             s.sandbox_uid if os.geteuid() == 0 else None)

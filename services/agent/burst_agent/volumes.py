@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from burst.exception import Error as BurstError
-from burst.exception import InvalidError
+from burst.exception import InvalidError, NotFoundError
 from burst.volume import MOUNTS_ENV, check_mount_path
 from burst.wire import VolumeFile, VolumeMount
 from burst_core import logs
@@ -199,7 +199,7 @@ class ContainerVolumes:
             if not m.spec.read_only:
                 self._own(m.host_dir)
             try:
-                rec, _ = await self.vols.record(self.workspace, m.spec.name)
+                rec = await self._fetch_all(m.spec.name)
                 if not m.spec.read_only and os.geteuid() == 0:
                     await self._overlay(m, rec)
                 else:
@@ -208,6 +208,26 @@ class ContainerVolumes:
                 raise VolumeUnavailable(f"volume {m.spec.name!r} at {m.spec.path}: {e}") from None
             m.files = dict(rec.files)
         self.materialise_s = time.monotonic() - t0
+
+    async def _fetch_all(self, name: str, attempts: int = 3) -> VolumeRecord:
+        """The newest version of volume ``name``, all of its files in the cache (a few
+        fetched at once). A chunk deleted meanwhile (a commit replaced its file) means a
+        newer version: it is read again."""
+        sem = asyncio.Semaphore(PARALLEL)
+
+        async def one(rec: VolumeRecord, f: VolumeFile) -> None:
+            async with sem:
+                await self.cache.get(self.vols, rec, f)
+
+        for attempt in range(attempts):
+            rec, _ = await self.vols.record(self.workspace, name)
+            try:
+                await asyncio.gather(*(one(rec, f) for f in rec.files.values()))
+                return rec
+            except NotFoundError:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _overlay(self, m: Mount, rec: VolumeRecord) -> None:
         """A writable mount as an overlayfs over hard links into the cache (a copy where

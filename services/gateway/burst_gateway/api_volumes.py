@@ -21,7 +21,8 @@ _BODY = {"requestBody": {"content": {MSGPACK: {}}, "required": True}}
 
 def volumes(gw: Gateway) -> Volumes:
     if gw.volumes is None:
-        gw.volumes = Volumes(gw.js, gw.settings.volume_max_bytes)
+        gw.volumes = Volumes(gw.js, gw.settings.volume_max_bytes,
+                             gw.settings.volume_chunk_grace)
     return gw.volumes
 
 
