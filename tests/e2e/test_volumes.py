@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import io
 import json
 import os
 import subprocess
 import textwrap
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +28,8 @@ from burst.client import Client
 from burst.exception import ConflictError, InvalidError, NotFoundError, ResourceExhaustedError
 from tests.e2e.conftest import BURST, Cluster, running_cluster
 from tests.e2e.test_hello import _nats_url
-from tests.e2e.test_workspaces import as_workspace, http
+from tests.e2e.test_workspaces import as_workspace
+from tests.e2e.test_workspaces import http as http_call
 
 pytestmark = pytest.mark.e2e
 
@@ -346,10 +349,20 @@ def test_other_workspace_gets_404(cluster: Cluster, client: Client, deployed: Pa
                           ).stdout.strip()
     for op in ("info", "listdir", "delete", "entry"):
         body = wire.encode(wire.VolumeRequest(op=op, name="vt-data", path="notes/a.txt"))
-        status, raw = http(cluster, "POST", "/v1/volumes", token, body, wire.MSGPACK)
+        status, raw = http_call(cluster, "POST", "/v1/volumes", token, body, wire.MSGPACK)
         assert status == 404, (op, status, raw)
+    # A body past the gateway's limit is refused before it is read (files go in chunks).
+    url = urllib.parse.urlsplit(cluster.profile["url"])
+    conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
+    conn.putrequest("POST", "/v1/volumes")
+    conn.putheader("Authorization", f"Bearer {token}")
+    conn.putheader("Content-Length", str(9 << 20))
+    conn.endheaders()  # (the body is never sent: the answer comes first)
+    resp = conn.getresponse()
+    assert resp.status == 413 and b"exceeds the" in resp.read()
+    conn.close()
     body = wire.encode(wire.VolumeRequest(op="list"))
-    status, raw = http(cluster, "POST", "/v1/volumes", token, body, wire.MSGPACK)
+    status, raw = http_call(cluster, "POST", "/v1/volumes", token, body, wire.MSGPACK)
     assert status == 200 and wire.volume_response_decoder.decode(raw).volumes == []
     app = tmp_path / "other_vol_app.py"
     app.write_text(textwrap.dedent('''

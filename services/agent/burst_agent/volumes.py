@@ -95,7 +95,10 @@ class VolumeCache:
             self._evict(keep=f.sha256)
             fut.set_result(p)
             return p
-        except BaseException as e:
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as e:
             fut.set_exception(e)
             fut.exception()  # (retrieved: a lone fetch has no other waiter)
             raise

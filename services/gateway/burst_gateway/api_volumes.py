@@ -8,7 +8,7 @@ from __future__ import annotations
 import msgspec
 from fastapi import APIRouter, Depends, Request, Response
 
-from burst.exception import InvalidError
+from burst.exception import InvalidError, PayloadTooLargeError
 from burst.wire import MSGPACK, volume_request_decoder
 from burst_core.volumes import Volumes
 from burst_gateway.auth import Principal, principal
@@ -32,6 +32,11 @@ async def volume_op(request: Request, gw: GatewayDep,
     """One operation on the caller's volumes (msgpack ``VolumeRequest``): create, list,
     delete, list a directory, read a file's entry or one chunk, upload a chunk, commit
     files, remove or copy paths. Another workspace's volume is not found (404)."""
+    size = int(request.headers.get("content-length") or 0)
+    if size > gw.settings.max_body_bytes:
+        raise PayloadTooLargeError(f"request of {size} bytes exceeds the "
+                                   f"{gw.settings.max_body_bytes} byte limit (files go up in "
+                                   "chunks of 4 MiB)")
     try:
         req = volume_request_decoder.decode(await request.body())
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
