@@ -267,10 +267,13 @@ class Volumes:
             return False
         return True
 
-    async def put_chunk(self, rec: VolumeRecord, data: bytes) -> str:
+    async def put_chunk(self, rec: VolumeRecord, data: bytes, sha: str = "") -> str:
+        """Store a chunk under its sha256 (``sha``: already computed by this process;
+        never a caller's word for it); its hash."""
         if len(data) > CHUNK:
             raise InvalidError(f"chunk of {len(data)} bytes: at most {CHUNK}")
-        sha = sha256_hex(data)
+        # (hashlib lets go of the GIL on large data: off the event loop, in parallel)
+        sha = sha or await asyncio.to_thread(sha256_hex, data)
         st = await self.store(rec)
         if not await self.has_chunk(st, sha):
             await st.put(sha, data, meta=ObjectMeta(
@@ -300,7 +303,7 @@ class Volumes:
             out += msg.data or b""
             seq = msg.seq or seq + 1
         data = bytes(out)
-        if sha256_hex(data) != sha:
+        if await asyncio.to_thread(sha256_hex, data) != sha:
             raise InvalidError(f"volume {rec.name!r}: chunk {sha[:16]} is corrupt")
         return data
 

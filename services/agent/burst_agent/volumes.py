@@ -29,6 +29,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from burst.exception import Error as BurstError
 from burst.exception import InvalidError, NotFoundError
@@ -121,8 +122,7 @@ class VolumeCache:
                     nxt = next(chunks, None)
                     if nxt is not None:
                         window.append(asyncio.create_task(vols.get_chunk(rec, nxt)))
-                    whole.update(data)
-                    await asyncio.to_thread(out.write, data)
+                    await asyncio.to_thread(_write_hashed, out, whole, data)
             if whole.hexdigest() != f.sha256:
                 raise InvalidError(f"volume {rec.name!r}: a file's content does not match "
                                    "its hash")
@@ -148,6 +148,11 @@ class VolumeCache:
             # A read-only mount's hard link keeps its data until the container is gone.
             self.path(sha).unlink(missing_ok=True)
             total -= size
+
+
+def _write_hashed(out: BinaryIO, whole: Any, data: bytes) -> None:
+    whole.update(data)
+    out.write(data)
 
 
 @dataclass
@@ -363,23 +368,28 @@ class ContainerVolumes:
         sem = asyncio.Semaphore(PARALLEL)
         tasks: list[asyncio.Task[str]] = []
 
-        async def put(data: bytes) -> str:
+        async def put(data: bytes, sha: str) -> str:
             try:
-                return await self.vols.put_chunk(rec, data)
+                return await self.vols.put_chunk(rec, data, sha)
             finally:
                 sem.release()
+
+        def read(fp: BinaryIO) -> tuple[bytes, str]:
+            """The next piece and its hash (in a thread: hashing lets go of the GIL)."""
+            data = fp.read(CHUNK)
+            whole.update(data)
+            return data, hashlib.sha256(data).hexdigest()
 
         st = p.stat()
         try:
             with p.open("rb") as fp:
                 while True:
                     await sem.acquire()
-                    data = await asyncio.to_thread(fp.read, CHUNK)
+                    data, sha = await asyncio.to_thread(read, fp)
                     if not data and tasks:
                         sem.release()
                         break
-                    whole.update(data)
-                    tasks.append(asyncio.create_task(put(data)))
+                    tasks.append(asyncio.create_task(put(data, sha)))
                     if not data:
                         break
             chunks = list(await asyncio.gather(*tasks))
