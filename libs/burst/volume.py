@@ -29,7 +29,6 @@ Files travel as chunks of at most 4 MiB, so a file of any size streams.
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 import os
 import posixpath
@@ -327,7 +326,6 @@ class Volume:
         """Store a file's chunks (one piece in memory at a time); its entry."""
         from concurrent.futures import Future, ThreadPoolExecutor
 
-        whole = hashlib.sha256()
         size = 0
         pending: list[Future[str]] = []
 
@@ -346,13 +344,12 @@ class Volume:
                 piece = fp.read(CHUNK)
                 if not piece and pending:
                     break
-                whole.update(piece)
                 size += len(piece)
                 pending.append(pool.submit(put, piece))
                 if not piece:  # empty: one empty chunk
                     break
             chunks = [f.result() for f in pending]
-        return wire.VolumeFile(size=size, sha256=whole.hexdigest(), chunks=chunks)
+        return wire.VolumeFile(size=size, sha256=wire.volume_file_id(chunks), chunks=chunks)
 
 
 class VolumeUpload:

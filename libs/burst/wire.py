@@ -394,9 +394,21 @@ VolumeOp = Literal["ensure", "create", "info", "list", "delete", "listdir", "ent
                    "mount_reload"]
 
 
+def volume_file_id(chunks: list[str]) -> str:
+    """A volume file's content id from its chunks' sha256s: a file of one chunk is named
+    by that chunk's hash (the sha256 of its bytes), a longer one by the sha256 of its
+    chunk hashes (so no second pass over its bytes is needed)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    import hashlib
+
+    return hashlib.sha256("\n".join(chunks).encode()).hexdigest()
+
+
 class VolumeFile(_Body):
-    """One file of a volume's tree: its content by sha256, as the chunks it is stored in
-    (each chunk named by its own sha256; a file of one chunk has ``chunks == [sha256]``)."""
+    """One file of a volume's tree: its content id (``volume_file_id`` of its chunks) and
+    the chunks it is stored in, each named by its sha256 (a file of one chunk lists none
+    in the tree: its id is its chunk's)."""
 
     size: int
     sha256: str

@@ -321,8 +321,10 @@ class Volumes:
         for p, f in changes.items():
             path = check_path(p, allow_root=f is None)
             if f is not None:
-                if f.size < 0 or len(f.sha256) != 64:
-                    raise InvalidError(f"file {path!r}: malformed entry")
+                if f.size < 0 or len(f.sha256) != 64 or (
+                        wire.volume_file_id(chunks_of(f)) != f.sha256):
+                    raise InvalidError(f"file {path!r}: malformed entry (its id is not "
+                                       "its chunks')")
                 if f.chunks == [f.sha256]:  # one chunk: implied, so the tree holds more
                     f = msgspec.structs.replace(f, chunks=[])
             norm[path] = f

@@ -29,8 +29,9 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
+from burst import wire
 from burst.exception import Error as BurstError
 from burst.exception import InvalidError, NotFoundError
 from burst.volume import MOUNTS_ENV, check_mount_path
@@ -107,8 +108,9 @@ class VolumeCache:
             del self._fetching[f.sha256]
 
     async def _fetch(self, vols: Volumes, rec: VolumeRecord, f: VolumeFile) -> Path:
+        if wire.volume_file_id(chunks_of(f)) != f.sha256:
+            raise InvalidError(f"volume {rec.name!r}: a file's id does not match its chunks")
         tmp = self.root / f"tmp-{f.sha256[:16]}-{os.getpid()}-{time.monotonic_ns()}"
-        whole = hashlib.sha256()
         try:
             with tmp.open("wb") as out:
                 window: collections.deque[asyncio.Task[bytes]] = collections.deque()
@@ -122,10 +124,7 @@ class VolumeCache:
                     nxt = next(chunks, None)
                     if nxt is not None:
                         window.append(asyncio.create_task(vols.get_chunk(rec, nxt)))
-                    await asyncio.to_thread(_write_hashed, out, whole, data)
-            if whole.hexdigest() != f.sha256:
-                raise InvalidError(f"volume {rec.name!r}: a file's content does not match "
-                                   "its hash")
+                    await asyncio.to_thread(out.write, data)  # (get_chunk checked it)
             os.chmod(tmp, 0o644)
             if self.owner is not None:
                 os.chown(tmp, self.owner, self.owner)
@@ -148,11 +147,6 @@ class VolumeCache:
             # A read-only mount's hard link keeps its data until the container is gone.
             self.path(sha).unlink(missing_ok=True)
             total -= size
-
-
-def _write_hashed(out: BinaryIO, whole: Any, data: bytes) -> None:
-    whole.update(data)
-    out.write(data)
 
 
 @dataclass
@@ -363,7 +357,6 @@ class ContainerVolumes:
 
     async def _upload(self, rec: VolumeRecord, p: Path) -> VolumeFile:
         """Store a file's chunks (a few in flight at once, one piece read at a time)."""
-        whole = hashlib.sha256()
         chunks: list[str] = []
         sem = asyncio.Semaphore(PARALLEL)
         tasks: list[asyncio.Task[str]] = []
@@ -377,7 +370,6 @@ class ContainerVolumes:
         def read(fp: BinaryIO) -> tuple[bytes, str]:
             """The next piece and its hash (in a thread: hashing lets go of the GIL)."""
             data = fp.read(CHUNK)
-            whole.update(data)
             return data, hashlib.sha256(data).hexdigest()
 
         st = p.stat()
@@ -397,7 +389,7 @@ class ContainerVolumes:
             for t in tasks:
                 t.cancel()
             raise
-        return VolumeFile(size=st.st_size, sha256=whole.hexdigest(), chunks=chunks,
+        return VolumeFile(size=st.st_size, sha256=wire.volume_file_id(chunks), chunks=chunks,
                           mtime=st.st_mtime, mode=st.st_mode & 0o777)
 
     async def reload(self, name: str) -> int:
