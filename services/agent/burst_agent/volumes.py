@@ -111,9 +111,10 @@ class VolumeCache:
         if wire.volume_file_id(chunks_of(f)) != f.sha256:
             raise InvalidError(f"volume {rec.name!r}: a file's id does not match its chunks")
         tmp = self.root / f"tmp-{f.sha256[:16]}-{os.getpid()}-{time.monotonic_ns()}"
+        # The next few chunks are on their way while one is written.
+        window: collections.deque[asyncio.Task[bytes]] = collections.deque()
         try:
             with tmp.open("wb") as out:
-                window: collections.deque[asyncio.Task[bytes]] = collections.deque()
                 chunks = iter(chunks_of(f))
                 for sha in chunks:
                     window.append(asyncio.create_task(vols.get_chunk(rec, sha)))
@@ -130,7 +131,7 @@ class VolumeCache:
                 os.chown(tmp, self.owner, self.owner)
             os.replace(tmp, self.path(f.sha256))
         except BaseException:
-            for t in locals().get("window", ()):
+            for t in window:
                 t.cancel()
             tmp.unlink(missing_ok=True)
             raise
