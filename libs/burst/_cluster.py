@@ -39,7 +39,7 @@ from burst._parts import (
     write_state,
 )
 from burst.client import Client
-from burst.config import DEFAULT_WORKSPACE, Profile
+from burst.config import DEFAULT_WORKSPACE, Profile, profile_path, read_profile
 from burst.config import write_profile as _write_profile
 from burst.exception import (
     Error,
@@ -382,9 +382,11 @@ def _start_servers(launcher: Launcher, ports: dict[str, int]) -> None:
     )
 
 
-#: The services given BURST_MASTER_KEYS: the gateway (user secrets, webhook signing
-#: secrets) and billing (webhook signing secrets, to sign deliveries).
-KEY_HOLDERS = ("gateway", "billing")
+#: The services given BURST_MASTER_KEYS: the gateway alone (it seals and opens user
+#: secrets and webhook signing secrets). Billing, which signs deliveries, opens webhook
+#: signing secrets with the derived keys the gateway writes (``webhook.keys``), never a
+#: master key.
+KEY_HOLDERS = ("gateway",)
 
 
 def _start_services(
@@ -450,6 +452,19 @@ def ensure_docker(progress: Steps) -> None:
                                + (done.stdout + done.stderr)[-3000:])
 
 
+def _profile_token(home: Path) -> str:
+    """The operator token of this home's profile, kept across restarts (one ``burst up``
+    token per profile; the gateway revokes the one a new token replaces); a new one when
+    there is none."""
+    path = profile_path(home)
+    if path.exists():
+        with contextlib.suppress(Exception):
+            token = read_profile(path).token
+            if token.startswith("bst_"):
+                return token
+    return "bst_" + secrets.token_urlsafe(32)
+
+
 def start_cluster(
     home: Path, ports: dict[str, int], gpus: str, spot: bool, timeout: float, progress: Steps,
     runtime: str = "process", supervise: _supervisor.SupervisorSettings | None = None,
@@ -460,7 +475,7 @@ def start_cluster(
     supervise = supervise or _supervisor.SupervisorSettings()
     if runtime == "docker":
         ensure_docker(progress)
-    token = "bst_" + secrets.token_urlsafe(32)
+    token = _profile_token(home)
     url = f"http://{HOST}:{ports['gateway']}"
     launcher = Launcher(home)
     state = ClusterState(home=str(home), url=url, started_at=time.time(), parts=launcher.parts)

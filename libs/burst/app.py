@@ -297,8 +297,13 @@ class App:
 
     def deploy(self, name: str | None = None, *, client: Client | None = None,
                ephemeral: bool = False, client_id: str = "",
-               _serve: bool = False) -> wire.DeployResponse:
+               _serve: bool = False, strategy: str = "rolling") -> wire.DeployResponse:
         """Upload the app's source bundle and deploy it; returns the deployment.
+
+        Deploying a new version of a running app sends new calls to the new code; with
+        ``strategy="rolling"`` (the default) the old version's containers finish the calls
+        they run and stop, with ``"recreate"`` they stop at once (their calls run again on
+        the new version).
 
         With ``ephemeral`` it is a run of the app (what ``app.run()`` makes): it gets an id
         of its own (``DeployResponse.app``), lives while ``client_id`` heartbeats (or, with
@@ -313,6 +318,10 @@ class App:
             raise InvalidError(f"app {app_name!r} has no functions to deploy")
         from burst import _bundle
 
+        try:
+            wire.check_strategy(strategy)
+        except ValueError as e:
+            raise InvalidError(str(e)) from None
         client = client or Client.from_profile()
         bundle = _bundle.build(self._source_root())
         if not client.has_bundle(bundle.hash):
@@ -321,7 +330,7 @@ class App:
             app=app_name, bundle_hash=bundle.hash,
             functions=[_with_secrets(f) for f in self.registered_functions.values()],
             ephemeral=ephemeral or _serve,
-            client_id=client_id, serve=_serve))
+            client_id=client_id, serve=_serve, strategy=strategy))
         # Calls go to the app's id: its name when deployed, the run's own id when ephemeral.
         self._client, self._deployed_name = client, resp.app
         for fn in self.registered_functions.values():

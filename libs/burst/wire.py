@@ -121,8 +121,10 @@ class Schedule(_Body):
 
 class ImageStep(_Body):
     """One step of a :class:`burst.Image`, in order. ``kind`` names the builder method
-    (``pip_install``, ``apt_install``, ``run_commands``, ``env``, ``workdir``,
-    ``add_local_file``, ``add_local_dir``, ``add_local_python_source``)."""
+    (``pip_install``, ``uv_pip_install``, ``pip_install_from_requirements``,
+    ``pip_install_from_pyproject``, ``apt_install``, ``run_commands``, ``run_function``,
+    ``env``, ``workdir``, ``entrypoint``, ``add_local_file``, ``add_local_dir``,
+    ``add_local_python_source``)."""
 
     kind: str
     args: list[str] = msgspec.field(default_factory=list)
@@ -131,6 +133,24 @@ class ImageStep(_Body):
     path: str = ""
     #: Files of ``add_local_*`` steps: relative path -> content (carried in the deployment).
     files: dict[str, bytes] = msgspec.field(default_factory=dict)
+    #: Options of the ``pip_install*`` and ``uv_pip_install`` steps, as Modal names them.
+    index_url: str = ""
+    extra_index_url: str = ""
+    find_links: str = ""
+    pre: bool = False
+    extra_options: str = ""
+    #: ``force_build=True``: a value new at each definition, so the step (and every step
+    #: after it) is built again instead of taken from a cache.
+    force_build: str = ""
+    #: ``run_function``: the cloudpickled ``(function, args, kwargs)``.
+    payload: bytes = b""
+    #: The local file a step was read from (requirements, pyproject, Dockerfile), for
+    #: messages; ``run_function``: the function's qualified name.
+    source: str = ""
+    #: ``add_local_file/dir(copy=False)`` (Modal's default): the files reach the container
+    #: at its start rather than being a build step, so no build step may follow (as in
+    #: Modal). Burst carries them in the deployment either way.
+    mounted: bool = False
 
 
 class ImageSpec(_Body):
@@ -140,8 +160,16 @@ class ImageSpec(_Body):
     base: str = "debian_slim"
     python_version: str = "3.11"
     registry_tag: str = ""
+    #: ``from_registry(tag, add_python=...)``: the Python version to add to the image.
+    add_python: str = ""
     steps: list[ImageStep] = msgspec.field(default_factory=list)
     content_hash: str = ""
+    #: Names the image the same in the client and in its containers, where local files
+    #: are not read (``Image.imports()`` tells its own image by it; ``BURST_IMAGE_ID``).
+    ident: str = ""
+    #: Top-level modules imported in ``with image.imports():`` blocks (not hashed): what a
+    #: container of this image may import ahead of time.
+    imports: list[str] = msgspec.field(default_factory=list)
 
 
 class SecretSpec(_Body):
@@ -251,6 +279,20 @@ class DeployRequest(_Body):
     #: A ``burst serve`` run (with ``ephemeral``): its id is ``{app}-dev`` (``dev_name``),
     #: so its URLs end in ``-dev`` and stay the same when a save deploys it again.
     serve: bool = False
+    #: How the containers of the version it replaces leave (``DEPLOY_STRATEGIES``):
+    #: "rolling" (they finish what they run, take no new calls, then stop) or "recreate"
+    #: (stopped at once; what they ran runs again on the new version).
+    strategy: str = "rolling"
+
+
+DEPLOY_STRATEGIES = ("rolling", "recreate")
+
+
+def check_strategy(strategy: str) -> str:
+    if strategy not in DEPLOY_STRATEGIES:
+        raise ValueError(f"unknown deploy strategy {strategy!r}: expected "
+                         f"{' or '.join(DEPLOY_STRATEGIES)}")
+    return strategy
 
 
 def dev_name(app: str) -> str:
@@ -266,6 +308,8 @@ class DeployResponse(_Body):
     name: str = ""  # an ephemeral run's app name
     #: The URL of each web endpoint, by its name (``WebEndpoint.name``).
     web_urls: dict[str, str] = msgspec.field(default_factory=dict)
+    #: A deployed app's version (1 for its first deploy); 0 for an ephemeral run.
+    version: int = 0
 
 
 #: Arguments and results up to this size travel inline (NATS messages stay small);
@@ -597,6 +641,9 @@ class WebRequest(_Frame, kw_only=True):
     reply: str = ""
     #: A WebSocket handshake (ASGI ``websocket`` scope) rather than an HTTP request.
     websocket: bool = False
+    #: Offered by an agent where it waits for a slot (the whole body with it): taken only
+    #: by an agent with a container that runs it at once, else declined (``subject`` "").
+    free_only: bool = False
 
 
 class WebRequestBody(_Frame, kw_only=True):
@@ -623,6 +670,14 @@ class WebAccepted(_Frame, kw_only=True):
     #: No container had a free slot: it waits at the agent (the gateway tells the
     #: scheduler the function needs more containers).
     queued: bool = False
+
+
+class WebMoved(_Frame, kw_only=True):
+    """From the agent that took a request which had not started: another agent's free
+    container runs it; its cancel (and WebSocket messages) now go to ``subject``."""
+
+    req_id: str
+    subject: str
 
 
 class WebResponseStart(_Frame, kw_only=True):
@@ -684,7 +739,7 @@ FromShim = (Ready | StartupFailed | InputDone | StreamItem | Log | PlatformReque
 #: Frames of a web request between the gateway and the agent (core NATS messages).
 WebMessage = (WebRequest | WebRequestBody | WebCancel | WebAccepted | WebResponseStart
               | WebResponseBody | WebEnd | WebAlive | WebSocketAccept | WebSocketMessage
-              | WebSocketClose)
+              | WebSocketClose | WebMoved)
 #: Web frames to the shim (the shim's web host takes them).
 WEB_TO_SHIM = (WebRequest, WebRequestBody, WebCancel, WebSocketMessage, WebSocketClose)
 #: Web frames from the shim that the agent relays to the gateway as they are.

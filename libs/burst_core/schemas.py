@@ -53,6 +53,26 @@ class DeploymentRecord(_Wire, kw_only=True):
     #: The client whose heartbeats keep an ephemeral run alive ("" : a deployed app, or a
     #: detached run, which lives until ``burst app stop``).
     client_id: str = ""
+    #: How containers of the deployment it replaces leave: "rolling" (they finish what
+    #: they run, take nothing new, then stop) or "recreate" (stopped at once; what they
+    #: ran is handed back and runs on the new code).
+    strategy: str = "rolling"
+    #: A deployed app's version (1, 2, ...; see AppVersion); 0 for an ephemeral run.
+    version: int = 0
+    #: Id of the token that deployed it (``TokenRecord.token_id``).
+    deployed_by: str = ""
+    #: The version this one redeployed (``burst app rollback``); 0 for a fresh deploy.
+    rollback_of: int = 0
+
+
+class AppVersion(_Wire, kw_only=True):
+    """One deployed version of an app (KV ``burst_app_versions``, key
+    ``names.app_version_key``): what ``burst app history`` lists and ``burst app
+    rollback`` deploys again. The newest ``BURST_APP_HISTORY`` are kept, with their
+    bundles."""
+
+    version: int
+    deployment: DeploymentRecord
 
 
 class ClientHeartbeat(_Wire, kw_only=True):
@@ -184,12 +204,40 @@ class MapRecord(_Wire, kw_only=True):
 class TokenRecord(_Wire, kw_only=True):
     workspace: str
     name: str = ""
+    #: Records from before scopes: True is an operator token (scope "operator").
     admin: bool = False
     created_at: float = 0.0
     #: "" for an API token (keyed by its sha256); "proxy_auth" for a web endpoint
     #: proxy-auth token (keyed by ``names.proxy_auth_key``; its secret's sha256 here).
     kind: str = ""
     secret_hash: str = ""
+    #: operator, admin, deploy, invoke or read; "" on records from before scopes (then
+    #: ``admin`` says operator, else the workspace's admin).
+    scope: str = ""
+    #: Shown by ``burst token list`` and named by ``burst token revoke`` ("tk-..."; a
+    #: proxy-auth token's is its key id, "wk-..."). "" on records from before ids: the
+    #: gateway derives one from the key.
+    token_id: str = ""
+    #: Unix time past which the token no longer works; 0: never.
+    expires_at: float = 0.0
+    #: Unix time it was revoked; 0: not revoked.
+    revoked_at: float = 0.0
+    #: Unix time of its last use, written at most once per ``BURST_TOKEN_USE_INTERVAL``.
+    last_used_at: float = 0.0
+    #: Id of the token that created it ("" for the one ``burst up`` made).
+    created_by: str = ""
+    #: The operator token a ``burst up`` made (the gateway's bootstrap hash): a later
+    #: bootstrap with another hash revokes it, so one ``burst up`` token stays valid.
+    bootstrap: bool = False
+
+
+class WorkspaceRecord(_Wire, kw_only=True):
+    """A workspace (KV ``burst_workspaces``, key: its name): tokens are made only for
+    workspaces that exist."""
+
+    name: str
+    created_at: float
+    created_by: str = ""
 
 
 class ServiceHeartbeat(_Wire, kw_only=True):
@@ -446,6 +494,11 @@ class LogLine(_Wire, kw_only=True):
     #: The attempt of ``call_id`` that printed it: a follower waiting for the lines of a
     #: retried call's last attempt must not count those of the attempts before.
     attempt: int = 1
+    #: A platform event of the container rather than a line it printed, named
+    #: ``container.started``, ``container.ready`` (a cold start), ``container.stopped``,
+    #: ``container.oom``, ``call.timeout``, ``container.preempted`` or ``image.build``;
+    #: ``line`` then says it in words. "" for the user's own output.
+    event: str = ""
 
 
 # ---- control plane -------------------------------------------------------------------
@@ -479,6 +532,12 @@ class FunctionDeployed(_Wire, kw_only=True):
     app: str
     deployment_id: str
     function: FunctionSpec
+    #: How the containers of older deployments of the function leave (see
+    #: ``DeploymentRecord.strategy``).
+    strategy: str = "rolling"
+    #: A run (``burst run``, ``burst serve``): its images are built as its containers
+    #: start, where its output is followed; a deployment's as it is deployed.
+    ephemeral: bool = False
 
 
 class AppRemoved(_Wire, kw_only=True):
@@ -599,6 +658,16 @@ class ContainerView(msgspec.Struct, kw_only=True, omit_defaults=True):
     #: The JetStream ack subjects of the inputs in flight: a scheduler that marks the
     #: agent lost naks them, so they run again at once rather than after AckWait.
     acks: list[str] = msgspec.field(default_factory=list)
+    #: When it started (agent clock; 0: not yet), and the inputs it answered since.
+    started_at: float = 0.0
+    inputs_served: int = 0
+    #: What it used at the agent's last look (``BURST_METRICS_INTERVAL``): CPU cores
+    #: (averaged over that interval) and memory (MiB); None where the runtime cannot say.
+    cpu_used: float | None = None
+    memory_used_mb: float | None = None
+    #: Its GPUs (indices on the agent) and their type.
+    gpu_indices: list[int] = msgspec.field(default_factory=list)
+    gpu_type: str = ""
 
 
 class AgentHeartbeat(_Wire, kw_only=True):
@@ -609,6 +678,91 @@ class AgentHeartbeat(_Wire, kw_only=True):
     #: Web requests the agent holds per function key, running or waiting for a free slot
     #: (the scheduler's backlog counts them as it counts queued inputs).
     web_requests: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class Histogram(msgspec.Struct, kw_only=True, omit_defaults=True, array_like=True):
+    """Counts per bucket (not cumulative) of ``burst_core.metrics.BUCKETS``, and the sum."""
+
+    counts: list[int]
+    total: float = 0.0
+
+
+class FunctionFigures(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One function's figures on one agent, cumulative since the agent started."""
+
+    #: Outputs stored, by status (success, failure, timeout, terminated, internal).
+    calls: dict[str, int] = msgspec.field(default_factory=dict)
+    #: Seconds from an input's start in a container to its output.
+    latency: Histogram | None = None
+    #: Seconds from a call's acceptance to its start in a container.
+    queue: Histogram | None = None
+    cold_starts: int = 0
+    #: Seconds from a placement's arrival to its container being ready.
+    cold_start: Histogram | None = None
+    #: Now: containers by state, and inputs (and web requests) running or waiting in them.
+    containers: dict[str, int] = msgspec.field(default_factory=dict)
+    in_flight: int = 0
+
+
+class GpuFigures(msgspec.Struct, kw_only=True, omit_defaults=True):
+    index: int
+    type: str = ""
+    utilisation: float = 0.0  # percent
+    memory_used_mb: float = 0.0
+    memory_total_mb: float = 0.0
+    #: Memory used per container where NVML maps processes to containers.
+    containers: dict[str, float] = msgspec.field(default_factory=dict)
+
+
+class AgentMetrics(_Wire, kw_only=True):
+    """An agent's figures, published every ``BURST_METRICS_INTERVAL`` over core NATS
+    (agents open no port); the gateway exports them at ``/metrics``."""
+
+    agent_id: str
+    at: float
+    cpu_percent: float = 0.0  # the machine's, over the last interval
+    memory_used_mb: float = 0.0
+    memory_total_mb: float = 0.0
+    gpus: list[GpuFigures] = msgspec.field(default_factory=list)
+    #: By function key.
+    functions: dict[str, FunctionFigures] = msgspec.field(default_factory=dict)
+
+
+class ExecRequest(_Wire, kw_only=True):
+    """Run ``argv`` inside a running container (``burst container exec``), over core NATS
+    to the container's agent; its output and exit code go to ``reply`` as ``ExecOutput``."""
+
+    exec_id: str
+    container_id: str
+    workspace: str
+    argv: list[str]
+    reply: str
+    timeout: float = 0.0  # 0: the agent's BURST_EXEC_TIMEOUT
+    #: Its stdin comes as ``ExecInput`` frames (``names.exec_stdin_subject``); else empty.
+    interactive: bool = False
+
+
+class ExecInput(_Wire, kw_only=True):
+    """A chunk of an interactive exec's stdin (``eof``: no more)."""
+
+    exec_id: str
+    data: bytes = b""
+    eof: bool = False
+
+
+class ExecAccepted(_Wire, kw_only=True):
+    """The agent's answer to an ``ExecRequest``: "" (running), or why not."""
+
+    error_type: str = ""  # NotFoundError | ConflictError | InvalidError
+    error: str = ""
+
+
+class ExecOutput(_Wire, kw_only=True):
+    exec_id: str
+    #: stdout | stderr | keepalive | exit
+    kind: str
+    data: bytes = b""
+    exit_code: int | None = None
 
 
 class MeteringRecord(_Wire, kw_only=True):
@@ -687,6 +841,8 @@ DeploymentRecordDecoder = decoder(DeploymentRecord)
 AgentRecordDecoder = decoder(AgentRecord)
 CallRecordDecoder = decoder(CallRecord)
 TokenRecordDecoder = decoder(TokenRecord)
+WorkspaceRecordDecoder = decoder(WorkspaceRecord)
+AppVersionDecoder = decoder(AppVersion)
 MapRecordDecoder = decoder(MapRecord)
 ServiceHeartbeatDecoder = decoder(ServiceHeartbeat)
 LedgerSnapshotDecoder = decoder(LedgerSnapshot)
@@ -695,6 +851,11 @@ LeaseRecordDecoder = decoder(LeaseRecord)
 InputDecoder = decoder(Input)
 OutputDecoder = decoder(Output)
 LogLineDecoder = decoder(LogLine)
+AgentMetricsDecoder = decoder(AgentMetrics)
+ExecRequestDecoder = decoder(ExecRequest)
+ExecAcceptedDecoder = decoder(ExecAccepted)
+ExecOutputDecoder = decoder(ExecOutput)
+ExecInputDecoder = decoder(ExecInput)
 OutputItemDecoder = decoder(OutputItem)
 InputAcceptedDecoder = decoder(InputAccepted)
 AttemptChangedDecoder = decoder(AttemptChanged)

@@ -67,6 +67,7 @@ def test_hard_cap_stops_calls_and_containers_of_its_workspace_only(
     app = write_app(tmp_path, APP, "capped_app.py")
     cluster.burst("deploy", str(app), check=True)
     admin = cluster.profile["token"]
+    cluster.burst("workspace", "create", "budget-b", check=True)
     other = cluster.burst("token", "create", "--workspace", "budget-b", check=True).stdout.strip()
     env_b = {**cluster.env, "BURST_URL": cluster.profile["url"], "BURST_TOKEN": other}
     for token in (admin, other):

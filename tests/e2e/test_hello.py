@@ -296,6 +296,7 @@ def test_bad_requests_get_clear_json_errors(cluster: Cluster) -> None:
 
 
 def test_tokens_are_stored_hashed(cluster: Cluster) -> None:
+    cluster.burst("workspace", "create", "team-b", check=True)
     proc = cluster.burst("token", "create", "--workspace", "team-b", check=True)
     new_token = proc.stdout.strip()
     assert new_token.startswith("bst_")

@@ -106,6 +106,7 @@ def test_a_call_answered_in_its_wait_is_found_by_id_without_a_record(
     status, items, _ = request(deployed, "GET", f"/v1/calls/{call_id}/items")
     assert status == 200 and items["items"] == [] and items["final"]["result"] == {"sum": 3}
     # Another workspace does not see it, by the output's workspace.
+    deployed.burst("workspace", "create", "lazy-b", check=True)
     other = deployed.burst("token", "create", "--workspace", "lazy-b", check=True).stdout.strip()
     status, err, _ = request(deployed, "GET", f"/v1/calls/{call_id}",
                              headers={"Authorization": f"Bearer {other}"})

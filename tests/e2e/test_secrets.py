@@ -182,6 +182,7 @@ def test_bad_input_is_named(cluster: Cluster, tmp_path: Path) -> None:
 
 
 def test_another_workspace_gets_404(cluster: Cluster, deployed: Path, tmp_path: Path) -> None:
+    cluster.burst("workspace", "create", "other-ws", check=True)
     token = cluster.burst("token", "create", "--workspace", "other-ws", check=True).stdout.strip()
     for method in ("GET", "DELETE"):
         status, body = http(cluster, method, "/v1/secrets/creds", token)

@@ -345,6 +345,7 @@ def test_one_gib_file_streams_through_a_256_mib_container(cluster: Cluster, clie
 
 def test_other_workspace_gets_404(cluster: Cluster, client: Client, deployed: Path,
                                   tmp_path: Path) -> None:
+    cluster.burst("workspace", "create", "vol-other", check=True)
     token = cluster.burst("token", "create", "--workspace", "vol-other", check=True
                           ).stdout.strip()
     for op in ("info", "listdir", "delete", "entry"):

@@ -74,6 +74,7 @@ def gateway(nats_url: str, redis_server: Server, tmp_path: Path) -> Iterator[str
     port = free_port()
     env = dict(os.environ, BURST_NATS_URL=nats_url, BURST_REDIS_URL=redis_server.url,
                BURST_HOME=str(tmp_path), BURST_PORT=str(port), BURST_LOG_LEVEL="warning",
+               BURST_WEB_PORT="0",  # (no web port: the default one may be taken)
                BURST_BOOTSTRAP_TOKEN_HASH=hashlib.sha256(TOKEN.encode()).hexdigest(),
                # Generated ?wait= values are held this long at most, not a minute.
                BURST_MAX_SYNC_WAIT="0.2")

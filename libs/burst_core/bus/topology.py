@@ -119,6 +119,8 @@ async def ensure_topology(js: JetStreamContext, topo: Topology | None = None) ->
         names.KV_WAITING: 0,
         names.KV_CLIENTS: 0,
         names.KV_TOKENS: 0,
+        names.KV_WORKSPACES: 0,
+        names.KV_APP_VERSIONS: 0,
         names.KV_SERVICES: 0,
         names.KV_LEDGER: 0,
         names.KV_LEASES: 0,

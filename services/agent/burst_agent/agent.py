@@ -18,7 +18,9 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import msgspec
 from nats.aio.msg import Msg
 
 from burst.wire import MAX_PAYLOAD
@@ -27,7 +29,10 @@ from burst_agent.acks import Ack, settle
 from burst_agent.attempts import Attempts
 from burst_agent.bundles import BundleCache
 from burst_agent.container import Container
+from burst_agent.execs import Execs
+from burst_agent.figures import Figures
 from burst_agent.inputs import InputPuller
+from burst_agent.prebuild import Prebuilder
 from burst_agent.runtimes.base import Runtime
 from burst_agent.runtimes.factory import make_runtime
 from burst_agent.settings import AgentSettings
@@ -44,19 +49,36 @@ from burst_core.schemas import (
     CallCancelledDecoder,
     DeploymentRecord,
     DeploymentRecordDecoder,
+    FunctionDeployed,
     Placement,
     PreemptAgent,
     StopContainer,
+    decoder,
     encode,
 )
 from burst_core.service import heartbeat_loop
 from burst_core.volumes import Volumes
 
 log = logs.get("burst.agent")
+FunctionDeployedDecoder = decoder(FunctionDeployed)
 
 #: Cancelled call ids remembered (an input redelivered later is skipped), pruned past TTL.
 CANCELLED_KEEP = 10_000
 CANCELLED_TTL = 3600.0
+
+
+def _nvml(inventory: gpus.Inventory) -> Any:
+    """The NVML module, initialised, when this machine's GPUs are real; else None."""
+    if inventory.declared or not inventory.gpus:
+        return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception as e:
+        log.warning("nvml_unavailable_for_metrics", error=repr(e))
+        return None
 
 
 def _total_memory_mb() -> int:
@@ -83,6 +105,11 @@ class Agent:
         self.preempted = False  # a reclaim notice came: no new containers here
         #: Web requests taken from the gateway (started with the agent).
         self.web = WebRelay(self)
+        #: Figures for /metrics (GPUs and NVML are known once started).
+        self.figures = Figures(self.agent_id, [], enabled=settings.metrics)
+        self.execs = Execs(self)
+        #: Images built as their functions are deployed (started with the agent).
+        self.prebuild = Prebuilder(self)
         self.started_at = time.time()
         # Unix socket paths are limited to 108 bytes: keep them short, under /tmp.
         self.socket_dir = tempfile.mkdtemp(prefix="burst-")
@@ -99,7 +126,7 @@ class Agent:
         self.nc = await bus.connect(s.nats_url, f"agent-{self.agent_id}",
                                     reconnected=self._on_reconnected)
         self.js = self.nc.jetstream()
-        await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
+        await bus.ensure_topology(self.js, s.topology())
         self.agents_kv = await self.js.key_value(names.KV_AGENTS)
         self.heartbeats_kv = await self.js.key_value(names.KV_HEARTBEATS)
         home = Path(s.home) / "agent" / self.agent_id
@@ -113,9 +140,18 @@ class Agent:
         await self._register()
         # Cancelled calls (recent ones): never started here, stopped if running here.
         self.cancelled: dict[str, float] = {}
+        #: The newest deployment of each function this agent heard of (redeploys).
+        self.deployed: dict[str, str] = {}
+        self._deployed_sub = await self.nc.subscribe(
+            names.function_deployed_subject("*.*.*"), cb=self._on_deployed)
         self._cancel_sub = await self.nc.subscribe(names.SUBJECTS_CALL_CANCELLED,
                                                    cb=self._on_cancel)
         await self.web.start()
+        await self.execs.start()
+        self.figures.gpus, self.figures.nvml = self.inventory.gpus, _nvml(self.inventory)
+        if s.metrics:
+            self._tasks.append(asyncio.create_task(self._metrics_loop()))
+        await self.prebuild.start()
         self.orders = bus.Consumer(
             self.js, names.STREAM_CONTROL, names.agent_consumer(self.agent_id), self._on_order,
             filter_subjects=[names.agent_orders_subject(self.agent_id)], ack_wait=10.0,
@@ -125,7 +161,8 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         self._tasks.append(asyncio.create_task(heartbeat_loop(
             self.js, "agent", self.agent_id, s.service_heartbeat_interval,
-            lambda: {"containers": str(len(self.containers)), "gpus": self.inventory.status})))
+            lambda: {"containers": str(len(self.containers)), "gpus": self.inventory.status},
+            health_file=s.health_file)))
         log.info("agent_started", agent_id=self.agent_id, cpu=self.record.cpu,
                  memory_mb=self.record.memory_mb, spot=s.spot, runtime=self.runtime.name)
 
@@ -153,6 +190,8 @@ class Agent:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.web.stop()
+        await self.execs.stop()
+        await self.prebuild.stop()
         if self._caller is not None:
             with contextlib.suppress(Exception):
                 await self._caller.stop()
@@ -246,6 +285,25 @@ class Agent:
         for c in list(self.containers.values()):
             await c.cancel(ev.call_id)
 
+    async def _on_deployed(self, msg: Msg) -> None:
+        """A function was (re)deployed: the containers of its older deployments here leave
+        as the deployment's strategy says. Rolling: they take no new inputs and stop once
+        theirs are done (web containers: see WebRelay); recreate: they stop at once, and
+        what they ran is handed back to run on the new code."""
+        try:
+            event = FunctionDeployedDecoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        fn_key = names.function_key(event.workspace, event.app, event.function.name)
+        self.deployed[fn_key] = event.deployment_id
+        for c in list(self.containers.values()):
+            if c.fn_key != fn_key or c.placement.deployment_id == event.deployment_id:
+                continue
+            if event.strategy == "recreate":
+                await c.stop("redeployed")
+            elif not c.fn.web:
+                c.retire()
+
     async def place(self, p: Placement) -> None:
         if p.container_id in self.containers:
             return  # redelivered order
@@ -256,6 +314,10 @@ class Agent:
             log.warning("placement_without_claim", container_id=p.container_id)
             return
         c = Container(agent=self, placement=p)
+        fn_key = names.function_key(p.workspace, p.app, p.function.name)
+        newest = self.deployed.get(fn_key)
+        if newest is not None and newest != p.deployment_id and not p.function.web:
+            c.retired = True  # placed for a deployment replaced since: never takes input
         self.containers[c.id] = c
         task = asyncio.create_task(self._run_container(c))
         self._tasks.append(task)
@@ -373,6 +435,34 @@ class Agent:
             await asyncio.sleep(self.settings.heartbeat_interval)
             await self._beat()
             await self._rejoin_if_lost()
+
+    async def _metrics_loop(self) -> None:
+        """Every ``metrics_interval``: each container's CPU and memory use (its view in
+        the heartbeats carries them), and this agent's figures to the gateway."""
+        while True:
+            await asyncio.sleep(self.settings.metrics_interval)
+            try:
+                handles = {cid: c.handle for cid, c in self.containers.items()}
+                await asyncio.to_thread(self.figures.sample, handles)  # reads /proc
+                await asyncio.to_thread(self.figures.fold)  # off the loop
+                pids = await asyncio.to_thread(self._container_pids)
+                snap = self.figures.snapshot([c.view() for c in self.containers.values()],
+                                             pids)
+                await self.nc.publish(names.agent_metrics_subject(self.agent_id),
+                                      encode(snap))
+            except Exception as e:  # this interval's figures are lost, not the next ones
+                log.warning("metrics_publish_failed", error=repr(e))
+
+    def _container_pids(self) -> dict[int, str]:
+        """Host pid -> container id, for NVML's processes (only GPU containers' matter)."""
+        out: dict[int, str] = {}
+        for cid, c in list(self.containers.items()):
+            h = c.handle
+            if h is None or not c.placement.gpu_indices:
+                continue
+            pids = h.pids() if hasattr(h, "pids") else ([h.pid] if h.pid else [])
+            out.update((p, cid) for p in pids)
+        return out
 
     async def _rejoin_if_lost(self) -> None:
         """A scheduler marked us lost (we were cut off): our claims are void and our

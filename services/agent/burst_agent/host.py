@@ -21,6 +21,7 @@ from burst_core.objects import Objects
 from burst_core.volumes import Volumes
 
 if TYPE_CHECKING:
+    from burst_agent.figures import Figures
     from burst_agent.runtimes.base import Runtime
     from burst_agent.volumes import VolumeCache
     from burst_agent.web import WebRelay
@@ -42,6 +43,8 @@ class AgentHost(Protocol):
     cancelled: dict[str, float]
     #: Web requests taken from the gateway (burst_agent.web).
     web: WebRelay
+    #: Figures for /metrics (burst_agent.figures).
+    figures: Figures
 
     def ack_later(self, msg: Msg) -> None: ...
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
 import nats.js.errors
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
 
 from burst import _resources
 from burst.exception import ConflictError, InvalidError, NotFoundError, PayloadTooLargeError
@@ -25,6 +27,7 @@ from burst.wire import (
     DeployResponse,
     FunctionSpec,
     check_client_id,
+    check_strategy,
     dev_name,
     is_app_id,
 )
@@ -38,7 +41,7 @@ from burst_core.schemas import (
     LogLineDecoder,
     encode,
 )
-from burst_gateway import web
+from burst_gateway import versions, web
 from burst_gateway.api_volumes import volumes
 from burst_gateway.auth import Principal, principal
 from burst_gateway.state import Gateway, GatewayDep
@@ -183,28 +186,122 @@ async def deploy(request: Request, gw: GatewayDep, p: Principal = Depends(princi
               if req.ephemeral else req.app)
     if req.serve:
         await _check_serve(gw, p.workspace, app_id, req)
+    try:
+        check_strategy(req.strategy)
+    except ValueError as e:
+        raise InvalidError(str(e)) from None
     dep = DeploymentRecord(
         workspace=p.workspace, app=app_id, deployment_id="dp-" + uuid.uuid4().hex[:12],
         bundle_hash=req.bundle_hash, functions=req.functions, created_at=time.time(),
         ephemeral=req.ephemeral, name=req.app if req.ephemeral else "",
-        client_id=req.client_id,
+        client_id=req.client_id, strategy=req.strategy, deployed_by=p.token_id,
     )
-    await gw.deployments_kv.put(names.deployment_key(p.workspace, app_id), encode(dep))
-    gw.remember(dep)
-    for fn in dep.functions:
-        fn_key = names.function_key(p.workspace, app_id, fn.name)
-        await bus.publish(
-            gw.js, names.function_deployed_subject(fn_key),
-            encode(FunctionDeployed(workspace=p.workspace, app=app_id,
-                                    deployment_id=dep.deployment_id, function=fn)),
-            msg_id=f"{dep.deployment_id}:{fn.name}",
-        )
+    dep = await _publish(gw, dep)
     resp = DeployResponse(app=app_id, workspace=p.workspace, deployment_id=dep.deployment_id,
                           functions=[f.name for f in dep.functions], name=dep.name,
                           web_urls={ep.name: web.url_of(gw.settings, p.workspace, app_id,
                                                         ep.name, ep)
-                                    for f in dep.functions for ep in f.web})
+                                    for f in dep.functions for ep in f.web},
+                          version=dep.version)
     return Response(msgspec.msgpack.encode(resp), status_code=201, media_type=MSGPACK)
+
+
+async def _publish(gw: Gateway, dep: DeploymentRecord) -> DeploymentRecord:
+    """Record a deployment (a deployed app's next version first) and tell the scheduler
+    and the agents: new calls go to it; the containers of the one it replaces leave as
+    its ``strategy`` says (the agents retire them)."""
+    if not dep.ephemeral:
+        dep = await versions.record(gw.app_versions, dep, gw.settings.app_history,
+                                    in_use=_bundles_in_use(gw, dep.workspace),
+                                    drop_bundle=lambda h: _drop_bundle(gw, dep.workspace, h))
+    await gw.deployments_kv.put(names.deployment_key(dep.workspace, dep.app), encode(dep))
+    gw.remember(dep)
+    for fn in dep.functions:
+        fn_key = names.function_key(dep.workspace, dep.app, fn.name)
+        await bus.publish(
+            gw.js, names.function_deployed_subject(fn_key),
+            encode(FunctionDeployed(workspace=dep.workspace, app=dep.app,
+                                    deployment_id=dep.deployment_id, function=fn,
+                                    strategy=dep.strategy, ephemeral=dep.ephemeral)),
+            msg_id=f"{dep.deployment_id}:{fn.name}",
+        )
+    return dep
+
+
+def _bundles_in_use(gw: Gateway, workspace: str) -> Callable[[], set[str]]:
+    """The bundles the workspace's live deployments and runs use (never dropped)."""
+    return lambda: {d.bundle_hash for d in gw.deployments_of(workspace)}
+
+
+async def _drop_bundle(gw: Gateway, workspace: str, h: str) -> None:
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await gw.bundles.delete(names.bundle_name(workspace, h))
+
+
+@router.get("/v1/apps/{app}/history", tags=["apps"])
+async def app_history(app: str, gw: GatewayDep,
+                      p: Principal = Depends(principal)) -> dict[str, Any]:
+    """A deployed app's versions, newest first: when, its source bundle's hash, which
+    token deployed it, and which one runs (the newest ``BURST_APP_HISTORY`` are kept)."""
+    kept = await versions.of_app(gw.app_versions, p.workspace, app)
+    if not kept:
+        raise NotFoundError(f"app {app!r} has no deployed versions in workspace "
+                            f"{p.workspace!r} (see `burst app list`)")
+    current = await gw.deployment(p.workspace, app)
+    running = current.version if current is not None and not current.ephemeral else 0
+    return {"app": app, "versions": [{
+        "version": v.version, "deployment_id": v.deployment.deployment_id,
+        "created_at": v.deployment.created_at, "bundle_hash": v.deployment.bundle_hash,
+        "deployed_by": v.deployment.deployed_by, "strategy": v.deployment.strategy,
+        "rollback_of": v.deployment.rollback_of or None, "current": v.version == running,
+        "functions": [f.name for f in v.deployment.functions],
+    } for v in reversed(kept)]}
+
+
+class Rollback(BaseModel):
+    version: int | None = Field(default=None, description=(
+        "The version to deploy again; default: the one before the running one."))
+    strategy: str = Field(default="rolling", description="rolling or recreate.")
+
+
+@router.post("/v1/apps/{app}/rollback", tags=["apps"])
+async def rollback(app: str, body: Rollback, gw: GatewayDep,
+                   p: Principal = Depends(principal)) -> dict[str, Any]:
+    """Deploy a kept version of the app again, as a new version."""
+    try:
+        check_strategy(body.strategy)
+    except ValueError as e:
+        raise InvalidError(str(e)) from None
+    kept = {v.version: v for v in await versions.of_app(gw.app_versions, p.workspace, app)}
+    current = await gw.deployment(p.workspace, app)
+    if not kept:
+        raise NotFoundError(f"app {app!r} has no deployed versions in workspace "
+                            f"{p.workspace!r} (see `burst app list`)")
+    running = current.version if current is not None and not current.ephemeral else 0
+    if body.version is None and not running:
+        raise InvalidError(f"app {app!r} is not running: name the version to deploy again "
+                           f"(see `burst app history {app}`)")
+    target = body.version if body.version is not None else running - 1
+    if target not in kept:
+        which = (f"version {body.version}" if body.version is not None
+                 else f"version before the running one ({running})")
+        raise NotFoundError(f"app {app!r} has no {which}: kept versions are "
+                            f"{', '.join(str(v) for v in sorted(kept))} (see `burst app "
+                            f"history {app}`)")
+    if target == running:
+        raise ConflictError(f"version {target} of app {app!r} is the one running")
+    old = kept[target].deployment
+    if not await _bundle_exists(gw, p.workspace, old.bundle_hash):
+        raise NotFoundError(f"the source bundle of version {target} of app {app!r} is no "
+                            "longer stored")
+    web.check_hosts(gw.settings, p.workspace, app, old.functions,
+                    gw.deployments_of(p.workspace))
+    dep = await _publish(gw, msgspec.structs.replace(
+        old, deployment_id="dp-" + uuid.uuid4().hex[:12], created_at=time.time(),
+        strategy=body.strategy, deployed_by=p.token_id, rollback_of=target, version=0,
+        client_id="", ephemeral=False, name=""))
+    return {"app": app, "version": dep.version, "rollback_of": target,
+            "deployment_id": dep.deployment_id}
 
 
 async def _check_serve(gw: Gateway, workspace: str, app_id: str, req: DeployRequest) -> None:
@@ -319,7 +416,8 @@ async def remove_app(app: str, gw: GatewayDep,
 @router.get("/v1/apps/{app}/logs", tags=["apps"])
 async def app_logs(app: str, request: Request, gw: GatewayDep,
                    p: Principal = Depends(principal)) -> StreamingResponse:
-    """Follow an app's container logs as NDJSON.
+    """Follow an app's container output as NDJSON, from now on (``burst run`` shows it;
+    the kept window, platform events and searches are ``GET /v1/logs``).
 
     The first line is ``{"type": "subscribed"}``: every line logged after it arrives.
     A ``{"type": "keepalive"}`` line is sent every 5 s of silence.
@@ -354,6 +452,8 @@ async def app_logs(app: str, request: Request, gw: GatewayDep,
                     ln = LogLineDecoder.decode(data)
                 except Exception:
                     continue
+                if ln.event and ln.event != "image.build":
+                    continue  # platform events are for `burst app logs`, not `burst run`
                 yield (json.dumps({"type": "log", "function": ln.function, "call_id": ln.call_id,
                                    "container_id": ln.container_id, "stream": ln.stream,
                                    "line": ln.line, "at": ln.at, "attempt": ln.attempt})

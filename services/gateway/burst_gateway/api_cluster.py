@@ -1,4 +1,4 @@
-"""Health, cluster status and tokens."""
+"""Health and cluster status (tokens: api_tokens.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from typing import Any
 
 import msgspec
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
 
-from burst.exception import InvalidError
 from burst_core import bus, names
 from burst_core.schemas import (
     AgentHeartbeatDecoder,
@@ -56,30 +54,3 @@ async def status(gw: GatewayDep, p: Principal = Depends(admin)) -> dict[str, Any
     services.sort(key=lambda s: (s["service"], s["instance"]))
     agents.sort(key=lambda a: a["agent_id"])
     return {"workspace": p.workspace, "services": services, "agents": agents}
-
-
-class TokenCreate(BaseModel):
-    workspace: str = Field(description="Workspace the new token belongs to.")
-    name: str = Field(default="", description="A label for the token.")
-    admin: bool = False
-    proxy_auth: bool = Field(default=False, description=(
-        "A proxy-auth token for web endpoints with requires_proxy_auth=True (a key id and "
-        "a secret, sent as the Burst-Key and Burst-Secret headers), not an API token."))
-
-
-@router.post("/v1/tokens", tags=["cluster"], status_code=201)
-async def create_token(body: TokenCreate, gw: GatewayDep,
-                       _: Principal = Depends(admin)) -> dict[str, Any]:
-    """Create a token for a workspace (admin only). The token is shown once."""
-    try:
-        names.check_ident("workspace", body.workspace)
-    except ValueError as e:
-        raise InvalidError(str(e)) from None
-    if body.proxy_auth:
-        if body.admin:
-            raise InvalidError("a proxy-auth token cannot be an operator token (admin)")
-        key_id, secret = await gw.tokens.create_proxy_auth(body.workspace, body.name)
-        return {"token_id": key_id, "token_secret": secret, "workspace": body.workspace,
-                "name": body.name}
-    token = await gw.tokens.create(body.workspace, body.name, body.admin)
-    return {"token": token, "workspace": body.workspace, "name": body.name}

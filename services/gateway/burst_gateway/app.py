@@ -17,13 +17,18 @@ from burst_gateway import (
     api_calls,
     api_clients,
     api_cluster,
+    api_containers,
+    api_logs,
     api_maps,
     api_objects,
     api_schedules,
     api_secrets,
+    api_tokens,
     api_volumes,
     api_webhooks,
     errors,
+    metrics,
+    scopes,
     validate,
 )
 from burst_gateway.fastcalls import FastCalls
@@ -52,10 +57,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             f"function names: {names.IDENT_RULE}. JSON has no NaN or infinities: in "
             "results they are the strings \"NaN\", \"Infinity\" and \"-Infinity\"."),
         lifespan=lifespan,
-        dependencies=[Depends(validate.path_names)],
+        # Every route's token scope is declared in scopes.py (one line per route).
+        dependencies=[Depends(scopes.enforce), Depends(validate.path_names)],
     )
     errors.install(app, settings.unavailable_retry_after)
+    # Routes: each router's module declares them; the scope each one needs is a line of
+    # scopes.ROUTES (a route missing there answers operators only, and a test names it).
     app.include_router(api_cluster.router)
+    app.include_router(api_tokens.router)
     app.include_router(api_apps.router)
     app.include_router(api_clients.router)
     app.include_router(api_calls.router)
@@ -69,6 +78,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_schedules.router)
     app.include_router(api_webhooks.router)
     app.include_router(api_secrets.router)
+    app.include_router(api_logs.router)
+    app.include_router(api_containers.router)
+    app.include_router(metrics.router)
     return app
 
 

@@ -19,11 +19,12 @@ from typing import Any
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from burst.exception import Error, InternalError, InvalidError
+from burst.exception import Error, InternalError, InvalidError, PermissionDeniedError
 from burst.wire import MSGPACK
 from burst_core import logs
+from burst_gateway import scopes
 from burst_gateway.api_calls import _call_decoder, decode_body
-from burst_gateway.auth import principal_of
+from burst_gateway.auth import OPERATOR, covers, denied, principal_of
 from burst_gateway.errors import error_response, unavailable_response
 from burst_gateway.state import Gateway
 from burst_gateway.unavailable import NATS_DOWN
@@ -31,6 +32,8 @@ from burst_gateway.validate import check_name
 
 log = logs.get("burst.gateway")
 
+#: The scope the route needs (scopes.py), checked here the same.
+_CALL_SCOPE = scopes.needed("POST", "/v1/apps/{app}/functions/{fn}/calls") or OPERATOR
 _PATH = re.compile(r"/v1/apps/([^/]+)/functions/([^/]+)/calls")
 _QUERY = re.compile(rb"(?:wait=([0-9]{1,9}(?:\.[0-9]{0,9})?))?")
 _MSGPACK = MSGPACK.encode()
@@ -83,6 +86,8 @@ class FastCalls:
         check_name("app", app)  # as every route checks its names (burst_gateway.validate)
         check_name("function", fn)
         p = await principal_of(gw.tokens, headers.get(b"authorization", b"").decode("latin-1"))
+        if not covers(p.scope, _CALL_SCOPE):
+            raise PermissionDeniedError(denied("POST", scope["path"], _CALL_SCOPE, p))
         dep = await gw.caller.function(p.workspace, app, fn)
         chunks, more = [], True
         while more:

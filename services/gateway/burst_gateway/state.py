@@ -14,14 +14,16 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from burst.exception import InvalidError
 from burst_core import bus, logs, names
 from burst_core.calls.caller import Caller
 from burst_core.objects import Objects
 from burst_core.schemas import DeploymentRecord, DeploymentRecordDecoder
-from burst_core.secrets import KeyRing
+from burst_core.secrets import KeyRing, webhook_keys_path, write_webhook_keys
 from burst_core.service import cancel_and_wait, heartbeat_loop
 from burst_core.volumes import Volumes
-from burst_gateway.auth import TokenStore
+from burst_gateway.agent_figures import AgentFigures
+from burst_gateway.auth import TokenStore, Workspaces
 from burst_gateway.secret_store import SecretStore
 from burst_gateway.settings import GatewaySettings
 
@@ -36,6 +38,8 @@ class Gateway:
     deployments_kv: KeyValue
     bundles: ObjectStore
     tokens: TokenStore
+    workspaces: Workspaces
+    app_versions: KeyValue
     caller: Caller
 
     def __init__(self, settings: GatewaySettings) -> None:
@@ -50,20 +54,40 @@ class Gateway:
         self.objects: Objects | None = None
         self.secrets: SecretStore | None = None
         self.volumes: Volumes | None = None
+        #: Every agent's latest figures, for /metrics.
+        self.agent_figures = AgentFigures(settings.metrics_stale)
+        #: Interactive execs streaming through this gateway: exec id -> (agent id,
+        #: workspace), where their stdin goes (``POST /v1/execs/{id}/stdin``).
+        self.execs: dict[str, tuple[str, str]] = {}
 
     async def start(self) -> None:
         s = self.settings
         # Listening for other machines, it never makes a key of its own: one made here
         # would not open what the cluster's other gateways sealed.
         ring = KeyRing.load(s.home, create=s.host in LOOPBACK)
+        # Billing opens webhook signing secrets with these derived keys alone.
+        keys_file = webhook_keys_path(s.home, s.webhook_keys_file)
+        write_webhook_keys(ring, keys_file)
         self.nc = await bus.connect(s.nats_url, f"gateway-{s.instance}")
         self.js = self.nc.jetstream()
-        await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
+        await bus.ensure_topology(self.js, s.topology())
+        await self.agent_figures.start(self.nc)
         self.deployments_kv = await self.js.key_value(names.KV_DEPLOYMENTS)
         self.bundles = await self.js.object_store(names.OBJ_BUNDLES)
-        self.tokens = TokenStore(await self.js.key_value(names.KV_TOKENS), s.token_cache_ttl)
+        self.tokens = TokenStore(await self.js.key_value(names.KV_TOKENS), s.token_cache_ttl,
+                                 s.token_use_interval)
+        self.workspaces = Workspaces(await self.js.key_value(names.KV_WORKSPACES))
+        self.app_versions = await self.js.key_value(names.KV_APP_VERSIONS)
+        await self.workspaces.create(s.bootstrap_workspace, exist_ok=True)
         if s.bootstrap_token_hash:
-            await self.tokens.ensure_hash(s.bootstrap_token_hash, s.bootstrap_workspace)
+            revoked = await self.tokens.ensure_bootstrap(s.bootstrap_token_hash,
+                                                         s.bootstrap_workspace)
+            if revoked:
+                log.info("bootstrap_tokens_revoked", count=revoked)
+        # Workspaces from before they were recorded: those their tokens name.
+        for ws in {rec.workspace for rec in (await self.tokens.records()).values()}:
+            with contextlib.suppress(InvalidError):  # (a name no rule allows: left alone)
+                await self.workspaces.create(ws, exist_ok=True)
         self.caller = Caller(self.nc, self.js, self.deployment,
                              max_sync_wait=s.max_sync_wait, signal_interval=s.signal_interval)
         await self.caller.start()
@@ -74,17 +98,19 @@ class Gateway:
         # The gateway alone holds the master keys: it seals and opens user secrets, and
         # answers the agents' requests for a placed container's values.
         self.secrets = SecretStore(self.nc, self.js, await self.js.key_value(names.KV_SECRETS),
-                                   ring)
+                                   ring, webhook_keys_file=keys_file)
         resealed = await self.secrets.reseal_webhook_secrets()
         if resealed:
             log.info("webhook_secrets_resealed", count=resealed)
         await self.secrets.serve()
         self._tasks.append(asyncio.create_task(
-            heartbeat_loop(self.js, "gateway", s.instance, s.service_heartbeat_interval)
+            heartbeat_loop(self.js, "gateway", s.instance, s.service_heartbeat_interval,
+                           health_file=s.health_file)
         ))
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
+        await self.agent_figures.stop()
         if self.secrets is not None:
             await self.secrets.stop()
         if self._deployments_mirror is not None:
