@@ -24,6 +24,7 @@ from burst_gateway import (
     api_schedules,
     api_secrets,
     api_tokens,
+    api_volumes,
     api_webhooks,
     dashboard,
     errors,
@@ -71,6 +72,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_billing.router)
     app.include_router(api_agents.router)
     app.include_router(api_objects.router)
+    app.include_router(api_volumes.router)
     app.include_router(api_blobs.router)
     app.include_router(api_maps.router)
     app.include_router(api_budgets.router)

@@ -59,6 +59,8 @@ ROUTES: dict[str, str] = {
     "HEAD /v1/blobs/{ref}": "read",
     "POST /v1/dicts": "invoke",
     "POST /v1/queues": "invoke",
+    # one operation on a volume, reads and writes alike (burst.wire.VolumeRequest)
+    "POST /v1/volumes": "invoke",
     # billing
     "GET /v1/billing/report": "read",
     "GET /v1/budgets": "read",

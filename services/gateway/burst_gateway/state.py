@@ -23,6 +23,7 @@ from burst_core.objects import Objects
 from burst_core.schemas import DeploymentRecord, DeploymentRecordDecoder
 from burst_core.secrets import KeyRing, webhook_keys_path, write_webhook_keys
 from burst_core.service import cancel_and_wait, heartbeat_loop
+from burst_core.volumes import Volumes
 from burst_gateway.agent_figures import AgentFigures
 from burst_gateway.auth import TokenStore, Workspaces
 from burst_gateway.secret_store import SecretStore
@@ -57,6 +58,7 @@ class Gateway:
         #: Signs the dashboard's session cookies (derived from the master key in start(),
         #: so that every gateway of the cluster accepts the same sessions).
         self.dashboard_key = b""
+        self.volumes: Volumes | None = None
         #: Every agent's latest figures, for /metrics.
         self.agent_figures = AgentFigures(settings.metrics_stale)
         #: Interactive execs streaming through this gateway: exec id -> (agent id,
