@@ -318,9 +318,9 @@ def test_token_and_workspace_cli(cluster: Cluster) -> None:
 
 def test_an_expired_token(cluster: Cluster) -> None:
     # Wide enough that a loaded machine still uses it before it expires.
-    made = time.monotonic()
     token = cluster.burst("token", "create", "--workspace", "default", "--scope", "read",
                           "--expires", "12s", check=True).stdout.strip()
+    made = time.monotonic()  # it expires before made + 12
     assert as_token(cluster, token, "app", "list").returncode == 0
     time.sleep(max(0.0, made + 13 - time.monotonic()))
     proc = as_token(cluster, token, "app", "list")
