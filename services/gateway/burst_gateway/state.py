@@ -57,7 +57,7 @@ class Gateway:
         # Listening for other machines, it never makes a key of its own: one made here
         # would not open what the cluster's other gateways sealed.
         ring = KeyRing.load(s.home, create=s.host in LOOPBACK)
-        self.nc = await bus.connect(s.nats_url, f"gateway-{s.instance}")
+        self.nc = await bus.connect(s.nats_url, f"gateway-{s.instance}", ca=s.nats_ca)
         self.js = self.nc.jetstream()
         await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
         self.deployments_kv = await self.js.key_value(names.KV_DEPLOYMENTS)
