@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import logging
 import os
 import ssl
 import sys
@@ -48,6 +49,7 @@ async def preflight(bundle: dict[str, Any], ca_file: str, name: str,
 
     from burst_core import names
 
+    logging.getLogger("asyncio").setLevel(logging.ERROR)  # TLS close chatter
     urls = _natsconf.user_url(",".join(bundle["nats_urls"]), bundle["user"], bundle["password"])
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
     errors: list[str] = []
