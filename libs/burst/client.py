@@ -20,18 +20,50 @@ from burst import _context, _http, wire
 from burst.exception import Error, InternalError, UnavailableError, from_api
 
 
-class Client:
-    def __init__(self, url: str, token: str, timeout: float = 90.0) -> None:
-        parsed = urllib.parse.urlsplit(url)
+def _split_urls(url: str) -> list[tuple[str, str, str, int]]:
+    """(url, scheme, host, port) of each gateway URL in ``url`` (comma-separated)."""
+    out = []
+    for one in url.split(","):
+        one = one.strip().rstrip("/")
+        parsed = urllib.parse.urlsplit(one)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"invalid cluster URL {url!r}: expected http(s)://host:port")
-        self.url = url.rstrip("/")
+            raise ValueError(f"invalid cluster URL {one!r} in {url!r}: expected "
+                             "http(s)://host:port, several separated by commas")
+        out.append((one, parsed.scheme, parsed.hostname,
+                    parsed.port or (443 if parsed.scheme == "https" else 80)))
+    return out
+
+
+class Client:
+    """The gateway's API. ``url`` may name several gateways of one cluster, separated by
+    commas (``BURST_URL=http://a:8780,http://b:8780``): a request that cannot reach one
+    (or that it answers 503) goes to the next, and the client stays with the one that
+    answered. Calls carry a submission id, so a call sent again through another gateway
+    runs once."""
+
+    def __init__(self, url: str, token: str, timeout: float = 90.0) -> None:
+        self._urls = _split_urls(url)
+        self._current = 0
         self.token = token
         self.timeout = timeout
-        self._scheme = parsed.scheme
-        self._host = parsed.hostname
-        self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
         self._local = threading.local()
+
+    @property
+    def url(self) -> str:
+        """The gateway in use."""
+        return self._urls[self._current][0]
+
+    @property
+    def _scheme(self) -> str:
+        return self._urls[self._current][1]
+
+    @property
+    def _host(self) -> str:
+        return self._urls[self._current][2]
+
+    @property
+    def _port(self) -> int:
+        return self._urls[self._current][3]
 
     @classmethod
     def from_profile(cls) -> Client:
@@ -46,10 +78,13 @@ class Client:
     # ---- transport -----------------------------------------------------------------
     def _conn(self) -> _http.Connection:
         conn: _http.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = _http.Connection(self._host, self._port, self.timeout,
-                                    tls=self._scheme == "https")
-            self._local.conn = conn
+        index = self._current
+        if conn is None or getattr(self._local, "index", index) != index:
+            if conn is not None:
+                conn.close()
+            _, scheme, host, port = self._urls[index]
+            conn = _http.Connection(host, port, self.timeout, tls=scheme == "https")
+            self._local.conn, self._local.index = conn, index
         return conn
 
     def _drop(self) -> None:
@@ -66,23 +101,40 @@ class Client:
         headers = {"Authorization": f"Bearer {self.token}", "Accept": wire.MSGPACK}
         if content_type:
             headers["Content-Type"] = content_type
-        for attempt in range(2):
+        failed: list[str] = []
+        retried = False
+        while True:
             conn = self._conn()
             try:
                 status, data = conn.request(method, path, body, headers)
-                break
             except (ConnectionRefusedError, OSError, http.client.HTTPException) as e:
                 self._drop()
                 # A kept-alive connection the server closed: retry once on a fresh one.
-                if attempt == 0 and isinstance(e, http.client.RemoteDisconnected | BrokenPipeError
-                                               | ConnectionResetError):
+                if not retried and isinstance(e, http.client.RemoteDisconnected
+                                              | BrokenPipeError | ConnectionResetError):
+                    retried = True
+                    continue
+                failed.append(f"{self.url} ({e.__class__.__name__}: {e})")
+                if self._next_gateway(len(failed)):
                     continue
                 raise UnavailableError(
-                    f"cannot reach the Burst cluster at {self.url} ({e.__class__.__name__}: {e}); "
+                    f"cannot reach the Burst cluster at {'; '.join(failed)}; "
                     "is it running? (`burst up`, `burst status`)") from None
+            if status == 503 and 503 not in expect:
+                failed.append(f"{self.url} (503)")
+                if self._next_gateway(len(failed)):
+                    continue
+            break
         if status in expect:
             return status, data
         raise _error_from(status, data)
+
+    def _next_gateway(self, failures: int) -> bool:
+        """Move on to the next gateway; False once every one has failed this request."""
+        if failures >= len(self._urls):
+            return False
+        self._current = (self._current + 1) % len(self._urls)
+        return True
 
     # ---- API -----------------------------------------------------------------------
     def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
@@ -124,13 +176,15 @@ class Client:
 
     def call(self, app: str, fn: str, payload: bytes, payload_ref: str = "",
              wait: float = 60.0) -> wire.CallResponse:
-        body = wire.encode(wire.CallRequest(payload=payload, payload_ref=payload_ref))
+        body = wire.encode(wire.CallRequest(payload=payload, payload_ref=payload_ref,
+                                            submission_id=wire.new_submission_id()))
         _, data = self.request("POST", f"/v1/apps/{app}/functions/{fn}/calls", body,
                                wire.MSGPACK, params={"wait": wait})
         return wire.call_response_decoder.decode(data)
 
     def call_batch(self, app: str, fn: str, payloads: list[bytes]) -> list[wire.CallRef]:
-        body = wire.encode(wire.CallBatchRequest(payloads=payloads))
+        body = wire.encode(wire.CallBatchRequest(payloads=payloads,
+                                                 submission_id=wire.new_submission_id()))
         _, data = self.request("POST", f"/v1/apps/{app}/functions/{fn}/calls/batch", body,
                                wire.MSGPACK)
         return wire.call_batch_response_decoder.decode(data).calls
@@ -174,7 +228,8 @@ class ContainerClient(Client):
     MAX_WAIT = 60.0
 
     def __init__(self, platform: _context.Platform) -> None:
-        self.url, self.token, self.timeout = "container://agent", "", 90.0
+        self._urls, self._current = [("container://agent", "", "", 0)], 0
+        self.token, self.timeout = "", 90.0
         self.platform = platform
 
     def request(self, method: str, path: str, body: bytes | None = None,

@@ -333,3 +333,95 @@ def test_an_agents_credentials_cannot_reach_tokens_secrets_or_write_deployments(
     assert got["burst_deployments"] == got["burst_budgets"] == "refused", got
     assert got["burst_agents"] == "allowed", got
     assert "permissions violation" in got["errors"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_call_resent_through_another_gateway_runs_once(cluster: Cluster, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from burst import wire
+    from burst._serialization import deserialize, serialize
+
+    # A second gateway of the same cluster, as the first was started (another port).
+    state = json.loads((Path(cluster.env["BURST_HOME"]) / "cluster.json").read_text())
+    first = next(p for p in state["parts"] if p["name"] == "gateway")
+    env = dict(line.split("=", 1) for line in
+               Path(f"/proc/{first['pid']}/environ").read_text().split("\0") if "=" in line)
+    port = _free_port()
+    env.update(BURST_PORT=str(port), BURST_WEB_PORT=str(_free_port()),
+               BURST_INSTANCE="gateway-two")
+    env.pop("BURST_BOOTSTRAP_TOKEN_HASH", None)
+    log = open(tmp_path / "gateway2.log", "w")  # noqa: SIM115 (kept by the child)
+    second = subprocess.Popen([str(Path(burst_command()[0]).parent / "python"), "-m",
+                               "burst_gateway"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        ns = cluster.machines.add()
+        cluster.join(ns, cluster.bundle("dedup"), "fard")
+        cluster.wait_agent("fard")
+        app = tmp_path / "dedup.py"
+        app.write_text(
+            "import burst\n"
+            "app = burst.App('dedup')\n"
+            "@app.function(cpu=0.5, memory=128)\n"
+            "def once(x: int) -> int:\n"
+            "    burst.Queue.from_name('dedup-runs', create_if_missing=True).put(x)\n"
+            "    return x + 1\n")
+        done = burst(cluster.env, "deploy", str(app))
+        assert done.returncode == 0, done.stdout + done.stderr
+        url2 = f"http://{HOST_ADDR}:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                Client(url2, cluster.client.token, timeout=2).get_json("/healthz")
+                break
+            except Exception:
+                assert time.monotonic() < deadline, (tmp_path / "gateway2.log").read_text()
+                time.sleep(0.2)
+        # A gateway that does not answer, then a live one: the client moves on to it.
+        dead = f"http://127.0.0.1:{_free_port()}"
+        both = Client(f"{dead},{url2}", cluster.client.token)
+        payload = serialize(((1,), {}))
+        assert deserialize(both.call("dedup", "once", payload, wait=60).payload) == 2
+        assert both.url == url2
+        # The same submission sent to each gateway (as a client does when the first one
+        # dies before answering): one call, run once.
+        sid = wire.new_submission_id()
+        monkeypatch.setattr(wire, "new_submission_id", lambda: sid)
+        r1 = Client(cluster.client.url, cluster.client.token).call("dedup", "once",
+                                                                   serialize(((5,), {})), wait=60)
+        r2 = Client(url2, cluster.client.token).call("dedup", "once", serialize(((5,), {})),
+                                                     wait=60)
+        assert r1.call_id == r2.call_id
+        assert deserialize(r1.payload) == deserialize(r2.payload) == 6
+        # and a batch resent: the same calls
+        b1 = Client(url2, cluster.client.token).call_batch("dedup", "once",
+                                                           [serialize(((7,), {}))] * 3)
+        b2 = Client(cluster.client.url, cluster.client.token).call_batch(
+            "dedup", "once", [serialize(((7,), {}))] * 3)
+        assert [c.call_id for c in b1] == [c.call_id for c in b2]
+        assert len({c.call_id for c in b1}) == 3
+        counter = tmp_path / "count.py"
+        counter.write_text(
+            "import burst, time\n"
+            "q = burst.Queue.from_name('dedup-runs', create_if_missing=True)\n"
+            "got = []\n"
+            "deadline = time.monotonic() + 60\n"
+            "while len(got) < 5 and time.monotonic() < deadline:\n"
+            "    got += q.get_many(10, timeout=1)\n"
+            "got += q.get_many(10, timeout=2)\n"
+            "print(sorted(got))\n")
+        run_env = {**cluster.env, "BURST_URL": cluster.client.url,
+                   "BURST_TOKEN": cluster.client.token}
+        counted = subprocess.run([str(Path(burst_command()[0]).parent / "python"), str(counter)],
+                                 env=run_env, capture_output=True, text=True, timeout=120)
+        assert counted.stdout.strip() == "[1, 5, 7, 7, 7]", counted.stdout + counted.stderr
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(20)
