@@ -104,7 +104,8 @@ def first_record(inp: Input) -> CallRecord:
                       deployment_id=inp.deployment_id, parent_call_id=inp.parent_call_id)
 
 
-async def create_record(calls_kv: KeyValue, rec: CallRecord) -> None:
+async def create_record(calls_kv: KeyValue, rec: CallRecord,
+                        resubmitted: bool = False) -> None:
     """Create a call's first-attempt record unless it exists: a record of the same call
     (same input, same acceptance time) is this one, stored by a publish whose ack was lost
     or by an agent that needed it first; any other raises ``KeyWrongLastSequenceError``
@@ -114,10 +115,11 @@ async def create_record(calls_kv: KeyValue, rec: CallRecord) -> None:
     except nats.js.errors.KeyWrongLastSequenceError:
         raw, _ = await bus.kv_get(calls_kv, rec.call_id)
         old = CallRecordDecoder.decode(raw) if raw is not None else None
-        # (the attempt token tells this call from a racing one under the same
-        # idempotency key; a resubmission by submission id has the same token)
-        if old is None or (old.input_id, old.attempt_token) != (rec.input_id,
-                                                               rec.attempt_token):
+        if old is None or old.input_id != rec.input_id:
+            raise
+        # (a resubmission by submission id, through another gateway, accepted the same
+        # call at another time: its input id alone says it is this call)
+        if old.created_at != rec.created_at and not resubmitted:
             raise
 
 
@@ -224,7 +226,8 @@ async def create_once(js: JetStreamContext, nc: NATS, calls_kv: KeyValue,
 
 async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue, fn_key: str,
                       calls: list[tuple[CallRecord, Input]],
-                      signals: Signals | None = None, records: bool = True) -> set[str]:
+                      signals: Signals | None = None, records: bool = True,
+                      resubmitted: bool = False) -> set[str]:
     """Create calls of one function: one signal (through ``signals``, which may hold it
     back for a trailing one), all inputs and records go out at once (their acks awaited
     together).
@@ -266,5 +269,5 @@ async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue, fn_key
             duplicates.add(inp.call_id)
     for (rec, _), res in zip(calls if records else [], results[n:], strict=True):
         if isinstance(res, BaseException):
-            await create_record(calls_kv, rec)
+            await create_record(calls_kv, rec, resubmitted)
     return duplicates  # the calls whose input was stored before (a resubmission)

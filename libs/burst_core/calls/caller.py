@@ -282,7 +282,8 @@ class Caller:
                 for rec, _ in calls]
         if parent is None:
             dups = await call_store.create_many(self.js, self.nc, self.calls_kv, fn_key, calls,
-                                                self.signals, records=records)
+                                                self.signals, records=records,
+                                                resubmitted=bool(submission))
             if duplicates is not None:
                 duplicates |= dups
         else:
@@ -368,7 +369,8 @@ class Caller:
         finally:
             structlog.contextvars.unbind_contextvars("call_id")
             if lazy and not answered:
-                await call_store.create_record(self.calls_kv, rec)
+                await call_store.create_record(self.calls_kv, rec,
+                                                bool(submission) and key is None)
         return await self.inline_result(workspace, resp), False
 
     # ---- waiting -------------------------------------------------------------------
