@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -23,8 +22,8 @@ import pytest
 
 from burst.client import Client
 from tests.e2e.test_cluster_cli import UP_TIMEOUT, burst, burst_command, require_servers, user_env
+from tests.netns import BRIDGE_NET, Machines, netns_works
 
-BRIDGE_NET = "10.213.77"
 HOST_ADDR = f"{BRIDGE_NET}.1"
 
 APP = '''
@@ -50,55 +49,9 @@ SETTINGS = {
 }
 
 
-def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=check)
-
-
-class Machines:
-    """A bridge on the host and network namespaces plugged into it."""
-
-    def __init__(self) -> None:
-        tag = f"{os.getpid() % 10000}"
-        self.bridge = f"bjbr{tag}"
-        self.prefix = f"bj{tag}"
-        self.namespaces: list[str] = []
-        _sh("ip", "link", "add", self.bridge, "type", "bridge")
-        _sh("ip", "addr", "add", f"{HOST_ADDR}/24", "dev", self.bridge)
-        _sh("ip", "link", "set", self.bridge, "up")
-
-    def add(self) -> str:
-        n = len(self.namespaces) + 1
-        ns, host_end, ns_end = f"{self.prefix}m{n}", f"{self.prefix}h{n}", f"{self.prefix}n{n}"
-        _sh("ip", "netns", "add", ns)
-        self.namespaces.append(ns)
-        _sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", ns_end)
-        _sh("ip", "link", "set", ns_end, "netns", ns)
-        _sh("ip", "link", "set", host_end, "master", self.bridge)
-        _sh("ip", "link", "set", host_end, "up")
-        _sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{BRIDGE_NET}.{10 + n}/24",
-            "dev", ns_end)
-        _sh("ip", "netns", "exec", ns, "ip", "link", "set", ns_end, "up")
-        _sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        return ns
-
-    def remove(self) -> None:
-        for ns in self.namespaces:
-            _sh("ip", "netns", "del", ns, check=False)
-        _sh("ip", "link", "del", self.bridge, check=False)
-
-
-def _netns_works() -> bool:
-    if os.geteuid() != 0 or not shutil.which("ip"):
-        return False
-    probe = f"bjprobe{os.getpid() % 10000}"
-    ok = _sh("ip", "netns", "add", probe, check=False).returncode == 0
-    _sh("ip", "netns", "del", probe, check=False)
-    return ok
-
-
 @pytest.fixture(scope="module")
 def machines() -> Iterator[Machines]:
-    if not _netns_works():
+    if not netns_works():
         if os.environ.get("CI"):
             pytest.fail("network namespaces are needed (root and `ip netns`)")
         pytest.skip("network namespaces are needed (root and `ip netns`)")
