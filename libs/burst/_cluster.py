@@ -496,7 +496,8 @@ def start_cluster(
             # cluster's one control machine, where it belongs.
             from burst_core import sealing
             sealing.load_or_create_key(home)
-        _natsconf.write_advertised(home, [f"tls://{nats_host(listen)}:{ports['nats']}"])
+        _natsconf.write_advertised(
+            home, [f"tls://{_natsconf.advertised_host(listen)}:{ports['nats']}"])
     else:
         _natsconf.write_advertised(home, [])
     url = f"http://{nats_host(listen)}:{ports['gateway']}"

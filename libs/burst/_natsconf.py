@@ -190,6 +190,19 @@ def _permissions(role: str) -> str:
             f'subscribe: {{allow: [">"], deny: [{sub}]}}}}')
 
 
+def advertised_host(listen: str) -> str:
+    """The address other machines reach a cluster listening on ``listen`` at: itself, or
+    for 0.0.0.0 the address this machine's default route leaves from (no packet sent)."""
+    if listen not in ("0.0.0.0", "::"):
+        return listen
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 9))
+            return str(s.getsockname()[0])
+        except OSError:
+            return socket.gethostbyname(socket.gethostname())
+
+
 def nats_config(home: Path, *, host: str, port: int, monitor_port: int, server_name: str,
                 secure: bool, extra: str = "") -> str:
     """nats-server's configuration for this cluster (``secure``: TLS and users, as
@@ -202,7 +215,7 @@ def nats_config(home: Path, *, host: str, port: int, monitor_port: int, server_n
         f"jetstream {{ store_dir: {_q(str(home / 'nats'))} }}",
     ]
     if secure:
-        tls = ensure_tls(home, [host])
+        tls = ensure_tls(home, sorted({host, advertised_host(host)} - {"0.0.0.0", "::"}))
         lines.append(f"tls {{ cert_file: {_q(str(tls['cert']))}, key_file: "
                      f"{_q(str(tls['key']))}, ca_file: {_q(str(tls['ca']))}, timeout: 5 }}")
         users = read_users(home)["users"]
