@@ -136,12 +136,15 @@ async def bench_claim(nats_url: str, n_agents: int, n_gpus: int, placements: int
             "seconds": round(took, 3), "per_second": round(len(won) / took, 1)}
 
 
+#: CPUs each agent of the live rows declares (BURST_CPU).
+LIVE_CPU = 16
+
 LIVE_APP = """
 import burst
 
 app = burst.App("{name}")
 
-@app.function(cpu=0.05, memory=32, min_containers={n}, scaledown_window=600)
+@app.function(cpu={cpu}, memory=32, min_containers={n}, scaledown_window=600)
 def idle() -> None:
     pass
 """
@@ -154,7 +157,10 @@ def _live_fill(env: dict[str, str], client: object, name: str, n: int, agents: l
     from tests.e2e.test_cluster_cli import burst
 
     app = tmp / f"{name}.py"
-    app.write_text(LIVE_APP.format(name=name, n=n))
+    # Each container asks for 1/(n+4) of all the agents' CPUs together, so that the n
+    # fill them (best-fit packs one agent before the next).
+    app.write_text(LIVE_APP.format(name=name, n=n, cpu=round(LIVE_CPU * len(agents) / (n + 4),
+                                                             3)))
     start = time.perf_counter()
     done = burst(env, "deploy", str(app))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -192,7 +198,7 @@ def bench_live(n: int, timeout: float) -> dict[str, object]:
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="burst-bench-live-") as tmp_s:
         tmp = Path(tmp_s)
-        env = {**user_env(tmp), "BURST_CPU": "16", "BURST_MEMORY_MB": "16384",
+        env = {**user_env(tmp), "BURST_CPU": str(LIVE_CPU), "BURST_MEMORY_MB": "16384",
                "BURST_CONTAINER_NETWORK": "off", "BURST_HEARTBEAT_INTERVAL": "0.5"}
         up = burst(env, "up", "--listen", host_addr(machines.net), "--timeout", "90")
         try:
