@@ -44,7 +44,7 @@ def slow(x: int) -> int:
 SETTINGS = {
     "BURST_HEARTBEAT_TIMEOUT": "3",
     "BURST_LOST_CHECK_INTERVAL": "0.2",
-    "BURST_ACK_WAIT": "3",
+    "BURST_ACK_WAIT": "15",
     "BURST_CONTAINER_NETWORK": "off",
 }
 
@@ -76,8 +76,11 @@ class Cluster:
         return path
 
     def join_command(self, ns: str, bundle: Path, name: str) -> list[str]:
-        return ["ip", "netns", "exec", ns, *burst_command(), "agent", "join", str(bundle),
-                "--name", name, "--home", str(self.root / f"agent-{name}")]
+        """``burst agent join`` in namespace ``ns``, on a "machine" named ``host-<name>``
+        (a UTS namespace of its own)."""
+        return ["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c",
+                'hostname "$0" && exec "$@"', f"host-{name}", *burst_command(), "agent", "join",
+                str(bundle), "--name", name, "--home", str(self.root / f"agent-{name}")]
 
     def join(self, ns: str, bundle: Path, name: str) -> subprocess.Popen[str]:
         log = open(self.root / f"agent-{name}.log", "w")  # noqa: SIM115 (kept by the child)
@@ -140,9 +143,11 @@ def test_agents_join_run_work_and_a_killed_one_reruns_its_inputs_once(
     cluster.join(ns2, cluster.bundle("far-b"), "far2")
     cluster.wait_agent("far1")
     cluster.wait_agent("far2")
-    listed = burst(cluster.env, "agent", "list")
+    listed = burst({**cluster.env, "COLUMNS": "200"}, "agent", "list")
     assert "far1" in listed.stdout and "far2" in listed.stdout, listed.stdout
-    assert all(cluster.agents_view()[n]["hostname"] for n in ("far1", "far2"))
+    assert "host-far1" in listed.stdout and "host-far2" in listed.stdout, listed.stdout
+    assert [cluster.agents_view()[n]["hostname"] for n in ("far1", "far2")] == \
+        ["host-far1", "host-far2"]
     # The control machine's own agent takes no work: what runs, runs on the joined ones.
     assert cluster.client.post_json("/v1/agents/local/preempt", {})["preempted"]
 
