@@ -102,7 +102,7 @@ def pick_ports(defaults: dict[str, int]) -> dict[str, int]:
 
 # ---- health probes -------------------------------------------------------------------------
 def _client(url: str, token: str = "") -> Client:
-    return Client(url, token, timeout=PROBE_TIMEOUT)
+    return Client(url, token, timeout=PROBE_TIMEOUT, unavailable_retry=0)
 
 
 def redis_ping(port: int) -> bool:
@@ -386,9 +386,11 @@ def _start_servers(launcher: Launcher, ports: dict[str, int], listen: str = "") 
     )
 
 
-#: The services given BURST_MASTER_KEYS: the gateway (user secrets, webhook signing
-#: secrets) and billing (webhook signing secrets, to sign deliveries).
-KEY_HOLDERS = ("gateway", "billing")
+#: The services given BURST_MASTER_KEYS: the gateway alone (it seals and opens user
+#: secrets and webhook signing secrets). Billing, which signs deliveries, opens webhook
+#: signing secrets with the derived keys the gateway writes (``webhook.keys``), never a
+#: master key.
+KEY_HOLDERS = ("gateway",)
 
 
 def _start_services(

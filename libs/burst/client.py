@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import threading
 import time
 import urllib.parse
@@ -41,12 +42,21 @@ class Client:
     answered. Calls carry a submission id, so a call sent again through another gateway
     runs once."""
 
-    def __init__(self, url: str, token: str, timeout: float = 90.0) -> None:
+    #: URLs a gateway answered in this process: a refused connection to one of them is
+    #: retried (a restart); elsewhere it fails at once (no cluster running at all).
+    reached_urls: set[str] = set()
+
+    def __init__(self, url: str, token: str, timeout: float = 90.0,
+                 unavailable_retry: float | None = None) -> None:
         self._urls = _split_urls(url)
         self._current = 0
         self.token = token
         self.timeout = timeout
         self._local = threading.local()
+        #: Seconds a request keeps retrying while the cluster is briefly out of reach
+        #: (``BURST_UNAVAILABLE_RETRY`` unless given; health probes give 0).
+        self.unavailable_retry = (retry_window() if unavailable_retry is None
+                                  else unavailable_retry)
 
     @property
     def url(self) -> str:
@@ -101,33 +111,67 @@ class Client:
         headers = {"Authorization": f"Bearer {self.token}", "Accept": wire.MSGPACK}
         if content_type:
             headers["Content-Type"] = content_type
+        deadline = time.monotonic() + self.unavailable_retry
+        # Idempotent requests can be sent again whatever became of the first one, and so can
+        # a call's submission (it carries a submission id: sent again, to this gateway or
+        # another, it is the same call); other POSTs only when they never reached a gateway
+        # (a refused connection) or it refused them with 503 before doing anything.
+        idempotent = method != "POST" or path.startswith("/v1/calls/wait")
+        resendable = idempotent or path.split("?")[0].endswith(("/calls", "/calls/batch"))
+        fresh = False  # a retry on a new connection after the server closed a kept one
         failed: list[str] = []
-        retried = False
         while True:
             conn = self._conn()
             try:
                 status, data = conn.request(method, path, body, headers)
             except (ConnectionRefusedError, OSError, http.client.HTTPException) as e:
                 self._drop()
+                closed = isinstance(e, http.client.RemoteDisconnected | BrokenPipeError
+                                    | ConnectionResetError)
                 # A kept-alive connection the server closed: retry once on a fresh one.
-                if not retried and isinstance(e, http.client.RemoteDisconnected
-                                              | BrokenPipeError | ConnectionResetError):
-                    retried = True
+                if closed and not fresh:
+                    fresh = True
                     continue
+                refused = isinstance(e, ConnectionRefusedError)
                 failed.append(f"{self.url} ({e.__class__.__name__}: {e})")
-                if self._next_gateway(len(failed)):
+                if (refused or resendable) and self._next_gateway(len(failed)):
+                    fresh = False
+                    continue
+                if (((refused and self.reached) or (resendable and closed))
+                        and time.monotonic() < deadline):
+                    time.sleep(RETRY_STEP)  # a gateway restarting: back within seconds
+                    failed.clear()
+                    fresh = False
                     continue
                 raise UnavailableError(
                     f"cannot reach the Burst cluster at {'; '.join(failed)}; "
                     "is it running? (`burst up`, `burst status`)") from None
+            if not self.reached:
+                Client.reached_urls.add(self.url)
             if status == 503 and 503 not in expect:
                 failed.append(f"{self.url} (503)")
                 if self._next_gateway(len(failed)):
+                    continue
+                if time.monotonic() < deadline and _unavailable(data):
+                    time.sleep(RETRY_STEP)  # NATS restarting behind the gateway
+                    failed.clear()
                     continue
             break
         if status in expect:
             return status, data
         raise _error_from(status, data)
+
+    @property
+    def reached(self) -> bool:
+        """Whether a gateway at this URL answered this process before."""
+        return self.url in Client.reached_urls
+
+    @reached.setter
+    def reached(self, value: bool) -> None:
+        if value:
+            Client.reached_urls.add(self.url)
+        else:
+            Client.reached_urls.discard(self.url)
 
     def _next_gateway(self, failures: int) -> bool:
         """Move on to the next gateway; False once every one has failed this request."""
@@ -248,6 +292,36 @@ class ContainerClient(Client):
         if resp.status in expect:
             return resp.status, resp.body
         raise _error_from(resp.status, resp.body)
+
+
+#: ``BURST_UNAVAILABLE_RETRY``: seconds a request keeps trying while the cluster is out of
+#: reach (a gateway or nats-server restarting: connection refused, or 503 Unavailable)
+#: before it raises ``UnavailableError``; 0 raises at once.
+UNAVAILABLE_RETRY_ENV = "BURST_UNAVAILABLE_RETRY"
+DEFAULT_UNAVAILABLE_RETRY = 30.0
+#: Seconds between those tries.
+RETRY_STEP = 0.25
+
+
+def retry_window() -> float:
+    raw = os.environ.get(UNAVAILABLE_RETRY_ENV, "")
+    if not raw:
+        return DEFAULT_UNAVAILABLE_RETRY
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"invalid {UNAVAILABLE_RETRY_ENV}={raw!r}: use a number of seconds "
+                         ">= 0 (0: no retry)")
+    return value
+
+
+def _unavailable(data: bytes) -> bool:
+    try:
+        return bool(json.loads(data)["error"]["type"] == UnavailableError.type)
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _error_from(status: int, data: bytes) -> Error:

@@ -121,8 +121,10 @@ class Schedule(_Body):
 
 class ImageStep(_Body):
     """One step of a :class:`burst.Image`, in order. ``kind`` names the builder method
-    (``pip_install``, ``apt_install``, ``run_commands``, ``env``, ``workdir``,
-    ``add_local_file``, ``add_local_dir``, ``add_local_python_source``)."""
+    (``pip_install``, ``uv_pip_install``, ``pip_install_from_requirements``,
+    ``pip_install_from_pyproject``, ``apt_install``, ``run_commands``, ``run_function``,
+    ``env``, ``workdir``, ``entrypoint``, ``add_local_file``, ``add_local_dir``,
+    ``add_local_python_source``)."""
 
     kind: str
     args: list[str] = msgspec.field(default_factory=list)
@@ -131,6 +133,24 @@ class ImageStep(_Body):
     path: str = ""
     #: Files of ``add_local_*`` steps: relative path -> content (carried in the deployment).
     files: dict[str, bytes] = msgspec.field(default_factory=dict)
+    #: Options of the ``pip_install*`` and ``uv_pip_install`` steps, as Modal names them.
+    index_url: str = ""
+    extra_index_url: str = ""
+    find_links: str = ""
+    pre: bool = False
+    extra_options: str = ""
+    #: ``force_build=True``: a value new at each definition, so the step (and every step
+    #: after it) is built again instead of taken from a cache.
+    force_build: str = ""
+    #: ``run_function``: the cloudpickled ``(function, args, kwargs)``.
+    payload: bytes = b""
+    #: The local file a step was read from (requirements, pyproject, Dockerfile), for
+    #: messages; ``run_function``: the function's qualified name.
+    source: str = ""
+    #: ``add_local_file/dir(copy=False)`` (Modal's default): the files reach the container
+    #: at its start rather than being a build step, so no build step may follow (as in
+    #: Modal). Burst carries them in the deployment either way.
+    mounted: bool = False
 
 
 class ImageSpec(_Body):
@@ -140,8 +160,16 @@ class ImageSpec(_Body):
     base: str = "debian_slim"
     python_version: str = "3.11"
     registry_tag: str = ""
+    #: ``from_registry(tag, add_python=...)``: the Python version to add to the image.
+    add_python: str = ""
     steps: list[ImageStep] = msgspec.field(default_factory=list)
     content_hash: str = ""
+    #: Names the image the same in the client and in its containers, where local files
+    #: are not read (``Image.imports()`` tells its own image by it; ``BURST_IMAGE_ID``).
+    ident: str = ""
+    #: Top-level modules imported in ``with image.imports():`` blocks (not hashed): what a
+    #: container of this image may import ahead of time.
+    imports: list[str] = msgspec.field(default_factory=list)
 
 
 class SecretSpec(_Body):
@@ -197,6 +225,16 @@ class WebEndpoint(_Body):
 WEB_KINDS = ("fastapi", "asgi", "wsgi", "web_server")
 
 
+class VolumeMount(_Body):
+    """A volume a function's containers see at ``path`` (an absolute directory)."""
+
+    name: str
+    path: str
+    read_only: bool = False
+    #: ``Volume.from_name(create_if_missing=True)``: the deploy makes it if need be.
+    create_if_missing: bool = False
+
+
 class FunctionSpec(_Body):
     """One function of an app, as the SDK declared it."""
 
@@ -224,6 +262,8 @@ class FunctionSpec(_Body):
     block_network: bool = False  # True: its containers get no network at all
     #: Its web endpoints (one for a function; one per decorated method of a class).
     web: list[WebEndpoint] = msgspec.field(default_factory=list)
+    #: Volumes mounted in its containers (the App's, then the function's).
+    volumes: list[VolumeMount] = msgspec.field(default_factory=list)
 
 
 # ---- HTTP bodies (SDK <-> gateway) ---------------------------------------------------
@@ -407,6 +447,86 @@ queue_response_decoder = msgspec.msgpack.Decoder(QueueResponse)
 dict_request_decoder = msgspec.msgpack.Decoder(DictRequest)
 queue_request_decoder = msgspec.msgpack.Decoder(QueueRequest)
 
+VolumeOp = Literal["ensure", "create", "info", "list", "delete", "listdir", "entry", "chunk",
+                   "missing", "put_chunk", "commit", "remove", "copy", "mount_commit",
+                   "mount_reload"]
+
+
+def volume_file_id(chunks: list[str]) -> str:
+    """A volume file's content id from its chunks' sha256s: a file of one chunk is named
+    by that chunk's hash (the sha256 of its bytes), a longer one by the sha256 of its
+    chunk hashes (so no second pass over its bytes is needed)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    import hashlib
+
+    return hashlib.sha256("\n".join(chunks).encode()).hexdigest()
+
+
+class VolumeFile(_Body):
+    """One file of a volume's tree: its content id (``volume_file_id`` of its chunks) and
+    the chunks it is stored in, each named by its sha256 (a file of one chunk lists none
+    in the tree: its id is its chunk's)."""
+
+    size: int
+    sha256: str
+    chunks: list[str] = msgspec.field(default_factory=list)
+    mtime: float = 0.0
+    mode: int = 0o644
+
+
+class VolumeEntry(_Body):
+    """A listed path: a file or a directory (directories are implied by their files)."""
+
+    path: str
+    type: Literal["file", "directory"]
+    size: int = 0
+    mtime: float = 0.0
+
+
+class VolumeInfo(_Body):
+    name: str
+    version: int
+    files: int
+    size: int
+    created_at: float
+    updated_at: float
+
+
+class VolumeRequest(_Body):
+    """One operation on a named volume of the caller's workspace (HTTP ``/v1/volumes``,
+    or from a container, a ``kind="volume"`` platform request)."""
+
+    op: VolumeOp
+    name: str = ""
+    create_if_missing: bool = False
+    path: str = ""
+    recursive: bool = False
+    #: ``chunk``/``missing``: chunk hashes; ``copy``: the source paths.
+    items: list[str] = msgspec.field(default_factory=list)
+    #: ``put_chunk``: a chunk's bytes.
+    data: bytes = b""
+    #: ``commit``: path -> new file (None: remove the path and everything below it).
+    changes: dict[str, VolumeFile | None] = msgspec.field(default_factory=dict)
+    #: ``commit``: replace files that exist (else an error naming the first).
+    allow_overwrite: bool = True
+    #: ``create`` and ``delete`` of an ephemeral volume: the client whose heartbeats keep it.
+    client_id: str = ""
+
+
+class VolumeResponse(_Body):
+    version: int = 0
+    info: VolumeInfo | None = None
+    volumes: list[VolumeInfo] = msgspec.field(default_factory=list)
+    entries: list[VolumeEntry] = msgspec.field(default_factory=list)
+    file: VolumeFile | None = None
+    items: list[str] = msgspec.field(default_factory=list)
+    data: bytes = b""
+
+
+volume_request_decoder = msgspec.msgpack.Decoder(VolumeRequest)
+volume_response_decoder = msgspec.msgpack.Decoder(VolumeResponse)
+
 
 class ApiRequest(_Body):
     """A request of the SDK's client to the cluster's API made from inside a container
@@ -502,7 +622,7 @@ class PlatformRequest(_Frame, kw_only=True):
     have no route and no token to the cluster."""
 
     req_id: int
-    kind: Literal["dict", "queue", "api"]
+    kind: Literal["dict", "queue", "api", "volume"]
     body: bytes  # a msgpack DictRequest, QueueRequest or ApiRequest
 
 
@@ -535,6 +655,9 @@ class WebRequest(_Frame, kw_only=True):
     reply: str = ""
     #: A WebSocket handshake (ASGI ``websocket`` scope) rather than an HTTP request.
     websocket: bool = False
+    #: Offered by an agent where it waits for a slot (the whole body with it): taken only
+    #: by an agent with a container that runs it at once, else declined (``subject`` "").
+    free_only: bool = False
 
 
 class WebRequestBody(_Frame, kw_only=True):
@@ -561,6 +684,14 @@ class WebAccepted(_Frame, kw_only=True):
     #: No container had a free slot: it waits at the agent (the gateway tells the
     #: scheduler the function needs more containers).
     queued: bool = False
+
+
+class WebMoved(_Frame, kw_only=True):
+    """From the agent that took a request which had not started: another agent's free
+    container runs it; its cancel (and WebSocket messages) now go to ``subject``."""
+
+    req_id: str
+    subject: str
 
 
 class WebResponseStart(_Frame, kw_only=True):
@@ -622,7 +753,7 @@ FromShim = (Ready | StartupFailed | InputDone | StreamItem | Log | PlatformReque
 #: Frames of a web request between the gateway and the agent (core NATS messages).
 WebMessage = (WebRequest | WebRequestBody | WebCancel | WebAccepted | WebResponseStart
               | WebResponseBody | WebEnd | WebAlive | WebSocketAccept | WebSocketMessage
-              | WebSocketClose)
+              | WebSocketClose | WebMoved)
 #: Web frames to the shim (the shim's web host takes them).
 WEB_TO_SHIM = (WebRequest, WebRequestBody, WebCancel, WebSocketMessage, WebSocketClose)
 #: Web frames from the shim that the agent relays to the gateway as they are.
