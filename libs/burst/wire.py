@@ -318,11 +318,23 @@ INLINE_PAYLOAD_LIMIT = 512 << 10
 MAX_PAYLOAD = 256 << 20
 
 
+def new_submission_id() -> str:
+    """A random submission id: 12 hex digits of the time (ms), then 20 random ones."""
+    import os
+    import time
+
+    return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+
+
 class CallRequest(_Body):
     payload: bytes  # cloudpickle of (args, kwargs)
     #: sha256 of a blob uploaded with PUT /v1/blobs/{sha256}, for payloads above the
     #: inline limit (then ``payload`` is empty).
     payload_ref: str = ""
+    #: The SDK's random id of this submission (:func:`new_submission_id`): the same
+    #: request sent again (to another gateway, after a failure) makes the same call,
+    #: which runs once.
+    submission_id: str = ""
 
 
 CallStatus = Literal["pending", "success", "failure", "timeout", "terminated", "internal"]
@@ -348,6 +360,8 @@ class CallBatchRequest(_Body):
     payloads: list[bytes]
     #: Per payload, a blob's sha256 when that payload is above the inline limit ("" else).
     payload_refs: list[str] = msgspec.field(default_factory=list)
+    #: As :attr:`CallRequest.submission_id`, for the whole batch (call i: ``<id>.<i>``).
+    submission_id: str = ""
 
 
 class CallRef(_Body):

@@ -589,6 +589,9 @@ class PreemptAgent(_Wire, kw_only=True):
     agent_id: str
     reason: str = "preempted"
     at: float = 0.0
+    #: ``burst agent drain``: once its containers are stopped the agent leaves the
+    #: cluster (deletes its records and exits).
+    leave: bool = False
 
 
 AgentOrder = Placement | StopContainer | PreemptAgent

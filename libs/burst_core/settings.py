@@ -25,6 +25,8 @@ def default_home() -> str:
 class CommonSettings:
     #: NATS server URL (JetStream enabled).
     nats_url: str = "nats://127.0.0.1:4222"
+    #: The cluster CA's certificate (PEM file) when NATS serves TLS (``burst up --listen``).
+    nats_ca: str = ""
     #: Redis URL (warm pools, counters; derived state only).
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Burst's own state directory (tokens, NATS store, logs); never visible to user code.

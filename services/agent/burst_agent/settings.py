@@ -21,6 +21,13 @@ class AgentSettings(CommonSettings):
     spot: bool = False
     #: Container runtime: "process" (a subprocess per container).
     runtime: str = "process"
+    #: Create Burst's streams and buckets if missing (off for an agent that joined another
+    #: machine's cluster: the agent role may not; it waits for them instead).
+    ensure_topology: bool = True
+    #: Seconds an agent that does not create the topology waits for it.
+    topology_wait: float = 60.0
+    #: Leave the cluster (exit) once drained by `burst agent drain`.
+    leave_when_drained: bool = True
     #: Seconds between heartbeats (carry container states to the scheduler).
     heartbeat_interval: float = 1.0
     #: Seconds between metering records of each running container.

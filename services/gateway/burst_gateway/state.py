@@ -75,7 +75,7 @@ class Gateway:
         write_webhook_keys(ring, keys_file)
         self.dashboard_key = hmac.new(ring.newest.secrets_key, b"burst-dashboard-session",
                                       hashlib.sha256).digest()
-        self.nc = await bus.connect(s.nats_url, f"gateway-{s.instance}")
+        self.nc = await bus.connect(s.nats_url, f"gateway-{s.instance}", ca=s.nats_ca)
         self.js = self.nc.jetstream()
         await bus.ensure_topology(self.js, s.topology())
         await self.agent_figures.start(self.nc)
