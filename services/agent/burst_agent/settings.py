@@ -94,6 +94,14 @@ class AgentSettings(CommonSettings):
     #: Start sandboxed containers as forks of a warm interpreter (the zygote) rather than
     #: fresh interpreters (needs root and the sandbox; otherwise fresh interpreters).
     zygote: bool = True
+    #: Modules the zygote imports before it forks containers (comma-separated, e.g.
+    #: "torch"), besides what the functions' images declare with ``Image.imports()``: a
+    #: GPU function's first call then pays CUDA's start only. CUDA itself is initialised
+    #: only in the container; a zygote whose imports initialise it is not used.
+    zygote_imports: str = ""
+    #: Also fork unsandboxed containers (no bubblewrap, e.g. a GPU machine without it) from
+    #: a zygote: same uid and environment as a fresh interpreter, its imports done.
+    zygote_unsandboxed: bool = False
     #: With the zygote, keep one sandbox made ahead for the next container (a spare), so
     #: bwrap's setup is not on its start; the next spare is made this many seconds after
     #: one is taken (not while the container that took it is still starting).

@@ -43,9 +43,22 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
                                  setup_timeout=s.network_setup_timeout,
                                  sandboxed=box.enabled)
 
+    imports = parse_imports(s.zygote_imports)
+
     def process(python: str) -> ProcessRuntime:
         return ProcessRuntime(python, box, state, zygote=s.zygote, spares=s.spare_sandbox,
-                              spare_delay=s.spare_delay)
+                              spare_delay=s.spare_delay, zygote_imports=imports,
+                              zygote_unsandboxed=s.zygote_unsandboxed)
 
     # Images with pip_install steps: a cached virtual environment each.
     return VenvRuntime(process(s.python), process)
+
+
+def parse_imports(raw: str) -> list[str]:
+    """``BURST_ZYGOTE_IMPORTS``: comma-separated module names ("torch,numpy.linalg")."""
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    for n in names:
+        if not all(part.isidentifier() for part in n.split(".")):
+            raise ValueError(f"BURST_ZYGOTE_IMPORTS: {n!r} is not a module name (use "
+                             "comma-separated dotted names, e.g. torch,numpy.linalg)")
+    return names
