@@ -32,6 +32,8 @@ export BURST_HOME=/tmp/burst-gpu-home PYTHONUNBUFFERED=1
 # The zygote imports torch before it forks (never initialising CUDA): a GPU function's
 # first call pays only CUDA's own start.
 export BURST_ZYGOTE_IMPORTS=${BURST_ZYGOTE_IMPORTS:-torch}
+# No bubblewrap there: the zygote forks unsandboxed containers (BURST_ZYGOTE_UNSANDBOXED).
+export BURST_ZYGOTE_UNSANDBOXED=${BURST_ZYGOTE_UNSANDBOXED:-1}
 rm -rf "$BURST_HOME"
 burst() { python3 -m burst.cli.main "$@"; }
 python3 -c "import burst, burst_agent, fastapi, uvicorn, nats, redis; print('== CHECK imports: burst and the services import from', burst.__file__)" \
