@@ -137,12 +137,19 @@ class AgentSettings(CommonSettings):
     #: seconds; off: none are kept.
     metrics: bool = True
     metrics_interval: float = 5.0
+    #: Seconds between two reads of the GPUs' health from NVML (Xid and uncorrectable ECC
+    #: errors: the GPU gets no more placements; memory a finished container left behind:
+    #: reported). Only with GPUs NVML found.
+    gpu_health_interval: float = 10.0
     #: Longest a ``burst container exec`` command may run before it is killed.
     exec_timeout: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.input_prefetch < 0:
             raise ValueError(f"BURST_INPUT_PREFETCH={self.input_prefetch}: use 0 (none) or more")
+        if not self.gpu_health_interval > 0:
+            raise ValueError(f"BURST_GPU_HEALTH_INTERVAL={self.gpu_health_interval}: use "
+                             "a number of seconds above 0")
         if not self.metrics_interval > 0:
             raise ValueError(f"BURST_METRICS_INTERVAL={self.metrics_interval}: use more "
                              "than 0 seconds")
