@@ -540,6 +540,9 @@ class FunctionDeployed(_Wire, kw_only=True):
     #: How the containers of older deployments of the function leave (see
     #: ``DeploymentRecord.strategy``).
     strategy: str = "rolling"
+    #: A run (``burst run``, ``burst serve``): its images are built as its containers
+    #: start, where its output is followed; a deployment's as it is deployed.
+    ephemeral: bool = False
 
 
 class AppRemoved(_Wire, kw_only=True):

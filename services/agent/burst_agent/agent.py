@@ -32,6 +32,7 @@ from burst_agent.container import Container
 from burst_agent.execs import Execs
 from burst_agent.figures import Figures
 from burst_agent.inputs import InputPuller
+from burst_agent.prebuild import Prebuilder
 from burst_agent.runtimes.base import Runtime
 from burst_agent.runtimes.factory import make_runtime
 from burst_agent.settings import AgentSettings
@@ -105,6 +106,8 @@ class Agent:
         #: Figures for /metrics (GPUs and NVML are known once started).
         self.figures = Figures(self.agent_id, [], enabled=settings.metrics)
         self.execs = Execs(self)
+        #: Images built as their functions are deployed (started with the agent).
+        self.prebuild = Prebuilder(self)
         self.started_at = time.time()
         # Unix socket paths are limited to 108 bytes: keep them short, under /tmp.
         self.socket_dir = tempfile.mkdtemp(prefix="burst-")
@@ -145,6 +148,7 @@ class Agent:
         if self.figures.nvml is not None:
             self.gpu_health = gpu_health.Health(self.figures.nvml, self.inventory.gpus)
             self._tasks.append(asyncio.create_task(self._gpu_health_loop()))
+        await self.prebuild.start()
         self.orders = bus.Consumer(
             self.js, names.STREAM_CONTROL, names.agent_consumer(self.agent_id), self._on_order,
             filter_subjects=[names.agent_orders_subject(self.agent_id)], ack_wait=10.0,
@@ -184,6 +188,7 @@ class Agent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.web.stop()
         await self.execs.stop()
+        await self.prebuild.stop()
         if self._caller is not None:
             with contextlib.suppress(Exception):
                 await self._caller.stop()

@@ -147,8 +147,6 @@ class Container:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
             server = await asyncio.start_unix_server(self._on_connect, path=str(self.socket_path))
-            if self.agent.runtime.name == "process":
-                images.check_process_runtime(self.fn.image)
             secret_env = await container_secrets.fetch_env(
                 self.agent.nc, self.agent.agent_id, self.placement,
                 self.agent.settings.secrets_fetch_timeout)
@@ -169,7 +167,9 @@ class Container:
                      "BURST_APP_ID": self.placement.app,
                      "BURST_APP_NAME": self.placement.app_name or self.placement.app,
                      # The same id, under the name calls from the container read.
-                     "BURST_APP": self.placement.app},
+                     "BURST_APP": self.placement.app,
+                     # Which image this is (``Image.imports()`` raises only in its own).
+                     "BURST_IMAGE_ID": self.fn.image.ident if self.fn.image else ""},
                 image=self.fn.image, build_log=self._build_line,
                 block_network=self.fn.block_network,
             )

@@ -107,6 +107,15 @@ class AgentSettings(CommonSettings):
     #: one is taken (not while the container that took it is still starting).
     spare_sandbox: bool = True
     spare_delay: float = 0.05
+    #: Disk (MiB) the process runtime's image root filesystems (``rootfs.py``: bases and
+    #: build layers) may use on this machine; past it, the least recently used that no
+    #: running container uses are removed.
+    image_disk_budget_mb: int = 20_000
+    #: Seconds one image build step (an apt install, a command, a debootstrap) may take.
+    image_step_timeout: float = 1800.0
+    #: Images (root filesystems) whose zygote and spare sandbox stay warm on the process
+    #: runtime: the most recently used; others start them again when next needed.
+    image_warm_runtimes: int = 4
     #: Containers' network on the process runtime: "auto" (user-mode NAT with the deny
     #: rules below where slirp4netns is installed and the agent is root, else none and one
     #: warning), "on" (refuse to start without it) or "off" (no network at all, as with

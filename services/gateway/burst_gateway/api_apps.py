@@ -209,7 +209,7 @@ async def _publish(gw: Gateway, dep: DeploymentRecord) -> DeploymentRecord:
             gw.js, names.function_deployed_subject(fn_key),
             encode(FunctionDeployed(workspace=dep.workspace, app=dep.app,
                                     deployment_id=dep.deployment_id, function=fn,
-                                    strategy=dep.strategy)),
+                                    strategy=dep.strategy, ephemeral=dep.ephemeral)),
             msg_id=f"{dep.deployment_id}:{fn.name}",
         )
     return dep

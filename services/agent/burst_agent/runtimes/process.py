@@ -26,11 +26,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from burst_agent.runtimes import sandbox as sb
 from burst_agent.runtimes import zygote as zyg
 from burst_agent.runtimes.base import ContainerSpec
 from burst_core import logs
+
+if TYPE_CHECKING:
+    from burst_agent.runtimes import rootfs
 
 log = logs.get("burst.agent.runtime")
 
@@ -207,19 +211,27 @@ class ProcessRuntime:
     def __init__(self, python: str = "", sandbox: sb.Sandbox | None = None,
                  state_dir: Path | None = None, zygote: bool = False,
                  spares: bool = True, spare_delay: float = 0.0,
+                 view: rootfs.View | None = None,
                  zygote_imports: list[str] | None = None,
                  zygote_unsandboxed: bool = False) -> None:
-        self.python = python or sys.executable
+        #: An image's root filesystem (``rootfs.py``): containers run in it, with its
+        #: python and environment, instead of the agent's.
+        self.view = view
+        self.python = view.python if view is not None else (python or sys.executable)
         self.sandbox = sandbox
         self.state_dir = state_dir
+        #: Modules the zygote imports before forking (``BURST_ZYGOTE_IMPORTS``).
+        self.zygote_imports = list(zygote_imports or [])
         # The zygote forks into a sandbox bwrap built (setns): that takes root. Without a
         # sandbox (``zygote_unsandboxed``) it forks plain processes of the agent's uid.
-        plain = zygote and zygote_unsandboxed and not self.sandboxed
+        # (An image's entrypoint wraps a fresh interpreter: a fork cannot run under it.)
+        plain = zygote and zygote_unsandboxed and not self.sandboxed and view is None
         ld = os.environ.get("LD_LIBRARY_PATH")  # the host's (GPU driver) libraries
-        self.zygote = (zyg.Zygote(self.python, imports=zygote_imports,
-                                  extra_env={"LD_LIBRARY_PATH": ld} if plain and ld else None)
-                       if plain or (zygote and self.sandboxed and os.geteuid() == 0)
-                       else None)
+        self.zygote = (zyg.Zygote(self.python, imports=self.zygote_imports,
+                                  extra_env={"LD_LIBRARY_PATH": ld} if ld else None)
+                       if plain else
+                       self._make_zygote() if zygote and self.sandboxed
+                       and os.geteuid() == 0 and not (view and view.entrypoint) else None)
         self._warming: asyncio.Task[None] | None = None
         #: The sandbox made ahead for the next container (see the module docstring).
         self._spare: _Holder | None = None
@@ -246,11 +258,22 @@ class ProcessRuntime:
         self._refill()
 
     def _env(self, spec: ContainerSpec, home: str, bundle: str, sock: str) -> dict[str, str]:
+        if self.view is not None:
+            # The image's own environment; its modules after the bundle (as on Docker).
+            image_env = dict(self.view.env)
+            image_env["PYTHONPATH"] = f"{sb.BUNDLE}:{image_env.get('PYTHONPATH', '')}"
+            if spec.gpu_indices:  # the host's GPU driver, bound in (``Sandbox.command``)
+                image_env["LD_LIBRARY_PATH"] = ":".join(
+                    p for p in (sb.GPU_DRIVER_DIR, image_env.get("LD_LIBRARY_PATH")) if p)
+                image_env["PATH"] = f"{image_env.get('PATH', '/usr/bin:/bin')}:" \
+                                    f"{sb.GPU_DRIVER_DIR}/bin"
+        else:
+            image_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                         "LANG": os.environ.get("LANG", "C.UTF-8"), **sb.interpreter_env()}
         return {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            **image_env,
             "HOME": home,
             "TMPDIR": home if self.sandboxed else os.environ.get("TMPDIR", "/tmp"),
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
             "BURST_SHIM_SOCKET": sock,
@@ -258,9 +281,32 @@ class ProcessRuntime:
             "BURST_SHIM_QUALNAME": spec.qualname,
             "BURST_CONTAINER_ID": spec.container_id,
             "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in spec.gpu_indices),
-            **sb.interpreter_env(),
             **spec.env,
         }
+
+    def _make_zygote(self) -> zyg.Zygote:
+        if self.view is None:
+            return zyg.Zygote(self.python, imports=self.zygote_imports)
+        # An image's zygote: its own python, in a mount namespace whose root is the image
+        # (with the shim), the host's /proc, /sys and /dev (it enters the containers'
+        # namespaces and cgroups from there), as root with its capabilities.
+        from burst_agent.runtimes.rootfs import SHIM_DIR
+
+        assert self.sandbox is not None and self.sandbox.bwrap is not None
+        prefix = [self.sandbox.bwrap, "--ro-bind", str(self.view.root), "/",
+                  "--ro-bind", str(self.view.shim), SHIM_DIR, "--bind", "/proc", "/proc",
+                  "--bind", "/sys", "/sys", "--dev-bind", "/dev", "/dev",
+                  "--cap-add", "ALL", "--die-with-parent", "--"]
+        env = dict(self.view.env)
+        env["PYTHONPATH"] = f"{sb.BUNDLE}:{env.get('PYTHONPATH', '')}"
+        return zyg.Zygote(self.python, prefix=prefix, env=env, imports=self.zygote_imports)
+
+    def _rootfs(self) -> tuple[Path, Path] | None:
+        return (self.view.root, self.view.shim) if self.view is not None else None
+
+    def _cwd(self) -> str:
+        return (self.view.workdir if self.view is not None and self.view.workdir != "/"
+                else sb.BUNDLE)
 
     @property
     def sandboxed(self) -> bool:
@@ -310,7 +356,9 @@ class ProcessRuntime:
         private = state / spec.container_id
         cgroup = box.prepare(spec.container_id, private, spec.cpu,
                              spec.memory_limit_mb or spec.memory_mb, spec.cpu_limit)
-        if self.zygote is not None:
+        # (An image's container with GPUs needs the driver's library path from its start,
+        # which a fork of the image's zygote did not have: a fresh interpreter.)
+        if self.zygote is not None and not (self.view is not None and spec.gpu_indices):
             try:
                 self._refill(self.spare_delay)
                 holder = await self._holder(box, bundle_dir=spec.bundle_dir,
@@ -330,10 +378,12 @@ class ProcessRuntime:
         gate_r = gate_w = args_fd = -1
         try:
             env = self._env(spec, sb.PRIVATE, sb.BUNDLE, sb.SOCKET)
+            entrypoint = self.view.entrypoint if self.view is not None else []
             argv, args_fd = sb.hide_args(box.command(
-                [self.python, "-m", "burst._shim"], bundle_dir=spec.bundle_dir,
+                [*entrypoint, self.python, "-m", "burst._shim"], bundle_dir=spec.bundle_dir,
                 socket_path=spec.socket_path, private_dir=private,
-                gpu_indices=spec.gpu_indices, networked=networked))
+                gpu_indices=spec.gpu_indices, networked=networked, rootfs=self._rootfs(),
+                cwd=self._cwd()))
             if networked:
                 # bwrap waits behind a gate (after ``unshare --net``) until the agent has
                 # set up the namespace.
@@ -440,7 +490,8 @@ class ProcessRuntime:
             argv, args_fd = sb.hide_args(box.command(
                 zyg.HOLDER, bundle_dir=bundle_dir, socket_path=socket_path,
                 socket_dir=socket_dir, private_dir=private, gpu_indices=gpu_indices,
-                networked=networked, extra=["--info-fd", str(info_w.fileno())]))
+                networked=networked, extra=["--info-fd", str(info_w.fileno())],
+                rootfs=self._rootfs(), cwd=self._cwd()))
             proc = await asyncio.create_subprocess_exec(
                 # The id marks the holder as the container's, on the host (ps e, /proc);
                 # a spare's holder is marked as one.
@@ -505,7 +556,7 @@ class ProcessRuntime:
                 await holder.net
             t_up = time.perf_counter()
             await holder.keeper.go(
-                cwd=sb.BUNDLE, env=self._env(spec, sb.PRIVATE, sb.BUNDLE, socket_inside),
+                cwd=self._cwd(), env=self._env(spec, sb.PRIVATE, sb.BUNDLE, socket_inside),
                 uid=box.uid, gid=box.gid, cgroup_tasks=cgroup.tasks_files() if cgroup else [])
             t_go = time.perf_counter()
             handle = ProcessHandle(holder.proc, cgroup, holder.remove)
