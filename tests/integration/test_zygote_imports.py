@@ -21,12 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from burst import wire
+from burst import Image, wire
 from burst._serialization import deserialize, serialize
 from burst_agent.runtimes import zygote as zyg
-from burst_agent.runtimes.base import ContainerSpec
 from burst_agent.runtimes.factory import parse_imports
+from burst_agent.runtimes.images import ImageContainerSpec
 from burst_agent.runtimes.process import ProcessRuntime
+from burst_agent.runtimes.venvs import VenvRuntime
 
 pytestmark = pytest.mark.integration
 
@@ -101,12 +102,13 @@ def tree(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-async def call_f(rt: ProcessRuntime, d: Path, name: str) -> dict[str, object]:
+async def call_f(rt: ProcessRuntime | VenvRuntime, d: Path, name: str,
+                 image: wire.ImageSpec | None = None) -> dict[str, object]:
     shim = Shim(d / f"{name}.sock")
     await shim.start()
-    spec = ContainerSpec(container_id=name, bundle_dir=d / "bundle", socket_path=shim.path,
-                         module="zy_app", qualname="f", cpu=0.25, memory_mb=256,
-                         gpu_indices=[0])
+    spec = ImageContainerSpec(container_id=name, bundle_dir=d / "bundle",
+                              socket_path=shim.path, module="zy_app", qualname="f", cpu=0.25,
+                              memory_mb=256, gpu_indices=[0], image=image)
     handle = await rt.start(spec)
     try:
         assert isinstance(await shim.next_of(wire.Ready), wire.Ready)
@@ -136,6 +138,26 @@ async def test_unsandboxed_fork_has_the_declared_imports_done(tree: Path) -> Non
     assert out["preimported"] is True, out
     assert out["imported_by"] != out["me"], out
     assert out["cuda_visible"] == "0", out  # the container's own environment
+
+
+async def test_image_declared_imports_are_done_by_the_zygote(tree: Path) -> None:
+    """``with image.imports(): import slowmod`` in the app: deploying it (the runtime's
+    ``prepare``) has the zygote import slowmod before the first container."""
+    image = Image.debian_slim()
+    with image.imports():
+        import slowmod  # noqa: F401
+    spec = image._spec
+    assert spec.imports == ["slowmod"]
+    base = ProcessRuntime(zygote=True, zygote_unsandboxed=True)
+    rt = VenvRuntime(base, lambda python: ProcessRuntime(python))
+    try:
+        await rt.prepare(spec)
+        assert base.zygote is not None and base.zygote.imports == ["slowmod"]
+        out = await call_f(rt, tree, "img", image=spec)
+    finally:
+        await base.aclose()
+    assert out["forked"] is True, out
+    assert out["preimported"] is True and out["imported_by"] != out["me"], out
 
 
 async def test_without_preimport_the_container_imports_itself(tree: Path) -> None:

@@ -53,14 +53,17 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
     imports = parse_imports(s.zygote_imports)
 
     def process(python: str) -> ProcessRuntime:
+        # A sandboxed zygote is root outside the sandbox: it imports ahead only from the
+        # agent's own python (the operator's packages), never an image's venv.
         return ProcessRuntime(python, box, state, zygote=s.zygote, spares=s.spare_sandbox,
-                              spare_delay=s.spare_delay, zygote_imports=imports,
+                              spare_delay=s.spare_delay,
+                              zygote_imports=imports if python == s.python or not box.enabled
+                              else [],
                               zygote_unsandboxed=s.zygote_unsandboxed)
 
     def in_image(view: View) -> ProcessRuntime:
         return ProcessRuntime(view.python, box, state, zygote=s.zygote, spares=s.spare_sandbox,
-                              spare_delay=s.spare_delay, view=view,
-                              zygote_imports=imports)
+                              spare_delay=s.spare_delay, view=view)
 
     store = Store(cache_dir("rootfs"), disk_budget_mb=s.image_disk_budget_mb,
                   step_timeout=s.image_step_timeout, network=box.network)

@@ -284,6 +284,24 @@ class ProcessRuntime:
             **spec.env,
         }
 
+    def want_imports(self, names: list[str]) -> None:
+        """Modules a function's image declares (``Image.imports()``): an unsandboxed zygote
+        (the agent's uid, as its containers) imports them before forking, restarted with
+        them once when they are new. A sandboxed zygote is root outside the sandbox: it
+        imports only the operator's ``BURST_ZYGOTE_IMPORTS``, never what a user names."""
+        if self.zygote is None or self.sandboxed:
+            return
+        new = [n for n in names if n not in self.zygote_imports
+               and all(part.isidentifier() for part in n.split("."))]
+        if not new:
+            return
+        self.zygote_imports += new
+        self.zygote.imports = list(self.zygote_imports)
+        self.zygote.close()  # the next start (or the warm-up now) starts it with them
+        log.info("zygote_imports", python=self.python, imports=self.zygote_imports)
+        with contextlib.suppress(RuntimeError):
+            self._warming = asyncio.get_running_loop().create_task(self._warm())
+
     def _make_zygote(self) -> zyg.Zygote:
         if self.view is None:
             return zyg.Zygote(self.python, imports=self.zygote_imports)
@@ -299,7 +317,7 @@ class ProcessRuntime:
                   "--cap-add", "ALL", "--die-with-parent", "--"]
         env = dict(self.view.env)
         env["PYTHONPATH"] = f"{sb.BUNDLE}:{env.get('PYTHONPATH', '')}"
-        return zyg.Zygote(self.python, prefix=prefix, env=env, imports=self.zygote_imports)
+        return zyg.Zygote(self.python, prefix=prefix, env=env)
 
     def _rootfs(self) -> tuple[Path, Path] | None:
         return (self.view.root, self.view.shim) if self.view is not None else None
