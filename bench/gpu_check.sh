@@ -29,9 +29,10 @@ fi
 export PYTHONPATH="${SITE}$PWD/libs:$PWD/services/gateway:$PWD/services/scheduler:$PWD/services/billing:$PWD/services/agent"
 [ -d .whl/bin ] && export PATH="$PWD/.whl/bin:$PATH"
 export BURST_HOME=/tmp/burst-gpu-home PYTHONUNBUFFERED=1
-# The zygote imports torch before it forks (never initialising CUDA): a GPU function's
-# first call pays only CUDA's own start.
-export BURST_ZYGOTE_IMPORTS=${BURST_ZYGOTE_IMPORTS:-torch}
+# bench/gpu_app.py's image declares `import torch` (Image.imports()): the zygote imports
+# it at `burst deploy`, before it forks (never initialising CUDA). BURST_ZYGOTE_IMPORTS=torch
+# would have it imported from `burst up` on instead.
+export BURST_GPU_HEALTH_INTERVAL=${BURST_GPU_HEALTH_INTERVAL:-2}
 # No bubblewrap there: the zygote forks unsandboxed containers (BURST_ZYGOTE_UNSANDBOXED).
 export BURST_ZYGOTE_UNSANDBOXED=${BURST_ZYGOTE_UNSANDBOXED:-1}
 rm -rf "$BURST_HOME"
@@ -59,6 +60,11 @@ echo "{\"rc\": $?}" > "$R/evict_rc.json"; cat "$R/evict.out"; tail -n 5 "$R/evic
 echo "== CHECK scale-down"
 burst app stop gpu-check || true
 timeout 90 python3 bench/gpu_probe.py after > "$R/nvml_after.json"; cat "$R/nvml_after.json"
+
+echo "== CHECK health (NVML: Xid / uncorrectable ECC, memory left behind)"
+grep -h -E '"(gpu_unhealthy|gpu_memory_left|nvml_xid_events_unavailable|gpu_health_failed|zygote_imports|zygote_failed|zygote_warmup_failed)"' \
+  "$BURST_HOME"/logs/agent.log > "$R/health.log" 2>/dev/null; cat "$R/health.log"
+grep -h "pre-import failed" "$BURST_HOME"/logs/agent.log 2>/dev/null | head -3
 
 echo "== CHECK billing"
 burst billing report --by resource --format json > "$R/billing.json" 2>&1; cat "$R/billing.json"

@@ -138,6 +138,11 @@ def summary(r: Path, seconds: str) -> dict[str, Any]:
         aft if "skipped" in aft else
         {"held": aft.get("held"), "used_mib": [g["used_mib"] for g in aft.get("gpus", [])],
          "processes": [g["processes"] for g in aft.get("gpus", [])]})
+    health = (r / "health.log").read_text().splitlines() if (r / "health.log").exists() else []
+    s["agent_log"] = [json.loads(x).get("event") + ": " + json.dumps(
+        {k: v for k, v in json.loads(x).items()
+         if k not in ("event", "service", "instance", "level", "timestamp")})
+        for x in health if x.startswith("{")]
     return s
 
 

@@ -284,11 +284,12 @@ class ProcessRuntime:
             **spec.env,
         }
 
-    def want_imports(self, names: list[str]) -> None:
+    async def want_imports(self, names: list[str]) -> None:
         """Modules a function's image declares (``Image.imports()``): an unsandboxed zygote
         (the agent's uid, as its containers) imports them before forking, restarted with
-        them once when they are new. A sandboxed zygote is root outside the sandbox: it
-        imports only the operator's ``BURST_ZYGOTE_IMPORTS``, never what a user names."""
+        them once when they are new; returns once it has (a deployment's image is ready
+        then). A sandboxed zygote is root outside the sandbox: it imports only the
+        operator's ``BURST_ZYGOTE_IMPORTS``, never what a user names."""
         if self.zygote is None or self.sandboxed:
             return
         new = [n for n in names if n not in self.zygote_imports
@@ -297,10 +298,9 @@ class ProcessRuntime:
             return
         self.zygote_imports += new
         self.zygote.imports = list(self.zygote_imports)
-        self.zygote.close()  # the next start (or the warm-up now) starts it with them
+        self.zygote.close()
         log.info("zygote_imports", python=self.python, imports=self.zygote_imports)
-        with contextlib.suppress(RuntimeError):
-            self._warming = asyncio.get_running_loop().create_task(self._warm())
+        await self._warm()
 
     def _make_zygote(self) -> zyg.Zygote:
         if self.view is None:

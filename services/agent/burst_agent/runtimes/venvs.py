@@ -79,7 +79,7 @@ class VenvRuntime:
             return await self._start_in_rootfs(spec, image, emit)
         if image is None or not needs_venv(image):
             if image is not None and image.imports:
-                self.base.want_imports(image.imports)
+                await self.base.want_imports(image.imports)
             return await self.base.start(spec)
         rt = await self._venv_runtime(image, emit)
         return await rt.start(spec)
@@ -91,7 +91,7 @@ class VenvRuntime:
             self._runtimes[python] = self.make(python)
         rt = self._runtimes[python]
         if image.imports:
-            rt.want_imports(image.imports)
+            await rt.want_imports(image.imports)
         return rt
 
     async def prepare(self, image: wire.ImageSpec,
@@ -102,7 +102,7 @@ class VenvRuntime:
         elif needs_venv(image):
             await self._venv_runtime(image, emit)
         elif image.imports:  # the zygote imports them now, ahead of the first call
-            self.base.want_imports(image.imports)
+            await self.base.want_imports(image.imports)
 
     async def _start_in_rootfs(self, spec: ContainerSpec, image: wire.ImageSpec,
                                emit: Callable[[str], None] | None) -> ContainerHandle:
