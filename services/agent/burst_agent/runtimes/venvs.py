@@ -100,7 +100,10 @@ class VenvRuntime:
         if rootfs.needs_rootfs(image):
             await self._view_of(image, emit)
         elif needs_venv(image):
-            await self._venv_runtime(image, emit)
+            if image.imports:  # its runtime's zygote imports them now
+                await self._venv_runtime(image, emit)
+            else:
+                await self.venv(image, emit)
         elif image.imports:  # the zygote imports them now, ahead of the first call
             await self.base.want_imports(image.imports)
 
