@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Prepare what bench/gpu_check.sh needs on the lent GPU machine (offline, Python 3.12 with
 # PyTorch, no Docker, no bwrap, no redis-server): Python 3.12 wheels of every runtime
-# dependency of Burst at the versions this venv runs (bench/gpu_closure.py), the nats-server binary, and redis-server with the libraries it links. All go
-# to .whl/ (ignored by git through .git/info/exclude), which the device call carries.
+# dependency of Burst at the versions this venv runs (bench/gpu_closure.py), the
+# nats-server binary, and redis-server with the libraries it links. All go to .whl/
+# (ignored by git through the repository's info/exclude), which the device call carries.
 #
 #   bench/gpu_check_prepare.sh      # here, once
 #   then device.run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=420)
