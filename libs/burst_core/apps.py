@@ -54,14 +54,16 @@ async def stop(js: JetStreamContext, dep: DeploymentRecord, reason: str) -> int:
     return cancelled
 
 
-async def cancel_inputs(js: JetStreamContext, fn_key: str, reason: str, *,
+async def cancel_inputs(js: JetStreamContext, fn_key: str, reason: str,
                         status: OutputStatus = "terminated",
-                        error_type: str = "burst.exception.InputCancellation",
+                        error_type: str = "burst.exception.InputCancellation", *,
                         message: str = "", payload: bytes = b"") -> int:
     """Cancel every call whose input of ``fn_key`` is still in the inputs stream, then
     purge those inputs. Returns how many calls were cancelled (answered ones are not).
-    ``status``, ``error_type``, ``message`` and ``payload`` (the pickled exception): what
-    their callers get (a cancellation by default)."""
+
+    Each gets ``status`` (a cancellation by default; a spent hard budget answers
+    ``failure`` with ``burst.exception.BudgetExceededError``), and ``message`` and
+    ``payload`` (the pickled exception) when given."""
     subject = names.input_subject(fn_key)
     calls_kv = await js.key_value(names.KV_CALLS)
     nc = bus.client_of(js)

@@ -36,6 +36,7 @@ from burst_agent.prebuild import Prebuilder
 from burst_agent.runtimes.base import Runtime
 from burst_agent.runtimes.factory import make_runtime
 from burst_agent.settings import AgentSettings
+from burst_agent.volumes import VolumeCache
 from burst_agent.web import WebRelay
 from burst_core import bus, logs, names
 from burst_core.calls.caller import Caller
@@ -56,6 +57,7 @@ from burst_core.schemas import (
     encode,
 )
 from burst_core.service import heartbeat_loop
+from burst_core.volumes import Volumes
 
 log = logs.get("burst.agent")
 FunctionDeployedDecoder = decoder(FunctionDeployed)
@@ -130,6 +132,10 @@ class Agent:
         home = Path(s.home) / "agent" / self.agent_id
         self.attempts = Attempts(self)
         self.objects = Objects(self.js)
+        self.volumes = Volumes(self.js, s.volume_max_bytes, s.volume_chunk_grace)
+        self.volume_cache = VolumeCache(
+            home / "volcache", s.volume_cache_bytes,
+            s.sandbox_uid if os.geteuid() == 0 else None)
         self.bundles = BundleCache(await self.js.object_store(names.OBJ_BUNDLES), home / "bundles")
         await self._register()
         # Cancelled calls (recent ones): never started here, stopped if running here.

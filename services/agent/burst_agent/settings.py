@@ -61,6 +61,9 @@ class AgentSettings(CommonSettings):
     unresponsive_kill_after: float = 60.0
     #: Seconds a gateway may take to answer for a starting container's secret values.
     secrets_fetch_timeout: float = 10.0
+    #: Bytes of volume file contents this agent keeps cached (by content hash; the least
+    #: recently used are evicted past it).
+    volume_cache_bytes: int = 20 << 30
     #: Calls from containers: the longest one request of the SDK waits for a result
     #: before answering "pending" (the SDK then asks again), and the interval of their
     #: ``input.accepted`` signals per function (as the gateway's settings).
