@@ -336,6 +336,8 @@ class App:
         for fn in self.registered_functions.values():
             fn._web_urls = {ep.name: resp.web_urls[ep.name] for ep in fn.spec.web
                             if ep.name in resp.web_urls}
+        for warning in resp.warnings:  # e.g. a GPU request no agent of the cluster can hold
+            print(f"Warning: {warning}", file=sys.stderr, flush=True)
         return resp
 
     @property

@@ -310,6 +310,10 @@ class DeployResponse(_Body):
     web_urls: dict[str, str] = msgspec.field(default_factory=dict)
     #: A deployed app's version (1 for its first deploy); 0 for an ephemeral run.
     version: int = 0
+    #: Functions whose containers no agent of the cluster could hold, each with why
+    #: (naming the largest agent): their calls wait (then fail, past the scheduler's
+    #: ``BURST_UNSATISFIABLE_TIMEOUT``).
+    warnings: list[str] = msgspec.field(default_factory=list)
 
 
 #: Arguments and results up to this size travel inline (NATS messages stay small);

@@ -56,12 +56,14 @@ async def stop(js: JetStreamContext, dep: DeploymentRecord, reason: str) -> int:
 
 async def cancel_inputs(js: JetStreamContext, fn_key: str, reason: str,
                         status: OutputStatus = "terminated",
-                        error_type: str = "burst.exception.InputCancellation") -> int:
+                        error_type: str = "burst.exception.InputCancellation", *,
+                        message: str = "", payload: bytes = b"") -> int:
     """Cancel every call whose input of ``fn_key`` is still in the inputs stream, then
     purge those inputs. Returns how many calls were cancelled (answered ones are not).
 
     Each gets ``status`` (a cancellation by default; a spent hard budget answers
-    ``failure`` with ``burst.exception.BudgetExceededError``)."""
+    ``failure`` with ``burst.exception.BudgetExceededError``), and ``message`` and
+    ``payload`` (the pickled exception) when given."""
     subject = names.input_subject(fn_key)
     calls_kv = await js.key_value(names.KV_CALLS)
     nc = bus.client_of(js)
@@ -80,8 +82,9 @@ async def cancel_inputs(js: JetStreamContext, fn_key: str, reason: str,
         rec_raw, _ = await bus.kv_get(calls_kv, inp.call_id)
         rec = CallRecordDecoder.decode(rec_raw) if rec_raw is not None else first_record(inp)
         out = Output(call_id=rec.call_id, input_id=rec.input_id, attempt=rec.attempt,
-                     attempt_token=rec.attempt_token, status=status, error_type=error_type,
-                     error_message=f"call {rec.call_id} was cancelled: {reason}",
+                     attempt_token=rec.attempt_token, status=status,
+                     error_type=error_type, payload=payload,
+                     error_message=message or f"call {rec.call_id} was cancelled: {reason}",
                      finished_at=time.time(), workspace=rec.workspace)
         try:
             await bus.publish(js, names.output_subject(rec.call_id, rec.attempt), encode(out),

@@ -36,6 +36,11 @@ class GpuInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     type: str
     memory_mb: int = 0
     uuid: str = ""
+    #: Why NVML says this GPU is unhealthy (an Xid or uncorrectable ECC error); no
+    #: placements on it while set.
+    unhealthy: str = ""
+    #: GPU memory a finished container (or a process of none) left allocated, as found.
+    left: str = ""
 
 
 # ---- stored records (KV) -------------------------------------------------------------

@@ -50,11 +50,14 @@ def test_app_list_status_waiting_reason_and_stop(cluster: Cluster, tmp_path: Pat
         if fns["needs_gpus"]["waiting"] and fns["ok"]["containers"]:
             break
         time.sleep(0.5)
-    assert fns["needs_gpus"]["waiting"]["reason"] == "waiting for 2×H100: none free"
+    # No agent of this cluster has a GPU: it says so, naming the largest agent.
+    assert fns["needs_gpus"]["waiting"]["reason"].startswith(
+        'no agent can hold gpu="H100:2", cpu=0.125, memory=128 MiB: the largest agent, '
+        'local, has no GPU, '), fns["needs_gpus"]["waiting"]
     assert fns["needs_gpus"]["queued"] == 1  # the call waits; it is not failed
     assert sum(fns["ok"]["containers"].values()) == 1 and fns["ok"]["waiting"] is None
     table = cluster.burst("app", "status", "visible-app", check=True).stdout
-    assert "none free" in table
+    assert "no agent can hold" in table
     # The waiting call is still pending, not failed.
     pending = subprocess.run(
         [sys.executable, "-c", "import burst, sys\n"

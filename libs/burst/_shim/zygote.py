@@ -10,6 +10,17 @@ cgroups) the container joins its cgroups and namespaces, drops every capability,
 the sandbox uid and runs the shim. So the fork overlaps bubblewrap's setup (for a spare
 sandbox only ``go`` is on the start path).
 
+A container of an agent without a sandbox (``target_pid`` 0) is forked the same way but
+enters nothing: it only starts a session of its own, moves to its working directory and
+takes its environment, as a fresh unsandboxed interpreter would have.
+
+Before ``ready`` the zygote imports the modules ``BURST_ZYGOTE_IMPORTS`` names (comma
+separated: what the functions' images declare they import, e.g. ``torch``), so a
+container's first import of them is already done. CUDA must be initialised only after the
+fork, in the container: a zygote in which an import initialised it (the CUDA driver mapped,
+or ``torch.cuda.is_initialized()``) says so instead of ``ready`` and exits, and the agent
+starts its containers as fresh interpreters.
+
 Invariants: the holder exits with the container's exit code (the keeper writes it), and
 with EOF if the keeper dies; a keeper whose reply socket closes before ``go`` kills what
 it forked.
@@ -69,6 +80,9 @@ def _container(target: int, out_fd: int, err_fd: int, go_fd: int) -> None:
     """In the container process (in the sandbox's pid namespace already): enter its
     network, ipc and uts namespaces, then, once told who it is (``go_fd``), the rest."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if target == 0:
+        _plain_container(out_fd, err_fd, go_fd)
+        return
     for name, kind in (("net", CLONE_NEWNET), ("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS)):
         if os.readlink(f"/proc/{target}/ns/{name}") != os.readlink(f"/proc/self/ns/{name}"):
             _setns(target, name, kind)
@@ -109,8 +123,40 @@ def _container(target: int, out_fd: int, err_fd: int, go_fd: int) -> None:
     os.setresuid(uid, uid, uid)  # from root to a non-root uid: every capability goes
     _check(_prctl(PR_SET_NO_NEW_PRIVS, 1), "no_new_privs")
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a uid change cleared it
+    _run_shim(req["env"])
+
+
+def _read_go(go_fd: int) -> dict[str, object]:
+    data = b""
+    while chunk := os.read(go_fd, 1 << 16):
+        data += chunk
+    if not data:  # nobody took this container
+        os._exit(1)
+    os.close(go_fd)
+    req: dict[str, object] = json.loads(data)
+    return req
+
+
+def _plain_container(out_fd: int, err_fd: int, go_fd: int) -> None:
+    """An unsandboxed container: a session of its own (signalled as a group), its working
+    directory and environment; the agent's uid, as a fresh interpreter would run."""
+    req = _read_go(go_fd)
+    os.setsid()
+    os.chdir(str(req["cwd"]))
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out_fd, 1)
+    os.dup2(err_fd, 2)
+    os.closerange(3, 65536)
+    env = req["env"]
+    assert isinstance(env, dict)
+    _set_proc_environ(env)
+    _run_shim(env)
+
+
+def _run_shim(env: dict[str, str]) -> None:
     os.environ.clear()
-    os.environ.update(req["env"])
+    os.environ.update(env)
     sys.argv = [shim_main.__file__]
     code = 0
     try:
@@ -164,7 +210,8 @@ def _keeper(fds: list[int]) -> None:
         if not msg:  # the sandbox did not come up: nothing to fork
             os._exit(0)
         target = int(json.loads(msg)["target_pid"])
-        _setns(target, "pid", CLONE_NEWPID)
+        if target != 0:  # 0: no sandbox, nothing to enter
+            _setns(target, "pid", CLONE_NEWPID)
         go_r, go_w = os.pipe()
         child = os.fork()
     except BaseException as e:
@@ -204,6 +251,40 @@ def _keeper(fds: list[int]) -> None:
     os._exit(0)
 
 
+def preimport(names: list[str]) -> list[str]:
+    """Import ``names`` (what the functions' images declare); the errors, one line each (a
+    module that fails here is imported, or fails, in the container as it would have)."""
+    import importlib
+
+    errors = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except BaseException as e:  # noqa: BLE001 - any import-time failure is the user's
+            errors.append(f"{name}: {type(e).__name__}: {e}")
+    return errors
+
+
+def cuda_initialised() -> str:
+    """Why CUDA counts as initialised in this process ('' when it is not): the driver
+    library mapped, or PyTorch saying so. A forked child cannot use a parent's CUDA."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                if "libcuda.so" in line:
+                    return f"the CUDA driver is loaded ({line.split()[-1]})"
+    except OSError:
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_initialized():
+                return "torch.cuda.is_initialized() is true"
+        except Exception:  # noqa: BLE001 - a torch without CUDA support
+            pass
+    return ""
+
+
 def serve(sock: socket.socket) -> None:
     # Keepers are reaped by the kernel: the zygote never waits for them.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
@@ -231,7 +312,16 @@ def serve(sock: socket.socket) -> None:
 
 def main() -> None:
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    serve(socket.socket(fileno=int(os.environ.pop("BURST_ZYGOTE_FD"))))
+    sock = socket.socket(fileno=int(os.environ.pop("BURST_ZYGOTE_FD")))
+    names = [n for n in os.environ.pop("BURST_ZYGOTE_IMPORTS", "").split(",") if n.strip()]
+    for err in preimport([n.strip() for n in names]):
+        print(f"burst zygote: pre-import failed: {err}", file=sys.stderr, flush=True)
+    why = cuda_initialised()
+    if why:
+        sock.send(f"cuda: {why} after importing {', '.join(names)}; CUDA must be "
+                  "initialised only in the container".encode()[:4000])
+        return
+    serve(sock)
 
 
 if __name__ == "__main__":

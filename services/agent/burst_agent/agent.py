@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from burst.wire import MAX_PAYLOAD
-from burst_agent import gpus
+from burst_agent import gpu_health, gpus
 from burst_agent.acks import Ack, settle
 from burst_agent.attempts import Attempts
 from burst_agent.bundles import BundleCache
@@ -156,6 +156,9 @@ class Agent:
         self.figures.gpus, self.figures.nvml = self.inventory.gpus, _nvml(self.inventory)
         if s.metrics:
             self._tasks.append(asyncio.create_task(self._metrics_loop()))
+        if self.figures.nvml is not None:
+            self.gpu_health = gpu_health.Health(self.figures.nvml, self.inventory.gpus)
+            self._tasks.append(asyncio.create_task(self._gpu_health_loop()))
         await self.prebuild.start()
         self.orders = bus.Consumer(
             self.js, names.STREAM_CONTROL, names.agent_consumer(self.agent_id), self._on_order,
@@ -461,6 +464,40 @@ class Agent:
             await asyncio.sleep(self.settings.heartbeat_interval)
             await self._beat()
             await self._rejoin_if_lost()
+
+    async def _gpu_health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.gpu_health_interval)
+            try:
+                await self.check_gpu_health()
+            except Exception as e:  # a driver hiccup: the next look tries again
+                log.warning("gpu_health_failed", error=repr(e))
+
+    async def check_gpu_health(self) -> None:
+        """One look at the GPUs' health (NVML): unhealthy GPUs and memory left behind go
+        into this agent's record (the scheduler places nothing on an unhealthy GPU)."""
+        pids = await asyncio.to_thread(self._container_pids)
+        bad, left = await asyncio.to_thread(self.gpu_health.check, pids)
+        if not bad and not left:
+            return
+        by_index = {g.index: g for g in self.inventory.gpus}
+        for index, why in bad.items():
+            if index in by_index:
+                by_index[index].unhealthy = why
+        for lo in left:
+            if lo.gpu in by_index:
+                by_index[lo.gpu].left = lo.describe()
+        new_gpus = [msgspec.structs.replace(g) for g in self.inventory.gpus]
+
+        def mark(cur: bytes | None) -> bytes | None:
+            if cur is None:
+                return None
+            rec = AgentRecordDecoder.decode(cur)
+            rec.gpus = new_gpus
+            return encode(rec)
+
+        await bus.kv_cas(self.agents_kv, self.agent_id, mark)
+        self.record.gpus = new_gpus
 
     async def _metrics_loop(self) -> None:
         """Every ``metrics_interval``: each container's CPU and memory use (its view in

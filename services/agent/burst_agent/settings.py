@@ -104,6 +104,14 @@ class AgentSettings(CommonSettings):
     #: Start sandboxed containers as forks of a warm interpreter (the zygote) rather than
     #: fresh interpreters (needs root and the sandbox; otherwise fresh interpreters).
     zygote: bool = True
+    #: Modules the zygote imports before it forks containers (comma-separated, e.g.
+    #: "torch"), besides what the functions' images declare with ``Image.imports()``: a
+    #: GPU function's first call then pays CUDA's start only. CUDA itself is initialised
+    #: only in the container; a zygote whose imports initialise it is not used.
+    zygote_imports: str = ""
+    #: Also fork unsandboxed containers (no bubblewrap, e.g. a GPU machine without it) from
+    #: a zygote: same uid and environment as a fresh interpreter, its imports done.
+    zygote_unsandboxed: bool = False
     #: With the zygote, keep one sandbox made ahead for the next container (a spare), so
     #: bwrap's setup is not on its start; the next spare is made this many seconds after
     #: one is taken (not while the container that took it is still starting).
@@ -148,12 +156,19 @@ class AgentSettings(CommonSettings):
     #: seconds; off: none are kept.
     metrics: bool = True
     metrics_interval: float = 5.0
+    #: Seconds between two reads of the GPUs' health from NVML (Xid and uncorrectable ECC
+    #: errors: the GPU gets no more placements; memory a finished container left behind:
+    #: reported). Only with GPUs NVML found.
+    gpu_health_interval: float = 10.0
     #: Longest a ``burst container exec`` command may run before it is killed.
     exec_timeout: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.input_prefetch < 0:
             raise ValueError(f"BURST_INPUT_PREFETCH={self.input_prefetch}: use 0 (none) or more")
+        if not self.gpu_health_interval > 0:
+            raise ValueError(f"BURST_GPU_HEALTH_INTERVAL={self.gpu_health_interval}: use "
+                             "a number of seconds above 0")
         if not self.metrics_interval > 0:
             raise ValueError(f"BURST_METRICS_INTERVAL={self.metrics_interval}: use more "
                              "than 0 seconds")

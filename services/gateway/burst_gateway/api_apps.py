@@ -31,9 +31,10 @@ from burst.wire import (
     dev_name,
     is_app_id,
 )
-from burst_core import apps, bus, names, schedules
+from burst_core import apps, bus, fits, logs, names, schedules
 from burst_core.schemas import (
     AgentHeartbeatDecoder,
+    AgentRecordDecoder,
     ClientHeartbeatDecoder,
     DeploymentRecord,
     FunctionDeployed,
@@ -46,6 +47,7 @@ from burst_gateway.api_volumes import volumes
 from burst_gateway.auth import Principal, principal
 from burst_gateway.state import Gateway, GatewayDep
 
+log = logs.get("burst.gateway.apps")
 router = APIRouter()
 _deploy_decoder = msgspec.msgpack.Decoder(DeployRequest)
 _HASH_LEN = 64
@@ -202,8 +204,24 @@ async def deploy(request: Request, gw: GatewayDep, p: Principal = Depends(princi
                           web_urls={ep.name: web.url_of(gw.settings, p.workspace, app_id,
                                                         ep.name, ep)
                                     for f in dep.functions for ep in f.web},
-                          version=dep.version)
+                          version=dep.version, warnings=await _unsatisfiable(gw, dep))
     return Response(msgspec.msgpack.encode(resp), status_code=201, media_type=MSGPACK)
+
+
+async def _unsatisfiable(gw: Gateway, dep: DeploymentRecord) -> list[str]:
+    """Per function no agent could ever hold: ``"f: no agent can hold ..."``."""
+    try:
+        agents = [AgentRecordDecoder.decode(raw)
+                  for raw in (await bus.kv_items(gw.js, names.KV_AGENTS)).values()]
+    except Exception as e:  # a warning only: never in the way of a deployment
+        log.warning("unsatisfiable_check_failed", error=repr(e))
+        return []
+    out = []
+    for fn in dep.functions:
+        why = fits.shortfall([fn.resources, *fn.gpu_fallbacks], agents)
+        if why:
+            out.append(f"function {fn.name}: {why}")
+    return out
 
 
 async def _publish(gw: Gateway, dep: DeploymentRecord) -> DeploymentRecord:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import pickle
 import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine
@@ -29,7 +30,8 @@ from typing import Any
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from burst_core import bus, logs, names
+from burst.exception import ResourceExhaustedError
+from burst_core import apps, bus, fits, logs, names
 from burst_core.schemas import (
     ContainerReady,
     ContainerStopped,
@@ -271,7 +273,14 @@ class Autoscaler:
                              memory_mb=spec.resources.memory_mb,
                              gpu_type=spec.resources.gpu_type,
                              gpu_count=spec.resources.gpu_count)
-            reason = waiting_reason(spec)
+            never = fits.shortfall([spec.resources, *spec.gpu_fallbacks],
+                                   self.state.live_agents(time.time()),
+                                   self.settings.overcommit)
+            reason = never or waiting_reason(spec)
+            if never:
+                await self._mark_waiting(ref.fn_key, reason)
+                await self._fail_unsatisfiable(ref.fn_key, never)
+                return False
             if kept:
                 reason += (f"; idle containers of {self._names(kept, ref.fn_key)} are kept "
                            "for their min_containers")
@@ -515,6 +524,22 @@ class Autoscaler:
         log.warning("preempted_for_on_demand", fn_key=ref.fn_key, agent_id=eviction.agent_id,
                     containers=eviction.container_ids)
         return len(eviction.container_ids)
+
+    async def _fail_unsatisfiable(self, fn_key: str, why: str) -> None:
+        """Past ``unsatisfiable_timeout`` of waiting for a container no agent could hold,
+        the function's queued calls fail with ``why`` (later ones wait that long again)."""
+        limit = self.settings.unsatisfiable_timeout
+        since = self._waiting.get(fn_key)
+        if limit <= 0 or since is None or time.time() - since < limit:
+            return
+        message = (f"no container could start for {limit:g} s "
+                   f"(BURST_UNSATISFIABLE_TIMEOUT): {why}")
+        n = await apps.cancel_inputs(
+            self.js, fn_key, why, status="failure",
+            error_type="burst.exception.ResourceExhaustedError", message=message,
+            payload=pickle.dumps(ResourceExhaustedError(message)))
+        self._waiting[fn_key] = time.time()
+        log.warning("unsatisfiable_calls_failed", fn_key=fn_key, calls=n, reason=why)
 
     async def _mark_waiting(self, fn_key: str, reason: str) -> None:
         """Say why the function waits (KV ``burst_waiting``), for `burst app status`."""

@@ -72,7 +72,7 @@ def _entry(agent: AgentRecord) -> _Entry:
         taken.update(a.gpu_indices)
     gpus: dict[str, list[int]] = {}
     for g in agent.gpus:
-        if g.index not in taken:
+        if g.index not in taken and not g.unhealthy:
             gpus.setdefault(gpu_type_key(g.type), []).append(g.index)
     for ix in gpus.values():
         ix.sort()

@@ -66,7 +66,8 @@ def free_capacity(agent: AgentRecord, overcommit: float = 1.0) -> Free:
     used_cpu = sum(a.resources.cpu for a in agent.allocations.values())
     used_mem = sum(a.resources.memory_mb for a in agent.allocations.values())
     taken = {i for a in agent.allocations.values() for i in a.gpu_indices}
-    gpus = {g.index: gpu_type_key(g.type) for g in agent.gpus if g.index not in taken}
+    gpus = {g.index: gpu_type_key(g.type) for g in agent.gpus
+            if g.index not in taken and not g.unhealthy}
     return Free(
         cpu=agent.cpu * overcommit - used_cpu,
         memory_mb=agent.memory_mb * overcommit - used_mem,

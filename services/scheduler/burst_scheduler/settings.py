@@ -18,6 +18,10 @@ class SchedulerSettings(CommonSettings):
     lost_check_interval: float = 0.5
     #: CPU and memory overcommit factor applied to agents' capacity.
     overcommit: float = 1.0
+    #: Seconds a function whose containers no live agent could ever hold (``gpu="H200:2"``
+    #: where the largest agent has one) keeps its calls waiting (an agent that can may
+    #: join) before they fail with an error naming the largest agent; 0: they wait.
+    unsatisfiable_timeout: float = 300.0
     #: Containers of a function that keep failing to start (a platform fault: a bundle that
     #: cannot be fetched, a runtime error) or dying with no input running are placed again
     #: after a growing delay: from this many seconds, doubling per failure, up to the max.

@@ -50,9 +50,16 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
                                  setup_timeout=s.network_setup_timeout,
                                  sandboxed=box.enabled)
 
+    imports = parse_imports(s.zygote_imports)
+
     def process(python: str) -> ProcessRuntime:
+        # A sandboxed zygote is root outside the sandbox: it imports ahead only from the
+        # agent's own python (the operator's packages), never an image's venv.
         return ProcessRuntime(python, box, state, zygote=s.zygote, spares=s.spare_sandbox,
-                              spare_delay=s.spare_delay)
+                              spare_delay=s.spare_delay,
+                              zygote_imports=imports if python == s.python or not box.enabled
+                              else [],
+                              zygote_unsandboxed=s.zygote_unsandboxed)
 
     def in_image(view: View) -> ProcessRuntime:
         return ProcessRuntime(view.python, box, state, zygote=s.zygote, spares=s.spare_sandbox,
@@ -64,3 +71,13 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
     # beyond those (apt_install, run_commands, another Python...): a root filesystem each.
     return VenvRuntime(process(s.python), process, store=store, make_view=in_image,
                        warm_images=s.image_warm_runtimes)
+
+
+def parse_imports(raw: str) -> list[str]:
+    """``BURST_ZYGOTE_IMPORTS``: comma-separated module names ("torch,numpy.linalg")."""
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    for n in names:
+        if not all(part.isidentifier() for part in n.split(".")):
+            raise ValueError(f"BURST_ZYGOTE_IMPORTS: {n!r} is not a module name (use "
+                             "comma-separated dotted names, e.g. torch,numpy.linalg)")
+    return names

@@ -161,6 +161,15 @@ class ProcessHandle:
         return cpu_seconds(pids), rss
 
     def signal(self, sig: int) -> None:
+        if self.child_pid is not None and self.private_dir is None:
+            # An unsandboxed zygote fork: its own session, signalled as a group (as a
+            # fresh interpreter's); its holder follows it when it exits.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.child_pid, sig)
+            if sig == signal.SIGKILL:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, sig)
+            return
         if self.child_pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.child_pid, sig)
@@ -202,16 +211,26 @@ class ProcessRuntime:
     def __init__(self, python: str = "", sandbox: sb.Sandbox | None = None,
                  state_dir: Path | None = None, zygote: bool = False,
                  spares: bool = True, spare_delay: float = 0.0,
-                 view: rootfs.View | None = None) -> None:
+                 view: rootfs.View | None = None,
+                 zygote_imports: list[str] | None = None,
+                 zygote_unsandboxed: bool = False) -> None:
         #: An image's root filesystem (``rootfs.py``): containers run in it, with its
         #: python and environment, instead of the agent's.
         self.view = view
         self.python = view.python if view is not None else (python or sys.executable)
         self.sandbox = sandbox
         self.state_dir = state_dir
-        # The zygote forks into a sandbox bwrap built (setns): that takes root.
+        #: Modules the zygote imports before forking (``BURST_ZYGOTE_IMPORTS``).
+        self.zygote_imports = list(zygote_imports or [])
+        # The zygote forks into a sandbox bwrap built (setns): that takes root. Without a
+        # sandbox (``zygote_unsandboxed``) it forks plain processes of the agent's uid.
         # (An image's entrypoint wraps a fresh interpreter: a fork cannot run under it.)
-        self.zygote = (self._make_zygote() if zygote and self.sandboxed
+        plain = zygote and zygote_unsandboxed and not self.sandboxed and view is None
+        ld = os.environ.get("LD_LIBRARY_PATH")  # the host's (GPU driver) libraries
+        self.zygote = (zyg.Zygote(self.python, imports=self.zygote_imports,
+                                  extra_env={"LD_LIBRARY_PATH": ld} if ld else None)
+                       if plain else
+                       self._make_zygote() if zygote and self.sandboxed
                        and os.geteuid() == 0 and not (view and view.entrypoint) else None)
         self._warming: asyncio.Task[None] | None = None
         #: The sandbox made ahead for the next container (see the module docstring).
@@ -265,9 +284,27 @@ class ProcessRuntime:
             **spec.env,
         }
 
+    async def want_imports(self, names: list[str]) -> None:
+        """Modules a function's image declares (``Image.imports()``): an unsandboxed zygote
+        (the agent's uid, as its containers) imports them before forking, restarted with
+        them once when they are new; returns once it has (a deployment's image is ready
+        then). A sandboxed zygote is root outside the sandbox: it imports only the
+        operator's ``BURST_ZYGOTE_IMPORTS``, never what a user names."""
+        if self.zygote is None or self.sandboxed:
+            return
+        new = [n for n in names if n not in self.zygote_imports
+               and all(part.isidentifier() for part in n.split("."))]
+        if not new:
+            return
+        self.zygote_imports += new
+        self.zygote.imports = list(self.zygote_imports)
+        self.zygote.close()
+        log.info("zygote_imports", python=self.python, imports=self.zygote_imports)
+        await self._warm()
+
     def _make_zygote(self) -> zyg.Zygote:
         if self.view is None:
-            return zyg.Zygote(self.python)
+            return zyg.Zygote(self.python, imports=self.zygote_imports)
         # An image's zygote: its own python, in a mount namespace whose root is the image
         # (with the shim), the host's /proc, /sys and /dev (it enters the containers'
         # namespaces and cgroups from there), as root with its capabilities.
@@ -298,6 +335,11 @@ class ProcessRuntime:
             raise RuntimeError("volumes need a sandboxed container (bubblewrap) or the "
                                "Docker runtime; this agent runs plain processes "
                                "(BURST_SANDBOX=off or bubblewrap missing)")
+        if not self.sandboxed and self.zygote is not None:
+            try:
+                return await self._fork_plain(spec)
+            except zyg.ZygoteError as e:  # a fresh interpreter still starts the container
+                log.warning("zygote_failed", container_id=spec.container_id, error=str(e))
         if not self.sandboxed:
             env = self._env(spec, str(spec.bundle_dir), str(spec.bundle_dir), str(spec.socket_path))
             proc = await asyncio.create_subprocess_exec(
@@ -405,6 +447,53 @@ class ProcessRuntime:
         handle.drop = box._drop()
         return handle
 
+
+    async def _fork_plain(self, spec: ContainerSpec) -> ProcessHandle:
+        """An unsandboxed container forked by the zygote: a holder (``sh``, the agent's
+        child, exiting with the container's code) and the fork, in a session of its own."""
+        assert self.zygote is not None
+        out_r, out_w = socket.socketpair()
+        err_r, err_w = socket.socketpair()
+        exit_r, exit_w = os.pipe()
+        keeper: zyg.Keeper | None = None
+        proc: asyncio.subprocess.Process | None = None
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *zyg.HOLDER, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                  "BURST_CONTAINER_ID": spec.container_id},
+                stdin=exit_r, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+            keeper = await self.zygote.prefork(out_fd=out_w.fileno(), err_fd=err_w.fileno(),
+                                               exit_fd=exit_w)
+            for fd in (out_w, err_w):
+                fd.close()
+            os.close(exit_w)
+            exit_w = -1
+            pid = await keeper.fork(0)
+            bundle = str(spec.bundle_dir)
+            await keeper.go(cwd=bundle, env=self._env(spec, bundle, bundle,
+                                                      str(spec.socket_path)),
+                            uid=os.getuid(), gid=os.getgid(), cgroup_tasks=[])
+        except BaseException:
+            for sock in (out_r, out_w, err_r, err_w):
+                sock.close()
+            if proc is not None and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+            raise
+        finally:
+            os.close(exit_r)
+            if exit_w >= 0:
+                os.close(exit_w)
+            if keeper is not None:
+                keeper.close()
+        handle = ProcessHandle(proc)
+        handle.pid = handle.child_pid = pid
+        handle.stdout = await zyg.socket_reader(out_r)
+        handle.stderr = await zyg.socket_reader(err_r)
+        log.info("container_forked", container_id=spec.container_id, sandboxed=False)
+        return handle
 
     async def _holder(self, box: sb.Sandbox, *, bundle_dir: Path, private: Path,
                       gpu_indices: list[int], container_id: str = "",

@@ -78,11 +78,21 @@ class VenvRuntime:
             assert image is not None
             return await self._start_in_rootfs(spec, image, emit)
         if image is None or not needs_venv(image):
+            if image is not None and image.imports:
+                await self.base.want_imports(image.imports)
             return await self.base.start(spec)
+        rt = await self._venv_runtime(image, emit)
+        return await rt.start(spec)
+
+    async def _venv_runtime(self, image: wire.ImageSpec,
+                            emit: Callable[[str], None] | None) -> ProcessRuntime:
         python = await self.venv(image, emit)
         if python not in self._runtimes:
             self._runtimes[python] = self.make(python)
-        return await self._runtimes[python].start(spec)
+        rt = self._runtimes[python]
+        if image.imports:
+            await rt.want_imports(image.imports)
+        return rt
 
     async def prepare(self, image: wire.ImageSpec,
                       emit: Callable[[str], None] | None = None) -> None:
@@ -90,7 +100,12 @@ class VenvRuntime:
         if rootfs.needs_rootfs(image):
             await self._view_of(image, emit)
         elif needs_venv(image):
-            await self.venv(image, emit)
+            if image.imports:  # its runtime's zygote imports them now
+                await self._venv_runtime(image, emit)
+            else:
+                await self.venv(image, emit)
+        elif image.imports:  # the zygote imports them now, ahead of the first call
+            await self.base.want_imports(image.imports)
 
     async def _start_in_rootfs(self, spec: ContainerSpec, image: wire.ImageSpec,
                                emit: Callable[[str], None] | None) -> ContainerHandle:

@@ -47,7 +47,9 @@ class Zygote:
     """One warm interpreter, started lazily, restarted when it died."""
 
     def __init__(self, python: str, ready_timeout: float = 60.0,
-                 prefix: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 prefix: list[str] | None = None, env: dict[str, str] | None = None,
+                 imports: list[str] | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
         #: Seconds the zygote may take to import and say ready (a fresh interpreter's job).
         self.python = python
         #: A command the interpreter runs under (an image's: bwrap with the image's root),
@@ -55,6 +57,10 @@ class Zygote:
         self.prefix = prefix or []
         self.env = env
         self.ready_timeout = ready_timeout
+        #: Modules imported before the zygote forks anything (``BURST_ZYGOTE_IMPORTS``).
+        self.imports = list(imports or [])
+        #: More of its environment (an unsandboxed agent's ``LD_LIBRARY_PATH``).
+        self.extra_env = dict(extra_env or {})
         self.proc: asyncio.subprocess.Process | None = None
         self.sock: socket.socket | None = None
         self._lock = asyncio.Lock()
@@ -74,7 +80,9 @@ class Zygote:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
                **(self.env if self.env is not None else sb.interpreter_env()),
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
-               "BURST_ZYGOTE_FD": str(theirs.fileno())}
+               "BURST_ZYGOTE_FD": str(theirs.fileno()), **self.extra_env}
+        if self.imports:
+            env["BURST_ZYGOTE_IMPORTS"] = ",".join(self.imports)
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.prefix, self.python, "-m", "burst._shim.zygote", env=env, cwd="/",
@@ -86,12 +94,15 @@ class Zygote:
         mine.setblocking(False)
         loop = asyncio.get_running_loop()
         try:
-            hello = await asyncio.wait_for(loop.sock_recv(mine, 16), self.ready_timeout)
+            hello = await asyncio.wait_for(loop.sock_recv(mine, 4096), self.ready_timeout)
         except (TimeoutError, OSError) as e:
             mine.close()
             raise ZygoteError(f"zygote did not start: {e!r}") from None
         if hello != b"ready":
             mine.close()
+            if hello.startswith(b"cuda: "):  # an import initialised CUDA: no forks of it
+                raise ZygoteError("zygote refused to serve: "
+                                  + hello[6:].decode(errors="replace"))
             raise ZygoteError(f"zygote did not start (said {hello!r})")
         self.sock = mine
         log.info("zygote_ready", python=self.python, pid=self.proc.pid)
