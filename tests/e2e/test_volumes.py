@@ -378,3 +378,55 @@ def test_other_workspace_gets_404(cluster: Cluster, client: Client, deployed: Pa
                           timeout=120, env={**cluster.env, **as_workspace(cluster, token)})
     assert proc.returncode != 0
     assert "volume 'vt-data' not found in workspace 'vol-other'" in proc.stderr, proc.stderr
+
+
+APP_MOUNTS = '''
+import os
+
+import burst
+
+data = burst.Volume.from_name("vt-data")
+extra = burst.Volume.from_name("vt-extra", create_if_missing=True)
+app = burst.App("vol-mounts", volumes={"/data": data.read_only()})
+
+
+@app.cls(volumes={"/extra": extra})
+class Both:
+    @burst.method()
+    def both(self, path):
+        with open(os.path.join("/data", path)) as f:
+            from_app = f.read()
+        with open("/extra/laptop.txt") as f:
+            from_laptop = f.read()
+        try:
+            open("/data/nope.txt", "w")
+            app_mount = "writable"
+        except OSError:
+            app_mount = "read-only"
+        with open("/extra/from_cls.txt", "w") as f:
+            f.write("written by a class")
+        extra.commit()
+        return from_app, from_laptop, app_mount
+'''
+
+
+def test_app_and_class_mounts_two_volumes(cluster: Cluster, client: Client, deployed: Path,
+                                          tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``volumes=`` on ``burst.App`` (read-only) and on ``@app.cls``: one container mounts
+    both; a running app's volume filled from the client before the call reads it."""
+    (tmp_path / "vol_mounts.py").write_text(textwrap.dedent(APP_MOUNTS))
+    proc = subprocess.run([BURST, "deploy", "vol_mounts.py"], cwd=tmp_path, text=True,
+                          capture_output=True, timeout=120, env=cluster.env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with burst.Volume.from_name("vt-data").batch_upload(force=True) as b:
+        b.put_file(io.BytesIO(b"for the app mount"), "mounts/a.txt")
+    extra = burst.Volume.from_name("vt-extra")
+    with extra.batch_upload(force=True) as b:  # the app is deployed and running already
+        b.put_file(io.BytesIO(b"from the laptop"), "laptop.txt")
+    monkeypatch.setenv("BURST_URL", cluster.profile["url"])
+    monkeypatch.setenv("BURST_TOKEN", cluster.profile["token"])
+    both = burst.Cls.from_name("vol-mounts", "Both")().both
+    assert list(both.remote("mounts/a.txt")) == ["for the app mount", "from the laptop",
+                                           "read-only"]
+    assert b"".join(extra.read_file("from_cls.txt")) == b"written by a class"
