@@ -81,6 +81,14 @@ def read(path):
 
 
 @app.function(volumes={"/data": data})
+def scribble(path):
+    data.reload()
+    with open(os.path.join("/data", path), "r+b") as f:  # changed in place
+        f.write(b"SCRIBBLE")
+    data.commit()
+
+
+@app.function(volumes={"/data": data})
 def reload_with_open_file(path):
     with open(os.path.join("/data", path)) as f:
         try:
@@ -203,6 +211,25 @@ def test_concurrent_commits_of_different_files_both_land(client: Client,
     listed = {e.path: e.size for e in vol.listdir("con")}
     assert listed == {"con/x.txt": 9, "con/y.txt": 9}
     assert fn(client, "read").remote("con/y.txt") == "CON/Y.TXT"
+
+
+def test_a_writable_mount_never_writes_into_the_agent_cache(cluster: Cluster, client: Client,
+                                                           deployed: Path) -> None:
+    """A container changing a mounted file in place changes its own copy: the agent's
+    cache (which other containers' mounts link to) keeps the committed bytes."""
+    original = b"original bytes of a cached file"
+    vol = burst.Volume.from_name("vt-data")
+    with vol.batch_upload(force=True) as b:
+        b.put_file(io.BytesIO(original), "wt/cached.txt")
+    assert fn(client, "read").remote("wt/cached.txt") == original.decode()
+    sha = hashlib.sha256(original).hexdigest()
+    cached = list(cluster.home.glob(f"agent/*/volcache/{sha}"))
+    assert cached, "the mounted file is not in an agent's cache"
+    fn(client, "scribble").remote("wt/cached.txt")
+    changed = b"SCRIBBLE" + original[8:]
+    assert b"".join(vol.read_file("wt/cached.txt")) == changed
+    assert [p.read_bytes() for p in cached] == [original] * len(cached)
+    assert fn(client, "read").remote("wt/cached.txt") == changed.decode()
 
 
 def test_file_operations_from_client_and_container(cluster: Cluster, client: Client,
