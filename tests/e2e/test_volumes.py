@@ -405,6 +405,28 @@ def test_other_workspace_gets_404(cluster: Cluster, client: Client, deployed: Pa
                           timeout=120, env={**cluster.env, **as_workspace(cluster, token)})
     assert proc.returncode != 0
     assert "volume 'vt-data' not found in workspace 'vol-other'" in proc.stderr, proc.stderr
+    # From inside the other workspace's container, without a mount: not found either.
+    app.write_text(textwrap.dedent('''
+        import burst
+        app = burst.App("other-vol-app")
+
+        @app.function()
+        def peek(op):
+            vol = burst.Volume.from_name("vt-data")
+            try:
+                if op == "listdir":
+                    return [e.path for e in vol.listdir("/", recursive=True)]
+                return b"".join(vol.read_file("notes/a.txt")).decode()
+            except burst.exception.NotFoundError as e:
+                return str(e)
+    '''))
+    proc = subprocess.run([BURST, "deploy", str(app)], text=True, capture_output=True,
+                          timeout=120, env={**cluster.env, **as_workspace(cluster, token)})
+    assert proc.returncode == 0, proc.stderr
+    peek = burst.Function.from_name("other-vol-app", "peek",
+                                    client=Client(cluster.profile["url"], token))
+    for op in ("listdir", "read_file"):
+        assert "volume 'vt-data' not found in workspace 'vol-other'" in peek.remote(op), op
 
 
 APP_MOUNTS = '''
