@@ -270,6 +270,11 @@ def test_no_value_in_the_store_redis_or_logs(cluster: Cluster, deployed: Path) -
         data = p.read_bytes()
         found += [f"{k} in {p}" for k, v in needles.items() if v in data]
     state = json.loads((cluster.home / "cluster.json").read_text())
+    # Every service's log file is among those scanned (nats, redis, gateway, scheduler,
+    # billing, each agent: whatever this cluster started).
+    logged = {p.stem for p in files if p.parent == cluster.home / "logs"}
+    parts = {p["name"] for p in state["parts"]}
+    assert {"gateway", "nats", "redis"} <= parts and parts <= logged, (parts, logged)
     port = next(p["ports"] for p in state["parts"] if p["name"] == "redis")
     r = redis.Redis(host="127.0.0.1", port=next(iter(port.values())))
     keys = list(r.scan_iter(count=1000))

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
 import time
+import typing
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -112,6 +114,15 @@ def tenant_a(cluster: Cluster, tokens: dict[str, str],
     assert http(cluster, "POST", "/v1/dicts", ta, dict_put, wire.MSGPACK)[0] == 200
     client_id = "cl-" + "a1" * 8
     assert http(cluster, "PUT", f"/v1/clients/{client_id}/heartbeat", ta)[0] == 200
+    # A volume with one committed file (its chunk's hash is what B will ask for).
+    for req in (wire.VolumeRequest(op="create", name=ALPHA_VOL),
+                wire.VolumeRequest(op="put_chunk", name=ALPHA_VOL, data=ALPHA_BYTES),
+                wire.VolumeRequest(op="commit", name=ALPHA_VOL, changes={
+                    "alpha/file.txt": wire.VolumeFile(size=len(ALPHA_BYTES),
+                                                      sha256=ALPHA_CHUNK)})):
+        status, body = http(cluster, "POST", "/v1/volumes", ta, wire.encode(req),
+                            wire.MSGPACK)
+        assert status == 200, (req.op, body)
     history = c.get_json("/v1/apps/alpha-app/history")
     [token_a] = [t["token_id"] for t in c.get_json("/v1/tokens")["tokens"]
                  if t["name"] == f"{A}-admin"]
@@ -127,6 +138,40 @@ def tenant_a(cluster: Cluster, tokens: dict[str, str],
         "container_id": running[0]["container_id"] if running else "ct-000000000000",
         "exec_id": "0" * 16,
     })
+
+
+ALPHA_VOL = "alpha-vol"
+ALPHA_BYTES = b"alpha volume bytes"
+ALPHA_CHUNK = hashlib.sha256(ALPHA_BYTES).hexdigest()
+
+
+def volume_probes() -> list[tuple[wire.VolumeRequest, set[int]]]:
+    """``POST /v1/volumes`` addresses its volume in the body: one probe per operation, B's
+    request naming A's real volume (and chunk), with the answers allowed. ``create`` goes
+    last: it makes B's own volume of that name (its own namespace)."""
+    v = ALPHA_VOL
+    probes = [
+        (wire.VolumeRequest(op="ensure", name=v), {404}),
+        (wire.VolumeRequest(op="info", name=v), {404}),
+        (wire.VolumeRequest(op="list"), {200}),
+        (wire.VolumeRequest(op="listdir", name=v, path="/", recursive=True), {404}),
+        (wire.VolumeRequest(op="entry", name=v, path="alpha/file.txt"), {404}),
+        (wire.VolumeRequest(op="chunk", name=v, items=[ALPHA_CHUNK]), {404}),
+        (wire.VolumeRequest(op="missing", name=v, items=[ALPHA_CHUNK]), {404}),
+        (wire.VolumeRequest(op="put_chunk", name=v, data=b"b bytes"), {404}),
+        (wire.VolumeRequest(op="commit", name=v, changes={
+            "alpha/file.txt": wire.VolumeFile(size=len(ALPHA_BYTES), sha256=ALPHA_CHUNK)}),
+         {404}),
+        (wire.VolumeRequest(op="remove", name=v, path="alpha", recursive=True), {404}),
+        (wire.VolumeRequest(op="copy", name=v, path="b/", items=["alpha/file.txt"]), {404}),
+        (wire.VolumeRequest(op="mount_commit", name=v), {400, 404}),
+        (wire.VolumeRequest(op="mount_reload", name=v), {400, 404}),
+        (wire.VolumeRequest(op="delete", name=v), {404}),
+        (wire.VolumeRequest(op="create", name=v), {200}),
+    ]
+    missing = set(typing.get_args(wire.VolumeOp)) - {r.op for r, _ in probes}
+    assert not missing, f"volume operations with no tenant probe: {sorted(missing)}"
+    return probes
 
 
 #: Routes whose path parameter names something in the caller's own workspace (B's budget,
@@ -212,6 +257,17 @@ def test_every_route_answers_another_workspace_404(cluster: Cluster, tokens: dic
         elif method == "get":
             status, body = http(cluster, "GET", url, tb)
             ok = status in (200, 401, 403, 404)
+        elif op == "POST /v1/volumes":
+            for req, allowed in volume_probes():
+                data = wire.encode(req)
+                status, body = http(cluster, "POST", url, tb, data, wire.MSGPACK)
+                leaked = [m for m in MARKERS if m.encode() in body.lower()
+                          and m not in (url + data.decode("latin-1")).lower()]
+                if status not in allowed or leaked or ALPHA_BYTES in body:
+                    problems.append(f"{op} op={req.op} -> {status} {body[:200]!r}"
+                                    + (f" (holds {leaked})" if leaked else ""))
+            walked += 1
+            continue
         elif op in probes:
             data, ctype, allowed = probes[op]
             asked += data.decode("latin-1")
@@ -249,6 +305,18 @@ def test_every_route_answers_another_workspace_404(cluster: Cluster, tokens: dic
     status, body = http(cluster, "POST", "/v1/dicts", ta, get, wire.MSGPACK)
     assert deserialize(wire.dict_response_decoder.decode(body).value) == "alpha value"
     assert c.has_bundle(tenant_a.ids["bundle_hash"])
+    # A's volume: its file, its bytes, alone in A's listing.
+    for req, check in (
+            (wire.VolumeRequest(op="list"),
+             lambda r: [v.name for v in r.volumes] == [ALPHA_VOL]),
+            (wire.VolumeRequest(op="listdir", name=ALPHA_VOL, path="/", recursive=True),
+             lambda r: sorted(e.path for e in r.entries) == ["alpha", "alpha/file.txt"]),
+            (wire.VolumeRequest(op="chunk", name=ALPHA_VOL, items=[ALPHA_CHUNK]),
+             lambda r: r.data == ALPHA_BYTES)):
+        status, body = http(cluster, "POST", "/v1/volumes", ta, wire.encode(req),
+                            wire.MSGPACK)
+        assert status == 200 and check(wire.volume_response_decoder.decode(body)), (
+            req.op, body)
 
 
 def test_scopes_from_the_cli(cluster: Cluster, tokens: dict[str, str],

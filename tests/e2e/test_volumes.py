@@ -81,6 +81,14 @@ def read(path):
 
 
 @app.function(volumes={"/data": data})
+def scribble(path):
+    data.reload()
+    with open(os.path.join("/data", path), "r+b") as f:  # changed in place
+        f.write(b"SCRIBBLE")
+    data.commit()
+
+
+@app.function(volumes={"/data": data})
 def reload_with_open_file(path):
     with open(os.path.join("/data", path)) as f:
         try:
@@ -203,6 +211,25 @@ def test_concurrent_commits_of_different_files_both_land(client: Client,
     listed = {e.path: e.size for e in vol.listdir("con")}
     assert listed == {"con/x.txt": 9, "con/y.txt": 9}
     assert fn(client, "read").remote("con/y.txt") == "CON/Y.TXT"
+
+
+def test_a_writable_mount_never_writes_into_the_agent_cache(cluster: Cluster, client: Client,
+                                                           deployed: Path) -> None:
+    """A container changing a mounted file in place changes its own copy: the agent's
+    cache (which other containers' mounts link to) keeps the committed bytes."""
+    original = b"original bytes of a cached file"
+    vol = burst.Volume.from_name("vt-data")
+    with vol.batch_upload(force=True) as b:
+        b.put_file(io.BytesIO(original), "wt/cached.txt")
+    assert fn(client, "read").remote("wt/cached.txt") == original.decode()
+    sha = hashlib.sha256(original).hexdigest()
+    cached = list(cluster.home.glob(f"agent/*/volcache/{sha}"))
+    assert cached, "the mounted file is not in an agent's cache"
+    fn(client, "scribble").remote("wt/cached.txt")
+    changed = b"SCRIBBLE" + original[8:]
+    assert b"".join(vol.read_file("wt/cached.txt")) == changed
+    assert [p.read_bytes() for p in cached] == [original] * len(cached)
+    assert fn(client, "read").remote("wt/cached.txt") == changed.decode()
 
 
 def test_file_operations_from_client_and_container(cluster: Cluster, client: Client,
@@ -378,3 +405,77 @@ def test_other_workspace_gets_404(cluster: Cluster, client: Client, deployed: Pa
                           timeout=120, env={**cluster.env, **as_workspace(cluster, token)})
     assert proc.returncode != 0
     assert "volume 'vt-data' not found in workspace 'vol-other'" in proc.stderr, proc.stderr
+    # From inside the other workspace's container, without a mount: not found either.
+    app.write_text(textwrap.dedent('''
+        import burst
+        app = burst.App("other-vol-app")
+
+        @app.function()
+        def peek(op):
+            vol = burst.Volume.from_name("vt-data")
+            try:
+                if op == "listdir":
+                    return [e.path for e in vol.listdir("/", recursive=True)]
+                return b"".join(vol.read_file("notes/a.txt")).decode()
+            except burst.exception.NotFoundError as e:
+                return str(e)
+    '''))
+    proc = subprocess.run([BURST, "deploy", str(app)], text=True, capture_output=True,
+                          timeout=120, env={**cluster.env, **as_workspace(cluster, token)})
+    assert proc.returncode == 0, proc.stderr
+    peek = burst.Function.from_name("other-vol-app", "peek",
+                                    client=Client(cluster.profile["url"], token))
+    for op in ("listdir", "read_file"):
+        assert "volume 'vt-data' not found in workspace 'vol-other'" in peek.remote(op), op
+
+
+APP_MOUNTS = '''
+import os
+
+import burst
+
+data = burst.Volume.from_name("vt-data")
+extra = burst.Volume.from_name("vt-extra", create_if_missing=True)
+app = burst.App("vol-mounts", volumes={"/data": data.read_only()})
+
+
+@app.cls(volumes={"/extra": extra})
+class Both:
+    @burst.method()
+    def both(self, path):
+        with open(os.path.join("/data", path)) as f:
+            from_app = f.read()
+        with open("/extra/laptop.txt") as f:
+            from_laptop = f.read()
+        try:
+            open("/data/nope.txt", "w")
+            app_mount = "writable"
+        except OSError:
+            app_mount = "read-only"
+        with open("/extra/from_cls.txt", "w") as f:
+            f.write("written by a class")
+        extra.commit()
+        return from_app, from_laptop, app_mount
+'''
+
+
+def test_app_and_class_mounts_two_volumes(cluster: Cluster, client: Client, deployed: Path,
+                                          tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``volumes=`` on ``burst.App`` (read-only) and on ``@app.cls``: one container mounts
+    both; a running app's volume filled from the client before the call reads it."""
+    (tmp_path / "vol_mounts.py").write_text(textwrap.dedent(APP_MOUNTS))
+    proc = subprocess.run([BURST, "deploy", "vol_mounts.py"], cwd=tmp_path, text=True,
+                          capture_output=True, timeout=120, env=cluster.env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with burst.Volume.from_name("vt-data").batch_upload(force=True) as b:
+        b.put_file(io.BytesIO(b"for the app mount"), "mounts/a.txt")
+    extra = burst.Volume.from_name("vt-extra")
+    with extra.batch_upload(force=True) as b:  # the app is deployed and running already
+        b.put_file(io.BytesIO(b"from the laptop"), "laptop.txt")
+    monkeypatch.setenv("BURST_URL", cluster.profile["url"])
+    monkeypatch.setenv("BURST_TOKEN", cluster.profile["token"])
+    both = burst.Cls.from_name("vol-mounts", "Both")().both
+    assert list(both.remote("mounts/a.txt")) == ["for the app mount", "from the laptop",
+                                           "read-only"]
+    assert b"".join(extra.read_file("from_cls.txt")) == b"written by a class"
