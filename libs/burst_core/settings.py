@@ -39,6 +39,12 @@ class CommonSettings:
     service_heartbeat_interval: float = 2.0
     #: How long outputs, call records and idempotency keys are kept (7 days, as Modal).
     result_retention: float = 7 * 24 * 3600.0
+    #: Share of calls traced when their caller did not ask (0: none, 1: every one); see
+    #: burst_core.tracing. A call is also traced on request (``burst run --trace``).
+    trace_sample: float = 0.0
+    #: An OTLP/HTTP collector's base URL spans are also sent to ("": the
+    #: ``OTEL_EXPORTER_OTLP_ENDPOINT`` variable, if set; else none).
+    trace_otlp_endpoint: str = ""
 
 
 def _convert(raw: str, tp: Any, name: str) -> Any:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import msgspec
 from nats.aio.msg import Msg
+from opentelemetry.context import Context
 
 from burst.wire import MAX_PAYLOAD
 from burst_agent import gpus
@@ -52,6 +53,7 @@ from burst_core.schemas import (
     encode,
 )
 from burst_core.service import heartbeat_loop
+from burst_core.tracing import CALL_HEADER, Tracing
 
 log = logs.get("burst.agent")
 FunctionDeployedDecoder = decoder(FunctionDeployed)
@@ -102,6 +104,7 @@ class Agent:
                                     reconnected=self._on_reconnected)
         self.js = self.nc.jetstream()
         await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
+        self.tracing = Tracing("agent", self.nc, s.trace_sample, s.trace_otlp_endpoint)
         self.agents_kv = await self.js.key_value(names.KV_AGENTS)
         self.heartbeats_kv = await self.js.key_value(names.KV_HEARTBEATS)
         home = Path(s.home) / "agent" / self.agent_id
@@ -203,7 +206,8 @@ class Agent:
             if self.preempted:  # claimed just before the reclaim notice: refuse it
                 await self.release(order.container_id)
                 return
-            await self.place(order)
+            await self.place(order, self.tracing.incoming(msg.headers) if msg.headers else None,
+                             (msg.headers or {}).get(CALL_HEADER, ""))
         elif isinstance(order, StopContainer):
             c = self.containers.get(order.container_id)
             if c is not None:
@@ -267,7 +271,8 @@ class Agent:
             elif not c.fn.web:
                 c.retire()
 
-    async def place(self, p: Placement) -> None:
+    async def place(self, p: Placement, trace: Context | None = None,
+                    trace_call: str = "") -> None:
         if p.container_id in self.containers:
             return  # redelivered order
         raw, _ = await bus.kv_get(self.agents_kv, self.agent_id)
@@ -276,7 +281,7 @@ class Agent:
             # The claim is the decision: no claim on our record, no container.
             log.warning("placement_without_claim", container_id=p.container_id)
             return
-        c = Container(agent=self, placement=p)
+        c = Container(agent=self, placement=p, trace=trace, trace_call=trace_call)
         fn_key = names.function_key(p.workspace, p.app, p.function.name)
         newest = self.deployed.get(fn_key)
         if newest is not None and newest != p.deployment_id and not p.function.web:

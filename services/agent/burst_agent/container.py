@@ -31,6 +31,7 @@ import msgspec
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry.context import Context
 
 from burst import wire
 from burst_agent import api_relay, relay
@@ -52,6 +53,7 @@ from burst_core.schemas import (
     Placement,
     encode,
 )
+from burst_core.tracing import context_of
 
 log = logs.get("burst.agent.container")
 
@@ -65,6 +67,9 @@ class Container:
     handle: ContainerHandle | None = None
     stop_reason: str = ""
     detail: str = ""
+    #: The trace of the call this container was placed for, if that call is traced.
+    trace: Context | None = None
+    trace_call: str = ""
 
     def __post_init__(self) -> None:
         p = self.placement
@@ -129,6 +134,7 @@ class Container:
         """The whole life of the container; returns once it is stopped and accounted."""
         exit_code: int | None = None
         server: asyncio.AbstractServer | None = None
+        begun = time.time()
         try:
             bundle_dir = await self.agent.bundles.get(self.placement.workspace,
                                                       self.placement.bundle_hash)
@@ -164,6 +170,7 @@ class Container:
             # Overlapped with the start: the function's consumer is made (if need be),
             # and the started event goes out, while the shim imports the module.
             self._binding = asyncio.create_task(self._bind())
+            prepared = time.time()
             self.handle = await self.agent.runtime.start(spec)
             self.started_at = time.time()
             self.meter.begin(self.started_at)
@@ -183,6 +190,8 @@ class Container:
                 await started  # stored before ready (or the container fails, as before)
             if isinstance(ready, wire.Ready):
                 self.state, self.idle_since = "idle", time.time()
+                if self.trace is not None:
+                    self._trace_start(begun, prepared, ready)
                 if ready.in_order and self.agent.settings.input_prefetch > 0:
                     self.dispatch.allow_queue(self.agent.settings.input_prefetch)
                 self._spawn(self._join_inputs())  # first: the event need not hold the input
@@ -236,6 +245,30 @@ class Container:
                 self.socket_path.unlink()
             await self._account_stop(exit_code)
             self.done.set()
+
+    def _trace_start(self, begun: float, prepared: float, ready: wire.Ready) -> None:
+        """A traced call's cold start, step by step: image (bundle, image, secrets),
+        sandbox (the runtime's start), fork (to the shim's first line), import of the
+        user's module and ``@enter``, as the shim timed them."""
+        tracing, ws, call = self.agent.tracing, self.placement.workspace, self.trace_call
+        now = time.time()
+        span = tracing.span("agent.container_start", self.trace, ws, call, start=begun,
+                            attributes={"burst.container_id": self.id,
+                                        "burst.agent_id": self.agent.agent_id,
+                                        "burst.runtime": self.agent.runtime.name})
+        ctx = context_of(span)
+        booted = max(ready.booted_at, self.started_at)
+        imported = max(ready.imported_at, booted)
+        entered = max(ready.entered_at, imported)
+        for name, start, end in (("container.image", begun, prepared),
+                                 ("container.sandbox", prepared, self.started_at),
+                                 ("container.fork", self.started_at, booted),
+                                 ("shim.import", booted, imported),
+                                 ("shim.enter", imported, entered)):
+            if ready.booted_at <= 0 and name.startswith(("shim", "container.fork")):
+                continue  # an older shim: no times
+            tracing.span(name, ctx, ws, call, start=start).end(int(max(end, start) * 1e9))
+        span.end(int(max(now, entered) * 1e9))
 
     async def _await_ready(self, exit_task: asyncio.Task[int],
                            ) -> wire.Ready | wire.StartupFailed | None:

@@ -18,6 +18,7 @@ from burst_agent.inputs import InputPuller
 from burst_agent.settings import AgentSettings
 from burst_core.calls.caller import Caller
 from burst_core.objects import Objects
+from burst_core.tracing import Tracing
 
 if TYPE_CHECKING:
     from burst_agent.runtimes.base import Runtime
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 class AgentHost(Protocol):
     agent_id: str
     settings: AgentSettings
+    tracing: Tracing
     nc: NATS
     js: JetStreamContext
     objects: Objects

@@ -22,6 +22,7 @@ from burst_gateway import (
     api_schedules,
     api_secrets,
     api_tokens,
+    api_traces,
     api_webhooks,
     errors,
     scopes,
@@ -73,6 +74,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_schedules.router)
     app.include_router(api_webhooks.router)
     app.include_router(api_secrets.router)
+    app.include_router(api_traces.router)
     return app
 
 

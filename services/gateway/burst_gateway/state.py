@@ -21,6 +21,7 @@ from burst_core.objects import Objects
 from burst_core.schemas import DeploymentRecord, DeploymentRecordDecoder
 from burst_core.secrets import KeyRing
 from burst_core.service import cancel_and_wait, heartbeat_loop
+from burst_core.tracing import Tracing
 from burst_gateway.auth import TokenStore, Workspaces
 from burst_gateway.secret_store import SecretStore
 from burst_gateway.settings import GatewaySettings
@@ -39,6 +40,7 @@ class Gateway:
     workspaces: Workspaces
     app_versions: KeyValue
     caller: Caller
+    tracing: Tracing
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
@@ -76,6 +78,7 @@ class Gateway:
         for ws in {rec.workspace for rec in (await self.tokens.records()).values()}:
             with contextlib.suppress(InvalidError):  # (a name no rule allows: left alone)
                 await self.workspaces.create(ws, exist_ok=True)
+        self.tracing = Tracing("gateway", self.nc, s.trace_sample, s.trace_otlp_endpoint)
         self.caller = Caller(self.nc, self.js, self.deployment,
                              max_sync_wait=s.max_sync_wait, signal_interval=s.signal_interval)
         await self.caller.start()
@@ -102,6 +105,7 @@ class Gateway:
         if self._deployments_mirror is not None:
             await self._deployments_mirror.stop()
         await self.caller.stop()
+        self.tracing.shutdown()
         with contextlib.suppress(Exception):
             await self.nc.drain()
 

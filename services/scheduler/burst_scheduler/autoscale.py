@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine
@@ -28,6 +29,7 @@ from typing import Any
 
 import nats.js.errors
 from nats.js import JetStreamContext
+from opentelemetry.context import Context
 
 from burst_core import bus, logs, names
 from burst_core.schemas import (
@@ -40,10 +42,16 @@ from burst_core.schemas import (
     StopContainer,
     encode,
 )
+from burst_core.tracing import Tracing, headers_of
 from burst_scheduler import make_room, placement
 from burst_scheduler.claim import Claimer
 from burst_scheduler.settings import SchedulerSettings
 from burst_scheduler.state import ClusterState, Container, FunctionRef
+
+#: The traced call whose signal is being handled (its context, call id and acceptance
+#: time): a container placed for it gets a placement span in its trace.
+placing: contextvars.ContextVar[tuple[Context, str, float] | None] = contextvars.ContextVar(
+    "burst_placing", default=None)
 
 log = logs.get("burst.scheduler.autoscale")
 
@@ -106,6 +114,8 @@ class Autoscaler:
         #: Whether a function may get no new containers (a spent hard budget, set by
         #: :mod:`burst_scheduler.budget_stop`).
         self.blocked: Callable[[str], bool] = lambda fn_key: False
+        #: Spans of placements made for traced calls (set by the service's ``run``).
+        self.tracing: Tracing | None = None
 
     # ---- counting --------------------------------------------------------------------
     def stopping(self, c: Container, now: float) -> bool:
@@ -295,9 +305,20 @@ class Autoscaler:
             placed_at=claim.placed_at,
             app_name=ref.deployment.name,
         )
+        traced = placing.get()
+        span = headers = None
+        if traced is not None and self.tracing is not None:
+            # The placement wait of a traced call: from its acceptance to this order.
+            ctx, call_id, accepted_at = traced
+            span = self.tracing.span("scheduler.placement", ctx, ref.deployment.workspace,
+                                     call_id, start=accepted_at,
+                                     attributes={"burst.container_id": claim.container_id,
+                                                 "burst.agent_id": claim.agent_id})
+            headers = headers_of(span, call_id)
         try:
             await bus.publish(self.js, names.agent_orders_subject(claim.agent_id),
-                              encode(order), msg_id=f"place-{claim.container_id}")
+                              encode(order), msg_id=f"place-{claim.container_id}",
+                              headers=headers)
         except Exception as e:
             # The agent never heard of it: give the resources back so they are not held
             # by a container that will never exist.
@@ -305,6 +326,8 @@ class Autoscaler:
             with contextlib.suppress(Exception):
                 await self.claimer.release(claim.agent_id, claim.container_id)
             return False
+        if span is not None:
+            span.end()
         self.placed += 1
         flog.info("container_placed", gpu_indices=list(claim.gpu_indices),
                   revision=claim.revision)

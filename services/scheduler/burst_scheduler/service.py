@@ -36,6 +36,8 @@ from burst_core.schemas import (
     InputAcceptedDecoder,
 )
 from burst_core.service import cancel_and_wait, heartbeat_loop
+from burst_core.tracing import Tracing
+from burst_scheduler import autoscale
 from burst_scheduler.autoscale import Autoscaler
 from burst_scheduler.budget_stop import BudgetStop
 from burst_scheduler.claim import Claimer
@@ -174,7 +176,17 @@ class Scheduler:
             signal = InputAcceptedDecoder.decode(msg.data)
         except msgspec.DecodeError as e:
             raise bus.Reject(f"undecodable input.accepted: {e}") from e
-        await self.autoscaler.scale_for_work(signal.fn_key, "input_accepted")
+        ctx = (self.autoscaler.tracing.incoming(msg.headers)
+               if msg.headers and self.autoscaler.tracing is not None else None)
+        if ctx is None:
+            await self.autoscaler.scale_for_work(signal.fn_key, "input_accepted")
+            return
+        # A traced call's signal: a container placed for it is part of its trace.
+        token = autoscale.placing.set((ctx, signal.call_id, signal.at))
+        try:
+            await self.autoscaler.scale_for_work(signal.fn_key, "input_accepted")
+        finally:
+            autoscale.placing.reset(token)
 
     async def _every(self, interval: float, step: Callable[[], Awaitable[Any]],
                      name: str) -> None:
@@ -245,6 +257,8 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event) -> None:
     await bus.ensure_topology(js, bus.Topology(result_retention=settings.result_retention))
     redis = aioredis.Redis.from_url(settings.redis_url)
     scheduler = Scheduler(settings, js, redis)
+    scheduler.autoscaler.tracing = Tracing("scheduler", nc, settings.trace_sample,
+                                           settings.trace_otlp_endpoint)
     started.append(scheduler)
     await scheduler.start(decide=False)
     lease = Lease(await js.key_value(names.KV_LEASES), names.LEASE_SCHEDULER,
