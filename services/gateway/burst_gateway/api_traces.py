@@ -119,4 +119,5 @@ async def call_trace(call_id: str, gw: GatewayDep,
                             "(a call is traced when sampled or asked for, e.g. "
                             "`burst run --trace`; traces are kept "
                             f"{Topology().trace_retention / 3600:g} h)")
-    return JSON({"call_id": call_id, "spans": [msgspec.to_builtins(s) for s in spans]})
+    return JSON({"call_id": call_id, "spans": [
+        {f: getattr(s, f) for f in s.__struct_fields__} for s in spans]})

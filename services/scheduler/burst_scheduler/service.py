@@ -66,6 +66,8 @@ class Scheduler:
         self._signals: bus.Consumer | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._started = False
+        #: Spans of placements for traced calls (None: not traced; set by ``run``).
+        self.tracing: Tracing | None = None
 
     async def start(self, decide: bool = True) -> None:
         """Follow the cluster; with ``decide``, run the decision loops at once too (else
@@ -74,6 +76,7 @@ class Scheduler:
         agents_kv = await self.js.key_value(names.KV_AGENTS)
         self.claimer = Claimer(agents_kv, self.state, s.overcommit, s.claim_attempts)
         self.autoscaler = Autoscaler(self.js, self.state, self.claimer, s)
+        self.autoscaler.tracing = self.tracing
         self.reconciler = Reconciler(self.js, self.state, self.autoscaler, self.pools)
         self.autoscaler.on_backlog = self.reconciler.wake.set
         self.lost_agents = LostAgents(self.js, agents_kv, await self.js.key_value(
@@ -257,8 +260,8 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event) -> None:
     await bus.ensure_topology(js, bus.Topology(result_retention=settings.result_retention))
     redis = aioredis.Redis.from_url(settings.redis_url)
     scheduler = Scheduler(settings, js, redis)
-    scheduler.autoscaler.tracing = Tracing("scheduler", nc, settings.trace_sample,
-                                           settings.trace_otlp_endpoint)
+    scheduler.tracing = Tracing("scheduler", nc, settings.trace_sample,
+                                settings.trace_otlp_endpoint)
     started.append(scheduler)
     await scheduler.start(decide=False)
     lease = Lease(await js.key_value(names.KV_LEASES), names.LEASE_SCHEDULER,
