@@ -28,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _trace_cost as trace_cost  # noqa: E402
 from _cluster import LocalCluster  # noqa: E402
 
 
@@ -145,7 +146,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--cold-samples", type=int, default=8)
+    trace_cost.add_arguments(ap, "warm")
     args = ap.parse_args()
+    if args.trace_only:
+        print(json.dumps({"benchmark": "invoke",
+                          "tracing_default_vs_off": trace_cost.run(args, "warm")}, indent=2))
+        return
     with LocalCluster("burst-bench-", BURST_SCALEDOWN_TICK="0.1",
                       BURST_HEARTBEAT_INTERVAL="0.2") as cluster:
         state = json.loads((cluster.home / "cluster.json").read_text())
@@ -160,7 +166,8 @@ def main() -> None:
             "warm_p99_over_floor_p99": round(warm["p99_ms"] / floor["p99_ms"], 2),  # type: ignore[index]
             "cold_p50_over_warm_p50": round(cold["p50_ms"] / warm["p50_ms"], 2),  # type: ignore[index]
         }
-        print(json.dumps(result, indent=2))
+    result["tracing_default_vs_off"] = trace_cost.run(args, "warm")  # (its own clusters)
+    print(json.dumps(result, indent=2))
 
 if __name__ == "__main__":
     main()

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _trace_cost as trace_cost  # noqa: E402
 from _cluster import LocalCluster  # noqa: E402
 from _cpu import ClusterCpu, PeakRss, cpu_seconds, descendants  # noqa: E402
 from invoke import BIN, REPO, free_port, summary  # noqa: E402
@@ -179,7 +180,12 @@ def main() -> None:
     ap.add_argument("--setting", action="append", default=[], metavar="BURST_NAME=VALUE",
                     help="a setting of the benchmark's cluster (repeatable), e.g. "
                          "BURST_INPUT_PREFETCH=4 to let inputs wait in line in containers")
+    trace_cost.add_arguments(ap, "map")
     args = ap.parse_args()
+    if args.trace_only:
+        print(json.dumps({"benchmark": "map",
+                          "tracing_default_vs_off": trace_cost.run(args, "map")}, indent=2))
+        return
     settings = dict(s.split("=", 1) for s in args.setting if "=" in s)
     bad = [s for s in args.setting if "=" not in s or not s.startswith("BURST_")]
     if bad:
@@ -322,6 +328,7 @@ def main() -> None:
                          "map_throughput_burst_over_ray_per_round":
                              ">= 2 in 9 of 10, median >= 2.5",
                          "big_map_rate_over_rounds_rate": ">= 0.9"}
+    result["tracing_default_vs_off"] = trace_cost.run(args, "map")
     print(json.dumps(result, indent=2))
 
 

@@ -42,6 +42,8 @@ class CommonSettings:
     #: Share of calls traced when their caller did not ask (0: none, 1: every one); see
     #: burst_core.tracing. A call is also traced on request (``burst run --trace``).
     trace_sample: float = 0.0
+    #: False: no call is traced, whatever it asks (no span, trace headers ignored).
+    tracing: bool = True
     #: An OTLP/HTTP collector's base URL spans are also sent to ("": the
     #: ``OTEL_EXPORTER_OTLP_ENDPOINT`` variable, if set; else none).
     trace_otlp_endpoint: str = ""

@@ -138,9 +138,10 @@ class Tracing:
     """One service's tracer: sampling, propagation, and where its spans go."""
 
     def __init__(self, service: str, nc: Any, sample: float = 0.0,
-                 otlp: str = "") -> None:
+                 otlp: str = "", enabled: bool = True) -> None:
         self.service = service
-        self.sample = check_sample(sample)
+        self.enabled = enabled
+        self.sample = check_sample(sample) if enabled else 0.0
         self.provider = TracerProvider(
             resource=Resource.create({"service.name": f"burst-{service}"}), sampler=ALWAYS_ON)
         self.store = StoreProcessor(nc, service)
@@ -161,7 +162,7 @@ class Tracing:
     # ---- starting spans ------------------------------------------------------------
     def incoming(self, headers: Mapping[str, str] | None) -> otel_context.Context | None:
         """The sampled trace context ``headers`` carry, or None."""
-        if not headers or TRACEPARENT not in headers:
+        if not headers or TRACEPARENT not in headers or not self.enabled:
             return None
         ctx = _propagator.extract(carrier=dict(headers))
         sc = trace.get_current_span(ctx).get_span_context()
@@ -174,6 +175,8 @@ class Tracing:
         ctx = self.incoming(headers)
         if ctx is not None:
             return ctx
+        if not self.enabled:
+            return None
         if forced or (self.sample > 0 and random.random() < self.sample):
             return otel_context.Context()
         return None

@@ -45,6 +45,9 @@ async def test_nothing_is_traced_by_default_and_a_request_or_share_traces() -> N
     assert tracing.Tracing("t", FakeNC(), sample=1.0).decide({}) is not None
     with pytest.raises(ValueError, match="BURST_TRACE_SAMPLE"):
         tracing.Tracing("t", FakeNC(), sample=2.0)
+    # BURST_TRACING=0: nothing is traced, whoever asks.
+    disabled = tracing.Tracing("t", FakeNC(), sample=1.0, enabled=False)
+    assert disabled.decide({"traceparent": f"00-{TRACE}-{PARENT}-01"}, forced=True) is None
 
 
 async def test_spans_of_a_call_go_to_its_subject_with_parents() -> None:

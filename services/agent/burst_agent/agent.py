@@ -104,7 +104,8 @@ class Agent:
                                     reconnected=self._on_reconnected)
         self.js = self.nc.jetstream()
         await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
-        self.tracing = Tracing("agent", self.nc, s.trace_sample, s.trace_otlp_endpoint)
+        self.tracing = Tracing("agent", self.nc, s.trace_sample, s.trace_otlp_endpoint,
+                               enabled=s.tracing)
         self.agents_kv = await self.js.key_value(names.KV_AGENTS)
         self.heartbeats_kv = await self.js.key_value(names.KV_HEARTBEATS)
         home = Path(s.home) / "agent" / self.agent_id

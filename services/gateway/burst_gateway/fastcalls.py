@@ -105,7 +105,8 @@ class FastCalls:
             return gw.caller.call_once(p.workspace, dep, fn, req.payload, "pickle",
                                        req.payload_ref, wait)
 
-        if gw.tracing.sample or _TRACEPARENT in headers or _TRACE_REQUEST in headers:
+        tr = gw.tracing
+        if tr.enabled and (tr.sample or _TRACEPARENT in headers or _TRACE_REQUEST in headers):
             resp, _ = await traced(gw, {k.decode("latin-1"): v.decode("latin-1")
                                         for k, v in headers.items()},
                                    p.workspace, app, fn, call)

@@ -78,7 +78,8 @@ class Gateway:
         for ws in {rec.workspace for rec in (await self.tokens.records()).values()}:
             with contextlib.suppress(InvalidError):  # (a name no rule allows: left alone)
                 await self.workspaces.create(ws, exist_ok=True)
-        self.tracing = Tracing("gateway", self.nc, s.trace_sample, s.trace_otlp_endpoint)
+        self.tracing = Tracing("gateway", self.nc, s.trace_sample, s.trace_otlp_endpoint,
+                               enabled=s.tracing)
         self.caller = Caller(self.nc, self.js, self.deployment,
                              max_sync_wait=s.max_sync_wait, signal_interval=s.signal_interval)
         await self.caller.start()

@@ -261,7 +261,8 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event) -> None:
     redis = aioredis.Redis.from_url(settings.redis_url)
     scheduler = Scheduler(settings, js, redis)
     scheduler.tracing = Tracing("scheduler", nc, settings.trace_sample,
-                                settings.trace_otlp_endpoint)
+                                settings.trace_otlp_endpoint,
+                                enabled=settings.tracing)
     started.append(scheduler)
     await scheduler.start(decide=False)
     lease = Lease(await js.key_value(names.KV_LEASES), names.LEASE_SCHEDULER,
