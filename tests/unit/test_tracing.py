@@ -91,3 +91,13 @@ def test_the_cli_tree_nests_by_parent_and_keeps_orphans_as_roots() -> None:
     forest = tree_of(spans)
     assert [r[0]["span_id"] for r in forest] == ["o", "a"]
     assert [c[0]["span_id"] for c in forest[1][1]] == ["c1", "c2"]
+
+
+def test_trace_retention_setting() -> None:
+    from burst_core.bus.topology import trace_retention
+
+    assert trace_retention({}) == 86400.0
+    assert trace_retention({"BURST_TRACE_RETENTION": "60"}) == 60.0
+    for bad in ("soon", "0", "-5", "inf"):
+        with pytest.raises(ValueError, match=f"BURST_TRACE_RETENTION='{bad}'.*seconds"):
+            trace_retention({"BURST_TRACE_RETENTION": bad})

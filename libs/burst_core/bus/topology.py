@@ -30,6 +30,19 @@ TRACES_MAX_BYTES = 256 << 20
 MAX_SPANS_PER_CALL = 1000
 
 
+def trace_retention(env: dict[str, str] | None = None) -> float:
+    """Seconds sampled traces are kept: ``BURST_TRACE_RETENTION`` (default a day)."""
+    raw = (os.environ if env is None else env).get("BURST_TRACE_RETENTION", "")
+    try:
+        value = float(raw) if raw.strip() else DAY
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ValueError(f"setting BURST_TRACE_RETENTION={raw!r}: use a number of seconds "
+                         "above 0 (default 86400, a day)")
+    return value
+
+
 @dataclass
 class Topology:
     """Retention settings for the streams and buckets; defaults suit a single node."""
@@ -42,8 +55,7 @@ class Topology:
     queue_retention: float = 1 * DAY  # as Modal: a queue's items live 24 h
     log_max_bytes: int = 1 << 30
     #: How long sampled traces are kept (``BURST_TRACE_RETENTION``, in every service).
-    trace_retention: float = field(default_factory=lambda: float(
-        os.environ.get("BURST_TRACE_RETENTION", "") or DAY))
+    trace_retention: float = field(default_factory=lambda: trace_retention())
     dedupe_window: float = 120.0
     extra_kv: dict[str, float] = field(default_factory=dict)
 
