@@ -121,6 +121,8 @@ class Agent:
             names.function_deployed_subject("*.*.*"), cb=self._on_deployed)
         self._cancel_sub = await self.nc.subscribe(names.SUBJECTS_CALL_CANCELLED,
                                                    cb=self._on_cancel)
+        self._trace_sub = await self.nc.subscribe(
+            names.trace_container_subject(self.agent_id), cb=self._on_trace_container)
         await self.web.start()
         self.orders = bus.Consumer(
             self.js, names.STREAM_CONTROL, names.agent_consumer(self.agent_id), self._on_order,
@@ -239,6 +241,13 @@ class Agent:
         await asyncio.gather(*(c.stop(reason) for c in list(self.containers.values())),
                              return_exceptions=True)
         await self._beat()
+
+    async def _on_trace_container(self, msg: Msg) -> None:
+        """A traced call waits for one of our starting containers: its start is traced."""
+        c = self.containers.get(msg.data.decode(errors="replace"))
+        ctx = self.tracing.incoming(msg.headers)
+        if c is not None and ctx is not None:
+            c.attach_trace(ctx, (msg.headers or {}).get(CALL_HEADER, ""))
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:

@@ -111,6 +111,8 @@ class Container:
         self.meter = Meter(self.agent, p, self.log)
         #: The container's inputs, their attempts and outputs.
         self.dispatch = InputDispatch(self, self.max_inputs)
+        #: When its start began, its image was ready, and the shim's Ready (traces).
+        self._start_times: tuple[float, float, wire.Ready] | None = None
         #: Calls run here whose record this container made sure of (their children's
         #: parent).
         self._recorded: set[str] = set()
@@ -190,8 +192,9 @@ class Container:
                 await started  # stored before ready (or the container fails, as before)
             if isinstance(ready, wire.Ready):
                 self.state, self.idle_since = "idle", time.time()
+                self._start_times = (begun, prepared, ready)
                 if self.trace is not None:
-                    self._trace_start(begun, prepared, ready)
+                    self._trace_start()
                 if ready.in_order and self.agent.settings.input_prefetch > 0:
                     self.dispatch.allow_queue(self.agent.settings.input_prefetch)
                 self._spawn(self._join_inputs())  # first: the event need not hold the input
@@ -246,12 +249,23 @@ class Container:
             await self._account_stop(exit_code)
             self.done.set()
 
-    def _trace_start(self, begun: float, prepared: float, ready: wire.Ready) -> None:
+    def attach_trace(self, ctx: Context, call_id: str) -> None:
+        """A traced call waits for this container, placed before its signal came: its
+        start goes into that call's trace (now, if it is ready already). The first wins."""
+        if self.trace is not None:
+            return
+        self.trace, self.trace_call = ctx, call_id
+        if self._start_times is not None:
+            self._trace_start()
+
+    def _trace_start(self) -> None:
         """A traced call's cold start, step by step: image (bundle, image, secrets),
         sandbox (the runtime's start), fork (to the shim's first line), import of the
         user's module and ``@enter``, as the shim timed them."""
+        assert self._start_times is not None
+        begun, prepared, ready = self._start_times
         tracing, ws, call = self.agent.tracing, self.placement.workspace, self.trace_call
-        now = time.time()
+        now = ready.entered_at or time.time()
         span = tracing.span("agent.container_start", self.trace, ws, call, start=begun,
                             attributes={"burst.container_id": self.id,
                                         "burst.agent_id": self.agent.agent_id,

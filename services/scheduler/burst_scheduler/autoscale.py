@@ -184,6 +184,33 @@ class Autoscaler:
                 self.on_backlog()
             return await self._place_n(ref, want, reason, evict=waits)
 
+    async def trace_starting(self, fn_key: str, ctx: Context, call_id: str,
+                             accepted_at: float) -> bool:
+        """A traced call placed nothing (a container was placed for its function before
+        its signal came, by an earlier call or the reconcile pass): its placement wait is
+        for the newest container still starting, whose start goes into its trace."""
+        if self.tracing is None:
+            return False
+        now = time.time()
+        starting = [c for c in self.state.containers_of(fn_key, now)
+                    if (c.view is None or c.view.state == "starting")
+                    and not self.stopping(c, now)]
+        if not starting:
+            return False
+        c = max(starting, key=lambda c: c.allocation.placed_at)
+        ref = self.state.function(fn_key)
+        ws = ref.deployment.workspace if ref is not None else fn_key.split(".")[0]
+        span = self.tracing.span("scheduler.placement", ctx, ws, call_id, start=accepted_at,
+                                 attributes={"burst.container_id": c.container_id,
+                                             "burst.agent_id": c.agent_id,
+                                             "burst.placed_before": True})
+        try:
+            await self.js._nc.publish(names.trace_container_subject(c.agent_id),
+                                      c.container_id.encode(), headers=headers_of(span, call_id))
+        finally:
+            span.end()
+        return True
+
     async def place_more(self, fn_key: str, n: int, reason: str) -> int:
         """Place ``n`` more containers for ``fn_key`` (the caller sized ``n``)."""
         if n <= 0:

@@ -187,9 +187,11 @@ class Scheduler:
         # A traced call's signal: a container placed for it is part of its trace.
         token = autoscale.placing.set((ctx, signal.call_id, signal.at))
         try:
-            await self.autoscaler.scale_for_work(signal.fn_key, "input_accepted")
+            placed = await self.autoscaler.scale_for_work(signal.fn_key, "input_accepted")
         finally:
             autoscale.placing.reset(token)
+        if not placed:
+            await self.autoscaler.trace_starting(signal.fn_key, ctx, signal.call_id, signal.at)
 
     async def _every(self, interval: float, step: Callable[[], Awaitable[Any]],
                      name: str) -> None:
