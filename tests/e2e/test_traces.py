@@ -78,9 +78,29 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, collector: Collector) -> I
 @pytest.fixture(scope="module")
 def app_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_app(tmp_path_factory.mktemp("traced"), """
+        import time
+
         import burst
 
         app = burst.App("traced")
+
+
+        @app.cls(memory=256, max_containers=1)
+        class Slow:
+            @burst.enter()
+            def up(self):
+                time.sleep(4)  # the container is still starting when the traced call comes
+
+            @burst.method()
+            def ping(self, x):
+                return x
+
+
+        @app.local_entrypoint()
+        def behind():
+            Slow().ping.spawn(1)  # (untraced: only .remote() is) places the one container
+            time.sleep(0.5)
+            print("behind", Slow().ping.remote(2))
 
         @app.function(memory=256)
         def echo(x):
@@ -96,7 +116,7 @@ def app_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def traced_run(cluster: Cluster, app_file: Path) -> list[str]:
     """`burst run --trace`: the call ids it lists, cold first."""
-    proc = cluster.burst("run", "--trace", str(app_file), check=True)
+    proc = cluster.burst("run", "--trace", f"{app_file}::main", check=True)
     assert "first 1" in proc.stdout and "second 2" in proc.stdout
     ids = re.findall(r"burst trace (fc-[0-9a-f]{32})", proc.stdout + proc.stderr)
     assert len(ids) == 2, proc.stdout + proc.stderr
@@ -241,3 +261,21 @@ def test_other_workspace_gets_404(cluster: Cluster, traced_run: list[str]) -> No
     assert status == 200
     time.sleep(0.5)
     assert "forged" not in {s["name"] for s in spans_when(cluster, cold, {"sdk.call"})}
+
+
+def test_a_call_waiting_for_a_container_placed_before_it_gets_its_start(
+        cluster: Cluster, app_file: Path) -> None:
+    """The one container (max_containers=1) was placed for an untraced call; a traced
+    call that comes while it starts has the scheduler's wait and the start in its trace."""
+    proc = cluster.burst("run", "--trace", f"{app_file}::behind", check=True)
+    assert "behind 2" in proc.stdout
+    [call_id] = re.findall(r"burst trace (fc-[0-9a-f]{32})", proc.stdout + proc.stderr)
+    want = {"sdk.call", "gateway.call", "scheduler.placement", "agent.container_start",
+            "agent.input", "shim.function", *COLD_STEPS}
+    s = by_name(spans_when(cluster, call_id, want))
+    assert s["scheduler.placement"]["parent_id"] == s["gateway.call"]["span_id"]
+    assert s["scheduler.placement"]["attributes"]["burst.placed_before"] is True
+    assert s["agent.container_start"]["parent_id"] == s["scheduler.placement"]["span_id"]
+    assert s["shim.enter"]["parent_id"] == s["agent.container_start"]["span_id"]
+    enter = s["shim.enter"]["end"] - s["shim.enter"]["start"]
+    assert 3.5 < enter < 30, enter  # the @enter's sleep
