@@ -101,6 +101,7 @@ class FastCalls:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         req = decode_body(gw, b"".join(chunks), _call_decoder, "call request")
+
         def call() -> Awaitable[tuple[CallResponse, bool]]:
             return gw.caller.call_once(p.workspace, dep, fn, req.payload, "pickle",
                                        req.payload_ref, wait)
