@@ -106,7 +106,6 @@ class Gateway:
         if self._deployments_mirror is not None:
             await self._deployments_mirror.stop()
         await self.caller.stop()
-        self.tracing.shutdown()
         with contextlib.suppress(Exception):
             await self.nc.drain()
 
