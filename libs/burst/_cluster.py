@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from burst import _supervisor
+from burst import _natsconf, _supervisor
 from burst._parts import (
     ClusterState,
     Part,
@@ -102,7 +102,7 @@ def pick_ports(defaults: dict[str, int]) -> dict[str, int]:
 
 # ---- health probes -------------------------------------------------------------------------
 def _client(url: str, token: str = "") -> Client:
-    return Client(url, token, timeout=PROBE_TIMEOUT)
+    return Client(url, token, timeout=PROBE_TIMEOUT, unavailable_retry=0)
 
 
 def redis_ping(port: int) -> bool:
@@ -198,8 +198,14 @@ def check_gpus(gpus: str) -> str:
     return ",".join(item.strip() for item in gpus.split(",")) if gpus else ""
 
 
-def service_env(home: Path, ports: dict[str, int]) -> dict[str, str]:
-    """The environment every service of the cluster shares."""
+def nats_host(listen: str) -> str:
+    """The address local services reach NATS and the gateway at."""
+    return listen if listen and listen != "0.0.0.0" else HOST
+
+
+def service_env(home: Path, ports: dict[str, int], listen: str = "") -> dict[str, str]:
+    """The environment every service of the cluster shares (with ``listen``: NATS over
+    TLS as the ``services`` user)."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -207,8 +213,16 @@ def service_env(home: Path, ports: dict[str, int]) -> dict[str, str]:
         # the agent, into user containers).
         if k not in ("BURST_URL", "BURST_TOKEN", "BURST_WORKSPACE", "BURST_INSTANCE")
     }
+    if listen:
+        password = _natsconf.read_users(home)["users"][_natsconf.SERVICES_USER]["password"]
+        env.update(
+            BURST_NATS_URL=_natsconf.user_url(f"tls://{nats_host(listen)}:{ports['nats']}",
+                                              _natsconf.SERVICES_USER, password),
+            BURST_NATS_CA=str(_natsconf.tls_dir(home) / "ca.pem"),
+        )
+    else:
+        env["BURST_NATS_URL"] = f"nats://{HOST}:{ports['nats']}"
     env.update(
-        BURST_NATS_URL=f"nats://{HOST}:{ports['nats']}",
         BURST_REDIS_URL=f"redis://{HOST}:{ports['redis']}/0",
         BURST_HOME=str(home),
         PYTHONUNBUFFERED="1",
@@ -336,26 +350,16 @@ def _probe_services(url: str, token: str) -> Callable[[], str | None]:
     return probe
 
 
-def _start_servers(launcher: Launcher, ports: dict[str, int]) -> None:
+def _start_servers(launcher: Launcher, ports: dict[str, int], listen: str = "") -> None:
     home = launcher.home
     (home / "nats").mkdir(parents=True, exist_ok=True)
     (home / "redis").mkdir(parents=True, exist_ok=True)
+    conf = _natsconf.write_nats_config(
+        home, host=listen or HOST, port=ports["nats"], monitor_port=ports["nats_monitor"],
+        server_name="burst-local", secure=bool(listen))
     launcher.start(
         "nats",
-        [
-            nats_binary(),
-            "-a",
-            HOST,
-            "-p",
-            str(ports["nats"]),
-            "-m",
-            str(ports["nats_monitor"]),
-            "-js",
-            "-sd",
-            str(home / "nats"),
-            "-n",
-            "burst-local",
-        ],
+        [nats_binary(), "-c", str(conf)],
         dict(os.environ),
         client=ports["nats"],
         monitor=ports["nats_monitor"],
@@ -382,19 +386,30 @@ def _start_servers(launcher: Launcher, ports: dict[str, int]) -> None:
     )
 
 
-#: The services given BURST_MASTER_KEYS: the gateway (user secrets, webhook signing
-#: secrets) and billing (webhook signing secrets, to sign deliveries).
-KEY_HOLDERS = ("gateway", "billing")
+#: The services given BURST_MASTER_KEYS: the gateway alone (it seals and opens user
+#: secrets and webhook signing secrets). Billing, which signs deliveries, opens webhook
+#: signing secrets with the derived keys the gateway writes (``webhook.keys``), never a
+#: master key.
+KEY_HOLDERS = ("gateway",)
 
 
 def _start_services(
     launcher: Launcher, ports: dict[str, int], token: str, gpus: str, spot: bool,
-    runtime: str = "process",
+    runtime: str = "process", listen: str = "",
 ) -> None:
-    env = service_env(launcher.home, ports)
+    env = service_env(launcher.home, ports, listen)
+    agent_nats: dict[str, str] = {}
+    if listen:  # the local agent is an agent like any other: the agent role's permissions
+        users = _natsconf.read_users(launcher.home)["users"]
+        agent_nats = {
+            "BURST_NATS_URL": _natsconf.user_url(
+                f"tls://{nats_host(listen)}:{ports['nats']}", _natsconf.LOCAL_AGENT_USER,
+                users[_natsconf.LOCAL_AGENT_USER]["password"]),
+            "BURST_ENSURE_TOPOLOGY": "0",
+        }
     extra: dict[str, dict[str, str]] = {
         "gateway": {
-            "BURST_HOST": HOST,
+            "BURST_HOST": listen or HOST,
             "BURST_PORT": str(ports["gateway"]),
             # The web endpoints' own port (never the API's site).
             "BURST_WEB_PORT": str(ports["web"]),
@@ -407,6 +422,7 @@ def _start_services(
             "BURST_GPUS": gpus,
             "BURST_SPOT": "1" if spot else "0",
             "BURST_RUNTIME": runtime,
+            **agent_nats,
         },
     }
     for name in SERVICES:
@@ -466,6 +482,7 @@ def _profile_token(home: Path) -> str:
 def start_cluster(
     home: Path, ports: dict[str, int], gpus: str, spot: bool, timeout: float, progress: Steps,
     runtime: str = "process", supervise: _supervisor.SupervisorSettings | None = None,
+    listen: str = "",
 ) -> tuple[ClusterState, Profile]:
     """Start every part, wait until the cluster is healthy, then the supervisor that
     restarts parts that exit (unless ``supervise`` turns it off); on any failure stop them
@@ -474,13 +491,24 @@ def start_cluster(
     if runtime == "docker":
         ensure_docker(progress)
     token = _profile_token(home)
-    url = f"http://{HOST}:{ports['gateway']}"
+    if listen:
+        _natsconf.check_listen(listen)
+        if not os.environ.get("BURST_MASTER_KEYS", "").strip():
+            # The gateway makes the key ring itself only on loopback; this home is the
+            # cluster's one control machine, where it belongs.
+            from burst_core import sealing
+            sealing.load_or_create_key(home)
+        _natsconf.write_advertised(
+            home, [f"tls://{_natsconf.advertised_host(listen)}:{ports['nats']}"])
+    else:
+        _natsconf.write_advertised(home, [])
+    url = f"http://{nats_host(listen)}:{ports['gateway']}"
     launcher = Launcher(home)
     state = ClusterState(home=str(home), url=url, started_at=time.time(), parts=launcher.parts)
     deadline = time.monotonic() + timeout
     try:
         progress.step("starting nats and redis")
-        _start_servers(launcher, ports)
+        _start_servers(launcher, ports, listen)
         write_state(home, state)  # from here on, `burst down` can clean up after a killed `up`
         wait_healthy(
             launcher,
@@ -490,7 +518,7 @@ def start_cluster(
             timeout,
         )
         progress.step("starting the services")
-        _start_services(launcher, ports, token, gpus, spot, runtime)
+        _start_services(launcher, ports, token, gpus, spot, runtime, listen)
         write_state(home, state)
         wait_healthy(
             launcher,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import threading
 import time
 import urllib.parse
@@ -20,18 +21,59 @@ from burst import _context, _http, wire
 from burst.exception import Error, InternalError, UnavailableError, from_api
 
 
-class Client:
-    def __init__(self, url: str, token: str, timeout: float = 90.0) -> None:
-        parsed = urllib.parse.urlsplit(url)
+def _split_urls(url: str) -> list[tuple[str, str, str, int]]:
+    """(url, scheme, host, port) of each gateway URL in ``url`` (comma-separated)."""
+    out = []
+    for one in url.split(","):
+        one = one.strip().rstrip("/")
+        parsed = urllib.parse.urlsplit(one)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"invalid cluster URL {url!r}: expected http(s)://host:port")
-        self.url = url.rstrip("/")
+            raise ValueError(f"invalid cluster URL {one!r} in {url!r}: expected "
+                             "http(s)://host:port, several separated by commas")
+        out.append((one, parsed.scheme, parsed.hostname,
+                    parsed.port or (443 if parsed.scheme == "https" else 80)))
+    return out
+
+
+class Client:
+    """The gateway's API. ``url`` may name several gateways of one cluster, separated by
+    commas (``BURST_URL=http://a:8780,http://b:8780``): a request that cannot reach one
+    (or that it answers 503) goes to the next, and the client stays with the one that
+    answered. Calls carry a submission id, so a call sent again through another gateway
+    runs once."""
+
+    #: URLs a gateway answered in this process: a refused connection to one of them is
+    #: retried (a restart); elsewhere it fails at once (no cluster running at all).
+    reached_urls: set[str] = set()
+
+    def __init__(self, url: str, token: str, timeout: float = 90.0,
+                 unavailable_retry: float | None = None) -> None:
+        self._urls = _split_urls(url)
+        self._current = 0
         self.token = token
         self.timeout = timeout
-        self._scheme = parsed.scheme
-        self._host = parsed.hostname
-        self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
         self._local = threading.local()
+        #: Seconds a request keeps retrying while the cluster is briefly out of reach
+        #: (``BURST_UNAVAILABLE_RETRY`` unless given; health probes give 0).
+        self.unavailable_retry = (retry_window() if unavailable_retry is None
+                                  else unavailable_retry)
+
+    @property
+    def url(self) -> str:
+        """The gateway in use."""
+        return self._urls[self._current][0]
+
+    @property
+    def _scheme(self) -> str:
+        return self._urls[self._current][1]
+
+    @property
+    def _host(self) -> str:
+        return self._urls[self._current][2]
+
+    @property
+    def _port(self) -> int:
+        return self._urls[self._current][3]
 
     @classmethod
     def from_profile(cls) -> Client:
@@ -46,10 +88,13 @@ class Client:
     # ---- transport -----------------------------------------------------------------
     def _conn(self) -> _http.Connection:
         conn: _http.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = _http.Connection(self._host, self._port, self.timeout,
-                                    tls=self._scheme == "https")
-            self._local.conn = conn
+        index = self._current
+        if conn is None or getattr(self._local, "index", index) != index:
+            if conn is not None:
+                conn.close()
+            _, scheme, host, port = self._urls[index]
+            conn = _http.Connection(host, port, self.timeout, tls=scheme == "https")
+            self._local.conn, self._local.index = conn, index
         return conn
 
     def _drop(self) -> None:
@@ -70,23 +115,74 @@ class Client:
             headers["Content-Type"] = content_type
         if extra:
             headers.update(extra)
-        for attempt in range(2):
+        deadline = time.monotonic() + self.unavailable_retry
+        # Idempotent requests can be sent again whatever became of the first one, and so can
+        # a call's submission (it carries a submission id: sent again, to this gateway or
+        # another, it is the same call); other POSTs only when they never reached a gateway
+        # (a refused connection) or it refused them with 503 before doing anything.
+        idempotent = method != "POST" or path.startswith("/v1/calls/wait")
+        resendable = idempotent or path.split("?")[0].endswith(("/calls", "/calls/batch"))
+        fresh = False  # a retry on a new connection after the server closed a kept one
+        failed: list[str] = []
+        while True:
             conn = self._conn()
             try:
                 status, data = conn.request(method, path, body, headers)
-                break
             except (ConnectionRefusedError, OSError, http.client.HTTPException) as e:
                 self._drop()
+                closed = isinstance(e, http.client.RemoteDisconnected | BrokenPipeError
+                                    | ConnectionResetError)
                 # A kept-alive connection the server closed: retry once on a fresh one.
-                if attempt == 0 and isinstance(e, http.client.RemoteDisconnected | BrokenPipeError
-                                               | ConnectionResetError):
+                if closed and not fresh:
+                    fresh = True
+                    continue
+                refused = isinstance(e, ConnectionRefusedError)
+                failed.append(f"{self.url} ({e.__class__.__name__}: {e})")
+                if (refused or resendable) and self._next_gateway(len(failed)):
+                    fresh = False
+                    continue
+                if (((refused and self.reached) or (resendable and closed))
+                        and time.monotonic() < deadline):
+                    time.sleep(RETRY_STEP)  # a gateway restarting: back within seconds
+                    failed.clear()
+                    fresh = False
                     continue
                 raise UnavailableError(
-                    f"cannot reach the Burst cluster at {self.url} ({e.__class__.__name__}: {e}); "
+                    f"cannot reach the Burst cluster at {'; '.join(failed)}; "
                     "is it running? (`burst up`, `burst status`)") from None
+            if not self.reached:
+                Client.reached_urls.add(self.url)
+            if status == 503 and 503 not in expect:
+                failed.append(f"{self.url} (503)")
+                if self._next_gateway(len(failed)):
+                    continue
+                if time.monotonic() < deadline and _unavailable(data):
+                    time.sleep(RETRY_STEP)  # NATS restarting behind the gateway
+                    failed.clear()
+                    continue
+            break
         if status in expect:
             return status, data
         raise _error_from(status, data)
+
+    @property
+    def reached(self) -> bool:
+        """Whether a gateway at this URL answered this process before."""
+        return self.url in Client.reached_urls
+
+    @reached.setter
+    def reached(self, value: bool) -> None:
+        if value:
+            Client.reached_urls.add(self.url)
+        else:
+            Client.reached_urls.discard(self.url)
+
+    def _next_gateway(self, failures: int) -> bool:
+        """Move on to the next gateway; False once every one has failed this request."""
+        if failures >= len(self._urls):
+            return False
+        self._current = (self._current + 1) % len(self._urls)
+        return True
 
     # ---- API -----------------------------------------------------------------------
     def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
@@ -128,14 +224,16 @@ class Client:
 
     def call(self, app: str, fn: str, payload: bytes, payload_ref: str = "",
              wait: float = 60.0, traceparent: str = "") -> wire.CallResponse:
-        body = wire.encode(wire.CallRequest(payload=payload, payload_ref=payload_ref))
+        body = wire.encode(wire.CallRequest(payload=payload, payload_ref=payload_ref,
+                                            submission_id=wire.new_submission_id()))
         _, data = self.request("POST", f"/v1/apps/{app}/functions/{fn}/calls", body,
                                wire.MSGPACK, params={"wait": wait},
                                headers={"traceparent": traceparent} if traceparent else None)
         return wire.call_response_decoder.decode(data)
 
     def call_batch(self, app: str, fn: str, payloads: list[bytes]) -> list[wire.CallRef]:
-        body = wire.encode(wire.CallBatchRequest(payloads=payloads))
+        body = wire.encode(wire.CallBatchRequest(payloads=payloads,
+                                                 submission_id=wire.new_submission_id()))
         _, data = self.request("POST", f"/v1/apps/{app}/functions/{fn}/calls/batch", body,
                                wire.MSGPACK)
         return wire.call_batch_response_decoder.decode(data).calls
@@ -179,7 +277,8 @@ class ContainerClient(Client):
     MAX_WAIT = 60.0
 
     def __init__(self, platform: _context.Platform) -> None:
-        self.url, self.token, self.timeout = "container://agent", "", 90.0
+        self._urls, self._current = [("container://agent", "", "", 0)], 0
+        self.token, self.timeout = "", 90.0
         self.platform = platform
 
     def request(self, method: str, path: str, body: bytes | None = None,
@@ -199,6 +298,36 @@ class ContainerClient(Client):
         if resp.status in expect:
             return resp.status, resp.body
         raise _error_from(resp.status, resp.body)
+
+
+#: ``BURST_UNAVAILABLE_RETRY``: seconds a request keeps trying while the cluster is out of
+#: reach (a gateway or nats-server restarting: connection refused, or 503 Unavailable)
+#: before it raises ``UnavailableError``; 0 raises at once.
+UNAVAILABLE_RETRY_ENV = "BURST_UNAVAILABLE_RETRY"
+DEFAULT_UNAVAILABLE_RETRY = 30.0
+#: Seconds between those tries.
+RETRY_STEP = 0.25
+
+
+def retry_window() -> float:
+    raw = os.environ.get(UNAVAILABLE_RETRY_ENV, "")
+    if not raw:
+        return DEFAULT_UNAVAILABLE_RETRY
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"invalid {UNAVAILABLE_RETRY_ENV}={raw!r}: use a number of seconds "
+                         ">= 0 (0: no retry)")
+    return value
+
+
+def _unavailable(data: bytes) -> bool:
+    try:
+        return bool(json.loads(data)["error"]["type"] == UnavailableError.type)
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _error_from(status: int, data: bytes) -> Error:

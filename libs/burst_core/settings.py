@@ -25,10 +25,15 @@ def default_home() -> str:
 class CommonSettings:
     #: NATS server URL (JetStream enabled).
     nats_url: str = "nats://127.0.0.1:4222"
+    #: The cluster CA's certificate (PEM file) when NATS serves TLS (``burst up --listen``).
+    nats_ca: str = ""
     #: Redis URL (warm pools, counters; derived state only).
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Burst's own state directory (tokens, NATS store, logs); never visible to user code.
     home: str = dataclasses.field(default_factory=default_home)
+    #: The derived webhook-sealing keys the gateway writes and billing reads (never a
+    #: master key); empty: ``$BURST_HOME/webhook.keys``.
+    webhook_keys_file: str = ""
     #: Instance id of this replica; unique per process.
     instance: str = dataclasses.field(
         default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
@@ -37,6 +42,9 @@ class CommonSettings:
     log_level: str = "info"
     #: Seconds between this service's liveness records in KV.
     service_heartbeat_interval: float = 2.0
+    #: A file touched after each liveness record written (empty: none); the compose
+    #: cluster's health checks read its age.
+    health_file: str = ""
     #: How long outputs, call records and idempotency keys are kept (7 days, as Modal).
     result_retention: float = 7 * 24 * 3600.0
     #: Share of calls traced when their caller did not ask (0: none, 1: every one); see
@@ -47,6 +55,25 @@ class CommonSettings:
     #: An OTLP/HTTP collector's base URL spans are also sent to ("": the
     #: ``OTEL_EXPORTER_OTLP_ENDPOINT`` variable, if set; else none).
     trace_otlp_endpoint: str = ""
+    #: Largest total of file sizes one volume may hold, in bytes (a commit past it fails,
+    #: naming the volume and the limit). Read by the gateway and the agents.
+    volume_max_bytes: int = 1 << 40
+    #: Seconds a volume's chunk that no file holds any more (its file was replaced or
+    #: removed) is kept before a later commit deletes it: what a reader of the older
+    #: version has to fetch it.
+    volume_chunk_grace: float = 600.0
+    #: How long containers' output and platform events are kept (stream BURST_LOGS), and
+    #: the most bytes kept (the oldest go first). Every service must use the same values.
+    log_retention: float = 7 * 24 * 3600.0
+    log_max_bytes: int = 1 << 30
+
+    def topology(self) -> Any:
+        """The streams' and buckets' retention (``burst_core.bus.Topology``) these
+        settings ask for."""
+        from burst_core.bus.topology import Topology
+
+        return Topology(result_retention=self.result_retention,
+                        log_retention=self.log_retention, log_max_bytes=self.log_max_bytes)
 
 
 def _convert(raw: str, tp: Any, name: str) -> Any:

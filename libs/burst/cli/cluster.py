@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from burst import _supervisor
+from burst import _natsconf, _supervisor
 from burst._cluster import (
     DEFAULT_PORTS,
     check_gpus,
@@ -127,12 +127,22 @@ def up(
             envvar="BURST_RUNTIME",
         ),
     ] = "process",
+    listen: Annotated[
+        str,
+        typer.Option(
+            help="An address of this machine to serve other machines on: NATS (TLS, a user "
+            "per role) for agents that join with `burst agent join`, the gateway's API and "
+            "web ports for clients. Redis and internal ports stay on 127.0.0.1.",
+        ),
+    ] = "",
 ) -> None:
     """Start a local cluster in the background: NATS, Redis, gateway, scheduler, billing, agent.
 
     Writes the admin profile to $BURST_HOME/profile.json, so `burst run` works right after.
     """
     gpus = check_gpus(gpus)
+    if listen:
+        _natsconf.check_listen(listen)
     if runtime not in ("process", "docker"):
         raise InvalidError(f"invalid --runtime {runtime!r}: use process or docker")
     supervise = _supervisor.SupervisorSettings.from_env(os.environ)
@@ -159,7 +169,7 @@ def up(
                 err.print(f"port {preferred[role]} ({role}) is taken: using {chosen}", markup=False)
         with Progress(err) as progress:
             state, profile = start_cluster(
-                home, ports, gpus, spot, timeout, progress, runtime, supervise
+                home, ports, gpus, spot, timeout, progress, runtime, supervise, listen
             )
     parts = [*state.parts, *([state.supervisor] if state.supervisor else [])]
     out = Console(highlight=False)
@@ -171,6 +181,9 @@ def up(
         out.print(f"  web      http://{host}:{gateway.ports['web']}  (web endpoints)",
                   markup=False)
     out.print(f"  profile  {profile_path(home)}", markup=False)
+    for url in _natsconf.read_advertised(home):
+        out.print(f"  nats     {url}  (agents join with `burst agent token`, then "
+                  "`burst agent join BUNDLE`)", markup=False)
     out.print(
         f"  logs     {home / 'logs'}/<{','.join(p.name for p in parts)}>.log", markup=False
     )

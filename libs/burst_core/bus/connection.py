@@ -4,6 +4,7 @@ nats-py's tasks."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,10 +26,21 @@ JETSTREAM_READY_TIMEOUT = 30.0
 _resumes: set[asyncio.Task[None]] = set()
 
 
+def tls_context(ca: str) -> ssl.SSLContext | None:
+    """A client TLS context trusting only the cluster's CA (a PEM file), or None."""
+    if not ca:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    return ctx
+
+
 async def connect(url: str, name: str,
-                  reconnected: Callable[[], Awaitable[None]] | None = None) -> NATS:
+                  reconnected: Callable[[], Awaitable[None]] | None = None,
+                  ca: str = "") -> NATS:
     """A connection that reconnects for ever; ``reconnected`` runs after each reconnect
-    (subscriptions are already renewed then).
+    (subscriptions are already renewed then). ``url`` may name several servers,
+    separated by commas (``tls://user:password@host:port`` with credentials); ``ca`` is
+    the cluster CA's certificate file for TLS (``burst up --listen``).
 
     After a reconnect, every ordered consumer of the connection (KV watches, the
     gateway's outputs) is renewed at once (see :func:`_natspy.resume_ordered`): a restarted
@@ -48,8 +60,9 @@ async def connect(url: str, name: str,
             await reconnected()
 
     nc = await nats.connect(
-        servers=[url],
+        servers=[u.strip() for u in url.split(",") if u.strip()],
         name=name,
+        tls=tls_context(ca),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         error_cb=_err,

@@ -18,9 +18,12 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
+import nats.js.errors
 from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
 from opentelemetry.context import Context
 
 from burst.wire import MAX_PAYLOAD
@@ -29,10 +32,14 @@ from burst_agent.acks import Ack, settle
 from burst_agent.attempts import Attempts
 from burst_agent.bundles import BundleCache
 from burst_agent.container import Container
+from burst_agent.execs import Execs
+from burst_agent.figures import Figures
 from burst_agent.inputs import InputPuller
+from burst_agent.prebuild import Prebuilder
 from burst_agent.runtimes.base import Runtime
 from burst_agent.runtimes.factory import make_runtime
 from burst_agent.settings import AgentSettings
+from burst_agent.volumes import VolumeCache
 from burst_agent.web import WebRelay
 from burst_core import bus, logs, names
 from burst_core.calls.caller import Caller
@@ -54,6 +61,7 @@ from burst_core.schemas import (
 )
 from burst_core.service import heartbeat_loop
 from burst_core.tracing import CALL_HEADER, Tracing
+from burst_core.volumes import Volumes
 
 log = logs.get("burst.agent")
 FunctionDeployedDecoder = decoder(FunctionDeployed)
@@ -61,6 +69,20 @@ FunctionDeployedDecoder = decoder(FunctionDeployed)
 #: Cancelled call ids remembered (an input redelivered later is skipped), pruned past TTL.
 CANCELLED_KEEP = 10_000
 CANCELLED_TTL = 3600.0
+
+
+def _nvml(inventory: gpus.Inventory) -> Any:
+    """The NVML module, initialised, when this machine's GPUs are real; else None."""
+    if inventory.declared or not inventory.gpus:
+        return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception as e:
+        log.warning("nvml_unavailable_for_metrics", error=repr(e))
+        return None
 
 
 def _total_memory_mb() -> int:
@@ -87,6 +109,11 @@ class Agent:
         self.preempted = False  # a reclaim notice came: no new containers here
         #: Web requests taken from the gateway (started with the agent).
         self.web = WebRelay(self)
+        #: Figures for /metrics (GPUs and NVML are known once started).
+        self.figures = Figures(self.agent_id, [], enabled=settings.metrics)
+        self.execs = Execs(self)
+        #: Images built as their functions are deployed (started with the agent).
+        self.prebuild = Prebuilder(self)
         self.started_at = time.time()
         # Unix socket paths are limited to 108 bytes: keep them short, under /tmp.
         self.socket_dir = tempfile.mkdtemp(prefix="burst-")
@@ -94,6 +121,8 @@ class Agent:
         self._caller: Caller | None = None
         self._deployments: bus.KVMirror[DeploymentRecord] | None = None
         self._caller_lock = asyncio.Lock()
+        #: Called once drained by `burst agent drain`: the service stops the agent.
+        self.leave: Callable[[], None] = lambda: None
 
     async def start(self) -> None:
         s = self.settings
@@ -101,16 +130,21 @@ class Agent:
         log.info("gpu_inventory", status=self.inventory.status,
                  gpus=[g.type for g in self.inventory.gpus])
         self.nc = await bus.connect(s.nats_url, f"agent-{self.agent_id}",
-                                    reconnected=self._on_reconnected)
+                                    reconnected=self._on_reconnected, ca=s.nats_ca)
         self.js = self.nc.jetstream()
-        await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
+        if s.ensure_topology:
+            await bus.ensure_topology(self.js, s.topology())
+        self.agents_kv = await self._wait_for_bucket(names.KV_AGENTS)
         self.tracing = Tracing("agent", self.nc, s.trace_sample, s.trace_otlp_endpoint,
                                enabled=s.tracing)
-        self.agents_kv = await self.js.key_value(names.KV_AGENTS)
         self.heartbeats_kv = await self.js.key_value(names.KV_HEARTBEATS)
         home = Path(s.home) / "agent" / self.agent_id
         self.attempts = Attempts(self)
         self.objects = Objects(self.js)
+        self.volumes = Volumes(self.js, s.volume_max_bytes, s.volume_chunk_grace)
+        self.volume_cache = VolumeCache(
+            home / "volcache", s.volume_cache_bytes,
+            s.sandbox_uid if os.geteuid() == 0 else None)
         self.bundles = BundleCache(await self.js.object_store(names.OBJ_BUNDLES), home / "bundles")
         await self._register()
         # Cancelled calls (recent ones): never started here, stopped if running here.
@@ -124,6 +158,11 @@ class Agent:
         self._trace_sub = await self.nc.subscribe(
             names.trace_container_subject(self.agent_id), cb=self._on_trace_container)
         await self.web.start()
+        await self.execs.start()
+        self.figures.gpus, self.figures.nvml = self.inventory.gpus, _nvml(self.inventory)
+        if s.metrics:
+            self._tasks.append(asyncio.create_task(self._metrics_loop()))
+        await self.prebuild.start()
         self.orders = bus.Consumer(
             self.js, names.STREAM_CONTROL, names.agent_consumer(self.agent_id), self._on_order,
             filter_subjects=[names.agent_orders_subject(self.agent_id)], ack_wait=10.0,
@@ -133,9 +172,28 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         self._tasks.append(asyncio.create_task(heartbeat_loop(
             self.js, "agent", self.agent_id, s.service_heartbeat_interval,
-            lambda: {"containers": str(len(self.containers)), "gpus": self.inventory.status})))
+            lambda: {"containers": str(len(self.containers)), "gpus": self.inventory.status},
+            health_file=s.health_file)))
         log.info("agent_started", agent_id=self.agent_id, cpu=self.record.cpu,
                  memory_mb=self.record.memory_mb, spot=s.spot, runtime=self.runtime.name)
+
+    async def _wait_for_bucket(self, bucket: str) -> KeyValue:
+        """The KV bucket, once the services created the whole topology (the blobs'
+        object store comes last), waiting up to ``topology_wait`` for it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.topology_wait
+        while True:
+            try:
+                if not self.settings.ensure_topology:
+                    await self.js.object_store(names.OBJ_BLOBS)
+                return await self.js.key_value(bucket)
+            except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
+                if loop.time() > deadline:
+                    raise RuntimeError(
+                        f"KV bucket {bucket} did not appear within "
+                        f"BURST_TOPOLOGY_WAIT={self.settings.topology_wait:g} s: are the "
+                        "cluster's services running?") from None
+                await asyncio.sleep(0.2)
 
     async def _register(self) -> None:
         s = self.settings
@@ -161,6 +219,8 @@ class Agent:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.web.stop()
+        await self.execs.stop()
+        await self.prebuild.stop()
         if self._caller is not None:
             with contextlib.suppress(Exception):
                 await self._caller.stop()
@@ -217,6 +277,9 @@ class Agent:
                 await c.stop(order.reason, order.if_idle_since)
         elif isinstance(order, PreemptAgent):
             await self.preempt(order.reason)
+            if order.leave and self.settings.leave_when_drained:
+                log.warning("agent_leaving", reason=order.reason)
+                self.leave()
 
     async def preempt(self, reason: str = "preempted") -> None:
         """This machine's capacity is being reclaimed: drain it and stop every container.
@@ -413,6 +476,34 @@ class Agent:
             await asyncio.sleep(self.settings.heartbeat_interval)
             await self._beat()
             await self._rejoin_if_lost()
+
+    async def _metrics_loop(self) -> None:
+        """Every ``metrics_interval``: each container's CPU and memory use (its view in
+        the heartbeats carries them), and this agent's figures to the gateway."""
+        while True:
+            await asyncio.sleep(self.settings.metrics_interval)
+            try:
+                handles = {cid: c.handle for cid, c in self.containers.items()}
+                await asyncio.to_thread(self.figures.sample, handles)  # reads /proc
+                await asyncio.to_thread(self.figures.fold)  # off the loop
+                pids = await asyncio.to_thread(self._container_pids)
+                snap = self.figures.snapshot([c.view() for c in self.containers.values()],
+                                             pids)
+                await self.nc.publish(names.agent_metrics_subject(self.agent_id),
+                                      encode(snap))
+            except Exception as e:  # this interval's figures are lost, not the next ones
+                log.warning("metrics_publish_failed", error=repr(e))
+
+    def _container_pids(self) -> dict[int, str]:
+        """Host pid -> container id, for NVML's processes (only GPU containers' matter)."""
+        out: dict[int, str] = {}
+        for cid, c in list(self.containers.items()):
+            h = c.handle
+            if h is None or not c.placement.gpu_indices:
+                continue
+            pids = h.pids() if hasattr(h, "pids") else ([h.pid] if h.pid else [])
+            out.update((p, cid) for p in pids)
+        return out
 
     async def _rejoin_if_lost(self) -> None:
         """A scheduler marked us lost (we were cut off): our claims are void and our

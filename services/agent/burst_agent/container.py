@@ -34,6 +34,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.context import Context
 
 from burst import wire
+from burst.exception import InvalidError
 from burst_agent import api_relay, relay
 from burst_agent import secrets as container_secrets
 from burst_agent.dispatch import InFlight, InputDispatch
@@ -42,6 +43,7 @@ from burst_agent.inputs import InputPuller
 from burst_agent.metering import Meter
 from burst_agent.runtimes import images
 from burst_agent.runtimes.base import SIGKILL, SIGTERM, ContainerHandle
+from burst_agent.volumes import ContainerVolumes, VolumeUnavailable
 from burst_core import bus, calls, logs, names
 from burst_core.calls.caller import Parent
 from burst_core.schemas import (
@@ -50,6 +52,7 @@ from burst_core.schemas import (
     ContainerStopped,
     ContainerView,
     LogLine,
+    Output,
     Placement,
     encode,
 )
@@ -74,6 +77,11 @@ class Container:
     def __post_init__(self) -> None:
         p = self.placement
         self.id = p.container_id
+        #: When the placement arrived (monotonic): its cold start runs from here to ready.
+        self.placed_at = time.monotonic()
+        #: Inputs this container answered (outputs stored).
+        self.inputs_served = 0
+        self.exec_env: dict[str, str] = {}
         self.fn = p.function
         self.fn_key = names.function_key(p.workspace, p.app, p.function.name)
         self.max_inputs = max(1, p.function.max_inputs)
@@ -116,6 +124,8 @@ class Container:
         #: Calls run here whose record this container made sure of (their children's
         #: parent).
         self._recorded: set[str] = set()
+        #: Its volume mounts, materialised before it starts (None: it mounts none).
+        self.volumes: ContainerVolumes | None = None
 
     @property
     def in_flight(self) -> dict[str, InFlight]:
@@ -123,13 +133,19 @@ class Container:
 
     # ---- views ---------------------------------------------------------------------
     def view(self) -> ContainerView:
+        usage = self.agent.figures.usage.get(self.id)
         return ContainerView(container_id=self.id, fn_key=self.fn_key, state=self.state,  # type: ignore[arg-type]
                              idle_since=self.idle_since,
                              in_flight=len(self.in_flight) + self.web_in_flight,
                              max_inputs=self.max_inputs,
                              busy_since=min((i.started for i in self.in_flight.values()),
                                             default=None),
-                             acks=[i.msg.reply for i in self.in_flight.values() if i.msg.reply])
+                             acks=[i.msg.reply for i in self.in_flight.values() if i.msg.reply],
+                             started_at=self.started_at, inputs_served=self.inputs_served,
+                             cpu_used=usage[0] if usage else None,
+                             memory_used_mb=usage[1] if usage else None,
+                             gpu_indices=list(self.placement.gpu_indices),
+                             gpu_type=self.placement.resources.gpu_type or "")
 
     # ---- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:
@@ -143,11 +159,24 @@ class Container:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
             server = await asyncio.start_unix_server(self._on_connect, path=str(self.socket_path))
-            if self.agent.runtime.name == "process":
-                images.check_process_runtime(self.fn.image)
             secret_env = await container_secrets.fetch_env(
                 self.agent.nc, self.agent.agent_id, self.placement,
                 self.agent.settings.secrets_fetch_timeout)
+            mounts: list[tuple[Path, str, bool]] = []
+            volume_env: dict[str, str] = {}
+            if self.fn.volumes:
+                if not self._sandboxed():
+                    raise VolumeUnavailable(
+                        "volumes need a sandboxed container (bubblewrap) or the Docker "
+                        "runtime; this agent runs plain processes")
+                self.volumes = ContainerVolumes(
+                    self.agent.volumes, self.agent.volume_cache, self.placement.workspace,
+                    Path(self.agent.volume_cache.root).parent / "volumes" / self.id,
+                    list(self.fn.volumes), self._volume_owner())
+                await self.volumes.prepare()
+                mounts, volume_env = self.volumes.binds(), self.volumes.env()
+                self.log.info("volumes_materialised",
+                              seconds=round(self.volumes.materialise_s, 3))
             spec = images.ImageContainerSpec(
                 container_id=self.id, bundle_dir=bundle_dir, socket_path=self.socket_path,
                 module=self.fn.module, qualname=self.fn.qualname,
@@ -156,7 +185,7 @@ class Container:
                 gpu_indices=list(self.placement.gpu_indices),
                 env={**(images.process_env(self.fn.image)
                         if self.agent.runtime.name == "process" else {}),
-                     **secret_env,
+                     **secret_env, **volume_env,
                      "BURST_SHIM_HEARTBEAT_INTERVAL":
                      str(self.agent.settings.container_heartbeat_interval),
                      # The app this container belongs to: its id is what its functions'
@@ -165,10 +194,14 @@ class Container:
                      "BURST_APP_ID": self.placement.app,
                      "BURST_APP_NAME": self.placement.app_name or self.placement.app,
                      # The same id, under the name calls from the container read.
-                     "BURST_APP": self.placement.app},
+                     "BURST_APP": self.placement.app,
+                     # Which image this is (``Image.imports()`` raises only in its own).
+                     "BURST_IMAGE_ID": self.fn.image.ident if self.fn.image else ""},
                 image=self.fn.image, build_log=self._build_line,
-                block_network=self.fn.block_network,
+                block_network=self.fn.block_network, mounts=mounts,
             )
+            #: What ``burst container exec`` adds to a command's environment.
+            self.exec_env = spec.env
             # Overlapped with the start: the function's consumer is made (if need be),
             # and the started event goes out, while the shim imports the module.
             self._binding = asyncio.create_task(self._bind())
@@ -176,6 +209,9 @@ class Container:
             self.handle = await self.agent.runtime.start(spec)
             self.started_at = time.time()
             self.meter.begin(self.started_at)
+            self._spawn(self.event("container.started",
+                                   f"container {self.id} started on agent "
+                                   f"{self.agent.agent_id}"))
             started = asyncio.create_task(self._event("started", ContainerStarted(
                 container_id=self.id, agent_id=self.agent.agent_id,
                 workspace=self.placement.workspace, app=self.placement.app,
@@ -205,6 +241,10 @@ class Container:
                 await self._event("ready", ContainerReady(
                     container_id=self.id, agent_id=self.agent.agent_id, fn_key=self.fn_key,
                     at=time.time()))
+                cold = time.monotonic() - self.placed_at
+                self.agent.figures.cold_start(self.fn_key, cold)
+                self._spawn(self.event("container.ready",
+                                       f"container {self.id} ready: cold start {cold:.3f} s"))
                 self.log.info("container_ready", pid=ready.pid,
                               startup_s=round(time.time() - self.started_at, 3))
             else:
@@ -213,7 +253,8 @@ class Container:
                 # replacement containers fail the same way.
                 await self.dispatch.fail_waiting()
             exit_code = await exit_task
-        except (images.ImageError, container_secrets.SecretsUnavailable) as e:
+        except (images.ImageError, container_secrets.SecretsUnavailable,
+                VolumeUnavailable) as e:
             # The image cannot be built or run here, or its secrets cannot be had: the
             # waiting callers get the reason (the failing step and its output, the missing
             # secret) instead of waiting for a container.
@@ -242,6 +283,9 @@ class Container:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._drop_binding()
+            if self.volumes is not None:
+                # A clean exit commits, as Modal's background commit would have.
+                await bus.quiet(self.volumes.close(commit=exit_code == 0))
             if server is not None:
                 server.close()
             with contextlib.suppress(FileNotFoundError):
@@ -313,7 +357,7 @@ class Container:
 
     def _build_line(self, line: str) -> None:
         """An image build's output line, to the app's logs (``burst run`` shows them)."""
-        self._spawn(self._log_line("stdout", f"[image build] {line}", ""))
+        self._spawn(self._log_line("stdout", f"[image build] {line}", "", "image.build"))
 
     async def stop(self, reason: str, if_idle_since: float | None = None) -> bool:
         """Stop the container; with ``if_idle_since``, only if idle ever since then and
@@ -560,10 +604,40 @@ class Container:
         """A Dict or Queue operation or a call from user code, in this container's
         workspace."""
         answer = await relay.answer(self.agent.objects, self.placement.workspace, req, self.log,
-                                    self._api)
+                                    self._api, self._volume)
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 self._writer.write(wire.frame(answer))
+
+    def _volume_owner(self) -> int | None:
+        """The uid a writable mount's files get: the sandbox's, when the agent is root
+        and containers run as another user."""
+        if os.geteuid() != 0 or not self._sandboxed():
+            return None
+        return self.agent.settings.sandbox_uid
+
+    def _sandboxed(self) -> bool:
+        """Whether containers here get a filesystem of their own (Docker, or the process
+        runtime's sandbox): what a volume mount needs."""
+        rt = self.agent.runtime
+        base = getattr(rt, "base", rt)  # (the process runtime behind its venv layer)
+        return rt.name == "docker" or bool(getattr(base, "sandboxed", False))
+
+    async def _volume(self, req: wire.VolumeRequest) -> wire.VolumeResponse:
+        """A volume operation from user code: its own mounts' commit and reload here, any
+        other on the workspace's volumes (as the gateway answers a client)."""
+        if req.op in ("mount_commit", "mount_reload"):
+            if self.volumes is None:
+                raise InvalidError(f"volume {req.name!r} is not mounted in this container")
+            if req.op == "mount_commit":
+                return wire.VolumeResponse(version=await self.volumes.commit(req.name))
+            return wire.VolumeResponse(version=await self.volumes.reload(req.name))
+        mounts = [m for m in self.fn.volumes if m.name == req.name]
+        if (req.op in ("put_chunk", "commit", "remove", "copy") and mounts
+                and all(m.read_only for m in mounts)):
+            raise InvalidError(f"volume {req.name!r} is mounted read-only in this container: "
+                               "it cannot be changed from here")
+        return await self.agent.volumes.op(self.placement.workspace, req)
 
     async def _api(self, api: wire.ApiRequest) -> wire.ApiResponse:
         """A request of the SDK's client from user code (a call, a wait for one...),
@@ -596,15 +670,25 @@ class Container:
                 return
             await self._log_line(name, line.decode(errors="replace").rstrip("\n"), "")
 
-    async def _log_line(self, stream: str, line: str, call_id: str) -> None:
+    async def _log_line(self, stream: str, line: str, call_id: str, event: str = "") -> None:
         p = self.placement
         attempt = next((inf.inp.attempt for inf in self.in_flight.values()
                         if inf.inp.call_id == call_id), 1) if call_id else 1
         msg = LogLine(workspace=p.workspace, app=p.app, function=self.fn.name, container_id=self.id,
                       call_id=call_id, stream=stream, line=line, at=time.time(),  # type: ignore[arg-type]
-                      attempt=attempt)
+                      attempt=attempt, event=event)
         with contextlib.suppress(Exception):
-            await self.agent.nc.publish(names.log_subject(self.fn_key), encode(msg))
+            await self.agent.nc.publish(names.log_subject(self.fn_key, self.id, call_id),
+                                        encode(msg))
+
+    async def event(self, kind: str, text: str, call_id: str = "") -> None:
+        """A platform event of this container, to the app's logs (``burst app logs``)."""
+        await self._log_line("stderr", text, call_id, kind)
+
+    def observe(self, out: Output, accepted_at: float) -> None:
+        """An output this container stored: its figures for ``/metrics``."""
+        self.inputs_served += 1
+        self.agent.figures.output(self.fn_key, out, accepted_at)
 
     async def _event(self, kind: str, event: msgspec.Struct) -> None:
         await bus.publish(self.agent.js, names.container_event_subject(kind, self.agent.agent_id),
@@ -617,7 +701,18 @@ class Container:
 
     async def _account_stop(self, exit_code: int | None) -> None:
         p = self.placement
+        why = self.handle.exit_reason() if self.handle is not None else ""
+        if why.startswith("out of memory") and self.stop_reason in ("", "oom"):
+            self.stop_reason = "oom"
         reason = self.stop_reason or ("crashed" if exit_code not in (0, None) else "exited")
+        if reason == "oom":
+            await bus.quiet(self.event("container.oom",
+                                       f"container {self.id} killed: {why or 'out of memory'}"))
+        elif reason == "preempted":
+            await bus.quiet(self.event("container.preempted", f"container {self.id} preempted"))
+        code = f", exit code {exit_code}" if exit_code is not None else ""
+        await bus.quiet(self.event("container.stopped",
+                                   f"container {self.id} stopped: {reason}{code}"))
         if self.started_at or self.meter.has_counts:
             # Never started (its image failed) but answered calls: a record of no span
             # carries their count.

@@ -19,9 +19,12 @@ from burst_agent.settings import AgentSettings
 from burst_core.calls.caller import Caller
 from burst_core.objects import Objects
 from burst_core.tracing import Tracing
+from burst_core.volumes import Volumes
 
 if TYPE_CHECKING:
+    from burst_agent.figures import Figures
     from burst_agent.runtimes.base import Runtime
+    from burst_agent.volumes import VolumeCache
     from burst_agent.web import WebRelay
 
 
@@ -32,6 +35,8 @@ class AgentHost(Protocol):
     nc: NATS
     js: JetStreamContext
     objects: Objects
+    volumes: Volumes
+    volume_cache: VolumeCache
     bundles: BundleCache
     attempts: Attempts
     runtime: Runtime
@@ -40,6 +45,8 @@ class AgentHost(Protocol):
     cancelled: dict[str, float]
     #: Web requests taken from the gateway (burst_agent.web).
     web: WebRelay
+    #: Figures for /metrics (burst_agent.figures).
+    figures: Figures
 
     def ack_later(self, msg: Msg) -> None: ...
 

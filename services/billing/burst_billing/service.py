@@ -24,6 +24,7 @@ from burst_billing.settings import BillingSettings
 from burst_billing.webhooks import WebhookSender
 from burst_core import budgets, bus, logs, names
 from burst_core.lease import Lease
+from burst_core.secrets import webhook_keys_path
 from burst_core.service import heartbeat_loop
 
 log = logs.get("burst.billing")
@@ -32,9 +33,9 @@ log = logs.get("burst.billing")
 async def run(settings: BillingSettings, stop: asyncio.Event) -> None:
     """Run billing until ``stop`` is set; the ledger is saved before it returns."""
     rates = prices.load(settings.prices)  # a bad table stops billing before it connects
-    nc = await bus.connect(settings.nats_url, f"billing-{settings.instance}")
+    nc = await bus.connect(settings.nats_url, f"billing-{settings.instance}", ca=settings.nats_ca)
     js = nc.jetstream()
-    await bus.ensure_topology(js, bus.Topology(result_retention=settings.result_retention))
+    await bus.ensure_topology(js, settings.topology())
     await budgets.ensure(js)
     lease = Lease(
         await js.key_value(names.KV_LEASES), names.LEASE_BILLING, settings.instance,
@@ -46,13 +47,15 @@ async def run(settings: BillingSettings, stop: asyncio.Event) -> None:
         return {"leader": str(lease.held).lower(), "seq": str(writer.seq if writer else 0)}
 
     hb = asyncio.create_task(
-        heartbeat_loop(js, "billing", settings.instance, settings.service_heartbeat_interval, info)
+        heartbeat_loop(js, "billing", settings.instance, settings.service_heartbeat_interval, info,
+                       health_file=settings.health_file)
     )
     evaluator = BudgetEvaluator(js)
     sender = WebhookSender(
         js, allow=settings.webhook_allow_networks, retry_base=settings.webhook_retry_base,
         retry_max=settings.webhook_retry_max, max_attempts=settings.webhook_max_attempts,
-        timeout=settings.webhook_timeout, home=settings.home)
+        timeout=settings.webhook_timeout,
+        keys_file=str(webhook_keys_path(settings.home, settings.webhook_keys_file)))
     relay = AgentLostRelay(js)
     renew_every = settings.lease_ttl / 3
     try:

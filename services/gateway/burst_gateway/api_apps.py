@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from burst import _resources
 from burst.exception import ConflictError, InvalidError, NotFoundError, PayloadTooLargeError
 from burst.retries import Retries
+from burst.volume import check_mount_path
 from burst.wire import (
     MSGPACK,
     DeployRequest,
@@ -41,6 +42,7 @@ from burst_core.schemas import (
     encode,
 )
 from burst_gateway import versions, web
+from burst_gateway.api_volumes import volumes
 from burst_gateway.auth import Principal, principal
 from burst_gateway.state import Gateway, GatewayDep
 
@@ -53,6 +55,16 @@ def _check_hash(h: str) -> str:
     if len(h) != _HASH_LEN or any(c not in "0123456789abcdef" for c in h):
         raise InvalidError(f"invalid bundle hash {h!r}: expected 64 lowercase hex digits (sha256)")
     return h
+
+
+async def _check_volumes(gw: Gateway, workspace: str, req: DeployRequest) -> None:
+    """Every mounted volume exists (made now if it says ``create_if_missing``) and is
+    mounted where it may be; an unknown one fails the deploy, naming it."""
+    vols = volumes(gw)
+    for fn in req.functions:
+        for m in fn.volumes:
+            check_mount_path(m.path, f"function {fn.name!r}")
+            await vols.record(workspace, m.name, create=m.create_if_missing)
 
 
 async def _bundle_exists(gw: Gateway, workspace: str, h: str) -> bool:
@@ -165,6 +177,7 @@ async def deploy(request: Request, gw: GatewayDep, p: Principal = Depends(princi
     if any(fn.secrets for fn in req.functions):  # stored ones checked, code-made ones sealed
         assert gw.secrets is not None
         await gw.secrets.prepare(p.workspace, req.functions)
+    await _check_volumes(gw, p.workspace, req)
     # An ephemeral run gets an id of its own: several runs of an app (and its deployment)
     # live side by side, and Function.from_name(<name>) finds only the deployed one.
     # A `burst serve` run has the fixed id `{app}-dev`: each save redeploys it in place, so
@@ -209,7 +222,7 @@ async def _publish(gw: Gateway, dep: DeploymentRecord) -> DeploymentRecord:
             gw.js, names.function_deployed_subject(fn_key),
             encode(FunctionDeployed(workspace=dep.workspace, app=dep.app,
                                     deployment_id=dep.deployment_id, function=fn,
-                                    strategy=dep.strategy)),
+                                    strategy=dep.strategy, ephemeral=dep.ephemeral)),
             msg_id=f"{dep.deployment_id}:{fn.name}",
         )
     return dep
@@ -403,7 +416,8 @@ async def remove_app(app: str, gw: GatewayDep,
 @router.get("/v1/apps/{app}/logs", tags=["apps"])
 async def app_logs(app: str, request: Request, gw: GatewayDep,
                    p: Principal = Depends(principal)) -> StreamingResponse:
-    """Follow an app's container logs as NDJSON.
+    """Follow an app's container output as NDJSON, from now on (``burst run`` shows it;
+    the kept window, platform events and searches are ``GET /v1/logs``).
 
     The first line is ``{"type": "subscribed"}``: every line logged after it arrives.
     A ``{"type": "keepalive"}`` line is sent every 5 s of silence.
@@ -438,6 +452,8 @@ async def app_logs(app: str, request: Request, gw: GatewayDep,
                     ln = LogLineDecoder.decode(data)
                 except Exception:
                     continue
+                if ln.event and ln.event != "image.build":
+                    continue  # platform events are for `burst app logs`, not `burst run`
                 yield (json.dumps({"type": "log", "function": ln.function, "call_id": ln.call_id,
                                    "container_id": ln.container_id, "stream": ln.stream,
                                    "line": ln.line, "at": ln.at, "attempt": ln.attempt})

@@ -17,14 +17,19 @@ from burst_gateway import (
     api_calls,
     api_clients,
     api_cluster,
+    api_containers,
+    api_logs,
     api_maps,
     api_objects,
     api_schedules,
     api_secrets,
     api_tokens,
     api_traces,
+    api_volumes,
     api_webhooks,
+    dashboard,
     errors,
+    metrics,
     scopes,
     validate,
 )
@@ -68,6 +73,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_billing.router)
     app.include_router(api_agents.router)
     app.include_router(api_objects.router)
+    app.include_router(api_volumes.router)
     app.include_router(api_blobs.router)
     app.include_router(api_maps.router)
     app.include_router(api_budgets.router)
@@ -75,6 +81,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_webhooks.router)
     app.include_router(api_secrets.router)
     app.include_router(api_traces.router)
+    app.include_router(api_logs.router)
+    app.include_router(api_containers.router)
+    app.include_router(metrics.router)
+    # The dashboard (HTML; its session cookie, not a bearer token: public to scopes.py).
+    app.include_router(dashboard.router)
     return app
 
 

@@ -104,7 +104,8 @@ class FastCalls:
 
         def call() -> Awaitable[tuple[CallResponse, bool]]:
             return gw.caller.call_once(p.workspace, dep, fn, req.payload, "pickle",
-                                       req.payload_ref, wait)
+                                       req.payload_ref, wait,
+                                       submission=req.submission_id)
 
         tr = gw.tracing
         if tr.enabled and (tr.sample or _TRACEPARENT in headers or _TRACE_REQUEST in headers):

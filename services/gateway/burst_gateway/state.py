@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import time
 from typing import Annotated
 
@@ -19,9 +21,11 @@ from burst_core import bus, logs, names
 from burst_core.calls.caller import Caller
 from burst_core.objects import Objects
 from burst_core.schemas import DeploymentRecord, DeploymentRecordDecoder
-from burst_core.secrets import KeyRing
+from burst_core.secrets import KeyRing, webhook_keys_path, write_webhook_keys
 from burst_core.service import cancel_and_wait, heartbeat_loop
 from burst_core.tracing import Tracing
+from burst_core.volumes import Volumes
+from burst_gateway.agent_figures import AgentFigures
 from burst_gateway.auth import TokenStore, Workspaces
 from burst_gateway.secret_store import SecretStore
 from burst_gateway.settings import GatewaySettings
@@ -53,15 +57,30 @@ class Gateway:
         self.schedules_kv: KeyValue | None = None
         self.objects: Objects | None = None
         self.secrets: SecretStore | None = None
+        #: Signs the dashboard's session cookies (derived from the master key in start(),
+        #: so that every gateway of the cluster accepts the same sessions).
+        self.dashboard_key = b""
+        self.volumes: Volumes | None = None
+        #: Every agent's latest figures, for /metrics.
+        self.agent_figures = AgentFigures(settings.metrics_stale)
+        #: Interactive execs streaming through this gateway: exec id -> (agent id,
+        #: workspace), where their stdin goes (``POST /v1/execs/{id}/stdin``).
+        self.execs: dict[str, tuple[str, str]] = {}
 
     async def start(self) -> None:
         s = self.settings
         # Listening for other machines, it never makes a key of its own: one made here
         # would not open what the cluster's other gateways sealed.
         ring = KeyRing.load(s.home, create=s.host in LOOPBACK)
-        self.nc = await bus.connect(s.nats_url, f"gateway-{s.instance}")
+        # Billing opens webhook signing secrets with these derived keys alone.
+        keys_file = webhook_keys_path(s.home, s.webhook_keys_file)
+        write_webhook_keys(ring, keys_file)
+        self.dashboard_key = hmac.new(ring.newest.secrets_key, b"burst-dashboard-session",
+                                      hashlib.sha256).digest()
+        self.nc = await bus.connect(s.nats_url, f"gateway-{s.instance}", ca=s.nats_ca)
         self.js = self.nc.jetstream()
-        await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
+        await bus.ensure_topology(self.js, s.topology())
+        await self.agent_figures.start(self.nc)
         self.deployments_kv = await self.js.key_value(names.KV_DEPLOYMENTS)
         self.bundles = await self.js.object_store(names.OBJ_BUNDLES)
         self.tokens = TokenStore(await self.js.key_value(names.KV_TOKENS), s.token_cache_ttl,
@@ -90,17 +109,19 @@ class Gateway:
         # The gateway alone holds the master keys: it seals and opens user secrets, and
         # answers the agents' requests for a placed container's values.
         self.secrets = SecretStore(self.nc, self.js, await self.js.key_value(names.KV_SECRETS),
-                                   ring)
+                                   ring, webhook_keys_file=keys_file)
         resealed = await self.secrets.reseal_webhook_secrets()
         if resealed:
             log.info("webhook_secrets_resealed", count=resealed)
         await self.secrets.serve()
         self._tasks.append(asyncio.create_task(
-            heartbeat_loop(self.js, "gateway", s.instance, s.service_heartbeat_interval)
+            heartbeat_loop(self.js, "gateway", s.instance, s.service_heartbeat_interval,
+                           health_file=s.health_file)
         ))
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
+        await self.agent_figures.stop()
         if self.secrets is not None:
             await self.secrets.stop()
         if self._deployments_mirror is not None:

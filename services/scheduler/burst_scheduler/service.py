@@ -257,9 +257,9 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event) -> None:
                 s.lost_agents.reconnected()
 
     nc = await bus.connect(settings.nats_url, f"scheduler-{settings.instance}",
-                           reconnected=reconnected)
+                           reconnected=reconnected, ca=settings.nats_ca)
     js = nc.jetstream()
-    await bus.ensure_topology(js, bus.Topology(result_retention=settings.result_retention))
+    await bus.ensure_topology(js, settings.topology())
     redis = aioredis.Redis.from_url(settings.redis_url)
     scheduler = Scheduler(settings, js, redis)
     scheduler.tracing = Tracing("scheduler", nc, settings.trace_sample,
@@ -273,6 +273,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event) -> None:
     hb = asyncio.create_task(heartbeat_loop(
         js, "scheduler", settings.instance, settings.service_heartbeat_interval,
         info=lambda: {**scheduler.info(), "leader": str(lease.held).lower()},
+        health_file=settings.health_file,
     ))
     try:
         await stop.wait()
