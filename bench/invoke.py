@@ -30,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _trace_cost as trace_cost  # noqa: E402
 from _cluster import LocalCluster  # noqa: E402
 from _metrics_cost import measure as measure_metrics  # noqa: E402
 
@@ -154,7 +155,12 @@ def main() -> None:
                     help="calls per warm p50 of a metrics pair")
     ap.add_argument("--metrics-only", action="store_true",
                     help="only the metrics on/off pairs")
+    trace_cost.add_arguments(ap, "warm")
     args = ap.parse_args()
+    if args.trace_only:
+        print(json.dumps({"benchmark": "invoke",
+                          "tracing_default_vs_off": trace_cost.run(args, "warm")}, indent=2))
+        return
     if args.metrics_only:
         print(json.dumps({"benchmark": "invoke", "metrics_on_vs_off": measure_metrics(
             args.metrics_pairs, warm_samples=args.metrics_samples)}, indent=2))
@@ -176,6 +182,7 @@ def main() -> None:
     if args.metrics_pairs:
         result["metrics_on_vs_off"] = measure_metrics(args.metrics_pairs,
                                                       warm_samples=args.metrics_samples)
+    result["tracing_default_vs_off"] = trace_cost.run(args, "warm")  # (its own clusters)
     print(json.dumps(result, indent=2))
 
 if __name__ == "__main__":

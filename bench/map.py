@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _trace_cost as trace_cost  # noqa: E402
 from _cluster import LocalCluster  # noqa: E402
 from _cpu import ClusterCpu, PeakRss, cpu_seconds, descendants  # noqa: E402
 from _metrics_cost import measure as measure_metrics  # noqa: E402
@@ -189,7 +190,12 @@ def main() -> None:
                     help="inputs of each map of a metrics pair")
     ap.add_argument("--metrics-only", action="store_true",
                     help="only the metrics on/off pairs")
+    trace_cost.add_arguments(ap, "map")
     args = ap.parse_args()
+    if args.trace_only:
+        print(json.dumps({"benchmark": "map",
+                          "tracing_default_vs_off": trace_cost.run(args, "map")}, indent=2))
+        return
     if args.metrics_only:
         print(json.dumps({"benchmark": "map", "metrics_on_vs_off": measure_metrics(
             args.metrics_pairs, map_inputs=args.metrics_inputs)}, indent=2))
@@ -340,6 +346,7 @@ def main() -> None:
     if args.metrics_pairs:
         result["metrics_on_vs_off"] = measure_metrics(args.metrics_pairs,
                                                       map_inputs=args.metrics_inputs)
+    result["tracing_default_vs_off"] = trace_cost.run(args, "map")
     print(json.dumps(result, indent=2))
 
 

@@ -105,12 +105,16 @@ class Client:
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 content_type: str | None = None, params: dict[str, Any] | None = None,
-                expect: tuple[int, ...] = (200, 201, 202, 204)) -> tuple[int, bytes]:
+                expect: tuple[int, ...] = (200, 201, 202, 204),
+                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         if params:
             path += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        extra = headers
         headers = {"Authorization": f"Bearer {self.token}", "Accept": wire.MSGPACK}
         if content_type:
             headers["Content-Type"] = content_type
+        if extra:
+            headers.update(extra)
         deadline = time.monotonic() + self.unavailable_retry
         # Idempotent requests can be sent again whatever became of the first one, and so can
         # a call's submission (it carries a submission id: sent again, to this gateway or
@@ -219,11 +223,12 @@ class Client:
         return self.request("GET", f"/v1/blobs/{ref}")[1]
 
     def call(self, app: str, fn: str, payload: bytes, payload_ref: str = "",
-             wait: float = 60.0) -> wire.CallResponse:
+             wait: float = 60.0, traceparent: str = "") -> wire.CallResponse:
         body = wire.encode(wire.CallRequest(payload=payload, payload_ref=payload_ref,
                                             submission_id=wire.new_submission_id()))
         _, data = self.request("POST", f"/v1/apps/{app}/functions/{fn}/calls", body,
-                               wire.MSGPACK, params={"wait": wait})
+                               wire.MSGPACK, params={"wait": wait},
+                               headers={"traceparent": traceparent} if traceparent else None)
         return wire.call_response_decoder.decode(data)
 
     def call_batch(self, app: str, fn: str, payloads: list[bytes]) -> list[wire.CallRef]:
@@ -278,7 +283,8 @@ class ContainerClient(Client):
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 content_type: str | None = None, params: dict[str, Any] | None = None,
-                expect: tuple[int, ...] = (200, 201, 202, 204)) -> tuple[int, bytes]:
+                expect: tuple[int, ...] = (200, 201, 202, 204),
+                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         query = {k: str(v) for k, v in (params or {}).items() if v is not None}
         req = wire.ApiRequest(method=method, path=path, params=query, body=body or b"",
                               call_id=_context.current_call.get())

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from burst import wire
+from burst import _trace, wire
 from burst._aio import aio_method
 from burst._serialization import deserialize, rebuild_exception, serialize
 from burst.exception import (
@@ -171,8 +171,12 @@ class Function(Generic[P, R]):
         if self.spec.is_generator:
             raise InvalidError(f"{self.spec.name} is a generator function: use .remote_gen()")
         client, app_name = self._target()
-        resp = client.call(app_name, self.spec.name, *self._payload_or_ref(client, args, kwargs))
+        span = _trace.begin(client)
+        resp = client.call(app_name, self.spec.name, *self._payload_or_ref(client, args, kwargs),
+                           traceparent=span.traceparent if span else "")
         resp = client.wait_call(resp)
+        if span is not None:
+            _trace.end(client, span, resp.call_id, self.spec.name)
         follower = self.app._follower if self.app is not None else None
         if follower is not None:
             follower.wait_for(resp.call_id, resp.log_lines, resp.attempt)

@@ -581,6 +581,11 @@ class Ready(_Frame, kw_only=True):
     #: max_inputs 1, neither async nor batched): the agent may send it the next ones
     #: before the one running is done (they wait in line).
     in_order: bool = False
+    #: When the shim's main began, the user's module was imported, and ``@enter`` was
+    #: done (seconds since the epoch): the agent's spans of a traced cold start.
+    booted_at: float = 0.0
+    imported_at: float = 0.0
+    entered_at: float = 0.0
 
 
 class Alive(_Frame, kw_only=True):

@@ -113,6 +113,12 @@ def container_event_subject(event: str, agent_id: str) -> str:
 SUBJECTS_CONTAINER_EVENTS = "burst.control.container.>"
 
 
+def trace_container_subject(agent_id: str) -> str:
+    """Core NATS (no stream): a traced call waits for a container already starting on
+    ``agent_id``; its start goes into that call's trace (burst_core.tracing)."""
+    return f"burst.trace_container.{agent_id}"
+
+
 def agent_lost_subject(agent_id: str) -> str:
     """``AgentLost``: the scheduler marked an agent lost (billing closes its containers)."""
     return f"burst.control.agent_lost.{agent_id}"

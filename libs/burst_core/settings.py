@@ -47,6 +47,14 @@ class CommonSettings:
     health_file: str = ""
     #: How long outputs, call records and idempotency keys are kept (7 days, as Modal).
     result_retention: float = 7 * 24 * 3600.0
+    #: Share of calls traced when their caller did not ask (0: none, 1: every one); see
+    #: burst_core.tracing. A call is also traced on request (``burst run --trace``).
+    trace_sample: float = 0.0
+    #: False: no call is traced, whatever it asks (no span, trace headers ignored).
+    tracing: bool = True
+    #: An OTLP/HTTP collector's base URL spans are also sent to ("": the
+    #: ``OTEL_EXPORTER_OTLP_ENDPOINT`` variable, if set; else none).
+    trace_otlp_endpoint: str = ""
     #: Largest total of file sizes one volume may hold, in bytes (a commit past it fails,
     #: naming the volume and the limit). Read by the gateway and the agents.
     volume_max_bytes: int = 1 << 40

@@ -26,6 +26,7 @@ class FakeMsg:
                                  input_id=f"in-{n}", attempt_token="t", payload=b"p",
                                  accepted_at=0.0))
         self.reply = f"$JS.ACK.INPUTS.cons.1.{n}.{n}.0.0"
+        self.headers = {"Nats-Msg-Id": f"in-{n}"}  # (an untraced call's)
         self.settled: list[str] = []
 
     async def ack(self) -> None:

@@ -512,6 +512,7 @@ def _max_inputs(obj: Any) -> int:
 
 
 def main() -> None:
+    booted_at = time.time()
     path = os.environ["BURST_SHIM_SOCKET"]
     module_name = os.environ["BURST_SHIM_MODULE"]
     qualname = os.environ["BURST_SHIM_QUALNAME"]
@@ -533,6 +534,7 @@ def main() -> None:
     sys.path.insert(0, os.getcwd())
     try:
         obj = _resolve_object(module_name, qualname)
+        imported_at = time.time()
         target = Target(obj)
     except BaseException as exc:
         _, name, message, trace = serialize_exception(exc)
@@ -552,7 +554,8 @@ def main() -> None:
                                          traceback=trace))
             sys.exit(1)
     # Inputs wait in line only for a plain function (a web one serves requests too).
-    chan.send(wire.Ready(pid=os.getpid(), in_order=runner.in_order() and web_host is None))
+    chan.send(wire.Ready(pid=os.getpid(), in_order=runner.in_order() and web_host is None,
+                         booted_at=booted_at, imported_at=imported_at, entered_at=time.time()))
     try:
         while True:
             msg = chan.next_frame()

@@ -210,6 +210,8 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print remote output."),
     detach: bool = typer.Option(False, "--detach", help="Leave the app running after this "
                                 "process exits (until `burst app stop APP_ID`)."),
+    trace: bool = typer.Option(False, "--trace", help="Trace the calls the entrypoint makes "
+                               "with .remote() (see them with `burst trace CALL_ID`)."),
 ) -> None:
     """Run an app's local entrypoint against the cluster, on an ephemeral copy of the app.
 
@@ -242,6 +244,8 @@ def run(
         return
     app = target.app
     os.environ["BURST_CLI"] = "1"  # progress bars for long maps, when stderr is a terminal
+    if trace:
+        os.environ["BURST_TRACE"] = "1"  # read by burst._trace
     sys.stdout = LineSafeStream(sys.stdout)
     sys.stderr = LineSafeStream(sys.stderr)
     failed = False
@@ -262,6 +266,13 @@ def run(
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
+    if trace:
+        from burst import _trace
+
+        for call_id in _trace.traced_calls[:20]:
+            console.print(f"[dim]traced: burst trace {call_id}[/dim]")
+        if len(_trace.traced_calls) > 20:
+            console.print(f"[dim]... and {len(_trace.traced_calls) - 20} more traced calls[/dim]")
     if failed:
         raise typer.Exit(1)
 

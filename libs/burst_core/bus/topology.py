@@ -4,6 +4,7 @@ idempotently."""
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 
 import nats.js.errors
@@ -22,6 +23,24 @@ from burst_core import names
 from burst_core.bus import _natspy
 
 DAY = 24 * 3600.0
+#: Sampled calls' spans (burst_core.tracing): one subject per call.
+STREAM_TRACES = "BURST_TRACES"
+SUBJECTS_TRACES = "burst.traces.>"
+TRACES_MAX_BYTES = 256 << 20
+MAX_SPANS_PER_CALL = 1000
+
+
+def trace_retention(env: dict[str, str] | None = None) -> float:
+    """Seconds sampled traces are kept: ``BURST_TRACE_RETENTION`` (default a day)."""
+    raw = (os.environ if env is None else env).get("BURST_TRACE_RETENTION", "")
+    try:
+        value = float(raw) if raw.strip() else DAY
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ValueError(f"setting BURST_TRACE_RETENTION={raw!r}: use a number of seconds "
+                         "above 0 (default 86400, a day)")
+    return value
 
 
 @dataclass
@@ -35,6 +54,8 @@ class Topology:
     log_retention: float = 7 * DAY
     queue_retention: float = 1 * DAY  # as Modal: a queue's items live 24 h
     log_max_bytes: int = 1 << 30
+    #: How long sampled traces are kept (``BURST_TRACE_RETENTION``, in every service).
+    trace_retention: float = field(default_factory=lambda: trace_retention())
     dedupe_window: float = 120.0
     extra_kv: dict[str, float] = field(default_factory=dict)
 
@@ -104,6 +125,15 @@ async def ensure_topology(js: JetStreamContext, topo: Topology | None = None) ->
             num_replicas=r,
             max_age=t.log_retention,
             max_bytes=t.log_max_bytes,
+        ),
+        StreamConfig(
+            name=STREAM_TRACES,
+            subjects=[SUBJECTS_TRACES],
+            storage=StorageType.FILE,
+            num_replicas=r,
+            max_age=t.trace_retention,
+            max_bytes=TRACES_MAX_BYTES,
+            max_msgs_per_subject=MAX_SPANS_PER_CALL,
         ),
     ]
     for cfg in streams:

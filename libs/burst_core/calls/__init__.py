@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from burst.exception import InvalidError
-from burst_core import bus, names
+from burst_core import bus, names, tracing
 from burst_core.schemas import CallRecord, CallRecordDecoder, Input, InputAccepted, encode
 
 
@@ -126,7 +126,8 @@ async def create_record(calls_kv: KeyValue, rec: CallRecord,
 async def signal(nc: NATS, fn_key: str, call_id: str, now: float) -> None:
     """A payload-free hint for the scheduler; losing it costs a reconcile tick, no more."""
     await nc.publish(names.input_accepted_subject(fn_key),
-                     encode(InputAccepted(fn_key=fn_key, call_id=call_id, at=now)))
+                     encode(InputAccepted(fn_key=fn_key, call_id=call_id, at=now)),
+                     headers=tracing.outgoing.get())
 
 
 class Signals:
@@ -247,7 +248,9 @@ async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue, fn_key
     was stored); a record without one is created again (:func:`create_record`)."""
     subject = names.input_subject(fn_key)
     create_only = {"Nats-Expected-Last-Subject-Sequence": "0"}
-    msgs = [(subject, encode(inp), {"Nats-Msg-Id": inp.input_id}) for _, inp in calls]
+    traced = tracing.outgoing.get()  # a traced call's context goes with its input
+    msgs = [(subject, encode(inp), {"Nats-Msg-Id": inp.input_id, **(traced or {})})
+            for _, inp in calls]
     if records:
         msgs += [(bus.kv_subject(calls_kv, rec.call_id), encode(rec), create_only)
                  for rec, _ in calls]
@@ -264,7 +267,8 @@ async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue, fn_key
     duplicates: set[str] = set()
     for (_, inp), res in zip(calls, results[:n], strict=True):
         if isinstance(res, BaseException):
-            res = await bus.publish(js, subject, encode(inp), msg_id=inp.input_id)
+            res = await bus.publish(js, subject, encode(inp), msg_id=inp.input_id,
+                                    headers=traced)
         if getattr(res, "duplicate", False):
             duplicates.add(inp.call_id)
     for (rec, _), res in zip(calls if records else [], results[n:], strict=True):

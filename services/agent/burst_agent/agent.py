@@ -24,6 +24,7 @@ import msgspec
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
+from opentelemetry.context import Context
 
 from burst.wire import MAX_PAYLOAD
 from burst_agent import gpu_health, gpus
@@ -59,6 +60,7 @@ from burst_core.schemas import (
     encode,
 )
 from burst_core.service import heartbeat_loop
+from burst_core.tracing import CALL_HEADER, Tracing
 from burst_core.volumes import Volumes
 
 log = logs.get("burst.agent")
@@ -133,6 +135,8 @@ class Agent:
         if s.ensure_topology:
             await bus.ensure_topology(self.js, s.topology())
         self.agents_kv = await self._wait_for_bucket(names.KV_AGENTS)
+        self.tracing = Tracing("agent", self.nc, s.trace_sample, s.trace_otlp_endpoint,
+                               enabled=s.tracing)
         self.heartbeats_kv = await self.js.key_value(names.KV_HEARTBEATS)
         home = Path(s.home) / "agent" / self.agent_id
         self.attempts = Attempts(self)
@@ -151,6 +155,8 @@ class Agent:
             names.function_deployed_subject("*.*.*"), cb=self._on_deployed)
         self._cancel_sub = await self.nc.subscribe(names.SUBJECTS_CALL_CANCELLED,
                                                    cb=self._on_cancel)
+        self._trace_sub = await self.nc.subscribe(
+            names.trace_container_subject(self.agent_id), cb=self._on_trace_container)
         await self.web.start()
         await self.execs.start()
         self.figures.gpus, self.figures.nvml = self.inventory.gpus, _nvml(self.inventory)
@@ -266,7 +272,8 @@ class Agent:
             if self.preempted:  # claimed just before the reclaim notice: refuse it
                 await self.release(order.container_id)
                 return
-            await self.place(order)
+            await self.place(order, self.tracing.incoming(msg.headers) if msg.headers else None,
+                             (msg.headers or {}).get(CALL_HEADER, ""))
         elif isinstance(order, StopContainer):
             c = self.containers.get(order.container_id)
             if c is not None:
@@ -301,6 +308,13 @@ class Agent:
                              return_exceptions=True)
         await self._beat()
 
+    async def _on_trace_container(self, msg: Msg) -> None:
+        """A traced call waits for one of our starting containers: its start is traced."""
+        c = self.containers.get(msg.data.decode(errors="replace"))
+        ctx = self.tracing.incoming(msg.headers)
+        if c is not None and ctx is not None:
+            c.attach_trace(ctx, (msg.headers or {}).get(CALL_HEADER, ""))
+
     async def _on_cancel(self, msg: Msg) -> None:
         try:
             ev = CallCancelledDecoder.decode(msg.data)
@@ -333,7 +347,8 @@ class Agent:
             elif not c.fn.web:
                 c.retire()
 
-    async def place(self, p: Placement) -> None:
+    async def place(self, p: Placement, trace: Context | None = None,
+                    trace_call: str = "") -> None:
         if p.container_id in self.containers:
             return  # redelivered order
         raw, _ = await bus.kv_get(self.agents_kv, self.agent_id)
@@ -342,7 +357,7 @@ class Agent:
             # The claim is the decision: no claim on our record, no container.
             log.warning("placement_without_claim", container_id=p.container_id)
             return
-        c = Container(agent=self, placement=p)
+        c = Container(agent=self, placement=p, trace=trace, trace_call=trace_call)
         fn_key = names.function_key(p.workspace, p.app, p.function.name)
         newest = self.deployed.get(fn_key)
         if newest is not None and newest != p.deployment_id and not p.function.web:

@@ -31,6 +31,7 @@ import msgspec
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry.context import Context
 
 from burst import wire
 from burst.exception import InvalidError
@@ -55,6 +56,7 @@ from burst_core.schemas import (
     Placement,
     encode,
 )
+from burst_core.tracing import context_of
 
 log = logs.get("burst.agent.container")
 
@@ -68,6 +70,9 @@ class Container:
     handle: ContainerHandle | None = None
     stop_reason: str = ""
     detail: str = ""
+    #: The trace of the call this container was placed for, if that call is traced.
+    trace: Context | None = None
+    trace_call: str = ""
 
     def __post_init__(self) -> None:
         p = self.placement
@@ -114,6 +119,8 @@ class Container:
         self.meter = Meter(self.agent, p, self.log)
         #: The container's inputs, their attempts and outputs.
         self.dispatch = InputDispatch(self, self.max_inputs)
+        #: When its start began, its image was ready, and the shim's Ready (traces).
+        self._start_times: tuple[float, float, wire.Ready] | None = None
         #: Calls run here whose record this container made sure of (their children's
         #: parent).
         self._recorded: set[str] = set()
@@ -145,6 +152,7 @@ class Container:
         """The whole life of the container; returns once it is stopped and accounted."""
         exit_code: int | None = None
         server: asyncio.AbstractServer | None = None
+        begun = time.time()
         try:
             bundle_dir = await self.agent.bundles.get(self.placement.workspace,
                                                       self.placement.bundle_hash)
@@ -197,6 +205,7 @@ class Container:
             # Overlapped with the start: the function's consumer is made (if need be),
             # and the started event goes out, while the shim imports the module.
             self._binding = asyncio.create_task(self._bind())
+            prepared = time.time()
             self.handle = await self.agent.runtime.start(spec)
             self.started_at = time.time()
             self.meter.begin(self.started_at)
@@ -219,6 +228,9 @@ class Container:
                 await started  # stored before ready (or the container fails, as before)
             if isinstance(ready, wire.Ready):
                 self.state, self.idle_since = "idle", time.time()
+                self._start_times = (begun, prepared, ready)
+                if self.trace is not None:
+                    self._trace_start()
                 if ready.in_order and self.agent.settings.input_prefetch > 0:
                     self.dispatch.allow_queue(self.agent.settings.input_prefetch)
                 self._spawn(self._join_inputs())  # first: the event need not hold the input
@@ -280,6 +292,41 @@ class Container:
                 self.socket_path.unlink()
             await self._account_stop(exit_code)
             self.done.set()
+
+    def attach_trace(self, ctx: Context, call_id: str) -> None:
+        """A traced call waits for this container, placed before its signal came: its
+        start goes into that call's trace (now, if it is ready already). The first wins."""
+        if self.trace is not None:
+            return
+        self.trace, self.trace_call = ctx, call_id
+        if self._start_times is not None:
+            self._trace_start()
+
+    def _trace_start(self) -> None:
+        """A traced call's cold start, step by step: image (bundle, image, secrets),
+        sandbox (the runtime's start), fork (to the shim's first line), import of the
+        user's module and ``@enter``, as the shim timed them."""
+        assert self._start_times is not None
+        begun, prepared, ready = self._start_times
+        tracing, ws, call = self.agent.tracing, self.placement.workspace, self.trace_call
+        now = ready.entered_at or time.time()
+        span = tracing.span("agent.container_start", self.trace, ws, call, start=begun,
+                            attributes={"burst.container_id": self.id,
+                                        "burst.agent_id": self.agent.agent_id,
+                                        "burst.runtime": self.agent.runtime.name})
+        ctx = context_of(span)
+        booted = max(ready.booted_at, self.started_at)
+        imported = max(ready.imported_at, booted)
+        entered = max(ready.entered_at, imported)
+        for name, start, end in (("container.image", begun, prepared),
+                                 ("container.sandbox", prepared, self.started_at),
+                                 ("container.fork", self.started_at, booted),
+                                 ("shim.import", booted, imported),
+                                 ("shim.enter", imported, entered)):
+            if ready.booted_at <= 0 and name.startswith(("shim", "container.fork")):
+                continue  # an older shim: no times
+            tracing.span(name, ctx, ws, call, start=start).end(int(max(end, start) * 1e9))
+        span.end(int(max(now, entered) * 1e9))
 
     async def _await_ready(self, exit_task: asyncio.Task[int],
                            ) -> wire.Ready | wire.StartupFailed | None:

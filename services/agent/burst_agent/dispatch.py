@@ -48,6 +48,7 @@ from burst_core.schemas import (
     OutputItem,
     encode,
 )
+from burst_core.tracing import TRACEPARENT, context_of
 
 WRONG_LAST_SEQUENCE = 10071
 
@@ -63,6 +64,8 @@ class InFlight:
     timed_out: bool = False
     #: Running in the container, or waiting in line there behind the ones running.
     running: bool = True
+    #: When the agent took the input (the start of a traced call's ``agent.input`` span).
+    received: float = field(default_factory=time.time)
 
 
 class Owner(Protocol):
@@ -354,8 +357,31 @@ class InputDispatch:
                 out = self._failure(inf, "failure", "burst.exception.ExecutionError",
                                     f"the result ({len(out.payload)} bytes) cannot be stored: {e}")
         await self._complete(out, inf)
+        headers = inf.msg.headers
+        if headers and TRACEPARENT in headers:  # a traced call (rare): its agent's spans
+            self._trace(inf, done, headers)
         if self.c.retired:
             self.c.stop_if_retired()
+
+    def _trace(self, inf: InFlight, done: wire.InputDone, headers: dict[str, str]) -> None:
+        """The input's span (taken to output stored) and, within it, the user's function
+        as the shim timed it (the shim reports times; it makes no spans)."""
+        tracing = self.c.agent.tracing
+        ctx = tracing.incoming(headers)
+        if ctx is None:
+            return
+        inp = inf.inp
+        span = tracing.span("agent.input", ctx, inp.workspace, inp.call_id, start=inf.received,
+                            attributes={"burst.container_id": self.c.id,
+                                        "burst.agent_id": self.c.agent.agent_id,
+                                        "burst.attempt": inp.attempt,
+                                        "burst.status": done.status})
+        if done.started_at > 0:
+            fn = tracing.span("shim.function", context_of(span), inp.workspace, inp.call_id,
+                              start=done.started_at,
+                              attributes={"burst.function": inp.function})
+            fn.end(int(max(done.finished_at, done.started_at) * 1e9))
+        span.end()
 
     async def cancel(self, call_id: str) -> None:
         """Stop a cancelled call if it runs here (its terminated output is already stored).

@@ -18,6 +18,7 @@ from burst_agent.inputs import InputPuller
 from burst_agent.settings import AgentSettings
 from burst_core.calls.caller import Caller
 from burst_core.objects import Objects
+from burst_core.tracing import Tracing
 from burst_core.volumes import Volumes
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 class AgentHost(Protocol):
     agent_id: str
     settings: AgentSettings
+    tracing: Tracing
     nc: NATS
     js: JetStreamContext
     objects: Objects

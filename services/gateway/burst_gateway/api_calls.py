@@ -30,6 +30,7 @@ from burst_core.schemas import (
     CallRecord,
     DeploymentRecord,
 )
+from burst_gateway.api_traces import traced
 from burst_gateway.auth import Principal, principal
 from burst_gateway.errors import JSON, TOO_DEEP
 from burst_gateway.state import Gateway, GatewayDep
@@ -223,9 +224,9 @@ async def create_call(
     """
     dep = await _function(gw, p, app, fn)
     payload, fmt, ref, sid = await _call_payload(request, gw)
-    resp, replayed = await gw.caller.call_once(p.workspace, dep, fn, payload, fmt, ref, wait,
-                                               request.headers.get("idempotency-key"),
-                                               submission=sid)
+    resp, replayed = await traced(gw, request.headers, p.workspace, app, fn, lambda: (
+        gw.caller.call_once(p.workspace, dep, fn, payload, fmt, ref, wait,
+                            request.headers.get("idempotency-key"), submission=sid)))
     return _answer(request, resp, replayed)
 
 

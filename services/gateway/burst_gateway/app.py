@@ -24,6 +24,7 @@ from burst_gateway import (
     api_schedules,
     api_secrets,
     api_tokens,
+    api_traces,
     api_volumes,
     api_webhooks,
     dashboard,
@@ -79,6 +80,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_schedules.router)
     app.include_router(api_webhooks.router)
     app.include_router(api_secrets.router)
+    app.include_router(api_traces.router)
     app.include_router(api_logs.router)
     app.include_router(api_containers.router)
     app.include_router(metrics.router)

@@ -14,16 +14,18 @@ other than ``wait=<seconds>``, goes on to FastAPI, which also documents the rout
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable
 from typing import Any
 
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from burst.exception import Error, InternalError, InvalidError, PermissionDeniedError
-from burst.wire import MSGPACK
-from burst_core import logs
+from burst.wire import MSGPACK, CallResponse
+from burst_core import logs, tracing
 from burst_gateway import scopes
 from burst_gateway.api_calls import _call_decoder, decode_body
+from burst_gateway.api_traces import traced
 from burst_gateway.auth import OPERATOR, covers, denied, principal_of
 from burst_gateway.errors import error_response, unavailable_response
 from burst_gateway.state import Gateway
@@ -37,6 +39,8 @@ _CALL_SCOPE = scopes.needed("POST", "/v1/apps/{app}/functions/{fn}/calls") or OP
 _PATH = re.compile(r"/v1/apps/([^/]+)/functions/([^/]+)/calls")
 _QUERY = re.compile(rb"(?:wait=([0-9]{1,9}(?:\.[0-9]{0,9})?))?")
 _MSGPACK = MSGPACK.encode()
+_TRACEPARENT = tracing.TRACEPARENT.encode()
+_TRACE_REQUEST = tracing.TRACE_REQUEST_HEADER.encode()
 #: Requests this path answered (tests tell it from the route by this).
 served = 0
 
@@ -97,7 +101,17 @@ class FastCalls:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         req = decode_body(gw, b"".join(chunks), _call_decoder, "call request")
-        resp, _ = await gw.caller.call_once(p.workspace, dep, fn, req.payload, "pickle",
-                                            req.payload_ref, wait,
-                                            submission=req.submission_id)
+
+        def call() -> Awaitable[tuple[CallResponse, bool]]:
+            return gw.caller.call_once(p.workspace, dep, fn, req.payload, "pickle",
+                                       req.payload_ref, wait,
+                                       submission=req.submission_id)
+
+        tr = gw.tracing
+        if tr.enabled and (tr.sample or _TRACEPARENT in headers or _TRACE_REQUEST in headers):
+            resp, _ = await traced(gw, {k.decode("latin-1"): v.decode("latin-1")
+                                        for k, v in headers.items()},
+                                   p.workspace, app, fn, call)
+        else:
+            resp, _ = await call()
         return (200 if resp.status != "pending" else 202), msgspec.msgpack.encode(resp)

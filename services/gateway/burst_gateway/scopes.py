@@ -54,6 +54,8 @@ ROUTES: dict[str, str] = {
     "DELETE /v1/calls/{call_id}": "invoke",
     "GET /v1/calls/{call_id}/items": "read",
     "GET /v1/calls/{call_id}/graph": "read",
+    "GET /v1/calls/{call_id}/trace": "read",
+    "POST /v1/traces": "invoke",
     "GET /v1/maps/{map_id}/results": "read",
     "PUT /v1/blobs/{ref}": "invoke",
     "GET /v1/blobs/{ref}": "read",

@@ -23,6 +23,7 @@ from burst_core.objects import Objects
 from burst_core.schemas import DeploymentRecord, DeploymentRecordDecoder
 from burst_core.secrets import KeyRing, webhook_keys_path, write_webhook_keys
 from burst_core.service import cancel_and_wait, heartbeat_loop
+from burst_core.tracing import Tracing
 from burst_core.volumes import Volumes
 from burst_gateway.agent_figures import AgentFigures
 from burst_gateway.auth import TokenStore, Workspaces
@@ -43,6 +44,7 @@ class Gateway:
     workspaces: Workspaces
     app_versions: KeyValue
     caller: Caller
+    tracing: Tracing
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
@@ -95,6 +97,8 @@ class Gateway:
         for ws in {rec.workspace for rec in (await self.tokens.records()).values()}:
             with contextlib.suppress(InvalidError):  # (a name no rule allows: left alone)
                 await self.workspaces.create(ws, exist_ok=True)
+        self.tracing = Tracing("gateway", self.nc, s.trace_sample, s.trace_otlp_endpoint,
+                               enabled=s.tracing)
         self.caller = Caller(self.nc, self.js, self.deployment,
                              max_sync_wait=s.max_sync_wait, signal_interval=s.signal_interval)
         await self.caller.start()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import pickle
 import time
 from collections import defaultdict
@@ -29,6 +30,7 @@ from typing import Any
 
 import nats.js.errors
 from nats.js import JetStreamContext
+from opentelemetry.context import Context
 
 from burst.exception import ResourceExhaustedError
 from burst_core import apps, bus, fits, logs, names
@@ -42,10 +44,16 @@ from burst_core.schemas import (
     StopContainer,
     encode,
 )
+from burst_core.tracing import Tracing, headers_of
 from burst_scheduler import make_room, placement
 from burst_scheduler.claim import Claimer
 from burst_scheduler.settings import SchedulerSettings
 from burst_scheduler.state import ClusterState, Container, FunctionRef
+
+#: The traced call whose signal is being handled (its context, call id and acceptance
+#: time): a container placed for it gets a placement span in its trace.
+placing: contextvars.ContextVar[tuple[Context, str, float] | None] = contextvars.ContextVar(
+    "burst_placing", default=None)
 
 log = logs.get("burst.scheduler.autoscale")
 
@@ -108,6 +116,8 @@ class Autoscaler:
         #: Whether a function may get no new containers (a spent hard budget, set by
         #: :mod:`burst_scheduler.budget_stop`).
         self.blocked: Callable[[str], bool] = lambda fn_key: False
+        #: Spans of placements made for traced calls (set by the service's ``run``).
+        self.tracing: Tracing | None = None
 
     # ---- counting --------------------------------------------------------------------
     def stopping(self, c: Container, now: float) -> bool:
@@ -175,6 +185,33 @@ class Autoscaler:
                 # pass size the scale-out by the backlog now, not at its next tick.
                 self.on_backlog()
             return await self._place_n(ref, want, reason, evict=waits)
+
+    async def trace_starting(self, fn_key: str, ctx: Context, call_id: str,
+                             accepted_at: float) -> bool:
+        """A traced call placed nothing (a container was placed for its function before
+        its signal came, by an earlier call or the reconcile pass): its placement wait is
+        for the newest container still starting, whose start goes into its trace."""
+        if self.tracing is None:
+            return False
+        now = time.time()
+        starting = [c for c in self.state.containers_of(fn_key, now)
+                    if (c.view is None or c.view.state == "starting")
+                    and not self.stopping(c, now)]
+        if not starting:
+            return False
+        c = max(starting, key=lambda c: c.allocation.placed_at)
+        ref = self.state.function(fn_key)
+        ws = ref.deployment.workspace if ref is not None else fn_key.split(".")[0]
+        span = self.tracing.span("scheduler.placement", ctx, ws, call_id, start=accepted_at,
+                                 attributes={"burst.container_id": c.container_id,
+                                             "burst.agent_id": c.agent_id,
+                                             "burst.placed_before": True})
+        try:
+            await self.js._nc.publish(names.trace_container_subject(c.agent_id),
+                                      c.container_id.encode(), headers=headers_of(span, call_id))
+        finally:
+            span.end()
+        return True
 
     async def place_more(self, fn_key: str, n: int, reason: str) -> int:
         """Place ``n`` more containers for ``fn_key`` (the caller sized ``n``)."""
@@ -304,9 +341,20 @@ class Autoscaler:
             placed_at=claim.placed_at,
             app_name=ref.deployment.name,
         )
+        traced = placing.get()
+        span = headers = None
+        if traced is not None and self.tracing is not None:
+            # The placement wait of a traced call: from its acceptance to this order.
+            ctx, call_id, accepted_at = traced
+            span = self.tracing.span("scheduler.placement", ctx, ref.deployment.workspace,
+                                     call_id, start=accepted_at,
+                                     attributes={"burst.container_id": claim.container_id,
+                                                 "burst.agent_id": claim.agent_id})
+            headers = headers_of(span, call_id)
         try:
             await bus.publish(self.js, names.agent_orders_subject(claim.agent_id),
-                              encode(order), msg_id=f"place-{claim.container_id}")
+                              encode(order), msg_id=f"place-{claim.container_id}",
+                              headers=headers)
         except Exception as e:
             # The agent never heard of it: give the resources back so they are not held
             # by a container that will never exist.
@@ -314,6 +362,8 @@ class Autoscaler:
             with contextlib.suppress(Exception):
                 await self.claimer.release(claim.agent_id, claim.container_id)
             return False
+        if span is not None:
+            span.end()
         self.placed += 1
         flog.info("container_placed", gpu_indices=list(claim.gpu_indices),
                   revision=claim.revision)

@@ -36,6 +36,8 @@ from burst_core.schemas import (
     InputAcceptedDecoder,
 )
 from burst_core.service import cancel_and_wait, heartbeat_loop
+from burst_core.tracing import Tracing
+from burst_scheduler import autoscale
 from burst_scheduler.autoscale import Autoscaler
 from burst_scheduler.budget_stop import BudgetStop
 from burst_scheduler.claim import Claimer
@@ -64,6 +66,8 @@ class Scheduler:
         self._signals: bus.Consumer | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._started = False
+        #: Spans of placements for traced calls (None: not traced; set by ``run``).
+        self.tracing: Tracing | None = None
 
     async def start(self, decide: bool = True) -> None:
         """Follow the cluster; with ``decide``, run the decision loops at once too (else
@@ -72,6 +76,7 @@ class Scheduler:
         agents_kv = await self.js.key_value(names.KV_AGENTS)
         self.claimer = Claimer(agents_kv, self.state, s.overcommit, s.claim_attempts)
         self.autoscaler = Autoscaler(self.js, self.state, self.claimer, s)
+        self.autoscaler.tracing = self.tracing
         self.reconciler = Reconciler(self.js, self.state, self.autoscaler, self.pools)
         self.autoscaler.on_backlog = self.reconciler.wake.set
         self.lost_agents = LostAgents(self.js, agents_kv, await self.js.key_value(
@@ -174,7 +179,19 @@ class Scheduler:
             signal = InputAcceptedDecoder.decode(msg.data)
         except msgspec.DecodeError as e:
             raise bus.Reject(f"undecodable input.accepted: {e}") from e
-        await self.autoscaler.scale_for_work(signal.fn_key, "input_accepted")
+        ctx = (self.autoscaler.tracing.incoming(msg.headers)
+               if msg.headers and self.autoscaler.tracing is not None else None)
+        if ctx is None:
+            await self.autoscaler.scale_for_work(signal.fn_key, "input_accepted")
+            return
+        # A traced call's signal: a container placed for it is part of its trace.
+        token = autoscale.placing.set((ctx, signal.call_id, signal.at))
+        try:
+            placed = await self.autoscaler.scale_for_work(signal.fn_key, "input_accepted")
+        finally:
+            autoscale.placing.reset(token)
+        if not placed:
+            await self.autoscaler.trace_starting(signal.fn_key, ctx, signal.call_id, signal.at)
 
     async def _every(self, interval: float, step: Callable[[], Awaitable[Any]],
                      name: str) -> None:
@@ -245,6 +262,9 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event) -> None:
     await bus.ensure_topology(js, settings.topology())
     redis = aioredis.Redis.from_url(settings.redis_url)
     scheduler = Scheduler(settings, js, redis)
+    scheduler.tracing = Tracing("scheduler", nc, settings.trace_sample,
+                                settings.trace_otlp_endpoint,
+                                enabled=settings.tracing)
     started.append(scheduler)
     await scheduler.start(decide=False)
     lease = Lease(await js.key_value(names.KV_LEASES), names.LEASE_SCHEDULER,

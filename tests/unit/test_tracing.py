@@ -1,0 +1,103 @@
+"""Tracing's sampling, propagation and span records (burst_core.tracing), the gateway's
+trace request header, and the CLI's span tree."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+import pytest
+from opentelemetry import trace
+
+from burst.cli.trace import tree_of
+from burst.exception import InvalidError
+from burst_core import tracing
+from burst_gateway.api_traces import wants_trace
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+
+
+class FakeNC:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+
+    async def publish(self, subject: str, data: bytes, **_: Any) -> None:
+        self.published.append((subject, data))
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5])
+def test_a_sample_share_outside_0_to_1_is_refused(share: float) -> None:
+    with pytest.raises(ValueError, match=rf"BURST_TRACE_SAMPLE={share}.*from 0"):
+        tracing.check_sample(share)
+
+
+async def test_nothing_is_traced_by_default_and_a_request_or_share_traces() -> None:
+    off = tracing.Tracing("t", FakeNC())
+    assert off.decide({}) is None
+    assert off.decide({"traceparent": f"00-{TRACE}-{PARENT}-00"}) is None  # not sampled
+    assert off.decide({}, forced=True) is not None
+    ctx = off.decide({"traceparent": f"00-{TRACE}-{PARENT}-01"})
+    assert ctx is not None
+    sc = trace.get_current_span(ctx).get_span_context()
+    assert format(sc.trace_id, "032x") == TRACE and format(sc.span_id, "016x") == PARENT
+    assert tracing.Tracing("t", FakeNC(), sample=1.0).decide({}) is not None
+    with pytest.raises(ValueError, match="BURST_TRACE_SAMPLE"):
+        tracing.Tracing("t", FakeNC(), sample=2.0)
+    # BURST_TRACING=0: nothing is traced, whoever asks.
+    disabled = tracing.Tracing("t", FakeNC(), sample=1.0, enabled=False)
+    assert disabled.decide({"traceparent": f"00-{TRACE}-{PARENT}-01"}, forced=True) is None
+
+
+async def test_spans_of_a_call_go_to_its_subject_with_parents() -> None:
+    nc = FakeNC()
+    t = tracing.Tracing("gateway", nc)
+    ctx = t.decide({"traceparent": f"00-{TRACE}-{PARENT}-01"})
+    span = t.span("gateway.call", ctx, "ws1", "fc-1", start=100.0)
+    headers = tracing.headers_of(span, "fc-1")
+    assert headers["traceparent"].startswith(f"00-{TRACE}-") and headers["traceparent"][-2:] == "01"
+    child = t.span("agent.input", t.incoming(headers), "ws1", "fc-1", start=100.5)
+    child.end(int(101e9))
+    span.end(int(102e9))
+    t.span("no call", ctx, "ws1").end()  # not a call's span: not kept
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert [s for s, _ in nc.published] == ["burst.traces.ws1.fc-1"] * 2
+    child_rec, parent_rec = (tracing.span_decoder.decode(d) for _, d in nc.published)
+    assert (parent_rec.name, parent_rec.parent_id, parent_rec.trace_id) == (
+        "gateway.call", PARENT, TRACE)
+    assert child_rec.parent_id == parent_rec.span_id
+    assert (child_rec.start, child_rec.end, child_rec.call_id) == (100.5, 101.0, "fc-1")
+    assert "burst.workspace" not in child_rec.attributes
+    t.shutdown()
+
+
+def test_the_trace_request_header() -> None:
+    assert not wants_trace({})
+    assert wants_trace({"x-burst-trace": "1"}) and wants_trace({"x-burst-trace": "True"})
+    assert not wants_trace({"x-burst-trace": "0"})
+    with pytest.raises(InvalidError, match="X-Burst-Trace: 'sure'"):
+        wants_trace({"x-burst-trace": "sure"})
+
+
+def test_the_cli_tree_nests_by_parent_and_keeps_orphans_as_roots() -> None:
+    def span(sid: str, parent: str, start: float) -> dict[str, Any]:
+        return msgspec.to_builtins(tracing.SpanRecord(
+            trace_id=TRACE, span_id=sid, parent_id=parent, name=sid, service="s",
+            start=start, end=start + 1)) | {"parent_id": parent}
+
+    spans = [span("c2", "a", 3), span("a", "", 1), span("c1", "a", 2), span("o", "gone", 0)]
+    forest = tree_of(spans)
+    assert [r[0]["span_id"] for r in forest] == ["o", "a"]
+    assert [c[0]["span_id"] for c in forest[1][1]] == ["c1", "c2"]
+
+
+def test_trace_retention_setting() -> None:
+    from burst_core.bus.topology import trace_retention
+
+    assert trace_retention({}) == 86400.0
+    assert trace_retention({"BURST_TRACE_RETENTION": "60"}) == 60.0
+    for bad in ("soon", "0", "-5", "inf"):
+        with pytest.raises(ValueError, match=f"BURST_TRACE_RETENTION='{bad}'.*seconds"):
+            trace_retention({"BURST_TRACE_RETENTION": bad})
