@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import sys
 import sysconfig
 import tarfile
@@ -59,9 +60,13 @@ def local_modules(root: Path, modules: dict[str, ModuleType] | None = None) -> l
         if name.split(".")[0] in _BURST_PACKAGES:
             continue
         f = getattr(mod, "__file__", None)
-        if not f or not f.endswith(".py"):
+        # Only real source files: some modules carry a made-up, relative __file__ (torch's
+        # ``torch.classes`` says "_classes.py"), which would resolve into the app's folder.
+        if not isinstance(f, str) or not f.endswith(".py") or not os.path.isabs(f):
             continue
         path = Path(f).resolve()
+        if not path.is_file():
+            continue
         if not _is_under(path, root) or any(_is_under(path, r) for r in excluded):
             continue
         rel = path.relative_to(root)
