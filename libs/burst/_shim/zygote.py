@@ -17,9 +17,9 @@ takes its environment, as a fresh unsandboxed interpreter would have.
 Before ``ready`` the zygote imports the modules ``BURST_ZYGOTE_IMPORTS`` names (comma
 separated: what the functions' images declare they import, e.g. ``torch``), so a
 container's first import of them is already done. CUDA must be initialised only after the
-fork, in the container: a zygote in which an import initialised it (the CUDA driver mapped,
-or ``torch.cuda.is_initialized()``) says so instead of ``ready`` and exits, and the agent
-starts its containers as fresh interpreters.
+fork, in the container: a zygote in which an import initialised it (the driver answering a
+query that needs ``cuInit``, or ``torch.cuda.is_initialized()``) says so instead of
+``ready`` and exits, and the agent starts its containers as fresh interpreters.
 
 Invariants: the holder exits with the container's exit code (the keeper writes it), and
 with EOF if the keeper dies; a keeper whose reply socket closes before ``go`` kills what
@@ -266,15 +266,10 @@ def preimport(names: list[str]) -> list[str]:
 
 
 def cuda_initialised() -> str:
-    """Why CUDA counts as initialised in this process ('' when it is not): the driver
-    library mapped, or PyTorch saying so. A forked child cannot use a parent's CUDA."""
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                if "libcuda.so" in line:
-                    return f"the CUDA driver is loaded ({line.split()[-1]})"
-    except OSError:
-        pass
+    """Why CUDA counts as initialised in this process ('' when it is not): PyTorch saying
+    so, or the driver answering a query that needs ``cuInit``. The driver library merely
+    mapped is not initialisation (importing torch maps it, and a child forked then still
+    initialises CUDA itself); a forked child cannot use a parent's initialised CUDA."""
     torch = sys.modules.get("torch")
     if torch is not None:
         try:
@@ -282,6 +277,22 @@ def cuda_initialised() -> str:
                 return "torch.cuda.is_initialized() is true"
         except Exception:  # noqa: BLE001 - a torch without CUDA support
             pass
+    try:
+        with open("/proc/self/maps") as f:
+            mapped = sorted({line.split()[-1] for line in f if "libcuda.so" in line})
+    except OSError:
+        mapped = []
+    for path in mapped:
+        try:
+            import ctypes
+
+            count = ctypes.c_int(0)
+            # CUDA_ERROR_NOT_INITIALIZED (3) until cuInit ran; 0 once it did.
+            rc = ctypes.CDLL(path).cuDeviceGetCount(ctypes.byref(count))
+        except (OSError, AttributeError):
+            continue
+        if rc == 0:
+            return f"the CUDA driver was initialised ({path})"
     return ""
 
 
