@@ -90,6 +90,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: The ports each part listens on: its ``Part.ports`` key -> the role in ``DEFAULT_PORTS``.
+PART_PORTS = {"nats": {"client": "nats", "monitor": "nats_monitor"},
+              "redis": {"client": "redis"}, "gateway": {"http": "gateway", "web": "web"}}
+#: How many times `burst up` starts again, with new ports, when a part could not bind its
+#: port (another process took it between the check and the bind).
+BIND_RETRIES = 3
+
+
+class PortTaken(UnavailableError):
+    """A part exited while starting because one of its ports was taken meanwhile."""
+
+    def __init__(self, message: str, roles: list[str]) -> None:
+        super().__init__(message)
+        self.roles = roles
+
+
+def bind_failed(log: str | Path) -> bool:
+    """Whether a part's log ends with a failure to listen on a port taken by another process
+    (nats-server, redis-server and uvicorn all say "address already in use")."""
+    try:
+        text = Path(log).read_text(errors="replace")
+    except OSError:
+        return False
+    return "address already in use" in text.lower()
+
+
 def pick_ports(defaults: dict[str, int]) -> dict[str, int]:
     """The default port of each role, or a free one where the default is taken."""
     chosen: dict[str, int] = {}
@@ -311,6 +337,11 @@ def wait_healthy(
             dead = launcher.exited()
             if dead is not None:
                 code = launcher.procs[dead.name].returncode
+                if bind_failed(dead.log):
+                    taken = ", ".join(str(p) for p in dead.ports.values())
+                    raise PortTaken(f"{dead.name} could not listen on its port ({taken}): "
+                                    f"taken by another process meanwhile",
+                                    list(PART_PORTS.get(dead.name, {}).values()))
                 raise _failed(dead, f"{dead.name} exited with status {code} while starting")
             reason = probe()
             if reason is None:
@@ -486,7 +517,31 @@ def start_cluster(
 ) -> tuple[ClusterState, Profile]:
     """Start every part, wait until the cluster is healthy, then the supervisor that
     restarts parts that exit (unless ``supervise`` turns it off); on any failure stop them
-    all."""
+    all. A part that could not bind its port (taken by another process since ``ports``
+    were picked) makes it start again with new ports for that part, up to
+    ``BIND_RETRIES`` times, before the profile is written."""
+    for attempt in range(BIND_RETRIES + 1):
+        try:
+            return _start_cluster_once(home, ports, gpus, spot, timeout, progress, runtime,
+                                       supervise)
+        except PortTaken as e:
+            if attempt == BIND_RETRIES:
+                raise
+            ports = dict(ports)
+            for role in e.roles:
+                old = ports[role]
+                others = {port for r, port in ports.items() if r != role}
+                while ports[role] == old or ports[role] in others:
+                    ports[role] = free_port()
+                progress.step(f"port {old} ({role}) was taken meanwhile: "
+                              f"starting again with {ports[role]}")
+    raise AssertionError("unreachable")
+
+
+def _start_cluster_once(
+    home: Path, ports: dict[str, int], gpus: str, spot: bool, timeout: float, progress: Steps,
+    runtime: str, supervise: _supervisor.SupervisorSettings | None,
+) -> tuple[ClusterState, Profile]:
     supervise = supervise or _supervisor.SupervisorSettings()
     if runtime == "docker":
         ensure_docker(progress)

@@ -218,8 +218,21 @@ class Supervisor:
         delay = self.settings.delay(quick)
         self.quick_exits[part.name] = quick + 1
         self.due[part.name] = now + delay
+        # Its ports stay its own (the profile and the other parts name them): one that
+        # another process took meanwhile is said plainly, and the restarts go on until
+        # it is free again.
+        from burst._cluster import port_is_free  # (that module imports this one)
+
+        taken = [port for port in part.ports.values() if not port_is_free(port)]
+        if taken:
+            part.last_exit += (f" (port {', '.join(map(str, taken))} taken by another "
+                               f"process)")
         self.log(f"{part.name} (pid {part.pid}) {part.last_exit} after {ran:.1f} s; "
                  f"restarting it in {delay:g} s")
+        if taken:
+            self.log(f"{part.name} keeps its port {', '.join(map(str, taken))}, which another "
+                     f"process holds now: it cannot listen until that one is free (or run "
+                     f"`burst down` and `burst up` for new ports)")
         self._record()
 
     def _restart(self, part: Part) -> None:

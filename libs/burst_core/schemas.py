@@ -567,6 +567,9 @@ class Placement(_Wire, kw_only=True):
     placed_at: float
     #: An ephemeral run's app name (``app`` is its id): what its metering is billed under.
     app_name: str = ""
+    #: Set after enough failed starts of the function in a row: if this container fails
+    #: to start too (whatever the reason), it answers the waiting calls with the error.
+    fail_calls_on_start_error: bool = False
 
 
 class StopContainer(_Wire, kw_only=True):

@@ -18,7 +18,15 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from burst._cluster import DEFAULT_PORTS, HOST, Launcher, pick_ports, wait_healthy
+from burst._cluster import (
+    DEFAULT_PORTS,
+    HOST,
+    Launcher,
+    PortTaken,
+    pick_ports,
+    start_cluster,
+    wait_healthy,
+)
 from burst._parts import Part, all_procs, is_alive, members, proc_info
 from burst.cli.cluster import Progress
 from burst.client import Client
@@ -324,6 +332,51 @@ def test_wait_healthy_fails_fast_when_a_part_exits(tmp_path: Path) -> None:
         )
     assert time.monotonic() - started < 5
     assert "port in use" in "".join(e.value.__notes__)
+
+
+def test_wait_healthy_tells_a_port_taken_meanwhile(tmp_path: Path) -> None:
+    launcher = Launcher(tmp_path)
+    launcher.start("gateway", ["sh", "-c", "echo 'ERROR: [Errno 98] error while attempting to "
+                                           "bind on address: address already in use'; exit 3"],
+                   {}, http=1, web=2)
+    with pytest.raises(PortTaken, match="gateway could not listen on its port") as e:
+        wait_healthy(launcher, [("gateway", lambda: "gateway: not yet")],
+                     time.monotonic() + 30, Progress(Console(file=io.StringIO())), 30)
+    assert e.value.roles == ["gateway", "web"]
+
+
+@pytest.mark.e2e
+def test_up_starts_again_on_new_ports_when_a_port_is_taken_after_the_check(
+        env: dict[str, str]) -> None:
+    """Another cluster may bind a port between `burst up`'s check and its part's bind: the
+    part exits ("address already in use") and the cluster starts again with a new port,
+    before the profile is written."""
+    blocker = socket.socket()
+    blocker.bind((HOST, 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    ports = {**pick_ports(DEFAULT_PORTS), "gateway": taken}  # as if taken after the pick
+    out = io.StringIO()
+    home = home_of(env)
+    home.mkdir(parents=True, exist_ok=True)
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)  # the services' environment is this process's
+    try:
+        state, profile = start_cluster(home, ports, "", False, UP_TIMEOUT,
+                                       Progress(Console(file=out)))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        blocker.close()
+    try:
+        gateway = next(p for p in state.parts if p.name == "gateway")
+        assert gateway.ports["http"] != taken
+        assert profile.url == f"http://{HOST}:{gateway.ports['http']}"
+        assert f"port {taken} (gateway) was taken meanwhile" in out.getvalue()
+        assert burst(env, "status").returncode == 0
+    finally:
+        assert burst(env, "down").returncode == 0
 
 
 def test_members_never_claim_a_reused_process_id() -> None:

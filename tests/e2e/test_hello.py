@@ -452,3 +452,53 @@ def test_code_that_cannot_start_in_the_container_fails_the_call(cluster: Cluster
     proc = cluster.burst("run", str(app), check=True, timeout=60)
     assert "failed to start: container failed to start" in proc.stdout
     assert "broken only inside the container" in proc.stdout
+
+
+def test_containers_that_keep_failing_to_start_fail_the_waiting_call(cluster: Cluster,
+                                                                     tmp_path: Path) -> None:
+    """A platform fault at start (here the app's bundle is corrupt in the store, so no
+    agent can unpack it) is retried with backoff, and after
+    BURST_START_FAILURES_TO_FAIL_CALLS failed starts in a row (3) the waiting call fails
+    with the start error instead of waiting for minutes."""
+    import subprocess
+    import sys
+
+    import msgspec
+    import nats
+
+    app = write_app(tmp_path, """
+        import burst
+
+        app = burst.App("badbundle")
+
+        @app.function()
+        def f():
+            return "ran"
+    """)
+    cluster.burst("deploy", str(app), check=True)
+
+    async def corrupt() -> None:
+        nc = await nats.connect(_nats_url(cluster))
+        js = nc.jetstream()
+        record = msgspec.msgpack.decode(
+            (await (await js.key_value("burst_deployments")).get("default.badbundle")).value)
+        bundles = await js.object_store("burst_bundles")
+        await bundles.put(f"default/{record['bundle_hash']}", b"not a bundle")
+        await nc.close()
+
+    asyncio.run(corrupt())
+    code = ("import burst, time\n"
+            "t0 = time.time()\n"
+            "try:\n"
+            "    print(burst.Function.from_name('badbundle', 'f').remote())\n"
+            "except burst.exception.ExecutionError as e:\n"
+            "    print(f'after {time.time() - t0:.1f} s:', e)\n")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], env=cluster.env,
+                              capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError("the call still waits on containers that cannot start") from e
+    assert "container failed to start" in proc.stdout and "corrupt" in proc.stdout, (
+        proc.stdout, proc.stderr)
+    # Not the first failed start: a transient fault is retried.
+    assert cluster.log("agent").count("corrupt") >= 3, cluster.log("agent")[-3000:]

@@ -1071,7 +1071,7 @@ def test_a_request_waiting_for_a_slot_moves_to_a_new_container_on_another_agent(
     scheduler's second container, on the other agent, is ready; it runs there, not after
     a slot frees on the first."""
     import burst
-    from tests.e2e.test_failover import Agents, wait_agents_live
+    from tests.reliability.test_agents import Agents, wait_agents_live
     from tests.waiting import eventually
 
     agents = Agents(cluster, tmp_path)

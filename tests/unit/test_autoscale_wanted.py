@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from burst_core.schemas import (
     Allocation,
     ContainerView,
@@ -126,3 +128,12 @@ def test_containers_crashing_idle_back_off_as_failed_starts() -> None:
     assert left(110.0) == 1.0
     stopped(111.0, "oom")
     assert left(111.0) == 2.0
+
+
+def test_start_failures_to_fail_calls_must_be_at_least_one() -> None:
+    from burst_scheduler.settings import SchedulerSettings
+
+    assert SchedulerSettings(start_failures_to_fail_calls=1).start_failures_to_fail_calls == 1
+    with pytest.raises(ValueError, match="BURST_START_FAILURES_TO_FAIL_CALLS=0 must be at "
+                                         "least 1"):
+        SchedulerSettings(start_failures_to_fail_calls=0)

@@ -115,6 +115,35 @@ def test_a_part_that_exits_is_restarted_and_stop_leaves_none_behind(tmp_path: Pa
         (tmp_path / "logs" / "supervisor.log").read_text()
 
 
+def test_a_part_whose_port_was_taken_keeps_it_and_says_so(tmp_path: Path) -> None:
+    import socket
+
+    launcher = Launcher(tmp_path)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        # The part "listened" on that port; once it is gone, another process binds it.
+        launcher.start("gateway", ["sleep", "60"], {"PATH": os.environ["PATH"]}, http=port)
+        write_state(tmp_path, ClusterState(home=str(tmp_path), url="", started_at=time.time(),
+                                           parts=launcher.parts))
+        sup = _supervisor.start(tmp_path, FAST, launcher.commands)
+        try:
+            holder.listen()
+            os.kill(_recorded(tmp_path, "gateway").pid, signal.SIGKILL)
+            part = eventually(lambda: (p := _recorded(tmp_path, "gateway")).restarts >= 1 and p,
+                              10, "the part is restarted")
+            assert f"(port {port} taken by another process)" in part.last_exit
+            assert part.ports == {"http": port}  # restarted on the port its clients know
+            log = (tmp_path / "logs" / "supervisor.log").read_text()
+            assert f"gateway keeps its port {port}, which another process holds now" in log
+        finally:
+            state = read_state(tmp_path)
+            assert state is not None
+            stop_parts(_supervisor.stop(tmp_path, state).parts)
+            launcher.stop_all()
+    assert not is_alive(sup.pid, sup.started)
+
+
 def test_a_supervisor_that_cannot_start_says_why(tmp_path: Path) -> None:
     with pytest.raises(UnavailableError, match="the supervisor exited with status 1") as e:
         _supervisor.start(tmp_path, FAST, {})  # no cluster.json to supervise

@@ -264,12 +264,19 @@ class Container:
             await self.dispatch.fail_waiting()
         except Exception as e:
             self.log.exception("container_failed", error=repr(e))
+            unstopped = not self.stop_reason  # (not a stop order cut the start short)
             self.stop_reason = self.stop_reason or "failed_to_start"
             self.detail = self.detail or repr(e)
             if self.handle is not None:
                 self.handle.signal(SIGKILL)
                 with contextlib.suppress(Exception):
                     exit_code = await self.handle.wait()
+            if (unstopped and self.state == "starting"
+                    and self.placement.fail_calls_on_start_error):
+                # The function's containers keep failing to start (the scheduler counted
+                # them): the waiting callers get the error instead of waiting on.
+                await self._log_line("stderr", f"container failed to start: {self.detail}", "")
+                await self.dispatch.fail_waiting()
         finally:
             self.state = "stopping"
             self._set_stopping()

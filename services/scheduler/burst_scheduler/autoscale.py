@@ -340,6 +340,8 @@ class Autoscaler:
             spot=claim.spot,
             placed_at=claim.placed_at,
             app_name=ref.deployment.name,
+            fail_calls_on_start_error=self._start_failures.get(ref.fn_key, (0, 0.0))[0] + 1
+            >= self.settings.start_failures_to_fail_calls,
         )
         traced = placing.get()
         span = headers = None

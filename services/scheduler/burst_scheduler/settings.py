@@ -28,6 +28,11 @@ class SchedulerSettings(CommonSettings):
     #: (One that dies with inputs running fails them: their retries pace them.)
     start_backoff_initial: float = 1.0
     start_backoff_max: float = 60.0
+    #: The container placed after this many failed starts in a row (counting itself)
+    #: answers the function's waiting calls with its start error if it fails too, as the
+    #: user's own start errors do: a transient fault is retried, a lasting one is not
+    #: waited on for minutes.
+    start_failures_to_fail_calls: int = 3
     #: A stop order the agent has neither acted on nor refused (the container is still
     #: idle since the same moment) is sent again after this many seconds.
     stop_order_retry: float = 10.0
@@ -58,3 +63,9 @@ class SchedulerSettings(CommonSettings):
     client_timeout: float = 10.0
     #: Seconds between the client reaper's passes.
     client_reap_interval: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.start_failures_to_fail_calls < 1:
+            raise ValueError(f"setting BURST_START_FAILURES_TO_FAIL_CALLS="
+                             f"{self.start_failures_to_fail_calls} must be at least 1 (1: the "
+                             f"first failed start fails the waiting calls)")
