@@ -523,7 +523,7 @@ def start_cluster(
     for attempt in range(BIND_RETRIES + 1):
         try:
             return _start_cluster_once(home, ports, gpus, spot, timeout, progress, runtime,
-                                       supervise)
+                                       supervise, listen)
         except PortTaken as e:
             if attempt == BIND_RETRIES:
                 raise
@@ -540,7 +540,7 @@ def start_cluster(
 
 def _start_cluster_once(
     home: Path, ports: dict[str, int], gpus: str, spot: bool, timeout: float, progress: Steps,
-    runtime: str, supervise: _supervisor.SupervisorSettings | None,
+    runtime: str, supervise: _supervisor.SupervisorSettings | None, listen: str = "",
 ) -> tuple[ClusterState, Profile]:
     supervise = supervise or _supervisor.SupervisorSettings()
     if runtime == "docker":
