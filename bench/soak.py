@@ -40,6 +40,7 @@ import sys
 import textwrap
 import threading
 import time
+import tracemalloc
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,15 @@ class Soak:
         """Issue operations at the rate for ``seconds``; returns how many were issued."""
         start = time.monotonic()
         n = 0
-        futures = []
+        # Only the operations still running are held (a list of every future made the
+        # client's own memory grow with the run's length).
+        pending: set[concurrent.futures.Future[None]] = set()
+        held = threading.Lock()
+
+        def finished(f: concurrent.futures.Future[None]) -> None:
+            with held:
+                pending.discard(f)
+
         while True:
             due = start + n / self.rate
             if due - start >= seconds:
@@ -190,9 +199,14 @@ class Soak:
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            futures.append(pool.submit(self.one, n, due))
+            f = pool.submit(self.one, n, due)
+            with held:
+                pending.add(f)
+            f.add_done_callback(finished)
             n += 1
-        concurrent.futures.wait(futures, timeout=300)
+        with held:
+            left = list(pending)
+        concurrent.futures.wait(left, timeout=300)
         return n
 
     def reset(self) -> None:
@@ -215,6 +229,9 @@ def main() -> None:
     ap.add_argument("--result-retention", type=float, default=None,
                     help="seconds the cluster keeps outputs and call records "
                          "(BURST_RESULT_RETENTION; default Burst's 7 days; >= 120)")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="trace this client's allocations; report the lines whose memory "
+                         "grew most over the measured run")
     ap.add_argument("--recent-outputs", type=int, default=None,
                     help="outputs the gateway keeps in memory (BURST_RECENT_OUTPUTS)")
     args = ap.parse_args()
@@ -235,6 +252,8 @@ def main() -> None:
         settings["BURST_RECENT_OUTPUTS"] = str(args.recent_outputs)
 
     load_start = os.getloadavg()
+    if args.tracemalloc:
+        tracemalloc.start(4)
     with LocalCluster("burst-soak-", **settings) as c:
         app = Path(c.home) / "soak_app.py"
         app.write_text(textwrap.dedent(APP))
@@ -250,9 +269,18 @@ def main() -> None:
             sampler = Sampler(c.home, args.sample)
             sampler.take()
             sampler.start()
+            snap0 = tracemalloc.take_snapshot() if args.tracemalloc else None
             t0 = time.monotonic()
             issued = soak.run(args.minutes * 60, pool)
             elapsed = time.monotonic() - t0
+            client_growth = None
+            if snap0 is not None:
+                diff = tracemalloc.take_snapshot().compare_to(snap0, "traceback")
+                client_growth = [
+                    {"kb": round(d.size_diff / 1024, 1), "count": d.count_diff,
+                     "where": [f"{f.filename.split('/libs/')[-1]}:{f.lineno}"
+                               for f in d.traceback]}
+                    for d in diff[:8]]
             sampler.stop.set()
             sampler.join()
             sampler.take()
@@ -277,6 +305,7 @@ def main() -> None:
                        "peak": max(x["rss_mb"].get(n, 0) for x in sampler.samples),
                        "growth": growth.get(n)} for n in rss_start},
         "samples": sampler.samples,
+        **({"client_growth": client_growth} if client_growth is not None else {}),
         "settings": settings,
         "restarted": restarted,
         "max_rss_growth": max(growth.values()) if growth else None,
