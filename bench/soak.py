@@ -1,6 +1,7 @@
 """Soak: a fixed rate of mixed calls (remote, spawn, map) for N minutes on one machine.
 
     .venv/bin/python bench/soak.py [--minutes 10] [--rate 12] [--map-size 8] [--warmup 60]
+        [--sample 60] [--result-retention SECONDS] [--recent-outputs N]
 
 A local cluster of its own (`burst up` in a fresh home) gets operations at a fixed rate,
 issued on schedule by a pool of client threads (a slow operation never delays the next
@@ -15,7 +16,17 @@ object:
   client machine could not keep the rate);
 - ``rss_mb``: each process's resident memory (the cluster's parts, this client) at the
   end of the warm-up and at the end, and its growth (target: at most 10%);
+- ``samples``: every ``--sample`` seconds from the end of the warm-up, each process's
+  resident memory and the outputs stream's and call records' messages and bytes (from
+  nats-server's monitoring endpoint), also printed to stderr as they come, so a plateau
+  (or a leak) is visible; ``rss_mb`` adds each process's peak;
 - ``load``: the machine's load average at the start and the end (it may be shared).
+
+The cluster keeps results for ``--result-retention`` seconds (default: Burst's 7 days):
+nats-server's memory grows with the outputs and call records it holds until they
+expire, so only a run longer than the retention shows its plateau (at least 120 s: the
+streams' duplicate window). ``--recent-outputs`` sets the gateway's in-memory cache of
+recent outputs (``BURST_RECENT_OUTPUTS``), which fills at the call rate until full.
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ import sys
 import textwrap
 import threading
 import time
+import tracemalloc
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +78,59 @@ def processes(home: Path) -> dict[str, int]:
     found = {p["name"]: int(p["pid"]) for p in state["parts"]}
     found["client"] = os.getpid()
     return found
+
+
+def nats_monitor(home: Path) -> int | None:
+    state = json.loads((home / "cluster.json").read_text())
+    for p in state["parts"]:
+        if p["name"] == "nats" and p.get("ports", {}).get("monitor"):
+            return int(p["ports"]["monitor"])
+    return None
+
+
+def stream_state(port: int | None) -> dict[str, dict[str, int]]:
+    """Messages and bytes of each JetStream stream (KV buckets are streams ``KV_*``)."""
+    if port is None:
+        return {}
+    try:
+        with urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/jsz?streams=true", timeout=5) as r:
+            jsz = json.loads(r.read())
+    except (OSError, ValueError):
+        return {}
+    found = {}
+    for acc in jsz.get("account_details") or []:
+        for st in acc.get("stream_detail") or []:
+            found[st["name"]] = {"messages": st["state"]["messages"],
+                                 "bytes": st["state"]["bytes"]}
+    return found
+
+
+class Sampler(threading.Thread):
+    """Every ``every`` seconds: each process's RSS and the streams' sizes."""
+
+    WATCH = ("BURST_OUTPUTS", "KV_burst_calls", "KV_burst_idempotency", "KV_burst_maps")
+
+    def __init__(self, home: Path, every: float) -> None:
+        super().__init__(daemon=True)
+        self.home, self.every = home, every
+        self.port = nats_monitor(home)
+        self.samples: list[dict[str, Any]] = []
+        self.stop = threading.Event()
+        self.t0 = time.monotonic()
+
+    def take(self) -> None:
+        procs = processes(self.home)
+        streams = stream_state(self.port)
+        sample = {"t_s": round(time.monotonic() - self.t0),
+                  "rss_mb": {n: round(rss_mb(pid) or 0, 1) for n, pid in procs.items()},
+                  "streams": {k: v for k, v in streams.items() if k in self.WATCH}}
+        self.samples.append(sample)
+        print(json.dumps(sample), file=sys.stderr, flush=True)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            self.take()
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -117,7 +183,15 @@ class Soak:
         """Issue operations at the rate for ``seconds``; returns how many were issued."""
         start = time.monotonic()
         n = 0
-        futures = []
+        # Only the operations still running are held (a list of every future made the
+        # client's own memory grow with the run's length).
+        pending: set[concurrent.futures.Future[None]] = set()
+        held = threading.Lock()
+
+        def finished(f: concurrent.futures.Future[None]) -> None:
+            with held:
+                pending.discard(f)
+
         while True:
             due = start + n / self.rate
             if due - start >= seconds:
@@ -125,9 +199,14 @@ class Soak:
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            futures.append(pool.submit(self.one, n, due))
+            f = pool.submit(self.one, n, due)
+            with held:
+                pending.add(f)
+            f.add_done_callback(finished)
             n += 1
-        concurrent.futures.wait(futures, timeout=300)
+        with held:
+            left = list(pending)
+        concurrent.futures.wait(left, timeout=300)
         return n
 
     def reset(self) -> None:
@@ -145,15 +224,37 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=60.0,
                     help="seconds at the rate before memory and latencies are measured")
     ap.add_argument("--threads", type=int, default=32, help="client threads issuing calls")
+    ap.add_argument("--sample", type=float, default=60.0,
+                    help="seconds between memory samples during the measured run")
+    ap.add_argument("--result-retention", type=float, default=None,
+                    help="seconds the cluster keeps outputs and call records "
+                         "(BURST_RESULT_RETENTION; default Burst's 7 days; >= 120)")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="trace this client's allocations; report the lines whose memory "
+                         "grew most over the measured run")
+    ap.add_argument("--recent-outputs", type=int, default=None,
+                    help="outputs the gateway keeps in memory (BURST_RECENT_OUTPUTS)")
     args = ap.parse_args()
-    for name in ("minutes", "rate", "warmup"):
+    for name in ("minutes", "rate", "warmup", "sample"):
         if not getattr(args, name) > 0:
             ap.error(f"--{name.replace('_', '-')} must be > 0 (got {getattr(args, name)!r})")
     if args.map_size < 1 or args.threads < 1:
         ap.error(f"--map-size and --threads must be >= 1 (got {args.map_size}, {args.threads})")
+    if args.result_retention is not None and args.result_retention < 120:
+        ap.error(f"--result-retention must be >= 120 s, the streams' duplicate window "
+                 f"(got {args.result_retention!r})")
+    if args.recent_outputs is not None and args.recent_outputs < 1:
+        ap.error(f"--recent-outputs must be >= 1 (got {args.recent_outputs!r})")
+    settings = {"BURST_SCALEDOWN_TICK": "0.5"}
+    if args.result_retention is not None:
+        settings["BURST_RESULT_RETENTION"] = str(args.result_retention)
+    if args.recent_outputs is not None:
+        settings["BURST_RECENT_OUTPUTS"] = str(args.recent_outputs)
 
     load_start = os.getloadavg()
-    with LocalCluster("burst-soak-", BURST_SCALEDOWN_TICK="0.5") as c:
+    if args.tracemalloc:
+        tracemalloc.start(4)
+    with LocalCluster("burst-soak-", **settings) as c:
         app = Path(c.home) / "soak_app.py"
         app.write_text(textwrap.dedent(APP))
         subprocess.run([*BURST, "deploy", str(app)], env=c.env, check=True,
@@ -165,9 +266,24 @@ def main() -> None:
             soak.reset()
             procs = processes(c.home)
             rss_start = {name: rss_mb(pid) for name, pid in procs.items()}
+            sampler = Sampler(c.home, args.sample)
+            sampler.take()
+            sampler.start()
+            snap0 = tracemalloc.take_snapshot() if args.tracemalloc else None
             t0 = time.monotonic()
             issued = soak.run(args.minutes * 60, pool)
             elapsed = time.monotonic() - t0
+            client_growth = None
+            if snap0 is not None:
+                diff = tracemalloc.take_snapshot().compare_to(snap0, "traceback")
+                client_growth = [
+                    {"kb": round(d.size_diff / 1024, 1), "count": d.count_diff,
+                     "where": [f"{f.filename.split('/libs/')[-1]}:{f.lineno}"
+                               for f in d.traceback]}
+                    for d in diff[:8]]
+            sampler.stop.set()
+            sampler.join()
+            sampler.take()
             rss_end = {name: rss_mb(pid) for name, pid in processes(c.home).items()}
             restarted = sorted(n for n, pid in processes(c.home).items()
                                if procs.get(n) != pid)
@@ -186,7 +302,11 @@ def main() -> None:
         "warmup_errors": warm_errors, "late_starts": soak.late_starts,
         "rss_mb": {n: {"start": round(rss_start[n] or 0, 1),
                        "end": round(rss_end.get(n) or 0, 1),
+                       "peak": max(x["rss_mb"].get(n, 0) for x in sampler.samples),
                        "growth": growth.get(n)} for n in rss_start},
+        "samples": sampler.samples,
+        **({"client_growth": client_growth} if client_growth is not None else {}),
+        "settings": settings,
         "restarted": restarted,
         "max_rss_growth": max(growth.values()) if growth else None,
         "targets_met": {"zero_errors": soak.error_count == 0,

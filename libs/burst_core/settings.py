@@ -66,6 +66,12 @@ class CommonSettings:
     #: the most bytes kept (the oldest go first). Every service must use the same values.
     log_retention: float = 7 * 24 * 3600.0
     log_max_bytes: int = 1 << 30
+    #: Outputs a process that waits on calls (the gateway; an agent whose containers
+    #: call) keeps in memory for waiters that ask after they arrived, at most this many
+    #: and for at most ``recent_outputs_age`` seconds; older ones are read from the
+    #: outputs stream (slower, never lost).
+    recent_outputs: int = 50_000
+    recent_outputs_age: float = 120.0
 
     def topology(self) -> Any:
         """The streams' and buckets' retention (``burst_core.bus.Topology``) these

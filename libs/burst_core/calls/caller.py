@@ -48,7 +48,7 @@ from burst_core import bus, logs, names
 from burst_core import calls as call_store
 from burst_core.calls import Signals, call_created_at, check_submission_id, new_call_id
 from burst_core.calls.guard import BudgetGuard
-from burst_core.calls.outputs import Group, OutputRouter
+from burst_core.calls.outputs import RECENT_AGE, RECENT_MAX, Group, OutputRouter
 from burst_core.schemas import (
     CallCancelled,
     CallRecord,
@@ -136,8 +136,10 @@ class Caller:
     signals: Signals
 
     def __init__(self, nc: NATS, js: JetStreamContext, deployments: Deployments, *,
-                 max_sync_wait: float, signal_interval: float) -> None:
+                 max_sync_wait: float, signal_interval: float,
+                 recent_outputs: int = RECENT_MAX, recent_outputs_age: float = RECENT_AGE) -> None:
         self.nc, self.js = nc, js
+        self.recent_outputs, self.recent_outputs_age = recent_outputs, recent_outputs_age
         self.deployments = deployments
         self.max_sync_wait = max_sync_wait
         self.signal_interval = signal_interval
@@ -148,7 +150,8 @@ class Caller:
     async def start(self) -> None:
         self.calls_kv = await self.js.key_value(names.KV_CALLS)
         self.idempotency_kv = await self.js.key_value(names.KV_IDEMPOTENCY)
-        self.outputs = OutputRouter(self.js)
+        self.outputs = OutputRouter(self.js, recent_max=self.recent_outputs,
+                                    recent_age=self.recent_outputs_age)
         self.signals = Signals(self.nc, self.signal_interval,
                                answered=lambda call_id: self.outputs.recent(call_id) is not None)
         await self.outputs.start()

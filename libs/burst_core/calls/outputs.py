@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import OrderedDict, defaultdict
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -26,18 +28,64 @@ log = logs.get("burst.calls.outputs")
 
 
 #: Outputs kept in memory for waiters that register after the output arrived (a map's
-#: results polled in pages); bigger ones are fetched from the stream instead.
+#: results polled in pages), at most this many and for at most ``RECENT_AGE`` seconds;
+#: bigger ones are fetched from the stream instead. A waiter whose output was forgotten
+#: finds it in the stream (``caller.STREAM_CHECK_AGE``): forgetting costs time, never
+#: a result. Settings ``BURST_RECENT_OUTPUTS`` and ``BURST_RECENT_OUTPUTS_AGE``.
 RECENT_MAX = 50_000
+RECENT_AGE = 120.0
 RECENT_MAX_PAYLOAD = 256 << 10
 
 _V = TypeVar("_V")
 
 
-def _remember(keep: OrderedDict[str, _V], call_id: str, value: _V) -> None:
-    """Keep ``value`` under ``call_id``, forgetting the oldest entry past ``RECENT_MAX``."""
-    keep[call_id] = value
-    if len(keep) > RECENT_MAX:
-        keep.popitem(last=False)
+class Recent(Generic[_V]):
+    """Values by call id in arrival order, the oldest forgotten past ``max_items`` or
+    once older than ``max_age`` seconds: memory follows the recent call rate, not the
+    number of calls ever made."""
+
+    __slots__ = ("max_items", "max_age", "clock", "_items")
+
+    def __init__(self, max_items: int = RECENT_MAX, max_age: float = RECENT_AGE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not isinstance(max_items, int) or max_items < 1:
+            raise ValueError(f"BURST_RECENT_OUTPUTS must be an integer >= 1 "
+                             f"(got {max_items!r})")
+        if not max_age > 0:
+            raise ValueError(f"BURST_RECENT_OUTPUTS_AGE must be > 0 seconds (got {max_age!r})")
+        self.max_items, self.max_age, self.clock = max_items, max_age, clock
+        self._items: OrderedDict[str, tuple[float, _V]] = OrderedDict()
+
+    def put(self, call_id: str, value: _V) -> None:
+        now = self.clock()
+        items = self._items
+        items.pop(call_id, None)  # (a retry's output: now the newest)
+        items[call_id] = (now, value)
+        while len(items) > self.max_items:
+            items.popitem(last=False)
+        self.expire(now)
+
+    def expire(self, now: float | None = None) -> None:
+        """Forget what arrived more than ``max_age`` seconds ago."""
+        cutoff = (self.clock() if now is None else now) - self.max_age
+        items = self._items
+        while items:
+            first = next(iter(items.values()))
+            if first[0] > cutoff:
+                break
+            items.popitem(last=False)
+
+    def get(self, call_id: str) -> _V | None:
+        found = self._items.get(call_id)
+        if found is None or found[0] <= self.clock() - self.max_age:
+            return None
+        return found[1]
+
+    def __contains__(self, call_id: object) -> bool:
+        return isinstance(call_id, str) and self.get(call_id) is not None
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class Group:
@@ -56,13 +104,14 @@ class Group:
 
 
 class OutputRouter:
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, *, recent_max: int = RECENT_MAX,
+                 recent_age: float = RECENT_AGE) -> None:
         self.js = js
         self._waiters: dict[str, list[tuple[str, asyncio.Future[Output]]]] = defaultdict(list)
         self._groups: dict[str, list[Group]] = {}
         self._sub: object | None = None
-        self._recent: OrderedDict[str, Output] = OrderedDict()
-        self._big: OrderedDict[str, None] = OrderedDict()
+        self._recent: Recent[Output] = Recent(recent_max, recent_age)
+        self._big: Recent[bool] = Recent(recent_max, recent_age)
 
     async def start(self) -> None:
         self._sub = await self.js.subscribe(
@@ -145,9 +194,9 @@ class OutputRouter:
             log.warning("output_undecodable", subject=msg.subject, error=repr(e))
             return
         if len(out.payload) <= RECENT_MAX_PAYLOAD:
-            _remember(self._recent, out.call_id, out)
+            self._recent.put(out.call_id, out)
         else:
-            _remember(self._big, out.call_id, None)
+            self._big.put(out.call_id, True)
         for g in self._groups.get(out.call_id, ()):
             if g.tokens.get(out.call_id) == out.attempt_token:
                 g.outputs[out.call_id] = out

@@ -423,7 +423,9 @@ class Agent:
                     return dep
 
                 caller = Caller(self.nc, self.js, deployment, max_sync_wait=s.call_max_wait,
-                                signal_interval=s.call_signal_interval)
+                                signal_interval=s.call_signal_interval,
+                                recent_outputs=s.recent_outputs,
+                                recent_outputs_age=s.recent_outputs_age)
                 await caller.start()
                 self._caller = caller
         return self._caller

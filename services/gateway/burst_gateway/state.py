@@ -100,7 +100,9 @@ class Gateway:
         self.tracing = Tracing("gateway", self.nc, s.trace_sample, s.trace_otlp_endpoint,
                                enabled=s.tracing)
         self.caller = Caller(self.nc, self.js, self.deployment,
-                             max_sync_wait=s.max_sync_wait, signal_interval=s.signal_interval)
+                             max_sync_wait=s.max_sync_wait, signal_interval=s.signal_interval,
+                             recent_outputs=s.recent_outputs,
+                             recent_outputs_age=s.recent_outputs_age)
         await self.caller.start()
         self._deployments_mirror = bus.KVMirror(
             self.js, names.KV_DEPLOYMENTS, DeploymentRecordDecoder, what="deployment",
