@@ -259,6 +259,8 @@ class Store:
         parent = base.name
         if image.base == "registry" and image.add_python:
             parent = self._add_python(image, base, chain, env, say)
+        if image.force_build:  # on the base: every step's key is new, so all are built again
+            parent = f"{parent}-{image.force_build}"
         n = len(units)
         for i, (label, step, cmd) in enumerate(units, 1):
             key = _key(parent, step, cmd)
