@@ -52,6 +52,7 @@ tools = (burst.Image.debian_slim()
          .workdir("/srv/data"))
 bad_cmd = burst.Image.debian_slim().run_commands("echo about to fail @TOKEN@", "exit 3")
 bad_apt = burst.Image.debian_slim().apt_install("burst-no-such-package-@TOKEN@")
+absent = burst.Image.from_registry("burst-no-such-image-@TOKEN@:1").run_commands("true")
 registry = burst.Image.from_registry("python:3.11-slim").run_commands("echo @TOKEN@ > /opt/reg")
 cached = (burst.Image.debian_slim()
           .run_commands("echo first @TOKEN@ > /opt/first")
@@ -81,6 +82,11 @@ def with_gpu():
 
 @app.function(image=bad_cmd, scaledown_window=2)
 def broken_cmd():
+    return "ran"
+
+
+@app.function(image=absent, scaledown_window=2)
+def absent_tag():
     return "ran"
 
 
@@ -123,6 +129,11 @@ def gpu_main():
 @app.local_entrypoint()
 def broken_cmd_main():
     report(broken_cmd.remote)
+
+
+@app.local_entrypoint()
+def absent_tag_main():
+    report(absent_tag.remote)
 
 
 @app.local_entrypoint()
@@ -274,6 +285,15 @@ def test_from_registry_exported_from_the_local_engine(cluster: Cluster, tmp_path
     # CI's Docker engine has python:3.11-slim (deploy/base-image.sh tags it); no registry.
     out, logs = run(cluster, tmp_path, "registry_main")
     assert out == TOKEN, (out, logs)
+
+
+@pytest.mark.timeout(600)
+def test_from_registry_tag_the_engine_lacks_is_named(cluster: Cluster, tmp_path: Path) -> None:
+    # No registry here: a tag the local engine does not have is an error naming it.
+    out, _ = run(cluster, tmp_path, "absent_tag_main")
+    assert isinstance(out, dict) and "error" in out, out
+    assert f"'burst-no-such-image-{TOKEN}:1' is not on this agent's Docker engine" \
+        in out["message"], out
 
 
 @pytest.mark.timeout(900)
