@@ -339,7 +339,7 @@ class Store:
     def available_versions(self) -> list[str]:
         out = []
         for version, suite in DEBIAN_PYTHON.items():
-            done = (self.bases / f"debian-{suite}" / "meta.json").exists()
+            done = (self.bases / _debian_base(suite) / "meta.json").exists()
             if done or mirror_has(suite):
                 out.append(version)
         return out
@@ -400,7 +400,7 @@ class Store:
         return base
 
     def _debootstrap(self, suite: str, say: Callable[[str], None]) -> Path:
-        base = self.bases / f"debian-{suite}"
+        base = self.bases / _debian_base(suite)
         if (base / "meta.json").exists():
             return base
         if shutil.which("debootstrap") is None:
@@ -882,6 +882,12 @@ def _write(fs: Path, dest: str, data: bytes, label: str) -> None:
         os.chmod(parent, 0o755)
     p.write_bytes(data)
     os.chmod(p, 0o644)
+
+
+def _debian_base(suite: str) -> str:
+    """A debootstrapped base's name in the store. ``-2``: its apt sources name its own
+    release; older ones (the machine's sources) are left to eviction and ``prune``."""
+    return f"debian-{suite}-2"
 
 
 def host_codename() -> str:
