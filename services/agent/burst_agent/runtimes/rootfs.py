@@ -7,7 +7,8 @@ run inside it (``Sandbox.command(rootfs=...)``: the view bound read-only at ``/`
 - **Base**: ``debian_slim(python_version)`` is a Debian release with its Python (bookworm's
   3.11, trixie's 3.13): exported from the local Docker engine where one runs and has the
   base image (``deploy/base-image.sh`` builds ``burst-base:py311`` in CI), else made once by
-  ``debootstrap`` from the machine's Debian mirror. ``from_registry(tag)`` is exported from
+  ``debootstrap`` from the machine's Debian mirror (its apt sources rewritten for its own
+  release: ``apt_sources_for``). ``from_registry(tag)`` is exported from
   the local Docker engine (there is no registry to pull from).
 - **Layers**: every command-like step (``images.step_shell``: one layer per command, as the
   Docker runtime's RUN lines) and every file or config step is one layer, keyed by the hash
