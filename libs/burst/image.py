@@ -586,7 +586,8 @@ class Image(metaclass=_ImageType):
 
     def _hashed(self) -> Image:
         if not self._spec.ident:  # a base: named by what it is
-            plain = msgspec.structs.replace(self._spec, steps=[], imports=[])
+            # (force_build is new at each definition: left out, as in a step's _ident)
+            plain = msgspec.structs.replace(self._spec, steps=[], imports=[], force_build="")
             self._spec = msgspec.structs.replace(
                 self._spec, ident=hashlib.sha256(msgspec.msgpack.encode(plain)).hexdigest()[:32])
         body = msgspec.msgpack.encode(msgspec.structs.replace(self._spec, content_hash="",

@@ -196,6 +196,8 @@ def test_force_build_on_the_base_makes_every_step_new() -> None:
         assert a.content_hash != b.content_hash and a.spec.force_build
         assert make(False).run_commands("echo hi").content_hash == \
             make(False).run_commands("echo hi").content_hash
+        # Named the same in the client and in its containers (Image.imports()).
+        assert a.spec.ident == b.spec.ident == make(False).run_commands("echo hi").spec.ident
         # Docker: a changed instruction right after FROM, so every step misses the cache.
         text = images.dockerfile(a.spec, []).text.splitlines()
         label = next(i for i, ln in enumerate(text) if ln.startswith("LABEL burst.force_build="))
