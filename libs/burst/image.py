@@ -218,8 +218,9 @@ class Image(metaclass=_ImageType):
         if version not in PYTHON_VERSIONS:
             raise InvalidError(f"Image.debian_slim: python_version={version!r} is not available; "
                                f"use one of {', '.join(PYTHON_VERSIONS)}")
-        _force(force_build, "Image.debian_slim")
-        return Image(wire.ImageSpec(base="debian_slim", python_version=version))._hashed()
+        force = _force(force_build, "Image.debian_slim")
+        return Image(wire.ImageSpec(base="debian_slim", python_version=version,
+                                    force_build=force))._hashed()
 
     @staticmethod
     def from_registry(tag: str, *, add_python: str | None = None, force_build: bool = False,
@@ -234,9 +235,9 @@ class Image(metaclass=_ImageType):
         if add_python is not None and add_python not in ADD_PYTHON_VERSIONS:
             raise InvalidError(f"Image.from_registry: add_python={add_python!r} is not "
                                f"available; use one of {', '.join(ADD_PYTHON_VERSIONS)}")
-        _force(force_build, "Image.from_registry")
+        force = _force(force_build, "Image.from_registry")
         return Image(wire.ImageSpec(base="registry", registry_tag=tag.strip(),
-                                    add_python=add_python or ""))._hashed()
+                                    add_python=add_python or "", force_build=force))._hashed()
 
     @staticmethod
     def from_dockerfile(path: str | os.PathLike[str], *,
@@ -265,8 +266,8 @@ class Image(metaclass=_ImageType):
         parsed = _dockerfile.parse(text, str(src), context)
         base = parsed.base
         version = _BASE_ALIASES.get(base)
-        img = (Image.debian_slim(version) if version
-               else Image.from_registry(base, add_python=add_python))
+        img = (Image.debian_slim(version, force_build=force_build) if version
+               else Image.from_registry(base, add_python=add_python, force_build=force_build))
         for i, op in enumerate(parsed.ops):
             fb = force_build if i == 0 else False
             if op.kind == "run_commands":
@@ -585,7 +586,8 @@ class Image(metaclass=_ImageType):
 
     def _hashed(self) -> Image:
         if not self._spec.ident:  # a base: named by what it is
-            plain = msgspec.structs.replace(self._spec, steps=[], imports=[])
+            # (force_build is new at each definition: left out, as in a step's _ident)
+            plain = msgspec.structs.replace(self._spec, steps=[], imports=[], force_build="")
             self._spec = msgspec.structs.replace(
                 self._spec, ident=hashlib.sha256(msgspec.msgpack.encode(plain)).hexdigest()[:32])
         body = msgspec.msgpack.encode(msgspec.structs.replace(self._spec, content_hash="",

@@ -162,6 +162,9 @@ class ImageSpec(_Body):
     registry_tag: str = ""
     #: ``from_registry(tag, add_python=...)``: the Python version to add to the image.
     add_python: str = ""
+    #: ``debian_slim/from_registry(force_build=True)``: a value new at each definition, so
+    #: every step on this base is built again (hashed, like a step's ``force_build``).
+    force_build: str = ""
     steps: list[ImageStep] = msgspec.field(default_factory=list)
     content_hash: str = ""
     #: Names the image the same in the client and in its containers, where local files

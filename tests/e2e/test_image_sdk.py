@@ -83,6 +83,8 @@ baked = burst.Image.debian_slim().run_function(bake, args=("/opt/baked.txt",),
                                                kwargs={"word": "baked"})
 forced = (burst.Image.debian_slim().run_commands("echo first > /opt/first")
           .run_commands("cat /proc/sys/kernel/random/uuid > /opt/stamp", force_build=True))
+base_forced = burst.Image.debian_slim(force_build=True).run_commands(
+    "cat /proc/sys/kernel/random/uuid > /opt/stamp")
 from_df = burst.Image.from_dockerfile("@DIR@/Dockerfile")
 no_python = (burst.Image.from_registry("burst-test-nopython:1", add_python="3.11")
              .pip_install("six==1.16.0"))
@@ -133,6 +135,11 @@ def read_baked():
 @app.function(image=forced, scaledown_window=2)
 def stamp():
     return [open("/opt/first").read().strip(), open("/opt/stamp").read().strip()]
+
+
+@app.function(image=base_forced, scaledown_window=2)
+def base_stamp():
+    return open("/opt/stamp").read().strip()
 
 
 @app.function(image=from_df, scaledown_window=2)
@@ -259,6 +266,15 @@ def test_force_build_rebuilds_that_step_only(rt_cluster: Cluster, app_dir: Path)
     # (Docker's builder says so; the process runtime's root filesystem builder too.)
     cached = "Using cache" if runtime(rt_cluster) == "docker" else "(cached)"
     assert cached in "\n".join(lines[at:at + 3]), "\n".join(lines[at:at + 3])
+
+
+@pytest.mark.timeout(300)
+def test_force_build_on_the_base_rebuilds_every_step(rt_cluster: Cluster,
+                                                     app_dir: Path) -> None:
+    first, _ = run(rt_cluster, app_dir, "base_stamp")
+    second, text = run(rt_cluster, app_dir, "base_stamp")
+    assert isinstance(first, str) and isinstance(second, str), (first, second)
+    assert first != second, text  # debian_slim(force_build=True): its steps ran again
 
 
 @pytest.mark.timeout(300)

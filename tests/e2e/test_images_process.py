@@ -52,6 +52,7 @@ tools = (burst.Image.debian_slim()
          .workdir("/srv/data"))
 bad_cmd = burst.Image.debian_slim().run_commands("echo about to fail @TOKEN@", "exit 3")
 bad_apt = burst.Image.debian_slim().apt_install("burst-no-such-package-@TOKEN@")
+absent = burst.Image.from_registry("burst-no-such-image-@TOKEN@:1").run_commands("true")
 registry = burst.Image.from_registry("python:3.11-slim").run_commands("echo @TOKEN@ > /opt/reg")
 cached = (burst.Image.debian_slim()
           .run_commands("echo first @TOKEN@ > /opt/first")
@@ -81,6 +82,11 @@ def with_gpu():
 
 @app.function(image=bad_cmd, scaledown_window=2)
 def broken_cmd():
+    return "ran"
+
+
+@app.function(image=absent, scaledown_window=2)
+def absent_tag():
     return "ran"
 
 
@@ -126,6 +132,11 @@ def broken_cmd_main():
 
 
 @app.local_entrypoint()
+def absent_tag_main():
+    report(absent_tag.remote)
+
+
+@app.local_entrypoint()
 def broken_apt_main():
     report(broken_apt.remote)
 
@@ -158,7 +169,10 @@ def write(tmp_path: Path, host_files: list[str], last: str = "one") -> Path:
     fns = "\n\n".join(textwrap.dedent(f'''
         @app.function(image=py{v.replace('.', '')}, scaledown_window=2)
         def version_{v.replace('.', '')}():
-            return "%d.%d" % sys.version_info[:2]
+            apt = subprocess.run(["sh", "-c", "cat /etc/apt/sources.list.d/* "
+                                  "/etc/apt/sources.list 2>/dev/null"],
+                                 capture_output=True, text=True).stdout
+            return ["%d.%d" % sys.version_info[:2], apt]
         ''') for v in versions)
     table = ", ".join(f"{v!r}: version_{v.replace('.', '')}" for v in versions)
     app = tmp_path / "images_app.py"
@@ -276,12 +290,26 @@ def test_from_registry_exported_from_the_local_engine(cluster: Cluster, tmp_path
     assert out == TOKEN, (out, logs)
 
 
+@pytest.mark.timeout(600)
+def test_from_registry_tag_the_engine_lacks_is_named(cluster: Cluster, tmp_path: Path) -> None:
+    # No registry here: a tag the local engine does not have is an error naming it.
+    out, _ = run(cluster, tmp_path, "absent_tag_main")
+    assert isinstance(out, dict) and "error" in out, out
+    assert f"'burst-no-such-image-{TOKEN}:1' is not on this agent's Docker engine" \
+        in out["message"], out
+
+
 @pytest.mark.timeout(900)
 def test_each_python_version(cluster: Cluster, tmp_path: Path) -> None:
     versions = available_versions()
     assert "3.11" in versions, versions
     out, logs = run(cluster, tmp_path, "versions_main", timeout=840)
-    assert out == {v: v for v in versions}, (out, logs)
+    assert isinstance(out, dict) and {v: got[0] for v, got in out.items()} == \
+        {v: v for v in versions}, (out, logs)
+    # apt_install in a 3.13 image gets trixie's packages, not the machine's release's.
+    if "3.13" in out and rootfs.host_codename() != "trixie":
+        assert "trixie" in out["3.13"][1], out["3.13"][1]
+        assert rootfs.host_codename() not in out["3.13"][1], out["3.13"][1]
 
 
 def _builds(logs: str) -> str:

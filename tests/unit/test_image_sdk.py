@@ -189,6 +189,21 @@ def test_force_build_makes_the_step_new_each_time(monkeypatch: pytest.MonkeyPatc
     assert BASE.pip_install("six").spec.steps[0].force_build
 
 
+def test_force_build_on_the_base_makes_every_step_new() -> None:
+    for make in (lambda f: burst.Image.debian_slim(force_build=f),
+                 lambda f: burst.Image.from_registry("x:1", force_build=f)):
+        a, b = make(True).run_commands("echo hi"), make(True).run_commands("echo hi")
+        assert a.content_hash != b.content_hash and a.spec.force_build
+        assert make(False).run_commands("echo hi").content_hash == \
+            make(False).run_commands("echo hi").content_hash
+        # Named the same in the client and in its containers (Image.imports()).
+        assert a.spec.ident == b.spec.ident == make(False).run_commands("echo hi").spec.ident
+        # Docker: a changed instruction right after FROM, so every step misses the cache.
+        text = images.dockerfile(a.spec, []).text.splitlines()
+        label = next(i for i, ln in enumerate(text) if ln.startswith("LABEL burst.force_build="))
+        assert label < next(i for i, ln in enumerate(text) if "echo hi" in ln)
+
+
 # ---- step_shell: the one translation ------------------------------------------------
 def test_step_shell_translates_each_command_step() -> None:
     img = (BASE.pip_install("six==1.16.0", index_url="https://i.example/simple",

@@ -114,3 +114,32 @@ def test_bad_image_settings_are_named(name: str, value: float) -> None:
     settings = AgentSettings(runtime="process", **{name: value})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=f"BURST_{name.upper()}={value!r} is not valid"):
         make_runtime(settings, "agent-x")
+
+
+def test_apt_sources_name_the_images_release_not_the_machines(tmp_path: Path) -> None:
+    # A mirror (a real HTTP server) with trixie and trixie-updates but no trixie-security.
+    import http.server
+    import threading
+    from functools import partial
+
+    for suite in ("trixie", "trixie-updates"):
+        (tmp_path / "dists" / suite).mkdir(parents=True)
+        (tmp_path / "dists" / suite / "InRelease").write_text("x")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        deb822 = (f"Types: deb\nURIs: {uri}\nSuites: bookworm bookworm-updates\n"
+                  f"Components: main\n\nTypes: deb\nURIs: {uri}\nSuites: bookworm-security\n"
+                  "Components: main\n")
+        got = rootfs.apt_sources_for(deb822, "bookworm", "trixie", deb822=True)
+        assert "Suites: trixie trixie-updates" in got and "bookworm" not in got, got
+        assert "security" not in got, got  # not served there: left out, not a failed update
+        one_line = f"deb {uri} bookworm main\ndeb [trusted=yes] {uri} bookworm-security main\n"
+        got = rootfs.apt_sources_for(one_line, "bookworm", "trixie", deb822=False)
+        assert got.splitlines() == [f"deb {uri} trixie main"], got
+        # The machine's own release: unchanged.
+        assert rootfs.apt_sources_for(deb822, "bookworm", "bookworm", deb822=True) == deb822
+    finally:
+        server.shutdown()

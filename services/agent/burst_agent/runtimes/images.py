@@ -279,6 +279,9 @@ def dockerfile(image: wire.ImageSpec | None, wheels: list[str]) -> Dockerfile:
     else:
         add(f"FROM {base_tag(image)}", f"the base image {base_tag(image)}")
     add("USER root", "USER root")
+    if image is not None and image.force_build:  # on the base: every step misses the cache
+        add(f"LABEL burst.force_build={json.dumps(image.force_build)}",
+            f"the base image {base_tag(image)} (force_build)")
 
     add("ENV PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1 "
         "PIP_ROOT_USER_ACTION=ignore "

@@ -7,7 +7,8 @@ run inside it (``Sandbox.command(rootfs=...)``: the view bound read-only at ``/`
 - **Base**: ``debian_slim(python_version)`` is a Debian release with its Python (bookworm's
   3.11, trixie's 3.13): exported from the local Docker engine where one runs and has the
   base image (``deploy/base-image.sh`` builds ``burst-base:py311`` in CI), else made once by
-  ``debootstrap`` from the machine's Debian mirror. ``from_registry(tag)`` is exported from
+  ``debootstrap`` from the machine's Debian mirror (its apt sources rewritten for its own
+  release: ``apt_sources_for``). ``from_registry(tag)`` is exported from
   the local Docker engine (there is no registry to pull from).
 - **Layers**: every command-like step (``images.step_shell``: one layer per command, as the
   Docker runtime's RUN lines) and every file or config step is one layer, keyed by the hash
@@ -259,6 +260,8 @@ class Store:
         parent = base.name
         if image.base == "registry" and image.add_python:
             parent = self._add_python(image, base, chain, env, say)
+        if image.force_build:  # on the base: every step's key is new, so all are built again
+            parent = f"{parent}-{image.force_build}"
         n = len(units)
         for i, (label, step, cmd) in enumerate(units, 1):
             key = _key(parent, step, cmd)
@@ -337,7 +340,7 @@ class Store:
     def available_versions(self) -> list[str]:
         out = []
         for version, suite in DEBIAN_PYTHON.items():
-            done = (self.bases / f"debian-{suite}" / "meta.json").exists()
+            done = (self.bases / _debian_base(suite) / "meta.json").exists()
             if done or mirror_has(suite):
                 out.append(version)
         return out
@@ -398,7 +401,7 @@ class Store:
         return base
 
     def _debootstrap(self, suite: str, say: Callable[[str], None]) -> Path:
-        base = self.bases / f"debian-{suite}"
+        base = self.bases / _debian_base(suite)
         if (base / "meta.json").exists():
             return base
         if shutil.which("debootstrap") is None:
@@ -416,7 +419,7 @@ class Store:
                       "--include=python3,python3-pip,python3-venv,python-is-python3,"
                       "ca-certificates", suite, str(fs), debian_mirror()],
                      say, f"debootstrap {suite}", timeout=self.step_timeout)
-                _copy_host_config(fs)
+                _copy_host_config(fs, suite)
                 _run(self._chroot(fs, writable=True) + ["/bin/sh", "-c",
                      "update-ca-certificates >/dev/null 2>&1 || true; apt-get clean"],
                      say, f"the {suite} base", timeout=self.step_timeout)
@@ -882,14 +885,93 @@ def _write(fs: Path, dest: str, data: bytes, label: str) -> None:
     os.chmod(p, 0o644)
 
 
-def _copy_host_config(fs: Path) -> None:
-    """The machine's apt sources, extra CA certificates and pip configuration."""
+def _debian_base(suite: str) -> str:
+    """A debootstrapped base's name in the store. ``-2``: its apt sources name its own
+    release; older ones (the machine's sources) are left to eviction and ``prune``."""
+    return f"debian-{suite}-2"
+
+
+def host_codename() -> str:
+    """This machine's Debian release (``VERSION_CODENAME`` of ``/etc/os-release``)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("VERSION_CODENAME="):
+                return line.split("=", 1)[1].strip().strip('"')
+    return ""
+
+
+def _served(uri: str, suite: str, timeout: float = 10.0) -> bool:
+    """Whether the apt repository at ``uri`` serves ``suite``."""
+    try:
+        url = f"{uri.rstrip('/')}/dists/{suite}/InRelease"
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
+                                    timeout=timeout) as r:
+            return bool(r.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
+def apt_sources_for(text: str, host: str, suite: str, deb822: bool) -> str:
+    """The machine's apt sources ``text`` (of release ``host``) for a root filesystem of
+    release ``suite``: each ``host[-x]`` suite becomes ``suite[-x]``, kept where its
+    repository serves it (a mirror may carry a release without its updates or security
+    suites); a source left with no suite is dropped. Without this a trixie image's
+    ``apt_install`` would install bookworm's packages."""
+    if not host or host == suite:
+        return text
+
+    def swap(uri: str, suites: list[str]) -> list[str]:
+        out = []
+        for name in suites:
+            if name == host or name.startswith(host + "-"):
+                name = suite + name[len(host):]
+                if not _served(uri, name):
+                    continue
+            out.append(name)
+        return out
+
+    if deb822:
+        stanzas = []
+        for stanza in re.split(r"\n\s*\n", text):
+            lines = stanza.splitlines()
+            uris = [ln.split()[1:] for ln in lines if ln.startswith("URIs:")]
+            uri = uris[0][0] if uris and uris[0] else ""
+            for i, ln in enumerate(lines):
+                if ln.startswith("Suites:"):
+                    kept = swap(uri, ln.split()[1:])
+                    lines[i] = "Suites: " + " ".join(kept) if kept else ""
+            if any(ln.startswith("Suites:") for ln in lines):
+                stanzas.append("\n".join(lines))
+        return "\n\n".join(stanzas) + "\n"
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if parts[:1] in (["deb"], ["deb-src"]) and len(parts) > 2:
+            at = 2 if parts[1].startswith("[") else 1
+            if len(parts) > at + 1:
+                kept = swap(parts[at], [parts[at + 1]])
+                if not kept:
+                    continue
+                parts[at + 1] = kept[0]
+                line = " ".join(parts)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _copy_host_config(fs: Path, suite: str = "") -> None:
+    """The machine's apt sources (for ``suite``'s release), extra CA certificates and pip
+    configuration."""
+    host = host_codename() if suite else ""
     with contextlib.suppress(OSError):
         (fs / "etc/apt/sources.list").unlink(missing_ok=True)
         for f in Path("/etc/apt/sources.list.d").glob("*.sources"):
-            shutil.copy2(f, fs / "etc/apt/sources.list.d" / f.name)
-        if Path("/etc/apt/sources.list").is_file():
-            shutil.copy2("/etc/apt/sources.list", fs / "etc/apt/sources.list")
+            (fs / "etc/apt/sources.list.d" / f.name).write_text(
+                apt_sources_for(f.read_text(), host, suite, deb822=True))
+        lists = [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*.list")]
+        for f in lists:
+            if f.is_file():
+                (fs / str(f).lstrip("/")).write_text(
+                    apt_sources_for(f.read_text(), host, suite, deb822=False))
     extra = Path("/usr/local/share/ca-certificates")
     if extra.is_dir():
         shutil.copytree(extra, fs / "usr/local/share/ca-certificates", dirs_exist_ok=True)
