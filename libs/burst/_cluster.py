@@ -61,6 +61,11 @@ FRESH_AGE = 10.0
 LOG_TAIL_LINES = 20
 #: Seconds one health probe waits for an answer.
 PROBE_TIMEOUT = 2.0
+#: NATS node counts ``--nats-cluster`` accepts: one server, or a cluster of three that
+#: keeps every stream and bucket on all three and goes on when any one of them is down.
+NATS_CLUSTER_SIZES = (1, 3)
+#: The replicated services of a three-node cluster run twice (``gateway-2``, ...).
+HA_SERVICES = ("gateway", "scheduler")
 
 
 
@@ -88,6 +93,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
+
+
+def cluster_ports(defaults: dict[str, int], nats_nodes: int) -> dict[str, int]:
+    """The ports to try first for a cluster of ``nats_nodes`` NATS nodes: ``defaults``,
+    and with three nodes each node's client, monitor and route port and the second
+    gateway's ports (free ones are picked where these are taken)."""
+    if nats_nodes not in NATS_CLUSTER_SIZES:
+        raise InvalidError(f"invalid --nats-cluster {nats_nodes}: use "
+                           f"{' or '.join(map(str, NATS_CLUSTER_SIZES))} (a NATS cluster needs "
+                           "an odd number of nodes to keep a quorum)")
+    ports = dict(defaults)
+    if nats_nodes > 1:
+        base = ports["nats"]
+        for i in range(1, nats_nodes + 1):
+            if i > 1:
+                ports[f"nats_{i}"] = base + i - 1
+                ports[f"nats_monitor_{i}"] = ports["nats_monitor"] + 10 + i
+            ports[f"nats_route_{i}"] = base + 10 + i
+        ports["gateway_2"] = ports["gateway"] + 10
+        ports["web_2"] = ports["web"] + 10
+    return ports
 
 
 def pick_ports(defaults: dict[str, int]) -> dict[str, int]:
@@ -198,6 +224,34 @@ def check_gpus(gpus: str) -> str:
     return ",".join(item.strip() for item in gpus.split(",")) if gpus else ""
 
 
+def nats_nodes(ports: dict[str, int]) -> int:
+    """How many NATS nodes a cluster with these ports runs."""
+    return 1 + sum(1 for role in ports if role.startswith("nats_route_") and role != "nats_route_1")
+
+
+def nats_urls(ports: dict[str, int]) -> str:
+    """``BURST_NATS_URL`` of the services: every node's client URL, separated by commas."""
+    return ",".join(f"nats://{HOST}:{ports[_node_role('nats', i)]}"
+                    for i in range(1, nats_nodes(ports) + 1))
+
+
+def _node_role(role: str, i: int) -> str:
+    return role if i == 1 else f"{role}_{i}"
+
+
+def nats_cluster_args(ports: dict[str, int], i: int) -> list[str]:
+    """The nats-server arguments that make node ``i`` one of a NATS cluster: its name, the
+    cluster's name, its route port and the other nodes' routes (all on this machine).
+    None for a single node."""
+    n = nats_nodes(ports)
+    if n == 1:
+        return []
+    routes = ",".join(f"nats://{HOST}:{ports[f'nats_route_{j}']}"
+                      for j in range(1, n + 1) if j != i)
+    return ["-n", f"burst-n{i}", "--cluster_name", "burst",
+            "--cluster", f"nats://{HOST}:{ports[f'nats_route_{i}']}", "--routes", routes]
+
+
 def service_env(home: Path, ports: dict[str, int]) -> dict[str, str]:
     """The environment every service of the cluster shares."""
     env = {
@@ -208,11 +262,15 @@ def service_env(home: Path, ports: dict[str, int]) -> dict[str, str]:
         if k not in ("BURST_URL", "BURST_TOKEN", "BURST_WORKSPACE", "BURST_INSTANCE")
     }
     env.update(
-        BURST_NATS_URL=f"nats://{HOST}:{ports['nats']}",
+        BURST_NATS_URL=nats_urls(ports),
         BURST_REDIS_URL=f"redis://{HOST}:{ports['redis']}/0",
         BURST_HOME=str(home),
         PYTHONUNBUFFERED="1",
     )
+    if nats_nodes(ports) > 1:
+        env.setdefault("BURST_REPLICAS", str(nats_nodes(ports)))
+        # Writes ride out a leader election (4-9 s, longer on a loaded machine).
+        env.setdefault("BURST_NATS_RETRY_FOR", "30")
     return env
 
 
@@ -338,28 +396,21 @@ def _probe_services(url: str, token: str) -> Callable[[], str | None]:
 
 def _start_servers(launcher: Launcher, ports: dict[str, int]) -> None:
     home = launcher.home
-    (home / "nats").mkdir(parents=True, exist_ok=True)
+    n = nats_nodes(ports)
+    for i in range(1, n + 1):
+        # A cluster's nodes keep their stores apart from a single node's (never mixed).
+        store = home / "nats" if n == 1 else home / "nats-cluster" / f"n{i}"
+        store.mkdir(parents=True, exist_ok=True)
+        client, monitor = ports[_node_role("nats", i)], ports[_node_role("nats_monitor", i)]
+        launcher.start(
+            "nats" if i == 1 else f"nats-{i}",
+            [nats_binary(), "-a", HOST, "-p", str(client), "-m", str(monitor), "-js",
+             "-sd", str(store), *(nats_cluster_args(ports, i) or ["-n", "burst-local"])],
+            dict(os.environ),
+            client=client,
+            monitor=monitor,
+        )
     (home / "redis").mkdir(parents=True, exist_ok=True)
-    launcher.start(
-        "nats",
-        [
-            nats_binary(),
-            "-a",
-            HOST,
-            "-p",
-            str(ports["nats"]),
-            "-m",
-            str(ports["nats_monitor"]),
-            "-js",
-            "-sd",
-            str(home / "nats"),
-            "-n",
-            "burst-local",
-        ],
-        dict(os.environ),
-        client=ports["nats"],
-        monitor=ports["nats_monitor"],
-    )
     launcher.start(
         "redis",
         [
@@ -409,17 +460,32 @@ def _start_services(
             "BURST_RUNTIME": runtime,
         },
     }
-    for name in SERVICES:
-        ports_of = {"http": ports["gateway"], "web": ports["web"]} if name == "gateway" else {}
+    if "gateway_2" in ports:
+        extra["gateway-2"] = {**extra["gateway"], "BURST_PORT": str(ports["gateway_2"]),
+                              "BURST_WEB_PORT": str(ports["web_2"])}
+    for name in service_parts(ports):
+        service = name.split("-")[0]
+        if service == "gateway":
+            suffix = "" if name == "gateway" else "_2"
+            ports_of = {"http": ports[f"gateway{suffix}"], "web": ports[f"web{suffix}"]}
+        else:
+            ports_of = {}
         part_env = {**env, **extra.get(name, {})}
-        if name not in KEY_HOLDERS:  # the master keys reach only who seals and opens
+        if service not in KEY_HOLDERS:  # the master keys reach only who seals and opens
             part_env.pop("BURST_MASTER_KEYS", None)
         launcher.start(
             name,
-            [sys.executable, "-m", f"burst_{name}"],
+            [sys.executable, "-m", f"burst_{service}"],
             part_env,
             **ports_of,
         )
+
+
+def service_parts(ports: dict[str, int]) -> list[str]:
+    """The service parts of a cluster: each service once; with a NATS cluster, two
+    gateways and two schedulers."""
+    twice = [f"{name}-2" for name in HA_SERVICES] if nats_nodes(ports) > 1 else []
+    return [*SERVICES, *twice]
 
 
 def ensure_docker(progress: Steps) -> None:
@@ -484,7 +550,9 @@ def start_cluster(
         write_state(home, state)  # from here on, `burst down` can clean up after a killed `up`
         wait_healthy(
             launcher,
-            [("nats", _probe_nats(ports["nats_monitor"])), ("redis", _probe_redis(ports["redis"]))],
+            [*((f"nats node {i}", _probe_nats(ports[_node_role("nats_monitor", i)]))
+               for i in range(1, nats_nodes(ports) + 1)),
+             ("redis", _probe_redis(ports["redis"]))],
             deadline,
             progress,
             timeout,
@@ -496,6 +564,8 @@ def start_cluster(
             launcher,
             [
                 ("gateway", _probe_gateway(url)),
+                *((("gateway-2", _probe_gateway(f"http://{HOST}:{ports['gateway_2']}")),)
+                  if "gateway_2" in ports else ()),
                 ("scheduler, billing and agent", _probe_services(url, token)),
             ],
             deadline,

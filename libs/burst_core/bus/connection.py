@@ -25,10 +25,30 @@ JETSTREAM_READY_TIMEOUT = 30.0
 _resumes: set[asyncio.Task[None]] = set()
 
 
+def server_urls(url: str) -> list[str]:
+    """The NATS servers of ``BURST_NATS_URL``: one URL, or several separated by commas
+    (the nodes of a NATS cluster). Raises ValueError naming a bad one."""
+    urls = [u.strip() for u in url.split(",") if u.strip()]
+    if not urls:
+        raise ValueError(f"setting BURST_NATS_URL={url!r} names no NATS server: use "
+                         "nats://HOST:PORT, or several separated by commas")
+    for u in urls:
+        scheme, sep, rest = u.partition("://")
+        if not sep or scheme not in ("nats", "tls") or not rest:
+            raise ValueError(f"setting BURST_NATS_URL: {u!r} is not a NATS server URL: use "
+                             "nats://HOST:PORT (or tls://HOST:PORT), several separated by "
+                             "commas")
+    return urls
+
+
 async def connect(url: str, name: str,
                   reconnected: Callable[[], Awaitable[None]] | None = None) -> NATS:
     """A connection that reconnects for ever; ``reconnected`` runs after each reconnect
     (subscriptions are already renewed then).
+
+    ``url`` may name several servers separated by commas (a NATS cluster): the client
+    connects to one of them and, when it goes away, to another at once (a server it
+    could not reach is tried again after ``reconnect_time_wait``).
 
     After a reconnect, every ordered consumer of the connection (KV watches, the
     gateway's outputs) is renewed at once (see :func:`_natspy.resume_ordered`): a restarted
@@ -48,7 +68,7 @@ async def connect(url: str, name: str,
             await reconnected()
 
     nc = await nats.connect(
-        servers=[url],
+        servers=server_urls(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
