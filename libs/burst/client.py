@@ -19,6 +19,32 @@ import msgspec
 from burst import _context, _http, wire
 from burst.exception import Error, InternalError, UnavailableError, from_api
 
+#: Requests that only read, and so may be sent again: a POST that waits on calls.
+_READ_POSTS = ("/v1/calls/wait",)
+#: Default of ``BURST_UNAVAILABLE_RETRY`` (seconds).
+DEFAULT_UNAVAILABLE_RETRY = 30.0
+
+
+def unavailable_retry() -> float:
+    """``BURST_UNAVAILABLE_RETRY``: seconds a read (a call's result, a wait on calls, any
+    GET) that the gateway answers 503 Unavailable, as it does while NATS elects a leader,
+    is sent again (30; 0: never). A bad value raises InvalidError naming it."""
+    import os
+
+    raw = os.environ.get("BURST_UNAVAILABLE_RETRY", "").strip()
+    if not raw:
+        return DEFAULT_UNAVAILABLE_RETRY
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        from burst.exception import InvalidError
+
+        raise InvalidError(f"invalid BURST_UNAVAILABLE_RETRY={raw!r}: use a number of seconds, "
+                           "0 or more")
+    return value
+
 
 class Client:
     def __init__(self, url: str, token: str, timeout: float = 90.0) -> None:
@@ -63,6 +89,22 @@ class Client:
                 expect: tuple[int, ...] = (200, 201, 202, 204)) -> tuple[int, bytes]:
         if params:
             path += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        if method not in ("GET", "HEAD") and path.split("?")[0] not in _READ_POSTS:
+            return self._request_once(method, path, body, content_type, expect)
+        # A read answered 503 (NATS electing a leader, or restarting) is sent again.
+        deadline = time.monotonic() + unavailable_retry()
+        delay = 0.1
+        while True:
+            try:
+                return self._request_once(method, path, body, content_type, expect)
+            except UnavailableError as e:
+                if e.status != 503 or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _request_once(self, method: str, path: str, body: bytes | None,
+                      content_type: str | None, expect: tuple[int, ...]) -> tuple[int, bytes]:
         headers = {"Authorization": f"Bearer {self.token}", "Accept": wire.MSGPACK}
         if content_type:
             headers["Content-Type"] = content_type
@@ -82,7 +124,10 @@ class Client:
                     "is it running? (`burst up`, `burst status`)") from None
         if status in expect:
             return status, data
-        raise _error_from(status, data)
+        err = _error_from(status, data)
+        if isinstance(err, UnavailableError):
+            err.status = status
+        raise err
 
     # ---- API -----------------------------------------------------------------------
     def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
