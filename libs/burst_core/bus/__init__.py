@@ -22,6 +22,7 @@ from burst_core.bus.kv import kv_cas, kv_deleted, kv_get, kv_items, kv_keys, kv_
 from burst_core.bus.mirror import KVChange, KVMirror
 from burst_core.bus.publish import publish, publish_many
 from burst_core.bus.pull import ConsumerMissing, pull
+from burst_core.bus.retry import retrying
 from burst_core.bus.topology import (
     DAY,
     Topology,
@@ -38,5 +39,5 @@ __all__ = [
     "ensure_kv",
     "ensure_topology", "kv_cas", "kv_deleted", "kv_get", "kv_items", "kv_keys", "kv_subject",
     "kv_values",
-    "publish", "publish_many", "pull", "quiet", "send_now", "subscribe_direct",
+    "publish", "publish_many", "pull", "quiet", "retrying", "send_now", "subscribe_direct",
 ]
