@@ -1,6 +1,6 @@
 """Benchmark: the gap in service while a three-node NATS cluster loses a node, as JSON.
 
-    .venv/bin/python bench/ha.py [--kills 2] [--settle 3]
+    .venv/bin/python bench/ha.py [--kills 2] [--settle 3] [--home HOME]
 
 Starts `burst up --nats-cluster 3` (temporary BURST_HOME), runs a loop of calls and a
 loop of maps (bench/_ha_load.py), and SIGKILLs NATS nodes one at a time: first the
@@ -10,6 +10,9 @@ per kill, the node, whether it led the inputs stream, seconds until the cluster 
 caught up, and ``gap_s``, the longest time in which no call of the call loop was
 answered (target: under 12 s; nats-server's own election takes 4-9 s); plus the calls
 and maps answered and any call that did not end with exactly one result.
+
+With ``--home``, it runs against the cluster already up from that BURST_HOME (started with
+``--nats-cluster 3`` and ``BURST_SANDBOX=off``), as tests/e2e/test_nats_cluster.py does.
 """
 
 from __future__ import annotations
@@ -75,10 +78,19 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=2)
     ap.add_argument("--settle", type=float, default=3.0,
                     help="seconds of load before the first kill and after each catch-up")
+    ap.add_argument("--home", type=Path, default=None,
+                    help="use the running cluster of this BURST_HOME instead of a new one")
     args = ap.parse_args()
     if args.kills < 1 or args.settle <= 0:
         sys.exit(f"--kills {args.kills} must be at least 1 and --settle {args.settle} above 0")
     workdir = Path(tempfile.mkdtemp(prefix="burst-ha-"))
+    if args.home is not None:
+        os.environ["BURST_HOME"] = str(args.home)
+        mod = load_app(workdir, "ha_bench_app", _ha_load.APP)
+        with mod.app.run(show_output=False):
+            out = run_kills(args.home, mod.echo, workdir, args.kills, args.settle)
+        print(json.dumps({"benchmark": "ha.nats_node_loss", **out}, indent=2))
+        return
     with LocalCluster("burst-bench-", "--nats-cluster", "3", timeout=180,
                       BURST_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "warning"),
                       **SETTINGS) as cluster:
