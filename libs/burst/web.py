@@ -30,6 +30,7 @@ As in Modal, the function's image needs the framework it uses (FastAPI for
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -66,11 +67,34 @@ def _mark(kind: str, label: str | None, requires_proxy_auth: bool, **extra: Any,
             raise InvalidError(f"@burst.{_DECORATOR[kind]}() needs a function, got {f!r}")
         if getattr(f, MARK, None) is not None:
             raise InvalidError(f"{f.__qualname__} already has a web decorator")
+        if kind != "fastapi":
+            _check_app_factory(kind, f)
         setattr(f, MARK, endpoint)
         _mark_method(f)
         return f
 
     return decorator
+
+
+def _check_app_factory(kind: str, f: Callable[..., Any]) -> None:
+    """An ``asgi_app``/``wsgi_app``/``web_server`` function is called once per container
+    with no arguments, and must return the app (not a coroutine): wrong at deploy time
+    rather than when the container starts."""
+    what = f"@burst.{_DECORATOR[kind]}() function {getattr(f, '__qualname__', f)!r}"
+    if inspect.iscoroutinefunction(f):
+        raise InvalidError(f"{what} is async: make it a plain def that "
+                           + ("starts the server" if kind == "web_server" else "returns the app"))
+    try:
+        params = list(inspect.signature(f).parameters.values())
+    except (TypeError, ValueError):
+        return
+    if params and params[0].name == "self":
+        params = params[1:]
+    required = [p.name for p in params if p.default is p.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if required:
+        raise InvalidError(f"{what} takes parameters ({', '.join(required)}): it is called "
+                           "with none, once per container")
 
 
 _DECORATOR = {"fastapi": "fastapi_endpoint", "asgi": "asgi_app", "wsgi": "wsgi_app",

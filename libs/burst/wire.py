@@ -521,6 +521,9 @@ class WebRequest(_Frame, kw_only=True):
     reply: str = ""
     #: A WebSocket handshake (ASGI ``websocket`` scope) rather than an HTTP request.
     websocket: bool = False
+    #: Offered by an agent where it waits for a slot (the whole body with it): taken only
+    #: by an agent with a container that runs it at once, else declined (``subject`` "").
+    free_only: bool = False
 
 
 class WebRequestBody(_Frame, kw_only=True):
@@ -547,6 +550,14 @@ class WebAccepted(_Frame, kw_only=True):
     #: No container had a free slot: it waits at the agent (the gateway tells the
     #: scheduler the function needs more containers).
     queued: bool = False
+
+
+class WebMoved(_Frame, kw_only=True):
+    """From the agent that took a request which had not started: another agent's free
+    container runs it; its cancel (and WebSocket messages) now go to ``subject``."""
+
+    req_id: str
+    subject: str
 
 
 class WebResponseStart(_Frame, kw_only=True):
@@ -608,7 +619,7 @@ FromShim = (Ready | StartupFailed | InputDone | StreamItem | Log | PlatformReque
 #: Frames of a web request between the gateway and the agent (core NATS messages).
 WebMessage = (WebRequest | WebRequestBody | WebCancel | WebAccepted | WebResponseStart
               | WebResponseBody | WebEnd | WebAlive | WebSocketAccept | WebSocketMessage
-              | WebSocketClose)
+              | WebSocketClose | WebMoved)
 #: Web frames to the shim (the shim's web host takes them).
 WEB_TO_SHIM = (WebRequest, WebRequestBody, WebCancel, WebSocketMessage, WebSocketClose)
 #: Web frames from the shim that the agent relays to the gateway as they are.

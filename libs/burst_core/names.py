@@ -154,6 +154,12 @@ def web_requests_filter(agent_id: str) -> str:
     return f"burst.web.req.{agent_id}.*"
 
 
+def web_result_subject(gateway: str) -> str:
+    """Where a gateway asks the gateway ``gateway`` for the result of a request it
+    redirected (Modal's 303): any gateway answers the redirect's location."""
+    return f"burst.web.result.{gateway}"
+
+
 def proxy_auth_key(key_id: str) -> str:
     """KV ``burst_tokens`` key of a proxy-auth token (never an API token's sha256 key)."""
     return "proxy." + hashlib.sha256(key_id.encode()).hexdigest()

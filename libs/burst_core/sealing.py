@@ -6,8 +6,10 @@ cluster's master key: ``burst_core.secrets``), so whoever can read the NATS stor
 backup, the ``nats`` CLI) learns nothing that lets them forge a delivery. The master keys
 come from ``BURST_MASTER_KEYS`` or ``$BURST_HOME/secrets.key`` (mode 0600, created by
 whichever service needs it first; the user's containers never see ``$BURST_HOME``).
-Every service that seals or opens (the gateway, billing) must see the same keys: on
-several machines, copy them along with the cluster's other credentials.
+The gateway holds the master keys and seals; billing, which only opens (to sign
+deliveries), holds only the derived webhook keys: the file ``webhook.keys`` the gateway
+writes from its ring (``burst_core.secrets.write_webhook_keys``; under compose the init
+service writes it first), never a master key.
 
 Example::
 
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING
 from cryptography.fernet import Fernet, InvalidToken
 
 if TYPE_CHECKING:
-    from burst_core.secrets import KeyRing
+    from burst_core.secrets import KeyRing, WebhookKeys
 
 KEY_FILE = "secrets.key"
 #: Every sealed value starts so; ``v1``: Fernet under the master key itself (before keys
@@ -74,9 +76,11 @@ class Sealer:
     """Seals and opens webhook signing secrets with the key derived for that purpose from
     the newest master key of the ring (``burst_core.secrets``); opens what any key of the
     ring sealed, and what the master key itself sealed before keys were derived
-    (``sealed:v1:``)."""
+    (``sealed:v1:``). Given only the derived webhook keys (:class:`WebhookKeys`, as
+    billing is), it opens ``sealed:v2:`` values; ``sealed:v1:`` ones need the master key,
+    and the gateway reseals them when it starts."""
 
-    def __init__(self, ring: KeyRing) -> None:
+    def __init__(self, ring: KeyRing | WebhookKeys) -> None:
         self.ring = ring
 
     @classmethod
@@ -96,11 +100,14 @@ class Sealer:
         if stored.startswith(PREFIX_V2):
             kid, _, token = stored[len(PREFIX_V2):].partition(":")
             try:
-                return Fernet(self.ring.by_kid(kid).webhook_key).decrypt(token.encode()).decode()
-            except (InvalidToken, KeyRingError):
-                raise SealingError(f"cannot open a sealed secret: master key {kid} that sealed "
-                                   "it is not in this cluster's key ring, or it is "
-                                   "damaged") from None
+                key = self.ring.by_kid(kid)
+            except KeyRingError as e:  # says which key is missing from where
+                raise SealingError(f"cannot open a sealed secret: {e}") from None
+            try:
+                return Fernet(key.webhook_key).decrypt(token.encode()).decode()
+            except InvalidToken:
+                raise SealingError(f"cannot open a sealed secret: it does not open under "
+                                   f"master key {kid}'s webhook key: it is damaged") from None
         if not stored.startswith(PREFIX_V1):
             return stored
         for k in self.ring.keys:
@@ -110,6 +117,10 @@ class Sealer:
                 return k.legacy_fernet.decrypt(stored[len(PREFIX_V1):].encode()).decode()
             except InvalidToken:
                 continue
+        if not any(k.legacy_fernet is not None for k in self.ring.keys):
+            raise SealingError("cannot open a secret sealed under the master key itself "
+                               "(sealed:v1) with the derived webhook keys alone: the gateway "
+                               "reseals it when it starts")
         raise SealingError("cannot open a sealed secret: it was sealed with another "
                            f"key than {KEY_FILE} in this BURST_HOME")
 
@@ -131,4 +142,19 @@ def for_home(home: str | os.PathLike[str]) -> Sealer:
     box = _by_home.get(k)
     if box is None:
         box = _by_home[k] = Sealer.from_home(k)
+    return box
+
+
+_by_keys_file: dict[str, Sealer] = {}
+
+
+def for_webhook_keys(path: str | os.PathLike[str]) -> Sealer:
+    """An opener holding only the derived webhook keys of ``path`` (billing's), loaded
+    once per process and read again when a value names a key id it lacks."""
+    from burst_core.secrets import WebhookKeys
+
+    k = str(Path(path).resolve())
+    box = _by_keys_file.get(k)
+    if box is None:
+        box = _by_keys_file[k] = Sealer(WebhookKeys(k))
     return box

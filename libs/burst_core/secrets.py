@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -42,6 +43,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from burst_core import sealing
 
 ENV_VAR = "BURST_MASTER_KEYS"
+#: The derived webhook-sealing keys (never a master key), one ``<key id>:<key>`` a line,
+#: newest first: what billing opens webhook signing secrets with. The gateway writes it
+#: from its ring (at start and on a rotation), and so does the compose init service.
+WEBHOOK_KEYS_FILE = "webhook.keys"
 ENVELOPE_PREFIX = "envelope:v1:"
 #: Least master key material accepted (bytes of its text): a short passphrase is refused.
 MIN_KEY_CHARS = 32
@@ -88,6 +93,97 @@ class MasterKey:
                    secrets_key=_derive(raw, PURPOSE_SECRETS),
                    webhook_key=base64.urlsafe_b64encode(_derive(raw, PURPOSE_WEBHOOKS)),
                    legacy_fernet=legacy)
+
+
+@dataclass(frozen=True)
+class WebhookKey:
+    """A derived webhook-sealing key alone (what billing holds): it opens ``sealed:v2:``
+    values of its key id and nothing else."""
+
+    kid: str
+    webhook_key: bytes
+    legacy_fernet: Fernet | None = None  # never: a master key itself is not held
+
+
+def webhook_keys_path(home: str | os.PathLike[str], setting: str = "") -> Path:
+    """Where the derived webhook keys are: the ``BURST_WEBHOOK_KEYS_FILE`` setting, else
+    ``$BURST_HOME/webhook.keys``."""
+    return Path(setting) if setting else Path(home) / WEBHOOK_KEYS_FILE
+
+
+def write_webhook_keys(ring: KeyRing, path: str | os.PathLike[str]) -> None:
+    """Write the ring's derived webhook keys (newest first) to ``path`` (mode 0600,
+    replaced atomically); unchanged contents are not rewritten."""
+    path = Path(path)
+    text = "".join(f"{k.kid}:{k.webhook_key.decode()}\n" for k in ring.keys)
+    with contextlib.suppress(OSError):
+        if path.read_text() == text:
+            return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class WebhookKeys:
+    """The derived webhook keys of a file :func:`write_webhook_keys` wrote; read again
+    when a value names a key id it does not know (the gateway added a key)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.keys: list[WebhookKey] = []
+        self._read()
+
+    def _read(self) -> None:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            self.keys = []
+            return
+        keys: list[WebhookKey] = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            kid, sep, key = line.strip().partition(":")
+            try:
+                if not (sep and kid):
+                    raise ValueError(kid)
+                Fernet(key.encode())
+            except ValueError:
+                # Never the key itself in a message: where it is only.
+                raise KeyRingError(f"{self.path} line {n} is not '<key id>:<webhook key>' "
+                                   "(the gateway or the compose init service writes this "
+                                   "file)") from None
+            keys.append(WebhookKey(kid=kid, webhook_key=key.encode()))
+        self.keys = keys
+
+    def reload(self) -> bool:
+        before = [k.kid for k in self.keys]
+        self._read()
+        return [k.kid for k in self.keys] != before
+
+    @property
+    def newest(self) -> WebhookKey:
+        if not self.keys:
+            self._read()
+        if not self.keys:
+            raise KeyRingError(f"no webhook key in {self.path} yet (the gateway writes it "
+                               "when it starts)")
+        return self.keys[0]
+
+    def by_kid(self, kid: str) -> WebhookKey:
+        for attempt in range(2):
+            for k in self.keys:
+                if k.kid == kid:
+                    return k
+            if attempt == 0:
+                self._read()
+        raise KeyRingError(f"sealed under master key {kid}, whose webhook key is not in "
+                           f"{self.path} (the gateway writes it from its key ring)")
 
 
 class _Envelope(msgspec.Struct, array_like=True):

@@ -12,6 +12,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -45,8 +46,11 @@ async def heartbeat_loop(
     instance: str,
     interval: float,
     info: Callable[[], dict[str, str]] | None = None,
+    health_file: str = "",
 ) -> None:
-    """Write this replica's liveness record to KV every ``interval`` seconds."""
+    """Write this replica's liveness record to KV every ``interval`` seconds; after each
+    one written, touch ``health_file`` when set (``BURST_HEALTH_FILE``: a container's
+    health check reads its age, so "healthy" means "its liveness reaches NATS")."""
     kv = await js.key_value(names.KV_SERVICES)
     started = time.time()
     key = names.service_key(service, instance)
@@ -60,11 +64,21 @@ async def heartbeat_loop(
                 await asyncio.wait_for(kv.put(key, encode(hb)), max(interval, 1.0))
             except Exception as e:  # NATS blip: the next beat will make up for it
                 log.warning("service_heartbeat_failed", error=repr(e))
+            else:
+                if health_file:
+                    _touch(health_file)
             await asyncio.sleep(interval)
     finally:
         # Best effort, bounded: a shutdown must never wait on a slow or gone server.
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(kv.delete(key), 1.0)
+
+
+def _touch(path: str) -> None:
+    try:
+        Path(path).touch()
+    except OSError as e:
+        log.warning("health_file_not_written", path=path, error=str(e))
 
 
 async def live_services(js: JetStreamContext, timeout: float) -> list[ServiceHeartbeat]:

@@ -29,6 +29,9 @@ class CommonSettings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Burst's own state directory (tokens, NATS store, logs); never visible to user code.
     home: str = dataclasses.field(default_factory=default_home)
+    #: The derived webhook-sealing keys the gateway writes and billing reads (never a
+    #: master key); empty: ``$BURST_HOME/webhook.keys``.
+    webhook_keys_file: str = ""
     #: Instance id of this replica; unique per process.
     instance: str = dataclasses.field(
         default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
@@ -37,6 +40,9 @@ class CommonSettings:
     log_level: str = "info"
     #: Seconds between this service's liveness records in KV.
     service_heartbeat_interval: float = 2.0
+    #: A file touched after each liveness record written (empty: none); the compose
+    #: cluster's health checks read its age.
+    health_file: str = ""
     #: How long outputs, call records and idempotency keys are kept (7 days, as Modal).
     result_retention: float = 7 * 24 * 3600.0
 

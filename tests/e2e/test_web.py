@@ -5,6 +5,7 @@ disconnect cancelling the request, bad input. One cluster and one app for the mo
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -30,6 +31,9 @@ DOMAIN = "web.test"
 REQUEST_TIMEOUT = 8
 #: Seconds a client (``burst serve``) may miss heartbeats before its run is stopped.
 CLIENT_TIMEOUT = 5.0
+#: Seconds a container may take to start (the agent's) and a request is held for one
+#: (the gateway's), short enough that a web_server's longer startup_timeout crosses them.
+STARTUP_TIMEOUT = 20
 
 APP = '''
 import asyncio, os
@@ -90,6 +94,14 @@ async def held() -> dict:
     return {"released": True}
 
 
+@app.function(retries=3)
+@burst.fastapi_endpoint()
+async def flaky() -> dict:
+    d = burst.Dict.from_name("web-flaky", create_if_missing=True)
+    await d.put.aio("runs", await d.get.aio("runs", 0) + 1)
+    raise RuntimeError("flaky failed")
+
+
 @app.function()
 @burst.asgi_app(label="private", requires_proxy_auth=True)
 def private():
@@ -113,6 +125,26 @@ class Greeter:
     @burst.fastapi_endpoint(docs=True)
     def greet(self, name: str) -> dict:
         return {"text": f"{self.greeting} {name}"}
+
+
+@app.cls()
+class Late:
+    @burst.enter()
+    def load(self):
+        import time
+        time.sleep(8)  # a slow start: requests are held meanwhile
+
+    @burst.asgi_app(label="late")
+    def web(self):
+        from fastapi import FastAPI
+
+        web = FastAPI()
+
+        @web.get("/{what}")
+        def what(what: str) -> str:
+            return what
+
+        return web
 
 
 @app.function()
@@ -231,6 +263,25 @@ def files():
 
 
 @app.function()
+@burst.web_server(8766, startup_timeout=60)
+def slowstart():  # listens only after the cluster's own startup timeouts (a model loading)
+    import http.server, threading, time
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"up")
+
+    def later():
+        time.sleep(STARTUP_TIMEOUT + 3)
+        http.server.ThreadingHTTPServer(("127.0.0.1", 8766), Handler).serve_forever()
+
+    threading.Thread(target=later, daemon=True).start()
+
+
+@app.function()
 @burst.wsgi_app()
 def flaskapp():
     from flask import Flask, request
@@ -251,7 +302,7 @@ def flaskapp():
         return f.response_class(gen(), status=202, headers={"x-wsgi": "yes"})
 
     return f
-'''
+'''.replace("STARTUP_TIMEOUT", str(STARTUP_TIMEOUT))
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +313,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                                BURST_WEB_REQUEST_TIMEOUT=str(REQUEST_TIMEOUT),
                                BURST_CLIENT_TIMEOUT=str(CLIENT_TIMEOUT),
                                BURST_CLIENT_HEARTBEAT_INTERVAL="0.5",
-                               BURST_CLIENT_REAP_INTERVAL="0.25")
+                               BURST_CLIENT_REAP_INTERVAL="0.25",
+                               BURST_STARTUP_TIMEOUT=str(STARTUP_TIMEOUT),
+                               BURST_WEB_STARTUP_TIMEOUT=str(STARTUP_TIMEOUT))
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +330,38 @@ def web(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> str:
     assert f"http://default--webapp-square.{DOMAIN}:{port}" in out
     assert f"http://default--echo-post.{DOMAIN}:{port}" in out
     assert f"http://default--webapp-greeter-greet.{DOMAIN}:{port}" in out
-    return f"http://127.0.0.1:{port}/default/webapp"  # the path form always works
+    base = f"http://127.0.0.1:{port}/default/webapp"  # the path form always works
+    SLOW_START.start(f"{base}/slowstart")  # its long wait overlaps the tests before its own
+    return base
+
+
+class _Background:
+    """One request made in a thread of its own from the module's start: the time it
+    took and its response (or the exception it raised)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.done = threading.Event()
+        self.took = 0.0
+        self.result: httpx.Response | BaseException | None = None
+
+    def start(self, url: str) -> None:
+        import threading
+
+        def run() -> None:
+            t = time.monotonic()
+            try:
+                self.result = get(url)
+            except BaseException as e:  # noqa: BLE001 - handed to the test
+                self.result = e
+            self.took = time.monotonic() - t
+            self.done.set()
+
+        threading.Thread(target=run, daemon=True).start()
+
+
+SLOW_START = _Background()
 
 
 @pytest.fixture
@@ -430,6 +514,28 @@ def test_client_disconnect_cancels_the_request_in_the_container(web: str, sdk: N
     assert d.get("cancelled") is True
 
 
+def test_a_client_leaving_while_its_request_is_held_runs_nothing(cluster: Cluster,
+                                                                 web: str) -> None:
+    """A request held while the endpoint's container starts, whose client goes away, is
+    dropped: no container ever gets it."""
+    host, port = web.split("//")[1].split("/")[0].split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(f"GET /default/webapp/late/left HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    deadline = time.monotonic() + 60
+    while not containers_of(cluster, "late"):  # its container is starting: it is held
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    sock.close()
+    r = get(f"{web}/late/stayed")  # held as well, then answered
+    assert r.status_code == 200 and r.json() == "stayed"
+    from tests.waiting import eventually
+
+    eventually(lambda: '"/default/webapp/late/stayed"' in cluster.log("agent"), 30,
+               "the answered request in the agent's log")
+    time.sleep(2)  # (the left one, had it been handed on, was offered with it)
+    assert '"/default/webapp/late/left"' not in cluster.log("agent")
+
+
 def test_fifty_concurrent_requests_scale_out_against_max_inputs_ten(
         cluster: Cluster, web: str, sdk: None) -> None:
     import burst
@@ -496,9 +602,22 @@ def test_app_exception_is_the_apps_500_with_the_traceback_in_logs_only(
             entry = json.loads(line)
             if entry["type"] == "log":
                 seen.append(entry["line"])
-                if "kaboom-secret" in entry["line"]:
+                if any("kaboom-secret" in ln for ln in seen) and any(
+                        ln.startswith("GET /default/webapp/api/boom") for ln in seen):
                     break
     assert any("Traceback" in ln for ln in seen), seen
+    # The request itself is in the app's logs with its status and duration.
+    request = next(ln for ln in seen if ln.startswith("GET /default/webapp/api/boom"))
+    assert re.fullmatch(r"GET /default/webapp/api/boom -> 500 \(\d+\.\d ms\)", request), request
+
+
+def test_retries_never_apply_to_requests(web: str, sdk: None) -> None:
+    import burst
+
+    r = get(f"{web}/flaky")
+    assert r.status_code == 500 and "flaky failed" not in r.text
+    time.sleep(3)  # (a first retry, were there one, would have run: its delay is 1 s)
+    assert burst.Dict.from_name("web-flaky", create_if_missing=True).get("runs") == 1
 
 
 def test_unknown_urls_are_404(web: str) -> None:
@@ -524,6 +643,9 @@ def test_get_web_url_answers(cluster: Cluster, web: str) -> None:
     host = square_url.split("//")[1]
     r = get(f"http://127.0.0.1:{port}/", params={"x": 3}, headers={"host": host})
     assert r.json() == {"square": 9}
+    shouted = host.split(":")[0].upper() + "."  # DNS names: any case, the root's dot
+    r = get(f"http://127.0.0.1:{port}/", params={"x": 4}, headers={"host": shouted})
+    assert r.json() == {"square": 16}
     r = get(f"http://127.0.0.1:{port}/hello", params={"name": "h"},
             headers={"host": f"default--api.{DOMAIN}"})  # a label: {workspace}--{label}
     assert r.json() == {"hello": "h"}
@@ -560,25 +682,85 @@ def test_proxy_auth_refuses_without_a_token_and_starts_nothing(cluster: Cluster,
     assert api.status_code == 401
 
 
-def test_a_request_past_the_limit_gets_a_303_that_waits_for_its_result(
-        web: str, sdk: None) -> None:
+@pytest.fixture
+def second_gateway(cluster: Cluster, tmp_path: Path) -> Iterator[str]:
+    """Another gateway of the cluster (as a second machine behind a load balancer would
+    run it); its web port's base URL."""
+    from tests.servers import free_port
+
+    state = json.loads((cluster.home / "cluster.json").read_text())
+    client = {p["name"]: p["ports"].get("client", 0) for p in state["parts"]}
+    port, web_port = free_port(), free_port()
+    env = {**cluster.env, "BURST_HOST": "127.0.0.1", "BURST_PORT": str(port),
+           "BURST_WEB_PORT": str(web_port), "PYTHONUNBUFFERED": "1",
+           "BURST_NATS_URL": f"nats://127.0.0.1:{client['nats']}",
+           "BURST_REDIS_URL": f"redis://127.0.0.1:{client['redis']}/0"}
+    with open(tmp_path / "gateway2.log", "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "burst_gateway"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "gateway2.log").read_text()[-3000:]
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{web_port}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_a_request_past_the_limit_gets_a_303_that_any_gateway_answers(
+        web: str, second_gateway: str, sdk: None) -> None:
+    """Two slow requests get Modal's 303 after REQUEST_TIMEOUT; one location is followed
+    at the gateway holding its result, the other at a second gateway (behind a load
+    balancer a client may reach either), which fetches it. A response that started
+    streaming meanwhile is never redirected."""
     import burst
 
-    t = time.monotonic()
-    r = httpx.get(f"{web}/slow", params={"tag": "a"}, timeout=120)  # not following
-    assert r.status_code == 303, r.text
-    assert time.monotonic() - t >= REQUEST_TIMEOUT - 0.5
-    location = r.headers["location"]
-    assert location.startswith("/__burst/requests/")
     root = web.rsplit("/", 2)[0]
-    # The client that got the 303 has gone away: that cancels nothing. Following the
+    with httpx.stream("GET", f"{web}/api/stream", timeout=120) as streamed:
+        assert streamed.status_code == 200
+        chunks = streamed.iter_text()
+        assert next(chunks) == "first\n"
+        t = time.monotonic()
+        with ThreadPoolExecutor(2) as pool:  # not following
+            slow = list(pool.map(lambda tag: httpx.get(f"{web}/slow", params={"tag": tag},
+                                                       timeout=120), "ab"))
+        assert [r.status_code for r in slow] == [303, 303], [r.text for r in slow]
+        assert time.monotonic() - t >= REQUEST_TIMEOUT - 0.5
+        # The stream, open all this while, goes on to its end.
+        burst.Queue.from_name("web-stream", create_if_missing=True).put("go")
+        assert "".join(chunks) == "last\n"
+    locations = [r.headers["location"] for r in slow]
+    for location in locations:  # the capability: the gateway's and the request's ids
+        assert location.startswith("/__burst/requests/") and len(location.split("/")) == 5
+    # The clients that got the 303s have gone away: that cancels nothing. Following a
     # location waits; it answers once the app does.
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(get, root + location)
-        burst.Queue.from_name("web-slow", create_if_missing=True).put("go")
-        answer = pending.result(timeout=120)
-    assert answer.status_code == 200 and answer.json() == {"tag": "a"}
-    assert get(root + location).status_code == 404  # fetched once
+    with ThreadPoolExecutor(2) as pool:
+        pending = [pool.submit(get, root + locations[0]),
+                   pool.submit(get, second_gateway + locations[1])]
+        time.sleep(1)  # (both are waiting, the second gateway on the first)
+        burst.Queue.from_name("web-slow", create_if_missing=True).put_many(["go", "go"])
+        answers = [p.result(timeout=120) for p in pending]
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    assert [a.json() for a in answers] == [{"tag": "a"}, {"tag": "b"}]
+    assert answers[1].headers["content-type"] == "application/json"
+    for base, location in ((root, locations[0]), (second_gateway, locations[1])):
+        gone = get(base + location)  # fetched once, wherever
+        assert gone.status_code == 404 and gone.json()["error"]["type"] == "NotFound"
+    # A location of a gateway that is not there (gone with its results) is 404, saying so.
+    lost = get(second_gateway + "/__burst/requests/0123456789abcdef/wr-0")
+    assert lost.status_code == 404 and "is gone" in lost.json()["error"]["message"]
+    for bad in ("*", ">", "a.b", "%20"):  # never a subject of its own, nor a wildcard
+        r = httpx.get(f"{second_gateway}/__burst/requests/{bad}/wr-0", timeout=30)
+        assert r.status_code == 404 and r.json()["error"]["type"] == "NotFound", bad
 
 
 def test_non_asgi_return_is_a_clear_error(cluster: Cluster, web: str, tmp_path: Path) -> None:
@@ -862,6 +1044,77 @@ def test_a_run_of_an_app_leaves_its_deployments_web_containers_serving(
     time.sleep(1)  # (an agent retiring the deployed app's container would have done so)
     assert get(url).json() == first  # the same warm container answers
     cluster.burst("app", "stop", "twin", check=True)
+
+
+SPREAD = '''
+import os
+import burst
+
+app = burst.App("webspread")
+
+
+@app.function(gpu="T4", max_containers=2, scaledown_window=60)
+@burst.concurrent(max_inputs=2)
+@burst.fastapi_endpoint()
+async def hold(i: int) -> dict:
+    cid = os.environ["BURST_CONTAINER_ID"]
+    await burst.Dict.from_name("web-spread", create_if_missing=True).put.aio(f"started-{i}", cid)
+    await burst.Queue.from_name("web-spread-go", create_if_missing=True).get.aio(timeout=120)
+    return {"i": i, "container": cid}
+'''
+
+
+def test_a_request_waiting_for_a_slot_moves_to_a_new_container_on_another_agent(
+        cluster: Cluster, web: str, tmp_path: Path, sdk: None) -> None:
+    """Two agents of one GPU each (only they can run the function, a container each):
+    the request that finds the first agent's container full waits there only until the
+    scheduler's second container, on the other agent, is ready; it runs there, not after
+    a slot frees on the first."""
+    import burst
+    from tests.e2e.test_failover import Agents, wait_agents_live
+    from tests.waiting import eventually
+
+    agents = Agents(cluster, tmp_path)
+    try:
+        agents.start("web-gpu-a", "T4:1")
+        agents.start("web-gpu-b", "T4:1")
+        wait_agents_live(cluster, "web-gpu-a", "web-gpu-b")
+        cluster.burst("deploy", str(write_app(tmp_path, SPREAD, "web_spread_app.py")),
+                      check=True)
+        url = f"{web.rsplit('/', 2)[0]}/default/webspread/hold"
+        started = burst.Dict.from_name("web-spread", create_if_missing=True)
+        with ThreadPoolExecutor(3) as pool:
+            pending = [pool.submit(get, url, params={"i": 0})]
+            eventually(lambda: started.get("started-0") is not None, 60, "request 0 started")
+            pending += [pool.submit(get, url, params={"i": i}) for i in (1, 2)]
+            # Two run in the first container; the third runs in the second container,
+            # while the first two still hold theirs.
+            eventually(lambda: all(started.get(f"started-{i}") for i in range(3)), 45,
+                       "all three requests running at once")
+            where = {started.get(f"started-{i}") for i in range(3)}
+            assert len(where) == 2, where
+            burst.Queue.from_name("web-spread-go", create_if_missing=True).put_many(["go"] * 3)
+            answers = [p.result(timeout=60) for p in pending]
+        assert [a.status_code for a in answers] == [200] * 3
+        assert sorted(a.json()["i"] for a in answers) == [0, 1, 2]
+        moved = agents.log("web-gpu-a") + agents.log("web-gpu-b")
+        assert "web_request_moved" in moved and "web_request_taken_over" in moved
+    finally:
+        cluster.burst("app", "stop", "webspread")
+        agents.stop_all()
+
+
+def test_a_web_server_gets_its_own_startup_timeout_on_top_of_the_clusters(web: str) -> None:
+    """A server listening only after the agent's startup timeout and the gateway's hold
+    (a model loading): its startup_timeout=60 counts, the request is held and answered.
+    (The request was made when the module's app was deployed: late in the module, its
+    wait is over.)"""
+    assert SLOW_START.done.wait(100), "the request to the slow web_server never ended"
+    r = SLOW_START.result
+    assert isinstance(r, httpx.Response), r
+    assert r.status_code == 200, r.text
+    assert r.text == "up"
+    assert SLOW_START.took >= STARTUP_TIMEOUT  # it did wait past the cluster's own
 
 
 def test_a_lost_agent_answers_502(cluster: Cluster, web: str, sdk: None) -> None:

@@ -46,6 +46,30 @@ def test_specs_carry_the_endpoints() -> None:
                                                docs=True)]
 
 
+def test_an_app_factory_that_is_async_or_takes_parameters_is_refused_when_decorated() -> None:
+    async def factory():  # returns a coroutine, not an app
+        return None
+
+    def needs(x):
+        return x
+
+    with pytest.raises(InvalidError, match="is async: make it a plain def"):
+        burst.asgi_app()(factory)
+    with pytest.raises(InvalidError, match="is async"):
+        burst.wsgi_app()(factory)
+    for deco in (burst.asgi_app(), burst.wsgi_app(), burst.web_server(8000)):
+        with pytest.raises(InvalidError, match=r"takes parameters \(x\)"):
+            deco(needs)
+
+    class Model:
+        def web(self, flag: bool = False):  # self and defaults are fine
+            return flag
+
+    burst.asgi_app()(Model.web)
+    with pytest.raises(InvalidError, match="is async: make it a plain def that starts"):
+        burst.web_server(8000)(factory)
+
+
 def test_bad_method_and_missing_parentheses() -> None:
     with pytest.raises(InvalidError, match="method='FETCH' is not an HTTP method"):
         burst.fastapi_endpoint(method="FETCH")
@@ -110,6 +134,10 @@ def test_host_forms_labels_and_truncation() -> None:
     assert web.url_of(s, "ws", "app", "api", labeled) == "https://ws--api.web.example.com"
     assert web.url_of(GatewaySettings(web_port=9000), "ws", "app", "api", labeled) == (
         "http://127.0.0.1:9000/ws/app/api")
+    # Behind a proxy (BURST_WEB_URL), the path form starts with the visible base.
+    proxied = GatewaySettings(web_port=9000, web_url="https://edge.example.com/burst/")
+    assert web.url_of(proxied, "ws", "app", "api", labeled) == (
+        "https://edge.example.com/burst/ws/app/api")
 
 
 def test_resolve_host_and_host_conflicts() -> None:
@@ -130,6 +158,26 @@ def test_resolve_host_and_host_conflicts() -> None:
         web.check_hosts(s, "ws", "two", [fn], [dep])
     web.check_hosts(s, "ws", "one", [fn], [dep])  # its own redeploy
     web.check_hosts(GatewaySettings(), "ws", "two", [fn], [dep])  # path form only
+
+
+def test_two_endpoints_of_one_app_on_one_host_are_refused() -> None:
+    """greeter_greet and Greeter.greet (or a label spelled like an app's endpoint) differ
+    in the path form but share a host name: refused at deploy when host forms are on."""
+    from burst_gateway import web
+    from burst_gateway.settings import GatewaySettings
+
+    plain = wire.FunctionSpec(name="greeter_greet", module="m", qualname="greeter_greet",
+                              web=[wire.WebEndpoint(kind="fastapi", name="greeter_greet")])
+    method = wire.FunctionSpec(name="Greeter", module="m", qualname="Greeter",
+                               web=[wire.WebEndpoint(kind="fastapi", name="greeter-greet")])
+    labeled = wire.FunctionSpec(name="f", module="m", qualname="f", web=[wire.WebEndpoint(
+        kind="asgi", name="app-greeter-greet", label="app-greeter-greet")])
+    s = GatewaySettings(web_domain="web.test")
+    for pair in ([plain, method], [method, labeled]):
+        with pytest.raises(InvalidError, match=r"would both answer at "
+                           r"ws--app-greeter-greet\.web\.test"):
+            web.check_hosts(s, "ws", "app", pair, [])
+    web.check_hosts(GatewaySettings(), "ws", "app", [plain, method], [])  # path form only
 
 
 def test_frames_sent_together_decode_as_they_were_sent() -> None:
@@ -155,3 +203,12 @@ def test_wsgi_environ_from_an_asgi_scope() -> None:
         "x=1", "text/plain", "4")
     assert env["HTTP_X_R"] == "a,b" and env["REMOTE_ADDR"] == "1.2.3.4"
     assert env["wsgi.input"].read() == b"body"
+
+
+def test_the_agents_web_timers_must_be_positive() -> None:
+    from burst_agent.settings import AgentSettings
+
+    for name in ("web_keepalive", "web_move_interval", "web_move_timeout"):
+        with pytest.raises(ValueError, match=f"BURST_{name.upper()}=0"):
+            AgentSettings(**{name: 0})
+    assert AgentSettings().web_move_interval > 0

@@ -54,6 +54,9 @@ def _register_commands() -> None:
 
     secrets.register(app)  # secret create, list, delete, rotate-key
     serve.register(app)  # serve
+    from burst.cli import profile
+
+    profile.register(app)  # profile compose
     # Further command modules register here, one line each, e.g.:
     # from burst.cli import run as run_cmd; run_cmd.register(app)
 

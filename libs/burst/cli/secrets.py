@@ -124,8 +124,8 @@ def rotate_key(
     if new_key and os.environ.get(core_secrets.ENV_VAR):
         new_key = False  # the services' ring is BURST_MASTER_KEYS: the operator sets it
         console.print(f"{core_secrets.ENV_VAR} is set: re-wrapping under its newest key "
-                      "(put a new key first there and restart the gateway and billing "
-                      "before this)", style="dim")
+                      "(put a new key first there and restart the gateway before this)",
+                      style="dim")
     elif new_key and (os.environ.get("BURST_URL") or not (home / "cluster.json").exists()):
         where = ("BURST_URL names the cluster" if os.environ.get("BURST_URL")
                  else f"no cluster started by `burst up` in {home}")

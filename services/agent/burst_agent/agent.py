@@ -127,7 +127,8 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         self._tasks.append(asyncio.create_task(heartbeat_loop(
             self.js, "agent", self.agent_id, s.service_heartbeat_interval,
-            lambda: {"containers": str(len(self.containers)), "gpus": self.inventory.status})))
+            lambda: {"containers": str(len(self.containers)), "gpus": self.inventory.status},
+            health_file=s.health_file)))
         log.info("agent_started", agent_id=self.agent_id, cpu=self.record.cpu,
                  memory_mb=self.record.memory_mb, spot=s.spot, runtime=self.runtime.name)
 

@@ -52,5 +52,27 @@ def _unpack(data: bytes, dest: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-        tar.extractall(tmp, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(tmp, filter="data")
+        else:  # Python before 3.11.4 (Debian bookworm's 3.11.2, as in the compose images)
+            tar.extractall(tmp, members=_plain_members(tar, tmp))
     os.replace(tmp, dest)
+
+
+def _plain_members(tar: tarfile.TarFile, root: Path) -> list[tarfile.TarInfo]:
+    """What the ``data`` filter lets through, where tarfile has no filters: regular files
+    and directories inside ``root`` only, no set-id bits; anything else refuses the whole
+    bundle, naming the member."""
+    base = root.resolve()
+    out = []
+    for m in tar.getmembers():
+        target = (base / m.name).resolve()
+        if not (m.isfile() or m.isdir()) or os.path.isabs(m.name) or (
+                target != base and base not in target.parents):
+            raise RuntimeError(f"bundle member {m.name!r} is not a plain file or directory "
+                               "inside the bundle: refused")
+        m.mode &= 0o755
+        m.uid = m.gid = 0
+        m.uname = m.gname = ""
+        out.append(m)
+    return out

@@ -240,7 +240,10 @@ class Container:
     async def _await_ready(self, exit_task: asyncio.Task[int],
                            ) -> wire.Ready | wire.StartupFailed | None:
         waiters: set[asyncio.Future[Any]] = {self._ready, exit_task}
-        done, _ = await asyncio.wait(waiters, timeout=self.agent.settings.startup_timeout,
+        # A web_server's own startup_timeout (waiting for its port) comes on top.
+        timeout = self.agent.settings.startup_timeout + max(
+            (ep.startup_timeout for ep in self.fn.web if ep.kind == "web_server"), default=0.0)
+        done, _ = await asyncio.wait(waiters, timeout=timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
         if self._ready in done:
             ready = self._ready.result()
@@ -256,7 +259,7 @@ class Container:
             self.detail = f"container exited with code {exit_task.result()} before it was ready"
             return None
         self.stop_reason = "failed_to_start"
-        self.detail = f"not ready within {self.agent.settings.startup_timeout:g} s"
+        self.detail = f"not ready within {timeout:g} s"
         assert self.handle is not None
         self.handle.signal(SIGKILL)
         return None

@@ -117,6 +117,13 @@ class AgentSettings(CommonSettings):
     #: Seconds between the keepalives the agent sends the gateway for each web request it
     #: holds (the gateway answers 502 when they stop: the agent is lost).
     web_keepalive: float = 1.0
+    #: Seconds between offers of the requests waiting here for a slot to the function's
+    #: other agents: one with a free container (a new one, placed elsewhere) takes them.
+    web_move_interval: float = 0.25
+    #: Seconds an offer of a waiting request may wait for another agent's answer (no
+    #: answer: the request ends 502, as it may have been taken); also how long cancels
+    #: that still come here for a moved request are passed on.
+    web_move_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if self.input_prefetch < 0:
@@ -124,3 +131,7 @@ class AgentSettings(CommonSettings):
         if not self.prefetch_max_run >= 0:
             raise ValueError(f"BURST_PREFETCH_MAX_RUN={self.prefetch_max_run}: use 0 (never) "
                              "or more seconds")
+        for name in ("web_keepalive", "web_move_interval", "web_move_timeout"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"BURST_{name.upper()}={value}: use more than 0 seconds")

@@ -7,8 +7,16 @@ agent, and the gateway gets "no responders" when there is none (it then holds th
 request while a container starts). A request taken here is answered ``WebAccepted`` at
 once, naming the subject its body chunks and cancel come on; it then runs in the
 container with the fewest requests and inputs, or waits here (in order) for a free slot
-(``@burst.concurrent``'s ``max_inputs``). It is never handed to another container: a
-container that goes away with it answers it 502.
+(``@burst.concurrent``'s ``max_inputs``). Once it runs in a container it is never
+handed to another: a container that goes away with it answers it 502.
+
+A request waiting here for a slot (its whole body here, at most one message) is offered
+every ``web_move_interval`` to the function's agents (the same queue group) marked
+``free_only``: an agent with a container that runs it at once takes it, the others
+decline. So requests that came while every container here was full reach the container
+the scheduler started for them on another agent, instead of waiting for a slot here;
+the gateway is told (``WebMoved``) where its cancel goes now, and a cancel that still
+comes here is passed on.
 
 Invariants:
 - a container's ``web_in_flight`` counts the requests running in it; its heartbeat view
@@ -28,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -65,10 +74,12 @@ class _Request:
     reply: str
     container: Container | None = None
     #: Body chunks (or WebSocket messages) that came while it waited for a slot.
-    pending: list[wire.WebRequestBody | wire.WebSocketMessage | wire.WebSocketClose] = field(
-        default_factory=list)
+    pending: list[wire.WebRequestBody | wire.WebCancel | wire.WebSocketMessage
+                  | wire.WebSocketClose] = field(default_factory=list)
     status: int = 0
     started: float = field(default_factory=time.monotonic)
+    #: Being offered to other agents: frames that come meanwhile wait in ``pending``.
+    moving: bool = False
 
 
 class WebRelay:
@@ -90,6 +101,11 @@ class WebRelay:
         #: as one message (a list), as a small response's start, body and end do.
         self._outbox: asyncio.Queue[tuple[str, msgspec.Struct]] = asyncio.Queue()
         self._subscribing: dict[str, asyncio.Lock] = {}
+        #: Requests another agent took from here: req_id -> (its subject, until when,
+        #: monotonic); a cancel that still comes here goes on to it.
+        self.moved: dict[str, tuple[str, float]] = {}
+        #: The request lines being written to the apps' logs.
+        self._log_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._req_sub = await self.agent.nc.subscribe(
@@ -97,7 +113,8 @@ class WebRelay:
         self._deployed_sub = await self.agent.nc.subscribe(
             names.function_deployed_subject("*.*.*"), cb=self._on_deployed)
         self._tasks = [asyncio.create_task(self._keepalive_loop()),
-                       asyncio.create_task(self._send_loop())]
+                       asyncio.create_task(self._send_loop()),
+                       asyncio.create_task(self._move_loop())]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -207,11 +224,17 @@ class WebRelay:
         if not isinstance(head, wire.WebRequest) or not head.reply:
             return
         fn_key = msg.subject.removeprefix(names.web_subject(""))
-        if not self._live(fn_key):
-            # Its last container left as the request came: not taken (the gateway offers
-            # it again, as when no agent listens).
+        if not self._live(fn_key) or head.req_id in self.requests or (
+                head.free_only and (self.waiting.get(fn_key) or not any(
+                    c.id not in self.retired for c in self._free(fn_key)))):
+            # Its last container left as the request came (the gateway offers it again,
+            # as when no agent listens), or an agent offers a request waiting there and
+            # no container here would run it at once: not taken.
             await msg.respond(wire.encode(wire.WebAccepted(req_id=head.req_id, subject="")))
             return
+        if head.free_only:
+            log.info("web_request_taken_over", fn_key=fn_key, req_id=head.req_id)
+            head = msgspec.structs.replace(head, free_only=False)
         req = _Request(head=head, fn_key=fn_key, reply=head.reply)
         self.requests[head.req_id] = req
         self.waiting.setdefault(fn_key, deque()).append(req)
@@ -231,8 +254,13 @@ class WebRelay:
             return
         req = self.requests.get(frame.req_id)
         if req is None:
+            moved = self.moved.get(frame.req_id)
+            if moved is not None:  # another agent runs it now
+                await self.agent.nc.publish(moved[0], msg.data)
             return
-        if req.container is not None:
+        if req.moving:
+            req.pending.append(frame)
+        elif req.container is not None:
             self._to_shim(req.container, frame)
         elif isinstance(frame, wire.WebCancel):  # never started: nothing runs it
             waiting = self.waiting.get(req.fn_key)
@@ -247,14 +275,18 @@ class WebRelay:
     def _load(c: Container) -> int:
         return c.web_in_flight + len(c.in_flight)
 
+    def _free(self, fn_key: str, req: _Request | None = None) -> list[Container]:
+        """The containers of ``fn_key`` with a free slot (that may run ``req``)."""
+        return [c for c in self.members.get(fn_key, [])
+                if not c._stopping.is_set() and c._writer is not None
+                and self._load(c) < c.max_inputs and (req is None or self._may_run(c, req))]
+
     def _dispatch(self, fn_key: str) -> None:
         """Start waiting requests of ``fn_key`` in containers with a free slot."""
         waiting = self.waiting.get(fn_key)
         while waiting:
             req = waiting[0]
-            free = [c for c in self.members.get(fn_key, [])
-                    if not c._stopping.is_set() and c._writer is not None
-                    and self._load(c) < c.max_inputs and self._may_run(c, req)]
+            free = self._free(fn_key, req)
             if not free:
                 return
             c = min(free, key=self._load)
@@ -301,11 +333,17 @@ class WebRelay:
             if not c.web_in_flight and not c.in_flight and c.state == "busy":
                 c.state, c.idle_since = "idle", time.time()
             self._stop_if_done(c)
+        took = time.monotonic() - req.started
+        path = req.head.root_path + req.head.path
         log.info("web_request", fn_key=req.fn_key, req_id=req.head.req_id,
-                 method=req.head.method, path=req.head.root_path + req.head.path,
-                 status=status, error=end.error or None,
-                 duration_s=round(time.monotonic() - req.started, 4),
-                 container_id=c.id if c is not None else None)
+                 method=req.head.method, path=path, status=status, error=end.error or None,
+                 duration_s=round(took, 4), container_id=c.id if c is not None else None)
+        if c is not None:  # the app's logs show each request it served, as Modal's do
+            method = "WEBSOCKET" if req.head.websocket else req.head.method
+            line = f"{method} {path} -> {status} ({took * 1000:.1f} ms)"
+            task = asyncio.get_running_loop().create_task(c._log_line("stderr", line, ""))
+            self._log_tasks.add(task)
+            task.add_done_callback(self._log_tasks.discard)
         self._dispatch(req.fn_key)
 
     def _publish(self, subject: str, frame: msgspec.Struct) -> None:
@@ -333,6 +371,101 @@ class WebRelay:
                     raise
                 except Exception as e:
                     log.warning("web_frame_publish_failed", error=repr(e))
+
+    # ---- to other agents ---------------------------------------------------------------
+    @staticmethod
+    def _movable(req: _Request) -> wire.WebRequest | None:
+        """The head to offer a waiting request with (its whole body in it), or None when
+        it cannot go: its body is still coming or too large for one message, or
+        WebSocket messages wait for it."""
+        if req.container is not None or req.moving:
+            return None
+        body = [req.head.body]
+        more = req.head.more_body
+        for frame in req.pending:
+            if not isinstance(frame, wire.WebRequestBody):
+                return None
+            body.append(frame.body)
+            more = frame.more_body
+        whole = b"".join(body)
+        if more or len(whole) > BATCH_BYTES:
+            return None
+        return msgspec.structs.replace(req.head, body=whole, more_body=False, free_only=True)
+
+    async def _move_loop(self) -> None:
+        settings = self.agent.settings
+        while True:
+            await asyncio.sleep(settings.web_move_interval)
+            now = time.monotonic()
+            for req_id in [r for r, (_, until) in self.moved.items() if until < now]:
+                del self.moved[req_id]
+            for fn_key in [k for k, q in self.waiting.items() if q]:
+                try:
+                    await self._move_waiting(fn_key)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    log.warning("web_move_failed", fn_key=fn_key, error=repr(e))
+
+    async def _move_waiting(self, fn_key: str) -> None:
+        """Offer the requests waiting for ``fn_key``, oldest first, until one is declined."""
+        while True:
+            waiting = self.waiting.get(fn_key)
+            if not waiting:
+                return
+            found = next(((i, r, h) for i, r in enumerate(waiting)
+                          if (h := self._movable(r)) is not None), None)
+            if found is None:
+                return
+            index, req, head = found
+            del waiting[index]  # while offered, no container here starts it
+            req.moving = True
+            req.pending = []
+            taken = ""
+            try:
+                msg = await self.agent.nc.request(names.web_subject(fn_key), wire.encode(head),
+                                                  timeout=self.agent.settings.web_move_timeout)
+                answer = wire.web_decoder.decode(msg.data)
+                if isinstance(answer, wire.WebAccepted):
+                    taken = answer.subject
+            except nats.errors.NoRespondersError:
+                pass
+            except (nats.errors.TimeoutError, TimeoutError):
+                # Another agent may run it: it is never run here too.
+                req.moving = False
+                self._end(req, wire.WebEnd(req_id=req.head.req_id, status=502,
+                                           error="lost while handed to another agent"))
+                return
+            req.moving = False
+            later, req.pending = req.pending, []
+            if taken:
+                self.requests.pop(req.head.req_id, None)
+                self.moved[req.head.req_id] = (
+                    taken, time.monotonic() + self.agent.settings.web_move_timeout)
+                self._publish(req.reply, wire.WebMoved(req_id=req.head.req_id, subject=taken))
+                for frame in later:
+                    await self.agent.nc.publish(taken, wire.encode(frame))
+                log.info("web_request_moved", fn_key=fn_key, req_id=req.head.req_id,
+                         subject=taken)
+                continue
+            if not self._live(fn_key):  # its containers here left meanwhile
+                self._end(req, wire.WebEnd(req_id=req.head.req_id, status=502,
+                                           error="no container of the function is left"))
+                return
+            # Declined: it waits here again, in its place.
+            req.head = msgspec.structs.replace(req.head, body=head.body, more_body=False)
+            queue = self.waiting.setdefault(fn_key, deque())
+            queue.insert(min(index, len(queue)), req)
+            for frame in later:
+                if isinstance(frame, wire.WebCancel):
+                    if req in queue:
+                        queue.remove(req)
+                    self._end(req, wire.WebEnd(req_id=frame.req_id, error="cancelled",
+                                               status=499))
+                    break
+                req.pending.append(frame)
+            self._dispatch(fn_key)
+            return
 
     async def _keepalive_loop(self) -> None:
         while True:

@@ -24,6 +24,7 @@ from burst_billing.settings import BillingSettings
 from burst_billing.webhooks import WebhookSender
 from burst_core import budgets, bus, logs, names
 from burst_core.lease import Lease
+from burst_core.secrets import webhook_keys_path
 from burst_core.service import heartbeat_loop
 
 log = logs.get("burst.billing")
@@ -46,13 +47,15 @@ async def run(settings: BillingSettings, stop: asyncio.Event) -> None:
         return {"leader": str(lease.held).lower(), "seq": str(writer.seq if writer else 0)}
 
     hb = asyncio.create_task(
-        heartbeat_loop(js, "billing", settings.instance, settings.service_heartbeat_interval, info)
+        heartbeat_loop(js, "billing", settings.instance, settings.service_heartbeat_interval, info,
+                       health_file=settings.health_file)
     )
     evaluator = BudgetEvaluator(js)
     sender = WebhookSender(
         js, allow=settings.webhook_allow_networks, retry_base=settings.webhook_retry_base,
         retry_max=settings.webhook_retry_max, max_attempts=settings.webhook_max_attempts,
-        timeout=settings.webhook_timeout, home=settings.home)
+        timeout=settings.webhook_timeout,
+        keys_file=str(webhook_keys_path(settings.home, settings.webhook_keys_file)))
     relay = AgentLostRelay(js)
     renew_every = settings.lease_ttl / 3
     try:

@@ -38,6 +38,7 @@ from burst_core.schemas import (
     WebhookLogEntryDecoder,
     encode,
 )
+from burst_core.secrets import KeyRingError
 
 log = logs.get("burst.billing.webhooks")
 
@@ -139,10 +140,11 @@ class WebhookSender:
 
     def __init__(self, js: JetStreamContext, *, allow: str, retry_base: float,
                  retry_max: float, max_attempts: int, timeout: float,
-                 home: str = "", concurrency: int = 8) -> None:
+                 keys_file: str = "", concurrency: int = 8) -> None:
         self.js = js
-        #: $BURST_HOME, whose key opens the endpoints' sealed secrets (see burst_core.sealing).
-        self.home = home
+        #: The derived webhook keys (never a master key) that open the endpoints' sealed
+        #: secrets (see burst_core.sealing).
+        self.keys_file = keys_file
         self.allow = parse_allow(allow)
         self.retry_base = retry_base
         self.retry_max = retry_max
@@ -201,12 +203,13 @@ class WebhookSender:
             return
         ep = WebhookEndpointDecoder.decode(ep_raw)
         try:
-            secret = (sealing.for_home(self.home).open(ep.secret)
+            secret = (sealing.for_webhook_keys(self.keys_file).open(ep.secret)
                       if ep.secret.startswith(sealing.PREFIX) else ep.secret)
-        except sealing.SealingError as e:  # another cluster's key: retrying cannot help
+        except (sealing.SealingError, KeyRingError) as e:
+            # Retried (up to webhook_max_attempts): the gateway writes a new key's webhook
+            # key, and reseals sealed:v1 values, when it starts or rotates.
             dlog.error("webhook_secret_unreadable", error=str(e))
-            await self._record(entry, status="failed", url=ep.url, attempts=attempt,
-                               last_error=str(e))
+            await self._retry(entry, ep.url, attempt, 0, str(e), dlog)
             return
         try:
             addr, port, host = await resolve(ep.url, self.allow)

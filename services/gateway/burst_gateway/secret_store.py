@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -39,7 +40,7 @@ from burst_core.schemas import (
     WebhookEndpointDecoder,
     encode,
 )
-from burst_core.secrets import KeyRing, KeyRingError, seal_reply
+from burst_core.secrets import KeyRing, KeyRingError, seal_reply, write_webhook_keys
 
 log = logs.get("burst.gateway.secrets")
 
@@ -51,7 +52,10 @@ def public(rec: SecretRecord) -> dict[str, Any]:
 
 
 class SecretStore:
-    def __init__(self, nc: NATS, js: JetStreamContext, kv: KeyValue, ring: KeyRing) -> None:
+    def __init__(self, nc: NATS, js: JetStreamContext, kv: KeyValue, ring: KeyRing,
+                 webhook_keys_file: Path | None = None) -> None:
+        #: Where billing's derived webhook keys are written (None: nowhere).
+        self.webhook_keys_file = webhook_keys_file
         self.nc, self.js, self.kv, self.ring = nc, js, kv, ring
         self._sub: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -220,6 +224,8 @@ class SecretStore:
         made in code (in deployment records), and reseal webhook signing secrets. Values
         are never decrypted for this (only data keys are unwrapped and wrapped again)."""
         self.ring.reload()
+        if self.webhook_keys_file is not None:  # before resealing: billing opens them
+            write_webhook_keys(self.ring, self.webhook_keys_file)
         stored = 0
         for key in await bus.kv_keys(self.kv):
             for _ in range(5):  # compare-and-set against a concurrent update

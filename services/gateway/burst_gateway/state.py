@@ -19,7 +19,7 @@ from burst_core import bus, logs, names
 from burst_core.calls.caller import Caller
 from burst_core.objects import Objects
 from burst_core.schemas import DeploymentRecord, DeploymentRecordDecoder
-from burst_core.secrets import KeyRing
+from burst_core.secrets import KeyRing, webhook_keys_path, write_webhook_keys
 from burst_core.service import cancel_and_wait, heartbeat_loop
 from burst_gateway.auth import TokenStore, Workspaces
 from burst_gateway.secret_store import SecretStore
@@ -58,6 +58,9 @@ class Gateway:
         # Listening for other machines, it never makes a key of its own: one made here
         # would not open what the cluster's other gateways sealed.
         ring = KeyRing.load(s.home, create=s.host in LOOPBACK)
+        # Billing opens webhook signing secrets with these derived keys alone.
+        keys_file = webhook_keys_path(s.home, s.webhook_keys_file)
+        write_webhook_keys(ring, keys_file)
         self.nc = await bus.connect(s.nats_url, f"gateway-{s.instance}")
         self.js = self.nc.jetstream()
         await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
@@ -87,13 +90,14 @@ class Gateway:
         # The gateway alone holds the master keys: it seals and opens user secrets, and
         # answers the agents' requests for a placed container's values.
         self.secrets = SecretStore(self.nc, self.js, await self.js.key_value(names.KV_SECRETS),
-                                   ring)
+                                   ring, webhook_keys_file=keys_file)
         resealed = await self.secrets.reseal_webhook_secrets()
         if resealed:
             log.info("webhook_secrets_resealed", count=resealed)
         await self.secrets.serve()
         self._tasks.append(asyncio.create_task(
-            heartbeat_loop(self.js, "gateway", s.instance, s.service_heartbeat_interval)
+            heartbeat_loop(self.js, "gateway", s.instance, s.service_heartbeat_interval,
+                           health_file=s.health_file)
         ))
 
     async def stop(self) -> None:

@@ -13,11 +13,13 @@ The path of a request (DESIGN.md: "a web request goes to exactly one container")
    one of them answers ``WebAccepted``. "No responders" means no container is ready:
    an ``input.accepted`` signal tells the scheduler (as a call does) and the request is
    held and offered again every ``web_retry_interval`` until one is, up to
-   ``web_startup_timeout`` (then 503). Nothing is stored in JetStream, so a request is
-   never replayed once an agent took it. An agent that took it with no free slot (it
-   waits there, in order) says so, and the gateway signals too: the scheduler counts
-   requests in flight, which agents report as inputs in flight, against
-   ``@burst.concurrent``'s limits, and adds a container when all are full.
+   ``web_startup_timeout`` (plus a ``web_server``'s own ``startup_timeout``; then 503).
+   Nothing is stored in JetStream, so a request is never replayed once an agent took
+   it. An agent that took it with no free slot (it waits there, in order, until a slot
+   frees or another agent's container takes it over) says so, and the gateway signals
+   too: the scheduler counts requests in flight, which agents report as inputs in
+   flight, against ``@burst.concurrent``'s limits, and adds a container when all are
+   full. An agent that hands a waiting request on says where (``WebMoved``).
 3. The rest of the body streams to the agent's subject for the request; the response
    head and body chunks stream back to this request's inbox and on to the client as
    they come. A client that disconnects sends ``WebCancel`` (the app's task is
@@ -38,7 +40,7 @@ import nats.errors
 from starlette.types import Receive, Scope, Send
 
 from burst import wire
-from burst.exception import BudgetExceededError, ConflictError
+from burst.exception import BudgetExceededError, ConflictError, InvalidError
 from burst_core import logs, names
 from burst_core.schemas import ContainerEventDecoder, ContainerStopped, DeploymentRecord
 from burst_gateway import web_redirect
@@ -90,9 +92,16 @@ def check_hosts(settings: GatewaySettings, workspace: str, app: str,
         return
     taken = {host_label(d.workspace, d.app, ep): d.app for d in deployments if d.app != app
              for f in d.functions for ep in f.web}
+    own: dict[str, str] = {}
     for fn in functions:
         for ep in fn.web:
             host = host_label(workspace, app, ep)
+            if host in own:  # say greeter_greet and Greeter.greet, or a label like them
+                raise InvalidError(
+                    f"app {app!r}: web endpoints {own[host]!r} and {ep.name!r} would both "
+                    f"answer at {host}.{settings.web_domain} (give one of them another "
+                    "label=)")
+            own[host] = ep.name
             if host in taken:
                 raise ConflictError(
                     f"web endpoint {ep.name!r} of app {app!r}: its host "
@@ -136,6 +145,10 @@ def check_endpoints(app: str, functions: list[wire.FunctionSpec]) -> None:
                                  f"{fn.name!r} both answer under {ep.name!r} (give one of "
                                  "them another label=)")
             seen[ep.name] = fn.name
+
+
+class _ClientGone(Exception):
+    """The client went away while its request was held (no container took it yet)."""
 
 
 class _Refused(Exception):
@@ -246,7 +259,8 @@ class WebProxy:
         self.served = 0
         self.failures = StartFailures()
         self.inboxes = Inboxes()
-        self.detached = web_redirect.Detachments(settings.web_request_timeout)
+        self.detached = web_redirect.Detachments(settings.web_request_timeout,
+                                                 settings.web_agent_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # the API server's lifespan starts the gateway
@@ -261,7 +275,8 @@ class WebProxy:
             return
         try:
             if scope["type"] == "http" and scope["path"].startswith(web_redirect.PREFIX):
-                await self.detached.answer(scope["path"], send)
+                gw = getattr(self.api.state, "gw", None)
+                await self.detached.answer(scope["path"], send, getattr(gw, "nc", None))
                 return
             await self._serve(scope, receive, send)
         except web_redirect.Redirected as e:
@@ -281,8 +296,9 @@ class WebProxy:
         path: str = scope["path"]
         domain = self.settings.web_domain
         if domain:  # Modal's host forms, when the wildcard domain is configured
+            # (DNS names are case-insensitive, and may end with the root's dot.)
             host = next((v.decode("latin-1") for k, v in scope.get("headers", [])
-                         if k == b"host"), "").rsplit(":", 1)[0]
+                         if k == b"host"), "").rsplit(":", 1)[0].lower().rstrip(".")
             ws = host.partition("--")[0]
             hit = resolve_host(host, domain, gw.deployments_of(ws)) if ws else None
             if hit is not None:
@@ -291,7 +307,7 @@ class WebProxy:
                                     root_path="", rest=path,
                                     raw_path=scope.get("raw_path") or path.encode())
                 return
-            if host.endswith("." + domain):
+            if host.endswith("." + domain.lower()):
                 raise _Refused(404, "NotFound", f"no web endpoint answers at {host!r}")
         parts = path.split("/", 4)
         if len(parts) < 4 or not all(parts[1:4]):
@@ -331,8 +347,12 @@ class WebProxy:
             if k == b"content-length" and v.isdigit() and int(v) > limit:
                 raise _Refused(413, "PayloadTooLarge", f"the request body ({int(v)} bytes) "
                                f"is above the limit of {limit} bytes")
+        # A web_server's own startup_timeout (waiting for its port) comes on top.
+        startup = self.settings.web_startup_timeout + (
+            ep.startup_timeout if ep.kind == "web_server" else 0.0)
         await _Exchange(self.settings, gw, self, names.function_key(ws, app, fn.name),
-                        ep.name, root_path, rest, raw_path, scope, receive, send).run()
+                        ep.name, root_path, rest, raw_path, scope, receive, send,
+                        startup).run()
         self.served += 1
 
 
@@ -366,8 +386,10 @@ class _Exchange:
     def __init__(self, settings: GatewaySettings, gw: Any, proxy: WebProxy,
                  fn_key: str, endpoint: str,
                  root_path: str, path: str, raw_path: bytes, scope: Scope, receive: Receive,
-                 send: Send) -> None:
+                 send: Send, startup_timeout: float) -> None:
         self.s = settings
+        #: How long the request is held while no container is ready.
+        self.startup_timeout = startup_timeout
         self.gw = gw
         self.failures = proxy.failures
         self.inboxes = proxy.inboxes
@@ -390,6 +412,12 @@ class _Exchange:
         self.too_large = False
         self.started = False
         self.complete = False
+        #: Where the body chunks and cancel go: the subject of the agent that took the
+        #: request (another agent's once it is moved there, ``WebMoved``).
+        self.subject = ""
+        #: The client's next ASGI message once its whole body came: a disconnect while
+        #: the request is held (no container ready) ends it before any container runs it.
+        self.watch: asyncio.Future[Any] | None = None
 
     def _head(self, inbox: str, body: bytes = b"", more: bool = False) -> wire.WebRequest:
         s = self.scope
@@ -419,19 +447,30 @@ class _Exchange:
                                f"of {self.s.web_max_body_bytes} bytes")
             if first["type"] == "websocket.connect":
                 accepted = await self._hand_over(self._head(inbox))
-                pump = asyncio.create_task(self._pump_websocket(accepted.subject))
+                self.subject = accepted.subject
+                pump = asyncio.create_task(self._pump_websocket())
                 await self._relay_websocket()
                 return
             # The head carries at most CHUNK of the body (a NATS message stays small);
             # the rest of a large first chunk follows as body messages.
             head_body, rest = body[:CHUNK], body[CHUNK:]
-            accepted = await self._hand_over(self._head(inbox, head_body, more or bool(rest)))
-            pump = asyncio.create_task(self._pump_body(accepted.subject, len(body), more, rest))
+            if not more:
+                self.watch = asyncio.ensure_future(self.receive())
+            try:
+                accepted = await self._hand_over(self._head(inbox, head_body,
+                                                            more or bool(rest)))
+            except _ClientGone:
+                log.info("web_request_abandoned", fn_key=self.fn_key, req_id=self.req_id)
+                return
+            self.subject = accepted.subject
+            pump = asyncio.create_task(self._pump_body(len(body), more, rest))
             await self._relay()
         finally:
             if pump is not None:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
+            if self.watch is not None and not self.watch.done():
+                self.watch.cancel()
             if not self.detached:  # else the detached request closes it when complete
                 self.inboxes.close(inbox)
 
@@ -441,7 +480,7 @@ class _Exchange:
         data = wire.encode(head)
         subject = names.web_subject(self.fn_key)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.s.web_startup_timeout
+        deadline = loop.time() + self.startup_timeout
         failed: asyncio.Future[str] | None = None
         try:
             while True:
@@ -456,10 +495,16 @@ class _Exchange:
                     return accepted
                 if loop.time() >= deadline:
                     raise _Refused(503, "Unavailable", "no container of the endpoint became "
-                                   f"ready within {self.s.web_startup_timeout:g} s")
+                                   f"ready within {self.startup_timeout:g} s")
                 if failed is None:  # held while a container starts
                     failed = await self.failures.watch(self.gw.nc, self.fn_key)
-                await asyncio.wait({failed}, timeout=self.s.web_retry_interval)
+                watch = self.watch
+                await asyncio.wait({failed} if watch is None else {failed, watch},
+                                   timeout=self.s.web_retry_interval)
+                if watch is not None and watch.done() and (
+                        watch.cancelled() or watch.exception() is not None
+                        or watch.result()["type"] == "http.disconnect"):
+                    raise _ClientGone
                 if failed.done():
                     raise _Refused(503, "Unavailable", "the endpoint's container failed to "
                                    f"start: {failed.result()}")
@@ -483,21 +528,25 @@ class _Exchange:
             raise nats.errors.NoRespondersError
         return frame
 
-    async def _pump_body(self, subject: str, sent: int, more: bool, rest: bytes = b"",
-                         ) -> None:
+    async def _pump_body(self, sent: int, more: bool, rest: bytes = b"") -> None:
         """The rest of the request body to the agent, then wait for the client to go
         away (ASGI's ``http.disconnect``): then the request is cancelled."""
         nc = self.gw.nc
+        watch, self.watch = self.watch, None
         for i in range(0, len(rest), CHUNK):  # the first chunk's part the head did not carry
-            await nc.publish(subject, wire.encode(wire.WebRequestBody(
+            await nc.publish(self.subject, wire.encode(wire.WebRequestBody(
                 req_id=self.req_id, body=rest[i:i + CHUNK],
                 more_body=more or i + CHUNK < len(rest))))
         while True:
-            message = await self.receive()
+            if watch is not None:  # read while the request was held
+                message, watch = await watch, None
+            else:
+                message = await self.receive()
             if message["type"] == "http.disconnect":
                 if not self.complete:
                     self._gone()
-                    await nc.publish(subject, wire.encode(wire.WebCancel(req_id=self.req_id)))
+                    await nc.publish(self.subject,
+                                     wire.encode(wire.WebCancel(req_id=self.req_id)))
                 return
             if not more:
                 continue
@@ -506,13 +555,13 @@ class _Exchange:
             sent += len(body)
             if sent > self.s.web_max_body_bytes:
                 self.too_large = True
-                await nc.publish(subject, wire.encode(wire.WebCancel(req_id=self.req_id,
-                                                                       reason="too large")))
+                await nc.publish(self.subject, wire.encode(
+                    wire.WebCancel(req_id=self.req_id, reason="too large")))
                 self._gone()
                 return
             for i in range(0, max(len(body), 1), CHUNK):
                 piece = body[i:i + CHUNK]
-                await nc.publish(subject, wire.encode(wire.WebRequestBody(
+                await nc.publish(self.subject, wire.encode(wire.WebRequestBody(
                     req_id=self.req_id, body=piece,
                     more_body=more or i + CHUNK < len(body))))
 
@@ -524,16 +573,21 @@ class _Exchange:
     async def _next_frame(self, timeout: float | None = None) -> Any:
         """The next frame from the agent; None once the client went away."""
         if not self.frames.empty():
-            return self.frames.get_nowait()
-        try:
-            return await asyncio.wait_for(self.frames.get(),
-                                          timeout or self.s.web_agent_timeout)
-        except TimeoutError:
-            raise TimeoutError from None
+            frame = self.frames.get_nowait()
+        else:
+            try:
+                frame = await asyncio.wait_for(self.frames.get(),
+                                               timeout or self.s.web_agent_timeout)
+            except TimeoutError:
+                raise TimeoutError from None
+        if isinstance(frame, wire.WebMoved):  # another agent's container runs it now
+            self.subject = frame.subject
+        return frame
 
-    def _detach(self) -> None:
+    async def _detach(self) -> None:
         """No response within ``web_request_timeout``: the request runs on, its response
         kept for the 303's location (web_redirect.py)."""
+        await self.detachments.listen(self.gw.nc)
         d, location = self.detachments.add(self.req_id)
         self.detached = True
         self.detachments.keep(asyncio.create_task(self._collect(d)))
@@ -580,7 +634,7 @@ class _Exchange:
                 frame = await self._next_frame(wait)
             except TimeoutError:
                 if not self.started and loop.time() >= self.redirect_at - 0.001:
-                    self._detach()  # raises Redirected: the client gets the 303
+                    await self._detach()  # raises Redirected: the client gets the 303
                 if wait is not None and wait < self.s.web_agent_timeout:
                     continue  # the redirect's time came closer than the agent's timeout
                 log.warning("web_agent_lost", fn_key=self.fn_key, req_id=self.req_id)
@@ -617,17 +671,17 @@ class _Exchange:
                 return
 
     # ---- WebSockets ------------------------------------------------------------------
-    async def _pump_websocket(self, subject: str) -> None:
+    async def _pump_websocket(self) -> None:
         """The client's messages to the app; its leaving closes the app's side."""
         nc = self.gw.nc
         while True:
             message = await self.receive()
             if message["type"] == "websocket.receive":
-                await nc.publish(subject, wire.encode(wire.WebSocketMessage(
+                await nc.publish(self.subject, wire.encode(wire.WebSocketMessage(
                     req_id=self.req_id, text=message.get("text"), data=message.get("bytes"))))
             elif message["type"] == "websocket.disconnect":
                 self._gone()
-                await nc.publish(subject, wire.encode(wire.WebSocketClose(
+                await nc.publish(self.subject, wire.encode(wire.WebSocketClose(
                     req_id=self.req_id, code=int(message.get("code", 1005)),
                     reason=str(message.get("reason") or ""))))
                 return

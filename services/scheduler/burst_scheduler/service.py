@@ -253,6 +253,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event) -> None:
     hb = asyncio.create_task(heartbeat_loop(
         js, "scheduler", settings.instance, settings.service_heartbeat_interval,
         info=lambda: {**scheduler.info(), "leader": str(lease.held).lower()},
+        health_file=settings.health_file,
     ))
     try:
         await stop.wait()
