@@ -1,4 +1,4 @@
-"""Print a fresh operator (admin) token of this cluster: ``python -m burst_gateway.mint_token``.
+"""Print a fresh operator token of this cluster: ``python -m burst_gateway.mint_token``.
 
 Run where the gateway runs (``docker compose exec gateway python -m burst_gateway.mint_token``,
 which ``burst profile compose`` does): it reaches NATS with the gateway's own settings
@@ -14,7 +14,7 @@ import sys
 
 from burst_core import bus, names
 from burst_core.settings import load
-from burst_gateway.auth import TokenStore
+from burst_gateway.auth import TokenStore, Workspaces
 from burst_gateway.settings import GatewaySettings
 
 
@@ -22,8 +22,12 @@ async def mint(nats_url: str, workspace: str, name: str) -> str:
     nc = await bus.connect(nats_url, "gateway-mint-token")
     try:
         js = nc.jetstream()  # the bucket is there once the gateway started
+        await Workspaces(await js.key_value(names.KV_WORKSPACES)).create(
+            workspace, created_by="mint_token", exist_ok=True)
         store = TokenStore(await js.key_value(names.KV_TOKENS), cache_ttl=0.0)
-        return await store.create(workspace, name=name, admin=True)
+        token, _ = await store.create(workspace, scope="operator", name=name,
+                                      created_by="mint_token")
+        return token
     finally:
         await nc.drain()
 
