@@ -37,7 +37,7 @@ def transient(e: BaseException) -> bool:
     "temporarily unavailable" 10008 included)."""
     if isinstance(e, TRANSIENT):
         return True
-    return isinstance(e, nats.js.errors.APIError) and e.err_code == 10008
+    return isinstance(e, nats.js.errors.APIError) and getattr(e, "err_code", None) == 10008
 
 
 def retry_for(env: dict[str, str] | None = None) -> float:
