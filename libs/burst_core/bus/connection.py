@@ -78,7 +78,39 @@ async def connect(url: str, name: str,
     )
     conn.append(nc)
     _natspy.order_pings(nc)
+    if len(server_urls(url)) > 1:
+        await _follow_leader_changes(nc)
     return nc
+
+
+#: JetStream's advisory of a stream's new leader (the stream's name is the last token).
+LEADER_ELECTED = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*"
+
+
+async def _follow_leader_changes(nc: NATS) -> None:
+    """In a NATS cluster, renew a stream's ordered consumers (KV watches, the gateway's
+    outputs) as soon as the stream has a new leader: an ordered consumer lives on one node,
+    and when that node dies while this client stays connected to another one, nats-py
+    notices only after two missed idle heartbeats, seconds in which a watch sees nothing
+    and a waiting call gets no output."""
+
+    def elected(msg: Msg) -> None:
+        stream = msg.subject.rsplit(".", 1)[-1]
+        task = asyncio.ensure_future(_renew(nc, stream))
+        _resumes.add(task)
+        task.add_done_callback(_resumes.discard)
+
+    await subscribe_direct(nc, LEADER_ELECTED, elected)
+
+
+async def _renew(nc: NATS, stream: str) -> None:
+    try:
+        n = await _natspy.resume_ordered(nc, stream)
+    except Exception as e:  # nats-py's own idle-heartbeat check still renews them
+        log.warning("ordered_consumers_not_renewed", stream=stream, error=repr(e))
+        return
+    if n:
+        log.info("ordered_consumers_renewed", stream=stream, count=n, reason="new_leader")
 
 
 async def _resume_when_ready(nc: NATS) -> None:
