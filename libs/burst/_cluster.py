@@ -105,14 +105,16 @@ def cluster_ports(defaults: dict[str, int], nats_nodes: int) -> dict[str, int]:
                            "an odd number of nodes to keep a quorum)")
     ports = dict(defaults)
     if nats_nodes > 1:
+        # Next to the single node's defaults (8780-8782, 4780): 8783-8786, 4781-4782 and
+        # routes 4791-4793, clear of the compose cluster's published 8790-8793.
         base = ports["nats"]
+        ports["gateway_2"] = ports["web"] + 1
+        ports["web_2"] = ports["web"] + 2
         for i in range(1, nats_nodes + 1):
             if i > 1:
                 ports[f"nats_{i}"] = base + i - 1
-                ports[f"nats_monitor_{i}"] = ports["nats_monitor"] + 10 + i
+                ports[f"nats_monitor_{i}"] = ports["web"] + 1 + i
             ports[f"nats_route_{i}"] = base + 10 + i
-        ports["gateway_2"] = ports["gateway"] + 10
-        ports["web_2"] = ports["web"] + 10
     return ports
 
 
