@@ -101,7 +101,7 @@ class Client:
                 if e.status != 503 or time.monotonic() + delay > deadline:
                     raise
             time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 2, 0.5)
 
     def _request_once(self, method: str, path: str, body: bytes | None,
                       content_type: str | None, expect: tuple[int, ...]) -> tuple[int, bytes]:

@@ -16,6 +16,7 @@ from nats.js.api import PubAck
 
 from burst_core.bus import _natspy
 from burst_core.bus.connection import send_now, subscribe_direct
+from burst_core.bus.retry import MAX_DELAY
 from burst_core.bus.retry import retry_for as nats_retry_for
 
 
@@ -143,7 +144,7 @@ async def publish(
             if loop.time() + delay > deadline:
                 raise
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 2, MAX_DELAY)
 
 
 async def publish_many(js: JetStreamContext, msgs: list[tuple[str, bytes, dict[str, str]]],

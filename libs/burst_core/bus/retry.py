@@ -28,6 +28,9 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     nats.errors.ConnectionReconnectingError,
 )
 
+#: The longest pause between two tries (seconds): small, so that what waited through an
+#: election goes on within a fraction of a second of the new leader.
+MAX_DELAY = 0.25
 #: Default of ``BURST_NATS_RETRY_FOR`` (seconds).
 DEFAULT_RETRY_FOR = 6.0
 
@@ -58,8 +61,9 @@ def retry_for(env: dict[str, str] | None = None) -> float:
 
 
 async def retrying(fn: Callable[[], Awaitable[T]], within: float | None = None) -> T:
-    """``await fn()``, tried again (backing off from 50 ms to 1 s) while it fails with a
-    :func:`transient` error, for ``within`` seconds (default :func:`retry_for`)."""
+    """``await fn()``, tried again (backing off from 50 ms to :data:`MAX_DELAY`) while it
+    fails with a :func:`transient` error, for ``within`` seconds (default
+    :func:`retry_for`)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + (retry_for() if within is None else within)
     delay = 0.05
@@ -70,4 +74,4 @@ async def retrying(fn: Callable[[], Awaitable[T]], within: float | None = None) 
             if not transient(e) or loop.time() + delay > deadline:
                 raise
         await asyncio.sleep(delay)
-        delay = min(delay * 2, 1.0)
+        delay = min(delay * 2, MAX_DELAY)
