@@ -91,14 +91,20 @@ class Client:
             path += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
         if method not in ("GET", "HEAD") and path.split("?")[0] not in _READ_POSTS:
             return self._request_once(method, path, body, content_type, expect)
-        # A read answered 503 (NATS electing a leader, or restarting) is sent again.
-        deadline = time.monotonic() + unavailable_retry()
+        # A read answered 503 (NATS electing a leader, or restarting) is sent again, for
+        # BURST_UNAVAILABLE_RETRY from the first 503 (a long-polling wait may have run
+        # for a minute before it).
+        deadline: float | None = None
         delay = 0.1
         while True:
             try:
                 return self._request_once(method, path, body, content_type, expect)
             except UnavailableError as e:
-                if e.status != 503 or time.monotonic() + delay > deadline:
+                if e.status != 503:
+                    raise
+                if deadline is None:
+                    deadline = time.monotonic() + unavailable_retry()
+                if time.monotonic() + delay > deadline:
                     raise
             time.sleep(delay)
             delay = min(delay * 2, 0.5)

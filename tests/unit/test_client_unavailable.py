@@ -62,3 +62,29 @@ def test_a_bad_window_is_named(monkeypatch: pytest.MonkeyPatch, bad: str) -> Non
     monkeypatch.setenv("BURST_UNAVAILABLE_RETRY", bad)
     with pytest.raises(InvalidError, match=f"BURST_UNAVAILABLE_RETRY={bad!r}"):
         unavailable_retry()
+
+
+def test_the_window_starts_at_the_first_503_not_at_a_long_wait(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long-polling read (a call's result, waited on for up to a minute) answered 503 at
+    its end is still sent again: the window counts from the 503."""
+    monkeypatch.setenv("BURST_UNAVAILABLE_RETRY", "5")
+    clock = {"now": 1000.0}
+    answers = [UnavailableError("NATS electing"), (200, b'{"ok": true}')]
+    first = answers[0]
+    assert isinstance(first, UnavailableError)
+    first.status = 503
+
+    def once(*_: object) -> tuple[int, bytes]:
+        clock["now"] += 60.0  # the wait ran a minute before its answer
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    client = Client("http://127.0.0.1:1", "bst_x", timeout=5)
+    monkeypatch.setattr(client, "_request_once", once)
+    monkeypatch.setattr("burst.client.time.monotonic", lambda: clock["now"])
+    monkeypatch.setattr("burst.client.time.sleep", lambda s: None)
+    assert client.get_json("/v1/calls/fc-1?wait=60") == {"ok": True}
+    assert answers == []
