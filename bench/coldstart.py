@@ -6,6 +6,9 @@ Starts its own clusters with `burst up` (temporary BURST_HOME each) and measures
 - cold start p50/p99 of the process runtime (sandboxed; containers forked from the zygote,
   the default), and the same with ``BURST_ZYGOTE=0`` (a fresh interpreter in the sandbox per
   container): zero containers of the function verified, then `.remote()` until its result;
+- the same cold start on a materialised Debian image with an apt package
+  (``debian_slim().apt_install("curl")``: its own root filesystem, ``rootfs.py``), beside
+  the default image in the same cluster;
 - the floor: ``python3 -c 'import sys;sys.stdout.write(sys.stdin.readline())'`` spawned per
   sample and answering one line over a pipe;
 - 0 -> N live containers (N=100): a function with ``cpu=0.01`` and ``max_containers=N``
@@ -55,6 +58,12 @@ def cold(x=None):
 # One function per sample: each call is the first of a function with zero containers
 # (no wait for a scale-down, and no chance of a warm hit from a lagging status).
 COLD = [app.function(scaledown_window=1, name=f"cold{i}")(cold) for i in range({samples})]
+
+# The same on a materialised Debian image with an apt package (the process runtime runs
+# it in the image's own root filesystem; built by the first call, reported apart).
+IMAGE = burst.Image.debian_slim().apt_install("curl")
+COLD_IMAGE = [app.function(scaledown_window=1, name=f"image{i}", image=IMAGE)(cold)
+              for i in range({samples})]
 
 
 @app.function(cpu=0.01, max_containers={containers}, scaledown_window=2, timeout=600)
@@ -122,12 +131,12 @@ def containers_of(client: Any) -> int:
     return sum(a["containers"] + a.get("allocations", 0) for a in status["agents"])
 
 
-def cold_starts(mod: Any, samples: int) -> dict[str, Any]:
+def cold_starts(mod: Any, samples: int, fns: str = "COLD") -> dict[str, Any]:
     from burst.client import Client
 
     client = Client.from_profile()
     cold = []
-    for fn in mod.COLD[: samples + 1]:
+    for fn in getattr(mod, fns)[: samples + 1]:
         deadline = time.monotonic() + 30
         # Zero containers, verified: the previous samples' containers have scaled down
         # too, so the machine is as quiet as it was for the first sample.
@@ -234,6 +243,8 @@ def main() -> None:
     ap.add_argument("--containers", type=int, default=100)
     ap.add_argument("--hold", type=float, default=20.0,
                     help="seconds the 0->N test keeps the containers it gets busy")
+    ap.add_argument("--skip-image", action="store_true",
+                    help="skip the materialised image's cold starts")
     ap.add_argument("--skip-fresh", action="store_true",
                     help="skip the BURST_ZYGOTE=0 cluster")
     ap.add_argument("--container-network", choices=["auto", "off"], default="auto",
@@ -254,6 +265,10 @@ def main() -> None:
         mod = load_app(work, args.containers, args.samples, "zygote")
         with mod.app.run(show_output=False):
             result["process_cold_start"] = cold_starts(mod, args.samples)
+            if not args.skip_image:
+                # first_ms: the image's build (or its cache lookup) and first start.
+                result["process_cold_start_debian_apt_image"] = cold_starts(
+                    mod, args.samples, "COLD_IMAGE")
             result[f"zero_to_{args.containers}_live"] = zero_to_n(mod, args.containers,
                                                                    args.hold)
     if not args.skip_fresh:
@@ -266,6 +281,10 @@ def main() -> None:
         "process_p50_over_fresh_interpreter_p50":
             round(result["process_cold_start"]["p50_ms"] / floor, 2),
     }
+    if "process_cold_start_debian_apt_image" in result:
+        result["ratios"]["debian_apt_image_p50_over_default_p50"] = round(
+            result["process_cold_start_debian_apt_image"]["p50_ms"]
+            / result["process_cold_start"]["p50_ms"], 2)
     if "process_cold_start_no_zygote" in result:
         result["ratios"]["no_zygote_p50_over_fresh_interpreter_p50"] = round(
             result["process_cold_start_no_zygote"]["p50_ms"] / floor, 2)

@@ -8,8 +8,10 @@ Starts its own cluster with `burst up` (temporary BURST_HOME), then measures:
 - the floor: one uvicorn worker with one FastAPI route making one nats-py request to an
   echo responder, called with the SDK's keep-alive HTTP transport (burst._http), the
   same number of samples;
-and prints one JSON object with the ratios. Compare ratios, not absolute times: these
-machines are shared and noisy.
+and, in two more clusters side by side (metrics on, metrics off), the warm p50 in
+interleaved pairs (``--metrics-pairs``, 10; ``--metrics-only`` for those alone: see
+bench/_metrics_cost.py); and prints one JSON object with the ratios. Compare ratios, not
+absolute times: these machines are shared and noisy.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cluster import LocalCluster  # noqa: E402
+from _metrics_cost import measure as measure_metrics  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -145,7 +148,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--cold-samples", type=int, default=8)
+    ap.add_argument("--metrics-pairs", type=int, default=10,
+                    help="interleaved pairs of warm p50 with metrics on and off (0: none)")
+    ap.add_argument("--metrics-samples", type=int, default=200,
+                    help="calls per warm p50 of a metrics pair")
+    ap.add_argument("--metrics-only", action="store_true",
+                    help="only the metrics on/off pairs")
     args = ap.parse_args()
+    if args.metrics_only:
+        print(json.dumps({"benchmark": "invoke", "metrics_on_vs_off": measure_metrics(
+            args.metrics_pairs, warm_samples=args.metrics_samples)}, indent=2))
+        return
     with LocalCluster("burst-bench-", BURST_SCALEDOWN_TICK="0.1",
                       BURST_HEARTBEAT_INTERVAL="0.2") as cluster:
         state = json.loads((cluster.home / "cluster.json").read_text())
@@ -160,7 +173,10 @@ def main() -> None:
             "warm_p99_over_floor_p99": round(warm["p99_ms"] / floor["p99_ms"], 2),  # type: ignore[index]
             "cold_p50_over_warm_p50": round(cold["p50_ms"] / warm["p50_ms"], 2),  # type: ignore[index]
         }
-        print(json.dumps(result, indent=2))
+    if args.metrics_pairs:
+        result["metrics_on_vs_off"] = measure_metrics(args.metrics_pairs,
+                                                      warm_samples=args.metrics_samples)
+    print(json.dumps(result, indent=2))
 
 if __name__ == "__main__":
     main()

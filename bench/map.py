@@ -16,7 +16,10 @@ All measured in one run on this machine, printed as one JSON object:
   beside Ray's (its processes and the driver) over its rounds (``cpu_ms_per_input``);
 - a ``--big-inputs`` map (100,000 by default; 0 skips it) after the rounds, its rate beside
   the rounds' rate, the client's memory before, at its peak and after each map, and each
-  service's resident memory after it.
+  service's resident memory after it;
+- map throughput with metrics on and off, in two more clusters side by side, in
+  interleaved pairs (``--metrics-pairs``, 10; ``--metrics-only`` for those alone: see
+  bench/_metrics_cost.py).
 
 Everything runs side by side and is measured in turns, so a slow minute on a shared machine
 falls on all of them alike: each of ``--rounds`` rounds runs Burst's map and Ray's (who goes
@@ -40,6 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cluster import LocalCluster  # noqa: E402
 from _cpu import ClusterCpu, PeakRss, cpu_seconds, descendants  # noqa: E402
+from _metrics_cost import measure as measure_metrics  # noqa: E402
 from invoke import BIN, REPO, free_port, summary  # noqa: E402
 
 APP = '''
@@ -179,7 +183,17 @@ def main() -> None:
     ap.add_argument("--setting", action="append", default=[], metavar="BURST_NAME=VALUE",
                     help="a setting of the benchmark's cluster (repeatable), e.g. "
                          "BURST_INPUT_PREFETCH=4 to let inputs wait in line in containers")
+    ap.add_argument("--metrics-pairs", type=int, default=10,
+                    help="interleaved pairs of a map with metrics on and off (0: none)")
+    ap.add_argument("--metrics-inputs", type=int, default=2000,
+                    help="inputs of each map of a metrics pair")
+    ap.add_argument("--metrics-only", action="store_true",
+                    help="only the metrics on/off pairs")
     args = ap.parse_args()
+    if args.metrics_only:
+        print(json.dumps({"benchmark": "map", "metrics_on_vs_off": measure_metrics(
+            args.metrics_pairs, map_inputs=args.metrics_inputs)}, indent=2))
+        return
     settings = dict(s.split("=", 1) for s in args.setting if "=" in s)
     bad = [s for s in args.setting if "=" not in s or not s.startswith("BURST_")]
     if bad:
@@ -321,7 +335,11 @@ def main() -> None:
                          "warm_p50_over_ray_p50": "< 0.8",
                          "map_throughput_burst_over_ray_per_round":
                              ">= 2 in 9 of 10, median >= 2.5",
-                         "big_map_rate_over_rounds_rate": ">= 0.9"}
+                         "big_map_rate_over_rounds_rate": ">= 0.9",
+                         "metrics_on_vs_off.map_throughput.cost_pct": "<= 5"}
+    if args.metrics_pairs:
+        result["metrics_on_vs_off"] = measure_metrics(args.metrics_pairs,
+                                                      map_inputs=args.metrics_inputs)
     print(json.dumps(result, indent=2))
 
 

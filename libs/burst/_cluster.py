@@ -130,7 +130,7 @@ def pick_ports(defaults: dict[str, int]) -> dict[str, int]:
 
 # ---- health probes -------------------------------------------------------------------------
 def _client(url: str, token: str = "") -> Client:
-    return Client(url, token, timeout=PROBE_TIMEOUT)
+    return Client(url, token, timeout=PROBE_TIMEOUT, unavailable_retry=0)
 
 
 def redis_ping(port: int) -> bool:

@@ -62,8 +62,10 @@ class Heartbeat:
     def _client(self) -> Client:
         from burst.client import Client
 
-        # A short timeout: a beat stuck on a dead gateway must not hold back the next one.
-        return Client(self.url, self.token, timeout=max(2 * self.interval, 5.0))
+        # A short timeout, and no retry: a beat stuck on a dead gateway must not hold back
+        # the next one (which is the retry).
+        return Client(self.url, self.token, timeout=max(2 * self.interval, 5.0),
+                      unavailable_retry=0)
 
     def _beat(self, client: Client) -> None:
         self.beats += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import threading
 import time
 import urllib.parse
@@ -47,7 +48,12 @@ def unavailable_retry() -> float:
 
 
 class Client:
-    def __init__(self, url: str, token: str, timeout: float = 90.0) -> None:
+    #: URLs a gateway answered in this process: a refused connection to one of them is
+    #: retried (a restart); elsewhere it fails at once (no cluster running at all).
+    reached_urls: set[str] = set()
+
+    def __init__(self, url: str, token: str, timeout: float = 90.0,
+                 unavailable_retry: float | None = None) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"invalid cluster URL {url!r}: expected http(s)://host:port")
@@ -58,6 +64,10 @@ class Client:
         self._host = parsed.hostname
         self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
         self._local = threading.local()
+        #: Seconds a request keeps retrying while the cluster is briefly out of reach
+        #: (``BURST_UNAVAILABLE_RETRY`` unless given; health probes give 0).
+        self.unavailable_retry = (retry_window() if unavailable_retry is None
+                                  else unavailable_retry)
 
     @classmethod
     def from_profile(cls) -> Client:
@@ -114,26 +124,55 @@ class Client:
         headers = {"Authorization": f"Bearer {self.token}", "Accept": wire.MSGPACK}
         if content_type:
             headers["Content-Type"] = content_type
-        for attempt in range(2):
+        deadline = time.monotonic() + self.unavailable_retry
+        # Idempotent requests can be sent again whatever became of the first one; a call's
+        # submission only when it never reached the gateway (a refused connection) or the
+        # gateway refused it with 503 before doing anything (its NATS was out of reach).
+        idempotent = method != "POST" or path.startswith("/v1/calls/wait")
+        fresh = False  # a retry on a new connection after the server closed a kept one
+        while True:
             conn = self._conn()
             try:
                 status, data = conn.request(method, path, body, headers)
-                break
             except (ConnectionRefusedError, OSError, http.client.HTTPException) as e:
                 self._drop()
+                closed = isinstance(e, http.client.RemoteDisconnected | BrokenPipeError
+                                    | ConnectionResetError)
                 # A kept-alive connection the server closed: retry once on a fresh one.
-                if attempt == 0 and isinstance(e, http.client.RemoteDisconnected | BrokenPipeError
-                                               | ConnectionResetError):
+                if closed and not fresh:
+                    fresh = True
+                    continue
+                refused = isinstance(e, ConnectionRefusedError) and self.reached
+                if (refused or (idempotent and closed)) and time.monotonic() < deadline:
+                    time.sleep(RETRY_STEP)  # a gateway restarting: back within seconds
                     continue
                 raise UnavailableError(
                     f"cannot reach the Burst cluster at {self.url} ({e.__class__.__name__}: {e}); "
                     "is it running? (`burst up`, `burst status`)") from None
+            if not self.reached:
+                Client.reached_urls.add(self.url)
+            if status == 503 and time.monotonic() < deadline and _unavailable(data):
+                time.sleep(RETRY_STEP)  # NATS restarting behind the gateway
+                continue
+            break
         if status in expect:
             return status, data
         err = _error_from(status, data)
         if isinstance(err, UnavailableError):
             err.status = status
         raise err
+
+    @property
+    def reached(self) -> bool:
+        """Whether a gateway at this URL answered this process before."""
+        return self.url in Client.reached_urls
+
+    @reached.setter
+    def reached(self, value: bool) -> None:
+        if value:
+            Client.reached_urls.add(self.url)
+        else:
+            Client.reached_urls.discard(self.url)
 
     # ---- API -----------------------------------------------------------------------
     def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
@@ -244,6 +283,36 @@ class ContainerClient(Client):
         if resp.status in expect:
             return resp.status, resp.body
         raise _error_from(resp.status, resp.body)
+
+
+#: ``BURST_UNAVAILABLE_RETRY``: seconds a request keeps trying while the cluster is out of
+#: reach (a gateway or nats-server restarting: connection refused, or 503 Unavailable)
+#: before it raises ``UnavailableError``; 0 raises at once.
+UNAVAILABLE_RETRY_ENV = "BURST_UNAVAILABLE_RETRY"
+DEFAULT_UNAVAILABLE_RETRY = 30.0
+#: Seconds between those tries.
+RETRY_STEP = 0.25
+
+
+def retry_window() -> float:
+    raw = os.environ.get(UNAVAILABLE_RETRY_ENV, "")
+    if not raw:
+        return DEFAULT_UNAVAILABLE_RETRY
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"invalid {UNAVAILABLE_RETRY_ENV}={raw!r}: use a number of seconds "
+                         ">= 0 (0: no retry)")
+    return value
+
+
+def _unavailable(data: bytes) -> bool:
+    try:
+        return bool(json.loads(data)["error"]["type"] == UnavailableError.type)
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _error_from(status: int, data: bytes) -> Error:

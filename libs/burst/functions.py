@@ -350,6 +350,15 @@ class Function(Generic[P, R]):
             if resp.traceback:
                 err.add_note(f"\nRemote traceback:\n{resp.traceback.rstrip()}")
             raise err
+        if resp.status == "failure" and not resp.payload and \
+                resp.error_type.startswith("burst.exception."):
+            # A platform error the services stored without a pickled exception (a spent
+            # hard budget): raised as its own class.
+            import burst.exception as errors
+
+            cls = getattr(errors, resp.error_type.rpartition(".")[2], None)
+            if isinstance(cls, type) and issubclass(cls, errors.Error):
+                raise cls(resp.error_message)
         if resp.status == "failure":
             raise rebuild_exception(resp.payload, resp.error_type, resp.error_message,
                                     resp.traceback)

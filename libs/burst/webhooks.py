@@ -100,3 +100,61 @@ def verify(payload: bytes | str, headers: Mapping[str, str], secret: str,
             except ValueError:
                 raise WebhookVerificationError("the body is not JSON") from None
     raise WebhookVerificationError("no matching signature (wrong secret, or altered body)")
+
+
+class Verifier:
+    """:func:`verify` plus the dedupe a receiver owes: each delivery id is accepted once.
+
+    A delivery seen before (a replay by whoever captured it, or Burst's own retry of one
+    whose answer was lost) raises :class:`WebhookVerificationError`, so the event is acted
+    on once. Ids are remembered for ``remember`` seconds (default: a day, beyond Burst's
+    retry schedule), at most ``max_ids`` of them (oldest forgotten first). Thread-safe.
+
+    Example::
+
+        verifier = Verifier(secret)
+
+        def handle(body: bytes, headers) -> int:
+            try:
+                event = verifier.verify(body, headers)
+            except WebhookVerificationError:
+                return 400
+            act_on(event)
+            return 204
+    """
+
+    def __init__(self, secret: str, tolerance: float = 300, remember: float = 86400.0,
+                 max_ids: int = 100_000) -> None:
+        if not tolerance > 0:
+            raise InvalidError(f"tolerance={tolerance!r}: must be > 0 seconds")
+        if not remember >= tolerance:
+            raise InvalidError(f"remember={remember!r}: must be at least the tolerance "
+                               f"({tolerance} s), or a replay within it would pass")
+        if max_ids < 1:
+            raise InvalidError(f"max_ids={max_ids!r}: must be at least 1")
+        _key(secret)  # a malformed secret fails here, not on the first delivery
+        self.secret, self.tolerance = secret, tolerance
+        self.remember, self.max_ids = remember, max_ids
+        self._seen: dict[str, float] = {}  # delivery id -> when it may be forgotten
+        import threading
+
+        self._lock = threading.Lock()
+
+    def verify(self, payload: bytes | str, headers: Mapping[str, str],
+               now: float | None = None) -> Any:
+        """The delivery's JSON body, once per delivery id; else raises
+        :class:`WebhookVerificationError`."""
+        event = verify(payload, headers, self.secret, self.tolerance, now)
+        msg_id = {k.lower(): v for k, v in headers.items()}["webhook-id"]
+        current = time.time() if now is None else now
+        with self._lock:
+            if self._seen.get(msg_id, 0.0) > current:
+                raise WebhookVerificationError(
+                    f"delivery {msg_id!r} was already accepted (a replay, or a retry of "
+                    "one whose answer was lost)")
+            for old in [k for k, t in self._seen.items() if t <= current]:
+                del self._seen[old]
+            while len(self._seen) >= self.max_ids:
+                del self._seen[next(iter(self._seen))]
+            self._seen[msg_id] = current + self.remember
+        return event

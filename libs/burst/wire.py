@@ -121,8 +121,10 @@ class Schedule(_Body):
 
 class ImageStep(_Body):
     """One step of a :class:`burst.Image`, in order. ``kind`` names the builder method
-    (``pip_install``, ``apt_install``, ``run_commands``, ``env``, ``workdir``,
-    ``add_local_file``, ``add_local_dir``, ``add_local_python_source``)."""
+    (``pip_install``, ``uv_pip_install``, ``pip_install_from_requirements``,
+    ``pip_install_from_pyproject``, ``apt_install``, ``run_commands``, ``run_function``,
+    ``env``, ``workdir``, ``entrypoint``, ``add_local_file``, ``add_local_dir``,
+    ``add_local_python_source``)."""
 
     kind: str
     args: list[str] = msgspec.field(default_factory=list)
@@ -131,6 +133,24 @@ class ImageStep(_Body):
     path: str = ""
     #: Files of ``add_local_*`` steps: relative path -> content (carried in the deployment).
     files: dict[str, bytes] = msgspec.field(default_factory=dict)
+    #: Options of the ``pip_install*`` and ``uv_pip_install`` steps, as Modal names them.
+    index_url: str = ""
+    extra_index_url: str = ""
+    find_links: str = ""
+    pre: bool = False
+    extra_options: str = ""
+    #: ``force_build=True``: a value new at each definition, so the step (and every step
+    #: after it) is built again instead of taken from a cache.
+    force_build: str = ""
+    #: ``run_function``: the cloudpickled ``(function, args, kwargs)``.
+    payload: bytes = b""
+    #: The local file a step was read from (requirements, pyproject, Dockerfile), for
+    #: messages; ``run_function``: the function's qualified name.
+    source: str = ""
+    #: ``add_local_file/dir(copy=False)`` (Modal's default): the files reach the container
+    #: at its start rather than being a build step, so no build step may follow (as in
+    #: Modal). Burst carries them in the deployment either way.
+    mounted: bool = False
 
 
 class ImageSpec(_Body):
@@ -140,8 +160,16 @@ class ImageSpec(_Body):
     base: str = "debian_slim"
     python_version: str = "3.11"
     registry_tag: str = ""
+    #: ``from_registry(tag, add_python=...)``: the Python version to add to the image.
+    add_python: str = ""
     steps: list[ImageStep] = msgspec.field(default_factory=list)
     content_hash: str = ""
+    #: Names the image the same in the client and in its containers, where local files
+    #: are not read (``Image.imports()`` tells its own image by it; ``BURST_IMAGE_ID``).
+    ident: str = ""
+    #: Top-level modules imported in ``with image.imports():`` blocks (not hashed): what a
+    #: container of this image may import ahead of time.
+    imports: list[str] = msgspec.field(default_factory=list)
 
 
 class SecretSpec(_Body):

@@ -26,6 +26,7 @@ from burst_core.schemas import (
     DeploymentRecord,
     InputDecoder,
     Output,
+    OutputStatus,
     encode,
 )
 
@@ -53,9 +54,14 @@ async def stop(js: JetStreamContext, dep: DeploymentRecord, reason: str) -> int:
     return cancelled
 
 
-async def cancel_inputs(js: JetStreamContext, fn_key: str, reason: str) -> int:
+async def cancel_inputs(js: JetStreamContext, fn_key: str, reason: str,
+                        status: OutputStatus = "terminated",
+                        error_type: str = "burst.exception.InputCancellation") -> int:
     """Cancel every call whose input of ``fn_key`` is still in the inputs stream, then
-    purge those inputs. Returns how many calls were cancelled (answered ones are not)."""
+    purge those inputs. Returns how many calls were cancelled (answered ones are not).
+
+    Each gets ``status`` (a cancellation by default; a spent hard budget answers
+    ``failure`` with ``burst.exception.BudgetExceededError``)."""
     subject = names.input_subject(fn_key)
     calls_kv = await js.key_value(names.KV_CALLS)
     nc = bus.client_of(js)
@@ -74,8 +80,7 @@ async def cancel_inputs(js: JetStreamContext, fn_key: str, reason: str) -> int:
         rec_raw, _ = await bus.kv_get(calls_kv, inp.call_id)
         rec = CallRecordDecoder.decode(rec_raw) if rec_raw is not None else first_record(inp)
         out = Output(call_id=rec.call_id, input_id=rec.input_id, attempt=rec.attempt,
-                     attempt_token=rec.attempt_token, status="terminated",
-                     error_type="burst.exception.InputCancellation",
+                     attempt_token=rec.attempt_token, status=status, error_type=error_type,
                      error_message=f"call {rec.call_id} was cancelled: {reason}",
                      finished_at=time.time(), workspace=rec.workspace)
         try:

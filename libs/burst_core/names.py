@@ -131,8 +131,50 @@ def metering_lost_subject(agent_id: str) -> str:
     return f"burst.metering._lost.{agent_id}"
 
 
-def log_subject(fn_key: str) -> str:
-    return f"burst.logs.{fn_key}"
+def _log_token(value: str) -> str:
+    """A container or call id as one subject token; anything else (a call id a shim made
+    up, with dots or wildcards) becomes ``_``, as a line of no call."""
+    ok = 0 < len(value) <= 64 and all(c.isascii() and (c.isalnum() or c in "-_")
+                                      for c in value)
+    return value if ok else "_"
+
+
+def log_subject(fn_key: str, container_id: str = "", call_id: str = "") -> str:
+    """Where a container's line (or a platform event of it) goes (stream BURST_LOGS):
+    ``burst.logs.<workspace>.<app>.<function>.<container id>.<call id or _>``, so that the
+    server filters a read by function, container or call."""
+    return f"burst.logs.{fn_key}.{_log_token(container_id)}.{_log_token(call_id)}"
+
+
+def logs_filter(workspace: str, app: str = "*", function: str = "*", container_id: str = "*",
+                call_id: str = "*") -> str:
+    """The log subjects of one workspace narrowed by app, function, container and call
+    (``*``: any); the values are checked identifiers (no wildcards of their own)."""
+    return f"burst.logs.{workspace}.{app}.{function}.{container_id}.{call_id}"
+
+
+def agent_metrics_subject(agent_id: str) -> str:
+    """``AgentMetrics`` of one agent (core NATS, never stored): the gateway exports them."""
+    return f"burst.metrics.agent.{agent_id}"
+
+
+SUBJECTS_AGENT_METRICS = "burst.metrics.agent.*"
+
+
+def container_exec_subject(agent_id: str) -> str:
+    """Core-NATS requests to run a command inside one of the agent's containers
+    (``ExecRequest``); the output streams back to the request's reply inbox."""
+    return f"burst.exec.{agent_id}"
+
+
+def exec_stdin_subject(agent_id: str, exec_id: str) -> str:
+    """An interactive exec's stdin (``ExecInput``), from the gateway to the agent."""
+    return f"burst.exec.{agent_id}.{exec_id}.stdin"
+
+
+#: An input of this payload format is a ``burst shell`` session: the agent holds it in a
+#: container of the function (billed as any container) without running the function.
+SHELL_FORMAT = "shell"
 
 
 # Web requests travel over core NATS (never stored: a request is never replayed).
@@ -166,7 +208,7 @@ def proxy_auth_key(key_id: str) -> str:
 
 
 def app_logs_filter(workspace: str, app: str) -> str:
-    return f"burst.logs.{workspace}.{app}.*"
+    return f"burst.logs.{workspace}.{app}.>"
 
 
 STREAM_WEBHOOKS = "BURST_WEBHOOKS"  # webhook deliveries pending (acked once delivered)

@@ -494,6 +494,11 @@ class LogLine(_Wire, kw_only=True):
     #: The attempt of ``call_id`` that printed it: a follower waiting for the lines of a
     #: retried call's last attempt must not count those of the attempts before.
     attempt: int = 1
+    #: A platform event of the container rather than a line it printed, named
+    #: ``container.started``, ``container.ready`` (a cold start), ``container.stopped``,
+    #: ``container.oom``, ``call.timeout``, ``container.preempted`` or ``image.build``;
+    #: ``line`` then says it in words. "" for the user's own output.
+    event: str = ""
 
 
 # ---- control plane -------------------------------------------------------------------
@@ -530,6 +535,9 @@ class FunctionDeployed(_Wire, kw_only=True):
     #: How the containers of older deployments of the function leave (see
     #: ``DeploymentRecord.strategy``).
     strategy: str = "rolling"
+    #: A run (``burst run``, ``burst serve``): its images are built as its containers
+    #: start, where its output is followed; a deployment's as it is deployed.
+    ephemeral: bool = False
 
 
 class AppRemoved(_Wire, kw_only=True):
@@ -650,6 +658,16 @@ class ContainerView(msgspec.Struct, kw_only=True, omit_defaults=True):
     #: The JetStream ack subjects of the inputs in flight: a scheduler that marks the
     #: agent lost naks them, so they run again at once rather than after AckWait.
     acks: list[str] = msgspec.field(default_factory=list)
+    #: When it started (agent clock; 0: not yet), and the inputs it answered since.
+    started_at: float = 0.0
+    inputs_served: int = 0
+    #: What it used at the agent's last look (``BURST_METRICS_INTERVAL``): CPU cores
+    #: (averaged over that interval) and memory (MiB); None where the runtime cannot say.
+    cpu_used: float | None = None
+    memory_used_mb: float | None = None
+    #: Its GPUs (indices on the agent) and their type.
+    gpu_indices: list[int] = msgspec.field(default_factory=list)
+    gpu_type: str = ""
 
 
 class AgentHeartbeat(_Wire, kw_only=True):
@@ -660,6 +678,91 @@ class AgentHeartbeat(_Wire, kw_only=True):
     #: Web requests the agent holds per function key, running or waiting for a free slot
     #: (the scheduler's backlog counts them as it counts queued inputs).
     web_requests: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class Histogram(msgspec.Struct, kw_only=True, omit_defaults=True, array_like=True):
+    """Counts per bucket (not cumulative) of ``burst_core.metrics.BUCKETS``, and the sum."""
+
+    counts: list[int]
+    total: float = 0.0
+
+
+class FunctionFigures(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One function's figures on one agent, cumulative since the agent started."""
+
+    #: Outputs stored, by status (success, failure, timeout, terminated, internal).
+    calls: dict[str, int] = msgspec.field(default_factory=dict)
+    #: Seconds from an input's start in a container to its output.
+    latency: Histogram | None = None
+    #: Seconds from a call's acceptance to its start in a container.
+    queue: Histogram | None = None
+    cold_starts: int = 0
+    #: Seconds from a placement's arrival to its container being ready.
+    cold_start: Histogram | None = None
+    #: Now: containers by state, and inputs (and web requests) running or waiting in them.
+    containers: dict[str, int] = msgspec.field(default_factory=dict)
+    in_flight: int = 0
+
+
+class GpuFigures(msgspec.Struct, kw_only=True, omit_defaults=True):
+    index: int
+    type: str = ""
+    utilisation: float = 0.0  # percent
+    memory_used_mb: float = 0.0
+    memory_total_mb: float = 0.0
+    #: Memory used per container where NVML maps processes to containers.
+    containers: dict[str, float] = msgspec.field(default_factory=dict)
+
+
+class AgentMetrics(_Wire, kw_only=True):
+    """An agent's figures, published every ``BURST_METRICS_INTERVAL`` over core NATS
+    (agents open no port); the gateway exports them at ``/metrics``."""
+
+    agent_id: str
+    at: float
+    cpu_percent: float = 0.0  # the machine's, over the last interval
+    memory_used_mb: float = 0.0
+    memory_total_mb: float = 0.0
+    gpus: list[GpuFigures] = msgspec.field(default_factory=list)
+    #: By function key.
+    functions: dict[str, FunctionFigures] = msgspec.field(default_factory=dict)
+
+
+class ExecRequest(_Wire, kw_only=True):
+    """Run ``argv`` inside a running container (``burst container exec``), over core NATS
+    to the container's agent; its output and exit code go to ``reply`` as ``ExecOutput``."""
+
+    exec_id: str
+    container_id: str
+    workspace: str
+    argv: list[str]
+    reply: str
+    timeout: float = 0.0  # 0: the agent's BURST_EXEC_TIMEOUT
+    #: Its stdin comes as ``ExecInput`` frames (``names.exec_stdin_subject``); else empty.
+    interactive: bool = False
+
+
+class ExecInput(_Wire, kw_only=True):
+    """A chunk of an interactive exec's stdin (``eof``: no more)."""
+
+    exec_id: str
+    data: bytes = b""
+    eof: bool = False
+
+
+class ExecAccepted(_Wire, kw_only=True):
+    """The agent's answer to an ``ExecRequest``: "" (running), or why not."""
+
+    error_type: str = ""  # NotFoundError | ConflictError | InvalidError
+    error: str = ""
+
+
+class ExecOutput(_Wire, kw_only=True):
+    exec_id: str
+    #: stdout | stderr | keepalive | exit
+    kind: str
+    data: bytes = b""
+    exit_code: int | None = None
 
 
 class MeteringRecord(_Wire, kw_only=True):
@@ -748,6 +851,11 @@ LeaseRecordDecoder = decoder(LeaseRecord)
 InputDecoder = decoder(Input)
 OutputDecoder = decoder(Output)
 LogLineDecoder = decoder(LogLine)
+AgentMetricsDecoder = decoder(AgentMetrics)
+ExecRequestDecoder = decoder(ExecRequest)
+ExecAcceptedDecoder = decoder(ExecAccepted)
+ExecOutputDecoder = decoder(ExecOutput)
+ExecInputDecoder = decoder(ExecInput)
 OutputItemDecoder = decoder(OutputItem)
 InputAcceptedDecoder = decoder(InputAccepted)
 AttemptChangedDecoder = decoder(AttemptChanged)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import resource
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -40,6 +42,16 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
             await t
 
 
+def _process_figures() -> dict[str, str]:
+    """This process's CPU seconds and resident memory (``/metrics`` shows them)."""
+    try:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        rss = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return {}
+    return {"cpu_seconds": f"{usage.ru_utime + usage.ru_stime:.3f}", "rss_bytes": str(rss)}
+
+
 async def heartbeat_loop(
     js: JetStreamContext,
     service: str,
@@ -58,7 +70,7 @@ async def heartbeat_loop(
         while True:
             hb = ServiceHeartbeat(
                 service=service, instance=instance, at=time.time(), started_at=started,
-                info=info() if info else {},
+                info={**(info() if info else {}), **_process_figures()},
             )
             try:
                 await asyncio.wait_for(kv.put(key, encode(hb)), max(interval, 1.0))

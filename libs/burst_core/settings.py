@@ -45,6 +45,18 @@ class CommonSettings:
     health_file: str = ""
     #: How long outputs, call records and idempotency keys are kept (7 days, as Modal).
     result_retention: float = 7 * 24 * 3600.0
+    #: How long containers' output and platform events are kept (stream BURST_LOGS), and
+    #: the most bytes kept (the oldest go first). Every service must use the same values.
+    log_retention: float = 7 * 24 * 3600.0
+    log_max_bytes: int = 1 << 30
+
+    def topology(self) -> Any:
+        """The streams' and buckets' retention (``burst_core.bus.Topology``) these
+        settings ask for."""
+        from burst_core.bus.topology import Topology
+
+        return Topology(result_retention=self.result_retention,
+                        log_retention=self.log_retention, log_max_bytes=self.log_max_bytes)
 
 
 def _convert(raw: str, tp: Any, name: str) -> Any:

@@ -400,15 +400,10 @@ def test_pip_install_and_local_source(runtime_cluster: Cluster, tmp_path: Path) 
     assert out == ["1.16.0", 42], out
 
 
-def test_container_only_steps(runtime_cluster: Cluster, tmp_path: Path) -> None:
+def test_run_commands_step(runtime_cluster: Cluster, tmp_path: Path) -> None:
+    # Docker: a Dockerfile RUN; process: a layer of the image's root filesystem.
     out = run(runtime_cluster, tmp_path, "marker_main", timeout=300)
-    if runtime(runtime_cluster) == "docker":
-        assert out == "built", out
-    else:
-        assert isinstance(out, dict), out
-        assert "run_commands('echo built > /opt/marker')" in out["message"], out
-        assert "needs a container image" in out["message"], out
-        assert "Docker runtime" in out["message"], out
+    assert out == "built", out
 
 
 def test_failed_build_names_the_step(runtime_cluster: Cluster, tmp_path: Path) -> None:
@@ -419,17 +414,16 @@ def test_failed_build_names_the_step(runtime_cluster: Cluster, tmp_path: Path) -
         assert "'exit 3'" in out["message"], out
         assert "about to fail" in out["traceback"] or "exit 3" in out["message"], out
     else:
-        assert "run_commands(" in out["message"], out
+        assert "image build failed at run_commands(" in out["message"], out
+        assert "'exit 3'" in out["message"] and "exit code 3" in out["message"], out
 
 
 def test_registry_image_must_be_present(runtime_cluster: Cluster, tmp_path: Path) -> None:
     out = run(runtime_cluster, tmp_path, "registry_main")
     assert isinstance(out, dict), out
     assert "Image.from_registry('not-on-this-engine:1.0')" in out["message"], out
-    if runtime(runtime_cluster) == "docker":
-        assert "not on this agent's Docker engine" in out["message"], out
-    else:
-        assert "needs the Docker runtime" in out["message"], out
+    # Both runtimes take it from the agent's Docker engine (there is no registry).
+    assert "not on this agent's Docker engine" in out["message"], out
 
 
 def test_failed_pip_install_names_the_step(runtime_cluster: Cluster, tmp_path: Path) -> None:
@@ -437,3 +431,35 @@ def test_failed_pip_install_names_the_step(runtime_cluster: Cluster, tmp_path: P
     assert isinstance(out, dict), out
     assert "image build failed at pip_install('burst-no-such-package-xyz==0.0.1')" \
         in out["message"], out
+
+
+def test_shell_and_exec_run_inside_the_functions_container(
+        runtime_cluster: Cluster, tmp_path: Path) -> None:
+    """`burst shell` and `burst container exec` (issue 20) on each runtime: inside the
+    function's container, with its image's and secrets' variables, its uid; the exit code
+    comes back."""
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import BURST
+
+    c = runtime_cluster
+    c.burst("deploy", str(write(c, tmp_path)), check=True, timeout=120)
+    try:
+        shell = subprocess.run([BURST, "shell", "contract::secret_greeting"], env=c.env,
+                               input='echo "$GREETING/$TOKEN"; id -u; exit 3\n', text=True,
+                               capture_output=True, timeout=240)
+        assert shell.returncode == 3, shell.stderr
+        assert shell.stdout.splitlines() == ["hello from a secret/second", "65534"], shell
+        code = "import burst\nprint(burst.Function.from_name('contract', 'square').remote(3))"
+        call = subprocess.run([sys.executable, "-c", code], env=c.env, text=True,
+                              capture_output=True, timeout=120)
+        assert call.stdout.strip() == "9", call.stderr
+        listing = json.loads(c.burst("container", "list", "--app", "contract", "--json",
+                                     check=True).stdout)
+        cid = next(x["container_id"] for x in listing["containers"]
+                   if x["function"] == "square")
+        done = c.burst("container", "exec", cid, "--", "sh", "-c", "echo in $PWD; exit 5")
+        assert done.returncode == 5 and done.stdout.startswith("in /"), done.stderr
+    finally:
+        c.burst("app", "stop", "contract")

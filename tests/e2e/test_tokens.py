@@ -116,12 +116,16 @@ def tenant_a(cluster: Cluster, tokens: dict[str, str],
     [token_a] = [t["token_id"] for t in c.get_json("/v1/tokens")["tokens"]
                  if t["name"] == f"{A}-admin"]
     agents = Client(cluster.profile["url"], cluster.profile["token"]).get_json("/v1/agents")
+    running = c.get_json("/v1/containers", {"app": "alpha-app"})["containers"]
     return TenantA(ta, {
         "app": "alpha-app", "fn": "alpha_fn", "call_id": resp.call_id, "map_id": map_id,
         "bundle_hash": history["versions"][0]["bundle_hash"], "ref": ref,
         "client_id": client_id, "scope": "alpha-app", "endpoint_id": endpoint_id,
         "name": "alpha-secret", "agent_id": agents["agents"][0]["agent_id"],
         "token_id": token_a,
+        # A's container (burst container ...), and an interactive exec's id (stdin).
+        "container_id": running[0]["container_id"] if running else "ct-000000000000",
+        "exec_id": "0" * 16,
     })
 
 
@@ -141,6 +145,7 @@ PATH_BODIES = {
     "POST /v1/apps/{app}/functions/{fn}/maps": b'{"inputs": [{"args": [1]}]}',
     "POST /v1/apps/{app}/rollback": b"{}",
     "PUT /v1/budgets/{scope}": b'{"limit": 1.0}',
+    "POST /v1/containers/{container_id}/exec": b'{"command": ["echo", "hi"]}',
 }
 
 

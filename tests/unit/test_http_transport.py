@@ -159,4 +159,99 @@ def test_client_error_answers_and_unreachable_cluster() -> None:
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
     with pytest.raises(UnavailableError, match=f"cannot reach the Burst cluster at http://127.0.0.1:{port}"):
-        Client(f"http://127.0.0.1:{port}", "tok").get_json("/v1/status")
+        Client(f"http://127.0.0.1:{port}", "tok", unavailable_retry=0).get_json("/v1/status")
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
+
+
+def test_client_retries_a_gateway_that_is_restarting() -> None:
+    """A gateway answers, goes away (connection refused), comes back answering 503
+    Unavailable (its NATS still reconnecting), then answers: the caller sees only the
+    answers."""
+    import time
+
+    from burst.client import Client
+
+    port = _free_port()
+    unavailable = b'{"error": {"type": "Unavailable", "message": "NATS is unreachable"}}'
+    replies = [b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: %d"
+               b"\r\n\r\n%s" % (len(unavailable), unavailable),
+               b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{\"a\": 1}"]
+    started: list[Server] = []
+
+    def come_back() -> None:
+        time.sleep(0.6)  # refused until then
+        srv = Server.__new__(Server)
+        srv.replies, srv.close_after, srv.requests, srv.connections = list(replies), None, [], 0
+        srv.sock = socket.socket()
+        srv.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.sock.bind(("127.0.0.1", port))
+        srv.sock.listen()
+        srv.port = port
+        threading.Thread(target=srv._serve, daemon=True).start()
+        started.append(srv)
+
+    try:
+        c = Client(f"http://127.0.0.1:{port}", "tok", unavailable_retry=10)
+        c.reached = True  # it answered this client before; now its port refuses
+        threading.Thread(target=come_back, daemon=True).start()
+        t0 = time.monotonic()
+        assert c.post_json("/v1/apps/x/functions/f/calls", {}) == {"a": 1}
+        assert time.monotonic() - t0 >= 0.5
+        assert len(started[0].requests) == 2  # the 503, then the answer
+    finally:
+        for srv in started:
+            srv.close()
+
+
+def test_client_fails_at_once_where_no_cluster_ever_answered() -> None:
+    import time
+
+    from burst.client import Client
+    from burst.exception import UnavailableError
+
+    t0 = time.monotonic()
+    with pytest.raises(UnavailableError, match="is it running"):
+        Client(f"http://127.0.0.1:{_free_port()}", "tok", unavailable_retry=30).get_json("/")
+    assert time.monotonic() - t0 < 2
+
+
+def test_client_gives_up_after_its_retry_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from burst.client import Client
+    from burst.exception import UnavailableError
+
+    monkeypatch.setenv("BURST_UNAVAILABLE_RETRY", "0.5")
+    port = _free_port()
+    t0 = time.monotonic()
+    c = Client(f"http://127.0.0.1:{port}", "tok")
+    c.reached = True  # a gateway answered before: this is a restart that never ends
+    with pytest.raises(UnavailableError, match="cannot reach the Burst cluster"):
+        c.get_json("/v1/status")
+    assert 0.5 <= time.monotonic() - t0 < 5
+    monkeypatch.setenv("BURST_UNAVAILABLE_RETRY", "soon")
+    with pytest.raises(ValueError, match="BURST_UNAVAILABLE_RETRY='soon'"):
+        Client(f"http://127.0.0.1:{port}", "tok")
+
+
+def test_a_call_submission_cut_mid_answer_is_not_sent_twice() -> None:
+    """A POST that reached the gateway and lost its connection may have been accepted:
+    sending it again could run the call twice, so it raises (a wait is sent again)."""
+    from burst.client import Client
+    from burst.exception import UnavailableError
+
+    srv = Server([b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"] * 3, close_after=1)
+    try:
+        c = Client(f"http://127.0.0.1:{srv.port}", "tok", unavailable_retry=5)
+        with pytest.raises((UnavailableError,)):
+            c.post_json("/v1/apps/x/functions/f/calls", {})
+        assert len(srv.requests) <= 2  # the first, and at most the one fresh-connection try
+    finally:
+        srv.close()

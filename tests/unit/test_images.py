@@ -13,7 +13,7 @@ import pytest
 import burst
 from burst import wire
 from burst.exception import InvalidError
-from burst_agent.runtimes import images
+from burst_agent.runtimes import images, rootfs
 from burst_agent.runtimes.base import ContainerSpec
 
 
@@ -78,19 +78,19 @@ def test_import_burst_stays_light() -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_process_runtime_refuses_container_steps_by_name() -> None:
-    images.check_process_runtime(None)
-    images.check_process_runtime(burst.Image.debian_slim().env({"A": "1"}).pip_install("six")
-                                 .add_local_python_source("burst_core").spec)
-    for img, words in [
-        (burst.Image.debian_slim().apt_install("curl"), "apt_install('curl') needs a container"),
-        (burst.Image.debian_slim().run_commands("make"), "run_commands('make') needs a container"),
-        (burst.Image.from_registry("ubuntu:24.04"), "Image.from_registry('ubuntu:24.04')"),
-        (burst.Image.debian_slim().add_local_file(__file__, "/x.py"), "add_local_file("),
-    ]:
-        with pytest.raises(images.ImageError, match="Docker runtime") as e:
-            images.check_process_runtime(img.spec)
-        assert words in str(e.value)
+def test_process_runtime_fast_path_or_root_filesystem() -> None:
+    """The default image (pip_install/env/add_local_python_source on 3.11) keeps the agent's
+    interpreter; any other step, Python or base needs a root filesystem of its own."""
+    fast = burst.Image.debian_slim().env({"A": "1"}).pip_install("six") \
+        .add_local_python_source("burst_core")
+    assert not rootfs.needs_rootfs(None) and not rootfs.needs_rootfs(fast.spec)
+    for img in [burst.Image.debian_slim().apt_install("curl"),
+                burst.Image.debian_slim().run_commands("make"),
+                burst.Image.from_registry("ubuntu:24.04"),
+                burst.Image.debian_slim(python_version="3.13"),
+                burst.Image.debian_slim().workdir("/srv"),
+                burst.Image.debian_slim().add_local_file(__file__, "/x.py")]:
+        assert rootfs.needs_rootfs(img.spec), img
     env = burst.Image.debian_slim().env({"A": "1"}).env({"B": "2"}).spec
     assert images.process_env(env) == {"A": "1", "B": "2"}
 
@@ -104,7 +104,7 @@ def test_dockerfile_from_steps(tmp_path: Path) -> None:
     df = images.dockerfile(img.spec, ["burst-0.1.0-py3-none-any.whl"])
     lines = df.text.splitlines()
     assert lines[0] == "FROM burst-base:py311"
-    assert "RUN python3 -m pip install --no-cache-dir six==1.16.0" in lines
+    assert 'RUN ["/bin/sh", "-c", "python3 -m pip install --no-cache-dir six==1.16.0"]' in lines
     assert 'RUN ["/bin/sh", "-c", "echo b"]' in lines
     assert 'ENV A="one two"' in lines and 'WORKDIR "/work"' in lines
     assert df.files == {"files/5/x.txt": b"x"} and df.workdir == "/work"

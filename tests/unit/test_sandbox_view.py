@@ -51,3 +51,35 @@ def test_bwrap_options_go_through_a_memfd(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert sandbox.CPU_SYSFS.startswith("/sys/")
+
+
+def test_image_container_with_gpus_gets_the_host_driver(tmp_path: Path) -> None:
+    """An image's root filesystem lacks the host's NVIDIA driver: with GPUs assigned, its
+    libraries (link names bound to their files) and tools are bound in read-only."""
+    libs, bins = tmp_path / "lib", tmp_path / "bin"
+    libs.mkdir()
+    bins.mkdir()
+    (libs / "libcuda.so.550.54").write_text("driver")
+    (libs / "libcuda.so.1").symlink_to("libcuda.so.550.54")
+    (libs / "libnvidia-ml.so.1").write_text("nvml")
+    (libs / "libssl.so.3").write_text("not the driver")
+    (bins / "nvidia-smi").write_text("#!/bin/sh\n")
+    files = sandbox.gpu_driver_files((str(libs),), (str(bins),))
+    assert sorted(files) == sorted([
+        (str(libs / "libcuda.so.550.54"), "libcuda.so.1"),
+        (str(libs / "libcuda.so.550.54"), "libcuda.so.550.54"),
+        (str(libs / "libnvidia-ml.so.1"), "libnvidia-ml.so.1"),
+        (str(bins / "nvidia-smi"), "bin/nvidia-smi")])
+    sb = box(tmp_path / "home")
+    root, shim = tmp_path / "view", tmp_path / "shim"
+    with_gpu = sb.command(["python"], bundle_dir=tmp_path, socket_path=tmp_path / "s",
+                          private_dir=tmp_path / "p", gpu_indices=[0], rootfs=(root, shim))
+    without = sb.command(["python"], bundle_dir=tmp_path, socket_path=tmp_path / "s",
+                         private_dir=tmp_path / "p", gpu_indices=[], rootfs=(root, shim))
+    i = with_gpu.index(sandbox.GPU_DRIVER_DIR)
+    assert with_gpu[i - 1] == "--tmpfs", with_gpu
+    assert sandbox.GPU_DRIVER_DIR not in without
+    # The image is the root, read-only; none of the host's system dirs is bound.
+    assert without[without.index(str(root)) - 1: without.index(str(root)) + 2] == [
+        "--ro-bind", str(root), "/"]
+    assert "/usr" not in without

@@ -83,3 +83,33 @@ def test_budget_scopes_and_periods() -> None:
     for bad in ("weekly", "0d", "2026-02-01..2026-01-01", "2026-13-01..2026-12-01"):
         with pytest.raises(ValueError, match="period"):
             budgets.check_period(bad)
+
+
+def test_verifier_accepts_each_delivery_once() -> None:
+    v = webhooks.Verifier(SECRET, tolerance=300)
+    assert v.verify(BODY, signed(), now=NOW) == json.loads(BODY)
+    with pytest.raises(webhooks.WebhookVerificationError, match="'msg_1' was already accepted"):
+        v.verify(BODY, signed(), now=NOW + 1)  # replayed within the tolerance
+    retry = webhooks.headers(SECRET, "msg_1", BODY, now=NOW + 60)  # Burst's own retry
+    with pytest.raises(webhooks.WebhookVerificationError, match="already accepted"):
+        v.verify(BODY, retry, now=NOW + 60)
+    other = webhooks.headers(SECRET, "msg_2", BODY, now=NOW)
+    assert v.verify(BODY, other, now=NOW) == json.loads(BODY)
+    with pytest.raises(webhooks.WebhookVerificationError, match="no matching signature"):
+        v.verify(BODY.replace(b"5", b"6"), webhooks.headers(SECRET, "msg_3", BODY, now=NOW),
+                 now=NOW)
+    with pytest.raises(webhooks.WebhookVerificationError, match="from now"):
+        v.verify(BODY, webhooks.headers(SECRET, "msg_4", BODY, now=NOW - 3600), now=NOW)
+
+
+def test_verifier_forgets_after_remember_and_bounds_its_memory() -> None:
+    v = webhooks.Verifier(SECRET, tolerance=10, remember=20, max_ids=2)
+    for i in range(3):
+        v.verify(BODY, webhooks.headers(SECRET, f"m{i}", BODY, now=NOW), now=NOW)
+    assert list(v._seen) == ["m1", "m2"]  # the oldest forgotten first
+    later = NOW + 21
+    assert v.verify(BODY, webhooks.headers(SECRET, "m1", BODY, now=later), now=later)
+    with pytest.raises(Exception, match="remember=5: must be at least the tolerance"):
+        webhooks.Verifier(SECRET, tolerance=10, remember=5)
+    with pytest.raises(Exception, match="tolerance=0: must be > 0"):
+        webhooks.Verifier(SECRET, tolerance=0)

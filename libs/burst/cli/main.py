@@ -50,6 +50,9 @@ def _register_commands() -> None:
     from burst.cli import apps
 
     apps.register(app)  # app list, status, stop
+    from burst.cli import observe
+
+    observe.register(app)  # app logs; container list, logs, stop, exec; shell
     from burst.cli import secrets, serve
 
     secrets.register(app)  # secret create, list, delete, rotate-key
@@ -57,6 +60,9 @@ def _register_commands() -> None:
     from burst.cli import profile
 
     profile.register(app)  # profile compose
+    from burst.cli import images
+
+    images.register(app)  # image list, prune
     # Further command modules register here, one line each, e.g.:
     # from burst.cli import run as run_cmd; run_cmd.register(app)
 

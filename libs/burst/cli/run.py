@@ -274,13 +274,39 @@ def deploy(
                                  "stop) or recreate (stopped first; their calls run again)."),
 ) -> None:
     """Deploy an app: its functions stay callable (Function.from_name, HTTP) until removed.
-    Deploying again makes a new version (`burst app history`, `burst app rollback`)."""
+    Deploying again makes a new version (`burst app history`, `burst app rollback`).
+
+    The agents build the app's images as it is deployed: their output is shown here, step
+    by step, and the command ends once they are built (exit 1 if a build failed)."""
+    from burst._builds import BuildWatcher
+    from burst.client import Client
+
     try:
         wire.check_strategy(strategy)
     except ValueError as e:
         raise InvalidError(str(e)) from None
     app, _ = load_app(ref)
-    resp = app.deploy(name, strategy=strategy)
+    client = Client.from_profile()
+    images = {f.spec.image.content_hash[:12]: f.spec.name
+              for f in app.registered_functions.values()
+              if f.spec.image is not None and f.spec.image.content_hash}
+    watcher = None
+    if images and (name or app.name):
+        watcher = BuildWatcher(client, name or app.name or "", images)
+        watcher.start()
+        watcher.subscribed.wait(10)
+    failures: list[str] = []
+    try:
+        resp = app.deploy(name, client=client, strategy=strategy)
+        if watcher is not None:
+            failures, unstarted = watcher.wait()
+            if unstarted:
+                console.print(f"No agent started building the image of "
+                              f"{', '.join(unstarted)}: it is built when a container first "
+                              "starts.")
+    finally:
+        if watcher is not None:
+            watcher.stop()
     version = f"version {resp.version}, " if resp.version else ""
     console.print(f"[green]Deployed[/green] app [bold]{resp.app}[/bold] "
                   f"({version}{resp.deployment_id}) in workspace {resp.workspace}: "
@@ -288,6 +314,10 @@ def deploy(
     for endpoint, url in resp.web_urls.items():
         console.print(f"  web endpoint {endpoint}: {url}", markup=False, highlight=False,
                       soft_wrap=True)
+    if failures:
+        for f in failures:
+            console.print(f"[red]Image build failed[/red]: {f}", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

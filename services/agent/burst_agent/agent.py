@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
@@ -28,7 +29,10 @@ from burst_agent.acks import Ack, settle
 from burst_agent.attempts import Attempts
 from burst_agent.bundles import BundleCache
 from burst_agent.container import Container
+from burst_agent.execs import Execs
+from burst_agent.figures import Figures
 from burst_agent.inputs import InputPuller
+from burst_agent.prebuild import Prebuilder
 from burst_agent.runtimes.base import Runtime
 from burst_agent.runtimes.factory import make_runtime
 from burst_agent.settings import AgentSettings
@@ -61,6 +65,20 @@ CANCELLED_KEEP = 10_000
 CANCELLED_TTL = 3600.0
 
 
+def _nvml(inventory: gpus.Inventory) -> Any:
+    """The NVML module, initialised, when this machine's GPUs are real; else None."""
+    if inventory.declared or not inventory.gpus:
+        return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception as e:
+        log.warning("nvml_unavailable_for_metrics", error=repr(e))
+        return None
+
+
 def _total_memory_mb() -> int:
     try:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20))
@@ -85,6 +103,11 @@ class Agent:
         self.preempted = False  # a reclaim notice came: no new containers here
         #: Web requests taken from the gateway (started with the agent).
         self.web = WebRelay(self)
+        #: Figures for /metrics (GPUs and NVML are known once started).
+        self.figures = Figures(self.agent_id, [], enabled=settings.metrics)
+        self.execs = Execs(self)
+        #: Images built as their functions are deployed (started with the agent).
+        self.prebuild = Prebuilder(self)
         self.started_at = time.time()
         # Unix socket paths are limited to 108 bytes: keep them short, under /tmp.
         self.socket_dir = tempfile.mkdtemp(prefix="burst-")
@@ -101,7 +124,7 @@ class Agent:
         self.nc = await bus.connect(s.nats_url, f"agent-{self.agent_id}",
                                     reconnected=self._on_reconnected)
         self.js = self.nc.jetstream()
-        await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
+        await bus.ensure_topology(self.js, s.topology())
         self.agents_kv = await self.js.key_value(names.KV_AGENTS)
         self.heartbeats_kv = await self.js.key_value(names.KV_HEARTBEATS)
         home = Path(s.home) / "agent" / self.agent_id
@@ -118,6 +141,11 @@ class Agent:
         self._cancel_sub = await self.nc.subscribe(names.SUBJECTS_CALL_CANCELLED,
                                                    cb=self._on_cancel)
         await self.web.start()
+        await self.execs.start()
+        self.figures.gpus, self.figures.nvml = self.inventory.gpus, _nvml(self.inventory)
+        if s.metrics:
+            self._tasks.append(asyncio.create_task(self._metrics_loop()))
+        await self.prebuild.start()
         self.orders = bus.Consumer(
             self.js, names.STREAM_CONTROL, names.agent_consumer(self.agent_id), self._on_order,
             filter_subjects=[names.agent_orders_subject(self.agent_id)], ack_wait=10.0,
@@ -156,6 +184,8 @@ class Agent:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.web.stop()
+        await self.execs.stop()
+        await self.prebuild.stop()
         if self._caller is not None:
             with contextlib.suppress(Exception):
                 await self._caller.stop()
@@ -399,6 +429,34 @@ class Agent:
             await asyncio.sleep(self.settings.heartbeat_interval)
             await self._beat()
             await self._rejoin_if_lost()
+
+    async def _metrics_loop(self) -> None:
+        """Every ``metrics_interval``: each container's CPU and memory use (its view in
+        the heartbeats carries them), and this agent's figures to the gateway."""
+        while True:
+            await asyncio.sleep(self.settings.metrics_interval)
+            try:
+                handles = {cid: c.handle for cid, c in self.containers.items()}
+                await asyncio.to_thread(self.figures.sample, handles)  # reads /proc
+                await asyncio.to_thread(self.figures.fold)  # off the loop
+                pids = await asyncio.to_thread(self._container_pids)
+                snap = self.figures.snapshot([c.view() for c in self.containers.values()],
+                                             pids)
+                await self.nc.publish(names.agent_metrics_subject(self.agent_id),
+                                      encode(snap))
+            except Exception as e:  # this interval's figures are lost, not the next ones
+                log.warning("metrics_publish_failed", error=repr(e))
+
+    def _container_pids(self) -> dict[int, str]:
+        """Host pid -> container id, for NVML's processes (only GPU containers' matter)."""
+        out: dict[int, str] = {}
+        for cid, c in list(self.containers.items()):
+            h = c.handle
+            if h is None or not c.placement.gpu_indices:
+                continue
+            pids = h.pids() if hasattr(h, "pids") else ([h.pid] if h.pid else [])
+            out.update((p, cid) for p in pids)
+        return out
 
     async def _rejoin_if_lost(self) -> None:
         """A scheduler marked us lost (we were cut off): our claims are void and our

@@ -49,6 +49,7 @@ from burst_core.schemas import (
     ContainerStopped,
     ContainerView,
     LogLine,
+    Output,
     Placement,
     encode,
 )
@@ -69,6 +70,11 @@ class Container:
     def __post_init__(self) -> None:
         p = self.placement
         self.id = p.container_id
+        #: When the placement arrived (monotonic): its cold start runs from here to ready.
+        self.placed_at = time.monotonic()
+        #: Inputs this container answered (outputs stored).
+        self.inputs_served = 0
+        self.exec_env: dict[str, str] = {}
         self.fn = p.function
         self.fn_key = names.function_key(p.workspace, p.app, p.function.name)
         self.max_inputs = max(1, p.function.max_inputs)
@@ -116,13 +122,19 @@ class Container:
 
     # ---- views ---------------------------------------------------------------------
     def view(self) -> ContainerView:
+        usage = self.agent.figures.usage.get(self.id)
         return ContainerView(container_id=self.id, fn_key=self.fn_key, state=self.state,  # type: ignore[arg-type]
                              idle_since=self.idle_since,
                              in_flight=len(self.in_flight) + self.web_in_flight,
                              max_inputs=self.max_inputs,
                              busy_since=min((i.started for i in self.in_flight.values()),
                                             default=None),
-                             acks=[i.msg.reply for i in self.in_flight.values() if i.msg.reply])
+                             acks=[i.msg.reply for i in self.in_flight.values() if i.msg.reply],
+                             started_at=self.started_at, inputs_served=self.inputs_served,
+                             cpu_used=usage[0] if usage else None,
+                             memory_used_mb=usage[1] if usage else None,
+                             gpu_indices=list(self.placement.gpu_indices),
+                             gpu_type=self.placement.resources.gpu_type or "")
 
     # ---- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:
@@ -135,8 +147,6 @@ class Container:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
             server = await asyncio.start_unix_server(self._on_connect, path=str(self.socket_path))
-            if self.agent.runtime.name == "process":
-                images.check_process_runtime(self.fn.image)
             secret_env = await container_secrets.fetch_env(
                 self.agent.nc, self.agent.agent_id, self.placement,
                 self.agent.settings.secrets_fetch_timeout)
@@ -157,16 +167,23 @@ class Container:
                      "BURST_APP_ID": self.placement.app,
                      "BURST_APP_NAME": self.placement.app_name or self.placement.app,
                      # The same id, under the name calls from the container read.
-                     "BURST_APP": self.placement.app},
+                     "BURST_APP": self.placement.app,
+                     # Which image this is (``Image.imports()`` raises only in its own).
+                     "BURST_IMAGE_ID": self.fn.image.ident if self.fn.image else ""},
                 image=self.fn.image, build_log=self._build_line,
                 block_network=self.fn.block_network,
             )
+            #: What ``burst container exec`` adds to a command's environment.
+            self.exec_env = spec.env
             # Overlapped with the start: the function's consumer is made (if need be),
             # and the started event goes out, while the shim imports the module.
             self._binding = asyncio.create_task(self._bind())
             self.handle = await self.agent.runtime.start(spec)
             self.started_at = time.time()
             self.meter.begin(self.started_at)
+            self._spawn(self.event("container.started",
+                                   f"container {self.id} started on agent "
+                                   f"{self.agent.agent_id}"))
             started = asyncio.create_task(self._event("started", ContainerStarted(
                 container_id=self.id, agent_id=self.agent.agent_id,
                 workspace=self.placement.workspace, app=self.placement.app,
@@ -193,6 +210,10 @@ class Container:
                 await self._event("ready", ContainerReady(
                     container_id=self.id, agent_id=self.agent.agent_id, fn_key=self.fn_key,
                     at=time.time()))
+                cold = time.monotonic() - self.placed_at
+                self.agent.figures.cold_start(self.fn_key, cold)
+                self._spawn(self.event("container.ready",
+                                       f"container {self.id} ready: cold start {cold:.3f} s"))
                 self.log.info("container_ready", pid=ready.pid,
                               startup_s=round(time.time() - self.started_at, 3))
             else:
@@ -266,7 +287,7 @@ class Container:
 
     def _build_line(self, line: str) -> None:
         """An image build's output line, to the app's logs (``burst run`` shows them)."""
-        self._spawn(self._log_line("stdout", f"[image build] {line}", ""))
+        self._spawn(self._log_line("stdout", f"[image build] {line}", "", "image.build"))
 
     async def stop(self, reason: str, if_idle_since: float | None = None) -> bool:
         """Stop the container; with ``if_idle_since``, only if idle ever since then and
@@ -549,15 +570,25 @@ class Container:
                 return
             await self._log_line(name, line.decode(errors="replace").rstrip("\n"), "")
 
-    async def _log_line(self, stream: str, line: str, call_id: str) -> None:
+    async def _log_line(self, stream: str, line: str, call_id: str, event: str = "") -> None:
         p = self.placement
         attempt = next((inf.inp.attempt for inf in self.in_flight.values()
                         if inf.inp.call_id == call_id), 1) if call_id else 1
         msg = LogLine(workspace=p.workspace, app=p.app, function=self.fn.name, container_id=self.id,
                       call_id=call_id, stream=stream, line=line, at=time.time(),  # type: ignore[arg-type]
-                      attempt=attempt)
+                      attempt=attempt, event=event)
         with contextlib.suppress(Exception):
-            await self.agent.nc.publish(names.log_subject(self.fn_key), encode(msg))
+            await self.agent.nc.publish(names.log_subject(self.fn_key, self.id, call_id),
+                                        encode(msg))
+
+    async def event(self, kind: str, text: str, call_id: str = "") -> None:
+        """A platform event of this container, to the app's logs (``burst app logs``)."""
+        await self._log_line("stderr", text, call_id, kind)
+
+    def observe(self, out: Output, accepted_at: float) -> None:
+        """An output this container stored: its figures for ``/metrics``."""
+        self.inputs_served += 1
+        self.agent.figures.output(self.fn_key, out, accepted_at)
 
     async def _event(self, kind: str, event: msgspec.Struct) -> None:
         await bus.publish(self.agent.js, names.container_event_subject(kind, self.agent.agent_id),
@@ -570,7 +601,18 @@ class Container:
 
     async def _account_stop(self, exit_code: int | None) -> None:
         p = self.placement
+        why = self.handle.exit_reason() if self.handle is not None else ""
+        if why.startswith("out of memory") and self.stop_reason in ("", "oom"):
+            self.stop_reason = "oom"
         reason = self.stop_reason or ("crashed" if exit_code not in (0, None) else "exited")
+        if reason == "oom":
+            await bus.quiet(self.event("container.oom",
+                                       f"container {self.id} killed: {why or 'out of memory'}"))
+        elif reason == "preempted":
+            await bus.quiet(self.event("container.preempted", f"container {self.id} preempted"))
+        code = f", exit code {exit_code}" if exit_code is not None else ""
+        await bus.quiet(self.event("container.stopped",
+                                   f"container {self.id} stopped: {reason}{code}"))
         if self.started_at or self.meter.has_counts:
             # Never started (its image failed) but answered calls: a record of no span
             # carries their count.

@@ -92,6 +92,10 @@ class Owner(Protocol):
 
     def send_frame(self, data: bytes) -> None: ...
 
+    def observe(self, out: Output, accepted_at: float) -> None: ...
+
+    async def event(self, kind: str, text: str, call_id: str = "") -> None: ...
+
     def stop_if_retired(self) -> None: ...
 
     async def _bind(self) -> None: ...
@@ -225,6 +229,9 @@ class InputDispatch:
 
     def _run(self, msg: Msg, inp: Input, payload: bytes) -> None:
         assert self.c._writer is not None
+        if inp.payload_format == names.SHELL_FORMAT:
+            self._hold_shell(msg, inp)
+            return
         # The input goes out first (the hot path), the bookkeeping after: nothing can
         # answer it before the caller yields.
         self.c.send_frame(wire.frame(wire.RunInput(
@@ -237,6 +244,17 @@ class InputDispatch:
             self._start(inf)
         self.in_flight[inp.input_id] = inf
         self.c.state, self.c.idle_since = "busy", None
+
+    def _hold_shell(self, msg: Msg, inp: Input) -> None:
+        """A ``burst shell`` session: the input holds a slot of this container (busy,
+        billed) until it is cancelled or times out; the function does not run. The
+        session's commands come through ``burst container exec``."""
+        inf = InFlight(msg=msg, inp=inp, started=time.time())
+        self._start(inf)
+        self.in_flight[inp.input_id] = inf
+        self.c.state, self.c.idle_since = "busy", None
+        self.c._spawn(self.c.event("shell.ready", f"container {self.c.id} holds shell "
+                                   f"session {inp.call_id}", inp.call_id))
 
     def _start(self, inf: InFlight) -> None:
         """The input runs now: its timeout starts."""
@@ -273,6 +291,8 @@ class InputDispatch:
         inf.timed_out = True
         self.c.stop_reason = "timeout"
         self.c.log.warning("input_timed_out", call_id=inf.inp.call_id, timeout=self.c.fn.timeout)
+        self.c._spawn(self.c.event("call.timeout", f"call {inf.inp.call_id} timed out after "
+                                   f"{self.c.fn.timeout:g} s", inf.inp.call_id))
         self.c.handle.signal(SIGKILL)
 
     def release(self, inf: InFlight) -> None:
@@ -365,9 +385,9 @@ class InputDispatch:
             if delay is not None:
                 await acks.settle(inf.msg, Nak(delay))
                 return
-        await self._store_output(out, inf.msg)
+        await self._store_output(out, inf.msg, inf.inp.accepted_at)
 
-    async def _store_output(self, out: Output, msg: Msg) -> None:
+    async def _store_output(self, out: Output, msg: Msg, accepted_at: float = 0.0) -> None:
         headers = {"Nats-Expected-Last-Subject-Sequence": "0"}
         try:
             await bus.publish(self.c.agent.js, names.output_subject(out.call_id, out.attempt),
@@ -384,6 +404,7 @@ class InputDispatch:
             return
         else:  # stored by this container: the call's one result (a duplicate is not)
             self.c.meter.count(out.status)
+            self.c.observe(out, accepted_at)
         self.c.agent.ack_later(msg)
 
     async def finish(self, exit_code: int | None) -> None:

@@ -20,6 +20,7 @@ from burst_core.calls.caller import Caller
 from burst_core.objects import Objects
 
 if TYPE_CHECKING:
+    from burst_agent.figures import Figures
     from burst_agent.runtimes.base import Runtime
     from burst_agent.web import WebRelay
 
@@ -38,6 +39,8 @@ class AgentHost(Protocol):
     cancelled: dict[str, float]
     #: Web requests taken from the gateway (burst_agent.web).
     web: WebRelay
+    #: Figures for /metrics (burst_agent.figures).
+    figures: Figures
 
     def ack_later(self, msg: Msg) -> None: ...
 

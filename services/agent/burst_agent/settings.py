@@ -99,6 +99,15 @@ class AgentSettings(CommonSettings):
     #: one is taken (not while the container that took it is still starting).
     spare_sandbox: bool = True
     spare_delay: float = 0.05
+    #: Disk (MiB) the process runtime's image root filesystems (``rootfs.py``: bases and
+    #: build layers) may use on this machine; past it, the least recently used that no
+    #: running container uses are removed.
+    image_disk_budget_mb: int = 20_000
+    #: Seconds one image build step (an apt install, a command, a debootstrap) may take.
+    image_step_timeout: float = 1800.0
+    #: Images (root filesystems) whose zygote and spare sandbox stay warm on the process
+    #: runtime: the most recently used; others start them again when next needed.
+    image_warm_runtimes: int = 4
     #: Containers' network on the process runtime: "auto" (user-mode NAT with the deny
     #: rules below where slirp4netns is installed and the agent is root, else none and one
     #: warning), "on" (refuse to start without it) or "off" (no network at all, as with
@@ -124,10 +133,20 @@ class AgentSettings(CommonSettings):
     #: answer: the request ends 502, as it may have been taken); also how long cancels
     #: that still come here for a moved request are passed on.
     web_move_timeout: float = 10.0
+    #: Publish this agent's figures for the gateway's ``/metrics`` (and each container's
+    #: CPU and memory use, for ``burst container list``) every ``metrics_interval``
+    #: seconds; off: none are kept.
+    metrics: bool = True
+    metrics_interval: float = 5.0
+    #: Longest a ``burst container exec`` command may run before it is killed.
+    exec_timeout: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.input_prefetch < 0:
             raise ValueError(f"BURST_INPUT_PREFETCH={self.input_prefetch}: use 0 (none) or more")
+        if not self.metrics_interval > 0:
+            raise ValueError(f"BURST_METRICS_INTERVAL={self.metrics_interval}: use more "
+                             "than 0 seconds")
         if not self.prefetch_max_run >= 0:
             raise ValueError(f"BURST_PREFETCH_MAX_RUN={self.prefetch_max_run}: use 0 (never) "
                              "or more seconds")

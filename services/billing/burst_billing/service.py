@@ -35,7 +35,7 @@ async def run(settings: BillingSettings, stop: asyncio.Event) -> None:
     rates = prices.load(settings.prices)  # a bad table stops billing before it connects
     nc = await bus.connect(settings.nats_url, f"billing-{settings.instance}")
     js = nc.jetstream()
-    await bus.ensure_topology(js, bus.Topology(result_retention=settings.result_retention))
+    await bus.ensure_topology(js, settings.topology())
     await budgets.ensure(js)
     lease = Lease(
         await js.key_value(names.KV_LEASES), names.LEASE_BILLING, settings.instance,

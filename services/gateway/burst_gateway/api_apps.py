@@ -209,7 +209,7 @@ async def _publish(gw: Gateway, dep: DeploymentRecord) -> DeploymentRecord:
             gw.js, names.function_deployed_subject(fn_key),
             encode(FunctionDeployed(workspace=dep.workspace, app=dep.app,
                                     deployment_id=dep.deployment_id, function=fn,
-                                    strategy=dep.strategy)),
+                                    strategy=dep.strategy, ephemeral=dep.ephemeral)),
             msg_id=f"{dep.deployment_id}:{fn.name}",
         )
     return dep
@@ -403,7 +403,8 @@ async def remove_app(app: str, gw: GatewayDep,
 @router.get("/v1/apps/{app}/logs", tags=["apps"])
 async def app_logs(app: str, request: Request, gw: GatewayDep,
                    p: Principal = Depends(principal)) -> StreamingResponse:
-    """Follow an app's container logs as NDJSON.
+    """Follow an app's container output as NDJSON, from now on (``burst run`` shows it;
+    the kept window, platform events and searches are ``GET /v1/logs``).
 
     The first line is ``{"type": "subscribed"}``: every line logged after it arrives.
     A ``{"type": "keepalive"}`` line is sent every 5 s of silence.
@@ -438,6 +439,8 @@ async def app_logs(app: str, request: Request, gw: GatewayDep,
                     ln = LogLineDecoder.decode(data)
                 except Exception:
                     continue
+                if ln.event and ln.event != "image.build":
+                    continue  # platform events are for `burst app logs`, not `burst run`
                 yield (json.dumps({"type": "log", "function": ln.function, "call_id": ln.call_id,
                                    "container_id": ln.container_id, "stream": ln.stream,
                                    "line": ln.line, "at": ln.at, "attempt": ln.attempt})

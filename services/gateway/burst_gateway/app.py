@@ -17,6 +17,8 @@ from burst_gateway import (
     api_calls,
     api_clients,
     api_cluster,
+    api_containers,
+    api_logs,
     api_maps,
     api_objects,
     api_schedules,
@@ -24,6 +26,7 @@ from burst_gateway import (
     api_tokens,
     api_webhooks,
     errors,
+    metrics,
     scopes,
     validate,
 )
@@ -73,6 +76,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_schedules.router)
     app.include_router(api_webhooks.router)
     app.include_router(api_secrets.router)
+    app.include_router(api_logs.router)
+    app.include_router(api_containers.router)
+    app.include_router(metrics.router)
     return app
 
 

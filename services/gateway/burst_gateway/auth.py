@@ -350,3 +350,18 @@ def denied(method: str, path: str, need: str, p: Principal) -> str:
             f"a token of scope {need!r} or above ({', '.join(SCOPES[SCOPES.index(need):])})")
     return (f"{method} {path} needs {what}; this token has scope {p.scope!r} in workspace "
             f"{p.workspace!r}")
+
+
+def is_operator(p: Principal) -> bool:
+    """Whether ``p`` sees cluster-wide figures: agents, GPUs, services, every
+    workspace's containers and figures (``/metrics``, ``burst container list``)."""
+    return covers(p.scope, OPERATOR)
+
+
+def require_exec(p: Principal, what: str) -> None:
+    """``container exec`` and ``burst shell`` read a container's secrets: a deploy scope
+    or above (the route table says so too; this keeps the rule beside the code)."""
+    if not covers(p.scope, "deploy"):
+        raise PermissionDeniedError(f"{what} needs a token of scope 'deploy' or above "
+                                    "(it can read the container's secrets); this token has "
+                                    f"scope {p.scope!r}")

@@ -78,6 +78,15 @@ ROUTES: dict[str, str] = {
     "POST /v1/secrets": "admin",
     "GET /v1/secrets/{name}": "read",
     "DELETE /v1/secrets/{name}": "admin",
+    # logs, containers, metrics (cluster-wide parts for operators: see their modules)
+    "GET /v1/logs": "read",
+    "GET /v1/containers": "read",
+    "GET /v1/containers/{container_id}/logs": "read",
+    "POST /v1/containers/{container_id}/stop": "deploy",
+    "POST /v1/containers/{container_id}/exec": "deploy",
+    "POST /v1/execs/{exec_id}/stdin": "deploy",
+    "POST /v1/apps/{app}/functions/{fn}/shell": "deploy",
+    "GET /metrics": "read",
 }
 
 

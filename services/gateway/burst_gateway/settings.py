@@ -60,3 +60,22 @@ class GatewaySettings(CommonSettings):
     #: Seconds a request may run before its response starts; past it the client gets
     #: Modal's 303 to a location that waits for the result (see web_redirect.py).
     web_request_timeout: float = 150.0
+    #: Seconds an agent's last figures stay in ``/metrics`` without a newer one (an agent
+    #: that stopped publishing: gone, or its metrics turned off).
+    metrics_stale: float = 60.0
+    #: Seconds /metrics reuses what it read of the ledger (spend per app) and of the
+    #: services' liveness records, so frequent scrapes cost the gateway little.
+    metrics_cache_ttl: float = 10.0
+    #: Most log lines one read of the logs may scan (``burst app logs``, ``--search``): a
+    #: window that holds more is refused, naming the count (narrow ``--since`` or filter by
+    #: function, call or container), so no request reads unbounded history.
+    log_scan_max: int = 200_000
+    #: Most lines one read returns (the newest of the window).
+    log_lines_max: int = 10_000
+    #: Longest the gateway waits for an agent to take a ``burst container exec`` command.
+    exec_accept_timeout: float = 10.0
+    #: Seconds of silence after which a followed log stream (server-sent events) gets a
+    #: keepalive comment (and a client that left is noticed).
+    log_keepalive: float = 5.0
+    #: How far back a read of the logs goes without ``since`` (seconds).
+    log_default_since: float = 3600.0

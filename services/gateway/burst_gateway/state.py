@@ -21,6 +21,7 @@ from burst_core.objects import Objects
 from burst_core.schemas import DeploymentRecord, DeploymentRecordDecoder
 from burst_core.secrets import KeyRing, webhook_keys_path, write_webhook_keys
 from burst_core.service import cancel_and_wait, heartbeat_loop
+from burst_gateway.agent_figures import AgentFigures
 from burst_gateway.auth import TokenStore, Workspaces
 from burst_gateway.secret_store import SecretStore
 from burst_gateway.settings import GatewaySettings
@@ -52,6 +53,11 @@ class Gateway:
         self.clients_kv: KeyValue | None = None
         self.objects: Objects | None = None
         self.secrets: SecretStore | None = None
+        #: Every agent's latest figures, for /metrics.
+        self.agent_figures = AgentFigures(settings.metrics_stale)
+        #: Interactive execs streaming through this gateway: exec id -> (agent id,
+        #: workspace), where their stdin goes (``POST /v1/execs/{id}/stdin``).
+        self.execs: dict[str, tuple[str, str]] = {}
 
     async def start(self) -> None:
         s = self.settings
@@ -63,7 +69,8 @@ class Gateway:
         write_webhook_keys(ring, keys_file)
         self.nc = await bus.connect(s.nats_url, f"gateway-{s.instance}")
         self.js = self.nc.jetstream()
-        await bus.ensure_topology(self.js, bus.Topology(result_retention=s.result_retention))
+        await bus.ensure_topology(self.js, s.topology())
+        await self.agent_figures.start(self.nc)
         self.deployments_kv = await self.js.key_value(names.KV_DEPLOYMENTS)
         self.bundles = await self.js.object_store(names.OBJ_BUNDLES)
         self.tokens = TokenStore(await self.js.key_value(names.KV_TOKENS), s.token_cache_ttl,
@@ -102,6 +109,7 @@ class Gateway:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
+        await self.agent_figures.stop()
         if self.secrets is not None:
             await self.secrets.stop()
         if self._deployments_mirror is not None:

@@ -4,8 +4,10 @@ Billing marks a budget state ``exceeded`` in KV (``burst_budget_state``) when a 
 is spent; this module watches those states. Every ``interval`` it orders each container
 of an exceeded scope to stop (busy or not: a hard cap stops the spending), re-sending the
 order while the container is still reported, and :meth:`blocked` tells the autoscaler not
-to place new ones. The state is durable in KV, so a scheduler restart or a Redis flush
-changes nothing: the watch loads it again before the first decision.
+to place new ones. Calls of the scope already accepted (queued, or running in a container
+being stopped) are answered with ``BudgetExceededError``, once each, so no caller waits
+for a container that will not start. The state is durable in KV, so a scheduler restart
+or a Redis flush changes nothing: the watch loads it again before the first decision.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import time
 from typing import Any
 
-from burst_core import budgets, bus, logs, names
+from burst_core import apps, budgets, bus, logs, names
 from burst_core.schemas import BudgetState, BudgetStateDecoder, StopContainer, encode
 from burst_core.service import cancel_and_wait
 from burst_scheduler.state import ClusterState
@@ -30,6 +32,8 @@ class BudgetStop:
         # budget key (<ws>, <ws>.<app>, <ws>.<app>.<fn>) -> its exceeded state
         self.exceeded: dict[str, BudgetState] = {}
         self.stops_ordered = 0
+        #: Calls in the inputs stream answered with the cap's error.
+        self.calls_refused = 0
         self._sent: dict[str, tuple[float, int]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._mirror: bus.KVMirror[BudgetState] | None = None
@@ -82,10 +86,20 @@ class BudgetStop:
             await asyncio.sleep(self.interval)
 
     async def stop_once(self, now: float | None = None) -> int:
-        """Order every container of an exceeded scope to stop; returns orders sent."""
+        """Order every container of an exceeded scope to stop, and answer the calls of
+        its functions still in the inputs stream; returns stop orders sent."""
         if not self.exceeded:
             return 0
         now = time.time() if now is None else now
+        for fn_key in [k for k in self.state.functions if self.blocked(k)]:
+            # Queued (or handed back by a stopped container), they would wait for a
+            # container that no longer starts: each caller gets one answer, the cap's error.
+            n = await apps.cancel_inputs(
+                self.js, fn_key, "its hard budget is spent", status="failure",
+                error_type="burst.exception.BudgetExceededError")
+            if n:
+                self.calls_refused += n
+                log.info("budget_calls_answered", fn_key=fn_key, calls=n)
         sent = 0
         for fn_key, containers in self.state.containers(now).items():
             if not self.blocked(fn_key):

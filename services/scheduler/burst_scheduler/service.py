@@ -242,7 +242,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event) -> None:
     nc = await bus.connect(settings.nats_url, f"scheduler-{settings.instance}",
                            reconnected=reconnected)
     js = nc.jetstream()
-    await bus.ensure_topology(js, bus.Topology(result_retention=settings.result_retention))
+    await bus.ensure_topology(js, settings.topology())
     redis = aioredis.Redis.from_url(settings.redis_url)
     scheduler = Scheduler(settings, js, redis)
     started.append(scheduler)

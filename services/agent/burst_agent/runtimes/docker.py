@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,6 +49,7 @@ log = logs.get("burst.agent.docker")
 #: Lines of build output an ImageError carries.
 ERROR_TAIL = 30
 _STEP = re.compile(r"^Step (\d+)/(\d+) :")
+_EXIT = re.compile(r"returned a non-zero code: (\d+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -268,6 +270,10 @@ class DockerRuntime:
                 self._built[key] = await self._build(image, emit)
         return self._built[key]
 
+    async def prepare(self, image: Any, emit: Callable[[str], None] | None = None) -> str:
+        """Build a function's image ahead of its containers (at deployment)."""
+        return await self.image_tag(image, emit)
+
     async def _build(self, image: Any, emit: Callable[[str], None] | None) -> str:
         base = images.base_tag(image)
         try:
@@ -279,6 +285,14 @@ class DockerRuntime:
                                  "build it there first)") from None
             raise ImageError(f"the base image {base} is missing on this agent's Docker engine: "
                              "build it with deploy/base-image.sh") from None
+        if image is not None and image.add_python:  # the Python comes from this one
+            py = images.BASE_IMAGES.get(image.add_python, "")
+            try:
+                base_id += (await asyncio.to_thread(self.client.images.get, py)).id
+            except docker.errors.ImageNotFound:
+                raise ImageError(f"add_python={image.add_python!r}: the base image {py} is "
+                                 "missing on this agent's Docker engine: build it with "
+                                 "deploy/base-image.sh") from None
         wheels, whash = await self._shim_wheels()
         df = images.dockerfile(image, wheels)
         digest = hashlib.sha256(f"{df.text}\0{whash}\0{base_id}".encode())
@@ -315,21 +329,39 @@ class DockerRuntime:
 
     def _run_build(self, ctx: Path, tag: str, df: images.Dockerfile,
                    say: Callable[[str], None]) -> None:
+        """Stream the build: each instruction announced in the user's words, its output,
+        and its time; a failure names the step with the last lines of output."""
         tail: list[str] = []
-        step = 0
+        step = total = 0
+        started = time.monotonic()
+        build_start = started
+
+        def finish() -> None:
+            if step:
+                say(f"Step {step}/{total} took {time.monotonic() - started:.1f} s")
+
         for chunk in self._stream(ctx, tag):
             if "error" in chunk:
                 what = df.labels.get(step, f"instruction {step}")
                 err = str(chunk["error"]).strip()
+                code = _EXIT.search(err)
+                if code:  # not the (possibly very long) command line again
+                    err = f"exit code {code.group(1)}"
+                say(f"Step {step}/{total} failed after {time.monotonic() - started:.1f} s: {err}")
                 raise ImageError(f"image build failed at {what}: {err}\n" + "\n".join(tail))
             for line in _ANSI.sub("", str(chunk.get("stream", ""))).splitlines():
                 if not line.strip():
                     continue
                 m = _STEP.match(line)
                 if m:
-                    step = int(m.group(1))
+                    finish()
+                    step, total = int(m.group(1)), int(m.group(2))
+                    started = time.monotonic()
+                    line = f"Step {step}/{total}: {df.labels.get(step, line)}"
                 say(line)
                 tail = [*tail[-(ERROR_TAIL - 1):], line]
+        finish()
+        say(f"image built in {time.monotonic() - build_start:.1f} s")
 
     def _stream(self, ctx: Path, tag: str) -> Iterator[dict[str, Any]]:
         try:

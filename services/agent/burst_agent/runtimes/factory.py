@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from burst_agent.runtimes.base import Runtime
+from burst_agent.runtimes.images import cache_dir
 from burst_agent.runtimes.network import Network
 from burst_agent.runtimes.process import ProcessRuntime
+from burst_agent.runtimes.rootfs import Store, View
 from burst_agent.runtimes.sandbox import Sandbox
 from burst_agent.runtimes.venvs import VenvRuntime
 from burst_agent.settings import AgentSettings
@@ -34,6 +36,11 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
         return rt
     if s.runtime != "process":
         raise ValueError(f"unknown runtime {s.runtime!r}: use one of {', '.join(RUNTIMES)}")
+    for name, value in (("BURST_IMAGE_DISK_BUDGET_MB", s.image_disk_budget_mb),
+                        ("BURST_IMAGE_STEP_TIMEOUT", s.image_step_timeout),
+                        ("BURST_IMAGE_WARM_RUNTIMES", s.image_warm_runtimes)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError(f"{name}={value!r} is not valid: use a positive number")
     box = Sandbox.detect(s.sandbox, agent_id, s.home, s.sandbox_uid,
                          cpu_headroom=s.cpu_headroom, pids_limit=s.container_pids_limit)
     state = home / "containers"
@@ -47,5 +54,13 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
         return ProcessRuntime(python, box, state, zygote=s.zygote, spares=s.spare_sandbox,
                               spare_delay=s.spare_delay)
 
-    # Images with pip_install steps: a cached virtual environment each.
-    return VenvRuntime(process(s.python), process)
+    def in_image(view: View) -> ProcessRuntime:
+        return ProcessRuntime(view.python, box, state, zygote=s.zygote, spares=s.spare_sandbox,
+                              spare_delay=s.spare_delay, view=view)
+
+    store = Store(cache_dir("rootfs"), disk_budget_mb=s.image_disk_budget_mb,
+                  step_timeout=s.image_step_timeout, network=box.network)
+    # Images with pip_install steps: a cached virtual environment each; images with steps
+    # beyond those (apt_install, run_commands, another Python...): a root filesystem each.
+    return VenvRuntime(process(s.python), process, store=store, make_view=in_image,
+                       warm_images=s.image_warm_runtimes)

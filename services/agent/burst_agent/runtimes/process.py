@@ -23,13 +23,18 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from burst_agent.runtimes import sandbox as sb
 from burst_agent.runtimes import zygote as zyg
 from burst_agent.runtimes.base import ContainerSpec
 from burst_core import logs
+
+if TYPE_CHECKING:
+    from burst_agent.runtimes import rootfs
 
 log = logs.get("burst.agent.runtime")
 
@@ -49,6 +54,8 @@ class ProcessHandle:
         self.child_pid: int | None = None
         #: Removed with the private dir (a spare sandbox's socket dir).
         self.also_remove: Path | None = None
+        #: Sandboxed as root: the command prefix that drops to the sandbox's uid.
+        self.drop: list[str] = []
 
     async def wait(self) -> int:
         code = await self.proc.wait()
@@ -70,6 +77,88 @@ class ProcessHandle:
 
     def exit_reason(self) -> str:
         return self._reason
+
+    def inner_pid(self) -> int | None:
+        """A process inside the container (its namespaces, its root): the zygote's fork,
+        else the first process under bwrap that is not bwrap itself, else the shim."""
+        if self.child_pid is not None:
+            return self.child_pid
+        if self.private_dir is None:  # not sandboxed: the shim itself
+            return self.proc.pid
+        for pid in _descendants(self.proc.pid):
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() != "bwrap":
+                    return pid
+            except OSError:
+                continue
+        return None
+
+    def exec_command(self, argv: list[str], env: dict[str, str],
+                     ) -> tuple[list[str], dict[str, str], str | None, Callable[[], None] | None]:
+        """How to run ``argv`` inside this container (``burst container exec``): the host
+        command line, its environment (the container's), working directory and pre-exec
+        hook. ``env``: the container's own variables (its image's, its secrets), over what
+        its process started with (a zygote's fork set them after it started). Sandboxed,
+        it enters the container's namespaces (``nsenter``: mount, UTS,
+        IPC, network, pid, its root and working directory), joins its cgroups and drops
+        to its uid as the shim did."""
+        pid = self.inner_pid()
+        if pid is None:
+            raise RuntimeError("the container's process is gone")
+        try:
+            raw = Path(f"/proc/{pid}/environ").read_bytes()
+            started = dict(kv.decode(errors="replace").split("=", 1)
+                           for kv in raw.split(b"\0") if b"=" in kv)
+        except OSError:
+            started = {}
+        env = {**started, **env}
+        if self.private_dir is None:
+            return argv, env, os.path.realpath(f"/proc/{pid}/cwd"), None
+        env.update(HOME=sb.PRIVATE, TMPDIR=sb.PRIVATE)
+        nsenter = shutil.which("nsenter")
+        if nsenter is None:
+            raise RuntimeError("nsenter (util-linux) is not installed on the agent's machine")
+        tasks = self.cgroup.tasks_files() if self.cgroup is not None else []
+
+        def join() -> None:
+            for f in tasks:
+                with open(f, "w") as fh:
+                    fh.write("0")
+
+        host = [nsenter, "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w", "--",
+                *self.drop, *argv]
+        return host, env, None, join
+
+    def pids(self) -> list[int]:
+        """The container's processes (host pids): its memory cgroup's, else its tree."""
+        if self.cgroup is not None:
+            try:
+                return [int(x) for x in (self.cgroup.dirs["memory"] / "cgroup.procs")
+                        .read_text().split()]
+            except (OSError, ValueError, KeyError):
+                pass
+        root = self.child_pid or self.proc.pid
+        return [root, *_descendants(root)]
+
+    def usage(self) -> tuple[float, float] | None:
+        """(CPU seconds used so far, memory in bytes now) of the container's processes."""
+        from burst_agent.figures import cpu_seconds
+
+        pids = self.pids()
+        if self.cgroup is not None:
+            try:
+                mem = float((self.cgroup.dirs["memory"] / "memory.usage_in_bytes").read_text())
+                return cpu_seconds(pids), mem
+            except (OSError, ValueError, KeyError):
+                pass
+        rss = 0.0
+        for pid in pids:
+            try:
+                rss += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf(
+                    "SC_PAGE_SIZE")
+            except (OSError, ValueError, IndexError):
+                continue
+        return cpu_seconds(pids), rss
 
     def signal(self, sig: int) -> None:
         if self.child_pid is not None:
@@ -112,13 +201,18 @@ class ProcessRuntime:
 
     def __init__(self, python: str = "", sandbox: sb.Sandbox | None = None,
                  state_dir: Path | None = None, zygote: bool = False,
-                 spares: bool = True, spare_delay: float = 0.0) -> None:
-        self.python = python or sys.executable
+                 spares: bool = True, spare_delay: float = 0.0,
+                 view: rootfs.View | None = None) -> None:
+        #: An image's root filesystem (``rootfs.py``): containers run in it, with its
+        #: python and environment, instead of the agent's.
+        self.view = view
+        self.python = view.python if view is not None else (python or sys.executable)
         self.sandbox = sandbox
         self.state_dir = state_dir
         # The zygote forks into a sandbox bwrap built (setns): that takes root.
-        self.zygote = (zyg.Zygote(self.python) if zygote and self.sandboxed
-                       and os.geteuid() == 0 else None)
+        # (An image's entrypoint wraps a fresh interpreter: a fork cannot run under it.)
+        self.zygote = (self._make_zygote() if zygote and self.sandboxed
+                       and os.geteuid() == 0 and not (view and view.entrypoint) else None)
         self._warming: asyncio.Task[None] | None = None
         #: The sandbox made ahead for the next container (see the module docstring).
         self._spare: _Holder | None = None
@@ -145,11 +239,22 @@ class ProcessRuntime:
         self._refill()
 
     def _env(self, spec: ContainerSpec, home: str, bundle: str, sock: str) -> dict[str, str]:
+        if self.view is not None:
+            # The image's own environment; its modules after the bundle (as on Docker).
+            image_env = dict(self.view.env)
+            image_env["PYTHONPATH"] = f"{sb.BUNDLE}:{image_env.get('PYTHONPATH', '')}"
+            if spec.gpu_indices:  # the host's GPU driver, bound in (``Sandbox.command``)
+                image_env["LD_LIBRARY_PATH"] = ":".join(
+                    p for p in (sb.GPU_DRIVER_DIR, image_env.get("LD_LIBRARY_PATH")) if p)
+                image_env["PATH"] = f"{image_env.get('PATH', '/usr/bin:/bin')}:" \
+                                    f"{sb.GPU_DRIVER_DIR}/bin"
+        else:
+            image_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                         "LANG": os.environ.get("LANG", "C.UTF-8"), **sb.interpreter_env()}
         return {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            **image_env,
             "HOME": home,
             "TMPDIR": home if self.sandboxed else os.environ.get("TMPDIR", "/tmp"),
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
             "BURST_SHIM_SOCKET": sock,
@@ -157,9 +262,32 @@ class ProcessRuntime:
             "BURST_SHIM_QUALNAME": spec.qualname,
             "BURST_CONTAINER_ID": spec.container_id,
             "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in spec.gpu_indices),
-            **sb.interpreter_env(),
             **spec.env,
         }
+
+    def _make_zygote(self) -> zyg.Zygote:
+        if self.view is None:
+            return zyg.Zygote(self.python)
+        # An image's zygote: its own python, in a mount namespace whose root is the image
+        # (with the shim), the host's /proc, /sys and /dev (it enters the containers'
+        # namespaces and cgroups from there), as root with its capabilities.
+        from burst_agent.runtimes.rootfs import SHIM_DIR
+
+        assert self.sandbox is not None and self.sandbox.bwrap is not None
+        prefix = [self.sandbox.bwrap, "--ro-bind", str(self.view.root), "/",
+                  "--ro-bind", str(self.view.shim), SHIM_DIR, "--bind", "/proc", "/proc",
+                  "--bind", "/sys", "/sys", "--dev-bind", "/dev", "/dev",
+                  "--cap-add", "ALL", "--die-with-parent", "--"]
+        env = dict(self.view.env)
+        env["PYTHONPATH"] = f"{sb.BUNDLE}:{env.get('PYTHONPATH', '')}"
+        return zyg.Zygote(self.python, prefix=prefix, env=env)
+
+    def _rootfs(self) -> tuple[Path, Path] | None:
+        return (self.view.root, self.view.shim) if self.view is not None else None
+
+    def _cwd(self) -> str:
+        return (self.view.workdir if self.view is not None and self.view.workdir != "/"
+                else sb.BUNDLE)
 
     @property
     def sandboxed(self) -> bool:
@@ -204,7 +332,9 @@ class ProcessRuntime:
         private = state / spec.container_id
         cgroup = box.prepare(spec.container_id, private, spec.cpu,
                              spec.memory_limit_mb or spec.memory_mb, spec.cpu_limit)
-        if self.zygote is not None:
+        # (An image's container with GPUs needs the driver's library path from its start,
+        # which a fork of the image's zygote did not have: a fresh interpreter.)
+        if self.zygote is not None and not (self.view is not None and spec.gpu_indices):
             try:
                 self._refill(self.spare_delay)
                 holder = await self._holder(box, bundle_dir=spec.bundle_dir,
@@ -224,10 +354,12 @@ class ProcessRuntime:
         gate_r = gate_w = args_fd = -1
         try:
             env = self._env(spec, sb.PRIVATE, sb.BUNDLE, sb.SOCKET)
+            entrypoint = self.view.entrypoint if self.view is not None else []
             argv, args_fd = sb.hide_args(box.command(
-                [self.python, "-m", "burst._shim"], bundle_dir=spec.bundle_dir,
+                [*entrypoint, self.python, "-m", "burst._shim"], bundle_dir=spec.bundle_dir,
                 socket_path=spec.socket_path, private_dir=private,
-                gpu_indices=spec.gpu_indices, networked=networked))
+                gpu_indices=spec.gpu_indices, networked=networked, rootfs=self._rootfs(),
+                cwd=self._cwd()))
             if networked:
                 # bwrap waits behind a gate (after ``unshare --net``) until the agent has
                 # set up the namespace.
@@ -262,7 +394,9 @@ class ProcessRuntime:
             for fd in (gate_r, gate_w, args_fd):
                 if fd >= 0:
                     os.close(fd)
-        return ProcessHandle(proc, cgroup, private)
+        handle = ProcessHandle(proc, cgroup, private)
+        handle.drop = box._drop()
+        return handle
 
 
     async def _holder(self, box: sb.Sandbox, *, bundle_dir: Path, private: Path,
@@ -285,7 +419,8 @@ class ProcessRuntime:
             argv, args_fd = sb.hide_args(box.command(
                 zyg.HOLDER, bundle_dir=bundle_dir, socket_path=socket_path,
                 socket_dir=socket_dir, private_dir=private, gpu_indices=gpu_indices,
-                networked=networked, extra=["--info-fd", str(info_w.fileno())]))
+                networked=networked, extra=["--info-fd", str(info_w.fileno())],
+                rootfs=self._rootfs(), cwd=self._cwd()))
             proc = await asyncio.create_subprocess_exec(
                 # The id marks the holder as the container's, on the host (ps e, /proc);
                 # a spare's holder is marked as one.
@@ -350,10 +485,11 @@ class ProcessRuntime:
                 await holder.net
             t_up = time.perf_counter()
             await holder.keeper.go(
-                cwd=sb.BUNDLE, env=self._env(spec, sb.PRIVATE, sb.BUNDLE, socket_inside),
+                cwd=self._cwd(), env=self._env(spec, sb.PRIVATE, sb.BUNDLE, socket_inside),
                 uid=box.uid, gid=box.gid, cgroup_tasks=cgroup.tasks_files() if cgroup else [])
             t_go = time.perf_counter()
             handle = ProcessHandle(holder.proc, cgroup, holder.remove)
+            handle.drop = box._drop()
             handle.pid = handle.child_pid = holder.pid
             handle.also_remove = holder.sock_dir
             handle.stdout = await zyg.socket_reader(holder.out_r)

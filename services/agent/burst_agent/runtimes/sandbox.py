@@ -410,22 +410,33 @@ class Sandbox:
 
     def command(self, argv: list[str], *, bundle_dir: Path, socket_path: Path | None,
                 private_dir: Path, gpu_indices: list[int], extra: list[str] | None = None,
-                socket_dir: Path | None = None, networked: bool = False) -> list[str]:
+                socket_dir: Path | None = None, networked: bool = False,
+                rootfs: tuple[Path, Path] | None = None, cwd: str = BUNDLE) -> list[str]:
         """The bwrap command line running ``argv`` in a fresh sandbox. With ``socket_dir``
         (a spare sandbox) that directory is bound read-only at ``SOCKET_DIR`` instead of
         ``socket_path`` at ``SOCKET``. ``networked``: in a network namespace of its own
-        that the caller sets up (``Network.attach``) before the container's code runs."""
+        that the caller sets up (``Network.attach``) before the container's code runs.
+        ``rootfs``: (an image's read-only root, Burst's shim for it), see ``rootfs.py``:
+        the container sees that root instead of the host's system (and the shim at
+        ``rootfs.SHIM_DIR``)."""
         # No --new-session: the agent signals the whole process group (stdin is /dev/null).
-        # An empty root (bwrap's tmpfs) with only what ``_plan_view`` chose bound into it.
         args = self._bwrap_head(networked)
-        for target, link in self.symlinks:
-            args += ["--symlink", target, link]
-        # The private /tmp first, so what is bound below it lands on top of it.
-        args += ["--bind", str(private_dir), PRIVATE]
-        for p in self.binds:
-            args += [*self._dirs_to(p), "--ro-bind", p, p]
-        for h in self.hidden:
-            args += ["--tmpfs", h]
+        if rootfs is not None:
+            # The image's filesystem, read-only, with the shim; nothing of the host's.
+            from burst_agent.runtimes.rootfs import SHIM_DIR
+
+            args += ["--ro-bind", str(rootfs[0]), "/", "--bind", str(private_dir), PRIVATE,
+                     "--ro-bind", str(rootfs[1]), SHIM_DIR]
+        else:
+            # An empty root (bwrap's tmpfs) with only what ``_plan_view`` chose bound in.
+            for target, link in self.symlinks:
+                args += ["--symlink", target, link]
+            # The private /tmp first, so what is bound below it lands on top of it.
+            args += ["--bind", str(private_dir), PRIVATE]
+            for p in self.binds:
+                args += [*self._dirs_to(p), "--ro-bind", p, p]
+            for h in self.hidden:
+                args += ["--tmpfs", h]
         assert self.etc_dir is not None
         args += ["--ro-bind", str(self.etc_dir / "passwd"), "/etc/passwd",
                  "--ro-bind", str(self.etc_dir / "group"), "/etc/group"]
@@ -437,6 +448,13 @@ class Sandbox:
         args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/dev/shm"]
         for dev in _gpu_devices(gpu_indices):
             args += ["--dev-bind", dev, dev]
+        if rootfs is not None and gpu_indices:
+            # An image lacks the host's GPU driver: its libraries and tools, each file bound
+            # read-only into a directory of their own (on the container's library path and
+            # PATH: ``ProcessRuntime._env``), as the NVIDIA container toolkit does for Docker.
+            args += ["--tmpfs", GPU_DRIVER_DIR, "--dir", f"{GPU_DRIVER_DIR}/bin"]
+            for host, inside in gpu_driver_files():
+                args += ["--ro-bind", host, f"{GPU_DRIVER_DIR}/{inside}"]
         if gpu_indices and os.path.isdir("/sys"):
             args += ["--ro-bind", "/sys", "/sys"]  # the driver's view of the devices
         args += ["--perms", "0755", "--dir", os.path.dirname(BUNDLE),
@@ -445,7 +463,7 @@ class Sandbox:
             args += ["--ro-bind", str(socket_dir), SOCKET_DIR]
         else:
             args += ["--bind", str(socket_path), SOCKET]
-        args += ["--chdir", BUNDLE, *(extra or []), "--", *self._drop(), *argv]
+        args += ["--chdir", cwd, *(extra or []), "--", *self._drop(), *argv]
         return args
 
     def preexec(self, cgroup: Cgroup | None) -> Callable[[], None]:
@@ -478,6 +496,49 @@ def hide_args(argv: list[str]) -> tuple[list[str], int]:
     os.write(fd, b"".join(a.encode() + b"\0" for a in argv[i + 1:end]))
     os.lseek(fd, 0, os.SEEK_SET)
     return [*argv[: i + 1], "--args", str(fd), *argv[end:]], fd
+
+
+#: Where an image's container with GPUs finds the host's driver (``gpu_driver_files``).
+GPU_DRIVER_DIR = "/run/burst/nvidia"
+#: The NVIDIA driver's user-space libraries and tools (as the container toolkit lists them).
+_DRIVER_LIBS = ("libcuda.so", "libcudadebugger.so", "libnvidia-ml.so",
+                "libnvidia-ptxjitcompiler.so", "libnvidia-nvvm.so", "libnvidia-opencl.so",
+                "libnvidia-gpucomp.so",
+                "libnvidia-allocator.so", "libnvidia-cfg.so", "libnvidia-fatbinaryloader.so",
+                "libnvidia-compiler.so", "libnvcuvid.so", "libnvidia-encode.so",
+                "libnvidia-opticalflow.so", "libnvidia-pkcs11.so")
+_DRIVER_BINS = ("nvidia-smi", "nvidia-debugdump", "nvidia-persistenced")
+DRIVER_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib/aarch64-linux-gnu",
+                   "/usr/local/nvidia/lib64", "/usr/local/nvidia/lib", "/usr/lib")
+_driver_files: list[tuple[str, str]] | None = None
+
+
+def gpu_driver_files(lib_dirs: tuple[str, ...] = DRIVER_LIB_DIRS,
+                     bin_dirs: tuple[str, ...] = ("/usr/bin", "/usr/local/nvidia/bin"),
+                     ) -> list[tuple[str, str]]:
+    """The host's NVIDIA driver files an image's container needs with GPUs: (host file,
+    name under ``GPU_DRIVER_DIR``), each link name bound to the file it resolves to. Found
+    once per agent (the driver does not change under a running agent)."""
+    global _driver_files
+    if _driver_files is not None and lib_dirs == DRIVER_LIB_DIRS:
+        return _driver_files
+    found: dict[str, str] = {}
+    for d in lib_dirs:
+        with contextlib.suppress(OSError):
+            for name in sorted(os.listdir(d)):
+                if name.startswith(_DRIVER_LIBS) and name not in found:
+                    real = os.path.realpath(os.path.join(d, name))
+                    if os.path.isfile(real):
+                        found[name] = real
+    out = [(real, name) for name, real in found.items()]
+    for d in bin_dirs:
+        for name in _DRIVER_BINS:
+            p = os.path.join(d, name)
+            if os.path.isfile(p) and not any(i == f"bin/{name}" for _, i in out):
+                out.append((os.path.realpath(p), f"bin/{name}"))
+    if lib_dirs == DRIVER_LIB_DIRS:
+        _driver_files = out
+    return out
 
 
 def _gpu_devices(indices: list[int]) -> list[str]:

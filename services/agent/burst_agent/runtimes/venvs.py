@@ -1,9 +1,11 @@
 """Images on the process runtime: a cached virtual environment per image.
 
-Without Docker, an image's ``pip_install`` and ``add_local_python_source`` steps build a
+Without Docker, an image's ``pip_install*``, ``uv_pip_install`` (uv from the package index,
+given the machine's pip settings as its own) and ``add_local_python_source`` steps build a
 virtual environment, once per content hash and kept across agent restarts; its ``env`` steps
-become the container's environment (``images.process_env``). Steps that need a container
-image are refused before this (``images.check_process_runtime``).
+become the container's environment (``images.process_env``). Images with any other step
+(or another Python, or ``from_registry``) get a root filesystem instead (``rootfs.py``);
+:class:`VenvRuntime` sends each container to the right one.
 
 The environment sees its own packages first, then the agent's (a ``.pth`` added after the
 installs, so pip never touches the agent's packages): Burst's shim comes from the agent. Each
@@ -13,18 +15,22 @@ environment gets a process runtime of its own, so a zygote per environment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from burst import wire
 from burst.image import PYTHON_SOURCE_DIR, describe
-from burst_agent.runtimes import images
+from burst_agent.runtimes import images, rootfs
 from burst_agent.runtimes.base import ContainerHandle, ContainerSpec
 from burst_agent.runtimes.images import ImageContainerSpec, ImageError
 from burst_agent.runtimes.process import ProcessRuntime
@@ -33,7 +39,7 @@ from burst_core import logs
 log = logs.get("burst.agent.venvs")
 
 #: Steps a virtual environment is built from.
-VENV_STEPS = ("pip_install", "add_local_python_source")
+VENV_STEPS = ("add_local_python_source", "uv_pip_install", *images.PIP_STEPS)
 
 
 def needs_venv(image: wire.ImageSpec | None) -> bool:
@@ -46,22 +52,117 @@ class VenvRuntime:
     name = "process"
 
     def __init__(self, base: ProcessRuntime, make: Callable[[str], ProcessRuntime],
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, store: rootfs.Store | None = None,
+                 make_view: Callable[[rootfs.View], ProcessRuntime] | None = None,
+                 warm_images: int = 4) -> None:
         self.base = base
         self.make = make
         self.cache_dir = cache_dir or images.cache_dir("venvs")
         self._runtimes: dict[str, ProcessRuntime] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Images with their own root filesystem (``rootfs.py``): a runtime per view.
+        self.store = store
+        self.make_view = make_view
+        self._views: dict[str, ProcessRuntime] = {}
+        #: Image runtimes kept warm (their zygote and spare sandbox): the most recently
+        #: used; an older one with no container running is closed (made again when needed).
+        self.warm_images = warm_images
+        #: Views materialised by this agent, by image content hash.
+        self._ready: dict[str, rootfs.View] = {}
+        self._evicted = 0.0
 
     async def start(self, spec: ContainerSpec) -> ContainerHandle:
         image = spec.image if isinstance(spec, ImageContainerSpec) else None
+        emit = spec.build_log if isinstance(spec, ImageContainerSpec) else None
+        if rootfs.needs_rootfs(image):
+            assert image is not None
+            return await self._start_in_rootfs(spec, image, emit)
         if image is None or not needs_venv(image):
             return await self.base.start(spec)
-        emit = spec.build_log if isinstance(spec, ImageContainerSpec) else None
         python = await self.venv(image, emit)
         if python not in self._runtimes:
             self._runtimes[python] = self.make(python)
         return await self._runtimes[python].start(spec)
+
+    async def prepare(self, image: wire.ImageSpec,
+                      emit: Callable[[str], None] | None = None) -> None:
+        """Build a function's image ahead of its containers (at deployment)."""
+        if rootfs.needs_rootfs(image):
+            await self._view_of(image, emit)
+        elif needs_venv(image):
+            await self.venv(image, emit)
+
+    async def _start_in_rootfs(self, spec: ContainerSpec, image: wire.ImageSpec,
+                               emit: Callable[[str], None] | None) -> ContainerHandle:
+        """Materialise the image (once; cached per step) and start the container in it."""
+        view, rt = await self._view_of(image, emit)
+        assert self.store is not None
+        store = self.store
+        store.in_use[view.key] = store.in_use.get(view.key, 0) + 1
+        try:
+            handle = await rt.start(spec)
+        except BaseException:
+            self._release(view.key)
+            raise
+        # Past the disk budget: the least recently used images no container uses go.
+        if time.monotonic() - self._evicted > 10.0:
+            self._evicted = time.monotonic()
+            asyncio.get_running_loop().run_in_executor(None, store.evict)
+        return _Released(handle, lambda: self._release(view.key))
+
+    async def _view_of(self, image: wire.ImageSpec, emit: Callable[[str], None] | None
+                       ) -> tuple[rootfs.View, ProcessRuntime]:
+        """The image's root filesystem (materialised once; cached per step) and the
+        process runtime that runs containers in it."""
+        if self.store is None or self.make_view is None or not self.base.sandboxed:
+            raise ImageError(f"{_image_words(image)} needs its own root filesystem, which the "
+                             "process runtime runs only inside its sandbox (install bubblewrap; "
+                             "BURST_SANDBOX must not be off)")
+        store, make_view = self.store, self.make_view
+        lock = self._locks.setdefault(f"rootfs-{image.content_hash}", asyncio.Lock())
+        loop = asyncio.get_running_loop()
+
+        def say(line: str) -> None:
+            log.info("image_build", image=image.content_hash, line=line)
+            if emit is not None:
+                loop.call_soon_threadsafe(emit, line)
+
+        store.loop = loop  # (build steps' network is set up on it)
+        async with lock:
+            view = self._ready.get(image.content_hash)
+            if view is not None and os.path.ismount(view.root) and all(
+                    (p / "meta.json").exists() for p in view.uses):
+                store.touch(view.uses)  # built and mounted: no build, no probe
+            else:
+                view = await asyncio.to_thread(store.materialise, image, say)
+                self._ready[image.content_hash] = view
+            rt = self._views.pop(view.key, None)
+            if rt is None or rt.view is None or rt.view.root != view.root:
+                if rt is not None:
+                    rt.close()
+                rt = make_view(view)
+            self._views[view.key] = rt  # (last: the most recently used)
+            self._cool(keep=view.key)
+        return view, rt
+
+    def _cool(self, keep: str) -> None:
+        """Close the least recently used image runtimes past ``warm_images`` that run no
+        container (their zygote and spare sandbox go; running containers are not theirs
+        to stop anyway)."""
+        assert self.store is not None
+        for key in list(self._views):
+            if len(self._views) <= self.warm_images:
+                return
+            if key != keep and not self.store.in_use.get(key):
+                self._views.pop(key).close()
+
+    def _release(self, key: str) -> None:
+        assert self.store is not None
+        left = self.store.in_use.get(key, 0) - 1
+        if left > 0:
+            self.store.in_use[key] = left
+        else:
+            self.store.in_use.pop(key, None)
 
     async def venv(self, image: wire.ImageSpec, emit: Callable[[str], None] | None) -> str:
         """The interpreter of the image's environment, built first if missing."""
@@ -97,12 +198,21 @@ def build_venv(image: wire.ImageSpec, root: Path, say: Callable[[str], None]) ->
         site = Path(subprocess.check_output(
             [str(tmp / "bin" / "python"), "-c", "import sysconfig;print(sysconfig.get_paths()"
              "['purelib'])"], text=True).strip())
-        for step in image.steps:
+        steps = [s for s in image.steps if s.kind in VENV_STEPS]
+        build_start = time.monotonic()
+        for i, step in enumerate(steps, 1):
             what = describe(step)
-            if step.kind == "pip_install":
-                _run([sys.executable, "-m", "pip", "--python",
-                                 str(tmp / "bin" / "python"), "install", "--no-input",
-                                 "--disable-pip-version-check", *step.args], say, what)
+            say(f"Step {i}/{len(steps)}: {what}")
+            started = time.monotonic()
+            if step.kind in images.PIP_STEPS:
+                _run([sys.executable, "-m", "pip", "--python", str(tmp / "bin" / "python"),
+                      "install", "--no-input", "--disable-pip-version-check",
+                      *images.pip_options(step), *step.args], say, what, step.env)
+            elif step.kind == "uv_pip_install":
+                uv, uv_env = uv_binary(say)
+                _run([uv, "pip", "install", "--python", str(tmp / "bin" / "python"),
+                      *images.pip_options(step, uv=True), *step.args], say, what,
+                     {**uv_env, **step.env})
             elif step.kind == "add_local_python_source":
                 # A package: its directory; a module: its file, into site-packages.
                 dest = site if step.path == PYTHON_SOURCE_DIR else site / Path(step.path).name
@@ -111,6 +221,7 @@ def build_venv(image: wire.ImageSpec, root: Path, say: Callable[[str], None]) ->
                     p.parent.mkdir(parents=True, exist_ok=True)
                     p.write_bytes(data)
                 say(f"{what}: {len(step.files)} files")
+            say(f"Step {i}/{len(steps)} took {time.monotonic() - started:.1f} s")
         # The agent's packages (Burst's shim among them) after the environment's own.
         agent_site = sysconfig.get_paths()["purelib"]
         (site / "zz-burst-agent.pth").write_text(
@@ -121,13 +232,36 @@ def build_venv(image: wire.ImageSpec, root: Path, say: Callable[[str], None]) ->
                 os.chmod(os.path.join(dirpath, n), 0o755)
         shutil.rmtree(root, ignore_errors=True)
         os.rename(tmp, root)
-        say(f"virtual environment ready: {root}")
+        say(f"virtual environment ready in {time.monotonic() - build_start:.1f} s: {root}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run(argv: list[str], say: Callable[[str], None], what: str) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+def uv_binary(say: Callable[[str], None]) -> tuple[str, dict[str, str]]:
+    """uv (installed from the package index once per machine, beside the environments)
+    and the machine's pip configuration as uv's settings (``images.UV_SETTINGS``)."""
+    root = images.cache_dir("uv")
+    uv = root / "bin" / "uv"
+    if not uv.exists():
+        tmp = root.with_name(f"uv.building-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _run([sys.executable, "-m", "pip", "install", "-q", "--no-input",
+                  "--disable-pip-version-check", "--target", str(tmp), "uv"], say,
+                 "installing uv (for uv_pip_install)")
+            with contextlib.suppress(OSError):  # another agent finished first: keep its copy
+                os.rename(tmp, root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    out = subprocess.run([sys.executable, "-c", images.UV_SETTINGS, "json"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    return str(uv), dict(json.loads(out))
+
+
+def _run(argv: list[str], say: Callable[[str], None], what: str,
+         env: dict[str, str] | None = None) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, **env} if env else None)
     out = (proc.stdout + proc.stderr).splitlines()
     for line in out:
         if line.strip():
@@ -135,3 +269,29 @@ def _run(argv: list[str], say: Callable[[str], None], what: str) -> None:
     if proc.returncode != 0:
         last = next((ln for ln in reversed(out) if ln.strip()), f"exit code {proc.returncode}")
         raise ImageError(f"image build failed at {what}: {last}\n" + "\n".join(out[-30:]))
+
+
+def _image_words(image: wire.ImageSpec) -> str:
+    steps = [describe(s) for s in image.steps if s.kind not in rootfs.FAST_STEPS]
+    base = (f"Image.from_registry({image.registry_tag!r})" if image.base == "registry"
+            else f"Image.debian_slim(python_version={image.python_version!r})")
+    return f"{base}{''.join('.' + s for s in steps)}"
+
+
+class _Released:
+    """A container handle that tells the store its image is free once the container ends."""
+
+    def __init__(self, handle: ContainerHandle, done: Callable[[], None]) -> None:
+        self._handle = handle
+        self._done: Callable[[], None] | None = done
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+    async def wait(self) -> int:
+        try:
+            return await self._handle.wait()
+        finally:
+            if self._done is not None:
+                done, self._done = self._done, None
+                done()

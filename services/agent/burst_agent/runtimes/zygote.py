@@ -46,9 +46,14 @@ class ZygoteError(RuntimeError):
 class Zygote:
     """One warm interpreter, started lazily, restarted when it died."""
 
-    def __init__(self, python: str, ready_timeout: float = 60.0) -> None:
+    def __init__(self, python: str, ready_timeout: float = 60.0,
+                 prefix: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         #: Seconds the zygote may take to import and say ready (a fresh interpreter's job).
         self.python = python
+        #: A command the interpreter runs under (an image's: bwrap with the image's root),
+        #: and the environment it gets instead of the agent's (``PATH``, ``PYTHONPATH``).
+        self.prefix = prefix or []
+        self.env = env
         self.ready_timeout = ready_timeout
         self.proc: asyncio.subprocess.Process | None = None
         self.sock: socket.socket | None = None
@@ -67,11 +72,12 @@ class Zygote:
         self.close()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
+               **(self.env if self.env is not None else sb.interpreter_env()),
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
-               "BURST_ZYGOTE_FD": str(theirs.fileno()), **sb.interpreter_env()}
+               "BURST_ZYGOTE_FD": str(theirs.fileno())}
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                self.python, "-m", "burst._shim.zygote", env=env, cwd="/",
+                *self.prefix, self.python, "-m", "burst._shim.zygote", env=env, cwd="/",
                 stdin=asyncio.subprocess.DEVNULL, pass_fds=[theirs.fileno()],
                 preexec_fn=sb.die_with_parent,
                 start_new_session=True)

@@ -1,5 +1,7 @@
 """A container frozen with SIGSTOP past its heartbeat timeout: its call runs again in
-another container, and when the frozen one is resumed its late output is refused."""
+another container, and when the frozen one is resumed its late output is refused; then
+the shared invariant checker (one result, from the current attempt, nothing charged
+twice, claims released)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pytest
 
 from tests.e2e.conftest import Cluster
 from tests.e2e.test_hello import _host_pids, write_app
+from tests.reliability.checker import Accepted, check
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +27,7 @@ APP = """
     app = burst.App("frozen")
     seen = burst.Dict.from_name("frozen-seen", create_if_missing=True)
 
-    @app.function(max_containers=2)
+    @app.function(max_containers=2, scaledown_window=2)
     def slow(tag):
         cid = os.environ["BURST_CONTAINER_ID"]
         seen[f"{tag}:{cid}"] = time.time()
@@ -39,6 +42,19 @@ def py(cluster: Cluster, code: str, timeout: float = 90) -> str:
                           capture_output=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
+
+
+def test_faultless_pass(cluster: Cluster, tmp_path: Path) -> None:
+    """The same app, one call, nothing frozen: what the fault test must still meet."""
+    app = write_app(tmp_path, APP.replace('"frozen"', '"frozen-ok"'), "frozen_ok_app.py")
+    cluster.burst("deploy", str(app), check=True)
+    out = py(cluster, "import burst\n"
+                      "call = burst.Function.from_name('frozen-ok', 'slow').spawn('ok')\n"
+                      "print(call.object_id, call.get(timeout=60))")
+    call_id, result = out.split()
+    assert result.startswith("ct-"), out
+    summary = check(cluster.home, "frozen-ok", ["slow"], [Accepted(call_id, result)])
+    assert summary["containers"] == 1, summary
 
 
 def test_frozen_container_is_replaced_and_its_late_output_refused(cluster: Cluster,
@@ -80,3 +96,5 @@ def test_frozen_container_is_replaced_and_its_late_output_refused(cluster: Clust
     while _host_pids(first) and time.time() < deadline:
         time.sleep(0.25)
     assert not _host_pids(first), "the thawed container was not stopped"
+    summary = check(cluster.home, "frozen", ["slow"], [Accepted(call_id, result)])
+    assert summary["containers"] == 2, summary  # the frozen one and its replacement

@@ -1,4 +1,7 @@
-"""A tick runs exactly once across a leader change: a deployed app's ``Period(seconds=1)``
+"""Scheduler replicas under faults, under the shared invariant checker: a faultless pass;
+a scheduled tick across a SIGKILLed leader; two schedulers racing for the one GPU.
+
+A tick runs exactly once across a leader change: a deployed app's ``Period(seconds=1)``
 function counts its executions per tick while two scheduler replicas run (the one
 `burst up` started and a second one); the leader is killed with SIGKILL, so it releases
 nothing, and the other takes over when the lease runs out.
@@ -8,11 +11,18 @@ call's id carries its tick's time (its first 12 hex digits, in ms), so the keys 
 often each tick ran. Ticks that came due during the failover are fired late by the new
 leader (within ``schedule_catchup``), so between the first and the last tick none may be
 missing, and none may have run twice.
+
+Two schedulers racing for one GPU: the leader is frozen (SIGSTOP) past its lease while
+calls for the cluster's single declared GPU arrive; the other replica takes over and
+places, then the frozen one is thawed with its stale view and the signals it missed.
+Claims go by compare-and-set on the agent's record, so the checker must find the GPU
+never held by two containers at once.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
@@ -29,6 +39,8 @@ from burst._parts import read_state
 from burst_core.calls import call_created_at
 from tests.e2e.conftest import Cluster, running_cluster
 from tests.e2e.test_hello import write_app
+from tests.reliability import workload
+from tests.reliability.checker import Accepted, check
 from tests.scheduler_procs import SchedulerProcs, lease_holder_at, scheduler_env
 from tests.waiting import eventually
 
@@ -45,7 +57,7 @@ APP = """
     app = burst.App("{name}")
     runs = burst.Dict.from_name("{name}-runs", create_if_missing=True)
 
-    @app.function(schedule=burst.Period(seconds=1))
+    @app.function(schedule=burst.Period(seconds=1), scaledown_window=2)
     def tick():
         # The call this execution works for (a scheduled call's id names its tick).
         from burst._shim.main import current_call
@@ -64,17 +76,31 @@ print(json.dumps([str(k) for k in d.keys()]))
 def failover_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     # BURST_SUPERVISE=0: the SIGKILLed `burst up` scheduler stays down, so only the other
     # replica can take over.
-    yield from running_cluster(tmp_path_factory, BURST_LEASE_TTL=str(LEASE_TTL),
+    yield from running_cluster(tmp_path_factory, "--gpus", "H100:1",
+                               BURST_LEASE_TTL=str(LEASE_TTL),
                                BURST_SCHEDULE_INTERVAL="0.1", BURST_SUPERVISE="0")
+
+
+GPU_APP = 'gpu="H100", scaledown_window=1, timeout=120'
+PLAN = dict(spawn=3, map=4, remote=1, sleep=0.3, map_sleep=0.3)
+
+
+def test_faultless_pass(failover_cluster: Cluster, tmp_path: Path) -> None:
+    workload.deploy(failover_cluster, tmp_path, "sched-ok", GPU_APP)
+    workload.run_checked(failover_cluster, "sched-ok", workload.Plan(**PLAN))  # type: ignore[arg-type]
+
+
+def run_keys(c: Cluster, name: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", READ_RUNS, f"{name}-runs"], env=c.env,
+                         text=True, capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return list(json.loads(out.stdout))
 
 
 def runs_per_tick(c: Cluster, name: str) -> collections.Counter[int]:
     """How many times each tick (ms) ran so far."""
-    out = subprocess.run([sys.executable, "-c", READ_RUNS, f"{name}-runs"], env=c.env,
-                         text=True, capture_output=True, timeout=60)
-    assert out.returncode == 0, out.stderr
     counts: collections.Counter[int] = collections.Counter()
-    for k in json.loads(out.stdout):
+    for k in run_keys(c, name):
         call_id = k.split("/", 1)[0]
         assert call_id.startswith("fc-"), f"an execution without its call id: {k!r}"
         counts[round(call_created_at(call_id) * 1000)] += 1
@@ -150,6 +176,10 @@ def test_a_tick_runs_exactly_once_across_a_sigkilled_leader(
         time.sleep(1.5)  # nothing more runs: no late duplicate, no tick while paused
         again = runs_per_tick(c, name)
         successor_log = replicas.log(SECOND) if successor == SECOND else c.log("scheduler")
+        # Each tick's call: one result (None), and the checker's invariants once the
+        # paused schedule's container scaled down (the successor scales it).
+        ticks_run = sorted({k.split("/", 1)[0] for k in run_keys(c, name)})
+        check(c.home, name, ["tick"], [Accepted(cid, None, "schedule") for cid in ticks_run])
     finally:
         replicas.stop_all()
 
@@ -165,3 +195,57 @@ def test_a_tick_runs_exactly_once_across_a_sigkilled_leader(
     print(f"{len(ticks)} ticks, each run once, "
           f"{sum(1 for t in ticks if killed_at < t / 1000 < killed_at + takeover)} of them "
           "due while no scheduler led")
+
+
+def _agent_containers(c: Cluster) -> int:
+    listed = json.loads(c.burst("agent", "list", "--json", check=True).stdout)
+    return sum(len(a["containers"]) for a in listed["agents"])
+
+
+def test_two_schedulers_racing_for_one_gpu(failover_cluster: Cluster, tmp_path: Path) -> None:
+    c = failover_cluster
+    state = read_state(c.home)
+    assert state is not None
+    parts = {p.name: p for p in state.parts}
+    nats_url = f"nats://127.0.0.1:{parts['nats'].ports['client']}"
+    redis_url = f"redis://127.0.0.1:{parts['redis'].ports['client']}/0"
+    # Two replicas of our own race (the `burst up` one, if the tick test left it, goes:
+    # BURST_SUPERVISE=0, so it stays down).
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(parts["scheduler"].pid, signal.SIGKILL)
+    replicas = SchedulerProcs(scheduler_env(nats_url, redis_url, c.home, base=c.env),
+                              tmp_path)
+    frozen: subprocess.Popen[bytes] | None = None
+    try:
+        replicas.start("race-a")
+        replicas.start("race-b")
+        leader = eventually(lambda: (h := lease_holder_at(nats_url)) in ("race-a", "race-b")
+                            and h, 30, "a racing replica leads")
+        workload.deploy(c, tmp_path, "sched-race", GPU_APP)
+        # The leader places one call's container on the GPU, and scales it down: its
+        # view has the function and a free GPU.
+        warm = workload.finish(workload.start(c, "sched-race", workload.Plan(
+            spawn=0, map=0, remote=1)))
+        eventually(lambda: _agent_containers(c) == 0, 30, "the first container gone")
+        frozen = replicas[leader]
+        os.kill(frozen.pid, signal.SIGSTOP)  # still believes it leads; misses everything
+        plan = workload.Plan(**PLAN)  # type: ignore[arg-type]
+        proc = workload.start(c, "sched-race", plan)
+        other = "race-b" if leader == "race-a" else "race-a"
+        eventually(lambda: lease_holder_at(nats_url) == other, 15, f"{other} takes over")
+        eventually(lambda: _agent_containers(c) > 0, 60, f"{other} placed a container")
+        os.kill(frozen.pid, signal.SIGCONT)  # back with a stale view and stale signals
+        frozen = None
+        res = workload.finish(proc)
+        assert not res.errors and not warm.errors, (res.errors, warm.errors)
+        summary = check(c.home, "sched-race", ["work"], warm.accepted + res.accepted)
+        print(f"checked sched-race: {summary}")
+        for name in ("race-a", "race-b"):  # how the race went, for the record
+            events = [json.loads(ln).get("event") for ln in replicas.log(name).splitlines()
+                      if ln.startswith("{")]
+            print(name, [e for e in events if e in ("container_placed", "no_capacity",
+                                                     "leader_stepping_down")])
+    finally:
+        if frozen is not None:
+            os.kill(frozen.pid, signal.SIGCONT)
+        replicas.stop_all()
