@@ -20,32 +20,6 @@ import msgspec
 from burst import _context, _http, wire
 from burst.exception import Error, InternalError, UnavailableError, from_api
 
-#: Requests that only read, and so may be sent again: a POST that waits on calls.
-_READ_POSTS = ("/v1/calls/wait",)
-#: Default of ``BURST_UNAVAILABLE_RETRY`` (seconds).
-DEFAULT_UNAVAILABLE_RETRY = 30.0
-
-
-def unavailable_retry() -> float:
-    """``BURST_UNAVAILABLE_RETRY``: seconds a read (a call's result, a wait on calls, any
-    GET) that the gateway answers 503 Unavailable, as it does while NATS elects a leader,
-    is sent again (30; 0: never). A bad value raises InvalidError naming it."""
-    import os
-
-    raw = os.environ.get("BURST_UNAVAILABLE_RETRY", "").strip()
-    if not raw:
-        return DEFAULT_UNAVAILABLE_RETRY
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        from burst.exception import InvalidError
-
-        raise InvalidError(f"invalid BURST_UNAVAILABLE_RETRY={raw!r}: use a number of seconds, "
-                           "0 or more")
-    return value
-
 
 class Client:
     #: URLs a gateway answered in this process: a refused connection to one of them is
@@ -99,32 +73,18 @@ class Client:
                 expect: tuple[int, ...] = (200, 201, 202, 204)) -> tuple[int, bytes]:
         if params:
             path += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-        if method not in ("GET", "HEAD") and path.split("?")[0] not in _READ_POSTS:
-            return self._request_once(method, path, body, content_type, expect)
-        # A read answered 503 (NATS electing a leader, or restarting) is sent again, for
-        # BURST_UNAVAILABLE_RETRY from the first 503 (a long-polling wait may have run
-        # for a minute before it).
-        deadline: float | None = None
-        delay = 0.1
-        while True:
-            try:
-                return self._request_once(method, path, body, content_type, expect)
-            except UnavailableError as e:
-                if e.status != 503:
-                    raise
-                if deadline is None:
-                    deadline = time.monotonic() + unavailable_retry()
-                if time.monotonic() + delay > deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-
-    def _request_once(self, method: str, path: str, body: bytes | None,
-                      content_type: str | None, expect: tuple[int, ...]) -> tuple[int, bytes]:
         headers = {"Authorization": f"Bearer {self.token}", "Accept": wire.MSGPACK}
         if content_type:
             headers["Content-Type"] = content_type
-        deadline = time.monotonic() + self.unavailable_retry
+        # The window counts from the first failure, not from the request's start: a
+        # long-polling wait (a call's result, up to a minute) answered 503 at its end, as
+        # when NATS elects a new leader meanwhile, is still sent again.
+        first_failure: list[float] = []
+
+        def within_window() -> bool:
+            if not first_failure:
+                first_failure.append(time.monotonic())
+            return time.monotonic() < first_failure[0] + self.unavailable_retry
         # Idempotent requests can be sent again whatever became of the first one; a call's
         # submission only when it never reached the gateway (a refused connection) or the
         # gateway refused it with 503 before doing anything (its NATS was out of reach).
@@ -143,7 +103,7 @@ class Client:
                     fresh = True
                     continue
                 refused = isinstance(e, ConnectionRefusedError) and self.reached
-                if (refused or (idempotent and closed)) and time.monotonic() < deadline:
+                if (refused or (idempotent and closed)) and within_window():
                     time.sleep(RETRY_STEP)  # a gateway restarting: back within seconds
                     continue
                 raise UnavailableError(
@@ -151,16 +111,13 @@ class Client:
                     "is it running? (`burst up`, `burst status`)") from None
             if not self.reached:
                 Client.reached_urls.add(self.url)
-            if status == 503 and time.monotonic() < deadline and _unavailable(data):
+            if status == 503 and _unavailable(data) and within_window():
                 time.sleep(RETRY_STEP)  # NATS restarting behind the gateway
                 continue
             break
         if status in expect:
             return status, data
-        err = _error_from(status, data)
-        if isinstance(err, UnavailableError):
-            err.status = status
-        raise err
+        raise _error_from(status, data)
 
     @property
     def reached(self) -> bool:

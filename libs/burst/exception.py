@@ -79,8 +79,6 @@ class UnavailableError(Error):
 
     type = "Unavailable"
     retryable = True
-    #: The HTTP status the gateway answered with (503), or 0 when it was not reached.
-    status: int = 0
 
 
 class InternalError(Error):
