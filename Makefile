@@ -16,9 +16,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.burst-installed
 # command -> Debian package that provides it (dockerd and debootstrap: the Docker runtime
 # and its locally built base image, deploy/base-image.sh; slirp4netns and iptables: the
-# process runtime's container network, services/agent/burst_agent/runtimes/network.py)
+# process runtime's container network, services/agent/burst_agent/runtimes/network.py;
+# chromium: the dashboard's browser tests, tests/e2e/test_dashboard.py)
 SYSTEM_DEPS := redis-server:redis-server bwrap:bubblewrap dockerd:docker.io \
-	debootstrap:debootstrap slirp4netns:slirp4netns iptables-restore:iptables
+	debootstrap:debootstrap slirp4netns:slirp4netns iptables-restore:iptables \
+	chromium:chromium
 
 .PHONY: help install system-deps python-deps compose-plugin test lint up down
 

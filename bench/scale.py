@@ -16,12 +16,21 @@ Numbers printed as one JSON object:
 
 Requests are one H100 each (the hardest case for best-fit: 8,000 GPUs to choose from).
 Target: >= 2,000 placements/s including the claim.
+
+With real agents (``--live 100``, the default; 0 skips; needs root and ``ip netns``):
+a real cluster (``burst up --listen`` on a bridge of this machine) goes from 0 to
+``--live`` live containers of one function (``min_containers``), first on its one local
+agent (``live_one_agent``), then, with the local agent drained, spread over three agents
+that joined with a join bundle from network namespaces standing in for three machines
+(``live_three_agents``): seconds until every container is ready, placements per second,
+and how many containers each agent got.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -127,6 +136,116 @@ async def bench_claim(nats_url: str, n_agents: int, n_gpus: int, placements: int
             "seconds": round(took, 3), "per_second": round(len(won) / took, 1)}
 
 
+#: CPUs each agent of the live rows declares (BURST_CPU).
+LIVE_CPU = 16
+
+LIVE_APP = """
+import burst
+
+app = burst.App("{name}")
+
+@app.function(cpu={cpu}, memory=32, min_containers={n}, scaledown_window=600)
+def idle() -> None:
+    pass
+"""
+
+
+def _live_fill(env: dict[str, str], client: object, name: str, n: int, agents: list[str],
+               tmp: Path, timeout: float) -> dict[str, object]:
+    """Deploy a function with ``min_containers=n``; seconds until ``n`` are ready (idle)
+    on ``agents``."""
+    from tests.e2e.test_cluster_cli import burst
+
+    app = tmp / f"{name}.py"
+    # Each container asks for 1/(n+4) of all the agents' CPUs together, so that the n
+    # fill them (best-fit packs one agent before the next).
+    app.write_text(LIVE_APP.format(name=name, n=n, cpu=round(LIVE_CPU * len(agents) / (n + 4),
+                                                             3)))
+    start = time.perf_counter()
+    done = burst(env, "deploy", str(app))
+    assert done.returncode == 0, done.stdout + done.stderr
+    deadline = time.monotonic() + timeout
+    while True:
+        view = client.get_json("/v1/agents")["agents"]  # type: ignore[attr-defined]
+        per = {a["agent_id"]: sum(1 for c in a["containers"]
+                                  if c["function"].endswith(f".{name}.idle")
+                                  and c["state"] in ("idle", "busy")) for a in view}
+        ready = sum(per.get(a, 0) for a in agents)
+        if ready >= n:
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{name}: {ready}/{n} containers ready after {timeout:g} s: {per}")
+        time.sleep(0.1)
+    took = time.perf_counter() - start
+    burst(env, "app", "stop", name)
+    return {"containers": n, "seconds": round(took, 2), "per_second": round(n / took, 1),
+            "per_agent": {a: per.get(a, 0) for a in agents}}
+
+
+def bench_live(n: int, timeout: float) -> dict[str, object]:
+    """0 -> n live containers on one agent, then on three joined agents, in one cluster."""
+    import signal
+    import subprocess
+
+    from burst.client import Client
+    from tests.e2e.test_cluster_cli import burst, burst_command, user_env
+    from tests.netns import Machines, host_addr, netns_works
+
+    if not netns_works():
+        return {"skipped": "needs root and `ip netns` (network namespaces stand in for "
+                           "machines)"}
+    machines = Machines(net="10.213.78")
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="burst-bench-live-") as tmp_s:
+        tmp = Path(tmp_s)
+        env = {**user_env(tmp), "BURST_CPU": str(LIVE_CPU), "BURST_MEMORY_MB": "16384",
+               "BURST_CONTAINER_NETWORK": "off", "BURST_HEARTBEAT_INTERVAL": "0.5"}
+        up = burst(env, "up", "--listen", host_addr(machines.net), "--timeout", "90")
+        try:
+            assert up.returncode == 0, up.stdout + up.stderr
+            profile = json.loads((tmp / "burst-home" / "profile.json").read_text())
+            client = Client(profile["url"], profile["token"])
+            out: dict[str, object] = {}
+            out["live_one_agent"] = _live_fill(env, client, "scale-one", n, ["local"], tmp,
+                                               timeout)
+            client.post_json("/v1/agents/local/preempt", {})
+            names_ = []
+            for i in range(3):
+                ns = machines.add()
+                bundle = tmp / f"bundle{i}.json"
+                done = burst(env, "agent", "token", "-o", str(bundle))
+                assert done.returncode == 0, done.stderr
+                name = f"machine{i + 1}"
+                procs.append(subprocess.Popen(
+                    ["ip", "netns", "exec", ns, *burst_command(), "agent", "join", str(bundle),
+                     "--name", name, "--home", str(tmp / name)], env=env,
+                    stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "wb"),  # noqa: SIM115
+                    start_new_session=True))
+                names_.append(name)
+            deadline = time.monotonic() + 60
+            while True:
+                view = {a["agent_id"]: a for a in client.get_json("/v1/agents")["agents"]}
+                if all(view.get(a, {}).get("state") == "ready" for a in names_):
+                    break
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"agents did not join: {sorted(view)}")
+                time.sleep(0.2)
+            out["live_three_agents"] = _live_fill(env, client, "scale-three", n, names_, tmp,
+                                                  timeout)
+            return out
+        finally:
+            for p in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+            burst(env, "down")
+            machines.remove()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--agents", type=int, default=1000)
@@ -135,6 +254,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--scan-placements", type=int, default=300,
                     help="placements for the reference linear scan (0: skip it)")
+    ap.add_argument("--live", type=int, default=100,
+                    help="live containers on real agents (one, then three joined; 0: skip)")
+    ap.add_argument("--live-timeout", type=float, default=300.0)
     args = ap.parse_args()
     from tests.servers import start_nats
 
@@ -154,6 +276,8 @@ def main() -> None:
         finally:
             srv.stop()
     result["target_with_claim_per_second"] = 2000
+    if args.live:
+        result["real_agents"] = bench_live(args.live, args.live_timeout)
     print(json.dumps(result, indent=2))
 
 

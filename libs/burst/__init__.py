@@ -20,6 +20,7 @@ from burst.output import enable_output
 from burst.retries import Retries
 from burst.schedules import Cron, Period
 from burst.secret import Secret
+from burst.volume import Volume
 from burst.web import asgi_app, fastapi_endpoint, web_endpoint, web_server, wsgi_app
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ __all__ = ["App", "Cls", "Cron", "Dict", "Error", "Function", "FunctionCall", "I
            "batched", "concurrent", "current_function_call_id", "current_input_id",
            "enable_output", "enter",
            "exception", "exit", "is_local", "method", "parameter", "Period", "Queue", "Secret",
+           "Volume",
            "asgi_app", "fastapi_endpoint", "web_endpoint", "web_server", "wsgi_app",
            "__version__"]
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from burst import _supervisor
+from burst import _natsconf, _supervisor
 from burst._parts import (
     ClusterState,
     Part,
@@ -241,21 +241,36 @@ def _node_role(role: str, i: int) -> str:
     return role if i == 1 else f"{role}_{i}"
 
 
-def nats_cluster_args(ports: dict[str, int], i: int) -> list[str]:
-    """The nats-server arguments that make node ``i`` one of a NATS cluster: its name, the
-    cluster's name, its route port and the other nodes' routes (all on this machine).
-    None for a single node."""
+def nats_cluster_conf(ports: dict[str, int], i: int) -> str:
+    """The part of node ``i``'s nats-server configuration that makes it one of a NATS
+    cluster: the cluster's name, its route port and the other nodes' routes (all on this
+    machine). Empty for a single node."""
     n = nats_nodes(ports)
     if n == 1:
-        return []
-    routes = ",".join(f"nats://{HOST}:{ports[f'nats_route_{j}']}"
-                      for j in range(1, n + 1) if j != i)
-    return ["-n", f"burst-n{i}", "--cluster_name", "burst",
-            "--cluster", f"nats://{HOST}:{ports[f'nats_route_{i}']}", "--routes", routes]
+        return ""
+    routes = ", ".join(f'"nats://{HOST}:{ports[f"nats_route_{j}"]}"'
+                       for j in range(1, n + 1) if j != i)
+    return (f'cluster {{\n  name: "burst"\n  listen: "{HOST}:{ports[f"nats_route_{i}"]}"\n'
+            f"  routes: [{routes}]\n}}")
 
 
-def service_env(home: Path, ports: dict[str, int]) -> dict[str, str]:
-    """The environment every service of the cluster shares."""
+def check_listen_nodes(listen: str, nats_nodes: int) -> None:
+    """Refuse ``--listen`` together with a NATS cluster: joined agents, their bundles and
+    the per-role NATS users know one NATS server (InvalidError saying so)."""
+    if listen and nats_nodes > 1:
+        raise InvalidError(f"--listen {listen} cannot be used with --nats-cluster {nats_nodes}: "
+                           "a cluster other machines join runs one NATS node; start it with "
+                           "--nats-cluster 1 (the default), or without --listen")
+
+
+def nats_host(listen: str) -> str:
+    """The address local services reach NATS and the gateway at."""
+    return listen if listen and listen != "0.0.0.0" else HOST
+
+
+def service_env(home: Path, ports: dict[str, int], listen: str = "") -> dict[str, str]:
+    """The environment every service of the cluster shares (with ``listen``: NATS over
+    TLS as the ``services`` user; with several NATS nodes, every node's URL)."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -263,8 +278,16 @@ def service_env(home: Path, ports: dict[str, int]) -> dict[str, str]:
         # the agent, into user containers).
         if k not in ("BURST_URL", "BURST_TOKEN", "BURST_WORKSPACE", "BURST_INSTANCE")
     }
+    if listen:
+        password = _natsconf.read_users(home)["users"][_natsconf.SERVICES_USER]["password"]
+        env.update(
+            BURST_NATS_URL=_natsconf.user_url(f"tls://{nats_host(listen)}:{ports['nats']}",
+                                              _natsconf.SERVICES_USER, password),
+            BURST_NATS_CA=str(_natsconf.tls_dir(home) / "ca.pem"),
+        )
+    else:
+        env["BURST_NATS_URL"] = nats_urls(ports)
     env.update(
-        BURST_NATS_URL=nats_urls(ports),
         BURST_REDIS_URL=f"redis://{HOST}:{ports['redis']}/0",
         BURST_HOME=str(home),
         PYTHONUNBUFFERED="1",
@@ -396,7 +419,7 @@ def _probe_services(url: str, token: str) -> Callable[[], str | None]:
     return probe
 
 
-def _start_servers(launcher: Launcher, ports: dict[str, int]) -> None:
+def _start_servers(launcher: Launcher, ports: dict[str, int], listen: str = "") -> None:
     home = launcher.home
     n = nats_nodes(ports)
     for i in range(1, n + 1):
@@ -404,10 +427,14 @@ def _start_servers(launcher: Launcher, ports: dict[str, int]) -> None:
         store = home / "nats" if n == 1 else home / "nats-cluster" / f"n{i}"
         store.mkdir(parents=True, exist_ok=True)
         client, monitor = ports[_node_role("nats", i)], ports[_node_role("nats_monitor", i)]
+        name = "nats" if i == 1 else f"nats-{i}"
+        conf = _natsconf.write_nats_config(
+            home, name, host=listen or HOST, port=client, monitor_port=monitor,
+            server_name="burst-local" if n == 1 else f"burst-n{i}", secure=bool(listen),
+            extra=nats_cluster_conf(ports, i), store_dir=str(store))
         launcher.start(
-            "nats" if i == 1 else f"nats-{i}",
-            [nats_binary(), "-a", HOST, "-p", str(client), "-m", str(monitor), "-js",
-             "-sd", str(store), *(nats_cluster_args(ports, i) or ["-n", "burst-local"])],
+            name,
+            [nats_binary(), "-c", str(conf)],
             dict(os.environ),
             client=client,
             monitor=monitor,
@@ -444,12 +471,21 @@ KEY_HOLDERS = ("gateway",)
 
 def _start_services(
     launcher: Launcher, ports: dict[str, int], token: str, gpus: str, spot: bool,
-    runtime: str = "process",
+    runtime: str = "process", listen: str = "",
 ) -> None:
-    env = service_env(launcher.home, ports)
+    env = service_env(launcher.home, ports, listen)
+    agent_nats: dict[str, str] = {}
+    if listen:  # the local agent is an agent like any other: the agent role's permissions
+        users = _natsconf.read_users(launcher.home)["users"]
+        agent_nats = {
+            "BURST_NATS_URL": _natsconf.user_url(
+                f"tls://{nats_host(listen)}:{ports['nats']}", _natsconf.LOCAL_AGENT_USER,
+                users[_natsconf.LOCAL_AGENT_USER]["password"]),
+            "BURST_ENSURE_TOPOLOGY": "0",
+        }
     extra: dict[str, dict[str, str]] = {
         "gateway": {
-            "BURST_HOST": HOST,
+            "BURST_HOST": listen or HOST,
             "BURST_PORT": str(ports["gateway"]),
             # The web endpoints' own port (never the API's site).
             "BURST_WEB_PORT": str(ports["web"]),
@@ -462,6 +498,7 @@ def _start_services(
             "BURST_GPUS": gpus,
             "BURST_SPOT": "1" if spot else "0",
             "BURST_RUNTIME": runtime,
+            **agent_nats,
         },
     }
     if "gateway_2" in ports:
@@ -536,6 +573,7 @@ def _profile_token(home: Path) -> str:
 def start_cluster(
     home: Path, ports: dict[str, int], gpus: str, spot: bool, timeout: float, progress: Steps,
     runtime: str = "process", supervise: _supervisor.SupervisorSettings | None = None,
+    listen: str = "",
 ) -> tuple[ClusterState, Profile]:
     """Start every part, wait until the cluster is healthy, then the supervisor that
     restarts parts that exit (unless ``supervise`` turns it off); on any failure stop them
@@ -543,14 +581,26 @@ def start_cluster(
     supervise = supervise or _supervisor.SupervisorSettings()
     if runtime == "docker":
         ensure_docker(progress)
+    check_listen_nodes(listen, nats_nodes(ports))
     token = _profile_token(home)
-    url = f"http://{HOST}:{ports['gateway']}"
+    if listen:
+        _natsconf.check_listen(listen)
+        if not os.environ.get("BURST_MASTER_KEYS", "").strip():
+            # The gateway makes the key ring itself only on loopback; this home is the
+            # cluster's one control machine, where it belongs.
+            from burst_core import sealing
+            sealing.load_or_create_key(home)
+        _natsconf.write_advertised(
+            home, [f"tls://{_natsconf.advertised_host(listen)}:{ports['nats']}"])
+    else:
+        _natsconf.write_advertised(home, [])
+    url = f"http://{nats_host(listen)}:{ports['gateway']}"
     launcher = Launcher(home)
     state = ClusterState(home=str(home), url=url, started_at=time.time(), parts=launcher.parts)
     deadline = time.monotonic() + timeout
     try:
         progress.step("starting nats and redis")
-        _start_servers(launcher, ports)
+        _start_servers(launcher, ports, listen)
         write_state(home, state)  # from here on, `burst down` can clean up after a killed `up`
         wait_healthy(
             launcher,
@@ -562,7 +612,7 @@ def start_cluster(
             timeout,
         )
         progress.step("starting the services")
-        _start_services(launcher, ports, token, gpus, spot, runtime)
+        _start_services(launcher, ports, token, gpus, spot, runtime, listen)
         write_state(home, state)
         wait_healthy(
             launcher,

@@ -7,7 +7,7 @@ from burst.exception import InvalidError
 
 #: Top-level names of Modal's SDK not built yet.
 NAMES = frozenset({
-    "Sandbox", "Volume", "NetworkFileSystem", "CloudBucketMount", "Proxy", "Tunnel",
+    "Sandbox", "NetworkFileSystem", "CloudBucketMount", "Proxy", "Tunnel",
     "Mount", "SandboxSnapshot", "forward", "interact",
 })
 
@@ -23,9 +23,9 @@ def refuse(what: str) -> NotSupportedError:
 #: Options of Modal's ``App(...)`` and ``@app.function(...)``/``@app.cls(...)`` that Burst
 #: has not built yet. Modal's default value (None, empty, False) is accepted: it asks for
 #: nothing.
-APP_OPTIONS = frozenset({"volumes", "mounts"})
+APP_OPTIONS = frozenset({"mounts"})
 FUNCTION_OPTIONS = frozenset({
-    "volumes", "env", "network_file_systems", "cloud_bucket_mounts", "mounts",
+    "env", "network_file_systems", "cloud_bucket_mounts", "mounts",
     "cloud", "region", "enable_memory_snapshot", "proxy", "ephemeral_disk",
     "i6pn", "rdma", "restrict_modal_access", "single_use_containers", "max_inputs",
     "allow_concurrent_inputs", "concurrency_limit", "container_idle_timeout", "keep_warm",

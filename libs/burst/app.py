@@ -20,6 +20,7 @@ from burst.image import Image
 from burst.retries import Retries
 from burst.schedules import Cron, Period
 from burst.secret import Secret
+from burst.volume import Volume, coerce_mounts
 
 if TYPE_CHECKING:
     from burst._logs import LogFollower
@@ -30,7 +31,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _FUNCTION_ARGS = ("cpu", "memory", "gpu", "timeout", "scaledown_window", "min_containers",
                   "max_containers", "buffer_containers", "nonpreemptible", "retries", "name",
-                  "schedule", "image", "secrets", "block_network")
+                  "schedule", "image", "secrets", "block_network", "volumes")
 
 
 def _module_name(module: Any) -> str:
@@ -74,10 +75,10 @@ class App:
     def __init__(self, name: str | None = None, *, image: Image | None = None,
                  tags: dict[str, str] | None = None, include_source: bool | None = None,
                  description: str | None = None, secrets: list[Secret] | None = None,
-                 **others: Any) -> None:
+                 volumes: dict[str, Volume] | None = None, **others: Any) -> None:
         _unsupported.check_options("burst.App()", others, _unsupported.APP_OPTIONS,
                                    ["name", "image", "tags", "include_source", "description",
-                                    "secrets"])
+                                    "secrets", "volumes"])
         if tags is not None and not (isinstance(tags, dict) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in tags.items())):
             raise InvalidError(f"burst.App: tags= takes a dict of str to str, got {tags!r}")
@@ -99,6 +100,8 @@ class App:
         self.image = image
         #: Secrets of every function, before the function's own.
         self.secrets = _secret.coerce("burst.App()", secrets)
+        #: Volumes of every function (a function's own mount at a path replaces it).
+        self.volumes = coerce_mounts("burst.App()", volumes)
         self.registered_functions: dict[str, Function[..., Any]] = {}
         self.local_entrypoints: dict[str, Callable[..., Any]] = {}
         self._client: Client | None = None
@@ -128,6 +131,7 @@ class App:
         image: Image | None = None,
         secrets: list[Secret] | None = None,
         block_network: bool = False,
+        volumes: dict[str, Volume] | None = None,
         **others: Any,
     ) -> Callable[[F], Function[..., Any]]:
         """Register a function to run in containers.
@@ -143,7 +147,8 @@ class App:
         ``image`` (:class:`burst.Image`) is the container image, by default the app's;
         ``secrets`` (:class:`burst.Secret`) become environment variables of its
         containers, after the app's (a later one's key overrides an earlier one's);
-        ``block_network=True`` gives its containers no network at all (by default they
+        ``volumes`` (``{"/data": burst.Volume}``) are mounted in its containers, after
+        the app's; ``block_network=True`` gives its containers no network at all (by default they
         reach the internet, never the cluster, the host or private ranges).
         """
         if _warn_parentheses_missing is not None:
@@ -167,6 +172,14 @@ class App:
             raise InvalidError(f"image= takes a burst.Image, got {image!r}")
         img = image or self.image
         fn_secrets = [*self.secrets, *_secret.coerce("@app.function()", secrets)]
+        mounts = {**self.volumes, **coerce_mounts("@app.function()", volumes)}
+        paths = sorted(mounts)
+        for a, b in zip(paths, paths[1:], strict=False):
+            if b.startswith(a + "/"):
+                raise InvalidError(f"@app.function(): mount paths {a!r} and {b!r} overlap")
+        vol_specs = [wire.VolumeMount(name=v.name, path=p, read_only=v._read_only,
+                                      create_if_missing=v.create_if_missing)
+                     for p, v in mounts.items()]
         if mx is not None and mn is not None and mn > mx:
             raise InvalidError(f"min_containers={mn} is above max_containers={mx}")
 
@@ -193,6 +206,7 @@ class App:
                 retries=retry.policy() if retry is not None else None,
                 max_inputs=max_inputs, target_inputs=target_inputs, schedule=sched,
                 image=img.spec if img is not None else None, block_network=block_network,
+                volumes=vol_specs,
             )
             if spec.name in self.registered_functions:
                 raise InvalidError(f"app {self.name!r} already has a function {spec.name!r}")

@@ -21,27 +21,59 @@ from burst import _context, _http, wire
 from burst.exception import Error, InternalError, UnavailableError, from_api
 
 
+def _split_urls(url: str) -> list[tuple[str, str, str, int]]:
+    """(url, scheme, host, port) of each gateway URL in ``url`` (comma-separated)."""
+    out = []
+    for one in url.split(","):
+        one = one.strip().rstrip("/")
+        parsed = urllib.parse.urlsplit(one)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"invalid cluster URL {one!r} in {url!r}: expected "
+                             "http(s)://host:port, several separated by commas")
+        out.append((one, parsed.scheme, parsed.hostname,
+                    parsed.port or (443 if parsed.scheme == "https" else 80)))
+    return out
+
+
 class Client:
+    """The gateway's API. ``url`` may name several gateways of one cluster, separated by
+    commas (``BURST_URL=http://a:8780,http://b:8780``): a request that cannot reach one
+    (or that it answers 503) goes to the next, and the client stays with the one that
+    answered. Calls carry a submission id, so a call sent again through another gateway
+    runs once."""
+
     #: URLs a gateway answered in this process: a refused connection to one of them is
     #: retried (a restart); elsewhere it fails at once (no cluster running at all).
     reached_urls: set[str] = set()
 
     def __init__(self, url: str, token: str, timeout: float = 90.0,
                  unavailable_retry: float | None = None) -> None:
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"invalid cluster URL {url!r}: expected http(s)://host:port")
-        self.url = url.rstrip("/")
+        self._urls = _split_urls(url)
+        self._current = 0
         self.token = token
         self.timeout = timeout
-        self._scheme = parsed.scheme
-        self._host = parsed.hostname
-        self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
         self._local = threading.local()
         #: Seconds a request keeps retrying while the cluster is briefly out of reach
         #: (``BURST_UNAVAILABLE_RETRY`` unless given; health probes give 0).
         self.unavailable_retry = (retry_window() if unavailable_retry is None
                                   else unavailable_retry)
+
+    @property
+    def url(self) -> str:
+        """The gateway in use."""
+        return self._urls[self._current][0]
+
+    @property
+    def _scheme(self) -> str:
+        return self._urls[self._current][1]
+
+    @property
+    def _host(self) -> str:
+        return self._urls[self._current][2]
+
+    @property
+    def _port(self) -> int:
+        return self._urls[self._current][3]
 
     @classmethod
     def from_profile(cls) -> Client:
@@ -56,10 +88,13 @@ class Client:
     # ---- transport -----------------------------------------------------------------
     def _conn(self) -> _http.Connection:
         conn: _http.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = _http.Connection(self._host, self._port, self.timeout,
-                                    tls=self._scheme == "https")
-            self._local.conn = conn
+        index = self._current
+        if conn is None or getattr(self._local, "index", index) != index:
+            if conn is not None:
+                conn.close()
+            _, scheme, host, port = self._urls[index]
+            conn = _http.Connection(host, port, self.timeout, tls=scheme == "https")
+            self._local.conn, self._local.index = conn, index
         return conn
 
     def _drop(self) -> None:
@@ -85,11 +120,14 @@ class Client:
             if not first_failure:
                 first_failure.append(time.monotonic())
             return time.monotonic() < first_failure[0] + self.unavailable_retry
-        # Idempotent requests can be sent again whatever became of the first one; a call's
-        # submission only when it never reached the gateway (a refused connection) or the
-        # gateway refused it with 503 before doing anything (its NATS was out of reach).
+        # Idempotent requests can be sent again whatever became of the first one, and so can
+        # a call's submission (it carries a submission id: sent again, to this gateway or
+        # another, it is the same call); other POSTs only when they never reached a gateway
+        # (a refused connection) or it refused them with 503 before doing anything.
         idempotent = method != "POST" or path.startswith("/v1/calls/wait")
+        resendable = idempotent or path.split("?")[0].endswith(("/calls", "/calls/batch"))
         fresh = False  # a retry on a new connection after the server closed a kept one
+        failed: list[str] = []
         while True:
             conn = self._conn()
             try:
@@ -102,18 +140,29 @@ class Client:
                 if closed and not fresh:
                     fresh = True
                     continue
-                refused = isinstance(e, ConnectionRefusedError) and self.reached
-                if (refused or (idempotent and closed)) and within_window():
+                refused = isinstance(e, ConnectionRefusedError)
+                failed.append(f"{self.url} ({e.__class__.__name__}: {e})")
+                if (refused or resendable) and self._next_gateway(len(failed)):
+                    fresh = False
+                    continue
+                if ((refused and self.reached) or (resendable and closed)) and within_window():
                     time.sleep(RETRY_STEP)  # a gateway restarting: back within seconds
+                    failed.clear()
+                    fresh = False
                     continue
                 raise UnavailableError(
-                    f"cannot reach the Burst cluster at {self.url} ({e.__class__.__name__}: {e}); "
+                    f"cannot reach the Burst cluster at {'; '.join(failed)}; "
                     "is it running? (`burst up`, `burst status`)") from None
             if not self.reached:
                 Client.reached_urls.add(self.url)
-            if status == 503 and _unavailable(data) and within_window():
-                time.sleep(RETRY_STEP)  # NATS restarting behind the gateway
-                continue
+            if status == 503 and 503 not in expect:
+                failed.append(f"{self.url} (503)")
+                if self._next_gateway(len(failed)):
+                    continue
+                if _unavailable(data) and within_window():
+                    time.sleep(RETRY_STEP)  # NATS restarting behind the gateway
+                    failed.clear()
+                    continue
             break
         if status in expect:
             return status, data
@@ -130,6 +179,13 @@ class Client:
             Client.reached_urls.add(self.url)
         else:
             Client.reached_urls.discard(self.url)
+
+    def _next_gateway(self, failures: int) -> bool:
+        """Move on to the next gateway; False once every one has failed this request."""
+        if failures >= len(self._urls):
+            return False
+        self._current = (self._current + 1) % len(self._urls)
+        return True
 
     # ---- API -----------------------------------------------------------------------
     def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
@@ -171,13 +227,15 @@ class Client:
 
     def call(self, app: str, fn: str, payload: bytes, payload_ref: str = "",
              wait: float = 60.0) -> wire.CallResponse:
-        body = wire.encode(wire.CallRequest(payload=payload, payload_ref=payload_ref))
+        body = wire.encode(wire.CallRequest(payload=payload, payload_ref=payload_ref,
+                                            submission_id=wire.new_submission_id()))
         _, data = self.request("POST", f"/v1/apps/{app}/functions/{fn}/calls", body,
                                wire.MSGPACK, params={"wait": wait})
         return wire.call_response_decoder.decode(data)
 
     def call_batch(self, app: str, fn: str, payloads: list[bytes]) -> list[wire.CallRef]:
-        body = wire.encode(wire.CallBatchRequest(payloads=payloads))
+        body = wire.encode(wire.CallBatchRequest(payloads=payloads,
+                                                 submission_id=wire.new_submission_id()))
         _, data = self.request("POST", f"/v1/apps/{app}/functions/{fn}/calls/batch", body,
                                wire.MSGPACK)
         return wire.call_batch_response_decoder.decode(data).calls
@@ -221,7 +279,8 @@ class ContainerClient(Client):
     MAX_WAIT = 60.0
 
     def __init__(self, platform: _context.Platform) -> None:
-        self.url, self.token, self.timeout = "container://agent", "", 90.0
+        self._urls, self._current = [("container://agent", "", "", 0)], 0
+        self.token, self.timeout = "", 90.0
         self.platform = platform
 
     def request(self, method: str, path: str, body: bytes | None = None,

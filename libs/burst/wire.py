@@ -225,6 +225,16 @@ class WebEndpoint(_Body):
 WEB_KINDS = ("fastapi", "asgi", "wsgi", "web_server")
 
 
+class VolumeMount(_Body):
+    """A volume a function's containers see at ``path`` (an absolute directory)."""
+
+    name: str
+    path: str
+    read_only: bool = False
+    #: ``Volume.from_name(create_if_missing=True)``: the deploy makes it if need be.
+    create_if_missing: bool = False
+
+
 class FunctionSpec(_Body):
     """One function of an app, as the SDK declared it."""
 
@@ -252,6 +262,8 @@ class FunctionSpec(_Body):
     block_network: bool = False  # True: its containers get no network at all
     #: Its web endpoints (one for a function; one per decorated method of a class).
     web: list[WebEndpoint] = msgspec.field(default_factory=list)
+    #: Volumes mounted in its containers (the App's, then the function's).
+    volumes: list[VolumeMount] = msgspec.field(default_factory=list)
 
 
 # ---- HTTP bodies (SDK <-> gateway) ---------------------------------------------------
@@ -306,11 +318,23 @@ INLINE_PAYLOAD_LIMIT = 512 << 10
 MAX_PAYLOAD = 256 << 20
 
 
+def new_submission_id() -> str:
+    """A random submission id: 12 hex digits of the time (ms), then 20 random ones."""
+    import os
+    import time
+
+    return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+
+
 class CallRequest(_Body):
     payload: bytes  # cloudpickle of (args, kwargs)
     #: sha256 of a blob uploaded with PUT /v1/blobs/{sha256}, for payloads above the
     #: inline limit (then ``payload`` is empty).
     payload_ref: str = ""
+    #: The SDK's random id of this submission (:func:`new_submission_id`): the same
+    #: request sent again (to another gateway, after a failure) makes the same call,
+    #: which runs once.
+    submission_id: str = ""
 
 
 CallStatus = Literal["pending", "success", "failure", "timeout", "terminated", "internal"]
@@ -336,6 +360,8 @@ class CallBatchRequest(_Body):
     payloads: list[bytes]
     #: Per payload, a blob's sha256 when that payload is above the inline limit ("" else).
     payload_refs: list[str] = msgspec.field(default_factory=list)
+    #: As :attr:`CallRequest.submission_id`, for the whole batch (call i: ``<id>.<i>``).
+    submission_id: str = ""
 
 
 class CallRef(_Body):
@@ -420,6 +446,86 @@ dict_response_decoder = msgspec.msgpack.Decoder(DictResponse)
 queue_response_decoder = msgspec.msgpack.Decoder(QueueResponse)
 dict_request_decoder = msgspec.msgpack.Decoder(DictRequest)
 queue_request_decoder = msgspec.msgpack.Decoder(QueueRequest)
+
+VolumeOp = Literal["ensure", "create", "info", "list", "delete", "listdir", "entry", "chunk",
+                   "missing", "put_chunk", "commit", "remove", "copy", "mount_commit",
+                   "mount_reload"]
+
+
+def volume_file_id(chunks: list[str]) -> str:
+    """A volume file's content id from its chunks' sha256s: a file of one chunk is named
+    by that chunk's hash (the sha256 of its bytes), a longer one by the sha256 of its
+    chunk hashes (so no second pass over its bytes is needed)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    import hashlib
+
+    return hashlib.sha256("\n".join(chunks).encode()).hexdigest()
+
+
+class VolumeFile(_Body):
+    """One file of a volume's tree: its content id (``volume_file_id`` of its chunks) and
+    the chunks it is stored in, each named by its sha256 (a file of one chunk lists none
+    in the tree: its id is its chunk's)."""
+
+    size: int
+    sha256: str
+    chunks: list[str] = msgspec.field(default_factory=list)
+    mtime: float = 0.0
+    mode: int = 0o644
+
+
+class VolumeEntry(_Body):
+    """A listed path: a file or a directory (directories are implied by their files)."""
+
+    path: str
+    type: Literal["file", "directory"]
+    size: int = 0
+    mtime: float = 0.0
+
+
+class VolumeInfo(_Body):
+    name: str
+    version: int
+    files: int
+    size: int
+    created_at: float
+    updated_at: float
+
+
+class VolumeRequest(_Body):
+    """One operation on a named volume of the caller's workspace (HTTP ``/v1/volumes``,
+    or from a container, a ``kind="volume"`` platform request)."""
+
+    op: VolumeOp
+    name: str = ""
+    create_if_missing: bool = False
+    path: str = ""
+    recursive: bool = False
+    #: ``chunk``/``missing``: chunk hashes; ``copy``: the source paths.
+    items: list[str] = msgspec.field(default_factory=list)
+    #: ``put_chunk``: a chunk's bytes.
+    data: bytes = b""
+    #: ``commit``: path -> new file (None: remove the path and everything below it).
+    changes: dict[str, VolumeFile | None] = msgspec.field(default_factory=dict)
+    #: ``commit``: replace files that exist (else an error naming the first).
+    allow_overwrite: bool = True
+    #: ``create`` and ``delete`` of an ephemeral volume: the client whose heartbeats keep it.
+    client_id: str = ""
+
+
+class VolumeResponse(_Body):
+    version: int = 0
+    info: VolumeInfo | None = None
+    volumes: list[VolumeInfo] = msgspec.field(default_factory=list)
+    entries: list[VolumeEntry] = msgspec.field(default_factory=list)
+    file: VolumeFile | None = None
+    items: list[str] = msgspec.field(default_factory=list)
+    data: bytes = b""
+
+
+volume_request_decoder = msgspec.msgpack.Decoder(VolumeRequest)
+volume_response_decoder = msgspec.msgpack.Decoder(VolumeResponse)
 
 
 class ApiRequest(_Body):
@@ -516,7 +622,7 @@ class PlatformRequest(_Frame, kw_only=True):
     have no route and no token to the cluster."""
 
     req_id: int
-    kind: Literal["dict", "queue", "api"]
+    kind: Literal["dict", "queue", "api", "volume"]
     body: bytes  # a msgpack DictRequest, QueueRequest or ApiRequest
 
 

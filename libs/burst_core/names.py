@@ -300,6 +300,7 @@ CLIENTS_PROBE_KEY = "_reaper"
 KV_WORKSPACES = "burst_workspaces"  # key: <workspace> -> WorkspaceRecord
 KV_APP_VERSIONS = "burst_app_versions"  # key: app_version_key() -> AppVersion
 KV_SECRETS = "burst_secrets"  # key: secret_key() -> SecretRecord (values sealed; gateway only)
+KV_VOLUMES = "burst_volumes"  # key: volume_key() -> VolumeRecord (the tree; versioned by CAS)
 
 #: Core NATS (never a stream): an agent asks the gateways for a placed container's secret
 #: values; one gateway of the queue group answers.
@@ -309,6 +310,16 @@ QUEUE_SECRETS_FETCH = "gateway_secrets"
 
 def secret_key(workspace: str, name: str) -> str:
     return f"{workspace}.{name}"
+
+
+def volume_key(workspace: str, name: str) -> str:
+    return f"{workspace}.{name}"
+
+
+def volume_store(volume_id: str) -> str:
+    """A volume's object store (its content-addressed chunks): one per volume, so that
+    ``burst volume delete`` frees its space by deleting one stream."""
+    return f"burst_vol_{volume_id}"
 
 
 def budget_key(workspace: str, app: str | None = None, function: str | None = None) -> str:

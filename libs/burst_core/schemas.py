@@ -87,12 +87,12 @@ class ClientHeartbeat(_Wire, kw_only=True):
 
 
 class ClientObject(_Wire, kw_only=True):
-    """An ephemeral Dict or Queue a client made (KV ``burst_clients``, key
+    """An ephemeral Dict, Queue or Volume a client made (KV ``burst_clients``, key
     ``<ws>.<client_id>.<kind>.<name>``): removed with the client's other things."""
 
     workspace: str
     client_id: str
-    kind: Literal["dict", "queue"]
+    kind: Literal["dict", "queue", "volume"]
     name: str
     created_at: float
 
@@ -589,6 +589,9 @@ class PreemptAgent(_Wire, kw_only=True):
     agent_id: str
     reason: str = "preempted"
     at: float = 0.0
+    #: ``burst agent drain``: once its containers are stopped the agent leaves the
+    #: cluster (deletes its records and exits).
+    leave: bool = False
 
 
 AgentOrder = Placement | StopContainer | PreemptAgent

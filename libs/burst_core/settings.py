@@ -25,6 +25,8 @@ def default_home() -> str:
 class CommonSettings:
     #: NATS server URL (JetStream enabled).
     nats_url: str = "nats://127.0.0.1:4222"
+    #: The cluster CA's certificate (PEM file) when NATS serves TLS (``burst up --listen``).
+    nats_ca: str = ""
     #: Redis URL (warm pools, counters; derived state only).
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Burst's own state directory (tokens, NATS store, logs); never visible to user code.
@@ -45,6 +47,13 @@ class CommonSettings:
     health_file: str = ""
     #: How long outputs, call records and idempotency keys are kept (7 days, as Modal).
     result_retention: float = 7 * 24 * 3600.0
+    #: Largest total of file sizes one volume may hold, in bytes (a commit past it fails,
+    #: naming the volume and the limit). Read by the gateway and the agents.
+    volume_max_bytes: int = 1 << 40
+    #: Seconds a volume's chunk that no file holds any more (its file was replaced or
+    #: removed) is kept before a later commit deletes it: what a reader of the older
+    #: version has to fetch it.
+    volume_chunk_grace: float = 600.0
     #: How long containers' output and platform events are kept (stream BURST_LOGS), and
     #: the most bytes kept (the oldest go first). Every service must use the same values.
     log_retention: float = 7 * 24 * 3600.0

@@ -353,9 +353,12 @@ OBJECTS = """
     import time
     import burst
 
-    with burst.Dict.ephemeral({"k": 1}) as d, burst.Queue.ephemeral() as q:
+    with (burst.Dict.ephemeral({"k": 1}) as d, burst.Queue.ephemeral() as q,
+          burst.Volume.ephemeral() as v):
         q.put(1)
-        print("NAMES", d.name, q.name, flush=True)
+        with v.batch_upload() as b:
+            b.put_file(__import__("io").BytesIO(b"v"), "f.txt")
+        print("NAMES", d.name, q.name, v.name, flush=True)
         time.sleep(600)
 """
 
@@ -364,21 +367,25 @@ def test_ephemeral_objects_of_a_killed_client_are_removed(cluster: Cluster,
                                                           tmp_path: Path) -> None:
     proc = Proc([sys.executable, str(write(tmp_path, "eph_objects.py", OBJECTS))], cluster.env)
     try:
-        _, dname, qname = proc.expect("NAMES").split()
+        _, dname, qname, vname = proc.expect("NAMES").split()
         check = f"""
             import burst
             try:
                 value = burst.Dict.from_name({dname!r}).get("k")
             except burst.exception.NotFoundError:
                 value = "gone"
-            print(value, burst.Queue.from_name({qname!r}).len())
+            try:
+                files = len(burst.Volume.from_name({vname!r}).listdir("/"))
+            except burst.exception.NotFoundError:
+                files = "gone"
+            print(value, burst.Queue.from_name({qname!r}).len(), files)
         """
-        assert python(cluster, check).split() == ["1", "1"]  # alive while its client is
+        assert python(cluster, check).split() == ["1", "1", "1"]  # alive with its client
     finally:
         proc.kill()
-    eventually(lambda: python(cluster, check).split() == ["gone", "0"],
-               CLIENT_TIMEOUT + MARGIN, "the killed client's ephemeral Dict and Queue removed",
-               step=0.5)
+    eventually(lambda: python(cluster, check).split() == ["gone", "0", "gone"],
+               CLIENT_TIMEOUT + MARGIN,
+               "the killed client's ephemeral Dict, Queue and Volume removed", step=0.5)
 
 
 LOUD = """

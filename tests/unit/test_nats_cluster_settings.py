@@ -4,12 +4,17 @@ nats-server arguments."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
+from burst import _natsconf
 from burst._cluster import (
     DEFAULT_PORTS,
+    check_listen_nodes,
     cluster_ports,
-    nats_cluster_args,
+    nats_cluster_conf,
     nats_nodes,
     nats_urls,
     service_env,
@@ -19,6 +24,7 @@ from burst.exception import InvalidError
 from burst_core.bus import Topology, default_replicas
 from burst_core.bus.connection import server_urls
 from burst_core.bus.retry import retry_for, transient
+from tests.servers import nats_binary
 
 
 def test_replicas_default_to_one_and_follow_the_setting() -> None:
@@ -67,23 +73,45 @@ def test_several_nats_urls() -> None:
         server_urls("nats://a:1,http://a:1")
 
 
-def test_three_nodes_get_ports_routes_and_replicas(tmp_path: object) -> None:
+def test_three_nodes_get_ports_routes_and_replicas(tmp_path: Path) -> None:
     ports = cluster_ports(DEFAULT_PORTS, 3)
     assert nats_nodes(ports) == 3 and nats_nodes(dict(DEFAULT_PORTS)) == 1
     assert len(set(ports.values())) == len(ports)  # no port twice
     urls = nats_urls(ports).split(",")
     assert urls == [f"nats://127.0.0.1:{ports[r]}" for r in ("nats", "nats_2", "nats_3")]
-    args = nats_cluster_args(ports, 2)
-    assert args[:4] == ["-n", "burst-n2", "--cluster_name", "burst"]
-    assert args[5] == f"nats://127.0.0.1:{ports['nats_route_2']}"
-    assert args[7] == (f"nats://127.0.0.1:{ports['nats_route_1']},"
-                       f"nats://127.0.0.1:{ports['nats_route_3']}")
-    assert nats_cluster_args(dict(DEFAULT_PORTS), 1) == []
+    block = nats_cluster_conf(ports, 2)
+    assert 'name: "burst"' in block
+    assert f'listen: "127.0.0.1:{ports["nats_route_2"]}"' in block
+    assert (f'routes: ["nats://127.0.0.1:{ports["nats_route_1"]}", '
+            f'"nats://127.0.0.1:{ports["nats_route_3"]}"]') in block
+    assert nats_cluster_conf(dict(DEFAULT_PORTS), 1) == ""
     assert service_parts(ports) == ["scheduler", "billing", "gateway", "agent", "gateway-2",
                                     "scheduler-2"]
-    env = service_env(tmp_path, ports)  # type: ignore[arg-type]
+    env = service_env(tmp_path, ports)
     assert env["BURST_REPLICAS"] == "3" and env["BURST_NATS_URL"] == nats_urls(ports)
-    assert "BURST_REPLICAS" not in service_env(tmp_path, dict(DEFAULT_PORTS))  # type: ignore[arg-type]
+    assert "BURST_REPLICAS" not in service_env(tmp_path, dict(DEFAULT_PORTS))
+
+
+def test_a_nodes_configuration_is_one_nats_server_accepts(tmp_path: Path) -> None:
+    binary = nats_binary()
+    if not binary:
+        pytest.skip("nats-server not installed: run `make install`")
+    ports = cluster_ports(DEFAULT_PORTS, 3)
+    conf = _natsconf.write_nats_config(
+        tmp_path, "nats-2", host="127.0.0.1", port=ports["nats_2"],
+        monitor_port=ports["nats_monitor_2"], server_name="burst-n2", secure=False,
+        extra=nats_cluster_conf(ports, 2), store_dir=str(tmp_path / "n2"))
+    assert conf.name == "nats-2.conf" and str(tmp_path / "n2") in conf.read_text()
+    checked = subprocess.run([binary, "-c", str(conf), "-t"], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_listen_with_a_nats_cluster_is_refused() -> None:
+    check_listen_nodes("", 3)
+    check_listen_nodes("10.0.0.5", 1)
+    with pytest.raises(InvalidError, match="--listen 10.0.0.5 cannot be used with "
+                       "--nats-cluster 3"):
+        check_listen_nodes("10.0.0.5", 3)
 
 
 @pytest.mark.parametrize("bad", [0, 2, 5])

@@ -26,7 +26,7 @@ def test_module_paths_and_top_level_names() -> None:
     assert burst.current_input_id() is None and burst.current_function_call_id() is None
 
 
-@pytest.mark.parametrize("name", ["Sandbox", "Volume", "Tunnel"])
+@pytest.mark.parametrize("name", ["Sandbox", "Tunnel"])
 def test_names_not_built_yet_are_refused_by_name(name: str) -> None:
     with pytest.raises(InvalidError, match=f"burst.{name} is not supported by Burst yet"):
         getattr(burst, name)

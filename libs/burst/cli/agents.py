@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import os
+import re
+import signal
+import socket
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from burst import _natsconf
+from burst._parts import home_lock, is_alive, read_state
 from burst.client import Client
+from burst.exception import InvalidError, NotFoundError
 
 agent_app = typer.Typer(help="Agents: the machines that run containers.", no_args_is_help=True)
 
@@ -43,12 +51,12 @@ def list_agents(
     if as_json:
         print(json.dumps(data, indent=2))
         return
-    table = Table("agent", "state", "capacity", "cpu", "memory", "gpus", "containers",
+    table = Table("agent", "machine", "state", "capacity", "cpu", "memory", "gpus", "containers",
                   "heartbeat", title="Agents", title_justify="left")
     for a in data["agents"]:
         age = a.get("heartbeat_age")
         table.add_row(
-            a["agent_id"], a["state"], a["capacity"],
+            a["agent_id"], a.get("hostname") or "-", a["state"], a["capacity"],
             f"{a['cpu_claimed']:g}/{a['cpu']:g}",
             f"{a['memory_mb_claimed']}/{a['memory_mb']} MiB",
             _gpus(a), _containers(a), f"{age:.1f} s ago" if age is not None else "never",
@@ -62,6 +70,87 @@ def preempt(agent_id: str = typer.Argument(..., help="The agent to preempt.")) -
     (in-flight inputs are handed back at once) and let the scheduler replace them."""
     Client.from_profile().post_json(f"/v1/agents/{agent_id}/preempt", {})
     print(f"preemption notice sent to agent {agent_id}")
+
+
+@agent_app.command("drain")
+def drain(agent_id: str = typer.Argument(..., help="The agent to take out.")) -> None:
+    """Take a machine out: nothing more is placed on it, its containers stop (their
+    in-flight inputs run again elsewhere), then the agent deletes its records and exits."""
+    Client.from_profile().post_json(f"/v1/agents/{agent_id}/drain", {})
+    print(f"agent {agent_id} is draining: it leaves once its containers have stopped")
+
+
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd])$")
+
+
+def parse_duration(text: str) -> float:
+    m = _DURATION.match(text.strip())
+    if not m or float(m.group(1)) <= 0:
+        raise InvalidError(f"invalid --expires {text!r}: use a number with s, m, h or d, "
+                           "e.g. 30m, 24h or 7d")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def _home(home: Path | None) -> Path:
+    from burst.config import burst_home
+    return (home.expanduser() if home else burst_home()).absolute()
+
+
+@agent_app.command("token")
+def token(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the join bundle.")]
+    = Path("burst-join.json"),
+    expires: Annotated[str, typer.Option(help="How long the bundle may be used to join "
+                                         "(s, m, h or d).")] = "24h",
+    home: Annotated[Path | None, typer.Option("--home", help="The cluster's home "
+                                              "(default: $BURST_HOME or ~/.burst).")] = None,
+) -> None:
+    """Write a join bundle for another machine (the cluster's CA certificate, credentials
+    of a new agent user, the NATS URLs, the cluster id): `burst agent join BUNDLE` there.
+    Run it on the control machine of a cluster started with `burst up --listen ADDR`."""
+    ttl = parse_duration(expires)
+    home = _home(home)
+    with home_lock(home):
+        state = read_state(home)
+        if state is None:
+            raise NotFoundError(f"no Burst cluster is running from {home}: start one with "
+                                "`burst up --listen ADDR`")
+        urls = _natsconf.read_advertised(home)
+        if not urls:
+            raise InvalidError(f"the cluster from {home} listens on 127.0.0.1 only: restart "
+                               "it with `burst up --listen ADDR` so other machines reach it")
+        bundle = _natsconf.make_bundle(home, urls, ttl)
+        _natsconf.rewrite_nats_config(home)
+        nats = next((p for p in state.parts if p.name == "nats"), None)
+        if nats is not None and is_alive(nats.pid, nats.started):
+            os.kill(nats.pid, signal.SIGHUP)  # nats-server reloads its users
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(bundle, f, indent=1)
+    print(f"wrote {out} (cluster {bundle['cluster_id']}, agent user {bundle['user']}, "
+          f"usable for {expires}): copy it to the machine and run `burst agent join {out}`")
+
+
+@agent_app.command("join")
+def join(
+    bundle: Annotated[Path, typer.Argument(help="The join bundle `burst agent token` wrote.")],
+    name: Annotated[str, typer.Option(help="This agent's name (default: the machine's "
+                                      "hostname).")] = "",
+    gpus: Annotated[str, typer.Option(help="Declared GPUs for machines without NVML, "
+                                      "e.g. H100:8.")] = "",
+    spot: Annotated[bool, typer.Option("--spot", help="Offer this machine as spot.")] = False,
+    runtime: Annotated[str, typer.Option(help="process or docker.")] = "process",
+    home: Annotated[Path | None, typer.Option("--home", help="The agent's state directory "
+                                              "(default: $BURST_HOME or ~/.burst).")] = None,
+) -> None:
+    """Join the cluster of BUNDLE from this machine: checks the bundle and the cluster,
+    then runs only an agent here (in the foreground) that registers, heartbeats and runs
+    containers."""
+    from burst import _join
+    from burst._cluster import check_gpus
+
+    agent_name = name or socket.gethostname().split(".")[0].lower()
+    _join.run_agent(bundle, agent_name, check_gpus(gpus), spot, runtime, _home(home))
 
 
 def register(app: typer.Typer) -> None:

@@ -16,11 +16,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from burst import _supervisor
+from burst import _natsconf, _supervisor
 from burst._cluster import (
     DEFAULT_PORTS,
     HOST,
     check_gpus,
+    check_listen_nodes,
     cluster_ports,
     fetch_status,
     pick_ports,
@@ -138,6 +139,14 @@ def up(
             "two schedulers).",
         ),
     ] = 1,
+    listen: Annotated[
+        str,
+        typer.Option(
+            help="An address of this machine to serve other machines on: NATS (TLS, a user "
+            "per role) for agents that join with `burst agent join`, the gateway's API and "
+            "web ports for clients. Redis and internal ports stay on 127.0.0.1.",
+        ),
+    ] = "",
 ) -> None:
     """Start a local cluster in the background: NATS, Redis, gateway, scheduler, billing, agent.
 
@@ -145,6 +154,9 @@ def up(
     """
     gpus = check_gpus(gpus)
     cluster_ports(DEFAULT_PORTS, nats_cluster)  # a bad count is an error before anything else
+    check_listen_nodes(listen, nats_cluster)
+    if listen:
+        _natsconf.check_listen(listen)
     if runtime not in ("process", "docker"):
         raise InvalidError(f"invalid --runtime {runtime!r}: use process or docker")
     supervise = _supervisor.SupervisorSettings.from_env(os.environ)
@@ -171,7 +183,7 @@ def up(
                 err.print(f"port {preferred[role]} ({role}) is taken: using {chosen}", markup=False)
         with Progress(err) as progress:
             state, profile = start_cluster(
-                home, ports, gpus, spot, timeout, progress, runtime, supervise
+                home, ports, gpus, spot, timeout, progress, runtime, supervise, listen
             )
     parts = [*state.parts, *([state.supervisor] if state.supervisor else [])]
     out = Console(highlight=False)
@@ -191,6 +203,9 @@ def up(
         out.print(f"  nats     {', '.join(str(p.ports.get('client')) for p in nodes)}  "
                   f"({len(nodes)} nodes, streams and buckets on each)", markup=False)
     out.print(f"  profile  {profile_path(home)}", markup=False)
+    for url in _natsconf.read_advertised(home):
+        out.print(f"  nats     {url}  (agents join with `burst agent token`, then "
+                  "`burst agent join BUNDLE`)", markup=False)
     out.print(
         f"  logs     {home / 'logs'}/<{','.join(p.name for p in parts)}>.log", markup=False
     )

@@ -57,6 +57,9 @@ def _register_commands() -> None:
 
     secrets.register(app)  # secret create, list, delete, rotate-key
     serve.register(app)  # serve
+    from burst.cli import volumes
+
+    volumes.register(app)  # volume create, list, ls, put, get, rm, cp, delete
     from burst.cli import profile
 
     profile.register(app)  # profile compose

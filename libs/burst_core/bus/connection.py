@@ -4,6 +4,7 @@ nats-py's tasks."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,12 +42,23 @@ def server_urls(url: str) -> list[str]:
     return urls
 
 
-async def connect(url: str, name: str,
-                  reconnected: Callable[[], Awaitable[None]] | None = None) -> NATS:
-    """A connection that reconnects for ever; ``reconnected`` runs after each reconnect
-    (subscriptions are already renewed then).
+def tls_context(ca: str) -> ssl.SSLContext | None:
+    """A client TLS context trusting only the cluster's CA (a PEM file), or None."""
+    if not ca:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    return ctx
 
-    ``url`` may name several servers separated by commas (a NATS cluster): the client
+
+async def connect(url: str, name: str,
+                  reconnected: Callable[[], Awaitable[None]] | None = None,
+                  ca: str = "") -> NATS:
+    """A connection that reconnects for ever; ``reconnected`` runs after each reconnect
+    (subscriptions are already renewed then). ``ca`` is the cluster CA's certificate
+    file for TLS (``burst up --listen``).
+
+    ``url`` may name several servers separated by commas (a NATS cluster, or the URLs of
+    a join bundle; ``tls://user:password@host:port`` with credentials): the client
     connects to one of them and, when it goes away, to another at once (a server it
     could not reach is tried again after ``reconnect_time_wait``).
 
@@ -70,6 +82,7 @@ async def connect(url: str, name: str,
     nc = await nats.connect(
         servers=server_urls(url),
         name=name,
+        tls=tls_context(ca),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         error_cb=_err,

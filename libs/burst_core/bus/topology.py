@@ -154,6 +154,7 @@ async def ensure_topology(js: JetStreamContext, topo: Topology | None = None) ->
         names.KV_LEDGER: 0,
         names.KV_LEASES: 0,
         names.KV_SECRETS: 0,
+        names.KV_VOLUMES: 0,
         **t.extra_kv,
     }
     for bucket, ttl in kvs.items():

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from burst.exception import InvalidError
 from burst_core import bus, names
 from burst_core.schemas import CallRecord, CallRecordDecoder, Input, InputAccepted, encode
 
@@ -35,6 +37,31 @@ def new_call_id(now: float, key: str | None = None, tail: str | None = None) -> 
     return f"fc-{int(now * 1000):012x}{tail or uuid.uuid4().hex[:20]}"
 
 
+SUBMISSION_ID = re.compile(r"^[0-9a-f]{32}$")
+#: Seconds a submission id's time may be off the gateway's clock.
+SUBMISSION_SKEW = 86400.0
+
+
+def check_submission_id(sid: str, now: float) -> str:
+    """``sid`` if it is a submission id (12 hex digits of its time in ms, 20 random hex
+    digits) made within a day of ``now``; else InvalidError naming it."""
+    if not SUBMISSION_ID.match(sid):
+        raise InvalidError(f"invalid submission_id {sid[:80]!r}: use 32 lowercase hex digits "
+                           "(12 of the time in ms, 20 random)")
+    at = int(sid[:12], 16) / 1000
+    if abs(at - now) > SUBMISSION_SKEW:
+        raise InvalidError(f"submission_id {sid!r} was made {at - now:+.0f} s from the "
+                           "gateway's clock (at most a day either way): check the client's clock")
+    return sid
+
+
+def submission_call(workspace: str, submission: str) -> tuple[str, str]:
+    """The call id and attempt token of a submission (``<id>`` or ``<id>.<i>`` for the
+    i-th call of a batch): the id's time, then a digest of the workspace and it."""
+    digest = hashlib.sha256(f"{workspace}\0{submission}".encode()).hexdigest()
+    return f"fc-{submission[:12]}{digest[:20]}", digest[20:52]
+
+
 def call_created_at(call_id: str) -> float:
     try:
         return int(call_id[3:15], 16) / 1000
@@ -45,13 +72,20 @@ def call_created_at(call_id: str) -> float:
 def build(workspace: str, app: str, function: str, deployment_id: str, payload: bytes,
           payload_format: str, now: float, call_id: str | None = None,
           payload_ref: str = "", parent_call_id: str = "",
-          lineage: list[str] | None = None) -> tuple[CallRecord, Input]:
-    """A call's first-attempt record and input (nothing is written)."""
-    rand = os.urandom(26).hex()  # one read for the call id's tail and the token
-    cid = call_id or new_call_id(now, tail=rand[:20])
+          lineage: list[str] | None = None, submission: str = "") -> tuple[CallRecord, Input]:
+    """A call's first-attempt record and input (nothing is written). With
+    ``submission`` (a checked submission id, see :func:`submission_call`) the call id and
+    the attempt token follow from the workspace and it, so a resubmission through another
+    gateway publishes the same input under the same ``Nats-Msg-Id``, which JetStream drops."""
+    if submission:
+        derived, token = submission_call(workspace, submission)
+        cid = call_id or derived
+    else:
+        rand = os.urandom(26).hex()  # one read for the call id's tail and the token
+        cid, token = call_id or new_call_id(now, tail=rand[:20]), rand[20:]
     # The input id follows from the call id: resubmitting a call (an idempotent retry
     # after a crash) republishes the same input, which JetStream then drops.
-    input_id, token = "in-" + cid[3:], rand[20:]
+    input_id = "in-" + cid[3:]
     inp = Input(workspace=workspace, app=app, function=function, call_id=cid,
                 input_id=input_id, attempt=1, attempt_token=token, payload=payload,
                 accepted_at=now, deployment_id=deployment_id, payload_format=payload_format,
@@ -70,22 +104,27 @@ def first_record(inp: Input) -> CallRecord:
                       deployment_id=inp.deployment_id, parent_call_id=inp.parent_call_id)
 
 
-async def create_record(calls_kv: KeyValue, rec: CallRecord) -> None:
+async def create_record(calls_kv: KeyValue, rec: CallRecord,
+                        resubmitted: bool = False) -> None:
     """Create a call's first-attempt record unless it exists: a record of the same call
     (same input, same acceptance time) is this one, stored by a publish whose ack was lost
     or by an agent that needed it first; any other raises ``KeyWrongLastSequenceError``
     (a racing resubmission under the same idempotency key made the call). Tried again
     through a NATS leader election (a create whose ack was lost finds itself stored)."""
-    await bus.retrying(lambda: _create_record_once(calls_kv, rec))
+    await bus.retrying(lambda: _create_record_once(calls_kv, rec, resubmitted))
 
 
-async def _create_record_once(calls_kv: KeyValue, rec: CallRecord) -> None:
+async def _create_record_once(calls_kv: KeyValue, rec: CallRecord, resubmitted: bool) -> None:
     try:
         await calls_kv.create(rec.call_id, encode(rec))
     except nats.js.errors.KeyWrongLastSequenceError:
         raw, _ = await bus.kv_get(calls_kv, rec.call_id)
         old = CallRecordDecoder.decode(raw) if raw is not None else None
-        if old is None or (old.input_id, old.created_at) != (rec.input_id, rec.created_at):
+        if old is None or old.input_id != rec.input_id:
+            raise
+        # (a resubmission by submission id, through another gateway, accepted the same
+        # call at another time: its input id alone says it is this call)
+        if old.created_at != rec.created_at and not resubmitted:
             raise
 
 
@@ -192,7 +231,8 @@ async def create_once(js: JetStreamContext, nc: NATS, calls_kv: KeyValue,
 
 async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue, fn_key: str,
                       calls: list[tuple[CallRecord, Input]],
-                      signals: Signals | None = None, records: bool = True) -> None:
+                      signals: Signals | None = None, records: bool = True,
+                      resubmitted: bool = False) -> set[str]:
     """Create calls of one function: one signal (through ``signals``, which may hold it
     back for a trailing one), all inputs and records go out at once (their acks awaited
     together).
@@ -226,9 +266,13 @@ async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue, fn_key
         await signals.accepted(fn_key, last_rec.call_id, last_inp.accepted_at)
     results = await bus.publish_many(js, msgs)
     n = len(calls)
+    duplicates: set[str] = set()
     for (_, inp), res in zip(calls, results[:n], strict=True):
         if isinstance(res, BaseException):
-            await bus.publish(js, subject, encode(inp), msg_id=inp.input_id)
+            res = await bus.publish(js, subject, encode(inp), msg_id=inp.input_id)
+        if getattr(res, "duplicate", False):
+            duplicates.add(inp.call_id)
     for (rec, _), res in zip(calls if records else [], results[n:], strict=True):
         if isinstance(res, BaseException):
-            await create_record(calls_kv, rec)
+            await create_record(calls_kv, rec, resubmitted)
+    return duplicates  # the calls whose input was stored before (a resubmission)

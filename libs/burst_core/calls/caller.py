@@ -46,7 +46,7 @@ from burst.wire import (
 )
 from burst_core import bus, logs, names
 from burst_core import calls as call_store
-from burst_core.calls import Signals, call_created_at, new_call_id
+from burst_core.calls import Signals, call_created_at, check_submission_id, new_call_id
 from burst_core.calls.guard import BudgetGuard
 from burst_core.calls.outputs import Group, OutputRouter
 from burst_core.schemas import (
@@ -237,6 +237,7 @@ class Caller:
                      payloads: list[bytes], register: bool, payload_format: str = "pickle",
                      call_id: str | None = None, refs: list[str] | None = None,
                      records: bool = True, parent: Parent | None = None,
+                     submission: str = "", duplicates: set[str] | None = None,
                      ) -> list[tuple[CallRecord, Any]]:
         """Create one call per payload: its input (JetStream) and, with ``records``, its
         record (KV); answers each call's record and output future.
@@ -254,6 +255,12 @@ class Caller:
         await self.guard.check(workspace, dep.name or dep.app, fn)
         fn_key = names.function_key(workspace, dep.app, fn)
         now = time.time()
+        if submission:  # one id per request: call i of a batch is "<id>.<i>"
+            check_submission_id(submission, now)
+            subs = [submission] if len(payloads) == 1 else \
+                [f"{submission}.{i}" for i in range(len(payloads))]
+        else:
+            subs = [""] * len(payloads)
         refs = refs or [""] * len(payloads)
         if len(refs) != len(payloads):
             raise InvalidError(f"{len(refs)} payload references for {len(payloads)} payloads")
@@ -269,13 +276,16 @@ class Caller:
         pid, lineage = (parent.call_id, parent.lineage) if parent else ("", [])
         calls = [call_store.build(workspace, dep.app, fn, dep.deployment_id, payload,
                                   payload_format, now, call_id=call_id, payload_ref=ref,
-                                  parent_call_id=pid, lineage=lineage)
-                 for payload, ref in zip(payloads, refs, strict=True)]
+                                  parent_call_id=pid, lineage=lineage, submission=sub)
+                 for payload, ref, sub in zip(payloads, refs, subs, strict=True)]
         futs = [self.outputs.register(rec.call_id, rec.attempt_token) if register else None
                 for rec, _ in calls]
         if parent is None:
-            await call_store.create_many(self.js, self.nc, self.calls_kv, fn_key, calls,
-                                         self.signals, records=records)
+            dups = await call_store.create_many(self.js, self.nc, self.calls_kv, fn_key, calls,
+                                                self.signals, records=records,
+                                                resubmitted=bool(submission))
+            if duplicates is not None:
+                duplicates |= dups
         else:
             # The children's entry first: a cancel of the parent that comes while they are
             # being created still finds them.
@@ -310,7 +320,8 @@ class Caller:
 
     async def call_once(self, workspace: str, dep: DeploymentRecord, fn: str, payload: bytes,
                         fmt: str, ref: str, wait: float, key: str | None = None,
-                        parent: Parent | None = None) -> tuple[CallResponse, bool]:
+                        parent: Parent | None = None,
+                        submission: str = "") -> tuple[CallResponse, bool]:
         """One call (or, with an idempotency ``key`` used before, the call it made): its
         answer within ``wait`` seconds, and whether it was replayed."""
         app = dep.app
@@ -329,16 +340,27 @@ class Caller:
         # from the input (burst_agent.attempts), and :meth:`record` finds an answered call
         # by its output.
         lazy = key is None and wait > 0 and parent is None
+        resubmitted: set[str] = set()
         try:
             [(rec, fut)] = await self.submit(workspace, dep, fn, [payload], register=True,
                                              payload_format=fmt, call_id=call_id, refs=[ref],
-                                             records=not lazy, parent=parent)
+                                             records=not lazy, parent=parent,
+                                             submission="" if key is not None else submission,
+                                             duplicates=resubmitted)
         except nats.js.errors.KeyWrongLastSequenceError:
             # A racing resubmission with the same key created the call first.
             found = await self.record(call_id or "", workspace)
             if found is None:
                 raise
             return await self.inline_result(workspace, await self.result_of(found, wait)), True
+        if resubmitted:
+            # The same submission came before (through another gateway): the call may be
+            # answered, or retried, already; answer as a poll of it would.
+            found = await self.record(rec.call_id, workspace)
+            if found is not None:
+                self.outputs.unregister(rec.call_id, fut)
+                return await self.inline_result(workspace, await self.result_of(found, wait)), \
+                    True
         structlog.contextvars.bind_contextvars(call_id=rec.call_id)
         answered = False
         try:
@@ -347,7 +369,8 @@ class Caller:
         finally:
             structlog.contextvars.unbind_contextvars("call_id")
             if lazy and not answered:
-                await call_store.create_record(self.calls_kv, rec)
+                await call_store.create_record(self.calls_kv, rec,
+                                                bool(submission) and key is None)
         return await self.inline_result(workspace, resp), False
 
     # ---- waiting -------------------------------------------------------------------

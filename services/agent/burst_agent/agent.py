@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.js.errors
 from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
 
 from burst.wire import MAX_PAYLOAD
 from burst_agent import gpus
@@ -36,6 +38,7 @@ from burst_agent.prebuild import Prebuilder
 from burst_agent.runtimes.base import Runtime
 from burst_agent.runtimes.factory import make_runtime
 from burst_agent.settings import AgentSettings
+from burst_agent.volumes import VolumeCache
 from burst_agent.web import WebRelay
 from burst_core import bus, logs, names
 from burst_core.calls.caller import Caller
@@ -56,6 +59,7 @@ from burst_core.schemas import (
     encode,
 )
 from burst_core.service import heartbeat_loop
+from burst_core.volumes import Volumes
 
 log = logs.get("burst.agent")
 FunctionDeployedDecoder = decoder(FunctionDeployed)
@@ -115,6 +119,8 @@ class Agent:
         self._caller: Caller | None = None
         self._deployments: bus.KVMirror[DeploymentRecord] | None = None
         self._caller_lock = asyncio.Lock()
+        #: Called once drained by `burst agent drain`: the service stops the agent.
+        self.leave: Callable[[], None] = lambda: None
 
     async def start(self) -> None:
         s = self.settings
@@ -122,14 +128,19 @@ class Agent:
         log.info("gpu_inventory", status=self.inventory.status,
                  gpus=[g.type for g in self.inventory.gpus])
         self.nc = await bus.connect(s.nats_url, f"agent-{self.agent_id}",
-                                    reconnected=self._on_reconnected)
+                                    reconnected=self._on_reconnected, ca=s.nats_ca)
         self.js = self.nc.jetstream()
-        await bus.ensure_topology(self.js, s.topology())
-        self.agents_kv = await self.js.key_value(names.KV_AGENTS)
+        if s.ensure_topology:
+            await bus.ensure_topology(self.js, s.topology())
+        self.agents_kv = await self._wait_for_bucket(names.KV_AGENTS)
         self.heartbeats_kv = await self.js.key_value(names.KV_HEARTBEATS)
         home = Path(s.home) / "agent" / self.agent_id
         self.attempts = Attempts(self)
         self.objects = Objects(self.js)
+        self.volumes = Volumes(self.js, s.volume_max_bytes, s.volume_chunk_grace)
+        self.volume_cache = VolumeCache(
+            home / "volcache", s.volume_cache_bytes,
+            s.sandbox_uid if os.geteuid() == 0 else None)
         self.bundles = BundleCache(await self.js.object_store(names.OBJ_BUNDLES), home / "bundles")
         await self._register()
         # Cancelled calls (recent ones): never started here, stopped if running here.
@@ -159,6 +170,24 @@ class Agent:
             health_file=s.health_file)))
         log.info("agent_started", agent_id=self.agent_id, cpu=self.record.cpu,
                  memory_mb=self.record.memory_mb, spot=s.spot, runtime=self.runtime.name)
+
+    async def _wait_for_bucket(self, bucket: str) -> KeyValue:
+        """The KV bucket, once the services created the whole topology (the blobs'
+        object store comes last), waiting up to ``topology_wait`` for it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.topology_wait
+        while True:
+            try:
+                if not self.settings.ensure_topology:
+                    await self.js.object_store(names.OBJ_BLOBS)
+                return await self.js.key_value(bucket)
+            except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
+                if loop.time() > deadline:
+                    raise RuntimeError(
+                        f"KV bucket {bucket} did not appear within "
+                        f"BURST_TOPOLOGY_WAIT={self.settings.topology_wait:g} s: are the "
+                        "cluster's services running?") from None
+                await asyncio.sleep(0.2)
 
     async def _register(self) -> None:
         s = self.settings
@@ -241,6 +270,9 @@ class Agent:
                 await c.stop(order.reason, order.if_idle_since)
         elif isinstance(order, PreemptAgent):
             await self.preempt(order.reason)
+            if order.leave and self.settings.leave_when_drained:
+                log.warning("agent_leaving", reason=order.reason)
+                self.leave()
 
     async def preempt(self, reason: str = "preempted") -> None:
         """This machine's capacity is being reclaimed: drain it and stop every container.

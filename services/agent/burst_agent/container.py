@@ -33,6 +33,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from burst import wire
+from burst.exception import InvalidError
 from burst_agent import api_relay, relay
 from burst_agent import secrets as container_secrets
 from burst_agent.dispatch import InFlight, InputDispatch
@@ -41,6 +42,7 @@ from burst_agent.inputs import InputPuller
 from burst_agent.metering import Meter
 from burst_agent.runtimes import images
 from burst_agent.runtimes.base import SIGKILL, SIGTERM, ContainerHandle
+from burst_agent.volumes import ContainerVolumes, VolumeUnavailable
 from burst_core import bus, calls, logs, names
 from burst_core.calls.caller import Parent
 from burst_core.schemas import (
@@ -115,6 +117,8 @@ class Container:
         #: Calls run here whose record this container made sure of (their children's
         #: parent).
         self._recorded: set[str] = set()
+        #: Its volume mounts, materialised before it starts (None: it mounts none).
+        self.volumes: ContainerVolumes | None = None
 
     @property
     def in_flight(self) -> dict[str, InFlight]:
@@ -150,6 +154,21 @@ class Container:
             secret_env = await container_secrets.fetch_env(
                 self.agent.nc, self.agent.agent_id, self.placement,
                 self.agent.settings.secrets_fetch_timeout)
+            mounts: list[tuple[Path, str, bool]] = []
+            volume_env: dict[str, str] = {}
+            if self.fn.volumes:
+                if not self._sandboxed():
+                    raise VolumeUnavailable(
+                        "volumes need a sandboxed container (bubblewrap) or the Docker "
+                        "runtime; this agent runs plain processes")
+                self.volumes = ContainerVolumes(
+                    self.agent.volumes, self.agent.volume_cache, self.placement.workspace,
+                    Path(self.agent.volume_cache.root).parent / "volumes" / self.id,
+                    list(self.fn.volumes), self._volume_owner())
+                await self.volumes.prepare()
+                mounts, volume_env = self.volumes.binds(), self.volumes.env()
+                self.log.info("volumes_materialised",
+                              seconds=round(self.volumes.materialise_s, 3))
             spec = images.ImageContainerSpec(
                 container_id=self.id, bundle_dir=bundle_dir, socket_path=self.socket_path,
                 module=self.fn.module, qualname=self.fn.qualname,
@@ -158,7 +177,7 @@ class Container:
                 gpu_indices=list(self.placement.gpu_indices),
                 env={**(images.process_env(self.fn.image)
                         if self.agent.runtime.name == "process" else {}),
-                     **secret_env,
+                     **secret_env, **volume_env,
                      "BURST_SHIM_HEARTBEAT_INTERVAL":
                      str(self.agent.settings.container_heartbeat_interval),
                      # The app this container belongs to: its id is what its functions'
@@ -171,7 +190,7 @@ class Container:
                      # Which image this is (``Image.imports()`` raises only in its own).
                      "BURST_IMAGE_ID": self.fn.image.ident if self.fn.image else ""},
                 image=self.fn.image, build_log=self._build_line,
-                block_network=self.fn.block_network,
+                block_network=self.fn.block_network, mounts=mounts,
             )
             #: What ``burst container exec`` adds to a command's environment.
             self.exec_env = spec.env
@@ -222,7 +241,8 @@ class Container:
                 # replacement containers fail the same way.
                 await self.dispatch.fail_waiting()
             exit_code = await exit_task
-        except (images.ImageError, container_secrets.SecretsUnavailable) as e:
+        except (images.ImageError, container_secrets.SecretsUnavailable,
+                VolumeUnavailable) as e:
             # The image cannot be built or run here, or its secrets cannot be had: the
             # waiting callers get the reason (the failing step and its output, the missing
             # secret) instead of waiting for a container.
@@ -251,6 +271,9 @@ class Container:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._drop_binding()
+            if self.volumes is not None:
+                # A clean exit commits, as Modal's background commit would have.
+                await bus.quiet(self.volumes.close(commit=exit_code == 0))
             if server is not None:
                 server.close()
             with contextlib.suppress(FileNotFoundError):
@@ -534,10 +557,40 @@ class Container:
         """A Dict or Queue operation or a call from user code, in this container's
         workspace."""
         answer = await relay.answer(self.agent.objects, self.placement.workspace, req, self.log,
-                                    self._api)
+                                    self._api, self._volume)
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 self._writer.write(wire.frame(answer))
+
+    def _volume_owner(self) -> int | None:
+        """The uid a writable mount's files get: the sandbox's, when the agent is root
+        and containers run as another user."""
+        if os.geteuid() != 0 or not self._sandboxed():
+            return None
+        return self.agent.settings.sandbox_uid
+
+    def _sandboxed(self) -> bool:
+        """Whether containers here get a filesystem of their own (Docker, or the process
+        runtime's sandbox): what a volume mount needs."""
+        rt = self.agent.runtime
+        base = getattr(rt, "base", rt)  # (the process runtime behind its venv layer)
+        return rt.name == "docker" or bool(getattr(base, "sandboxed", False))
+
+    async def _volume(self, req: wire.VolumeRequest) -> wire.VolumeResponse:
+        """A volume operation from user code: its own mounts' commit and reload here, any
+        other on the workspace's volumes (as the gateway answers a client)."""
+        if req.op in ("mount_commit", "mount_reload"):
+            if self.volumes is None:
+                raise InvalidError(f"volume {req.name!r} is not mounted in this container")
+            if req.op == "mount_commit":
+                return wire.VolumeResponse(version=await self.volumes.commit(req.name))
+            return wire.VolumeResponse(version=await self.volumes.reload(req.name))
+        mounts = [m for m in self.fn.volumes if m.name == req.name]
+        if (req.op in ("put_chunk", "commit", "remove", "copy") and mounts
+                and all(m.read_only for m in mounts)):
+            raise InvalidError(f"volume {req.name!r} is mounted read-only in this container: "
+                               "it cannot be changed from here")
+        return await self.agent.volumes.op(self.placement.workspace, req)
 
     async def _api(self, api: wire.ApiRequest) -> wire.ApiResponse:
         """A request of the SDK's client from user code (a call, a wait for one...),

@@ -18,10 +18,12 @@ from burst_agent.inputs import InputPuller
 from burst_agent.settings import AgentSettings
 from burst_core.calls.caller import Caller
 from burst_core.objects import Objects
+from burst_core.volumes import Volumes
 
 if TYPE_CHECKING:
     from burst_agent.figures import Figures
     from burst_agent.runtimes.base import Runtime
+    from burst_agent.volumes import VolumeCache
     from burst_agent.web import WebRelay
 
 
@@ -31,6 +33,8 @@ class AgentHost(Protocol):
     nc: NATS
     js: JetStreamContext
     objects: Objects
+    volumes: Volumes
+    volume_cache: VolumeCache
     bundles: BundleCache
     attempts: Attempts
     runtime: Runtime

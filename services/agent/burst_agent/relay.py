@@ -17,18 +17,25 @@ from burst.exception import Error as BurstError
 from burst.exception import InvalidError
 from burst_core.objects import Objects
 
+VolumeHandler = Callable[[wire.VolumeRequest], Awaitable[wire.VolumeResponse]]
+
 
 async def answer(objects: Objects, workspace: str, req: wire.PlatformRequest,
                  log: Any, calls: Callable[[wire.ApiRequest], Awaitable[wire.ApiResponse]]
-                 | None = None) -> wire.PlatformResponse:
+                 | None = None, volume: VolumeHandler | None = None) -> wire.PlatformResponse:
     """The response to one platform request (errors are answers, never raised);
-    ``calls`` answers the SDK's client requests (see api_relay.py)."""
+    ``calls`` answers the SDK's client requests (see api_relay.py), ``volume`` volume
+    operations (the container's own mounts' commit and reload included)."""
     try:
         if req.kind == "api":
             if calls is None:
                 raise InvalidError("calls are not available here")
             api = wire.api_request_decoder.decode(req.body)
             resp: msgspec.Struct = await calls(api)
+        elif req.kind == "volume":
+            if volume is None:
+                raise InvalidError("volumes are not available here")
+            resp = await volume(wire.volume_request_decoder.decode(req.body))
         elif req.kind == "dict":
             body = wire.dict_request_decoder.decode(req.body)
             resp = await objects.dict_op(workspace, body)

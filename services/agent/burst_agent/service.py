@@ -10,6 +10,7 @@ from burst_agent.settings import AgentSettings
 
 async def run(settings: AgentSettings, stop: asyncio.Event) -> None:
     agent = Agent(settings)
+    agent.leave = stop.set
     await agent.start()
     try:
         await stop.wait()

@@ -21,6 +21,13 @@ class AgentSettings(CommonSettings):
     spot: bool = False
     #: Container runtime: "process" (a subprocess per container).
     runtime: str = "process"
+    #: Create Burst's streams and buckets if missing (off for an agent that joined another
+    #: machine's cluster: the agent role may not; it waits for them instead).
+    ensure_topology: bool = True
+    #: Seconds an agent that does not create the topology waits for it.
+    topology_wait: float = 60.0
+    #: Leave the cluster (exit) once drained by `burst agent drain`.
+    leave_when_drained: bool = True
     #: Seconds between heartbeats (carry container states to the scheduler).
     heartbeat_interval: float = 1.0
     #: Seconds between metering records of each running container.
@@ -61,6 +68,9 @@ class AgentSettings(CommonSettings):
     unresponsive_kill_after: float = 60.0
     #: Seconds a gateway may take to answer for a starting container's secret values.
     secrets_fetch_timeout: float = 10.0
+    #: Bytes of volume file contents this agent keeps cached (by content hash; the least
+    #: recently used are evicted past it).
+    volume_cache_bytes: int = 20 << 30
     #: Calls from containers: the longest one request of the SDK waits for a result
     #: before answering "pending" (the SDK then asks again), and the interval of their
     #: ``input.accepted`` signals per function (as the gateway's settings).

@@ -33,7 +33,7 @@ log = logs.get("burst.billing")
 async def run(settings: BillingSettings, stop: asyncio.Event) -> None:
     """Run billing until ``stop`` is set; the ledger is saved before it returns."""
     rates = prices.load(settings.prices)  # a bad table stops billing before it connects
-    nc = await bus.connect(settings.nats_url, f"billing-{settings.instance}")
+    nc = await bus.connect(settings.nats_url, f"billing-{settings.instance}", ca=settings.nats_ca)
     js = nc.jetstream()
     await bus.ensure_topology(js, settings.topology())
     await budgets.ensure(js)

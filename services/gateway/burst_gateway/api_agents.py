@@ -77,6 +77,19 @@ async def preempt_agent(agent_id: str, gw: GatewayDep,
                         _: Principal = Depends(admin)) -> dict[str, Any]:
     """Stand-in for a cloud's spot reclaim notice (admin only): the agent drains, its
     containers stop (in-flight inputs handed back at once) and are replaced elsewhere."""
+    return await _drain(gw, agent_id, leave=False)
+
+
+@router.post("/v1/agents/{agent_id}/drain", tags=["agents"], status_code=202)
+async def drain_agent(agent_id: str, gw: GatewayDep,
+                      _: Principal = Depends(admin)) -> dict[str, Any]:
+    """Take a machine out of the cluster (operator only): nothing more is placed on the
+    agent, its containers stop (in-flight inputs are handed back at once and run
+    elsewhere), then it deletes its records and exits."""
+    return await _drain(gw, agent_id, leave=True)
+
+
+async def _drain(gw: Any, agent_id: str, leave: bool) -> dict[str, Any]:
     try:
         names.check_ident("agent", agent_id)
     except ValueError as e:
@@ -88,6 +101,9 @@ async def preempt_agent(agent_id: str, gw: GatewayDep,
         raise NotFoundError(f"agent {agent_id!r} is not registered")
     now = time.time()
     await bus.publish(js, names.agent_orders_subject(agent_id),
-                      encode(PreemptAgent(agent_id=agent_id, at=now)),
+                      encode(PreemptAgent(agent_id=agent_id, at=now, leave=leave,
+                                          reason="drained" if leave else "preempted")),
                       msg_id=f"preempt-{agent_id}-{now!r}")
+    if leave:
+        return {"agent_id": agent_id, "drained": True, "at": now}
     return {"agent_id": agent_id, "preempted": True, "at": now}

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from burst import _resources
 from burst.exception import ConflictError, InvalidError, NotFoundError, PayloadTooLargeError
 from burst.retries import Retries
+from burst.volume import check_mount_path
 from burst.wire import (
     MSGPACK,
     DeployRequest,
@@ -41,6 +42,7 @@ from burst_core.schemas import (
     encode,
 )
 from burst_gateway import versions, web
+from burst_gateway.api_volumes import volumes
 from burst_gateway.auth import Principal, principal
 from burst_gateway.state import Gateway, GatewayDep
 
@@ -53,6 +55,16 @@ def _check_hash(h: str) -> str:
     if len(h) != _HASH_LEN or any(c not in "0123456789abcdef" for c in h):
         raise InvalidError(f"invalid bundle hash {h!r}: expected 64 lowercase hex digits (sha256)")
     return h
+
+
+async def _check_volumes(gw: Gateway, workspace: str, req: DeployRequest) -> None:
+    """Every mounted volume exists (made now if it says ``create_if_missing``) and is
+    mounted where it may be; an unknown one fails the deploy, naming it."""
+    vols = volumes(gw)
+    for fn in req.functions:
+        for m in fn.volumes:
+            check_mount_path(m.path, f"function {fn.name!r}")
+            await vols.record(workspace, m.name, create=m.create_if_missing)
 
 
 async def _bundle_exists(gw: Gateway, workspace: str, h: str) -> bool:
@@ -165,6 +177,7 @@ async def deploy(request: Request, gw: GatewayDep, p: Principal = Depends(princi
     if any(fn.secrets for fn in req.functions):  # stored ones checked, code-made ones sealed
         assert gw.secrets is not None
         await gw.secrets.prepare(p.workspace, req.functions)
+    await _check_volumes(gw, p.workspace, req)
     # An ephemeral run gets an id of its own: several runs of an app (and its deployment)
     # live side by side, and Function.from_name(<name>) finds only the deployed one.
     # A `burst serve` run has the fixed id `{app}-dev`: each save redeploys it in place, so

@@ -161,13 +161,13 @@ def _answer(request: Request, resp: CallResponse, replayed: bool = False) -> Res
                     headers=headers)
 
 
-async def _call_payload(request: Request, gw: Gateway) -> tuple[bytes, str, str]:
-    """The call's arguments, their format and blob reference, from a msgpack (SDK) or
-    JSON body."""
+async def _call_payload(request: Request, gw: Gateway) -> tuple[bytes, str, str, str]:
+    """The call's arguments, their format, blob reference and submission id, from a
+    msgpack (SDK) or JSON body."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip()
     if ctype == MSGPACK:
         req = await _body(request, gw, _call_decoder, "call request")
-        return req.payload, "pickle", req.payload_ref
+        return req.payload, "pickle", req.payload_ref, req.submission_id
     if ctype != "application/json":
         raise InvalidError(f"unsupported content type {ctype or 'none'!r}: send "
                            f"application/json ({{\"args\": [...], \"kwargs\": {{...}}}}) "
@@ -200,7 +200,7 @@ async def _call_payload(request: Request, gw: Gateway) -> tuple[bytes, str, str]
                               "params": params}).encode()
     except RecursionError:  # read just within the limit, one level more to write
         raise InvalidError(TOO_DEEP) from None
-    return payload, "json", ""
+    return payload, "json", "", ""
 
 
 @router.post("/v1/apps/{app}/functions/{fn}/calls", tags=["calls"], openapi_extra=_JSON_OR_MSGPACK)
@@ -222,9 +222,10 @@ async def create_call(
     ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` (the SDK's msgpack answer keeps the value).
     """
     dep = await _function(gw, p, app, fn)
-    payload, fmt, ref = await _call_payload(request, gw)
+    payload, fmt, ref, sid = await _call_payload(request, gw)
     resp, replayed = await gw.caller.call_once(p.workspace, dep, fn, payload, fmt, ref, wait,
-                                               request.headers.get("idempotency-key"))
+                                               request.headers.get("idempotency-key"),
+                                               submission=sid)
     return _answer(request, resp, replayed)
 
 
@@ -237,7 +238,7 @@ async def create_calls(app: str, fn: str, request: Request, gw: GatewayDep,
     dep = await _function(gw, p, app, fn)
     req = await _body(request, gw, _batch_decoder, "batch request")
     made = await gw.caller.submit(p.workspace, dep, fn, req.payloads, register=False,
-                                  refs=req.payload_refs or None)
+                                  refs=req.payload_refs or None, submission=req.submission_id)
     return _response(CallBatchResponse(calls=[_ref(rec) for rec, _ in made]), 202)
 
 

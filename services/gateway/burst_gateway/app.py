@@ -24,7 +24,9 @@ from burst_gateway import (
     api_schedules,
     api_secrets,
     api_tokens,
+    api_volumes,
     api_webhooks,
+    dashboard,
     errors,
     metrics,
     scopes,
@@ -70,6 +72,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_billing.router)
     app.include_router(api_agents.router)
     app.include_router(api_objects.router)
+    app.include_router(api_volumes.router)
     app.include_router(api_blobs.router)
     app.include_router(api_maps.router)
     app.include_router(api_budgets.router)
@@ -79,6 +82,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_logs.router)
     app.include_router(api_containers.router)
     app.include_router(metrics.router)
+    # The dashboard (HTML; its session cookie, not a bearer token: public to scopes.py).
+    app.include_router(dashboard.router)
     return app
 
 

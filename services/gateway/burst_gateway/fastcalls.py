@@ -98,5 +98,6 @@ class FastCalls:
             more = message.get("more_body", False)
         req = decode_body(gw, b"".join(chunks), _call_decoder, "call request")
         resp, _ = await gw.caller.call_once(p.workspace, dep, fn, req.payload, "pickle",
-                                            req.payload_ref, wait)
+                                            req.payload_ref, wait,
+                                            submission=req.submission_id)
         return (200 if resp.status != "pending" else 202), msgspec.msgpack.encode(resp)

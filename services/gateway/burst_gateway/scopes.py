@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 
 from burst.exception import PermissionDeniedError
 from burst_core import logs
-from burst_gateway import auth
+from burst_gateway import auth, dashboard
 
 log = logs.get("burst.gateway.scopes")
 
@@ -25,6 +25,7 @@ ROUTES: dict[str, str] = {
     "GET /v1/status": "operator",
     "GET /v1/agents": "operator",
     "POST /v1/agents/{agent_id}/preempt": "operator",
+    "POST /v1/agents/{agent_id}/drain": "operator",
     "POST /v1/secrets/rotate-key": "operator",
     # tokens and workspaces (an admin: its own workspace's tokens; see api_tokens.py)
     "POST /v1/tokens": "admin",
@@ -59,6 +60,8 @@ ROUTES: dict[str, str] = {
     "HEAD /v1/blobs/{ref}": "read",
     "POST /v1/dicts": "invoke",
     "POST /v1/queues": "invoke",
+    # one operation on a volume, reads and writes alike (burst.wire.VolumeRequest)
+    "POST /v1/volumes": "invoke",
     # billing
     "GET /v1/billing/report": "read",
     "GET /v1/budgets": "read",
@@ -87,6 +90,9 @@ ROUTES: dict[str, str] = {
     "POST /v1/execs/{exec_id}/stdin": "deploy",
     "POST /v1/apps/{app}/functions/{fn}/shell": "deploy",
     "GET /metrics": "read",
+    # the dashboard: signed in by its session cookie (dashboard.py checks the token's
+    # scope behind it, page by page)
+    **{route: PUBLIC for route in dashboard.ROUTES},
 }
 
 

@@ -60,6 +60,13 @@ class GatewaySettings(CommonSettings):
     #: Seconds a request may run before its response starts; past it the client gets
     #: Modal's 303 to a location that waits for the result (see web_redirect.py).
     web_request_timeout: float = 150.0
+    #: Seconds a dashboard sign-in lasts (its session cookie's lifetime).
+    dashboard_session_ttl: float = 8 * 3600.0
+    #: Seconds of recent history the dashboard's call lists and figures cover.
+    dashboard_window: float = 3600.0
+    #: Most stream messages one dashboard page reads (per stream): bounded work however
+    #: busy the cluster is; older calls of the window then drop out of the figures.
+    dashboard_max_messages: int = 5000
     #: Seconds an agent's last figures stay in ``/metrics`` without a newer one (an agent
     #: that stopped publishing: gone, or its metrics turned off).
     metrics_stale: float = 60.0

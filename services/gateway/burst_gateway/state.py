@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import time
 from typing import Annotated
 
@@ -21,6 +23,7 @@ from burst_core.objects import Objects
 from burst_core.schemas import DeploymentRecord, DeploymentRecordDecoder
 from burst_core.secrets import KeyRing, webhook_keys_path, write_webhook_keys
 from burst_core.service import cancel_and_wait, heartbeat_loop
+from burst_core.volumes import Volumes
 from burst_gateway.agent_figures import AgentFigures
 from burst_gateway.auth import TokenStore, Workspaces
 from burst_gateway.secret_store import SecretStore
@@ -53,6 +56,10 @@ class Gateway:
         self.clients_kv: KeyValue | None = None
         self.objects: Objects | None = None
         self.secrets: SecretStore | None = None
+        #: Signs the dashboard's session cookies (derived from the master key in start(),
+        #: so that every gateway of the cluster accepts the same sessions).
+        self.dashboard_key = b""
+        self.volumes: Volumes | None = None
         #: Every agent's latest figures, for /metrics.
         self.agent_figures = AgentFigures(settings.metrics_stale)
         #: Interactive execs streaming through this gateway: exec id -> (agent id,
@@ -67,7 +74,9 @@ class Gateway:
         # Billing opens webhook signing secrets with these derived keys alone.
         keys_file = webhook_keys_path(s.home, s.webhook_keys_file)
         write_webhook_keys(ring, keys_file)
-        self.nc = await bus.connect(s.nats_url, f"gateway-{s.instance}")
+        self.dashboard_key = hmac.new(ring.newest.secrets_key, b"burst-dashboard-session",
+                                      hashlib.sha256).digest()
+        self.nc = await bus.connect(s.nats_url, f"gateway-{s.instance}", ca=s.nats_ca)
         self.js = self.nc.jetstream()
         await bus.ensure_topology(self.js, s.topology())
         await self.agent_figures.start(self.nc)

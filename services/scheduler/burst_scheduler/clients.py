@@ -27,6 +27,7 @@ from burst.wire import DictRequest, QueueRequest
 from burst_core import apps, bus, logs, names
 from burst_core.objects import Objects
 from burst_core.schemas import ClientObjectDecoder, ServiceHeartbeatDecoder
+from burst_core.volumes import Volumes
 from burst_scheduler.state import ClusterState
 
 log = logs.get("burst.scheduler.clients")
@@ -138,6 +139,8 @@ class ClientReaper:
                     if obj.kind == "dict":
                         await self._objects.dict_op(ws, DictRequest(
                             name=obj.name, op="delete", create_if_missing=False))
+                    elif obj.kind == "volume":
+                        await Volumes(self.js, 0).delete(ws, obj.name)
                     else:
                         await self._objects.queue_op(ws, QueueRequest(name=obj.name,
                                                                       op="delete"))

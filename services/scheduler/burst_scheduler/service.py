@@ -240,7 +240,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event) -> None:
                 s.lost_agents.reconnected()
 
     nc = await bus.connect(settings.nats_url, f"scheduler-{settings.instance}",
-                           reconnected=reconnected)
+                           reconnected=reconnected, ca=settings.nats_ca)
     js = nc.jetstream()
     await bus.ensure_topology(js, settings.topology())
     redis = aioredis.Redis.from_url(settings.redis_url)

@@ -34,6 +34,8 @@ class ContainerSpec:
     cpu_limit: float = 0.0
     #: No network at all (``block_network=True``); else the runtime's NAT with deny rules.
     block_network: bool = False
+    #: Volume mounts: (host directory, path in the container, read-only).
+    mounts: list[tuple[Path, str, bool]] = field(default_factory=list)
 
 
 class ContainerHandle(Protocol):

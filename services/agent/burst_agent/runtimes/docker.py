@@ -414,7 +414,10 @@ class DockerRuntime:
             security_opt=["no-new-privileges"],
             mounts=[Mount(images.BUNDLE_DIR, str(spec.bundle_dir), type="bind", read_only=True),
                     # The container's own socket only, not the agent's socket directory.
-                    Mount(images.SOCKET_PATH, str(spec.socket_path), type="bind")],
+                    Mount(images.SOCKET_PATH, str(spec.socket_path), type="bind"),
+                    # Volumes: directories the agent materialised (volumes.py).
+                    *(Mount(path, str(host), type="bind", read_only=ro)
+                      for host, path, ro in spec.mounts)],
             nano_cpus=max(int(cpus * 1e9), 10_000_000),
             cpu_shares=max(2, int(spec.cpu * 1024)),
             mem_limit=f"{memory}m",

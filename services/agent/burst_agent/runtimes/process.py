@@ -294,6 +294,10 @@ class ProcessRuntime:
         return self.sandbox is not None and self.sandbox.enabled
 
     async def start(self, spec: ContainerSpec) -> ProcessHandle:
+        if spec.mounts and not self.sandboxed:
+            raise RuntimeError("volumes need a sandboxed container (bubblewrap) or the "
+                               "Docker runtime; this agent runs plain processes "
+                               "(BURST_SANDBOX=off or bubblewrap missing)")
         if not self.sandboxed:
             env = self._env(spec, str(spec.bundle_dir), str(spec.bundle_dir), str(spec.socket_path))
             proc = await asyncio.create_subprocess_exec(
@@ -308,7 +312,9 @@ class ProcessRuntime:
         assert self.sandbox is not None
         box = self.sandbox
         box.socket_ready(spec.socket_path)
-        spare = self._take_spare(spec) if self.zygote is not None else None
+        # A spare sandbox was made before the mounts were known: only without volumes.
+        spare = (self._take_spare(spec) if self.zygote is not None and not spec.mounts
+                 else None)
         if spare is not None:
             cgroup = box.prepare(spec.container_id, None, spec.cpu,
                                  spec.memory_limit_mb or spec.memory_mb, spec.cpu_limit)
@@ -341,7 +347,8 @@ class ProcessRuntime:
                                             socket_path=spec.socket_path, private=private,
                                             gpu_indices=spec.gpu_indices,
                                             container_id=spec.container_id,
-                                            networked=box.networked(spec.block_network))
+                                            networked=box.networked(spec.block_network),
+                                            mounts=spec.mounts)
                 return await self._enter(holder, spec, box, cgroup, sb.SOCKET)
             except zyg.ZygoteError as e:  # a fresh interpreter still starts the container
                 log.warning("zygote_failed", container_id=spec.container_id, error=str(e))
@@ -359,7 +366,7 @@ class ProcessRuntime:
                 [*entrypoint, self.python, "-m", "burst._shim"], bundle_dir=spec.bundle_dir,
                 socket_path=spec.socket_path, private_dir=private,
                 gpu_indices=spec.gpu_indices, networked=networked, rootfs=self._rootfs(),
-                cwd=self._cwd()))
+                cwd=self._cwd(), mounts=spec.mounts))
             if networked:
                 # bwrap waits behind a gate (after ``unshare --net``) until the agent has
                 # set up the namespace.
@@ -402,7 +409,8 @@ class ProcessRuntime:
     async def _holder(self, box: sb.Sandbox, *, bundle_dir: Path, private: Path,
                       gpu_indices: list[int], container_id: str = "",
                       socket_path: Path | None = None, socket_dir: Path | None = None,
-                      networked: bool = False) -> _Holder:
+                      networked: bool = False,
+                      mounts: list[tuple[Path, str, bool]] | None = None) -> _Holder:
         """bwrap around a holder: the sandbox the zygote forks a container into. Returns
         once bwrap runs; its ``info`` (the sandbox's host pid) and ``up`` (the holder's
         line, once the mounts are in place) come later."""
@@ -420,7 +428,7 @@ class ProcessRuntime:
                 zyg.HOLDER, bundle_dir=bundle_dir, socket_path=socket_path,
                 socket_dir=socket_dir, private_dir=private, gpu_indices=gpu_indices,
                 networked=networked, extra=["--info-fd", str(info_w.fileno())],
-                rootfs=self._rootfs(), cwd=self._cwd()))
+                rootfs=self._rootfs(), cwd=self._cwd(), mounts=mounts))
             proc = await asyncio.create_subprocess_exec(
                 # The id marks the holder as the container's, on the host (ps e, /proc);
                 # a spare's holder is marked as one.

@@ -411,7 +411,8 @@ class Sandbox:
     def command(self, argv: list[str], *, bundle_dir: Path, socket_path: Path | None,
                 private_dir: Path, gpu_indices: list[int], extra: list[str] | None = None,
                 socket_dir: Path | None = None, networked: bool = False,
-                rootfs: tuple[Path, Path] | None = None, cwd: str = BUNDLE) -> list[str]:
+                rootfs: tuple[Path, Path] | None = None, cwd: str = BUNDLE,
+                mounts: list[tuple[Path, str, bool]] | None = None) -> list[str]:
         """The bwrap command line running ``argv`` in a fresh sandbox. With ``socket_dir``
         (a spare sandbox) that directory is bound read-only at ``SOCKET_DIR`` instead of
         ``socket_path`` at ``SOCKET``. ``networked``: in a network namespace of its own
@@ -463,6 +464,9 @@ class Sandbox:
             args += ["--ro-bind", str(socket_dir), SOCKET_DIR]
         else:
             args += ["--bind", str(socket_path), SOCKET]
+        for source, target, read_only in mounts or ():  # volumes, last: nothing hides them
+            args += [*self._dirs_to(target), "--ro-bind" if read_only else "--bind",
+                     str(source), target]
         args += ["--chdir", cwd, *(extra or []), "--", *self._drop(), *argv]
         return args
 
