@@ -61,6 +61,11 @@ FRESH_AGE = 10.0
 LOG_TAIL_LINES = 20
 #: Seconds one health probe waits for an answer.
 PROBE_TIMEOUT = 2.0
+#: NATS node counts ``--nats-cluster`` accepts: one server, or a cluster of three that
+#: keeps every stream and bucket on all three and goes on when any one of them is down.
+NATS_CLUSTER_SIZES = (1, 3)
+#: The replicated services of a three-node cluster run twice (``gateway-2``, ...).
+HA_SERVICES = ("gateway", "scheduler")
 
 
 
@@ -114,6 +119,29 @@ def bind_failed(log: str | Path) -> bool:
     except OSError:
         return False
     return "address already in use" in text.lower()
+
+
+def cluster_ports(defaults: dict[str, int], nats_nodes: int) -> dict[str, int]:
+    """The ports to try first for a cluster of ``nats_nodes`` NATS nodes: ``defaults``,
+    and with three nodes each node's client, monitor and route port and the second
+    gateway's ports (free ones are picked where these are taken)."""
+    if nats_nodes not in NATS_CLUSTER_SIZES:
+        raise InvalidError(f"invalid --nats-cluster {nats_nodes}: use "
+                           f"{' or '.join(map(str, NATS_CLUSTER_SIZES))} (a NATS cluster needs "
+                           "an odd number of nodes to keep a quorum)")
+    ports = dict(defaults)
+    if nats_nodes > 1:
+        # Next to the single node's defaults (8780-8782, 4780): 8783-8786, 4781-4782 and
+        # routes 4791-4793, clear of the compose cluster's published 8790-8793.
+        base = ports["nats"]
+        ports["gateway_2"] = ports["web"] + 1
+        ports["web_2"] = ports["web"] + 2
+        for i in range(1, nats_nodes + 1):
+            if i > 1:
+                ports[f"nats_{i}"] = base + i - 1
+                ports[f"nats_monitor_{i}"] = ports["web"] + 1 + i
+            ports[f"nats_route_{i}"] = base + 10 + i
+    return ports
 
 
 def pick_ports(defaults: dict[str, int]) -> dict[str, int]:
@@ -224,6 +252,43 @@ def check_gpus(gpus: str) -> str:
     return ",".join(item.strip() for item in gpus.split(",")) if gpus else ""
 
 
+def nats_nodes(ports: dict[str, int]) -> int:
+    """How many NATS nodes a cluster with these ports runs."""
+    return 1 + sum(1 for role in ports if role.startswith("nats_route_") and role != "nats_route_1")
+
+
+def nats_urls(ports: dict[str, int]) -> str:
+    """``BURST_NATS_URL`` of the services: every node's client URL, separated by commas."""
+    return ",".join(f"nats://{HOST}:{ports[_node_role('nats', i)]}"
+                    for i in range(1, nats_nodes(ports) + 1))
+
+
+def _node_role(role: str, i: int) -> str:
+    return role if i == 1 else f"{role}_{i}"
+
+
+def nats_cluster_conf(ports: dict[str, int], i: int) -> str:
+    """The part of node ``i``'s nats-server configuration that makes it one of a NATS
+    cluster: the cluster's name, its route port and the other nodes' routes (all on this
+    machine). Empty for a single node."""
+    n = nats_nodes(ports)
+    if n == 1:
+        return ""
+    routes = ", ".join(f'"nats://{HOST}:{ports[f"nats_route_{j}"]}"'
+                       for j in range(1, n + 1) if j != i)
+    return (f'cluster {{\n  name: "burst"\n  listen: "{HOST}:{ports[f"nats_route_{i}"]}"\n'
+            f"  routes: [{routes}]\n}}")
+
+
+def check_listen_nodes(listen: str, nats_nodes: int) -> None:
+    """Refuse ``--listen`` together with a NATS cluster: joined agents, their bundles and
+    the per-role NATS users know one NATS server (InvalidError saying so)."""
+    if listen and nats_nodes > 1:
+        raise InvalidError(f"--listen {listen} cannot be used with --nats-cluster {nats_nodes}: "
+                           "a cluster other machines join runs one NATS node; start it with "
+                           "--nats-cluster 1 (the default), or without --listen")
+
+
 def nats_host(listen: str) -> str:
     """The address local services reach NATS and the gateway at."""
     return listen if listen and listen != "0.0.0.0" else HOST
@@ -231,7 +296,7 @@ def nats_host(listen: str) -> str:
 
 def service_env(home: Path, ports: dict[str, int], listen: str = "") -> dict[str, str]:
     """The environment every service of the cluster shares (with ``listen``: NATS over
-    TLS as the ``services`` user)."""
+    TLS as the ``services`` user; with several NATS nodes, every node's URL)."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -247,12 +312,16 @@ def service_env(home: Path, ports: dict[str, int], listen: str = "") -> dict[str
             BURST_NATS_CA=str(_natsconf.tls_dir(home) / "ca.pem"),
         )
     else:
-        env["BURST_NATS_URL"] = f"nats://{HOST}:{ports['nats']}"
+        env["BURST_NATS_URL"] = nats_urls(ports)
     env.update(
         BURST_REDIS_URL=f"redis://{HOST}:{ports['redis']}/0",
         BURST_HOME=str(home),
         PYTHONUNBUFFERED="1",
     )
+    if nats_nodes(ports) > 1:
+        env.setdefault("BURST_REPLICAS", str(nats_nodes(ports)))
+        # Writes ride out a leader election (4-9 s, longer on a loaded machine).
+        env.setdefault("BURST_NATS_RETRY_FOR", "30")
     return env
 
 
@@ -383,18 +452,25 @@ def _probe_services(url: str, token: str) -> Callable[[], str | None]:
 
 def _start_servers(launcher: Launcher, ports: dict[str, int], listen: str = "") -> None:
     home = launcher.home
-    (home / "nats").mkdir(parents=True, exist_ok=True)
+    n = nats_nodes(ports)
+    for i in range(1, n + 1):
+        # A cluster's nodes keep their stores apart from a single node's (never mixed).
+        store = home / "nats" if n == 1 else home / "nats-cluster" / f"n{i}"
+        store.mkdir(parents=True, exist_ok=True)
+        client, monitor = ports[_node_role("nats", i)], ports[_node_role("nats_monitor", i)]
+        name = "nats" if i == 1 else f"nats-{i}"
+        conf = _natsconf.write_nats_config(
+            home, name, host=listen or HOST, port=client, monitor_port=monitor,
+            server_name="burst-local" if n == 1 else f"burst-n{i}", secure=bool(listen),
+            extra=nats_cluster_conf(ports, i), store_dir=str(store))
+        launcher.start(
+            name,
+            [nats_binary(), "-c", str(conf)],
+            dict(os.environ),
+            client=client,
+            monitor=monitor,
+        )
     (home / "redis").mkdir(parents=True, exist_ok=True)
-    conf = _natsconf.write_nats_config(
-        home, host=listen or HOST, port=ports["nats"], monitor_port=ports["nats_monitor"],
-        server_name="burst-local", secure=bool(listen))
-    launcher.start(
-        "nats",
-        [nats_binary(), "-c", str(conf)],
-        dict(os.environ),
-        client=ports["nats"],
-        monitor=ports["nats_monitor"],
-    )
     launcher.start(
         "redis",
         [
@@ -456,17 +532,32 @@ def _start_services(
             **agent_nats,
         },
     }
-    for name in SERVICES:
-        ports_of = {"http": ports["gateway"], "web": ports["web"]} if name == "gateway" else {}
+    if "gateway_2" in ports:
+        extra["gateway-2"] = {**extra["gateway"], "BURST_PORT": str(ports["gateway_2"]),
+                              "BURST_WEB_PORT": str(ports["web_2"])}
+    for name in service_parts(ports):
+        service = name.split("-")[0]
+        if service == "gateway":
+            suffix = "" if name == "gateway" else "_2"
+            ports_of = {"http": ports[f"gateway{suffix}"], "web": ports[f"web{suffix}"]}
+        else:
+            ports_of = {}
         part_env = {**env, **extra.get(name, {})}
-        if name not in KEY_HOLDERS:  # the master keys reach only who seals and opens
+        if service not in KEY_HOLDERS:  # the master keys reach only who seals and opens
             part_env.pop("BURST_MASTER_KEYS", None)
         launcher.start(
             name,
-            [sys.executable, "-m", f"burst_{name}"],
+            [sys.executable, "-m", f"burst_{service}"],
             part_env,
             **ports_of,
         )
+
+
+def service_parts(ports: dict[str, int]) -> list[str]:
+    """The service parts of a cluster: each service once; with a NATS cluster, two
+    gateways and two schedulers."""
+    twice = [f"{name}-2" for name in HA_SERVICES] if nats_nodes(ports) > 1 else []
+    return [*SERVICES, *twice]
 
 
 def ensure_docker(progress: Steps) -> None:
@@ -545,6 +636,7 @@ def _start_cluster_once(
     supervise = supervise or _supervisor.SupervisorSettings()
     if runtime == "docker":
         ensure_docker(progress)
+    check_listen_nodes(listen, nats_nodes(ports))
     token = _profile_token(home)
     if listen:
         _natsconf.check_listen(listen)
@@ -567,7 +659,9 @@ def _start_cluster_once(
         write_state(home, state)  # from here on, `burst down` can clean up after a killed `up`
         wait_healthy(
             launcher,
-            [("nats", _probe_nats(ports["nats_monitor"])), ("redis", _probe_redis(ports["redis"]))],
+            [*((f"nats node {i}", _probe_nats(ports[_node_role("nats_monitor", i)]))
+               for i in range(1, nats_nodes(ports) + 1)),
+             ("redis", _probe_redis(ports["redis"]))],
             deadline,
             progress,
             timeout,
@@ -579,6 +673,8 @@ def _start_cluster_once(
             launcher,
             [
                 ("gateway", _probe_gateway(url)),
+                *((("gateway-2", _probe_gateway(f"http://{HOST}:{ports['gateway_2']}")),)
+                  if "gateway_2" in ports else ()),
                 ("scheduler, billing and agent", _probe_services(url, token)),
             ],
             deadline,

@@ -44,6 +44,10 @@ def interval() -> float:
     return value
 
 
+#: After a failed beat the next one comes after this fraction of the interval.
+RETRY_FRACTION = 6
+
+
 class Heartbeat:
     def __init__(self, url: str, token: str) -> None:
         self.client_id = "cl-" + secrets.token_hex(8)
@@ -70,9 +74,13 @@ class Heartbeat:
 
     def _run(self, stop: threading.Event) -> None:
         client = self._client()
-        while not stop.wait(self.interval):
-            with contextlib.suppress(Exception):  # retried at the next beat
+        wait = self.interval
+        while not stop.wait(wait):
+            try:
                 self._beat(client)
+                wait = self.interval
+            except Exception:  # (a NATS leader election, a gateway restarting): soon again
+                wait = self.interval / RETRY_FRACTION
 
     def acquire(self) -> str:
         with self._lock:

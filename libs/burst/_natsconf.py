@@ -204,15 +204,16 @@ def advertised_host(listen: str) -> str:
 
 
 def nats_config(home: Path, *, host: str, port: int, monitor_port: int, server_name: str,
-                secure: bool, extra: str = "") -> str:
+                secure: bool, extra: str = "", store_dir: str = "") -> str:
     """nats-server's configuration for this cluster (``secure``: TLS and users, as
-    ``--listen`` wants). ``extra`` is appended (cluster routes of a multi-node setup)."""
+    ``--listen`` wants). ``extra`` is appended (cluster routes of a multi-node setup);
+    ``store_dir`` is JetStream's (default ``$BURST_HOME/nats``)."""
     lines = [
         f"server_name: {_q(server_name)}",
         f"host: {_q(host)}",
         f"port: {port}",
         f"http: {_q(f'127.0.0.1:{monitor_port}')}",
-        f"jetstream {{ store_dir: {_q(str(home / 'nats'))} }}",
+        f"jetstream {{ store_dir: {_q(store_dir or str(home / 'nats'))} }}",
     ]
     if secure:
         tls = ensure_tls(home, sorted({host, advertised_host(host)} - {"0.0.0.0", "::"}))
@@ -227,11 +228,12 @@ def nats_config(home: Path, *, host: str, port: int, monitor_port: int, server_n
     return "\n".join(lines) + "\n"
 
 
-def write_nats_config(home: Path, **kwargs: Any) -> Path:
-    """Write ``home``'s nats.conf from :func:`nats_config` with ``kwargs`` (kept, so that
-    :func:`rewrite_nats_config` can write it again with new users)."""
-    _write_private(home / "nats" / "nats.args.json", json.dumps(kwargs).encode())
-    path = home / "nats" / "nats.conf"
+def write_nats_config(home: Path, name: str = "nats", **kwargs: Any) -> Path:
+    """Write ``home``'s nats.conf (``name``.conf: another node's, as ``nats-2.conf``) from
+    :func:`nats_config` with ``kwargs`` (kept, so that :func:`rewrite_nats_config` can
+    write it again with new users)."""
+    _write_private(home / "nats" / f"{name}.args.json", json.dumps(kwargs).encode())
+    path = home / "nats" / f"{name}.conf"
     _write_private(path, nats_config(home, **kwargs).encode())
     return path
 

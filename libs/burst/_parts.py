@@ -27,12 +27,13 @@ LOCK_FILE = "cluster.lock"
 #: billing still listens), then the other services, then the servers they talk through.
 STOP_STAGES: tuple[tuple[str, ...], ...] = (
     ("agent",),
-    ("gateway", "scheduler", "billing"),
-    ("nats", "redis"),
+    ("gateway", "gateway-2", "scheduler", "scheduler-2", "billing"),
+    ("nats", "nats-2", "nats-3", "redis"),
 )
 #: Seconds each stage gets between SIGTERM and SIGKILL. The agent's own shutdown may take
 #: its containers' stop grace (5 s by default) plus a margin, so it gets more.
-STOP_GRACE = {"agent": 15.0, "gateway": 6.0, "scheduler": 6.0, "billing": 6.0}
+STOP_GRACE = {"agent": 15.0, "gateway": 6.0, "scheduler": 6.0, "billing": 6.0,
+              "gateway-2": 6.0, "scheduler-2": 6.0}
 DEFAULT_STOP_GRACE = 4.0
 #: Seconds ``burst down`` waits, after SIGKILL, for every process to be gone.
 STOP_VERIFY_TIMEOUT = 30.0

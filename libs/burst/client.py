@@ -115,7 +115,15 @@ class Client:
             headers["Content-Type"] = content_type
         if extra:
             headers.update(extra)
-        deadline = time.monotonic() + self.unavailable_retry
+        # The window counts from the first failure, not from the request's start: a
+        # long-polling wait (a call's result, up to a minute) answered 503 at its end, as
+        # when NATS elects a new leader meanwhile, is still sent again.
+        first_failure: list[float] = []
+
+        def within_window() -> bool:
+            if not first_failure:
+                first_failure.append(time.monotonic())
+            return time.monotonic() < first_failure[0] + self.unavailable_retry
         # Idempotent requests can be sent again whatever became of the first one, and so can
         # a call's submission (it carries a submission id: sent again, to this gateway or
         # another, it is the same call); other POSTs only when they never reached a gateway
@@ -141,8 +149,7 @@ class Client:
                 if (refused or resendable) and self._next_gateway(len(failed)):
                     fresh = False
                     continue
-                if (((refused and self.reached) or (resendable and closed))
-                        and time.monotonic() < deadline):
+                if ((refused and self.reached) or (resendable and closed)) and within_window():
                     time.sleep(RETRY_STEP)  # a gateway restarting: back within seconds
                     failed.clear()
                     fresh = False
@@ -156,7 +163,7 @@ class Client:
                 failed.append(f"{self.url} (503)")
                 if self._next_gateway(len(failed)):
                     continue
-                if time.monotonic() < deadline and _unavailable(data):
+                if _unavailable(data) and within_window():
                     time.sleep(RETRY_STEP)  # NATS restarting behind the gateway
                     failed.clear()
                     continue

@@ -104,10 +104,12 @@ def check_thresholds(alert_at: list[int]) -> list[int]:
     return sorted(set(alert_at))
 
 
-async def ensure(js: JetStreamContext, replicas: int = 1,
+async def ensure(js: JetStreamContext, replicas: int | None = None,
                  log_retention: float = 7 * bus.DAY) -> None:
-    """Create the budget, webhook and alert buckets and the pending-deliveries stream.
-    Idempotent."""
+    """Create the budget, webhook and alert buckets and the pending-deliveries stream
+    (``replicas`` default: ``BURST_REPLICAS``). Idempotent."""
+    if replicas is None:
+        replicas = bus.default_replicas()
     for bucket in (names.KV_BUDGETS, names.KV_BUDGET_STATE, names.KV_WEBHOOKS):
         await bus.ensure_kv(js, bucket, replicas=replicas)
     await bus.ensure_kv(js, names.KV_WEBHOOK_LOG, ttl=log_retention, replicas=replicas)

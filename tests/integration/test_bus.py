@@ -318,3 +318,41 @@ async def test_a_flush_after_subscribe_means_the_server_has_the_interest(
     finally:
         await pub.close()
         await sub_nc.close()
+
+
+async def test_a_new_stream_leader_renews_that_streams_ordered_consumers(
+        nats_url: str) -> None:
+    """In a NATS cluster an ordered consumer (a KV watch) lives on one node; when that
+    node dies and the client stays connected to another, the stream's new leader is
+    announced and the watch is renewed at once, not after nats-py's two missed idle
+    heartbeats (10 s). Stood in for here: the consumer deleted on the server, then the
+    advisory; a connection given several URLs (a cluster) follows the advisories."""
+    nc = await bus.connect(f"{nats_url},{nats_url}", "test-leader")
+    try:
+        js = nc.jetstream()
+        await bus.ensure_topology(js)
+        kv = await js.key_value(names.KV_HEARTBEATS)
+        await kv.put("l", b"1")
+        watched: list[tuple[str, bytes]] = []
+        watcher = await kv.watch("l")
+
+        async def follow() -> None:
+            async for e in watcher:
+                if e is not None:
+                    watched.append((e.key, e.value))
+
+        task = asyncio.create_task(follow())
+        await _until(lambda: ("l", b"1") in watched, 5, "the watch's initial value")
+        stream = f"KV_{names.KV_HEARTBEATS}"
+        for c in await js.consumers_info(stream):  # gone with its node
+            await js.delete_consumer(stream, c.name)
+        await nc.publish(f"$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{stream}", b"{}")
+        # Renewed from the sequence after the last delivered: a write racing the renewal
+        # is not missed.
+        await kv.put("l", b"2")
+        await _until(lambda: ("l", b"2") in watched, 4,
+                     "the watch renewed after the stream's new leader")
+        task.cancel()
+        await watcher.stop()
+    finally:
+        await nc.close()

@@ -19,7 +19,10 @@ from rich.table import Table
 from burst import _natsconf, _supervisor
 from burst._cluster import (
     DEFAULT_PORTS,
+    HOST,
     check_gpus,
+    check_listen_nodes,
+    cluster_ports,
     fetch_status,
     pick_ports,
     start_cluster,
@@ -127,6 +130,15 @@ def up(
             envvar="BURST_RUNTIME",
         ),
     ] = "process",
+    nats_cluster: Annotated[
+        int,
+        typer.Option(
+            "--nats-cluster",
+            help="NATS nodes: 1, or 3 for a cluster that survives losing any one node "
+            "(streams and buckets kept on all three, BURST_REPLICAS=3; two gateways and "
+            "two schedulers).",
+        ),
+    ] = 1,
     listen: Annotated[
         str,
         typer.Option(
@@ -141,6 +153,8 @@ def up(
     Writes the admin profile to $BURST_HOME/profile.json, so `burst run` works right after.
     """
     gpus = check_gpus(gpus)
+    cluster_ports(DEFAULT_PORTS, nats_cluster)  # a bad count is an error before anything else
+    check_listen_nodes(listen, nats_cluster)
     if listen:
         _natsconf.check_listen(listen)
     if runtime not in ("process", "docker"):
@@ -162,7 +176,7 @@ def up(
             state = _supervisor.stop(home, state)
             stop_parts(state.parts)  # leftovers of its parts' process groups, if any
             state_path(home).unlink(missing_ok=True)
-        preferred = {**DEFAULT_PORTS, "gateway": port}
+        preferred = cluster_ports({**DEFAULT_PORTS, "gateway": port}, nats_cluster)
         ports = pick_ports(preferred)
         for role, chosen in ports.items():
             if chosen != preferred[role]:
@@ -180,6 +194,14 @@ def up(
         host = profile.url.split("://", 1)[-1].rsplit(":", 1)[0]
         out.print(f"  web      http://{host}:{gateway.ports['web']}  (web endpoints)",
                   markup=False)
+    second = next((p for p in state.parts if p.name == "gateway-2"), None)
+    if second is not None and second.ports.get("http"):
+        out.print(f"  gateway  http://{HOST}:{second.ports['http']}  (the second one)",
+                  markup=False)
+    nodes = [p for p in state.parts if p.name.startswith("nats")]
+    if len(nodes) > 1:
+        out.print(f"  nats     {', '.join(str(p.ports.get('client')) for p in nodes)}  "
+                  f"({len(nodes)} nodes, streams and buckets on each)", markup=False)
     out.print(f"  profile  {profile_path(home)}", markup=False)
     for url in _natsconf.read_advertised(home):
         out.print(f"  nats     {url}  (agents join with `burst agent token`, then "

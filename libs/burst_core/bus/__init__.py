@@ -22,13 +22,22 @@ from burst_core.bus.kv import kv_cas, kv_deleted, kv_get, kv_items, kv_keys, kv_
 from burst_core.bus.mirror import KVChange, KVMirror
 from burst_core.bus.publish import publish, publish_many
 from burst_core.bus.pull import ConsumerMissing, pull
-from burst_core.bus.topology import DAY, Topology, ensure_consumer, ensure_kv, ensure_topology
+from burst_core.bus.retry import retrying
+from burst_core.bus.topology import (
+    DAY,
+    Topology,
+    default_replicas,
+    ensure_consumer,
+    ensure_kv,
+    ensure_topology,
+)
 
 __all__ = [
     "DAY", "JETSTREAM_READY_TIMEOUT", "Consumer", "ConsumerMissing", "Handler", "KVChange",
     "KVMirror", "Reject", "Retry", "Topology",
-    "client_of", "connect", "deliveries", "direct", "ensure_consumer", "ensure_kv",
+    "client_of", "connect", "default_replicas", "deliveries", "direct", "ensure_consumer",
+    "ensure_kv",
     "ensure_topology", "kv_cas", "kv_deleted", "kv_get", "kv_items", "kv_keys", "kv_subject",
     "kv_values",
-    "publish", "publish_many", "pull", "quiet", "send_now", "subscribe_direct",
+    "publish", "publish_many", "pull", "quiet", "retrying", "send_now", "subscribe_direct",
 ]

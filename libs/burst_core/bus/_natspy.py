@@ -78,15 +78,18 @@ def order_pings(nc: NATS) -> None:
     nc._send_ping = ordered  # type: ignore[method-assign]
 
 
-async def resume_ordered(nc: NATS) -> int:
-    """Renew every ordered consumer of ``nc`` from the stream sequence after the last
-    message it delivered (what nats-py does itself after missed heartbeats, without the
-    wait). One that delivered nothing yet keeps its start policy (a follow "from now"
-    must not replay the stream). Returns how many were renewed."""
+async def resume_ordered(nc: NATS, stream: str | None = None) -> int:
+    """Renew every ordered consumer of ``nc`` (of ``stream`` only, when given) from the
+    stream sequence after the last message it delivered (what nats-py does itself after
+    missed heartbeats, without the wait). One that delivered nothing yet keeps its start
+    policy (a follow "from now" must not replay the stream). Returns how many were
+    renewed."""
     n = 0
     for sub in list(nc._subs.values()):
         jsi = getattr(sub, "_jsi", None)
         if jsi is None or not getattr(jsi, "_ordered", False) or jsi._ccreq is None:
+            continue
+        if stream is not None and getattr(jsi, "_stream", None) != stream:
             continue
         cfg = jsi._ccreq
         policy, start_seq = cfg.deliver_policy, cfg.opt_start_seq

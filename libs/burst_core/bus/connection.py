@@ -26,6 +26,22 @@ JETSTREAM_READY_TIMEOUT = 30.0
 _resumes: set[asyncio.Task[None]] = set()
 
 
+def server_urls(url: str) -> list[str]:
+    """The NATS servers of ``BURST_NATS_URL``: one URL, or several separated by commas
+    (the nodes of a NATS cluster). Raises ValueError naming a bad one."""
+    urls = [u.strip() for u in url.split(",") if u.strip()]
+    if not urls:
+        raise ValueError(f"setting BURST_NATS_URL={url!r} names no NATS server: use "
+                         "nats://HOST:PORT, or several separated by commas")
+    for u in urls:
+        scheme, sep, rest = u.partition("://")
+        if not sep or scheme not in ("nats", "tls") or not rest:
+            raise ValueError(f"setting BURST_NATS_URL: {u!r} is not a NATS server URL: use "
+                             "nats://HOST:PORT (or tls://HOST:PORT), several separated by "
+                             "commas")
+    return urls
+
+
 def tls_context(ca: str) -> ssl.SSLContext | None:
     """A client TLS context trusting only the cluster's CA (a PEM file), or None."""
     if not ca:
@@ -38,9 +54,13 @@ async def connect(url: str, name: str,
                   reconnected: Callable[[], Awaitable[None]] | None = None,
                   ca: str = "") -> NATS:
     """A connection that reconnects for ever; ``reconnected`` runs after each reconnect
-    (subscriptions are already renewed then). ``url`` may name several servers,
-    separated by commas (``tls://user:password@host:port`` with credentials); ``ca`` is
-    the cluster CA's certificate file for TLS (``burst up --listen``).
+    (subscriptions are already renewed then). ``ca`` is the cluster CA's certificate
+    file for TLS (``burst up --listen``).
+
+    ``url`` may name several servers separated by commas (a NATS cluster, or the URLs of
+    a join bundle; ``tls://user:password@host:port`` with credentials): the client
+    connects to one of them and, when it goes away, to another at once (a server it
+    could not reach is tried again after ``reconnect_time_wait``).
 
     After a reconnect, every ordered consumer of the connection (KV watches, the
     gateway's outputs) is renewed at once (see :func:`_natspy.resume_ordered`): a restarted
@@ -60,7 +80,7 @@ async def connect(url: str, name: str,
             await reconnected()
 
     nc = await nats.connect(
-        servers=[u.strip() for u in url.split(",") if u.strip()],
+        servers=server_urls(url),
         name=name,
         tls=tls_context(ca),
         max_reconnect_attempts=-1,
@@ -71,7 +91,39 @@ async def connect(url: str, name: str,
     )
     conn.append(nc)
     _natspy.order_pings(nc)
+    if len(server_urls(url)) > 1:
+        await _follow_leader_changes(nc)
     return nc
+
+
+#: JetStream's advisory of a stream's new leader (the stream's name is the last token).
+LEADER_ELECTED = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*"
+
+
+async def _follow_leader_changes(nc: NATS) -> None:
+    """In a NATS cluster, renew a stream's ordered consumers (KV watches, the gateway's
+    outputs) as soon as the stream has a new leader: an ordered consumer lives on one node,
+    and when that node dies while this client stays connected to another one, nats-py
+    notices only after two missed idle heartbeats, seconds in which a watch sees nothing
+    and a waiting call gets no output."""
+
+    def elected(msg: Msg) -> None:
+        stream = msg.subject.rsplit(".", 1)[-1]
+        task = asyncio.ensure_future(_renew(nc, stream))
+        _resumes.add(task)
+        task.add_done_callback(_resumes.discard)
+
+    await subscribe_direct(nc, LEADER_ELECTED, elected)
+
+
+async def _renew(nc: NATS, stream: str) -> None:
+    try:
+        n = await _natspy.resume_ordered(nc, stream)
+    except Exception as e:  # nats-py's own idle-heartbeat check still renews them
+        log.warning("ordered_consumers_not_renewed", stream=stream, error=repr(e))
+        return
+    if n:
+        log.info("ordered_consumers_renewed", stream=stream, count=n, reason="new_leader")
 
 
 async def _resume_when_ready(nc: NATS) -> None:

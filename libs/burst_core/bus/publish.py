@@ -16,6 +16,8 @@ from nats.js.api import PubAck
 
 from burst_core.bus import _natspy
 from burst_core.bus.connection import send_now, subscribe_direct
+from burst_core.bus.retry import MAX_DELAY
+from burst_core.bus.retry import retry_for as nats_retry_for
 
 
 class _AckWire(msgspec.Struct):
@@ -119,29 +121,30 @@ async def publish(
     payload: bytes,
     msg_id: str | None = None,
     headers: dict[str, str] | None = None,
-    retry_for: float = 6.0,
+    retry_for: float | None = None,
 ) -> Any:
     """Publish to JetStream and wait for the stored ack.
 
     Acks come back on one shared subscription per connection (not a request with its own
-    reply inbox each). Retries for ``retry_for`` seconds while no stream answers (a leader
-    election takes about 4 s in an R3 cluster); the msg id makes the retries safe.
+    reply inbox each). Retries for ``retry_for`` seconds (default ``BURST_NATS_RETRY_FOR``)
+    while no stream answers (a leader election takes 4-9 s in an R3 cluster); the msg id
+    makes the retries safe.
     """
     hdrs = dict(headers or {})
     if msg_id:
         hdrs["Nats-Msg-Id"] = msg_id
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + retry_for
+    deadline = loop.time() + (nats_retry_for() if retry_for is None else retry_for)
     delay = 0.05
     while True:
         try:
             return await _publish_once(js, subject, payload, hdrs, 2.0)
         except (nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError,
-                nats.js.errors.ServiceUnavailableError):
+                nats.js.errors.ServiceUnavailableError, nats.errors.ConnectionReconnectingError):
             if loop.time() + delay > deadline:
                 raise
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 2, MAX_DELAY)
 
 
 async def publish_many(js: JetStreamContext, msgs: list[tuple[str, bytes, dict[str, str]]],

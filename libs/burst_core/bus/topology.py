@@ -4,6 +4,7 @@ idempotently."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from nats.js.kv import KeyValue
 
 from burst_core import names
 from burst_core.bus import _natspy
+from burst_core.bus.retry import retrying
 
 DAY = 24 * 3600.0
 #: Sampled calls' spans (burst_core.tracing): one subject per call.
@@ -42,12 +44,34 @@ def trace_retention(env: dict[str, str] | None = None) -> float:
                          "above 0 (default 86400, a day)")
     return value
 
+#: The replica counts JetStream allows for a stream or bucket.
+REPLICA_COUNTS = (1, 3, 5)
+
+
+def default_replicas(env: dict[str, str] | None = None) -> int:
+    """``BURST_REPLICAS``: how many NATS nodes keep a copy of each stream, KV bucket and
+    object store Burst creates (1 on a single node; 3 on a three-node cluster, which then
+    loses no acknowledged write when one node dies). Raises ValueError naming a bad value."""
+    raw = (os.environ if env is None else env).get("BURST_REPLICAS", "").strip()
+    if not raw:
+        return 1
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n not in REPLICA_COUNTS:
+        raise ValueError(f"setting BURST_REPLICAS={raw!r} is not a replica count JetStream "
+                         f"keeps: use one of {', '.join(map(str, REPLICA_COUNTS))} (at most "
+                         "the number of NATS nodes)")
+    return n
+
 
 @dataclass
 class Topology:
-    """Retention settings for the streams and buckets; defaults suit a single node."""
+    """Retention settings for the streams and buckets; defaults suit a single node
+    (replicas from ``BURST_REPLICAS``)."""
 
-    replicas: int = 1
+    replicas: int = field(default_factory=default_replicas)
     result_retention: float = 7 * DAY
     control_retention: float = 1 * DAY
     metering_retention: float = 400 * DAY
@@ -61,6 +85,10 @@ class Topology:
 
 
 async def _ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> None:
+    await retrying(lambda: _ensure_stream_once(js, cfg))
+
+
+async def _ensure_stream_once(js: JetStreamContext, cfg: StreamConfig) -> None:
     try:
         await js.add_stream(cfg)
     except nats.js.errors.BadRequestError as e:
@@ -161,17 +189,30 @@ async def ensure_topology(js: JetStreamContext, topo: Topology | None = None) ->
     for bucket, ttl in kvs.items():
         await ensure_kv(js, bucket, ttl=ttl, replicas=r)
     for store, ttl in ((names.OBJ_BUNDLES, 0.0), (names.OBJ_BLOBS, t.result_retention)):
-        try:
-            await js.object_store(store)
-        except nats.js.errors.BucketNotFoundError:
-            with contextlib.suppress(nats.js.errors.BadRequestError):
-                # (nats-py overwrites config.bucket with its bucket argument: pass both)
-                await js.create_object_store(
-                    store, config=ObjectStoreConfig(bucket=store, ttl=ttl or None, replicas=r))
+        await retrying(functools.partial(_ensure_object_store, js, store, ttl, r))
+
+
+async def _ensure_object_store(js: JetStreamContext, store: str, ttl: float,
+                               replicas: int) -> None:
+    try:
+        await js.object_store(store)
+    except nats.js.errors.BucketNotFoundError:
+        with contextlib.suppress(nats.js.errors.BadRequestError):
+            # (nats-py overwrites config.bucket with its bucket argument: pass both)
+            await js.create_object_store(
+                store, config=ObjectStoreConfig(bucket=store, ttl=ttl or None,
+                                                replicas=replicas))
 
 
 async def ensure_kv(js: JetStreamContext, bucket: str, ttl: float = 0,
-                    replicas: int = 1) -> KeyValue:
+                    replicas: int | None = None) -> KeyValue:
+    """The bucket, created when missing (``replicas`` default: ``BURST_REPLICAS``)."""
+    n = default_replicas() if replicas is None else replicas
+    return await retrying(lambda: _ensure_kv_once(js, bucket, ttl, n))
+
+
+async def _ensure_kv_once(js: JetStreamContext, bucket: str, ttl: float,
+                          replicas: int) -> KeyValue:
     try:
         return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
@@ -185,6 +226,10 @@ async def ensure_kv(js: JetStreamContext, bucket: str, ttl: float = 0,
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, cfg: ConsumerConfig) -> None:
+    await retrying(lambda: _ensure_consumer_once(js, stream, cfg))
+
+
+async def _ensure_consumer_once(js: JetStreamContext, stream: str, cfg: ConsumerConfig) -> None:
     try:
         await js.add_consumer(stream, cfg)
     except nats.js.errors.BadRequestError as e:

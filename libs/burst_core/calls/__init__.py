@@ -109,7 +109,12 @@ async def create_record(calls_kv: KeyValue, rec: CallRecord,
     """Create a call's first-attempt record unless it exists: a record of the same call
     (same input, same acceptance time) is this one, stored by a publish whose ack was lost
     or by an agent that needed it first; any other raises ``KeyWrongLastSequenceError``
-    (a racing resubmission under the same idempotency key made the call)."""
+    (a racing resubmission under the same idempotency key made the call). Tried again
+    through a NATS leader election (a create whose ack was lost finds itself stored)."""
+    await bus.retrying(lambda: _create_record_once(calls_kv, rec, resubmitted))
+
+
+async def _create_record_once(calls_kv: KeyValue, rec: CallRecord, resubmitted: bool) -> None:
     try:
         await calls_kv.create(rec.call_id, encode(rec))
     except nats.js.errors.KeyWrongLastSequenceError:

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends
 
 from burst.exception import InvalidError
 from burst.wire import check_client_id
-from burst_core import names
+from burst_core import bus, names
 from burst_core.schemas import ClientHeartbeat, encode
 from burst_gateway.auth import Principal, principal
 from burst_gateway.state import GatewayDep
@@ -35,11 +35,13 @@ async def heartbeat(client_id: str, gw: GatewayDep, seq: int = 0,
                     p: Principal = Depends(principal)) -> dict[str, Any]:
     """Record that the client is alive (``seq``: its beat count, for logs)."""
     _client_id(client_id)
-    kv = await gw.js.key_value(names.KV_CLIENTS)
+    if gw.clients_kv is None:
+        gw.clients_kv = await bus.retrying(lambda: gw.js.key_value(names.KV_CLIENTS))
+    kv = gw.clients_kv
     now = time.time()
-    await kv.put(names.client_key(p.workspace, client_id),
-                 encode(ClientHeartbeat(workspace=p.workspace, client_id=client_id, at=now,
-                                        seq=seq)))
+    beat = encode(ClientHeartbeat(workspace=p.workspace, client_id=client_id, at=now, seq=seq))
+    # Through a NATS leader election (the client's next beat may come first: no harm).
+    await bus.retrying(lambda: kv.put(names.client_key(p.workspace, client_id), beat))
     return {"client_id": client_id, "at": now}
 
 

@@ -55,6 +55,7 @@ class Gateway:
         # Opened on first use by the routes that need them.
         self.maps_kv: KeyValue | None = None
         self.schedules_kv: KeyValue | None = None
+        self.clients_kv: KeyValue | None = None
         self.objects: Objects | None = None
         self.secrets: SecretStore | None = None
         #: Signs the dashboard's session cookies (derived from the master key in start(),
