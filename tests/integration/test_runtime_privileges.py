@@ -6,7 +6,7 @@ process runtime as root, sandboxed, with the zygote), on the runtime alone: no c
   try to write a host path and say which uid they ran as: the backend runs in the build's
   sandbox as the sandbox uid; the ``.pth`` only in the container, in its sandbox.
 - An image's root filesystem whose ``run_commands`` drops a ``.pth`` into the image's
-  site-packages that tries to write the host through ``/proc/1/root``: it runs only in the
+  site-packages that tries to write the host through ``/proc/<pid>/root``: it runs only in the
   container (its own pid namespace, the sandbox uid), never in a root zygote."""
 
 from __future__ import annotations
@@ -224,14 +224,18 @@ async def test_image_code_never_runs_as_root_on_the_host(tree: Path) -> None:
     if not rootfs.Store(tree / "probe").available_versions():
         pytest.skip("no base for debian_slim here (Docker's burst-base:py311 or debootstrap)")
     host = tree / "host"
-    target = f"/proc/1/root{host.resolve()}/image-pth-ran"
+    # The host's root, seen through a process outside the sandbox: the agent's (this
+    # test's), the interpreter's parent, init.
+    where = f"{host.resolve()}/image-pth-ran"
     hook = textwrap.dedent(f"""
         import os
-        try:
-            with open({target!r}, "w") as f:
-                f.write(str(os.getuid()))
-        except OSError:
-            pass
+        for root in ("/proc/{os.getpid()}/root", f"/proc/{{os.getppid()}}/root",
+                     "/proc/1/root"):
+            try:
+                with open(root + {where!r}, "w") as f:
+                    f.write(str(os.getuid()))
+            except OSError:
+                pass
     """)
     mod = f"zz_sec_{os.getpid()}"
     image = Image.debian_slim().run_commands(
