@@ -16,6 +16,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import struct
 import tempfile
 import textwrap
@@ -257,3 +258,25 @@ async def test_image_code_never_runs_as_root_on_the_host(tree: Path) -> None:
     # The image's .pth was processed, in the container (as the image's python does).
     assert out["image_hooks"] == [mod], out
     assert forked, "the image's container should come from the zygote (a spare sandbox)"
+
+
+def test_image_build_steps_never_get_the_hosts_network(tree: Path) -> None:
+    """A build step on an agent whose containers get no network gets none either: not the
+    host's (its loopback, where the cluster's servers listen)."""
+    _require_root_sandbox()
+    store = rootfs.Store(images.cache_dir("rootfs"))
+    if not store.available_versions():
+        pytest.skip("no base for debian_slim here (Docker's burst-base:py311 or debootstrap)")
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    probe = (f"import socket; s = socket.socket(); s.settimeout(5); "
+             f"print(s.connect_ex(('127.0.0.1', {port})))")
+    image = Image.debian_slim().run_commands(
+        f"python3 -c {shlex.quote(probe)} > /opt/sec-reach-{os.getpid()}")._spec
+    try:
+        view = store.materialise(image, lambda line: None)
+        reach = (view.root / f"opt/sec-reach-{os.getpid()}").read_text().strip()
+    finally:
+        server.close()
+        store.unmount_mine()
+    assert reach != "0", "a build step connected to the host's loopback"

@@ -13,8 +13,9 @@ run inside it (``Sandbox.command(rootfs=...)``: the view bound read-only at ``/`
   Docker runtime's RUN lines) and every file or config step is one layer, keyed by the hash
   of its parent's key and the step, holding what the step changed (an overlayfs upper
   directory). A step runs as root in a chroot (bwrap) of the overlay of the layers below it,
-  with Docker's default capabilities less ``CAP_MKNOD`` and the containers' network (NAT
-  with deny rules: never the cluster or the host's loopback); a layer is built in a scratch
+  with Docker's default capabilities less ``CAP_MKNOD``, its own pid namespace and ``/proc``,
+  and the containers' network (NAT with deny rules: never the cluster or the host's
+  loopback; none where containers get none); a layer is built in a scratch
   directory and renamed into place when the step succeeded, under a file lock: a failed step
   leaves nothing, and two agents building the same image end with the same layers. A
   changed last step rebuilds only that step.
@@ -587,8 +588,10 @@ class Store:
                 "--clearenv"]
         if networked and self.network is not None:
             argv += ["--ro-bind", str(self.network.resolv_conf), "/etc/resolv.conf"]
-        elif os.path.exists("/etc/resolv.conf") and (root / "etc").is_dir():
-            argv += ["--ro-bind", os.path.realpath("/etc/resolv.conf"), "/etc/resolv.conf"]
+        else:
+            # The containers' network or none: never the host's (the cluster's servers,
+            # the host's loopback).
+            argv += ["--unshare-net"]
         for k, v in {**DEFAULT_ENV, **(env or {}), "HOME": "/root"}.items():
             argv += ["--setenv", k, v]
         argv += ["--chdir", cwd or "/", "--"]
@@ -679,18 +682,22 @@ class Store:
                         shutil.copytree(Path(str(mod.__file__)).parent, tmp / mod.__name__,
                                         ignore=shutil.ignore_patterns("__pycache__"))
                 else:
-                    argv = [bwrap_or_fail(), "--ro-bind", str(view), "/", "--dev", "/dev",
-                            "--proc", "/proc", "--tmpfs", "/tmp", "--bind", str(tmp), SHIM_DIR,
-                            "--die-with-parent", "--setenv", "PIP_BREAK_SYSTEM_PACKAGES",
-                            "1", "--setenv", "HOME", "/tmp"]
-                    if os.path.exists("/etc/resolv.conf"):
-                        argv += ["--ro-bind", os.path.realpath("/etc/resolv.conf"),
-                                 "/etc/resolv.conf"]
-                    _run(argv + ["--", python, "-m", "pip", "install", "-q", "--no-cache-dir",
+                    # The image's pip (its code): confined as a build step is (reduced
+                    # capabilities, its own pid namespace, the containers' network).
+                    net = self._attach if self._networked() else None
+                    argv = self._chroot(view, writable=False, networked=bool(net))
+                    cut = argv.index("--chdir")
+                    argv[cut:cut] = ["--bind", str(tmp), SHIM_DIR]
+                    if net is not None:
+                        assert self.network is not None
+                        argv = [*self.network.prefix(), *argv, "/bin/sh", "-c",
+                                'read -r _ || exit 111; exec "$@" </dev/null', "sh"]
+                    _run(argv + [python, "-m", "pip", "install", "-q", "--no-cache-dir",
                                  "--disable-pip-version-check", "--target", SHIM_DIR,
                                  f"msgspec=={msgspec.__version__}",
                                  f"cloudpickle=={cloudpickle.__version__}"],
-                         say, f"Burst's shim for Python {version}", timeout=self.step_timeout)
+                         say, f"Burst's shim for Python {version}", timeout=self.step_timeout,
+                         net=net)
                 for dirpath, _dirnames, filenames in os.walk(tmp):
                     os.chmod(dirpath, 0o755)
                     for f in filenames:
