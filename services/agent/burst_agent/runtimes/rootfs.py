@@ -681,6 +681,12 @@ class Store:
                     for mod in (msgspec, cloudpickle):
                         shutil.copytree(Path(str(mod.__file__)).parent, tmp / mod.__name__,
                                         ignore=shutil.ignore_patterns("__pycache__"))
+                    # Bytecode made ahead (by the agent's python: the same version), as the
+                    # view is read-only and a container's interpreter starts from the
+                    # image's python, not a fork: every start would compile Burst again.
+                    import compileall
+
+                    compileall.compile_dir(str(tmp), ddir=SHIM_DIR, quiet=1)
                 else:
                     # The image's pip (its code): confined as a build step is (reduced
                     # capabilities, its own pid namespace, the containers' network).
@@ -692,8 +698,9 @@ class Store:
                         assert self.network is not None
                         argv = [*self.network.prefix(), *argv, "/bin/sh", "-c",
                                 'read -r _ || exit 111; exec "$@" </dev/null', "sh"]
-                    _run(argv + [python, "-m", "pip", "install", "-q", "--no-cache-dir",
-                                 "--disable-pip-version-check", "--target", SHIM_DIR,
+                    _run(argv + ["/bin/sh", "-c", '"$0" -m pip install -q --no-cache-dir '
+                                 '--disable-pip-version-check --target "$1" "$2" "$3" && '
+                                 '"$0" -m compileall -q "$1"', python, SHIM_DIR,
                                  f"msgspec=={msgspec.__version__}",
                                  f"cloudpickle=={cloudpickle.__version__}"],
                          say, f"Burst's shim for Python {version}", timeout=self.step_timeout,
@@ -846,7 +853,9 @@ def _shim_hash() -> str:
         import burst
 
         root = Path(burst.__file__).parent
-        h = hashlib.sha256(f"{msgspec.__version__} {cloudpickle.__version__}".encode())
+        # ("compiled": shims are bytecode-compiled, see ``Store._shim``)
+        h = hashlib.sha256(f"{msgspec.__version__} {cloudpickle.__version__} compiled"
+                           .encode())
         for p in sorted(root.rglob("*.py")):
             h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
         _SHIM_HASH = h.hexdigest()[:16]
