@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import struct
+import sys
 import tempfile
 import textwrap
 from collections.abc import Iterator
@@ -89,7 +90,19 @@ def f():
     hook = sys.modules.get("evil_hook")
     return {"uid": os.getuid(), "me": os.getpid(), "prefix": sys.prefix,
             "hook_uid": getattr(hook, "UID", None), "hook_pid": getattr(hook, "PID", None),
-            "image_hooks": [m for m in sys.modules if m.startswith("zz_sec_")]}
+            "image_hooks": [m for m in sys.modules if m.startswith("zz_sec_")],
+            "six": _version("six"), "helper": getattr(_module("sec_helper"), "VALUE", None)}
+
+
+def _module(name):
+    try:
+        return __import__(name)
+    except ImportError:
+        return None
+
+
+def _version(name):
+    return getattr(_module(name), "__version__", None)
 """
 
 
@@ -196,7 +209,17 @@ async def test_venv_package_code_never_runs_as_root_on_the_host(tree: Path) -> N
     (src / "evil_backend.py").write_text(BACKEND.replace("@HOST@", repr(str(host.resolve()))))
     for p in (images.cache_dir("venvs"), src, *src.iterdir()):
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
-    image = Image.debian_slim().pip_install(str(src), extra_options="--no-index")._spec
+    # Beside it, what a build must still do confined: a package from the machine's index
+    # (its pip configuration), a local module.
+    (tree / "mods").mkdir()
+    (tree / "mods" / "sec_helper.py").write_text("VALUE = 42\n")
+    sys.path.insert(0, str(tree / "mods"))
+    try:
+        image = (Image.debian_slim().pip_install("six")
+                 .pip_install(str(src), extra_options="--no-index")
+                 .add_local_python_source("sec_helper"))._spec
+    finally:
+        sys.path.remove(str(tree / "mods"))
     rt = _runtime(tree, "venv")
     try:
         out, forked = await call_f(rt, tree, "venv1", image)
@@ -212,6 +235,7 @@ async def test_venv_package_code_never_runs_as_root_on_the_host(tree: Path) -> N
     assert out["uid"] == 65534, out
     assert out["hook_uid"] == 65534, out
     assert out["hook_pid"] == out["me"], out
+    assert out["six"] is not None and out["helper"] == 42, out
     assert str(out["prefix"]).startswith(str(images.cache_dir("venvs"))), out
     # The venv is root's again once built (the sandbox uid cannot change it afterwards).
     venv = Path(str(out["prefix"]))

@@ -319,8 +319,9 @@ class _Confined:
     def __init__(self, box: Sandbox, tmp: Path, scratch: Path,
                  loop: asyncio.AbstractEventLoop | None) -> None:
         self.box, self.tmp, self.scratch, self.loop = box, tmp, scratch, loop
-        #: More host dirs the steps read (uv's install).
-        self.readable: list[str] = []
+        #: The machine's pip settings (its config files are the agent's, e.g. in /root:
+        #: not in the sandbox) as ``PIP_*`` variables, and the local dirs they name.
+        self.pip_env, self.readable = pip_settings()
 
     def hand_over(self) -> None:
         """The scratch dirs (a private /tmp, an empty bundle) and the build dir, to the
@@ -359,8 +360,8 @@ class _Confined:
                       "PATH", "LANG", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
                       "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
                       "NO_PROXY")}
-        full = {**passed, **interpreter_env(), "HOME": PRIVATE, "TMPDIR": PRIVATE,
-                "PIP_NO_CACHE_DIR": "1", **(env or {})}
+        full = {**passed, **self.pip_env, **interpreter_env(), "HOME": PRIVATE,
+                "TMPDIR": PRIVATE, "PIP_NO_CACHE_DIR": "1", **(env or {})}
         try:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     stdin=gate_r if networked else subprocess.DEVNULL,
@@ -387,6 +388,35 @@ class _Confined:
             if gate_w >= 0:
                 os.close(gate_w)
         _report(out.splitlines(), proc.returncode, say, what)
+
+
+def pip_settings() -> tuple[dict[str, str], list[str]]:
+    """The machine's pip configuration (``pip config list``: its files and ``PIP_*``
+    variables) as ``PIP_*`` variables, and the local paths it names (a ``file://`` index's
+    directory, find-links dirs, the CA bundle) that exist, for a confined build to read."""
+    out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
+                         text=True, timeout=120).stdout
+    cfg: dict[str, str] = {}
+    from_env: dict[str, str] = {}
+    for line in out.splitlines():
+        name, _, value = line.partition("=")
+        scope, _, key = name.partition(".")
+        if not key:
+            continue
+        value = value.strip().strip("'\"").replace("\\n", " ")
+        (from_env if scope == ":env:" else cfg)[key] = value
+    cfg.update(from_env)  # PIP_* variables win over the files, as in pip
+    env = {"PIP_" + k.upper().replace("-", "_"): v for k, v in cfg.items()}
+    paths: list[str] = []
+    for key in ("index-url", "extra-index-url", "find-links", "cert", "client-cert",
+                "constraint"):
+        for loc in cfg.get(key, "").split():
+            path = loc[7:] if loc.startswith("file://") else loc
+            if os.path.isabs(path) and os.path.exists(path):
+                path = os.path.realpath(path)
+                # A local index's pages link to its files beside them (simple/ and files/).
+                paths.append(os.path.dirname(path) if key.endswith("index-url") else path)
+    return env, paths
 
 
 def _chown_tree(top: Path, uid: int, gid: int) -> None:
