@@ -239,6 +239,8 @@ def build_venv(image: wire.ImageSpec, root: Path, say: Callable[[str], None],
             what = describe(step)
             say(f"Step {i}/{len(steps)}: {what}")
             started = time.monotonic()
+            if confined is not None:
+                confined.allow_links(step, what)
             if step.kind in images.PIP_STEPS:
                 run([sys.executable, "-m", "pip", "--python", str(tmp / "bin" / "python"),
                      "install", "--no-input", "--disable-pip-version-check",
@@ -322,6 +324,22 @@ class _Confined:
         #: The machine's pip settings (its config files are the agent's, e.g. in /root:
         #: not in the sandbox) as ``PIP_*`` variables, and the local dirs they name.
         self.pip_env, self.readable = pip_settings()
+
+    def allow_links(self, step: wire.ImageStep, what: str) -> None:
+        """A step's ``find_links=`` dirs on the agent's machine, readable (as the sandbox
+        uid: only what any user may read) by its build; never Burst's state."""
+        home = os.path.realpath(self.box.home)
+        for loc in step.find_links.split():
+            path = loc[7:] if loc.startswith("file://") else loc
+            if not os.path.isabs(path):
+                continue
+            real = os.path.realpath(path)
+            if real == "/" or real == home or real.startswith(home + os.sep):
+                raise ImageError(f"image build failed at {what}: find_links={loc!r} is not "
+                                 "allowed (the machine's root or Burst's state); use a "
+                                 "directory of packages")
+            if os.path.exists(real):
+                self.readable.append(real)
 
     def hand_over(self) -> None:
         """The scratch dirs (a private /tmp, an empty bundle) and the build dir, to the
