@@ -21,6 +21,7 @@ import struct
 import sys
 import tempfile
 import textwrap
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,7 +92,8 @@ def f():
     return {"uid": os.getuid(), "me": os.getpid(), "prefix": sys.prefix,
             "hook_uid": getattr(hook, "UID", None), "hook_pid": getattr(hook, "PID", None),
             "image_hooks": [m for m in sys.modules if m.startswith("zz_sec_")],
-            "six": _version("six"), "helper": getattr(_module("sec_helper"), "VALUE", None)}
+            "secdep": getattr(_module("secdep"), "VALUE", None),
+            "helper": getattr(_module("sec_helper"), "VALUE", None)}
 
 
 def _module(name):
@@ -100,9 +102,6 @@ def _module(name):
     except ImportError:
         return None
 
-
-def _version(name):
-    return getattr(_module(name), "__version__", None)
 """
 
 
@@ -131,6 +130,21 @@ class Shim:
                 f = await self.frames.get()
                 if f is None or isinstance(f, kind):
                     return f
+
+
+def _wheel(where: Path, name: str, source: str) -> None:
+    """A tiny pure-Python wheel of the module ``name``."""
+    info = f"{name}-1.0.dist-info"
+    files = {f"{name}.py": source,
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\n"
+                              "Tag: py3-none-any\n"}
+    with zipfile.ZipFile(where / f"{name}-1.0-py3-none-any.whl", "w") as z:
+        for n, data in files.items():
+            z.writestr(n, data)
+        z.writestr(f"{info}/RECORD", "".join(f"{n},,\n" for n in [*files, f"{info}/RECORD"]))
+    for p in (where, *where.iterdir()):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
 
 
 def _require_root_sandbox() -> None:
@@ -191,7 +205,8 @@ async def call_f(rt: VenvRuntime, d: Path, name: str,
         shim.server.close()
 
 
-async def test_venv_package_code_never_runs_as_root_on_the_host(tree: Path) -> None:
+async def test_venv_package_code_never_runs_as_root_on_the_host(
+        tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _require_root_sandbox()
     host = tree / "host"
     # The package's source, where the build's sandbox can read it (the machine's venvs).
@@ -209,13 +224,16 @@ async def test_venv_package_code_never_runs_as_root_on_the_host(tree: Path) -> N
     (src / "evil_backend.py").write_text(BACKEND.replace("@HOST@", repr(str(host.resolve()))))
     for p in (images.cache_dir("venvs"), src, *src.iterdir()):
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
-    # Beside it, what a build must still do confined: a package from the machine's index
-    # (its pip configuration), a local module.
+    # Beside it, what a build must still do confined: a package found through the machine's
+    # pip configuration (here PIP_FIND_LINKS: a dir outside any sandbox), a local module.
+    links = Path(tempfile.mkdtemp(prefix="burst-sec-links-", dir="/var/tmp"))
+    _wheel(links, "secdep", "VALUE = 7\n")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
     (tree / "mods").mkdir()
     (tree / "mods" / "sec_helper.py").write_text("VALUE = 42\n")
     sys.path.insert(0, str(tree / "mods"))
     try:
-        image = (Image.debian_slim().pip_install("six")
+        image = (Image.debian_slim().pip_install("secdep", extra_options="--no-index")
                  .pip_install(str(src), extra_options="--no-index")
                  .add_local_python_source("sec_helper"))._spec
     finally:
@@ -224,6 +242,7 @@ async def test_venv_package_code_never_runs_as_root_on_the_host(tree: Path) -> N
     try:
         out, forked = await call_f(rt, tree, "venv1", image)
     finally:
+        shutil.rmtree(links, ignore_errors=True)
         await rt.base.aclose()
         for r in rt._runtimes.values():
             await r.aclose()
@@ -235,7 +254,7 @@ async def test_venv_package_code_never_runs_as_root_on_the_host(tree: Path) -> N
     assert out["uid"] == 65534, out
     assert out["hook_uid"] == 65534, out
     assert out["hook_pid"] == out["me"], out
-    assert out["six"] is not None and out["helper"] == 42, out
+    assert out["secdep"] == 7 and out["helper"] == 42, out
     assert str(out["prefix"]).startswith(str(images.cache_dir("venvs"))), out
     # The venv is root's again once built (the sandbox uid cannot change it afterwards).
     venv = Path(str(out["prefix"]))
