@@ -21,6 +21,14 @@ fork, in the container: a zygote in which an import initialised it (the driver a
 query that needs ``cuInit``, or ``torch.cuda.is_initialized()``) says so instead of
 ``ready`` and exits, and the agent starts its containers as fresh interpreters.
 
+Started by the agent as root in a sandboxed agent, the zygote is the agent's own trusted
+interpreter: nothing of a user's image runs or is read by it. For an image's virtual
+environment (``BURST_ZYGOTE_VENV``) it starts ``-I -S`` with Burst's paths given
+(``BURST_ZYGOTE_PATH``), and only the container, once it is in the sandbox as the sandbox
+uid, takes the environment's site-packages (and its ``.pth`` files); for an image's root
+filesystem the container execs the image's own interpreter (``exec`` in ``go``) once it is
+in the sandbox, as that uid.
+
 Invariants: the holder exits with the container's exit code (the keeper writes it), and
 with EOF if the keeper dies; a keeper whose reply socket closes before ``go`` kills what
 it forked.
@@ -123,7 +131,34 @@ def _container(target: int, out_fd: int, err_fd: int, go_fd: int) -> None:
     os.setresuid(uid, uid, uid)  # from root to a non-root uid: every capability goes
     _check(_prctl(PR_SET_NO_NEW_PRIVS, 1), "no_new_privs")
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a uid change cleared it
+    if req.get("exec"):  # an image's own interpreter, inside its root, as the sandbox uid
+        argv = [str(a) for a in req["exec"]]
+        os.execvpe(argv[0], argv, req["env"])
+    if _VENV:
+        _enter_venv(_VENV)
     _run_shim(req["env"])
+
+
+#: The image's virtual environment this zygote's containers run in (``BURST_ZYGOTE_VENV``):
+#: its site-packages are processed in the container only, never in the zygote.
+_VENV = ""
+
+
+def _enter_venv(root: str) -> None:
+    """In the container (in its sandbox, as its uid): the virtual environment at ``root``,
+    as ``site`` would have made it at startup: its prefix, and its site-packages (with their
+    ``.pth`` files) after the standard library and before Burst's own paths."""
+    import site
+
+    shim = [p for p in os.environ.get("BURST_ZYGOTE_PATH", "").split(os.pathsep) if p]
+    sys.prefix = sys.exec_prefix = root
+    sys.executable = os.path.join(root, "bin", "python")
+    before = list(sys.path)
+    site.addsitedir(os.path.join(root, "lib", f"python{sys.version_info[0]}."
+                                 f"{sys.version_info[1]}", "site-packages"))
+    added = [p for p in sys.path if p not in before]
+    sys.path[:] = ([p for p in before if p not in shim] + added
+                   + [p for p in before if p in shim])
 
 
 def _read_go(go_fd: int) -> dict[str, object]:
@@ -322,7 +357,9 @@ def serve(sock: socket.socket) -> None:
 
 
 def main() -> None:
+    global _VENV
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _VENV = os.environ.pop("BURST_ZYGOTE_VENV", "")
     sock = socket.socket(fileno=int(os.environ.pop("BURST_ZYGOTE_FD")))
     names = [n for n in os.environ.pop("BURST_ZYGOTE_IMPORTS", "").split(",") if n.strip()]
     for err in preimport([n.strip() for n in names]):

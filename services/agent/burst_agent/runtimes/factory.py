@@ -52,14 +52,17 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
 
     imports = parse_imports(s.zygote_imports)
 
-    def process(python: str) -> ProcessRuntime:
+    def process(python: str, venv: str = "") -> ProcessRuntime:
         # A sandboxed zygote is root outside the sandbox: it imports ahead only from the
         # agent's own python (the operator's packages), never an image's venv.
         return ProcessRuntime(python, box, state, zygote=s.zygote, spares=s.spare_sandbox,
                               spare_delay=s.spare_delay,
-                              zygote_imports=imports if python == s.python or not box.enabled
-                              else [],
-                              zygote_unsandboxed=s.zygote_unsandboxed)
+                              zygote_imports=imports if not venv or not box.enabled else [],
+                              zygote_unsandboxed=s.zygote_unsandboxed, venv=venv)
+
+    def in_venv(python: str) -> ProcessRuntime:
+        # (``venvs.py``'s interpreters: ``<venv>/bin/python``)
+        return process(python, venv=str(Path(python).parent.parent))
 
     def in_image(view: View) -> ProcessRuntime:
         return ProcessRuntime(view.python, box, state, zygote=s.zygote, spares=s.spare_sandbox,
@@ -69,7 +72,7 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
                   step_timeout=s.image_step_timeout, network=box.network)
     # Images with pip_install steps: a cached virtual environment each; images with steps
     # beyond those (apt_install, run_commands, another Python...): a root filesystem each.
-    return VenvRuntime(process(s.python), process, store=store, make_view=in_image,
+    return VenvRuntime(process(s.python), in_venv, store=store, make_view=in_image,
                        warm_images=s.image_warm_runtimes)
 
 

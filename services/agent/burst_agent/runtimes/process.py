@@ -213,25 +213,27 @@ class ProcessRuntime:
                  spares: bool = True, spare_delay: float = 0.0,
                  view: rootfs.View | None = None,
                  zygote_imports: list[str] | None = None,
-                 zygote_unsandboxed: bool = False) -> None:
+                 zygote_unsandboxed: bool = False, venv: str = "") -> None:
         #: An image's root filesystem (``rootfs.py``): containers run in it, with its
         #: python and environment, instead of the agent's.
         self.view = view
         self.python = view.python if view is not None else (python or sys.executable)
+        #: The image's virtual environment ``python`` belongs to (``venvs.py``), if any.
+        self.venv = venv
         self.sandbox = sandbox
         self.state_dir = state_dir
         #: Modules the zygote imports before forking (``BURST_ZYGOTE_IMPORTS``).
         self.zygote_imports = list(zygote_imports or [])
         # The zygote forks into a sandbox bwrap built (setns): that takes root. Without a
         # sandbox (``zygote_unsandboxed``) it forks plain processes of the agent's uid.
-        # (An image's entrypoint wraps a fresh interpreter: a fork cannot run under it.)
+        # (An image's container execs its interpreter, under its entrypoint, from the fork.)
         plain = zygote and zygote_unsandboxed and not self.sandboxed and view is None
         ld = os.environ.get("LD_LIBRARY_PATH")  # the host's (GPU driver) libraries
         self.zygote = (zyg.Zygote(self.python, imports=self.zygote_imports,
                                   extra_env={"LD_LIBRARY_PATH": ld} if ld else None)
                        if plain else
                        self._make_zygote() if zygote and self.sandboxed
-                       and os.geteuid() == 0 and not (view and view.entrypoint) else None)
+                       and os.geteuid() == 0 else None)
         self._warming: asyncio.Task[None] | None = None
         #: The sandbox made ahead for the next container (see the module docstring).
         self._spare: _Holder | None = None
@@ -303,21 +305,20 @@ class ProcessRuntime:
         await self._warm()
 
     def _make_zygote(self) -> zyg.Zygote:
-        if self.view is None:
+        """A sandboxed agent's zygote: root outside the sandbox, so always the agent's own
+        interpreter. For an image's virtual environment it starts isolated (``-I -S``: no
+        site processing of the environment's packages) and each container enters the
+        environment once it is in its sandbox, as the sandbox uid; for an image's root
+        filesystem each container execs the image's interpreter there (``_exec_argv``)."""
+        if self.view is None and not self.venv:
             return zyg.Zygote(self.python, imports=self.zygote_imports)
-        # An image's zygote: its own python, in a mount namespace whose root is the image
-        # (with the shim), the host's /proc, /sys and /dev (it enters the containers'
-        # namespaces and cgroups from there), as root with its capabilities.
-        from burst_agent.runtimes.rootfs import SHIM_DIR
+        return zyg.Zygote(sys.executable, isolated=True, venv=self.venv)
 
-        assert self.sandbox is not None and self.sandbox.bwrap is not None
-        prefix = [self.sandbox.bwrap, "--ro-bind", str(self.view.root), "/",
-                  "--ro-bind", str(self.view.shim), SHIM_DIR, "--bind", "/proc", "/proc",
-                  "--bind", "/sys", "/sys", "--dev-bind", "/dev", "/dev",
-                  "--cap-add", "ALL", "--die-with-parent", "--"]
-        env = dict(self.view.env)
-        env["PYTHONPATH"] = f"{sb.BUNDLE}:{env.get('PYTHONPATH', '')}"
-        return zyg.Zygote(self.python, prefix=prefix, env=env)
+    def _exec_argv(self) -> list[str] | None:
+        """What a zygote's container of an image's root filesystem execs in its sandbox."""
+        if self.view is None:
+            return None
+        return [*self.view.entrypoint, self.view.python, "-m", "burst._shim"]
 
     def _rootfs(self) -> tuple[Path, Path] | None:
         return (self.view.root, self.view.shim) if self.view is not None else None
@@ -380,8 +381,8 @@ class ProcessRuntime:
         private = state / spec.container_id
         cgroup = box.prepare(spec.container_id, private, spec.cpu,
                              spec.memory_limit_mb or spec.memory_mb, spec.cpu_limit)
-        # (An image's container with GPUs needs the driver's library path from its start,
-        # which a fork of the image's zygote did not have: a fresh interpreter.)
+        # (An image's container with GPUs: a fresh interpreter, its driver's paths set up
+        # by bwrap from its start.)
         if self.zygote is not None and not (self.view is not None and spec.gpu_indices):
             try:
                 self._refill(self.spare_delay)
@@ -583,7 +584,8 @@ class ProcessRuntime:
             t_up = time.perf_counter()
             await holder.keeper.go(
                 cwd=self._cwd(), env=self._env(spec, sb.PRIVATE, sb.BUNDLE, socket_inside),
-                uid=box.uid, gid=box.gid, cgroup_tasks=cgroup.tasks_files() if cgroup else [])
+                uid=box.uid, gid=box.gid, cgroup_tasks=cgroup.tasks_files() if cgroup else [],
+                exec_argv=self._exec_argv())
             t_go = time.perf_counter()
             handle = ProcessHandle(holder.proc, cgroup, holder.remove)
             handle.drop = box._drop()

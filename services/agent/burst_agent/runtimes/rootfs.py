@@ -14,8 +14,9 @@ run inside it (``Sandbox.command(rootfs=...)``: the view bound read-only at ``/`
   Docker runtime's RUN lines) and every file or config step is one layer, keyed by the hash
   of its parent's key and the step, holding what the step changed (an overlayfs upper
   directory). A step runs as root in a chroot (bwrap) of the overlay of the layers below it,
-  with Docker's default capabilities less ``CAP_MKNOD`` and the containers' network (NAT
-  with deny rules: never the cluster or the host's loopback); a layer is built in a scratch
+  with Docker's default capabilities less ``CAP_MKNOD``, its own pid namespace and ``/proc``,
+  and the containers' network (NAT with deny rules: never the cluster or the host's
+  loopback; none where containers get none); a layer is built in a scratch
   directory and renamed into place when the step succeeded, under a file lock: a failed step
   leaves nothing, and two agents building the same image end with the same layers. A
   changed last step rebuilds only that step.
@@ -590,8 +591,10 @@ class Store:
                 "--clearenv"]
         if networked and self.network is not None:
             argv += ["--ro-bind", str(self.network.resolv_conf), "/etc/resolv.conf"]
-        elif os.path.exists("/etc/resolv.conf") and (root / "etc").is_dir():
-            argv += ["--ro-bind", os.path.realpath("/etc/resolv.conf"), "/etc/resolv.conf"]
+        else:
+            # The containers' network or none: never the host's (the cluster's servers,
+            # the host's loopback).
+            argv += ["--unshare-net"]
         for k, v in {**DEFAULT_ENV, **(env or {}), "HOME": "/root"}.items():
             argv += ["--setenv", k, v]
         argv += ["--chdir", cwd or "/", "--"]
@@ -681,19 +684,30 @@ class Store:
                     for mod in (msgspec, cloudpickle):
                         shutil.copytree(Path(str(mod.__file__)).parent, tmp / mod.__name__,
                                         ignore=shutil.ignore_patterns("__pycache__"))
+                    # Bytecode made ahead (by the agent's python: the same version), as the
+                    # view is read-only and a container's interpreter starts from the
+                    # image's python, not a fork: every start would compile Burst again.
+                    import compileall
+
+                    compileall.compile_dir(str(tmp), ddir=SHIM_DIR, quiet=1)
                 else:
-                    argv = [bwrap_or_fail(), "--ro-bind", str(view), "/", "--dev", "/dev",
-                            "--proc", "/proc", "--tmpfs", "/tmp", "--bind", str(tmp), SHIM_DIR,
-                            "--die-with-parent", "--setenv", "PIP_BREAK_SYSTEM_PACKAGES",
-                            "1", "--setenv", "HOME", "/tmp"]
-                    if os.path.exists("/etc/resolv.conf"):
-                        argv += ["--ro-bind", os.path.realpath("/etc/resolv.conf"),
-                                 "/etc/resolv.conf"]
-                    _run(argv + ["--", python, "-m", "pip", "install", "-q", "--no-cache-dir",
-                                 "--disable-pip-version-check", "--target", SHIM_DIR,
+                    # The image's pip (its code): confined as a build step is (reduced
+                    # capabilities, its own pid namespace, the containers' network).
+                    net = self._attach if self._networked() else None
+                    argv = self._chroot(view, writable=False, networked=bool(net))
+                    cut = argv.index("--chdir")
+                    argv[cut:cut] = ["--bind", str(tmp), SHIM_DIR]
+                    if net is not None:
+                        assert self.network is not None
+                        argv = [*self.network.prefix(), *argv, "/bin/sh", "-c",
+                                'read -r _ || exit 111; exec "$@" </dev/null', "sh"]
+                    _run(argv + ["/bin/sh", "-c", '"$0" -m pip install -q --no-cache-dir '
+                                 '--disable-pip-version-check --target "$1" "$2" "$3" && '
+                                 '"$0" -m compileall -q "$1"', python, SHIM_DIR,
                                  f"msgspec=={msgspec.__version__}",
                                  f"cloudpickle=={cloudpickle.__version__}"],
-                         say, f"Burst's shim for Python {version}", timeout=self.step_timeout)
+                         say, f"Burst's shim for Python {version}", timeout=self.step_timeout,
+                         net=net)
                 for dirpath, _dirnames, filenames in os.walk(tmp):
                     os.chmod(dirpath, 0o755)
                     for f in filenames:
@@ -842,7 +856,9 @@ def _shim_hash() -> str:
         import burst
 
         root = Path(burst.__file__).parent
-        h = hashlib.sha256(f"{msgspec.__version__} {cloudpickle.__version__}".encode())
+        # ("compiled": shims are bytecode-compiled, see ``Store._shim``)
+        h = hashlib.sha256(f"{msgspec.__version__} {cloudpickle.__version__} compiled"
+                           .encode())
         for p in sorted(root.rglob("*.py")):
             h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
         _SHIM_HASH = h.hexdigest()[:16]

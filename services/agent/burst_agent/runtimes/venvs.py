@@ -20,13 +20,14 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from burst import wire
 from burst.image import PYTHON_SOURCE_DIR, describe
@@ -34,6 +35,7 @@ from burst_agent.runtimes import images, rootfs
 from burst_agent.runtimes.base import ContainerHandle, ContainerSpec
 from burst_agent.runtimes.images import ImageContainerSpec, ImageError
 from burst_agent.runtimes.process import ProcessRuntime
+from burst_agent.runtimes.sandbox import PRIVATE, Sandbox, hide_args, interpreter_env
 from burst_core import logs
 
 log = logs.get("burst.agent.venvs")
@@ -197,59 +199,250 @@ class VenvRuntime:
                     if emit is not None:
                         loop.call_soon_threadsafe(emit, line)
 
-                await asyncio.to_thread(build_venv, image, root, say)
+                # As root with a sandbox: the user's installs run confined.
+                box = (self.base.sandbox if self.base.sandboxed and os.geteuid() == 0
+                       else None)
+                await asyncio.to_thread(build_venv, image, root, say, box, loop)
         return python
 
 
-def build_venv(image: wire.ImageSpec, root: Path, say: Callable[[str], None]) -> None:
-    """Build the environment in a scratch dir beside ``root``, then move it into place."""
+def build_venv(image: wire.ImageSpec, root: Path, say: Callable[[str], None],
+               box: Sandbox | None = None,
+               loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """Build the environment in a scratch dir beside ``root``, then move it into place.
+
+    With ``box`` (a sandboxed agent, as root) every step that runs or writes what the user
+    named (pip's and uv's installs, an sdist's build backend, the image's files) runs in
+    the containers' sandbox as the sandbox uid: only the scratch dir writable, the network
+    the containers get (set up on ``loop``), the machine's pip configuration and CA
+    certificates readable. Only then does root take the finished tree back (never following
+    a link in it)."""
     root.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(root.parent, 0o755)
     tmp = root.with_name(root.name + f".building-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    scratch = root.with_name(root.name + f".scratch-{os.getpid()}")
+    for d in (tmp, scratch):
+        shutil.rmtree(d, ignore_errors=True)
+    confined = _Confined(box, tmp, scratch, loop) if box is not None else None
     try:
         _run([sys.executable, "-m", "venv", "--without-pip", str(tmp)], say,
              "creating the virtual environment")
         site = Path(subprocess.check_output(
             [str(tmp / "bin" / "python"), "-c", "import sysconfig;print(sysconfig.get_paths()"
              "['purelib'])"], text=True).strip())
+        if confined is not None:
+            confined.hand_over()
+        run = confined.run if confined is not None else _run
         steps = [s for s in image.steps if s.kind in VENV_STEPS]
         build_start = time.monotonic()
         for i, step in enumerate(steps, 1):
             what = describe(step)
             say(f"Step {i}/{len(steps)}: {what}")
             started = time.monotonic()
+            if confined is not None:
+                confined.allow_links(step, what)
             if step.kind in images.PIP_STEPS:
-                _run([sys.executable, "-m", "pip", "--python", str(tmp / "bin" / "python"),
-                      "install", "--no-input", "--disable-pip-version-check",
-                      *images.pip_options(step), *step.args], say, what, step.env)
+                run([sys.executable, "-m", "pip", "--python", str(tmp / "bin" / "python"),
+                     "install", "--no-input", "--disable-pip-version-check",
+                     *images.pip_options(step), *step.args], say, what, step.env)
             elif step.kind == "uv_pip_install":
                 uv, uv_env = uv_binary(say)
-                _run([uv, "pip", "install", "--python", str(tmp / "bin" / "python"),
-                      *images.pip_options(step, uv=True), *step.args], say, what,
-                     {**uv_env, **step.env})
+                if confined is not None:
+                    confined.readable.append(str(Path(uv).parent.parent))
+                run([uv, "pip", "install", "--python", str(tmp / "bin" / "python"),
+                     *images.pip_options(step, uv=True), *step.args], say, what,
+                    {**uv_env, **step.env})
             elif step.kind == "add_local_python_source":
                 # A package: its directory; a module: its file, into site-packages.
                 dest = site if step.path == PYTHON_SOURCE_DIR else site / Path(step.path).name
-                for rel, data in step.files.items():
-                    p = dest / rel
-                    p.parent.mkdir(parents=True, exist_ok=True)
-                    p.write_bytes(data)
+                _add_files(dest, step.files, what, confined, say)
                 say(f"{what}: {len(step.files)} files")
             say(f"Step {i}/{len(steps)} took {time.monotonic() - started:.1f} s")
         # The agent's packages (Burst's shim among them) after the environment's own.
         agent_site = sysconfig.get_paths()["purelib"]
-        (site / "zz-burst-agent.pth").write_text(
-            f"import site; site.addsitedir({agent_site!r})\n")
-        (tmp / ".burst-ready").write_text("ok\n")
+        _add_files(site, {"zz-burst-agent.pth":
+                          f"import site; site.addsitedir({agent_site!r})\n".encode()},
+                   "the agent's packages", confined, say)
+        if confined is not None:
+            confined.take_back()
+        ready = tmp / ".burst-ready"
+        if os.path.lexists(ready):
+            os.unlink(ready)
+        fd = os.open(ready, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write("ok\n")
         for dirpath, dirnames, _ in os.walk(tmp):
             for n in dirnames:
-                os.chmod(os.path.join(dirpath, n), 0o755)
+                path = os.path.join(dirpath, n)
+                if not os.path.islink(path):
+                    os.chmod(path, 0o755)
         shutil.rmtree(root, ignore_errors=True)
         os.rename(tmp, root)
         say(f"virtual environment ready in {time.monotonic() - build_start:.1f} s: {root}")
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for d in (tmp, scratch):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _add_files(dest: Path, files: dict[str, bytes], what: str, confined: _Confined | None,
+               say: Callable[[str], None]) -> None:
+    """Write ``files`` (relative paths) under ``dest``; confined, as the sandbox uid (the
+    tree was written by the user's installs: root never follows a link in it)."""
+    for rel in files:
+        parts = Path(rel).parts
+        if not parts or Path(rel).is_absolute() or ".." in parts:
+            raise ImageError(f"image build failed at {what}: {rel!r} is not a relative path "
+                             "inside the package (no '..', not absolute)")
+    if confined is None:
+        for rel, data in files.items():
+            p = dest / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+        return
+    staging = confined.scratch / "files"
+    shutil.rmtree(staging, ignore_errors=True)
+    for rel, data in files.items():
+        p = staging / rel
+        p.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        p.write_bytes(data)
+    for dirpath, _, names in os.walk(staging):
+        os.chmod(dirpath, 0o755)
+        for n in names:
+            os.chmod(os.path.join(dirpath, n), 0o644)
+    confined.run(["/bin/sh", "-c", 'mkdir -p "$2" && cp -R "$1/." "$2/"', "sh",
+                  str(staging), str(dest)], say, what)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+class _Confined:
+    """Build steps in the containers' sandbox (``Sandbox.command``) as the sandbox uid,
+    with only the build dir writable."""
+
+    def __init__(self, box: Sandbox, tmp: Path, scratch: Path,
+                 loop: asyncio.AbstractEventLoop | None) -> None:
+        self.box, self.tmp, self.scratch, self.loop = box, tmp, scratch, loop
+        #: The machine's pip settings (its config files are the agent's, e.g. in /root:
+        #: not in the sandbox) as ``PIP_*`` variables, and the local dirs they name.
+        self.pip_env, self.readable = pip_settings()
+
+    def allow_links(self, step: wire.ImageStep, what: str) -> None:
+        """A step's ``find_links=`` dirs on the agent's machine, readable (as the sandbox
+        uid: only what any user may read) by its build; never Burst's state."""
+        home = os.path.realpath(self.box.home)
+        for loc in step.find_links.split():
+            path = loc[7:] if loc.startswith("file://") else loc
+            if not os.path.isabs(path):
+                continue
+            real = os.path.realpath(path)
+            if real == "/" or real == home or real.startswith(home + os.sep):
+                raise ImageError(f"image build failed at {what}: find_links={loc!r} is not "
+                                 "allowed (the machine's root or Burst's state); use a "
+                                 "directory of packages")
+            if os.path.exists(real):
+                self.readable.append(real)
+
+    def hand_over(self) -> None:
+        """The scratch dirs (a private /tmp, an empty bundle) and the build dir, to the
+        sandbox uid (the build dir holds only what the agent's ``venv`` made so far)."""
+        self.scratch.mkdir(mode=0o755)
+        os.chmod(self.scratch, 0o755)
+        for d in ("bundle", "sock"):
+            (self.scratch / d).mkdir(mode=0o755)
+        self.box.private_dir(self.scratch / "private")
+        _chown_tree(self.tmp, self.box.uid, self.box.gid)
+
+    def take_back(self) -> None:
+        _chown_tree(self.tmp, 0, 0)
+
+    def run(self, argv: list[str], say: Callable[[str], None], what: str,
+            env: dict[str, str] | None = None) -> None:
+        box = self.box
+        networked = box.networked(False) and self.loop is not None
+        mounts = [(Path(p), p, True) for p in dict.fromkeys(self.readable)]
+        mounts.append((self.tmp, str(self.tmp), False))
+        if (self.scratch / "files").is_dir():
+            mounts.append((self.scratch / "files", str(self.scratch / "files"), True))
+        cmd, args_fd = hide_args(box.command(
+            argv, bundle_dir=self.scratch / "bundle", socket_path=None,
+            socket_dir=self.scratch / "sock", private_dir=self.scratch / "private",
+            gpu_indices=[], networked=networked, cwd=PRIVATE, mounts=mounts))
+        gate_r = gate_w = -1
+        if networked:  # held behind a gate until its network is set up (as a container)
+            gate_r, gate_w = os.pipe()
+            cut = cmd.index("--") + 1
+            cmd[cut:cut] = ["/bin/sh", "-c", 'read -r _ || exit 111; exec "$@" </dev/null',
+                            "sh"]
+        # The machine's pip settings (and the agent's), Burst's path; then the step's own.
+        passed = {k: v for k, v in os.environ.items()
+                  if k.startswith(("PIP_", "UV_")) or k in (
+                      "PATH", "LANG", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+                      "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+                      "NO_PROXY")}
+        full = {**passed, **self.pip_env, **interpreter_env(), "HOME": PRIVATE,
+                "TMPDIR": PRIVATE, "PIP_NO_CACHE_DIR": "1", **(env or {})}
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=gate_r if networked else subprocess.DEVNULL,
+                                    env=full, text=True, errors="replace",
+                                    start_new_session=True, pass_fds=[args_fd])
+        finally:
+            os.close(args_fd)
+            if gate_r >= 0:
+                os.close(gate_r)
+        try:
+            if networked:
+                assert box.network is not None and self.loop is not None
+                future = asyncio.run_coroutine_threadsafe(
+                    box.network.attach(proc.pid, cast(Any, rootfs._Waiter(proc))), self.loop)
+                future.result(timeout=box.network.setup_timeout + 5)
+                os.write(gate_w, b"go\n")
+            out, _ = proc.communicate(timeout=900)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        finally:
+            if gate_w >= 0:
+                os.close(gate_w)
+        _report(out.splitlines(), proc.returncode, say, what)
+
+
+def pip_settings() -> tuple[dict[str, str], list[str]]:
+    """The machine's pip configuration (``pip config list``: its files and ``PIP_*``
+    variables) as ``PIP_*`` variables, and the local paths it names (a ``file://`` index's
+    directory, find-links dirs, the CA bundle) that exist, for a confined build to read."""
+    out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
+                         text=True, timeout=120).stdout
+    cfg: dict[str, str] = {}
+    from_env: dict[str, str] = {}
+    for line in out.splitlines():
+        name, _, value = line.partition("=")
+        scope, _, key = name.partition(".")
+        if not key:
+            continue
+        value = value.strip().strip("'\"").replace("\\n", " ")
+        (from_env if scope == ":env:" else cfg)[key] = value
+    cfg.update(from_env)  # PIP_* variables win over the files, as in pip
+    env = {"PIP_" + k.upper().replace("-", "_"): v for k, v in cfg.items()}
+    paths: list[str] = []
+    for key in ("index-url", "extra-index-url", "find-links", "cert", "client-cert",
+                "constraint"):
+        for loc in cfg.get(key, "").split():
+            path = loc[7:] if loc.startswith("file://") else loc
+            if os.path.isabs(path) and os.path.exists(path):
+                path = os.path.realpath(path)
+                # A local index's pages link to its files beside them (simple/ and files/).
+                paths.append(os.path.dirname(path) if key.endswith("index-url") else path)
+    return env, paths
+
+
+def _chown_tree(top: Path, uid: int, gid: int) -> None:
+    """``chown -R`` that never follows a link (the tree may hold the user's links)."""
+    os.chown(top, uid, gid, follow_symlinks=False)
+    for dirpath, dirnames, filenames in os.walk(top):
+        for n in dirnames + filenames:
+            os.chown(os.path.join(dirpath, n), uid, gid, follow_symlinks=False)
 
 
 def uv_binary(say: Callable[[str], None]) -> tuple[str, dict[str, str]]:
@@ -277,12 +470,15 @@ def _run(argv: list[str], say: Callable[[str], None], what: str,
          env: dict[str, str] | None = None) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=900,
                           env={**os.environ, **env} if env else None)
-    out = (proc.stdout + proc.stderr).splitlines()
+    _report((proc.stdout + proc.stderr).splitlines(), proc.returncode, say, what)
+
+
+def _report(out: list[str], code: int, say: Callable[[str], None], what: str) -> None:
     for line in out:
         if line.strip():
             say(line)
-    if proc.returncode != 0:
-        last = next((ln for ln in reversed(out) if ln.strip()), f"exit code {proc.returncode}")
+    if code != 0:
+        last = next((ln for ln in reversed(out) if ln.strip()), f"exit code {code}")
         raise ImageError(f"image build failed at {what}: {last}\n" + "\n".join(out[-30:]))
 
 

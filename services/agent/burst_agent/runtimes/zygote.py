@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import socket
+import sys
 from collections.abc import Callable
 
 from burst_agent.runtimes import sandbox as sb
@@ -37,6 +38,28 @@ from burst_core import logs
 log = logs.get("burst.agent.zygote")
 
 HOLDER = ["/bin/sh", "-c", 'echo; read code || exit 111; exit "$code"']
+
+
+#: An isolated zygote's start: Burst's paths (the agent's own), then the zygote.
+BOOT = ("import os, sys\n"
+        "sys.path += [p for p in os.environ['BURST_ZYGOTE_PATH'].split(os.pathsep)\n"
+        "             if p and p not in sys.path]\n"
+        "from burst._shim.zygote import main\n"
+        "main()\n")
+
+
+def trusted_paths() -> list[str]:
+    """Where the agent's own interpreter finds Burst and its packages (the operator's
+    install: the agent's ``sys.path``, its site-packages processed by the agent itself)."""
+    import cloudpickle
+    import msgspec
+
+    import burst
+
+    # The packages' own dirs first (an editable install finds them by an import hook).
+    found = [os.path.dirname(os.path.dirname(os.path.abspath(str(m.__file__))))
+             for m in (burst, msgspec, cloudpickle)]
+    return list(dict.fromkeys([*found, *(p for p in sys.path if p and os.path.isabs(p))]))
 
 
 class ZygoteError(RuntimeError):
@@ -49,7 +72,8 @@ class Zygote:
     def __init__(self, python: str, ready_timeout: float = 60.0,
                  prefix: list[str] | None = None, env: dict[str, str] | None = None,
                  imports: list[str] | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None,
+                 isolated: bool = False, venv: str = "") -> None:
         #: Seconds the zygote may take to import and say ready (a fresh interpreter's job).
         self.python = python
         #: A command the interpreter runs under (an image's: bwrap with the image's root),
@@ -61,6 +85,11 @@ class Zygote:
         self.imports = list(imports or [])
         #: More of its environment (an unsandboxed agent's ``LD_LIBRARY_PATH``).
         self.extra_env = dict(extra_env or {})
+        #: ``-I -S``: no site processing, no environment, Burst's paths given explicitly
+        #: (``trusted_paths``): a root zygote reads nothing a user's image controls.
+        self.isolated = isolated
+        #: The image's virtual environment, entered by each container in its sandbox only.
+        self.venv = venv
         self.proc: asyncio.subprocess.Process | None = None
         self.sock: socket.socket | None = None
         self._lock = asyncio.Lock()
@@ -83,9 +112,15 @@ class Zygote:
                "BURST_ZYGOTE_FD": str(theirs.fileno()), **self.extra_env}
         if self.imports:
             env["BURST_ZYGOTE_IMPORTS"] = ",".join(self.imports)
+        argv = [self.python, "-m", "burst._shim.zygote"]
+        if self.isolated:
+            env["BURST_ZYGOTE_PATH"] = os.pathsep.join(trusted_paths())
+            argv = [self.python, "-I", "-S", "-c", BOOT]
+        if self.venv:
+            env["BURST_ZYGOTE_VENV"] = self.venv
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.prefix, self.python, "-m", "burst._shim.zygote", env=env, cwd="/",
+                *self.prefix, *argv, env=env, cwd="/",
                 stdin=asyncio.subprocess.DEVNULL, pass_fds=[theirs.fileno()],
                 preexec_fn=sb.die_with_parent,
                 start_new_session=True)
@@ -157,11 +192,15 @@ class Keeper:
         return int(reply["pid"])
 
     async def go(self, *, cwd: str, env: dict[str, str], uid: int, gid: int,
-                 cgroup_tasks: list[str]) -> None:
+                 cgroup_tasks: list[str], exec_argv: list[str] | None = None) -> None:
         """The sandbox is up: the container joins ``cgroup_tasks``, enters the sandbox and
-        runs the shim with ``env`` in ``cwd`` as ``uid``."""
-        body = json.dumps({"go": {"cwd": cwd, "env": env, "uid": uid, "gid": gid,
-                                  "cgroup_tasks": cgroup_tasks}}).encode()
+        runs the shim with ``env`` in ``cwd`` as ``uid`` (with ``exec_argv``: execs that
+        instead, an image's interpreter, once it is in the sandbox as ``uid``)."""
+        go: dict[str, object] = {"cwd": cwd, "env": env, "uid": uid, "gid": gid,
+                                 "cgroup_tasks": cgroup_tasks}
+        if exec_argv:
+            go["exec"] = exec_argv
+        body = json.dumps({"go": go}).encode()
         try:
             await asyncio.get_running_loop().sock_sendall(self.sock, body)
         except OSError as e:
