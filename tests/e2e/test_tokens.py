@@ -217,6 +217,11 @@ def body_probes(a: TenantA) -> dict[str, tuple[bytes, str, set[int]]]:
         "POST /v1/webhooks": (json.dumps({"url": "http://127.0.0.1:9/b-hook",
                                           "events": ["budget.exceeded"]}).encode(), js, {200}),
         "POST /v1/secrets/rotate-key": (b"", js, {403}),
+        # Spans B sends for A's call id are kept in B's workspace (checked below).
+        "POST /v1/traces": (json.dumps([{
+            "trace_id": "b" * 32, "span_id": "b" * 16, "parent_id": "", "name": "b-probe",
+            "service": "sdk", "start": 1.0, "end": 2.0, "call_id": ids["call_id"]}]).encode(),
+            js, {200}),
     }
 
 
@@ -305,6 +310,9 @@ def test_every_route_answers_another_workspace_404(cluster: Cluster, tokens: dic
     status, body = http(cluster, "POST", "/v1/dicts", ta, get, wire.MSGPACK)
     assert deserialize(wire.dict_response_decoder.decode(body).value) == "alpha value"
     assert c.has_bundle(tenant_a.ids["bundle_hash"])
+    # B's span named A's call: A's call has no trace of B's.
+    status, body = http(cluster, "GET", f"/v1/calls/{tenant_a.ids['call_id']}/trace", ta)
+    assert status in (200, 404) and b"b-probe" not in body, (status, body[:300])
     # A's volume: its file, its bytes, alone in A's listing.
     for req, check in (
             (wire.VolumeRequest(op="list"),
