@@ -9,7 +9,8 @@ loaded machine.
 
 Left out: adding a webhook endpoint and sending it a test event, so that no generated
 request can make anything send traffic off the machine (no billing runs here to deliver
-either; listing and removing endpoints stay in).
+either; listing and removing endpoints stay in); and opening a `burst shell`, which waits for
+a container of the function to start.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ TOKEN = "bst_fuzz-test-token"
 #: Requests generated per operation and mode at most (about 40 operations, 2 to 4 modes
 #: each: about 1,100 requests, 10 s on an idle machine).
 EXAMPLES = 25
-LEFT_OUT = {("POST", "/v1/webhooks"), ("POST", "/v1/webhooks/{endpoint_id}/test")}
+LEFT_OUT = {("POST", "/v1/webhooks"), ("POST", "/v1/webhooks/{endpoint_id}/test"),
+            # `burst shell`: starts a container of the function and holds the request until
+            # it runs (no agent here: until the start timeout), which is not a 5xx.
+            ("POST", "/v1/apps/{app}/functions/{fn}/shell")}
 DEPLOYED = {"app": "fuzz", "fn": "f"}
 
 
