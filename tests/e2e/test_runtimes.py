@@ -447,7 +447,7 @@ def test_shell_and_exec_run_inside_the_functions_container(
     # The contract app also has functions whose images are built to fail: `burst deploy`
     # deploys the app and then exits 1 naming those builds.
     deployed = c.burst("deploy", str(write(c, tmp_path)), timeout=240)
-    assert "Deployed" in deployed.stdout, (deployed.stdout, deployed.stderr)
+    assert "Deployed app contract" in deployed.stderr, (deployed.stdout, deployed.stderr)
     try:
         shell = subprocess.run([BURST, "shell", "contract::secret_greeting"], env=c.env,
                                input='echo "$GREETING/$TOKEN"; id -u; exit 3\n', text=True,
