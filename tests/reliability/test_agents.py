@@ -33,8 +33,10 @@ pytestmark = pytest.mark.e2e
 FAILURE_TIMERS = {
     "BURST_HEARTBEAT_TIMEOUT": "2",
     "BURST_LOST_CHECK_INTERVAL": "0.25",
-    # A second: a call ten times longer must be kept by in-progress acks alone.
-    "BURST_ACK_WAIT": "1",
+    # Two seconds (the issue's "a second or two"; one second left a loaded CI machine a
+    # third of a second between in-progress acks): a call ten times longer must be kept by
+    # in-progress acks alone.
+    "BURST_ACK_WAIT": "2",
 }
 #: Every app of this module: one declared H100 per extra agent, gone soon when idle.
 GPU_APP = 'gpu="H100", scaledown_window=2, timeout=120'
@@ -258,7 +260,7 @@ def test_agent_list_and_preempt_of_an_unknown_agent(fcluster: Cluster) -> None:
 
 def test_a_call_ten_times_ack_wait_is_not_redelivered(
         fcluster: Cluster, agents: Agents, tmp_path: Path) -> None:
-    """AckWait is 1 s and the call runs 10 s while a second container idles on the other
+    """AckWait is 2 s and the call runs 20 s while a second container idles on the other
     agent: only the in-progress acks keep JetStream from handing it to that one too."""
     two_agents(fcluster, agents, "patient")
     workload.deploy(fcluster, tmp_path, "agents-patient",
@@ -267,7 +269,7 @@ def test_a_call_ten_times_ack_wait_is_not_redelivered(
         "agent", "list", "--json", check=True).stdout)["agents"]
         if a["agent_id"].startswith("patient")) == 2, 60, "two warm containers")
     mark = tmp_path / "marks.txt"
-    plan = workload.Plan(spawn=1, map=0, remote=0, sleep=10, mark=str(mark))
+    plan = workload.Plan(spawn=1, map=0, remote=0, sleep=20, mark=str(mark))
     proc = workload.start(fcluster, "agents-patient", plan)
     res = workload.finish(proc)
     assert not res.errors, res.errors
