@@ -47,14 +47,25 @@ def request(cluster: Cluster, token: str, method: str, path: str,
 def containers_of(cluster: Cluster, prefix: str) -> list[str]:
     async def go() -> list[str]:
         import nats
+        from nats.js.errors import KeyNotFoundError, NoKeysError
 
         from burst_core.schemas import AgentHeartbeatDecoder
 
         nc = await nats.connect(_nats_url(cluster))
         kv = await nc.jetstream().key_value("burst_heartbeats")
         out = []
-        for k in await kv.keys():
-            hb = AgentHeartbeatDecoder.decode((await kv.get(k)).value)
+        try:
+            keys = await kv.keys()
+        except NoKeysError:  # no agent's heartbeat stored at this instant
+            keys = []
+        for k in keys:
+            try:
+                entry = await kv.get(k)
+            except KeyNotFoundError:  # the agent left meanwhile
+                continue
+            if entry.value is None:
+                continue
+            hb = AgentHeartbeatDecoder.decode(entry.value)
             out += [c.container_id for c in hb.containers if c.fn_key.startswith(prefix)]
         await nc.close()
         return out
