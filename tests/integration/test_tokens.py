@@ -253,3 +253,20 @@ async def test_proxy_auth_tokens_are_listed_revoked_and_expire(
         assert await gw.tokens.proxy_auth(key, secret) is None
         await asyncio.sleep(max(0.0, short["expires_at"] - time.time()) + 0.3)
         assert await gw.tokens.proxy_auth(short["token_id"], short["token_secret"]) is None
+
+
+async def test_an_unknown_token_is_not_remembered_as_unknown(
+        nats_url: str, redis_url: str, tmp_path: Any, js: Any) -> None:
+    """A token refused once (not stored yet, or misread right after a nats-server restart)
+    works at the next request once it is stored, even with a long cache lifetime."""
+    from burst_gateway.auth import TokenStore
+
+    cfg = inproc.settings(nats_url, redis_url, str(tmp_path), OPERATOR, token_cache_ttl=60.0)
+    async with inproc.gateway(cfg, "tok") as (c, _):
+        token = "bst_stored-after-its-first-refusal"
+        r = await c.get("/v1/apps", headers=bearer(token))
+        assert r.status_code == 401, r.text
+        store = TokenStore(await js.key_value(names.KV_TOKENS), cache_ttl=0.0)
+        await store.create("default", scope="admin", name="late", token=token)
+        r = await c.get("/v1/apps", headers=bearer(token))
+        assert r.status_code == 200, r.text

@@ -110,9 +110,9 @@ class _Cached:
 
 
 class TokenStore:
-    """API and proxy-auth tokens. A lookup is cached for ``cache_ttl`` seconds, so a
-    revoked token stops working on every gateway within that time; expiry is checked on
-    every request."""
+    """API and proxy-auth tokens. A known token's lookup is cached for ``cache_ttl``
+    seconds, so a revoked token stops working on every gateway within that time; expiry is
+    checked on every request. An unknown token is looked up again at every request."""
 
     def __init__(self, kv: object, cache_ttl: float, use_interval: float = 60.0) -> None:
         self.kv = kv
@@ -240,7 +240,11 @@ class TokenStore:
             p = None if rec is None else Principal(
                 workspace=rec.workspace, scope=scope_of(rec), token_id=token_id_of(key, rec),
                 token_name=rec.name)
-            hit = self._cache[token] = _Cached(now + self.cache_ttl, rec, p)
+            hit = _Cached(now + self.cache_ttl, rec, p)
+            # An unknown token is not remembered: one stored meanwhile (or misread once,
+            # as right after a nats-server restart) works at the next request.
+            if rec is not None:
+                self._cache[token] = hit
             if rec is not None and time.time() - rec.last_used_at >= self.use_interval:
                 self._spawn(self._used(key, rec, rev))
         if hit.rec is None or hit.principal is None:
