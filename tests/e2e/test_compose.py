@@ -39,7 +39,7 @@ BURST = str(Path(sys.executable).parent / "burst")
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "deploy" / "compose"
 #: The services that run for good (keyinit runs once and exits 0).
-LONG_RUNNING = {"nats", "redis", "gateway", "scheduler", "billing", "agent"}
+LONG_RUNNING = {"nats", "redis", "gateway", "scheduler", "billing", "agent", "netrules"}
 
 APP = '''
 import burst
@@ -166,7 +166,7 @@ def cc() -> Iterator[ComposeCluster]:
 HA = ["-f", str(COMPOSE_DIR / "compose.ha.yaml"), "--profile", "ha"]
 #: Every long-running service of the ha profile -> how many containers it runs.
 HA_SERVICES = {"nats": 1, "nats-2": 1, "nats-3": 1, "redis": 1, "gateway": 1, "gateway-2": 1,
-               "scheduler": 2, "billing": 1, "agent": 1}
+               "scheduler": 2, "billing": 1, "agent": 1, "netrules": 1}
 #: NATS server name -> its compose service.
 HA_NODES = {"burst-n1": "nats", "burst-n2": "nats-2", "burst-n3": "nats-3"}
 #: Seconds for the killed node to be back and every stream current again (a loaded
@@ -426,6 +426,160 @@ def test_deployed_function_over_http_and_web_port(cc: ComposeCluster,
     web = httpx.get(f"http://127.0.0.1:{cc.web_port}/default/compose-http/hi/", timeout=90)
     assert web.status_code == 200, web.text
     assert web.text == "hello from compose"
+
+
+NET_APP = '''
+import json
+import socket
+
+import burst
+
+app = burst.App("compose-net")
+
+
+def _probe(targets):
+    out = {}
+    for name, (host, port) in targets.items():
+        try:
+            with socket.create_connection((host, port), timeout=5):
+                out[name] = "reached"
+        except Exception as e:
+            out[name] = type(e).__name__ + ": " + str(e)[:80]
+    with open("/proc/net/route") as f:
+        out["routes"] = len(f.read().splitlines()) - 1
+    return out
+
+
+@app.function(scaledown_window=5)
+def probe(targets):
+    return _probe(targets)
+
+
+@app.function(scaledown_window=5)
+def probe_stale(targets):
+    return _probe(targets)
+
+
+TARGETS = @TARGETS@
+
+
+@app.local_entrypoint()
+def main():
+    print("RESULT", json.dumps(probe.remote(TARGETS)))
+
+
+@app.local_entrypoint()
+def stale():
+    print("RESULT", json.dumps(probe_stale.remote(TARGETS)))
+'''
+
+
+def _inspect(cid: str) -> dict[str, Any]:
+    out = subprocess.run(["docker", "inspect", cid], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)[0]  # type: ignore[no-any-return]
+
+
+def _probe(cc: ComposeCluster, tmp_path: Path, targets: dict[str, tuple[str, int]],
+           entry: str) -> dict[str, Any]:
+    app = tmp_path / "compose_net.py"
+    app.write_text(NET_APP.replace("@TARGETS@", repr(targets)))
+    t0 = time.monotonic()
+    run = cc.burst("run", f"{app}::{entry}", timeout=300)
+    print(f"burst run {entry}: {time.monotonic() - t0:.1f} s")
+    assert run.returncode == 0, run.stdout + run.stderr
+    line = next((ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line is not None, run.stdout + run.stderr
+    return json.loads(line[len("RESULT "):])  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def internet() -> Iterator[tuple[str, int]]:
+    """A stand-in for the internet: an HTTP server on a Docker network of the test's own
+    (a bridge of its own name, in 198.18.0.0/15, outside every denied range)."""
+    tag = uuid.uuid4().hex[:6]
+    subnet = f"198.18.{int(tag[:2], 16)}"
+    name = f"bursttest-inet-{tag}"
+    made = subprocess.run(["docker", "network", "create", "--subnet", f"{subnet}.0/24",
+                           "-o", f"com.docker.network.bridge.name=bstin{tag}", name],
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    server = subprocess.run(["docker", "run", "-d", "--rm", "--name", name, "--network", name,
+                             "--ip", f"{subnet}.10", "burst-base:py311", "python3", "-m",
+                             "http.server", "8080"], capture_output=True, text=True,
+                            timeout=120)
+    try:
+        assert server.returncode == 0, server.stderr
+        yield f"{subnet}.10", 8080
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+        subprocess.run(["docker", "network", "rm", name], capture_output=True, timeout=60)
+
+
+def _host_addresses() -> list[str]:
+    out = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    return [a["local"] for link in json.loads(out) for a in link.get("addr_info", [])
+            if not a["local"].startswith("127.")]
+
+
+@pytest.mark.timeout(900)  # the module's cluster may be started first
+def test_function_containers_reach_the_internet_never_the_cluster_or_the_host(
+        cc: ComposeCluster, tmp_path: Path, internet: tuple[str, int]) -> None:
+    if not (cc.home / "profile.json").exists():
+        assert cc.burst("profile", "compose").returncode == 0
+    # netrules: the only service in the host's network namespace, NET_ADMIN/NET_RAW only,
+    # no engine socket, no port.
+    by_service = {ct.Service: _inspect(ct.ID)  # type: ignore[attr-defined]
+                  for ct in cc.compose.get_containers()}  # type: ignore[attr-defined]
+    assert [s for s, c in by_service.items() if c["HostConfig"]["NetworkMode"] == "host"] \
+        == ["netrules"]
+    rules = by_service["netrules"]["HostConfig"]
+    assert rules["CapDrop"] == ["ALL"], rules["CapDrop"]
+    assert sorted(c.removeprefix("CAP_") for c in rules["CapAdd"]) == ["NET_ADMIN", "NET_RAW"]
+    assert not rules["PortBindings"] and not rules["Privileged"]
+    assert not any("docker.sock" in m["Source"] for m in by_service["netrules"]["Mounts"])
+    state = json.loads((cc.state / "netrules" / "rules.json").read_text())
+    assert state["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+    # Something listening on every host address, which the host itself reaches.
+    with socket.socket() as listener:
+        listener.bind(("0.0.0.0", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        targets: dict[str, tuple[str, int]] = {"internet": internet,
+                                               "host_loopback": ("127.0.0.1", cc.port)}
+        for addr in _host_addresses():
+            with socket.create_connection((addr, port), timeout=5):
+                pass
+            targets[f"host_{addr}"] = (addr, port)
+        for service, svc_port in (("nats", 4222), ("redis", 6379), ("gateway", 8780)):
+            nets = by_service[service]["NetworkSettings"]["Networks"]
+            for net_name, net in nets.items():
+                targets[f"{service}@{net_name}"] = (net["IPAddress"], svc_port)
+        got = _probe(cc, tmp_path, targets, "main")
+        assert got["internet"] == "reached", got
+        for name, result in got.items():
+            if name not in ("internet", "routes"):
+                assert result.startswith("ConnectionRefusedError"), (name, result, got)
+
+        # Rules not reported fresh (netrules stopped, its file old): a new container gets
+        # no network at all.
+        stop = subprocess.run(["docker", "stop", by_service["netrules"]["Id"]],
+                              capture_output=True, text=True, timeout=120)
+        assert stop.returncode == 0, stop.stderr
+        try:
+            path = cc.state / "netrules" / "rules.json"
+            path.write_text(json.dumps({**state, "time": time.time() - 3600}))
+            stale = _probe(cc, tmp_path, {"internet": internet}, "stale")
+            assert stale["routes"] == 0 and stale["internet"] != "reached", stale
+        finally:
+            start = subprocess.run(["docker", "start", by_service["netrules"]["Id"]],
+                                   capture_output=True, text=True, timeout=120)
+            assert start.returncode == 0, start.stderr
+        eventually(lambda: json.loads(path.read_text())["time"] > time.time() - 30, 60,
+                   "netrules wrote rules.json again")
 
 
 def test_master_key_only_in_the_gateway(cc: ComposeCluster) -> None:
