@@ -103,7 +103,8 @@ def test_docker_rules_reject_before_the_allow_list() -> None:
     def first(fragment: str) -> int:
         return next(i for i, c in enumerate(egress) if fragment in c)
 
-    assert first("169.254.0.0/16") < first("10.5.0.0/16 -j RETURN") < first("-d 10.0.0.0/8")
-    assert egress[-1] == f"-A {network.EGRESS_CHAIN} -j RETURN"
+    assert first("-o br-+") < first("169.254.0.0/16") < first("10.5.0.0/16 -j ACCEPT") \
+        < first("-d 10.0.0.0/8")
+    assert egress[-1] == f"-A {network.EGRESS_CHAIN} -j ACCEPT"
     host = [" ".join(c) for c in cmds if c[1] == network.HOST_CHAIN]
     assert host[-1].endswith("-j REJECT --reject-with icmp-port-unreachable")

@@ -66,6 +66,9 @@ def _register_commands() -> None:
     from burst.cli import profile
 
     profile.register(app)  # profile compose
+    from burst.cli import compose
+
+    compose.register(app)  # compose ARGS (docker compose -f deploy/compose/compose.yaml)
     from burst.cli import images
 
     images.register(app)  # image list, prune

@@ -138,6 +138,13 @@ class AgentSettings(CommonSettings):
     #: internal service a workload needs).
     deny_cidrs: str = DEFAULT_DENY_CIDRS
     allow_cidrs: str = ""
+    #: Under compose (the Docker runtime, the rules loaded by the netrules service): the
+    #: ``rules.json`` it writes; the agent gives containers their network only while that
+    #: file is from this boot and under ``netrules_max_age`` seconds old. The service
+    #: reloads the rules and writes it every ``netrules_interval`` seconds.
+    netrules_file: str = ""
+    netrules_interval: float = 10.0
+    netrules_max_age: float = 60.0
     #: Seconds the process runtime may take to set up a container's network namespace
     #: (deny rules, then slirp4netns) before the start fails.
     network_setup_timeout: float = 10.0
@@ -175,6 +182,10 @@ class AgentSettings(CommonSettings):
         if not self.prefetch_max_run >= 0:
             raise ValueError(f"BURST_PREFETCH_MAX_RUN={self.prefetch_max_run}: use 0 (never) "
                              "or more seconds")
+        if not 0 < self.netrules_interval < self.netrules_max_age:
+            raise ValueError(f"BURST_NETRULES_INTERVAL={self.netrules_interval} and "
+                             f"BURST_NETRULES_MAX_AGE={self.netrules_max_age}: use more than 0 "
+                             "seconds, the interval below the maximum age")
         for name in ("web_keepalive", "web_move_interval", "web_move_timeout"):
             value = getattr(self, name)
             if not value > 0:

@@ -217,6 +217,8 @@ class DockerRuntime:
         self.state_dir = state_dir
         #: Containers' network (``network.docker_network``); block_network=True: none.
         self.network_mode = network_mode
+        #: Under compose: asked at each start instead (``network.NetrulesCheck``).
+        self.network_check: Callable[[], str] | None = None
         self.uid = uid
         self.cpu_headroom = cpu_headroom
         #: Tasks one container may have at once (AgentSettings.container_pids_limit).
@@ -409,7 +411,8 @@ class DockerRuntime:
             user=f"{self.uid}:{self.uid}",
             working_dir=workdir or images.BUNDLE_DIR,
             environment=self._env(spec, image_env),
-            network_mode="none" if spec.block_network else self.network_mode,
+            network_mode="none" if spec.block_network else (
+                self.network_check() if self.network_check else self.network_mode),
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             mounts=[Mount(images.BUNDLE_DIR, str(spec.bundle_dir), type="bind", read_only=True),

@@ -26,13 +26,26 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
     home = Path(s.home) / "agent" / agent_id
     if s.runtime == "docker":
         from burst_agent.runtimes.docker import DockerRuntime  # the Docker SDK: only here
-        from burst_agent.runtimes.network import docker_network
+        from burst_agent.runtimes.network import (
+            NetrulesCheck,
+            docker_bridge_network,
+            docker_network,
+        )
 
         rt = DockerRuntime(home / "images", uid=s.sandbox_uid, gpu_devices=not s.gpus,
                            pids_limit=s.container_pids_limit)
-        rt.network_mode = docker_network(rt.client, mode=s.container_network,
-                                         deny_cidrs=s.deny_cidrs, allow_cidrs=s.allow_cidrs,
-                                         servers=[s.nats_url, s.redis_url])
+        if s.netrules_file and s.container_network != "off":
+            # Compose: the netrules service loads the rules into the host's iptables; the
+            # network is given at each start while its rules.json is fresh.
+            if s.container_network not in ("auto", "on"):
+                docker_network(rt.client, mode=s.container_network)  # a clear error
+            docker_bridge_network(rt.client)
+            rt.network_check = NetrulesCheck(Path(s.netrules_file), s.netrules_max_age)
+        else:
+            rt.network_mode = docker_network(rt.client, mode=s.container_network,
+                                             deny_cidrs=s.deny_cidrs,
+                                             allow_cidrs=s.allow_cidrs,
+                                             servers=[s.nats_url, s.redis_url])
         return rt
     if s.runtime != "process":
         raise ValueError(f"unknown runtime {s.runtime!r}: use one of {', '.join(RUNTIMES)}")

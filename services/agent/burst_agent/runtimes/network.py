@@ -32,6 +32,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -344,34 +345,107 @@ DOCKER_NETWORK = "burst-containers"
 DOCKER_BRIDGE = "burst0"
 EGRESS_CHAIN = "BURST-EGRESS"
 HOST_CHAIN = "BURST-HOST"
+#: Docker's own bridges (the default one and every other network's, the cluster's own
+#: under compose): never reached from ``DOCKER_BRIDGE``, whatever the allow list says.
+DOCKER_BRIDGES = ("docker0", "br-+")
 
 
-def docker_rules(denied: list[IPNetwork], deny: list[IPNetwork],
-                 allow: list[IPNetwork]) -> list[list[str]]:
-    """``iptables`` commands (after the chains are made and flushed): what the bridge's
+def nameservers(path: str = "/etc/resolv.conf") -> list[ipaddress.IPv4Address]:
+    """The host's IPv4 name servers (loopback ones left out: containers never reach the
+    host's loopback, and the engine's own resolver answers them there)."""
+    out: list[ipaddress.IPv4Address] = []
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            with contextlib.suppress(ValueError):
+                addr = ipaddress.ip_address(parts[1])
+                if isinstance(addr, ipaddress.IPv4Address) and not addr.is_loopback:
+                    out.append(addr)
+    return list(dict.fromkeys(out))
+
+
+def docker_rules(denied: list[IPNetwork], deny: list[IPNetwork], allow: list[IPNetwork],
+                 dns: list[ipaddress.IPv4Address] | None = None) -> list[list[str]]:
+    """``iptables`` rules (after the chains are made and flushed): what the bridge's
     containers send through the host (``FORWARD``, via ``DOCKER-USER``) goes through
-    ``EGRESS_CHAIN``; what they send to the host itself (``INPUT``: any of its addresses,
-    the bridge's gateway included) is rejected but for ICMP (the gateway answers pings)."""
-    cmds = [["-A", EGRESS_CHAIN, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED",
-             "-j", "RETURN"]]
+    ``EGRESS_CHAIN``, which decides it: replies pass; Docker's other bridges are rejected;
+    DNS to the host's name servers (``dns``, port 53 only) passes; then ``denied``, ``allow``
+    and ``deny`` in that order; the rest (the internet) passes. What they send to the host
+    itself (``INPUT``: any of its addresses, the bridge's gateway included) is rejected but
+    for ICMP (the gateway answers pings) and DNS to a name server that is the host."""
+    e, h = EGRESS_CHAIN, HOST_CHAIN
+    cmds = [["-A", e, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]]
 
-    def reject(net: IPNetwork) -> list[list[str]]:
-        return [["-A", EGRESS_CHAIN, "-d", str(net), "-p", "tcp", "-j", "REJECT",
-                 "--reject-with", "tcp-reset"],
-                ["-A", EGRESS_CHAIN, "-d", str(net), "-j", "REJECT", "--reject-with",
-                 "icmp-port-unreachable"]]
+    def reject(*match: str) -> list[list[str]]:
+        # A TCP reset fails connect() at once (ECONNREFUSED); the rest gets ICMP.
+        return [["-A", e, *match, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"],
+                ["-A", e, *match, "-j", "REJECT", "--reject-with", "icmp-port-unreachable"]]
 
+    for bridge in DOCKER_BRIDGES:
+        cmds += reject("-o", bridge)
+    for ns in dns or []:
+        for proto in ("udp", "tcp"):
+            cmds.append(["-A", e, "-d", f"{ns}/32", "-p", proto, "--dport", "53", "-j",
+                         "ACCEPT"])
     for net in dict.fromkeys(n for n in denied if n.version == 4):
-        cmds += reject(net)
+        cmds += reject("-d", str(net))
     for net in dict.fromkeys(n for n in allow if n.version == 4):
-        cmds.append(["-A", EGRESS_CHAIN, "-d", str(net), "-j", "RETURN"])
+        cmds.append(["-A", e, "-d", str(net), "-j", "ACCEPT"])
     for net in dict.fromkeys(n for n in deny if n.version == 4):
-        cmds += reject(net)
-    cmds.append(["-A", EGRESS_CHAIN, "-j", "RETURN"])
-    cmds += [["-A", HOST_CHAIN, "-p", "icmp", "-j", "ACCEPT"],
-             ["-A", HOST_CHAIN, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"],
-             ["-A", HOST_CHAIN, "-j", "REJECT", "--reject-with", "icmp-port-unreachable"]]
+        cmds += reject("-d", str(net))
+    cmds.append(["-A", e, "-j", "ACCEPT"])
+    for ns in dns or []:
+        for proto in ("udp", "tcp"):
+            cmds.append(["-A", h, "-d", f"{ns}/32", "-p", proto, "--dport", "53", "-j",
+                         "ACCEPT"])
+    cmds += [["-A", h, "-p", "icmp", "-j", "ACCEPT"],
+             ["-A", h, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"],
+             ["-A", h, "-j", "REJECT", "--reject-with", "icmp-port-unreachable"]]
     return cmds
+
+
+def docker_hooks(forward: str) -> list[tuple[str, list[str]]]:
+    """(parent chain, rule) sending the bridge's traffic to the chains: its egress, the
+    replies coming back to it (past Docker's isolation between bridges), and what it sends
+    to the host."""
+    return [(forward, ["-i", DOCKER_BRIDGE, "-j", EGRESS_CHAIN]),
+            (forward, ["-o", DOCKER_BRIDGE, "-m", "conntrack", "--ctstate",
+                       "ESTABLISHED,RELATED", "-j", "ACCEPT"]),
+            ("INPUT", ["-i", DOCKER_BRIDGE, "-j", HOST_CHAIN])]
+
+
+def denied_addresses(servers: list[str]) -> list[IPNetwork]:
+    """What is always denied: ``ALWAYS_DENIED``, the host's addresses, the servers'."""
+    return [*(ipaddress.ip_network(c) for c in ALWAYS_DENIED), *host_addresses(),
+            *server_addresses(servers)]
+
+
+def load_docker_rules(denied: list[IPNetwork], deny: list[IPNetwork], allow: list[IPNetwork],
+                      dns: list[ipaddress.IPv4Address], iptables: str = "iptables") -> str:
+    """Load the chains into this network namespace's iptables in one transaction
+    (``iptables-restore --noflush``: the chains made or flushed and filled, and any hook
+    missing added, all at once or nothing). ``iptables`` names the tools' prefix
+    (``iptables-legacy`` for a host on the legacy backend). Returns the input it loaded."""
+    # DOCKER-USER comes first in FORWARD (the engine makes it); without it, FORWARD itself.
+    forward = "DOCKER-USER" if _iptables("-L", "DOCKER-USER", "-n", check=False,
+                                         tool=iptables) else "FORWARD"
+    lines = ["*filter", f":{EGRESS_CHAIN} - [0:0]", f":{HOST_CHAIN} - [0:0]",
+             f"-F {EGRESS_CHAIN}", f"-F {HOST_CHAIN}"]
+    lines += [" ".join(cmd) for cmd in docker_rules(denied, deny, allow, dns)]
+    for parent, hook in docker_hooks(forward):
+        if not _iptables("-C", parent, *hook, check=False, tool=iptables):
+            lines.append(" ".join(["-I", parent, "1", *hook]))
+    lines.append("COMMIT")
+    text = "\n".join(lines) + "\n"
+    proc = subprocess.run([f"{iptables}-restore", "-w", "10", "--noflush"], input=text,
+                          capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{iptables}-restore: {proc.stderr.strip()[:300]}")
+    return text
 
 
 def docker_network(client: Any, *, mode: str = "auto", deny_cidrs: str = DEFAULT_DENY_CIDRS,
@@ -389,15 +463,16 @@ def docker_network(client: Any, *, mode: str = "auto", deny_cidrs: str = DEFAULT
     host = os.environ.get("DOCKER_HOST", "")
     if host and not host.startswith("unix://"):
         why = f"the engine is not on this machine (DOCKER_HOST={host})"
-    elif shutil.which("iptables") is None:
+    elif shutil.which("iptables-restore") is None:
         why = "iptables is not installed"
     elif os.geteuid() != 0:
         why = "the agent is not root (it loads the deny rules into the host's iptables)"
     if not why:
         try:
-            _docker_setup(client, [*(ipaddress.ip_network(c) for c in ALWAYS_DENIED),
-                                   *host_addresses(), *server_addresses(servers or [])],
-                          deny, allow)
+            docker_bridge_network(client)
+            load_docker_rules(denied_addresses(servers or []), deny, allow, nameservers())
+            log.info("container_network_ready", runtime="docker", network=DOCKER_NETWORK,
+                     deny=[str(n) for n in deny], allow=[str(n) for n in allow])
             return DOCKER_NETWORK
         except (OSError, subprocess.SubprocessError, RuntimeError) as e:
             why = f"the deny rules could not be loaded ({e})"
@@ -408,16 +483,16 @@ def docker_network(client: Any, *, mode: str = "auto", deny_cidrs: str = DEFAULT
     return "none"
 
 
-def _iptables(*args: str, check: bool = True) -> bool:
-    proc = subprocess.run(["iptables", "-w", "10", *args], capture_output=True, text=True,
+def _iptables(*args: str, check: bool = True, tool: str = "iptables") -> bool:
+    proc = subprocess.run([tool, "-w", "10", *args], capture_output=True, text=True,
                           timeout=30)
     if check and proc.returncode != 0:
-        raise RuntimeError(f"iptables {' '.join(args)}: {proc.stderr.strip()[:300]}")
+        raise RuntimeError(f"{tool} {' '.join(args)}: {proc.stderr.strip()[:300]}")
     return proc.returncode == 0
 
 
-def _docker_setup(client: Any, denied: list[IPNetwork], deny: list[IPNetwork],
-                  allow: list[IPNetwork]) -> None:
+def docker_bridge_network(client: Any) -> None:
+    """Make the engine network the containers join, if missing."""
     import docker.errors
 
     try:
@@ -430,17 +505,51 @@ def _docker_setup(client: Any, denied: list[IPNetwork], deny: list[IPNetwork],
                          # Containers do not reach each other either.
                          "com.docker.network.bridge.enable_icc": "false"})
         client.networks.get(DOCKER_NETWORK)
-    for chain in (EGRESS_CHAIN, HOST_CHAIN):
-        _iptables("-N", chain, check=False)
-        _iptables("-F", chain)
-    for cmd in docker_rules(denied, deny, allow):
-        _iptables(*cmd)
-    # DOCKER-USER comes first in FORWARD (the engine makes it); without it, FORWARD itself.
-    forward = "DOCKER-USER" if _iptables("-L", "DOCKER-USER", "-n", check=False) else "FORWARD"
-    for parent, chain in ((forward, EGRESS_CHAIN), ("INPUT", HOST_CHAIN)):
-        hook = ["-i", DOCKER_BRIDGE, "-j", chain]
-        if not _iptables("-C", parent, *hook, check=False):
-            _iptables("-I", parent, "1", *hook)
-    log.info("container_network_ready", runtime="docker", network=DOCKER_NETWORK,
-             deny=[str(n) for n in deny], allow=[str(n) for n in allow],
-             denied=[str(n) for n in denied])
+
+
+# ---- the compose cluster: rules loaded by the netrules service ------------------------------
+def boot_id() -> str:
+    """This machine's boot id (the same in every container on it)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def netrules_state(path: Path, max_age: float) -> tuple[bool, str]:
+    """Whether the rules the netrules service reported in ``path`` (``rules.json``) are in
+    force: written in this boot, less than ``max_age`` seconds ago. With why not."""
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        return False, f"{path} does not exist (is the netrules service running?)"
+    except (OSError, ValueError) as e:
+        return False, f"{path} is unreadable ({e})"
+    if not isinstance(state, dict) or state.get("boot_id") != boot_id():
+        return False, f"{path} is from another boot of this machine"
+    age = time.time() - float(state.get("time") or 0)
+    if not 0 <= age < max_age:
+        return False, f"{path} is {age:.0f} s old (the limit is {max_age:g} s)"
+    return True, ""
+
+
+@dataclass
+class NetrulesCheck:
+    """The Docker runtime's ``network_mode`` under compose, asked at each container's start:
+    its bridge network only while the netrules service's ``rules.json`` is from this boot
+    and fresh; else ``"none"`` (logged when it changes)."""
+
+    path: Path
+    max_age: float
+    ok: bool | None = field(default=None, init=False)
+
+    def __call__(self) -> str:
+        ok, why = netrules_state(self.path, self.max_age)
+        if ok != self.ok:
+            if ok:
+                log.info("container_network_ready", runtime="docker", rules=str(self.path))
+            else:
+                log.warning("container_network_unavailable", runtime="docker",
+                            detail=f"{why}: containers get no network at all")
+            self.ok = ok
+        return DOCKER_NETWORK if ok else "none"
