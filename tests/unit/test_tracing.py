@@ -60,17 +60,37 @@ async def test_spans_of_a_call_go_to_its_subject_with_parents() -> None:
     child = t.span("agent.input", t.incoming(headers), "ws1", "fc-1", start=100.5)
     child.end(int(101e9))
     span.end(int(102e9))
-    t.span("no call", ctx, "ws1").end()  # not a call's span: not kept
+    t.span("gateway.batch", ctx, "ws1").end()  # no single call's: kept under its trace
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-    assert [s for s, _ in nc.published] == ["burst.traces.ws1.fc-1"] * 2
-    child_rec, parent_rec = (tracing.span_decoder.decode(d) for _, d in nc.published)
+    assert [s for s, _ in nc.published] == ["burst.traces.ws1.fc-1"] * 2 + [
+        f"burst.traces.ws1.{TRACE}"]
+    child_rec, parent_rec, _ = (tracing.span_decoder.decode(d) for _, d in nc.published)
     assert (parent_rec.name, parent_rec.parent_id, parent_rec.trace_id) == (
         "gateway.call", PARENT, TRACE)
     assert child_rec.parent_id == parent_rec.span_id
     assert (child_rec.start, child_rec.end, child_rec.call_id) == (100.5, 101.0, "fc-1")
     assert "burst.workspace" not in child_rec.attributes
     t.shutdown()
+
+
+def _rec(span_id: str, parent_id: str, name: str) -> tracing.SpanRecord:
+    return tracing.SpanRecord(trace_id=TRACE, span_id=span_id, parent_id=parent_id,
+                              name=name, service="x", start=1.0, end=2.0)
+
+
+def test_a_calls_trace_takes_in_its_ancestors_and_its_childrens_shared_spans() -> None:
+    """Spans of no single call (a map, its pages, relays from containers) belong to a
+    call's trace when they are its ancestors or its spans' children; others do not."""
+    own = [_rec("a1", "b1", "agent.input"), _rec("a2", "a1", "shim.function")]
+    shared = [_rec("b1", "m1", "gateway.batch"), _rec("b2", "m1", "gateway.batch"),
+              _rec("m1", "", "sdk.map"), _rec("r1", "a1", "agent.relay"),
+              _rec("r2", "zz", "agent.relay")]
+    got = {s.span_id for s in tracing.related(own, shared)}
+    assert got == {"b1", "m1", "r1"}  # not the other page, not another call's relay
+    # A cycle (forged parents) ends.
+    loop = [_rec("c1", "c2", "x"), _rec("c2", "c1", "y")]
+    assert {s.span_id for s in tracing.related([_rec("o", "c1", "z")], loop)} == {"c1", "c2"}
 
 
 def test_the_trace_request_header() -> None:
