@@ -285,6 +285,7 @@ class Function(Generic[P, R]):
             if span is not None and first:
                 _trace.end(client, span, first[0], self.spec.name, "sdk.map",
                            {"burst.calls": len(first)})
+                _trace.traced_calls.extend(first[1:])  # each input's trace has the map's
 
     def _map_loop(self, client: Client, app_name: str, arg_tuples: Iterator[Sequence[Any]],
                   kwargs: dict[str, Any], order_outputs: bool, return_exceptions: bool,
