@@ -121,3 +121,12 @@ def test_trace_retention_setting() -> None:
     for bad in ("soon", "0", "-5", "inf"):
         with pytest.raises(ValueError, match=f"BURST_TRACE_RETENTION='{bad}'.*seconds"):
             trace_retention({"BURST_TRACE_RETENTION": bad})
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_the_trace_attach_timeout_must_be_above_0(value: str) -> None:
+    from burst_core import settings
+    from burst_scheduler.settings import SchedulerSettings
+
+    with pytest.raises(ValueError, match=rf"BURST_TRACE_ATTACH_TIMEOUT={value}.*above 0"):
+        settings.load(SchedulerSettings, {"BURST_TRACE_ATTACH_TIMEOUT": value})
