@@ -130,3 +130,21 @@ def test_the_trace_attach_timeout_must_be_above_0(value: str) -> None:
 
     with pytest.raises(ValueError, match=rf"BURST_TRACE_ATTACH_TIMEOUT={value}.*above 0"):
         settings.load(SchedulerSettings, {"BURST_TRACE_ATTACH_TIMEOUT": value})
+
+
+async def test_an_untraced_message_parses_no_context_and_makes_no_span(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hot path (the gateway's submit, the scheduler's signal, the agent's order and
+    input, the relay): headers with no ``traceparent`` are never handed to the parser."""
+    def parse(**_: Any) -> Any:
+        raise AssertionError("a trace context was parsed")
+
+    monkeypatch.setattr(tracing._propagator, "extract", parse)
+    nc = FakeNC()
+    t = tracing.Tracing("agent", nc)
+    for headers in (None, {}, {"Nats-Msg-Id": "in-1"}, {"x-burst-trace": "0"}):
+        assert t.incoming(headers) is None
+        assert t.decide(headers) is None
+    await asyncio.sleep(0)
+    assert nc.published == []
+    t.shutdown()
