@@ -148,3 +148,35 @@ async def test_an_untraced_message_parses_no_context_and_makes_no_span(
     await asyncio.sleep(0)
     assert nc.published == []
     t.shutdown()
+
+
+async def test_a_traced_call_gets_a_containers_start_only_if_it_waited_for_it() -> None:
+    """The agent's answer to the scheduler (placed before the call's signal came): the
+    start is the call's only if the container was not ready when the call was accepted.
+    Heartbeats lag, so the scheduler's view cannot say this (a warm call's trace had a
+    placement wait for the container that had just served the cold call)."""
+    from types import SimpleNamespace
+
+    from burst import wire
+    from burst_agent.container import Container
+
+    started: list[str] = []
+
+    def box(state: str, ready_at: float | None, trace: Any = None) -> Any:
+        c = SimpleNamespace(state=state, trace=trace, trace_call="", _start_times=None)
+        if ready_at is not None:
+            c._start_times = (1.0, 2.0, wire.Ready(pid=1, entered_at=ready_at))
+        c._trace_start = lambda: started.append(c.trace_call)
+        return c
+
+    ctx = tracing.Tracing("agent", FakeNC()).decide({}, forced=True)
+    assert ctx is not None
+    attach = Container.attach_trace
+    assert attach(box("starting", None), ctx, "fc-a", 100.0) is True  # still starting
+    assert started == []  # (its spans come when it is ready)
+    assert attach(box("idle", 101.0), ctx, "fc-b", 100.0) is True  # ready after the call
+    assert started == ["fc-b"]
+    assert attach(box("idle", 99.0), ctx, "fc-c", 100.0) is False  # ready before: warm
+    assert attach(box("starting", None, trace=ctx), ctx, "fc-d", 100.0) is False  # taken
+    assert attach(box("stopping", None), ctx, "fc-e", 100.0) is False
+    assert started == ["fc-b"]
