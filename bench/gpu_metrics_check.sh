@@ -2,7 +2,8 @@
 # Issue 20's device check, on the lent GPU machine (wheels as bench/gpu_check_prepare.sh
 # makes them, in $WHL): /metrics with a real GPU (NVML utilisation and memory, and a
 # container's GPU memory) while bench/gpu_metrics_app.py keeps an H200 busy; then the
-# metrics on/off pairs of bench/invoke.py and bench/map.py on that quieter 16-core machine.
+# observability on/off pairs (bench/_obs_cost.py) of bench/invoke.py and bench/map.py on
+# that quieter 16-core machine.
 #   device.run(command="WHL=$PWD/.whl bash bench/gpu_metrics_check.sh", carry=[".whl"])
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,8 +21,8 @@ rc=$?
 burst container list || true
 burst down
 unset BURST_HOME BURST_METRICS_INTERVAL
-python3 bench/invoke.py --metrics-only --metrics-pairs 10 --metrics-samples 400 \
-  | tee "${OUT:-/tmp}/invoke_metrics.json" || rc=1
-python3 bench/map.py --metrics-only --metrics-pairs 10 --metrics-inputs 5000 \
-  | tee "${OUT:-/tmp}/map_metrics.json" || rc=1
+python3 bench/invoke.py --obs-only --obs-pairs 20 --obs-size 400 \
+  | tee "${OUT:-/tmp}/invoke_obs.json" || rc=1
+python3 bench/map.py --obs-only --obs-pairs 20 --obs-size 5000 \
+  | tee "${OUT:-/tmp}/map_obs.json" || rc=1
 exit $rc

@@ -8,9 +8,9 @@ Starts its own cluster with `burst up` (temporary BURST_HOME), then measures:
 - the floor: one uvicorn worker with one FastAPI route making one nats-py request to an
   echo responder, called with the SDK's keep-alive HTTP transport (burst._http), the
   same number of samples;
-and, in two more clusters side by side (metrics on, metrics off), the warm p50 in
-interleaved pairs (``--metrics-pairs``, 10; ``--metrics-only`` for those alone: see
-bench/_metrics_cost.py); and prints one JSON object with the ratios. Compare ratios, not
+and, in two more clusters side by side (metrics on and tracing at its default, both off),
+the warm p50 in interleaved pairs (``--obs-pairs``, 20; ``--obs-only`` for those alone:
+see bench/_obs_cost.py); and prints one JSON object with the ratios. Compare ratios, not
 absolute times: these machines are shared and noisy.
 """
 
@@ -30,9 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _trace_cost as trace_cost  # noqa: E402
+import _obs_cost as obs_cost  # noqa: E402
 from _cluster import LocalCluster  # noqa: E402
-from _metrics_cost import measure as measure_metrics  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -149,21 +148,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--cold-samples", type=int, default=8)
-    ap.add_argument("--metrics-pairs", type=int, default=10,
-                    help="interleaved pairs of warm p50 with metrics on and off (0: none)")
-    ap.add_argument("--metrics-samples", type=int, default=200,
-                    help="calls per warm p50 of a metrics pair")
-    ap.add_argument("--metrics-only", action="store_true",
-                    help="only the metrics on/off pairs")
-    trace_cost.add_arguments(ap, "warm")
+    obs_cost.add_arguments(ap, "warm")
     args = ap.parse_args()
-    if args.trace_only:
+    if args.obs_only:
         print(json.dumps({"benchmark": "invoke",
-                          "tracing_default_vs_off": trace_cost.run(args, "warm")}, indent=2))
-        return
-    if args.metrics_only:
-        print(json.dumps({"benchmark": "invoke", "metrics_on_vs_off": measure_metrics(
-            args.metrics_pairs, warm_samples=args.metrics_samples)}, indent=2))
+                          "observability_on_vs_off": obs_cost.run(args, "warm")}, indent=2))
         return
     with LocalCluster("burst-bench-", BURST_SCALEDOWN_TICK="0.1",
                       BURST_HEARTBEAT_INTERVAL="0.2") as cluster:
@@ -179,10 +168,7 @@ def main() -> None:
             "warm_p99_over_floor_p99": round(warm["p99_ms"] / floor["p99_ms"], 2),  # type: ignore[index]
             "cold_p50_over_warm_p50": round(cold["p50_ms"] / warm["p50_ms"], 2),  # type: ignore[index]
         }
-    if args.metrics_pairs:
-        result["metrics_on_vs_off"] = measure_metrics(args.metrics_pairs,
-                                                      warm_samples=args.metrics_samples)
-    result["tracing_default_vs_off"] = trace_cost.run(args, "warm")  # (its own clusters)
+    result["observability_on_vs_off"] = obs_cost.run(args, "warm")  # (its own clusters)
     print(json.dumps(result, indent=2))
 
 if __name__ == "__main__":

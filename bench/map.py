@@ -17,9 +17,9 @@ All measured in one run on this machine, printed as one JSON object:
 - a ``--big-inputs`` map (100,000 by default; 0 skips it) after the rounds, its rate beside
   the rounds' rate, the client's memory before, at its peak and after each map, and each
   service's resident memory after it;
-- map throughput with metrics on and off, in two more clusters side by side, in
-  interleaved pairs (``--metrics-pairs``, 10; ``--metrics-only`` for those alone: see
-  bench/_metrics_cost.py).
+- map throughput with metrics on and tracing at its default beside both off, in two more
+  clusters side by side, in interleaved pairs (``--obs-pairs``, 20; ``--obs-only`` for
+  those alone: see bench/_obs_cost.py).
 
 Everything runs side by side and is measured in turns, so a slow minute on a shared machine
 falls on all of them alike: each of ``--rounds`` rounds runs Burst's map and Ray's (who goes
@@ -41,10 +41,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _trace_cost as trace_cost  # noqa: E402
+import _obs_cost as obs_cost  # noqa: E402
 from _cluster import LocalCluster  # noqa: E402
 from _cpu import ClusterCpu, PeakRss, cpu_seconds, descendants  # noqa: E402
-from _metrics_cost import measure as measure_metrics  # noqa: E402
 from invoke import BIN, REPO, free_port, summary  # noqa: E402
 
 APP = '''
@@ -184,21 +183,11 @@ def main() -> None:
     ap.add_argument("--setting", action="append", default=[], metavar="BURST_NAME=VALUE",
                     help="a setting of the benchmark's cluster (repeatable), e.g. "
                          "BURST_INPUT_PREFETCH=4 to let inputs wait in line in containers")
-    ap.add_argument("--metrics-pairs", type=int, default=10,
-                    help="interleaved pairs of a map with metrics on and off (0: none)")
-    ap.add_argument("--metrics-inputs", type=int, default=2000,
-                    help="inputs of each map of a metrics pair")
-    ap.add_argument("--metrics-only", action="store_true",
-                    help="only the metrics on/off pairs")
-    trace_cost.add_arguments(ap, "map")
+    obs_cost.add_arguments(ap, "map")
     args = ap.parse_args()
-    if args.trace_only:
+    if args.obs_only:
         print(json.dumps({"benchmark": "map",
-                          "tracing_default_vs_off": trace_cost.run(args, "map")}, indent=2))
-        return
-    if args.metrics_only:
-        print(json.dumps({"benchmark": "map", "metrics_on_vs_off": measure_metrics(
-            args.metrics_pairs, map_inputs=args.metrics_inputs)}, indent=2))
+                          "observability_on_vs_off": obs_cost.run(args, "map")}, indent=2))
         return
     settings = dict(s.split("=", 1) for s in args.setting if "=" in s)
     bad = [s for s in args.setting if "=" not in s or not s.startswith("BURST_")]
@@ -342,11 +331,8 @@ def main() -> None:
                          "map_throughput_burst_over_ray_per_round":
                              ">= 2 in 9 of 10, median >= 2.5",
                          "big_map_rate_over_rounds_rate": ">= 0.9",
-                         "metrics_on_vs_off.map_throughput.cost_pct": "<= 5"}
-    if args.metrics_pairs:
-        result["metrics_on_vs_off"] = measure_metrics(args.metrics_pairs,
-                                                      map_inputs=args.metrics_inputs)
-    result["tracing_default_vs_off"] = trace_cost.run(args, "map")
+                         "observability_on_vs_off.map_per_s.cost_pct": "<= 5"}
+    result["observability_on_vs_off"] = obs_cost.run(args, "map")
     print(json.dumps(result, indent=2))
 
 

@@ -40,15 +40,20 @@ def begin(client: object) -> Span | None:
     return Span()
 
 
-def end(client: object, span: Span, call_id: str, name: str) -> None:
-    """Send the SDK's span of the call (a failure to send is reported, never raised)."""
+def end(client: object, span: Span, call_id: str, name: str, kind: str = "sdk.call",
+        attributes: dict[str, object] | None = None) -> None:
+    """Send the SDK's span of the call (a failure to send is reported, never raised).
+    ``kind``: ``sdk.call`` (``.remote()``), ``sdk.spawn``, or ``sdk.map`` (a span of many
+    calls: ``call_id`` is the first, and the span is kept with the trace's spans of no
+    single call, the parent of each page's ``gateway.batch``)."""
     from burst.client import Client
 
     assert isinstance(client, Client)
     traced_calls.append(call_id)
-    doc = [{"trace_id": span.trace_id, "span_id": span.span_id, "name": "sdk.call",
-            "service": "sdk", "start": span.start, "end": time.time(), "call_id": call_id,
-            "attributes": {"burst.function": name}}]
+    doc = [{"trace_id": span.trace_id, "span_id": span.span_id, "name": kind,
+            "service": "sdk", "start": span.start, "end": time.time(),
+            "call_id": "" if kind == "sdk.map" else call_id,
+            "attributes": {"burst.function": name, **(attributes or {})}}]
     try:
         client.request("POST", "/v1/traces", json.dumps(doc).encode(), "application/json")
     except Exception as e:  # the trace lacks the SDK's span; the call is unaffected

@@ -238,11 +238,13 @@ class Client:
                                headers={"traceparent": traceparent} if traceparent else None)
         return wire.call_response_decoder.decode(data)
 
-    def call_batch(self, app: str, fn: str, payloads: list[bytes]) -> list[wire.CallRef]:
+    def call_batch(self, app: str, fn: str, payloads: list[bytes],
+                   traceparent: str = "") -> list[wire.CallRef]:
         body = wire.encode(wire.CallBatchRequest(payloads=payloads,
                                                  submission_id=wire.new_submission_id()))
         _, data = self.request("POST", f"/v1/apps/{app}/functions/{fn}/calls/batch", body,
-                               wire.MSGPACK)
+                               wire.MSGPACK,
+                               headers={"traceparent": traceparent} if traceparent else None)
         return wire.call_batch_response_decoder.decode(data).calls
 
     def wait_calls(self, refs: list[wire.CallRef], wait: float,

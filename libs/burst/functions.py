@@ -223,8 +223,11 @@ class Function(Generic[P, R]):
             call.get(timeout=10)  # 16, or TimeoutError if not finished in 10 s
         """
         client, app_name = self._target()
+        span = _trace.begin(client)
         resp = client.call(app_name, self.spec.name, *self._payload_or_ref(client, args, kwargs),
-                           wait=0)
+                           wait=0, traceparent=span.traceparent if span else "")
+        if span is not None:
+            _trace.end(client, span, resp.call_id, self.spec.name, "sdk.spawn")
         return FunctionCall(resp.call_id, client, resp)
 
     @aio_method
@@ -271,16 +274,23 @@ class Function(Generic[P, R]):
              order_outputs: bool, return_exceptions: bool) -> Iterator[Any]:
         client, app_name = self._target()
         progress = _Progress(f"map {self.spec.name}") if _Progress.enabled() else None
+        span = _trace.begin(client)  # one sdk.map span, the parent of each page's
+        first: list[str] = []
         try:
             yield from self._map_loop(client, app_name, arg_tuples, kwargs, order_outputs,
-                                      return_exceptions, progress)
+                                      return_exceptions, progress, span, first)
         finally:
             if progress is not None:
                 progress.close()
+            if span is not None and first:
+                _trace.end(client, span, first[0], self.spec.name, "sdk.map",
+                           {"burst.calls": len(first)})
+                _trace.traced_calls.extend(first[1:])  # each input's trace has the map's
 
     def _map_loop(self, client: Client, app_name: str, arg_tuples: Iterator[Sequence[Any]],
                   kwargs: dict[str, Any], order_outputs: bool, return_exceptions: bool,
-                  progress: _Progress | None) -> Iterator[Any]:
+                  progress: _Progress | None, span: _trace.Span | None = None,
+                  made: list[str] | None = None) -> Iterator[Any]:
         outstanding: dict[str, tuple[int, wire.CallRef]] = {}
         ready: dict[int, Any] = {}
         submitted = next_out = finished = 0
@@ -294,7 +304,10 @@ class Function(Generic[P, R]):
                 if not page:
                     break
                 refs = client.call_batch(app_name, self.spec.name,
-                                         [self._payload(tuple(args), kwargs) for args in page])
+                                         [self._payload(tuple(args), kwargs) for args in page],
+                                         traceparent=span.traceparent if span else "")
+                if made is not None:
+                    made.extend(ref.call_id for ref in refs)
                 for ref in refs:
                     outstanding[ref.call_id] = (submitted, ref)
                     submitted += 1

@@ -43,6 +43,9 @@ TRACEPARENT = "traceparent"
 TRACE_REQUEST_HEADER = "x-burst-trace"
 #: The NATS header naming the call a placement order was made for.
 CALL_HEADER = "Burst-Trace-Call"
+#: The NATS header with the acceptance time (seconds since the epoch) of the traced call
+#: that asks an agent whether it waits for one of its starting containers.
+ACCEPTED_HEADER = "Burst-Trace-Accepted"
 ATTR_CALL = "burst.call_id"
 ATTR_WORKSPACE = "burst.workspace"
 #: Most spans kept per call (the stream is burst_core.bus.topology's STREAM_TRACES).
@@ -52,7 +55,36 @@ _propagator = TraceContextTextMapPropagator()
 
 
 def subject(workspace: str, call_id: str) -> str:
+    """Where a call's spans are kept; ``call_id`` may also be a trace id (32 hex digits):
+    the spans of that trace that are no single call's (``shared``)."""
     return f"burst.traces.{workspace}.{call_id}"
+
+
+def shared_key(span: SpanRecord) -> str:
+    """The subject key of a span that belongs to no single call: ``sdk.map`` (a map of
+    many calls), ``gateway.batch`` (a page of them) and ``agent.relay`` (calls made from
+    inside a traced container). A call's trace takes in those that are its ancestors or
+    its spans' children (:func:`related`)."""
+    return span.trace_id
+
+
+def related(own: list[SpanRecord], shared: list[SpanRecord]) -> list[SpanRecord]:
+    """The spans of ``shared`` (its trace's spans of no single call) that belong in the
+    trace of the call whose spans are ``own``: its ancestors (the map and page it came
+    in, the relay that made it from a parent call) and its spans' direct children (the
+    relays of the calls it made)."""
+    by_id = {s.span_id: s for s in shared}
+    ids = {s.span_id for s in own}
+    out: dict[str, SpanRecord] = {}
+    for s in own:  # up from each span, through the shared ones
+        parent = by_id.get(s.parent_id)
+        while parent is not None and parent.span_id not in out and parent.span_id not in ids:
+            out[parent.span_id] = parent
+            parent = by_id.get(parent.parent_id)
+    for s in shared:
+        if s.parent_id in ids:
+            out.setdefault(s.span_id, s)
+    return list(out.values())
 
 
 class SpanRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -111,10 +143,11 @@ class StoreProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         attrs = span.attributes or {}
         ws, call_id = attrs.get(ATTR_WORKSPACE), attrs.get(ATTR_CALL)
-        if not ws or not call_id:
+        if not ws:
             return
-        data = msgspec.msgpack.encode(record_of(span, self.service))
-        subj = subject(str(ws), str(call_id))
+        record = record_of(span, self.service)
+        data = msgspec.msgpack.encode(record)
+        subj = subject(str(ws), str(call_id) if call_id else shared_key(record))
         self._loop.call_soon_threadsafe(self._publish, subj, data)
 
     def _publish(self, subj: str, data: bytes) -> None:
@@ -203,10 +236,11 @@ class Tracing:
                                     TraceFlags(TraceFlags.SAMPLED)),
                 parent=parent,
                 resource=Resource.create({"service.name": f"burst-{r.service}"}),
-                attributes={**r.attributes, ATTR_WORKSPACE: workspace, ATTR_CALL: r.call_id},
+                attributes={**r.attributes, ATTR_WORKSPACE: workspace,
+                            **({ATTR_CALL: r.call_id} if r.call_id else {})},
                 start_time=int(r.start * 1e9), end_time=int(r.end * 1e9))
             data = msgspec.msgpack.encode(r)
-            self.store._publish(subject(workspace, r.call_id), data)
+            self.store._publish(subject(workspace, r.call_id or shared_key(r)), data)
             if self.exporter is not None:
                 self.exporter.on_end(span)
 

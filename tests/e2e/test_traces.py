@@ -78,6 +78,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, collector: Collector) -> I
 @pytest.fixture(scope="module")
 def app_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_app(tmp_path_factory.mktemp("traced"), """
+        import os
         import time
 
         import burst
@@ -98,7 +99,9 @@ def app_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
         @app.local_entrypoint()
         def behind():
-            Slow().ping.spawn(1)  # (untraced: only .remote() is) places the one container
+            traced = os.environ.pop("BURST_TRACE")  # (set by --trace; read at each call)
+            Slow().ping.spawn(1)  # untraced: it places the one container
+            os.environ["BURST_TRACE"] = traced
             time.sleep(0.5)
             print("behind", Slow().ping.remote(2))
 
@@ -106,11 +109,51 @@ def app_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         def echo(x):
             return x
 
+        @app.function(memory=256)
+        def parent(x):  # calls from inside a (traced) container
+            return echo.remote(x) + sum(echo.map([1, 2]))
+
         @app.local_entrypoint()
         def main():
             print("first", echo.remote(1))   # cold: a container starts for it
             print("second", echo.remote(2))  # warm: the same container
+
+        @app.local_entrypoint()
+        def spawned():
+            print("spawned", echo.spawn(7).get(timeout=120))
+
+        @app.local_entrypoint()
+        def mapped():
+            print("mapped", sorted(echo.map(range(5))))
+
+        @app.local_entrypoint()
+        def nested():
+            print("nested", parent.remote(10))
     """, "traced_app.py")
+
+
+@pytest.fixture(scope="module")
+def web_base(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A deployed web endpoint's app; the base URL of its endpoints (path form)."""
+    path = write_app(tmp_path_factory.mktemp("tracedweb"), """
+        import burst
+
+        app = burst.App("tracedweb")
+
+
+        @app.function(memory=256)
+        @burst.fastapi_endpoint()
+        def hello(x: int = 1) -> dict:
+            return {"hello": x}
+    """, "traced_web_app.py")
+    cluster.burst("deploy", str(path), check=True)
+    state = json.loads((cluster.home / "cluster.json").read_text())
+    port = next(p for p in state["parts"] if p["name"] == "gateway")["ports"]["web"]
+    return f"http://127.0.0.1:{port}/default/tracedweb"
+
+
+def traced_ids(proc: Any) -> list[str]:
+    return re.findall(r"burst trace ((?:fc|wr)-[0-9a-f]{32})", proc.stdout + proc.stderr)
 
 
 @pytest.fixture(scope="module")
@@ -279,3 +322,101 @@ def test_a_call_waiting_for_a_container_placed_before_it_gets_its_start(
     assert s["shim.enter"]["parent_id"] == s["agent.container_start"]["span_id"]
     enter = s["shim.enter"]["end"] - s["shim.enter"]["start"]
     assert 3.5 < enter < 30, enter  # the @enter's sleep
+
+
+def test_a_spawned_call_is_traced(cluster: Cluster, app_file: Path) -> None:
+    proc = cluster.burst("run", "--trace", f"{app_file}::spawned", check=True)
+    assert "spawned 7" in proc.stdout
+    [call_id] = traced_ids(proc)
+    s = by_name(spans_when(cluster, call_id, {"sdk.spawn", "gateway.call", "agent.input",
+                                              "shim.function"}))
+    assert s["sdk.spawn"]["parent_id"] == ""
+    assert s["gateway.call"]["parent_id"] == s["sdk.spawn"]["span_id"]
+    assert s["agent.input"]["parent_id"] == s["gateway.call"]["span_id"]
+    assert s["shim.function"]["parent_id"] == s["agent.input"]["span_id"]
+    assert s["sdk.spawn"]["end"] <= s["shim.function"]["end"]  # it did not wait
+
+
+def test_a_map_has_one_root_a_span_per_page_and_each_input_under_it(
+        cluster: Cluster, app_file: Path) -> None:
+    proc = cluster.burst("run", "--trace", f"{app_file}::mapped", check=True)
+    assert "mapped [0, 1, 2, 3, 4]" in proc.stdout
+    ids = traced_ids(proc)
+    assert len(ids) == 5, proc.stdout + proc.stderr  # every input's trace is listed
+    roots, pages = set(), set()
+    for call_id in ids:
+        spans = spans_when(cluster, call_id, {"sdk.map", "gateway.batch", "agent.input",
+                                              "shim.function"})
+        s = by_name([x for x in spans if x["name"] not in ("scheduler.placement",
+                                                           "agent.container_start")
+                     and x["name"] not in COLD_STEPS])
+        assert s["sdk.map"]["parent_id"] == "" and s["sdk.map"]["service"] == "sdk"
+        assert s["sdk.map"]["attributes"]["burst.calls"] == 5
+        assert s["gateway.batch"]["parent_id"] == s["sdk.map"]["span_id"]
+        assert s["gateway.batch"]["attributes"]["burst.calls"] == 5
+        assert s["agent.input"]["parent_id"] == s["gateway.batch"]["span_id"]
+        assert s["agent.input"]["call_id"] == call_id
+        assert s["shim.function"]["parent_id"] == s["agent.input"]["span_id"]
+        assert len({x["trace_id"] for x in spans}) == 1
+        roots.add(s["sdk.map"]["span_id"])
+        pages.add(s["gateway.batch"]["span_id"])
+    assert len(roots) == 1 and len(pages) == 1  # one map, one page of 5
+
+
+def test_calls_from_a_traced_container_are_under_a_relay_span(
+        cluster: Cluster, app_file: Path) -> None:
+    proc = cluster.burst("run", "--trace", f"{app_file}::nested", check=True)
+    assert "nested 13" in proc.stdout
+    [call_id] = traced_ids(proc)
+    spans = spans_when(cluster, call_id, {"gateway.call", "agent.input", "shim.function",
+                                          "agent.relay"})
+    gateway = next(x for x in spans if x["name"] == "gateway.call")
+    relays = [x for x in spans if x["name"] == "agent.relay"]
+    deadline = time.monotonic() + 30
+    while len(relays) < 2 and time.monotonic() < deadline:  # .remote() and the map's page
+        time.sleep(0.2)
+        relays = [x for x in api(cluster, "GET", f"/v1/calls/{call_id}/trace")[1]["spans"]
+                  if x["name"] == "agent.relay"]
+    assert len(relays) == 2, relays
+    for r in relays:
+        assert r["parent_id"] == gateway["span_id"] and r["service"] == "agent"
+        assert r["attributes"]["burst.parent_call_id"] == call_id
+    status, graph = api(cluster, "GET", f"/v1/calls/{call_id}/graph")
+    assert status == 200, graph
+    children = [c["call_id"] for c in graph["children"]]
+    assert len(children) == 3, graph  # the .remote() and the map's two inputs
+    relay_ids = {r["span_id"] for r in relays}
+    for child in children:
+        cs = spans_when(cluster, child, {"agent.relay", "agent.input", "shim.function"})
+        inp = next(x for x in cs if x["name"] == "agent.input")
+        assert inp["parent_id"] in relay_ids
+        assert {x["trace_id"] for x in cs} == {gateway["trace_id"]}
+        relay = next(x for x in cs if x["name"] == "agent.relay")
+        assert relay["span_id"] == inp["parent_id"]
+
+
+def test_a_web_request_with_the_trace_header_is_traced(cluster: Cluster,
+                                                       web_base: str) -> None:
+    import httpx
+
+    r = httpx.get(f"{web_base}/hello", params={"x": 3}, headers={"X-Burst-Trace": "1"},
+                  timeout=120, follow_redirects=True)
+    assert r.status_code == 200 and r.json() == {"hello": 3}
+    req_id = r.headers["x-burst-request-id"]
+    assert re.fullmatch(r"wr-[0-9a-f]{32}", req_id)
+    spans = spans_when(cluster, req_id, {"gateway.web", "agent.web_request"})
+    s = {x["name"]: x for x in spans}
+    assert s["gateway.web"]["parent_id"] == "" and s["gateway.web"]["service"] == "gateway"
+    assert s["agent.web_request"]["parent_id"] == s["gateway.web"]["span_id"]
+    assert s["agent.web_request"]["attributes"]["burst.status"] == 200
+    assert s["gateway.web"]["start"] <= s["agent.web_request"]["start"]
+    if "scheduler.placement" in s:  # (it started a container: its start is in the trace)
+        assert s["scheduler.placement"]["parent_id"] == s["gateway.web"]["span_id"]
+    out = cluster.burst("trace", req_id, check=True).stdout
+    assert "agent.web_request" in out
+
+    plain = httpx.get(f"{web_base}/hello", params={"x": 4}, timeout=120,
+                      follow_redirects=True)
+    assert plain.status_code == 200 and "x-burst-request-id" not in plain.headers
+    bad = httpx.get(f"{web_base}/hello", headers={"X-Burst-Trace": "maybe"}, timeout=120)
+    assert bad.status_code == 400 and "X-Burst-Trace" in bad.text

@@ -60,17 +60,37 @@ async def test_spans_of_a_call_go_to_its_subject_with_parents() -> None:
     child = t.span("agent.input", t.incoming(headers), "ws1", "fc-1", start=100.5)
     child.end(int(101e9))
     span.end(int(102e9))
-    t.span("no call", ctx, "ws1").end()  # not a call's span: not kept
+    t.span("gateway.batch", ctx, "ws1").end()  # no single call's: kept under its trace
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-    assert [s for s, _ in nc.published] == ["burst.traces.ws1.fc-1"] * 2
-    child_rec, parent_rec = (tracing.span_decoder.decode(d) for _, d in nc.published)
+    assert [s for s, _ in nc.published] == ["burst.traces.ws1.fc-1"] * 2 + [
+        f"burst.traces.ws1.{TRACE}"]
+    child_rec, parent_rec, _ = (tracing.span_decoder.decode(d) for _, d in nc.published)
     assert (parent_rec.name, parent_rec.parent_id, parent_rec.trace_id) == (
         "gateway.call", PARENT, TRACE)
     assert child_rec.parent_id == parent_rec.span_id
     assert (child_rec.start, child_rec.end, child_rec.call_id) == (100.5, 101.0, "fc-1")
     assert "burst.workspace" not in child_rec.attributes
     t.shutdown()
+
+
+def _rec(span_id: str, parent_id: str, name: str) -> tracing.SpanRecord:
+    return tracing.SpanRecord(trace_id=TRACE, span_id=span_id, parent_id=parent_id,
+                              name=name, service="x", start=1.0, end=2.0)
+
+
+def test_a_calls_trace_takes_in_its_ancestors_and_its_childrens_shared_spans() -> None:
+    """Spans of no single call (a map, its pages, relays from containers) belong to a
+    call's trace when they are its ancestors or its spans' children; others do not."""
+    own = [_rec("a1", "b1", "agent.input"), _rec("a2", "a1", "shim.function")]
+    shared = [_rec("b1", "m1", "gateway.batch"), _rec("b2", "m1", "gateway.batch"),
+              _rec("m1", "", "sdk.map"), _rec("r1", "a1", "agent.relay"),
+              _rec("r2", "zz", "agent.relay")]
+    got = {s.span_id for s in tracing.related(own, shared)}
+    assert got == {"b1", "m1", "r1"}  # not the other page, not another call's relay
+    # A cycle (forged parents) ends.
+    loop = [_rec("c1", "c2", "x"), _rec("c2", "c1", "y")]
+    assert {s.span_id for s in tracing.related([_rec("o", "c1", "z")], loop)} == {"c1", "c2"}
 
 
 def test_the_trace_request_header() -> None:
@@ -101,3 +121,62 @@ def test_trace_retention_setting() -> None:
     for bad in ("soon", "0", "-5", "inf"):
         with pytest.raises(ValueError, match=f"BURST_TRACE_RETENTION='{bad}'.*seconds"):
             trace_retention({"BURST_TRACE_RETENTION": bad})
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_the_trace_attach_timeout_must_be_above_0(value: str) -> None:
+    from burst_core import settings
+    from burst_scheduler.settings import SchedulerSettings
+
+    with pytest.raises(ValueError, match=rf"BURST_TRACE_ATTACH_TIMEOUT={value}.*above 0"):
+        settings.load(SchedulerSettings, {"BURST_TRACE_ATTACH_TIMEOUT": value})
+
+
+async def test_an_untraced_message_parses_no_context_and_makes_no_span(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hot path (the gateway's submit, the scheduler's signal, the agent's order and
+    input, the relay): headers with no ``traceparent`` are never handed to the parser."""
+    def parse(**_: Any) -> Any:
+        raise AssertionError("a trace context was parsed")
+
+    monkeypatch.setattr(tracing._propagator, "extract", parse)
+    nc = FakeNC()
+    t = tracing.Tracing("agent", nc)
+    for headers in (None, {}, {"Nats-Msg-Id": "in-1"}, {"x-burst-trace": "0"}):
+        assert t.incoming(headers) is None
+        assert t.decide(headers) is None
+    await asyncio.sleep(0)
+    assert nc.published == []
+    t.shutdown()
+
+
+async def test_a_traced_call_gets_a_containers_start_only_if_it_waited_for_it() -> None:
+    """The agent's answer to the scheduler (placed before the call's signal came): the
+    start is the call's only if the container was not ready when the call was accepted.
+    Heartbeats lag, so the scheduler's view cannot say this (a warm call's trace had a
+    placement wait for the container that had just served the cold call)."""
+    from types import SimpleNamespace
+
+    from burst import wire
+    from burst_agent.container import Container
+
+    started: list[str] = []
+
+    def box(state: str, ready_at: float | None, trace: Any = None) -> Any:
+        c = SimpleNamespace(state=state, trace=trace, trace_call="", _start_times=None)
+        if ready_at is not None:
+            c._start_times = (1.0, 2.0, wire.Ready(pid=1, entered_at=ready_at))
+        c._trace_start = lambda: started.append(c.trace_call)
+        return c
+
+    ctx = tracing.Tracing("agent", FakeNC()).decide({}, forced=True)
+    assert ctx is not None
+    attach = Container.attach_trace
+    assert attach(box("starting", None), ctx, "fc-a", 100.0) is True  # still starting
+    assert started == []  # (its spans come when it is ready)
+    assert attach(box("idle", 101.0), ctx, "fc-b", 100.0) is True  # ready after the call
+    assert started == ["fc-b"]
+    assert attach(box("idle", 99.0), ctx, "fc-c", 100.0) is False  # ready before: warm
+    assert attach(box("starting", None, trace=ctx), ctx, "fc-d", 100.0) is False  # taken
+    assert attach(box("stopping", None), ctx, "fc-e", 100.0) is False
+    assert started == ["fc-b"]

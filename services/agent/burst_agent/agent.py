@@ -60,7 +60,7 @@ from burst_core.schemas import (
     encode,
 )
 from burst_core.service import heartbeat_loop
-from burst_core.tracing import CALL_HEADER, Tracing
+from burst_core.tracing import ACCEPTED_HEADER, CALL_HEADER, Tracing
 from burst_core.volumes import Volumes
 
 log = logs.get("burst.agent")
@@ -309,11 +309,22 @@ class Agent:
         await self._beat()
 
     async def _on_trace_container(self, msg: Msg) -> None:
-        """A traced call waits for one of our starting containers: its start is traced."""
+        """Does a traced call wait for one of our containers (still starting, or ready
+        only after the call was accepted)? If so its start goes into the call's trace;
+        the answer (b"1" or b"0") tells the scheduler whether its wait does too."""
         c = self.containers.get(msg.data.decode(errors="replace"))
-        ctx = self.tracing.incoming(msg.headers)
+        headers = msg.headers or {}
+        ctx = self.tracing.incoming(headers)
+        attached = False
         if c is not None and ctx is not None:
-            c.attach_trace(ctx, (msg.headers or {}).get(CALL_HEADER, ""))
+            try:
+                accepted_at = float(headers.get(ACCEPTED_HEADER, "0"))
+            except ValueError:
+                accepted_at = 0.0
+            attached = c.attach_trace(ctx, headers.get(CALL_HEADER, ""), accepted_at)
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(b"1" if attached else b"0")
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:

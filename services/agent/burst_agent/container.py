@@ -44,8 +44,8 @@ from burst_agent.metering import Meter
 from burst_agent.runtimes import images
 from burst_agent.runtimes.base import SIGKILL, SIGTERM, ContainerHandle
 from burst_agent.volumes import ContainerVolumes, VolumeUnavailable
-from burst_core import bus, calls, logs, names
-from burst_core.calls.caller import Parent
+from burst_core import bus, calls, logs, names, tracing
+from burst_core.calls.caller import Caller, Parent
 from burst_core.schemas import (
     ContainerReady,
     ContainerStarted,
@@ -56,7 +56,7 @@ from burst_core.schemas import (
     Placement,
     encode,
 )
-from burst_core.tracing import context_of
+from burst_core.tracing import TRACEPARENT, context_of, headers_of
 
 log = logs.get("burst.agent.container")
 
@@ -300,14 +300,21 @@ class Container:
             await self._account_stop(exit_code)
             self.done.set()
 
-    def attach_trace(self, ctx: Context, call_id: str) -> None:
-        """A traced call waits for this container, placed before its signal came: its
-        start goes into that call's trace (now, if it is ready already). The first wins."""
-        if self.trace is not None:
-            return
+    def attach_trace(self, ctx: Context, call_id: str, accepted_at: float = 0.0) -> bool:
+        """A traced call accepted at ``accepted_at`` waits for this container, placed
+        before its signal came: if it was still starting then (it is now, or it became
+        ready after), its start goes into that call's trace (now, if it is ready). The
+        first wins. Whether it went in."""
+        if self.trace is not None or self.state == "stopping":
+            return False
+        if self._start_times is not None:
+            ready = self._start_times[2]
+            if not ready.entered_at or ready.entered_at <= accepted_at:
+                return False  # ready before the call came: it waited for no start
         self.trace, self.trace_call = ctx, call_id
         if self._start_times is not None:
             self._trace_start()
+        return True
 
     def _trace_start(self) -> None:
         """A traced call's cold start, step by step: image (bundle, image, secrets),
@@ -315,9 +322,9 @@ class Container:
         user's module and ``@enter``, as the shim timed them."""
         assert self._start_times is not None
         begun, prepared, ready = self._start_times
-        tracing, ws, call = self.agent.tracing, self.placement.workspace, self.trace_call
+        tracer, ws, call = self.agent.tracing, self.placement.workspace, self.trace_call
         now = ready.entered_at or time.time()
-        span = tracing.span("agent.container_start", self.trace, ws, call, start=begun,
+        span = tracer.span("agent.container_start", self.trace, ws, call, start=begun,
                             attributes={"burst.container_id": self.id,
                                         "burst.agent_id": self.agent.agent_id,
                                         "burst.runtime": self.agent.runtime.name})
@@ -332,7 +339,7 @@ class Container:
                                  ("shim.enter", imported, entered)):
             if ready.booted_at <= 0 and name.startswith(("shim", "container.fork")):
                 continue  # an older shim: no times
-            tracing.span(name, ctx, ws, call, start=start).end(int(max(end, start) * 1e9))
+            tracer.span(name, ctx, ws, call, start=start).end(int(max(end, start) * 1e9))
         span.end(int(max(now, entered) * 1e9))
 
     async def _await_ready(self, exit_task: asyncio.Task[int],
@@ -664,7 +671,30 @@ class Container:
                 if inf.inp.attempt == 1:
                     with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
                         await calls.create_record(caller.calls_kv, calls.first_record(inf.inp))
+        headers = inf.msg.headers if inf is not None else None
+        if headers and TRACEPARENT in headers and api.method == "POST" and \
+                api.path.endswith(("/calls", "/calls/batch")):
+            return await self._api_traced(caller, parent, api, headers)
         return await api_relay.answer(caller, self.placement.workspace, parent, api)
+
+    async def _api_traced(self, caller: Caller, parent: Parent | None, api: wire.ApiRequest,
+                          headers: dict[str, str]) -> wire.ApiResponse:
+        """Calls made by a traced call's code: an ``agent.relay`` span (a child of the
+        parent call's context, kept with its trace's spans of no single call) parents
+        the calls' spans (their inputs and signals carry its context)."""
+        tracer = self.agent.tracing
+        ctx = tracer.incoming(headers)
+        if ctx is None:
+            return await api_relay.answer(caller, self.placement.workspace, parent, api)
+        span = tracer.span("agent.relay", ctx, self.placement.workspace, attributes={
+            "burst.parent_call_id": api.call_id, "burst.container_id": self.id,
+            "burst.request": f"{api.method} {api.path}"})
+        token = tracing.outgoing.set(headers_of(span))
+        try:
+            return await api_relay.answer(caller, self.placement.workspace, parent, api)
+        finally:
+            tracing.outgoing.reset(token)
+            span.end()
 
     # ---- logs, events, metering ----------------------------------------------------
     async def _pump(self, stream: asyncio.StreamReader | None, name: str) -> None:

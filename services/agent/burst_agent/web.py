@@ -43,6 +43,7 @@ from nats.aio.subscription import Subscription
 from burst import wire
 from burst_core import logs, names
 from burst_core.schemas import FunctionDeployed, decoder
+from burst_core.tracing import TRACEPARENT
 
 if TYPE_CHECKING:
     from burst_agent.agent import Agent
@@ -80,6 +81,9 @@ class _Request:
     started: float = field(default_factory=time.monotonic)
     #: Being offered to other agents: frames that come meanwhile wait in ``pending``.
     moving: bool = False
+    #: A traced request's context (its ``agent.web_request`` span is made at its end).
+    trace: Any = None
+    received: float = field(default_factory=time.time)
 
 
 class WebRelay:
@@ -236,6 +240,8 @@ class WebRelay:
             log.info("web_request_taken_over", fn_key=fn_key, req_id=head.req_id)
             head = msgspec.structs.replace(head, free_only=False)
         req = _Request(head=head, fn_key=fn_key, reply=head.reply)
+        if msg.headers and TRACEPARENT in msg.headers:  # a traced request (rare)
+            req.trace = self.agent.tracing.incoming(msg.headers)
         self.requests[head.req_id] = req
         self.waiting.setdefault(fn_key, deque()).append(req)
         self._dispatch(fn_key)  # the request frame reaches the shim before the answer
@@ -335,6 +341,14 @@ class WebRelay:
             self._stop_if_done(c)
         took = time.monotonic() - req.started
         path = req.head.root_path + req.head.path
+        if req.trace is not None:
+            self.agent.tracing.span(
+                "agent.web_request", req.trace, names.split_function_key(req.fn_key)[0],
+                req.head.req_id,
+                start=req.received,
+                attributes={"burst.container_id": c.id if c is not None else "",
+                            "burst.agent_id": self.agent.agent_id,
+                            "burst.status": status}).end()
         log.info("web_request", fn_key=req.fn_key, req_id=req.head.req_id,
                  method=req.head.method, path=path, status=status, error=end.error or None,
                  duration_s=round(took, 4), container_id=c.id if c is not None else None)

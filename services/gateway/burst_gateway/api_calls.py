@@ -30,7 +30,7 @@ from burst_core.schemas import (
     CallRecord,
     DeploymentRecord,
 )
-from burst_gateway.api_traces import traced
+from burst_gateway.api_traces import traced, traced_batch
 from burst_gateway.auth import Principal, principal
 from burst_gateway.errors import JSON, TOO_DEEP
 from burst_gateway.state import Gateway, GatewayDep
@@ -238,8 +238,9 @@ async def create_calls(app: str, fn: str, request: Request, gw: GatewayDep,
     answers with their ids in the order of the payloads."""
     dep = await _function(gw, p, app, fn)
     req = await _body(request, gw, _batch_decoder, "batch request")
-    made = await gw.caller.submit(p.workspace, dep, fn, req.payloads, register=False,
-                                  refs=req.payload_refs or None, submission=req.submission_id)
+    made = await traced_batch(gw, request.headers, p.workspace, app, fn, lambda: (
+        gw.caller.submit(p.workspace, dep, fn, req.payloads, register=False,
+                         refs=req.payload_refs or None, submission=req.submission_id)))
     return _response(CallBatchResponse(calls=[_ref(rec) for rec, _ in made]), 202)
 
 

@@ -20,6 +20,13 @@ from burst_gateway.errors import JSON
 from burst_gateway.state import Gateway, GatewayDep
 
 router = APIRouter()
+
+
+def valid_web_request_id(value: str) -> bool:
+    """A web request's id (``wr-`` and 32 hex digits): a traced request's spans are kept
+    under it (its response's ``X-Burst-Request-Id``)."""
+    return (value.startswith("wr-") and len(value) == 35
+            and all(c in "0123456789abcdef" for c in value[3:]))
 _TRUE = {"1", "true", "yes", "on"}
 #: Most spans one request may send in.
 MAX_SENT_SPANS = 100
@@ -58,6 +65,32 @@ async def traced(gw: Gateway, headers: Mapping[str, str], workspace: str, app: s
         span.end()
 
 
+async def traced_batch(gw: Gateway, headers: Mapping[str, str], workspace: str, app: str,
+                       fn: str, submit: Callable[[], Awaitable[list[Any]]]) -> list[Any]:
+    """Create a page of calls (a map's); traced (one ``gateway.batch`` span for the page,
+    parent of each input's spans, kept with the trace's spans of no single call) if the
+    caller asked or the sample share drew it."""
+    if not (gw.tracing.enabled and (gw.tracing.sample or tracing.TRACEPARENT in headers
+                                    or tracing.TRACE_REQUEST_HEADER in headers)):
+        return await submit()
+    ctx = gw.tracing.decide(headers, wants_trace(headers))
+    if ctx is None:
+        return await submit()
+    span = gw.tracing.span("gateway.batch", ctx, workspace,
+                           attributes={"burst.app": app, "burst.function": fn})
+    token = tracing.outgoing.set(tracing.headers_of(span))
+    try:
+        made = await submit()
+        span.set_attribute("burst.calls", len(made))
+        if made:
+            span.set_attribute("burst.first_call_id", made[0][0].call_id)
+            span.set_attribute("burst.last_call_id", made[-1][0].call_id)
+        return made
+    finally:
+        tracing.outgoing.reset(token)
+        span.end()
+
+
 @router.post("/v1/traces", tags=["traces"])
 async def send_spans(request: Request, gw: GatewayDep,
                      p: Principal = Depends(principal)) -> dict[str, Any]:
@@ -72,7 +105,7 @@ async def send_spans(request: Request, gw: GatewayDep,
     if len(spans) > MAX_SENT_SPANS:
         raise InvalidError(f"{len(spans)} spans in one request: send at most {MAX_SENT_SPANS}")
     for s in spans:
-        if not valid_call_id(s.call_id):
+        if s.call_id and not valid_call_id(s.call_id):  # ("": a span of many calls, a map's)
             raise InvalidError(f"span {s.name!r}: invalid call id {s.call_id!r}")
         if not (tracing.valid_id(s.trace_id, 32) and tracing.valid_id(s.span_id, 16)
                 and (not s.parent_id or tracing.valid_id(s.parent_id, 16))):
@@ -86,8 +119,19 @@ async def send_spans(request: Request, gw: GatewayDep,
 
 
 async def spans_of(gw: Gateway, workspace: str, call_id: str) -> list[tracing.SpanRecord]:
-    """The kept spans of ``workspace``'s call ``call_id`` (at most MAX_SPANS_PER_CALL)."""
-    subject = tracing.subject(workspace, call_id)
+    """The kept spans of ``workspace``'s call ``call_id`` (at most MAX_SPANS_PER_CALL),
+    with those of its trace that are no single call's but belong to it (the map and page
+    it came in, the relay that made it, the relays of calls it made:
+    :func:`burst_core.tracing.related`)."""
+    own = await _kept(gw, tracing.subject(workspace, call_id))
+    for trace_id in sorted({s.trace_id for s in own})[:4]:
+        shared = await _kept(gw, tracing.subject(workspace, trace_id))
+        own += tracing.related(own, shared)
+    own.sort(key=lambda s: (s.start, s.end))
+    return own
+
+
+async def _kept(gw: Gateway, subject: str) -> list[tracing.SpanRecord]:
     out: list[tracing.SpanRecord] = []
     seq = 0
     while len(out) < tracing.MAX_SPANS_PER_CALL:
@@ -101,7 +145,6 @@ async def spans_of(gw: Gateway, workspace: str, call_id: str) -> list[tracing.Sp
             out.append(tracing.span_decoder.decode(raw.data or b""))
         except msgspec.DecodeError:
             continue
-    out.sort(key=lambda s: (s.start, s.end))
     return out
 
 
@@ -111,8 +154,9 @@ async def call_trace(call_id: str, gw: GatewayDep,
     """The spans kept for a traced call (``spans``: trace and span ids, parent id, name,
     service, start and end in seconds since the epoch, attributes), oldest first. 404 for
     a call that was not traced, whose trace expired, or that is another workspace's."""
-    if not valid_call_id(call_id):
-        raise InvalidError(f"invalid call id {call_id!r}: expected fc- and 32 hex digits")
+    if not (valid_call_id(call_id) or valid_web_request_id(call_id)):
+        raise InvalidError(f"invalid call id {call_id!r}: expected fc- (a call) or wr- (a "
+                           "web request) and 32 hex digits")
     spans = await spans_of(gw, p.workspace, call_id)
     if not spans:
         raise NotFoundError(f"no trace of call {call_id!r} in workspace {p.workspace!r} "

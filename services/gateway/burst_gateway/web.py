@@ -41,9 +41,10 @@ from starlette.types import Receive, Scope, Send
 
 from burst import wire
 from burst.exception import BudgetExceededError, ConflictError, InvalidError
-from burst_core import logs, names
+from burst_core import logs, names, tracing
 from burst_core.schemas import ContainerEventDecoder, ContainerStopped, DeploymentRecord
 from burst_gateway import web_redirect
+from burst_gateway.api_traces import wants_trace
 from burst_gateway.settings import GatewaySettings
 
 log = logs.get("burst.gateway.web")
@@ -350,10 +351,50 @@ class WebProxy:
         # A web_server's own startup_timeout (waiting for its port) comes on top.
         startup = self.settings.web_startup_timeout + (
             ep.startup_timeout if ep.kind == "web_server" else 0.0)
-        await _Exchange(self.settings, gw, self, names.function_key(ws, app, fn.name),
-                        ep.name, root_path, rest, raw_path, scope, receive, send,
-                        startup).run()
+        ex = _Exchange(self.settings, gw, self, names.function_key(ws, app, fn.name),
+                       ep.name, root_path, rest, raw_path, scope, receive, send, startup)
+        ctx = self._trace(gw, scope) if gw.tracing.enabled else None
+        if ctx is None:
+            await ex.run()
+        else:
+            await self._run_traced(gw, ex, ctx, ws, app, fn.name)
         self.served += 1
+
+    @staticmethod
+    def _trace(gw: Any, scope: Scope) -> Any:
+        """The context a traced request's span starts in (``X-Burst-Trace: 1``, a sampled
+        ``traceparent``, or the sample share drew it), or None (untraced: no header is
+        parsed)."""
+        if scope["type"] != "http":
+            return None
+        raw = [(k, v) for k, v in scope.get("headers", []) if k in _TRACE_HEADERS]
+        if not raw and not gw.tracing.sample:
+            return None
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}
+        try:
+            forced = wants_trace(headers)
+        except InvalidError as e:
+            raise _Refused(400, e.type, str(e)) from None
+        return gw.tracing.decide(headers, forced)
+
+    async def _run_traced(self, gw: Any, ex: _Exchange, ctx: Any, ws: str, app: str,
+                          fn: str) -> None:
+        """A traced request: a ``gateway.web`` span (kept under the request's id, which
+        its response's ``X-Burst-Request-Id`` header names), its context on the request
+        to the agent and on the scheduler's signal."""
+        span = gw.tracing.span("gateway.web", ctx, ws, ex.req_id, attributes={
+            "burst.app": app, "burst.function": fn, "burst.endpoint": ex.endpoint,
+            "http.request.method": ex.scope.get("method", "GET")})
+        ex.trace_headers = tracing.headers_of(span, ex.req_id)
+        token = tracing.outgoing.set(ex.trace_headers)
+        try:
+            await ex.run()
+        except _Refused as e:
+            span.set_attribute("http.response.status_code", e.status)
+            raise
+        finally:
+            tracing.outgoing.reset(token)
+            span.end()
 
 
     async def _proxy_auth(self, gw: Any, scope: Scope, ws: str) -> Scope:
@@ -376,6 +417,8 @@ class WebProxy:
                                      if k not in _PROXY_AUTH_HEADERS]}
 
 
+#: The request headers that may ask for a trace (burst_core.tracing).
+_TRACE_HEADERS = frozenset({tracing.TRACEPARENT.encode(), tracing.TRACE_REQUEST_HEADER.encode()})
 #: The headers of a proxy-auth token (never passed on to the app).
 _PROXY_AUTH_HEADERS = frozenset({b"burst-key", b"burst-secret", b"modal-key", b"modal-secret"})
 
@@ -418,6 +461,8 @@ class _Exchange:
         #: The client's next ASGI message once its whole body came: a disconnect while
         #: the request is held (no container ready) ends it before any container runs it.
         self.watch: asyncio.Future[Any] | None = None
+        #: A traced request's trace headers (on the request to the agent), else None.
+        self.trace_headers: dict[str, str] | None = None
 
     def _head(self, inbox: str, body: bytes = b"", more: bool = False) -> wire.WebRequest:
         s = self.scope
@@ -515,7 +560,8 @@ class _Exchange:
     async def _offer(self, subject: str, data: bytes) -> wire.WebAccepted:
         """One offer of the request to the agents; NoRespondersError when none listens."""
         try:
-            msg = await self.gw.nc.request(subject, data, timeout=self.s.web_accept_timeout)
+            msg = await self.gw.nc.request(subject, data, timeout=self.s.web_accept_timeout,
+                                           headers=self.trace_headers)
         except (nats.errors.TimeoutError, TimeoutError):
             # An agent may hold it: never offered again (it is never replayed).
             raise _Refused(502, "BadGateway", "the agent did not take the request within "
@@ -649,8 +695,11 @@ class _Exchange:
                 return
             if isinstance(frame, wire.WebResponseStart):
                 self.started = True
+                headers = [(bytes(k), bytes(v)) for k, v in frame.headers]
+                if self.trace_headers is not None:  # where `burst trace` finds it
+                    headers.append((b"x-burst-request-id", self.req_id.encode()))
                 await self.send({"type": "http.response.start", "status": frame.status,
-                                 "headers": [(bytes(k), bytes(v)) for k, v in frame.headers]})
+                                 "headers": headers})
             elif isinstance(frame, wire.WebResponseBody):
                 if not frame.more_body:
                     self.complete = True

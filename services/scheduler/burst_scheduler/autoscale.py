@@ -44,7 +44,7 @@ from burst_core.schemas import (
     StopContainer,
     encode,
 )
-from burst_core.tracing import Tracing, headers_of
+from burst_core.tracing import ACCEPTED_HEADER, Tracing, headers_of
 from burst_scheduler import make_room, placement
 from burst_scheduler.claim import Claimer
 from burst_scheduler.settings import SchedulerSettings
@@ -190,7 +190,10 @@ class Autoscaler:
                              accepted_at: float) -> bool:
         """A traced call placed nothing (a container was placed for its function before
         its signal came, by an earlier call or the reconcile pass): its placement wait is
-        for the newest container still starting, whose start goes into its trace."""
+        for the newest container that may still be starting, if its agent says it was
+        not ready when the call was accepted (this view comes from heartbeats, which lag:
+        a container with no view yet, or a "starting" one, may have been serving for a
+        while). Only then is the wait in its trace, with that container's start."""
         if self.tracing is None:
             return False
         now = time.time()
@@ -206,11 +209,17 @@ class Autoscaler:
                                  attributes={"burst.container_id": c.container_id,
                                              "burst.agent_id": c.agent_id,
                                              "burst.placed_before": True})
+        headers = {**headers_of(span, call_id), ACCEPTED_HEADER: repr(accepted_at)}
         try:
-            await self.js._nc.publish(names.trace_container_subject(c.agent_id),
-                                      c.container_id.encode(), headers=headers_of(span, call_id))
-        finally:
-            span.end()
+            reply = await self.js._nc.request(names.trace_container_subject(c.agent_id),
+                                              c.container_id.encode(), headers=headers,
+                                              timeout=self.settings.trace_attach_timeout)
+        except Exception as e:  # no answer: the span is dropped (never ended)
+            log.info("trace_attach_unanswered", container_id=c.container_id, error=repr(e))
+            return False
+        if reply.data != b"1":
+            return False  # ready before the call came, or another call's: no wait
+        span.end()
         return True
 
     async def place_more(self, fn_key: str, n: int, reason: str) -> int:

@@ -63,8 +63,14 @@ class SchedulerSettings(CommonSettings):
     client_timeout: float = 10.0
     #: Seconds between the client reaper's passes.
     client_reap_interval: float = 0.5
+    #: Seconds the scheduler waits for an agent to say whether a traced call waits for
+    #: one of its starting containers (traced calls only; no answer: not in its trace).
+    trace_attach_timeout: float = 2.0
 
     def __post_init__(self) -> None:
+        if not self.trace_attach_timeout > 0:
+            raise ValueError(f"setting BURST_TRACE_ATTACH_TIMEOUT={self.trace_attach_timeout!r}"
+                             " must be a number of seconds above 0")
         if self.start_failures_to_fail_calls < 1:
             raise ValueError(f"setting BURST_START_FAILURES_TO_FAIL_CALLS="
                              f"{self.start_failures_to_fail_calls} must be at least 1 (1: the "
