@@ -345,8 +345,8 @@ def on_rootfs():
     with open("/proc/self/mountinfo") as f:
         srv = next((ln.split()[5].split(",")[0] for ln in f if ln.split()[4] == "/srv/local"),
                    "image")
-    return {"/srv/local:mount": srv, **_read([p for p in ("/opt/conf/settings.txt", "/etc/burst-test/mounted.txt",
-                                 "/srv/local/a.txt") if os.path.exists(p)]),
+    paths = ("/opt/conf/settings.txt", "/etc/burst-test/mounted.txt", "/srv/local/a.txt")
+    return {"/srv/local:mount": srv, **_read([p for p in paths if os.path.exists(p)]),
             "built": open("/opt/built").read().strip()}
 
 

@@ -5,7 +5,8 @@ namespace this module creates; each stand-in lives in a namespace of its own, jo
 cluster's by a veth pair: "the internet" (203.0.113.10, the cluster's default route), a
 cloud metadata address (169.254.169.254), a private address (10.77.0.5) and a private
 address the cluster's allow list opens (10.88.0.5, ``BURST_ALLOW_CIDRS``, which also lists
-the cluster's own address and 127.0.0.0/8: those stay refused), each serving HTTP; and a DNS
+the cluster's own address, 127.0.0.0/8 and the metadata address: those stay refused), each
+serving HTTP; and a DNS
 stand-in at the machine's name server's address (the first ``nameserver`` of
 ``/etc/resolv.conf``), which answers one name. No route or address is added on the host, so
 a block that fails never sends traffic off this machine. Functions report what they reach
@@ -47,8 +48,10 @@ HTTP_PORT = 8080
 #: The cluster's own address in its namespace (the first veth's near end).
 CLUSTER_ADDR = "192.0.2.1"
 #: The allow list of every cluster here: the allowed stand-in, and what must stay refused
-#: however listed (the cluster's own address, the host's loopback range).
-ALLOW_CIDRS = f"10.88.0.0/16,{CLUSTER_ADDR}/32,127.0.0.0/8"
+#: however listed (the cluster's own address, the host's loopback range, the metadata
+#: address: on the Docker runtime the last is what the allow list could wrongly open, as
+#: the others are the host's own, which its containers reach only through INPUT).
+ALLOW_CIDRS = f"10.88.0.0/16,{CLUSTER_ADDR}/32,127.0.0.0/8,{METADATA}/32"
 #: The one name the DNS stand-in answers (with the internet stand-in's address).
 DNS_NAME = "svc.burst-dns-test.example"
 
@@ -469,7 +472,8 @@ def check_network(cluster: NsCluster, tmp_path: Path, zygote: bool, forwarder: s
     assert blocked["udp"] == "OSError", blocked  # ENETUNREACH: no route at all
     assert blocked["routes"] == 0, blocked
     # The allow list opens its private range, and only it (10.77.0.5 stays refused below);
-    # not the cluster's own address nor 127.0.0.0/8, though it lists them.
+    # not the cluster's own address, 127.0.0.0/8 or the metadata address, though it lists
+    # them.
     assert opened["allowed"] == "reached:allow", opened
     assert not blocked["allowed"].startswith("reached"), blocked
     # Names resolve through the container's own forwarder (whose upstream is the machine's
