@@ -107,21 +107,3 @@ def test_docker_rules_reject_before_the_allow_list() -> None:
     assert egress[-1] == f"-A {network.EGRESS_CHAIN} -j RETURN"
     host = [" ".join(c) for c in cmds if c[1] == network.HOST_CHAIN]
     assert host[-1].endswith("-j REJECT --reject-with icmp-port-unreachable")
-
-
-def test_docker_rules_let_dns_to_the_machines_name_servers_through_first(tmp_path) -> None:
-    conf = tmp_path / "resolv.conf"
-    conf.write_text("search x\nnameserver 10.255.255.53\nnameserver 127.0.0.53\n"
-                    "nameserver ::1\n")
-    resolvers = network.host_resolvers(str(conf))
-    assert [str(n) for n in resolvers] == ["10.255.255.53/32"]  # loopback: the engine's own
-    cmds = network.docker_rules([ipaddress.ip_network("10.255.255.53/32")],
-                                parse_cidrs("d", "10.0.0.0/8"), [], resolvers)
-    egress = [" ".join(c) for c in cmds if c[1] == network.EGRESS_CHAIN]
-    dns = [i for i, c in enumerate(egress) if "10.255.255.53/32" in c and "--dport 53" in c]
-    assert len(dns) == 2  # udp and tcp, port 53 only
-    assert max(dns) < min(i for i, c in enumerate(egress) if "REJECT" in c)
-    assert not any("10.255.255.53" in c and "RETURN" in c and "--dport" not in c
-                   for c in egress)
-    host = [" ".join(c) for c in cmds if c[1] == network.HOST_CHAIN]
-    assert "--dport 53 -j ACCEPT" in host[0]

@@ -93,22 +93,6 @@ def host_addresses() -> list[IPNetwork]:
     return addrs
 
 
-def host_resolvers(path: str = "/etc/resolv.conf") -> list[IPNetwork]:
-    """The machine's name servers (IPv4, ``nameserver`` lines of ``path``): where the Docker
-    engine's DNS forwarder (127.0.0.11 in a container) sends what it does not know, from
-    the container's own network namespace."""
-    out: list[IPNetwork] = []
-    with contextlib.suppress(OSError):
-        for line in Path(path).read_text().splitlines():
-            parts = line.split()
-            if parts[:1] == ["nameserver"] and len(parts) > 1:
-                with contextlib.suppress(ValueError):
-                    net = ipaddress.ip_network(parts[1].split("%")[0])
-                    if net.version == 4 and not net.network_address.is_loopback:
-                        out.append(net)
-    return out
-
-
 def server_addresses(urls: list[str]) -> list[IPNetwork]:
     """The addresses the cluster's servers (``nats://h:p``, ``redis://h:p``) resolve to."""
     out: list[IPNetwork] = []
@@ -363,21 +347,13 @@ HOST_CHAIN = "BURST-HOST"
 
 
 def docker_rules(denied: list[IPNetwork], deny: list[IPNetwork],
-                 allow: list[IPNetwork],
-                 resolvers: list[IPNetwork] | None = None) -> list[list[str]]:
+                 allow: list[IPNetwork]) -> list[list[str]]:
     """``iptables`` commands (after the chains are made and flushed): what the bridge's
     containers send through the host (``FORWARD``, via ``DOCKER-USER``) goes through
     ``EGRESS_CHAIN``; what they send to the host itself (``INPUT``: any of its addresses,
-    the bridge's gateway included) is rejected but for ICMP (the gateway answers pings).
-    DNS (port 53 only) to the machine's name servers (``resolvers``) is let through first:
-    the engine's forwarder sends it from the container's namespace."""
+    the bridge's gateway included) is rejected but for ICMP (the gateway answers pings)."""
     cmds = [["-A", EGRESS_CHAIN, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED",
              "-j", "RETURN"]]
-    dns: list[list[str]] = []
-    for net in dict.fromkeys(n for n in resolvers or [] if n.version == 4):
-        for proto in ("udp", "tcp"):
-            dns.append(["-d", str(net), "-p", proto, "--dport", "53"])
-    cmds += [["-A", EGRESS_CHAIN, *d, "-j", "RETURN"] for d in dns]
 
     def reject(net: IPNetwork) -> list[list[str]]:
         return [["-A", EGRESS_CHAIN, "-d", str(net), "-p", "tcp", "-j", "REJECT",
@@ -392,7 +368,6 @@ def docker_rules(denied: list[IPNetwork], deny: list[IPNetwork],
     for net in dict.fromkeys(n for n in deny if n.version == 4):
         cmds += reject(net)
     cmds.append(["-A", EGRESS_CHAIN, "-j", "RETURN"])
-    cmds += [["-A", HOST_CHAIN, *d, "-j", "ACCEPT"] for d in dns]
     cmds += [["-A", HOST_CHAIN, "-p", "icmp", "-j", "ACCEPT"],
              ["-A", HOST_CHAIN, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"],
              ["-A", HOST_CHAIN, "-j", "REJECT", "--reject-with", "icmp-port-unreachable"]]
@@ -422,7 +397,7 @@ def docker_network(client: Any, *, mode: str = "auto", deny_cidrs: str = DEFAULT
         try:
             _docker_setup(client, [*(ipaddress.ip_network(c) for c in ALWAYS_DENIED),
                                    *host_addresses(), *server_addresses(servers or [])],
-                          deny, allow, host_resolvers())
+                          deny, allow)
             return DOCKER_NETWORK
         except (OSError, subprocess.SubprocessError, RuntimeError) as e:
             why = f"the deny rules could not be loaded ({e})"
@@ -442,7 +417,7 @@ def _iptables(*args: str, check: bool = True) -> bool:
 
 
 def _docker_setup(client: Any, denied: list[IPNetwork], deny: list[IPNetwork],
-                  allow: list[IPNetwork], resolvers: list[IPNetwork]) -> None:
+                  allow: list[IPNetwork]) -> None:
     import docker.errors
 
     try:
@@ -458,7 +433,7 @@ def _docker_setup(client: Any, denied: list[IPNetwork], deny: list[IPNetwork],
     for chain in (EGRESS_CHAIN, HOST_CHAIN):
         _iptables("-N", chain, check=False)
         _iptables("-F", chain)
-    for cmd in docker_rules(denied, deny, allow, resolvers):
+    for cmd in docker_rules(denied, deny, allow):
         _iptables(*cmd)
     # DOCKER-USER comes first in FORWARD (the engine makes it); without it, FORWARD itself.
     forward = "DOCKER-USER" if _iptables("-L", "DOCKER-USER", "-n", check=False) else "FORWARD"
@@ -468,4 +443,4 @@ def _docker_setup(client: Any, denied: list[IPNetwork], deny: list[IPNetwork],
             _iptables("-I", parent, "1", *hook)
     log.info("container_network_ready", runtime="docker", network=DOCKER_NETWORK,
              deny=[str(n) for n in deny], allow=[str(n) for n in allow],
-             denied=[str(n) for n in denied], dns=[str(n) for n in resolvers])
+             denied=[str(n) for n in denied])
