@@ -83,6 +83,21 @@ def local_modules(root: Path, modules: dict[str, ModuleType] | None = None) -> l
     return sorted(files)
 
 
+def of_files(files: dict[str, bytes]) -> Bundle:
+    """A bundle of ``files`` (relative path -> content), deterministic as ``build``'s: the
+    files an image adds as each container starts (``add_local_file/dir(copy=False)``)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(files):
+            info = tarfile.TarInfo(name)
+            info.size = len(files[name])
+            info.mode = 0o644
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(files[name]))
+    raw = buf.getvalue()
+    return Bundle(data=raw, hash=hashlib.sha256(raw).hexdigest(), files=sorted(files))
+
+
 def build(root: Path, extra_files: list[Path] = ()) -> Bundle:  # type: ignore[assignment]
     root = root.resolve()
     paths = sorted(set(local_modules(root)) | {Path(p).resolve() for p in extra_files})

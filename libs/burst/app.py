@@ -51,6 +51,25 @@ def _with_secrets(fn: Function[..., Any]) -> wire.FunctionSpec:
     return msgspec.structs.replace(fn.spec, secrets=[s._spec() for s in fn.secrets])
 
 
+def _with_local_files(spec: wire.FunctionSpec, client: Client) -> wire.FunctionSpec:
+    """The spec with the files its image adds as each container starts (``copy=False``)
+    sent as bundles of their own (uploaded unless stored), each step naming its bundle."""
+    from burst import _bundle
+
+    image = spec.image
+    if image is None or not any(s.mounted and s.files for s in image.steps):
+        return spec
+    steps = []
+    for step in image.steps:
+        if step.mounted and step.files:
+            bundle = _bundle.of_files(step.files)
+            if not client.has_bundle(bundle.hash):
+                client.put_bundle(bundle.hash, bundle.data)
+            step = msgspec.structs.replace(step, files={}, bundle=bundle.hash)
+        steps.append(step)
+    return msgspec.structs.replace(spec, image=msgspec.structs.replace(image, steps=steps))
+
+
 class App:
     """A named group of functions.
 
@@ -328,7 +347,8 @@ class App:
             client.put_bundle(bundle.hash, bundle.data)
         resp = client.deploy(wire.DeployRequest(
             app=app_name, bundle_hash=bundle.hash,
-            functions=[_with_secrets(f) for f in self.registered_functions.values()],
+            functions=[_with_local_files(_with_secrets(f), client)
+                       for f in self.registered_functions.values()],
             ephemeral=ephemeral or _serve,
             client_id=client_id, serve=_serve, strategy=strategy))
         # Calls go to the app's id: its name when deployed, the run's own id when ephemeral.

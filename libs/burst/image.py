@@ -590,8 +590,12 @@ class Image(metaclass=_ImageType):
             plain = msgspec.structs.replace(self._spec, steps=[], imports=[], force_build="")
             self._spec = msgspec.structs.replace(
                 self._spec, ident=hashlib.sha256(msgspec.msgpack.encode(plain)).hexdigest()[:32])
+        # Files added at start (copy=False) are mounted, not built: their content is no
+        # part of the hash (a changed file builds nothing), only where they go.
+        steps = [msgspec.structs.replace(s, files={}, bundle="") if s.mounted else s
+                 for s in self._spec.steps]
         body = msgspec.msgpack.encode(msgspec.structs.replace(self._spec, content_hash="",
-                                                              imports=[]))
+                                                              imports=[], steps=steps))
         self._spec = msgspec.structs.replace(
             self._spec, content_hash=hashlib.sha256(body).hexdigest()[:32])
         return self

@@ -149,8 +149,12 @@ class ImageStep(_Body):
     source: str = ""
     #: ``add_local_file/dir(copy=False)`` (Modal's default): the files reach the container
     #: at its start rather than being a build step, so no build step may follow (as in
-    #: Modal). Burst carries them in the deployment either way.
+    #: Modal). Their content is no part of the image's hash: at deploy the SDK sends them
+    #: as a bundle of their own (``bundle``, its sha256; ``files`` then empty), which the
+    #: agent unpacks under ``<home>/local-files/`` and binds read-only as each container
+    #: starts.
     mounted: bool = False
+    bundle: str = ""
 
 
 class ImageSpec(_Body):

@@ -312,6 +312,116 @@ def test_each_python_version(cluster: Cluster, tmp_path: Path) -> None:
         assert rootfs.host_codename() not in out["3.13"][1], out["3.13"][1]
 
 
+MOUNTED_APP = '''
+import json, os
+
+import burst
+
+app = burst.App("images-mounted")
+
+# An image materialised as a root filesystem, and the default image (the fast path): files
+# added at start (copy=False) are bound read-only into each container; copy=True bakes one.
+built = (burst.Image.debian_slim().run_commands("echo @TOKEN@ > /opt/built")
+         @BAKED@
+         .add_local_file(@CFG@, "/etc/burst-test/mounted.txt")
+         .add_local_dir(@DIR@, "/srv/local"))
+plain = burst.Image.debian_slim().add_local_file(@CFG@, "/srv/plain/settings.txt")
+
+
+def _read(paths):
+    # Each path's content, and how it is mounted: "ro" (a read-only mount of its own), or
+    # "image" (no mount of its own: part of the image's filesystem).
+    with open("/proc/self/mountinfo") as f:
+        opts = {ln.split()[4]: ln.split()[5].split(",")[0] for ln in f}
+    out = {}
+    for p in paths:
+        out[p] = open(p).read()
+        out[p + ":mount"] = opts.get(p, "image")
+    return out
+
+
+@app.function(image=built, scaledown_window=2)
+def on_rootfs():
+    with open("/proc/self/mountinfo") as f:
+        srv = next((ln.split()[5].split(",")[0] for ln in f if ln.split()[4] == "/srv/local"),
+                   "image")
+    paths = ("/opt/conf/settings.txt", "/etc/burst-test/mounted.txt", "/srv/local/a.txt")
+    return {"/srv/local:mount": srv, **_read([p for p in paths if os.path.exists(p)]),
+            "built": open("/opt/built").read().strip()}
+
+
+@app.function(image=plain, scaledown_window=2)
+def on_default():
+    return _read(["/srv/plain/settings.txt"])
+
+
+@app.local_entrypoint()
+def main():
+    print("RESULT", json.dumps({"rootfs": on_rootfs.remote(), "default": on_default.remote()}))
+'''
+
+
+@pytest.mark.timeout(600)
+def test_files_added_at_start_are_mounted_not_built(cluster: Cluster, tmp_path: Path) -> None:
+    token = uuid.uuid4().hex[:10]
+    cfg, tree = tmp_path / "settings.txt", tmp_path / "tree"
+    tree.mkdir()
+    app = tmp_path / "mounted_app.py"
+
+    def write(baked: bool) -> None:
+        app.write_text(MOUNTED_APP.replace("@TOKEN@", token).replace("@BAKED@", (
+            f'.add_local_file({str(cfg)!r}, "/opt/conf/settings.txt", copy=True)'
+            if baked else "")).replace("@CFG@", repr(str(cfg))).replace("@DIR@",
+                                                                        repr(str(tree))))
+
+    write(baked=True)
+
+    def once(version: str) -> tuple[object, str]:
+        cfg.write_text(f"settings {version}")
+        (tree / "a.txt").write_text(f"a {version}")
+        proc = cluster.burst("run", f"{app}::main", check=True, timeout=500)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        assert line is not None, proc.stdout + proc.stderr
+        return json.loads(line[len("RESULT "):]), proc.stdout + proc.stderr
+
+    first, logs1 = once("one")
+    ro = {"/opt/conf/settings.txt:mount": "image", "/etc/burst-test/mounted.txt:mount": "ro",
+          "/srv/local/a.txt:mount": "image"}
+    assert first == {"rootfs": {"/opt/conf/settings.txt": "settings one",
+                                "/etc/burst-test/mounted.txt": "settings one",
+                                "/srv/local/a.txt": "a one", "built": token,
+                                "/srv/local:mount": "ro", **ro},
+                     "default": {"/srv/plain/settings.txt": "settings one",
+                                 "/srv/plain/settings.txt:mount": "ro"}}, (first, logs1)
+    built1 = _builds(logs1)
+    # Only the copied file is a build step with its content; the others, mount points.
+    assert "add_local_file(" in built1 and "its mount point" in built1, built1
+    second, logs2 = once("two")
+    assert isinstance(second, dict), second
+    # The mounted files are the new ones; the baked one too, as its step was built again.
+    assert second["rootfs"]["/etc/burst-test/mounted.txt"] == "settings two", second
+    assert second["rootfs"]["/srv/local/a.txt"] == "a two", second
+    assert second["rootfs"]["/opt/conf/settings.txt"] == "settings two", second
+    assert second["default"]["/srv/plain/settings.txt"] == "settings two", second
+    built2 = _builds(logs2)
+    assert f"run_commands('echo {token} > /opt/built') (cached)" in built2, built2
+    # The copied file's step was built again (its content changed), and the mount points
+    # above it; nothing else.
+    rebuilt = [ln for ln in built2.splitlines()
+               if ln.startswith("Step ") and ": " in ln and "(cached" not in ln]
+    assert rebuilt and all("/opt/conf/settings.txt" in ln or "mount point" in ln
+                           for ln in rebuilt), built2
+    # Without the copied file, a changed file builds nothing at all.
+    write(baked=False)
+    once("three")
+    fourth, logs4 = once("four")
+    assert isinstance(fourth, dict), fourth
+    assert fourth["rootfs"]["/etc/burst-test/mounted.txt"] == "settings four", fourth
+    assert fourth["rootfs"]["/srv/local/a.txt"] == "a four", fourth
+    assert fourth["default"]["/srv/plain/settings.txt"] == "settings four", fourth
+    assert "[image build]" not in logs4, logs4
+
+
 def _builds(logs: str) -> str:
     return "".join(ln.split("[image build] ", 1)[1] + "\n" for ln in logs.splitlines()
                    if "[image build] " in ln)

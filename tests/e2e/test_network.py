@@ -3,9 +3,14 @@
 The cluster under test (``burst up``, its agent, every container) runs inside a network
 namespace this module creates; each stand-in lives in a namespace of its own, joined to the
 cluster's by a veth pair: "the internet" (203.0.113.10, the cluster's default route), a
-cloud metadata address (169.254.169.254) and a private address (10.77.0.5), each serving
-HTTP. No route or address is added on the host, so a block that fails never sends traffic
-off this machine. Functions report what they reach from inside their containers.
+cloud metadata address (169.254.169.254), a private address (10.77.0.5) and a private
+address the cluster's allow list opens (10.88.0.5, ``BURST_ALLOW_CIDRS``, which also lists
+the cluster's own address, 127.0.0.0/8 and the metadata address: those stay refused), each
+serving HTTP; and a DNS
+stand-in at the machine's name server's address (the first ``nameserver`` of
+``/etc/resolv.conf``), which answers one name. No route or address is added on the host, so
+a block that fails never sends traffic off this machine. Functions report what they reach
+(and resolve) from inside their containers.
 
 Needs root, iproute2 and slirp4netns (``make install``): skipped without them, except under
 ``CI``, where they fail.
@@ -36,8 +41,51 @@ pytestmark = pytest.mark.e2e
 INTERNET = "203.0.113.10"
 METADATA = "169.254.169.254"
 PRIVATE = "10.77.0.5"
-STAND_INS = {"inet": INTERNET, "meta": METADATA, "priv": PRIVATE}
+#: A private address the cluster's allow list opens (an internal service a workload needs).
+ALLOWED = "10.88.0.5"
+STAND_INS = {"inet": INTERNET, "meta": METADATA, "priv": PRIVATE, "allow": ALLOWED}
 HTTP_PORT = 8080
+#: The cluster's own address in its namespace (the first veth's near end).
+CLUSTER_ADDR = "192.0.2.1"
+#: The allow list of every cluster here: the allowed stand-in, and what must stay refused
+#: however listed (the cluster's own address, the host's loopback range, the metadata
+#: address: on the Docker runtime the last is what the allow list could wrongly open, as
+#: the others are the host's own, which its containers reach only through INPUT).
+ALLOW_CIDRS = f"10.88.0.0/16,{CLUSTER_ADDR}/32,127.0.0.0/8,{METADATA}/32"
+#: The one name the DNS stand-in answers (with the internet stand-in's address).
+DNS_NAME = "svc.burst-dns-test.example"
+
+#: A DNS server for ``DNS_NAME`` only (A: the internet stand-in; AAAA: no address; any
+#: other name: NXDOMAIN), on UDP port 53 of the address given.
+DNS_SERVER = r"""
+import socket, sys
+addr, name, answer = sys.argv[1], sys.argv[2].encode(), socket.inet_aton(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((addr, 53))
+while True:
+    q, peer = s.recvfrom(4096)
+    i, labels = 12, []
+    while q[i]:
+        labels.append(q[i + 1:i + 1 + q[i]]); i += 1 + q[i]
+    qtype = int.from_bytes(q[i + 1:i + 3], "big")
+    question = q[12:i + 5]
+    known = b".".join(labels).lower() == name
+    flags = (0x8180 if known else 0x8183).to_bytes(2, "big")
+    answers = b""
+    if known and qtype == 1:
+        answers = bytes([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]) + answer
+    head = q[:2] + flags + bytes([0, 1, 0, 1 if answers else 0, 0, 0, 0, 0])
+    s.sendto(head + question + answers, peer)
+"""
+
+
+def machine_nameserver() -> str:
+    """The machine's first name server (``/etc/resolv.conf``): where the DNS stand-in is."""
+    for line in Path("/etc/resolv.conf").read_text().splitlines():
+        parts = line.split()
+        if parts[:1] == ["nameserver"] and len(parts) > 1 and ":" not in parts[1]:
+            return parts[1]
+    return ""
 
 
 def _need(ok: bool, why: str) -> None:
@@ -67,8 +115,10 @@ def net() -> Iterator[Net]:
     _need(os.geteuid() == 0, "network namespaces need root")
     for tool in ("ip", "nsenter", "slirp4netns", "iptables-restore", "bwrap"):
         _need(shutil.which(tool) is not None, f"{tool} is not installed (make install)")
+    resolver = machine_nameserver()
+    _need(bool(resolver), "/etc/resolv.conf names no IPv4 name server")
     tag = uuid.uuid4().hex[:6]
-    n = Net({k: f"bt{tag}-{k}" for k in ("clu", *STAND_INS)}, [])
+    n = Net({k: f"bt{tag}-{k}" for k in ("clu", *STAND_INS, "dns")}, [])
     www = Path(tempfile.mkdtemp(prefix="burst-net-www-"))
     try:
         for name in n.ns.values():
@@ -99,6 +149,28 @@ def net() -> Iterator[Net]:
                 ["nsenter", f"--net={n.path(key)}", sys.executable, "-m", "http.server",
                  "--bind", addr, "--directory", str(d), str(HTTP_PORT)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        # The DNS stand-in at the machine's name server's address: on the cluster's own
+        # loopback if that is where it is, else in a namespace of its own.
+        if resolver.startswith("127."):
+            dns_ns = clu
+        else:
+            dns_ns, i = n.ns["dns"], len(STAND_INS)
+            a, b = f"bc{tag}{i}", f"bs{tag}{i}"
+            near, far = f"192.0.2.{4 * i + 1}", f"192.0.2.{4 * i + 2}"
+            sh("ip", "-n", clu, "link", "add", a, "type", "veth", "peer", "name", b)
+            sh("ip", "-n", clu, "link", "set", b, "netns", dns_ns)
+            sh("ip", "-n", clu, "addr", "add", f"{near}/30", "dev", a)
+            sh("ip", "-n", clu, "link", "set", a, "up")
+            sh("ip", "-n", dns_ns, "addr", "add", f"{far}/30", "dev", b)
+            sh("ip", "-n", dns_ns, "addr", "add", f"{resolver}/32", "dev", "lo")
+            sh("ip", "-n", dns_ns, "link", "set", "lo", "up")
+            sh("ip", "-n", dns_ns, "link", "set", b, "up")
+            sh("ip", "-n", dns_ns, "route", "add", "default", "via", near)
+            sh("ip", "-n", clu, "route", "add", f"{resolver}/32", "via", far)
+        n.servers.append(subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{dns_ns}", sys.executable, "-c", DNS_SERVER,
+             resolver, DNS_NAME, INTERNET],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         # A service of the cluster's machine on all its addresses (as one that other
         # machines reach): containers must not reach it through any of them.
         d = www / "clu"
@@ -108,9 +180,11 @@ def net() -> Iterator[Net]:
             ["nsenter", f"--net={n.path('clu')}", sys.executable, "-m", "http.server",
              "--bind", "0.0.0.0", "--directory", str(d), str(HTTP_PORT)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        for key, addr in [*STAND_INS.items(), ("clu", "192.0.2.1")]:
+        for key, addr in [*STAND_INS.items(), ("clu", CLUSTER_ADDR)]:
             eventually(lambda a=addr, k=key: _fetch(n.path("clu"), a) == k, 30,
                        f"the {key} stand-in at {addr}")
+        eventually(lambda: _resolve(n.path("clu"), resolver) == INTERNET, 30,
+                   f"the DNS stand-in at {resolver}")
         yield n
     finally:
         for p in n.servers:
@@ -127,6 +201,25 @@ def _fetch(netns: str, addr: str) -> str:
         ["nsenter", f"--net={netns}", sys.executable, "-c",
          "import sys, urllib.request as u; sys.stdout.write(u.urlopen("
          f"'http://{addr}:{HTTP_PORT}/who', timeout=5).read().decode())"],
+        capture_output=True, text=True, timeout=30)
+    return proc.stdout
+
+
+def _resolve(netns: str, server: str) -> str:
+    """``DNS_NAME``'s address as the DNS stand-in at ``server`` answers it (from ``netns``),
+    or ""."""
+    proc = subprocess.run(
+        ["nsenter", f"--net={netns}", sys.executable, "-c", textwrap.dedent("""
+            import socket, sys
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(3)
+            q = bytes([0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]) + b"".join(
+                bytes([len(p)]) + p for p in sys.argv[1].encode().split(b".")) + \
+                bytes([0, 0, 1, 0, 1])
+            s.sendto(q, (sys.argv[2], 53))
+            r = s.recv(4096)
+            sys.stdout.write(socket.inet_ntoa(r[-4:]) if r[7] else "")
+            """), DNS_NAME, server],
         capture_output=True, text=True, timeout=30)
     return proc.stdout
 
@@ -159,7 +252,8 @@ def cluster(net: Net, request: pytest.FixtureRequest) -> Iterator[NsCluster]:
     home = Path(tempfile.mkdtemp(prefix="burst-home-net-", dir="/var/tmp"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("BURST_")}
     env.update(FAST_TIMERS, BURST_HOME=str(home), HOME=str(home), BURST_SANDBOX="on",
-               BURST_ZYGOTE="1" if request.param == "zygote" else "0")
+               BURST_ZYGOTE="1" if request.param == "zygote" else "0",
+               BURST_ALLOW_CIDRS=ALLOW_CIDRS)
     c = NsCluster(home, env, net.path("clu"))
     try:
         up = c.burst("up", "--timeout", "90", timeout=110)
@@ -206,7 +300,8 @@ def docker_cluster(net: Net) -> Iterator[NsCluster]:
         subprocess.run([sys.executable, "-c", "from burst_agent.runtimes.docker import "
                         "cached_wheels; cached_wheels()"], check=True, timeout=600)
         env = {k: v for k, v in os.environ.items() if not k.startswith("BURST_")}
-        env.update(FAST_TIMERS, BURST_HOME=str(home), HOME=str(home), DOCKER_HOST=sock)
+        env.update(FAST_TIMERS, BURST_HOME=str(home), HOME=str(home), DOCKER_HOST=sock,
+                   BURST_ALLOW_CIDRS=ALLOW_CIDRS)
         c = NsCluster(home, env, net.path("clu"))
         up = c.burst("up", "--runtime", "docker", "--timeout", "240", timeout=270)
         if up.returncode != 0:
@@ -252,6 +347,18 @@ def _probe(targets):
         out["udp"] = type(e).__name__
     with open("/proc/net/route") as f:
         out["routes"] = len(f.read().splitlines()) - 1
+    try:  # a name, through the container's own forwarder
+        out["dns"] = sorted({a[4][0] for a in socket.getaddrinfo("@DNS_NAME@", 80,
+                                                                 socket.AF_INET)})
+    except OSError as e:
+        out["dns"] = type(e).__name__ + ": " + str(e)[:80]
+    try:
+        with urllib.request.urlopen("http://@DNS_NAME@:@PORT@/who", timeout=5) as r:
+            out["by_name"] = "reached:" + r.read().decode()
+    except Exception as e:
+        out["by_name"] = type(e).__name__ + ": " + str(e)[:80]
+    with open("/etc/resolv.conf") as f:
+        out["nameservers"] = [ln.split()[1] for ln in f if ln.startswith("nameserver")]
     return out
 
 
@@ -317,16 +424,17 @@ def _cluster_ports(c: NsCluster) -> dict[str, int]:
 
 def test_internet_yes_cluster_and_private_ranges_never(cluster: NsCluster, tmp_path: Path,
                                                        request: pytest.FixtureRequest) -> None:
-    check_network(cluster, tmp_path, request.node.callspec.params["cluster"] == "zygote")
+    check_network(cluster, tmp_path, request.node.callspec.params["cluster"] == "zygote",
+                  forwarder="10.0.2.3")
 
 
 @pytest.mark.timeout(600)  # the base image may be built first (about a minute)
 def test_docker_internet_yes_cluster_and_private_ranges_never(
         docker_cluster: NsCluster, tmp_path: Path) -> None:
-    check_network(docker_cluster, tmp_path, False)
+    check_network(docker_cluster, tmp_path, False, forwarder="127.0.0.11")
 
 
-def check_network(cluster: NsCluster, tmp_path: Path, zygote: bool) -> None:
+def check_network(cluster: NsCluster, tmp_path: Path, zygote: bool, forwarder: str) -> None:
     if zygote:
         log = cluster.home / "logs" / "agent.log"
         eventually(lambda: "spare_sandbox_ready" in log.read_text(), 60,
@@ -335,8 +443,8 @@ def check_network(cluster: NsCluster, tmp_path: Path, zygote: bool) -> None:
                        if "spare" in ln or "zygote" in ln or "sandbox" in ln)[-3000:])
     targets: dict[str, tuple[str, int]] = {
         "internet": (INTERNET, HTTP_PORT), "metadata": (METADATA, HTTP_PORT),
-        "private": (PRIVATE, HTTP_PORT)}
-    targets.update({"host_addr": ("192.0.2.1", HTTP_PORT),
+        "private": (PRIVATE, HTTP_PORT), "allowed": (ALLOWED, HTTP_PORT)}
+    targets.update({"host_addr": (CLUSTER_ADDR, HTTP_PORT),
                     "host_loopback": ("127.0.0.1", HTTP_PORT),
                     "nat_gateway": ("10.0.2.2", HTTP_PORT)})
     ports = _cluster_ports(cluster)
@@ -344,10 +452,11 @@ def check_network(cluster: NsCluster, tmp_path: Path, zygote: bool) -> None:
     for name, port in ports.items():
         targets[f"{name}_loopback"] = ("127.0.0.1", port)
         # The cluster's namespace's own address (where a cluster listens for others).
-        targets[f"{name}_host"] = ("192.0.2.1", port)
+        targets[f"{name}_host"] = (CLUSTER_ADDR, port)
     app = tmp_path / "net_app.py"
     app.write_text(textwrap.dedent(APP).replace("@TARGETS@", repr(targets))
-                   .replace("@INTERNET@", INTERNET).replace("@PATHS@", "[]"))
+                   .replace("@INTERNET@", INTERNET).replace("@PATHS@", "[]")
+                   .replace("@DNS_NAME@", DNS_NAME).replace("@PORT@", str(HTTP_PORT)))
     proc = cluster.burst("run", f"{app}::main", check=True, timeout=180)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line is not None, proc.stdout + proc.stderr
@@ -362,10 +471,23 @@ def check_network(cluster: NsCluster, tmp_path: Path, zygote: bool) -> None:
     assert not blocked["internet"].startswith("reached"), blocked
     assert blocked["udp"] == "OSError", blocked  # ENETUNREACH: no route at all
     assert blocked["routes"] == 0, blocked
+    # The allow list opens its private range, and only it (10.77.0.5 stays refused below);
+    # not the cluster's own address, 127.0.0.0/8 or the metadata address, though it lists
+    # them.
+    assert opened["allowed"] == "reached:allow", opened
+    assert not blocked["allowed"].startswith("reached"), blocked
+    # Names resolve through the container's own forwarder (whose upstream is the machine's
+    # name server, the DNS stand-in here), and not at all without a network.
+    assert opened["nameservers"] == [forwarder], opened
+    assert opened["dns"] == [INTERNET], opened
+    assert opened["by_name"] == "reached:inet", opened
+    assert not isinstance(blocked["dns"], list), blocked
+    assert not blocked["by_name"].startswith("reached"), blocked
     # Never, in either mode: metadata, private ranges, the cluster's ports anywhere.
     for mode, got in out.items():
         for name, result in got.items():
-            if name in ("internet", "udp", "routes"):
+            if name in ("internet", "udp", "routes", "dns", "by_name", "nameservers") or (
+                    mode == "open" and name == "allowed"):
                 continue
             assert not result.startswith("reached"), (mode, name, result)
             assert "refused" in result.lower() or "unreachable" in result.lower(), \
@@ -382,7 +504,8 @@ def test_a_container_sees_no_host_path_beyond_what_python_needs(
                  str(REPO / "pyproject.toml"), str(cluster.home), "/root", "/usr/bin"]
         app = tmp_path / "view_app.py"
         app.write_text(textwrap.dedent(APP).replace("@TARGETS@", "{}")
-                       .replace("@INTERNET@", INTERNET).replace("@PATHS@", repr(paths)))
+                       .replace("@INTERNET@", INTERNET).replace("@PATHS@", repr(paths))
+                       .replace("@DNS_NAME@", DNS_NAME).replace("@PORT@", str(HTTP_PORT)))
         proc = cluster.burst("run", f"{app}::view", check=True, timeout=180)
     finally:
         shutil.rmtree(marker, ignore_errors=True)

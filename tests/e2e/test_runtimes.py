@@ -466,3 +466,69 @@ def test_shell_and_exec_run_inside_the_functions_container(
         assert done.returncode == 5 and done.stdout.startswith("in /"), done.stderr
     finally:
         c.burst("app", "stop", "contract")
+
+
+LOCAL_FILES_APP = '''
+import json, os
+
+import burst
+
+app = burst.App("local-files")
+
+# copy=False (Modal's default): bound read-only as each container starts, not built.
+image = (burst.Image.debian_slim().run_commands("echo @TOKEN@ > /opt/built")
+         .add_local_file(@CFG@, "/opt/conf/settings.txt")
+         .add_local_dir(@DIR@, "/srv/local"))
+
+
+@app.function(image=image, scaledown_window=2)
+def read_local():
+    out = {"file": open("/opt/conf/settings.txt").read(),
+           "dir": sorted(os.listdir("/srv/local")),
+           "nested": open("/srv/local/sub/b.txt").read(),
+           "built": open("/opt/built").read().strip()}
+    # How each is mounted: a read-only mount of its own.
+    with open("/proc/self/mountinfo") as f:
+        opts = {ln.split()[4]: ln.split()[5].split(",")[0] for ln in f}
+    out["mount_file"] = opts.get("/opt/conf/settings.txt", "none")
+    out["mount_dir"] = opts.get("/srv/local", "none")
+    return out
+
+
+@app.local_entrypoint()
+def main():
+    print("RESULT", json.dumps(read_local.remote()))
+'''
+
+
+def test_a_changed_local_file_is_mounted_with_no_build(runtime_cluster: Cluster,
+                                                       tmp_path: Path) -> None:
+    """``add_local_file/dir(copy=False)`` is bound read-only into each container at its start:
+    a changed file reaches the next container with no image build."""
+    import uuid
+
+    token = uuid.uuid4().hex[:10]
+    cfg, tree = tmp_path / "settings.txt", tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_text("a")
+    app = tmp_path / "local_files_app.py"
+    app.write_text(LOCAL_FILES_APP.replace("@TOKEN@", token).replace("@CFG@", repr(str(cfg)))
+                   .replace("@DIR@", repr(str(tree))))
+
+    def once(version: str) -> tuple[dict[str, object], str]:
+        cfg.write_text(f"settings {version}")
+        (tree / "sub" / "b.txt").write_text(f"nested {version}")
+        proc = runtime_cluster.burst("run", f"{app}::main", check=True, timeout=400)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        assert line is not None, proc.stdout + proc.stderr
+        return json.loads(line[len("RESULT "):]), proc.stdout + proc.stderr
+
+    first, logs1 = once("one")
+    assert first == {"file": "settings one", "dir": ["a.txt", "sub"], "nested": "nested one",
+                     "built": token, "mount_file": "ro", "mount_dir": "ro"}, \
+        (first, logs1)
+    assert "[image build]" in logs1, logs1  # the image (its run_commands) was built once
+    second, logs2 = once("two")
+    assert second == {**first, "file": "settings two", "nested": "nested two"}, (second, logs2)
+    # Nothing was built for the changed files: the image is the same one.
+    assert "[image build]" not in logs2, logs2

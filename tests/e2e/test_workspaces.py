@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -257,6 +258,19 @@ def test_bundles_are_scoped_to_their_workspace(cluster: Cluster, tokens: dict[st
         wire.FunctionSpec(name="f", module="secret_app", qualname="f")])
     with pytest.raises(InvalidError, match=f"bundle {h} is not stored in workspace 'team-b'"):
         client(cluster, tb).deploy(req)
+    # ... nor mount them as an image's files added at start (copy=False: a bundle of their
+    # own), with a source bundle of its own.
+    mine = _tar("def f():\n    return 1\n")
+    assert http(cluster, "PUT", f"/v1/bundles/{hashlib.sha256(mine).hexdigest()}", tb, mine,
+                "application/octet-stream")[0] == 201
+    image = wire.ImageSpec(steps=[wire.ImageStep(kind="add_local_dir", path="/data",
+                                                 mounted=True, bundle=h)])
+    files_req = wire.DeployRequest(
+        app="stolen-files", bundle_hash=hashlib.sha256(mine).hexdigest(), functions=[
+            wire.FunctionSpec(name="f", module="secret_app", qualname="f", image=image)])
+    with pytest.raises(InvalidError, match=re.escape(
+            f"add_local_dir at '/data' (bundle {h}) are not stored in workspace 'team-b'")):
+        client(cluster, tb).deploy(files_req)
     # Uploading the same bytes makes them team-b's too.
     assert http(cluster, "PUT", f"/v1/bundles/{h}", tb, data, "application/octet-stream")[0] == 201
     assert http(cluster, "HEAD", f"/v1/bundles/{h}", tb)[0] == 200

@@ -363,6 +363,32 @@ def test_a_build_step_after_local_files_added_at_start_is_refused(tmp_path: Path
     BASE.add_local_file(conf, "/etc/conf.txt", copy=True).run_commands("cat /etc/conf.txt")
 
 
+def test_files_added_at_start_are_not_in_the_hash_nor_built(tmp_path: Path) -> None:
+    from burst import _bundle
+    from burst_agent.runtimes import rootfs
+
+    conf = tmp_path / "conf.txt"
+    conf.write_text("one")
+    mounted1 = BASE.run_commands("true").add_local_file(conf, "/etc/conf.txt")
+    copied1 = BASE.run_commands("true").add_local_file(conf, "/etc/conf.txt", copy=True)
+    conf.write_text("two")
+    mounted2 = BASE.run_commands("true").add_local_file(conf, "/etc/conf.txt")
+    copied2 = BASE.run_commands("true").add_local_file(conf, "/etc/conf.txt", copy=True)
+    # A changed file added at start is the same image; a copied one is a new image.
+    assert mounted1.content_hash == mounted2.content_hash
+    assert copied1.content_hash != copied2.content_hash
+    # Where it goes still names the image.
+    assert BASE.run_commands("true").add_local_file(conf, "/etc/other.txt").content_hash \
+        != mounted2.content_hash
+    # No build step copies it (Docker) and the default image stays the fast path.
+    assert "conf.txt" not in images.dockerfile(mounted2.spec, ["w.whl"]).text
+    assert not rootfs.needs_rootfs(BASE.add_local_file(conf, "/etc/conf.txt").spec)
+    assert rootfs.needs_rootfs(BASE.add_local_file(conf, "/etc/conf.txt", copy=True).spec)
+    # Sent as a bundle of its own: deterministic, by content.
+    assert _bundle.of_files({"a": b"1"}).hash == _bundle.of_files({"a": b"1"}).hash
+    assert _bundle.of_files({"a": b"1"}).hash != _bundle.of_files({"a": b"2"}).hash
+
+
 def test_add_local_dir_leaves_out_what_ignore_names(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "big.csv").write_text("1,2")

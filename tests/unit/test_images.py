@@ -25,10 +25,13 @@ def test_steps_in_order_and_hash_follows_content(tmp_path: Path) -> None:
     assert [s.kind for s in a.spec.steps] == ["pip_install", "env"]
     assert a.env({"A": "2"}).content_hash != a.content_hash
     assert a.content_hash != burst.Image.debian_slim().content_hash  # immutable: a new image
-    f1 = a.add_local_file(tmp_path / "conf.txt", "/etc/conf.txt")
+    f1 = a.add_local_file(tmp_path / "conf.txt", "/etc/conf.txt", copy=True)
+    m1 = a.add_local_file(tmp_path / "conf.txt", "/etc/conf.txt")
     (tmp_path / "conf.txt").write_text("b")
-    f2 = a.add_local_file(tmp_path / "conf.txt", "/etc/conf.txt")
-    assert f1.content_hash != f2.content_hash  # the file's content, not its name
+    f2 = a.add_local_file(tmp_path / "conf.txt", "/etc/conf.txt", copy=True)
+    m2 = a.add_local_file(tmp_path / "conf.txt", "/etc/conf.txt")
+    assert f1.content_hash != f2.content_hash  # a copied file's content, not its name
+    assert m1.content_hash == m2.content_hash  # one mounted at start: not built
 
 
 def _f() -> None: ...
@@ -89,8 +92,11 @@ def test_process_runtime_fast_path_or_root_filesystem() -> None:
                 burst.Image.from_registry("ubuntu:24.04"),
                 burst.Image.debian_slim(python_version="3.13"),
                 burst.Image.debian_slim().workdir("/srv"),
-                burst.Image.debian_slim().add_local_file(__file__, "/x.py")]:
+                burst.Image.debian_slim().add_local_file(__file__, "/x.py", copy=True)]:
         assert rootfs.needs_rootfs(img.spec), img
+    # Files added at start are bound in as the container starts, on the fast path too.
+    assert not rootfs.needs_rootfs(burst.Image.debian_slim().add_local_file(__file__, "/x.py")
+                                   .spec)
     env = burst.Image.debian_slim().env({"A": "1"}).env({"B": "2"}).spec
     assert images.process_env(env) == {"A": "1", "B": "2"}
 
@@ -100,7 +106,7 @@ def test_dockerfile_from_steps(tmp_path: Path) -> None:
     (tmp_path / "d" / "x.txt").write_text("x")
     img = (burst.Image.debian_slim().pip_install("six==1.16.0").apt_install("curl")
            .run_commands("echo a", "echo b").env({"A": "one two"}).workdir("/work")
-           .add_local_dir(tmp_path / "d", "/data"))
+           .add_local_dir(tmp_path / "d", "/data", copy=True))
     df = images.dockerfile(img.spec, ["burst-0.1.0-py3-none-any.whl"])
     lines = df.text.splitlines()
     assert lines[0] == "FROM burst-base:py311"

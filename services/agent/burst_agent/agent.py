@@ -146,6 +146,8 @@ class Agent:
             home / "volcache", s.volume_cache_bytes,
             s.sandbox_uid if os.geteuid() == 0 else None)
         self.bundles = BundleCache(await self.js.object_store(names.OBJ_BUNDLES), home / "bundles")
+        #: Files images add as each container starts (copy=False), sent as bundles.
+        self.local_files = BundleCache(self.bundles.store, home / "local-files")
         await self._register()
         # Cancelled calls (recent ones): never started here, stopped if running here.
         self.cancelled: dict[str, float] = {}

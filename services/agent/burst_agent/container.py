@@ -35,6 +35,7 @@ from opentelemetry.context import Context
 
 from burst import wire
 from burst.exception import InvalidError
+from burst.image import describe
 from burst_agent import api_relay, relay
 from burst_agent import secrets as container_secrets
 from burst_agent.dispatch import InFlight, InputDispatch
@@ -177,6 +178,9 @@ class Container:
                 mounts, volume_env = self.volumes.binds(), self.volumes.env()
                 self.log.info("volumes_materialised",
                               seconds=round(self.volumes.materialise_s, 3))
+            # Files the image adds as each container starts (copy=False), read-only, under
+            # the volumes (which come last: nothing hides them).
+            mounts = [*await self._local_files(), *mounts]
             spec = images.ImageContainerSpec(
                 container_id=self.id, bundle_dir=bundle_dir, socket_path=self.socket_path,
                 module=self.fn.module, qualname=self.fn.qualname,
@@ -629,6 +633,32 @@ class Container:
         if os.geteuid() != 0 or not self._sandboxed():
             return None
         return self.agent.settings.sandbox_uid
+
+    async def _local_files(self) -> list[tuple[Path, str, bool]]:
+        """Read-only binds of the files the image adds as the container starts
+        (``add_local_file/dir(copy=False)``): each step's bundle, fetched and unpacked once
+        per agent under ``<home>/local-files/``."""
+        steps = [s for s in (self.fn.image.steps if self.fn.image is not None else [])
+                 if s.mounted and s.bundle]
+        if not steps:
+            return []
+        if not self._sandboxed():
+            raise images.ImageError(
+                "files added at start (add_local_file/add_local_dir with copy=False) need a "
+                "sandboxed container (bubblewrap) or the Docker runtime; this agent runs "
+                "plain processes: pass copy=True to build them into the image")
+        out: list[tuple[Path, str, bool]] = []
+        for step in steps:
+            root = await self.agent.local_files.get(self.placement.workspace, step.bundle)
+            if step.kind == "add_local_file":
+                files = [p for p in root.iterdir() if p.is_file()]
+                if len(files) != 1:
+                    raise images.ImageError(f"{describe(step)}: its bundle {step.bundle} holds "
+                                            f"{len(files)} files, not one")
+                out.append((files[0], step.path, True))
+            else:
+                out.append((root, step.path, True))
+        return out
 
     def _sandboxed(self) -> bool:
         """Whether containers here get a filesystem of their own (Docker, or the process

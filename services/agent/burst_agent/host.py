@@ -38,6 +38,7 @@ class AgentHost(Protocol):
     volumes: Volumes
     volume_cache: VolumeCache
     bundles: BundleCache
+    local_files: BundleCache
     attempts: Attempts
     runtime: Runtime
     socket_dir: str

@@ -176,6 +176,15 @@ async def deploy(request: Request, gw: GatewayDep, p: Principal = Depends(princi
     if not await _bundle_exists(gw, p.workspace, req.bundle_hash):
         raise InvalidError(f"bundle {req.bundle_hash} is not stored in workspace "
                            f"{p.workspace!r}: upload it first (PUT /v1/bundles/{{hash}})")
+    for fn in req.functions:  # files an image adds at start: sent as bundles of their own
+        for step in fn.image.steps if fn.image is not None else []:
+            if step.mounted and step.bundle:
+                _check_hash(step.bundle)
+                if not await _bundle_exists(gw, p.workspace, step.bundle):
+                    raise InvalidError(f"function {fn.name!r}: the files of its image's "
+                                       f"{step.kind} at {step.path!r} (bundle {step.bundle}) "
+                                       f"are not stored in workspace {p.workspace!r}: upload "
+                                       "them first (PUT /v1/bundles/{hash})")
     if any(fn.secrets for fn in req.functions):  # stored ones checked, code-made ones sealed
         assert gw.secrets is not None
         await gw.secrets.prepare(p.workspace, req.functions)

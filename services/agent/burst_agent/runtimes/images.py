@@ -288,6 +288,8 @@ def dockerfile(image: wire.ImageSpec | None, wheels: list[str]) -> Dockerfile:
         f"PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PYTHONPATH={PYTHON_SOURCE_DIR}",
         "the image's defaults (ENV)")
     for i, step in enumerate(image.steps if image is not None else []):
+        if step.mounted:  # files added at start: bound as each container starts
+            continue
         what = describe(step)
         if step.force_build:
             # A changed instruction: this step and all after it miss the build cache.

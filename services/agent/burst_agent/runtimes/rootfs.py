@@ -108,7 +108,8 @@ def needs_rootfs(image: wire.ImageSpec | None) -> bool:
         return False
     if image.base != "debian_slim" or image.python_version != "3.11":
         return True
-    return any(s.kind not in FAST_STEPS for s in image.steps)
+    # (Files added at start are bound in as the container starts, on any view.)
+    return any(s.kind not in FAST_STEPS and not s.mounted for s in image.steps)
 
 
 def debian_mirror() -> str:
@@ -158,6 +159,12 @@ def _layer_units(image: wire.ImageSpec) -> list[tuple[str, wire.ImageStep, str]]
     out: list[tuple[str, wire.ImageStep, str]] = []
     for step in image.steps:
         what = describe(step)
+        if step.mounted:
+            # Files added at start: only their mount point is a layer (an empty file or
+            # directory), whatever their content (a changed file builds nothing).
+            out.append((f"{what}: its mount point",
+                        wire.ImageStep(kind=step.kind, path=step.path, mounted=True), ""))
+            continue
         commands = images.step_shell(step)
         if commands is None:
             out.append((what, step, ""))
@@ -517,7 +524,13 @@ class Store:
         fs = tmp / "fs"
         fs.mkdir(mode=0o755)
         try:
-            if step.kind in ("add_local_file", "add_local_dir", "add_local_python_source"):
+            if step.mounted:  # the mount point of files added at start
+                if step.kind == "add_local_file":
+                    _write(fs, step.path, b"", label)
+                else:  # a directory: made with its parents by a file below it, then empty
+                    _write(fs, f"{step.path.rstrip('/')}/.mountpoint", b"", label)
+                    (fs / PurePosixPath(step.path).relative_to("/") / ".mountpoint").unlink()
+            elif step.kind in ("add_local_file", "add_local_dir", "add_local_python_source"):
                 dest = step.path or PYTHON_SOURCE_DIR
                 if step.kind == "add_local_file" and len(step.files) == 1:
                     name, data = next(iter(step.files.items()))
