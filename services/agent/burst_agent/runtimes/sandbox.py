@@ -164,6 +164,26 @@ class Cgroup:
         (dirs["pids"] / "pids.max").write_text(str(pids_limit))
         return cls(dirs, mem, pids_limit)
 
+    def set_limits(self, cpu: float, cpu_limit: float, memory_limit_mb: int,
+                   pids_limit: int) -> None:
+        """New limits on a live cgroup (an image's spare python taken by a container): a
+        memory limit below what it uses fails (``OSError``), the rest are only written."""
+        done = self._limit(self.dirs, cpu, cpu_limit, memory_limit_mb, pids_limit)
+        self.memory_limit_mb, self.pids_limit = done.memory_limit_mb, done.pids_limit
+
+    def rename(self, name: str) -> None:
+        """Name the cgroup after its container (cgroup v1 renames a live cgroup in place);
+        where it cannot, it keeps its name."""
+        for ctrl, d in list(self.dirs.items()):
+            new = d.with_name(name)
+            if new == d:
+                continue
+            try:
+                d.rename(new)
+                self.dirs[ctrl] = new
+            except OSError as e:
+                log.warning("cgroup_rename_failed", cgroup=str(d), name=name, error=repr(e))
+
     def tasks_files(self) -> list[str]:
         """The files a single-threaded process joins by writing ``0`` (itself) to.
 
