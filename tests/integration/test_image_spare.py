@@ -8,6 +8,9 @@ runtime alone (root, bubblewrap, the zygote; no cluster).
 - A container taking it is served by that same process: it gets the secret and its id, its
   cgroup has the container's limits (and name), and it sees no host path.
 - A pruned image's spare sandbox is closed before its layer goes: both are gone.
+- Containers with GPUs get a spare per GPU set, made after the set's first use, with that
+  set's device nodes (stand-ins made by mknod) and ``CUDA_VISIBLE_DEVICES``; the least
+  recently used set gives way, and an idle set's spare is closed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import shlex
 import shutil
 import signal
+import stat
 import struct
 import tempfile
 import time
@@ -30,6 +34,7 @@ import pytest
 from burst import Image, wire
 from burst._serialization import deserialize, serialize
 from burst_agent.runtimes import images, rootfs
+from burst_agent.runtimes import sandbox as sb
 from burst_agent.runtimes.images import ImageContainerSpec
 from burst_agent.runtimes.process import ProcessRuntime
 from burst_agent.runtimes.sandbox import Sandbox
@@ -42,7 +47,7 @@ SECRET = f"s3cret-{TOKEN}"
 SPARE_WAIT = 240.0
 
 APP = """
-import os, sys, time
+import glob, os, sys, time
 
 
 def f(paths):
@@ -55,7 +60,10 @@ def f(paths):
             "visible": [p for p in paths if os.path.exists(p)],
             "env_with_host_path": [k for k, v in os.environ.items()
                                    if any(p in v for p in paths)],
-            "init_cmdline": init, "cwd": os.getcwd()}
+            "init_cmdline": init, "cwd": os.getcwd(),
+            "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "devices": sorted(glob.glob("/dev/nvidia*")),
+            "ld_path": os.environ.get("LD_LIBRARY_PATH", "")}
 """
 
 #: A module only the image has (in its site-packages), declared by ``Image.imports()``.
@@ -108,13 +116,13 @@ def tree() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def _runtime(d: Path, name: str) -> VenvRuntime:
+def _runtime(d: Path, name: str, **kw: float) -> VenvRuntime:
     box = Sandbox.detect("on", f"spare-{name}-{os.getpid()}", str(d / "home"))
     state = d / "home" / "containers"
 
     def in_image(view: rootfs.View) -> ProcessRuntime:
         return ProcessRuntime(view.python, box, state, zygote=True, view=view,
-                              spare_timeout=SPARE_WAIT)
+                              spare_timeout=SPARE_WAIT, **kw)  # type: ignore[arg-type]
 
     base = ProcessRuntime(sandbox=box, state_dir=state, zygote=False)
     return VenvRuntime(base, lambda python: base, store=rootfs.Store(images.cache_dir("rootfs")),
@@ -270,3 +278,89 @@ async def test_a_pruned_images_spare_and_layer_are_gone(tree: Path) -> None:
             await r.aclose()
         store.unmount_mine()
 
+
+
+async def _call(rt: VenvRuntime, d: Path, name: str, image: wire.ImageSpec,
+                gpus: list[int]) -> tuple[dict[str, object], int | None]:
+    """One container of ``f`` on ``gpus``: its result and its host pid (a spare's, if)."""
+    shim = Shim(d / f"{name}.sock")
+    await shim.start()
+    spec = ImageContainerSpec(container_id=name, bundle_dir=d / "bundle",
+                              socket_path=shim.path, module="spare_app", qualname="f",
+                              cpu=0.25, memory_mb=256, env={"MY_SECRET": SECRET},
+                              gpu_indices=gpus, image=image)
+    handle = await rt.start(spec)
+    try:
+        assert isinstance(await shim.next_of(wire.Ready), wire.Ready)
+        assert shim.writer is not None
+        shim.writer.write(wire.frame(wire.RunInput(
+            input_id="in-1", call_id="call-1", payload=serialize((([],), {})))))
+        done = await shim.next_of(wire.InputDone)
+        assert isinstance(done, wire.InputDone) and done.status == "success", done
+        return deserialize(done.payload), getattr(handle, "child_pid", None)
+    finally:
+        handle.signal(signal.SIGKILL)
+        await asyncio.wait_for(handle.wait(), 60)
+        shim.server.close()
+
+
+@pytest.mark.timeout(900)
+async def test_gpu_containers_on_an_image_use_a_spare_per_gpu_set(
+        tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _require_root_sandbox()
+    # Stand-ins for the NVIDIA device nodes (char 1:3, what /dev/null is), in a dir of the
+    # test's own: nothing of the host's /dev changes.
+    dev = tree / "dev"
+    dev.mkdir()
+    for name in ("nvidiactl", "nvidia0", "nvidia1"):
+        os.mknod(dev / name, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    monkeypatch.setattr(sb, "GPU_DEV_DIR", str(dev))
+    idle = 20.0
+    rt = _runtime(tree, "gpu", gpu_spares=1, gpu_spare_idle=idle)
+    image = _image(f"gpu-{TOKEN}")
+    try:
+        _view, prt = await rt._view_of(image, None)
+        # The set's first use starts as before; its spare is made behind it.
+        out, pid = await _call(rt, tree, "g1", image, [0])
+        assert out["cuda"] == "0" and out["devices"] == ["/dev/nvidia0", "/dev/nvidiactl"], out
+        assert await prt.gpu_spare_ready((0,), SPARE_WAIT), "no spare for the GPU set (0,)"
+        spare = prt._gpu_spares[(0,)]
+        assert spare.pid is not None and spare.pid != pid
+        spare_pid = spare.pid
+        status = _status(spare_pid)
+        assert status["Uid"].split() == ["65534"] * 4 and int(status["CapEff"], 16) == 0
+        env = _environ(spare_pid)
+        assert env.get("CUDA_VISIBLE_DEVICES") == "0", env
+        assert "MY_SECRET" not in env and "BURST_CONTAINER_ID" not in env, env.keys()
+        assert stat.S_ISCHR(os.stat(f"/proc/{spare_pid}/root/dev/nvidia0").st_mode)
+        assert not os.path.exists(f"/proc/{spare_pid}/root/dev/nvidia1")
+        # The next container of that set is served by the spare.
+        out, pid = await _call(rt, tree, "g2", image, [0])
+        assert pid == spare_pid, (pid, spare_pid)
+        assert out["secret"] == SECRET and out["cuda"] == "0", out
+        assert out["devices"] == ["/dev/nvidia0", "/dev/nvidiactl"], out
+        assert sb.GPU_DRIVER_DIR in str(out["ld_path"]), out
+        assert await prt.gpu_spare_ready((0,), SPARE_WAIT)  # another behind it
+        behind = prt._gpu_spares[(0,)].pid
+        assert behind is not None
+        # Another set: with one GPU set kept per image, the least recently used gives way.
+        out, _pid = await _call(rt, tree, "g3", image, [1])
+        assert out["devices"] == ["/dev/nvidia1", "/dev/nvidiactl"], out
+        assert await prt.gpu_spare_ready((1,), SPARE_WAIT), "no spare for the GPU set (1,)"
+        one = prt._gpu_spares[(1,)].pid
+        assert one is not None
+        assert (0,) not in prt._gpu_spares
+        deadline = time.monotonic() + 30
+        while not _gone(behind) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert _gone(behind), "the least recently used GPU set's spare still runs"
+        # An idle set's spare is closed.
+        deadline = time.monotonic() + idle + 60
+        while not _gone(one) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        assert _gone(one) and (1,) not in prt._gpu_spares, "an idle GPU set's spare stayed"
+    finally:
+        for r in list(rt._views.values()):
+            await r.aclose()
+        assert rt.store is not None
+        rt.store.unmount_mine()

@@ -139,6 +139,12 @@ class AgentSettings(CommonSettings):
     #: Seconds between two checks of the image store's disk budget
     #: (``BURST_IMAGE_DISK_BUDGET_MB``), made after container starts.
     image_evict_interval: float = 10.0
+    #: An image's containers with GPUs get spares too, one per GPU set (made after the
+    #: set's first use): at most this many sets per image (0: none), the least recently
+    #: used giving way; a set's spare is closed after ``image_gpu_spare_idle`` seconds
+    #: without a container of that set.
+    image_gpu_spares: int = 2
+    image_gpu_spare_idle: float = 600.0
     #: Containers' network on the process runtime: "auto" (user-mode NAT with the deny
     #: rules below where slirp4netns is installed and the agent is root, else none and one
     #: warning), "on" (refuse to start without it) or "off" (no network at all, as with

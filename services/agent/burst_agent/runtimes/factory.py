@@ -41,12 +41,16 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
                         ("BURST_IMAGE_WARM_RUNTIMES", s.image_warm_runtimes),
                         ("BURST_IMAGE_SPARE_TIMEOUT", s.image_spare_timeout),
                         ("BURST_IMAGE_SPARE_MEMORY_MB", s.image_spare_memory_mb),
-                        ("BURST_IMAGE_EVICT_INTERVAL", s.image_evict_interval)):
+                        ("BURST_IMAGE_EVICT_INTERVAL", s.image_evict_interval),
+                        ("BURST_IMAGE_GPU_SPARE_IDLE", s.image_gpu_spare_idle)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ValueError(f"{name}={value!r} is not valid: use a positive number")
     if s.image_spare_python not in ("on", "off"):
         raise ValueError(f"BURST_IMAGE_SPARE_PYTHON={s.image_spare_python!r} is not valid: "
                          "use on or off")
+    if isinstance(s.image_gpu_spares, bool) or s.image_gpu_spares < 0:
+        raise ValueError(f"BURST_IMAGE_GPU_SPARES={s.image_gpu_spares!r} is not valid: use a "
+                         "whole number of GPU sets >= 0 (0: no spares for GPU containers)")
     if s.image_spare_memory_mb < MIN_MEMORY_MB:
         raise ValueError(f"BURST_IMAGE_SPARE_MEMORY_MB={s.image_spare_memory_mb!r} is not "
                          f"valid: use at least {MIN_MEMORY_MB} (MiB)")
@@ -78,7 +82,9 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
                               spare_delay=s.spare_delay, view=view,
                               spare_python=s.image_spare_python == "on",
                               spare_timeout=s.image_spare_timeout,
-                              spare_memory_mb=s.image_spare_memory_mb)
+                              spare_memory_mb=s.image_spare_memory_mb,
+                              gpu_spares=s.image_gpu_spares,
+                              gpu_spare_idle=s.image_gpu_spare_idle)
 
     store = Store(cache_dir("rootfs"), disk_budget_mb=s.image_disk_budget_mb,
                   step_timeout=s.image_step_timeout, network=box.network)

@@ -17,6 +17,11 @@ container taking it sets its cgroup limits on the spare's cgroup (from outside; 
 after the container), links its bundle and socket in, and only then sends its environment
 (secrets, ids) and working directory: the same process serves it. Not for an image with an
 ``entrypoint`` (it runs with the container's environment) nor containers with volumes.
+
+An image's containers with GPUs get such spares too, one per GPU set (its device nodes and
+the driver's files bound, ``CUDA_VISIBLE_DEVICES`` set), made after the set's first use:
+at most ``gpu_spares`` sets per image (the least recently used gives way), each closed
+after ``gpu_spare_idle`` seconds without a container of its set.
 """
 
 from __future__ import annotations
@@ -225,7 +230,8 @@ class ProcessRuntime:
                  zygote_imports: list[str] | None = None,
                  zygote_unsandboxed: bool = False, venv: str = "",
                  spare_python: bool = True, spare_timeout: float = 120.0,
-                 spare_memory_mb: int = 1024) -> None:
+                 spare_memory_mb: int = 1024, gpu_spares: int = 2,
+                 gpu_spare_idle: float = 600.0) -> None:
         #: An image's root filesystem (``rootfs.py``): containers run in it, with its
         #: python and environment, instead of the agent's.
         self.view = view
@@ -261,6 +267,14 @@ class ProcessRuntime:
         self.spare_memory_mb = spare_memory_mb
         #: What the image declares it imports (``Image.imports()``): its spare imports them.
         self.spare_imports: list[str] = []
+        #: An image's spares per GPU set (see the module docstring): the sets' spares, the
+        #: spares being made, when each set was last used, sets whose spare failed.
+        self.gpu_spares = gpu_spares
+        self.gpu_spare_idle = gpu_spare_idle
+        self._gpu_spares: dict[tuple[int, ...], _Holder] = {}
+        self._gpu_tasks: dict[tuple[int, ...], asyncio.Task[None]] = {}
+        self._gpu_used: dict[tuple[int, ...], float] = {}
+        self._gpu_failed: set[tuple[int, ...]] = set()
         self._cleanups: set[asyncio.Task[None]] = set()
         if self._spares:  # an agent that stops leaves no spare behind
             atexit.register(self.close)
@@ -293,11 +307,13 @@ class ProcessRuntime:
                          "LANG": os.environ.get("LANG", "C.UTF-8"), **sb.interpreter_env()}
         return image_env
 
-    def _spare_env(self) -> dict[str, str]:
-        """An image's spare python's environment: the image's, nothing of a container."""
-        return {**self._image_env([]), "HOME": sb.PRIVATE, "TMPDIR": sb.PRIVATE,
+    def _spare_env(self, gpus: tuple[int, ...] = ()) -> dict[str, str]:
+        """An image's spare python's environment: the image's (and its GPU set's), nothing
+        of a container."""
+        return {**self._image_env(list(gpus)), "HOME": sb.PRIVATE, "TMPDIR": sb.PRIVATE,
                 "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
-                "CUDA_VISIBLE_DEVICES": "", "BURST_SPARE_SANDBOX": "1",
+                "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpus),
+                "BURST_SPARE_SANDBOX": "1",
                 "BURST_SPARE_IMPORTS": ",".join(self.spare_imports),
                 # Room for the container's environment in /proc/<pid>/environ.
                 "BURST_SPARE_PAD": "x" * SPARE_ENV_PAD}
@@ -679,15 +695,15 @@ class ProcessRuntime:
             if path is not None:
                 await asyncio.to_thread(shutil.rmtree, path, True)
 
-    def spare_pid(self) -> int | None:
-        """A process inside the ready spare sandbox (its pid 1), if there is one."""
-        spare = self._spare
-        if spare is None or not spare.info.done() or spare.info.cancelled():
-            return None
-        try:
-            return zyg.info_pid(spare.info.result())
-        except (zyg.ZygoteError, Exception):
-            return None
+    def spare_pids(self) -> list[int]:
+        """A process inside each ready spare sandbox (its pid 1)."""
+        out = []
+        for spare in [self._spare, *self._gpu_spares.values()]:
+            if spare is None or not spare.info.done() or spare.info.cancelled():
+                continue
+            with contextlib.suppress(Exception):
+                out.append(zyg.info_pid(spare.info.result()))
+        return out
 
     def want_spare_imports(self, names: list[str]) -> None:
         """Modules an image declares (``Image.imports()``): its spare python imports them
@@ -700,24 +716,35 @@ class ProcessRuntime:
         spare, self._spare = self._spare, None
         if spare is not None:
             self._discard(spare)
+        for gpus in list(self._gpu_spares):
+            self._discard(self._gpu_spares.pop(gpus))
+            self._refill(0.0, gpus)
         self._refill()
 
     # ---- the spare sandbox ---------------------------------------------------------
     def _take_spare(self, spec: ContainerSpec) -> _Holder | None:
         """The spare, made ready for ``spec`` (its bundle and socket linked in), if it
-        fits: no GPUs, a bundle of at most ``spare_bundle_files`` files."""
-        spare = self._spare
-        if spare is not None and spare.proc.returncode is not None:  # it died: another
-            self._spare = None
-            self._discard(spare)
-            self._refill()
+        fits: a bundle of at most ``spare_bundle_files`` files; with GPUs, an image's spare
+        of that GPU set (made after the set's first use)."""
+        gpus = tuple(spec.gpu_indices)
+        if gpus and not self._gpu_spare_ok():
             return None
+        if gpus:
+            self._gpu_used[gpus] = time.monotonic()
+        spare = self._gpu_spares.get(gpus) if gpus else self._spare
+        if spare is not None and spare.proc.returncode is not None:  # it died: another
+            self._set_slot(gpus, None)
+            self._discard(spare)
+            self._refill(0.0, gpus)
+            return None
+        if spare is None and gpus:
+            self._refill(self.spare_delay, gpus)  # the set's first use: a spare behind it
         # A spare is networked where the agent gives containers a network.
-        if spare is None or spec.gpu_indices or (
+        if spare is None or (
                 spec.block_network and self.sandbox is not None
                 and self.sandbox.networked(False)):
             return None
-        self._spare = None
+        self._set_slot(gpus, None)
         root = spare.remove
         if spare.ctl is not None and spare.cgroup is not None:
             # The container's limits on the spare python's cgroup, named after it, before
@@ -731,7 +758,7 @@ class ProcessRuntime:
                 log.warning("spare_python_unfit", container_id=spec.container_id,
                             error=repr(e))
                 self._discard(spare)
-                self._refill()
+                self._refill(0.0, gpus)
                 return None
             spare.cgroup.rename(spec.container_id)
         try:
@@ -751,7 +778,7 @@ class ProcessRuntime:
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     entry.unlink(missing_ok=True)
-            self._spare = spare
+            self._set_slot(gpus, spare)
             return None
         except OSError as e:
             # Hard links need one filesystem (bundles and state; sockets and the temp
@@ -761,8 +788,49 @@ class ProcessRuntime:
             self._discard(spare)
             return None
         spare.t0 = time.perf_counter()
-        self._refill(self.spare_delay)
+        self._refill(self.spare_delay, gpus)
         return spare
+
+    def _set_slot(self, gpus: tuple[int, ...], spare: _Holder | None) -> None:
+        if not gpus:
+            self._spare = spare
+        elif spare is None:
+            self._gpu_spares.pop(gpus, None)
+        else:
+            self._gpu_spares[gpus] = spare
+
+    def _gpu_spare_ok(self) -> bool:
+        return self.spare_python and self.gpu_spares > 0 and self.view is not None
+
+    async def gpu_spare_ready(self, gpus: tuple[int, ...], timeout: float) -> bool:
+        """Whether a spare of this GPU set is ready (waiting up to ``timeout`` for one)."""
+        deadline = time.monotonic() + timeout
+        while gpus not in self._gpu_spares:
+            if (not self._spares or gpus in self._gpu_failed
+                    or time.monotonic() > deadline):
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def _trim_gpu_spares(self) -> None:
+        """At most ``gpu_spares`` GPU sets keep a spare: the least recently used give way."""
+        while len(self._gpu_spares) > self.gpu_spares:
+            oldest = min(self._gpu_spares, key=lambda g: self._gpu_used.get(g, 0.0))
+            log.info("gpu_spare_closed", gpus=list(oldest), why="least recently used set")
+            self._discard(self._gpu_spares.pop(oldest))
+
+    def _expire_gpu_spares(self) -> None:
+        """GPU sets unused for ``gpu_spare_idle`` seconds: their spares are closed."""
+        now = time.monotonic()
+        for gpus in list(self._gpu_spares):
+            if now - self._gpu_used.get(gpus, 0.0) >= self.gpu_spare_idle:
+                log.info("gpu_spare_closed", gpus=list(gpus), why="idle")
+                self._discard(self._gpu_spares.pop(gpus))
+        if self._gpu_spares:  # look again when the next one may be idle
+            next_at = min(self._gpu_used.get(g, 0.0) for g in self._gpu_spares) \
+                + self.gpu_spare_idle
+            asyncio.get_running_loop().call_later(max(0.05, next_at - now),
+                                                  self._expire_gpu_spares)
 
     async def spare_ready(self, timeout: float) -> bool:
         """Whether a spare sandbox is ready (waiting up to ``timeout`` for one)."""
@@ -774,16 +842,26 @@ class ProcessRuntime:
             await asyncio.sleep(0.01)
         return True
 
-    def _refill(self, delay: float = 0.0) -> None:
-        """Make the next spare, in the background (after ``delay`` seconds: not while a
-        container is starting), unless one is there or on its way."""
+    def _refill(self, delay: float = 0.0, gpus: tuple[int, ...] = ()) -> None:
+        """Make the next spare (of the GPU set ``gpus``), in the background (after
+        ``delay`` seconds: not while a container is starting), unless one is there or on
+        its way."""
+        if gpus:
+            task = self._gpu_tasks.get(gpus)
+            if (not self._spares or not self._gpu_spare_ok() or gpus in self._gpu_spares
+                    or gpus in self._gpu_failed or (task is not None and not task.done())):
+                return
+            with contextlib.suppress(RuntimeError):  # no running loop
+                self._gpu_tasks[gpus] = asyncio.get_running_loop().create_task(
+                    self._make_spare(delay, gpus))
+            return
         if not self._spares or self._spare is not None or (
                 self._spare_task is not None and not self._spare_task.done()):
             return
         with contextlib.suppress(RuntimeError):  # no running loop
             self._spare_task = asyncio.get_running_loop().create_task(self._make_spare(delay))
 
-    async def _make_spare(self, delay: float = 0.0) -> None:
+    async def _make_spare(self, delay: float = 0.0, gpus: tuple[int, ...] = ()) -> None:
         assert self.sandbox is not None and self.state_dir is not None
         if delay > 0:
             await asyncio.sleep(delay)
@@ -793,7 +871,7 @@ class ProcessRuntime:
         root = self.state_dir / name
         sock_dir = Path(tempfile.gettempdir()) / f"burst-{name}"
         holder: _Holder | None = None
-        python = self.spare_python
+        python = self.spare_python or bool(gpus)
         ctl_mine = ctl_theirs = None
         try:
             await asyncio.to_thread(_remove_stale_spares, self.state_dir)
@@ -803,7 +881,8 @@ class ProcessRuntime:
                 os.chmod(d, 0o755)
             holder = await self._holder(self.sandbox, bundle_dir=root / "bundle",
                                         socket_dir=sock_dir, private=root / "private",
-                                        gpu_indices=[], networked=self.sandbox.networked(False))
+                                        gpu_indices=list(gpus),
+                                        networked=self.sandbox.networked(False))
             # The container's handle removes all of it.
             holder.remove, holder.sock_dir, holder.spare = root, sock_dir, True
             if python:
@@ -818,7 +897,7 @@ class ProcessRuntime:
                 await holder.net
             if python:
                 assert ctl_mine is not None
-                await self._start_python(holder, name, ctl_mine)
+                await self._start_python(holder, name, ctl_mine, gpus)
                 ctl_mine = None
         except BaseException as e:
             for sock in (ctl_mine, ctl_theirs):
@@ -832,8 +911,11 @@ class ProcessRuntime:
                 # (after bwrap is killed below: its processes leave the cgroup then)
                 self._later(asyncio.to_thread(cgroup.remove))
             if not isinstance(e, asyncio.CancelledError):  # (cancelled: the runtime closes)
-                log.warning("spare_sandbox_failed", error=repr(e), python=python)
-                if python:
+                log.warning("spare_sandbox_failed", error=repr(e), python=python,
+                            gpus=list(gpus))
+                if gpus:  # that set's containers start as before
+                    self._gpu_failed.add(gpus)
+                elif python:
                     # Plain spare sandboxes from now on (the image's python starts in each).
                     self.spare_python = False
                     asyncio.get_running_loop().call_soon(self._refill)
@@ -855,11 +937,18 @@ class ProcessRuntime:
             if isinstance(e, Exception):
                 return
             raise
-        self._spare = holder
+        if gpus:
+            self._gpu_spares[gpus] = holder
+            self._gpu_used.setdefault(gpus, time.monotonic())
+            self._trim_gpu_spares()
+            asyncio.get_running_loop().call_later(self.gpu_spare_idle, self._expire_gpu_spares)
+        else:
+            self._spare = holder
         log.info("spare_sandbox_ready", ms=round((time.perf_counter() - holder.t0) * 1000, 1),
-                 python=python, pid=holder.pid)
+                 python=python, pid=holder.pid, gpus=list(gpus))
 
-    async def _start_python(self, holder: _Holder, name: str, ctl: socket.socket) -> None:
+    async def _start_python(self, holder: _Holder, name: str, ctl: socket.socket,
+                            gpus: tuple[int, ...] = ()) -> None:
         """The image's python in the spare sandbox (``burst._shim.spare``), in a cgroup of
         its own, as the sandbox uid; returns once it says ready."""
         assert self.sandbox is not None and holder.keeper is not None
@@ -867,7 +956,7 @@ class ProcessRuntime:
         box = self.sandbox
         holder.cgroup = box.prepare(name, None, SPARE_CPU, self.spare_memory_mb)
         await holder.keeper.go(
-            cwd=self._cwd(), env=self._spare_env(), uid=box.uid, gid=box.gid,
+            cwd=self._cwd(), env=self._spare_env(gpus), uid=box.uid, gid=box.gid,
             cgroup_tasks=holder.cgroup.tasks_files() if holder.cgroup else [],
             exec_argv=[self.view.python, "-m", "burst._shim.spare"])
         holder.keeper.close()  # (after go: it waits for its container, then exits)
@@ -895,43 +984,51 @@ class ProcessRuntime:
 
     async def aclose(self) -> None:
         """:meth:`close`, then wait for the spare sandbox's bwrap to be gone."""
-        spare, making = self._spare, self._spare_task
+        spares = [h for h in [self._spare, *self._gpu_spares.values()] if h is not None]
+        making = [t for t in [self._spare_task, *self._gpu_tasks.values()] if t is not None]
         self.close()
-        if making is not None:
-            await asyncio.gather(making, return_exceptions=True)
-        if spare is not None:
+        await asyncio.gather(*making, return_exceptions=True)
+        for spare in spares:
             await spare.proc.wait()
 
     def close(self) -> None:
         """Give back the spare sandbox and stop the zygote (running containers stay)."""
         self._spares = False
-        if self._spare_task is not None:
-            with contextlib.suppress(RuntimeError):  # its loop is closed (at exit)
-                self._spare_task.cancel()
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            if spare.keeper is not None:
-                spare.keeper.close()
-            if spare.ctl is not None:
-                spare.ctl.close()
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:
-                pass  # at exit: its holder dies with the agent (--die-with-parent)
-            else:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(spare.proc.pid, signal.SIGKILL)
-            spare.release()
-            for sock in (spare.out_r, spare.err_r):
-                sock.close()
-            for path in (spare.remove, spare.sock_dir):
-                if path is not None:
-                    shutil.rmtree(path, ignore_errors=True)
-            if spare.cgroup is not None:
-                spare.cgroup.remove()  # (kills what is left in it)
+        for task in [self._spare_task, *self._gpu_tasks.values()]:
+            if task is not None:
+                with contextlib.suppress(RuntimeError):  # its loop is closed (at exit)
+                    task.cancel()
+        spares = [self._spare, *self._gpu_spares.values()]
+        self._spare = None
+        self._gpu_spares.clear()
+        for spare in spares:
+            if spare is not None:
+                self._close_now(spare)
         if self.zygote is not None:
             with contextlib.suppress(Exception):  # at exit its transport may be gone
                 self.zygote.close()
+
+    def _close_now(self, spare: _Holder) -> None:
+        """Kill a spare sandbox and remove what it had (no loop needed: at exit too)."""
+        if spare.keeper is not None:
+            spare.keeper.close()
+        if spare.ctl is not None:
+            spare.ctl.close()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # at exit: its holder dies with the agent (--die-with-parent)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(spare.proc.pid, signal.SIGKILL)
+        spare.release()
+        for sock in (spare.out_r, spare.err_r):
+            sock.close()
+        for path in (spare.remove, spare.sock_dir):
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
+        if spare.cgroup is not None:
+            spare.cgroup.remove()  # (kills what is left in it)
 
 
 #: Bundles of more files than this make their own sandbox (linking them in costs more).

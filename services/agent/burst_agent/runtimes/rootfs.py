@@ -791,7 +791,7 @@ class Store:
             with contextlib.suppress(OSError):
                 mnt.rmdir()
 
-    def evict(self, spares: dict[str, int] | None = None,
+    def evict(self, spares: dict[str, list[int]] | None = None,
               close: Callable[[set[str]], None] | None = None) -> list[str]:
         """Remove least recently used bases and layers past the disk budget (none a
         mounted view uses). Returns the names removed. ``spares`` and ``close``: see
@@ -818,7 +818,7 @@ class Store:
         return removed
 
     def prune(self, older_than_days: float = 0.0, unmount: bool = True,
-              spares: dict[str, int] | None = None,
+              spares: dict[str, list[int]] | None = None,
               close: Callable[[set[str]], None] | None = None) -> list[str]:
         """Remove bases and layers unused for ``older_than_days`` that no mounted view uses
         (``unmount``: first unmount the views this agent's containers do not use).
@@ -835,30 +835,33 @@ class Store:
         return self._remove_unused(pick, unmount, spares or {}, close)
 
     def _remove_unused(self, pick: Callable[[set[str]], list[dict[str, object]]],
-                       unmount: bool, spares: dict[str, int],
+                       unmount: bool, spares: dict[str, list[int]],
                        close: Callable[[set[str]], None] | None) -> list[str]:
         """Remove what ``pick`` chooses given the paths in use. ``spares``: this agent's
-        spare sandboxes of images no container runs (image key: a pid inside the sandbox),
+        spare sandboxes of images no container runs (image key: a pid inside each),
         which do not keep their layers: ``close`` is given the keys of those whose layers
         go, and returns once they are gone; then what is still used by anything else (a
         container, another agent) stays."""
         if unmount:
             self.unmount_unused(set(self.in_use))
-        spare_ns: dict[str, str] = {}
+        spare_ns: dict[str, dict[str, int]] = {}  # key: {mount namespace: a pid in it}
         own = os.readlink("/proc/self/ns/mnt")
-        for key, pid in spares.items():
-            with contextlib.suppress(OSError):
-                ns = os.readlink(f"/proc/{pid}/ns/mnt")
-                if ns != own:  # (never the agent's own)
-                    spare_ns[key] = ns
-        used = self.used_paths(skip_ns=set(spare_ns.values()))
+        for key, pids in spares.items():
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    ns = os.readlink(f"/proc/{pid}/ns/mnt")
+                    if ns != own:  # (never the agent's own)
+                        spare_ns.setdefault(key, {})[ns] = pid
+        skip = {ns for m in spare_ns.values() for ns in m}
+        used = self.used_paths(skip_ns=skip) if skip else self.used_paths()
         chosen = pick(used)
         paths = {str(e["path"]) for e in chosen}
         doomed: set[str] = set()
-        for key in spare_ns:
-            with contextlib.suppress(OSError):
-                if self._paths_in(Path(f"/proc/{spares[key]}")) & paths:
-                    doomed.add(key)
+        for key, found in spare_ns.items():
+            for pid in found.values():
+                with contextlib.suppress(OSError):
+                    if self._paths_in(Path(f"/proc/{pid}")) & paths:
+                        doomed.add(key)
         if doomed and close is not None:
             close(doomed)  # spares of images about to go: closed before their layers
             used = self.used_paths()

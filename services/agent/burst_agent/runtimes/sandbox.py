@@ -467,8 +467,8 @@ class Sandbox:
         elif os.path.exists("/etc/resolv.conf"):
             args += ["--ro-bind", os.path.realpath("/etc/resolv.conf"), "/etc/resolv.conf"]
         args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/dev/shm"]
-        for dev in _gpu_devices(gpu_indices):
-            args += ["--dev-bind", dev, dev]
+        for host, inside in _gpu_devices(gpu_indices):
+            args += ["--dev-bind", host, inside]
         if rootfs is not None and gpu_indices:
             # An image lacks the host's GPU driver: its libraries and tools, each file bound
             # read-only into a directory of their own (on the container's library path and
@@ -565,13 +565,19 @@ def gpu_driver_files(lib_dirs: tuple[str, ...] = DRIVER_LIB_DIRS,
     return out
 
 
-def _gpu_devices(indices: list[int]) -> list[str]:
-    """The NVIDIA device nodes a container with these GPUs needs (those that exist)."""
+#: Where the host's NVIDIA device nodes are (tests point it at stand-ins made by mknod).
+GPU_DEV_DIR = "/dev"
+
+
+def _gpu_devices(indices: list[int]) -> list[tuple[str, str]]:
+    """The NVIDIA device nodes a container with these GPUs needs (those that exist): (host
+    path, path in the container)."""
     if not indices:
         return []
-    names = ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset",
-             *(f"/dev/nvidia{i}" for i in indices)]
-    return [n for n in names if os.path.exists(n)]
+    names = ["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset",
+             *(f"nvidia{i}" for i in indices)]
+    return [(os.path.join(GPU_DEV_DIR, n), f"/dev/{n}") for n in names
+            if os.path.exists(os.path.join(GPU_DEV_DIR, n))]
 
 
 def die_with_parent() -> None:

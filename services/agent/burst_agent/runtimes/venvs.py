@@ -130,14 +130,14 @@ class VenvRuntime:
             task.add_done_callback(_log_failure)
         return _Released(handle, lambda: self._release(view.key))
 
-    def _spares(self) -> dict[str, int]:
-        """Spare sandboxes of images no container of this agent runs (key: a pid in it)."""
+    def _spares(self) -> dict[str, list[int]]:
+        """Spare sandboxes of images no container of this agent runs (key: a pid in each)."""
         assert self.store is not None
-        out: dict[str, int] = {}
+        out: dict[str, list[int]] = {}
         for key, rt in self._views.items():
-            pid = rt.spare_pid()
-            if pid is not None and not self.store.in_use.get(key):
-                out[key] = pid
+            pids = rt.spare_pids()
+            if pids and not self.store.in_use.get(key):
+                out[key] = pids
         return out
 
     def _closer(self) -> Callable[[set[str]], None]:
