@@ -682,7 +682,8 @@ class ProcessRuntime:
         handle.stdout = await zyg.socket_reader(spare.out_r)
         handle.stderr = await zyg.socket_reader(spare.err_r)
         log.info("container_forked", container_id=spec.container_id, spare=True,
-                 spare_python=True, claim_ms=round((time.perf_counter() - spare.t0) * 1000, 1))
+                 spare_python=True, gpus=list(spec.gpu_indices),
+                 claim_ms=round((time.perf_counter() - spare.t0) * 1000, 1))
         return handle
 
     async def _drop_spare(self, spare: _Holder) -> None:
