@@ -8,7 +8,8 @@ Starts its own clusters with `burst up` (temporary BURST_HOME each) and measures
   container): zero containers of the function verified, then `.remote()` until its result;
 - the same cold start on a materialised Debian image with an apt package
   (``debian_slim().apt_install("curl")``: its own root filesystem, ``rootfs.py``), beside
-  the default image in the same cluster;
+  the default image in the same cluster (``--image-spare-python off``: without the image's
+  python started ahead in its spare sandbox);
 - the floor: ``python3 -c 'import sys;sys.stdout.write(sys.stdin.readline())'`` spawned per
   sample and answering one line over a pipe;
 - 0 -> N live containers (N=100): a function with ``cpu=0.01`` and ``max_containers=N``
@@ -250,8 +251,12 @@ def main() -> None:
     ap.add_argument("--container-network", choices=["auto", "off"], default="auto",
                     help="BURST_CONTAINER_NETWORK of the clusters (off: no network, as "
                     "before containers had one)")
+    ap.add_argument("--image-spare-python", choices=["on", "off"], default="on",
+                    help="BURST_IMAGE_SPARE_PYTHON of the clusters (off: an image's spare "
+                    "sandbox does not run its python ahead)")
     args = ap.parse_args()
     TIMERS["BURST_CONTAINER_NETWORK"] = args.container_network
+    TIMERS["BURST_IMAGE_SPARE_PYTHON"] = args.image_spare_python
     work = Path(tempfile.mkdtemp(prefix="burst-bench-app-"))
     result: dict[str, Any] = {"benchmark": "coldstart", "runtime": "process"}
     result["fresh_interpreter"] = fresh_interpreter(args.samples)

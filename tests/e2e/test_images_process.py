@@ -225,6 +225,13 @@ def test_gpu_container_in_an_image(cluster: Cluster, tmp_path: Path) -> None:
     # The host's driver files (none on a machine without GPUs) are bound under this dir.
     out, logs = run(cluster, tmp_path, "gpu_main")
     assert out == ["0", True, "/run/burst/nvidia", TOKEN], (out, logs)
+    # The GPU set's first use made a spare of the image's python for it, with the set's
+    # devices and driver dir: the next container with that set is served by it.
+    out, logs = run(cluster, tmp_path, "gpu_main")
+    assert out == ["0", True, "/run/burst/nvidia", TOKEN], (out, logs)
+    forked = [json.loads(ln) for ln in cluster.log("agent").splitlines()
+              if '"container_forked"' in ln]
+    assert any(f.get("spare_python") and f.get("gpus") == [0] for f in forked), forked
 
 
 @pytest.mark.timeout(600)

@@ -106,7 +106,13 @@ def test_only_the_most_recent_image_runtimes_stay_warm(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name, value", [("image_warm_runtimes", 0),
                                          ("image_disk_budget_mb", -5),
-                                         ("image_step_timeout", 0.0)])
+                                         ("image_step_timeout", 0.0),
+                                         ("image_spare_timeout", 0.0),
+                                         ("image_spare_memory_mb", 8),
+                                         ("image_spare_python", "maybe"),
+                                         ("image_evict_interval", -1.0),
+                                         ("image_gpu_spares", -1),
+                                         ("image_gpu_spare_idle", 0.0)])
 def test_bad_image_settings_are_named(name: str, value: float) -> None:
     from burst_agent.runtimes.factory import make_runtime
     from burst_agent.settings import AgentSettings

@@ -84,9 +84,11 @@ def _prctl(option: int, arg: int, arg2: int = 0) -> int:
     return int(_libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(arg2), 0, 0))
 
 
-def _container(target: int, out_fd: int, err_fd: int, go_fd: int) -> None:
+def _container(target: int, out_fd: int, err_fd: int, go_fd: int, ctl_fd: int = -1) -> None:
     """In the container process (in the sandbox's pid namespace already): enter its
-    network, ipc and uts namespaces, then, once told who it is (``go_fd``), the rest."""
+    network, ipc and uts namespaces, then, once told who it is (``go_fd``), the rest.
+    ``ctl_fd`` (an image's spare python, ``burst._shim.spare``): its stdin, the socket on
+    which the agent later sends who the container is."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if target == 0:
         _plain_container(out_fd, err_fd, go_fd)
@@ -118,7 +120,7 @@ def _container(target: int, out_fd: int, err_fd: int, go_fd: int) -> None:
     os.close(root)
     os.chdir(req["cwd"])
     null = os.open("/dev/null", os.O_RDONLY)
-    os.dup2(null, 0)
+    os.dup2(ctl_fd if ctl_fd >= 0 else null, 0)
     os.dup2(out_fd, 1)
     os.dup2(err_fd, 2)
     os.closerange(3, 65536)
@@ -233,7 +235,8 @@ def _set_proc_environ(env: dict[str, str]) -> None:
 
 def _keeper(fds: list[int]) -> None:
     """In the keeper (forked per request): fork the container, report it, wait for it."""
-    out_fd, err_fd, exit_fd, reply_fd = fds
+    out_fd, err_fd, exit_fd, reply_fd, *rest = fds
+    ctl_fd = rest[0] if rest else -1  # a spare python's control socket
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # No parent-death signal here: a zygote that dies (and is restarted) must not take the
     # running containers with it. The keeper still ends with its container, and the
@@ -257,13 +260,15 @@ def _keeper(fds: list[int]) -> None:
             reply.close()
             os.close(exit_fd)
             os.close(go_w)
-            _container(target, out_fd, err_fd, go_r)
+            _container(target, out_fd, err_fd, go_r, ctl_fd)
         except BaseException as e:
             os.write(err_fd, f"burst zygote: cannot enter the sandbox: {e!r}\n".encode())
         os._exit(126)
     os.close(go_r)
     os.close(out_fd)
     os.close(err_fd)
+    if ctl_fd >= 0:
+        os.close(ctl_fd)
     try:
         reply.send(json.dumps({"pid": child}).encode())
         go = json.loads(reply.recv(1 << 20) or b"{}").get("go")  # who the container is
@@ -342,7 +347,7 @@ def serve(sock: socket.socket) -> None:
             continue
         if not msg:
             return  # the agent is gone
-        if len(fds) != 4:
+        if len(fds) not in (4, 5):
             for fd in fds:
                 os.close(fd)
             continue

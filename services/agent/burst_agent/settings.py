@@ -126,6 +126,25 @@ class AgentSettings(CommonSettings):
     #: Images (root filesystems) whose zygote and spare sandbox stay warm on the process
     #: runtime: the most recently used; others start them again when next needed.
     image_warm_runtimes: int = 4
+    #: An image's spare sandbox already runs the image's own python (as the sandbox uid, in
+    #: a cgroup of its own, the shim and ``Image.imports()`` imported), so a container
+    #: taking it only sends its environment: ``on`` or ``off`` (a spare sandbox only, the
+    #: image's python started by each container).
+    image_spare_python: str = "on"
+    #: Seconds an image's spare python may take to import and say ready.
+    image_spare_timeout: float = 120.0
+    #: Memory (MiB) an image's spare python may use before a container takes it (its
+    #: container's limit replaces it then).
+    image_spare_memory_mb: int = 1024
+    #: Seconds between two checks of the image store's disk budget
+    #: (``BURST_IMAGE_DISK_BUDGET_MB``), made after container starts.
+    image_evict_interval: float = 10.0
+    #: An image's containers with GPUs get spares too, one per GPU set (made after the
+    #: set's first use): at most this many sets per image (0: none), the least recently
+    #: used giving way; a set's spare is closed after ``image_gpu_spare_idle`` seconds
+    #: without a container of that set.
+    image_gpu_spares: int = 2
+    image_gpu_spare_idle: float = 600.0
     #: Containers' network on the process runtime: "auto" (user-mode NAT with the deny
     #: rules below where slirp4netns is installed and the agent is root, else none and one
     #: warning), "on" (refuse to start without it) or "off" (no network at all, as with

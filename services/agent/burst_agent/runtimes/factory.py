@@ -12,7 +12,7 @@ from burst_agent.runtimes.images import cache_dir
 from burst_agent.runtimes.network import Network
 from burst_agent.runtimes.process import ProcessRuntime
 from burst_agent.runtimes.rootfs import Store, View
-from burst_agent.runtimes.sandbox import Sandbox
+from burst_agent.runtimes.sandbox import MIN_MEMORY_MB, Sandbox
 from burst_agent.runtimes.venvs import VenvRuntime
 from burst_agent.settings import AgentSettings
 
@@ -51,9 +51,22 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
         raise ValueError(f"unknown runtime {s.runtime!r}: use one of {', '.join(RUNTIMES)}")
     for name, value in (("BURST_IMAGE_DISK_BUDGET_MB", s.image_disk_budget_mb),
                         ("BURST_IMAGE_STEP_TIMEOUT", s.image_step_timeout),
-                        ("BURST_IMAGE_WARM_RUNTIMES", s.image_warm_runtimes)):
+                        ("BURST_IMAGE_WARM_RUNTIMES", s.image_warm_runtimes),
+                        ("BURST_IMAGE_SPARE_TIMEOUT", s.image_spare_timeout),
+                        ("BURST_IMAGE_SPARE_MEMORY_MB", s.image_spare_memory_mb),
+                        ("BURST_IMAGE_EVICT_INTERVAL", s.image_evict_interval),
+                        ("BURST_IMAGE_GPU_SPARE_IDLE", s.image_gpu_spare_idle)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ValueError(f"{name}={value!r} is not valid: use a positive number")
+    if s.image_spare_python not in ("on", "off"):
+        raise ValueError(f"BURST_IMAGE_SPARE_PYTHON={s.image_spare_python!r} is not valid: "
+                         "use on or off")
+    if isinstance(s.image_gpu_spares, bool) or s.image_gpu_spares < 0:
+        raise ValueError(f"BURST_IMAGE_GPU_SPARES={s.image_gpu_spares!r} is not valid: use a "
+                         "whole number of GPU sets >= 0 (0: no spares for GPU containers)")
+    if s.image_spare_memory_mb < MIN_MEMORY_MB:
+        raise ValueError(f"BURST_IMAGE_SPARE_MEMORY_MB={s.image_spare_memory_mb!r} is not "
+                         f"valid: use at least {MIN_MEMORY_MB} (MiB)")
     box = Sandbox.detect(s.sandbox, agent_id, s.home, s.sandbox_uid,
                          cpu_headroom=s.cpu_headroom, pids_limit=s.container_pids_limit)
     state = home / "containers"
@@ -79,14 +92,20 @@ def make_runtime(settings: AgentSettings, agent_id: str) -> Runtime:
 
     def in_image(view: View) -> ProcessRuntime:
         return ProcessRuntime(view.python, box, state, zygote=s.zygote, spares=s.spare_sandbox,
-                              spare_delay=s.spare_delay, view=view)
+                              spare_delay=s.spare_delay, view=view,
+                              spare_python=s.image_spare_python == "on",
+                              spare_timeout=s.image_spare_timeout,
+                              spare_memory_mb=s.image_spare_memory_mb,
+                              gpu_spares=s.image_gpu_spares,
+                              gpu_spare_idle=s.image_gpu_spare_idle)
 
     store = Store(cache_dir("rootfs"), disk_budget_mb=s.image_disk_budget_mb,
                   step_timeout=s.image_step_timeout, network=box.network)
     # Images with pip_install steps: a cached virtual environment each; images with steps
     # beyond those (apt_install, run_commands, another Python...): a root filesystem each.
     return VenvRuntime(process(s.python), in_venv, store=store, make_view=in_image,
-                       warm_images=s.image_warm_runtimes)
+                       warm_images=s.image_warm_runtimes,
+                       evict_interval=s.image_evict_interval)
 
 
 def parse_imports(raw: str) -> list[str]:

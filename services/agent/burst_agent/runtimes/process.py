@@ -8,6 +8,20 @@ sandbox bwrap made around a holder. The runtime keeps one such sandbox made ahea
 a *spare* (no GPUs, its own private dir, an empty bundle dir and socket dir): the next
 container without GPUs whose bundle is small takes it (its bundle and socket are linked
 in, its cgroups made), so bwrap's setup is not on its start; another spare is made behind.
+
+An image's spare (a root filesystem, ``rootfs.py``) goes further (``spare_python``): the
+zygote's fork, in a cgroup of its own (``spare_memory_mb``), drops to the sandbox uid and
+execs the image's own python (``burst._shim.spare``), which imports the shim and the
+image's ``Image.imports()``, checks CUDA is not initialised and waits on a socket. A
+container taking it sets its cgroup limits on the spare's cgroup (from outside; renamed
+after the container), links its bundle and socket in, and only then sends its environment
+(secrets, ids) and working directory: the same process serves it. Not for an image with an
+``entrypoint`` (it runs with the container's environment) nor containers with volumes.
+
+An image's containers with GPUs get such spares too, one per GPU set (its device nodes and
+the driver's files bound, ``CUDA_VISIBLE_DEVICES`` set), made after the set's first use:
+at most ``gpu_spares`` sets per image (the least recently used gives way), each closed
+after ``gpu_spare_idle`` seconds without a container of its set.
 """
 
 from __future__ import annotations
@@ -15,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -26,7 +41,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from burst_agent.runtimes import sandbox as sb
 from burst_agent.runtimes import zygote as zyg
@@ -213,7 +228,10 @@ class ProcessRuntime:
                  spares: bool = True, spare_delay: float = 0.0,
                  view: rootfs.View | None = None,
                  zygote_imports: list[str] | None = None,
-                 zygote_unsandboxed: bool = False, venv: str = "") -> None:
+                 zygote_unsandboxed: bool = False, venv: str = "",
+                 spare_python: bool = True, spare_timeout: float = 120.0,
+                 spare_memory_mb: int = 1024, gpu_spares: int = 2,
+                 gpu_spare_idle: float = 600.0) -> None:
         #: An image's root filesystem (``rootfs.py``): containers run in it, with its
         #: python and environment, instead of the agent's.
         self.view = view
@@ -242,6 +260,21 @@ class ProcessRuntime:
         self.spare_bundle_files = SPARE_BUNDLE_FILES
         #: Seconds between taking the spare and making the next (see AgentSettings).
         self.spare_delay = spare_delay
+        #: An image's spare runs its python ahead (see the module docstring); it may take
+        #: ``spare_timeout`` seconds to say ready, in a cgroup of ``spare_memory_mb`` MiB.
+        self.spare_python = spare_python and view is not None and not view.entrypoint
+        self.spare_timeout = spare_timeout
+        self.spare_memory_mb = spare_memory_mb
+        #: What the image declares it imports (``Image.imports()``): its spare imports them.
+        self.spare_imports: list[str] = []
+        #: An image's spares per GPU set (see the module docstring): the sets' spares, the
+        #: spares being made, when each set was last used, sets whose spare failed.
+        self.gpu_spares = gpu_spares
+        self.gpu_spare_idle = gpu_spare_idle
+        self._gpu_spares: dict[tuple[int, ...], _Holder] = {}
+        self._gpu_tasks: dict[tuple[int, ...], asyncio.Task[None]] = {}
+        self._gpu_used: dict[tuple[int, ...], float] = {}
+        self._gpu_failed: set[tuple[int, ...]] = set()
         self._cleanups: set[asyncio.Task[None]] = set()
         if self._spares:  # an agent that stops leaves no spare behind
             atexit.register(self.close)
@@ -259,12 +292,12 @@ class ProcessRuntime:
             log.warning("zygote_warmup_failed", error=repr(e))
         self._refill()
 
-    def _env(self, spec: ContainerSpec, home: str, bundle: str, sock: str) -> dict[str, str]:
+    def _image_env(self, gpu_indices: list[int]) -> dict[str, str]:
         if self.view is not None:
             # The image's own environment; its modules after the bundle (as on Docker).
             image_env = dict(self.view.env)
             image_env["PYTHONPATH"] = f"{sb.BUNDLE}:{image_env.get('PYTHONPATH', '')}"
-            if spec.gpu_indices:  # the host's GPU driver, bound in (``Sandbox.command``)
+            if gpu_indices:  # the host's GPU driver, bound in (``Sandbox.command``)
                 image_env["LD_LIBRARY_PATH"] = ":".join(
                     p for p in (sb.GPU_DRIVER_DIR, image_env.get("LD_LIBRARY_PATH")) if p)
                 image_env["PATH"] = f"{image_env.get('PATH', '/usr/bin:/bin')}:" \
@@ -272,6 +305,21 @@ class ProcessRuntime:
         else:
             image_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                          "LANG": os.environ.get("LANG", "C.UTF-8"), **sb.interpreter_env()}
+        return image_env
+
+    def _spare_env(self, gpus: tuple[int, ...] = ()) -> dict[str, str]:
+        """An image's spare python's environment: the image's (and its GPU set's), nothing
+        of a container."""
+        return {**self._image_env(list(gpus)), "HOME": sb.PRIVATE, "TMPDIR": sb.PRIVATE,
+                "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
+                "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpus),
+                "BURST_SPARE_SANDBOX": "1",
+                "BURST_SPARE_IMPORTS": ",".join(self.spare_imports),
+                # Room for the container's environment in /proc/<pid>/environ.
+                "BURST_SPARE_PAD": "x" * SPARE_ENV_PAD}
+
+    def _env(self, spec: ContainerSpec, home: str, bundle: str, sock: str) -> dict[str, str]:
+        image_env = self._image_env(spec.gpu_indices)
         return {
             **image_env,
             "HOME": home,
@@ -358,6 +406,14 @@ class ProcessRuntime:
         # A spare sandbox was made before the mounts were known: only without volumes.
         spare = (self._take_spare(spec) if self.zygote is not None and not spec.mounts
                  else None)
+        if spare is not None and spare.ctl is not None:
+            try:
+                return await self._claim(spare, spec)
+            except (zyg.ZygoteError, OSError) as e:  # a sandbox of its own still starts it
+                log.warning("spare_python_failed", container_id=spec.container_id,
+                            error=repr(e))
+                await self._drop_spare(spare)
+            spare = None
         if spare is not None:
             cgroup = box.prepare(spec.container_id, None, spec.cpu,
                                  spec.memory_limit_mb or spec.memory_mb, spec.cpu_limit)
@@ -558,12 +614,13 @@ class ProcessRuntime:
             up=asyncio.ensure_future(zyg.read_until(ready_r, lambda b: b.endswith(b"\n"))),
             remove=private, t0=time.perf_counter(), net=net)
 
-    async def _fork_into(self, holder: _Holder) -> None:
+    async def _fork_into(self, holder: _Holder, ctl_fd: int = -1) -> None:
         """A keeper for ``holder``'s sandbox, which forks the container into its pid
         namespace as soon as bwrap names it; the container waits for :meth:`_enter`."""
         assert self.zygote is not None
         holder.keeper = await self.zygote.prefork(
-            out_fd=holder.out_w.fileno(), err_fd=holder.err_w.fileno(), exit_fd=holder.exit_w)
+            out_fd=holder.out_w.fileno(), err_fd=holder.err_w.fileno(), exit_fd=holder.exit_w,
+            ctl_fd=ctl_fd)
         holder.release()  # the keeper has its own copies
         holder.pid = await holder.keeper.fork(zyg.info_pid(await holder.info))
 
@@ -605,35 +662,124 @@ class ProcessRuntime:
                  fork_ms=round((t_go - t_up) * 1000, 1))
         return handle
 
+    async def _claim(self, spare: _Holder, spec: ContainerSpec) -> ProcessHandle:
+        """An image's spare python, already running in its sandbox and cgroup (its limits
+        set and its bundle and socket linked in by :meth:`_take_spare`), told who its
+        container is: its environment (secrets, ids) and working directory."""
+        assert self.sandbox is not None and spare.ctl is not None
+        env = self._env(spec, sb.PRIVATE, sb.BUNDLE, sb.SOCKET_DIR + "/shim.sock")
+        loop = asyncio.get_running_loop()
+        ctl, spare.ctl = spare.ctl, None
+        try:
+            await loop.sock_sendall(ctl, json.dumps({"env": env, "cwd": self._cwd()}).encode()
+                                    + b"\n")
+        finally:
+            ctl.close()
+        handle = ProcessHandle(spare.proc, spare.cgroup, spare.remove)
+        handle.drop = self.sandbox._drop()
+        handle.pid = handle.child_pid = spare.pid
+        handle.also_remove = spare.sock_dir
+        handle.stdout = await zyg.socket_reader(spare.out_r)
+        handle.stderr = await zyg.socket_reader(spare.err_r)
+        log.info("container_forked", container_id=spec.container_id, spare=True,
+                 spare_python=True, gpus=list(spec.gpu_indices),
+                 claim_ms=round((time.perf_counter() - spare.t0) * 1000, 1))
+        return handle
+
+    async def _drop_spare(self, spare: _Holder) -> None:
+        """A spare that could not be used: killed, its cgroup and dirs removed."""
+        await spare.kill()
+        spare.release()
+        if spare.cgroup is not None:
+            await asyncio.to_thread(spare.cgroup.remove)
+        for path in (spare.remove, spare.sock_dir):
+            if path is not None:
+                await asyncio.to_thread(shutil.rmtree, path, True)
+
+    def spare_pids(self) -> list[int]:
+        """A process inside each ready spare sandbox (its pid 1)."""
+        out = []
+        for spare in [self._spare, *self._gpu_spares.values()]:
+            if spare is None or not spare.info.done() or spare.info.cancelled():
+                continue
+            with contextlib.suppress(Exception):
+                out.append(zyg.info_pid(spare.info.result()))
+        return out
+
+    def want_spare_imports(self, names: list[str]) -> None:
+        """Modules an image declares (``Image.imports()``): its spare python imports them
+        (as the sandbox uid, in its sandbox); a spare made without them is replaced."""
+        new = [n for n in names if n not in self.spare_imports
+               and all(part.isidentifier() for part in n.split("."))]
+        if not new:
+            return
+        self.spare_imports += new
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            self._discard(spare)
+        for gpus in list(self._gpu_spares):
+            self._discard(self._gpu_spares.pop(gpus))
+            self._refill(0.0, gpus)
+        self._refill()
+
     # ---- the spare sandbox ---------------------------------------------------------
     def _take_spare(self, spec: ContainerSpec) -> _Holder | None:
         """The spare, made ready for ``spec`` (its bundle and socket linked in), if it
-        fits: no GPUs, a bundle of at most ``spare_bundle_files`` files."""
-        spare = self._spare
-        if spare is not None and spare.proc.returncode is not None:  # it died: another
-            self._spare = None
-            self._discard(spare)
-            self._refill()
+        fits: a bundle of at most ``spare_bundle_files`` files; with GPUs, an image's spare
+        of that GPU set (made after the set's first use)."""
+        gpus = tuple(spec.gpu_indices)
+        if gpus and not self._gpu_spare_ok():
             return None
+        if gpus:
+            self._gpu_used[gpus] = time.monotonic()
+        spare = self._gpu_spares.get(gpus) if gpus else self._spare
+        if spare is not None and spare.proc.returncode is not None:  # it died: another
+            self._set_slot(gpus, None)
+            self._discard(spare)
+            self._refill(0.0, gpus)
+            return None
+        if spare is None and gpus:
+            self._refill(self.spare_delay, gpus)  # the set's first use: a spare behind it
         # A spare is networked where the agent gives containers a network.
-        if spare is None or spec.gpu_indices or (
+        if spare is None or (
                 spec.block_network and self.sandbox is not None
                 and self.sandbox.networked(False)):
             return None
-        self._spare = None
+        self._set_slot(gpus, None)
         root = spare.remove
+        if spare.ctl is not None and spare.cgroup is not None:
+            # The container's limits on the spare python's cgroup, named after it, before
+            # anything of the container reaches the spare.
+            assert self.sandbox is not None
+            box = self.sandbox
+            try:
+                spare.cgroup.set_limits(spec.cpu, spec.cpu_limit or spec.cpu + box.cpu_headroom,
+                                        spec.memory_limit_mb or spec.memory_mb, box.pids_limit)
+            except OSError as e:  # (its memory above the container's limit, say)
+                log.warning("spare_python_unfit", container_id=spec.container_id,
+                            error=repr(e))
+                self._discard(spare)
+                self._refill(0.0, gpus)
+                return None
+            spare.cgroup.rename(spec.container_id)
         try:
             assert spare.sock_dir is not None
             _link_tree(spec.bundle_dir, root / "bundle", self.spare_bundle_files)
             os.link(spec.socket_path, spare.sock_dir / "shim.sock")
         except _TooBig:
+            if spare.ctl is not None and spare.cgroup is not None:  # a spare's again
+                assert self.sandbox is not None
+                with contextlib.suppress(OSError):
+                    spare.cgroup.rename(root.name)
+                    spare.cgroup.set_limits(SPARE_CPU, SPARE_CPU + self.sandbox.cpu_headroom,
+                                            self.spare_memory_mb, self.sandbox.pids_limit)
             # Emptied (the directory itself stays: the sandbox binds it) for the next one.
             for entry in (root / "bundle").iterdir():
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     entry.unlink(missing_ok=True)
-            self._spare = spare
+            self._set_slot(gpus, spare)
             return None
         except OSError as e:
             # Hard links need one filesystem (bundles and state; sockets and the temp
@@ -643,8 +789,49 @@ class ProcessRuntime:
             self._discard(spare)
             return None
         spare.t0 = time.perf_counter()
-        self._refill(self.spare_delay)
+        self._refill(self.spare_delay, gpus)
         return spare
+
+    def _set_slot(self, gpus: tuple[int, ...], spare: _Holder | None) -> None:
+        if not gpus:
+            self._spare = spare
+        elif spare is None:
+            self._gpu_spares.pop(gpus, None)
+        else:
+            self._gpu_spares[gpus] = spare
+
+    def _gpu_spare_ok(self) -> bool:
+        return self.spare_python and self.gpu_spares > 0 and self.view is not None
+
+    async def gpu_spare_ready(self, gpus: tuple[int, ...], timeout: float) -> bool:
+        """Whether a spare of this GPU set is ready (waiting up to ``timeout`` for one)."""
+        deadline = time.monotonic() + timeout
+        while gpus not in self._gpu_spares:
+            if (not self._spares or gpus in self._gpu_failed
+                    or time.monotonic() > deadline):
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def _trim_gpu_spares(self) -> None:
+        """At most ``gpu_spares`` GPU sets keep a spare: the least recently used give way."""
+        while len(self._gpu_spares) > self.gpu_spares:
+            oldest = min(self._gpu_spares, key=lambda g: self._gpu_used.get(g, 0.0))
+            log.info("gpu_spare_closed", gpus=list(oldest), why="least recently used set")
+            self._discard(self._gpu_spares.pop(oldest))
+
+    def _expire_gpu_spares(self) -> None:
+        """GPU sets unused for ``gpu_spare_idle`` seconds: their spares are closed."""
+        now = time.monotonic()
+        for gpus in list(self._gpu_spares):
+            if now - self._gpu_used.get(gpus, 0.0) >= self.gpu_spare_idle:
+                log.info("gpu_spare_closed", gpus=list(gpus), why="idle")
+                self._discard(self._gpu_spares.pop(gpus))
+        if self._gpu_spares:  # look again when the next one may be idle
+            next_at = min(self._gpu_used.get(g, 0.0) for g in self._gpu_spares) \
+                + self.gpu_spare_idle
+            asyncio.get_running_loop().call_later(max(0.05, next_at - now),
+                                                  self._expire_gpu_spares)
 
     async def spare_ready(self, timeout: float) -> bool:
         """Whether a spare sandbox is ready (waiting up to ``timeout`` for one)."""
@@ -656,16 +843,26 @@ class ProcessRuntime:
             await asyncio.sleep(0.01)
         return True
 
-    def _refill(self, delay: float = 0.0) -> None:
-        """Make the next spare, in the background (after ``delay`` seconds: not while a
-        container is starting), unless one is there or on its way."""
+    def _refill(self, delay: float = 0.0, gpus: tuple[int, ...] = ()) -> None:
+        """Make the next spare (of the GPU set ``gpus``), in the background (after
+        ``delay`` seconds: not while a container is starting), unless one is there or on
+        its way."""
+        if gpus:
+            task = self._gpu_tasks.get(gpus)
+            if (not self._spares or not self._gpu_spare_ok() or gpus in self._gpu_spares
+                    or gpus in self._gpu_failed or (task is not None and not task.done())):
+                return
+            with contextlib.suppress(RuntimeError):  # no running loop
+                self._gpu_tasks[gpus] = asyncio.get_running_loop().create_task(
+                    self._make_spare(delay, gpus))
+            return
         if not self._spares or self._spare is not None or (
                 self._spare_task is not None and not self._spare_task.done()):
             return
         with contextlib.suppress(RuntimeError):  # no running loop
             self._spare_task = asyncio.get_running_loop().create_task(self._make_spare(delay))
 
-    async def _make_spare(self, delay: float = 0.0) -> None:
+    async def _make_spare(self, delay: float = 0.0, gpus: tuple[int, ...] = ()) -> None:
         assert self.sandbox is not None and self.state_dir is not None
         if delay > 0:
             await asyncio.sleep(delay)
@@ -675,6 +872,8 @@ class ProcessRuntime:
         root = self.state_dir / name
         sock_dir = Path(tempfile.gettempdir()) / f"burst-{name}"
         holder: _Holder | None = None
+        python = self.spare_python or bool(gpus)
+        ctl_mine = ctl_theirs = None
         try:
             await asyncio.to_thread(_remove_stale_spares, self.state_dir)
             self.sandbox.private_dir(root / "private")
@@ -683,19 +882,47 @@ class ProcessRuntime:
                 os.chmod(d, 0o755)
             holder = await self._holder(self.sandbox, bundle_dir=root / "bundle",
                                         socket_dir=sock_dir, private=root / "private",
-                                        gpu_indices=[], networked=self.sandbox.networked(False))
+                                        gpu_indices=list(gpus),
+                                        networked=self.sandbox.networked(False))
             # The container's handle removes all of it.
             holder.remove, holder.sock_dir, holder.spare = root, sock_dir, True
-            await self._fork_into(holder)
+            if python:
+                ctl_mine, ctl_theirs = socket.socketpair()
+            await self._fork_into(holder, ctl_theirs.fileno() if ctl_theirs else -1)
+            if ctl_theirs is not None:
+                ctl_theirs.close()  # the keeper has its own copy
+                ctl_theirs = None
             if not await asyncio.wait_for(asyncio.shield(holder.up), 30.0):
                 raise zyg.ZygoteError("the sandbox did not come up")
             if holder.net is not None:
                 await holder.net
+            if python:
+                assert ctl_mine is not None
+                await self._start_python(holder, name, ctl_mine, gpus)
+                ctl_mine = None
         except BaseException as e:
+            for sock in (ctl_mine, ctl_theirs):
+                if sock is not None:
+                    sock.close()
+            if holder is not None and holder.ctl is not None:
+                holder.ctl.close()
+            if holder is not None and holder.cgroup is not None:
+                cgroup = holder.cgroup
+                holder.cgroup = None
+                # (after bwrap is killed below: its processes leave the cgroup then)
+                self._later(asyncio.to_thread(cgroup.remove))
             if not isinstance(e, asyncio.CancelledError):  # (cancelled: the runtime closes)
-                log.warning("spare_sandbox_failed", error=repr(e))
-                # Containers make their own sandboxes, as without spares.
-                self._spares = False
+                log.warning("spare_sandbox_failed", error=repr(e), python=python,
+                            gpus=list(gpus))
+                if gpus:  # that set's containers start as before
+                    self._gpu_failed.add(gpus)
+                elif python:
+                    # Plain spare sandboxes from now on (the image's python starts in each).
+                    self.spare_python = False
+                    asyncio.get_running_loop().call_soon(self._refill)
+                else:
+                    # Containers make their own sandboxes, as without spares.
+                    self._spares = False
             if holder is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(holder.proc.pid, signal.SIGKILL)
@@ -711,60 +938,107 @@ class ProcessRuntime:
             if isinstance(e, Exception):
                 return
             raise
-        self._spare = holder
-        log.info("spare_sandbox_ready", ms=round((time.perf_counter() - holder.t0) * 1000, 1))
+        if gpus:
+            self._gpu_spares[gpus] = holder
+            self._gpu_used.setdefault(gpus, time.monotonic())
+            self._trim_gpu_spares()
+            asyncio.get_running_loop().call_later(self.gpu_spare_idle, self._expire_gpu_spares)
+        else:
+            self._spare = holder
+        log.info("spare_sandbox_ready", ms=round((time.perf_counter() - holder.t0) * 1000, 1),
+                 python=python, pid=holder.pid, gpus=list(gpus))
 
-    def _discard(self, holder: _Holder) -> None:
-        async def go() -> None:
-            await holder.kill()
-            holder.release()
-            for path in (holder.remove, holder.sock_dir):
-                if path is not None:
-                    await asyncio.to_thread(shutil.rmtree, path, True)
+    async def _start_python(self, holder: _Holder, name: str, ctl: socket.socket,
+                            gpus: tuple[int, ...] = ()) -> None:
+        """The image's python in the spare sandbox (``burst._shim.spare``), in a cgroup of
+        its own, as the sandbox uid; returns once it says ready."""
+        assert self.sandbox is not None and holder.keeper is not None
+        assert self.view is not None
+        box = self.sandbox
+        holder.cgroup = box.prepare(name, None, SPARE_CPU, self.spare_memory_mb)
+        await holder.keeper.go(
+            cwd=self._cwd(), env=self._spare_env(gpus), uid=box.uid, gid=box.gid,
+            cgroup_tasks=holder.cgroup.tasks_files() if holder.cgroup else [],
+            exec_argv=[self.view.python, "-m", "burst._shim.spare"])
+        holder.keeper.close()  # (after go: it waits for its container, then exits)
+        holder.keeper = None
+        ctl.setblocking(False)
+        holder.ctl = ctl
+        loop = asyncio.get_running_loop()
+        said = b""
+        async with asyncio.timeout(self.spare_timeout):
+            while not said.endswith(b"\n"):
+                chunk = await loop.sock_recv(ctl, 4096)
+                if not chunk:
+                    break
+                said += chunk
+        if said != b"ready\n":
+            raise zyg.ZygoteError(f"the image's spare python did not start (said {said!r})")
 
-        task = asyncio.get_running_loop().create_task(go())
+    def _later(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
 
+    def _discard(self, holder: _Holder) -> None:
+        self._later(self._drop_spare(holder))
+
     async def aclose(self) -> None:
         """:meth:`close`, then wait for the spare sandbox's bwrap to be gone."""
-        spare, making = self._spare, self._spare_task
+        spares = [h for h in [self._spare, *self._gpu_spares.values()] if h is not None]
+        making = [t for t in [self._spare_task, *self._gpu_tasks.values()] if t is not None]
         self.close()
-        if making is not None:
-            await asyncio.gather(making, return_exceptions=True)
-        if spare is not None:
+        await asyncio.gather(*making, return_exceptions=True)
+        for spare in spares:
             await spare.proc.wait()
 
     def close(self) -> None:
         """Give back the spare sandbox and stop the zygote (running containers stay)."""
         self._spares = False
-        if self._spare_task is not None:
-            with contextlib.suppress(RuntimeError):  # its loop is closed (at exit)
-                self._spare_task.cancel()
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            if spare.keeper is not None:
-                spare.keeper.close()
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:
-                pass  # at exit: its holder dies with the agent (--die-with-parent)
-            else:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(spare.proc.pid, signal.SIGKILL)
-            spare.release()
-            for sock in (spare.out_r, spare.err_r):
-                sock.close()
-            for path in (spare.remove, spare.sock_dir):
-                if path is not None:
-                    shutil.rmtree(path, ignore_errors=True)
+        for task in [self._spare_task, *self._gpu_tasks.values()]:
+            if task is not None:
+                with contextlib.suppress(RuntimeError):  # its loop is closed (at exit)
+                    task.cancel()
+        spares = [self._spare, *self._gpu_spares.values()]
+        self._spare = None
+        self._gpu_spares.clear()
+        for spare in spares:
+            if spare is not None:
+                self._close_now(spare)
         if self.zygote is not None:
             with contextlib.suppress(Exception):  # at exit its transport may be gone
                 self.zygote.close()
 
+    def _close_now(self, spare: _Holder) -> None:
+        """Kill a spare sandbox and remove what it had (no loop needed: at exit too)."""
+        if spare.keeper is not None:
+            spare.keeper.close()
+        if spare.ctl is not None:
+            spare.ctl.close()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # at exit: its holder dies with the agent (--die-with-parent)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(spare.proc.pid, signal.SIGKILL)
+        spare.release()
+        for sock in (spare.out_r, spare.err_r):
+            sock.close()
+        for path in (spare.remove, spare.sock_dir):
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
+        if spare.cgroup is not None:
+            spare.cgroup.remove()  # (kills what is left in it)
+
 
 #: Bundles of more files than this make their own sandbox (linking them in costs more).
 SPARE_BUNDLE_FILES = 500
+#: An image's spare python's CPU weight while it starts (its container's limits replace
+#: it when a container takes it).
+SPARE_CPU = 1.0
+#: Bytes kept in a spare python's environment for its container's (``_rewrite_environ``).
+SPARE_ENV_PAD = 8192
 
 
 class _TooBig(OSError):
@@ -796,6 +1070,9 @@ class _Holder:
     pid: int | None = None
     #: The network setup of a networked sandbox (done before its container runs).
     net: asyncio.Future[None] | None = None
+    #: An image's spare python: the socket it waits on, and its own cgroup.
+    ctl: socket.socket | None = None
+    cgroup: sb.Cgroup | None = None
 
     async def kill(self) -> None:
         if self.keeper is not None:
@@ -807,6 +1084,9 @@ class _Holder:
         for f in (self.info, self.up, self.net):
             if f is not None:
                 f.cancel()
+        if self.ctl is not None:
+            self.ctl.close()
+            self.ctl = None
         for sock in (self.out_r, self.err_r):
             sock.close()  # no-op for those a transport took over (detached)
 

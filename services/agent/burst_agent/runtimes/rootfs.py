@@ -750,12 +750,12 @@ class Store:
                                 "last_used": meta_file.stat().st_mtime, "path": str(d)})
         return sorted(out, key=lambda e: float(e["last_used"]))  # type: ignore[arg-type]
 
-    def used_paths(self) -> set[str]:
+    def used_paths(self, skip_ns: Iterable[str] = ()) -> set[str]:
         """Layers and bases that a mounted view uses: in the agent's mount namespace or in
         any other (a running container's sandbox keeps its image mounted there, even once
-        the agent's own mount is gone)."""
+        the agent's own mount is gone); not counting the mount namespaces ``skip_ns``."""
         used: set[str] = set()
-        seen: set[str] = set()
+        seen: set[str] = set(skip_ns)
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
@@ -764,14 +764,19 @@ class Store:
                 if ns in seen:
                     continue
                 seen.add(ns)
-                mounts = (proc / "mountinfo").read_text()
+                used |= self._paths_in(proc)
             except OSError:
                 continue
-            for m in re.finditer(r"lowerdir=([^,\s]+)", mounts):
-                for p in m.group(1).split(":"):
-                    path = Path(p) if p.startswith("/") else self.root / p
-                    if str(path).startswith(str(self.root)):
-                        used.add(str(path.parent) if path.name == "fs" else str(path))
+        return used
+
+    def _paths_in(self, proc: Path) -> set[str]:
+        """The layers and bases mounted in ``proc``'s (``/proc/<pid>``) mount namespace."""
+        used: set[str] = set()
+        for m in re.finditer(r"lowerdir=([^,\s]+)", (proc / "mountinfo").read_text()):
+            for p in m.group(1).split(":"):
+                path = Path(p) if p.startswith("/") else self.root / p
+                if str(path).startswith(str(self.root)):
+                    used.add(str(path.parent) if path.name == "fs" else str(path))
         return used
 
     def remove(self, path: Path) -> None:
@@ -799,43 +804,88 @@ class Store:
             with contextlib.suppress(OSError):
                 mnt.rmdir()
 
-    def evict(self) -> list[str]:
+    def evict(self, spares: dict[str, list[int]] | None = None,
+              close: Callable[[set[str]], None] | None = None) -> list[str]:
         """Remove least recently used bases and layers past the disk budget (none a
-        mounted view uses). Returns the names removed."""
+        mounted view uses). Returns the names removed. ``spares`` and ``close``: see
+        :meth:`_remove_unused`."""
         entries = self.entries()
         total = sum(int(e["bytes"]) for e in entries)  # type: ignore[call-overload]
         budget = self.disk_budget_mb << 20
         if total <= budget:
             return []
-        self.unmount_unused(set(self.in_use))
-        used = self.used_paths()
+
+        def pick(used: set[str]) -> list[dict[str, object]]:
+            left, out = total, []
+            for e in entries:
+                if left <= budget:
+                    break
+                if e["path"] not in used:
+                    out.append(e)
+                    left -= int(e["bytes"])  # type: ignore[call-overload]
+            return out
+
+        removed = self._remove_unused(pick, True, spares or {}, close)
+        if removed:
+            log.info("images_evicted", removed=removed)
+        return removed
+
+    def prune(self, older_than_days: float = 0.0, unmount: bool = True,
+              spares: dict[str, list[int]] | None = None,
+              close: Callable[[set[str]], None] | None = None) -> list[str]:
+        """Remove bases and layers unused for ``older_than_days`` that no mounted view uses
+        (``unmount``: first unmount the views this agent's containers do not use).
+        ``spares`` and ``close``: see :meth:`_remove_unused`."""
+        if older_than_days < 0:
+            raise ValueError(f"older than {older_than_days!r} days: use a number >= 0")
+        cutoff = time.time() - older_than_days * 86400
+
+        def pick(used: set[str]) -> list[dict[str, object]]:
+            return [e for e in self.entries()
+                    if float(e["last_used"]) <= cutoff  # type: ignore[arg-type]
+                    and e["path"] not in used]
+
+        return self._remove_unused(pick, unmount, spares or {}, close)
+
+    def _remove_unused(self, pick: Callable[[set[str]], list[dict[str, object]]],
+                       unmount: bool, spares: dict[str, list[int]],
+                       close: Callable[[set[str]], None] | None) -> list[str]:
+        """Remove what ``pick`` chooses given the paths in use. ``spares``: this agent's
+        spare sandboxes of images no container runs (image key: a pid inside each),
+        which do not keep their layers: ``close`` is given the keys of those whose layers
+        go, and returns once they are gone; then what is still used by anything else (a
+        container, another agent) stays."""
+        if unmount:
+            self.unmount_unused(set(self.in_use))
+        spare_ns: dict[str, dict[str, int]] = {}  # key: {mount namespace: a pid in it}
+        own = os.readlink("/proc/self/ns/mnt")
+        for key, pids in spares.items():
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    ns = os.readlink(f"/proc/{pid}/ns/mnt")
+                    if ns != own:  # (never the agent's own)
+                        spare_ns.setdefault(key, {})[ns] = pid
+        skip = {ns for m in spare_ns.values() for ns in m}
+        used = self.used_paths(skip_ns=skip) if skip else self.used_paths()
+        chosen = pick(used)
+        paths = {str(e["path"]) for e in chosen}
+        doomed: set[str] = set()
+        for key, found in spare_ns.items():
+            for pid in found.values():
+                with contextlib.suppress(OSError):
+                    if self._paths_in(Path(f"/proc/{pid}")) & paths:
+                        doomed.add(key)
+        if doomed and close is not None:
+            close(doomed)  # spares of images about to go: closed before their layers
+            used = self.used_paths()
+        elif doomed:
+            used = self.used_paths()
         removed: list[str] = []
-        for e in entries:
-            if total <= budget:
-                break
+        for e in chosen:
             if e["path"] in used:
                 continue
             self.remove(Path(str(e["path"])))
-            total -= int(e["bytes"])  # type: ignore[call-overload]
             removed.append(str(e["name"]))
-        if removed:
-            log.info("images_evicted", removed=removed, bytes_left=total)
-        return removed
-
-    def prune(self, older_than_days: float = 0.0, unmount: bool = True) -> list[str]:
-        """Remove bases and layers unused for ``older_than_days`` that no mounted view uses
-        (``unmount``: first unmount the views this agent's containers do not use)."""
-        if older_than_days < 0:
-            raise ValueError(f"older than {older_than_days!r} days: use a number >= 0")
-        if unmount:
-            self.unmount_unused(set(self.in_use))
-        used = self.used_paths()
-        cutoff = time.time() - older_than_days * 86400
-        removed: list[str] = []
-        for e in self.entries():
-            if float(e["last_used"]) <= cutoff and e["path"] not in used:  # type: ignore[arg-type]
-                self.remove(Path(str(e["path"])))
-                removed.append(str(e["name"]))
         return removed
 
 

@@ -164,6 +164,26 @@ class Cgroup:
         (dirs["pids"] / "pids.max").write_text(str(pids_limit))
         return cls(dirs, mem, pids_limit)
 
+    def set_limits(self, cpu: float, cpu_limit: float, memory_limit_mb: int,
+                   pids_limit: int) -> None:
+        """New limits on a live cgroup (an image's spare python taken by a container): a
+        memory limit below what it uses fails (``OSError``), the rest are only written."""
+        done = self._limit(self.dirs, cpu, cpu_limit, memory_limit_mb, pids_limit)
+        self.memory_limit_mb, self.pids_limit = done.memory_limit_mb, done.pids_limit
+
+    def rename(self, name: str) -> None:
+        """Name the cgroup after its container (cgroup v1 renames a live cgroup in place);
+        where it cannot, it keeps its name."""
+        for ctrl, d in list(self.dirs.items()):
+            new = d.with_name(name)
+            if new == d:
+                continue
+            try:
+                d.rename(new)
+                self.dirs[ctrl] = new
+            except OSError as e:
+                log.warning("cgroup_rename_failed", cgroup=str(d), name=name, error=repr(e))
+
     def tasks_files(self) -> list[str]:
         """The files a single-threaded process joins by writing ``0`` (itself) to.
 
@@ -447,8 +467,8 @@ class Sandbox:
         elif os.path.exists("/etc/resolv.conf"):
             args += ["--ro-bind", os.path.realpath("/etc/resolv.conf"), "/etc/resolv.conf"]
         args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/dev/shm"]
-        for dev in _gpu_devices(gpu_indices):
-            args += ["--dev-bind", dev, dev]
+        for host, inside in _gpu_devices(gpu_indices):
+            args += ["--dev-bind", host, inside]
         if rootfs is not None and gpu_indices:
             # An image lacks the host's GPU driver: its libraries and tools, each file bound
             # read-only into a directory of their own (on the container's library path and
@@ -545,13 +565,19 @@ def gpu_driver_files(lib_dirs: tuple[str, ...] = DRIVER_LIB_DIRS,
     return out
 
 
-def _gpu_devices(indices: list[int]) -> list[str]:
-    """The NVIDIA device nodes a container with these GPUs needs (those that exist)."""
+#: Where the host's NVIDIA device nodes are (tests point it at stand-ins made by mknod).
+GPU_DEV_DIR = "/dev"
+
+
+def _gpu_devices(indices: list[int]) -> list[tuple[str, str]]:
+    """The NVIDIA device nodes a container with these GPUs needs (those that exist): (host
+    path, path in the container)."""
     if not indices:
         return []
-    names = ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset",
-             *(f"/dev/nvidia{i}" for i in indices)]
-    return [n for n in names if os.path.exists(n)]
+    names = ["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset",
+             *(f"nvidia{i}" for i in indices)]
+    return [(os.path.join(GPU_DEV_DIR, n), f"/dev/{n}") for n in names
+            if os.path.exists(os.path.join(GPU_DEV_DIR, n))]
 
 
 def die_with_parent() -> None:

@@ -56,7 +56,7 @@ class VenvRuntime:
     def __init__(self, base: ProcessRuntime, make: Callable[[str], ProcessRuntime],
                  cache_dir: Path | None = None, store: rootfs.Store | None = None,
                  make_view: Callable[[rootfs.View], ProcessRuntime] | None = None,
-                 warm_images: int = 4) -> None:
+                 warm_images: int = 4, evict_interval: float = 10.0) -> None:
         self.base = base
         self.make = make
         self.cache_dir = cache_dir or images.cache_dir("venvs")
@@ -72,6 +72,8 @@ class VenvRuntime:
         #: Views materialised by this agent, by image content hash.
         self._ready: dict[str, rootfs.View] = {}
         self._evicted = 0.0
+        #: Seconds between two looks at the image store's disk budget (after a start).
+        self.evict_interval = evict_interval
 
     async def start(self, spec: ContainerSpec) -> ContainerHandle:
         image = spec.image if isinstance(spec, ImageContainerSpec) else None
@@ -122,10 +124,49 @@ class VenvRuntime:
             self._release(view.key)
             raise
         # Past the disk budget: the least recently used images no container uses go.
-        if time.monotonic() - self._evicted > 10.0:
+        if time.monotonic() - self._evicted > self.evict_interval:
             self._evicted = time.monotonic()
-            asyncio.get_running_loop().run_in_executor(None, store.evict)
+            task = asyncio.get_running_loop().create_task(self.evict())
+            task.add_done_callback(_log_failure)
         return _Released(handle, lambda: self._release(view.key))
+
+    def _spares(self) -> dict[str, list[int]]:
+        """Spare sandboxes of images no container of this agent runs (key: a pid in each)."""
+        assert self.store is not None
+        out: dict[str, list[int]] = {}
+        for key, rt in self._views.items():
+            pids = rt.spare_pids()
+            if pids and not self.store.in_use.get(key):
+                out[key] = pids
+        return out
+
+    def _closer(self) -> Callable[[set[str]], None]:
+        """For the store (in a thread): close these images' runtimes (their spare sandbox
+        and zygote) on the agent's loop, returning once their spares are gone."""
+        loop = asyncio.get_running_loop()
+
+        async def close(keys: set[str]) -> None:
+            rts = [self._views.pop(k) for k in keys if k in self._views]
+            await asyncio.gather(*(rt.aclose() for rt in rts), return_exceptions=True)
+            log.info("image_spares_closed", images=sorted(keys))
+
+        def run(keys: set[str]) -> None:
+            asyncio.run_coroutine_threadsafe(close(keys), loop).result(timeout=60)
+
+        return run
+
+    async def evict(self) -> list[str]:
+        """Past the disk budget, the least recently used images no container uses go (their
+        spare sandboxes closed first)."""
+        assert self.store is not None
+        return await asyncio.to_thread(self.store.evict, self._spares(), self._closer())
+
+    async def prune(self, older_than_days: float = 0.0) -> list[str]:
+        """``burst image prune`` from within the agent: images unused for that long go,
+        their spare sandboxes closed first."""
+        assert self.store is not None
+        return await asyncio.to_thread(self.store.prune, older_than_days, True,
+                                       self._spares(), self._closer())
 
     async def _view_of(self, image: wire.ImageSpec, emit: Callable[[str], None] | None
                        ) -> tuple[rootfs.View, ProcessRuntime]:
@@ -159,6 +200,8 @@ class VenvRuntime:
                     rt.close()
                 rt = make_view(view)
             self._views[view.key] = rt  # (last: the most recently used)
+            if image.imports:  # its spare python imports them ahead
+                rt.want_spare_imports(image.imports)
             self._cool(keep=view.key)
         return view, rt
 
@@ -480,6 +523,11 @@ def _report(out: list[str], code: int, say: Callable[[str], None], what: str) ->
     if code != 0:
         last = next((ln for ln in reversed(out) if ln.strip()), f"exit code {code}")
         raise ImageError(f"image build failed at {what}: {last}\n" + "\n".join(out[-30:]))
+
+
+def _log_failure(task: asyncio.Task[list[str]]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("image_evict_failed", error=repr(task.exception()))
 
 
 def _image_words(image: wire.ImageSpec) -> str:

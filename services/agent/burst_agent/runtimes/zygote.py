@@ -151,14 +151,17 @@ class Zygote:
                 self.proc.kill()
         self.proc = None
 
-    async def prefork(self, *, out_fd: int, err_fd: int, exit_fd: int) -> Keeper:
-        """A keeper for one container (its stdout, stderr and holder's stdin)."""
+    async def prefork(self, *, out_fd: int, err_fd: int, exit_fd: int,
+                      ctl_fd: int = -1) -> Keeper:
+        """A keeper for one container (its stdout, stderr and holder's stdin; ``ctl_fd``:
+        an image's spare python's control socket, its stdin)."""
         sock = await self.ensure()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         body = b"{}"
         try:
             async with self._send_lock:  # one waiter per fd: add_writer keeps only one
-                await _send_fds(sock, body, [out_fd, err_fd, exit_fd, theirs.fileno()])
+                await _send_fds(sock, body, [out_fd, err_fd, exit_fd, theirs.fileno(),
+                                             *([ctl_fd] if ctl_fd >= 0 else [])])
         except OSError as e:
             mine.close()
             self.close()
