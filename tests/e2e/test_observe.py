@@ -67,6 +67,13 @@ def deployed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path
         def with_secret() -> str:
             return "unused"
 
+        @app.function(scaledown_window=60)
+        @burst.fastapi_endpoint()
+        def page(x: int) -> dict:
+            if x < 0:
+                raise ValueError("negative")
+            return {{"x": x}}
+
         @app.function()
         def chatty(n: int) -> int:
             for i in range(n):
@@ -263,6 +270,36 @@ def test_metrics_parse_and_move_with_calls(cluster: Cluster, deployed: Path) -> 
     services = {dict(labels)["service"] for name, labels in after if name == "burst_service_up"}
     assert services == {"gateway", "scheduler", "billing", "agent"}
     assert not any("call" in k for _, labels in after for k, _ in labels)  # bounded labels
+
+
+def test_web_requests_count_as_calls_of_their_function(
+        cluster: Cluster, deployed: Path) -> None:
+    state = json.loads((cluster.home / "cluster.json").read_text())
+    port = next(p for p in state["parts"] if p["name"] == "gateway")["ports"]["web"]
+    before = _samples(http(cluster, "/metrics")[1].decode())
+    fn = tuple(sorted({"workspace": "default", "app": APP, "function": "page"}.items()))
+    for i in range(3):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/default/{APP}/page?x={i}",
+                                    timeout=60) as resp:
+            assert json.loads(resp.read()) == {"x": i}
+    with pytest.raises(urllib.error.HTTPError) as failed:  # the function raised: a 500
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/default/{APP}/page?x=-1", timeout=60)
+    assert failed.value.code == 500
+    failures = ("burst_function_calls_total", tuple(sorted(
+        {"workspace": "default", "app": APP, "function": "page", "status": "failure"}.items())))
+    after = until("the web requests counted in /metrics", lambda: (
+        s if _calls_of(s := _samples(http(cluster, "/metrics")[1].decode()), "page")
+        >= _calls_of(before, "page") + 3
+        and s.get(failures, 0.0) >= before.get(failures, 0.0) + 1 else None))
+    # In the function's latency and queue-time histograms too ...
+    assert after[("burst_function_latency_seconds_count", fn)] >= \
+        before.get(("burst_function_latency_seconds_count", fn), 0.0) + 4
+    assert after[("burst_function_queue_seconds_count", fn)] >= \
+        before.get(("burst_function_queue_seconds_count", fn), 0.0) + 4
+    # ... with the function's labels only: no request, call or container id.
+    labels = {k for name, ls in after if "function" in dict(ls) and dict(ls)["function"] ==
+              "page" for k, _ in ls}
+    assert labels <= {"workspace", "app", "function", "status", "le", "state"}, labels
 
 
 def test_a_window_too_large_to_scan_is_refused(cluster: Cluster, deployed: Path) -> None:

@@ -86,6 +86,20 @@ def test_figures_count_outputs_and_cold_starts() -> None:
     assert off.functions == {}
 
 
+def test_figures_count_web_requests_as_calls() -> None:
+    f = Figures("a1", [])
+    f.web("ws.app.page", "success", 0.02, 0.001)
+    f.web("ws.app.page", "failure", 0.5, 0.25)
+    f.output("ws.app.page", _out("success", 10.0, 10.5), accepted_at=9.0)
+    fig = f.snapshot([]).functions["ws.app.page"]
+    assert fig.calls == {"success": 2, "failure": 1}
+    assert fig.latency is not None and sum(fig.latency.counts) == 3
+    assert fig.queue is not None and fig.queue.total == pytest.approx(1.251)
+    off = Figures("a1", [], enabled=False)
+    off.web("ws.app.page", "success", 0.1, 0.1)
+    assert off.functions == {}
+
+
 class FakeNvml:
     """A stand-in for pynvml (NVML is absent on these machines)."""
 
