@@ -63,8 +63,17 @@ class SchedulerSettings(CommonSettings):
     client_timeout: float = 10.0
     #: Seconds between the client reaper's passes.
     client_reap_interval: float = 0.5
+    #: A ``burst shell`` session's container that finds no room is tried again every
+    #: ``shell_place_retry`` seconds (idle containers of other functions may yield), for
+    #: up to ``shell_place_timeout`` seconds after the session was asked for.
+    shell_place_retry: float = 1.0
+    shell_place_timeout: float = 60.0
 
     def __post_init__(self) -> None:
+        for name in ("shell_place_retry", "shell_place_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"setting BURST_{name.upper()}={getattr(self, name)} must "
+                                 "be a positive number of seconds")
         if self.start_failures_to_fail_calls < 1:
             raise ValueError(f"setting BURST_START_FAILURES_TO_FAIL_CALLS="
                              f"{self.start_failures_to_fail_calls} must be at least 1 (1: the "
