@@ -35,8 +35,9 @@ from opentelemetry.context import Context
 
 from burst import wire
 from burst.exception import InvalidError
-from burst_agent import api_relay, relay
+from burst_agent import acks, api_relay, relay
 from burst_agent import secrets as container_secrets
+from burst_agent.acks import Ack
 from burst_agent.dispatch import InFlight, InputDispatch
 from burst_agent.host import AgentHost
 from burst_agent.inputs import InputPuller
@@ -295,10 +296,8 @@ class Container:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._drop_binding()
-            if self.shell_call_id:  # its session's consumer goes with it
-                with contextlib.suppress(Exception):
-                    await self.agent.js.delete_consumer(
-                        names.STREAM_INPUTS, names.shell_consumer(self.shell_call_id))
+            if self.shell_call_id:
+                await self._end_shell()
             if self.volumes is not None:
                 # A clean exit commits, as Modal's background commit would have.
                 await bus.quiet(self.volumes.close(commit=exit_code == 0))
@@ -526,18 +525,21 @@ class Container:
         self.state, self.idle_since = "busy", None
         s = self.agent.settings
         deadline = time.monotonic() + s.shell_input_wait
+        bound = False
         while not self._stopping.is_set():
             early, self._binding = self._binding, None
             try:
-                await (early or self._bind())
+                if not bound:
+                    await (early or self._bind())
+                    bound = True
                 msgs = await bus.pull(self.agent.js, names.STREAM_INPUTS,
                                       names.shell_consumer(self.shell_call_id), 1,
                                       min(s.fetch_timeout, s.shell_input_wait))
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # NATS blip: try again
+            except Exception as e:  # NATS blip (or the consumer gone): bind and try again
                 self.log.info("shell_input_retry", error=repr(e))
-                msgs = []
+                msgs, bound = [], False
                 await asyncio.sleep(s.pull_retry)
             if msgs:
                 self._dispatch(msgs[0])
@@ -546,6 +548,17 @@ class Container:
                 self.log.warning("shell_input_missing", call_id=self.shell_call_id)
                 self._spawn_stop("shell_ended")
                 return
+
+    async def _end_shell(self) -> None:
+        """The session goes with its container: its input (handed back by a stop, or never
+        taken) is acked off the inputs stream (no other container would take it; an agent
+        may not purge), and its consumer deleted."""
+        consumer = names.shell_consumer(self.shell_call_id)
+        with contextlib.suppress(Exception):
+            for msg in await bus.pull(self.agent.js, names.STREAM_INPUTS, consumer, 1, 0.0):
+                await acks.settle(msg, Ack())
+        with contextlib.suppress(Exception):
+            await self.agent.js.delete_consumer(names.STREAM_INPUTS, consumer)
 
     def retire(self) -> None:
         """A newer deployment of the function replaced this one (a rolling redeploy): no

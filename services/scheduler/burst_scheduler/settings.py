@@ -65,9 +65,10 @@ class SchedulerSettings(CommonSettings):
     client_reap_interval: float = 0.5
     #: A ``burst shell`` session's container that finds no room is tried again every
     #: ``shell_place_retry`` seconds (idle containers of other functions may yield), for
-    #: up to ``shell_place_timeout`` seconds after the session was asked for.
+    #: up to ``shell_place_timeout`` seconds after the session was asked for (as long as
+    #: the gateway holds the request by default, its ``BURST_WEB_STARTUP_TIMEOUT``).
     shell_place_retry: float = 1.0
-    shell_place_timeout: float = 60.0
+    shell_place_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         for name in ("shell_place_retry", "shell_place_timeout"):
