@@ -172,3 +172,19 @@ def test_a_workspace_sees_only_its_own_figures() -> None:
     assert {s.labels["app"] for s in got["burst_app_spend_dollars_total"]} == {"app"}
     assert not any(k.startswith(("burst_agent_", "burst_gpu_", "burst_service_"))
                    for k in got)
+
+
+@pytest.mark.parametrize("name, value", [("shell_place_retry", 0.0),
+                                         ("shell_place_timeout", -1.0)])
+def test_bad_shell_placement_settings_are_named(name: str, value: float) -> None:
+    from burst_scheduler.settings import SchedulerSettings
+
+    with pytest.raises(ValueError, match=f"BURST_{name.upper()}={value}"):
+        SchedulerSettings(**{name: value})  # type: ignore[arg-type]
+
+
+def test_a_bad_shell_input_wait_is_named() -> None:
+    from burst_agent.settings import AgentSettings
+
+    with pytest.raises(ValueError, match="BURST_SHELL_INPUT_WAIT=0"):
+        AgentSettings(shell_input_wait=0)
