@@ -35,9 +35,9 @@ from opentelemetry.context import Context
 
 from burst import wire
 from burst.exception import InvalidError
-from burst_agent import acks, api_relay, relay
+from burst_agent import api_relay, relay
 from burst_agent import secrets as container_secrets
-from burst_agent.acks import Ack
+from burst_agent.acks import Ack, settle
 from burst_agent.dispatch import InFlight, InputDispatch
 from burst_agent.host import AgentHost
 from burst_agent.inputs import InputPuller
@@ -556,7 +556,7 @@ class Container:
         consumer = names.shell_consumer(self.shell_call_id)
         with contextlib.suppress(Exception):
             for msg in await bus.pull(self.agent.js, names.STREAM_INPUTS, consumer, 1, 0.0):
-                await acks.settle(msg, Ack())
+                await settle(msg, Ack())
         with contextlib.suppress(Exception):
             await self.agent.js.delete_consumer(names.STREAM_INPUTS, consumer)
 
