@@ -7,12 +7,14 @@ work: every input still in the inputs stream (queued, or running and not yet ack
 cancelled as ``DELETE /v1/calls/{id}`` would: a ``terminated`` output stored as the
 attempt's first (so its caller gets exactly one answer, a cancellation), a
 ``CallCancelled`` signal (agents stop it if it runs), then the inputs are purged so no
-container starts for them.
+container starts for them. The function's ``burst shell`` sessions (inputs of their own
+subject) are cancelled with them.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -60,13 +62,39 @@ async def cancel_inputs(js: JetStreamContext, fn_key: str, reason: str,
                         message: str = "", payload: bytes = b"") -> int:
     """Cancel every call whose input of ``fn_key`` is still in the inputs stream, then
     purge those inputs. Returns how many calls were cancelled (answered ones are not).
+    ``burst shell`` sessions of the function are cancelled too (their containers stop).
 
     Each gets ``status`` (a cancellation by default; a spent hard budget answers
     ``failure`` with ``burst.exception.BudgetExceededError``), and ``message`` and
     ``payload`` (the pickled exception) when given."""
-    subject = names.input_subject(fn_key)
+    answer = _Answer(status, error_type, message, payload, reason)
+    n, seq = await _cancel_scan(js, fn_key, names.input_subject(fn_key), answer)
+    if seq:
+        # Only what was seen: an input published after the scan (it cannot be, once the
+        # record is gone and every gateway knows, but a cache may lag) keeps its place.
+        await js.purge_stream(names.STREAM_INPUTS, subject=names.input_subject(fn_key),
+                              seq=seq + 1)
+    shells, _ = await _cancel_scan(js, fn_key, names.shell_input_subject("*"), answer)
+    return n + shells
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: OutputStatus
+    error_type: str
+    message: str
+    payload: bytes
+    reason: str
+
+
+async def _cancel_scan(js: JetStreamContext, fn_key: str, subject: str,
+                       answer: _Answer) -> tuple[int, int]:
+    """Answer the calls of ``fn_key`` whose inputs match ``subject``: (calls cancelled,
+    the last sequence seen). A shell session's input is purged at once (its own subject);
+    one its container holds is then cancelled there (the container stops)."""
     calls_kv = await js.key_value(names.KV_CALLS)
     nc = bus.client_of(js)
+    ws, app, function = names.split_function_key(fn_key)
     seq, n = 0, 0
     while True:
         try:
@@ -79,27 +107,32 @@ async def cancel_inputs(js: JetStreamContext, fn_key: str, reason: str,
             inp = InputDecoder.decode(raw.data)
         except Exception:
             continue
+        if (inp.workspace, inp.app, inp.function) != (ws, app, function):
+            continue  # another function's shell session
         rec_raw, _ = await bus.kv_get(calls_kv, inp.call_id)
         rec = CallRecordDecoder.decode(rec_raw) if rec_raw is not None else first_record(inp)
         out = Output(call_id=rec.call_id, input_id=rec.input_id, attempt=rec.attempt,
-                     attempt_token=rec.attempt_token, status=status,
-                     error_type=error_type, payload=payload,
-                     error_message=message or f"call {rec.call_id} was cancelled: {reason}",
+                     attempt_token=rec.attempt_token, status=answer.status,
+                     error_type=answer.error_type, payload=answer.payload,
+                     error_message=answer.message
+                     or f"call {rec.call_id} was cancelled: {answer.reason}",
                      finished_at=time.time(), workspace=rec.workspace)
         try:
             await bus.publish(js, names.output_subject(rec.call_id, rec.attempt), encode(out),
                               msg_id=f"{rec.input_id}:{rec.attempt}",
                               headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+            answered = False
         except nats.js.errors.APIError as e:
             if e.err_code != WRONG_LAST_SEQUENCE:
                 raise
+            answered = True
+        if inp.payload_format == names.SHELL_FORMAT:  # no container starts for it now
+            await js.purge_stream(names.STREAM_INPUTS,
+                                  subject=names.shell_input_subject(inp.call_id))
+        if answered:
             continue  # it had answered already
         await nc.publish(names.call_cancelled_subject(fn_key),
                          encode(CallCancelled(call_id=rec.call_id, fn_key=fn_key,
                                               at=time.time())))
         n += 1
-    if seq:
-        # Only what was seen: an input published after the scan (it cannot be, once the
-        # record is gone and every gateway knows, but a cache may lag) keeps its place.
-        await js.purge_stream(names.STREAM_INPUTS, subject=subject, seq=seq + 1)
-    return n
+    return n, seq

@@ -183,6 +183,18 @@ def exec_stdin_subject(agent_id: str, exec_id: str) -> str:
 SHELL_FORMAT = "shell"
 
 
+def shell_input_subject(call_id: str) -> str:
+    """A ``burst shell`` session's input (stream BURST_INPUTS): a subject of its own, which
+    only the container placed for that session reads (never a function's consumer: its
+    filter names ``burst.inputs.<ws>.<app>.<fn>``, one token more)."""
+    return f"burst.inputs.shell.{call_id}"
+
+
+def shell_consumer(call_id: str) -> str:
+    """The pull consumer of one shell session's input (made by the session's container)."""
+    return f"shell_{_short_hash(call_id)}"
+
+
 # Web requests travel over core NATS (never stored: a request is never replayed).
 def web_subject(fn_key: str) -> str:
     """Where the gateway sends a web request of a function; the agents holding ready

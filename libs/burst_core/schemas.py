@@ -132,6 +132,9 @@ class Allocation(msgspec.Struct, kw_only=True, omit_defaults=True):
     resources: Resources
     gpu_indices: list[int] = msgspec.field(default_factory=list)
     placed_at: float = 0.0
+    #: A container placed for one ``burst shell`` session (its call id): it takes no
+    #: other input, and the function's scaling does not count it.
+    shell_call_id: str = ""
 
 
 class CallRecord(_Wire, kw_only=True):
@@ -530,6 +533,8 @@ class InputAccepted(_Wire, kw_only=True):
     fn_key: str
     call_id: str
     at: float
+    #: A ``burst shell`` session (``call_id``) wants a new container of its own.
+    shell: bool = False
 
 
 class FunctionDeployed(_Wire, kw_only=True):
@@ -570,6 +575,9 @@ class Placement(_Wire, kw_only=True):
     #: Set after enough failed starts of the function in a row: if this container fails
     #: to start too (whatever the reason), it answers the waiting calls with the error.
     fail_calls_on_start_error: bool = False
+    #: A container for one ``burst shell`` session (its call id): it holds only that
+    #: session's input (``names.shell_input_subject``), and stops when it ends.
+    shell_call_id: str = ""
 
 
 class StopContainer(_Wire, kw_only=True):

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import BURST, REPO, Cluster, running_cluster
-from tests.e2e.test_hello import write_app
+from tests.e2e.test_hello import _nats_url, write_app
 
 pytestmark = pytest.mark.e2e
 
@@ -37,6 +37,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 @pytest.fixture(scope="module")
 def deployed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
     app = write_app(tmp_path_factory.mktemp("observed"), f"""
+        import os
         import time
         import burst
 
@@ -66,6 +67,17 @@ def deployed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path
         @app.function(secrets=[burst.Secret.from_dict({{"SHELL_SECRET": "s3cret"}})])
         def with_secret() -> str:
             return "unused"
+
+        @app.function(max_containers=1, scaledown_window=60)
+        def tool() -> str:
+            return os.environ["BURST_CONTAINER_ID"]
+
+        @app.function(scaledown_window=60)
+        @burst.fastapi_endpoint()
+        def page(x: int) -> dict:
+            if x < 0:
+                raise ValueError("negative")
+            return {{"x": x}}
 
         @app.function()
         def chatty(n: int) -> int:
@@ -265,6 +277,36 @@ def test_metrics_parse_and_move_with_calls(cluster: Cluster, deployed: Path) -> 
     assert not any("call" in k for _, labels in after for k, _ in labels)  # bounded labels
 
 
+def test_web_requests_count_as_calls_of_their_function(
+        cluster: Cluster, deployed: Path) -> None:
+    state = json.loads((cluster.home / "cluster.json").read_text())
+    port = next(p for p in state["parts"] if p["name"] == "gateway")["ports"]["web"]
+    before = _samples(http(cluster, "/metrics")[1].decode())
+    fn = tuple(sorted({"workspace": "default", "app": APP, "function": "page"}.items()))
+    for i in range(3):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/default/{APP}/page?x={i}",
+                                    timeout=60) as resp:
+            assert json.loads(resp.read()) == {"x": i}
+    with pytest.raises(urllib.error.HTTPError) as failed:  # the function raised: a 500
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/default/{APP}/page?x=-1", timeout=60)
+    assert failed.value.code == 500
+    failures = ("burst_function_calls_total", tuple(sorted(
+        {"workspace": "default", "app": APP, "function": "page", "status": "failure"}.items())))
+    after = until("the web requests counted in /metrics", lambda: (
+        s if _calls_of(s := _samples(http(cluster, "/metrics")[1].decode()), "page")
+        >= _calls_of(before, "page") + 3
+        and s.get(failures, 0.0) >= before.get(failures, 0.0) + 1 else None))
+    # In the function's latency and queue-time histograms too ...
+    assert after[("burst_function_latency_seconds_count", fn)] >= \
+        before.get(("burst_function_latency_seconds_count", fn), 0.0) + 4
+    assert after[("burst_function_queue_seconds_count", fn)] >= \
+        before.get(("burst_function_queue_seconds_count", fn), 0.0) + 4
+    # ... with the function's labels only: no request, call or container id.
+    labels = {k for name, ls in after if "function" in dict(ls) and dict(ls)["function"] ==
+              "page" for k, _ in ls}
+    assert labels <= {"workspace", "app", "function", "status", "le", "state"}, labels
+
+
 def test_a_window_too_large_to_scan_is_refused(cluster: Cluster, deployed: Path) -> None:
     assert call(cluster, "chatty", SCAN_MAX + 50).strip() == str(SCAN_MAX + 50)
     proc = until("the read refused", lambda: (p if (p := cluster.burst(
@@ -328,3 +370,74 @@ def test_burst_shell_runs_in_a_new_container_of_the_function(
     assert bad.returncode == 1 and "use APP::FUNCTION" in bad.stderr
     missing = cluster.burst("shell", f"{APP}::nope")
     assert missing.returncode == 1 and "has no function 'nope'" in missing.stderr
+
+
+def _metering_of(cluster: Cluster, container_id: str) -> list[Any]:
+    """Every metering record of one container (stream BURST_METERING)."""
+    import asyncio
+
+    async def go() -> list[Any]:
+        import nats
+
+        from burst_core import ledger, names
+        from burst_core.schemas import MeteringRecord
+
+        nc = await nats.connect(_nats_url(cluster))
+        try:
+            js = nc.jetstream()
+            state = (await js.stream_info(names.STREAM_METERING)).state
+            out = []
+            for seq in range(state.first_seq, state.last_seq + 1) if state.messages else ():
+                rec = ledger.MeteringMessageDecoder.decode(
+                    (await js.get_msg(names.STREAM_METERING, seq)).data)
+                if isinstance(rec, MeteringRecord) and rec.container_id == container_id:
+                    out.append(rec)
+            return out
+        finally:
+            await nc.close()
+    return asyncio.run(go())
+
+
+def test_burst_shell_gets_a_container_of_its_own_past_max_containers(
+        cluster: Cluster, deployed: Path) -> None:
+    # An idle container of `tool` exists, and max_containers=1 lets scaling have no other.
+    first = call(cluster, "tool").strip()
+    assert first.startswith("ct-")
+    shell = subprocess.Popen([BURST, "shell", f"{APP}::tool"], env=cluster.env, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    try:
+        assert shell.stderr is not None and shell.stdin is not None
+        started = shell.stderr.readline()  # once the session's container is ready
+        assert "shell in container " in started, started + shell.stderr.read()
+        cid = started.split("shell in container ")[1].split()[0]
+        assert cid != first  # a new container, though the function is at its maximum
+        # Calls made during the session run in the function's own container, never the
+        # shell's (it takes no other input).
+        assert [call(cluster, "tool").strip() for _ in range(3)] == [first] * 3
+        listing = json.loads(cluster.burst("container", "list", "--app", APP, "--json",
+                                           check=True).stdout)
+        mine = {c["container_id"]: c for c in listing["containers"]}
+        assert mine[cid]["state"] == "busy" and mine[cid]["inputs_served"] == 0, mine[cid]
+        assert mine[first]["inputs_served"] >= 4
+        shell.stdin.write("echo inside $BURST_APP_ID\n")
+        shell.stdin.close()
+        out = shell.stdout.read() if shell.stdout is not None else ""
+        assert shell.wait(timeout=60) == 0
+        assert out.split() == ["inside", APP]
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait()
+    # It stops after the session, having served no input, and it was metered.
+    until("the shell's container to stop", lambda: any(
+        e["event"] == "container.stopped" for e in logs(cluster, APP, "--container", cid)),
+        timeout=60)
+    def finished() -> list[Any] | None:
+        got = _metering_of(cluster, cid)
+        return got if any(r.final for r in got) else None
+
+    records = until("the shell's final metering record", finished, timeout=60)
+    assert all(r.function == "tool" and r.app == APP for r in records)
+    assert sum(r.end - r.start for r in records) > 0
+    assert sum(r.succeeded + r.failed for r in records) == 0

@@ -276,6 +276,52 @@ async def test_saturated_containers_scale_out_up_to_max_containers(
     assert len((await agent.current()).allocations) == 2
 
 
+async def test_a_shell_session_gets_a_container_of_its_own_past_max_containers(
+    js: Any, agents: MakeAgent, scheduler: MakeScheduler
+) -> None:
+    agent = await agents("agent-1", cpu=2.0)
+    s = await scheduler(shell_place_retry=0.2)
+    await deploy(js, fn("f", max_containers=1, scaledown_window=0.5,
+                        resources=Resources(cpu=1.0, memory_mb=256)))
+    await until_known(s, key("f"))
+    await signal(js, key("f"))
+    await eventually(lambda: len(agent.placements) == 1)
+    first = agent.placements[0].container_id
+
+    async def ask(call_id: str, msg_id: str) -> None:
+        await bus.publish(js, names.input_accepted_subject(key("f")), encode(InputAccepted(
+            fn_key=key("f"), call_id=call_id, at=time.time(), shell=True)), msg_id=msg_id)
+
+    # At max_containers, a session still gets a new container, claimed for it alone; the
+    # same session asked again (a redelivered signal) gets no second one.
+    await ask("fc-shell-1", "one")
+    await ask("fc-shell-1", "again")
+    await eventually(lambda: len(agent.placements) == 2)
+    order = agent.placements[1]
+    assert order.shell_call_id == "fc-shell-1" and order.container_id != first
+    allocation = (await agent.current()).allocations[order.container_id]
+    assert allocation.shell_call_id == "fc-shell-1" and allocation.fn_key == key("f")
+    # Scaling does not count it (the function's work never waits for it) and never stops
+    # it as idle; the function's own idle container goes after its window.
+    assert [c.container_id for c in s.state.containers_of(key("f"), time.time())] == [first]
+    await eventually(lambda: first not in agent.views, timeout=10)
+    await asyncio.sleep(1.0)
+    assert order.container_id in agent.views
+    assert all(stop.container_id != order.container_id for _, stop in agent.stops)
+    assert len(agent.placements) == 2
+    # No room (2 CPUs, both claimed: the session's container and the one work placed
+    # since, busy): the next session waits, and gets its container once room is made.
+    agent.on_place = "busy"
+    await signal(js, key("f"))
+    await eventually(lambda: len(agent.placements) == 3)
+    await ask("fc-shell-2", "two")
+    await asyncio.sleep(1.0)
+    assert len(agent.placements) == 3
+    await agent.remove(order.container_id)  # the first session ended
+    await eventually(lambda: len(agent.placements) == 4, timeout=10)
+    assert agent.placements[3].shell_call_id == "fc-shell-2"
+
+
 async def test_agents_that_do_not_fit_are_never_chosen(
     js: Any, agents: MakeAgent, scheduler: MakeScheduler
 ) -> None:

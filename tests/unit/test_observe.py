@@ -86,6 +86,20 @@ def test_figures_count_outputs_and_cold_starts() -> None:
     assert off.functions == {}
 
 
+def test_figures_count_web_requests_as_calls() -> None:
+    f = Figures("a1", [])
+    f.web("ws.app.page", "success", 0.02, 0.001)
+    f.web("ws.app.page", "failure", 0.5, 0.25)
+    f.output("ws.app.page", _out("success", 10.0, 10.5), accepted_at=9.0)
+    fig = f.snapshot([]).functions["ws.app.page"]
+    assert fig.calls == {"success": 2, "failure": 1}
+    assert fig.latency is not None and sum(fig.latency.counts) == 3
+    assert fig.queue is not None and fig.queue.total == pytest.approx(1.251)
+    off = Figures("a1", [], enabled=False)
+    off.web("ws.app.page", "success", 0.1, 0.1)
+    assert off.functions == {}
+
+
 class FakeNvml:
     """A stand-in for pynvml (NVML is absent on these machines)."""
 
@@ -158,3 +172,19 @@ def test_a_workspace_sees_only_its_own_figures() -> None:
     assert {s.labels["app"] for s in got["burst_app_spend_dollars_total"]} == {"app"}
     assert not any(k.startswith(("burst_agent_", "burst_gpu_", "burst_service_"))
                    for k in got)
+
+
+@pytest.mark.parametrize("name, value", [("shell_place_retry", 0.0),
+                                         ("shell_place_timeout", -1.0)])
+def test_bad_shell_placement_settings_are_named(name: str, value: float) -> None:
+    from burst_scheduler.settings import SchedulerSettings
+
+    with pytest.raises(ValueError, match=f"BURST_{name.upper()}={value}"):
+        SchedulerSettings(**{name: value})  # type: ignore[arg-type]
+
+
+def test_a_bad_shell_input_wait_is_named() -> None:
+    from burst_agent.settings import AgentSettings
+
+    with pytest.raises(ValueError, match="BURST_SHELL_INPUT_WAIT=0"):
+        AgentSettings(shell_input_wait=0)

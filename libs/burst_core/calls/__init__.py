@@ -230,6 +230,21 @@ async def create_once(js: JetStreamContext, nc: NATS, calls_kv: KeyValue,
     return made
 
 
+async def create_shell(js: JetStreamContext, calls_kv: KeyValue, rec: CallRecord,
+                       inp: Input) -> None:
+    """A ``burst shell`` session: its record, its input on a subject of its own (only the
+    container placed for it reads it), and a stored signal asking the scheduler for that
+    new container (stored, not a hint: no reconcile pass would find the session)."""
+    await create_record(calls_kv, rec)
+    await bus.publish(js, names.shell_input_subject(rec.call_id), encode(inp),
+                      msg_id=inp.input_id)
+    fn_key = names.function_key(rec.workspace, rec.app, rec.function)
+    await bus.publish(js, names.input_accepted_subject(fn_key),
+                      encode(InputAccepted(fn_key=fn_key, call_id=rec.call_id,
+                                           at=inp.accepted_at, shell=True)),
+                      msg_id=f"shell-{rec.call_id}")
+
+
 async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue, fn_key: str,
                       calls: list[tuple[CallRecord, Input]],
                       signals: Signals | None = None, records: bool = True,

@@ -236,6 +236,16 @@ class Caller:
         return resp
 
     # ---- submitting ----------------------------------------------------------------
+    async def submit_shell(self, workspace: str, dep: DeploymentRecord, fn: str,
+                           call_id: str) -> CallRecord:
+        """A ``burst shell`` session of ``fn`` (call ``call_id``): a new container is
+        placed for it (see :func:`burst_core.calls.create_shell`)."""
+        await self.guard.check(workspace, dep.name or dep.app, fn)
+        rec, inp = call_store.build(workspace, dep.app, fn, dep.deployment_id, b"",
+                                    names.SHELL_FORMAT, time.time(), call_id=call_id)
+        await call_store.create_shell(self.js, self.calls_kv, rec, inp)
+        return rec
+
     async def submit(self, workspace: str, dep: DeploymentRecord, fn: str,
                      payloads: list[bytes], register: bool, payload_format: str = "pickle",
                      call_id: str | None = None, refs: list[str] | None = None,

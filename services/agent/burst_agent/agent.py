@@ -357,7 +357,7 @@ class Agent:
                 continue
             if event.strategy == "recreate":
                 await c.stop("redeployed")
-            elif not c.fn.web:
+            elif not c.fn.web and not c.shell_call_id:  # a shell session runs on
                 c.retire()
 
     async def place(self, p: Placement, trace: Context | None = None,
@@ -373,7 +373,8 @@ class Agent:
         c = Container(agent=self, placement=p, trace=trace, trace_call=trace_call)
         fn_key = names.function_key(p.workspace, p.app, p.function.name)
         newest = self.deployed.get(fn_key)
-        if newest is not None and newest != p.deployment_id and not p.function.web:
+        if (newest is not None and newest != p.deployment_id and not p.function.web
+                and not p.shell_call_id):
             c.retired = True  # placed for a deployment replaced since: never takes input
         self.containers[c.id] = c
         task = asyncio.create_task(self._run_container(c))

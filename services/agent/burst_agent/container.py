@@ -38,6 +38,7 @@ from burst.exception import InvalidError
 from burst.image import describe
 from burst_agent import api_relay, relay
 from burst_agent import secrets as container_secrets
+from burst_agent.acks import Ack, settle
 from burst_agent.dispatch import InFlight, InputDispatch
 from burst_agent.host import AgentHost
 from burst_agent.inputs import InputPuller
@@ -85,6 +86,11 @@ class Container:
         self.exec_env: dict[str, str] = {}
         self.fn = p.function
         self.fn_key = names.function_key(p.workspace, p.app, p.function.name)
+        #: Placed for one ``burst shell`` session (its call id): it holds that session's
+        #: input alone, takes no web request, and stops when the session ends.
+        self.shell_call_id = p.shell_call_id
+        #: Whether it serves the function's web requests.
+        self.takes_web = bool(p.function.web) and not p.shell_call_id
         self.max_inputs = max(1, p.function.max_inputs)
         self.log = log.bind(container_id=self.id, fn_key=self.fn_key)
         self._ready: asyncio.Future[wire.Ready | wire.StartupFailed] = (
@@ -238,7 +244,7 @@ class Container:
                 if ready.in_order and self.agent.settings.input_prefetch > 0:
                     self.dispatch.allow_queue(self.agent.settings.input_prefetch)
                 self._spawn(self._join_inputs())  # first: the event need not hold the input
-                if self.fn.web:
+                if self.takes_web:
                     self._spawn(self.agent.web.join(self))
                 self._spawn(self._watch_alive())
                 self._spawn(self.dispatch.keepalive_loop())
@@ -287,13 +293,15 @@ class Container:
             await self._drain()
             self._inputs_at_stop = len(self.in_flight) + self.web_in_flight
             await self.dispatch.finish(exit_code)
-            if self.fn.web:
+            if self.takes_web:
                 self.agent.web.gone(self)
             tasks = list(self._tasks)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._drop_binding()
+            if self.shell_call_id:
+                await self._end_shell()
             if self.volumes is not None:
                 # A clean exit commits, as Modal's background commit would have.
                 await bus.quiet(self.volumes.close(commit=exit_code == 0))
@@ -500,6 +508,9 @@ class Container:
     async def _join_inputs(self) -> None:
         """Once the function's consumer exists (made while the process started, so
         normally at once), offer this container's slots to the function's pull here."""
+        if self.shell_call_id:
+            await self._take_shell()
+            return
         while not self._stopping.is_set():
             early, self._binding = self._binding, None
             try:
@@ -517,6 +528,48 @@ class Container:
                 run = min(self.dispatch.slots, self.max_inputs)
                 self._puller.join(self, run, self.dispatch.slots - run)
             return
+
+    async def _take_shell(self) -> None:
+        """A ``burst shell`` session's container: busy from ready on, it takes its
+        session's input alone (held until the session is cancelled or times out, see
+        ``InputDispatch``), and stops once that input is gone (``free_slot``)."""
+        self.state, self.idle_since = "busy", None
+        s = self.agent.settings
+        deadline = time.monotonic() + s.shell_input_wait
+        bound = False
+        while not self._stopping.is_set():
+            early, self._binding = self._binding, None
+            try:
+                if not bound:
+                    await (early or self._bind())
+                    bound = True
+                msgs = await bus.pull(self.agent.js, names.STREAM_INPUTS,
+                                      names.shell_consumer(self.shell_call_id), 1,
+                                      min(s.fetch_timeout, s.shell_input_wait))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # NATS blip (or the consumer gone): bind and try again
+                self.log.info("shell_input_retry", error=repr(e))
+                msgs, bound = [], False
+                await asyncio.sleep(s.pull_retry)
+            if msgs:
+                self._dispatch(msgs[0])
+                return
+            if time.monotonic() > deadline:
+                self.log.warning("shell_input_missing", call_id=self.shell_call_id)
+                self._spawn_stop("shell_ended")
+                return
+
+    async def _end_shell(self) -> None:
+        """The session goes with its container: its input (handed back by a stop, or never
+        taken) is acked off the inputs stream (no other container would take it; an agent
+        may not purge), and its consumer deleted."""
+        consumer = names.shell_consumer(self.shell_call_id)
+        with contextlib.suppress(Exception):
+            for msg in await bus.pull(self.agent.js, names.STREAM_INPUTS, consumer, 1, 0.0):
+                await settle(msg, Ack())
+        with contextlib.suppress(Exception):
+            await self.agent.js.delete_consumer(names.STREAM_INPUTS, consumer)
 
     def retire(self) -> None:
         """A newer deployment of the function replaced this one (a rolling redeploy): no
@@ -544,7 +597,7 @@ class Container:
     def _set_stopping(self) -> None:
         """No new inputs: the container leaves the function's pull (its free slots with it)."""
         self._stopping.set()
-        if self.fn.web:
+        if self.takes_web:
             self.agent.web.leave(self)
         puller, self._puller = self._puller, None
         if puller is not None:
@@ -559,7 +612,17 @@ class Container:
         await asyncio.wait([early])
 
     async def _bind(self) -> None:
-        """Create the function's consumer if need be (idempotent)."""
+        """Create the function's consumer if need be (idempotent); a shell session's
+        container, its session's."""
+        if self.shell_call_id:
+            await bus.ensure_consumer(self.agent.js, names.STREAM_INPUTS, ConsumerConfig(
+                durable_name=names.shell_consumer(self.shell_call_id),
+                ack_policy=AckPolicy.EXPLICIT, ack_wait=self.agent.settings.ack_wait,
+                deliver_policy=DeliverPolicy.ALL, max_ack_pending=1,
+                filter_subject=names.shell_input_subject(self.shell_call_id),
+                # Gone by itself should the container never delete it (its agent died).
+                inactive_threshold=max(3600.0, self.fn.timeout * 2)))
+            return
         cfg = ConsumerConfig(
             durable_name=names.function_consumer(self.fn_key), ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.agent.settings.ack_wait, deliver_policy=DeliverPolicy.ALL,
@@ -749,11 +812,15 @@ class Container:
                                         encode(msg))
 
     async def event(self, kind: str, text: str, call_id: str = "") -> None:
-        """A platform event of this container, to the app's logs (``burst app logs``)."""
-        await self._log_line("stderr", text, call_id, kind)
+        """A platform event of this container, to the app's logs (``burst app logs``); a
+        shell session's container's are that session's (its gateway waits on them)."""
+        await self._log_line("stderr", text, call_id or self.shell_call_id, kind)
 
     def observe(self, out: Output, accepted_at: float) -> None:
-        """An output this container stored: its figures for ``/metrics``."""
+        """An output this container stored: its figures for ``/metrics``. (A shell
+        session is no call of the function: not counted.)"""
+        if self.shell_call_id:
+            return
         self.inputs_served += 1
         self.agent.figures.output(self.fn_key, out, accepted_at)
 

@@ -88,6 +88,7 @@ class Owner(Protocol):
     web_in_flight: int
     _pulled: InputPuller | None
     retired: bool
+    shell_call_id: str
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
 
@@ -133,6 +134,8 @@ class InputDispatch:
         self.in_flight.clear()
 
     async def fail_waiting(self) -> None:
+        if self.c.shell_call_id:  # its session's gateway sees it stop; no call waits
+            return
         try:
             await self.c._bind()
             # What waits now, read to the end (nothing left in flight for AckWait).
@@ -269,10 +272,18 @@ class InputDispatch:
 
     def free_slot(self) -> None:
         self.slots += 1
+        if self.c.shell_call_id:  # the session is over (or never came): it stops
+            self.c._spawn(self._stop_shell())
+            return
         if self.c._puller is not None:  # joined and not stopping
             # A queue slot when the inputs still here fill the run slots.
             queued = self.capacity > self.max_inputs and len(self.in_flight) >= self.max_inputs
             self.c._puller.freed(self.c, queued)
+
+    async def _stop_shell(self) -> None:
+        stop = getattr(self.c, "stop", None)
+        if stop is not None:
+            await stop("shell_ended")
 
     async def keepalive_loop(self) -> None:
         """In-progress acks for inputs running longer than a third of AckWait, so a slow

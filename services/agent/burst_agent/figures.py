@@ -129,6 +129,12 @@ class Figures:
                               out.finished_at - started if started and out.finished_at else -1.0,
                               started - accepted_at if started and accepted_at else -1.0))
 
+    def web(self, fn_key: str, status: str, latency: float, queue: float) -> None:
+        """A web request that ran in a container of ``fn_key`` ended (``status``:
+        success or failure): counted with the function's calls, latency and queue time."""
+        if self.enabled:
+            self._pending.append((fn_key, status, max(0.0, latency), max(0.0, queue)))
+
     def fold(self) -> None:
         """Count the outputs stored since the last fold (safe in a thread: the list is
         swapped whole, and only this method touches the histograms' counts)."""

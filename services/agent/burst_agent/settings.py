@@ -188,8 +188,14 @@ class AgentSettings(CommonSettings):
     gpu_health_interval: float = 10.0
     #: Longest a ``burst container exec`` command may run before it is killed.
     exec_timeout: float = 3600.0
+    #: Seconds a container placed for a ``burst shell`` session, once ready, waits for the
+    #: session's input (gone: the session ended or was cancelled first), then stops.
+    shell_input_wait: float = 30.0
 
     def __post_init__(self) -> None:
+        if not self.shell_input_wait > 0:
+            raise ValueError(f"BURST_SHELL_INPUT_WAIT={self.shell_input_wait}: use a positive "
+                             "number of seconds")
         if self.input_prefetch < 0:
             raise ValueError(f"BURST_INPUT_PREFETCH={self.input_prefetch}: use 0 (none) or more")
         if not self.gpu_health_interval > 0:

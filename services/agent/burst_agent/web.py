@@ -79,6 +79,8 @@ class _Request:
                   | wire.WebSocketClose] = field(default_factory=list)
     status: int = 0
     started: float = field(default_factory=time.monotonic)
+    #: When it went into a container (monotonic; 0: never): its queue time ends there.
+    ran_at: float = 0.0
     #: Being offered to other agents: frames that come meanwhile wait in ``pending``.
     moving: bool = False
     #: A traced request's context (its ``agent.web_request`` span is made at its end).
@@ -298,6 +300,7 @@ class WebRelay:
             c = min(free, key=self._load)
             waiting.popleft()
             req.container = c
+            req.ran_at = time.monotonic()
             c.web_in_flight += 1
             c.state, c.idle_since = "busy", None
             self._to_shim(c, req.head)
@@ -332,14 +335,20 @@ class WebRelay:
         self._publish(req.reply, end)
         status = req.status or end.status
         c = req.container
+        now = time.monotonic()
+        took = now - req.started
         if c is not None:
             c.web_in_flight -= 1
-            c.meter.count("failure" if status >= 500 or (end.error and not req.status)
-                          else "success")
+            outcome = "failure" if status >= 500 or (end.error and not req.status) \
+                else "success"
+            c.meter.count(outcome)
+            # A request counts as a call of its function in /metrics: its latency from
+            # the container's start of it, its queue time from the agent taking it.
+            self.agent.figures.web(req.fn_key, outcome, now - req.ran_at,
+                                   req.ran_at - req.started)
             if not c.web_in_flight and not c.in_flight and c.state == "busy":
                 c.state, c.idle_since = "idle", time.time()
             self._stop_if_done(c)
-        took = time.monotonic() - req.started
         path = req.head.root_path + req.head.path
         if req.trace is not None:
             self.agent.tracing.span(

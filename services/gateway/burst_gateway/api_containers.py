@@ -262,7 +262,9 @@ async def start_shell(app: str, fn: str, gw: GatewayDep,
                       p: Principal = Depends(principal)) -> dict[str, Any]:
     """A new container of the function (its image, mounts and secrets; billed as any
     container) held for a shell session: answers its container id and the session's call
-    id once it is ready. Run commands in it with ``POST /v1/containers/{id}/exec``; end
+    id once it is ready. The container is placed for the session alone (even past the
+    function's ``max_containers``): it runs none of the function's inputs. Run commands
+    in it with ``POST /v1/containers/{id}/exec``; end
     the session by cancelling the call (``DELETE /v1/calls/{call_id}``), which stops the
     container; it also ends at the function's timeout. Needs a deploy or admin token."""
     require_exec(p, "burst shell")
@@ -283,8 +285,7 @@ async def start_shell(app: str, fn: str, gw: GatewayDep,
     sub = await gw.nc.subscribe(names.logs_filter(p.workspace, dep.app, function, "*",
                                                   call_id), cb=on_line)
     try:
-        await gw.caller.submit(p.workspace, dep, function, [b""], register=False,
-                               payload_format=names.SHELL_FORMAT, call_id=call_id)
+        await gw.caller.submit_shell(p.workspace, dep, function, call_id)
         try:
             container_id = await asyncio.wait_for(ready, gw.settings.web_startup_timeout)
         except TimeoutError:

@@ -246,6 +246,31 @@ class Autoscaler:
                 want = min(want, ref.spec.max_containers - len(containers))
             return await self._place_n(ref, want, "min_containers", evict=False)
 
+    async def place_shell(self, fn_key: str, call_id: str, asked_at: float) -> bool:
+        """A new container for the ``burst shell`` session ``call_id``, whatever the
+        function's containers (``max_containers`` included): it holds only that session's
+        input. True once placed (or placed before: the signal came again); False when it
+        cannot be (an unknown function, a spent budget, or no room for
+        ``shell_place_timeout`` seconds: the session's caller gives up meanwhile); raises
+        :class:`bus.Retry` while there is no room yet."""
+        async with self._locks[fn_key]:
+            ref = self.state.function(fn_key) or await self._load_function(fn_key)
+            if ref is None or self.blocked(fn_key):
+                log.info("shell_not_placed", fn_key=fn_key, call_id=call_id,
+                         reason="unknown function" if ref is None else "budget spent")
+                return False
+            now = time.time()
+            if any(c.allocation.shell_call_id == call_id
+                   for c in self.state.containers(now, shells=True).get(fn_key, [])):
+                return True
+            if await self._place(ref, "shell", evict=True, shell_call_id=call_id):
+                return True
+        if time.time() - asked_at > self.settings.shell_place_timeout:
+            log.warning("shell_not_placed", fn_key=fn_key, call_id=call_id,
+                        reason=f"no room for {self.settings.shell_place_timeout:g} s")
+            return False
+        raise bus.Retry(self.settings.shell_place_retry, "no room for the shell's container")
+
     async def _place_n(self, ref: FunctionRef, n: int, reason: str, *, evict: bool) -> int:
         """Place up to ``n`` containers; with ``evict``, work waits for them, and idle
         containers of other functions may be stopped to make room."""
@@ -288,7 +313,8 @@ class Autoscaler:
         delay = min(s.start_backoff_max, s.start_backoff_initial * factor)
         return max(0.0, last + delay - now)
 
-    async def _place(self, ref: FunctionRef, reason: str, evict: bool) -> bool:
+    async def _place(self, ref: FunctionRef, reason: str, evict: bool,
+                     shell_call_id: str = "") -> bool:
         if self.blocked(ref.fn_key):
             return False
         if self._failed_deployment.get(ref.fn_key, ref.deployment.deployment_id) != (
@@ -306,7 +332,7 @@ class Autoscaler:
         flog = log.bind(fn_key=ref.fn_key, reason=reason)
         claim = await self.claimer.claim(
             ref.fn_key, [spec.resources, *spec.gpu_fallbacks],
-            allow_spot=not spec.nonpreemptible,
+            allow_spot=not spec.nonpreemptible, shell_call_id=shell_call_id,
         )
         if claim is None:
             kept = await self._evict_idle(ref) if evict else []
@@ -351,6 +377,7 @@ class Autoscaler:
             app_name=ref.deployment.name,
             fail_calls_on_start_error=self._start_failures.get(ref.fn_key, (0, 0.0))[0] + 1
             >= self.settings.start_failures_to_fail_calls,
+            shell_call_id=shell_call_id,
         )
         traced = placing.get()
         span = headers = None

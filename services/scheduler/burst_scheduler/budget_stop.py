@@ -101,7 +101,7 @@ class BudgetStop:
                 self.calls_refused += n
                 log.info("budget_calls_answered", fn_key=fn_key, calls=n)
         sent = 0
-        for fn_key, containers in self.state.containers(now).items():
+        for fn_key, containers in self.state.containers(now, shells=True).items():
             if not self.blocked(fn_key):
                 continue
             for c in containers:

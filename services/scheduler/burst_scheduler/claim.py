@@ -57,11 +57,13 @@ class Claimer:
         self._busy: dict[str, int] = {}  # agent id -> claims in flight from this process
 
     async def claim(
-        self, fn_key: str, requests: Sequence[Resources], *, allow_spot: bool = True
+        self, fn_key: str, requests: Sequence[Resources], *, allow_spot: bool = True,
+        shell_call_id: str = "",
     ) -> Claim | None:
         """Claim resources for one container of ``fn_key``, or None when nothing fits.
 
         ``requests`` are tried in order (the function's resources, then its fallbacks).
+        With ``shell_call_id`` the container is that ``burst shell`` session's alone.
         """
         exclude: set[str] = set()
         for _ in range(self.attempts):
@@ -86,7 +88,7 @@ class Claimer:
                 return None
             self._busy[choice.agent_id] = self._busy.get(choice.agent_id, 0) + 1
             try:
-                won = await self._claim_on(choice, fn_key, now, allow_spot)
+                won = await self._claim_on(choice, fn_key, now, allow_spot, shell_call_id)
             finally:
                 left = self._busy.pop(choice.agent_id) - 1
                 if left:
@@ -101,7 +103,8 @@ class Claimer:
         return None
 
     async def _claim_on(
-        self, choice: placement.Choice, fn_key: str, now: float, allow_spot: bool
+        self, choice: placement.Choice, fn_key: str, now: float, allow_spot: bool,
+        shell_call_id: str = "",
     ) -> Claim | None:
         container_id = new_container_id()
         current: list[AgentRecord] = []
@@ -124,7 +127,7 @@ class Claimer:
             if indices is None:
                 return None
             new = placement.with_allocation(
-                record, container_id, fn_key, choice.resources, indices, now
+                record, container_id, fn_key, choice.resources, indices, now, shell_call_id
             )
             written.append((new, indices))
             return encode(new)

@@ -175,12 +175,13 @@ def choose_first(
 
 def with_allocation(
     agent: AgentRecord, container_id: str, fn_key: str, request: Resources,
-    gpu_indices: Sequence[int], placed_at: float,
+    gpu_indices: Sequence[int], placed_at: float, shell_call_id: str = "",
 ) -> AgentRecord:
     """A copy of ``agent`` with one more allocation (the record a claim writes)."""
     allocations = dict(agent.allocations)
     allocations[container_id] = Allocation(
         fn_key=fn_key, resources=request, gpu_indices=list(gpu_indices), placed_at=placed_at,
+        shell_call_id=shell_call_id,
     )
     return replace_allocations(agent, allocations)
 

@@ -179,6 +179,9 @@ class Scheduler:
             signal = InputAcceptedDecoder.decode(msg.data)
         except msgspec.DecodeError as e:
             raise bus.Reject(f"undecodable input.accepted: {e}") from e
+        if signal.shell:  # a `burst shell` session: a container of its own
+            await self.autoscaler.place_shell(signal.fn_key, signal.call_id, signal.at)
+            return
         ctx = (self.autoscaler.tracing.incoming(msg.headers)
                if msg.headers and self.autoscaler.tracing is not None else None)
         if ctx is None:

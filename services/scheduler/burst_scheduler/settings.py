@@ -47,6 +47,12 @@ class SchedulerSettings(CommonSettings):
     lease_ttl: float = 3.0
     #: Seconds to wait before restarting a failed KV watch or Redis write.
     retry_delay: float = 0.5
+    #: A ``burst shell`` session's container that finds no room is tried again every
+    #: ``shell_place_retry`` seconds (idle containers of other functions may yield), for
+    #: up to ``shell_place_timeout`` seconds after the session was asked for (as long as
+    #: the gateway holds the request by default, its ``BURST_WEB_STARTUP_TIMEOUT``).
+    shell_place_retry: float = 1.0
+    shell_place_timeout: float = 120.0
     #: Seconds between checks for due schedule ticks (a tick fires at most this late).
     schedule_interval: float = 0.5
     #: A tick that came due at most this many seconds ago still fires (late); older ones
@@ -75,3 +81,7 @@ class SchedulerSettings(CommonSettings):
             raise ValueError(f"setting BURST_START_FAILURES_TO_FAIL_CALLS="
                              f"{self.start_failures_to_fail_calls} must be at least 1 (1: the "
                              f"first failed start fails the waiting calls)")
+        for name in ("shell_place_retry", "shell_place_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"setting BURST_{name.upper()}={getattr(self, name)} must "
+                                 "be a positive number of seconds")

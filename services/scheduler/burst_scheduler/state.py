@@ -135,17 +135,20 @@ class ClusterState:
     def live_agents(self, now: float) -> list[AgentRecord]:
         return placement.live_agents(self.agents, self.heartbeats, now, self.heartbeat_timeout)
 
-    def containers(self, now: float) -> dict[str, list[Container]]:
+    def containers(self, now: float, shells: bool = False) -> dict[str, list[Container]]:
         """Every container claimed on a live agent, by function key.
 
         A claim counts from the moment it is written (being placed) until the agent removes
         it (stopped). Claims on agents whose heartbeat is stale do not count: that machine
-        is presumed lost.
+        is presumed lost. A ``burst shell`` session's container takes none of its
+        function's work: only with ``shells`` (scaling and eviction never see it).
         """
         out: dict[str, list[Container]] = {}
         for agent in self.live_agents(now):
             views = self._views.get(agent.agent_id, {})
             for cid, alloc in agent.allocations.items():
+                if alloc.shell_call_id and not shells:
+                    continue
                 out.setdefault(alloc.fn_key, []).append(
                     Container(cid, agent.agent_id, alloc, views.get(cid))
                 )
