@@ -60,6 +60,11 @@ class AgentSettings(CommonSettings):
     #: costs nats-server a new block file per call). Its output is stored before: an ack
     #: lost with the agent only means a redelivery that finds the output and acks.
     ack_delay: float = 0.02
+    #: Seconds a stopping container waits for the server to confirm the acks of the
+    #: inputs it answered, before its stop is announced (a stop wakes the scheduler's
+    #: backlog check, which must not count answered inputs as waiting: it would place a
+    #: container, holding a GPU for the whole scaledown window, for work that is done).
+    stop_ack_timeout: float = 2.0
     #: Seconds between the shim's liveness frames, and how long without one makes a
     #: container unresponsive (frozen, wedged): its inputs then go to another container.
     container_heartbeat_interval: float = 1.0
@@ -175,7 +180,8 @@ class AgentSettings(CommonSettings):
         if not self.prefetch_max_run >= 0:
             raise ValueError(f"BURST_PREFETCH_MAX_RUN={self.prefetch_max_run}: use 0 (never) "
                              "or more seconds")
-        for name in ("web_keepalive", "web_move_interval", "web_move_timeout"):
+        for name in ("web_keepalive", "web_move_interval", "web_move_timeout",
+                     "stop_ack_timeout"):
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"BURST_{name.upper()}={value}: use more than 0 seconds")
