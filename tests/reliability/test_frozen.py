@@ -32,7 +32,12 @@ APP = """
         cid = os.environ["BURST_CONTAINER_ID"]
         seen[f"{tag}:{cid}"] = time.time()
         seen[tag] = cid
-        time.sleep(4)
+        # Held until the test says (key tag + ":go"), at most 60 s: a 4 s call could end,
+        # on a loaded machine, before the test (a new Python process that polls the
+        # Dict) had frozen it.
+        end = time.time() + 60
+        while time.time() < end and not seen.get(f"{tag}:go"):
+            time.sleep(0.1)
         return cid
 """
 
@@ -49,6 +54,8 @@ def test_faultless_pass(cluster: Cluster, tmp_path: Path) -> None:
     app = write_app(tmp_path, APP.replace('"frozen"', '"frozen-ok"'), "frozen_ok_app.py")
     cluster.burst("deploy", str(app), check=True)
     out = py(cluster, "import burst\n"
+                      "d = burst.Dict.from_name('frozen-seen', create_if_missing=True)\n"
+                      "d['ok:go'] = 1\n"
                       "call = burst.Function.from_name('frozen-ok', 'slow').spawn('ok')\n"
                       "print(call.object_id, call.get(timeout=60))")
     call_id, result = out.split()
@@ -76,6 +83,10 @@ def test_frozen_container_is_replaced_and_its_late_output_refused(cluster: Clust
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:
+        # Frozen: the call may end now (in the replacement; in the frozen one once thawed).
+        py(cluster, "import burst\n"
+                    "d = burst.Dict.from_name('frozen-seen', create_if_missing=True)\n"
+                    f"d[{tag + ':go'!r}] = 1")
         result = py(cluster, f"import burst; print(burst.FunctionCall.from_id({call_id!r})"
                              ".get(timeout=60))")
     finally:

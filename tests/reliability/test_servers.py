@@ -215,7 +215,13 @@ LOSS_APP = """
         cid = os.environ.get("BURST_CONTAINER_ID", "?")
         with open(path, "a") as f:
             f.write(f"start {cid} {i} {time.time()}\\n")
-        time.sleep(8)
+        # 8 s (the four run at once: four containers), and, until the test has killed
+        # the agent (the file path + ".go"), on: at most 90 s. Plain 8 s calls could end
+        # before the kill on a loaded machine, and there was nothing to run again.
+        start = time.time()
+        while time.time() < start + 8 or (
+                not os.path.exists(path + ".go") and time.time() < start + 90):
+            time.sleep(0.05)
         return i
 
     @app.local_entrypoint()
@@ -243,6 +249,7 @@ def test_a_killed_agents_calls_run_again_within_its_heartbeat_timeout(
         assert len(first) == 4
         agents.kill("loss-victim")
         killed = time.time()
+        Path(f"{runs}.go").touch()  # the victim's calls cannot answer now: end them
         out, err = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:

@@ -26,14 +26,16 @@ import burst
 app = burst.App({name!r})
 
 @app.function({options})
-def work(x, sleep=0.0, mark=""):
+def work(x, sleep=0.0, mark="", until=""):
     from burst._shim.main import current_call
 
     if mark:  # a file the test owns: which container runs which call, and when
         with open(mark, "a") as f:
             f.write(f"{{x}} {{os.environ['BURST_CONTAINER_ID']}} {{time.time()}}\\n")
-    if sleep:
-        time.sleep(sleep)
+    # ``sleep`` seconds, or less once the file ``until`` exists (the test says when).
+    end = time.time() + sleep
+    while time.time() < end and not (until and os.path.exists(until)):
+        time.sleep(min(0.05, max(0.0, end - time.time())))
     return [x, current_call.get(), os.environ["BURST_CONTAINER_ID"]]
 """
 
@@ -54,7 +56,7 @@ def keep(kind, x, value):
 calls = []
 for i in range(plan["spawn"]):
     try:
-        calls.append((i, f.spawn(i, plan["sleep"], plan["mark"])))
+        calls.append((i, f.spawn(i, plan["sleep"], plan["mark"], plan["until"])))
     except Exception as e:
         errors.append(f"spawn {i}: {type(e).__name__}: {e}")
 if plan.get("ready_file"):
@@ -71,7 +73,7 @@ for i in range(plan["remote"]):
     if plan["gaps"]:  # calls spaced across the scale-to-zero boundary
         time.sleep(plan["gaps"][i % len(plan["gaps"])])
     try:
-        keep("remote", x, f.remote(x, plan["sleep"], plan["mark"]))
+        keep("remote", x, f.remote(x, plan["sleep"], plan["mark"], plan["until"]))
     except Exception as e:
         errors.append(f"remote {x}: {type(e).__name__}: {e}")
 for i, call in calls:
@@ -102,6 +104,9 @@ class Plan:
     get_timeout: float = 120.0
     ready_file: str = ""
     mark: str = ""
+    #: A file whose creation ends the spawned and remote calls' ``sleep`` early: a test
+    #: holds calls running until its fault has struck, however loaded the machine.
+    until: str = ""
     #: The error every spawned call must end with (its class name), e.g. a timeout.
     expect_error: str = ""
     #: Seconds before each remote call, in turn (none: back to back).

@@ -212,3 +212,10 @@ def test_the_agents_web_timers_must_be_positive() -> None:
         with pytest.raises(ValueError, match=f"BURST_{name.upper()}=0"):
             AgentSettings(**{name: 0})
     assert AgentSettings().web_move_interval > 0
+
+
+def test_the_agents_stop_ack_timeout_must_be_positive() -> None:
+    from burst_agent.settings import AgentSettings
+
+    with pytest.raises(ValueError, match="BURST_STOP_ACK_TIMEOUT=0"):
+        AgentSettings(stop_ack_timeout=0)

@@ -19,7 +19,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig
 from nats.js.kv import KeyValue
 
 from burst_core import logs
@@ -82,8 +82,9 @@ async def resume_ordered(nc: NATS, stream: str | None = None) -> int:
     """Renew every ordered consumer of ``nc`` (of ``stream`` only, when given) from the
     stream sequence after the last message it delivered (what nats-py does itself after
     missed heartbeats, without the wait). One that delivered nothing yet keeps its start
-    policy (a follow "from now" must not replay the stream). Returns how many were
-    renewed."""
+    policy and sequence (a follow "from now" must not replay the stream; one pinned to a
+    sequence, see :func:`burst_core.bus.follow_from_now`, misses nothing stored while it
+    was being renewed). Returns how many were renewed."""
     n = 0
     for sub in list(nc._subs.values()):
         jsi = getattr(sub, "_jsi", None)
@@ -97,7 +98,7 @@ async def resume_ordered(nc: NATS, stream: str | None = None) -> int:
         # Resubscribes on a new inbox and schedules the consumer's creation (a task that
         # has not run yet when this returns: the config can still be corrected).
         await jsi.reset_ordered_consumer(jsi._sseq + 1)
-        if fresh and policy != DeliverPolicy.BY_START_SEQUENCE:
+        if fresh:  # (nats-py would start it at sequence 1: the whole stream again)
             cfg.deliver_policy, cfg.opt_start_seq = policy, start_seq
         n += 1
     return n

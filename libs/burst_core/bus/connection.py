@@ -11,6 +11,8 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from burst_core import logs
 from burst_core.bus import _natspy
@@ -147,6 +149,21 @@ async def _resume_when_ready(nc: NATS) -> None:
         return
     if n:
         log.info("ordered_consumers_renewed", count=n)
+
+
+async def follow_from_now(js: JetStreamContext, subject: str,
+                          stream: str) -> JetStreamContext.PushSubscription:
+    """An ordered consumer of ``stream``'s ``subject`` from the messages stored after now
+    on: started at the stream's next sequence rather than with ``DeliverPolicy.NEW``, so
+    that its renewal after a server restart (:func:`connect`), made a moment after the
+    reconnect, still starts there. With ``NEW``, one that had delivered nothing yet
+    missed what was stored between the reconnect and its renewal (an output its follower
+    waited for)."""
+    info = await js.stream_info(stream)
+    return await js.subscribe(
+        subject, stream=stream, ordered_consumer=True,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                              opt_start_seq=info.state.last_seq + 1))
 
 
 async def subscribe_direct(nc: NATS, subject: str, handler: Callable[[Msg], None],

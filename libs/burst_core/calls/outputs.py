@@ -19,7 +19,6 @@ from typing import Generic, TypeVar
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from burst_core import bus, logs, names
 from burst_core.schemas import AttemptChangedDecoder, Output, OutputDecoder
@@ -114,14 +113,10 @@ class OutputRouter:
         self._big: Recent[bool] = Recent(recent_max, recent_age)
 
     async def start(self) -> None:
-        self._sub = await self.js.subscribe(
-            names.SUBJECTS_OUTPUTS,
-            ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
-            stream=names.STREAM_OUTPUTS,
-        )
+        sub = await bus.follow_from_now(self.js, names.SUBJECTS_OUTPUTS, names.STREAM_OUTPUTS)
+        self._sub = sub
         # Each output straight to its waiter, not through a queue and a task.
-        bus.direct(self._sub._sub, self._on_msg)
+        bus.direct(sub._sub, self._on_msg)
 
     async def follow_attempts(self, nc: object) -> None:
         """Follow attempt changes, so waiters expect the current attempt's output only."""

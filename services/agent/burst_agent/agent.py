@@ -256,13 +256,25 @@ class Agent:
         self._tasks.append(task)
         task.add_done_callback(self._tasks.remove)
 
-    async def flush_acks(self) -> None:
+    async def flush_acks(self, confirm: bool = False) -> None:
+        """Send the acks held back now. With ``confirm``, wait (up to ``stop_ack_timeout``)
+        until the server has taken each: a stopping container's answered inputs must have
+        left the inputs stream before its stop is announced, or the scheduler, woken by
+        the stop, counts them as waiting and places a container for work that is done."""
         if self._acks_timer is not None:
             self._acks_timer.cancel()
             self._acks_timer = None
         pending, self._acks = self._acks, []
-        for msg in pending:
-            await settle(msg, Ack())  # unacked: redelivered, found answered
+        if not confirm:
+            for msg in pending:
+                await settle(msg, Ack())  # unacked: redelivered, found answered
+            return
+        timeout = self.settings.stop_ack_timeout
+        results = await asyncio.gather(*(msg.ack_sync(timeout=timeout) for msg in pending),
+                                       return_exceptions=True)
+        for msg, res in zip(pending, results, strict=True):
+            if isinstance(res, BaseException):  # unconfirmed: redelivered, found answered
+                log.warning("ack_unconfirmed", subject=msg.subject, error=repr(res))
 
     # ---- orders --------------------------------------------------------------------
     async def _on_order(self, msg: Msg) -> None:

@@ -293,6 +293,8 @@ class Container:
             await self._drain()
             self._inputs_at_stop = len(self.in_flight) + self.web_in_flight
             await self.dispatch.finish(exit_code)
+            # Acked (and confirmed) before the stop is announced: see flush_acks.
+            await self.agent.flush_acks(confirm=True)
             if self.takes_web:
                 self.agent.web.gone(self)
             tasks = list(self._tasks)

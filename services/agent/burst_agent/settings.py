@@ -60,6 +60,11 @@ class AgentSettings(CommonSettings):
     #: costs nats-server a new block file per call). Its output is stored before: an ack
     #: lost with the agent only means a redelivery that finds the output and acks.
     ack_delay: float = 0.02
+    #: Seconds a stopping container waits for the server to confirm the acks of the
+    #: inputs it answered, before its stop is announced (a stop wakes the scheduler's
+    #: backlog check, which must not count answered inputs as waiting: it would place a
+    #: container, holding a GPU for the whole scaledown window, for work that is done).
+    stop_ack_timeout: float = 2.0
     #: Seconds between the shim's liveness frames, and how long without one makes a
     #: container unresponsive (frozen, wedged): its inputs then go to another container.
     container_heartbeat_interval: float = 1.0
@@ -211,7 +216,8 @@ class AgentSettings(CommonSettings):
             raise ValueError(f"BURST_NETRULES_INTERVAL={self.netrules_interval} and "
                              f"BURST_NETRULES_MAX_AGE={self.netrules_max_age}: use more than 0 "
                              "seconds, the interval below the maximum age")
-        for name in ("web_keepalive", "web_move_interval", "web_move_timeout"):
+        for name in ("web_keepalive", "web_move_interval", "web_move_timeout",
+                     "stop_ack_timeout"):
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"BURST_{name.upper()}={value}: use more than 0 seconds")
