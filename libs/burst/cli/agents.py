@@ -73,20 +73,30 @@ def preempt(agent_id: str = typer.Argument(..., help="The agent to preempt.")) -
 
 
 @agent_app.command("drain")
-def drain(agent_id: str = typer.Argument(..., help="The agent to take out.")) -> None:
-    """Take a machine out: nothing more is placed on it, its containers stop (their
-    in-flight inputs run again elsewhere), then the agent deletes its records and exits."""
-    Client.from_profile().post_json(f"/v1/agents/{agent_id}/drain", {})
-    print(f"agent {agent_id} is draining: it leaves once its containers have stopped")
+def drain(
+    agent_id: str = typer.Argument(..., help="The agent to take out."),
+    timeout: str = typer.Option("", "--timeout", help="How long running inputs may take "
+                                "to finish there (s, m, h or d; default: the agent's "
+                                "BURST_DRAIN_TIMEOUT, 300 s)."),
+) -> None:
+    """Take a machine out: nothing more is placed on it, the inputs running there finish
+    (idle containers stop at once), then the agent deletes its records and exits. What
+    still runs after the timeout is interrupted and runs again elsewhere."""
+    body: dict[str, Any] = {}
+    if timeout:
+        body["timeout"] = parse_duration(timeout, "--timeout")
+    Client.from_profile().post_json(f"/v1/agents/{agent_id}/drain", body)
+    print(f"agent {agent_id} is draining: running inputs finish there"
+          f"{f' (within {timeout})' if timeout else ''}, then it leaves")
 
 
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd])$")
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, option: str = "--expires") -> float:
     m = _DURATION.match(text.strip())
     if not m or float(m.group(1)) <= 0:
-        raise InvalidError(f"invalid --expires {text!r}: use a number with s, m, h or d, "
+        raise InvalidError(f"invalid {option} {text!r}: use a number with s, m, h or d, "
                            "e.g. 30m, 24h or 7d")
     return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 

@@ -107,6 +107,8 @@ class Agent:
         self._acks_timer: asyncio.TimerHandle | None = None
         self._hb_seq = 0
         self.preempted = False  # a reclaim notice came: no new containers here
+        #: `burst agent drain` in progress (see ``drain``).
+        self._drain: asyncio.Task[None] | None = None
         #: Web requests taken from the gateway (started with the agent).
         self.web = WebRelay(self)
         #: Figures for /metrics (GPUs and NVML are known once started).
@@ -279,10 +281,39 @@ class Agent:
             if c is not None:
                 await c.stop(order.reason, order.if_idle_since)
         elif isinstance(order, PreemptAgent):
+            if order.leave:  # `burst agent drain`: may take minutes, the order is settled
+                if self._drain is None:
+                    self._drain = asyncio.create_task(
+                        self.drain(order.reason, order.timeout or self.settings.drain_timeout))
+                    self._tasks.append(self._drain)
+                return
             await self.preempt(order.reason)
-            if order.leave and self.settings.leave_when_drained:
-                log.warning("agent_leaving", reason=order.reason)
-                self.leave()
+
+    async def drain(self, reason: str, timeout: float) -> None:
+        """``burst agent drain``: nothing new is placed here (our record says draining),
+        idle containers stop, the inputs running here finish (each container stops when
+        its last one is done); whatever still runs after ``timeout`` seconds is
+        interrupted at once and handed back (it runs again elsewhere). Then we leave."""
+        self.preempted = True
+        await self._mark_draining(reason)
+        log.warning("agent_draining", reason=reason, timeout=timeout,
+                    containers=len(self.containers))
+        for c in list(self.containers.values()):
+            c.retire(reason)
+        await self._beat()
+        waits = [asyncio.ensure_future(c.done.wait()) for c in list(self.containers.values())]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=timeout)
+            for w in pending:
+                w.cancel()
+        left = list(self.containers.values())
+        if left:
+            log.warning("agent_drain_timed_out", timeout=timeout, containers=len(left),
+                        in_flight=sum(len(c.in_flight) for c in left))
+            await asyncio.gather(*(c.interrupt(reason) for c in left), return_exceptions=True)
+        if self.settings.leave_when_drained:
+            log.warning("agent_leaving", reason=reason)
+            self.leave()
 
     async def preempt(self, reason: str = "preempted") -> None:
         """This machine's capacity is being reclaimed: drain it and stop every container.
@@ -292,6 +323,15 @@ class Agent:
         (another container picks them up) and gives ``@exit`` the stop grace.
         """
         self.preempted = True
+        await self._mark_draining(reason)
+        log.warning("agent_preempted", reason=reason, containers=len(self.containers))
+        await asyncio.gather(*(c.stop(reason) for c in list(self.containers.values())),
+                             return_exceptions=True)
+        await self._beat()
+
+    async def _mark_draining(self, reason: str) -> None:
+        """Our record says draining: no scheduler places here any more, and our
+        containers count as stopping (replacements are placed elsewhere)."""
 
         def drain(cur: bytes | None) -> bytes | None:
             if cur is None:
@@ -303,10 +343,6 @@ class Agent:
             return encode(rec)
 
         await bus.kv_cas(self.agents_kv, self.agent_id, drain)
-        log.warning("agent_preempted", reason=reason, containers=len(self.containers))
-        await asyncio.gather(*(c.stop(reason) for c in list(self.containers.values())),
-                             return_exceptions=True)
-        await self._beat()
 
     async def _on_trace_container(self, msg: Msg) -> None:
         """A traced call waits for one of our starting containers: its start is traced."""
