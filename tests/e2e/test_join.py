@@ -385,3 +385,106 @@ def test_a_call_resent_through_another_gateway_runs_once(cluster: Cluster, tmp_p
     finally:
         os.killpg(second.pid, signal.SIGTERM)
         second.wait(20)
+
+
+def _spawn_and_pick_victim(cluster: Cluster, tmp_path: Path, app_name: str, queue: str,
+                           agents: tuple[str, ...], calls: int = 4, sleep: int = 6,
+                           ) -> tuple[subprocess.Popen[str], str, dict[str, str]]:
+    """Deploy a slow function, spawn ``calls`` calls of it, and return the caller, the
+    joined agent that runs one of them (waited for) and the environment of a client."""
+    # The control machine's own agent takes no work: what runs, runs on the joined ones.
+    cluster.client.post_json("/v1/agents/local/preempt", {})
+    app = tmp_path / f"{app_name}.py"
+    app.write_text(APP.replace('"joined"', repr(app_name)).replace('"join-done"', repr(queue)))
+    done = burst(cluster.env, "deploy", str(app))
+    assert done.returncode == 0, done.stdout + done.stderr
+    script = tmp_path / "calls.py"
+    script.write_text(
+        "import burst, json, sys\n"
+        f"f = burst.Function.from_name({app_name!r}, 'slow')\n"
+        f"calls = [f.spawn({sleep}) for _ in range({calls})]\n"
+        "print(json.dumps([c.object_id for c in calls]), flush=True)\n"
+        "print(json.dumps([c.get(timeout=180) for c in calls]), flush=True)\n"
+    )
+    run_env = {**cluster.env, "BURST_URL": cluster.client.url,
+               "BURST_TOKEN": cluster.client.token}
+    caller = subprocess.Popen([str(Path(burst_command()[0]).parent / "python"), str(script)],
+                              env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    deadline = time.monotonic() + 90
+    victim = ""
+    while time.monotonic() < deadline and not victim:
+        view = cluster.agents_view()
+        busy = {n: sum(c["in_flight"] for c in view[n]["containers"])
+                for n in agents if n in view}
+        victim = next((n for n, k in busy.items() if k > 0), "")
+        time.sleep(0.2)
+    assert victim, "no input ran on a joined agent"
+    return caller, victim, run_env
+
+
+def _count_done(run_env: dict[str, str], tmp_path: Path, queue: str) -> int:
+    drain = tmp_path / "count.py"
+    drain.write_text(
+        "import burst\n"
+        f"q = burst.Queue.from_name({queue!r}, create_if_missing=True)\n"
+        "print(len(q.get_many(100, timeout=2)))\n"
+    )
+    counted = subprocess.run([str(Path(burst_command()[0]).parent / "python"), str(drain)],
+                             env=run_env, capture_output=True, text=True, timeout=60)
+    assert counted.returncode == 0, counted.stderr
+    return int(counted.stdout.strip())
+
+
+def test_a_revoked_agent_is_cut_off_its_work_reruns_once_and_its_bundle_cannot_join(
+        cluster: Cluster, tmp_path: Path) -> None:
+    ns1, ns2 = cluster.machines.add(), cluster.machines.add()
+    bundles = {"farr": cluster.bundle("rv-r", "--name", "farr"),
+               "farq": cluster.bundle("rv-q", "--name", "farq")}
+    # A bundle made for one agent joins as that agent only.
+    done = subprocess.run(cluster.join_command(ns1, bundles["farr"], "other"),
+                          env=cluster.env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "is for agent 'farr' only" in done.stderr, done.stderr
+    cluster.join(ns1, bundles["farr"], "farr")
+    cluster.join(ns2, bundles["farq"], "farq")
+    cluster.wait_agent("farr")
+    cluster.wait_agent("farq")
+    caller, victim, run_env = _spawn_and_pick_victim(cluster, tmp_path, "revoked",
+                                                     "revoke-done", ("farr", "farq"))
+    user = json.loads(bundles[victim].read_text())["user"]
+    done = burst(cluster.env, "agent", "revoke", victim)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"NATS user {user}" in done.stdout, done.stdout
+    # The server closed its connection: it exits at once (status 3), killing its work.
+    proc = cluster.agents[victim]
+    proc.wait(30)
+    log = (cluster.root / f"agent-{victim}.log").read_text()
+    assert proc.returncode == 3, log[-3000:]
+    assert "credentials were revoked" in log, log[-3000:]
+    # Its inputs ran again on the other agent: every call has one result, and ran to
+    # its end once.
+    out, err = caller.communicate(timeout=240)
+    assert caller.returncode == 0, err[-3000:]
+    assert json.loads(out.splitlines()[-1]) == [60, 60, 60, 60]
+    assert _count_done(run_env, tmp_path, "revoke-done") == 4
+    # Its bundle can never join again, under any name.
+    users = json.loads((Path(cluster.env["BURST_HOME"]) / "nats" / "users.json").read_text())
+    assert user not in users["users"]
+    done = subprocess.run(cluster.join_command(ns1, bundles[victim], victim),
+                          env=cluster.env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "refused this bundle's credentials" in done.stderr, done.stderr
+    # The other agent is undisturbed.
+    survivor = "farq" if victim == "farr" else "farr"
+    assert cluster.agents[survivor].poll() is None
+    assert cluster.agents_view()[survivor]["state"] == "ready"
+
+
+def test_revoking_an_unknown_agent_or_the_local_one_is_refused(cluster: Cluster) -> None:
+    done = burst(cluster.env, "agent", "revoke", "no-such-agent")
+    assert done.returncode == 1
+    assert "agent 'no-such-agent' is not registered" in done.stderr, done.stderr
+    done = burst(cluster.env, "agent", "revoke", "local")
+    assert done.returncode == 1
+    assert "has no NATS user of its own to revoke" in done.stderr, done.stderr

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
@@ -107,6 +108,10 @@ class Agent:
         self._acks_timer: asyncio.TimerHandle | None = None
         self._hb_seq = 0
         self.preempted = False  # a reclaim notice came: no new containers here
+        #: Cut off by NATS (our user revoked or expired): the agent exits, status 3.
+        self.revoked = False
+        #: We close the connection ourselves (stop): its closing is no cut-off.
+        self._closing = False
         #: `burst agent drain` in progress (see ``drain``).
         self._drain: asyncio.Task[None] | None = None
         #: Web requests taken from the gateway (started with the agent).
@@ -132,7 +137,8 @@ class Agent:
         log.info("gpu_inventory", status=self.inventory.status,
                  gpus=[g.type for g in self.inventory.gpus])
         self.nc = await bus.connect(s.nats_url, f"agent-{self.agent_id}",
-                                    reconnected=self._on_reconnected, ca=s.nats_ca)
+                                    reconnected=self._on_reconnected, ca=s.nats_ca,
+                                    error=self._on_nats_error, closed=self._on_nats_closed)
         self.js = self.nc.jetstream()
         if s.ensure_topology:
             await bus.ensure_topology(self.js, s.topology())
@@ -182,6 +188,33 @@ class Agent:
         log.info("agent_started", agent_id=self.agent_id, cpu=self.record.cpu,
                  memory_mb=self.record.memory_mb, spot=s.spot, runtime=self.runtime.name)
 
+    async def _on_nats_error(self, e: Exception) -> None:
+        if isinstance(e, nats.errors.AuthorizationError) or "authorization" in str(e).lower():
+            await self._cut_off(e)
+
+    async def _on_nats_closed(self) -> None:
+        """The connection closed for good while we did not close it: the server refused
+        our credentials (nats-py does not reconnect after that)."""
+        if not self._closing:
+            await self._cut_off(self.nc.last_error or RuntimeError("NATS connection closed"))
+
+    async def _cut_off(self, e: BaseException) -> None:
+        """NATS no longer takes our credentials (`burst agent revoke`, or they expired):
+        we are cut off for good. Every container is killed at once (what they ran runs
+        again elsewhere, once the scheduler finds us lost), then the agent exits."""
+        if self.revoked:
+            return
+        self.revoked = True
+        log.error("agent_credentials_revoked", error=str(e),
+                  containers=len(self.containers),
+                  hint="this agent's NATS user was revoked (burst agent revoke) or its "
+                       "credentials expired: join again with a new bundle")
+        self.preempted = True
+        # (nothing here waits on NATS: this runs inside nats-py's own callbacks)
+        for c in list(self.containers.values()):
+            c.kill("revoked")
+        self.leave()
+
     async def _wait_for_bucket(self, bucket: str) -> KeyValue:
         """The KV bucket, once the services created the whole topology (the blobs'
         object store comes last), waiting up to ``topology_wait`` for it."""
@@ -214,6 +247,9 @@ class Agent:
 
     async def stop(self) -> None:
         """Stop every container (handing their inputs back), then leave the cluster."""
+        if self.revoked:  # NATS refuses us: nothing to tell it, nobody to hand back to
+            await self._stop_cut_off()
+            return
         await self.orders.stop()
         stops = [c.stop("agent_shutdown") for c in list(self.containers.values())]
         await asyncio.gather(*stops, return_exceptions=True)
@@ -235,10 +271,24 @@ class Agent:
         with contextlib.suppress(Exception):
             await self.heartbeats_kv.delete(self.agent_id)
             await self.agents_kv.delete(self.agent_id)
+        self._closing = True
         try:
             await asyncio.wait_for(self.nc.drain(), 2.0)
         except Exception:  # nothing un-acked is left to lose: just close
             await self.nc.close()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    async def _stop_cut_off(self) -> None:
+        """Stop when NATS cut us off: the containers were killed; what is left of them
+        (their records, their outputs) cannot reach anyone. Bounded waits only."""
+        waits = [asyncio.ensure_future(c.done.wait()) for c in list(self.containers.values())]
+        if waits:
+            await asyncio.wait(waits, timeout=self.settings.stop_grace)
+        for t in self._tasks:
+            t.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.settings.stop_grace)
+        self._closing = True
         shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     # ---- acks ----------------------------------------------------------------------

@@ -533,6 +533,19 @@ class Container:
                 and self.state == "idle"):
             self._spawn_stop(self.retire_reason)
 
+    def kill(self, reason: str) -> None:
+        """Kill the process now, handing nothing back (NATS cut us off: the scheduler
+        finds us lost and hands our inputs back)."""
+        self.log.warning("container_killed", reason=reason, in_flight=len(self.in_flight))
+        self.stop_reason = self.stop_reason or reason
+        self.state = "stopping"
+        self._set_stopping()
+        for inf in list(self.dispatch.in_flight.values()):  # not ours to answer any more
+            self.dispatch.release(inf)
+        self.dispatch.in_flight.clear()
+        if self.handle is not None:
+            self.handle.signal(SIGKILL)
+
     async def interrupt(self, reason: str) -> None:
         """Stop at once: the process is killed before its inputs are handed back, so no
         input it ran can also finish here (each runs again elsewhere, once)."""

@@ -102,6 +102,36 @@ async def drain_agent(agent_id: str, gw: GatewayDep, body: Drain | None = None,
     return await _drain(gw, agent_id, leave=True, timeout=timeout or 0.0)
 
 
+@router.post("/v1/agents/{agent_id}/revoke", tags=["agents"], status_code=202)
+async def revoke_agent(agent_id: str, gw: GatewayDep,
+                       _: Principal = Depends(admin)) -> dict[str, Any]:
+    """Mark an agent revoked (operator only): nothing more is placed on it. `burst agent
+    revoke` then removes its NATS user on the control machine, which cuts it off; what
+    it ran runs again elsewhere once it is found lost."""
+    try:
+        names.check_ident("agent", agent_id)
+    except ValueError as e:
+        raise InvalidError(str(e)) from None
+    kv = await gw.js.key_value(names.KV_AGENTS)
+    found = False
+
+    def mark(cur: bytes | None) -> bytes | None:
+        nonlocal found
+        found = cur is not None
+        if cur is None:
+            return None
+        rec = AgentRecordDecoder.decode(cur)
+        if rec.draining and rec.drain_reason == "revoked":
+            return None
+        rec.draining, rec.drain_reason = True, "revoked"
+        return encode(rec)
+
+    await bus.kv_cas(kv, agent_id, mark)
+    if not found:
+        raise NotFoundError(f"agent {agent_id!r} is not registered")
+    return {"agent_id": agent_id, "revoked": True, "at": time.time()}
+
+
 async def _drain(gw: Any, agent_id: str, leave: bool, timeout: float = 0.0) -> dict[str, Any]:
     try:
         names.check_ident("agent", agent_id)
