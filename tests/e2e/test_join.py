@@ -46,6 +46,8 @@ SETTINGS = {
     "BURST_LOST_CHECK_INTERVAL": "0.2",
     "BURST_ACK_WAIT": "15",
     "BURST_CONTAINER_NETWORK": "off",
+    # The supervisor looks for expired agent credentials every second.
+    "BURST_CREDENTIAL_CHECK_INTERVAL": "1",
 }
 
 
@@ -75,16 +77,17 @@ class Cluster:
         assert done.returncode == 0, done.stderr
         return path
 
-    def join_command(self, ns: str, bundle: Path, name: str) -> list[str]:
+    def join_command(self, ns: str, bundle: Path, name: str, *extra: str) -> list[str]:
         """``burst agent join`` in namespace ``ns``, on a "machine" named ``host-<name>``
         (a UTS namespace of its own)."""
         return ["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c",
                 'hostname "$0" && exec "$@"', f"host-{name}", *burst_command(), "agent", "join",
-                str(bundle), "--name", name, "--home", str(self.root / f"agent-{name}")]
+                str(bundle), "--name", name, "--home", str(self.root / f"agent-{name}"),
+                *extra]
 
-    def join(self, ns: str, bundle: Path, name: str) -> subprocess.Popen[str]:
+    def join(self, ns: str, bundle: Path, name: str, *extra: str) -> subprocess.Popen[str]:
         log = open(self.root / f"agent-{name}.log", "w")  # noqa: SIM115 (kept by the child)
-        proc = subprocess.Popen(self.join_command(ns, bundle, name), env=self.env,
+        proc = subprocess.Popen(self.join_command(ns, bundle, name, *extra), env=self.env,
                                 stdout=log, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
         self.agents[name] = proc
@@ -488,3 +491,82 @@ def test_revoking_an_unknown_agent_or_the_local_one_is_refused(cluster: Cluster)
     done = burst(cluster.env, "agent", "revoke", "local")
     assert done.returncode == 1
     assert "has no NATS user of its own to revoke" in done.stderr, done.stderr
+
+
+def test_an_agent_whose_credentials_expire_is_cut_off(cluster: Cluster) -> None:
+    """`burst agent token --credential-expires 30s`: the supervisor removes the user once
+    it expires (BURST_CREDENTIAL_CHECK_INTERVAL), NATS reloads, the agent exits."""
+    ns = cluster.machines.add()
+    bundle = cluster.bundle("exp", "--name", "fare", "--credential-expires", "30s")
+    doc = json.loads(bundle.read_text())
+    assert doc["credential_expires_at"] - doc["issued_at"] == 30
+    cluster.join(ns, bundle, "fare")
+    cluster.wait_agent("fare")
+    proc = cluster.agents["fare"]
+    proc.wait(max(0.0, doc["credential_expires_at"] - time.time()) + 60)
+    log = (cluster.root / "agent-fare.log").read_text()
+    assert proc.returncode == 3, log[-3000:]
+    assert time.time() >= doc["credential_expires_at"]
+    users = json.loads((Path(cluster.env["BURST_HOME"]) / "nats" / "users.json").read_text())
+    assert doc["user"] not in users["users"]
+    supervisor = (Path(cluster.env["BURST_HOME"]) / "logs" / "supervisor.log").read_text()
+    assert f"agent credentials expired: removed NATS user {doc['user']}" in supervisor
+    done = subprocess.run(cluster.join_command(ns, bundle, "fare"), env=cluster.env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "its credentials expired" in done.stderr, done.stderr
+
+
+DOCKER_APP = """
+import os, socket
+import burst
+
+app = burst.App("joined-docker")
+
+@app.function(gpu="H100", cpu=0.5, memory=256, scaledown_window=5)
+def where(x: int) -> dict:
+    return {"x": x * 2, "docker": os.path.exists("/.dockerenv"),
+            "container": os.environ["BURST_CONTAINER_ID"]}
+"""
+
+
+def test_a_joined_agent_on_the_docker_runtime_runs_a_call(cluster: Cluster,
+                                                          tmp_path: Path) -> None:
+    """An agent joined with `--runtime docker` (on the same engine as this machine's:
+    the stand-in machine shares its filesystem) builds the function's image and runs a
+    call in a Docker container. Its declared GPU makes it the only agent that fits."""
+    from tests.e2e.test_runtimes import docker_missing
+
+    if why := docker_missing():
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}, and CI is set")
+        pytest.skip(why)
+    # The shim's wheel is built where the package index is reachable (the stand-in
+    # machine has no route off this one; a real one builds it itself): the machine-wide
+    # cache the agent looks in first, the same directory here and there.
+    from burst_agent.runtimes.docker import cached_wheels
+
+    cached_wheels()
+    ns = cluster.machines.add()
+    cluster.join(ns, cluster.bundle("dk", "--name", "fardk"), "fardk", "--runtime", "docker",
+                 "--gpus", "H100:1")
+    joined = cluster.wait_agent("fardk", timeout=120)
+    assert joined["runtime"] == "docker" and joined["hostname"] == "host-fardk", joined
+    app = tmp_path / "joined_docker.py"
+    app.write_text(DOCKER_APP)
+    done = burst(cluster.env, "deploy", str(app), timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    script = tmp_path / "call.py"
+    script.write_text(
+        "import burst, json\n"
+        "f = burst.Function.from_name('joined-docker', 'where')\n"
+        "print(json.dumps(f.remote(21)))\n")
+    run_env = {**cluster.env, "BURST_URL": cluster.client.url,
+               "BURST_TOKEN": cluster.client.token}
+    called = subprocess.run([str(Path(burst_command()[0]).parent / "python"), str(script)],
+                            env=run_env, capture_output=True, text=True, timeout=420)
+    log = (cluster.root / "agent-fardk.log").read_text()
+    assert called.returncode == 0, called.stderr[-3000:] + log[-3000:]
+    got = json.loads(called.stdout.splitlines()[-1])
+    assert got["x"] == 42 and got["docker"] is True, got
+    assert got["container"] in log  # it ran on the joined agent
