@@ -391,14 +391,18 @@ def test_a_call_resent_through_another_gateway_runs_once(cluster: Cluster, tmp_p
 
 
 def _spawn_and_pick_victim(cluster: Cluster, tmp_path: Path, app_name: str, queue: str,
-                           agents: tuple[str, ...], calls: int = 4, sleep: int = 6,
+                           agents: tuple[str, ...], gpu: str, calls: int = 4,
+                           sleep: int = 6,
                            ) -> tuple[subprocess.Popen[str], str, dict[str, str]]:
     """Deploy a slow function, spawn ``calls`` calls of it, and return the caller, the
     joined agent that runs one of them (waited for) and the environment of a client."""
     # The control machine's own agent takes no work: what runs, runs on the joined ones.
     cluster.client.post_json("/v1/agents/local/preempt", {})
     app = tmp_path / f"{app_name}.py"
-    app.write_text(APP.replace('"joined"', repr(app_name)).replace('"join-done"', repr(queue)))
+    # A declared GPU type only ``agents`` have: the work runs on them alone (the module's
+    # other joined agents stay up).
+    app.write_text(APP.replace('"joined"', repr(app_name)).replace('"join-done"', repr(queue))
+                   .replace("retries=0)", f"retries=0, gpu={gpu!r})"))
     done = burst(cluster.env, "deploy", str(app))
     assert done.returncode == 0, done.stdout + done.stderr
     script = tmp_path / "calls.py"
@@ -449,12 +453,12 @@ def test_a_revoked_agent_is_cut_off_its_work_reruns_once_and_its_bundle_cannot_j
                           env=cluster.env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "is for agent 'farr' only" in done.stderr, done.stderr
-    cluster.join(ns1, bundles["farr"], "farr")
-    cluster.join(ns2, bundles["farq"], "farq")
+    cluster.join(ns1, bundles["farr"], "farr", "--gpus", "L4:1")
+    cluster.join(ns2, bundles["farq"], "farq", "--gpus", "L4:1")
     cluster.wait_agent("farr")
     cluster.wait_agent("farq")
     caller, victim, run_env = _spawn_and_pick_victim(cluster, tmp_path, "revoked",
-                                                     "revoke-done", ("farr", "farq"))
+                                                     "revoke-done", ("farr", "farq"), "L4")
     user = json.loads(bundles[victim].read_text())["user"]
     done = burst(cluster.env, "agent", "revoke", victim)
     assert done.returncode == 0, done.stdout + done.stderr
