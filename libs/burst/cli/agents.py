@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -175,12 +176,20 @@ def revoke(
     if state is None:
         raise NotFoundError(f"no Burst cluster is running from {home}: run `burst agent "
                             "revoke` on the control machine (or pass its --home)")
+    if not (home / "nats" / "users.json").exists():
+        raise InvalidError(f"the cluster from {home} listens on 127.0.0.1 only: no agent "
+                           "joined it with a bundle, so there is none to revoke (take an "
+                           "agent out with `burst agent drain`)")
     users = set(_natsconf.users_of_agent(home, agent_id))
     for part in state.parts:
         if part.name == "nats" or part.name.startswith("nats-"):
             monitor = part.ports.get("monitor", 0)
             if monitor and is_alive(part.pid, part.started):
-                users |= set(_natsconf.connected_users(monitor, f"agent-{agent_id}"))
+                try:
+                    users |= set(_natsconf.connected_users(monitor, f"agent-{agent_id}"))
+                except (OSError, ValueError) as e:  # the bound users still go
+                    print(f"warning: could not ask {part.name} which users are connected "
+                          f"as agent {agent_id} ({e})", file=sys.stderr)
     users.discard(_natsconf.LOCAL_AGENT_USER)
     users.discard(_natsconf.SERVICES_USER)
     client = Client.from_profile()
