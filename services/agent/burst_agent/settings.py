@@ -178,8 +178,10 @@ class AgentSettings(CommonSettings):
         if not self.prefetch_max_run >= 0:
             raise ValueError(f"BURST_PREFETCH_MAX_RUN={self.prefetch_max_run}: use 0 (never) "
                              "or more seconds")
-        for name in ("web_keepalive", "web_move_interval", "web_move_timeout",
-                     "drain_timeout"):
+        for name in ("web_keepalive", "web_move_interval", "web_move_timeout"):
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"BURST_{name.upper()}={value}: use more than 0 seconds")
+        if not self.drain_timeout > 0:
+            raise ValueError(f"BURST_DRAIN_TIMEOUT={self.drain_timeout}: use more than 0 "
+                             "seconds")
