@@ -271,7 +271,7 @@ def test_burst_agent_drain_lets_a_running_call_finish_there(
     victim = running_on(agents, cid, (a, b))
     survivor = b if victim == a else a
     fcluster.burst("agent", "drain", victim, check=True)
-    eventually(lambda: agent_states(fcluster).get(victim) == "drained", 10,
+    eventually(lambda: agent_states(fcluster).get(victim) == "drained", 30,
                f"{victim} draining")
     # Calls made while it drains run on the other agent.
     later = tmp_path / "later.txt"
