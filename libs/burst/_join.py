@@ -118,17 +118,25 @@ async def preflight(bundle: dict[str, Any], ca_file: str, name: str,
 
 
 def run_agent(bundle_path: Path, name: str, gpus: str, spot: bool, runtime: str,
-              home: Path) -> None:
-    """Check the bundle and the cluster, then become the agent (never returns)."""
+              home: Path, default_name: str = "") -> None:
+    """Check the bundle and the cluster, then become the agent (never returns). ``name``
+    (else the bundle's agent, else ``default_name``) names it; a bundle made for one agent
+    (``burst agent token --name``) joins only as that agent."""
     from burst_core import names
 
+    if runtime not in ("process", "docker"):
+        raise InvalidError(f"invalid --runtime {runtime!r}: use process or docker")
+    bundle = _natsconf.open_bundle(bundle_path)
+    bound = str(bundle.get("agent") or "")
+    if bound and name and name != bound:
+        raise InvalidError(f"join bundle {bundle_path} is for agent {bound!r} only (burst "
+                           f"agent token --name {bound}): join with --name {bound}, or make "
+                           f"another bundle for {name!r}")
+    name = name or bound or default_name
     try:
         names.check_ident("agent", name)
     except ValueError as e:
         raise InvalidError(f"invalid --name {name!r}: {e}") from None
-    if runtime not in ("process", "docker"):
-        raise InvalidError(f"invalid --runtime {runtime!r}: use process or docker")
-    bundle = _natsconf.open_bundle(bundle_path)
     max_skew = float(os.environ.get("BURST_CLOCK_SKEW_MAX", "30"))
     fresh = float(os.environ.get("BURST_AGENT_FRESH", "10"))
     home.mkdir(parents=True, exist_ok=True)

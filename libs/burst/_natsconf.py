@@ -21,13 +21,16 @@ key: :func:`open_bundle` refuses a tampered or expired one with the reason.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
+import fcntl
 import ipaddress
 import json
 import os
 import secrets
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +92,76 @@ def read_users(home: Path) -> dict[str, Any]:
     return data
 
 
-def add_agent_user(home: Path, expires: float) -> tuple[str, str]:
-    """A new agent user (name, password), written to ``home``'s users."""
-    data = read_users(home)
-    name = "agent-" + secrets.token_hex(5)
-    password = secrets.token_hex(24)
-    data["users"][name] = {"password": password, "role": "agent", "expires": expires}
-    _write_private(_users_path(home), json.dumps(data, indent=1).encode())
+@contextlib.contextmanager
+def users_lock(home: Path) -> Iterator[None]:
+    """Exclusive lock on ``home``'s users (``burst agent token``/``revoke`` and the
+    supervisor's expiry check change them)."""
+    path = _users_path(home).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def add_agent_user(home: Path, expires: float, agent: str = "",
+                   credential_expires: float = 0.0) -> tuple[str, str]:
+    """A new agent user (name, password), written to ``home``'s users: bound to the agent
+    name ``agent`` when given (``burst agent revoke`` finds it by that name); its
+    credentials stop working at ``credential_expires`` (0: never)."""
+    with users_lock(home):
+        data = read_users(home)
+        name = "agent-" + secrets.token_hex(5)
+        password = secrets.token_hex(24)
+        user: dict[str, Any] = {"password": password, "role": "agent", "expires": expires}
+        if agent:
+            user["agent"] = agent
+        if credential_expires:
+            user["credential_expires"] = credential_expires
+        data["users"][name] = user
+        _write_private(_users_path(home), json.dumps(data, indent=1).encode())
     return name, password
+
+
+def remove_users(home: Path, users: list[str]) -> list[str]:
+    """Remove agent ``users`` from ``home``'s users (never the services' or the local
+    agent's); returns those removed. nats-server forgets them at its next reload."""
+    with users_lock(home):
+        data = read_users(home)
+        gone = [u for u in users if u in data["users"]
+                and u not in (SERVICES_USER, LOCAL_AGENT_USER)]
+        for u in gone:
+            del data["users"][u]
+        if gone:
+            _write_private(_users_path(home), json.dumps(data, indent=1).encode())
+    return gone
+
+
+def users_of_agent(home: Path, agent: str) -> list[str]:
+    """The agent users bound to agent name ``agent`` (by ``burst agent token --name``)."""
+    return [name for name, u in read_users(home)["users"].items()
+            if u.get("role") == "agent" and u.get("agent") == agent]
+
+
+def expired_users(home: Path, now: float) -> list[str]:
+    """Agent users whose credentials expired (``--credential-expires``) by ``now``."""
+    return [name for name, u in read_users(home)["users"].items()
+            if u.get("role") == "agent" and 0 < float(u.get("credential_expires") or 0) <= now]
+
+
+def connected_users(monitor_port: int, connection_name: str,
+                    timeout: float = 5.0) -> list[str]:
+    """The users nats-server authenticated for its connections named ``connection_name``
+    (its monitoring port, on this machine), as the server saw them."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{monitor_port}/connz?auth=true&limit=100000"
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        conns = json.loads(resp.read()).get("connections") or []
+    return sorted({str(c["authorized_user"]) for c in conns
+                   if c.get("name") == connection_name and c.get("authorized_user")})
 
 
 # ---- the CA -----------------------------------------------------------------------------
@@ -238,10 +303,33 @@ def write_nats_config(home: Path, name: str = "nats", **kwargs: Any) -> Path:
     return path
 
 
-def rewrite_nats_config(home: Path) -> Path:
-    """Write nats.conf again as it was last written (with today's users)."""
-    kwargs = json.loads((home / "nats" / "nats.args.json").read_text())
-    return write_nats_config(home, **kwargs)
+def rewrite_nats_config(home: Path) -> list[Path]:
+    """Write each node's configuration again as it was last written (with today's
+    users)."""
+    out = []
+    for args in sorted((home / "nats").glob("*.args.json")):
+        kwargs = json.loads(args.read_text())
+        out.append(write_nats_config(home, args.name.removesuffix(".args.json"), **kwargs))
+    return out
+
+
+def reload_nats(home: Path) -> int:
+    """Write the configuration of ``home``'s NATS nodes again with today's users, and
+    have each running node reload it (SIGHUP): a removed user's connections are closed.
+    Returns how many nodes were told."""
+    import signal
+
+    from burst._parts import is_alive, read_state
+
+    rewrite_nats_config(home)
+    state = read_state(home)
+    told = 0
+    for part in state.parts if state is not None else []:
+        if (part.name == "nats" or part.name.startswith("nats-")) and \
+                is_alive(part.pid, part.started):
+            os.kill(part.pid, signal.SIGHUP)
+            told += 1
+    return told
 
 
 def write_advertised(home: Path, nats_urls: list[str]) -> None:
@@ -273,8 +361,11 @@ def _signed_part(doc: dict[str, Any]) -> bytes:
                       sort_keys=True, separators=(",", ":")).encode()
 
 
-def make_bundle(home: Path, nats_urls: list[str], ttl: float) -> dict[str, Any]:
-    """A new agent user and its join bundle, signed with the CA's key."""
+def make_bundle(home: Path, nats_urls: list[str], ttl: float, agent: str = "",
+                credential_ttl: float = 0.0) -> dict[str, Any]:
+    """A new agent user and its join bundle, signed with the CA's key: for the agent
+    named ``agent`` only, when given; its credentials expire after ``credential_ttl``
+    seconds (0: never)."""
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -283,12 +374,17 @@ def make_bundle(home: Path, nats_urls: list[str], ttl: float) -> dict[str, Any]:
                            "`burst up --listen ADDR` first")
     tls = {"ca": tls_dir(home) / "ca.pem", "ca_key": tls_dir(home) / "ca.key"}
     now = time.time()
-    user, password = add_agent_user(home, now + ttl)
+    user, password = add_agent_user(home, now + ttl, agent,
+                                    now + credential_ttl if credential_ttl else 0.0)
     doc: dict[str, Any] = {
         "version": BUNDLE_VERSION, "cluster_id": read_users(home)["cluster_id"],
         "nats_urls": nats_urls, "user": user, "password": password,
         "issued_at": now, "expires_at": now + ttl, "ca_pem": tls["ca"].read_text(),
     }
+    if agent:
+        doc["agent"] = agent
+    if credential_ttl:
+        doc["credential_expires_at"] = now + credential_ttl
     key = serialization.load_pem_private_key(tls["ca_key"].read_bytes(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     doc["signature"] = base64.b64encode(
@@ -331,7 +427,16 @@ def open_bundle(path: Path, now: float | None = None) -> dict[str, Any]:
     except (InvalidSignature, ValueError, AssertionError):
         raise InvalidError(f"join bundle {path} was altered after `burst agent token` wrote "
                            "it (its signature does not match): ask for a new one") from None
+    for field in ("agent", "credential_expires_at"):
+        if field in doc and not isinstance(doc[field], (str if field == "agent" else (int, float))):
+            raise InvalidError(f"join bundle {path}: field {field!r} is malformed: write it "
+                               "again with `burst agent token`")
     now = time.time() if now is None else now
+    if doc.get("credential_expires_at") and now > doc["credential_expires_at"]:
+        ago = now - doc["credential_expires_at"]
+        raise InvalidError(f"join bundle {path} (cluster {doc['cluster_id']}): its credentials "
+                           f"expired {ago:.0f} s ago (--credential-expires): make a new one "
+                           "with `burst agent token`")
     if now > doc["expires_at"]:
         ago = now - doc["expires_at"]
         raise InvalidError(f"join bundle {path} (cluster {doc['cluster_id']}) expired "

@@ -74,6 +74,10 @@ class SupervisorSettings:
     backoff_max: float = 30.0
     #: ``BURST_SUPERVISE_INTERVAL``: seconds between two looks at the parts.
     interval: float = 0.1
+    #: ``BURST_CREDENTIAL_CHECK_INTERVAL``: seconds between two looks for agent users whose
+    #: credentials expired (``burst agent token --credential-expires``); each one found
+    #: is removed from NATS's users and NATS reloads them, which cuts the agent off.
+    credential_check_interval: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SupervisorSettings:
@@ -87,8 +91,9 @@ class SupervisorSettings:
                     "(leave them down)"
                 )
             values["enabled"] = raw.strip().lower() in _TRUE
-        for name in ("backoff", "backoff_max", "interval"):
-            key = f"BURST_SUPERVISE_{name.upper()}"
+        for name in ("backoff", "backoff_max", "interval", "credential_check_interval"):
+            key = (f"BURST_{name.upper()}" if name == "credential_check_interval"
+                   else f"BURST_SUPERVISE_{name.upper()}")
             if (raw := env.get(key)) is None:
                 continue
             try:
@@ -185,10 +190,33 @@ class Supervisor:
 
     def run(self) -> None:
         self.take_over()
+        next_credentials = time.monotonic()
         while not self.stopping:
             self.check()
+            if time.monotonic() >= next_credentials:
+                next_credentials = time.monotonic() + self.settings.credential_check_interval
+                self.expire_credentials()
             time.sleep(self.settings.interval)
         self.log("stopping: the parts are left to `burst down`")
+
+    def expire_credentials(self, now: float | None = None) -> list[str]:
+        """Remove the agent users whose credentials expired and have NATS reload its
+        users (their agents are cut off). Returns the users removed."""
+        from burst import _natsconf  # (imports cryptography: only where users exist)
+
+        if not (self.home / "nats" / "users.json").exists():
+            return []  # a cluster on 127.0.0.1 only: no users
+        try:
+            expired = _natsconf.expired_users(self.home, time.time() if now is None else now)
+            gone = _natsconf.remove_users(self.home, expired) if expired else []
+            if gone:
+                told = _natsconf.reload_nats(self.home)
+                self.log(f"agent credentials expired: removed NATS user {', '.join(gone)}; "
+                         f"{told} NATS node(s) reloaded")
+            return gone
+        except (OSError, ValueError) as e:
+            self.log(f"cannot check agent credentials for expiry: {e}")
+            return []
 
     def check(self) -> None:
         """One look at every part: note the ones that exited, restart those that are due."""

@@ -605,9 +605,13 @@ class PreemptAgent(_Wire, kw_only=True):
     agent_id: str
     reason: str = "preempted"
     at: float = 0.0
-    #: ``burst agent drain``: once its containers are stopped the agent leaves the
-    #: cluster (deletes its records and exits).
+    #: ``burst agent drain``: nothing new is placed there, the inputs running there
+    #: finish (idle containers stop at once), then the agent leaves the cluster (deletes
+    #: its records and exits).
     leave: bool = False
+    #: Seconds a drain lets running inputs finish (0: the agent's ``drain_timeout``);
+    #: what still runs then is interrupted and handed back to run elsewhere.
+    timeout: float = 0.0
 
 
 AgentOrder = Placement | StopContainer | PreemptAgent

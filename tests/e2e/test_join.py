@@ -46,6 +46,8 @@ SETTINGS = {
     "BURST_LOST_CHECK_INTERVAL": "0.2",
     "BURST_ACK_WAIT": "15",
     "BURST_CONTAINER_NETWORK": "off",
+    # The supervisor looks for expired agent credentials every second.
+    "BURST_CREDENTIAL_CHECK_INTERVAL": "1",
 }
 
 
@@ -75,16 +77,17 @@ class Cluster:
         assert done.returncode == 0, done.stderr
         return path
 
-    def join_command(self, ns: str, bundle: Path, name: str) -> list[str]:
+    def join_command(self, ns: str, bundle: Path, name: str, *extra: str) -> list[str]:
         """``burst agent join`` in namespace ``ns``, on a "machine" named ``host-<name>``
         (a UTS namespace of its own)."""
         return ["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c",
                 'hostname "$0" && exec "$@"', f"host-{name}", *burst_command(), "agent", "join",
-                str(bundle), "--name", name, "--home", str(self.root / f"agent-{name}")]
+                str(bundle), "--name", name, "--home", str(self.root / f"agent-{name}"),
+                *extra]
 
-    def join(self, ns: str, bundle: Path, name: str) -> subprocess.Popen[str]:
+    def join(self, ns: str, bundle: Path, name: str, *extra: str) -> subprocess.Popen[str]:
         log = open(self.root / f"agent-{name}.log", "w")  # noqa: SIM115 (kept by the child)
-        proc = subprocess.Popen(self.join_command(ns, bundle, name), env=self.env,
+        proc = subprocess.Popen(self.join_command(ns, bundle, name, *extra), env=self.env,
                                 stdout=log, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
         self.agents[name] = proc
@@ -385,3 +388,190 @@ def test_a_call_resent_through_another_gateway_runs_once(cluster: Cluster, tmp_p
     finally:
         os.killpg(second.pid, signal.SIGTERM)
         second.wait(20)
+
+
+def _spawn_and_pick_victim(cluster: Cluster, tmp_path: Path, app_name: str, queue: str,
+                           agents: tuple[str, ...], gpu: str, calls: int = 4,
+                           sleep: int = 6,
+                           ) -> tuple[subprocess.Popen[str], str, dict[str, str]]:
+    """Deploy a slow function, spawn ``calls`` calls of it, and return the caller, the
+    joined agent that runs one of them (waited for) and the environment of a client."""
+    # The control machine's own agent takes no work: what runs, runs on the joined ones.
+    cluster.client.post_json("/v1/agents/local/preempt", {})
+    app = tmp_path / f"{app_name}.py"
+    # A declared GPU type only ``agents`` have: the work runs on them alone (the module's
+    # other joined agents stay up).
+    app.write_text(APP.replace('"joined"', repr(app_name)).replace('"join-done"', repr(queue))
+                   .replace("retries=0)", f"retries=0, gpu={gpu!r})"))
+    done = burst(cluster.env, "deploy", str(app))
+    assert done.returncode == 0, done.stdout + done.stderr
+    script = tmp_path / "calls.py"
+    script.write_text(
+        "import burst, json, sys\n"
+        f"f = burst.Function.from_name({app_name!r}, 'slow')\n"
+        f"calls = [f.spawn({sleep}) for _ in range({calls})]\n"
+        "print(json.dumps([c.object_id for c in calls]), flush=True)\n"
+        "print(json.dumps([c.get(timeout=180) for c in calls]), flush=True)\n"
+    )
+    run_env = {**cluster.env, "BURST_URL": cluster.client.url,
+               "BURST_TOKEN": cluster.client.token}
+    caller = subprocess.Popen([str(Path(burst_command()[0]).parent / "python"), str(script)],
+                              env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    deadline = time.monotonic() + 90
+    victim = ""
+    while time.monotonic() < deadline and not victim:
+        view = cluster.agents_view()
+        busy = {n: sum(c["in_flight"] for c in view[n]["containers"])
+                for n in agents if n in view}
+        victim = next((n for n, k in busy.items() if k > 0), "")
+        time.sleep(0.2)
+    assert victim, "no input ran on a joined agent"
+    return caller, victim, run_env
+
+
+def _count_done(run_env: dict[str, str], tmp_path: Path, queue: str) -> int:
+    drain = tmp_path / "count.py"
+    drain.write_text(
+        "import burst\n"
+        f"q = burst.Queue.from_name({queue!r}, create_if_missing=True)\n"
+        "print(len(q.get_many(100, timeout=2)))\n"
+    )
+    counted = subprocess.run([str(Path(burst_command()[0]).parent / "python"), str(drain)],
+                             env=run_env, capture_output=True, text=True, timeout=60)
+    assert counted.returncode == 0, counted.stderr
+    return int(counted.stdout.strip())
+
+
+def test_a_revoked_agent_is_cut_off_its_work_reruns_once_and_its_bundle_cannot_join(
+        cluster: Cluster, tmp_path: Path) -> None:
+    ns1, ns2 = cluster.machines.add(), cluster.machines.add()
+    bundles = {"farr": cluster.bundle("rv-r", "--name", "farr"),
+               "farq": cluster.bundle("rv-q", "--name", "farq")}
+    # A bundle made for one agent joins as that agent only.
+    done = subprocess.run(cluster.join_command(ns1, bundles["farr"], "other"),
+                          env=cluster.env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "is for agent 'farr' only" in done.stderr, done.stderr
+    cluster.join(ns1, bundles["farr"], "farr", "--gpus", "L4:1")
+    cluster.join(ns2, bundles["farq"], "farq", "--gpus", "L4:1")
+    cluster.wait_agent("farr")
+    cluster.wait_agent("farq")
+    caller, victim, run_env = _spawn_and_pick_victim(cluster, tmp_path, "revoked",
+                                                     "revoke-done", ("farr", "farq"), "L4")
+    user = json.loads(bundles[victim].read_text())["user"]
+    done = burst(cluster.env, "agent", "revoke", victim)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"NATS user {user}" in done.stdout, done.stdout
+    # The server closed its connection: it exits at once (status 3), killing its work.
+    proc = cluster.agents[victim]
+    proc.wait(30)
+    log = (cluster.root / f"agent-{victim}.log").read_text()
+    assert proc.returncode == 3, log[-3000:]
+    assert "credentials were revoked" in log, log[-3000:]
+    # Its inputs ran again on the other agent: every call has one result, and ran to
+    # its end once.
+    out, err = caller.communicate(timeout=240)
+    assert caller.returncode == 0, err[-3000:]
+    assert json.loads(out.splitlines()[-1]) == [60, 60, 60, 60]
+    assert _count_done(run_env, tmp_path, "revoke-done") == 4
+    # Its bundle can never join again, under any name.
+    users = json.loads((Path(cluster.env["BURST_HOME"]) / "nats" / "users.json").read_text())
+    assert user not in users["users"]
+    done = subprocess.run(cluster.join_command(ns1, bundles[victim], victim),
+                          env=cluster.env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "refused this bundle's credentials" in done.stderr, done.stderr
+    # The other agent is undisturbed.
+    survivor = "farq" if victim == "farr" else "farr"
+    assert cluster.agents[survivor].poll() is None
+    assert cluster.agents_view()[survivor]["state"] == "ready"
+
+
+def test_revoking_an_unknown_agent_or_the_local_one_is_refused(cluster: Cluster) -> None:
+    done = burst(cluster.env, "agent", "revoke", "no-such-agent")
+    assert done.returncode == 1
+    assert "agent 'no-such-agent' is not registered" in done.stderr, done.stderr
+    done = burst(cluster.env, "agent", "revoke", "local")
+    assert done.returncode == 1
+    assert "has no NATS user of its own to revoke" in done.stderr, done.stderr
+
+
+def test_an_agent_whose_credentials_expire_is_cut_off(cluster: Cluster) -> None:
+    """`burst agent token --credential-expires 60s` (room for a slow join on a loaded
+    machine): the supervisor removes the user once it expires
+    (BURST_CREDENTIAL_CHECK_INTERVAL), NATS reloads, the agent exits."""
+    ns = cluster.machines.add()
+    bundle = cluster.bundle("exp", "--name", "fare", "--credential-expires", "60s")
+    doc = json.loads(bundle.read_text())
+    assert doc["credential_expires_at"] - doc["issued_at"] == 60
+    cluster.join(ns, bundle, "fare")
+    cluster.wait_agent("fare")
+    proc = cluster.agents["fare"]
+    proc.wait(max(0.0, doc["credential_expires_at"] - time.time()) + 60)
+    log = (cluster.root / "agent-fare.log").read_text()
+    assert proc.returncode == 3, log[-3000:]
+    assert time.time() >= doc["credential_expires_at"]
+    users = json.loads((Path(cluster.env["BURST_HOME"]) / "nats" / "users.json").read_text())
+    assert doc["user"] not in users["users"]
+    supervisor = (Path(cluster.env["BURST_HOME"]) / "logs" / "supervisor.log").read_text()
+    assert f"agent credentials expired: removed NATS user {doc['user']}" in supervisor
+    done = subprocess.run(cluster.join_command(ns, bundle, "fare"), env=cluster.env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "its credentials expired" in done.stderr, done.stderr
+
+
+DOCKER_APP = """
+import os, socket
+import burst
+
+app = burst.App("joined-docker")
+
+@app.function(gpu="H100", cpu=0.5, memory=256, scaledown_window=5)
+def where(x: int) -> dict:
+    return {"x": x * 2, "docker": os.path.exists("/.dockerenv"),
+            "container": os.environ["BURST_CONTAINER_ID"]}
+"""
+
+
+def test_a_joined_agent_on_the_docker_runtime_runs_a_call(cluster: Cluster,
+                                                          tmp_path: Path) -> None:
+    """An agent joined with `--runtime docker` (on the same engine as this machine's:
+    the stand-in machine shares its filesystem) builds the function's image and runs a
+    call in a Docker container. Its declared GPU makes it the only agent that fits."""
+    from tests.e2e.test_runtimes import docker_missing
+
+    if why := docker_missing():
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}, and CI is set")
+        pytest.skip(why)
+    # The shim's wheel is built where the package index is reachable (the stand-in
+    # machine has no route off this one; a real one builds it itself): the machine-wide
+    # cache the agent looks in first, the same directory here and there.
+    from burst_agent.runtimes.docker import cached_wheels
+
+    cached_wheels()
+    ns = cluster.machines.add()
+    cluster.join(ns, cluster.bundle("dk", "--name", "fardk"), "fardk", "--runtime", "docker",
+                 "--gpus", "H100:1")
+    joined = cluster.wait_agent("fardk", timeout=120)
+    assert joined["runtime"] == "docker" and joined["hostname"] == "host-fardk", joined
+    app = tmp_path / "joined_docker.py"
+    app.write_text(DOCKER_APP)
+    done = burst(cluster.env, "deploy", str(app), timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    script = tmp_path / "call.py"
+    script.write_text(
+        "import burst, json\n"
+        "f = burst.Function.from_name('joined-docker', 'where')\n"
+        "print(json.dumps(f.remote(21)))\n")
+    run_env = {**cluster.env, "BURST_URL": cluster.client.url,
+               "BURST_TOKEN": cluster.client.token}
+    called = subprocess.run([str(Path(burst_command()[0]).parent / "python"), str(script)],
+                            env=run_env, capture_output=True, text=True, timeout=420)
+    log = (cluster.root / "agent-fardk.log").read_text()
+    assert called.returncode == 0, called.stderr[-3000:] + log[-3000:]
+    got = json.loads(called.stdout.splitlines()[-1])
+    assert got["x"] == 42 and got["docker"] is True, got
+    assert got["container"] in log  # it ran on the joined agent

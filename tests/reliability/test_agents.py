@@ -186,10 +186,11 @@ def test_faultless_pass(fcluster: Cluster, agents: Agents, tmp_path: Path) -> No
 
 
 def _fault_mid_call(fcluster: Cluster, agents: Agents, tmp_path: Path, name: str,
-                    fault: Any) -> tuple[list[tuple[int, str, float]], str, str, workload.Result]:
-    """Two calls, one on each agent, held running until the fault has struck;
-    ``fault(victim)`` strikes the agent running call 0 while it runs. Returns the marks,
-    the victim and survivor, and the checked result.
+                    fault: Any, sleep: float = 90,
+                    ) -> tuple[list[tuple[int, str, float]], str, str, workload.Result]:
+    """Two calls, one on each agent, held running (at most ``sleep`` seconds) until the
+    fault has struck; ``fault(victim)`` strikes the agent running call 0 while it runs.
+    Returns the marks, the victim and survivor, and the checked result.
 
     The calls end when the test creates a file, not after a fixed time: with 4 s calls,
     at load 10-24 on 2 cores, call 0 had ended before ``burst agent preempt`` (a CLI
@@ -198,7 +199,7 @@ def _fault_mid_call(fcluster: Cluster, agents: Agents, tmp_path: Path, name: str
     a, b = two_agents(fcluster, agents, name)
     workload.deploy(fcluster, tmp_path, f"agents-{name}", GPU_APP)
     mark, go = tmp_path / "marks.txt", tmp_path / "go"
-    plan = workload.Plan(spawn=2, map=0, remote=0, sleep=90, mark=str(mark), until=str(go))
+    plan = workload.Plan(spawn=2, map=0, remote=0, sleep=sleep, mark=str(mark), until=str(go))
     proc = workload.start(fcluster, f"agents-{name}", plan)
     eventually(lambda: len(marks(mark)) == 2, 90, "both calls running")
     first = {x: cid for x, cid, _ in marks(mark)}
@@ -259,6 +260,66 @@ def test_agent_drained_mid_call(fcluster: Cluster, agents: Agents, tmp_path: Pat
     _, victim, _, _ = _fault_mid_call(fcluster, agents, tmp_path, "drain", drain)
     assert agents.procs[victim].returncode == 0, agents.log(victim)[-3000:]
     assert victim not in agent_rows(fcluster)  # it left the cluster
+
+
+def agent_states(c: Cluster) -> dict[str, str]:
+    listed = json.loads(c.burst("agent", "list", "--json", check=True).stdout)
+    return {a["agent_id"]: a["state"] for a in listed["agents"]}
+
+
+def test_burst_agent_drain_lets_a_running_call_finish_there(
+        fcluster: Cluster, agents: Agents, tmp_path: Path) -> None:
+    """`burst agent drain`: the 10 s call running on the agent finishes there (one
+    result, one run), calls made meanwhile land on the other agent, then it leaves."""
+    a, b = two_agents(fcluster, agents, "fin")
+    app = "agents-fin"
+    workload.deploy(fcluster, tmp_path, app, GPU_APP)
+    mark = tmp_path / "marks.txt"
+    plan = workload.Plan(spawn=1, map=0, remote=0, sleep=10, mark=str(mark))
+    proc = workload.start(fcluster, app, plan)
+    eventually(lambda: len(marks(mark)) == 1, 90, "the call running")
+    [(_, cid, started)] = marks(mark)
+    victim = running_on(agents, cid, (a, b))
+    survivor = b if victim == a else a
+    fcluster.burst("agent", "drain", victim, check=True)
+    eventually(lambda: agent_states(fcluster).get(victim) == "drained", 30,
+               f"{victim} draining")
+    # Calls made while it drains run on the other agent.
+    later = tmp_path / "later.txt"
+    more = workload.Plan(spawn=2, map=0, remote=0, sleep=0.2, mark=str(later))
+    res_more = workload.finish(workload.start(fcluster, app, more))
+    assert not res_more.errors, res_more.errors
+    res = workload.finish(proc)
+    assert not res.errors, res.errors
+    # The running call finished where it ran, once, after its full 10 s.
+    [accepted] = res.accepted
+    assert accepted.value[2] == cid, (accepted, cid)
+    assert [row[1] for row in marks(mark)] == [cid], marks(mark)
+    assert {row[1] for row in marks(later)} and all(
+        row[1] != cid and row[1] in agents.log(survivor) for row in marks(later)), marks(later)
+    # Then the drained agent left the cluster.
+    agents.procs[victim].wait(60)
+    assert agents.procs[victim].returncode == 0, agents.log(victim)[-3000:]
+    assert victim not in agent_states(fcluster)
+    assert "agent_drain_timed_out" not in agents.log(victim)
+    assert time.time() - started >= 10
+    check(fcluster.home, app, ["work"], res.accepted + res_more.accepted)
+
+
+def test_a_drain_past_its_timeout_interrupts_and_reruns_the_call_once(
+        fcluster: Cluster, agents: Agents, tmp_path: Path) -> None:
+    """`burst agent drain --timeout 2s` while a 20 s call runs there: at the timeout the
+    call is interrupted, runs again on the other agent exactly once, and the agent leaves."""
+    def drain(victim: str) -> None:
+        fcluster.burst("agent", "drain", victim, "--timeout", "2s", check=True)
+        agents.procs[victim].wait(60)
+
+    runs, victim, _, _ = _fault_mid_call(fcluster, agents, tmp_path, "late-drain", drain,
+                                         sleep=20)
+    assert agents.procs[victim].returncode == 0, agents.log(victim)[-3000:]
+    assert "agent_drain_timed_out" in agents.log(victim)
+    assert victim not in agent_rows(fcluster)
+    assert len(runs) == 3, runs
 
 
 def test_agent_list_and_preempt_of_an_unknown_agent(fcluster: Cluster) -> None:

@@ -35,6 +35,9 @@ def test_settings_from_the_environment() -> None:
     got = SupervisorSettings.from_env({"BURST_SUPERVISE": "yes", "BURST_SUPERVISE_BACKOFF": "0.1",
                                        "BURST_SUPERVISE_BACKOFF_MAX": "2"})
     assert (got.enabled, got.backoff, got.backoff_max) == (True, 0.1, 2.0)
+    assert SupervisorSettings().credential_check_interval == 30.0
+    assert SupervisorSettings.from_env({"BURST_CREDENTIAL_CHECK_INTERVAL": "0.5"}) \
+        .credential_check_interval == 0.5
 
 
 @pytest.mark.parametrize(("env", "message"), [
@@ -43,6 +46,8 @@ def test_settings_from_the_environment() -> None:
     ({"BURST_SUPERVISE_BACKOFF": "-1"}, "invalid BURST_SUPERVISE_BACKOFF='-1'"),
     ({"BURST_SUPERVISE_BACKOFF_MAX": "inf"}, "invalid BURST_SUPERVISE_BACKOFF_MAX='inf'"),
     ({"BURST_SUPERVISE_INTERVAL": "0"}, "invalid BURST_SUPERVISE_INTERVAL='0'"),
+    ({"BURST_CREDENTIAL_CHECK_INTERVAL": "never"},
+     "invalid BURST_CREDENTIAL_CHECK_INTERVAL='never': use a number of seconds above 0"),
     ({"BURST_SUPERVISE_BACKOFF": "5", "BURST_SUPERVISE_BACKOFF_MAX": "1"},
      "BURST_SUPERVISE_BACKOFF_MAX=1: it must be at least BURST_SUPERVISE_BACKOFF (5)"),
 ])

@@ -54,7 +54,9 @@ def tls_context(ca: str) -> ssl.SSLContext | None:
 
 async def connect(url: str, name: str,
                   reconnected: Callable[[], Awaitable[None]] | None = None,
-                  ca: str = "") -> NATS:
+                  ca: str = "",
+                  error: Callable[[Exception], Awaitable[None]] | None = None,
+                  closed: Callable[[], Awaitable[None]] | None = None) -> NATS:
     """A connection that reconnects for ever; ``reconnected`` runs after each reconnect
     (subscriptions are already renewed then). ``ca`` is the cluster CA's certificate
     file for TLS (``burst up --listen``).
@@ -67,11 +69,18 @@ async def connect(url: str, name: str,
     After a reconnect, every ordered consumer of the connection (KV watches, the
     gateway's outputs) is renewed at once (see :func:`_natspy.resume_ordered`): a restarted
     nats-server forgot them, and nats-py notices only after two missed idle heartbeats,
-    10 s in which a watch sees nothing and a waiting call gets no output."""
+    10 s in which a watch sees nothing and a waiting call gets no output.
+
+    ``error`` gets each error the server or the connection reports (after it is logged);
+    ``closed`` runs once the connection is closed for good (by ``close``, or by the
+    server refusing our credentials, which nats-py does not retry).
+    """
     conn: list[NATS] = []
 
     async def _err(e: Exception) -> None:
         log.warning("nats_error", error=str(e))
+        if error is not None:
+            await error(e)
 
     async def _reconnected() -> None:
         if conn:  # not inline: this callback holds up nats-py's reconnect
@@ -90,6 +99,7 @@ async def connect(url: str, name: str,
         error_cb=_err,
         connect_timeout=5,
         reconnected_cb=_reconnected,
+        **({"closed_cb": closed} if closed is not None else {}),
     )
     conn.append(nc)
     _natspy.order_pings(nc)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
@@ -107,6 +108,12 @@ class Agent:
         self._acks_timer: asyncio.TimerHandle | None = None
         self._hb_seq = 0
         self.preempted = False  # a reclaim notice came: no new containers here
+        #: Cut off by NATS (our user revoked or expired): the agent exits, status 3.
+        self.revoked = False
+        #: We close the connection ourselves (stop): its closing is no cut-off.
+        self._closing = False
+        #: `burst agent drain` in progress (see ``drain``).
+        self._drain: asyncio.Task[None] | None = None
         #: Web requests taken from the gateway (started with the agent).
         self.web = WebRelay(self)
         #: Figures for /metrics (GPUs and NVML are known once started).
@@ -130,7 +137,8 @@ class Agent:
         log.info("gpu_inventory", status=self.inventory.status,
                  gpus=[g.type for g in self.inventory.gpus])
         self.nc = await bus.connect(s.nats_url, f"agent-{self.agent_id}",
-                                    reconnected=self._on_reconnected, ca=s.nats_ca)
+                                    reconnected=self._on_reconnected, ca=s.nats_ca,
+                                    error=self._on_nats_error, closed=self._on_nats_closed)
         self.js = self.nc.jetstream()
         if s.ensure_topology:
             await bus.ensure_topology(self.js, s.topology())
@@ -182,6 +190,33 @@ class Agent:
         log.info("agent_started", agent_id=self.agent_id, cpu=self.record.cpu,
                  memory_mb=self.record.memory_mb, spot=s.spot, runtime=self.runtime.name)
 
+    async def _on_nats_error(self, e: Exception) -> None:
+        if isinstance(e, nats.errors.AuthorizationError) or "authorization" in str(e).lower():
+            await self._cut_off(e)
+
+    async def _on_nats_closed(self) -> None:
+        """The connection closed for good while we did not close it: the server refused
+        our credentials (nats-py does not reconnect after that)."""
+        if not self._closing:
+            await self._cut_off(self.nc.last_error or RuntimeError("NATS connection closed"))
+
+    async def _cut_off(self, e: BaseException) -> None:
+        """NATS no longer takes our credentials (`burst agent revoke`, or they expired):
+        we are cut off for good. Every container is killed at once (what they ran runs
+        again elsewhere, once the scheduler finds us lost), then the agent exits."""
+        if self.revoked:
+            return
+        self.revoked = True
+        log.error("agent_credentials_revoked", error=str(e),
+                  containers=len(self.containers),
+                  hint="this agent's NATS user was revoked (burst agent revoke) or its "
+                       "credentials expired: join again with a new bundle")
+        self.preempted = True
+        # (nothing here waits on NATS: this runs inside nats-py's own callbacks)
+        for c in list(self.containers.values()):
+            c.kill("revoked")
+        self.leave()
+
     async def _wait_for_bucket(self, bucket: str) -> KeyValue:
         """The KV bucket, once the services created the whole topology (the blobs'
         object store comes last), waiting up to ``topology_wait`` for it."""
@@ -214,6 +249,9 @@ class Agent:
 
     async def stop(self) -> None:
         """Stop every container (handing their inputs back), then leave the cluster."""
+        if self.revoked:  # NATS refuses us: nothing to tell it, nobody to hand back to
+            await self._stop_cut_off()
+            return
         await self.orders.stop()
         stops = [c.stop("agent_shutdown") for c in list(self.containers.values())]
         await asyncio.gather(*stops, return_exceptions=True)
@@ -235,10 +273,24 @@ class Agent:
         with contextlib.suppress(Exception):
             await self.heartbeats_kv.delete(self.agent_id)
             await self.agents_kv.delete(self.agent_id)
+        self._closing = True
         try:
             await asyncio.wait_for(self.nc.drain(), 2.0)
         except Exception:  # nothing un-acked is left to lose: just close
             await self.nc.close()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    async def _stop_cut_off(self) -> None:
+        """Stop when NATS cut us off: the containers were killed; what is left of them
+        (their records, their outputs) cannot reach anyone. Bounded waits only."""
+        waits = [asyncio.ensure_future(c.done.wait()) for c in list(self.containers.values())]
+        if waits:
+            await asyncio.wait(waits, timeout=self.settings.stop_grace)
+        for t in self._tasks:
+            t.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.settings.stop_grace)
+        self._closing = True
         shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     # ---- acks ----------------------------------------------------------------------
@@ -293,10 +345,39 @@ class Agent:
             if c is not None:
                 await c.stop(order.reason, order.if_idle_since)
         elif isinstance(order, PreemptAgent):
+            if order.leave:  # `burst agent drain`: may take minutes, the order is settled
+                if self._drain is None:
+                    self._drain = asyncio.create_task(
+                        self.drain(order.reason, order.timeout or self.settings.drain_timeout))
+                    self._tasks.append(self._drain)
+                return
             await self.preempt(order.reason)
-            if order.leave and self.settings.leave_when_drained:
-                log.warning("agent_leaving", reason=order.reason)
-                self.leave()
+
+    async def drain(self, reason: str, timeout: float) -> None:
+        """``burst agent drain``: nothing new is placed here (our record says draining),
+        idle containers stop, the inputs running here finish (each container stops when
+        its last one is done); whatever still runs after ``timeout`` seconds is
+        interrupted at once and handed back (it runs again elsewhere). Then we leave."""
+        self.preempted = True
+        await self._mark_draining(reason)
+        log.warning("agent_draining", reason=reason, timeout=timeout,
+                    containers=len(self.containers))
+        for c in list(self.containers.values()):
+            c.retire(reason)
+        await self._beat()
+        waits = [asyncio.ensure_future(c.done.wait()) for c in list(self.containers.values())]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=timeout)
+            for w in pending:
+                w.cancel()
+        left = list(self.containers.values())
+        if left:
+            log.warning("agent_drain_timed_out", timeout=timeout, containers=len(left),
+                        in_flight=sum(len(c.in_flight) for c in left))
+            await asyncio.gather(*(c.interrupt(reason) for c in left), return_exceptions=True)
+        if self.settings.leave_when_drained:
+            log.warning("agent_leaving", reason=reason)
+            self.leave()
 
     async def preempt(self, reason: str = "preempted") -> None:
         """This machine's capacity is being reclaimed: drain it and stop every container.
@@ -306,6 +387,15 @@ class Agent:
         (another container picks them up) and gives ``@exit`` the stop grace.
         """
         self.preempted = True
+        await self._mark_draining(reason)
+        log.warning("agent_preempted", reason=reason, containers=len(self.containers))
+        await asyncio.gather(*(c.stop(reason) for c in list(self.containers.values())),
+                             return_exceptions=True)
+        await self._beat()
+
+    async def _mark_draining(self, reason: str) -> None:
+        """Our record says draining: no scheduler places here any more, and our
+        containers count as stopping (replacements are placed elsewhere)."""
 
         def drain(cur: bytes | None) -> bytes | None:
             if cur is None:
@@ -317,10 +407,6 @@ class Agent:
             return encode(rec)
 
         await bus.kv_cas(self.agents_kv, self.agent_id, drain)
-        log.warning("agent_preempted", reason=reason, containers=len(self.containers))
-        await asyncio.gather(*(c.stop(reason) for c in list(self.containers.values())),
-                             return_exceptions=True)
-        await self._beat()
 
     async def _on_trace_container(self, msg: Msg) -> None:
         """Does a traced call wait for one of our containers (still starting, or ready

@@ -122,6 +122,8 @@ class Container:
         #: A newer deployment of the function replaced this container's (rolling): it
         #: takes no new inputs and stops once those it holds are done (see ``retire``).
         self.retired = False
+        #: The stop reason of a retired container once it holds no input.
+        self.retire_reason = "redeployed"
         self.done = asyncio.Event()
         self.meter = Meter(self.agent, p, self.log)
         #: The container's inputs, their attempts and outputs.
@@ -524,7 +526,7 @@ class Container:
                 await asyncio.sleep(self.agent.settings.pull_retry)
                 continue
             if self.retired:  # replaced before it was ready: it never takes an input
-                self._spawn_stop("redeployed")
+                self._spawn_stop(self.retire_reason)
             elif not self._stopping.is_set():
                 self._puller = self._pulled = self.agent.inputs(self.fn_key, self._bind)
                 run = min(self.dispatch.slots, self.max_inputs)
@@ -573,17 +575,21 @@ class Container:
         with contextlib.suppress(Exception):
             await self.agent.js.delete_consumer(names.STREAM_INPUTS, consumer)
 
-    def retire(self) -> None:
-        """A newer deployment of the function replaced this one (a rolling redeploy): no
-        new inputs; the ones it holds finish here, then it stops. (Web containers: the
-        web relay retires them, request by request.)"""
+    def retire(self, reason: str = "redeployed") -> None:
+        """No new inputs; the ones it holds finish here, then it stops (``reason``): a
+        newer deployment of the function replaced this one (a rolling redeploy), or its
+        agent drains. (Web containers of a redeploy: the web relay retires them, request
+        by request.)"""
         if self.retired or self._stopping.is_set():
             return
-        self.retired = True
-        self.log.info("container_retired", deployment_id=self.placement.deployment_id)
+        self.retired, self.retire_reason = True, reason
+        self.log.info("container_retired", deployment_id=self.placement.deployment_id,
+                      reason=reason)
         puller, self._puller = self._puller, None
         if puller is not None:
             puller.leave(self)
+        if self.fn.web:
+            self.agent.web.leave(self)
         self.stop_if_retired()
 
     def stop_if_retired(self) -> None:
@@ -591,7 +597,29 @@ class Container:
         if (self.retired and not self.in_flight and not self.web_in_flight
                 and self.dispatch.slots >= self.dispatch.capacity
                 and self.state == "idle"):
-            self._spawn_stop("redeployed")
+            self._spawn_stop(self.retire_reason)
+
+    def kill(self, reason: str) -> None:
+        """Kill the process now, handing nothing back (NATS cut us off: the scheduler
+        finds us lost and hands our inputs back)."""
+        self.log.warning("container_killed", reason=reason, in_flight=len(self.in_flight))
+        self.stop_reason = self.stop_reason or reason
+        self.state = "stopping"
+        self._set_stopping()
+        for inf in list(self.dispatch.in_flight.values()):  # not ours to answer any more
+            self.dispatch.release(inf)
+        self.dispatch.in_flight.clear()
+        if self.handle is not None:
+            self.handle.signal(SIGKILL)
+
+    async def interrupt(self, reason: str) -> None:
+        """Stop at once: the process is killed before its inputs are handed back, so no
+        input it ran can also finish here (each runs again elsewhere, once)."""
+        self.log.warning("container_interrupted", reason=reason,
+                         in_flight=len(self.in_flight))
+        if self.handle is not None:
+            self.handle.signal(SIGKILL)
+        await self.stop(reason)
 
     def _spawn_stop(self, reason: str) -> None:
         asyncio.get_running_loop().create_task(self.stop(reason))

@@ -28,6 +28,9 @@ class AgentSettings(CommonSettings):
     topology_wait: float = 60.0
     #: Leave the cluster (exit) once drained by `burst agent drain`.
     leave_when_drained: bool = True
+    #: Seconds `burst agent drain` lets the inputs running here finish (the drain's own
+    #: ``--timeout`` overrides it); what still runs then is interrupted and handed back.
+    drain_timeout: float = 300.0
     #: Seconds between heartbeats (carry container states to the scheduler).
     heartbeat_interval: float = 1.0
     #: Seconds between metering records of each running container.
@@ -221,3 +224,6 @@ class AgentSettings(CommonSettings):
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"BURST_{name.upper()}={value}: use more than 0 seconds")
+        if not self.drain_timeout > 0:
+            raise ValueError(f"BURST_DRAIN_TIMEOUT={self.drain_timeout}: use more than 0 "
+                             "seconds")

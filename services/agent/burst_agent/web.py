@@ -349,6 +349,7 @@ class WebRelay:
             if not c.web_in_flight and not c.in_flight and c.state == "busy":
                 c.state, c.idle_since = "idle", time.time()
             self._stop_if_done(c)
+            c.stop_if_retired()  # (a drained agent's container, once its requests end)
         path = req.head.root_path + req.head.path
         if req.trace is not None:
             self.agent.tracing.span(

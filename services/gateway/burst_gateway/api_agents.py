@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
 
 from burst.exception import InvalidError, NotFoundError
 from burst_core import bus, names
@@ -80,16 +81,58 @@ async def preempt_agent(agent_id: str, gw: GatewayDep,
     return await _drain(gw, agent_id, leave=False)
 
 
+class Drain(BaseModel):
+    timeout: float | None = Field(default=None, description=(
+        "Seconds the inputs running on the agent may take to finish there; what still "
+        "runs then is interrupted and runs again elsewhere. Default: the agent's "
+        "BURST_DRAIN_TIMEOUT."))
+
+
 @router.post("/v1/agents/{agent_id}/drain", tags=["agents"], status_code=202)
-async def drain_agent(agent_id: str, gw: GatewayDep,
+async def drain_agent(agent_id: str, gw: GatewayDep, body: Drain | None = None,
                       _: Principal = Depends(admin)) -> dict[str, Any]:
     """Take a machine out of the cluster (operator only): nothing more is placed on the
-    agent, its containers stop (in-flight inputs are handed back at once and run
-    elsewhere), then it deletes its records and exits."""
-    return await _drain(gw, agent_id, leave=True)
+    agent, the inputs running there finish (idle containers stop at once), then it
+    deletes its records and exits. What still runs after the timeout is interrupted and
+    runs again elsewhere."""
+    timeout = body.timeout if body is not None else None
+    if timeout is not None and not (0 < timeout < float("inf")):
+        raise InvalidError(f"invalid drain timeout {timeout!r}: use a number of seconds "
+                           "above 0")
+    return await _drain(gw, agent_id, leave=True, timeout=timeout or 0.0)
 
 
-async def _drain(gw: Any, agent_id: str, leave: bool) -> dict[str, Any]:
+@router.post("/v1/agents/{agent_id}/revoke", tags=["agents"], status_code=202)
+async def revoke_agent(agent_id: str, gw: GatewayDep,
+                       _: Principal = Depends(admin)) -> dict[str, Any]:
+    """Mark an agent revoked (operator only): nothing more is placed on it. `burst agent
+    revoke` then removes its NATS user on the control machine, which cuts it off; what
+    it ran runs again elsewhere once it is found lost."""
+    try:
+        names.check_ident("agent", agent_id)
+    except ValueError as e:
+        raise InvalidError(str(e)) from None
+    kv = await gw.js.key_value(names.KV_AGENTS)
+    found = False
+
+    def mark(cur: bytes | None) -> bytes | None:
+        nonlocal found
+        found = cur is not None
+        if cur is None:
+            return None
+        rec = AgentRecordDecoder.decode(cur)
+        if rec.draining and rec.drain_reason == "revoked":
+            return None
+        rec.draining, rec.drain_reason = True, "revoked"
+        return encode(rec)
+
+    await bus.kv_cas(kv, agent_id, mark)
+    if not found:
+        raise NotFoundError(f"agent {agent_id!r} is not registered")
+    return {"agent_id": agent_id, "revoked": True, "at": time.time()}
+
+
+async def _drain(gw: Any, agent_id: str, leave: bool, timeout: float = 0.0) -> dict[str, Any]:
     try:
         names.check_ident("agent", agent_id)
     except ValueError as e:
@@ -101,9 +144,9 @@ async def _drain(gw: Any, agent_id: str, leave: bool) -> dict[str, Any]:
         raise NotFoundError(f"agent {agent_id!r} is not registered")
     now = time.time()
     await bus.publish(js, names.agent_orders_subject(agent_id),
-                      encode(PreemptAgent(agent_id=agent_id, at=now, leave=leave,
+                      encode(PreemptAgent(agent_id=agent_id, at=now, leave=leave, timeout=timeout,
                                           reason="drained" if leave else "preempted")),
                       msg_id=f"preempt-{agent_id}-{now!r}")
     if leave:
-        return {"agent_id": agent_id, "drained": True, "at": now}
+        return {"agent_id": agent_id, "drained": True, "at": now, "timeout": timeout or None}
     return {"agent_id": agent_id, "preempted": True, "at": now}

@@ -26,6 +26,7 @@ ROUTES: dict[str, str] = {
     "GET /v1/agents": "operator",
     "POST /v1/agents/{agent_id}/preempt": "operator",
     "POST /v1/agents/{agent_id}/drain": "operator",
+    "POST /v1/agents/{agent_id}/revoke": "operator",
     "POST /v1/secrets/rotate-key": "operator",
     # tokens and workspaces (an admin: its own workspace's tokens; see api_tokens.py)
     "POST /v1/tokens": "admin",
