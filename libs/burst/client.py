@@ -238,8 +238,11 @@ class Client:
                                headers={"traceparent": traceparent} if traceparent else None)
         return wire.call_response_decoder.decode(data)
 
-    def call_batch(self, app: str, fn: str, payloads: list[bytes]) -> list[wire.CallRef]:
-        body = wire.encode(wire.CallBatchRequest(payloads=payloads,
+    def call_batch(self, app: str, fn: str, payloads: list[bytes],
+                   transient: bool = False) -> list[wire.CallRef]:
+        """Create one call per payload; ``transient``: their results are read once, as
+        they finish (a map), and kept only the transient result retention."""
+        body = wire.encode(wire.CallBatchRequest(payloads=payloads, transient=transient,
                                                  submission_id=wire.new_submission_id()))
         _, data = self.request("POST", f"/v1/apps/{app}/functions/{fn}/calls/batch", body,
                                wire.MSGPACK)

@@ -18,7 +18,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from burst_core import bus, logs, names
-from burst_core.calls import first_record
+from burst_core.calls import CallBuckets, first_record
 from burst_core.schemas import (
     AppRemoved,
     CallCancelled,
@@ -65,7 +65,7 @@ async def cancel_inputs(js: JetStreamContext, fn_key: str, reason: str,
     ``failure`` with ``burst.exception.BudgetExceededError``), and ``message`` and
     ``payload`` (the pickled exception) when given."""
     subject = names.input_subject(fn_key)
-    calls_kv = await js.key_value(names.KV_CALLS)
+    buckets = await CallBuckets.open(js)
     nc = bus.client_of(js)
     seq, n = 0, 0
     while True:
@@ -79,7 +79,7 @@ async def cancel_inputs(js: JetStreamContext, fn_key: str, reason: str,
             inp = InputDecoder.decode(raw.data)
         except Exception:
             continue
-        rec_raw, _ = await bus.kv_get(calls_kv, inp.call_id)
+        rec_raw, _ = await bus.kv_get(buckets.of(inp.call_id), inp.call_id)
         rec = CallRecordDecoder.decode(rec_raw) if rec_raw is not None else first_record(inp)
         out = Output(call_id=rec.call_id, input_id=rec.input_id, attempt=rec.attempt,
                      attempt_token=rec.attempt_token, status=status,

@@ -663,7 +663,8 @@ class Container:
                 self._recorded.add(inf.inp.call_id)
                 if inf.inp.attempt == 1:
                     with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
-                        await calls.create_record(caller.calls_kv, calls.first_record(inf.inp))
+                        await calls.create_record(caller.buckets.of(inf.inp.call_id),
+                                                  calls.first_record(inf.inp))
         return await api_relay.answer(caller, self.placement.workspace, parent, api)
 
     # ---- logs, events, metering ----------------------------------------------------

@@ -164,6 +164,7 @@ class AgentSettings(CommonSettings):
     exec_timeout: float = 3600.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.input_prefetch < 0:
             raise ValueError(f"BURST_INPUT_PREFETCH={self.input_prefetch}: use 0 (none) or more")
         if not self.gpu_health_interval > 0:

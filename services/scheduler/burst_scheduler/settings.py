@@ -65,6 +65,7 @@ class SchedulerSettings(CommonSettings):
     client_reap_interval: float = 0.5
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.start_failures_to_fail_calls < 1:
             raise ValueError(f"setting BURST_START_FAILURES_TO_FAIL_CALLS="
                              f"{self.start_failures_to_fail_calls} must be at least 1 (1: the "
