@@ -220,8 +220,20 @@ async def ensure_topology(js: JetStreamContext, topo: Topology | None = None) ->
     }
     for bucket, ttl in kvs.items():
         await ensure_kv(js, bucket, ttl=ttl, replicas=r)
+    # The buckets kept as long as results follow a changed setting, as the streams do.
+    for bucket in (names.KV_CALLS, names.KV_CALLS_TRANSIENT, names.KV_IDEMPOTENCY,
+                   names.KV_MAPS):
+        await retrying(functools.partial(_converge_kv_age, js, bucket, kvs[bucket]))
     for store, ttl in ((names.OBJ_BUNDLES, 0.0), (names.OBJ_BLOBS, t.result_retention)):
         await retrying(functools.partial(_ensure_object_store, js, store, ttl, r))
+
+
+async def _converge_kv_age(js: JetStreamContext, bucket: str, ttl: float) -> None:
+    """Set the bucket's max age to ``ttl`` if it was created with another."""
+    info = await js.stream_info(f"KV_{bucket}")
+    if ttl and abs((info.config.max_age or 0.0) - ttl) > 0.001:
+        info.config.max_age = ttl
+        await js.update_stream(info.config)
 
 
 async def _ensure_object_store(js: JetStreamContext, store: str, ttl: float,
