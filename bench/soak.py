@@ -1,7 +1,8 @@
 """Soak: a fixed rate of mixed calls (remote, spawn, map) for N minutes on one machine.
 
     .venv/bin/python bench/soak.py [--minutes 10] [--rate 12] [--map-size 8] [--warmup 60]
-        [--sample 60] [--result-retention SECONDS] [--recent-outputs N]
+        [--sample 60] [--result-retention SECONDS] [--transient-result-retention SECONDS]
+        [--recent-outputs N]
 
 A local cluster of its own (`burst up` in a fresh home) gets operations at a fixed rate,
 issued on schedule by a pool of client threads (a slow operation never delays the next
@@ -25,8 +26,11 @@ object:
 The cluster keeps results for ``--result-retention`` seconds (default: Burst's 7 days):
 nats-server's memory grows with the outputs and call records it holds until they
 expire, so only a run longer than the retention shows its plateau (at least 120 s: the
-streams' duplicate window). ``--recent-outputs`` sets the gateway's in-memory cache of
-recent outputs (``BURST_RECENT_OUTPUTS``), which fills at the call rate until full.
+streams' duplicate window). Transient calls' (``.remote()``, the maps' inputs) are kept
+``--transient-result-retention`` seconds (default Burst's 600 s, at most the result
+retention), apart: the samples show their stream and bucket too. ``--recent-outputs``
+sets the gateway's in-memory cache of recent outputs (``BURST_RECENT_OUTPUTS``), which
+fills at the call rate until full.
 """
 
 from __future__ import annotations
