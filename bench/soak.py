@@ -1,7 +1,8 @@
 """Soak: a fixed rate of mixed calls (remote, spawn, map) for N minutes on one machine.
 
     .venv/bin/python bench/soak.py [--minutes 10] [--rate 12] [--map-size 8] [--warmup 60]
-        [--sample 60] [--result-retention SECONDS] [--recent-outputs N]
+        [--sample 60] [--result-retention SECONDS] [--transient-result-retention SECONDS]
+        [--recent-outputs N]
 
 A local cluster of its own (`burst up` in a fresh home) gets operations at a fixed rate,
 issued on schedule by a pool of client threads (a slow operation never delays the next
@@ -25,8 +26,11 @@ object:
 The cluster keeps results for ``--result-retention`` seconds (default: Burst's 7 days):
 nats-server's memory grows with the outputs and call records it holds until they
 expire, so only a run longer than the retention shows its plateau (at least 120 s: the
-streams' duplicate window). ``--recent-outputs`` sets the gateway's in-memory cache of
-recent outputs (``BURST_RECENT_OUTPUTS``), which fills at the call rate until full.
+streams' duplicate window). Transient calls' (``.remote()``, the maps' inputs) are kept
+``--transient-result-retention`` seconds (default Burst's 600 s, at most the result
+retention), apart: the samples show their stream and bucket too. ``--recent-outputs``
+sets the gateway's in-memory cache of recent outputs (``BURST_RECENT_OUTPUTS``), which
+fills at the call rate until full.
 """
 
 from __future__ import annotations
@@ -109,7 +113,8 @@ def stream_state(port: int | None) -> dict[str, dict[str, int]]:
 class Sampler(threading.Thread):
     """Every ``every`` seconds: each process's RSS and the streams' sizes."""
 
-    WATCH = ("BURST_OUTPUTS", "KV_burst_calls", "KV_burst_idempotency", "KV_burst_maps")
+    WATCH = ("BURST_OUTPUTS", "BURST_TRANSIENT_OUTPUTS", "KV_burst_calls",
+             "KV_burst_calls_transient", "KV_burst_idempotency", "KV_burst_maps")
 
     def __init__(self, home: Path, every: float) -> None:
         super().__init__(daemon=True)
@@ -229,6 +234,10 @@ def main() -> None:
     ap.add_argument("--result-retention", type=float, default=None,
                     help="seconds the cluster keeps outputs and call records "
                          "(BURST_RESULT_RETENTION; default Burst's 7 days; >= 120)")
+    ap.add_argument("--transient-result-retention", type=float, default=None,
+                    help="seconds the cluster keeps transient calls' outputs and records "
+                         "(BURST_TRANSIENT_RESULT_RETENTION; default 600, or the result "
+                         "retention if less; 120 to the result retention)")
     ap.add_argument("--tracemalloc", action="store_true",
                     help="trace this client's allocations; report the lines whose memory "
                          "grew most over the measured run")
@@ -243,11 +252,18 @@ def main() -> None:
     if args.result_retention is not None and args.result_retention < 120:
         ap.error(f"--result-retention must be >= 120 s, the streams' duplicate window "
                  f"(got {args.result_retention!r})")
+    full = args.result_retention if args.result_retention is not None else 7 * 86400.0
+    transient = args.transient_result_retention
+    if transient is not None and not 120 <= transient <= full:
+        ap.error(f"--transient-result-retention must be from 120 s to the result retention "
+                 f"({full:g} s) (got {transient!r})")
     if args.recent_outputs is not None and args.recent_outputs < 1:
         ap.error(f"--recent-outputs must be >= 1 (got {args.recent_outputs!r})")
     settings = {"BURST_SCALEDOWN_TICK": "0.5"}
     if args.result_retention is not None:
         settings["BURST_RESULT_RETENTION"] = str(args.result_retention)
+    if transient is not None or full < 600:
+        settings["BURST_TRANSIENT_RESULT_RETENTION"] = str(transient or full)
     if args.recent_outputs is not None:
         settings["BURST_RECENT_OUTPUTS"] = str(args.recent_outputs)
 

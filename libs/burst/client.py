@@ -239,8 +239,10 @@ class Client:
         return wire.call_response_decoder.decode(data)
 
     def call_batch(self, app: str, fn: str, payloads: list[bytes],
-                   traceparent: str = "") -> list[wire.CallRef]:
-        body = wire.encode(wire.CallBatchRequest(payloads=payloads,
+                   traceparent: str = "", transient: bool = False) -> list[wire.CallRef]:
+        """Create one call per payload; ``transient``: their results are read once, as
+        they finish (a map), and kept only the transient result retention."""
+        body = wire.encode(wire.CallBatchRequest(payloads=payloads, transient=transient,
                                                  submission_id=wire.new_submission_id()))
         _, data = self.request("POST", f"/v1/apps/{app}/functions/{fn}/calls/batch", body,
                                wire.MSGPACK,

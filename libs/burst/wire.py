@@ -373,6 +373,10 @@ class CallBatchRequest(_Body):
     payload_refs: list[str] = msgspec.field(default_factory=list)
     #: As :attr:`CallRequest.submission_id`, for the whole batch (call i: ``<id>.<i>``).
     submission_id: str = ""
+    #: The calls are transient (the SDK's ``.map``, which takes each result as it comes):
+    #: their results are kept ``BURST_TRANSIENT_RESULT_RETENTION`` seconds (600 by
+    #: default), not the full result retention. Ignored for calls from a container.
+    transient: bool = False
 
 
 class CallRef(_Body):

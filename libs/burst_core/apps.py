@@ -20,7 +20,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from burst_core import bus, logs, names
-from burst_core.calls import first_record
+from burst_core.calls import CallBuckets, first_record
 from burst_core.schemas import (
     AppRemoved,
     CallCancelled,
@@ -92,7 +92,7 @@ async def _cancel_scan(js: JetStreamContext, fn_key: str, subject: str,
     """Answer the calls of ``fn_key`` whose inputs match ``subject``: (calls cancelled,
     the last sequence seen). A shell session's input is purged at once (its own subject);
     one its container holds is then cancelled there (the container stops)."""
-    calls_kv = await js.key_value(names.KV_CALLS)
+    buckets = await CallBuckets.open(js)
     nc = bus.client_of(js)
     ws, app, function = names.split_function_key(fn_key)
     seq, n = 0, 0
@@ -109,7 +109,7 @@ async def _cancel_scan(js: JetStreamContext, fn_key: str, subject: str,
             continue
         if (inp.workspace, inp.app, inp.function) != (ws, app, function):
             continue  # another function's shell session
-        rec_raw, _ = await bus.kv_get(calls_kv, inp.call_id)
+        rec_raw, _ = await bus.kv_get(buckets.of(inp.call_id), inp.call_id)
         rec = CallRecordDecoder.decode(rec_raw) if rec_raw is not None else first_record(inp)
         out = Output(call_id=rec.call_id, input_id=rec.input_id, attempt=rec.attempt,
                      attempt_token=rec.attempt_token, status=answer.status,

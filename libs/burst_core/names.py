@@ -31,12 +31,16 @@ def _short_hash(value: str) -> str:
 # ---- streams -------------------------------------------------------------------------
 STREAM_INPUTS = "BURST_INPUTS"  # work-queue retention: one message per pending input
 STREAM_OUTPUTS = "BURST_OUTPUTS"  # kept for the result-retention period
+#: Outputs of transient calls (see :func:`is_transient_call`), kept for the transient
+#: result retention (``BURST_TRANSIENT_RESULT_RETENTION``, 600 s by default).
+STREAM_TRANSIENT_OUTPUTS = "BURST_TRANSIENT_OUTPUTS"
 STREAM_CONTROL = "BURST_CONTROL"  # signals, orders, lifecycle events
 STREAM_METERING = "BURST_METERING"  # usage records, long retention (the ledger replays it)
 STREAM_LOGS = "BURST_LOGS"  # container stdout/stderr
 
 SUBJECTS_INPUTS = "burst.inputs.>"
 SUBJECTS_OUTPUTS = "burst.outputs.>"
+SUBJECTS_TRANSIENT_OUTPUTS = "burst.toutputs.>"
 SUBJECTS_CONTROL = "burst.control.>"
 SUBJECTS_METERING = "burst.metering.>"
 SUBJECTS_LOGS = "burst.logs.>"
@@ -57,8 +61,37 @@ def fn_key_of_input_subject(subject: str) -> str | None:
     return key if key.count(".") == 2 else None
 
 
+#: How the 20-digit tail of a transient call's id begins (and no other call id's does).
+TRANSIENT_TAIL = "e5e5"
+
+
+def is_transient_call(call_id: str) -> bool:
+    """Whether ``call_id`` names a transient call: one nobody can ask for again once its
+    caller has its result (a client's waited ``.remote()``, the SDK's map inputs). Its
+    output and record live in ``STREAM_TRANSIENT_OUTPUTS`` and ``KV_CALLS_TRANSIENT``,
+    kept only ``BURST_TRANSIENT_RESULT_RETENTION`` seconds. The id alone says it:
+    ``fc-`` + 12 digits of time + a tail that starts with ``TRANSIENT_TAIL``."""
+    return len(call_id) == 35 and call_id.startswith(TRANSIENT_TAIL, 15) \
+        and call_id.startswith("fc-")
+
+
+def outputs_stream(call_id: str) -> str:
+    """The stream holding the outputs of ``call_id`` (by its id, see :func:`is_transient_call`)."""
+    return STREAM_TRANSIENT_OUTPUTS if is_transient_call(call_id) else STREAM_OUTPUTS
+
+
 def output_subject(call_id: str, attempt: int) -> str:
+    """Where an attempt's output goes: ``burst.outputs.<id>.<attempt>``, or
+    ``burst.toutputs.<id>.<attempt>`` (stream ``STREAM_TRANSIENT_OUTPUTS``) for a
+    transient call."""
+    if is_transient_call(call_id):
+        return f"burst.toutputs.{call_id}.{attempt}"
     return f"burst.outputs.{call_id}.{attempt}"
+
+
+def outputs_filter(call_id: str) -> str:
+    """Every attempt's output of one call (in the stream :func:`outputs_stream` names)."""
+    return output_subject(call_id, 0)[:-1] + "*"
 
 
 def items_subject(call_id: str, attempt: int) -> str:
@@ -293,6 +326,13 @@ KV_DEPLOYMENTS = "burst_deployments"  # key: <workspace>.<app> -> DeploymentReco
 KV_AGENTS = "burst_agents"  # key: <agent_id> -> AgentRecord (claims by compare-and-set)
 KV_HEARTBEATS = "burst_heartbeats"  # key: <agent_id> -> AgentHeartbeat
 KV_CALLS = "burst_calls"  # key: <call_id> -> CallRecord (TTL: result retention)
+# key: <call_id> of a transient call -> CallRecord (TTL: transient result retention)
+KV_CALLS_TRANSIENT = "burst_calls_transient"
+
+
+def calls_bucket(call_id: str) -> str:
+    """The KV bucket holding the record of ``call_id`` (see :func:`is_transient_call`)."""
+    return KV_CALLS_TRANSIENT if is_transient_call(call_id) else KV_CALLS
 KV_TOKENS = "burst_tokens"  # key: sha256(token) -> TokenRecord
 KV_SERVICES = "burst_services"  # key: <service>.<instance> -> ServiceHeartbeat
 KV_LEDGER = "burst_ledger"  # "state" -> LedgerHeader; ledger_part_key() -> a piece

@@ -47,6 +47,11 @@ class CommonSettings:
     health_file: str = ""
     #: How long outputs, call records and idempotency keys are kept (7 days, as Modal).
     result_retention: float = 7 * 24 * 3600.0
+    #: How long the outputs and records of transient calls are kept: a client's waited
+    #: ``.remote()`` (no idempotency key, not from a container) and the SDK's map inputs,
+    #: which nobody asks for again once their caller has them. From 120 (the streams'
+    #: duplicate window) to ``result_retention``; a bad value stops the service.
+    transient_result_retention: float = 600.0
     #: Share of calls traced when their caller did not ask (0: none, 1: every one); see
     #: burst_core.tracing. A call is also traced on request (``burst run --trace``).
     trace_sample: float = 0.0
@@ -73,12 +78,20 @@ class CommonSettings:
     recent_outputs: int = 50_000
     recent_outputs_age: float = 120.0
 
+    def __post_init__(self) -> None:
+        # (every service loads its settings first: a bad value stops it, named)
+        from burst_core.bus.topology import check_transient_retention
+
+        check_transient_retention(self.transient_result_retention, self.result_retention)
+
     def topology(self) -> Any:
         """The streams' and buckets' retention (``burst_core.bus.Topology``) these
         settings ask for."""
-        from burst_core.bus.topology import Topology
+        from burst_core.bus.topology import Topology, check_transient_retention
 
+        check_transient_retention(self.transient_result_retention, self.result_retention)
         return Topology(result_retention=self.result_retention,
+                        transient_retention=self.transient_result_retention,
                         log_retention=self.log_retention, log_max_bytes=self.log_max_bytes)
 
 

@@ -459,3 +459,126 @@ def test_large_json_bodies_and_the_body_limit(cluster: Cluster, tmp_path: Path) 
     status, body = post(json.dumps({"args": ["y" * (9 << 20)]}).encode())
     assert status == 413 and body["error"]["type"] == "PayloadTooLarge"
     assert str(8 << 20) in body["error"]["message"]
+
+
+def _where(cluster: Cluster, call_ids: list[str]) -> dict[str, list[str]]:
+    """For each call: the stream holding its output and the bucket holding its record
+    (if any), as read on the cluster's nats-server."""
+    import asyncio
+
+    import nats
+
+    from burst_core import names
+    from tests.e2e.test_hello import _nats_url
+
+    async def read() -> dict[str, list[str]]:
+        nc = await nats.connect(_nats_url(cluster))
+        js = nc.jetstream()
+        found: dict[str, list[str]] = {}
+        try:
+            for call_id in call_ids:
+                found[call_id] = []
+                for stream in (names.STREAM_OUTPUTS, names.STREAM_TRANSIENT_OUTPUTS):
+                    for subject in (f"burst.outputs.{call_id}.1", f"burst.toutputs.{call_id}.1"):
+                        try:
+                            await js.get_last_msg(stream, subject)
+                            found[call_id].append(stream)
+                        except Exception:
+                            pass
+                for bucket in (names.KV_CALLS, names.KV_CALLS_TRANSIENT):
+                    try:
+                        await (await js.key_value(bucket)).get(call_id)
+                        found[call_id].append(bucket)
+                    except Exception:
+                        pass
+        finally:
+            await nc.close()
+        return found
+
+    return asyncio.run(read())
+
+
+def test_remote_and_map_results_are_transient_and_a_spawned_one_is_kept(
+        cluster: Cluster, tmp_path: Path) -> None:
+    app = write_app(tmp_path, """
+        import json
+        import burst
+
+        app = burst.App("transient")
+
+        @app.function()
+        def whoami(x):
+            return burst.current_function_call_id()
+
+        @app.local_entrypoint()
+        def main():
+            out = {"remote": whoami.remote(0), "map": list(whoami.map([1, 2, 3]))}
+            call = whoami.spawn(4)
+            out["spawn"] = call.object_id
+            out["spawned"] = call.get(timeout=60)
+            print(json.dumps(out))
+    """)
+    proc = cluster.burst("run", str(app), check=True)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    from burst_core import names
+
+    transient = [out["remote"], *out["map"]]
+    assert len(set(transient)) == 4 and out["spawned"] == out["spawn"]
+    where = _where(cluster, [*transient, out["spawn"]])
+    for call_id in transient:
+        assert names.is_transient_call(call_id), call_id
+        # (a .remote() answered within its wait has no record at all)
+        assert names.STREAM_TRANSIENT_OUTPUTS in where[call_id], where
+        assert names.STREAM_OUTPUTS not in where[call_id] and names.KV_CALLS not in where[call_id]
+    for call_id in out["map"]:
+        assert where[call_id] == [names.STREAM_TRANSIENT_OUTPUTS, names.KV_CALLS_TRANSIENT]
+    assert not names.is_transient_call(out["spawn"])
+    assert where[out["spawn"]] == [names.STREAM_OUTPUTS, names.KV_CALLS], where
+    # Read back by id in another process, after the ephemeral app is gone: kept.
+    code = "import burst, sys; print(burst.FunctionCall.from_id(sys.argv[1]).get(timeout=10))"
+    other = subprocess.run([sys.executable, "-c", code, out["spawn"]], env=cluster.env,
+                           capture_output=True, text=True, timeout=60)
+    assert other.returncode == 0, other.stderr
+    assert other.stdout.strip() == out["spawn"]
+
+
+def test_a_maps_results_are_fetched_while_the_loop_over_them_is_busy(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """A map's results are transient (kept 10 minutes by default): the SDK fetches each
+    as it finishes, whatever the pace of the loop over them (before: only when the loop
+    asked, so a loop slower than the retention found them gone and waited forever)."""
+    app = write_app(tmp_path, """
+        import json, time
+        import burst
+        from burst.client import Client
+
+        app = burst.App("pumped")
+
+        @app.function(max_containers=1)
+        def staggered(i):
+            time.sleep(0.2 * i)  # one container: results come one by one over 3 s
+            return i
+
+        fetched = []
+        _wait_calls = Client.wait_calls
+
+        def counting(self, refs, wait, linger=0.0):
+            got = _wait_calls(self, refs, wait, linger)
+            fetched.extend(time.monotonic() for _ in got)
+            return got
+
+        Client.wait_calls = counting
+
+        @app.local_entrypoint()
+        def main():
+            results = staggered.map(range(6))
+            first = next(results)
+            time.sleep(10.0)  # the loop is busy
+            woke = time.monotonic()
+            before = sum(1 for t in fetched if t < woke)
+            print(json.dumps({"first": first, "rest": list(results), "before": before}))
+    """)
+    proc = cluster.burst("run", str(app), check=True)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["first"] == 0 and out["rest"] == [1, 2, 3, 4, 5]
+    assert out["before"] == 6, out  # every result fetched while the loop slept

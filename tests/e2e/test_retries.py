@@ -88,11 +88,12 @@ def _call_record(cluster: Cluster, call_id: str) -> dict:
     import msgspec
     import nats
 
+    from burst_core import names
     from tests.e2e.test_hello import _nats_url
 
     async def get() -> bytes:
         nc = await nats.connect(_nats_url(cluster))
-        kv = await nc.jetstream().key_value("burst_calls")
+        kv = await nc.jetstream().key_value(names.calls_bucket(call_id))
         value = (await kv.get(call_id)).value
         await nc.close()
         return value

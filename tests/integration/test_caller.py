@@ -136,3 +136,34 @@ async def test_a_spawned_call_starts_a_new_lineage_and_a_waited_one_is_checked(j
         assert inp.parent_call_id == parent.call_id and inp.lineage == []
     finally:
         await c.stop()
+
+
+async def test_the_recheck_finds_older_calls_outputs_in_both_streams(js) -> None:  # type: ignore[no-untyped-def]
+    """Calls older than the waiting process (made and answered before it started): their
+    outputs are looked up where their ids say (a map's transient inputs, a spawned call)."""
+    first = await _caller(js)
+    try:
+        dep = await first.function(WS, "tree", "leaf")
+        [(full, _)] = await first.submit(WS, dep, "leaf", [b"a"], register=False)
+        [(part, _)] = await first.submit(WS, dep, "leaf", [b"b"], register=False,
+                                         transient=True)
+    finally:
+        await first.stop()
+    assert names.is_transient_call(part.call_id) and not names.is_transient_call(full.call_id)
+    for rec in (full, part):
+        await _answer(js, rec)
+    c = await _caller(js)  # started after the outputs: its router never saw them
+    try:
+        assert c.outputs.recent(part.call_id) is None
+        refs = [wire.CallRef(call_id=r.call_id, attempt_token=r.attempt_token)
+                for r in (full, part)]
+        got = await c.wait_many(WS, refs, wait=5.0)
+        assert sorted((r.call_id, r.status) for r in got) == sorted(
+            [(full.call_id, "success"), (part.call_id, "success")])
+        # Polled by id (the record found in its bucket, the output in its stream).
+        for rec in (full, part):
+            found = await c.record(rec.call_id, WS)
+            assert found is not None
+            assert (await c.result_of(found, 0.0)).status == "success"
+    finally:
+        await c.stop()

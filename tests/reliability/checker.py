@@ -41,6 +41,7 @@ from nats.js import JetStreamContext
 
 from burst._parts import read_state
 from burst_core import ledger, names
+from burst_core.calls import CallBuckets
 from burst_core.schemas import (
     AgentLost,
     CallRecordDecoder,
@@ -194,17 +195,22 @@ async def _check(c: Cluster, app: str, functions: list[str], accepted: list[Acce
 
         # 1, 2, 5: one output per accepted call, on its current attempt, the caller's value.
         outputs: dict[str, list[Output]] = defaultdict(list)
-        for msg in await _all(js, names.STREAM_OUTPUTS, names.SUBJECTS_OUTPUTS):
-            out = OutputDecoder.decode(msg.data)
-            outputs[out.call_id].append(out)
-        calls_kv = await js.key_value(names.KV_CALLS)
+        # (transient calls' outputs and records apart: both streams, both buckets)
+        for stream, subjects in ((names.STREAM_OUTPUTS, names.SUBJECTS_OUTPUTS),
+                                 (names.STREAM_TRANSIENT_OUTPUTS,
+                                  names.SUBJECTS_TRANSIENT_OUTPUTS)):
+            for msg in await _all(js, stream, subjects):
+                out = OutputDecoder.decode(msg.data)
+                outputs[out.call_id].append(out)
+        buckets = await CallBuckets.open(js)
         ids = [a.call_id for a in accepted]
         if len(set(ids)) != len(ids):
             problems.append(f"a call id given to two callers: "
                             f"{sorted(i for i in set(ids) if ids.count(i) > 1)}")
         for a in accepted:
             try:
-                rec = CallRecordDecoder.decode((await calls_kv.get(a.call_id)).value or b"")
+                rec = CallRecordDecoder.decode(
+                    (await buckets.of(a.call_id).get(a.call_id)).value or b"")
                 attempt, token = rec.attempt, rec.attempt_token
             except Exception:  # a call answered while waited on has no record: attempt 1
                 rec, attempt, token = None, 1, ""

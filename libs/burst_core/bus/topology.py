@@ -44,6 +44,22 @@ def trace_retention(env: dict[str, str] | None = None) -> float:
                          "above 0 (default 86400, a day)")
     return value
 
+#: Default seconds transient calls' outputs and records are kept (``names.is_transient_call``).
+TRANSIENT_RETENTION = 600.0
+
+
+def check_transient_retention(transient: float, full: float, dedupe_window: float = 120.0,
+                              ) -> float:
+    """``transient`` (``BURST_TRANSIENT_RESULT_RETENTION``) if it is at least the streams'
+    duplicate window and at most ``full`` (``BURST_RESULT_RETENTION``); else ValueError
+    naming it and what is allowed."""
+    if not dedupe_window <= transient <= full:
+        raise ValueError(f"setting BURST_TRANSIENT_RESULT_RETENTION={transient!r}: use a "
+                         f"number of seconds from {dedupe_window:g} (the streams' duplicate "
+                         f"window) to BURST_RESULT_RETENTION ({full:g}); default "
+                         f"{TRANSIENT_RETENTION:g}")
+    return transient
+
 #: The replica counts JetStream allows for a stream or bucket.
 REPLICA_COUNTS = (1, 3, 5)
 
@@ -73,6 +89,9 @@ class Topology:
 
     replicas: int = field(default_factory=default_replicas)
     result_retention: float = 7 * DAY
+    #: How long transient calls' outputs and records are kept (``BURST_TRANSIENT_RESULT_
+    #: RETENTION``): ``dedupe_window`` <= it <= ``result_retention``.
+    transient_retention: float = TRANSIENT_RETENTION
     control_retention: float = 1 * DAY
     metering_retention: float = 400 * DAY
     log_retention: float = 7 * DAY
@@ -103,6 +122,7 @@ async def ensure_topology(js: JetStreamContext, topo: Topology | None = None) ->
     """Create every stream, KV bucket and the object store Burst uses. Idempotent."""
     t = topo or Topology()
     r = t.replicas
+    check_transient_retention(t.transient_retention, t.result_retention, t.dedupe_window)
     streams = [
         StreamConfig(
             name=names.STREAM_INPUTS,
@@ -119,6 +139,17 @@ async def ensure_topology(js: JetStreamContext, topo: Topology | None = None) ->
             storage=StorageType.FILE,
             num_replicas=r,
             max_age=t.result_retention,
+            duplicate_window=t.dedupe_window,
+            allow_direct=True,
+        ),
+        # Transient calls' outputs apart: they all expire in the order they came, whole
+        # file blocks at a time (outputs kept for days never hold a block back).
+        StreamConfig(
+            name=names.STREAM_TRANSIENT_OUTPUTS,
+            subjects=[names.SUBJECTS_TRANSIENT_OUTPUTS],
+            storage=StorageType.FILE,
+            num_replicas=r,
+            max_age=t.transient_retention,
             duplicate_window=t.dedupe_window,
             allow_direct=True,
         ),
@@ -171,6 +202,7 @@ async def ensure_topology(js: JetStreamContext, topo: Topology | None = None) ->
         names.KV_AGENTS: 0,
         names.KV_HEARTBEATS: 0,
         names.KV_CALLS: t.result_retention,
+        names.KV_CALLS_TRANSIENT: t.transient_retention,
         names.KV_IDEMPOTENCY: t.result_retention,
         names.KV_DICTS: 0,
         names.KV_MAPS: t.result_retention,
@@ -188,8 +220,20 @@ async def ensure_topology(js: JetStreamContext, topo: Topology | None = None) ->
     }
     for bucket, ttl in kvs.items():
         await ensure_kv(js, bucket, ttl=ttl, replicas=r)
+    # The buckets kept as long as results follow a changed setting, as the streams do.
+    for bucket in (names.KV_CALLS, names.KV_CALLS_TRANSIENT, names.KV_IDEMPOTENCY,
+                   names.KV_MAPS):
+        await retrying(functools.partial(_converge_kv_age, js, bucket, kvs[bucket]))
     for store, ttl in ((names.OBJ_BUNDLES, 0.0), (names.OBJ_BLOBS, t.result_retention)):
         await retrying(functools.partial(_ensure_object_store, js, store, ttl, r))
+
+
+async def _converge_kv_age(js: JetStreamContext, bucket: str, ttl: float) -> None:
+    """Set the bucket's max age to ``ttl`` if it was created with another."""
+    info = await js.stream_info(f"KV_{bucket}")
+    if ttl and abs((info.config.max_age or 0.0) - ttl) > 0.001:
+        info.config.max_age = ttl
+        await js.update_stream(info.config)
 
 
 async def _ensure_object_store(js: JetStreamContext, store: str, ttl: float,

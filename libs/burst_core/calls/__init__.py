@@ -5,7 +5,9 @@ the same whoever makes it.
 
 A call id is ``fc-`` + 12 hex digits of milliseconds since the epoch + 20 hex digits:
 random for a user's call, derived from the tick's identity for a scheduled one, so firing
-the same tick twice names the same call (:func:`create_once`).
+the same tick twice names the same call (:func:`create_once`). The tail of a transient
+call's id (and only of one) starts with ``names.TRANSIENT_TAIL``: its record and output
+live in the transient bucket and stream (:class:`CallBuckets`, ``names.outputs_stream``).
 """
 
 from __future__ import annotations
@@ -29,12 +31,22 @@ from burst_core import bus, names, tracing
 from burst_core.schemas import CallRecord, CallRecordDecoder, Input, InputAccepted, encode
 
 
-def new_call_id(now: float, key: str | None = None, tail: str | None = None) -> str:
+def _tail(tail: str, transient: bool) -> str:
+    """``tail`` (20 hex digits) marked transient, or made sure it is not taken for one."""
+    mark = names.TRANSIENT_TAIL
+    if transient:
+        return mark + tail[len(mark):]
+    return ("0" + tail[1:]) if tail.startswith(mark) else tail
+
+
+def new_call_id(now: float, key: str | None = None, tail: str | None = None,
+                transient: bool = False) -> str:
     """A new call id; with ``key`` the 20 trailing digits are a hash of it (deterministic),
-    with ``tail`` they are those given (20 random hex digits), else random."""
+    with ``tail`` they are those given (20 random hex digits), else random. A
+    ``transient`` call's tail starts with ``names.TRANSIENT_TAIL``; no other's does."""
     if key:
         tail = hashlib.sha256(key.encode()).hexdigest()[:20]
-    return f"fc-{int(now * 1000):012x}{tail or uuid.uuid4().hex[:20]}"
+    return f"fc-{int(now * 1000):012x}{_tail(tail or uuid.uuid4().hex[:20], transient)}"
 
 
 SUBMISSION_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -55,11 +67,13 @@ def check_submission_id(sid: str, now: float) -> str:
     return sid
 
 
-def submission_call(workspace: str, submission: str) -> tuple[str, str]:
+def submission_call(workspace: str, submission: str,
+                    transient: bool = False) -> tuple[str, str]:
     """The call id and attempt token of a submission (``<id>`` or ``<id>.<i>`` for the
-    i-th call of a batch): the id's time, then a digest of the workspace and it."""
+    i-th call of a batch): the id's time, then a digest of the workspace and it (marked
+    ``transient`` or not, see :func:`new_call_id`)."""
     digest = hashlib.sha256(f"{workspace}\0{submission}".encode()).hexdigest()
-    return f"fc-{submission[:12]}{digest[:20]}", digest[20:52]
+    return f"fc-{submission[:12]}{_tail(digest[:20], transient)}", digest[20:52]
 
 
 def call_created_at(call_id: str) -> float:
@@ -72,17 +86,20 @@ def call_created_at(call_id: str) -> float:
 def build(workspace: str, app: str, function: str, deployment_id: str, payload: bytes,
           payload_format: str, now: float, call_id: str | None = None,
           payload_ref: str = "", parent_call_id: str = "",
-          lineage: list[str] | None = None, submission: str = "") -> tuple[CallRecord, Input]:
-    """A call's first-attempt record and input (nothing is written). With
+          lineage: list[str] | None = None, submission: str = "",
+          transient: bool = False) -> tuple[CallRecord, Input]:
+    """A call's first-attempt record and input (nothing is written); a ``transient``
+    call's id says so (see :func:`new_call_id`). With
     ``submission`` (a checked submission id, see :func:`submission_call`) the call id and
     the attempt token follow from the workspace and it, so a resubmission through another
     gateway publishes the same input under the same ``Nats-Msg-Id``, which JetStream drops."""
     if submission:
-        derived, token = submission_call(workspace, submission)
+        derived, token = submission_call(workspace, submission, transient)
         cid = call_id or derived
     else:
         rand = os.urandom(26).hex()  # one read for the call id's tail and the token
-        cid, token = call_id or new_call_id(now, tail=rand[:20]), rand[20:]
+        cid = call_id or new_call_id(now, tail=rand[:20], transient=transient)
+        token = rand[20:]
     # The input id follows from the call id: resubmitting a call (an idempotent retry
     # after a crash) republishes the same input, which JetStream then drops.
     input_id = "in-" + cid[3:]
@@ -92,6 +109,26 @@ def build(workspace: str, app: str, function: str, deployment_id: str, payload: 
                 payload_ref=payload_ref, parent_call_id=parent_call_id,
                 lineage=lineage or [])
     return first_record(inp), inp
+
+
+class CallBuckets:
+    """The two call-record buckets: ``burst_calls`` (kept ``BURST_RESULT_RETENTION``) and
+    ``burst_calls_transient`` (kept ``BURST_TRANSIENT_RESULT_RETENTION``); :meth:`of`
+    picks a call's by its id. Entries that are not a call's record (a parent's list of
+    children) live in :attr:`full`."""
+
+    __slots__ = ("full", "transient")
+
+    def __init__(self, full: KeyValue, transient: KeyValue) -> None:
+        self.full, self.transient = full, transient
+
+    @classmethod
+    async def open(cls, js: JetStreamContext) -> CallBuckets:
+        return cls(await js.key_value(names.KV_CALLS),
+                   await js.key_value(names.KV_CALLS_TRANSIENT))
+
+    def of(self, call_id: str) -> KeyValue:
+        return self.transient if names.is_transient_call(call_id) else self.full
 
 
 def first_record(inp: Input) -> CallRecord:
@@ -245,7 +282,8 @@ async def create_shell(js: JetStreamContext, calls_kv: KeyValue, rec: CallRecord
                       msg_id=f"shell-{rec.call_id}")
 
 
-async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue, fn_key: str,
+async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue | CallBuckets,
+                      fn_key: str,
                       calls: list[tuple[CallRecord, Input]],
                       signals: Signals | None = None, records: bool = True,
                       resubmitted: bool = False) -> set[str]:
@@ -265,14 +303,18 @@ async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue, fn_key
     ``burst_core.calls.caller.Caller.call_once``).
 
     An input without an ack is republished under its msg id (JetStream drops it if it
-    was stored); a record without one is created again (:func:`create_record`)."""
+    was stored); a record without one is created again (:func:`create_record`). With
+    :class:`CallBuckets` each record goes to its call's bucket."""
+    def kv(call_id: str) -> KeyValue:
+        return calls_kv.of(call_id) if isinstance(calls_kv, CallBuckets) else calls_kv
+
     subject = names.input_subject(fn_key)
     create_only = {"Nats-Expected-Last-Subject-Sequence": "0"}
     traced = tracing.outgoing.get()  # a traced call's context goes with its input
     msgs = [(subject, encode(inp), {"Nats-Msg-Id": inp.input_id, **(traced or {})})
             for _, inp in calls]
     if records:
-        msgs += [(bus.kv_subject(calls_kv, rec.call_id), encode(rec), create_only)
+        msgs += [(bus.kv_subject(kv(rec.call_id), rec.call_id), encode(rec), create_only)
                  for rec, _ in calls]
     # The signal goes out in the same write as the records and inputs (it carries no
     # data: a scheduler acting on it before they are stored finds them stored by the time
@@ -293,5 +335,5 @@ async def create_many(js: JetStreamContext, nc: NATS, calls_kv: KeyValue, fn_key
             duplicates.add(inp.call_id)
     for (rec, _), res in zip(calls if records else [], results[n:], strict=True):
         if isinstance(res, BaseException):
-            await create_record(calls_kv, rec, resubmitted)
+            await create_record(kv(rec.call_id), rec, resubmitted)
     return duplicates  # the calls whose input was stored before (a resubmission)

@@ -10,7 +10,11 @@ Invariants:
 - a hard budget that is spent refuses the call before anything is written;
 - a waited-on call without an idempotency key and without a parent gets its record only
   if the wait ends before the result (see :meth:`Caller.call_once`); a call made from a
-  container always gets its record (the call graph reads it).
+  container always gets its record (the call graph reads it);
+- such a waited-on call, and each call of a batch marked transient (the SDK's maps), is
+  transient: its id says so (``names.is_transient_call``), and its record and output live
+  in the transient bucket and stream, kept ``BURST_TRANSIENT_RESULT_RETENTION`` seconds
+  (a record read again while its call runs is written again: :meth:`Caller.keep_record`).
 """
 
 from __future__ import annotations
@@ -46,7 +50,13 @@ from burst.wire import (
 )
 from burst_core import bus, logs, names
 from burst_core import calls as call_store
-from burst_core.calls import Signals, call_created_at, check_submission_id, new_call_id
+from burst_core.calls import (
+    CallBuckets,
+    Signals,
+    call_created_at,
+    check_submission_id,
+    new_call_id,
+)
 from burst_core.calls.guard import BudgetGuard
 from burst_core.calls.outputs import RECENT_AGE, RECENT_MAX, Group, OutputRouter
 from burst_core.schemas import (
@@ -130,6 +140,8 @@ def _give_up(fut: asyncio.Future[Any]) -> None:
 class Caller:
     """Submit calls, wait for them, read a generator's items, cancel; in a workspace."""
 
+    #: The record buckets (:meth:`CallBuckets.of` a call id); ``calls_kv`` is the full one.
+    buckets: CallBuckets
     calls_kv: KeyValue
     idempotency_kv: KeyValue
     outputs: OutputRouter
@@ -148,7 +160,8 @@ class Caller:
         self._blobs: ObjectStore | None = None
 
     async def start(self) -> None:
-        self.calls_kv = await self.js.key_value(names.KV_CALLS)
+        self.buckets = await CallBuckets.open(self.js)
+        self.calls_kv = self.buckets.full
         self.idempotency_kv = await self.js.key_value(names.KV_IDEMPOTENCY)
         self.outputs = OutputRouter(self.js, recent_max=self.recent_outputs,
                                     recent_age=self.recent_outputs_age)
@@ -182,7 +195,7 @@ class Caller:
         """
         if not valid_call_id(call_id):
             return None
-        raw, _ = await bus.kv_get(self.calls_kv, call_id)
+        raw, _ = await bus.kv_get(self.buckets.of(call_id), call_id)
         if raw is None:
             out = self.outputs.recent(call_id) or await self.outputs.fetch(call_id, 1)
             if out is None or out.attempt != 1 or out.workspace != workspace:
@@ -251,13 +264,15 @@ class Caller:
                      call_id: str | None = None, refs: list[str] | None = None,
                      records: bool = True, parent: Parent | None = None,
                      submission: str = "", duplicates: set[str] | None = None,
-                     ) -> list[tuple[CallRecord, Any]]:
+                     transient: bool = False) -> list[tuple[CallRecord, Any]]:
         """Create one call per payload: its input (JetStream) and, with ``records``, its
         record (KV); answers each call's record and output future.
 
         A request names 1 to ``MAX_BATCH`` payloads. With ``parent`` (a call made from
         inside a container) every call gets its record
-        and the parent's list of children (one KV entry per submit) names them.
+        and the parent's list of children (one KV entry per submit) names them. With
+        ``transient`` (and no ``parent``: a container's calls are never transient) the
+        calls are transient (see the module's invariants).
 
         With ``register`` the output futures exist before any input is published, so no
         output can be missed. All KV writes and publishes go out concurrently.
@@ -289,12 +304,13 @@ class Caller:
         pid, lineage = (parent.call_id, parent.lineage) if parent else ("", [])
         calls = [call_store.build(workspace, dep.app, fn, dep.deployment_id, payload,
                                   payload_format, now, call_id=call_id, payload_ref=ref,
-                                  parent_call_id=pid, lineage=lineage, submission=sub)
+                                  parent_call_id=pid, lineage=lineage, submission=sub,
+                                  transient=transient and parent is None)
                  for payload, ref, sub in zip(payloads, refs, subs, strict=True)]
         futs = [self.outputs.register(rec.call_id, rec.attempt_token) if register else None
                 for rec, _ in calls]
         if parent is None:
-            dups = await call_store.create_many(self.js, self.nc, self.calls_kv, fn_key, calls,
+            dups = await call_store.create_many(self.js, self.nc, self.buckets, fn_key, calls,
                                                 self.signals, records=records,
                                                 resubmitted=bool(submission))
             if duplicates is not None:
@@ -304,7 +320,7 @@ class Caller:
             # being created still finds them.
             await self.calls_kv.put(children_key(pid, calls[0][0].call_id),
                                     " ".join(rec.call_id for rec, _ in calls).encode())
-            await call_store.create_many(self.js, self.nc, self.calls_kv, fn_key, calls,
+            await call_store.create_many(self.js, self.nc, self.buckets, fn_key, calls,
                                          self.signals, records=True)
         return [(rec, fut) for (rec, _), fut in zip(calls, futs, strict=True)]
 
@@ -334,9 +350,12 @@ class Caller:
     async def call_once(self, workspace: str, dep: DeploymentRecord, fn: str, payload: bytes,
                         fmt: str, ref: str, wait: float, key: str | None = None,
                         parent: Parent | None = None,
-                        submission: str = "") -> tuple[CallResponse, bool]:
+                        submission: str = "", transient: bool = True,
+                        ) -> tuple[CallResponse, bool]:
         """One call (or, with an idempotency ``key`` used before, the call it made): its
-        answer within ``wait`` seconds, and whether it was replayed."""
+        answer within ``wait`` seconds, and whether it was replayed. A waited call
+        without a key or a parent is transient, unless ``transient`` is False (a call
+        from a container, made outside any call)."""
         app = dep.app
         wait = min(wait, self.max_sync_wait)
         call_id = None
@@ -359,7 +378,8 @@ class Caller:
                                              payload_format=fmt, call_id=call_id, refs=[ref],
                                              records=not lazy, parent=parent,
                                              submission="" if key is not None else submission,
-                                             duplicates=resubmitted)
+                                             duplicates=resubmitted,
+                                             transient=lazy and transient)
         except nats.js.errors.KeyWrongLastSequenceError:
             # A racing resubmission with the same key created the call first.
             found = await self.record(call_id or "", workspace)
@@ -382,7 +402,7 @@ class Caller:
         finally:
             structlog.contextvars.unbind_contextvars("call_id")
             if lazy and not answered:
-                await call_store.create_record(self.calls_kv, rec,
+                await call_store.create_record(self.buckets.of(rec.call_id), rec,
                                                 bool(submission) and key is None)
         return await self.inline_result(workspace, resp), False
 
@@ -412,7 +432,25 @@ class Caller:
         if out is not None and out.attempt_token == rec.attempt_token:
             self.outputs.unregister(rec.call_id, fut)
             return from_output(out)
-        return await self.wait_one(rec.call_id, fut, wait)
+        resp = await self.wait_one(rec.call_id, fut, wait)
+        if resp.status == "pending":
+            await self.keep_record(rec.call_id)
+        return resp
+
+    async def keep_record(self, call_id: str) -> None:
+        """Write a transient call's record again (the same value, by compare-and-set): its
+        caller still polls for it, so it must outlive the transient retention while the
+        call runs (a .remote() of a call longer than 10 minutes). Other calls' records
+        are kept as long as results anyway."""
+        if not names.is_transient_call(call_id):
+            return
+        kv = self.buckets.transient
+        raw, rev = await bus.kv_get(kv, call_id)
+        if raw is None:
+            return
+        # (a write that lost a race to a retry's was a write too: the record is fresh)
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+            await kv.update(call_id, raw, last=rev)
 
     async def wait_many(self, workspace: str, refs: list[CallRef], wait: float,
                         linger: float = 0.0) -> list[CallResponse]:

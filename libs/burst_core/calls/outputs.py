@@ -1,7 +1,8 @@
 """Delivering outputs to the requests waiting for them.
 
 Every process that waits on calls (each gateway replica; an agent once a container calls)
-follows the outputs stream from "now" with an ordered consumer
+follows the outputs streams (transient calls' and the others') from "now" with an ordered
+consumer each
 (only stored outputs arrive: a publish JetStream refused as a duplicate never does) and
 resolves the futures of the calls it waits on. An output counts only if its attempt token
 is the call's current one; a stale attempt's output is refused and logged.
@@ -108,15 +109,18 @@ class OutputRouter:
         self.js = js
         self._waiters: dict[str, list[tuple[str, asyncio.Future[Output]]]] = defaultdict(list)
         self._groups: dict[str, list[Group]] = {}
-        self._sub: object | None = None
+        self._subs: list[object] = []
         self._recent: Recent[Output] = Recent(recent_max, recent_age)
         self._big: Recent[bool] = Recent(recent_max, recent_age)
 
     async def start(self) -> None:
-        sub = await bus.follow_from_now(self.js, names.SUBJECTS_OUTPUTS, names.STREAM_OUTPUTS)
-        self._sub = sub
-        # Each output straight to its waiter, not through a queue and a task.
-        bus.direct(sub._sub, self._on_msg)
+        for stream, subjects in ((names.STREAM_OUTPUTS, names.SUBJECTS_OUTPUTS),
+                                 (names.STREAM_TRANSIENT_OUTPUTS,
+                                  names.SUBJECTS_TRANSIENT_OUTPUTS)):
+            sub = await bus.follow_from_now(self.js, subjects, stream)
+            self._subs.append(sub)
+            # Each output straight to its waiter, not through a queue and a task.
+            bus.direct(sub._sub, self._on_msg)
 
     async def follow_attempts(self, nc: object) -> None:
         """Follow attempt changes, so waiters expect the current attempt's output only."""
@@ -135,9 +139,10 @@ class OutputRouter:
             g.tokens[ch.call_id] = ch.attempt_token
 
     async def stop(self) -> None:
-        if self._sub is not None:
+        for sub in self._subs:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()  # type: ignore[attr-defined]
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+        self._subs.clear()
         for waiters in self._waiters.values():
             for _, fut in waiters:
                 fut.cancel()
@@ -221,7 +226,7 @@ class OutputRouter:
         """The stored output of one attempt, if there is one."""
         try:
             raw = await self.js.get_last_msg(
-                names.STREAM_OUTPUTS, names.output_subject(call_id, attempt)
+                names.outputs_stream(call_id), names.output_subject(call_id, attempt)
             )
         except nats.js.errors.NotFoundError:
             return None

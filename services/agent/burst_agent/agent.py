@@ -140,8 +140,9 @@ class Agent:
                                     reconnected=self._on_reconnected, ca=s.nats_ca,
                                     error=self._on_nats_error, closed=self._on_nats_closed)
         self.js = self.nc.jetstream()
+        topo = s.topology()  # (checks the retention settings whoever creates the streams)
         if s.ensure_topology:
-            await bus.ensure_topology(self.js, s.topology())
+            await bus.ensure_topology(self.js, topo)
         self.agents_kv = await self._wait_for_bucket(names.KV_AGENTS)
         self.tracing = Tracing("agent", self.nc, s.trace_sample, s.trace_otlp_endpoint,
                                enabled=s.tracing)

@@ -106,8 +106,9 @@ async def _call(r: Request) -> Answer:
         # Nobody is known to wait for a spawned call: its lineage of waiting callers
         # starts afresh (a spawner that finished holds no slot).
         parent = Parent(parent.call_id, [])
+    # (never transient: a container's calls keep their results as long as any)
     resp, _ = await r.caller.call_once(r.workspace, dep, fn, req.payload, "pickle",
-                                       req.payload_ref, wait, parent=parent)
+                                       req.payload_ref, wait, parent=parent, transient=False)
     return _msgpack(resp, 200 if resp.status != "pending" else 202)
 
 

@@ -54,16 +54,17 @@ class GiveUp(Exception):
 class Attempts:
     def __init__(self, agent: HasBus) -> None:
         self.agent = agent
-        self._calls_kv: KeyValue | None = None
+        self._buckets: calls.CallBuckets | None = None
 
-    async def _kv(self) -> KeyValue:
-        if self._calls_kv is None:
-            self._calls_kv = await self.agent.js.key_value(names.KV_CALLS)
-        return self._calls_kv
+    async def _kv(self, call_id: str) -> KeyValue:
+        """The bucket of the call's record (a transient call's is apart, by its id)."""
+        if self._buckets is None:
+            self._buckets = await calls.CallBuckets.open(self.agent.js)
+        return self._buckets.of(call_id)
 
     async def _answered(self, call_id: str, attempt: int) -> bool:
         try:
-            await self.agent.js.get_last_msg(names.STREAM_OUTPUTS,
+            await self.agent.js.get_last_msg(names.outputs_stream(call_id),
                                              names.output_subject(call_id, attempt))
             return True
         except nats.js.errors.NotFoundError:
@@ -74,7 +75,7 @@ class Attempts:
 
         Raises :class:`GiveUp` after too many platform retries.
         """
-        kv = await self._kv()
+        kv = await self._kv(inp.call_id)
         for _ in range(20):
             raw, rev = await self._record(kv, inp)
             if raw is None:
@@ -110,7 +111,7 @@ class Attempts:
         delay, or None when no retry is left (the failure is the call's result)."""
         if policy is None or policy.max_retries <= 0:
             return None
-        kv = await self._kv()
+        kv = await self._kv(inp.call_id)
         for _ in range(20):
             raw, rev = await self._record(kv, inp)
             if raw is None:

@@ -793,7 +793,8 @@ class Container:
                 self._recorded.add(inf.inp.call_id)
                 if inf.inp.attempt == 1:
                     with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
-                        await calls.create_record(caller.calls_kv, calls.first_record(inf.inp))
+                        await calls.create_record(caller.buckets.of(inf.inp.call_id),
+                                                  calls.first_record(inf.inp))
         headers = inf.msg.headers if inf is not None else None
         if headers and TRACEPARENT in headers and api.method == "POST" and \
                 api.path.endswith(("/calls", "/calls/batch")):

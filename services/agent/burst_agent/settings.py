@@ -204,6 +204,7 @@ class AgentSettings(CommonSettings):
         if not self.shell_input_wait > 0:
             raise ValueError(f"BURST_SHELL_INPUT_WAIT={self.shell_input_wait}: use a positive "
                              "number of seconds")
+        super().__post_init__()
         if self.input_prefetch < 0:
             raise ValueError(f"BURST_INPUT_PREFETCH={self.input_prefetch}: use 0 (none) or more")
         if not self.gpu_health_interval > 0:

@@ -24,7 +24,7 @@ from burst.wire import (
     CallWaitRequest,
     CallWaitResponse,
 )
-from burst_core import logs
+from burst_core import logs, names
 from burst_core.calls.caller import MAX_CURSOR
 from burst_core.schemas import (
     CallRecord,
@@ -153,6 +153,19 @@ async def inline_result(gw: Gateway, workspace: str, resp: CallResponse) -> Call
     return await gw.caller.inline_result(workspace, resp)
 
 
+def not_found(gw: Gateway, call_id: str) -> str:
+    """Why a call is not found: it never was, or its result's retention passed (both
+    named; a transient call's id says it was one)."""
+    s = gw.settings
+    full = f"{s.result_retention / 86400:g} days"
+    if names.is_transient_call(call_id):
+        return (f"call {call_id!r} not found: it was a transient call (a waited .remote() "
+                f"or a map's input), whose result is kept {s.transient_result_retention:g} s "
+                f"(BURST_TRANSIENT_RESULT_RETENTION; other results {full}, "
+                "BURST_RESULT_RETENTION): use .spawn() to read a result later")
+    return f"call {call_id!r} not found (results are kept {full})"
+
+
 def _answer(request: Request, resp: CallResponse, replayed: bool = False) -> Response:
     status = 200 if resp.status != "pending" else 202
     headers = {"Idempotent-Replayed": "true"} if replayed else None
@@ -240,7 +253,8 @@ async def create_calls(app: str, fn: str, request: Request, gw: GatewayDep,
     req = await _body(request, gw, _batch_decoder, "batch request")
     made = await traced_batch(gw, request.headers, p.workspace, app, fn, lambda: (
         gw.caller.submit(p.workspace, dep, fn, req.payloads, register=False,
-                         refs=req.payload_refs or None, submission=req.submission_id)))
+                         refs=req.payload_refs or None, submission=req.submission_id,
+                         transient=req.transient)))
     return _response(CallBatchResponse(calls=[_ref(rec) for rec, _ in made]), 202)
 
 
@@ -266,8 +280,7 @@ async def get_call(
     ``"-Infinity"`` (JSON has no such numbers)."""
     rec = await gw.caller.record(call_id, p.workspace)
     if rec is None:
-        raise NotFoundError(f"call {call_id!r} not found (results are kept "
-                            f"{gw.settings.result_retention / 86400:g} days)")
+        raise NotFoundError(not_found(gw, call_id))
     resp = await gw.caller.result_of(rec, min(wait, gw.settings.max_sync_wait))
     return _answer(request, await inline_result(gw, p.workspace, resp))
 

@@ -28,6 +28,7 @@ from burst.exception import AuthError
 from burst_core import bus
 from burst_core.schemas import TokenRecordDecoder
 from burst_gateway import auth, dashboard_charts, dashboard_data
+from burst_gateway.api_calls import not_found
 from burst_gateway.auth import Principal
 from burst_gateway.state import Gateway
 
@@ -247,9 +248,8 @@ async def call_page(request: Request, call_id: str) -> Response:
     call = await dashboard_data.call_detail(gw, s[0], call_id)
     if call is None:
         return _render(request, s, "error.html", "calls", status=404,
-                             message=f"call {call_id!r} not found in workspace "
-                                     f"{s[0].workspace!r} (results are kept "
-                                     f"{gw.settings.result_retention / 86400:g} days)")
+                             message=not_found(gw, call_id).replace(
+                                 " not found", f" not found in workspace {s[0].workspace!r}", 1))
     lines = await dashboard_data.call_logs(gw, s[0], call)
     return _render(request, s, "call.html", "calls", call=call, lines=lines,
                          can_cancel=auth.covers(s[0].scope, "invoke"))

@@ -169,12 +169,19 @@ async def recent_calls(gw: Gateway, p: Principal) -> list[Call]:
     outputs, still running or waiting ones from their records."""
     window, limit = _settings(gw)
     since = time.time() - window
-    outs, recs, where = await asyncio.gather(
-        read_stream(gw.js, names.STREAM_OUTPUTS, "burst.outputs.>", _output.decode, limit,
-                    since=since),
+    # (transient calls' outputs and records apart, each stream read the same)
+    outs, touts, recs, trecs, where = await asyncio.gather(
+        read_stream(gw.js, names.STREAM_OUTPUTS, names.SUBJECTS_OUTPUTS, _output.decode,
+                    limit, since=since),
+        read_stream(gw.js, names.STREAM_TRANSIENT_OUTPUTS, names.SUBJECTS_TRANSIENT_OUTPUTS,
+                    _output.decode, limit, since=since),
         read_stream(gw.js, f"KV_{names.KV_CALLS}", f"$KV.{names.KV_CALLS}.>", _record.decode,
                     limit, since=since),
+        read_stream(gw.js, f"KV_{names.KV_CALLS_TRANSIENT}", f"$KV.{names.KV_CALLS_TRANSIENT}.>",
+                    _record.decode, limit, since=since),
         container_functions(gw, p.workspace))
+    outs = sorted([*outs, *touts], key=lambda o: o.finished_at)
+    recs = [*recs, *trecs]
     calls: dict[str, Call] = {}
     for o in outs:
         if o.workspace == p.workspace:
@@ -196,7 +203,7 @@ async def call_detail(gw: Gateway, p: Principal, call_id: str) -> Call | None:
     rec = await gw.caller.record(call_id, p.workspace)
     if rec is None:
         return None
-    outs = await read_stream(gw.js, names.STREAM_OUTPUTS, f"burst.outputs.{call_id}.*",
+    outs = await read_stream(gw.js, names.outputs_stream(call_id), names.outputs_filter(call_id),
                              _output.decode, 64, start_time=rec.created_at - 1.0)
     outs = [o for o in outs if o.workspace == p.workspace]
     # A call answered within its synchronous wait has no record of its own: its

@@ -77,6 +77,7 @@ class SchedulerSettings(CommonSettings):
         if not self.trace_attach_timeout > 0:
             raise ValueError(f"setting BURST_TRACE_ATTACH_TIMEOUT={self.trace_attach_timeout!r}"
                              " must be a number of seconds above 0")
+        super().__post_init__()
         if self.start_failures_to_fail_calls < 1:
             raise ValueError(f"setting BURST_START_FAILURES_TO_FAIL_CALLS="
                              f"{self.start_failures_to_fail_calls} must be at least 1 (1: the "
