@@ -29,7 +29,7 @@ class FakeClient:
         self.fail_after = fail_after
 
     def call_batch(self, app: str, fn: str, payloads: list[bytes],
-                   transient: bool = False) -> list[wire.CallRef]:
+                   traceparent: str = "", transient: bool = False) -> list[wire.CallRef]:
         self.transient.add(transient)
         self.contexts.add(_context.current_call.get())
         self.threads.add(threading.current_thread().name)
