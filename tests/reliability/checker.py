@@ -88,6 +88,10 @@ class Cluster:
                    redis_url=f"redis://127.0.0.1:{parts['redis'].ports['client']}/0")
 
 
+#: Seconds after the settle within which claims and warm-pool entries are gone.
+RELEASE_WITHIN = 15.0
+
+
 class Violations(AssertionError):
     pass
 
@@ -313,26 +317,15 @@ async def _check(c: Cluster, app: str, functions: list[str], accepted: list[Acce
                     if s2 < e1 and (c1 in u.started or c2 in u.started):
                         problems.append(f"GPU {index} of {agent_id} given twice: {c1} "
                                         f"(until {e1:.3f}) and {c2} (from {s2:.3f})")
-        agents_kv = await js.key_value(names.KV_AGENTS)
-        try:
-            agent_ids = await agents_kv.keys()
-        except Exception:
-            agent_ids = []
-        for agent_id in agent_ids:
-            entry = await agents_kv.get(agent_id)
-            if not entry.value:
-                continue
-            from burst_core.schemas import AgentRecordDecoder
-            rec_a = AgentRecordDecoder.decode(entry.value)
-            held = {cid: a for cid, a in rec_a.allocations.items() if a.fn_key in fn_keys}
-            if held:
-                problems.append(f"agent {agent_id} still holds claims of {app}: "
-                                f"{sorted(held)} (GPUs "
-                                f"{sorted(i for a in held.values() for i in a.gpu_indices)})")
-        for fk in fn_keys:
-            pool = await r.hkeys(names.redis_pool_key(fk))
-            if pool:
-                problems.append(f"warm pool of {fk} still lists {pool}")
+        # Released asynchronously (the scheduler syncs pools and claims from the agents'
+        # heartbeats): each must be gone within RELEASE_WITHIN seconds of the settle.
+        release_by = time.monotonic() + RELEASE_WITHIN
+        while True:
+            held = await _still_held(js, r, app, fn_keys)
+            if not held or time.monotonic() > release_by:
+                break
+            await asyncio.sleep(0.25)
+        problems.extend(held)
     finally:
         await nc.close()
         await r.aclose()
@@ -340,6 +333,32 @@ async def _check(c: Cluster, app: str, functions: list[str], accepted: list[Acce
         raise Violations("invariants broken:\n- " + "\n- ".join(problems))
     return {"calls": len(accepted), "containers": len(lifetimes),
             "charged_s": round(charged_total, 3)}
+
+
+async def _still_held(js: JetStreamContext, r: Any, app: str, fn_keys: list[str]) -> list[str]:
+    """What agents' claims and warm pools still hold of ``app``."""
+    problems: list[str] = []
+    agents_kv = await js.key_value(names.KV_AGENTS)
+    try:
+        agent_ids = await agents_kv.keys()
+    except Exception:
+        agent_ids = []
+    for agent_id in agent_ids:
+        entry = await agents_kv.get(agent_id)
+        if not entry.value:
+            continue
+        from burst_core.schemas import AgentRecordDecoder
+        rec_a = AgentRecordDecoder.decode(entry.value)
+        held = {cid: a for cid, a in rec_a.allocations.items() if a.fn_key in fn_keys}
+        if held:
+            problems.append(f"agent {agent_id} still holds claims of {app}: "
+                            f"{sorted(held)} (GPUs "
+                            f"{sorted(i for a in held.values() for i in a.gpu_indices)})")
+    for fk in fn_keys:
+        pool = await r.hkeys(names.redis_pool_key(fk))
+        if pool:
+            problems.append(f"warm pool of {fk} still lists {pool}")
+    return problems
 
 
 async def _replay(js: JetStreamContext, through: int) -> LedgerSnapshot:
