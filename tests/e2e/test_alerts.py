@@ -120,14 +120,25 @@ def busy_since_of(cluster: Cluster, fn_key: str) -> float | None:
 
     async def go() -> float | None:
         import nats
+        from nats.js.errors import KeyNotFoundError, NoKeysError
 
         from burst_core.schemas import AgentHeartbeatDecoder
 
         nc = await nats.connect(_nats_url(cluster))
         try:
             kv = await nc.jetstream().key_value("burst_heartbeats")
-            for k in await kv.keys():
-                hb = AgentHeartbeatDecoder.decode((await kv.get(k)).value)
+            try:
+                keys = await kv.keys()
+            except NoKeysError:  # no agent's heartbeat stored at this instant
+                return None
+            for k in keys:
+                try:
+                    entry = await kv.get(k)
+                except KeyNotFoundError:  # the agent's heartbeat replaced meanwhile
+                    continue
+                if not entry.value:
+                    continue
+                hb = AgentHeartbeatDecoder.decode(entry.value)
                 for c in hb.containers:
                     if c.fn_key == fn_key and c.busy_since is not None:
                         return c.busy_since
